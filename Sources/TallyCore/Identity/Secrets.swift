@@ -1,0 +1,35 @@
+/// Generation and display of the secrets Tally hands out: API keys (`sk-…`), system access
+/// tokens and redemption codes. Storage keeps only a hash (see TallyStore's `SecretHasher`).
+public enum Secrets {
+    private static let alphabet = Array("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+
+    /// A new API key: `sk-` + 48 characters of `[0-9a-zA-Z]` from the system CSPRNG.
+    public static func newAPIKey() -> String { "sk-" + randomString(count: 48) }
+
+    /// A new system access token: 32 characters of `[0-9a-zA-Z]`.
+    public static func newAccessToken() -> String { randomString(count: 32) }
+
+    /// A new redemption code: 32 lowercase hex characters, as new-api's.
+    public static func newRedemptionCode() -> String {
+        TraceID.generate()
+    }
+
+    /// The last six characters, kept for display and for the catalogue's `{last6}`.
+    public static func last6(_ secret: String) -> String { String(secret.suffix(6)) }
+
+    /// The masked form shown after creation: `sk-…` + last 6.
+    public static func maskedKey(last6: String) -> String { "sk-\u{2026}" + last6 }
+
+    /// Uniform over the alphabet: rejection sampling avoids modulo bias.
+    private static func randomString(count: Int) -> String {
+        var generator = SystemRandomNumberGenerator()
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(count)
+        while bytes.count < count {
+            let byte = UInt8.random(in: 0...255, using: &generator)
+            guard byte < 248 else { continue }  // 248 = 4 × 62
+            bytes.append(alphabet[Int(byte) % alphabet.count])
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

@@ -1,0 +1,41 @@
+/// Trace ids ("tids"): 32 lowercase hex characters, taken from the caller when it sends one.
+public enum TraceID {
+    /// A fresh random tid.
+    public static func generate() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return hex(generator.next() as UInt64) + hex(generator.next() as UInt64)
+    }
+
+    /// The tid for a request: the trace id of a valid W3C `traceparent`, else a valid `X-Tid`
+    /// (32 hex characters, lowercased), else a new one. Anything else is ignored, never echoed.
+    public static func resolve(traceparent: String?, xTid: String?) -> String {
+        if let traceparent, let traceID = fromTraceparent(traceparent) { return traceID }
+        if let xTid, isValid(xTid.lowercased()) { return xTid.lowercased() }
+        return generate()
+    }
+
+    /// `version-traceid-parentid-flags`, e.g. `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
+    static func fromTraceparent(_ header: String) -> String? {
+        let parts = header.trimmingSpaces().split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count >= 4, parts[0].count == 2, parts[0] != "ff" else { return nil }
+        let traceID = String(parts[1])
+        guard isValid(traceID), traceID != String(repeating: "0", count: 32) else { return nil }
+        return traceID
+    }
+
+    /// True for exactly 32 lowercase hex characters.
+    public static func isValid(_ text: String) -> Bool {
+        text.utf8.count == 32 && text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+    }
+
+    private static func hex(_ value: UInt64) -> String {
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
+    }
+}
+
+extension String {
+    func trimmingSpaces() -> String {
+        String(self.drop(while: { $0 == " " }).reversed().drop(while: { $0 == " " }).reversed())
+    }
+}

@@ -1,0 +1,232 @@
+import CLibPQ
+import Foundation
+
+/// A statement prepared once per connection, by name, on first use.
+public struct PreparedStatement: Sendable, Hashable {
+    public let name: String
+    public let sql: String
+
+    public init(_ name: String, _ sql: String) {
+        self.name = name
+        self.sql = sql
+    }
+}
+
+/// One libpq connection. Every call blocks the calling thread, so it is used only from the
+/// pool's worker threads (see `PostgresPool`), one thread at a time.
+public final class PostgresConnection: @unchecked Sendable {
+    // Confined to one thread at a time by the pool; libpq connections are not thread-safe.
+    private let handle: OpaquePointer
+    private var preparedNames: Set<String> = []
+
+    /// Connects with a libpq conninfo string or a `postgres://` URI. The session's time zone is
+    /// pinned to UTC so timestamps round-trip through `PostgresTimestamp`.
+    public init(url: String) throws(PostgresError) {
+        guard let handle = PQconnectdb(url) else {
+            throw PostgresError(kind: .connection, message: "libpq could not allocate a connection")
+        }
+        guard PQstatus(handle) == CONNECTION_OK else {
+            let message = String(cString: PQerrorMessage(handle)).trimmingTrailingNewlines()
+            PQfinish(handle)
+            throw PostgresError(kind: .connection, message: message)
+        }
+        self.handle = handle
+        try execute("SET TIME ZONE 'UTC'; SET client_min_messages TO warning")
+    }
+
+    deinit { PQfinish(handle) }
+
+    /// False once libpq has seen the connection break; the pool then replaces it.
+    public var isHealthy: Bool { PQstatus(handle) == CONNECTION_OK }
+
+    /// True while a transaction is open (or failed and not yet rolled back).
+    public var inTransaction: Bool {
+        let status = PQtransactionStatus(handle)
+        return status == PQTRANS_INTRANS || status == PQTRANS_INERROR
+    }
+
+    // MARK: Queries
+
+    /// Runs one statement with text parameters (`$1`, `$2`, …) and returns its rows.
+    @discardableResult
+    public func query(_ sql: String, _ parameters: [any PostgresEncodable] = []) throws(PostgresError) -> PostgresRows {
+        let result = withParameters(parameters) { count, values in
+            PQexecParams(handle, sql, count, nil, values, nil, nil, 0)
+        }
+        return try check(result, kind: .query)
+    }
+
+    /// Runs a prepared statement, preparing it on this connection the first time.
+    @discardableResult
+    public func query(_ statement: PreparedStatement, _ parameters: [any PostgresEncodable] = []) throws(PostgresError) -> PostgresRows {
+        if !preparedNames.contains(statement.name) {
+            try check(PQprepare(handle, statement.name, statement.sql, 0, nil), kind: .query)
+            preparedNames.insert(statement.name)
+        }
+        let result = withParameters(parameters) { count, values in
+            PQexecPrepared(handle, statement.name, count, values, nil, nil, 0)
+        }
+        return try check(result, kind: .query)
+    }
+
+    /// Runs one or more statements without parameters (migrations, DDL, `BEGIN`).
+    public func execute(_ sql: String) throws(PostgresError) {
+        try check(PQexec(handle, sql), kind: .query)
+    }
+
+    /// Runs `body` in a transaction: COMMIT when it returns, ROLLBACK when it throws.
+    public func transaction<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
+        try execute("BEGIN")
+        do {
+            let value = try body(self)
+            try execute("COMMIT")
+            return value
+        } catch {
+            if isHealthy { try? execute("ROLLBACK") }
+            throw error
+        }
+    }
+
+    /// Quotes an identifier (table or database name) for the rare DDL that cannot take parameters.
+    public func quoteIdentifier(_ name: String) -> String {
+        guard let pointer = PQescapeIdentifier(handle, name, name.utf8.count) else { return "\"\"" }
+        defer { PQfreemem(pointer) }
+        return String(cString: pointer)
+    }
+
+    // MARK: COPY
+
+    /// Streams rows into `COPY … FROM STDIN`; returns the number of rows copied.
+    @discardableResult
+    public func copyIn(_ sql: String, _ write: (inout CopyInWriter) throws -> Void) throws -> Int {
+        try check(PQexec(handle, sql), kind: .copy, expecting: PGRES_COPY_IN)
+        var writer = CopyInWriter(connection: self)
+        do {
+            try write(&writer)
+            try writer.flush()
+        } catch {
+            _ = PQputCopyEnd(handle, "aborted by client")
+            drainResults()
+            throw error
+        }
+        guard PQputCopyEnd(handle, nil) == 1 else { throw connectionError(.copy) }
+        let rows = try check(PQgetResult(handle), kind: .copy)
+        drainResults()
+        return rows.affectedRows
+    }
+
+    /// Streams `COPY … TO STDOUT`, handing each row's bytes to `read`; returns the row count.
+    @discardableResult
+    public func copyOut(_ sql: String, _ read: (UnsafeRawBufferPointer) throws -> Void) throws -> Int {
+        try check(PQexec(handle, sql), kind: .copy, expecting: PGRES_COPY_OUT)
+        var failure: (any Error)?
+        while true {
+            var buffer: UnsafeMutablePointer<CChar>?
+            let length = PQgetCopyData(handle, &buffer, 0)
+            if length == -1 { break }  // done; the final result follows
+            guard length >= 0, let buffer else { throw connectionError(.copy) }
+            defer { PQfreemem(buffer) }
+            // After a consumer error keep draining: libpq needs the COPY to finish.
+            if failure == nil {
+                do { try read(UnsafeRawBufferPointer(start: buffer, count: Int(length))) } catch { failure = error }
+            }
+        }
+        let rows = try check(PQgetResult(handle), kind: .copy)
+        drainResults()
+        if let failure { throw failure }
+        return rows.affectedRows
+    }
+
+    /// Sends one chunk of COPY data; returns the failure instead of throwing (called from a closure).
+    fileprivate func putCopyData(_ bytes: UnsafeRawBufferPointer) -> PostgresError? {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return nil }
+        let sent = PQputCopyData(handle, base.assumingMemoryBound(to: CChar.self), Int32(bytes.count))
+        return sent == 1 ? nil : connectionError(.copy)
+    }
+
+    // MARK: Helpers
+
+    @discardableResult
+    private func check(_ result: OpaquePointer?, kind: PostgresError.Kind, expecting: ExecStatusType? = nil) throws(PostgresError) -> PostgresRows {
+        let status = result.map(PQresultStatus) ?? PGRES_FATAL_ERROR
+        let accepted = expecting.map { status == $0 }
+            ?? (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_EMPTY_QUERY)
+        guard accepted else {
+            let error = PostgresError.from(result: result, connection: handle, kind: kind)
+            PQclear(result)
+            if expecting != nil { drainResults() }
+            throw error
+        }
+        return PostgresRows(result: result)
+    }
+
+    private func drainResults() {
+        while let extra = PQgetResult(handle) { PQclear(extra) }
+    }
+
+    private func connectionError(_ kind: PostgresError.Kind) -> PostgresError {
+        PostgresError.from(result: nil, connection: handle, kind: kind)
+    }
+
+    private func withParameters<R>(_ parameters: [any PostgresEncodable], _ body: (Int32, UnsafePointer<UnsafePointer<CChar>?>?) -> R) -> R {
+        let texts = parameters.map(\.postgresText)
+        var cStrings: [UnsafeMutablePointer<CChar>?] = texts.map { $0.map { strdup($0) } ?? nil }
+        defer { cStrings.forEach { free($0) } }
+        return cStrings.withUnsafeMutableBufferPointer { buffer in
+            buffer.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: max(buffer.count, 1)) {
+                body(Int32(texts.count), texts.isEmpty ? nil : $0)
+            }
+        }
+    }
+}
+
+/// Buffers COPY data and hands it to libpq in 256 KiB chunks.
+public struct CopyInWriter {
+    private let connection: PostgresConnection
+    private var buffer: [UInt8] = []
+    private static let flushThreshold = 256 * 1024
+
+    init(connection: PostgresConnection) {
+        self.connection = connection
+        buffer.reserveCapacity(Self.flushThreshold + 4096)
+    }
+
+    /// Appends raw bytes (already in COPY text or CSV format).
+    public mutating func write(_ bytes: some Sequence<UInt8>) throws(PostgresError) {
+        buffer.append(contentsOf: bytes)
+        if buffer.count >= Self.flushThreshold { try flush() }
+    }
+
+    public mutating func write(_ text: String) throws(PostgresError) {
+        var text = text
+        text.withUTF8 { buffer.append(contentsOf: $0) }
+        if buffer.count >= Self.flushThreshold { try flush() }
+    }
+
+    mutating func flush() throws(PostgresError) {
+        guard !buffer.isEmpty else { return }
+        let sent = buffer.withUnsafeBytes { connection.putCopyData($0) }
+        buffer.removeAll(keepingCapacity: true)
+        if let failure = sent { throw failure }
+    }
+}
+
+/// Escapes values for COPY's text format (tab-separated, `\N` for NULL).
+public enum CopyText {
+    /// Appends `value` escaped for COPY text format.
+    public static func append(_ value: String?, to line: inout [UInt8]) {
+        guard let value else {
+            line.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "N")])
+            return
+        }
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\\"): line.append(contentsOf: [92, 92])
+            case UInt8(ascii: "\t"): line.append(contentsOf: [92, UInt8(ascii: "t")])
+            case UInt8(ascii: "\n"): line.append(contentsOf: [92, UInt8(ascii: "n")])
+            case UInt8(ascii: "\r"): line.append(contentsOf: [92, UInt8(ascii: "r")])
+            default: line.append(byte)
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import CLibPQ
+
+/// An error from PostgreSQL or from libpq, carrying the SQLSTATE when the server sent one.
+///
+/// The description never contains the connection string, so a password in `DATABASE_URL`
+/// cannot leak through logs or HTTP responses.
+public struct PostgresError: Error, Sendable, CustomStringConvertible {
+    /// What failed, coarsely: callers map `.connection` to 503 and retry later.
+    public enum Kind: String, Sendable {
+        case connection, query, copy, decode, pool
+    }
+
+    public var kind: Kind
+    /// Five-character SQLSTATE (`23505` for unique_violation), when the server sent one.
+    public var sqlState: String?
+    /// The primary message (libpq's `PG_DIAG_MESSAGE_PRIMARY`, or libpq's own message).
+    public var message: String
+    public var detail: String?
+
+    public init(kind: Kind, sqlState: String? = nil, message: String, detail: String? = nil) {
+        self.kind = kind
+        self.sqlState = sqlState
+        self.message = message
+        self.detail = detail
+    }
+
+    public var description: String {
+        var text = "PostgreSQL \(kind.rawValue) error"
+        if let sqlState { text += " [\(sqlState)]" }
+        text += ": \(message)"
+        if let detail { text += " (\(detail))" }
+        return text
+    }
+
+    /// True when the connection itself failed (server down, restarted, network).
+    public var isConnectionFailure: Bool {
+        kind == .connection || (sqlState.map { $0.hasPrefix("08") || $0 == "57P01" || $0 == "57P02" || $0 == "57P03" } ?? false)
+    }
+
+    public var isUniqueViolation: Bool { sqlState == SQLState.uniqueViolation }
+}
+
+/// SQLSTATE codes the store reacts to.
+public enum SQLState {
+    public static let uniqueViolation = "23505"
+    public static let foreignKeyViolation = "23503"
+    public static let checkViolation = "23514"
+    public static let serializationFailure = "40001"
+    public static let deadlockDetected = "40P01"
+    public static let duplicateDatabase = "42P04"
+    public static let undefinedTable = "42P01"
+    public static let adminShutdown = "57P01"
+}
+
+// libpq's PG_DIAG_* codes are character macros that do not import into Swift.
+private let diagSQLState = Int32(UInt8(ascii: "C"))
+private let diagMessagePrimary = Int32(UInt8(ascii: "M"))
+private let diagMessageDetail = Int32(UInt8(ascii: "D"))
+
+extension PostgresError {
+    /// Builds an error from a failed result, falling back to the connection's message.
+    static func from(result: OpaquePointer?, connection: OpaquePointer?, kind: Kind) -> PostgresError {
+        func field(_ code: Int32) -> String? {
+            guard let result, let pointer = PQresultErrorField(result, code) else { return nil }
+            return String(cString: pointer)
+        }
+        let connectionBroken = connection.map { PQstatus($0) != CONNECTION_OK } ?? true
+        let message = field(diagMessagePrimary)
+            ?? connection.flatMap { PQerrorMessage($0) }.map { String(cString: $0) }?.trimmingTrailingNewlines()
+            ?? "unknown error"
+        return PostgresError(
+            kind: connectionBroken ? .connection : kind,
+            sqlState: field(diagSQLState),
+            message: message,
+            detail: field(diagMessageDetail)
+        )
+    }
+}
+
+extension String {
+    func trimmingTrailingNewlines() -> String {
+        var text = self
+        while text.last == "\n" { text.removeLast() }
+        return text
+    }
+}

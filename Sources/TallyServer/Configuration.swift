@@ -1,0 +1,29 @@
+import Logging
+
+/// Everything `tally serve` can be told, from flags or the environment (see `tally serve --help`).
+public struct TallyConfiguration: Sendable {
+    /// Address to listen on. Default `127.0.0.1`: put nginx or another TLS proxy in front.
+    public var host: String
+    public var port: Int
+    /// libpq conninfo or `postgres://` URI. Never logged.
+    public var databaseURL: String
+    /// Upper bound of PostgreSQL connections this instance opens.
+    public var poolSize: Int
+    /// Shared secret the gateway sends as `Authorization: Bearer …` on `/gateway/…` routes.
+    /// When empty, gateway routes refuse every request.
+    public var gatewaySecret: String
+    public var logLevel: Logger.Level
+    /// How often the price versions are re-read so a load by another instance is picked up.
+    public var priceRefreshSeconds: Int
+
+    public init(host: String = "127.0.0.1", port: Int = 8080, databaseURL: String, poolSize: Int = 16,
+                gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5) {
+        self.host = host
+        self.port = port
+        self.databaseURL = databaseURL
+        self.poolSize = poolSize
+        self.gatewaySecret = gatewaySecret
+        self.logLevel = logLevel
+        self.priceRefreshSeconds = priceRefreshSeconds
+    }
+}

@@ -1,0 +1,17 @@
+import Hummingbird
+import TallyCore
+
+/// new-api's success envelope: `{"success":true,"message":"","data":…}`.
+public struct Envelope<Data: Encodable & Sendable>: ResponseEncodable, Sendable {
+    public var success = true
+    public var message = ""
+    public var data: Data
+
+    public init(_ data: Data) { self.data = data }
+}
+
+/// Catalog errors used by middleware, named once.
+enum APIErrorBridge {
+    static let missingToken = APIError(.missingToken)
+    static let invalidToken = APIError(.invalidToken)
+}

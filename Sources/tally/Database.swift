@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import Logging
+import TallyPostgres
+import TallyStore
+
+/// The `--database-url` option shared by every command that talks to PostgreSQL.
+struct DatabaseOptions: ParsableArguments {
+    @Option(name: .customLong("database-url"),
+            help: "PostgreSQL URL or conninfo. Env: DATABASE_URL. Default: the embedded cluster under .tally/ (started by ops/pg).")
+    var databaseURL: String?
+
+    /// The URL to use: the flag, else DATABASE_URL, else the embedded cluster (started on demand).
+    func resolvedURL() throws -> String {
+        if let databaseURL, !databaseURL.isEmpty { return databaseURL }
+        if let url = ProcessInfo.processInfo.environment["DATABASE_URL"], !url.isEmpty { return url }
+        return try EmbeddedPostgres.start()
+    }
+
+    func pool(size: Int = 4, logger: Logger = Logger(label: "tally")) throws -> PostgresPool {
+        PostgresPool(url: try resolvedURL(), size: size, logger: logger)
+    }
+
+    /// A migrated database, ready for the command's work.
+    func migratedPool(size: Int = 4) async throws -> PostgresPool {
+        let pool = try pool(size: size)
+        try await Migrator(pool: pool).migrate()
+        return pool
+    }
+}
+
+/// The embedded PostgreSQL of a checkout: `ops/pg start` prints its URL.
+enum EmbeddedPostgres {
+    static func start() throws -> String {
+        guard let script = locateScript() else {
+            throw ValidationError("DATABASE_URL is not set and ops/pg was not found (run from a Tally checkout, or set DATABASE_URL)")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: script)
+        process.arguments = ["start"]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let url = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard process.terminationStatus == 0, !url.isEmpty else {
+            throw ValidationError("ops/pg start failed (exit \(process.terminationStatus)); see its messages above")
+        }
+        return url
+    }
+
+    /// `ops/pg` in the working directory or above the executable (`.build/release/tally`).
+    private static func locateScript() -> String? {
+        var candidates = [FileManager.default.currentDirectoryPath]
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        for _ in 0..<5 {
+            candidates.append(directory.path)
+            directory.deleteLastPathComponent()
+        }
+        return candidates.map { $0 + "/ops/pg" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+}

@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+import TallyStore
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Apply the numbered SQL migrations (idempotent) and create the next months' log partitions.")
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(help: "Months of request_logs partitions to create ahead, from the current month.")
+    var monthsAhead = 3
+
+    func run() async throws {
+        let pool = try database.pool(size: 1)
+        let migrator = Migrator(pool: pool)
+        let applied = try await migrator.migrate()
+        let partitions = try await migrator.createLogPartitions(months: monthsAhead + 1)
+        print(applied.isEmpty ? "schema is up to date" : "applied: " + applied.map(\.name).joined(separator: ", "))
+        print("created \(partitions) request_logs partition(s)")
+        await pool.close()
+    }
+}
+
+struct Partitions: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create monthly request_logs partitions ahead of time.")
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(help: "First month, YYYY-MM (UTC). Default: the current month.")
+    var from: String?
+
+    @Option(help: "How many months to create.")
+    var months = 3
+
+    func run() async throws {
+        let start = try from.map(MonthParser.parse) ?? Date()
+        let pool = try await database.migratedPool(size: 1)
+        let created = try await Migrator(pool: pool).createLogPartitions(from: start, months: months)
+        print("created \(created) request_logs partition(s)")
+        await pool.close()
+    }
+}
+
+enum MonthParser {
+    /// `YYYY-MM` → the first instant of that month, UTC.
+    static func parse(_ text: String) throws -> Date {
+        let parts = text.split(separator: "-")
+        guard parts.count == 2, let year = Int(parts[0]), let month = Int(parts[1]), (1...12).contains(month),
+              parts[0].count == 4, parts[1].count == 2,
+              let date = Calendar(identifier: .gregorian).date(from: DateComponents(
+                timeZone: TimeZone(identifier: "UTC"), year: year, month: month, day: 1))
+        else { throw ValidationError("expected a month as YYYY-MM, got \"\(text)\"") }
+        return date
+    }
+}

@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+import Hummingbird
+import Logging
+import TallyServer
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the HTTP server (gateway routes, System API, admin, /metrics).",
+        discussion: "Each flag falls back to its environment variable, then to the default. SIGTERM or SIGINT shut down gracefully.")
+
+    @Option(help: "Address to listen on. Env: TALLY_HOST. Default: 127.0.0.1 (put a TLS proxy in front).")
+    var host: String?
+
+    @Option(help: "TCP port. Env: TALLY_PORT. Default: 8080.")
+    var port: Int?
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(help: "Maximum PostgreSQL connections. Env: TALLY_POOL_SIZE. Default: 16.")
+    var poolSize: Int?
+
+    @Option(help: "Secret the gateway sends as 'Authorization: Bearer …' on /gateway routes. Env: TALLY_GATEWAY_SECRET. Without it gateway routes refuse every call.")
+    var gatewaySecret: String?
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical. Env: TALLY_LOG_LEVEL. Default: info.")
+    var logLevel: String?
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let levelName = logLevel ?? environment["TALLY_LOG_LEVEL"] ?? "info"
+        guard let level = Logger.Level(rawValue: levelName) else {
+            throw ValidationError("unknown log level \"\(levelName)\"")
+        }
+        let configuration = TallyConfiguration(
+            host: host ?? environment["TALLY_HOST"] ?? "127.0.0.1",
+            port: try port ?? Self.integer(environment, "TALLY_PORT") ?? 8080,
+            databaseURL: try database.resolvedURL(),
+            poolSize: try poolSize ?? Self.integer(environment, "TALLY_POOL_SIZE") ?? 16,
+            gatewaySecret: gatewaySecret ?? environment["TALLY_GATEWAY_SECRET"] ?? "",
+            logLevel: level)
+        guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let app = try await buildApplication(configuration)
+        try await app.runService()
+    }
+
+    private static func integer(_ environment: [String: String], _ name: String) throws -> Int? {
+        guard let text = environment[name], !text.isEmpty else { return nil }
+        guard let value = Int(text) else { throw ValidationError("\(name) must be a whole number, got \"\(text)\"") }
+        return value
+    }
+}

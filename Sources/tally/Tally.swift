@@ -1,0 +1,13 @@
+import ArgumentParser
+
+@main
+struct Tally: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tally",
+        abstract: "Usage metering and billing backend of an LLM API relay.",
+        discussion: """
+            Every command that touches the database reads DATABASE_URL (libpq conninfo or postgres:// URI). \
+            When it is not set, Tally starts (or reuses) the embedded PostgreSQL under .tally/ via ops/pg.
+            """,
+        subcommands: [Serve.self, Migrate.self, Partitions.self, Admin.self])
+}
