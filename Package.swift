@@ -53,11 +53,13 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
+        // Fresh databases on the real test cluster for every suite that needs PostgreSQL.
+        .target(name: "TallyTestSupport", dependencies: ["TallyStore", "TallyPostgres"], path: "Tests/TallyTestSupport"),
         .testTarget(name: "TallyCoreTests", dependencies: ["TallyCore"]),
-        .testTarget(name: "TallyPostgresTests", dependencies: ["TallyPostgres"]),
-        .testTarget(name: "TallyStoreTests", dependencies: ["TallyStore", "TallyCore", "TallyPostgres"]),
+        .testTarget(name: "TallyPostgresTests", dependencies: ["TallyPostgres", "TallyTestSupport"]),
+        .testTarget(name: "TallyStoreTests", dependencies: ["TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport"]),
         .testTarget(name: "TallyServerTests", dependencies: [
-            "TallyServer", "TallyStore", "TallyCore", "TallyPostgres",
+            "TallyServer", "TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport",
             .product(name: "HummingbirdTesting", package: "hummingbird"),
         ]),
     ],

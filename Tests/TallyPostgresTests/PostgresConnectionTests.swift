@@ -1,0 +1,192 @@
+import Foundation
+import TallyPostgres
+import TallyTestSupport
+import Testing
+
+@Suite("libpq wrapper")
+struct PostgresConnectionTests {
+    @Test("text parameters, NULLs, unicode and timestamps round-trip")
+    func parametersRoundTrip() async throws {
+        let db = try await TestDatabase.shared("postgres")
+        let moment = Date(timeIntervalSince1970: 1_793_534_400.123456)
+        let row = try await db.pool.withConnection { connection in
+            let rows = try connection.query(
+                "SELECT $1::text, $2::bigint, $3::boolean, $4::text IS NULL, $5::timestamptz, $6::text",
+                ["héllo – 世界 🚀", Int64.min, true, SQLNull(), moment, "tab\tand\nnewline"])
+            return [rows[0].text(0), rows[0].text(1), rows[0].text(2), rows[0].text(3), rows[0].text(4), rows[0].text(5)]
+        }
+        #expect(row[0] == "héllo – 世界 🚀")
+        #expect(row[1] == String(Int64.min))
+        #expect(row[2] == "t")
+        #expect(row[3] == "t")
+        #expect(row[4] == "2026-11-01 12:00:00.123456+00")
+        #expect(row[5] == "tab\tand\nnewline")
+    }
+
+    @Test("typed decoding and NULL handling")
+    func typedDecoding() async throws {
+        let db = try await TestDatabase.shared("postgres")
+        try await db.pool.withConnection { connection in
+            let rows = try connection.query("SELECT 42::bigint, NULL::text, 'x', 'true'::boolean")
+            #expect(try rows[0].decode(0, as: Int64.self) == 42)
+            #expect(try rows[0].decodeOptional(1, as: String.self) == nil)
+            #expect(throws: PostgresError.self) { try rows[0].decode(1, as: String.self) }
+            #expect(throws: PostgresError.self) { try rows[0].decode(2, as: Int64.self) }
+            #expect(try rows[0].decode(3, as: Bool.self) == true)
+        }
+    }
+
+    @Test("prepared statements are prepared once and reused")
+    func preparedStatements() async throws {
+        let db = try await TestDatabase.shared("postgres")
+        let statement = PreparedStatement("test_add", "SELECT $1::bigint + $2::bigint")
+        let sums = try await db.pool.withConnection { connection in
+            try (0..<5).map { i in try connection.query(statement, [Int64(i), Int64(10)])[0].decode(0, as: Int64.self) }
+        }
+        #expect(sums == [10, 11, 12, 13, 14])
+    }
+
+    @Test("a unique violation carries SQLSTATE 23505 and the connection stays usable")
+    func uniqueViolation() async throws {
+        let db = try await TestDatabase.shared("postgres")
+        try await db.pool.withConnection { connection in
+            try connection.execute("CREATE TABLE IF NOT EXISTS uv (id int PRIMARY KEY)")
+            try connection.query("INSERT INTO uv VALUES (1) ON CONFLICT DO NOTHING")
+            do {
+                try connection.query("INSERT INTO uv VALUES ($1)", [1])
+                Issue.record("expected a unique violation")
+            } catch let error as PostgresError {
+                #expect(error.sqlState == "23505")
+                #expect(error.isUniqueViolation)
+                #expect(error.kind == .query)
+                #expect(!error.isConnectionFailure)
+            }
+            #expect(try connection.query("SELECT 1").count == 1)
+        }
+    }
+
+    @Test("a failed transaction rolls back everything it wrote")
+    func transactionRollsBack() async throws {
+        let db = try await TestDatabase.shared("postgres")
+        struct Boom: Error {}
+        try await db.pool.withConnection { connection in
+            try connection.execute("CREATE TABLE IF NOT EXISTS tx (n int)")
+        }
+        await #expect(throws: Boom.self) {
+            try await db.pool.transaction { connection in
+                try connection.query("INSERT INTO tx VALUES (1)")
+                throw Boom()
+            }
+        }
+        let count = try await db.pool.withConnection { try $0.query("SELECT count(*) FROM tx")[0].decode(0, as: Int.self) }
+        #expect(count == 0)
+    }
+
+    @Test("COPY 100,000 rows in and out")
+    func copyInAndOut() async throws {
+        let db = try await TestDatabase.shared("postgres")
+        let rowCount = 100_000
+        let (copiedIn, copiedOut, checksum) = try await db.pool.withConnection { connection in
+            try connection.execute("CREATE TABLE copy_rows (id bigint, label text, note text)")
+            let copiedIn = try connection.copyIn("COPY copy_rows FROM STDIN") { writer in
+                var line: [UInt8] = []
+                for id in 0..<rowCount {
+                    line.removeAll(keepingCapacity: true)
+                    CopyText.append(String(id), to: &line)
+                    line.append(9)
+                    CopyText.append("row\t\(id) ünï\\", to: &line)
+                    line.append(9)
+                    CopyText.append(id % 10 == 0 ? nil : "n", to: &line)
+                    line.append(10)
+                    try writer.write(line)
+                }
+            }
+            var lines = 0
+            var checksum = 0
+            let copiedOut = try connection.copyOut("COPY (SELECT id FROM copy_rows ORDER BY id) TO STDOUT") { bytes in
+                lines += 1
+                checksum += Int(String(decoding: bytes.dropLast(), as: UTF8.self)) ?? -1_000_000
+            }
+            #expect(lines == rowCount)
+            let escaped = try connection.query("SELECT label, note IS NULL FROM copy_rows WHERE id = 70")
+            #expect(escaped[0].text(0) == "row\t70 ünï\\")
+            #expect(escaped[0].text(1) == "t")
+            return (copiedIn, copiedOut, checksum)
+        }
+        #expect(copiedIn == rowCount)
+        #expect(copiedOut == rowCount)
+        #expect(checksum == (rowCount - 1) * rowCount / 2)
+    }
+
+    @Test("bad COPY data fails with its SQLSTATE and leaves the connection usable")
+    func copyFailure() async throws {
+        let db = try await TestDatabase.shared("postgres")
+        try await db.pool.withConnection { connection in
+            try connection.execute("CREATE TABLE IF NOT EXISTS copy_bad (id bigint)")
+            do {
+                try connection.copyIn("COPY copy_bad FROM STDIN") { writer in
+                    try writer.write("1\nnot-a-number\n")
+                }
+                Issue.record("expected COPY to fail")
+            } catch let error as PostgresError {
+                #expect(error.sqlState == "22P02")
+            }
+            #expect(try connection.query("SELECT count(*) FROM copy_bad")[0].decode(0, as: Int.self) == 0)
+        }
+    }
+
+    @Test("the pool serves 200 concurrent transactions with at most `size` connections")
+    func poolUnderConcurrency() async throws {
+        let db = try await TestDatabase.shared("postgres")
+        let pool = PostgresPool(url: db.url, size: 4)
+        try await pool.withConnection { connection in
+            try connection.execute("CREATE TABLE counter (n int); INSERT INTO counter VALUES (0)")
+        }
+        let backends = try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<200 {
+                group.addTask {
+                    try await pool.transaction { connection in
+                        try connection.query("UPDATE counter SET n = n + 1")
+                        return try connection.query("SELECT pg_backend_pid()")[0].decode(0, as: Int.self)
+                    }
+                }
+            }
+            var pids: Set<Int> = []
+            for try await pid in group { pids.insert(pid) }
+            return pids
+        }
+        let total = try await pool.withConnection { try $0.query("SELECT n FROM counter")[0].decode(0, as: Int.self) }
+        #expect(total == 200)
+        #expect(backends.count <= 4)
+        await pool.close()
+    }
+
+    @Test("connection errors never contain the password")
+    func connectionErrorHidesPassword() async throws {
+        let pool = PostgresPool(url: "postgres://tally:sup3r-s3cret@127.0.0.1:1/nowhere?connect_timeout=2", size: 1)
+        do {
+            try await pool.withConnection { _ = try $0.query("SELECT 1") }
+            Issue.record("expected a connection failure")
+        } catch let error as PostgresError {
+            #expect(error.kind == .connection)
+            #expect(error.isConnectionFailure)
+            #expect(!error.description.contains("sup3r-s3cret"))
+        }
+    }
+
+    @Test("the pool reconnects after PostgreSQL restarts", .enabled(if: disruptiveTestsEnabled))
+    func reconnectAfterRestart() async throws {
+        let db = try await TestDatabase.shared("postgres-restart")
+        let pool = PostgresPool(url: db.url, size: 2)
+        let before = try await pool.withConnection { try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int.self) }
+        try TestCluster.control("restart")
+        // The first call may see the dead connection; within a few tries the pool reconnects.
+        var after: Int?
+        for _ in 0..<5 where after == nil {
+            after = try? await pool.withConnection { try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int.self) }
+        }
+        #expect(after != nil)
+        #expect(after != before)
+        await pool.close()
+    }
+}

@@ -1,0 +1,69 @@
+import Foundation
+import TallyPostgres
+import TallyStore
+import TallyTestSupport
+import Testing
+
+@Suite("migrations and partitions")
+struct MigrationTests {
+    @Test("migrations apply once, a second run applies nothing, and concurrent runs do not collide")
+    func migrateTwiceAndConcurrently() async throws {
+        let db = try await TestDatabase.create("migrate", migrate: false)
+        let all = try Migration.bundled()
+        #expect(all.map(\.version) == Array(1...all.count))
+        try await withThrowingTaskGroup(of: Int.self) { group in
+            for _ in 0..<3 { group.addTask { try await Migrator(pool: db.pool).migrate().count } }
+            var applied = 0
+            for try await count in group { applied += count }
+            #expect(applied == all.count)
+        }
+        #expect(try await Migrator(pool: db.pool).migrate().isEmpty)
+        let recorded = try await db.pool.withConnection {
+            try $0.query("SELECT version FROM schema_migrations ORDER BY version").map { try $0.decode(0, as: Int.self) }
+        }
+        #expect(recorded == all.map(\.version))
+    }
+
+    @Test("every table of the design exists")
+    func designTablesExist() async throws {
+        let db = try await TestDatabase.shared("store")
+        let tables = try await db.pool.withConnection { connection in
+            Set(try connection.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").map { try $0.decode(0, as: String.self) })
+        }
+        for table in ["users", "tokens", "groups", "channels", "price_versions", "holds", "ingest_rejects",
+                      "ledger", "usage_daily", "redemptions", "audit_log", "schema_migrations"] {
+            #expect(tables.contains(table), "missing table \(table)")
+        }
+        let partitioned = try await db.pool.withConnection {
+            try $0.query("SELECT relkind FROM pg_class WHERE relname = 'request_logs'")[0].text(0)
+        }
+        #expect(partitioned == "p")
+    }
+
+    @Test("the partition helper creates exactly the months asked for, idempotently")
+    func partitionHelper() async throws {
+        let db = try await TestDatabase.shared("store")
+        let migrator = Migrator(pool: db.pool)
+        let start = try #require(PostgresTimestamp.parse("2030-11-15 08:00:00+00"))
+        #expect(try await migrator.createLogPartitions(from: start, months: 3) == 3)
+        #expect(try await migrator.createLogPartitions(from: start, months: 3) == 0)
+        let names = try await db.pool.withConnection { connection in
+            try connection.query("""
+                SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                WHERE i.inhparent = 'request_logs'::regclass AND c.relname LIKE 'request_logs_y203%' ORDER BY 1
+                """).map { try $0.decode(0, as: String.self) }
+        }
+        #expect(names == ["request_logs_y2030m11", "request_logs_y2030m12", "request_logs_y2031m01"])
+        // A row at the last instant of December lands in December, the first of January in January.
+        let placed = try await db.pool.withConnection { connection in
+            try connection.query("""
+                INSERT INTO request_logs (request_id, created_at, user_id, token_id, model, "group", kind, status, quota)
+                VALUES ('a', '2030-12-31 23:59:59.999999+00', 1, 1, 'm', 'default', 'chat', 200, 0),
+                       ('b', '2031-01-01 00:00:00+00', 1, 1, 'm', 'default', 'chat', 200, 0)
+                """)
+            return try connection.query("SELECT request_id, tableoid::regclass::text FROM request_logs WHERE request_id IN ('a','b') ORDER BY 1")
+                .map { "\($0.text(0)!)=\($0.text(1)!)" }
+        }
+        #expect(placed == ["a=request_logs_y2030m12", "b=request_logs_y2031m01"])
+    }
+}

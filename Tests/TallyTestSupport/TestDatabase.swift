@@ -1,0 +1,107 @@
+import Foundation
+import Synchronization
+import TallyPostgres
+import TallyStore
+
+/// A fresh, migrated database on the test cluster, one per test suite.
+///
+/// The cluster is the one `ops/test` starts (`TALLY_TEST_DATABASE_URL`, a maintenance-database
+/// URL). When `swift test` runs on its own, the embedded test cluster is started here with
+/// `ops/pg` under `.tally/test`, so tests always hit a real PostgreSQL.
+public struct TestDatabase: Sendable {
+    public let name: String
+    public let url: String
+    public let pool: PostgresPool
+
+    /// The database of a suite, created on first use and shared by that suite's tests.
+    public static func shared(_ suite: String) async throws -> TestDatabase {
+        try await SharedDatabases.instance.database(for: suite)
+    }
+
+    /// Creates `tally_t_<suite>_<pid>_<random>` and applies every migration.
+    public static func create(_ suite: String, poolSize: Int = 8, migrate: Bool = true) async throws -> TestDatabase {
+        let admin = PostgresPool(url: try TestCluster.maintenanceURL(), size: 1)
+        let name = "tally_t_\(suite.lowercased().filter { $0.isLetter || $0.isNumber })_\(getpid())_\(UInt32.random(in: 0...UInt32.max))"
+        try await admin.withConnection { connection in
+            try connection.execute("CREATE DATABASE \(connection.quoteIdentifier(name))")
+        }
+        await admin.close()
+        let url = TestCluster.url(database: name)
+        let pool = PostgresPool(url: url, size: poolSize)
+        if migrate { try await Migrator(pool: pool).migrate() }
+        return TestDatabase(name: name, url: url, pool: pool)
+    }
+}
+
+/// The test cluster: its URLs and control script.
+public enum TestCluster {
+    /// The repository root, found from this file's path.
+    public static let repositoryRoot: URL = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    private static let started = Mutex<String?>(nil)
+
+    /// `TALLY_TEST_DATABASE_URL`, else the URL of the embedded test cluster (started if needed).
+    public static func maintenanceURL() throws -> String {
+        if let url = ProcessInfo.processInfo.environment["TALLY_TEST_DATABASE_URL"], !url.isEmpty { return url }
+        return try started.withLock { cached in
+            if let cached { return cached }
+            _ = try control("start")
+            let url = try control("url", "postgres").trimmingCharacters(in: .whitespacesAndNewlines)
+            cached = url
+            return url
+        }
+    }
+
+    /// The URL of another database on the same cluster.
+    public static func url(database: String) -> String {
+        guard let maintenance = try? maintenanceURL(), let slash = maintenance.lastIndex(of: "/") else { return "" }
+        let query = maintenance[slash...].firstIndex(of: "?").map { String(maintenance[$0...]) } ?? ""
+        return String(maintenance[..<slash]) + "/" + database + query
+    }
+
+    /// Runs `ops/pg <arguments>` against the test cluster (e.g. `restart`, `stop`, `start`).
+    @discardableResult
+    public static func control(_ arguments: String...) throws -> String {
+        let process = Process()
+        let script = ProcessInfo.processInfo.environment["TALLY_PG_CTL"]
+            ?? repositoryRoot.appendingPathComponent("ops/pg").path
+        process.executableURL = URL(fileURLWithPath: script)
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        if environment["TALLY_HOME"] == nil {
+            environment["TALLY_HOME"] = repositoryRoot.appendingPathComponent(".tally/test").path
+        }
+        process.environment = environment
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw TestClusterError(message: "ops/pg \(arguments.joined(separator: " ")) exited \(process.terminationStatus)")
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+public struct TestClusterError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+private actor SharedDatabases {
+    static let instance = SharedDatabases()
+    private var databases: [String: Task<TestDatabase, any Error>] = [:]
+
+    func database(for suite: String) async throws -> TestDatabase {
+        if let existing = databases[suite] { return try await existing.value }
+        let task = Task { try await TestDatabase.create(suite) }
+        databases[suite] = task
+        return try await task.value
+    }
+}
+
+/// Tests that stop or restart the shared cluster run only in their own `swift test` pass
+/// (`ops/test` sets `TALLY_DISRUPTIVE_TESTS=1` and filters to them), never beside other suites.
+public let disruptiveTestsEnabled = ProcessInfo.processInfo.environment["TALLY_DISRUPTIVE_TESTS"] == "1"
