@@ -1,0 +1,179 @@
+import Foundation
+import TallyCore
+import TallyPostgres
+
+/// An upstream channel as Tally knows it: which groups it serves and which models it offers.
+/// (The gateway holds its credentials; Tally needs only what decides availability.)
+public struct Channel: Sendable, Equatable {
+    public var id: Int64
+    public var name: String
+    /// 1 enabled, 2 manually disabled, 3 automatically disabled.
+    public var status: Int
+    public var groups: [String]
+    public var models: [String]
+    public var usedQuota: Int64
+    public var createdTime: Int64
+    public var updatedTime: Int64
+}
+
+public struct ChannelDraft: Sendable, Equatable {
+    public var name: String
+    public var status: Int
+    public var groups: [String]
+    public var models: [String]
+
+    public init(name: String, status: Int = 1, groups: [String] = ["default"], models: [String] = []) {
+        self.name = name
+        self.status = status
+        self.groups = groups
+        self.models = models
+    }
+}
+
+public struct ChannelChanges: Sendable, Equatable {
+    public var name: String?
+    public var status: Int?
+    public var groups: [String]?
+    public var models: [String]?
+
+    public init(name: String? = nil, status: Int? = nil, groups: [String]? = nil, models: [String]? = nil) {
+        self.name = name
+        self.status = status
+        self.groups = groups
+        self.models = models
+    }
+}
+
+enum ChannelRules {
+    static func checkName(_ name: String) throws(StoreError) {
+        guard !name.trimmingCharacters(in: .whitespaces).isEmpty else { throw .invalid("name is required") }
+        guard name.count <= 200 else { throw .invalid("name is longer than 200 characters") }
+    }
+
+    static func checkStatus(_ status: Int) throws(StoreError) {
+        guard (1...3).contains(status) else {
+            throw .invalid("status must be 1 (enabled), 2 (disabled) or 3 (auto-disabled), got \(status)")
+        }
+    }
+
+    static func normalizedGroups(_ groups: [String]) throws(StoreError) -> [String] {
+        var result: [String] = []
+        for raw in groups {
+            let group = raw.trimmingCharacters(in: .whitespaces)
+            if group.isEmpty { continue }
+            guard GroupRules.isValidName(group) else { throw .invalid("group \"\(group.prefix(64))\" is not a valid group name") }
+            if !result.contains(group) { result.append(group) }
+        }
+        guard !result.isEmpty else { throw .invalid("group must name at least one group") }
+        return result
+    }
+
+    static func normalizedModels(_ models: [String]) throws(StoreError) -> [String] {
+        do { return try ModelNames.validate(models, field: "models") } catch { throw .invalid(error.message) }
+    }
+
+    /// Every named group must exist.
+    static func checkGroupsExist(_ groups: [String], on connection: PostgresConnection) throws {
+        let known = Set(try connection.query("SELECT name FROM groups WHERE name = ANY ($1::text[])", [TextArray(groups)])
+            .map { try $0.decode(0, as: String.self) })
+        if let missing = groups.first(where: { !known.contains($0) }) {
+            throw StoreError.invalid("unknown group \"\(missing)\"")
+        }
+    }
+}
+
+/// The `channels` table, and the models the enabled channels offer to groups.
+public struct ChannelRepository: Sendable {
+    let pool: PostgresPool
+
+    public init(pool: PostgresPool) { self.pool = pool }
+
+    static let columns = "id, name, status, groups, models, used_quota, \(SQL.unix("created_at")), \(SQL.unix("updated_at"))"
+
+    static func decode(_ row: PostgresRow) throws -> Channel {
+        Channel(id: try row.decode(0), name: try row.decode(1), status: try row.decode(2),
+                groups: try row.decode(3, as: TextArray.self).elements, models: try row.decode(4, as: TextArray.self).elements,
+                usedQuota: try row.decode(5), createdTime: try row.decode(6), updatedTime: try row.decode(7))
+    }
+
+    public func list(page: PageRequest) async throws -> Page<Channel> {
+        try await pool.withConnection { connection in
+            let total = try connection.query("SELECT count(*) FROM channels")[0].decode(0, as: Int.self)
+            let rows = try connection.query("SELECT \(Self.columns) FROM channels ORDER BY id DESC LIMIT $1 OFFSET $2",
+                                            [page.size, page.offset])
+            return Page(items: try rows.map(Self.decode), total: total, request: page)
+        }
+    }
+
+    public func get(id: Int64) async throws -> Channel {
+        try await pool.withConnection { connection in
+            guard let row = try connection.query("SELECT \(Self.columns) FROM channels WHERE id = $1", [id]).first else {
+                throw StoreError.notFound("channel \(id) not found")
+            }
+            return try Self.decode(row)
+        }
+    }
+
+    public func create(_ draft: ChannelDraft, by actor: Actor) async throws -> Channel {
+        try ChannelRules.checkName(draft.name)
+        try ChannelRules.checkStatus(draft.status)
+        let groups = try ChannelRules.normalizedGroups(draft.groups)
+        let models = try ChannelRules.normalizedModels(draft.models)
+        return try await pool.transaction { connection in
+            try ChannelRules.checkGroupsExist(groups, on: connection)
+            let rows = try connection.query("""
+                INSERT INTO channels (name, status, groups, models) VALUES ($1, $2, $3::text[], $4::text[])
+                RETURNING \(Self.columns)
+                """, [draft.name, draft.status, TextArray(groups), TextArray(models)])
+            let channel = try Self.decode(rows[0])
+            try AuditLog.recordChange(on: connection, actor: actor, action: "channel.create", target: "channel:\(channel.id)",
+                                      before: nil, after: Self.auditFields(channel))
+            return channel
+        }
+    }
+
+    public func update(id: Int64, _ changes: ChannelChanges, by actor: Actor) async throws -> Channel {
+        if let name = changes.name { try ChannelRules.checkName(name) }
+        if let status = changes.status { try ChannelRules.checkStatus(status) }
+        let groups = try changes.groups.map(ChannelRules.normalizedGroups)
+        let models = try changes.models.map(ChannelRules.normalizedModels)
+        return try await pool.transaction { connection in
+            guard let row = try connection.query("SELECT \(Self.columns) FROM channels WHERE id = $1 FOR UPDATE", [id]).first else {
+                throw StoreError.notFound("channel \(id) not found")
+            }
+            let before = try Self.decode(row)
+            var after = before
+            if let name = changes.name { after.name = name }
+            if let status = changes.status { after.status = status }
+            if let groups {
+                try ChannelRules.checkGroupsExist(groups, on: connection)
+                after.groups = groups
+            }
+            if let models { after.models = models }
+            let rows = try connection.query("""
+                UPDATE channels SET name = $2, status = $3, groups = $4::text[], models = $5::text[], updated_at = now()
+                WHERE id = $1 RETURNING \(Self.columns)
+                """, [id, after.name, after.status, TextArray(after.groups), TextArray(after.models)])
+            let updated = try Self.decode(rows[0])
+            try AuditLog.recordChange(on: connection, actor: actor, action: "channel.update", target: "channel:\(id)",
+                                      before: Self.auditFields(before), after: Self.auditFields(updated))
+            return updated
+        }
+    }
+
+    /// The models offered to any of `groups` by enabled channels, sorted and unique.
+    public func models(forGroups groups: [String]) async throws -> [String] {
+        guard !groups.isEmpty else { return [] }
+        return try await pool.withConnection { connection in
+            try connection.query("""
+                SELECT DISTINCT m FROM channels c, unnest(c.models) AS m
+                WHERE c.status = 1 AND c.groups && $1::text[] ORDER BY m
+                """, [TextArray(groups)]).map { try $0.decode(0, as: String.self) }
+        }
+    }
+
+    static func auditFields(_ channel: Channel) -> [String: any CustomStringConvertible] {
+        ["name": channel.name, "status": channel.status, "groups": channel.groups.joined(separator: ","),
+         "models": channel.models.joined(separator: ",")]
+    }
+}

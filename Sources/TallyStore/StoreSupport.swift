@@ -1,0 +1,100 @@
+import Foundation
+import TallyCore
+import TallyPostgres
+
+/// A `text[]` parameter, sent as an array literal with every element quoted.
+public struct TextArray: PostgresEncodable, Equatable {
+    public var elements: [String]
+
+    public init(_ elements: [String]) { self.elements = elements }
+
+    public var postgresText: String? {
+        "{" + elements.map { element in
+            var quoted = "\""
+            for character in element {
+                if character == "\"" || character == "\\" { quoted.append("\\") }
+                quoted.append(character)
+            }
+            return quoted + "\""
+        }.joined(separator: ",") + "}"
+    }
+}
+
+extension TextArray: PostgresDecodable {
+    /// Parses PostgreSQL's text output of a one-dimensional `text[]`.
+    public init(postgresText text: String) throws(PostgresError) {
+        var elements: [String] = []
+        let characters = Array(text)
+        guard characters.first == "{", characters.last == "}" else {
+            throw PostgresError(kind: .decode, message: "not an array literal")
+        }
+        var index = 1
+        let end = characters.count - 1
+        while index < end {
+            var element = ""
+            if characters[index] == "\"" {
+                index += 1
+                while index < end, characters[index] != "\"" {
+                    if characters[index] == "\\" { index += 1 }
+                    if index < end { element.append(characters[index]) }
+                    index += 1
+                }
+                index += 1  // closing quote
+            } else {
+                while index < end, characters[index] != "," {
+                    element.append(characters[index])
+                    index += 1
+                }
+            }
+            elements.append(element)
+            if index < end, characters[index] == "," { index += 1 }
+        }
+        self.elements = elements
+    }
+}
+
+/// A page request: 1-based page number and a page size already clamped by the caller.
+public struct PageRequest: Sendable, Equatable {
+    public var page: Int
+    public var size: Int
+
+    public init(page: Int, size: Int) {
+        self.page = max(1, page)
+        self.size = max(1, size)
+    }
+
+    public var offset: Int { (page - 1) * size }
+}
+
+/// One page of results and the total count of the filtered set.
+public struct Page<Item: Sendable>: Sendable {
+    public var items: [Item]
+    public var total: Int
+    public var request: PageRequest
+
+    public init(items: [Item], total: Int, request: PageRequest) {
+        self.items = items
+        self.total = total
+        self.request = request
+    }
+}
+
+/// SQL fragments shared by the repositories.
+enum SQL {
+    /// A `timestamptz` column as whole unix seconds.
+    static func unix(_ column: String) -> String { "floor(extract(epoch FROM \(column)))::bigint" }
+}
+
+/// Limits of quota amounts accepted from callers: 10^15 units is 2 billion USD.
+public enum QuotaLimits {
+    public static let maximum: Int64 = 1_000_000_000_000_000
+}
+
+extension AuditLog {
+    /// Records values of any printable type, rendered as text (the form every audit row uses).
+    static func recordChange(on connection: PostgresConnection, actor: Actor, action: String, target: String,
+                       before: [String: any CustomStringConvertible]?, after: [String: any CustomStringConvertible]?) throws {
+        try record(on: connection, actor: actor, action: action, target: target,
+                   before: before?.mapValues { "\($0)" }, after: after?.mapValues { "\($0)" })
+    }
+}

@@ -1,0 +1,355 @@
+import Foundation
+import TallyCore
+import TallyPostgres
+
+/// An API key as the System API shows it (new-api's `Token`). The key itself is never stored:
+/// only its SHA-256 and its last six characters.
+public struct APIToken: Sendable, Equatable {
+    public var id: Int64
+    public var userID: Int64
+    public var name: String
+    public var keyLast6: String
+    /// 1 enabled, 2 disabled, 3 expired, 4 exhausted. An enabled key past its expiry reads 3,
+    /// an enabled limited key with no quota left reads 4, as new-api reports them.
+    public var status: Int
+    public var createdTime: Int64
+    public var accessedTime: Int64
+    /// Unix seconds; -1 = never.
+    public var expiredTime: Int64
+    public var remainQuota: Int64
+    public var unlimitedQuota: Bool
+    public var usedQuota: Int64
+    public var requestCount: Int64
+    public var modelLimitsEnabled: Bool
+    /// Comma-separated model names.
+    public var modelLimits: String
+    /// Canonical CIDRs, newline-separated ("" = any address).
+    public var allowIPs: String
+    /// "" = the owner's group.
+    public var group: String
+
+    /// True when the key may be used now: enabled, not expired, not exhausted.
+    public var isUsable: Bool { status == 1 }
+
+    /// The model limit list (empty when limits are off).
+    public var modelLimitList: [String] {
+        modelLimits.split(separator: ",").map(String.init)
+    }
+}
+
+/// What a new key is made from; every field has new-api's default.
+public struct TokenDraft: Sendable, Equatable {
+    public var name: String
+    /// -1 = never, else unix seconds in the future.
+    public var expiredTime: Int64
+    public var remainQuota: Int64
+    public var unlimitedQuota: Bool
+    public var modelLimitsEnabled: Bool
+    public var modelLimits: String
+    public var allowIPs: String
+    public var group: String
+
+    public init(name: String = "", expiredTime: Int64 = -1, remainQuota: Int64 = 0, unlimitedQuota: Bool = false,
+                modelLimitsEnabled: Bool = false, modelLimits: String = "", allowIPs: String = "", group: String = "") {
+        self.name = name
+        self.expiredTime = expiredTime
+        self.remainQuota = remainQuota
+        self.unlimitedQuota = unlimitedQuota
+        self.modelLimitsEnabled = modelLimitsEnabled
+        self.modelLimits = modelLimits
+        self.allowIPs = allowIPs
+        self.group = group
+    }
+}
+
+/// A change to a key; nil fields keep their value.
+public struct TokenChanges: Sendable, Equatable {
+    public var name: String?
+    public var expiredTime: Int64?
+    public var remainQuota: Int64?
+    public var unlimitedQuota: Bool?
+    public var modelLimitsEnabled: Bool?
+    public var modelLimits: String?
+    public var allowIPs: String?
+    public var group: String?
+    /// 1 (enable) or 2 (disable).
+    public var status: Int?
+
+    public init(name: String? = nil, expiredTime: Int64? = nil, remainQuota: Int64? = nil, unlimitedQuota: Bool? = nil,
+                modelLimitsEnabled: Bool? = nil, modelLimits: String? = nil, allowIPs: String? = nil,
+                group: String? = nil, status: Int? = nil) {
+        self.name = name
+        self.expiredTime = expiredTime
+        self.remainQuota = remainQuota
+        self.unlimitedQuota = unlimitedQuota
+        self.modelLimitsEnabled = modelLimitsEnabled
+        self.modelLimits = modelLimits
+        self.allowIPs = allowIPs
+        self.group = group
+        self.status = status
+    }
+}
+
+/// The rules every key field obeys, shared by the System API and `tally admin create-key`.
+public enum TokenRules {
+    /// new-api's limit (bytes of UTF-8).
+    public static let maximumNameBytes = 50
+    /// new-api's `MaxUserTokens`.
+    public static let maximumTokensPerUser = 1000
+    /// 9999-12-31T23:59:59Z.
+    public static let latestExpiry: Int64 = 253_402_300_799
+
+    public static func checkName(_ name: String) throws(StoreError) {
+        guard name.utf8.count <= maximumNameBytes else {
+            throw .invalid("name is too long: at most \(maximumNameBytes) bytes, got \(name.utf8.count)")
+        }
+        guard !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            throw .invalid("name must not contain control characters")
+        }
+    }
+
+    public static func checkExpiry(_ expiredTime: Int64, now: Int64) throws(StoreError) {
+        guard expiredTime != -1 else { return }
+        guard expiredTime > 0, expiredTime <= latestExpiry else {
+            throw .invalid("expired_time must be -1 (never expires) or a unix time in seconds, got \(expiredTime)")
+        }
+        guard expiredTime > now else {
+            throw .invalid("expired_time \(expiredTime) is in the past; use a future unix time in seconds, or -1 for never")
+        }
+    }
+
+    public static func checkQuota(_ quota: Int64, field: String = "remain_quota") throws(StoreError) {
+        guard quota >= 0 else { throw .invalid("\(field) cannot be negative, got \(quota)") }
+        guard quota <= QuotaLimits.maximum else {
+            throw .invalid("\(field) exceeds the maximum of \(QuotaLimits.maximum) units, got \(quota)")
+        }
+    }
+
+    public static func normalizedModelLimits(_ text: String) throws(StoreError) -> String {
+        do { return try ModelNames.parseList(text, field: "model_limits").joined(separator: ",") } catch {
+            throw .invalid(error.message)
+        }
+    }
+
+    public static func normalizedAllowIPs(_ text: String) throws(StoreError) -> String {
+        do { return try IPAllowList.parse(text).text } catch { throw .invalid(error.description) }
+    }
+
+    public static func checkGroupName(_ group: String) throws(StoreError) {
+        guard group.isEmpty || GroupRules.isValidName(group) else {
+            throw .invalid("group \"\(group.prefix(64))\" is not a valid group name")
+        }
+    }
+}
+
+/// API keys (`tokens`).
+public struct TokenRepository: Sendable {
+    let pool: PostgresPool
+
+    public init(pool: PostgresPool) { self.pool = pool }
+
+    static let effectiveStatus = """
+        CASE WHEN t.status = 1 AND t.expires_at IS NOT NULL AND t.expires_at <= now() THEN 3 \
+        WHEN t.status = 1 AND NOT t.unlimited_quota AND t.remain_quota <= 0 THEN 4 ELSE t.status END
+        """
+    static let columns = """
+        t.id, t.user_id, t.name, t.key_last6, \(effectiveStatus), \(SQL.unix("t.created_at")), \
+        \(SQL.unix("t.accessed_at")), coalesce(\(SQL.unix("t.expires_at")), -1), t.remain_quota, t.unlimited_quota, \
+        t.used_quota, t.request_count, t.model_limits_enabled, t.model_limits, t.allow_ips, t."group"
+        """
+
+    static func decode(_ row: PostgresRow) throws -> APIToken {
+        APIToken(
+            id: try row.decode(0), userID: try row.decode(1), name: try row.decode(2), keyLast6: try row.decode(3),
+            status: try row.decode(4), createdTime: try row.decode(5), accessedTime: try row.decode(6),
+            expiredTime: try row.decode(7), remainQuota: try row.decode(8), unlimitedQuota: try row.decode(9),
+            usedQuota: try row.decode(10), requestCount: try row.decode(11), modelLimitsEnabled: try row.decode(12),
+            modelLimits: try row.decode(13), allowIPs: try row.decode(14), group: try row.decode(15))
+    }
+
+    /// Creates a key for `userID`; returns it with the full key, which exists only in this answer.
+    /// `anyGroup` lets the operator's CLI assign any existing group; users may pick only
+    /// selectable groups or their own.
+    public func create(userID: Int64, _ draft: TokenDraft, anyGroup: Bool = false, by actor: Actor? = nil) async throws -> (token: APIToken, key: String) {
+        var draft = draft
+        let now = Int64(Date().timeIntervalSince1970)
+        try TokenRules.checkName(draft.name)
+        try TokenRules.checkExpiry(draft.expiredTime, now: now)
+        try TokenRules.checkQuota(draft.remainQuota)
+        try TokenRules.checkGroupName(draft.group)
+        draft.modelLimits = try TokenRules.normalizedModelLimits(draft.modelLimits)
+        draft.allowIPs = try TokenRules.normalizedAllowIPs(draft.allowIPs)
+        let key = Secrets.newAPIKey()
+        let hash = SecretHash(of: key)
+        let draftValue = draft
+        let token = try await pool.transaction { connection -> APIToken in
+            let owner = try connection.query(#"SELECT "group" FROM users WHERE id = $1 FOR UPDATE"#, [userID])
+            guard let ownGroup = try owner.first?.decode(0, as: String.self) else {
+                throw StoreError.notFound("user \(userID) does not exist")
+            }
+            try Self.checkGroupAllowed(draftValue.group, ownGroup: ownGroup, anyGroup: anyGroup, on: connection)
+            let count = try connection.query("SELECT count(*) FROM tokens WHERE user_id = $1 AND deleted_at IS NULL", [userID])
+            guard try count[0].decode(0, as: Int.self) < TokenRules.maximumTokensPerUser else {
+                throw StoreError.conflict("this account already has the maximum of \(TokenRules.maximumTokensPerUser) API keys; delete one first")
+            }
+            let rows = try connection.query("""
+                INSERT INTO tokens AS t (user_id, name, key_hash, key_last6, "group", remain_quota, unlimited_quota,
+                                    model_limits_enabled, model_limits, allow_ips, expires_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $11::bigint = -1 THEN NULL ELSE to_timestamp($11::bigint) END)
+                RETURNING \(Self.columns)
+                """, [userID, draftValue.name, hash, Secrets.last6(key), draftValue.group, draftValue.remainQuota,
+                      draftValue.unlimitedQuota, draftValue.modelLimitsEnabled, draftValue.modelLimits,
+                      draftValue.allowIPs, draftValue.expiredTime])
+            let token = try Self.decode(rows[0])
+            if let actor {
+                try AuditLog.recordChange(on: connection, actor: actor, action: "token.create", target: "token:\(token.id)",
+                                          before: nil, after: Self.auditFields(token))
+            }
+            return token
+        }
+        return (token, key)
+    }
+
+    /// The caller's keys, newest first.
+    public func list(userID: Int64, page: PageRequest) async throws -> Page<APIToken> {
+        try await pool.withConnection { connection in
+            let total = try connection.query(
+                "SELECT count(*) FROM tokens WHERE user_id = $1 AND deleted_at IS NULL", [userID])[0].decode(0, as: Int.self)
+            let rows = try connection.query("""
+                SELECT \(Self.columns) FROM tokens t WHERE t.user_id = $1 AND t.deleted_at IS NULL
+                ORDER BY t.id DESC LIMIT $2 OFFSET $3
+                """, [userID, page.size, page.offset])
+            return Page(items: try rows.map(Self.decode), total: total, request: page)
+        }
+    }
+
+    /// One of the caller's keys; not found when it is someone else's or deleted.
+    public func get(id: Int64, userID: Int64) async throws -> APIToken {
+        try await pool.withConnection { connection in
+            guard let row = try connection.query(
+                "SELECT \(Self.columns) FROM tokens t WHERE t.id = $1 AND t.user_id = $2 AND t.deleted_at IS NULL",
+                [id, userID]).first
+            else { throw StoreError.notFound("API key \(id) not found") }
+            return try Self.decode(row)
+        }
+    }
+
+    /// Applies `changes` to one of the caller's keys. With `statusOnly`, only the status changes
+    /// (new-api's `?status_only=1`).
+    public func update(id: Int64, userID: Int64, _ changes: TokenChanges, statusOnly: Bool = false) async throws -> APIToken {
+        let now = Int64(Date().timeIntervalSince1970)
+        var changes = changes
+        if let status = changes.status, status != 1, status != 2 {
+            // A full update may echo the displayed status back (3 expired, 4 exhausted): those are
+            // states, not requests, and are ignored as new-api ignores status in a full update.
+            guard !statusOnly, status == 3 || status == 4 else {
+                throw StoreError.invalid("status must be 1 (enabled) or 2 (disabled), got \(status)")
+            }
+            changes.status = nil
+        }
+        if statusOnly && changes.status == nil {
+            throw StoreError.invalid("status is required with status_only")
+        }
+        if !statusOnly {
+            if let name = changes.name { try TokenRules.checkName(name) }
+            if let quota = changes.remainQuota { try TokenRules.checkQuota(quota) }
+            if let group = changes.group { try TokenRules.checkGroupName(group) }
+        }
+        if !statusOnly {
+            changes.modelLimits = try changes.modelLimits.map(TokenRules.normalizedModelLimits)
+            changes.allowIPs = try changes.allowIPs.map(TokenRules.normalizedAllowIPs)
+        }
+        let normalized = changes
+        return try await pool.transaction { connection -> APIToken in
+            guard let row = try connection.query("""
+                SELECT \(Self.columns), t.status, u."group" FROM tokens t JOIN users u ON u.id = t.user_id
+                WHERE t.id = $1 AND t.user_id = $2 AND t.deleted_at IS NULL FOR UPDATE OF t
+                """, [id, userID]).first
+            else { throw StoreError.notFound("API key \(id) not found") }
+            let current = try Self.decode(row)
+            let storedStatus = try row.decode(16, as: Int.self)
+            let ownGroup = try row.decode(17, as: String.self)
+            var next = current
+            next.status = storedStatus
+            if !statusOnly {
+                if let name = normalized.name { next.name = name }
+                if let expiry = normalized.expiredTime, expiry != current.expiredTime {
+                    try TokenRules.checkExpiry(expiry, now: now)
+                    next.expiredTime = expiry
+                }
+                if let quota = normalized.remainQuota { next.remainQuota = quota }
+                if let unlimited = normalized.unlimitedQuota { next.unlimitedQuota = unlimited }
+                if let enabled = normalized.modelLimitsEnabled { next.modelLimitsEnabled = enabled }
+                if let limits = normalized.modelLimits { next.modelLimits = limits }
+                if let ips = normalized.allowIPs { next.allowIPs = ips }
+                if let group = normalized.group, group != current.group {
+                    try Self.checkGroupAllowed(group, ownGroup: ownGroup, anyGroup: false, on: connection)
+                    next.group = group
+                }
+            }
+            if let status = normalized.status {
+                if status == 1 && current.status != 1 {
+                    if next.expiredTime != -1 && next.expiredTime <= now {
+                        throw StoreError.invalid("Token has expired and cannot be enabled. Please modify the expiration time or set it to never expire")
+                    }
+                    if !next.unlimitedQuota && next.remainQuota <= 0 {
+                        throw StoreError.invalid("Token quota is exhausted and cannot be enabled. Please raise its remaining quota or make it unlimited")
+                    }
+                }
+                next.status = status
+            }
+            let rows = try connection.query("""
+                UPDATE tokens AS t SET name = $3, expires_at = CASE WHEN $4::bigint = -1 THEN NULL ELSE to_timestamp($4::bigint) END,
+                    remain_quota = $5, unlimited_quota = $6, model_limits_enabled = $7, model_limits = $8,
+                    allow_ips = $9, "group" = $10, status = $11
+                WHERE t.id = $1 AND t.user_id = $2 RETURNING \(Self.columns)
+                """, [id, userID, next.name, next.expiredTime, next.remainQuota, next.unlimitedQuota,
+                      next.modelLimitsEnabled, next.modelLimits, next.allowIPs, next.group, next.status])
+            return try Self.decode(rows[0])
+        }
+    }
+
+    /// Deletes one of the caller's keys (soft delete: the ledger and logs keep their reference).
+    public func delete(id: Int64, userID: Int64) async throws {
+        try await pool.withConnection { connection in
+            let result = try connection.query(
+                "UPDATE tokens SET deleted_at = now(), status = 2 WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
+                [id, userID])
+            guard result.affectedRows == 1 else { throw StoreError.notFound("API key \(id) not found") }
+        }
+    }
+
+    /// The key and its owner for a full `sk-…` key, when the key exists and is not deleted
+    /// (whatever its status: the caller decides what a disabled or expired key may do).
+    public func find(key: String) async throws -> (token: APIToken, owner: User)? {
+        let hash = SecretHash(of: key)
+        return try await pool.withConnection { connection in
+            guard let row = try connection.query(Self.byKeyHash, [hash]).first else { return nil }
+            let token = try Self.decode(row)
+            guard let owner = try connection.query("SELECT \(PostgresUserRepository.columns) FROM users WHERE id = $1",
+                                                   [token.userID]).first.map(PostgresUserRepository.decode)
+            else { return nil }
+            return (token, owner)
+        }
+    }
+
+    private static let byKeyHash = PreparedStatement(
+        "tokens_by_key_hash", "SELECT \(columns) FROM tokens t WHERE t.key_hash = $1 AND t.deleted_at IS NULL")
+
+    /// Users may give their keys only a selectable group or their own; the CLI any existing one.
+    static func checkGroupAllowed(_ group: String, ownGroup: String, anyGroup: Bool, on connection: PostgresConnection) throws {
+        guard !group.isEmpty, group != ownGroup else { return }
+        guard let row = try connection.query("SELECT selectable FROM groups WHERE name = $1", [group]).first else {
+            throw StoreError.invalid("unknown group \"\(group)\"")
+        }
+        guard try anyGroup || row.decode(0, as: Bool.self) else {
+            throw StoreError.invalid("group \"\(group)\" is not available to this account")
+        }
+    }
+
+    static func auditFields(_ token: APIToken) -> [String: any CustomStringConvertible] {
+        ["user_id": token.userID, "name": token.name, "key_last6": token.keyLast6, "group": token.group,
+         "remain_quota": token.remainQuota, "unlimited_quota": token.unlimitedQuota,
+         "expired_time": token.expiredTime, "model_limits": token.modelLimits, "allow_ips": token.allowIPs]
+    }
+}
