@@ -10,10 +10,23 @@ import TallyStore
 public struct TallyServices: Sendable {
     public let pool: PostgresPool
     public let users: any UserRepository
+    // System API (issue 6).
+    public let accounts: AccountRepository
+    public let tokens: TokenRepository
+    public let groups: GroupRepository
+    public let channels: ChannelRepository
+    public let balances: BalanceRepository
+    public let logs: LogRepository
 
     public init(pool: PostgresPool) {
         self.pool = pool
         users = PostgresUserRepository(pool: pool)
+        accounts = AccountRepository(pool: pool)
+        tokens = TokenRepository(pool: pool)
+        groups = GroupRepository(pool: pool)
+        channels = ChannelRepository(pool: pool)
+        balances = BalanceRepository(pool: pool)
+        logs = LogRepository(pool: pool)
     }
 }
 
@@ -40,6 +53,7 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     router.add(middleware: MetricsMiddleware())
     router.add(middleware: TraceMiddleware())
     HealthController(pool: services.pool).addRoutes(to: router)
+    addSystemAPIRoutes(to: router, services)
     return router
 }
 

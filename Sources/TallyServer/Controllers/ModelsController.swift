@@ -1,0 +1,140 @@
+import Foundation
+import Hummingbird
+import TallyCore
+import TallyStore
+
+/// A model a group may use, with what `/v1/models` says about it.
+struct AvailableModel: Sendable, Equatable {
+    var id: String
+    var ownedBy: String
+    var endpointTypes: [String]
+}
+
+/// Which models a group may use: those offered to it by an enabled channel.
+struct ModelAvailability: Sendable {
+    let channels: ChannelRepository
+
+    func models(group: String) async throws -> [AvailableModel] {
+        try await channels.models(forGroups: [group]).map { name in
+            AvailableModel(id: name, ownedBy: ModelNames.inferredOwner(name),
+                           endpointTypes: ModelNames.inferredEndpointTypes(name))
+        }
+    }
+}
+
+/// The client-facing routes authenticated with an API key: `GET /v1/models` and the
+/// OpenAI-style quota queries `/v1/dashboard/billing/{subscription,usage}` (and their aliases
+/// without `/v1`).
+struct KeyController {
+    let authenticator: APIKeyAuthenticator
+    let models: ModelAvailability
+
+    func addRoutes(to router: Router<TallyRequestContext>) {
+        router.get("/v1/models") { request, _ in try await listModels(request) }
+        for prefix in ["/v1/dashboard/billing", "/dashboard/billing"] {
+            router.get("\(prefix)/subscription") { request, _ in try await subscription(request) }
+            router.get("\(prefix)/usage") { request, _ in try await usage(request) }
+        }
+    }
+
+    /// The models this key may use: its group's (the owner's group when the key has none),
+    /// narrowed to the key's model limits when they are on.
+    func keyModels(_ token: APIToken, owner: User) async throws -> [AvailableModel] {
+        var list = try await models.models(group: token.group.isEmpty ? owner.group : token.group)
+        if token.modelLimitsEnabled {
+            let allowed = Set(token.modelLimitList)
+            list = list.filter { allowed.contains($0.id) }
+        }
+        return list
+    }
+
+    struct OpenAIModel: Encodable {
+        var id: String
+        var object = "model"
+        var created: Int64
+        var owned_by: String
+        var supported_endpoint_types: [String]
+    }
+
+    struct OpenAIList: Encodable {
+        var success = true
+        var data: [OpenAIModel]
+        var object = "list"
+    }
+
+    struct AnthropicModel: Encodable {
+        var id: String
+        var created_at: String
+        var display_name: String
+        var type = "model"
+    }
+
+    struct AnthropicList: Encodable {
+        var data: [AnthropicModel]
+        var first_id: String?
+        var has_more = false
+        var last_id: String?
+
+        enum CodingKeys: String, CodingKey { case data, first_id, has_more, last_id }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(data, forKey: .data)
+            try container.encode(first_id, forKey: .first_id)
+            try container.encode(has_more, forKey: .has_more)
+            try container.encode(last_id, forKey: .last_id)
+        }
+    }
+
+    /// new-api's `ListModels`: the OpenAI list (plus `"success":true`); with `x-api-key` and
+    /// `anthropic-version`, the Anthropic list.
+    func listModels(_ request: Request) async throws -> Response {
+        let (token, owner) = try await authenticator.authenticate(request)
+        let list = try await keyModels(token, owner: owner)
+        if request.headers[.xAPIKey] != nil, request.headers[.anthropicVersion] != nil {
+            let created = "2021-07-20T10:40:00Z"  // new-api's `created` (1626777600) in RFC 3339
+            let data = list.map { AnthropicModel(id: $0.id, created_at: created, display_name: $0.id) }
+            return try SystemJSON.json(AnthropicList(data: data, first_id: data.first?.id, last_id: data.last?.id))
+        }
+        return try SystemJSON.json(OpenAIList(data: list.map {
+            OpenAIModel(id: $0.id, created: ModelNames.listCreated, owned_by: $0.ownedBy, supported_endpoint_types: $0.endpointTypes)
+        }))
+    }
+
+    struct Subscription: Encodable {
+        var object = "billing_subscription"
+        var has_payment_method = true
+        var soft_limit_usd: Double
+        var hard_limit_usd: Double
+        var system_hard_limit_usd: Double
+        var access_until: Int64
+    }
+
+    struct Usage: Encodable {
+        var object = "list"
+        var total_usage: Double
+    }
+
+    /// What an unlimited key reports as its limit (new-api's figure).
+    static let unlimitedUSD: Double = 100_000_000
+
+    /// new-api's `GetSubscription` with token stats on: a limited key reports its own quota
+    /// (remaining + used), an unlimited one 100000000; `access_until` is the key's expiry or 0.
+    func subscription(_ request: Request) async throws -> Response {
+        let (token, _) = try await authenticator.authenticate(request)
+        let amount = token.unlimitedQuota
+            ? Self.unlimitedUSD
+            : Double(token.remainQuota + token.usedQuota) / Double(USDText.unitsPerUSD)
+        return try SystemJSON.json(Subscription(
+            soft_limit_usd: amount, hard_limit_usd: amount, system_hard_limit_usd: amount,
+            access_until: token.expiredTime > 0 ? token.expiredTime : 0))
+    }
+
+    /// `total_usage` in cents: the key's used quota when it is limited, the account's when the
+    /// key is unlimited (issue 6: "token quota when limited, else the account's").
+    func usage(_ request: Request) async throws -> Response {
+        let (token, owner) = try await authenticator.authenticate(request)
+        let used = token.unlimitedQuota ? owner.usedQuota : token.usedQuota
+        return try SystemJSON.json(Usage(total_usage: Double(used) * 100 / Double(USDText.unitsPerUSD)))
+    }
+}

@@ -1,0 +1,77 @@
+import Foundation
+import Hummingbird
+import TallyCore
+import TallyStore
+
+/// `/api/token/…`: the caller's API keys (DESIGN §6, new-api's token controller).
+struct TokenController {
+    let tokens: TokenRepository
+    let auth: UserAuthMiddleware
+
+    /// The body of `POST` and `PUT /api/token/`: new-api's `model.Token` fields; others ignored.
+    struct Body: Decodable {
+        var id: Int64?
+        var name: String?
+        var expired_time: Int64?
+        var remain_quota: Int64?
+        var unlimited_quota: Bool?
+        var model_limits_enabled: Bool?
+        var model_limits: CommaList?
+        var allow_ips: String?
+        var group: String?
+        var status: Int?
+    }
+
+    func addRoutes(to router: Router<TallyRequestContext>) {
+        let group = router.group("/api/token").add(middleware: auth)
+        group.get { request, context in try await list(request, context) }
+        group.post { request, context in try await create(request, context) }
+        group.put { request, context in try await update(request, context) }
+        group.get(":id") { request, context in try await get(request, context) }
+        group.delete(":id") { request, context in try await delete(request, context) }
+    }
+
+    func list(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+        let user = try context.requireUser()
+        let page = try await tokens.list(userID: user.id, page: SystemInput.page(request))
+        return try SystemJSON.success(SystemJSON.PageInfo(page) { TokenJSON($0) })
+    }
+
+    func create(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+        let user = try context.requireUser()
+        let body = try await SystemInput.decode(Body.self, from: request)
+        let draft = TokenDraft(
+            name: body.name ?? "", expiredTime: body.expired_time ?? -1, remainQuota: body.remain_quota ?? 0,
+            unlimitedQuota: body.unlimited_quota ?? false, modelLimitsEnabled: body.model_limits_enabled ?? false,
+            modelLimits: body.model_limits?.text ?? "", allowIPs: body.allow_ips ?? "", group: body.group ?? "")
+        let (token, key) = try await tokens.create(userID: user.id, draft)
+        return try SystemJSON.success(TokenJSON(token, fullKey: key))
+    }
+
+    func get(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+        let user = try context.requireUser()
+        let id = try SystemInput.id(context, what: "API key")
+        return try SystemJSON.success(TokenJSON(try await tokens.get(id: id, userID: user.id)))
+    }
+
+    func update(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+        let user = try context.requireUser()
+        let body = try await SystemInput.decode(Body.self, from: request)
+        guard let id = body.id else { throw APIError.invalidRequest("id is required: the id of the API key to update") }
+        guard id > 0 else { throw APIError.notFound("API key \(id) not found") }
+        let statusOnly = SystemInput.string(request, "status_only").map { $0 != "0" && $0 != "false" } ?? false
+        let changes = TokenChanges(
+            name: body.name, expiredTime: body.expired_time, remainQuota: body.remain_quota,
+            unlimitedQuota: body.unlimited_quota, modelLimitsEnabled: body.model_limits_enabled,
+            modelLimits: body.model_limits?.text, allowIPs: body.allow_ips, group: body.group, status: body.status)
+        let token = try await tokens.update(id: id, userID: user.id, changes, statusOnly: statusOnly)
+        return try SystemJSON.success(TokenJSON(token))
+    }
+
+    func delete(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+        let user = try context.requireUser()
+        let id = try SystemInput.id(context, what: "API key")
+        try await tokens.delete(id: id, userID: user.id)
+        return try SystemJSON.successWithoutData()
+    }
+}

@@ -1,0 +1,227 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import TallyCore
+import TallyPostgres
+import TallyServer
+import TallyStore
+import TallyTestSupport
+import Testing
+
+@Suite("System API: accounts, models, billing")
+struct AccountAPITests {
+    @Test("GET /api/user/self answers new-api's account map field by field")
+    func accountInfo() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (user, access) = try await seed.user("self", quota: 123_456)
+        try await seed.sql("UPDATE users SET used_quota = 789, request_count = 12, display_name = 'Self Test', email = 's@example.com' WHERE id = $1", [user.id])
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            let answer = try await api.get("/api/user/self", token: access, headers: [.newAPIUser: String(user.id)])
+            #expect(answer.status == 200)
+            #expect(answer.success == true)
+            let data = answer.dataObject
+            #expect(jsonTypes(data) == [
+                "id": "int", "username": "string", "display_name": "string", "role": "int", "status": "int",
+                "email": "string", "github_id": "string", "discord_id": "string", "oidc_id": "string",
+                "wechat_id": "string", "telegram_id": "string", "group": "string", "quota": "int", "used_quota": "int",
+                "request_count": "int", "aff_code": "string", "aff_count": "int", "aff_quota": "int",
+                "aff_history_quota": "int", "inviter_id": "int", "linux_do_id": "string", "setting": "string",
+                "stripe_customer": "string", "sidebar_modules": "string", "permissions": "object",
+            ])
+            #expect(int64(data["id"]) == user.id)
+            #expect(data["username"] as? String == user.username)
+            #expect(data["display_name"] as? String == "Self Test")
+            #expect(data["email"] as? String == "s@example.com")
+            #expect(data["role"] as? Int == 1)
+            #expect(data["status"] as? Int == 1)
+            #expect(data["group"] as? String == "default")
+            #expect(int64(data["quota"]) == 123_456)
+            #expect(int64(data["used_quota"]) == 789)
+            #expect(int64(data["request_count"]) == 12)
+            let permissions = try #require(data["permissions"] as? [String: Any])
+            #expect(permissions["sidebar_settings"] as? Bool == true)
+            #expect((permissions["sidebar_modules"] as? [String: Any])?["admin"] as? Bool == false)
+            // The bare token (no "Bearer ") works, as in new-api.
+            let bare = try await api.get("/api/user/self", headers: [.authorization: access])
+            #expect(bare.status == 200)
+        }
+    }
+
+    @Test("System API auth: missing_token, invalid_token, New-Api-User mismatch, account_suspended")
+    func authErrors() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (user, access) = try await seed.user()
+        let (suspended, suspendedAccess) = try await seed.user("suspended")
+        _ = try await AccountRepository(pool: db.pool).manage(id: suspended.id, .disable, actorRole: nil, by: .cli)
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            let missing = try await api.get("/api/user/self")
+            #expect(missing.status == 401)
+            #expect(missing.errorCode == "missing_token")
+            #expect(missing.errorMessage == CatalogEntry.missingToken.message())
+            let invalid = try await api.get("/api/token/", token: "not-a-token")
+            #expect(invalid.status == 401)
+            #expect(invalid.errorCode == "invalid_token")
+            let mismatch = try await api.get("/api/user/self", token: access, headers: [.newAPIUser: String(user.id + 1)])
+            #expect(mismatch.status == 401)
+            #expect(mismatch.errorCode == "invalid_token")
+            for uri in ["/api/user/self", "/api/token/", "/api/log/self", "/api/user/models"] {
+                let answer = try await api.get(uri, token: suspendedAccess)
+                #expect(answer.status == 403, "\(uri)")
+                #expect(answer.errorCode == "account_suspended", "\(uri)")
+                #expect(answer.errorMessage == "Account suspended.")
+                #expect(answer.object["tid"] as? String == answer.headers[.xTid])
+            }
+        }
+    }
+
+    @Test("GET /api/user/token issues a new access token: the old one stops working, only a hash is stored")
+    func accessToken() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (user, access) = try await seed.user()
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            let issued = try await api.get("/api/user/token", token: access)
+            #expect(issued.status == 200)
+            let fresh = try #require(issued.data as? String)
+            #expect(fresh.count == 32)
+            #expect(try await api.get("/api/user/self", token: access).errorCode == "invalid_token")
+            #expect(try await api.get("/api/user/self", token: fresh).status == 200)
+            let row = try await seed.sql("SELECT row_to_json(u)::text, access_token_hash = $2::bytea FROM users u WHERE id = $1",
+                                         [user.id, SecretHash(of: fresh)])
+            #expect(try !row[0].decode(0, as: String.self).contains(fresh))
+            #expect(try row[0].decode(1, as: Bool.self))
+            let posted = try await api.post("/api/user/token", token: fresh, "{}")
+            #expect((posted.data as? String)?.count == 32)
+        }
+    }
+
+    @Test("GET /v1/models: the key's model limits ∩ its group's enabled channels, new-api's list shape")
+    func supportedModels() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let group = try await seed.group("models")
+        let other = try await seed.group("others")
+        let (user, _) = try await seed.user("models", group: group)
+        _ = try await seed.channel(groups: [group], models: ["gpt-4o", "claude-sonnet-4", "text-embedding-3-small"])
+        _ = try await seed.channel(groups: [group, other], models: ["gemini-2.5-pro", "gpt-4o"])
+        _ = try await seed.channel(groups: [group], models: ["disabled-model"], status: 2)
+        _ = try await seed.channel(groups: [other], models: ["other-group-model"])
+        let (_, all) = try await seed.key(user: user.id)
+        let (_, limited) = try await seed.key(user: user.id, TokenDraft(
+            name: "limited", unlimitedQuota: true, modelLimitsEnabled: true, modelLimits: "gpt-4o,gemini-2.5-pro,not-offered"))
+        let (_, otherGroup) = try await seed.key(user: user.id, TokenDraft(name: "other", unlimitedQuota: true, group: other))
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            let answer = try await api.get("/v1/models", token: all)
+            #expect(answer.status == 200)
+            #expect(Set(answer.object.keys) == ["success", "data", "object"])
+            #expect(answer.object["success"] as? Bool == true)
+            #expect(answer.object["object"] as? String == "list")
+            let data = try #require(answer.object["data"] as? [[String: Any]])
+            #expect(data.map { $0["id"] as? String } == ["claude-sonnet-4", "gemini-2.5-pro", "gpt-4o", "text-embedding-3-small"])
+            for model in data {
+                #expect(jsonTypes(model) == ["id": "string", "object": "string", "created": "int", "owned_by": "string",
+                                             "supported_endpoint_types": "array"])
+                #expect(model["object"] as? String == "model")
+                #expect(model["created"] as? Int == 1_626_777_600)
+            }
+            #expect(data[0]["supported_endpoint_types"] as? [String] == ["anthropic", "openai"])
+            #expect(data[0]["owned_by"] as? String == "anthropic")
+            #expect(data[3]["supported_endpoint_types"] as? [String] == ["embeddings"])
+
+            let narrowed = try await api.get("/v1/models", token: limited)
+            #expect((narrowed.object["data"] as? [[String: Any]])?.map { $0["id"] as? String } == ["gemini-2.5-pro", "gpt-4o"])
+            let theirs = try await api.get("/v1/models", token: otherGroup)
+            #expect((theirs.object["data"] as? [[String: Any]])?.map { $0["id"] as? String } == ["gemini-2.5-pro", "gpt-4o", "other-group-model"])
+
+            // Anthropic clients get Anthropic's list shape.
+            let anthropic = try await api.get("/v1/models", headers: [.xAPIKey: limited, .anthropicVersion: "2023-06-01"])
+            #expect(anthropic.status == 200)
+            #expect(anthropic.object["first_id"] as? String == "gemini-2.5-pro")
+            #expect(anthropic.object["last_id"] as? String == "gpt-4o")
+            #expect(anthropic.object["has_more"] as? Bool == false)
+
+            // /api/user/models: the user's group, without the key's limits.
+            let userModels = try await api.get("/api/user/models",
+                                               token: try await AccountRepository(pool: db.pool).rotateAccessToken(id: user.id, by: .cli))
+            #expect(userModels.data as? [String] == ["claude-sonnet-4", "gemini-2.5-pro", "gpt-4o", "text-embedding-3-small"])
+        }
+    }
+
+    @Test("/v1 key errors: missing_token, invalid_token for unknown, expired, exhausted keys; account_suspended")
+    func keyErrors() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (user, _) = try await seed.user()
+        let (expiredToken, expired) = try await seed.key(user: user.id, TokenDraft(name: "expired", unlimitedQuota: true))
+        try await seed.sql("UPDATE tokens SET expires_at = now() - interval '1 second' WHERE id = $1", [expiredToken.id])
+        let (_, exhausted) = try await seed.key(user: user.id, TokenDraft(name: "exhausted", remainQuota: 0))
+        let (suspendedUser, _) = try await seed.user("suspended")
+        let (_, suspendedKey) = try await seed.key(user: suspendedUser.id)
+        try await seed.sql("UPDATE users SET status = 2 WHERE id = $1", [suspendedUser.id])
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            for uri in ["/v1/models", "/v1/dashboard/billing/subscription", "/dashboard/billing/usage"] {
+                let missing = try await api.get(uri)
+                #expect(missing.status == 401)
+                #expect(missing.errorCode == "missing_token")
+                #expect(missing.object["error"] != nil, "gateway envelope on \(uri)")
+                for key in ["sk-" + String(repeating: "a", count: 48), expired, exhausted] {
+                    let answer = try await api.get(uri, token: key)
+                    #expect(answer.status == 401, "\(uri)")
+                    #expect(answer.errorCode == "invalid_token", "\(uri)")
+                    #expect(answer.errorMessage == CatalogEntry.invalidToken.message())
+                }
+                let suspended = try await api.get(uri, token: suspendedKey)
+                #expect(suspended.status == 403)
+                #expect(suspended.errorCode == "account_suspended")
+            }
+        }
+    }
+
+    @Test("billing subscription and usage report the key's quota when limited, else 100000000 and the account's usage")
+    func billingFigures() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (user, _) = try await seed.user("billing", quota: 10_000_000)
+        let expiry = Int64(Date().timeIntervalSince1970) + 3600
+        let (limitedToken, limited) = try await seed.key(user: user.id, TokenDraft(name: "limited", expiredTime: expiry, remainQuota: 1_250_000))
+        let (_, unlimited) = try await seed.key(user: user.id)
+        // What settling requests leaves behind: the key spent 250,000 units, the account 1,000,000.
+        try await seed.sql("UPDATE tokens SET remain_quota = remain_quota - 250000, used_quota = used_quota + 250000 WHERE id = $1", [limitedToken.id])
+        try await seed.sql("UPDATE users SET quota = quota - 1000000, used_quota = used_quota + 1000000 WHERE id = $1", [user.id])
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            for prefix in ["/v1/dashboard/billing", "/dashboard/billing"] {
+                let subscription = try await api.get("\(prefix)/subscription", token: limited)
+                #expect(subscription.status == 200)
+                #expect(Set(subscription.object.keys) == ["access_until", "has_payment_method", "hard_limit_usd",
+                                                          "object", "soft_limit_usd", "system_hard_limit_usd"])
+                #expect(subscription.object["object"] as? String == "billing_subscription")
+                #expect(subscription.object["has_payment_method"] as? Bool == true)
+                // remain 1,000,000 + used 250,000 = 1,250,000 units = 2.5 USD.
+                #expect(double(subscription.object["hard_limit_usd"]) == 2.5)
+                #expect(double(subscription.object["soft_limit_usd"]) == 2.5)
+                #expect(double(subscription.object["system_hard_limit_usd"]) == 2.5)
+                #expect(int64(subscription.object["access_until"]) == expiry)
+                let usage = try await api.get("\(prefix)/usage", token: limited)
+                #expect(usage.object["object"] as? String == "list")
+                // 250,000 units = 0.5 USD = 50 cents.
+                #expect(double(usage.object["total_usage"]) == 50)
+
+                let unlimitedSubscription = try await api.get("\(prefix)/subscription", token: unlimited)
+                #expect(double(unlimitedSubscription.object["hard_limit_usd"]) == 100_000_000)
+                #expect(int64(unlimitedSubscription.object["access_until"]) == 0)
+                // The account used 1,000,000 units = 2 USD = 200 cents.
+                let unlimitedUsage = try await api.get("\(prefix)/usage", token: unlimited)
+                #expect(double(unlimitedUsage.object["total_usage"]) == 200)
+            }
+        }
+    }
+}
