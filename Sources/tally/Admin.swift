@@ -6,7 +6,8 @@ import TallyStore
 struct Admin: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Administrative operations on the same database (audited as actor \"cli\").",
-        subcommands: [CreateUser.self])
+        subcommands: [CreateUser.self, CreateKey.self, TopUp.self, Suspend.self, Enable.self,
+                      ChannelCommand.self, GroupCommand.self, RedemptionCommand.self])
 }
 
 struct CreateUser: AsyncParsableCommand {
