@@ -8,21 +8,25 @@ import TallyStore
 // repositories (and so the same validation, audit rows and ledger rows) as the HTTP routes.
 // Every command audits as actor "cli"; `--json` prints one JSON object on stdout.
 
-/// Runs `body` on a migrated pool and closes it; store errors become one clear line and exit 1.
+/// Runs `body` on a migrated pool and closes it. A refusal by the store (bad input, not found,
+/// conflict, permission) is printed as one line on stderr and exits 1.
 func withAdminPool(_ database: DatabaseOptions, _ body: (PostgresPool) async throws -> Void) async throws {
     let pool = try await database.migratedPool(size: 2)
+    var refusal: String?
     do {
         try await body(pool)
-        await pool.close()
     } catch let error as StoreError {
-        await pool.close()
-        throw ValidationError(error.description)
+        refusal = error.description
     } catch let error as PermissionDenied {
-        await pool.close()
-        throw ValidationError(error.reason)
+        refusal = error.reason
     } catch {
         await pool.close()
         throw error
+    }
+    await pool.close()
+    if let refusal {
+        FileHandle.standardError.write(Data("error: \(refusal)\n".utf8))
+        throw ExitCode.failure
     }
 }
 
