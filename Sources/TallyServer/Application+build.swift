@@ -12,7 +12,7 @@ public struct TallyServices: Sendable {
     public let users: any UserRepository
     // System API (issue 6).
     public let accounts: AccountRepository
-    public let tokens: TokenRepository
+    public let apiKeys: TokenRepository
     public let groups: GroupRepository
     public let channels: ChannelRepository
     public let balances: BalanceRepository
@@ -22,7 +22,7 @@ public struct TallyServices: Sendable {
         self.pool = pool
         users = PostgresUserRepository(pool: pool)
         accounts = AccountRepository(pool: pool)
-        tokens = TokenRepository(pool: pool)
+        apiKeys = TokenRepository(pool: pool)
         groups = GroupRepository(pool: pool)
         channels = ChannelRepository(pool: pool)
         balances = BalanceRepository(pool: pool)

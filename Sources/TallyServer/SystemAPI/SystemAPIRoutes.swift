@@ -7,10 +7,10 @@ func addSystemAPIRoutes(to router: Router<TallyRequestContext>, _ services: Tall
     let userAuth = UserAuthMiddleware(users: services.users)
     let adminAuth = UserAuthMiddleware(users: services.users, minimumRole: .admin)
     let models = ModelAvailability(channels: services.channels)
-    TokenController(tokens: services.tokens, auth: userAuth).addRoutes(to: router)
+    TokenController(tokens: services.apiKeys, auth: userAuth).addRoutes(to: router)
     AccountController(accounts: services.accounts, balances: services.balances, groups: services.groups,
                       logs: services.logs, models: models, auth: userAuth).addRoutes(to: router)
-    KeyController(authenticator: APIKeyAuthenticator(tokens: services.tokens), models: models).addRoutes(to: router)
+    KeyController(authenticator: APIKeyAuthenticator(tokens: services.apiKeys), models: models).addRoutes(to: router)
     AdminController(accounts: services.accounts, balances: services.balances, groups: services.groups,
                     channels: services.channels, logs: services.logs, auth: adminAuth).addRoutes(to: router)
 }
