@@ -61,6 +61,7 @@ public struct BalanceRepository: Sendable {
         guard reason.count <= Self.maximumReasonLength else {
             throw StoreError.invalid("reason is longer than \(Self.maximumReasonLength) characters")
         }
+        try TextRules.check(reason, field: "reason", multiline: true)
         if let idempotencyKey {
             guard !idempotencyKey.isEmpty, idempotencyKey.count <= Self.maximumIdempotencyKeyLength,
                   idempotencyKey.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7f }) else {
@@ -111,6 +112,7 @@ public struct BalanceRepository: Sendable {
     public func redeem(code: String, userID: Int64, tid: String?) async throws -> Int64 {
         let code = code.trimmingCharacters(in: .whitespaces).lowercased()
         guard !code.isEmpty else { throw StoreError.invalid("key is required: the redemption code to redeem") }
+        guard code.utf8.count <= 200 else { throw RedeemFailure.unknownCode }
         let hash = SecretHash(of: code)
         return try await pool.transaction { connection in
             guard let claimed = try connection.query("""
@@ -149,6 +151,7 @@ public struct BalanceRepository: Sendable {
     public func createRedemptions(name: String, count: Int, quota: Int64, expiredTime: Int64, by actor: Actor) async throws -> [String] {
         let trimmed = name.trimmingCharacters(in: .whitespaces)
         guard (1...20).contains(trimmed.count) else { throw StoreError.invalid("name must be 1–20 characters") }
+        try TextRules.check(trimmed, field: "name")
         guard count > 0 else { throw StoreError.invalid("count must be greater than 0") }
         guard count <= 100 else { throw StoreError.invalid("count cannot be greater than 100 in one batch") }
         guard quota > 0 else { throw StoreError.invalid("quota must be a positive number of quota units, got \(quota)") }

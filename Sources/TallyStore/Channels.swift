@@ -48,6 +48,7 @@ enum ChannelRules {
     static func checkName(_ name: String) throws(StoreError) {
         guard !name.trimmingCharacters(in: .whitespaces).isEmpty else { throw .invalid("name is required") }
         guard name.count <= 200 else { throw .invalid("name is longer than 200 characters") }
+        try TextRules.check(name, field: "name")
     }
 
     static func checkStatus(_ status: Int) throws(StoreError) {
@@ -106,7 +107,8 @@ public struct ChannelRepository: Sendable {
     }
 
     public func get(id: Int64) async throws -> Channel {
-        try await pool.withConnection { connection in
+        guard id > 0, id <= Int64(Int32.max) else { throw StoreError.notFound("channel \(id) not found") }
+        return try await pool.withConnection { connection in
             guard let row = try connection.query("SELECT \(Self.columns) FROM channels WHERE id = $1", [id]).first else {
                 throw StoreError.notFound("channel \(id) not found")
             }
@@ -137,6 +139,8 @@ public struct ChannelRepository: Sendable {
         if let status = changes.status { try ChannelRules.checkStatus(status) }
         let groups = try changes.groups.map(ChannelRules.normalizedGroups)
         let models = try changes.models.map(ChannelRules.normalizedModels)
+        // Channel ids are `integer`: a larger id cannot exist.
+        guard id > 0, id <= Int64(Int32.max) else { throw StoreError.notFound("channel \(id) not found") }
         return try await pool.transaction { connection in
             guard let row = try connection.query("SELECT \(Self.columns) FROM channels WHERE id = $1 FOR UPDATE", [id]).first else {
                 throw StoreError.notFound("channel \(id) not found")

@@ -44,6 +44,7 @@ public enum GroupRules {
 
     static func checkDescription(_ description: String) throws(StoreError) {
         guard description.count <= 500 else { throw .invalid("description is longer than 500 characters") }
+        try TextRules.check(description, field: "description", multiline: true)
     }
 
     static func checkRPM(_ rpm: Int?) throws(StoreError) {

@@ -190,17 +190,20 @@ public struct LogRepository: Sendable {
                    'images', l.images, 'size', l.size, 'quality', l.quality, 'video_seconds', l.video_seconds,
                    'resolution', l.resolution, 'calls', l.calls, 'predict_time', l.predict_time,
                    'price_version_id', l.price_version_id, 'tid', l.tid)::text AS other,
-               l.tid, '' AS kind, l.request_id AS sort_key
+               l.tid, ''::text AS kind, l.request_id AS sort_key
         FROM request_logs l JOIN users u ON u.id = l.user_id
         LEFT JOIN tokens t ON t.id = l.token_id LEFT JOIN channels c ON c.id = l.channel_id
         """
 
+    /// Same columns and names as `requestSelect` (a credit-only query takes its names from here).
     static let creditSelect = """
-        SELECT g.at, CASE g.kind WHEN 'adjust' THEN 3 WHEN 'refund' THEN 6 ELSE 1 END, g.reason,
-               g.user_id, u.username, coalesce(g.token_id, 0), coalesce(t.name, ''), '', g.amount,
-               0::bigint, 0::bigint, 0::bigint, false, 0::bigint, '', '', '', NULL::text,
-               jsonb_build_object('ledger_id', g.id, 'kind', g.kind, 'balance_after', g.balance_after, 'tid', g.tid)::text,
-               g.tid, g.kind, '~' || lpad(g.id::text, 20, '0')
+        SELECT g.at AS at, CASE g.kind WHEN 'adjust' THEN 3 WHEN 'refund' THEN 6 ELSE 1 END AS type, g.reason AS content,
+               g.user_id, u.username, coalesce(g.token_id, 0) AS token_id, coalesce(t.name, '') AS token_name, ''::text AS model,
+               g.amount AS quota, 0::bigint AS prompt_tokens, 0::bigint AS completion_tokens, 0::bigint AS use_time,
+               false AS is_stream, 0::bigint AS channel, ''::text AS channel_name, ''::text AS "group", ''::text AS ip,
+               NULL::text AS request_id,
+               jsonb_build_object('ledger_id', g.id, 'kind', g.kind, 'balance_after', g.balance_after, 'tid', g.tid)::text AS other,
+               g.tid, g.kind AS kind, '~' || lpad(g.id::text, 20, '0') AS sort_key
         FROM ledger g JOIN users u ON u.id = g.user_id LEFT JOIN tokens t ON t.id = g.token_id
         """
 

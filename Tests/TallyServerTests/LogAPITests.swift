@@ -69,6 +69,11 @@ struct LogAPITests {
             #expect(items[0]["request_id"] == nil)
             #expect(!all.text.contains("\(run)-4"), "another user's rows never show")
 
+            let topups = try await api.get("/api/log/self?type=1", token: access)
+            #expect((topups.dataObject["items"] as? [[String: Any]])?.map { $0["content"] as? String } == ["Top-up of $1.000000 (welcome)"])
+            let manage = try await api.get("/api/log/self?type=3", token: access)
+            #expect(manage.status == 200)
+            #expect(manage.dataObject["total"] as? Int == 0)
             let consumeOnly = try await api.get("/api/log/self?type=2", token: access)
             #expect((consumeOnly.dataObject["items"] as? [[String: Any]])?.map { $0["type"] as? Int } == [2, 2])
             let byModel = try await api.get("/api/log/self?model_name=gpt%25", token: access)

@@ -39,7 +39,7 @@ struct AccountController {
     func userModels(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
         let user = try context.requireUser()
         var group = user.group
-        if let asked = SystemInput.string(request, "group"), asked != user.group {
+        if let asked = try SystemInput.string(request, "group"), asked != user.group {
             guard try await groups.usable(by: user).contains(where: { $0.name == asked }) else {
                 return try SystemJSON.success([String]())
             }
@@ -99,12 +99,14 @@ struct AccountController {
     static func logFilter(_ request: Request) throws -> LogFilter {
         func timestamp(_ name: String) throws -> Int64? {
             guard let value = try SystemInput.integer(request, name), value != 0 else { return nil }
-            guard value > 0 else { throw APIError.invalidRequest("\(name) must be a unix time in seconds, got \(value)") }
+            guard value > 0, value <= TokenRules.latestExpiry else {
+                throw APIError.invalidRequest("\(name) must be a unix time in seconds, got \(value)")
+            }
             return value
         }
         let type = try SystemInput.integer(request, "type") ?? 0
         guard (0...7).contains(type) else { throw APIError.invalidRequest("type must be a log type from 0 to 7, got \(type)") }
-        return LogFilter(type: Int(type), startTimestamp: try timestamp("start_timestamp"),
+        return try LogFilter(type: Int(type), startTimestamp: try timestamp("start_timestamp"),
                          endTimestamp: try timestamp("end_timestamp"), modelName: SystemInput.string(request, "model_name"),
                          tokenName: SystemInput.string(request, "token_name"), group: SystemInput.string(request, "group"),
                          requestID: SystemInput.string(request, "request_id"))

@@ -35,11 +35,11 @@ struct AdminController {
         admin.get("groups") { _, _ in try SystemJSON.success(try await groups.all().map(GroupJSON.init)) }
         admin.post("groups") { request, context in try await createGroup(request, context) }
         admin.get("groups/:name") { _, context in
-            try SystemJSON.success(GroupJSON(try await groups.get(name: try context.parameters.require("name"))))
+            try SystemJSON.success(GroupJSON(try await groups.get(name: try groupName(context))))
         }
         admin.put("groups/:name") { request, context in try await updateGroup(request, context) }
         admin.delete("groups/:name") { _, context in
-            try await groups.delete(name: try context.parameters.require("name"), by: actor(context))
+            try await groups.delete(name: try groupName(context), by: actor(context))
             return try SystemJSON.successWithoutData()
         }
 
@@ -60,6 +60,13 @@ struct AdminController {
         channel.get(":id") { _, context in
             try SystemJSON.success(ChannelJSON(try await channels.get(id: try SystemInput.id(context, what: "channel"))))
         }
+    }
+
+    /// A group name from the path; a name no group can have is not found.
+    func groupName(_ context: TallyRequestContext) throws -> String {
+        let name = try context.parameters.require("name")
+        guard GroupRules.isValidName(name) else { throw APIError.notFound("group not found") }
+        return name
     }
 
     func actor(_ context: TallyRequestContext) throws -> Actor {
@@ -230,7 +237,7 @@ struct AdminController {
     }
 
     func updateGroup(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
-        let name = try context.parameters.require("name")
+        let name = try groupName(context)
         let body = try await SystemInput.decode(GroupBody.self, from: request)
         if let renamed = body.name, renamed != name {
             throw APIError.invalidRequest("a group cannot be renamed; create the new group and move users, keys and channels to it")
@@ -315,8 +322,8 @@ struct AdminController {
     /// `GET /api/admin/logs?tid=…|request_id=…`: request rows (any user), ingest rejects and
     /// audit entries recorded under that tid or request id.
     func lookup(_ request: Request) async throws -> Response {
-        let tid = SystemInput.string(request, "tid")?.lowercased()
-        let requestID = SystemInput.string(request, "request_id")
+        let tid = try SystemInput.string(request, "tid")?.lowercased()
+        let requestID = try SystemInput.string(request, "request_id")
         guard tid != nil || requestID != nil else {
             throw APIError.invalidRequest("give tid (32 hex characters) or request_id")
         }

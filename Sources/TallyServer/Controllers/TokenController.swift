@@ -59,7 +59,7 @@ struct TokenController {
         let body = try await SystemInput.decode(Body.self, from: request)
         guard let id = body.id else { throw APIError.invalidRequest("id is required: the id of the API key to update") }
         guard id > 0 else { throw APIError.notFound("API key \(id) not found") }
-        let statusOnly = SystemInput.string(request, "status_only").map { $0 != "0" && $0 != "false" } ?? false
+        let statusOnly = try SystemInput.string(request, "status_only").map { $0 != "0" && $0 != "false" } ?? false
         let changes = TokenChanges(
             name: body.name, expiredTime: body.expired_time, remainQuota: body.remain_quota,
             unlimitedQuota: body.unlimited_quota, modelLimitsEnabled: body.model_limits_enabled,

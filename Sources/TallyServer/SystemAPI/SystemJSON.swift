@@ -78,15 +78,20 @@ enum SystemInput {
         return PageRequest(page: page, size: size)
     }
 
-    /// A query parameter, nil when absent or empty.
-    static func string(_ request: Request, _ name: String) -> String? {
+    /// A query parameter, nil when absent or empty; 400 when it holds control characters
+    /// (PostgreSQL text cannot hold NUL) or is longer than 1000 characters.
+    static func string(_ request: Request, _ name: String) throws -> String? {
         guard let value = request.uri.queryParameters[name[...]], !value.isEmpty else { return nil }
+        guard value.count <= 1000 else { throw APIError.invalidRequest("\(name) is longer than 1000 characters") }
+        guard !value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            throw APIError.invalidRequest("\(name) must not contain control characters")
+        }
         return String(value)
     }
 
     /// An integer query parameter; nil when absent or empty; 400 when not an integer.
     static func integer(_ request: Request, _ name: String) throws -> Int64? {
-        guard let text = string(request, name) else { return nil }
+        guard let text = try string(request, name) else { return nil }
         guard let value = Int64(text) else { throw APIError.invalidRequest("\(name) must be an integer, got \"\(text.prefix(40))\"") }
         return value
     }
