@@ -293,7 +293,7 @@ public struct TokenRepository: Sendable {
                         throw StoreError.invalid("Token has expired and cannot be enabled. Please modify the expiration time or set it to never expire")
                     }
                     if !next.unlimitedQuota && next.remainQuota <= 0 {
-                        throw StoreError.invalid("Token quota is exhausted and cannot be enabled. Please raise its remaining quota or make it unlimited")
+                        throw StoreError.invalid("Token quota has been exhausted and cannot be enabled. Please modify the remaining quota or set it to unlimited quota")
                     }
                 }
                 next.status = status

@@ -41,16 +41,16 @@ struct CreateUser: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let pool = try await database.migratedPool(size: 1)
         let role: Role = root ? .root : (admin ? .admin : .user)
-        let (user, token) = try await PostgresUserRepository(pool: pool)
-            .create(NewUser(username: username, role: role, group: group, quota: quota), by: .cli)
-        if json {
-            print(#"{"id":\#(user.id),"username":\#(JSONText.quote(user.username)),"access_token":\#(JSONText.quote(token))}"#)
-        } else {
-            print("created user \(user.id) (\(user.username)), role \(user.role.rawValue)")
-            print("access token (shown once): \(token)")
+        try await withAdminPool(database) { pool in
+            let (user, token) = try await AccountRepository(pool: pool)
+                .create(NewUser(username: username, role: role, group: group, quota: quota), actorRole: nil, by: .cli)
+            if json {
+                print(#"{"id":\#(user.id),"username":\#(JSONText.quote(user.username)),"access_token":\#(JSONText.quote(token))}"#)
+            } else {
+                print("created user \(user.id) (\(user.username)), role \(user.role.rawValue)")
+                print("access token (shown once): \(token)")
+            }
         }
-        await pool.close()
     }
 }
