@@ -80,7 +80,7 @@ struct PriceRefreshService: Service {
 
     func run() async throws {
         while !Task.isShuttingDownGracefully {
-            try? await Task.sleep(for: interval)
+            do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
             do { try await prices.refreshIfChanged() } catch {
                 logger.warning("price refresh failed", metadata: ["error": "\(error)"])
             }
