@@ -6,10 +6,15 @@ import TallyCore
 import TallyPostgres
 import TallyStore
 
-/// The parts of a running Tally: one pool and the repositories over it.
+/// The parts of a running Tally: one pool and the repositories and caches over it.
 public struct TallyServices: Sendable {
     public let pool: PostgresPool
     public let users: any UserRepository
+    public let priceVersions: any PriceRepository
+    public let prices: PriceCatalog
+    public let tokens: TokenDirectory
+    public let ingestor: Ingestor
+    public let ingestLimits: IngestLimits
     // System API (issue 6).
     public let accounts: AccountRepository
     public let apiKeys: TokenRepository
@@ -18,9 +23,14 @@ public struct TallyServices: Sendable {
     public let balances: BalanceRepository
     public let logs: LogRepository
 
-    public init(pool: PostgresPool) {
+    public init(pool: PostgresPool, ingestLimits: IngestLimits = IngestLimits()) {
         self.pool = pool
+        self.ingestLimits = ingestLimits
         users = PostgresUserRepository(pool: pool)
+        priceVersions = PostgresPriceRepository(pool: pool)
+        prices = PriceCatalog(repository: priceVersions)
+        tokens = TokenDirectory(pool: pool)
+        ingestor = Ingestor(prices: prices, tokens: tokens, repository: PostgresIngestRepository(pool: pool), limits: ingestLimits)
         accounts = AccountRepository(pool: pool)
         apiKeys = TokenRepository(pool: pool)
         groups = GroupRepository(pool: pool)
@@ -37,13 +47,16 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     TallyMetrics.bootstrap()
     let pool = PostgresPool(url: configuration.databaseURL, size: configuration.poolSize, logger: logger)
     let services = TallyServices(pool: pool)
-    try await Migrator(pool: pool, logger: logger).migrate()
+    let migrator = Migrator(pool: pool, logger: logger)
+    try await migrator.migrate()
+    try await migrator.createLogPartitions(months: 3)
+    try await services.prices.reload()
     let router = buildRouter(services, configuration: configuration)
     var app = Application(
         router: router,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "tally"),
         logger: logger)
-    app.addServices(PoolService(pool: pool))
+    app.addServices(PoolService(pool: pool), PriceRefreshService(prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds), logger: logger))
     return app
 }
 
@@ -53,6 +66,12 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     router.add(middleware: MetricsMiddleware())
     router.add(middleware: TraceMiddleware())
     HealthController(pool: services.pool).addRoutes(to: router)
+    let gateway = router.group("/gateway/v1").add(middleware: GatewayAuthMiddleware(secret: configuration.gatewaySecret))
+    IngestController(ingestor: services.ingestor, limits: services.ingestLimits).addRoutes(to: gateway)
+    let pricing = PricingController(prices: services.prices, repository: services.priceVersions)
+    pricing.addPublicRoutes(to: router)
+    let admin = router.group("/api/admin").add(middleware: UserAuthMiddleware(users: services.users, minimumRole: .admin))
+    pricing.addAdminRoutes(to: admin)
     addSystemAPIRoutes(to: router, services)
     return router
 }
@@ -64,5 +83,21 @@ struct PoolService: Service {
     func run() async throws {
         try? await gracefulShutdown()
         await pool.close()
+    }
+}
+
+/// Picks up price versions loaded by other instances (and creates next months' partitions).
+struct PriceRefreshService: Service {
+    let prices: PriceCatalog
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully {
+            do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
+            do { try await prices.refreshIfChanged() } catch {
+                logger.warning("price refresh failed", metadata: ["error": "\(error)"])
+            }
+        }
     }
 }

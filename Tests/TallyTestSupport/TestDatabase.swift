@@ -105,3 +105,33 @@ private actor SharedDatabases {
 /// Tests that stop or restart the shared cluster run only in their own `swift test` pass
 /// (`ops/test` sets `TALLY_DISRUPTIVE_TESTS=1` and filters to them), never beside other suites.
 public let disruptiveTestsEnabled = ProcessInfo.processInfo.environment["TALLY_DISRUPTIVE_TESTS"] == "1"
+
+/// The `tally` executable built next to the test bundle, for tests that run the real CLI.
+public enum TallyBinary {
+    public static var url: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("tally")
+    }
+
+    /// Runs `tally <arguments>` with `DATABASE_URL` set; returns exit status and standard output.
+    public static func run(_ arguments: [String], databaseURL: String, input: Data? = nil) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = url
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        environment["DATABASE_URL"] = databaseURL
+        process.environment = environment
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        let stdin = Pipe()
+        if input != nil { process.standardInput = stdin }
+        try process.run()
+        if let input {
+            stdin.fileHandleForWriting.write(input)
+            try stdin.fileHandleForWriting.close()
+        }
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+}

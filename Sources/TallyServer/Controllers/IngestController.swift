@@ -1,0 +1,84 @@
+import Foundation
+import Hummingbird
+import Metrics
+import TallyCore
+import TallyStore
+
+/// `POST /gateway/v1/logs`: a batch of request logs (NDJSON or a JSON array, ≤ 50,000 lines,
+/// ≤ 16 MiB), answered only after the batch is committed.
+struct IngestController {
+    let ingestor: Ingestor
+    let limits: IngestLimits
+
+    func addRoutes(to group: RouterGroup<TallyRequestContext>) {
+        group.post("/logs", use: ingest)
+    }
+
+    @Sendable func ingest(request: Request, context: TallyRequestContext) async throws -> Response {
+        let format: IngestFormat
+        switch request.uri.queryParameters.get("format") ?? "gateway" {
+        case "gateway", "tally": format = .gateway
+        case "litellm": format = .litellm
+        case let other: throw APIError.invalidRequest("unknown format \"\(other.prefix(40))\"; use gateway or litellm")
+        }
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: limits.maxBytes)
+        } catch {
+            throw APIError.payloadTooLarge("The batch is larger than \(limits.maxBytes) bytes.")
+        }
+        let started = ContinuousClock.now
+        let result: IngestResult
+        do {
+            result = try await ingestor.ingest(Array(buffer: body), format: format, tid: context.tid, source: format == .gateway ? "http" : "litellm")
+        } catch let error as BatchTooLarge {
+            throw APIError.payloadTooLarge(error.description)
+        } catch let error as BatchMalformed {
+            throw APIError.invalidRequest(error.description)
+        }
+        IngestMetrics.record(result, elapsed: ContinuousClock.now - started)
+        let response = IngestResponse(accepted: result.accepted, duplicates: result.duplicates,
+                                      rejected: result.rejected.map(IngestResponse.Reject.init), tid: context.tid)
+        return try response.response(from: request, context: context)
+    }
+}
+
+/// The body of an ingest answer.
+struct IngestResponse: ResponseEncodable {
+    struct Reject: Encodable {
+        let line: Int
+        let requestId: String?
+        let code: String
+        let message: String
+
+        init(_ rejected: RejectedLine) {
+            line = rejected.line
+            requestId = rejected.requestID
+            code = rejected.code
+            message = rejected.message
+        }
+    }
+
+    let accepted: Int
+    let duplicates: Int
+    let rejected: [Reject]
+    let tid: String
+}
+
+enum IngestMetrics {
+    static let batches = Counter(label: "tally_ingest_batches_total")
+    static let accepted = Counter(label: "tally_ingest_lines_total", dimensions: [("result", "accepted")])
+    static let duplicates = Counter(label: "tally_ingest_lines_total", dimensions: [("result", "duplicate")])
+    static let rejected = Counter(label: "tally_ingest_lines_total", dimensions: [("result", "rejected")])
+    static let charged = Counter(label: "tally_ingest_charged_units_total")
+    static let duration = Metrics.Timer(label: "tally_ingest_batch_duration_seconds")
+
+    static func record(_ result: IngestResult, elapsed: Duration) {
+        batches.increment()
+        accepted.increment(by: result.accepted)
+        duplicates.increment(by: result.duplicates)
+        rejected.increment(by: result.rejected.count)
+        charged.increment(by: Int(clamping: result.chargedQuota))
+        duration.record(duration: elapsed)
+    }
+}

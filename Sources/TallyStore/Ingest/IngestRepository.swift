@@ -1,0 +1,230 @@
+import Foundation
+import TallyCore
+import Synchronization
+import TallyPostgres
+
+/// Stores priced batches exactly once per request id.
+public protocol IngestRepository: Sendable {
+    /// Stores one batch in one transaction and returns only after COMMIT.
+    func store(_ lines: [PricedLine], rejects: [RejectedLine], totalLines: Int, tid: String, source: String) async throws -> IngestResult
+}
+
+/// The batch pipeline of DESIGN §4 in one transaction:
+/// COPY into a per-connection staging table → insert new rows into `request_logs`
+/// (`ON CONFLICT DO NOTHING`, the new rows kept) → settle holds → debit users and tokens
+/// (rows locked in id order, so concurrent batches cannot deadlock) → ledger → `usage_daily`.
+public struct PostgresIngestRepository: IngestRepository {
+    let pool: PostgresPool
+    private let partitions: PartitionCache
+
+    public init(pool: PostgresPool) {
+        self.pool = pool
+        partitions = PartitionCache()
+    }
+
+    public func store(_ lines: [PricedLine], rejects: [RejectedLine], totalLines: Int, tid: String, source: String) async throws -> IngestResult {
+        try await ensurePartitions(for: lines)
+        return try await pool.transaction { connection in
+            let batchID = try connection.query(Self.insertBatch, [tid, source, totalLines, rejects.count])[0].decode(0, as: Int64.self)
+            var accepted = 0
+            var charged: Int64 = 0
+            if !lines.isEmpty {
+                try connection.execute(Self.createStaging)
+                try connection.copyIn("COPY ingest_staging FROM STDIN") { writer in
+                    var row: [UInt8] = []
+                    row.reserveCapacity(512)
+                    for line in lines {
+                        row.removeAll(keepingCapacity: true)
+                        Self.appendCopyRow(line, batchID: batchID, to: &row)
+                        try writer.write(row)
+                    }
+                }
+                let totals = try connection.query(Self.insertNewRows)
+                accepted = try totals[0].decode(0, as: Int.self)
+                charged = try totals[0].decodeOptional(1, as: Int64.self) ?? 0
+                if accepted > 0 {
+                    try connection.query(Self.settleHolds)
+                    try connection.query(Self.lockUsers)
+                    try connection.query(Self.debitUsers)
+                    try connection.query(Self.lockTokens)
+                    try connection.query(Self.debitTokens)
+                    try connection.query(Self.appendLedger, [batchID, tid])
+                    try connection.query(Self.upsertUsageDaily)
+                }
+            }
+            if !rejects.isEmpty { try Self.storeRejects(rejects, tid: tid, on: connection) }
+            try connection.query(Self.finishBatch, [batchID, accepted, lines.count - accepted])
+            return IngestResult(batchID: batchID, accepted: accepted, duplicates: lines.count - accepted,
+                                rejected: rejects, chargedQuota: charged)
+        }
+    }
+
+    /// Creates the month partitions a batch needs (outside the batch transaction: DDL takes a
+    /// strong lock on the parent, and concurrent batches must not queue behind it).
+    private func ensurePartitions(for lines: [PricedLine]) async throws {
+        let months = Set(lines.map { PartitionCache.monthStart($0.createdAt) })
+        let missing = months.filter { !partitions.contains($0) }
+        guard !missing.isEmpty else { return }
+        try await pool.withConnection { connection in
+            for month in missing {
+                try connection.query("SELECT tally_create_log_partitions($1, 1)", [month])
+            }
+        }
+        partitions.insert(missing)
+    }
+
+    // MARK: SQL
+
+    static let insertBatch = PreparedStatement("ingest_insert_batch", """
+        INSERT INTO ingest_batches (tid, source, lines, accepted, duplicates, rejected)
+        VALUES ($1, $2, $3, 0, 0, $4) RETURNING id
+        """)
+
+    static let finishBatch = PreparedStatement("ingest_finish_batch",
+        "UPDATE ingest_batches SET accepted = $2, duplicates = $3 WHERE id = $1")
+
+    /// Column order of `ingest_staging`, matched by `appendCopyRow`.
+    static let stagingColumns = """
+        request_id, created_at, user_id, token_id, channel_id, model, "group", kind, status, is_stream,
+        duration_ms, ip, tid, error, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens,
+        audio_input_tokens, audio_output_tokens, images, size, quality, video_seconds, resolution, calls,
+        predict_time, quota, price_version_id, batch_id
+        """
+
+    /// Per-connection temporary tables, emptied at every commit.
+    static let createStaging = """
+        CREATE TEMP TABLE IF NOT EXISTS ingest_staging
+            (LIKE request_logs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+        CREATE TEMP TABLE IF NOT EXISTS ingest_new
+            (LIKE request_logs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+        """
+
+    /// Inserts the rows not yet stored and keeps exactly those in `ingest_new`.
+    static let insertNewRows = PreparedStatement("ingest_insert_new", """
+        WITH inserted AS (
+            INSERT INTO request_logs (\(stagingColumns))
+            SELECT \(stagingColumns) FROM ingest_staging
+            ON CONFLICT (request_id, created_at) DO NOTHING
+            RETURNING *
+        ), kept AS (
+            INSERT INTO ingest_new SELECT * FROM inserted RETURNING quota
+        )
+        SELECT count(*), sum(quota) FROM kept
+        """)
+
+    static let settleHolds = PreparedStatement("ingest_settle_holds", """
+        UPDATE holds h SET status = 'settled', closed_at = now()
+        FROM ingest_new n WHERE h.request_id = n.request_id AND h.status = 'held'
+        """)
+
+    static let lockUsers = PreparedStatement("ingest_lock_users", """
+        SELECT 1 FROM users WHERE id IN (SELECT user_id FROM ingest_new) ORDER BY id FOR NO KEY UPDATE
+        """)
+
+    static let debitUsers = PreparedStatement("ingest_debit_users", """
+        UPDATE users u SET quota = u.quota - t.quota, used_quota = u.used_quota + t.quota,
+                           request_count = u.request_count + t.requests, updated_at = now()
+        FROM (SELECT user_id, sum(quota) AS quota, count(*) AS requests FROM ingest_new GROUP BY user_id) t
+        WHERE u.id = t.user_id
+        """)
+
+    static let lockTokens = PreparedStatement("ingest_lock_tokens", """
+        SELECT 1 FROM tokens WHERE id IN (SELECT token_id FROM ingest_new) ORDER BY id FOR NO KEY UPDATE
+        """)
+
+    /// Unlimited tokens keep their remain_quota; every token counts its use.
+    static let debitTokens = PreparedStatement("ingest_debit_tokens", """
+        UPDATE tokens k SET remain_quota = k.remain_quota - CASE WHEN k.unlimited_quota THEN 0 ELSE t.quota END,
+                            used_quota = k.used_quota + t.quota, request_count = k.request_count + t.requests,
+                            accessed_at = greatest(k.accessed_at, t.last_at)
+        FROM (SELECT token_id, sum(quota) AS quota, count(*) AS requests, max(created_at) AS last_at
+              FROM ingest_new GROUP BY token_id) t
+        WHERE k.id = t.token_id
+        """)
+
+    /// One charge row per (batch, user, token); request_logs.batch_id leads back to it.
+    static let appendLedger = PreparedStatement("ingest_append_ledger", """
+        INSERT INTO ledger (user_id, token_id, kind, amount, requests, batch_id, tid)
+        SELECT user_id, token_id, 'charge', -sum(quota), count(*), $1, $2
+        FROM ingest_new GROUP BY user_id, token_id HAVING sum(quota) <> 0
+        ORDER BY user_id, token_id
+        """)
+
+    /// Rows are upserted in key order so concurrent batches lock shared rows in the same order.
+    static let upsertUsageDaily = PreparedStatement("ingest_upsert_usage_daily", """
+        INSERT INTO usage_daily AS d (day, user_id, token_id, model, "group", kind, requests, failed_requests,
+            prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, audio_input_tokens,
+            audio_output_tokens, images, video_seconds, calls, predict_time, quota)
+        SELECT (created_at AT TIME ZONE 'UTC')::date AS day, user_id, token_id, model, "group", kind, count(*),
+            count(*) FILTER (WHERE status >= 400), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),
+            sum(cache_write_tokens), sum(audio_input_tokens), sum(audio_output_tokens), sum(images),
+            sum(video_seconds), sum(calls), sum(predict_time), sum(quota)
+        FROM ingest_new
+        GROUP BY 1, user_id, token_id, model, "group", kind
+        ORDER BY 1, user_id, token_id, model, "group", kind
+        ON CONFLICT (day, user_id, token_id, model, "group", kind) DO UPDATE SET
+            requests = d.requests + EXCLUDED.requests,
+            failed_requests = d.failed_requests + EXCLUDED.failed_requests,
+            prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
+            completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
+            cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens,
+            cache_write_tokens = d.cache_write_tokens + EXCLUDED.cache_write_tokens,
+            audio_input_tokens = d.audio_input_tokens + EXCLUDED.audio_input_tokens,
+            audio_output_tokens = d.audio_output_tokens + EXCLUDED.audio_output_tokens,
+            images = d.images + EXCLUDED.images,
+            video_seconds = d.video_seconds + EXCLUDED.video_seconds,
+            calls = d.calls + EXCLUDED.calls,
+            predict_time = d.predict_time + EXCLUDED.predict_time,
+            quota = d.quota + EXCLUDED.quota
+        """)
+
+    static func storeRejects(_ rejects: [RejectedLine], tid: String, on connection: PostgresConnection) throws {
+        try connection.copyIn("COPY ingest_rejects (batch_tid, line, request_id, code, message, raw) FROM STDIN") { writer in
+            var row: [UInt8] = []
+            for reject in rejects {
+                row.removeAll(keepingCapacity: true)
+                for (index, field) in [tid, String(reject.line), reject.requestID, reject.code, reject.message, reject.raw].enumerated() {
+                    if index > 0 { row.append(9) }
+                    CopyText.append(field, to: &row)
+                }
+                row.append(10)
+                try writer.write(row)
+            }
+        }
+    }
+
+    /// One line of COPY text in `stagingColumns` order.
+    static func appendCopyRow(_ line: PricedLine, batchID: Int64, to row: inout [UInt8]) {
+        let usage = line.usage
+        let fields: [String?] = [
+            line.requestID, PostgresTimestamp.format(line.createdAt), String(line.userID), String(line.tokenID),
+            line.channelID.map(String.init), line.model, line.group, line.kind.rawValue, String(line.status),
+            line.isStream ? "t" : "f", String(line.durationMs), line.ip, line.tid, line.error,
+            String(usage.promptTokens), String(usage.completionTokens), String(usage.cachedTokens),
+            String(usage.cacheWriteTokens), String(usage.audioInputTokens), String(usage.audioOutputTokens),
+            String(usage.images), usage.size, usage.quality, usage.videoSeconds.description, usage.resolution,
+            String(usage.calls), usage.predictTime.description, String(line.quota), String(line.priceVersionID),
+            String(batchID),
+        ]
+        for (index, field) in fields.enumerated() {
+            if index > 0 { row.append(9) }
+            CopyText.append(field, to: &row)
+        }
+        row.append(10)
+    }
+}
+
+/// Months whose `request_logs` partition is known to exist in this process.
+final class PartitionCache: Sendable {
+    private let months = Mutex<Set<Date>>([])
+
+    func contains(_ month: Date) -> Bool { months.withLock { $0.contains(month) } }
+    func insert(_ more: Set<Date>) { months.withLock { $0.formUnion(more) } }
+
+    /// The first instant of the UTC month containing `date`.
+    static func monthStart(_ date: Date) -> Date {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        return calendar.date(from: calendar.dateComponents([.year, .month], from: date))!
+    }
+}

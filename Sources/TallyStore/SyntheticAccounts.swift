@@ -1,0 +1,33 @@
+import TallyCore
+import TallyPostgres
+
+/// Creates the synthetic users and keys of `SyntheticKeys` (tests, benchmarks). Set-based:
+/// one statement for any number of users.
+public enum SyntheticAccounts {
+    /// Creates users `synthetic-1…n` (each with `quota` units, a ledger top-up and one key);
+    /// existing ones are left as they are. Returns how many were created.
+    @discardableResult
+    public static func seed(users count: Int, quota: Int64, group: String = "default", on pool: PostgresPool) async throws -> Int {
+        try await pool.transaction { connection in
+            let created = try connection.query("""
+                WITH new_users AS (
+                    INSERT INTO users (username, "group", quota)
+                    SELECT 'synthetic-' || i, $2, $3 FROM generate_series(1, $1::int) AS i
+                    ON CONFLICT (username) DO NOTHING
+                    RETURNING id, username, quota
+                ), new_tokens AS (
+                    INSERT INTO tokens (user_id, name, key_hash, key_last6, unlimited_quota)
+                    SELECT id, 'synthetic', sha256(convert_to(
+                        'sk-tallysynthetic' || lpad(substr(username, 11), 34, '0'), 'UTF8')),
+                        right(lpad(substr(username, 11), 34, '0'), 6), true
+                    FROM new_users RETURNING user_id
+                ), topups AS (
+                    INSERT INTO ledger (user_id, kind, amount, reason)
+                    SELECT id, 'topup', quota, 'synthetic seed' FROM new_users WHERE quota <> 0 RETURNING 1
+                )
+                SELECT count(*) FROM new_users
+                """, [count, group, quota])
+            return try created[0].decode(0, as: Int.self)
+        }
+    }
+}

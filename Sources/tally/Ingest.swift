@@ -1,0 +1,147 @@
+import ArgumentParser
+import Foundation
+import TallyCore
+import TallyPostgres
+import TallyStore
+
+struct Ingest: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ingest a file of log lines (NDJSON) through the same pipeline as POST /gateway/v1/logs.",
+        discussion: "For backfills and replays: exactly once per request id, so re-running a file charges nothing twice. Progress goes to standard error.")
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Argument(help: "NDJSON file, or - for standard input.")
+    var file: String
+
+    @Option(help: "Lines per batch (one transaction each).")
+    var batchSize = 10_000
+
+    @Option(help: "Batches in flight at once.")
+    var parallel = 2
+
+    @Option(help: "gateway or litellm.")
+    var format = "gateway"
+
+    @Flag(help: "No progress line.")
+    var quiet = false
+
+    func validate() throws {
+        guard (1...50_000).contains(batchSize) else { throw ValidationError("--batch-size must be within 1…50000") }
+        guard (1...16).contains(parallel) else { throw ValidationError("--parallel must be within 1…16") }
+        guard IngestFormat(rawValue: format) != nil else { throw ValidationError("--format must be gateway or litellm") }
+    }
+
+    func run() async throws {
+        let pool = try await database.migratedPool(size: parallel + 1)
+        let prices = PriceCatalog(repository: PostgresPriceRepository(pool: pool))
+        try await prices.reload()
+        let ingestor = Ingestor(prices: prices, tokens: TokenDirectory(pool: pool), repository: PostgresIngestRepository(pool: pool))
+        let input = file == "-" ? FileHandle.standardInput : try FileHandle(forReadingFrom: URL(fileURLWithPath: file))
+        let format = IngestFormat(rawValue: format)!
+        let progress = Progress(quiet: quiet)
+        let tid = TraceID.generate()
+        try await withThrowingTaskGroup(of: IngestResult.self) { group in
+            var inFlight = 0
+            for try await batch in LineBatches(handle: input, linesPerBatch: batchSize) {
+                if inFlight == parallel, let result = try await group.next() {
+                    progress.add(result)
+                    inFlight -= 1
+                }
+                group.addTask { try await ingestor.ingest(batch, format: format, tid: tid, source: "cli") }
+                inFlight += 1
+            }
+            for try await result in group { progress.add(result) }
+        }
+        progress.finish()
+        await pool.close()
+    }
+}
+
+/// Reads a file in batches of whole lines without loading it all.
+struct LineBatches: AsyncSequence {
+    typealias Element = [UInt8]
+    let handle: FileHandle
+    let linesPerBatch: Int
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let handle: FileHandle
+        let linesPerBatch: Int
+        var pending: [UInt8] = []
+        var finished = false
+
+        mutating func next() async throws -> [UInt8]? {
+            var batch: [UInt8] = []
+            var lines = 0
+            while lines < linesPerBatch {
+                if let newline = pending.firstIndex(of: 0x0A) {
+                    batch.append(contentsOf: pending[...newline])
+                    pending.removeSubrange(...newline)
+                    lines += 1
+                    continue
+                }
+                if finished { break }
+                let chunk = try handle.read(upToCount: 1 << 20) ?? Data()
+                if chunk.isEmpty { finished = true } else { pending.append(contentsOf: chunk) }
+            }
+            if lines < linesPerBatch, finished, !pending.isEmpty {
+                batch.append(contentsOf: pending)
+                pending.removeAll()
+            }
+            return batch.isEmpty ? nil : batch
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(handle: handle, linesPerBatch: linesPerBatch) }
+}
+
+/// The progress line on standard error and the closing summary.
+final class Progress: @unchecked Sendable {
+    // Touched only from the command's own task.
+    private let started = Date()
+    private let quiet: Bool
+    private var accepted = 0, duplicates = 0, charged: Int64 = 0
+    private var rejectedByCode: [String: Int] = [:]
+    private var lines: Int { accepted + duplicates + rejectedByCode.values.reduce(0, +) }
+
+    init(quiet: Bool) { self.quiet = quiet }
+
+    func add(_ result: IngestResult) {
+        accepted += result.accepted
+        duplicates += result.duplicates
+        charged += result.chargedQuota
+        for reject in result.rejected { rejectedByCode[reject.code, default: 0] += 1 }
+        guard !quiet else { return }
+        let elapsed = max(Date().timeIntervalSince(started), 0.001)
+        FileHandle.standardError.write(Data("\r\(lines) lines, \(Int(Double(lines) / elapsed)) lines/s   ".utf8))
+    }
+
+    func finish() {
+        let elapsed = max(Date().timeIntervalSince(started), 0.001)
+        if !quiet { FileHandle.standardError.write(Data("\n".utf8)) }
+        print("lines \(lines), accepted \(accepted), duplicates \(duplicates), rejected \(rejectedByCode.values.reduce(0, +))")
+        for (code, count) in rejectedByCode.sorted(by: { $0.key < $1.key }) { print("  rejected \(code): \(count)") }
+        print("charged \(charged) units = \(Money.formatUSD(units: charged)) USD")
+        print(String(format: "elapsed %.2f s, %.0f lines/s", elapsed, Double(lines) / elapsed))
+    }
+}
+
+struct Audit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check the money invariants over the whole database; exit 1 listing any account that breaks them.",
+        discussion: "balance = sum of ledger rows; used_quota = ledger charges = quota of logged requests; request_count = logged requests; the same per token.")
+
+    @OptionGroup var database: DatabaseOptions
+
+    func run() async throws {
+        let pool = try await database.migratedPool(size: 1)
+        let violations = try await Auditor(pool: pool).run()
+        await pool.close()
+        guard violations.isEmpty else {
+            for violation in violations { print(violation) }
+            print("audit failed: \(violations.count) problem(s)")
+            throw ExitCode(1)
+        }
+        print("audit clean")
+    }
+}

@@ -1,0 +1,76 @@
+import ArgumentParser
+import Foundation
+import TallyCore
+import TallyPostgres
+import TallyStore
+
+struct Quote: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Price a request with the price version in force (the same code as ingest).",
+        discussion: "Example: tally quote --model gpt-4o --group vip --prompt-tokens 1000 --completion-tokens 500")
+
+    @OptionGroup var database: DatabaseOptions
+
+    @Option(help: "Model name as in the price sheet.") var model: String
+    @Option(help: "Group whose ratio or group prices apply.") var group = "default"
+    @Option(help: "All input tokens (includes cached, cache-write and audio input).") var promptTokens: Int64 = 0
+    @Option(help: "All output tokens (includes audio output).") var completionTokens: Int64 = 0
+    @Option(help: "Input tokens read from cache.") var cachedTokens: Int64 = 0
+    @Option(help: "Input tokens written to cache.") var cacheWriteTokens: Int64 = 0
+    @Option(help: "Audio input tokens.") var audioInputTokens: Int64 = 0
+    @Option(help: "Audio output tokens.") var audioOutputTokens: Int64 = 0
+    @Option(help: "Images generated.") var images: Int64 = 0
+    @Option(help: "Image size, e.g. 1024x1024.") var size: String?
+    @Option(help: "Image quality, e.g. hd.") var quality: String?
+    @Option(help: "Video seconds (decimal).") var videoSeconds = "0"
+    @Option(help: "Video resolution, e.g. 1080p.") var resolution: String?
+    @Option(help: "Calls (per-call models).") var calls: Int64 = 0
+    @Option(help: "Compute seconds (decimal), Replicate-style predict_time.") var predictTime = "0"
+    @Flag(help: "Rate as a failed request (status ≥ 400).") var failed = false
+    @Option(help: "Price at this time (RFC 3339); default now.") var at: String?
+    @Option(help: "Price with this sheet file instead of the stored versions.") var sheet: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let usage = Usage(
+            promptTokens: promptTokens, completionTokens: completionTokens, cachedTokens: cachedTokens,
+            cacheWriteTokens: cacheWriteTokens, audioInputTokens: audioInputTokens, audioOutputTokens: audioOutputTokens,
+            images: images, size: size, quality: quality, videoSeconds: try decimal(videoSeconds, "--video-seconds"),
+            resolution: resolution, calls: calls, predictTime: try decimal(predictTime, "--predict-time"))
+        if let negative = usage.firstNegativeField { throw ValidationError("--\(negative.replacingOccurrences(of: "_", with: "-")) cannot be negative") }
+        let (version, priceSheet) = try await selectSheet()
+        let rating: Rating
+        do { rating = try rate(usage, model: model, group: group, failed: failed, sheet: priceSheet, breakdown: true) } catch {
+            throw ValidationError(error.description)
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            let detail = String(decoding: try encoder.encode(rating), as: UTF8.self)
+            print(#"{"model":\#(JSONText.quote(model)),"group":\#(JSONText.quote(group)),"price_version_id":\#(version.map(String.init) ?? "null"),"units":\#(rating.units),"usd":"\#(rating.usd)","rating":\#(detail)}"#)
+        } else {
+            print(rating.explainText(model: model, group: group))
+            print(version.map { "price version \($0)" } ?? "price sheet \(sheet ?? "")")
+        }
+    }
+
+    private func selectSheet() async throws -> (Int64?, PriceSheet) {
+        if let sheet {
+            do { return (nil, try PriceSheet.parse(try SheetSource.read(sheet))) } catch let error as PriceSheetError {
+                throw ValidationError("\(sheet) is not a valid price sheet:\n\(error)")
+            }
+        }
+        let time = try at.map(TimeArgument.parse) ?? Date()
+        let pool = try await database.migratedPool(size: 1)
+        let versions = try await PostgresPriceRepository(pool: pool).all().map(\.version)
+        await pool.close()
+        guard let version = PriceBook(versions: versions).version(at: time) else {
+            throw ValidationError("no price version is in force at \(PostgresTimestamp.format(time)); load one with tally prices load")
+        }
+        return (version.id, version.sheet)
+    }
+
+    private func decimal(_ text: String, _ flag: String) throws -> ExactDecimal {
+        do { return try ExactDecimal(text) } catch { throw ValidationError("\(flag): \(error)") }
+    }
+}

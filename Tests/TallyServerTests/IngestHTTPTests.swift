@@ -1,0 +1,233 @@
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import TallyCore
+import TallyServer
+import TallyStore
+import TallyTestSupport
+import Testing
+
+/// POST /gateway/v1/logs through the real server and PostgreSQL. Each test uses its own
+/// synthetic users (distinct indices) so balances are independent within the shared database;
+/// serialized because some tests count rows of shared tables.
+@Suite("ingest over HTTP", .serialized)
+struct IngestHTTPTests {
+    static let secret = "test-gateway-secret"
+    static let auth: HTTPFields = [.authorization: "Bearer \(secret)"]
+    /// gpt-4o, default group, 1000 in / 500 out (DESIGN §3 golden).
+    static let chatCost: Int64 = 3750
+    static let initialQuota: Int64 = 1_000_000_000
+
+    static func database() async throws -> TestDatabase {
+        let db = try await TestDatabase.shared("ingest")
+        try await db.prepareBilling(users: 40, quota: initialQuota)
+        return db
+    }
+
+    static func post(_ client: some TestClientProtocol, _ body: String, query: String = "") async throws -> (HTTPResponse.Status, [String: Any]) {
+        try await client.execute(uri: "/gateway/v1/logs\(query)", method: .post, headers: auth, body: ByteBuffer(string: body)) { response in
+            let object = try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any] ?? [:]
+            return (response.status, object)
+        }
+    }
+
+    static func balance(_ db: TestDatabase, user: Int) async throws -> Int64 {
+        try await db.scalar("SELECT quota FROM users WHERE username = $1", [SyntheticKeys.username(forUser: user)])
+    }
+
+    @Test("the gateway secret is required and checked")
+    func gatewayAuth() async throws {
+        let db = try await Self.database()
+        try await TestApp.build(db).test(.live) { client in
+            try await client.execute(uri: "/gateway/v1/logs", method: .post, body: ByteBuffer(string: "{}")) { response in
+                #expect(response.status == .unauthorized)
+                let error = try ErrorBody(response.body)
+                #expect(error.code == "missing_token")
+            }
+            try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: [.authorization: "Bearer wrong"],
+                                     body: ByteBuffer(string: "{}")) { response in
+                #expect(response.status == .unauthorized)
+                let body = try ErrorBody(response.body)
+                #expect(body.code == "invalid_token")
+                #expect(body.envelope == "gateway")
+            }
+        }
+    }
+
+    @Test("the same batch twice charges once; the second is all duplicates")
+    func sameBatchTwice() async throws {
+        let db = try await Self.database()
+        let lines = (1...20).map { LogLines.chat("twice-\($0)", user: 1) }
+        try await TestApp.build(db).test(.live) { client in
+            let (status, first) = try await Self.post(client, LogLines.ndjson(lines))
+            #expect(status == .ok)
+            #expect(first["accepted"] as? Int == 20)
+            #expect(first["duplicates"] as? Int == 0)
+            #expect(TraceID.isValid(first["tid"] as? String ?? ""))
+            let (_, second) = try await Self.post(client, LogLines.ndjson(lines))
+            #expect(second["accepted"] as? Int == 0)
+            #expect(second["duplicates"] as? Int == 20)
+        }
+        #expect(try await Self.balance(db, user: 1) == Self.initialQuota - 20 * Self.chatCost)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'twice-%'") == 20)
+        #expect(try await db.scalar("SELECT -sum(amount) FROM ledger l JOIN users u ON u.id = l.user_id WHERE u.username = 'synthetic-1' AND kind = 'charge'") == 20 * Self.chatCost)
+    }
+
+    @Test("overlapping batches: only the new lines are charged")
+    func overlappingBatches() async throws {
+        let db = try await Self.database()
+        try await TestApp.build(db).test(.live) { client in
+            let (_, first) = try await Self.post(client, LogLines.ndjson((1...10).map { LogLines.chat("overlap-\($0)", user: 2) }))
+            let (_, second) = try await Self.post(client, LogLines.ndjson((6...15).map { LogLines.chat("overlap-\($0)", user: 2) }))
+            #expect(first["accepted"] as? Int == 10)
+            #expect(second["accepted"] as? Int == 5)
+            #expect(second["duplicates"] as? Int == 5)
+        }
+        #expect(try await Self.balance(db, user: 2) == Self.initialQuota - 15 * Self.chatCost)
+    }
+
+    @Test("concurrent clients sending the same ids: each line charged exactly once")
+    func concurrentSameIDs() async throws {
+        let db = try await Self.database()
+        let body = LogLines.ndjson((1...500).map { LogLines.chat("race-\($0)", user: 3 + $0 % 3) })
+        let accepted = try await TestApp.build(db).test(.ahc(.http)) { client in
+            try await withThrowingTaskGroup(of: Int.self) { group in
+                for _ in 0..<4 {
+                    group.addTask {
+                        let (status, object) = try await Self.post(client, body)
+                        #expect(status == .ok)
+                        #expect((object["accepted"] as? Int ?? 0) + (object["duplicates"] as? Int ?? 0) == 500)
+                        return object["accepted"] as? Int ?? -1
+                    }
+                }
+                var total = 0
+                for try await count in group { total += count }
+                return total
+            }
+        }
+        #expect(accepted == 500)
+        var charged: Int64 = 0
+        for user in 3...5 { charged += Self.initialQuota - (try await Self.balance(db, user: user)) }
+        #expect(charged == 500 * Self.chatCost)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'race-%'") == 500)
+    }
+
+    @Test("a mixed batch: bad lines are rejected with reasons, stored raw, never charged")
+    func mixedBatch() async throws {
+        let db = try await Self.database()
+        let key = SyntheticKeys.key(forUser: 6)
+        let lines = [
+            LogLines.chat("mixed-1", user: 6),
+            #"{"request_id":"mixed-2","created_at":"2026-11-10T12:00:00Z","key":"#,  // bad JSON
+            #"{"request_id":"mixed-3","created_at":"2026-11-10T12:00:00Z","key":"sk-nobody000000000000000000000000000000000000000000","model":"gpt-4o","usage":{"prompt_tokens":1}}"#,
+            #"{"request_id":"mixed-4","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o","usage":{"prompt_tokens":-3}}"#,
+            #"{"request_id":"mixed-5","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-9","usage":{"prompt_tokens":1}}"#,
+            #"{"request_id":"mixed-6","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o","status":200}"#,
+            #"{"request_id":"mixed-7","created_at":"2099-01-01T00:00:00Z","key":"\#(key)","model":"gpt-4o","usage":{"prompt_tokens":1}}"#,
+            #"{"created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o","usage":{"prompt_tokens":1}}"#,
+            #"{"request_id":"mixed-9","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o","usage":{"prompt_tokens":200000000}}"#,
+            #"{"request_id":"mixed-10","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o","status":429,"error":"provider_rate_limited","usage":null}"#,
+            LogLines.chat("mixed-11", user: 6),
+        ]
+        let expected = [2: "invalid_json", 3: "unknown_key", 4: "invalid_usage", 5: "unknown_model", 6: "missing_usage",
+                        7: "future_timestamp", 8: "missing_field", 9: "absurd_usage"]
+        try await TestApp.build(db).test(.live) { client in
+            let (status, object) = try await Self.post(client, LogLines.ndjson(lines))
+            #expect(status == .ok)
+            #expect(object["accepted"] as? Int == 3)
+            let rejected = object["rejected"] as? [[String: Any]] ?? []
+            let codes = Dictionary(uniqueKeysWithValues: rejected.map { ($0["line"] as? Int ?? 0, $0["code"] as? String ?? "") })
+            #expect(codes == expected)
+            #expect(rejected.allSatisfy { !($0["message"] as? String ?? "").isEmpty })
+            #expect(rejected.first { $0["line"] as? Int == 4 }?["request_id"] as? String == "mixed-4")
+        }
+        #expect(try await Self.balance(db, user: 6) == Self.initialQuota - 2 * Self.chatCost)
+        #expect(try await db.scalar("SELECT count(*) FROM ingest_rejects WHERE raw LIKE '%mixed-%' OR raw LIKE '%\(key)%'") >= 7)
+        #expect(try await db.scalar("SELECT quota FROM request_logs WHERE request_id = 'mixed-10'") == 0)
+        let raw = try await db.pool.withConnection { try $0.query("SELECT raw, message FROM ingest_rejects WHERE line = 2 AND raw LIKE '%mixed-2%'")[0].text(0) }
+        #expect(raw == lines[1])
+    }
+
+    @Test("balances, tokens, ledger and usage_daily all equal the sum of the priced lines")
+    func rollupsMatch() async throws {
+        let db = try await Self.database()
+        let lines = [
+            LogLines.chat("sum-1", user: 7, prompt: 1000, completion: 500),                 // 3750
+            LogLines.chat("sum-2", user: 7, prompt: 2, completion: 0),                       // 3 (2.5 rounds up)
+            LogLines.chat("sum-3", user: 7, prompt: 1000, completion: 500, group: "vip"),    // 3000
+            LogLines.chat("sum-4", user: 7, model: "gemini-2.5-pro", prompt: 250_000, completion: 1000),  // 320000
+            #"{"request_id":"sum-5","created_at":"2026-11-10T13:00:00Z","key":"\#(SyntheticKeys.key(forUser: 7))","model":"veo-3","kind":"video","usage":{"video_seconds":8,"resolution":"1080p"}}"#,  // 2,000,000
+        ]
+        try await TestApp.build(db).test(.live) { client in
+            let (_, object) = try await Self.post(client, LogLines.ndjson(lines))
+            #expect(object["accepted"] as? Int == 5)
+        }
+        let expected: Int64 = 3750 + 3 + 3000 + 320_000 + 2_000_000
+        let user = SyntheticKeys.username(forUser: 7)
+        #expect(try await Self.balance(db, user: 7) == Self.initialQuota - expected)
+        #expect(try await db.scalar("SELECT used_quota FROM users WHERE username = $1", [user]) == expected)
+        #expect(try await db.scalar("SELECT request_count FROM users WHERE username = $1", [user]) == 5)
+        #expect(try await db.scalar("SELECT t.used_quota FROM tokens t JOIN users u ON u.id = t.user_id WHERE u.username = $1", [user]) == expected)
+        #expect(try await db.scalar("SELECT sum(d.quota) FROM usage_daily d JOIN users u ON u.id = d.user_id WHERE u.username = $1", [user]) == expected)
+        #expect(try await db.scalar("SELECT sum(requests) FROM usage_daily d JOIN users u ON u.id = d.user_id WHERE u.username = $1", [user]) == 5)
+        #expect(try await db.scalar("SELECT sum(d.quota) FROM usage_daily d JOIN users u ON u.id = d.user_id WHERE u.username = $1 AND d.\"group\" = 'vip'", [user]) == 3000)
+        #expect(try await db.scalar("SELECT -sum(amount) FROM ledger l JOIN users u ON u.id = l.user_id WHERE u.username = $1 AND kind = 'charge'", [user]) == expected)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'sum-%' AND price_version_id IS NOT NULL AND batch_id IS NOT NULL") == 5)
+        #expect(try await Auditor(pool: db.pool).run().filter { $0.username == user }.isEmpty)
+    }
+
+    @Test("limits: more than 50,000 lines or 16 MiB answer 413 with a tid, and change nothing")
+    func limits() async throws {
+        let db = try await Self.database()
+        let before = try await db.scalar("SELECT count(*) FROM ingest_batches")
+        try await TestApp.build(db).test(.live) { client in
+            let tooMany = String(repeating: "{}\n", count: 50_001)
+            try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: Self.auth, body: ByteBuffer(string: tooMany)) { response in
+                #expect(response.status == .contentTooLarge)
+                let body = try ErrorBody(response.body)
+                #expect(body.code == "payload_too_large")
+                #expect(body.tid == response.headers[.xTid])
+            }
+            let tooBig = String(repeating: " ", count: 16 * 1024 * 1024 + 1)
+            try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: Self.auth, body: ByteBuffer(string: tooBig)) { response in
+                #expect(response.status == .contentTooLarge)
+                let error = try ErrorBody(response.body)
+                #expect(error.code == "payload_too_large")
+            }
+            try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: Self.auth, body: ByteBuffer(string: "[{}, {}")) { response in
+                #expect(response.status == .badRequest)
+                let error = try ErrorBody(response.body)
+                #expect(error.code == "invalid_request")
+            }
+        }
+        #expect(try await db.scalar("SELECT count(*) FROM ingest_batches") == before)
+    }
+
+    @Test("a JSON array body works like NDJSON")
+    func jsonArray() async throws {
+        let db = try await Self.database()
+        let body = "[" + (1...3).map { LogLines.chat("array-\($0)", user: 8) }.joined(separator: ",\n") + "]"
+        try await TestApp.build(db).test(.live) { client in
+            let (_, object) = try await Self.post(client, body)
+            #expect(object["accepted"] as? Int == 3)
+        }
+        #expect(try await Self.balance(db, user: 8) == Self.initialQuota - 3 * Self.chatCost)
+    }
+
+    @Test("LiteLLM StandardLoggingPayload lines are accepted with ?format=litellm")
+    func liteLLM() async throws {
+        let db = try await Self.database()
+        let hash = SHA256.hash(data: Array(SyntheticKeys.key(forUser: 9).utf8)).map { String(format: "%02x", $0) }.joined()
+        let payload = #"{"id":"litellm-1","call_type":"acompletion","status":"success","model":"gpt-4o","startTime":1793880000.25,"endTime":1793880001.5,"prompt_tokens":1000,"completion_tokens":500,"total_tokens":1500,"metadata":{"user_api_key_hash":"\#(hash)","user_api_key_alias":null,"spend_logs_metadata":{"a":[1,2]}},"response_cost":0.0075,"messages":[{"role":"user","content":"hi \"there\""}]}"#
+        try await TestApp.build(db).test(.live) { client in
+            let (_, object) = try await Self.post(client, payload + "\n", query: "?format=litellm")
+            #expect(object["accepted"] as? Int == 1)
+            let (status, _) = try await Self.post(client, payload, query: "?format=bogus")
+            #expect(status == .badRequest)
+        }
+        #expect(try await Self.balance(db, user: 9) == Self.initialQuota - Self.chatCost)
+        #expect(try await db.scalar("SELECT duration_ms FROM request_logs WHERE request_id = 'litellm-1'") == 1250)
+    }
+}

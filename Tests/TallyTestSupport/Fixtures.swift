@@ -1,0 +1,63 @@
+import Foundation
+import TallyCore
+import TallyPostgres
+import TallyStore
+
+/// The price sheet of DESIGN §3, the one the issue's golden examples use.
+public let designPriceSheet = """
+    effective_from: 2026-01-01T00:00:00Z
+    groups:
+      default: {ratio: "1", description: "Standard"}
+      vip:     {ratio: "0.8"}
+      svip:    {ratio: "0.6", models: [gpt-4o, claude-sonnet-4]}
+    models:
+      gpt-4o: {input: "2.50", output: "10.00", cached_input: "1.25", audio_input: "40.00", audio_output: "80.00"}
+      gemini-2.5-pro:
+        input: "1.25"
+        output: "10.00"
+        tiers:
+          - {above_prompt_tokens: 200000, input: "2.50", output: "15.00"}
+      claude-sonnet-4:
+        input: "3.00"
+        output: "15.00"
+        cached_input: "0.30"
+        cache_write: "3.75"
+        group_prices:
+          svip: {input: "2.00", output: "10.00"}
+      dall-e-3:
+        per_image: {"1024x1024/standard": "0.04", "1024x1792/hd": "0.12", default: "0.04"}
+      veo-3:
+        per_video_second: {"720p": "0.40", "1080p": "0.50"}
+      suno-v4:
+        per_call: "0.10"
+      replicate/flux-schnell:
+        per_compute_second: "0.001"
+        per_image: {default: "0.003"}
+    """
+
+extension TestDatabase {
+    /// Loads `designPriceSheet` (once per database) and seeds `users` synthetic accounts.
+    public func prepareBilling(users: Int, quota: Int64 = 1_000_000_000) async throws {
+        let existing = try await PostgresPriceRepository(pool: pool).newestID()
+        if existing == nil {
+            _ = try await PostgresPriceRepository(pool: pool).load(try PriceSheet.parse(designPriceSheet), effectiveFrom: nil, source: "test", by: .cli)
+        }
+        try await SyntheticAccounts.seed(users: users, quota: quota, on: pool)
+    }
+
+    /// A single integer from a query.
+    public func scalar(_ sql: String, _ parameters: [any PostgresEncodable] = []) async throws -> Int64 {
+        try await pool.withConnection { try $0.query(sql, parameters)[0].decodeOptional(0, as: Int64.self) ?? 0 }
+    }
+}
+
+/// Builds gateway log lines for tests.
+public enum LogLines {
+    public static func chat(_ requestID: String, user: Int = 1, model: String = "gpt-4o", prompt: Int = 1000,
+                            completion: Int = 500, at: String = "2026-11-10T12:00:00Z", status: Int = 200, group: String? = nil) -> String {
+        let groupField = group.map { #","group":"\#($0)""# } ?? ""
+        return #"{"request_id":"\#(requestID)","created_at":"\#(at)","key":"\#(SyntheticKeys.key(forUser: user))","model":"\#(model)","kind":"chat","status":\#(status)\#(groupField),"usage":{"prompt_tokens":\#(prompt),"completion_tokens":\#(completion)}}"#
+    }
+
+    public static func ndjson(_ lines: [String]) -> String { lines.joined(separator: "\n") + "\n" }
+}
