@@ -89,16 +89,14 @@ struct PostgresConnectionTests {
         let (copiedIn, copiedOut, checksum) = try await db.pool.withConnection { connection in
             try connection.execute("CREATE TABLE copy_rows (id bigint, label text, note text)")
             let copiedIn = try connection.copyIn("COPY copy_rows FROM STDIN") { writer in
-                var line: [UInt8] = []
+                var row = CopyRow()
                 for id in 0..<rowCount {
-                    line.removeAll(keepingCapacity: true)
-                    CopyText.append(String(id), to: &line)
-                    line.append(9)
-                    CopyText.append("row\t\(id) ünï\\", to: &line)
-                    line.append(9)
-                    CopyText.append(id % 10 == 0 ? nil : "n", to: &line)
-                    line.append(10)
-                    try writer.write(line)
+                    row.reset()
+                    row.append(Int64(id))
+                    row.append("row\t\(id) ünï\\")
+                    row.append(id % 10 == 0 ? nil : "n")
+                    row.endRow()
+                    try writer.write(row.bytes)
                 }
             }
             var lines = 0
