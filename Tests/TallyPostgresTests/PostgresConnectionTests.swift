@@ -171,8 +171,13 @@ struct PostgresConnectionTests {
             #expect(!error.description.contains("sup3r-s3cret"))
         }
     }
+}
 
-    @Test("the pool reconnects after PostgreSQL restarts", .enabled(if: disruptiveTestsEnabled))
+/// Stops and restarts the shared test cluster: runs only in ops/test's own pass
+/// (`TALLY_DISRUPTIVE_TESTS=1 swift test --filter ClusterRestartTests`).
+@Suite("cluster restarts", .serialized, .enabled(if: disruptiveTestsEnabled))
+struct ClusterRestartTests {
+    @Test("the pool reconnects after PostgreSQL restarts")
     func reconnectAfterRestart() async throws {
         let db = try await TestDatabase.shared("postgres-restart")
         let pool = PostgresPool(url: db.url, size: 2)
