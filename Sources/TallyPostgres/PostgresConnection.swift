@@ -211,22 +211,81 @@ public struct CopyInWriter {
     }
 }
 
-/// Escapes values for COPY's text format (tab-separated, `\N` for NULL).
-public enum CopyText {
-    /// Appends `value` escaped for COPY text format.
-    public static func append(_ value: String?, to line: inout [UInt8]) {
-        guard let value else {
-            line.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "N")])
+/// One row of COPY text format (tab-separated, `\N` for NULL, backslash escapes), built
+/// straight into bytes so that hot paths format no intermediate strings.
+public struct CopyRow {
+    public private(set) var bytes: [UInt8] = []
+    private var fieldCount = 0
+
+    public init() { bytes.reserveCapacity(512) }
+
+    /// Empties the row, keeping its capacity.
+    public mutating func reset() {
+        bytes.removeAll(keepingCapacity: true)
+        fieldCount = 0
+    }
+
+    public mutating func append(_ text: String?) {
+        separate()
+        guard var text else {
+            bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "N")])
             return
         }
-        for byte in value.utf8 {
-            switch byte {
-            case UInt8(ascii: "\\"): line.append(contentsOf: [92, 92])
-            case UInt8(ascii: "\t"): line.append(contentsOf: [92, UInt8(ascii: "t")])
-            case UInt8(ascii: "\n"): line.append(contentsOf: [92, UInt8(ascii: "n")])
-            case UInt8(ascii: "\r"): line.append(contentsOf: [92, UInt8(ascii: "r")])
-            default: line.append(byte)
+        text.withUTF8 { utf8 in
+            for byte in utf8 {
+                switch byte {
+                case UInt8(ascii: "\\"): bytes.append(contentsOf: [92, 92])
+                case UInt8(ascii: "\t"): bytes.append(contentsOf: [92, UInt8(ascii: "t")])
+                case UInt8(ascii: "\n"): bytes.append(contentsOf: [92, UInt8(ascii: "n")])
+                case UInt8(ascii: "\r"): bytes.append(contentsOf: [92, UInt8(ascii: "r")])
+                default: bytes.append(byte)
+                }
             }
         }
+    }
+
+    public mutating func append(_ value: Int64) {
+        separate()
+        if value < 0 { bytes.append(UInt8(ascii: "-")) }
+        var magnitude = value.magnitude
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            repeat {
+                buffer[count] = UInt8(48 + magnitude % 10)
+                magnitude /= 10
+                count += 1
+            } while magnitude > 0
+            for index in stride(from: count - 1, through: 0, by: -1) { bytes.append(buffer[index]) }
+        }
+    }
+
+    public mutating func append(_ value: Int64?) {
+        guard let value else { return append(nil as String?) }
+        append(value)
+    }
+
+    public mutating func append(_ value: Bool) {
+        separate()
+        bytes.append(value ? UInt8(ascii: "t") : UInt8(ascii: "f"))
+    }
+
+    /// A `timestamptz` in UTC with microseconds.
+    public mutating func append(_ date: Date) {
+        separate()
+        PostgresTimestamp.append(date, to: &bytes)
+    }
+
+    /// Ends the row with a newline.
+    public mutating func endRow() {
+        bytes.append(10)
+        fieldCount = 0
+    }
+
+    private mutating func separate() {
+        if fieldCount > 0 { bytes.append(9) }
+        fieldCount += 1
     }
 }

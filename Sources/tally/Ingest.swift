@@ -70,25 +70,28 @@ struct LineBatches: AsyncSequence {
         var pending: [UInt8] = []
         var finished = false
 
+        /// Cuts the next batch at the `linesPerBatch`-th newline: one scan, one copy.
         mutating func next() async throws -> [UInt8]? {
-            var batch: [UInt8] = []
-            var lines = 0
-            while lines < linesPerBatch {
-                if let newline = pending.firstIndex(of: 0x0A) {
-                    batch.append(contentsOf: pending[...newline])
-                    pending.removeSubrange(...newline)
-                    lines += 1
-                    continue
+            var newlines = 0
+            var scanned = 0
+            while true {
+                while scanned < pending.count {
+                    if pending[scanned] == 0x0A {
+                        newlines += 1
+                        if newlines == linesPerBatch { return take(scanned + 1) }
+                    }
+                    scanned += 1
                 }
-                if finished { break }
-                let chunk = try handle.read(upToCount: 1 << 20) ?? Data()
+                if finished { return pending.isEmpty ? nil : take(pending.count) }
+                let chunk = try handle.read(upToCount: 4 << 20) ?? Data()
                 if chunk.isEmpty { finished = true } else { pending.append(contentsOf: chunk) }
             }
-            if lines < linesPerBatch, finished, !pending.isEmpty {
-                batch.append(contentsOf: pending)
-                pending.removeAll()
-            }
-            return batch.isEmpty ? nil : batch
+        }
+
+        private mutating func take(_ count: Int) -> [UInt8] {
+            let batch = Array(pending[..<count])
+            pending.removeFirst(count)
+            return batch
         }
     }
 

@@ -89,16 +89,14 @@ struct PostgresConnectionTests {
         let (copiedIn, copiedOut, checksum) = try await db.pool.withConnection { connection in
             try connection.execute("CREATE TABLE copy_rows (id bigint, label text, note text)")
             let copiedIn = try connection.copyIn("COPY copy_rows FROM STDIN") { writer in
-                var line: [UInt8] = []
+                var row = CopyRow()
                 for id in 0..<rowCount {
-                    line.removeAll(keepingCapacity: true)
-                    CopyText.append(String(id), to: &line)
-                    line.append(9)
-                    CopyText.append("row\t\(id) ünï\\", to: &line)
-                    line.append(9)
-                    CopyText.append(id % 10 == 0 ? nil : "n", to: &line)
-                    line.append(10)
-                    try writer.write(line)
+                    row.reset()
+                    row.append(Int64(id))
+                    row.append("row\t\(id) ünï\\")
+                    row.append(id % 10 == 0 ? nil : "n")
+                    row.endRow()
+                    try writer.write(row.bytes)
                 }
             }
             var lines = 0
@@ -173,8 +171,13 @@ struct PostgresConnectionTests {
             #expect(!error.description.contains("sup3r-s3cret"))
         }
     }
+}
 
-    @Test("the pool reconnects after PostgreSQL restarts", .enabled(if: disruptiveTestsEnabled))
+/// Stops and restarts the shared test cluster: runs only in ops/test's own pass
+/// (`TALLY_DISRUPTIVE_TESTS=1 swift test --filter ClusterRestartTests`).
+@Suite("cluster restarts", .serialized, .enabled(if: disruptiveTestsEnabled))
+struct ClusterRestartTests {
+    @Test("the pool reconnects after PostgreSQL restarts")
     func reconnectAfterRestart() async throws {
         let db = try await TestDatabase.shared("postgres-restart")
         let pool = PostgresPool(url: db.url, size: 2)

@@ -30,19 +30,11 @@ public struct PostgresIngestRepository: IngestRepository {
             var charged: Int64 = 0
             if !lines.isEmpty {
                 try connection.execute(Self.createStaging)
-                try connection.copyIn("COPY ingest_staging FROM STDIN") { writer in
-                    var row: [UInt8] = []
-                    row.reserveCapacity(512)
-                    for line in lines {
-                        row.removeAll(keepingCapacity: true)
-                        Self.appendCopyRow(line, batchID: batchID, to: &row)
-                        try writer.write(row)
-                    }
-                }
-                let totals = try connection.query(Self.insertNewRows)
-                accepted = try totals[0].decode(0, as: Int.self)
-                charged = try totals[0].decodeOptional(1, as: Int64.self) ?? 0
-                if accepted > 0 {
+                let (fresh, rows) = try Self.insertNew(lines, batchID: batchID, on: connection)
+                accepted = fresh.count
+                charged = fresh.reduce(0) { $0 + $1.quota }
+                if !fresh.isEmpty {
+                    try connection.copyIn("COPY ingest_new (\(Self.stagingColumns)) FROM STDIN") { try $0.write(rows) }
                     try connection.query(Self.settleHolds)
                     try connection.query(Self.lockUsers)
                     try connection.query(Self.debitUsers)
@@ -57,6 +49,44 @@ public struct PostgresIngestRepository: IngestRepository {
             return IngestResult(batchID: batchID, accepted: accepted, duplicates: lines.count - accepted,
                                 rejected: rejects, chargedQuota: charged)
         }
+    }
+
+    /// Inserts the lines whose (request_id, created_at) is not stored yet; returns them and
+    /// their COPY rows.
+    ///
+    /// Optimistic: most batches hold only new ids, so the rows are COPYed straight into
+    /// `request_logs` (each written once, like a raw COPY). When any id is already stored (a
+    /// resent batch, or a concurrent batch that won a race) the COPY fails with a unique
+    /// violation; the savepoint undoes it and the rows go through the staging table with
+    /// `ON CONFLICT DO NOTHING`, which keeps exactly the new ones.
+    static func insertNew(_ lines: [PricedLine], batchID: Int64, on connection: PostgresConnection) throws -> ([PricedLine], [UInt8]) {
+        var seen = Set<LineKey>(minimumCapacity: lines.count)
+        let candidates = lines.filter { seen.insert(LineKey($0)).inserted }
+        let rows = copyRows(candidates, batchID: batchID)
+        try connection.execute("SAVEPOINT ingest_fast_path")
+        do {
+            try connection.copyIn("COPY request_logs (\(stagingColumns)) FROM STDIN") { try $0.write(rows) }
+            try connection.execute("RELEASE SAVEPOINT ingest_fast_path")
+            return (candidates, rows)
+        } catch let error as PostgresError where error.isUniqueViolation {
+            try connection.execute("ROLLBACK TO SAVEPOINT ingest_fast_path")
+        }
+        try connection.copyIn("COPY ingest_staging (\(stagingColumns)) FROM STDIN") { try $0.write(rows) }
+        let inserted = Set(try connection.query(insertFromStaging).map { LineKey(requestID: try $0.decode(0), micros: try $0.decode(1)) })
+        let kept = candidates.filter { inserted.contains(LineKey($0)) }
+        return (kept, copyRows(kept, batchID: batchID))
+    }
+
+    static func copyRows(_ lines: [PricedLine], batchID: Int64) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(lines.count * 360)
+        var row = CopyRow()
+        for line in lines {
+            row.reset()
+            appendCopyRow(line, batchID: batchID, to: &row)
+            bytes.append(contentsOf: row.bytes)
+        }
+        return bytes
     }
 
     /// Creates the month partitions a batch needs (outside the batch transaction: DDL takes a
@@ -99,17 +129,12 @@ public struct PostgresIngestRepository: IngestRepository {
             (LIKE request_logs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
         """
 
-    /// Inserts the rows not yet stored and keeps exactly those in `ingest_new`.
-    static let insertNewRows = PreparedStatement("ingest_insert_new", """
-        WITH inserted AS (
-            INSERT INTO request_logs (\(stagingColumns))
-            SELECT \(stagingColumns) FROM ingest_staging
-            ON CONFLICT (request_id, created_at) DO NOTHING
-            RETURNING *
-        ), kept AS (
-            INSERT INTO ingest_new SELECT * FROM inserted RETURNING quota
-        )
-        SELECT count(*), sum(quota) FROM kept
+    /// The slow path: insert only what is not stored yet.
+    static let insertFromStaging = PreparedStatement("ingest_insert_from_staging", """
+        INSERT INTO request_logs (\(stagingColumns))
+        SELECT \(stagingColumns) FROM ingest_staging
+        ON CONFLICT (request_id, created_at) DO NOTHING
+        RETURNING request_id, (extract(epoch FROM created_at) * 1000000)::bigint
         """)
 
     static let settleHolds = PreparedStatement("ingest_settle_holds", """
@@ -180,37 +205,71 @@ public struct PostgresIngestRepository: IngestRepository {
 
     static func storeRejects(_ rejects: [RejectedLine], tid: String, on connection: PostgresConnection) throws {
         try connection.copyIn("COPY ingest_rejects (batch_tid, line, request_id, code, message, raw) FROM STDIN") { writer in
-            var row: [UInt8] = []
+            var row = CopyRow()
             for reject in rejects {
-                row.removeAll(keepingCapacity: true)
-                for (index, field) in [tid, String(reject.line), reject.requestID, reject.code, reject.message, reject.raw].enumerated() {
-                    if index > 0 { row.append(9) }
-                    CopyText.append(field, to: &row)
-                }
-                row.append(10)
-                try writer.write(row)
+                row.reset()
+                row.append(tid)
+                row.append(Int64(reject.line))
+                row.append(reject.requestID)
+                row.append(reject.code)
+                row.append(reject.message)
+                row.append(reject.raw)
+                row.endRow()
+                try writer.write(row.bytes)
             }
         }
     }
 
     /// One line of COPY text in `stagingColumns` order.
-    static func appendCopyRow(_ line: PricedLine, batchID: Int64, to row: inout [UInt8]) {
+    static func appendCopyRow(_ line: PricedLine, batchID: Int64, to row: inout CopyRow) {
         let usage = line.usage
-        let fields: [String?] = [
-            line.requestID, PostgresTimestamp.format(line.createdAt), String(line.userID), String(line.tokenID),
-            line.channelID.map(String.init), line.model, line.group, line.kind.rawValue, String(line.status),
-            line.isStream ? "t" : "f", String(line.durationMs), line.ip, line.tid, line.error,
-            String(usage.promptTokens), String(usage.completionTokens), String(usage.cachedTokens),
-            String(usage.cacheWriteTokens), String(usage.audioInputTokens), String(usage.audioOutputTokens),
-            String(usage.images), usage.size, usage.quality, usage.videoSeconds.description, usage.resolution,
-            String(usage.calls), usage.predictTime.description, String(line.quota), String(line.priceVersionID),
-            String(batchID),
-        ]
-        for (index, field) in fields.enumerated() {
-            if index > 0 { row.append(9) }
-            CopyText.append(field, to: &row)
-        }
-        row.append(10)
+        row.append(line.requestID)
+        row.append(line.createdAt)
+        row.append(line.userID)
+        row.append(line.tokenID)
+        row.append(line.channelID)
+        row.append(line.model)
+        row.append(line.group)
+        row.append(line.kind.rawValue)
+        row.append(Int64(line.status))
+        row.append(line.isStream)
+        row.append(line.durationMs)
+        row.append(line.ip)
+        row.append(line.tid)
+        row.append(line.error)
+        row.append(usage.promptTokens)
+        row.append(usage.completionTokens)
+        row.append(usage.cachedTokens)
+        row.append(usage.cacheWriteTokens)
+        row.append(usage.audioInputTokens)
+        row.append(usage.audioOutputTokens)
+        row.append(usage.images)
+        row.append(usage.size)
+        row.append(usage.quality)
+        row.append(usage.videoSeconds.isZero ? "0" : usage.videoSeconds.description)
+        row.append(usage.resolution)
+        row.append(usage.calls)
+        row.append(usage.predictTime.isZero ? "0" : usage.predictTime.description)
+        row.append(line.quota)
+        row.append(line.priceVersionID)
+        row.append(batchID)
+        row.endRow()
+    }
+}
+
+/// A stored row's identity: its request id and `created_at` in microseconds.
+struct LineKey: Hashable {
+    let requestID: String
+    let micros: Int64
+
+    init(requestID: String, micros: Int64) {
+        self.requestID = requestID
+        self.micros = micros
+    }
+
+    init(_ line: PricedLine) {
+        requestID = line.requestID
+        micros = Int64((line.createdAt.timeIntervalSince1970 * 1_000_000).rounded())
     }
 }
 

@@ -47,8 +47,8 @@ public final class TokenDirectory: Sendable {
             }
         }
         guard !missingHashes.isEmpty || !missingIDs.isEmpty else { return (byHash, byID) }
-        let hashArray = "{" + missingHashes.map { "\"\($0.postgresText!.replacingOccurrences(of: "\\", with: "\\\\"))\"" }.joined(separator: ",") + "}"
-        let idArray = "{" + missingIDs.map(String.init).joined(separator: ",") + "}"
+        let hashArray = PostgresArray.text(missingHashes.map { $0.postgresText! })
+        let idArray = PostgresArray.integers(missingIDs)
         let rows = try await pool.withConnection { connection in
             try connection.query(Self.lookup, [hashArray, idArray]).map { row in
                 (hash: try row.decode(0, as: String.self),

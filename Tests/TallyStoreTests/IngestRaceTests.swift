@@ -1,0 +1,64 @@
+import Foundation
+import TallyCore
+import TallyPostgres
+import TallyStore
+import TallyTestSupport
+import Testing
+
+@Suite("ingest exactly-once under a race")
+struct IngestRaceTests {
+    static func line(_ id: String, userID: Int64, tokenID: Int64, quota: Int64) -> PricedLine {
+        PricedLine(requestID: id, createdAt: Date(timeIntervalSince1970: 1_794_312_000), userID: userID, tokenID: tokenID,
+                   channelID: nil, model: "gpt-4o", group: "default", kind: .chat, status: 200, isStream: false,
+                   durationMs: 10, ip: nil, tid: nil, error: nil, usage: Usage(promptTokens: 1000, completionTokens: 500),
+                   quota: quota, priceVersionID: 1)
+    }
+
+    @Test("a row committed by a concurrent batch after the duplicate check is not stored or charged twice")
+    func concurrentInsertAfterCheck() async throws {
+        let db = try await TestDatabase.shared("ingest-race")
+        try await db.prepareBilling(users: 1)
+        let (userID, tokenID) = try await db.pool.withConnection { connection in
+            let row = try connection.query("SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-1'")[0]
+            return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
+        }
+        let racer = try PostgresConnection(url: db.url)
+        let contested = Self.line("race-contested", userID: userID, tokenID: tokenID, quota: 3750)
+        // Another writer holds the contested id, uncommitted: the batch's check cannot see it.
+        try racer.execute("BEGIN")
+        try racer.query("""
+            INSERT INTO request_logs (request_id, created_at, user_id, token_id, model, "group", kind, status, quota)
+            VALUES ($1, to_timestamp(1794312000), $2, $3, 'gpt-4o', 'default', 'chat', 200, 0)
+            """, [contested.requestID, userID, tokenID])
+        let repository = PostgresIngestRepository(pool: db.pool)
+        let batch = Task {
+            try await repository.store([contested, Self.line("race-fresh", userID: userID, tokenID: tokenID, quota: 3750)],
+                                       rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        try racer.execute("COMMIT")  // the batch's COPY now fails on the unique index and falls back
+        let result = try await batch.value
+        #expect(result.accepted == 1)
+        #expect(result.duplicates == 1)
+        #expect(result.chargedQuota == 3750)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'race-%'") == 2)
+        #expect(try await db.scalar("SELECT used_quota FROM users WHERE id = $1", [userID]) == 3750)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id = 'race-fresh' AND batch_id = $1", [result.batchID]) == 1)
+    }
+
+    @Test("a line repeated inside one batch is stored once")
+    func duplicateWithinBatch() async throws {
+        let db = try await TestDatabase.shared("ingest-race")
+        try await db.prepareBilling(users: 2)
+        let (userID, tokenID) = try await db.pool.withConnection { connection in
+            let row = try connection.query("SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-2'")[0]
+            return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
+        }
+        let line = Self.line("twin", userID: userID, tokenID: tokenID, quota: 100)
+        let result = try await PostgresIngestRepository(pool: db.pool).store([line, line, line], rejects: [], totalLines: 3,
+                                                                               tid: TraceID.generate(), source: "test")
+        #expect(result.accepted == 1)
+        #expect(result.duplicates == 2)
+        #expect(try await db.scalar("SELECT used_quota FROM users WHERE id = $1", [userID]) == 100)
+    }
+}
