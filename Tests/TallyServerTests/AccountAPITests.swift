@@ -101,21 +101,44 @@ struct AccountAPITests {
         }
     }
 
-    @Test("GET /v1/models: the key's model limits ∩ its group's enabled channels, new-api's list shape")
+    static let modelSheet = """
+        effective_from: 2026-01-01T00:00:00Z
+        groups:
+          default: {ratio: "1"}
+          team: {ratio: "1"}
+          partner: {ratio: "0.8", models: [gemini-2.5-pro, gpt-4o, other-group-model]}
+        models:
+          gpt-4o: {input: "2.50", output: "10.00", endpoint_types: [openai, openai-response]}
+          claude-sonnet-4: {input: "3.00", output: "15.00"}
+          gemini-2.5-pro: {input: "1.25", output: "10.00"}
+          text-embedding-3-small: {kind: embedding, input: "0.02"}
+          other-group-model: {input: "1.00"}
+          disabled-model: {input: "1.00"}
+        """
+
+    @Test("GET /v1/models: the key's model limits ∩ its group's enabled channels ∩ priced models, new-api's list shape")
     func supportedModels() async throws {
-        let db = try await TestDatabase.shared("systemapi")
+        let db = try await TestDatabase.create("systemapimodels")
         let seed = Seed(db: db)
-        let group = try await seed.group("models")
-        let other = try await seed.group("others")
-        let (user, _) = try await seed.user("models", group: group)
-        _ = try await seed.channel(groups: [group], models: ["gpt-4o", "claude-sonnet-4", "text-embedding-3-small"])
-        _ = try await seed.channel(groups: [group, other], models: ["gemini-2.5-pro", "gpt-4o"])
-        _ = try await seed.channel(groups: [group], models: ["disabled-model"], status: 2)
-        _ = try await seed.channel(groups: [other], models: ["other-group-model"])
+        let noPrices = try await seed.key(user: try await seed.user("early").user.id).key
+        _ = try await GroupRepository(pool: db.pool).create(name: "team", by: .cli)
+        _ = try await GroupRepository(pool: db.pool).create(name: "partner", by: .cli)
+        let (user, access) = try await seed.user("models", group: "team")
+        _ = try await seed.channel(groups: ["team"], models: ["gpt-4o", "claude-sonnet-4", "text-embedding-3-small", "unpriced-model"])
+        _ = try await seed.channel(groups: ["team", "partner"], models: ["gemini-2.5-pro", "gpt-4o", "claude-sonnet-4"])
+        _ = try await seed.channel(groups: ["team"], models: ["disabled-model"], status: 2)
+        _ = try await seed.channel(groups: ["partner"], models: ["other-group-model"])
         let (_, all) = try await seed.key(user: user.id)
         let (_, limited) = try await seed.key(user: user.id, TokenDraft(
             name: "limited", unlimitedQuota: true, modelLimitsEnabled: true, modelLimits: "gpt-4o,gemini-2.5-pro,not-offered"))
-        let (_, otherGroup) = try await seed.key(user: user.id, TokenDraft(name: "other", unlimitedQuota: true, group: other))
+        let (_, partner) = try await seed.key(user: user.id, TokenDraft(name: "partner", unlimitedQuota: true, group: "partner"))
+        // Without a price version nothing is usable.
+        try await TestApp.build(db).test(.live) { client in
+            let empty = try await API(client: client).get("/v1/models", token: all)
+            #expect(empty.status == 200)
+            #expect((empty.object["data"] as? [Any])?.isEmpty == true)
+        }
+        try await seed.prices(Self.modelSheet)
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
             let answer = try await api.get("/v1/models", token: all)
@@ -124,6 +147,7 @@ struct AccountAPITests {
             #expect(answer.object["success"] as? Bool == true)
             #expect(answer.object["object"] as? String == "list")
             let data = try #require(answer.object["data"] as? [[String: Any]])
+            // Offered to "team" by an enabled channel and priced: not unpriced-model, not disabled-model.
             #expect(data.map { $0["id"] as? String } == ["claude-sonnet-4", "gemini-2.5-pro", "gpt-4o", "text-embedding-3-small"])
             for model in data {
                 #expect(jsonTypes(model) == ["id": "string", "object": "string", "created": "int", "owned_by": "string",
@@ -133,12 +157,17 @@ struct AccountAPITests {
             }
             #expect(data[0]["supported_endpoint_types"] as? [String] == ["anthropic", "openai"])
             #expect(data[0]["owned_by"] as? String == "anthropic")
-            #expect(data[3]["supported_endpoint_types"] as? [String] == ["embeddings"])
+            #expect(data[2]["supported_endpoint_types"] as? [String] == ["openai", "openai-response"], "the sheet's endpoint_types")
+            #expect(data[3]["supported_endpoint_types"] as? [String] == ["embeddings"], "from the sheet's kind")
 
             let narrowed = try await api.get("/v1/models", token: limited)
             #expect((narrowed.object["data"] as? [[String: Any]])?.map { $0["id"] as? String } == ["gemini-2.5-pro", "gpt-4o"])
-            let theirs = try await api.get("/v1/models", token: otherGroup)
+            // The partner group's sheet entry allows only three models: claude-sonnet-4 is offered but not usable there.
+            let theirs = try await api.get("/v1/models", token: partner)
             #expect((theirs.object["data"] as? [[String: Any]])?.map { $0["id"] as? String } == ["gemini-2.5-pro", "gpt-4o", "other-group-model"])
+            // A key from before the groups existed, in the default group: nothing offered there.
+            let early = try await api.get("/v1/models", token: noPrices)
+            #expect((early.object["data"] as? [Any])?.isEmpty == true)
 
             // Anthropic clients get Anthropic's list shape.
             let anthropic = try await api.get("/v1/models", headers: [.xAPIKey: limited, .anthropicVersion: "2023-06-01"])
@@ -147,10 +176,13 @@ struct AccountAPITests {
             #expect(anthropic.object["last_id"] as? String == "gpt-4o")
             #expect(anthropic.object["has_more"] as? Bool == false)
 
-            // /api/user/models: the user's group, without the key's limits.
-            let userModels = try await api.get("/api/user/models",
-                                               token: try await AccountRepository(pool: db.pool).rotateAccessToken(id: user.id, by: .cli))
+            // /api/user/models: the user's group, without the key's limits; ?group= another usable group.
+            let userModels = try await api.get("/api/user/models", token: access)
             #expect(userModels.data as? [String] == ["claude-sonnet-4", "gemini-2.5-pro", "gpt-4o", "text-embedding-3-small"])
+            let partnerModels = try await api.get("/api/user/models?group=partner", token: access)
+            #expect(partnerModels.data as? [String] == ["gemini-2.5-pro", "gpt-4o", "other-group-model"])
+            let unknown = try await api.get("/api/user/models?group=nope", token: access)
+            #expect(unknown.data as? [String] == [])
         }
     }
 

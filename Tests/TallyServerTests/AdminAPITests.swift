@@ -224,12 +224,17 @@ struct AdminAPITests {
 
     @Test("groups and channels: CRUD, validation, audit; channels decide /api/user/models")
     func groupsAndChannels() async throws {
-        let db = try await TestDatabase.shared("systemapi")
+        let db = try await TestDatabase.create("systemapichannels")
         let seed = Seed(db: db)
         let (_, adminAccess) = try await seed.user("admin", role: .admin)
+        let name = "crew"
+        try await seed.prices("""
+            effective_from: 2026-01-01T00:00:00Z
+            groups: {default: {ratio: "1"}, crew: {ratio: "1"}}
+            models: {m-1: {per_call: "0.01"}, m-2: {per_call: "0.01"}, m-3: {per_call: "0.01"}}
+            """)
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
-            let name = "team-\(UInt32.random(in: 0...UInt32.max))"
             let group = try await api.post("/api/admin/groups", token: adminAccess,
                                            #"{"name":"\#(name)","description":"Team","selectable":false,"rpm_limit":60}"#)
             #expect(group.status == 200)

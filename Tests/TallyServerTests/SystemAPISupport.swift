@@ -99,6 +99,11 @@ struct Seed {
         try await TokenRepository(pool: db.pool).create(userID: user, draft, anyGroup: true)
     }
 
+    /// Stores a price version (the sheet's own `effective_from`); load before building the app.
+    func prices(_ yaml: String) async throws {
+        _ = try await PostgresPriceRepository(pool: db.pool).load(try PriceSheet.parse(yaml), effectiveFrom: nil, source: "test", by: .cli)
+    }
+
     @discardableResult
     func sql(_ text: String, _ parameters: [any PostgresEncodable] = []) async throws -> PostgresRows {
         try await db.pool.withConnection { try $0.query(text, parameters) }

@@ -6,7 +6,7 @@ import TallyStore
 func addSystemAPIRoutes(to router: Router<TallyRequestContext>, _ services: TallyServices) {
     let userAuth = UserAuthMiddleware(users: services.users)
     let adminAuth = UserAuthMiddleware(users: services.users, minimumRole: .admin)
-    let models = ModelAvailability(channels: services.channels)
+    let models = ModelAvailability(channels: services.channels, prices: services.prices)
     TokenController(tokens: services.apiKeys, auth: userAuth).addRoutes(to: router)
     AccountController(accounts: services.accounts, balances: services.balances, groups: services.groups,
                       logs: services.logs, models: models, auth: userAuth).addRoutes(to: router)
