@@ -54,7 +54,8 @@ struct FoundationHTTPTests {
                 let text = String(buffer: response.body)
                 #expect(text.contains("# TYPE "))
                 #expect(text.contains(#"http_route="/healthz""#))
-                let sample = try Regex(#"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? (-?[0-9.eE+-]+|NaN|\+Inf|-Inf)$"#)
+                // Label values may hold any character but an unescaped quote (routes like /api/token/{id}).
+                let sample = try Regex(#"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? (-?[0-9.eE+-]+|NaN|\+Inf|-Inf)$"#)
                 for line in text.split(separator: "\n") where !line.hasPrefix("#") {
                     #expect(line.wholeMatch(of: sample) != nil, "not a Prometheus sample: \(line)")
                 }
