@@ -209,27 +209,52 @@ public struct LogRepository: Sendable {
 
     /// A page of log rows, newest first. `userID` nil reads every user's (admin lookups);
     /// `channelNames` false blanks `channel_name`, as new-api does for users.
+    ///
+    /// Three light steps, so a user with millions of rows costs index scans, not a sort of
+    /// everything: the count per source; the page's keys, each source limited to offset + size
+    /// rows in index order before the merge; then the details of those rows only.
     public func entries(userID: Int64?, filter: LogFilter, page: PageRequest, channelNames: Bool) async throws -> Page<LogEntry> {
         let filter = try filter.validated()
         var query = Query()
-        var branches: [String] = []
+        var requestWhere: String?
         if ![LogType.topup, LogType.manage, LogType.refund, LogType.system, LogType.login].contains(filter.type) {
             let conditions = Self.requestConditions(userID: userID, filter, timeFilters: true, &query)
-            branches.append(Self.requestSelect + (conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND ")))
+            requestWhere = conditions.isEmpty ? "TRUE" : conditions.joined(separator: " AND ")
         }
-        if let conditions = Self.creditConditions(userID: userID, filter, &query) {
-            branches.append(Self.creditSelect + " WHERE " + conditions.joined(separator: " AND "))
+        let creditWhere = Self.creditConditions(userID: userID, filter, &query)?.joined(separator: " AND ")
+        guard requestWhere != nil || creditWhere != nil else { return Page(items: [], total: 0, request: page) }
+        let countQuery = query
+        let counts = [requestWhere.map { "(SELECT count(*) FROM request_logs l WHERE \($0))" },
+                      creditWhere.map { "(SELECT count(*) FROM ledger g WHERE \($0))" }].compactMap { $0 }
+        let depth = query.bind(page.offset + page.size)
+        var keys: [String] = []
+        if let requestWhere {
+            keys.append("""
+                (SELECT l.created_at AS at, l.request_id AS sort_key, l.request_id AS rid, NULL::bigint AS lid
+                 FROM request_logs l WHERE \(requestWhere) ORDER BY l.created_at DESC, l.request_id DESC LIMIT \(depth))
+                """)
         }
-        guard !branches.isEmpty else { return Page(items: [], total: 0, request: page) }
-        let union = branches.joined(separator: " UNION ALL ")
-        let finalQuery = query
+        if let creditWhere {
+            keys.append("""
+                (SELECT g.at AS at, '~' || lpad(g.id::text, 20, '0') AS sort_key, NULL::text AS rid, g.id AS lid
+                 FROM ledger g WHERE \(creditWhere) ORDER BY g.at DESC, g.id DESC LIMIT \(depth))
+                """)
+        }
+        let size = query.bind(page.size), offset = query.bind(page.offset)
+        var details: [String] = []
+        if requestWhere != nil { details.append(Self.requestSelect + " JOIN page p ON p.rid = l.request_id AND p.at = l.created_at") }
+        if creditWhere != nil { details.append(Self.creditSelect + " JOIN page p ON p.lid = g.id") }
+        let pageSQL = """
+            WITH page AS MATERIALIZED (
+                SELECT * FROM (\(keys.joined(separator: " UNION ALL "))) AS k
+                ORDER BY k.at DESC, k.sort_key DESC LIMIT \(size) OFFSET \(offset))
+            SELECT \(SQL.unix("e.at")), e.* FROM (\(details.joined(separator: " UNION ALL "))) AS e
+            ORDER BY e.at DESC, e.sort_key DESC
+            """
+        let pageQuery = query
         return try await pool.withConnection { connection in
-            let total = try connection.query("SELECT count(*) FROM (\(union)) AS e", finalQuery.parameters)[0].decode(0, as: Int.self)
-            var pageQuery = finalQuery
-            let limit = pageQuery.bind(page.size), offset = pageQuery.bind(page.offset)
-            let rows = try connection.query("""
-                SELECT \(SQL.unix("e.at")), e.* FROM (\(union)) AS e ORDER BY e.at DESC, e.sort_key DESC LIMIT \(limit) OFFSET \(offset)
-                """, pageQuery.parameters)
+            let total = try connection.query("SELECT \(counts.joined(separator: " + "))", countQuery.parameters)[0].decode(0, as: Int.self)
+            let rows = try connection.query(pageSQL, pageQuery.parameters)
             var items: [LogEntry] = []
             for index in 0..<rows.count {
                 let row = rows[index]
