@@ -217,6 +217,50 @@ struct AccountAPITests {
         }
     }
 
+    @Test("after ingest over HTTP: billing usage, subscription, log rows and balances agree")
+    func billingAfterIngest() async throws {
+        let db = try await TestDatabase.create("systemapibilling")
+        let seed = Seed(db: db)
+        try await seed.prices(designPriceSheet)
+        let (user, access) = try await seed.user("payer", quota: 10_000_000)
+        let (token, key) = try await seed.key(user: user.id, TokenDraft(name: "metered", remainQuota: 2_000_000))
+        let (_, unlimited) = try await seed.key(user: user.id)
+        let lines = (1...4).map { index in
+            #"{"request_id":"ingest-\#(index)","created_at":"2026-11-20T12:00:0\#(index)Z","key":"\#(key)","model":"gpt-4o","kind":"chat","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":500}}"#
+        }.joined(separator: "\n")
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            let ingested = try await api.post("/gateway/v1/logs", token: "test-gateway-secret", lines)
+            #expect(ingested.status == 200)
+            #expect(ingested.object["accepted"] as? Int == 4)
+            // gpt-4o, default group, 1000 in / 500 out = 3750 units each (DESIGN §3).
+            let charged: Int64 = 4 * 3750
+            #expect(try await seed.int("SELECT used_quota FROM tokens WHERE id = $1", [token.id]) == charged)
+            #expect(try await seed.int("SELECT coalesce(sum(quota), 0)::bigint FROM request_logs WHERE token_id = $1", [token.id]) == charged)
+
+            let usage = try await api.get("/v1/dashboard/billing/usage", token: key)
+            #expect(double(usage.object["total_usage"]) == Double(charged) / 5000)  // cents
+            let subscription = try await api.get("/v1/dashboard/billing/subscription", token: key)
+            #expect(double(subscription.object["hard_limit_usd"]) == 4.0)  // (remain + used) = 2,000,000 units
+            // The unlimited key reports the account: its used quota is the same charge.
+            let account = try await api.get("/v1/dashboard/billing/usage", token: unlimited)
+            #expect(double(account.object["total_usage"]) == Double(charged) / 5000)
+
+            let me = try await api.get("/api/user/self", token: access)
+            #expect(int64(me.dataObject["quota"]) == 10_000_000 - charged)
+            #expect(int64(me.dataObject["used_quota"]) == charged)
+            #expect(int64(me.dataObject["request_count"]) == 4)
+            let listed = try await api.get("/api/token/\(token.id)", token: access)
+            #expect(int64(listed.dataObject["remain_quota"]) == 2_000_000 - charged)
+            #expect(int64(listed.dataObject["used_quota"]) == charged)
+            let logs = try await api.get("/api/log/self?type=2", token: access)
+            #expect(logs.dataObject["total"] as? Int == 4)
+            #expect((logs.dataObject["items"] as? [[String: Any]])?.allSatisfy { int64($0["quota"]) == 3750 && ($0["token_name"] as? String) == "metered" } == true)
+            let stat = try await api.get("/api/log/self/stat", token: access)
+            #expect(int64(stat.dataObject["quota"]) == charged)
+        }
+    }
+
     @Test("billing subscription and usage report the key's quota when limited, else 100000000 and the account's usage")
     func billingFigures() async throws {
         let db = try await TestDatabase.shared("systemapi")
