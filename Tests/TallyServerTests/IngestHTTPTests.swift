@@ -205,6 +205,22 @@ struct IngestHTTPTests {
         #expect(try await db.scalar("SELECT count(*) FROM ingest_batches") == before)
     }
 
+    @Test("NUL bytes, raw or escaped, are rejected per line and never fail the batch")
+    func nulBytes() async throws {
+        let db = try await Self.database()
+        let key = SyntheticKeys.key(forUser: 10)
+        let body = "\u{0}\n" + #"{"request_id":"nul-\u0000-1","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o","usage":{"prompt_tokens":1}}"#
+            + "\n" + LogLines.chat("nul-ok", user: 10) + "\n"
+        try await TestApp.build(db).test(.live) { client in
+            let (status, object) = try await Self.post(client, body)
+            #expect(status == .ok)
+            #expect(object["accepted"] as? Int == 1)
+            let codes = (object["rejected"] as? [[String: Any]] ?? []).compactMap { $0["code"] as? String }
+            #expect(codes == ["invalid_json", "invalid_field"])
+        }
+        #expect(try await Self.balance(db, user: 10) == Self.initialQuota - Self.chatCost)
+    }
+
     @Test("a JSON array body works like NDJSON")
     func jsonArray() async throws {
         let db = try await Self.database()

@@ -110,6 +110,11 @@ public struct Ingestor: Sendable {
     /// Validates one parsed line and rates it; throws the reason it cannot be accepted.
     private func validateAndRate(_ line: LogLine, identities: (byHash: [SecretHash: TokenIdentity], byID: [Int64: TokenIdentity]),
                                  book: PriceBook, now: Date) throws(IngestRejection) -> PricedLine {
+        let texts = [line.requestID, line.key, line.model, line.group, line.ip, line.tid, line.error,
+                     line.usage?.size, line.usage?.quality, line.usage?.resolution]
+        guard !texts.contains(where: { $0?.utf8.contains(0) == true }) else {
+            throw IngestRejection("invalid_field", "text fields may not contain NUL (\\u0000)")
+        }
         guard let requestID = line.requestID, !requestID.isEmpty else { throw IngestRejection("missing_field", "request_id is required") }
         guard requestID.utf8.count <= 128 else { throw IngestRejection("invalid_field", "request_id is longer than 128 bytes") }
         guard let createdAt = line.createdAt else { throw IngestRejection("missing_field", "created_at is required") }
@@ -180,7 +185,13 @@ public struct Ingestor: Sendable {
 
     private static func reject(_ number: Int, _ range: Range<Int>, _ body: [UInt8], requestID: String?, _ rejection: IngestRejection) -> RejectedLine {
         let raw = String(decoding: body[range.lowerBound..<min(range.upperBound, range.lowerBound + 65_536)], as: UTF8.self)
-        return RejectedLine(line: number, requestID: requestID, code: rejection.code, message: rejection.message, raw: raw)
+        return RejectedLine(line: number, requestID: requestID.map(storable), code: rejection.code,
+                            message: storable(rejection.message), raw: storable(raw))
+    }
+
+    /// PostgreSQL text cannot hold NUL: the stored copy of a rejected line shows it as U+FFFD.
+    private static func storable(_ text: String) -> String {
+        text.utf8.contains(0) ? text.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") : text
     }
 }
 
