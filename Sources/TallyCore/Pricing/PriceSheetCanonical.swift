@@ -86,24 +86,8 @@ struct CanonicalObject {
 
 /// JSON text helpers for canonical output.
 enum CanonicalJSON {
-    /// A JSON string literal (RFC 8259 escapes; non-ASCII kept as UTF-8).
-    static func string(_ text: String) -> String {
-        var output = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": output += "\\\""
-            case "\\": output += "\\\\"
-            case "\n": output += "\\n"
-            case "\r": output += "\\r"
-            case "\t": output += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
-                let hex = String(scalar.value, radix: 16)
-                output += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: output.unicodeScalars.append(scalar)
-            }
-        }
-        return output + "\""
-    }
+    /// A JSON string literal (the shared quoting of `JSONText`).
+    static func string(_ text: String) -> String { JSONText.quote(text) }
 
     static func stringArray(_ items: [String]) -> String {
         "[" + items.map(string).joined(separator: ",") + "]"
