@@ -9,9 +9,3 @@ public struct Envelope<Data: Encodable & Sendable>: ResponseEncodable, Sendable 
 
     public init(_ data: Data) { self.data = data }
 }
-
-/// Catalog errors used by middleware, named once.
-enum APIErrorBridge {
-    static let missingToken = APIError(.missingToken)
-    static let invalidToken = APIError(.invalidToken)
-}

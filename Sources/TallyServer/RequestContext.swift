@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import TallyCore
 import TallyStore
 
 /// Per-request state: the tid, and the caller once an auth middleware has identified it.
@@ -23,7 +24,7 @@ public struct TallyRequestContext: RequestContext {
 
     /// The authenticated user; routes behind `UserAuthMiddleware` can rely on it.
     public func requireUser() throws -> User {
-        guard let user else { throw APIErrorBridge.missingToken }
+        guard let user else { throw APIError(.missingToken) }
         return user
     }
 }
