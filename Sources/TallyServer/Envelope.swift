@@ -1,5 +1,4 @@
 import Hummingbird
-import TallyCore
 
 /// new-api's success envelope: `{"success":true,"message":"","data":…}`.
 public struct Envelope<Data: Encodable & Sendable>: ResponseEncodable, Sendable {
