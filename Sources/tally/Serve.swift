@@ -23,6 +23,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Secret the gateway sends as 'Authorization: Bearer …' on /gateway routes. Env: TALLY_GATEWAY_SECRET. Without it gateway routes refuse every call.")
     var gatewaySecret: String?
 
+    @Option(help: "Seconds an authorize hold stays open without a settlement or release before the sweeper returns it. Env: TALLY_HOLD_TTL. Default: 600.")
+    var holdTTL: Int?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: TALLY_LOG_LEVEL. Default: info.")
     var logLevel: String?
 
@@ -38,8 +41,10 @@ struct Serve: AsyncParsableCommand {
             databaseURL: try database.resolvedURL(),
             poolSize: try poolSize ?? Self.integer(environment, "TALLY_POOL_SIZE") ?? 16,
             gatewaySecret: gatewaySecret ?? environment["TALLY_GATEWAY_SECRET"] ?? "",
-            logLevel: level)
+            logLevel: level,
+            holdTTLSeconds: try holdTTL ?? Self.integer(environment, "TALLY_HOLD_TTL") ?? 600)
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
+        guard configuration.holdTTLSeconds > 0 else { throw ValidationError("--hold-ttl must be at least 1 second") }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level

@@ -11,7 +11,8 @@ public protocol IngestRepository: Sendable {
 
 /// The batch pipeline of DESIGN §4 in one transaction:
 /// COPY into a per-connection staging table → insert new rows into `request_logs`
-/// (`ON CONFLICT DO NOTHING`, the new rows kept) → settle holds → debit users and tokens
+/// (`ON CONFLICT DO NOTHING`, the new rows kept) → settle holds (their reservations returned)
+/// → debit users and tokens
 /// (rows locked in id order, so concurrent batches cannot deadlock) → ledger → `usage_daily`.
 public struct PostgresIngestRepository: IngestRepository {
     let pool: PostgresPool
@@ -38,8 +39,10 @@ public struct PostgresIngestRepository: IngestRepository {
                     try connection.query(Self.settleHolds)
                     try connection.query(Self.lockUsers)
                     try connection.query(Self.debitUsers)
+                    try connection.query(Self.unreserveUsers)
                     try connection.query(Self.lockTokens)
                     try connection.query(Self.debitTokens)
+                    try connection.query(Self.unreserveTokens)
                     try connection.query(Self.appendLedger, [batchID, tid])
                     try connection.query(Self.upsertUsageDaily)
                 }
@@ -127,6 +130,8 @@ public struct PostgresIngestRepository: IngestRepository {
             (LIKE request_logs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
         CREATE TEMP TABLE IF NOT EXISTS ingest_new
             (LIKE request_logs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+        CREATE TEMP TABLE IF NOT EXISTS ingest_settled
+            (user_id bigint, token_id bigint, amount bigint, token_reserved boolean) ON COMMIT DELETE ROWS;
         """
 
     /// The slow path: insert only what is not stored yet.
@@ -137,13 +142,31 @@ public struct PostgresIngestRepository: IngestRepository {
         RETURNING request_id, (extract(epoch FROM created_at) * 1000000)::bigint
         """)
 
+    /// A stored line settles the open hold of its request id: the line's real cost is debited
+    /// like any other line's, and the hold's reservation is returned (`unreserveUsers`/`Tokens`).
     static let settleHolds = PreparedStatement("ingest_settle_holds", """
-        UPDATE holds h SET status = 'settled', closed_at = now()
-        FROM ingest_new n WHERE h.request_id = n.request_id AND h.status = 'held'
+        WITH settled AS (
+            UPDATE holds h SET status = 'settled', closed_at = now()
+            FROM ingest_new n WHERE h.request_id = n.request_id AND h.status = 'held'
+            RETURNING h.user_id, h.token_id, h.amount, h.token_reserved)
+        INSERT INTO ingest_settled SELECT * FROM settled
         """)
 
     static let lockUsers = PreparedStatement("ingest_lock_users", """
-        SELECT 1 FROM users WHERE id IN (SELECT user_id FROM ingest_new) ORDER BY id FOR NO KEY UPDATE
+        SELECT 1 FROM users WHERE id IN (SELECT user_id FROM ingest_new UNION SELECT user_id FROM ingest_settled)
+        ORDER BY id FOR NO KEY UPDATE
+        """)
+
+    static let unreserveUsers = PreparedStatement("ingest_unreserve_users", """
+        UPDATE users u SET reserved = u.reserved - s.amount
+        FROM (SELECT user_id, sum(amount) AS amount FROM ingest_settled GROUP BY user_id) s
+        WHERE u.id = s.user_id
+        """)
+
+    static let unreserveTokens = PreparedStatement("ingest_unreserve_tokens", """
+        UPDATE tokens k SET reserved = k.reserved - s.amount
+        FROM (SELECT token_id, sum(amount) AS amount FROM ingest_settled WHERE token_reserved GROUP BY token_id) s
+        WHERE k.id = s.token_id
         """)
 
     static let debitUsers = PreparedStatement("ingest_debit_users", """
@@ -154,7 +177,9 @@ public struct PostgresIngestRepository: IngestRepository {
         """)
 
     static let lockTokens = PreparedStatement("ingest_lock_tokens", """
-        SELECT 1 FROM tokens WHERE id IN (SELECT token_id FROM ingest_new) ORDER BY id FOR NO KEY UPDATE
+        SELECT 1 FROM tokens
+        WHERE id IN (SELECT token_id FROM ingest_new UNION SELECT token_id FROM ingest_settled WHERE token_reserved)
+        ORDER BY id FOR NO KEY UPDATE
         """)
 
     /// Unlimited tokens keep their remain_quota; every token counts its use.
