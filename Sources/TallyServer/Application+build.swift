@@ -27,7 +27,8 @@ public struct TallyServices: Sendable {
     public let holds: any HoldRepository
     public let authorizer: Authorizer
 
-    public init(pool: PostgresPool, ingestLimits: IngestLimits = IngestLimits(), holdTTLSeconds: Int = 600) {
+    public init(pool: PostgresPool, ingestLimits: IngestLimits = IngestLimits(), holdTTLSeconds: Int = 600,
+                durableHolds: Bool = true) {
         self.pool = pool
         self.ingestLimits = ingestLimits
         users = PostgresUserRepository(pool: pool)
@@ -44,7 +45,8 @@ public struct TallyServices: Sendable {
         access = AccessDirectory(pool: pool)
         holds = PostgresHoldRepository(pool: pool)
         authorizer = Authorizer(directory: access, prices: prices,
-                                reserver: HoldReserver(repository: holds, ttlSeconds: holdTTLSeconds), limiter: RateLimiter())
+                                reserver: HoldReserver(repository: holds, ttlSeconds: holdTTLSeconds, durable: durableHolds),
+                                limiter: RateLimiter())
     }
 
     /// Applies a `tally_changes` notification to every cache that holds the row.
@@ -60,7 +62,8 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     logger.logLevel = configuration.logLevel
     TallyMetrics.bootstrap()
     let pool = PostgresPool(url: configuration.databaseURL, size: configuration.poolSize, logger: logger)
-    let services = TallyServices(pool: pool, holdTTLSeconds: configuration.holdTTLSeconds)
+    let services = TallyServices(pool: pool, holdTTLSeconds: configuration.holdTTLSeconds,
+                                 durableHolds: configuration.durableHolds)
     let migrator = Migrator(pool: pool, logger: logger)
     try await migrator.migrate()
     try await migrator.createLogPartitions(months: 3)

@@ -17,10 +17,14 @@ public struct TallyConfiguration: Sendable {
     public var priceRefreshSeconds: Int
     /// How long an authorize hold stays open without a settlement or release (`TALLY_HOLD_TTL`).
     public var holdTTLSeconds: Int
+    /// Whether a hold batch waits for its WAL flush before authorize answers
+    /// (`TALLY_HOLD_COMMIT=sync`, the default) or not (`async`: faster, and a crash of
+    /// PostgreSQL itself may forget the last moments of reservations; charges are unaffected).
+    public var durableHolds: Bool
 
     public init(host: String = "127.0.0.1", port: Int = 8080, databaseURL: String, poolSize: Int = 16,
                 gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5,
-                holdTTLSeconds: Int = 600) {
+                holdTTLSeconds: Int = 600, durableHolds: Bool = true) {
         self.host = host
         self.port = port
         self.databaseURL = databaseURL
@@ -29,5 +33,6 @@ public struct TallyConfiguration: Sendable {
         self.logLevel = logLevel
         self.priceRefreshSeconds = priceRefreshSeconds
         self.holdTTLSeconds = holdTTLSeconds
+        self.durableHolds = durableHolds
     }
 }

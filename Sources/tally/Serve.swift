@@ -26,6 +26,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds an authorize hold stays open without a settlement or release before the sweeper returns it. Env: TALLY_HOLD_TTL. Default: 600.")
     var holdTTL: Int?
 
+    @Option(help: "sync: authorize answers after its hold batch is flushed to the WAL; async: without waiting (faster; a crash of PostgreSQL itself may forget the last moments of reservations, never charges). Env: TALLY_HOLD_COMMIT. Default: sync.")
+    var holdCommit: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: TALLY_LOG_LEVEL. Default: info.")
     var logLevel: String?
 
@@ -42,7 +45,8 @@ struct Serve: AsyncParsableCommand {
             poolSize: try poolSize ?? Self.integer(environment, "TALLY_POOL_SIZE") ?? 16,
             gatewaySecret: gatewaySecret ?? environment["TALLY_GATEWAY_SECRET"] ?? "",
             logLevel: level,
-            holdTTLSeconds: try holdTTL ?? Self.integer(environment, "TALLY_HOLD_TTL") ?? 600)
+            holdTTLSeconds: try holdTTL ?? Self.integer(environment, "TALLY_HOLD_TTL") ?? 600,
+            durableHolds: try Self.holdCommitIsDurable(holdCommit ?? environment["TALLY_HOLD_COMMIT"] ?? "sync"))
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
         guard configuration.holdTTLSeconds > 0 else { throw ValidationError("--hold-ttl must be at least 1 second") }
         LoggingSystem.bootstrap { label in
@@ -52,6 +56,14 @@ struct Serve: AsyncParsableCommand {
         }
         let app = try await buildApplication(configuration)
         try await app.runService()
+    }
+
+    private static func holdCommitIsDurable(_ mode: String) throws -> Bool {
+        switch mode {
+        case "sync": return true
+        case "async": return false
+        default: throw ValidationError("--hold-commit must be sync or async, got \"\(mode)\"")
+        }
     }
 
     private static func integer(_ environment: [String: String], _ name: String) throws -> Int? {

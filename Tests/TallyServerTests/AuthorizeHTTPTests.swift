@@ -261,6 +261,29 @@ struct AuthorizeHTTPTests {
         }
     }
 
+    @Test("an upstream 429 reported as provider_rate_limited is stored, free, and counted in /metrics")
+    func providerRateLimited() async throws {
+        let (db, seed) = try await Self.prepared()
+        let (user, _) = try await seed.user(quota: 100_000)
+        let key = try await seed.key(user: user.id).key
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            func counter() async throws -> Int {
+                let text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+                let line = text.split(separator: "\n").first { $0.hasPrefix("tally_provider_rate_limited_total ") }
+                return line.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+            }
+            let before = try await counter()
+            #expect(try await gateway.authorize(key: key, requestID: "upstream-429").status == 200)
+            let line = #"{"request_id":"upstream-429","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":429,"error":"provider_rate_limited","usage":{}}"#
+            let answer = try await gateway.post("/logs", line)
+            #expect(int64(answer.object["accepted"]) == 1, "\(answer.text)")
+            #expect(try await counter() == before + 1)
+            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 100_000)
+            #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)
+        }
+    }
+
     @Test("bad bodies answer 400 in the envelope and reserve nothing")
     func badBodies() async throws {
         let (db, seed) = try await Self.prepared()

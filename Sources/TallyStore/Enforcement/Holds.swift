@@ -49,7 +49,8 @@ public struct ReleaseOutcome: Sendable, Equatable {
 /// Holds in PostgreSQL: reserved in batches, closed by release, expiry or settlement (ingest).
 public protocol HoldRepository: Sendable {
     /// Decides a batch of reservations in order, in one transaction; outcomes match `requests`.
-    func reserve(_ requests: [HoldRequest], ttlSeconds: Int) async throws -> [HoldOutcome]
+    /// `durable` false commits without waiting for the WAL flush (see migration 0005).
+    func reserve(_ requests: [HoldRequest], ttlSeconds: Int, durable: Bool) async throws -> [HoldOutcome]
     /// Returns an open hold's reservation; idempotent. nil when no hold has this request id.
     func release(requestID: String) async throws -> ReleaseOutcome?
     /// Closes up to `limit` holds past their expiry; returns how many it closed.
@@ -65,11 +66,11 @@ public struct PostgresHoldRepository: HoldRepository {
 
     public init(pool: PostgresPool) { self.pool = pool }
 
-    public func reserve(_ requests: [HoldRequest], ttlSeconds: Int) async throws -> [HoldOutcome] {
+    public func reserve(_ requests: [HoldRequest], ttlSeconds: Int, durable: Bool) async throws -> [HoldOutcome] {
         let parameters: [any PostgresEncodable] = [
             PostgresArray.text(requests.map(\.requestID)), PostgresArray.integers(requests.map(\.userID)),
             PostgresArray.integers(requests.map(\.tokenID)), PostgresArray.integers(requests.map(\.amount)),
-            PostgresArray.text(requests.map(\.model)), PostgresArray.text(requests.map(\.tid)), ttlSeconds,
+            PostgresArray.text(requests.map(\.model)), PostgresArray.text(requests.map(\.tid)), ttlSeconds, durable,
         ]
         return try await pool.withConnection { connection in
             // Two batches from different instances that share a hold id in flight can deadlock
@@ -138,7 +139,7 @@ public struct PostgresHoldRepository: HoldRepository {
 
     static let reserveBatch = PreparedStatement("holds_reserve_batch", """
         SELECT request_id, hold_id, outcome, held, hold_status
-        FROM tally_authorize_batch($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7)
+        FROM tally_authorize_batch($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7, $8)
         """)
     static let findHold = PreparedStatement("holds_find", "SELECT id, status, amount FROM holds WHERE request_id = $1")
     static let closeHolds = PreparedStatement("holds_close", "SELECT request_id, amount FROM tally_close_holds($1::bigint[], $2)")
@@ -163,6 +164,7 @@ public struct PostgresHoldRepository: HoldRepository {
 public final class HoldReserver: Sendable {
     private let repository: any HoldRepository
     private let ttlSeconds: Int
+    private let durable: Bool
     private let maxBatch: Int
     private let concurrentBatches: Int
     private let state = Mutex<State>(State())
@@ -172,9 +174,11 @@ public final class HoldReserver: Sendable {
         var running = 0
     }
 
-    public init(repository: any HoldRepository, ttlSeconds: Int, maxBatch: Int = 1000, concurrentBatches: Int = 2) {
+    public init(repository: any HoldRepository, ttlSeconds: Int, durable: Bool = true, maxBatch: Int = 1000,
+                concurrentBatches: Int = 2) {
         self.repository = repository
         self.ttlSeconds = ttlSeconds
+        self.durable = durable
         self.maxBatch = maxBatch
         self.concurrentBatches = concurrentBatches
     }
@@ -196,7 +200,7 @@ public final class HoldReserver: Sendable {
     private func drain() async {
         while let batch = nextBatch() {
             do {
-                let outcomes = try await repository.reserve(batch.map(\.0), ttlSeconds: ttlSeconds)
+                let outcomes = try await repository.reserve(batch.map(\.0), ttlSeconds: ttlSeconds, durable: durable)
                 for (waiter, outcome) in zip(batch, outcomes) { waiter.1.resume(returning: outcome) }
             } catch {
                 for waiter in batch { waiter.1.resume(throwing: error) }

@@ -29,11 +29,13 @@ public struct PostgresIngestRepository: IngestRepository {
             let batchID = try connection.query(Self.insertBatch, [tid, source, totalLines, rejects.count])[0].decode(0, as: Int64.self)
             var accepted = 0
             var charged: Int64 = 0
+            var providerRateLimited = 0
             if !lines.isEmpty {
                 try connection.execute(Self.createStaging)
                 let (fresh, rows) = try Self.insertNew(lines, batchID: batchID, on: connection)
                 accepted = fresh.count
                 charged = fresh.reduce(0) { $0 + $1.quota }
+                providerRateLimited = fresh.count { $0.error?.contains(CatalogEntry.providerRateLimited.rawValue) == true }
                 if !fresh.isEmpty {
                     try connection.copyIn("COPY ingest_new (\(Self.stagingColumns)) FROM STDIN") { try $0.write(rows) }
                     try connection.query(Self.settleHolds)
@@ -50,7 +52,7 @@ public struct PostgresIngestRepository: IngestRepository {
             if !rejects.isEmpty { try Self.storeRejects(rejects, tid: tid, on: connection) }
             try connection.query(Self.finishBatch, [batchID, accepted, lines.count - accepted])
             return IngestResult(batchID: batchID, accepted: accepted, duplicates: lines.count - accepted,
-                                rejected: rejects, chargedQuota: charged)
+                                rejected: rejects, chargedQuota: charged, providerRateLimited: providerRateLimited)
         }
     }
 
