@@ -7,8 +7,8 @@ import Synchronization
 import TallyPostgres
 import TallyStore
 
-/// Returns expired holds to their accounts (every second), deletes holds closed more than a day
-/// ago, and reports the open holds as gauges (`tally_holds_open`, `tally_holds_open_units`).
+/// Returns expired holds to their accounts (every second), deletes holds closed more than an
+/// hour ago (they answer authorize retries and late releases until then), and reports the open holds as gauges (`tally_holds_open`, `tally_holds_open_units`).
 /// Safe on every instance at once: holds are claimed with SKIP LOCKED.
 struct HoldSweeperService: Service {
     let holds: any HoldRepository
@@ -16,25 +16,24 @@ struct HoldSweeperService: Service {
     let logger: Logger
 
     static let expiredPerRound = 5_000
-    static let closedRetentionSeconds = 86_400
+    static let closedRetentionSeconds = 3_600
+    static let purgedPerRound = 50_000
     static let openGauge = Gauge(label: "tally_holds_open")
     static let openUnitsGauge = Gauge(label: "tally_holds_open_units")
     static let expiredCounter = Counter(label: "tally_holds_expired_total")
 
     func run() async throws {
-        var round = 0
         while !Task.isShuttingDownGracefully {
             do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
-            round += 1
             do {
-                try await sweep(purge: round % 60 == 0)
+                try await sweep()
             } catch {
                 logger.warning("hold sweep failed", metadata: ["error": "\(error)"])
             }
         }
     }
 
-    func sweep(purge: Bool) async throws {
+    func sweep() async throws {
         var expired = 0
         repeat {
             expired = try await holds.expireDue(limit: Self.expiredPerRound)
@@ -43,7 +42,7 @@ struct HoldSweeperService: Service {
                 logger.info("expired holds returned", metadata: ["holds": "\(expired)"])
             }
         } while expired == Self.expiredPerRound
-        if purge { _ = try await holds.purgeClosed(olderThan: Self.closedRetentionSeconds, limit: 50_000) }
+        _ = try await holds.purgeClosed(olderThan: Self.closedRetentionSeconds, limit: Self.purgedPerRound)
         let open = try await holds.openTotals()
         Self.openGauge.record(open.count)
         Self.openUnitsGauge.record(open.units)
