@@ -41,6 +41,7 @@ public struct PostgresIngestRepository: IngestRepository {
                     try connection.query(Self.lockTokens)
                     try connection.query(Self.debitTokens)
                     try connection.query(Self.appendLedger, [batchID, tid])
+                    try connection.query(WebhookOutbox.enqueueBalanceCrossings, [batchID, tid])
                     try connection.query(Self.upsertUsageDaily)
                 }
             }
