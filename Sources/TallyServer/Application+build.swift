@@ -57,6 +57,9 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "tally"),
         logger: logger)
     app.addServices(PoolService(pool: pool), PriceRefreshService(prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds), logger: logger))
+    if configuration.webhooks.enabled {
+        app.addServices(WebhookDispatcher(repository: WebhookRepository(pool: pool), configuration: configuration.webhooks, logger: logger))
+    }
     return app
 }
 

@@ -15,9 +15,12 @@ public struct TallyConfiguration: Sendable {
     public var logLevel: Logger.Level
     /// How often the price versions are re-read so a load by another instance is picked up.
     public var priceRefreshSeconds: Int
+    /// The webhook dispatcher (docs/webhooks.md).
+    public var webhooks: WebhookDispatchConfiguration
 
     public init(host: String = "127.0.0.1", port: Int = 8080, databaseURL: String, poolSize: Int = 16,
-                gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5) {
+                gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5,
+                webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration()) {
         self.host = host
         self.port = port
         self.databaseURL = databaseURL
@@ -25,5 +28,6 @@ public struct TallyConfiguration: Sendable {
         self.gatewaySecret = gatewaySecret
         self.logLevel = logLevel
         self.priceRefreshSeconds = priceRefreshSeconds
+        self.webhooks = webhooks
     }
 }
