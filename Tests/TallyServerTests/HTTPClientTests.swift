@@ -33,7 +33,7 @@ struct HTTPClientTests {
             let error = await #expect(throws: HTTPClientError.self) {
                 try await client.send(.init(url: "http://127.0.0.1:\(port)/slow", timeout: .milliseconds(300)))
             }
-            #expect(ContinuousClock.now - start < .seconds(1.5))
+            #expect(ContinuousClock.now - start < .seconds(1.9))  // the answer comes at 2 s
             #expect(error?.kind == .timedOut)
             #expect(error?.message.hasPrefix("GET http://127.0.0.1:\(port): ") == true)
             #expect(error?.message.contains("timed out") == true)

@@ -23,13 +23,15 @@ struct WebhookDispatchTests {
         return (db, webhooks, try await db.scalar("SELECT id FROM users WHERE username = 'synthetic-1'"))
     }
 
-    static func dispatcher(_ db: TestDatabase, maxAttempts: Int = 5, batchSize: Int = 8) -> WebhookDispatcher {
+    /// Backoff after attempt n: [d/2, d] with d = `backoff` · 2^(n−1), at most 2 · `backoff`.
+    static func dispatcher(_ db: TestDatabase, maxAttempts: Int = 5, batchSize: Int = 8,
+                           backoff: Duration = .milliseconds(100)) -> WebhookDispatcher {
         var logger = Logger(label: "test.webhooks")
         logger.logLevel = .critical
         return WebhookDispatcher(
             repository: WebhookRepository(pool: db.pool),
             configuration: WebhookDispatchConfiguration(pollInterval: .milliseconds(50), batchSize: batchSize, maxAttempts: maxAttempts,
-                                                        baseBackoff: .milliseconds(100), maxBackoff: .milliseconds(200),
+                                                        baseBackoff: backoff, maxBackoff: backoff * 2,
                                                         timeout: .seconds(2)),
             logger: logger)
     }
@@ -84,15 +86,22 @@ struct WebhookDispatchTests {
         try await receiver.run { port in
             let (db, _, userID) = try await Self.setUp("whretry", port: port)
             try await Self.suspend(db, userID)
-            let dispatcher = Self.dispatcher(db)
+            let dispatcher = Self.dispatcher(db, backoff: .seconds(2))  // first retry after 1–2 s
             #expect(try await dispatcher.runOnce() == 1)
             var rows = try await Self.outbox(db)
             #expect(rows.first?.status == "pending")
             #expect(rows.first?.lastStatus == 503)
             #expect(rows.first?.lastError == "HTTP 503")
+            let wait = try await db.scalar("SELECT (extract(epoch FROM next_attempt_at - now()) * 1000)::bigint FROM webhook_outbox")
+            #expect(wait > 500 && wait <= 2000, "backoff \(wait) ms")
             #expect(try await dispatcher.runOnce() == 0)  // not due yet: backing off
-            try await Task.sleep(for: .milliseconds(250))
-            #expect(try await dispatcher.runOnce() == 1)
+            let deadline = ContinuousClock.now + .seconds(6)
+            var retried = 0
+            while retried == 0 && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+                retried = try await dispatcher.runOnce()
+            }
+            #expect(retried == 1)
             let received = receiver.received
             #expect(received.count == 2)
             #expect(received[0].eventID != nil && received[0].eventID == received[1].eventID)
@@ -172,9 +181,9 @@ struct WebhookDispatchTests {
         let webhooks = WebhookRepository(pool: db.pool)
         _ = try await webhooks.add(url: "http://127.0.0.1:1/hook", secret: WebhookSecret(Self.secret), events: [], by: .cli)
         try await Self.suspend(db, try await db.scalar("SELECT id FROM users WHERE username = 'synthetic-1'"))
-        let first = try #require(try await webhooks.claimDue(limit: 10, lease: .milliseconds(200)).first)
+        let first = try #require(try await webhooks.claimDue(limit: 10, lease: .seconds(1)).first)
         #expect(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).isEmpty)
-        try await Task.sleep(for: .milliseconds(300))
+        try await Task.sleep(for: .milliseconds(1200))
         let again = try #require(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).first)
         #expect(again.eventID == first.eventID)
         #expect(again.attempt == 2)
