@@ -79,6 +79,9 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
         HoldSweeperService(holds: services.holds, interval: .seconds(1), logger: logger),
         ChangeListenerService(databaseURL: configuration.databaseURL, onChange: services.applyChange,
                               onReconnect: { services.applyChange("*") }, logger: logger))
+    if configuration.webhooks.enabled {
+        app.addServices(WebhookDispatcher(repository: WebhookRepository(pool: pool), configuration: configuration.webhooks, logger: logger))
+    }
     return app
 }
 

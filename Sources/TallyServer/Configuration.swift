@@ -21,10 +21,13 @@ public struct TallyConfiguration: Sendable {
     /// (`TALLY_HOLD_COMMIT=sync`, the default) or not (`async`: faster, and a crash of
     /// PostgreSQL itself may forget the last moments of reservations; charges are unaffected).
     public var durableHolds: Bool
+    /// The webhook dispatcher (docs/webhooks.md).
+    public var webhooks: WebhookDispatchConfiguration
 
     public init(host: String = "127.0.0.1", port: Int = 8080, databaseURL: String, poolSize: Int = 16,
                 gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5,
-                holdTTLSeconds: Int = 600, durableHolds: Bool = true) {
+                holdTTLSeconds: Int = 600, durableHolds: Bool = true,
+                webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration()) {
         self.host = host
         self.port = port
         self.databaseURL = databaseURL
@@ -34,5 +37,6 @@ public struct TallyConfiguration: Sendable {
         self.priceRefreshSeconds = priceRefreshSeconds
         self.holdTTLSeconds = holdTTLSeconds
         self.durableHolds = durableHolds
+        self.webhooks = webhooks
     }
 }

@@ -32,6 +32,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: TALLY_LOG_LEVEL. Default: info.")
     var logLevel: String?
 
+    @Option(help: "Deliver webhooks from this instance: on or off (instances share the outbox safely). Env: TALLY_WEBHOOKS. Default: on.")
+    var webhooks: String?
+
+    @Option(help: "Attempts before a webhook event is dead-lettered. Env: TALLY_WEBHOOK_MAX_ATTEMPTS. Default: 20 (retries spread over up to about 10 hours).")
+    var webhookMaxAttempts: Int?
+
+    @Option(help: "Seconds allowed for one webhook delivery. Env: TALLY_WEBHOOK_TIMEOUT. Default: 10.")
+    var webhookTimeout: Int?
+
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
         let levelName = logLevel ?? environment["TALLY_LOG_LEVEL"] ?? "info"
@@ -46,7 +55,8 @@ struct Serve: AsyncParsableCommand {
             gatewaySecret: gatewaySecret ?? environment["TALLY_GATEWAY_SECRET"] ?? "",
             logLevel: level,
             holdTTLSeconds: try holdTTL ?? Self.integer(environment, "TALLY_HOLD_TTL") ?? 600,
-            durableHolds: try Self.holdCommitIsDurable(holdCommit ?? environment["TALLY_HOLD_COMMIT"] ?? "sync"))
+            durableHolds: try Self.holdCommitIsDurable(holdCommit ?? environment["TALLY_HOLD_COMMIT"] ?? "sync"),
+            webhooks: try webhookConfiguration(environment))
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
         guard configuration.holdTTLSeconds > 0 else { throw ValidationError("--hold-ttl must be at least 1 second") }
         LoggingSystem.bootstrap { label in
@@ -64,6 +74,24 @@ struct Serve: AsyncParsableCommand {
         case "async": return false
         default: throw ValidationError("--hold-commit must be sync or async, got \"\(mode)\"")
         }
+    }
+
+    private func webhookConfiguration(_ environment: [String: String]) throws -> WebhookDispatchConfiguration {
+        var webhook = WebhookDispatchConfiguration()
+        switch webhooks ?? environment["TALLY_WEBHOOKS"] ?? "on" {
+        case "on", "": webhook.enabled = true
+        case "off": webhook.enabled = false
+        case let other: throw ValidationError("--webhooks must be on or off, got \"\(other)\"")
+        }
+        if let attempts = try webhookMaxAttempts ?? Self.integer(environment, "TALLY_WEBHOOK_MAX_ATTEMPTS") {
+            guard attempts >= 1 else { throw ValidationError("--webhook-max-attempts must be at least 1") }
+            webhook.maxAttempts = attempts
+        }
+        if let seconds = try webhookTimeout ?? Self.integer(environment, "TALLY_WEBHOOK_TIMEOUT") {
+            guard seconds >= 1 else { throw ValidationError("--webhook-timeout must be at least 1 second") }
+            webhook.timeout = .seconds(seconds)
+        }
+        return webhook
     }
 
     private static func integer(_ environment: [String: String], _ name: String) throws -> Int? {

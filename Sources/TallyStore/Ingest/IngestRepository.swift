@@ -46,6 +46,7 @@ public struct PostgresIngestRepository: IngestRepository {
                     try connection.query(Self.debitTokens)
                     try connection.query(Self.unreserveTokens)
                     try connection.query(Self.appendLedger, [batchID, tid])
+                    try connection.query(WebhookOutbox.enqueueBalanceCrossings, [batchID, tid])
                     try connection.query(Self.upsertUsageDaily)
                 }
             }
