@@ -72,6 +72,9 @@ enum IngestMetrics {
     static let rejected = Counter(label: "tally_ingest_lines_total", dimensions: [("result", "rejected")])
     static let charged = Counter(label: "tally_ingest_charged_units_total")
     static let duration = Metrics.Timer(label: "tally_ingest_batch_duration_seconds")
+    /// Unix time of this instance's last committed batch: `time() - …` is the ingest lag the
+    /// alerts watch (a gateway that stopped sending, or batches that stopped committing).
+    static let lastBatch = Gauge(label: "tally_ingest_last_batch_timestamp_seconds")
 
     static func record(_ result: IngestResult, elapsed: Duration) {
         batches.increment()
@@ -80,5 +83,6 @@ enum IngestMetrics {
         rejected.increment(by: result.rejected.count)
         charged.increment(by: Int(clamping: result.chargedQuota))
         duration.record(duration: elapsed)
+        lastBatch.record(Date().timeIntervalSince1970)
     }
 }
