@@ -63,7 +63,7 @@ struct Import: AsyncParsableCommand {
                 summary = try await pool.withConnection { target in
                     let sourceConnection: PostgresConnection
                     do { sourceConnection = try PostgresConnection(url: sourceURL) } catch {
-                        throw ValidationError("cannot connect to the new-api database: \(error)")
+                        throw StoreError.invalid("cannot connect to the new-api database: \(error)")
                     }
                     return try NewAPIImporter(source: sourceConnection, target: target, options: options) { message in
                         if !quiet { FileHandle.standardError.write(Data("tally import: \(message)\n".utf8)) }
@@ -71,7 +71,9 @@ struct Import: AsyncParsableCommand {
                 }
             } catch {
                 await pool.close()
-                throw error
+                // What committed stays (each batch is one transaction); a re-run resumes from there.
+                FileHandle.standardError.write(Data("tally import: error: \(error)\n".utf8))
+                throw ExitCode.failure
             }
             await pool.close()
             if json { print(Self.json(summary)) } else { Self.printText(summary, elapsed: Date().timeIntervalSince(started)) }
