@@ -67,7 +67,11 @@ public struct PostgresIngestRepository: IngestRepository {
     /// `ON CONFLICT DO NOTHING`, which keeps exactly the new ones.
     static func insertNew(_ lines: [PricedLine], batchID: Int64, on connection: PostgresConnection) throws -> ([PricedLine], [UInt8]) {
         var seen = Set<LineKey>(minimumCapacity: lines.count)
+        // Inserted in one global order (request id, then time): concurrent batches holding the
+        // same ids (a resend through another instance) then wait for each other on the first
+        // shared id instead of each holding one the other waits for (a deadlock).
         let candidates = lines.filter { seen.insert(LineKey($0)).inserted }
+            .sorted { $0.requestID != $1.requestID ? $0.requestID < $1.requestID : $0.createdAt < $1.createdAt }
         let rows = copyRows(candidates, batchID: batchID)
         try connection.execute("SAVEPOINT ingest_fast_path")
         do {
