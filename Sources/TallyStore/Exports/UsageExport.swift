@@ -32,7 +32,7 @@ public enum ExportFormat: String, Sendable, CaseIterable {
 }
 
 /// One export: a month's totals by some dimensions, or (`raw`) every request row of the month.
-public struct UsageExport: Sendable, Equatable {
+public struct UsageExport: Sendable {
     public var month: UsageMonth
     /// Empty for a raw export.
     public var dimensions: [ExportDimension]
