@@ -25,7 +25,7 @@ SELECT format('bench-%s', lpad(i::text, 10, '0')),
        'default', 'chat', CASE WHEN i % 50 = 0 THEN 500 ELSE 200 END, i % 2 = 0, 200 + i % 5000,
        100 + (i * 7919) % 4000, (i * 104729) % 1500, (i * 31) % 100,
        CASE WHEN i % 50 = 0 THEN 0 ELSE 1 + (i * 7919) % 4000 + 4 * ((i * 104729) % 1500) END, 1
-FROM (SELECT i, 1 + floor(power(random(), 2) * $users)::int AS u FROM generate_series(1, $rows) AS i) g;
+FROM (SELECT i, 1 + floor(power(random(), 2) * $users)::int AS u FROM generate_series(1::bigint, $rows) AS i) g;
 INSERT INTO usage_daily (day, user_id, token_id, model, "group", kind, requests, failed_requests, prompt_tokens,
                          completion_tokens, cached_tokens, quota)
 SELECT (created_at AT TIME ZONE 'UTC')::date, user_id, token_id, model, "group", kind, count(*),

@@ -1,4 +1,5 @@
 import Foundation
+import Hummingbird
 
 /// Carries byte chunks from a blocking producer (a pool thread running `COPY … TO STDOUT`) to an
 /// async consumer (the HTTP response writer), holding at most `capacity` chunks: when the client
@@ -9,9 +10,9 @@ final class ChunkPipe: @unchecked Sendable {
 
     // Every stored var below is guarded by `condition`'s lock; the producer waits on it.
     private let condition = NSCondition()
-    private var chunks: [[UInt8]] = []
+    private var chunks: [ByteBuffer] = []
     private var end: Result<Void, any Error>?
-    private var waiter: CheckedContinuation<[UInt8]?, any Error>?
+    private var waiter: CheckedContinuation<ByteBuffer?, any Error>?
     private var closed = false
     private let capacity: Int
     private let stallLimit: TimeInterval
@@ -26,7 +27,7 @@ final class ChunkPipe: @unchecked Sendable {
     /// Queues a copy of `bytes`, waiting while the pipe is full; throws `Closed` once the
     /// consumer is gone.
     func send(_ bytes: UnsafeRawBufferPointer) throws {
-        let chunk = [UInt8](bytes)
+        let chunk = ByteBuffer(bytes: bytes)
         condition.lock()
         let deadline = Date(timeIntervalSinceNow: stallLimit)
         while chunks.count >= capacity, !closed {
@@ -59,7 +60,7 @@ final class ChunkPipe: @unchecked Sendable {
     // MARK: Consumer (async)
 
     /// The next chunk; nil at the end; throws the producer's error.
-    func next() async throws -> [UInt8]? {
+    func next() async throws -> ByteBuffer? {
         try await withCheckedThrowingContinuation { continuation in
             condition.lock()
             if !chunks.isEmpty {

@@ -83,7 +83,7 @@ struct ExportController {
                 pipe.finish(.failure(error))
             }
         }
-        let first: [UInt8]?
+        let first: ByteBuffer?
         do { first = try await pipe.next() } catch {
             pipe.close()
             throw error
@@ -97,7 +97,7 @@ struct ExportController {
             do {
                 var chunk = first
                 while let bytes = chunk {
-                    try await writer.write(ByteBuffer(bytes: bytes))
+                    try await writer.write(bytes)
                     chunk = try await pipe.next()
                 }
                 try await writer.finish(nil)
