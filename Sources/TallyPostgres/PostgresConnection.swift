@@ -94,6 +94,13 @@ public final class PostgresConnection: @unchecked Sendable {
         return String(cString: pointer)
     }
 
+    /// Quotes a text literal for the statements that cannot take parameters (`COPY (SELECT …)`).
+    public func quoteLiteral(_ text: String) -> String {
+        guard let pointer = PQescapeLiteral(handle, text, text.utf8.count) else { return "''" }
+        defer { PQfreemem(pointer) }
+        return String(cString: pointer)
+    }
+
     // MARK: COPY
 
     /// Streams rows into `COPY … FROM STDIN`; returns the number of rows copied.
@@ -116,6 +123,7 @@ public final class PostgresConnection: @unchecked Sendable {
     }
 
     /// Streams `COPY … TO STDOUT`, handing each row's bytes to `read`; returns the row count.
+    /// When `read` throws, the server is asked to cancel the COPY and that error is rethrown.
     @discardableResult
     public func copyOut(_ sql: String, _ read: (UnsafeRawBufferPointer) throws -> Void) throws -> Int {
         try check(PQexec(handle, sql), kind: .copy, expecting: PGRES_COPY_OUT)
@@ -126,15 +134,29 @@ public final class PostgresConnection: @unchecked Sendable {
             if length == -1 { break }  // done; the final result follows
             guard length >= 0, let buffer else { throw connectionError(.copy) }
             defer { PQfreemem(buffer) }
-            // After a consumer error keep draining: libpq needs the COPY to finish.
+            // After a consumer error keep draining what is in flight: libpq needs the COPY to end.
             if failure == nil {
-                do { try read(UnsafeRawBufferPointer(start: buffer, count: Int(length))) } catch { failure = error }
+                do { try read(UnsafeRawBufferPointer(start: buffer, count: Int(length))) } catch {
+                    failure = error
+                    cancelRunningStatement()
+                }
             }
+        }
+        if let failure {
+            drainResults()
+            throw failure
         }
         let rows = try check(PQgetResult(handle), kind: .copy)
         drainResults()
-        if let failure { throw failure }
         return rows.affectedRows
+    }
+
+    /// Asks the server to stop the statement in progress (it then ends with SQLSTATE 57014).
+    private func cancelRunningStatement() {
+        guard let cancel = PQgetCancel(handle) else { return }
+        defer { PQfreeCancel(cancel) }
+        var message = [CChar](repeating: 0, count: 256)
+        _ = PQcancel(cancel, &message, Int32(message.count))
     }
 
     /// Sends one chunk of COPY data; returns the failure instead of throwing (called from a closure).

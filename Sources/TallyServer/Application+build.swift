@@ -26,6 +26,9 @@ public struct TallyServices: Sendable {
     public let access: AccessDirectory
     public let holds: any HoldRepository
     public let authorizer: Authorizer
+    // Exports and statements (issue 8).
+    public let exporter: UsageExporter
+    public let statements: StatementRepository
 
     public init(pool: PostgresPool, ingestLimits: IngestLimits = IngestLimits(), holdTTLSeconds: Int = 600,
                 durableHolds: Bool = true) {
@@ -47,6 +50,8 @@ public struct TallyServices: Sendable {
         authorizer = Authorizer(directory: access, prices: prices,
                                 reserver: HoldReserver(repository: holds, ttlSeconds: holdTTLSeconds, durable: durableHolds),
                                 limiter: RateLimiter())
+        exporter = UsageExporter(pool: pool)
+        statements = StatementRepository(pool: pool)
     }
 
     /// Applies a `tally_changes` notification to every cache that holds the row.
@@ -76,6 +81,7 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     app.addServices(
         PoolService(pool: pool),
         PriceRefreshService(prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds), logger: logger),
+        LogPartitionService(migrator: migrator, interval: .seconds(86_400), logger: logger),
         HoldSweeperService(holds: services.holds, interval: .seconds(1), logger: logger),
         ChangeListenerService(databaseURL: configuration.databaseURL, onChange: services.applyChange,
                               onReconnect: { services.applyChange("*") }, logger: logger))
@@ -99,6 +105,9 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     let admin = router.group("/api/admin").add(middleware: UserAuthMiddleware(users: services.users, minimumRole: .admin))
     pricing.addAdminRoutes(to: admin)
     addSystemAPIRoutes(to: router, services)
+    ExportController(exporter: services.exporter, statements: services.statements,
+                     userAuth: UserAuthMiddleware(users: services.users),
+                     adminAuth: UserAuthMiddleware(users: services.users, minimumRole: .admin)).addRoutes(to: router)
     return router
 }
 
@@ -112,7 +121,7 @@ struct PoolService: Service {
     }
 }
 
-/// Picks up price versions loaded by other instances (and creates next months' partitions).
+/// Picks up price versions loaded by other instances.
 struct PriceRefreshService: Service {
     let prices: PriceCatalog
     let interval: Duration
@@ -123,6 +132,24 @@ struct PriceRefreshService: Service {
             do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
             do { try await prices.refreshIfChanged() } catch {
                 logger.warning("price refresh failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+}
+
+/// Creates the `request_logs` partitions of the current and the next two months once a day, so
+/// a month never starts without its partition (ingest would otherwise create it on the month's
+/// first batch, taking a lock on `request_logs` while other batches wait).
+struct LogPartitionService: Service {
+    let migrator: Migrator
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully {
+            do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
+            do { try await migrator.createLogPartitions(months: 3) } catch {
+                logger.warning("creating request_logs partitions failed", metadata: ["error": "\(error)"])
             }
         }
     }

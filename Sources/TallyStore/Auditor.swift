@@ -10,37 +10,47 @@ public struct AuditViolation: Sendable, Equatable, CustomStringConvertible {
 }
 
 /// Checks the money invariants of DESIGN §2 over the whole database:
-/// balance = sum of the user's ledger rows; used_quota = its charges = the quota of its logged
-/// requests; request_count = its logged requests; the same for every token; and what users and
-/// tokens have `reserved` equals the open holds reserving from them (DESIGN §5).
+/// balance = sum of the user's ledger rows; used_quota = its charges = the quota of its
+/// requests in the usage rollups; request_count = its requests there; the same for every token;
+/// for every month whose request rows are kept, the rollups = the request rows; and what users
+/// and tokens have `reserved` equals the open holds reserving from them (DESIGN §5).
+///
+/// With a month (`tally audit --month`), the month's figures instead (docs/exports.md): the
+/// ledger's charges of the month = its usage rollups, which every export sums and statements
+/// show per model = its request rows, while they are kept.
 public struct Auditor: Sendable {
     let pool: PostgresPool
 
     public init(pool: PostgresPool) { self.pool = pool }
 
-    public func run() async throws -> [AuditViolation] {
+    public func run(month: UsageMonth? = nil) async throws -> [AuditViolation] {
         try await pool.withConnection { connection in
-            try connection.query(Self.users).map { row in
-                AuditViolation(userID: try row.decode(0), username: try row.decode(1), problem: try row.decode(2))
-            } + connection.query(Self.tokens).map { row in
-                AuditViolation(userID: try row.decode(0), username: try row.decode(1), problem: try row.decode(2))
-            } + connection.query(Self.reservations).map { row in
-                AuditViolation(userID: try row.decode(0), username: try row.decode(1), problem: try row.decode(2))
+            let queries: [(PreparedStatement, [any PostgresEncodable])]
+            if let month {
+                let kept = try connection.query("SELECT 1 FROM tally_log_partitions WHERE month = $1::date", [month.firstDay]).count > 0
+                queries = [(Self.month, [month.firstDay, month.adding(months: 1).firstDay, kept, month.description])]
+            } else {
+                queries = [(Self.users, []), (Self.tokens, []), (Self.keptMonths, []), (Self.reservations, [])]
+            }
+            return try queries.flatMap { query, parameters in
+                try connection.query(query, parameters).map { row in
+                    AuditViolation(userID: try row.decode(0), username: try row.decode(1), problem: try row.decode(2))
+                }
             }
         }
     }
 
-    static let users = """
+    static let users = PreparedStatement("audit_users", """
         WITH ledger_totals AS (
             SELECT user_id, sum(amount) AS balance, -sum(amount) FILTER (WHERE kind = 'charge') AS charges
             FROM ledger GROUP BY user_id
-        ), log_totals AS (
-            SELECT user_id, sum(quota) AS quota, count(*) AS requests FROM request_logs GROUP BY user_id
+        ), usage_totals AS (
+            SELECT user_id, sum(quota) AS quota, sum(requests) AS requests FROM usage_daily GROUP BY user_id
         ), checked AS (
             SELECT u.id, u.username, u.quota, u.used_quota, u.request_count,
                    coalesce(l.balance, 0) AS ledger_balance, coalesce(l.charges, 0) AS ledger_charges,
                    coalesce(r.quota, 0) AS logged_quota, coalesce(r.requests, 0) AS logged_requests
-            FROM users u LEFT JOIN ledger_totals l ON l.user_id = u.id LEFT JOIN log_totals r ON r.user_id = u.id
+            FROM users u LEFT JOIN ledger_totals l ON l.user_id = u.id LEFT JOIN usage_totals r ON r.user_id = u.id
         )
         SELECT id, username, concat_ws('; ',
             CASE WHEN quota <> ledger_balance THEN format('balance %s but ledger sums to %s', quota, ledger_balance) END,
@@ -51,20 +61,20 @@ public struct Auditor: Sendable {
         WHERE quota <> ledger_balance OR used_quota <> ledger_charges OR ledger_charges <> logged_quota
            OR request_count <> logged_requests
         ORDER BY id
-        """
+        """)
 
-    static let tokens = """
-        WITH log_totals AS (
-            SELECT token_id, sum(quota) AS quota, count(*) AS requests FROM request_logs GROUP BY token_id
+    static let tokens = PreparedStatement("audit_tokens", """
+        WITH usage_totals AS (
+            SELECT token_id, sum(quota) AS quota, sum(requests) AS requests FROM usage_daily GROUP BY token_id
         )
         SELECT t.user_id, u.username, format('token %s: used_quota %s / request_count %s but logged requests cost %s in %s requests',
                t.id, t.used_quota, t.request_count, coalesce(r.quota, 0), coalesce(r.requests, 0))
-        FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN log_totals r ON r.token_id = t.id
+        FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN usage_totals r ON r.token_id = t.id
         WHERE t.used_quota <> coalesce(r.quota, 0) OR t.request_count <> coalesce(r.requests, 0)
         ORDER BY t.id
-        """
+        """)
 
-    static let reservations = """
+    static let reservations = PreparedStatement("audit_reservations", """
         WITH user_holds AS (
             SELECT user_id, sum(amount) AS amount FROM holds WHERE status = 'held' GROUP BY user_id
         ), token_holds AS (
@@ -78,5 +88,51 @@ public struct Auditor: Sendable {
         FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN token_holds h ON h.token_id = t.id
         WHERE t.reserved <> coalesce(h.amount, 0)
         ORDER BY 1
-        """
+        """)
+
+    /// The rollups against the request rows, per user and month, for the months still kept.
+    static let keptMonths = PreparedStatement("audit_kept_months", """
+        WITH logs AS (
+            SELECT user_id, date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month,
+                   sum(quota) AS quota, count(*) AS requests
+            FROM request_logs GROUP BY 1, 2
+        ), rollups AS (
+            SELECT user_id, date_trunc('month', day)::date AS month, sum(quota) AS quota, sum(requests) AS requests
+            FROM usage_daily WHERE date_trunc('month', day)::date IN (SELECT month FROM tally_log_partitions)
+            GROUP BY 1, 2
+        )
+        SELECT user_id, coalesce(u.username, ''), format('%s: usage rollups %s units in %s requests but request rows %s units in %s requests',
+               to_char(month, 'YYYY-MM'), coalesce(r.quota, 0), coalesce(r.requests, 0), coalesce(l.quota, 0), coalesce(l.requests, 0))
+        FROM logs l FULL JOIN rollups r USING (user_id, month) LEFT JOIN users u ON u.id = user_id
+        WHERE l.quota IS DISTINCT FROM r.quota OR l.requests IS DISTINCT FROM r.requests
+        ORDER BY user_id, month
+        """)
+
+    /// One month: ledger charges ($1 = first day) against the rollups, and the rollups against
+    /// the request rows when the month's partition is kept ($3).
+    static let month = PreparedStatement("audit_month", """
+        WITH charges AS (
+            SELECT user_id, -sum(amount) AS quota FROM ledger WHERE month = $1::date AND kind = 'charge' GROUP BY user_id
+        ), rollups AS (
+            SELECT user_id, sum(quota) AS quota, sum(requests) AS requests FROM usage_daily
+            WHERE day >= $1::date AND day < $2::date GROUP BY user_id
+        ), logs AS (
+            SELECT user_id, sum(quota) AS quota, count(*) AS requests FROM request_logs
+            WHERE $3::boolean AND created_at >= $1::date::timestamp AT TIME ZONE 'UTC'
+              AND created_at < $2::date::timestamp AT TIME ZONE 'UTC'
+            GROUP BY user_id
+        ), checked AS (
+            SELECT user_id, coalesce(c.quota, 0) AS charged, coalesce(r.quota, 0) AS rolled, coalesce(r.requests, 0) AS rolled_requests,
+                   coalesce(l.quota, 0) AS logged, coalesce(l.requests, 0) AS logged_requests
+            FROM charges c FULL JOIN rollups r USING (user_id) FULL JOIN logs l USING (user_id)
+        )
+        SELECT user_id, coalesce(u.username, ''), concat_ws('; ',
+            CASE WHEN charged <> rolled THEN format('%s: ledger charges %s but usage rollups (exports) sum to %s', $4::text, charged, rolled) END,
+            CASE WHEN $3::boolean AND (rolled <> logged OR rolled_requests <> logged_requests)
+                 THEN format('%s: usage rollups %s units in %s requests but request rows %s units in %s requests',
+                             $4::text, rolled, rolled_requests, logged, logged_requests) END)
+        FROM checked LEFT JOIN users u ON u.id = user_id
+        WHERE charged <> rolled OR ($3::boolean AND (rolled <> logged OR rolled_requests <> logged_requests))
+        ORDER BY user_id
+        """)
 }

@@ -132,13 +132,22 @@ final class Progress: @unchecked Sendable {
 struct Audit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check the money invariants over the whole database; exit 1 listing any account that breaks them.",
-        discussion: "balance = sum of ledger rows; used_quota = ledger charges = quota of logged requests; request_count = logged requests; the same per token.")
+        discussion: """
+            balance = sum of ledger rows; used_quota = ledger charges = quota of logged requests (usage rollups);             request_count = logged requests; the same per token; rollups = request rows for every month still kept.             With --month: that month's ledger charges = its usage rollups (what every export and statement sums)             = its request rows, while kept.
+            """)
 
     @OptionGroup var database: DatabaseOptions
 
+    @Option(help: "Check one month (YYYY-MM, UTC) instead: exports, statements and ledger charges agree.")
+    var month: String?
+
     func run() async throws {
+        let month = try month.map { text in
+            guard let month = UsageMonth(text) else { throw ValidationError("--month must be YYYY-MM, got \"\(text)\"") }
+            return month
+        }
         let pool = try await database.migratedPool(size: 1)
-        let violations = try await Auditor(pool: pool).run()
+        let violations = try await Auditor(pool: pool).run(month: month)
         await pool.close()
         guard violations.isEmpty else {
             for violation in violations { print(violation) }

@@ -93,10 +93,11 @@ struct OutputFile {
             handle = FileHandle.standardOutput
             return
         }
-        guard FileManager.default.createFile(atPath: path, contents: nil), let handle = FileHandle(forWritingAtPath: path) else {
-            throw ValidationError("cannot write \(path)")
-        }
-        self.handle = handle
+        // open(2), not FileManager.createFile: that writes a new file and renames it over the
+        // path, which would replace a device such as /dev/null with a regular file.
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard descriptor >= 0 else { throw ValidationError("cannot write \(path)") }
+        handle = FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
     }
 
     func write(_ text: String) { handle.write(Data(text.utf8)) }

@@ -35,23 +35,13 @@ struct Partitions: AsyncParsableCommand {
     var months = 3
 
     func run() async throws {
-        let start = try from.map(MonthParser.parse) ?? Date()
+        let start = try from.map { text in
+            guard let month = UsageMonth(text) else { throw ValidationError("expected a month as YYYY-MM, got \"\(text)\"") }
+            return month.start
+        } ?? Date()
         let pool = try await database.migratedPool(size: 1)
         let created = try await Migrator(pool: pool).createLogPartitions(from: start, months: months)
         print("created \(created) request_logs partition(s)")
         await pool.close()
-    }
-}
-
-enum MonthParser {
-    /// `YYYY-MM` → the first instant of that month, UTC.
-    static func parse(_ text: String) throws -> Date {
-        let parts = text.split(separator: "-")
-        guard parts.count == 2, let year = Int(parts[0]), let month = Int(parts[1]), (1...12).contains(month),
-              parts[0].count == 4, parts[1].count == 2,
-              let date = Calendar(identifier: .gregorian).date(from: DateComponents(
-                timeZone: TimeZone(identifier: "UTC"), year: year, month: month, day: 1))
-        else { throw ValidationError("expected a month as YYYY-MM, got \"\(text)\"") }
-        return date
     }
 }

@@ -199,12 +199,14 @@ public struct PostgresIngestRepository: IngestRepository {
         WHERE k.id = t.token_id
         """)
 
-    /// One charge row per (batch, user, token); request_logs.batch_id leads back to it.
+    /// One charge row per (batch, user, token, UTC month of the requests' created_at), so each
+    /// counts in the month of its requests (docs/exports.md); request_logs.batch_id leads back to it.
     static let appendLedger = PreparedStatement("ingest_append_ledger", """
-        INSERT INTO ledger (user_id, token_id, kind, amount, requests, batch_id, tid)
-        SELECT user_id, token_id, 'charge', -sum(quota), count(*), $1, $2
-        FROM ingest_new GROUP BY user_id, token_id HAVING sum(quota) <> 0
-        ORDER BY user_id, token_id
+        INSERT INTO ledger (user_id, token_id, kind, amount, requests, batch_id, tid, usage_month)
+        SELECT user_id, token_id, 'charge', -sum(quota), count(*), $1, $2,
+               date_trunc('month', created_at AT TIME ZONE 'UTC')::date
+        FROM ingest_new GROUP BY user_id, token_id, 8 HAVING sum(quota) <> 0
+        ORDER BY user_id, token_id, 8
         """)
 
     /// Rows are upserted in key order so concurrent batches lock shared rows in the same order.

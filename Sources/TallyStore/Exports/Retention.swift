@@ -1,0 +1,85 @@
+import Foundation
+import TallyPostgres
+
+/// A monthly partition of `request_logs`.
+public struct LogPartition: Sendable, Equatable {
+    public var name: String
+    public var month: UsageMonth
+    /// Table and index size on disk.
+    public var bytes: Int64
+}
+
+/// Which partitions a retention run keeps and which it drops.
+public struct RetentionPlan: Sendable, Equatable {
+    /// The oldest month kept; every partition before it is dropped.
+    public var firstKept: UsageMonth
+    public var kept: [LogPartition]
+    public var dropped: [LogPartition]
+}
+
+/// Request-row retention (DESIGN §9): whole monthly partitions of `request_logs` are detached
+/// (`DETACH PARTITION … CONCURRENTLY`, so ingest keeps running) and dropped; never a bulk
+/// DELETE. The usage rollups, the ledger and therefore statements and rollup exports stay.
+public struct LogRetention: Sendable {
+    let pool: PostgresPool
+
+    public init(pool: PostgresPool) { self.pool = pool }
+
+    /// Keeps the `keepMonths` months ending with `current` (at least the current month).
+    public func plan(keepMonths: Int, current: UsageMonth = UsageMonth(containing: Date())) async throws -> RetentionPlan {
+        guard keepMonths >= 1 else { throw StoreError.invalid("keep-months must be at least 1 (the current month is always kept)") }
+        let firstKept = current.adding(months: -(keepMonths - 1))
+        let partitions = try await pool.withConnection { connection in
+            try connection.query("""
+                SELECT name, to_char(month, 'YYYY-MM'), pg_total_relation_size(name::regclass)
+                FROM tally_log_partitions ORDER BY month
+                """).map { row in
+                guard let month = UsageMonth(try row.decode(1, as: String.self)) else {
+                    throw StoreError.internalError("partition \(try row.decode(0, as: String.self)) has no month")
+                }
+                return LogPartition(name: try row.decode(0), month: month, bytes: try row.decode(2))
+            }
+        }
+        return RetentionPlan(firstKept: firstKept, kept: partitions.filter { $0.month >= firstKept },
+                             dropped: partitions.filter { $0.month < firstKept })
+    }
+
+    /// Drops the plan's partitions, oldest first. Unless `verify` is false, a month is dropped
+    /// only when `tally audit --month` finds it clean, so its request rows are not needed to
+    /// explain its rollups and charges. Each drop is audited. Returns the partitions dropped.
+    @discardableResult
+    public func apply(_ plan: RetentionPlan, verify: Bool = true, by actor: Actor) async throws -> [LogPartition] {
+        var dropped: [LogPartition] = []
+        for partition in plan.dropped {
+            if verify {
+                let problems = try await Auditor(pool: pool).run(month: partition.month)
+                guard problems.isEmpty else {
+                    throw StoreError.conflict("""
+                        \(partition.month) does not audit clean (\(problems.count) problem(s), first: \(problems[0])); \
+                        its request rows are kept. Dropped so far: \(dropped.count).
+                        """)
+                }
+            }
+            try await drop(partition, by: actor)
+            dropped.append(partition)
+        }
+        return dropped
+    }
+
+    private func drop(_ partition: LogPartition, by actor: Actor) async throws {
+        try await pool.withConnection { connection in
+            let table = connection.quoteIdentifier(partition.name)
+            let pending = try connection.query("SELECT detach_pending FROM tally_log_partitions WHERE name = $1", [partition.name])
+            if let row = pending.first {
+                // CONCURRENTLY runs outside a transaction; an interrupted one is finished with FINALIZE.
+                let finalize = try row.decode(0, as: Bool.self)
+                try connection.execute("ALTER TABLE request_logs DETACH PARTITION \(table) \(finalize ? "FINALIZE" : "CONCURRENTLY")")
+            }
+            try connection.transaction { connection in
+                try connection.execute("DROP TABLE IF EXISTS \(table)")
+                try AuditLog.recordChange(on: connection, actor: actor, action: "retention.drop", target: "request_logs:\(partition.month)",
+                                          before: ["partition": partition.name, "bytes": partition.bytes], after: nil)
+            }
+        }
+    }
+}

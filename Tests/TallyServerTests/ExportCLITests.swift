@@ -1,0 +1,63 @@
+import Foundation
+import TallyCore
+import TallyStore
+import TallyTestSupport
+import Testing
+
+/// `tally export`, `statement`, `audit --month` and `retention` as operators run them.
+@Suite("tally export, statement, audit --month, retention", .serialized)
+struct ExportCLITests {
+    @Test("export to a file and to stdout, statement, audit --month; bad arguments fail")
+    func exportAndStatement() async throws {
+        let db = try await TestDatabase.create("exportcli")
+        let fixture = try await UsageFixture.load(into: db, months: [UsageMonth("2026-09")!], linesPerMonth: 500)
+        let month = UsageMonth("2026-09")!
+        let file = NSTemporaryDirectory() + "tally-export-\(getpid()).csv"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let run = try TallyBinary.run(["export", "--month", "2026-09", "--by", "model,user", "--out", file], databaseURL: db.url)
+        #expect(run.status == 0)
+        let rows = try CSVParser.parse(try String(contentsOfFile: file, encoding: .utf8))
+        #expect(UsageFixture.mismatch(Array(rows.dropFirst()), fixture.expectedRows(month: month, by: [.model, .user])) == nil)
+
+        let jsonl = try TallyBinary.run(["export", "--month", "2026-09", "--by", "day", "--format", "jsonl", "--quiet"], databaseURL: db.url)
+        #expect(jsonl.output.split(separator: "\n").count == fixture.expectedRows(month: month, by: [.day]).count)
+        let raw = try TallyBinary.run(["export", "--month", "2026-09", "--raw", "--quiet"], databaseURL: db.url)
+        let rawRows = try CSVParser.parse(raw.output)
+        #expect(rawRows.count - 1 == fixture.lines.count)
+
+        let user = try #require(fixture.usernames.keys.min())
+        let statement = try TallyBinary.run(["statement", "--user", "\(user)", "--month", "2026-09", "--json"], databaseURL: db.url)
+        #expect(statement.status == 0)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(statement.output.utf8)) as? [String: Any])
+        #expect((object["charges"] as? NSNumber)?.int64Value == fixture.quota(month: month, userID: user))
+        let text = try TallyBinary.run(["statement", "--user", "\(user)", "--month", "2026-09"], databaseURL: db.url)
+        #expect(text.output.contains("Opening balance") && text.output.contains("Closing balance"))
+
+        #expect(try TallyBinary.run(["audit", "--month", "2026-09"], databaseURL: db.url).output.contains("audit clean"))
+        for arguments in [["export", "--month", "2026-9"], ["export", "--month", "2026-09", "--by", "colour"],
+                          ["export", "--month", "2026-09", "--format", "xml"], ["export", "--month", "2026-09", "--raw", "--format", "jsonl"],
+                          ["statement", "--user", "\(user)", "--month", "09-2026"], ["audit", "--month", "x"],
+                          ["retention", "--keep-months", "0"]] {
+            #expect(try TallyBinary.run(arguments, databaseURL: db.url).status != 0, "\(arguments)")
+        }
+    }
+
+    @Test("retention --dry-run lists the old partitions and drops nothing; without it they are gone")
+    func retention() async throws {
+        let db = try await TestDatabase.create("retentioncli")
+        let current = UsageMonth(containing: Date())
+        let old = current.adding(months: -3)
+        _ = try await UsageFixture.load(into: db, months: [old, current.adding(months: -1)], linesPerMonth: 50)
+        let name = String(format: "request_logs_y%04dm%02d", old.year, old.month)
+        let dry = try TallyBinary.run(["retention", "--keep-months", "3", "--dry-run"], databaseURL: db.url)
+        #expect(dry.status == 0)
+        #expect(dry.output.contains("would drop \(name)"))
+        #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE name = $1", [name]) == 1)
+        let real = try TallyBinary.run(["retention", "--keep-months", "3"], databaseURL: db.url)
+        #expect(real.status == 0)
+        #expect(real.output.contains("dropped 1 partition(s)"))
+        #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE name = $1", [name]) == 0)
+        #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE month >= $1::date", [current.adding(months: -2).firstDay]) >= 3)
+        #expect(try TallyBinary.run(["audit"], databaseURL: db.url).status == 0)
+    }
+}

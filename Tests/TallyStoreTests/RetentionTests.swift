@@ -1,0 +1,70 @@
+import Foundation
+import TallyCore
+import TallyPostgres
+import TallyStore
+import TallyTestSupport
+import Testing
+
+@Suite("retention of request rows")
+struct RetentionTests {
+    static let months = ["2026-05", "2026-06", "2026-07", "2026-08"].compactMap(UsageMonth.init)
+
+    /// Everything an export or statement shows for a month, to compare before and after.
+    static func snapshot(_ db: TestDatabase, _ users: [Int64]) async throws -> [String] {
+        var parts: [String] = []
+        for month in months {
+            for by in [[ExportDimension.user, .model], [.day, .token]] {
+                parts.append(try await ExportOutput.of(try UsageExport(month: month, by: by, format: .csv), on: db.pool).text)
+            }
+            for user in users {
+                parts.append("\(try await StatementRepository(pool: db.pool).statement(userID: user, month: month))")
+            }
+        }
+        return parts
+    }
+
+    @Test("drops whole partitions of old months only; rollups, ledger, statements and kept exports are unchanged")
+    func dropsOnlyOldMonths() async throws {
+        let db = try await TestDatabase.create("retention")
+        let fixture = try await UsageFixture.load(into: db, months: Self.months, linesPerMonth: 300)
+        let users = fixture.usernames.keys.sorted()
+        let before = try await Self.snapshot(db, users)
+        let rawBefore = try await ExportOutput.of(.raw(month: Self.months[2]), on: db.pool).text
+        let ledgerBefore = try await db.scalar("SELECT count(*) + sum(amount) FROM ledger")
+        let rollupsBefore = try await db.scalar("SELECT count(*) + sum(quota) FROM usage_daily")
+
+        let retention = LogRetention(pool: db.pool)
+        let plan = try await retention.plan(keepMonths: 2, current: Self.months[3])
+        #expect(plan.firstKept == Self.months[2])
+        #expect(plan.dropped.map(\.name) == ["request_logs_y2026m05", "request_logs_y2026m06"])
+        #expect(plan.kept.map(\.month).contains(Self.months[2]))
+        #expect(plan.kept.allSatisfy { $0.month >= Self.months[2] })
+
+        // A month whose rollups disagree with its rows is not dropped (its rows would be the evidence).
+        try await db.pool.withConnection { try $0.execute("UPDATE usage_daily SET quota = quota + 1 WHERE day = (SELECT min(day) FROM usage_daily)") }
+        await #expect(throws: StoreError.self) { try await retention.apply(plan, by: .cli) }
+        #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE month < '2026-07-01'") == 2)
+        try await db.pool.withConnection { try $0.execute("UPDATE usage_daily SET quota = quota - 1 WHERE day = (SELECT min(day) FROM usage_daily)") }
+
+        let dropped = try await retention.apply(plan, by: .cli)
+        #expect(dropped.map(\.name) == ["request_logs_y2026m05", "request_logs_y2026m06"])
+        #expect(try await db.scalar("SELECT count(*) FROM pg_class WHERE relname IN ('request_logs_y2026m05', 'request_logs_y2026m06')") == 0)
+        let keptRows = fixture.lines.filter { $0.createdAt >= Self.months[2].start }.count
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs") == Int64(keptRows))
+        #expect(try await db.scalar("SELECT count(*) FROM audit_log WHERE action = 'retention.drop'") == 2)
+
+        // Nothing else changed: exports (rollups, so dropped months too), statements, raw rows kept.
+        #expect(try await Self.snapshot(db, users) == before)
+        #expect(try await ExportOutput.of(.raw(month: Self.months[2]), on: db.pool).text == rawBefore)
+        #expect(try await db.scalar("SELECT count(*) + sum(amount) FROM ledger") == ledgerBefore)
+        #expect(try await db.scalar("SELECT count(*) + sum(quota) FROM usage_daily") == rollupsBefore)
+        await #expect(throws: StoreError.self) { try await ExportOutput.of(.raw(month: Self.months[0]), on: db.pool) }
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+        #expect(try await Auditor(pool: db.pool).run(month: Self.months[0]).isEmpty)
+
+        // Idempotent: a second run finds nothing to drop.
+        let again = try await retention.plan(keepMonths: 2, current: Self.months[3])
+        #expect(again.dropped.isEmpty)
+        await #expect(throws: StoreError.self) { try await retention.plan(keepMonths: 0) }
+    }
+}
