@@ -1,4 +1,5 @@
 import Logging
+import TallyCore
 
 /// Everything `tally serve` can be told, from flags or the environment (see `tally serve --help`).
 public struct TallyConfiguration: Sendable {
@@ -15,9 +16,22 @@ public struct TallyConfiguration: Sendable {
     public var logLevel: Logger.Level
     /// How often the price versions are re-read so a load by another instance is picked up.
     public var priceRefreshSeconds: Int
+    /// A connection that sends nothing for this long — between requests, or in the middle of
+    /// a request's head or body — is closed (slow or stalled clients hold nothing for long).
+    public var idleTimeoutSeconds: Int
+    /// Failed credentials (wrong key, access token or gateway secret) one client address may
+    /// present per `failedAuthWindowSeconds` before it is answered `429 too_many_failed_auth`
+    /// until the window ends; 0 turns the limit off.
+    public var failedAuthLimit: Int
+    public var failedAuthWindowSeconds: Int
+    /// Proxies whose `X-Forwarded-For` names the client (for the failed-auth limit); empty:
+    /// the TCP peer is the client.
+    public var trustedProxies: IPAllowList
 
     public init(host: String = "127.0.0.1", port: Int = 8080, databaseURL: String, poolSize: Int = 16,
-                gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5) {
+                gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5,
+                idleTimeoutSeconds: Int = 60, failedAuthLimit: Int = 20, failedAuthWindowSeconds: Int = 60,
+                trustedProxies: IPAllowList = IPAllowList(ranges: [])) {
         self.host = host
         self.port = port
         self.databaseURL = databaseURL
@@ -25,5 +39,9 @@ public struct TallyConfiguration: Sendable {
         self.gatewaySecret = gatewaySecret
         self.logLevel = logLevel
         self.priceRefreshSeconds = priceRefreshSeconds
+        self.idleTimeoutSeconds = idleTimeoutSeconds
+        self.failedAuthLimit = failedAuthLimit
+        self.failedAuthWindowSeconds = failedAuthWindowSeconds
+        self.trustedProxies = trustedProxies
     }
 }
