@@ -79,15 +79,15 @@ struct IngestFuzzHTTPTests {
         var body: [UInt8] = []
         for fuzzCase in cases { body += fuzzCase.bytes + [0x0A] }
         let answer = try await post(client, body)
-        let where_ = "seed \(seed) NDJSON batch \(batch)"
+        let place = "seed \(seed) NDJSON batch \(batch)"
         guard answer.status == 200 else {
-            Issue.record("\(where_): status \(answer.status) \(answer.text.prefix(300))")
+            Issue.record("\(place): status \(answer.status) \(answer.text.prefix(300))")
             return
         }
-        let rejected = try record(answer, lines: cases.count, where: where_, tally: &tally)
+        let rejected = try record(answer, lines: cases.count, where: place, tally: &tally)
         for (index, fuzzCase) in cases.enumerated() {
             let reject = rejected[index + 1]
-            let label = "\(where_) line \(index + 1) (\(fuzzCase.mutation)): \(fuzzCase.text)"
+            let label = "\(place) line \(index + 1) (\(fuzzCase.mutation)): \(fuzzCase.text)"
             switch fuzzCase.expectation {
             case .accept: #expect(reject == nil, "\(label): rejected \(reject ?? "")")
             case .reject: #expect(reject != nil, "\(label): accepted")
@@ -107,13 +107,13 @@ struct IngestFuzzHTTPTests {
         }
         body += Array("]".utf8)
         let answer = try await post(client, body)
-        let where_ = "seed \(seed) array batch \(batch)"
+        let place = "seed \(seed) array batch \(batch)"
         if answer.status == 200 {
             tally.arraysAccepted += 1
-            _ = try record(answer, lines: nil, where: where_, tally: &tally)
+            _ = try record(answer, lines: nil, where: place, tally: &tally)
         } else {
             tally.arraysRefused += 1
-            #expect(answer.status == 400 && answer.errorCode == "invalid_request", "\(where_): \(answer.status) \(answer.text.prefix(300))")
+            #expect(answer.status == 400 && answer.errorCode == "invalid_request", "\(place): \(answer.status) \(answer.text.prefix(300))")
             tally.lines += lines
         }
     }
