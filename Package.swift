@@ -30,6 +30,8 @@ let package = Package(
             "CLibPQ",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Outbound HTTP over libcurl (webhooks, price-sheet downloads).
+        .target(name: "TallyHTTP", dependencies: ["CCurl", "TallyCore"]),
         // Repositories and the domain's SQL.
         .target(name: "TallyStore", dependencies: [
             "TallyCore", "TallyPostgres",
@@ -38,7 +40,8 @@ let package = Package(
         ], resources: [.copy("Migrations")]),
         // Hummingbird 2 application.
         .target(name: "TallyServer", dependencies: [
-            "TallyCore", "TallyPostgres", "TallyStore",
+            "TallyCore", "TallyPostgres", "TallyStore", "TallyHTTP",
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
             .product(name: "Logging", package: "swift-log"),
@@ -47,7 +50,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "tally", dependencies: [
-            "TallyCore", "TallyPostgres", "TallyStore", "TallyServer",
+            "TallyCore", "TallyPostgres", "TallyStore", "TallyServer", "TallyHTTP",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
@@ -59,7 +62,8 @@ let package = Package(
         .testTarget(name: "TallyPostgresTests", dependencies: ["TallyPostgres", "TallyTestSupport"]),
         .testTarget(name: "TallyStoreTests", dependencies: ["TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport"]),
         .testTarget(name: "TallyServerTests", dependencies: [
-            "TallyServer", "TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport",
+            "TallyServer", "TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport", "TallyHTTP",
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "HummingbirdTesting", package: "hummingbird"),
         ]),
     ],

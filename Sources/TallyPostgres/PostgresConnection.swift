@@ -160,6 +160,35 @@ public final class PostgresConnection: @unchecked Sendable {
         return PostgresRows(result: result)
     }
 
+    // MARK: Notifications
+
+    /// Waits up to `timeout` seconds for `NOTIFY` messages on the channels this connection
+    /// `LISTEN`s to and returns them (empty after a quiet timeout). Throws when the connection
+    /// breaks; a listener must then reconnect and assume it missed notifications.
+    public func waitForNotifications(timeout: Double) throws(PostgresError) -> [PostgresNotification] {
+        var received = takeNotifications()
+        guard received.isEmpty else { return received }
+        let socket = PQsocket(handle)
+        guard socket >= 0 else { throw connectionError(.connection) }
+        var descriptor = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+        let ready = poll(&descriptor, 1, Int32(timeout * 1000))
+        if ready < 0, errno != EINTR { throw PostgresError(kind: .connection, message: "poll failed: errno \(errno)") }
+        guard ready > 0 else { return [] }
+        guard PQconsumeInput(handle) == 1, isHealthy else { throw connectionError(.connection) }
+        received = takeNotifications()
+        return received
+    }
+
+    private func takeNotifications() -> [PostgresNotification] {
+        var received: [PostgresNotification] = []
+        while let notice = PQnotifies(handle) {
+            received.append(PostgresNotification(channel: String(cString: notice.pointee.relname),
+                                                 payload: String(cString: notice.pointee.extra)))
+            PQfreemem(notice)
+        }
+        return received
+    }
+
     private func drainResults() {
         while let extra = PQgetResult(handle) { PQclear(extra) }
     }
@@ -288,4 +317,10 @@ public struct CopyRow {
         if fieldCount > 0 { bytes.append(9) }
         fieldCount += 1
     }
+}
+
+/// One `NOTIFY` received by a listening connection.
+public struct PostgresNotification: Sendable, Equatable {
+    public let channel: String
+    public let payload: String
 }

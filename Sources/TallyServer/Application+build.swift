@@ -22,8 +22,13 @@ public struct TallyServices: Sendable {
     public let channels: ChannelRepository
     public let balances: BalanceRepository
     public let logs: LogRepository
+    // Enforcement (issue 7).
+    public let access: AccessDirectory
+    public let holds: any HoldRepository
+    public let authorizer: Authorizer
 
-    public init(pool: PostgresPool, ingestLimits: IngestLimits = IngestLimits()) {
+    public init(pool: PostgresPool, ingestLimits: IngestLimits = IngestLimits(), holdTTLSeconds: Int = 600,
+                durableHolds: Bool = true) {
         self.pool = pool
         self.ingestLimits = ingestLimits
         users = PostgresUserRepository(pool: pool)
@@ -37,6 +42,17 @@ public struct TallyServices: Sendable {
         channels = ChannelRepository(pool: pool)
         balances = BalanceRepository(pool: pool)
         logs = LogRepository(pool: pool)
+        access = AccessDirectory(pool: pool)
+        holds = PostgresHoldRepository(pool: pool)
+        authorizer = Authorizer(directory: access, prices: prices,
+                                reserver: HoldReserver(repository: holds, ttlSeconds: holdTTLSeconds, durable: durableHolds),
+                                limiter: RateLimiter())
+    }
+
+    /// Applies a `tally_changes` notification to every cache that holds the row.
+    @Sendable public func applyChange(_ payload: String) {
+        access.invalidate(payload)
+        if !payload.hasPrefix("channel:") { tokens.invalidateAll() }
     }
 }
 
@@ -46,7 +62,8 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     logger.logLevel = configuration.logLevel
     TallyMetrics.bootstrap()
     let pool = PostgresPool(url: configuration.databaseURL, size: configuration.poolSize, logger: logger)
-    let services = TallyServices(pool: pool)
+    let services = TallyServices(pool: pool, holdTTLSeconds: configuration.holdTTLSeconds,
+                                 durableHolds: configuration.durableHolds)
     let migrator = Migrator(pool: pool, logger: logger)
     try await migrator.migrate()
     try await migrator.createLogPartitions(months: 3)
@@ -60,7 +77,15 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
             idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "tally"),
         logger: logger)
-    app.addServices(PoolService(pool: pool), PriceRefreshService(prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds), logger: logger))
+    app.addServices(
+        PoolService(pool: pool),
+        PriceRefreshService(prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds), logger: logger),
+        HoldSweeperService(holds: services.holds, interval: .seconds(1), logger: logger),
+        ChangeListenerService(databaseURL: configuration.databaseURL, onChange: services.applyChange,
+                              onReconnect: { services.applyChange("*") }, logger: logger))
+    if configuration.webhooks.enabled {
+        app.addServices(WebhookDispatcher(repository: WebhookRepository(pool: pool), configuration: configuration.webhooks, logger: logger))
+    }
     return app
 }
 
@@ -75,6 +100,7 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     HealthController(pool: services.pool).addRoutes(to: router)
     let gateway = router.group("/gateway/v1").add(middleware: GatewayAuthMiddleware(secret: configuration.gatewaySecret))
     IngestController(ingestor: services.ingestor, limits: services.ingestLimits).addRoutes(to: gateway)
+    EnforcementController(authorizer: services.authorizer, holds: services.holds).addRoutes(to: gateway)
     let pricing = PricingController(prices: services.prices, repository: services.priceVersions)
     pricing.addPublicRoutes(to: router)
     let admin = router.group("/api/admin").add(middleware: UserAuthMiddleware(users: services.users, minimumRole: .admin))

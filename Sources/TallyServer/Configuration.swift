@@ -27,9 +27,19 @@ public struct TallyConfiguration: Sendable {
     /// Proxies whose `X-Forwarded-For` names the client (for the failed-auth limit); empty:
     /// the TCP peer is the client.
     public var trustedProxies: IPAllowList
+    /// How long an authorize hold stays open without a settlement or release (`TALLY_HOLD_TTL`).
+    public var holdTTLSeconds: Int
+    /// Whether a hold batch waits for its WAL flush before authorize answers
+    /// (`TALLY_HOLD_COMMIT=sync`, the default) or not (`async`: faster, and a crash of
+    /// PostgreSQL itself may forget the last moments of reservations; charges are unaffected).
+    public var durableHolds: Bool
+    /// The webhook dispatcher (docs/webhooks.md).
+    public var webhooks: WebhookDispatchConfiguration
 
     public init(host: String = "127.0.0.1", port: Int = 8080, databaseURL: String, poolSize: Int = 16,
                 gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5,
+                holdTTLSeconds: Int = 600, durableHolds: Bool = true,
+                webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration(),
                 idleTimeoutSeconds: Int = 60, failedAuthLimit: Int = 20, failedAuthWindowSeconds: Int = 60,
                 trustedProxies: IPAllowList = IPAllowList(ranges: [])) {
         self.host = host
@@ -39,6 +49,9 @@ public struct TallyConfiguration: Sendable {
         self.gatewaySecret = gatewaySecret
         self.logLevel = logLevel
         self.priceRefreshSeconds = priceRefreshSeconds
+        self.holdTTLSeconds = holdTTLSeconds
+        self.durableHolds = durableHolds
+        self.webhooks = webhooks
         self.idleTimeoutSeconds = idleTimeoutSeconds
         self.failedAuthLimit = failedAuthLimit
         self.failedAuthWindowSeconds = failedAuthWindowSeconds

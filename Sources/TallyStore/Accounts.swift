@@ -228,6 +228,9 @@ public struct AccountRepository: Sendable {
                 UPDATE users SET status = $2, role = $3, updated_at = now() WHERE id = $1 RETURNING \(Self.columns)
                 """, [id, status, role.rawValue])
             let updated = try PostgresUserRepository.decode(rows[0])
+            if before.status == 1 && updated.status != 1 {
+                try WebhookOutbox.enqueueUserSuspended(updated, by: actor, on: connection)
+            }
             try AuditLog.recordChange(on: connection, actor: actor, action: "user.\(name)", target: "user:\(id)",
                                       before: ["status": before.status, "role": before.role.rawValue],
                                       after: ["status": updated.status, "role": updated.role.rawValue])

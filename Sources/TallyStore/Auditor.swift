@@ -11,7 +11,8 @@ public struct AuditViolation: Sendable, Equatable, CustomStringConvertible {
 
 /// Checks the money invariants of DESIGN §2 over the whole database:
 /// balance = sum of the user's ledger rows; used_quota = its charges = the quota of its logged
-/// requests; request_count = its logged requests; the same for every token.
+/// requests; request_count = its logged requests; the same for every token; and what users and
+/// tokens have `reserved` equals the open holds reserving from them (DESIGN §5).
 public struct Auditor: Sendable {
     let pool: PostgresPool
 
@@ -22,6 +23,8 @@ public struct Auditor: Sendable {
             try connection.query(Self.users).map { row in
                 AuditViolation(userID: try row.decode(0), username: try row.decode(1), problem: try row.decode(2))
             } + connection.query(Self.tokens).map { row in
+                AuditViolation(userID: try row.decode(0), username: try row.decode(1), problem: try row.decode(2))
+            } + connection.query(Self.reservations).map { row in
                 AuditViolation(userID: try row.decode(0), username: try row.decode(1), problem: try row.decode(2))
             }
         }
@@ -59,5 +62,21 @@ public struct Auditor: Sendable {
         FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN log_totals r ON r.token_id = t.id
         WHERE t.used_quota <> coalesce(r.quota, 0) OR t.request_count <> coalesce(r.requests, 0)
         ORDER BY t.id
+        """
+
+    static let reservations = """
+        WITH user_holds AS (
+            SELECT user_id, sum(amount) AS amount FROM holds WHERE status = 'held' GROUP BY user_id
+        ), token_holds AS (
+            SELECT token_id, sum(amount) AS amount FROM holds WHERE status = 'held' AND token_reserved GROUP BY token_id
+        )
+        SELECT u.id, u.username, format('reserved %s but open holds reserve %s', u.reserved, coalesce(h.amount, 0))
+        FROM users u LEFT JOIN user_holds h ON h.user_id = u.id
+        WHERE u.reserved <> coalesce(h.amount, 0)
+        UNION ALL
+        SELECT t.user_id, u.username, format('token %s: reserved %s but open holds reserve %s', t.id, t.reserved, coalesce(h.amount, 0))
+        FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN token_holds h ON h.token_id = t.id
+        WHERE t.reserved <> coalesce(h.amount, 0)
+        ORDER BY 1
         """
 }

@@ -7,7 +7,7 @@ struct Admin: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Administrative operations on the same database (audited as actor \"cli\").",
         subcommands: [CreateUser.self, CreateKey.self, TopUp.self, Suspend.self, Enable.self,
-                      ChannelCommand.self, GroupCommand.self, RedemptionCommand.self])
+                      ChannelCommand.self, GroupCommand.self, RedemptionCommand.self, WebhookCommand.self])
 }
 
 struct CreateUser: AsyncParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TallyCore
+import TallyHTTP
 import TallyPostgres
 import TallyStore
 
@@ -12,12 +13,19 @@ struct Prices: AsyncParsableCommand {
     struct Load: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Load a price sheet (YAML or JSON) as a new price version.",
-            discussion: "The sheet is validated first; nothing is stored if any problem is found. Use - to read standard input.")
+            discussion: """
+                The sheet is validated first; nothing is stored if any problem is found. Use - to read standard input. \
+                An http:// or https:// URL is downloaded (redirects followed, at most 16 MiB; any status but 2xx is \
+                an error) and recorded as the version's source, without its credentials or query string.
+                """)
 
         @OptionGroup var database: DatabaseOptions
 
-        @Argument(help: "Path of the sheet, or - for standard input.")
+        @Argument(help: "Path of the sheet, - for standard input, or an http(s):// URL to download it from.")
         var file: String
+
+        @Option(help: "Seconds allowed to download a sheet from a URL.")
+        var timeout = 30
 
         @Option(help: "When the version takes effect (RFC 3339). Default: the sheet's effective_from, else now.")
         var effectiveFrom: String?
@@ -26,14 +34,14 @@ struct Prices: AsyncParsableCommand {
         var json = false
 
         func run() async throws {
-            let text = try SheetSource.read(file)
+            let (text, source) = try await SheetSource.read(file, timeout: .seconds(timeout))
             let sheet: PriceSheet
             do { sheet = try PriceSheet.parse(text) } catch {
                 throw ValidationError("\(file) is not a valid price sheet:\n\(error)")
             }
             let effective = try effectiveFrom.map(TimeArgument.parse)
             let pool = try await database.migratedPool(size: 1)
-            let stored = try await PostgresPriceRepository(pool: pool).load(sheet, effectiveFrom: effective, source: file, by: .cli)
+            let stored = try await PostgresPriceRepository(pool: pool).load(sheet, effectiveFrom: effective, source: source, by: .cli)
             if json {
                 print(try PriceVersionJSON.encode(stored.info))
             } else {
@@ -79,14 +87,46 @@ enum PriceVersionJSON {
 }
 
 enum SheetSource {
-    static func read(_ path: String) throws -> String {
+    /// Largest sheet accepted from a URL.
+    static let maxDownloadBytes = 16 << 20
+
+    /// The sheet's text and the source to record: the path, `-`, or the URL without its
+    /// credentials, query and fragment (they may hold tokens).
+    static func read(_ path: String, timeout: Duration) async throws -> (text: String, source: String) {
+        if path.lowercased().hasPrefix("http://") || path.lowercased().hasPrefix("https://") {
+            return (try await download(path, timeout: timeout), recordable(path))
+        }
         if path == "-" {
-            return String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+            return (String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self), path)
         }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ValidationError("cannot read \(path)")
         }
-        return String(decoding: data, as: UTF8.self)
+        return (String(decoding: data, as: UTF8.self), path)
+    }
+
+    private static func download(_ url: String, timeout: Duration) async throws -> String {
+        let response: HTTPClient.Response
+        do {
+            response = try await HTTPClient().send(HTTPClient.Request(
+                url: url, headers: [("Accept", "application/yaml, application/json;q=0.9, */*;q=0.5")],
+                connectTimeout: .seconds(10), timeout: timeout, maxResponseBytes: maxDownloadBytes, followRedirects: true))
+        } catch let error as HTTPClientError {
+            throw ValidationError("cannot download the price sheet: \(error)")
+        }
+        guard response.isSuccess else {
+            throw ValidationError("cannot download the price sheet: GET \(recordable(url)) answered HTTP \(response.status)")
+        }
+        return response.text
+    }
+
+    private static func recordable(_ url: String) -> String {
+        guard var components = URLComponents(string: url) else { return URLOrigin.of(url) }
+        components.user = nil
+        components.password = nil
+        components.query = nil
+        components.fragment = nil
+        return components.string ?? URLOrigin.of(url)
     }
 }
 

@@ -28,7 +28,7 @@ struct Quote: AsyncParsableCommand {
     @Option(help: "Compute seconds (decimal), Replicate-style predict_time.") var predictTime = "0"
     @Flag(help: "Rate as a failed request (status ≥ 400).") var failed = false
     @Option(help: "Price at this time (RFC 3339); default now.") var at: String?
-    @Option(help: "Price with this sheet file instead of the stored versions.") var sheet: String?
+    @Option(help: "Price with this sheet (a file, - or an http(s):// URL) instead of the stored versions.") var sheet: String?
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -56,7 +56,7 @@ struct Quote: AsyncParsableCommand {
 
     private func selectSheet() async throws -> (Int64?, PriceSheet) {
         if let sheet {
-            do { return (nil, try PriceSheet.parse(try SheetSource.read(sheet))) } catch let error as PriceSheetError {
+            do { return (nil, try PriceSheet.parse(try await SheetSource.read(sheet, timeout: .seconds(30)).text)) } catch let error as PriceSheetError {
                 throw ValidationError("\(sheet) is not a valid price sheet:\n\(error)")
             }
         }

@@ -24,8 +24,23 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Secret the gateway sends as 'Authorization: Bearer …' on /gateway routes. Env: TALLY_GATEWAY_SECRET (preferred: a command line is visible to every local user). Without it gateway routes refuse every call.")
     var gatewaySecret: String?
 
+    @Option(help: "Seconds an authorize hold stays open without a settlement or release before the sweeper returns it. Env: TALLY_HOLD_TTL. Default: 600.")
+    var holdTTL: Int?
+
+    @Option(help: "sync: authorize answers after its hold batch is flushed to the WAL; async: without waiting (faster; a crash of PostgreSQL itself may forget the last moments of reservations, never charges). Env: TALLY_HOLD_COMMIT. Default: sync.")
+    var holdCommit: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: TALLY_LOG_LEVEL. Default: info.")
     var logLevel: String?
+
+    @Option(help: "Deliver webhooks from this instance: on or off (instances share the outbox safely). Env: TALLY_WEBHOOKS. Default: on.")
+    var webhooks: String?
+
+    @Option(help: "Attempts before a webhook event is dead-lettered. Env: TALLY_WEBHOOK_MAX_ATTEMPTS. Default: 20 (retries spread over up to about 10 hours).")
+    var webhookMaxAttempts: Int?
+
+    @Option(help: "Seconds allowed for one webhook delivery. Env: TALLY_WEBHOOK_TIMEOUT. Default: 10.")
+    var webhookTimeout: Int?
 
     @Option(help: "Seconds a connection may send nothing (between requests, or inside a request's head or body) before it is closed. Env: TALLY_IDLE_TIMEOUT. Default: 60.")
     var idleTimeout: Int?
@@ -52,11 +67,15 @@ struct Serve: AsyncParsableCommand {
             poolSize: try poolSize ?? Self.integer(environment, "TALLY_POOL_SIZE") ?? 16,
             gatewaySecret: gatewaySecret ?? environment["TALLY_GATEWAY_SECRET"] ?? "",
             logLevel: level,
+            holdTTLSeconds: try holdTTL ?? Self.integer(environment, "TALLY_HOLD_TTL") ?? 600,
+            durableHolds: try Self.holdCommitIsDurable(holdCommit ?? environment["TALLY_HOLD_COMMIT"] ?? "sync"),
+            webhooks: try webhookConfiguration(environment),
             idleTimeoutSeconds: try idleTimeout ?? Self.integer(environment, "TALLY_IDLE_TIMEOUT") ?? 60,
             failedAuthLimit: try failedAuthLimit ?? Self.integer(environment, "TALLY_FAILED_AUTH_LIMIT") ?? 20,
             failedAuthWindowSeconds: try failedAuthWindow ?? Self.integer(environment, "TALLY_FAILED_AUTH_WINDOW") ?? 60,
             trustedProxies: try Self.proxies(trustedProxies ?? environment["TALLY_TRUSTED_PROXIES"] ?? ""))
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
+        guard configuration.holdTTLSeconds > 0 else { throw ValidationError("--hold-ttl must be at least 1 second") }
         guard configuration.idleTimeoutSeconds > 0 else { throw ValidationError("--idle-timeout must be at least 1 second") }
         guard configuration.failedAuthLimit >= 0, configuration.failedAuthWindowSeconds > 0 else {
             throw ValidationError("--failed-auth-limit must be ≥ 0 and --failed-auth-window ≥ 1")
@@ -74,6 +93,32 @@ struct Serve: AsyncParsableCommand {
         do throws(IPParseError) { return try IPAllowList.parse(text) } catch {
             throw ValidationError("--trusted-proxies: \"\(error.entry)\" \(error.reason)")
         }
+    }
+
+    private static func holdCommitIsDurable(_ mode: String) throws -> Bool {
+        switch mode {
+        case "sync": return true
+        case "async": return false
+        default: throw ValidationError("--hold-commit must be sync or async, got \"\(mode)\"")
+        }
+    }
+
+    private func webhookConfiguration(_ environment: [String: String]) throws -> WebhookDispatchConfiguration {
+        var webhook = WebhookDispatchConfiguration()
+        switch webhooks ?? environment["TALLY_WEBHOOKS"] ?? "on" {
+        case "on", "": webhook.enabled = true
+        case "off": webhook.enabled = false
+        case let other: throw ValidationError("--webhooks must be on or off, got \"\(other)\"")
+        }
+        if let attempts = try webhookMaxAttempts ?? Self.integer(environment, "TALLY_WEBHOOK_MAX_ATTEMPTS") {
+            guard attempts >= 1 else { throw ValidationError("--webhook-max-attempts must be at least 1") }
+            webhook.maxAttempts = attempts
+        }
+        if let seconds = try webhookTimeout ?? Self.integer(environment, "TALLY_WEBHOOK_TIMEOUT") {
+            guard seconds >= 1 else { throw ValidationError("--webhook-timeout must be at least 1 second") }
+            webhook.timeout = .seconds(seconds)
+        }
+        return webhook
     }
 
     private static func integer(_ environment: [String: String], _ name: String) throws -> Int? {

@@ -22,7 +22,6 @@ struct CrashRecoveryTests {
         let db = try await TestDatabase.create("crash")
         try await db.prepareBilling(users: Self.users, quota: Self.initialQuota)
         let server = try ServerProcess(databaseURL: db.url, gatewaySecret: "crash-test-secret")
-        try await server.start()
 
         var options = IngestLoad.Options()
         options.users = Self.users
@@ -43,19 +42,19 @@ struct CrashRecoveryTests {
                 await server.kill9()
                 // Sometimes stay down a while, so clients also retry against a closed port.
                 if Bool.random(using: &random) { try await Task.sleep(for: .milliseconds(Int.random(in: 0...1500, using: &random))) }
-                try await server.start()
+                try await server.restart()
                 downtime += ContinuousClock.now - killedAt
             }
             try await Task.sleep(for: .seconds(1))
         } catch {
             loading.turnOff()
             _ = await finished
-            await server.stop()
+            server.stop()
             throw error
         }
         loading.turnOff()
         let report = await finished
-        await server.stop()
+        server.stop()
 
         let figures = try await IngestInvariants.check(db, acked: report.acked, users: Self.users, initialQuota: Self.initialQuota)
         print("""

@@ -114,14 +114,12 @@ struct SecurityHTTPTests {
         let adminToken = try #require((try JSONSerialization.jsonObject(with: Data(admin.output.utf8)) as? [String: Any])?["access_token"] as? String)
         let gatewaySecret = "gw-secret-\(UInt64.random(in: 0...UInt64.max))"
         let server = try ServerProcess(databaseURL: db.url, gatewaySecret: gatewaySecret, arguments: ["--log-level", "trace", "--failed-auth-limit", "5"])
-        try await server.start()
         var secrets = [adminToken, gatewaySecret, SyntheticKeys.key(forUser: 1)]
         func call(_ method: String, _ path: String, token: String? = nil, json: String? = nil) async throws -> [String: Any] {
             var headers: [String: String] = [:]
             if let token { headers["Authorization"] = "Bearer \(token)" }
             if json != nil { headers["Content-Type"] = "application/json" }
-            let (_, body) = try await HTTP.send(method, server.baseURL.appendingPathComponent(path), headers: headers, body: json.map { Data($0.utf8) })
-            return (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] ?? [:]
+            return try await HTTP.sendAsync(method, "\(server.baseURL)/\(path)", headers: headers, body: json.map { Data($0.utf8) }).object
         }
         do {
             // Rotating the access token makes the CLI-issued one invalid: both must stay out of the log.
@@ -139,9 +137,9 @@ struct SecurityHTTPTests {
             secrets.append(code)
             _ = try await call("POST", "api/user/topup", token: userToken, json: #"{"key":"\#(code)"}"#)
             let line = LogLines.chat("logged-1").replacingOccurrences(of: SyntheticKeys.key(forUser: 1), with: key)
-            let (status, _) = try await HTTP.send("POST", server.baseURL.appendingPathComponent("gateway/v1/logs"),
-                                                  headers: ["Authorization": "Bearer \(gatewaySecret)"], body: Data((line + "\n").utf8))
-            #expect(status == 200)
+            let ingested = try await HTTP.sendAsync("POST", "\(server.baseURL)/gateway/v1/logs",
+                                                    headers: ["Authorization": "Bearer \(gatewaySecret)"], body: Data((line + "\n").utf8))
+            #expect(ingested.status == 200)
             // Wrong and near-miss credentials, which error paths might echo.
             for wrong in [key + "x", String(key.dropLast()), userToken + "x", gatewaySecret + "x", "sk-" + String(repeating: "0", count: 48)] {
                 _ = try await call("GET", "api/user/self", token: wrong)
@@ -149,11 +147,11 @@ struct SecurityHTTPTests {
                 _ = try await call("POST", "gateway/v1/logs", token: wrong, json: line)
             }
         } catch {
-            await server.stop()
+            server.stop()
             throw error
         }
-        await server.stop()
-        let log = try server.log()
+        server.stop()
+        let log = server.log()
         #expect(!log.isEmpty, "the trace-level log is empty, so the test proves nothing")
         for secret in secrets {
             let body = secret.hasPrefix("sk-") ? String(secret.dropFirst(3)) : secret

@@ -46,6 +46,37 @@ struct IngestRaceTests {
         #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id = 'race-fresh' AND batch_id = $1", [result.batchID]) == 1)
     }
 
+    @Test("batches holding the same ids in different orders wait for each other instead of deadlocking")
+    func sameIDsInOtherOrder() async throws {
+        let db = try await TestDatabase.shared("ingest-race")
+        try await db.prepareBilling(users: 3)
+        let (userID, tokenID) = try await db.pool.withConnection { connection in
+            let row = try connection.query("SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-3'")[0]
+            return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
+        }
+        let insert = """
+            INSERT INTO request_logs (request_id, created_at, user_id, token_id, model, "group", kind, status, quota)
+            VALUES ($1, to_timestamp(1794312000), $2, $3, 'gpt-4o', 'default', 'chat', 200, 0)
+            """
+        // Another writer (an instance storing the same lines) has inserted order-a, uncommitted.
+        let racer = try PostgresConnection(url: db.url)
+        try racer.execute("BEGIN")
+        try racer.query(insert, ["order-a", userID, tokenID])
+        let batch = Task {
+            try await PostgresIngestRepository(pool: db.pool).store(
+                [Self.line("order-b", userID: userID, tokenID: tokenID, quota: 10), Self.line("order-a", userID: userID, tokenID: tokenID, quota: 10)],
+                rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        // Had the batch inserted order-b first, this would wait for it while it waits for order-a.
+        try racer.query(insert, ["order-b", userID, tokenID])
+        try racer.execute("COMMIT")
+        let result = try await batch.value
+        #expect(result.accepted == 0)
+        #expect(result.duplicates == 2)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'order-%'") == 2)
+    }
+
     @Test("a line repeated inside one batch is stored once")
     func duplicateWithinBatch() async throws {
         let db = try await TestDatabase.shared("ingest-race")

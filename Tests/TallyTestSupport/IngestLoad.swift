@@ -43,14 +43,15 @@ public final class IngestLoad: Sendable {
         public var acked: [String: String] = [:]
     }
 
-    private let url: URL
+    private let url: String
     private let secret: String
     private let options: Options
     private let report = Mutex(Report())
     private let inFlightCount = Atomic<Int>(0)
 
-    public init(baseURL: URL, secret: String, options: Options = Options()) {
-        url = baseURL.appendingPathComponent("gateway/v1/logs")
+    /// - Parameter baseURL: `http://host:port` of the server.
+    public init(baseURL: String, secret: String, options: Options = Options()) {
+        url = baseURL + "/gateway/v1/logs"
         self.secret = secret
         self.options = options
     }
@@ -97,22 +98,23 @@ public final class IngestLoad: Sendable {
         while true {
             attempts += 1
             inFlightCount.add(1, ordering: .relaxed)
-            let outcome: Result<(status: Int, body: Data), any Error>
-            do { outcome = .success(try await HTTP.send("POST", url, headers: headers, body: body)) } catch { outcome = .failure(error) }
+            let outcome: Result<HTTP.Answer, any Error>
+            do { outcome = .success(try await HTTP.sendAsync("POST", url, headers: headers, body: body, timeout: 120)) } catch { outcome = .failure(error) }
             inFlightCount.subtract(1, ordering: .relaxed)
             switch outcome {
-            case .success(let (status, data)) where status == 200:
-                acknowledge(lines, data, retried: attempts > 1)
+            case .success(let answer) where answer.status == 200:
+                acknowledge(lines, answer.body, retried: attempts > 1)
                 return
-            case .success(let (status, data)) where status == 503:
+            case .success(let answer) where answer.status == 503:
+                let data = answer.body
                 let envelope = EnvelopeError(data)
                 report.withLock { report in
                     if envelope?.tidIsValid == true { report.unavailable += 1 } else {
                         report.unexpected.append("503 without the envelope and a tid: \(String(decoding: data.prefix(300), as: UTF8.self))")
                     }
                 }
-            case .success(let (status, data)):
-                report.withLock { $0.unexpected.append("status \(status): \(String(decoding: data.prefix(300), as: UTF8.self))") }
+            case .success(let answer):
+                report.withLock { $0.unexpected.append("status \(answer.status): \(answer.text.prefix(300))") }
             case .failure:
                 report.withLock { $0.connectionErrors += 1 }
             }

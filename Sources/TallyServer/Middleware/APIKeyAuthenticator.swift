@@ -30,10 +30,6 @@ struct APIKeyAuthenticator: Sendable {
     static func key(from request: Request) -> String? {
         let raw = UserAuthMiddleware.accessToken(from: request.headers[.authorization])
             ?? request.headers[.xAPIKey]?.trimmingCharacters(in: .whitespaces)
-        guard var key = raw, !key.isEmpty else { return nil }
-        if key.hasPrefix("sk-") { key.removeFirst(3) }
-        if let dash = key.firstIndex(of: "-") { key = String(key[..<dash]) }
-        guard !key.isEmpty else { return nil }
-        return "sk-" + key
+        return raw.flatMap(Authorizer.normalizedKey)
     }
 }

@@ -72,4 +72,7 @@ public struct IngestResult: Sendable, Equatable {
     public var rejected: [RejectedLine]
     /// Sum of the quota of the newly accepted lines.
     public var chargedQuota: Int64
+    /// Newly accepted lines whose `error` says the upstream provider rate-limited the request
+    /// (`provider_rate_limited`, DESIGN §7), counted in metrics.
+    public var providerRateLimited: Int = 0
 }

@@ -11,7 +11,8 @@ public protocol IngestRepository: Sendable {
 
 /// The batch pipeline of DESIGN §4 in one transaction:
 /// COPY into a per-connection staging table → insert new rows into `request_logs`
-/// (`ON CONFLICT DO NOTHING`, the new rows kept) → settle holds → debit users and tokens
+/// (`ON CONFLICT DO NOTHING`, the new rows kept) → settle holds (their reservations returned)
+/// → debit users and tokens
 /// (rows locked in id order, so concurrent batches cannot deadlock) → ledger → `usage_daily`.
 public struct PostgresIngestRepository: IngestRepository {
     let pool: PostgresPool
@@ -28,26 +29,31 @@ public struct PostgresIngestRepository: IngestRepository {
             let batchID = try connection.query(Self.insertBatch, [tid, source, totalLines, rejects.count])[0].decode(0, as: Int64.self)
             var accepted = 0
             var charged: Int64 = 0
+            var providerRateLimited = 0
             if !lines.isEmpty {
                 try connection.execute(Self.createStaging)
                 let (fresh, rows) = try Self.insertNew(lines, batchID: batchID, on: connection)
                 accepted = fresh.count
                 charged = fresh.reduce(0) { $0 + $1.quota }
+                providerRateLimited = fresh.count { $0.error?.contains(CatalogEntry.providerRateLimited.rawValue) == true }
                 if !fresh.isEmpty {
                     try connection.copyIn("COPY ingest_new (\(Self.stagingColumns)) FROM STDIN") { try $0.write(rows) }
                     try connection.query(Self.settleHolds)
                     try connection.query(Self.lockUsers)
                     try connection.query(Self.debitUsers)
+                    try connection.query(Self.unreserveUsers)
                     try connection.query(Self.lockTokens)
                     try connection.query(Self.debitTokens)
+                    try connection.query(Self.unreserveTokens)
                     try connection.query(Self.appendLedger, [batchID, tid])
+                    try connection.query(WebhookOutbox.enqueueBalanceCrossings, [batchID, tid])
                     try connection.query(Self.upsertUsageDaily)
                 }
             }
             if !rejects.isEmpty { try Self.storeRejects(rejects, tid: tid, on: connection) }
             try connection.query(Self.finishBatch, [batchID, accepted, lines.count - accepted])
             return IngestResult(batchID: batchID, accepted: accepted, duplicates: lines.count - accepted,
-                                rejected: rejects, chargedQuota: charged)
+                                rejected: rejects, chargedQuota: charged, providerRateLimited: providerRateLimited)
         }
     }
 
@@ -61,7 +67,11 @@ public struct PostgresIngestRepository: IngestRepository {
     /// `ON CONFLICT DO NOTHING`, which keeps exactly the new ones.
     static func insertNew(_ lines: [PricedLine], batchID: Int64, on connection: PostgresConnection) throws -> ([PricedLine], [UInt8]) {
         var seen = Set<LineKey>(minimumCapacity: lines.count)
+        // Inserted in one global order (request id, then time): concurrent batches holding the
+        // same ids (a resend through another instance) then wait for each other on the first
+        // shared id instead of each holding one the other waits for (a deadlock).
         let candidates = lines.filter { seen.insert(LineKey($0)).inserted }
+            .sorted { $0.requestID != $1.requestID ? $0.requestID < $1.requestID : $0.createdAt < $1.createdAt }
         let rows = copyRows(candidates, batchID: batchID)
         try connection.execute("SAVEPOINT ingest_fast_path")
         do {
@@ -127,6 +137,8 @@ public struct PostgresIngestRepository: IngestRepository {
             (LIKE request_logs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
         CREATE TEMP TABLE IF NOT EXISTS ingest_new
             (LIKE request_logs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+        CREATE TEMP TABLE IF NOT EXISTS ingest_settled
+            (user_id bigint, token_id bigint, amount bigint, token_reserved boolean) ON COMMIT DELETE ROWS;
         """
 
     /// The slow path: insert only what is not stored yet.
@@ -137,13 +149,31 @@ public struct PostgresIngestRepository: IngestRepository {
         RETURNING request_id, (extract(epoch FROM created_at) * 1000000)::bigint
         """)
 
+    /// A stored line settles the open hold of its request id: the line's real cost is debited
+    /// like any other line's, and the hold's reservation is returned (`unreserveUsers`/`Tokens`).
     static let settleHolds = PreparedStatement("ingest_settle_holds", """
-        UPDATE holds h SET status = 'settled', closed_at = now()
-        FROM ingest_new n WHERE h.request_id = n.request_id AND h.status = 'held'
+        WITH settled AS (
+            UPDATE holds h SET status = 'settled', closed_at = now()
+            FROM ingest_new n WHERE h.request_id = n.request_id AND h.status = 'held'
+            RETURNING h.user_id, h.token_id, h.amount, h.token_reserved)
+        INSERT INTO ingest_settled SELECT * FROM settled
         """)
 
     static let lockUsers = PreparedStatement("ingest_lock_users", """
-        SELECT 1 FROM users WHERE id IN (SELECT user_id FROM ingest_new) ORDER BY id FOR NO KEY UPDATE
+        SELECT 1 FROM users WHERE id IN (SELECT user_id FROM ingest_new UNION SELECT user_id FROM ingest_settled)
+        ORDER BY id FOR NO KEY UPDATE
+        """)
+
+    static let unreserveUsers = PreparedStatement("ingest_unreserve_users", """
+        UPDATE users u SET reserved = u.reserved - s.amount
+        FROM (SELECT user_id, sum(amount) AS amount FROM ingest_settled GROUP BY user_id) s
+        WHERE u.id = s.user_id
+        """)
+
+    static let unreserveTokens = PreparedStatement("ingest_unreserve_tokens", """
+        UPDATE tokens k SET reserved = k.reserved - s.amount
+        FROM (SELECT token_id, sum(amount) AS amount FROM ingest_settled WHERE token_reserved GROUP BY token_id) s
+        WHERE k.id = s.token_id
         """)
 
     static let debitUsers = PreparedStatement("ingest_debit_users", """
@@ -154,7 +184,9 @@ public struct PostgresIngestRepository: IngestRepository {
         """)
 
     static let lockTokens = PreparedStatement("ingest_lock_tokens", """
-        SELECT 1 FROM tokens WHERE id IN (SELECT token_id FROM ingest_new) ORDER BY id FOR NO KEY UPDATE
+        SELECT 1 FROM tokens
+        WHERE id IN (SELECT token_id FROM ingest_new UNION SELECT token_id FROM ingest_settled WHERE token_reserved)
+        ORDER BY id FOR NO KEY UPDATE
         """)
 
     /// Unlimited tokens keep their remain_quota; every token counts its use.

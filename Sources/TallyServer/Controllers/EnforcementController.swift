@@ -1,0 +1,111 @@
+import Foundation
+import Hummingbird
+import Metrics
+import TallyCore
+import TallyStore
+
+/// `POST /gateway/v1/authorize` and `POST /gateway/v1/release` (DESIGN §5), behind the gateway
+/// secret. Settlement is the log line with the same request id (`POST /gateway/v1/logs`).
+struct EnforcementController {
+    let authorizer: Authorizer
+    let holds: any HoldRepository
+
+    /// Authorize and release bodies are small; anything larger is refused unread.
+    static let maximumBodyBytes = 64 * 1024
+
+    func addRoutes(to group: RouterGroup<TallyRequestContext>) {
+        group.post("/authorize", use: authorize)
+        group.post("/release", use: release)
+    }
+
+    @Sendable func authorize(request: Request, context: TallyRequestContext) async throws -> Response {
+        do {
+            let body = try await SystemInput.decode(AuthorizeRequest.self, from: Self.body(request))
+            let grant = try await authorizer.authorize(body, tid: context.tid)
+            EnforcementMetrics.authorized(grant)
+            return try AuthorizeResponse(grant, tid: context.tid).response(from: request, context: context)
+        } catch let error as APIError {
+            EnforcementMetrics.refused(error.code)
+            throw error
+        }
+    }
+
+    @Sendable func release(request: Request, context: TallyRequestContext) async throws -> Response {
+        struct Body: Decodable { let request_id: String }
+        let body = try SystemInput.decode(Body.self, from: try await Self.body(request))
+        guard let outcome = try await holds.release(requestID: body.request_id) else {
+            throw APIError.notFound("No hold has this request_id.")
+        }
+        EnforcementMetrics.released(outcome)
+        return try ReleaseResponse(requestId: body.request_id, status: outcome.status, held: outcome.held,
+                                   released: outcome.returned, tid: context.tid).response(from: request, context: context)
+    }
+
+    static func body(_ request: Request) async throws -> Data {
+        var request = request
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: maximumBodyBytes)
+        } catch {
+            throw APIError.payloadTooLarge("The request body is larger than \(maximumBodyBytes) bytes.")
+        }
+        guard buffer.readableBytes > 0 else { throw APIError.invalidRequest("the request body must be a JSON object") }
+        return Data(buffer: buffer)
+    }
+}
+
+/// `{"hold_id","user_id","token_id","group","held","tid"}`; `duplicate` is true when the request
+/// id had been authorized before and this is that hold (nothing more was reserved).
+struct AuthorizeResponse: ResponseEncodable {
+    let holdId: Int64
+    let userId: Int64
+    let tokenId: Int64
+    let group: String
+    let held: Int64
+    let duplicate: Bool
+    let tid: String
+
+    init(_ grant: AuthorizeGrant, tid: String) {
+        holdId = grant.holdID
+        userId = grant.userID
+        tokenId = grant.tokenID
+        group = grant.group
+        held = grant.held
+        duplicate = !grant.isNew
+        self.tid = tid
+    }
+}
+
+/// `status` is the hold's state after the call; `released` the units this call returned
+/// (0 for a repeated release or a hold already settled or expired).
+struct ReleaseResponse: ResponseEncodable {
+    let requestId: String
+    let status: String
+    let held: Int64
+    let released: Int64
+    let tid: String
+}
+
+enum EnforcementMetrics {
+    static let granted = Counter(label: "tally_authorize_total", dimensions: [("result", "held")])
+    static let retried = Counter(label: "tally_authorize_total", dimensions: [("result", "duplicate")])
+    static let heldUnits = Counter(label: "tally_authorize_held_units_total")
+    static let releasedUnits = Counter(label: "tally_release_units_total")
+
+    static func authorized(_ grant: AuthorizeGrant) {
+        if grant.isNew {
+            granted.increment()
+            heldUnits.increment(by: grant.held)
+        } else {
+            retried.increment()
+        }
+    }
+
+    static func refused(_ code: String) {
+        Counter(label: "tally_authorize_total", dimensions: [("result", code)]).increment()
+    }
+
+    static func released(_ outcome: ReleaseOutcome) {
+        releasedUnits.increment(by: outcome.returned)
+    }
+}

@@ -1,0 +1,101 @@
+import Dispatch
+import Foundation
+import Logging
+import Metrics
+import ServiceLifecycle
+import Synchronization
+import TallyPostgres
+import TallyStore
+
+/// Returns expired holds to their accounts (every second), deletes holds closed more than an
+/// hour ago (they answer authorize retries and late releases until then), and reports the open holds as gauges (`tally_holds_open`, `tally_holds_open_units`).
+/// Safe on every instance at once: holds are claimed with SKIP LOCKED.
+struct HoldSweeperService: Service {
+    let holds: any HoldRepository
+    let interval: Duration
+    let logger: Logger
+
+    static let expiredPerRound = 5_000
+    static let closedRetentionSeconds = 3_600
+    static let purgedPerRound = 50_000
+    static let openGauge = Gauge(label: "tally_holds_open")
+    static let openUnitsGauge = Gauge(label: "tally_holds_open_units")
+    static let expiredCounter = Counter(label: "tally_holds_expired_total")
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully {
+            do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
+            do {
+                try await sweep()
+            } catch {
+                logger.warning("hold sweep failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    func sweep() async throws {
+        var expired = 0
+        repeat {
+            expired = try await holds.expireDue(limit: Self.expiredPerRound)
+            if expired > 0 {
+                Self.expiredCounter.increment(by: expired)
+                logger.info("expired holds returned", metadata: ["holds": "\(expired)"])
+            }
+        } while expired == Self.expiredPerRound
+        _ = try await holds.purgeClosed(olderThan: Self.closedRetentionSeconds, limit: Self.purgedPerRound)
+        let open = try await holds.openTotals()
+        Self.openGauge.record(open.count)
+        Self.openUnitsGauge.record(open.units)
+    }
+}
+
+/// Listens for `tally_changes` (sent by triggers on tokens, users, groups and channels, from any
+/// instance or psql) and drops the cached entries they name. On its own connection, outside the
+/// pool, on a thread of its own since waiting for a notification blocks. After a lost
+/// connection it reconnects and forgets every cached entry, since it may have missed some.
+struct ChangeListenerService: Service {
+    let databaseURL: String
+    let onChange: @Sendable (String) -> Void
+    let onReconnect: @Sendable () -> Void
+    let logger: Logger
+
+    func run() async throws {
+        let stop = StopFlag()
+        let thread = DispatchQueue(label: "tally.change-listener")
+        let finished = AsyncStream<Void>.makeStream()
+        thread.async {
+            listen(until: stop)
+            finished.continuation.finish()
+        }
+        await withGracefulShutdownHandler {
+            for await _ in finished.stream {}
+        } onGracefulShutdown: {
+            stop.raise()
+        }
+    }
+
+    private func listen(until stop: StopFlag) {
+        var connected = false
+        while !stop.isRaised {
+            do {
+                let connection = try PostgresConnection(url: databaseURL)
+                try connection.execute("LISTEN tally_changes")
+                if connected { onReconnect() }
+                connected = true
+                while !stop.isRaised {
+                    for notification in try connection.waitForNotifications(timeout: 0.5) { onChange(notification.payload) }
+                }
+            } catch {
+                logger.warning("change listener lost its connection; retrying", metadata: ["error": "\(error)"])
+                Thread.sleep(forTimeInterval: 1)
+            }
+        }
+    }
+}
+
+/// A flag one thread raises and another polls.
+final class StopFlag: Sendable {
+    private let raised = Atomic<Bool>(false)
+    var isRaised: Bool { raised.load(ordering: .relaxed) }
+    func raise() { raised.store(true, ordering: .relaxed) }
+}

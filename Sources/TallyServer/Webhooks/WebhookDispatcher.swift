@@ -1,0 +1,168 @@
+import Crypto
+import Foundation
+import Logging
+import Metrics
+import ServiceLifecycle
+import TallyCore
+import TallyHTTP
+import TallyStore
+
+/// How the dispatcher delivers: see `tally serve --help` and docs/webhooks.md.
+public struct WebhookDispatchConfiguration: Sendable {
+    /// Run the dispatcher in this instance (several instances may; they share the work).
+    public var enabled: Bool
+    /// How often the outbox is polled when it was found empty.
+    public var pollInterval: Duration
+    /// Deliveries claimed and sent concurrently per round.
+    public var batchSize: Int
+    /// Attempts before an event is dead-lettered.
+    public var maxAttempts: Int
+    /// Delay after the first failure; doubles with each further failure, up to `maxBackoff`.
+    public var baseBackoff: Duration
+    public var maxBackoff: Duration
+    public var connectTimeout: Duration
+    /// Time allowed for one delivery, connection included.
+    public var timeout: Duration
+
+    public init(enabled: Bool = true, pollInterval: Duration = .seconds(1), batchSize: Int = 8, maxAttempts: Int = 20,
+                baseBackoff: Duration = .seconds(5), maxBackoff: Duration = .seconds(3600),
+                connectTimeout: Duration = .seconds(5), timeout: Duration = .seconds(10)) {
+        self.enabled = enabled
+        self.pollInterval = pollInterval
+        self.batchSize = batchSize
+        self.maxAttempts = maxAttempts
+        self.baseBackoff = baseBackoff
+        self.maxBackoff = maxBackoff
+        self.connectTimeout = connectTimeout
+        self.timeout = timeout
+    }
+
+    /// A claimed delivery is not retried by another dispatcher before this: the request's
+    /// time limit plus a margin for recording the outcome.
+    var lease: Duration { timeout + connectTimeout + .seconds(30) }
+}
+
+/// Drains the webhook outbox: claims due deliveries (`FOR UPDATE SKIP LOCKED`, so several
+/// instances can run it), POSTs each signed event, marks 2xx answers delivered and retries the
+/// rest with exponential backoff and jitter until `maxAttempts`, then dead-letters them.
+public struct WebhookDispatcher: Service {
+    let repository: WebhookRepository
+    let client: HTTPClient
+    let configuration: WebhookDispatchConfiguration
+    let logger: Logger
+
+    public init(repository: WebhookRepository, client: HTTPClient = HTTPClient(), configuration: WebhookDispatchConfiguration,
+                logger: Logger = Logger(label: "tally.webhooks")) {
+        self.repository = repository
+        self.client = client
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        while !Task.isShuttingDownGracefully {
+            var claimed = 0
+            do { claimed = try await runOnce() } catch {
+                logger.warning("webhook outbox poll failed", metadata: ["error": "\(error)"])
+            }
+            // A full round suggests more is due: go again at once.
+            if claimed < configuration.batchSize {
+                do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: configuration.pollInterval) } } catch { return }
+            }
+        }
+    }
+
+    /// One round: claims due deliveries and attempts each once, concurrently. Returns how many
+    /// were claimed.
+    @discardableResult
+    public func runOnce() async throws -> Int {
+        let due = try await repository.claimDue(limit: configuration.batchSize, lease: configuration.lease)
+        await withTaskGroup(of: Void.self) { group in
+            for delivery in due { group.addTask { await deliver(delivery) } }
+        }
+        return due.count
+    }
+
+    /// Sends one delivery and records the outcome.
+    func deliver(_ delivery: WebhookDelivery) async {
+        let body = Array(delivery.body.utf8)
+        let timestamp = String(Int64(Date().timeIntervalSince1970))
+        let request = HTTPClient.Request(
+            method: .post, url: delivery.url,
+            headers: [("Content-Type", "application/json"),
+                      ("User-Agent", "tally-webhooks/1"),
+                      ("X-Tally-Event-Id", delivery.eventID),
+                      ("X-Tally-Event", delivery.type),
+                      ("X-Tally-Timestamp", timestamp),
+                      ("X-Tally-Delivery-Attempt", String(delivery.attempt)),
+                      ("X-Tally-Signature", WebhookSignature.header(secret: delivery.secret, timestamp: timestamp, body: body))],
+            body: body, connectTimeout: configuration.connectTimeout, timeout: configuration.timeout, maxResponseBytes: 64 << 10)
+        let outcome: (status: Int?, error: String?)
+        do {
+            let response = try await client.send(request)
+            outcome = (response.status, response.isSuccess ? nil : "HTTP \(response.status)")
+        } catch {
+            outcome = (nil, "\(error)")
+        }
+        do {
+            try await record(delivery, status: outcome.status, error: outcome.error)
+        } catch {
+            // The lease runs out and the delivery is retried: at least once, never lost.
+            logger.warning("recording a webhook delivery failed", metadata: ["event_id": "\(delivery.eventID)", "error": "\(error)"])
+        }
+    }
+
+    private func record(_ delivery: WebhookDelivery, status: Int?, error: String?) async throws {
+        var metadata: Logger.Metadata = ["event_id": "\(delivery.eventID)", "event": "\(delivery.type)",
+                                         "endpoint": "\(delivery.endpointID)", "origin": "\(URLOrigin.of(delivery.url))",
+                                         "attempt": "\(delivery.attempt)"]
+        guard let error else {
+            try await repository.markDelivered(delivery, status: status ?? 0)
+            WebhookMetrics.delivered.increment()
+            logger.debug("webhook delivered", metadata: metadata)
+            return
+        }
+        metadata["error"] = "\(error)"
+        if delivery.attempt >= configuration.maxAttempts {
+            try await repository.markFailed(delivery, status: status, error: error, retryAfter: nil)
+            WebhookMetrics.dead.increment()
+            logger.error("webhook dead-lettered after its last attempt", metadata: metadata)
+        } else {
+            let delay = WebhookBackoff.delay(afterAttempt: delivery.attempt, base: configuration.baseBackoff,
+                                             maximum: configuration.maxBackoff)
+            try await repository.markFailed(delivery, status: status, error: error, retryAfter: delay)
+            WebhookMetrics.failed.increment()
+            metadata["retry_in"] = "\(delay)"
+            logger.warning("webhook delivery failed; will retry", metadata: metadata)
+        }
+    }
+}
+
+/// `X-Tally-Signature`: `sha256=` + hex HMAC-SHA256 keyed by the endpoint's secret over
+/// `timestamp + "." + body` (docs/webhooks.md shows how receivers verify it).
+public enum WebhookSignature {
+    public static func header(secret: WebhookSecret, timestamp: String, body: [UInt8]) -> String {
+        var message = Array(timestamp.utf8)
+        message.append(UInt8(ascii: "."))
+        message += body
+        let code = HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: Array(secret.value.utf8)))
+        return "sha256=" + code.map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+/// Exponential backoff with jitter: after attempt n the delay is drawn from
+/// [d/2, d] with d = base · 2^(n−1), capped at `maximum`, so endpoints that fail together do
+/// not get retried in lockstep.
+enum WebhookBackoff {
+    static func delay(afterAttempt attempt: Int, base: Duration, maximum: Duration) -> Duration {
+        let doublings = min(max(attempt - 1, 0), 30)
+        let full = min(base * (1 << doublings), maximum)
+        return full / 2 + (full / 2) * Double.random(in: 0...1)
+    }
+}
+
+enum WebhookMetrics {
+    static let delivered = Counter(label: "tally_webhook_deliveries_total", dimensions: [("result", "delivered")])
+    static let failed = Counter(label: "tally_webhook_deliveries_total", dimensions: [("result", "failed")])
+    static let dead = Counter(label: "tally_webhook_deliveries_total", dimensions: [("result", "dead")])
+}

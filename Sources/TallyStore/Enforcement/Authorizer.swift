@@ -1,0 +1,126 @@
+import Foundation
+import TallyCore
+
+/// The body of `POST /gateway/v1/authorize` (DESIGN §5).
+public struct AuthorizeRequest: Sendable, Decodable {
+    public var requestID: String?
+    public var key: String?
+    public var model: String?
+    public var ip: String?
+    public var channelID: Int64?
+    public var estimate: AuthorizeEstimate?
+
+    public init(requestID: String?, key: String?, model: String?, ip: String? = nil, channelID: Int64? = nil,
+                estimate: AuthorizeEstimate? = nil) {
+        self.requestID = requestID
+        self.key = key
+        self.model = model
+        self.ip = ip
+        self.channelID = channelID
+        self.estimate = estimate
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case requestID = "request_id", key, model, ip, channelID = "channel_id", estimate
+    }
+}
+
+/// A granted authorization.
+public struct AuthorizeGrant: Sendable, Equatable {
+    public let holdID: Int64
+    public let userID: Int64
+    public let tokenID: Int64
+    public let group: String
+    public let held: Int64
+    /// False when the request id had been authorized before (a retry): this is that hold.
+    public let isNew: Bool
+}
+
+/// Decides `authorize`: the checks of DESIGN §5 in order, each failing with its catalog entry,
+/// then a hold reserved through the batching ``HoldReserver``. Reads only memory on the way
+/// (keys, channels, prices, rate counters) except for the hold itself.
+public final class Authorizer: Sendable {
+    /// Longest request id accepted (new-api's ids are 32–40 characters; UUIDs 36).
+    public static let maximumRequestIDLength = 128
+
+    private let directory: AccessDirectory
+    private let prices: PriceCatalog
+    private let reserver: HoldReserver
+    private let limiter: RateLimiter
+
+    public init(directory: AccessDirectory, prices: PriceCatalog, reserver: HoldReserver, limiter: RateLimiter) {
+        self.directory = directory
+        self.prices = prices
+        self.reserver = reserver
+        self.limiter = limiter
+    }
+
+    /// Authorizes `request` or throws the `APIError` of the first check it fails.
+    public func authorize(_ request: AuthorizeRequest, tid: String, now: Date = Date()) async throws -> AuthorizeGrant {
+        guard let key = request.key.flatMap(Self.normalizedKey) else { throw APIError(.missingToken) }
+        guard let access = try await directory.key(SecretHash(of: key), now: now), access.tokenEnabled,
+              access.expiresAt.map({ $0 > now }) ?? true else { throw APIError(.invalidToken) }
+        guard !access.userSuspended else { throw APIError(.accountSuspended) }
+        let last6 = access.keyLast6
+        try await checkChannel(request.channelID, access: access, now: now)
+        guard let allowList = access.allowIPs, allowList.allows(request.ip ?? "") else {
+            throw APIError(.ipNotAllowed, last6: last6)
+        }
+        let model = request.model ?? ""
+        guard let sheet = prices.book.version(at: now)?.sheet else { throw APIError(.modelNotAvailable) }
+        if let allowed = access.allowedModels, !allowed.contains(model) { throw APIError(.modelNotAllowed, last6: last6) }
+        if let groupModels = sheet.groups[access.group]?.models, !groupModels.contains(model) {
+            throw APIError(.modelNotAllowed, last6: last6)
+        }
+        guard let price = sheet.models[model], sheet.isAvailable(model: model, group: access.group),
+              try await directory.channels(now: now).modelsByGroup[access.group]?.contains(model) == true
+        else { throw APIError(.modelNotAvailable) }
+        guard limiter.allow(access, model: model, now: now.timeIntervalSince1970) else {
+            throw APIError(.rateLimited, model: model)
+        }
+        let usage = try HoldEstimator.usage(for: request.estimate ?? AuthorizeEstimate(), model: price).get()
+        guard let requestID = request.requestID, !requestID.isEmpty, requestID.utf8.count <= Self.maximumRequestIDLength else {
+            throw APIError.invalidRequest("request_id is required (1–\(Self.maximumRequestIDLength) bytes).")
+        }
+        let amount: Int64
+        do {
+            amount = try rate(usage, model: model, group: access.group, sheet: sheet).units
+        } catch {
+            // The sheet prices the model but not this shape (an image size or video resolution
+            // it has no price for).
+            throw APIError(.sizeNotSupported)
+        }
+        let hold = HoldRequest(requestID: requestID, userID: access.userID, tokenID: access.tokenID, model: model,
+                               amount: amount, tid: tid)
+        switch try await reserver.reserve(hold) {
+        case let .held(holdID, held):
+            return AuthorizeGrant(holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
+                                  held: held, isNew: true)
+        case let .duplicate(holdID, held, _):
+            return AuthorizeGrant(holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
+                                  held: held, isNew: false)
+        case .insufficient: throw APIError(.insufficientUserQuota)
+        case .exhausted, .unknown: throw APIError(.invalidToken)
+        }
+    }
+
+    /// Only admins may pick a channel; it must exist and be enabled.
+    private func checkChannel(_ channelID: Int64?, access: KeyAccess, now: Date) async throws {
+        guard let channelID else { return }
+        guard access.userRole >= .admin else { throw APIError(.channelNotPermitted, last6: access.keyLast6) }
+        guard let channel = try await directory.channels(now: now).channels[channelID] else {
+            throw APIError(.invalidChannelID)
+        }
+        guard channel.enabled else { throw APIError(.channelDisabled) }
+    }
+
+    /// The key as stored: `sk-` + the key, without a `Bearer ` prefix or a `-<channel>` suffix
+    /// (as the client-facing routes read it); nil when nothing is left.
+    public static func normalizedKey(_ raw: String) -> String? {
+        var key = Substring(raw.trimmingCharacters(in: .whitespaces))
+        if key.lowercased().hasPrefix("bearer ") { key = key.dropFirst(7).drop(while: { $0 == " " }) }
+        if key.hasPrefix("sk-") { key = key.dropFirst(3) }
+        if let dash = key.firstIndex(of: "-") { key = key[..<dash] }
+        return key.isEmpty ? nil : "sk-" + key
+    }
+}

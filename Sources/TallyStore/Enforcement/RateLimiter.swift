@@ -1,0 +1,40 @@
+import Foundation
+import Synchronization
+import TallyCore
+
+/// Requests-per-minute limits of this instance, in memory (DESIGN §5): per key, and per
+/// user × model. With several instances each counts what it sees; routing a key to one
+/// instance (nginx `hash` on the key, ops/deploy) makes the per-key limit exact.
+public final class RateLimiter: Sendable {
+    private enum Subject: Hashable {
+        case key(Int64)
+        case userModel(Int64, String)
+    }
+
+    private let counters = Mutex<[Subject: SlidingWindowCounter]>([:])
+    private let calls = Atomic<Int>(0)
+
+    public init() {}
+
+    /// Counts one request of `access` for `model`; false when a limit is reached (then nothing
+    /// is counted).
+    public func allow(_ access: KeyAccess, model: String, now: Double = Date().timeIntervalSince1970) -> Bool {
+        guard access.keyRPM != nil || access.userModelRPM != nil else { return true }
+        if calls.add(1, ordering: .relaxed).newValue % 100_000 == 0 { forgetIdle(now: now) }
+        return counters.withLock { counters in
+            var key = counters[.key(access.tokenID)] ?? SlidingWindowCounter()
+            var userModel = counters[.userModel(access.userID, model)] ?? SlidingWindowCounter()
+            // Both must pass before either counts.
+            var keyProbe = key, userModelProbe = userModel
+            guard access.keyRPM.map({ keyProbe.tryAcquire(limit: $0, now: now) }) ?? true,
+                  access.userModelRPM.map({ userModelProbe.tryAcquire(limit: $0, now: now) }) ?? true else { return false }
+            if access.keyRPM != nil { key = keyProbe; counters[.key(access.tokenID)] = key }
+            if access.userModelRPM != nil { userModel = userModelProbe; counters[.userModel(access.userID, model)] = userModel }
+            return true
+        }
+    }
+
+    private func forgetIdle(now: Double) {
+        counters.withLock { counters in counters = counters.filter { !$0.value.isIdle(now: now) } }
+    }
+}

@@ -1,0 +1,354 @@
+import TallyPostgres
+
+/// The Tally side of `tally import new-api`: staging tables and the set-based statements that
+/// merge them into Tally's tables. `$1` is always the source name.
+enum NewAPIImportSQL {
+    /// Session temporary tables: the entity snapshot is used again by the balance phase after
+    /// the logs, on the same connection.
+    static let createStaging = """
+        DROP TABLE IF EXISTS import_groups, import_users, import_tokens, import_channels, import_redemptions, import_log_rows;
+        CREATE TEMP TABLE import_groups (name text PRIMARY KEY, description text NOT NULL, selectable boolean NOT NULL, ratio text);
+        CREATE TEMP TABLE import_users (
+            source_id bigint PRIMARY KEY, username text NOT NULL, display_name text NOT NULL, email text NOT NULL,
+            role integer NOT NULL, status integer NOT NULL, grp text NOT NULL, quota bigint NOT NULL, used_quota bigint NOT NULL,
+            access_hash bytea, access_last6 text, created_unix bigint NOT NULL, deleted boolean NOT NULL, tally_id bigint);
+        CREATE TEMP TABLE import_tokens (
+            source_id bigint PRIMARY KEY, source_user_id bigint NOT NULL, name text NOT NULL, key_hash bytea NOT NULL,
+            key_last6 text NOT NULL, status integer NOT NULL, grp text NOT NULL, remain_quota bigint NOT NULL,
+            unlimited boolean NOT NULL, model_limits_enabled boolean NOT NULL, model_limits text NOT NULL,
+            allow_ips text NOT NULL, expired_unix bigint NOT NULL, created_unix bigint NOT NULL, accessed_unix bigint NOT NULL,
+            deleted_at timestamptz, tally_user_id bigint, tally_id bigint);
+        CREATE TEMP TABLE import_channels (
+            source_id bigint PRIMARY KEY, name text NOT NULL, status integer NOT NULL, groups text[] NOT NULL,
+            models text[] NOT NULL, used_quota bigint NOT NULL, created_unix bigint NOT NULL, tally_id bigint);
+        CREATE TEMP TABLE import_redemptions (
+            source_id bigint PRIMARY KEY, name text NOT NULL, code_hash bytea NOT NULL, code_last6 text NOT NULL,
+            quota bigint NOT NULL, status integer NOT NULL, creator_source_id bigint NOT NULL, user_source_id bigint NOT NULL,
+            expired_unix bigint NOT NULL, created_unix bigint NOT NULL, redeemed_unix bigint NOT NULL, deleted boolean NOT NULL);
+        CREATE TEMP TABLE import_log_rows (
+            id bigint, user_id bigint, created_unix bigint, type integer, content text, model text, quota bigint,
+            prompt_tokens bigint, completion_tokens bigint, use_time bigint, is_stream boolean, channel_id bigint,
+            token_id bigint, grp text, ip text, status_code integer, cached_tokens bigint, cache_write_tokens bigint);
+        """
+
+    static let dropStaging = "DROP TABLE IF EXISTS import_groups, import_users, import_tokens, import_channels, import_redemptions, import_log_rows"
+
+    static let stagingColumns = [
+        "import_users": "source_id, username, display_name, email, role, status, grp, quota, used_quota, access_hash, access_last6, created_unix, deleted",
+        "import_tokens": """
+            source_id, source_user_id, name, key_hash, key_last6, status, grp, remain_quota, unlimited, model_limits_enabled, \
+            model_limits, allow_ips, expired_unix, created_unix, accessed_unix, deleted_at
+            """,
+        "import_channels": "source_id, name, status, groups, models, used_quota, created_unix",
+        "import_redemptions": """
+            source_id, name, code_hash, code_last6, quota, status, creator_source_id, user_source_id, expired_unix, created_unix, \
+            redeemed_unix, deleted
+            """,
+        "import_groups": "name, description, selectable, ratio",
+    ]
+
+    /// Blocks other writers of the account tables while ids are chosen and rows inserted
+    /// (readers and the gateway's authorizations go on).
+    static let lockAccounts = "LOCK TABLE users, tokens, channels IN SHARE ROW EXCLUSIVE MODE"
+
+    /// A valid Tally group name (the `groups.name` CHECK).
+    private static let validGroup = "'^[A-Za-z0-9_.-]{1,64}$'"
+
+    /// Every group named anywhere in the source, except new-api's special "auto"; existing
+    /// Tally groups are left as they are.
+    static let insertGroups = """
+        INSERT INTO groups (name, description, selectable)
+        SELECT n.name, left(coalesce(o.description, ''), 500), coalesce(o.selectable, false)
+        FROM (SELECT name FROM import_groups UNION SELECT grp FROM import_users UNION SELECT grp FROM import_tokens
+              UNION SELECT unnest(groups) FROM import_channels) AS n
+        LEFT JOIN import_groups o ON o.name = n.name
+        WHERE n.name ~ \(validGroup) AND n.name <> 'auto'
+        ORDER BY n.name
+        ON CONFLICT (name) DO NOTHING
+        """
+
+    // MARK: Users
+
+    /// Users whose new-api group Tally cannot have (not a valid group name): they go to default.
+    static let usersOutsideGroups = """
+        SELECT username, grp FROM import_users s WHERE NOT EXISTS (SELECT 1 FROM groups g WHERE g.name = s.grp) ORDER BY source_id
+        """
+
+    /// new-api's values in Tally's domain: roles 1/10/100, deleted or not enabled → disabled,
+    /// a group Tally does not have → default.
+    static let normalizeUsers = """
+        UPDATE import_users s SET
+            role = CASE WHEN s.role >= 100 THEN 100 WHEN s.role >= 10 THEN 10 ELSE 1 END,
+            status = CASE WHEN s.deleted OR s.status <> 1 THEN 2 ELSE 1 END,
+            grp = CASE WHEN EXISTS (SELECT 1 FROM groups g WHERE g.name = s.grp) THEN s.grp ELSE 'default' END,
+            display_name = left(s.display_name, 64)
+        """
+
+    /// An existing Tally account with the same username is the same person: link it.
+    static let linkUsers = """
+        INSERT INTO import_map (source, kind, source_id, tally_id)
+        SELECT $1::text, 'user', s.source_id, u.id FROM import_users s JOIN users u ON u.username = s.username
+        WHERE NOT EXISTS (SELECT 1 FROM import_map m WHERE m.source = $1 AND m.kind = 'user' AND (m.source_id = s.source_id OR m.tally_id = u.id))
+        """
+
+    static let usersToInsert = "\(unmapped("user")) AND s.username <> ''"
+
+    /// Balances start at 0: the balance phase writes them as ledger rows.
+    static let insertUsers = """
+        WITH fresh AS (
+            INSERT INTO users (id, username, display_name, email, role, status, "group", quota, access_token_hash,
+                               access_token_last6, created_at)
+            SELECT s.tally_id, s.username, s.display_name, s.email, s.role, s.status, s.grp, 0, s.access_hash,
+                   s.access_last6, CASE WHEN s.created_unix > 0 THEN to_timestamp(s.created_unix) ELSE now() END
+            FROM import_users s WHERE \(usersToInsert) ORDER BY s.tally_id
+            RETURNING id)
+        INSERT INTO import_map (source, kind, source_id, tally_id)
+        SELECT $1::text, 'user', s.source_id, s.tally_id FROM fresh f JOIN import_users s ON s.tally_id = f.id
+        """
+
+    /// Profile, role, status and group follow new-api; an access token is taken only when the
+    /// account has none (a linked account keeps its own).
+    static let updateUsers = """
+        UPDATE users u SET display_name = s.display_name, email = s.email, role = s.role, status = s.status, "group" = s.grp,
+            access_token_hash = coalesce(u.access_token_hash, s.access_hash),
+            access_token_last6 = CASE WHEN u.access_token_hash IS NULL THEN s.access_last6 ELSE u.access_token_last6 END,
+            updated_at = now()
+        FROM import_users s \(mapped("user"))
+        WHERE u.id = m.tally_id AND ((u.display_name, u.email, u.role, u.status, u."group") IS DISTINCT FROM
+              (s.display_name, s.email, s.role, s.status, s.grp) OR (u.access_token_hash IS NULL AND s.access_hash IS NOT NULL))
+        """
+
+    // MARK: Tokens
+
+    /// Owners mapped to Tally ids; "auto" and unknown groups → "" (the owner's group);
+    /// statuses outside 1–4 → disabled.
+    static let normalizeTokens = """
+        UPDATE import_tokens s SET
+            tally_user_id = (SELECT m.tally_id FROM import_map m WHERE m.source = $1 AND m.kind = 'user' AND m.source_id = s.source_user_id),
+            grp = CASE WHEN s.grp <> 'auto' AND EXISTS (SELECT 1 FROM groups g WHERE g.name = s.grp) THEN s.grp ELSE '' END,
+            status = CASE WHEN s.status BETWEEN 1 AND 4 THEN s.status ELSE 2 END
+        """
+
+    /// A Tally key with the same hash is the same key.
+    static let linkTokens = """
+        INSERT INTO import_map (source, kind, source_id, tally_id)
+        SELECT $1::text, 'token', s.source_id, t.id FROM import_tokens s JOIN tokens t ON t.key_hash = s.key_hash
+        WHERE NOT EXISTS (SELECT 1 FROM import_map m WHERE m.source = $1 AND m.kind = 'token' AND (m.source_id = s.source_id OR m.tally_id = t.id))
+        """
+
+    static let tokensToInsert = "\(unmapped("token")) AND s.tally_user_id IS NOT NULL"
+
+    static let expiry = "CASE WHEN s.expired_unix > 0 THEN to_timestamp(s.expired_unix) END"
+
+    /// Use counters start at 0 (the imported logs add to them); remain_quota is new-api's.
+    static let insertTokens = """
+        WITH fresh AS (
+            INSERT INTO tokens (id, user_id, name, key_hash, key_last6, status, "group", remain_quota, unlimited_quota,
+                                model_limits_enabled, model_limits, allow_ips, expires_at, created_at, accessed_at, deleted_at)
+            SELECT s.tally_id, s.tally_user_id, s.name, s.key_hash, s.key_last6, s.status, s.grp, s.remain_quota, s.unlimited,
+                   s.model_limits_enabled, s.model_limits, s.allow_ips, \(expiry),
+                   CASE WHEN s.created_unix > 0 THEN to_timestamp(s.created_unix) ELSE now() END,
+                   CASE WHEN greatest(s.accessed_unix, s.created_unix) > 0 THEN to_timestamp(greatest(s.accessed_unix, s.created_unix))
+                        ELSE now() END,
+                   s.deleted_at
+            FROM import_tokens s WHERE \(tokensToInsert) ORDER BY s.tally_id
+            ON CONFLICT (key_hash) DO NOTHING
+            RETURNING id)
+        INSERT INTO import_map (source, kind, source_id, tally_id)
+        SELECT $1::text, 'token', s.source_id, s.tally_id FROM fresh f JOIN import_tokens s ON s.tally_id = f.id
+        """
+
+    static let updateTokens = """
+        UPDATE tokens t SET name = s.name, status = s.status, "group" = s.grp, unlimited_quota = s.unlimited,
+            model_limits_enabled = s.model_limits_enabled, model_limits = s.model_limits, allow_ips = s.allow_ips,
+            expires_at = \(expiry), deleted_at = s.deleted_at,
+            accessed_at = greatest(t.accessed_at, to_timestamp(s.accessed_unix))
+        FROM import_tokens s \(mapped("token"))
+        WHERE t.id = m.tally_id AND (
+            (t.name, t.status, t."group", t.unlimited_quota, t.model_limits_enabled, t.model_limits, t.allow_ips, t.expires_at, t.deleted_at)
+            IS DISTINCT FROM (s.name, s.status, s.grp, s.unlimited, s.model_limits_enabled, s.model_limits, s.allow_ips, \(expiry), s.deleted_at)
+            OR t.accessed_at < to_timestamp(s.accessed_unix))
+        """
+
+    /// Keys whose owner is not in the source (removed from new-api's users table).
+    static let orphanTokens = "SELECT count(*) FROM import_tokens WHERE tally_user_id IS NULL"
+
+    // MARK: Channels
+
+    static let channelsToInsert = unmapped("channel")
+
+    static let insertChannels = """
+        WITH fresh AS (
+            INSERT INTO channels (id, name, status, groups, models, used_quota, created_at)
+            SELECT s.tally_id, s.name, s.status, s.groups, s.models, s.used_quota,
+                   CASE WHEN s.created_unix > 0 THEN to_timestamp(s.created_unix) ELSE now() END
+            FROM import_channels s WHERE \(channelsToInsert) ORDER BY s.tally_id
+            RETURNING id)
+        INSERT INTO import_map (source, kind, source_id, tally_id)
+        SELECT $1::text, 'channel', s.source_id, s.tally_id FROM fresh f JOIN import_channels s ON s.tally_id = f.id
+        """
+
+    static let updateChannels = """
+        UPDATE channels c SET name = s.name, status = s.status, groups = s.groups, models = s.models, used_quota = s.used_quota,
+            updated_at = now()
+        FROM import_channels s \(mapped("channel"))
+        WHERE c.id = m.tally_id AND (c.name, c.status, c.groups, c.models, c.used_quota) IS DISTINCT FROM
+              (s.name, s.status, s.groups, s.models, s.used_quota)
+        """
+
+    // MARK: Ids
+
+    /// Moves `table`'s id sequence past its own ids and the source's, when `condition` selects
+    /// rows to insert, so that `assignIDs` can keep new-api ids and draw the others above both.
+    static func makeRoom(table: String, staging: String, where condition: String) -> String {
+        """
+        SELECT setval(pg_get_serial_sequence('\(table)', 'id'), greatest(
+            coalesce(pg_sequence_last_value(pg_get_serial_sequence('\(table)', 'id')::regclass), 0),
+            (SELECT coalesce(max(id), 0) FROM \(table)), (SELECT coalesce(max(source_id), 0) FROM \(staging)), 1))
+        WHERE EXISTS (SELECT 1 FROM \(staging) s WHERE \(condition))
+        """
+    }
+
+    /// Gives each row to insert its Tally id: the new-api id where `table` has no row with it,
+    /// else the next of the sequence (above every id of both, after `makeRoom`).
+    static func assignIDs(table: String, staging: String, where condition: String) -> String {
+        """
+        UPDATE \(staging) s SET tally_id = CASE WHEN EXISTS (SELECT 1 FROM \(table) x WHERE x.id = s.source_id)
+            THEN nextval(pg_get_serial_sequence('\(table)', 'id')) ELSE s.source_id END
+        WHERE \(condition)
+        """
+    }
+
+    private static func unmapped(_ kind: String) -> String {
+        "NOT EXISTS (SELECT 1 FROM import_map m WHERE m.source = $1 AND m.kind = '\(kind)' AND m.source_id = s.source_id)"
+    }
+
+    private static func mapped(_ kind: String) -> String {
+        "JOIN import_map m ON m.source = $1 AND m.kind = '\(kind)' AND m.source_id = s.source_id"
+    }
+
+    // MARK: Redemption codes
+
+    /// Codes with a positive value; a deleted unused code comes in disabled.
+    static let insertRedemptions = """
+        INSERT INTO redemptions (name, code_hash, code_last6, quota, status, created_by, used_user_id, expires_at, created_at, redeemed_at)
+        SELECT s.name, s.code_hash, s.code_last6, s.quota,
+               CASE WHEN s.status = 3 THEN 3 WHEN s.deleted OR s.status <> 1 THEN 2 ELSE 1 END,
+               creator.tally_id, redeemer.tally_id, \(expiry),
+               CASE WHEN s.created_unix > 0 THEN to_timestamp(s.created_unix) ELSE now() END,
+               CASE WHEN s.redeemed_unix > 0 THEN to_timestamp(s.redeemed_unix) END
+        FROM import_redemptions s
+        LEFT JOIN import_map creator ON creator.source = $1 AND creator.kind = 'user' AND creator.source_id = s.creator_source_id
+        LEFT JOIN import_map redeemer ON redeemer.source = $1 AND redeemer.kind = 'user' AND redeemer.source_id = s.user_source_id
+        WHERE s.quota > 0 ORDER BY s.source_id
+        ON CONFLICT (code_hash) DO NOTHING
+        """
+
+    /// A code used or disabled in new-api since the last run; never back to usable.
+    static let updateRedemptions = """
+        UPDATE redemptions r SET status = CASE WHEN s.status = 3 THEN 3 ELSE 2 END, used_user_id = redeemer.tally_id,
+            redeemed_at = CASE WHEN s.redeemed_unix > 0 THEN to_timestamp(s.redeemed_unix) END
+        FROM import_redemptions s
+        LEFT JOIN import_map redeemer ON redeemer.source = $1 AND redeemer.kind = 'user' AND redeemer.source_id = s.user_source_id
+        WHERE r.code_hash = s.code_hash AND r.status = 1 AND (s.status <> 1 OR s.deleted)
+        """
+
+    // MARK: Logs
+
+    static let logColumns = """
+        id, user_id, created_unix, type, content, model, quota, prompt_tokens, completion_tokens, use_time, is_stream,
+        channel_id, token_id, grp, ip, status_code, cached_tokens, cache_write_tokens
+        """
+
+    /// The months of the staged rows, for their partitions.
+    static let stagedMonths = "SELECT DISTINCT date_trunc('month', to_timestamp(created_unix) AT TIME ZONE 'UTC')::text FROM import_log_rows"
+
+    /// Staged rows whose user is in Tally: the others (users gone from new-api) are skipped.
+    static let eligibleLogs = """
+        SELECT count(*) FROM import_log_rows r
+        JOIN import_map mu ON mu.source = $1 AND mu.kind = 'user' AND mu.source_id = r.user_id
+        """
+
+    /// Inserts the staged logs not imported yet and keeps them in `ingest_new` for the rest of
+    /// the ingest pipeline. Request id `<source>:<log id>`; kind chat (new-api logs carry none);
+    /// an error log's status is the one in its `other`, else 500; no key → token 0.
+    static let insertLogs = """
+        WITH fresh AS (
+            INSERT INTO request_logs (request_id, created_at, user_id, token_id, channel_id, model, "group", kind, status,
+                is_stream, duration_ms, ip, error, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, quota, batch_id)
+            SELECT $1::text || ':' || r.id, to_timestamp(r.created_unix), mu.tally_id, coalesce(mt.tally_id, 0), mc.tally_id::integer,
+                   r.model, CASE WHEN r.grp = '' THEN u."group" ELSE r.grp END, 'chat',
+                   CASE WHEN r.type = 2 THEN 200 WHEN r.status_code BETWEEN 400 AND 599 THEN r.status_code ELSE 500 END,
+                   r.is_stream, (least(greatest(r.use_time, 0), 2000000) * 1000)::integer, nullif(r.ip, ''), r.content,
+                   greatest(r.prompt_tokens, 0), greatest(r.completion_tokens, 0), coalesce(r.cached_tokens, 0),
+                   coalesce(r.cache_write_tokens, 0), r.quota, $2
+            FROM import_log_rows r
+            JOIN import_map mu ON mu.source = $1 AND mu.kind = 'user' AND mu.source_id = r.user_id
+            JOIN users u ON u.id = mu.tally_id
+            LEFT JOIN import_map mt ON mt.source = $1 AND mt.kind = 'token' AND mt.source_id = r.token_id
+            LEFT JOIN import_map mc ON mc.source = $1 AND mc.kind = 'channel' AND mc.source_id = r.channel_id
+            ORDER BY r.id
+            ON CONFLICT (request_id, created_at) DO NOTHING
+            RETURNING *)
+        INSERT INTO ingest_new SELECT * FROM fresh
+        """
+
+    static let freshTotals = "SELECT count(*), coalesce(sum(quota), 0)::bigint FROM ingest_new"
+
+    /// Charges per user, key and month, dated at the last request they cover, so monthly
+    /// statements of the imported months hold their own charges.
+    static let appendLedger = """
+        INSERT INTO ledger (at, user_id, token_id, kind, amount, requests, batch_id, tid, reason)
+        SELECT max(created_at), user_id, nullif(token_id, 0), 'charge', -sum(quota), count(*), $2, $3, 'imported from ' || $1::text
+        FROM ingest_new GROUP BY user_id, token_id, date_trunc('month', created_at AT TIME ZONE 'UTC')
+        HAVING sum(quota) <> 0
+        ORDER BY user_id, token_id
+        """
+
+    static let saveCursor = """
+        INSERT INTO import_sources (source, last_log_id) VALUES ($1, $2)
+        ON CONFLICT (source) DO UPDATE SET last_log_id = EXCLUDED.last_log_id WHERE import_sources.last_log_id < EXCLUDED.last_log_id
+        """
+
+    static let cursor = "SELECT last_log_id FROM import_sources WHERE source = $1"
+
+    // MARK: Balances
+
+    static let lockImportedUsers = """
+        SELECT 1 FROM users WHERE id IN (SELECT m.tally_id FROM import_users s \(mapped("user"))) ORDER BY id FOR NO KEY UPDATE
+        """
+
+    /// One adjustment per account whose balance differs from new-api's. The first is the
+    /// opening balance, dated before the account's first ledger row so that the statements of
+    /// imported months open with it; later ones (a re-run after new-api moved on) are dated now.
+    static let adjustBalances = """
+        INSERT INTO ledger (at, user_id, kind, amount, reason, idempotency_key, tid, balance_after)
+        SELECT CASE WHEN o.opened THEN now()
+                    ELSE least(u.created_at, (SELECT min(l.at) FROM ledger l WHERE l.user_id = u.id)) - interval '1 microsecond' END,
+               u.id, 'adjust', s.quota - u.quota, 'balance imported from ' || $1::text,
+               CASE WHEN o.opened THEN 'import:' || $1::text || ':' || $2::text || ':user:' || u.id ELSE 'import:' || $1::text || ':user:' || u.id || ':opening' END,
+               $2, s.quota
+        FROM import_users s \(mapped("user")) JOIN users u ON u.id = m.tally_id
+        CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM ledger l
+                            WHERE l.idempotency_key = 'import:' || $1::text || ':user:' || u.id || ':opening') AS opened) o
+        WHERE u.quota <> s.quota
+        ORDER BY u.id
+        RETURNING amount
+        """
+
+    static let setBalances = """
+        UPDATE users u SET quota = s.quota, updated_at = now()
+        FROM import_users s \(mapped("user")) WHERE u.id = m.tally_id AND u.quota <> s.quota
+        """
+
+    static let setTokenQuotas = """
+        UPDATE tokens t SET remain_quota = s.remain_quota
+        FROM import_tokens s \(mapped("token")) WHERE t.id = m.tally_id AND t.remain_quota <> s.remain_quota
+        """
+
+    /// new-api's own used_quota total, and what the imported logs account for.
+    static let usedQuotaTotals = """
+        SELECT coalesce(sum(s.used_quota), 0)::bigint, coalesce(sum(u.used_quota), 0)::bigint
+        FROM import_users s \(mapped("user")) JOIN users u ON u.id = m.tally_id
+        """
+}

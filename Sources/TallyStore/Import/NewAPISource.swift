@@ -1,0 +1,132 @@
+import Foundation
+import TallyPostgres
+
+/// A new-api PostgreSQL database, read only: which of new-api's columns it has (they changed
+/// over its releases) and the queries that read its rows in the shape Tally's staging tables
+/// take. Missing optional columns read as their neutral value.
+struct NewAPISource {
+    let connection: PostgresConnection
+    private let columns: [String: Set<String>]
+
+    /// Tables and columns every supported new-api version has.
+    private static let required: [String: [String]] = [
+        "users": ["id", "username", "role", "status", "quota", "group"],
+        "tokens": ["id", "user_id", "key", "status", "remain_quota"],
+        "channels": ["id", "name", "status"],
+        "logs": ["id", "user_id", "created_at", "type", "quota"],
+    ]
+
+    /// Opens the session read-only and UTF-8, and checks that this is a new-api database.
+    init(connection: PostgresConnection) throws {
+        self.connection = connection
+        try connection.execute("SET client_encoding TO 'UTF8'; SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        var columns: [String: Set<String>] = [:]
+        try connection.query("""
+            SELECT table_name, column_name FROM information_schema.columns
+            WHERE table_schema = current_schema() AND table_name = ANY ($1::text[])
+            """, [TextArray(["users", "tokens", "channels", "logs", "redemptions", "options"])]).forEach { row in
+            columns[try row.decode(0), default: []].insert(try row.decode(1))
+        }
+        self.columns = columns
+        for (table, needed) in Self.required {
+            let missing = needed.filter { !(columns[table]?.contains($0) ?? false) }
+            guard missing.isEmpty else {
+                throw StoreError.invalid("the source is not a new-api database: table \(table) lacks \(missing.joined(separator: ", "))")
+            }
+        }
+    }
+
+    func has(_ table: String) -> Bool { columns[table] != nil }
+
+    /// `"column"` when the table has it, else `fallback` (an SQL literal).
+    private func column(_ table: String, _ name: String, or fallback: String) -> String {
+        columns[table]?.contains(name) == true ? "\"\(name)\"" : fallback
+    }
+
+    // MARK: Queries (column order = the staging table's, see NewAPIImportSQL)
+
+    var users: String {
+        """
+        SELECT id, username, coalesce(\(column("users", "display_name", or: "''")), ''),
+               coalesce(\(column("users", "email", or: "''")), ''), coalesce(role, 1), coalesce(status, 1),
+               coalesce("group", ''), coalesce(quota, 0), coalesce(\(column("users", "used_quota", or: "0")), 0),
+               \(column("users", "access_token", or: "NULL::text")), coalesce(\(column("users", "created_at", or: "0")), 0),
+               \(column("users", "deleted_at", or: "NULL::timestamptz")) IS NOT NULL
+        FROM users ORDER BY id
+        """
+    }
+
+    var tokens: String {
+        """
+        SELECT id, coalesce(user_id, 0), coalesce(name, ''), coalesce(key, ''), coalesce(status, 1), coalesce(\(column("tokens", "group", or: "''")), ''),
+               coalesce(remain_quota, 0), coalesce(\(column("tokens", "unlimited_quota", or: "false")), false),
+               coalesce(\(column("tokens", "model_limits_enabled", or: "false")), false),
+               coalesce(\(column("tokens", "model_limits", or: "''")), ''), coalesce(\(column("tokens", "allow_ips", or: "''")), ''),
+               coalesce(\(column("tokens", "expired_time", or: "-1")), -1), coalesce(\(column("tokens", "created_time", or: "0")), 0),
+               coalesce(\(column("tokens", "accessed_time", or: "0")), 0), \(column("tokens", "deleted_at", or: "NULL::timestamptz"))
+        FROM tokens ORDER BY id
+        """
+    }
+
+    var channels: String {
+        """
+        SELECT id, coalesce(name, ''), coalesce(status, 1), coalesce(\(column("channels", "group", or: "'default'")), ''),
+               coalesce(\(column("channels", "models", or: "''")), ''), coalesce(\(column("channels", "used_quota", or: "0")), 0),
+               coalesce(\(column("channels", "created_time", or: "0")), 0)
+        FROM channels ORDER BY id
+        """
+    }
+
+    /// nil when the database has no redemption table.
+    var redemptions: String? {
+        guard has("redemptions") else { return nil }
+        return """
+            SELECT id, coalesce(name, ''), coalesce(key, ''), coalesce(quota, 0), coalesce(status, 1), coalesce(user_id, 0),
+                   coalesce(used_user_id, 0), coalesce(\(column("redemptions", "expired_time", or: "0")), 0),
+                   coalesce(created_time, 0), coalesce(redeemed_time, 0),
+                   \(column("redemptions", "deleted_at", or: "NULL::timestamptz")) IS NOT NULL
+            FROM redemptions ORDER BY id
+            """
+    }
+
+    /// Up to `limit` request logs (consumption and errors) after log id `after`, in id order,
+    /// as `COPY … TO STDOUT`. The status code and cache token counts come out of `other` by
+    /// pattern, so a row whose `other` is not valid JSON still imports.
+    func logsCopy(after: Int64, limit: Int) -> String {
+        let ip = column("logs", "ip", or: "''")
+        let other = column("logs", "other", or: "''")
+        return """
+            COPY (SELECT id, coalesce(user_id, 0), coalesce(created_at, 0), type,
+                         CASE WHEN type = 5 THEN left(\(column("logs", "content", or: "''")), 1000) END,
+                         coalesce(\(column("logs", "model_name", or: "''")), ''), coalesce(quota, 0),
+                         coalesce(\(column("logs", "prompt_tokens", or: "0")), 0), coalesce(\(column("logs", "completion_tokens", or: "0")), 0),
+                         coalesce(\(column("logs", "use_time", or: "0")), 0), coalesce(\(column("logs", "is_stream", or: "false")), false),
+                         coalesce(\(column("logs", "channel_id", or: "0")), 0), coalesce(\(column("logs", "token_id", or: "0")), 0),
+                         coalesce(\(column("logs", "group", or: "''")), ''), coalesce(\(ip), ''),
+                         substring(\(other) from '"status_code":\\s*(\\d{3})'),
+                         substring(\(other) from '"cache_tokens":\\s*(\\d{1,15})'),
+                         substring(\(other) from '"cache_creation_tokens":\\s*(\\d{1,15})')
+                  FROM logs WHERE id > \(after) AND type IN (2, 5) ORDER BY id LIMIT \(limit)) TO STDOUT
+            """
+    }
+
+    /// The highest log id, for progress.
+    func lastLogID() throws -> Int64 {
+        try connection.query("SELECT coalesce(max(id), 0) FROM logs")[0].decode(0)
+    }
+
+    /// new-api's group options: ratios (`GroupRatio`) and the groups users may pick with their
+    /// descriptions (`UserUsableGroups`). Absent options (new-api's defaults were never changed)
+    /// read as empty.
+    func groupOptions() throws -> (ratios: [String: String], usable: [String: String]) {
+        guard has("options") else { return ([:], [:]) }
+        var ratios: [String: String] = [:], usable: [String: String] = [:]
+        try connection.query(#"SELECT "key", coalesce("value", '') FROM options WHERE "key" IN ('GroupRatio', 'UserUsableGroups')"#)
+            .forEach { row in
+                let object = (try? JSONSerialization.jsonObject(with: Data(try row.decode(1, as: String.self).utf8))) as? [String: Any] ?? [:]
+                let values = object.mapValues { "\($0)" }
+                if try row.decode(0, as: String.self) == "GroupRatio" { ratios = values } else { usable = values }
+            }
+        return (ratios, usable)
+    }
+}

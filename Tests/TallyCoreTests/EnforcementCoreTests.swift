@@ -1,0 +1,73 @@
+import Foundation
+import TallyCore
+import Testing
+
+@Suite("Enforcement core: hold estimates and rate windows")
+struct EnforcementCoreTests {
+    static let sheet = try! PriceSheet.parse("""
+        groups: {default: {ratio: "1"}}
+        models:
+          gpt-4o: {input: "2.50", output: "10.00", default_max_tokens: 100, max_prompt_chars: 1000}
+          plain-chat: {input: "1.00", output: "1.00"}
+          dall-e-3: {per_image: {default: "0.04"}, sizes: ["1024x1024"], max_n: 4}
+          veo-3: {per_video_second: {"720p": "0.40"}}
+          suno-v4: {per_call: "0.10"}
+          embed: {input: "0.02", kind: embedding, max_input_chars: 50}
+        """)
+
+    static func usage(_ model: String, _ estimate: AuthorizeEstimate) -> Result<Usage, APIError> {
+        HoldEstimator.usage(for: estimate, model: sheet.models[model]!)
+    }
+
+    @Test("chat: given tokens, else characters / 4 rounded up; max_tokens, else the model's default, else 4096")
+    func chat() throws {
+        let given = try Self.usage("gpt-4o", AuthorizeEstimate(usage: Usage(promptTokens: 7), maxTokens: 20)).get()
+        #expect(given.promptTokens == 7 && given.completionTokens == 20)
+        let fromChars = try Self.usage("gpt-4o", AuthorizeEstimate(promptChars: 9)).get()
+        #expect(fromChars.promptTokens == 3 && fromChars.completionTokens == 100)
+        let fallback = try Self.usage("plain-chat", AuthorizeEstimate(promptChars: 8)).get()
+        #expect(fallback.promptTokens == 2 && fallback.completionTokens == HoldEstimator.fallbackMaxTokens)
+        #expect(Self.usage("gpt-4o", AuthorizeEstimate(promptChars: 1001)) == .failure(APIError(.promptTooLong)))
+    }
+
+    @Test("images, video, per-call and embeddings; the limits answer their catalog entries")
+    func otherKinds() throws {
+        #expect(try Self.usage("dall-e-3", AuthorizeEstimate(promptChars: 5, n: 3)).get().images == 3)
+        #expect(Self.usage("dall-e-3", AuthorizeEstimate(n: 1)) == .failure(APIError(.promptMissing)))
+        #expect(Self.usage("dall-e-3", AuthorizeEstimate(promptChars: 5, n: 5)) == .failure(APIError(.nNotWithinRange)))
+        #expect(Self.usage("dall-e-3", AuthorizeEstimate(promptChars: 5, n: 0)) == .failure(APIError(.nNotWithinRange)))
+        #expect(Self.usage("dall-e-3", AuthorizeEstimate(usage: Usage(size: "512x512"), promptChars: 5))
+                == .failure(APIError(.sizeNotSupported)))
+        #expect(try Self.usage("veo-3", AuthorizeEstimate(promptChars: 5)).get().videoSeconds == ExactDecimal(5))
+        #expect(try Self.usage("suno-v4", AuthorizeEstimate(promptChars: 5)).get().calls == 1)
+        #expect(try Self.usage("embed", AuthorizeEstimate(inputChars: 40)).get().promptTokens == 10)
+        #expect(Self.usage("embed", AuthorizeEstimate(inputChars: 51)) == .failure(APIError(.textTooLong)))
+    }
+
+    @Test("the estimate decodes from JSON; prompt text counts its characters; negatives are refused")
+    func decoding() throws {
+        let estimate = try JSONDecoder().decode(AuthorizeEstimate.self, from: Data(#"{"prompt":"héllo","max_tokens":9,"images":2,"size":"1024x1024"}"#.utf8))
+        #expect(estimate.promptChars == 5 && estimate.maxTokens == 9 && estimate.usage.images == 2 && estimate.usage.size == "1024x1024")
+        #expect(throws: DecodingError.self) { try JSONDecoder().decode(AuthorizeEstimate.self, from: Data(#"{"max_tokens":-1}"#.utf8)) }
+        #expect(throws: DecodingError.self) { try JSONDecoder().decode(AuthorizeEstimate.self, from: Data(#"{"prompt_tokens":-1}"#.utf8)) }
+    }
+
+    @Test("the sliding window lets `limit` through per minute and weighs the previous minute")
+    func slidingWindow() {
+        var counter = SlidingWindowCounter()
+        func acquire(_ limit: Int, at now: Double) -> Bool { counter.tryAcquire(limit: limit, now: now) }
+        let start = 6_000.0  // a minute boundary
+        for _ in 0..<3 { #expect(acquire(3, at: start + 1)) }
+        #expect(!acquire(3, at: start + 59))
+        // 30 s into the next minute half of the previous minute's 3 still count:
+        // 1.5 + 0 and 1.5 + 1 are below 3, 1.5 + 2 is not.
+        #expect(acquire(3, at: start + 90))
+        #expect(acquire(3, at: start + 90))
+        #expect(!acquire(3, at: start + 90))
+        counter = SlidingWindowCounter()
+        #expect(acquire(1, at: start))
+        #expect(!acquire(1, at: start + 30))
+        #expect(acquire(1, at: start + 120))
+        #expect(counter.isIdle(now: start + 300))
+    }
+}

@@ -1,0 +1,311 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import TallyCore
+import TallyPostgres
+import TallyServer
+import TallyStore
+import TallyTestSupport
+import Testing
+
+/// A sheet with every limit authorize checks; gpt-4o costs 2.50 / 10.00 per 1M tokens.
+let enforcementSheet = """
+    effective_from: 2026-01-01T00:00:00Z
+    groups:
+      default: {ratio: "1"}
+      narrow: {ratio: "1", models: [gpt-4o]}
+    models:
+      gpt-4o: {input: "2.50", output: "10.00", max_prompt_chars: 1000, default_max_tokens: 100}
+      text-embedding-3-small: {input: "0.02", kind: embedding, max_input_chars: 50}
+      dall-e-3:
+        per_image: {"1024x1024/standard": "0.04", default: "0.04"}
+        sizes: ["1024x1024"]
+        max_n: 4
+      unserved-model: {input: "1.00", output: "1.00"}
+    """
+
+/// Requests to the gateway routes of a live test server.
+struct Gateway: Sendable {
+    let client: any TestClientProtocol
+    static let secret = "test-gateway-secret"
+
+    func post(_ path: String, _ json: String, headers extra: HTTPFields = [:]) async throws -> Answer {
+        var headers = extra
+        headers[.authorization] = "Bearer \(Self.secret)"
+        headers[.contentType] = "application/json"
+        let response = try await client.execute(uri: "/gateway/v1\(path)", method: .post, headers: headers, body: ByteBuffer(string: json))
+        let text = String(buffer: response.body)
+        let body = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) ?? NSNull()
+        return Answer(status: Int(response.status.code), headers: response.headers, body: body, text: text)
+    }
+
+    func authorize(key: String?, model: String = "gpt-4o", requestID: String = UUID().uuidString, ip: String? = nil,
+                   channel: Int64? = nil, estimate: String = #"{"prompt_tokens":1000,"max_tokens":500}"#,
+                   tid: String? = nil) async throws -> Answer {
+        var fields = [#""request_id":"\#(requestID)""#, #""model":"\#(model)""#, #""estimate":\#(estimate)"#]
+        if let key { fields.append(#""key":"\#(key)""#) }
+        if let ip { fields.append(#""ip":"\#(ip)""#) }
+        if let channel { fields.append(#""channel_id":\#(channel)"#) }
+        var headers: HTTPFields = [:]
+        if let tid { headers[.xTid] = tid }
+        return try await post("/authorize", "{\(fields.joined(separator: ","))}", headers: headers)
+    }
+
+    func settle(_ requestID: String, key: String, prompt: Int = 1000, completion: Int = 500) async throws -> Answer {
+        try await post("/logs", #"{"request_id":"\#(requestID)","created_at":"\#(Self.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":200,"usage":{"prompt_tokens":\#(prompt),"completion_tokens":\#(completion)}}"#)
+    }
+
+    static var now: String { ISO8601DateFormatter().string(from: Date()) }
+}
+
+/// gpt-4o at 1000 prompt + 500 completion tokens: (1000 × 2.50 + 500 × 10.00) / 1M USD = 3,750 units.
+let chatHold: Int64 = 3_750
+
+@Suite("Enforcement: authorize / release / settle over HTTP")
+struct AuthorizeHTTPTests {
+    /// A fresh database with the enforcement sheet, one channel serving the default group.
+    static func prepared() async throws -> (TestDatabase, Seed) {
+        let db = try await TestDatabase.create("authorize")
+        let seed = Seed(db: db)
+        try await seed.prices(enforcementSheet)
+        try await seed.sql("INSERT INTO groups (name) VALUES ('narrow')")
+        _ = try await seed.channel(groups: ["default", "narrow"], models: ["gpt-4o", "text-embedding-3-small", "dall-e-3"])
+        return (db, seed)
+    }
+
+    static func expectError(_ answer: Answer, _ entry: CatalogEntry, last6: String = "", model: String = "",
+                            sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(answer.status == entry.status, "\(answer.text)", sourceLocation: sourceLocation)
+        #expect(answer.errorCode == entry.rawValue, "\(answer.text)", sourceLocation: sourceLocation)
+        #expect(answer.errorMessage == entry.message(last6: last6, model: model), sourceLocation: sourceLocation)
+        let tid = (answer.object["error"] as? [String: Any])?["tid"] as? String
+        #expect(tid?.count == 32, sourceLocation: sourceLocation)
+        #expect(answer.headers[.xTid] == tid, sourceLocation: sourceLocation)
+    }
+
+    @Test("every catalog entry authorize can answer, with its status, code, exact message and tid")
+    func catalog() async throws {
+        let (db, seed) = try await Self.prepared()
+        let (user, _) = try await seed.user(quota: 1_000_000)
+        let (admin, _) = try await seed.user("admin", role: .admin, quota: 1_000_000)
+        let (poor, _) = try await seed.user("poor", quota: 10)
+        let (suspended, _) = try await seed.user("susp", quota: 1_000_000)
+        try await seed.sql("UPDATE users SET status = 2 WHERE id = $1", [suspended.id])
+        let narrowGroup = try await seed.user("narrow", group: "narrow", quota: 1_000_000)
+        let key = try await seed.key(user: user.id).key
+        let adminKey = try await seed.key(user: admin.id).key
+        let poorKey = try await seed.key(user: poor.id).key
+        let suspendedKey = try await seed.key(user: suspended.id).key
+        let narrowKey = try await seed.key(user: narrowGroup.user.id).key
+        let disabledKey = try await seed.key(user: user.id)
+        try await seed.sql("UPDATE tokens SET status = 2 WHERE id = $1", [disabledKey.token.id])
+        let expiredKey = try await seed.key(user: user.id)
+        try await seed.sql("UPDATE tokens SET expires_at = now() - interval '1 minute' WHERE id = $1", [expiredKey.token.id])
+        let exhaustedKey = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 0, unlimitedQuota: false)).key
+        let ipKey = try await seed.key(user: user.id, TokenDraft(name: "k", unlimitedQuota: true, allowIPs: "10.0.0.0/8")).key
+        let limitedKey = try await seed.key(user: user.id, TokenDraft(name: "k", unlimitedQuota: true, modelLimitsEnabled: true,
+                                                                   modelLimits: "text-embedding-3-small")).key
+        let rpmKey = try await seed.key(user: user.id)
+        try await seed.sql("UPDATE tokens SET rpm_limit = 2 WHERE id = $1", [rpmKey.token.id])
+        let disabledChannel = try await seed.channel(groups: ["default"], models: ["gpt-4o"], status: 2)
+
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            func last6(_ key: String) -> String { String(key.suffix(6)) }
+            Self.expectError(try await gateway.authorize(key: nil), .missingToken)
+            Self.expectError(try await gateway.authorize(key: "sk-" + String(repeating: "x", count: 48)), .invalidToken)
+            Self.expectError(try await gateway.authorize(key: disabledKey.key), .invalidToken)
+            Self.expectError(try await gateway.authorize(key: expiredKey.key), .invalidToken)
+            Self.expectError(try await gateway.authorize(key: exhaustedKey), .invalidToken)
+            Self.expectError(try await gateway.authorize(key: suspendedKey), .accountSuspended)
+            Self.expectError(try await gateway.authorize(key: key, channel: 1), .channelNotPermitted, last6: last6(key))
+            Self.expectError(try await gateway.authorize(key: adminKey, channel: 999_999), .invalidChannelID)
+            Self.expectError(try await gateway.authorize(key: adminKey, channel: disabledChannel.id), .channelDisabled)
+            Self.expectError(try await gateway.authorize(key: ipKey, ip: "192.168.1.1"), .ipNotAllowed, last6: last6(ipKey))
+            #expect(try await gateway.authorize(key: ipKey, ip: "10.1.2.3").status == 200)
+            Self.expectError(try await gateway.authorize(key: limitedKey), .modelNotAllowed, last6: last6(limitedKey))
+            Self.expectError(try await gateway.authorize(key: narrowKey, model: "text-embedding-3-small",
+                                                         estimate: #"{"input_chars":10}"#), .modelNotAllowed, last6: last6(narrowKey))
+            Self.expectError(try await gateway.authorize(key: key, model: "gpt-9"), .modelNotAvailable)
+            Self.expectError(try await gateway.authorize(key: key, model: "unserved-model"), .modelNotAvailable)
+            // The window weighs the previous minute, so right after a minute boundary it admits
+            // a little more; keep the three requests inside one minute.
+            let secondOfMinute = Date().timeIntervalSince1970.truncatingRemainder(dividingBy: 60)
+            if secondOfMinute > 45 { try await Task.sleep(for: .seconds(60.5 - secondOfMinute)) }
+            #expect(try await gateway.authorize(key: rpmKey.key).status == 200)
+            #expect(try await gateway.authorize(key: rpmKey.key).status == 200)
+            Self.expectError(try await gateway.authorize(key: rpmKey.key), .rateLimited, model: "gpt-4o")
+            Self.expectError(try await gateway.authorize(key: key, model: "dall-e-3", estimate: #"{"n":1}"#), .promptMissing)
+            Self.expectError(try await gateway.authorize(key: key, estimate: #"{"prompt_chars":1001}"#), .promptTooLong)
+            Self.expectError(try await gateway.authorize(key: key, model: "text-embedding-3-small",
+                                                         estimate: #"{"input_chars":51}"#), .textTooLong)
+            Self.expectError(try await gateway.authorize(key: key, model: "dall-e-3",
+                                                         estimate: #"{"prompt":"a cat","size":"512x512"}"#), .sizeNotSupported)
+            Self.expectError(try await gateway.authorize(key: key, model: "dall-e-3",
+                                                         estimate: #"{"prompt":"a cat","n":5}"#), .nNotWithinRange)
+            Self.expectError(try await gateway.authorize(key: poorKey), .insufficientUserQuota)
+            // The tid the gateway sends comes back in the error.
+            let traced = try await gateway.authorize(key: poorKey, tid: "4bf92f3577b34da6a3ce929d0e0e4736")
+            #expect((traced.object["error"] as? [String: Any])?["tid"] as? String == "4bf92f3577b34da6a3ce929d0e0e4736")
+        }
+        // Refusals reserve nothing.
+        #expect(try await seed.int("SELECT sum(reserved) FROM users") == 3 * chatHold)
+    }
+
+    @Test("a hold reserves the estimate; the log line settles it at its real cost; release and retries are idempotent")
+    func lifecycle() async throws {
+        let (db, seed) = try await Self.prepared()
+        let (user, _) = try await seed.user(quota: 100_000)
+        let key = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 50_000, unlimitedQuota: false)).key
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            let first = try await gateway.authorize(key: key, requestID: "req-1")
+            #expect(first.status == 200, "\(first.text)")
+            #expect(int64(first.object["held"]) == chatHold)
+            #expect(int64(first.object["user_id"]) == user.id)
+            #expect(first.object["group"] as? String == "default")
+            #expect((first.object["tid"] as? String)?.count == 32)
+            // A retry answers the same hold and reserves nothing more.
+            let retry = try await gateway.authorize(key: key, requestID: "req-1")
+            #expect(int64(retry.object["hold_id"]) == int64(first.object["hold_id"]))
+            #expect(retry.object["duplicate"] as? Bool == true)
+            #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == chatHold)
+            #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [user.id]) == chatHold)
+
+            // Settled at the real cost (1000 + 100 tokens: 0.0035 USD = 1,750 units), the reservation returned.
+            #expect(try await gateway.settle("req-1", key: key, prompt: 1000, completion: 100).status == 200)
+            #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)
+            #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [user.id]) == 0)
+            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 100_000 - 1_750)
+            #expect(try await seed.int("SELECT count(*) FROM holds WHERE request_id = 'req-1' AND status = 'settled'") == 1)
+
+            // Release: returns the reservation once; again → 0; a settled hold stays settled.
+            #expect(try await gateway.authorize(key: key, requestID: "req-2").status == 200)
+            let released = try await gateway.post("/release", #"{"request_id":"req-2"}"#)
+            #expect(released.status == 200)
+            #expect(released.object["status"] as? String == "released")
+            #expect(int64(released.object["released"]) == chatHold)
+            let again = try await gateway.post("/release", #"{"request_id":"req-2"}"#)
+            #expect(again.object["status"] as? String == "released")
+            #expect(int64(again.object["released"]) == 0)
+            let settled = try await gateway.post("/release", #"{"request_id":"req-1"}"#)
+            #expect(settled.object["status"] as? String == "settled")
+            #expect(int64(settled.object["released"]) == 0)
+            #expect(try await gateway.post("/release", #"{"request_id":"nope"}"#).status == 404)
+            #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)
+            // A log line of a request that was never authorized is charged like any other.
+            #expect(try await gateway.settle("req-3", key: key).status == 200)
+            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 100_000 - 1_750 - chatHold)
+        }
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    @Test("a settlement above its hold is charged in full; the overrun leaves the account negative and refuses the next hold")
+    func overrun() async throws {
+        let (db, seed) = try await Self.prepared()
+        let (user, _) = try await seed.user(quota: 4_000)
+        let key = try await seed.key(user: user.id).key
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            #expect(try await gateway.authorize(key: key, requestID: "big").status == 200)
+            #expect(try await gateway.settle("big", key: key, prompt: 1000, completion: 1000).status == 200)
+            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 4_000 - 6_250)
+            Self.expectError(try await gateway.authorize(key: key, estimate: #"{"prompt_tokens":1,"max_tokens":1}"#),
+                             .insufficientUserQuota)
+        }
+    }
+
+    @Test("holds past their TTL are returned by the sweeper")
+    func expiry() async throws {
+        let (db, seed) = try await Self.prepared()
+        let (user, _) = try await seed.user(quota: 100_000)
+        let key = try await seed.key(user: user.id).key
+        var configuration = TestApp.configuration(db)
+        configuration.holdTTLSeconds = 1
+        try await buildApplication(configuration).test(.live) { client in
+            let gateway = Gateway(client: client)
+            #expect(try await gateway.authorize(key: key, requestID: "short").status == 200)
+            #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == chatHold)
+            let deadline = Date().addingTimeInterval(10)
+            while try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) != 0, Date() < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)
+            #expect(try await seed.int("SELECT count(*) FROM holds WHERE request_id = 'short' AND status = 'expired'") == 1)
+            // The late log line is still charged (the service was delivered).
+            #expect(try await gateway.settle("short", key: key).status == 200)
+            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 100_000 - chatHold)
+        }
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    @Test("a change to a key or user reaches the cache through NOTIFY, without waiting for the TTL")
+    func invalidation() async throws {
+        let (db, seed) = try await Self.prepared()
+        let (user, _) = try await seed.user(quota: 1_000_000)
+        let (token, key) = try await seed.key(user: user.id)
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            #expect(try await gateway.authorize(key: key).status == 200)
+            func eventually(_ entry: CatalogEntry) async throws -> Answer {
+                var answer = try await gateway.authorize(key: key)
+                let deadline = Date().addingTimeInterval(10)
+                while answer.errorCode != entry.rawValue, Date() < deadline {
+                    try await Task.sleep(for: .milliseconds(100))
+                    answer = try await gateway.authorize(key: key)
+                }
+                return answer
+            }
+            try await seed.sql("UPDATE users SET status = 2 WHERE id = $1", [user.id])
+            Self.expectError(try await eventually(.accountSuspended), .accountSuspended)
+            try await seed.sql("UPDATE users SET status = 1 WHERE id = $1", [user.id])
+            try await seed.sql("UPDATE tokens SET status = 2 WHERE id = $1", [token.id])
+            Self.expectError(try await eventually(.invalidToken), .invalidToken)
+        }
+    }
+
+    @Test("an upstream 429 reported as provider_rate_limited is stored, free, and counted in /metrics")
+    func providerRateLimited() async throws {
+        let (db, seed) = try await Self.prepared()
+        let (user, _) = try await seed.user(quota: 100_000)
+        let key = try await seed.key(user: user.id).key
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            func counter() async throws -> Int {
+                let text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+                let line = text.split(separator: "\n").first { $0.hasPrefix("tally_provider_rate_limited_total ") }
+                return line.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+            }
+            let before = try await counter()
+            #expect(try await gateway.authorize(key: key, requestID: "upstream-429").status == 200)
+            let line = #"{"request_id":"upstream-429","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":429,"error":"provider_rate_limited","usage":{}}"#
+            let answer = try await gateway.post("/logs", line)
+            #expect(int64(answer.object["accepted"]) == 1, "\(answer.text)")
+            #expect(try await counter() == before + 1)
+            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 100_000)
+            #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)
+        }
+    }
+
+    @Test("bad bodies answer 400 in the envelope and reserve nothing")
+    func badBodies() async throws {
+        let (db, seed) = try await Self.prepared()
+        let (user, _) = try await seed.user(quota: 1_000_000)
+        let key = try await seed.key(user: user.id).key
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            for body in ["", "{", "[]", #"{"key":5}"#, #"{"key":"\#(key)","model":"gpt-4o","estimate":{"max_tokens":-1}}"#,
+                         #"{"key":"\#(key)","model":"gpt-4o"}"#, #"{"key":"\#(key)","model":"gpt-4o","request_id":""}"#] {
+                let answer = try await gateway.post("/authorize", body)
+                #expect(answer.status == 400, "\(body): \(answer.text)")
+                #expect(answer.errorCode == "invalid_request", "\(body)")
+            }
+            let big = try await gateway.post("/authorize", #"{"key":"\#(String(repeating: "x", count: 70_000))"}"#)
+            #expect(big.status == 413)
+            let unauthenticated = try await client.execute(uri: "/gateway/v1/authorize", method: .post, body: ByteBuffer(string: "{}"))
+            #expect(unauthenticated.status == .unauthorized)
+        }
+        #expect(try await seed.int("SELECT count(*) FROM holds") == 0)
+    }
+}
