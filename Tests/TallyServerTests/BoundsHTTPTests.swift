@@ -32,11 +32,12 @@ struct BoundsHTTPTests {
             await idle.send("GET /healthz HTTP/1.1\r\nHost: tally\r\n\r\n")
             let started = ContinuousClock.now
             for (name, connection) in [("stalled head", stalledHead), ("stalled body", stalledBody), ("idle keep-alive", idle)] {
-                let (data, closed) = await connection.readUntilClosed(timeout: 10)
-                #expect(closed, "\(name): still open after 10 s")
+                let (data, closed) = await connection.readUntilClosed(timeout: 20)
+                #expect(closed, "\(name): still open after 20 s")
                 if name == "idle keep-alive" { #expect(RawConnection.status(data) == 200) }
             }
-            #expect(ContinuousClock.now - started < .seconds(5))
+            // Closed by the 1 s timeout, not by the peer giving up (with room for a loaded machine).
+            #expect(ContinuousClock.now - started < .seconds(15))
         }
         #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id = 'stalled-1'") == 0)
     }
@@ -77,7 +78,7 @@ struct BoundsHTTPTests {
             var sent = 0
             while sent < declared, await connection.send(chunk) { sent += chunk.count }
             #expect(sent < declared, "the server read all \(declared) bytes")
-            #expect(await connection.readUntilClosed(timeout: 10).closed)
+            #expect(await connection.readUntilClosed(timeout: 30).closed)
             try await client.execute(uri: "/healthz", method: .get) { #expect($0.status == .ok) }
         }
     }
@@ -103,7 +104,8 @@ struct BoundsHTTPTests {
             }
             let port = try #require(client.port)
             let raw: [(String, [UInt8], Int)] = [
-                ("non-UTF-8 credentials", Array("GET /api/user/self HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ".utf8) + [0xFF, 0xFE, 0xC0] + Array("\r\n\r\n".utf8), 401),
+                ("non-UTF-8 credentials", Array("GET /api/user/self HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer ".utf8)
+                    + [0xFF, 0xFE, 0xC0] + Array("\r\n\r\n".utf8), 401),
                 ("a 100 KiB header", Array("GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: \(String(repeating: "b", count: 100 << 10))\r\n\r\n".utf8), 400),
                 ("a space in a header name", Array("GET /healthz HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n".utf8), 400),
                 ("a garbage request line", Array("HELLO\r\n\r\n".utf8), 400),
@@ -111,9 +113,9 @@ struct BoundsHTTPTests {
             for (name, request, status) in raw {
                 let connection = try RawConnection(port: port)
                 await connection.send(request)
-                let (data, closed) = await connection.readUntilClosed(timeout: status == 400 ? 10 : 2)
+                let (data, closed) = await connection.readUntilClosed(timeout: 30)
                 #expect(RawConnection.status(data) == status, "\(name): \(String(decoding: data.prefix(200), as: UTF8.self))")
-                if status == 400 { #expect(closed, "\(name): connection left open") }
+                #expect(closed, "\(name): connection left open")
                 if status == 401 {
                     let body = String(decoding: data, as: UTF8.self).components(separatedBy: "\r\n\r\n").dropFirst().joined()
                     #expect(EnvelopeError(Data(body.utf8))?.code == "invalid_token", "\(name): \(body.prefix(200))")
