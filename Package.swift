@@ -58,7 +58,7 @@ let package = Package(
 
         // Fresh databases on the real test cluster for every suite that needs PostgreSQL.
         .target(name: "TallyTestSupport", dependencies: ["TallyStore", "TallyPostgres"], path: "Tests/TallyTestSupport"),
-        .testTarget(name: "TallyCoreTests", dependencies: ["TallyCore"]),
+        .testTarget(name: "TallyCoreTests", dependencies: ["TallyCore", "TallyTestSupport"]),
         .testTarget(name: "TallyPostgresTests", dependencies: ["TallyPostgres", "TallyTestSupport"]),
         .testTarget(name: "TallyStoreTests", dependencies: ["TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport"]),
         .testTarget(name: "TallyServerTests", dependencies: [

@@ -76,6 +76,10 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     let router = buildRouter(services, configuration: configuration)
     var app = Application(
         router: router,
+        server: .http1(configuration: .init(
+            // Twice the largest body any route reads (an ingest batch), so its 413 goes out first.
+            additionalChannelHandlers: [RequestBodyLimitHandler(maxBytes: 2 * services.ingestLimits.maxBytes)],
+            idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "tally"),
         logger: logger)
     app.addServices(
@@ -96,6 +100,9 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     let router = Router(context: TallyRequestContext.self)
     router.add(middleware: MetricsMiddleware())
     router.add(middleware: TraceMiddleware())
+    let failedAuth = configuration.failedAuthLimit > 0
+        ? FailedAuthLimiter(limit: configuration.failedAuthLimit, window: .seconds(configuration.failedAuthWindowSeconds)) : nil
+    router.add(middleware: FailedAuthMiddleware(limiter: failedAuth, trustedProxies: configuration.trustedProxies))
     HealthController(pool: services.pool).addRoutes(to: router)
     let gateway = router.group("/gateway/v1").add(middleware: GatewayAuthMiddleware(secret: configuration.gatewaySecret))
     IngestController(ingestor: services.ingestor, limits: services.ingestLimits).addRoutes(to: gateway)

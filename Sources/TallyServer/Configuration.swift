@@ -1,4 +1,5 @@
 import Logging
+import TallyCore
 
 /// Everything `tally serve` can be told, from flags or the environment (see `tally serve --help`).
 public struct TallyConfiguration: Sendable {
@@ -15,6 +16,17 @@ public struct TallyConfiguration: Sendable {
     public var logLevel: Logger.Level
     /// How often the price versions are re-read so a load by another instance is picked up.
     public var priceRefreshSeconds: Int
+    /// A connection that sends nothing for this long — between requests, or in the middle of
+    /// a request's head or body — is closed (slow or stalled clients hold nothing for long).
+    public var idleTimeoutSeconds: Int
+    /// Failed credentials (wrong key, access token or gateway secret) one client address may
+    /// present per `failedAuthWindowSeconds` before it is answered `429 too_many_failed_auth`
+    /// until the window ends; 0 turns the limit off.
+    public var failedAuthLimit: Int
+    public var failedAuthWindowSeconds: Int
+    /// Proxies whose `X-Forwarded-For` names the client (for the failed-auth limit); empty:
+    /// the TCP peer is the client.
+    public var trustedProxies: IPAllowList
     /// How long an authorize hold stays open without a settlement or release (`TALLY_HOLD_TTL`).
     public var holdTTLSeconds: Int
     /// Whether a hold batch waits for its WAL flush before authorize answers
@@ -27,7 +39,9 @@ public struct TallyConfiguration: Sendable {
     public init(host: String = "127.0.0.1", port: Int = 8080, databaseURL: String, poolSize: Int = 16,
                 gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5,
                 holdTTLSeconds: Int = 600, durableHolds: Bool = true,
-                webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration()) {
+                webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration(),
+                idleTimeoutSeconds: Int = 60, failedAuthLimit: Int = 20, failedAuthWindowSeconds: Int = 60,
+                trustedProxies: IPAllowList = IPAllowList(ranges: [])) {
         self.host = host
         self.port = port
         self.databaseURL = databaseURL
@@ -38,5 +52,9 @@ public struct TallyConfiguration: Sendable {
         self.holdTTLSeconds = holdTTLSeconds
         self.durableHolds = durableHolds
         self.webhooks = webhooks
+        self.idleTimeoutSeconds = idleTimeoutSeconds
+        self.failedAuthLimit = failedAuthLimit
+        self.failedAuthWindowSeconds = failedAuthWindowSeconds
+        self.trustedProxies = trustedProxies
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import NIOCore
 import TallyCore
 import TallyStore
 
@@ -10,9 +11,12 @@ public struct TallyRequestContext: RequestContext {
     public var tid: String = ""
     /// The authenticated System API user, set by `UserAuthMiddleware`.
     public var user: User?
+    /// The TCP peer (a proxy, when there is one in front).
+    public let remoteAddress: SocketAddress?
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
     }
 
     /// Log batches may be 16 MiB (DESIGN §4); the ingest controller enforces the exact limit.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import Logging
+import TallyCore
 import TallyServer
 
 struct Serve: AsyncParsableCommand {
@@ -20,7 +21,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Maximum PostgreSQL connections. Env: TALLY_POOL_SIZE. Default: 16.")
     var poolSize: Int?
 
-    @Option(help: "Secret the gateway sends as 'Authorization: Bearer …' on /gateway routes. Env: TALLY_GATEWAY_SECRET. Without it gateway routes refuse every call.")
+    @Option(help: "Secret the gateway sends as 'Authorization: Bearer …' on /gateway routes. Env: TALLY_GATEWAY_SECRET (preferred: a command line is visible to every local user). Without it gateway routes refuse every call.")
     var gatewaySecret: String?
 
     @Option(help: "Seconds an authorize hold stays open without a settlement or release before the sweeper returns it. Env: TALLY_HOLD_TTL. Default: 600.")
@@ -41,6 +42,18 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds allowed for one webhook delivery. Env: TALLY_WEBHOOK_TIMEOUT. Default: 10.")
     var webhookTimeout: Int?
 
+    @Option(help: "Seconds a connection may send nothing (between requests, or inside a request's head or body) before it is closed. Env: TALLY_IDLE_TIMEOUT. Default: 60.")
+    var idleTimeout: Int?
+
+    @Option(help: "Failed credentials (wrong API key, access token or gateway secret) one client address may present per window before it gets 429 too_many_failed_auth until the window ends; 0 turns the limit off. Env: TALLY_FAILED_AUTH_LIMIT. Default: 20.")
+    var failedAuthLimit: Int?
+
+    @Option(help: "Length of that window in seconds. Env: TALLY_FAILED_AUTH_WINDOW. Default: 60.")
+    var failedAuthWindow: Int?
+
+    @Option(help: "Comma-separated addresses or CIDR ranges of proxies whose X-Forwarded-For names the client (for the failed-auth limit); without it the TCP peer is the client. Env: TALLY_TRUSTED_PROXIES. Default: none.")
+    var trustedProxies: String?
+
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
         let levelName = logLevel ?? environment["TALLY_LOG_LEVEL"] ?? "info"
@@ -56,9 +69,17 @@ struct Serve: AsyncParsableCommand {
             logLevel: level,
             holdTTLSeconds: try holdTTL ?? Self.integer(environment, "TALLY_HOLD_TTL") ?? 600,
             durableHolds: try Self.holdCommitIsDurable(holdCommit ?? environment["TALLY_HOLD_COMMIT"] ?? "sync"),
-            webhooks: try webhookConfiguration(environment))
+            webhooks: try webhookConfiguration(environment),
+            idleTimeoutSeconds: try idleTimeout ?? Self.integer(environment, "TALLY_IDLE_TIMEOUT") ?? 60,
+            failedAuthLimit: try failedAuthLimit ?? Self.integer(environment, "TALLY_FAILED_AUTH_LIMIT") ?? 20,
+            failedAuthWindowSeconds: try failedAuthWindow ?? Self.integer(environment, "TALLY_FAILED_AUTH_WINDOW") ?? 60,
+            trustedProxies: try Self.proxies(trustedProxies ?? environment["TALLY_TRUSTED_PROXIES"] ?? ""))
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
         guard configuration.holdTTLSeconds > 0 else { throw ValidationError("--hold-ttl must be at least 1 second") }
+        guard configuration.idleTimeoutSeconds > 0 else { throw ValidationError("--idle-timeout must be at least 1 second") }
+        guard configuration.failedAuthLimit >= 0, configuration.failedAuthWindowSeconds > 0 else {
+            throw ValidationError("--failed-auth-limit must be ≥ 0 and --failed-auth-window ≥ 1")
+        }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
@@ -66,6 +87,12 @@ struct Serve: AsyncParsableCommand {
         }
         let app = try await buildApplication(configuration)
         try await app.runService()
+    }
+
+    private static func proxies(_ text: String) throws -> IPAllowList {
+        do throws(IPParseError) { return try IPAllowList.parse(text) } catch {
+            throw ValidationError("--trusted-proxies: \"\(error.entry)\" \(error.reason)")
+        }
     }
 
     private static func holdCommitIsDurable(_ mode: String) throws -> Bool {

@@ -46,4 +46,70 @@ struct ClusterRestartTests {
             }
         }
     }
+
+    @Test("PostgreSQL restarted (-m fast) under 4 ingesting clients: 503 with a tid while down, recovery without a server restart, nothing lost or charged twice")
+    func restartUnderLoad() async throws {
+        let initialQuota: Int64 = 1_000_000_000_000
+        let users = 20
+        let db = try await TestDatabase.create("pgrestart")
+        try await db.prepareBilling(users: users, quota: initialQuota)
+        let server = try ServerProcess(databaseURL: db.url, gatewaySecret: "restart-test-secret")
+        let pid = server.pid
+        var options = IngestLoad.Options()
+        options.users = users
+        options.seed = UInt64.random(in: 1...UInt64(UInt32.max))
+        let load = IngestLoad(baseURL: server.baseURL, secret: server.gatewaySecret, options: options)
+        let loading = Switch()
+        async let finished = load.run(while: { loading.isOn })
+        try await Task.sleep(for: .seconds(2))
+
+        let probing = Switch()
+        let probe = Task { await Self.probeReadiness(server.baseURL, while: { probing.isOn }) }
+        let restarted = await offThePool { Result { try TestCluster.control("restart") } }
+        var recovered = false
+        for _ in 0..<300 where !recovered {
+            recovered = (try? await HTTP.sendAsync("GET", "\(server.baseURL)/readyz", timeout: 5).status) == 200
+            if !recovered { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        probing.turnOff()
+        let probes = await probe.value
+        try await Task.sleep(for: .seconds(2))
+        loading.turnOff()
+        let report = await finished
+        let pidAfter = server.isRunning ? server.pid : 0
+        server.stop()
+        _ = try restarted.get()
+
+        let outages = probes.filter { $0.status != 200 }
+        print("PostgreSQL restart under load (seed \(options.seed)): /readyz probed \(probes.count)×, \(outages.count) answered 503; "
+              + "ingest: \(report.batchesAcked) batches acknowledged, \(report.unavailable) answered 503 and were retried")
+        #expect(recovered)
+        #expect(pidAfter == pid, "the same server process served throughout")
+        #expect(!outages.isEmpty, "no /readyz probe fell into the outage")
+        for outage in outages {
+            #expect(outage.status == 503 && outage.error?.code == "database_unavailable" && outage.error?.tidIsValid == true,
+                    "\(outage.status) \(String(describing: outage.error))")
+        }
+        #expect(report.unavailable > 0, "no ingest batch fell into the outage")
+        #expect(report.connectionErrors == 0, "the server itself stayed up")
+        #expect(report.unexpected.isEmpty, "\(report.unexpected.prefix(10))")
+        // The suite's own pool lost its connections in the restart.
+        let reopened = db.reopened()
+        let figures = try await IngestInvariants.check(reopened, acked: report.acked, users: users, initialQuota: initialQuota)
+        await reopened.pool.close()
+        print("  \(figures)")
+        #expect(figures.isClean, "\(figures) \(figures.usersMischarged.prefix(5)) \(figures.auditOutput)")
+    }
+
+    /// GET /readyz every 10 ms until told to stop: each answer's status and error envelope.
+    static func probeReadiness(_ baseURL: String, while keepGoing: @Sendable () -> Bool) async -> [(status: Int, error: EnvelopeError?)] {
+        var answers: [(status: Int, error: EnvelopeError?)] = []
+        while keepGoing() {
+            if let answer = try? await HTTP.sendAsync("GET", "\(baseURL)/readyz", timeout: 5) {
+                answers.append((answer.status, answer.status == 200 ? nil : EnvelopeError(answer.body)))
+            }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return answers
+    }
 }

@@ -14,8 +14,11 @@ enum TestApp {
                            gatewaySecret: gatewaySecret, logLevel: .warning)
     }
 
-    static func build(_ db: TestDatabase) async throws -> some ApplicationProtocol {
-        try await buildApplication(configuration(db))
+    /// The application; `adjust` changes the test configuration first (limits, timeouts).
+    static func build(_ db: TestDatabase, _ adjust: (inout TallyConfiguration) -> Void = { _ in }) async throws -> some ApplicationProtocol {
+        var configuration = configuration(db)
+        adjust(&configuration)
+        return try await buildApplication(configuration)
     }
 }
 

@@ -1,65 +1,96 @@
 import Foundation
+import Synchronization
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
 
 /// A real `tally serve` child process on a free port, for tests that need several server
-/// processes or kill one. Its standard error (the server log) goes to `logURL`.
+/// processes, kill one, restart it or read its log. It keeps its port across restarts, so
+/// clients keep their URL; the output of every run is appended to `logURL`.
 public final class ServerProcess: @unchecked Sendable {
     public let port: Int
     public let logURL: URL
+    public let databaseURL: String
     public let gatewaySecret: String
-    private let process = Process()
+    private let arguments: [String]
+    private let environment: [String: String]
+    private let current = Mutex<Process?>(nil)
 
     /// Starts the server against `databaseURL` and returns once `/readyz` answers 200.
-    public init(databaseURL: String, gatewaySecret: String = "test-gateway-secret",
+    /// `arguments` are extra `tally serve` flags (e.g. `["--log-level", "trace"]`).
+    public init(databaseURL: String, gatewaySecret: String = "test-gateway-secret", arguments: [String] = [],
                 environment extra: [String: String] = [:], readyWithin timeout: TimeInterval = 60) throws {
         port = try Self.freePort()
+        self.databaseURL = databaseURL
         self.gatewaySecret = gatewaySecret
-        logURL = FileManager.default.temporaryDirectory.appendingPathComponent("tally-serve-\(port)-\(UUID().uuidString).log")
-        FileManager.default.createFile(atPath: logURL.path, contents: nil)
-        process.executableURL = TallyBinary.url
-        process.arguments = ["serve", "--host", "127.0.0.1", "--port", String(port)]
+        self.arguments = arguments
         var environment = ProcessInfo.processInfo.environment
         environment["DATABASE_URL"] = databaseURL
         environment["TALLY_GATEWAY_SECRET"] = gatewaySecret
         environment["TALLY_POOL_SIZE"] = environment["TALLY_POOL_SIZE"] ?? "4"
         for (name, value) in extra { environment[name] = value }
-        process.environment = environment
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = try FileHandle(forWritingTo: logURL)
-        try process.run()
-        try waitUntilReady(timeout: timeout)
+        self.environment = environment
+        logURL = FileManager.default.temporaryDirectory.appendingPathComponent("tally-serve-\(port)-\(UUID().uuidString).log")
+        FileManager.default.createFile(atPath: logURL.path, contents: nil)
+        try start(readyWithin: timeout)
     }
 
     deinit { stop() }
 
     public var baseURL: String { "http://127.0.0.1:\(port)" }
-    public var isRunning: Bool { process.isRunning }
-    public var pid: Int32 { process.processIdentifier }
+    public var isRunning: Bool { current.withLock { $0?.isRunning ?? false } }
+    /// The process id of the current (or last) run.
+    public var pid: Int32 { current.withLock { $0?.processIdentifier ?? 0 } }
+
+    /// Starts the server (again, on the same port) and returns once `/readyz` answers 200.
+    public func start(readyWithin timeout: TimeInterval = 60) throws {
+        let process = Process()
+        process.executableURL = TallyBinary.url
+        process.arguments = ["serve", "--host", "127.0.0.1", "--port", String(port)] + arguments
+        process.environment = environment
+        let log = try FileHandle(forWritingTo: logURL)
+        try log.seekToEnd()
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        try log.close()
+        current.withLock { $0 = process }
+        try waitUntilReady(process, timeout: timeout)
+    }
+
+    /// `start` off the concurrency pool, for async tests that keep clients running meanwhile.
+    public func restart(readyWithin timeout: TimeInterval = 60) async throws {
+        try await offThePool { Result { try self.start(readyWithin: timeout) } }.get()
+    }
 
     /// Sends `signal` (SIGTERM by default) and waits for the process to exit.
     public func stop(signal: Int32 = SIGTERM) {
-        guard process.isRunning else { return }
+        guard let process = current.withLock({ $0 }), process.isRunning else { return }
         kill(process.processIdentifier, signal)
         process.waitUntilExit()
     }
 
-    /// The server's log so far.
+    /// `kill -9` (no graceful shutdown, nothing flushed), off the concurrency pool.
+    public func kill9() async {
+        await offThePool { self.stop(signal: SIGKILL) }
+    }
+
+    /// The server's log so far (every run).
     public func log() -> String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
 
-    private func waitUntilReady(timeout: TimeInterval) throws {
+    private func waitUntilReady(_ process: Process, timeout: TimeInterval) throws {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             guard process.isRunning else { throw ServerProcessError(message: "tally serve exited: \(log().suffix(2000))") }
             if let answer = try? HTTP.send("GET", "\(baseURL)/readyz", timeout: 2), answer.status == 200 { return }
-            Thread.sleep(forTimeInterval: 0.1)
+            Thread.sleep(forTimeInterval: 0.05)
         }
         stop(signal: SIGKILL)
         throw ServerProcessError(message: "tally serve was not ready within \(Int(timeout)) s: \(log().suffix(2000))")
     }
 
-    /// A port the kernel just handed out and released.
+    /// A port the kernel just handed out and released (the server binds it with SO_REUSEADDR).
     static func freePort() throws -> Int {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard descriptor >= 0 else { throw ServerProcessError(message: "socket() failed") }

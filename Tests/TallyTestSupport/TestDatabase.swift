@@ -18,6 +18,11 @@ public struct TestDatabase: Sendable {
         try await SharedDatabases.instance.database(for: suite)
     }
 
+    /// The same database through a new pool (e.g. after the cluster restarted under the old one).
+    public func reopened(poolSize: Int = 4) -> TestDatabase {
+        TestDatabase(name: name, url: url, pool: PostgresPool(url: url, size: poolSize))
+    }
+
     /// Creates `tally_t_<suite>_<pid>_<random>` and applies every migration.
     public static func create(_ suite: String, poolSize: Int = 8, migrate: Bool = true) async throws -> TestDatabase {
         let admin = PostgresPool(url: try TestCluster.maintenanceURL(), size: 1)
@@ -105,6 +110,10 @@ private actor SharedDatabases {
 /// Tests that stop or restart the shared cluster run only in their own `swift test` pass
 /// (`ops/test` sets `TALLY_DISRUPTIVE_TESTS=1` and filters to them), never beside other suites.
 public let disruptiveTestsEnabled = ProcessInfo.processInfo.environment["TALLY_DISRUPTIVE_TESTS"] == "1"
+
+/// The kill -9 tests take minutes: they run only from `ops/slow-tests/crash-recovery`
+/// (`ops/test --slow`), which sets `TALLY_CRASH_TESTS=1`.
+public let crashTestsEnabled = ProcessInfo.processInfo.environment["TALLY_CRASH_TESTS"] == "1"
 
 /// The `tally` executable built next to the test bundle, for tests that run the real CLI.
 public enum TallyBinary {

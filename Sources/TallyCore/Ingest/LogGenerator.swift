@@ -51,10 +51,12 @@ public struct LogGenerator {
         guard produced < options.lines else { return nil }
         produced += 1
         let roll = random.nextUnit()
-        if roll < options.duplicateRate, !emitted.isEmpty {
-            return emitted[Int(random.next() % UInt64(emitted.count))]
+        if roll < options.duplicateRate {
+            // Before any line can be repeated, a good one (never a bad one: --bad-rate 0 means none).
+            if !emitted.isEmpty { return emitted[Int(random.next() % UInt64(emitted.count))] }
+        } else if roll < options.duplicateRate + options.badRate {
+            return badLine()
         }
-        if roll < options.duplicateRate + options.badRate { return badLine() }
         let line = goodLine()
         if options.duplicateRate > 0 {
             if emitted.count < 10_000 { emitted.append(line) } else { emitted[Int(random.next() % 10_000)] = line }
@@ -140,12 +142,13 @@ public struct LogGenerator {
     }
 }
 
-/// A small, fast, seedable generator (not for secrets).
-struct SplitMix64 {
+/// A small, fast, seedable generator (not for secrets): the same seed gives the same sequence,
+/// which makes generated logs and fuzz cases reproducible.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
-    init(seed: UInt64) { state = seed }
+    public init(seed: UInt64) { state = seed }
 
-    mutating func next() -> UInt64 {
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -154,5 +157,5 @@ struct SplitMix64 {
     }
 
     /// Uniform in [0, 1).
-    mutating func nextUnit() -> Double { Double(next() >> 11) / Double(1 << 53) }
+    public mutating func nextUnit() -> Double { Double(next() >> 11) / Double(1 << 53) }
 }

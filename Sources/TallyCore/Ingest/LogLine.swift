@@ -47,7 +47,8 @@ public struct IngestRejection: Error, Sendable, Equatable, CustomStringConvertib
 }
 
 extension LogLine {
-    /// Parses one gateway log line (a JSON object). Unknown keys are ignored.
+    /// Parses one gateway log line (a JSON object, nothing after it but whitespace). Unknown keys
+    /// are ignored.
     public static func parse(_ bytes: UnsafeBufferPointer<UInt8>) throws(IngestRejection) -> LogLine {
         var scanner = JSONScanner(bytes: bytes)
         var line = LogLine()
@@ -76,6 +77,7 @@ extension LogLine {
                 default: try scanner.skipValue()
                 }
             }
+            try scanner.expectEnd()
         } catch {
             var rejection = readingUsage ? IngestRejection("invalid_usage", "usage: \(error.message)") : .invalidJSON(error)
             rejection.requestID = line.requestID
@@ -118,6 +120,7 @@ extension LogLine {
                 default: try scanner.skipValue()
                 }
             }
+            try scanner.expectEnd()
         } catch {
             var rejection = IngestRejection.invalidJSON(error)
             rejection.requestID = line.requestID
@@ -150,6 +153,12 @@ enum LiteLLMCallType {
 }
 
 extension JSONScanner {
+    /// Nothing but whitespace may follow the line's object.
+    mutating func expectEnd() throws(UsageParseError) {
+        skipWhitespace()
+        guard atEnd else { throw error("unexpected text after the object") }
+    }
+
     /// Reads an object, calling `field` with each key; the callback must consume the value.
     mutating func readObject(_ field: (inout JSONScanner, String) throws(UsageParseError) -> Void) throws(UsageParseError) {
         skipWhitespace()

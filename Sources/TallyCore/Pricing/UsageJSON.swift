@@ -283,6 +283,8 @@ struct JSONScanner {
     }
 
     /// Skips a string starting at the opening quote; reports whether it contained escapes.
+    /// Escapes are checked (RFC 8259 §7) even in strings that are skipped, so no invalid JSON
+    /// passes for valid.
     mutating func skipString(hasEscape: inout Bool) throws(UsageParseError) {
         index += 1
         while index < bytes.count {
@@ -293,13 +295,36 @@ struct JSONScanner {
             }
             if byte == UInt8(ascii: "\\") {
                 hasEscape = true
-                index += 2
+                try skipEscape()
                 continue
             }
             if byte < 0x20 { throw error("control character in a string") }
             index += 1
         }
         throw error("unterminated string")
+    }
+
+    /// Skips one escape sequence (`\n`, `\u00e9` …) starting at its backslash.
+    private mutating func skipEscape() throws(UsageParseError) {
+        guard index + 1 < bytes.count else { throw error("unterminated string") }
+        switch bytes[index + 1] {
+        case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"),
+             UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+            index += 2
+        case UInt8(ascii: "u"):
+            guard index + 6 <= bytes.count, bytes[(index + 2)..<(index + 6)].allSatisfy(Self.isHexDigit) else {
+                throw error("bad \\u escape in a string")
+            }
+            index += 6
+        default: throw error("bad escape in a string")
+        }
+    }
+
+    private static func isHexDigit(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"): true
+        default: false
+        }
     }
 
     /// Reads a string starting at the opening quote, decoding escapes.

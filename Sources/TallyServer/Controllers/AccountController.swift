@@ -61,7 +61,8 @@ struct AccountController {
             return try SystemJSON.success(try await balances.redeem(code: key, userID: user.id, tid: context.tid))
         } catch let failure as RedeemFailure {
             switch failure {
-            case .unknownCode: throw APIError.invalidRequest("invalid redemption code")
+            // A guessed code is a failed credential: it counts towards the caller's address limit.
+            case .unknownCode: throw CredentialRejected(APIError.invalidRequest("invalid redemption code"))
             case .alreadyUsed: throw APIError.conflict("this redemption code has already been used")
             case .disabled: throw APIError.invalidRequest("this redemption code is disabled")
             case .expired: throw APIError.invalidRequest("this redemption code has expired")

@@ -20,7 +20,8 @@ struct APIKeyAuthenticator: Sendable {
 
     func authenticate(_ request: Request) async throws -> (token: APIToken, owner: User) {
         guard let key = Self.key(from: request) else { throw APIError(.missingToken) }
-        guard let found = try await tokens.find(key: key), found.token.isUsable else { throw APIError(.invalidToken) }
+        guard let found = try await tokens.find(key: key) else { throw CredentialRejected(APIError(.invalidToken)) }
+        guard found.token.isUsable else { throw APIError(.invalidToken) }
         guard !found.owner.isSuspended else { throw APIError(.accountSuspended) }
         return found
     }

@@ -18,9 +18,16 @@ public struct GatewayAuthMiddleware: RouterMiddleware {
             throw APIError(.missingToken)
         }
         guard let secretHash, Self.constantTimeEqual(SecretHash(of: presented).bytes, secretHash.bytes) else {
-            throw APIError(.invalidToken)
+            throw CredentialRejected(APIError(.invalidToken))
         }
-        return try await next(request, context)
+        do {
+            return try await next(request, context)
+        } catch {
+            // The gateway is authenticated: a key refused further in is one of its users', not a
+            // failed login of the gateway's address.
+            if let rejected = error as? CredentialRejected { throw rejected.error }
+            throw error
+        }
     }
 
     static func constantTimeEqual(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {

@@ -1,6 +1,7 @@
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOCore
 import TallyCore
 import TallyPostgres
 import TallyStore
@@ -41,6 +42,8 @@ public struct TraceMiddleware: RouterMiddleware {
         switch error {
         case let error as APIError:
             return error
+        case let error as CredentialRejected:
+            return error.error
         case let error as StoreError:
             switch error {
             case .notFound(let message): return .notFound(message)
@@ -50,6 +53,9 @@ public struct TraceMiddleware: RouterMiddleware {
                 logger.error("internal error", metadata: ["error": "\(error)"])
                 return .internalError()
             }
+        case is NIOTooManyBytesError:
+            // A body collected with `collect(upTo:)` / `collectBody(upTo:)` was over the route's limit.
+            return .payloadTooLarge("The request body is larger than the limit.")
         case let error as PostgresError where error.isConnectionFailure:
             logger.warning("database unavailable", metadata: ["error": "\(error)"])
             return .databaseUnavailable()

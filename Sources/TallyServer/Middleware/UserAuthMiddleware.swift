@@ -19,7 +19,7 @@ public struct UserAuthMiddleware: RouterMiddleware {
         guard let token = Self.accessToken(from: request.headers[.authorization]) else {
             throw APIError(.missingToken)
         }
-        guard let user = try await users.find(accessToken: token) else { throw APIError(.invalidToken) }
+        guard let user = try await users.find(accessToken: token) else { throw CredentialRejected(APIError(.invalidToken)) }
         if let claimed = request.headers[.newAPIUser], Int64(claimed.trimmingCharacters(in: .whitespaces)) != user.id {
             throw APIError(.invalidToken)
         }

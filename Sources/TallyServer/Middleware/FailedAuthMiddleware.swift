@@ -1,0 +1,128 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import Synchronization
+import TallyCore
+
+/// A credential the caller presented was wrong (unknown or revoked key, access token or gateway
+/// secret). Thrown by the authenticators instead of their `APIError` so `FailedAuthMiddleware`
+/// can count it against the client's address; it is answered as `error`.
+///
+/// Only the caller's own credential counts: an end user's key that `authorize` refuses on the
+/// gateway's behalf is an answer, not a failed login of the gateway.
+public struct CredentialRejected: Error, Sendable {
+    public let error: APIError
+
+    public init(_ error: APIError) { self.error = error }
+}
+
+/// Counts failed credentials per client IP in fixed windows: after `limit` failures within
+/// `window`, every request from that address is answered `429 too_many_failed_auth` (with a
+/// tid and `Retry-After`) until the window ends. Guessing keys or tokens from one address is
+/// thereby capped at `limit` tries per window.
+public final class FailedAuthLimiter: Sendable {
+    public let limit: Int
+    public let window: Duration
+    /// Addresses tracked at once; beyond it, expired windows are dropped, then the oldest half.
+    public let capacity: Int
+    private let windows = Mutex<[String: (start: ContinuousClock.Instant, failures: Int)]>([:])
+
+    public init(limit: Int, window: Duration, capacity: Int = 100_000) {
+        self.limit = limit
+        self.window = window
+        self.capacity = capacity
+    }
+
+    /// How long `address` stays blocked, or nil when it may try.
+    public func blockedFor(_ address: String, now: ContinuousClock.Instant = .now) -> Duration? {
+        windows.withLock { windows in
+            guard let entry = windows[address] else { return nil }
+            let end = entry.start + window
+            if now >= end {
+                windows[address] = nil
+                return nil
+            }
+            return entry.failures >= limit ? end - now : nil
+        }
+    }
+
+    /// Counts one failed credential from `address`.
+    public func recordFailure(_ address: String, now: ContinuousClock.Instant = .now) {
+        windows.withLock { windows in
+            if let entry = windows[address], now < entry.start + window {
+                windows[address] = (entry.start, entry.failures + 1)
+                return
+            }
+            if windows.count >= capacity { evict(&windows, now: now) }
+            windows[address] = (now, 1)
+        }
+    }
+
+    private func evict(_ windows: inout [String: (start: ContinuousClock.Instant, failures: Int)], now: ContinuousClock.Instant) {
+        windows = windows.filter { now < $0.value.start + window }
+        guard windows.count >= capacity else { return }
+        let oldest = windows.sorted { $0.value.start < $1.value.start }.prefix(windows.count / 2).map(\.key)
+        for address in oldest { windows[address] = nil }
+    }
+}
+
+/// Applies `FailedAuthLimiter` to every route: refuses requests that carry a credential from a
+/// blocked address before any work, and counts each `CredentialRejected` thrown further in. The client address is the TCP peer;
+/// `X-Forwarded-For` is believed only when the peer is one of `trustedProxies` (then the
+/// rightmost address in it that is not itself a trusted proxy is the client).
+public struct FailedAuthMiddleware: RouterMiddleware {
+    public typealias Context = TallyRequestContext
+    let limiter: FailedAuthLimiter?
+    let trustedProxies: IPAllowList
+
+    public init(limiter: FailedAuthLimiter?, trustedProxies: IPAllowList) {
+        self.limiter = limiter
+        self.trustedProxies = trustedProxies
+    }
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let address = clientAddress(request, context: context)
+        if let limiter, let address, Self.presentsCredential(request), let wait = limiter.blockedFor(address) {
+            let seconds = max(1, Int(wait.components.seconds) + (wait.components.attoseconds > 0 ? 1 : 0))
+            var response = TraceMiddleware.response(for: .tooManyFailedAuth(), path: request.uri.path, tid: context.tid)
+            response.headers[.retryAfter] = String(seconds)
+            return response
+        }
+        do {
+            return try await next(request, context)
+        } catch {
+            guard let rejected = error as? CredentialRejected else { throw error }
+            if let limiter, let address { limiter.recordFailure(address) }
+            throw rejected.error
+        }
+    }
+
+    /// Requests without a credential (health checks, public pricing) guess nothing: never blocked.
+    static func presentsCredential(_ request: Request) -> Bool {
+        request.headers[.authorization] != nil || request.headers[.xAPIKey] != nil
+    }
+
+    /// The client's IP address as text, nil when unknown (then it is not limited).
+    func clientAddress(_ request: Request, context: Context) -> String? {
+        guard let peer = context.remoteAddress?.ipAddress else { return nil }
+        guard !trustedProxies.isEmpty, trustedProxies.allows(peer), let forwarded = request.headers[.xForwardedFor] else { return peer }
+        let hops = forwarded.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        for hop in hops.reversed() where !trustedProxies.allows(hop) {
+            return IPAddress.parse(hop) != nil ? hop : peer
+        }
+        return hops.first ?? peer
+    }
+}
+
+extension APIError {
+    /// 429: too many failed credentials from this address; not a catalog entry.
+    static func tooManyFailedAuth() -> APIError {
+        APIError(status: 429, code: "too_many_failed_auth",
+                 message: "Too many failed authentication attempts from this address; try again later.")
+    }
+}
+
+extension HTTPField.Name {
+    static let xForwardedFor = HTTPField.Name("X-Forwarded-For")!
+}

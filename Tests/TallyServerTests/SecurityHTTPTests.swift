@@ -1,0 +1,163 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import TallyCore
+import TallyServer
+import TallyStore
+import TallyTestSupport
+import Testing
+
+/// DESIGN §11 and docs/security.md: per-address limits on failed credentials, secrets never in
+/// the log. Each test builds its own server, so limiter state is its own.
+@Suite("security over HTTP")
+struct SecurityHTTPTests {
+    static let secret = "test-gateway-secret"
+
+    static func database() async throws -> TestDatabase {
+        let db = try await TestDatabase.shared("security")
+        try await db.prepareBilling(users: 3)
+        return db
+    }
+
+    // Windows of an hour, so a slow, loaded machine cannot let one end in the middle of a test.
+    @Test("wrong credentials from one address: 429 too_many_failed_auth with a tid and Retry-After once the limit is reached, on every route; missing ones do not count")
+    func failedAuthLimit() async throws {
+        let db = try await Self.database()
+        let (_, access) = try await Seed(db: db).user("limited")
+        try await TestApp.build(db, { $0.failedAuthLimit = 3; $0.failedAuthWindowSeconds = 3600 }).test(.live) { client in
+            let api = API(client: client)
+            for _ in 0..<10 {
+                #expect(try await api.get("/api/user/self").errorCode == "missing_token")
+            }
+            #expect(try await api.get("/api/user/self", token: access).status == 200)
+            #expect(try await api.get("/api/user/self", token: "not-a-token").errorCode == "invalid_token")
+            #expect(try await api.get("/v1/models", token: "sk-" + String(repeating: "x", count: 48)).errorCode == "invalid_token")
+            let gateway = try await api.post("/gateway/v1/logs", token: "wrong-secret", LogLines.chat("limit-1"))
+            #expect(gateway.errorCode == "invalid_token")
+            // The fourth attempt is refused before any credential is looked at, even a right one.
+            for (uri, token, envelope) in [("/gateway/v1/logs", Self.secret, "gateway"), ("/api/user/self", access, "system")] {
+                let blocked = try await api.call(uri.hasPrefix("/gateway") ? .post : .get, uri, token: token,
+                                                 json: uri.hasPrefix("/gateway") ? LogLines.chat("limit-2") : nil)
+                #expect(blocked.status == 429)
+                #expect(blocked.errorCode == "too_many_failed_auth")
+                let tid = try #require(blocked.headers[.xTid])
+                #expect(TraceID.isValid(tid))
+                let body = try ErrorBody(ByteBuffer(string: blocked.text))
+                #expect(body.tid == tid && body.envelope == envelope)
+                let retryAfter = try #require(blocked.headers[.retryAfter].flatMap(Int.init))
+                #expect((1...3600).contains(retryAfter))
+            }
+        }
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'limit-%'") == 0)
+    }
+
+    @Test("unknown redemption codes count as failed credentials")
+    func redemptionGuessing() async throws {
+        let db = try await Self.database()
+        let (_, access) = try await Seed(db: db).user("guesser")
+        try await TestApp.build(db, { $0.failedAuthLimit = 2; $0.failedAuthWindowSeconds = 3600 }).test(.live) { client in
+            let api = API(client: client)
+            for _ in 0..<2 {
+                let guess = try await api.post("/api/user/topup", token: access, #"{"key":"0123456789abcdef0123456789abcdef"}"#)
+                #expect(guess.status == 400 && guess.errorMessage == "invalid redemption code")
+            }
+            #expect(try await api.get("/api/user/self", token: access).errorCode == "too_many_failed_auth")
+        }
+    }
+
+    @Test("X-Forwarded-For names the client only behind a trusted proxy; otherwise it cannot be used to dodge the limit")
+    func forwardedFor() async throws {
+        let db = try await Self.database()
+        let wrong: HTTPFields = [.authorization: "Bearer wrong"]
+        @Sendable func forwarded(_ address: String) -> HTTPFields {
+            var fields = wrong
+            fields[HTTPField.Name("X-Forwarded-For")!] = "10.9.9.9, \(address)"
+            return fields
+        }
+        try await TestApp.build(db, { $0.failedAuthLimit = 2; $0.failedAuthWindowSeconds = 3600 }).test(.live) { client in
+            for index in 0..<3 {
+                let code = try await client.execute(uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.\(index)")) { try ErrorBody($0.body).code }
+                #expect(code == (index < 2 ? "invalid_token" : "too_many_failed_auth"), "untrusted peer, attempt \(index)")
+            }
+        }
+        try await TestApp.build(db, { $0.failedAuthLimit = 2; $0.failedAuthWindowSeconds = 3600; $0.trustedProxies = try! IPAllowList.parse("127.0.0.1") }).test(.live) { client in
+            for _ in 0..<2 {
+                _ = try await client.execute(uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.7")) { $0.status }
+            }
+            let blocked = try await client.execute(uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.7")) { try ErrorBody($0.body).code }
+            #expect(blocked == "too_many_failed_auth")
+            let other = try await client.execute(uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.8")) { try ErrorBody($0.body).code }
+            #expect(other == "invalid_token")
+        }
+    }
+
+    @Test("the limiter's window: blocked after the limit, free again when the window ends, bounded memory")
+    func limiterWindow() {
+        let limiter = FailedAuthLimiter(limit: 2, window: .seconds(60), capacity: 4)
+        let start = ContinuousClock.now
+        limiter.recordFailure("a", now: start)
+        #expect(limiter.blockedFor("a", now: start) == nil)
+        limiter.recordFailure("a", now: start + .seconds(1))
+        #expect(limiter.blockedFor("a", now: start + .seconds(2)) == .seconds(58))
+        #expect(limiter.blockedFor("b", now: start + .seconds(2)) == nil)
+        #expect(limiter.blockedFor("a", now: start + .seconds(60)) == nil)
+        for index in 0..<100 { limiter.recordFailure("x\(index)", now: start + .seconds(61)) }
+        limiter.recordFailure("x99", now: start + .seconds(61))
+        #expect(limiter.blockedFor("x99", now: start + .seconds(62)) != nil, "the newest addresses are kept")
+    }
+
+    @Test("no issued key, access token, redemption code or the gateway secret in the log of a full flow at trace level")
+    func secretsNeverLogged() async throws {
+        let db = try await TestDatabase.create("secretslog")
+        try await db.prepareBilling(users: 1)
+        let admin = try TallyBinary.run(["admin", "create-user", "--username", "root-of-logs", "--root", "--json"], databaseURL: db.url)
+        let adminToken = try #require((try JSONSerialization.jsonObject(with: Data(admin.output.utf8)) as? [String: Any])?["access_token"] as? String)
+        let gatewaySecret = "gw-secret-\(UInt64.random(in: 0...UInt64.max))"
+        let server = try ServerProcess(databaseURL: db.url, gatewaySecret: gatewaySecret, arguments: ["--log-level", "trace", "--failed-auth-limit", "5"])
+        var secrets = [adminToken, gatewaySecret, SyntheticKeys.key(forUser: 1)]
+        func call(_ method: String, _ path: String, token: String? = nil, json: String? = nil) async throws -> [String: Any] {
+            var headers: [String: String] = [:]
+            if let token { headers["Authorization"] = "Bearer \(token)" }
+            if json != nil { headers["Content-Type"] = "application/json" }
+            return try await HTTP.sendAsync(method, "\(server.baseURL)/\(path)", headers: headers, body: json.map { Data($0.utf8) }).object
+        }
+        do {
+            // Rotating the access token makes the CLI-issued one invalid: both must stay out of the log.
+            let rotated = try await call("POST", "api/user/token", token: adminToken)
+            let userToken = try #require(rotated["data"] as? String)
+            secrets.append(userToken)
+            _ = try await call("GET", "api/user/self", token: adminToken)
+            let created = try await call("POST", "api/token/", token: userToken, json: #"{"name":"logged?","unlimited_quota":true}"#)
+            let key = try #require((created["data"] as? [String: Any])?["key"] as? String)
+            secrets.append(key)
+            _ = try await call("GET", "v1/models", token: key)
+            _ = try await call("GET", "v1/dashboard/billing/subscription", token: key)
+            let codes = try await call("POST", "api/redemption/", token: userToken, json: #"{"name":"log","count":1,"quota":1000}"#)
+            let code = try #require((codes["data"] as? [String])?.first)
+            secrets.append(code)
+            _ = try await call("POST", "api/user/topup", token: userToken, json: #"{"key":"\#(code)"}"#)
+            let line = LogLines.chat("logged-1").replacingOccurrences(of: SyntheticKeys.key(forUser: 1), with: key)
+            let ingested = try await HTTP.sendAsync("POST", "\(server.baseURL)/gateway/v1/logs",
+                                                    headers: ["Authorization": "Bearer \(gatewaySecret)"], body: Data((line + "\n").utf8))
+            #expect(ingested.status == 200)
+            // Wrong and near-miss credentials, which error paths might echo.
+            for wrong in [key + "x", String(key.dropLast()), userToken + "x", gatewaySecret + "x", "sk-" + String(repeating: "0", count: 48)] {
+                _ = try await call("GET", "api/user/self", token: wrong)
+                _ = try await call("GET", "v1/models", token: wrong)
+                _ = try await call("POST", "gateway/v1/logs", token: wrong, json: line)
+            }
+        } catch {
+            server.stop()
+            throw error
+        }
+        server.stop()
+        let log = server.log()
+        #expect(!log.isEmpty, "the trace-level log is empty, so the test proves nothing")
+        for secret in secrets {
+            let body = secret.hasPrefix("sk-") ? String(secret.dropFirst(3)) : secret
+            #expect(!log.contains(body), "secret …\(secret.suffix(6)) is in the server log \(server.logURL.path)")
+            #expect(!log.contains(SecretHash(of: secret).hex), "the hash of secret …\(secret.suffix(6)) is in the server log")
+        }
+    }
+}
