@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TallyCore
+import TallyPostgres
 import TallyServer
 import TallyStore
 
@@ -35,7 +36,7 @@ struct Export: AsyncParsableCommand {
     @Flag(help: "Every request row of the month instead of totals (CSV).")
     var raw = false
 
-    @Option(help: "Write to this file instead of standard output.")
+    @Option(help: "Write to this file instead of standard output; when done, an export.ready webhook names it.")
     var out: String?
 
     @Flag(help: "No progress line.")
@@ -63,7 +64,16 @@ struct Export: AsyncParsableCommand {
             progress.add(chunk.count)
         }
         progress.finish(summary)
+        if let out { try await announce(file: out, export: export, month: usageMonth, rows: summary.rows, pool: pool) }
         await pool.close()
+    }
+
+    /// Tells the webhook endpoints that subscribe to `export.ready` where the file is.
+    private func announce(file: String, export: UsageExport, month: UsageMonth, rows: Int, pool: PostgresPool) async throws {
+        let location = URL(fileURLWithPath: file).standardizedFileURL.path
+        let event = ExportReadyEvent(exportID: UUID().uuidString.lowercased(), kind: raw ? "raw" : "usage", month: month.description,
+                                     location: location, rows: Int64(rows))
+        _ = try await pool.withConnection { connection in try WebhookOutbox.enqueueExportReady(event, on: connection) }
     }
 }
 

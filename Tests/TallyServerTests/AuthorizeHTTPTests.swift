@@ -296,7 +296,8 @@ struct AuthorizeHTTPTests {
         try await TestApp.build(db).test(.live) { client in
             let gateway = Gateway(client: client)
             for body in ["", "{", "[]", #"{"key":5}"#, #"{"key":"\#(key)","model":"gpt-4o","estimate":{"max_tokens":-1}}"#,
-                         #"{"key":"\#(key)","model":"gpt-4o"}"#, #"{"key":"\#(key)","model":"gpt-4o","request_id":""}"#] {
+                         #"{"key":"\#(key)","model":"gpt-4o"}"#, #"{"key":"\#(key)","model":"gpt-4o","request_id":""}"#,
+                         #"{"key":"\#(key)","model":"gpt-4o","request_id":"a\u0000b"}"#] {
                 let answer = try await gateway.post("/authorize", body)
                 #expect(answer.status == 400, "\(body): \(answer.text)")
                 #expect(answer.errorCode == "invalid_request", "\(body)")

@@ -14,8 +14,11 @@ struct ExportCLITests {
         let month = UsageMonth("2026-09")!
         let file = NSTemporaryDirectory() + "tally-export-\(getpid()).csv"
         defer { try? FileManager.default.removeItem(atPath: file) }
+        _ = try await WebhookRepository(pool: db.pool).add(url: "http://127.0.0.1:1/exports", secret: nil, events: [.exportReady], by: .cli)
         let run = try TallyBinary.run(["export", "--month", "2026-09", "--by", "model,user", "--out", file], databaseURL: db.url)
         #expect(run.status == 0)
+        // The file is announced to the endpoints that subscribe to export.ready; stdout exports are not.
+        #expect(try await db.scalar("SELECT count(*) FROM webhook_outbox WHERE type = 'export.ready' AND payload->>'month' = '2026-09' AND payload->>'location' = $1", [file]) == 1)
         let rows = try CSVParser.parse(try String(contentsOfFile: file, encoding: .utf8))
         #expect(UsageFixture.mismatch(Array(rows.dropFirst()), fixture.expectedRows(month: month, by: [.model, .user])) == nil)
 

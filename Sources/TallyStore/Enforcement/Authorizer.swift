@@ -79,8 +79,9 @@ public final class Authorizer: Sendable {
             throw APIError(.rateLimited, model: model)
         }
         let usage = try HoldEstimator.usage(for: request.estimate ?? AuthorizeEstimate(), model: price).get()
-        guard let requestID = request.requestID, !requestID.isEmpty, requestID.utf8.count <= Self.maximumRequestIDLength else {
-            throw APIError.invalidRequest("request_id is required (1–\(Self.maximumRequestIDLength) bytes).")
+        guard let requestID = request.requestID, !requestID.isEmpty, requestID.utf8.count <= Self.maximumRequestIDLength,
+              !requestID.utf8.contains(where: { $0 < 0x20 || $0 == 0x7f }) else {
+            throw APIError.invalidRequest("request_id is required: 1–\(Self.maximumRequestIDLength) bytes, no control characters.")
         }
         let amount: Int64
         do {
