@@ -32,7 +32,7 @@ struct WebhookDispatchTests {
             repository: WebhookRepository(pool: db.pool),
             configuration: WebhookDispatchConfiguration(pollInterval: .milliseconds(50), batchSize: batchSize, maxAttempts: maxAttempts,
                                                         baseBackoff: backoff, maxBackoff: backoff * 2,
-                                                        timeout: .seconds(2)),
+                                                        timeout: .seconds(15)),  // generous: a timed-out delivery is (rightly) sent again
             logger: logger)
     }
 
