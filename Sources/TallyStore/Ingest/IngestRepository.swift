@@ -39,15 +39,17 @@ public struct PostgresIngestRepository: IngestRepository {
                 if !fresh.isEmpty {
                     try connection.copyIn("COPY ingest_new (\(Self.stagingColumns)) FROM STDIN") { try $0.write(rows) }
                     try connection.query(Self.settleHolds)
+                    // Ledger and rollups first: they need no account lock, and every moment an
+                    // account row stays locked, authorize batches for it wait.
+                    try connection.query(Self.appendLedger, [batchID, tid])
+                    try connection.query(Self.upsertUsageDaily)
                     try connection.query(Self.lockUsers)
                     try connection.query(Self.debitUsers)
                     try connection.query(Self.unreserveUsers)
                     try connection.query(Self.lockTokens)
                     try connection.query(Self.debitTokens)
                     try connection.query(Self.unreserveTokens)
-                    try connection.query(Self.appendLedger, [batchID, tid])
                     try connection.query(WebhookOutbox.enqueueBalanceCrossings, [batchID, tid])
-                    try connection.query(Self.upsertUsageDaily)
                 }
             }
             if !rejects.isEmpty { try Self.storeRejects(rejects, tid: tid, on: connection) }
