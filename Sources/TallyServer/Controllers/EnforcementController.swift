@@ -20,7 +20,7 @@ struct EnforcementController {
 
     @Sendable func authorize(request: Request, context: TallyRequestContext) async throws -> Response {
         do {
-            let body = try await SystemInput.decode(AuthorizeRequest.self, from: Self.body(request))
+            let body = try await SystemInput.decode(AuthorizeRequest.self, from: SystemInput.body(request, upTo: Self.maximumBodyBytes))
             let grant = try await authorizer.authorize(body, tid: context.tid)
             EnforcementMetrics.authorized(grant)
             return try AuthorizeResponse(grant, tid: context.tid).response(from: request, context: context)
@@ -32,25 +32,13 @@ struct EnforcementController {
 
     @Sendable func release(request: Request, context: TallyRequestContext) async throws -> Response {
         struct Body: Decodable { let request_id: String }
-        let body = try SystemInput.decode(Body.self, from: try await Self.body(request))
+        let body = try SystemInput.decode(Body.self, from: try await SystemInput.body(request, upTo: Self.maximumBodyBytes))
         guard let outcome = try await holds.release(requestID: body.request_id) else {
             throw APIError.notFound("No hold has this request_id.")
         }
         EnforcementMetrics.released(outcome)
         return try ReleaseResponse(requestId: body.request_id, status: outcome.status, held: outcome.held,
                                    released: outcome.returned, tid: context.tid).response(from: request, context: context)
-    }
-
-    static func body(_ request: Request) async throws -> Data {
-        var request = request
-        let buffer: ByteBuffer
-        do {
-            buffer = try await request.collectBody(upTo: maximumBodyBytes)
-        } catch {
-            throw APIError.payloadTooLarge("The request body is larger than \(maximumBodyBytes) bytes.")
-        }
-        guard buffer.readableBytes > 0 else { throw APIError.invalidRequest("the request body must be a JSON object") }
-        return Data(buffer: buffer)
     }
 }
 

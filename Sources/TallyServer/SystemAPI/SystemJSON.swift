@@ -110,10 +110,10 @@ enum SystemInput {
         try decode(type, from: try await body(request))
     }
 
-    /// The body, at most 1 MiB; 400 when empty.
-    static func body(_ request: Request) async throws -> Data {
+    /// The body, at most `limit` bytes (1 MiB unless given; larger answers 413); 400 when empty.
+    static func body(_ request: Request, upTo limit: Int = maximumBodyBytes) async throws -> Data {
         var request = request
-        let data = Data(buffer: try await request.collectBody(upTo: maximumBodyBytes))
+        let data = Data(buffer: try await request.collectBody(upTo: limit))
         guard !data.isEmpty else { throw APIError.invalidRequest("the request body must be a JSON object") }
         return data
     }
