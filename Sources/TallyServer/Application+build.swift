@@ -25,13 +25,14 @@ public struct TallyServices: Sendable {
     // Enforcement (issue 7).
     public let access: AccessDirectory
     public let holds: any HoldRepository
+    public let holdBook: HoldBook
     public let authorizer: Authorizer
     // Exports and statements (issue 8).
     public let exporter: UsageExporter
     public let statements: StatementRepository
 
     public init(pool: PostgresPool, ingestLimits: IngestLimits = IngestLimits(), holdTTLSeconds: Int = 600,
-                durableHolds: Bool = true) {
+                holdCommit: HoldBook.Mode = .sync) {
         self.pool = pool
         self.ingestLimits = ingestLimits
         users = PostgresUserRepository(pool: pool)
@@ -47,17 +48,36 @@ public struct TallyServices: Sendable {
         logs = LogRepository(pool: pool)
         access = AccessDirectory(pool: pool)
         holds = PostgresHoldRepository(pool: pool)
-        authorizer = Authorizer(directory: access, prices: prices,
-                                reserver: HoldReserver(repository: holds, ttlSeconds: holdTTLSeconds, durable: durableHolds),
-                                limiter: RateLimiter())
+        holdBook = HoldBook(repository: PostgresLeaseRepository(pool: pool), holdTTLSeconds: holdTTLSeconds, mode: holdCommit)
+        authorizer = Authorizer(directory: access, prices: prices, holds: holdBook, limiter: RateLimiter())
         exporter = UsageExporter(pool: pool)
         statements = StatementRepository(pool: pool)
     }
 
+    /// `user:<id>` or `token:<id>`.
+    private static func leaseAccount(_ text: Substring) -> LeaseAccount? {
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, let id = Int64(parts[1]) else { return nil }
+        switch parts[0] {
+        case "user": return .user(id)
+        case "token": return .token(id)
+        default: return nil
+        }
+    }
+
     /// Applies a `tally_changes` notification to every cache that holds the row.
     @Sendable public func applyChange(_ payload: String) {
+        if payload.hasPrefix("overdrawn:") {
+            if let account = Self.leaseAccount(payload.dropFirst(10)) { Task { await holdBook.forget(account) } }
+            return
+        }
         access.invalidate(payload)
         if !payload.hasPrefix("channel:") { tokens.invalidateAll() }
+        // A key's limits changed (unlimited or not, its quota): its lease is taken afresh.
+        if payload.hasPrefix("token:"), let account = Self.leaseAccount(payload[...]) {
+            Task { await holdBook.forget(account) }
+        }
+        if payload == "*" { Task { try? await holdBook.returnIdleLeases(everything: true) } }
     }
 }
 
@@ -68,11 +88,12 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     TallyMetrics.bootstrap()
     let pool = PostgresPool(url: configuration.databaseURL, size: configuration.poolSize, logger: logger)
     let services = TallyServices(pool: pool, holdTTLSeconds: configuration.holdTTLSeconds,
-                                 durableHolds: configuration.durableHolds)
+                                 holdCommit: configuration.holdCommit)
     let migrator = Migrator(pool: pool, logger: logger)
     try await migrator.migrate()
     try await migrator.createLogPartitions(months: 3)
     try await services.prices.reload()
+    try await services.holdBook.start()
     let router = buildRouter(services, configuration: configuration)
     var app = Application(
         router: router,
@@ -87,6 +108,7 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
         PriceRefreshService(prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds), logger: logger),
         LogPartitionService(migrator: migrator, interval: .seconds(86_400), logger: logger),
         HoldSweeperService(holds: services.holds, interval: .seconds(1), logger: logger),
+        LeaseService(book: services.holdBook, logger: logger),
         ChangeListenerService(databaseURL: configuration.databaseURL, onChange: services.applyChange,
                               onReconnect: { services.applyChange("*") }, logger: logger))
     if configuration.webhooks.enabled {
@@ -106,7 +128,7 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     HealthController(pool: services.pool).addRoutes(to: router)
     let gateway = router.group("/gateway/v1").add(middleware: GatewayAuthMiddleware(secret: configuration.gatewaySecret))
     IngestController(ingestor: services.ingestor, limits: services.ingestLimits).addRoutes(to: gateway)
-    EnforcementController(authorizer: services.authorizer, holds: services.holds).addRoutes(to: gateway)
+    EnforcementController(authorizer: services.authorizer, holds: services.holds, holdBook: services.holdBook).addRoutes(to: gateway)
     let pricing = PricingController(prices: services.prices, repository: services.priceVersions)
     pricing.addPublicRoutes(to: router)
     let admin = router.group("/api/admin").add(middleware: UserAuthMiddleware(users: services.users, minimumRole: .admin))

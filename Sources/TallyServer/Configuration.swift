@@ -1,5 +1,6 @@
 import Logging
 import TallyCore
+import TallyStore
 
 /// Everything `tally serve` can be told, from flags or the environment (see `tally serve --help`).
 public struct TallyConfiguration: Sendable {
@@ -29,16 +30,16 @@ public struct TallyConfiguration: Sendable {
     public var trustedProxies: IPAllowList
     /// How long an authorize hold stays open without a settlement or release (`TALLY_HOLD_TTL`).
     public var holdTTLSeconds: Int
-    /// Whether a hold batch waits for its WAL flush before authorize answers
-    /// (`TALLY_HOLD_COMMIT=sync`, the default) or not (`async`: faster, and a crash of
-    /// PostgreSQL itself may forget the last moments of reservations; charges are unaffected).
-    public var durableHolds: Bool
+    /// When authorize answers (`TALLY_HOLD_COMMIT`): `sync` (the default) after the hold's
+    /// journal batch committed; `async` as soon as the hold is cut from the lease in memory
+    /// (docs/enforcement.md).
+    public var holdCommit: HoldBook.Mode
     /// The webhook dispatcher (docs/webhooks.md).
     public var webhooks: WebhookDispatchConfiguration
 
     public init(host: String = "127.0.0.1", port: Int = 8080, databaseURL: String, poolSize: Int = 16,
                 gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5,
-                holdTTLSeconds: Int = 600, durableHolds: Bool = true,
+                holdTTLSeconds: Int = 600, holdCommit: HoldBook.Mode = .sync,
                 webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration(),
                 idleTimeoutSeconds: Int = 60, failedAuthLimit: Int = 20, failedAuthWindowSeconds: Int = 60,
                 trustedProxies: IPAllowList = IPAllowList(ranges: [])) {
@@ -50,7 +51,7 @@ public struct TallyConfiguration: Sendable {
         self.logLevel = logLevel
         self.priceRefreshSeconds = priceRefreshSeconds
         self.holdTTLSeconds = holdTTLSeconds
-        self.durableHolds = durableHolds
+        self.holdCommit = holdCommit
         self.webhooks = webhooks
         self.idleTimeoutSeconds = idleTimeoutSeconds
         self.failedAuthLimit = failedAuthLimit

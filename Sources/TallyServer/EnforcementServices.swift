@@ -49,6 +49,47 @@ struct HoldSweeperService: Service {
     }
 }
 
+/// Keeps this instance's leases (``HoldBook``): renews its registration every 3 s, gives
+/// leases unused for 2 s back to their accounts, and returns the leases of instances that
+/// stopped renewing (any instance may; they are claimed with SKIP LOCKED). On graceful
+/// shutdown — after the HTTP server stopped taking requests — journals what is queued and
+/// returns every lease.
+struct LeaseService: Service {
+    let book: HoldBook
+    let logger: Logger
+
+    static let reapedCounter = Counter(label: "tally_lease_instances_reaped_total")
+
+    func run() async throws {
+        var round = 0
+        while !Task.isShuttingDownGracefully {
+            do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) } } catch { break }
+            round += 1
+            await upkeep(renewing: round % 3 == 0)
+        }
+        do {
+            try await book.retire()
+        } catch {
+            logger.warning("could not return this instance's leases; they return when it is reaped",
+                           metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func upkeep(renewing: Bool) async {
+        do {
+            if renewing { try await book.renew() }
+            try await book.returnIdleLeases()
+            let reaped = try await book.reapDeadInstances()
+            if reaped > 0 {
+                Self.reapedCounter.increment(by: reaped)
+                logger.warning("returned the leases of instances that stopped renewing", metadata: ["instances": "\(reaped)"])
+            }
+        } catch {
+            logger.warning("lease upkeep failed", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
 /// Listens for `tally_changes` (sent by triggers on tokens, users, groups and channels, from any
 /// instance or psql) and drops the cached entries they name. On its own connection, outside the
 /// pool, on a thread of its own since waiting for a notification blocks. After a lost

@@ -13,7 +13,8 @@ public struct AuditViolation: Sendable, Equatable, CustomStringConvertible {
 /// balance = sum of the user's ledger rows; used_quota = its charges = the quota of its
 /// requests in the usage rollups; request_count = its requests there; the same for every token;
 /// for every month whose request rows are kept, the rollups = the request rows; and what users
-/// and tokens have `reserved` equals the open holds reserving from them (DESIGN §5).
+/// and tokens have `reserved` equals the open holds reserving from them plus the instances'
+/// leases of them (DESIGN §5, docs/enforcement.md).
 ///
 /// With a month (`tally audit --month`), the month's figures instead (docs/exports.md): the
 /// ledger's charges of the month = its usage rollups, which every export sums and statements
@@ -79,14 +80,21 @@ public struct Auditor: Sendable {
             SELECT user_id, sum(amount) AS amount FROM holds WHERE status = 'held' GROUP BY user_id
         ), token_holds AS (
             SELECT token_id, sum(amount) AS amount FROM holds WHERE status = 'held' AND token_reserved GROUP BY token_id
+        ), user_leased AS (
+            SELECT user_id, sum(amount) AS amount FROM user_leases GROUP BY user_id
+        ), token_leased AS (
+            SELECT token_id, sum(amount) AS amount FROM token_leases GROUP BY token_id
         )
-        SELECT u.id, u.username, format('reserved %s but open holds reserve %s', u.reserved, coalesce(h.amount, 0))
-        FROM users u LEFT JOIN user_holds h ON h.user_id = u.id
-        WHERE u.reserved <> coalesce(h.amount, 0)
+        SELECT u.id, u.username, format('reserved %s but open holds reserve %s and leases %s',
+                                        u.reserved, coalesce(h.amount, 0), coalesce(l.amount, 0))
+        FROM users u LEFT JOIN user_holds h ON h.user_id = u.id LEFT JOIN user_leased l ON l.user_id = u.id
+        WHERE u.reserved <> coalesce(h.amount, 0) + coalesce(l.amount, 0)
         UNION ALL
-        SELECT t.user_id, u.username, format('token %s: reserved %s but open holds reserve %s', t.id, t.reserved, coalesce(h.amount, 0))
+        SELECT t.user_id, u.username, format('token %s: reserved %s but open holds reserve %s and leases %s',
+                                             t.id, t.reserved, coalesce(h.amount, 0), coalesce(l.amount, 0))
         FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN token_holds h ON h.token_id = t.id
-        WHERE t.reserved <> coalesce(h.amount, 0)
+             LEFT JOIN token_leased l ON l.token_id = t.id
+        WHERE t.reserved <> coalesce(h.amount, 0) + coalesce(l.amount, 0)
         ORDER BY 1
         """)
 

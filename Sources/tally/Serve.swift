@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import TallyCore
 import TallyServer
+import TallyStore
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -27,7 +28,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds an authorize hold stays open without a settlement or release before the sweeper returns it. Env: TALLY_HOLD_TTL. Default: 600.")
     var holdTTL: Int?
 
-    @Option(help: "sync: authorize answers after its hold batch is flushed to the WAL; async: without waiting (faster; a crash of PostgreSQL itself may forget the last moments of reservations, never charges). Env: TALLY_HOLD_COMMIT. Default: sync.")
+    @Option(help: "sync: authorize answers once its hold is journaled in PostgreSQL (group commit); async: as soon as the hold is cut from this instance's lease in memory, the journal following within milliseconds (faster; see docs/enforcement.md for what a crash then costs). Env: TALLY_HOLD_COMMIT. Default: sync.")
     var holdCommit: String?
 
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: TALLY_LOG_LEVEL. Default: info.")
@@ -68,7 +69,7 @@ struct Serve: AsyncParsableCommand {
             gatewaySecret: gatewaySecret ?? environment["TALLY_GATEWAY_SECRET"] ?? "",
             logLevel: level,
             holdTTLSeconds: try holdTTL ?? Self.integer(environment, "TALLY_HOLD_TTL") ?? 600,
-            durableHolds: try Self.holdCommitIsDurable(holdCommit ?? environment["TALLY_HOLD_COMMIT"] ?? "sync"),
+            holdCommit: try Self.holdCommitMode(holdCommit ?? environment["TALLY_HOLD_COMMIT"] ?? "sync"),
             webhooks: try webhookConfiguration(environment),
             idleTimeoutSeconds: try idleTimeout ?? Self.integer(environment, "TALLY_IDLE_TIMEOUT") ?? 60,
             failedAuthLimit: try failedAuthLimit ?? Self.integer(environment, "TALLY_FAILED_AUTH_LIMIT") ?? 20,
@@ -95,12 +96,11 @@ struct Serve: AsyncParsableCommand {
         }
     }
 
-    private static func holdCommitIsDurable(_ mode: String) throws -> Bool {
-        switch mode {
-        case "sync": return true
-        case "async": return false
-        default: throw ValidationError("--hold-commit must be sync or async, got \"\(mode)\"")
+    private static func holdCommitMode(_ mode: String) throws -> HoldBook.Mode {
+        guard let parsed = HoldBook.Mode(rawValue: mode) else {
+            throw ValidationError("--hold-commit must be sync or async, got \"\(mode)\"")
         }
+        return parsed
     }
 
     private func webhookConfiguration(_ environment: [String: String]) throws -> WebhookDispatchConfiguration {

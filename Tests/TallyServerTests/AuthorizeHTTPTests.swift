@@ -155,7 +155,9 @@ struct AuthorizeHTTPTests {
             let traced = try await gateway.authorize(key: poorKey, tid: "4bf92f3577b34da6a3ce929d0e0e4736")
             #expect((traced.object["error"] as? [String: Any])?["tid"] as? String == "4bf92f3577b34da6a3ce929d0e0e4736")
         }
-        // Refusals reserve nothing.
+        // Refusals reserve nothing: only the granted holds are open, and with the server stopped
+        // (its leases returned) they are all that is reserved.
+        #expect(try await seed.int("SELECT sum(amount) FROM holds WHERE status = 'held'") == Int64(1 + rpmGranted) * chatHold)
         #expect(try await seed.int("SELECT sum(reserved) FROM users") == Int64(1 + rpmGranted) * chatHold)
     }
 
@@ -176,13 +178,16 @@ struct AuthorizeHTTPTests {
             let retry = try await gateway.authorize(key: key, requestID: "req-1")
             #expect(int64(retry.object["hold_id"]) == int64(first.object["hold_id"]))
             #expect(retry.object["duplicate"] as? Bool == true)
-            #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == chatHold)
-            #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [user.id]) == chatHold)
+            #expect(try await seed.openHolds(user: user.id) == chatHold)
+            #expect(try await seed.openHolds(user: user.id, tokenOnly: true) == chatHold)
+            // What the user and the key can still lease excludes the hold.
+            #expect(try await seed.int("SELECT quota - reserved FROM users WHERE id = $1", [user.id]) <= 100_000 - chatHold)
+            #expect(try await seed.int("SELECT remain_quota - reserved FROM tokens WHERE user_id = $1", [user.id]) <= 50_000 - chatHold)
 
             // Settled at the real cost (1000 + 100 tokens: 0.0035 USD = 1,750 units), the reservation returned.
             #expect(try await gateway.settle("req-1", key: key, prompt: 1000, completion: 100).status == 200)
-            #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)
-            #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [user.id]) == 0)
+            #expect(try await seed.openHolds(user: user.id) == 0)
+            #expect(try await Auditor(pool: db.pool).run().isEmpty)
             #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 100_000 - 1_750)
             #expect(try await seed.int("SELECT count(*) FROM holds WHERE request_id = 'req-1' AND status = 'settled'") == 1)
 
@@ -199,12 +204,15 @@ struct AuthorizeHTTPTests {
             #expect(settled.object["status"] as? String == "settled")
             #expect(int64(settled.object["released"]) == 0)
             #expect(try await gateway.post("/release", #"{"request_id":"nope"}"#).status == 404)
-            #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)
+            #expect(try await seed.openHolds(user: user.id) == 0)
             // A log line of a request that was never authorized is charged like any other.
             #expect(try await gateway.settle("req-3", key: key).status == 200)
             #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 100_000 - 1_750 - chatHold)
         }
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
+        // Stopped, the server gave its leases back: nothing is reserved any more.
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)
+        #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [user.id]) == 0)
     }
 
     @Test("a settlement above its hold is charged in full; the overrun leaves the account negative and refuses the next hold")
@@ -217,8 +225,16 @@ struct AuthorizeHTTPTests {
             #expect(try await gateway.authorize(key: key, requestID: "big").status == 200)
             #expect(try await gateway.settle("big", key: key, prompt: 1000, completion: 1000).status == 200)
             #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 4_000 - 6_250)
-            Self.expectError(try await gateway.authorize(key: key, estimate: #"{"prompt_tokens":1,"max_tokens":1}"#),
-                             .insufficientUserQuota)
+            // The rest of the lease goes back when the overdraft's notification arrives (at once,
+            // in practice); from then on nothing more is granted.
+            var answer = try await gateway.authorize(key: key, estimate: #"{"prompt_tokens":1,"max_tokens":1}"#)
+            let deadline = Date().addingTimeInterval(5)
+            while answer.status == 200, Date() < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+                answer = try await gateway.authorize(key: key, estimate: #"{"prompt_tokens":1,"max_tokens":1}"#)
+            }
+            Self.expectError(answer, .insufficientUserQuota)
+            #expect(try await seed.int("SELECT count(*) FROM user_leases WHERE user_id = $1 AND amount > 0", [user.id]) == 0)
         }
     }
 
@@ -232,8 +248,13 @@ struct AuthorizeHTTPTests {
         try await buildApplication(configuration).test(.live) { client in
             let gateway = Gateway(client: client)
             #expect(try await gateway.authorize(key: key, requestID: "short").status == 200)
-            #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == chatHold)
+            #expect(try await seed.openHolds(user: user.id) == chatHold)
             let deadline = Date().addingTimeInterval(10)
+            while try await seed.openHolds(user: user.id) != 0, Date() < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            #expect(try await seed.openHolds(user: user.id) == 0)
+            // The idle lease went back too (after 2 s unused).
             while try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) != 0, Date() < deadline {
                 try await Task.sleep(for: .milliseconds(200))
             }
@@ -290,7 +311,7 @@ struct AuthorizeHTTPTests {
             #expect(int64(answer.object["accepted"]) == 1, "\(answer.text)")
             #expect(try await counter() == before + 1)
             #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 100_000)
-            #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)
+            #expect(try await seed.openHolds(user: user.id) == 0)
         }
     }
 

@@ -109,6 +109,12 @@ struct Seed {
         try await db.pool.withConnection { try $0.query(text, parameters) }
     }
 
+    /// Units the user's open holds reserve (of its limited keys only, with `tokenOnly`).
+    func openHolds(user: Int64, tokenOnly: Bool = false) async throws -> Int64 {
+        try await int("SELECT coalesce(sum(amount), 0)::bigint FROM holds WHERE user_id = $1 AND status = 'held'"
+                      + (tokenOnly ? " AND token_reserved" : ""), [user])
+    }
+
     func int(_ text: String, _ parameters: [any PostgresEncodable] = []) async throws -> Int64 {
         try await sql(text, parameters)[0].decode(0, as: Int64.self)
     }

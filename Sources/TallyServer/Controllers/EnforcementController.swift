@@ -9,6 +9,7 @@ import TallyStore
 struct EnforcementController {
     let authorizer: Authorizer
     let holds: any HoldRepository
+    let holdBook: HoldBook
 
     /// Authorize and release bodies are small; anything larger is refused unread.
     static let maximumBodyBytes = 64 * 1024
@@ -33,6 +34,8 @@ struct EnforcementController {
     @Sendable func release(request: Request, context: TallyRequestContext) async throws -> Response {
         struct Body: Decodable { let request_id: String }
         let body = try SystemInput.decode(Body.self, from: try await SystemInput.body(request, upTo: Self.maximumBodyBytes))
+        // A hold answered from memory (async mode) may still be on its way to the journal.
+        await holdBook.flush()
         guard let outcome = try await holds.release(requestID: body.request_id) else {
             throw APIError.notFound("No hold has this request_id.")
         }

@@ -59,6 +59,10 @@ public struct TraceMiddleware: RouterMiddleware {
         case let error as PostgresError where error.isConnectionFailure:
             logger.warning("database unavailable", metadata: ["error": "\(error)"])
             return .databaseUnavailable()
+        case let error as LeaseError:
+            // The registration lapsed or was reaped: PostgreSQL was out of reach for too long.
+            logger.warning("no valid lease registration", metadata: ["error": "\(error)"])
+            return .databaseUnavailable()
         case let error as HTTPError:
             switch error.status.code {
             case 404: return .notFound()

@@ -37,21 +37,21 @@ public struct AuthorizeGrant: Sendable, Equatable {
 }
 
 /// Decides `authorize`: the checks of DESIGN §5 in order, each failing with its catalog entry,
-/// then a hold reserved through the batching ``HoldReserver``. Reads only memory on the way
-/// (keys, channels, prices, rate counters) except for the hold itself.
+/// then a hold cut from this instance's leases by ``HoldBook``. Reads only memory on the way
+/// (keys, channels, prices, rate counters, leases); PostgreSQL is asked only to refill a lease.
 public final class Authorizer: Sendable {
     /// Longest request id accepted (new-api's ids are 32–40 characters; UUIDs 36).
     public static let maximumRequestIDLength = 128
 
     private let directory: AccessDirectory
     private let prices: PriceCatalog
-    private let reserver: HoldReserver
+    private let holds: HoldBook
     private let limiter: RateLimiter
 
-    public init(directory: AccessDirectory, prices: PriceCatalog, reserver: HoldReserver, limiter: RateLimiter) {
+    public init(directory: AccessDirectory, prices: PriceCatalog, holds: HoldBook, limiter: RateLimiter) {
         self.directory = directory
         self.prices = prices
-        self.reserver = reserver
+        self.holds = holds
         self.limiter = limiter
     }
 
@@ -93,7 +93,7 @@ public final class Authorizer: Sendable {
         }
         let hold = HoldRequest(requestID: requestID, userID: access.userID, tokenID: access.tokenID, model: model,
                                amount: amount, tid: tid)
-        switch try await reserver.reserve(hold) {
+        switch try await holds.reserve(hold) {
         case let .held(holdID, held):
             return AuthorizeGrant(holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
                                   held: held, isNew: true)

@@ -49,6 +49,7 @@ public struct PostgresIngestRepository: IngestRepository {
                     try connection.query(Self.lockTokens)
                     try connection.query(Self.debitTokens)
                     try connection.query(Self.unreserveTokens)
+                    try connection.query(Self.notifyOverdrawn)
                     try connection.query(WebhookOutbox.enqueueBalanceCrossings, [batchID, tid])
                 }
             }
@@ -176,6 +177,17 @@ public struct PostgresIngestRepository: IngestRepository {
         UPDATE tokens k SET reserved = k.reserved - s.amount
         FROM (SELECT token_id, sum(amount) AS amount FROM ingest_settled WHERE token_reserved GROUP BY token_id) s
         WHERE k.id = s.token_id
+        """)
+
+    /// Accounts a settlement left with less than they have reserved (an overrun): every
+    /// instance gives back its leases of them (`overdrawn:user:<id>`, `overdrawn:token:<id>`
+    /// on tally_changes, sent at commit), so nothing more is cut from them until a top-up.
+    static let notifyOverdrawn = PreparedStatement("ingest_notify_overdrawn", """
+        SELECT pg_notify('tally_changes', 'overdrawn:user:' || u.id) FROM users u
+        WHERE u.id IN (SELECT user_id FROM ingest_new) AND u.quota < u.reserved
+        UNION ALL
+        SELECT pg_notify('tally_changes', 'overdrawn:token:' || k.id) FROM tokens k
+        WHERE k.id IN (SELECT token_id FROM ingest_new) AND NOT k.unlimited_quota AND k.remain_quota < k.reserved
         """)
 
     static let debitUsers = PreparedStatement("ingest_debit_users", """

@@ -1,0 +1,192 @@
+import Foundation
+import TallyPostgres
+
+/// An account a lease is taken from: a user, or a limited token.
+public enum LeaseAccount: Hashable, Sendable {
+    case user(Int64)
+    case token(Int64)
+}
+
+/// What `tally_lease` granted for one account.
+public struct LeaseGrant: Sendable, Equatable {
+    public enum State: String, Sendable {
+        case ok, unknown, unlimited, exhausted
+    }
+
+    public let account: LeaseAccount
+    public let granted: Int64
+    public let state: State
+}
+
+/// A hold cut from this instance's leases, on its way to the journal.
+public struct JournaledHold: Sendable, Equatable {
+    public let id: Int64
+    public let request: HoldRequest
+    /// The amount was also cut from the (limited) token's lease.
+    public let tokenLeased: Bool
+}
+
+/// What the journal found for a hold: the hold stored under its request id (this one, or an
+/// earlier one when the request id had been authorized before).
+public struct JournalOutcome: Sendable, Equatable {
+    public let holdID: Int64
+    public let held: Int64
+    public let status: String
+    public let isNew: Bool
+}
+
+/// The instance's side of the lease books in PostgreSQL (migration 0009).
+public protocol LeaseRepository: Sendable {
+    /// Registers this instance; its registration lasts `ttlSeconds` unless renewed, and its
+    /// leases are reclaimed `reclaimAfterSeconds` after that.
+    func register(instance: String, ttlSeconds: Int, reclaimAfterSeconds: Int) async throws
+    /// Renews the registration; false when it is gone (reaped): the leases are lost.
+    func renew(instance: String, ttlSeconds: Int) async throws -> Bool
+    /// Returns every lease of this instance and ends its registration (journal first).
+    func retire(instance: String) async throws
+    /// Leases up to `wants` units of each account; throws `LeaseError.notRegistered` when the
+    /// registration is gone.
+    func lease(instance: String, wants: [LeaseAccount: Int64]) async throws -> [LeaseGrant]
+    /// Gives unused lease units back.
+    func giveBack(instance: String, amounts: [LeaseAccount: Int64]) async throws
+    /// Stores holds cut from the leases; outcomes in the order of `holds`.
+    func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome]
+    /// The first of 1024 fresh hold ids.
+    func holdIDBlock() async throws -> Int64
+    /// Returns the leases of instances that stopped renewing; how many instances were reaped.
+    func reapInstances() async throws -> Int
+}
+
+public enum LeaseError: Error, Equatable {
+    /// The registration was reaped (this instance did not renew it in time).
+    case notRegistered
+    /// This instance could not renew its registration in time, so it may not cut holds from
+    /// its leases until it does (PostgreSQL is unreachable).
+    case registrationLapsed
+}
+
+public struct PostgresLeaseRepository: LeaseRepository {
+    let pool: PostgresPool
+
+    public init(pool: PostgresPool) { self.pool = pool }
+
+    public func register(instance: String, ttlSeconds: Int, reclaimAfterSeconds: Int) async throws {
+        try await pool.withConnection { connection in
+            _ = try connection.query(Self.registerInstance, [instance, ttlSeconds, reclaimAfterSeconds])
+        }
+    }
+
+    public func renew(instance: String, ttlSeconds: Int) async throws -> Bool {
+        try await pool.withConnection { connection in
+            !(try connection.query(Self.renewInstance, [instance, ttlSeconds]).isEmpty)
+        }
+    }
+
+    public func retire(instance: String) async throws {
+        try await pool.withConnection { connection in
+            _ = try connection.query(Self.retireInstance, [instance])
+        }
+    }
+
+    public func lease(instance: String, wants: [LeaseAccount: Int64]) async throws -> [LeaseGrant] {
+        let (users, tokens) = Self.split(wants)
+        return try await pool.withConnection { connection in
+            do {
+                return try connection.query(Self.leaseAccounts, [
+                    instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
+                    PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
+                ]).map { row in
+                    let id: Int64 = try row.decode(1)
+                    return LeaseGrant(account: try row.decode(0, as: String.self) == "user" ? .user(id) : .token(id),
+                                      granted: try row.decode(2),
+                                      state: LeaseGrant.State(rawValue: try row.decode(3)) ?? .unknown)
+                }
+            } catch {
+                throw Self.translated(error)
+            }
+        }
+    }
+
+    public func giveBack(instance: String, amounts: [LeaseAccount: Int64]) async throws {
+        let (users, tokens) = Self.split(amounts)
+        try await pool.withConnection { connection in
+            _ = try connection.query(Self.returnLeases, [
+                instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
+                PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
+            ])
+        }
+    }
+
+    public func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome] {
+        let requests = holds.map(\.request)
+        let parameters: [any PostgresEncodable] = [
+            instance, PostgresArray.integers(holds.map(\.id)), PostgresArray.text(requests.map(\.requestID)),
+            PostgresArray.integers(requests.map(\.userID)), PostgresArray.integers(requests.map(\.tokenID)),
+            PostgresArray.integers(requests.map(\.amount)), PostgresArray.text(requests.map(\.model)),
+            PostgresArray.text(requests.map(\.tid)), "{" + holds.map { $0.tokenLeased ? "t" : "f" }.joined(separator: ",") + "}",
+            ttlSeconds,
+        ]
+        return try await pool.withConnection { connection in
+            // A stored hold with another id is an earlier authorization of the request id.
+            try zip(holds, connection.query(Self.journalHolds, parameters).map { row in
+                (id: try row.decode(1, as: Int64.self), held: try row.decode(2, as: Int64.self), status: try row.decode(3, as: String.self))
+            }).map { hold, stored in
+                JournalOutcome(holdID: stored.id, held: stored.held, status: stored.status, isNew: stored.id == hold.id)
+            }
+        }
+    }
+
+    public func holdIDBlock() async throws -> Int64 {
+        try await pool.withConnection { connection in
+            try connection.query(Self.nextHoldIDBlock)[0].decode(0)
+        }
+    }
+
+    public func reapInstances() async throws -> Int {
+        try await pool.withConnection { connection in
+            try connection.query(Self.reap)[0].decode(0)
+        }
+    }
+
+    /// `tally_lease`'s "not registered" as a `LeaseError`; anything else as it is.
+    private static func translated(_ error: any Error) -> any Error {
+        (error as? PostgresError)?.sqlState == notRegisteredState ? LeaseError.notRegistered : error
+    }
+
+    /// Users and tokens as id / amount pairs, in id order.
+    private static func split(_ amounts: [LeaseAccount: Int64]) -> (users: [(Int64, Int64)], tokens: [(Int64, Int64)]) {
+        var users: [(Int64, Int64)] = [], tokens: [(Int64, Int64)] = []
+        for (account, amount) in amounts {
+            switch account {
+            case .user(let id): users.append((id, amount))
+            case .token(let id): tokens.append((id, amount))
+            }
+        }
+        return (users.sorted { $0.0 < $1.0 }, tokens.sorted { $0.0 < $1.0 })
+    }
+
+    // MARK: SQL
+
+    /// Raised by `tally_lease` when the registration is gone.
+    static let notRegisteredState = "T0L01"
+
+    static let registerInstance = PreparedStatement("leases_register", """
+        INSERT INTO tally_instances (id, expires_at, reclaim_after_seconds)
+        VALUES ($1, now() + make_interval(secs => $2), $3)
+        """)
+    static let renewInstance = PreparedStatement("leases_renew", """
+        UPDATE tally_instances SET expires_at = now() + make_interval(secs => $2) WHERE id = $1 RETURNING 1
+        """)
+    static let retireInstance = PreparedStatement("leases_retire", "SELECT tally_reap_instances($1)")
+    static let leaseAccounts = PreparedStatement("leases_lease", """
+        SELECT kind, account_id, granted, state FROM tally_lease($1, $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+        """)
+    static let returnLeases = PreparedStatement("leases_return",
+        "SELECT tally_return_leases($1, $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])")
+    static let journalHolds = PreparedStatement("leases_journal", """
+        SELECT request_id, hold_id, held, hold_status FROM tally_journal_holds(
+            $1, $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::boolean[], $10)
+        """)
+    static let nextHoldIDBlock = PreparedStatement("leases_hold_id_block", "SELECT nextval(pg_get_serial_sequence('holds', 'id'))")
+    static let reap = PreparedStatement("leases_reap", "SELECT tally_reap_instances()")
+}
