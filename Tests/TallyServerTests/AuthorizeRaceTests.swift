@@ -14,8 +14,8 @@ struct AuthorizeRaceTests {
     static let concurrency = 64
 
     @Test("10,000 concurrent holds of c on 100·c: exactly 100 succeed, the balance is exact after settlement",
-          arguments: [1, 2])
-    func exactlyAffordable(serverCount: Int) async throws {
+          arguments: [1, 2], ["sync", "async"])
+    func exactlyAffordable(serverCount: Int, holdCommit: String) async throws {
         let db = try await TestDatabase.create("authorize-race")
         let seed = Seed(db: db)
         try await seed.prices(enforcementSheet)
@@ -23,7 +23,9 @@ struct AuthorizeRaceTests {
         let (user, _) = try await seed.user(quota: Int64(Self.affordable) * chatHold)
         // A limited key with room for 150: the user's balance is what binds.
         let key = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 150 * chatHold, unlimitedQuota: false)).key
-        let servers = try (0..<serverCount).map { _ in try ServerProcess(databaseURL: db.url) }
+        let servers = try (0..<serverCount).map { _ in
+            try ServerProcess(databaseURL: db.url, environment: ["TALLY_HOLD_COMMIT": holdCommit])
+        }
         let headers = ["Authorization": "Bearer \(servers[0].gatewaySecret)", "Content-Type": "application/json"]
 
         let granted = try await withThrowingTaskGroup(of: [String].self) { group in
@@ -49,6 +51,13 @@ struct AuthorizeRaceTests {
         }
         #expect(granted.count == Self.affordable)
         #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == Int64(Self.affordable) * chatHold)
+        // Answered from memory (async), a hold reaches PostgreSQL within milliseconds; a gateway
+        // settles much later (after the upstream call), so wait for the journal here too.
+        let journaled = Date().addingTimeInterval(5)
+        while try await seed.int("SELECT count(*) FROM holds WHERE status = 'held'") < Self.affordable, Date() < journaled {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(try await seed.openHolds(user: user.id) == Int64(Self.affordable) * chatHold)
 
         // Settle every hold at exactly its estimate, through both servers.
         let lines = granted.map {
@@ -65,5 +74,44 @@ struct AuthorizeRaceTests {
         #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'settled'") == Int64(Self.affordable))
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
         servers.forEach { $0.stop() }
+        // Stopped, each server gave its leases back.
+        #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [user.id]) == 0)
+        #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 0)
+    }
+
+    @Test("an instance killed with kill -9 loses its leases to no one: another instance returns them once it stops renewing")
+    func killedInstanceLeasesReturn() async throws {
+        let db = try await TestDatabase.create("authorize-kill")
+        let seed = Seed(db: db)
+        try await seed.prices(enforcementSheet)
+        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
+        let (user, _) = try await seed.user(quota: 10 * chatHold)
+        let key = try await seed.key(user: user.id).key
+        let doomed = try ServerProcess(databaseURL: db.url)
+        let headers = ["Authorization": "Bearer \(doomed.gatewaySecret)", "Content-Type": "application/json"]
+        func authorize(_ server: ServerProcess, _ requestID: String) async throws -> Int {
+            let body = #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
+            return try await HTTP.sendAsync("POST", "\(server.baseURL)/gateway/v1/authorize", headers: headers, body: Data(body.utf8)).status
+        }
+        // One hold; the rest of the balance sits in the doomed instance's lease.
+        #expect(try await authorize(doomed, "before-kill") == 200)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 10 * chatHold)
+        await doomed.kill9()
+
+        let survivor = try ServerProcess(databaseURL: db.url)
+        defer { survivor.stop() }
+        // Until the dead registration expires (15 s) and its grace passes (5 s in sync mode), its
+        // lease is still reserved: the survivor cannot overdraw by using it.
+        #expect(try await authorize(survivor, "while-leased") == 403)
+        let deadline = Date().addingTimeInterval(40)
+        while try await seed.int("SELECT count(*) FROM tally_instances") > 1, Date() < deadline {
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        // Reaped: the lease went back; the hold stays until it is settled or expires.
+        #expect(try await seed.int("SELECT count(*) FROM user_leases l JOIN tally_instances i ON i.id = l.instance_id") <= 1)
+        #expect(try await seed.openHolds(user: user.id) == chatHold)
+        for index in 0..<9 { #expect(try await authorize(survivor, "after-\(index)") == 200) }
+        #expect(try await authorize(survivor, "one-too-many") == 403)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 }
