@@ -30,6 +30,8 @@ struct BenchAuthorize: ParsableCommand {
     @Option(help: "Synthetic users to spread over (1…N).") var users = 10_000
     @Flag(help: "Every request on synthetic user 1 (one hot account).") var hot = false
     @Option(help: "Model to authorize.") var model = "gpt-4o"
+    @Flag(help: "Instead of authorizing, GET /healthz: the ceiling of this HTTP stack and client on this machine.")
+    var ceiling = false
 
     func run() throws {
         guard let endpoint = HTTPEndpoint(url) else { throw ValidationError("--url must be http://host:port") }
@@ -100,10 +102,11 @@ struct BenchAuthorize: ParsableCommand {
             let start = DispatchTime.now().uptimeNanoseconds
             do {
                 if connection == nil { connection = try HTTPConnection(endpoint) }
-                let status = try connection!.post("/gateway/v1/authorize", body: body, secret: secret)
+                let status = ceiling ? try connection!.get("/healthz")
+                    : try connection!.post("/gateway/v1/authorize", body: body, secret: secret)
                 result.latencies.append(UInt32(min(UInt64(UInt32.max), (DispatchTime.now().uptimeNanoseconds - start) / 1000)))
                 result.statuses[status, default: 0] += 1
-                if status == 200 {
+                if status == 200, !ceiling {
                     pending.append(#"{"request_id":"\#(requestID)","created_at":"\#(Self.timestamp())","key":"\#(key)","model":"\#(model)","kind":"chat","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":300}}"#)
                     if pending.count >= 64 {
                         shared.settlements.withLock { $0 += pending }
@@ -194,7 +197,15 @@ final class HTTPConnection {
 
     /// Sends a POST and reads the whole answer; returns its status.
     func post(_ path: String, body: String, secret: String) throws -> Int {
-        let request = "POST \(path) HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        try exchange("POST \(path) HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+    }
+
+    /// Sends a GET and reads the whole answer; returns its status.
+    func get(_ path: String) throws -> Int {
+        try exchange("GET \(path) HTTP/1.1\r\nHost: tally\r\n\r\n")
+    }
+
+    private func exchange(_ request: String) throws -> Int {
         var bytes = Array(request.utf8)
         var sent = 0
         while sent < bytes.count {

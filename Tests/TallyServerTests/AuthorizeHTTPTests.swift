@@ -254,8 +254,9 @@ struct AuthorizeHTTPTests {
                 try await Task.sleep(for: .milliseconds(200))
             }
             #expect(try await seed.openHolds(user: user.id) == 0)
-            // The idle lease went back too (after 2 s unused).
-            while try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) != 0, Date() < deadline {
+            // The idle lease went back too (after 5 s unused).
+            let idleDeadline = Date().addingTimeInterval(10)
+            while try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) != 0, Date() < idleDeadline {
                 try await Task.sleep(for: .milliseconds(200))
             }
             #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)

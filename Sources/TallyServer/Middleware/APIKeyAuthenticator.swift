@@ -29,7 +29,7 @@ struct APIKeyAuthenticator: Sendable {
     /// The full `sk-…` key of a request, normalised; nil when none was sent.
     static func key(from request: Request) -> String? {
         let raw = UserAuthMiddleware.accessToken(from: request.headers[.authorization])
-            ?? request.headers[.xAPIKey]?.trimmingCharacters(in: .whitespaces)
+            ?? request.headers[.xAPIKey].map { String(BearerCredential.trimmed($0[...])) }
         return raw.flatMap(Authorizer.normalizedKey)
     }
 }

@@ -33,8 +33,6 @@ public struct UserAuthMiddleware: RouterMiddleware {
 
     /// The token of an `Authorization` header: `Bearer <t>` or `<t>`; nil when absent or blank.
     static func accessToken(from header: String?) -> String? {
-        guard var value = header?.trimmingCharacters(in: .whitespaces), !value.isEmpty else { return nil }
-        if value.lowercased().hasPrefix("bearer ") { value = String(value.dropFirst(7)).trimmingCharacters(in: .whitespaces) }
-        return value.isEmpty ? nil : value
+        header.flatMap(BearerCredential.value(of:)).map(String.init)
     }
 }

@@ -118,8 +118,7 @@ public final class Authorizer: Sendable {
     /// The key as stored: `sk-` + the key, without a `Bearer ` prefix or a `-<channel>` suffix
     /// (as the client-facing routes read it); nil when nothing is left.
     public static func normalizedKey(_ raw: String) -> String? {
-        var key = Substring(raw.trimmingCharacters(in: .whitespaces))
-        if key.lowercased().hasPrefix("bearer ") { key = key.dropFirst(7).drop(while: { $0 == " " }) }
+        guard var key = BearerCredential.value(of: raw) else { return nil }
         if key.hasPrefix("sk-") { key = key.dropFirst(3) }
         if let dash = key.firstIndex(of: "-") { key = key[..<dash] }
         return key.isEmpty ? nil : "sk-" + key

@@ -31,7 +31,7 @@ public final class HoldBook: Sendable {
     public static let registrationTTLSeconds = 15
     public static let renewInterval: Duration = .seconds(3)
     /// A lease unused this long goes back to its account, so other instances can use it.
-    public static let idleLeaseSeconds: Double = 2
+    public static let idleLeaseSeconds: Double = 5
     static let maxJournalBatch = 2_000
     /// A refill asks for this many holds' worth at least, and twice the last grant when that
     /// was used up within a second, so a hot account refills rarely.
