@@ -67,8 +67,9 @@ public struct TallyServices: Sendable {
 
     /// Applies a `tally_changes` notification to every cache that holds the row.
     @Sendable public func applyChange(_ payload: String) {
-        if payload.hasPrefix("overdrawn:") {
-            if let account = Self.leaseAccount(payload.dropFirst(10)) { Task { await holdBook.forget(account) } }
+        // A settlement overdrew the account, or another instance ran short of it: give the lease back.
+        for prefix in ["overdrawn:", "lease-wanted:"] where payload.hasPrefix(prefix) {
+            if let account = Self.leaseAccount(payload.dropFirst(prefix.count)) { Task { await holdBook.forget(account) } }
             return
         }
         access.invalidate(payload)

@@ -50,7 +50,7 @@ struct HoldSweeperService: Service {
 }
 
 /// Keeps this instance's leases (``HoldBook``): renews its registration every 3 s, gives
-/// leases unused for 5 s back to their accounts, and returns the leases of instances that
+/// leases unused for 30 s back to their accounts, and returns the leases of instances that
 /// stopped renewing (any instance may; they are claimed with SKIP LOCKED). On graceful
 /// shutdown — after the HTTP server stopped taking requests — journals what is queued and
 /// returns every lease.

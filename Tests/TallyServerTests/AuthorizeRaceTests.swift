@@ -114,4 +114,31 @@ struct AuthorizeRaceTests {
         #expect(try await authorize(survivor, "one-too-many") == 403)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
+
+    @Test("an instance that runs short gets the idle leases of another back at once, instead of refusing")
+    func leasesHandedBack() async throws {
+        let db = try await TestDatabase.create("authorize-handback")
+        let seed = Seed(db: db)
+        try await seed.prices(enforcementSheet)
+        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
+        let (user, _) = try await seed.user(quota: 10 * chatHold)
+        let key = try await seed.key(user: user.id).key
+        let first = try ServerProcess(databaseURL: db.url), second = try ServerProcess(databaseURL: db.url)
+        defer { first.stop(); second.stop() }
+        let headers = ["Authorization": "Bearer \(first.gatewaySecret)", "Content-Type": "application/json"]
+        func authorize(_ server: ServerProcess, _ requestID: String) async throws -> Int {
+            let body = #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
+            return try await HTTP.sendAsync("POST", "\(server.baseURL)/gateway/v1/authorize", headers: headers, body: Data(body.utf8)).status
+        }
+        // The first instance leases the whole balance for one hold...
+        #expect(try await authorize(first, "a-1") == 200)
+        #expect(try await seed.int("SELECT sum(amount) FROM user_leases WHERE user_id = $1", [user.id]) == 9 * chatHold)
+        // ...the second, short, asks for it back and is served; the two share the balance exactly.
+        for index in 0..<5 { #expect(try await authorize(second, "b-\(index)") == 200) }
+        for index in 2...5 { #expect(try await authorize(first, "a-\(index)") == 200) }
+        #expect(try await authorize(first, "a-over") == 403)
+        #expect(try await authorize(second, "b-over") == 403)
+        #expect(try await seed.openHolds(user: user.id) == 10 * chatHold)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
 }

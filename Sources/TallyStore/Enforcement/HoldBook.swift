@@ -30,8 +30,11 @@ public final class HoldBook: Sendable {
     /// The registration's lifetime; it is renewed every `renewInterval`.
     public static let registrationTTLSeconds = 15
     public static let renewInterval: Duration = .seconds(3)
-    /// A lease unused this long goes back to its account, so other instances can use it.
-    public static let idleLeaseSeconds: Double = 5
+    /// A lease unused this long goes back to its account. Other instances need not wait for
+    /// it: one that runs short asks for leases back at once (`lease-wanted:` notifications).
+    public static let idleLeaseSeconds: Double = 30
+    /// How long a refill that fell short waits for other instances to hand leases back.
+    static let leaseHandBackWait: Duration = .milliseconds(50)
     static let maxJournalBatch = 2_000
     /// A refill asks for this many holds' worth at least, and twice the last grant when that
     /// was used up within a second, so a hot account refills rarely.
@@ -58,8 +61,10 @@ public final class HoldBook: Sendable {
     /// What a refill found for one account.
     private struct Refilled {
         let state: LeaseGrant.State
-        /// Granted less than asked: the account has nothing more to lease.
+        /// Granted less than asked: the account has nothing more to lease...
         let drained: Bool
+        /// ...except what other instances hold, which they were just asked to give back.
+        let othersHold: Bool
     }
 
     private struct State {
@@ -126,6 +131,7 @@ public final class HoldBook: Sendable {
     /// refilling them from PostgreSQL when they run short.
     public func reserve(_ request: HoldRequest) async throws -> HoldOutcome {
         var drained: Set<LeaseAccount> = []
+        var askedOthers: Set<LeaseAccount> = []
         var lapsedOnce = false
         for _ in 0..<8 {
             switch try await cut(request) {
@@ -145,13 +151,23 @@ public final class HoldBook: Sendable {
                 // Short again right after a refill that found the account dry: nothing is left.
                 if wants.keys.contains(where: drained.contains) { return .insufficient }
                 let refilled = try await refill(wants)
+                var othersAsked = false
                 for (account, result) in refilled where wants[account] != nil {
                     switch result.state {
                     case .unknown: return .unknown
                     case .exhausted: return .exhausted
-                    case .ok, .unlimited: if result.drained { drained.insert(account) }
+                    case .ok, .unlimited:
+                        guard result.drained else { continue }
+                        if result.othersHold, askedOthers.insert(account).inserted {
+                            othersAsked = true
+                        } else {
+                            drained.insert(account)
+                        }
                     }
                 }
+                // Other instances were asked to give their idle leases back (NOTIFY): give
+                // them a moment, then lease again.
+                if othersAsked { try await Task.sleep(for: Self.leaseHandBackWait) }
             }
         }
         return .insufficient
@@ -250,7 +266,8 @@ public final class HoldBook: Sendable {
                 let now = Self.now()
                 var byAccount: [LeaseAccount: Refilled] = [:]
                 for grant in grants {
-                    byAccount[grant.account] = Refilled(state: grant.state, drained: grant.granted < wants[grant.account] ?? 0)
+                    byAccount[grant.account] = Refilled(state: grant.state, drained: grant.granted < wants[grant.account] ?? 0,
+                                                        othersHold: grant.others > 0)
                 }
                 state.withLock { state in
                     // Granted to a registration since replaced: those units went back when it was reaped.

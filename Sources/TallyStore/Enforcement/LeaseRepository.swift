@@ -16,6 +16,8 @@ public struct LeaseGrant: Sendable, Equatable {
     public let account: LeaseAccount
     public let granted: Int64
     public let state: State
+    /// Units other instances hold leased of the account (asked back when this grant fell short).
+    public let others: Int64
 }
 
 /// A hold cut from this instance's leases, on its way to the journal.
@@ -99,7 +101,8 @@ public struct PostgresLeaseRepository: LeaseRepository {
                     let id: Int64 = try row.decode(1)
                     return LeaseGrant(account: try row.decode(0, as: String.self) == "user" ? .user(id) : .token(id),
                                       granted: try row.decode(2),
-                                      state: LeaseGrant.State(rawValue: try row.decode(3)) ?? .unknown)
+                                      state: LeaseGrant.State(rawValue: try row.decode(3)) ?? .unknown,
+                                      others: try row.decode(4))
                 }
             } catch {
                 throw Self.translated(error)
@@ -179,7 +182,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
         """)
     static let retireInstance = PreparedStatement("leases_retire", "SELECT tally_reap_instances($1)")
     static let leaseAccounts = PreparedStatement("leases_lease", """
-        SELECT kind, account_id, granted, state FROM tally_lease($1, $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+        SELECT kind, account_id, granted, state, others FROM tally_lease($1, $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
         """)
     static let returnLeases = PreparedStatement("leases_return",
         "SELECT tally_return_leases($1, $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])")

@@ -30,6 +30,7 @@ CREATE TABLE user_leases (
     amount      bigint NOT NULL CHECK (amount >= 0),
     PRIMARY KEY (instance_id, user_id)
 );
+CREATE INDEX user_leases_user_idx ON user_leases (user_id);
 
 CREATE TABLE token_leases (
     instance_id text NOT NULL REFERENCES tally_instances ON DELETE CASCADE,
@@ -37,6 +38,7 @@ CREATE TABLE token_leases (
     amount      bigint NOT NULL CHECK (amount >= 0),
     PRIMARY KEY (instance_id, token_id)
 );
+CREATE INDEX token_leases_token_idx ON token_leases (token_id);
 
 -- Hold ids are handed out in blocks of 1024 (one nextval a block), so an instance can answer a
 -- hold id before the hold is journaled.
@@ -52,13 +54,16 @@ DROP FUNCTION tally_authorize_batch(text[], bigint[], bigint[], bigint[], text[]
 
 -- Leases more of each account's balance to p_instance: min(want, what is left), in id order
 -- (users, then tokens — the order ingest, release and expiry lock in). Per account it returns
--- the units granted and a state: 'ok'; 'unknown' (no such user or token); for tokens also
--- 'unlimited' (nothing to lease: the key does not limit) and 'exhausted' (remain_quota <= 0).
+-- the units granted, a state — 'ok'; 'unknown' (no such user or token); for tokens also
+-- 'unlimited' (nothing to lease: the key does not limit) and 'exhausted' (remain_quota <= 0) —
+-- and what other instances hold leased of the account. When it grants less than wanted while
+-- other instances hold some, it asks them to give it back ('lease-wanted:user:<id>' on
+-- tally_changes, sent at commit), so units never stay stranded in an idle lease elsewhere.
 -- Raises 'T0L01' when the instance's registration is gone (it was reaped): the caller must
 -- forget its leases and register anew.
 CREATE FUNCTION tally_lease(p_instance text, p_user_ids bigint[], p_user_wants bigint[],
                             p_token_ids bigint[], p_token_wants bigint[])
-RETURNS TABLE (kind text, account_id bigint, granted bigint, state text)
+RETURNS TABLE (kind text, account_id bigint, granted bigint, state text, others bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     ids bigint[];
@@ -80,9 +85,18 @@ BEGIN
       SELECT p_instance, g.id, g.amount FROM unnest(ids, grants) AS g(id, amount) WHERE g.amount > 0
       ON CONFLICT (instance_id, user_id) DO UPDATE SET amount = user_leases.amount + EXCLUDED.amount;
     RETURN QUERY
-      SELECT 'user', u.id, COALESCE(g.amount, 0), CASE WHEN g.id IS NULL THEN 'unknown' ELSE 'ok' END
-      FROM (SELECT DISTINCT a.id FROM unnest(p_user_ids) AS a(id)) u
-      LEFT JOIN unnest(ids, grants) AS g(id, amount) ON g.id = u.id;
+      WITH w AS (SELECT a.id, sum(a.want) AS want FROM unnest(p_user_ids, p_user_wants) AS a(id, want) GROUP BY a.id),
+      r AS (SELECT w.id, w.want, COALESCE(g.amount, 0) AS granted, g.id IS NOT NULL AS found,
+                   (SELECT COALESCE(sum(l.amount), 0)::bigint FROM user_leases l
+                    WHERE l.user_id = w.id AND l.instance_id <> p_instance) AS others
+            FROM w LEFT JOIN unnest(ids, grants) AS g(id, amount) ON g.id = w.id)
+      SELECT 'user', r.id, r.granted, CASE WHEN r.found THEN 'ok' ELSE 'unknown' END, r.others
+      FROM r;
+    PERFORM pg_notify('tally_changes', 'lease-wanted:user:' || w.id)
+      FROM (SELECT a.id, sum(a.want) AS want FROM unnest(p_user_ids, p_user_wants) AS a(id, want) GROUP BY a.id) w
+      LEFT JOIN unnest(ids, grants) AS g(id, amount) ON g.id = w.id
+      WHERE COALESCE(g.amount, 0) < w.want
+        AND EXISTS (SELECT 1 FROM user_leases l WHERE l.user_id = w.id AND l.instance_id <> p_instance AND l.amount > 0);
 
     PERFORM 1 FROM tokens x WHERE x.id = ANY (p_token_ids) ORDER BY x.id FOR NO KEY UPDATE;
     SELECT array_agg(x.id ORDER BY x.id),
@@ -97,12 +111,20 @@ BEGIN
       SELECT p_instance, g.id, g.amount FROM unnest(ids, grants) AS g(id, amount) WHERE g.amount > 0
       ON CONFLICT (instance_id, token_id) DO UPDATE SET amount = token_leases.amount + EXCLUDED.amount;
     RETURN QUERY
-      SELECT 'token', t.id, COALESCE(g.amount, 0),
-             CASE WHEN x.id IS NULL THEN 'unknown' WHEN x.unlimited_quota THEN 'unlimited'
-                  WHEN x.remain_quota <= 0 THEN 'exhausted' ELSE 'ok' END
-      FROM (SELECT DISTINCT a.id FROM unnest(p_token_ids) AS a(id)) t
-      LEFT JOIN tokens x ON x.id = t.id
-      LEFT JOIN unnest(ids, grants) AS g(id, amount) ON g.id = t.id;
+      WITH w AS (SELECT a.id, sum(a.want) AS want FROM unnest(p_token_ids, p_token_wants) AS a(id, want) GROUP BY a.id),
+      r AS (SELECT w.id, w.want, COALESCE(g.amount, 0) AS granted,
+                   CASE WHEN x.id IS NULL THEN 'unknown' WHEN x.unlimited_quota THEN 'unlimited'
+                        WHEN x.remain_quota <= 0 THEN 'exhausted' ELSE 'ok' END AS state,
+                   (SELECT COALESCE(sum(l.amount), 0)::bigint FROM token_leases l
+                    WHERE l.token_id = w.id AND l.instance_id <> p_instance) AS others
+            FROM w LEFT JOIN tokens x ON x.id = w.id LEFT JOIN unnest(ids, grants) AS g(id, amount) ON g.id = w.id)
+      SELECT 'token', r.id, r.granted, r.state, r.others
+      FROM r;
+    PERFORM pg_notify('tally_changes', 'lease-wanted:token:' || w.id)
+      FROM (SELECT a.id, sum(a.want) AS want FROM unnest(p_token_ids, p_token_wants) AS a(id, want) GROUP BY a.id) w
+      LEFT JOIN unnest(ids, grants) AS g(id, amount) ON g.id = w.id
+      WHERE COALESCE(g.amount, 0) < w.want
+        AND EXISTS (SELECT 1 FROM token_leases l WHERE l.token_id = w.id AND l.instance_id <> p_instance AND l.amount > 0);
 END;
 $$;
 
