@@ -75,7 +75,8 @@ struct BenchAuthorize: ParsableCommand {
 
     /// What the client threads and the settler share.
     final class BenchShared: Sendable {
-        let settlements = Mutex<[String]>([])
+        /// NDJSON of granted holds' log lines, and how many lines.
+        let settlements = Mutex<(lines: [UInt8], count: Int)>(([], 0))
         let results = Mutex<[ClientResult]>([])
         let settled = Atomic<Int>(0)
     }
@@ -86,39 +87,66 @@ struct BenchAuthorize: ParsableCommand {
         var errors = 0
     }
 
+    /// One client: a keep-alive connection, requests built from bytes (no string formatting in
+    /// the loop, so the client's own cost stays small next to the server's on a shared machine).
     private func drive(client: Int, run: String, endpoint: HTTPEndpoint, until deadline: Date, shared: BenchShared) -> ClientResult {
         var result = ClientResult()
         result.latencies.reserveCapacity(600_000)
         var generator = SystemRandomNumberGenerator()
         var connection: HTTPConnection?
-        var sequence = 0
-        var pending: [String] = []
-        while Date() < deadline {
+        let stopAt = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, deadline.timeIntervalSinceNow) * 1e9)
+        let head = Array("POST /gateway/v1/authorize HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\nContent-Type: application/json\r\nContent-Length: ".utf8)
+        let healthz = Array("GET /healthz HTTP/1.1\r\nHost: tally\r\n\r\n".utf8)
+        let idPrefix = Array(#"{"request_id":"bench-\#(run)-\#(client)-"#.utf8)
+        let keyField = Array(#"","key":""#.utf8)
+        let bodyTail = Array(#"","model":"\#(model)","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#.utf8)
+        let lineTail = Array(#"","model":"\#(model)","kind":"chat","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":300}}"#.utf8)
+        var clock = SettlementClock()
+        var body: [UInt8] = [], request: [UInt8] = [], pending: [UInt8] = []
+        var pendingCount = 0, sequence = 0
+        while DispatchTime.now().uptimeNanoseconds < stopAt {
             sequence += 1
             let user = hot ? 1 : Int.random(in: 1...users, using: &generator)
-            let requestID = "bench-\(run)-\(client)-\(sequence)"
-            let key = SyntheticKeys.key(forUser: user)
-            let body = #"{"request_id":"\#(requestID)","key":"\#(key)","model":"\#(model)","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
+            body.removeAll(keepingCapacity: true)
+            body += idPrefix
+            ASCII.append(sequence, to: &body)
+            let idEnd = body.count
+            body += keyField
+            let keyStart = body.count
+            SyntheticKeys.appendKey(forUser: user, to: &body)
+            let keyEnd = body.count
+            body += bodyTail
+            request.removeAll(keepingCapacity: true)
+            request += head
+            ASCII.append(body.count, to: &request)
+            request += [13, 10, 13, 10]
+            request += body
             let start = DispatchTime.now().uptimeNanoseconds
             do {
                 if connection == nil { connection = try HTTPConnection(endpoint) }
-                let status = ceiling ? try connection!.get("/healthz")
-                    : try connection!.post("/gateway/v1/authorize", body: body, secret: secret)
+                let status = try connection!.exchange(ceiling ? healthz : request)
                 result.latencies.append(UInt32(min(UInt64(UInt32.max), (DispatchTime.now().uptimeNanoseconds - start) / 1000)))
                 result.statuses[status, default: 0] += 1
-                if status == 200, !ceiling {
-                    pending.append(#"{"request_id":"\#(requestID)","created_at":"\#(Self.timestamp())","key":"\#(key)","model":"\#(model)","kind":"chat","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":300}}"#)
-                    if pending.count >= 64 {
-                        shared.settlements.withLock { $0 += pending }
-                        pending.removeAll(keepingCapacity: true)
-                    }
+                guard status == 200, !ceiling else { continue }
+                // {"request_id":"…","created_at":"…","key":"…","model":…}
+                pending += body[..<idEnd]
+                pending += clock.createdAtField()
+                pending += keyField
+                pending += body[keyStart..<keyEnd]
+                pending += lineTail
+                pending.append(10)
+                pendingCount += 1
+                if pendingCount >= 64 {
+                    shared.settlements.withLock { $0.lines += pending; $0.count += pendingCount }
+                    pending.removeAll(keepingCapacity: true)
+                    pendingCount = 0
                 }
             } catch {
                 result.errors += 1
                 connection = nil
             }
         }
-        shared.settlements.withLock { $0 += pending }
+        shared.settlements.withLock { $0.lines += pending; $0.count += pendingCount }
         return result
     }
 
@@ -126,15 +154,15 @@ struct BenchAuthorize: ParsableCommand {
     private func settle(endpoint: HTTPEndpoint, shared: BenchShared, until deadline: Date) {
         var connection: HTTPConnection?
         var finalRound = false
+        let head = "POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\nContent-Type: application/x-ndjson\r\nContent-Length: "
         while true {
             if Date() >= deadline.addingTimeInterval(0.5) { finalRound = true }
-            let lines = shared.settlements.withLock { lines in defer { lines.removeAll(keepingCapacity: true) }; return lines }
-            for start in stride(from: 0, to: lines.count, by: 20_000) {
-                let chunk = lines[start..<min(start + 20_000, lines.count)]
+            let (lines, count) = shared.settlements.withLock { batch in defer { batch = ([], 0) }; return batch }
+            if count > 0 {
                 do {
                     if connection == nil { connection = try HTTPConnection(endpoint) }
-                    if try connection!.post("/gateway/v1/logs", body: chunk.joined(separator: "\n"), secret: secret) == 200 {
-                        shared.settled.add(chunk.count, ordering: .relaxed)
+                    if try connection!.exchange(Array("\(head)\(lines.count)\r\n\r\n".utf8) + lines) == 200 {
+                        shared.settled.add(count, ordering: .relaxed)
                     }
                 } catch {
                     connection = nil
@@ -145,7 +173,23 @@ struct BenchAuthorize: ParsableCommand {
         }
     }
 
-    private static func timestamp() -> String {
+    /// `"created_at":"<now, to the second>",` for log lines, rebuilt once a second.
+    struct SettlementClock {
+        private var second = 0
+        private var field: [UInt8] = []
+
+        mutating func createdAtField() -> [UInt8] {
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            if now.tv_sec != second || field.isEmpty {
+                second = now.tv_sec
+                field = Array(#"","created_at":"\#(BenchAuthorize.timestamp())"#.utf8)
+            }
+            return field
+        }
+    }
+
+    static func timestamp() -> String {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         var time = now.tv_sec
@@ -172,8 +216,10 @@ struct HTTPEndpoint {
 /// general client's overhead would be measured instead of the server.
 final class HTTPConnection {
     private let socket: Int32
-    private var buffer = [UInt8](repeating: 0, count: 1 << 16)
-    private var pending: [UInt8] = []
+    /// Received bytes; `inbox[unread..<received]` is not consumed yet.
+    private var inbox = [UInt8](repeating: 0, count: 1 << 16)
+    private var unread = 0
+    private var received = 0
 
     init(_ endpoint: HTTPEndpoint) throws {
         socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -195,21 +241,11 @@ final class HTTPConnection {
 
     deinit { close(socket) }
 
-    /// Sends a POST and reads the whole answer; returns its status.
-    func post(_ path: String, body: String, secret: String) throws -> Int {
-        try exchange("POST \(path) HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
-    }
-
-    /// Sends a GET and reads the whole answer; returns its status.
-    func get(_ path: String) throws -> Int {
-        try exchange("GET \(path) HTTP/1.1\r\nHost: tally\r\n\r\n")
-    }
-
-    private func exchange(_ request: String) throws -> Int {
-        var bytes = Array(request.utf8)
+    /// Sends one whole request and reads the whole answer; returns its status.
+    func exchange(_ request: [UInt8]) throws -> Int {
         var sent = 0
-        while sent < bytes.count {
-            let written = bytes.withUnsafeMutableBytes { send(socket, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+        while sent < request.count {
+            let written = request.withUnsafeBytes { send(socket, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
             guard written > 0 else { throw BenchError.io("send") }
             sent += written
         }
@@ -217,25 +253,67 @@ final class HTTPConnection {
     }
 
     private func readResponse() throws -> Int {
-        var headerEnd: Int?
-        while headerEnd == nil {
-            headerEnd = pending.firstRange(of: [13, 10, 13, 10])?.upperBound
-            if headerEnd == nil { try fill() }
+        var scanned = 0  // offsets from `unread`: `fill` may move the bytes
+        var headerLength = -1
+        while headerLength < 0 {
+            while unread + scanned + 3 < received {
+                let at = unread + scanned
+                if inbox[at] == 13, inbox[at + 1] == 10, inbox[at + 2] == 13, inbox[at + 3] == 10 {
+                    headerLength = scanned + 4
+                    break
+                }
+                scanned += 1
+            }
+            if headerLength < 0 { try fill() }
         }
-        let head = String(decoding: pending[..<headerEnd!], as: UTF8.self)
-        let statusLine = head.prefix { $0 != "\r" }.split(separator: " ")
-        guard statusLine.count >= 2, let status = Int(statusLine[1]) else { throw BenchError.io("bad status line") }
-        let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
-            .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
-        while pending.count < headerEnd! + length { try fill() }
-        pending.removeFirst(headerEnd! + length)
+        guard headerLength > 12 else { throw BenchError.io("bad status line") }
+        let status = (0..<3).reduce(0) { $0 * 10 + Int(inbox[unread + 9 + $1]) - 48 }
+        let length = contentLength(headerLength)
+        while received - unread < headerLength + length { try fill() }
+        unread += headerLength + length
+        if unread == received { unread = 0; received = 0 }
         return status
     }
 
+    /// The `Content-Length` of the head `inbox[unread..<unread + headerLength]` (0 when absent).
+    private func contentLength(_ headerLength: Int) -> Int {
+        let name = Array("\r\ncontent-length:".utf8)
+        var at = unread
+        let end = unread + headerLength - name.count
+        while at < end {
+            if (0..<name.count).allSatisfy({ inbox[at + $0] | 0x20 == name[$0] | 0x20 }) {
+                var index = at + name.count, value = 0
+                while inbox[index] == 32 { index += 1 }
+                while inbox[index] >= 48, inbox[index] <= 57 { value = value * 10 + Int(inbox[index]) - 48; index += 1 }
+                return value
+            }
+            at += 1
+        }
+        return 0
+    }
+
+    /// Receives more bytes, first moving the unread ones to the front (or growing the buffer).
     private func fill() throws {
-        let count = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress!, $0.count, 0) }
+        if received == inbox.count {
+            if unread > 0 {
+                inbox.replaceSubrange(0..<(received - unread), with: inbox[unread..<received])
+                received -= unread
+                unread = 0
+            } else {
+                inbox += [UInt8](repeating: 0, count: inbox.count)
+            }
+        }
+        let count = inbox.withUnsafeMutableBytes { recv(socket, $0.baseAddress! + received, $0.count - received, 0) }
         guard count > 0 else { throw BenchError.io("connection closed") }
-        pending.append(contentsOf: buffer[0..<count])
+        received += count
+    }
+}
+
+/// Decimal digits of a non-negative integer, appended as bytes.
+enum ASCII {
+    static func append(_ value: Int, to bytes: inout [UInt8]) {
+        if value >= 10 { append(value / 10, to: &bytes) }
+        bytes.append(UInt8(48 + value % 10))
     }
 }
 

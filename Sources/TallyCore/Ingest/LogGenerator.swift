@@ -5,8 +5,17 @@ import Foundation
 public enum SyntheticKeys {
     /// `sk-tallysynthetic` + the user index zero-padded to 34 digits (48 characters after `sk-`).
     public static func key(forUser index: Int) -> String {
-        let digits = String(index)
-        return "sk-tallysynthetic" + String(repeating: "0", count: 34 - digits.count) + digits
+        var bytes: [UInt8] = []
+        appendKey(forUser: index, to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The same key, appended as bytes (for load generators that build requests byte by byte).
+    public static func appendKey(forUser index: Int, to bytes: inout [UInt8]) {
+        bytes += "sk-tallysynthetic".utf8
+        let digits = Array(String(index).utf8)
+        bytes += repeatElement(UInt8(ascii: "0"), count: 34 - digits.count)
+        bytes += digits
     }
 
     public static func username(forUser index: Int) -> String { "synthetic-\(index)" }
