@@ -59,8 +59,11 @@ struct LeaseService: Service {
     let logger: Logger
 
     static let reapedCounter = Counter(label: "tally_lease_instances_reaped_total")
+    static let leasedGauge = Gauge(label: "tally_leased_units")
+    static let journalGauge = Gauge(label: "tally_hold_journal_queue")
 
     func run() async throws {
+        recordLevels()
         var round = 0
         while !Task.isShuttingDownGracefully {
             do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) } } catch { break }
@@ -75,7 +78,14 @@ struct LeaseService: Service {
         }
     }
 
+    private func recordLevels() {
+        let levels = book.levels
+        Self.leasedGauge.record(levels.leasedUnits)
+        Self.journalGauge.record(levels.journalQueue)
+    }
+
     private func upkeep(renewing: Bool) async {
+        recordLevels()
         do {
             if renewing { try await book.renew() }
             try await book.returnIdleLeases()

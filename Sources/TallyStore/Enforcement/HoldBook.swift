@@ -111,6 +111,11 @@ public final class HoldBook: Sendable {
     /// This instance's current registration id.
     public var instance: String { state.withLock { $0.instance } }
 
+    /// Units leased and not cut yet, and holds waiting for the journal (for metrics).
+    public var levels: (leasedUnits: Int64, journalQueue: Int) {
+        state.withLock { state in (state.accounts.values.reduce(0) { $0 + $1.free }, state.journal.count) }
+    }
+
     /// Registers the instance; call before the first `reserve`.
     public func start() async throws {
         let instance = self.instance

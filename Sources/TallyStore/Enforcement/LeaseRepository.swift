@@ -94,7 +94,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
         let (users, tokens) = Self.split(wants)
         return try await pool.withConnection { connection in
             do {
-                return try connection.query(Self.leaseAccounts, [
+                return try Self.retryingDeadlocks { try connection.query(Self.leaseAccounts, [
                     instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
                     PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
                 ]).map { row in
@@ -103,7 +103,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
                                       granted: try row.decode(2),
                                       state: LeaseGrant.State(rawValue: try row.decode(3)) ?? .unknown,
                                       others: try row.decode(4))
-                }
+                } }
             } catch {
                 throw Self.translated(error)
             }
@@ -113,10 +113,10 @@ public struct PostgresLeaseRepository: LeaseRepository {
     public func giveBack(instance: String, amounts: [LeaseAccount: Int64]) async throws {
         let (users, tokens) = Self.split(amounts)
         try await pool.withConnection { connection in
-            _ = try connection.query(Self.returnLeases, [
+            _ = try Self.retryingDeadlocks { try connection.query(Self.returnLeases, [
                 instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
                 PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
-            ])
+            ]) }
         }
     }
 
@@ -131,7 +131,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
         ]
         return try await pool.withConnection { connection in
             // A stored hold with another id is an earlier authorization of the request id.
-            try zip(holds, connection.query(Self.journalHolds, parameters).map { row in
+            try zip(holds, Self.retryingDeadlocks { try connection.query(Self.journalHolds, parameters) }.map { row in
                 (id: try row.decode(1, as: Int64.self), held: try row.decode(2, as: Int64.self), status: try row.decode(3, as: String.self))
             }).map { hold, stored in
                 JournalOutcome(holdID: stored.id, held: stored.held, status: stored.status, isNew: stored.id == hold.id)
@@ -148,6 +148,23 @@ public struct PostgresLeaseRepository: LeaseRepository {
     public func reapInstances() async throws -> Int {
         try await pool.withConnection { connection in
             try connection.query(Self.reap)[0].decode(0)
+        }
+    }
+
+    /// Runs `body` again (up to three times) when PostgreSQL aborted it to break a deadlock:
+    /// refills, returns and journal batches of several instances lock lease and account rows,
+    /// and each of them is safe to repeat (an aborted transaction changed nothing; the journal
+    /// is idempotent by hold id).
+    static func retryingDeadlocks<T>(_ body: () throws -> T) throws -> T {
+        var attempt = 1
+        while true {
+            do {
+                return try body()
+            } catch {
+                let state = (error as? PostgresError)?.sqlState
+                guard attempt < 3, state == SQLState.deadlockDetected || state == SQLState.serializationFailure else { throw error }
+                attempt += 1
+            }
         }
     }
 
