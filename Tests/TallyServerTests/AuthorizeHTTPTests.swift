@@ -119,6 +119,11 @@ struct AuthorizeHTTPTests {
             Self.expectError(try await gateway.authorize(key: disabledKey.key), .invalidToken)
             Self.expectError(try await gateway.authorize(key: expiredKey.key), .invalidToken)
             Self.expectError(try await gateway.authorize(key: exhaustedKey), .invalidToken)
+            // Also for a request that costs nothing, and again (the lease book asks each time).
+            for _ in 0..<2 {
+                Self.expectError(try await gateway.authorize(key: exhaustedKey, estimate: #"{"prompt_tokens":0,"max_tokens":0}"#),
+                                 .invalidToken)
+            }
             Self.expectError(try await gateway.authorize(key: suspendedKey), .accountSuspended)
             Self.expectError(try await gateway.authorize(key: key, channel: 1), .channelNotPermitted, last6: last6(key))
             Self.expectError(try await gateway.authorize(key: adminKey, channel: 999_999), .invalidChannelID)

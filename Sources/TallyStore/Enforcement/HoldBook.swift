@@ -46,6 +46,8 @@ public final class HoldBook: Sendable {
         var free: Int64 = 0
         /// A token that does not limit: nothing to lease.
         var unlimited = false
+        /// A limited token with nothing left (`remain_quota <= 0`): asked again every time.
+        var exhausted = false
         var lastUsed: Double = 0
         var lastRefill: Double = 0
         var lastGrant: Int64 = 0
@@ -201,7 +203,7 @@ public final class HoldBook: Sendable {
             var user = state.accounts[userAccount] ?? Entry()
             // A token seen for the first time is leased even for a free request: the lease
             // tells whether it limits at all and whether it is exhausted.
-            let tokenKnown = state.accounts[tokenAccount] != nil
+            let tokenKnown = state.accounts[tokenAccount].map { !$0.exhausted } ?? false
             var token = state.accounts[tokenAccount] ?? Entry()
             let tokenLimits = !token.unlimited
             var wants: [LeaseAccount: Int64] = [:]
@@ -281,6 +283,7 @@ public final class HoldBook: Sendable {
                         var entry = state.accounts[grant.account] ?? Entry()
                         entry.free += grant.granted
                         entry.unlimited = grant.state == .unlimited
+                        entry.exhausted = grant.state == .exhausted
                         entry.lastRefill = now
                         entry.lastGrant = grant.granted
                         entry.lastUsed = now
