@@ -141,4 +141,55 @@ struct AuthorizeRaceTests {
         #expect(try await seed.openHolds(user: user.id) == 10 * chatHold)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
+
+    @Test("kill -9 under authorize load: every hold answered is in PostgreSQL, and the books balance once the dead lease is reaped")
+    func killedUnderLoad() async throws {
+        let db = try await TestDatabase.create("authorize-kill-load")
+        let seed = Seed(db: db)
+        try await seed.prices(enforcementSheet)
+        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
+        let (user, _) = try await seed.user(quota: 1_000_000 * chatHold)
+        let key = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 1_000_000 * chatHold, unlimitedQuota: false)).key
+        let doomed = try ServerProcess(databaseURL: db.url)
+        let headers = ["Authorization": "Bearer \(doomed.gatewaySecret)", "Content-Type": "application/json"]
+        let answered = try await withThrowingTaskGroup(of: [String].self) { group in
+            for worker in 0..<32 {
+                group.addTask {
+                    var held: [String] = []
+                    for attempt in 0..<10_000 {
+                        let requestID = "load-\(worker)-\(attempt)"
+                        let body = #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
+                        guard let answer = try? await HTTP.sendAsync("POST", "\(doomed.baseURL)/gateway/v1/authorize", headers: headers,
+                                                                     body: Data(body.utf8), timeout: 5) else { break }
+                        if answer.status == 200 { held.append(requestID) }
+                    }
+                    return held
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: .milliseconds(1_500))
+                await doomed.kill9()
+                return []
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+        #expect(answered.count > 100, "the load ran before the kill")
+        // Sync mode answers after the journal commit: nothing answered is missing.
+        #expect(try await seed.int("SELECT count(*) FROM holds WHERE request_id = ANY($1::text[])",
+                                   [PostgresArray.text(answered)]) == Int64(answered.count))
+        // The books balance at once (leases included)…
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+        // …and once another instance has reaped the dead one, only the holds are reserved.
+        let survivor = try ServerProcess(databaseURL: db.url)
+        defer { survivor.stop() }
+        let deadline = Date().addingTimeInterval(40)
+        while try await seed.int("SELECT count(*) FROM tally_instances") > 1, Date() < deadline {
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 1)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == (try await seed.openHolds(user: user.id)))
+        #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [user.id])
+                == (try await seed.openHolds(user: user.id, tokenOnly: true)))
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
 }
