@@ -71,7 +71,9 @@ struct LeaseService: Service {
             await upkeep(renewing: round % 3 == 0)
         }
         do {
-            try await book.retire()
+            if try await !book.retire() {
+                logger.warning("holds still wait for the journal; this instance's leases return when it is reaped")
+            }
         } catch {
             logger.warning("could not return this instance's leases; they return when it is reaped",
                            metadata: ["error": "\(error)"])

@@ -444,15 +444,27 @@ public final class HoldBook: Sendable {
         if free > 0 { try? await repository.giveBack(instance: instance, amounts: [account: free]) }
     }
 
-    /// Journals what is queued, returns every lease and ends the registration.
-    public func retire() async throws {
-        await flush()
-        let instance = state.withLock { state in
+    /// Stops cutting holds, journals what is queued, returns every lease and ends the
+    /// registration. When the journal cannot be written within `patience` (PostgreSQL is
+    /// unreachable), returns false and keeps the registration: it then expires, and the reaper
+    /// returns the leases only after the grace that covers the holds not journaled.
+    @discardableResult
+    public func retire(patience: Duration = .seconds(10)) async throws -> Bool {
+        let target = state.withLock { state in
             state.validUntil = 0
+            return state.enqueued
+        }
+        let clock = ContinuousClock(), deadline = clock.now + patience
+        while state.withLock({ $0.journaled < target }) {
+            guard clock.now < deadline else { return false }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let instance = state.withLock { state in
             state.accounts = [:]
             return state.instance
         }
         try await repository.retire(instance: instance)
+        return true
     }
 
     /// Returns the leases of instances that stopped renewing.
