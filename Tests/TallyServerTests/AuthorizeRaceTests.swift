@@ -16,13 +16,10 @@ struct AuthorizeRaceTests {
     @Test("10,000 concurrent holds of c on 100·c: exactly 100 succeed, the balance is exact after settlement",
           arguments: [1, 2], ["sync", "async"])
     func exactlyAffordable(serverCount: Int, holdCommit: String) async throws {
-        let db = try await TestDatabase.create("authorize-race")
-        let seed = Seed(db: db)
-        try await seed.prices(enforcementSheet)
-        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
-        let (user, _) = try await seed.user(quota: Int64(Self.affordable) * chatHold)
         // A limited key with room for 150: the user's balance is what binds.
-        let key = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 150 * chatHold, unlimitedQuota: false)).key
+        let account = try await Account("authorize-race", quota: Int64(Self.affordable) * chatHold,
+                                        key: TokenDraft(name: "k", remainQuota: 150 * chatHold, unlimitedQuota: false))
+        let (db, seed, key) = (account.db, account.seed, account.key)
         let servers = try (0..<serverCount).map { _ in
             try ServerProcess(databaseURL: db.url, environment: ["TALLY_HOLD_COMMIT": holdCommit])
         }
@@ -50,14 +47,14 @@ struct AuthorizeRaceTests {
             return try await group.reduce(into: []) { $0 += $1 }
         }
         #expect(granted.count == Self.affordable)
-        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == Int64(Self.affordable) * chatHold)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [account.userID]) == Int64(Self.affordable) * chatHold)
         // Answered from memory (async), a hold reaches PostgreSQL within milliseconds; a gateway
         // settles much later (after the upstream call), so wait for the journal here too.
         let journaled = Date().addingTimeInterval(5)
         while try await seed.int("SELECT count(*) FROM holds WHERE status = 'held'") < Self.affordable, Date() < journaled {
             try await Task.sleep(for: .milliseconds(20))
         }
-        #expect(try await seed.openHolds(user: user.id) == Int64(Self.affordable) * chatHold)
+        #expect(try await seed.openHolds(user: account.userID) == Int64(Self.affordable) * chatHold)
 
         // Settle every hold at exactly its estimate, through both servers.
         let lines = granted.map {
@@ -68,100 +65,76 @@ struct AuthorizeRaceTests {
                                                   headers: headers, body: Data(chunk.joined(separator: "\n").utf8))
             #expect(answer.status == 200, "\(answer.text)")
         }
-        #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 0)
-        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)
-        #expect(try await seed.int("SELECT remain_quota FROM tokens WHERE user_id = $1", [user.id]) == 50 * chatHold)
+        #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [account.userID]) == 0)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [account.userID]) == 0)
+        #expect(try await seed.int("SELECT remain_quota FROM tokens WHERE user_id = $1", [account.userID]) == 50 * chatHold)
         #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'settled'") == Int64(Self.affordable))
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
         servers.forEach { $0.stop() }
         // Stopped, each server gave its leases back.
-        #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [user.id]) == 0)
+        #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [account.userID]) == 0)
         #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 0)
     }
 
     @Test("an instance killed with kill -9 loses its leases to no one: another instance returns them once it stops renewing")
     func killedInstanceLeasesReturn() async throws {
-        let db = try await TestDatabase.create("authorize-kill")
-        let seed = Seed(db: db)
-        try await seed.prices(enforcementSheet)
-        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
-        let (user, _) = try await seed.user(quota: 10 * chatHold)
-        let key = try await seed.key(user: user.id).key
+        let account = try await Account("authorize-kill", quota: 10 * chatHold)
+        let (db, seed) = (account.db, account.seed)
         let doomed = try ServerProcess(databaseURL: db.url)
-        let headers = ["Authorization": "Bearer \(doomed.gatewaySecret)", "Content-Type": "application/json"]
-        func authorize(_ server: ServerProcess, _ requestID: String) async throws -> Int {
-            let body = #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
-            return try await HTTP.sendAsync("POST", "\(server.baseURL)/gateway/v1/authorize", headers: headers, body: Data(body.utf8)).status
-        }
         // One hold; the rest of the balance sits in the doomed instance's lease.
-        #expect(try await authorize(doomed, "before-kill") == 200)
-        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 10 * chatHold)
+        #expect(try await account.authorize(doomed, "before-kill") == 200)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [account.userID]) == 10 * chatHold)
         await doomed.kill9()
 
         let survivor = try ServerProcess(databaseURL: db.url)
         defer { survivor.stop() }
         // Until the dead registration expires (15 s) and its grace passes (5 s in sync mode), its
         // lease is still reserved: the survivor cannot overdraw by using it.
-        #expect(try await authorize(survivor, "while-leased") == 403)
+        #expect(try await account.authorize(survivor, "while-leased") == 403)
         let deadline = Date().addingTimeInterval(40)
         while try await seed.int("SELECT count(*) FROM tally_instances") > 1, Date() < deadline {
             try await Task.sleep(for: .milliseconds(500))
         }
         // Reaped: the lease went back; the hold stays until it is settled or expires.
         #expect(try await seed.int("SELECT count(*) FROM user_leases l JOIN tally_instances i ON i.id = l.instance_id") <= 1)
-        #expect(try await seed.openHolds(user: user.id) == chatHold)
-        for index in 0..<9 { #expect(try await authorize(survivor, "after-\(index)") == 200) }
-        #expect(try await authorize(survivor, "one-too-many") == 403)
+        #expect(try await seed.openHolds(user: account.userID) == chatHold)
+        for index in 0..<9 { #expect(try await account.authorize(survivor, "after-\(index)") == 200) }
+        #expect(try await account.authorize(survivor, "one-too-many") == 403)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
     @Test("an instance that runs short gets the idle leases of another back at once, instead of refusing")
     func leasesHandedBack() async throws {
-        let db = try await TestDatabase.create("authorize-handback")
-        let seed = Seed(db: db)
-        try await seed.prices(enforcementSheet)
-        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
-        let (user, _) = try await seed.user(quota: 10 * chatHold)
-        let key = try await seed.key(user: user.id).key
+        let account = try await Account("authorize-handback", quota: 10 * chatHold)
+        let (db, seed) = (account.db, account.seed)
         let first = try ServerProcess(databaseURL: db.url), second = try ServerProcess(databaseURL: db.url)
         defer { first.stop(); second.stop() }
-        let headers = ["Authorization": "Bearer \(first.gatewaySecret)", "Content-Type": "application/json"]
-        func authorize(_ server: ServerProcess, _ requestID: String) async throws -> Int {
-            let body = #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
-            return try await HTTP.sendAsync("POST", "\(server.baseURL)/gateway/v1/authorize", headers: headers, body: Data(body.utf8)).status
-        }
         // The first instance leases the whole balance for one hold...
-        #expect(try await authorize(first, "a-1") == 200)
-        #expect(try await seed.int("SELECT sum(amount) FROM user_leases WHERE user_id = $1", [user.id]) == 9 * chatHold)
+        #expect(try await account.authorize(first, "a-1") == 200)
+        #expect(try await seed.int("SELECT sum(amount) FROM user_leases WHERE user_id = $1", [account.userID]) == 9 * chatHold)
         // ...the second, short, asks for it back and is served; the two share the balance exactly.
-        for index in 0..<5 { #expect(try await authorize(second, "b-\(index)") == 200) }
-        for index in 2...5 { #expect(try await authorize(first, "a-\(index)") == 200) }
-        #expect(try await authorize(first, "a-over") == 403)
-        #expect(try await authorize(second, "b-over") == 403)
-        #expect(try await seed.openHolds(user: user.id) == 10 * chatHold)
+        for index in 0..<5 { #expect(try await account.authorize(second, "b-\(index)") == 200) }
+        for index in 2...5 { #expect(try await account.authorize(first, "a-\(index)") == 200) }
+        #expect(try await account.authorize(first, "a-over") == 403)
+        #expect(try await account.authorize(second, "b-over") == 403)
+        #expect(try await seed.openHolds(user: account.userID) == 10 * chatHold)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
     @Test("kill -9 under authorize load: every hold answered is in PostgreSQL, and the books balance once the dead lease is reaped")
     func killedUnderLoad() async throws {
-        let db = try await TestDatabase.create("authorize-kill-load")
-        let seed = Seed(db: db)
-        try await seed.prices(enforcementSheet)
-        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
-        let (user, _) = try await seed.user(quota: 1_000_000 * chatHold)
-        let key = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 1_000_000 * chatHold, unlimitedQuota: false)).key
+        let account = try await Account("authorize-kill-load", quota: 1_000_000 * chatHold,
+                                        key: TokenDraft(name: "k", remainQuota: 1_000_000 * chatHold, unlimitedQuota: false))
+        let (db, seed) = (account.db, account.seed)
         let doomed = try ServerProcess(databaseURL: db.url)
-        let headers = ["Authorization": "Bearer \(doomed.gatewaySecret)", "Content-Type": "application/json"]
         let answered = try await withThrowingTaskGroup(of: [String].self) { group in
             for worker in 0..<32 {
                 group.addTask {
                     var held: [String] = []
                     for attempt in 0..<10_000 {
                         let requestID = "load-\(worker)-\(attempt)"
-                        let body = #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
-                        guard let answer = try? await HTTP.sendAsync("POST", "\(doomed.baseURL)/gateway/v1/authorize", headers: headers,
-                                                                     body: Data(body.utf8), timeout: 5) else { break }
-                        if answer.status == 200 { held.append(requestID) }
+                        guard let status = try? await account.authorize(doomed, requestID, timeout: 5) else { break }
+                        if status == 200 { held.append(requestID) }
                     }
                     return held
                 }
@@ -187,9 +160,39 @@ struct AuthorizeRaceTests {
             try await Task.sleep(for: .milliseconds(500))
         }
         #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 1)
-        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == (try await seed.openHolds(user: user.id)))
-        #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [user.id])
-                == (try await seed.openHolds(user: user.id, tokenOnly: true)))
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [account.userID]) == (try await seed.openHolds(user: account.userID)))
+        #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [account.userID])
+                == (try await seed.openHolds(user: account.userID, tokenOnly: true)))
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    /// A fresh database with the enforcement price sheet, a gpt-4o channel, and one user with
+    /// `quota` and a key (`draft`, else the default key).
+    struct Account {
+        let db: TestDatabase
+        let seed: Seed
+        let userID: Int64
+        let key: String
+
+        init(_ name: String, quota: Int64, key draft: TokenDraft? = nil) async throws {
+            db = try await TestDatabase.create(name)
+            seed = Seed(db: db)
+            try await seed.prices(enforcementSheet)
+            _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
+            userID = try await seed.user(quota: quota).user.id
+            if let draft {
+                key = try await seed.key(user: userID, draft).key
+            } else {
+                key = try await seed.key(user: userID).key
+            }
+        }
+
+        /// One authorization of a chat hold (`chatHold` units); returns the HTTP status.
+        func authorize(_ server: ServerProcess, _ requestID: String, timeout: TimeInterval = 30) async throws -> Int {
+            let body = #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
+            let headers = ["Authorization": "Bearer \(server.gatewaySecret)", "Content-Type": "application/json"]
+            return try await HTTP.sendAsync("POST", "\(server.baseURL)/gateway/v1/authorize", headers: headers,
+                                            body: Data(body.utf8), timeout: timeout).status
+        }
     }
 }
