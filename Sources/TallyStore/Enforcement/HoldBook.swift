@@ -300,15 +300,6 @@ public final class HoldBook: Sendable {
 
     // MARK: Journal
 
-    private func enqueue(_ waiter: Waiter) {
-        let starts = state.withLock { state in
-            state.journal.append(waiter)
-            defer { state.journalRunning = true }
-            return !state.journalRunning
-        }
-        if starts { Task { await self.runJournal() } }
-    }
-
     /// Group commit: one `tally_journal_holds` call for whatever queued meanwhile. A failed
     /// batch stays queued and is written again (journaling is idempotent by hold id).
     private func runJournal() async {
