@@ -151,6 +151,18 @@ struct PoolService: Service {
     }
 }
 
+/// Runs `work` every `interval` until graceful shutdown begins; a failed round is logged as
+/// `failure` and the next one runs on time.
+func runPeriodically(every interval: Duration, logger: Logger, failure: Logger.Message,
+                     _ work: () async throws -> Void) async {
+    while !Task.isShuttingDownGracefully {
+        do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
+        do { try await work() } catch {
+            logger.warning(failure, metadata: ["error": "\(error)"])
+        }
+    }
+}
+
 /// Picks up price versions loaded by other instances.
 struct PriceRefreshService: Service {
     let prices: PriceCatalog
@@ -158,11 +170,8 @@ struct PriceRefreshService: Service {
     let logger: Logger
 
     func run() async throws {
-        while !Task.isShuttingDownGracefully {
-            do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
-            do { try await prices.refreshIfChanged() } catch {
-                logger.warning("price refresh failed", metadata: ["error": "\(error)"])
-            }
+        await runPeriodically(every: interval, logger: logger, failure: "price refresh failed") {
+            try await prices.refreshIfChanged()
         }
     }
 }
@@ -176,11 +185,8 @@ struct LogPartitionService: Service {
     let logger: Logger
 
     func run() async throws {
-        while !Task.isShuttingDownGracefully {
-            do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
-            do { try await migrator.createLogPartitions(months: 3) } catch {
-                logger.warning("creating request_logs partitions failed", metadata: ["error": "\(error)"])
-            }
+        await runPeriodically(every: interval, logger: logger, failure: "creating request_logs partitions failed") {
+            try await migrator.createLogPartitions(months: 3)
         }
     }
 }

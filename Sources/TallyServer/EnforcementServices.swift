@@ -23,14 +23,7 @@ struct HoldSweeperService: Service {
     static let expiredCounter = Counter(label: "tally_holds_expired_total")
 
     func run() async throws {
-        while !Task.isShuttingDownGracefully {
-            do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
-            do {
-                try await sweep()
-            } catch {
-                logger.warning("hold sweep failed", metadata: ["error": "\(error)"])
-            }
-        }
+        await runPeriodically(every: interval, logger: logger, failure: "hold sweep failed") { try await sweep() }
     }
 
     func sweep() async throws {
@@ -65,10 +58,9 @@ struct LeaseService: Service {
     func run() async throws {
         recordLevels()
         var round = 0
-        while !Task.isShuttingDownGracefully {
-            do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) } } catch { break }
+        await runPeriodically(every: .seconds(1), logger: logger, failure: "lease upkeep failed") {
             round += 1
-            await upkeep(renewing: round % 3 == 0)
+            try await upkeep(renewing: round % 3 == 0)
         }
         do {
             if try await !book.retire() {
@@ -86,18 +78,14 @@ struct LeaseService: Service {
         Self.journalGauge.record(levels.journalQueue)
     }
 
-    private func upkeep(renewing: Bool) async {
+    private func upkeep(renewing: Bool) async throws {
         recordLevels()
-        do {
-            if renewing { try await book.renew() }
-            try await book.returnIdleLeases()
-            let reaped = try await book.reapDeadInstances()
-            if reaped > 0 {
-                Self.reapedCounter.increment(by: reaped)
-                logger.warning("returned the leases of instances that stopped renewing", metadata: ["instances": "\(reaped)"])
-            }
-        } catch {
-            logger.warning("lease upkeep failed", metadata: ["error": "\(error)"])
+        if renewing { try await book.renew() }
+        try await book.returnIdleLeases()
+        let reaped = try await book.reapDeadInstances()
+        if reaped > 0 {
+            Self.reapedCounter.increment(by: reaped)
+            logger.warning("returned the leases of instances that stopped renewing", metadata: ["instances": "\(reaped)"])
         }
     }
 }
