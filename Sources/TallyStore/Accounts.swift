@@ -255,8 +255,12 @@ public struct AccountRepository: Sendable {
 
     // MARK: Helpers
 
+    /// Locks the user's row and reads it. Read after the lock, in a statement of its own: a
+    /// fold that committed while the lock was awaited is then in both the row and what is
+    /// still pending, so the balance is exact.
     static func lock(id: Int64, on connection: PostgresConnection) throws -> User {
-        guard let row = try connection.query("SELECT \(columns) FROM users WHERE id = $1 FOR UPDATE", [id]).first else {
+        guard try connection.query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", [id]).count == 1,
+              let row = try connection.query("SELECT \(columns) FROM users WHERE id = $1", [id]).first else {
             throw StoreError.notFound("user \(id) not found")
         }
         return try PostgresUserRepository.decode(row)

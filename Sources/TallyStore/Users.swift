@@ -75,7 +75,13 @@ public struct PostgresUserRepository: UserRepository {
 
     public init(pool: PostgresPool) { self.pool = pool }
 
-    static let columns = "id, username, display_name, email, role, status, \"group\", quota, used_quota, request_count"
+    /// The balance figures include what committed batches charged and the fold has not added
+    /// yet (migration 0010), so they are exact at every instant. A statement that waits for
+    /// the row's lock reads them only after the lock (``AccountRepository/lock(id:on:)``).
+    static let columns = """
+        id, username, display_name, email, role, status, "group", quota - tally_pending_charges(id), \
+        used_quota + tally_pending_charges(id), request_count + tally_pending_requests(id)
+        """
 
     public func create(_ user: NewUser, by actor: Actor) async throws -> (user: User, accessToken: String) {
         let token = Secrets.newAccessToken()

@@ -34,6 +34,7 @@ struct WebhookOutboxTests {
                               group: "default", kind: .chat, status: 200, isStream: false, durationMs: 10, ip: nil, tid: nil,
                               error: nil, usage: Usage(promptTokens: 1000, completionTokens: 500), quota: quota, priceVersionID: 1)
         _ = try await PostgresIngestRepository(pool: db.pool).store([line], rejects: [], totalLines: 1, tid: TraceID.generate(), source: "test")
+        try await db.fold()  // balance events are written by the fold that moves the balance
     }
 
     static func events(_ db: TestDatabase) async throws -> [(type: String, payload: [String: Any])] {
