@@ -105,7 +105,8 @@ struct IngestFoldHTTPTests {
         let (user, accessToken) = try await seed.user(quota: 10 * chatHold)
         let adminToken = try await seed.user("admin", role: .admin).token
         let month = UsageMonth(containing: Date())
-        let (token, key) = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 8 * chatHold, unlimitedQuota: false))
+        // The user's balance binds (the key's limit is checked by FoldTests.leasesSeePending).
+        let (token, key) = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 20 * chatHold, unlimitedQuota: false))
         try await TestApp.build(db, { $0.settleIntervalMilliseconds = 0 }).test(.live) { client in
             let gateway = Gateway(client: client), api = API(client: client)
             let lines = (0..<6).map {
@@ -122,12 +123,11 @@ struct IngestFoldHTTPTests {
             #expect(int64(me.dataObject["request_count"]) == 6)
             let keys = try await api.get("/api/token/?p=1&size=10", token: accessToken)
             let listed = try #require((keys.dataObject["items"] as? [[String: Any]])?.first)
-            #expect(int64(listed["remain_quota"]) == 2 * chatHold)
+            #expect(int64(listed["remain_quota"]) == 14 * chatHold)
             #expect(int64(listed["used_quota"]) == 6 * chatHold)
-            // Leases grant from quota − reserved − pending: the key has 2 holds left, not 8.
-            #expect(try await gateway.authorize(key: key, requestID: "after-1").status == 200)
-            #expect(try await gateway.authorize(key: key, requestID: "after-2").status == 200)
-            let refused = try await gateway.authorize(key: key, requestID: "after-3")
+            // Leases grant from quota − reserved − pending: the account has 4 holds left, not 10.
+            for index in 1...4 { #expect(try await gateway.authorize(key: key, requestID: "after-\(index)").status == 200) }
+            let refused = try await gateway.authorize(key: key, requestID: "after-5")
             #expect(refused.status == 403, "\(refused.text)")
             let export = try await api.get("/api/admin/exports/usage?month=\(month)&by=user&user_id=\(user.id)", token: adminToken)
             #expect(export.text.contains(",\(6 * chatHold),"), "\(export.text)")
@@ -141,7 +141,7 @@ struct IngestFoldHTTPTests {
         // Folded, the rows say the same.
         try await db.fold()
         #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 4 * chatHold)
-        #expect(try await seed.int("SELECT remain_quota FROM tokens WHERE id = $1", [token.id]) == 2 * chatHold)
+        #expect(try await seed.int("SELECT remain_quota FROM tokens WHERE id = $1", [token.id]) == 14 * chatHold)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 }
