@@ -114,7 +114,8 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
                               onReconnect: { services.applyChange("*") }, logger: logger))
     if configuration.settleIntervalMilliseconds > 0 {
         app.addServices(SettlerService(settler: Settler(pool: pool),
-                                       interval: .milliseconds(configuration.settleIntervalMilliseconds), logger: logger))
+                                       balanceInterval: .milliseconds(configuration.settleIntervalMilliseconds),
+                                       rollUpInterval: .seconds(configuration.rollUpIntervalSeconds), logger: logger))
     }
     if configuration.webhooks.enabled {
         app.addServices(WebhookDispatcher(repository: WebhookRepository(pool: pool), configuration: configuration.webhooks, logger: logger))

@@ -46,7 +46,7 @@ struct Ingest: AsyncParsableCommand {
         let settler = Settler(pool: pool)
         let settling = Task {
             while (try? await Task.sleep(for: .milliseconds(200))) != nil {
-                _ = try? await settler.tick()
+                _ = try? await settler.foldBalances()
             }
         }
         defer { settling.cancel() }

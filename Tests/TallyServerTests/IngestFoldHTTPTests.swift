@@ -48,7 +48,7 @@ struct IngestFoldHTTPTests {
         // Exact before the last fold, and the same once everything is folded: each charge once.
         #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [account.userID]) == 0)
         try await db.fold()
-        #expect(try await seed.int("SELECT count(*) FROM pending_usage") + (try await seed.int("SELECT count(*) FROM pending_returns")) == 0)
+        #expect(try await seed.int("SELECT count(*) FROM pending_charges") + (try await seed.int("SELECT count(*) FROM pending_usage")) == 0)
         let user = try await seed.sql("SELECT quota, used_quota, request_count, reserved FROM users WHERE id = $1", [account.userID])[0]
         #expect(try (0..<4).map { try user.decode($0, as: Int64.self) } == [0, spent, Int64(Self.affordable), 0])
         let token = try await seed.sql("SELECT remain_quota, used_quota, request_count, reserved FROM tokens WHERE user_id = $1",
@@ -115,7 +115,7 @@ struct IngestFoldHTTPTests {
             #expect(try await gateway.post("/logs", lines.joined(separator: "\n")).status == 200)
             // Nothing folded: the rows of users and tokens are as before…
             #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 10 * chatHold)
-            #expect(try await seed.int("SELECT count(*) FROM pending_usage WHERE user_id = $1", [user.id]) > 0)
+            #expect(try await seed.int("SELECT count(*) FROM pending_charges WHERE user_id = $1", [user.id]) > 0)
             // …and every reader sees the charges all the same.
             let me = try await api.get("/api/user/self", token: accessToken)
             #expect(int64(me.dataObject["quota"]) == 4 * chatHold)

@@ -63,7 +63,7 @@ struct FoldTests {
         try await appended.value
         #expect(try await db.scalar("SELECT sum(quota) FROM users WHERE id = ANY ($1::bigint[])",
                                     [PostgresArray.integers(accounts.map(\.user))]) == 3 * Self.initialQuota)
-        #expect(try await db.scalar("SELECT count(*) FROM pending_usage") == 6)
+        #expect(try await db.scalar("SELECT count(*) FROM pending_charges") == 6)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
 
         try await db.fold()
@@ -75,7 +75,7 @@ struct FoldTests {
             #expect(try await db.scalar("SELECT request_count FROM users WHERE id = $1", [account.user]) == 2)
             #expect(try await db.scalar("SELECT sum(quota) FROM usage_daily WHERE user_id = $1", [account.user]) == charged)
         }
-        #expect(try await db.scalar("SELECT count(*) FROM pending_usage") == 0)
+        #expect(try await db.scalar("SELECT count(*) FROM pending_charges") + (try await db.scalar("SELECT count(*) FROM pending_usage")) == 0)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
@@ -95,14 +95,15 @@ struct FoldTests {
             }
             return (runs, violations)
         }()
+        // Two settlers: balances folded and usage rolled up side by side.
         async let folds: Int = {
             var folded = 0
-            while done.isOn { folded += try await settler.tick() }
+            while done.isOn { folded += try await settler.foldBalances() + (try await settler.rollUp()) }
             return folded
         }()
         async let moreFolds: Int = {
             var folded = 0
-            while done.isOn { folded += try await settler.tick() }
+            while done.isOn { folded += try await settler.foldBalances() + (try await settler.rollUp()) }
             return folded
         }()
         let charged = try await withThrowingTaskGroup(of: Int64.self) { group in
@@ -176,12 +177,14 @@ struct FoldTests {
         #expect(charges.ledgerCharges.map { "\($0.key.userID)/\($0.key.tokenID)/\($0.key.month): \($0.charge.quota) in \($0.charge.requests)" }
                 == ["1/11/2026-10-01: 100 in 1", "1/11/2026-11-01: 64 in 3"])
         let usage = charges.pendingUsage
+        #expect(charges.pendingCharges.map { "\($0.key.userID)/\($0.key.tokenID): \($0.charge.quota) in \($0.charge.requests)" }
+                == ["1/11: 164 in 4", "2/22: 0 in 1"])
+        #expect(charges.pendingCharges[0].charge.lastAt == november)
         #expect(usage.map { "\($0.key.userID) \($0.key.day) \($0.key.model)" }
                 == ["1 2026-10-31 gpt-4o", "1 2026-11-01 gpt-4o", "1 2026-11-01 veo-3", "2 2026-11-01 gpt-4o"])
         #expect(usage[2].totals.videoSeconds == (try ExactDecimal("3.25")))
         #expect(usage[2].totals.requests == 2)
         #expect(usage[2].totals.quota == 14)
         #expect(usage[3].totals.failedRequests == 1)
-        #expect(usage[0].totals.lastAt == october)
     }
 }

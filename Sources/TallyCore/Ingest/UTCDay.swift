@@ -14,18 +14,8 @@ public struct UTCDay: Hashable, Comparable, Sendable, CustomStringConvertible {
         number = Int((date.timeIntervalSince1970 / 86_400).rounded(.down))
     }
 
-    /// Year, month (1…12) and day (1…31) — Howard Hinnant's `civil_from_days`.
-    public var civil: (year: Int, month: Int, day: Int) {
-        let z = number + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let dayOfEra = z - era * 146_097
-        let yearOfEra = (dayOfEra - dayOfEra / 1_460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
-        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
-        let shiftedMonth = (5 * dayOfYear + 2) / 153
-        let day = dayOfYear - (153 * shiftedMonth + 2) / 5 + 1
-        let month = shiftedMonth < 10 ? shiftedMonth + 3 : shiftedMonth - 9
-        return (yearOfEra + era * 400 + (month <= 2 ? 1 : 0), month, day)
-    }
+    /// Year, month (1…12) and day (1…31).
+    public var civil: (year: Int, month: Int, day: Int) { RFC3339Time.civilFromDays(number) }
 
     /// The first day of this day's month.
     public var monthStart: UTCDay { UTCDay(number: number - civil.day + 1) }

@@ -300,16 +300,24 @@ enum NewAPIImportSQL {
 
     static let freshTotals = "SELECT count(*), coalesce(sum(quota), 0)::bigint FROM ingest_new"
 
-    /// The batch's usage per user × key × UTC day × model × group × kind, for the fold
-    /// (migration 0010). `$1` is the batch id.
-    static let appendPending = """
+    /// What the batch owes balances, per user × key, for the balance fold of migration 0010.
+    /// `$1` is the batch id.
+    static let appendPendingCharges = """
+        INSERT INTO pending_charges (user_id, token_id, batch_id, quota, requests, last_at, user_returned, token_returned)
+        SELECT user_id, token_id, $1, sum(quota), count(*), max(created_at), 0, 0
+        FROM ingest_new GROUP BY user_id, token_id ORDER BY user_id, token_id
+        """
+
+    /// What the batch owes the usage rollups, per user × key × UTC day × model × group × kind,
+    /// for the roll-up of migration 0010. `$1` is the batch id.
+    static let appendPendingUsage = """
         INSERT INTO pending_usage (user_id, token_id, day, model, "group", kind, requests, failed_requests,
             prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, audio_input_tokens,
-            audio_output_tokens, images, video_seconds, calls, predict_time, quota, batch_id, last_at)
+            audio_output_tokens, images, video_seconds, calls, predict_time, quota, batch_id)
         SELECT user_id, token_id, (created_at AT TIME ZONE 'UTC')::date, model, "group", kind, count(*),
             count(*) FILTER (WHERE status >= 400), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),
             sum(cache_write_tokens), sum(audio_input_tokens), sum(audio_output_tokens), sum(images),
-            sum(video_seconds), sum(calls), sum(predict_time), sum(quota), $1, max(created_at)
+            sum(video_seconds), sum(calls), sum(predict_time), sum(quota), $1
         FROM ingest_new
         GROUP BY user_id, token_id, 3, model, "group", kind
         ORDER BY user_id, token_id, 3, model, "group", kind

@@ -387,7 +387,8 @@ public struct NewAPIImporter {
                 let imported = try totals.decode(0, as: Int.self)
                 guard imported > 0 else { throw NothingNew() }
                 try target.query(NewAPIImportSQL.appendLedger, [name, batchID, tid])
-                try target.query(NewAPIImportSQL.appendPending, [batchID])
+                try target.query(NewAPIImportSQL.appendPendingCharges, [batchID])
+                try target.query(NewAPIImportSQL.appendPendingUsage, [batchID])
                 try target.query(PostgresIngestRepository.insertBatch, [batchID, tid, "import", rows, imported, rows - imported, 0])
                 return (eligible, imported, try totals.decode(1, as: Int64.self))
             }
@@ -416,6 +417,8 @@ public struct NewAPIImporter {
         summary.tokenQuotasSet = totals.1
         summary.sourceUsedQuota = totals.2
         summary.tallyUsedQuota = totals.3
+        // The imported usage, rolled up now rather than at the next settler's roll-up.
+        try target.query(Settler.rollUpShards, [Settler.defaultShards, true])
         if summary.changed { try recordAudit(summary) }
     }
 

@@ -2,9 +2,10 @@ import Foundation
 import TallyCore
 
 /// What a batch's newly stored lines owe, summed the way the batch's transaction appends it
-/// (docs/ingest.md): one ledger charge per user × token × UTC month of the requests, and one
-/// pending usage row per user × token × UTC day × model × group × kind (the grain of
-/// `usage_daily`, which the fold adds it to).
+/// (docs/ingest.md): one ledger charge per user × token × UTC month of the requests, one pending
+/// charge per user × token (what the balance fold applies), and one pending usage row per user
+/// × token × UTC day × model × group × kind (the grain of `usage_daily`, which the roll-up adds
+/// it to).
 struct BatchCharges {
     struct ChargeKey: Hashable, Comparable {
         let userID: Int64
@@ -19,6 +20,21 @@ struct BatchCharges {
     struct Charge: Equatable {
         var quota: Int64 = 0
         var requests: Int64 = 0
+        /// The latest `created_at` (the key's `accessed_at`).
+        var lastAt = Date.distantPast
+
+        mutating func add(_ line: PricedLine) {
+            quota += line.quota
+            requests += 1
+            lastAt = max(lastAt, line.createdAt)
+        }
+    }
+
+    struct AccountKey: Hashable, Comparable {
+        let userID: Int64
+        let tokenID: Int64
+
+        static func < (lhs: AccountKey, rhs: AccountKey) -> Bool { (lhs.userID, lhs.tokenID) < (rhs.userID, rhs.tokenID) }
     }
 
     struct UsageKey: Hashable, Comparable {
@@ -50,8 +66,6 @@ struct BatchCharges {
         var calls: Int64 = 0
         var predictTime = ExactDecimal.zero
         var quota: Int64 = 0
-        /// The latest `created_at` (the key's `accessed_at`).
-        var lastAt = Date.distantPast
 
         /// Adds one line. Batches are bounded (50,000 lines, each within `IngestLimits`), so no
         /// sum can leave `Int64` or the decimals' range.
@@ -70,11 +84,11 @@ struct BatchCharges {
             calls += usage.calls
             if !usage.predictTime.isZero { predictTime = predictTime.adding(usage.predictTime)! }
             quota += line.quota
-            lastAt = max(lastAt, line.createdAt)
         }
     }
 
     private(set) var charges: [ChargeKey: Charge] = [:]
+    private(set) var accounts: [AccountKey: Charge] = [:]
     private(set) var usage: [UsageKey: UsageTotals] = [:]
 
     init(_ lines: [PricedLine]) {
@@ -82,6 +96,7 @@ struct BatchCharges {
             let day = UTCDay(line.createdAt)
             charges[ChargeKey(userID: line.userID, tokenID: line.tokenID, month: day.monthStart), default: Charge()]
                 .add(line)
+            accounts[AccountKey(userID: line.userID, tokenID: line.tokenID), default: Charge()].add(line)
             usage[UsageKey(userID: line.userID, tokenID: line.tokenID, day: day, model: line.model, group: line.group,
                            kind: line.kind.rawValue), default: UsageTotals()].add(line)
         }
@@ -92,15 +107,13 @@ struct BatchCharges {
         charges.filter { $0.value.quota != 0 }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
+    /// Pending charges per account, in key order.
+    var pendingCharges: [(key: AccountKey, charge: Charge)] {
+        accounts.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    }
+
     /// Pending usage rows in key order (each account's rows together).
     var pendingUsage: [(key: UsageKey, totals: UsageTotals)] {
         usage.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
-    }
-}
-
-extension BatchCharges.Charge {
-    mutating func add(_ line: PricedLine) {
-        quota += line.quota
-        requests += 1
     }
 }

@@ -11,7 +11,8 @@ public protocol IngestRepository: Sendable {
 
 /// The append half of DESIGN §4's pipeline, in one transaction per batch: new rows into
 /// `request_logs` (exactly once per user × request id × time), the holds they settle closed,
-/// the batch's ledger charges and its pending usage (`pending_usage`, `pending_returns`) — and
+/// the batch's ledger charges and what it owes balances and rollups (`pending_charges`,
+/// `pending_usage`) — and
 /// no account row touched, so concurrent batches never wait for each other on a hot account.
 /// The settler folds what is pending into balances and rollups (``Settler``, migration 0010).
 public struct PostgresIngestRepository: IngestRepository {
@@ -84,8 +85,8 @@ public struct PostgresIngestRepository: IngestRepository {
     }
 
     /// What the new lines owe, appended: the open holds they settle (closed now, their
-    /// reservations queued in `pending_returns`), one ledger charge per user × token × month,
-    /// and the pending usage rows the fold adds to balances and rollups.
+    /// reservations queued in `pending_charges`), one ledger charge per user × token × month,
+    /// the pending charges the balance fold applies and the pending usage the roll-up adds.
     static func appendCharges(of lines: [PricedLine], batchID: Int64, tid: String, on connection: PostgresConnection) throws {
         // Most deployments settle a hold per line; a database without open holds skips the
         // lookup. (A hold journaled after this check is as one journaled after the update: it
@@ -107,6 +108,22 @@ public struct PostgresIngestRepository: IngestRepository {
                 row.append(batchID)
                 row.append(tid)
                 row.append(key.month.description)
+                row.endRow()
+                try writer.write(row.bytes)
+            }
+        }
+        try connection.copyIn("COPY pending_charges (user_id, token_id, batch_id, quota, requests, last_at, user_returned, token_returned) FROM STDIN") { writer in
+            var row = CopyRow()
+            for (key, charge) in charges.pendingCharges {
+                row.reset()
+                row.append(key.userID)
+                row.append(key.tokenID)
+                row.append(batchID)
+                row.append(charge.quota)
+                row.append(charge.requests)
+                row.append(charge.lastAt)
+                row.append(Int64(0))
+                row.append(Int64(0))
                 row.endRow()
                 try writer.write(row.bytes)
             }
@@ -158,7 +175,7 @@ public struct PostgresIngestRepository: IngestRepository {
     static let pendingColumns = """
         user_id, token_id, day, model, "group", kind, requests, failed_requests, prompt_tokens, completion_tokens,
         cached_tokens, cache_write_tokens, audio_input_tokens, audio_output_tokens, images, video_seconds, calls,
-        predict_time, quota, batch_id, last_at
+        predict_time, quota, batch_id
         """
 
     /// The slow path's per-connection table, emptied at every commit.
@@ -179,7 +196,7 @@ public struct PostgresIngestRepository: IngestRepository {
 
     /// A stored line settles the open hold of its account and request id: the line's real
     /// cost is charged like any other line's, and the hold's reservation goes back to the
-    /// account (and to a limited key) when the fold applies its `pending_returns` row.
+    /// account (and to a limited key) when the fold applies its `pending_charges` row.
     /// $1 batch id, $2 user ids, $3 request ids (one per line).
     static let settleHolds = PreparedStatement("ingest_settle_holds", """
         WITH settled AS (
@@ -187,8 +204,8 @@ public struct PostgresIngestRepository: IngestRepository {
             FROM unnest($2::bigint[], $3::text[]) AS n(user_id, request_id)
             WHERE h.request_id = n.request_id AND h.user_id = n.user_id AND h.status = 'held'
             RETURNING h.user_id, h.token_id, h.amount, h.token_reserved)
-        INSERT INTO pending_returns (user_id, token_id, batch_id, user_amount, token_amount)
-        SELECT user_id, token_id, $1, sum(amount), coalesce(sum(amount) FILTER (WHERE token_reserved), 0)
+        INSERT INTO pending_charges (user_id, token_id, batch_id, quota, requests, user_returned, token_returned)
+        SELECT user_id, token_id, $1, 0, 0, sum(amount), coalesce(sum(amount) FILTER (WHERE token_reserved), 0)
         FROM settled GROUP BY user_id, token_id ORDER BY user_id, token_id
         """)
 
@@ -268,7 +285,6 @@ public struct PostgresIngestRepository: IngestRepository {
         row.append(totals.predictTime.description)
         row.append(totals.quota)
         row.append(batchID)
-        row.append(totals.lastAt)
         row.endRow()
     }
 }

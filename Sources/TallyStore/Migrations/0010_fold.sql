@@ -1,20 +1,24 @@
 -- Ingest that grows with the machine (issue 14; docs/ingest.md, "Append, then fold").
 --
 -- A batch's transaction only appends: its request rows, its ledger charges (one row per batch ×
--- user × token × month, as before) and what the balances and rollups still owe:
+-- user × token × month, as before) and what balances and rollups still owe:
+--   pending_charges  one row per batch × user × token: what its lines charged (and how many),
+--                    and the reservations of the holds they settled (the holds themselves are
+--                    closed in the batch's transaction);
 --   pending_usage    one row per batch × user × token × UTC day × model × group × kind, the
---                    usage_daily measures of the batch's new lines;
---   pending_returns  one row per batch × user × token: the reservations of the holds its lines
---                    settled (the holds themselves are closed in the batch's transaction).
--- It locks no account row. The fold (tally_fold, run every ~100 ms by each instance's settler
--- through tally_settle) consumes pending rows in its own transaction: a row is deleted in the
--- transaction that applies it to users, tokens and usage_daily, so a fold is exactly once and
--- crash-safe with no watermark (batch ids commit out of order; a consumed queue does not care).
+--                    usage_daily measures of its lines.
+-- It locks no account row. Two folds consume them, each in the transaction that applies them,
+-- so each is exactly once and crash-safe with no watermark (batch ids commit out of order; a
+-- consumed queue does not care):
+--   tally_fold       pending_charges → users, tokens (balances, reservations, counters), every
+--                    ~100 ms, each account once per fold (tally_settle runs it per shard);
+--   tally_roll_up    pending_usage → usage_daily, every few seconds, so that many batches of the
+--                    same account, model and day become one upsert.
 --
--- Every reader of a balance adds what is still pending (committed, not folded):
---     quota     = users.quota − Σ pending_usage.quota          (user_balances, token_balances)
---     reserved  = users.reserved − Σ pending_returns.user_amount
---     rollups   = usage_daily + pending_usage                   (usage_rollups)
+-- Every reader adds what is still pending (committed, not folded):
+--     quota     = users.quota − Σ pending_charges.quota          (user_balances, token_balances)
+--     reserved  = users.reserved − Σ pending_charges.user_returned
+--     rollups   = usage_daily + pending_usage                     (usage_rollups)
 -- so `tally audit` proves balance = Σ ledger at any instant, and tally_lease grants from
 -- quota − reserved − pending.
 --
@@ -22,6 +26,20 @@
 -- from these tables at an account table (a foreign-key check locks the referenced row), so a
 -- batch's work per account is local to the account (docs/scaling.md, Citus).
 
+CREATE TABLE pending_charges (
+    user_id        bigint NOT NULL,
+    token_id       bigint NOT NULL,
+    batch_id       bigint NOT NULL,
+    quota          bigint NOT NULL,        -- charged by the batch's lines
+    requests       bigint NOT NULL,
+    last_at        timestamptz,            -- their latest created_at (tokens.accessed_at)
+    user_returned  bigint NOT NULL,        -- settled holds' reservations, back to users.reserved
+    token_returned bigint NOT NULL         -- … and to tokens.reserved (limited keys' holds)
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+        autovacuum_vacuum_cost_delay = 0);
+CREATE INDEX pending_charges_user_idx ON pending_charges (user_id, token_id);
+
+-- Read whole by the roll-up (per shard) and by usage_rollups, so it has no index to maintain.
 CREATE TABLE pending_usage (
     day                 date NOT NULL,
     user_id             bigint NOT NULL,
@@ -42,40 +60,28 @@ CREATE TABLE pending_usage (
     calls               bigint NOT NULL,
     predict_time        numeric NOT NULL,
     quota               bigint NOT NULL,
-    batch_id            bigint NOT NULL,
-    last_at             timestamptz NOT NULL          -- the latest created_at (tokens.accessed_at)
-) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000,
+    batch_id            bigint NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 50000,
         autovacuum_vacuum_cost_delay = 0);
-CREATE INDEX pending_usage_user_idx ON pending_usage (user_id, token_id);
-
-CREATE TABLE pending_returns (
-    user_id      bigint NOT NULL,
-    token_id     bigint NOT NULL,
-    batch_id     bigint NOT NULL,
-    user_amount  bigint NOT NULL,                     -- back to users.reserved
-    token_amount bigint NOT NULL                      -- back to tokens.reserved (limited keys' holds)
-) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 2000,
-        autovacuum_vacuum_cost_delay = 0);
-CREATE INDEX pending_returns_user_idx ON pending_returns (user_id, token_id);
 
 -- What is pending for one account. Inlined by the planner (one index scan each).
 CREATE FUNCTION tally_pending_charges(p_user_id bigint) RETURNS bigint LANGUAGE sql STABLE AS $$
-    SELECT coalesce(sum(quota), 0)::bigint FROM pending_usage WHERE user_id = p_user_id
+    SELECT coalesce(sum(quota), 0)::bigint FROM pending_charges WHERE user_id = p_user_id
 $$;
 CREATE FUNCTION tally_pending_requests(p_user_id bigint) RETURNS bigint LANGUAGE sql STABLE AS $$
-    SELECT coalesce(sum(requests), 0)::bigint FROM pending_usage WHERE user_id = p_user_id
+    SELECT coalesce(sum(requests), 0)::bigint FROM pending_charges WHERE user_id = p_user_id
 $$;
 CREATE FUNCTION tally_pending_returns(p_user_id bigint) RETURNS bigint LANGUAGE sql STABLE AS $$
-    SELECT coalesce(sum(user_amount), 0)::bigint FROM pending_returns WHERE user_id = p_user_id
+    SELECT coalesce(sum(user_returned), 0)::bigint FROM pending_charges WHERE user_id = p_user_id
 $$;
 CREATE FUNCTION tally_pending_token_charges(p_user_id bigint, p_token_id bigint) RETURNS bigint LANGUAGE sql STABLE AS $$
-    SELECT coalesce(sum(quota), 0)::bigint FROM pending_usage WHERE user_id = p_user_id AND token_id = p_token_id
+    SELECT coalesce(sum(quota), 0)::bigint FROM pending_charges WHERE user_id = p_user_id AND token_id = p_token_id
 $$;
 CREATE FUNCTION tally_pending_token_requests(p_user_id bigint, p_token_id bigint) RETURNS bigint LANGUAGE sql STABLE AS $$
-    SELECT coalesce(sum(requests), 0)::bigint FROM pending_usage WHERE user_id = p_user_id AND token_id = p_token_id
+    SELECT coalesce(sum(requests), 0)::bigint FROM pending_charges WHERE user_id = p_user_id AND token_id = p_token_id
 $$;
 CREATE FUNCTION tally_pending_token_returns(p_user_id bigint, p_token_id bigint) RETURNS bigint LANGUAGE sql STABLE AS $$
-    SELECT coalesce(sum(token_amount), 0)::bigint FROM pending_returns WHERE user_id = p_user_id AND token_id = p_token_id
+    SELECT coalesce(sum(token_returned), 0)::bigint FROM pending_charges WHERE user_id = p_user_id AND token_id = p_token_id
 $$;
 
 -- Balances as every reader must see them: folded figures with the pending ones applied.
@@ -95,7 +101,7 @@ SELECT t.id, t.user_id,
        t.reserved - tally_pending_token_returns(t.user_id, t.id) AS reserved
 FROM tokens t;
 
--- The usage rollups exports, statements and audits sum: folded and pending alike.
+-- The usage rollups exports, statements and audits sum: rolled up and pending alike.
 CREATE VIEW usage_rollups AS
 SELECT day, user_id, token_id, model, "group", kind, requests, failed_requests, prompt_tokens, completion_tokens,
        cached_tokens, cache_write_tokens, audio_input_tokens, audio_output_tokens, images, video_seconds, calls,
@@ -107,14 +113,13 @@ SELECT day, user_id, token_id, model, "group", kind, requests, failed_requests, 
        predict_time, quota
 FROM pending_usage;
 
--- Folds the pending rows of p_user_ids (NULL: of every account with pending rows) into users,
--- tokens and usage_daily, in one transaction with their deletion. Locks users, then tokens, in
--- id order (the order of tally_lease, tally_close_holds and tally_return_leases); usage_daily
--- rows belong to the locked users alone. With p_skip_locked, users locked by someone else (a
--- lease refill, a top-up) are left for the next tick. Then, as ingest used to: 'overdrawn:'
--- notifications for accounts left with less than they reserved (every instance gives its lease
--- back), and balance.low / balance.exhausted webhook events for balances the fold took across
--- a threshold. Returns the number of users folded.
+-- Folds the pending charges of p_user_ids (NULL: of every account with some) into users and
+-- tokens, in one transaction with their deletion. Locks users, then tokens, in id order (the
+-- order of tally_lease, tally_close_holds and tally_return_leases). With p_skip_locked, users
+-- locked by someone else (a lease refill, a top-up) are left for the next tick. Then, as ingest
+-- used to: 'overdrawn:' notifications for accounts left with less than they reserved (every
+-- instance gives its lease back), and balance.low / balance.exhausted webhook events for
+-- balances the fold took across a threshold. Returns the number of users folded.
 CREATE FUNCTION tally_fold(p_user_ids bigint[], p_skip_locked boolean DEFAULT true) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -126,89 +131,49 @@ DECLARE
     folded_batches bigint[];
 BEGIN
     IF wanted IS NULL THEN
-        SELECT array_agg(a.user_id) INTO wanted
-          FROM (SELECT user_id FROM pending_usage UNION SELECT user_id FROM pending_returns) a;
+        wanted := ARRAY(SELECT DISTINCT user_id FROM pending_charges);
     END IF;
     IF p_skip_locked THEN
-        SELECT array_agg(x.id ORDER BY x.id) INTO locked_users
-          FROM (SELECT u.id FROM users u WHERE u.id = ANY (wanted) ORDER BY u.id FOR NO KEY UPDATE SKIP LOCKED) x;
+        locked_users := ARRAY(SELECT u.id FROM users u WHERE u.id = ANY (wanted) ORDER BY u.id FOR NO KEY UPDATE SKIP LOCKED);
     ELSE
-        SELECT array_agg(x.id ORDER BY x.id) INTO locked_users
-          FROM (SELECT u.id FROM users u WHERE u.id = ANY (wanted) ORDER BY u.id FOR NO KEY UPDATE) x;
+        locked_users := ARRAY(SELECT u.id FROM users u WHERE u.id = ANY (wanted) ORDER BY u.id FOR NO KEY UPDATE);
     END IF;
-    IF locked_users IS NULL THEN
+    IF cardinality(locked_users) = 0 THEN
         RETURN 0;
     END IF;
-    SELECT array_agg(x.id ORDER BY x.id) INTO locked_tokens
-      FROM (SELECT k.id FROM tokens k
-            WHERE k.id IN (SELECT p.token_id FROM pending_usage p WHERE p.user_id = ANY (locked_users)
-                           UNION SELECT r.token_id FROM pending_returns r WHERE r.user_id = ANY (locked_users))
-            ORDER BY k.id FOR NO KEY UPDATE) x;
+    locked_tokens := ARRAY(
+        SELECT k.id FROM tokens k
+        WHERE k.id = ANY (ARRAY(SELECT DISTINCT p.token_id FROM pending_charges p WHERE p.user_id = ANY (locked_users)))
+        ORDER BY k.id FOR NO KEY UPDATE);
 
     -- Only rows of locked tokens (or of no token: imported logs without a key) are taken, so
-    -- nothing is locked out of order by a row that committed after the locks were taken.
+    -- nothing is locked out of order by a row that committed after the locks were taken. The
+    -- updates name the locked ids too, so they look rows up by key instead of scanning.
     WITH gone AS (
-        DELETE FROM pending_usage p
+        DELETE FROM pending_charges p
         WHERE p.user_id = ANY (locked_users)
           AND (p.token_id = ANY (locked_tokens) OR NOT EXISTS (SELECT 1 FROM tokens k WHERE k.id = p.token_id))
         RETURNING p.*
-    ), returned AS (
-        DELETE FROM pending_returns r
-        WHERE r.user_id = ANY (locked_users)
-          AND (r.token_id = ANY (locked_tokens) OR NOT EXISTS (SELECT 1 FROM tokens k WHERE k.id = r.token_id))
-        RETURNING r.*
-    ), rollups AS (
-        -- In key order, like every writer of usage_daily.
-        INSERT INTO usage_daily AS d (day, user_id, token_id, model, "group", kind, requests, failed_requests,
-            prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, audio_input_tokens,
-            audio_output_tokens, images, video_seconds, calls, predict_time, quota)
-        SELECT g.day, g.user_id, g.token_id, g.model, g."group", g.kind, sum(g.requests), sum(g.failed_requests),
-               sum(g.prompt_tokens), sum(g.completion_tokens), sum(g.cached_tokens), sum(g.cache_write_tokens),
-               sum(g.audio_input_tokens), sum(g.audio_output_tokens), sum(g.images), sum(g.video_seconds),
-               sum(g.calls), sum(g.predict_time), sum(g.quota)
-        FROM gone g
-        GROUP BY g.day, g.user_id, g.token_id, g.model, g."group", g.kind
-        ORDER BY g.day, g.user_id, g.token_id, g.model, g."group", g.kind
-        ON CONFLICT (day, user_id, token_id, model, "group", kind) DO UPDATE SET
-            requests = d.requests + EXCLUDED.requests,
-            failed_requests = d.failed_requests + EXCLUDED.failed_requests,
-            prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
-            completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
-            cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens,
-            cache_write_tokens = d.cache_write_tokens + EXCLUDED.cache_write_tokens,
-            audio_input_tokens = d.audio_input_tokens + EXCLUDED.audio_input_tokens,
-            audio_output_tokens = d.audio_output_tokens + EXCLUDED.audio_output_tokens,
-            images = d.images + EXCLUDED.images,
-            video_seconds = d.video_seconds + EXCLUDED.video_seconds,
-            calls = d.calls + EXCLUDED.calls,
-            predict_time = d.predict_time + EXCLUDED.predict_time,
-            quota = d.quota + EXCLUDED.quota
     ), token_totals AS (
-        SELECT a.token_id, sum(a.charged) AS charged, sum(a.requests) AS requests, sum(a.returned) AS returned,
-               max(a.last_at) AS last_at
-        FROM (SELECT g.token_id, g.quota AS charged, g.requests, 0::bigint AS returned, g.last_at FROM gone g
-              UNION ALL
-              SELECT r.token_id, 0, 0, r.token_amount, NULL FROM returned r) a
-        GROUP BY a.token_id
+        SELECT g.token_id, sum(g.quota) AS charged, sum(g.requests) AS requests, sum(g.token_returned) AS returned,
+               max(g.last_at) AS last_at
+        FROM gone g GROUP BY g.token_id
     ), debited_tokens AS (
         -- Unlimited keys keep their remain_quota; every key counts its use.
         UPDATE tokens k SET remain_quota = k.remain_quota - CASE WHEN k.unlimited_quota THEN 0 ELSE t.charged END,
                             used_quota = k.used_quota + t.charged, request_count = k.request_count + t.requests,
                             reserved = k.reserved - t.returned,
                             accessed_at = greatest(k.accessed_at, coalesce(t.last_at, k.accessed_at))
-        FROM token_totals t WHERE k.id = t.token_id
+        FROM token_totals t WHERE k.id = t.token_id AND k.id = ANY (locked_tokens)
     ), user_totals AS (
-        SELECT a.user_id, sum(a.charged) AS charged, sum(a.requests) AS requests, sum(a.returned) AS returned,
-               max(a.batch_id) AS batch_id
-        FROM (SELECT g.user_id, g.quota AS charged, g.requests, 0::bigint AS returned, g.batch_id FROM gone g
-              UNION ALL
-              SELECT r.user_id, 0, 0, r.user_amount, r.batch_id FROM returned r) a
-        GROUP BY a.user_id
+        SELECT g.user_id, sum(g.quota) AS charged, sum(g.requests) AS requests, sum(g.user_returned) AS returned,
+               max(g.batch_id) AS batch_id
+        FROM gone g GROUP BY g.user_id
     ), debited_users AS (
         UPDATE users u SET quota = u.quota - t.charged, used_quota = u.used_quota + t.charged,
                            request_count = u.request_count + t.requests, reserved = u.reserved - t.returned,
                            updated_at = now()
-        FROM user_totals t WHERE u.id = t.user_id
+        FROM user_totals t WHERE u.id = t.user_id AND u.id = ANY (locked_users)
         RETURNING u.id, t.charged, t.batch_id
     )
     SELECT array_agg(d.id), array_agg(d.charged), array_agg(d.batch_id)
@@ -249,31 +214,80 @@ BEGIN
 END;
 $$;
 
--- One settler tick: claims the shards (user_id mod p_shards) no other settler holds right now
--- (transaction-scoped advisory locks, tried in random order so that several instances spread
--- over the shards), and folds up to p_limit of their accounts with pending rows. Returns how
--- many accounts it folded (p_limit: more may wait, call again).
+-- Claims shards of accounts (user_id mod p_shards) with transaction-scoped advisory locks in
+-- lock space p_space: with p_wait every shard, waiting, in order; otherwise those no other
+-- settler holds right now, tried in random order so that several instances spread over them.
+CREATE FUNCTION tally_claim_shards(p_space integer, p_shards integer, p_wait boolean) RETURNS integer[]
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_wait THEN
+        PERFORM pg_advisory_xact_lock(p_space, g) FROM generate_series(0, p_shards - 1) AS g ORDER BY g;
+        RETURN ARRAY(SELECT generate_series(0, p_shards - 1));
+    END IF;
+    RETURN ARRAY(SELECT s.shard
+                 FROM (SELECT g AS shard FROM generate_series(0, p_shards - 1) AS g ORDER BY random()) s
+                 WHERE pg_try_advisory_xact_lock(p_space, s.shard));
+END;
+$$;
+
+-- One settler tick: folds up to p_limit waiting accounts of the shards it can claim. Returns
+-- how many accounts it folded (p_limit: more may wait, call again).
 CREATE FUNCTION tally_settle(p_shards integer, p_limit integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    claimed integer[];
-    waiting bigint[];
+    claimed integer[] := tally_claim_shards(2047934480, p_shards, false);  -- 0x7A110010
 BEGIN
-    SELECT array_agg(s.shard) INTO claimed
-      FROM (SELECT g AS shard FROM generate_series(0, p_shards - 1) AS g ORDER BY random()) s
-     WHERE pg_try_advisory_xact_lock(2047934480, s.shard);  -- 0x7A110010: the settlers' lock space
-    IF claimed IS NULL THEN
+    IF cardinality(claimed) = 0 THEN
         RETURN 0;
     END IF;
-    SELECT array_agg(a.user_id) INTO waiting
-      FROM (SELECT p.user_id FROM pending_usage p WHERE mod(p.user_id, p_shards)::integer = ANY (claimed)
-            UNION
-            SELECT r.user_id FROM pending_returns r WHERE mod(r.user_id, p_shards)::integer = ANY (claimed)
-            LIMIT p_limit) a;
-    IF waiting IS NULL THEN
+    RETURN tally_fold(ARRAY(SELECT DISTINCT p.user_id FROM pending_charges p
+                            WHERE mod(p.user_id, p_shards)::integer = ANY (claimed) LIMIT p_limit), true);
+END;
+$$;
+
+-- Rolls the pending usage of the shards it claims (every shard, waiting, with p_wait) up into
+-- usage_daily: one upsert per account × key × day × model × group × kind however many batches
+-- it came from, in key order. Only roll-ups write usage_daily, and the shards they claim are
+-- disjoint, so no account row is locked. Returns the pending rows consumed.
+CREATE FUNCTION tally_roll_up(p_shards integer, p_wait boolean DEFAULT false) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    claimed integer[] := tally_claim_shards(2047934481, p_shards, p_wait);  -- 0x7A110011
+    consumed bigint;
+BEGIN
+    IF cardinality(claimed) = 0 THEN
         RETURN 0;
     END IF;
-    RETURN tally_fold(waiting, true);
+    WITH gone AS (
+        DELETE FROM pending_usage p WHERE mod(p.user_id, p_shards)::integer = ANY (claimed) RETURNING p.*
+    ), rolled AS (
+        INSERT INTO usage_daily AS d (day, user_id, token_id, model, "group", kind, requests, failed_requests,
+            prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, audio_input_tokens,
+            audio_output_tokens, images, video_seconds, calls, predict_time, quota)
+        SELECT g.day, g.user_id, g.token_id, g.model, g."group", g.kind, sum(g.requests), sum(g.failed_requests),
+               sum(g.prompt_tokens), sum(g.completion_tokens), sum(g.cached_tokens), sum(g.cache_write_tokens),
+               sum(g.audio_input_tokens), sum(g.audio_output_tokens), sum(g.images), sum(g.video_seconds),
+               sum(g.calls), sum(g.predict_time), sum(g.quota)
+        FROM gone g
+        GROUP BY g.day, g.user_id, g.token_id, g.model, g."group", g.kind
+        ORDER BY g.day, g.user_id, g.token_id, g.model, g."group", g.kind
+        ON CONFLICT (day, user_id, token_id, model, "group", kind) DO UPDATE SET
+            requests = d.requests + EXCLUDED.requests,
+            failed_requests = d.failed_requests + EXCLUDED.failed_requests,
+            prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
+            completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
+            cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens,
+            cache_write_tokens = d.cache_write_tokens + EXCLUDED.cache_write_tokens,
+            audio_input_tokens = d.audio_input_tokens + EXCLUDED.audio_input_tokens,
+            audio_output_tokens = d.audio_output_tokens + EXCLUDED.audio_output_tokens,
+            images = d.images + EXCLUDED.images,
+            video_seconds = d.video_seconds + EXCLUDED.video_seconds,
+            calls = d.calls + EXCLUDED.calls,
+            predict_time = d.predict_time + EXCLUDED.predict_time,
+            quota = d.quota + EXCLUDED.quota
+    )
+    SELECT count(*) INTO consumed FROM gone;
+    RETURN consumed;
 END;
 $$;
 
