@@ -91,7 +91,7 @@ struct BatchCharges {
     private(set) var accounts: [AccountKey: Charge] = [:]
     private(set) var usage: [UsageKey: UsageTotals] = [:]
 
-    init(_ lines: [PricedLine]) {
+    init(_ lines: some Sequence<PricedLine>) {
         for line in lines {
             let day = UTCDay(line.createdAt)
             charges[ChargeKey(userID: line.userID, tokenID: line.tokenID, month: day.monthStart), default: Charge()]

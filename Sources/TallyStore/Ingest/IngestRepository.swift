@@ -28,52 +28,55 @@ public struct PostgresIngestRepository: IngestRepository {
         try await ensurePartitions(for: lines)
         return try await pool.transaction { connection in
             let batchID = try connection.query(Self.nextBatchID)[0].decode(0, as: Int64.self)
+            // The new lines, by their index in `lines` (a batch is held once, not copied).
             let fresh = lines.isEmpty ? [] : try Self.insertNew(lines, batchID: batchID, on: connection)
-            if !fresh.isEmpty { try Self.appendCharges(of: fresh, batchID: batchID, tid: tid, on: connection) }
+            if !fresh.isEmpty { try Self.appendCharges(of: fresh.lazy.map { lines[$0] }, batchID: batchID, tid: tid, on: connection) }
             if !rejects.isEmpty { try Self.storeRejects(rejects, tid: tid, on: connection) }
             try connection.query(Self.insertBatch, [batchID, tid, source, totalLines, fresh.count,
                                                     lines.count - fresh.count, rejects.count])
             return IngestResult(batchID: batchID, accepted: fresh.count, duplicates: lines.count - fresh.count,
-                                rejected: rejects, chargedQuota: fresh.reduce(0) { $0 + $1.quota },
+                                rejected: rejects, chargedQuota: fresh.reduce(0) { $0 + lines[$1].quota },
                                 providerRateLimited: fresh.count {
-                                    $0.error?.contains(CatalogEntry.providerRateLimited.rawValue) == true
+                                    lines[$0].error?.contains(CatalogEntry.providerRateLimited.rawValue) == true
                                 })
         }
     }
 
-    /// Inserts the lines whose (user, request id, time) is not stored yet; returns them.
+    /// Inserts the lines whose (user, request id, time) is not stored yet; returns their indices.
     ///
     /// Optimistic: most batches hold only new ids, so the rows are COPYed straight into
     /// `request_logs` (each written once, like a raw COPY). When any id is already stored (a
     /// resent batch, or a concurrent batch that won a race) the COPY fails with a unique
     /// violation; the savepoint undoes it and the rows go through the staging table with
     /// `ON CONFLICT DO NOTHING`, which keeps exactly the new ones.
-    static func insertNew(_ lines: [PricedLine], batchID: Int64, on connection: PostgresConnection) throws -> [PricedLine] {
+    static func insertNew(_ lines: [PricedLine], batchID: Int64, on connection: PostgresConnection) throws -> [Int] {
         var seen = Set<LineKey>(minimumCapacity: lines.count)
         // Inserted in one global order (request id, then account and time): concurrent batches
         // holding the same ids (a resend through another instance) then wait for each other on
         // the first shared id instead of each holding one the other waits for (a deadlock).
-        let candidates = lines.filter { seen.insert(LineKey($0)).inserted }.sorted {
-            ($0.requestID, $0.userID, $0.createdAt) < ($1.requestID, $1.userID, $1.createdAt)
+        var candidates = lines.indices.filter { seen.insert(LineKey(lines[$0])).inserted }
+        candidates.sort {
+            (lines[$0].requestID, lines[$0].userID, lines[$0].createdAt) < (lines[$1].requestID, lines[$1].userID, lines[$1].createdAt)
         }
         try connection.execute("SAVEPOINT ingest_fast_path")
         do {
-            try copyRows(candidates, batchID: batchID, into: "request_logs", on: connection)
+            try copyRows(candidates.lazy.map { lines[$0] }, batchID: batchID, into: "request_logs", on: connection)
             try connection.execute("RELEASE SAVEPOINT ingest_fast_path")
             return candidates
         } catch let error as PostgresError where error.isUniqueViolation {
             try connection.execute("ROLLBACK TO SAVEPOINT ingest_fast_path")
         }
         try connection.execute(createStaging)
-        try copyRows(candidates, batchID: batchID, into: "ingest_staging", on: connection)
+        try copyRows(candidates.lazy.map { lines[$0] }, batchID: batchID, into: "ingest_staging", on: connection)
         let inserted = Set(try connection.query(insertFromStaging).map {
             LineKey(userID: try $0.decode(0), requestID: try $0.decode(1), micros: try $0.decode(2))
         })
-        return candidates.filter { inserted.contains(LineKey($0)) }
+        return candidates.filter { inserted.contains(LineKey(lines[$0])) }
     }
 
     /// Streams the lines as COPY rows (`stagingColumns` order) into `table`.
-    static func copyRows(_ lines: [PricedLine], batchID: Int64, into table: String, on connection: PostgresConnection) throws {
+    static func copyRows(_ lines: some Sequence<PricedLine>, batchID: Int64, into table: String,
+                         on connection: PostgresConnection) throws {
         try connection.copyIn("COPY \(table) (\(stagingColumns)) FROM STDIN") { writer in
             var row = CopyRow()
             for line in lines {
@@ -87,7 +90,8 @@ public struct PostgresIngestRepository: IngestRepository {
     /// What the new lines owe, appended: the open holds they settle (closed now, their
     /// reservations queued in `pending_charges`), one ledger charge per user × token × month,
     /// the pending charges the balance fold applies and the pending usage the roll-up adds.
-    static func appendCharges(of lines: [PricedLine], batchID: Int64, tid: String, on connection: PostgresConnection) throws {
+    static func appendCharges(of lines: some Collection<PricedLine>, batchID: Int64, tid: String,
+                              on connection: PostgresConnection) throws {
         // Most deployments settle a hold per line; a database without open holds skips the
         // lookup. (A hold journaled after this check is as one journaled after the update: it
         // stays open and expires.)
