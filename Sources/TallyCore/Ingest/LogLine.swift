@@ -140,13 +140,16 @@ extension JSONScanner {
         return false
     }
 
-    /// An RFC 3339 time string, e.g. `2026-11-01T12:00:00.123Z`.
+    /// An RFC 3339 time string (`2026-11-01T12:00:00.123Z`), or a Unix time as a JSON number
+    /// (see ``readUnixTime(_:)``), as new-api-style gateways log it.
     mutating func readTime(_ name: String) throws(UsageParseError) -> Date? {
+        if readNull() { return nil }
+        guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { return try readUnixTime(name) }
         let start = index
         guard let text = try readOptionalString(name) else { return nil }
         guard let time = RFC3339Time(text) else {
             index = start
-            throw error("\(name): not an RFC 3339 time (expected e.g. 2026-11-01T12:00:00Z)")
+            throw error("\(name): not an RFC 3339 time (expected e.g. 2026-11-01T12:00:00Z or Unix seconds)")
         }
         return time.date
     }
