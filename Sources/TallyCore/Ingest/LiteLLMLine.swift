@@ -73,8 +73,7 @@ struct LiteLLMPayload {
     }
 
     private mutating func readMetadata(from scanner: inout JSONScanner) throws(UsageParseError) {
-        if scanner.readNull() { return }
-        try scanner.readObject { scanner, key throws(UsageParseError) in
+        try scanner.readOptionalObject { scanner, key throws(UsageParseError) in
             switch key {
             case "user_api_key_hash": keyHash = try scanner.readOptionalString("metadata.user_api_key_hash")
             case "usage_object": metadataUsage = try LiteLLMUsage.read(from: &scanner, "metadata.usage_object")
@@ -84,8 +83,7 @@ struct LiteLLMPayload {
     }
 
     private mutating func readErrorInformation(from scanner: inout JSONScanner) throws(UsageParseError) {
-        if scanner.readNull() { return }
-        try scanner.readObject { scanner, key throws(UsageParseError) in
+        try scanner.readOptionalObject { scanner, key throws(UsageParseError) in
             switch key {
             case "error_code": errorCode = try scanner.readScalarText("error_information.error_code")
             case "error_class": errorClass = try scanner.readOptionalString("error_information.error_class")
@@ -205,8 +203,7 @@ struct LiteLLMUsage {
         var audio: Int64?
 
         mutating func read(from scanner: inout JSONScanner, _ name: String) throws(UsageParseError) {
-            if scanner.readNull() { return }
-            try scanner.readObject { scanner, key throws(UsageParseError) in
+            try scanner.readOptionalObject { scanner, key throws(UsageParseError) in
                 switch key {
                 case "cached_tokens": cached = try scanner.readOptionalCount("\(name).cached_tokens")
                 case "cache_write_tokens", "cache_creation_tokens":
@@ -222,9 +219,8 @@ struct LiteLLMUsage {
     private static func readAudioTokens(from scanner: inout JSONScanner, _ name: String)
         throws(UsageParseError) -> Int64
     {
-        if scanner.readNull() { return 0 }
         var audio: Int64 = 0
-        try scanner.readObject { scanner, key throws(UsageParseError) in
+        try scanner.readOptionalObject { scanner, key throws(UsageParseError) in
             guard key == "audio_tokens" else { return try scanner.skipValue() }
             audio = try scanner.readOptionalCount("\(name).audio_tokens") ?? 0
         }

@@ -123,6 +123,14 @@ extension JSONScanner {
         }
     }
 
+    /// `readObject`, or nothing for null.
+    mutating func readOptionalObject(_ field: (inout JSONScanner, String) throws(UsageParseError) -> Void)
+        throws(UsageParseError)
+    {
+        if readNull() { return }
+        try readObject(field)
+    }
+
     mutating func readOptionalCount(_ name: String) throws(UsageParseError) -> Int64? {
         if readNull() { return nil }
         return try readCount(name)
