@@ -23,9 +23,8 @@ public struct ClientAddressMiddleware: RouterMiddleware {
     /// The client's IP address as text; nil when the peer is unknown.
     func clientAddress(_ request: Request, peer: String?) -> String? {
         guard let peer else { return nil }
-        guard !trustedProxies.isEmpty, trustedProxies.allows(peer), let forwarded = request.headers[.xForwardedFor] else {
-            return peer
-        }
+        guard !trustedProxies.isEmpty, trustedProxies.allows(peer),
+              let forwarded = request.headers[.xForwardedFor] else { return peer }
         let hops = forwarded.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         for hop in hops.reversed() where !trustedProxies.allows(hop) {
             return IPAddress.parse(hop) != nil ? hop : peer

@@ -50,7 +50,8 @@ extension NewAPIImporter {
         let name = options.source
         try target.query(NewAPIImportSQL.usersOutsideGroups).forEach { row in
             let username = row.text(0) ?? "", group = row.text(1) ?? ""
-            warnings.append("user \(username): group \"\(group.prefix(64))\" is not a valid Tally group name; put in default")
+            warnings.append("user \(username): group \"\(group.prefix(64))\" is not a valid Tally group name; "
+                            + "put in default")
         }
         try target.query(NewAPIImportSQL.normalizeUsers)
         summary.users.renamed = try settleUsernames(warnings: &warnings)
