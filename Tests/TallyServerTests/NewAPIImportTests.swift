@@ -214,6 +214,12 @@ struct NewAPIImportTests {
         UPDATE users SET access_token = 'rootRotated0b5e4d3c2a1f0e9d8c7b6', quota = quota + 777777 WHERE id = 1;
         -- erin takes the name of an account Tally made itself.
         UPDATE users SET username = 'ops', display_name = 'Erin O.' WHERE id = 7;
+        -- bob and carol swap names (new-api's unique index needs three steps; the import needs one run),
+        -- and someone registers a name longer than Tally allows.
+        UPDATE users SET username = 'swapping' WHERE id = 3;
+        UPDATE users SET username = 'bob' WHERE id = 4;
+        UPDATE users SET username = 'carol' WHERE id = 3;
+        INSERT INTO users (id, username, password, quota, created_at) VALUES (11, repeat('l', 70), 'x', 0, 1790000200);
         -- dave is deleted for good (with his keys) and the name is registered again.
         DELETE FROM tokens WHERE user_id = 5;
         DELETE FROM users WHERE id = 5;
@@ -249,13 +255,14 @@ struct NewAPIImportTests {
 
         try await source.pool.withConnection { try $0.execute(Self.newAPIMovesOn) }
         let second = try Self.runImport(source, into: tally)
-        #expect(second.contains("users: 2 created, 1 updated, 0 linked, 3 renamed, 1 removed, 0 skipped"), "\(second)")
+        #expect(second.contains("users: 3 created, 1 updated, 0 linked, 5 renamed, 1 removed, 0 skipped"), "\(second)")
         #expect(second.contains("access tokens replaced: 1"))
         #expect(second.contains("keys: 1 created, 2 updated, 0 linked, 0 renamed, 2 removed, 1 skipped"))
         for warning in [
             "user #7 (erin): \"ops\" is held by another Tally account; named \"ops~7\"",
             "user #5 (dave): new-api no longer has the account and another new-api user has its name; named \"dave~5\"",
             "user dave~5: gone from new-api's users table; disabled",
+            "user #11: new-api's name is too long for Tally; named \"\(String(repeating: "l", count: 61))~11\"",
             "group \"bad group\" skipped: not a valid Tally group name ([A-Za-z0-9_.-]{1,64}); named by GroupRatio",
             "logs: group \"企业\" is not a Tally group; 1 log(s) read carry their account's group instead",
         ] {
@@ -276,6 +283,7 @@ struct NewAPIImportTests {
         #expect(byID[7]?.1 == "ops~7" && byID[7]?.3 == "Erin O.")
         #expect(byID[5]?.1 == "dave~5" && byID[5]?.2 == 2)
         #expect(byID[10]?.1 == "dave" && byID[10]?.2 == 1)
+        #expect(byID[3]?.1 == "carol" && byID[3]?.3 == "Bob" && byID[4]?.1 == "bob" && byID[4]?.3 == "Carol")
         #expect(try await seed.sql("SELECT role FROM users WHERE username = 'ops'")[0].text(0) == "10")
 
         // Keys follow new-api field by field; deleted ones are deleted.
