@@ -101,7 +101,7 @@ extension NewAPIImporter {
         var assigned: Set<String> = []
         var renames: [(id: Int64, name: String)] = []
         for change in changes {
-            var name: String
+            let name: String
             if let wanted = change.wanted, ImportedUsername.fits(wanted),
                try !target.query(NewAPIImportSQL.usernameHeld, [wanted, moving])[0].decode(0, as: Bool.self) {
                 name = wanted
