@@ -125,7 +125,8 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     router.add(middleware: TraceMiddleware())
     let failedAuth = configuration.failedAuthLimit > 0
         ? FailedAuthLimiter(limit: configuration.failedAuthLimit, window: .seconds(configuration.failedAuthWindowSeconds)) : nil
-    router.add(middleware: FailedAuthMiddleware(limiter: failedAuth, trustedProxies: configuration.trustedProxies))
+    router.add(middleware: ClientAddressMiddleware(trustedProxies: configuration.trustedProxies))
+    router.add(middleware: FailedAuthMiddleware(limiter: failedAuth))
     HealthController(pool: services.pool).addRoutes(to: router)
     let gateway = router.group("/gateway/v1").add(middleware: GatewayAuthMiddleware(secret: configuration.gatewaySecret))
     IngestController(ingestor: services.ingestor, limits: services.ingestLimits).addRoutes(to: gateway)
