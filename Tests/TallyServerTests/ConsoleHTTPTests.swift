@@ -28,7 +28,8 @@ struct ConsoleHTTPTests {
     ]
 
     static func source(_ name: String) throws -> Data {
-        try Data(contentsOf: TestCluster.repositoryRoot.appendingPathComponent("Sources/TallyServer/Console/web/\(name)"))
+        try Data(contentsOf: TestCluster.repositoryRoot.appendingPathComponent("Sources/TallyServer/Console/web")
+            .appendingPathComponent(name))
     }
 
     @Test("every console file is served as shipped, with its content type, a strict CSP and an ETag")
@@ -68,7 +69,7 @@ struct ConsoleHTTPTests {
         }
     }
 
-    @Test("the page has no inline script, style or event handler (the CSP would block them) and loads only shipped files")
+    @Test("the page has no inline script, style or event handler (the CSP blocks them) and loads only shipped files")
     func pageNeedsNothingTheCSPBlocks() async throws {
         let html = String(decoding: try Self.source("index.html"), as: UTF8.self)
         #expect(!html.contains("<style"))

@@ -178,8 +178,9 @@
     $('status').textContent = text;
   }
 
-  /** Runs an action; an API error is shown, anything else is reported as a console failure. */
+  /** Runs an action; an API error is shown (replacing the last one), anything else as a console failure. */
   async function attempt(action) {
+    clearError();
     try {
       return await action();
     } catch (error) {
@@ -441,15 +442,16 @@
     });
     return el('tr', { 'data-key-id': String(key.id) },
       cell(key.name), el('td', {}, el('code', { text: key.key })), cell(KEY_STATUS[key.status] || key.status, 'status'),
-      numberCell(remaining(key)), numberCell(formatUSD(key.used_quota)), cell(expiry(key), 'time'), cell(key.group || '—'),
+      numberCell(remaining(key)), numberCell(formatUSD(key.used_quota)), cell(expiry(key), 'time'),
+      cell(key.group || '—'),
       cell(key.model_limits_enabled ? key.model_limits.split(',').join(', ') : 'All'),
       cell(key.allow_ips ? key.allow_ips.split('\n').join(', ') : 'Any'),
       el('td', {}, el('div', { className: 'row-actions' },
         el('button', { type: 'button', className: 'secondary small', text: 'Edit', 'aria-label': `Edit key ${key.name}`,
           onclick: () => editKey(key) }),
         toggle,
-        el('button', { type: 'button', className: 'danger small', text: 'Delete', 'aria-label': `Delete key ${key.name}`,
-          onclick: () => attempt(() => deleteKey(key)) }))));
+        el('button', { type: 'button', className: 'danger small', text: 'Delete',
+          'aria-label': `Delete key ${key.name}`, onclick: () => attempt(() => deleteKey(key)) }))));
   }
 
   async function setKeyStatus(key, status) {
@@ -560,10 +562,12 @@
     const tokens = row.type === 2 || row.type === 5
       ? `${formatUnits(row.prompt_tokens)} / ${formatUnits(row.completion_tokens)}` : '';
     return el('tr', { 'data-tid': tid },
-      cell(formatTime(row.created_at), 'time'), cell(LOG_TYPES[row.type] || row.type), cell(row.model_name || row.content),
+      cell(formatTime(row.created_at), 'time'), cell(LOG_TYPES[row.type] || row.type),
+      cell(row.model_name || row.content),
       cell(row.token_name), numberCell(tokens), numberCell(formatUSD(row.quota)),
       numberCell(other.status_code || ''),
-      el('td', { className: 'tid' }, tid ? el('code', { text: tid }) : '', tid ? copyButton(tid, 'Copy tid ' + tid) : ''));
+      el('td', { className: 'tid' }, tid ? el('code', { text: tid }) : '',
+        tid ? copyButton(tid, 'Copy tid ' + tid) : ''));
   }
 
   // ---------------------------------------------------------------- admin: users
@@ -622,7 +626,8 @@
   async function toggleSuspension() {
     const user = state.detailUser;
     const action = user.status === 1 ? 'disable' : 'enable';
-    if (action === 'disable' && !window.confirm(`Suspend ${user.username}? Every access token and API key of the account stops working.`)) return;
+    const warning = `Suspend ${user.username}? Every access token and API key of the account stops working.`;
+    if (action === 'disable' && !window.confirm(warning)) return;
     await api('POST', '/api/user/manage', { body: { id: user.id, action } });
     await refreshUser();
     say(`${user.username} ${action === 'disable' ? 'suspended' : 'enabled'}.`);
@@ -643,7 +648,10 @@
     }
     const user = state.detailUser;
     const { data: result, response } = await api('POST', '/api/admin/topups', {
-      body: { user_id: user.id, amount: Number(amountText), reason: $('topup-reason').value, idempotency_key: state.topUpKey },
+      body: {
+        user_id: user.id, amount: Number(amountText), reason: $('topup-reason').value,
+        idempotency_key: state.topUpKey,
+      },
     });
     const replayed = response.headers.get('Idempotent-Replayed') === 'true';
     $('topup-result').textContent = replayed
@@ -661,7 +669,8 @@
     const user = state.detailUser;
     const { data: page } = await api('GET', `/api/admin/users/${user.id}/tokens` +
       query({ p: state.detailKeysPage, page_size: PAGE_SIZE }));
-    fillTable('ud-keys', page.items.map((key) => el('tr', {}, cell(key.name), el('td', {}, el('code', { text: key.key })),
+    fillTable('ud-keys', page.items.map((key) => el('tr', {}, cell(key.name),
+      el('td', {}, el('code', { text: key.key })),
       cell(KEY_STATUS[key.status] || key.status), numberCell(remaining(key)), numberCell(formatUSD(key.used_quota)),
       cell(expiry(key)), cell(key.group || '—'))), 'No API keys.');
     pager('ud-keys-pager', page.page, page.total, (next) => { state.detailKeysPage = next; attempt(loadUserKeys); });
@@ -680,7 +689,8 @@
       numberCell(formatUnits(row.requests)), numberCell(formatUnits(row.quota)), numberCell('$' + row.usd))),
     'No charges this month.');
     fillTable('st-credits-table', statement.credits.map((row) => el('tr', {}, cell(formatTime(row.at)), cell(row.kind),
-      cell(row.reason), numberCell(formatUnits(row.amount)), numberCell('$' + row.amount_usd))), 'No credits this month.');
+      cell(row.reason), numberCell(formatUnits(row.amount)), numberCell('$' + row.amount_usd))),
+    'No credits this month.');
   }
 
   // ---------------------------------------------------------------- admin: channels, groups, prices, export
@@ -695,7 +705,8 @@
       cell(channel.models.split(',').join(', ')), numberCell(formatUSD(channel.used_quota)))), 'No channels.');
     pager('channels-pager', page.page, page.total, (next) => { state.channelsPage = next; attempt(loadChannels); });
     fillTable('groups-table', groups.map((group) => el('tr', {}, cell(group.name), cell(group.description),
-      cell(group.selectable ? 'Yes' : 'No'), numberCell(group.rpm_limit === null ? 'No limit' : formatUnits(group.rpm_limit)))),
+      cell(group.selectable ? 'Yes' : 'No'),
+      numberCell(group.rpm_limit === null ? 'No limit' : formatUnits(group.rpm_limit)))),
     'No groups.');
   }
 
@@ -717,7 +728,8 @@
       numberCell(group.ratio), cell(group.description))), 'No groups.');
     fillTable('versions-table', versions.slice().reverse().map((version) => el('tr', {}, numberCell(version.id),
       cell(version.effective_from), numberCell(version.models), numberCell(version.groups), cell(version.source),
-      cell(version.loaded_by), cell(version.loaded_at), el('td', {}, el('code', { text: version.sha256.slice(0, 12) })))),
+      cell(version.loaded_by), cell(version.loaded_at),
+      el('td', {}, el('code', { text: version.sha256.slice(0, 12) })))),
     'No price versions.');
   }
 
@@ -775,8 +787,12 @@
     $('error-tid-copy').addEventListener('click', (event) => copyText($('error-tid').textContent, event.currentTarget));
     window.addEventListener('hashchange', () => { say(''); showView(); });
 
-    $('usage-prev').addEventListener('click', () => { state.usageMonth = shiftMonth(state.usageMonth, -1); attempt(loadUsage); });
-    $('usage-next').addEventListener('click', () => { state.usageMonth = shiftMonth(state.usageMonth, 1); attempt(loadUsage); });
+    for (const [id, delta] of [['usage-prev', -1], ['usage-next', 1]]) {
+      $(id).addEventListener('click', () => {
+        state.usageMonth = shiftMonth(state.usageMonth, delta);
+        attempt(loadUsage);
+      });
+    }
     $('usage-csv').addEventListener('click', () => attempt(() => download(
       '/api/usage/self' + query({ month: state.usageMonth, by: 'day,model', format: 'csv' }),
       `usage-${state.usageMonth}.csv`)));
