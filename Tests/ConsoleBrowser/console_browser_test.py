@@ -572,6 +572,12 @@ def clean_browser_and_logs(console, seed):
         assert secret not in server_log, "a secret reached the server log"
 
 
+@check("after everything the console did, tally audit finds the books balanced")
+def books_balance(console, seed):
+    done = subprocess.run([TALLY, "audit"], capture_output=True, text=True)
+    assert done.returncode == 0, f"tally audit: {done.stdout}{done.stderr}"
+
+
 def main():
     seed = Seed()
     console = Console()
