@@ -25,9 +25,13 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 # The model cost map is bundled with LiteLLM; never fetch it (the tests run offline).
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+# No periodic flush: on a slow machine it could send the first calls before the last one is
+# queued. This script flushes once all four are queued, so each format's body holds all four.
+os.environ["DEFAULT_FLUSH_INTERVAL_SECONDS"] = "3600"
 
 import litellm  # noqa: E402
 from litellm import Router  # noqa: E402
@@ -127,9 +131,8 @@ async def run(args) -> dict:
                 raise
     # Success and failure handlers run as tasks after the call returns: wait until all four
     # payloads are queued, then send them the way the periodic flush would.
-    for _ in range(600):
-        if len(logger.log_queue) >= len(CALLS):
-            break
+    deadline = time.monotonic() + 120
+    while len(logger.log_queue) < len(CALLS) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     queued = len(logger.log_queue)
     await logger.flush_queue()
