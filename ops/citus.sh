@@ -139,6 +139,8 @@ max_connections = ${TALLY_CITUS_MAX_CONNECTIONS:-300}
 # Citus commits multi-shard writes with two-phase commit.
 max_prepared_transactions = ${TALLY_CITUS_MAX_CONNECTIONS:-300}
 citus.shard_count = ${TALLY_CITUS_SHARD_COUNT:-8}
+# After a worker's crash, prepared transactions are rolled forward or back within seconds.
+citus.recover_2pc_interval = '5s'
 EOF
 }
 

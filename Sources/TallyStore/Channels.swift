@@ -128,6 +128,7 @@ public struct ChannelRepository: Sendable {
                 RETURNING \(Self.columns)
                 """, [draft.name, draft.status, TextArray(groups), TextArray(models)])
             let channel = try Self.decode(rows[0])
+            try ChangeNotice.send([ChangeNotice.channel(channel.id)], on: connection)
             try AuditLog.recordChange(on: connection, actor: actor, action: "channel.create", target: "channel:\(channel.id)",
                                       before: nil, after: Self.auditFields(channel))
             return channel
@@ -159,6 +160,7 @@ public struct ChannelRepository: Sendable {
                 WHERE id = $1 RETURNING \(Self.columns)
                 """, [id, after.name, after.status, TextArray(after.groups), TextArray(after.models)])
             let updated = try Self.decode(rows[0])
+            try ChangeNotice.send([ChangeNotice.channel(id)], on: connection)
             try AuditLog.recordChange(on: connection, actor: actor, action: "channel.update", target: "channel:\(id)",
                                       before: Self.auditFields(before), after: Self.auditFields(updated))
             return updated

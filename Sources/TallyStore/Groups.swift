@@ -107,6 +107,7 @@ public struct GroupRepository: Sendable {
                 throw StoreError.conflict("group \"\(name)\" already exists")
             }
             let group = try Self.decode(rows[0])
+            try ChangeNotice.send([ChangeNotice.group(name)], on: connection)
             try AuditLog.recordChange(on: connection, actor: actor, action: "group.create", target: "group:\(name)",
                                       before: nil, after: Self.auditFields(group))
             return group
@@ -130,6 +131,7 @@ public struct GroupRepository: Sendable {
                 WHERE name = $1 RETURNING \(Self.columns)
                 """, [name, after.description, after.selectable, after.rpmLimit])
             let updated = try Self.decode(rows[0])
+            try ChangeNotice.send([ChangeNotice.group(name)], on: connection)
             try AuditLog.recordChange(on: connection, actor: actor, action: "group.update", target: "group:\(name)",
                                       before: Self.auditFields(before), after: Self.auditFields(updated))
             return updated
@@ -154,6 +156,7 @@ public struct GroupRepository: Sendable {
                 throw StoreError.conflict("group \"\(name)\" is in use by \(users) user(s), \(tokens) API key(s) and \(channels) channel(s)")
             }
             try connection.query("DELETE FROM groups WHERE name = $1", [name])
+            try ChangeNotice.send([ChangeNotice.group(name)], on: connection)
             try AuditLog.recordChange(on: connection, actor: actor, action: "group.delete", target: "group:\(name)",
                                       before: Self.auditFields(before), after: nil)
         }

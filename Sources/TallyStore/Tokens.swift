@@ -201,6 +201,7 @@ public struct TokenRepository: Sendable {
                       draftValue.unlimitedQuota, draftValue.modelLimitsEnabled, draftValue.modelLimits,
                       draftValue.allowIPs, draftValue.expiredTime])
             let token = try Self.decode(rows[0])
+            try AccountLookup.addKey(hash, userID: userID, tokenID: token.id, on: connection)
             if let actor {
                 try AuditLog.recordChange(on: connection, actor: actor, action: "token.create", target: "token:\(token.id)",
                                           before: nil, after: Self.auditFields(token))
@@ -305,17 +306,19 @@ public struct TokenRepository: Sendable {
                 WHERE t.id = $1 AND t.user_id = $2 RETURNING \(Self.columns)
                 """, [id, userID, next.name, next.expiredTime, next.remainQuota, next.unlimitedQuota,
                       next.modelLimitsEnabled, next.modelLimits, next.allowIPs, next.group, next.status])
+            try ChangeNotice.send([ChangeNotice.token(id)], on: connection)
             return try Self.decode(rows[0])
         }
     }
 
     /// Deletes one of the caller's keys (soft delete: the ledger and logs keep their reference).
     public func delete(id: Int64, userID: Int64) async throws {
-        try await pool.withConnection { connection in
+        try await pool.transaction { connection in
             let result = try connection.query(
                 "UPDATE tokens SET deleted_at = now(), status = 2 WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
                 [id, userID])
             guard result.affectedRows == 1 else { throw StoreError.notFound("API key \(id) not found") }
+            try ChangeNotice.send([ChangeNotice.token(id)], on: connection)
         }
     }
 

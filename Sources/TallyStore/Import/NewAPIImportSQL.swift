@@ -151,8 +151,9 @@ enum NewAPIImportSQL {
                    CASE WHEN greatest(s.accessed_unix, s.created_unix) > 0 THEN to_timestamp(greatest(s.accessed_unix, s.created_unix))
                         ELSE now() END,
                    s.deleted_at
-            FROM import_tokens s WHERE \(tokensToInsert) ORDER BY s.tally_id
-            ON CONFLICT (key_hash) DO NOTHING
+            FROM import_tokens s
+            WHERE \(tokensToInsert) AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.key_hash = s.key_hash)
+            ORDER BY s.tally_id
             RETURNING id)
         INSERT INTO import_map (source, kind, source_id, tally_id)
         SELECT $1::text, 'token', s.source_id, s.tally_id FROM fresh f JOIN import_tokens s ON s.tally_id = f.id
@@ -168,6 +169,22 @@ enum NewAPIImportSQL {
             (t.name, t.status, t."group", t.unlimited_quota, t.model_limits_enabled, t.model_limits, t.allow_ips, t.expires_at, t.deleted_at)
             IS DISTINCT FROM (s.name, s.status, s.grp, s.unlimited, s.model_limits_enabled, s.model_limits, s.allow_ips, \(expiry), s.deleted_at)
             OR t.accessed_at < to_timestamp(s.accessed_unix))
+        """
+
+    /// The lookup rows (AccountLookup) of the source's users and keys: usernames, access
+    /// tokens and key hashes that have none yet.
+    static let addLookups = """
+        INSERT INTO account_lookup (lookup, kind, user_id, token_id)
+        SELECT convert_to(u.username, 'UTF8'), 'username', u.id, NULL::bigint
+        FROM users u JOIN import_map m ON m.source = $1 AND m.kind = 'user' AND m.tally_id = u.id
+        UNION ALL
+        SELECT u.access_token_hash, 'access_token', u.id, NULL
+        FROM users u JOIN import_map m ON m.source = $1 AND m.kind = 'user' AND m.tally_id = u.id
+        WHERE u.access_token_hash IS NOT NULL
+        UNION ALL
+        SELECT t.key_hash, 'key', t.user_id, t.id
+        FROM tokens t JOIN import_map m ON m.source = $1 AND m.kind = 'token' AND m.tally_id = t.id
+        ON CONFLICT (lookup, kind) DO NOTHING
         """
 
     /// Keys whose owner is not in the source (removed from new-api's users table).

@@ -121,6 +121,9 @@ public struct NewAPIImporter {
             try importTokens(&summary.tokens)
             try importChannels(&summary.channels)
             try importRedemptions(&summary.redemptions)
+            try target.query(NewAPIImportSQL.addLookups, [options.source])
+            // Running instances forget every cached key, user, group and channel.
+            try ChangeNotice.send(["import"], on: target)
         }
         summary.warnings += warnings
         if summary.tokens.skipped > 0 {
