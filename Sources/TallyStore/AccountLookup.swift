@@ -30,13 +30,11 @@ enum AccountLookup {
             try connection.query(
                 "DELETE FROM account_lookup WHERE lookup = convert_to($1, 'UTF8') AND kind = 'username'", [old])
         }
-        do {
-            try connection.query(
-                "INSERT INTO account_lookup (lookup, kind, user_id) VALUES (convert_to($1, 'UTF8'), 'username', $2)",
-                [username, userID])
-        } catch where error.isUniqueViolation {
-            throw StoreError.conflict("username \"\(username)\" is taken")
-        }
+        let claimed = try connection.query("""
+            INSERT INTO account_lookup (lookup, kind, user_id) VALUES (convert_to($1, 'UTF8'), 'username', $2)
+            ON CONFLICT (lookup, kind) DO NOTHING
+            """, [username, userID])
+        guard claimed.affectedRows == 1 else { throw StoreError.conflict("username \"\(username)\" is taken") }
     }
 }
 

@@ -19,6 +19,13 @@ public enum CitusLayout {
     /// Distributed by their own key, each in its own co-location group.
     static let lookupTables: [(table: String, column: String)] = [("account_lookup", "lookup")]
 
+    /// Citus refuses to write a reference table that distributed tables point at (groups) after the
+    /// same transaction read those tables over several connections per node; this makes it use one
+    /// connection per node. On plain PostgreSQL the setting is an unused placeholder.
+    static func readAllShardsBeforeWritingReferenceTables(on connection: PostgresConnection) throws {
+        try connection.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
+    }
+
     /// Whether the database has the citus extension (then ``distribute(on:)`` applies).
     public static func isInstalled(on connection: PostgresConnection) throws -> Bool {
         try !connection.query("SELECT 1 FROM pg_extension WHERE extname = 'citus'").isEmpty
@@ -29,8 +36,7 @@ public enum CitusLayout {
     @discardableResult
     public static func distribute(on connection: PostgresConnection) throws -> [String] {
         try connection.transaction { connection in
-            // Tables tied to reference tables by foreign keys are written over one connection per node.
-            try connection.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
+            try readAllShardsBeforeWritingReferenceTables(on: connection)
             let placed = Set(try connection.query("SELECT logicalrelid::regclass::text FROM pg_dist_partition")
                 .map { try $0.decode(0, as: String.self) })
             let tables = (referenceTables + accountTables.map(\.table) + lookupTables.map(\.table))
