@@ -70,7 +70,8 @@ citus_build() {
         ./configure --without-libcurl >"$dir/configure.log" 2>&1 ||
             tally_die "Citus configure failed (see $dir/configure.log)"
         # with_llvm=no: no JIT bitcode, which would double the build time.
-        make -j"${TALLY_CITUS_JOBS:-2}" with_llvm=no >"$dir/make.log" 2>&1 || tally_die "Citus make failed (see $dir/make.log)"
+        make -j"${TALLY_CITUS_JOBS:-2}" with_llvm=no >"$dir/make.log" 2>&1 ||
+            tally_die "Citus make failed (see $dir/make.log)"
         make install with_llvm=no DESTDIR="$dir/stage" >"$dir/install.log" 2>&1 ||
             tally_die "Citus make install failed (see $dir/install.log)"
     )
@@ -115,8 +116,8 @@ citus_node() {
     local node="$1"
     shift
     # Ports from 55432 up, away from the 54329+ of the single-node clusters of every checkout.
-    TALLY_HOME="$(citus_nodes_dir)/$node" TALLY_LOG_PREFIX="ops/pg citus $node" TALLY_PG_PORT="${TALLY_CITUS_PORT:-55432}" \
-        "$(tally_root)/ops/pg" "$@"
+    TALLY_HOME="$(citus_nodes_dir)/$node" TALLY_LOG_PREFIX="ops/pg citus $node" \
+        TALLY_PG_PORT="${TALLY_CITUS_PORT:-55432}" "$(tally_root)/ops/pg" "$@"
 }
 
 citus_node_port() { citus_node "$1" url postgres 2>/dev/null | sed -E 's|.*:([0-9]+)/.*|\1|'; }
@@ -159,11 +160,12 @@ citus_prepare_database() {
         old="$(citus_registered_port "$node")"
         if [[ -n "$old" && "$old" != "$port" &&
             -n "$(citus_sql coordinator "$db" -c "SELECT 1 FROM pg_dist_node WHERE nodeport = $old")" ]]; then
-            citus_sql coordinator "$db" \
-                -c "SELECT citus_update_node(nodeid, '127.0.0.1', $port) FROM pg_dist_node WHERE nodeport = $old" >/dev/null
+            citus_sql coordinator "$db" >/dev/null \
+                -c "SELECT citus_update_node(nodeid, '127.0.0.1', $port) FROM pg_dist_node WHERE nodeport = $old"
         fi
     done
-    citus_sql coordinator "$db" -c "SELECT citus_set_coordinator_host('127.0.0.1', $(citus_node_port coordinator))" >/dev/null
+    citus_sql coordinator "$db" >/dev/null \
+        -c "SELECT citus_set_coordinator_host('127.0.0.1', $(citus_node_port coordinator))"
     for node in worker1 worker2; do
         port="$(citus_node_port "$node")"
         [[ -n "$(citus_sql coordinator "$db" -c "SELECT 1 FROM pg_dist_node WHERE nodeport = $port")" ]] ||
@@ -188,7 +190,8 @@ citus_record_ports() {
 # Databases on the coordinator that have the citus extension, "tally" first when it has.
 citus_databases() {
     local db
-    for db in $(citus_sql coordinator postgres -c "SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname <> 'tally', datname"); do
+    local query="SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname <> 'tally', datname"
+    for db in $(citus_sql coordinator postgres -c "$query"); do
         [[ "$(citus_sql coordinator "$db" -c "SELECT 1 FROM pg_extension WHERE extname = 'citus'")" == 1 ]] &&
             printf '%s\n' "$db"
     done

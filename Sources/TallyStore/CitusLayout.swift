@@ -58,7 +58,8 @@ public enum CitusLayout {
                                      [table, column, colocation])
             }
             for (table, column) in lookupTables where tables.contains(table) {
-                try connection.query("SELECT create_distributed_table($1, $2, colocate_with => 'none')", [table, column])
+                try connection.query("SELECT create_distributed_table($1, $2, colocate_with => 'none')",
+                                     [table, column])
             }
             for key in keys {
                 try connection.execute("ALTER TABLE \(connection.quoteIdentifier(key.table)) "
@@ -72,7 +73,8 @@ public enum CitusLayout {
         -> [(table: String, name: String, definition: String)] {
         try connection.query("""
             SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint
-            WHERE contype = 'f' AND (conrelid::regclass::text = ANY($1::text[]) OR confrelid::regclass::text = ANY($1::text[]))
+            WHERE contype = 'f'
+              AND (conrelid::regclass::text = ANY ($1::text[]) OR confrelid::regclass::text = ANY ($1::text[]))
             ORDER BY conrelid::regclass::text, conname
             """, [TextArray(tables)]).map { (try $0.decode(0), try $0.decode(1), try $0.decode(2)) }
     }

@@ -299,7 +299,8 @@ public struct TokenRepository: Sendable {
                 next.status = status
             }
             let rows = try connection.query(SQL.returning(Self.columns, from: """
-                UPDATE tokens SET name = $3, expires_at = CASE WHEN $4::bigint = -1 THEN NULL ELSE to_timestamp($4::bigint) END,
+                UPDATE tokens SET name = $3,
+                    expires_at = CASE WHEN $4::bigint = -1 THEN NULL ELSE to_timestamp($4::bigint) END,
                     remain_quota = $5, unlimited_quota = $6, model_limits_enabled = $7, model_limits = $8,
                     allow_ips = $9, "group" = $10, status = $11
                 WHERE id = $1 AND user_id = $2

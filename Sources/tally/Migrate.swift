@@ -12,7 +12,8 @@ struct Migrate: AsyncParsableCommand {
     var monthsAhead = 3
 
     @Flag(help: """
-        Create the citus extension first (the server must preload it and the workers be registered,         as ops/pg citus does). In a database that has the extension, every migrate distributes the tables.
+        Create the citus extension first (the server must preload it and the workers be registered, as \
+        ops/pg citus does). In a database that has the extension, every migrate distributes the tables.
         """)
     var citus = false
 

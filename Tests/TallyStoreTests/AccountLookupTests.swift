@@ -13,9 +13,10 @@ struct AccountLookupTests {
     static func lookupMismatches(_ db: TestDatabase) async throws -> Int64 {
         let missing = try await db.scalar("""
             SELECT count(*) FROM (
-                (SELECT convert_to(username, 'UTF8') AS lookup, 'username' AS kind, id AS user_id, NULL::bigint AS token_id
-                 FROM users
-                 UNION ALL SELECT access_token_hash, 'access_token', id, NULL FROM users WHERE access_token_hash IS NOT NULL
+                (SELECT convert_to(username, 'UTF8') AS lookup, 'username' AS kind, id AS user_id,
+                        NULL::bigint AS token_id FROM users
+                 UNION ALL SELECT access_token_hash, 'access_token', id, NULL FROM users
+                           WHERE access_token_hash IS NOT NULL
                  UNION ALL SELECT key_hash, 'key', user_id, id FROM tokens)
                 EXCEPT ALL SELECT lookup, kind, user_id, token_id FROM account_lookup
             ) missing
@@ -65,17 +66,21 @@ struct AccountLookupTests {
     @Test("a change to a key, user, group or channel is announced on tally_changes by the code that makes it")
     func changeNotices() async throws {
         let db = try await TestDatabase.create("notices")
-        let user = try await AccountRepository(pool: db.pool).create(NewUser(username: "noticed"), actorRole: nil, by: .cli).user
-        let (token, _) = try await TokenRepository(pool: db.pool).create(userID: user.id, TokenDraft(name: "k", unlimitedQuota: true))
-        var notices = try NoticeQueue(url: db.url)
         let accounts = AccountRepository(pool: db.pool)
         let tokens = TokenRepository(pool: db.pool)
+        let user = try await accounts.create(NewUser(username: "noticed"), actorRole: nil, by: .cli).user
+        let (token, _) = try await tokens.create(userID: user.id, TokenDraft(name: "k", unlimitedQuota: true))
+        var notices = try NoticeQueue(url: db.url)
         let groups = GroupRepository(pool: db.pool)
         let channels = ChannelRepository(pool: db.pool)
         let changes: [(String, () async throws -> Void)] = [
             ("user:\(user.id)", { _ = try await accounts.manage(id: user.id, .disable, actorRole: nil, by: .cli) }),
-            ("user:\(user.id)", { _ = try await accounts.update(id: user.id, AccountChanges(email: "a@b.c"), actorRole: nil, by: .cli) }),
-            ("token:\(token.id)", { _ = try await tokens.update(id: token.id, userID: user.id, TokenChanges(name: "renamed")) }),
+            ("user:\(user.id)", {
+                _ = try await accounts.update(id: user.id, AccountChanges(email: "a@b.c"), actorRole: nil, by: .cli)
+            }),
+            ("token:\(token.id)", {
+                _ = try await tokens.update(id: token.id, userID: user.id, TokenChanges(name: "renamed"))
+            }),
             ("token:\(token.id)", { try await tokens.delete(id: token.id, userID: user.id) }),
             ("group:vip2", { _ = try await groups.create(name: "vip2", by: .cli) }),
             ("group:vip2", { _ = try await groups.update(name: "vip2", GroupChanges(selectable: false), by: .cli) }),

@@ -63,16 +63,19 @@ struct CitusTests {
         let sameShard = try await db.pool.withConnection { connection in
             try connection.query("""
                 SELECT array_agg(id ORDER BY id)::text FROM users
-                WHERE get_shard_id_for_distribution_column('users', id) = get_shard_id_for_distribution_column('users', $1::bigint)
+                WHERE get_shard_id_for_distribution_column('users', id)
+                    = get_shard_id_for_distribution_column('users', $1::bigint)
                 """, [user])[0].decode(0, as: String.self)
         }
         let keyHash = try await db.pool.withConnection { connection in
-            try connection.query("SELECT encode(key_hash, 'hex') FROM tokens WHERE user_id = $1", [user])[0].decode(0, as: String.self)
+            try connection.query("SELECT encode(key_hash, 'hex') FROM tokens WHERE user_id = $1", [user])[0]
+                .decode(0, as: String.self)
         }
         let queries: [(String, [any PostgresEncodable])] = [
             ("SELECT quota, reserved, used_quota FROM users WHERE id = $1", [user]),
-            ("SELECT id, name, remain_quota FROM tokens WHERE user_id = $1 AND deleted_at IS NULL ORDER BY id DESC", [user]),
-            ("SELECT user_id, token_id FROM account_lookup WHERE lookup = decode($1, 'hex') AND kind = 'key'", [keyHash]),
+            ("SELECT id, remain_quota FROM tokens WHERE user_id = $1 AND deleted_at IS NULL ORDER BY id DESC", [user]),
+            ("SELECT user_id, token_id FROM account_lookup WHERE lookup = decode($1, 'hex') AND kind = 'key'",
+             [keyHash]),
             ("SELECT 1 FROM users WHERE id = ANY ($1::bigint[]) ORDER BY id FOR NO KEY UPDATE", [sameShard]),
             ("UPDATE users SET reserved = reserved WHERE id = ANY ($1::bigint[])", [sameShard]),
             ("SELECT amount FROM user_leases WHERE user_id = $1", [user]),
@@ -81,7 +84,8 @@ struct CitusTests {
             let plan = try await db.pool.withConnection { connection in
                 try connection.query("EXPLAIN " + query, parameters).map { try $0.decode(0, as: String.self) }
             }
-            #expect(plan.contains { $0.contains("Task Count: 1") }, "not single-shard: \(query)\n\(plan.joined(separator: "\n"))")
+            #expect(plan.contains { $0.contains("Task Count: 1") },
+                    "not single-shard: \(query)\n\(plan.joined(separator: "\n"))")
         }
     }
 }

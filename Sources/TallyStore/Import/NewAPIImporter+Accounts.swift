@@ -91,7 +91,8 @@ extension NewAPIImporter {
 
     /// Gives every account of this source the username new-api has for it, and frees the names
     /// new-api's users want, before any user is linked or inserted, so that no two accounts ever
-    /// hold one name (their lookup rows prove it at the end) and a reused name never aborts a run. Conflicts resolve the same
+    /// hold one name (their lookup rows prove it at the end) and a reused name never aborts a run.
+    /// Conflicts resolve the same
     /// way on every run: an account keeps its id; when its new-api name is held by an account
     /// from elsewhere (or is longer than Tally allows), or it holds a name another new-api user
     /// now has while new-api no longer has it, it is suffixed (`ImportedUsername`) with a warning.
