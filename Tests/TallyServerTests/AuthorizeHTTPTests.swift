@@ -321,7 +321,8 @@ struct AuthorizeHTTPTests {
             let line = #"{"request_id":"upstream-429","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":429,"error":"provider_rate_limited","usage":{}}"#
             let answer = try await gateway.post("/logs", line)
             #expect(int64(answer.object["accepted"]) == 1, "\(answer.text)")
-            #expect(try await counter() == before + 1)
+            // The counter is the process's: suites running alongside (LiteLLM's 429s) may add to it.
+            #expect(try await counter() >= before + 1)
             #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [user.id]) == 100_000)
             #expect(try await seed.openHolds(user: user.id) == 0)
         }
