@@ -89,10 +89,10 @@ public struct PostgresUserRepository: UserRepository {
         let created = try await pool.transaction { connection -> User in
             let rows: PostgresRows
             do {
-                rows = try connection.query("""
+                rows = try connection.query(SQL.returning(Self.columns, from: """
                     INSERT INTO users (username, display_name, email, role, "group", quota, access_token_hash, access_token_last6)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING \(Self.columns)
-                    """, [user.username, user.displayName, user.email, user.role.rawValue, user.group, user.quota,
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    """), [user.username, user.displayName, user.email, user.role.rawValue, user.group, user.quota,
                           hash, Secrets.last6(token)])
             } catch let error as PostgresError where error.sqlState == SQLState.foreignKeyViolation {
                 throw StoreError.invalid("unknown group \"\(user.group)\"")
