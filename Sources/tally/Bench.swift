@@ -20,7 +20,8 @@ struct BenchAuthorize: ParsableCommand {
             random synthetic user (keys of `tally logs seed`), or always user 1 with --hot. Every granted hold \
             is settled by a log line with the same request id; a settler thread posts them to /gateway/v1/logs \
             in batches every 100 ms. Prints one line of JSON: authorizations/s, p50/p99/max latency (µs), \
-            answers by status, lines settled.
+            answers by status, lines settled, and with --server-pid the cores the server used (from /proc) next \
+            to the cores the whole machine used.
             """)
 
     @Option(help: "Base URL of the server.") var url = "http://127.0.0.1:8080"
@@ -32,6 +33,7 @@ struct BenchAuthorize: ParsableCommand {
     @Option(help: "Model to authorize.") var model = "gpt-4o"
     @Flag(help: "Instead of authorizing, GET /healthz: the ceiling of this HTTP stack and client on this machine.")
     var ceiling = false
+    @Option(help: "Process id of the server, to report the CPU it used (Linux /proc).") var serverPid: Int32?
 
     func run() throws {
         guard let endpoint = HTTPEndpoint(url) else { throw ValidationError("--url must be http://host:port") }
@@ -39,6 +41,7 @@ struct BenchAuthorize: ParsableCommand {
         let shared = BenchShared()
         let deadline = Date().addingTimeInterval(seconds)
         let group = DispatchGroup()
+        let cpuBefore = CPUTimes(serverPID: serverPid)
         let started = Date()
         for client in 0..<clients {
             group.enter()
@@ -55,6 +58,7 @@ struct BenchAuthorize: ParsableCommand {
         }
         group.wait()
         let elapsed = Date().timeIntervalSince(started)
+        let cpu = CPUTimes(serverPID: serverPid).cores(since: cpuBefore, seconds: elapsed)
         settlerDone.wait()
         let all = shared.results.withLock { $0 }
         var latencies = all.flatMap(\.latencies)
@@ -68,6 +72,8 @@ struct BenchAuthorize: ParsableCommand {
             "per_second": Double(latencies.count) / elapsed, "p50_us": percentile(0.5), "p99_us": percentile(0.99),
             "max_us": latencies.last ?? 0, "statuses": Dictionary(uniqueKeysWithValues: statuses.map { (String($0.key), $0.value) }),
             "settled": shared.settled.load(ordering: .relaxed), "errors": all.reduce(0) { $0 + $1.errors },
+            "server_cores": cpu.server ?? -1, "machine_cores": cpu.machine,
+            "cores": ProcessInfo.processInfo.activeProcessorCount,
         ]
         let json = try JSONSerialization.data(withJSONObject: summary, options: [.sortedKeys])
         print(String(decoding: json, as: UTF8.self))
@@ -197,6 +203,35 @@ struct BenchAuthorize: ParsableCommand {
         gmtime_r(&time, &parts)
         func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
         return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+    }
+}
+
+/// CPU time used so far (Linux `/proc`): by one process, and by the whole machine, in seconds.
+struct CPUTimes {
+    let server: Double?
+    let machine: Double
+
+    init(serverPID: Int32?) {
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        server = serverPID.flatMap { pid -> Double? in
+            // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return nil }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+            return (user + system) / ticks
+        }
+        // /proc/stat's first line: user nice system idle iowait irq softirq steal (then guest times, which
+        // user and nice include already); busy is all of them but idle and iowait.
+        let total = (try? String(contentsOfFile: "/proc/stat", encoding: .utf8))?.split(separator: "\n").first
+        let values = Array(total?.split(separator: " ").dropFirst().compactMap { Double($0) }.prefix(8) ?? [])
+        machine = values.count > 4 ? (values.reduce(0, +) - values[3] - values[4]) / ticks : 0
+    }
+
+    /// Cores used on average between `earlier` and now (`seconds` apart).
+    func cores(since earlier: CPUTimes, seconds: Double) -> (server: Double?, machine: Double) {
+        let server = self.server.flatMap { now in earlier.server.map { (now - $0) / seconds } }
+        return (server, (machine - earlier.machine) / seconds)
     }
 }
 

@@ -21,9 +21,13 @@ struct EnforcementController {
 
     @Sendable func authorize(request: Request, context: TallyRequestContext) async throws -> Response {
         do {
+            let started = AuthorizeMetrics.now()
             let body = try await SystemInput.decode(AuthorizeRequest.self, from: SystemInput.body(request, upTo: Self.maximumBodyBytes))
+            AuthorizeMetrics.record(.body, since: started)
             let grant = try await authorizer.authorize(body, tid: context.tid)
+            let answering = AuthorizeMetrics.now()
             EnforcementMetrics.authorized(grant)
+            defer { AuthorizeMetrics.record(.answer, since: answering) }
             return try AuthorizeResponse(grant, tid: context.tid).response(from: request, context: context)
         } catch let error as APIError {
             EnforcementMetrics.refused(error.code)

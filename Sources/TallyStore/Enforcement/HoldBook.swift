@@ -8,18 +8,50 @@ import TallyCore
 /// under a lock, with the time, and runs the actions it returns against PostgreSQL
 /// (``LeaseRepository``): refills, journal batches, returns, hold-id blocks, renewals, wake-ups.
 /// Authorize waits only for its own answer (docs/enforcement.md, migration 0009).
+///
+/// The book is striped by user: each stripe is a machine of its own, with its own lock, refill
+/// round and journal batch in flight, so authorizations of different accounts never wait for
+/// each other and several journal batches commit at once. A token belongs to one user, so a
+/// hold touches one stripe, and an account's holds are journaled in the order they were cut.
 public final class HoldBook: Sendable {
     public let mode: HoldCommitMode
     private let repository: any LeaseRepository
     private let holdTTLSeconds: Int
-    private let book: Mutex<Book>
+    private let stripes: [Stripe]
     private let registered: Mutex<String>
+    /// The stripes' journal batches and refill rounds, several to a transaction.
+    private let journals: Coalescer<JournalBatch, [JournalOutcome]>
+    private let refills: Coalescer<RefillRound, [LeaseGrant]>
+    /// The amount of a recent hold: a cold key's first lease is `leaseMultiple` of them.
+    private let typicalAmount = Atomic<Int64>(0)
 
     /// The registration's lifetime; it is renewed every `renewInterval`.
     public static let registrationTTLSeconds = 15
     public static let renewInterval: Duration = .seconds(3)
     /// Hold ids come from the `holds` sequence (INCREMENT BY 1024) a block at a time.
     static let holdIDBlock: Int64 = 1024
+    /// Stripes by default: enough that a few busy accounts rarely share one.
+    public static let defaultStripes = 16
+    /// Journal transactions in flight at once, by default; refill transactions take half as many.
+    public static let defaultJournalConcurrency = 4
+
+    private struct JournalBatch: Sendable {
+        let instance: String
+        let holds: [JournaledHold]
+    }
+
+    private struct RefillRound: Sendable {
+        let instance: String
+        let wants: [AccountUnits]
+    }
+
+    private final class Stripe: Sendable {
+        let book: Mutex<Book>
+
+        init(mode: HoldCommitMode) {
+            book = Mutex(Book(machine: LeaseMachine(policy: LeasePolicy(commit: mode))))
+        }
+    }
 
     private struct Book {
         var machine: LeaseMachine
@@ -39,12 +71,19 @@ public final class HoldBook: Sendable {
         case flush(CheckedContinuation<Void, Never>)
     }
 
-    public init(repository: any LeaseRepository, holdTTLSeconds: Int, mode: HoldCommitMode = .sync) {
+    public init(repository: any LeaseRepository, holdTTLSeconds: Int, mode: HoldCommitMode = .sync,
+                stripes: Int = defaultStripes, journalConcurrency: Int = defaultJournalConcurrency) {
         self.repository = repository
         self.holdTTLSeconds = holdTTLSeconds
         self.mode = mode
-        book = Mutex(Book(machine: LeaseMachine(policy: LeasePolicy(commit: mode))))
+        self.stripes = (0..<max(1, stripes)).map { _ in Stripe(mode: mode) }
         registered = Mutex(Self.newInstanceID())
+        journals = Coalescer(limit: journalConcurrency) { batches in
+            try await Self.journal(batches, repository: repository, ttlSeconds: holdTTLSeconds)
+        }
+        refills = Coalescer(limit: (journalConcurrency + 1) / 2) { rounds in
+            try await Self.refill(rounds, repository: repository)
+        }
     }
 
     /// This instance's current registration id.
@@ -52,7 +91,9 @@ public final class HoldBook: Sendable {
 
     /// Units leased and not cut yet, and holds waiting for the journal (for metrics).
     public var levels: (leasedUnits: Int64, journalQueue: Int) {
-        book.withLock { ($0.machine.leasedUnits, $0.machine.journalQueueLength) }
+        stripes.reduce((0, 0)) { sum, stripe in
+            stripe.book.withLock { (sum.0 + $0.machine.leasedUnits, sum.1 + $0.machine.journalQueueLength) }
+        }
     }
 
     /// Registers the instance; call before the first `reserve`.
@@ -60,7 +101,14 @@ public final class HoldBook: Sendable {
         let instance = self.instance, started = Self.now()
         try await repository.register(instance: instance, ttlSeconds: Self.registrationTTLSeconds,
                                       reclaimAfterSeconds: reclaimAfterSeconds)
-        step(.registered(instance: instance, validUntil: Self.validUntil(renewedAt: started)))
+        announce(instance, validUntil: Self.validUntil(renewedAt: started))
+    }
+
+    /// Tells every stripe the registration is valid until `validUntil`, unless it was replaced
+    /// meanwhile (then the old one's renewal must not bring it back).
+    private func announce(_ instance: String, validUntil: Double) {
+        guard self.instance == instance else { return }
+        everywhere(.registered(instance: instance, validUntil: validUntil))
     }
 
     /// Leases of a dead instance are reclaimed this long after its registration expired: the
@@ -71,41 +119,74 @@ public final class HoldBook: Sendable {
     /// Cuts a hold of `request.amount` from the leases of its user and (limited) token,
     /// refilling them from PostgreSQL when they run short.
     public func reserve(_ request: HoldRequest) async throws -> HoldOutcome {
-        try await withCheckedThrowingContinuation { continuation in
-            step { book in
+        if typicalAmount.load(ordering: .relaxed) != request.amount {
+            typicalAmount.store(request.amount, ordering: .relaxed)
+        }
+        let stripe = stripe(ofUser: request.userID)
+        return try await withCheckedThrowingContinuation { continuation in
+            step(stripe) { book in
                 let ticket = book.ticket()
                 book.holds[ticket] = continuation
                 return .cut(ticket, request)
-            }.forEach(run)
+            }.forEach { run($0, stripe: stripe) }
+        }
+    }
+
+    /// The first lease for a key not in the cache, taken with its lookup (one round trip instead
+    /// of a lookup and a refill); nil until a hold was asked for (its amount sets the size).
+    public func lookupLease() -> LookupLease? {
+        let typical = typicalAmount.load(ordering: .relaxed)
+        guard typical > 0 else { return nil }
+        let instance = self.instance
+        let want = LeasePolicy(commit: mode).leaseWant(missing: typical)
+        return LookupLease(instance: instance, want: want) { [self] grants in
+            let users = grants.compactMap { if case let .user(id) = $0.account { id } else { nil } }
+            guard let userID = users.first else { return }
+            let wants = grants.map { AccountUnits($0.account, want) }
+            step(stripe(ofUser: userID), .leaseGranted(instance: instance, wants: wants, grants))
         }
     }
 
     /// Returns once every hold cut before the call is journaled.
     public func flush() async {
-        await withCheckedContinuation { continuation in
-            step { book in
-                let ticket = book.ticket()
-                book.flushes[ticket] = continuation
-                return .flush(ticket)
-            }.forEach(run)
+        for stripe in stripes.indices {
+            await withCheckedContinuation { continuation in
+                step(stripe) { book in
+                    let ticket = book.ticket()
+                    book.flushes[ticket] = continuation
+                    return .flush(ticket)
+                }.forEach { run($0, stripe: stripe) }
+            }
         }
     }
 
-    // MARK: Running the machine
+    // MARK: Running the machines
 
-    /// Hands the machine one event and runs what it asks for.
-    private func step(_ event: LeaseEvent, error: (any Error)? = nil) {
-        step(error: error) { _ in event }.forEach(run)
+    private func stripe(ofUser userID: Int64) -> Int {
+        Int(UInt64(bitPattern: userID) % UInt64(stripes.count))
     }
 
-    /// Hands the machine one event (made under the lock, so it may register its caller) and
-    /// resumes the callers it answered; returns the rest of its actions, to be run.
-    private func step(error: (any Error)? = nil, _ event: (inout Book) -> LeaseEvent) -> [LeaseAction] {
-        let now = Self.now()
-        let (resumes, work) = book.withLock { book -> ([Resume], [LeaseAction]) in
+    /// Hands one stripe's machine one event and runs what it asks for.
+    private func step(_ stripe: Int, _ event: LeaseEvent, error: (any Error)? = nil) {
+        step(stripe, error: error) { _ in event }.forEach { run($0, stripe: stripe) }
+    }
+
+    /// Hands every stripe the event (a registration, a token's change: tokens are not known
+    /// by user outside the stripe that leases them).
+    private func everywhere(_ event: LeaseEvent) {
+        for stripe in stripes.indices { step(stripe, event) }
+    }
+
+    /// Hands one stripe's machine one event (made under the lock, so it may register its
+    /// caller) and resumes the callers it answered; returns the rest of its actions, to be run.
+    private func step(_ stripe: Int, error: (any Error)? = nil, _ event: (inout Book) -> LeaseEvent) -> [LeaseAction] {
+        let asked = AuthorizeMetrics.now()
+        var locked: UInt64 = 0
+        let (resumes, work) = stripes[stripe].book.withLock { book -> ([Resume], [LeaseAction]) in
+            locked = AuthorizeMetrics.now()
             var resumes: [Resume] = [], work: [LeaseAction] = []
             let event = event(&book)
-            for action in book.machine.handle(event, at: now) {
+            for action in book.machine.handle(event, at: Double(locked) / 1e9) {
                 switch action {
                 case let .answer(ticket, answer):
                     guard let continuation = book.holds.removeValue(forKey: ticket) else { continue }
@@ -119,6 +200,7 @@ public final class HoldBook: Sendable {
             }
             return (resumes, work)
         }
+        AuthorizeMetrics.lock(waited: locked &- asked, held: AuthorizeMetrics.now() &- locked)
         for resume in resumes {
             switch resume {
             case let .hold(continuation, .outcome(outcome)): continuation.resume(returning: outcome)
@@ -137,26 +219,27 @@ public final class HoldBook: Sendable {
         return error
     }
 
-    /// Runs one I/O action in a task of its own; its outcome goes back to the machine.
-    private func run(_ action: LeaseAction) {
+    /// Runs one I/O action of a stripe in a task of its own; its outcome goes back to the
+    /// stripe's machine.
+    private func run(_ action: LeaseAction, stripe: Int) {
         switch action {
         case let .refill(round, instance, wants):
             Task {
                 do {
-                    step(.refillGranted(round: round, try await repository.lease(instance: instance, wants: wants)))
+                    let grants = try await refills.submit(RefillRound(instance: instance, wants: wants))
+                    step(stripe, .refillGranted(round: round, grants))
                 } catch {
-                    if error as? LeaseError == .notRegistered { await reregister() }
-                    step(.refillFailed(round: round), error: error)
+                    if error as? LeaseError == .notRegistered { await reregister(replacing: instance) }
+                    step(stripe, .refillFailed(round: round), error: error)
                 }
             }
         case let .journal(batch, instance, holds):
             Task {
                 do {
-                    let outcomes = try await repository.journal(instance: instance, holds: holds,
-                                                                ttlSeconds: holdTTLSeconds)
-                    step(.journalCommitted(batch: batch, outcomes))
+                    let outcomes = try await journals.submit(JournalBatch(instance: instance, holds: holds))
+                    step(stripe, .journalCommitted(batch: batch, outcomes))
                 } catch {
-                    step(.journalFailed(batch: batch), error: error)
+                    step(stripe, .journalFailed(batch: batch), error: error)
                 }
             }
         case let .giveBack(instance, amounts):
@@ -166,23 +249,74 @@ public final class HoldBook: Sendable {
         case .fetchHoldIDs:
             Task {
                 do {
-                    step(.holdIDsGranted(first: try await repository.holdIDBlock(), count: Self.holdIDBlock))
+                    step(stripe, .holdIDsGranted(first: try await repository.holdIDBlock(), count: Self.holdIDBlock))
                 } catch {
-                    step(.holdIDsFailed, error: error)
+                    step(stripe, .holdIDsFailed, error: error)
                 }
             }
         case .renewRegistration:
             Task {
-                do { try await renew() } catch { step(.renewalFailed) }
+                do { try await renew() } catch { everywhere(.renewalFailed) }
             }
         case let .wake(at):
             Task {
                 try? await Task.sleep(for: .seconds(max(0, at - Self.now())))
-                step(.clock)
+                step(stripe, .clock)
             }
         case .answer, .flushed:
             break
         }
+    }
+
+    // MARK: Coalesced calls
+
+    /// One `tally_journal_holds` call per registration for the stripes' batches (usually one);
+    /// each batch gets its holds' outcomes back.
+    private static func journal(_ batches: [JournalBatch], repository: any LeaseRepository,
+                                ttlSeconds: Int) async throws -> [[JournalOutcome]] {
+        var answers: [[JournalOutcome]] = Array(repeating: [], count: batches.count)
+        for instance in Set(batches.map(\.instance)).sorted() {
+            let mine = batches.indices.filter { batches[$0].instance == instance }
+            let holds = mine.flatMap { batches[$0].holds }
+            let started = AuthorizeMetrics.now()
+            AuthorizeMetrics.journalsInFlight.increment()
+            defer { AuthorizeMetrics.journalsInFlight.decrement() }
+            var outcomes = try await repository.journal(instance: instance, holds: holds, ttlSeconds: ttlSeconds)[...]
+            AuthorizeMetrics.journalCommit.recordNanoseconds(Int64(AuthorizeMetrics.now() &- started))
+            AuthorizeMetrics.journalBatch.record(holds.count)
+            for index in mine {
+                answers[index] = Array(outcomes.prefix(batches[index].holds.count))
+                outcomes = outcomes.dropFirst(batches[index].holds.count)
+            }
+        }
+        return answers
+    }
+
+    /// One `tally_lease` call per registration for the stripes' rounds (their accounts are
+    /// disjoint: a stripe owns its users and their tokens); each round gets its accounts' grants.
+    private static func refill(_ rounds: [RefillRound], repository: any LeaseRepository) async throws
+        -> [[LeaseGrant]] {
+        var answers: [[LeaseGrant]] = Array(repeating: [], count: rounds.count)
+        for instance in Set(rounds.map(\.instance)).sorted() {
+            var pending = rounds.indices.filter { rounds[$0].instance == instance }
+            while !pending.isEmpty {
+                // Rounds that would ask for an account twice wait for the next call.
+                var accounts: Set<LeaseAccount> = [], call: [Int] = []
+                for index in pending where rounds[index].wants.allSatisfy({ !accounts.contains($0.account) }) {
+                    accounts.formUnion(rounds[index].wants.map(\.account))
+                    call.append(index)
+                }
+                pending.removeAll { call.contains($0) }
+                let started = AuthorizeMetrics.now()
+                let grants = try await repository.lease(instance: instance, wants: call.flatMap { rounds[$0].wants })
+                AuthorizeMetrics.refill.recordNanoseconds(Int64(AuthorizeMetrics.now() &- started))
+                for index in call {
+                    let mine = Set(rounds[index].wants.map(\.account))
+                    answers[index] = grants.filter { mine.contains($0.account) }
+                }
+            }
+        }
+        return answers
     }
 
     // MARK: Lease upkeep
@@ -191,33 +325,41 @@ public final class HoldBook: Sendable {
     public func renew() async throws {
         let (instance, started) = (self.instance, Self.now())
         if try await repository.renew(instance: instance, ttlSeconds: Self.registrationTTLSeconds) {
-            step(.registered(instance: instance, validUntil: Self.validUntil(renewedAt: started)))
+            announce(instance, validUntil: Self.validUntil(renewedAt: started))
         } else {
-            await reregister()
+            await reregister(replacing: instance)
         }
     }
 
-    /// The registration is gone, and with it every lease: register anew.
-    private func reregister() async {
+    /// The registration `stale` is gone, and with it every lease: register anew (once, however
+    /// many callers found it gone).
+    private func reregister(replacing stale: String) async {
         let fresh = Self.newInstanceID()
-        registered.withLock { $0 = fresh }
+        let replaced = registered.withLock { current in
+            guard current == stale else { return false }
+            current = fresh
+            return true
+        }
+        guard replaced else { return }
         do {
             try await start()
         } catch {
             // Cut nothing until a renewal registers it (the renewal finds it missing).
-            step(.registered(instance: fresh, validUntil: 0))
+            everywhere(.registered(instance: fresh, validUntil: 0))
         }
     }
 
     /// Gives back the units of leases unused for a while (all of them with `everything`), so
     /// that other instances may lease them.
     public func returnIdleLeases(everything: Bool = false) async throws {
-        for action in step({ _ in everything ? .returnAll : .idleTick }) {
-            guard case let .giveBack(instance, amounts) = action else {
-                run(action)
-                continue
+        for stripe in stripes.indices {
+            for action in step(stripe, { _ in everything ? .returnAll : .idleTick }) {
+                guard case let .giveBack(instance, amounts) = action else {
+                    run(action, stripe: stripe)
+                    continue
+                }
+                try await repository.giveBack(instance: instance, amounts: amounts)
             }
-            try await repository.giveBack(instance: instance, amounts: amounts)
         }
     }
 
@@ -225,7 +367,12 @@ public final class HoldBook: Sendable {
     /// short of it), `.overdrawn` (a settlement overdrew it) or `.accountChanged` (its row
     /// changed). Each gives the lease back and forgets it.
     public func notice(_ event: LeaseEvent) {
-        step(event)
+        switch event {
+        case let .leaseWanted(.user(id)), let .overdrawn(.user(id)), let .accountChanged(.user(id)):
+            step(stripe(ofUser: id), event)
+        default:
+            everywhere(event)
+        }
     }
 
     /// Stops cutting holds, journals what is queued, returns every lease and ends the
@@ -234,7 +381,7 @@ public final class HoldBook: Sendable {
     /// returns the leases only after the grace that covers the holds not journaled.
     @discardableResult
     public func retire(patience: Duration = .seconds(10)) async throws -> Bool {
-        step(.retire)
+        everywhere(.retire)
         let clock = ContinuousClock(), deadline = clock.now + patience
         while levels.journalQueue > 0 {
             guard clock.now < deadline else { return false }

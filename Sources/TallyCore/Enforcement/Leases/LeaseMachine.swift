@@ -161,8 +161,7 @@ public struct LeaseMachine: Sendable {
     /// Units to ask for when `missing` are short: `leaseMultiple` times as many, and twice the
     /// last grant when that one went fast.
     func want(_ missing: Int64, _ lease: AccountLease, now: Double) -> Int64 {
-        let floor = missing.multipliedReportingOverflow(by: policy.leaseMultiple)
-        var want = floor.overflow ? Int64.max / 4 : floor.partialValue
+        var want = policy.leaseWant(missing: missing)
         if now - lease.lastRefill < policy.fastRefillSeconds, lease.lastGrant > 0 {
             want = max(want, min(lease.lastGrant, Int64.max / 8) * 2)
         }

@@ -27,4 +27,10 @@ public struct LeasePolicy: Sendable, Equatable {
     public init(commit: HoldCommitMode) {
         self.commit = commit
     }
+
+    /// What a fresh lease asks for when `missing` units are short: `leaseMultiple` times as many.
+    public func leaseWant(missing: Int64) -> Int64 {
+        let want = missing.multipliedReportingOverflow(by: leaseMultiple)
+        return want.overflow ? Int64.max / 4 : want.partialValue
+    }
 }
