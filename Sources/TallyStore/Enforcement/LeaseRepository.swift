@@ -156,11 +156,15 @@ public struct PostgresLeaseRepository: LeaseRepository {
     static let notRegisteredState = "T0L01"
 
     static let registerInstance = PreparedStatement("leases_register", """
-        INSERT INTO tally_instances (id, expires_at, reclaim_after_seconds)
-        VALUES ($1, now() + make_interval(secs => $2), $3)
+        WITH registered AS (INSERT INTO tally_instances (id, reclaim_after_seconds) VALUES ($1, $3) RETURNING id)
+        INSERT INTO tally_instance_renewals (instance_id, expires_at)
+        SELECT id, now() + make_interval(secs => $2) FROM registered
         """)
+    /// Touches only the renewal row (migration 0011): journal batches and leases lock the
+    /// instance's row, and a renewal must never wait for them.
     static let renewInstance = PreparedStatement("leases_renew", """
-        UPDATE tally_instances SET expires_at = now() + make_interval(secs => $2) WHERE id = $1 RETURNING 1
+        UPDATE tally_instance_renewals SET expires_at = now() + make_interval(secs => $2) WHERE instance_id = $1
+        RETURNING 1
         """)
     static let retireInstance = PreparedStatement("leases_retire", "SELECT tally_reap_instances($1)")
     static let leaseAccounts = PreparedStatement("leases_lease", """
