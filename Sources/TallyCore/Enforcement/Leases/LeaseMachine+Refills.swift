@@ -47,11 +47,11 @@ extension LeaseMachine {
     /// After the refill `cut` waited for: an unknown or exhausted account answers at once; an
     /// account found dry is remembered (the next shortfall on it is final), unless other
     /// instances hold leases of it: they were just asked to hand them back (`lease-wanted`), so
-    /// the cut waits a moment for that before it asks again.
+    /// the cut waits a moment for that before it asks again (a few times, waiting longer each).
     private mutating func learn(_ cut: WaitingCut, from results: [LeaseAccount: LeaseGrant],
                                 wants: [LeaseAccount: Int64], now: Double, _ out: inout [LeaseAction]) {
         var cut = cut
-        var othersAsked = false
+        var wait: Double?
         for account in [LeaseAccount.user(cut.request.userID), .token(cut.request.tokenID)] {
             guard let grant = results[account] else { continue }
             switch grant.state {
@@ -60,14 +60,16 @@ extension LeaseMachine {
             case .ok, .unlimited: break
             }
             guard grant.granted < wants[account] ?? 0 else { continue }
-            if grant.others > 0, cut.askedOthers.insert(account).inserted {
-                othersAsked = true
-            } else {
+            let asked = cut.handBacks[account, default: 0]
+            guard grant.others > 0, asked < policy.handBackWaits else {
                 cut.drained.insert(account)
+                continue
             }
+            cut.handBacks[account] = asked + 1
+            wait = max(wait ?? 0, policy.handBackWaitSeconds * Double(1 << asked))
         }
-        guard othersAsked else { return attempt(cut, now: now, &out) }
-        cut.reason = .time(now + policy.handBackWaitSeconds)
+        guard let wait else { return attempt(cut, now: now, &out) }
+        cut.reason = .time(now + wait)
         waiting.append(cut)
     }
 }

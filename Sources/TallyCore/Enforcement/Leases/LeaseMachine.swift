@@ -297,8 +297,8 @@ struct WaitingCut: Sendable {
     var reason = Reason.registration
     /// Accounts a refill found dry for this reservation.
     var drained: Set<LeaseAccount> = []
-    /// Accounts other instances were asked to hand back for this reservation.
-    var askedOthers: Set<LeaseAccount> = []
+    /// How often other instances were asked to hand back each account for this reservation.
+    var handBacks: [LeaseAccount: Int] = [:]
     var refillRounds = 0
     var renewalAsked = false
 }

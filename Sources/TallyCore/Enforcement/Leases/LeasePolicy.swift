@@ -10,8 +10,11 @@ public struct LeasePolicy: Sendable, Equatable {
     public var refillAheadDivisor: Int64 = 4
     /// A reservation is given up (insufficient) after this many refill rounds.
     public var maxRefillRounds = 8
-    /// How long a refill that fell short waits for other instances to hand leases back.
+    /// How long a refill that fell short waits for other instances to hand leases back before it
+    /// asks again, the first time; each time after waits twice as long, `handBackWaits` times
+    /// at most (50 + 100 + 200 ms), since a hand-back takes a notification and a commit.
     public var handBackWaitSeconds = 0.05
+    public var handBackWaits = 3
     /// A lease unused this long goes back to its account.
     public var idleLeaseSeconds = 30.0
     /// Request ids answered are remembered for one to two times this long, for retries.
