@@ -1,30 +1,6 @@
 import Foundation
 import TallyCore
 
-/// The body of `POST /gateway/v1/authorize` (DESIGN §5).
-public struct AuthorizeRequest: Sendable, Decodable {
-    public var requestID: String?
-    public var key: String?
-    public var model: String?
-    public var ip: String?
-    public var channelID: Int64?
-    public var estimate: AuthorizeEstimate?
-
-    public init(requestID: String?, key: String?, model: String?, ip: String? = nil, channelID: Int64? = nil,
-                estimate: AuthorizeEstimate? = nil) {
-        self.requestID = requestID
-        self.key = key
-        self.model = model
-        self.ip = ip
-        self.channelID = channelID
-        self.estimate = estimate
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case requestID = "request_id", key, model, ip, channelID = "channel_id", estimate
-    }
-}
-
 /// A granted authorization.
 public struct AuthorizeGrant: Sendable, Equatable {
     public let holdID: Int64
