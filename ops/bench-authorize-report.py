@@ -30,8 +30,9 @@ def main(path):
         name = f"{phase['mode']}, " + ("10k accounts" if phase["phase"] == "spread" else "one hot account")
         ratios = f" {result['per_second'] / top if top else 0:>9.2f} {result['per_second'] / base if base else 0:>9.2f}"
         print(row(name, clients, result) + ratios)
-        print(f"  {'':<30} {'':>7} granted {result['granted']}, settled {result['settled']},"
-              f" answers {result['statuses']}, errors {result['errors']}")
+        print(f"  {'':<30} {'':>7} granted {result['granted']}, settled {result['settled']}"
+              f" ({result.get('settled_in_time', 0)} while the clients ran), answers {result['statuses']},"
+              f" errors {result['errors']}")
     for clients, result in sorted(ceiling.items()):
         print(row("ceiling: GET /healthz", clients, result))
     for (script, clients), per_second in sorted(baseline.items()):
