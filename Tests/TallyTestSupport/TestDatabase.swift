@@ -123,24 +123,7 @@ public enum TallyBinary {
 
     /// Runs `tally <arguments>` with `DATABASE_URL` set; returns exit status and standard output.
     public static func run(_ arguments: [String], databaseURL: String, input: Data? = nil) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = url
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        environment["DATABASE_URL"] = databaseURL
-        process.environment = environment
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        let stdin = Pipe()
-        if input != nil { process.standardInput = stdin }
-        try process.run()
-        if let input {
-            stdin.fileHandleForWriting.write(input)
-            try stdin.fileHandleForWriting.close()
-        }
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        let outcome = try ChildProcess.run(url, arguments, environment: ["DATABASE_URL": databaseURL], input: input)
+        return (outcome.status, outcome.output)
     }
 }
