@@ -140,7 +140,11 @@ struct AuthorizeRaceTests {
                 }
             }
             group.addTask {
-                try await Task.sleep(for: .milliseconds(1_500))
+                // Killed once the load is well under way (on a loaded machine that takes a while).
+                let deadline = Date().addingTimeInterval(30)
+                while try await seed.int("SELECT count(*) FROM holds") < 200, Date() < deadline {
+                    try await Task.sleep(for: .milliseconds(50))
+                }
                 await doomed.kill9()
                 return []
             }
