@@ -72,7 +72,7 @@ struct BenchIngest: ParsableCommand {
         var result = IngestStep(clients: clients, lines: lines)
         result.firstBatch = try db.query("SELECT coalesce(max(id), 0) FROM ingest_batches")[0].decode(0, as: Int64.self)
         let walBefore = try IngestBaselines.walPosition(db)
-        let cpuBefore = serverPid.flatMap { ProcessStats.cpuSeconds(pid: $0) }
+        let cpuBefore = CPUTimes(serverPID: serverPid).server
         let sampler = try WaitEventSampler(databaseURL: databaseURL)
         let started = DispatchTime.now().uptimeNanoseconds
         result.failures = IngestBatches.post(requests, clients: clients, endpoint: endpoint)
@@ -82,7 +82,7 @@ struct BenchIngest: ParsableCommand {
         try IngestBaselines.waitUntilFolded(db)
         result.foldSeconds = Double(DispatchTime.now().uptimeNanoseconds - settleStarted) / 1e9
         result.walBytes = try IngestBaselines.walPosition(db) - walBefore
-        if let cpuBefore, let cpuAfter = serverPid.flatMap({ ProcessStats.cpuSeconds(pid: $0) }) {
+        if let cpuBefore, let cpuAfter = CPUTimes(serverPID: serverPid).server {
             result.serverCPUSeconds = cpuAfter - cpuBefore
         }
         result.stored = try db.query("SELECT count(*) FROM request_logs WHERE batch_id > $1", [result.firstBatch])[0].decode(0, as: Int.self)
@@ -382,16 +382,8 @@ final class WaitEventSampler: Sendable {
     }
 }
 
-/// CPU time and peak memory of a process on this host, from /proc.
+/// Peak memory of a process on this host, from /proc (its CPU time: `CPUTimes`).
 enum ProcessStats {
-    static func cpuSeconds(pid: Int32) -> Double? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return nil }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
-        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
-    }
-
     static func peakRSSKiB(pid: Int32) -> Int? {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }) else { return nil }
