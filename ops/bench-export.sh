@@ -3,9 +3,11 @@
 # schema is migrated, prices are loaded and --users synthetic users exist (user id = token id).
 # Uses ops/bench's variables: ROOT tally url users rows work server_pid.
 
-month="$(date -u -d "$(date -u +%Y-%m-01) -1 month" +%Y-%m)"
+# Last month, with shell arithmetic (no GNU date needed: the bench kit runs this on bare hosts).
+this_year="$(date -u +%Y)" this_month="$((10#$(date -u +%m)))"
+if ((this_month == 1)); then month="$((this_year - 1))-12"; else month="$(printf '%s-%02d' "$this_year" $((this_month - 1)))"; fi
 month_start="$month-01"
-month_end="$(date -u -d "$month_start +1 month" +%Y-%m-%d)"
+month_end="$(date -u +%Y-%m)-01"
 partition="request_logs_y${month%-*}m${month#*-}"
 rm -rf "$work" && mkdir -p "$work"
 

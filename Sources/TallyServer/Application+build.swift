@@ -114,6 +114,11 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
         LeaseService(book: services.holdBook, logger: logger),
         ChangeListenerService(databaseURL: configuration.databaseURL, onChange: services.applyChange,
                               onReconnect: { services.applyChange("*") }, logger: logger))
+    if configuration.settleIntervalMilliseconds > 0 {
+        app.addServices(SettlerService(settler: Settler(pool: pool),
+                                       balanceInterval: .milliseconds(configuration.settleIntervalMilliseconds),
+                                       rollUpInterval: .seconds(configuration.rollUpIntervalSeconds), logger: logger))
+    }
     if configuration.webhooks.enabled {
         app.addServices(WebhookDispatcher(repository: WebhookRepository(pool: pool), configuration: configuration.webhooks, logger: logger))
     }

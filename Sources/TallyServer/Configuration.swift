@@ -36,13 +36,19 @@ public struct TallyConfiguration: Sendable {
     public var holdCommit: HoldCommitMode
     /// The webhook dispatcher (docs/webhooks.md).
     public var webhooks: WebhookDispatchConfiguration
+    /// How often this instance folds committed charges into balances (`TALLY_SETTLE_INTERVAL`,
+    /// milliseconds; 0: this instance does not fold, others must).
+    public var settleIntervalMilliseconds: Int
+    /// How often it rolls committed usage up into `usage_daily` (`TALLY_ROLLUP_INTERVAL`, seconds).
+    public var rollUpIntervalSeconds: Int
 
     public init(host: String = "127.0.0.1", port: Int = 8080, databaseURL: String, poolSize: Int = 16,
                 gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5,
                 holdTTLSeconds: Int = 600, holdCommit: HoldCommitMode = .sync,
                 webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration(),
                 idleTimeoutSeconds: Int = 60, failedAuthLimit: Int = 20, failedAuthWindowSeconds: Int = 60,
-                trustedProxies: IPAllowList = IPAllowList(ranges: [])) {
+                trustedProxies: IPAllowList = IPAllowList(ranges: []), settleIntervalMilliseconds: Int = 100,
+                rollUpIntervalSeconds: Int = 5) {
         self.host = host
         self.port = port
         self.databaseURL = databaseURL
@@ -57,5 +63,7 @@ public struct TallyConfiguration: Sendable {
         self.failedAuthLimit = failedAuthLimit
         self.failedAuthWindowSeconds = failedAuthWindowSeconds
         self.trustedProxies = trustedProxies
+        self.settleIntervalMilliseconds = settleIntervalMilliseconds
+        self.rollUpIntervalSeconds = rollUpIntervalSeconds
     }
 }

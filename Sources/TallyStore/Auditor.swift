@@ -16,6 +16,10 @@ public struct AuditViolation: Sendable, Equatable, CustomStringConvertible {
 /// and tokens have `reserved` equals the open holds reserving from them plus the instances'
 /// leases of them (DESIGN §5, docs/enforcement.md).
 ///
+/// Balances and rollups are read with what committed batches charged and the fold has not
+/// applied yet (`user_balances`, `token_balances`, `usage_rollups`, migration 0010); each check
+/// is one statement, one snapshot, so it holds at any instant, also while ingest and folds run.
+///
 /// With a month (`tally audit --month`), the month's figures instead (docs/exports.md): the
 /// ledger's charges of the month = its usage rollups, which every export sums and statements
 /// show per model = its request rows, while they are kept.
@@ -46,12 +50,13 @@ public struct Auditor: Sendable {
             SELECT user_id, sum(amount) AS balance, -sum(amount) FILTER (WHERE kind = 'charge') AS charges
             FROM ledger GROUP BY user_id
         ), usage_totals AS (
-            SELECT user_id, sum(quota) AS quota, sum(requests) AS requests FROM usage_daily GROUP BY user_id
+            SELECT user_id, sum(quota) AS quota, sum(requests) AS requests FROM usage_rollups GROUP BY user_id
         ), checked AS (
-            SELECT u.id, u.username, u.quota, u.used_quota, u.request_count,
+            SELECT u.id, u.username, b.quota, b.used_quota, b.request_count,
                    coalesce(l.balance, 0) AS ledger_balance, coalesce(l.charges, 0) AS ledger_charges,
                    coalesce(r.quota, 0) AS logged_quota, coalesce(r.requests, 0) AS logged_requests
-            FROM users u LEFT JOIN ledger_totals l ON l.user_id = u.id LEFT JOIN usage_totals r ON r.user_id = u.id
+            FROM users u JOIN user_balances b ON b.id = u.id
+                 LEFT JOIN ledger_totals l ON l.user_id = u.id LEFT JOIN usage_totals r ON r.user_id = u.id
         )
         SELECT id, username, concat_ws('; ',
             CASE WHEN quota <> ledger_balance THEN format('balance %s but ledger sums to %s', quota, ledger_balance) END,
@@ -66,11 +71,11 @@ public struct Auditor: Sendable {
 
     static let tokens = PreparedStatement("audit_tokens", """
         WITH usage_totals AS (
-            SELECT token_id, sum(quota) AS quota, sum(requests) AS requests FROM usage_daily GROUP BY token_id
+            SELECT token_id, sum(quota) AS quota, sum(requests) AS requests FROM usage_rollups GROUP BY token_id
         )
         SELECT t.user_id, u.username, format('token %s: used_quota %s / request_count %s but logged requests cost %s in %s requests',
                t.id, t.used_quota, t.request_count, coalesce(r.quota, 0), coalesce(r.requests, 0))
-        FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN usage_totals r ON r.token_id = t.id
+        FROM token_balances t JOIN users u ON u.id = t.user_id LEFT JOIN usage_totals r ON r.token_id = t.id
         WHERE t.used_quota <> coalesce(r.quota, 0) OR t.request_count <> coalesce(r.requests, 0)
         ORDER BY t.id
         """)
@@ -85,14 +90,14 @@ public struct Auditor: Sendable {
         ), token_leased AS (
             SELECT token_id, sum(amount) AS amount FROM token_leases GROUP BY token_id
         )
-        SELECT u.id, u.username, format('reserved %s but open holds reserve %s and leases %s',
+        SELECT u.id, (SELECT username FROM users WHERE id = u.id), format('reserved %s but open holds reserve %s and leases %s',
                                         u.reserved, coalesce(h.amount, 0), coalesce(l.amount, 0))
-        FROM users u LEFT JOIN user_holds h ON h.user_id = u.id LEFT JOIN user_leased l ON l.user_id = u.id
+        FROM user_balances u LEFT JOIN user_holds h ON h.user_id = u.id LEFT JOIN user_leased l ON l.user_id = u.id
         WHERE u.reserved <> coalesce(h.amount, 0) + coalesce(l.amount, 0)
         UNION ALL
         SELECT t.user_id, u.username, format('token %s: reserved %s but open holds reserve %s and leases %s',
                                              t.id, t.reserved, coalesce(h.amount, 0), coalesce(l.amount, 0))
-        FROM tokens t JOIN users u ON u.id = t.user_id LEFT JOIN token_holds h ON h.token_id = t.id
+        FROM token_balances t JOIN users u ON u.id = t.user_id LEFT JOIN token_holds h ON h.token_id = t.id
              LEFT JOIN token_leased l ON l.token_id = t.id
         WHERE t.reserved <> coalesce(h.amount, 0) + coalesce(l.amount, 0)
         ORDER BY 1
@@ -106,7 +111,7 @@ public struct Auditor: Sendable {
             FROM request_logs GROUP BY 1, 2
         ), rollups AS (
             SELECT user_id, date_trunc('month', day)::date AS month, sum(quota) AS quota, sum(requests) AS requests
-            FROM usage_daily WHERE date_trunc('month', day)::date IN (SELECT month FROM tally_log_partitions)
+            FROM usage_rollups WHERE date_trunc('month', day)::date IN (SELECT month FROM tally_log_partitions)
             GROUP BY 1, 2
         )
         SELECT user_id, coalesce(u.username, ''), format('%s: usage rollups %s units in %s requests but request rows %s units in %s requests',
@@ -122,7 +127,7 @@ public struct Auditor: Sendable {
         WITH charges AS (
             SELECT user_id, -sum(amount) AS quota FROM ledger WHERE month = $1::date AND kind = 'charge' GROUP BY user_id
         ), rollups AS (
-            SELECT user_id, sum(quota) AS quota, sum(requests) AS requests FROM usage_daily
+            SELECT user_id, sum(quota) AS quota, sum(requests) AS requests FROM usage_rollups
             WHERE day >= $1::date AND day < $2::date GROUP BY user_id
         ), logs AS (
             SELECT user_id, sum(quota) AS quota, count(*) AS requests FROM request_logs

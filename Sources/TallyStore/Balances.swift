@@ -78,9 +78,7 @@ public struct BalanceRepository: Sendable {
             guard let id = try inserted.first?.decode(0, as: Int64.self) else {
                 return try Self.replay(key: ledgerKey!, userID: userID, amount: amount, on: connection)
             }
-            let balance = try connection.query(
-                "UPDATE users SET quota = quota + $2, updated_at = now() WHERE id = $1 RETURNING quota", [userID, amount])[0]
-                .decode(0, as: Int64.self)
+            let balance = try connection.query(Self.credit, [userID, amount])[0].decode(0, as: Int64.self)
             let row = try connection.query(
                 SQL.returning(SQL.unix("at"), from: "UPDATE ledger SET balance_after = $2 WHERE id = $1"),
                 [id, balance])[0]
@@ -124,9 +122,8 @@ public struct BalanceRepository: Sendable {
                 throw try Self.failure(hash: hash, on: connection)
             }
             let id = try claimed.decode(0, as: Int64.self), quota = try claimed.decode(1, as: Int64.self)
-            let balance = try connection.query(
-                "UPDATE users SET quota = quota + $2, updated_at = now() WHERE id = $1 RETURNING quota", [userID, quota])[0]
-                .decode(0, as: Int64.self)
+            _ = try AccountRepository.lock(id: userID, on: connection)
+            let balance = try connection.query(Self.credit, [userID, quota])[0].decode(0, as: Int64.self)
             try connection.query("""
                 INSERT INTO ledger (user_id, kind, amount, reason, idempotency_key, tid, balance_after)
                 VALUES ($1, 'redeem', $2, $3, $4, $5, $6)
@@ -134,6 +131,11 @@ public struct BalanceRepository: Sendable {
             return quota
         }
     }
+
+    /// Credits `$2` units to user `$1` (whose row the caller has locked); returns the balance
+    /// after it, charges still pending included.
+    private static let credit = PreparedStatement("balances_credit", SQL.returning("quota - tally_pending_charges(id)",
+        from: "UPDATE users SET quota = quota + $2, updated_at = now() WHERE id = $1"))
 
     private static func failure(hash: SecretHash, on connection: PostgresConnection) throws -> RedeemFailure {
         guard let row = try connection.query(

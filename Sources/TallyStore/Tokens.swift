@@ -148,14 +148,22 @@ public struct TokenRepository: Sendable {
 
     public init(pool: PostgresPool) { self.pool = pool }
 
+    /// What the key's uses charged and the fold has not taken off `remain_quota` yet
+    /// (migration 0010); unlimited keys keep their remain_quota.
+    static let pendingCharges = "CASE WHEN t.unlimited_quota THEN 0 ELSE tally_pending_token_charges(t.user_id, t.id) END"
+    static let remainQuota = "t.remain_quota - \(pendingCharges)"
     static let effectiveStatus = """
         CASE WHEN t.status = 1 AND t.expires_at IS NOT NULL AND t.expires_at <= now() THEN 3 \
-        WHEN t.status = 1 AND NOT t.unlimited_quota AND t.remain_quota <= 0 THEN 4 ELSE t.status END
+        WHEN t.status = 1 AND NOT t.unlimited_quota AND \(remainQuota) <= 0 THEN 4 ELSE t.status END
         """
+    /// Use figures are exact at every instant: the pending ones are included. A statement that
+    /// waits for the row's lock reads them only after the lock.
     static let columns = """
         t.id, t.user_id, t.name, t.key_last6, \(effectiveStatus), \(SQL.unix("t.created_at")), \
-        \(SQL.unix("t.accessed_at")), coalesce(\(SQL.unix("t.expires_at")), -1), t.remain_quota, t.unlimited_quota, \
-        t.used_quota, t.request_count, t.model_limits_enabled, t.model_limits, t.allow_ips, t."group"
+        \(SQL.unix("t.accessed_at")), coalesce(\(SQL.unix("t.expires_at")), -1), \(remainQuota), t.unlimited_quota, \
+        t.used_quota + tally_pending_token_charges(t.user_id, t.id), \
+        t.request_count + tally_pending_token_requests(t.user_id, t.id), t.model_limits_enabled, t.model_limits, \
+        t.allow_ips, t."group"
         """
 
     static func decode(_ row: PostgresRow) throws -> APIToken {
@@ -261,9 +269,12 @@ public struct TokenRepository: Sendable {
         }
         let normalized = changes
         return try await pool.transaction { connection -> APIToken in
-            guard let row = try connection.query("""
+            guard try connection.query("""
+                SELECT 1 FROM tokens WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL FOR UPDATE
+                """, [id, userID]).count == 1,
+                let row = try connection.query("""
                 SELECT \(Self.columns), t.status, u."group" FROM tokens t JOIN users u ON u.id = t.user_id
-                WHERE t.id = $1 AND t.user_id = $2 AND t.deleted_at IS NULL FOR UPDATE OF t
+                WHERE t.id = $1 AND t.user_id = $2
                 """, [id, userID]).first
             else { throw StoreError.notFound("API key \(id) not found") }
             let current = try Self.decode(row)
@@ -298,10 +309,12 @@ public struct TokenRepository: Sendable {
                 }
                 next.status = status
             }
+            // remain_quota as shown is what the fold leaves once it has taken the pending charges.
             let rows = try connection.query(SQL.returning(Self.columns, from: """
                 UPDATE tokens SET name = $3,
                     expires_at = CASE WHEN $4::bigint = -1 THEN NULL ELSE to_timestamp($4::bigint) END,
-                    remain_quota = $5, unlimited_quota = $6, model_limits_enabled = $7, model_limits = $8,
+                    remain_quota = $5 + CASE WHEN $6 THEN 0 ELSE tally_pending_token_charges(user_id, id) END,
+                    unlimited_quota = $6, model_limits_enabled = $7, model_limits = $8,
                     allow_ips = $9, "group" = $10, status = $11
                 WHERE id = $1 AND user_id = $2
                 """), [id, userID, next.name, next.expiredTime, next.remainQuota, next.unlimitedQuota,

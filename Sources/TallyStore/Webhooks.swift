@@ -239,7 +239,8 @@ public struct WebhookRepository: Sendable {
 }
 
 /// Writes events into the outbox on the caller's connection, inside the caller's transaction:
-/// an event exists exactly when the change that caused it commits.
+/// an event exists exactly when the change that caused it commits. (balance.low and
+/// balance.exhausted are written by the fold that moves the balance, `tally_fold`.)
 public enum WebhookOutbox {
     /// Enqueues one event for every endpoint that wants `type`; `data` is a JSON object.
     /// Returns the event id, or nil when no endpoint wants it (nothing is written).
@@ -266,33 +267,6 @@ public enum WebhookOutbox {
         WHERE e.removed_at IS NULL AND (cardinality(e.events) = 0 OR $1 = ANY (e.events))
         ORDER BY e.id
         RETURNING event_id::text
-        """)
-
-    /// balance.low / balance.exhausted for the users an ingest batch debited; run in the batch's
-    /// transaction right after its ledger rows are written. The balance before the batch is the
-    /// balance now minus the batch's ledger rows (balance = sum of ledger rows, DESIGN §2), so
-    /// this holds however the batch settles holds. One statement for any number of users,
-    /// reading the batch's few ledger rows by index; with no endpoint configured the EXISTS is
-    /// false and nothing else is read. `$1` is the batch id, `$2` its tid.
-    public static let enqueueBalanceCrossings = PreparedStatement("webhook_enqueue_balance_crossings", """
-        WITH crossings AS MATERIALIZED (
-            SELECT gen_random_uuid() AS event_id, u.id AS user_id, c.rank, c.type,
-                   jsonb_build_object('user_id', u.id, 'username', u.username, 'quota', u.quota,
-                                      'previous_quota', u.quota - t.change, 'threshold', c.threshold, 'tid', $2::text) AS payload
-            FROM (SELECT user_id, sum(amount)::bigint AS change FROM ledger WHERE batch_id = $1 GROUP BY user_id) t
-            JOIN users u ON u.id = t.user_id
-            CROSS JOIN LATERAL (VALUES
-                (1, 'balance.low', coalesce(u.low_balance_threshold, (SELECT low_balance_threshold FROM webhook_settings))),
-                (2, 'balance.exhausted', 0::bigint)) AS c (rank, type, threshold)
-            WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE removed_at IS NULL)
-              AND u.quota <= c.threshold AND u.quota - t.change > c.threshold
-              AND (c.type = 'balance.exhausted' OR c.threshold > 0)
-        )
-        INSERT INTO webhook_outbox (event_id, endpoint_id, type, payload)
-        SELECT c.event_id, e.id, c.type, c.payload
-        FROM crossings c JOIN webhook_endpoints e
-          ON e.removed_at IS NULL AND (cardinality(e.events) = 0 OR c.type = ANY (e.events))
-        ORDER BY c.user_id, c.rank, e.id
         """)
 }
 

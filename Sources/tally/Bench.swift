@@ -6,7 +6,7 @@ import TallyCore
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Load generators for ops/bench (run `ops/bench --help` for the full benchmarks).",
-        subcommands: [BenchAuthorize.self])
+        subcommands: [BenchAuthorize.self, BenchIngest.self])
 }
 
 /// `tally bench authorize`: keep-alive HTTP clients that authorize as fast as they can, while

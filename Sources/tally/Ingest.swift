@@ -33,7 +33,7 @@ struct Ingest: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let pool = try await database.migratedPool(size: parallel + 1)
+        let pool = try await database.migratedPool(size: parallel + 2)
         let prices = PriceCatalog(repository: PostgresPriceRepository(pool: pool))
         try await prices.reload()
         let ingestor = Ingestor(prices: prices, tokens: TokenDirectory(pool: pool), repository: PostgresIngestRepository(pool: pool))
@@ -41,6 +41,15 @@ struct Ingest: AsyncParsableCommand {
         let format = IngestFormat(rawValue: format)!
         let progress = Progress(quiet: quiet)
         let tid = TraceID.generate()
+        // Folds as it goes (beside any running server's settler), and what is left at the end,
+        // so the command leaves balances and rollups folded.
+        let settler = Settler(pool: pool)
+        let settling = Task {
+            while (try? await Task.sleep(for: .milliseconds(200))) != nil {
+                _ = try? await settler.foldBalances()
+            }
+        }
+        defer { settling.cancel() }
         try await withThrowingTaskGroup(of: IngestResult.self) { group in
             var inFlight = 0
             for try await batch in LineBatches(handle: input, linesPerBatch: batchSize) {
@@ -53,6 +62,9 @@ struct Ingest: AsyncParsableCommand {
             }
             for try await result in group { progress.add(result) }
         }
+        settling.cancel()
+        await settling.value
+        try await settler.foldAll()
         progress.finish()
         await pool.close()
     }

@@ -31,6 +31,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "sync: authorize answers once its hold is journaled in PostgreSQL (group commit); async: as soon as the hold is cut from this instance's lease in memory, the journal following within milliseconds (faster; see docs/enforcement.md for what a crash then costs). Env: TALLY_HOLD_COMMIT. Default: sync.")
     var holdCommit: String?
 
+    @Option(help: "Milliseconds between folds of committed ingest charges into balances (every balance read includes what is not folded yet, so this bounds the backlog, not exactness); 0: this instance does not fold, another must. Env: TALLY_SETTLE_INTERVAL. Default: 100.")
+    var settleInterval: Int?
+
+    @Option(help: "Seconds between roll-ups of committed usage into the daily rollups (exports and statements include what is not rolled up yet). Env: TALLY_ROLLUP_INTERVAL. Default: 5.")
+    var rollupInterval: Int?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: TALLY_LOG_LEVEL. Default: info.")
     var logLevel: String?
 
@@ -76,9 +82,13 @@ struct Serve: AsyncParsableCommand {
             idleTimeoutSeconds: try idleTimeout ?? Self.integer(environment, "TALLY_IDLE_TIMEOUT") ?? 60,
             failedAuthLimit: try failedAuthLimit ?? Self.integer(environment, "TALLY_FAILED_AUTH_LIMIT") ?? 20,
             failedAuthWindowSeconds: try failedAuthWindow ?? Self.integer(environment, "TALLY_FAILED_AUTH_WINDOW") ?? 60,
-            trustedProxies: try Self.proxies(trustedProxies ?? environment["TALLY_TRUSTED_PROXIES"] ?? ""))
+            trustedProxies: try Self.proxies(trustedProxies ?? environment["TALLY_TRUSTED_PROXIES"] ?? ""),
+            settleIntervalMilliseconds: try settleInterval ?? Self.integer(environment, "TALLY_SETTLE_INTERVAL") ?? 100,
+            rollUpIntervalSeconds: try rollupInterval ?? Self.integer(environment, "TALLY_ROLLUP_INTERVAL") ?? 5)
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
         guard configuration.holdTTLSeconds > 0 else { throw ValidationError("--hold-ttl must be at least 1 second") }
+        guard configuration.settleIntervalMilliseconds >= 0 else { throw ValidationError("--settle-interval must be ≥ 0") }
+        guard configuration.rollUpIntervalSeconds > 0 else { throw ValidationError("--rollup-interval must be at least 1 second") }
         guard configuration.idleTimeoutSeconds > 0 else { throw ValidationError("--idle-timeout must be at least 1 second") }
         guard configuration.failedAuthLimit >= 0, configuration.failedAuthWindowSeconds > 0 else {
             throw ValidationError("--failed-auth-limit must be ≥ 0 and --failed-auth-window ≥ 1")

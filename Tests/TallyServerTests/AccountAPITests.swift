@@ -235,7 +235,7 @@ struct AccountAPITests {
             #expect(ingested.object["accepted"] as? Int == 4)
             // gpt-4o, default group, 1000 in / 500 out = 3750 units each (DESIGN §3).
             let charged: Int64 = 4 * 3750
-            #expect(try await seed.int("SELECT used_quota FROM tokens WHERE id = $1", [token.id]) == charged)
+            #expect(try await seed.int("SELECT used_quota FROM token_balances WHERE id = $1", [token.id]) == charged)
             #expect(try await seed.int("SELECT coalesce(sum(quota), 0)::bigint FROM request_logs WHERE token_id = $1", [token.id]) == charged)
 
             let usage = try await api.get("/v1/dashboard/billing/usage", token: key)

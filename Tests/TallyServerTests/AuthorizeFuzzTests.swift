@@ -79,8 +79,8 @@ struct AuthorizeFuzzTests {
         #expect(holds > 500 && codes.count > 4)
         // Exactly the granted holds are reserved; nothing else changed a balance.
         #expect(try await db.scalar("SELECT count(*) FROM holds") == Int64(holds))
-        #expect(try await db.scalar("SELECT coalesce(sum(reserved), 0)::bigint FROM users") == held)
-        #expect(try await db.scalar("SELECT sum(quota)::bigint FROM users") == Int64(Self.users) * 1_000_000_000)
+        #expect(try await db.scalar("SELECT coalesce(sum(reserved), 0)::bigint FROM user_balances") == held)
+        #expect(try await db.scalar("SELECT sum(quota)::bigint FROM user_balances") == Int64(Self.users) * 1_000_000_000)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 

@@ -163,7 +163,7 @@ struct AuthorizeHTTPTests {
         // Refusals reserve nothing: only the granted holds are open, and with the server stopped
         // (its leases returned) they are all that is reserved.
         #expect(try await seed.int("SELECT sum(amount) FROM holds WHERE status = 'held'") == Int64(1 + rpmGranted) * chatHold)
-        #expect(try await seed.int("SELECT sum(reserved) FROM users") == Int64(1 + rpmGranted) * chatHold)
+        #expect(try await seed.int("SELECT sum(reserved) FROM user_balances") == Int64(1 + rpmGranted) * chatHold)
     }
 
     @Test("a hold reserves the estimate; the log line settles it at its real cost; release and retries are idempotent")
@@ -186,14 +186,14 @@ struct AuthorizeHTTPTests {
             #expect(try await seed.openHolds(user: user.id) == chatHold)
             #expect(try await seed.openHolds(user: user.id, tokenOnly: true) == chatHold)
             // What the user and the key can still lease excludes the hold.
-            #expect(try await seed.int("SELECT quota - reserved FROM users WHERE id = $1", [user.id]) <= 100_000 - chatHold)
-            #expect(try await seed.int("SELECT remain_quota - reserved FROM tokens WHERE user_id = $1", [user.id]) <= 50_000 - chatHold)
+            #expect(try await seed.int("SELECT quota - reserved FROM user_balances WHERE id = $1", [user.id]) <= 100_000 - chatHold)
+            #expect(try await seed.int("SELECT remain_quota - reserved FROM token_balances WHERE user_id = $1", [user.id]) <= 50_000 - chatHold)
 
             // Settled at the real cost (1000 + 100 tokens: 0.0035 USD = 1,750 units), the reservation returned.
             #expect(try await gateway.settle("req-1", key: key, prompt: 1000, completion: 100).status == 200)
             #expect(try await seed.openHolds(user: user.id) == 0)
             #expect(try await Auditor(pool: db.pool).run().isEmpty)
-            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 100_000 - 1_750)
+            #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [user.id]) == 100_000 - 1_750)
             #expect(try await seed.int("SELECT count(*) FROM holds WHERE request_id = 'req-1' AND status = 'settled'") == 1)
 
             // Release: returns the reservation once; again → 0; a settled hold stays settled.
@@ -212,12 +212,12 @@ struct AuthorizeHTTPTests {
             #expect(try await seed.openHolds(user: user.id) == 0)
             // A log line of a request that was never authorized is charged like any other.
             #expect(try await gateway.settle("req-3", key: key).status == 200)
-            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 100_000 - 1_750 - chatHold)
+            #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [user.id]) == 100_000 - 1_750 - chatHold)
         }
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
         // Stopped, the server gave its leases back: nothing is reserved any more.
-        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)
-        #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [user.id]) == 0)
+        #expect(try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [user.id]) == 0)
+        #expect(try await seed.int("SELECT reserved FROM token_balances WHERE user_id = $1", [user.id]) == 0)
     }
 
     @Test("a settlement above its hold is charged in full; the overrun leaves the account negative and refuses the next hold")
@@ -233,7 +233,7 @@ struct AuthorizeHTTPTests {
             while try await seed.int(listening) == 0, Date() < started { try await Task.sleep(for: .milliseconds(20)) }
             #expect(try await gateway.authorize(key: key, requestID: "big").status == 200)
             #expect(try await gateway.settle("big", key: key, prompt: 1000, completion: 1000).status == 200)
-            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 4_000 - 6_250)
+            #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [user.id]) == 4_000 - 6_250)
             // The rest of the lease goes back when the overdraft's notification arrives (at once,
             // in practice); from then on nothing more is granted.
             var answer = try await gateway.authorize(key: key, estimate: #"{"prompt_tokens":1,"max_tokens":1}"#)
@@ -270,11 +270,11 @@ struct AuthorizeHTTPTests {
             #expect(try await seed.int("SELECT count(*) FROM holds WHERE request_id = 'short' AND status = 'expired'") == 1)
             // The late log line is still charged (the service was delivered).
             #expect(try await gateway.settle("short", key: key).status == 200)
-            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 100_000 - chatHold)
+            #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [user.id]) == 100_000 - chatHold)
         }
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
         // Stopped, the server gave its lease back: nothing is reserved.
-        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user.id]) == 0)
+        #expect(try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [user.id]) == 0)
     }
 
     @Test("a change to a key or user reaches the cache through NOTIFY, without waiting for the TTL")
@@ -322,8 +322,9 @@ struct AuthorizeHTTPTests {
             let line = #"{"request_id":"upstream-429","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":429,"error":"provider_rate_limited","usage":{}}"#
             let answer = try await gateway.post("/logs", line)
             #expect(int64(answer.object["accepted"]) == 1, "\(answer.text)")
-            #expect(try await counter() == before + 1)
-            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 100_000)
+            // The counter is the process's: suites running alongside (LiteLLM's 429s) may add to it.
+            #expect(try await counter() >= before + 1)
+            #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [user.id]) == 100_000)
             #expect(try await seed.openHolds(user: user.id) == 0)
         }
     }

@@ -47,7 +47,7 @@ struct AuthorizeRaceTests {
             return try await group.reduce(into: []) { $0 += $1 }
         }
         #expect(granted.count == Self.affordable)
-        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [account.userID]) == Int64(Self.affordable) * chatHold)
+        #expect(try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [account.userID]) == Int64(Self.affordable) * chatHold)
         // Answered from memory (async), a hold reaches PostgreSQL within milliseconds; a gateway
         // settles much later (after the upstream call), so wait for the journal here too.
         let journaled = Date().addingTimeInterval(5)
@@ -65,14 +65,14 @@ struct AuthorizeRaceTests {
                                                   headers: headers, body: Data(chunk.joined(separator: "\n").utf8))
             #expect(answer.status == 200, "\(answer.text)")
         }
-        #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [account.userID]) == 0)
-        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [account.userID]) == 0)
-        #expect(try await seed.int("SELECT remain_quota FROM tokens WHERE user_id = $1", [account.userID]) == 50 * chatHold)
+        #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [account.userID]) == 0)
+        #expect(try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [account.userID]) == 0)
+        #expect(try await seed.int("SELECT remain_quota FROM token_balances WHERE user_id = $1", [account.userID]) == 50 * chatHold)
         #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'settled'") == Int64(Self.affordable))
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
         servers.forEach { $0.stop() }
         // Stopped, each server gave its leases back.
-        #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [account.userID]) == 0)
+        #expect(try await seed.int("SELECT reserved FROM token_balances WHERE user_id = $1", [account.userID]) == 0)
         #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 0)
     }
 
@@ -83,7 +83,7 @@ struct AuthorizeRaceTests {
         let doomed = try ServerProcess(databaseURL: db.url)
         // One hold; the rest of the balance sits in the doomed instance's lease.
         #expect(try await account.authorize(doomed, "before-kill") == 200)
-        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [account.userID]) == 10 * chatHold)
+        #expect(try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [account.userID]) == 10 * chatHold)
         await doomed.kill9()
 
         let survivor = try ServerProcess(databaseURL: db.url)
@@ -164,8 +164,8 @@ struct AuthorizeRaceTests {
             try await Task.sleep(for: .milliseconds(500))
         }
         #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 1)
-        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [account.userID]) == (try await seed.openHolds(user: account.userID)))
-        #expect(try await seed.int("SELECT reserved FROM tokens WHERE user_id = $1", [account.userID])
+        #expect(try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [account.userID]) == (try await seed.openHolds(user: account.userID)))
+        #expect(try await seed.int("SELECT reserved FROM token_balances WHERE user_id = $1", [account.userID])
                 == (try await seed.openHolds(user: account.userID, tokenOnly: true)))
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }

@@ -58,7 +58,7 @@ struct IngestFuzzHTTPTests {
         let rows = try await db.scalar("SELECT count(*) FROM request_logs")
         #expect(rows == Int64(tally.accepted))
         let charged = try await db.scalar("SELECT coalesce(sum(quota), 0)::bigint FROM request_logs")
-        let spent = try await db.scalar("SELECT sum($1::bigint - quota)::bigint FROM users WHERE username LIKE 'synthetic-%'", [Self.initialQuota])
+        let spent = try await db.scalar("SELECT sum($1::bigint - b.quota)::bigint FROM user_balances b JOIN users u ON u.id = b.id WHERE u.username LIKE 'synthetic-%'", [Self.initialQuota])
         #expect(spent == charged, "balances moved by \(spent), stored lines cost \(charged)")
         let storedRejected = try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id = ANY(string_to_array($1, E'\\n'))",
                                                  [tally.rejectedIDs.joined(separator: "\n")])

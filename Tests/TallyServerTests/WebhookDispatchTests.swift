@@ -207,7 +207,8 @@ struct WebhookDispatchTests {
                                          body: ByteBuffer(string: LogLines.ndjson(lines))) { response in
                     #expect(response.status == .ok)
                 }
-                let received = try await receiver.waitFor(1)
+                // The fold (every 100 ms) enqueues the event, the dispatcher then posts it: wait generously.
+                let received = try await receiver.waitFor(1, timeout: .seconds(30))
                 #expect(received.count == 1)
                 #expect(received.first?.headers["x-tally-event"] == "balance.low")
                 #expect(received.first?.signatureVerifies(secret: Self.secret) == true)

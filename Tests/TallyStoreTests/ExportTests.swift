@@ -180,7 +180,7 @@ struct ExportTests {
                 #expect(exported == statement.charges)
                 #expect(statement.totalCredits == statement.credits.reduce(0) { $0 + $1.amount })
             }
-            let balance = try await db.scalar("SELECT quota FROM users WHERE id = $1", [user])
+            let balance = try await db.scalar("SELECT quota FROM user_balances WHERE id = $1", [user])
             #expect(previousClosing == balance)
         }
         let september = try await repository.statement(userID: users[1], month: Self.september)

@@ -42,7 +42,7 @@ struct IngestRaceTests {
         #expect(result.duplicates == 1)
         #expect(result.chargedQuota == 3750)
         #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'race-%'") == 2)
-        #expect(try await db.scalar("SELECT used_quota FROM users WHERE id = $1", [userID]) == 3750)
+        #expect(try await db.scalar("SELECT used_quota FROM user_balances WHERE id = $1", [userID]) == 3750)
         #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id = 'race-fresh' AND batch_id = $1", [result.batchID]) == 1)
     }
 
@@ -90,6 +90,6 @@ struct IngestRaceTests {
                                                                                tid: TraceID.generate(), source: "test")
         #expect(result.accepted == 1)
         #expect(result.duplicates == 2)
-        #expect(try await db.scalar("SELECT used_quota FROM users WHERE id = $1", [userID]) == 100)
+        #expect(try await db.scalar("SELECT used_quota FROM user_balances WHERE id = $1", [userID]) == 100)
     }
 }

@@ -34,6 +34,7 @@ struct WebhookOutboxTests {
                               group: "default", kind: .chat, status: 200, isStream: false, durationMs: 10, ip: nil, tid: nil,
                               error: nil, usage: Usage(promptTokens: 1000, completionTokens: 500), quota: quota, priceVersionID: 1)
         _ = try await PostgresIngestRepository(pool: db.pool).store([line], rejects: [], totalLines: 1, tid: TraceID.generate(), source: "test")
+        try await db.fold()  // balance events are written by the fold that moves the balance
     }
 
     static func events(_ db: TestDatabase) async throws -> [(type: String, payload: [String: Any])] {
@@ -134,19 +135,21 @@ struct WebhookOutboxTests {
         #expect(events.first?.payload["tid"] as? String == admin.tid)
     }
 
-    @Test("a rolled-back change enqueues nothing: an ingest batch failing after its debit, a failing caller transaction")
+    @Test("a rolled-back change enqueues nothing: a fold failing after its debit and its enqueue, a failing caller transaction")
     func rollback() async throws {
         let (db, _) = try await Self.setUp("whrollback", quota: 600_000)
-        // Make the batch fail at its last step, after the debit and the enqueue.
+        // Make the fold fail at its last step, after the debit and the enqueue.
         try await db.pool.withConnection { connection in
             try connection.execute("""
-                CREATE FUNCTION fail_rollup() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected'; END $$;
-                CREATE TRIGGER fail_rollup BEFORE INSERT ON usage_daily FOR EACH ROW EXECUTE FUNCTION fail_rollup();
+                CREATE FUNCTION fail_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected'; END $$;
+                CREATE TRIGGER fail_enqueue AFTER INSERT ON webhook_outbox FOR EACH ROW EXECUTE FUNCTION fail_enqueue();
                 """)
         }
         await #expect(throws: PostgresError.self) { try await Self.charge(db, quota: 700_000) }
         #expect(try await db.scalar("SELECT count(*) FROM webhook_outbox") == 0)
         #expect(try await db.scalar("SELECT quota FROM users WHERE username = 'synthetic-1'") == 600_000)
+        #expect(try await db.scalar("SELECT count(*) FROM pending_charges") == 1, "the charge waits for the next fold")
+        try await db.pool.withConnection { try $0.execute("DROP TRIGGER fail_enqueue ON webhook_outbox") }
 
         struct Abort: Error {}
         final class Captured: Sendable { let id = Mutex<String?>(nil) }

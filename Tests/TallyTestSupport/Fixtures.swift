@@ -45,6 +45,12 @@ extension TestDatabase {
         try await SyntheticAccounts.seed(users: users, quota: quota, on: pool)
     }
 
+    /// Folds every pending charge into balances and rollups now (what the settler does in
+    /// ticks), for tests that read the folded columns themselves.
+    public func fold() async throws {
+        try await Settler(pool: pool).foldAll()
+    }
+
     /// A single integer from a query.
     public func scalar(_ sql: String, _ parameters: [any PostgresEncodable] = []) async throws -> Int64 {
         try await pool.withConnection { try $0.query(sql, parameters)[0].decodeOptional(0, as: Int64.self) ?? 0 }

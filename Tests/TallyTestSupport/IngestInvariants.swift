@@ -59,9 +59,9 @@ public enum IngestInvariants {
         let expected = try expectedCharges(acked.values)
         let actual = try await db.pool.withConnection { connection in
             try connection.query("""
-                SELECT u.username, u.quota, u.used_quota,
+                SELECT u.username, b.quota, b.used_quota,
                        coalesce((SELECT -sum(amount) FROM ledger l WHERE l.user_id = u.id AND l.kind = 'charge'), 0)
-                FROM users u WHERE u.username LIKE 'synthetic-%'
+                FROM users u JOIN user_balances b ON b.id = u.id WHERE u.username LIKE 'synthetic-%'
                 """).map { (try $0.decode(0, as: String.self), try $0.decode(1, as: Int64.self), try $0.decode(2, as: Int64.self), try $0.decode(3, as: Int64.self)) }
         }
         for (username, quota, used, charged) in actual {

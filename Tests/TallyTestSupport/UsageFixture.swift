@@ -52,9 +52,11 @@ public struct UsageFixture: Sendable {
         }
         lines.sort { $0.createdAt < $1.createdAt }
         let repository = PostgresIngestRepository(pool: db.pool)
-        for start in stride(from: 0, to: lines.count, by: batchSize) {
+        for (index, start) in stride(from: 0, to: lines.count, by: batchSize).enumerated() {
             let batch = Array(lines[start..<min(start + batchSize, lines.count)])
             _ = try await repository.store(batch, rejects: [], totalLines: batch.count, tid: TraceID.generate(), source: "test")
+            // Every other batch folded: readers see folded and pending charges side by side.
+            if index % 2 == 0 { try await db.fold() }
         }
         return UsageFixture(lines: lines, usernames: usernames,
                             tokenNames: Dictionary(uniqueKeysWithValues: tokens.map { ($0.id, $0.name) }))

@@ -128,6 +128,12 @@ public struct ExactDecimal: Sendable, Hashable, Comparable, CustomStringConverti
     public static func < (lhs: ExactDecimal, rhs: ExactDecimal) -> Bool {
         lhs.valueE12 < rhs.valueE12
     }
+
+    /// The exact sum; nil when it exceeds ``maxIntegerDigits`` digits before the point.
+    public func adding(_ other: ExactDecimal) -> ExactDecimal? {
+        let (sum, overflow) = valueE12.addingReportingOverflow(other.valueE12)
+        return overflow ? nil : ExactDecimal(mantissa: sum, scale: Self.maxFractionDigits)
+    }
 }
 
 extension ExactDecimal: Codable {

@@ -21,16 +21,16 @@ struct IngestController {
         case "litellm": format = .litellm
         case let other: throw APIError.invalidRequest("unknown format \"\(other.prefix(40))\"; use gateway or litellm")
         }
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: limits.maxBytes)
-        } catch {
-            throw APIError.payloadTooLarge("The batch is larger than \(limits.maxBytes) bytes.")
-        }
         let started = ContinuousClock.now
         let result: IngestResult
         do {
-            result = try await ingestor.ingest(Array(buffer: body), format: format, tid: context.tid, source: format == .gateway ? "http" : "litellm")
+            // Each chunk is split and parsed as it arrives; no copy of the body is kept.
+            var reader = ingestor.reader(format: format)
+            for try await chunk in request.body {
+                try chunk.withUnsafeReadableBytes { try reader.feed($0) }
+                if reader.wantsKeyLookup { try await reader.lookUpKeys() }
+            }
+            result = try await ingestor.store(reader, tid: context.tid, source: format == .gateway ? "http" : "litellm")
         } catch let error as BatchTooLarge {
             throw APIError.payloadTooLarge(error.description)
         } catch let error as BatchMalformed {

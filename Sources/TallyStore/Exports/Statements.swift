@@ -35,7 +35,7 @@ public struct Statement: Sendable, Equatable {
     public var totalCredits: Int64
     /// The month's charges from the ledger (positive).
     public var charges: Int64
-    /// The month's requests and their cost per model, from `usage_daily` (the exports' source).
+    /// The month's requests and their cost per model, from the usage rollups (the exports' source).
     public var chargesByModel: [ModelCharge]
     public var closingBalance: Int64
 
@@ -93,7 +93,7 @@ public struct StatementRepository: Sendable {
         """)
 
     static let models = PreparedStatement("statement_models", """
-        SELECT model, sum(requests)::bigint, sum(quota)::bigint FROM usage_daily
+        SELECT model, sum(requests)::bigint, sum(quota)::bigint FROM usage_rollups
         WHERE user_id = $1 AND day >= $2::date AND day < $3::date
         GROUP BY model ORDER BY model COLLATE "C"
         """)

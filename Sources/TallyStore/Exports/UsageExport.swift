@@ -162,7 +162,8 @@ public struct UsageExporter: Sendable {
     }
 }
 
-/// The SQL of a rollup export: totals of `usage_daily` (or, for `by=day` in another time zone,
+/// The SQL of a rollup export: totals of the usage rollups (`usage_daily` and what is pending
+/// for it, migration 0010) (or, for `by=day` in another time zone,
 /// of the month's request rows) grouped by the dimensions, joined to names, sorted.
 struct RollupQuery {
     let export: UsageExport
@@ -236,7 +237,7 @@ struct RollupQuery {
         let user = export.userID.map { " AND user_id = \($0)" } ?? ""
         let month = export.month
         guard let timeZone else {
-            return "SELECT * FROM usage_daily WHERE day >= DATE '\(month.firstDay)' AND day < DATE '\(month.adding(months: 1).firstDay)'\(user)"
+            return "SELECT * FROM usage_rollups WHERE day >= DATE '\(month.firstDay)' AND day < DATE '\(month.adding(months: 1).firstDay)'\(user)"
         }
         return """
             SELECT (created_at AT TIME ZONE \(timeZone))::date AS day, user_id, token_id, model, "group", kind,

@@ -410,9 +410,14 @@ enum NewAPIImportSQL {
             LEFT JOIN import_map mt ON mt.source = $1 AND mt.kind = 'token' AND mt.source_id = r.token_id
             LEFT JOIN import_map mc ON mc.source = $1 AND mc.kind = 'channel' AND mc.source_id = r.channel_id
             ORDER BY r.id
-            ON CONFLICT (request_id, created_at) DO NOTHING
+            ON CONFLICT (user_id, created_at, request_id) DO NOTHING
             RETURNING *)
         INSERT INTO ingest_new SELECT * FROM fresh
+        """
+
+    /// The batch's new rows, for its ledger and pending usage; emptied at every commit.
+    static let createFresh = """
+        CREATE TEMP TABLE IF NOT EXISTS ingest_new (LIKE request_logs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
         """
 
     /// A log keeps its group when Tally can hold the name; else (empty, "auto", or a name
@@ -425,6 +430,29 @@ enum NewAPIImportSQL {
         """
 
     static let freshTotals = "SELECT count(*), coalesce(sum(quota), 0)::bigint FROM ingest_new"
+
+    /// What the batch owes balances, per user × key, for the balance fold of migration 0010.
+    /// `$1` is the batch id.
+    static let appendPendingCharges = """
+        INSERT INTO pending_charges (user_id, token_id, batch_id, quota, requests, last_at, user_returned, token_returned)
+        SELECT user_id, token_id, $1, sum(quota), count(*), max(created_at), 0, 0
+        FROM ingest_new GROUP BY user_id, token_id ORDER BY user_id, token_id
+        """
+
+    /// What the batch owes the usage rollups, per user × key × UTC day × model × group × kind,
+    /// for the roll-up of migration 0010. `$1` is the batch id.
+    static let appendPendingUsage = """
+        INSERT INTO pending_usage (user_id, token_id, day, model, "group", kind, requests, failed_requests,
+            prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, audio_input_tokens,
+            audio_output_tokens, images, video_seconds, calls, predict_time, quota, batch_id)
+        SELECT user_id, token_id, (created_at AT TIME ZONE 'UTC')::date, model, "group", kind, count(*),
+            count(*) FILTER (WHERE status >= 400), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),
+            sum(cache_write_tokens), sum(audio_input_tokens), sum(audio_output_tokens), sum(images),
+            sum(video_seconds), sum(calls), sum(predict_time), sum(quota), $1
+        FROM ingest_new
+        GROUP BY user_id, token_id, 3, model, "group", kind
+        ORDER BY user_id, token_id, 3, model, "group", kind
+        """
 
     /// Charges per user, key and month, dated at the last request they cover, so monthly
     /// statements of the imported months hold their own charges.
@@ -445,8 +473,10 @@ enum NewAPIImportSQL {
 
     // MARK: Balances
 
-    static let lockImportedUsers = """
-        SELECT 1 FROM users WHERE id IN (SELECT m.tally_id FROM import_users s \(mapped("user"))) ORDER BY id FOR NO KEY UPDATE
+    /// Locks the imported accounts (in id order) and folds what they have pending, so their
+    /// balances below are the exact ones.
+    static let foldImportedUsers = """
+        SELECT tally_fold(ARRAY(SELECT m.tally_id FROM import_users s \(mapped("user"))), false)
         """
 
     /// One adjustment per account whose balance differs from new-api's. The first is the

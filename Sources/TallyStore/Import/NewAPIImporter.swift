@@ -332,26 +332,23 @@ public struct NewAPIImporter {
     /// Nothing new in a batch: its transaction is rolled back, leaving no trace.
     private struct NothingNew: Error {}
 
-    /// One batch in one transaction: new rows into `request_logs`, then users and keys debited,
-    /// ledger charges, `usage_daily` — the statements of the ingest pipeline.
+    /// One batch in one transaction, appended as ingest appends: new rows into `request_logs`,
+    /// ledger charges and pending usage, which the fold adds to balances and rollups.
     private func storeLogs(rows: Int) throws -> (eligible: Int, imported: Int, charged: Int64) {
         let name = options.source
         let eligible = try target.query(NewAPIImportSQL.eligibleLogs, [name])[0].decode(0, as: Int.self)
         do {
             return try target.transaction { target in
-                try target.execute(PostgresIngestRepository.createStaging)
-                let batchID = try target.query(PostgresIngestRepository.insertBatch, [tid, "import", rows, 0])[0].decode(0, as: Int64.self)
+                try target.execute(NewAPIImportSQL.createFresh)
+                let batchID = try target.query(PostgresIngestRepository.nextBatchID)[0].decode(0, as: Int64.self)
                 try target.query(NewAPIImportSQL.insertLogs, [name, batchID])
                 let totals = try target.query(NewAPIImportSQL.freshTotals)[0]
                 let imported = try totals.decode(0, as: Int.self)
                 guard imported > 0 else { throw NothingNew() }
-                try target.query(PostgresIngestRepository.lockUsers)
-                try target.query(PostgresIngestRepository.debitUsers)
-                try target.query(PostgresIngestRepository.lockTokens)
-                try target.query(PostgresIngestRepository.debitTokens)
                 try target.query(NewAPIImportSQL.appendLedger, [name, batchID, tid])
-                try target.query(PostgresIngestRepository.upsertUsageDaily)
-                try target.query(PostgresIngestRepository.finishBatch, [batchID, imported, rows - imported])
+                try target.query(NewAPIImportSQL.appendPendingCharges, [batchID])
+                try target.query(NewAPIImportSQL.appendPendingUsage, [batchID])
+                try target.query(PostgresIngestRepository.insertBatch, [batchID, tid, "import", rows, imported, rows - imported, 0])
                 return (eligible, imported, try totals.decode(1, as: Int64.self))
             }
         } catch is NothingNew {
@@ -367,7 +364,7 @@ public struct NewAPIImporter {
         progress("settling balances")
         let name = options.source
         let totals = try target.transaction { target in
-            try target.query(NewAPIImportSQL.lockImportedUsers, [name])
+            try target.query(NewAPIImportSQL.foldImportedUsers, [name])
             let amounts = try target.query(NewAPIImportSQL.adjustBalances, [name, tid]).map { try $0.decode(0, as: Int64.self) }
             try target.query(NewAPIImportSQL.setBalances, [name])
             let tokenQuotas = try target.query(NewAPIImportSQL.setTokenQuotas, [name]).affectedRows
@@ -379,6 +376,8 @@ public struct NewAPIImporter {
         summary.tokenQuotasSet = totals.1
         summary.sourceUsedQuota = totals.2
         summary.tallyUsedQuota = totals.3
+        // The imported usage, rolled up now rather than at the next settler's roll-up.
+        try target.query(Settler.rollUpShards, [Settler.defaultShards, true])
         if summary.changed { try recordAudit(summary) }
     }
 

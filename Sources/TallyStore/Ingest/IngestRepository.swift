@@ -9,11 +9,12 @@ public protocol IngestRepository: Sendable {
     func store(_ lines: [PricedLine], rejects: [RejectedLine], totalLines: Int, tid: String, source: String) async throws -> IngestResult
 }
 
-/// The batch pipeline of DESIGN §4 in one transaction:
-/// COPY into a per-connection staging table → insert new rows into `request_logs`
-/// (`ON CONFLICT DO NOTHING`, the new rows kept) → settle holds (their reservations returned)
-/// → debit users and tokens
-/// (rows locked in id order, so concurrent batches cannot deadlock) → ledger → `usage_daily`.
+/// The append half of DESIGN §4's pipeline, in one transaction per batch: new rows into
+/// `request_logs` (exactly once per user × request id × time), the holds they settle closed,
+/// the batch's ledger charges and what it owes balances and rollups (`pending_charges`,
+/// `pending_usage`) — and
+/// no account row touched, so concurrent batches never wait for each other on a hot account.
+/// The settler folds what is pending into balances and rollups (``Settler``, migration 0010).
 public struct PostgresIngestRepository: IngestRepository {
     let pool: PostgresPool
     private let partitions: PartitionCache
@@ -26,80 +27,119 @@ public struct PostgresIngestRepository: IngestRepository {
     public func store(_ lines: [PricedLine], rejects: [RejectedLine], totalLines: Int, tid: String, source: String) async throws -> IngestResult {
         try await ensurePartitions(for: lines)
         return try await pool.transaction { connection in
-            let batchID = try connection.query(Self.insertBatch, [tid, source, totalLines, rejects.count])[0].decode(0, as: Int64.self)
-            var accepted = 0
-            var charged: Int64 = 0
-            var providerRateLimited = 0
-            if !lines.isEmpty {
-                try connection.execute(Self.createStaging)
-                let (fresh, rows) = try Self.insertNew(lines, batchID: batchID, on: connection)
-                accepted = fresh.count
-                charged = fresh.reduce(0) { $0 + $1.quota }
-                providerRateLimited = fresh.count { $0.error?.contains(CatalogEntry.providerRateLimited.rawValue) == true }
-                if !fresh.isEmpty {
-                    try connection.copyIn("COPY ingest_new (\(Self.stagingColumns)) FROM STDIN") { try $0.write(rows) }
-                    try connection.query(Self.settleHolds)
-                    // Ledger and rollups first: they need no account lock, and every moment an
-                    // account row stays locked, authorize batches for it wait.
-                    try connection.query(Self.appendLedger, [batchID, tid])
-                    try connection.query(Self.upsertUsageDaily)
-                    try connection.query(Self.lockUsers)
-                    try connection.query(Self.debitUsers)
-                    try connection.query(Self.unreserveUsers)
-                    try connection.query(Self.lockTokens)
-                    try connection.query(Self.debitTokens)
-                    try connection.query(Self.unreserveTokens)
-                    try connection.query(Self.notifyOverdrawn)
-                    try connection.query(WebhookOutbox.enqueueBalanceCrossings, [batchID, tid])
-                }
-            }
+            let batchID = try connection.query(Self.nextBatchID)[0].decode(0, as: Int64.self)
+            // The new lines, by their index in `lines` (a batch is held once, not copied).
+            let fresh = lines.isEmpty ? [] : try Self.insertNew(lines, batchID: batchID, on: connection)
+            if !fresh.isEmpty { try Self.appendCharges(of: fresh.lazy.map { lines[$0] }, batchID: batchID, tid: tid, on: connection) }
             if !rejects.isEmpty { try Self.storeRejects(rejects, tid: tid, on: connection) }
-            try connection.query(Self.finishBatch, [batchID, accepted, lines.count - accepted])
-            return IngestResult(batchID: batchID, accepted: accepted, duplicates: lines.count - accepted,
-                                rejected: rejects, chargedQuota: charged, providerRateLimited: providerRateLimited)
+            try connection.query(Self.insertBatch, [batchID, tid, source, totalLines, fresh.count,
+                                                    lines.count - fresh.count, rejects.count])
+            return IngestResult(batchID: batchID, accepted: fresh.count, duplicates: lines.count - fresh.count,
+                                rejected: rejects, chargedQuota: fresh.reduce(0) { $0 + lines[$1].quota },
+                                providerRateLimited: fresh.count {
+                                    lines[$0].error?.contains(CatalogEntry.providerRateLimited.rawValue) == true
+                                })
         }
     }
 
-    /// Inserts the lines whose (request_id, created_at) is not stored yet; returns them and
-    /// their COPY rows.
+    /// Inserts the lines whose (user, request id, time) is not stored yet; returns their indices.
     ///
     /// Optimistic: most batches hold only new ids, so the rows are COPYed straight into
     /// `request_logs` (each written once, like a raw COPY). When any id is already stored (a
     /// resent batch, or a concurrent batch that won a race) the COPY fails with a unique
     /// violation; the savepoint undoes it and the rows go through the staging table with
     /// `ON CONFLICT DO NOTHING`, which keeps exactly the new ones.
-    static func insertNew(_ lines: [PricedLine], batchID: Int64, on connection: PostgresConnection) throws -> ([PricedLine], [UInt8]) {
+    static func insertNew(_ lines: [PricedLine], batchID: Int64, on connection: PostgresConnection) throws -> [Int] {
         var seen = Set<LineKey>(minimumCapacity: lines.count)
-        // Inserted in one global order (request id, then time): concurrent batches holding the
-        // same ids (a resend through another instance) then wait for each other on the first
-        // shared id instead of each holding one the other waits for (a deadlock).
-        let candidates = lines.filter { seen.insert(LineKey($0)).inserted }
-            .sorted { $0.requestID != $1.requestID ? $0.requestID < $1.requestID : $0.createdAt < $1.createdAt }
-        let rows = copyRows(candidates, batchID: batchID)
+        // Inserted in one global order (request id, then account and time): concurrent batches
+        // holding the same ids (a resend through another instance) then wait for each other on
+        // the first shared id instead of each holding one the other waits for (a deadlock).
+        var candidates = lines.indices.filter { seen.insert(LineKey(lines[$0])).inserted }
+        candidates.sort {
+            (lines[$0].requestID, lines[$0].userID, lines[$0].createdAt) < (lines[$1].requestID, lines[$1].userID, lines[$1].createdAt)
+        }
         try connection.execute("SAVEPOINT ingest_fast_path")
         do {
-            try connection.copyIn("COPY request_logs (\(stagingColumns)) FROM STDIN") { try $0.write(rows) }
+            try copyRows(candidates.lazy.map { lines[$0] }, batchID: batchID, into: "request_logs", on: connection)
             try connection.execute("RELEASE SAVEPOINT ingest_fast_path")
-            return (candidates, rows)
+            return candidates
         } catch let error as PostgresError where error.isUniqueViolation {
             try connection.execute("ROLLBACK TO SAVEPOINT ingest_fast_path")
         }
-        try connection.copyIn("COPY ingest_staging (\(stagingColumns)) FROM STDIN") { try $0.write(rows) }
-        let inserted = Set(try connection.query(insertFromStaging).map { LineKey(requestID: try $0.decode(0), micros: try $0.decode(1)) })
-        let kept = candidates.filter { inserted.contains(LineKey($0)) }
-        return (kept, copyRows(kept, batchID: batchID))
+        try connection.execute(createStaging)
+        try copyRows(candidates.lazy.map { lines[$0] }, batchID: batchID, into: "ingest_staging", on: connection)
+        let inserted = Set(try connection.query(insertFromStaging).map {
+            LineKey(userID: try $0.decode(0), requestID: try $0.decode(1), micros: try $0.decode(2))
+        })
+        return candidates.filter { inserted.contains(LineKey(lines[$0])) }
     }
 
-    static func copyRows(_ lines: [PricedLine], batchID: Int64) -> [UInt8] {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(lines.count * 360)
-        var row = CopyRow()
-        for line in lines {
-            row.reset()
-            appendCopyRow(line, batchID: batchID, to: &row)
-            bytes.append(contentsOf: row.bytes)
+    /// Streams the lines as COPY rows (`stagingColumns` order) into `table`.
+    static func copyRows(_ lines: some Sequence<PricedLine>, batchID: Int64, into table: String,
+                         on connection: PostgresConnection) throws {
+        try connection.copyIn("COPY \(table) (\(stagingColumns)) FROM STDIN") { writer in
+            var row = CopyRow()
+            for line in lines {
+                row.reset()
+                appendCopyRow(line, batchID: batchID, to: &row)
+                try writer.write(row.bytes)
+            }
         }
-        return bytes
+    }
+
+    /// What the new lines owe, appended: the open holds they settle (closed now, their
+    /// reservations queued in `pending_charges`), one ledger charge per user × token × month,
+    /// the pending charges the balance fold applies and the pending usage the roll-up adds.
+    static func appendCharges(of lines: some Collection<PricedLine>, batchID: Int64, tid: String,
+                              on connection: PostgresConnection) throws {
+        // Most deployments settle a hold per line; a database without open holds skips the
+        // lookup. (A hold journaled after this check is as one journaled after the update: it
+        // stays open and expires.)
+        if try connection.query(anyOpenHold)[0].decode(0, as: Bool.self) {
+            try connection.query(settleHolds, [batchID, PostgresArray.integers(lines.map(\.userID)),
+                                               PostgresArray.text(lines.map(\.requestID))])
+        }
+        let charges = BatchCharges(lines)
+        try connection.copyIn("COPY ledger (user_id, token_id, kind, amount, requests, batch_id, tid, usage_month) FROM STDIN") { writer in
+            var row = CopyRow()
+            for (key, charge) in charges.ledgerCharges {
+                row.reset()
+                row.append(key.userID)
+                row.append(key.tokenID)
+                row.append("charge")
+                row.append(-charge.quota)
+                row.append(charge.requests)
+                row.append(batchID)
+                row.append(tid)
+                row.append(key.month.description)
+                row.endRow()
+                try writer.write(row.bytes)
+            }
+        }
+        try connection.copyIn("COPY pending_charges (user_id, token_id, batch_id, quota, requests, last_at, user_returned, token_returned) FROM STDIN") { writer in
+            var row = CopyRow()
+            for (key, charge) in charges.pendingCharges {
+                row.reset()
+                row.append(key.userID)
+                row.append(key.tokenID)
+                row.append(batchID)
+                row.append(charge.quota)
+                row.append(charge.requests)
+                row.append(charge.lastAt)
+                row.append(Int64(0))
+                row.append(Int64(0))
+                row.endRow()
+                try writer.write(row.bytes)
+            }
+        }
+        try connection.copyIn("COPY pending_usage (\(pendingColumns)) FROM STDIN") { writer in
+            var row = CopyRow()
+            for (key, totals) in charges.pendingUsage {
+                row.reset()
+                appendPendingRow(key, totals, batchID: batchID, to: &row)
+                try writer.write(row.bytes)
+            }
+        }
     }
 
     /// Creates the month partitions a batch needs (outside the batch transaction: DDL takes a
@@ -118,13 +158,14 @@ public struct PostgresIngestRepository: IngestRepository {
 
     // MARK: SQL
 
-    static let insertBatch = PreparedStatement("ingest_insert_batch", """
-        INSERT INTO ingest_batches (tid, source, lines, accepted, duplicates, rejected)
-        VALUES ($1, $2, $3, 0, 0, $4) RETURNING id
-        """)
+    static let nextBatchID = PreparedStatement("ingest_next_batch_id",
+        "SELECT nextval(pg_get_serial_sequence('ingest_batches', 'id'))")
 
-    static let finishBatch = PreparedStatement("ingest_finish_batch",
-        "UPDATE ingest_batches SET accepted = $2, duplicates = $3 WHERE id = $1")
+    /// Written last, with its counts, in the batch's transaction.
+    static let insertBatch = PreparedStatement("ingest_insert_batch", """
+        INSERT INTO ingest_batches (id, tid, source, lines, accepted, duplicates, rejected)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        """)
 
     /// Column order of `ingest_staging`, matched by `appendCopyRow`.
     static let stagingColumns = """
@@ -134,121 +175,42 @@ public struct PostgresIngestRepository: IngestRepository {
         predict_time, quota, price_version_id, batch_id
         """
 
-    /// Per-connection temporary tables, emptied at every commit.
+    /// Column order of `pending_usage` rows, matched by `appendPendingRow`.
+    static let pendingColumns = """
+        user_id, token_id, day, model, "group", kind, requests, failed_requests, prompt_tokens, completion_tokens,
+        cached_tokens, cache_write_tokens, audio_input_tokens, audio_output_tokens, images, video_seconds, calls,
+        predict_time, quota, batch_id
+        """
+
+    /// The slow path's per-connection table, emptied at every commit.
     static let createStaging = """
-        CREATE TEMP TABLE IF NOT EXISTS ingest_staging
-            (LIKE request_logs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-        CREATE TEMP TABLE IF NOT EXISTS ingest_new
-            (LIKE request_logs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-        CREATE TEMP TABLE IF NOT EXISTS ingest_settled
-            (user_id bigint, token_id bigint, amount bigint, token_reserved boolean) ON COMMIT DELETE ROWS;
+        CREATE TEMP TABLE IF NOT EXISTS ingest_staging (LIKE request_logs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
         """
 
     /// The slow path: insert only what is not stored yet.
     static let insertFromStaging = PreparedStatement("ingest_insert_from_staging", """
         INSERT INTO request_logs (\(stagingColumns))
         SELECT \(stagingColumns) FROM ingest_staging
-        ON CONFLICT (request_id, created_at) DO NOTHING
-        RETURNING request_id, (extract(epoch FROM created_at) * 1000000)::bigint
+        ON CONFLICT (user_id, created_at, request_id) DO NOTHING
+        RETURNING user_id, request_id, (extract(epoch FROM created_at) * 1000000)::bigint
         """)
 
-    /// A stored line settles the open hold of its request id: the line's real cost is debited
-    /// like any other line's, and the hold's reservation is returned (`unreserveUsers`/`Tokens`).
+    static let anyOpenHold = PreparedStatement("ingest_any_open_hold",
+        "SELECT EXISTS (SELECT 1 FROM holds WHERE status = 'held')")
+
+    /// A stored line settles the open hold of its account and request id: the line's real
+    /// cost is charged like any other line's, and the hold's reservation goes back to the
+    /// account (and to a limited key) when the fold applies its `pending_charges` row.
+    /// $1 batch id, $2 user ids, $3 request ids (one per line).
     static let settleHolds = PreparedStatement("ingest_settle_holds", """
         WITH settled AS (
             UPDATE holds h SET status = 'settled', closed_at = now()
-            FROM ingest_new n WHERE h.request_id = n.request_id AND h.status = 'held'
+            FROM unnest($2::bigint[], $3::text[]) AS n(user_id, request_id)
+            WHERE h.request_id = n.request_id AND h.user_id = n.user_id AND h.status = 'held'
             RETURNING h.user_id, h.token_id, h.amount, h.token_reserved)
-        INSERT INTO ingest_settled SELECT * FROM settled
-        """)
-
-    static let lockUsers = PreparedStatement("ingest_lock_users", """
-        SELECT 1 FROM users WHERE id IN (SELECT user_id FROM ingest_new UNION SELECT user_id FROM ingest_settled)
-        ORDER BY id FOR NO KEY UPDATE
-        """)
-
-    static let unreserveUsers = PreparedStatement("ingest_unreserve_users", """
-        UPDATE users u SET reserved = u.reserved - s.amount
-        FROM (SELECT user_id, sum(amount) AS amount FROM ingest_settled GROUP BY user_id) s
-        WHERE u.id = s.user_id
-        """)
-
-    static let unreserveTokens = PreparedStatement("ingest_unreserve_tokens", """
-        UPDATE tokens k SET reserved = k.reserved - s.amount
-        FROM (SELECT token_id, sum(amount) AS amount FROM ingest_settled WHERE token_reserved GROUP BY token_id) s
-        WHERE k.id = s.token_id
-        """)
-
-    /// Accounts a settlement left with less than they have reserved (an overrun): every
-    /// instance gives back its leases of them (`overdrawn:user:<id>`, `overdrawn:token:<id>`
-    /// on tally_changes, sent at commit), so nothing more is cut from them until a top-up.
-    static let notifyOverdrawn = PreparedStatement("ingest_notify_overdrawn", """
-        SELECT pg_notify('tally_changes', 'overdrawn:user:' || u.id) FROM users u
-        WHERE u.id IN (SELECT user_id FROM ingest_new) AND u.quota < u.reserved
-        UNION ALL
-        SELECT pg_notify('tally_changes', 'overdrawn:token:' || k.id) FROM tokens k
-        WHERE k.id IN (SELECT token_id FROM ingest_new) AND NOT k.unlimited_quota AND k.remain_quota < k.reserved
-        """)
-
-    static let debitUsers = PreparedStatement("ingest_debit_users", """
-        UPDATE users u SET quota = u.quota - t.quota, used_quota = u.used_quota + t.quota,
-                           request_count = u.request_count + t.requests, updated_at = now()
-        FROM (SELECT user_id, sum(quota) AS quota, count(*) AS requests FROM ingest_new GROUP BY user_id) t
-        WHERE u.id = t.user_id
-        """)
-
-    static let lockTokens = PreparedStatement("ingest_lock_tokens", """
-        SELECT 1 FROM tokens
-        WHERE id IN (SELECT token_id FROM ingest_new UNION SELECT token_id FROM ingest_settled WHERE token_reserved)
-        ORDER BY id FOR NO KEY UPDATE
-        """)
-
-    /// Unlimited tokens keep their remain_quota; every token counts its use.
-    static let debitTokens = PreparedStatement("ingest_debit_tokens", """
-        UPDATE tokens k SET remain_quota = k.remain_quota - CASE WHEN k.unlimited_quota THEN 0 ELSE t.quota END,
-                            used_quota = k.used_quota + t.quota, request_count = k.request_count + t.requests,
-                            accessed_at = greatest(k.accessed_at, t.last_at)
-        FROM (SELECT token_id, sum(quota) AS quota, count(*) AS requests, max(created_at) AS last_at
-              FROM ingest_new GROUP BY token_id) t
-        WHERE k.id = t.token_id
-        """)
-
-    /// One charge row per (batch, user, token, UTC month of the requests' created_at), so each
-    /// counts in the month of its requests (docs/exports.md); request_logs.batch_id leads back to it.
-    static let appendLedger = PreparedStatement("ingest_append_ledger", """
-        INSERT INTO ledger (user_id, token_id, kind, amount, requests, batch_id, tid, usage_month)
-        SELECT user_id, token_id, 'charge', -sum(quota), count(*), $1, $2,
-               date_trunc('month', created_at AT TIME ZONE 'UTC')::date
-        FROM ingest_new GROUP BY user_id, token_id, 8 HAVING sum(quota) <> 0
-        ORDER BY user_id, token_id, 8
-        """)
-
-    /// Rows are upserted in key order so concurrent batches lock shared rows in the same order.
-    static let upsertUsageDaily = PreparedStatement("ingest_upsert_usage_daily", """
-        INSERT INTO usage_daily AS d (day, user_id, token_id, model, "group", kind, requests, failed_requests,
-            prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, audio_input_tokens,
-            audio_output_tokens, images, video_seconds, calls, predict_time, quota)
-        SELECT (created_at AT TIME ZONE 'UTC')::date AS day, user_id, token_id, model, "group", kind, count(*),
-            count(*) FILTER (WHERE status >= 400), sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),
-            sum(cache_write_tokens), sum(audio_input_tokens), sum(audio_output_tokens), sum(images),
-            sum(video_seconds), sum(calls), sum(predict_time), sum(quota)
-        FROM ingest_new
-        GROUP BY 1, user_id, token_id, model, "group", kind
-        ORDER BY 1, user_id, token_id, model, "group", kind
-        ON CONFLICT (day, user_id, token_id, model, "group", kind) DO UPDATE SET
-            requests = d.requests + EXCLUDED.requests,
-            failed_requests = d.failed_requests + EXCLUDED.failed_requests,
-            prompt_tokens = d.prompt_tokens + EXCLUDED.prompt_tokens,
-            completion_tokens = d.completion_tokens + EXCLUDED.completion_tokens,
-            cached_tokens = d.cached_tokens + EXCLUDED.cached_tokens,
-            cache_write_tokens = d.cache_write_tokens + EXCLUDED.cache_write_tokens,
-            audio_input_tokens = d.audio_input_tokens + EXCLUDED.audio_input_tokens,
-            audio_output_tokens = d.audio_output_tokens + EXCLUDED.audio_output_tokens,
-            images = d.images + EXCLUDED.images,
-            video_seconds = d.video_seconds + EXCLUDED.video_seconds,
-            calls = d.calls + EXCLUDED.calls,
-            predict_time = d.predict_time + EXCLUDED.predict_time,
-            quota = d.quota + EXCLUDED.quota
+        INSERT INTO pending_charges (user_id, token_id, batch_id, quota, requests, user_returned, token_returned)
+        SELECT user_id, token_id, $1, 0, 0, sum(amount), coalesce(sum(amount) FILTER (WHERE token_reserved), 0)
+        FROM settled GROUP BY user_id, token_id ORDER BY user_id, token_id
         """)
 
     static func storeRejects(_ rejects: [RejectedLine], tid: String, on connection: PostgresConnection) throws {
@@ -303,19 +265,48 @@ public struct PostgresIngestRepository: IngestRepository {
         row.append(batchID)
         row.endRow()
     }
+
+    /// One `pending_usage` row in `pendingColumns` order.
+    static func appendPendingRow(_ key: BatchCharges.UsageKey, _ totals: BatchCharges.UsageTotals, batchID: Int64,
+                                 to row: inout CopyRow) {
+        row.append(key.userID)
+        row.append(key.tokenID)
+        row.append(key.day.description)
+        row.append(key.model)
+        row.append(key.group)
+        row.append(key.kind)
+        row.append(totals.requests)
+        row.append(totals.failedRequests)
+        row.append(totals.promptTokens)
+        row.append(totals.completionTokens)
+        row.append(totals.cachedTokens)
+        row.append(totals.cacheWriteTokens)
+        row.append(totals.audioInputTokens)
+        row.append(totals.audioOutputTokens)
+        row.append(totals.images)
+        row.append(totals.videoSeconds.description)
+        row.append(totals.calls)
+        row.append(totals.predictTime.description)
+        row.append(totals.quota)
+        row.append(batchID)
+        row.endRow()
+    }
 }
 
-/// A stored row's identity: its request id and `created_at` in microseconds.
+/// A stored row's identity: its account, request id and `created_at` in microseconds.
 struct LineKey: Hashable {
+    let userID: Int64
     let requestID: String
     let micros: Int64
 
-    init(requestID: String, micros: Int64) {
+    init(userID: Int64, requestID: String, micros: Int64) {
+        self.userID = userID
         self.requestID = requestID
         self.micros = micros
     }
 
     init(_ line: PricedLine) {
+        userID = line.userID
         requestID = line.requestID
         micros = Int64((line.createdAt.timeIntervalSince1970 * 1_000_000).rounded())
     }

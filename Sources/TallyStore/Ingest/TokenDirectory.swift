@@ -72,6 +72,16 @@ public final class TokenDirectory: Sendable {
         return (byHash, byID)
     }
 
+    /// The owner of a key by hash, when it was resolved less than `ttl` ago.
+    public func cached(hash: SecretHash, now: Date = Date()) -> TokenIdentity? {
+        cache.withLock { cache in cache.byHash[hash].flatMap { now.timeIntervalSince($0.1) < ttl ? $0.0 : nil } }
+    }
+
+    /// The owner of a token id, when it was resolved less than `ttl` ago.
+    public func cached(tokenID: Int64, now: Date = Date()) -> TokenIdentity? {
+        cache.withLock { cache in cache.byID[tokenID].flatMap { now.timeIntervalSince($0.1) < ttl ? $0.0 : nil } }
+    }
+
     /// Forgets everything (after an admin changes a token or user group).
     public func invalidateAll() {
         cache.withLock { $0 = Cache() }

@@ -1,0 +1,30 @@
+import Foundation
+
+/// A UTC calendar day as a day number (days since 1970-01-01), with the civil-date arithmetic
+/// done in integers: rollups and ledger months are keyed per line, and `Calendar` costs
+/// microseconds a call.
+public struct UTCDay: Hashable, Comparable, Sendable, CustomStringConvertible {
+    /// Days since 1970-01-01 (negative before).
+    public let number: Int
+
+    public init(number: Int) { self.number = number }
+
+    /// The UTC day of an instant.
+    public init(_ date: Date) {
+        number = Int((date.timeIntervalSince1970 / 86_400).rounded(.down))
+    }
+
+    /// Year, month (1…12) and day (1…31).
+    public var civil: (year: Int, month: Int, day: Int) { RFC3339Time.civilFromDays(number) }
+
+    /// The first day of this day's month.
+    public var monthStart: UTCDay { UTCDay(number: number - civil.day + 1) }
+
+    /// `YYYY-MM-DD`, as PostgreSQL reads a `date`.
+    public var description: String {
+        let (year, month, day) = civil
+        return String(format: "%04d-%02d-%02d", year, month, day)
+    }
+
+    public static func < (lhs: UTCDay, rhs: UTCDay) -> Bool { lhs.number < rhs.number }
+}

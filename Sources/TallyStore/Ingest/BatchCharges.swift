@@ -1,0 +1,119 @@
+import Foundation
+import TallyCore
+
+/// What a batch's newly stored lines owe, summed the way the batch's transaction appends it
+/// (docs/ingest.md): one ledger charge per user × token × UTC month of the requests, one pending
+/// charge per user × token (what the balance fold applies), and one pending usage row per user
+/// × token × UTC day × model × group × kind (the grain of `usage_daily`, which the roll-up adds
+/// it to).
+struct BatchCharges {
+    struct ChargeKey: Hashable, Comparable {
+        let userID: Int64
+        let tokenID: Int64
+        let month: UTCDay
+
+        static func < (lhs: ChargeKey, rhs: ChargeKey) -> Bool {
+            (lhs.userID, lhs.tokenID, lhs.month) < (rhs.userID, rhs.tokenID, rhs.month)
+        }
+    }
+
+    struct Charge: Equatable {
+        var quota: Int64 = 0
+        var requests: Int64 = 0
+        /// The latest `created_at` (the key's `accessed_at`).
+        var lastAt = Date.distantPast
+
+        mutating func add(_ line: PricedLine) {
+            quota += line.quota
+            requests += 1
+            lastAt = max(lastAt, line.createdAt)
+        }
+    }
+
+    struct AccountKey: Hashable, Comparable {
+        let userID: Int64
+        let tokenID: Int64
+
+        static func < (lhs: AccountKey, rhs: AccountKey) -> Bool { (lhs.userID, lhs.tokenID) < (rhs.userID, rhs.tokenID) }
+    }
+
+    struct UsageKey: Hashable, Comparable {
+        let userID: Int64
+        let tokenID: Int64
+        let day: UTCDay
+        let model: String
+        let group: String
+        let kind: String
+
+        static func < (lhs: UsageKey, rhs: UsageKey) -> Bool {
+            (lhs.userID, lhs.tokenID, lhs.day, lhs.model, lhs.group, lhs.kind)
+                < (rhs.userID, rhs.tokenID, rhs.day, rhs.model, rhs.group, rhs.kind)
+        }
+    }
+
+    /// The `usage_daily` measures of a group of lines.
+    struct UsageTotals: Equatable {
+        var requests: Int64 = 0
+        var failedRequests: Int64 = 0
+        var promptTokens: Int64 = 0
+        var completionTokens: Int64 = 0
+        var cachedTokens: Int64 = 0
+        var cacheWriteTokens: Int64 = 0
+        var audioInputTokens: Int64 = 0
+        var audioOutputTokens: Int64 = 0
+        var images: Int64 = 0
+        var videoSeconds = ExactDecimal.zero
+        var calls: Int64 = 0
+        var predictTime = ExactDecimal.zero
+        var quota: Int64 = 0
+
+        /// Adds one line. Batches are bounded (50,000 lines, each within `IngestLimits`), so no
+        /// sum can leave `Int64` or the decimals' range.
+        mutating func add(_ line: PricedLine) {
+            let usage = line.usage
+            requests += 1
+            failedRequests += line.status >= 400 ? 1 : 0
+            promptTokens += usage.promptTokens
+            completionTokens += usage.completionTokens
+            cachedTokens += usage.cachedTokens
+            cacheWriteTokens += usage.cacheWriteTokens
+            audioInputTokens += usage.audioInputTokens
+            audioOutputTokens += usage.audioOutputTokens
+            images += usage.images
+            if !usage.videoSeconds.isZero { videoSeconds = videoSeconds.adding(usage.videoSeconds)! }
+            calls += usage.calls
+            if !usage.predictTime.isZero { predictTime = predictTime.adding(usage.predictTime)! }
+            quota += line.quota
+        }
+    }
+
+    private(set) var charges: [ChargeKey: Charge] = [:]
+    private(set) var accounts: [AccountKey: Charge] = [:]
+    private(set) var usage: [UsageKey: UsageTotals] = [:]
+
+    init(_ lines: some Sequence<PricedLine>) {
+        for line in lines {
+            let day = UTCDay(line.createdAt)
+            charges[ChargeKey(userID: line.userID, tokenID: line.tokenID, month: day.monthStart), default: Charge()]
+                .add(line)
+            accounts[AccountKey(userID: line.userID, tokenID: line.tokenID), default: Charge()].add(line)
+            usage[UsageKey(userID: line.userID, tokenID: line.tokenID, day: day, model: line.model, group: line.group,
+                           kind: line.kind.rawValue), default: UsageTotals()].add(line)
+        }
+    }
+
+    /// Ledger charges in key order; a group that costs nothing writes no ledger row.
+    var ledgerCharges: [(key: ChargeKey, charge: Charge)] {
+        charges.filter { $0.value.quota != 0 }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    }
+
+    /// Pending charges per account, in key order.
+    var pendingCharges: [(key: AccountKey, charge: Charge)] {
+        accounts.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    }
+
+    /// Pending usage rows in key order (each account's rows together).
+    var pendingUsage: [(key: UsageKey, totals: UsageTotals)] {
+        usage.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    }
+}

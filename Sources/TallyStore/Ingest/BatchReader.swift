@@ -1,0 +1,121 @@
+import Foundation
+import TallyCore
+
+/// One batch body read as it arrives: every complete line is parsed at once and, when its key
+/// is in the ``TokenDirectory`` cache, validated and rated too, so the body is never held;
+/// a line whose key is not cached waits (with its text, in case it is rejected) until enough
+/// such lines gather for one lookup. What is kept is the priced lines and the rejects.
+public struct BatchReader {
+    /// Lines waiting for their key's owner are looked up together once this many gathered.
+    static let lookupBatch = 1_000
+
+    let ingestor: Ingestor
+    let format: IngestFormat
+    let book: PriceBook
+    let now: Date
+    private var splitter = LineSplitter()
+    private var bytes = 0
+    private var lines = 0
+    private var priced: [PricedLine] = []
+    private var rejects: [RejectedLine] = []
+    private var waiting: [(number: Int, line: LogLine, text: [UInt8])] = []
+
+    init(ingestor: Ingestor, format: IngestFormat, book: PriceBook, now: Date) {
+        self.ingestor = ingestor
+        self.format = format
+        self.book = book
+        self.now = now
+    }
+
+    /// Reads the next chunk of the body. Throws ``BatchTooLarge`` past the byte or line limit
+    /// and ``BatchMalformed`` for a body that is neither NDJSON nor a JSON array.
+    public mutating func feed(_ chunk: UnsafeRawBufferPointer) throws {
+        bytes += chunk.count
+        guard bytes <= ingestor.limits.maxBytes else {
+            throw BatchTooLarge(description: "The batch is larger than \(ingestor.limits.maxBytes) bytes.")
+        }
+        var splitter = self.splitter
+        defer { self.splitter = splitter }
+        try splitter.feed(chunk.assumingMemoryBound(to: UInt8.self)) { try read(line: $1, number: $0) }
+    }
+
+    /// True when enough lines wait for a key lookup: call ``lookUpKeys()`` before feeding more.
+    public var wantsKeyLookup: Bool { waiting.count >= Self.lookupBatch }
+
+    /// Resolves the owners of the waiting lines' keys in one query, and prices those lines.
+    public mutating func lookUpKeys() async throws {
+        guard !waiting.isEmpty else { return }
+        var hashes: Set<SecretHash> = [], ids: Set<Int64> = []
+        for (_, line, _) in waiting {
+            if let hash = Ingestor.keyHash(of: line) { hashes.insert(hash) } else if let id = line.tokenID { ids.insert(id) }
+        }
+        let owners = try await ingestor.tokens.resolve(hashes: hashes, tokenIDs: ids)
+        for (number, line, text) in waiting {
+            let identity = Ingestor.keyHash(of: line).map { owners.byHash[$0] } ?? line.tokenID.flatMap { owners.byID[$0] }
+            price(line, identity: identity, number: number, text: text)
+        }
+        waiting.removeAll()
+    }
+
+    /// Feeds a whole chunk held in memory, looking keys up as needed.
+    public mutating func consume(_ chunk: [UInt8]) async throws {
+        try chunk.withUnsafeBytes { try feed($0) }
+        if wantsKeyLookup { try await lookUpKeys() }
+    }
+
+    /// Ends the body: the priced lines, the rejects (in line order) and the number of lines.
+    mutating func finish() async throws -> (priced: [PricedLine], rejects: [RejectedLine], lines: Int) {
+        var splitter = self.splitter
+        defer { self.splitter = splitter }
+        try splitter.finish { try read(line: $1, number: $0) }
+        try await lookUpKeys()
+        rejects.sort { $0.line < $1.line }
+        return (priced, rejects, lines)
+    }
+
+    private mutating func read(line bytes: UnsafeBufferPointer<UInt8>, number: Int) throws {
+        lines += 1
+        guard lines <= ingestor.limits.maxLines else {
+            throw BatchTooLarge(description: "The batch has more than \(ingestor.limits.maxLines) lines.")
+        }
+        let line: LogLine
+        do throws(IngestRejection) {
+            line = try format == .gateway ? LogLine.parse(bytes) : LogLine.parseLiteLLM(bytes)
+        } catch {
+            rejects.append(Self.reject(number, bytes, requestID: error.requestID, error))
+            return
+        }
+        if let hash = Ingestor.keyHash(of: line) {
+            guard let owner = ingestor.tokens.cached(hash: hash, now: now) else {
+                return waiting.append((number, line, Array(bytes)))
+            }
+            price(line, identity: owner, number: number, bytes: bytes)
+        } else if let id = line.tokenID {
+            guard let owner = ingestor.tokens.cached(tokenID: id, now: now) else {
+                return waiting.append((number, line, Array(bytes)))
+            }
+            price(line, identity: owner, number: number, bytes: bytes)
+        } else {
+            price(line, identity: nil, number: number, bytes: bytes)
+        }
+    }
+
+    private mutating func price(_ line: LogLine, identity: TokenIdentity?, number: Int, text: [UInt8]) {
+        text.withUnsafeBufferPointer { price(line, identity: identity, number: number, bytes: $0) }
+    }
+
+    private mutating func price(_ line: LogLine, identity: TokenIdentity?, number: Int, bytes: UnsafeBufferPointer<UInt8>) {
+        do throws(IngestRejection) {
+            priced.append(try ingestor.validateAndRate(line, identity: identity, book: book, now: now))
+        } catch {
+            rejects.append(Self.reject(number, bytes, requestID: line.requestID, error))
+        }
+    }
+
+    private static func reject(_ number: Int, _ bytes: UnsafeBufferPointer<UInt8>, requestID: String?,
+                               _ rejection: IngestRejection) -> RejectedLine {
+        let raw = String(decoding: bytes.prefix(65_536), as: UTF8.self)
+        return RejectedLine(line: number, requestID: requestID.map(Ingestor.storable), code: rejection.code,
+                            message: Ingestor.storable(rejection.message), raw: Ingestor.storable(raw))
+    }
+}

@@ -1,0 +1,65 @@
+import TallyPostgres
+
+/// The fold half of ingest (migration 0010, docs/ingest.md): adds what committed batches still
+/// owe to balances and holds' reservations (`pending_charges`, each account once per fold) and,
+/// less often, to `usage_daily` (`pending_usage`, many batches per upsert) — each in the
+/// transaction that deletes the pending rows, so every fold is exactly once whatever crashes,
+/// and any number of settlers may run at once.
+public struct Settler: Sendable {
+    let pool: PostgresPool
+    /// Accounts are spread over this many shards (user id mod shards); a fold claims the shards
+    /// no other settler holds at that moment. Every instance uses the same count.
+    public let shards: Int
+    /// The most accounts one balance fold takes.
+    public let accountsPerFold: Int
+
+    /// The shard count of every settler (the advisory locks of one shard count exclude only
+    /// settlers with the same count).
+    public static let defaultShards = 16
+
+    public init(pool: PostgresPool, shards: Int = defaultShards, accountsPerFold: Int = 5_000) {
+        self.pool = pool
+        self.shards = shards
+        self.accountsPerFold = accountsPerFold
+    }
+
+    /// Folds the pending charges of the shards it can claim into balances, one transaction per
+    /// `accountsPerFold` accounts, while a fold comes back full. Accounts locked at that moment
+    /// (a lease refill, a top-up) are left for the next call. Returns the accounts folded.
+    @discardableResult
+    public func foldBalances() async throws -> Int {
+        var folded = 0
+        while true {
+            let accounts = try await pool.withConnection { [shards, accountsPerFold] connection in
+                try connection.query(Self.settle, [shards, accountsPerFold])[0].decode(0, as: Int.self)
+            }
+            folded += accounts
+            if accounts < accountsPerFold { return folded }
+        }
+    }
+
+    /// Rolls the pending usage of the shards it can claim up into `usage_daily`. Returns the
+    /// pending rows consumed.
+    @discardableResult
+    public func rollUp() async throws -> Int {
+        try await pool.withConnection { [shards] connection in
+            try connection.query(Self.rollUpShards, [shards, false])[0].decode(0, as: Int.self)
+        }
+    }
+
+    /// Folds and rolls up everything pending now, waiting for accounts and shards others hold:
+    /// for the end of a bulk `tally ingest`, and for tests that read the folded columns
+    /// themselves. Returns the number of accounts folded.
+    @discardableResult
+    public func foldAll() async throws -> Int {
+        try await pool.withConnection { [shards] connection in
+            let folded = try connection.query(Self.foldEverything)[0].decode(0, as: Int.self)
+            _ = try connection.query(Self.rollUpShards, [shards, true])
+            return folded
+        }
+    }
+
+    static let settle = PreparedStatement("settler_tick", "SELECT tally_settle($1, $2)")
+    static let rollUpShards = PreparedStatement("settler_roll_up", "SELECT tally_roll_up($1, $2)")
+    static let foldEverything = PreparedStatement("settler_fold_all", "SELECT tally_fold(NULL, false)")
+}
