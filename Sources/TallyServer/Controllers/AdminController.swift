@@ -174,7 +174,7 @@ struct AdminController {
         let user = try await withPermissionCheck {
             try await accounts.manage(id: id, action, actorRole: admin.role, by: actor(context))
         }
-        return try SystemJSON.success(ManagedJSON(role: user.role.rawValue, status: user.status))
+        return try SystemJSON.success(ManagedJSON(role: user.role.rawValue, status: user.status.rawValue))
     }
 
     // MARK: Top-ups
@@ -284,7 +284,7 @@ struct AdminController {
     func createChannel(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
         let body = try await channelBody(request)
         guard let name = body.name else { throw APIError.invalidRequest("name is required") }
-        let draft = ChannelDraft(name: name, status: body.status ?? 1, groups: (body.group ?? body.groups)?.items ?? ["default"],
+        let draft = ChannelDraft(name: name, status: try body.status.map(ChannelStatus.parse) ?? .enabled, groups: (body.group ?? body.groups)?.items ?? ["default"],
                                  models: body.models?.items ?? [])
         return try SystemJSON.success(ChannelJSON(try await channels.create(draft, by: actor(context))))
     }
@@ -293,7 +293,7 @@ struct AdminController {
         let body = try await channelBody(request)
         guard let id = body.id else { throw APIError.invalidRequest("id is required: the id of the channel to update") }
         guard id > 0 else { throw APIError.notFound("channel \(id) not found") }
-        let changes = ChannelChanges(name: body.name, status: body.status, groups: (body.group ?? body.groups)?.items,
+        let changes = ChannelChanges(name: body.name, status: try body.status.map(ChannelStatus.parse), groups: (body.group ?? body.groups)?.items,
                                      models: body.models?.items)
         return try SystemJSON.success(ChannelJSON(try await channels.update(id: id, changes, by: actor(context))))
     }

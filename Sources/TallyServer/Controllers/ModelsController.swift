@@ -144,7 +144,7 @@ struct KeyController {
         let (token, _) = try await authenticator.authenticate(request, context: context)
         let amount = token.unlimitedQuota
             ? Self.unlimitedUSD
-            : Double(token.remainQuota + token.usedQuota) / Double(USDText.unitsPerUSD)
+            : Double(token.remainQuota + token.usedQuota) / Double(Money.unitsPerUSD)
         return try SystemJSON.json(Subscription(
             soft_limit_usd: amount, hard_limit_usd: amount, system_hard_limit_usd: amount,
             access_until: token.expiredTime > 0 ? token.expiredTime : 0))
@@ -155,6 +155,6 @@ struct KeyController {
     func usage(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
         let (token, owner) = try await authenticator.authenticate(request, context: context)
         let used = token.unlimitedQuota ? owner.usedQuota : token.usedQuota
-        return try SystemJSON.json(Usage(total_usage: Double(used) * 100 / Double(USDText.unitsPerUSD)))
+        return try SystemJSON.json(Usage(total_usage: Double(used) * 100 / Double(Money.unitsPerUSD)))
     }
 }

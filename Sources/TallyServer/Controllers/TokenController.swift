@@ -63,7 +63,7 @@ struct TokenController {
         let changes = TokenChanges(
             name: body.name, expiredTime: body.expired_time, remainQuota: body.remain_quota,
             unlimitedQuota: body.unlimited_quota, modelLimitsEnabled: body.model_limits_enabled,
-            modelLimits: body.model_limits?.text, allowIPs: body.allow_ips, group: body.group, status: body.status)
+            modelLimits: body.model_limits?.text, allowIPs: body.allow_ips, group: body.group, status: try body.status.map(TokenStatus.parse))
         let token = try await tokens.update(id: id, userID: user.id, changes, statusOnly: statusOnly)
         return try SystemJSON.success(TokenJSON(token))
     }

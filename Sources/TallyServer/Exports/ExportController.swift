@@ -50,8 +50,7 @@ struct ExportController {
 
     static func month(_ text: String?) throws -> UsageMonth {
         guard let text else { throw APIError.invalidRequest("month is required: YYYY-MM (UTC)") }
-        guard let month = UsageMonth(text) else { throw APIError.invalidRequest("month must be YYYY-MM, got \"\(text.prefix(40))\"") }
-        return month
+        return try UsageMonth.parse(text, field: "month")
     }
 
     static func userFilter(_ request: Request) throws -> Int64? {

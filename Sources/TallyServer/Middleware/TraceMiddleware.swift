@@ -44,6 +44,8 @@ public struct TraceMiddleware: RouterMiddleware {
             return error
         case let error as CredentialRejected:
             return error.error
+        case let error as RuleViolation:
+            return .invalidRequest(error.message)
         case let error as StoreError:
             switch error {
             case .notFound(let message): return .notFound(message)
