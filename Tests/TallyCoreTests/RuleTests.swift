@@ -147,7 +147,8 @@ struct RuleTests {
         #expect([ChannelStatus.enabled, .disabled, .autoDisabled].map(\.rawValue) == [1, 2, 3])
         #expect([RedemptionStatus.enabled, .disabled, .used].map(\.rawValue) == [1, 2, 3])
         #expect(try TokenStatus.parse(4) == .exhausted)
-        #expect(!TokenStatus.exhausted.isSettable && TokenStatus.disabled.isSettable)
+        #expect(TokenStatus.enabled.isSettable && TokenStatus.disabled.isSettable)
+        #expect(!TokenStatus.expired.isSettable && !TokenStatus.exhausted.isSettable)
         #expect(throws: RuleViolation("status must be 1 (enabled) or 2 (disabled), got 5")) { try TokenStatus.parse(5) }
         #expect(try ChannelStatus.parse(3) == .autoDisabled)
         #expect(throws: RuleViolation("status must be 1 (enabled), 2 (disabled) or 3 (auto-disabled), got 0")) {
