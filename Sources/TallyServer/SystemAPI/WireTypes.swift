@@ -44,8 +44,8 @@ struct TokenJSON: Encodable {
     }
 }
 
-/// `GET /api/user/self`: new-api's `buildSelfUserData` map. Fields Tally has no use for (OAuth ids, affiliate figures) keep their
-/// zero values so clients that read them still work.
+/// `GET /api/user/self`: new-api's `buildSelfUserData` map. Fields Tally has no use for (OAuth
+/// ids, affiliate figures) keep their zero values so clients that read them still work.
 struct SelfJSON: Encodable {
     var aff_code = ""
     var aff_count = 0
@@ -341,8 +341,11 @@ struct CommaList: Decodable, Equatable {
         } else if let array = try? container.decode([String].self) {
             items = array
         } else {
-            throw DecodingError.typeMismatch(String.self, .init(
-                codingPath: decoder.codingPath, debugDescription: "expected comma-separated text or an array of strings"))
+            throw DecodingError.typeMismatch(
+                String.self,
+                .init(
+                    codingPath: decoder.codingPath,
+                    debugDescription: "expected comma-separated text or an array of strings"))
         }
     }
 }
