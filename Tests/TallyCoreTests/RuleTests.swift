@@ -63,18 +63,25 @@ struct RuleTests {
         }
         try TokenRules.checkExpiry(-1, now: 100)
         try TokenRules.checkExpiry(101, now: 100)
-        #expect(throws: RuleViolation("expired_time 100 is in the past; use a future unix time in seconds, or -1 for never")) {
+        #expect(
+            throws: RuleViolation("expired_time 100 is in the past; use a future unix time in seconds, or -1 for never")
+        ) {
             try TokenRules.checkExpiry(100, now: 100)
         }
         for bad: Int64 in [0, -2, TokenRules.latestExpiry + 1] {
-            #expect(throws: RuleViolation("expired_time must be -1 (never expires) or a unix time in seconds, got \(bad)")) {
+            #expect(
+                throws: RuleViolation("expired_time must be -1 (never expires) or a unix time in seconds, got \(bad)")
+            ) {
                 try TokenRules.checkExpiry(bad, now: 100)
             }
         }
         try TokenRules.checkQuota(0)
         try TokenRules.checkQuota(QuotaLimits.maximum)
         #expect(throws: RuleViolation("remain_quota cannot be negative, got -1")) { try TokenRules.checkQuota(-1) }
-        #expect(throws: RuleViolation("quota exceeds the maximum of \(QuotaLimits.maximum) units, got \(QuotaLimits.maximum + 1)")) {
+        #expect(
+            throws: RuleViolation(
+                "quota exceeds the maximum of \(QuotaLimits.maximum) units, got \(QuotaLimits.maximum + 1)")
+        ) {
             try TokenRules.checkQuota(QuotaLimits.maximum + 1, field: "quota")
         }
         #expect(try TokenRules.normalizedModelLimits(" gpt-4o, claude-sonnet-4 ,gpt-4o") == "gpt-4o,claude-sonnet-4")
@@ -82,7 +89,9 @@ struct RuleTests {
         #expect(throws: RuleViolation.self) { try TokenRules.normalizedAllowIPs("10.0.0.1/8") }
         try TokenRules.checkGroupName("")
         try TokenRules.checkGroupName("vip")
-        #expect(throws: RuleViolation("group \"v i p\" is not a valid group name")) { try TokenRules.checkGroupName("v i p") }
+        #expect(throws: RuleViolation("group \"v i p\" is not a valid group name")) {
+            try TokenRules.checkGroupName("v i p")
+        }
     }
 
     @Test("groups: names of [A-Za-z0-9_.-], 1–64 bytes; descriptions; rpm limits")
@@ -102,7 +111,9 @@ struct RuleTests {
         try GroupRules.checkRPM(nil)
         try GroupRules.checkRPM(60)
         for bad in [0, -1, 1_000_000_001] {
-            #expect(throws: RuleViolation("rpm_limit must be a positive whole number (or null for no limit), got \(bad)")) {
+            #expect(
+                throws: RuleViolation("rpm_limit must be a positive whole number (or null for no limit), got \(bad)")
+            ) {
                 try GroupRules.checkRPM(bad)
             }
         }
@@ -116,8 +127,12 @@ struct RuleTests {
             try ChannelRules.checkName(String(repeating: "c", count: 201))
         }
         #expect(try ChannelRules.normalizedGroups([" default", "vip ", "", "default"]) == ["default", "vip"])
-        #expect(throws: RuleViolation("group must name at least one group")) { try ChannelRules.normalizedGroups([" "]) }
-        #expect(throws: RuleViolation("group \"v!p\" is not a valid group name")) { try ChannelRules.normalizedGroups(["v!p"]) }
+        #expect(throws: RuleViolation("group must name at least one group")) {
+            try ChannelRules.normalizedGroups([" "])
+        }
+        #expect(throws: RuleViolation("group \"v!p\" is not a valid group name")) {
+            try ChannelRules.normalizedGroups(["v!p"])
+        }
         #expect(try ChannelRules.normalizedModels(["gpt-4o"]) == ["gpt-4o"])
     }
 
@@ -125,17 +140,24 @@ struct RuleTests {
     func webhooks() throws {
         try WebhookRules.checkURL("https://hooks.example.com/tally")
         try WebhookRules.checkURL("http://127.0.0.1:9000/x")
-        for bad in ["ftp://x/y", "http:///nohost", "https//x", "https://exa mple.com", "mailto:a@b.co",
-                    "https://" + String(repeating: "a", count: 2048)] {
-            #expect(throws: RuleViolation(
-                "a webhook URL must be an http:// or https:// URL with a host, at most 2048 characters")) {
+        for bad in [
+            "ftp://x/y", "http:///nohost", "https//x", "https://exa mple.com", "mailto:a@b.co",
+            "https://" + String(repeating: "a", count: 2048),
+        ] {
+            #expect(
+                throws: RuleViolation(
+                    "a webhook URL must be an http:// or https:// URL with a host, at most 2048 characters")
+            ) {
                 try WebhookRules.checkURL(bad)
             }
         }
         #expect(try WebhookRules.parseEvents("") == [])
         #expect(try WebhookRules.parseEvents(" balance.low , export.ready,balance.low") == [.balanceLow, .exportReady])
-        #expect(throws: RuleViolation(
-            "unknown event type \"balance.lo\"; known: balance.low, balance.exhausted, user.suspended, export.ready")) {
+        #expect(
+            throws: RuleViolation(
+                "unknown event type \"balance.lo\"; known: balance.low, balance.exhausted, user.suspended, export.ready"
+            )
+        ) {
             try WebhookRules.parseEvents("balance.low,balance.lo")
         }
     }

@@ -12,9 +12,13 @@ struct UsageMonthTests {
         #expect(UsageMonth(text) == parsed)
     }
 
-    @Test("anything else is refused with the one message, naming the field",
-          arguments: ["2026-9", "2026-0901", "2026-13", "2026-00", "1969-12", "26-09", "2026/09", "2026-09-01", "２０２６-09", "+026-09",
-                      "", "2026-0x"])
+    @Test(
+        "anything else is refused with the one message, naming the field",
+        arguments: [
+            "2026-9", "2026-0901", "2026-13", "2026-00", "1969-12", "26-09", "2026/09", "2026-09-01", "２０２６-09",
+            "+026-09",
+            "", "2026-0x",
+        ])
     func refuses(text: String) {
         #expect(throws: RuleViolation("--month must be YYYY-MM, got \"\(text)\"")) {
             try UsageMonth.parse(text, field: "--month")

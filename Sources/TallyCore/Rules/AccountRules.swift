@@ -3,7 +3,10 @@ public enum AccountRules {
     public static func checkUsername(_ username: String) throws(RuleViolation) {
         guard !username.isEmpty else { throw RuleViolation("username is required") }
         guard username.count <= 64 else { throw RuleViolation("username is longer than 64 characters") }
-        guard !username.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f })
+        guard
+            !username.unicodeScalars.contains(where: {
+                $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f
+            })
         else { throw RuleViolation("username must not contain spaces or control characters") }
     }
 
@@ -17,7 +20,7 @@ public enum AccountRules {
         guard !email.isEmpty else { return }
         let parts = email.split(separator: "@", omittingEmptySubsequences: false)
         guard email.count <= 254, parts.count == 2, !parts[0].isEmpty, parts[1].contains("."),
-              !email.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 })
+            !email.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 })
         else { throw RuleViolation("email \"\(email.prefix(64))\" is not a valid email address") }
     }
 }

@@ -2,9 +2,11 @@
 public enum GroupRules {
     /// The schema's rule: 1–64 of `[A-Za-z0-9_.-]`.
     public static func isValidName(_ name: String) -> Bool {
-        (1...64).contains(name.utf8.count) && name.utf8.allSatisfy {
-            ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 95 || $0 == 46 || $0 == 45
-        }
+        (1...64).contains(name.utf8.count)
+            && name.utf8.allSatisfy {
+                ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 95 || $0 == 46
+                    || $0 == 45
+            }
     }
 
     public static func checkName(_ name: String) throws(RuleViolation) {

@@ -16,10 +16,10 @@ public enum WebhookEventType: String, Sendable, CaseIterable, Codable {
 public enum WebhookRules {
     public static func checkURL(_ url: String) throws(RuleViolation) {
         guard url.count <= 2048,
-              !url.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f }),
-              let components = URLComponents(string: url), let scheme = components.scheme?.lowercased(),
-              scheme == "http" || scheme == "https", let host = components.host, !host.isEmpty,
-              url.lowercased().hasPrefix(scheme + "://")
+            !url.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f }),
+            let components = URLComponents(string: url), let scheme = components.scheme?.lowercased(),
+            scheme == "http" || scheme == "https", let host = components.host, !host.isEmpty,
+            url.lowercased().hasPrefix(scheme + "://")
         else {
             throw RuleViolation("a webhook URL must be an http:// or https:// URL with a host, at most 2048 characters")
         }

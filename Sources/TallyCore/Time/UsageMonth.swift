@@ -17,9 +17,9 @@ public struct UsageMonth: Sendable, Hashable, Comparable, CustomStringConvertibl
     public static func parse(_ text: String, field: String) throws(RuleViolation) -> UsageMonth {
         let bytes = Array(text.utf8)
         guard bytes.count == 7, bytes[4] == UInt8(ascii: "-"),
-              bytes.indices.allSatisfy({ $0 == 4 || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[$0]) }),
-              let year = Int(text.prefix(4)), let month = Int(text.suffix(2)),
-              let parsed = UsageMonth(year: year, month: month)
+            bytes.indices.allSatisfy({ $0 == 4 || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[$0]) }),
+            let year = Int(text.prefix(4)), let month = Int(text.suffix(2)),
+            let parsed = UsageMonth(year: year, month: month)
         else { throw RuleViolation("\(field) must be YYYY-MM, got \"\(text.prefix(40))\"") }
         return parsed
     }
