@@ -33,7 +33,7 @@ public struct TallyConfiguration: Sendable {
     /// When authorize answers (`TALLY_HOLD_COMMIT`): `sync` (the default) after the hold's
     /// journal batch committed; `async` as soon as the hold is cut from the lease in memory
     /// (docs/enforcement.md).
-    public var holdCommit: HoldBook.Mode
+    public var holdCommit: HoldCommitMode
     /// The webhook dispatcher (docs/webhooks.md).
     public var webhooks: WebhookDispatchConfiguration
 
@@ -45,7 +45,7 @@ public struct TallyConfiguration: Sendable {
         public static let logLevel = Logger.Level.info
         public static let priceRefreshSeconds = 5
         public static let holdTTLSeconds = 600
-        public static let holdCommit = HoldBook.Mode.sync
+        public static let holdCommit = HoldCommitMode.sync
         public static let idleTimeoutSeconds = 60
         public static let failedAuthLimit = 20
         public static let failedAuthWindowSeconds = 60
@@ -55,7 +55,7 @@ public struct TallyConfiguration: Sendable {
                 poolSize: Int = Defaults.poolSize, gatewaySecret: String = "",
                 logLevel: Logger.Level = Defaults.logLevel,
                 priceRefreshSeconds: Int = Defaults.priceRefreshSeconds, holdTTLSeconds: Int = Defaults.holdTTLSeconds,
-                holdCommit: HoldBook.Mode = Defaults.holdCommit,
+                holdCommit: HoldCommitMode = Defaults.holdCommit,
                 webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration(),
                 idleTimeoutSeconds: Int = Defaults.idleTimeoutSeconds, failedAuthLimit: Int = Defaults.failedAuthLimit,
                 failedAuthWindowSeconds: Int = Defaults.failedAuthWindowSeconds,

@@ -30,7 +30,7 @@ public struct TallyServices: Sendable {
     public init(
         pool: PostgresPool, ingestLimits: IngestLimits = IngestLimits(),
         holdTTLSeconds: Int = TallyConfiguration.Defaults.holdTTLSeconds,
-        holdCommit: HoldBook.Mode = TallyConfiguration.Defaults.holdCommit
+        holdCommit: HoldCommitMode = TallyConfiguration.Defaults.holdCommit
     ) {
         self.pool = pool
         self.ingestLimits = ingestLimits
