@@ -13,7 +13,8 @@ public struct PreparedStatement: Sendable, Hashable {
 }
 
 /// One libpq connection. Every call blocks the calling thread, so it is used only from the
-/// pool's worker threads (see `PostgresPool`), one thread at a time.
+/// pool's worker threads (see `PostgresPool`), one thread at a time: the blocking calls are
+/// `noasync`, so the compiler refuses them in async code.
 public final class PostgresConnection: @unchecked Sendable {
     // Confined to one thread at a time by the pool; libpq connections are not thread-safe.
     private let handle: OpaquePointer
@@ -21,6 +22,7 @@ public final class PostgresConnection: @unchecked Sendable {
 
     /// Connects with a libpq conninfo string or a `postgres://` URI. The session's time zone is
     /// pinned to UTC so timestamps round-trip through `PostgresTimestamp`.
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
     public init(url: String) throws(PostgresError) {
         guard let handle = PQconnectdb(url) else {
             throw PostgresError(kind: .connection, message: "libpq could not allocate a connection")
@@ -51,6 +53,7 @@ public final class PostgresConnection: @unchecked Sendable {
 
     /// Runs one statement with text parameters (`$1`, `$2`, …) and returns its rows.
     @discardableResult
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
     public func query(_ sql: String, _ parameters: [any PostgresEncodable] = []) throws(PostgresError) -> PostgresRows {
         let result = withParameters(parameters) { count, values in
             PQexecParams(handle, sql, count, nil, values, nil, nil, 0)
@@ -60,6 +63,7 @@ public final class PostgresConnection: @unchecked Sendable {
 
     /// Runs a prepared statement, preparing it on this connection the first time.
     @discardableResult
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
     public func query(_ statement: PreparedStatement, _ parameters: [any PostgresEncodable] = []) throws(PostgresError) -> PostgresRows {
         if !preparedNames.contains(statement.name) {
             try check(PQprepare(handle, statement.name, statement.sql, 0, nil), kind: .query)
@@ -72,11 +76,13 @@ public final class PostgresConnection: @unchecked Sendable {
     }
 
     /// Runs one or more statements without parameters (migrations, DDL, `BEGIN`).
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
     public func execute(_ sql: String) throws(PostgresError) {
         try check(PQexec(handle, sql), kind: .query)
     }
 
     /// Runs `body` in a transaction: COMMIT when it returns, ROLLBACK when it throws.
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
     public func transaction<T>(_ body: (PostgresConnection) throws -> T) throws -> T {
         try execute("BEGIN")
         do {
@@ -107,6 +113,7 @@ public final class PostgresConnection: @unchecked Sendable {
 
     /// Streams rows into `COPY … FROM STDIN`; returns the number of rows copied.
     @discardableResult
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
     public func copyIn(_ sql: String, _ write: (inout CopyInWriter) throws -> Void) throws -> Int {
         try check(PQexec(handle, sql), kind: .copy, expecting: PGRES_COPY_IN)
         var writer = CopyInWriter(connection: self)
@@ -127,6 +134,7 @@ public final class PostgresConnection: @unchecked Sendable {
     /// Streams `COPY … TO STDOUT`, handing each row's bytes to `read`; returns the row count.
     /// When `read` throws, the server is asked to cancel the COPY and that error is rethrown.
     @discardableResult
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
     public func copyOut(_ sql: String, _ read: (UnsafeRawBufferPointer) throws -> Void) throws -> Int {
         try check(PQexec(handle, sql), kind: .copy, expecting: PGRES_COPY_OUT)
         var failure: (any Error)?
@@ -189,6 +197,7 @@ public final class PostgresConnection: @unchecked Sendable {
     /// Waits up to `timeout` seconds for `NOTIFY` messages on the channels this connection
     /// `LISTEN`s to and returns them (empty after a quiet timeout). Throws when the connection
     /// breaks; a listener must then reconnect and assume it missed notifications.
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
     public func waitForNotifications(timeout: Double) throws(PostgresError) -> [PostgresNotification] {
         var received = takeNotifications()
         guard received.isEmpty else { return received }

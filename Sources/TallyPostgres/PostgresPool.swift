@@ -6,86 +6,83 @@ import Synchronization
 /// so blocking libpq calls never run on a Swift concurrency or NIO event-loop thread.
 ///
 /// Connections are opened lazily and replaced after they break (for example when PostgreSQL
-/// restarts): the call that sees the failure gets the error, the next call reconnects.
+/// restarts): the call that sees the failure gets the error, the next call reconnects. A call
+/// that has to wait for a connection waits in line; cancelling its task takes it out of the
+/// line at once (`CancellationError`), and its work never runs.
 public final class PostgresPool: Sendable {
     /// The connection URL (libpq conninfo or `postgres://` URI). Never logged.
     private let url: String
     public let size: Int
     private let logger: Logger
+    private typealias State = PoolState<Worker, CheckedContinuation<Worker, any Error>>
     private let state: Mutex<State>
 
-    private struct State {
-        var idle: [Worker] = []
-        var created = 0
-        var waiters: [CheckedContinuation<Worker, Never>] = []
-    }
-
     public init(url: String, size: Int = 8, logger: Logger = Logger(label: "tally.postgres")) {
-        precondition(size > 0, "pool size must be positive")
         self.url = url
         self.size = size
         self.logger = logger
-        self.state = Mutex(State())
+        self.state = Mutex(PoolState(capacity: size))
     }
 
     /// Runs `body` with a connection on a worker thread. The connection is returned to the pool
-    /// afterwards; a connection left inside a transaction is rolled back first.
-    public func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        let worker = await acquire()
+    /// afterwards; a connection left inside a transaction is rolled back first. Throws
+    /// `CancellationError` when the task is cancelled while it waits for a connection.
+    public func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws
+        -> T
+    {
+        let worker = try await acquire()
         defer { release(worker) }
         return try await worker.run(url: url, logger: logger, body)
     }
 
     /// Runs `body` inside a transaction on one pooled connection.
-    public func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+    public func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T
+    {
         try await withConnection { connection in try connection.transaction(body) }
     }
 
+    /// Calls waiting for a connection now.
+    var waiting: Int { state.withLock { $0.queuedWaiters.count } }
+
     /// Closes every idle connection (`PQfinish`); in-flight work finishes first.
     public func close() async {
-        let workers = state.withLock { state -> [Worker] in
-            let idle = state.idle
-            state.idle.removeAll()
-            state.created -= idle.count
-            return idle
-        }
-        for worker in workers { await worker.close() }
+        for worker in state.withLock({ $0.takeIdle() }) { await worker.close() }
     }
 
-    private func acquire() async -> Worker {
-        enum Decision { case ready(Worker), create, wait }
-        let decision = state.withLock { state -> Decision in
-            if let worker = state.idle.popLast() { return .ready(worker) }
-            if state.created < size {
-                state.created += 1
-                return .create
-            }
-            return .wait
+    private func acquire() async throws -> Worker {
+        let id: UInt64
+        switch state.withLock({ $0.acquire() }) {
+        case .granted(let grant): return Self.worker(for: grant)
+        case .wait(let waiterID): id = waiterID
         }
-        switch decision {
-        case .ready(let worker): return worker
-        case .create: return Worker(index: state.withLock { $0.created })
-        case .wait:
-            return await withCheckedContinuation { continuation in
-                let ready = state.withLock { state -> Worker? in
-                    if let worker = state.idle.popLast() { return worker }
-                    state.waiters.append(continuation)
-                    return nil
+        let worker = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                switch state.withLock({ $0.wait(continuation, id: id, cancelled: Task.isCancelled) }) {
+                case .granted(let grant): continuation.resume(returning: Self.worker(for: grant))
+                case .cancelled: continuation.resume(throwing: CancellationError())
+                case .queued: break
                 }
-                if let ready { continuation.resume(returning: ready) }
             }
+        } onCancel: {
+            state.withLock { $0.cancel(id: id) }?.resume(throwing: CancellationError())
+        }
+        // Cancelled just as a connection came free: hand it on rather than run the work.
+        if Task.isCancelled {
+            release(worker)
+            throw CancellationError()
+        }
+        return worker
+    }
+
+    private static func worker(for grant: State.Grant) -> Worker {
+        switch grant {
+        case .use(let worker): worker
+        case .create(let index): Worker(index: index)
         }
     }
 
     private func release(_ worker: Worker) {
-        let waiter = state.withLock { state -> CheckedContinuation<Worker, Never>? in
-            if state.waiters.isEmpty {
-                state.idle.append(worker)
-                return nil
-            }
-            return state.waiters.removeFirst()
-        }
-        waiter?.resume(returning: worker)
+        state.withLock { $0.release(worker) }?.resume(returning: worker)
     }
 }
 
@@ -99,7 +96,9 @@ private final class Worker: @unchecked Sendable {
         queue = DispatchQueue(label: "tally.postgres.worker.\(index)")
     }
 
-    func run<T: Sendable>(url: String, logger: Logger, _ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+    func run<T: Sendable>(url: String, logger: Logger, _ body: @escaping @Sendable (PostgresConnection) throws -> T)
+        async throws -> T
+    {
         try await withCheckedThrowingContinuation { continuation in
             queue.async {
                 do {

@@ -66,6 +66,20 @@ extension Optional: PostgresEncodable where Wrapped: PostgresEncodable {
     public var postgresText: String? { self.flatMap(\.postgresText) }
 }
 
+/// An enum stored as its integer raw value (statuses, roles): conforming is all it takes.
+public protocol PostgresIntegerEnum: PostgresEncodable, PostgresDecodable, RawRepresentable where RawValue == Int {}
+
+extension PostgresIntegerEnum {
+    public var postgresText: String? { String(rawValue) }
+
+    public init(postgresText: String) throws(PostgresError) {
+        guard let value = Int(postgresText).flatMap(Self.init(rawValue:)) else {
+            throw .decodeFailure(postgresText, as: String(describing: Self.self))
+        }
+        self = value
+    }
+}
+
 /// A parameter that is always SQL NULL, for readability at call sites.
 public struct SQLNull: PostgresEncodable {
     public init() {}

@@ -6,54 +6,7 @@ import TallyCore
 import TallyPostgres
 import TallyStore
 
-/// The parts of a running Tally: one pool and the repositories and caches over it.
-public struct TallyServices: Sendable {
-    public let pool: PostgresPool
-    public let users: any UserRepository
-    public let priceVersions: any PriceRepository
-    public let prices: PriceCatalog
-    public let tokens: TokenDirectory
-    public let ingestor: Ingestor
-    public let ingestLimits: IngestLimits
-    // System API (issue 6).
-    public let accounts: AccountRepository
-    public let apiKeys: TokenRepository
-    public let groups: GroupRepository
-    public let channels: ChannelRepository
-    public let balances: BalanceRepository
-    public let logs: LogRepository
-    // Enforcement (issue 7).
-    public let access: AccessDirectory
-    public let holds: any HoldRepository
-    public let holdBook: HoldBook
-    public let authorizer: Authorizer
-    // Exports and statements (issue 8).
-    public let exporter: UsageExporter
-    public let statements: StatementRepository
-
-    public init(pool: PostgresPool, ingestLimits: IngestLimits = IngestLimits(), holdTTLSeconds: Int = 600,
-                holdCommit: HoldCommitMode = .sync) {
-        self.pool = pool
-        self.ingestLimits = ingestLimits
-        users = PostgresUserRepository(pool: pool)
-        priceVersions = PostgresPriceRepository(pool: pool)
-        prices = PriceCatalog(repository: priceVersions)
-        tokens = TokenDirectory(pool: pool)
-        ingestor = Ingestor(prices: prices, tokens: tokens, repository: PostgresIngestRepository(pool: pool), limits: ingestLimits)
-        accounts = AccountRepository(pool: pool)
-        apiKeys = TokenRepository(pool: pool)
-        groups = GroupRepository(pool: pool)
-        channels = ChannelRepository(pool: pool)
-        balances = BalanceRepository(pool: pool)
-        logs = LogRepository(pool: pool)
-        access = AccessDirectory(pool: pool)
-        holds = PostgresHoldRepository(pool: pool)
-        holdBook = HoldBook(repository: PostgresLeaseRepository(pool: pool), holdTTLSeconds: holdTTLSeconds, mode: holdCommit)
-        authorizer = Authorizer(directory: access, prices: prices, holds: holdBook, limiter: RateLimiter())
-        exporter = UsageExporter(pool: pool)
-        statements = StatementRepository(pool: pool)
-    }
-
+extension TallyServices {
     /// `user:<id>` or `token:<id>`.
     private static func leaseAccount(_ text: Substring) -> LeaseAccount? {
         let parts = text.split(separator: ":")
@@ -125,28 +78,54 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     return app
 }
 
-/// The router with every route and middleware; tests use it with `app.test(.router)`.
+/// The router with every route and middleware; tests use it with `app.test(.router)`. Each
+/// controller lists its routes in one `RouteCollection`; the System API's user and admin groups
+/// (each behind its `UserAuthMiddleware`) are created here, once.
 public func buildRouter(_ services: TallyServices, configuration: TallyConfiguration) -> Router<TallyRequestContext> {
     let router = Router(context: TallyRequestContext.self)
     router.add(middleware: MetricsMiddleware())
     router.add(middleware: TraceMiddleware())
-    let failedAuth = configuration.failedAuthLimit > 0
-        ? FailedAuthLimiter(limit: configuration.failedAuthLimit, window: .seconds(configuration.failedAuthWindowSeconds)) : nil
+    router.add(middleware: ErrorMiddleware())
     router.add(middleware: ClientAddressMiddleware(trustedProxies: configuration.trustedProxies))
+    let failedAuthWindow = Duration.seconds(configuration.failedAuthWindowSeconds)
+    let failedAuth = configuration.failedAuthLimit > 0
+        ? FailedAuthLimiter(limit: configuration.failedAuthLimit, window: failedAuthWindow) : nil
     router.add(middleware: FailedAuthMiddleware(limiter: failedAuth))
-    HealthController(pool: services.pool).addRoutes(to: router)
-    ConsoleController(files: .bundled).addRoutes(to: router)
+
+    let models = ModelAvailability(channels: services.channels, prices: services.prices)
+    let exports = ExportStreamer(exporter: services.exporter)
+    // Public, and the API-key routes (each handler authenticates the key).
+    router.addRoutes(HealthController(pool: services.pool).routes)
+    router.addRoutes(ConsoleController(files: .bundled).routes)
+    router.addRoutes(PricingController(prices: services.prices).routes, atPath: "/api")
+    router.addRoutes(KeyController(authenticator: APIKeyAuthenticator(tokens: services.apiKeys), models: models).routes)
+
     let gateway = router.group("/gateway/v1").add(middleware: GatewayAuthMiddleware(secret: configuration.gatewaySecret))
     IngestController(ingestor: services.ingestor, limits: services.ingestLimits).addRoutes(to: gateway)
-    EnforcementController(authorizer: services.authorizer, holds: services.holds, holdBook: services.holdBook).addRoutes(to: gateway)
-    let pricing = PricingController(prices: services.prices, repository: services.priceVersions)
-    pricing.addPublicRoutes(to: router)
-    let admin = router.group("/api/admin").add(middleware: UserAuthMiddleware(users: services.users, minimumRole: .admin))
-    pricing.addAdminRoutes(to: admin)
-    addSystemAPIRoutes(to: router, services)
-    ExportController(exporter: services.exporter, statements: services.statements,
-                     userAuth: UserAuthMiddleware(users: services.users),
-                     adminAuth: UserAuthMiddleware(users: services.users, minimumRole: .admin)).addRoutes(to: router)
+    EnforcementController(authorizer: services.authorizer, holds: services.holds, holdBook: services.holdBook)
+        .addRoutes(to: gateway)
+
+    let user = router.group("/api").add(middleware: UserAuthMiddleware(users: services.users))
+    for routes in [
+        AccountController(accounts: services.accounts, balances: services.balances, groups: services.groups,
+                          models: models).routes,
+        TokenController(tokens: services.apiKeys).routes,
+        LogController(logs: services.logs).routes,
+        UsageController(streamer: exports).routes,
+    ] { user.addRoutes(routes) }
+
+    let admin = router.group("/api").add(middleware: UserAuthMiddleware(users: services.users, minimumRole: .admin))
+    for routes in [
+        UserController(accounts: services.accounts, tokens: services.apiKeys).routes,
+        TopUpController(balances: services.balances).routes,
+        RedemptionController(balances: services.balances).routes,
+        GroupController(groups: services.groups).routes,
+        ChannelController(channels: services.channels).routes,
+        LogLookupController(logs: services.logs).routes,
+        PriceVersionController(prices: services.prices, repository: services.priceVersions).routes,
+        ExportController(streamer: exports).routes,
+        StatementController(statements: services.statements).routes,
+    ] { admin.addRoutes(routes) }
     return router
 }
 

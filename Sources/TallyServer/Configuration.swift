@@ -42,13 +42,33 @@ public struct TallyConfiguration: Sendable {
     /// How often it rolls committed usage up into `usage_daily` (`TALLY_ROLLUP_INTERVAL`, seconds).
     public var rollUpIntervalSeconds: Int
 
-    public init(host: String = "127.0.0.1", port: Int = 8080, databaseURL: String, poolSize: Int = 16,
-                gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5,
-                holdTTLSeconds: Int = 600, holdCommit: HoldCommitMode = .sync,
+    /// Every default, defined once: this `init`, `tally serve` and its help text read them here.
+    public enum Defaults {
+        public static let host = "127.0.0.1"
+        public static let port = 8080
+        public static let poolSize = 16
+        public static let logLevel = Logger.Level.info
+        public static let priceRefreshSeconds = 5
+        public static let holdTTLSeconds = 600
+        public static let holdCommit = HoldCommitMode.sync
+        public static let idleTimeoutSeconds = 60
+        public static let failedAuthLimit = 20
+        public static let failedAuthWindowSeconds = 60
+        public static let settleIntervalMilliseconds = 100
+        public static let rollUpIntervalSeconds = 5
+    }
+
+    public init(host: String = Defaults.host, port: Int = Defaults.port, databaseURL: String,
+                poolSize: Int = Defaults.poolSize, gatewaySecret: String = "",
+                logLevel: Logger.Level = Defaults.logLevel,
+                priceRefreshSeconds: Int = Defaults.priceRefreshSeconds, holdTTLSeconds: Int = Defaults.holdTTLSeconds,
+                holdCommit: HoldCommitMode = Defaults.holdCommit,
                 webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration(),
-                idleTimeoutSeconds: Int = 60, failedAuthLimit: Int = 20, failedAuthWindowSeconds: Int = 60,
-                trustedProxies: IPAllowList = IPAllowList(ranges: []), settleIntervalMilliseconds: Int = 100,
-                rollUpIntervalSeconds: Int = 5) {
+                idleTimeoutSeconds: Int = Defaults.idleTimeoutSeconds, failedAuthLimit: Int = Defaults.failedAuthLimit,
+                failedAuthWindowSeconds: Int = Defaults.failedAuthWindowSeconds,
+                trustedProxies: IPAllowList = IPAllowList(ranges: []),
+                settleIntervalMilliseconds: Int = Defaults.settleIntervalMilliseconds,
+                rollUpIntervalSeconds: Int = Defaults.rollUpIntervalSeconds) {
         self.host = host
         self.port = port
         self.databaseURL = databaseURL

@@ -33,6 +33,12 @@ public struct TallyRequestContext: RequestContext {
         guard let user else { throw APIError(.missingToken) }
         return user
     }
+
+    /// The authenticated user as the actor of an audited change, with this request's tid.
+    public func requireActor() throws -> Actor {
+        let user = try requireUser()
+        return Actor(userID: user.id, name: user.username, tid: tid)
+    }
 }
 
 /// The JSON coder settings of every response.

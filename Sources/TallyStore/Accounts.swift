@@ -36,46 +36,14 @@ public enum ManageAction: Sendable, Equatable {
     public enum QuotaMode: String, Sendable { case add, subtract, override }
 }
 
-public enum AccountRules {
-    public static func checkUsername(_ username: String) throws(StoreError) {
-        guard !username.isEmpty else { throw .invalid("username is required") }
-        guard username.count <= 64 else { throw .invalid("username is longer than 64 characters") }
-        guard !username.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f }) else {
-            throw .invalid("username must not contain spaces or control characters")
-        }
-    }
-
-    public static func checkDisplayName(_ name: String) throws(StoreError) {
-        guard name.count <= 64 else { throw .invalid("display_name is longer than 64 characters") }
-        guard !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
-            throw .invalid("display_name must not contain control characters")
-        }
-    }
-
-    public static func checkEmail(_ email: String) throws(StoreError) {
-        guard !email.isEmpty else { return }
-        let parts = email.split(separator: "@", omittingEmptySubsequences: false)
-        guard email.count <= 254, parts.count == 2, !parts[0].isEmpty, parts[1].contains("."),
-              !email.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 })
-        else { throw .invalid("email \"\(email.prefix(64))\" is not a valid email address") }
-    }
-
-    public static func checkGroup(_ group: String) throws(StoreError) {
-        guard GroupRules.isValidName(group) else { throw .invalid("group \"\(group.prefix(64))\" is not a valid group name") }
-    }
-
-    public static func checkNewUser(_ user: NewUser) throws(StoreError) {
-        try checkUsername(user.username)
-        try checkDisplayName(user.displayName)
-        try checkEmail(user.email)
-        try checkGroup(user.group)
-        try TokenRules.checkQuota(user.quota, field: "quota")
-    }
-
-    /// new-api's `canManageTargetRole`: root manages everyone, others only lower roles.
-    static func canManage(actorRole: Role?, target: Role) -> Bool {
-        guard let actorRole else { return true }  // the operator's CLI
-        return actorRole == .root || actorRole > target
+extension NewUser {
+    /// Every rule a new account obeys.
+    func check() throws(RuleViolation) {
+        try AccountRules.checkUsername(username)
+        try AccountRules.checkDisplayName(displayName)
+        try AccountRules.checkEmail(email)
+        try GroupRules.checkMember(group)
+        try TokenRules.checkQuota(quota, field: "quota")
     }
 }
 
@@ -118,7 +86,7 @@ public struct AccountRepository: Sendable {
     /// Creates an account with its first access token. `actorRole` (nil for the CLI) must be
     /// above the new role, as in new-api.
     public func create(_ user: NewUser, actorRole: Role?, by actor: Actor) async throws -> (user: User, accessToken: String) {
-        try AccountRules.checkNewUser(user)
+        try user.check()
         if let actorRole, user.role >= actorRole {
             throw PermissionDenied(reason: "cannot create a user with a role equal to or above your own")
         }
@@ -130,7 +98,7 @@ public struct AccountRepository: Sendable {
         if let username = changes.username { try AccountRules.checkUsername(username) }
         if let displayName = changes.displayName { try AccountRules.checkDisplayName(displayName) }
         if let email = changes.email { try AccountRules.checkEmail(email) }
-        if let group = changes.group { try AccountRules.checkGroup(group) }
+        if let group = changes.group { try GroupRules.checkMember(group) }
         if let quota = changes.quota {
             guard quota >= -QuotaLimits.maximum, quota <= QuotaLimits.maximum else {
                 throw StoreError.invalid("quota must be between \(-QuotaLimits.maximum) and \(QuotaLimits.maximum), got \(quota)")
@@ -138,7 +106,7 @@ public struct AccountRepository: Sendable {
         }
         return try await pool.transaction { connection in
             let before = try Self.lock(id: id, on: connection)
-            guard AccountRules.canManage(actorRole: actorRole, target: before.role) else {
+            guard Role.canManage(actor: actorRole, target: before.role) else {
                 throw PermissionDenied(reason: "cannot change a user whose role is equal to or above your own")
             }
             var after = before
@@ -182,7 +150,7 @@ public struct AccountRepository: Sendable {
         }
         return try await pool.transaction { connection in
             let before = try Self.lock(id: id, on: connection)
-            guard AccountRules.canManage(actorRole: actorRole, target: before.role) else {
+            guard Role.canManage(actor: actorRole, target: before.role) else {
                 throw PermissionDenied(reason: "cannot manage a user whose role is equal to or above your own")
             }
             var status = before.status
@@ -191,11 +159,11 @@ public struct AccountRepository: Sendable {
             switch action {
             case .enable:
                 name = "enable"
-                status = 1
+                status = .enabled
             case .disable:
                 name = "disable"
                 guard before.role != .root else { throw StoreError.invalid("the root user cannot be disabled") }
-                status = 2
+                status = .disabled
             case .promote:
                 name = "promote"
                 guard actorRole == nil || actorRole == .root else {
@@ -228,12 +196,12 @@ public struct AccountRepository: Sendable {
                 """), [id, status, role.rawValue])
             try ChangeNotice.send([ChangeNotice.user(id)], on: connection)
             let updated = try PostgresUserRepository.decode(rows[0])
-            if before.status == 1 && updated.status != 1 {
+            if before.status == .enabled && updated.status != .enabled {
                 try WebhookOutbox.enqueueUserSuspended(updated, by: actor, on: connection)
             }
             try AuditLog.recordChange(on: connection, actor: actor, action: "user.\(name)", target: "user:\(id)",
-                                      before: ["status": before.status, "role": before.role.rawValue],
-                                      after: ["status": updated.status, "role": updated.role.rawValue])
+                                      before: ["status": before.status.rawValue, "role": before.role.rawValue],
+                                      after: ["status": updated.status.rawValue, "role": updated.role.rawValue])
             return updated
         }
     }
@@ -283,7 +251,7 @@ public struct AccountRepository: Sendable {
 
     static func auditFields(_ user: User) -> [String: any CustomStringConvertible] {
         ["username": user.username, "display_name": user.displayName, "email": user.email, "group": user.group,
-         "quota": user.quota, "role": user.role.rawValue, "status": user.status]
+         "quota": user.quota, "role": user.role.rawValue, "status": user.status.rawValue]
     }
 
     static func escapeLike(_ text: String) -> String {

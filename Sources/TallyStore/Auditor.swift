@@ -1,3 +1,4 @@
+import TallyCore
 import TallyPostgres
 
 /// One account whose figures disagree with the ledger or the request logs.

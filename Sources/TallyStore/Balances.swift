@@ -23,8 +23,7 @@ public struct Redemption: Sendable, Equatable {
     public var id: Int64
     public var createdBy: Int64?
     public var codeLast6: String
-    /// 1 enabled, 2 disabled, 3 used.
-    public var status: Int
+    public var status: RedemptionStatus
     public var name: String
     public var quota: Int64
     public var createdTime: Int64
@@ -141,10 +140,10 @@ public struct BalanceRepository: Sendable {
         guard let row = try connection.query(
             "SELECT status, expires_at IS NOT NULL AND expires_at <= now() FROM redemptions WHERE code_hash = $1", [hash]).first
         else { return .unknownCode }
-        switch try row.decode(0, as: Int.self) {
-        case 3: return .alreadyUsed
-        case 2: return .disabled
-        default: return try row.decode(1, as: Bool.self) ? .expired : .unknownCode
+        switch try row.decode(0, as: RedemptionStatus.self) {
+        case .used: return .alreadyUsed
+        case .disabled: return .disabled
+        case .enabled: return try row.decode(1, as: Bool.self) ? .expired : .unknownCode
         }
     }
 

@@ -7,8 +7,7 @@ import TallyPostgres
 public struct Channel: Sendable, Equatable {
     public var id: Int64
     public var name: String
-    /// 1 enabled, 2 manually disabled, 3 automatically disabled.
-    public var status: Int
+    public var status: ChannelStatus
     public var groups: [String]
     public var models: [String]
     public var usedQuota: Int64
@@ -18,11 +17,11 @@ public struct Channel: Sendable, Equatable {
 
 public struct ChannelDraft: Sendable, Equatable {
     public var name: String
-    public var status: Int
+    public var status: ChannelStatus
     public var groups: [String]
     public var models: [String]
 
-    public init(name: String, status: Int = 1, groups: [String] = ["default"], models: [String] = []) {
+    public init(name: String, status: ChannelStatus = .enabled, groups: [String] = ["default"], models: [String] = []) {
         self.name = name
         self.status = status
         self.groups = groups
@@ -32,54 +31,15 @@ public struct ChannelDraft: Sendable, Equatable {
 
 public struct ChannelChanges: Sendable, Equatable {
     public var name: String?
-    public var status: Int?
+    public var status: ChannelStatus?
     public var groups: [String]?
     public var models: [String]?
 
-    public init(name: String? = nil, status: Int? = nil, groups: [String]? = nil, models: [String]? = nil) {
+    public init(name: String? = nil, status: ChannelStatus? = nil, groups: [String]? = nil, models: [String]? = nil) {
         self.name = name
         self.status = status
         self.groups = groups
         self.models = models
-    }
-}
-
-enum ChannelRules {
-    static func checkName(_ name: String) throws(StoreError) {
-        guard !name.trimmingCharacters(in: .whitespaces).isEmpty else { throw .invalid("name is required") }
-        guard name.count <= 200 else { throw .invalid("name is longer than 200 characters") }
-        try TextRules.check(name, field: "name")
-    }
-
-    static func checkStatus(_ status: Int) throws(StoreError) {
-        guard (1...3).contains(status) else {
-            throw .invalid("status must be 1 (enabled), 2 (disabled) or 3 (auto-disabled), got \(status)")
-        }
-    }
-
-    static func normalizedGroups(_ groups: [String]) throws(StoreError) -> [String] {
-        var result: [String] = []
-        for raw in groups {
-            let group = raw.trimmingCharacters(in: .whitespaces)
-            if group.isEmpty { continue }
-            guard GroupRules.isValidName(group) else { throw .invalid("group \"\(group.prefix(64))\" is not a valid group name") }
-            if !result.contains(group) { result.append(group) }
-        }
-        guard !result.isEmpty else { throw .invalid("group must name at least one group") }
-        return result
-    }
-
-    static func normalizedModels(_ models: [String]) throws(StoreError) -> [String] {
-        do { return try ModelNames.validate(models, field: "models") } catch { throw .invalid(error.message) }
-    }
-
-    /// Every named group must exist.
-    static func checkGroupsExist(_ groups: [String], on connection: PostgresConnection) throws {
-        let known = Set(try connection.query("SELECT name FROM groups WHERE name = ANY ($1::text[])", [TextArray(groups)])
-            .map { try $0.decode(0, as: String.self) })
-        if let missing = groups.first(where: { !known.contains($0) }) {
-            throw StoreError.invalid("unknown group \"\(missing)\"")
-        }
     }
 }
 
@@ -95,6 +55,15 @@ public struct ChannelRepository: Sendable {
         Channel(id: try row.decode(0), name: try row.decode(1), status: try row.decode(2),
                 groups: try row.decode(3, as: TextArray.self).elements, models: try row.decode(4, as: TextArray.self).elements,
                 usedQuota: try row.decode(5), createdTime: try row.decode(6), updatedTime: try row.decode(7))
+    }
+
+    /// Every named group must exist.
+    static func checkGroupsExist(_ groups: [String], on connection: PostgresConnection) throws {
+        let known = Set(try connection.query("SELECT name FROM groups WHERE name = ANY ($1::text[])", [TextArray(groups)])
+            .map { try $0.decode(0, as: String.self) })
+        if let missing = groups.first(where: { !known.contains($0) }) {
+            throw StoreError.invalid("unknown group \"\(missing)\"")
+        }
     }
 
     public func list(page: PageRequest) async throws -> Page<Channel> {
@@ -118,11 +87,10 @@ public struct ChannelRepository: Sendable {
 
     public func create(_ draft: ChannelDraft, by actor: Actor) async throws -> Channel {
         try ChannelRules.checkName(draft.name)
-        try ChannelRules.checkStatus(draft.status)
         let groups = try ChannelRules.normalizedGroups(draft.groups)
         let models = try ChannelRules.normalizedModels(draft.models)
         return try await pool.transaction { connection in
-            try ChannelRules.checkGroupsExist(groups, on: connection)
+            try Self.checkGroupsExist(groups, on: connection)
             let rows = try connection.query(SQL.returning(Self.columns, from: """
                 INSERT INTO channels (name, status, groups, models) VALUES ($1, $2, $3::text[], $4::text[])
                 """), [draft.name, draft.status, TextArray(groups), TextArray(models)])
@@ -136,7 +104,6 @@ public struct ChannelRepository: Sendable {
 
     public func update(id: Int64, _ changes: ChannelChanges, by actor: Actor) async throws -> Channel {
         if let name = changes.name { try ChannelRules.checkName(name) }
-        if let status = changes.status { try ChannelRules.checkStatus(status) }
         let groups = try changes.groups.map(ChannelRules.normalizedGroups)
         let models = try changes.models.map(ChannelRules.normalizedModels)
         // Channel ids are `integer`: a larger id cannot exist.
@@ -150,7 +117,7 @@ public struct ChannelRepository: Sendable {
             if let name = changes.name { after.name = name }
             if let status = changes.status { after.status = status }
             if let groups {
-                try ChannelRules.checkGroupsExist(groups, on: connection)
+                try Self.checkGroupsExist(groups, on: connection)
                 after.groups = groups
             }
             if let models { after.models = models }
@@ -178,7 +145,7 @@ public struct ChannelRepository: Sendable {
     }
 
     static func auditFields(_ channel: Channel) -> [String: any CustomStringConvertible] {
-        ["name": channel.name, "status": channel.status, "groups": channel.groups.joined(separator: ","),
+        ["name": channel.name, "status": channel.status.rawValue, "groups": channel.groups.joined(separator: ","),
          "models": channel.models.joined(separator: ",")]
     }
 }

@@ -28,32 +28,6 @@ public struct GroupChanges: Sendable, Equatable {
     }
 }
 
-public enum GroupRules {
-    /// The schema's rule: 1–64 of `[A-Za-z0-9_.-]`.
-    public static func isValidName(_ name: String) -> Bool {
-        (1...64).contains(name.utf8.count) && name.utf8.allSatisfy {
-            ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 95 || $0 == 46 || $0 == 45
-        }
-    }
-
-    static func checkName(_ name: String) throws(StoreError) {
-        guard isValidName(name) else {
-            throw .invalid("name must be 1–64 characters of letters, digits, '_', '.' or '-', got \"\(name.prefix(64))\"")
-        }
-    }
-
-    static func checkDescription(_ description: String) throws(StoreError) {
-        guard description.count <= 500 else { throw .invalid("description is longer than 500 characters") }
-        try TextRules.check(description, field: "description", multiline: true)
-    }
-
-    static func checkRPM(_ rpm: Int?) throws(StoreError) {
-        if let rpm, rpm <= 0 || rpm > 1_000_000_000 {
-            throw .invalid("rpm_limit must be a positive whole number (or null for no limit), got \(rpm)")
-        }
-    }
-}
-
 /// The `groups` table.
 public struct GroupRepository: Sendable {
     let pool: PostgresPool

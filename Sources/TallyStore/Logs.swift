@@ -334,26 +334,13 @@ public struct LogRepository: Sendable {
 
     /// The text of a credit's log row.
     static func creditContent(kind: String, amount: Int64, reason: String) -> String {
-        let usd = USDText.format(units: amount.magnitude)
-        let sign = amount < 0 ? "-" : ""
+        let dollars = Money.formatDollars(units: amount)
         let suffix = reason.isEmpty ? "" : " (\(reason))"
         switch kind {
-        case "topup": return "Top-up of \(sign)$\(usd)\(suffix)"
-        case "redeem": return "Redeemed \(sign)$\(usd) with a redemption code\(suffix)"
-        case "refund": return "Refund of \(sign)$\(usd)\(suffix)"
-        default: return "Balance adjusted by \(amount < 0 ? "-" : "+")$\(usd)\(suffix)"
+        case "topup": return "Top-up of \(dollars)\(suffix)"
+        case "redeem": return "Redeemed \(dollars) with a redemption code\(suffix)"
+        case "refund": return "Refund of \(dollars)\(suffix)"
+        default: return "Balance adjusted by \(amount < 0 ? "" : "+")\(dollars)\(suffix)"
         }
-    }
-}
-
-/// USD text of quota units, exactly, with 6 decimals (500,000 units = 1 USD; 1 unit = 2 µUSD).
-public enum USDText {
-    public static let unitsPerUSD: Int64 = 500_000
-
-    public static func format(units: UInt64) -> String {
-        let micros = units.multipliedFullWidth(by: 2)
-        let total = (UInt128(micros.high) << 64) | UInt128(micros.low)
-        let whole = total / 1_000_000, fraction = String(total % 1_000_000)
-        return "\(whole)." + String(repeating: "0", count: 6 - fraction.count) + fraction
     }
 }

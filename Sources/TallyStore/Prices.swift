@@ -24,6 +24,12 @@ public struct PriceVersionInfo: Codable, Sendable, Equatable {
     public let loadedBy: String
     public let loadedAt: String
     public let sha256: String
+
+    /// The names `GET /api/admin/prices` and `tally prices list --json` show.
+    enum CodingKeys: String, CodingKey {
+        case id, models, groups, source, sha256
+        case effectiveFrom = "effective_from", loadedBy = "loaded_by", loadedAt = "loaded_at"
+    }
 }
 
 extension StoredPriceVersion {

@@ -79,6 +79,12 @@ public struct Page<Item: Sendable>: Sendable {
     }
 }
 
+extension Role: PostgresIntegerEnum {}
+extension UserStatus: PostgresIntegerEnum {}
+extension TokenStatus: PostgresIntegerEnum {}
+extension ChannelStatus: PostgresIntegerEnum {}
+extension RedemptionStatus: PostgresIntegerEnum {}
+
 /// SQL fragments shared by the repositories.
 enum SQL {
     /// A `timestamptz` column as whole unix seconds.
@@ -90,22 +96,6 @@ enum SQL {
     static func returning(_ columns: String, from statement: String) -> String {
         "WITH t AS (\(statement) RETURNING *) SELECT \(columns) FROM t"
     }
-}
-
-/// Free text from callers: PostgreSQL text cannot hold NUL, and names must not hide control
-/// characters; descriptions and reasons may span lines.
-public enum TextRules {
-    public static func check(_ text: String, field: String, multiline: Bool = false) throws(StoreError) {
-        let bad = text.unicodeScalars.contains { scalar in
-            scalar.value == 0x7f || (scalar.value < 0x20 && !(multiline && (scalar == "\n" || scalar == "\t" || scalar == "\r")))
-        }
-        guard !bad else { throw .invalid("\(field) must not contain control characters") }
-    }
-}
-
-/// Limits of quota amounts accepted from callers: 10^15 units is 2 billion USD.
-public enum QuotaLimits {
-    public static let maximum: Int64 = 1_000_000_000_000_000
 }
 
 extension AuditLog {

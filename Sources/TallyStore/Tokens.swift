@@ -9,9 +9,9 @@ public struct APIToken: Sendable, Equatable {
     public var userID: Int64
     public var name: String
     public var keyLast6: String
-    /// 1 enabled, 2 disabled, 3 expired, 4 exhausted. An enabled key past its expiry reads 3,
-    /// an enabled limited key with no quota left reads 4, as new-api reports them.
-    public var status: Int
+    /// An enabled key past its expiry reads `expired`, an enabled limited key with no quota
+    /// left reads `exhausted`, as new-api reports them.
+    public var status: TokenStatus
     public var createdTime: Int64
     public var accessedTime: Int64
     /// Unix seconds; -1 = never.
@@ -29,7 +29,7 @@ public struct APIToken: Sendable, Equatable {
     public var group: String
 
     /// True when the key may be used now: enabled, not expired, not exhausted.
-    public var isUsable: Bool { status == 1 }
+    public var isUsable: Bool { status == .enabled }
 
     /// The model limit list (empty when limits are off).
     public var modelLimitList: [String] {
@@ -72,12 +72,12 @@ public struct TokenChanges: Sendable, Equatable {
     public var modelLimits: String?
     public var allowIPs: String?
     public var group: String?
-    /// 1 (enable) or 2 (disable).
-    public var status: Int?
+    /// `enabled` or `disabled`; a full update ignores the displayed `expired` or `exhausted`.
+    public var status: TokenStatus?
 
     public init(name: String? = nil, expiredTime: Int64? = nil, remainQuota: Int64? = nil, unlimitedQuota: Bool? = nil,
                 modelLimitsEnabled: Bool? = nil, modelLimits: String? = nil, allowIPs: String? = nil,
-                group: String? = nil, status: Int? = nil) {
+                group: String? = nil, status: TokenStatus? = nil) {
         self.name = name
         self.expiredTime = expiredTime
         self.remainQuota = remainQuota
@@ -87,58 +87,6 @@ public struct TokenChanges: Sendable, Equatable {
         self.allowIPs = allowIPs
         self.group = group
         self.status = status
-    }
-}
-
-/// The rules every key field obeys, shared by the System API and `tally admin create-key`.
-public enum TokenRules {
-    /// new-api's limit (bytes of UTF-8).
-    public static let maximumNameBytes = 50
-    /// new-api's `MaxUserTokens`.
-    public static let maximumTokensPerUser = 1000
-    /// 9999-12-31T23:59:59Z.
-    public static let latestExpiry: Int64 = 253_402_300_799
-
-    public static func checkName(_ name: String) throws(StoreError) {
-        guard name.utf8.count <= maximumNameBytes else {
-            throw .invalid("name is too long: at most \(maximumNameBytes) bytes, got \(name.utf8.count)")
-        }
-        guard !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
-            throw .invalid("name must not contain control characters")
-        }
-    }
-
-    public static func checkExpiry(_ expiredTime: Int64, now: Int64) throws(StoreError) {
-        guard expiredTime != -1 else { return }
-        guard expiredTime > 0, expiredTime <= latestExpiry else {
-            throw .invalid("expired_time must be -1 (never expires) or a unix time in seconds, got \(expiredTime)")
-        }
-        guard expiredTime > now else {
-            throw .invalid("expired_time \(expiredTime) is in the past; use a future unix time in seconds, or -1 for never")
-        }
-    }
-
-    public static func checkQuota(_ quota: Int64, field: String = "remain_quota") throws(StoreError) {
-        guard quota >= 0 else { throw .invalid("\(field) cannot be negative, got \(quota)") }
-        guard quota <= QuotaLimits.maximum else {
-            throw .invalid("\(field) exceeds the maximum of \(QuotaLimits.maximum) units, got \(quota)")
-        }
-    }
-
-    public static func normalizedModelLimits(_ text: String) throws(StoreError) -> String {
-        do { return try ModelNames.parseList(text, field: "model_limits").joined(separator: ",") } catch {
-            throw .invalid(error.message)
-        }
-    }
-
-    public static func normalizedAllowIPs(_ text: String) throws(StoreError) -> String {
-        do { return try IPAllowList.parse(text).text } catch { throw .invalid(error.description) }
-    }
-
-    public static func checkGroupName(_ group: String) throws(StoreError) {
-        guard group.isEmpty || GroupRules.isValidName(group) else {
-            throw .invalid("group \"\(group.prefix(64))\" is not a valid group name")
-        }
     }
 }
 
@@ -247,12 +195,10 @@ public struct TokenRepository: Sendable {
     public func update(id: Int64, userID: Int64, _ changes: TokenChanges, statusOnly: Bool = false) async throws -> APIToken {
         let now = Int64(Date().timeIntervalSince1970)
         var changes = changes
-        if let status = changes.status, status != 1, status != 2 {
-            // A full update may echo the displayed status back (3 expired, 4 exhausted): those are
+        if let status = changes.status, !status.isSettable {
+            // A full update may echo the displayed status back (expired, exhausted): those are
             // states, not requests, and are ignored as new-api ignores status in a full update.
-            guard !statusOnly, status == 3 || status == 4 else {
-                throw StoreError.invalid("status must be 1 (enabled) or 2 (disabled), got \(status)")
-            }
+            guard !statusOnly else { throw TokenStatus.refusal(status.rawValue) }
             changes.status = nil
         }
         if statusOnly && changes.status == nil {
@@ -278,7 +224,7 @@ public struct TokenRepository: Sendable {
                 """, [id, userID]).first
             else { throw StoreError.notFound("API key \(id) not found") }
             let current = try Self.decode(row)
-            let storedStatus = try row.decode(16, as: Int.self)
+            let storedStatus = try row.decode(16, as: TokenStatus.self)
             let ownGroup = try row.decode(17, as: String.self)
             var next = current
             next.status = storedStatus
@@ -299,7 +245,7 @@ public struct TokenRepository: Sendable {
                 }
             }
             if let status = normalized.status {
-                if status == 1 && current.status != 1 {
+                if status == .enabled && current.status != .enabled {
                     if next.expiredTime != -1 && next.expiredTime <= now {
                         throw StoreError.invalid("Token has expired and cannot be enabled. Please modify the expiration time or set it to never expire")
                     }

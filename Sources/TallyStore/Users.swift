@@ -2,12 +2,6 @@ import Foundation
 import TallyCore
 import TallyPostgres
 
-/// System roles, with new-api's numbers.
-public enum Role: Int, Sendable, Codable, Comparable {
-    case user = 1, admin = 10, root = 100
-    public static func < (lhs: Role, rhs: Role) -> Bool { lhs.rawValue < rhs.rawValue }
-}
-
 /// An account: who pays. `quota` is the remaining balance in units.
 public struct User: Sendable, Equatable, Codable {
     public var id: Int64
@@ -15,14 +9,13 @@ public struct User: Sendable, Equatable, Codable {
     public var displayName: String
     public var email: String
     public var role: Role
-    /// 1 enabled, 2 disabled (suspended).
-    public var status: Int
+    public var status: UserStatus
     public var group: String
     public var quota: Int64
     public var usedQuota: Int64
     public var requestCount: Int64
 
-    public var isSuspended: Bool { status != 1 }
+    public var isSuspended: Bool { status != .enabled }
 }
 
 /// What `create` needs; the access token is generated and returned once.

@@ -2,18 +2,6 @@ import Foundation
 import TallyCore
 import TallyPostgres
 
-/// The events Tally sends to webhook endpoints (docs/webhooks.md).
-public enum WebhookEventType: String, Sendable, CaseIterable, Codable {
-    /// A debit took a balance from above the low-balance threshold to at or below it.
-    case balanceLow = "balance.low"
-    /// A debit took a balance from above 0 to 0 or below.
-    case balanceExhausted = "balance.exhausted"
-    /// An admin suspended (disabled) a user.
-    case userSuspended = "user.suspended"
-    /// An export or statement finished and can be fetched.
-    case exportReady = "export.ready"
-}
-
 /// The HMAC key of an endpoint. Its description is redacted so that interpolating it into a
 /// log line or an error never prints it.
 public struct WebhookSecret: Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible {
@@ -293,27 +281,5 @@ public struct ExportReadyEvent: Sendable, Equatable {
 
     var json: String {
         #"{"export_id":\#(JSONText.quote(exportID)),"kind":\#(JSONText.quote(kind)),"month":\#(JSONText.quote(month)),"location":\#(location.map(JSONText.quote) ?? "null"),"rows":\#(rows.map(String.init) ?? "null")}"#
-    }
-}
-
-/// Validation of endpoint URLs.
-public enum WebhookRules {
-    public static func checkURL(_ url: String) throws(StoreError) {
-        guard url.count <= 2048, !url.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f }),
-              let components = URLComponents(string: url), let scheme = components.scheme?.lowercased(),
-              scheme == "http" || scheme == "https", let host = components.host, !host.isEmpty, url.lowercased().hasPrefix(scheme + "://")
-        else { throw .invalid("a webhook URL must be an http:// or https:// URL with a host, at most 2048 characters") }
-    }
-
-    /// Event type names, comma-separated; empty means every type.
-    public static func parseEvents(_ text: String) throws(StoreError) -> [WebhookEventType] {
-        var types: [WebhookEventType] = []
-        for name in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !name.isEmpty {
-            guard let type = WebhookEventType(rawValue: name) else {
-                throw .invalid("unknown event type \"\(name.prefix(40))\"; known: \(WebhookEventType.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            if !types.contains(type) { types.append(type) }
-        }
-        return types
     }
 }

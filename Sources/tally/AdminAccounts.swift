@@ -17,6 +17,8 @@ func withAdminPool(_ database: DatabaseOptions, _ body: (PostgresPool) async thr
         try await body(pool)
     } catch let error as StoreError {
         refusal = error.description
+    } catch let error as RuleViolation {
+        refusal = error.message
     } catch let error as PermissionDenied {
         refusal = error.reason
     } catch {
@@ -147,10 +149,10 @@ enum SetUserStatus {
         try await withAdminPool(database) { pool in
             let updated = try await AccountRepository(pool: pool).manage(id: user, action, actorRole: nil, by: .cli)
             if json {
-                print(jsonObject([("id", String(updated.id)), ("status", String(updated.status)),
+                print(jsonObject([("id", String(updated.id)), ("status", String(updated.status.rawValue)),
                                   ("role", String(updated.role.rawValue))]))
             } else {
-                print("user \(updated.id) (\(updated.username)) is now \(updated.status == 1 ? "enabled" : "suspended")")
+                print("user \(updated.id) (\(updated.username)) is now \(updated.status == .enabled ? "enabled" : "suspended")")
             }
         }
     }
@@ -184,12 +186,12 @@ struct ChannelCommand: AsyncParsableCommand {
     static func printChannel(_ channel: Channel, json: Bool) {
         if json {
             print(jsonObject([
-                ("id", String(channel.id)), ("name", JSONText.quote(channel.name)), ("status", String(channel.status)),
+                ("id", String(channel.id)), ("name", JSONText.quote(channel.name)), ("status", String(channel.status.rawValue)),
                 ("group", JSONText.quote(channel.groups.joined(separator: ","))),
                 ("models", JSONText.quote(channel.models.joined(separator: ","))),
             ]))
         } else {
-            print("channel \(channel.id) \(channel.name): status \(channel.status), groups \(channel.groups.joined(separator: ",")), models \(channel.models.joined(separator: ","))")
+            print("channel \(channel.id) \(channel.name): status \(channel.status.rawValue), groups \(channel.groups.joined(separator: ",")), models \(channel.models.joined(separator: ","))")
         }
     }
 
@@ -221,7 +223,7 @@ struct ChannelCommand: AsyncParsableCommand {
         func run() async throws {
             try await withAdminPool(database) { pool in
                 ChannelCommand.printChannel(
-                    try await ChannelRepository(pool: pool).update(id: id, ChannelChanges(status: 2), by: .cli), json: json)
+                    try await ChannelRepository(pool: pool).update(id: id, ChannelChanges(status: .disabled), by: .cli), json: json)
             }
         }
     }
@@ -236,7 +238,7 @@ struct ChannelCommand: AsyncParsableCommand {
         func run() async throws {
             try await withAdminPool(database) { pool in
                 ChannelCommand.printChannel(
-                    try await ChannelRepository(pool: pool).update(id: id, ChannelChanges(status: 1), by: .cli), json: json)
+                    try await ChannelRepository(pool: pool).update(id: id, ChannelChanges(status: .enabled), by: .cli), json: json)
             }
         }
     }

@@ -43,7 +43,7 @@ struct Export: AsyncParsableCommand {
     var quiet = false
 
     func run() async throws {
-        guard let usageMonth = UsageMonth(month) else { throw ValidationError("--month must be YYYY-MM, got \"\(month)\"") }
+        let usageMonth = try monthOption(month, name: "--month")
         let export: UsageExport
         do {
             if raw {
@@ -123,7 +123,7 @@ struct StatementCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        guard let usageMonth = UsageMonth(month) else { throw ValidationError("--month must be YYYY-MM, got \"\(month)\"") }
+        let usageMonth = try monthOption(month, name: "--month")
         let pool = try await database.migratedPool(size: 1)
         let statement = try await StatementRepository(pool: pool).statement(userID: user, month: usageMonth)
         await pool.close()

@@ -154,10 +154,7 @@ struct Audit: AsyncParsableCommand {
     var month: String?
 
     func run() async throws {
-        let month = try month.map { text in
-            guard let month = UsageMonth(text) else { throw ValidationError("--month must be YYYY-MM, got \"\(text)\"") }
-            return month
-        }
+        let month = try month.map { try monthOption($0, name: "--month") }
         let pool = try await database.migratedPool(size: 1)
         let violations = try await Auditor(pool: pool).run(month: month)
         await pool.close()

@@ -44,10 +44,7 @@ struct Partitions: AsyncParsableCommand {
     var months = 3
 
     func run() async throws {
-        let start = try from.map { text in
-            guard let month = UsageMonth(text) else { throw ValidationError("expected a month as YYYY-MM, got \"\(text)\"") }
-            return month.start
-        } ?? Date()
+        let start = try from.map { try monthOption($0, name: "--from").start } ?? Date()
         let pool = try await database.migratedPool(size: 1)
         let created = try await Migrator(pool: pool).createLogPartitions(from: start, months: months)
         print("created \(created) request_logs partition(s)")

@@ -76,11 +76,10 @@ struct Prices: AsyncParsableCommand {
     }
 }
 
-/// One JSON line per version, snake_case as the HTTP API.
+/// One JSON line per version, with the names of the HTTP API (`PriceVersionInfo.CodingKeys`).
 enum PriceVersionJSON {
     static func encode(_ infos: some Encodable) throws -> String {
         let encoder = JSONEncoder()
-        encoder.keyEncodingStrategy = .convertToSnakeCase
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return String(decoding: try encoder.encode(infos), as: UTF8.self)
     }

@@ -7,55 +7,76 @@ import TallyServer
 import TallyStore
 
 struct Serve: AsyncParsableCommand {
+    typealias Defaults = TallyConfiguration.Defaults
+
     static let configuration = CommandConfiguration(
         abstract: "Run the HTTP server (gateway routes, System API, admin, /metrics).",
         discussion: "Each flag falls back to its environment variable, then to the default. SIGTERM or SIGINT shut down gracefully.")
 
-    @Option(help: "Address to listen on. Env: TALLY_HOST. Default: 127.0.0.1 (put a TLS proxy in front).")
+    @Option(help: "Address to listen on. Env: TALLY_HOST. Default: \(Defaults.host) (put a TLS proxy in front).")
     var host: String?
 
-    @Option(help: "TCP port. Env: TALLY_PORT. Default: 8080.")
+    @Option(help: "TCP port. Env: TALLY_PORT. Default: \(Defaults.port).")
     var port: Int?
 
     @OptionGroup var database: DatabaseOptions
 
-    @Option(help: "Maximum PostgreSQL connections. Env: TALLY_POOL_SIZE. Default: 16.")
+    @Option(help: "Maximum PostgreSQL connections. Env: TALLY_POOL_SIZE. Default: \(Defaults.poolSize).")
     var poolSize: Int?
 
     @Option(help: "Secret the gateway sends as 'Authorization: Bearer …' on /gateway routes. Env: TALLY_GATEWAY_SECRET (preferred: a command line is visible to every local user). Without it gateway routes refuse every call.")
     var gatewaySecret: String?
 
-    @Option(help: "Seconds an authorize hold stays open without a settlement or release before the sweeper returns it. Env: TALLY_HOLD_TTL. Default: 600.")
+    @Option(help: ArgumentHelp("Seconds an authorize hold stays open without a settlement or release before the "
+                               + "sweeper returns it. Env: TALLY_HOLD_TTL. Default: \(Defaults.holdTTLSeconds)."))
     var holdTTL: Int?
 
-    @Option(help: "sync: authorize answers once its hold is journaled in PostgreSQL (group commit); async: as soon as the hold is cut from this instance's lease in memory, the journal following within milliseconds (faster; see docs/enforcement.md for what a crash then costs). Env: TALLY_HOLD_COMMIT. Default: sync.")
+    @Option(help: ArgumentHelp("sync: authorize answers once its hold is journaled in PostgreSQL (group commit); "
+                               + "async: as soon as the hold is cut from this instance's lease in memory, the journal "
+                               + "following within milliseconds (faster; see docs/enforcement.md for what a crash then "
+                               + "costs). Env: TALLY_HOLD_COMMIT. Default: \(Defaults.holdCommit.rawValue)."))
     var holdCommit: String?
 
-    @Option(help: "Milliseconds between folds of committed ingest charges into balances (every balance read includes what is not folded yet, so this bounds the backlog, not exactness); 0: this instance does not fold, another must. Env: TALLY_SETTLE_INTERVAL. Default: 100.")
+    @Option(help: ArgumentHelp("Milliseconds between folds of committed ingest charges into balances (every balance "
+                               + "read includes what is not folded yet, so this bounds the backlog, not exactness); "
+                               + "0: this instance does not fold, another must. Env: TALLY_SETTLE_INTERVAL. "
+                               + "Default: \(Defaults.settleIntervalMilliseconds)."))
     var settleInterval: Int?
 
-    @Option(help: "Seconds between roll-ups of committed usage into the daily rollups (exports and statements include what is not rolled up yet). Env: TALLY_ROLLUP_INTERVAL. Default: 5.")
+    @Option(help: ArgumentHelp("Seconds between roll-ups of committed usage into the daily rollups (exports and "
+                               + "statements include what is not rolled up yet). Env: TALLY_ROLLUP_INTERVAL. "
+                               + "Default: \(Defaults.rollUpIntervalSeconds)."))
     var rollupInterval: Int?
 
-    @Option(help: "trace, debug, info, notice, warning, error or critical. Env: TALLY_LOG_LEVEL. Default: info.")
+    @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical. Env: TALLY_LOG_LEVEL. "
+                               + "Default: \(Defaults.logLevel.rawValue)."))
     var logLevel: String?
 
     @Option(help: "Deliver webhooks from this instance: on or off (instances share the outbox safely). Env: TALLY_WEBHOOKS. Default: on.")
     var webhooks: String?
 
-    @Option(help: "Attempts before a webhook event is dead-lettered. Env: TALLY_WEBHOOK_MAX_ATTEMPTS. Default: 20 (retries spread over up to about 10 hours).")
+    @Option(help: ArgumentHelp("Attempts before a webhook event is dead-lettered. Env: TALLY_WEBHOOK_MAX_ATTEMPTS. "
+                               + "Default: \(WebhookDispatchConfiguration().maxAttempts) (retries spread over up to "
+                               + "about 10 hours)."))
     var webhookMaxAttempts: Int?
 
-    @Option(help: "Seconds allowed for one webhook delivery. Env: TALLY_WEBHOOK_TIMEOUT. Default: 10.")
+    @Option(help: ArgumentHelp("Seconds allowed for one webhook delivery. Env: TALLY_WEBHOOK_TIMEOUT. "
+                               + "Default: \(WebhookDispatchConfiguration().timeout.components.seconds)."))
     var webhookTimeout: Int?
 
-    @Option(help: "Seconds a connection may send nothing (between requests, or inside a request's head or body) before it is closed. Env: TALLY_IDLE_TIMEOUT. Default: 60.")
+    @Option(help: ArgumentHelp("Seconds a connection may send nothing (between requests, or inside a request's head "
+                               + "or body) before it is closed. Env: TALLY_IDLE_TIMEOUT. "
+                               + "Default: \(Defaults.idleTimeoutSeconds)."))
     var idleTimeout: Int?
 
-    @Option(help: "Failed credentials (wrong API key, access token or gateway secret) one client address may present per window before it gets 429 too_many_failed_auth until the window ends; 0 turns the limit off. Env: TALLY_FAILED_AUTH_LIMIT. Default: 20.")
+    @Option(help: ArgumentHelp("Failed credentials (wrong API key, access token or gateway secret) one client "
+                               + "address may present per window before it gets 429 too_many_failed_auth until the "
+                               + "window ends; 0 turns the limit off. Env: TALLY_FAILED_AUTH_LIMIT. "
+                               + "Default: \(Defaults.failedAuthLimit)."))
     var failedAuthLimit: Int?
 
-    @Option(help: "Length of that window in seconds. Env: TALLY_FAILED_AUTH_WINDOW. Default: 60.")
+    @Option(help: ArgumentHelp("Length of that window in seconds. Env: TALLY_FAILED_AUTH_WINDOW. "
+                               + "Default: \(Defaults.failedAuthWindowSeconds)."))
     var failedAuthWindow: Int?
 
     @Option(help: ArgumentHelp("Comma-separated addresses or CIDR ranges of proxies whose X-Forwarded-For names the "
@@ -65,26 +86,32 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
-        let levelName = logLevel ?? environment["TALLY_LOG_LEVEL"] ?? "info"
+        let levelName = logLevel ?? environment["TALLY_LOG_LEVEL"] ?? Defaults.logLevel.rawValue
         guard let level = Logger.Level(rawValue: levelName) else {
             throw ValidationError("unknown log level \"\(levelName)\"")
         }
         let configuration = TallyConfiguration(
-            host: host ?? environment["TALLY_HOST"] ?? "127.0.0.1",
-            port: try port ?? Self.integer(environment, "TALLY_PORT") ?? 8080,
+            host: host ?? environment["TALLY_HOST"] ?? Defaults.host,
+            port: try port ?? Self.integer(environment, "TALLY_PORT") ?? Defaults.port,
             databaseURL: try database.resolvedURL(),
-            poolSize: try poolSize ?? Self.integer(environment, "TALLY_POOL_SIZE") ?? 16,
+            poolSize: try poolSize ?? Self.integer(environment, "TALLY_POOL_SIZE") ?? Defaults.poolSize,
             gatewaySecret: gatewaySecret ?? environment["TALLY_GATEWAY_SECRET"] ?? "",
             logLevel: level,
-            holdTTLSeconds: try holdTTL ?? Self.integer(environment, "TALLY_HOLD_TTL") ?? 600,
-            holdCommit: try Self.holdCommitMode(holdCommit ?? environment["TALLY_HOLD_COMMIT"] ?? "sync"),
+            holdTTLSeconds: try holdTTL ?? Self.integer(environment, "TALLY_HOLD_TTL") ?? Defaults.holdTTLSeconds,
+            holdCommit: try Self.holdCommitMode(
+                holdCommit ?? environment["TALLY_HOLD_COMMIT"] ?? Defaults.holdCommit.rawValue),
             webhooks: try webhookConfiguration(environment),
-            idleTimeoutSeconds: try idleTimeout ?? Self.integer(environment, "TALLY_IDLE_TIMEOUT") ?? 60,
-            failedAuthLimit: try failedAuthLimit ?? Self.integer(environment, "TALLY_FAILED_AUTH_LIMIT") ?? 20,
-            failedAuthWindowSeconds: try failedAuthWindow ?? Self.integer(environment, "TALLY_FAILED_AUTH_WINDOW") ?? 60,
+            idleTimeoutSeconds: try idleTimeout ?? Self.integer(environment, "TALLY_IDLE_TIMEOUT")
+                ?? Defaults.idleTimeoutSeconds,
+            failedAuthLimit: try failedAuthLimit ?? Self.integer(environment, "TALLY_FAILED_AUTH_LIMIT")
+                ?? Defaults.failedAuthLimit,
+            failedAuthWindowSeconds: try failedAuthWindow ?? Self.integer(environment, "TALLY_FAILED_AUTH_WINDOW")
+                ?? Defaults.failedAuthWindowSeconds,
             trustedProxies: try Self.proxies(trustedProxies ?? environment["TALLY_TRUSTED_PROXIES"] ?? ""),
-            settleIntervalMilliseconds: try settleInterval ?? Self.integer(environment, "TALLY_SETTLE_INTERVAL") ?? 100,
-            rollUpIntervalSeconds: try rollupInterval ?? Self.integer(environment, "TALLY_ROLLUP_INTERVAL") ?? 5)
+            settleIntervalMilliseconds: try settleInterval ?? Self.integer(environment, "TALLY_SETTLE_INTERVAL")
+                ?? Defaults.settleIntervalMilliseconds,
+            rollUpIntervalSeconds: try rollupInterval ?? Self.integer(environment, "TALLY_ROLLUP_INTERVAL")
+                ?? Defaults.rollUpIntervalSeconds)
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
         guard configuration.holdTTLSeconds > 0 else { throw ValidationError("--hold-ttl must be at least 1 second") }
         guard configuration.settleIntervalMilliseconds >= 0 else { throw ValidationError("--settle-interval must be ≥ 0") }

@@ -13,6 +13,14 @@ struct MoneyTests {
         #expect(Money.formatUSD(units: units) == text)
     }
 
+    @Test("formatDollars puts the sign before the dollar", arguments: [
+        (Int64(3750), "$0.007500"), (0, "$0.000000"), (-1, "-$0.000002"), (-750_001, "-$1.500002"),
+        (Int64.min, "-$18446744073709.551616"),
+    ])
+    func formatDollars(units: Int64, text: String) {
+        #expect(Money.formatDollars(units: units) == text)
+    }
+
     @Test func unitsPerUSD() {
         #expect(Money.unitsPerUSD == 500_000)
     }

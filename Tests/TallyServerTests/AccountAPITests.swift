@@ -126,7 +126,7 @@ struct AccountAPITests {
         let (user, access) = try await seed.user("models", group: "team")
         _ = try await seed.channel(groups: ["team"], models: ["gpt-4o", "claude-sonnet-4", "text-embedding-3-small", "unpriced-model"])
         _ = try await seed.channel(groups: ["team", "partner"], models: ["gemini-2.5-pro", "gpt-4o", "claude-sonnet-4"])
-        _ = try await seed.channel(groups: ["team"], models: ["disabled-model"], status: 2)
+        _ = try await seed.channel(groups: ["team"], models: ["disabled-model"], status: .disabled)
         _ = try await seed.channel(groups: ["partner"], models: ["other-group-model"])
         let (_, all) = try await seed.key(user: user.id)
         let (_, limited) = try await seed.key(user: user.id, TokenDraft(

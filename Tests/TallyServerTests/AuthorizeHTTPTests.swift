@@ -108,7 +108,7 @@ struct AuthorizeHTTPTests {
                                                                    modelLimits: "text-embedding-3-small")).key
         let rpmKey = try await seed.key(user: user.id)
         try await seed.sql("UPDATE tokens SET rpm_limit = 2 WHERE id = $1", [rpmKey.token.id])
-        let disabledChannel = try await seed.channel(groups: ["default"], models: ["gpt-4o"], status: 2)
+        let disabledChannel = try await seed.channel(groups: ["default"], models: ["gpt-4o"], status: .disabled)
         nonisolated(unsafe) var rpmGranted = 0
 
         try await TestApp.build(db).test(.live) { client in
@@ -299,7 +299,7 @@ struct AuthorizeHTTPTests {
             _ = try await accounts.manage(id: user.id, .disable, actorRole: nil, by: .cli)
             Self.expectError(try await eventually(.accountSuspended), .accountSuspended)
             _ = try await accounts.manage(id: user.id, .enable, actorRole: nil, by: .cli)
-            _ = try await TokenRepository(pool: db.pool).update(id: token.id, userID: user.id, TokenChanges(status: 2),
+            _ = try await TokenRepository(pool: db.pool).update(id: token.id, userID: user.id, TokenChanges(status: .disabled),
                                                                 statusOnly: true)
             Self.expectError(try await eventually(.invalidToken), .invalidToken)
         }

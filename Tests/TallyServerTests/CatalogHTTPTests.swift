@@ -36,6 +36,7 @@ struct CatalogHTTPTests {
     static func app() -> some ApplicationProtocol {
         let router = Router(context: TallyRequestContext.self)
         router.add(middleware: TraceMiddleware())
+        router.add(middleware: ErrorMiddleware())
         for prefix in ["/gateway/v1/probe", "/api/probe"] {
             router.get("\(prefix)/:code") { _, context -> Response in
                 let code = try context.parameters.require("code")

@@ -90,7 +90,7 @@ struct Seed {
         return name
     }
 
-    func channel(groups: [String], models: [String], status: Int = 1) async throws -> TallyStore.Channel {
+    func channel(groups: [String], models: [String], status: ChannelStatus = .enabled) async throws -> TallyStore.Channel {
         try await ChannelRepository(pool: db.pool).create(
             ChannelDraft(name: "ch-\(UInt32.random(in: 0...UInt32.max))", status: status, groups: groups, models: models), by: .cli)
     }

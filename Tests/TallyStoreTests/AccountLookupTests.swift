@@ -92,7 +92,7 @@ struct AccountLookupTests {
         }
         let channel = try await channels.create(ChannelDraft(name: "c", models: ["gpt-4o"]), by: .cli)
         #expect(try notices.next() == "channel:\(channel.id)")
-        _ = try await channels.update(id: channel.id, ChannelChanges(status: 2), by: .cli)
+        _ = try await channels.update(id: channel.id, ChannelChanges(status: .disabled), by: .cli)
         #expect(try notices.next() == "channel:\(channel.id)")
     }
 }

@@ -41,10 +41,13 @@ struct FoldTests {
         try await Self.store(accounts.enumerated().map { Self.line("first-\($0)", $1, quota: 1_000 * Int64($0 + 1)) }, on: db)
 
         // A settler's fold, applied but not committed: it holds the accounts' rows locked.
-        let settler = try PostgresConnection(url: db.url)
-        try settler.execute("BEGIN")
-        let pid = try settler.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self)
-        #expect(try settler.query("SELECT tally_fold(NULL, false)")[0].decode(0, as: Int.self) == 3)
+        let settler = try await TestSession.open(db.url)
+        let (pid, folded) = try await settler.run { connection in
+            try connection.execute("BEGIN")
+            return (try connection.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self),
+                    try connection.query("SELECT tally_fold(NULL, false)")[0].decode(0, as: Int.self))
+        }
+        #expect(folded == 3)
 
         // Appending locks no account row: a batch for the same accounts commits meanwhile.
         let appended = Task { try await Self.store(accounts.map { Self.line("second-\($0.user)", $0, quota: 500) }, on: db) }

@@ -22,21 +22,25 @@ struct IngestRaceTests {
             let row = try connection.query("SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-1'")[0]
             return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
         }
-        let racer = try PostgresConnection(url: db.url)
+        let racer = try await TestSession.open(db.url)
         let contested = Self.line("race-contested", userID: userID, tokenID: tokenID, quota: 3750)
         // Another writer holds the contested id, uncommitted: the batch's check cannot see it.
-        try racer.execute("BEGIN")
-        try racer.query("""
-            INSERT INTO request_logs (request_id, created_at, user_id, token_id, model, "group", kind, status, quota)
-            VALUES ($1, to_timestamp(1794312000), $2, $3, 'gpt-4o', 'default', 'chat', 200, 0)
-            """, [contested.requestID, userID, tokenID])
+        try await racer.run { racer in
+            try racer.execute("BEGIN")
+            try racer.query("""
+                INSERT INTO request_logs
+                    (request_id, created_at, user_id, token_id, model, "group", kind, status, quota)
+                VALUES ($1, to_timestamp(1794312000), $2, $3, 'gpt-4o', 'default', 'chat', 200, 0)
+                """, [contested.requestID, userID, tokenID])
+        }
         let repository = PostgresIngestRepository(pool: db.pool)
         let batch = Task {
             try await repository.store([contested, Self.line("race-fresh", userID: userID, tokenID: tokenID, quota: 3750)],
                                        rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
         }
         try await Task.sleep(for: .milliseconds(500))
-        try racer.execute("COMMIT")  // the batch's COPY now fails on the unique index and falls back
+        // The batch's COPY now fails on the unique index and falls back.
+        try await racer.run { try $0.execute("COMMIT") }
         let result = try await batch.value
         #expect(result.accepted == 1)
         #expect(result.duplicates == 1)
@@ -59,9 +63,11 @@ struct IngestRaceTests {
             VALUES ($1, to_timestamp(1794312000), $2, $3, 'gpt-4o', 'default', 'chat', 200, 0)
             """
         // Another writer (an instance storing the same lines) has inserted order-a, uncommitted.
-        let racer = try PostgresConnection(url: db.url)
-        try racer.execute("BEGIN")
-        try racer.query(insert, ["order-a", userID, tokenID])
+        let racer = try await TestSession.open(db.url)
+        try await racer.run { racer in
+            try racer.execute("BEGIN")
+            try racer.query(insert, ["order-a", userID, tokenID])
+        }
         let batch = Task {
             try await PostgresIngestRepository(pool: db.pool).store(
                 [Self.line("order-b", userID: userID, tokenID: tokenID, quota: 10), Self.line("order-a", userID: userID, tokenID: tokenID, quota: 10)],
@@ -69,8 +75,10 @@ struct IngestRaceTests {
         }
         try await Task.sleep(for: .milliseconds(500))
         // Had the batch inserted order-b first, this would wait for it while it waits for order-a.
-        try racer.query(insert, ["order-b", userID, tokenID])
-        try racer.execute("COMMIT")
+        try await racer.run { racer in
+            try racer.query(insert, ["order-b", userID, tokenID])
+            try racer.execute("COMMIT")
+        }
         let result = try await batch.value
         #expect(result.accepted == 0)
         #expect(result.duplicates == 2)

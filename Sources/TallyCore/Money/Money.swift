@@ -18,6 +18,12 @@ public enum Money {
         return (micros < 0 ? "-" : "") + String(whole) + "." + padded
     }
 
+    /// `formatUSD` with a dollar sign after the minus: 3750 → `"$0.007500"`, -1 → `"-$0.000002"`.
+    public static func formatDollars(units: Int64) -> String {
+        let usd = formatUSD(units: units)
+        return usd.hasPrefix("-") ? "-$" + usd.dropFirst() : "$" + usd
+    }
+
     /// Parses a USD amount (`"1.5"`, `"-0.25"`, `"20"`) into units. The amount must be a whole
     /// number of units (a multiple of 0.000002 USD) and fit in `Int64`; otherwise this throws.
     public static func parseUSDToUnits(_ text: String) throws(DecimalParseError) -> Int64 {

@@ -15,13 +15,9 @@ struct ConsoleController {
     /// Every console route, in one place.
     var routes: RouteCollection<TallyRequestContext> {
         let routes = RouteCollection(context: TallyRequestContext.self)
-        routes.get(use: index)
-        routes.get(":file", use: file)
+        routes.get("console", use: index)
+        routes.get("console/:file", use: file)
         return routes
-    }
-
-    func addRoutes(to router: Router<TallyRequestContext>) {
-        router.addRoutes(routes, atPath: "/console")
     }
 
     /// `/console/` (and `/console`): the page.
@@ -103,8 +99,9 @@ struct ConsoleFiles: Sendable {
             guard let contentType = contentTypes[url.pathExtension] else { continue }
             let data = try Data(contentsOf: url)
             let digest = SHA256.hash(data: data).prefix(12).map { String(format: "%02x", $0) }.joined()
-            files[url.lastPathComponent] = File(contentType: contentType, bytes: ByteBuffer(bytes: data),
-                                                etag: "\"\(digest)\"")
+            files[url.lastPathComponent] = File(
+                contentType: contentType, bytes: ByteBuffer(bytes: data),
+                etag: "\"\(digest)\"")
         }
         return ConsoleFiles(files: files)
     }

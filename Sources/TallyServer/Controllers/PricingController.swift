@@ -4,58 +4,33 @@ import TallyCore
 import TallyPostgres
 import TallyStore
 
-/// `GET /api/pricing` (public: effective prices per group and the group table),
-/// `GET /api/admin/prices` and `PUT /api/admin/prices` (admins: list and load versions).
+/// `GET /api/pricing` (public): the effective prices per group of the version in force, and the
+/// group table.
 struct PricingController {
     let prices: PriceCatalog
-    let repository: any PriceRepository
 
-    func addPublicRoutes(to router: Router<TallyRequestContext>) {
-        router.get("/api/pricing", use: pricing)
+    var routes: RouteCollection<TallyRequestContext> {
+        let routes = RouteCollection(context: TallyRequestContext.self)
+        routes.get("pricing", use: pricing)
+        return routes
     }
 
-    func addAdminRoutes(to group: RouterGroup<TallyRequestContext>) {
-        group.get("/prices", use: list)
-        group.put("/prices", use: load)
-    }
-
-    struct PricingData: Encodable, Sendable {
-        let priceVersionId: Int64?
-        let effectiveFrom: String?
+    struct PricingJSON: Encodable {
+        let price_version_id: Int64?
+        let effective_from: String?
         let groups: [PricingTable.Group]
         let models: [PricingTable.Model]
     }
 
-    @Sendable func pricing(_ request: Request, context: TallyRequestContext) async throws -> Envelope<PricingData> {
+    @Sendable func pricing(_ request: Request, context: TallyRequestContext) throws -> Response {
         guard let version = prices.book.version(at: Date()) else {
-            return Envelope(PricingData(priceVersionId: nil, effectiveFrom: nil, groups: [], models: []))
+            return try SystemJSON.success(
+                PricingJSON(price_version_id: nil, effective_from: nil, groups: [], models: []))
         }
         let table = PricingTable(sheet: version.sheet)
-        return Envelope(PricingData(priceVersionId: version.id, effectiveFrom: PostgresTimestamp.format(version.effectiveFrom),
-                                    groups: table.groups, models: table.models))
-    }
-
-    @Sendable func list(_ request: Request, context: TallyRequestContext) async throws -> Envelope<[PriceVersionInfo]> {
-        Envelope(try await repository.all().map(\.info))
-    }
-
-    /// The body is the sheet itself (YAML or JSON); `?effective_from=` overrides the sheet's.
-    @Sendable func load(_ request: Request, context: TallyRequestContext) async throws -> Envelope<PriceVersionInfo> {
-        let user = try context.requireUser()
-        let body = try await request.body.collect(upTo: 4 * 1024 * 1024)
-        let sheet: PriceSheet
-        do { sheet = try PriceSheet.parse(String(buffer: body)) } catch {
-            throw APIError.invalidRequest("invalid price sheet: " + error.problems.map(\.description).joined(separator: "; "))
-        }
-        var effectiveFrom: Date?
-        if let text = request.uri.queryParameters.get("effective_from") {
-            guard let parsed = PostgresTimestamp.parse(text) else {
-                throw APIError.invalidRequest("effective_from must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z")
-            }
-            effectiveFrom = parsed
-        }
-        let actor = Actor(userID: user.id, name: user.username, tid: context.tid)
-        let stored = try await prices.load(sheet, effectiveFrom: effectiveFrom, source: "api", by: actor)
-        return Envelope(stored.info)
+        return try SystemJSON.success(
+            PricingJSON(
+                price_version_id: version.id, effective_from: PostgresTimestamp.format(version.effectiveFrom),
+                groups: table.groups, models: table.models))
     }
 }

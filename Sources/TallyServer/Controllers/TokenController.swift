@@ -6,7 +6,6 @@ import TallyStore
 /// `/api/token/…`: the caller's API keys (DESIGN §6, new-api's token controller).
 struct TokenController {
     let tokens: TokenRepository
-    let auth: UserAuthMiddleware
 
     /// The body of `POST` and `PUT /api/token/`: new-api's `model.Token` fields; others ignored.
     struct Body: Decodable {
@@ -22,22 +21,23 @@ struct TokenController {
         var status: Int?
     }
 
-    func addRoutes(to router: Router<TallyRequestContext>) {
-        let group = router.group("/api/token").add(middleware: auth)
-        group.get { request, context in try await list(request, context) }
-        group.post { request, context in try await create(request, context) }
-        group.put { request, context in try await update(request, context) }
-        group.get(":id") { request, context in try await get(request, context) }
-        group.delete(":id") { request, context in try await delete(request, context) }
+    var routes: RouteCollection<TallyRequestContext> {
+        let routes = RouteCollection(context: TallyRequestContext.self)
+        routes.get("token", use: list)
+        routes.post("token", use: create)
+        routes.put("token", use: update)
+        routes.get("token/:id", use: get)
+        routes.delete("token/:id", use: delete)
+        return routes
     }
 
-    func list(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+    @Sendable func list(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let user = try context.requireUser()
         let page = try await tokens.list(userID: user.id, page: SystemInput.page(request))
         return try SystemJSON.success(SystemJSON.PageInfo(page) { TokenJSON($0) })
     }
 
-    func create(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+    @Sendable func create(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let user = try context.requireUser()
         let body = try await SystemInput.decode(Body.self, from: request)
         let draft = TokenDraft(
@@ -48,13 +48,13 @@ struct TokenController {
         return try SystemJSON.success(TokenJSON(token, fullKey: key))
     }
 
-    func get(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+    @Sendable func get(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let user = try context.requireUser()
         let id = try SystemInput.id(context, what: "API key")
         return try SystemJSON.success(TokenJSON(try await tokens.get(id: id, userID: user.id)))
     }
 
-    func update(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+    @Sendable func update(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let user = try context.requireUser()
         let body = try await SystemInput.decode(Body.self, from: request)
         guard let id = body.id else { throw APIError.invalidRequest("id is required: the id of the API key to update") }
@@ -63,12 +63,13 @@ struct TokenController {
         let changes = TokenChanges(
             name: body.name, expiredTime: body.expired_time, remainQuota: body.remain_quota,
             unlimitedQuota: body.unlimited_quota, modelLimitsEnabled: body.model_limits_enabled,
-            modelLimits: body.model_limits?.text, allowIPs: body.allow_ips, group: body.group, status: body.status)
+            modelLimits: body.model_limits?.text, allowIPs: body.allow_ips, group: body.group,
+            status: try body.status.map(TokenStatus.parse))
         let token = try await tokens.update(id: id, userID: user.id, changes, statusOnly: statusOnly)
         return try SystemJSON.success(TokenJSON(token))
     }
 
-    func delete(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+    @Sendable func delete(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let user = try context.requireUser()
         let id = try SystemInput.id(context, what: "API key")
         try await tokens.delete(id: id, userID: user.id)

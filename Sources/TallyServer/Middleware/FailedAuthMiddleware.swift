@@ -58,7 +58,9 @@ public final class FailedAuthLimiter: Sendable {
         }
     }
 
-    private func evict(_ windows: inout [String: (start: ContinuousClock.Instant, failures: Int)], now: ContinuousClock.Instant) {
+    private func evict(
+        _ windows: inout [String: (start: ContinuousClock.Instant, failures: Int)], now: ContinuousClock.Instant
+    ) {
         windows = windows.filter { now < $0.value.start + window }
         guard windows.count >= capacity else { return }
         let oldest = windows.sorted { $0.value.start < $1.value.start }.prefix(windows.count / 2).map(\.key)
@@ -78,11 +80,13 @@ public struct FailedAuthMiddleware: RouterMiddleware {
         self.limiter = limiter
     }
 
-    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
+        async throws -> Response
+    {
         let address = context.clientAddress
         if let limiter, let address, Self.presentsCredential(request), let wait = limiter.blockedFor(address) {
             let seconds = max(1, Int(wait.components.seconds) + (wait.components.attoseconds > 0 ? 1 : 0))
-            var response = TraceMiddleware.response(for: .tooManyFailedAuth(), path: request.uri.path, tid: context.tid)
+            var response = ErrorMiddleware.response(for: .tooManyFailedAuth(), path: request.uri.path, tid: context.tid)
             response.headers[.retryAfter] = String(seconds)
             return response
         }
@@ -104,7 +108,8 @@ public struct FailedAuthMiddleware: RouterMiddleware {
 extension APIError {
     /// 429: too many failed credentials from this address; not a catalog entry.
     static func tooManyFailedAuth() -> APIError {
-        APIError(status: 429, code: "too_many_failed_auth",
-                 message: "Too many failed authentication attempts from this address; try again later.")
+        APIError(
+            status: 429, code: "too_many_failed_auth",
+            message: "Too many failed authentication attempts from this address; try again later.")
     }
 }

@@ -1,10 +1,6 @@
 import HTTPTypes
 import Hummingbird
-import Logging
-import NIOCore
 import TallyCore
-import TallyPostgres
-import TallyStore
 
 extension HTTPField.Name {
     static let xTid = HTTPField.Name("X-Tid")!
@@ -13,77 +9,23 @@ extension HTTPField.Name {
 }
 
 /// Outermost middleware: gives every request its tid (from `traceparent` or `X-Tid`, else a new
-/// one), puts it in the log metadata and the `X-Tid` response header, and answers every error —
-/// thrown by a route, another middleware or the router itself — in the envelope of its path.
+/// one), puts it in the log metadata and the `X-Tid` response header (error answers included:
+/// `ErrorMiddleware` runs inside it).
 public struct TraceMiddleware: RouterMiddleware {
     public typealias Context = TallyRequestContext
 
     public init() {}
 
-    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    public func handle(
+        _ request: Request, context: Context,
+        next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
         let tid = TraceID.resolve(traceparent: request.headers[.traceparent], xTid: request.headers[.xTid])
         var context = context
         context.tid = tid
         context.logger[metadataKey: "tid"] = .string(tid)
-        var response: Response
-        do {
-            response = try await next(request, context)
-        } catch {
-            let apiError = Self.apiError(for: error, logger: context.logger)
-            response = Self.response(for: apiError, path: request.uri.path, tid: tid)
-        }
+        var response = try await next(request, context)
         response.headers[.xTid] = tid
         return response
-    }
-
-    /// Maps any error to the error it is answered with. Unknown errors are logged (with the tid)
-    /// and answered as `internal_error`, so no SQL or internal detail reaches the caller.
-    static func apiError(for error: any Error, logger: Logger) -> APIError {
-        switch error {
-        case let error as APIError:
-            return error
-        case let error as CredentialRejected:
-            return error.error
-        case let error as StoreError:
-            switch error {
-            case .notFound(let message): return .notFound(message)
-            case .conflict(let message): return .conflict(message)
-            case .invalid(let message): return .invalidRequest(message)
-            case .internalError:
-                logger.error("internal error", metadata: ["error": "\(error)"])
-                return .internalError()
-            }
-        case is NIOTooManyBytesError:
-            // A body collected with `collect(upTo:)` / `collectBody(upTo:)` was over the route's limit.
-            return .payloadTooLarge("The request body is larger than the limit.")
-        case let error as PostgresError where error.isConnectionFailure:
-            logger.warning("database unavailable", metadata: ["error": "\(error)"])
-            return .databaseUnavailable()
-        case let error as LeaseError:
-            // The registration lapsed or was reaped: PostgreSQL was out of reach for too long.
-            logger.warning("no valid lease registration", metadata: ["error": "\(error)"])
-            return .databaseUnavailable()
-        case let error as HTTPError:
-            switch error.status.code {
-            case 404: return .notFound()
-            case 405: return .methodNotAllowed()
-            case 413: return .payloadTooLarge("The request body is larger than the limit.")
-            case 400..<500: return .invalidRequest(error.body ?? "Bad request.")
-            default:
-                logger.error("internal error", metadata: ["error": "\(error)"])
-                return .internalError()
-            }
-        default:
-            logger.error("internal error", metadata: ["error": "\(error)"])
-            return .internalError()
-        }
-    }
-
-    static func response(for error: APIError, path: String, tid: String) -> Response {
-        let body = ErrorEnvelope.forPath(path).body(for: error, tid: tid)
-        return Response(
-            status: HTTPResponse.Status(code: error.status),
-            headers: [.contentType: "application/json; charset=utf-8"],
-            body: ResponseBody(byteBuffer: ByteBuffer(string: body)))
     }
 }

@@ -16,7 +16,9 @@ enum SystemJSON {
     }()
 
     /// `{"success":true,"message":"","data":…}`.
-    static func success<T: Encodable>(_ data: T, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) throws -> Response {
+    static func success<T: Encodable>(_ data: T, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) throws
+        -> Response
+    {
         try json(Success(data: data), status: status, headers: headers)
     }
 
@@ -26,7 +28,9 @@ enum SystemJSON {
     }
 
     /// Any encodable value as the whole body.
-    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) throws -> Response {
+    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) throws
+        -> Response
+    {
         var headers = headers
         headers[.contentType] = "application/json; charset=utf-8"
         let data = try encoder.encode(value)
@@ -92,8 +96,17 @@ enum SystemInput {
     /// An integer query parameter; nil when absent or empty; 400 when not an integer.
     static func integer(_ request: Request, _ name: String) throws -> Int64? {
         guard let text = try string(request, name) else { return nil }
-        guard let value = Int64(text) else { throw APIError.invalidRequest("\(name) must be an integer, got \"\(text.prefix(40))\"") }
+        guard let value = Int64(text) else {
+            throw APIError.invalidRequest("\(name) must be an integer, got \"\(text.prefix(40))\"")
+        }
         return value
+    }
+
+    /// `?tid=`: a trace id (32 hex characters, any case), lowercased; nil when absent.
+    static func tid(_ request: Request) throws -> String? {
+        guard let tid = try string(request, "tid")?.lowercased() else { return nil }
+        guard TraceID.isValid(tid) else { throw APIError.invalidRequest("tid must be 32 hexadecimal characters") }
+        return tid
     }
 
     /// A path id: a positive integer, else 404 (no such resource can exist).
@@ -165,9 +178,4 @@ enum SystemInput {
             return "the request body is not valid"
         }
     }
-}
-
-/// Maps the store's permission refusal to the catalogue's `insufficient_permissions`.
-func withPermissionCheck<T>(_ body: () async throws -> T) async throws -> T {
-    do { return try await body() } catch is PermissionDenied { throw APIError(.insufficientPermissions) }
 }

@@ -26,7 +26,7 @@ struct TokenJSON: Encodable {
         try container.encode(token.id, forKey: .id)
         try container.encode(token.userID, forKey: .user_id)
         try container.encode(key, forKey: .key)
-        try container.encode(token.status, forKey: .status)
+        try container.encode(token.status.rawValue, forKey: .status)
         try container.encode(token.name, forKey: .name)
         try container.encode(token.createdTime, forKey: .created_time)
         try container.encode(token.accessedTime, forKey: .accessed_time)
@@ -44,8 +44,8 @@ struct TokenJSON: Encodable {
     }
 }
 
-/// `GET /api/user/self`: new-api's `buildSelfUserData` map. Fields Tally has no use for (OAuth ids, affiliate figures) keep their
-/// zero values so clients that read them still work.
+/// `GET /api/user/self`: new-api's `buildSelfUserData` map. Fields Tally has no use for (OAuth
+/// ids, affiliate figures) keep their zero values so clients that read them still work.
 struct SelfJSON: Encodable {
     var aff_code = ""
     var aff_count = 0
@@ -82,7 +82,7 @@ struct SelfJSON: Encodable {
         quota = user.quota
         request_count = user.requestCount
         role = user.role.rawValue
-        status = user.status
+        status = user.status.rawValue
         used_quota = user.usedQuota
         username = user.username
     }
@@ -129,7 +129,7 @@ struct UserJSON: Encodable {
         username = user.username
         display_name = user.displayName
         role = user.role.rawValue
-        status = user.status
+        status = user.status.rawValue
         email = user.email
         group = user.group
         quota = user.quota
@@ -229,7 +229,7 @@ struct ChannelJSON: Encodable {
     init(_ channel: Channel) {
         id = channel.id
         name = channel.name
-        status = channel.status
+        status = channel.status.rawValue
         group = channel.groups.joined(separator: ",")
         models = channel.models.joined(separator: ",")
         used_quota = channel.usedQuota
@@ -255,7 +255,7 @@ struct RedemptionJSON: Encodable {
         id = redemption.id
         user_id = redemption.createdBy ?? 0
         key = "\u{2026}" + redemption.codeLast6
-        status = redemption.status
+        status = redemption.status.rawValue
         name = redemption.name
         quota = redemption.quota
         created_time = redemption.createdTime
@@ -341,8 +341,11 @@ struct CommaList: Decodable, Equatable {
         } else if let array = try? container.decode([String].self) {
             items = array
         } else {
-            throw DecodingError.typeMismatch(String.self, .init(
-                codingPath: decoder.codingPath, debugDescription: "expected comma-separated text or an array of strings"))
+            throw DecodingError.typeMismatch(
+                String.self,
+                .init(
+                    codingPath: decoder.codingPath,
+                    debugDescription: "expected comma-separated text or an array of strings"))
         }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import TallyCore
 import TallyPostgres
 
 /// A monthly partition of `request_logs`.

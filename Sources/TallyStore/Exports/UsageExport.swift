@@ -1,4 +1,5 @@
 import Foundation
+import TallyCore
 import TallyPostgres
 
 /// What an export totals by (`by=user,model` …); rows are sorted by the dimensions in the order given.

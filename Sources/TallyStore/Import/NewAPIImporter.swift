@@ -182,7 +182,7 @@ public struct NewAPIImporter {
         do { allowIPs = try TokenRules.normalizedAllowIPs(source.text(10) ?? "") } catch {
             warnings.append("key #\(source.text(0) ?? "?") (…\(Secrets.last6(key))): allow_ips unreadable (\(error)); imported disabled")
             allowIPs = ""
-            status = 2
+            status = Int64(TokenStatus.disabled.rawValue)
         }
         let limits = source.text(9) ?? ""
         row.append(source.text(0))

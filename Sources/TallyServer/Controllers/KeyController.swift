@@ -3,45 +3,6 @@ import Hummingbird
 import TallyCore
 import TallyStore
 
-/// A model a group may use, with what `/v1/models` says about it.
-struct AvailableModel: Sendable, Equatable {
-    var id: String
-    var ownedBy: String
-    var endpointTypes: [String]
-}
-
-/// Which models a group may use: those offered to it by an enabled channel **and** priced for
-/// it by the price version in force now (`PriceSheet.isAvailable`: the model has a price and the
-/// group's `models:` list, if any, names it). Without a price version no model is usable, as
-/// `authorize` refuses unpriced models.
-struct ModelAvailability: Sendable {
-    let channels: ChannelRepository
-    let prices: PriceCatalog
-
-    func models(group: String, at time: Date = Date()) async throws -> [AvailableModel] {
-        guard let sheet = prices.book.version(at: time)?.sheet else { return [] }
-        return try await channels.models(forGroups: [group])
-            .filter { sheet.isAvailable(model: $0, group: group) }
-            .map { name in
-                AvailableModel(id: name, ownedBy: ModelNames.inferredOwner(name),
-                               endpointTypes: Self.endpointTypes(name, sheet.models[name]))
-            }
-    }
-
-    /// The sheet's `endpoint_types` when it gives them, else from the sheet's `kind`, else from
-    /// the model's name.
-    static func endpointTypes(_ name: String, _ price: ModelPrice?) -> [String] {
-        if let types = price?.endpointTypes { return types }
-        switch price?.kind {
-        case .embedding?: return ["embeddings"]
-        case .rerank?: return ["jina-rerank"]
-        case .image?: return ["image-generation"]
-        case .video?: return ["openai-video"]
-        default: return ModelNames.inferredEndpointTypes(name)
-        }
-    }
-}
-
 /// The client-facing routes authenticated with an API key: `GET /v1/models` and the
 /// OpenAI-style quota queries `/v1/dashboard/billing/{subscription,usage}` (and their aliases
 /// without `/v1`).
@@ -49,12 +10,15 @@ struct KeyController {
     let authenticator: APIKeyAuthenticator
     let models: ModelAvailability
 
-    func addRoutes(to router: Router<TallyRequestContext>) {
-        router.get("/v1/models") { request, context in try await listModels(request, context) }
-        for prefix in ["/v1/dashboard/billing", "/dashboard/billing"] {
-            router.get("\(prefix)/subscription") { request, context in try await subscription(request, context) }
-            router.get("\(prefix)/usage") { request, context in try await usage(request, context) }
+    /// Every route of API-key clients; each handler authenticates the key itself.
+    var routes: RouteCollection<TallyRequestContext> {
+        let routes = RouteCollection(context: TallyRequestContext.self)
+        routes.get("v1/models", use: listModels)
+        for prefix in ["v1/dashboard/billing", "dashboard/billing"] {
+            routes.get("\(prefix)/subscription", use: subscription)
+            routes.get("\(prefix)/usage", use: usage)
         }
+        return routes
     }
 
     /// The models this key may use: its group's (the owner's group when the key has none),
@@ -108,7 +72,7 @@ struct KeyController {
 
     /// new-api's `ListModels`: the OpenAI list (plus `"success":true`); with `x-api-key` and
     /// `anthropic-version`, the Anthropic list.
-    func listModels(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+    @Sendable func listModels(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let (token, owner) = try await authenticator.authenticate(request, context: context)
         let list = try await keyModels(token, owner: owner)
         if request.headers[.xAPIKey] != nil, request.headers[.anthropicVersion] != nil {
@@ -116,9 +80,13 @@ struct KeyController {
             let data = list.map { AnthropicModel(id: $0.id, created_at: created, display_name: $0.id) }
             return try SystemJSON.json(AnthropicList(data: data, first_id: data.first?.id, last_id: data.last?.id))
         }
-        return try SystemJSON.json(OpenAIList(data: list.map {
-            OpenAIModel(id: $0.id, created: ModelNames.listCreated, owned_by: $0.ownedBy, supported_endpoint_types: $0.endpointTypes)
-        }))
+        return try SystemJSON.json(
+            OpenAIList(
+                data: list.map {
+                    OpenAIModel(
+                        id: $0.id, created: ModelNames.listCreated, owned_by: $0.ownedBy,
+                        supported_endpoint_types: $0.endpointTypes)
+                }))
     }
 
     struct Subscription: Encodable {
@@ -140,21 +108,23 @@ struct KeyController {
 
     /// new-api's `GetSubscription` with token stats on: a limited key reports its own quota
     /// (remaining + used), an unlimited one 100000000; `access_until` is the key's expiry or 0.
-    func subscription(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+    @Sendable func subscription(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let (token, _) = try await authenticator.authenticate(request, context: context)
-        let amount = token.unlimitedQuota
+        let amount =
+            token.unlimitedQuota
             ? Self.unlimitedUSD
-            : Double(token.remainQuota + token.usedQuota) / Double(USDText.unitsPerUSD)
-        return try SystemJSON.json(Subscription(
-            soft_limit_usd: amount, hard_limit_usd: amount, system_hard_limit_usd: amount,
-            access_until: token.expiredTime > 0 ? token.expiredTime : 0))
+            : Double(token.remainQuota + token.usedQuota) / Double(Money.unitsPerUSD)
+        return try SystemJSON.json(
+            Subscription(
+                soft_limit_usd: amount, hard_limit_usd: amount, system_hard_limit_usd: amount,
+                access_until: token.expiredTime > 0 ? token.expiredTime : 0))
     }
 
     /// `total_usage` in cents: the key's used quota when it is limited, the account's when the
     /// key is unlimited (issue 6: "token quota when limited, else the account's").
-    func usage(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+    @Sendable func usage(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let (token, owner) = try await authenticator.authenticate(request, context: context)
         let used = token.unlimitedQuota ? owner.usedQuota : token.usedQuota
-        return try SystemJSON.json(Usage(total_usage: Double(used) * 100 / Double(USDText.unitsPerUSD)))
+        return try SystemJSON.json(Usage(total_usage: Double(used) * 100 / Double(Money.unitsPerUSD)))
     }
 }

@@ -12,13 +12,22 @@ public struct UsageMonth: Sendable, Hashable, Comparable, CustomStringConvertibl
         self.month = month
     }
 
-    /// Parses `YYYY-MM` (exactly: four digits, a dash, two digits).
-    public init?(_ text: String) {
+    /// Parses `YYYY-MM` (exactly: four digits, a dash, two digits), given as `field`. Every
+    /// caller, HTTP and CLI, answers a bad month with this one message.
+    public static func parse(_ text: String, field: String) throws(RuleViolation) -> UsageMonth {
         let bytes = Array(text.utf8)
         guard bytes.count == 7, bytes[4] == UInt8(ascii: "-"),
-              bytes.indices.allSatisfy({ $0 == 4 || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[$0]) }),
-              let year = Int(text.prefix(4)), let month = Int(text.suffix(2)) else { return nil }
-        self.init(year: year, month: month)
+            bytes.indices.allSatisfy({ $0 == 4 || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[$0]) }),
+            let year = Int(text.prefix(4)), let month = Int(text.suffix(2)),
+            let parsed = UsageMonth(year: year, month: month)
+        else { throw RuleViolation("\(field) must be YYYY-MM, got \"\(text.prefix(40))\"") }
+        return parsed
+    }
+
+    /// `parse` for text known to be a month (tests, stored partition names); nil otherwise.
+    public init?(_ text: String) {
+        guard let month = try? Self.parse(text, field: "month") else { return nil }
+        self = month
     }
 
     /// The UTC month containing `date`.

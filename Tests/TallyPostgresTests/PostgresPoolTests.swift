@@ -1,0 +1,62 @@
+import Dispatch
+import Synchronization
+import TallyTestSupport
+import Testing
+
+@testable import TallyPostgres
+
+@Suite("pool cancellation")
+struct PostgresPoolTests {
+    final class Flag: Sendable {
+        private let raised = Atomic<Bool>(false)
+        var isRaised: Bool { raised.load(ordering: .relaxed) }
+        func raise() { raised.store(true, ordering: .relaxed) }
+    }
+
+    @Test("a call cancelled while it waits for a connection leaves the line at once and never runs its SQL")
+    func cancelledWaiter() async throws {
+        let db = try await TestDatabase.shared("postgres")
+        let pool = PostgresPool(url: db.url, size: 1)
+        let gate = DispatchSemaphore(value: 0)
+        let (started, holding) = AsyncStream<Void>.makeStream()
+        let holder = Task {
+            try await pool.withConnection { _ in
+                holding.yield()
+                gate.wait()  // keeps the only connection until the test lets go
+            }
+        }
+        for await _ in started { break }
+        // Lets go after a generous deadline even if the cancelled call never comes back, so a
+        // regression fails below instead of hanging.
+        let timedOut = Flag()
+        let deadline = Task {
+            try await Task.sleep(for: .seconds(20))
+            timedOut.raise()
+            gate.signal()
+        }
+
+        let ran = Flag()
+        let waiter = Task {
+            try await pool.withConnection { connection in
+                ran.raise()
+                try connection.execute("SELECT 1")
+            }
+        }
+        let queued = ContinuousClock.now + .seconds(20)
+        while pool.waiting == 0, ContinuousClock.now < queued { await Task.yield() }
+        try #require(pool.waiting == 1, "the second call never waited in line")
+        waiter.cancel()
+        let outcome = await waiter.result
+        #expect(!timedOut.isRaised, "the cancelled call waited until the connection came free")
+        #expect(throws: CancellationError.self) { try outcome.get() }
+        #expect(pool.waiting == 0)
+        #expect(!ran.isRaised, "the cancelled call ran its SQL")
+
+        deadline.cancel()
+        gate.signal()
+        try await holder.value
+        #expect(try await pool.withConnection { try $0.query("SELECT 2")[0].decode(0, as: Int.self) } == 2)
+        #expect(!ran.isRaised)
+        await pool.close()
+    }
+}
