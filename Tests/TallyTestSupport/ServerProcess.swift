@@ -31,7 +31,7 @@ public final class ServerProcess: @unchecked Sendable {
         for (name, value) in extra { environment[name] = value }
         self.environment = environment
         logURL = FileManager.default.temporaryDirectory.appendingPathComponent("tally-serve-\(port)-\(UUID().uuidString).log")
-        FileManager.default.createFile(atPath: logURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         try start(readyWithin: timeout)
     }
 
