@@ -1,0 +1,171 @@
+/// One simulated Tally process: it serves HTTP and calls the database until it is killed;
+/// restarted, it is a new incarnation with nothing in memory, and answers meant for the old
+/// one are dropped.
+struct SimInstance {
+    let index: Int
+    var incarnation = 0
+    var alive = true
+    /// Its clock against the database's (clock jumps move it ahead).
+    var clockOffset: SimTime = 0
+
+    var name: String { "i\(index).\(incarnation)" }
+}
+
+/// A call from an instance to the database: what it asks, and where the answer goes.
+struct DatabaseCall {
+    enum Request {
+        case store([SimDatabase.Line])
+    }
+
+    enum Reply {
+        /// Answers this HTTP exchange of the gateway.
+        case http(exchange: Int)
+    }
+
+    let instance: Int
+    let incarnation: Int
+    let request: Request
+    let reply: Reply
+}
+
+enum DatabaseResponse {
+    case stored(SimDatabase.StoreResult)
+    case failed(SimDatabaseError)
+}
+
+enum SimEvent {
+    /// The gateway's next move.
+    case gateway
+    /// An HTTP request reaches instance `instance`.
+    case http(instance: Int, exchange: Int, GatewayRequest)
+    /// An answer (or a refused connection) reaches the gateway.
+    case answer(exchange: Int, GatewayAnswer)
+    /// The gateway stops waiting for an exchange.
+    case timeout(exchange: Int)
+    case database(DatabaseCall)
+    case databaseAnswer(DatabaseCall, DatabaseResponse)
+    case restart(instance: Int)
+}
+
+/// A failed invariant, with where the run was.
+struct SimViolation: Error, Sendable, CustomStringConvertible {
+    let seed: UInt64
+    let step: Int
+    let time: SimTime
+    let message: String
+    let trace: [String]
+
+    var description: String {
+        "seed \(seed), step \(step), t=\(time) ms: \(message)"
+    }
+}
+
+/// A deterministic run of the money state machines: a seeded scheduler drives the gateway,
+/// several instances and the simulated database through random latencies and injected
+/// faults, and the invariants are checked after every step (`SimInvariants`).
+final class Simulation {
+    let seed: UInt64
+    let configuration: SimConfiguration
+    var random: SimRandom
+    var scheduler = Scheduler<SimEvent>()
+    var database = SimDatabase()
+    var instances: [SimInstance]
+    var gateway: SimGateway
+    var truth = SimTruth()
+    var databaseDownUntil: SimTime = -1
+    private(set) var steps = 0
+    /// The last events, for a failure report (kept only when `tracing`).
+    let tracing: Bool
+    private(set) var trace: [String] = []
+    var stats = SimStats()
+
+    /// A run ends when nothing is left to do; one that goes on this long is a livelock.
+    static let maxSteps = 200_000
+
+    init(seed: UInt64, tracing: Bool = false, plantedBug: PlantedBug? = nil) {
+        self.seed = seed
+        self.tracing = tracing
+        random = SimRandom(seed: seed)
+        database.plantedBug = plantedBug
+        configuration = SimConfiguration.draw(&random)
+        instances = (0..<configuration.instances).map { SimInstance(index: $0) }
+        gateway = SimGateway(moves: configuration.moves)
+        for user in 1...Int64(configuration.users) {
+            let quota = random.int(configuration.initialQuota)
+            database.createUser(user, quota: quota)
+            truth.credits[user] = quota
+            let limited = random.chance(configuration.limitedTokenShare)
+            database.createToken(Self.token(of: user), userID: user, limited: limited,
+                                 remainQuota: limited ? random.int(configuration.initialQuota) : 0)
+        }
+        scheduler.schedule(.gateway, at: 0)
+    }
+
+    static func token(of user: Int64) -> Int64 { 100 + user }
+
+    func log(_ message: @autoclosure () -> String) {
+        guard tracing else { return }
+        trace.append("\(scheduler.now) ms #\(steps): \(message())")
+    }
+
+    /// Runs until nothing is left to do; throws the first violated invariant.
+    func run() throws {
+        log("seed \(seed): \(configuration)")
+        while let event = scheduler.next() {
+            steps += 1
+            guard steps <= Self.maxSteps else { throw violation("no end after \(Self.maxSteps) steps (a livelock)") }
+            handle(event)
+            try SimInvariants.check(self)
+        }
+        try SimInvariants.checkFinal(self)
+    }
+
+    func violation(_ message: String) -> SimViolation {
+        SimViolation(seed: seed, step: steps, time: scheduler.now, message: message, trace: trace)
+    }
+
+    private func handle(_ event: SimEvent) {
+        switch event {
+        case .gateway: gatewayMove()
+        case let .http(instance, exchange, request): serve(request, exchange: exchange, on: instance)
+        case let .answer(exchange, answer): answered(exchange, answer)
+        case let .timeout(exchange):
+            if let request = gateway.close(exchange) {
+                log("gateway: exchange \(exchange) timed out, resends \(request)")
+                send(request, after: random.int(1...200))
+            }
+        case let .database(call): execute(call)
+        case let .databaseAnswer(call, response): deliver(response, for: call)
+        case let .restart(index): restart(index)
+        }
+    }
+
+    // MARK: Latency and faults
+
+    /// A network or scheduling delay, milliseconds.
+    func latency() -> SimTime { random.chance(0.05) ? random.int(20...500) : random.int(0...10) }
+
+    func strikes(_ probability: Double) -> Bool { probability > 0 && random.chance(probability) }
+}
+
+/// Counters over a run, to show what the seeds exercised.
+struct SimStats: Sendable, CustomStringConvertible {
+    var batches = 0
+    var crashes = 0
+    var aborted = 0
+    var lostCommitAnswers = 0
+    var duplicates = 0
+
+    mutating func add(_ other: SimStats) {
+        batches += other.batches
+        crashes += other.crashes
+        aborted += other.aborted
+        lostCommitAnswers += other.lostCommitAnswers
+        duplicates += other.duplicates
+    }
+
+    var description: String {
+        "\(batches) batches committed, \(crashes) crashes, \(aborted) aborted calls, "
+            + "\(lostCommitAnswers) commits with the answer lost, \(duplicates) duplicated requests"
+    }
+}
