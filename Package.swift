@@ -38,7 +38,7 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ], resources: [.copy("Migrations")]),
-        // Hummingbird 2 application.
+        // Hummingbird 2 application, and the web console's static files (Console/web).
         .target(name: "TallyServer", dependencies: [
             "TallyCore", "TallyPostgres", "TallyStore", "TallyHTTP",
             .product(name: "Crypto", package: "swift-crypto"),
@@ -48,7 +48,7 @@ let package = Package(
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-        ]),
+        ], resources: [.copy("Console/web")]),
         .executableTarget(name: "tally", dependencies: [
             "TallyCore", "TallyPostgres", "TallyStore", "TallyServer", "TallyHTTP",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -125,8 +125,10 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     router.add(middleware: TraceMiddleware())
     let failedAuth = configuration.failedAuthLimit > 0
         ? FailedAuthLimiter(limit: configuration.failedAuthLimit, window: .seconds(configuration.failedAuthWindowSeconds)) : nil
-    router.add(middleware: FailedAuthMiddleware(limiter: failedAuth, trustedProxies: configuration.trustedProxies))
+    router.add(middleware: ClientAddressMiddleware(trustedProxies: configuration.trustedProxies))
+    router.add(middleware: FailedAuthMiddleware(limiter: failedAuth))
     HealthController(pool: services.pool).addRoutes(to: router)
+    ConsoleController(files: .bundled).addRoutes(to: router)
     let gateway = router.group("/gateway/v1").add(middleware: GatewayAuthMiddleware(secret: configuration.gatewaySecret))
     IngestController(ingestor: services.ingestor, limits: services.ingestLimits).addRoutes(to: gateway)
     EnforcementController(authorizer: services.authorizer, holds: services.holds, holdBook: services.holdBook).addRoutes(to: gateway)

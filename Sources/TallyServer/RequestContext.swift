@@ -13,6 +13,8 @@ public struct TallyRequestContext: RequestContext {
     public var user: User?
     /// The TCP peer (a proxy, when there is one in front).
     public let remoteAddress: SocketAddress?
+    /// The client's IP address, set by `ClientAddressMiddleware`; nil when unknown.
+    public var clientAddress: String?
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)

@@ -49,7 +49,7 @@ public struct LogFilter: Sendable, Equatable {
     public var tokenName: String?
     public var group: String?
     public var requestID: String?
-    /// Admin lookups only.
+    /// The trace id the request was logged under (admin lookups and `GET /api/log/self?tid=`).
     public var tid: String?
 
     public init(type: Int = 0, startTimestamp: Int64? = nil, endTimestamp: Int64? = nil, modelName: String? = nil,

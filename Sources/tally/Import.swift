@@ -26,6 +26,10 @@ struct Import: AsyncParsableCommand {
         @Option(name: .customLong("from"), help: "new-api's PostgreSQL URL (postgres://… or a libpq conninfo string).")
         var from: String
 
+        @Option(name: .customLong("logs-from"),
+                help: "new-api's log database, when new-api keeps its logs apart (LOG_SQL_DSN); default: --from.")
+        var logsFrom: String?
+
         @Option(help: "Name of this source in the import map and in request ids; give a second new-api database its own.")
         var source = "new-api"
 
@@ -56,16 +60,15 @@ struct Import: AsyncParsableCommand {
         func run() async throws {
             let options = importOptions
             let pool = try await database.migratedPool(size: 1)
-            let sourceURL = from, quiet = quiet
+            let sourceURL = from, logsURL = logsFrom, quiet = quiet
             let started = Date()
             let summary: NewAPIImportSummary
             do {
                 summary = try await pool.withConnection { target in
-                    let sourceConnection: PostgresConnection
-                    do { sourceConnection = try PostgresConnection(url: sourceURL) } catch {
-                        throw StoreError.invalid("cannot connect to the new-api database: \(error)")
-                    }
-                    return try NewAPIImporter(source: sourceConnection, target: target, options: options) { message in
+                    let sourceConnection = try Self.connect(sourceURL, "the new-api database")
+                    let logConnection = try logsURL.map { try Self.connect($0, "the new-api log database") }
+                    return try NewAPIImporter(source: sourceConnection, logSource: logConnection, target: target,
+                                              options: options) { message in
                         if !quiet { FileHandle.standardError.write(Data("tally import: \(message)\n".utf8)) }
                     }.run()
                 }
@@ -79,12 +82,20 @@ struct Import: AsyncParsableCommand {
             if json { print(Self.json(summary)) } else { Self.printText(summary, elapsed: Date().timeIntervalSince(started)) }
         }
 
+        static func connect(_ url: String, _ what: String) throws -> PostgresConnection {
+            do { return try PostgresConnection(url: url) } catch {
+                throw StoreError.invalid("cannot connect to \(what): \(error)")
+            }
+        }
+
         static func printText(_ summary: NewAPIImportSummary, elapsed: TimeInterval) {
             func line(_ name: String, _ counts: ImportCounts) {
-                print("\(name): \(counts.created) created, \(counts.updated) updated, \(counts.linked) linked, \(counts.skipped) skipped")
+                print("\(name): \(counts.created) created, \(counts.updated) updated, \(counts.linked) linked, "
+                      + "\(counts.renamed) renamed, \(counts.removed) removed, \(counts.skipped) skipped")
             }
             print("groups: \(summary.groupsCreated) created")
             line("users", summary.users)
+            print("access tokens replaced: \(summary.accessTokensReplaced)")
             line("keys", summary.tokens)
             line("channels", summary.channels)
             line("redemption codes", summary.redemptions)
@@ -104,10 +115,12 @@ struct Import: AsyncParsableCommand {
         static func json(_ summary: NewAPIImportSummary) -> String {
             func counts(_ counts: ImportCounts) -> String {
                 jsonObject([("created", "\(counts.created)"), ("updated", "\(counts.updated)"), ("linked", "\(counts.linked)"),
+                            ("renamed", "\(counts.renamed)"), ("removed", "\(counts.removed)"),
                             ("skipped", "\(counts.skipped)")])
             }
             return jsonObject([
-                ("groups_created", "\(summary.groupsCreated)"), ("users", counts(summary.users)), ("tokens", counts(summary.tokens)),
+                ("groups_created", "\(summary.groupsCreated)"), ("users", counts(summary.users)),
+                ("access_tokens_replaced", "\(summary.accessTokensReplaced)"), ("tokens", counts(summary.tokens)),
                 ("channels", counts(summary.channels)), ("redemptions", counts(summary.redemptions)),
                 ("logs", jsonObject([("read", "\(summary.logsRead)"), ("imported", "\(summary.logsImported)"),
                                      ("duplicate", "\(summary.logsDuplicate)"), ("skipped", "\(summary.logsSkipped)")])),

@@ -52,7 +52,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Length of that window in seconds. Env: TALLY_FAILED_AUTH_WINDOW. Default: 60.")
     var failedAuthWindow: Int?
 
-    @Option(help: "Comma-separated addresses or CIDR ranges of proxies whose X-Forwarded-For names the client (for the failed-auth limit); without it the TCP peer is the client. Env: TALLY_TRUSTED_PROXIES. Default: none.")
+    @Option(help: ArgumentHelp("Comma-separated addresses or CIDR ranges of proxies whose X-Forwarded-For names the "
+                               + "client (for the failed-auth limit and API keys' IP allow-lists); without it the TCP "
+                               + "peer is the client. Env: TALLY_TRUSTED_PROXIES. Default: none."))
     var trustedProxies: String?
 
     func run() async throws {

@@ -24,6 +24,7 @@ struct AdminAPITests {
                 (.post, "/api/user/", #"{"username":"sneaky"}"#),
                 (.put, "/api/user/", #"{"id":\#(user.id),"quota":999999}"#),
                 (.get, "/api/user/\(user.id)", nil),
+                (.get, "/api/admin/users/\(user.id)/tokens", nil),
                 (.post, "/api/user/manage", #"{"id":\#(user.id),"action":"promote"}"#),
                 (.post, "/api/admin/topups", #"{"user_id":\#(user.id),"amount":1000}"#),
                 (.post, "/api/redemption/", #"{"name":"x","count":1,"quota":100}"#),

@@ -74,14 +74,16 @@ struct NewAPIImportTests {
         let first = try Self.runImport(source, into: tally)
         #expect(first.contains("users: 5 created, "), "\(first)")
         #expect(first.contains("1 linked"))
-        #expect(first.contains("keys: 8 created, 0 updated, 0 linked, 1 skipped"))
+        #expect(first.contains("keys: 8 created, 0 updated, 0 linked, 0 renamed, 0 removed, 1 skipped"))
         #expect(first.contains("channels: 3 created"))
-        #expect(first.contains("redemption codes: 2 created, 0 updated, 0 linked, 1 skipped"))
+        #expect(first.contains("redemption codes: 2 created, 0 updated, 0 linked, 0 renamed, 0 removed, 1 skipped"))
         #expect(first.contains("logs: 3005 read, 3004 imported, 0 already there, 1 skipped"))
         #expect(first.contains("default=1, svip=0.8, vip=1.5"))
         // new-api's counters include usage whose logs were trimmed; Tally's are the logs'.
         #expect(first.contains("used_quota: new-api 7928757, imported logs 7304459"))
         #expect(first.contains("user dave: group \"企业\""))
+        #expect(first.contains("warning: group \"企业\" skipped: not a valid Tally group name ([A-Za-z0-9_.-]{1,64}); "
+                               + "named by 1 user(s)"))
 
         // Ids are kept where free; the rows say what new-api said.
         let seed = Seed(db: tally)
@@ -100,7 +102,11 @@ struct NewAPIImportTests {
         #expect(erinKey.text(0).map { $0.utf8.count <= 50 && $0.hasPrefix("这是一个") } == true)
         #expect(erinKey.text(1) == "")
         #expect(try await seed.int("SELECT count(*) FROM tokens WHERE id = 6 AND deleted_at IS NOT NULL") == 1)
-        #expect(try await seed.sql("SELECT model_limits, allow_ips FROM tokens WHERE id = 3")[0].text(0) == "gpt-4o,claude-sonnet-4")
+        let vipKey = try await seed.sql(
+            "SELECT model_limits, allow_ips, extract(epoch FROM expires_at)::bigint FROM tokens WHERE id = 3")[0]
+        #expect(vipKey.text(0) == "gpt-4o,claude-sonnet-4")
+        #expect(vipKey.text(1) == "10.0.0.0/8\n192.168.1.1")
+        #expect(try vipKey.decode(2, as: Int64.self) == 4_102_444_800)
         #expect(try await seed.int("SELECT count(*) FROM tokens WHERE key_hash = sha256(convert_to('sk-OrphanKey88f6811ab5d8fc6d3177f9b7609ae0fcebfda18', 'UTF8'))") == 0)
         #expect(try await seed.sql("SELECT name, groups::text FROM channels WHERE id = 5")[0].text(0) == "channel 5")
         #expect(try await seed.sql("SELECT groups::text FROM channels WHERE id = 1")[0].text(0) == "{default,vip}")
@@ -137,8 +143,9 @@ struct NewAPIImportTests {
             #expect(subscription.status == 200, "\(subscription.text)")
             let limit = try await seed.int("SELECT remain_quota + used_quota FROM tokens WHERE id = 2")
             #expect(double(subscription.object["hard_limit_usd"]) == Double(limit) / 500_000)
+            // alice-vip's allow-list (10.0.0.0/8, 192.168.1.1) came along: this client is 127.0.0.1.
             let vip = try await api.get("/v1/dashboard/billing/subscription", token: "sk-AlicevipKey020ab0179bc2b00c038a792b9170ec2b0caf0")
-            #expect(int64(vip.object["access_until"]) == 4_102_444_800)
+            #expect(vip.status == 403 && vip.errorCode == "ip_not_allowed", "\(vip.text)")
             for refused in ["sk-BobKey81b637d8fcd2c6da6359e6963113a1170de795e4b7",      // disabled
                             "sk-AliceoldKey29fa3b51d5defc882e409fa33b9feca5dd13f",      // deleted
                             "sk-OrphanKey88f6811ab5d8fc6d3177f9b7609ae0fcebfda18"] {    // owner gone
@@ -190,6 +197,190 @@ struct NewAPIImportTests {
         #expect(try await seed.int("SELECT status FROM tokens WHERE id = 2") == 2)
         try TallyBinary.run(["audit"], databaseURL: tally.url)
         #expect(try Self.runImport(source, into: tally).contains("nothing to change"))
+    }
+
+    /// new-api moving on before the cut-over: what `followsNewAPI` changes in the source.
+    static let newAPIMovesOn = """
+        -- alice rotates her access token (new-api pads it to char(32)), is renamed, and her balance changes;
+        -- a new user registers "alice".
+        UPDATE users SET access_token = 'aliceRotated7c1f2e9a', username = 'alice-b', quota = 3000000 WHERE id = 2;
+        INSERT INTO users (id, username, password, display_name, quota, "group", access_token, created_at) VALUES
+            (9, 'alice', 'x', 'New Alice', 50000, 'default', 'newAliceAccessTokenc0ffee1234567', 1790000000);
+        INSERT INTO tokens (id, user_id, key, name, remain_quota, unlimited_quota, created_time) VALUES
+            (10, 9, 'NewAliceKey0000000000000000000000000000000000001', 'new-alice', 40000, false, 1790000000);
+        -- root (linked to Tally's own root) rotates too, and gets a top-up.
+        UPDATE users SET access_token = 'rootRotated0b5e4d3c2a1f0e9d8c7b6', quota = quota + 777777 WHERE id = 1;
+        -- erin takes the name of an account Tally made itself.
+        UPDATE users SET username = 'ops', display_name = 'Erin O.' WHERE id = 7;
+        -- bob and carol swap names (new-api's unique index needs three steps; the import needs one run),
+        -- and someone registers a name longer than Tally allows.
+        UPDATE users SET username = 'swapping' WHERE id = 3;
+        UPDATE users SET username = 'bob' WHERE id = 4;
+        UPDATE users SET username = 'carol' WHERE id = 3;
+        INSERT INTO users (id, username, password, quota, created_at) VALUES (11, repeat('l', 70), 'x', 0, 1790000200);
+        -- dave is deleted for good (with his keys) and the name is registered again.
+        DELETE FROM tokens WHERE user_id = 5;
+        DELETE FROM users WHERE id = 5;
+        INSERT INTO users (id, username, password, quota, "group", created_at)
+            VALUES (10, 'dave', 'x', 0, 'vip', 1790000100);
+        -- keys: alice-vip deleted, erin's removed for good, alice-main changed in every field.
+        UPDATE tokens SET deleted_at = '2026-11-01 00:00:00+00' WHERE id = 3;
+        DELETE FROM tokens WHERE id = 7;
+        UPDATE tokens SET name = 'alice-main-2', remain_quota = 654321, allow_ips = '192.0.2.0/24', "group" = 'svip',
+                          model_limits_enabled = true, model_limits = 'gpt-4o', expired_time = 4102444800
+        WHERE id = 2;
+        -- a group Tally cannot hold, only in GroupRatio; new logs, one in a group Tally cannot hold.
+        UPDATE options SET value = '{"default":1,"vip":1.5,"svip":0.8,"bad group":2}' WHERE key = 'GroupRatio';
+        INSERT INTO logs (id, user_id, created_at, type, model_name, quota, prompt_tokens, completion_tokens, token_id,
+                          channel_id, "group", other)
+        VALUES (3009, 9, 1793500000, 2, 'gpt-4o', 1234, 10, 10, 10, 1, 'default', '{}'),
+               (3010, 2, 1793500100, 2, 'gpt-4o', 4321, 10, 10, 2, 1, '企业', '{}');
+        """
+
+    @Test("a re-run follows new-api: rotated tokens, renames, a reused name, deleted keys and users, balances, logs")
+    func followsNewAPI() async throws {
+        let source = try await Self.newAPIDatabase("newapifollow")
+        let tally = try await TestDatabase.create("newapifollowtally")
+        let root = try TallyBinary.run(["admin", "create-user", "--username", "root", "--root", "--json"],
+                                       databaseURL: tally.url)
+        let rootJSON = try #require(try JSONSerialization.jsonObject(with: Data(root.output.utf8)) as? [String: Any])
+        let rootToken = try #require(rootJSON["access_token"] as? String)
+        let ops = try TallyBinary.run(["admin", "create-user", "--username", "ops", "--admin"], databaseURL: tally.url)
+        #expect(ops.status == 0)
+        _ = try Self.runImport(source, into: tally)
+        let seed = Seed(db: tally)
+        let alice = try await seed.int("SELECT tally_id FROM import_map WHERE kind = 'user' AND source_id = 2")
+
+        try await source.pool.withConnection { try $0.execute(Self.newAPIMovesOn) }
+        let second = try Self.runImport(source, into: tally)
+        #expect(second.contains("users: 3 created, 1 updated, 0 linked, 5 renamed, 1 removed, 0 skipped"), "\(second)")
+        #expect(second.contains("access tokens replaced: 1"))
+        #expect(second.contains("keys: 1 created, 2 updated, 0 linked, 0 renamed, 2 removed, 1 skipped"))
+        for warning in [
+            "user #7 (erin): \"ops\" is held by another Tally account; named \"ops~7\"",
+            "user #5 (dave): new-api no longer has the account and another new-api user has its name; named \"dave~5\"",
+            "user dave~5: gone from new-api's users table; disabled",
+            "user #11: new-api's name is too long for Tally; named \"\(String(repeating: "l", count: 61))~11\"",
+            "group \"bad group\" skipped: not a valid Tally group name ([A-Za-z0-9_.-]{1,64}); named by GroupRatio",
+            "logs: group \"企业\" is not a Tally group; 1 log(s) read carry their account's group instead",
+        ] {
+            #expect(second.contains("warning: \(warning)\n"), "\(warning)")
+        }
+
+        // Accounts: ids kept, names follow new-api, conflicts suffixed.
+        let names = try await seed.sql("""
+            SELECT m.source_id, u.username, u.status, u.display_name FROM import_map m JOIN users u ON u.id = m.tally_id
+            WHERE m.kind = 'user' ORDER BY m.source_id
+            """).map { row in
+            (try row.decode(0, as: Int64.self), row.text(1) ?? "", try row.decode(2, as: Int64.self), row.text(3) ?? "")
+        }
+        let byID = Dictionary(uniqueKeysWithValues: names.map { ($0.0, $0) })
+        #expect(byID[2]?.1 == "alice-b")
+        #expect(try await seed.int("SELECT tally_id FROM import_map WHERE kind = 'user' AND source_id = 2") == alice)
+        #expect(byID[9]?.1 == "alice" && byID[9]?.3 == "New Alice")
+        #expect(byID[7]?.1 == "ops~7" && byID[7]?.3 == "Erin O.")
+        #expect(byID[5]?.1 == "dave~5" && byID[5]?.2 == 2)
+        #expect(byID[10]?.1 == "dave" && byID[10]?.2 == 1)
+        #expect(byID[3]?.1 == "carol" && byID[3]?.3 == "Bob" && byID[4]?.1 == "bob" && byID[4]?.3 == "Carol")
+        #expect(try await seed.sql("SELECT role FROM users WHERE username = 'ops'")[0].text(0) == "10")
+
+        // Keys follow new-api field by field; deleted ones are deleted.
+        let main = try await seed.sql("""
+            SELECT name, allow_ips, model_limits_enabled, model_limits, "group", extract(epoch FROM expires_at)::bigint,
+                   remain_quota
+            FROM tokens WHERE id = 2
+            """)[0]
+        #expect(main.text(0) == "alice-main-2" && main.text(1) == "192.0.2.0/24")
+        #expect(main.text(3) == "gpt-4o" && main.text(4) == "svip")
+        #expect(try main.decode(2, as: Bool.self))
+        #expect(try main.decode(5, as: Int64.self) == 4_102_444_800 && main.decode(6, as: Int64.self) == 654_321)
+        #expect(try await seed.int("SELECT count(*) FROM tokens WHERE id IN (3, 7, 9) AND deleted_at IS NOT NULL") == 3)
+
+        // Logs: the new ones are in, in the group their account ends up in when new-api's cannot be held.
+        let log3010 = try await seed.sql(#"SELECT "group" FROM request_logs WHERE request_id = 'new-api:3010'"#)[0]
+        #expect(log3010.text(0) == "vip")
+        #expect(try await seed.int("""
+            SELECT count(*) FROM request_logs WHERE request_id = 'new-api:3009'
+               AND user_id = (SELECT tally_id FROM import_map WHERE kind = 'user' AND source_id = 9)
+            """) == 1)
+
+        // Balances are new-api's, through ledger adjustments dated now.
+        for (id, figures) in try await Self.accounts(source, tally) {
+            #expect(figures.source == figures.tally, "new-api user \(id)")
+        }
+        #expect(try await seed.int("""
+            SELECT count(*) FROM ledger
+            WHERE kind = 'adjust' AND user_id IN (1, $1) AND idempotency_key NOT LIKE '%:opening'
+            """, [alice]) == 2)
+        let audit = try TallyBinary.run(["audit"], databaseURL: tally.url)
+        #expect(audit.status == 0, "\(audit.output)")
+
+        // Credentials, through a real server (127.0.0.1 is the trusted proxy, X-Forwarded-For the client).
+        let server = try ServerProcess(databaseURL: tally.url, arguments: ["--trusted-proxies", "127.0.0.1"])
+        defer { server.stop() }
+        func get(_ path: String, _ credential: String, from client: String? = nil) async throws -> HTTP.Answer {
+            var headers = ["Authorization": "Bearer \(credential)"]
+            if let client { headers["X-Forwarded-For"] = client }
+            return try await HTTP.sendAsync("GET", server.baseURL + path, headers: headers)
+        }
+        func username(_ answer: HTTP.Answer) -> String? {
+            (answer.object["data"] as? [String: Any])?["username"] as? String
+        }
+        #expect(try await get("/api/user/self", Self.aliceAccessToken).status == 401)
+        #expect(username(try await get("/api/user/self", "aliceRotated7c1f2e9a")) == "alice-b")
+        #expect(username(try await get("/api/user/self", "newAliceAccessTokenc0ffee1234567")) == "alice")
+        #expect(username(try await get("/api/user/self", rootToken)) == "root")
+        for refused in ["rootRotated0b5e4d3c2a1f0e9d8c7b6", "rootAccessToken63a9f0ea7bb980507"] {
+            #expect(try await get("/api/user/self", refused).status == 401)
+        }
+        let billing = "/v1/dashboard/billing/subscription"
+        #expect(try await get(billing, Self.aliceKey, from: "192.0.2.10").status == 200)
+        let outside = try await get(billing, Self.aliceKey, from: "198.51.100.1")
+        #expect(outside.status == 403)
+        #expect((outside.object["error"] as? [String: Any])?["code"] as? String == "ip_not_allowed")
+        #expect(try await get(billing, "sk-NewAliceKey0000000000000000000000000000000000001").status == 200)
+        for deleted in ["sk-AlicevipKey020ab0179bc2b00c038a792b9170ec2b0caf0",
+                        "sk-ErinKey7cbccb0c4caadf9fcdb51ee457a828cc72a458798"] {
+            #expect(try await get(billing, deleted, from: "10.0.0.1").status == 401)
+        }
+
+        // Once more: nothing changes, the suffixed names included.
+        let before = try await Self.fingerprint(tally)
+        let third = try Self.runImport(source, into: tally)
+        #expect(third.contains("nothing to change"), "\(third)")
+        #expect(try await Self.fingerprint(tally) == before)
+    }
+
+    @Test("--logs-from reads the logs from new-api's own log database (LOG_SQL_DSN)")
+    func separateLogDatabase() async throws {
+        let main = try await Self.newAPIDatabase("newapimaindb")
+        let logs = try await Self.newAPIDatabase("newapilogdb")
+        try await main.pool.withConnection { try $0.execute("DROP TABLE logs") }
+        try await logs.pool.withConnection {
+            try $0.execute("DROP TABLE users, tokens, channels, redemptions, options")
+        }
+        let tally = try await TestDatabase.create("newapisplittally")
+        let refused = try TallyBinary.run(["import", "new-api", "--from", main.url, "--quiet"], databaseURL: tally.url)
+        #expect(refused.status != 0)
+        #expect(try await tally.scalar("SELECT count(*) FROM users") == 0)
+
+        let first = try Self.runImport(main, into: tally, ["--logs-from", logs.url])
+        #expect(first.contains("logs: 3005 read, 3004 imported, 0 already there, 1 skipped"), "\(first)")
+        let logQuota = try await logs.scalar("SELECT sum(quota) FROM logs WHERE type IN (2, 5) AND user_id <> 99")
+        #expect(try await tally.scalar("SELECT sum(quota) FROM request_logs") == logQuota)
+        try await logs.pool.withConnection { connection in
+            try connection.execute("""
+                INSERT INTO logs (id, user_id, created_at, type, model_name, quota, token_id, channel_id, "group",
+                                  other)
+                VALUES (3009, 2, 1793500000, 2, 'gpt-4o', 1000, 2, 1, 'vip', '{}'),
+                       (3010, 7, 1793500100, 2, 'gpt-4o', 2000, 7, 1, 'svip', '{}');
+                """)
+        }
+        let second = try Self.runImport(main, into: tally, ["--logs-from", logs.url])
+        #expect(second.contains(" 2 imported, "), "\(second)")
+        #expect(try await tally.scalar("SELECT sum(quota) FROM request_logs") == logQuota + 3000)
+        let audit = try TallyBinary.run(["audit"], databaseURL: tally.url)
+        #expect(audit.status == 0, "\(audit.output)")
     }
 
     @Test("an older new-api schema (no log request id or ip, no user created_at, no code expiry) imports too")

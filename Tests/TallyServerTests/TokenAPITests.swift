@@ -69,9 +69,9 @@ struct TokenAPITests {
             #expect(again.status == 200)
             #expect(again.dataObject["key"] as? String == "sk-\u{2026}" + key.suffix(6))
             #expect(jsonTypes(again.dataObject) == tokenFieldTypes)
-            // And the key works where keys are used.
+            // And the key is checked where keys are used: this client (127.0.0.1) is outside its allow-list.
             let models = try await api.get("/v1/models", token: key)
-            #expect(models.status == 200)
+            #expect(models.status == 403 && models.errorCode == "ip_not_allowed", "\(models.text)")
         }
     }
 

@@ -96,7 +96,8 @@ struct AccountController {
         return try SystemJSON.success(StatJSON(quota: stat.quota, rpm: stat.rpm, tpm: stat.tpm))
     }
 
-    /// new-api's log query parameters; `0` or empty means "no filter" as in new-api.
+    /// new-api's log query parameters; `0` or empty means "no filter" as in new-api. `tid` is
+    /// Tally's own: the requests logged under that trace id (a tid an error answer showed).
     static func logFilter(_ request: Request) throws -> LogFilter {
         func timestamp(_ name: String) throws -> Int64? {
             guard let value = try SystemInput.integer(request, name), value != 0 else { return nil }
@@ -106,10 +107,12 @@ struct AccountController {
             return value
         }
         let type = try SystemInput.integer(request, "type") ?? 0
+        let tid = try SystemInput.string(request, "tid")?.lowercased()
+        if let tid, !TraceID.isValid(tid) { throw APIError.invalidRequest("tid must be 32 hexadecimal characters") }
         guard (0...7).contains(type) else { throw APIError.invalidRequest("type must be a log type from 0 to 7, got \(type)") }
         return try LogFilter(type: Int(type), startTimestamp: try timestamp("start_timestamp"),
                          endTimestamp: try timestamp("end_timestamp"), modelName: SystemInput.string(request, "model_name"),
                          tokenName: SystemInput.string(request, "token_name"), group: SystemInput.string(request, "group"),
-                         requestID: SystemInput.string(request, "request_id"))
+                         requestID: SystemInput.string(request, "request_id"), tid: tid)
     }
 }

@@ -9,10 +9,11 @@ extension HTTPField.Name {
     static let idempotentReplayed = HTTPField.Name("Idempotent-Replayed")!
 }
 
-/// Admin routes (role ≥ 10): users, top-ups, redemption codes, groups, channels, log lookup.
-/// Every change is audited by the store in the transaction of the change.
+/// Admin routes (role ≥ 10): users and their keys, top-ups, redemption codes, groups, channels,
+/// log lookup. Every change is audited by the store in the transaction of the change.
 struct AdminController {
     let accounts: AccountRepository
+    let tokens: TokenRepository
     let balances: BalanceRepository
     let groups: GroupRepository
     let channels: ChannelRepository
@@ -30,6 +31,7 @@ struct AdminController {
         users.post("manage") { request, context in try await manage(request, context) }
 
         let admin = router.group("/api/admin").add(middleware: auth)
+        admin.get("users/:id/tokens") { request, context in try await userTokens(request, context) }
         admin.post("topups") { request, context in try await topUp(request, context) }
         admin.get("logs") { request, _ in try await lookup(request) }
         admin.get("groups") { _, _ in try SystemJSON.success(try await groups.all().map(GroupJSON.init)) }
@@ -79,6 +81,14 @@ struct AdminController {
     func listUsers(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
         let page = try await accounts.list(page: SystemInput.page(request), keyword: SystemInput.string(request, "keyword"))
         return try SystemJSON.success(SystemJSON.PageInfo(page) { UserJSON($0) })
+    }
+
+    /// `GET /api/admin/users/{id}/tokens`: a user's API keys, masked and paged as `GET /api/token/`
+    /// answers them to their owner; 404 when there is no such user.
+    func userTokens(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+        let user = try await accounts.get(id: try SystemInput.id(context, what: "user"))
+        let page = try await tokens.list(userID: user.id, page: SystemInput.page(request))
+        return try SystemJSON.success(SystemJSON.PageInfo(page) { TokenJSON($0) })
     }
 
     struct UserBody: Decodable {

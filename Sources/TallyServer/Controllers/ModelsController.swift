@@ -50,10 +50,10 @@ struct KeyController {
     let models: ModelAvailability
 
     func addRoutes(to router: Router<TallyRequestContext>) {
-        router.get("/v1/models") { request, _ in try await listModels(request) }
+        router.get("/v1/models") { request, context in try await listModels(request, context) }
         for prefix in ["/v1/dashboard/billing", "/dashboard/billing"] {
-            router.get("\(prefix)/subscription") { request, _ in try await subscription(request) }
-            router.get("\(prefix)/usage") { request, _ in try await usage(request) }
+            router.get("\(prefix)/subscription") { request, context in try await subscription(request, context) }
+            router.get("\(prefix)/usage") { request, context in try await usage(request, context) }
         }
     }
 
@@ -108,8 +108,8 @@ struct KeyController {
 
     /// new-api's `ListModels`: the OpenAI list (plus `"success":true`); with `x-api-key` and
     /// `anthropic-version`, the Anthropic list.
-    func listModels(_ request: Request) async throws -> Response {
-        let (token, owner) = try await authenticator.authenticate(request)
+    func listModels(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+        let (token, owner) = try await authenticator.authenticate(request, context: context)
         let list = try await keyModels(token, owner: owner)
         if request.headers[.xAPIKey] != nil, request.headers[.anthropicVersion] != nil {
             let created = "2021-07-20T10:40:00Z"  // new-api's `created` (1626777600) in RFC 3339
@@ -140,8 +140,8 @@ struct KeyController {
 
     /// new-api's `GetSubscription` with token stats on: a limited key reports its own quota
     /// (remaining + used), an unlimited one 100000000; `access_until` is the key's expiry or 0.
-    func subscription(_ request: Request) async throws -> Response {
-        let (token, _) = try await authenticator.authenticate(request)
+    func subscription(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+        let (token, _) = try await authenticator.authenticate(request, context: context)
         let amount = token.unlimitedQuota
             ? Self.unlimitedUSD
             : Double(token.remainQuota + token.usedQuota) / Double(USDText.unitsPerUSD)
@@ -152,8 +152,8 @@ struct KeyController {
 
     /// `total_usage` in cents: the key's used quota when it is limited, the account's when the
     /// key is unlimited (issue 6: "token quota when limited, else the account's").
-    func usage(_ request: Request) async throws -> Response {
-        let (token, owner) = try await authenticator.authenticate(request)
+    func usage(_ request: Request, _ context: TallyRequestContext) async throws -> Response {
+        let (token, owner) = try await authenticator.authenticate(request, context: context)
         let used = token.unlimitedQuota ? owner.usedQuota : token.usedQuota
         return try SystemJSON.json(Usage(total_usage: Double(used) * 100 / Double(USDText.unitsPerUSD)))
     }

@@ -13,17 +13,29 @@ extension HTTPField.Name {
 /// `TokenAuth`: `Authorization: Bearer sk-…` (or the bare key, or `x-api-key`). A channel
 /// suffix (`sk-KEY-3`) is ignored; a key sent without `sk-` is looked up with it.
 ///
-/// Answers: no key → `missing_token`; unknown, deleted, disabled, expired or exhausted key →
-/// `invalid_token`; a suspended owner → `account_suspended`.
+/// Answers, in new-api's order: no key → `missing_token`; unknown, deleted, disabled, expired or
+/// exhausted key → `invalid_token`; a client address outside the key's IP allow-list (or an
+/// unknown one, when the key has a list) → `ip_not_allowed`; a suspended owner → `account_suspended`.
 struct APIKeyAuthenticator: Sendable {
     let tokens: TokenRepository
 
-    func authenticate(_ request: Request) async throws -> (token: APIToken, owner: User) {
+    func authenticate(_ request: Request, context: TallyRequestContext) async throws -> (token: APIToken, owner: User) {
         guard let key = Self.key(from: request) else { throw APIError(.missingToken) }
         guard let found = try await tokens.find(key: key) else { throw CredentialRejected(APIError(.invalidToken)) }
         guard found.token.isUsable else { throw APIError(.invalidToken) }
+        guard Self.allows(found.token, from: context.clientAddress) else {
+            throw APIError(.ipNotAllowed, last6: found.token.keyLast6)
+        }
         guard !found.owner.isSuspended else { throw APIError(.accountSuspended) }
         return found
+    }
+
+    /// True when the key has no allow-list or `address` is inside it. A stored list that does
+    /// not parse allows nothing (never everything).
+    static func allows(_ token: APIToken, from address: String?) -> Bool {
+        guard !token.allowIPs.isEmpty else { return true }
+        guard let list = try? IPAllowList.parse(token.allowIPs), let address else { return false }
+        return list.allows(address)
     }
 
     /// The full `sk-…` key of a request, normalised; nil when none was sent.

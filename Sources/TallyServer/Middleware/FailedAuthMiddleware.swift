@@ -1,7 +1,6 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
-import NIOCore
 import Synchronization
 import TallyCore
 
@@ -68,21 +67,19 @@ public final class FailedAuthLimiter: Sendable {
 }
 
 /// Applies `FailedAuthLimiter` to every route: refuses requests that carry a credential from a
-/// blocked address before any work, and counts each `CredentialRejected` thrown further in. The client address is the TCP peer;
-/// `X-Forwarded-For` is believed only when the peer is one of `trustedProxies` (then the
-/// rightmost address in it that is not itself a trusted proxy is the client).
+/// blocked address before any work, and counts each `CredentialRejected` thrown further in. The
+/// client address is the one `ClientAddressMiddleware` found (X-Forwarded-For only from trusted
+/// proxies).
 public struct FailedAuthMiddleware: RouterMiddleware {
     public typealias Context = TallyRequestContext
     let limiter: FailedAuthLimiter?
-    let trustedProxies: IPAllowList
 
-    public init(limiter: FailedAuthLimiter?, trustedProxies: IPAllowList) {
+    public init(limiter: FailedAuthLimiter?) {
         self.limiter = limiter
-        self.trustedProxies = trustedProxies
     }
 
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        let address = clientAddress(request, context: context)
+        let address = context.clientAddress
         if let limiter, let address, Self.presentsCredential(request), let wait = limiter.blockedFor(address) {
             let seconds = max(1, Int(wait.components.seconds) + (wait.components.attoseconds > 0 ? 1 : 0))
             var response = TraceMiddleware.response(for: .tooManyFailedAuth(), path: request.uri.path, tid: context.tid)
@@ -102,17 +99,6 @@ public struct FailedAuthMiddleware: RouterMiddleware {
     static func presentsCredential(_ request: Request) -> Bool {
         request.headers[.authorization] != nil || request.headers[.xAPIKey] != nil
     }
-
-    /// The client's IP address as text, nil when unknown (then it is not limited).
-    func clientAddress(_ request: Request, context: Context) -> String? {
-        guard let peer = context.remoteAddress?.ipAddress else { return nil }
-        guard !trustedProxies.isEmpty, trustedProxies.allows(peer), let forwarded = request.headers[.xForwardedFor] else { return peer }
-        let hops = forwarded.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-        for hop in hops.reversed() where !trustedProxies.allows(hop) {
-            return IPAddress.parse(hop) != nil ? hop : peer
-        }
-        return hops.first ?? peer
-    }
 }
 
 extension APIError {
@@ -121,8 +107,4 @@ extension APIError {
         APIError(status: 429, code: "too_many_failed_auth",
                  message: "Too many failed authentication attempts from this address; try again later.")
     }
-}
-
-extension HTTPField.Name {
-    static let xForwardedFor = HTTPField.Name("X-Forwarded-For")!
 }

@@ -11,6 +11,7 @@ func addSystemAPIRoutes(to router: Router<TallyRequestContext>, _ services: Tall
     AccountController(accounts: services.accounts, balances: services.balances, groups: services.groups,
                       logs: services.logs, models: models, auth: userAuth).addRoutes(to: router)
     KeyController(authenticator: APIKeyAuthenticator(tokens: services.apiKeys), models: models).addRoutes(to: router)
-    AdminController(accounts: services.accounts, balances: services.balances, groups: services.groups,
-                    channels: services.channels, logs: services.logs, auth: adminAuth).addRoutes(to: router)
+    AdminController(accounts: services.accounts, tokens: services.apiKeys, balances: services.balances,
+                    groups: services.groups, channels: services.channels, logs: services.logs,
+                    auth: adminAuth).addRoutes(to: router)
 }

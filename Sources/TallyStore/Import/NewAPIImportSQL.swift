@@ -1,3 +1,4 @@
+import TallyCore
 import TallyPostgres
 
 /// The Tally side of `tally import new-api`: staging tables and the set-based statements that
@@ -54,6 +55,19 @@ enum NewAPIImportSQL {
     /// A valid Tally group name (the `groups.name` CHECK).
     private static let validGroup = "'^[A-Za-z0-9_.-]{1,64}$'"
 
+    /// Group names Tally cannot hold, with where the source names them (before the users' and
+    /// keys' groups are normalised). "auto" and "" are not names: new-api's special values.
+    static let invalidGroupNames = """
+        SELECT name, string_agg(origin, ', ' ORDER BY position) FROM (
+            SELECT name, 1 AS position, concat_ws(' and ', CASE WHEN ratio IS NOT NULL THEN 'GroupRatio' END,
+                                                  CASE WHEN selectable THEN 'UserUsableGroups' END) AS origin
+            FROM import_groups
+            UNION ALL SELECT grp, 2, count(*) || ' user(s)' FROM import_users GROUP BY grp
+            UNION ALL SELECT grp, 3, count(*) || ' key(s)' FROM import_tokens GROUP BY grp) AS n
+        WHERE name !~ \(validGroup) AND name NOT IN ('', 'auto')
+        GROUP BY name ORDER BY name
+        """
+
     /// Every group named anywhere in the source, except new-api's special "auto"; existing
     /// Tally groups are left as they are.
     static let insertGroups = """
@@ -84,12 +98,46 @@ enum NewAPIImportSQL {
             display_name = left(s.display_name, 64)
         """
 
-    /// An existing Tally account with the same username is the same person: link it.
+    /// An existing Tally account with the same username is the same person: link it. It keeps
+    /// its own access token (`linked`).
     static let linkUsers = """
-        INSERT INTO import_map (source, kind, source_id, tally_id)
-        SELECT $1::text, 'user', s.source_id, u.id FROM import_users s JOIN users u ON u.username = s.username
+        INSERT INTO import_map (source, kind, source_id, tally_id, linked, access_token_hash)
+        SELECT $1::text, 'user', s.source_id, u.id, true, s.access_hash
+        FROM import_users s JOIN users u ON u.username = s.username
         WHERE NOT EXISTS (SELECT 1 FROM import_map m WHERE m.source = $1 AND m.kind = 'user' AND (m.source_id = s.source_id OR m.tally_id = u.id))
         """
+
+    /// Accounts of this source whose username must change: the source renamed them, or (gone
+    /// from the source, or renamed there) they hold a name a source user wants. `wanted` is
+    /// NULL for an account the source no longer names.
+    static let usernameChanges = """
+        SELECT u.id, m.source_id, u.username, s.username FROM import_map m JOIN users u ON u.id = m.tally_id
+        LEFT JOIN import_users s ON s.source_id = m.source_id AND s.username <> ''
+        WHERE m.source = $1 AND m.kind = 'user' AND u.username IS DISTINCT FROM s.username
+          AND (s.username IS NOT NULL OR EXISTS (SELECT 1 FROM import_users o WHERE o.username = u.username))
+        ORDER BY u.id
+        """
+
+    /// New source users whose username Tally cannot hold (longer than 64 characters).
+    static let newUsersWithLongNames = """
+        SELECT s.source_id, s.username FROM import_users s
+        WHERE \(unmapped("user")) AND length(s.username) > \(ImportedUsername.maximumLength) ORDER BY s.source_id
+        """
+
+    /// True when an account other than `$2` (or the accounts in `$2`) holds username `$1`.
+    static let usernameHeld = "SELECT EXISTS (SELECT 1 FROM users WHERE username = $1 AND id <> ALL ($2::bigint[]))"
+
+    /// True when a source user wants username `$1`.
+    static let usernameWanted = "SELECT EXISTS (SELECT 1 FROM import_users WHERE username = $1)"
+
+    /// Frees the names of accounts about to be renamed, so renames in any order (a swap, a name
+    /// passed on) never meet users_username_key. The placeholder starts with a control character,
+    /// which no username Tally accepts contains.
+    static let vacateUsernames = "UPDATE users SET username = chr(1) || id::text WHERE id = ANY ($1::bigint[])"
+
+    static let setUsername = "UPDATE users SET username = $2, updated_at = now() WHERE id = $1"
+
+    static let setStagedUsername = "UPDATE import_users SET username = $2 WHERE source_id = $1"
 
     static let usersToInsert = "\(unmapped("user")) AND s.username <> ''"
 
@@ -102,20 +150,55 @@ enum NewAPIImportSQL {
                    s.access_last6, CASE WHEN s.created_unix > 0 THEN to_timestamp(s.created_unix) ELSE now() END
             FROM import_users s WHERE \(usersToInsert) ORDER BY s.tally_id
             RETURNING id)
-        INSERT INTO import_map (source, kind, source_id, tally_id)
-        SELECT $1::text, 'user', s.source_id, s.tally_id FROM fresh f JOIN import_users s ON s.tally_id = f.id
+        INSERT INTO import_map (source, kind, source_id, tally_id, access_token_hash)
+        SELECT $1::text, 'user', s.source_id, s.tally_id, s.access_hash
+        FROM fresh f JOIN import_users s ON s.tally_id = f.id
         """
 
-    /// Profile, role, status and group follow new-api; an access token is taken only when the
-    /// account has none (a linked account keeps its own).
+    /// Profile, role, status and group follow new-api (usernames and access tokens have their
+    /// own steps).
     static let updateUsers = """
         UPDATE users u SET display_name = s.display_name, email = s.email, role = s.role, status = s.status, "group" = s.grp,
-            access_token_hash = coalesce(u.access_token_hash, s.access_hash),
-            access_token_last6 = CASE WHEN u.access_token_hash IS NULL THEN s.access_last6 ELSE u.access_token_last6 END,
             updated_at = now()
         FROM import_users s \(mapped("user"))
-        WHERE u.id = m.tally_id AND ((u.display_name, u.email, u.role, u.status, u."group") IS DISTINCT FROM
-              (s.display_name, s.email, s.role, s.status, s.grp) OR (u.access_token_hash IS NULL AND s.access_hash IS NOT NULL))
+        WHERE u.id = m.tally_id AND (u.display_name, u.email, u.role, u.status, u."group") IS DISTINCT FROM
+              (s.display_name, s.email, s.role, s.status, s.grp)
+        """
+
+    /// Accounts the import created whose access token changed in new-api since the last run.
+    private static let rotatedAccessTokens = """
+        SELECT m.tally_id, s.access_hash, s.access_last6 FROM import_users s \(mapped("user"))
+        WHERE NOT m.linked AND s.access_hash IS DISTINCT FROM m.access_token_hash
+        """
+
+    /// Gives those accounts new-api's token (its predecessor stops working at once), unless
+    /// another account holds it (then the run warns and the next one tries again).
+    static let replaceAccessTokens = """
+        UPDATE users u SET access_token_hash = r.access_hash, access_token_last6 = r.access_last6, updated_at = now()
+        FROM (\(rotatedAccessTokens)) r
+        WHERE u.id = r.tally_id AND u.access_token_hash IS DISTINCT FROM r.access_hash
+          AND NOT EXISTS (SELECT 1 FROM users o WHERE o.access_token_hash = r.access_hash)
+        """
+
+    /// Remembers new-api's token where the account now holds it.
+    static let recordAccessTokens = """
+        UPDATE import_map m SET access_token_hash = r.access_hash
+        FROM (\(rotatedAccessTokens)) r JOIN users u ON u.id = r.tally_id
+        WHERE m.source = $1 AND m.kind = 'user' AND m.tally_id = r.tally_id
+          AND u.access_token_hash IS NOT DISTINCT FROM r.access_hash
+        """
+
+    /// What `recordAccessTokens` left: new-api tokens another account holds.
+    static let blockedAccessTokens = """
+        SELECT u.username FROM (\(rotatedAccessTokens)) r JOIN users u ON u.id = r.tally_id ORDER BY u.id
+        """
+
+    /// Accounts of this source that new-api no longer has (deleted for good): disabled.
+    static let disableVanishedUsers = """
+        UPDATE users u SET status = 2, updated_at = now() FROM import_map m
+        WHERE m.source = $1 AND m.kind = 'user' AND u.id = m.tally_id AND u.status <> 2
+          AND NOT EXISTS (SELECT 1 FROM import_users s WHERE s.source_id = m.source_id)
+        RETURNING u.username
         """
 
     // MARK: Tokens
@@ -131,8 +214,8 @@ enum NewAPIImportSQL {
 
     /// A Tally key with the same hash is the same key.
     static let linkTokens = """
-        INSERT INTO import_map (source, kind, source_id, tally_id)
-        SELECT $1::text, 'token', s.source_id, t.id FROM import_tokens s JOIN tokens t ON t.key_hash = s.key_hash
+        INSERT INTO import_map (source, kind, source_id, tally_id, linked)
+        SELECT $1::text, 'token', s.source_id, t.id, true FROM import_tokens s JOIN tokens t ON t.key_hash = s.key_hash
         WHERE NOT EXISTS (SELECT 1 FROM import_map m WHERE m.source = $1 AND m.kind = 'token' AND (m.source_id = s.source_id OR m.tally_id = t.id))
         """
 
@@ -158,16 +241,28 @@ enum NewAPIImportSQL {
         SELECT $1::text, 'token', s.source_id, s.tally_id FROM fresh f JOIN import_tokens s ON s.tally_id = f.id
         """
 
+    /// Every key field follows new-api, the key itself included (unless another key holds the new
+    /// one); the remaining quota is set with the balances.
     static let updateTokens = """
         UPDATE tokens t SET name = s.name, status = s.status, "group" = s.grp, unlimited_quota = s.unlimited,
             model_limits_enabled = s.model_limits_enabled, model_limits = s.model_limits, allow_ips = s.allow_ips,
             expires_at = \(expiry), deleted_at = s.deleted_at,
-            accessed_at = greatest(t.accessed_at, to_timestamp(s.accessed_unix))
+            accessed_at = greatest(t.accessed_at, to_timestamp(s.accessed_unix)),
+            key_hash = CASE WHEN k.free THEN s.key_hash ELSE t.key_hash END,
+            key_last6 = CASE WHEN k.free THEN s.key_last6 ELSE t.key_last6 END
         FROM import_tokens s \(mapped("token"))
+        CROSS JOIN LATERAL (SELECT NOT EXISTS (SELECT 1 FROM tokens o WHERE o.key_hash = s.key_hash) AS free) k
         WHERE t.id = m.tally_id AND (
             (t.name, t.status, t."group", t.unlimited_quota, t.model_limits_enabled, t.model_limits, t.allow_ips, t.expires_at, t.deleted_at)
             IS DISTINCT FROM (s.name, s.status, s.grp, s.unlimited, s.model_limits_enabled, s.model_limits, s.allow_ips, \(expiry), s.deleted_at)
-            OR t.accessed_at < to_timestamp(s.accessed_unix))
+            OR t.accessed_at < to_timestamp(s.accessed_unix) OR (t.key_hash <> s.key_hash AND k.free))
+        """
+
+    /// Keys of this source that new-api no longer has (deleted for good): deleted.
+    static let removeVanishedTokens = """
+        UPDATE tokens t SET deleted_at = now() FROM import_map m
+        WHERE m.source = $1 AND m.kind = 'token' AND t.id = m.tally_id AND t.deleted_at IS NULL
+          AND NOT EXISTS (SELECT 1 FROM import_tokens s WHERE s.source_id = m.source_id)
         """
 
     /// Keys whose owner is not in the source (removed from new-api's users table).
@@ -194,6 +289,13 @@ enum NewAPIImportSQL {
         FROM import_channels s \(mapped("channel"))
         WHERE c.id = m.tally_id AND (c.name, c.status, c.groups, c.models, c.used_quota) IS DISTINCT FROM
               (s.name, s.status, s.groups, s.models, s.used_quota)
+        """
+
+    /// Channels of this source that new-api no longer has: disabled, so nothing routes to them.
+    static let disableVanishedChannels = """
+        UPDATE channels c SET status = 2, updated_at = now() FROM import_map m
+        WHERE m.source = $1 AND m.kind = 'channel' AND c.id = m.tally_id AND c.status <> 2
+          AND NOT EXISTS (SELECT 1 FROM import_channels s WHERE s.source_id = m.source_id)
         """
 
     // MARK: Ids
@@ -277,7 +379,7 @@ enum NewAPIImportSQL {
             INSERT INTO request_logs (request_id, created_at, user_id, token_id, channel_id, model, "group", kind, status,
                 is_stream, duration_ms, ip, error, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, quota, batch_id)
             SELECT $1::text || ':' || r.id, to_timestamp(r.created_unix), mu.tally_id, coalesce(mt.tally_id, 0), mc.tally_id::integer,
-                   r.model, CASE WHEN r.grp = '' THEN u."group" ELSE r.grp END, 'chat',
+                   r.model, CASE WHEN \(loggedGroupKept) THEN r.grp ELSE u."group" END, 'chat',
                    CASE WHEN r.type = 2 THEN 200 WHEN r.status_code BETWEEN 400 AND 599 THEN r.status_code ELSE 500 END,
                    r.is_stream, (least(greatest(r.use_time, 0), 2000000) * 1000)::integer, nullif(r.ip, ''), r.content,
                    greatest(r.prompt_tokens, 0), greatest(r.completion_tokens, 0), coalesce(r.cached_tokens, 0),
@@ -291,6 +393,15 @@ enum NewAPIImportSQL {
             ON CONFLICT (request_id, created_at) DO NOTHING
             RETURNING *)
         INSERT INTO ingest_new SELECT * FROM fresh
+        """
+
+    /// A log keeps its group when Tally can hold the name; else (empty, "auto", or a name
+    /// outside Tally's rule) it carries the group its account is in.
+    private static let loggedGroupKept = "r.grp ~ \(validGroup) AND r.grp <> 'auto'"
+
+    /// Group names of staged logs that the logs will not carry, with their counts.
+    static let replacedLogGroups = """
+        SELECT grp, count(*) FROM import_log_rows r WHERE r.grp <> '' AND NOT (\(loggedGroupKept)) GROUP BY grp
         """
 
     static let freshTotals = "SELECT count(*), coalesce(sum(quota), 0)::bigint FROM ingest_new"

@@ -25,14 +25,24 @@ public struct ImportCounts: Sendable, Equatable {
     public var updated = 0
     /// Existing Tally rows taken to be the source's (same username, same key).
     public var linked = 0
+    /// Accounts whose username changed: to new-api's, or suffixed because another account holds
+    /// the name (see the warnings).
+    public var renamed = 0
+    /// Rows new-api no longer has: accounts and channels disabled, keys deleted.
+    public var removed = 0
     /// Source rows left out (see the warnings).
     public var skipped = 0
+
+    /// Rows this run changed in Tally.
+    var changes: Int { created + updated + linked + renamed + removed }
 }
 
 /// What a run did.
 public struct NewAPIImportSummary: Sendable, Equatable {
     public var groupsCreated = 0
     public var users = ImportCounts()
+    /// Accounts given the access token new-api rotated to since the last run.
+    public var accessTokensReplaced = 0
     public var tokens = ImportCounts()
     public var channels = ImportCounts()
     public var redemptions = ImportCounts()
@@ -53,9 +63,8 @@ public struct NewAPIImportSummary: Sendable, Equatable {
 
     /// False when the run found Tally already up to date.
     public var changed: Bool {
-        groupsCreated + users.created + users.updated + users.linked + tokens.created + tokens.updated + tokens.linked
-            + channels.created + channels.updated + redemptions.created + redemptions.updated + logsImported
-            + balanceAdjustments + tokenQuotasSet > 0
+        groupsCreated + users.changes + accessTokensReplaced + tokens.changes + channels.changes + redemptions.changes
+            + logsImported + balanceAdjustments + tokenQuotasSet > 0
     }
 }
 
@@ -65,22 +74,31 @@ public struct NewAPIImportSummary: Sendable, Equatable {
 /// are brought to new-api's by ledger adjustments of the difference, so a second run over an
 /// unchanged source changes nothing. See docs/import.md.
 ///
-/// Runs on two connections it does not own: `source` (only read, in a read-only session) and
-/// `target` (Tally, migrated), both used from the calling thread only.
+/// Runs on connections it does not own: `source` (only read, in a read-only session), `logSource`
+/// when new-api keeps its logs in a database of their own (LOG_SQL_DSN; else the logs are read
+/// from `source`) and `target` (Tally, migrated), all used from the calling thread only.
 public struct NewAPIImporter {
     let source: NewAPISource
+    let logSource: NewAPISource
     let target: PostgresConnection
     let options: NewAPIImportOptions
     let tid: String
     let progress: @Sendable (String) -> Void
 
-    public init(source: PostgresConnection, target: PostgresConnection, options: NewAPIImportOptions,
-                progress: @escaping @Sendable (String) -> Void = { _ in }) throws {
+    public init(source: PostgresConnection, logSource: PostgresConnection? = nil, target: PostgresConnection,
+                options: NewAPIImportOptions, progress: @escaping @Sendable (String) -> Void = { _ in }) throws {
         guard !options.source.isEmpty, options.source.utf8.count <= 40,
               options.source.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 && $0 != ":" }) else {
             throw StoreError.invalid("the source name must be 1–40 printable ASCII characters without spaces or ':'")
         }
-        self.source = try NewAPISource(connection: source)
+        if let logSource {
+            self.source = try NewAPISource(connection: source, tables: NewAPISource.accountTables)
+            self.logSource = try NewAPISource(connection: logSource, tables: NewAPISource.logTables)
+        } else {
+            self.source = try NewAPISource(connection: source,
+                                           tables: NewAPISource.accountTables.union(NewAPISource.logTables))
+            self.logSource = self.source
+        }
         self.target = target
         self.options = options
         tid = TraceID.generate()
@@ -98,88 +116,12 @@ public struct NewAPIImporter {
         return summary
     }
 
-    // MARK: Accounts
-
-    /// Groups, users, keys, channels and codes from one snapshot of the source, in one Tally
-    /// transaction.
-    private func importAccounts(_ summary: inout NewAPIImportSummary) throws {
-        progress("reading accounts")
-        try source.connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        defer { try? source.connection.execute("COMMIT") }
-        let groupOptions = try source.groupOptions()
-        summary.groupRatios = groupOptions.ratios
-        var warnings: [String] = []
-        try target.transaction { target in
-            try stageGroups(groupOptions)
-            try stage(source.users, into: "import_users", Self.stageUser)
-            try stage(source.tokens, into: "import_tokens") { try Self.stageToken($0, &$1, warnings: &warnings) }
-            try stage(source.channels, into: "import_channels", Self.stageChannel)
-            if let redemptions = source.redemptions { try stage(redemptions, into: "import_redemptions", Self.stageRedemption) }
-            try target.execute(NewAPIImportSQL.lockAccounts)
-            summary.groupsCreated = try target.query(NewAPIImportSQL.insertGroups).affectedRows
-            try importUsers(&summary.users, warnings: &warnings)
-            try importTokens(&summary.tokens)
-            try importChannels(&summary.channels)
-            try importRedemptions(&summary.redemptions)
-        }
-        summary.warnings += warnings
-        if summary.tokens.skipped > 0 {
-            summary.warnings.append("\(summary.tokens.skipped) key(s) skipped: their owner is not in new-api's users table")
-        }
-        if summary.redemptions.skipped > 0 {
-            summary.warnings.append("\(summary.redemptions.skipped) redemption code(s) skipped: quota is not positive")
-        }
-    }
-
-    private func importUsers(_ counts: inout ImportCounts, warnings: inout [String]) throws {
-        let name = options.source
-        for row in try target.query(NewAPIImportSQL.usersOutsideGroups).map({ ($0.text(0) ?? "", $0.text(1) ?? "") }) {
-            warnings.append("user \(row.0): group \"\(row.1.prefix(64))\" is not a valid Tally group name; put in default")
-        }
-        try target.query(NewAPIImportSQL.normalizeUsers)
-        counts.linked = try target.query(NewAPIImportSQL.linkUsers, [name]).affectedRows
-        try insert(table: "users", staging: "import_users", condition: NewAPIImportSQL.usersToInsert,
-                   NewAPIImportSQL.insertUsers, counts: &counts)
-        counts.updated = try target.query(NewAPIImportSQL.updateUsers, [name]).affectedRows
-        counts.skipped = try target.query("SELECT count(*) FROM import_users WHERE username = ''")[0].decode(0)
-    }
-
-    private func importTokens(_ counts: inout ImportCounts) throws {
-        let name = options.source
-        try target.query(NewAPIImportSQL.normalizeTokens, [name])
-        counts.linked = try target.query(NewAPIImportSQL.linkTokens, [name]).affectedRows
-        try insert(table: "tokens", staging: "import_tokens", condition: NewAPIImportSQL.tokensToInsert,
-                   NewAPIImportSQL.insertTokens, counts: &counts)
-        counts.updated = try target.query(NewAPIImportSQL.updateTokens, [name]).affectedRows
-        counts.skipped = try target.query(NewAPIImportSQL.orphanTokens)[0].decode(0)
-    }
-
-    private func importChannels(_ counts: inout ImportCounts) throws {
-        try insert(table: "channels", staging: "import_channels", condition: NewAPIImportSQL.channelsToInsert,
-                   NewAPIImportSQL.insertChannels, counts: &counts)
-        counts.updated = try target.query(NewAPIImportSQL.updateChannels, [options.source]).affectedRows
-    }
-
-    private func importRedemptions(_ counts: inout ImportCounts) throws {
-        counts.created = try target.query(NewAPIImportSQL.insertRedemptions, [options.source]).affectedRows
-        counts.updated = try target.query(NewAPIImportSQL.updateRedemptions, [options.source]).affectedRows
-        counts.skipped = try target.query("SELECT count(*) FROM import_redemptions WHERE quota <= 0")[0].decode(0)
-    }
-
-    /// Chooses the Tally ids of the rows `condition` selects, inserts them and maps them.
-    private func insert(table: String, staging: String, condition: String, _ insert: String, counts: inout ImportCounts) throws {
-        let name = options.source
-        try target.query(NewAPIImportSQL.makeRoom(table: table, staging: staging, where: condition), [name])
-        try target.query(NewAPIImportSQL.assignIDs(table: table, staging: staging, where: condition), [name])
-        counts.created = try target.query(insert, [name]).affectedRows
-    }
-
     // MARK: Staging
 
     /// Streams the rows of `query` (on the source, inside its snapshot) into the staging table
     /// through `transform`, with a cursor so memory stays flat whatever the table's size.
     /// `transform` returns false to leave a row out.
-    private func stage(_ query: String, into table: String, _ transform: (PostgresRow, inout CopyRow) throws -> Bool) throws {
+    func stage(_ query: String, into table: String, _ transform: (PostgresRow, inout CopyRow) throws -> Bool) throws {
         try source.connection.execute("DECLARE import_rows NO SCROLL CURSOR FOR \(query)")
         defer { try? source.connection.execute("CLOSE import_rows") }
         let columns = NewAPIImportSQL.stagingColumns[table]!
@@ -199,7 +141,7 @@ public struct NewAPIImporter {
         }
     }
 
-    private func stageGroups(_ options: (ratios: [String: String], usable: [String: String])) throws {
+    func stageGroups(_ options: (ratios: [String: String], usable: [String: String])) throws {
         try target.copyIn("COPY import_groups (\(NewAPIImportSQL.stagingColumns["import_groups"]!)) FROM STDIN") { writer in
             var row = CopyRow()
             for name in Set(options.ratios.keys).union(options.usable.keys).sorted() {
@@ -259,18 +201,25 @@ public struct NewAPIImporter {
         return true
     }
 
-    /// Columns as `NewAPISource.channels`; groups and models become arrays of the valid names.
-    static func stageChannel(_ source: PostgresRow, _ row: inout CopyRow) throws -> Bool {
+    /// Columns as `NewAPISource.channels`; groups and models become arrays of the valid names
+    /// (every name left out warns).
+    static func stageChannel(_ source: PostgresRow, _ row: inout CopyRow, warnings: inout [String]) throws -> Bool {
         let id = source.text(0) ?? "0"
         let name = (source.text(1) ?? "").trimmingCharacters(in: .whitespaces)
         let status = try source.decode(2, as: Int64.self)
-        var groups = names(source.text(3), valid: GroupRules.isValidName)
-        if groups.isEmpty { groups = ["default"] }
+        let groups = names(source.text(3), valid: GroupRules.isValidName)
+        let models = names(source.text(4)) { (try? ModelNames.validate([$0], field: "models")) != nil }
+        for group in groups.invalid where group != "auto" {
+            warnings.append("channel #\(id): group \"\(group.prefix(64))\" skipped: not a valid Tally group name")
+        }
+        for model in models.invalid {
+            warnings.append("channel #\(id): model \"\(model.prefix(200))\" skipped: not a valid model name")
+        }
         row.append(id)
         row.append(name.isEmpty ? "channel \(id)" : String(name.prefix(200)))
         row.append((1...3).contains(status) ? status : 2)
-        row.append(TextArray(groups).postgresText)
-        row.append(TextArray(names(source.text(4)) { (try? ModelNames.validate([$0], field: "models")) != nil }).postgresText)
+        row.append(TextArray(groups.valid.isEmpty ? ["default"] : groups.valid).postgresText)
+        row.append(TextArray(models.valid).postgresText)
         row.append(source.text(5))
         row.append(source.text(6))
         return true
@@ -289,12 +238,14 @@ public struct NewAPIImporter {
         return true
     }
 
-    /// The distinct non-empty names of a comma-separated list, in order.
-    static func names(_ list: String?, valid: (String) -> Bool) -> [String] {
-        var result: [String] = []
+    /// The distinct non-empty names of a comma-separated list, in order: those `valid` accepts,
+    /// and the others.
+    static func names(_ list: String?, valid: (String) -> Bool) -> (valid: [String], invalid: [String]) {
+        var result: (valid: [String], invalid: [String]) = ([], [])
         for part in (list ?? "").split(separator: ",") {
             let name = part.trimmingCharacters(in: .whitespaces)
-            if !name.isEmpty, valid(name), !result.contains(name) { result.append(name) }
+            guard !name.isEmpty, !result.valid.contains(name), !result.invalid.contains(name) else { continue }
+            if valid(name) { result.valid.append(name) } else { result.invalid.append(name) }
         }
         return result
     }
@@ -316,13 +267,17 @@ public struct NewAPIImporter {
     private func importLogs(_ summary: inout NewAPIImportSummary) throws {
         let stored = try target.query(NewAPIImportSQL.cursor, [options.source]).first?.decode(0, as: Int64.self) ?? 0
         var cursor = options.allLogs ? 0 : max(0, stored - options.resumeWindow)
-        let last = try source.lastLogID()
+        let last = try logSource.lastLogID()
         var ensuredMonths: Set<String> = []
+        var replacedGroups: [String: Int] = [:]
         progress("reading logs after id \(cursor) (last \(last))")
         while true {
             let (rows, highest) = try stageLogs(after: cursor)
             guard rows > 0 else { break }
             try ensurePartitions(&ensuredMonths)
+            try target.query(NewAPIImportSQL.replacedLogGroups).forEach { row in
+                replacedGroups[try row.decode(0), default: 0] += try row.decode(1, as: Int.self)
+            }
             let batch = try storeLogs(rows: rows)
             summary.logsRead += rows
             summary.logsImported += batch.imported
@@ -337,6 +292,10 @@ public struct NewAPIImporter {
         if summary.logsSkipped > 0 {
             summary.warnings.append("\(summary.logsSkipped) log(s) skipped: their user is not in new-api's users table")
         }
+        for (group, count) in replacedGroups.sorted(by: { $0.key < $1.key }) {
+            summary.warnings.append("logs: group \"\(group.prefix(64))\" is not a Tally group; \(count) log(s) read "
+                                    + "carry their account's group instead")
+        }
     }
 
     /// COPY of one batch from the source into `import_log_rows`; returns its row count and
@@ -346,7 +305,7 @@ public struct NewAPIImporter {
         var rows = 0
         var highest = cursor
         try target.copyIn("COPY import_log_rows (\(NewAPIImportSQL.logColumns)) FROM STDIN") { writer in
-            try source.connection.copyOut(source.logsCopy(after: cursor, limit: options.batchSize)) { bytes in
+            try logSource.connection.copyOut(logSource.logsCopy(after: cursor, limit: options.batchSize)) { bytes in
                 rows += 1
                 var id: Int64 = 0
                 for byte in bytes {
@@ -424,13 +383,16 @@ public struct NewAPIImporter {
     }
 
     private func recordAudit(_ summary: NewAPIImportSummary) throws {
+        let counts: [String: any CustomStringConvertible] = [
+            "users_created": summary.users.created, "users_updated": summary.users.updated,
+            "users_linked": summary.users.linked, "users_renamed": summary.users.renamed,
+            "users_removed": summary.users.removed, "access_tokens_replaced": summary.accessTokensReplaced,
+            "tokens_created": summary.tokens.created, "tokens_updated": summary.tokens.updated,
+            "tokens_removed": summary.tokens.removed, "channels_created": summary.channels.created,
+            "logs_imported": summary.logsImported, "charged_quota": summary.chargedQuota,
+            "balance_adjustments": summary.balanceAdjustments, "adjusted_quota": summary.adjustedQuota,
+        ]
         try AuditLog.recordChange(on: target, actor: Actor(userID: nil, name: "cli", tid: tid), action: "import.new-api",
-                                  target: "source:\(options.source)", before: nil, after: [
-                                      "users_created": summary.users.created, "users_updated": summary.users.updated,
-                                      "users_linked": summary.users.linked, "tokens_created": summary.tokens.created,
-                                      "tokens_updated": summary.tokens.updated, "channels_created": summary.channels.created,
-                                      "logs_imported": summary.logsImported, "charged_quota": summary.chargedQuota,
-                                      "balance_adjustments": summary.balanceAdjustments, "adjusted_quota": summary.adjustedQuota,
-                                  ])
+                                  target: "source:\(options.source)", before: nil, after: counts)
     }
 }

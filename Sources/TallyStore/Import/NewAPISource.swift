@@ -8,6 +8,11 @@ struct NewAPISource {
     let connection: PostgresConnection
     private let columns: [String: Set<String>]
 
+    /// The tables that hold accounts, and the one that holds logs: new-api can keep its logs in
+    /// a database of their own (LOG_SQL_DSN).
+    static let accountTables: Set = ["users", "tokens", "channels"]
+    static let logTables: Set = ["logs"]
+
     /// Tables and columns every supported new-api version has.
     private static let required: [String: [String]] = [
         "users": ["id", "username", "role", "status", "quota", "group"],
@@ -16,8 +21,9 @@ struct NewAPISource {
         "logs": ["id", "user_id", "created_at", "type", "quota"],
     ]
 
-    /// Opens the session read-only and UTF-8, and checks that this is a new-api database.
-    init(connection: PostgresConnection) throws {
+    /// Opens the session read-only and UTF-8, and checks that this database has new-api's
+    /// `tables`.
+    init(connection: PostgresConnection, tables: Set<String>) throws {
         self.connection = connection
         try connection.execute("SET client_encoding TO 'UTF8'; SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         var columns: [String: Set<String>] = [:]
@@ -28,7 +34,11 @@ struct NewAPISource {
             columns[try row.decode(0), default: []].insert(try row.decode(1))
         }
         self.columns = columns
-        for (table, needed) in Self.required {
+        for (table, needed) in Self.required.sorted(by: { $0.key < $1.key }) where tables.contains(table) {
+            if table == "logs", columns[table] == nil {
+                throw StoreError.invalid("the database has no new-api logs table; if new-api keeps its logs in another "
+                                         + "database (LOG_SQL_DSN), name that one with --logs-from")
+            }
             let missing = needed.filter { !(columns[table]?.contains($0) ?? false) }
             guard missing.isEmpty else {
                 throw StoreError.invalid("the source is not a new-api database: table \(table) lacks \(missing.joined(separator: ", "))")

@@ -1,0 +1,189 @@
+import TallyCore
+import TallyPostgres
+
+/// The account tables: groups, users, keys, channels and redemption codes follow new-api on every
+/// run (docs/import.md, "Running it again").
+extension NewAPIImporter {
+    /// Groups, users, keys, channels and codes from one snapshot of the source, merged in one
+    /// Tally transaction: a run leaves either all of them or none.
+    func importAccounts(_ summary: inout NewAPIImportSummary) throws {
+        progress("reading accounts")
+        try source.connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        defer { try? source.connection.execute("COMMIT") }
+        let groupOptions = try source.groupOptions()
+        summary.groupRatios = groupOptions.ratios
+        var warnings: [String] = []
+        try target.transaction { target in
+            try stageGroups(groupOptions)
+            try stage(source.users, into: "import_users", Self.stageUser)
+            try stage(source.tokens, into: "import_tokens") { try Self.stageToken($0, &$1, warnings: &warnings) }
+            try stage(source.channels, into: "import_channels") { try Self.stageChannel($0, &$1, warnings: &warnings) }
+            if let redemptions = source.redemptions {
+                try stage(redemptions, into: "import_redemptions", Self.stageRedemption)
+            }
+            try target.execute(NewAPIImportSQL.lockAccounts)
+            try target.query(NewAPIImportSQL.invalidGroupNames).forEach { row in
+                let name = try row.decode(0, as: String.self), origin = try row.decode(1, as: String.self)
+                warnings.append("group \"\(name.prefix(64))\" skipped: not a valid Tally group name "
+                                + "([A-Za-z0-9_.-]{1,64}); named by \(origin)")
+            }
+            summary.groupsCreated = try target.query(NewAPIImportSQL.insertGroups).affectedRows
+            try importUsers(&summary, warnings: &warnings)
+            try importTokens(&summary.tokens)
+            try importChannels(&summary.channels)
+            try importRedemptions(&summary.redemptions)
+        }
+        summary.warnings += warnings
+        for (count, warning) in [
+            (summary.tokens.skipped, "key(s) skipped: their owner is not in new-api's users table"),
+            (summary.tokens.removed, "key(s) deleted: gone from new-api's tokens table"),
+            (summary.channels.removed, "channel(s) disabled: gone from new-api's channels table"),
+            (summary.redemptions.skipped, "redemption code(s) skipped: quota is not positive"),
+        ] where count > 0 {
+            summary.warnings.append("\(count) \(warning)")
+        }
+    }
+
+    // MARK: Users
+
+    private func importUsers(_ summary: inout NewAPIImportSummary, warnings: inout [String]) throws {
+        let name = options.source
+        try target.query(NewAPIImportSQL.usersOutsideGroups).forEach { row in
+            let username = row.text(0) ?? "", group = row.text(1) ?? ""
+            warnings.append("user \(username): group \"\(group.prefix(64))\" is not a valid Tally group name; "
+                            + "put in default")
+        }
+        try target.query(NewAPIImportSQL.normalizeUsers)
+        summary.users.renamed = try settleUsernames(warnings: &warnings)
+        summary.users.linked = try target.query(NewAPIImportSQL.linkUsers, [name]).affectedRows
+        try insert(table: "users", staging: "import_users", condition: NewAPIImportSQL.usersToInsert,
+                   NewAPIImportSQL.insertUsers, counts: &summary.users)
+        summary.users.updated = try target.query(NewAPIImportSQL.updateUsers, [name]).affectedRows
+        summary.accessTokensReplaced = try target.query(NewAPIImportSQL.replaceAccessTokens, [name]).affectedRows
+        try target.query(NewAPIImportSQL.recordAccessTokens, [name])
+        for username in try target.query(NewAPIImportSQL.blockedAccessTokens, [name]).map({ $0.text(0) ?? "" }) {
+            warnings.append("user \(username): new-api's access token is held by another Tally account; "
+                            + "the account keeps its token until a later run")
+        }
+        let disabled = try target.query(NewAPIImportSQL.disableVanishedUsers, [name]).map { $0.text(0) ?? "" }
+        summary.users.removed = disabled.count
+        for username in disabled {
+            warnings.append("user \(username): gone from new-api's users table; disabled")
+        }
+        summary.users.skipped = try target.query("SELECT count(*) FROM import_users WHERE username = ''")[0].decode(0)
+        if summary.users.skipped > 0 {
+            warnings.append("\(summary.users.skipped) user(s) skipped: no username")
+        }
+    }
+
+    /// One account whose username must change (`NewAPIImportSQL.usernameChanges`).
+    private struct UsernameChange {
+        let tallyID: Int64
+        let sourceID: Int64
+        let current: String
+        /// new-api's name; nil when new-api no longer has the account.
+        let wanted: String?
+    }
+
+    /// Gives every account of this source the username new-api has for it, and frees the names
+    /// new-api's users want, before any user is linked or inserted, so that no statement can
+    /// meet `users_username_key` and a reused name never aborts a run. Conflicts resolve the same
+    /// way on every run: an account keeps its id; when its new-api name is held by an account
+    /// from elsewhere (or is longer than Tally allows), or it holds a name another new-api user
+    /// now has while new-api no longer has it, it is suffixed (`ImportedUsername`) with a warning.
+    /// Returns the number of accounts renamed.
+    private func settleUsernames(warnings: inout [String]) throws -> Int {
+        let changes = try target.query(NewAPIImportSQL.usernameChanges, [options.source]).map { row in
+            UsernameChange(tallyID: try row.decode(0), sourceID: try row.decode(1), current: try row.decode(2),
+                           wanted: row.text(3))
+        }
+        let moving = PostgresArray.integers(changes.map(\.tallyID))
+        var assigned: Set<String> = []
+        var renames: [(id: Int64, name: String)] = []
+        for change in changes {
+            let name: String
+            if let wanted = change.wanted, ImportedUsername.fits(wanted),
+               try !target.query(NewAPIImportSQL.usernameHeld, [wanted, moving])[0].decode(0, as: Bool.self) {
+                name = wanted
+            } else {
+                name = try suffixedUsername(change.wanted ?? change.current, sourceID: change.sourceID,
+                                            account: change.tallyID, assigned: assigned)
+                let reason = Self.conflict(change.wanted)
+                warnings.append("user #\(change.sourceID) (\(change.current)): \(reason); named \"\(name)\"")
+            }
+            assigned.insert(name)
+            if name != change.current { renames.append((change.tallyID, name)) }
+        }
+        if !renames.isEmpty {
+            try target.query(NewAPIImportSQL.vacateUsernames, [PostgresArray.integers(renames.map(\.id))])
+            for rename in renames { try target.query(NewAPIImportSQL.setUsername, [rename.id, rename.name]) }
+        }
+        try shortenNewUsernames(assigned: &assigned, warnings: &warnings)
+        return renames.count
+    }
+
+    /// Why an account cannot have the name new-api wants for it (nil: new-api no longer has it).
+    private static func conflict(_ wanted: String?) -> String {
+        guard let wanted else { return "new-api no longer has the account and another new-api user has its name" }
+        return ImportedUsername.fits(wanted) ? "\"\(wanted)\" is held by another Tally account"
+                                             : "new-api's name is too long for Tally"
+    }
+
+    /// New users whose name is longer than Tally allows come in with it cut and suffixed.
+    private func shortenNewUsernames(assigned: inout Set<String>, warnings: inout [String]) throws {
+        try target.query(NewAPIImportSQL.newUsersWithLongNames, [options.source]).forEach { row in
+            let sourceID = try row.decode(0, as: Int64.self), long = try row.decode(1, as: String.self)
+            let name = try suffixedUsername(long, sourceID: sourceID, account: nil, assigned: assigned)
+            assigned.insert(name)
+            try target.query(NewAPIImportSQL.setStagedUsername, [sourceID, name])
+            warnings.append("user #\(sourceID): new-api's name is too long for Tally; named \"\(name)\"")
+        }
+    }
+
+    /// `ImportedUsername.suffixed`, avoiding every name held by another account (`account`
+    /// excluded), wanted by a new-api user or given in this run.
+    private func suffixedUsername(_ base: String, sourceID: Int64, account: Int64?,
+                                  assigned: Set<String>) throws -> String {
+        let others = PostgresArray.integers(account.map { [$0] } ?? [])
+        return try ImportedUsername.suffixed(base, sourceID: sourceID) { candidate in
+            try assigned.contains(candidate)
+                || target.query(NewAPIImportSQL.usernameHeld, [candidate, others])[0].decode(0, as: Bool.self)
+                || target.query(NewAPIImportSQL.usernameWanted, [candidate])[0].decode(0, as: Bool.self)
+        }
+    }
+
+    // MARK: Keys, channels, codes
+
+    private func importTokens(_ counts: inout ImportCounts) throws {
+        let name = options.source
+        try target.query(NewAPIImportSQL.normalizeTokens, [name])
+        counts.linked = try target.query(NewAPIImportSQL.linkTokens, [name]).affectedRows
+        try insert(table: "tokens", staging: "import_tokens", condition: NewAPIImportSQL.tokensToInsert,
+                   NewAPIImportSQL.insertTokens, counts: &counts)
+        counts.updated = try target.query(NewAPIImportSQL.updateTokens, [name]).affectedRows
+        counts.removed = try target.query(NewAPIImportSQL.removeVanishedTokens, [name]).affectedRows
+        counts.skipped = try target.query(NewAPIImportSQL.orphanTokens)[0].decode(0)
+    }
+
+    private func importChannels(_ counts: inout ImportCounts) throws {
+        try insert(table: "channels", staging: "import_channels", condition: NewAPIImportSQL.channelsToInsert,
+                   NewAPIImportSQL.insertChannels, counts: &counts)
+        counts.updated = try target.query(NewAPIImportSQL.updateChannels, [options.source]).affectedRows
+        counts.removed = try target.query(NewAPIImportSQL.disableVanishedChannels, [options.source]).affectedRows
+    }
+
+    private func importRedemptions(_ counts: inout ImportCounts) throws {
+        counts.created = try target.query(NewAPIImportSQL.insertRedemptions, [options.source]).affectedRows
+        counts.updated = try target.query(NewAPIImportSQL.updateRedemptions, [options.source]).affectedRows
+        counts.skipped = try target.query("SELECT count(*) FROM import_redemptions WHERE quota <= 0")[0].decode(0)
+    }
+
+    /// Chooses the Tally ids of the rows `condition` selects, inserts them and maps them.
+    private func insert(table: String, staging: String, condition: String, _ insert: String,
+                        counts: inout ImportCounts) throws {
+        let name = options.source
+        try target.query(NewAPIImportSQL.makeRoom(table: table, staging: staging, where: condition), [name])
+        try target.query(NewAPIImportSQL.assignIDs(table: table, staging: staging, where: condition), [name])
+        counts.created = try target.query(insert, [name]).affectedRows
+    }
+}
