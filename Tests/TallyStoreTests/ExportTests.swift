@@ -200,7 +200,7 @@ struct ExportTests {
         #expect(try await auditor.run(month: Self.august).isEmpty)
         #expect(try await auditor.run(month: Self.september).isEmpty)
         let user = fixture.lines[0].userID
-        try await db.pool.withConnection { connection in
+        _ = try await db.pool.withConnection { connection in
             try connection.query("""
                 UPDATE usage_daily SET quota = quota + 5 WHERE ctid = (SELECT ctid FROM usage_daily
                 WHERE user_id = $1 AND day >= '2026-08-01' AND day < '2026-09-01' LIMIT 1)
