@@ -11,7 +11,7 @@ struct Logs: AsyncParsableCommand {
     struct Generate: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "gen",
-            abstract: "Write realistic gateway log lines (NDJSON) to standard output or a file.",
+            abstract: "Write realistic gateway log lines (NDJSON) to standard output, or to a file and say so.",
             discussion: "Keys are those of `tally logs seed`; the same --seed gives the same lines.")
 
         @Option(help: "How many lines.") var lines = 1000
@@ -21,12 +21,13 @@ struct Logs: AsyncParsableCommand {
         @Option(help: "Fraction of bad lines (0…1).") var badRate = 0.0
         @Option(help: "User distribution: zipf or uniform.") var skew = "zipf"
         @Option(help: "Random seed.") var seed: UInt64 = 42
-        @Option(help: "First timestamp (RFC 3339 or YYYY-MM-DD); lines spread over --span-hours.") var start = "2026-11-01"
-        @Option(help: "Hours the lines spread over.") var spanHours = 24.0
+        @Option(help: "First timestamp (RFC 3339 or YYYY-MM-DD). Default: --span-hours before now.") var start: String?
+        @Option(help: "Hours the lines spread over, from --start.") var spanHours = 24.0
         @Option(help: "Write to this file instead of standard output.") var out: String?
 
         func validate() throws {
             guard lines >= 0, users > 0 else { throw ValidationError("--lines must be ≥ 0 and --users > 0") }
+            guard spanHours >= 0, spanHours.isFinite else { throw ValidationError("--span-hours must be ≥ 0") }
             guard (0...1).contains(dupRate), (0...1).contains(badRate), dupRate + badRate <= 1 else {
                 throw ValidationError("--dup-rate and --bad-rate must be within 0…1 and add up to at most 1")
             }
@@ -42,8 +43,9 @@ struct Logs: AsyncParsableCommand {
             options.badRate = badRate
             options.skew = LogGenerator.Skew(rawValue: skew)!
             options.seed = seed
-            options.start = try TimeArgument.parse(start)
             options.span = spanHours * 3600
+            // By default the lines end now, so they fall in the current month and price version.
+            options.start = try start.map(TimeArgument.parse) ?? Date().addingTimeInterval(-options.span)
             var generator = LogGenerator(options)
             let output = try OutputFile(path: out)
             var buffer = ""
@@ -57,6 +59,12 @@ struct Logs: AsyncParsableCommand {
                 }
             }
             output.write(buffer)
+            if let out, out != "-" {
+                // Standard output is free: say what was written, and for when.
+                let format = ISO8601DateFormatter()
+                let (first, end) = (options.start, options.start + options.span)
+                print("wrote \(lines) lines to \(out) (\(format.string(from: first)) … \(format.string(from: end)))")
+            }
         }
     }
 

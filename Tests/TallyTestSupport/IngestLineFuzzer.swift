@@ -24,7 +24,7 @@ public struct IngestLineFuzzer: Sendable {
         ])
         return FuzzSchema(fields: [
             "request_id": .init(.identifier(maxBytes: 128), required: true),
-            "created_at": .init(.name(unknown: ["2026-13-01T00:00:00Z", "2026-11-01 12:00:00", "yesterday", "2099-01-01T00:00:00Z",
+            "created_at": .init(.time(unknown: ["2026-13-01T00:00:00Z", "2026-11-01 12:00:00", "yesterday", "2099-01-01T00:00:00Z",
                                                 "2020-01-01T00:00:00Z", "2026-11-01T25:00:00Z", "1e9"]), required: true),
             "key": .init(.name(unknown: ["sk-unknown", "sk-" + String(repeating: "f", count: 48), "tallysynthetic", "sk-tallysynthetic"]),
                          required: true),

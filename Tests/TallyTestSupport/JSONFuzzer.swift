@@ -71,6 +71,9 @@ public struct FuzzSchema: Sendable {
         /// A string that must name something known (model, key, group, time …); `unknown` are
         /// well-formed values that name nothing and must be refused.
         case name(unknown: [String])
+        /// A time: a string that must name one (RFC 3339), or a Unix time as a JSON number;
+        /// `unknown` are well-formed strings that name no usable time and must be refused.
+        case time(unknown: [String])
         /// Any string is accepted.
         case text
         /// A non-negative JSON integer that fits Int64.
@@ -263,7 +266,7 @@ public struct JSONFuzzer: Sendable {
             // A string with NUL is refused in every known text field; elsewhere it is a value like another.
             return (.replace(.string(text + "\u{0}")), kind.isString ? .reject : (kind.isAny ? .either : .reject))
         case .unknownName:
-            guard case .name(let unknown) = kind, let name = unknown.randomElement(using: &random) else {
+            guard let name = kind.unknownNames.randomElement(using: &random) else {
                 let text = "fuzz-\(random.next())"
                 return (.replace(.string(text)), kind.expectationForString(text))
             }
@@ -355,8 +358,16 @@ extension FuzzSchema.Kind {
 
     var isString: Bool {
         switch self {
-        case .identifier, .name, .text: true
+        case .identifier, .name, .time, .text: true
         default: false
+        }
+    }
+
+    /// The well-formed values that name nothing, for `.name` and `.time`.
+    var unknownNames: [String] {
+        switch self {
+        case .name(let unknown), .time(let unknown): unknown
+        default: []
         }
     }
 
@@ -364,7 +375,7 @@ extension FuzzSchema.Kind {
     func accepts(_ value: FuzzJSON) -> Bool {
         switch (self, value) {
         case (.any, _), (_, .null): true
-        case (.identifier, .string), (.name, .string), (.text, .string): true
+        case (.identifier, .string), (.name, .string), (.text, .string), (.time, .string), (.time, .number): true
         case (.count, .number), (.wholeNumber, .number), (.decimal, .number), (.decimal, .string): true
         case (.bool, .bool), (.object, .object): true
         default: false
@@ -375,7 +386,7 @@ extension FuzzSchema.Kind {
     func expectationForString(_ text: String) -> FuzzCase.Expectation {
         switch self {
         case .identifier(let maxBytes): text.utf8.count <= maxBytes ? .accept : .reject
-        case .name: .reject
+        case .name, .time: .reject
         case .text: .accept
         case .decimal: Double(text) == nil ? .reject : .either
         case .any: .either

@@ -146,34 +146,9 @@ public enum TallyBinary {
     }
 
     private static func launch(_ arguments: [String], databaseURL: String, input: Data?) throws -> TallyRun {
-        let process = Process()
-        process.executableURL = url
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        environment["DATABASE_URL"] = databaseURL
-        process.environment = environment
-        // stderr goes to a file: reading two pipes in turn could block on the one not read.
-        let errorsURL = FileManager.default.temporaryDirectory
-            .appendingPathComponent("tally-stderr-\(UUID().uuidString)")
-        _ = FileManager.default.createFile(atPath: errorsURL.path, contents: nil)
-        defer { try? FileManager.default.removeItem(at: errorsURL) }
-        let output = Pipe()
-        process.standardOutput = output
-        let errors = try FileHandle(forWritingTo: errorsURL)
-        process.standardError = errors
-        let stdin = Pipe()
-        if input != nil { process.standardInput = stdin }
-        try process.run()
-        try errors.close()
-        if let input {
-            stdin.fileHandleForWriting.write(input)
-            try stdin.fileHandleForWriting.close()
-        }
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let errorText = (try? String(contentsOf: errorsURL, encoding: .utf8)) ?? ""
-        return TallyRun(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self),
-                        errorOutput: errorText)
+        let outcome = try ChildProcess.run(url, arguments, environment: ["DATABASE_URL": databaseURL], input: input,
+                                           captureErrors: true)
+        return TallyRun(status: outcome.status, output: outcome.output, errorOutput: outcome.errors)
     }
 }
 

@@ -85,71 +85,6 @@ extension LogLine {
         }
         return line
     }
-
-    /// Parses a LiteLLM `StandardLoggingPayload`: `id` → request id, `startTime` → created_at,
-    /// `metadata.user_api_key_hash` → key hash, `status` success/failure → 200/500,
-    /// `call_type` → kind, prompt/completion tokens → usage.
-    public static func parseLiteLLM(_ bytes: UnsafeBufferPointer<UInt8>) throws(IngestRejection) -> LogLine {
-        var scanner = JSONScanner(bytes: bytes)
-        var line = LogLine()
-        var usage = Usage()
-        var start: Double?
-        var end: Double?
-        do throws(UsageParseError) {
-            try scanner.readObject { scanner, key throws(UsageParseError) in
-                switch key {
-                case "id": line.requestID = try scanner.readOptionalString("id")
-                case "model": line.model = try scanner.readOptionalString("model")
-                case "startTime": start = try scanner.readSeconds("startTime")
-                case "endTime": end = try scanner.readSeconds("endTime")
-                case "prompt_tokens": usage.promptTokens = try scanner.readCount("prompt_tokens")
-                case "completion_tokens": usage.completionTokens = try scanner.readCount("completion_tokens")
-                case "stream": line.stream = try scanner.readBool("stream")
-                case "requester_ip_address": line.ip = try scanner.readOptionalString("requester_ip_address")
-                case "trace_id": line.tid = try scanner.readOptionalString("trace_id")
-                case "call_type": line.kind = LiteLLMCallType.kind(try scanner.readOptionalString("call_type"))
-                case "status":
-                    let status = try scanner.readOptionalString("status")
-                    line.status = status == "failure" ? 500 : 200
-                    if status == "failure", line.error == nil { line.error = "upstream_error" }
-                case "metadata":
-                    if scanner.readNull() { break }
-                    try scanner.readObject { scanner, key throws(UsageParseError) in
-                        if key == "user_api_key_hash" { line.keyHash = try scanner.readOptionalString(key) } else { try scanner.skipValue() }
-                    }
-                default: try scanner.skipValue()
-                }
-            }
-            try scanner.expectEnd()
-        } catch {
-            var rejection = IngestRejection.invalidJSON(error)
-            rejection.requestID = line.requestID
-            throw rejection
-        }
-        if let start {
-            line.createdAt = Date(timeIntervalSince1970: start)
-            if let end, end >= start { line.durationMs = Int64(((end - start) * 1000).rounded()) }
-        }
-        line.usage = usage
-        return line
-    }
-}
-
-/// LiteLLM `call_type` values and the kinds they map to.
-enum LiteLLMCallType {
-    static func kind(_ callType: String?) -> RequestKind? {
-        guard var name = callType else { return nil }
-        if name.hasPrefix("a"), name != "audio_transcription" { name.removeFirst() }
-        switch name {
-        case "completion", "text_completion", "responses", "anthropic_messages", "generate_content": return .chat
-        case "embedding": return .embedding
-        case "rerank": return .rerank
-        case "image_generation", "image_edit": return .image
-        case "transcription", "speech", "audio_transcription": return .audio
-        case "video_generation": return .video
-        default: return .call
-        }
-    }
 }
 
 extension JSONScanner {
@@ -188,6 +123,14 @@ extension JSONScanner {
         }
     }
 
+    /// `readObject`, or nothing for null.
+    mutating func readOptionalObject(_ field: (inout JSONScanner, String) throws(UsageParseError) -> Void)
+        throws(UsageParseError)
+    {
+        if readNull() { return }
+        try readObject(field)
+    }
+
     mutating func readOptionalCount(_ name: String) throws(UsageParseError) -> Int64? {
         if readNull() { return nil }
         return try readCount(name)
@@ -205,25 +148,42 @@ extension JSONScanner {
         return false
     }
 
-    /// An RFC 3339 time string, e.g. `2026-11-01T12:00:00.123Z`.
+    /// An RFC 3339 time string (`2026-11-01T12:00:00.123Z`), or a Unix time as a JSON number
+    /// (see ``readUnixTime(_:)``), as new-api-style gateways log it.
     mutating func readTime(_ name: String) throws(UsageParseError) -> Date? {
+        if readNull() { return nil }
+        guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { return try readUnixTime(name) }
         let start = index
         guard let text = try readOptionalString(name) else { return nil }
         guard let time = RFC3339Time(text) else {
             index = start
-            throw error("\(name): not an RFC 3339 time (expected e.g. 2026-11-01T12:00:00Z)")
+            throw error("\(name): not an RFC 3339 time (expected e.g. 2026-11-01T12:00:00Z or Unix seconds)")
         }
         return time.date
     }
 
-    /// Seconds since the epoch as a JSON number (LiteLLM times); not money, so a Double is fine.
-    mutating func readSeconds(_ name: String) throws(UsageParseError) -> Double? {
+    /// 10000-01-01T00:00:00Z: times from then on cannot be printed as RFC 3339 or stored.
+    static let year10000 = 253_402_300_800.0
+
+    /// A Unix time as a JSON number: seconds since the epoch, fractions allowed, or milliseconds
+    /// when the value is above 1e11 (which as seconds would be past the year 5000). Negative
+    /// values and times after 9999 are refused. Not money, so a Double is exact enough (well
+    /// under a microsecond for today's times).
+    mutating func readUnixTime(_ name: String) throws(UsageParseError) -> Date? {
         if readNull() { return nil }
+        let start = index
         let range = try scanNumber().range
-        guard let value = Double(String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self)) else {
-            throw error("\(name): not a number")
+        let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self)
+        guard var seconds = Double(text), seconds.isFinite, seconds >= 0 else {
+            index = start
+            throw error("\(name): not a Unix time (expected seconds or milliseconds since 1970, ≥ 0)")
         }
-        return value
+        if seconds > 1e11 { seconds /= 1000 }
+        guard seconds < Self.year10000 else {
+            index = start
+            throw error("\(name): Unix time \(text.prefix(40)) is after the year 9999")
+        }
+        return Date(timeIntervalSince1970: seconds)
     }
 
     mutating func readKind() throws(UsageParseError) -> RequestKind? {
