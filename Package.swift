@@ -37,6 +37,7 @@ let package = Package(
             "TallyCore", "TallyPostgres",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
         ], resources: [.copy("Migrations")]),
         // Hummingbird 2 application, and the web console's static files (Console/web).
         .target(name: "TallyServer", dependencies: [

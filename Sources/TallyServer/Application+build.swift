@@ -32,7 +32,7 @@ public struct TallyServices: Sendable {
     public let statements: StatementRepository
 
     public init(pool: PostgresPool, ingestLimits: IngestLimits = IngestLimits(), holdTTLSeconds: Int = 600,
-                holdCommit: HoldBook.Mode = .sync) {
+                holdCommit: HoldCommitMode = .sync) {
         self.pool = pool
         self.ingestLimits = ingestLimits
         users = PostgresUserRepository(pool: pool)
@@ -68,15 +68,17 @@ public struct TallyServices: Sendable {
     /// Applies a `tally_changes` notification to every cache that holds the row.
     @Sendable public func applyChange(_ payload: String) {
         // A settlement overdrew the account, or another instance ran short of it: give the lease back.
-        for prefix in ["overdrawn:", "lease-wanted:"] where payload.hasPrefix(prefix) {
-            if let account = Self.leaseAccount(payload.dropFirst(prefix.count)) { Task { await holdBook.forget(account) } }
+        let leaseEvents: [(String, (LeaseAccount) -> LeaseEvent)] = [("overdrawn:", LeaseEvent.overdrawn),
+                                                                      ("lease-wanted:", LeaseEvent.leaseWanted)]
+        for (prefix, event) in leaseEvents where payload.hasPrefix(prefix) {
+            if let account = Self.leaseAccount(payload.dropFirst(prefix.count)) { holdBook.notice(event(account)) }
             return
         }
         access.invalidate(payload)
         if !payload.hasPrefix("channel:") { tokens.invalidateAll() }
         // A key's limits changed (unlimited or not, its quota): its lease is taken afresh.
         if payload.hasPrefix("token:"), let account = Self.leaseAccount(payload[...]) {
-            Task { await holdBook.forget(account) }
+            holdBook.notice(.accountChanged(account))
         }
         if payload == "*" { Task { try? await holdBook.returnIdleLeases(everything: true) } }
     }

@@ -33,13 +33,13 @@ public struct TallyConfiguration: Sendable {
     /// When authorize answers (`TALLY_HOLD_COMMIT`): `sync` (the default) after the hold's
     /// journal batch committed; `async` as soon as the hold is cut from the lease in memory
     /// (docs/enforcement.md).
-    public var holdCommit: HoldBook.Mode
+    public var holdCommit: HoldCommitMode
     /// The webhook dispatcher (docs/webhooks.md).
     public var webhooks: WebhookDispatchConfiguration
 
     public init(host: String = "127.0.0.1", port: Int = 8080, databaseURL: String, poolSize: Int = 16,
                 gatewaySecret: String = "", logLevel: Logger.Level = .info, priceRefreshSeconds: Int = 5,
-                holdTTLSeconds: Int = 600, holdCommit: HoldBook.Mode = .sync,
+                holdTTLSeconds: Int = 600, holdCommit: HoldCommitMode = .sync,
                 webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration(),
                 idleTimeoutSeconds: Int = 60, failedAuthLimit: Int = 20, failedAuthWindowSeconds: Int = 60,
                 trustedProxies: IPAllowList = IPAllowList(ranges: [])) {

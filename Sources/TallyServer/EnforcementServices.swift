@@ -18,15 +18,21 @@ struct HoldSweeperService: Service {
     static let expiredPerRound = 5_000
     static let closedRetentionSeconds = 3_600
     static let purgedPerRound = 50_000
+    /// The open-hold gauges scan every open hold (a parallel scan under load): every 10th round.
+    static let gaugeEveryRounds = 10
     static let openGauge = Gauge(label: "tally_holds_open")
     static let openUnitsGauge = Gauge(label: "tally_holds_open_units")
     static let expiredCounter = Counter(label: "tally_holds_expired_total")
 
     func run() async throws {
-        await runPeriodically(every: interval, logger: logger, failure: "hold sweep failed") { try await sweep() }
+        var round = 0
+        await runPeriodically(every: interval, logger: logger, failure: "hold sweep failed") {
+            defer { round += 1 }
+            try await sweep(gauges: round % Self.gaugeEveryRounds == 0)
+        }
     }
 
-    func sweep() async throws {
+    func sweep(gauges: Bool = true) async throws {
         var expired = 0
         repeat {
             expired = try await holds.expireDue(limit: Self.expiredPerRound)
@@ -36,6 +42,7 @@ struct HoldSweeperService: Service {
             }
         } while expired == Self.expiredPerRound
         _ = try await holds.purgeClosed(olderThan: Self.closedRetentionSeconds, limit: Self.purgedPerRound)
+        guard gauges else { return }
         let open = try await holds.openTotals()
         Self.openGauge.record(open.count)
         Self.openUnitsGauge.record(open.units)

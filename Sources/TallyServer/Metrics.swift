@@ -1,12 +1,18 @@
 import Metrics
 import Prometheus
+import TallyStore
 
 /// The process-wide Prometheus registry behind swift-metrics; `/metrics` renders it.
 public enum TallyMetrics {
     public static let registry = PrometheusCollectorRegistry()
 
     private static let bootstrapped: Void = {
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        var factory = PrometheusMetricsFactory(registry: registry)
+        for label in [AuthorizeMetrics.journalCommitLabel, AuthorizeMetrics.refillLabel] {
+            factory.durationHistogramBuckets[label] = AuthorizeMetrics.durationBuckets
+        }
+        factory.valueHistogramBuckets[AuthorizeMetrics.journalBatchLabel] = AuthorizeMetrics.batchBuckets
+        MetricsSystem.bootstrap(factory)
     }()
 
     /// Installs the Prometheus backend once per process (tests build many applications).

@@ -18,9 +18,11 @@ struct BenchAuthorize: ParsableCommand {
         discussion: """
             Each client thread holds one keep-alive connection and sends POST /gateway/v1/authorize for a \
             random synthetic user (keys of `tally logs seed`), or always user 1 with --hot. Every granted hold \
-            is settled by a log line with the same request id; a settler thread posts them to /gateway/v1/logs \
-            in batches every 100 ms. Prints one line of JSON: authorizations/s, p50/p99/max latency (µs), \
-            answers by status, lines settled.
+            is settled by a log line with the same request id; four settler connections post them to \
+            /gateway/v1/logs every 100 ms, at most 10,000 lines a batch. Prints one line of JSON: \
+            authorizations/s, p50/p99/max latency (µs), answers by status, lines settled (in all, and while the \
+            clients ran: a settler that falls behind spares the database), and with --server-pid the cores the \
+            server used (from /proc) next to the cores the whole machine used.
             """)
 
     @Option(help: "Base URL of the server.") var url = "http://127.0.0.1:8080"
@@ -32,6 +34,7 @@ struct BenchAuthorize: ParsableCommand {
     @Option(help: "Model to authorize.") var model = "gpt-4o"
     @Flag(help: "Instead of authorizing, GET /healthz: the ceiling of this HTTP stack and client on this machine.")
     var ceiling = false
+    @Option(help: "Process id of the server, to report the CPU it used (Linux /proc).") var serverPid: Int32?
 
     func run() throws {
         guard let endpoint = HTTPEndpoint(url) else { throw ValidationError("--url must be http://host:port") }
@@ -39,6 +42,7 @@ struct BenchAuthorize: ParsableCommand {
         let shared = BenchShared()
         let deadline = Date().addingTimeInterval(seconds)
         let group = DispatchGroup()
+        let cpuBefore = CPUTimes(serverPID: serverPid)
         let started = Date()
         for client in 0..<clients {
             group.enter()
@@ -48,14 +52,19 @@ struct BenchAuthorize: ParsableCommand {
                 shared.results.withLock { $0.append(result) }
             }
         }
-        let settlerDone = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { [self] in
-            settle(endpoint: endpoint, shared: shared, until: deadline)
-            settlerDone.signal()
+        // Several settlers, as several gateway instances post their logs.
+        let settlers = DispatchGroup()
+        for _ in 0..<Self.settlers {
+            settlers.enter()
+            Thread.detachNewThread { [self] in
+                settle(endpoint: endpoint, shared: shared, until: deadline)
+                settlers.leave()
+            }
         }
         group.wait()
         let elapsed = Date().timeIntervalSince(started)
-        settlerDone.wait()
+        let cpu = CPUTimes(serverPID: serverPid).cores(since: cpuBefore, seconds: elapsed)
+        settlers.wait()
         let all = shared.results.withLock { $0 }
         var latencies = all.flatMap(\.latencies)
         latencies.sort()
@@ -68,6 +77,9 @@ struct BenchAuthorize: ParsableCommand {
             "per_second": Double(latencies.count) / elapsed, "p50_us": percentile(0.5), "p99_us": percentile(0.99),
             "max_us": latencies.last ?? 0, "statuses": Dictionary(uniqueKeysWithValues: statuses.map { (String($0.key), $0.value) }),
             "settled": shared.settled.load(ordering: .relaxed), "errors": all.reduce(0) { $0 + $1.errors },
+            "settled_in_time": shared.settledInTime.load(ordering: .relaxed),
+            "server_cores": cpu.server ?? -1, "machine_cores": cpu.machine,
+            "cores": ProcessInfo.processInfo.activeProcessorCount,
         ]
         let json = try JSONSerialization.data(withJSONObject: summary, options: [.sortedKeys])
         print(String(decoding: json, as: UTF8.self))
@@ -79,6 +91,7 @@ struct BenchAuthorize: ParsableCommand {
         let settlements = Mutex<(lines: [UInt8], count: Int)>(([], 0))
         let results = Mutex<[ClientResult]>([])
         let settled = Atomic<Int>(0)
+        let settledInTime = Atomic<Int>(0)
     }
 
     struct ClientResult: Sendable {
@@ -150,27 +163,53 @@ struct BenchAuthorize: ParsableCommand {
         return result
     }
 
-    /// Posts the granted holds' log lines every 100 ms, then the rest after the deadline.
+    /// Posts granted holds' log lines every 100 ms (one of `settlers`), then the rest after the deadline.
+    /// Lines per POST at most, as a gateway batches them (well under the ingest limit).
+    static let linesPerPost = 10_000
+    /// Connections posting log lines at once.
+    static let settlers = 4
+
     private func settle(endpoint: HTTPEndpoint, shared: BenchShared, until deadline: Date) {
         var connection: HTTPConnection?
         var finalRound = false
         let head = "POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\nContent-Type: application/x-ndjson\r\nContent-Length: "
         while true {
             if Date() >= deadline.addingTimeInterval(0.5) { finalRound = true }
-            let (lines, count) = shared.settlements.withLock { batch in defer { batch = ([], 0) }; return batch }
-            if count > 0 {
+            let (lines, _) = shared.settlements.withLock { batch in defer { batch = ([], 0) }; return batch }
+            for (chunk, count) in Self.chunks(lines, linesEach: Self.linesPerPost) {
                 do {
                     if connection == nil { connection = try HTTPConnection(endpoint) }
-                    if try connection!.exchange(Array("\(head)\(lines.count)\r\n\r\n".utf8) + lines) == 200 {
+                    if try connection!.exchange(Array("\(head)\(chunk.count)\r\n\r\n".utf8) + chunk) == 200 {
                         shared.settled.add(count, ordering: .relaxed)
                     }
                 } catch {
                     connection = nil
                 }
             }
+            // What was settled while the clients ran: a settler that falls behind spares the
+            // database, so the figure says how far it kept up.
+            if Date() < deadline {
+                shared.settledInTime.store(shared.settled.load(ordering: .relaxed), ordering: .relaxed)
+            }
             if finalRound { return }
             Thread.sleep(forTimeInterval: 0.1)
         }
+    }
+
+    /// NDJSON `lines` cut into pieces of at most `linesEach` lines, with their line counts.
+    static func chunks(_ lines: [UInt8], linesEach: Int) -> [(ArraySlice<UInt8>, Int)] {
+        var chunks: [(ArraySlice<UInt8>, Int)] = []
+        var start = 0, count = 0
+        for index in lines.indices where lines[index] == 10 {
+            count += 1
+            if count == linesEach {
+                chunks.append((lines[start...index], count))
+                start = index + 1
+                count = 0
+            }
+        }
+        if count > 0 { chunks.append((lines[start...], count)) }
+        return chunks
     }
 
     /// `"created_at":"<now, to the second>",` for log lines, rebuilt once a second.
@@ -197,6 +236,35 @@ struct BenchAuthorize: ParsableCommand {
         gmtime_r(&time, &parts)
         func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
         return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+    }
+}
+
+/// CPU time used so far (Linux `/proc`): by one process, and by the whole machine, in seconds.
+struct CPUTimes {
+    let server: Double?
+    let machine: Double
+
+    init(serverPID: Int32?) {
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        server = serverPID.flatMap { pid -> Double? in
+            // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return nil }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+            return (user + system) / ticks
+        }
+        // /proc/stat's first line: user nice system idle iowait irq softirq steal (then guest times, which
+        // user and nice include already); busy is all of them but idle and iowait.
+        let total = (try? String(contentsOfFile: "/proc/stat", encoding: .utf8))?.split(separator: "\n").first
+        let values = Array(total?.split(separator: " ").dropFirst().compactMap { Double($0) }.prefix(8) ?? [])
+        machine = values.count > 4 ? (values.reduce(0, +) - values[3] - values[4]) / ticks : 0
+    }
+
+    /// Cores used on average between `earlier` and now (`seconds` apart).
+    func cores(since earlier: CPUTimes, seconds: Double) -> (server: Double?, machine: Double) {
+        let server = self.server.flatMap { now in earlier.server.map { (now - $0) / seconds } }
+        return (server, (machine - earlier.machine) / seconds)
     }
 }
 

@@ -98,8 +98,8 @@ struct Serve: AsyncParsableCommand {
         }
     }
 
-    private static func holdCommitMode(_ mode: String) throws -> HoldBook.Mode {
-        guard let parsed = HoldBook.Mode(rawValue: mode) else {
+    private static func holdCommitMode(_ mode: String) throws -> HoldCommitMode {
+        guard let parsed = HoldCommitMode(rawValue: mode) else {
             throw ValidationError("--hold-commit must be sync or async, got \"\(mode)\"")
         }
         return parsed

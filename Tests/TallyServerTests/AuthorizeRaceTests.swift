@@ -15,7 +15,7 @@ struct AuthorizeRaceTests {
     static let concurrency = 64
 
     @Test("10,000 concurrent holds of c on 100·c: exactly 100 succeed, the balance is exact after settlement",
-          arguments: [1, 2], ["sync", "async"])
+          arguments: [1, 2, 3], ["sync", "async"])
     func exactlyAffordable(serverCount: Int, holdCommit: String) async throws {
         // A limited key with room for 150: the user's balance is what binds.
         let account = try await Account("authorize-race", quota: Int64(Self.affordable) * chatHold,

@@ -21,14 +21,28 @@ struct EnforcementController {
 
     @Sendable func authorize(request: Request, context: TallyRequestContext) async throws -> Response {
         do {
-            let body = try await SystemInput.decode(AuthorizeRequest.self, from: SystemInput.body(request, upTo: Self.maximumBodyBytes))
+            let started = AuthorizeMetrics.now()
+            let body = try await Self.authorizeBody(request)
+            AuthorizeMetrics.record(.body, since: started)
             let grant = try await authorizer.authorize(body, tid: context.tid)
+            let answering = AuthorizeMetrics.now()
             EnforcementMetrics.authorized(grant)
-            return try AuthorizeResponse(grant, tid: context.tid).response(from: request, context: context)
+            defer { AuthorizeMetrics.record(.answer, since: answering) }
+            return AuthorizeResponse(grant, tid: context.tid).response()
         } catch let error as APIError {
             EnforcementMetrics.refused(error.code)
             throw error
         }
+    }
+
+    /// The authorize body: its common shape read straight from the bytes, anything else (and
+    /// every error) by JSONDecoder.
+    static func authorizeBody(_ request: Request) async throws -> AuthorizeRequest {
+        let body = try await SystemInput.bodyBuffer(request, upTo: maximumBodyBytes)
+        let common = body.withUnsafeReadableBytes { bytes in
+            AuthorizeRequest.parseCommon(bytes.assumingMemoryBound(to: UInt8.self))
+        }
+        return try common ?? SystemInput.decode(AuthorizeRequest.self, from: Data(buffer: body))
     }
 
     @Sendable func release(request: Request, context: TallyRequestContext) async throws -> Response {
@@ -47,7 +61,7 @@ struct EnforcementController {
 
 /// `{"hold_id","user_id","token_id","group","held","tid"}`; `duplicate` is true when the request
 /// id had been authorized before and this is that hold (nothing more was reserved).
-struct AuthorizeResponse: ResponseEncodable {
+struct AuthorizeResponse {
     let holdId: Int64
     let userId: Int64
     let tokenId: Int64
@@ -64,6 +78,16 @@ struct AuthorizeResponse: ResponseEncodable {
         held = grant.held
         duplicate = !grant.isNew
         self.tid = tid
+    }
+
+    /// Written by hand: it is on every authorization's path, where JSONEncoder cost a tenth of
+    /// the server's time.
+    func response() -> Response {
+        let json = "{\"hold_id\":\(holdId),\"user_id\":\(userId),\"token_id\":\(tokenId),"
+            + "\"group\":\(JSONText.quote(group)),\"held\":\(held),\"duplicate\":\(duplicate),"
+            + "\"tid\":\(JSONText.quote(tid))}"
+        return Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
+                        body: ResponseBody(byteBuffer: ByteBuffer(string: json)))
     }
 }
 

@@ -112,10 +112,15 @@ enum SystemInput {
 
     /// The body, at most `limit` bytes (1 MiB unless given; larger answers 413); 400 when empty.
     static func body(_ request: Request, upTo limit: Int = maximumBodyBytes) async throws -> Data {
+        Data(buffer: try await bodyBuffer(request, upTo: limit))
+    }
+
+    /// The body as received (no copy); the same limits and errors as ``body(_:upTo:)``.
+    static func bodyBuffer(_ request: Request, upTo limit: Int = maximumBodyBytes) async throws -> ByteBuffer {
         var request = request
-        let data = Data(buffer: try await request.collectBody(upTo: limit))
-        guard !data.isEmpty else { throw APIError.invalidRequest("the request body must be a JSON object") }
-        return data
+        let buffer = try await request.collectBody(upTo: limit)
+        guard buffer.readableBytes > 0 else { throw APIError.invalidRequest("the request body must be a JSON object") }
+        return buffer
     }
 
     static func decode<T: Decodable>(_ type: T.Type, from data: Data) throws -> T {

@@ -26,6 +26,20 @@ public struct KeyAccess: Sendable {
     public let userModelRPM: Int?
 }
 
+/// A first lease to take with a cold key's lookup, in the same round trip (migration 0011):
+/// `want` units of the key's user and token for `instance`; the grants go to `accept`.
+public struct LookupLease: Sendable {
+    public let instance: String
+    public let want: Int64
+    public let accept: @Sendable ([LeaseGrant]) -> Void
+
+    public init(instance: String, want: Int64, accept: @escaping @Sendable ([LeaseGrant]) -> Void) {
+        self.instance = instance
+        self.want = want
+        self.accept = accept
+    }
+}
+
 /// A channel as authorize sees it.
 public struct ChannelAccess: Sendable {
     public let id: Int64
@@ -48,6 +62,20 @@ public final class AccessDirectory: Sendable {
     private let ttl: TimeInterval
     private let unknownTTL: TimeInterval
     private let state = Mutex<State>(State())
+    /// Cache misses: all those asked for while a lookup is out go together in the next one.
+    private let misses: Coalescer<Miss, Found>
+    /// Lookups in flight at once.
+    static let lookupConcurrency = 4
+
+    private struct Miss: Sendable {
+        let hash: SecretHash
+        let lease: LookupLease?
+    }
+
+    private struct Found: Sendable {
+        let access: KeyAccess?
+        let grants: [LeaseGrant]
+    }
 
     private struct State {
         var keys: [SecretHash: (access: KeyAccess?, at: Date)] = [:]
@@ -60,23 +88,55 @@ public final class AccessDirectory: Sendable {
         self.pool = pool
         self.ttl = ttl
         self.unknownTTL = unknownTTL
+        misses = Coalescer(limit: Self.lookupConcurrency) { misses in
+            try await pool.withConnection { connection in try Self.lookUp(misses, connection) }
+        }
     }
 
-    /// The key with this hash, or nil when no such key exists (or it was deleted).
-    public func key(_ hash: SecretHash, now: Date = Date()) async throws -> KeyAccess? {
+    /// The key with this hash, or nil when no such key exists (or it was deleted). On a cache
+    /// miss, the lease `leasing` names (if any) is taken in the same round trip.
+    public func key(_ hash: SecretHash, now: Date = Date(), leasing: @autoclosure () -> LookupLease? = nil)
+        async throws -> KeyAccess? {
         let (cached, generation): (KeyAccess??, Int) = state.withLock { state in
             guard let entry = state.keys[hash],
                   now.timeIntervalSince(entry.at) < (entry.access == nil ? unknownTTL : ttl) else { return (nil, state.generation) }
             return (.some(entry.access), state.generation)
         }
         if let cached { return cached }
-        let access = try await pool.withConnection { connection in
-            try connection.query(Self.lookup, [hash]).first.map(Self.decode)
-        }
+        let lease = leasing()
+        let found = try await misses.submit(Miss(hash: hash, lease: lease))
+        if let lease, !found.grants.isEmpty { lease.accept(found.grants) }
         state.withLock { state in
-            if state.generation == generation { state.keys[hash] = (access, now) }
+            if state.generation == generation { state.keys[hash] = (found.access, now) }
         }
-        return access
+        return found.access
+    }
+
+    /// Reads the keys of `misses` in one statement, leasing for those that asked (and may be
+    /// used) in the same transaction. Each account's grant goes to one miss only.
+    private static func lookUp(_ misses: [Miss], _ connection: PostgresConnection) throws -> [Found] {
+        let instance = misses.lazy.compactMap(\.lease?.instance).first ?? ""
+        let wants = misses.map { $0.lease.map { $0.instance == instance ? $0.want : 0 } ?? 0 }
+        let rows = try connection.query(lookupBatch, [PostgresArray.text(misses.map(\.hash.hex)), instance,
+                                                      PostgresArray.integers(wants)])
+        var accesses = [KeyAccess?](repeating: nil, count: misses.count)
+        var grants: [LeaseGrant] = []
+        try rows.forEach { row in
+            if let ordinal = try row.decodeOptional(13, as: Int64.self) {
+                accesses[Int(ordinal) - 1] = try decode(row)
+            } else {
+                grants.append(try decodeGrant(row))
+            }
+        }
+        var mine = [[LeaseGrant]](repeating: [], count: misses.count)
+        for grant in grants {
+            let owner = accesses.indices.first { index in
+                guard wants[index] > 0, let access = accesses[index] else { return false }
+                return grant.account == .user(access.userID) || grant.account == .token(access.tokenID)
+            }
+            if let owner { mine[owner].append(grant) }
+        }
+        return misses.indices.map { Found(access: accesses[$0], grants: mine[$0]) }
     }
 
     /// The channel map, re-read after `ttl` or an invalidation.
@@ -116,15 +176,44 @@ public final class AccessDirectory: Sendable {
 
     // MARK: SQL
 
-    private static let lookup = PreparedStatement("access_directory_key", """
-        SELECT t.id, t.user_id, t.key_last6, t.status = 1 AND t.deleted_at IS NULL, t.expires_at,
-               u.status <> 1, u.role, g.name, t.model_limits_enabled, t.model_limits, t.allow_ips,
-               coalesce(t.rpm_limit, g.rpm_limit), g.model_rpm_limit
-        FROM tokens t
-        JOIN users u ON u.id = t.user_id
-        JOIN groups g ON g.name = coalesce(nullif(t."group", ''), u."group")
-        WHERE t.key_hash = $1
+    /// The keys asked for (`$1`, hex), each as one row with its ordinal (column 13), and the
+    /// grants of the leases taken for them (columns 14–18: one row per account leased), for
+    /// `$2` with `$3` units per key — for keys that may be used only (migration 0011).
+    private static let lookupBatch = PreparedStatement("access_directory_keys_lease", """
+        WITH k AS MATERIALIZED (
+            SELECT t.id, t.user_id, t.key_last6, t.status = 1 AND t.deleted_at IS NULL AS enabled, t.expires_at,
+                   u.status <> 1 AS suspended, u.role, g.name, t.model_limits_enabled, t.model_limits, t.allow_ips,
+                   coalesce(t.rpm_limit, g.rpm_limit) AS rpm, g.model_rpm_limit, a.ordinal,
+                   CASE WHEN t.status = 1 AND t.deleted_at IS NULL AND coalesce(t.expires_at > now(), true)
+                             AND u.status = 1 THEN a.want ELSE 0 END AS want
+            FROM unnest($1::text[], $3::bigint[]) WITH ORDINALITY AS a(hash, want, ordinal)
+            JOIN tokens t ON t.key_hash = decode(a.hash, 'hex')
+            JOIN users u ON u.id = t.user_id
+            JOIN groups g ON g.name = coalesce(nullif(t."group", ''), u."group")
+        ), l AS MATERIALIZED (
+            SELECT * FROM tally_lease_on_lookup($2,
+                ARRAY(SELECT k.user_id FROM k WHERE k.want > 0 ORDER BY k.ordinal),
+                ARRAY(SELECT k.want FROM k WHERE k.want > 0 ORDER BY k.ordinal),
+                ARRAY(SELECT k.id FROM k WHERE k.want > 0 ORDER BY k.ordinal),
+                ARRAY(SELECT k.want FROM k WHERE k.want > 0 ORDER BY k.ordinal))
+        )
+        SELECT k.id, k.user_id, k.key_last6, k.enabled, k.expires_at, k.suspended, k.role, k.name,
+               k.model_limits_enabled, k.model_limits, k.allow_ips, k.rpm, k.model_rpm_limit, k.ordinal,
+               NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint
+        FROM k
+        UNION ALL
+        SELECT NULL::bigint, NULL::bigint, NULL::text, NULL::boolean, NULL::timestamptz, NULL::boolean, NULL::integer,
+               NULL::text, NULL::boolean, NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::bigint,
+               l.kind, l.account_id, l.granted, l.state, l.others
+        FROM l
         """)
+
+    private static func decodeGrant(_ row: PostgresRow) throws -> LeaseGrant {
+        let id: Int64 = try row.decode(15)
+        let account: LeaseAccount = try row.decode(14, as: String.self) == "user" ? .user(id) : .token(id)
+        let state = LeaseGrant.State(rawValue: try row.decode(17)) ?? .unknown
+        return LeaseGrant(account: account, granted: try row.decode(16), state: state, others: try row.decode(18))
+    }
 
     private static func decode(_ row: PostgresRow) throws -> KeyAccess {
         let limitsOn: Bool = try row.decode(8)

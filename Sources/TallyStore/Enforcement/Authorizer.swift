@@ -1,30 +1,6 @@
 import Foundation
 import TallyCore
 
-/// The body of `POST /gateway/v1/authorize` (DESIGN §5).
-public struct AuthorizeRequest: Sendable, Decodable {
-    public var requestID: String?
-    public var key: String?
-    public var model: String?
-    public var ip: String?
-    public var channelID: Int64?
-    public var estimate: AuthorizeEstimate?
-
-    public init(requestID: String?, key: String?, model: String?, ip: String? = nil, channelID: Int64? = nil,
-                estimate: AuthorizeEstimate? = nil) {
-        self.requestID = requestID
-        self.key = key
-        self.model = model
-        self.ip = ip
-        self.channelID = channelID
-        self.estimate = estimate
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case requestID = "request_id", key, model, ip, channelID = "channel_id", estimate
-    }
-}
-
 /// A granted authorization.
 public struct AuthorizeGrant: Sendable, Equatable {
     public let holdID: Int64
@@ -57,9 +33,12 @@ public final class Authorizer: Sendable {
 
     /// Authorizes `request` or throws the `APIError` of the first check it fails.
     public func authorize(_ request: AuthorizeRequest, tid: String, now: Date = Date()) async throws -> AuthorizeGrant {
+        var started = AuthorizeMetrics.now()
         guard let key = request.key.flatMap(Self.normalizedKey) else { throw APIError(.missingToken) }
-        guard let access = try await directory.key(SecretHash(of: key), now: now), access.tokenEnabled,
+        guard let access = try await directory.key(SecretHash(of: key), now: now, leasing: holds.lookupLease()),
+              access.tokenEnabled,
               access.expiresAt.map({ $0 > now }) ?? true else { throw APIError(.invalidToken) }
+        started = AuthorizeMetrics.record(.key, since: started)
         guard !access.userSuspended else { throw APIError(.accountSuspended) }
         let last6 = access.keyLast6
         try await checkChannel(request.channelID, access: access, now: now)
@@ -93,7 +72,10 @@ public final class Authorizer: Sendable {
         }
         let hold = HoldRequest(requestID: requestID, userID: access.userID, tokenID: access.tokenID, model: model,
                                amount: amount, tid: tid)
-        switch try await holds.reserve(hold) {
+        started = AuthorizeMetrics.record(.checks, since: started)
+        let outcome = try await holds.reserve(hold)
+        AuthorizeMetrics.record(.hold, since: started)
+        switch outcome {
         case let .held(holdID, held):
             return AuthorizeGrant(holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
                                   held: held, isNew: true)

@@ -3,39 +3,6 @@ import Synchronization
 import TallyCore
 import TallyPostgres
 
-/// One reservation asked for by `authorize`.
-public struct HoldRequest: Sendable, Equatable {
-    public let requestID: String
-    public let userID: Int64
-    public let tokenID: Int64
-    public let model: String
-    public let amount: Int64
-    public let tid: String
-
-    public init(requestID: String, userID: Int64, tokenID: Int64, model: String, amount: Int64, tid: String) {
-        self.requestID = requestID
-        self.userID = userID
-        self.tokenID = tokenID
-        self.model = model
-        self.amount = amount
-        self.tid = tid
-    }
-}
-
-/// What became of a reservation (see ``HoldBook``).
-public enum HoldOutcome: Sendable, Equatable {
-    /// A new hold of `amount` units.
-    case held(holdID: Int64, amount: Int64)
-    /// A hold with this request id exists already; nothing more was reserved.
-    case duplicate(holdID: Int64, amount: Int64, status: String)
-    /// The user or the limited token cannot cover the amount.
-    case insufficient
-    /// The limited token has no quota left.
-    case exhausted
-    /// The user or the token no longer exists.
-    case unknown
-}
-
 /// What `release` found.
 public struct ReleaseOutcome: Sendable, Equatable {
     /// The hold's status after the call: `released`, or `settled` / `expired` when it had

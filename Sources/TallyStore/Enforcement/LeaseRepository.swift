@@ -1,41 +1,6 @@
 import Foundation
+import TallyCore
 import TallyPostgres
-
-/// An account a lease is taken from: a user, or a limited token.
-public enum LeaseAccount: Hashable, Sendable {
-    case user(Int64)
-    case token(Int64)
-}
-
-/// What `tally_lease` granted for one account.
-public struct LeaseGrant: Sendable, Equatable {
-    public enum State: String, Sendable {
-        case ok, unknown, unlimited, exhausted
-    }
-
-    public let account: LeaseAccount
-    public let granted: Int64
-    public let state: State
-    /// Units other instances hold leased of the account (asked back when this grant fell short).
-    public let others: Int64
-}
-
-/// A hold cut from this instance's leases, on its way to the journal.
-public struct JournaledHold: Sendable, Equatable {
-    public let id: Int64
-    public let request: HoldRequest
-    /// The amount was also cut from the (limited) token's lease.
-    public let tokenLeased: Bool
-}
-
-/// What the journal found for a hold: the hold stored under its request id (this one, or an
-/// earlier one when the request id had been authorized before).
-public struct JournalOutcome: Sendable, Equatable {
-    public let holdID: Int64
-    public let held: Int64
-    public let status: String
-    public let isNew: Bool
-}
 
 /// The instance's side of the lease books in PostgreSQL (migration 0009).
 public protocol LeaseRepository: Sendable {
@@ -48,9 +13,9 @@ public protocol LeaseRepository: Sendable {
     func retire(instance: String) async throws
     /// Leases up to `wants` units of each account; throws `LeaseError.notRegistered` when the
     /// registration is gone.
-    func lease(instance: String, wants: [LeaseAccount: Int64]) async throws -> [LeaseGrant]
+    func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant]
     /// Gives unused lease units back.
-    func giveBack(instance: String, amounts: [LeaseAccount: Int64]) async throws
+    func giveBack(instance: String, amounts: [AccountUnits]) async throws
     /// Stores holds cut from the leases; outcomes in the order of `holds`.
     func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome]
     /// The first of 1024 fresh hold ids.
@@ -90,7 +55,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
         }
     }
 
-    public func lease(instance: String, wants: [LeaseAccount: Int64]) async throws -> [LeaseGrant] {
+    public func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant] {
         let (users, tokens) = Self.split(wants)
         return try await pool.withConnection { connection in
             do {
@@ -110,7 +75,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
         }
     }
 
-    public func giveBack(instance: String, amounts: [LeaseAccount: Int64]) async throws {
+    public func giveBack(instance: String, amounts: [AccountUnits]) async throws {
         let (users, tokens) = Self.split(amounts)
         try await pool.withConnection { connection in
             _ = try Self.retryingDeadlocks { try connection.query(Self.returnLeases, [
@@ -174,12 +139,12 @@ public struct PostgresLeaseRepository: LeaseRepository {
     }
 
     /// Users and tokens as id / amount pairs, in id order.
-    private static func split(_ amounts: [LeaseAccount: Int64]) -> (users: [(Int64, Int64)], tokens: [(Int64, Int64)]) {
+    private static func split(_ amounts: [AccountUnits]) -> (users: [(Int64, Int64)], tokens: [(Int64, Int64)]) {
         var users: [(Int64, Int64)] = [], tokens: [(Int64, Int64)] = []
-        for (account, amount) in amounts {
-            switch account {
-            case .user(let id): users.append((id, amount))
-            case .token(let id): tokens.append((id, amount))
+        for amount in amounts {
+            switch amount.account {
+            case .user(let id): users.append((id, amount.units))
+            case .token(let id): tokens.append((id, amount.units))
             }
         }
         return (users.sorted { $0.0 < $1.0 }, tokens.sorted { $0.0 < $1.0 })
@@ -191,11 +156,15 @@ public struct PostgresLeaseRepository: LeaseRepository {
     static let notRegisteredState = "T0L01"
 
     static let registerInstance = PreparedStatement("leases_register", """
-        INSERT INTO tally_instances (id, expires_at, reclaim_after_seconds)
-        VALUES ($1, now() + make_interval(secs => $2), $3)
+        WITH registered AS (INSERT INTO tally_instances (id, reclaim_after_seconds) VALUES ($1, $3) RETURNING id)
+        INSERT INTO tally_instance_renewals (instance_id, expires_at)
+        SELECT id, now() + make_interval(secs => $2) FROM registered
         """)
+    /// Touches only the renewal row (migration 0011): journal batches and leases lock the
+    /// instance's row, and a renewal must never wait for them.
     static let renewInstance = PreparedStatement("leases_renew", """
-        UPDATE tally_instances SET expires_at = now() + make_interval(secs => $2) WHERE id = $1 RETURNING 1
+        UPDATE tally_instance_renewals SET expires_at = now() + make_interval(secs => $2) WHERE instance_id = $1
+        RETURNING 1
         """)
     static let retireInstance = PreparedStatement("leases_retire", "SELECT tally_reap_instances($1)")
     static let leaseAccounts = PreparedStatement("leases_lease", """

@@ -1,0 +1,102 @@
+/// The journal: holds cut from the leases are written in group commits, one batch in flight
+/// (so an account's holds reach PostgreSQL in the order they were cut); whatever queued while
+/// a batch committed goes out in the next.
+extension LeaseMachine {
+    mutating func journalCommitted(_ batch: Int, outcomes: [JournalOutcome], now: Double, _ out: inout [LeaseAction]) {
+        guard let flight = journal.inFlight, flight.batch == batch else { return }
+        guard outcomes.count == flight.count else {
+            // Not one outcome per hold: treat it as failed; writing the batch again is harmless.
+            return journalFailed(batch, now: now, &out)
+        }
+        journal.inFlight = nil
+        journal.failures = 0
+        for (entry, outcome) in zip(journal.queue.prefix(flight.count), outcomes) {
+            let result = settle(entry, outcome)
+            if let ticket = entry.ticket { out.append(.answer(ticket, .outcome(result))) }
+        }
+        journal.journaled = journal.queue[flight.count - 1].sequence
+        journal.queue.removeFirst(flight.count)
+        flushes.removeAll { flush in
+            guard flush.through <= journal.journaled else { return false }
+            out.append(.flushed(flush.ticket))
+            return true
+        }
+        journal.startBatch(maxBatch: policy.maxJournalBatch, &out)
+    }
+
+    /// The answer for a journaled hold. A request id journaled before (a retry that reached
+    /// another instance) stored nothing: its units were not taken off the lease row, so they
+    /// are this lease's again, and the earlier hold is the answer.
+    private mutating func settle(_ entry: JournalQueue.Entry, _ outcome: JournalOutcome) -> HoldOutcome {
+        guard !outcome.isNew else { return .held(holdID: outcome.holdID, amount: outcome.held) }
+        let request = entry.hold.request
+        if entry.instance == instance {
+            accounts[.user(request.userID), default: AccountLease()].free += request.amount
+            if entry.hold.tokenLeased {
+                accounts[.token(request.tokenID), default: AccountLease()].free += request.amount
+            }
+        }
+        let earlier = HoldOutcome.duplicate(holdID: outcome.holdID, amount: outcome.held, status: outcome.status)
+        retries.remember(request.requestID, earlier)
+        return earlier
+    }
+
+    /// The batch stays queued and is written again after a pause; its sync callers are told now.
+    mutating func journalFailed(_ batch: Int, now: Double, _ out: inout [LeaseAction]) {
+        guard let flight = journal.inFlight, flight.batch == batch else { return }
+        journal.inFlight = nil
+        journal.failures += 1
+        for index in journal.queue.indices.prefix(flight.count) {
+            guard let ticket = journal.queue[index].ticket else { continue }
+            out.append(.answer(ticket, .failed(.journalFailed)))
+            journal.queue[index].ticket = nil
+        }
+        let pause = min(policy.journalRetryMaxSeconds, policy.journalRetrySeconds * Double(journal.failures))
+        journal.retryAt = now + pause
+    }
+
+    mutating func flush(_ ticket: LeaseTicket, _ out: inout [LeaseAction]) {
+        if journal.journaled >= journal.enqueued {
+            out.append(.flushed(ticket))
+        } else {
+            flushes.append((journal.enqueued, ticket))
+        }
+    }
+}
+
+/// Holds waiting for the journal, and the batch in flight (the first `count` of them).
+struct JournalQueue: Sendable {
+    struct Entry: Sendable {
+        let hold: JournaledHold
+        /// The registration whose lease the hold was cut from.
+        let instance: String
+        let sequence: Int
+        /// The sync caller waiting for the commit.
+        var ticket: LeaseTicket?
+    }
+
+    var queue: [Entry] = []
+    var inFlight: (batch: Int, count: Int)?
+    var failures = 0
+    /// When a failed batch is written again.
+    var retryAt: Double?
+    /// Holds queued, and journaled, since the start (sequence numbers).
+    private(set) var enqueued = 0
+    var journaled = 0
+    private var nextBatch = 1
+
+    mutating func enqueue(_ hold: JournaledHold, instance: String, ticket: LeaseTicket?) {
+        enqueued += 1
+        queue.append(Entry(hold: hold, instance: instance, sequence: enqueued, ticket: ticket))
+    }
+
+    /// Sends the next batch (the queue's head, cut from one registration) unless one is in
+    /// flight or waiting to be retried.
+    mutating func startBatch(maxBatch: Int, _ out: inout [LeaseAction]) {
+        guard inFlight == nil, retryAt == nil, let first = queue.first else { return }
+        let holds = queue.prefix(maxBatch).prefix { $0.instance == first.instance }.map(\.hold)
+        inFlight = (nextBatch, holds.count)
+        out.append(.journal(batch: nextBatch, instance: first.instance, holds: holds))
+        nextBatch += 1
+    }
+}

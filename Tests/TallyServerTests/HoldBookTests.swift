@@ -1,0 +1,110 @@
+import Foundation
+import Synchronization
+import TallyCore
+import TallyPostgres
+import TallyStore
+import TallyTestSupport
+import Testing
+
+/// The shell around the lease machine, against a real PostgreSQL: stripes, refills, the
+/// journal, retries, retirement; and the cold-key lookup that leases in the same round trip.
+@Suite("Enforcement: the hold book against PostgreSQL")
+struct HoldBookTests {
+    static func request(_ id: String, user: Int64, token: Int64, amount: Int64 = 100) -> HoldRequest {
+        HoldRequest(requestID: id, userID: user, tokenID: token, model: "gpt-4o", amount: amount, tid: "tid-\(id)")
+    }
+
+    @Test("concurrent holds over several stripes: exactly what each balance covers, all journaled, the books balanced",
+          arguments: [HoldCommitMode.sync, .async])
+    func stripesJournalAndBalance(mode: HoldCommitMode) async throws {
+        let db = try await TestDatabase.create("holdbook")
+        let seed = Seed(db: db)
+        var accounts: [(user: Int64, token: Int64)] = []
+        for _ in 0..<5 {
+            let user = try await seed.user(quota: 1_000).user.id
+            let draft = TokenDraft(name: "k", remainQuota: 100_000, unlimitedQuota: false)
+            accounts.append((user, try await seed.key(user: user, draft).token.id))
+        }
+        let book = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600, mode: mode,
+                            stripes: 4)
+        try await book.start()
+        // Eleven holds of 100 per account of 1,000: ten fit.
+        let outcomes = try await withThrowingTaskGroup(of: (Int64, HoldOutcome).self) { group in
+            for (user, token) in accounts {
+                for index in 0..<11 {
+                    let request = Self.request("h-\(user)-\(index)", user: user, token: token)
+                    group.addTask { (user, try await book.reserve(request)) }
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        for (user, _) in accounts {
+            let mine = outcomes.filter { $0.0 == user }.map(\.1)
+            let held = mine.filter { if case .held = $0 { true } else { false } }
+            #expect(held.count == 10, "user \(user): \(mine)")
+            #expect(mine.filter { $0 == .insufficient }.count == 1)
+        }
+        let ids = outcomes.compactMap { if case let .held(id, _) = $0.1 { id } else { nil } }
+        #expect(Set(ids).count == 50)
+        await book.flush()
+        #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'held'") == 50)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+
+        // A retry answers the same hold and reserves nothing more.
+        let first = accounts[0]
+        let retry = try await book.reserve(Self.request("h-\(first.user)-0", user: first.user, token: first.token))
+        let stored = try await seed.int("SELECT id FROM holds WHERE request_id = $1", ["h-\(first.user)-0"])
+        #expect(retry == .duplicate(holdID: stored, amount: 100, status: "held"))
+
+        // Retired: every lease is back; only the holds stay reserved.
+        #expect(try await book.retire())
+        #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 0)
+        let leases = "SELECT (SELECT count(*) FROM user_leases) + (SELECT count(*) FROM token_leases)"
+        #expect(try await seed.int(leases) == 0)
+        #expect(try await seed.int("SELECT sum(reserved) FROM users") == 5_000)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    @Test("a cold key's lookup leases its user and token in one round trip; not for a suspended owner or unregistered")
+    func lookupLease() async throws {
+        let db = try await TestDatabase.create("lookuplease")
+        let seed = Seed(db: db)
+        let user = try await seed.user(quota: 10_000).user.id
+        let (token, key) = try await seed.key(user: user, TokenDraft(name: "k", remainQuota: 300,
+                                                                     unlimitedQuota: false))
+        let book = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
+        try await book.start()
+        let granted = Mutex<[LeaseGrant]>([])
+        func lease(_ instance: String) -> LookupLease {
+            LookupLease(instance: instance, want: 1_000) { grants in granted.withLock { $0 += grants } }
+        }
+
+        let directory = AccessDirectory(pool: db.pool)
+        let access = try await directory.key(SecretHash(of: key), leasing: lease(book.instance))
+        #expect(access?.userID == user)
+        #expect(granted.withLock { $0 } == [
+            LeaseGrant(account: .user(user), granted: 1_000, state: .ok, others: 0),
+            LeaseGrant(account: .token(token.id), granted: 300, state: .ok, others: 0),
+        ])
+        #expect(try await seed.int("SELECT amount FROM user_leases WHERE user_id = $1", [user]) == 1_000)
+        #expect(try await seed.int("SELECT reserved FROM tokens WHERE id = $1", [token.id]) == 300)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+
+        // A suspended owner's key is read (authorize answers account_suspended) but leases nothing.
+        let suspended = try await seed.user(quota: 10_000).user.id
+        let suspendedKey = try await seed.key(user: suspended).key
+        _ = try await seed.sql("UPDATE users SET status = 2 WHERE id = $1", [suspended])
+        granted.withLock { $0 = [] }
+        let read = try await directory.key(SecretHash(of: suspendedKey), leasing: lease(book.instance))
+        #expect(read?.userSuspended == true)
+        #expect(granted.withLock { $0 }.isEmpty)
+
+        // An instance no longer registered leases nothing, and the lookup still answers.
+        let other = try await seed.user(quota: 10_000).user.id
+        let otherKey = try await seed.key(user: other).key
+        let unleased = try await directory.key(SecretHash(of: otherKey), leasing: lease("reaped-instance"))
+        #expect(unleased?.userID == other)
+        #expect(granted.withLock { $0 }.isEmpty)
+        #expect(try await seed.int("SELECT count(*) FROM user_leases WHERE user_id = $1", [other]) == 0)
+    }
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Prints the table of `ops/bench authorize` from its JSON lines (one per phase)."""
+import json
+import sys
+
+
+def main(path):
+    phases = [json.loads(line) for line in open(path) if line.strip()]
+    ceiling = {p["clients"]: p["result"] for p in phases if p["phase"] == "ceiling"}
+    baseline = {(p["phase"], p["clients"]): p["result"]["per_second"]
+                for p in phases if p["phase"].startswith("reserve")}
+    cores = next((p["result"]["cores"] for p in phases if "cores" in p.get("result", {})), "?")
+    print(f"\nauthorize benchmark (this machine: {cores} cores; one run; each figure next to the ceiling and the")
+    print("per-request UPDATE baseline of the same client count, measured in the same run; server and machine:")
+    print("cores used, from /proc)")
+    print(f"  {'':<30} {'clients':>7} {'per s':>9} {'p50 ms':>7} {'p99 ms':>7} {'server':>7} {'machine':>8}"
+          f" {'x ceiling':>9} {'x UPDATE':>9}")
+
+    def row(name, clients, result):
+        return (f"  {name:<30} {clients:>7} {result['per_second']:>9.0f} {result['p50_us'] / 1000:>7.2f}"
+                f" {result['p99_us'] / 1000:>7.2f} {result.get('server_cores', -1):>6.2f}c"
+                f" {result.get('machine_cores', 0):>7.2f}c")
+
+    for phase in phases:
+        if phase["phase"] not in ("spread", "hot"):
+            continue
+        result, clients = phase["result"], phase["clients"]
+        base = baseline.get(("reserve" if phase["phase"] == "spread" else "reserve_hot", clients), 0)
+        top = ceiling.get(clients, {}).get("per_second", 0)
+        name = f"{phase['mode']}, " + ("10k accounts" if phase["phase"] == "spread" else "one hot account")
+        ratios = f" {result['per_second'] / top if top else 0:>9.2f} {result['per_second'] / base if base else 0:>9.2f}"
+        print(row(name, clients, result) + ratios)
+        print(f"  {'':<30} {'':>7} granted {result['granted']}, settled {result['settled']}"
+              f" ({result.get('settled_in_time', 0)} while the clients ran), answers {result['statuses']},"
+              f" errors {result['errors']}")
+    for clients, result in sorted(ceiling.items()):
+        print(row("ceiling: GET /healthz", clients, result))
+    for (script, clients), per_second in sorted(baseline.items()):
+        name = "baseline: UPDATE, random" if script == "reserve" else "baseline: UPDATE, hot"
+        print(f"  {name:<30} {clients:>7} {per_second:>9.0f}")
+    for phase in phases:
+        if phase["phase"] == "audit":
+            print(f"  {phase['mode']}: server peak RSS {phase['rss_kb'] / 1024:.1f} MB;"
+                  f" tally audit after the run: {phase['audit']}")
+    print("  Targets (DESIGN §10): >= 0.45x ceiling and >= 1.5x UPDATE; on 16 cores >= 50k/s, p99 <= 5 ms at 64")
+    print("  clients, p99 <= 2 ms at 16, one hot account >= 20k/s.")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
