@@ -1,3 +1,5 @@
+import TallyCore
+
 /// How often each fault strikes in a run. Drawn per seed, so some runs see none of a kind and
 /// others many (a fault that always strikes hides the interleavings it cuts short).
 struct FaultPlan: CustomStringConvertible {
@@ -49,18 +51,34 @@ struct SimConfiguration: CustomStringConvertible {
     var cost: ClosedRange<Int64> = 0...3_000
     /// Tokens that limit (remain_quota) rather than not.
     var limitedTokenShare = 0.5
+    /// The lease machines' numbers: the real defaults, with leases, journal batches and idle
+    /// times drawn smaller in some runs so that refills, hand-backs and returns happen often.
+    var policy = LeasePolicy(commit: .sync)
+    /// `--hold-ttl` (shortened so that holds expire within a run).
+    var holdTTL: SimTime = 10_000
     var faults = FaultPlan()
+
+    /// The reaper's grace (HoldBook.reclaimAfterSeconds): the hold TTL in async mode, 5 s in sync.
+    var reclaimAfter: SimTime { policy.commit == .async ? holdTTL : 5_000 }
 
     static func draw(_ random: inout SimRandom) -> SimConfiguration {
         var configuration = SimConfiguration()
         configuration.users = 1 + random.below(4)
-        configuration.instances = 1 + random.below(3)
-        configuration.moves = 60 + random.below(120)
+        configuration.instances = 1 + random.below(4)
+        configuration.moves = 60 + random.below(160)
+        configuration.policy = LeasePolicy(commit: random.chance(0.5) ? .sync : .async)
+        configuration.policy.leaseMultiple = random.pick([1, 4, 32])
+        configuration.policy.maxJournalBatch = random.pick([1, 4, 2_000])
+        configuration.policy.idleLeaseSeconds = random.pick([2.0, 30.0])
+        configuration.holdTTL = random.int(3_000...20_000)
         configuration.faults = FaultPlan.draw(&random)
         return configuration
     }
 
     var description: String {
-        "\(users) users, \(instances) instances, \(moves) moves; faults: \(faults.description.isEmpty ? "none" : faults.description)"
+        "\(users) users, \(instances) instances, \(moves) moves, \(policy.commit) commits, "
+            + "lease ×\(policy.leaseMultiple), journal batches ≤ \(policy.maxJournalBatch), "
+            + "idle leases \(policy.idleLeaseSeconds) s, hold TTL \(holdTTL) ms; "
+            + "faults: \(faults.description.isEmpty ? "none" : faults.description)"
     }
 }

@@ -1,42 +1,24 @@
-/// The lease functions of migration 0009_leases.sql and the hold functions of
-/// 0005_enforcement.sql, as the simulated database runs them.
+import TallyCore
+
+/// The lease functions of migrations 0009_leases.sql and 0011_authorize_scaling.sql and the hold
+/// functions of 0005_enforcement.sql, as the simulated database runs them, speaking the lease
+/// machine's own values (`AccountUnits`, `LeaseGrant`, `JournaledHold`, `JournalOutcome`).
 extension SimDatabase {
-    enum GrantState: String { case ok, unknown, unlimited, exhausted }
-
-    struct Grant: Equatable {
-        let account: SimAccount
-        let granted: Int64
-        let state: GrantState
-        let others: Int64
-    }
-
-    /// A hold cut from a lease, as `tally_journal_holds` receives it.
-    struct JournalEntry: Equatable {
-        let id: Int64
-        let requestID: String
-        let userID: Int64
-        let tokenID: Int64
-        let amount: Int64
-        let tokenLeased: Bool
-    }
-
-    struct JournalResult: Equatable {
-        let requestID: String
-        let holdID: Int64
-        let held: Int64
-        let status: String
-    }
-
     /// What a user or token can still lease: its balance less what is reserved (and, once
     /// charges are folded in ticks, less what is pending).
-    func headroom(_ account: SimAccount) -> Int64 {
+    func headroom(_ account: SimAccount) -> Int64 { balance(account) - reserved(account) }
+
+    func balance(_ account: SimAccount) -> Int64 {
         switch account {
-        case let .user(id):
-            guard let user = users[id] else { return 0 }
-            return user.quota - user.reserved
-        case let .token(id):
-            guard let token = tokens[id] else { return 0 }
-            return token.remainQuota - token.reserved
+        case let .user(id): users[id]?.quota ?? 0
+        case let .token(id): tokens[id]?.remainQuota ?? 0
+        }
+    }
+
+    func reserved(_ account: SimAccount) -> Int64 {
+        switch account {
+        case let .user(id): users[id]?.reserved ?? 0
+        case let .token(id): tokens[id]?.reserved ?? 0
         }
     }
 
@@ -44,7 +26,8 @@ extension SimDatabase {
         instances[instance] = Registration(expiresAt: now + ttl, reclaimAfter: reclaimAfter)
     }
 
-    /// `UPDATE tally_instances SET expires_at = now() + ttl WHERE id = $1`: false when reaped.
+    /// `UPDATE tally_instance_renewals SET expires_at = now() + ttl WHERE instance_id = $1`
+    /// (migration 0011): false when reaped.
     mutating func renew(_ instance: String, ttl: SimTime, now: SimTime) -> Bool {
         guard instances[instance] != nil else { return false }
         instances[instance]?.expiresAt = now + ttl
@@ -53,86 +36,89 @@ extension SimDatabase {
 
     /// `tally_lease`: min(want, what is left) of each account, users then tokens in id order;
     /// `lease-wanted:` when it falls short while other instances hold leases of the account.
-    mutating func lease(_ instance: String, wants: [(SimAccount, Int64)]) throws -> [Grant] {
+    mutating func lease(_ instance: String, wants: [AccountUnits]) throws -> [LeaseGrant] {
         guard instances[instance] != nil else { throw SimDatabaseError.notRegistered }
         var summed: [SimAccount: Int64] = [:]
-        for (account, want) in wants { summed[account, default: 0] += want }
-        var grants: [Grant] = []
+        for want in wants { summed[want.account, default: 0] += want.units }
+        var grants: [LeaseGrant] = []
         for (account, want) in summed.sorted(by: { $0.key < $1.key }) {
+            let state = grantState(account)
             var granted: Int64 = 0
-            let state: GrantState
-            switch account {
-            case let .user(id):
-                state = users[id] == nil ? .unknown : .ok
-                if state == .ok {
-                    granted = min(want, max(headroom(account), 0))
-                    users[id]!.reserved += granted
-                }
-            case let .token(id):
-                if let token = tokens[id] {
-                    state = !token.limited ? .unlimited : token.remainQuota <= 0 ? .exhausted : .ok
-                    if state == .ok {
-                        granted = min(want, max(headroom(account), 0))
-                        tokens[id]!.reserved += granted
-                    }
-                } else {
-                    state = .unknown
-                }
+            if state == .ok {
+                let room = plantedBug == .leaseIgnoresReserved ? balance(account) : headroom(account)
+                granted = min(want, max(room, 0))
+                adjustReserved(account, by: granted)
             }
             if granted > 0 { leases[LeaseKey(instance: instance, account: account), default: 0] += granted }
             let others = leased(account) - leased(account, by: instance)
-            grants.append(Grant(account: account, granted: granted, state: state, others: others))
-            if granted < want, leases.contains(where: { $0.key.account == account && $0.key.instance != instance && $0.value > 0 }) {
-                notify(.leaseWanted(account))
-            }
+            grants.append(LeaseGrant(account: account, granted: granted, state: state, others: others))
+            if granted < want, others > 0 { notify(.leaseWanted(account)) }
         }
         return grants
     }
 
+    private func grantState(_ account: SimAccount) -> LeaseGrant.State {
+        switch account {
+        case let .user(id): return users[id] == nil ? .unknown : .ok
+        case let .token(id):
+            guard let token = tokens[id] else { return .unknown }
+            return !token.limited ? .unlimited : token.remainQuota <= 0 ? .exhausted : .ok
+        }
+    }
+
     /// `tally_return_leases`: reserved −= amount for the instance's lease rows that exist
     /// (a reaped instance has none); rows that reach 0 are deleted. `CHECK (amount >= 0)`.
-    mutating func returnLeases(_ instance: String, amounts: [(SimAccount, Int64)]) throws {
-        for (account, amount) in amounts.sorted(by: { $0.0 < $1.0 }) {
-            let key = LeaseKey(instance: instance, account: account)
+    mutating func returnLeases(_ instance: String, amounts: [AccountUnits]) throws {
+        for amount in amounts.sorted(by: { $0.account < $1.account }) {
+            let key = LeaseKey(instance: instance, account: amount.account)
             guard let row = leases[key] else { continue }
-            guard row >= amount else {
-                throw SimCheckViolation("tally_return_leases: \(instance) returns \(amount) of \(account), its lease row holds \(row)")
+            guard row >= amount.units else {
+                throw SimCheckViolation("tally_return_leases: \(instance) returns \(amount.units) of "
+                    + "\(amount.account), "
+                    + "its lease row holds \(row)")
             }
-            leases[key] = row - amount == 0 ? nil : row - amount
-            adjustReserved(account, by: -amount)
+            leases[key] = row - amount.units == 0 ? nil : row - amount.units
+            adjustReserved(amount.account, by: -amount.units)
         }
     }
 
     /// `tally_journal_holds`: inserts the holds (a request id stored before inserts nothing)
     /// and takes the new ones off the instance's lease rows; a reaped instance's new holds are
     /// added to `reserved` instead. Answers, per hold, the hold stored under its request id.
-    mutating func journal(_ instance: String, _ entries: [JournalEntry], ttl: SimTime, now: SimTime) throws -> [JournalResult] {
+    mutating func journal(_ instance: String, _ entries: [JournaledHold], ttl: SimTime, now: SimTime) throws
+        -> [JournalOutcome] {
         let registered = instances[instance] != nil
-        var inserted: [JournalEntry] = []
-        for entry in entries.sorted(by: { $0.requestID < $1.requestID }) where holds[entry.requestID] == nil {
-            holds[entry.requestID] = Hold(id: entry.id, requestID: entry.requestID, userID: entry.userID, tokenID: entry.tokenID,
-                                          amount: entry.amount, tokenReserved: entry.tokenLeased, expiresAt: now + ttl)
+        var inserted: [JournaledHold] = []
+        for entry in entries.sorted(by: { $0.request.requestID < $1.request.requestID })
+        where holds[entry.request.requestID] == nil {
+            let request = entry.request
+            holds[request.requestID] = Hold(id: entry.id, requestID: request.requestID, userID: request.userID,
+                                            tokenID: request.tokenID, amount: request.amount,
+                                            tokenReserved: entry.tokenLeased, expiresAt: now + ttl)
             inserted.append(entry)
         }
         for entry in inserted {
-            var accounts = [SimAccount.user(entry.userID)]
-            if entry.tokenLeased { accounts.append(.token(entry.tokenID)) }
+            var accounts = [SimAccount.user(entry.request.userID)]
+            if entry.tokenLeased { accounts.append(.token(entry.request.tokenID)) }
             for account in accounts {
-                if registered {
-                    // UPDATE user_leases … WHERE instance_id = $1 AND user_id = …: no row, no change.
-                    let key = LeaseKey(instance: instance, account: account)
-                    guard let row = leases[key] else { continue }
-                    guard row >= entry.amount else {
-                        throw SimCheckViolation("tally_journal_holds: \(instance) journals \(entry.amount) of \(account), its lease row holds \(row)")
-                    }
-                    leases[key] = row - entry.amount
-                } else {
-                    adjustReserved(account, by: entry.amount)
+                guard registered else {
+                    adjustReserved(account, by: entry.request.amount)
+                    continue
                 }
+                // UPDATE user_leases … WHERE instance_id = $1 AND user_id = …: no row, no change.
+                let key = LeaseKey(instance: instance, account: account)
+                guard let row = leases[key], plantedBug != .journalKeepsLeaseRows else { continue }
+                guard row >= entry.request.amount else {
+                    throw SimCheckViolation("tally_journal_holds: \(instance) journals \(entry.request.amount) "
+                        + "of \(account), its lease row holds \(row)")
+                }
+                leases[key] = row - entry.request.amount
             }
         }
         return entries.compactMap { entry in
-            holds[entry.requestID].map { JournalResult(requestID: entry.requestID, holdID: $0.id, held: $0.amount, status: $0.status.rawValue) }
+            holds[entry.request.requestID].map {
+                JournalOutcome(holdID: $0.id, held: $0.amount, status: $0.status.rawValue, isNew: $0.id == entry.id)
+            }
         }
     }
 

@@ -1,11 +1,20 @@
+import TallyCore
+
 /// What the gateway asks an instance over HTTP.
 enum GatewayRequest: CustomStringConvertible {
     /// `POST /gateway/v1/logs` with one batch (resent whole, same request ids, until answered).
     case ingest(batch: Int, lines: [SimDatabase.Line])
+    /// `POST /gateway/v1/authorize`: a hold before the request goes upstream (retried with the
+    /// same request id when unanswered, a few times).
+    case authorize(HoldRequest)
+    /// `POST /gateway/v1/release`: the request failed upstream; its hold goes back.
+    case release(requestID: String)
 
     var description: String {
         switch self {
         case let .ingest(batch, lines): "ingest batch \(batch) (\(lines.count) lines)"
+        case let .authorize(hold): "authorize \(hold.requestID) (user \(hold.userID), \(hold.amount))"
+        case let .release(requestID): "release \(requestID)"
         }
     }
 }
@@ -13,12 +22,16 @@ enum GatewayRequest: CustomStringConvertible {
 /// What an instance answers.
 enum GatewayAnswer: CustomStringConvertible {
     case stored(SimDatabase.StoreResult)
+    case hold(HoldOutcome)
+    case released
     /// 503 (the database failed the call) or no server on the port: the gateway resends.
     case unavailable
 
     var description: String {
         switch self {
         case let .stored(result): "200 accepted \(result.accepted), duplicates \(result.duplicates)"
+        case let .hold(outcome): "\(outcome)"
+        case .released: "released"
         case .unavailable: "503"
         }
     }
@@ -41,11 +54,19 @@ struct SimGateway {
     var exchanges: [Int: GatewayRequest] = [:]
     /// Every line made, by request id: the truth of what each request cost.
     var costs: [String: SimDatabase.Line] = [:]
+    /// Requests waiting for their hold (with the attempts so far), and those running upstream
+    /// on a hold of the amount given.
+    var authorizing: [String: (request: HoldRequest, attempts: Int)] = [:]
+    var running: [String: (request: HoldRequest, held: Int64)] = [:]
 
     init(moves: Int) { movesLeft = moves }
 
-    /// Nothing more to do: every line is in a batch and every batch acknowledged.
-    var isIdle: Bool { movesLeft == 0 && unbatched.isEmpty && openBatches.isEmpty }
+    /// Nothing more to do: every request finished, every line in a batch, every batch
+    /// acknowledged and every exchange closed.
+    var isIdle: Bool {
+        movesLeft == 0 && unbatched.isEmpty && openBatches.isEmpty && authorizing.isEmpty && running.isEmpty
+            && exchanges.isEmpty
+    }
 
     mutating func newRequestID() -> String {
         nextRequest += 1

@@ -23,16 +23,61 @@ extension Simulation {
         scheduler.schedule(.databaseAnswer(call, response), after: latency())
     }
 
-    /// Runs the call as one transaction and records what the books must now show.
+    /// Runs the call as one transaction, sends its notifications and records what the books
+    /// must now show. A CHECK constraint that fails is a bug: PostgreSQL would fail it forever.
     private func commit(_ call: DatabaseCall) -> DatabaseResponse {
-        switch call.request {
-        case let .store(lines):
-            stats.batches += 1
-            let before = database.rows.count
-            let (result, _) = database.transact { $0.store(lines) }
-            truth.stored(lines, in: database, rowsBefore: before)
-            log("db: stored \(lines.count) lines from i\(call.instance): \(result.accepted) new")
-            return .stored(result)
+        let now = scheduler.now
+        // Kept only for a store (its lines' holds before it); a copy kept makes every write copy.
+        let before = if case .store = call.request { database } else { SimDatabase() }
+        do {
+            let (response, notifications) = try database.transact { database in
+                try Self.apply(call.request, to: &database, now: now, holdTTL: configuration.holdTTL,
+                               reclaimAfter: configuration.reclaimAfter)
+            }
+            databaseChanged = true
+            log("db: \(call.request) from i\(call.instance) → \(response)")
+            if case let .store(lines) = call.request {
+                stats.batches += 1
+                truth.stored(lines, before: before, after: database)
+                for line in lines
+                where before.rows[line.requestID] == nil && before.holds[line.requestID]?.status != .held {
+                    log("db: \(line.requestID) charged \(line.cost) in full: its hold is "
+                        + (before.holds[line.requestID].map { "\($0.status)" } ?? "not stored"))
+                }
+            }
+            broadcast(notifications)
+            return response
+        } catch let error as SimDatabaseError {
+            log("db: \(call.request) from i\(call.instance) failed: \(error)")
+            return .failed(error)
+        } catch {
+            truth.problems.append("\(call.request) from i\(call.instance): \(error)")
+            return .failed(.aborted)
+        }
+    }
+
+    /// One call's statements, inside its transaction.
+    private static func apply(_ request: DatabaseCall.Request, to database: inout SimDatabase, now: SimTime,
+                              holdTTL: SimTime, reclaimAfter: SimTime) throws -> DatabaseResponse {
+        switch request {
+        case let .store(lines): return .stored(database.store(lines))
+        case let .register(name):
+            database.register(name, ttl: SimDatabase.registrationTTL, reclaimAfter: reclaimAfter, now: now)
+            return .done
+        case let .renew(name): return .renewed(database.renew(name, ttl: SimDatabase.registrationTTL, now: now))
+        case let .lease(name, wants): return .granted(try database.lease(name, wants: wants))
+        case let .journal(name, holds): return .journaled(try database.journal(name, holds, ttl: holdTTL, now: now))
+        case let .returnLeases(name, amounts):
+            try database.returnLeases(name, amounts: amounts)
+            return .done
+        case .holdIDBlock: return .holdIDs(first: database.holdIDBlock())
+        case let .release(requestID): return database.release(requestID) == nil ? .failed(.notFound) : .released
+        case .expireHolds:
+            _ = database.expireDue(now: now)
+            return .done
+        case .reap:
+            _ = database.reap(now: now)
+            return .done
         }
     }
 }

@@ -1,37 +1,4 @@
-/// One simulated Tally process: it serves HTTP and calls the database until it is killed;
-/// restarted, it is a new incarnation with nothing in memory, and answers meant for the old
-/// one are dropped.
-struct SimInstance {
-    let index: Int
-    var incarnation = 0
-    var alive = true
-    /// Its clock against the database's (clock jumps move it ahead).
-    var clockOffset: SimTime = 0
-
-    var name: String { "i\(index).\(incarnation)" }
-}
-
-/// A call from an instance to the database: what it asks, and where the answer goes.
-struct DatabaseCall {
-    enum Request {
-        case store([SimDatabase.Line])
-    }
-
-    enum Reply {
-        /// Answers this HTTP exchange of the gateway.
-        case http(exchange: Int)
-    }
-
-    let instance: Int
-    let incarnation: Int
-    let request: Request
-    let reply: Reply
-}
-
-enum DatabaseResponse {
-    case stored(SimDatabase.StoreResult)
-    case failed(SimDatabaseError)
-}
+import TallyCore
 
 enum SimEvent {
     /// The gateway's next move.
@@ -45,6 +12,12 @@ enum SimEvent {
     case database(DatabaseCall)
     case databaseAnswer(DatabaseCall, DatabaseResponse)
     case restart(instance: Int)
+    /// An instance's timer or listener hands its lease machine an event.
+    case machine(instance: Int, incarnation: Int, LeaseEvent)
+    /// An instance's lease upkeep round (every second).
+    case upkeep(instance: Int, incarnation: Int)
+    /// An instance whose first registration failed tries again.
+    case retryStart(instance: Int, incarnation: Int)
 }
 
 /// A failed invariant, with where the run was.
@@ -73,6 +46,10 @@ final class Simulation {
     var gateway: SimGateway
     var truth = SimTruth()
     var databaseDownUntil: SimTime = -1
+    /// A transaction committed in this step: the books are checked again.
+    var databaseChanged = true
+    /// The instances whose lease machine took an event in this step.
+    var steppedMachines: Set<Int> = []
     private(set) var steps = 0
     /// The last events, for a failure report (kept only when `tracing`).
     let tracing: Bool
@@ -88,7 +65,8 @@ final class Simulation {
         random = SimRandom(seed: seed)
         database.plantedBug = plantedBug
         configuration = SimConfiguration.draw(&random)
-        instances = (0..<configuration.instances).map { SimInstance(index: $0) }
+        let policy = configuration.policy
+        instances = (0..<configuration.instances).map { SimInstance(index: $0, policy: policy) }
         gateway = SimGateway(moves: configuration.moves)
         for user in 1...Int64(configuration.users) {
             let quota = random.int(configuration.initialQuota)
@@ -98,10 +76,16 @@ final class Simulation {
             database.createToken(Self.token(of: user), userID: user, limited: limited,
                                  remainQuota: limited ? random.int(configuration.initialQuota) : 0)
         }
+        for index in instances.indices { start(index) }
         scheduler.schedule(.gateway, at: 0)
     }
 
     static func token(of user: Int64) -> Int64 { 100 + user }
+
+    /// Every user and token of the run.
+    private(set) lazy var accounts: [SimAccount] = (1...Int64(configuration.users)).flatMap {
+        [SimAccount.user($0), .token(Self.token(of: $0))]
+    }
 
     func log(_ message: @autoclosure () -> String) {
         guard tracing else { return }
@@ -116,6 +100,8 @@ final class Simulation {
             guard steps <= Self.maxSteps else { throw violation("no end after \(Self.maxSteps) steps (a livelock)") }
             handle(event)
             try SimInvariants.check(self)
+            databaseChanged = false
+            steppedMachines = []
         }
         try SimInvariants.checkFinal(self)
     }
@@ -131,12 +117,16 @@ final class Simulation {
         case let .answer(exchange, answer): answered(exchange, answer)
         case let .timeout(exchange):
             if let request = gateway.close(exchange) {
-                log("gateway: exchange \(exchange) timed out, resends \(request)")
-                send(request, after: random.int(1...200))
+                log("gateway: exchange \(exchange) timed out: \(request)")
+                retry(request)
+                if gateway.movesLeft == 0 { windDown() }
             }
         case let .database(call): execute(call)
         case let .databaseAnswer(call, response): deliver(response, for: call)
-        case let .restart(index): restart(index)
+        case let .restart(index): start(index)
+        case let .machine(index, incarnation, event): machineEvent(index, incarnation: incarnation, event)
+        case let .upkeep(index, incarnation): upkeep(index, incarnation: incarnation)
+        case let .retryStart(index, incarnation): retryStart(index, incarnation: incarnation)
         }
     }
 

