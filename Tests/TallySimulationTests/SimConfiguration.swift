@@ -21,12 +21,15 @@ struct FaultPlan: CustomStringConvertible {
     var clockJump = 0.0
     /// Per gateway move: the database goes down for a while (every call aborts).
     var outage = 0.0
+    /// Per gateway move: an instance stops for up to 30 s (SIGSTOP, a VM migration), memory
+    /// intact, long enough at times for its registration to be reaped under it.
+    var pause = 0.0
 
     static func draw(_ random: inout SimRandom) -> FaultPlan {
         func rate(_ high: Double) -> Double { random.chance(0.3) ? 0 : Double(random.below(1_000)) / 1_000 * high }
         return FaultPlan(crash: rate(0.02), abort: rate(0.1), lostCommitAnswer: rate(0.1), lostHTTP: rate(0.1),
                          duplicateHTTP: rate(0.1), lostNotification: rate(0.3), duplicateNotification: rate(0.2),
-                         clockJump: rate(0.01), outage: rate(0.005))
+                         clockJump: rate(0.01), outage: rate(0.005), pause: rate(0.01))
     }
 
     var description: String {
@@ -34,7 +37,7 @@ struct FaultPlan: CustomStringConvertible {
                                          ("lost-http", lostHTTP), ("duplicate-http", duplicateHTTP),
                                          ("lost-notification", lostNotification),
                                          ("duplicate-notification", duplicateNotification),
-                                         ("clock-jump", clockJump), ("outage", outage)]
+                                         ("clock-jump", clockJump), ("outage", outage), ("pause", pause)]
         return rates.filter { $0.1 > 0 }.map { "\($0.0) \(Int(($0.1 * 1000).rounded()))‰" }.joined(separator: ", ")
     }
 }

@@ -79,6 +79,11 @@ extension Simulation {
         let faults = configuration.faults
         let alive = instances.filter(\.alive).map(\.index)
         if strikes(faults.crash), !alive.isEmpty { crash(random.pick(alive)) }
+        if strikes(faults.pause), !alive.isEmpty {
+            let index = random.pick(alive)
+            instances[index].pausedUntil = scheduler.now + random.int(1_000...30_000)
+            log("fault: i\(index) stops until \(instances[index].pausedUntil) ms")
+        }
         if strikes(faults.clockJump) {
             let index = random.below(instances.count)
             let jump = random.int(1_000...30_000)
@@ -165,7 +170,7 @@ extension Simulation {
             if case .duplicate = outcome {
                 // Known: a retry that reaches the instance while the first hold waits for the
                 // journal is answered from memory (SimKnownIssue.syncRetryFromMemory).
-                truth.knownIssues.append(problem)
+                truth.known(.syncRetryFromMemory, problem)
             } else {
                 truth.problems.append(problem)
             }

@@ -227,6 +227,8 @@ struct SimInstance {
     var serving = false
     /// Its clock against the database's (clock jumps move it ahead).
     var clockOffset: SimTime = 0
+    /// Stopped until then: events for it wait.
+    var pausedUntil: SimTime = 0
     var machine: LeaseMachine
     /// Registrations taken by this incarnation (a reaped one is replaced).
     var registrations = 0

@@ -18,6 +18,16 @@ enum SimEvent {
     case upkeep(instance: Int, incarnation: Int)
     /// An instance whose first registration failed tries again.
     case retryStart(instance: Int, incarnation: Int)
+
+    /// The instance that handles the event, if one does.
+    var instance: Int? {
+        switch self {
+        case .gateway, .answer, .timeout, .database, .restart: nil
+        case let .http(instance, _, _), let .machine(instance, _, _), let .upkeep(instance, _),
+             let .retryStart(instance, _): instance
+        case let .databaseAnswer(call, _): call.instance
+        }
+    }
 }
 
 /// A failed invariant, with where the run was.
@@ -111,6 +121,10 @@ final class Simulation {
     }
 
     private func handle(_ event: SimEvent) {
+        // A stopped instance handles nothing until it resumes (its clock runs on meanwhile).
+        if let index = event.instance, instances[index].pausedUntil > scheduler.now {
+            return scheduler.schedule(event, at: instances[index].pausedUntil)
+        }
         switch event {
         case .gateway: gatewayMove()
         case let .http(instance, exchange, request): serve(request, exchange: exchange, on: instance)
