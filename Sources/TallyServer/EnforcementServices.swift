@@ -97,9 +97,10 @@ struct LeaseService: Service {
     }
 }
 
-/// Listens for `tally_changes` (sent by triggers on tokens, users, groups and channels, from any
-/// instance or psql) and drops the cached entries they name. On its own connection, outside the
-/// pool, on a thread of its own since waiting for a notification blocks. After a lost
+/// Listens for `tally_changes` (sent with every change of a key, user, group or channel by
+/// TallyStore's `ChangeNotice`, from any instance or the CLI) and drops the cached entries they
+/// name. On its own connection, outside the pool, on a thread of its own since waiting for a
+/// notification blocks. After a lost
 /// connection it reconnects and forgets every cached entry, since it may have missed some.
 struct ChangeListenerService: Service {
     let databaseURL: String

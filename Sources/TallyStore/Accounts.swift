@@ -151,15 +151,14 @@ public struct AccountRepository: Sendable {
                 }
                 after.group = group
             }
-            let rows: PostgresRows
-            do {
-                rows = try connection.query("""
-                    UPDATE users SET username = $2, display_name = $3, email = $4, "group" = $5, updated_at = now()
-                    WHERE id = $1 RETURNING \(Self.columns)
-                    """, [id, after.username, after.displayName, after.email, after.group])
-            } catch let error as PostgresError where error.isUniqueViolation {
-                throw StoreError.conflict("username \"\(after.username)\" is taken")
+            if after.username != before.username {
+                try AccountLookup.claimUsername(after.username, userID: id, replacing: before.username, on: connection)
             }
+            let rows = try connection.query("""
+                UPDATE users SET username = $2, display_name = $3, email = $4, "group" = $5, updated_at = now()
+                WHERE id = $1 RETURNING \(Self.columns)
+                """, [id, after.username, after.displayName, after.email, after.group])
+            try ChangeNotice.send([ChangeNotice.user(id)], on: connection)
             var updated = try PostgresUserRepository.decode(rows[0])
             if let quota = changes.quota, quota != before.quota {
                 updated = try Self.adjust(id: id, by: quota - before.quota, reason: "balance set to \(quota) by \(actor.name)",
@@ -227,6 +226,7 @@ public struct AccountRepository: Sendable {
             let rows = try connection.query("""
                 UPDATE users SET status = $2, role = $3, updated_at = now() WHERE id = $1 RETURNING \(Self.columns)
                 """, [id, status, role.rawValue])
+            try ChangeNotice.send([ChangeNotice.user(id)], on: connection)
             let updated = try PostgresUserRepository.decode(rows[0])
             if before.status == 1 && updated.status != 1 {
                 try WebhookOutbox.enqueueUserSuspended(updated, by: actor, on: connection)
@@ -243,10 +243,13 @@ public struct AccountRepository: Sendable {
         let token = Secrets.newAccessToken()
         let hash = SecretHash(of: token)
         try await pool.transaction { connection in
-            let result = try connection.query("""
-                UPDATE users SET access_token_hash = $2, access_token_last6 = $3, updated_at = now() WHERE id = $1
+            let rows = try connection.query("""
+                UPDATE users u SET access_token_hash = $2, access_token_last6 = $3, updated_at = now()
+                FROM users old WHERE u.id = $1 AND old.id = u.id RETURNING encode(old.access_token_hash, 'hex')
                 """, [id, hash, Secrets.last6(token)])
-            guard result.affectedRows == 1 else { throw StoreError.notFound("user \(id) not found") }
+            guard let row = rows.first else { throw StoreError.notFound("user \(id) not found") }
+            let old = try row.decodeOptional(0, as: String.self).flatMap(SecretHash.init(hex:))
+            try AccountLookup.setAccessToken(hash, userID: id, replacing: old, on: connection)
             try AuditLog.recordChange(on: connection, actor: actor, action: "user.access_token", target: "user:\(id)",
                                       before: nil, after: ["access_token_last6": Secrets.last6(token)])
         }

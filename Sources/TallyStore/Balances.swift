@@ -82,7 +82,8 @@ public struct BalanceRepository: Sendable {
                 "UPDATE users SET quota = quota + $2, updated_at = now() WHERE id = $1 RETURNING quota", [userID, amount])[0]
                 .decode(0, as: Int64.self)
             let row = try connection.query(
-                "UPDATE ledger SET balance_after = $2 WHERE id = $1 RETURNING \(SQL.unix("at"))", [id, balance])[0]
+                SQL.returning(SQL.unix("at"), from: "UPDATE ledger SET balance_after = $2 WHERE id = $1"),
+                [id, balance])[0]
             try AuditLog.recordChange(on: connection, actor: actor, action: "user.topup", target: "user:\(userID)",
                                       before: ["quota": before.quota],
                                       after: ["quota": balance, "amount": amount, "reason": reason,

@@ -123,11 +123,11 @@ public struct ChannelRepository: Sendable {
         let models = try ChannelRules.normalizedModels(draft.models)
         return try await pool.transaction { connection in
             try ChannelRules.checkGroupsExist(groups, on: connection)
-            let rows = try connection.query("""
+            let rows = try connection.query(SQL.returning(Self.columns, from: """
                 INSERT INTO channels (name, status, groups, models) VALUES ($1, $2, $3::text[], $4::text[])
-                RETURNING \(Self.columns)
-                """, [draft.name, draft.status, TextArray(groups), TextArray(models)])
+                """), [draft.name, draft.status, TextArray(groups), TextArray(models)])
             let channel = try Self.decode(rows[0])
+            try ChangeNotice.send([ChangeNotice.channel(channel.id)], on: connection)
             try AuditLog.recordChange(on: connection, actor: actor, action: "channel.create", target: "channel:\(channel.id)",
                                       before: nil, after: Self.auditFields(channel))
             return channel
@@ -154,11 +154,12 @@ public struct ChannelRepository: Sendable {
                 after.groups = groups
             }
             if let models { after.models = models }
-            let rows = try connection.query("""
+            let rows = try connection.query(SQL.returning(Self.columns, from: """
                 UPDATE channels SET name = $2, status = $3, groups = $4::text[], models = $5::text[], updated_at = now()
-                WHERE id = $1 RETURNING \(Self.columns)
-                """, [id, after.name, after.status, TextArray(after.groups), TextArray(after.models)])
+                WHERE id = $1
+                """), [id, after.name, after.status, TextArray(after.groups), TextArray(after.models)])
             let updated = try Self.decode(rows[0])
+            try ChangeNotice.send([ChangeNotice.channel(id)], on: connection)
             try AuditLog.recordChange(on: connection, actor: actor, action: "channel.update", target: "channel:\(id)",
                                       before: Self.auditFields(before), after: Self.auditFields(updated))
             return updated

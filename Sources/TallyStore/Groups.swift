@@ -99,14 +99,14 @@ public struct GroupRepository: Sendable {
         return try await pool.transaction { connection in
             let rows: PostgresRows
             do {
-                rows = try connection.query("""
+                rows = try connection.query(SQL.returning(Self.columns, from: """
                     INSERT INTO groups (name, description, selectable, rpm_limit) VALUES ($1, $2, $3, $4)
-                    RETURNING \(Self.columns)
-                    """, [name, description, selectable, rpmLimit])
+                    """), [name, description, selectable, rpmLimit])
             } catch let error as PostgresError where error.isUniqueViolation {
                 throw StoreError.conflict("group \"\(name)\" already exists")
             }
             let group = try Self.decode(rows[0])
+            try ChangeNotice.send([ChangeNotice.group(name)], on: connection)
             try AuditLog.recordChange(on: connection, actor: actor, action: "group.create", target: "group:\(name)",
                                       before: nil, after: Self.auditFields(group))
             return group
@@ -125,11 +125,12 @@ public struct GroupRepository: Sendable {
             if let description = changes.description { after.description = description }
             if let selectable = changes.selectable { after.selectable = selectable }
             if let rpm = changes.rpmLimit { after.rpmLimit = rpm }
-            let rows = try connection.query("""
+            let rows = try connection.query(SQL.returning(Self.columns, from: """
                 UPDATE groups SET description = $2, selectable = $3, rpm_limit = $4, updated_at = now()
-                WHERE name = $1 RETURNING \(Self.columns)
-                """, [name, after.description, after.selectable, after.rpmLimit])
+                WHERE name = $1
+                """), [name, after.description, after.selectable, after.rpmLimit])
             let updated = try Self.decode(rows[0])
+            try ChangeNotice.send([ChangeNotice.group(name)], on: connection)
             try AuditLog.recordChange(on: connection, actor: actor, action: "group.update", target: "group:\(name)",
                                       before: Self.auditFields(before), after: Self.auditFields(updated))
             return updated
@@ -139,6 +140,7 @@ public struct GroupRepository: Sendable {
     /// Deletes a group nobody uses: no user, key or channel may name it.
     public func delete(name: String, by actor: Actor) async throws {
         try await pool.transaction { connection in
+            try CitusLayout.readAllShardsBeforeWritingReferenceTables(on: connection)
             guard let row = try connection.query("SELECT \(Self.columns) FROM groups WHERE name = $1 FOR UPDATE", [name]).first else {
                 throw StoreError.notFound("group \"\(name.prefix(64))\" not found")
             }
@@ -154,6 +156,7 @@ public struct GroupRepository: Sendable {
                 throw StoreError.conflict("group \"\(name)\" is in use by \(users) user(s), \(tokens) API key(s) and \(channels) channel(s)")
             }
             try connection.query("DELETE FROM groups WHERE name = $1", [name])
+            try ChangeNotice.send([ChangeNotice.group(name)], on: connection)
             try AuditLog.recordChange(on: connection, actor: actor, action: "group.delete", target: "group:\(name)",
                                       before: Self.auditFields(before), after: nil)
         }

@@ -25,7 +25,8 @@ public struct Migration: Sendable, Equatable {
 }
 
 /// Applies migrations in order, each in its own transaction, recording them in
-/// `schema_migrations`. Safe to run concurrently from several instances: an advisory lock
+/// `schema_migrations`, then, in a database with the citus extension, distributes the tables
+/// (``CitusLayout``). Safe to run concurrently from several instances: an advisory lock
 /// serialises them, and applied versions are skipped.
 public struct Migrator: Sendable {
     /// An arbitrary constant shared by every Tally instance: the advisory lock key for migrations.
@@ -64,6 +65,11 @@ public struct Migrator: Sendable {
                 }
                 logger.info("applied migration", metadata: ["migration": "\(migration.name)"])
                 done.append(migration)
+            }
+            if try CitusLayout.isInstalled(on: connection) {
+                for table in try CitusLayout.distribute(on: connection) {
+                    logger.info("distributed on Citus", metadata: ["table": "\(table)"])
+                }
             }
             return done
         }

@@ -83,6 +83,13 @@ public struct Page<Item: Sendable>: Sendable {
 enum SQL {
     /// A `timestamptz` column as whole unix seconds.
     static func unix(_ column: String) -> String { "floor(extract(epoch FROM \(column)))::bigint" }
+
+    /// `statement RETURNING columns` for columns that call functions such as ``unix(_:)`` or
+    /// now(): Citus evaluates RETURNING on the shards and allows only immutable functions there,
+    /// so the rows come back whole (as `t`) and the columns are computed from them.
+    static func returning(_ columns: String, from statement: String) -> String {
+        "WITH t AS (\(statement) RETURNING *) SELECT \(columns) FROM t"
+    }
 }
 
 /// Free text from callers: PostgreSQL text cannot hold NUL, and names must not hide control

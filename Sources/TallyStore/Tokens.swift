@@ -192,15 +192,15 @@ public struct TokenRepository: Sendable {
             guard try count[0].decode(0, as: Int.self) < TokenRules.maximumTokensPerUser else {
                 throw StoreError.conflict("this account already has the maximum of \(TokenRules.maximumTokensPerUser) API keys; delete one first")
             }
-            let rows = try connection.query("""
-                INSERT INTO tokens AS t (user_id, name, key_hash, key_last6, "group", remain_quota, unlimited_quota,
+            let rows = try connection.query(SQL.returning(Self.columns, from: """
+                INSERT INTO tokens (user_id, name, key_hash, key_last6, "group", remain_quota, unlimited_quota,
                                     model_limits_enabled, model_limits, allow_ips, expires_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $11::bigint = -1 THEN NULL ELSE to_timestamp($11::bigint) END)
-                RETURNING \(Self.columns)
-                """, [userID, draftValue.name, hash, Secrets.last6(key), draftValue.group, draftValue.remainQuota,
+                """), [userID, draftValue.name, hash, Secrets.last6(key), draftValue.group, draftValue.remainQuota,
                       draftValue.unlimitedQuota, draftValue.modelLimitsEnabled, draftValue.modelLimits,
                       draftValue.allowIPs, draftValue.expiredTime])
             let token = try Self.decode(rows[0])
+            try AccountLookup.addKey(hash, userID: userID, tokenID: token.id, on: connection)
             if let actor {
                 try AuditLog.recordChange(on: connection, actor: actor, action: "token.create", target: "token:\(token.id)",
                                           before: nil, after: Self.auditFields(token))
@@ -298,24 +298,27 @@ public struct TokenRepository: Sendable {
                 }
                 next.status = status
             }
-            let rows = try connection.query("""
-                UPDATE tokens AS t SET name = $3, expires_at = CASE WHEN $4::bigint = -1 THEN NULL ELSE to_timestamp($4::bigint) END,
+            let rows = try connection.query(SQL.returning(Self.columns, from: """
+                UPDATE tokens SET name = $3,
+                    expires_at = CASE WHEN $4::bigint = -1 THEN NULL ELSE to_timestamp($4::bigint) END,
                     remain_quota = $5, unlimited_quota = $6, model_limits_enabled = $7, model_limits = $8,
                     allow_ips = $9, "group" = $10, status = $11
-                WHERE t.id = $1 AND t.user_id = $2 RETURNING \(Self.columns)
-                """, [id, userID, next.name, next.expiredTime, next.remainQuota, next.unlimitedQuota,
+                WHERE id = $1 AND user_id = $2
+                """), [id, userID, next.name, next.expiredTime, next.remainQuota, next.unlimitedQuota,
                       next.modelLimitsEnabled, next.modelLimits, next.allowIPs, next.group, next.status])
+            try ChangeNotice.send([ChangeNotice.token(id)], on: connection)
             return try Self.decode(rows[0])
         }
     }
 
     /// Deletes one of the caller's keys (soft delete: the ledger and logs keep their reference).
     public func delete(id: Int64, userID: Int64) async throws {
-        try await pool.withConnection { connection in
+        try await pool.transaction { connection in
             let result = try connection.query(
                 "UPDATE tokens SET deleted_at = now(), status = 2 WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
                 [id, userID])
             guard result.affectedRows == 1 else { throw StoreError.notFound("API key \(id) not found") }
+            try ChangeNotice.send([ChangeNotice.token(id)], on: connection)
         }
     }
 

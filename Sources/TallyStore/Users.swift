@@ -88,12 +88,12 @@ public struct PostgresUserRepository: UserRepository {
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING \(Self.columns)
                     """, [user.username, user.displayName, user.email, user.role.rawValue, user.group, user.quota,
                           hash, Secrets.last6(token)])
-            } catch let error as PostgresError where error.isUniqueViolation {
-                throw StoreError.conflict("username \"\(user.username)\" is taken")
             } catch let error as PostgresError where error.sqlState == SQLState.foreignKeyViolation {
                 throw StoreError.invalid("unknown group \"\(user.group)\"")
             }
             let created = try Self.decode(rows[0])
+            try AccountLookup.claimUsername(created.username, userID: created.id, on: connection)
+            try AccountLookup.setAccessToken(hash, userID: created.id, replacing: nil, on: connection)
             try AuditLog.record(on: connection, actor: actor, action: "user.create", target: "user:\(created.id)",
                                 after: ["username": created.username, "role": String(created.role.rawValue),
                                         "group": created.group, "quota": String(created.quota)])

@@ -11,8 +11,17 @@ struct Migrate: AsyncParsableCommand {
     @Option(help: "Months of request_logs partitions to create ahead, from the current month.")
     var monthsAhead = 3
 
+    @Flag(help: """
+        Create the citus extension first (the server must preload it and the workers be registered, as \
+        ops/pg citus does). In a database that has the extension, every migrate distributes the tables.
+        """)
+    var citus = false
+
     func run() async throws {
         let pool = try database.pool(size: 1)
+        if citus {
+            try await pool.withConnection { try $0.execute("CREATE EXTENSION IF NOT EXISTS citus") }
+        }
         let migrator = Migrator(pool: pool)
         let applied = try await migrator.migrate()
         let partitions = try await migrator.createLogPartitions(months: monthsAhead + 1)

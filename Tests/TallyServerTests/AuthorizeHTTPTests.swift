@@ -293,10 +293,13 @@ struct AuthorizeHTTPTests {
                 }
                 return answer
             }
-            try await seed.sql("UPDATE users SET status = 2 WHERE id = $1", [user.id])
+            // The repositories announce their changes (migration 0014 dropped the triggers).
+            let accounts = AccountRepository(pool: db.pool)
+            _ = try await accounts.manage(id: user.id, .disable, actorRole: nil, by: .cli)
             Self.expectError(try await eventually(.accountSuspended), .accountSuspended)
-            try await seed.sql("UPDATE users SET status = 1 WHERE id = $1", [user.id])
-            try await seed.sql("UPDATE tokens SET status = 2 WHERE id = $1", [token.id])
+            _ = try await accounts.manage(id: user.id, .enable, actorRole: nil, by: .cli)
+            _ = try await TokenRepository(pool: db.pool).update(id: token.id, userID: user.id, TokenChanges(status: 2),
+                                                                statusOnly: true)
             Self.expectError(try await eventually(.invalidToken), .invalidToken)
         }
     }

@@ -10,7 +10,9 @@ struct MigrationTests {
     func migrateTwiceAndConcurrently() async throws {
         let db = try await TestDatabase.create("migrate", migrate: false)
         let all = try Migration.bundled()
-        #expect(all.map(\.version) == Array(1...all.count))
+        // Numbers are reserved per issue, so a gap may stand until the other issues land.
+        #expect(all.map(\.version) == Array(Set(all.map(\.version))).sorted())
+        #expect(all.first?.version == 1)
         try await withThrowingTaskGroup(of: Int.self) { group in
             for _ in 0..<3 { group.addTask { try await Migrator(pool: db.pool).migrate().count } }
             var applied = 0

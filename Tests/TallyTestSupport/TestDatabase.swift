@@ -23,14 +23,20 @@ public struct TestDatabase: Sendable {
         TestDatabase(name: name, url: url, pool: PostgresPool(url: url, size: poolSize))
     }
 
-    /// Creates `tally_t_<suite>_<pid>_<random>` and applies every migration.
+    /// Creates `tally_t_<suite>_<pid>_<random>` and applies every migration. On the Citus
+    /// cluster (``TestCluster/isCitus``) the database is made on every node with the extension
+    /// and the workers registered, so the migration distributes the tables.
     public static func create(_ suite: String, poolSize: Int = 8, migrate: Bool = true) async throws -> TestDatabase {
-        let admin = PostgresPool(url: try TestCluster.maintenanceURL(), size: 1)
         let name = "tally_t_\(suite.lowercased().filter { $0.isLetter || $0.isNumber })_\(getpid())_\(UInt32.random(in: 0...UInt32.max))"
-        try await admin.withConnection { connection in
-            try connection.execute("CREATE DATABASE \(connection.quoteIdentifier(name))")
+        if TestCluster.isCitus {
+            try TestCluster.control("citus", "createdb", name)
+        } else {
+            let admin = PostgresPool(url: try TestCluster.maintenanceURL(), size: 1)
+            try await admin.withConnection { connection in
+                try connection.execute("CREATE DATABASE \(connection.quoteIdentifier(name))")
+            }
+            await admin.close()
         }
-        await admin.close()
         let url = TestCluster.url(database: name)
         let pool = PostgresPool(url: url, size: poolSize)
         if migrate { try await Migrator(pool: pool).migrate() }
@@ -45,6 +51,10 @@ public enum TestCluster {
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     private static let started = Mutex<String?>(nil)
+
+    /// `TALLY_TEST_CITUS=1`: the maintenance URL is a Citus coordinator started by
+    /// `ops/pg citus start` under the same TALLY_HOME (ops/slow-tests/citus).
+    public static let isCitus = ProcessInfo.processInfo.environment["TALLY_TEST_CITUS"] == "1"
 
     /// `TALLY_TEST_DATABASE_URL`, else the URL of the embedded test cluster (started if needed).
     public static func maintenanceURL() throws -> String {

@@ -131,7 +131,7 @@ enum NewAPIImportSQL {
     static let usernameWanted = "SELECT EXISTS (SELECT 1 FROM import_users WHERE username = $1)"
 
     /// Frees the names of accounts about to be renamed, so renames in any order (a swap, a name
-    /// passed on) never meet users_username_key. The placeholder starts with a control character,
+    /// passed on) never give two accounts one name. The placeholder starts with a control character,
     /// which no username Tally accepts contains.
     static let vacateUsernames = "UPDATE users SET username = chr(1) || id::text WHERE id = ANY ($1::bigint[])"
 
@@ -234,8 +234,9 @@ enum NewAPIImportSQL {
                    CASE WHEN greatest(s.accessed_unix, s.created_unix) > 0 THEN to_timestamp(greatest(s.accessed_unix, s.created_unix))
                         ELSE now() END,
                    s.deleted_at
-            FROM import_tokens s WHERE \(tokensToInsert) ORDER BY s.tally_id
-            ON CONFLICT (key_hash) DO NOTHING
+            FROM import_tokens s
+            WHERE \(tokensToInsert) AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.key_hash = s.key_hash)
+            ORDER BY s.tally_id
             RETURNING id)
         INSERT INTO import_map (source, kind, source_id, tally_id)
         SELECT $1::text, 'token', s.source_id, s.tally_id FROM fresh f JOIN import_tokens s ON s.tally_id = f.id
@@ -263,6 +264,25 @@ enum NewAPIImportSQL {
         UPDATE tokens t SET deleted_at = now() FROM import_map m
         WHERE m.source = $1 AND m.kind = 'token' AND t.id = m.tally_id AND t.deleted_at IS NULL
           AND NOT EXISTS (SELECT 1 FROM import_tokens s WHERE s.source_id = m.source_id)
+        """
+
+    /// The source's accounts (`$1`), whose lookup rows are made anew after a run.
+    private static let sourceAccounts = "SELECT m.tally_id FROM import_map m WHERE m.source = $1 AND m.kind = 'user'"
+
+    /// The lookup rows (AccountLookup) of the source's accounts, dropped once the accounts are
+    /// merged (a run renames, rotates access tokens and re-keys) and made anew from what they
+    /// hold by ``addLookups``, whose primary key then proves every name, token and key unique.
+    static let dropLookups = "DELETE FROM account_lookup WHERE user_id IN (\(sourceAccounts))"
+
+    static let addLookups = """
+        INSERT INTO account_lookup (lookup, kind, user_id, token_id)
+        SELECT convert_to(u.username, 'UTF8'), 'username', u.id, NULL::bigint FROM users u
+        WHERE u.id IN (\(sourceAccounts))
+        UNION ALL
+        SELECT u.access_token_hash, 'access_token', u.id, NULL FROM users u
+        WHERE u.access_token_hash IS NOT NULL AND u.id IN (\(sourceAccounts))
+        UNION ALL
+        SELECT t.key_hash, 'key', t.user_id, t.id FROM tokens t WHERE t.user_id IN (\(sourceAccounts))
         """
 
     /// Keys whose owner is not in the source (removed from new-api's users table).

@@ -32,6 +32,10 @@ extension NewAPIImporter {
             try importTokens(&summary.tokens)
             try importChannels(&summary.channels)
             try importRedemptions(&summary.redemptions)
+            try target.query(NewAPIImportSQL.dropLookups, [options.source])
+            try target.query(NewAPIImportSQL.addLookups, [options.source])
+            // Running instances forget every cached key, user, group and channel.
+            try ChangeNotice.send(["import"], on: target)
         }
         summary.warnings += warnings
         for (count, warning) in [
@@ -86,8 +90,9 @@ extension NewAPIImporter {
     }
 
     /// Gives every account of this source the username new-api has for it, and frees the names
-    /// new-api's users want, before any user is linked or inserted, so that no statement can
-    /// meet `users_username_key` and a reused name never aborts a run. Conflicts resolve the same
+    /// new-api's users want, before any user is linked or inserted, so that no two accounts ever
+    /// hold one name (their lookup rows prove it at the end) and a reused name never aborts a run.
+    /// Conflicts resolve the same
     /// way on every run: an account keeps its id; when its new-api name is held by an account
     /// from elsewhere (or is longer than Tally allows), or it holds a name another new-api user
     /// now has while new-api no longer has it, it is suffixed (`ImportedUsername`) with a warning.

@@ -1,0 +1,91 @@
+import Foundation
+import TallyPostgres
+import TallyStore
+import TallyTestSupport
+import Testing
+
+/// The schema on a real 3-node Citus cluster (coordinator + 2 workers): run by
+/// ops/slow-tests/citus with TALLY_TEST_CITUS=1, skipped on plain PostgreSQL.
+@Suite("Citus: distribution and single-shard account queries", .enabled(if: TestCluster.isCitus))
+struct CitusTests {
+    static func seeded() async throws -> TestDatabase {
+        let db = try await TestDatabase.shared("citus")
+        try await db.prepareBilling(users: 40)
+        return db
+    }
+
+    @Test("migrate distributes the account tables by account, co-located, and the catalogue as reference tables")
+    func layout() async throws {
+        let db = try await Self.seeded()
+        let placed = try await db.pool.withConnection { connection in
+            try connection.query("""
+                SELECT logicalrelid::regclass::text, partmethod::text, colocationid,
+                       coalesce(column_to_column_name(logicalrelid, partkey), '')
+                FROM pg_dist_partition
+                """).map { row in
+                (try row.decode(0, as: String.self),
+                 (method: try row.decode(1, as: String.self), colocation: try row.decode(2, as: Int64.self),
+                  column: try row.decode(3, as: String.self)))
+            }
+        }
+        let tables = Dictionary(uniqueKeysWithValues: placed)
+        let users = try #require(tables["users"])
+        #expect(users.method == "h" && users.column == "id")
+        for table in ["tokens", "user_leases"] {
+            #expect(tables[table]?.method == "h" && tables[table]?.column == "user_id", "\(table)")
+            #expect(tables[table]?.colocation == users.colocation, "\(table) is not co-located with users")
+        }
+        #expect(tables["account_lookup"]?.column == "lookup")
+        #expect(tables["account_lookup"]?.colocation != users.colocation)
+        for table in ["groups", "channels", "price_versions", "tally_instances", "webhook_settings", "redemptions"] {
+            #expect(tables[table]?.method == "n", "\(table) is not a reference table")
+        }
+        // A second migrate has nothing left to distribute.
+        #expect(try await db.pool.withConnection { try CitusLayout.distribute(on: $0) }.isEmpty)
+    }
+
+    @Test("the seeded accounts are spread over both workers")
+    func spread() async throws {
+        let db = try await Self.seeded()
+        let nodes = try await db.scalar("""
+            SELECT count(DISTINCT p.nodeport) FROM users u
+            JOIN pg_dist_placement pl ON pl.shardid = get_shard_id_for_distribution_column('users', u.id)
+            JOIN pg_dist_node p ON p.groupid = pl.groupid
+            """)
+        #expect(nodes == 2)
+    }
+
+    @Test("queries of one account, and a key's owner in account_lookup, run on one shard")
+    func singleShard() async throws {
+        let db = try await Self.seeded()
+        let user = try await db.scalar("SELECT min(id) FROM users")
+        // Accounts that share the first one's shard: a batch of them is one shard's work.
+        let sameShard = try await db.pool.withConnection { connection in
+            try connection.query("""
+                SELECT array_agg(id ORDER BY id)::text FROM users
+                WHERE get_shard_id_for_distribution_column('users', id)
+                    = get_shard_id_for_distribution_column('users', $1::bigint)
+                """, [user])[0].decode(0, as: String.self)
+        }
+        let keyHash = try await db.pool.withConnection { connection in
+            try connection.query("SELECT encode(key_hash, 'hex') FROM tokens WHERE user_id = $1", [user])[0]
+                .decode(0, as: String.self)
+        }
+        let queries: [(String, [any PostgresEncodable])] = [
+            ("SELECT quota, reserved, used_quota FROM users WHERE id = $1", [user]),
+            ("SELECT id, remain_quota FROM tokens WHERE user_id = $1 AND deleted_at IS NULL ORDER BY id DESC", [user]),
+            ("SELECT user_id, token_id FROM account_lookup WHERE lookup = decode($1, 'hex') AND kind = 'key'",
+             [keyHash]),
+            ("SELECT 1 FROM users WHERE id = ANY ($1::bigint[]) ORDER BY id FOR NO KEY UPDATE", [sameShard]),
+            ("UPDATE users SET reserved = reserved WHERE id = ANY ($1::bigint[])", [sameShard]),
+            ("SELECT amount FROM user_leases WHERE user_id = $1", [user]),
+        ]
+        for (query, parameters) in queries {
+            let plan = try await db.pool.withConnection { connection in
+                try connection.query("EXPLAIN " + query, parameters).map { try $0.decode(0, as: String.self) }
+            }
+            #expect(plan.contains { $0.contains("Task Count: 1") },
+                    "not single-shard: \(query)\n\(plan.joined(separator: "\n"))")
+        }
+    }
+}
