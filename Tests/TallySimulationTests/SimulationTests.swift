@@ -144,16 +144,18 @@ enum SimKnownIssue: CaseIterable, Sendable {
     /// overrun (migration 0009, "a reaped instance's new holds are added to reserved").
     case lateJournal
 
-    /// Seeds from which the sweep surely meets it (fewer: it is not required).
-    private var surelyWithin: UInt64 {
+    /// Seeds from which the sweep surely meets it (fewer: it is not required). A rare one
+    /// (3 of 10,000 seeds) is never required: any change to the machines moves the seeds
+    /// that meet it, so its absence would not prove a fix.
+    private var surelyWithin: UInt64? {
         switch self {
         case .syncRetryFromMemory: 1_000
-        case .lateJournal: 10_000
+        case .lateJournal: nil
         }
     }
 
     func expect(in occurrences: [(seed: UInt64, kind: SimKnownIssue, issue: String)], seeds: UInt64) {
-        withKnownIssue("\(self)", isIntermittent: seeds < surelyWithin) {
+        withKnownIssue("\(self)", isIntermittent: seeds < surelyWithin ?? .max) {
             guard let first = occurrences.first else { return }
             let message = "\(self): \(occurrences.count) seed(s); the first: seed \(first.seed): \(first.issue)"
                 + "\n  replay: " + SimulationTests.replayCommand(first.seed)
