@@ -260,7 +260,8 @@ struct AuthorizeHTTPTests {
         try await buildApplication(configuration).test(.live) { client in
             let gateway = Gateway(client: client)
             #expect(try await gateway.authorize(key: key, requestID: "short").status == 200)
-            #expect(try await seed.openHolds(user: user.id) == chatHold)
+            // Journaled before the answer (sync); it may have expired already on a loaded machine.
+            #expect(try await seed.int("SELECT count(*) FROM holds WHERE request_id = 'short'") == 1)
             let deadline = Date().addingTimeInterval(10)
             while try await seed.openHolds(user: user.id) != 0, Date() < deadline {
                 try await Task.sleep(for: .milliseconds(200))
