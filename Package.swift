@@ -62,6 +62,9 @@ let package = Package(
         .testTarget(name: "TallyCoreTests", dependencies: ["TallyCore", "TallyTestSupport"]),
         .testTarget(name: "TallyPostgresTests", dependencies: ["TallyPostgres", "TallyTestSupport"]),
         .testTarget(name: "TallyStoreTests", dependencies: ["TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport"]),
+        // The deterministic simulation of the money state machines (docs/testing.md).
+        // Optimized even in debug builds: 10,000 seeds must run in well under a minute.
+        .testTarget(name: "TallySimulationTests", dependencies: ["TallyCore"], swiftSettings: [.unsafeFlags(["-O"])]),
         .testTarget(name: "TallyServerTests", dependencies: [
             "TallyServer", "TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport", "TallyHTTP",
             .product(name: "Crypto", package: "swift-crypto"),

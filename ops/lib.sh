@@ -11,9 +11,13 @@
 #   tally_home              print the absolute state directory: $TALLY_HOME, default <root>/.tally
 #   tally_log MSG…          print "<prog>: MSG" on stderr
 #   tally_die MSG…          tally_log "error: MSG" and exit 1
-#   ensure_packages         install the Debian packages Tally needs (postgresql, libpq-dev,
-#                           libcurl4-openssl-dev, pkg-config) when root; otherwise print the
-#                           sudo command to run and exit 1. Silent when all are present.
+#   ensure_packages [PKG…]  install the Debian packages Tally needs (postgresql, libpq-dev,
+#                           libcurl4-openssl-dev, pkg-config), or the PKGs given, when root;
+#                           otherwise print the sudo command to run and exit 1. Silent when all
+#                           are present.
+#   ensure_slow_test_packages
+#                           ensure_packages for the validators ops/slow-tests/deploy-configs
+#                           runs (systemd-analyze, nginx, openssl, promtool)
 #   ensure_swift            put /opt/swift/usr/bin on PATH when swift is not on it
 #   pg_bindir [DATADIR]     PostgreSQL server binaries: those matching DATADIR/PG_VERSION when
 #                           given, else the newest /usr/lib/postgresql/*/bin, else pg_config --bindir
@@ -39,6 +43,8 @@ _TALLY_LIB_SOURCED=1
 TALLY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 TALLY_LOG_PREFIX="${TALLY_LOG_PREFIX:-$(basename "$0")}"
 TALLY_DEBIAN_PACKAGES=(postgresql libpq-dev libcurl4-openssl-dev)
+# The validators of ops/slow-tests/deploy-configs, which fails when one is missing.
+TALLY_SLOW_TEST_PACKAGES=(systemd nginx-light openssl prometheus)
 
 tally_root() { printf '%s\n' "$TALLY_ROOT"; }
 
@@ -57,16 +63,17 @@ tally_die() {
 
 ensure_packages() {
     local pkg status
-    local -a missing=()
+    local -a missing=() wanted=("$@")
+    ((${#wanted[@]} > 0)) || wanted=("${TALLY_DEBIAN_PACKAGES[@]}")
     if ! command -v dpkg-query >/dev/null 2>&1; then
-        tally_log "warning: not a Debian system; make sure PostgreSQL (server and libpq headers), libcurl headers and pkg-config are installed"
+        tally_log "warning: not a Debian system; make sure ${wanted[*]} (or equivalents) and pkg-config are installed"
         return 0
     fi
-    for pkg in "${TALLY_DEBIAN_PACKAGES[@]}"; do
+    for pkg in "${wanted[@]}"; do
         status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
         [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
     done
-    if ! command -v pkg-config >/dev/null 2>&1; then
+    if (($# == 0)) && ! command -v pkg-config >/dev/null 2>&1; then
         missing+=(pkg-config)
     fi
     ((${#missing[@]} == 0)) && return 0
@@ -83,6 +90,8 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${missing[@]}" >&2 ||
         tally_die "apt-get install ${missing[*]} failed"
 }
+
+ensure_slow_test_packages() { ensure_packages "${TALLY_SLOW_TEST_PACKAGES[@]}"; }
 
 ensure_swift() {
     if ! command -v swift >/dev/null 2>&1 && [[ -x /opt/swift/usr/bin/swift ]]; then

@@ -50,11 +50,14 @@ struct AuthorizeBodyTests {
 
     @Test("20,000 mutated bodies: whatever it reads, JSONDecoder reads the same")
     func agreesOnFuzzedBodies() {
-        var fuzzer = JSONFuzzer(seed: AuthorizeFuzzTests.seed, schema: AuthorizeFuzzTests.schema)
+        var random = SplitMix64(seed: AuthorizeFuzzTests.seed)
+        var fuzzers = Dictionary(uniqueKeysWithValues: AuthorizeFuzzTests.Family.allCases.enumerated().map {
+            ($1, JSONFuzzer(seed: AuthorizeFuzzTests.seed &+ UInt64($0 + 1), schema: $1.schema))
+        })
         var read = 0
         for index in 0..<20_000 {
-            let valid = AuthorizeFuzzTests.validBody(index, random: &fuzzer.random)
-            let input = index % 4 == 0 ? fuzzer.mutate(valid, with: .none) : fuzzer.mutate(valid)
+            let (family, valid) = AuthorizeFuzzTests.validBody(index, random: &random)
+            let input = index % 4 == 0 ? fuzzers[family]!.mutate(valid, with: .none) : fuzzers[family]!.mutate(valid)
             guard let common = Self.common(input.bytes) else { continue }
             read += 1
             #expect(common == Self.decoded(input.bytes), "case \(index) (\(input.mutation)): \(input.text)")

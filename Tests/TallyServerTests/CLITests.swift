@@ -17,7 +17,6 @@ struct CLITests {
     func quoteGoldens() async throws {
         let db = try await TestDatabase.create("cliquote")
         let load = try TallyBinary.run(["prices", "load", try Self.sheetFile(), "--json"], databaseURL: db.url)
-        #expect(load.status == 0)
         #expect(load.output.contains(#""models":7"#))
         let list = try TallyBinary.run(["prices", "list", "--json"], databaseURL: db.url)
         #expect(list.output.contains(#""effective_from":"2026-01-01 00:00:00.000000+00""#))
@@ -30,7 +29,6 @@ struct CLITests {
         ]
         for (arguments, units) in cases {
             let run = try TallyBinary.run(["quote", "--json"] + arguments, databaseURL: db.url)
-            #expect(run.status == 0)
             let object = try #require(try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as? [String: Any])
             #expect((object["units"] as? NSNumber)?.int64Value == units, "\(arguments)")
             #expect(object["usd"] as? String == Money.formatUSD(units: units))
@@ -38,10 +36,10 @@ struct CLITests {
         let text = try TallyBinary.run(["quote", "--model", "gpt-4o", "--group", "vip", "--prompt-tokens", "1000", "--completion-tokens", "500"], databaseURL: db.url)
         #expect(text.output.contains("total 3000 units = 0.006000 USD"))
         #expect(text.output.contains("ratio 0.8"))
-        let unknown = try TallyBinary.run(["quote", "--model", "gpt-9"], databaseURL: db.url)
-        #expect(unknown.status != 0)
-        let early = try TallyBinary.run(["quote", "--model", "gpt-4o", "--prompt-tokens", "1", "--at", "2025-06-01"], databaseURL: db.url)
-        #expect(early.status != 0)
+        let unknown = try TallyBinary.run(["quote", "--model", "gpt-9"], databaseURL: db.url, expecting: .failure)
+        #expect(unknown.errorOutput.contains("gpt-9"), "\(unknown.errorOutput)")
+        try TallyBinary.run(["quote", "--model", "gpt-4o", "--prompt-tokens", "1", "--at", "2025-06-01"],
+                            databaseURL: db.url, expecting: .failure)
     }
 
     @Test("a bad sheet is refused with every problem listed, and nothing is stored")
@@ -54,24 +52,20 @@ struct CLITests {
               m1: {input: "-1", output: "2"}
               m2: {colour: blue}
             """.write(toFile: path, atomically: true, encoding: .utf8)
-        let run = try TallyBinary.run(["prices", "load", path], databaseURL: db.url)
-        #expect(run.status != 0)
+        try TallyBinary.run(["prices", "load", path], databaseURL: db.url, expecting: .failure)
         #expect(try await db.scalar("SELECT count(*) FROM price_versions") == 0)
     }
 
     @Test("200,000 generated lines through tally ingest: totals match and tally audit is clean")
     func bulkIngestMatchesAudit() async throws {
         let db = try await TestDatabase.create("clibulk")
-        #expect(try TallyBinary.run(["prices", "load", "ops/prices/default.yaml"].map {
-            $0 == "ops/prices/default.yaml" ? TestCluster.repositoryRoot.appendingPathComponent($0).path : $0
-        }, databaseURL: db.url).status == 0)
-        #expect(try TallyBinary.run(["logs", "seed", "--users", "500"], databaseURL: db.url).status == 0)
+        let defaultSheet = TestCluster.repositoryRoot.appendingPathComponent("ops/prices/default.yaml").path
+        try TallyBinary.run(["prices", "load", defaultSheet], databaseURL: db.url)
+        try TallyBinary.run(["logs", "seed", "--users", "500"], databaseURL: db.url)
         let file = NSTemporaryDirectory() + "tally-bulk-\(getpid()).ndjson"
-        let generated = try TallyBinary.run(["logs", "gen", "--lines", "200000", "--users", "500", "--dup-rate", "0.01",
-                                             "--bad-rate", "0.005", "--out", file], databaseURL: db.url)
-        #expect(generated.status == 0)
+        try TallyBinary.run(["logs", "gen", "--lines", "200000", "--users", "500", "--dup-rate", "0.01",
+                             "--bad-rate", "0.005", "--out", file], databaseURL: db.url)
         let first = try TallyBinary.run(["ingest", file, "--quiet"], databaseURL: db.url)
-        #expect(first.status == 0)
         let charged = try #require(first.output.split(separator: "\n").first { $0.hasPrefix("charged ") }?
             .split(separator: " ")[1]).description
         #expect(try await db.scalar("SELECT sum(quota) FROM request_logs") == Int64(charged))
@@ -83,9 +77,7 @@ struct CLITests {
         let replay = try TallyBinary.run(["ingest", file, "--quiet"], databaseURL: db.url)
         #expect(replay.output.contains("accepted 0,"))
         #expect(try await db.scalar("SELECT count(*) FROM request_logs") == accepted)
-        let audit = try TallyBinary.run(["audit"], databaseURL: db.url)
-        #expect(audit.status == 0)
-        #expect(audit.output.contains("audit clean"))
+        #expect(try TallyBinary.run(["audit"], databaseURL: db.url).output.contains("audit clean"))
         try? FileManager.default.removeItem(atPath: file)
     }
 
@@ -93,9 +85,9 @@ struct CLITests {
     func auditFindsCorruption() async throws {
         let db = try await TestDatabase.create("cliaudit")
         try await db.prepareBilling(users: 3)
-        #expect(try TallyBinary.run(["audit"], databaseURL: db.url).status == 0)
+        try TallyBinary.run(["audit"], databaseURL: db.url)
         try await db.pool.withConnection { _ = try $0.query("UPDATE users SET quota = quota + 1 WHERE username = 'synthetic-2'") }
-        let audit = try TallyBinary.run(["audit"], databaseURL: db.url)
+        let audit = try TallyBinary.run(["audit"], databaseURL: db.url, expecting: .failure)
         #expect(audit.status == 1)
         #expect(audit.output.contains("synthetic-2"))
         #expect(audit.output.contains("balance"))

@@ -27,7 +27,6 @@ struct NewAPIImportTests {
     static func runImport(_ source: TestDatabase, into tally: TestDatabase, _ extra: [String] = []) throws -> String {
         let run = try TallyBinary.run(["import", "new-api", "--from", source.url, "--batch-size", "700", "--quiet"] + extra,
                                       databaseURL: tally.url)
-        #expect(run.status == 0, "\(run.output)")
         return run.output
     }
 
@@ -70,7 +69,7 @@ struct NewAPIImportTests {
         // "ops" holds id 2, alice's id in new-api (so alice gets another id).
         let root = try TallyBinary.run(["admin", "create-user", "--username", "root", "--root", "--json"], databaseURL: tally.url)
         let rootToken = try #require(try JSONSerialization.jsonObject(with: Data(root.output.utf8)) as? [String: Any])["access_token"] as? String
-        #expect(try TallyBinary.run(["admin", "create-user", "--username", "ops", "--admin"], databaseURL: tally.url).status == 0)
+        try TallyBinary.run(["admin", "create-user", "--username", "ops", "--admin"], databaseURL: tally.url)
 
         let first = try Self.runImport(source, into: tally)
         #expect(first.contains("users: 5 created, "), "\(first)")
@@ -128,8 +127,7 @@ struct NewAPIImportTests {
             #expect(figures.source == figures.tally, "new-api user \(id)")
         }
         #expect(try await seed.int("SELECT remain_quota FROM tokens WHERE id = 3") == 300_000)
-        let audit = try TallyBinary.run(["audit"], databaseURL: tally.url)
-        #expect(audit.status == 0, "\(audit.output)")
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
 
         // Run again: nothing at all changes.
         let before = try await Self.fingerprint(tally)
@@ -163,7 +161,7 @@ struct NewAPIImportTests {
             let redeemed = try await api.post("/api/user/topup", token: Self.aliceAccessToken, #"{"key":"40be4e59b9a2a2b5dffb918c0e86b3d7"}"#)
             #expect(int64(redeemed.data) == 500_000, "\(redeemed.text)")
         }
-        #expect(try TallyBinary.run(["audit"], databaseURL: tally.url).status == 0)
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
     @Test("a re-run after new-api moved on copies only what is new, and balances follow new-api")
@@ -197,7 +195,7 @@ struct NewAPIImportTests {
         let seed = Seed(db: tally)
         #expect(try await seed.int("SELECT count(*) FROM ledger WHERE kind = 'adjust' AND user_id = 8 AND idempotency_key LIKE '%:opening'") == 1)
         #expect(try await seed.int("SELECT status FROM tokens WHERE id = 2") == 2)
-        #expect(try TallyBinary.run(["audit"], databaseURL: tally.url).status == 0)
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
         #expect(try Self.runImport(source, into: tally).contains("nothing to change"))
     }
 
@@ -247,8 +245,7 @@ struct NewAPIImportTests {
                                        databaseURL: tally.url)
         let rootJSON = try #require(try JSONSerialization.jsonObject(with: Data(root.output.utf8)) as? [String: Any])
         let rootToken = try #require(rootJSON["access_token"] as? String)
-        let ops = try TallyBinary.run(["admin", "create-user", "--username", "ops", "--admin"], databaseURL: tally.url)
-        #expect(ops.status == 0)
+        try TallyBinary.run(["admin", "create-user", "--username", "ops", "--admin"], databaseURL: tally.url)
         _ = try Self.runImport(source, into: tally)
         let seed = Seed(db: tally)
         let alice = try await seed.int("SELECT tally_id FROM import_map WHERE kind = 'user' AND source_id = 2")
@@ -314,8 +311,7 @@ struct NewAPIImportTests {
             SELECT count(*) FROM ledger
             WHERE kind = 'adjust' AND user_id IN (1, $1) AND idempotency_key NOT LIKE '%:opening'
             """, [alice]) == 2)
-        let audit = try TallyBinary.run(["audit"], databaseURL: tally.url)
-        #expect(audit.status == 0, "\(audit.output)")
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
 
         // Credentials, through a real server (127.0.0.1 is the trusted proxy, X-Forwarded-For the client).
         let server = try ServerProcess(databaseURL: tally.url, arguments: ["--trusted-proxies", "127.0.0.1"])
@@ -362,8 +358,9 @@ struct NewAPIImportTests {
             try $0.execute("DROP TABLE users, tokens, channels, redemptions, options")
         }
         let tally = try await TestDatabase.create("newapisplittally")
-        let refused = try TallyBinary.run(["import", "new-api", "--from", main.url, "--quiet"], databaseURL: tally.url)
-        #expect(refused.status != 0)
+        let refused = try TallyBinary.run(["import", "new-api", "--from", main.url, "--quiet"], databaseURL: tally.url,
+                                          expecting: .failure)
+        #expect(refused.errorOutput.contains("--logs-from"), "\(refused.errorOutput)")
         #expect(try await tally.scalar("SELECT count(*) FROM users") == 0)
 
         let first = try Self.runImport(main, into: tally, ["--logs-from", logs.url])
@@ -381,8 +378,7 @@ struct NewAPIImportTests {
         let second = try Self.runImport(main, into: tally, ["--logs-from", logs.url])
         #expect(second.contains(" 2 imported, "), "\(second)")
         #expect(try await tally.scalar("SELECT sum(quota) FROM request_logs") == logQuota + 3000)
-        let audit = try TallyBinary.run(["audit"], databaseURL: tally.url)
-        #expect(audit.status == 0, "\(audit.output)")
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
     @Test("an older new-api schema (no log request id or ip, no user created_at, no code expiry) imports too")
@@ -401,15 +397,15 @@ struct NewAPIImportTests {
         let summary = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any])
         #expect((summary["logs"] as? [String: Any]).flatMap { int64($0["imported"]) } == 3004)
         #expect((summary["users"] as? [String: Any]).flatMap { int64($0["created"]) } == 6)
-        #expect(try TallyBinary.run(["audit"], databaseURL: tally.url).status == 0)
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
     @Test("a database that is not new-api's is refused before anything is written")
     func notNewAPI() async throws {
         let other = try await TestDatabase.create("notnewapi")
         let tally = try await TestDatabase.create("notnewapitally")
-        let run = try TallyBinary.run(["import", "new-api", "--from", other.url, "--quiet"], databaseURL: tally.url)
-        #expect(run.status != 0)
+        try TallyBinary.run(["import", "new-api", "--from", other.url, "--quiet"], databaseURL: tally.url,
+                            expecting: .failure)
         #expect(try await tally.scalar("SELECT count(*) FROM users") == 0)
     }
 }

@@ -114,39 +114,68 @@ struct SecurityHTTPTests {
         let admin = try TallyBinary.run(["admin", "create-user", "--username", "root-of-logs", "--root", "--json"], databaseURL: db.url)
         let adminToken = try #require((try JSONSerialization.jsonObject(with: Data(admin.output.utf8)) as? [String: Any])?["access_token"] as? String)
         let gatewaySecret = "gw-secret-\(UInt64.random(in: 0...UInt64.max))"
-        let server = try ServerProcess(databaseURL: db.url, gatewaySecret: gatewaySecret, arguments: ["--log-level", "trace", "--failed-auth-limit", "5"])
+        // The limit is the number of wrong credentials below (the rotated-away token, 15 near
+        // misses, one more), so each of them reaches its lookup (and whatever error path might
+        // echo it); only the request after them is refused by the limiter.
+        let nearMisses = 15, failedAuthLimit = 1 + nearMisses + 1
+        let server = try ServerProcess(databaseURL: db.url, gatewaySecret: gatewaySecret,
+                                       arguments: ["--log-level", "trace", "--failed-auth-limit", "\(failedAuthLimit)"])
         var secrets = [adminToken, gatewaySecret, SyntheticKeys.key(forUser: 1)]
-        func call(_ method: String, _ path: String, token: String? = nil, json: String? = nil) async throws -> [String: Any] {
+        func call(_ method: String, _ path: String, token: String? = nil,
+                  json: String? = nil) async throws -> HTTP.Answer {
             var headers: [String: String] = [:]
             if let token { headers["Authorization"] = "Bearer \(token)" }
             if json != nil { headers["Content-Type"] = "application/json" }
-            return try await HTTP.sendAsync(method, "\(server.baseURL)/\(path)", headers: headers, body: json.map { Data($0.utf8) }).object
+            let body = json.map { Data($0.utf8) }
+            return try await HTTP.sendAsync(method, "\(server.baseURL)/\(path)", headers: headers, body: body)
+        }
+        /// The call answered `status` (and, for a refusal, `code`), else the test fails with the answer.
+        func expect(_ answer: HTTP.Answer, _ status: Int, _ code: String? = nil, _ what: String,
+                    sourceLocation: SourceLocation = #_sourceLocation) {
+            #expect(answer.status == status && (code == nil || EnvelopeError(answer.body)?.code == code),
+                    "\(what): \(answer.status) \(answer.text.prefix(300))", sourceLocation: sourceLocation)
         }
         do {
             // Rotating the access token makes the CLI-issued one invalid: both must stay out of the log.
             let rotated = try await call("POST", "api/user/token", token: adminToken)
-            let userToken = try #require(rotated["data"] as? String)
+            expect(rotated, 200, nil, "rotate the access token")
+            let userToken = try #require(rotated.object["data"] as? String)
             secrets.append(userToken)
-            _ = try await call("GET", "api/user/self", token: adminToken)
+            let rotatedAway = try await call("GET", "api/user/self", token: adminToken)
+            expect(rotatedAway, 401, "invalid_token", "the rotated-away token")
+            expect(try await call("GET", "api/user/self", token: userToken), 200, nil, "the new access token")
             let created = try await call("POST", "api/token/", token: userToken, json: #"{"name":"logged?","unlimited_quota":true}"#)
-            let key = try #require((created["data"] as? [String: Any])?["key"] as? String)
+            expect(created, 200, nil, "create a key")
+            let key = try #require((created.object["data"] as? [String: Any])?["key"] as? String)
             secrets.append(key)
-            _ = try await call("GET", "v1/models", token: key)
-            _ = try await call("GET", "v1/dashboard/billing/subscription", token: key)
+            expect(try await call("GET", "v1/models", token: key), 200, nil, "models with the key")
+            let subscription = try await call("GET", "v1/dashboard/billing/subscription", token: key)
+            expect(subscription, 200, nil, "subscription with the key")
             let codes = try await call("POST", "api/redemption/", token: userToken, json: #"{"name":"log","count":1,"quota":1000}"#)
-            let code = try #require((codes["data"] as? [String])?.first)
+            expect(codes, 200, nil, "create a redemption code")
+            let code = try #require((codes.object["data"] as? [String])?.first)
             secrets.append(code)
-            _ = try await call("POST", "api/user/topup", token: userToken, json: #"{"key":"\#(code)"}"#)
+            let topUp = try await call("POST", "api/user/topup", token: userToken, json: #"{"key":"\#(code)"}"#)
+            expect(topUp, 200, nil, "redeem the code")
+            #expect(topUp.object["success"] as? Bool == true, "\(topUp.text)")
             let line = LogLines.chat("logged-1").replacingOccurrences(of: SyntheticKeys.key(forUser: 1), with: key)
-            let ingested = try await HTTP.sendAsync("POST", "\(server.baseURL)/gateway/v1/logs",
-                                                    headers: ["Authorization": "Bearer \(gatewaySecret)"], body: Data((line + "\n").utf8))
-            #expect(ingested.status == 200)
-            // Wrong and near-miss credentials, which error paths might echo.
-            for wrong in [key + "x", String(key.dropLast()), userToken + "x", gatewaySecret + "x", "sk-" + String(repeating: "0", count: 48)] {
-                _ = try await call("GET", "api/user/self", token: wrong)
-                _ = try await call("GET", "v1/models", token: wrong)
-                _ = try await call("POST", "gateway/v1/logs", token: wrong, json: line)
+            expect(try await call("POST", "gateway/v1/logs", token: gatewaySecret, json: line), 200, nil, "ingest")
+            // Wrong and near-miss credentials, which error paths might echo: each is looked up.
+            let wrongs = [key + "x", String(key.dropLast()), userToken + "x", gatewaySecret + "x",
+                          "sk-" + String(repeating: "0", count: 48)]
+            #expect(wrongs.count * 3 == nearMisses)
+            for wrong in wrongs {
+                let name = "…\(wrong.suffix(6))"
+                expect(try await call("GET", "api/user/self", token: wrong), 401, "invalid_token", "self \(name)")
+                expect(try await call("GET", "v1/models", token: wrong), 401, "invalid_token", "models \(name)")
+                let gateway = try await call("POST", "gateway/v1/logs", token: wrong, json: line)
+                expect(gateway, 401, "invalid_token", "gateway \(name)")
             }
+            // The limiter's path with a credential in hand: the last failure allowed, then refused.
+            let lastAllowed = try await call("GET", "api/user/self", token: key + "y")
+            expect(lastAllowed, 401, "invalid_token", "the last allowed failure")
+            let refused = try await call("GET", "api/user/self", token: userToken)
+            expect(refused, 429, "too_many_failed_auth", "over the limit")
         } catch {
             server.stop()
             throw error

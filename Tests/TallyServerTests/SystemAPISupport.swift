@@ -116,7 +116,7 @@ struct Seed {
     }
 
     func int(_ text: String, _ parameters: [any PostgresEncodable] = []) async throws -> Int64 {
-        try await sql(text, parameters)[0].decode(0, as: Int64.self)
+        try await db.scalar(text, parameters)
     }
 }
 

@@ -26,6 +26,9 @@ struct WebhookDispatchTests {
     /// Backoff after attempt n: [d/2, d] with d = `backoff` · 2^(n−1), at most 2 · `backoff`.
     static func dispatcher(_ db: TestDatabase, maxAttempts: Int = 5, batchSize: Int = 8,
                            backoff: Duration = .milliseconds(100)) -> WebhookDispatcher {
+        // Before any delivery counts: counters made before the metrics system is bootstrapped
+        // stay no-ops, so which test ran first would decide what deadLetter sees.
+        TallyMetrics.bootstrap()
         var logger = Logger(label: "test.webhooks")
         logger.logLevel = .critical
         return WebhookDispatcher(
@@ -38,6 +41,22 @@ struct WebhookDispatchTests {
 
     static func drain(_ dispatcher: WebhookDispatcher) async throws {
         while try await dispatcher.runOnce() > 0 {}
+    }
+
+    /// Makes every pending delivery due now, as if its backoff (or claim lease) had run out:
+    /// the tests check the schedule the dispatcher wrote, then move time on instead of sleeping.
+    static func makeDue(_ db: TestDatabase) async throws {
+        try await setNextAttempt(db, "now()")
+    }
+
+    /// Sets every outbox row's `next_attempt_at` to the SQL expression `when`.
+    static func setNextAttempt(_ db: TestDatabase, _ when: String) async throws {
+        _ = try await db.pool.withConnection { try $0.query("UPDATE webhook_outbox SET next_attempt_at = \(when)") }
+    }
+
+    /// The database clock, in milliseconds since the epoch.
+    static func databaseMillis(_ db: TestDatabase) async throws -> Int64 {
+        try await db.scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
     }
 
     static func suspend(_ db: TestDatabase, _ userID: Int64) async throws {
@@ -86,22 +105,24 @@ struct WebhookDispatchTests {
         try await receiver.run { port in
             let (db, _, userID) = try await Self.setUp("whretry", port: port)
             try await Self.suspend(db, userID)
-            let dispatcher = Self.dispatcher(db, backoff: .seconds(2))  // first retry after 1–2 s
+            // First retry after 30–60 s: far enough that a loaded machine cannot make it due early.
+            let dispatcher = Self.dispatcher(db, backoff: .seconds(60))
+            let before = try await Self.databaseMillis(db)
             #expect(try await dispatcher.runOnce() == 1)
+            let after = try await Self.databaseMillis(db)
             var rows = try await Self.outbox(db)
             #expect(rows.first?.status == "pending")
             #expect(rows.first?.lastStatus == 503)
             #expect(rows.first?.lastError == "HTTP 503")
-            let wait = try await db.scalar("SELECT (extract(epoch FROM next_attempt_at - now()) * 1000)::bigint FROM webhook_outbox")
-            #expect(wait > 500 && wait <= 2000, "backoff \(wait) ms")
+            // Scheduled in [d/2, d] after the attempt, which happened between `before` and `after`
+            // (1 ms of slack for the rounding to milliseconds).
+            let due = try await db.scalar("""
+                SELECT (extract(epoch FROM next_attempt_at) * 1000)::bigint FROM webhook_outbox
+                """)
+            #expect(due - before >= 29_999 && due - after <= 60_001, "due \(due - before) ms after the attempt began")
             #expect(try await dispatcher.runOnce() == 0)  // not due yet: backing off
-            let deadline = ContinuousClock.now + .seconds(6)
-            var retried = 0
-            while retried == 0 && ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(100))
-                retried = try await dispatcher.runOnce()
-            }
-            #expect(retried == 1)
+            try await Self.makeDue(db)
+            #expect(try await dispatcher.runOnce() == 1)
             let received = receiver.received
             #expect(received.count == 2)
             #expect(received[0].eventID != nil && received[0].eventID == received[1].eventID)
@@ -115,7 +136,6 @@ struct WebhookDispatchTests {
 
     @Test("after the last attempt an event is dead-lettered and counted")
     func deadLetter() async throws {
-        TallyMetrics.bootstrap()
         let receiver = WebhookReceiver()
         receiver.failNext(100)
         try await receiver.run { port in
@@ -123,9 +143,10 @@ struct WebhookDispatchTests {
             try await Self.suspend(db, userID)
             let dispatcher = Self.dispatcher(db, maxAttempts: 2)
             #expect(try await dispatcher.runOnce() == 1)
-            try await Task.sleep(for: .milliseconds(250))
+            try await Self.makeDue(db)
             #expect(try await dispatcher.runOnce() == 1)
-            try await Task.sleep(for: .milliseconds(250))
+            // Dead after the second attempt: never due again, whatever the time.
+            try await Self.setNextAttempt(db, "now() - interval '1 day'")
             #expect(try await dispatcher.runOnce() == 0)
             #expect(receiver.received.count == 2)
             #expect(try await Self.outbox(db).map(\.status) == ["dead"])
@@ -181,9 +202,14 @@ struct WebhookDispatchTests {
         let webhooks = WebhookRepository(pool: db.pool)
         _ = try await webhooks.add(url: "http://127.0.0.1:1/hook", secret: WebhookSecret(Self.secret), events: [], by: .cli)
         try await Self.suspend(db, try await db.scalar("SELECT id FROM users WHERE username = 'synthetic-1'"))
-        let first = try #require(try await webhooks.claimDue(limit: 10, lease: .seconds(1)).first)
+        let first = try #require(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).first)
         #expect(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).isEmpty)
-        try await Task.sleep(for: .milliseconds(1200))
+        // The claiming dispatcher crashed; its lease runs out.
+        let leaseEnd = try await db.scalar("""
+            SELECT extract(epoch FROM next_attempt_at - now())::bigint FROM webhook_outbox
+            """)
+        #expect(leaseEnd > 30, "the claim leased the row for \(leaseEnd) s")
+        try await Self.makeDue(db)
         let again = try #require(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).first)
         #expect(again.eventID == first.eventID)
         #expect(again.attempt == 2)

@@ -28,20 +28,27 @@ final class WebhookReceiver: Sendable {
     }
 
     private let state = Mutex<(received: [Received], failuresLeft: Int)>(([], 0))
+    /// `GET /slow` requests that arrived; they are answered only when `run`'s body has returned.
+    private let slow = Mutex<(arrived: Int, released: Bool)>((0, false))
 
     /// The next `count` webhook POSTs are answered 503.
     func failNext(_ count: Int) { state.withLock { $0.failuresLeft = count } }
 
     var received: [Received] { state.withLock { $0.received } }
 
+    var slowRequestsArrived: Int { slow.withLock { $0.arrived } }
+
     /// Runs `body` with the receiver listening on an ephemeral port of 127.0.0.1.
     func run(_ body: @Sendable (_ port: Int) async throws -> Void) async throws {
         let app = Application(router: router(), configuration: .init(address: .hostname("127.0.0.1", port: 0)))
-        try await app.test(.live) { client in try await body(try #require(client.port)) }
+        try await app.test(.live) { client in
+            defer { self.slow.withLock { $0.released = true } }
+            try await body(try #require(client.port))
+        }
     }
 
     /// Waits until `count` webhook POSTs have arrived (or `timeout` passes); returns them.
-    func waitFor(_ count: Int, timeout: Duration = .seconds(10)) async throws -> [Received] {
+    func waitFor(_ count: Int, timeout: Duration = .seconds(60)) async throws -> [Received] {
         let deadline = ContinuousClock.now + timeout
         while received.count < count && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
         return received
@@ -68,8 +75,14 @@ final class WebhookReceiver: Sendable {
         }
         router.get("/sheet.yaml") { _, _ in designPriceSheet }
         router.get("/missing") { _, _ -> Response in Response(status: .notFound, body: ResponseBody(byteBuffer: ByteBuffer(string: "nope"))) }
+        // Answers only once the test is over (or after a minute): a client that returns before
+        // that was stopped by its timeout or cancellation, never by the answer.
         router.get("/slow") { _, _ -> String in
-            try await Task.sleep(for: .seconds(2))
+            self.slow.withLock { $0.arrived += 1 }
+            let deadline = ContinuousClock.now + .seconds(60)
+            while !self.slow.withLock({ $0.released }) && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
             return "late"
         }
         router.get("/big") { _, _ in ByteBuffer(repeating: UInt8(ascii: "x"), count: 3 << 20) }

@@ -62,24 +62,8 @@ struct ExportTests {
         let (db, fixture) = try await Self.shared.value
         for by in Self.byLists {
             let text = try await ExportOutput.of(try UsageExport(month: Self.september, by: by, format: .jsonl), on: db.pool).text
-            let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
-            #expect(lines.last == "")
             let expected = fixture.expectedRows(month: Self.september, by: by)
-            #expect(lines.count - 1 == expected.count)
-            let header = RollupColumns.header(by)
-            var rows: [[String]] = []
-            for line in lines.dropLast() {
-                // Key order as in CSV: check it on the raw text, then read the values.
-                let keys = try #require(JSONKeyOrder.keys(of: String(line)))
-                #expect(keys == header)
-                let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
-                #expect(object["usd"] is String)
-                rows.append(header.map { key in
-                    let value = object[key]
-                    if let number = value as? NSNumber { return number.stringValue }
-                    return value as? String ?? ""
-                })
-            }
+            let rows = try JSONLinesExport.rows(text, by: by)
             #expect(UsageFixture.mismatch(rows, expected) == nil, "jsonl by \(by)")
         }
     }
@@ -229,31 +213,5 @@ struct ExportTests {
         #expect(problems.first?.problem.contains("request rows") == true)
         #expect(try await auditor.run(month: Self.september).isEmpty)
         #expect(try await auditor.run().contains { $0.userID == user && $0.problem.contains("2026-08: usage rollups") })
-    }
-}
-
-/// The CSV header of a rollup export.
-enum RollupColumns {
-    static let measures = ["requests", "failed_requests", "prompt_tokens", "completion_tokens", "cached_tokens",
-                           "cache_write_tokens", "audio_input_tokens", "audio_output_tokens", "images", "video_seconds",
-                           "calls", "predict_time", "quota", "usd"]
-
-    static func header(_ dimensions: [ExportDimension]) -> [String] {
-        dimensions.flatMap { dimension -> [String] in
-            switch dimension {
-            case .user: ["user_id", "username"]
-            case .token: ["token_id", "token_name"]
-            default: [dimension.rawValue]
-            }
-        } + measures
-    }
-}
-
-/// The top-level keys of a flat JSON object, in the order written.
-enum JSONKeyOrder {
-    static func keys(of line: String) -> [String]? {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return nil }
-        return object.keys.map { key in (key, line.range(of: JSONText.quote(key) + ":")?.lowerBound) }
-            .sorted { ($0.1 ?? line.endIndex) < ($1.1 ?? line.endIndex) }.map(\.0)
     }
 }

@@ -23,6 +23,7 @@ struct IngestRaceTests {
             return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
         }
         let racer = try await TestSession.open(db.url)
+        let racerPID = try await racer.run { try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self) }
         let contested = Self.line("race-contested", userID: userID, tokenID: tokenID, quota: 3750)
         // Another writer holds the contested id, uncommitted: the batch's check cannot see it.
         try await racer.run { racer in
@@ -38,10 +39,12 @@ struct IngestRaceTests {
             try await repository.store([contested, Self.line("race-fresh", userID: userID, tokenID: tokenID, quota: 3750)],
                                        rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
         }
-        try await Task.sleep(for: .milliseconds(500))
+        // The batch reached its insert and waits for the racer's uncommitted row: the race is on.
+        let blocked = try await db.queryBlocked(by: racerPID)
         // The batch's COPY now fails on the unique index and falls back.
         try await racer.run { try $0.execute("COMMIT") }
         let result = try await batch.value
+        #expect(blocked?.contains("request_logs") == true, "the batch never waited for the racer (\(blocked ?? "-"))")
         #expect(result.accepted == 1)
         #expect(result.duplicates == 1)
         #expect(result.chargedQuota == 3750)
@@ -64,22 +67,25 @@ struct IngestRaceTests {
             """
         // Another writer (an instance storing the same lines) has inserted order-a, uncommitted.
         let racer = try await TestSession.open(db.url)
-        try await racer.run { racer in
+        let racerPID = try await racer.run { racer in
             try racer.execute("BEGIN")
             try racer.query(insert, ["order-a", userID, tokenID])
+            return try racer.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self)
         }
         let batch = Task {
             try await PostgresIngestRepository(pool: db.pool).store(
                 [Self.line("order-b", userID: userID, tokenID: tokenID, quota: 10), Self.line("order-a", userID: userID, tokenID: tokenID, quota: 10)],
                 rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
         }
-        try await Task.sleep(for: .milliseconds(500))
-        // Had the batch inserted order-b first, this would wait for it while it waits for order-a.
+        // The batch waits for the racer's order-a...
+        let blocked = try await db.queryBlocked(by: racerPID)
+        // ...so had it inserted order-b first, this would wait for it while it waits for order-a.
         try await racer.run { racer in
             try racer.query(insert, ["order-b", userID, tokenID])
             try racer.execute("COMMIT")
         }
         let result = try await batch.value
+        #expect(blocked?.contains("request_logs") == true, "the batch never waited for the racer (\(blocked ?? "-"))")
         #expect(result.accepted == 0)
         #expect(result.duplicates == 2)
         #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'order-%'") == 2)

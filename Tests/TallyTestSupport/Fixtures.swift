@@ -51,9 +51,41 @@ extension TestDatabase {
         try await Settler(pool: pool).foldAll()
     }
 
-    /// A single integer from a query.
+    /// A single integer from a query. NULL is not 0: a NULL (or no row) throws, so a query
+    /// that finds nothing cannot pass for one that sums to zero. `optionalScalar` reads NULL.
     public func scalar(_ sql: String, _ parameters: [any PostgresEncodable] = []) async throws -> Int64 {
-        try await pool.withConnection { try $0.query(sql, parameters)[0].decodeOptional(0, as: Int64.self) ?? 0 }
+        guard let value = try await optionalScalar(sql, parameters) else {
+            throw TestClusterError(message: "NULL where a number was expected: \(sql)")
+        }
+        return value
+    }
+
+    /// The query of a backend of this database that waits for a lock held by backend `blocker`
+    /// (a row, or the transaction of an uncommitted row a unique index must wait for), once one
+    /// does; nil when none does within `timeout`. Race tests use it to know that the racing
+    /// transaction really reached the contested point before they release it.
+    public func queryBlocked(by blocker: Int64, timeout: Duration = .seconds(60)) async throws -> String? {
+        var query: String?
+        _ = try await waitUntil(timeout: timeout) {
+            query = try await pool.withConnection { connection in
+                try connection.query("""
+                    SELECT query FROM pg_stat_activity
+                    WHERE datname = current_database() AND $1::int = ANY(pg_blocking_pids(pid))
+                    """, [blocker]).first?.decode(0, as: String.self)
+            }
+            return query != nil
+        }
+        return query
+    }
+
+    /// A single integer or NULL from a query; no row at all throws.
+    public func optionalScalar(_ sql: String, _ parameters: [any PostgresEncodable] = []) async throws -> Int64? {
+        try await pool.withConnection { connection in
+            guard let row = try connection.query(sql, parameters).first else {
+                throw TestClusterError(message: "no row where a number was expected: \(sql)")
+            }
+            return try row.decodeOptional(0, as: Int64.self)
+        }
     }
 }
 

@@ -25,8 +25,12 @@ public struct IngestFigures: Sendable, CustomStringConvertible {
     public var auditStatus: Int32 = -1
     public var auditOutput = ""
 
+    public init() {}
+
+    /// Nothing lost, doubled or mischarged, and the audit clean — over at least one acknowledged
+    /// line: a run in which no batch was acknowledged proves nothing, so it is not clean.
     public var isClean: Bool {
-        linesLost == 0 && linesStoredTwice == 0 && linesNeverAcked == 0 && usersChargedTwice == 0
+        ackedLines > 0 && linesLost == 0 && linesStoredTwice == 0 && linesNeverAcked == 0 && usersChargedTwice == 0
             && usersMischarged.isEmpty && auditStatus == 0
     }
 
@@ -75,8 +79,10 @@ public enum IngestInvariants {
             }
         }
         let url = db.url
-        let audit = await offThePool { Result { try TallyBinary.run(["audit"], databaseURL: url) } }
-        (figures.auditStatus, figures.auditOutput) = try audit.get()
+        let audit = try await offThePool {
+            Result { try TallyBinary.run(["audit"], databaseURL: url, expecting: .any) }
+        }.get()
+        (figures.auditStatus, figures.auditOutput) = (audit.status, audit.output + audit.errorOutput)
         return figures
     }
 

@@ -192,4 +192,6 @@ public final class Switch: Sendable {
     public var isOn: Bool { value.load(ordering: .acquiring) }
 
     public func turnOff() { value.store(false, ordering: .releasing) }
+
+    public func turnOn() { value.store(true, ordering: .releasing) }
 }

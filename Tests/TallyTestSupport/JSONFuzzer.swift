@@ -78,6 +78,9 @@ public struct FuzzSchema: Sendable {
         case text
         /// A non-negative JSON integer that fits Int64.
         case count
+        /// A non-negative number with an integral value that fits Int64, in any notation (`2e3`
+        /// is 2000), as Foundation's JSONDecoder reads an Int64.
+        case wholeNumber
         /// A non-negative exact decimal (number or numeric string).
         case decimal
         case bool
@@ -100,10 +103,14 @@ public struct FuzzSchema: Sendable {
     public var fields: [String: Field]
     /// Nesting the receiver allows inside an unknown member's value (deeper is refused).
     public var maxUnknownDepth: Int
+    /// The limit counts from the root object's members (a parser with one depth limit for the
+    /// whole document, like JSONDecoder's), not from the unknown value itself.
+    public var depthCountsFromRoot: Bool
 
-    public init(fields: [String: Field], maxUnknownDepth: Int = 64) {
+    public init(fields: [String: Field], maxUnknownDepth: Int = 64, depthCountsFromRoot: Bool = false) {
         self.fields = fields
         self.maxUnknownDepth = maxUnknownDepth
+        self.depthCountsFromRoot = depthCountsFromRoot
     }
 }
 
@@ -185,8 +192,11 @@ public struct JSONFuzzer: Sendable {
             let close = open == "[" ? "]" : "}"
             let innermost = open == "[" ? "" : "0"
             let nested = FuzzJSON.raw(Array((String(repeating: open, count: depth) + innermost + String(repeating: close, count: depth)).utf8))
-            return edit(valid, named: "deep nesting \(depth)", .insert(FuzzJSON.Member("x_fuzz_deep", nested)),
-                        expect: depth <= schema.maxUnknownDepth ? .accept : .reject)
+            guard let chosen = pickMember(of: valid) else { return FuzzCase(bytes: valid.bytes, mutation: "none", expectation: .accept) }
+            // Inserted next to the chosen member: one level deeper per object it sits in.
+            let allowed = schema.maxUnknownDepth - (schema.depthCountsFromRoot ? chosen.path.count - 1 : 0)
+            return FuzzCase(bytes: apply(valid, at: chosen.path[...], .insert(FuzzJSON.Member("x_fuzz_deep", nested))).bytes,
+                            mutation: "deep nesting \(depth) after \(chosen.label)", expectation: depth <= allowed ? .accept : .reject)
         case .unknownKey:
             let member = FuzzJSON.Member("x_fuzz_\(random.next() % 1000)", randomValue(depth: 3))
             return edit(valid, named: "unknown key", .insert(member), expect: .accept)
@@ -229,6 +239,9 @@ public struct JSONFuzzer: Sendable {
             let value = ["1.5", "2e3", "0.000001", "1E+2"].randomElement(using: &random)!
             switch kind {
             case .decimal, .any: return (.replace(.number(value)), .either)
+            case .wholeNumber:
+                let whole = Double(value).map { $0 == $0.rounded() } ?? false
+                return (.replace(.number(value)), whole ? .accept : .reject)
             default: return (.replace(.number(value)), .reject)
             }
         case .overlongString:
@@ -363,7 +376,7 @@ extension FuzzSchema.Kind {
         switch (self, value) {
         case (.any, _), (_, .null): true
         case (.identifier, .string), (.name, .string), (.text, .string), (.time, .string), (.time, .number): true
-        case (.count, .number), (.decimal, .number), (.decimal, .string): true
+        case (.count, .number), (.wholeNumber, .number), (.decimal, .number), (.decimal, .string): true
         case (.bool, .bool), (.object, .object): true
         default: false
         }
@@ -377,7 +390,7 @@ extension FuzzSchema.Kind {
         case .text: .accept
         case .decimal: Double(text) == nil ? .reject : .either
         case .any: .either
-        case .count, .bool, .object: .reject
+        case .count, .wholeNumber, .bool, .object: .reject
         }
     }
 }

@@ -131,9 +131,53 @@ public enum TallyBinary {
         URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("tally")
     }
 
-    /// Runs `tally <arguments>` with `DATABASE_URL` set; returns exit status and standard output.
-    public static func run(_ arguments: [String], databaseURL: String, input: Data? = nil) throws -> (status: Int32, output: String) {
-        let outcome = try ChildProcess.run(url, arguments, environment: ["DATABASE_URL": databaseURL], input: input)
-        return (outcome.status, outcome.output)
+    /// The exit a caller expects; any other throws `TallyRunError` with the command's stderr.
+    public enum Exit: Sendable {
+        case success
+        /// A refusal (bad arguments, an audit that finds something): exit 0 is the failure.
+        case failure
+        /// Either, for callers that record the status themselves.
+        case any
+    }
+
+    /// Runs `tally <arguments>` with `DATABASE_URL` set and returns its exit status and output.
+    /// An exit other than `expecting` throws, so a command that fails fails the test, with its
+    /// stderr in the message.
+    @discardableResult
+    public static func run(_ arguments: [String], databaseURL: String, input: Data? = nil,
+                           expecting: Exit = .success) throws -> TallyRun {
+        let run = try launch(arguments, databaseURL: databaseURL, input: input)
+        switch expecting {
+        case .success where run.status != 0, .failure where run.status == 0:
+            throw TallyRunError(arguments: arguments, run: run)
+        default:
+            return run
+        }
+    }
+
+    private static func launch(_ arguments: [String], databaseURL: String, input: Data?) throws -> TallyRun {
+        let outcome = try ChildProcess.run(url, arguments, environment: ["DATABASE_URL": databaseURL], input: input,
+                                           captureErrors: true)
+        return TallyRun(status: outcome.status, output: outcome.output, errorOutput: outcome.errors)
+    }
+}
+
+/// What one `tally` command did.
+public struct TallyRun: Sendable {
+    public let status: Int32
+    /// Standard output.
+    public let output: String
+    /// Standard error.
+    public let errorOutput: String
+}
+
+/// A `tally` command exited otherwise than its caller expected.
+public struct TallyRunError: Error, CustomStringConvertible {
+    public let arguments: [String]
+    public let run: TallyRun
+
+    public var description: String {
+        "tally \(arguments.joined(separator: " ")) exited \(run.status); stderr: \(run.errorOutput.suffix(2_000)); "
+            + "stdout: \(run.output.suffix(1_000))"
     }
 }

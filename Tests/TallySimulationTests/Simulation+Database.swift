@@ -1,0 +1,97 @@
+import TallyCore
+
+/// The database's side of a run: each call commits atomically, or aborts, or commits with its
+/// answer lost; notifications go out at commit.
+extension Simulation {
+    func execute(_ call: DatabaseCall) {
+        let faults = configuration.faults
+        if scheduler.now < databaseDownUntil || strikes(faults.abort) {
+            stats.aborted += 1
+            log("db: \(call.request) from i\(call.instance) aborted")
+            answer(call, .failed(.aborted))
+            return
+        }
+        let response = commit(call)
+        if strikes(faults.lostCommitAnswer) {
+            stats.lostCommitAnswers += 1
+            log("fault: db committed \(call.request) from i\(call.instance), the answer is lost")
+            answer(call, .failed(.aborted))
+            return
+        }
+        answer(call, response)
+    }
+
+    private func answer(_ call: DatabaseCall, _ response: DatabaseResponse) {
+        scheduler.schedule(.databaseAnswer(call, response), after: latency())
+    }
+
+    /// Runs the call as one transaction, sends its notifications and records what the books
+    /// must now show. A CHECK constraint that fails is a bug: PostgreSQL would fail it forever.
+    private func commit(_ call: DatabaseCall) -> DatabaseResponse {
+        let now = scheduler.now
+        // Kept only for a store (its lines' holds before it); a copy kept makes every write copy.
+        let before = if case .store = call.request { database } else { SimDatabase() }
+        let late = lateJournal(call.request)
+        do {
+            let (response, notifications) = try database.transact { database in
+                try Self.apply(call.request, to: &database, now: now, holdTTL: configuration.holdTTL,
+                               reclaimAfter: configuration.reclaimAfter)
+            }
+            databaseChanged = true
+            log("db: \(call.request) from i\(call.instance) → \(response)")
+            for hold in late where database.holds[hold.request.requestID]?.id == hold.id {
+                truth.lateJournaled[.user(hold.request.userID), default: 0] += hold.request.amount
+                guard hold.tokenLeased else { continue }
+                truth.lateJournaled[.token(hold.request.tokenID), default: 0] += hold.request.amount
+            }
+            if case let .store(lines) = call.request {
+                stats.batches += 1
+                truth.stored(lines, before: before, after: database)
+                for line in lines
+                where before.rows[line.requestID] == nil && before.holds[line.requestID]?.status != .held {
+                    log("db: \(line.requestID) charged \(line.cost) in full: its hold is "
+                        + (before.holds[line.requestID].map { "\($0.status)" } ?? "not stored"))
+                }
+            }
+            broadcast(notifications)
+            return response
+        } catch let error as SimDatabaseError {
+            log("db: \(call.request) from i\(call.instance) failed: \(error)")
+            return .failed(error)
+        } catch {
+            truth.problems.append("\(call.request) from i\(call.instance): \(error)")
+            return .failed(.aborted)
+        }
+    }
+
+    /// The holds of a journal batch whose registration was reaped that are not stored yet.
+    private func lateJournal(_ request: DatabaseCall.Request) -> [JournaledHold] {
+        guard case let .journal(name, holds) = request, database.instances[name] == nil else { return [] }
+        return holds.filter { database.holds[$0.request.requestID] == nil }
+    }
+
+    /// One call's statements, inside its transaction.
+    private static func apply(_ request: DatabaseCall.Request, to database: inout SimDatabase, now: SimTime,
+                              holdTTL: SimTime, reclaimAfter: SimTime) throws -> DatabaseResponse {
+        switch request {
+        case let .store(lines): return .stored(database.store(lines))
+        case let .register(name):
+            database.register(name, ttl: SimDatabase.registrationTTL, reclaimAfter: reclaimAfter, now: now)
+            return .done
+        case let .renew(name): return .renewed(database.renew(name, ttl: SimDatabase.registrationTTL, now: now))
+        case let .lease(name, wants): return .granted(try database.lease(name, wants: wants))
+        case let .journal(name, holds): return .journaled(try database.journal(name, holds, ttl: holdTTL, now: now))
+        case let .returnLeases(name, amounts):
+            try database.returnLeases(name, amounts: amounts)
+            return .done
+        case .holdIDBlock: return .holdIDs(first: database.holdIDBlock())
+        case let .release(requestID): return database.release(requestID) == nil ? .failed(.notFound) : .released
+        case .expireHolds:
+            _ = database.expireDue(now: now)
+            return .done
+        case .reap:
+            _ = database.reap(now: now)
+            return .done
+        }
+    }
+}
