@@ -120,10 +120,6 @@ BEGIN
 END;
 $$;
 
-DROP FUNCTION tally_pending_charges(bigint), tally_pending_requests(bigint), tally_pending_returns(bigint),
-              tally_pending_token_charges(bigint, bigint), tally_pending_token_requests(bigint, bigint),
-              tally_pending_token_returns(bigint, bigint);
-
 -- The fold of 0010, with every statement naming the account of the rows it touches (keys by
 -- user_id and id, so Citus finds their shard) and the notifications and webhook events built
 -- on the coordinator from ids read first (a pg_notify in a query on users would run on a
@@ -144,6 +140,9 @@ DECLARE
 BEGIN
     IF wanted IS NULL THEN
         wanted := ARRAY(SELECT DISTINCT user_id FROM pending_charges);
+    END IF;
+    IF cardinality(wanted) = 0 THEN
+        RETURN 0;  -- (Citus refuses to lock rows of no shard)
     END IF;
     IF cardinality(wanted) > 1 AND tally_on_citus() THEN
         FOR one IN SELECT DISTINCT w FROM unnest(wanted) AS w ORDER BY w LOOP
@@ -242,3 +241,8 @@ BEGIN
     RETURN cardinality(folded_users);
 END;
 $$;
+
+-- Nothing calls these any more.
+DROP FUNCTION tally_pending_charges(bigint), tally_pending_requests(bigint), tally_pending_returns(bigint),
+              tally_pending_token_charges(bigint, bigint), tally_pending_token_requests(bigint, bigint),
+              tally_pending_token_returns(bigint, bigint);
