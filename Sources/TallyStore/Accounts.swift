@@ -122,10 +122,11 @@ public struct AccountRepository: Sendable {
             if after.username != before.username {
                 try AccountLookup.claimUsername(after.username, userID: id, replacing: before.username, on: connection)
             }
-            let rows = try connection.query(SQL.returning(Self.columns, from: """
+            let rows = try connection.query("""
                 UPDATE users SET username = $2, display_name = $3, email = $4, "group" = $5, updated_at = now()
                 WHERE id = $1
-                """), [id, after.username, after.displayName, after.email, after.group])
+                RETURNING \(Self.columns)
+                """, [id, after.username, after.displayName, after.email, after.group])
             try ChangeNotice.send([ChangeNotice.user(id)], on: connection)
             var updated = try PostgresUserRepository.decode(rows[0])
             if let quota = changes.quota, quota != before.quota {
@@ -191,9 +192,10 @@ public struct AccountRepository: Sendable {
                                           before: ["quota": before.quota], after: ["quota": updated.quota, "value": value])
                 return updated
             }
-            let rows = try connection.query(SQL.returning(Self.columns, from: """
+            let rows = try connection.query("""
                 UPDATE users SET status = $2, role = $3, updated_at = now() WHERE id = $1
-                """), [id, status, role.rawValue])
+                RETURNING \(Self.columns)
+                """, [id, status, role.rawValue])
             try ChangeNotice.send([ChangeNotice.user(id)], on: connection)
             let updated = try PostgresUserRepository.decode(rows[0])
             if before.status == .enabled && updated.status != .enabled {
@@ -239,9 +241,10 @@ public struct AccountRepository: Sendable {
 
     /// Changes a balance by `delta` and writes the `adjust` ledger row, on the caller's transaction.
     static func adjust(id: Int64, by delta: Int64, reason: String, on connection: PostgresConnection, actor: Actor) throws -> User {
-        let rows = try connection.query(SQL.returning(columns, from: """
+        let rows = try connection.query("""
             UPDATE users SET quota = quota + $2, updated_at = now() WHERE id = $1
-            """), [id, delta])
+            RETURNING \(columns)
+            """, [id, delta])
         let user = try PostgresUserRepository.decode(rows[0])
         try connection.query("""
             INSERT INTO ledger (user_id, kind, amount, reason, tid, balance_after) VALUES ($1, 'adjust', $2, $3, $4, $5)

@@ -133,8 +133,10 @@ public struct BalanceRepository: Sendable {
 
     /// Credits `$2` units to user `$1` (whose row the caller has locked); returns the balance
     /// after it, charges still pending included.
-    private static let credit = PreparedStatement("balances_credit", SQL.returning("quota - tally_pending_charges(id)",
-        from: "UPDATE users SET quota = quota + $2, updated_at = now() WHERE id = $1"))
+    private static let credit = PreparedStatement("balances_credit", """
+        UPDATE users SET quota = quota + $2, updated_at = now() WHERE id = $1
+        RETURNING quota - \(SQL.pending("quota", user: "users.id"))
+        """)
 
     private static func failure(hash: SecretHash, on connection: PostgresConnection) throws -> RedeemFailure {
         guard let row = try connection.query(

@@ -4,16 +4,18 @@ import TallyPostgres
 /// the account and co-located, so that everything one account's request touches is on one shard;
 /// the catalogue as reference tables, a copy on every node; `account_lookup` distributed by the
 /// looked-up value. Tables not named here stay on the coordinator (audit log, ingest batches,
-/// import bookkeeping, the webhook outbox).
+/// import bookkeeping, the webhook outbox, and the request rows, ledger, usage rollups and
+/// `pending_usage`, which only the roll-up into `usage_daily` and readers of both use).
 public enum CitusLayout {
     /// Small, read on every request, written by admins (and instance registrations).
     static let referenceTables = ["groups", "channels", "price_versions", "tally_instances", "webhook_settings",
                                   "redemptions"]
 
     /// Distributed by the account, co-located with `users`, in an order in which every foreign key
-    /// points at a table already distributed.
+    /// points at a table already distributed. `pending_charges` (what batches owe balances, migration
+    /// 0010) lives with the rows the fold applies it to and the readers add it to.
     static let accountTables: [(table: String, column: String)] = [
-        ("users", "id"), ("tokens", "user_id"), ("user_leases", "user_id"),
+        ("users", "id"), ("tokens", "user_id"), ("user_leases", "user_id"), ("pending_charges", "user_id"),
     ]
 
     /// Distributed by their own key, each in its own co-location group.

@@ -96,6 +96,16 @@ enum SQL {
     static func returning(_ columns: String, from statement: String) -> String {
         "WITH t AS (\(statement) RETURNING *) SELECT \(columns) FROM t"
     }
+
+    /// The sum of a `pending_charges` column (migration 0010) for the account `user` (and its key
+    /// `token`): what committed batches owe that the fold has not applied yet. A subquery on the
+    /// account's rows, which Citus runs on the account's shard (pending_charges is co-located); it
+    /// cannot sit in a query over a CTE there, so statements that return these figures return
+    /// them directly (`RETURNING`) or read the row again.
+    static func pending(_ column: String, user: String, token: String? = nil) -> String {
+        let key = token.map { " AND c.token_id = \($0)" } ?? ""
+        return "(SELECT coalesce(sum(c.\(column)), 0)::bigint FROM pending_charges c WHERE c.user_id = \(user)\(key))"
+    }
 }
 
 extension AuditLog {

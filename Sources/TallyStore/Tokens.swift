@@ -98,7 +98,8 @@ public struct TokenRepository: Sendable {
 
     /// What the key's uses charged and the fold has not taken off `remain_quota` yet
     /// (migration 0010); unlimited keys keep their remain_quota.
-    static let pendingCharges = "CASE WHEN t.unlimited_quota THEN 0 ELSE tally_pending_token_charges(t.user_id, t.id) END"
+    static let pendingCharges = "CASE WHEN t.unlimited_quota THEN 0 ELSE \(pending("quota")) END"
+    static func pending(_ column: String) -> String { SQL.pending(column, user: "t.user_id", token: "t.id") }
     static let remainQuota = "t.remain_quota - \(pendingCharges)"
     static let effectiveStatus = """
         CASE WHEN t.status = 1 AND t.expires_at IS NOT NULL AND t.expires_at <= now() THEN 3 \
@@ -109,8 +110,8 @@ public struct TokenRepository: Sendable {
     static let columns = """
         t.id, t.user_id, t.name, t.key_last6, \(effectiveStatus), \(SQL.unix("t.created_at")), \
         \(SQL.unix("t.accessed_at")), coalesce(\(SQL.unix("t.expires_at")), -1), \(remainQuota), t.unlimited_quota, \
-        t.used_quota + tally_pending_token_charges(t.user_id, t.id), \
-        t.request_count + tally_pending_token_requests(t.user_id, t.id), t.model_limits_enabled, t.model_limits, \
+        t.used_quota + \(pending("quota")), t.request_count + \(pending("requests")), \
+        t.model_limits_enabled, t.model_limits, \
         t.allow_ips, t."group"
         """
 
@@ -148,14 +149,15 @@ public struct TokenRepository: Sendable {
             guard try count[0].decode(0, as: Int.self) < TokenRules.maximumTokensPerUser else {
                 throw StoreError.conflict("this account already has the maximum of \(TokenRules.maximumTokensPerUser) API keys; delete one first")
             }
-            let rows = try connection.query(SQL.returning(Self.columns, from: """
+            let inserted = try connection.query("""
                 INSERT INTO tokens (user_id, name, key_hash, key_last6, "group", remain_quota, unlimited_quota,
                                     model_limits_enabled, model_limits, allow_ips, expires_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $11::bigint = -1 THEN NULL ELSE to_timestamp($11::bigint) END)
-                """), [userID, draftValue.name, hash, Secrets.last6(key), draftValue.group, draftValue.remainQuota,
+                RETURNING id
+                """, [userID, draftValue.name, hash, Secrets.last6(key), draftValue.group, draftValue.remainQuota,
                       draftValue.unlimitedQuota, draftValue.modelLimitsEnabled, draftValue.modelLimits,
                       draftValue.allowIPs, draftValue.expiredTime])
-            let token = try Self.decode(rows[0])
+            let token = try Self.reread(id: try inserted[0].decode(0), userID: userID, on: connection)
             try AccountLookup.addKey(hash, userID: userID, tokenID: token.id, on: connection)
             if let actor {
                 try AuditLog.recordChange(on: connection, actor: actor, action: "token.create", target: "token:\(token.id)",
@@ -256,18 +258,26 @@ public struct TokenRepository: Sendable {
                 next.status = status
             }
             // remain_quota as shown is what the fold leaves once it has taken the pending charges.
-            let rows = try connection.query(SQL.returning(Self.columns, from: """
+            try connection.query("""
                 UPDATE tokens SET name = $3,
                     expires_at = CASE WHEN $4::bigint = -1 THEN NULL ELSE to_timestamp($4::bigint) END,
-                    remain_quota = $5 + CASE WHEN $6 THEN 0 ELSE tally_pending_token_charges(user_id, id) END,
+                    remain_quota = $5 + CASE WHEN $6 THEN 0 ELSE \(SQL.pending("quota", user: "tokens.user_id", token: "tokens.id")) END,
                     unlimited_quota = $6, model_limits_enabled = $7, model_limits = $8,
                     allow_ips = $9, "group" = $10, status = $11
                 WHERE id = $1 AND user_id = $2
-                """), [id, userID, next.name, next.expiredTime, next.remainQuota, next.unlimitedQuota,
+                """, [id, userID, next.name, next.expiredTime, next.remainQuota, next.unlimitedQuota,
                       next.modelLimitsEnabled, next.modelLimits, next.allowIPs, next.group, next.status])
             try ChangeNotice.send([ChangeNotice.token(id)], on: connection)
-            return try Self.decode(rows[0])
+            return try Self.reread(id: id, userID: userID, on: connection)
         }
+    }
+
+    /// The key as the caller's transaction just wrote it. A second statement rather than
+    /// `RETURNING`: the columns call now() and read pending_charges, which Citus allows in
+    /// neither a RETURNING clause nor a query over the written rows (``SQL/pending(_:user:token:)``).
+    private static func reread(id: Int64, userID: Int64, on connection: PostgresConnection) throws -> APIToken {
+        try decode(connection.query("SELECT \(columns) FROM tokens t WHERE t.id = $1 AND t.user_id = $2",
+                                    [id, userID])[0])
     }
 
     /// Deletes one of the caller's keys (soft delete: the ledger and logs keep their reference).

@@ -72,8 +72,8 @@ public struct PostgresUserRepository: UserRepository {
     /// yet (migration 0010), so they are exact at every instant. A statement that waits for
     /// the row's lock reads them only after the lock (``AccountRepository/lock(id:on:)``).
     static let columns = """
-        id, username, display_name, email, role, status, "group", quota - tally_pending_charges(id), \
-        used_quota + tally_pending_charges(id), request_count + tally_pending_requests(id)
+        id, username, display_name, email, role, status, "group", quota - \(SQL.pending("quota", user: "users.id")), \
+        used_quota + \(SQL.pending("quota", user: "users.id")), request_count + \(SQL.pending("requests", user: "users.id"))
         """
 
     public func create(_ user: NewUser, by actor: Actor) async throws -> (user: User, accessToken: String) {
@@ -82,10 +82,12 @@ public struct PostgresUserRepository: UserRepository {
         let created = try await pool.transaction { connection -> User in
             let rows: PostgresRows
             do {
-                rows = try connection.query(SQL.returning(Self.columns, from: """
+                // A new account owes nothing yet: no pending figures to read.
+                rows = try connection.query("""
                     INSERT INTO users (username, display_name, email, role, "group", quota, access_token_hash, access_token_last6)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                    """), [user.username, user.displayName, user.email, user.role.rawValue, user.group, user.quota,
+                    RETURNING id, username, display_name, email, role, status, "group", quota, used_quota, request_count
+                    """, [user.username, user.displayName, user.email, user.role.rawValue, user.group, user.quota,
                           hash, Secrets.last6(token)])
             } catch let error as PostgresError where error.sqlState == SQLState.foreignKeyViolation {
                 throw StoreError.invalid("unknown group \"\(user.group)\"")

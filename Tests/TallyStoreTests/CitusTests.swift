@@ -1,4 +1,5 @@
 import Foundation
+import TallyCore
 import TallyPostgres
 import TallyStore
 import TallyTestSupport
@@ -31,7 +32,7 @@ struct CitusTests {
         let tables = Dictionary(uniqueKeysWithValues: placed)
         let users = try #require(tables["users"])
         #expect(users.method == "h" && users.column == "id")
-        for table in ["tokens", "user_leases"] {
+        for table in ["tokens", "user_leases", "pending_charges"] {
             #expect(tables[table]?.method == "h" && tables[table]?.column == "user_id", "\(table)")
             #expect(tables[table]?.colocation == users.colocation, "\(table) is not co-located with users")
         }
@@ -79,6 +80,8 @@ struct CitusTests {
             ("SELECT 1 FROM users WHERE id = ANY ($1::bigint[]) ORDER BY id FOR NO KEY UPDATE", [sameShard]),
             ("UPDATE users SET reserved = reserved WHERE id = ANY ($1::bigint[])", [sameShard]),
             ("SELECT amount FROM user_leases WHERE user_id = $1", [user]),
+            ("SELECT quota, reserved FROM user_balances WHERE id = $1", [user]),
+            ("SELECT remain_quota FROM token_balances WHERE user_id = $1", [user]),
         ]
         for (query, parameters) in queries {
             let plan = try await db.pool.withConnection { connection in
@@ -87,5 +90,41 @@ struct CitusTests {
             #expect(plan.contains { $0.contains("Task Count: 1") },
                     "not single-shard: \(query)\n\(plan.joined(separator: "\n"))")
         }
+    }
+
+    @Test("a batch's charges on accounts of both workers show at once and fold into the balances exactly once")
+    func fold() async throws {
+        let db = try await TestDatabase.create("citus_fold")
+        try await db.prepareBilling(users: 8, quota: 1_000_000)
+        let accounts = try await db.pool.withConnection { connection in
+            try connection.query("""
+                SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id
+                WHERE u.username LIKE 'synthetic-%' ORDER BY u.id
+                """)
+                .map { (user: try $0.decode(0, as: Int64.self), token: try $0.decode(1, as: Int64.self)) }
+        }
+        let lines = accounts.enumerated().map { index, account in
+            PricedLine(requestID: "citus-\(index)", createdAt: Date(), userID: account.user, tokenID: account.token,
+                       channelID: nil, model: "gpt-4o", group: "default", kind: .chat, status: 200, isStream: false,
+                       durationMs: 10, ip: nil, tid: nil, error: nil, usage: Usage(promptTokens: 10, completionTokens: 5),
+                       quota: 1_000 + Int64(index), priceVersionID: 1)
+        }
+        _ = try await PostgresIngestRepository(pool: db.pool).store(lines, rejects: [], totalLines: lines.count,
+                                                                    tid: TraceID.generate(), source: "test")
+        let users = PostgresUserRepository(pool: db.pool)
+        func quotas() async throws -> [Int64] {
+            var quotas: [Int64] = []
+            for account in accounts { quotas.append(try #require(try await users.find(id: account.user)).quota) }
+            return quotas
+        }
+        let expected = lines.map { 1_000_000 - $0.quota }
+        #expect(try await quotas() == expected, "the readers add what is pending")
+        #expect(try await db.scalar("SELECT count(*) FROM pending_charges") == Int64(accounts.count))
+        let folded = try await db.scalar("SELECT tally_fold(NULL, false)")
+        #expect(folded == Int64(accounts.count))
+        #expect(try await db.scalar("SELECT count(*) FROM pending_charges") == 0)
+        #expect(try await quotas() == expected, "folded once: the balances moved by what was pending")
+        #expect(try await db.scalar("SELECT tally_fold(NULL, false)") == 0)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 }
