@@ -131,12 +131,6 @@ enum SimulationSweep {
 /// once the code is fixed the expectation itself fails, and the entry must go. A seed that meets
 /// one is still checked for everything else to its end.
 enum SimKnownIssue: CaseIterable, Sendable {
-    /// Sync mode promises that a hold answered is in PostgreSQL. A retry of the request id that
-    /// reaches the same instance while the first hold waits for its journal batch (in flight, or
-    /// failed and waiting to be written again) is answered `duplicate` from `LeaseMachine`'s
-    /// recent request ids at once, before the hold is journaled; if the instance dies then, the
-    /// gateway runs a request whose hold never reaches PostgreSQL (`LeaseMachine.attempt`).
-    case syncRetryFromMemory
     /// Holds cut before an instance stopped (SIGSTOP, a VM pause) longer than its registration
     /// and the reaper's grace are journaled after the reaping: `tally_journal_holds` adds them to
     /// `reserved` without looking at what is left, while the reaped lease units they were cut
@@ -149,7 +143,6 @@ enum SimKnownIssue: CaseIterable, Sendable {
     /// that meet it, so its absence would not prove a fix.
     private var surelyWithin: UInt64? {
         switch self {
-        case .syncRetryFromMemory: 1_000
         case .lateJournal: nil
         }
     }

@@ -111,6 +111,9 @@ public struct LeaseMachine: Sendable {
         }
         let request = cut.request
         if let earlier = retries.find(request.requestID, now: now, keepFor: policy.recentSeconds) {
+            // Sync mode answers only what PostgreSQL holds: a retry of a hold still queued for
+            // the journal waits for the same commit.
+            if policy.commit == .sync, journal.awaitCommit(of: request.requestID, ticket: cut.ticket) { return }
             return out.append(.answer(cut.ticket, .outcome(earlier)))
         }
         let wants = shortfall(of: request, now: now)
