@@ -296,6 +296,29 @@ struct LeaseMachineTests {
                 == [first: duplicate(5_000, 120), retry: duplicate(5_000, 120)])
     }
 
+    @Test("a batch refused (registration reaped): its holds are dropped and fail, the leases go, a renewal is asked")
+    func journalRefused() throws {
+        var driver = LeaseDriver.ready(.sync)
+        driver.prime(user: 1_000, token: nil)
+        let (first, actions) = driver.cut("x", 100)
+        let batch = try #require(actions.journals.first)
+        let (queued, _) = driver.cut("y", 100)
+        let (retry, _) = driver.cut("x", 100)
+        let refused = driver.send(.journalRefused(batch: batch.batch))
+        #expect(refused.answers == [first: .failed(.registrationLapsed), queued: .failed(.registrationLapsed),
+                                    retry: .failed(.registrationLapsed)])
+        #expect(refused.journals.isEmpty, "the holds of the reaped registration are never journaled")
+        #expect(refused.contains(.renewRegistration))
+        #expect(driver.machine.journalQueueLength == 0 && driver.machine.leasedUnits == 0)
+        // A stale answer of the refused batch changes nothing.
+        #expect(driver.send(.journalCommitted(batch: batch.batch, committed(batch.holds))).isEmpty)
+        // Registered anew: the request id is cut afresh, not answered from memory.
+        #expect(driver.send(.registered(instance: "instance-b", validUntil: driver.now + 14)).isEmpty)
+        let (again, againActions) = driver.cut("x", 100)
+        #expect(againActions.answers[again] == nil)
+        #expect(againActions.refills.count == 1)
+    }
+
     @Test("a mismatched journal answer counts as a failure")
     func journalAnswerMismatch() throws {
         var driver = LeaseDriver.ready(.sync)

@@ -59,6 +59,30 @@ extension LeaseMachine {
         journal.retryAt = now + pause
     }
 
+    /// The registration the batch was cut under was reaped: its leases went back to the accounts
+    /// and may be leased elsewhere, so its holds not journaled yet must never be (migration 0016).
+    /// They are dropped and forgotten (their sync callers and retries fail; they were never
+    /// answered), the leases with them, and cuts wait for a new registration.
+    mutating func journalRefused(_ batch: Int, now: Double, _ out: inout [LeaseAction]) {
+        guard let flight = journal.inFlight, flight.batch == batch else { return }
+        journal.inFlight = nil
+        let reaped = journal.queue[0].instance
+        for entry in journal.removeHolds(of: reaped) {
+            for ticket in entry.waiting { out.append(.answer(ticket, .failed(.registrationLapsed))) }
+            retries.forget(entry.hold.request.requestID)
+        }
+        answerFlushes(&out)
+        if reaped == instance {
+            accounts = [:]
+            validUntil = 0
+            if !renewing {
+                renewing = true
+                out.append(.renewRegistration)
+            }
+        }
+        journal.startBatch(maxBatch: policy.maxJournalBatch, &out)
+    }
+
     mutating func flush(_ ticket: LeaseTicket, _ out: inout [LeaseAction]) {
         if journal.journaled >= journal.enqueued {
             out.append(.flushed(ticket))
@@ -118,6 +142,15 @@ struct JournalQueue: Sendable {
             unjournaled[entry.hold.request.requestID] = nil
         }
         queue.removeFirst(count)
+    }
+
+    /// Drops the holds at the head cut under `instance` (never to be journaled) and returns them.
+    mutating func removeHolds(of instance: String) -> ArraySlice<Entry> {
+        let count = queue.prefix { $0.instance == instance }.count
+        guard count > 0 else { return [] }
+        let removed = queue.prefix(count)
+        removeJournaled(count)
+        return removed
     }
 
     /// Sends the next batch (the queue's head, cut from one registration) unless one is in

@@ -53,6 +53,7 @@ public struct LeaseMachine: Sendable {
         case .holdIDsFailed: holdIDsAnswered(nil, now: now, &out)
         case let .journalCommitted(batch, outcomes): journalCommitted(batch, outcomes: outcomes, now: now, &out)
         case let .journalFailed(batch): journalFailed(batch, now: now, &out)
+        case let .journalRefused(batch): journalRefused(batch, now: now, &out)
         case let .leaseWanted(account), let .overdrawn(account), let .accountChanged(account):
             giveBack(account, &out)
         case .idleTick:
@@ -323,6 +324,11 @@ struct RecentHolds: Sendable {
 
     mutating func remember(_ requestID: String, _ outcome: HoldOutcome) {
         current[requestID] = outcome
+    }
+
+    mutating func forget(_ requestID: String) {
+        current[requestID] = nil
+        previous[requestID] = nil
     }
 }
 
