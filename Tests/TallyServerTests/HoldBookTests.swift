@@ -65,7 +65,7 @@ struct HoldBookTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
-    @Test("a journal batch of a reaped registration is refused and stores nothing; the book drops it and re-registers")
+    @Test("a journal batch of a reaped registration is refused (notRegistered) and stores nothing")
     func journalAfterReapingRefused() async throws {
         let db = try await TestDatabase.create("journalfence")
         let seed = Seed(db: db)
