@@ -249,6 +249,76 @@ struct LeaseMachineTests {
         #expect(driver.cut("j", 100).1.answers.values.first == duplicate(1, 100))
     }
 
+    @Test("sync: a retry while the hold waits for its journal batch is answered when the batch commits")
+    func syncRetryWaitsForCommit() throws {
+        var driver = LeaseDriver.ready(.sync)
+        driver.prime(user: 1_000, token: nil)
+        let (first, actions) = driver.cut("r", 100)
+        let batch = try #require(actions.journals.first)
+        let (retry, retried) = driver.cut("r", 100)
+        #expect(retried.answers.isEmpty, "not answered before the hold is in PostgreSQL")
+        #expect(retried.journals.isEmpty && driver.machine.free(.user(7)) == 900, "nothing more is cut")
+        let answered = driver.send(.journalCommitted(batch: batch.batch, committed(batch.holds)))
+        #expect(answered.answers == [first: held(1, 100), retry: duplicate(1, 100)])
+        // Journaled now: a later retry is answered from memory at once.
+        let (late, lateActions) = driver.cut("r", 100)
+        #expect(lateActions == [.answer(late, duplicate(1, 100))])
+    }
+
+    @Test("sync: retries of a hold whose batch failed fail with it, or wait for the batch written again")
+    func syncRetryFollowsFailedJournal() throws {
+        var driver = LeaseDriver.ready(.sync)
+        driver.prime(user: 1_000, token: nil)
+        let (first, actions) = driver.cut("f", 100)
+        let batch = try #require(actions.journals.first)
+        let (inFlight, _) = driver.cut("f", 100)
+        #expect(driver.send(.journalFailed(batch: batch.batch)).answers
+                == [first: .failed(.journalFailed), inFlight: .failed(.journalFailed)])
+        // Retried while the batch waits to be written again: answered by that write.
+        let (waiting, waitingActions) = driver.cut("f", 100)
+        #expect(waitingActions.answers.isEmpty)
+        driver.now += 0.05
+        let rewritten = try #require(driver.send(.clock).journals.first)
+        #expect(rewritten.holds == batch.holds)
+        #expect(driver.send(.journalCommitted(batch: rewritten.batch, committed(rewritten.holds))).answers
+                == [waiting: duplicate(1, 100)])
+    }
+
+    @Test("sync: a retry of a hold the journal found stored elsewhere gets that hold when the batch commits")
+    func syncRetryOfEarlierHold() throws {
+        var driver = LeaseDriver.ready(.sync)
+        driver.prime(user: 1_000, token: nil)
+        let (first, actions) = driver.cut("e", 100)
+        let batch = try #require(actions.journals.first)
+        let (retry, _) = driver.cut("e", 100)
+        let earlier = JournalOutcome(holdID: 5_000, held: 120, status: "held", isNew: false)
+        #expect(driver.send(.journalCommitted(batch: batch.batch, [earlier])).answers
+                == [first: duplicate(5_000, 120), retry: duplicate(5_000, 120)])
+    }
+
+    @Test("a batch refused (registration reaped): its holds are dropped and fail, the leases go, a renewal is asked")
+    func journalRefused() throws {
+        var driver = LeaseDriver.ready(.sync)
+        driver.prime(user: 1_000, token: nil)
+        let (first, actions) = driver.cut("x", 100)
+        let batch = try #require(actions.journals.first)
+        let (queued, _) = driver.cut("y", 100)
+        let (retry, _) = driver.cut("x", 100)
+        let refused = driver.send(.journalRefused(batch: batch.batch))
+        #expect(refused.answers == [first: .failed(.registrationLapsed), queued: .failed(.registrationLapsed),
+                                    retry: .failed(.registrationLapsed)])
+        #expect(refused.journals.isEmpty, "the holds of the reaped registration are never journaled")
+        #expect(refused.contains(.renewRegistration))
+        #expect(driver.machine.journalQueueLength == 0 && driver.machine.leasedUnits == 0)
+        // A stale answer of the refused batch changes nothing.
+        #expect(driver.send(.journalCommitted(batch: batch.batch, committed(batch.holds))).isEmpty)
+        // Registered anew: the request id is cut afresh, not answered from memory.
+        #expect(driver.send(.registered(instance: "instance-b", validUntil: driver.now + 14)).isEmpty)
+        let (again, againActions) = driver.cut("x", 100)
+        #expect(againActions.answers[again] == nil)
+        #expect(againActions.refills.count == 1)
+    }
+
     @Test("a mismatched journal answer counts as a failure")
     func journalAnswerMismatch() throws {
         var driver = LeaseDriver.ready(.sync)

@@ -65,6 +65,30 @@ struct HoldBookTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    @Test("a journal batch of a reaped registration is refused (notRegistered) and stores nothing")
+    func journalAfterReapingRefused() async throws {
+        let db = try await TestDatabase.create("journalfence")
+        let seed = Seed(db: db)
+        let user = try await seed.user(quota: 1_000).user.id
+        let token = try await seed.key(user: user, TokenDraft(name: "k", remainQuota: 1_000, unlimitedQuota: false))
+            .token.id
+        let repository = PostgresLeaseRepository(pool: db.pool)
+        try await repository.register(instance: "stopped", ttlSeconds: 15, reclaimAfterSeconds: 5)
+        _ = try await repository.lease(instance: "stopped", wants: [AccountUnits(.user(user), 500)])
+        try await repository.retire(instance: "stopped")
+        // Its 500 units went back, and another instance leased all that is left.
+        try await repository.register(instance: "survivor", ttlSeconds: 15, reclaimAfterSeconds: 5)
+        _ = try await repository.lease(instance: "survivor", wants: [AccountUnits(.user(user), 1_000)])
+        let late = JournaledHold(id: try await repository.holdIDBlock(), request: Self.request("late", user: user,
+                                 token: token, amount: 100), tokenLeased: false)
+        await #expect(throws: LeaseError.notRegistered) {
+            try await repository.journal(instance: "stopped", holds: [late], ttlSeconds: 600)
+        }
+        #expect(try await seed.int("SELECT count(*) FROM holds") == 0)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) == 1_000)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     @Test("a cold key's lookup leases its user and token in one round trip; not for a suspended owner or unregistered")
     func lookupLease() async throws {
         let db = try await TestDatabase.create("lookuplease")

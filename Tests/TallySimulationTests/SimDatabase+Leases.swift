@@ -1,8 +1,9 @@
 import TallyCore
 
-/// The lease functions of migrations 0009_leases.sql and 0011_authorize_scaling.sql and the hold
-/// functions of 0005_enforcement.sql, as the simulated database runs them, speaking the lease
-/// machine's own values (`AccountUnits`, `LeaseGrant`, `JournaledHold`, `JournalOutcome`).
+/// The lease functions of migrations 0009_leases.sql, 0011_authorize_scaling.sql and
+/// 0016_lease_fencing.sql and the hold functions of 0005_enforcement.sql, as the simulated
+/// database runs them, speaking the lease machine's own values (`AccountUnits`, `LeaseGrant`,
+/// `JournaledHold`, `JournalOutcome`).
 extension SimDatabase {
     /// What a user or token can still lease: its balance less what is reserved (and, once
     /// charges are folded in ticks, less what is pending).
@@ -82,12 +83,12 @@ extension SimDatabase {
         }
     }
 
-    /// `tally_journal_holds`: inserts the holds (a request id stored before inserts nothing)
-    /// and takes the new ones off the instance's lease rows; a reaped instance's new holds are
-    /// added to `reserved` instead. Answers, per hold, the hold stored under its request id.
+    /// `tally_journal_holds` (migration 0016): refuses a reaped instance's batch; inserts the
+    /// holds (a request id stored before inserts nothing) and takes the new ones off the
+    /// instance's lease rows. Answers, per hold, the hold stored under its request id.
     mutating func journal(_ instance: String, _ entries: [JournaledHold], ttl: SimTime, now: SimTime) throws
         -> [JournalOutcome] {
-        let registered = instances[instance] != nil
+        guard instances[instance] != nil else { throw SimDatabaseError.notRegistered }
         var inserted: [JournaledHold] = []
         for entry in entries.sorted(by: { $0.request.requestID < $1.request.requestID })
         where holds[entry.request.requestID] == nil {
@@ -101,10 +102,6 @@ extension SimDatabase {
             var accounts = [SimAccount.user(entry.request.userID)]
             if entry.tokenLeased { accounts.append(.token(entry.request.tokenID)) }
             for account in accounts {
-                guard registered else {
-                    adjustReserved(account, by: entry.request.amount)
-                    continue
-                }
                 // UPDATE user_leases … WHERE instance_id = $1 AND user_id = …: no row, no change.
                 let key = LeaseKey(instance: instance, account: account)
                 guard let row = leases[key], plantedBug != .journalKeepsLeaseRows else { continue }

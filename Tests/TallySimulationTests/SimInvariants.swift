@@ -11,16 +11,6 @@ struct SimTruth {
     var overruns: [SimAccount: Int64] = [:]
     /// Problems seen at a commit, reported by the next check.
     var problems: [String] = []
-    /// Violations of a documented promise that are known and not fixed yet: recorded, and the
-    /// run goes on (`SimKnownIssue`).
-    var knownIssues: [SimKnownIssue: String] = [:]
-    /// Per account, what holds journaled after their registration was reaped added to
-    /// `reserved` (SimKnownIssue.lateJournal).
-    var lateJournaled: [SimAccount: Int64] = [:]
-
-    mutating func known(_ issue: SimKnownIssue, _ description: String) {
-        if knownIssues[issue] == nil { knownIssues[issue] = description }
-    }
 
 
     /// After a store committed: the lines stored for the first time add their cost, and what
@@ -91,11 +81,6 @@ enum SimInvariants {
     /// the overruns of settled lines (docs/enforcement.md, "Why no interleaving can overdraw").
     private static func checkOverdraft(_ account: SimAccount, _ simulation: Simulation) throws {
         let left = simulation.database.headroom(account), overruns = simulation.truth.overruns[account] ?? 0
-        let late = simulation.truth.lateJournaled[account] ?? 0
-        if left < -overruns, left >= -(overruns + late) {
-            return simulation.truth.known(.lateJournal, "\(account): balance less reserved is \(left), its overruns "
-                + "\(overruns), holds journaled after their registration was reaped \(late)")
-        }
         guard left >= -overruns else {
             throw simulation.violation(
                 "\(account) overdrawn: balance less reserved is \(left), its overruns \(overruns)")

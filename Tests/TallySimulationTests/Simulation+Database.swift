@@ -31,7 +31,6 @@ extension Simulation {
         let now = scheduler.now
         // Kept only for a store (its lines' holds before it); a copy kept makes every write copy.
         let before = if case .store = call.request { database } else { SimDatabase() }
-        let late = lateJournal(call.request)
         do {
             let (response, notifications) = try database.transact { database in
                 try Self.apply(call.request, to: &database, now: now, holdTTL: configuration.holdTTL,
@@ -39,11 +38,6 @@ extension Simulation {
             }
             databaseChanged = true
             log("db: \(call.request) from i\(call.instance) → \(response)")
-            for hold in late where database.holds[hold.request.requestID]?.id == hold.id {
-                truth.lateJournaled[.user(hold.request.userID), default: 0] += hold.request.amount
-                guard hold.tokenLeased else { continue }
-                truth.lateJournaled[.token(hold.request.tokenID), default: 0] += hold.request.amount
-            }
             if case let .store(lines) = call.request {
                 stats.batches += 1
                 truth.stored(lines, before: before, after: database)
@@ -62,12 +56,6 @@ extension Simulation {
             truth.problems.append("\(call.request) from i\(call.instance): \(error)")
             return .failed(.aborted)
         }
-    }
-
-    /// The holds of a journal batch whose registration was reaped that are not stored yet.
-    private func lateJournal(_ request: DatabaseCall.Request) -> [JournaledHold] {
-        guard case let .journal(name, holds) = request, database.instances[name] == nil else { return [] }
-        return holds.filter { database.holds[$0.request.requestID] == nil }
     }
 
     /// One call's statements, inside its transaction.

@@ -165,15 +165,8 @@ extension Simulation {
         default: return
         }
         if configuration.policy.commit == .sync, database.holds[hold.requestID]?.id != holdID {
-            let problem = "\(hold.requestID) was answered \(outcome) in sync mode, but the database holds "
-                + (database.holds[hold.requestID].map { "hold \($0.id)" } ?? "none")
-            if case .duplicate = outcome {
-                // Known: a retry that reaches the instance while the first hold waits for the
-                // journal is answered from memory (SimKnownIssue.syncRetryFromMemory).
-                truth.known(.syncRetryFromMemory, problem)
-            } else {
-                truth.problems.append(problem)
-            }
+            truth.problems.append("\(hold.requestID) was answered \(outcome) in sync mode, but the database holds "
+                + (database.holds[hold.requestID].map { "hold \($0.id)" } ?? "none"))
         }
         gateway.running[hold.requestID] = (hold, held)
     }

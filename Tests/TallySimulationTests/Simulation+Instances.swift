@@ -50,6 +50,7 @@ extension Simulation {
             }
             step(index, .refillFailed(round: round))
         case let (.journal(batch), .journaled(outcomes)): step(index, .journalCommitted(batch: batch, outcomes))
+        case let (.journal(batch), .failed(.notRegistered)): step(index, .journalRefused(batch: batch))
         case let (.journal(batch), _): step(index, .journalFailed(batch: batch))
         case let (.holdIDs, .holdIDs(first)): step(index, .holdIDsGranted(first: first, count: SimDatabase.holdIDBlock))
         case (.holdIDs, _): step(index, .holdIDsFailed)

@@ -22,7 +22,6 @@ struct SimulationTests {
             let outcome = Result { try simulation.run() }
             print(simulation.trace.joined(separator: "\n"))
             if case let .failure(error) = outcome { Issue.record("\(error)") }
-            for (kind, issue) in simulation.truth.knownIssues { print("known issue \(kind): \(issue)") }
             return
         }
         let started = ContinuousClock.now
@@ -34,9 +33,6 @@ struct SimulationTests {
             let message = "\(report.failures.count) seed(s) failed; the first: \(failure)\n  replay: "
                 + Self.replayCommand(failure.seed) + more
             Issue.record("\(message)")
-        }
-        for issue in SimKnownIssue.allCases {
-            issue.expect(in: report.knownIssues.filter { $0.kind == issue }, seeds: Self.seeds)
         }
     }
 
@@ -83,8 +79,6 @@ enum SimulationSweep {
     struct Report: Sendable {
         var steps = 0
         var failures: [SimViolation] = []
-        /// Seeds that met a known issue, with its first occurrence.
-        var knownIssues: [(seed: UInt64, kind: SimKnownIssue, issue: String)] = []
         var stats = SimStats()
     }
 
@@ -100,11 +94,9 @@ enum SimulationSweep {
             for await report in group {
                 total.steps += report.steps
                 total.failures += report.failures
-                total.knownIssues += report.knownIssues
                 total.stats.add(report.stats)
             }
             total.failures.sort { $0.seed < $1.seed }
-            total.knownIssues.sort { $0.seed < $1.seed }
             return total
         }
     }
@@ -118,48 +110,9 @@ enum SimulationSweep {
             } catch {
                 report.failures.append(simulation.violation("\(error)"))
             }
-            for (kind, issue) in simulation.truth.knownIssues { report.knownIssues.append((seed, kind, issue)) }
             report.steps += simulation.steps
             report.stats.add(simulation.stats)
         }
         return report
-    }
-}
-
-/// Promises the simulation found broken that are not fixed yet (docs/testing.md). Each is
-/// expected (Swift Testing's `withKnownIssue`), so the sweep stays green for everything else;
-/// once the code is fixed the expectation itself fails, and the entry must go. A seed that meets
-/// one is still checked for everything else to its end.
-enum SimKnownIssue: CaseIterable, Sendable {
-    /// Sync mode promises that a hold answered is in PostgreSQL. A retry of the request id that
-    /// reaches the same instance while the first hold waits for its journal batch (in flight, or
-    /// failed and waiting to be written again) is answered `duplicate` from `LeaseMachine`'s
-    /// recent request ids at once, before the hold is journaled; if the instance dies then, the
-    /// gateway runs a request whose hold never reaches PostgreSQL (`LeaseMachine.attempt`).
-    case syncRetryFromMemory
-    /// Holds cut before an instance stopped (SIGSTOP, a VM pause) longer than its registration
-    /// and the reaper's grace are journaled after the reaping: `tally_journal_holds` adds them to
-    /// `reserved` without looking at what is left, while the reaped lease units they were cut
-    /// from went back and were leased again, so `quota − reserved` drops below zero beyond any
-    /// overrun (migration 0009, "a reaped instance's new holds are added to reserved").
-    case lateJournal
-
-    /// Seeds from which the sweep surely meets it (fewer: it is not required). A rare one
-    /// (3 of 10,000 seeds) is never required: any change to the machines moves the seeds
-    /// that meet it, so its absence would not prove a fix.
-    private var surelyWithin: UInt64? {
-        switch self {
-        case .syncRetryFromMemory: 1_000
-        case .lateJournal: nil
-        }
-    }
-
-    func expect(in occurrences: [(seed: UInt64, kind: SimKnownIssue, issue: String)], seeds: UInt64) {
-        withKnownIssue("\(self)", isIntermittent: seeds < surelyWithin ?? .max) {
-            guard let first = occurrences.first else { return }
-            let message = "\(self): \(occurrences.count) seed(s); the first: seed \(first.seed): \(first.issue)"
-                + "\n  replay: " + SimulationTests.replayCommand(first.seed)
-            Issue.record("\(message)")
-        }
     }
 }

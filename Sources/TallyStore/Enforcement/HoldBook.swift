@@ -19,8 +19,9 @@ public final class HoldBook: Sendable {
     private let holdTTLSeconds: Int
     private let stripes: [Stripe]
     private let registered: Mutex<String>
-    /// The stripes' journal batches and refill rounds, several to a transaction.
-    private let journals: Coalescer<JournalBatch, [JournalOutcome]>
+    /// The stripes' journal batches and refill rounds, several to a transaction. A batch's
+    /// outcomes are nil when the journal refused it (its registration was reaped).
+    private let journals: Coalescer<JournalBatch, [JournalOutcome]?>
     private let refills: Coalescer<RefillRound, [LeaseGrant]>
     /// The amount of a recent hold: a cold key's first lease is `leaseMultiple` of them.
     private let typicalAmount = Atomic<Int64>(0)
@@ -236,7 +237,8 @@ public final class HoldBook: Sendable {
         case let .journal(batch, instance, holds):
             Task {
                 do {
-                    let outcomes = try await journals.submit(JournalBatch(instance: instance, holds: holds))
+                    guard let outcomes = try await journals.submit(JournalBatch(instance: instance, holds: holds))
+                    else { return step(stripe, .journalRefused(batch: batch)) }
                     step(stripe, .journalCommitted(batch: batch, outcomes))
                 } catch {
                     step(stripe, .journalFailed(batch: batch), error: error)
@@ -271,17 +273,24 @@ public final class HoldBook: Sendable {
     // MARK: Coalesced calls
 
     /// One `tally_journal_holds` call per registration for the stripes' batches (usually one);
-    /// each batch gets its holds' outcomes back.
+    /// each batch gets its holds' outcomes back, or nil when its registration was reaped (the
+    /// batches of another registration in the same call are not failed by it).
     private static func journal(_ batches: [JournalBatch], repository: any LeaseRepository,
-                                ttlSeconds: Int) async throws -> [[JournalOutcome]] {
-        var answers: [[JournalOutcome]] = Array(repeating: [], count: batches.count)
+                                ttlSeconds: Int) async throws -> [[JournalOutcome]?] {
+        var answers: [[JournalOutcome]?] = Array(repeating: [], count: batches.count)
         for instance in Set(batches.map(\.instance)).sorted() {
             let mine = batches.indices.filter { batches[$0].instance == instance }
             let holds = mine.flatMap { batches[$0].holds }
             let started = AuthorizeMetrics.now()
             AuthorizeMetrics.journalsInFlight.increment()
             defer { AuthorizeMetrics.journalsInFlight.decrement() }
-            var outcomes = try await repository.journal(instance: instance, holds: holds, ttlSeconds: ttlSeconds)[...]
+            var outcomes: ArraySlice<JournalOutcome>
+            do {
+                outcomes = try await repository.journal(instance: instance, holds: holds, ttlSeconds: ttlSeconds)[...]
+            } catch LeaseError.notRegistered {
+                for index in mine { answers[index] = nil }
+                continue
+            }
             AuthorizeMetrics.journalCommit.recordNanoseconds(Int64(AuthorizeMetrics.now() &- started))
             AuthorizeMetrics.journalBatch.record(holds.count)
             for index in mine {

@@ -16,7 +16,8 @@ public protocol LeaseRepository: Sendable {
     func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant]
     /// Gives unused lease units back.
     func giveBack(instance: String, amounts: [AccountUnits]) async throws
-    /// Stores holds cut from the leases; outcomes in the order of `holds`.
+    /// Stores holds cut from the leases; outcomes in the order of `holds`. Throws
+    /// `LeaseError.notRegistered`, storing nothing, when the registration is gone.
     func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome]
     /// The first of 1024 fresh hold ids.
     func holdIDBlock() async throws -> Int64
@@ -96,7 +97,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
         ]
         return try await pool.withConnection { connection in
             // A stored hold with another id is an earlier authorization of the request id.
-            try zip(holds, Self.retryingDeadlocks { try connection.query(Self.journalHolds, parameters) }.map { row in
+            try zip(holds, Self.translatingRefusal { try connection.query(Self.journalHolds, parameters) }.map { row in
                 (id: try row.decode(1, as: Int64.self), held: try row.decode(2, as: Int64.self), status: try row.decode(3, as: String.self))
             }).map { hold, stored in
                 JournalOutcome(holdID: stored.id, held: stored.held, status: stored.status, isNew: stored.id == hold.id)
@@ -133,7 +134,13 @@ public struct PostgresLeaseRepository: LeaseRepository {
         }
     }
 
-    /// `tally_lease`'s "not registered" as a `LeaseError`; anything else as it is.
+    /// `tally_journal_holds` with its "not registered" (migration 0016) as a `LeaseError`.
+    private static func translatingRefusal<T>(_ body: () throws -> T) throws -> T {
+        do { return try retryingDeadlocks(body) } catch { throw translated(error) }
+    }
+
+    /// `tally_lease`'s and `tally_journal_holds`' "not registered" as a `LeaseError`; anything
+    /// else as it is.
     private static func translated(_ error: any Error) -> any Error {
         (error as? PostgresError)?.sqlState == notRegisteredState ? LeaseError.notRegistered : error
     }
@@ -152,7 +159,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
 
     // MARK: SQL
 
-    /// Raised by `tally_lease` when the registration is gone.
+    /// Raised by `tally_lease` and `tally_journal_holds` when the registration is gone.
     static let notRegisteredState = "T0L01"
 
     static let registerInstance = PreparedStatement("leases_register", """

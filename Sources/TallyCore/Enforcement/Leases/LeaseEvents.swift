@@ -24,6 +24,8 @@ public enum LeaseEvent: Sendable, Equatable {
     /// holds), or failed: then it is written again after a pause (idempotent by hold id).
     case journalCommitted(batch: Int, [JournalOutcome])
     case journalFailed(batch: Int)
+    /// The journal refused the batch: its registration was reaped (and its leases returned).
+    case journalRefused(batch: Int)
 
     /// Another instance ran short of the account and asks for leases back (`lease-wanted:`).
     case leaseWanted(LeaseAccount)
@@ -51,7 +53,8 @@ public enum LeaseAction: Sendable, Equatable {
     /// `refillGranted` or `refillFailed` with this round.
     case refill(round: Int, instance: String, wants: [AccountUnits])
     /// Store these holds cut from `instance`'s leases (`tally_journal_holds`), then send
-    /// `journalCommitted` or `journalFailed` with this batch.
+    /// `journalCommitted`, `journalFailed` or (the registration is gone) `journalRefused` with
+    /// this batch.
     case journal(batch: Int, instance: String, holds: [JournaledHold])
     /// Return these unused lease units (`tally_return_leases`); nothing is sent back.
     case giveBack(instance: String, amounts: [AccountUnits])

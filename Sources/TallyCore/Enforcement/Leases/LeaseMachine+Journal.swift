@@ -13,15 +13,19 @@ extension LeaseMachine {
         for (entry, outcome) in zip(journal.queue.prefix(flight.count), outcomes) {
             let result = settle(entry, outcome)
             if let ticket = entry.ticket { out.append(.answer(ticket, .outcome(result))) }
+            for retry in entry.retries { out.append(.answer(retry, .outcome(result.retried))) }
         }
-        journal.journaled = journal.queue[flight.count - 1].sequence
-        journal.queue.removeFirst(flight.count)
+        journal.removeJournaled(flight.count)
+        answerFlushes(&out)
+        journal.startBatch(maxBatch: policy.maxJournalBatch, &out)
+    }
+
+    private mutating func answerFlushes(_ out: inout [LeaseAction]) {
         flushes.removeAll { flush in
             guard flush.through <= journal.journaled else { return false }
             out.append(.flushed(flush.ticket))
             return true
         }
-        journal.startBatch(maxBatch: policy.maxJournalBatch, &out)
     }
 
     /// The answer for a journaled hold. A request id journaled before (a retry that reached
@@ -47,12 +51,36 @@ extension LeaseMachine {
         journal.inFlight = nil
         journal.failures += 1
         for index in journal.queue.indices.prefix(flight.count) {
-            guard let ticket = journal.queue[index].ticket else { continue }
-            out.append(.answer(ticket, .failed(.journalFailed)))
+            for ticket in journal.queue[index].waiting { out.append(.answer(ticket, .failed(.journalFailed))) }
             journal.queue[index].ticket = nil
+            journal.queue[index].retries = []
         }
         let pause = min(policy.journalRetryMaxSeconds, policy.journalRetrySeconds * Double(journal.failures))
         journal.retryAt = now + pause
+    }
+
+    /// The registration the batch was cut under was reaped: its leases went back to the accounts
+    /// and may be leased elsewhere, so its holds not journaled yet must never be (migration 0016).
+    /// They are dropped and forgotten (their sync callers and retries fail; they were never
+    /// answered), the leases with them, and cuts wait for a new registration.
+    mutating func journalRefused(_ batch: Int, now: Double, _ out: inout [LeaseAction]) {
+        guard let flight = journal.inFlight, flight.batch == batch else { return }
+        journal.inFlight = nil
+        let reaped = journal.queue[0].instance
+        for entry in journal.removeHolds(of: reaped) {
+            for ticket in entry.waiting { out.append(.answer(ticket, .failed(.registrationLapsed))) }
+            retries.forget(entry.hold.request.requestID)
+        }
+        answerFlushes(&out)
+        if reaped == instance {
+            accounts = [:]
+            validUntil = 0
+            if !renewing {
+                renewing = true
+                out.append(.renewRegistration)
+            }
+        }
+        journal.startBatch(maxBatch: policy.maxJournalBatch, &out)
     }
 
     mutating func flush(_ ticket: LeaseTicket, _ out: inout [LeaseAction]) {
@@ -73,9 +101,16 @@ struct JournalQueue: Sendable {
         let sequence: Int
         /// The sync caller waiting for the commit.
         var ticket: LeaseTicket?
+        /// Sync retries of the request id that arrived while the hold waited for the journal.
+        var retries: [LeaseTicket] = []
+
+        /// Everyone waiting for the hold's commit.
+        var waiting: [LeaseTicket] { (ticket.map { [$0] } ?? []) + retries }
     }
 
     var queue: [Entry] = []
+    /// The sequence numbers of sync holds not journaled yet, by request id.
+    private var unjournaled: [String: Int] = [:]
     var inFlight: (batch: Int, count: Int)?
     var failures = 0
     /// When a failed batch is written again.
@@ -88,6 +123,34 @@ struct JournalQueue: Sendable {
     mutating func enqueue(_ hold: JournaledHold, instance: String, ticket: LeaseTicket?) {
         enqueued += 1
         queue.append(Entry(hold: hold, instance: instance, sequence: enqueued, ticket: ticket))
+        if ticket != nil { unjournaled[hold.request.requestID] = enqueued }
+    }
+
+    /// Makes `ticket` wait for the commit of the queued sync hold of `requestID`; false when
+    /// there is none (the hold is journaled, or was answered without waiting).
+    mutating func awaitCommit(of requestID: String, ticket: LeaseTicket) -> Bool {
+        guard let sequence = unjournaled[requestID], let first = queue.first?.sequence,
+              sequence >= first, sequence - first < queue.count else { return false }
+        queue[sequence - first].retries.append(ticket)
+        return true
+    }
+
+    /// Drops the first `count` holds: their batch committed.
+    mutating func removeJournaled(_ count: Int) {
+        journaled = queue[count - 1].sequence
+        for entry in queue.prefix(count) where unjournaled[entry.hold.request.requestID] == entry.sequence {
+            unjournaled[entry.hold.request.requestID] = nil
+        }
+        queue.removeFirst(count)
+    }
+
+    /// Drops the holds at the head cut under `instance` (never to be journaled) and returns them.
+    mutating func removeHolds(of instance: String) -> ArraySlice<Entry> {
+        let count = queue.prefix { $0.instance == instance }.count
+        guard count > 0 else { return [] }
+        let removed = queue.prefix(count)
+        removeJournaled(count)
+        return removed
     }
 
     /// Sends the next batch (the queue's head, cut from one registration) unless one is in
@@ -98,5 +161,13 @@ struct JournalQueue: Sendable {
         inFlight = (nextBatch, holds.count)
         out.append(.journal(batch: nextBatch, instance: first.instance, holds: holds))
         nextBatch += 1
+    }
+}
+
+extension HoldOutcome {
+    /// The answer to a retry of the request id that got this outcome: the same hold.
+    var retried: HoldOutcome {
+        guard case let .held(holdID, amount) = self else { return self }
+        return .duplicate(holdID: holdID, amount: amount, status: "held")
     }
 }

@@ -53,6 +53,7 @@ public struct LeaseMachine: Sendable {
         case .holdIDsFailed: holdIDsAnswered(nil, now: now, &out)
         case let .journalCommitted(batch, outcomes): journalCommitted(batch, outcomes: outcomes, now: now, &out)
         case let .journalFailed(batch): journalFailed(batch, now: now, &out)
+        case let .journalRefused(batch): journalRefused(batch, now: now, &out)
         case let .leaseWanted(account), let .overdrawn(account), let .accountChanged(account):
             giveBack(account, &out)
         case .idleTick:
@@ -111,6 +112,9 @@ public struct LeaseMachine: Sendable {
         }
         let request = cut.request
         if let earlier = retries.find(request.requestID, now: now, keepFor: policy.recentSeconds) {
+            // Sync mode answers only what PostgreSQL holds: a retry of a hold still queued for
+            // the journal waits for the same commit.
+            if policy.commit == .sync, journal.awaitCommit(of: request.requestID, ticket: cut.ticket) { return }
             return out.append(.answer(cut.ticket, .outcome(earlier)))
         }
         let wants = shortfall(of: request, now: now)
@@ -320,6 +324,11 @@ struct RecentHolds: Sendable {
 
     mutating func remember(_ requestID: String, _ outcome: HoldOutcome) {
         current[requestID] = outcome
+    }
+
+    mutating func forget(_ requestID: String) {
+        current[requestID] = nil
+        previous[requestID] = nil
     }
 }
 
