@@ -114,8 +114,12 @@ struct Serve: AsyncParsableCommand {
                 ?? Defaults.rollUpIntervalSeconds)
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
         guard configuration.holdTTLSeconds > 0 else { throw ValidationError("--hold-ttl must be at least 1 second") }
-        guard configuration.settleIntervalMilliseconds >= 0 else { throw ValidationError("--settle-interval must be ≥ 0") }
-        guard configuration.rollUpIntervalSeconds > 0 else { throw ValidationError("--rollup-interval must be at least 1 second") }
+        guard configuration.settleIntervalMilliseconds >= 0 else {
+            throw ValidationError("--settle-interval must be ≥ 0")
+        }
+        guard configuration.rollUpIntervalSeconds > 0 else {
+            throw ValidationError("--rollup-interval must be at least 1 second")
+        }
         guard configuration.idleTimeoutSeconds > 0 else { throw ValidationError("--idle-timeout must be at least 1 second") }
         guard configuration.failedAuthLimit >= 0, configuration.failedAuthWindowSeconds > 0 else {
             throw ValidationError("--failed-auth-limit must be ≥ 0 and --failed-auth-window ≥ 1")
