@@ -202,7 +202,7 @@ struct FoldTests {
                                     video, moreVideo, failed])
         #expect(charges.ledgerCharges.map { "\($0.key.userID)/\($0.key.tokenID)/\($0.key.month): \($0.charge.quota) in \($0.charge.requests)" }
                 == ["1/11/2026-10-01: 100 in 1", "1/11/2026-11-01: 64 in 3"])
-        let usage = charges.pendingUsage
+        let usage = charges.pendingUsage.sorted { $0.key < $1.key }
         #expect(charges.pendingCharges.map { "\($0.key.userID)/\($0.key.tokenID): \($0.charge.quota) in \($0.charge.requests)" }
                 == ["1/11: 164 in 4", "2/22: 0 in 1"])
         #expect(charges.pendingCharges[0].charge.lastAt == november)
