@@ -186,6 +186,19 @@ struct FoldTests {
         #expect(try await db.scalar(lookupLease, [account.user]) == 0, "the first grant is reserved now")
     }
 
+    @Test("the fold plans every call for its own accounts (migration 0018): a cached generic plan compares each pending row with every account")
+    func foldPlansPerCall() async throws {
+        let db = try await TestDatabase.create("fold-plans")
+        let settings = try await db.pool.withConnection { connection in
+            try connection.query("""
+                SELECT p.proname, array_to_string(p.proconfig, ',') FROM pg_proc p
+                WHERE p.proname IN ('tally_fold', 'tally_settle') ORDER BY p.proname
+                """).map { "\(try $0.decode(0, as: String.self)): \(try $0.decodeOptional(1, as: String.self) ?? "")" }
+        }
+        #expect(settings == ["tally_fold: plan_cache_mode=force_custom_plan",
+                             "tally_settle: plan_cache_mode=force_custom_plan"])
+    }
+
     @Test("a batch's charges: one ledger row per user × key × month (none for a free group), usage per day × model × group × kind")
     func batchCharges() throws {
         let a = (user: Int64(1), token: Int64(11)), b = (user: Int64(2), token: Int64(22))
