@@ -51,12 +51,15 @@ public struct PostgresIngestRepository: IngestRepository {
     /// `ON CONFLICT DO NOTHING`, which keeps exactly the new ones.
     static func insertNew(_ lines: [PricedLine], batchID: Int64, on connection: PostgresConnection) throws -> [Int] {
         var seen = Set<LineKey>(minimumCapacity: lines.count)
-        // Inserted in one global order (request id, then account and time): concurrent batches
-        // holding the same ids (a resend through another instance) then wait for each other on
-        // the first shared id instead of each holding one the other waits for (a deadlock).
+        // Inserted in one global order, the primary key's (account, time, request id):
+        // concurrent batches holding the same ids (a resend through another instance) then wait
+        // for each other on the first shared id instead of each holding one the other waits for
+        // (a deadlock). Integers decide almost every comparison, and the key's index is written
+        // in its own order.
         var candidates = lines.indices.filter { seen.insert(LineKey(lines[$0])).inserted }
-        candidates.sort {
-            (lines[$0].requestID, lines[$0].userID, lines[$0].createdAt) < (lines[$1].requestID, lines[$1].userID, lines[$1].createdAt)
+        candidates.sort { left, right in
+            let (a, b) = (lines[left], lines[right])
+            return (a.userID, a.createdAt, a.requestID) < (b.userID, b.createdAt, b.requestID)
         }
         try connection.execute("SAVEPOINT ingest_fast_path")
         do {
