@@ -23,8 +23,9 @@ struct BenchAuthorize: ParsableCommand {
             authorizations/s, p50/p99/max latency (µs), answers by status, lines settled (in all, and while the \
             clients ran: a settler that falls behind spares the database), and with --server-pid the cores the \
             server used (from /proc) next to the cores the whole machine used. With --warm-up, every one of \
-            the --users accounts is first authorized once (and settled before the clock starts), not counted: the figure is then the \
-            steady state, where a 10-second run on 10k accounts without it is mostly first touches (cold keys).
+            the --users accounts is first authorized once (and settled before the clock starts), not \
+            counted: the figure is then the steady state, where a 10-second run on 10k accounts without it \
+            is mostly first touches (cold keys).
             """)
 
     @Option(help: "Base URL of the server.") var url = "http://127.0.0.1:8080"
@@ -218,7 +219,8 @@ struct BenchAuthorize: ParsableCommand {
 
     /// Posts the log lines of the holds granted so far.
     private func postSettlements(endpoint: HTTPEndpoint, shared: BenchShared, connection: inout HTTPConnection?) {
-        let head = "POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\nContent-Type: application/x-ndjson\r\nContent-Length: "
+        let head = "POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\n"
+            + "Content-Type: application/x-ndjson\r\nContent-Length: "
         let (lines, _) = shared.settlements.withLock { batch in defer { batch = ([], 0) }; return batch }
         for (chunk, count) in Self.chunks(lines, linesEach: Self.linesPerPost) {
             do {

@@ -94,7 +94,7 @@ struct HoldBookTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
-    @Test("the journal answers in input order: new holds as given, a batch written again as stored, a request id journaled before with its first hold, the leases drawn once")
+    @Test("the journal answers in order: new holds as given, a rewritten batch as stored, a retry with its first hold")
     func journalOutcomes() async throws {
         let db = try await TestDatabase.create("journalanswers")
         let seed = Seed(db: db)
@@ -105,8 +105,8 @@ struct HoldBookTests {
                                                                  AccountUnits(.token(token), 1_000)])
         let first = try await repository.holdIDBlock()
         func hold(_ offset: Int64, _ requestID: String, _ amount: Int64, tokenLeased: Bool) -> JournaledHold {
-            JournaledHold(id: first + offset, request: Self.request(requestID, user: user, token: token, amount: amount),
-                          tokenLeased: tokenLeased)
+            let request = Self.request(requestID, user: user, token: token, amount: amount)
+            return JournaledHold(id: first + offset, request: request, tokenLeased: tokenLeased)
         }
         func leases() async throws -> [Int64] {
             [try await seed.int("SELECT amount FROM user_leases WHERE instance_id = 'one'"),
