@@ -7,33 +7,28 @@ import TallyPostgres
 import TallyStore
 
 extension TallyServices {
-    /// `user:<id>` or `token:<id>`.
-    private static func leaseAccount(_ text: Substring) -> LeaseAccount? {
-        let parts = text.split(separator: ":")
-        guard parts.count == 2, let id = Int64(parts[1]) else { return nil }
-        switch parts[0] {
-        case "user": return .user(id)
-        case "token": return .token(id)
-        default: return nil
+    /// Applies a `tally_changes` notification to every cache that holds the row.
+    @Sendable public func applyChange(_ change: ChangeNotice) {
+        switch change {
+        // A settlement overdrew the account, or another instance ran short of it: give the lease back.
+        case let .overdrawn(account): holdBook.notice(.overdrawn(account))
+        case let .leaseWanted(account): holdBook.notice(.leaseWanted(account))
+        case let .token(id):
+            forget(change)
+            // A key's limits changed (unlimited or not, its quota): its lease is taken afresh.
+            holdBook.notice(.accountChanged(.token(id)))
+        case .channel: access.invalidate(change)
+        case .user, .group, .import: forget(change)
+        case .everything:
+            forget(change)
+            Task { try? await holdBook.returnIdleLeases(everything: true) }
         }
     }
 
-    /// Applies a `tally_changes` notification to every cache that holds the row.
-    @Sendable public func applyChange(_ payload: String) {
-        // A settlement overdrew the account, or another instance ran short of it: give the lease back.
-        let leaseEvents: [(String, (LeaseAccount) -> LeaseEvent)] = [("overdrawn:", LeaseEvent.overdrawn),
-                                                                      ("lease-wanted:", LeaseEvent.leaseWanted)]
-        for (prefix, event) in leaseEvents where payload.hasPrefix(prefix) {
-            if let account = Self.leaseAccount(payload.dropFirst(prefix.count)) { holdBook.notice(event(account)) }
-            return
-        }
-        access.invalidate(payload)
-        if !payload.hasPrefix("channel:") { tokens.invalidateAll() }
-        // A key's limits changed (unlimited or not, its quota): its lease is taken afresh.
-        if payload.hasPrefix("token:"), let account = Self.leaseAccount(payload[...]) {
-            holdBook.notice(.accountChanged(account))
-        }
-        if payload == "*" { Task { try? await holdBook.returnIdleLeases(everything: true) } }
+    /// Drops the cached keys `change` names, and every key the ingest directory holds.
+    private func forget(_ change: ChangeNotice) {
+        access.invalidate(change)
+        tokens.invalidateAll()
     }
 }
 
@@ -66,7 +61,7 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
         HoldSweeperService(holds: services.holds, interval: .seconds(1), logger: logger),
         LeaseService(book: services.holdBook, logger: logger),
         ChangeListenerService(databaseURL: configuration.databaseURL, onChange: services.applyChange,
-                              onReconnect: { services.applyChange("*") }, logger: logger))
+                              logger: logger))
     if configuration.settleIntervalMilliseconds > 0 {
         app.addServices(SettlerService(settler: Settler(pool: pool),
                                        balanceInterval: .milliseconds(configuration.settleIntervalMilliseconds),

@@ -154,25 +154,25 @@ public final class AccessDirectory: Sendable {
         return map
     }
 
-    /// Applies one `tally_changes` payload (`token:<id>`, `user:<id>`, `group:<name>`,
-    /// `channel:<id>`); anything else forgets everything.
-    public func invalidate(_ payload: String) {
-        let parts = payload.split(separator: ":", maxSplits: 1).map(String.init)
+    /// Drops what `change` names: a key's or a user's keys, or the channel map; a group, an
+    /// import or everything forgets every entry.
+    public func invalidate(_ change: ChangeNotice) {
         state.withLock { state in
             state.generation += 1
-            switch (parts.first, parts.count == 2 ? Int64(parts[1]) : nil) {
-            case ("token", let id?): state.keys = state.keys.filter { $0.value.access?.tokenID != id }
-            case ("user", let id?): state.keys = state.keys.filter { $0.value.access?.userID != id }
-            case ("channel", _): state.channels = nil
-            default:
+            switch change {
+            case let .token(id): state.keys = state.keys.filter { $0.value.access?.tokenID != id }
+            case let .user(id): state.keys = state.keys.filter { $0.value.access?.userID != id }
+            case .channel: state.channels = nil
+            case .group, .import, .everything:
                 state.keys = [:]
                 state.channels = nil
+            case .overdrawn, .leaseWanted: break  // about leases: nothing cached here changed
             }
         }
     }
 
     /// Forgets everything (after the listener reconnects and may have missed notifications).
-    public func invalidateAll() { invalidate("*") }
+    public func invalidateAll() { invalidate(.everything) }
 
     // MARK: SQL
 
