@@ -32,7 +32,9 @@ extension TallyServices {
     }
 }
 
-/// Builds the HTTP application: migrates the database, wires controllers and middleware.
+/// Builds the HTTP application: controllers, middleware and background services. Before the
+/// server takes requests it migrates the database, loads the prices and registers the
+/// instance's leases; the background services wait for that (``StartupGate``).
 public func buildApplication(_ configuration: TallyConfiguration) async throws -> some ApplicationProtocol {
     var logger = Logger(label: "tally")
     logger.logLevel = configuration.logLevel
@@ -41,10 +43,6 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     let services = TallyServices(pool: pool, holdTTLSeconds: configuration.holdTTLSeconds,
                                  holdCommit: configuration.holdCommit)
     let migrator = Migrator(pool: pool, logger: logger)
-    try await migrator.migrate()
-    try await migrator.createLogPartitions(months: 3)
-    try await services.prices.reload()
-    try await services.holdBook.start()
     let router = buildRouter(services, configuration: configuration)
     var app = Application(
         router: router,
@@ -54,23 +52,42 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
             idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "tally"),
         logger: logger)
-    app.addServices(
-        PoolService(pool: pool),
-        PriceRefreshService(prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds), logger: logger),
+    let started = StartupGate()
+    app.beforeServerStarts {
+        try await migrator.migrate()
+        try await migrator.createLogPartitions(months: 3)
+        try await services.prices.reload()
+        try await services.holdBook.start()
+        started.open()
+    }
+    app.addServices(PoolService(pool: pool))
+    app.addServices(backgroundServices(services, migrator: migrator, configuration: configuration, logger: logger)
+        .map { AfterStartup(gate: started, service: $0) })
+    return app
+}
+
+/// The services that run beside the HTTP server once it started.
+private func backgroundServices(_ services: TallyServices, migrator: Migrator, configuration: TallyConfiguration,
+                                logger: Logger) -> [any Service] {
+    var background: [any Service] = [
+        PriceRefreshService(prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds),
+                            logger: logger),
         LogPartitionService(migrator: migrator, interval: .seconds(86_400), logger: logger),
         HoldSweeperService(holds: services.holds, interval: .seconds(1), logger: logger),
         LeaseService(book: services.holdBook, logger: logger),
         ChangeListenerService(databaseURL: configuration.databaseURL, onChange: services.applyChange,
-                              logger: logger))
+                              logger: logger),
+    ]
     if configuration.settleIntervalMilliseconds > 0 {
-        app.addServices(SettlerService(settler: Settler(pool: pool),
-                                       balanceInterval: .milliseconds(configuration.settleIntervalMilliseconds),
-                                       rollUpInterval: .seconds(configuration.rollUpIntervalSeconds), logger: logger))
+        background.append(SettlerService(settler: Settler(pool: services.pool),
+                                         balanceInterval: .milliseconds(configuration.settleIntervalMilliseconds),
+                                         rollUpInterval: .seconds(configuration.rollUpIntervalSeconds), logger: logger))
     }
     if configuration.webhooks.enabled {
-        app.addServices(WebhookDispatcher(repository: WebhookRepository(pool: pool), configuration: configuration.webhooks, logger: logger))
+        background.append(WebhookDispatcher(repository: WebhookRepository(pool: services.pool),
+                                            configuration: configuration.webhooks, logger: logger))
     }
-    return app
+    return background
 }
 
 /// The router with every route and middleware; tests use it with `app.test(.router)`. Each
