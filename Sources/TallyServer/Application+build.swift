@@ -112,10 +112,13 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     router.addRoutes(PricingController(prices: services.prices).routes, atPath: "/api")
     router.addRoutes(KeyController(authenticator: APIKeyAuthenticator(tokens: services.apiKeys), models: models).routes)
 
-    let gateway = router.group("/gateway/v1").add(middleware: GatewayAuthMiddleware(secret: configuration.gatewaySecret))
-    IngestController(ingestor: services.ingestor, limits: services.ingestLimits).addRoutes(to: gateway)
-    EnforcementController(authorizer: services.authorizer, holds: services.holds, holdBook: services.holdBook)
-        .addRoutes(to: gateway)
+    let gateway = router.group("/gateway/v1")
+        .add(middleware: GatewayAuthMiddleware(secret: configuration.gatewaySecret))
+    for routes in [
+        IngestController(ingestor: services.ingestor, limits: services.ingestLimits).routes,
+        EnforcementController(authorizer: services.authorizer, holds: services.holds, holdBook: services.holdBook)
+            .routes,
+    ] { gateway.addRoutes(routes) }
 
     let user = router.group("/api").add(middleware: UserAuthMiddleware(users: services.users))
     for routes in [
