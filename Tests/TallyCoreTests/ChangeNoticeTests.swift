@@ -1,5 +1,5 @@
-import Testing
 import TallyCore
+import Testing
 
 @Suite("tally_changes payloads")
 struct ChangeNoticeTests {
@@ -32,13 +32,15 @@ struct ChangeNoticeTests {
         #expect(ChangeNotice(payload: "lease-wanted:token:" + String(Int64(5))) == .leaseWanted(.token(5)))
     }
 
-    @Test("malformed payloads are not read", arguments: [
-        "", ":", "token", "token:", "token:x", "token:-1", "token:+1", "token: 1", "token:1 ", "token:1:2",
-        "token:99999999999999999999", "user:", "user:1.5", "channel:", "channel:abc", "group:", "imports",
-        "import:1", "**", "overdrawn:", "overdrawn:user", "overdrawn:user:", "overdrawn:group:1",
-        "overdrawn:token:x", "lease-wanted:channel:1", "lease-wanted:user:1:2", "lease_wanted:user:1",
-        "Token:1", "session:1", "overdrawn:*",
-    ])
+    @Test(
+        "malformed payloads are not read",
+        arguments: [
+            "", ":", "token", "token:", "token:x", "token:-1", "token:+1", "token: 1", "token:1 ", "token:1:2",
+            "token:99999999999999999999", "user:", "user:1.5", "channel:", "channel:abc", "group:", "imports",
+            "import:1", "**", "overdrawn:", "overdrawn:user", "overdrawn:user:", "overdrawn:group:1",
+            "overdrawn:token:x", "lease-wanted:channel:1", "lease-wanted:user:1:2", "lease_wanted:user:1",
+            "Token:1", "session:1", "overdrawn:*",
+        ])
     func malformed(payload: String) {
         #expect(ChangeNotice(payload: payload) == nil)
     }

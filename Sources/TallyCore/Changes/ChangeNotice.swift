@@ -25,13 +25,13 @@ public enum ChangeNotice: Sendable, Hashable {
     /// The payload as sent on `tally_changes`.
     public var payload: String {
         switch self {
-        case let .token(id): "token:\(id)"
-        case let .user(id): "user:\(id)"
-        case let .group(name): "group:\(name)"
-        case let .channel(id): "channel:\(id)"
+        case .token(let id): "token:\(id)"
+        case .user(let id): "user:\(id)"
+        case .group(let name): "group:\(name)"
+        case .channel(let id): "channel:\(id)"
         case .import: "import"
-        case let .overdrawn(account): "overdrawn:" + Self.payload(of: account)
-        case let .leaseWanted(account): "lease-wanted:" + Self.payload(of: account)
+        case .overdrawn(let account): "overdrawn:" + Self.payload(of: account)
+        case .leaseWanted(let account): "lease-wanted:" + Self.payload(of: account)
         case .everything: "*"
         }
     }
@@ -48,31 +48,32 @@ public enum ChangeNotice: Sendable, Hashable {
             return
         }
         let kind = payload[..<colon], rest = payload[payload.index(after: colon)...]
-        let notice: ChangeNotice? = switch kind {
-        case "token": Self.id(rest).map(ChangeNotice.token)
-        case "user": Self.id(rest).map(ChangeNotice.user)
-        case "channel": Self.id(rest).map(ChangeNotice.channel)
-        case "group": rest.isEmpty ? nil : .group(String(rest))
-        case "overdrawn": Self.account(rest).map(ChangeNotice.overdrawn)
-        case "lease-wanted": Self.account(rest).map(ChangeNotice.leaseWanted)
-        default: nil
-        }
+        let notice: ChangeNotice? =
+            switch kind {
+            case "token": Self.id(rest).map(ChangeNotice.token)
+            case "user": Self.id(rest).map(ChangeNotice.user)
+            case "channel": Self.id(rest).map(ChangeNotice.channel)
+            case "group": rest.isEmpty ? nil : .group(String(rest))
+            case "overdrawn": Self.account(rest).map(ChangeNotice.overdrawn)
+            case "lease-wanted": Self.account(rest).map(ChangeNotice.leaseWanted)
+            default: nil
+            }
         guard let notice else { return nil }
         self = notice
     }
 
     private static func payload(of account: LeaseAccount) -> String {
         switch account {
-        case let .user(id): "user:\(id)"
-        case let .token(id): "token:\(id)"
+        case .user(let id): "user:\(id)"
+        case .token(let id): "token:\(id)"
         }
     }
 
     /// `user:<id>` or `token:<id>`.
     private static func account(_ text: Substring) -> LeaseAccount? {
         switch ChangeNotice(payload: String(text)) {
-        case let .user(id): .user(id)
-        case let .token(id): .token(id)
+        case .user(let id): .user(id)
+        case .token(let id): .token(id)
         default: nil
         }
     }
