@@ -67,11 +67,13 @@ let package = Package(
         .testTarget(name: "TallyCoreTests", dependencies: ["TallyCore", "TallyTestSupport"], swiftSettings: strict),
         .testTarget(name: "TallyPostgresTests", dependencies: ["TallyPostgres", "TallyTestSupport"],
                     swiftSettings: strict),
-        .testTarget(name: "TallyStoreTests", dependencies: ["TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport"],
+        .testTarget(name: "TallyStoreTests",
+                    dependencies: ["TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport"],
                     swiftSettings: strict),
         // The deterministic simulation of the money state machines (docs/testing.md).
         // Optimized even in debug builds: 10,000 seeds must run in well under a minute.
-        .testTarget(name: "TallySimulationTests", dependencies: ["TallyCore"], swiftSettings: strict + [.unsafeFlags(["-O"])]),
+        .testTarget(name: "TallySimulationTests", dependencies: ["TallyCore"],
+                    swiftSettings: strict + [.unsafeFlags(["-O"])]),
         .testTarget(name: "TallyServerTests", dependencies: [
             "TallyServer", "TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport", "TallyHTTP",
             .product(name: "Crypto", package: "swift-crypto"),
