@@ -7,37 +7,34 @@ import TallyPostgres
 import TallyStore
 
 extension TallyServices {
-    /// `user:<id>` or `token:<id>`.
-    private static func leaseAccount(_ text: Substring) -> LeaseAccount? {
-        let parts = text.split(separator: ":")
-        guard parts.count == 2, let id = Int64(parts[1]) else { return nil }
-        switch parts[0] {
-        case "user": return .user(id)
-        case "token": return .token(id)
-        default: return nil
+    /// Applies a `tally_changes` notification to every cache that holds the row.
+    @Sendable public func applyChange(_ change: ChangeNotice) {
+        switch change {
+        // A settlement overdrew the account, or another instance ran short of it: give the lease back.
+        case let .overdrawn(account): holdBook.notice(.overdrawn(account))
+        case let .leaseWanted(account): holdBook.notice(.leaseWanted(account))
+        case let .token(id):
+            forget(change)
+            // A key's limits changed (unlimited or not, its quota): its lease is taken afresh.
+            holdBook.notice(.accountChanged(.token(id)))
+        case .channel: access.invalidate(change)
+        case .user, .group, .import: forget(change)
+        case .everything:
+            forget(change)
+            Task { try? await holdBook.returnIdleLeases(everything: true) }
         }
     }
 
-    /// Applies a `tally_changes` notification to every cache that holds the row.
-    @Sendable public func applyChange(_ payload: String) {
-        // A settlement overdrew the account, or another instance ran short of it: give the lease back.
-        let leaseEvents: [(String, (LeaseAccount) -> LeaseEvent)] = [("overdrawn:", LeaseEvent.overdrawn),
-                                                                      ("lease-wanted:", LeaseEvent.leaseWanted)]
-        for (prefix, event) in leaseEvents where payload.hasPrefix(prefix) {
-            if let account = Self.leaseAccount(payload.dropFirst(prefix.count)) { holdBook.notice(event(account)) }
-            return
-        }
-        access.invalidate(payload)
-        if !payload.hasPrefix("channel:") { tokens.invalidateAll() }
-        // A key's limits changed (unlimited or not, its quota): its lease is taken afresh.
-        if payload.hasPrefix("token:"), let account = Self.leaseAccount(payload[...]) {
-            holdBook.notice(.accountChanged(account))
-        }
-        if payload == "*" { Task { try? await holdBook.returnIdleLeases(everything: true) } }
+    /// Drops the cached keys `change` names, and every key the ingest directory holds.
+    private func forget(_ change: ChangeNotice) {
+        access.invalidate(change)
+        tokens.invalidateAll()
     }
 }
 
-/// Builds the HTTP application: migrates the database, wires controllers and middleware.
+/// Builds the HTTP application: controllers, middleware and background services. Before the
+/// server takes requests it migrates the database, loads the prices and registers the
+/// instance's leases; the background services wait for that (``StartupGate``).
 public func buildApplication(_ configuration: TallyConfiguration) async throws -> some ApplicationProtocol {
     var logger = Logger(label: "tally")
     logger.logLevel = configuration.logLevel
@@ -46,10 +43,6 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     let services = TallyServices(pool: pool, holdTTLSeconds: configuration.holdTTLSeconds,
                                  holdCommit: configuration.holdCommit)
     let migrator = Migrator(pool: pool, logger: logger)
-    try await migrator.migrate()
-    try await migrator.createLogPartitions(months: 3)
-    try await services.prices.reload()
-    try await services.holdBook.start()
     let router = buildRouter(services, configuration: configuration)
     var app = Application(
         router: router,
@@ -59,23 +52,42 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
             idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "tally"),
         logger: logger)
-    app.addServices(
-        PoolService(pool: pool),
-        PriceRefreshService(prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds), logger: logger),
+    let started = StartupGate()
+    app.beforeServerStarts {
+        try await migrator.migrate()
+        try await migrator.createLogPartitions(months: 3)
+        try await services.prices.reload()
+        try await services.holdBook.start()
+        started.open()
+    }
+    app.addServices(PoolService(pool: pool))
+    app.addServices(backgroundServices(services, migrator: migrator, configuration: configuration, logger: logger)
+        .map { AfterStartup(gate: started, service: $0) })
+    return app
+}
+
+/// The services that run beside the HTTP server once it started.
+private func backgroundServices(_ services: TallyServices, migrator: Migrator, configuration: TallyConfiguration,
+                                logger: Logger) -> [any Service] {
+    var background: [any Service] = [
+        PriceRefreshService(prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds),
+                            logger: logger),
         LogPartitionService(migrator: migrator, interval: .seconds(86_400), logger: logger),
         HoldSweeperService(holds: services.holds, interval: .seconds(1), logger: logger),
         LeaseService(book: services.holdBook, logger: logger),
         ChangeListenerService(databaseURL: configuration.databaseURL, onChange: services.applyChange,
-                              onReconnect: { services.applyChange("*") }, logger: logger))
+                              logger: logger),
+    ]
     if configuration.settleIntervalMilliseconds > 0 {
-        app.addServices(SettlerService(settler: Settler(pool: pool),
-                                       balanceInterval: .milliseconds(configuration.settleIntervalMilliseconds),
-                                       rollUpInterval: .seconds(configuration.rollUpIntervalSeconds), logger: logger))
+        background.append(SettlerService(settler: Settler(pool: services.pool),
+                                         balanceInterval: .milliseconds(configuration.settleIntervalMilliseconds),
+                                         rollUpInterval: .seconds(configuration.rollUpIntervalSeconds), logger: logger))
     }
     if configuration.webhooks.enabled {
-        app.addServices(WebhookDispatcher(repository: WebhookRepository(pool: pool), configuration: configuration.webhooks, logger: logger))
+        background.append(WebhookDispatcher(repository: WebhookRepository(pool: services.pool),
+                                            configuration: configuration.webhooks, logger: logger))
     }
-    return app
+    return background
 }
 
 /// The router with every route and middleware; tests use it with `app.test(.router)`. Each
@@ -100,10 +112,13 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     router.addRoutes(PricingController(prices: services.prices).routes, atPath: "/api")
     router.addRoutes(KeyController(authenticator: APIKeyAuthenticator(tokens: services.apiKeys), models: models).routes)
 
-    let gateway = router.group("/gateway/v1").add(middleware: GatewayAuthMiddleware(secret: configuration.gatewaySecret))
-    IngestController(ingestor: services.ingestor, limits: services.ingestLimits).addRoutes(to: gateway)
-    EnforcementController(authorizer: services.authorizer, holds: services.holds, holdBook: services.holdBook)
-        .addRoutes(to: gateway)
+    let gateway = router.group("/gateway/v1")
+        .add(middleware: GatewayAuthMiddleware(secret: configuration.gatewaySecret))
+    for routes in [
+        IngestController(ingestor: services.ingestor, limits: services.ingestLimits).routes,
+        EnforcementController(authorizer: services.authorizer, holds: services.holds, holdBook: services.holdBook)
+            .routes,
+    ] { gateway.addRoutes(routes) }
 
     let user = router.group("/api").add(middleware: UserAuthMiddleware(users: services.users))
     for routes in [

@@ -38,19 +38,13 @@ enum AccountLookup {
     }
 }
 
-/// Cache invalidations for every Tally instance (`LISTEN tally_changes`): `token:<id>`,
-/// `user:<id>`, `group:<name>`, `channel:<id>`. Sent by the code that changes what authorize
-/// caches, on the connection of its transaction, so they go out at commit (on Citus a trigger
-/// would fire on a worker, where no instance listens).
-enum ChangeNotice {
-    static func send(_ payloads: [String], on connection: PostgresConnection) throws {
-        guard !payloads.isEmpty else { return }
+/// Cache invalidations for every Tally instance (`LISTEN tally_changes`), sent by the code that
+/// changes what authorize caches, on the connection of its transaction, so they go out at commit
+/// (on Citus a trigger would fire on a worker, where no instance listens).
+extension ChangeNotice {
+    static func send(_ notices: [ChangeNotice], on connection: PostgresConnection) throws {
+        guard !notices.isEmpty else { return }
         try connection.query("SELECT pg_notify('tally_changes', p) FROM unnest($1::text[]) AS p",
-                             [PostgresArray.text(payloads)])
+                             [PostgresArray.text(notices.map(\.payload))])
     }
-
-    static func user(_ id: Int64) -> String { "user:\(id)" }
-    static func token(_ id: Int64) -> String { "token:\(id)" }
-    static func group(_ name: String) -> String { "group:\(name)" }
-    static func channel(_ id: Int64) -> String { "channel:\(id)" }
 }

@@ -114,8 +114,9 @@ public struct BalanceRepository: Sendable {
         let hash = SecretHash(of: code)
         return try await pool.transaction { connection in
             guard let claimed = try connection.query("""
-                UPDATE redemptions SET status = 3, used_user_id = $2, redeemed_at = now()
-                WHERE code_hash = $1 AND status = 1 AND (expires_at IS NULL OR expires_at > now())
+                UPDATE redemptions SET status = \(RedemptionStatus.used.sql), used_user_id = $2, redeemed_at = now()
+                WHERE code_hash = $1 AND status = \(RedemptionStatus.enabled.sql)
+                  AND (expires_at IS NULL OR expires_at > now())
                 RETURNING id, quota
                 """, [hash, userID]).first else {
                 throw try Self.failure(hash: hash, on: connection)

@@ -139,7 +139,7 @@ public struct ChannelRepository: Sendable {
         return try await pool.withConnection { connection in
             try connection.query("""
                 SELECT DISTINCT m FROM channels c, unnest(c.models) AS m
-                WHERE c.status = 1 AND c.groups && $1::text[] ORDER BY m
+                WHERE c.status = \(ChannelStatus.enabled.sql) AND c.groups && $1::text[] ORDER BY m
                 """, [TextArray(groups)]).map { try $0.decode(0, as: String.self) }
         }
     }

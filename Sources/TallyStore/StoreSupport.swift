@@ -85,6 +85,12 @@ extension TokenStatus: PostgresIntegerEnum {}
 extension ChannelStatus: PostgresIntegerEnum {}
 extension RedemptionStatus: PostgresIntegerEnum {}
 
+extension PostgresIntegerEnum {
+    /// The value as SQL text writes it (its number), so a statement names `TokenStatus.enabled`
+    /// rather than a bare 1.
+    var sql: Int { rawValue }
+}
+
 /// SQL fragments shared by the repositories.
 enum SQL {
     /// A `timestamptz` column as whole unix seconds.

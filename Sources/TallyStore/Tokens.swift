@@ -102,8 +102,10 @@ public struct TokenRepository: Sendable {
     static func pending(_ column: String) -> String { SQL.pending(column, user: "t.user_id", token: "t.id") }
     static let remainQuota = "t.remain_quota - \(pendingCharges)"
     static let effectiveStatus = """
-        CASE WHEN t.status = 1 AND t.expires_at IS NOT NULL AND t.expires_at <= now() THEN 3 \
-        WHEN t.status = 1 AND NOT t.unlimited_quota AND \(remainQuota) <= 0 THEN 4 ELSE t.status END
+        CASE WHEN t.status = \(TokenStatus.enabled.sql) AND t.expires_at IS NOT NULL AND t.expires_at <= now() \
+        THEN \(TokenStatus.expired.sql) \
+        WHEN t.status = \(TokenStatus.enabled.sql) AND NOT t.unlimited_quota AND \(remainQuota) <= 0 \
+        THEN \(TokenStatus.exhausted.sql) ELSE t.status END
         """
     /// Use figures are exact at every instant: the pending ones are included. A statement that
     /// waits for the row's lock reads them only after the lock.
@@ -284,8 +286,9 @@ public struct TokenRepository: Sendable {
     public func delete(id: Int64, userID: Int64) async throws {
         try await pool.transaction { connection in
             let result = try connection.query(
-                "UPDATE tokens SET deleted_at = now(), status = 2 WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL",
-                [id, userID])
+                "UPDATE tokens SET deleted_at = now(), status = $3 WHERE id = $1 AND user_id = $2 "
+                    + "AND deleted_at IS NULL",
+                [id, userID, TokenStatus.disabled])
             guard result.affectedRows == 1 else { throw StoreError.notFound("API key \(id) not found") }
             try ChangeNotice.send([ChangeNotice.token(id)], on: connection)
         }

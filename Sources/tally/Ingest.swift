@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TallyCore
 import TallyPostgres
+import TallyServer
 import TallyStore
 
 struct Ingest: AsyncParsableCommand {

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import TallyCore
 import TallyPostgres
+import TallyServer
 import TallyStore
 import TallyTestSupport
 import Testing

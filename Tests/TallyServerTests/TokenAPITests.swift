@@ -19,6 +19,24 @@ let tokenFieldTypes: [String: String] = [
 
 @Suite("System API: API keys")
 struct TokenAPITests {
+    @Test("GET /api/token/:id shows an enabled key past its expiry as 3, one with no quota left as 4")
+    func displayedStatus() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (user, access) = try await seed.user()
+        let (expired, _) = try await seed.key(user: user.id, TokenDraft(name: "expired", unlimitedQuota: true))
+        try await seed.sql("UPDATE tokens SET expires_at = now() - interval '1 hour' WHERE id = $1", [expired.id])
+        let (exhausted, _) = try await seed.key(user: user.id, TokenDraft(name: "exhausted", remainQuota: 0))
+        let (live, _) = try await seed.key(user: user.id, TokenDraft(name: "live", remainQuota: 10))
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            for (token, status) in [(expired, TokenStatus.expired), (exhausted, .exhausted), (live, .enabled)] {
+                let answer = try await api.get("/api/token/\(token.id)", token: access)
+                #expect(answer.dataObject["status"] as? Int == status.rawValue, "\(token.name)")
+            }
+        }
+    }
+
     @Test("POST /api/token/ answers the new token, new-api's fields and types, with the full key once")
     func addToken() async throws {
         let db = try await TestDatabase.shared("systemapi")

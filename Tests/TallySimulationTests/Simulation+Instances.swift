@@ -3,9 +3,9 @@ import TallyCore
 
 /// The instances' side of a run: serving the gateway, calling the database, crashing. Each
 /// instance runs the real ``LeaseMachine`` (TallyCore) inside a shell that does what `HoldBook`
-/// (Sources/TallyStore/Enforcement/HoldBook.swift) does with one stripe: it feeds the machine
+/// (Sources/TallyServer/Services/HoldBook.swift) does with one stripe: it feeds the machine
 /// events with the instance's own clock and runs the actions it returns against the simulated
-/// database; `LeaseUpkeepService` (Sources/TallyServer/EnforcementServices.swift) is `upkeep`.
+/// database; `LeaseUpkeepService` (Sources/TallyServer/Services/EnforcementServices.swift) is `upkeep`.
 extension Simulation {
     func serve(_ request: GatewayRequest, exchange: Int, on index: Int) {
         guard instances[index].serving else {

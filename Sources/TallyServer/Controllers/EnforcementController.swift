@@ -14,9 +14,11 @@ struct EnforcementController {
     /// Authorize and release bodies are small; anything larger is refused unread.
     static let maximumBodyBytes = 64 * 1024
 
-    func addRoutes(to group: RouterGroup<TallyRequestContext>) {
-        group.post("/authorize", use: authorize)
-        group.post("/release", use: release)
+    var routes: RouteCollection<TallyRequestContext> {
+        let routes = RouteCollection(context: TallyRequestContext.self)
+        routes.post("authorize", use: authorize)
+        routes.post("release", use: release)
+        return routes
     }
 
     @Sendable func authorize(request: Request, context: TallyRequestContext) async throws -> Response {

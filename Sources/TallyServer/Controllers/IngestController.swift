@@ -10,8 +10,10 @@ struct IngestController {
     let ingestor: Ingestor
     let limits: IngestLimits
 
-    func addRoutes(to group: RouterGroup<TallyRequestContext>) {
-        group.post("/logs", use: ingest)
+    var routes: RouteCollection<TallyRequestContext> {
+        let routes = RouteCollection(context: TallyRequestContext.self)
+        routes.post("logs", use: ingest)
+        return routes
     }
 
     @Sendable func ingest(request: Request, context: TallyRequestContext) async throws -> Response {

@@ -154,25 +154,25 @@ public final class AccessDirectory: Sendable {
         return map
     }
 
-    /// Applies one `tally_changes` payload (`token:<id>`, `user:<id>`, `group:<name>`,
-    /// `channel:<id>`); anything else forgets everything.
-    public func invalidate(_ payload: String) {
-        let parts = payload.split(separator: ":", maxSplits: 1).map(String.init)
+    /// Drops what `change` names: a key's or a user's keys, or the channel map; a group, an
+    /// import or everything forgets every entry.
+    public func invalidate(_ change: ChangeNotice) {
         state.withLock { state in
             state.generation += 1
-            switch (parts.first, parts.count == 2 ? Int64(parts[1]) : nil) {
-            case ("token", let id?): state.keys = state.keys.filter { $0.value.access?.tokenID != id }
-            case ("user", let id?): state.keys = state.keys.filter { $0.value.access?.userID != id }
-            case ("channel", _): state.channels = nil
-            default:
+            switch change {
+            case let .token(id): state.keys = state.keys.filter { $0.value.access?.tokenID != id }
+            case let .user(id): state.keys = state.keys.filter { $0.value.access?.userID != id }
+            case .channel: state.channels = nil
+            case .group, .import, .everything:
                 state.keys = [:]
                 state.channels = nil
+            case .overdrawn, .leaseWanted: break  // about leases: nothing cached here changed
             }
         }
     }
 
     /// Forgets everything (after the listener reconnects and may have missed notifications).
-    public func invalidateAll() { invalidate("*") }
+    public func invalidateAll() { invalidate(.everything) }
 
     // MARK: SQL
 
@@ -181,11 +181,14 @@ public final class AccessDirectory: Sendable {
     /// `$2` with `$3` units per key — for keys that may be used only (migration 0011).
     private static let lookupBatch = PreparedStatement("access_directory_keys_lease", """
         WITH k AS MATERIALIZED (
-            SELECT t.id, t.user_id, t.key_last6, t.status = 1 AND t.deleted_at IS NULL AS enabled, t.expires_at,
-                   u.status <> 1 AS suspended, u.role, g.name, t.model_limits_enabled, t.model_limits, t.allow_ips,
+            SELECT t.id, t.user_id, t.key_last6,
+                   t.status = \(TokenStatus.enabled.sql) AND t.deleted_at IS NULL AS enabled, t.expires_at,
+                   u.status <> \(UserStatus.enabled.sql) AS suspended, u.role, g.name, t.model_limits_enabled,
+                   t.model_limits, t.allow_ips,
                    coalesce(t.rpm_limit, g.rpm_limit) AS rpm, g.model_rpm_limit, a.ordinal,
-                   CASE WHEN t.status = 1 AND t.deleted_at IS NULL AND coalesce(t.expires_at > now(), true)
-                             AND u.status = 1 THEN a.want ELSE 0 END AS want
+                   CASE WHEN t.status = \(TokenStatus.enabled.sql) AND t.deleted_at IS NULL
+                             AND coalesce(t.expires_at > now(), true) AND u.status = \(UserStatus.enabled.sql)
+                        THEN a.want ELSE 0 END AS want
             FROM unnest($1::text[], $3::bigint[]) WITH ORDINALITY AS a(hash, want, ordinal)
             JOIN tokens t ON t.key_hash = decode(a.hash, 'hex')
             JOIN users u ON u.id = t.user_id
@@ -230,7 +233,8 @@ public final class AccessDirectory: Sendable {
     }
 
     private static let channelRows = PreparedStatement("access_directory_channels",
-        "SELECT id, status = 1, array_to_string(groups, ','), array_to_string(models, ',') FROM channels")
+        "SELECT id, status = \(ChannelStatus.enabled.sql), array_to_string(groups, ','), array_to_string(models, ',') "
+            + "FROM channels")
 
     private static func channelMap(_ rows: PostgresRows) throws -> ChannelMap {
         var channels: [Int64: ChannelAccess] = [:]

@@ -92,8 +92,10 @@ enum NewAPIImportSQL {
     /// a group Tally does not have → default.
     static let normalizeUsers = """
         UPDATE import_users s SET
-            role = CASE WHEN s.role >= 100 THEN 100 WHEN s.role >= 10 THEN 10 ELSE 1 END,
-            status = CASE WHEN s.deleted OR s.status <> 1 THEN 2 ELSE 1 END,
+            role = CASE WHEN s.role >= \(Role.root.sql) THEN \(Role.root.sql)
+                        WHEN s.role >= \(Role.admin.sql) THEN \(Role.admin.sql) ELSE \(Role.user.sql) END,
+            status = CASE WHEN s.deleted OR s.status <> \(UserStatus.enabled.sql) THEN \(UserStatus.disabled.sql)
+                          ELSE \(UserStatus.enabled.sql) END,
             grp = CASE WHEN EXISTS (SELECT 1 FROM groups g WHERE g.name = s.grp) THEN s.grp ELSE 'default' END,
             display_name = left(s.display_name, 64)
         """
@@ -195,8 +197,8 @@ enum NewAPIImportSQL {
 
     /// Accounts of this source that new-api no longer has (deleted for good): disabled.
     static let disableVanishedUsers = """
-        UPDATE users u SET status = 2, updated_at = now() FROM import_map m
-        WHERE m.source = $1 AND m.kind = 'user' AND u.id = m.tally_id AND u.status <> 2
+        UPDATE users u SET status = \(UserStatus.disabled.sql), updated_at = now() FROM import_map m
+        WHERE m.source = $1 AND m.kind = 'user' AND u.id = m.tally_id AND u.status <> \(UserStatus.disabled.sql)
           AND NOT EXISTS (SELECT 1 FROM import_users s WHERE s.source_id = m.source_id)
         RETURNING u.username
         """
@@ -209,7 +211,9 @@ enum NewAPIImportSQL {
         UPDATE import_tokens s SET
             tally_user_id = (SELECT m.tally_id FROM import_map m WHERE m.source = $1 AND m.kind = 'user' AND m.source_id = s.source_user_id),
             grp = CASE WHEN s.grp <> 'auto' AND EXISTS (SELECT 1 FROM groups g WHERE g.name = s.grp) THEN s.grp ELSE '' END,
-            status = CASE WHEN s.status BETWEEN 1 AND 4 THEN s.status ELSE 2 END
+            status = CASE WHEN s.status BETWEEN \(TokenStatus.enabled.sql) AND \(TokenStatus.exhausted.sql)
+                          THEN s.status
+                          ELSE \(TokenStatus.disabled.sql) END
         """
 
     /// A Tally key with the same hash is the same key.
@@ -313,8 +317,8 @@ enum NewAPIImportSQL {
 
     /// Channels of this source that new-api no longer has: disabled, so nothing routes to them.
     static let disableVanishedChannels = """
-        UPDATE channels c SET status = 2, updated_at = now() FROM import_map m
-        WHERE m.source = $1 AND m.kind = 'channel' AND c.id = m.tally_id AND c.status <> 2
+        UPDATE channels c SET status = \(ChannelStatus.disabled.sql), updated_at = now() FROM import_map m
+        WHERE m.source = $1 AND m.kind = 'channel' AND c.id = m.tally_id AND c.status <> \(ChannelStatus.disabled.sql)
           AND NOT EXISTS (SELECT 1 FROM import_channels s WHERE s.source_id = m.source_id)
         """
 
@@ -351,11 +355,17 @@ enum NewAPIImportSQL {
 
     // MARK: Redemption codes
 
+    // new-api numbers redemption statuses as Tally does.
+    private static let codeEnabled = RedemptionStatus.enabled.sql
+    private static let codeDisabled = RedemptionStatus.disabled.sql
+    private static let codeUsed = RedemptionStatus.used.sql
+
     /// Codes with a positive value; a deleted unused code comes in disabled.
     static let insertRedemptions = """
         INSERT INTO redemptions (name, code_hash, code_last6, quota, status, created_by, used_user_id, expires_at, created_at, redeemed_at)
         SELECT s.name, s.code_hash, s.code_last6, s.quota,
-               CASE WHEN s.status = 3 THEN 3 WHEN s.deleted OR s.status <> 1 THEN 2 ELSE 1 END,
+               CASE WHEN s.status = \(codeUsed) THEN \(codeUsed)
+                    WHEN s.deleted OR s.status <> \(codeEnabled) THEN \(codeDisabled) ELSE \(codeEnabled) END,
                creator.tally_id, redeemer.tally_id, \(expiry),
                CASE WHEN s.created_unix > 0 THEN to_timestamp(s.created_unix) ELSE now() END,
                CASE WHEN s.redeemed_unix > 0 THEN to_timestamp(s.redeemed_unix) END
@@ -368,11 +378,12 @@ enum NewAPIImportSQL {
 
     /// A code used or disabled in new-api since the last run; never back to usable.
     static let updateRedemptions = """
-        UPDATE redemptions r SET status = CASE WHEN s.status = 3 THEN 3 ELSE 2 END, used_user_id = redeemer.tally_id,
+        UPDATE redemptions r SET status = CASE WHEN s.status = \(codeUsed) THEN \(codeUsed) ELSE \(codeDisabled) END,
+            used_user_id = redeemer.tally_id,
             redeemed_at = CASE WHEN s.redeemed_unix > 0 THEN to_timestamp(s.redeemed_unix) END
         FROM import_redemptions s
         LEFT JOIN import_map redeemer ON redeemer.source = $1 AND redeemer.kind = 'user' AND redeemer.source_id = s.user_source_id
-        WHERE r.code_hash = s.code_hash AND r.status = 1 AND (s.status <> 1 OR s.deleted)
+        WHERE r.code_hash = s.code_hash AND r.status = \(codeEnabled) AND (s.status <> \(codeEnabled) OR s.deleted)
         """
 
     // MARK: Logs

@@ -35,7 +35,7 @@ extension NewAPIImporter {
             try target.query(NewAPIImportSQL.dropLookups, [options.source])
             try target.query(NewAPIImportSQL.addLookups, [options.source])
             // Running instances forget every cached key, user, group and channel.
-            try ChangeNotice.send(["import"], on: target)
+            try ChangeNotice.send([.import], on: target)
         }
         summary.warnings += warnings
         for (count, warning) in [

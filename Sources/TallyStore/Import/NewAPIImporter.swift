@@ -217,7 +217,7 @@ public struct NewAPIImporter {
         }
         row.append(id)
         row.append(name.isEmpty ? "channel \(id)" : String(name.prefix(200)))
-        row.append((1...3).contains(status) ? status : 2)
+        row.append(Int64((ChannelStatus(rawValue: Int(status)) ?? .disabled).rawValue))
         row.append(TextArray(groups.valid.isEmpty ? ["default"] : groups.valid).postgresText)
         row.append(TextArray(models.valid).postgresText)
         row.append(source.text(5))

@@ -1,4 +1,5 @@
 import Foundation
+import TallyCore
 import TallyPostgres
 
 /// A new-api PostgreSQL database, read only: which of new-api's columns it has (they changed
@@ -55,10 +56,15 @@ struct NewAPISource {
 
     // MARK: Queries (column order = the staging table's, see NewAPIImportSQL)
 
+    /// A row without a status is enabled (1 for users, keys, channels and codes alike, in
+    /// new-api's numbering, which Tally's statuses keep).
+    private var enabled: Int { UserStatus.enabled.sql }
+
     var users: String {
         """
         SELECT id, username, coalesce(\(column("users", "display_name", or: "''")), ''),
-               coalesce(\(column("users", "email", or: "''")), ''), coalesce(role, 1), coalesce(status, 1),
+               coalesce(\(column("users", "email", or: "''")), ''), coalesce(role, \(Role.user.sql)),
+               coalesce(status, \(enabled)),
                coalesce("group", ''), coalesce(quota, 0), coalesce(\(column("users", "used_quota", or: "0")), 0),
                \(column("users", "access_token", or: "NULL::text")), coalesce(\(column("users", "created_at", or: "0")), 0),
                \(column("users", "deleted_at", or: "NULL::timestamptz")) IS NOT NULL
@@ -68,7 +74,8 @@ struct NewAPISource {
 
     var tokens: String {
         """
-        SELECT id, coalesce(user_id, 0), coalesce(name, ''), coalesce(key, ''), coalesce(status, 1), coalesce(\(column("tokens", "group", or: "''")), ''),
+        SELECT id, coalesce(user_id, 0), coalesce(name, ''), coalesce(key, ''), coalesce(status, \(enabled)),
+               coalesce(\(column("tokens", "group", or: "''")), ''),
                coalesce(remain_quota, 0), coalesce(\(column("tokens", "unlimited_quota", or: "false")), false),
                coalesce(\(column("tokens", "model_limits_enabled", or: "false")), false),
                coalesce(\(column("tokens", "model_limits", or: "''")), ''), coalesce(\(column("tokens", "allow_ips", or: "''")), ''),
@@ -80,7 +87,8 @@ struct NewAPISource {
 
     var channels: String {
         """
-        SELECT id, coalesce(name, ''), coalesce(status, 1), coalesce(\(column("channels", "group", or: "'default'")), ''),
+        SELECT id, coalesce(name, ''), coalesce(status, \(enabled)),
+               coalesce(\(column("channels", "group", or: "'default'")), ''),
                coalesce(\(column("channels", "models", or: "''")), ''), coalesce(\(column("channels", "used_quota", or: "0")), 0),
                coalesce(\(column("channels", "created_time", or: "0")), 0)
         FROM channels ORDER BY id
@@ -91,7 +99,8 @@ struct NewAPISource {
     var redemptions: String? {
         guard has("redemptions") else { return nil }
         return """
-            SELECT id, coalesce(name, ''), coalesce(key, ''), coalesce(quota, 0), coalesce(status, 1), coalesce(user_id, 0),
+            SELECT id, coalesce(name, ''), coalesce(key, ''), coalesce(quota, 0), coalesce(status, \(enabled)),
+                   coalesce(user_id, 0),
                    coalesce(used_user_id, 0), coalesce(\(column("redemptions", "expired_time", or: "0")), 0),
                    coalesce(created_time, 0), coalesce(redeemed_time, 0),
                    \(column("redemptions", "deleted_at", or: "NULL::timestamptz")) IS NOT NULL

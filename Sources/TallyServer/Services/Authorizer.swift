@@ -1,5 +1,6 @@
 import Foundation
 import TallyCore
+import TallyStore
 
 /// A granted authorization.
 public struct AuthorizeGrant: Sendable, Equatable {

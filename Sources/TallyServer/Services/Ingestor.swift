@@ -1,5 +1,6 @@
 import Foundation
 import TallyCore
+import TallyStore
 import TallyPostgres
 
 /// The input formats of a log batch.
@@ -147,9 +148,4 @@ public struct Ingestor: Sendable {
     static func storable(_ text: String) -> String {
         text.utf8.contains(0) ? text.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") : text
     }
-}
-
-/// The batch body itself is not NDJSON or a JSON array (400).
-public struct BatchMalformed: Error, Sendable, CustomStringConvertible {
-    public let description: String
 }

@@ -1,5 +1,6 @@
 import Foundation
 import TallyCore
+import TallyStore
 
 /// One batch body read as it arrives: every complete line is parsed at once and, when its key
 /// is in the ``TokenDirectory`` cache, validated and rated too, so the body is never held;

@@ -1,7 +1,7 @@
 /// Splits a batch body into its lines while it arrives, chunk by chunk: NDJSON (blank lines
 /// skipped, numbered as in the body) or a JSON array of objects (numbered by position). Only
 /// the line in progress is kept between chunks; a line inside one chunk is handed out in place.
-struct LineSplitter {
+public struct LineSplitter {
     private enum Mode { case undecided, ndjson, array, closed }
 
     private var mode = Mode.undecided
@@ -14,9 +14,11 @@ struct LineSplitter {
     private var inString = false
     private var escaped = false
 
-    typealias Emit = (_ number: Int, _ line: UnsafeBufferPointer<UInt8>) throws -> Void
+    public typealias Emit = (_ number: Int, _ line: UnsafeBufferPointer<UInt8>) throws -> Void
 
-    mutating func feed(_ chunk: UnsafeBufferPointer<UInt8>, _ emit: Emit) throws {
+    public init() {}
+
+    public mutating func feed(_ chunk: UnsafeBufferPointer<UInt8>, _ emit: Emit) throws {
         switch mode {
         case .ndjson: try feedLines(chunk, emit)
         case .array: try feedArray(chunk, from: 0, emit)
@@ -43,7 +45,7 @@ struct LineSplitter {
 
     /// The end of the body: the last NDJSON line (without a final newline), or an error for an
     /// array that was never closed.
-    mutating func finish(_ emit: Emit) throws {
+    public mutating func finish(_ emit: Emit) throws {
         if mode == .undecided {
             // Nothing but whitespace: blank NDJSON lines.
             mode = .ndjson
@@ -143,5 +145,14 @@ struct LineSplitter {
 
     private static func isWhitespace(_ byte: UInt8) -> Bool {
         byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D
+    }
+}
+
+/// The batch body itself is not NDJSON or a JSON array (400).
+public struct BatchMalformed: Error, Sendable, CustomStringConvertible {
+    public let description: String
+
+    public init(description: String) {
+        self.description = description
     }
 }

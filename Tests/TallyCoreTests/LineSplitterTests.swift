@@ -1,5 +1,5 @@
 import Foundation
-@testable import TallyStore
+import TallyCore
 import Testing
 
 /// The body is split as it arrives: any cut into chunks gives the lines of the whole body.

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Synchronization
 import TallyCore
+import TallyStore
 
 /// This instance's leases: the shell around ``LeaseMachine`` (TallyCore), which decides
 /// everything — when to cut, refill, journal, give back, answer. The book feeds it events

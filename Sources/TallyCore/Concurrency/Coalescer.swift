@@ -4,9 +4,9 @@ import Synchronization
 /// and whatever is submitted meanwhile goes out together in the next one. So under load each
 /// call carries many requests (one commit for all of them), and with several calls in flight
 /// none waits for a single one ahead of it (pipelined group commits on separate connections).
-final class Coalescer<Item: Sendable, Answer: Sendable>: Sendable {
+public final class Coalescer<Item: Sendable, Answer: Sendable>: Sendable {
     /// Answers one call's items, one answer per item in their order.
-    typealias Call = @Sendable ([Item]) async throws -> [Answer]
+    public typealias Call = @Sendable ([Item]) async throws -> [Answer]
 
     private struct Waiting {
         let item: Item
@@ -22,12 +22,12 @@ final class Coalescer<Item: Sendable, Answer: Sendable>: Sendable {
     private let call: Call
     private let state = Mutex(State())
 
-    init(limit: Int, call: @escaping Call) {
+    public init(limit: Int, call: @escaping Call) {
         self.limit = max(1, limit)
         self.call = call
     }
 
-    func submit(_ item: Item) async throws -> Answer {
+    public func submit(_ item: Item) async throws -> Answer {
         try await withCheckedThrowingContinuation { continuation in
             let starts = state.withLock { state in
                 state.queue.append(Waiting(item: item, continuation: continuation))
@@ -59,7 +59,7 @@ final class Coalescer<Item: Sendable, Answer: Sendable>: Sendable {
     }
 }
 
-enum CoalescerError: Error {
+public enum CoalescerError: Error {
     /// A call answered more or fewer items than it was given (a bug, never a database state).
     case answerCountMismatch
 }

@@ -4,6 +4,7 @@ import Logging
 import Metrics
 import ServiceLifecycle
 import Synchronization
+import TallyCore
 import TallyPostgres
 import TallyStore
 
@@ -97,15 +98,14 @@ struct LeaseService: Service {
     }
 }
 
-/// Listens for `tally_changes` (sent with every change of a key, user, group or channel by
-/// TallyStore's `ChangeNotice`, from any instance or the CLI) and drops the cached entries they
-/// name. On its own connection, outside the pool, on a thread of its own since waiting for a
-/// notification blocks. After a lost
-/// connection it reconnects and forgets every cached entry, since it may have missed some.
+/// Listens for `tally_changes` (a ``ChangeNotice`` sent with every change of a key, user, group
+/// or channel, from any instance or the CLI, and by settlement) and hands each to `onChange`.
+/// On its own connection, outside the pool, on a thread of its own since waiting for a
+/// notification blocks. After a lost connection it reconnects and reports `.everything`, since
+/// it may have missed some; so is a payload it cannot read (a newer instance's, say).
 struct ChangeListenerService: Service {
     let databaseURL: String
-    let onChange: @Sendable (String) -> Void
-    let onReconnect: @Sendable () -> Void
+    let onChange: @Sendable (ChangeNotice) -> Void
     let logger: Logger
 
     func run() async throws {
@@ -129,10 +129,12 @@ struct ChangeListenerService: Service {
             do {
                 let connection = try PostgresConnection(url: databaseURL)
                 try connection.execute("LISTEN tally_changes")
-                if connected { onReconnect() }
+                if connected { onChange(.everything) }
                 connected = true
                 while !stop.isRaised {
-                    for notification in try connection.waitForNotifications(timeout: 0.5) { onChange(notification.payload) }
+                    for notification in try connection.waitForNotifications(timeout: 0.5) {
+                        onChange(ChangeNotice(payload: notification.payload) ?? .everything)
+                    }
                 }
             } catch {
                 logger.warning("change listener lost its connection; retrying", metadata: ["error": "\(error)"])
