@@ -38,6 +38,13 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
     }
 
     public var isUniqueViolation: Bool { sqlState == SQLState.uniqueViolation }
+
+    /// A unique violation, also as Citus reports one that a worker raised during a COPY into a
+    /// distributed table: with the worker's message but SQLSTATE XX000 (internal_error).
+    public var isUniqueViolationInCopy: Bool {
+        isUniqueViolation || (sqlState == SQLState.internalError
+                              && message.hasPrefix("duplicate key value violates unique constraint"))
+    }
 }
 
 /// SQLSTATE codes the store reacts to.
@@ -50,6 +57,7 @@ public enum SQLState {
     public static let duplicateDatabase = "42P04"
     public static let undefinedTable = "42P01"
     public static let adminShutdown = "57P01"
+    public static let internalError = "XX000"
 }
 
 // libpq's PG_DIAG_* codes are character macros that do not import into Swift.

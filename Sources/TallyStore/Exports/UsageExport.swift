@@ -134,10 +134,11 @@ public struct UsageExporter: Sendable {
         if export.isRaw || timeZone != nil {
             let partition = try keptPartition(export.month, on: connection)
             if export.isRaw {
-                guard let userID = export.userID else {
-                    return "COPY \(connection.quoteIdentifier(partition)) TO STDOUT WITH (FORMAT csv, HEADER)"
-                }
-                return "COPY (SELECT * FROM \(connection.quoteIdentifier(partition)) WHERE user_id = \(userID)) TO STDOUT WITH (FORMAT csv, HEADER)"
+                // A query rather than `COPY table`: on Citus, COPY of a distributed table counts
+                // its header as a row.
+                let user = export.userID.map { " WHERE user_id = \($0)" } ?? ""
+                let rows = "SELECT * FROM \(connection.quoteIdentifier(partition))\(user)"
+                return "COPY (\(rows)) TO STDOUT WITH (FORMAT csv, HEADER)"
             }
         }
         let query = RollupQuery(export: export, timeZone: timeZone.map(connection.quoteLiteral))
