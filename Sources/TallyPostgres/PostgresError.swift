@@ -32,9 +32,13 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
         return text
     }
 
-    /// True when the connection itself failed (server down, restarted, network).
+    /// True when the connection itself failed (server down, restarted, network), or, on Citus,
+    /// the coordinator's connection to a worker did mid-statement (XX000 with this message; a
+    /// worker that cannot be reached at all is 08006).
     public var isConnectionFailure: Bool {
-        kind == .connection || (sqlState.map { $0.hasPrefix("08") || $0 == "57P01" || $0 == "57P02" || $0 == "57P03" } ?? false)
+        kind == .connection
+            || (sqlState.map { $0.hasPrefix("08") || $0 == "57P01" || $0 == "57P02" || $0 == "57P03" } ?? false)
+            || (sqlState == SQLState.internalError && message.hasPrefix("failure on connection marked as essential"))
     }
 
     public var isUniqueViolation: Bool { sqlState == SQLState.uniqueViolation }
