@@ -134,11 +134,16 @@ public struct UsageExporter: Sendable {
         if export.isRaw || timeZone != nil {
             let partition = try keptPartition(export.month, on: connection)
             if export.isRaw {
-                // A query rather than `COPY table`: on Citus, COPY of a distributed table counts
-                // its header as a row.
-                let user = export.userID.map { " WHERE user_id = \($0)" } ?? ""
-                let rows = "SELECT * FROM \(connection.quoteIdentifier(partition))\(user)"
-                return "COPY (\(rows)) TO STDOUT WITH (FORMAT csv, HEADER)"
+                let table = connection.quoteIdentifier(partition)
+                // A query on Citus too, where COPY of a distributed table counts its header as a row.
+                let source = if let userID = export.userID {
+                    "(SELECT * FROM \(table) WHERE user_id = \(userID))"
+                } else if try CitusLayout.isInstalled(on: connection) {
+                    "(SELECT * FROM \(table))"
+                } else {
+                    table
+                }
+                return "COPY \(source) TO STDOUT WITH (FORMAT csv, HEADER)"
             }
         }
         let query = RollupQuery(export: export, timeZone: timeZone.map(connection.quoteLiteral))
