@@ -33,13 +33,18 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
     }
 
     /// True when the connection itself failed (server down, restarted, network), or, on Citus,
-    /// the coordinator's connection to a worker did mid-statement (XX000 with this message; a
-    /// worker that cannot be reached at all is 08006).
+    /// the coordinator's connection to a worker did (a worker that cannot be reached is 08006;
+    /// one lost inside a COPY comes back as XX000 with one of ``citusLostWorker``'s messages).
     public var isConnectionFailure: Bool {
         kind == .connection
             || (sqlState.map { $0.hasPrefix("08") || $0 == "57P01" || $0 == "57P02" || $0 == "57P03" } ?? false)
-            || (sqlState == SQLState.internalError && message.hasPrefix("failure on connection marked as essential"))
+            || (sqlState == SQLState.internalError && Self.citusLostWorker.contains { message.hasPrefix($0) })
     }
+
+    /// How Citus reports, as XX000, a worker connection lost mid-statement: its own message, or
+    /// the worker's (a worker's backend ends when its postmaster dies or is shut down).
+    static let citusLostWorker = ["failure on connection marked as essential", "terminating connection due to",
+                                  "server closed the connection unexpectedly", "connection to the remote node"]
 
     public var isUniqueViolation: Bool { sqlState == SQLState.uniqueViolation }
 
