@@ -4,6 +4,11 @@ import json
 import sys
 
 
+# Phases with a row each: spread (random accounts, mostly first touches in a short run: cold
+# keys), hot (one account), steady (random accounts, each touched once before, not counted).
+PHASES = {"spread": "10k accounts, cold", "hot": "one hot account", "steady": "10k accounts, steady"}
+
+
 def main(path):
     phases = [json.loads(line) for line in open(path) if line.strip()]
     ceiling = {p["clients"]: p["result"] for p in phases if p["phase"] == "ceiling"}
@@ -22,17 +27,19 @@ def main(path):
                 f" {result.get('machine_cores', 0):>7.2f}c")
 
     for phase in phases:
-        if phase["phase"] not in ("spread", "hot"):
+        if phase["phase"] not in PHASES:
             continue
         result, clients = phase["result"], phase["clients"]
-        base = baseline.get(("reserve" if phase["phase"] == "spread" else "reserve_hot", clients), 0)
+        base = baseline.get(("reserve_hot" if phase["phase"] == "hot" else "reserve", clients), 0)
         top = ceiling.get(clients, {}).get("per_second", 0)
-        name = f"{phase['mode']}, " + ("10k accounts" if phase["phase"] == "spread" else "one hot account")
+        name = f"{phase['mode']}, {PHASES[phase['phase']]}"
         ratios = f" {result['per_second'] / top if top else 0:>9.2f} {result['per_second'] / base if base else 0:>9.2f}"
         print(row(name, clients, result) + ratios)
         print(f"  {'':<30} {'':>7} granted {result['granted']}, settled {result['settled']}"
               f" ({result.get('settled_in_time', 0)} while the clients ran), answers {result['statuses']},"
-              f" errors {result['errors']}")
+              f" errors {result['errors']}"
+              + (f", after {result['warm_up_authorizations']} warm-up authorizations (settled too, not counted)"
+                 if result.get("warm_up_authorizations") else ""))
     for clients, result in sorted(ceiling.items()):
         print(row("ceiling: GET /healthz", clients, result))
     for (script, clients), per_second in sorted(baseline.items()):

@@ -22,7 +22,10 @@ struct BenchAuthorize: ParsableCommand {
             /gateway/v1/logs every 100 ms, at most 10,000 lines a batch. Prints one line of JSON: \
             authorizations/s, p50/p99/max latency (µs), answers by status, lines settled (in all, and while the \
             clients ran: a settler that falls behind spares the database), and with --server-pid the cores the \
-            server used (from /proc) next to the cores the whole machine used.
+            server used (from /proc) next to the cores the whole machine used. With --warm-up, every one of \
+            the --users accounts is first authorized once (and settled before the clock starts), not \
+            counted: the figure is then the steady state, where a 10-second run on 10k accounts without it \
+            is mostly first touches (cold keys).
             """)
 
     @Option(help: "Base URL of the server.") var url = "http://127.0.0.1:8080"
@@ -31,6 +34,8 @@ struct BenchAuthorize: ParsableCommand {
     @Option(help: "Seconds to run.") var seconds = 30.0
     @Option(help: "Synthetic users to spread over (1…N).") var users = 10_000
     @Flag(help: "Every request on synthetic user 1 (one hot account).") var hot = false
+    @Flag(help: "First authorize each of the --users accounts once, not counted: measure the steady state.")
+    var warmUp = false
     @Option(help: "Model to authorize.") var model = "gpt-4o"
     @Flag(help: "Instead of authorizing, GET /healthz: the ceiling of this HTTP stack and client on this machine.")
     var ceiling = false
@@ -40,15 +45,21 @@ struct BenchAuthorize: ParsableCommand {
         guard let endpoint = HTTPEndpoint(url) else { throw ValidationError("--url must be http://host:port") }
         let run = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let shared = BenchShared()
+        let warmedUp = warmUp && !ceiling ? touchEveryAccount(run: run, endpoint: endpoint, shared: shared) : 0
         let deadline = Date().addingTimeInterval(seconds)
         let group = DispatchGroup()
         let cpuBefore = CPUTimes(serverPID: serverPid)
         let started = Date()
+        let stopAt = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
         for client in 0..<clients {
             group.enter()
             Thread.detachNewThread { [self] in
                 defer { group.leave() }
-                let result = drive(client: client, run: run, endpoint: endpoint, until: deadline, shared: shared)
+                var generator = SystemRandomNumberGenerator()
+                let result = drive(client: client, label: run, endpoint: endpoint, shared: shared) {
+                    guard DispatchTime.now().uptimeNanoseconds < stopAt else { return nil }
+                    return hot ? 1 : Int.random(in: 1...users, using: &generator)
+                }
                 shared.results.withLock { $0.append(result) }
             }
         }
@@ -79,10 +90,30 @@ struct BenchAuthorize: ParsableCommand {
             "settled": shared.settled.load(ordering: .relaxed), "errors": all.reduce(0) { $0 + $1.errors },
             "settled_in_time": shared.settledInTime.load(ordering: .relaxed),
             "server_cores": cpu.server ?? -1, "machine_cores": cpu.machine,
-            "cores": ProcessInfo.processInfo.activeProcessorCount,
+            "cores": ProcessInfo.processInfo.activeProcessorCount, "warm_up_authorizations": warmedUp,
         ]
         let json = try JSONSerialization.data(withJSONObject: summary, options: [.sortedKeys])
         print(String(decoding: json, as: UTF8.self))
+    }
+
+    /// The warm-up pass: the clients authorize each account once between them (user 1 only with
+    /// --hot), their log lines posted before it returns; nothing of it is counted. Returns how many it sent.
+    private func touchEveryAccount(run: String, endpoint: HTTPEndpoint, shared: BenchShared) -> Int {
+        let accounts = hot ? 1 : users, group = DispatchGroup()
+        for client in 0..<clients {
+            group.enter()
+            Thread.detachNewThread { [self] in
+                defer { group.leave() }
+                var next = stride(from: client + 1, through: accounts, by: clients).makeIterator()
+                let result = drive(client: client, label: "\(run)w", endpoint: endpoint, shared: shared) { next.next() }
+                shared.warmedUp.add(result.latencies.count, ordering: .relaxed)
+            }
+        }
+        group.wait()
+        // Settled before the clock starts, so that the burst of their log lines is not measured.
+        var connection: HTTPConnection?
+        postSettlements(endpoint: endpoint, shared: shared, connection: &connection)
+        return shared.warmedUp.load(ordering: .relaxed)
     }
 
     /// What the client threads and the settler share.
@@ -92,6 +123,8 @@ struct BenchAuthorize: ParsableCommand {
         let results = Mutex<[ClientResult]>([])
         let settled = Atomic<Int>(0)
         let settledInTime = Atomic<Int>(0)
+        /// Authorizations of the warm-up pass (not counted).
+        let warmedUp = Atomic<Int>(0)
     }
 
     struct ClientResult: Sendable {
@@ -101,25 +134,24 @@ struct BenchAuthorize: ParsableCommand {
     }
 
     /// One client: a keep-alive connection, requests built from bytes (no string formatting in
-    /// the loop, so the client's own cost stays small next to the server's on a shared machine).
-    private func drive(client: Int, run: String, endpoint: HTTPEndpoint, until deadline: Date, shared: BenchShared) -> ClientResult {
+    /// the loop, so the client's own cost stays small next to the server's on a shared machine),
+    /// one for each user `nextUser` gives until it gives nil. Request ids start with `label`.
+    private func drive(client: Int, label: String, endpoint: HTTPEndpoint, shared: BenchShared,
+                       nextUser: () -> Int?) -> ClientResult {
         var result = ClientResult()
         result.latencies.reserveCapacity(600_000)
-        var generator = SystemRandomNumberGenerator()
         var connection: HTTPConnection?
-        let stopAt = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, deadline.timeIntervalSinceNow) * 1e9)
         let head = Array("POST /gateway/v1/authorize HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\nContent-Type: application/json\r\nContent-Length: ".utf8)
         let healthz = Array("GET /healthz HTTP/1.1\r\nHost: tally\r\n\r\n".utf8)
-        let idPrefix = Array(#"{"request_id":"bench-\#(run)-\#(client)-"#.utf8)
+        let idPrefix = Array(#"{"request_id":"bench-\#(label)-\#(client)-"#.utf8)
         let keyField = Array(#"","key":""#.utf8)
         let bodyTail = Array(#"","model":"\#(model)","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#.utf8)
         let lineTail = Array(#"","model":"\#(model)","kind":"chat","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":300}}"#.utf8)
         var clock = SettlementClock()
         var body: [UInt8] = [], request: [UInt8] = [], pending: [UInt8] = []
         var pendingCount = 0, sequence = 0
-        while DispatchTime.now().uptimeNanoseconds < stopAt {
+        while let user = nextUser() {
             sequence += 1
-            let user = hot ? 1 : Int.random(in: 1...users, using: &generator)
             body.removeAll(keepingCapacity: true)
             body += idPrefix
             ASCII.append(sequence, to: &body)
@@ -172,20 +204,9 @@ struct BenchAuthorize: ParsableCommand {
     private func settle(endpoint: HTTPEndpoint, shared: BenchShared, until deadline: Date) {
         var connection: HTTPConnection?
         var finalRound = false
-        let head = "POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\nContent-Type: application/x-ndjson\r\nContent-Length: "
         while true {
             if Date() >= deadline.addingTimeInterval(0.5) { finalRound = true }
-            let (lines, _) = shared.settlements.withLock { batch in defer { batch = ([], 0) }; return batch }
-            for (chunk, count) in Self.chunks(lines, linesEach: Self.linesPerPost) {
-                do {
-                    if connection == nil { connection = try HTTPConnection(endpoint) }
-                    if try connection!.exchange(Array("\(head)\(chunk.count)\r\n\r\n".utf8) + chunk) == 200 {
-                        shared.settled.add(count, ordering: .relaxed)
-                    }
-                } catch {
-                    connection = nil
-                }
-            }
+            postSettlements(endpoint: endpoint, shared: shared, connection: &connection)
             // What was settled while the clients ran: a settler that falls behind spares the
             // database, so the figure says how far it kept up.
             if Date() < deadline {
@@ -193,6 +214,23 @@ struct BenchAuthorize: ParsableCommand {
             }
             if finalRound { return }
             Thread.sleep(forTimeInterval: 0.1)
+        }
+    }
+
+    /// Posts the log lines of the holds granted so far.
+    private func postSettlements(endpoint: HTTPEndpoint, shared: BenchShared, connection: inout HTTPConnection?) {
+        let head = "POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\n"
+            + "Content-Type: application/x-ndjson\r\nContent-Length: "
+        let (lines, _) = shared.settlements.withLock { batch in defer { batch = ([], 0) }; return batch }
+        for (chunk, count) in Self.chunks(lines, linesEach: Self.linesPerPost) {
+            do {
+                if connection == nil { connection = try HTTPConnection(endpoint) }
+                if try connection!.exchange(Array("\(head)\(chunk.count)\r\n\r\n".utf8) + chunk) == 200 {
+                    shared.settled.add(count, ordering: .relaxed)
+                }
+            } catch {
+                connection = nil
+            }
         }
     }
 

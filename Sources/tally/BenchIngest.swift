@@ -78,9 +78,9 @@ struct BenchIngest: ParsableCommand {
         result.failures = IngestBatches.post(requests, clients: clients, endpoint: endpoint)
         result.seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         result.waits = sampler.stop()
-        let settleStarted = DispatchTime.now().uptimeNanoseconds
-        try IngestBaselines.waitUntilFolded(db)
-        result.foldSeconds = Double(DispatchTime.now().uptimeNanoseconds - settleStarted) / 1e9
+        let lags = try IngestBaselines.waitUntilFolded(db)
+        result.balanceFoldSeconds = lags.balances
+        result.foldSeconds = lags.all
         result.walBytes = try IngestBaselines.walPosition(db) - walBefore
         if let cpuBefore, let cpuAfter = CPUTimes(serverPID: serverPid).server {
             result.serverCPUSeconds = cpuAfter - cpuBefore
@@ -96,6 +96,9 @@ struct IngestStep {
     var lines: Int
     var firstBatch: Int64 = 0
     var seconds = 0.0
+    /// After the last batch's answer: until every pending charge was folded into balances, and
+    /// until the usage was rolled up too (the step is settled).
+    var balanceFoldSeconds = 0.0
     var foldSeconds = 0.0
     var stored = 0
     var failures = 0
@@ -112,6 +115,8 @@ struct IngestStep {
     }
 
     var linesPerSecond: Double { Double(lines) / seconds }
+    /// Lines priced and settled per second: from the first batch until the fold caught up.
+    var settledPerSecond: Double { Double(lines) / (seconds + foldSeconds) }
     var copyRowsPerSecond: Double { Double(rawCopy.rows) / rawCopy.seconds }
     var walPerLine: Double { Double(walBytes) / Double(max(stored, 1)) }
     var copyWALPerRow: Double { Double(rawCopy.walBytes) / Double(max(rawCopy.rows, 1)) }
@@ -126,16 +131,17 @@ struct IngestStep {
     var row: String {
         let cpu = serverCPUSeconds.map { String(format: "%.1f", $0) } ?? "-"
         let rss = peakRSSKiB.map { String(format: "%.0f", Double($0) / 1024) } ?? "-"
-        return String(format: "%7d %11.0f %11.0f %7.2fx %9.0f %9.0f %6.2fx %7.1f ", clients, linesPerSecond,
-                      copyRowsPerSecond, linesPerSecond / copyRowsPerSecond, walPerLine, copyWALPerRow,
-                      walPerLine / copyWALPerRow, foldSeconds)
+        return String(format: "%7d %11.0f %11.0f %7.2fx %11.0f %7.2fx %5.1f %5.1f %9.0f %9.0f %6.2fx ", clients,
+                      linesPerSecond, copyRowsPerSecond, linesPerSecond / copyRowsPerSecond, settledPerSecond,
+                      settledPerSecond / copyRowsPerSecond, balanceFoldSeconds, foldSeconds, walPerLine,
+                      copyWALPerRow, walPerLine / copyWALPerRow)
             + cpu.leftPadded(to: 6) + " " + rss.leftPadded(to: 6) + "  " + topWaits
             + (failures > 0 || stored != lines ? "  (!) \(failures) failed batches, \(stored) of \(lines) rows stored" : "")
     }
 
     static let header = """
-        clients  Tally l/s  rawCOPY r/s  Tally/   WAL B/l   WAL B/r   WAL   fold s  srvCPU  RSS MB  PostgreSQL waits during Tally's ingest
-                                         COPY     Tally  raw COPY  ratio          s
+        clients  Tally l/s  rawCOPY r/s  Tally/  settled l/s settled/ lag s lag s   WAL B/l   WAL B/r   WAL  srvCPU  RSS MB  PostgreSQL waits during Tally's ingest
+                  (append)               COPY   (to caught up)   COPY   bal.  all     Tally  raw COPY  ratio       s
         """
 }
 
@@ -154,6 +160,13 @@ struct IngestReport {
         }
         if let low = steps.filter({ $0.clients <= 2 }).map({ $0.linesPerSecond / $0.copyRowsPerSecond }).min() {
             out.append(String(format: "Tally / raw COPY at 1-2 clients: >= %.2fx (target >= 0.6x)", low))
+        }
+        if let low = steps.filter({ $0.clients <= 2 }).map({ $0.settledPerSecond / $0.copyRowsPerSecond }).min() {
+            out.append(String(format: "priced and settled / raw COPY at 1-2 clients: >= %.2fx", low))
+        }
+        if let lag = steps.map(\.foldSeconds).max() {
+            out.append(String(format: "fold lag after the last batch: <= %.1f s (balances <= %.1f s)", lag,
+                              steps.map(\.balanceFoldSeconds).max() ?? 0))
         }
         if let worst = steps.map({ $0.walPerLine / $0.copyWALPerRow }).max() {
             out.append(String(format: "WAL per line, Tally / raw COPY: <= %.2fx (target <= 2x)", worst))
@@ -268,12 +281,18 @@ enum IngestBaselines {
         try db.query("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")[0].decode(0)
     }
 
-    /// Waits (up to 5 minutes) until every pending charge is folded.
-    static func waitUntilFolded(_ db: PostgresConnection) throws {
-        let deadline = Date().addingTimeInterval(300)
-        while try db.query("SELECT EXISTS (SELECT 1 FROM pending_charges) OR EXISTS (SELECT 1 FROM pending_usage)")[0]
-            .decode(0, as: Bool.self) {
-            guard Date() < deadline else { throw BenchError.io("charges still pending after 5 minutes: is a settler running?") }
+    /// Waits (up to 5 minutes) until every pending charge is folded and all pending usage is
+    /// rolled up; returns the seconds until the balances were folded and until both were.
+    static func waitUntilFolded(_ db: PostgresConnection) throws -> (balances: Double, all: Double) {
+        let started = DispatchTime.now().uptimeNanoseconds
+        func elapsed() -> Double { Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9 }
+        var balances: Double?
+        while true {
+            let row = try db.query("SELECT EXISTS (SELECT 1 FROM pending_charges), EXISTS (SELECT 1 FROM pending_usage)")[0]
+            let charges = try row.decode(0, as: Bool.self), usage = try row.decode(1, as: Bool.self)
+            if !charges, balances == nil { balances = elapsed() }
+            if !charges, !usage { return (balances ?? 0, elapsed()) }
+            guard elapsed() < 300 else { throw BenchError.io("charges still pending after 5 minutes: is a settler running?") }
             Thread.sleep(forTimeInterval: 0.02)
         }
     }

@@ -14,6 +14,13 @@ struct HoldBookTests {
         HoldRequest(requestID: id, userID: user, tokenID: token, model: "gpt-4o", amount: amount, tid: "tid-\(id)")
     }
 
+    /// A user with `quota` and a key of theirs limited to `quota`.
+    static func limitedAccount(_ seed: Seed, quota: Int64) async throws -> (user: Int64, token: Int64) {
+        let user = try await seed.user(quota: quota).user.id
+        let draft = TokenDraft(name: "k", remainQuota: quota, unlimitedQuota: false)
+        return (user, try await seed.key(user: user, draft).token.id)
+    }
+
     @Test("concurrent holds over several stripes: exactly what each balance covers, all journaled, the books balanced",
           arguments: [HoldCommitMode.sync, .async])
     func stripesJournalAndBalance(mode: HoldCommitMode) async throws {
@@ -69,9 +76,7 @@ struct HoldBookTests {
     func journalAfterReapingRefused() async throws {
         let db = try await TestDatabase.create("journalfence")
         let seed = Seed(db: db)
-        let user = try await seed.user(quota: 1_000).user.id
-        let token = try await seed.key(user: user, TokenDraft(name: "k", remainQuota: 1_000, unlimitedQuota: false))
-            .token.id
+        let (user, token) = try await Self.limitedAccount(seed, quota: 1_000)
         let repository = PostgresLeaseRepository(pool: db.pool)
         try await repository.register(instance: "stopped", ttlSeconds: 15, reclaimAfterSeconds: 5)
         _ = try await repository.lease(instance: "stopped", wants: [AccountUnits(.user(user), 500)])
@@ -86,6 +91,43 @@ struct HoldBookTests {
         }
         #expect(try await seed.int("SELECT count(*) FROM holds") == 0)
         #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) == 1_000)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    @Test("the journal answers in order: new holds as given, a rewritten batch as stored, a retry with its first hold")
+    func journalOutcomes() async throws {
+        let db = try await TestDatabase.create("journalanswers")
+        let seed = Seed(db: db)
+        let (user, token) = try await Self.limitedAccount(seed, quota: 1_000)
+        let repository = PostgresLeaseRepository(pool: db.pool)
+        try await repository.register(instance: "one", ttlSeconds: 15, reclaimAfterSeconds: 5)
+        _ = try await repository.lease(instance: "one", wants: [AccountUnits(.user(user), 1_000),
+                                                                 AccountUnits(.token(token), 1_000)])
+        let first = try await repository.holdIDBlock()
+        func hold(_ offset: Int64, _ requestID: String, _ amount: Int64, tokenLeased: Bool) -> JournaledHold {
+            let request = Self.request(requestID, user: user, token: token, amount: amount)
+            return JournaledHold(id: first + offset, request: request, tokenLeased: tokenLeased)
+        }
+        func leases() async throws -> [Int64] {
+            [try await seed.int("SELECT amount FROM user_leases WHERE instance_id = 'one'"),
+             try await seed.int("SELECT amount FROM token_leases WHERE instance_id = 'one'")]
+        }
+        let batch = [hold(0, "a", 100, tokenLeased: true), hold(1, "b", 200, tokenLeased: false)]
+        let fresh = [JournalOutcome(holdID: first, held: 100, status: "held", isNew: true),
+                     JournalOutcome(holdID: first + 1, held: 200, status: "held", isNew: true)]
+        #expect(try await repository.journal(instance: "one", holds: batch, ttlSeconds: 600) == fresh)
+        #expect(try await leases() == [700, 900])
+        // Written again (its commit went unanswered): the same answers, nothing drawn twice.
+        #expect(try await repository.journal(instance: "one", holds: batch, ttlSeconds: 600) == fresh)
+        #expect(try await leases() == [700, 900])
+        // A retry of "a" cut under another id is answered with the first hold and draws nothing.
+        let mixed = [hold(2, "c", 50, tokenLeased: true), hold(3, "a", 100, tokenLeased: true)]
+        #expect(try await repository.journal(instance: "one", holds: mixed, ttlSeconds: 600) == [
+            JournalOutcome(holdID: first + 2, held: 50, status: "held", isNew: true),
+            JournalOutcome(holdID: first, held: 100, status: "held", isNew: false),
+        ])
+        #expect(try await leases() == [650, 850])
+        #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'held'") == 3)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 

@@ -146,6 +146,37 @@ struct IngestFoldHTTPTests {
     }
 }
 
+extension IngestFoldHTTPTests {
+    @Test("a burst is settled whole soon after its last batch: the roll-up does not wait out its interval once batches pause")
+    func rollUpOncePaused() async throws {
+        let db = try await TestDatabase.create("fold-pause")
+        let seed = Seed(db: db)
+        try await seed.prices(enforcementSheet)
+        let (user, _) = try await seed.user(quota: 100 * chatHold)
+        let (_, key) = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 0, unlimitedQuota: true))
+        // An hour between roll-ups: only the pause can roll this batch up within the test.
+        try await TestApp.build(db, {
+            $0.settleIntervalMilliseconds = 20
+            $0.rollUpIntervalSeconds = 3_600
+        }).test(.live) { client in
+            let gateway = Gateway(client: client)
+            let lines = (0..<5).map {
+                #"{"request_id":"burst-\#($0)","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":500}}"#
+            }
+            #expect(try await gateway.post("/logs", lines.joined(separator: "\n")).status == 200)
+            let settled = try await waitUntil {
+                try await seed.int("""
+                    SELECT (SELECT count(*) FROM pending_charges) + (SELECT count(*) FROM pending_usage)
+                    """) == 0
+            }
+            #expect(settled, "balances folded and usage rolled up without waiting an hour")
+            #expect(try await seed.int("SELECT sum(requests) FROM usage_daily WHERE user_id = $1", [user.id]) == 5)
+            #expect(try await seed.int("SELECT used_quota FROM users WHERE id = $1", [user.id]) == 5 * chatHold)
+        }
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+}
+
 /// Samples one account while the load runs: its exact balance never below 0 nor below what it
 /// has reserved, `tally audit`'s checks clean at every sample, and folds seen happening.
 final class BalanceWatch: Sendable {

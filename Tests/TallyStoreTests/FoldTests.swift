@@ -186,6 +186,19 @@ struct FoldTests {
         #expect(try await db.scalar(lookupLease, [account.user]) == 0, "the first grant is reserved now")
     }
 
+    @Test("the fold plans every call for its own accounts (migration 0018): a cached generic plan compares each pending row with every account")
+    func foldPlansPerCall() async throws {
+        let db = try await TestDatabase.create("fold-plans")
+        let settings = try await db.pool.withConnection { connection in
+            try connection.query("""
+                SELECT p.proname, array_to_string(p.proconfig, ',') FROM pg_proc p
+                WHERE p.proname IN ('tally_fold', 'tally_settle') ORDER BY p.proname
+                """).map { "\(try $0.decode(0, as: String.self)): \(try $0.decodeOptional(1, as: String.self) ?? "")" }
+        }
+        #expect(settings == ["tally_fold: plan_cache_mode=force_custom_plan",
+                             "tally_settle: plan_cache_mode=force_custom_plan"])
+    }
+
     @Test("a batch's charges: one ledger row per user × key × month (none for a free group), usage per day × model × group × kind")
     func batchCharges() throws {
         let a = (user: Int64(1), token: Int64(11)), b = (user: Int64(2), token: Int64(22))
@@ -202,7 +215,7 @@ struct FoldTests {
                                     video, moreVideo, failed])
         #expect(charges.ledgerCharges.map { "\($0.key.userID)/\($0.key.tokenID)/\($0.key.month): \($0.charge.quota) in \($0.charge.requests)" }
                 == ["1/11/2026-10-01: 100 in 1", "1/11/2026-11-01: 64 in 3"])
-        let usage = charges.pendingUsage
+        let usage = charges.pendingUsage.sorted { $0.key < $1.key }
         #expect(charges.pendingCharges.map { "\($0.key.userID)/\($0.key.tokenID): \($0.charge.quota) in \($0.charge.requests)" }
                 == ["1/11: 164 in 4", "2/22: 0 in 1"])
         #expect(charges.pendingCharges[0].charge.lastAt == november)

@@ -51,12 +51,15 @@ public struct PostgresIngestRepository: IngestRepository {
     /// `ON CONFLICT DO NOTHING`, which keeps exactly the new ones.
     static func insertNew(_ lines: [PricedLine], batchID: Int64, on connection: PostgresConnection) throws -> [Int] {
         var seen = Set<LineKey>(minimumCapacity: lines.count)
-        // Inserted in one global order (request id, then account and time): concurrent batches
-        // holding the same ids (a resend through another instance) then wait for each other on
-        // the first shared id instead of each holding one the other waits for (a deadlock).
+        // Inserted in one global order, the primary key's (account, time, request id):
+        // concurrent batches holding the same ids (a resend through another instance) then wait
+        // for each other on the first shared id instead of each holding one the other waits for
+        // (a deadlock). Integers decide almost every comparison, and the key's index is written
+        // in its own order.
         var candidates = lines.indices.filter { seen.insert(LineKey(lines[$0])).inserted }
-        candidates.sort {
-            (lines[$0].requestID, lines[$0].userID, lines[$0].createdAt) < (lines[$1].requestID, lines[$1].userID, lines[$1].createdAt)
+        candidates.sort { left, right in
+            let (a, b) = (lines[left], lines[right])
+            return (a.userID, a.createdAt, a.requestID) < (b.userID, b.createdAt, b.requestID)
         }
         try connection.execute("SAVEPOINT ingest_fast_path")
         do {
@@ -145,12 +148,12 @@ public struct PostgresIngestRepository: IngestRepository {
     /// Creates the month partitions a batch needs (outside the batch transaction: DDL takes a
     /// strong lock on the parent, and concurrent batches must not queue behind it).
     private func ensurePartitions(for lines: [PricedLine]) async throws {
-        let months = Set(lines.map { PartitionCache.monthStart($0.createdAt) })
+        let months = Set(lines.map { UTCDay($0.createdAt).monthStart })
         let missing = months.filter { !partitions.contains($0) }
         guard !missing.isEmpty else { return }
         try await pool.withConnection { connection in
             for month in missing {
-                try connection.query("SELECT tally_create_log_partitions($1, 1)", [month])
+                try connection.query("SELECT tally_create_log_partitions($1, 1)", [month.start])
             }
         }
         partitions.insert(missing)
@@ -312,17 +315,10 @@ struct LineKey: Hashable {
     }
 }
 
-/// Months whose `request_logs` partition is known to exist in this process.
+/// Months whose `request_logs` partition is known to exist in this process (their first days).
 final class PartitionCache: Sendable {
-    private let months = Mutex<Set<Date>>([])
+    private let months = Mutex<Set<UTCDay>>([])
 
-    func contains(_ month: Date) -> Bool { months.withLock { $0.contains(month) } }
-    func insert(_ more: Set<Date>) { months.withLock { $0.formUnion(more) } }
-
-    /// The first instant of the UTC month containing `date`.
-    static func monthStart(_ date: Date) -> Date {
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = TimeZone(identifier: "UTC")!
-        return calendar.date(from: calendar.dateComponents([.year, .month], from: date))!
-    }
+    func contains(_ month: UTCDay) -> Bool { months.withLock { $0.contains(month) } }
+    func insert(_ more: Set<UTCDay>) { months.withLock { $0.formUnion(more) } }
 }
