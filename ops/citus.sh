@@ -140,8 +140,10 @@ max_connections = ${TALLY_CITUS_MAX_CONNECTIONS:-300}
 # Citus commits multi-shard writes with two-phase commit.
 max_prepared_transactions = ${TALLY_CITUS_MAX_CONNECTIONS:-300}
 citus.shard_count = ${TALLY_CITUS_SHARD_COUNT:-8}
-# After a worker's crash, prepared transactions are rolled forward or back within seconds.
+# After a worker's crash, prepared transactions are rolled forward or back within seconds (by
+# Citus's maintenance daemon, one background worker per database: the tests make dozens).
 citus.recover_2pc_interval = '5s'
+max_worker_processes = 64
 EOF
 }
 

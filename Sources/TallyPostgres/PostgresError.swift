@@ -32,12 +32,28 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
         return text
     }
 
-    /// True when the connection itself failed (server down, restarted, network).
+    /// True when the connection itself failed (server down, restarted, network), or, on Citus,
+    /// the coordinator's connection to a worker did (a worker that cannot be reached is 08006;
+    /// one lost inside a COPY comes back as XX000 with one of ``citusLostWorker``'s messages).
     public var isConnectionFailure: Bool {
-        kind == .connection || (sqlState.map { $0.hasPrefix("08") || $0 == "57P01" || $0 == "57P02" || $0 == "57P03" } ?? false)
+        kind == .connection
+            || (sqlState.map { $0.hasPrefix("08") || $0 == "57P01" || $0 == "57P02" || $0 == "57P03" } ?? false)
+            || (sqlState == SQLState.internalError && Self.citusLostWorker.contains { message.hasPrefix($0) })
     }
 
+    /// How Citus reports, as XX000, a worker connection lost mid-statement: its own message, or
+    /// the worker's (a worker's backend ends when its postmaster dies or is shut down).
+    static let citusLostWorker = ["failure on connection marked as essential", "terminating connection due to",
+                                  "server closed the connection unexpectedly", "connection to the remote node"]
+
     public var isUniqueViolation: Bool { sqlState == SQLState.uniqueViolation }
+
+    /// A unique violation, also as Citus reports one that a worker raised during a COPY into a
+    /// distributed table: with the worker's message but SQLSTATE XX000 (internal_error).
+    public var isUniqueViolationInCopy: Bool {
+        isUniqueViolation || (sqlState == SQLState.internalError
+                              && message.hasPrefix("duplicate key value violates unique constraint"))
+    }
 }
 
 /// SQLSTATE codes the store reacts to.
@@ -50,6 +66,7 @@ public enum SQLState {
     public static let duplicateDatabase = "42P04"
     public static let undefinedTable = "42P01"
     public static let adminShutdown = "57P01"
+    public static let internalError = "XX000"
 }
 
 // libpq's PG_DIAG_* codes are character macros that do not import into Swift.

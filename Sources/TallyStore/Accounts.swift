@@ -233,7 +233,8 @@ public struct AccountRepository: Sendable {
     /// still pending, so the balance is exact.
     static func lock(id: Int64, on connection: PostgresConnection) throws -> User {
         guard try connection.query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", [id]).count == 1,
-              let row = try connection.query("SELECT \(columns) FROM users WHERE id = $1", [id]).first else {
+              let row = try connection.query(
+                  "SELECT \(PostgresUserRepository.columns(account: "$1")) FROM users WHERE id = $1", [id]).first else {
             throw StoreError.notFound("user \(id) not found")
         }
         return try PostgresUserRepository.decode(row)

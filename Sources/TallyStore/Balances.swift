@@ -70,17 +70,23 @@ public struct BalanceRepository: Sendable {
         let ledgerKey = idempotencyKey.map { "topup:" + $0 }
         return try await pool.transaction { connection in
             let before = try AccountRepository.lock(id: userID, on: connection)
-            let inserted = try connection.query("""
-                INSERT INTO ledger (user_id, kind, amount, reason, idempotency_key, tid) VALUES ($1, 'topup', $2, $3, $4, $5)
-                ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
-                """, [userID, amount, reason, ledgerKey, actor.tid])
-            guard let id = try inserted.first?.decode(0, as: Int64.self) else {
-                return try Self.replay(key: ledgerKey!, userID: userID, amount: amount, on: connection)
+            if let ledgerKey {
+                // The unique index holds per account (on Citus, per shard): top-ups of one key wait
+                // for each other here, so a key used by another account is found, not used twice.
+                try connection.query(Self.lockIdempotencyKey, [ledgerKey])
+                if let replayed = try Self.replay(key: ledgerKey, userID: userID, amount: amount, on: connection) {
+                    return replayed
+                }
             }
+            let id = try connection.query("""
+                INSERT INTO ledger (user_id, kind, amount, reason, idempotency_key, tid)
+                VALUES ($1, 'topup', $2, $3, $4, $5) RETURNING id
+                """, [userID, amount, reason, ledgerKey, actor.tid])[0].decode(0, as: Int64.self)
             let balance = try connection.query(Self.credit, [userID, amount])[0].decode(0, as: Int64.self)
             let row = try connection.query(
-                SQL.returning(SQL.unix("at"), from: "UPDATE ledger SET balance_after = $2 WHERE id = $1"),
-                [id, balance])[0]
+                SQL.returning(SQL.unix("at"),
+                              from: "UPDATE ledger SET balance_after = $2 WHERE id = $1 AND user_id = $3"),
+                [id, balance, userID])[0]
             try AuditLog.recordChange(on: connection, actor: actor, action: "user.topup", target: "user:\(userID)",
                                       before: ["quota": before.quota],
                                       after: ["quota": balance, "amount": amount, "reason": reason,
@@ -90,11 +96,17 @@ public struct BalanceRepository: Sendable {
         }
     }
 
-    private static func replay(key: String, userID: Int64, amount: Int64, on connection: PostgresConnection) throws -> TopUpResult {
+    /// Top-ups with the same idempotency key, whatever their account, one at a time.
+    private static let lockIdempotencyKey = PreparedStatement("balances_lock_idempotency_key",
+        "SELECT pg_advisory_xact_lock(2047934483, hashtext($1))")  // 0x7A110013
+
+    /// The first top-up with `key` (nil when there is none), or a conflict when it was not this one.
+    private static func replay(key: String, userID: Int64, amount: Int64,
+                               on connection: PostgresConnection) throws -> TopUpResult? {
         guard let row = try connection.query("""
             SELECT id, user_id, kind, amount, reason, balance_after, \(SQL.unix("at")) FROM ledger WHERE idempotency_key = $1
             """, [key]).first else {
-            throw StoreError.internalError("idempotency key conflict without a ledger row")
+            return nil
         }
         let firstUser = try row.decode(1, as: Int64.self), firstAmount = try row.decode(3, as: Int64.self)
         guard try row.decode(2, as: String.self) == "topup", firstUser == userID, firstAmount == amount else {

@@ -3,9 +3,9 @@ import TallyPostgres
 /// Where each table lives on a Citus cluster (docs/scaling.md): the account tables distributed by
 /// the account and co-located, so that everything one account's request touches is on one shard;
 /// the catalogue as reference tables, a copy on every node; `account_lookup` distributed by the
-/// looked-up value. Tables not named here stay on the coordinator (audit log, ingest batches,
-/// import bookkeeping, the webhook outbox, and the request rows, ledger, usage rollups and
-/// `pending_usage`, which only the roll-up into `usage_daily` and readers of both use).
+/// looked-up value. Tables not named here stay on the coordinator (audit log, ingest batches and
+/// rejects, import bookkeeping, the webhook outbox, the lease tables of instances and `holds`,
+/// which the authorize path's SQL functions still read across accounts).
 public enum CitusLayout {
     /// Small, read on every request, written by admins (and instance registrations).
     static let referenceTables = ["groups", "channels", "price_versions", "tally_instances", "webhook_settings",
@@ -13,9 +13,12 @@ public enum CitusLayout {
 
     /// Distributed by the account, co-located with `users`, in an order in which every foreign key
     /// points at a table already distributed. `pending_charges` (what batches owe balances, migration
-    /// 0010) lives with the rows the fold applies it to and the readers add it to.
+    /// 0010) lives with the rows the fold applies it to and the readers add it to; a batch's request
+    /// rows, ledger charges and pending usage with their account (migration 0019), so that its work
+    /// per account, a user's export and the roll-up into `usage_daily` stay on one shard.
     static let accountTables: [(table: String, column: String)] = [
         ("users", "id"), ("tokens", "user_id"), ("user_leases", "user_id"), ("pending_charges", "user_id"),
+        ("request_logs", "user_id"), ("ledger", "user_id"), ("usage_daily", "user_id"), ("pending_usage", "user_id"),
     ]
 
     /// Distributed by their own key, each in its own co-location group.

@@ -192,7 +192,7 @@ public struct LogRepository: Sendable {
                    'price_version_id', l.price_version_id, 'tid', l.tid)::text AS other,
                l.tid, ''::text AS kind, l.request_id AS sort_key
         FROM request_logs l JOIN users u ON u.id = l.user_id
-        LEFT JOIN tokens t ON t.id = l.token_id LEFT JOIN channels c ON c.id = l.channel_id
+        LEFT JOIN tokens t ON t.user_id = l.user_id AND t.id = l.token_id LEFT JOIN channels c ON c.id = l.channel_id
         """
 
     /// Same columns and names as `requestSelect` (a credit-only query takes its names from here).
@@ -204,7 +204,7 @@ public struct LogRepository: Sendable {
                NULL::text AS request_id,
                jsonb_build_object('ledger_id', g.id, 'kind', g.kind, 'balance_after', g.balance_after, 'tid', g.tid)::text AS other,
                g.tid, g.kind AS kind, '~' || lpad(g.id::text, 20, '0') AS sort_key
-        FROM ledger g JOIN users u ON u.id = g.user_id LEFT JOIN tokens t ON t.id = g.token_id
+        FROM ledger g JOIN users u ON u.id = g.user_id LEFT JOIN tokens t ON t.user_id = g.user_id AND t.id = g.token_id
         """
 
     /// A page of log rows, newest first. `userID` nil reads every user's (admin lookups);

@@ -108,9 +108,15 @@ enum SQL {
     /// account's rows, which Citus runs on the account's shard (pending_charges is co-located); it
     /// cannot sit in a query over a CTE there, so statements that return these figures return
     /// them directly (`RETURNING`) or read the row again.
-    static func pending(_ column: String, user: String, token: String? = nil) -> String {
+    ///
+    /// `account`, when the statement reads one account known up front, is the parameter that
+    /// holds it: named inside the subquery too, it lets Citus run the statement on that account's
+    /// shard alone (it does not carry the outer `id = $1` into a correlated subquery).
+    static func pending(_ column: String, user: String, token: String? = nil, account: String? = nil) -> String {
         let key = token.map { " AND c.token_id = \($0)" } ?? ""
-        return "(SELECT coalesce(sum(c.\(column)), 0)::bigint FROM pending_charges c WHERE c.user_id = \(user)\(key))"
+        let known = account.map { " AND c.user_id = \($0)" } ?? ""
+        let rows = "pending_charges c WHERE c.user_id = \(user)\(key)\(known)"
+        return "(SELECT coalesce(sum(c.\(column)), 0)::bigint FROM \(rows))"
     }
 }
 

@@ -96,26 +96,33 @@ public struct TokenRepository: Sendable {
 
     public init(pool: PostgresPool) { self.pool = pool }
 
-    /// What the key's uses charged and the fold has not taken off `remain_quota` yet
-    /// (migration 0010); unlimited keys keep their remain_quota.
-    static let pendingCharges = "CASE WHEN t.unlimited_quota THEN 0 ELSE \(pending("quota")) END"
-    static func pending(_ column: String) -> String { SQL.pending(column, user: "t.user_id", token: "t.id") }
-    static let remainQuota = "t.remain_quota - \(pendingCharges)"
-    static let effectiveStatus = """
-        CASE WHEN t.status = \(TokenStatus.enabled.sql) AND t.expires_at IS NOT NULL AND t.expires_at <= now() \
-        THEN \(TokenStatus.expired.sql) \
-        WHEN t.status = \(TokenStatus.enabled.sql) AND NOT t.unlimited_quota AND \(remainQuota) <= 0 \
-        THEN \(TokenStatus.exhausted.sql) ELSE t.status END
-        """
-    /// Use figures are exact at every instant: the pending ones are included. A statement that
-    /// waits for the row's lock reads them only after the lock.
-    static let columns = """
-        t.id, t.user_id, t.name, t.key_last6, \(effectiveStatus), \(SQL.unix("t.created_at")), \
-        \(SQL.unix("t.accessed_at")), coalesce(\(SQL.unix("t.expires_at")), -1), \(remainQuota), t.unlimited_quota, \
-        t.used_quota + \(pending("quota")), t.request_count + \(pending("requests")), \
-        t.model_limits_enabled, t.model_limits, \
-        t.allow_ips, t."group"
-        """
+    /// Use figures are exact at every instant: what the key's uses charged and the fold has not
+    /// taken off `remain_quota` yet (migration 0010) is included; unlimited keys keep their
+    /// remain_quota. A statement that waits for the row's lock reads them only after the lock.
+    static let columns = columns(account: nil)
+
+    /// The columns of a statement that reads keys of the one account in parameter `account`
+    /// (`"$1"`): single-shard on Citus (``SQL/pending(_:user:token:account:)``).
+    static func columns(account: String?) -> String {
+        func pending(_ column: String) -> String {
+            SQL.pending(column, user: "t.user_id", token: "t.id", account: account)
+        }
+        let remainQuota = "t.remain_quota - CASE WHEN t.unlimited_quota THEN 0 ELSE \(pending("quota")) END"
+        let effectiveStatus = """
+            CASE WHEN t.status = \(TokenStatus.enabled.sql) AND t.expires_at IS NOT NULL AND t.expires_at <= now() \
+            THEN \(TokenStatus.expired.sql) \
+            WHEN t.status = \(TokenStatus.enabled.sql) AND NOT t.unlimited_quota AND \(remainQuota) <= 0 \
+            THEN \(TokenStatus.exhausted.sql) ELSE t.status END
+            """
+        return """
+            t.id, t.user_id, t.name, t.key_last6, \(effectiveStatus), \(SQL.unix("t.created_at")), \
+            \(SQL.unix("t.accessed_at")), coalesce(\(SQL.unix("t.expires_at")), -1), \(remainQuota), \
+            t.unlimited_quota, \
+            t.used_quota + \(pending("quota")), t.request_count + \(pending("requests")), \
+            t.model_limits_enabled, t.model_limits, \
+            t.allow_ips, t."group"
+            """
+    }
 
     static func decode(_ row: PostgresRow) throws -> APIToken {
         APIToken(
@@ -176,7 +183,7 @@ public struct TokenRepository: Sendable {
             let total = try connection.query(
                 "SELECT count(*) FROM tokens WHERE user_id = $1 AND deleted_at IS NULL", [userID])[0].decode(0, as: Int.self)
             let rows = try connection.query("""
-                SELECT \(Self.columns) FROM tokens t WHERE t.user_id = $1 AND t.deleted_at IS NULL
+                SELECT \(Self.columns(account: "$1")) FROM tokens t WHERE t.user_id = $1 AND t.deleted_at IS NULL
                 ORDER BY t.id DESC LIMIT $2 OFFSET $3
                 """, [userID, page.size, page.offset])
             return Page(items: try rows.map(Self.decode), total: total, request: page)
@@ -187,7 +194,10 @@ public struct TokenRepository: Sendable {
     public func get(id: Int64, userID: Int64) async throws -> APIToken {
         try await pool.withConnection { connection in
             guard let row = try connection.query(
-                "SELECT \(Self.columns) FROM tokens t WHERE t.id = $1 AND t.user_id = $2 AND t.deleted_at IS NULL",
+                """
+                SELECT \(Self.columns(account: "$2")) FROM tokens t WHERE t.id = $1 AND t.user_id = $2
+                  AND t.deleted_at IS NULL
+                """,
                 [id, userID]).first
             else { throw StoreError.notFound("API key \(id) not found") }
             return try Self.decode(row)
@@ -223,7 +233,8 @@ public struct TokenRepository: Sendable {
                 SELECT 1 FROM tokens WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL FOR UPDATE
                 """, [id, userID]).count == 1,
                 let row = try connection.query("""
-                SELECT \(Self.columns), t.status, u."group" FROM tokens t JOIN users u ON u.id = t.user_id
+                SELECT \(Self.columns(account: "$2")), t.status, u."group"
+                FROM tokens t JOIN users u ON u.id = t.user_id
                 WHERE t.id = $1 AND t.user_id = $2
                 """, [id, userID]).first
             else { throw StoreError.notFound("API key \(id) not found") }
@@ -276,9 +287,9 @@ public struct TokenRepository: Sendable {
 
     /// The key as the caller's transaction just wrote it. A second statement rather than
     /// `RETURNING`: the columns call now() and read pending_charges, which Citus allows in
-    /// neither a RETURNING clause nor a query over the written rows (``SQL/pending(_:user:token:)``).
+    /// neither a RETURNING clause nor a query over the written rows (``SQL/pending(_:user:token:account:)``).
     private static func reread(id: Int64, userID: Int64, on connection: PostgresConnection) throws -> APIToken {
-        try decode(connection.query("SELECT \(columns) FROM tokens t WHERE t.id = $1 AND t.user_id = $2",
+        try decode(connection.query("SELECT \(columns(account: "$2")) FROM tokens t WHERE t.id = $1 AND t.user_id = $2",
                                     [id, userID])[0])
     }
 
@@ -301,8 +312,9 @@ public struct TokenRepository: Sendable {
         return try await pool.withConnection { connection in
             guard let row = try connection.query(Self.byKeyHash, [hash]).first else { return nil }
             let token = try Self.decode(row)
-            guard let owner = try connection.query("SELECT \(PostgresUserRepository.columns) FROM users WHERE id = $1",
-                                                   [token.userID]).first.map(PostgresUserRepository.decode)
+            guard let owner = try connection.query(
+                "SELECT \(PostgresUserRepository.columns(account: "$1")) FROM users WHERE id = $1", [token.userID]
+            ).first.map(PostgresUserRepository.decode)
             else { return nil }
             return (token, owner)
         }

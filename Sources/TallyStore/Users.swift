@@ -71,10 +71,17 @@ public struct PostgresUserRepository: UserRepository {
     /// The balance figures include what committed batches charged and the fold has not added
     /// yet (migration 0010), so they are exact at every instant. A statement that waits for
     /// the row's lock reads them only after the lock (``AccountRepository/lock(id:on:)``).
-    static let columns = """
-        id, username, display_name, email, role, status, "group", quota - \(SQL.pending("quota", user: "users.id")), \
-        used_quota + \(SQL.pending("quota", user: "users.id")), request_count + \(SQL.pending("requests", user: "users.id"))
-        """
+    static let columns = columns(account: nil)
+
+    /// The columns of a statement that reads the one account in parameter `account` (`"$1"`):
+    /// single-shard on Citus (``SQL/pending(_:user:token:account:)``).
+    static func columns(account: String?) -> String {
+        func pending(_ column: String) -> String { SQL.pending(column, user: "users.id", account: account) }
+        return """
+            id, username, display_name, email, role, status, "group", quota - \(pending("quota")), \
+            used_quota + \(pending("quota")), request_count + \(pending("requests"))
+            """
+    }
 
     public func create(_ user: NewUser, by actor: Actor) async throws -> (user: User, accessToken: String) {
         let token = Secrets.newAccessToken()
@@ -117,7 +124,8 @@ public struct PostgresUserRepository: UserRepository {
 
     public func find(id: Int64) async throws -> User? {
         try await pool.withConnection { connection in
-            try connection.query("SELECT \(Self.columns) FROM users WHERE id = $1", [id]).first.map(Self.decode)
+            try connection.query("SELECT \(Self.columns(account: "$1")) FROM users WHERE id = $1", [id]).first
+                .map(Self.decode)
         }
     }
 

@@ -171,6 +171,19 @@ struct PostgresConnectionTests {
             #expect(!error.description.contains("sup3r-s3cret"))
         }
     }
+
+    @Test("Citus's XX000 relays: a lost worker is a connection failure, a worker's unique violation one")
+    func citusRelayedErrors() {
+        func relayed(_ message: String) -> PostgresError {
+            PostgresError(kind: .copy, sqlState: SQLState.internalError, message: message)
+        }
+        #expect(relayed("failure on connection marked as essential: 127.0.0.1:55433").isConnectionFailure)
+        #expect(relayed("terminating connection due to unexpected postmaster exit").isConnectionFailure)
+        #expect(!relayed("could not open relation").isConnectionFailure)
+        let duplicate = relayed("duplicate key value violates unique constraint \"request_logs_y2026m11_pkey_102054\"")
+        #expect(duplicate.isUniqueViolationInCopy && !duplicate.isUniqueViolation && !duplicate.isConnectionFailure)
+        #expect(!relayed("could not open relation").isUniqueViolationInCopy)
+    }
 }
 
 /// Stops and restarts the shared test cluster: runs only in ops/test's own pass

@@ -85,6 +85,24 @@ struct AdminAPITests {
                                               #"{"user_id":\#(user.id),"amount":7,"idempotency_key":"\#(key)"}"#)
             #expect(conflict.status == 409)
             #expect(conflict.errorCode == "conflict")
+            // A new key sent for four accounts at once credits one of them; the others conflict (the
+            // index holds the key per account, a lock on the key across them).
+            var payers: [Int64] = []
+            for index in 0..<4 { payers.append(try await seed.user("payer-\(index)").user.id) }
+            let shared = "shared-\(UUID().uuidString)"
+            let sharedStatuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for payer in payers {
+                    group.addTask {
+                        try await api.post("/api/admin/topups", token: adminAccess,
+                                           #"{"user_id":\#(payer),"amount":9,"idempotency_key":"\#(shared)"}"#).status
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(sharedStatuses.sorted() == [200, 409, 409, 409])
+            #expect(try await seed.int("SELECT count(*) FROM ledger WHERE idempotency_key = $1", ["topup:" + shared]) == 1)
+            #expect(try await seed.int("SELECT coalesce(sum(quota), 0)::bigint FROM users WHERE id = ANY ($1::bigint[])",
+                                       [TextArray(payers.map(String.init))]) == 9)
             // Audited once, in the same transaction, with who, before/after and the tid.
             let audit = try await seed.sql("SELECT actor_id, actor, before->>'quota', after->>'quota', tid FROM audit_log WHERE action = 'user.topup' AND target = $1",
                                            ["user:\(user.id)"])

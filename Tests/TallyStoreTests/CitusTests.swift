@@ -1,7 +1,7 @@
 import Foundation
 import TallyCore
 import TallyPostgres
-import TallyStore
+@testable import TallyStore
 import TallyTestSupport
 import Testing
 
@@ -32,7 +32,8 @@ struct CitusTests {
         let tables = Dictionary(uniqueKeysWithValues: placed)
         let users = try #require(tables["users"])
         #expect(users.method == "h" && users.column == "id")
-        for table in ["tokens", "user_leases", "pending_charges"] {
+        for table in ["tokens", "user_leases", "pending_charges", "request_logs", "ledger", "usage_daily",
+                      "pending_usage"] {
             #expect(tables[table]?.method == "h" && tables[table]?.column == "user_id", "\(table)")
             #expect(tables[table]?.colocation == users.colocation, "\(table) is not co-located with users")
         }
@@ -84,12 +85,88 @@ struct CitusTests {
             ("SELECT remain_quota FROM token_balances WHERE user_id = $1", [user]),
         ]
         for (query, parameters) in queries {
-            let plan = try await db.pool.withConnection { connection in
-                try connection.query("EXPLAIN " + query, parameters).map { try $0.decode(0, as: String.self) }
-            }
-            #expect(plan.contains { $0.contains("Task Count: 1") },
-                    "not single-shard: \(query)\n\(plan.joined(separator: "\n"))")
+            try await Self.expectSingleShard(query, parameters, on: db)
         }
+    }
+
+    /// The plan's task counts: one per statement Citus runs (more in a plan with subplans).
+    static func taskCounts(_ query: String, _ parameters: [any PostgresEncodable], on db: TestDatabase) async throws
+        -> [Int] {
+        let plan = try await db.pool.withConnection { connection in
+            try connection.query("EXPLAIN " + query, parameters).map { try $0.decode(0, as: String.self) }
+        }
+        let counts = plan.compactMap { line in
+            line.range(of: "Task Count: ").flatMap { Int(line[$0.upperBound...].prefix { $0.isNumber }) }
+        }
+        if counts.isEmpty { Issue.record("no Citus plan for \(query)\n\(plan.joined(separator: "\n"))") }
+        return counts
+    }
+
+    static func expectSingleShard(_ query: String, _ parameters: [any PostgresEncodable], on db: TestDatabase,
+                                  sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let counts = try await taskCounts(query, parameters, on: db)
+        #expect(!counts.isEmpty && counts.allSatisfy { $0 == 1 }, "not single-shard (tasks \(counts)): \(query)",
+                sourceLocation: sourceLocation)
+    }
+
+    @Test("""
+        a batch's work per account, a user's export and statement, and the System API's reads of one account \
+        run on one shard; the month's export by model fans out
+        """)
+    func accountWorkSingleShard() async throws {
+        let db = try await Self.seeded()
+        let (user, token) = try await db.pool.withConnection { connection in
+            let row = try connection.query("SELECT user_id, id FROM tokens ORDER BY user_id, id LIMIT 1")[0]
+            return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
+        }
+        let month = try #require(UsageMonth(year: 2026, month: 11))
+        let firstDay = month.firstDay, nextMonth = month.adding(months: 1).firstDay
+        let partition = try await db.pool.withConnection { try UsageExporter.keptPartition(month, on: $0) }
+        let byModel = { (userID: Int64?) in
+            let export = try UsageExport(month: month, by: [.model], format: .csv, userID: userID)
+            return RollupQuery(export: export, timeZone: nil).sql
+        }
+        let batchWork: [(String, [any PostgresEncodable])] = [
+            // What a batch appends per account (its COPY rows are routed one by one, by account) …
+            ("""
+             INSERT INTO request_logs (request_id, created_at, user_id, token_id, model, "group", kind, status, quota)
+             VALUES ('explain', '2026-11-10T12:00:00Z', $1, $2, 'gpt-4o', 'default', 'chat', 200, 1)
+             ON CONFLICT (user_id, created_at, request_id) DO NOTHING
+             """, [user, token]),
+            ("""
+             INSERT INTO ledger (user_id, token_id, kind, amount, requests, batch_id, tid, usage_month)
+             VALUES ($1, $2, 'charge', -1, 1, 1, 'explain', '2026-11-01')
+             """, [user, token]),
+            // … what the fold and the roll-up do per account …
+            ("DELETE FROM pending_charges WHERE user_id = ANY ($1::bigint[]) RETURNING *",
+             [PostgresArray.integers([user])]),
+            ("DELETE FROM pending_usage WHERE user_id = $1 RETURNING *", [user]),
+            ("""
+             INSERT INTO usage_daily AS d (day, user_id, token_id, model, "group", kind, requests, quota)
+             VALUES ('2026-11-10', $1, $2, 'gpt-4o', 'default', 'chat', 1, 1)
+             ON CONFLICT (day, user_id, token_id, model, "group", kind)
+             DO UPDATE SET requests = d.requests + 1, quota = d.quota + 1
+             """, [user, token]),
+            // … a user's export, raw and by model, and statement …
+            (try byModel(user), []),
+            ("SELECT * FROM \(partition) WHERE user_id = $1", [user]),
+            (StatementRepository.balances.sql, [user, firstDay]),
+            (StatementRepository.credits.sql, [user, firstDay]),
+            (StatementRepository.models.sql, [user, firstDay, nextMonth]),
+            // … and the System API's reads of one account: the user, their keys, their log pages.
+            ("SELECT \(PostgresUserRepository.columns(account: "$1")) FROM users WHERE id = $1", [user]),
+            ("SELECT \(TokenRepository.columns(account: "$1")) FROM tokens t WHERE t.user_id = $1", [user]),
+            ("\(LogRepository.requestSelect) WHERE l.user_id = $1 ORDER BY l.created_at DESC LIMIT 10", [user]),
+            ("\(LogRepository.creditSelect) WHERE g.user_id = $1 ORDER BY g.at DESC LIMIT 10", [user]),
+        ]
+        for (query, parameters) in batchWork {
+            try await Self.expectSingleShard(query, parameters, on: db)
+        }
+        // The month's export by model reads every account: one task per shard.
+        let shards = try await db.scalar(
+            "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'usage_daily'::regclass")
+        #expect(shards > 1)
+        #expect(try await Self.taskCounts(try byModel(nil), [], on: db).contains(Int(shards)))
     }
 
     @Test("a batch's charges on accounts of both workers show at once and fold into the balances exactly once")

@@ -201,9 +201,14 @@ struct ExportTests {
         #expect(try await auditor.run(month: Self.september).isEmpty)
         let user = fixture.lines[0].userID
         _ = try await db.pool.withConnection { connection in
+            // By key, not ctid: on Citus a row's ctid means nothing outside its shard.
             try connection.query("""
-                UPDATE usage_daily SET quota = quota + 5 WHERE ctid = (SELECT ctid FROM usage_daily
-                WHERE user_id = $1 AND day >= '2026-08-01' AND day < '2026-09-01' LIMIT 1)
+                UPDATE usage_daily d SET quota = d.quota + 5
+                FROM (SELECT day, token_id, model, "group", kind FROM usage_daily
+                      WHERE user_id = $1 AND day >= '2026-08-01' AND day < '2026-09-01'
+                      ORDER BY day, token_id, model, "group", kind LIMIT 1) o
+                WHERE d.user_id = $1
+                  AND (d.day, d.token_id, d.model, d."group", d.kind) = (o.day, o.token_id, o.model, o."group", o.kind)
                 """, [user])
         }
         let problems = try await auditor.run(month: Self.august)

@@ -66,12 +66,17 @@ extension TestDatabase {
     /// transaction really reached the contested point before they release it.
     public func queryBlocked(by blocker: Int64, timeout: Duration = .seconds(60)) async throws -> String? {
         var query: String?
+        // On Citus the wait happens on the worker that holds the row: citus_lock_waits gathers the
+        // waits of every node by global pid (the node id × 10¹⁰ + the pid; the coordinator's is 1).
+        let sql = TestCluster.isCitus ? """
+            SELECT blocked_statement FROM citus_lock_waits WHERE blocking_gpid = 10000000000 + $1::bigint
+            """ : """
+            SELECT query FROM pg_stat_activity
+            WHERE datname = current_database() AND $1::int = ANY(pg_blocking_pids(pid))
+            """
         _ = try await waitUntil(timeout: timeout) {
             query = try await pool.withConnection { connection in
-                try connection.query("""
-                    SELECT query FROM pg_stat_activity
-                    WHERE datname = current_database() AND $1::int = ANY(pg_blocking_pids(pid))
-                    """, [blocker]).first?.decode(0, as: String.self)
+                try connection.query(sql, [blocker]).first?.decode(0, as: String.self)
             }
             return query != nil
         }

@@ -19,7 +19,7 @@ public struct RetentionPlan: Sendable, Equatable {
 }
 
 /// Request-row retention (DESIGN §9): whole monthly partitions of `request_logs` are detached
-/// (`DETACH PARTITION … CONCURRENTLY`, so ingest keeps running) and dropped; never a bulk
+/// (`DETACH PARTITION … CONCURRENTLY`, so ingest keeps running; on Citus without it) and dropped; never a bulk
 /// DELETE. The usage rollups, the ledger and therefore statements and rollup exports stay.
 public struct LogRetention: Sendable {
     let pool: PostgresPool
@@ -73,8 +73,10 @@ public struct LogRetention: Sendable {
             let pending = try connection.query("SELECT detach_pending FROM tally_log_partitions WHERE name = $1", [partition.name])
             if let row = pending.first {
                 // CONCURRENTLY runs outside a transaction; an interrupted one is finished with FINALIZE.
+                // Citus refuses CONCURRENTLY: there the detach locks request_logs for its instant.
                 let finalize = try row.decode(0, as: Bool.self)
-                try connection.execute("ALTER TABLE request_logs DETACH PARTITION \(table) \(finalize ? "FINALIZE" : "CONCURRENTLY")")
+                let mode = finalize ? "FINALIZE" : try CitusLayout.isInstalled(on: connection) ? "" : "CONCURRENTLY"
+                try connection.execute("ALTER TABLE request_logs DETACH PARTITION \(table) \(mode)")
             }
             try connection.transaction { connection in
                 try connection.execute("DROP TABLE IF EXISTS \(table)")

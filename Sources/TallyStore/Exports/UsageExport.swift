@@ -134,10 +134,16 @@ public struct UsageExporter: Sendable {
         if export.isRaw || timeZone != nil {
             let partition = try keptPartition(export.month, on: connection)
             if export.isRaw {
-                guard let userID = export.userID else {
-                    return "COPY \(connection.quoteIdentifier(partition)) TO STDOUT WITH (FORMAT csv, HEADER)"
+                let table = connection.quoteIdentifier(partition)
+                // A query on Citus too, where COPY of a distributed table counts its header as a row.
+                let source = if let userID = export.userID {
+                    "(SELECT * FROM \(table) WHERE user_id = \(userID))"
+                } else if try CitusLayout.isInstalled(on: connection) {
+                    "(SELECT * FROM \(table))"
+                } else {
+                    table
                 }
-                return "COPY (SELECT * FROM \(connection.quoteIdentifier(partition)) WHERE user_id = \(userID)) TO STDOUT WITH (FORMAT csv, HEADER)"
+                return "COPY \(source) TO STDOUT WITH (FORMAT csv, HEADER)"
             }
         }
         let query = RollupQuery(export: export, timeZone: timeZone.map(connection.quoteLiteral))

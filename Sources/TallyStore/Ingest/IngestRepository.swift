@@ -66,7 +66,7 @@ public struct PostgresIngestRepository: IngestRepository {
             try copyRows(candidates.lazy.map { lines[$0] }, batchID: batchID, into: "request_logs", on: connection)
             try connection.execute("RELEASE SAVEPOINT ingest_fast_path")
             return candidates
-        } catch let error as PostgresError where error.isUniqueViolation {
+        } catch let error as PostgresError where error.isUniqueViolationInCopy {
             try connection.execute("ROLLBACK TO SAVEPOINT ingest_fast_path")
         }
         try connection.execute(createStaging)
