@@ -171,7 +171,8 @@ public struct LogRepository: Sendable {
         default: return nil
         }
         guard !filter.excludesCredits else { return nil }
-        var conditions = ["g.kind = ANY (\(query.bind(TextArray(kinds)))::text[])"]
+        // `kind <> 'charge'` as written lets PostgreSQL use the credits-only index (migration 0020).
+        var conditions = ["g.kind <> 'charge'", "g.kind = ANY (\(query.bind(TextArray(kinds)))::text[])"]
         if let userID { conditions.append("g.user_id = \(query.bind(userID))") }
         if let start = filter.startTimestamp { conditions.append("g.at >= to_timestamp(\(query.bind(start))::bigint)") }
         if let end = filter.endTimestamp { conditions.append("g.at < to_timestamp(\(query.bind(end))::bigint + 1)") }
