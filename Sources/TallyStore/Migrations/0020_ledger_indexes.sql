@@ -14,3 +14,9 @@
 DROP INDEX ledger_user_at_idx;
 CREATE INDEX ledger_user_credits_at_idx ON ledger (user_id, at) WHERE kind <> 'charge';
 DROP INDEX ledger_month_idx;
+
+-- The idempotency key (0019: unique per account) is set only on top-ups and imported credits;
+-- charge rows leave it NULL, so they need no entry. Top-ups find a replay by looking the key up
+-- under a lock on it (Balances.topUp), not by ON CONFLICT, so a partial index keeps the rule.
+DROP INDEX ledger_idempotency_idx;
+CREATE UNIQUE INDEX ledger_idempotency_idx ON ledger (idempotency_key, user_id) WHERE idempotency_key IS NOT NULL;
