@@ -9,7 +9,7 @@ let package = Package(
     name: "tally",
     platforms: [.macOS(.v14)],
     products: [
-        .executable(name: "tally", targets: ["tally"]),
+        .executable(name: "tally", targets: ["tally"])
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -30,55 +30,69 @@ let package = Package(
         // Pure domain: money, price sheets, rating, quota math, error catalog, tids. No I/O.
         .target(name: "TallyCore", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
         // Thin, safe libpq wrapper.
-        .target(name: "TallyPostgres", dependencies: [
-            "CLibPQ",
-            .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: strict),
+        .target(
+            name: "TallyPostgres",
+            dependencies: [
+                "CLibPQ",
+                .product(name: "Logging", package: "swift-log"),
+            ], swiftSettings: strict),
         // Outbound HTTP over libcurl (webhooks, price-sheet downloads).
         .target(name: "TallyHTTP", dependencies: ["CCurl", "TallyCore"], swiftSettings: strict),
         // Repositories and the domain's SQL.
-        .target(name: "TallyStore", dependencies: [
-            "TallyCore", "TallyPostgres",
-            .product(name: "Crypto", package: "swift-crypto"),
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "Metrics", package: "swift-metrics"),
-        ], resources: [.copy("Migrations")], swiftSettings: strict),
+        .target(
+            name: "TallyStore",
+            dependencies: [
+                "TallyCore", "TallyPostgres",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ], resources: [.copy("Migrations")], swiftSettings: strict),
         // Hummingbird 2 application, and the web console's static files (Console/web).
-        .target(name: "TallyServer", dependencies: [
-            "TallyCore", "TallyPostgres", "TallyStore", "TallyHTTP",
-            .product(name: "Crypto", package: "swift-crypto"),
-            .product(name: "Hummingbird", package: "hummingbird"),
-            .product(name: "HTTPTypes", package: "swift-http-types"),
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "Metrics", package: "swift-metrics"),
-            .product(name: "Prometheus", package: "swift-prometheus"),
-            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-        ], resources: [.copy("Console/web")], swiftSettings: strict),
-        .executableTarget(name: "tally", dependencies: [
-            "TallyCore", "TallyPostgres", "TallyStore", "TallyServer", "TallyHTTP",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Hummingbird", package: "hummingbird"),
-            .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: strict),
+        .target(
+            name: "TallyServer",
+            dependencies: [
+                "TallyCore", "TallyPostgres", "TallyStore", "TallyHTTP",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ], resources: [.copy("Console/web")], swiftSettings: strict),
+        .executableTarget(
+            name: "tally",
+            dependencies: [
+                "TallyCore", "TallyPostgres", "TallyStore", "TallyServer", "TallyHTTP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ], swiftSettings: strict),
 
         // Fresh databases on the real test cluster for every suite that needs PostgreSQL.
-        .target(name: "TallyTestSupport", dependencies: ["TallyStore", "TallyPostgres"], path: "Tests/TallyTestSupport",
-                swiftSettings: strict),
+        .target(
+            name: "TallyTestSupport", dependencies: ["TallyStore", "TallyPostgres"], path: "Tests/TallyTestSupport",
+            swiftSettings: strict),
         .testTarget(name: "TallyCoreTests", dependencies: ["TallyCore", "TallyTestSupport"], swiftSettings: strict),
-        .testTarget(name: "TallyPostgresTests", dependencies: ["TallyPostgres", "TallyTestSupport"],
-                    swiftSettings: strict),
-        .testTarget(name: "TallyStoreTests",
-                    dependencies: ["TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport"],
-                    swiftSettings: strict),
+        .testTarget(
+            name: "TallyPostgresTests", dependencies: ["TallyPostgres", "TallyTestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "TallyStoreTests",
+            dependencies: ["TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport"],
+            swiftSettings: strict),
         // The deterministic simulation of the money state machines (docs/testing.md).
         // Optimized even in debug builds: 10,000 seeds must run in well under a minute.
-        .testTarget(name: "TallySimulationTests", dependencies: ["TallyCore"],
-                    swiftSettings: strict + [.unsafeFlags(["-O"])]),
-        .testTarget(name: "TallyServerTests", dependencies: [
-            "TallyServer", "TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport", "TallyHTTP",
-            .product(name: "Crypto", package: "swift-crypto"),
-            .product(name: "HummingbirdTesting", package: "hummingbird"),
-        ], swiftSettings: strict),
+        .testTarget(
+            name: "TallySimulationTests", dependencies: ["TallyCore"],
+            swiftSettings: strict + [.unsafeFlags(["-O"])]),
+        .testTarget(
+            name: "TallyServerTests",
+            dependencies: [
+                "TallyServer", "TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport", "TallyHTTP",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -28,9 +28,11 @@ public struct HTTPClient: Sendable {
         /// Follow up to 5 redirects (to http or https only).
         public var followRedirects: Bool
 
-        public init(method: Method = .get, url: String, headers: [(name: String, value: String)] = [], body: [UInt8] = [],
-                    connectTimeout: Duration = .seconds(5), timeout: Duration = .seconds(30),
-                    maxResponseBytes: Int = 1 << 20, followRedirects: Bool = false) {
+        public init(
+            method: Method = .get, url: String, headers: [(name: String, value: String)] = [], body: [UInt8] = [],
+            connectTimeout: Duration = .seconds(5), timeout: Duration = .seconds(30),
+            maxResponseBytes: Int = 1 << 20, followRedirects: Bool = false
+        ) {
             self.method = method
             self.url = url
             self.headers = headers
@@ -130,7 +132,8 @@ private final class Transfer {
         for (name, value) in request.headers + [("Expect", "")] {
             // Scalars, not Characters: "\r\n" is one Character equal to neither "\r" nor "\n".
             guard !(name + value).unicodeScalars.contains(where: { $0 == "\r" || $0 == "\n" }), !name.isEmpty else {
-                throw HTTPClientError(kind: .invalidRequest, message: "\(label): header \(name.prefix(40)) contains a line break")
+                throw HTTPClientError(
+                    kind: .invalidRequest, message: "\(label): header \(name.prefix(40)) contains a line break")
             }
             headers = curl_slist_append(headers, value.isEmpty ? "\(name):" : "\(name): \(value)")
         }
@@ -145,8 +148,9 @@ private final class Transfer {
         }
         guard code == CURLE_OK else {
             if code == CURLE_ABORTED_BY_CALLBACK, cancelled.isCancelled { throw CancellationError() }
-            throw error(code, label: label, detail: String(cString: errorBuffer), exceeded: transfer.exceeded,
-                        limit: request.maxResponseBytes)
+            throw error(
+                code, label: label, detail: String(cString: errorBuffer), exceeded: transfer.exceeded,
+                limit: request.maxResponseBytes)
         }
         var status = 0
         _ = tally_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
@@ -154,26 +158,29 @@ private final class Transfer {
     }
 
     /// Sets every option; the first failure is returned (e.g. a malformed URL).
-    private static func configure(_ handle: UnsafeMutableRawPointer, _ request: HTTPClient.Request,
-                                  headers: UnsafeMutablePointer<curl_slist>?, errorBuffer: UnsafeMutablePointer<CChar>,
-                                  context: UnsafeMutableRawPointer) -> CURLcode {
-        let steps: [() -> CURLcode] = [
-            { tally_curl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer) },
-            { tally_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1) },  // required with threads
-            { tally_curl_setopt_string(handle, CURLOPT_PROTOCOLS_STR, "http,https") },
-            { tally_curl_setopt_string(handle, CURLOPT_URL, request.url) },
-            { tally_curl_setopt_string(handle, CURLOPT_USERAGENT, "tally") },
-            { tally_curl_setopt_string(handle, CURLOPT_ACCEPT_ENCODING, "") },  // any encoding libcurl decodes
-            { tally_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, milliseconds(request.connectTimeout)) },
-            { tally_curl_setopt_long(handle, CURLOPT_TIMEOUT_MS, milliseconds(request.timeout)) },
-            { tally_curl_setopt_long(handle, CURLOPT_MAXFILESIZE, request.maxResponseBytes) },
-            { tally_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, headers) },
-            { tally_curl_setopt_write_callback(handle, writeBody) },
-            { tally_curl_setopt_pointer(handle, CURLOPT_WRITEDATA, context) },
-            { tally_curl_setopt_xferinfo_callback(handle, checkCancelled) },
-            { tally_curl_setopt_pointer(handle, CURLOPT_XFERINFODATA, context) },
-            { tally_curl_setopt_long(handle, CURLOPT_NOPROGRESS, 0) },
-        ] + redirectSteps(handle, request) + bodySteps(handle, request)
+    private static func configure(
+        _ handle: UnsafeMutableRawPointer, _ request: HTTPClient.Request,
+        headers: UnsafeMutablePointer<curl_slist>?, errorBuffer: UnsafeMutablePointer<CChar>,
+        context: UnsafeMutableRawPointer
+    ) -> CURLcode {
+        let steps: [() -> CURLcode] =
+            [
+                { tally_curl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer) },
+                { tally_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1) },  // required with threads
+                { tally_curl_setopt_string(handle, CURLOPT_PROTOCOLS_STR, "http,https") },
+                { tally_curl_setopt_string(handle, CURLOPT_URL, request.url) },
+                { tally_curl_setopt_string(handle, CURLOPT_USERAGENT, "tally") },
+                { tally_curl_setopt_string(handle, CURLOPT_ACCEPT_ENCODING, "") },  // any encoding libcurl decodes
+                { tally_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, milliseconds(request.connectTimeout)) },
+                { tally_curl_setopt_long(handle, CURLOPT_TIMEOUT_MS, milliseconds(request.timeout)) },
+                { tally_curl_setopt_long(handle, CURLOPT_MAXFILESIZE, request.maxResponseBytes) },
+                { tally_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, headers) },
+                { tally_curl_setopt_write_callback(handle, writeBody) },
+                { tally_curl_setopt_pointer(handle, CURLOPT_WRITEDATA, context) },
+                { tally_curl_setopt_xferinfo_callback(handle, checkCancelled) },
+                { tally_curl_setopt_pointer(handle, CURLOPT_XFERINFODATA, context) },
+                { tally_curl_setopt_long(handle, CURLOPT_NOPROGRESS, 0) },
+            ] + redirectSteps(handle, request) + bodySteps(handle, request)
         for step in steps {
             let code = step()
             if code != CURLE_OK { return code }
@@ -181,7 +188,9 @@ private final class Transfer {
         return CURLE_OK
     }
 
-    private static func redirectSteps(_ handle: UnsafeMutableRawPointer, _ request: HTTPClient.Request) -> [() -> CURLcode] {
+    private static func redirectSteps(_ handle: UnsafeMutableRawPointer, _ request: HTTPClient.Request) -> [() ->
+        CURLcode]
+    {
         guard request.followRedirects else { return [] }
         return [
             { tally_curl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, 1) },
@@ -191,13 +200,16 @@ private final class Transfer {
     }
 
     /// A POST copies its body into libcurl (COPYPOSTFIELDS needs the size set first).
-    private static func bodySteps(_ handle: UnsafeMutableRawPointer, _ request: HTTPClient.Request) -> [() -> CURLcode] {
+    private static func bodySteps(_ handle: UnsafeMutableRawPointer, _ request: HTTPClient.Request) -> [() -> CURLcode]
+    {
         guard request.method == .post else { return [] }
         return [
             { tally_curl_setopt_long(handle, CURLOPT_POSTFIELDSIZE, request.body.count) },
             {
                 var body = request.body
-                return body.withUnsafeMutableBytes { tally_curl_setopt_pointer(handle, CURLOPT_COPYPOSTFIELDS, $0.baseAddress) }
+                return body.withUnsafeMutableBytes {
+                    tally_curl_setopt_pointer(handle, CURLOPT_COPYPOSTFIELDS, $0.baseAddress)
+                }
             },
         ]
     }
@@ -207,12 +219,15 @@ private final class Transfer {
         return max(1, Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000))
     }
 
-    private static func error(_ code: CURLcode, label: String, detail: String, exceeded: Bool, limit: Int) -> HTTPClientError {
+    private static func error(_ code: CURLcode, label: String, detail: String, exceeded: Bool, limit: Int)
+        -> HTTPClientError
+    {
         let explanation = detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail
         let kind: HTTPClientError.Kind
         switch code {
         case CURLE_WRITE_ERROR where exceeded, CURLE_FILESIZE_EXCEEDED:
-            return HTTPClientError(kind: .responseTooLarge, message: "\(label): the response is larger than \(limit) bytes")
+            return HTTPClientError(
+                kind: .responseTooLarge, message: "\(label): the response is larger than \(limit) bytes")
         case CURLE_URL_MALFORMAT, CURLE_UNSUPPORTED_PROTOCOL: kind = .invalidRequest
         case CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY: kind = .unresolvedHost
         case CURLE_COULDNT_CONNECT: kind = .connectionFailed
@@ -227,7 +242,9 @@ private final class Transfer {
 
 /// CURLOPT_WRITEFUNCTION: appends to the transfer's body; returning less than given aborts
 /// the transfer (the size cap, for bodies sent without a Content-Length).
-private func writeBody(_ data: UnsafeMutablePointer<CChar>?, _ size: Int, _ count: Int, _ context: UnsafeMutableRawPointer?) -> Int {
+private func writeBody(
+    _ data: UnsafeMutablePointer<CChar>?, _ size: Int, _ count: Int, _ context: UnsafeMutableRawPointer?
+) -> Int {
     guard let context else { return 0 }
     let transfer = Unmanaged<Transfer>.fromOpaque(context).takeUnretainedValue()
     let length = size * count
@@ -242,7 +259,9 @@ private func writeBody(_ data: UnsafeMutablePointer<CChar>?, _ size: Int, _ coun
 }
 
 /// CURLOPT_XFERINFOFUNCTION: non-zero aborts the transfer once its task is cancelled.
-private func checkCancelled(_ context: UnsafeMutableRawPointer?, _: curl_off_t, _: curl_off_t, _: curl_off_t, _: curl_off_t) -> Int32 {
+private func checkCancelled(
+    _ context: UnsafeMutableRawPointer?, _: curl_off_t, _: curl_off_t, _: curl_off_t, _: curl_off_t
+) -> Int32 {
     guard let context else { return 0 }
     return Unmanaged<Transfer>.fromOpaque(context).takeUnretainedValue().cancelled.isCancelled ? 1 : 0
 }

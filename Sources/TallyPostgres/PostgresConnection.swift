@@ -64,7 +64,9 @@ public final class PostgresConnection: @unchecked Sendable {
     /// Runs a prepared statement, preparing it on this connection the first time.
     @discardableResult
     @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
-    public func query(_ statement: PreparedStatement, _ parameters: [any PostgresEncodable] = []) throws(PostgresError) -> PostgresRows {
+    public func query(_ statement: PreparedStatement, _ parameters: [any PostgresEncodable] = []) throws(PostgresError)
+        -> PostgresRows
+    {
         if !preparedNames.contains(statement.name) {
             try check(PQprepare(handle, statement.name, statement.sql, 0, nil), kind: .query)
             preparedNames.insert(statement.name)
@@ -179,9 +181,12 @@ public final class PostgresConnection: @unchecked Sendable {
     // MARK: Helpers
 
     @discardableResult
-    private func check(_ result: OpaquePointer?, kind: PostgresError.Kind, expecting: ExecStatusType? = nil) throws(PostgresError) -> PostgresRows {
+    private func check(_ result: OpaquePointer?, kind: PostgresError.Kind, expecting: ExecStatusType? = nil)
+        throws(PostgresError) -> PostgresRows
+    {
         let status = result.map(PQresultStatus) ?? PGRES_FATAL_ERROR
-        let accepted = expecting.map { status == $0 }
+        let accepted =
+            expecting.map { status == $0 }
             ?? (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_EMPTY_QUERY)
         guard accepted else {
             let error = PostgresError.from(result: result, connection: handle, kind: kind)
@@ -215,8 +220,10 @@ public final class PostgresConnection: @unchecked Sendable {
     private func takeNotifications() -> [PostgresNotification] {
         var received: [PostgresNotification] = []
         while let notice = PQnotifies(handle) {
-            received.append(PostgresNotification(channel: String(cString: notice.pointee.relname),
-                                                 payload: String(cString: notice.pointee.extra)))
+            received.append(
+                PostgresNotification(
+                    channel: String(cString: notice.pointee.relname),
+                    payload: String(cString: notice.pointee.extra)))
             PQfreemem(notice)
         }
         return received
@@ -230,7 +237,9 @@ public final class PostgresConnection: @unchecked Sendable {
         PostgresError.from(result: nil, connection: handle, kind: kind)
     }
 
-    private func withParameters<R>(_ parameters: [any PostgresEncodable], _ body: (Int32, UnsafePointer<UnsafePointer<CChar>?>?) -> R) -> R {
+    private func withParameters<R>(
+        _ parameters: [any PostgresEncodable], _ body: (Int32, UnsafePointer<UnsafePointer<CChar>?>?) -> R
+    ) -> R {
         let texts = parameters.map(\.postgresText)
         var cStrings: [UnsafeMutablePointer<CChar>?] = texts.map { $0.map { strdup($0) } ?? nil }
         defer { cStrings.forEach { free($0) } }
@@ -310,9 +319,12 @@ public struct CopyRow {
         separate()
         if value < 0 { bytes.append(UInt8(ascii: "-")) }
         var magnitude = value.magnitude
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var digits:
+            (
+                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8
+            ) =
+                (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         var count = 0
         withUnsafeMutableBytes(of: &digits) { buffer in
             repeat {

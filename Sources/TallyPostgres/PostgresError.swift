@@ -43,16 +43,19 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
 
     /// How Citus reports, as XX000, a worker connection lost mid-statement: its own message, or
     /// the worker's (a worker's backend ends when its postmaster dies or is shut down).
-    static let citusLostWorker = ["failure on connection marked as essential", "terminating connection due to",
-                                  "server closed the connection unexpectedly", "connection to the remote node"]
+    static let citusLostWorker = [
+        "failure on connection marked as essential", "terminating connection due to",
+        "server closed the connection unexpectedly", "connection to the remote node",
+    ]
 
     public var isUniqueViolation: Bool { sqlState == SQLState.uniqueViolation }
 
     /// A unique violation, also as Citus reports one that a worker raised during a COPY into a
     /// distributed table: with the worker's message but SQLSTATE XX000 (internal_error).
     public var isUniqueViolationInCopy: Bool {
-        isUniqueViolation || (sqlState == SQLState.internalError
-                              && message.hasPrefix("duplicate key value violates unique constraint"))
+        isUniqueViolation
+            || (sqlState == SQLState.internalError
+                && message.hasPrefix("duplicate key value violates unique constraint"))
     }
 }
 
@@ -82,7 +85,8 @@ extension PostgresError {
             return String(cString: pointer)
         }
         let connectionBroken = connection.map { PQstatus($0) != CONNECTION_OK } ?? true
-        let message = field(diagMessagePrimary)
+        let message =
+            field(diagMessagePrimary)
             ?? connection.flatMap { PQerrorMessage($0) }.map { String(cString: $0) }?.trimmingTrailingNewlines()
             ?? "unknown error"
         return PostgresError(

@@ -69,7 +69,9 @@ public struct PostgresRow {
     }
 
     /// Decodes a nullable column.
-    public func decodeOptional<T: PostgresDecodable>(_ column: Int, as type: T.Type = T.self) throws(PostgresError) -> T? {
+    public func decodeOptional<T: PostgresDecodable>(_ column: Int, as type: T.Type = T.self) throws(PostgresError)
+        -> T?
+    {
         guard let text = rows.text(index, column) else { return nil }
         return try T(postgresText: text)
     }

@@ -11,9 +11,9 @@ extension TallyServices {
     @Sendable public func applyChange(_ change: ChangeNotice) {
         switch change {
         // A settlement overdrew the account, or another instance ran short of it: give the lease back.
-        case let .overdrawn(account): holdBook.notice(.overdrawn(account))
-        case let .leaseWanted(account): holdBook.notice(.leaseWanted(account))
-        case let .token(id):
+        case .overdrawn(let account): holdBook.notice(.overdrawn(account))
+        case .leaseWanted(let account): holdBook.notice(.leaseWanted(account))
+        case .token(let id):
             forget(change)
             // A key's limits changed (unlimited or not, its quota): its lease is taken afresh.
             holdBook.notice(.accountChanged(.token(id)))
@@ -40,16 +40,18 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     logger.logLevel = configuration.logLevel
     TallyMetrics.bootstrap()
     let pool = PostgresPool(url: configuration.databaseURL, size: configuration.poolSize, logger: logger)
-    let services = TallyServices(pool: pool, holdTTLSeconds: configuration.holdTTLSeconds,
-                                 holdCommit: configuration.holdCommit)
+    let services = TallyServices(
+        pool: pool, holdTTLSeconds: configuration.holdTTLSeconds,
+        holdCommit: configuration.holdCommit)
     let migrator = Migrator(pool: pool, logger: logger)
     let router = buildRouter(services, configuration: configuration)
     var app = Application(
         router: router,
-        server: .http1(configuration: .init(
-            // Twice the largest body any route reads (an ingest batch), so its 413 goes out first.
-            additionalChannelHandlers: [RequestBodyLimitHandler(maxBytes: 2 * services.ingestLimits.maxBytes)],
-            idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))),
+        server: .http1(
+            configuration: .init(
+                // Twice the largest body any route reads (an ingest batch), so its 413 goes out first.
+                additionalChannelHandlers: [RequestBodyLimitHandler(maxBytes: 2 * services.ingestLimits.maxBytes)],
+                idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "tally"),
         logger: logger)
     let started = StartupGate()
@@ -61,31 +63,40 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
         started.open()
     }
     app.addServices(PoolService(pool: pool))
-    app.addServices(backgroundServices(services, migrator: migrator, configuration: configuration, logger: logger)
-        .map { AfterStartup(gate: started, service: $0) })
+    app.addServices(
+        backgroundServices(services, migrator: migrator, configuration: configuration, logger: logger)
+            .map { AfterStartup(gate: started, service: $0) })
     return app
 }
 
 /// The services that run beside the HTTP server once it started.
-private func backgroundServices(_ services: TallyServices, migrator: Migrator, configuration: TallyConfiguration,
-                                logger: Logger) -> [any Service] {
+private func backgroundServices(
+    _ services: TallyServices, migrator: Migrator, configuration: TallyConfiguration,
+    logger: Logger
+) -> [any Service] {
     var background: [any Service] = [
-        PriceRefreshService(prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds),
-                            logger: logger),
+        PriceRefreshService(
+            prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds),
+            logger: logger),
         LogPartitionService(migrator: migrator, interval: .seconds(86_400), logger: logger),
         HoldSweeperService(holds: services.holds, interval: .seconds(1), logger: logger),
         LeaseService(book: services.holdBook, logger: logger),
-        ChangeListenerService(databaseURL: configuration.databaseURL, onChange: services.applyChange,
-                              logger: logger),
+        ChangeListenerService(
+            databaseURL: configuration.databaseURL, onChange: services.applyChange,
+            logger: logger),
     ]
     if configuration.settleIntervalMilliseconds > 0 {
-        background.append(SettlerService(settler: Settler(pool: services.pool),
-                                         balanceInterval: .milliseconds(configuration.settleIntervalMilliseconds),
-                                         rollUpInterval: .seconds(configuration.rollUpIntervalSeconds), logger: logger))
+        background.append(
+            SettlerService(
+                settler: Settler(pool: services.pool),
+                balanceInterval: .milliseconds(configuration.settleIntervalMilliseconds),
+                rollUpInterval: .seconds(configuration.rollUpIntervalSeconds), logger: logger))
     }
     if configuration.webhooks.enabled {
-        background.append(WebhookDispatcher(repository: WebhookRepository(pool: services.pool),
-                                            configuration: configuration.webhooks, logger: logger))
+        background.append(
+            WebhookDispatcher(
+                repository: WebhookRepository(pool: services.pool),
+                configuration: configuration.webhooks, logger: logger))
     }
     return background
 }
@@ -100,7 +111,8 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     router.add(middleware: ErrorMiddleware())
     router.add(middleware: ClientAddressMiddleware(trustedProxies: configuration.trustedProxies))
     let failedAuthWindow = Duration.seconds(configuration.failedAuthWindowSeconds)
-    let failedAuth = configuration.failedAuthLimit > 0
+    let failedAuth =
+        configuration.failedAuthLimit > 0
         ? FailedAuthLimiter(limit: configuration.failedAuthLimit, window: failedAuthWindow) : nil
     router.add(middleware: FailedAuthMiddleware(limiter: failedAuth))
 
@@ -122,8 +134,10 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
 
     let user = router.group("/api").add(middleware: UserAuthMiddleware(users: services.users))
     for routes in [
-        AccountController(accounts: services.accounts, balances: services.balances, groups: services.groups,
-                          models: models).routes,
+        AccountController(
+            accounts: services.accounts, balances: services.balances, groups: services.groups,
+            models: models
+        ).routes,
         TokenController(tokens: services.apiKeys).routes,
         LogController(logs: services.logs).routes,
         UsageController(streamer: exports).routes,
@@ -156,8 +170,10 @@ struct PoolService: Service {
 
 /// Runs `work` every `interval` until graceful shutdown begins; a failed round is logged as
 /// `failure` and the next one runs on time.
-func runPeriodically(every interval: Duration, logger: Logger, failure: Logger.Message,
-                     _ work: () async throws -> Void) async {
+func runPeriodically(
+    every interval: Duration, logger: Logger, failure: Logger.Message,
+    _ work: () async throws -> Void
+) async {
     while !Task.isShuttingDownGracefully {
         do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
         do { try await work() } catch {

@@ -58,17 +58,19 @@ public struct TallyConfiguration: Sendable {
         public static let rollUpIntervalSeconds = 5
     }
 
-    public init(host: String = Defaults.host, port: Int = Defaults.port, databaseURL: String,
-                poolSize: Int = Defaults.poolSize, gatewaySecret: String = "",
-                logLevel: Logger.Level = Defaults.logLevel,
-                priceRefreshSeconds: Int = Defaults.priceRefreshSeconds, holdTTLSeconds: Int = Defaults.holdTTLSeconds,
-                holdCommit: HoldCommitMode = Defaults.holdCommit,
-                webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration(),
-                idleTimeoutSeconds: Int = Defaults.idleTimeoutSeconds, failedAuthLimit: Int = Defaults.failedAuthLimit,
-                failedAuthWindowSeconds: Int = Defaults.failedAuthWindowSeconds,
-                trustedProxies: IPAllowList = IPAllowList(ranges: []),
-                settleIntervalMilliseconds: Int = Defaults.settleIntervalMilliseconds,
-                rollUpIntervalSeconds: Int = Defaults.rollUpIntervalSeconds) {
+    public init(
+        host: String = Defaults.host, port: Int = Defaults.port, databaseURL: String,
+        poolSize: Int = Defaults.poolSize, gatewaySecret: String = "",
+        logLevel: Logger.Level = Defaults.logLevel,
+        priceRefreshSeconds: Int = Defaults.priceRefreshSeconds, holdTTLSeconds: Int = Defaults.holdTTLSeconds,
+        holdCommit: HoldCommitMode = Defaults.holdCommit,
+        webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration(),
+        idleTimeoutSeconds: Int = Defaults.idleTimeoutSeconds, failedAuthLimit: Int = Defaults.failedAuthLimit,
+        failedAuthWindowSeconds: Int = Defaults.failedAuthWindowSeconds,
+        trustedProxies: IPAllowList = IPAllowList(ranges: []),
+        settleIntervalMilliseconds: Int = Defaults.settleIntervalMilliseconds,
+        rollUpIntervalSeconds: Int = Defaults.rollUpIntervalSeconds
+    ) {
         self.host = host
         self.port = port
         self.databaseURL = databaseURL

@@ -13,8 +13,10 @@ enum AccountLookup {
     }
 
     /// Gives `userID` the access token `hash` in place of `replacing` (its previous one, if any).
-    static func setAccessToken(_ hash: SecretHash, userID: Int64, replacing old: SecretHash?,
-                               on connection: PostgresConnection) throws {
+    static func setAccessToken(
+        _ hash: SecretHash, userID: Int64, replacing old: SecretHash?,
+        on connection: PostgresConnection
+    ) throws {
         if let old {
             try connection.query("DELETE FROM account_lookup WHERE lookup = $1 AND kind = 'access_token'", [old])
         }
@@ -24,13 +26,16 @@ enum AccountLookup {
 
     /// Claims `username` for `userID` (releasing `replacing`, its previous name); a name another
     /// account holds is a conflict.
-    static func claimUsername(_ username: String, userID: Int64, replacing old: String? = nil,
-                              on connection: PostgresConnection) throws {
+    static func claimUsername(
+        _ username: String, userID: Int64, replacing old: String? = nil,
+        on connection: PostgresConnection
+    ) throws {
         if let old {
             try connection.query(
                 "DELETE FROM account_lookup WHERE lookup = convert_to($1, 'UTF8') AND kind = 'username'", [old])
         }
-        let claimed = try connection.query("""
+        let claimed = try connection.query(
+            """
             INSERT INTO account_lookup (lookup, kind, user_id) VALUES (convert_to($1, 'UTF8'), 'username', $2)
             ON CONFLICT (lookup, kind) DO NOTHING
             """, [username, userID])
@@ -44,7 +49,8 @@ enum AccountLookup {
 extension ChangeNotice {
     static func send(_ notices: [ChangeNotice], on connection: PostgresConnection) throws {
         guard !notices.isEmpty else { return }
-        try connection.query("SELECT pg_notify('tally_changes', p) FROM unnest($1::text[]) AS p",
-                             [PostgresArray.text(notices.map(\.payload))])
+        try connection.query(
+            "SELECT pg_notify('tally_changes', p) FROM unnest($1::text[]) AS p",
+            [PostgresArray.text(notices.map(\.payload))])
     }
 }

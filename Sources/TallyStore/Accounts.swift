@@ -18,7 +18,10 @@ public struct AccountChanges: Sendable, Equatable {
     /// The new balance; the difference is written to the ledger as an adjustment.
     public var quota: Int64?
 
-    public init(username: String? = nil, displayName: String? = nil, email: String? = nil, group: String? = nil, quota: Int64? = nil) {
+    public init(
+        username: String? = nil, displayName: String? = nil, email: String? = nil, group: String? = nil,
+        quota: Int64? = nil
+    ) {
         self.username = username
         self.displayName = displayName
         self.email = email
@@ -67,11 +70,14 @@ public struct AccountRepository: Sendable {
         let pattern = keyword.flatMap { $0.isEmpty ? nil : "%" + Self.escapeLike($0) + "%" }
         let id = keyword.flatMap { Int64($0) } ?? -1
         return try await pool.withConnection { connection in
-            let filter = pattern == nil ? "TRUE" : "(username ILIKE $1 OR display_name ILIKE $1 OR email ILIKE $1 OR id = $2)"
+            let filter =
+                pattern == nil ? "TRUE" : "(username ILIKE $1 OR display_name ILIKE $1 OR email ILIKE $1 OR id = $2)"
             let parameters: [any PostgresEncodable] = pattern == nil ? [] : [pattern!, id]
-            let total = try connection.query("SELECT count(*) FROM users WHERE \(filter)", parameters)[0].decode(0, as: Int.self)
+            let total = try connection.query("SELECT count(*) FROM users WHERE \(filter)", parameters)[0].decode(
+                0, as: Int.self)
             let offset = parameters.count
-            let rows = try connection.query("""
+            let rows = try connection.query(
+                """
                 SELECT \(Self.columns) FROM users WHERE \(filter) ORDER BY id DESC LIMIT $\(offset + 1) OFFSET $\(offset + 2)
                 """, parameters + [page.size, page.offset])
             return Page(items: try rows.map(PostgresUserRepository.decode), total: total, request: page)
@@ -85,7 +91,9 @@ public struct AccountRepository: Sendable {
 
     /// Creates an account with its first access token. `actorRole` (nil for the CLI) must be
     /// above the new role, as in new-api.
-    public func create(_ user: NewUser, actorRole: Role?, by actor: Actor) async throws -> (user: User, accessToken: String) {
+    public func create(_ user: NewUser, actorRole: Role?, by actor: Actor) async throws -> (
+        user: User, accessToken: String
+    ) {
         try user.check()
         if let actorRole, user.role >= actorRole {
             throw PermissionDenied(reason: "cannot create a user with a role equal to or above your own")
@@ -101,7 +109,8 @@ public struct AccountRepository: Sendable {
         if let group = changes.group { try GroupRules.checkMember(group) }
         if let quota = changes.quota {
             guard quota >= -QuotaLimits.maximum, quota <= QuotaLimits.maximum else {
-                throw StoreError.invalid("quota must be between \(-QuotaLimits.maximum) and \(QuotaLimits.maximum), got \(quota)")
+                throw StoreError.invalid(
+                    "quota must be between \(-QuotaLimits.maximum) and \(QuotaLimits.maximum), got \(quota)")
             }
         }
         return try await pool.transaction { connection in
@@ -122,7 +131,8 @@ public struct AccountRepository: Sendable {
             if after.username != before.username {
                 try AccountLookup.claimUsername(after.username, userID: id, replacing: before.username, on: connection)
             }
-            let rows = try connection.query("""
+            let rows = try connection.query(
+                """
                 UPDATE users SET username = $2, display_name = $3, email = $4, "group" = $5, updated_at = now()
                 WHERE id = $1
                 RETURNING \(Self.columns)
@@ -130,11 +140,13 @@ public struct AccountRepository: Sendable {
             try ChangeNotice.send([ChangeNotice.user(id)], on: connection)
             var updated = try PostgresUserRepository.decode(rows[0])
             if let quota = changes.quota, quota != before.quota {
-                updated = try Self.adjust(id: id, by: quota - before.quota, reason: "balance set to \(quota) by \(actor.name)",
-                                          on: connection, actor: actor)
+                updated = try Self.adjust(
+                    id: id, by: quota - before.quota, reason: "balance set to \(quota) by \(actor.name)",
+                    on: connection, actor: actor)
             }
-            try AuditLog.recordChange(on: connection, actor: actor, action: "user.update", target: "user:\(id)",
-                                      before: Self.auditFields(before), after: Self.auditFields(updated))
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "user.update", target: "user:\(id)",
+                before: Self.auditFields(before), after: Self.auditFields(updated))
             return updated
         }
     }
@@ -143,7 +155,8 @@ public struct AccountRepository: Sendable {
     public func manage(id: Int64, _ action: ManageAction, actorRole: Role?, by actor: Actor) async throws -> User {
         if case .addQuota(let mode, let value) = action {
             guard mode == .override ? value >= 0 : value > 0 else {
-                throw StoreError.invalid(mode == .override ? "value cannot be negative" : "value must be a positive number of quota units")
+                throw StoreError.invalid(
+                    mode == .override ? "value cannot be negative" : "value must be a positive number of quota units")
             }
             guard value <= QuotaLimits.maximum else {
                 throw StoreError.invalid("value exceeds the maximum of \(QuotaLimits.maximum) units")
@@ -178,21 +191,25 @@ public struct AccountRepository: Sendable {
                 guard before.role != .user else { throw StoreError.invalid("user \(id) is already a common user") }
                 role = .user
             case .addQuota(let mode, let value):
-                let delta: Int64 = switch mode {
-                case .add: value
-                case .subtract: -value
-                case .override: value - before.quota
-                }
+                let delta: Int64 =
+                    switch mode {
+                    case .add: value
+                    case .subtract: -value
+                    case .override: value - before.quota
+                    }
                 var updated = before
                 if delta != 0 {
-                    updated = try Self.adjust(id: id, by: delta, reason: "add_quota \(mode.rawValue) \(value) by \(actor.name)",
-                                              on: connection, actor: actor)
+                    updated = try Self.adjust(
+                        id: id, by: delta, reason: "add_quota \(mode.rawValue) \(value) by \(actor.name)",
+                        on: connection, actor: actor)
                 }
-                try AuditLog.recordChange(on: connection, actor: actor, action: "user.quota_\(mode.rawValue)", target: "user:\(id)",
-                                          before: ["quota": before.quota], after: ["quota": updated.quota, "value": value])
+                try AuditLog.recordChange(
+                    on: connection, actor: actor, action: "user.quota_\(mode.rawValue)", target: "user:\(id)",
+                    before: ["quota": before.quota], after: ["quota": updated.quota, "value": value])
                 return updated
             }
-            let rows = try connection.query("""
+            let rows = try connection.query(
+                """
                 UPDATE users SET status = $2, role = $3, updated_at = now() WHERE id = $1
                 RETURNING \(Self.columns)
                 """, [id, status, role.rawValue])
@@ -201,9 +218,10 @@ public struct AccountRepository: Sendable {
             if before.status == .enabled && updated.status != .enabled {
                 try WebhookOutbox.enqueueUserSuspended(updated, by: actor, on: connection)
             }
-            try AuditLog.recordChange(on: connection, actor: actor, action: "user.\(name)", target: "user:\(id)",
-                                      before: ["status": before.status.rawValue, "role": before.role.rawValue],
-                                      after: ["status": updated.status.rawValue, "role": updated.role.rawValue])
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "user.\(name)", target: "user:\(id)",
+                before: ["status": before.status.rawValue, "role": before.role.rawValue],
+                after: ["status": updated.status.rawValue, "role": updated.role.rawValue])
             return updated
         }
     }
@@ -213,15 +231,17 @@ public struct AccountRepository: Sendable {
         let token = Secrets.newAccessToken()
         let hash = SecretHash(of: token)
         try await pool.transaction { connection in
-            let rows = try connection.query("""
+            let rows = try connection.query(
+                """
                 UPDATE users u SET access_token_hash = $2, access_token_last6 = $3, updated_at = now()
                 FROM users old WHERE u.id = $1 AND old.id = u.id RETURNING encode(old.access_token_hash, 'hex')
                 """, [id, hash, Secrets.last6(token)])
             guard let row = rows.first else { throw StoreError.notFound("user \(id) not found") }
             let old = try row.decodeOptional(0, as: String.self).flatMap(SecretHash.init(hex:))
             try AccountLookup.setAccessToken(hash, userID: id, replacing: old, on: connection)
-            try AuditLog.recordChange(on: connection, actor: actor, action: "user.access_token", target: "user:\(id)",
-                                      before: nil, after: ["access_token_last6": Secrets.last6(token)])
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "user.access_token", target: "user:\(id)",
+                before: nil, after: ["access_token_last6": Secrets.last6(token)])
         }
         return token
     }
@@ -233,29 +253,37 @@ public struct AccountRepository: Sendable {
     /// still pending, so the balance is exact.
     static func lock(id: Int64, on connection: PostgresConnection) throws -> User {
         guard try connection.query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", [id]).count == 1,
-              let row = try connection.query(
-                  "SELECT \(PostgresUserRepository.columns(account: "$1")) FROM users WHERE id = $1", [id]).first else {
+            let row = try connection.query(
+                "SELECT \(PostgresUserRepository.columns(account: "$1")) FROM users WHERE id = $1", [id]
+            ).first
+        else {
             throw StoreError.notFound("user \(id) not found")
         }
         return try PostgresUserRepository.decode(row)
     }
 
     /// Changes a balance by `delta` and writes the `adjust` ledger row, on the caller's transaction.
-    static func adjust(id: Int64, by delta: Int64, reason: String, on connection: PostgresConnection, actor: Actor) throws -> User {
-        let rows = try connection.query("""
+    static func adjust(id: Int64, by delta: Int64, reason: String, on connection: PostgresConnection, actor: Actor)
+        throws -> User
+    {
+        let rows = try connection.query(
+            """
             UPDATE users SET quota = quota + $2, updated_at = now() WHERE id = $1
             RETURNING \(columns)
             """, [id, delta])
         let user = try PostgresUserRepository.decode(rows[0])
-        try connection.query("""
+        try connection.query(
+            """
             INSERT INTO ledger (user_id, kind, amount, reason, tid, balance_after) VALUES ($1, 'adjust', $2, $3, $4, $5)
             """, [id, delta, reason, actor.tid, user.quota])
         return user
     }
 
     static func auditFields(_ user: User) -> [String: any CustomStringConvertible] {
-        ["username": user.username, "display_name": user.displayName, "email": user.email, "group": user.group,
-         "quota": user.quota, "role": user.role.rawValue, "status": user.status.rawValue]
+        [
+            "username": user.username, "display_name": user.displayName, "email": user.email, "group": user.group,
+            "quota": user.quota, "role": user.role.rawValue, "status": user.status.rawValue,
+        ]
     }
 
     static func escapeLike(_ text: String) -> String {

@@ -33,7 +33,9 @@ public struct Auditor: Sendable {
         try await pool.withConnection { connection in
             let queries: [(PreparedStatement, [any PostgresEncodable])]
             if let month {
-                let kept = try connection.query("SELECT 1 FROM tally_log_partitions WHERE month = $1::date", [month.firstDay]).count > 0
+                let kept =
+                    try connection.query("SELECT 1 FROM tally_log_partitions WHERE month = $1::date", [month.firstDay])
+                    .count > 0
                 queries = [(Self.month, [month.firstDay, month.adding(months: 1).firstDay, kept, month.description])]
             } else {
                 queries = [(Self.users, []), (Self.tokens, []), (Self.keptMonths, []), (Self.reservations, [])]
@@ -46,7 +48,9 @@ public struct Auditor: Sendable {
         }
     }
 
-    static let users = PreparedStatement("audit_users", """
+    static let users = PreparedStatement(
+        "audit_users",
+        """
         WITH ledger_totals AS (
             SELECT user_id, sum(amount) AS balance, -sum(amount) FILTER (WHERE kind = 'charge') AS charges
             FROM ledger GROUP BY user_id
@@ -70,7 +74,9 @@ public struct Auditor: Sendable {
         ORDER BY id
         """)
 
-    static let tokens = PreparedStatement("audit_tokens", """
+    static let tokens = PreparedStatement(
+        "audit_tokens",
+        """
         WITH usage_totals AS (
             SELECT token_id, sum(quota) AS quota, sum(requests) AS requests FROM usage_rollups GROUP BY token_id
         )
@@ -81,7 +87,9 @@ public struct Auditor: Sendable {
         ORDER BY t.id
         """)
 
-    static let reservations = PreparedStatement("audit_reservations", """
+    static let reservations = PreparedStatement(
+        "audit_reservations",
+        """
         WITH user_holds AS (
             SELECT user_id, sum(amount) AS amount FROM holds WHERE status = 'held' GROUP BY user_id
         ), token_holds AS (
@@ -105,7 +113,9 @@ public struct Auditor: Sendable {
         """)
 
     /// The rollups against the request rows, per user and month, for the months still kept.
-    static let keptMonths = PreparedStatement("audit_kept_months", """
+    static let keptMonths = PreparedStatement(
+        "audit_kept_months",
+        """
         WITH logs AS (
             SELECT user_id, date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month,
                    sum(quota) AS quota, count(*) AS requests
@@ -124,7 +134,9 @@ public struct Auditor: Sendable {
 
     /// One month: ledger charges ($1 = first day) against the rollups, and the rollups against
     /// the request rows when the month's partition is kept ($3).
-    static let month = PreparedStatement("audit_month", """
+    static let month = PreparedStatement(
+        "audit_month",
+        """
         WITH charges AS (
             SELECT user_id, -sum(amount) AS quota FROM ledger WHERE month = $1::date AND kind = 'charge' GROUP BY user_id
         ), rollups AS (

@@ -52,8 +52,12 @@ public struct BalanceRepository: Sendable {
     /// Credits `amount` units to `userID`. With an idempotency key, a replay (same key) credits
     /// nothing and answers the first result; the same key for a different user or amount is a
     /// conflict. The credit, its ledger row and its audit row are one transaction.
-    public func topUp(userID: Int64, amount: Int64, reason: String, idempotencyKey: String?, by actor: Actor) async throws -> TopUpResult {
-        guard amount > 0 else { throw StoreError.invalid("amount must be a positive number of quota units, got \(amount)") }
+    public func topUp(userID: Int64, amount: Int64, reason: String, idempotencyKey: String?, by actor: Actor)
+        async throws -> TopUpResult
+    {
+        guard amount > 0 else {
+            throw StoreError.invalid("amount must be a positive number of quota units, got \(amount)")
+        }
         guard amount <= QuotaLimits.maximum else {
             throw StoreError.invalid("amount exceeds the maximum of \(QuotaLimits.maximum) units per top-up")
         }
@@ -63,8 +67,10 @@ public struct BalanceRepository: Sendable {
         try TextRules.check(reason, field: "reason", multiline: true)
         if let idempotencyKey {
             guard !idempotencyKey.isEmpty, idempotencyKey.count <= Self.maximumIdempotencyKeyLength,
-                  idempotencyKey.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7f }) else {
-                throw StoreError.invalid("idempotency_key must be 1–\(Self.maximumIdempotencyKeyLength) printable characters without spaces")
+                idempotencyKey.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7f })
+            else {
+                throw StoreError.invalid(
+                    "idempotency_key must be 1–\(Self.maximumIdempotencyKeyLength) printable characters without spaces")
             }
         }
         let ledgerKey = idempotencyKey.map { "topup:" + $0 }
@@ -78,43 +84,58 @@ public struct BalanceRepository: Sendable {
                     return replayed
                 }
             }
-            let id = try connection.query("""
+            let id = try connection.query(
+                """
                 INSERT INTO ledger (user_id, kind, amount, reason, idempotency_key, tid)
                 VALUES ($1, 'topup', $2, $3, $4, $5) RETURNING id
                 """, [userID, amount, reason, ledgerKey, actor.tid])[0].decode(0, as: Int64.self)
             let balance = try connection.query(Self.credit, [userID, amount])[0].decode(0, as: Int64.self)
             let row = try connection.query(
-                SQL.returning(SQL.unix("at"),
-                              from: "UPDATE ledger SET balance_after = $2 WHERE id = $1 AND user_id = $3"),
+                SQL.returning(
+                    SQL.unix("at"),
+                    from: "UPDATE ledger SET balance_after = $2 WHERE id = $1 AND user_id = $3"),
                 [id, balance, userID])[0]
-            try AuditLog.recordChange(on: connection, actor: actor, action: "user.topup", target: "user:\(userID)",
-                                      before: ["quota": before.quota],
-                                      after: ["quota": balance, "amount": amount, "reason": reason,
-                                              "idempotency_key": idempotencyKey ?? "", "ledger_id": id])
-            return TopUpResult(id: id, userID: userID, amount: amount, reason: reason, idempotencyKey: idempotencyKey,
-                               quota: balance, createdTime: try row.decode(0), replayed: false)
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "user.topup", target: "user:\(userID)",
+                before: ["quota": before.quota],
+                after: [
+                    "quota": balance, "amount": amount, "reason": reason,
+                    "idempotency_key": idempotencyKey ?? "", "ledger_id": id,
+                ])
+            return TopUpResult(
+                id: id, userID: userID, amount: amount, reason: reason, idempotencyKey: idempotencyKey,
+                quota: balance, createdTime: try row.decode(0), replayed: false)
         }
     }
 
     /// Top-ups with the same idempotency key, whatever their account, one at a time.
-    private static let lockIdempotencyKey = PreparedStatement("balances_lock_idempotency_key",
+    private static let lockIdempotencyKey = PreparedStatement(
+        "balances_lock_idempotency_key",
         "SELECT pg_advisory_xact_lock(2047934483, hashtext($1))")  // 0x7A110013
 
     /// The first top-up with `key` (nil when there is none), or a conflict when it was not this one.
-    private static func replay(key: String, userID: Int64, amount: Int64,
-                               on connection: PostgresConnection) throws -> TopUpResult? {
-        guard let row = try connection.query("""
-            SELECT id, user_id, kind, amount, reason, balance_after, \(SQL.unix("at")) FROM ledger WHERE idempotency_key = $1
-            """, [key]).first else {
+    private static func replay(
+        key: String, userID: Int64, amount: Int64,
+        on connection: PostgresConnection
+    ) throws -> TopUpResult? {
+        guard
+            let row = try connection.query(
+                """
+                SELECT id, user_id, kind, amount, reason, balance_after, \(SQL.unix("at")) FROM ledger WHERE idempotency_key = $1
+                """, [key]
+            ).first
+        else {
             return nil
         }
         let firstUser = try row.decode(1, as: Int64.self), firstAmount = try row.decode(3, as: Int64.self)
         guard try row.decode(2, as: String.self) == "topup", firstUser == userID, firstAmount == amount else {
-            throw StoreError.conflict("idempotency_key was already used for a different top-up (user \(firstUser), amount \(firstAmount))")
+            throw StoreError.conflict(
+                "idempotency_key was already used for a different top-up (user \(firstUser), amount \(firstAmount))")
         }
-        return TopUpResult(id: try row.decode(0), userID: firstUser, amount: firstAmount, reason: try row.decode(4),
-                           idempotencyKey: String(key.dropFirst("topup:".count)),
-                           quota: try row.decodeOptional(5) ?? 0, createdTime: try row.decode(6), replayed: true)
+        return TopUpResult(
+            id: try row.decode(0), userID: firstUser, amount: firstAmount, reason: try row.decode(4),
+            idempotencyKey: String(key.dropFirst("topup:".count)),
+            quota: try row.decodeOptional(5) ?? 0, createdTime: try row.decode(6), replayed: true)
     }
 
     /// Redeems a code for `userID`: at most once, whatever the concurrency (one conditional
@@ -125,18 +146,23 @@ public struct BalanceRepository: Sendable {
         guard code.utf8.count <= 200 else { throw RedeemFailure.unknownCode }
         let hash = SecretHash(of: code)
         return try await pool.transaction { connection in
-            guard let claimed = try connection.query("""
-                UPDATE redemptions SET status = \(RedemptionStatus.used.sql), used_user_id = $2, redeemed_at = now()
-                WHERE code_hash = $1 AND status = \(RedemptionStatus.enabled.sql)
-                  AND (expires_at IS NULL OR expires_at > now())
-                RETURNING id, quota
-                """, [hash, userID]).first else {
+            guard
+                let claimed = try connection.query(
+                    """
+                    UPDATE redemptions SET status = \(RedemptionStatus.used.sql), used_user_id = $2, redeemed_at = now()
+                    WHERE code_hash = $1 AND status = \(RedemptionStatus.enabled.sql)
+                      AND (expires_at IS NULL OR expires_at > now())
+                    RETURNING id, quota
+                    """, [hash, userID]
+                ).first
+            else {
                 throw try Self.failure(hash: hash, on: connection)
             }
             let id = try claimed.decode(0, as: Int64.self), quota = try claimed.decode(1, as: Int64.self)
             _ = try AccountRepository.lock(id: userID, on: connection)
             let balance = try connection.query(Self.credit, [userID, quota])[0].decode(0, as: Int64.self)
-            try connection.query("""
+            try connection.query(
+                """
                 INSERT INTO ledger (user_id, kind, amount, reason, idempotency_key, tid, balance_after)
                 VALUES ($1, 'redeem', $2, $3, $4, $5, $6)
                 """, [userID, quota, "redemption code #\(id)", "redeem:\(id)", tid, balance])
@@ -146,14 +172,19 @@ public struct BalanceRepository: Sendable {
 
     /// Credits `$2` units to user `$1` (whose row the caller has locked); returns the balance
     /// after it, charges still pending included.
-    private static let credit = PreparedStatement("balances_credit", """
+    private static let credit = PreparedStatement(
+        "balances_credit",
+        """
         UPDATE users SET quota = quota + $2, updated_at = now() WHERE id = $1
         RETURNING quota - \(SQL.pending("quota", user: "users.id"))
         """)
 
     private static func failure(hash: SecretHash, on connection: PostgresConnection) throws -> RedeemFailure {
-        guard let row = try connection.query(
-            "SELECT status, expires_at IS NOT NULL AND expires_at <= now() FROM redemptions WHERE code_hash = $1", [hash]).first
+        guard
+            let row = try connection.query(
+                "SELECT status, expires_at IS NOT NULL AND expires_at <= now() FROM redemptions WHERE code_hash = $1",
+                [hash]
+            ).first
         else { return .unknownCode }
         switch try row.decode(0, as: RedemptionStatus.self) {
         case .used: return .alreadyUsed
@@ -165,32 +196,41 @@ public struct BalanceRepository: Sendable {
     // MARK: Redemption codes
 
     /// Creates `count` single-use codes worth `quota` each; returns the codes, shown only now.
-    public func createRedemptions(name: String, count: Int, quota: Int64, expiredTime: Int64, by actor: Actor) async throws -> [String] {
+    public func createRedemptions(name: String, count: Int, quota: Int64, expiredTime: Int64, by actor: Actor)
+        async throws -> [String]
+    {
         let trimmed = name.trimmingCharacters(in: .whitespaces)
         guard (1...20).contains(trimmed.count) else { throw StoreError.invalid("name must be 1–20 characters") }
         try TextRules.check(trimmed, field: "name")
         guard count > 0 else { throw StoreError.invalid("count must be greater than 0") }
         guard count <= 100 else { throw StoreError.invalid("count cannot be greater than 100 in one batch") }
-        guard quota > 0 else { throw StoreError.invalid("quota must be a positive number of quota units, got \(quota)") }
+        guard quota > 0 else {
+            throw StoreError.invalid("quota must be a positive number of quota units, got \(quota)")
+        }
         try TokenRules.checkQuota(quota, field: "quota")
         let now = Int64(Date().timeIntervalSince1970)
         guard expiredTime == 0 || (expiredTime > now && expiredTime <= TokenRules.latestExpiry) else {
-            throw StoreError.invalid("expired_time must be 0 (never) or a unix time in seconds in the future, got \(expiredTime)")
+            throw StoreError.invalid(
+                "expired_time must be 0 (never) or a unix time in seconds in the future, got \(expiredTime)")
         }
         let codes = (0..<count).map { _ in Secrets.newRedemptionCode() }
         try await pool.transaction { connection in
             var ids: [Int64] = []
             for code in codes {
-                let row = try connection.query("""
+                let row = try connection.query(
+                    """
                     INSERT INTO redemptions (name, code_hash, code_last6, quota, created_by, expires_at)
                     VALUES ($1, $2, $3, $4, $5, CASE WHEN $6::bigint = 0 THEN NULL ELSE to_timestamp($6::bigint) END) RETURNING id
                     """, [trimmed, SecretHash(of: code), Secrets.last6(code), quota, actor.userID, expiredTime])
                 ids.append(try row[0].decode(0))
             }
-            try AuditLog.recordChange(on: connection, actor: actor, action: "redemption.create",
-                                      target: "redemption:\(ids.first ?? 0)-\(ids.last ?? 0)", before: nil,
-                                      after: ["name": trimmed, "count": count, "quota": quota, "expired_time": expiredTime,
-                                              "ids": ids.map(String.init).joined(separator: ",")])
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "redemption.create",
+                target: "redemption:\(ids.first ?? 0)-\(ids.last ?? 0)", before: nil,
+                after: [
+                    "name": trimmed, "count": count, "quota": quota, "expired_time": expiredTime,
+                    "ids": ids.map(String.init).joined(separator: ","),
+                ])
         }
         return codes
     }
@@ -198,17 +238,20 @@ public struct BalanceRepository: Sendable {
     public func listRedemptions(page: PageRequest) async throws -> Page<Redemption> {
         try await pool.withConnection { connection in
             let total = try connection.query("SELECT count(*) FROM redemptions")[0].decode(0, as: Int.self)
-            let rows = try connection.query("""
+            let rows = try connection.query(
+                """
                 SELECT id, created_by, code_last6, status, name, quota, \(SQL.unix("created_at")),
                        coalesce(\(SQL.unix("redeemed_at")), 0), coalesce(used_user_id, 0), coalesce(\(SQL.unix("expires_at")), 0)
                 FROM redemptions ORDER BY id DESC LIMIT $1 OFFSET $2
                 """, [page.size, page.offset])
-            return Page(items: try rows.map { row in
-                Redemption(id: try row.decode(0), createdBy: try row.decodeOptional(1), codeLast6: try row.decode(2),
-                           status: try row.decode(3), name: try row.decode(4), quota: try row.decode(5),
-                           createdTime: try row.decode(6), redeemedTime: try row.decode(7), usedUserID: try row.decode(8),
-                           expiredTime: try row.decode(9))
-            }, total: total, request: page)
+            return Page(
+                items: try rows.map { row in
+                    Redemption(
+                        id: try row.decode(0), createdBy: try row.decodeOptional(1), codeLast6: try row.decode(2),
+                        status: try row.decode(3), name: try row.decode(4), quota: try row.decode(5),
+                        createdTime: try row.decode(6), redeemedTime: try row.decode(7), usedUserID: try row.decode(8),
+                        expiredTime: try row.decode(9))
+                }, total: total, request: page)
         }
     }
 }

@@ -49,18 +49,22 @@ public struct ChannelRepository: Sendable {
 
     public init(pool: PostgresPool) { self.pool = pool }
 
-    static let columns = "id, name, status, groups, models, used_quota, \(SQL.unix("created_at")), \(SQL.unix("updated_at"))"
+    static let columns =
+        "id, name, status, groups, models, used_quota, \(SQL.unix("created_at")), \(SQL.unix("updated_at"))"
 
     static func decode(_ row: PostgresRow) throws -> Channel {
-        Channel(id: try row.decode(0), name: try row.decode(1), status: try row.decode(2),
-                groups: try row.decode(3, as: TextArray.self).elements, models: try row.decode(4, as: TextArray.self).elements,
-                usedQuota: try row.decode(5), createdTime: try row.decode(6), updatedTime: try row.decode(7))
+        Channel(
+            id: try row.decode(0), name: try row.decode(1), status: try row.decode(2),
+            groups: try row.decode(3, as: TextArray.self).elements,
+            models: try row.decode(4, as: TextArray.self).elements,
+            usedQuota: try row.decode(5), createdTime: try row.decode(6), updatedTime: try row.decode(7))
     }
 
     /// Every named group must exist.
     static func checkGroupsExist(_ groups: [String], on connection: PostgresConnection) throws {
-        let known = Set(try connection.query("SELECT name FROM groups WHERE name = ANY ($1::text[])", [TextArray(groups)])
-            .map { try $0.decode(0, as: String.self) })
+        let known = Set(
+            try connection.query("SELECT name FROM groups WHERE name = ANY ($1::text[])", [TextArray(groups)])
+                .map { try $0.decode(0, as: String.self) })
         if let missing = groups.first(where: { !known.contains($0) }) {
             throw StoreError.invalid("unknown group \"\(missing)\"")
         }
@@ -69,8 +73,9 @@ public struct ChannelRepository: Sendable {
     public func list(page: PageRequest) async throws -> Page<Channel> {
         try await pool.withConnection { connection in
             let total = try connection.query("SELECT count(*) FROM channels")[0].decode(0, as: Int.self)
-            let rows = try connection.query("SELECT \(Self.columns) FROM channels ORDER BY id DESC LIMIT $1 OFFSET $2",
-                                            [page.size, page.offset])
+            let rows = try connection.query(
+                "SELECT \(Self.columns) FROM channels ORDER BY id DESC LIMIT $1 OFFSET $2",
+                [page.size, page.offset])
             return Page(items: try rows.map(Self.decode), total: total, request: page)
         }
     }
@@ -78,7 +83,8 @@ public struct ChannelRepository: Sendable {
     public func get(id: Int64) async throws -> Channel {
         guard id > 0, id <= Int64(Int32.max) else { throw StoreError.notFound("channel \(id) not found") }
         return try await pool.withConnection { connection in
-            guard let row = try connection.query("SELECT \(Self.columns) FROM channels WHERE id = $1", [id]).first else {
+            guard let row = try connection.query("SELECT \(Self.columns) FROM channels WHERE id = $1", [id]).first
+            else {
                 throw StoreError.notFound("channel \(id) not found")
             }
             return try Self.decode(row)
@@ -91,13 +97,17 @@ public struct ChannelRepository: Sendable {
         let models = try ChannelRules.normalizedModels(draft.models)
         return try await pool.transaction { connection in
             try Self.checkGroupsExist(groups, on: connection)
-            let rows = try connection.query(SQL.returning(Self.columns, from: """
-                INSERT INTO channels (name, status, groups, models) VALUES ($1, $2, $3::text[], $4::text[])
-                """), [draft.name, draft.status, TextArray(groups), TextArray(models)])
+            let rows = try connection.query(
+                SQL.returning(
+                    Self.columns,
+                    from: """
+                        INSERT INTO channels (name, status, groups, models) VALUES ($1, $2, $3::text[], $4::text[])
+                        """), [draft.name, draft.status, TextArray(groups), TextArray(models)])
             let channel = try Self.decode(rows[0])
             try ChangeNotice.send([ChangeNotice.channel(channel.id)], on: connection)
-            try AuditLog.recordChange(on: connection, actor: actor, action: "channel.create", target: "channel:\(channel.id)",
-                                      before: nil, after: Self.auditFields(channel))
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "channel.create", target: "channel:\(channel.id)",
+                before: nil, after: Self.auditFields(channel))
             return channel
         }
     }
@@ -109,7 +119,10 @@ public struct ChannelRepository: Sendable {
         // Channel ids are `integer`: a larger id cannot exist.
         guard id > 0, id <= Int64(Int32.max) else { throw StoreError.notFound("channel \(id) not found") }
         return try await pool.transaction { connection in
-            guard let row = try connection.query("SELECT \(Self.columns) FROM channels WHERE id = $1 FOR UPDATE", [id]).first else {
+            guard
+                let row = try connection.query("SELECT \(Self.columns) FROM channels WHERE id = $1 FOR UPDATE", [id])
+                    .first
+            else {
                 throw StoreError.notFound("channel \(id) not found")
             }
             let before = try Self.decode(row)
@@ -121,14 +134,18 @@ public struct ChannelRepository: Sendable {
                 after.groups = groups
             }
             if let models { after.models = models }
-            let rows = try connection.query(SQL.returning(Self.columns, from: """
-                UPDATE channels SET name = $2, status = $3, groups = $4::text[], models = $5::text[], updated_at = now()
-                WHERE id = $1
-                """), [id, after.name, after.status, TextArray(after.groups), TextArray(after.models)])
+            let rows = try connection.query(
+                SQL.returning(
+                    Self.columns,
+                    from: """
+                        UPDATE channels SET name = $2, status = $3, groups = $4::text[], models = $5::text[], updated_at = now()
+                        WHERE id = $1
+                        """), [id, after.name, after.status, TextArray(after.groups), TextArray(after.models)])
             let updated = try Self.decode(rows[0])
             try ChangeNotice.send([ChangeNotice.channel(id)], on: connection)
-            try AuditLog.recordChange(on: connection, actor: actor, action: "channel.update", target: "channel:\(id)",
-                                      before: Self.auditFields(before), after: Self.auditFields(updated))
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "channel.update", target: "channel:\(id)",
+                before: Self.auditFields(before), after: Self.auditFields(updated))
             return updated
         }
     }
@@ -137,15 +154,19 @@ public struct ChannelRepository: Sendable {
     public func models(forGroups groups: [String]) async throws -> [String] {
         guard !groups.isEmpty else { return [] }
         return try await pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT DISTINCT m FROM channels c, unnest(c.models) AS m
                 WHERE c.status = \(ChannelStatus.enabled.sql) AND c.groups && $1::text[] ORDER BY m
-                """, [TextArray(groups)]).map { try $0.decode(0, as: String.self) }
+                """, [TextArray(groups)]
+            ).map { try $0.decode(0, as: String.self) }
         }
     }
 
     static func auditFields(_ channel: Channel) -> [String: any CustomStringConvertible] {
-        ["name": channel.name, "status": channel.status.rawValue, "groups": channel.groups.joined(separator: ","),
-         "models": channel.models.joined(separator: ",")]
+        [
+            "name": channel.name, "status": channel.status.rawValue, "groups": channel.groups.joined(separator: ","),
+            "models": channel.models.joined(separator: ","),
+        ]
     }
 }

@@ -8,8 +8,10 @@ import TallyPostgres
 /// which the authorize path's SQL functions still read across accounts).
 public enum CitusLayout {
     /// Small, read on every request, written by admins (and instance registrations).
-    static let referenceTables = ["groups", "channels", "price_versions", "tally_instances", "webhook_settings",
-                                  "redemptions"]
+    static let referenceTables = [
+        "groups", "channels", "price_versions", "tally_instances", "webhook_settings",
+        "redemptions",
+    ]
 
     /// Distributed by the account, co-located with `users`, in an order in which every foreign key
     /// points at a table already distributed. `pending_charges` (what batches owe balances, migration
@@ -42,8 +44,9 @@ public enum CitusLayout {
     public static func distribute(on connection: PostgresConnection) throws -> [String] {
         try connection.transaction { connection in
             try readAllShardsBeforeWritingReferenceTables(on: connection)
-            let placed = Set(try connection.query("SELECT logicalrelid::regclass::text FROM pg_dist_partition")
-                .map { try $0.decode(0, as: String.self) })
+            let placed = Set(
+                try connection.query("SELECT logicalrelid::regclass::text FROM pg_dist_partition")
+                    .map { try $0.decode(0, as: String.self) })
             let tables = (referenceTables + accountTables.map(\.table) + lookupTables.map(\.table))
                 .filter { !placed.contains($0) }
             guard !tables.isEmpty else { return [] }
@@ -51,36 +54,43 @@ public enum CitusLayout {
             // the tables that move are dropped, and made again once every table has moved.
             let keys = try foreignKeys(touching: tables, on: connection)
             for key in keys {
-                try connection.execute("ALTER TABLE \(connection.quoteIdentifier(key.table)) "
-                    + "DROP CONSTRAINT \(connection.quoteIdentifier(key.name))")
+                try connection.execute(
+                    "ALTER TABLE \(connection.quoteIdentifier(key.table)) "
+                        + "DROP CONSTRAINT \(connection.quoteIdentifier(key.name))")
             }
             for table in referenceTables where tables.contains(table) {
                 try connection.query("SELECT create_reference_table($1)", [table])
             }
             for (table, column) in accountTables where tables.contains(table) {
                 let colocation = table == "users" ? "default" : "users"
-                try connection.query("SELECT create_distributed_table($1, $2, colocate_with => $3)",
-                                     [table, column, colocation])
+                try connection.query(
+                    "SELECT create_distributed_table($1, $2, colocate_with => $3)",
+                    [table, column, colocation])
             }
             for (table, column) in lookupTables where tables.contains(table) {
-                try connection.query("SELECT create_distributed_table($1, $2, colocate_with => 'none')",
-                                     [table, column])
+                try connection.query(
+                    "SELECT create_distributed_table($1, $2, colocate_with => 'none')",
+                    [table, column])
             }
             for key in keys {
-                try connection.execute("ALTER TABLE \(connection.quoteIdentifier(key.table)) "
-                    + "ADD CONSTRAINT \(connection.quoteIdentifier(key.name)) \(key.definition)")
+                try connection.execute(
+                    "ALTER TABLE \(connection.quoteIdentifier(key.table)) "
+                        + "ADD CONSTRAINT \(connection.quoteIdentifier(key.name)) \(key.definition)")
             }
             return tables
         }
     }
 
     private static func foreignKeys(touching tables: [String], on connection: PostgresConnection) throws
-        -> [(table: String, name: String, definition: String)] {
-        try connection.query("""
+        -> [(table: String, name: String, definition: String)]
+    {
+        try connection.query(
+            """
             SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint
             WHERE contype = 'f'
               AND (conrelid::regclass::text = ANY ($1::text[]) OR confrelid::regclass::text = ANY ($1::text[]))
             ORDER BY conrelid::regclass::text, conname
-            """, [TextArray(tables)]).map { (try $0.decode(0), try $0.decode(1), try $0.decode(2)) }
+            """, [TextArray(tables)]
+        ).map { (try $0.decode(0), try $0.decode(1), try $0.decode(2)) }
     }
 }

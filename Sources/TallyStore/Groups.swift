@@ -34,11 +34,13 @@ public struct GroupRepository: Sendable {
 
     public init(pool: PostgresPool) { self.pool = pool }
 
-    static let columns = "name, description, selectable, rpm_limit, \(SQL.unix("created_at")), \(SQL.unix("updated_at"))"
+    static let columns =
+        "name, description, selectable, rpm_limit, \(SQL.unix("created_at")), \(SQL.unix("updated_at"))"
 
     static func decode(_ row: PostgresRow) throws -> AccountGroup {
-        AccountGroup(name: try row.decode(0), description: try row.decode(1), selectable: try row.decode(2),
-              rpmLimit: try row.decodeOptional(3), createdTime: try row.decode(4), updatedTime: try row.decode(5))
+        AccountGroup(
+            name: try row.decode(0), description: try row.decode(1), selectable: try row.decode(2),
+            rpmLimit: try row.decodeOptional(3), createdTime: try row.decode(4), updatedTime: try row.decode(5))
     }
 
     /// Every group, by name.
@@ -51,38 +53,47 @@ public struct GroupRepository: Sendable {
     /// The groups a user may give a key: the selectable ones and the user's own.
     public func usable(by user: User) async throws -> [AccountGroup] {
         try await pool.withConnection { connection in
-            try connection.query("SELECT \(Self.columns) FROM groups WHERE selectable OR name = $1 ORDER BY name",
-                                 [user.group]).map(Self.decode)
+            try connection.query(
+                "SELECT \(Self.columns) FROM groups WHERE selectable OR name = $1 ORDER BY name",
+                [user.group]
+            ).map(Self.decode)
         }
     }
 
     public func get(name: String) async throws -> AccountGroup {
         try await pool.withConnection { connection in
-            guard let row = try connection.query("SELECT \(Self.columns) FROM groups WHERE name = $1", [name]).first else {
+            guard let row = try connection.query("SELECT \(Self.columns) FROM groups WHERE name = $1", [name]).first
+            else {
                 throw StoreError.notFound("group \"\(name.prefix(64))\" not found")
             }
             return try Self.decode(row)
         }
     }
 
-    public func create(name: String, description: String = "", selectable: Bool = true, rpmLimit: Int? = nil,
-                       by actor: Actor) async throws -> AccountGroup {
+    public func create(
+        name: String, description: String = "", selectable: Bool = true, rpmLimit: Int? = nil,
+        by actor: Actor
+    ) async throws -> AccountGroup {
         try GroupRules.checkName(name)
         try GroupRules.checkDescription(description)
         try GroupRules.checkRPM(rpmLimit)
         return try await pool.transaction { connection in
             let rows: PostgresRows
             do {
-                rows = try connection.query(SQL.returning(Self.columns, from: """
-                    INSERT INTO groups (name, description, selectable, rpm_limit) VALUES ($1, $2, $3, $4)
-                    """), [name, description, selectable, rpmLimit])
+                rows = try connection.query(
+                    SQL.returning(
+                        Self.columns,
+                        from: """
+                            INSERT INTO groups (name, description, selectable, rpm_limit) VALUES ($1, $2, $3, $4)
+                            """), [name, description, selectable, rpmLimit])
             } catch let error as PostgresError where error.isUniqueViolation {
                 throw StoreError.conflict("group \"\(name)\" already exists")
             }
             let group = try Self.decode(rows[0])
             try ChangeNotice.send([ChangeNotice.group(name)], on: connection)
-            try AuditLog.recordChange(on: connection, actor: actor, action: "group.create", target: "group:\(name)",
-                                      before: nil, after: Self.auditFields(group))
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "group.create", target: "group:\(name)",
+                before: nil, after: Self.auditFields(group))
             return group
         }
     }
@@ -91,7 +102,10 @@ public struct GroupRepository: Sendable {
         if let description = changes.description { try GroupRules.checkDescription(description) }
         if let rpm = changes.rpmLimit { try GroupRules.checkRPM(rpm) }
         return try await pool.transaction { connection in
-            guard let row = try connection.query("SELECT \(Self.columns) FROM groups WHERE name = $1 FOR UPDATE", [name]).first else {
+            guard
+                let row = try connection.query("SELECT \(Self.columns) FROM groups WHERE name = $1 FOR UPDATE", [name])
+                    .first
+            else {
                 throw StoreError.notFound("group \"\(name.prefix(64))\" not found")
             }
             let before = try Self.decode(row)
@@ -99,14 +113,18 @@ public struct GroupRepository: Sendable {
             if let description = changes.description { after.description = description }
             if let selectable = changes.selectable { after.selectable = selectable }
             if let rpm = changes.rpmLimit { after.rpmLimit = rpm }
-            let rows = try connection.query(SQL.returning(Self.columns, from: """
-                UPDATE groups SET description = $2, selectable = $3, rpm_limit = $4, updated_at = now()
-                WHERE name = $1
-                """), [name, after.description, after.selectable, after.rpmLimit])
+            let rows = try connection.query(
+                SQL.returning(
+                    Self.columns,
+                    from: """
+                        UPDATE groups SET description = $2, selectable = $3, rpm_limit = $4, updated_at = now()
+                        WHERE name = $1
+                        """), [name, after.description, after.selectable, after.rpmLimit])
             let updated = try Self.decode(rows[0])
             try ChangeNotice.send([ChangeNotice.group(name)], on: connection)
-            try AuditLog.recordChange(on: connection, actor: actor, action: "group.update", target: "group:\(name)",
-                                      before: Self.auditFields(before), after: Self.auditFields(updated))
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "group.update", target: "group:\(name)",
+                before: Self.auditFields(before), after: Self.auditFields(updated))
             return updated
         }
     }
@@ -115,11 +133,15 @@ public struct GroupRepository: Sendable {
     public func delete(name: String, by actor: Actor) async throws {
         try await pool.transaction { connection in
             try CitusLayout.readAllShardsBeforeWritingReferenceTables(on: connection)
-            guard let row = try connection.query("SELECT \(Self.columns) FROM groups WHERE name = $1 FOR UPDATE", [name]).first else {
+            guard
+                let row = try connection.query("SELECT \(Self.columns) FROM groups WHERE name = $1 FOR UPDATE", [name])
+                    .first
+            else {
                 throw StoreError.notFound("group \"\(name.prefix(64))\" not found")
             }
             let before = try Self.decode(row)
-            let uses = try connection.query("""
+            let uses = try connection.query(
+                """
                 SELECT (SELECT count(*) FROM users WHERE "group" = $1),
                        (SELECT count(*) FROM tokens WHERE "group" = $1 AND deleted_at IS NULL),
                        (SELECT count(*) FROM channels WHERE $1 = ANY (groups))
@@ -127,17 +149,21 @@ public struct GroupRepository: Sendable {
             let users = try uses.decode(0, as: Int.self), tokens = try uses.decode(1, as: Int.self)
             let channels = try uses.decode(2, as: Int.self)
             guard users + tokens + channels == 0 else {
-                throw StoreError.conflict("group \"\(name)\" is in use by \(users) user(s), \(tokens) API key(s) and \(channels) channel(s)")
+                throw StoreError.conflict(
+                    "group \"\(name)\" is in use by \(users) user(s), \(tokens) API key(s) and \(channels) channel(s)")
             }
             try connection.query("DELETE FROM groups WHERE name = $1", [name])
             try ChangeNotice.send([ChangeNotice.group(name)], on: connection)
-            try AuditLog.recordChange(on: connection, actor: actor, action: "group.delete", target: "group:\(name)",
-                                      before: Self.auditFields(before), after: nil)
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "group.delete", target: "group:\(name)",
+                before: Self.auditFields(before), after: nil)
         }
     }
 
     static func auditFields(_ group: AccountGroup) -> [String: any CustomStringConvertible] {
-        ["description": group.description, "selectable": group.selectable,
-         "rpm_limit": group.rpmLimit.map(String.init) ?? "null"]
+        [
+            "description": group.description, "selectable": group.selectable,
+            "rpm_limit": group.rpmLimit.map(String.init) ?? "null",
+        ]
     }
 }

@@ -52,8 +52,10 @@ public struct LogFilter: Sendable, Equatable {
     /// The trace id the request was logged under (admin lookups and `GET /api/log/self?tid=`).
     public var tid: String?
 
-    public init(type: Int = 0, startTimestamp: Int64? = nil, endTimestamp: Int64? = nil, modelName: String? = nil,
-                tokenName: String? = nil, group: String? = nil, requestID: String? = nil, tid: String? = nil) {
+    public init(
+        type: Int = 0, startTimestamp: Int64? = nil, endTimestamp: Int64? = nil, modelName: String? = nil,
+        tokenName: String? = nil, group: String? = nil, requestID: String? = nil, tid: String? = nil
+    ) {
         self.type = type
         self.startTimestamp = startTimestamp
         self.endTimestamp = endTimestamp
@@ -72,8 +74,10 @@ public struct LogFilter: Sendable, Equatable {
         if let modelName, modelName.filter({ $0 == "%" }).count > 2 {
             throw .invalid("model_name may contain at most 2 '%' wildcards")
         }
-        for (field, value) in [("model_name", modelName), ("token_name", tokenName), ("group", group),
-                               ("request_id", requestID), ("tid", tid)] {
+        for (field, value) in [
+            ("model_name", modelName), ("token_name", tokenName), ("group", group),
+            ("request_id", requestID), ("tid", tid),
+        ] {
             if let value, value.count > 200 { throw .invalid("\(field) is longer than 200 characters") }
         }
         return self
@@ -131,7 +135,9 @@ public struct LogRepository: Sendable {
         }
     }
 
-    static func requestConditions(userID: Int64?, _ filter: LogFilter, timeFilters: Bool, _ query: inout Query) -> [String] {
+    static func requestConditions(userID: Int64?, _ filter: LogFilter, timeFilters: Bool, _ query: inout Query)
+        -> [String]
+    {
         var conditions: [String] = []
         if let userID { conditions.append("l.user_id = \(query.bind(userID))") }
         switch filter.type {
@@ -140,12 +146,17 @@ public struct LogRepository: Sendable {
         default: break
         }
         if timeFilters {
-            if let start = filter.startTimestamp { conditions.append("l.created_at >= to_timestamp(\(query.bind(start))::bigint)") }
-            if let end = filter.endTimestamp { conditions.append("l.created_at < to_timestamp(\(query.bind(end))::bigint + 1)") }
+            if let start = filter.startTimestamp {
+                conditions.append("l.created_at >= to_timestamp(\(query.bind(start))::bigint)")
+            }
+            if let end = filter.endTimestamp {
+                conditions.append("l.created_at < to_timestamp(\(query.bind(end))::bigint + 1)")
+            }
         }
         if let model = filter.modelName {
             if model.contains("%") {
-                let escaped = model.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "_", with: "\\_")
+                let escaped = model.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(
+                    of: "_", with: "\\_")
                 conditions.append("l.model LIKE \(query.bind(escaped))")
             } else {
                 conditions.append("l.model = \(query.bind(model))")
@@ -214,7 +225,9 @@ public struct LogRepository: Sendable {
     /// Three light steps, so a user with millions of rows costs index scans, not a sort of
     /// everything: the count per source; the page's keys, each source limited to offset + size
     /// rows in index order before the merge; then the details of those rows only.
-    public func entries(userID: Int64?, filter: LogFilter, page: PageRequest, channelNames: Bool) async throws -> Page<LogEntry> {
+    public func entries(userID: Int64?, filter: LogFilter, page: PageRequest, channelNames: Bool) async throws -> Page<
+        LogEntry
+    > {
         let filter = try filter.validated()
         var query = Query()
         var requestWhere: String?
@@ -225,25 +238,31 @@ public struct LogRepository: Sendable {
         let creditWhere = Self.creditConditions(userID: userID, filter, &query)?.joined(separator: " AND ")
         guard requestWhere != nil || creditWhere != nil else { return Page(items: [], total: 0, request: page) }
         let countQuery = query
-        let counts = [requestWhere.map { "(SELECT count(*) FROM request_logs l WHERE \($0))" },
-                      creditWhere.map { "(SELECT count(*) FROM ledger g WHERE \($0))" }].compactMap { $0 }
+        let counts = [
+            requestWhere.map { "(SELECT count(*) FROM request_logs l WHERE \($0))" },
+            creditWhere.map { "(SELECT count(*) FROM ledger g WHERE \($0))" },
+        ].compactMap { $0 }
         let depth = query.bind(page.offset + page.size)
         var keys: [String] = []
         if let requestWhere {
-            keys.append("""
+            keys.append(
+                """
                 (SELECT l.created_at AS at, l.request_id AS sort_key, l.request_id AS rid, NULL::bigint AS lid
                  FROM request_logs l WHERE \(requestWhere) ORDER BY l.created_at DESC, l.request_id DESC LIMIT \(depth))
                 """)
         }
         if let creditWhere {
-            keys.append("""
+            keys.append(
+                """
                 (SELECT g.at AS at, '~' || lpad(g.id::text, 20, '0') AS sort_key, NULL::text AS rid, g.id AS lid
                  FROM ledger g WHERE \(creditWhere) ORDER BY g.at DESC, g.id DESC LIMIT \(depth))
                 """)
         }
         let size = query.bind(page.size), offset = query.bind(page.offset)
         var details: [String] = []
-        if requestWhere != nil { details.append(Self.requestSelect + " JOIN page p ON p.rid = l.request_id AND p.at = l.created_at") }
+        if requestWhere != nil {
+            details.append(Self.requestSelect + " JOIN page p ON p.rid = l.request_id AND p.at = l.created_at")
+        }
         if creditWhere != nil { details.append(Self.creditSelect + " JOIN page p ON p.lid = g.id") }
         let pageSQL = """
             WITH page AS MATERIALIZED (
@@ -254,7 +273,8 @@ public struct LogRepository: Sendable {
             """
         let pageQuery = query
         return try await pool.withConnection { connection in
-            let total = try connection.query("SELECT \(counts.joined(separator: " + "))", countQuery.parameters)[0].decode(0, as: Int.self)
+            let total = try connection.query("SELECT \(counts.joined(separator: " + "))", countQuery.parameters)[0]
+                .decode(0, as: Int.self)
             let rows = try connection.query(pageSQL, pageQuery.parameters)
             var items: [LogEntry] = []
             for index in 0..<rows.count {
@@ -263,14 +283,17 @@ public struct LogRepository: Sendable {
                 let quota = try row.decode(9, as: Int64.self)
                 var content = try row.decode(3, as: String.self)
                 if !kind.isEmpty { content = Self.creditContent(kind: kind, amount: quota, reason: content) }
-                items.append(LogEntry(
-                    id: page.offset + index + 1, userID: try row.decode(4), createdAt: try row.decode(0),
-                    type: try row.decode(2), content: content, username: try row.decode(5), tokenName: try row.decode(7),
-                    modelName: try row.decode(8), quota: quota, promptTokens: try row.decode(10),
-                    completionTokens: try row.decode(11), useTime: try row.decode(12), isStream: try row.decode(13),
-                    channel: try row.decode(14), channelName: channelNames ? try row.decode(15) : "",
-                    tokenID: try row.decode(6), group: try row.decode(16), ip: try row.decode(17),
-                    requestID: try row.decodeOptional(18), other: try row.decode(19), tid: try row.decodeOptional(20)))
+                items.append(
+                    LogEntry(
+                        id: page.offset + index + 1, userID: try row.decode(4), createdAt: try row.decode(0),
+                        type: try row.decode(2), content: content, username: try row.decode(5),
+                        tokenName: try row.decode(7),
+                        modelName: try row.decode(8), quota: quota, promptTokens: try row.decode(10),
+                        completionTokens: try row.decode(11), useTime: try row.decode(12), isStream: try row.decode(13),
+                        channel: try row.decode(14), channelName: channelNames ? try row.decode(15) : "",
+                        tokenID: try row.decode(6), group: try row.decode(16), ip: try row.decode(17),
+                        requestID: try row.decodeOptional(18), other: try row.decode(19),
+                        tid: try row.decodeOptional(20)))
             }
             return Page(items: items, total: total, request: page)
         }
@@ -288,10 +311,12 @@ public struct LogRepository: Sendable {
         rateConditions.append("l.created_at >= now() - interval '60 seconds'")
         let finalQuota = quotaQuery, finalRate = rateQuery, rateWhere = rateConditions.joined(separator: " AND ")
         return try await pool.withConnection { connection in
-            let quota = try connection.query("""
+            let quota = try connection.query(
+                """
                 SELECT coalesce(sum(l.quota), 0)::bigint FROM request_logs l WHERE \(quotaConditions.joined(separator: " AND "))
                 """, finalQuota.parameters)[0].decode(0, as: Int64.self)
-            let rate = try connection.query("""
+            let rate = try connection.query(
+                """
                 SELECT count(*), coalesce(sum(l.prompt_tokens + l.completion_tokens), 0)::bigint
                 FROM request_logs l WHERE \(rateWhere)
                 """, finalRate.parameters)[0]
@@ -301,32 +326,43 @@ public struct LogRepository: Sendable {
 
     /// Everything recorded under a tid or a request id: request rows, ingest rejects and (by
     /// tid) audit entries.
-    public func lookup(tid: String?, requestID: String?) async throws -> (logs: [LogEntry], rejects: [IngestReject], audit: [AuditEntry]) {
+    public func lookup(tid: String?, requestID: String?) async throws -> (
+        logs: [LogEntry], rejects: [IngestReject], audit: [AuditEntry]
+    ) {
         guard tid != nil || requestID != nil else { throw StoreError.invalid("give tid or request_id") }
-        let logs = try await entries(userID: nil, filter: LogFilter(requestID: requestID, tid: tid),
-                                     page: PageRequest(page: 1, size: 1000), channelNames: true).items
+        let logs = try await entries(
+            userID: nil, filter: LogFilter(requestID: requestID, tid: tid),
+            page: PageRequest(page: 1, size: 1000), channelNames: true
+        ).items
         return try await pool.withConnection { connection in
             var query = Query()
             var conditions: [String] = []
             if let tid { conditions.append("batch_tid = \(query.bind(tid))") }
             if let requestID { conditions.append("request_id = \(query.bind(requestID))") }
-            let rejects = try connection.query("""
+            let rejects = try connection.query(
+                """
                 SELECT id, \(SQL.unix("received_at")), batch_tid, line, request_id, code, message, raw FROM ingest_rejects
                 WHERE \(conditions.joined(separator: " AND ")) ORDER BY id DESC LIMIT 1000
-                """, query.parameters).map { row in
-                IngestReject(id: try row.decode(0), receivedTime: try row.decode(1), batchTid: try row.decode(2),
-                             line: try row.decode(3), requestID: try row.decodeOptional(4), code: try row.decode(5),
-                             message: try row.decode(6), raw: try row.decode(7))
+                """, query.parameters
+            ).map { row in
+                IngestReject(
+                    id: try row.decode(0), receivedTime: try row.decode(1), batchTid: try row.decode(2),
+                    line: try row.decode(3), requestID: try row.decodeOptional(4), code: try row.decode(5),
+                    message: try row.decode(6), raw: try row.decode(7))
             }
             var audit: [AuditEntry] = []
             if let tid {
-                audit = try connection.query("""
+                audit = try connection.query(
+                    """
                     SELECT id, \(SQL.unix("at")), actor_id, actor, action, target, before::text, after::text, tid
                     FROM audit_log WHERE tid = $1 ORDER BY id DESC LIMIT 1000
-                    """, [tid]).map { row in
-                    AuditEntry(id: try row.decode(0), time: try row.decode(1), actorID: try row.decodeOptional(2),
-                               actor: try row.decode(3), action: try row.decode(4), target: try row.decode(5),
-                               before: try row.decodeOptional(6), after: try row.decodeOptional(7), tid: try row.decodeOptional(8))
+                    """, [tid]
+                ).map { row in
+                    AuditEntry(
+                        id: try row.decode(0), time: try row.decode(1), actorID: try row.decodeOptional(2),
+                        actor: try row.decode(3), action: try row.decode(4), target: try row.decode(5),
+                        before: try row.decodeOptional(6), after: try row.decodeOptional(7),
+                        tid: try row.decodeOptional(8))
                 }
             }
             return (logs, rejects, audit)

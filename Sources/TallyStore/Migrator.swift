@@ -17,7 +17,8 @@ public struct Migration: Sendable, Equatable {
         return try files.filter { $0.pathExtension == "sql" }.map { file in
             let name = file.deletingPathExtension().lastPathComponent
             guard let version = Int(name.prefix(while: \.isNumber)) else {
-                throw StoreError.internalError("migration file \(file.lastPathComponent) does not start with its number")
+                throw StoreError.internalError(
+                    "migration file \(file.lastPathComponent) does not start with its number")
             }
             return Migration(version: version, name: name, sql: try String(contentsOf: file, encoding: .utf8))
         }.sorted { $0.version < $1.version }
@@ -47,14 +48,16 @@ public struct Migrator: Sendable {
         return try await pool.withConnection { connection in
             try connection.query("SELECT pg_advisory_lock($1)", [Self.lockKey])
             defer { _ = try? connection.query("SELECT pg_advisory_unlock($1)", [Self.lockKey]) }
-            try connection.execute("""
+            try connection.execute(
+                """
                 CREATE TABLE IF NOT EXISTS schema_migrations (
                     version    integer PRIMARY KEY,
                     name       text NOT NULL,
                     applied_at timestamptz NOT NULL DEFAULT now()
                 )
                 """)
-            let applied = Set(try connection.query("SELECT version FROM schema_migrations").map { try $0.decode(0, as: Int.self) })
+            let applied = Set(
+                try connection.query("SELECT version FROM schema_migrations").map { try $0.decode(0, as: Int.self) })
             var done: [Migration] = []
             for migration in migrations where !applied.contains(migration.version) {
                 try connection.transaction { connection in

@@ -34,9 +34,10 @@ public struct PriceVersionInfo: Codable, Sendable, Equatable {
 
 extension StoredPriceVersion {
     public var info: PriceVersionInfo {
-        PriceVersionInfo(id: version.id, effectiveFrom: PostgresTimestamp.format(version.effectiveFrom),
-                         models: version.sheet.models.count, groups: version.sheet.groups.count, source: source,
-                         loadedBy: loadedBy, loadedAt: PostgresTimestamp.format(loadedAt), sha256: sha256)
+        PriceVersionInfo(
+            id: version.id, effectiveFrom: PostgresTimestamp.format(version.effectiveFrom),
+            models: version.sheet.models.count, groups: version.sheet.groups.count, source: source,
+            loadedBy: loadedBy, loadedAt: PostgresTimestamp.format(loadedAt), sha256: sha256)
     }
 }
 
@@ -44,7 +45,8 @@ extension StoredPriceVersion {
 public protocol PriceRepository: Sendable {
     /// Stores a new version of `sheet`, in force from `effectiveFrom` (else the sheet's own
     /// `effective_from`, else now). Audited as `prices.load`.
-    func load(_ sheet: PriceSheet, effectiveFrom: Date?, source: String, by actor: Actor) async throws -> StoredPriceVersion
+    func load(_ sheet: PriceSheet, effectiveFrom: Date?, source: String, by actor: Actor) async throws
+        -> StoredPriceVersion
     /// Every version, oldest effective first.
     func all() async throws -> [StoredPriceVersion]
     /// The greatest version id, to notice loads made by other instances cheaply.
@@ -56,32 +58,41 @@ public struct PostgresPriceRepository: PriceRepository {
 
     public init(pool: PostgresPool) { self.pool = pool }
 
-    public func load(_ sheet: PriceSheet, effectiveFrom: Date?, source: String, by actor: Actor) async throws -> StoredPriceVersion {
+    public func load(_ sheet: PriceSheet, effectiveFrom: Date?, source: String, by actor: Actor) async throws
+        -> StoredPriceVersion
+    {
         let json = sheet.canonicalJSON()
         let digest = SHA256.hash(data: Array(json.utf8)).map { String(format: "%02x", $0) }.joined()
         let effective = effectiveFrom ?? sheet.effectiveFrom
         return try await pool.transaction { connection in
-            let rows = try connection.query("""
+            let rows = try connection.query(
+                """
                 INSERT INTO price_versions (effective_from, sheet, sha256, source, loaded_by)
                 VALUES (COALESCE($1::timestamptz, now()), $2::jsonb, $3, $4, $5)
                 RETURNING id, effective_from, loaded_at
                 """, [effective, json, digest, source, actor.name])
             let id = try rows[0].decode(0, as: Int64.self)
             let from = try rows[0].decode(1, as: Date.self)
-            try AuditLog.record(on: connection, actor: actor, action: "prices.load", target: "price_version:\(id)",
-                                after: ["effective_from": PostgresTimestamp.format(from), "sha256": digest, "source": source,
-                                        "models": String(sheet.models.count)])
-            return StoredPriceVersion(version: PriceVersion(id: id, effectiveFrom: from, sheet: sheet), source: source,
-                                      loadedBy: actor.name, loadedAt: try rows[0].decode(2, as: Date.self), sha256: digest)
+            try AuditLog.record(
+                on: connection, actor: actor, action: "prices.load", target: "price_version:\(id)",
+                after: [
+                    "effective_from": PostgresTimestamp.format(from), "sha256": digest, "source": source,
+                    "models": String(sheet.models.count),
+                ])
+            return StoredPriceVersion(
+                version: PriceVersion(id: id, effectiveFrom: from, sheet: sheet), source: source,
+                loadedBy: actor.name, loadedAt: try rows[0].decode(2, as: Date.self), sha256: digest)
         }
     }
 
     public func all() async throws -> [StoredPriceVersion] {
         try await pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT id, effective_from, sheet::text, source, loaded_by, loaded_at, sha256
                 FROM price_versions ORDER BY effective_from, id
-                """).map { row in
+                """
+            ).map { row in
                 let id = try row.decode(0, as: Int64.self)
                 let sheet: PriceSheet
                 do { sheet = try PriceSheet.parse(try row.decode(2, as: String.self)) } catch {
@@ -89,7 +100,8 @@ public struct PostgresPriceRepository: PriceRepository {
                 }
                 return StoredPriceVersion(
                     version: PriceVersion(id: id, effectiveFrom: try row.decode(1), sheet: sheet),
-                    source: try row.decode(3), loadedBy: try row.decode(4), loadedAt: try row.decode(5), sha256: try row.decode(6))
+                    source: try row.decode(3), loadedBy: try row.decode(4), loadedAt: try row.decode(5),
+                    sha256: try row.decode(6))
             }
         }
     }
@@ -128,7 +140,9 @@ public final class PriceCatalog: Sendable {
     }
 
     /// Stores a new version and makes it visible here at once.
-    public func load(_ sheet: PriceSheet, effectiveFrom: Date?, source: String, by actor: Actor) async throws -> StoredPriceVersion {
+    public func load(_ sheet: PriceSheet, effectiveFrom: Date?, source: String, by actor: Actor) async throws
+        -> StoredPriceVersion
+    {
         let stored = try await repository.load(sheet, effectiveFrom: effectiveFrom, source: source, by: actor)
         try await reload()
         return stored

@@ -9,14 +9,15 @@ public struct TextArray: PostgresEncodable, Equatable {
     public init(_ elements: [String]) { self.elements = elements }
 
     public var postgresText: String? {
-        "{" + elements.map { element in
-            var quoted = "\""
-            for character in element {
-                if character == "\"" || character == "\\" { quoted.append("\\") }
-                quoted.append(character)
-            }
-            return quoted + "\""
-        }.joined(separator: ",") + "}"
+        "{"
+            + elements.map { element in
+                var quoted = "\""
+                for character in element {
+                    if character == "\"" || character == "\\" { quoted.append("\\") }
+                    quoted.append(character)
+                }
+                return quoted + "\""
+            }.joined(separator: ",") + "}"
     }
 }
 
@@ -122,9 +123,12 @@ enum SQL {
 
 extension AuditLog {
     /// Records values of any printable type, rendered as text (the form every audit row uses).
-    static func recordChange(on connection: PostgresConnection, actor: Actor, action: String, target: String,
-                       before: [String: any CustomStringConvertible]?, after: [String: any CustomStringConvertible]?) throws {
-        try record(on: connection, actor: actor, action: action, target: target,
-                   before: before?.mapValues { "\($0)" }, after: after?.mapValues { "\($0)" })
+    static func recordChange(
+        on connection: PostgresConnection, actor: Actor, action: String, target: String,
+        before: [String: any CustomStringConvertible]?, after: [String: any CustomStringConvertible]?
+    ) throws {
+        try record(
+            on: connection, actor: actor, action: action, target: target,
+            before: before?.mapValues { "\($0)" }, after: after?.mapValues { "\($0)" })
     }
 }

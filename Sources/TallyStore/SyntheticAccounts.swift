@@ -8,14 +8,17 @@ public enum SyntheticAccounts {
     /// existing ones are left as they are (with their lookup rows, AccountLookup). Returns how many
     /// were created.
     @discardableResult
-    public static func seed(users count: Int, quota: Int64, group: String = "default", on pool: PostgresPool) async throws -> Int {
+    public static func seed(users count: Int, quota: Int64, group: String = "default", on pool: PostgresPool)
+        async throws -> Int
+    {
         try await pool.transaction { connection in
             // Seeds run one at a time (tests seeding one database side by side): usernames are
             // unique only through account_lookup now, so the second of two concurrent seeds would
             // insert the same users again and fail on their lookup rows. The statement below takes
             // its snapshot after the lock, so it sees the users the other seed committed.
             try connection.query("SELECT pg_advisory_xact_lock(2047934482)")  // 0x7A110012
-            let created = try connection.query("""
+            let created = try connection.query(
+                """
                 WITH fresh AS MATERIALIZED (
                     SELECT 'synthetic-' || i AS username FROM generate_series(1, $1::int) AS i
                     EXCEPT SELECT username FROM users WHERE username LIKE 'synthetic-%'

@@ -49,8 +49,10 @@ public struct TokenDraft: Sendable, Equatable {
     public var allowIPs: String
     public var group: String
 
-    public init(name: String = "", expiredTime: Int64 = -1, remainQuota: Int64 = 0, unlimitedQuota: Bool = false,
-                modelLimitsEnabled: Bool = false, modelLimits: String = "", allowIPs: String = "", group: String = "") {
+    public init(
+        name: String = "", expiredTime: Int64 = -1, remainQuota: Int64 = 0, unlimitedQuota: Bool = false,
+        modelLimitsEnabled: Bool = false, modelLimits: String = "", allowIPs: String = "", group: String = ""
+    ) {
         self.name = name
         self.expiredTime = expiredTime
         self.remainQuota = remainQuota
@@ -75,9 +77,11 @@ public struct TokenChanges: Sendable, Equatable {
     /// `enabled` or `disabled`; a full update ignores the displayed `expired` or `exhausted`.
     public var status: TokenStatus?
 
-    public init(name: String? = nil, expiredTime: Int64? = nil, remainQuota: Int64? = nil, unlimitedQuota: Bool? = nil,
-                modelLimitsEnabled: Bool? = nil, modelLimits: String? = nil, allowIPs: String? = nil,
-                group: String? = nil, status: TokenStatus? = nil) {
+    public init(
+        name: String? = nil, expiredTime: Int64? = nil, remainQuota: Int64? = nil, unlimitedQuota: Bool? = nil,
+        modelLimitsEnabled: Bool? = nil, modelLimits: String? = nil, allowIPs: String? = nil,
+        group: String? = nil, status: TokenStatus? = nil
+    ) {
         self.name = name
         self.expiredTime = expiredTime
         self.remainQuota = remainQuota
@@ -136,7 +140,9 @@ public struct TokenRepository: Sendable {
     /// Creates a key for `userID`; returns it with the full key, which exists only in this answer.
     /// `anyGroup` lets the operator's CLI assign any existing group; users may pick only
     /// selectable groups or their own.
-    public func create(userID: Int64, _ draft: TokenDraft, anyGroup: Bool = false, by actor: Actor? = nil) async throws -> (token: APIToken, key: String) {
+    public func create(userID: Int64, _ draft: TokenDraft, anyGroup: Bool = false, by actor: Actor? = nil) async throws
+        -> (token: APIToken, key: String)
+    {
         var draft = draft
         let now = Int64(Date().timeIntervalSince1970)
         try TokenRules.checkName(draft.name)
@@ -154,23 +160,31 @@ public struct TokenRepository: Sendable {
                 throw StoreError.notFound("user \(userID) does not exist")
             }
             try Self.checkGroupAllowed(draftValue.group, ownGroup: ownGroup, anyGroup: anyGroup, on: connection)
-            let count = try connection.query("SELECT count(*) FROM tokens WHERE user_id = $1 AND deleted_at IS NULL", [userID])
+            let count = try connection.query(
+                "SELECT count(*) FROM tokens WHERE user_id = $1 AND deleted_at IS NULL", [userID])
             guard try count[0].decode(0, as: Int.self) < TokenRules.maximumTokensPerUser else {
-                throw StoreError.conflict("this account already has the maximum of \(TokenRules.maximumTokensPerUser) API keys; delete one first")
+                throw StoreError.conflict(
+                    "this account already has the maximum of \(TokenRules.maximumTokensPerUser) API keys; delete one first"
+                )
             }
-            let inserted = try connection.query("""
+            let inserted = try connection.query(
+                """
                 INSERT INTO tokens (user_id, name, key_hash, key_last6, "group", remain_quota, unlimited_quota,
                                     model_limits_enabled, model_limits, allow_ips, expires_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $11::bigint = -1 THEN NULL ELSE to_timestamp($11::bigint) END)
                 RETURNING id
-                """, [userID, draftValue.name, hash, Secrets.last6(key), draftValue.group, draftValue.remainQuota,
-                      draftValue.unlimitedQuota, draftValue.modelLimitsEnabled, draftValue.modelLimits,
-                      draftValue.allowIPs, draftValue.expiredTime])
+                """,
+                [
+                    userID, draftValue.name, hash, Secrets.last6(key), draftValue.group, draftValue.remainQuota,
+                    draftValue.unlimitedQuota, draftValue.modelLimitsEnabled, draftValue.modelLimits,
+                    draftValue.allowIPs, draftValue.expiredTime,
+                ])
             let token = try Self.reread(id: try inserted[0].decode(0), userID: userID, on: connection)
             try AccountLookup.addKey(hash, userID: userID, tokenID: token.id, on: connection)
             if let actor {
-                try AuditLog.recordChange(on: connection, actor: actor, action: "token.create", target: "token:\(token.id)",
-                                          before: nil, after: Self.auditFields(token))
+                try AuditLog.recordChange(
+                    on: connection, actor: actor, action: "token.create", target: "token:\(token.id)",
+                    before: nil, after: Self.auditFields(token))
             }
             return token
         }
@@ -181,8 +195,10 @@ public struct TokenRepository: Sendable {
     public func list(userID: Int64, page: PageRequest) async throws -> Page<APIToken> {
         try await pool.withConnection { connection in
             let total = try connection.query(
-                "SELECT count(*) FROM tokens WHERE user_id = $1 AND deleted_at IS NULL", [userID])[0].decode(0, as: Int.self)
-            let rows = try connection.query("""
+                "SELECT count(*) FROM tokens WHERE user_id = $1 AND deleted_at IS NULL", [userID])[0].decode(
+                    0, as: Int.self)
+            let rows = try connection.query(
+                """
                 SELECT \(Self.columns(account: "$1")) FROM tokens t WHERE t.user_id = $1 AND t.deleted_at IS NULL
                 ORDER BY t.id DESC LIMIT $2 OFFSET $3
                 """, [userID, page.size, page.offset])
@@ -193,12 +209,14 @@ public struct TokenRepository: Sendable {
     /// One of the caller's keys; not found when it is someone else's or deleted.
     public func get(id: Int64, userID: Int64) async throws -> APIToken {
         try await pool.withConnection { connection in
-            guard let row = try connection.query(
-                """
-                SELECT \(Self.columns(account: "$2")) FROM tokens t WHERE t.id = $1 AND t.user_id = $2
-                  AND t.deleted_at IS NULL
-                """,
-                [id, userID]).first
+            guard
+                let row = try connection.query(
+                    """
+                    SELECT \(Self.columns(account: "$2")) FROM tokens t WHERE t.id = $1 AND t.user_id = $2
+                      AND t.deleted_at IS NULL
+                    """,
+                    [id, userID]
+                ).first
             else { throw StoreError.notFound("API key \(id) not found") }
             return try Self.decode(row)
         }
@@ -206,7 +224,9 @@ public struct TokenRepository: Sendable {
 
     /// Applies `changes` to one of the caller's keys. With `statusOnly`, only the status changes
     /// (new-api's `?status_only=1`).
-    public func update(id: Int64, userID: Int64, _ changes: TokenChanges, statusOnly: Bool = false) async throws -> APIToken {
+    public func update(id: Int64, userID: Int64, _ changes: TokenChanges, statusOnly: Bool = false) async throws
+        -> APIToken
+    {
         let now = Int64(Date().timeIntervalSince1970)
         var changes = changes
         if let status = changes.status, !status.isSettable {
@@ -229,14 +249,19 @@ public struct TokenRepository: Sendable {
         }
         let normalized = changes
         return try await pool.transaction { connection -> APIToken in
-            guard try connection.query("""
-                SELECT 1 FROM tokens WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL FOR UPDATE
-                """, [id, userID]).count == 1,
-                let row = try connection.query("""
-                SELECT \(Self.columns(account: "$2")), t.status, u."group"
-                FROM tokens t JOIN users u ON u.id = t.user_id
-                WHERE t.id = $1 AND t.user_id = $2
-                """, [id, userID]).first
+            guard
+                try connection.query(
+                    """
+                    SELECT 1 FROM tokens WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL FOR UPDATE
+                    """, [id, userID]
+                ).count == 1,
+                let row = try connection.query(
+                    """
+                    SELECT \(Self.columns(account: "$2")), t.status, u."group"
+                    FROM tokens t JOIN users u ON u.id = t.user_id
+                    WHERE t.id = $1 AND t.user_id = $2
+                    """, [id, userID]
+                ).first
             else { throw StoreError.notFound("API key \(id) not found") }
             let current = try Self.decode(row)
             let storedStatus = try row.decode(16, as: TokenStatus.self)
@@ -262,24 +287,32 @@ public struct TokenRepository: Sendable {
             if let status = normalized.status {
                 if status == .enabled && current.status != .enabled {
                     if next.expiredTime != -1 && next.expiredTime <= now {
-                        throw StoreError.invalid("Token has expired and cannot be enabled. Please modify the expiration time or set it to never expire")
+                        throw StoreError.invalid(
+                            "Token has expired and cannot be enabled. Please modify the expiration time or set it to never expire"
+                        )
                     }
                     if !next.unlimitedQuota && next.remainQuota <= 0 {
-                        throw StoreError.invalid("Token quota has been exhausted and cannot be enabled. Please modify the remaining quota or set it to unlimited quota")
+                        throw StoreError.invalid(
+                            "Token quota has been exhausted and cannot be enabled. Please modify the remaining quota or set it to unlimited quota"
+                        )
                     }
                 }
                 next.status = status
             }
             // remain_quota as shown is what the fold leaves once it has taken the pending charges.
-            try connection.query("""
+            try connection.query(
+                """
                 UPDATE tokens SET name = $3,
                     expires_at = CASE WHEN $4::bigint = -1 THEN NULL ELSE to_timestamp($4::bigint) END,
                     remain_quota = $5 + CASE WHEN $6 THEN 0 ELSE \(SQL.pending("quota", user: "tokens.user_id", token: "tokens.id")) END,
                     unlimited_quota = $6, model_limits_enabled = $7, model_limits = $8,
                     allow_ips = $9, "group" = $10, status = $11
                 WHERE id = $1 AND user_id = $2
-                """, [id, userID, next.name, next.expiredTime, next.remainQuota, next.unlimitedQuota,
-                      next.modelLimitsEnabled, next.modelLimits, next.allowIPs, next.group, next.status])
+                """,
+                [
+                    id, userID, next.name, next.expiredTime, next.remainQuota, next.unlimitedQuota,
+                    next.modelLimitsEnabled, next.modelLimits, next.allowIPs, next.group, next.status,
+                ])
             try ChangeNotice.send([ChangeNotice.token(id)], on: connection)
             return try Self.reread(id: id, userID: userID, on: connection)
         }
@@ -289,8 +322,10 @@ public struct TokenRepository: Sendable {
     /// `RETURNING`: the columns call now() and read pending_charges, which Citus allows in
     /// neither a RETURNING clause nor a query over the written rows (``SQL/pending(_:user:token:account:)``).
     private static func reread(id: Int64, userID: Int64, on connection: PostgresConnection) throws -> APIToken {
-        try decode(connection.query("SELECT \(columns(account: "$2")) FROM tokens t WHERE t.id = $1 AND t.user_id = $2",
-                                    [id, userID])[0])
+        try decode(
+            connection.query(
+                "SELECT \(columns(account: "$2")) FROM tokens t WHERE t.id = $1 AND t.user_id = $2",
+                [id, userID])[0])
     }
 
     /// Deletes one of the caller's keys (soft delete: the ledger and logs keep their reference).
@@ -312,9 +347,10 @@ public struct TokenRepository: Sendable {
         return try await pool.withConnection { connection in
             guard let row = try connection.query(Self.byKeyHash, [hash]).first else { return nil }
             let token = try Self.decode(row)
-            guard let owner = try connection.query(
-                "SELECT \(PostgresUserRepository.columns(account: "$1")) FROM users WHERE id = $1", [token.userID]
-            ).first.map(PostgresUserRepository.decode)
+            guard
+                let owner = try connection.query(
+                    "SELECT \(PostgresUserRepository.columns(account: "$1")) FROM users WHERE id = $1", [token.userID]
+                ).first.map(PostgresUserRepository.decode)
             else { return nil }
             return (token, owner)
         }
@@ -324,7 +360,9 @@ public struct TokenRepository: Sendable {
         "tokens_by_key_hash", "SELECT \(columns) FROM tokens t WHERE t.key_hash = $1 AND t.deleted_at IS NULL")
 
     /// Users may give their keys only a selectable group or their own; the CLI any existing one.
-    static func checkGroupAllowed(_ group: String, ownGroup: String, anyGroup: Bool, on connection: PostgresConnection) throws {
+    static func checkGroupAllowed(_ group: String, ownGroup: String, anyGroup: Bool, on connection: PostgresConnection)
+        throws
+    {
         guard !group.isEmpty, group != ownGroup else { return }
         guard let row = try connection.query("SELECT selectable FROM groups WHERE name = $1", [group]).first else {
             throw StoreError.invalid("unknown group \"\(group)\"")
@@ -335,8 +373,10 @@ public struct TokenRepository: Sendable {
     }
 
     static func auditFields(_ token: APIToken) -> [String: any CustomStringConvertible] {
-        ["user_id": token.userID, "name": token.name, "key_last6": token.keyLast6, "group": token.group,
-         "remain_quota": token.remainQuota, "unlimited_quota": token.unlimitedQuota,
-         "expired_time": token.expiredTime, "model_limits": token.modelLimits, "allow_ips": token.allowIPs]
+        [
+            "user_id": token.userID, "name": token.name, "key_last6": token.keyLast6, "group": token.group,
+            "remain_quota": token.remainQuota, "unlimited_quota": token.unlimitedQuota,
+            "expired_time": token.expiredTime, "model_limits": token.modelLimits, "allow_ips": token.allowIPs,
+        ]
     }
 }

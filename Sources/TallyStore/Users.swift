@@ -27,8 +27,10 @@ public struct NewUser: Sendable {
     public var group: String
     public var quota: Int64
 
-    public init(username: String, displayName: String = "", email: String = "", role: Role = .user,
-                group: String = "default", quota: Int64 = 0) {
+    public init(
+        username: String, displayName: String = "", email: String = "", role: Role = .user,
+        group: String = "default", quota: Int64 = 0
+    ) {
         self.username = username
         self.displayName = displayName
         self.email = email
@@ -90,23 +92,31 @@ public struct PostgresUserRepository: UserRepository {
             let rows: PostgresRows
             do {
                 // A new account owes nothing yet: no pending figures to read.
-                rows = try connection.query("""
+                rows = try connection.query(
+                    """
                     INSERT INTO users (username, display_name, email, role, "group", quota, access_token_hash, access_token_last6)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                     RETURNING id, username, display_name, email, role, status, "group", quota, used_quota, request_count
-                    """, [user.username, user.displayName, user.email, user.role.rawValue, user.group, user.quota,
-                          hash, Secrets.last6(token)])
+                    """,
+                    [
+                        user.username, user.displayName, user.email, user.role.rawValue, user.group, user.quota,
+                        hash, Secrets.last6(token),
+                    ])
             } catch let error as PostgresError where error.sqlState == SQLState.foreignKeyViolation {
                 throw StoreError.invalid("unknown group \"\(user.group)\"")
             }
             let created = try Self.decode(rows[0])
             try AccountLookup.claimUsername(created.username, userID: created.id, on: connection)
             try AccountLookup.setAccessToken(hash, userID: created.id, replacing: nil, on: connection)
-            try AuditLog.record(on: connection, actor: actor, action: "user.create", target: "user:\(created.id)",
-                                after: ["username": created.username, "role": String(created.role.rawValue),
-                                        "group": created.group, "quota": String(created.quota)])
+            try AuditLog.record(
+                on: connection, actor: actor, action: "user.create", target: "user:\(created.id)",
+                after: [
+                    "username": created.username, "role": String(created.role.rawValue),
+                    "group": created.group, "quota": String(created.quota),
+                ])
             if user.quota != 0 {
-                try connection.query("""
+                try connection.query(
+                    """
                     INSERT INTO ledger (user_id, kind, amount, reason, tid) VALUES ($1, 'topup', $2, 'initial quota', $3)
                     """, [created.id, user.quota, actor.tid])
             }
@@ -145,16 +155,20 @@ public struct PostgresUserRepository: UserRepository {
 
 /// The `audit_log` table: every administrative action, with who, what, before/after and tid.
 public enum AuditLog {
-    static func record(on connection: PostgresConnection, actor: Actor, action: String, target: String,
-                       before: [String: String]? = nil, after: [String: String]? = nil) throws {
-        try connection.query("""
+    static func record(
+        on connection: PostgresConnection, actor: Actor, action: String, target: String,
+        before: [String: String]? = nil, after: [String: String]? = nil
+    ) throws {
+        try connection.query(
+            """
             INSERT INTO audit_log (actor_id, actor, action, target, before, after, tid)
             VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)
             """, [actor.userID, actor.name, action, target, before.map(jsonObject), after.map(jsonObject), actor.tid])
     }
 
     private static func jsonObject(_ fields: [String: String]) -> String {
-        "{" + fields.sorted { $0.key < $1.key }.map { "\(JSONText.quote($0.key)):\(JSONText.quote($0.value))" }
+        "{"
+            + fields.sorted { $0.key < $1.key }.map { "\(JSONText.quote($0.key)):\(JSONText.quote($0.value))" }
             .joined(separator: ",") + "}"
     }
 }

@@ -67,8 +67,10 @@ public struct WebhookRepository: Sendable {
 
     /// Adds an endpoint; without a `secret` one is generated. Returns the endpoint and the
     /// secret (the caller shows a generated one once).
-    public func add(url: String, secret: WebhookSecret?, events: [WebhookEventType], description: String = "",
-                    by actor: Actor) async throws -> (endpoint: WebhookEndpoint, secret: WebhookSecret) {
+    public func add(
+        url: String, secret: WebhookSecret?, events: [WebhookEventType], description: String = "",
+        by actor: Actor
+    ) async throws -> (endpoint: WebhookEndpoint, secret: WebhookSecret) {
         try WebhookRules.checkURL(url)
         try TextRules.check(description, field: "description")
         let secret = secret ?? WebhookSecret.generate()
@@ -78,11 +80,13 @@ public struct WebhookRepository: Sendable {
         try TextRules.check(secret.value, field: "secret")
         let types = TextArray(events.map(\.rawValue))
         let id = try await pool.transaction { connection in
-            let id = try connection.query("""
+            let id = try connection.query(
+                """
                 INSERT INTO webhook_endpoints (url, secret, events, description) VALUES ($1, $2, $3::text[], $4) RETURNING id
                 """, [url, secret.value, types, description])[0].decode(0, as: Int64.self)
-            try AuditLog.recordChange(on: connection, actor: actor, action: "webhook.add", target: "webhook:\(id)",
-                                      before: nil, after: ["url": URLOrigin.of(url), "events": types.elements.joined(separator: ",")])
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "webhook.add", target: "webhook:\(id)",
+                before: nil, after: ["url": URLOrigin.of(url), "events": types.elements.joined(separator: ",")])
             return id
         }
         guard let endpoint = try await list().first(where: { $0.id == id }) else {
@@ -94,13 +98,15 @@ public struct WebhookRepository: Sendable {
     /// Endpoints not removed, by id, with their outbox counts.
     public func list() async throws -> [WebhookEndpoint] {
         try await pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT e.id, e.url, e.events, e.description, e.created_at,
                        count(o.id) FILTER (WHERE o.status = 'pending'), count(o.id) FILTER (WHERE o.status = 'delivered'),
                        count(o.id) FILTER (WHERE o.status = 'dead')
                 FROM webhook_endpoints e LEFT JOIN webhook_outbox o ON o.endpoint_id = e.id
                 WHERE e.removed_at IS NULL GROUP BY e.id ORDER BY e.id
-                """).map { row in
+                """
+            ).map { row in
                 WebhookEndpoint(
                     id: try row.decode(0), url: try row.decode(1),
                     events: try row.decode(2, as: TextArray.self).elements.compactMap(WebhookEventType.init(rawValue:)),
@@ -113,16 +119,20 @@ public struct WebhookRepository: Sendable {
     /// Removes an endpoint: its secret is erased and its undelivered events are dead-lettered.
     public func remove(id: Int64, by actor: Actor) async throws {
         try await pool.transaction { connection in
-            let removed = try connection.query("""
+            let removed = try connection.query(
+                """
                 UPDATE webhook_endpoints SET removed_at = now(), secret = NULL WHERE id = $1 AND removed_at IS NULL RETURNING url
                 """, [id])
             guard let row = removed.first else { throw StoreError.notFound("webhook \(id) not found") }
-            let cancelled = try connection.query("""
+            let cancelled = try connection.query(
+                """
                 UPDATE webhook_outbox SET status = 'dead', last_error = 'endpoint removed' WHERE endpoint_id = $1 AND status = 'pending'
-                """, [id]).affectedRows
-            try AuditLog.recordChange(on: connection, actor: actor, action: "webhook.remove", target: "webhook:\(id)",
-                                      before: ["url": URLOrigin.of(try row.decode(0, as: String.self))],
-                                      after: ["undelivered_events_dropped": cancelled])
+                """, [id]
+            ).affectedRows
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "webhook.remove", target: "webhook:\(id)",
+                before: ["url": URLOrigin.of(try row.decode(0, as: String.self))],
+                after: ["undelivered_events_dropped": cancelled])
         }
     }
 
@@ -139,22 +149,27 @@ public struct WebhookRepository: Sendable {
         try await pool.transaction { connection in
             let before: String
             if let user {
-                let rows = try connection.query("""
+                let rows = try connection.query(
+                    """
                     UPDATE users u SET low_balance_threshold = $2 FROM users old WHERE u.id = $1 AND old.id = u.id
                     RETURNING old.low_balance_threshold
                     """, [user, units])
                 guard let row = rows.first else { throw StoreError.notFound("user \(user) not found") }
                 before = row.text(0) ?? "global"
             } else {
-                guard let units else { throw StoreError.invalid("the global threshold cannot be cleared; set 0 to turn it off") }
-                before = try connection.query("""
+                guard let units else {
+                    throw StoreError.invalid("the global threshold cannot be cleared; set 0 to turn it off")
+                }
+                before = try connection.query(
+                    """
                     UPDATE webhook_settings s SET low_balance_threshold = $1, updated_at = now() FROM webhook_settings old
                     RETURNING old.low_balance_threshold
                     """, [units])[0].decode(0, as: String.self)
             }
-            try AuditLog.recordChange(on: connection, actor: actor, action: "webhook.low_balance_threshold",
-                                      target: user.map { "user:\($0)" } ?? "global",
-                                      before: ["units": before], after: ["units": units.map(String.init) ?? "global"])
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "webhook.low_balance_threshold",
+                target: user.map { "user:\($0)" } ?? "global",
+                before: ["units": before], after: ["units": units.map(String.init) ?? "global"])
         }
     }
 
@@ -191,10 +206,17 @@ public struct WebhookRepository: Sendable {
 
     /// Records a failed attempt: due again after `retryAfter`, or dead-lettered when nil.
     @discardableResult
-    public func markFailed(_ delivery: WebhookDelivery, status: Int?, error: String, retryAfter: Duration?) async throws -> Bool {
+    public func markFailed(_ delivery: WebhookDelivery, status: Int?, error: String, retryAfter: Duration?) async throws
+        -> Bool
+    {
         try await pool.withConnection { connection in
-            try connection.query(Self.failed, [delivery.id, delivery.attempt, status, String(error.prefix(500)),
-                                               retryAfter.map(Self.seconds)]).affectedRows == 1
+            try connection.query(
+                Self.failed,
+                [
+                    delivery.id, delivery.attempt, status, String(error.prefix(500)),
+                    retryAfter.map(Self.seconds),
+                ]
+            ).affectedRows == 1
         }
     }
 
@@ -204,7 +226,9 @@ public struct WebhookRepository: Sendable {
     }
 
     /// Oldest due first; the subquery's SKIP LOCKED lets several instances claim side by side.
-    static let claim = PreparedStatement("webhook_claim", """
+    static let claim = PreparedStatement(
+        "webhook_claim",
+        """
         UPDATE webhook_outbox o SET attempts = o.attempts + 1, next_attempt_at = now() + make_interval(secs => $2::float8)
         FROM webhook_endpoints e
         WHERE o.id IN (SELECT id FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= now()
@@ -213,12 +237,16 @@ public struct WebhookRepository: Sendable {
         RETURNING o.id, o.event_id, o.type, o.payload::text, o.created_at, o.attempts, e.id, e.url, e.secret
         """)
 
-    static let delivered = PreparedStatement("webhook_delivered", """
+    static let delivered = PreparedStatement(
+        "webhook_delivered",
+        """
         UPDATE webhook_outbox SET status = 'delivered', delivered_at = now(), last_status = $3, last_error = NULL
         WHERE id = $1 AND attempts = $2 AND status = 'pending'
         """)
 
-    static let failed = PreparedStatement("webhook_failed", """
+    static let failed = PreparedStatement(
+        "webhook_failed",
+        """
         UPDATE webhook_outbox SET status = CASE WHEN $5::float8 IS NULL THEN 'dead' ELSE 'pending' END,
                next_attempt_at = CASE WHEN $5::float8 IS NULL THEN next_attempt_at ELSE now() + make_interval(secs => $5::float8) END,
                last_status = $3, last_error = $4
@@ -233,22 +261,31 @@ public enum WebhookOutbox {
     /// Enqueues one event for every endpoint that wants `type`; `data` is a JSON object.
     /// Returns the event id, or nil when no endpoint wants it (nothing is written).
     @discardableResult
-    public static func enqueue(_ type: WebhookEventType, data: String, on connection: PostgresConnection) throws -> String? {
+    public static func enqueue(_ type: WebhookEventType, data: String, on connection: PostgresConnection) throws
+        -> String?
+    {
         try connection.query(insertEvent, [type.rawValue, data]).first?.decode(0, as: String.self)
     }
 
     /// `export.ready`, for the export code to call in the transaction that records the export.
     @discardableResult
-    public static func enqueueExportReady(_ export: ExportReadyEvent, on connection: PostgresConnection) throws -> String? {
+    public static func enqueueExportReady(_ export: ExportReadyEvent, on connection: PostgresConnection) throws
+        -> String?
+    {
         try enqueue(.exportReady, data: export.json, on: connection)
     }
 
     static func enqueueUserSuspended(_ user: User, by actor: Actor, on connection: PostgresConnection) throws {
-        try enqueue(.userSuspended, data: #"{"user_id":\#(user.id),"username":\#(JSONText.quote(user.username)),"group":\#(JSONText.quote(user.group)),"quota":\#(user.quota),"by":\#(JSONText.quote(actor.name)),"tid":\#(actor.tid.map(JSONText.quote) ?? "null")}"#,
-                    on: connection)
+        try enqueue(
+            .userSuspended,
+            data:
+                #"{"user_id":\#(user.id),"username":\#(JSONText.quote(user.username)),"group":\#(JSONText.quote(user.group)),"quota":\#(user.quota),"by":\#(JSONText.quote(actor.name)),"tid":\#(actor.tid.map(JSONText.quote) ?? "null")}"#,
+            on: connection)
     }
 
-    static let insertEvent = PreparedStatement("webhook_enqueue", """
+    static let insertEvent = PreparedStatement(
+        "webhook_enqueue",
+        """
         WITH event AS MATERIALIZED (SELECT gen_random_uuid() AS id)
         INSERT INTO webhook_outbox (event_id, endpoint_id, type, payload)
         SELECT event.id, e.id, $1, $2::jsonb FROM event, webhook_endpoints e

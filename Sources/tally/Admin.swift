@@ -6,8 +6,10 @@ import TallyStore
 struct Admin: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Administrative operations on the same database (audited as actor \"cli\").",
-        subcommands: [CreateUser.self, CreateKey.self, TopUp.self, Suspend.self, Enable.self,
-                      ChannelCommand.self, GroupCommand.self, RedemptionCommand.self, WebhookCommand.self])
+        subcommands: [
+            CreateUser.self, CreateKey.self, TopUp.self, Suspend.self, Enable.self,
+            ChannelCommand.self, GroupCommand.self, RedemptionCommand.self, WebhookCommand.self,
+        ])
 }
 
 struct CreateUser: AsyncParsableCommand {
@@ -46,7 +48,9 @@ struct CreateUser: AsyncParsableCommand {
             let (user, token) = try await AccountRepository(pool: pool)
                 .create(NewUser(username: username, role: role, group: group, quota: quota), actorRole: nil, by: .cli)
             if json {
-                print(#"{"id":\#(user.id),"username":\#(JSONText.quote(user.username)),"access_token":\#(JSONText.quote(token))}"#)
+                print(
+                    #"{"id":\#(user.id),"username":\#(JSONText.quote(user.username)),"access_token":\#(JSONText.quote(token))}"#
+                )
             } else {
                 print("created user \(user.id) (\(user.username)), role \(user.role.rawValue)")
                 print("access token (shown once): \(token)")

@@ -42,11 +42,14 @@ func parseExpiry(_ text: String) throws -> Int64 {
     if text == "never" || text == "-1" { return -1 }
     if let seconds = Int64(text) { return seconds }
     let formatter = ISO8601DateFormatter()
-    for options: ISO8601DateFormatter.Options in [[.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime], [.withFullDate]] {
+    for options: ISO8601DateFormatter.Options in [
+        [.withInternetDateTime, .withFractionalSeconds], [.withInternetDateTime], [.withFullDate],
+    ] {
         formatter.formatOptions = options
         if let date = formatter.date(from: text) { return Int64(date.timeIntervalSince1970) }
     }
-    throw ValidationError("--expires must be 'never', a unix time in seconds, or a time like 2026-12-31T00:00:00Z; got \"\(text)\"")
+    throw ValidationError(
+        "--expires must be 'never', a unix time in seconds, or a time like 2026-12-31T00:00:00Z; got \"\(text)\"")
 }
 
 struct CreateKey: AsyncParsableCommand {
@@ -89,11 +92,13 @@ struct CreateKey: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let draft = TokenDraft(name: name, expiredTime: try parseExpiry(expires), remainQuota: quota ?? 0,
-                               unlimitedQuota: unlimited, modelLimitsEnabled: models != nil, modelLimits: models ?? "",
-                               allowIPs: allowIPs, group: group)
+        let draft = TokenDraft(
+            name: name, expiredTime: try parseExpiry(expires), remainQuota: quota ?? 0,
+            unlimitedQuota: unlimited, modelLimitsEnabled: models != nil, modelLimits: models ?? "",
+            allowIPs: allowIPs, group: group)
         try await withAdminPool(database) { pool in
-            let (token, key) = try await TokenRepository(pool: pool).create(userID: user, draft, anyGroup: true, by: .cli)
+            let (token, key) = try await TokenRepository(pool: pool).create(
+                userID: user, draft, anyGroup: true, by: .cli)
             if json {
                 print(jsonObject([("id", String(token.id)), ("key", JSONText.quote(key))]))
             } else {
@@ -131,13 +136,20 @@ struct TopUp: AsyncParsableCommand {
             let result = try await BalanceRepository(pool: pool).topUp(
                 userID: user, amount: amount, reason: reason, idempotencyKey: idempotencyKey, by: .cli)
             if json {
-                print(jsonObject([("id", String(result.id)), ("user_id", String(result.userID)),
-                                  ("amount", String(result.amount)), ("quota", String(result.quota)),
-                                  ("replayed", String(result.replayed))]))
+                print(
+                    jsonObject([
+                        ("id", String(result.id)), ("user_id", String(result.userID)),
+                        ("amount", String(result.amount)), ("quota", String(result.quota)),
+                        ("replayed", String(result.replayed)),
+                    ]))
             } else if result.replayed {
-                print("already done: top-up \(result.id) credited \(result.amount) to user \(result.userID); nothing credited now")
+                print(
+                    "already done: top-up \(result.id) credited \(result.amount) to user \(result.userID); nothing credited now"
+                )
             } else {
-                print("credited \(result.amount) to user \(result.userID); balance \(result.quota) (ledger row \(result.id))")
+                print(
+                    "credited \(result.amount) to user \(result.userID); balance \(result.quota) (ledger row \(result.id))"
+                )
             }
         }
     }
@@ -149,17 +161,23 @@ enum SetUserStatus {
         try await withAdminPool(database) { pool in
             let updated = try await AccountRepository(pool: pool).manage(id: user, action, actorRole: nil, by: .cli)
             if json {
-                print(jsonObject([("id", String(updated.id)), ("status", String(updated.status.rawValue)),
-                                  ("role", String(updated.role.rawValue))]))
+                print(
+                    jsonObject([
+                        ("id", String(updated.id)), ("status", String(updated.status.rawValue)),
+                        ("role", String(updated.role.rawValue)),
+                    ]))
             } else {
-                print("user \(updated.id) (\(updated.username)) is now \(updated.status == .enabled ? "enabled" : "suspended")")
+                print(
+                    "user \(updated.id) (\(updated.username)) is now \(updated.status == .enabled ? "enabled" : "suspended")"
+                )
             }
         }
     }
 }
 
 struct Suspend: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Suspend a user: the System API and every key answer account_suspended.")
+    static let configuration = CommandConfiguration(
+        abstract: "Suspend a user: the System API and every key answer account_suspended.")
 
     @OptionGroup var database: DatabaseOptions
     @Option(help: "User id.") var user: Int64
@@ -185,13 +203,17 @@ struct ChannelCommand: AsyncParsableCommand {
 
     static func printChannel(_ channel: Channel, json: Bool) {
         if json {
-            print(jsonObject([
-                ("id", String(channel.id)), ("name", JSONText.quote(channel.name)), ("status", String(channel.status.rawValue)),
-                ("group", JSONText.quote(channel.groups.joined(separator: ","))),
-                ("models", JSONText.quote(channel.models.joined(separator: ","))),
-            ]))
+            print(
+                jsonObject([
+                    ("id", String(channel.id)), ("name", JSONText.quote(channel.name)),
+                    ("status", String(channel.status.rawValue)),
+                    ("group", JSONText.quote(channel.groups.joined(separator: ","))),
+                    ("models", JSONText.quote(channel.models.joined(separator: ","))),
+                ]))
         } else {
-            print("channel \(channel.id) \(channel.name): status \(channel.status.rawValue), groups \(channel.groups.joined(separator: ",")), models \(channel.models.joined(separator: ","))")
+            print(
+                "channel \(channel.id) \(channel.name): status \(channel.status.rawValue), groups \(channel.groups.joined(separator: ",")), models \(channel.models.joined(separator: ","))"
+            )
         }
     }
 
@@ -205,8 +227,9 @@ struct ChannelCommand: AsyncParsableCommand {
         @Flag(help: "Print one JSON object.") var json = false
 
         func run() async throws {
-            let draft = ChannelDraft(name: name, groups: group.split(separator: ",").map(String.init),
-                                     models: models.split(separator: ",").map(String.init))
+            let draft = ChannelDraft(
+                name: name, groups: group.split(separator: ",").map(String.init),
+                models: models.split(separator: ",").map(String.init))
             try await withAdminPool(database) { pool in
                 ChannelCommand.printChannel(try await ChannelRepository(pool: pool).create(draft, by: .cli), json: json)
             }
@@ -214,7 +237,8 @@ struct ChannelCommand: AsyncParsableCommand {
     }
 
     struct Disable: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Disable a channel (its models leave the groups it served).")
+        static let configuration = CommandConfiguration(
+            abstract: "Disable a channel (its models leave the groups it served).")
 
         @OptionGroup var database: DatabaseOptions
         @Option(help: "Channel id.") var id: Int64
@@ -223,7 +247,8 @@ struct ChannelCommand: AsyncParsableCommand {
         func run() async throws {
             try await withAdminPool(database) { pool in
                 ChannelCommand.printChannel(
-                    try await ChannelRepository(pool: pool).update(id: id, ChannelChanges(status: .disabled), by: .cli), json: json)
+                    try await ChannelRepository(pool: pool).update(id: id, ChannelChanges(status: .disabled), by: .cli),
+                    json: json)
             }
         }
     }
@@ -238,13 +263,15 @@ struct ChannelCommand: AsyncParsableCommand {
         func run() async throws {
             try await withAdminPool(database) { pool in
                 ChannelCommand.printChannel(
-                    try await ChannelRepository(pool: pool).update(id: id, ChannelChanges(status: .enabled), by: .cli), json: json)
+                    try await ChannelRepository(pool: pool).update(id: id, ChannelChanges(status: .enabled), by: .cli),
+                    json: json)
             }
         }
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List channels (one JSON object per line with --json).")
+        static let configuration = CommandConfiguration(
+            abstract: "List channels (one JSON object per line with --json).")
 
         @OptionGroup var database: DatabaseOptions
         @Flag(help: "One JSON object per channel.") var json = false

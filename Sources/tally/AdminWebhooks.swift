@@ -24,10 +24,14 @@ struct WebhookCommand: AsyncParsableCommand {
         @Option(help: "http:// or https:// URL the events are POSTed to.") var url: String
         @Option(help: "Event types it receives, comma-separated. Default: every type.") var events = ""
         @Option(help: "Free text shown by list.") var description = ""
-        @Option(name: .customLong("secret-env"),
-                help: "Read the signing secret (16–256 characters) from this environment variable instead of generating one; it is never printed.")
+        @Option(
+            name: .customLong("secret-env"),
+            help:
+                "Read the signing secret (16–256 characters) from this environment variable instead of generating one; it is never printed."
+        )
         var secretEnvironment: String?
-        @Flag(help: "Print one JSON object {\"id\",\"url\",\"events\",\"secret\"} (secret only when generated).") var json = false
+        @Flag(help: "Print one JSON object {\"id\",\"url\",\"events\",\"secret\"} (secret only when generated).")
+        var json = false
 
         func run() async throws {
             let given = try secretEnvironment.map { name in
@@ -42,11 +46,15 @@ struct WebhookCommand: AsyncParsableCommand {
                     url: url, secret: given, events: types, description: description, by: .cli)
                 let shown = given == nil ? secret.value : nil
                 if json {
-                    print(jsonObject([("id", String(endpoint.id)), ("url", JSONText.quote(endpoint.url)),
-                                      ("events", WebhookCommand.eventsJSON(endpoint.events)),
-                                      ("secret", shown.map(JSONText.quote) ?? "null")]))
+                    print(
+                        jsonObject([
+                            ("id", String(endpoint.id)), ("url", JSONText.quote(endpoint.url)),
+                            ("events", WebhookCommand.eventsJSON(endpoint.events)),
+                            ("secret", shown.map(JSONText.quote) ?? "null"),
+                        ]))
                 } else {
-                    print("added webhook \(endpoint.id): \(endpoint.url) (\(WebhookCommand.eventsText(endpoint.events)))")
+                    print(
+                        "added webhook \(endpoint.id): \(endpoint.url) (\(WebhookCommand.eventsText(endpoint.events)))")
                     if let shown { print("signing secret (shown once): \(shown)") }
                 }
             }
@@ -55,7 +63,8 @@ struct WebhookCommand: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "List endpoints with their pending, delivered and dead-lettered deliveries (never their secrets).")
+            abstract: "List endpoints with their pending, delivered and dead-lettered deliveries (never their secrets)."
+        )
 
         @OptionGroup var database: DatabaseOptions
         @Flag(help: "One JSON object per endpoint.") var json = false
@@ -65,14 +74,18 @@ struct WebhookCommand: AsyncParsableCommand {
                 let repository = WebhookRepository(pool: pool)
                 for endpoint in try await repository.list() {
                     if json {
-                        print(jsonObject([
-                            ("id", String(endpoint.id)), ("url", JSONText.quote(endpoint.url)),
-                            ("events", WebhookCommand.eventsJSON(endpoint.events)),
-                            ("description", JSONText.quote(endpoint.description)), ("pending", String(endpoint.pending)),
-                            ("delivered", String(endpoint.delivered)), ("dead", String(endpoint.dead)),
-                        ]))
+                        print(
+                            jsonObject([
+                                ("id", String(endpoint.id)), ("url", JSONText.quote(endpoint.url)),
+                                ("events", WebhookCommand.eventsJSON(endpoint.events)),
+                                ("description", JSONText.quote(endpoint.description)),
+                                ("pending", String(endpoint.pending)),
+                                ("delivered", String(endpoint.delivered)), ("dead", String(endpoint.dead)),
+                            ]))
                     } else {
-                        print("webhook \(endpoint.id) \(endpoint.url): \(WebhookCommand.eventsText(endpoint.events)); pending \(endpoint.pending), delivered \(endpoint.delivered), dead \(endpoint.dead)\(endpoint.description.isEmpty ? "" : " — " + endpoint.description)")
+                        print(
+                            "webhook \(endpoint.id) \(endpoint.url): \(WebhookCommand.eventsText(endpoint.events)); pending \(endpoint.pending), delivered \(endpoint.delivered), dead \(endpoint.dead)\(endpoint.description.isEmpty ? "" : " — " + endpoint.description)"
+                        )
                     }
                 }
                 if !json {
@@ -114,14 +127,18 @@ struct WebhookCommand: AsyncParsableCommand {
         func validate() throws {
             if clear && units != nil { throw ValidationError("--units and --clear exclude each other") }
             if !clear && units == nil { throw ValidationError("give --units N, or --clear with --user") }
-            if clear && user == nil { throw ValidationError("--clear needs --user (the global threshold is set to 0 to turn it off)") }
+            if clear && user == nil {
+                throw ValidationError("--clear needs --user (the global threshold is set to 0 to turn it off)")
+            }
         }
 
         func run() async throws {
             try await withAdminPool(database) { pool in
                 try await WebhookRepository(pool: pool).setLowBalanceThreshold(units: units, user: user, by: .cli)
                 let scope = user.map { "user \($0)" } ?? "global"
-                print(units.map { "low-balance threshold (\(scope)): \($0) units" } ?? "low-balance threshold (\(scope)): cleared, the global one applies")
+                print(
+                    units.map { "low-balance threshold (\(scope)): \($0) units" }
+                        ?? "low-balance threshold (\(scope)): cleared, the global one applies")
             }
         }
     }

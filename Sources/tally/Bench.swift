@@ -79,14 +79,17 @@ struct BenchAuthorize: ParsableCommand {
         let all = shared.results.withLock { $0 }
         var latencies = all.flatMap(\.latencies)
         latencies.sort()
-        func percentile(_ p: Double) -> UInt32 { latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
+        func percentile(_ p: Double) -> UInt32 {
+            latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))]
+        }
         var statuses: [Int: Int] = [:]
         for result in all { statuses.merge(result.statuses, uniquingKeysWith: +) }
         let granted = statuses[200] ?? 0
         let summary: [String: Any] = [
             "authorizations": latencies.count, "granted": granted, "seconds": elapsed,
             "per_second": Double(latencies.count) / elapsed, "p50_us": percentile(0.5), "p99_us": percentile(0.99),
-            "max_us": latencies.last ?? 0, "statuses": Dictionary(uniqueKeysWithValues: statuses.map { (String($0.key), $0.value) }),
+            "max_us": latencies.last ?? 0,
+            "statuses": Dictionary(uniqueKeysWithValues: statuses.map { (String($0.key), $0.value) }),
             "settled": shared.settled.load(ordering: .relaxed), "errors": all.reduce(0) { $0 + $1.errors },
             "settled_in_time": shared.settledInTime.load(ordering: .relaxed),
             "server_cores": cpu.server ?? -1, "machine_cores": cpu.machine,
@@ -136,17 +139,23 @@ struct BenchAuthorize: ParsableCommand {
     /// One client: a keep-alive connection, requests built from bytes (no string formatting in
     /// the loop, so the client's own cost stays small next to the server's on a shared machine),
     /// one for each user `nextUser` gives until it gives nil. Request ids start with `label`.
-    private func drive(client: Int, label: String, endpoint: HTTPEndpoint, shared: BenchShared,
-                       nextUser: () -> Int?) -> ClientResult {
+    private func drive(
+        client: Int, label: String, endpoint: HTTPEndpoint, shared: BenchShared,
+        nextUser: () -> Int?
+    ) -> ClientResult {
         var result = ClientResult()
         result.latencies.reserveCapacity(600_000)
         var connection: HTTPConnection?
-        let head = Array("POST /gateway/v1/authorize HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\nContent-Type: application/json\r\nContent-Length: ".utf8)
+        let head = Array(
+            "POST /gateway/v1/authorize HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\nContent-Type: application/json\r\nContent-Length: "
+                .utf8)
         let healthz = Array("GET /healthz HTTP/1.1\r\nHost: tally\r\n\r\n".utf8)
         let idPrefix = Array(#"{"request_id":"bench-\#(label)-\#(client)-"#.utf8)
         let keyField = Array(#"","key":""#.utf8)
         let bodyTail = Array(#"","model":"\#(model)","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#.utf8)
-        let lineTail = Array(#"","model":"\#(model)","kind":"chat","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":300}}"#.utf8)
+        let lineTail = Array(
+            #"","model":"\#(model)","kind":"chat","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":300}}"#
+                .utf8)
         var clock = SettlementClock()
         var body: [UInt8] = [], request: [UInt8] = [], pending: [UInt8] = []
         var pendingCount = 0, sequence = 0
@@ -170,7 +179,8 @@ struct BenchAuthorize: ParsableCommand {
             do {
                 if connection == nil { connection = try HTTPConnection(endpoint) }
                 let status = try connection!.exchange(ceiling ? healthz : request)
-                result.latencies.append(UInt32(min(UInt64(UInt32.max), (DispatchTime.now().uptimeNanoseconds - start) / 1000)))
+                result.latencies.append(
+                    UInt32(min(UInt64(UInt32.max), (DispatchTime.now().uptimeNanoseconds - start) / 1000)))
                 result.statuses[status, default: 0] += 1
                 guard status == 200, !ceiling else { continue }
                 // {"request_id":"…","created_at":"…","key":"…","model":…}
@@ -182,7 +192,9 @@ struct BenchAuthorize: ParsableCommand {
                 pending.append(10)
                 pendingCount += 1
                 if pendingCount >= 64 {
-                    shared.settlements.withLock { $0.lines += pending; $0.count += pendingCount }
+                    shared.settlements.withLock {
+                        $0.lines += pending; $0.count += pendingCount
+                    }
                     pending.removeAll(keepingCapacity: true)
                     pendingCount = 0
                 }
@@ -191,7 +203,9 @@ struct BenchAuthorize: ParsableCommand {
                 connection = nil
             }
         }
-        shared.settlements.withLock { $0.lines += pending; $0.count += pendingCount }
+        shared.settlements.withLock {
+            $0.lines += pending; $0.count += pendingCount
+        }
         return result
     }
 
@@ -219,9 +233,12 @@ struct BenchAuthorize: ParsableCommand {
 
     /// Posts the log lines of the holds granted so far.
     private func postSettlements(endpoint: HTTPEndpoint, shared: BenchShared, connection: inout HTTPConnection?) {
-        let head = "POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\n"
+        let head =
+            "POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\n"
             + "Content-Type: application/x-ndjson\r\nContent-Length: "
-        let (lines, _) = shared.settlements.withLock { batch in defer { batch = ([], 0) }; return batch }
+        let (lines, _) = shared.settlements.withLock { batch in
+            defer { batch = ([], 0) }; return batch
+        }
         for (chunk, count) in Self.chunks(lines, linesEach: Self.linesPerPost) {
             do {
                 if connection == nil { connection = try HTTPConnection(endpoint) }
@@ -273,7 +290,8 @@ struct BenchAuthorize: ParsableCommand {
         var parts = tm()
         gmtime_r(&time, &parts)
         func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+        return
+            "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
     }
 }
 
@@ -287,7 +305,8 @@ struct CPUTimes {
         server = serverPID.flatMap { pid -> Double? in
             // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
             guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { return nil }
+                let close = stat.lastIndex(of: ")")
+            else { return nil }
             let fields = stat[stat.index(after: close)...].split(separator: " ")
             guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
             return (user + system) / ticks
@@ -312,7 +331,8 @@ struct HTTPEndpoint {
     let port: UInt16
 
     init?(_ url: String) {
-        guard let components = URLComponents(string: url), components.scheme == "http", let host = components.host else { return nil }
+        guard let components = URLComponents(string: url), components.scheme == "http", let host = components.host
+        else { return nil }
         self.host = host
         port = UInt16(components.port ?? 80)
     }
@@ -337,7 +357,9 @@ final class HTTPConnection {
         var noDelay: Int32 = 1
         setsockopt(socket, Int32(IPPROTO_TCP), TCP_NODELAY, &noDelay, socklen_t(MemoryLayout<Int32>.size))
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         guard connected == 0 else {
             close(socket)
@@ -351,7 +373,9 @@ final class HTTPConnection {
     func exchange(_ request: [UInt8]) throws -> Int {
         var sent = 0
         while sent < request.count {
-            let written = request.withUnsafeBytes { send(socket, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+            let written = request.withUnsafeBytes {
+                send(socket, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL))
+            }
             guard written > 0 else { throw BenchError.io("send") }
             sent += written
         }

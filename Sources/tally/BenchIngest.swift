@@ -50,14 +50,18 @@ struct BenchIngest: ParsableCommand {
         for (index, count) in counts.enumerated() {
             FileHandle.standardError.write(Data("bench ingest: \(count) client(s), \(lines) lines\n".utf8))
             var step = try ingest(step: index, clients: count, endpoint: endpoint, databaseURL: databaseURL, db: db)
-            step.rawCopy = try IngestBaselines.rawCopy(afterBatch: step.firstBatch, clients: count, databaseURL: databaseURL, db: db)
+            step.rawCopy = try IngestBaselines.rawCopy(
+                afterBatch: step.firstBatch, clients: count, databaseURL: databaseURL, db: db)
             step.peakRSSKiB = serverPid.flatMap { ProcessStats.peakRSSKiB(pid: $0) }
             steps.append(step)
             Self.say(step.row)
         }
-        let perRequest = pgbench == "none" ? nil
-            : try IngestBaselines.perRequest(pgbench: pgbench, clients: pgbenchClients, seconds: baselineSeconds,
-                                             users: users, databaseURL: databaseURL)
+        let perRequest =
+            pgbench == "none"
+            ? nil
+            : try IngestBaselines.perRequest(
+                pgbench: pgbench, clients: pgbenchClients, seconds: baselineSeconds,
+                users: users, databaseURL: databaseURL)
         Self.say(IngestReport(steps: steps, perRequest: perRequest, pgbenchClients: pgbenchClients).text)
     }
 
@@ -67,8 +71,11 @@ struct BenchIngest: ParsableCommand {
     }
 
     /// One client count: Tally's ingest over HTTP, then the wait for the fold.
-    private func ingest(step: Int, clients: Int, endpoint: HTTPEndpoint, databaseURL: String, db: PostgresConnection) throws -> IngestStep {
-        let requests = IngestBatches.requests(lines: lines, users: users, batch: batch, seed: UInt64(1_000 + step), secret: secret)
+    private func ingest(step: Int, clients: Int, endpoint: HTTPEndpoint, databaseURL: String, db: PostgresConnection)
+        throws -> IngestStep
+    {
+        let requests = IngestBatches.requests(
+            lines: lines, users: users, batch: batch, seed: UInt64(1_000 + step), secret: secret)
         var result = IngestStep(clients: clients, lines: lines)
         result.firstBatch = try db.query("SELECT coalesce(max(id), 0) FROM ingest_batches")[0].decode(0, as: Int64.self)
         let walBefore = try IngestBaselines.walPosition(db)
@@ -85,7 +92,8 @@ struct BenchIngest: ParsableCommand {
         if let cpuBefore, let cpuAfter = CPUTimes(serverPID: serverPid).server {
             result.serverCPUSeconds = cpuAfter - cpuBefore
         }
-        result.stored = try db.query("SELECT count(*) FROM request_logs WHERE batch_id > $1", [result.firstBatch])[0].decode(0, as: Int.self)
+        result.stored = try db.query("SELECT count(*) FROM request_logs WHERE batch_id > $1", [result.firstBatch])[0]
+            .decode(0, as: Int.self)
         return result
     }
 }
@@ -131,12 +139,14 @@ struct IngestStep {
     var row: String {
         let cpu = serverCPUSeconds.map { String(format: "%.1f", $0) } ?? "-"
         let rss = peakRSSKiB.map { String(format: "%.0f", Double($0) / 1024) } ?? "-"
-        return String(format: "%7d %11.0f %11.0f %7.2fx %11.0f %7.2fx %5.1f %5.1f %9.0f %9.0f %6.2fx ", clients,
-                      linesPerSecond, copyRowsPerSecond, linesPerSecond / copyRowsPerSecond, settledPerSecond,
-                      settledPerSecond / copyRowsPerSecond, balanceFoldSeconds, foldSeconds, walPerLine,
-                      copyWALPerRow, walPerLine / copyWALPerRow)
+        return String(
+            format: "%7d %11.0f %11.0f %7.2fx %11.0f %7.2fx %5.1f %5.1f %9.0f %9.0f %6.2fx ", clients,
+            linesPerSecond, copyRowsPerSecond, linesPerSecond / copyRowsPerSecond, settledPerSecond,
+            settledPerSecond / copyRowsPerSecond, balanceFoldSeconds, foldSeconds, walPerLine,
+            copyWALPerRow, walPerLine / copyWALPerRow)
             + cpu.leftPadded(to: 6) + " " + rss.leftPadded(to: 6) + "  " + topWaits
-            + (failures > 0 || stored != lines ? "  (!) \(failures) failed batches, \(stored) of \(lines) rows stored" : "")
+            + (failures > 0 || stored != lines
+                ? "  (!) \(failures) failed batches, \(stored) of \(lines) rows stored" : "")
     }
 
     static let header = """
@@ -152,11 +162,17 @@ struct IngestReport {
     let pgbenchClients: Int
 
     var text: String {
-        var out = ["", "ingest benchmark, one run on this machine (\(ProcessInfo.processInfo.activeProcessorCount) cores)", IngestStep.header]
+        var out = [
+            "", "ingest benchmark, one run on this machine (\(ProcessInfo.processInfo.activeProcessorCount) cores)",
+            IngestStep.header,
+        ]
         out += steps.map(\.row)
         if let perRequest, let best = steps.map(\.linesPerSecond).max() {
-            out.append(String(format: "baseline A, per-request transaction (pgbench, %d clients): %.0f req/s; Tally's best is %.1fx (target >= 3x on 16 cores)",
-                              pgbenchClients, perRequest, best / perRequest))
+            out.append(
+                String(
+                    format:
+                        "baseline A, per-request transaction (pgbench, %d clients): %.0f req/s; Tally's best is %.1fx (target >= 3x on 16 cores)",
+                    pgbenchClients, perRequest, best / perRequest))
         }
         if let low = steps.filter({ $0.clients <= 2 }).map({ $0.linesPerSecond / $0.copyRowsPerSecond }).min() {
             out.append(String(format: "Tally / raw COPY at 1-2 clients: >= %.2fx (target >= 0.6x)", low))
@@ -165,18 +181,25 @@ struct IngestReport {
             out.append(String(format: "priced and settled / raw COPY at 1-2 clients: >= %.2fx", low))
         }
         if let lag = steps.map(\.foldSeconds).max() {
-            out.append(String(format: "fold lag after the last batch: <= %.1f s (balances <= %.1f s)", lag,
-                              steps.map(\.balanceFoldSeconds).max() ?? 0))
+            out.append(
+                String(
+                    format: "fold lag after the last batch: <= %.1f s (balances <= %.1f s)", lag,
+                    steps.map(\.balanceFoldSeconds).max() ?? 0))
         }
         if let worst = steps.map({ $0.walPerLine / $0.copyWALPerRow }).max() {
             out.append(String(format: "WAL per line, Tally / raw COPY: <= %.2fx (target <= 2x)", worst))
         }
         if let rss = steps.compactMap(\.peakRSSKiB).max() {
-            out.append(String(format: "server peak RSS (VmHWM): %.0f MB (target <= 200 MB with 8 concurrent 10k-line batches)", Double(rss) / 1024))
+            out.append(
+                String(
+                    format: "server peak RSS (VmHWM): %.0f MB (target <= 200 MB with 8 concurrent 10k-line batches)",
+                    Double(rss) / 1024))
         }
         let rates = steps.map(\.linesPerSecond)
         if rates.count > 1 {
-            out.append("throughput as clients rise: " + (zip(rates, rates.dropFirst()).allSatisfy { $1 >= $0 * 0.95 } ? "does not fall" : "FALLS"))
+            out.append(
+                "throughput as clients rise: "
+                    + (zip(rates, rates.dropFirst()).allSatisfy { $1 >= $0 * 0.95 } ? "does not fall" : "FALLS"))
         }
         return out.joined(separator: "\n")
     }
@@ -198,7 +221,8 @@ enum IngestBatches {
         var count = 0
         func flush() {
             guard count > 0 else { return }
-            let head = "POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\n"
+            let head =
+                "POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer \(secret)\r\n"
                 + "Content-Type: application/x-ndjson\r\nContent-Length: \(body.count)\r\n\r\n"
             requests.append(Array(head.utf8) + body)
             body.removeAll(keepingCapacity: true)
@@ -246,7 +270,8 @@ enum IngestBaselines {
     /// `bench_raw_logs`: request_logs' columns, indexes and monthly partitions; and copies of
     /// users and tokens for the per-request baseline, so the real balances stay untouched.
     static func prepareTables(on db: PostgresConnection) throws {
-        try db.execute("""
+        try db.execute(
+            """
             DROP TABLE IF EXISTS bench_raw_logs, bench_request_logs, bench_users, bench_tokens;
             CREATE TABLE bench_raw_logs (LIKE request_logs INCLUDING ALL) PARTITION BY RANGE (created_at);
             CREATE TABLE bench_request_logs (LIKE request_logs INCLUDING ALL) PARTITION BY RANGE (created_at);
@@ -255,12 +280,15 @@ enum IngestBaselines {
             CREATE TABLE bench_tokens (LIKE tokens INCLUDING ALL);
             INSERT INTO bench_tokens SELECT * FROM tokens;
             """)
-        let months = try db.query("SELECT month::text, (month + interval '1 month')::date::text FROM tally_log_partitions")
-            .map { (try $0.decode(0, as: String.self), try $0.decode(1, as: String.self)) }
+        let months = try db.query(
+            "SELECT month::text, (month + interval '1 month')::date::text FROM tally_log_partitions"
+        )
+        .map { (try $0.decode(0, as: String.self), try $0.decode(1, as: String.self)) }
         for (month, next) in months {
             let suffix = month.prefix(7).replacingOccurrences(of: "-", with: "m")
             for table in ["bench_raw_logs", "bench_request_logs"] {
-                try db.execute("""
+                try db.execute(
+                    """
                     CREATE TABLE \(table)_y\(suffix) PARTITION OF \(table)
                     FOR VALUES FROM ('\(month) 00:00:00+00') TO ('\(next) 00:00:00+00')
                     """)
@@ -270,9 +298,13 @@ enum IngestBaselines {
 
     /// What the run is measured against: the database's durability settings and sizes.
     static func settings(on db: PostgresConnection, users: Int, batch: Int) throws -> String {
-        let names = ["server_version", "fsync", "synchronous_commit", "wal_level", "shared_buffers", "max_wal_size",
-                     "checkpoint_timeout", "wal_compression"]
-        let values = try names.map { "\($0)=\(try db.query("SELECT current_setting($1)", [$0])[0].decode(0, as: String.self))" }
+        let names = [
+            "server_version", "fsync", "synchronous_commit", "wal_level", "shared_buffers", "max_wal_size",
+            "checkpoint_timeout", "wal_compression",
+        ]
+        let values = try names.map {
+            "\($0)=\(try db.query("SELECT current_setting($1)", [$0])[0].decode(0, as: String.self))"
+        }
         return "PostgreSQL: \(values.joined(separator: " ")); \(users) users (zipf), \(batch)-line batches"
     }
 
@@ -288,18 +320,23 @@ enum IngestBaselines {
         func elapsed() -> Double { Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9 }
         var balances: Double?
         while true {
-            let row = try db.query("SELECT EXISTS (SELECT 1 FROM pending_charges), EXISTS (SELECT 1 FROM pending_usage)")[0]
+            let row = try db.query(
+                "SELECT EXISTS (SELECT 1 FROM pending_charges), EXISTS (SELECT 1 FROM pending_usage)")[0]
             let charges = try row.decode(0, as: Bool.self), usage = try row.decode(1, as: Bool.self)
             if !charges, balances == nil { balances = elapsed() }
             if !charges, !usage { return (balances ?? 0, elapsed()) }
-            guard elapsed() < 300 else { throw BenchError.io("charges still pending after 5 minutes: is a settler running?") }
+            guard elapsed() < 300 else {
+                throw BenchError.io("charges still pending after 5 minutes: is a settler running?")
+            }
             Thread.sleep(forTimeInterval: 0.02)
         }
     }
 
     /// Baseline B: the rows Tally stored in this step, copied out, then COPYed into the
     /// identical table by `clients` connections at once.
-    static func rawCopy(afterBatch firstBatch: Int64, clients: Int, databaseURL: String, db: PostgresConnection) throws -> IngestStep.RawCopy {
+    static func rawCopy(afterBatch firstBatch: Int64, clients: Int, databaseURL: String, db: PostgresConnection) throws
+        -> IngestStep.RawCopy
+    {
         var rows: [UInt8] = []
         try db.copyOut("COPY (SELECT * FROM request_logs WHERE batch_id > \(firstBatch)) TO STDOUT") { rows += $0 }
         let parts = split(rows, into: clients)
@@ -340,29 +377,37 @@ enum IngestBaselines {
 
     /// Baseline A: one transaction per request (insert the log row, update the user, update the
     /// token), pgbench on the copies; returns transactions per second.
-    static func perRequest(pgbench: String, clients: Int, seconds: Int, users: Int, databaseURL: String) throws -> Double {
+    static func perRequest(pgbench: String, clients: Int, seconds: Int, users: Int, databaseURL: String) throws
+        -> Double
+    {
         let script = FileManager.default.temporaryDirectory.appendingPathComponent("tally-per-request-\(getpid()).sql")
         try """
-            \\set user random(1, \(users))
-            BEGIN;
-            INSERT INTO bench_request_logs (request_id, created_at, user_id, token_id, model, "group", kind, status,
-                prompt_tokens, completion_tokens, quota)
-              VALUES (md5(random()::text), now(), :user, :user, 'gpt-4o', 'default', 'chat', 200, 1000, 500, 3750);
-            UPDATE bench_users SET quota = quota - 3750, used_quota = used_quota + 3750, request_count = request_count + 1
-              WHERE id = :user;
-            UPDATE bench_tokens SET remain_quota = remain_quota - 3750, used_quota = used_quota + 3750,
-              request_count = request_count + 1 WHERE user_id = :user;
-            COMMIT;
-            """.write(to: script, atomically: true, encoding: .utf8)
+        \\set user random(1, \(users))
+        BEGIN;
+        INSERT INTO bench_request_logs (request_id, created_at, user_id, token_id, model, "group", kind, status,
+            prompt_tokens, completion_tokens, quota)
+          VALUES (md5(random()::text), now(), :user, :user, 'gpt-4o', 'default', 'chat', 200, 1000, 500, 3750);
+        UPDATE bench_users SET quota = quota - 3750, used_quota = used_quota + 3750, request_count = request_count + 1
+          WHERE id = :user;
+        UPDATE bench_tokens SET remain_quota = remain_quota - 3750, used_quota = used_quota + 3750,
+          request_count = request_count + 1 WHERE user_id = :user;
+        COMMIT;
+        """.write(to: script, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: script) }
-        FileHandle.standardError.write(Data("bench ingest: per-request baseline, pgbench \(clients) clients, \(seconds) s\n".utf8))
+        FileHandle.standardError.write(
+            Data("bench ingest: per-request baseline, pgbench \(clients) clients, \(seconds) s\n".utf8))
         let threads = min(clients, ProcessInfo.processInfo.activeProcessorCount)
         var environment = ProcessInfo.processInfo.environment
         environment["PGOPTIONS"] = "-c client_min_messages=warning"
-        let text = try Subprocess.output(of: pgbench, ["-n", "-c", "\(clients)", "-j", "\(threads)", "-T", "\(seconds)",
-                                                      "-f", script.path, databaseURL], environment: environment)
+        let text = try Subprocess.output(
+            of: pgbench,
+            [
+                "-n", "-c", "\(clients)", "-j", "\(threads)", "-T", "\(seconds)",
+                "-f", script.path, databaseURL,
+            ], environment: environment)
         guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("tps = ") }),
-              let tps = Double(line.dropFirst(6).prefix { $0.isNumber || $0 == "." }) else {
+            let tps = Double(line.dropFirst(6).prefix { $0.isNumber || $0 == "." })
+        else {
             throw BenchError.io("pgbench gave no tps: \(text.suffix(400))")
         }
         return tps
@@ -380,11 +425,13 @@ final class WaitEventSampler: Sendable {
         Thread.detachNewThread { [self] in
             defer { finished.signal() }
             while !stopped.load(ordering: .relaxed) {
-                if let rows = try? connection.query("""
+                if let rows = try? connection.query(
+                    """
                     SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity
                     WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid()
                       AND datname = current_database()
-                    """) {
+                    """)
+                {
                     let events = rows.map { (try? $0.decode(0, as: String.self)) ?? "?" }
                     counts.withLock { for event in events { $0[event, default: 0] += 1 } }
                 }
@@ -405,7 +452,8 @@ final class WaitEventSampler: Sendable {
 enum ProcessStats {
     static func peakRSSKiB(pid: Int32) -> Int? {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }) else { return nil }
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") })
+        else { return nil }
         return Int(line.split(separator: " ")[1])
     }
 }

@@ -6,8 +6,11 @@ import TallyStore
 
 /// The `--database-url` option shared by every command that talks to PostgreSQL.
 struct DatabaseOptions: ParsableArguments {
-    @Option(name: .customLong("database-url"),
-            help: "PostgreSQL URL or conninfo. Env: DATABASE_URL. Default: the embedded cluster under .tally/ (started by ops/pg).")
+    @Option(
+        name: .customLong("database-url"),
+        help:
+            "PostgreSQL URL or conninfo. Env: DATABASE_URL. Default: the embedded cluster under .tally/ (started by ops/pg)."
+    )
     var databaseURL: String?
 
     /// The URL to use: the flag, else DATABASE_URL, else the embedded cluster (started on demand).
@@ -33,7 +36,8 @@ struct DatabaseOptions: ParsableArguments {
 enum EmbeddedPostgres {
     static func start() throws -> String {
         guard let script = locateScript() else {
-            throw ValidationError("DATABASE_URL is not set and ops/pg was not found (run from a Tally checkout, or set DATABASE_URL)")
+            throw ValidationError(
+                "DATABASE_URL is not set and ops/pg was not found (run from a Tally checkout, or set DATABASE_URL)")
         }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: script)
@@ -53,7 +57,8 @@ enum EmbeddedPostgres {
     /// `ops/pg` in the working directory or above the executable (`.build/release/tally`).
     private static func locateScript() -> String? {
         var candidates = [FileManager.default.currentDirectoryPath]
-        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+            .deletingLastPathComponent()
         for _ in 0..<5 {
             candidates.append(directory.path)
             directory.deleteLastPathComponent()

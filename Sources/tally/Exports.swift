@@ -30,7 +30,8 @@ struct Export: AsyncParsableCommand {
     @Option(help: "Only this user's usage.")
     var user: Int64?
 
-    @Option(help: "IANA time zone for the day boundaries of --by day (e.g. Asia/Shanghai); needs the month's request rows.")
+    @Option(
+        help: "IANA time zone for the day boundaries of --by day (e.g. Asia/Shanghai); needs the month's request rows.")
     var tz: String?
 
     @Flag(help: "Every request row of the month instead of totals (CSV).")
@@ -47,11 +48,14 @@ struct Export: AsyncParsableCommand {
         let export: UsageExport
         do {
             if raw {
-                guard format == "csv", tz == nil else { throw ValidationError("--raw writes CSV rows as stored: leave out --format and --tz") }
+                guard format == "csv", tz == nil else {
+                    throw ValidationError("--raw writes CSV rows as stored: leave out --format and --tz")
+                }
                 export = .raw(month: usageMonth, userID: user)
             } else {
-                export = try UsageExport(month: usageMonth, by: ExportDimension.parseList(by), format: ExportFormat.parse(format),
-                                         userID: user, timeZone: tz)
+                export = try UsageExport(
+                    month: usageMonth, by: ExportDimension.parseList(by), format: ExportFormat.parse(format),
+                    userID: user, timeZone: tz)
             }
         } catch let error as StoreError {
             throw ValidationError(error.description)
@@ -69,10 +73,13 @@ struct Export: AsyncParsableCommand {
     }
 
     /// Tells the webhook endpoints that subscribe to `export.ready` where the file is.
-    private func announce(file: String, export: UsageExport, month: UsageMonth, rows: Int, pool: PostgresPool) async throws {
+    private func announce(file: String, export: UsageExport, month: UsageMonth, rows: Int, pool: PostgresPool)
+        async throws
+    {
         let location = URL(fileURLWithPath: file).standardizedFileURL.path
-        let event = ExportReadyEvent(exportID: UUID().uuidString.lowercased(), kind: raw ? "raw" : "usage", month: month.description,
-                                     location: location, rows: Int64(rows))
+        let event = ExportReadyEvent(
+            exportID: UUID().uuidString.lowercased(), kind: raw ? "raw" : "usage", month: month.description,
+            location: location, rows: Int64(rows))
         _ = try await pool.withConnection { connection in try WebhookOutbox.enqueueExportReady(event, on: connection) }
     }
 }
@@ -95,13 +102,17 @@ final class ByteProgress: @unchecked Sendable {
         guard !quiet, Date().timeIntervalSince(shown) >= 0.5 else { return }
         shown = Date()
         let elapsed = max(shown.timeIntervalSince(started), 0.001)
-        FileHandle.standardError.write(Data(String(format: "\r%.1f MB, %.1f MB/s   ", Double(bytes) / 1e6, Double(bytes) / 1e6 / elapsed).utf8))
+        FileHandle.standardError.write(
+            Data(String(format: "\r%.1f MB, %.1f MB/s   ", Double(bytes) / 1e6, Double(bytes) / 1e6 / elapsed).utf8))
     }
 
     func finish(_ summary: ExportSummary) {
         guard !quiet else { return }
         let elapsed = max(Date().timeIntervalSince(started), 0.001)
-        FileHandle.standardError.write(Data(String(format: "\r%d rows, %.1f MB in %.2f s\n", summary.rows, Double(summary.bytes) / 1e6, elapsed).utf8))
+        FileHandle.standardError.write(
+            Data(
+                String(format: "\r%d rows, %.1f MB in %.2f s\n", summary.rows, Double(summary.bytes) / 1e6, elapsed)
+                    .utf8))
     }
 }
 
@@ -109,7 +120,9 @@ struct StatementCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "statement",
         abstract: "A user's monthly statement: opening balance, credits, charges by model, closing balance.",
-        discussion: "closing = opening + credits − charges, in quota units (500,000 = 1 USD); docs/exports.md says which month each ledger row counts in.")
+        discussion:
+            "closing = opening + credits − charges, in quota units (500,000 = 1 USD); docs/exports.md says which month each ledger row counts in."
+    )
 
     @OptionGroup var database: DatabaseOptions
 
@@ -153,7 +166,9 @@ struct Retention: AsyncParsableCommand {
     var noVerify = false
 
     func validate() throws {
-        guard keepMonths >= 1 else { throw ValidationError("--keep-months must be at least 1 (the current month is always kept)") }
+        guard keepMonths >= 1 else {
+            throw ValidationError("--keep-months must be at least 1 (the current month is always kept)")
+        }
     }
 
     func run() async throws {
@@ -162,7 +177,9 @@ struct Retention: AsyncParsableCommand {
         let plan = try await retention.plan(keepMonths: keepMonths)
         print("keeping \(plan.kept.count) partition(s) from \(plan.firstKept) on")
         for partition in plan.dropped {
-            print("\(dryRun ? "would drop" : "dropping") \(partition.name) (\(partition.month), \(partition.bytes / 1_048_576) MiB)")
+            print(
+                "\(dryRun ? "would drop" : "dropping") \(partition.name) (\(partition.month), \(partition.bytes / 1_048_576) MiB)"
+            )
         }
         if !dryRun {
             let dropped = try await retention.apply(plan, verify: !noVerify, by: .cli)

@@ -13,7 +13,8 @@ struct Import: AsyncParsableCommand {
     struct NewAPI: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "new-api",
-            abstract: "Copy a new-api PostgreSQL database into Tally: users, keys, groups, channels, redemption codes, balances, logs.",
+            abstract:
+                "Copy a new-api PostgreSQL database into Tally: users, keys, groups, channels, redemption codes, balances, logs.",
             discussion: """
                 Idempotent: run it again and only what changed in new-api since is copied (the second run over an \
                 unchanged database changes nothing). new-api is only read. Keys are stored hashed; balances become \
@@ -26,11 +27,13 @@ struct Import: AsyncParsableCommand {
         @Option(name: .customLong("from"), help: "new-api's PostgreSQL URL (postgres://… or a libpq conninfo string).")
         var from: String
 
-        @Option(name: .customLong("logs-from"),
-                help: "new-api's log database, when new-api keeps its logs apart (LOG_SQL_DSN); default: --from.")
+        @Option(
+            name: .customLong("logs-from"),
+            help: "new-api's log database, when new-api keeps its logs apart (LOG_SQL_DSN); default: --from.")
         var logsFrom: String?
 
-        @Option(help: "Name of this source in the import map and in request ids; give a second new-api database its own.")
+        @Option(
+            help: "Name of this source in the import map and in request ids; give a second new-api database its own.")
         var source = "new-api"
 
         @Option(help: "Log rows per transaction.")
@@ -46,7 +49,9 @@ struct Import: AsyncParsableCommand {
         var quiet = false
 
         func validate() throws {
-            guard (100...50_000).contains(batchSize) else { throw ValidationError("--batch-size must be within 100…50000") }
+            guard (100...50_000).contains(batchSize) else {
+                throw ValidationError("--batch-size must be within 100…50000")
+            }
         }
 
         var importOptions: NewAPIImportOptions {
@@ -67,8 +72,10 @@ struct Import: AsyncParsableCommand {
                 summary = try await pool.withConnection { target in
                     let sourceConnection = try Self.connect(sourceURL, "the new-api database")
                     let logConnection = try logsURL.map { try Self.connect($0, "the new-api log database") }
-                    return try NewAPIImporter(source: sourceConnection, logSource: logConnection, target: target,
-                                              options: options) { message in
+                    return try NewAPIImporter(
+                        source: sourceConnection, logSource: logConnection, target: target,
+                        options: options
+                    ) { message in
                         if !quiet { FileHandle.standardError.write(Data("tally import: \(message)\n".utf8)) }
                     }.run()
                 }
@@ -79,7 +86,11 @@ struct Import: AsyncParsableCommand {
                 throw ExitCode.failure
             }
             await pool.close()
-            if json { print(Self.json(summary)) } else { Self.printText(summary, elapsed: Date().timeIntervalSince(started)) }
+            if json {
+                print(Self.json(summary))
+            } else {
+                Self.printText(summary, elapsed: Date().timeIntervalSince(started))
+            }
         }
 
         static func connect(_ url: String, _ what: String) throws -> PostgresConnection {
@@ -90,8 +101,9 @@ struct Import: AsyncParsableCommand {
 
         static func printText(_ summary: NewAPIImportSummary, elapsed: TimeInterval) {
             func line(_ name: String, _ counts: ImportCounts) {
-                print("\(name): \(counts.created) created, \(counts.updated) updated, \(counts.linked) linked, "
-                      + "\(counts.renamed) renamed, \(counts.removed) removed, \(counts.skipped) skipped")
+                print(
+                    "\(name): \(counts.created) created, \(counts.updated) updated, \(counts.linked) linked, "
+                        + "\(counts.renamed) renamed, \(counts.removed) removed, \(counts.skipped) skipped")
             }
             print("groups: \(summary.groupsCreated) created")
             line("users", summary.users)
@@ -99,12 +111,17 @@ struct Import: AsyncParsableCommand {
             line("keys", summary.tokens)
             line("channels", summary.channels)
             line("redemption codes", summary.redemptions)
-            print("logs: \(summary.logsRead) read, \(summary.logsImported) imported, \(summary.logsDuplicate) already there, \(summary.logsSkipped) skipped")
+            print(
+                "logs: \(summary.logsRead) read, \(summary.logsImported) imported, \(summary.logsDuplicate) already there, \(summary.logsSkipped) skipped"
+            )
             print("charged \(summary.chargedQuota) units = \(Money.formatUSD(units: summary.chargedQuota)) USD")
-            print("balances: \(summary.balanceAdjustments) adjustment(s), \(summary.adjustedQuota) units; key quotas set: \(summary.tokenQuotasSet)")
+            print(
+                "balances: \(summary.balanceAdjustments) adjustment(s), \(summary.adjustedQuota) units; key quotas set: \(summary.tokenQuotasSet)"
+            )
             print("used_quota: new-api \(summary.sourceUsedQuota), imported logs \(summary.tallyUsedQuota)")
             if !summary.groupRatios.isEmpty {
-                let ratios = summary.groupRatios.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")
+                let ratios = summary.groupRatios.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(
+                    separator: ", ")
                 print("new-api group ratios (set them in your price sheet's groups): \(ratios)")
             }
             for warning in summary.warnings { print("warning: \(warning)") }
@@ -114,20 +131,31 @@ struct Import: AsyncParsableCommand {
 
         static func json(_ summary: NewAPIImportSummary) -> String {
             func counts(_ counts: ImportCounts) -> String {
-                jsonObject([("created", "\(counts.created)"), ("updated", "\(counts.updated)"), ("linked", "\(counts.linked)"),
-                            ("renamed", "\(counts.renamed)"), ("removed", "\(counts.removed)"),
-                            ("skipped", "\(counts.skipped)")])
+                jsonObject([
+                    ("created", "\(counts.created)"), ("updated", "\(counts.updated)"), ("linked", "\(counts.linked)"),
+                    ("renamed", "\(counts.renamed)"), ("removed", "\(counts.removed)"),
+                    ("skipped", "\(counts.skipped)"),
+                ])
             }
             return jsonObject([
                 ("groups_created", "\(summary.groupsCreated)"), ("users", counts(summary.users)),
                 ("access_tokens_replaced", "\(summary.accessTokensReplaced)"), ("tokens", counts(summary.tokens)),
                 ("channels", counts(summary.channels)), ("redemptions", counts(summary.redemptions)),
-                ("logs", jsonObject([("read", "\(summary.logsRead)"), ("imported", "\(summary.logsImported)"),
-                                     ("duplicate", "\(summary.logsDuplicate)"), ("skipped", "\(summary.logsSkipped)")])),
+                (
+                    "logs",
+                    jsonObject([
+                        ("read", "\(summary.logsRead)"), ("imported", "\(summary.logsImported)"),
+                        ("duplicate", "\(summary.logsDuplicate)"), ("skipped", "\(summary.logsSkipped)"),
+                    ])
+                ),
                 ("charged_quota", "\(summary.chargedQuota)"), ("balance_adjustments", "\(summary.balanceAdjustments)"),
                 ("adjusted_quota", "\(summary.adjustedQuota)"), ("token_quotas_set", "\(summary.tokenQuotasSet)"),
                 ("source_used_quota", "\(summary.sourceUsedQuota)"), ("tally_used_quota", "\(summary.tallyUsedQuota)"),
-                ("group_ratios", jsonObject(summary.groupRatios.sorted { $0.key < $1.key }.map { ($0.key, JSONText.quote($0.value)) })),
+                (
+                    "group_ratios",
+                    jsonObject(
+                        summary.groupRatios.sorted { $0.key < $1.key }.map { ($0.key, JSONText.quote($0.value)) })
+                ),
                 ("warnings", "[" + summary.warnings.map(JSONText.quote).joined(separator: ",") + "]"),
                 ("changed", "\(summary.changed)"),
             ])

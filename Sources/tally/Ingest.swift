@@ -8,7 +8,9 @@ import TallyStore
 struct Ingest: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Ingest a file of log lines (NDJSON) through the same pipeline as POST /gateway/v1/logs.",
-        discussion: "For backfills and replays: exactly once per request id, so re-running a file charges nothing twice. Progress goes to standard error.")
+        discussion:
+            "For backfills and replays: exactly once per request id, so re-running a file charges nothing twice. Progress goes to standard error."
+    )
 
     @OptionGroup var database: DatabaseOptions
 
@@ -30,14 +32,17 @@ struct Ingest: AsyncParsableCommand {
     func validate() throws {
         guard (1...50_000).contains(batchSize) else { throw ValidationError("--batch-size must be within 1…50000") }
         guard (1...16).contains(parallel) else { throw ValidationError("--parallel must be within 1…16") }
-        guard IngestFormat(rawValue: format) != nil else { throw ValidationError("--format must be gateway or litellm") }
+        guard IngestFormat(rawValue: format) != nil else {
+            throw ValidationError("--format must be gateway or litellm")
+        }
     }
 
     func run() async throws {
         let pool = try await database.migratedPool(size: parallel + 2)
         let prices = PriceCatalog(repository: PostgresPriceRepository(pool: pool))
         try await prices.reload()
-        let ingestor = Ingestor(prices: prices, tokens: TokenDirectory(pool: pool), repository: PostgresIngestRepository(pool: pool))
+        let ingestor = Ingestor(
+            prices: prices, tokens: TokenDirectory(pool: pool), repository: PostgresIngestRepository(pool: pool))
         let input = file == "-" ? FileHandle.standardInput : try FileHandle(forReadingFrom: URL(fileURLWithPath: file))
         let format = IngestFormat(rawValue: format)!
         let progress = Progress(quiet: quiet)
@@ -135,7 +140,9 @@ final class Progress: @unchecked Sendable {
     func finish() {
         let elapsed = max(Date().timeIntervalSince(started), 0.001)
         if !quiet { FileHandle.standardError.write(Data("\n".utf8)) }
-        print("lines \(lines), accepted \(accepted), duplicates \(duplicates), rejected \(rejectedByCode.values.reduce(0, +))")
+        print(
+            "lines \(lines), accepted \(accepted), duplicates \(duplicates), rejected \(rejectedByCode.values.reduce(0, +))"
+        )
         for (code, count) in rejectedByCode.sorted(by: { $0.key < $1.key }) { print("  rejected \(code): \(count)") }
         print("charged \(charged) units = \(Money.formatUSD(units: charged)) USD")
         print(String(format: "elapsed %.2f s, %.0f lines/s", elapsed, Double(lines) / elapsed))

@@ -31,7 +31,9 @@ struct Logs: AsyncParsableCommand {
             guard (0...1).contains(dupRate), (0...1).contains(badRate), dupRate + badRate <= 1 else {
                 throw ValidationError("--dup-rate and --bad-rate must be within 0…1 and add up to at most 1")
             }
-            guard LogGenerator.Skew(rawValue: skew) != nil else { throw ValidationError("--skew must be zipf or uniform") }
+            guard LogGenerator.Skew(rawValue: skew) != nil else {
+                throw ValidationError("--skew must be zipf or uniform")
+            }
         }
 
         func run() throws {
@@ -75,15 +77,20 @@ struct Logs: AsyncParsableCommand {
         @OptionGroup var database: DatabaseOptions
         @Option(help: "How many users.") var users = 100
         @Option(help: "Initial balance of each, in units.") var quota: Int64 = 1_000_000_000_000
-        @Flag(help: "Seed even though the database has other users (the keys are public: never in production).") var force = false
+        @Flag(help: "Seed even though the database has other users (the keys are public: never in production).")
+        var force = false
 
         func run() async throws {
             let pool = try await database.migratedPool(size: 1)
             let others = try await pool.withConnection { connection in
-                try connection.query("SELECT count(*) FROM users WHERE username NOT LIKE 'synthetic-%' AND role < 100")[0].decode(0, as: Int.self)
+                try connection.query("SELECT count(*) FROM users WHERE username NOT LIKE 'synthetic-%' AND role < 100")[
+                    0
+                ].decode(0, as: Int.self)
             }
             guard others == 0 || force else {
-                throw ValidationError("this database has \(others) real users; synthetic keys are public, so refusing (use --force on a test database)")
+                throw ValidationError(
+                    "this database has \(others) real users; synthetic keys are public, so refusing (use --force on a test database)"
+                )
             }
             let created = try await SyntheticAccounts.seed(users: users, quota: quota, on: pool)
             print("created \(created) synthetic users (\(users - created) existed)")

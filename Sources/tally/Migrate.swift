@@ -11,10 +11,11 @@ struct Migrate: AsyncParsableCommand {
     @Option(help: "Months of request_logs partitions to create ahead, from the current month.")
     var monthsAhead = 3
 
-    @Flag(help: """
-        Create the citus extension first (the server must preload it and the workers be registered, as \
-        ops/pg citus does). In a database that has the extension, every migrate distributes the tables.
-        """)
+    @Flag(
+        help: """
+            Create the citus extension first (the server must preload it and the workers be registered, as \
+            ops/pg citus does). In a database that has the extension, every migrate distributes the tables.
+            """)
     var citus = false
 
     func run() async throws {

@@ -41,11 +41,14 @@ struct Prices: AsyncParsableCommand {
             }
             let effective = try effectiveFrom.map(TimeArgument.parse)
             let pool = try await database.migratedPool(size: 1)
-            let stored = try await PostgresPriceRepository(pool: pool).load(sheet, effectiveFrom: effective, source: source, by: .cli)
+            let stored = try await PostgresPriceRepository(pool: pool).load(
+                sheet, effectiveFrom: effective, source: source, by: .cli)
             if json {
                 print(try PriceVersionJSON.encode(stored.info))
             } else {
-                print("loaded price version \(stored.version.id): \(sheet.models.count) models, \(sheet.groups.count) groups, effective from \(PostgresTimestamp.format(stored.version.effectiveFrom))")
+                print(
+                    "loaded price version \(stored.version.id): \(sheet.models.count) models, \(sheet.groups.count) groups, effective from \(PostgresTimestamp.format(stored.version.effectiveFrom))"
+                )
             }
             await pool.close()
         }
@@ -68,7 +71,9 @@ struct Prices: AsyncParsableCommand {
                 print("no price versions; load one with: tally prices load ops/prices/default.yaml")
             } else {
                 for stored in versions {
-                    print("\(stored.version.id)\t\(PostgresTimestamp.format(stored.version.effectiveFrom))\t\(stored.version.sheet.models.count) models\t\(stored.loadedBy)\t\(stored.source)")
+                    print(
+                        "\(stored.version.id)\t\(PostgresTimestamp.format(stored.version.effectiveFrom))\t\(stored.version.sheet.models.count) models\t\(stored.loadedBy)\t\(stored.source)"
+                    )
                 }
             }
             await pool.close()
@@ -107,14 +112,17 @@ enum SheetSource {
     private static func download(_ url: String, timeout: Duration) async throws -> String {
         let response: HTTPClient.Response
         do {
-            response = try await HTTPClient().send(HTTPClient.Request(
-                url: url, headers: [("Accept", "application/yaml, application/json;q=0.9, */*;q=0.5")],
-                connectTimeout: .seconds(10), timeout: timeout, maxResponseBytes: maxDownloadBytes, followRedirects: true))
+            response = try await HTTPClient().send(
+                HTTPClient.Request(
+                    url: url, headers: [("Accept", "application/yaml, application/json;q=0.9, */*;q=0.5")],
+                    connectTimeout: .seconds(10), timeout: timeout, maxResponseBytes: maxDownloadBytes,
+                    followRedirects: true))
         } catch let error as HTTPClientError {
             throw ValidationError("cannot download the price sheet: \(error)")
         }
         guard response.isSuccess else {
-            throw ValidationError("cannot download the price sheet: GET \(recordable(url)) answered HTTP \(response.status)")
+            throw ValidationError(
+                "cannot download the price sheet: GET \(recordable(url)) answered HTTP \(response.status)")
         }
         return response.text
     }

@@ -28,26 +28,34 @@ struct Quote: AsyncParsableCommand {
     @Option(help: "Compute seconds (decimal), Replicate-style predict_time.") var predictTime = "0"
     @Flag(help: "Rate as a failed request (status ≥ 400).") var failed = false
     @Option(help: "Price at this time (RFC 3339); default now.") var at: String?
-    @Option(help: "Price with this sheet (a file, - or an http(s):// URL) instead of the stored versions.") var sheet: String?
+    @Option(help: "Price with this sheet (a file, - or an http(s):// URL) instead of the stored versions.") var sheet:
+        String?
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
         let usage = Usage(
             promptTokens: promptTokens, completionTokens: completionTokens, cachedTokens: cachedTokens,
-            cacheWriteTokens: cacheWriteTokens, audioInputTokens: audioInputTokens, audioOutputTokens: audioOutputTokens,
+            cacheWriteTokens: cacheWriteTokens, audioInputTokens: audioInputTokens,
+            audioOutputTokens: audioOutputTokens,
             images: images, size: size, quality: quality, videoSeconds: try decimal(videoSeconds, "--video-seconds"),
             resolution: resolution, calls: calls, predictTime: try decimal(predictTime, "--predict-time"))
-        if let negative = usage.firstNegativeField { throw ValidationError("--\(negative.replacingOccurrences(of: "_", with: "-")) cannot be negative") }
+        if let negative = usage.firstNegativeField {
+            throw ValidationError("--\(negative.replacingOccurrences(of: "_", with: "-")) cannot be negative")
+        }
         let (version, priceSheet) = try await selectSheet()
         let rating: Rating
-        do { rating = try rate(usage, model: model, group: group, failed: failed, sheet: priceSheet, breakdown: true) } catch {
+        do {
+            rating = try rate(usage, model: model, group: group, failed: failed, sheet: priceSheet, breakdown: true)
+        } catch {
             throw ValidationError(error.description)
         }
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             let detail = String(decoding: try encoder.encode(rating), as: UTF8.self)
-            print(#"{"model":\#(JSONText.quote(model)),"group":\#(JSONText.quote(group)),"price_version_id":\#(version.map(String.init) ?? "null"),"units":\#(rating.units),"usd":"\#(rating.usd)","rating":\#(detail)}"#)
+            print(
+                #"{"model":\#(JSONText.quote(model)),"group":\#(JSONText.quote(group)),"price_version_id":\#(version.map(String.init) ?? "null"),"units":\#(rating.units),"usd":"\#(rating.usd)","rating":\#(detail)}"#
+            )
         } else {
             print(rating.explainText(model: model, group: group))
             print(version.map { "price version \($0)" } ?? "price sheet \(sheet ?? "")")
@@ -56,7 +64,9 @@ struct Quote: AsyncParsableCommand {
 
     private func selectSheet() async throws -> (Int64?, PriceSheet) {
         if let sheet {
-            do { return (nil, try PriceSheet.parse(try await SheetSource.read(sheet, timeout: .seconds(30)).text)) } catch let error as PriceSheetError {
+            do {
+                return (nil, try PriceSheet.parse(try await SheetSource.read(sheet, timeout: .seconds(30)).text))
+            } catch let error as PriceSheetError {
                 throw ValidationError("\(sheet) is not a valid price sheet:\n\(error)")
             }
         }
@@ -65,7 +75,8 @@ struct Quote: AsyncParsableCommand {
         let versions = try await PostgresPriceRepository(pool: pool).all().map(\.version)
         await pool.close()
         guard let version = PriceBook(versions: versions).version(at: time) else {
-            throw ValidationError("no price version is in force at \(PostgresTimestamp.format(time)); load one with tally prices load")
+            throw ValidationError(
+                "no price version is in force at \(PostgresTimestamp.format(time)); load one with tally prices load")
         }
         return (version.id, version.sheet)
     }

@@ -11,7 +11,9 @@ struct Serve: AsyncParsableCommand {
 
     static let configuration = CommandConfiguration(
         abstract: "Run the HTTP server (gateway routes, System API, admin, /metrics).",
-        discussion: "Each flag falls back to its environment variable, then to the default. SIGTERM or SIGINT shut down gracefully.")
+        discussion:
+            "Each flag falls back to its environment variable, then to the default. SIGTERM or SIGINT shut down gracefully."
+    )
 
     @Option(help: "Address to listen on. Env: TALLY_HOST. Default: \(Defaults.host) (put a TLS proxy in front).")
     var host: String?
@@ -24,64 +26,92 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Maximum PostgreSQL connections. Env: TALLY_POOL_SIZE. Default: \(Defaults.poolSize).")
     var poolSize: Int?
 
-    @Option(help: "Secret the gateway sends as 'Authorization: Bearer …' on /gateway routes. Env: TALLY_GATEWAY_SECRET (preferred: a command line is visible to every local user). Without it gateway routes refuse every call.")
+    @Option(
+        help:
+            "Secret the gateway sends as 'Authorization: Bearer …' on /gateway routes. Env: TALLY_GATEWAY_SECRET (preferred: a command line is visible to every local user). Without it gateway routes refuse every call."
+    )
     var gatewaySecret: String?
 
-    @Option(help: ArgumentHelp("Seconds an authorize hold stays open without a settlement or release before the "
-                               + "sweeper returns it. Env: TALLY_HOLD_TTL. Default: \(Defaults.holdTTLSeconds)."))
+    @Option(
+        help: ArgumentHelp(
+            "Seconds an authorize hold stays open without a settlement or release before the "
+                + "sweeper returns it. Env: TALLY_HOLD_TTL. Default: \(Defaults.holdTTLSeconds)."))
     var holdTTL: Int?
 
-    @Option(help: ArgumentHelp("sync: authorize answers once its hold is journaled in PostgreSQL (group commit); "
-                               + "async: as soon as the hold is cut from this instance's lease in memory, the journal "
-                               + "following within milliseconds (faster; see docs/enforcement.md for what a crash then "
-                               + "costs). Env: TALLY_HOLD_COMMIT. Default: \(Defaults.holdCommit.rawValue)."))
+    @Option(
+        help: ArgumentHelp(
+            "sync: authorize answers once its hold is journaled in PostgreSQL (group commit); "
+                + "async: as soon as the hold is cut from this instance's lease in memory, the journal "
+                + "following within milliseconds (faster; see docs/enforcement.md for what a crash then "
+                + "costs). Env: TALLY_HOLD_COMMIT. Default: \(Defaults.holdCommit.rawValue)."))
     var holdCommit: String?
 
-    @Option(help: ArgumentHelp("Milliseconds between folds of committed ingest charges into balances (every balance "
-                               + "read includes what is not folded yet, so this bounds the backlog, not exactness); "
-                               + "0: this instance does not fold, another must. Env: TALLY_SETTLE_INTERVAL. "
-                               + "Default: \(Defaults.settleIntervalMilliseconds)."))
+    @Option(
+        help: ArgumentHelp(
+            "Milliseconds between folds of committed ingest charges into balances (every balance "
+                + "read includes what is not folded yet, so this bounds the backlog, not exactness); "
+                + "0: this instance does not fold, another must. Env: TALLY_SETTLE_INTERVAL. "
+                + "Default: \(Defaults.settleIntervalMilliseconds)."))
     var settleInterval: Int?
 
-    @Option(help: ArgumentHelp("Seconds between roll-ups of committed usage into the daily rollups (exports and "
-                               + "statements include what is not rolled up yet). Env: TALLY_ROLLUP_INTERVAL. "
-                               + "Default: \(Defaults.rollUpIntervalSeconds)."))
+    @Option(
+        help: ArgumentHelp(
+            "Seconds between roll-ups of committed usage into the daily rollups (exports and "
+                + "statements include what is not rolled up yet). Env: TALLY_ROLLUP_INTERVAL. "
+                + "Default: \(Defaults.rollUpIntervalSeconds)."))
     var rollupInterval: Int?
 
-    @Option(help: ArgumentHelp("trace, debug, info, notice, warning, error or critical. Env: TALLY_LOG_LEVEL. "
-                               + "Default: \(Defaults.logLevel.rawValue)."))
+    @Option(
+        help: ArgumentHelp(
+            "trace, debug, info, notice, warning, error or critical. Env: TALLY_LOG_LEVEL. "
+                + "Default: \(Defaults.logLevel.rawValue)."))
     var logLevel: String?
 
-    @Option(help: "Deliver webhooks from this instance: on or off (instances share the outbox safely). Env: TALLY_WEBHOOKS. Default: on.")
+    @Option(
+        help:
+            "Deliver webhooks from this instance: on or off (instances share the outbox safely). Env: TALLY_WEBHOOKS. Default: on."
+    )
     var webhooks: String?
 
-    @Option(help: ArgumentHelp("Attempts before a webhook event is dead-lettered. Env: TALLY_WEBHOOK_MAX_ATTEMPTS. "
-                               + "Default: \(WebhookDispatchConfiguration().maxAttempts) (retries spread over up to "
-                               + "about 10 hours)."))
+    @Option(
+        help: ArgumentHelp(
+            "Attempts before a webhook event is dead-lettered. Env: TALLY_WEBHOOK_MAX_ATTEMPTS. "
+                + "Default: \(WebhookDispatchConfiguration().maxAttempts) (retries spread over up to "
+                + "about 10 hours)."))
     var webhookMaxAttempts: Int?
 
-    @Option(help: ArgumentHelp("Seconds allowed for one webhook delivery. Env: TALLY_WEBHOOK_TIMEOUT. "
-                               + "Default: \(WebhookDispatchConfiguration().timeout.components.seconds)."))
+    @Option(
+        help: ArgumentHelp(
+            "Seconds allowed for one webhook delivery. Env: TALLY_WEBHOOK_TIMEOUT. "
+                + "Default: \(WebhookDispatchConfiguration().timeout.components.seconds)."))
     var webhookTimeout: Int?
 
-    @Option(help: ArgumentHelp("Seconds a connection may send nothing (between requests, or inside a request's head "
-                               + "or body) before it is closed. Env: TALLY_IDLE_TIMEOUT. "
-                               + "Default: \(Defaults.idleTimeoutSeconds)."))
+    @Option(
+        help: ArgumentHelp(
+            "Seconds a connection may send nothing (between requests, or inside a request's head "
+                + "or body) before it is closed. Env: TALLY_IDLE_TIMEOUT. "
+                + "Default: \(Defaults.idleTimeoutSeconds)."))
     var idleTimeout: Int?
 
-    @Option(help: ArgumentHelp("Failed credentials (wrong API key, access token or gateway secret) one client "
-                               + "address may present per window before it gets 429 too_many_failed_auth until the "
-                               + "window ends; 0 turns the limit off. Env: TALLY_FAILED_AUTH_LIMIT. "
-                               + "Default: \(Defaults.failedAuthLimit)."))
+    @Option(
+        help: ArgumentHelp(
+            "Failed credentials (wrong API key, access token or gateway secret) one client "
+                + "address may present per window before it gets 429 too_many_failed_auth until the "
+                + "window ends; 0 turns the limit off. Env: TALLY_FAILED_AUTH_LIMIT. "
+                + "Default: \(Defaults.failedAuthLimit)."))
     var failedAuthLimit: Int?
 
-    @Option(help: ArgumentHelp("Length of that window in seconds. Env: TALLY_FAILED_AUTH_WINDOW. "
-                               + "Default: \(Defaults.failedAuthWindowSeconds)."))
+    @Option(
+        help: ArgumentHelp(
+            "Length of that window in seconds. Env: TALLY_FAILED_AUTH_WINDOW. "
+                + "Default: \(Defaults.failedAuthWindowSeconds)."))
     var failedAuthWindow: Int?
 
-    @Option(help: ArgumentHelp("Comma-separated addresses or CIDR ranges of proxies whose X-Forwarded-For names the "
-                               + "client (for the failed-auth limit and API keys' IP allow-lists); without it the TCP "
-                               + "peer is the client. Env: TALLY_TRUSTED_PROXIES. Default: none."))
+    @Option(
+        help: ArgumentHelp(
+            "Comma-separated addresses or CIDR ranges of proxies whose X-Forwarded-For names the "
+                + "client (for the failed-auth limit and API keys' IP allow-lists); without it the TCP "
+                + "peer is the client. Env: TALLY_TRUSTED_PROXIES. Default: none."))
     var trustedProxies: String?
 
     func run() async throws {
@@ -120,7 +150,9 @@ struct Serve: AsyncParsableCommand {
         guard configuration.rollUpIntervalSeconds > 0 else {
             throw ValidationError("--rollup-interval must be at least 1 second")
         }
-        guard configuration.idleTimeoutSeconds > 0 else { throw ValidationError("--idle-timeout must be at least 1 second") }
+        guard configuration.idleTimeoutSeconds > 0 else {
+            throw ValidationError("--idle-timeout must be at least 1 second")
+        }
         guard configuration.failedAuthLimit >= 0, configuration.failedAuthWindowSeconds > 0 else {
             throw ValidationError("--failed-auth-limit must be ≥ 0 and --failed-auth-window ≥ 1")
         }

@@ -4,7 +4,8 @@ import Testing
 
 @Suite("Enforcement core: hold estimates and rate windows")
 struct EnforcementCoreTests {
-    static let sheet = try! PriceSheet.parse("""
+    static let sheet = try! PriceSheet.parse(
+        """
         groups: {default: {ratio: "1"}}
         models:
           gpt-4o: {input: "2.50", output: "10.00", default_max_tokens: 100, max_prompt_chars: 1000}
@@ -36,7 +37,8 @@ struct EnforcementCoreTests {
         #expect(Self.usage("dall-e-3", AuthorizeEstimate(n: 1)) == .failure(APIError(.promptMissing)))
         #expect(Self.usage("dall-e-3", AuthorizeEstimate(promptChars: 5, n: 5)) == .failure(APIError(.nNotWithinRange)))
         #expect(Self.usage("dall-e-3", AuthorizeEstimate(promptChars: 5, n: 0)) == .failure(APIError(.nNotWithinRange)))
-        #expect(Self.usage("dall-e-3", AuthorizeEstimate(usage: Usage(size: "512x512"), promptChars: 5))
+        #expect(
+            Self.usage("dall-e-3", AuthorizeEstimate(usage: Usage(size: "512x512"), promptChars: 5))
                 == .failure(APIError(.sizeNotSupported)))
         #expect(try Self.usage("veo-3", AuthorizeEstimate(promptChars: 5)).get().videoSeconds == ExactDecimal(5))
         #expect(try Self.usage("suno-v4", AuthorizeEstimate(promptChars: 5)).get().calls == 1)
@@ -46,10 +48,18 @@ struct EnforcementCoreTests {
 
     @Test("the estimate decodes from JSON; prompt text counts its characters; negatives are refused")
     func decoding() throws {
-        let estimate = try JSONDecoder().decode(AuthorizeEstimate.self, from: Data(#"{"prompt":"héllo","max_tokens":9,"images":2,"size":"1024x1024"}"#.utf8))
-        #expect(estimate.promptChars == 5 && estimate.maxTokens == 9 && estimate.usage.images == 2 && estimate.usage.size == "1024x1024")
-        #expect(throws: DecodingError.self) { try JSONDecoder().decode(AuthorizeEstimate.self, from: Data(#"{"max_tokens":-1}"#.utf8)) }
-        #expect(throws: DecodingError.self) { try JSONDecoder().decode(AuthorizeEstimate.self, from: Data(#"{"prompt_tokens":-1}"#.utf8)) }
+        let estimate = try JSONDecoder().decode(
+            AuthorizeEstimate.self, from: Data(#"{"prompt":"héllo","max_tokens":9,"images":2,"size":"1024x1024"}"#.utf8)
+        )
+        #expect(
+            estimate.promptChars == 5 && estimate.maxTokens == 9 && estimate.usage.images == 2
+                && estimate.usage.size == "1024x1024")
+        #expect(throws: DecodingError.self) {
+            try JSONDecoder().decode(AuthorizeEstimate.self, from: Data(#"{"max_tokens":-1}"#.utf8))
+        }
+        #expect(throws: DecodingError.self) {
+            try JSONDecoder().decode(AuthorizeEstimate.self, from: Data(#"{"prompt_tokens":-1}"#.utf8))
+        }
     }
 
     @Test("the sliding window lets `limit` through per minute and weighs the previous minute")

@@ -5,18 +5,25 @@ import Testing
 struct ErrorCatalogTests {
     @Test("substitutions fill {last6} and {model} only where the template has them")
     func substitutions() {
-        #expect(APIError(.ipNotAllowed, last6: "XyZ123").message == "Forbidden \u{2013} key(XyZ123) allowed only from approved IP ranges.")
-        #expect(APIError(.rateLimited, model: "claude-sonnet-4").message == "The claude-sonnet-4 model Too many requests; please try again later.")
+        #expect(
+            APIError(.ipNotAllowed, last6: "XyZ123").message
+                == "Forbidden \u{2013} key(XyZ123) allowed only from approved IP ranges.")
+        #expect(
+            APIError(.rateLimited, model: "claude-sonnet-4").message
+                == "The claude-sonnet-4 model Too many requests; please try again later.")
         #expect(APIError(.accountSuspended, last6: "XyZ123", model: "m").message == "Account suspended.")
     }
 
     @Test("both envelopes render the same error with the tid, with JSON escaping")
     func envelopes() {
         let error = APIError.invalidRequest("line 3: \"usage\" must be an object\n")
-        #expect(ErrorEnvelope.gateway.body(for: error, tid: "abc") ==
-            #"{"error":{"message":"line 3: \"usage\" must be an object\n","type":"new_api_error","code":"invalid_request","tid":"abc"}}"#)
-        #expect(ErrorEnvelope.systemAPI.body(for: APIError(.accountSuspended), tid: "abc") ==
-            #"{"success":false,"message":"Account suspended.","code":"account_suspended","tid":"abc"}"#)
+        #expect(
+            ErrorEnvelope.gateway.body(for: error, tid: "abc")
+                == #"{"error":{"message":"line 3: \"usage\" must be an object\n","type":"new_api_error","code":"invalid_request","tid":"abc"}}"#
+        )
+        #expect(
+            ErrorEnvelope.systemAPI.body(for: APIError(.accountSuspended), tid: "abc")
+                == #"{"success":false,"message":"Account suspended.","code":"account_suspended","tid":"abc"}"#)
         #expect(ErrorEnvelope.forPath("/api/token/") == .systemAPI)
         #expect(ErrorEnvelope.forPath("/v1/models") == .gateway)
         #expect(ErrorEnvelope.forPath("/apix") == .gateway)
@@ -25,10 +32,17 @@ struct ErrorCatalogTests {
     @Test("tids: traceparent first, then X-Tid, else generated; junk is never echoed")
     func traceIDs() {
         let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        #expect(TraceID.resolve(traceparent: traceparent, xTid: "0123456789abcdef0123456789abcdef") == "4bf92f3577b34da6a3ce929d0e0e4736")
-        #expect(TraceID.resolve(traceparent: nil, xTid: "0123456789ABCDEF0123456789ABCDEF") == "0123456789abcdef0123456789abcdef")
+        #expect(
+            TraceID.resolve(traceparent: traceparent, xTid: "0123456789abcdef0123456789abcdef")
+                == "4bf92f3577b34da6a3ce929d0e0e4736")
+        #expect(
+            TraceID.resolve(traceparent: nil, xTid: "0123456789ABCDEF0123456789ABCDEF")
+                == "0123456789abcdef0123456789abcdef")
         let allZero = "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
-        for (parent, tid) in [(allZero, "short"), ("garbage", "<script>"), ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", nil)] {
+        for (parent, tid) in [
+            (allZero, "short"), ("garbage", "<script>"),
+            ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", nil),
+        ] {
             let resolved = TraceID.resolve(traceparent: parent, xTid: tid)
             #expect(TraceID.isValid(resolved))
             #expect(resolved != "4bf92f3577b34da6a3ce929d0e0e4736")

@@ -5,7 +5,8 @@ import Testing
 struct IPAllowListTests {
     @Test("IPv4 and IPv6 addresses and CIDRs parse to their canonical text")
     func canonical() throws {
-        let list = try IPAllowList.parse("203.0.113.7, 10.0.0.0/8\n2001:DB8:0:0:0:0:0:0/32 ::1 ::ffff:192.0.2.1 fe80::1:0:0:1/128,10.0.0.0/8")
+        let list = try IPAllowList.parse(
+            "203.0.113.7, 10.0.0.0/8\n2001:DB8:0:0:0:0:0:0/32 ::1 ::ffff:192.0.2.1 fe80::1:0:0:1/128,10.0.0.0/8")
         #expect(list.text == "203.0.113.7\n10.0.0.0/8\n2001:db8::/32\n::1\n::ffff:192.0.2.1\nfe80::1:0:0:1")
         #expect(try IPAllowList.parse("").isEmpty)
         #expect(try IPAllowList.parse(" \n ").isEmpty)
@@ -63,9 +64,14 @@ struct IPAllowListTests {
 
     @Test("model lists: trimmed, de-duplicated, commas and control characters refused")
     func modelLists() throws {
-        #expect(try ModelNames.parseList(" gpt-4o, claude-sonnet-4,,gpt-4o\nflux ", field: "model_limits") == ["gpt-4o", "claude-sonnet-4", "flux"])
+        #expect(
+            try ModelNames.parseList(" gpt-4o, claude-sonnet-4,,gpt-4o\nflux ", field: "model_limits") == [
+                "gpt-4o", "claude-sonnet-4", "flux",
+            ])
         #expect(throws: ModelNameError.self) { try ModelNames.validate(["a,b"], field: "models") }
-        #expect(throws: ModelNameError.self) { try ModelNames.validate([String(repeating: "m", count: 201)], field: "models") }
+        #expect(throws: ModelNameError.self) {
+            try ModelNames.validate([String(repeating: "m", count: 201)], field: "models")
+        }
         #expect(ModelNames.inferredEndpointTypes("dall-e-3") == ["image-generation"])
         #expect(ModelNames.inferredEndpointTypes("gemini-2.5-pro") == ["gemini", "openai"])
         #expect(ModelNames.inferredEndpointTypes("veo-3") == ["openai-video"])

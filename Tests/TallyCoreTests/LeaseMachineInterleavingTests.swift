@@ -46,8 +46,9 @@ struct ToyLeaseDatabase {
         batch.map { hold in
             let request = hold.request
             if let stored = holds[request.requestID] {
-                return JournalOutcome(holdID: stored.id, held: stored.amount, status: stored.open ? "held" : "settled",
-                                      isNew: stored.id == hold.id)
+                return JournalOutcome(
+                    holdID: stored.id, held: stored.amount, status: stored.open ? "held" : "settled",
+                    isNew: stored.id == hold.id)
             }
             holds[request.requestID] = (hold.id, request.amount, hold.tokenLeased, true)
             take(request.amount, from: .user(request.userID), of: instance)
@@ -120,7 +121,7 @@ struct LeaseInterleaving {
     mutating func deliver(_ index: Int, _ event: LeaseEvent) {
         for action in machines[index].handle(event, at: now) {
             switch action {
-            case let .answer(ticket, answer): if let id = tickets[ticket] { answered[id] = answer }
+            case .answer(let ticket, let answer): if let id = tickets[ticket] { answered[id] = answer }
             case .flushed: break
             default: pending.append(Pending(machine: index, action: action))
             }
@@ -149,8 +150,9 @@ struct LeaseInterleaving {
             let id = "r\(Int.random(in: 0..<40, using: &random))"
             let token: Int64 = Bool.random(using: &random) ? 10 : 11
             tickets[LeaseTicket(nextTicket)] = id
-            let request = HoldRequest(requestID: id, userID: 1, tokenID: token, model: "m",
-                                      amount: Int64.random(in: 0...60, using: &random), tid: "t")
+            let request = HoldRequest(
+                requestID: id, userID: 1, tokenID: token, model: "m",
+                amount: Int64.random(in: 0...60, using: &random), tid: "t")
             deliver(index, .cut(LeaseTicket(nextTicket), request))
         case 7: deliver(index, .leaseWanted(.user(1)))
         case 8: deliver(index, .overdrawn(.token(10)))
@@ -166,13 +168,13 @@ struct LeaseInterleaving {
     /// journal batch, committing and losing the answer) and answers the machine.
     private mutating func complete(_ item: Pending, fail: Bool) {
         switch item.action {
-        case let .refill(round, instance, wants):
+        case .refill(let round, let instance, let wants):
             guard !fail else { return deliver(item.machine, .refillFailed(round: round)) }
             deliver(item.machine, .refillGranted(round: round, database.lease(instance, wants)))
-        case let .journal(batch, instance, holds):
+        case .journal(let batch, let instance, let holds):
             let outcomes = fail && Bool.random(using: &random) ? [] : database.journal(instance, holds)
             deliver(item.machine, fail ? .journalFailed(batch: batch) : .journalCommitted(batch: batch, outcomes))
-        case let .giveBack(instance, amounts):
+        case .giveBack(let instance, let amounts):
             database.giveBack(instance, amounts)
         case .fetchHoldIDs:
             if fail { return deliver(item.machine, .holdIDsFailed) }
@@ -206,7 +208,7 @@ struct LeaseMachineInterleavingTests {
             while run.step(allowNewWork: false), guardSteps < 10_000 { guardSteps += 1 }
             #expect(run.database.audit().isEmpty, "seed \(seed) after draining")
             // Every hold answered as new is in the database under that id.
-            for case let (requestID, .outcome(.held(holdID, amount))) in run.answered {
+            for case (let requestID, .outcome(.held(let holdID, let amount))) in run.answered {
                 let stored = run.database.holds[requestID]
                 // Another instance may have journaled the request id first (async answers a
                 // second hold id then, docs/enforcement.md); it is never lost.

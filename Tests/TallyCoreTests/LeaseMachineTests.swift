@@ -34,48 +34,55 @@ struct LeaseDriver {
 
     /// Asks for a hold of `amount` for user 7 / token 70 (or the ids given).
     mutating func cut(_ requestID: String, _ amount: Int64, user: Int64 = 7, token: Int64 = 70)
-        -> (LeaseTicket, [LeaseAction]) {
+        -> (LeaseTicket, [LeaseAction])
+    {
         let ticket = ticket()
-        let request = HoldRequest(requestID: requestID, userID: user, tokenID: token, model: "gpt-4o", amount: amount,
-                                  tid: "tid-\(requestID)")
+        let request = HoldRequest(
+            requestID: requestID, userID: user, tokenID: token, model: "gpt-4o", amount: amount,
+            tid: "tid-\(requestID)")
         return (ticket, send(.cut(ticket, request)))
     }
 
     /// Leases `user` units of user 7 and `token` units of token 70 (nil: the token does not
     /// limit) through one refill answered in full.
     mutating func prime(user: Int64, token: Int64?) {
-        _ = send(.leaseGranted(instance: Self.instance, wants: [AccountUnits(.user(7), user)], [
-            grant(.user(7), user),
-            grant(.token(70), token ?? 0, token == nil ? .unlimited : .ok),
-        ]))
+        _ = send(
+            .leaseGranted(
+                instance: Self.instance, wants: [AccountUnits(.user(7), user)],
+                [
+                    grant(.user(7), user),
+                    grant(.token(70), token ?? 0, token == nil ? .unlimited : .ok),
+                ]))
     }
 }
 
 extension [LeaseAction] {
     var answers: [LeaseTicket: HoldAnswer] {
         var answers: [LeaseTicket: HoldAnswer] = [:]
-        for case let .answer(ticket, answer) in self { answers[ticket] = answer }
+        for case .answer(let ticket, let answer) in self { answers[ticket] = answer }
         return answers
     }
 
     var refills: [(round: Int, wants: [AccountUnits])] {
-        compactMap { if case let .refill(round, _, wants) = $0 { (round, wants) } else { nil } }
+        compactMap { if case .refill(let round, _, let wants) = $0 { (round, wants) } else { nil } }
     }
 
     var journals: [(batch: Int, holds: [JournaledHold])] {
-        compactMap { if case let .journal(batch, _, holds) = $0 { (batch, holds) } else { nil } }
+        compactMap { if case .journal(let batch, _, let holds) = $0 { (batch, holds) } else { nil } }
     }
 
     var givenBack: [AccountUnits] {
         flatMap { action -> [AccountUnits] in
-            guard case let .giveBack(_, amounts) = action else { return [] }
+            guard case .giveBack(_, let amounts) = action else { return [] }
             return amounts
         }
     }
 }
 
-func grant(_ account: LeaseAccount, _ granted: Int64, _ state: LeaseGrant.State = .ok,
-           others: Int64 = 0) -> LeaseGrant {
+func grant(
+    _ account: LeaseAccount, _ granted: Int64, _ state: LeaseGrant.State = .ok,
+    others: Int64 = 0
+) -> LeaseGrant {
     LeaseGrant(account: account, granted: granted, state: state, others: others)
 }
 
@@ -99,10 +106,13 @@ struct LeaseMachineTests {
         // 32 holds' worth of the user; the token is leased too, to learn whether it limits.
         let refill = try #require(actions.refills.first)
         #expect(refill.wants == [AccountUnits(.user(7), 3_200), AccountUnits(.token(70), 3_200)])
-        let granted = driver.send(.refillGranted(round: refill.round, [
-            grant(.user(7), 3_200),
-            grant(.token(70), 3_200),
-        ]))
+        let granted = driver.send(
+            .refillGranted(
+                round: refill.round,
+                [
+                    grant(.user(7), 3_200),
+                    grant(.token(70), 3_200),
+                ]))
         #expect(granted.answers == [ticket: held(1, 100)])
         #expect(granted.journals.map(\.holds.count) == [1])
         #expect(driver.machine.free(.user(7)) == 3_100 && driver.machine.free(.token(70)) == 3_100)
@@ -122,7 +132,8 @@ struct LeaseMachineTests {
         #expect(slowActions.answers.isEmpty)
         let batch = try #require(slowActions.journals.first)
         #expect(batch.holds.map(\.tokenLeased) == [false], "an unlimited token is not cut")
-        #expect(sync.send(.journalCommitted(batch: batch.batch, committed(batch.holds))).answers
+        #expect(
+            sync.send(.journalCommitted(batch: batch.batch, committed(batch.holds))).answers
                 == [slow: held(1, 100)])
     }
 
@@ -172,10 +183,13 @@ struct LeaseMachineTests {
 
         let (stranger, strangerActions) = driver.cut("u", 100, user: 8, token: 80)
         let round = try #require(strangerActions.refills.first).round
-        let unknown = driver.send(.refillGranted(round: round, [
-            grant(.user(8), 0, .unknown),
-            grant(.token(80), 0, .unknown),
-        ]))
+        let unknown = driver.send(
+            .refillGranted(
+                round: round,
+                [
+                    grant(.user(8), 0, .unknown),
+                    grant(.token(80), 0, .unknown),
+                ]))
         #expect(unknown.answers == [stranger: .outcome(.unknown)])
     }
 
@@ -183,8 +197,10 @@ struct LeaseMachineTests {
     func exhaustedAskedAgain() throws {
         var driver = LeaseDriver.ready()
         driver.prime(user: 1_000, token: 0)
-        _ = driver.send(.leaseGranted(instance: LeaseDriver.instance, wants: [],
-                                      [grant(.token(70), 0, .exhausted)]))
+        _ = driver.send(
+            .leaseGranted(
+                instance: LeaseDriver.instance, wants: [],
+                [grant(.token(70), 0, .exhausted)]))
         let (_, actions) = driver.cut("free", 0)
         #expect(actions.refills.first?.wants.map(\.account) == [.token(70)])
     }
@@ -242,8 +258,9 @@ struct LeaseMachineTests {
         #expect(driver.send(.clock).journals.isEmpty)
         driver.now += 0.1
         let third = try #require(driver.send(.clock).journals.first)
-        #expect(driver.send(.journalCommitted(batch: third.batch, committed(third.holds))).answers.isEmpty,
-                "the caller was answered already")
+        #expect(
+            driver.send(.journalCommitted(batch: third.batch, committed(third.holds))).answers.isEmpty,
+            "the caller was answered already")
         #expect(driver.machine.journalQueueLength == 0)
         // The caller's retry finds the hold.
         #expect(driver.cut("j", 100).1.answers.values.first == duplicate(1, 100))
@@ -272,7 +289,8 @@ struct LeaseMachineTests {
         let (first, actions) = driver.cut("f", 100)
         let batch = try #require(actions.journals.first)
         let (inFlight, _) = driver.cut("f", 100)
-        #expect(driver.send(.journalFailed(batch: batch.batch)).answers
+        #expect(
+            driver.send(.journalFailed(batch: batch.batch)).answers
                 == [first: .failed(.journalFailed), inFlight: .failed(.journalFailed)])
         // Retried while the batch waits to be written again: answered by that write.
         let (waiting, waitingActions) = driver.cut("f", 100)
@@ -280,7 +298,8 @@ struct LeaseMachineTests {
         driver.now += 0.05
         let rewritten = try #require(driver.send(.clock).journals.first)
         #expect(rewritten.holds == batch.holds)
-        #expect(driver.send(.journalCommitted(batch: rewritten.batch, committed(rewritten.holds))).answers
+        #expect(
+            driver.send(.journalCommitted(batch: rewritten.batch, committed(rewritten.holds))).answers
                 == [waiting: duplicate(1, 100)])
     }
 
@@ -292,7 +311,8 @@ struct LeaseMachineTests {
         let batch = try #require(actions.journals.first)
         let (retry, _) = driver.cut("e", 100)
         let earlier = JournalOutcome(holdID: 5_000, held: 120, status: "held", isNew: false)
-        #expect(driver.send(.journalCommitted(batch: batch.batch, [earlier])).answers
+        #expect(
+            driver.send(.journalCommitted(batch: batch.batch, [earlier])).answers
                 == [first: duplicate(5_000, 120), retry: duplicate(5_000, 120)])
     }
 
@@ -305,8 +325,11 @@ struct LeaseMachineTests {
         let (queued, _) = driver.cut("y", 100)
         let (retry, _) = driver.cut("x", 100)
         let refused = driver.send(.journalRefused(batch: batch.batch))
-        #expect(refused.answers == [first: .failed(.registrationLapsed), queued: .failed(.registrationLapsed),
-                                    retry: .failed(.registrationLapsed)])
+        #expect(
+            refused.answers == [
+                first: .failed(.registrationLapsed), queued: .failed(.registrationLapsed),
+                retry: .failed(.registrationLapsed),
+            ])
         #expect(refused.journals.isEmpty, "the holds of the reaped registration are never journaled")
         #expect(refused.contains(.renewRegistration))
         #expect(driver.machine.journalQueueLength == 0 && driver.machine.leasedUnits == 0)
@@ -362,10 +385,13 @@ struct LeaseMachineTests {
     @Test("no refill ahead after a refill found the account short; a cut that lacks units still asks")
     func noRefillAheadWhenDrained() throws {
         var driver = LeaseDriver.ready()
-        _ = driver.send(.leaseGranted(instance: LeaseDriver.instance, wants: [AccountUnits(.user(7), 3_200)], [
-            grant(.user(7), 1_000),
-            grant(.token(70), 0, .unlimited),
-        ]))
+        _ = driver.send(
+            .leaseGranted(
+                instance: LeaseDriver.instance, wants: [AccountUnits(.user(7), 3_200)],
+                [
+                    grant(.user(7), 1_000),
+                    grant(.token(70), 0, .unlimited),
+                ]))
         for index in 0..<10 { #expect(driver.cut("d\(index)", 100).1.refills.isEmpty) }
         #expect(driver.cut("d10", 100).1.refills.count == 1)
     }
@@ -377,10 +403,13 @@ struct LeaseMachineTests {
         let round = try #require(firstActions.refills.first).round
         let (second, secondActions) = driver.cut("w2", 100)
         #expect(secondActions.refills.isEmpty)
-        let answered = driver.send(.refillGranted(round: round, [
-            grant(.user(7), 3_200),
-            grant(.token(70), 0, .unlimited),
-        ]))
+        let answered = driver.send(
+            .refillGranted(
+                round: round,
+                [
+                    grant(.user(7), 3_200),
+                    grant(.token(70), 0, .unlimited),
+                ]))
         #expect(answered.answers == [first: held(1, 100), second: held(2, 100)])
     }
 
@@ -390,10 +419,13 @@ struct LeaseMachineTests {
         let round = try #require(driver.cut("x", 100, user: 1, token: 10).1.refills.first).round
         #expect(driver.cut("y", 100, user: 2, token: 20).1.refills.isEmpty)
         #expect(driver.cut("z", 100, user: 3, token: 30).1.refills.isEmpty)
-        let next = driver.send(.refillGranted(round: round, [
-            grant(.user(1), 3_200),
-            grant(.token(10), 0, .unlimited),
-        ]))
+        let next = driver.send(
+            .refillGranted(
+                round: round,
+                [
+                    grant(.user(1), 3_200),
+                    grant(.token(10), 0, .unlimited),
+                ]))
         #expect(next.refills.first?.wants.map(\.account) == [.user(2), .user(3), .token(20), .token(30)])
     }
 
@@ -435,7 +467,8 @@ struct LeaseMachineTests {
     func givingBack() throws {
         var driver = LeaseDriver.ready()
         driver.prime(user: 1_000, token: 500)
-        #expect(driver.send(.leaseWanted(.user(7)))
+        #expect(
+            driver.send(.leaseWanted(.user(7)))
                 == [.giveBack(instance: LeaseDriver.instance, amounts: [AccountUnits(.user(7), 1_000)])])
         #expect(driver.machine.free(.user(7)) == 0)
         #expect(driver.send(.leaseWanted(.user(7))).isEmpty, "nothing left to give")
@@ -486,7 +519,7 @@ struct LeaseMachineTests {
         #expect(driver.machine.leasedUnits == 0)
         let retried = driver.send(.refillGranted(round: round, [grant(.user(8), 3_200)]))
         #expect(retried.answers.isEmpty)
-        let instances = retried.compactMap { if case let .refill(_, instance, _) = $0 { instance } else { nil } }
+        let instances = retried.compactMap { if case .refill(_, let instance, _) = $0 { instance } else { nil } }
         #expect(instances == ["instance-b"])
         #expect(driver.machine.free(.user(8)) == 0)
         _ = ticket

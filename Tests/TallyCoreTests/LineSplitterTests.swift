@@ -23,7 +23,10 @@ struct LineSplitterTests {
         ("\n\n {\"a\":1}\n", ["3: {\"a\":1}"]),
         ("", []),
         (" \n\t\n", []),
-        (" [ {\"a\":\"x,]}\\\"[\"}, {\"b\":[1,2,{\"c\":\"}\"}]} ,\n{} ] \n", ["1:{\"a\":\"x,]}\\\"[\"}", "2:{\"b\":[1,2,{\"c\":\"}\"}]}", "3:{}"]),
+        (
+            " [ {\"a\":\"x,]}\\\"[\"}, {\"b\":[1,2,{\"c\":\"}\"}]} ,\n{} ] \n",
+            ["1:{\"a\":\"x,]}\\\"[\"}", "2:{\"b\":[1,2,{\"c\":\"}\"}]}", "3:{}"]
+        ),
         ("[]", []),
         ("[{\"a\":1},]", ["1:{\"a\":1}", "2:"]),
     ]
@@ -41,7 +44,9 @@ struct LineSplitterTests {
     func malformedArrays() throws {
         for body in ["[{\"a\":1}", "[{\"a\":1}] x", "[{\"a\":\"]\"}"] {
             for size in 1...body.utf8.count {
-                #expect(throws: BatchMalformed.self, "\(body) in chunks of \(size)") { try Self.split(body, chunk: size) }
+                #expect(throws: BatchMalformed.self, "\(body) in chunks of \(size)") {
+                    try Self.split(body, chunk: size)
+                }
             }
         }
     }

@@ -74,35 +74,51 @@ struct LiteLLMLineTests {
 
     @Test("Anthropic-style cache members, audio in and out; prompt_tokens_details wins over the top level")
     func usageDetails() throws {
-        let anthropic = try Self.parse(Self.minimal(#""metadata":{"usage_object":{"prompt_tokens":100,"#
-            + #""cache_read_input_tokens":60,"cache_creation_input_tokens":30}}"#))
-        #expect(anthropic.usage == Usage(promptTokens: 100, completionTokens: 10, cachedTokens: 60,
-                                         cacheWriteTokens: 30))
-        let details = try Self.parse(Self.minimal(#""metadata":{"usage_object":{"cache_read_input_tokens":60,"#
-            + #""prompt_tokens_details":{"cached_tokens":50,"cache_creation_tokens":20,"audio_tokens":5,"#
-            + #""text_tokens":null},"completion_tokens_details":{"reasoning_tokens":4,"audio_tokens":3}}}"#))
-        #expect(details.usage == Usage(promptTokens: 100, completionTokens: 10, cachedTokens: 50, cacheWriteTokens: 20,
-                                       audioInputTokens: 5, audioOutputTokens: 3))
-        let openAIWrite = try Self.parse(Self.minimal(
-            #""metadata":{"usage_object":{"prompt_tokens_details":{"cache_write_tokens":7}}}"#))
+        let anthropic = try Self.parse(
+            Self.minimal(
+                #""metadata":{"usage_object":{"prompt_tokens":100,"#
+                    + #""cache_read_input_tokens":60,"cache_creation_input_tokens":30}}"#))
+        #expect(
+            anthropic.usage
+                == Usage(
+                    promptTokens: 100, completionTokens: 10, cachedTokens: 60,
+                    cacheWriteTokens: 30))
+        let details = try Self.parse(
+            Self.minimal(
+                #""metadata":{"usage_object":{"cache_read_input_tokens":60,"#
+                    + #""prompt_tokens_details":{"cached_tokens":50,"cache_creation_tokens":20,"audio_tokens":5,"#
+                    + #""text_tokens":null},"completion_tokens_details":{"reasoning_tokens":4,"audio_tokens":3}}}"#))
+        #expect(
+            details.usage
+                == Usage(
+                    promptTokens: 100, completionTokens: 10, cachedTokens: 50, cacheWriteTokens: 20,
+                    audioInputTokens: 5, audioOutputTokens: 3))
+        let openAIWrite = try Self.parse(
+            Self.minimal(
+                #""metadata":{"usage_object":{"prompt_tokens_details":{"cache_write_tokens":7}}}"#))
         #expect(openAIWrite.usage?.cacheWriteTokens == 7)
     }
 
     @Test("response.usage is read when metadata.usage_object is missing or null; metadata wins otherwise")
     func responseUsage() throws {
-        let fromResponse = try Self.parse(Self.minimal(#""metadata":{"usage_object":null},"#
-            + #""response":{"choices":[{"message":{"content":"{\"usage\":1}"}}],"#
-            + #""usage":{"prompt_tokens_details":{"cached_tokens":40}}}"#))
+        let fromResponse = try Self.parse(
+            Self.minimal(
+                #""metadata":{"usage_object":null},"#
+                    + #""response":{"choices":[{"message":{"content":"{\"usage\":1}"}}],"#
+                    + #""usage":{"prompt_tokens_details":{"cached_tokens":40}}}"#))
         #expect(fromResponse.usage?.cachedTokens == 40)
-        let both = try Self.parse(Self.minimal(#""response":{"usage":{"prompt_tokens_details":{"cached_tokens":40}}},"#
-            + #""metadata":{"usage_object":{"prompt_tokens_details":{"cached_tokens":30}}}"#))
+        let both = try Self.parse(
+            Self.minimal(
+                #""response":{"usage":{"prompt_tokens_details":{"cached_tokens":40}}},"#
+                    + #""metadata":{"usage_object":{"prompt_tokens_details":{"cached_tokens":30}}}"#))
         #expect(both.usage?.cachedTokens == 30)
         for response in [#""redacted-by-litellm""#, "[1,2]", "null"] {
             #expect(try Self.parse(Self.minimal(#""response":\#(response)"#)).usage?.cachedTokens == 0)
         }
         // The top-level counts are the payload's own; the nested object only fills them when absent.
-        let nestedOnly = try Self.parse(#"{"litellm_call_id":"c","model":"gpt-4o","#
-            + #""metadata":{"usage_object":{"prompt_tokens":7,"completion_tokens":3}}}"#)
+        let nestedOnly = try Self.parse(
+            #"{"litellm_call_id":"c","model":"gpt-4o","#
+                + #""metadata":{"usage_object":{"prompt_tokens":7,"completion_tokens":3}}}"#)
         #expect(nestedOnly.usage == Usage(promptTokens: 7, completionTokens: 3))
     }
 
@@ -129,8 +145,9 @@ struct LiteLLMLineTests {
         let fallback = try Self.parse(#"{"id":"chatcmpl-1","trace_id":"not-a-uuid"}"#)
         #expect(fallback.requestID == "chatcmpl-1")
         #expect(fallback.tid == nil)
-        let both = try Self.parse(#"{"litellm_call_id":"call-9","id":"chatcmpl-1","#
-            + #""trace_id":"1CF5635F-4187-4115-B24A-FDA63D7E4005"}"#)
+        let both = try Self.parse(
+            #"{"litellm_call_id":"call-9","id":"chatcmpl-1","#
+                + #""trace_id":"1CF5635F-4187-4115-B24A-FDA63D7E4005"}"#)
         #expect(both.requestID == "call-9")
         #expect(both.tid == "1cf5635f41874115b24afda63d7e4005")
     }
@@ -151,11 +168,13 @@ struct LiteLLMLineTests {
 
     @Test("a nested count of the wrong type refuses the line with its request id")
     func wrongTypes() {
-        for members in [#""metadata":{"usage_object":{"prompt_tokens_details":{"cached_tokens":-5}}}"#,
-                        #""metadata":{"usage_object":{"prompt_tokens_details":{"cached_tokens":"5"}}}"#,
-                        #""response":{"usage":{"completion_tokens_details":{"audio_tokens":1.5}}}"#,
-                        #""metadata":{"usage_object":[]}"#, #""startTime":"2026-11-01T00:00:00Z""#,
-                        #""startTime":-1"#] {
+        for members in [
+            #""metadata":{"usage_object":{"prompt_tokens_details":{"cached_tokens":-5}}}"#,
+            #""metadata":{"usage_object":{"prompt_tokens_details":{"cached_tokens":"5"}}}"#,
+            #""response":{"usage":{"completion_tokens_details":{"audio_tokens":1.5}}}"#,
+            #""metadata":{"usage_object":[]}"#, #""startTime":"2026-11-01T00:00:00Z""#,
+            #""startTime":-1"#,
+        ] {
             do {
                 _ = try Self.parse(Self.minimal(members))
                 Issue.record("accepted \(members)")

@@ -14,7 +14,9 @@ struct LogLineFuzzTests {
     /// such as an unknown model, are refused later, by validation).
     static let syntaxErrors = ["truncate", "trailing", "raw_control", "not an object", "wrong_type", "deep nesting"]
 
-    @Test("30,000 mutated lines: never a crash, only parse codes, syntax errors refused, nothing accepted that is not JSON")
+    @Test(
+        "30,000 mutated lines: never a crash, only parse codes, syntax errors refused, nothing accepted that is not JSON"
+    )
     func fuzz() async throws {
         var fuzzer = IngestLineFuzzer(seed: Self.seed, users: 40, prefix: "core")
         var accepted = 0
@@ -35,7 +37,8 @@ struct LogLineFuzzTests {
                 #expect(fuzzCase.expectation != .accept, "\(label): refused with \(rejection)")
             case .success(let line):
                 accepted += 1
-                let syntaxError = fuzzCase.expectation == .reject && Self.syntaxErrors.contains { fuzzCase.mutation.hasPrefix($0) }
+                let syntaxError =
+                    fuzzCase.expectation == .reject && Self.syntaxErrors.contains { fuzzCase.mutation.hasPrefix($0) }
                 #expect(!syntaxError, "\(label): accepted as \(line)")
                 if let text = String(validating: fuzzCase.bytes, as: UTF8.self) {
                     // Whatever the parser accepts (as valid UTF-8) is a JSON object.
@@ -43,13 +46,19 @@ struct LogLineFuzzTests {
                     #expect(object != nil, "\(label): accepted, but it is not a JSON object")
                 }
                 if let usage = line.usage {
-                    let counts = [usage.promptTokens, usage.completionTokens, usage.cachedTokens, usage.cacheWriteTokens,
-                                  usage.audioInputTokens, usage.audioOutputTokens, usage.images, usage.calls]
+                    let counts = [
+                        usage.promptTokens, usage.completionTokens, usage.cachedTokens, usage.cacheWriteTokens,
+                        usage.audioInputTokens, usage.audioOutputTokens, usage.images, usage.calls,
+                    ]
                     #expect(counts.allSatisfy { $0 >= 0 }, "\(label): negative count accepted")
-                    #expect(!usage.videoSeconds.isNegative && !usage.predictTime.isNegative, "\(label): negative seconds accepted")
+                    #expect(
+                        !usage.videoSeconds.isNegative && !usage.predictTime.isNegative,
+                        "\(label): negative seconds accepted")
                 }
                 if fuzzCase.mutation == "none" {
-                    #expect(line.requestID?.hasPrefix("core-") == true && line.key != nil && line.model != nil && line.usage != nil, "\(label)")
+                    #expect(
+                        line.requestID?.hasPrefix("core-") == true && line.key != nil && line.model != nil
+                            && line.usage != nil, "\(label)")
                 }
             }
         }
@@ -61,7 +70,9 @@ struct LogLineFuzzTests {
     func nestingLimit() {
         for (depth, ok) in [(64, true), (65, false), (100_000, false)] {
             for (open, innermost, close) in [("[", "", "]"), (#"{"a":"#, "0", "}")] {
-                let line = #"{"request_id":"n","x":"# + String(repeating: open, count: depth) + innermost + String(repeating: close, count: depth) + "}"
+                let line =
+                    #"{"request_id":"n","x":"# + String(repeating: open, count: depth) + innermost
+                    + String(repeating: close, count: depth) + "}"
                 var text = line
                 let parsed = text.withUTF8 { bytes in (try? LogLine.parse(bytes)) != nil }
                 #expect(parsed == ok, "depth \(depth) \(open)")
@@ -81,8 +92,14 @@ struct LogLineFuzzTests {
 
     @Test("escapes are checked in every string, read or skipped")
     func escapes() {
-        for (string, ok) in [(#"a\nb"#, true), (#"\u00e9\/"#, true), (#"\q"#, false), (#"\u12"#, false), (#"\u12g4"#, false), (#"x\"#, false)] {
-            for line in [#"{"request_id":"\#(string)"}"#, #"{"request_id":"e","x":"\#(string)"}"#, #"{"request_id":"e","usage":{"\#(string)":1}}"#] {
+        for (string, ok) in [
+            (#"a\nb"#, true), (#"\u00e9\/"#, true), (#"\q"#, false), (#"\u12"#, false), (#"\u12g4"#, false),
+            (#"x\"#, false),
+        ] {
+            for line in [
+                #"{"request_id":"\#(string)"}"#, #"{"request_id":"e","x":"\#(string)"}"#,
+                #"{"request_id":"e","usage":{"\#(string)":1}}"#,
+            ] {
                 var text = line
                 let parsed = text.withUTF8 { bytes in (try? LogLine.parse(bytes)) != nil }
                 #expect(parsed == ok, "\(line)")

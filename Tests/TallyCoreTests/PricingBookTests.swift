@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import TallyCore
 
 @Suite("Price book")
@@ -48,7 +49,9 @@ struct PriceBookTests {
     @Test func manyVersionsAgreeWithALinearScan() {
         var generator = SplitMix64(seed: 42)
         let versions = (0..<300).map { index in
-            PriceVersion(id: Int64(index), effectiveFrom: Date(timeIntervalSince1970: Double(generator.int(0...100))), sheet: sheet)
+            PriceVersion(
+                id: Int64(index), effectiveFrom: Date(timeIntervalSince1970: Double(generator.int(0...100))),
+                sheet: sheet)
         }
         let book = PriceBook(versions: versions)
         for second in -1...101 {

@@ -1,45 +1,46 @@
 import Foundation
 import Testing
+
 @testable import TallyCore
 
 /// Shared sheets and helpers for the pricing tests.
 enum Fixtures {
     /// The example sheet of DESIGN §3, verbatim.
     static let designSheetText = """
-    effective_from: 2026-11-01T00:00:00Z
-    groups:                       # group → ratio; a token's group multiplies all its prices
-      default: {ratio: "1", description: "Standard"}
-      vip:     {ratio: "0.8"}
-      svip:    {ratio: "0.6", models: [gpt-4o, claude-sonnet-4]}   # optional: only these models
-    models:
-      gpt-4o:
-        input: "2.50"             # per 1M tokens
-        output: "10.00"
-        cached_input: "1.25"
-        audio_input: "40.00"
-        audio_output: "80.00"
-      gemini-2.5-pro:
-        input: "1.25"
-        output: "10.00"
-        tiers:                    # price tier: applies when prompt_tokens > above_prompt_tokens
-          - {above_prompt_tokens: 200000, input: "2.50", output: "15.00"}
-      claude-sonnet-4:
-        input: "3.00"
-        output: "15.00"
-        cached_input: "0.30"
-        cache_write: "3.75"
-        group_prices:             # a group's own price instead of ratio × base ("price difference")
-          svip: {input: "2.00", output: "10.00"}
-      dall-e-3:
-        per_image: {"1024x1024/standard": "0.04", "1024x1792/hd": "0.12", default: "0.04"}
-      veo-3:
-        per_video_second: {"720p": "0.40", "1080p": "0.50"}
-      suno-v4:
-        per_call: "0.10"
-      replicate/flux-schnell:
-        per_compute_second: "0.001"       # metrics.predict_time
-        per_image: {default: "0.003"}     # metrics.image_count
-    """
+        effective_from: 2026-11-01T00:00:00Z
+        groups:                       # group → ratio; a token's group multiplies all its prices
+          default: {ratio: "1", description: "Standard"}
+          vip:     {ratio: "0.8"}
+          svip:    {ratio: "0.6", models: [gpt-4o, claude-sonnet-4]}   # optional: only these models
+        models:
+          gpt-4o:
+            input: "2.50"             # per 1M tokens
+            output: "10.00"
+            cached_input: "1.25"
+            audio_input: "40.00"
+            audio_output: "80.00"
+          gemini-2.5-pro:
+            input: "1.25"
+            output: "10.00"
+            tiers:                    # price tier: applies when prompt_tokens > above_prompt_tokens
+              - {above_prompt_tokens: 200000, input: "2.50", output: "15.00"}
+          claude-sonnet-4:
+            input: "3.00"
+            output: "15.00"
+            cached_input: "0.30"
+            cache_write: "3.75"
+            group_prices:             # a group's own price instead of ratio × base ("price difference")
+              svip: {input: "2.00", output: "10.00"}
+          dall-e-3:
+            per_image: {"1024x1024/standard": "0.04", "1024x1792/hd": "0.12", default: "0.04"}
+          veo-3:
+            per_video_second: {"720p": "0.40", "1080p": "0.50"}
+          suno-v4:
+            per_call: "0.10"
+          replicate/flux-schnell:
+            per_compute_second: "0.001"       # metrics.predict_time
+            per_image: {default: "0.003"}     # metrics.image_count
+        """
 
     static let designSheet: PriceSheet = {
         do { return try PriceSheet.parse(designSheetText) } catch { fatalError("DESIGN sheet: \(error)") }
@@ -59,13 +60,13 @@ enum Fixtures {
     /// (indented by 2 spaces under `models:`).
     static func sheet(models: String) throws -> PriceSheet {
         let text = """
-        groups:
-          default: {ratio: "1"}
-          vip: {ratio: "0.8"}
-          double: {ratio: "2"}
-        models:
-        \(models)
-        """
+            groups:
+              default: {ratio: "1"}
+              vip: {ratio: "0.8"}
+              double: {ratio: "2"}
+            models:
+            \(models)
+            """
         return try PriceSheet.parse(text)
     }
 

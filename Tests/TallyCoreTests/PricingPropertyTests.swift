@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import TallyCore
 
 /// Rating never goes down when any usage quantity goes up: for a random usage and a random
@@ -126,8 +127,9 @@ struct RatingPropertyTests {
             let model = generator.pick(["gpt-4o", "claude-sonnet-4", "gemini-2.5-pro"])
             let group = generator.pick(["default", "vip", "svip"])
             guard sheet.isAvailable(model: model, group: group) else { continue }
-            let usage = Usage(promptTokens: generator.int(0...400_000), completionTokens: generator.int(0...50_000),
-                              cachedTokens: generator.int(0...1000), cacheWriteTokens: generator.int(0...1000))
+            let usage = Usage(
+                promptTokens: generator.int(0...400_000), completionTokens: generator.int(0...50_000),
+                cachedTokens: generator.int(0...1000), cacheWriteTokens: generator.int(0...1000))
             let rating = try rate(usage, model: model, group: group, sheet: sheet, breakdown: true)
             // Sum the exact amounts as decimals with up to 37 digits: compare in units × 10^13 (enough here).
             var sumE13: Int128 = 0

@@ -1,9 +1,12 @@
 import Foundation
 import Testing
+
 @testable import TallyCore
 
-private func units(_ usage: Usage, _ model: String, _ group: String = "default", failed: Bool = false,
-                   sheet: PriceSheet = Fixtures.designSheet) throws -> Int64 {
+private func units(
+    _ usage: Usage, _ model: String, _ group: String = "default", failed: Bool = false,
+    sheet: PriceSheet = Fixtures.designSheet
+) throws -> Int64 {
     try rate(usage, model: model, group: group, failed: failed, sheet: sheet).units
 }
 
@@ -24,8 +27,9 @@ struct RatingGoldenTests {
 
     @Test func geminiTier() throws {
         // 250,000 × 2.50 + 1,000 × 15.00 per 1M = 0.64 USD = 320,000 units.
-        let rating = try rate(Usage(promptTokens: 250_000, completionTokens: 1000), model: "gemini-2.5-pro",
-                              group: "default", sheet: Fixtures.designSheet)
+        let rating = try rate(
+            Usage(promptTokens: 250_000, completionTokens: 1000), model: "gemini-2.5-pro",
+            group: "default", sheet: Fixtures.designSheet)
         #expect(rating.units == 320_000)
         #expect(rating.tierAbove == 200_000)
     }
@@ -54,7 +58,8 @@ struct RatingRuleTests {
 
     @Test func cacheWriteAtItsOwnPrice() throws {
         // claude-sonnet-4: 200 × 3.00 + 300 × 0.30 + 500 × 3.75 per 1M = 0.0006 + 0.00009 + 0.001875 = 0.002565 USD.
-        #expect(try units(Usage(promptTokens: 1000, cachedTokens: 300, cacheWriteTokens: 500), "claude-sonnet-4") == 1283)
+        #expect(
+            try units(Usage(promptTokens: 1000, cachedTokens: 300, cacheWriteTokens: 500), "claude-sonnet-4") == 1283)
     }
 
     @Test func cacheWriteFallsBackToInput() throws {
@@ -72,7 +77,9 @@ struct RatingRuleTests {
     @Test func audioFallsBackToInputAndOutput() throws {
         // claude-sonnet-4 has no audio prices: same as plain tokens.
         let audio = Usage(promptTokens: 1000, completionTokens: 100, audioInputTokens: 1000, audioOutputTokens: 100)
-        #expect(try units(audio, "claude-sonnet-4") == units(Usage(promptTokens: 1000, completionTokens: 100), "claude-sonnet-4"))
+        #expect(
+            try units(audio, "claude-sonnet-4")
+                == units(Usage(promptTokens: 1000, completionTokens: 100), "claude-sonnet-4"))
         #expect(try units(audio, "claude-sonnet-4") == 2250)
     }
 
@@ -90,7 +97,8 @@ struct RatingRuleTests {
     // MARK: tiers
 
     @Test func tierBoundaryIsStrictlyAbove() throws {
-        let atThreshold = try rate(Usage(promptTokens: 200_000), model: "gemini-2.5-pro", group: "default", sheet: sheet)
+        let atThreshold = try rate(
+            Usage(promptTokens: 200_000), model: "gemini-2.5-pro", group: "default", sheet: sheet)
         #expect(atThreshold.units == 125_000)  // 200,000 × 1.25 per 1M = 0.25 USD
         #expect(atThreshold.tierAbove == nil)
         let above = try rate(Usage(promptTokens: 200_001), model: "gemini-2.5-pro", group: "default", sheet: sheet)
@@ -99,17 +107,19 @@ struct RatingRuleTests {
     }
 
     @Test func highestTierWinsAndReplacesOnlyWhatItNames() throws {
-        let tiered = try Fixtures.sheet(models: """
-          m:
-            input: "1"
-            output: "2"
-            tiers:
-              - {above_prompt_tokens: 100, input: "3"}
-              - {above_prompt_tokens: 1000, input: "5"}
-        """)
+        let tiered = try Fixtures.sheet(
+            models: """
+                  m:
+                    input: "1"
+                    output: "2"
+                    tiers:
+                      - {above_prompt_tokens: 100, input: "3"}
+                      - {above_prompt_tokens: 1000, input: "5"}
+                """)
         // prompt 2000 > 1000: input 5 (highest tier), output stays 2 (no tier names it).
         // 2000 × 5 + 1000 × 2 per 1M = 0.012 USD = 6000 units.
-        let rating = try rate(Usage(promptTokens: 2000, completionTokens: 1000), model: "m", group: "default", sheet: tiered)
+        let rating = try rate(
+            Usage(promptTokens: 2000, completionTokens: 1000), model: "m", group: "default", sheet: tiered)
         #expect(rating.units == 6000)
         #expect(rating.tierAbove == 1000)
         // prompt 500: first tier, input 3: 500 × 3 + 1000 × 2 per 1M = 0.0035 USD.
@@ -127,12 +137,13 @@ struct RatingRuleTests {
     }
 
     @Test func imageFallsBackToSizeThenDefault() throws {
-        let images = try Fixtures.sheet(models: """
-          img:
-            per_image: {"1024x1024": "0.05", "1024x1024/hd": "0.08", default: "0.01"}
-          strict:
-            per_image: {"1024x1024": "0.05"}
-        """)
+        let images = try Fixtures.sheet(
+            models: """
+                  img:
+                    per_image: {"1024x1024": "0.05", "1024x1024/hd": "0.08", default: "0.01"}
+                  strict:
+                    per_image: {"1024x1024": "0.05"}
+                """)
         #expect(try units(Usage(images: 1, size: "1024x1024", quality: "hd"), "img", sheet: images) == 40_000)
         #expect(try units(Usage(images: 1, size: "1024x1024", quality: "standard"), "img", sheet: images) == 25_000)
         #expect(try units(Usage(images: 1, size: "1024x1024"), "img", sheet: images) == 25_000)
@@ -151,10 +162,11 @@ struct RatingRuleTests {
     }
 
     @Test func zeroImagesNeedNoPriceKey() throws {
-        let images = try Fixtures.sheet(models: """
-          strict:
-            per_image: {"1024x1024": "0.05"}
-        """)
+        let images = try Fixtures.sheet(
+            models: """
+                  strict:
+                    per_image: {"1024x1024": "0.05"}
+                """)
         #expect(try units(Usage(images: 0, size: "9x9"), "strict", sheet: images) == 0)
     }
 
@@ -176,13 +188,16 @@ struct RatingRuleTests {
     }
 
     @Test func videoDefaultResolution() throws {
-        let video = try Fixtures.sheet(models: """
-          v:
-            per_video_second: {"1080p": "0.50", default: "0.10"}
-        """)
+        let video = try Fixtures.sheet(
+            models: """
+                  v:
+                    per_video_second: {"1080p": "0.50", default: "0.10"}
+                """)
         #expect(try units(Usage(videoSeconds: ExactDecimal(Int64(10)), resolution: "4k"), "v", sheet: video) == 500_000)
         #expect(try units(Usage(videoSeconds: ExactDecimal(Int64(10))), "v", sheet: video) == 500_000)
-        #expect(try units(Usage(videoSeconds: ExactDecimal(Int64(10)), resolution: "1080p"), "v", sheet: video) == 2_500_000)
+        #expect(
+            try units(Usage(videoSeconds: ExactDecimal(Int64(10)), resolution: "1080p"), "v", sheet: video) == 2_500_000
+        )
     }
 
     // MARK: calls, compute
@@ -194,11 +209,12 @@ struct RatingRuleTests {
     }
 
     @Test func perCallWithOtherPricesDoesNotInventACall() throws {
-        let mixed = try Fixtures.sheet(models: """
-          tool:
-            input: "1"
-            per_call: "0.01"
-        """)
+        let mixed = try Fixtures.sheet(
+            models: """
+                  tool:
+                    input: "1"
+                    per_call: "0.01"
+                """)
         #expect(try units(Usage(promptTokens: 1000), "tool", sheet: mixed) == 500)
         #expect(try units(Usage(promptTokens: 1000, calls: 2), "tool", sheet: mixed) == 10_500)
     }
@@ -213,8 +229,9 @@ struct RatingRuleTests {
     // MARK: groups
 
     @Test func groupRatioMultipliesTheSum() throws {
-        let rating = try rate(Usage(promptTokens: 1000, completionTokens: 500), model: "claude-sonnet-4", group: "vip",
-                              sheet: sheet)
+        let rating = try rate(
+            Usage(promptTokens: 1000, completionTokens: 500), model: "claude-sonnet-4", group: "vip",
+            sheet: sheet)
         // (1000 × 3 + 500 × 15) per 1M = 0.0105 USD = 5250 units × 0.8 = 4200.
         #expect(rating.units == 4200)
         #expect(rating.groupRatio == (try ExactDecimal("0.8")))
@@ -222,8 +239,9 @@ struct RatingRuleTests {
     }
 
     @Test func groupPricesReplaceRatio() throws {
-        let rating = try rate(Usage(promptTokens: 1000, completionTokens: 500), model: "claude-sonnet-4", group: "svip",
-                              sheet: sheet)
+        let rating = try rate(
+            Usage(promptTokens: 1000, completionTokens: 500), model: "claude-sonnet-4", group: "svip",
+            sheet: sheet)
         // Own price, no 0.6 ratio: 1000 × 2 + 500 × 10 per 1M = 0.007 USD = 3500 units.
         #expect(rating.units == 3500)
         #expect(rating.groupPriceApplied)
@@ -238,15 +256,16 @@ struct RatingRuleTests {
     }
 
     @Test func groupPricesWinOverTiers() throws {
-        let both = try Fixtures.sheet(models: """
-          m:
-            input: "1"
-            output: "1"
-            tiers:
-              - {above_prompt_tokens: 10, input: "4", output: "4"}
-            group_prices:
-              vip: {input: "2"}
-        """)
+        let both = try Fixtures.sheet(
+            models: """
+                  m:
+                    input: "1"
+                    output: "1"
+                    tiers:
+                      - {above_prompt_tokens: 10, input: "4", output: "4"}
+                    group_prices:
+                      vip: {input: "2"}
+                """)
         // prompt 100 > 10: tier input 4 / output 4; vip names input 2, which wins; output stays tier 4.
         // 100 × 2 + 100 × 4 per 1M = 0.0006 USD = 300 units, no ratio.
         let rating = try rate(Usage(promptTokens: 100, completionTokens: 100), model: "m", group: "vip", sheet: both)
@@ -257,12 +276,13 @@ struct RatingRuleTests {
     }
 
     @Test func groupPriceMapsReplaceWholeMaps() throws {
-        let images = try Fixtures.sheet(models: """
-          img:
-            per_image: {"1024x1024": "0.05", default: "0.04"}
-            group_prices:
-              vip: {per_image: {default: "0.03"}}
-        """)
+        let images = try Fixtures.sheet(
+            models: """
+                  img:
+                    per_image: {"1024x1024": "0.05", default: "0.04"}
+                    group_prices:
+                      vip: {per_image: {default: "0.03"}}
+                """)
         #expect(try units(Usage(images: 1, size: "1024x1024"), "img", "vip", sheet: images) == 15_000)
         #expect(try units(Usage(images: 1, size: "1024x1024"), "img", "default", sheet: images) == 25_000)
     }
@@ -283,30 +303,37 @@ struct RatingRuleTests {
     @Test func ratingErrorDescriptions() {
         #expect(RatingError.unknownModel("gpt-9").description == #"unknown model "gpt-9""#)
         #expect(RatingError.unknownGroup("gold").description == #"unknown group "gold""#)
-        #expect(RatingError.modelNotInGroup(model: "m", group: "g").description == #"model "m" is not available in group "g""#)
-        #expect(RatingError.sizeNotSupported(size: "512x512", quality: "hd").description
-            == #"size not supported: size "512x512", quality "hd""#)
-        #expect(RatingError.sizeNotSupported(size: "4k", quality: nil).description == #"size not supported: size "4k", quality none"#)
+        #expect(
+            RatingError.modelNotInGroup(model: "m", group: "g").description
+                == #"model "m" is not available in group "g""#)
+        #expect(
+            RatingError.sizeNotSupported(size: "512x512", quality: "hd").description
+                == #"size not supported: size "512x512", quality "hd""#)
+        #expect(
+            RatingError.sizeNotSupported(size: "4k", quality: nil).description
+                == #"size not supported: size "4k", quality none"#)
     }
 
     // MARK: failed requests
 
     @Test func failedRequestsAreFreeWithoutChargeFailed() throws {
-        let rating = try rate(Usage(promptTokens: 1000, completionTokens: 500), model: "gpt-4o", group: "default",
-                              failed: true, sheet: sheet)
+        let rating = try rate(
+            Usage(promptTokens: 1000, completionTokens: 500), model: "gpt-4o", group: "default",
+            failed: true, sheet: sheet)
         #expect(rating.units == 0)
         #expect(rating.failed)
         #expect(try units(Usage(), "suno-v4", failed: true) == 0)
     }
 
     @Test func chargeFailedTimesRatio() throws {
-        let failing = try Fixtures.sheet(models: """
-          m:
-            input: "1"
-            charge_failed: "0.01"
-            group_prices:
-              double: {input: "1", charge_failed: "0.002"}
-        """)
+        let failing = try Fixtures.sheet(
+            models: """
+                  m:
+                    input: "1"
+                    charge_failed: "0.01"
+                    group_prices:
+                      double: {input: "1", charge_failed: "0.002"}
+                """)
         // 0.01 USD = 5000 units, whatever the usage.
         #expect(try units(Usage(promptTokens: 1_000_000), "m", failed: true, sheet: failing) == 5000)
         #expect(try units(Usage(), "m", "vip", failed: true, sheet: failing) == 4000)
@@ -319,18 +346,19 @@ struct RatingRuleTests {
     // MARK: rounding, minimum, overflow
 
     @Test func roundsHalfUpOnceOnTheTotal() throws {
-        let prices = try Fixtures.sheet(models: """
-          half:
-            input: "21"
-            output: "1"
-          under:
-            input: "20.999998"
-          halves:
-            input: "1"
-            output: "1"
-          quarter:
-            input: "2.50"
-        """)
+        let prices = try Fixtures.sheet(
+            models: """
+                  half:
+                    input: "21"
+                    output: "1"
+                  under:
+                    input: "20.999998"
+                  halves:
+                    input: "1"
+                    output: "1"
+                  quarter:
+                    input: "2.50"
+                """)
         // 1 token × 21 per 1M = 10.5 units → 11.
         #expect(try units(Usage(promptTokens: 1), "half", sheet: prices) == 11)
         // 10.499999 → 10.
@@ -350,12 +378,13 @@ struct RatingRuleTests {
     }
 
     @Test func oneUnitMinimum() throws {
-        let prices = try Fixtures.sheet(models: """
-          tiny:
-            input: "0.000002"
-          free:
-            input: "0"
-        """)
+        let prices = try Fixtures.sheet(
+            models: """
+                  tiny:
+                    input: "0.000002"
+                  free:
+                    input: "0"
+                """)
         // 1 token × 0.000002 per 1M = 0.000001 units → 1.
         #expect(try units(Usage(promptTokens: 1), "tiny", sheet: prices) == 1)
         #expect(try units(Usage(promptTokens: 1), "tiny", "vip", sheet: prices) == 1)
@@ -371,31 +400,36 @@ struct RatingRuleTests {
         let exact = try rate(Usage(promptTokens: half), model: "gpt-4o", group: "default", sheet: sheet)
         #expect(exact.units == 5_764_607_523_034_234_879)
         #expect(!exact.capped)
-        let capped = try rate(Usage(promptTokens: Int64.max, completionTokens: Int64.max, cachedTokens: Int64.max,
-                                    cacheWriteTokens: Int64.max, audioInputTokens: Int64.max, audioOutputTokens: Int64.max),
-                              model: "gpt-4o", group: "default", sheet: sheet)
+        let capped = try rate(
+            Usage(
+                promptTokens: Int64.max, completionTokens: Int64.max, cachedTokens: Int64.max,
+                cacheWriteTokens: Int64.max, audioInputTokens: Int64.max, audioOutputTokens: Int64.max),
+            model: "gpt-4o", group: "default", sheet: sheet)
         #expect(capped.units == Int64.max)
         #expect(capped.capped)
-        let video = try rate(Usage(videoSeconds: try ExactDecimal("999999999999999999.999999999999"), resolution: "1080p"),
-                             model: "veo-3", group: "vip", sheet: sheet)
+        let video = try rate(
+            Usage(videoSeconds: try ExactDecimal("999999999999999999.999999999999"), resolution: "1080p"),
+            model: "veo-3", group: "vip", sheet: sheet)
         #expect(video.units == Int64.max && video.capped)
         #expect(try units(Usage(images: Int64.max, size: "1024x1792", quality: "hd"), "dall-e-3") == Int64.max)
         #expect(try units(Usage(calls: Int64.max), "suno-v4", "vip") == Int64.max)
     }
 
     @Test func extremePricesDoNotOverflow() throws {
-        let extreme = try PriceSheet.parse("""
-        groups:
-          big: {ratio: "999999999999999999.999999999999"}
-          small: {ratio: "0.000000000001"}
-        models:
-          m:
-            input: "999999999999999999.999999999999"
-            per_video_second: {default: "999999999999999999.999999999999"}
-            per_compute_second: "0.000000000001"
-        """)
-        let big = try rate(Usage(promptTokens: Int64.max, videoSeconds: try ExactDecimal("999999999999999999.999999999999")),
-                           model: "m", group: "big", sheet: extreme)
+        let extreme = try PriceSheet.parse(
+            """
+            groups:
+              big: {ratio: "999999999999999999.999999999999"}
+              small: {ratio: "0.000000000001"}
+            models:
+              m:
+                input: "999999999999999999.999999999999"
+                per_video_second: {default: "999999999999999999.999999999999"}
+                per_compute_second: "0.000000000001"
+            """)
+        let big = try rate(
+            Usage(promptTokens: Int64.max, videoSeconds: try ExactDecimal("999999999999999999.999999999999")),
+            model: "m", group: "big", sheet: extreme)
         #expect(big.units == Int64.max && big.capped)
         // 1e-12 USD/s × 1e-12 s × 1e-12 ratio: tiny but positive → 1 unit.
         #expect(try units(Usage(predictTime: try ExactDecimal("0.000000000001")), "m", "small", sheet: extreme) == 1)
@@ -404,10 +438,11 @@ struct RatingRuleTests {
     }
 
     @Test func justBelowAndAtTheCap() throws {
-        let prices = try Fixtures.sheet(models: """
-          unit:
-            per_call: "0.000002"
-        """)
+        let prices = try Fixtures.sheet(
+            models: """
+                  unit:
+                    per_call: "0.000002"
+                """)
         // per_call 0.000002 USD = exactly 1 unit per call.
         #expect(try units(Usage(calls: Int64.max), "unit", sheet: prices) == Int64.max)
         let atCap = try rate(Usage(calls: Int64.max), model: "unit", group: "default", sheet: prices)
@@ -425,56 +460,75 @@ struct RatingRuleTests {
         #expect(quick.components.isEmpty)
         let full = try rate(usage, model: "gpt-4o", group: "vip", sheet: sheet, breakdown: true)
         #expect(full.units == quick.units)
-        #expect(full.components == [
-            RatingComponent(name: "input", quantity: "800", per: "1M tokens", unitPriceUSD: "2.5", amountUnits: "800"),
-            RatingComponent(name: "cached_input", quantity: "200", per: "1M tokens", unitPriceUSD: "1.25", amountUnits: "100"),
-            RatingComponent(name: "output", quantity: "500", per: "1M tokens", unitPriceUSD: "10", amountUnits: "2000"),
-        ])
+        #expect(
+            full.components == [
+                RatingComponent(
+                    name: "input", quantity: "800", per: "1M tokens", unitPriceUSD: "2.5", amountUnits: "800"),
+                RatingComponent(
+                    name: "cached_input", quantity: "200", per: "1M tokens", unitPriceUSD: "1.25", amountUnits: "100"),
+                RatingComponent(
+                    name: "output", quantity: "500", per: "1M tokens", unitPriceUSD: "10", amountUnits: "2000"),
+            ])
         // 800 + 100 + 2000 = 2900.
         #expect(full.units == 2900)
     }
 
     @Test func breakdownNamesImageVideoCallCompute() throws {
-        let image = try rate(Usage(images: 2, size: "1024x1792", quality: "hd"), model: "dall-e-3", group: "default",
-                             sheet: sheet, breakdown: true)
+        let image = try rate(
+            Usage(images: 2, size: "1024x1792", quality: "hd"), model: "dall-e-3", group: "default",
+            sheet: sheet, breakdown: true)
         #expect(image.components.map(\.name) == ["image 1024x1792/hd"])
         #expect(image.components.first?.amountUnits == "120000")
-        let video = try rate(Usage(videoSeconds: try ExactDecimal("0.3"), resolution: "720p"), model: "veo-3",
-                             group: "vip", sheet: sheet, breakdown: true)
-        #expect(video.components == [RatingComponent(name: "video 720p", quantity: "0.3", per: "second",
-                                                     unitPriceUSD: "0.4", amountUnits: "48000")])
+        let video = try rate(
+            Usage(videoSeconds: try ExactDecimal("0.3"), resolution: "720p"), model: "veo-3",
+            group: "vip", sheet: sheet, breakdown: true)
+        #expect(
+            video.components == [
+                RatingComponent(
+                    name: "video 720p", quantity: "0.3", per: "second",
+                    unitPriceUSD: "0.4", amountUnits: "48000")
+            ])
         let call = try rate(Usage(), model: "suno-v4", group: "default", sheet: sheet, breakdown: true)
         #expect(call.components.map(\.name) == ["call"])
-        let compute = try rate(Usage(images: 1, predictTime: try ExactDecimal("0.0003")), model: "replicate/flux-schnell",
-                               group: "vip", sheet: sheet, breakdown: true)
+        let compute = try rate(
+            Usage(images: 1, predictTime: try ExactDecimal("0.0003")), model: "replicate/flux-schnell",
+            group: "vip", sheet: sheet, breakdown: true)
         #expect(compute.components.map(\.name) == ["image default", "compute"])
         #expect(compute.components.map(\.amountUnits) == ["1200", "0.12"])
         #expect(compute.units == 1200)
     }
 
     @Test func explainText() throws {
-        let rating = try rate(Usage(promptTokens: 1000, completionTokens: 500), model: "gpt-4o", group: "vip",
-                              sheet: sheet, breakdown: true)
-        #expect(rating.explainText(model: "gpt-4o", group: "vip") == """
-        gpt-4o, group vip (ratio 0.8)
-          input   1000 × 2.5 USD per 1M tokens = 1000 units
-          output   500 × 10 USD per 1M tokens = 2000 units
-        total 3000 units = 0.006000 USD
-        """)
-        let failed = try rate(Usage(), model: "claude-sonnet-4", group: "svip", failed: true, sheet: sheet, breakdown: true)
-        #expect(failed.explainText(model: "claude-sonnet-4", group: "svip") == """
-        claude-sonnet-4, group svip (group prices), failed request
-        total 0 units = 0.000000 USD
-        """)
+        let rating = try rate(
+            Usage(promptTokens: 1000, completionTokens: 500), model: "gpt-4o", group: "vip",
+            sheet: sheet, breakdown: true)
+        #expect(
+            rating.explainText(model: "gpt-4o", group: "vip") == """
+                gpt-4o, group vip (ratio 0.8)
+                  input   1000 × 2.5 USD per 1M tokens = 1000 units
+                  output   500 × 10 USD per 1M tokens = 2000 units
+                total 3000 units = 0.006000 USD
+                """)
+        let failed = try rate(
+            Usage(), model: "claude-sonnet-4", group: "svip", failed: true, sheet: sheet, breakdown: true)
+        #expect(
+            failed.explainText(model: "claude-sonnet-4", group: "svip") == """
+                claude-sonnet-4, group svip (group prices), failed request
+                total 0 units = 0.000000 USD
+                """)
     }
 
     @Test func ratingIsCodable() throws {
-        let rating = try rate(Usage(promptTokens: 250_000), model: "gemini-2.5-pro", group: "vip", sheet: sheet,
-                              breakdown: true)
+        let rating = try rate(
+            Usage(promptTokens: 250_000), model: "gemini-2.5-pro", group: "vip", sheet: sheet,
+            breakdown: true)
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         let json = String(decoding: try encoder.encode(rating), as: UTF8.self)
-        #expect(json == #"{"capped":false,"components":[{"amount_units":"250000","name":"input","per":"1M tokens","quantity":"250000","unit_price_usd":"2.5"}],"failed":false,"group_price_applied":false,"group_ratio":"0.8","tier_above":200000,"units":250000}"#)
+        #expect(
+            json
+                == #"{"capped":false,"components":[{"amount_units":"250000","name":"input","per":"1M tokens","quantity":"250000","unit_price_usd":"2.5"}],"failed":false,"group_price_applied":false,"group_ratio":"0.8","tier_above":200000,"units":250000}"#
+        )
         #expect(try JSONDecoder().decode(Rating.self, from: Data(json.utf8)) == rating)
     }
 

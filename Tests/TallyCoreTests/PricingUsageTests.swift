@@ -1,14 +1,15 @@
 import Foundation
 import Testing
+
 @testable import TallyCore
 
 @Suite("Usage decoding")
 struct UsageTests {
     static let designLine = """
-    {"prompt_tokens":9,"completion_tokens":12,"cached_tokens":0,"cache_write_tokens":0,
-     "audio_input_tokens":0,"audio_output_tokens":0,"images":0,"size":null,"quality":null,
-     "video_seconds":0,"resolution":null,"calls":0,"predict_time":0}
-    """
+        {"prompt_tokens":9,"completion_tokens":12,"cached_tokens":0,"cache_write_tokens":0,
+         "audio_input_tokens":0,"audio_output_tokens":0,"images":0,"size":null,"quality":null,
+         "video_seconds":0,"resolution":null,"calls":0,"predict_time":0}
+        """
 
     @Test func fastParserReadsTheDesignObject() throws {
         #expect(try Usage.parseJSON(Self.designLine) == Usage(promptTokens: 9, completionTokens: 12))
@@ -16,19 +17,22 @@ struct UsageTests {
     }
 
     @Test func codableReadsTheDesignObject() throws {
-        #expect(try JSONDecoder().decode(Usage.self, from: Data(Self.designLine.utf8)) == Usage(promptTokens: 9, completionTokens: 12))
+        #expect(
+            try JSONDecoder().decode(Usage.self, from: Data(Self.designLine.utf8))
+                == Usage(promptTokens: 9, completionTokens: 12))
     }
 
     @Test func everyField() throws {
         let text = """
-        {"prompt_tokens":1,"completion_tokens":2,"cached_tokens":3,"cache_write_tokens":4,"audio_input_tokens":5,
-         "audio_output_tokens":6,"images":7,"size":"1024x1024","quality":"hd","video_seconds":8.5,"resolution":"1080p",
-         "calls":9,"predict_time":0.25}
-        """
-        let expected = Usage(promptTokens: 1, completionTokens: 2, cachedTokens: 3, cacheWriteTokens: 4, audioInputTokens: 5,
-                             audioOutputTokens: 6, images: 7, size: "1024x1024", quality: "hd",
-                             videoSeconds: try ExactDecimal("8.5"), resolution: "1080p", calls: 9,
-                             predictTime: try ExactDecimal("0.25"))
+            {"prompt_tokens":1,"completion_tokens":2,"cached_tokens":3,"cache_write_tokens":4,"audio_input_tokens":5,
+             "audio_output_tokens":6,"images":7,"size":"1024x1024","quality":"hd","video_seconds":8.5,"resolution":"1080p",
+             "calls":9,"predict_time":0.25}
+            """
+        let expected = Usage(
+            promptTokens: 1, completionTokens: 2, cachedTokens: 3, cacheWriteTokens: 4, audioInputTokens: 5,
+            audioOutputTokens: 6, images: 7, size: "1024x1024", quality: "hd",
+            videoSeconds: try ExactDecimal("8.5"), resolution: "1080p", calls: 9,
+            predictTime: try ExactDecimal("0.25"))
         #expect(try Usage.parseJSON(text) == expected)
         #expect(try JSONDecoder().decode(Usage.self, from: Data(text.utf8)) == expected)
     }
@@ -39,10 +43,13 @@ struct UsageTests {
         #expect(try JSONDecoder().decode(Usage.self, from: Data("{}".utf8)) == Usage())
     }
 
-    @Test("decimals are read exactly from the JSON text", arguments: [
-        ("8", "8"), ("8.5", "8.5"), ("0.25", "0.25"), ("1e-3", "0.001"), ("\"8.5\"", "8.5"), ("0.123456789012", "0.123456789012"),
-        ("12.0", "12"), ("null", "0"),
-    ])
+    @Test(
+        "decimals are read exactly from the JSON text",
+        arguments: [
+            ("8", "8"), ("8.5", "8.5"), ("0.25", "0.25"), ("1e-3", "0.001"), ("\"8.5\"", "8.5"),
+            ("0.123456789012", "0.123456789012"),
+            ("12.0", "12"), ("null", "0"),
+        ])
     func exactDecimals(json: String, value: String) throws {
         let usage = try Usage.parseJSON("{\"video_seconds\":\(json),\"predict_time\":\(json)}")
         #expect(usage.videoSeconds.description == value)
@@ -61,21 +68,23 @@ struct UsageTests {
         #expect(asString.predictTime.description == "0.1234567")
     }
 
-    @Test("the fast parser rejects bad usage with a message", arguments: [
-        (#"{"prompt_tokens":-5}"#, "prompt_tokens: negative value -5"),
-        (#"{"prompt_tokens":1.5}"#, "prompt_tokens: must be an integer"),
-        (#"{"prompt_tokens":"5"}"#, "expected a number"),
-        (#"{"images":99999999999999999999}"#, "images: too large"),
-        (#"{"video_seconds":-1}"#, "video_seconds: negative value -1"),
-        (#"{"video_seconds":1e-13}"#, #"video_seconds: invalid decimal "1e-13": more than 12 fractional digits"#),
-        (#"{"size":5}"#, "size: expected a string or null"),
-        (#"{"prompt_tokens":1"#, "unterminated object"),
-        (#"{"prompt_tokens":1,}"#, "expected a key string"),
-        (#"[1]"#, #"expected "{" to start the usage object"#),
-        (#"{"a":1} x"#, "unexpected text after the usage object"),
-        (#"{"prompt_tokens":01}"#, "leading zero in a number"),
-        (#"{"x":tru}"#, "expected a value"),
-    ])
+    @Test(
+        "the fast parser rejects bad usage with a message",
+        arguments: [
+            (#"{"prompt_tokens":-5}"#, "prompt_tokens: negative value -5"),
+            (#"{"prompt_tokens":1.5}"#, "prompt_tokens: must be an integer"),
+            (#"{"prompt_tokens":"5"}"#, "expected a number"),
+            (#"{"images":99999999999999999999}"#, "images: too large"),
+            (#"{"video_seconds":-1}"#, "video_seconds: negative value -1"),
+            (#"{"video_seconds":1e-13}"#, #"video_seconds: invalid decimal "1e-13": more than 12 fractional digits"#),
+            (#"{"size":5}"#, "size: expected a string or null"),
+            (#"{"prompt_tokens":1"#, "unterminated object"),
+            (#"{"prompt_tokens":1,}"#, "expected a key string"),
+            (#"[1]"#, #"expected "{" to start the usage object"#),
+            (#"{"a":1} x"#, "unexpected text after the usage object"),
+            (#"{"prompt_tokens":01}"#, "leading zero in a number"),
+            (#"{"x":tru}"#, "expected a value"),
+        ])
     func fastParserErrors(json: String, message: String) {
         #expect(throws: UsageParseError.self) { try Usage.parseJSON(json) }
         do {
@@ -87,11 +96,14 @@ struct UsageTests {
 
     @Test func codableRejectsNegatives() {
         #expect(throws: DecodingError.self) { try JSONDecoder().decode(Usage.self, from: Data(#"{"calls":-1}"#.utf8)) }
-        #expect(throws: DecodingError.self) { try JSONDecoder().decode(Usage.self, from: Data(#"{"predict_time":-0.5}"#.utf8)) }
+        #expect(throws: DecodingError.self) {
+            try JSONDecoder().decode(Usage.self, from: Data(#"{"predict_time":-0.5}"#.utf8))
+        }
     }
 
     @Test func unknownKeysAreSkipped() throws {
-        let text = #"{"x":{"y":[1,2,{"z":"a\"b"}],"w":null},"prompt_tokens":3,"t":true,"f":false,"n":-1.5e3,"s":"\u00e9"}"#
+        let text =
+            #"{"x":{"y":[1,2,{"z":"a\"b"}],"w":null},"prompt_tokens":3,"t":true,"f":false,"n":-1.5e3,"s":"\u00e9"}"#
         #expect(try Usage.parseJSON(text) == Usage(promptTokens: 3))
         #expect(try JSONDecoder().decode(Usage.self, from: Data(text.utf8)) == Usage(promptTokens: 3))
     }
@@ -112,8 +124,9 @@ struct UsageTests {
     }
 
     @Test func encodeThenDecode() throws {
-        let usage = Usage(promptTokens: 1, completionTokens: 2, images: 3, size: "1024x1024",
-                          videoSeconds: try ExactDecimal("8.5"), calls: 4, predictTime: try ExactDecimal("0.123456789"))
+        let usage = Usage(
+            promptTokens: 1, completionTokens: 2, images: 3, size: "1024x1024",
+            videoSeconds: try ExactDecimal("8.5"), calls: 4, predictTime: try ExactDecimal("0.123456789"))
         let data = try JSONEncoder().encode(usage)
         #expect(try JSONDecoder().decode(Usage.self, from: data) == usage)
         #expect(try Usage.parseJSON(Array(data)) == usage)
@@ -127,7 +140,10 @@ struct UsageTests {
         #expect(!Usage(videoSeconds: .one).isZero)
         #expect(Usage(completionTokens: -1).firstNegativeField == "completion_tokens")
         #expect(Usage(promptTokens: 5).firstNegativeField == nil)
-        #expect(RequestKind.allCases.map(\.rawValue) == ["chat", "embedding", "rerank", "image", "video", "audio", "music", "call", "prediction"])
+        #expect(
+            RequestKind.allCases.map(\.rawValue) == [
+                "chat", "embedding", "rerank", "image", "video", "audio", "music", "call", "prediction",
+            ])
     }
 }
 

@@ -13,7 +13,9 @@ struct PostgresConnectionTests {
             let rows = try connection.query(
                 "SELECT $1::text, $2::bigint, $3::boolean, $4::text IS NULL, $5::timestamptz, $6::text",
                 ["héllo – 世界 🚀", Int64.min, true, SQLNull(), moment, "tab\tand\nnewline"])
-            return [rows[0].text(0), rows[0].text(1), rows[0].text(2), rows[0].text(3), rows[0].text(4), rows[0].text(5)]
+            return [
+                rows[0].text(0), rows[0].text(1), rows[0].text(2), rows[0].text(3), rows[0].text(4), rows[0].text(5),
+            ]
         }
         #expect(row[0] == "héllo – 世界 🚀")
         #expect(row[1] == String(Int64.min))
@@ -78,7 +80,9 @@ struct PostgresConnectionTests {
                 throw Boom()
             }
         }
-        let count = try await db.pool.withConnection { try $0.query("SELECT count(*) FROM tx")[0].decode(0, as: Int.self) }
+        let count = try await db.pool.withConnection {
+            try $0.query("SELECT count(*) FROM tx")[0].decode(0, as: Int.self)
+        }
         #expect(count == 0)
     }
 
@@ -194,12 +198,16 @@ struct ClusterRestartTests {
     func reconnectAfterRestart() async throws {
         let db = try await TestDatabase.shared("postgres-restart")
         let pool = PostgresPool(url: db.url, size: 2)
-        let before = try await pool.withConnection { try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int.self) }
+        let before = try await pool.withConnection {
+            try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int.self)
+        }
         try TestCluster.control("restart")
         // The first call may see the dead connection; within a few tries the pool reconnects.
         var after: Int?
         for _ in 0..<5 where after == nil {
-            after = try? await pool.withConnection { try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int.self) }
+            after = try? await pool.withConnection {
+                try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int.self)
+            }
         }
         #expect(after != nil)
         #expect(after != before)

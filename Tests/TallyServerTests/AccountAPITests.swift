@@ -16,21 +16,25 @@ struct AccountAPITests {
         let db = try await TestDatabase.shared("systemapi")
         let seed = Seed(db: db)
         let (user, access) = try await seed.user("self", quota: 123_456)
-        try await seed.sql("UPDATE users SET used_quota = 789, request_count = 12, display_name = 'Self Test', email = 's@example.com' WHERE id = $1", [user.id])
+        try await seed.sql(
+            "UPDATE users SET used_quota = 789, request_count = 12, display_name = 'Self Test', email = 's@example.com' WHERE id = $1",
+            [user.id])
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
             let answer = try await api.get("/api/user/self", token: access, headers: [.newAPIUser: String(user.id)])
             #expect(answer.status == 200)
             #expect(answer.success == true)
             let data = answer.dataObject
-            #expect(jsonTypes(data) == [
-                "id": "int", "username": "string", "display_name": "string", "role": "int", "status": "int",
-                "email": "string", "github_id": "string", "discord_id": "string", "oidc_id": "string",
-                "wechat_id": "string", "telegram_id": "string", "group": "string", "quota": "int", "used_quota": "int",
-                "request_count": "int", "aff_code": "string", "aff_count": "int", "aff_quota": "int",
-                "aff_history_quota": "int", "inviter_id": "int", "linux_do_id": "string", "setting": "string",
-                "stripe_customer": "string", "sidebar_modules": "string", "permissions": "object",
-            ])
+            #expect(
+                jsonTypes(data) == [
+                    "id": "int", "username": "string", "display_name": "string", "role": "int", "status": "int",
+                    "email": "string", "github_id": "string", "discord_id": "string", "oidc_id": "string",
+                    "wechat_id": "string", "telegram_id": "string", "group": "string", "quota": "int",
+                    "used_quota": "int",
+                    "request_count": "int", "aff_code": "string", "aff_count": "int", "aff_quota": "int",
+                    "aff_history_quota": "int", "inviter_id": "int", "linux_do_id": "string", "setting": "string",
+                    "stripe_customer": "string", "sidebar_modules": "string", "permissions": "object",
+                ])
             #expect(int64(data["id"]) == user.id)
             #expect(data["username"] as? String == user.username)
             #expect(data["display_name"] as? String == "Self Test")
@@ -66,7 +70,8 @@ struct AccountAPITests {
             let invalid = try await api.get("/api/token/", token: "not-a-token")
             #expect(invalid.status == 401)
             #expect(invalid.errorCode == "invalid_token")
-            let mismatch = try await api.get("/api/user/self", token: access, headers: [.newAPIUser: String(user.id + 1)])
+            let mismatch = try await api.get(
+                "/api/user/self", token: access, headers: [.newAPIUser: String(user.id + 1)])
             #expect(mismatch.status == 401)
             #expect(mismatch.errorCode == "invalid_token")
             for uri in ["/api/user/self", "/api/token/", "/api/log/self", "/api/user/models"] {
@@ -92,8 +97,9 @@ struct AccountAPITests {
             #expect(fresh.count == 32)
             #expect(try await api.get("/api/user/self", token: access).errorCode == "invalid_token")
             #expect(try await api.get("/api/user/self", token: fresh).status == 200)
-            let row = try await seed.sql("SELECT row_to_json(u)::text, access_token_hash = $2::bytea FROM users u WHERE id = $1",
-                                         [user.id, SecretHash(of: fresh)])
+            let row = try await seed.sql(
+                "SELECT row_to_json(u)::text, access_token_hash = $2::bytea FROM users u WHERE id = $1",
+                [user.id, SecretHash(of: fresh)])
             #expect(try !row[0].decode(0, as: String.self).contains(fresh))
             #expect(try row[0].decode(1, as: Bool.self))
             let posted = try await api.post("/api/user/token", token: fresh, "{}")
@@ -124,14 +130,20 @@ struct AccountAPITests {
         _ = try await GroupRepository(pool: db.pool).create(name: "team", by: .cli)
         _ = try await GroupRepository(pool: db.pool).create(name: "partner", by: .cli)
         let (user, access) = try await seed.user("models", group: "team")
-        _ = try await seed.channel(groups: ["team"], models: ["gpt-4o", "claude-sonnet-4", "text-embedding-3-small", "unpriced-model"])
-        _ = try await seed.channel(groups: ["team", "partner"], models: ["gemini-2.5-pro", "gpt-4o", "claude-sonnet-4"])
+        _ = try await seed.channel(
+            groups: ["team"], models: ["gpt-4o", "claude-sonnet-4", "text-embedding-3-small", "unpriced-model"])
+        _ = try await seed.channel(
+            groups: ["team", "partner"], models: ["gemini-2.5-pro", "gpt-4o", "claude-sonnet-4"])
         _ = try await seed.channel(groups: ["team"], models: ["disabled-model"], status: .disabled)
         _ = try await seed.channel(groups: ["partner"], models: ["other-group-model"])
         let (_, all) = try await seed.key(user: user.id)
-        let (_, limited) = try await seed.key(user: user.id, TokenDraft(
-            name: "limited", unlimitedQuota: true, modelLimitsEnabled: true, modelLimits: "gpt-4o,gemini-2.5-pro,not-offered"))
-        let (_, partner) = try await seed.key(user: user.id, TokenDraft(name: "partner", unlimitedQuota: true, group: "partner"))
+        let (_, limited) = try await seed.key(
+            user: user.id,
+            TokenDraft(
+                name: "limited", unlimitedQuota: true, modelLimitsEnabled: true,
+                modelLimits: "gpt-4o,gemini-2.5-pro,not-offered"))
+        let (_, partner) = try await seed.key(
+            user: user.id, TokenDraft(name: "partner", unlimitedQuota: true, group: "partner"))
         // Without a price version nothing is usable.
         try await TestApp.build(db).test(.live) { client in
             let empty = try await API(client: client).get("/v1/models", token: all)
@@ -148,29 +160,44 @@ struct AccountAPITests {
             #expect(answer.object["object"] as? String == "list")
             let data = try #require(answer.object["data"] as? [[String: Any]])
             // Offered to "team" by an enabled channel and priced: not unpriced-model, not disabled-model.
-            #expect(data.map { $0["id"] as? String } == ["claude-sonnet-4", "gemini-2.5-pro", "gpt-4o", "text-embedding-3-small"])
+            #expect(
+                data.map { $0["id"] as? String } == [
+                    "claude-sonnet-4", "gemini-2.5-pro", "gpt-4o", "text-embedding-3-small",
+                ])
             for model in data {
-                #expect(jsonTypes(model) == ["id": "string", "object": "string", "created": "int", "owned_by": "string",
-                                             "supported_endpoint_types": "array"])
+                #expect(
+                    jsonTypes(model) == [
+                        "id": "string", "object": "string", "created": "int", "owned_by": "string",
+                        "supported_endpoint_types": "array",
+                    ])
                 #expect(model["object"] as? String == "model")
                 #expect(model["created"] as? Int == 1_626_777_600)
             }
             #expect(data[0]["supported_endpoint_types"] as? [String] == ["anthropic", "openai"])
             #expect(data[0]["owned_by"] as? String == "anthropic")
-            #expect(data[2]["supported_endpoint_types"] as? [String] == ["openai", "openai-response"], "the sheet's endpoint_types")
+            #expect(
+                data[2]["supported_endpoint_types"] as? [String] == ["openai", "openai-response"],
+                "the sheet's endpoint_types")
             #expect(data[3]["supported_endpoint_types"] as? [String] == ["embeddings"], "from the sheet's kind")
 
             let narrowed = try await api.get("/v1/models", token: limited)
-            #expect((narrowed.object["data"] as? [[String: Any]])?.map { $0["id"] as? String } == ["gemini-2.5-pro", "gpt-4o"])
+            #expect(
+                (narrowed.object["data"] as? [[String: Any]])?.map { $0["id"] as? String } == [
+                    "gemini-2.5-pro", "gpt-4o",
+                ])
             // The partner group's sheet entry allows only three models: claude-sonnet-4 is offered but not usable there.
             let theirs = try await api.get("/v1/models", token: partner)
-            #expect((theirs.object["data"] as? [[String: Any]])?.map { $0["id"] as? String } == ["gemini-2.5-pro", "gpt-4o", "other-group-model"])
+            #expect(
+                (theirs.object["data"] as? [[String: Any]])?.map { $0["id"] as? String } == [
+                    "gemini-2.5-pro", "gpt-4o", "other-group-model",
+                ])
             // A key from before the groups existed, in the default group: nothing offered there.
             let early = try await api.get("/v1/models", token: noPrices)
             #expect((early.object["data"] as? [Any])?.isEmpty == true)
 
             // Anthropic clients get Anthropic's list shape.
-            let anthropic = try await api.get("/v1/models", headers: [.xAPIKey: limited, .anthropicVersion: "2023-06-01"])
+            let anthropic = try await api.get(
+                "/v1/models", headers: [.xAPIKey: limited, .anthropicVersion: "2023-06-01"])
             #expect(anthropic.status == 200)
             #expect(anthropic.object["first_id"] as? String == "gemini-2.5-pro")
             #expect(anthropic.object["last_id"] as? String == "gpt-4o")
@@ -178,7 +205,10 @@ struct AccountAPITests {
 
             // /api/user/models: the user's group, without the key's limits; ?group= another usable group.
             let userModels = try await api.get("/api/user/models", token: access)
-            #expect(userModels.data as? [String] == ["claude-sonnet-4", "gemini-2.5-pro", "gpt-4o", "text-embedding-3-small"])
+            #expect(
+                userModels.data as? [String] == [
+                    "claude-sonnet-4", "gemini-2.5-pro", "gpt-4o", "text-embedding-3-small",
+                ])
             let partnerModels = try await api.get("/api/user/models?group=partner", token: access)
             #expect(partnerModels.data as? [String] == ["gemini-2.5-pro", "gpt-4o", "other-group-model"])
             let unknown = try await api.get("/api/user/models?group=nope", token: access)
@@ -191,8 +221,10 @@ struct AccountAPITests {
         let db = try await TestDatabase.shared("systemapi")
         let seed = Seed(db: db)
         let (user, _) = try await seed.user()
-        let (expiredToken, expired) = try await seed.key(user: user.id, TokenDraft(name: "expired", unlimitedQuota: true))
-        try await seed.sql("UPDATE tokens SET expires_at = now() - interval '1 second' WHERE id = $1", [expiredToken.id])
+        let (expiredToken, expired) = try await seed.key(
+            user: user.id, TokenDraft(name: "expired", unlimitedQuota: true))
+        try await seed.sql(
+            "UPDATE tokens SET expires_at = now() - interval '1 second' WHERE id = $1", [expiredToken.id])
         let (_, exhausted) = try await seed.key(user: user.id, TokenDraft(name: "exhausted", remainQuota: 0))
         let (suspendedUser, _) = try await seed.user("suspended")
         let (_, suspendedKey) = try await seed.key(user: suspendedUser.id)
@@ -236,7 +268,10 @@ struct AccountAPITests {
             // gpt-4o, default group, 1000 in / 500 out = 3750 units each (DESIGN §3).
             let charged: Int64 = 4 * 3750
             #expect(try await seed.int("SELECT used_quota FROM token_balances WHERE id = $1", [token.id]) == charged)
-            #expect(try await seed.int("SELECT coalesce(sum(quota), 0)::bigint FROM request_logs WHERE token_id = $1", [token.id]) == charged)
+            #expect(
+                try await seed.int(
+                    "SELECT coalesce(sum(quota), 0)::bigint FROM request_logs WHERE token_id = $1", [token.id])
+                    == charged)
 
             let usage = try await api.get("/v1/dashboard/billing/usage", token: key)
             #expect(double(usage.object["total_usage"]) == Double(charged) / 5000)  // cents
@@ -255,7 +290,10 @@ struct AccountAPITests {
             #expect(int64(listed.dataObject["used_quota"]) == charged)
             let logs = try await api.get("/api/log/self?type=2", token: access)
             #expect(logs.dataObject["total"] as? Int == 4)
-            #expect((logs.dataObject["items"] as? [[String: Any]])?.allSatisfy { int64($0["quota"]) == 3750 && ($0["token_name"] as? String) == "metered" } == true)
+            #expect(
+                (logs.dataObject["items"] as? [[String: Any]])?.allSatisfy {
+                    int64($0["quota"]) == 3750 && ($0["token_name"] as? String) == "metered"
+                } == true)
             let stat = try await api.get("/api/log/self/stat", token: access)
             #expect(int64(stat.dataObject["quota"]) == charged)
         }
@@ -267,18 +305,25 @@ struct AccountAPITests {
         let seed = Seed(db: db)
         let (user, _) = try await seed.user("billing", quota: 10_000_000)
         let expiry = Int64(Date().timeIntervalSince1970) + 3600
-        let (limitedToken, limited) = try await seed.key(user: user.id, TokenDraft(name: "limited", expiredTime: expiry, remainQuota: 1_250_000))
+        let (limitedToken, limited) = try await seed.key(
+            user: user.id, TokenDraft(name: "limited", expiredTime: expiry, remainQuota: 1_250_000))
         let (_, unlimited) = try await seed.key(user: user.id)
         // What settling requests leaves behind: the key spent 250,000 units, the account 1,000,000.
-        try await seed.sql("UPDATE tokens SET remain_quota = remain_quota - 250000, used_quota = used_quota + 250000 WHERE id = $1", [limitedToken.id])
-        try await seed.sql("UPDATE users SET quota = quota - 1000000, used_quota = used_quota + 1000000 WHERE id = $1", [user.id])
+        try await seed.sql(
+            "UPDATE tokens SET remain_quota = remain_quota - 250000, used_quota = used_quota + 250000 WHERE id = $1",
+            [limitedToken.id])
+        try await seed.sql(
+            "UPDATE users SET quota = quota - 1000000, used_quota = used_quota + 1000000 WHERE id = $1", [user.id])
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
             for prefix in ["/v1/dashboard/billing", "/dashboard/billing"] {
                 let subscription = try await api.get("\(prefix)/subscription", token: limited)
                 #expect(subscription.status == 200)
-                #expect(Set(subscription.object.keys) == ["access_until", "has_payment_method", "hard_limit_usd",
-                                                          "object", "soft_limit_usd", "system_hard_limit_usd"])
+                #expect(
+                    Set(subscription.object.keys) == [
+                        "access_until", "has_payment_method", "hard_limit_usd",
+                        "object", "soft_limit_usd", "system_hard_limit_usd",
+                    ])
                 #expect(subscription.object["object"] as? String == "billing_subscription")
                 #expect(subscription.object["has_payment_method"] as? Bool == true)
                 // remain 1,000,000 + used 250,000 = 1,250,000 units = 2.5 USD.

@@ -78,11 +78,17 @@ struct AdminAPITests {
                 try await group.waitForAll()
             }
             #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 501_000)
-            #expect(try await seed.int("SELECT count(*) FROM ledger WHERE user_id = $1 AND kind = 'topup' AND amount = 500000", [user.id]) == 1)
-            #expect(try await seed.int("SELECT balance_after FROM ledger WHERE idempotency_key = $1", ["topup:" + key]) == 501_000)
+            #expect(
+                try await seed.int(
+                    "SELECT count(*) FROM ledger WHERE user_id = $1 AND kind = 'topup' AND amount = 500000", [user.id])
+                    == 1)
+            #expect(
+                try await seed.int("SELECT balance_after FROM ledger WHERE idempotency_key = $1", ["topup:" + key])
+                    == 501_000)
             // The same key for another amount is a conflict, not a credit.
-            let conflict = try await api.post("/api/admin/topups", token: adminAccess,
-                                              #"{"user_id":\#(user.id),"amount":7,"idempotency_key":"\#(key)"}"#)
+            let conflict = try await api.post(
+                "/api/admin/topups", token: adminAccess,
+                #"{"user_id":\#(user.id),"amount":7,"idempotency_key":"\#(key)"}"#)
             #expect(conflict.status == 409)
             #expect(conflict.errorCode == "conflict")
             // A new key sent for four accounts at once credits one of them; the others conflict (the
@@ -93,19 +99,25 @@ struct AdminAPITests {
             let sharedStatuses = try await withThrowingTaskGroup(of: Int.self) { group in
                 for payer in payers {
                     group.addTask {
-                        try await api.post("/api/admin/topups", token: adminAccess,
-                                           #"{"user_id":\#(payer),"amount":9,"idempotency_key":"\#(shared)"}"#).status
+                        try await api.post(
+                            "/api/admin/topups", token: adminAccess,
+                            #"{"user_id":\#(payer),"amount":9,"idempotency_key":"\#(shared)"}"#
+                        ).status
                     }
                 }
                 return try await group.reduce(into: []) { $0.append($1) }
             }
             #expect(sharedStatuses.sorted() == [200, 409, 409, 409])
-            #expect(try await seed.int("SELECT count(*) FROM ledger WHERE idempotency_key = $1", ["topup:" + shared]) == 1)
-            #expect(try await seed.int("SELECT coalesce(sum(quota), 0)::bigint FROM users WHERE id = ANY ($1::bigint[])",
-                                       [TextArray(payers.map(String.init))]) == 9)
+            #expect(
+                try await seed.int("SELECT count(*) FROM ledger WHERE idempotency_key = $1", ["topup:" + shared]) == 1)
+            #expect(
+                try await seed.int(
+                    "SELECT coalesce(sum(quota), 0)::bigint FROM users WHERE id = ANY ($1::bigint[])",
+                    [TextArray(payers.map(String.init))]) == 9)
             // Audited once, in the same transaction, with who, before/after and the tid.
-            let audit = try await seed.sql("SELECT actor_id, actor, before->>'quota', after->>'quota', tid FROM audit_log WHERE action = 'user.topup' AND target = $1",
-                                           ["user:\(user.id)"])
+            let audit = try await seed.sql(
+                "SELECT actor_id, actor, before->>'quota', after->>'quota', tid FROM audit_log WHERE action = 'user.topup' AND target = $1",
+                ["user:\(user.id)"])
             #expect(audit.count == 1)
             #expect(try audit[0].decode(0, as: Int64.self) == admin.id)
             #expect(try audit[0].decode(1, as: String.self) == admin.username)
@@ -113,15 +125,18 @@ struct AdminAPITests {
             #expect(try audit[0].decode(3, as: String.self) == "501000")
             #expect(try audit[0].decode(4, as: String.self) == first.headers[.xTid])
             // Bad input.
-            for (json, message) in [(#"{"user_id":\#(user.id),"amount":0}"#, "amount must be a positive"),
-                                    (#"{"user_id":\#(user.id)}"#, "amount is required"),
-                                    (#"{"amount":5}"#, "user_id is required"),
-                                    (#"{"user_id":\#(user.id),"amount":5,"idempotency_key":""}"#, "idempotency_key must be")] {
+            for (json, message) in [
+                (#"{"user_id":\#(user.id),"amount":0}"#, "amount must be a positive"),
+                (#"{"user_id":\#(user.id)}"#, "amount is required"),
+                (#"{"amount":5}"#, "user_id is required"),
+                (#"{"user_id":\#(user.id),"amount":5,"idempotency_key":""}"#, "idempotency_key must be"),
+            ] {
                 let answer = try await api.post("/api/admin/topups", token: adminAccess, json)
                 #expect(answer.status == 400, "\(json)")
                 #expect(answer.errorMessage?.contains(message) == true, "\(json): \(answer.errorMessage ?? "")")
             }
-            let unknown = try await api.post("/api/admin/topups", token: adminAccess, #"{"user_id":987654321,"amount":5}"#)
+            let unknown = try await api.post(
+                "/api/admin/topups", token: adminAccess, #"{"user_id":987654321,"amount":5}"#)
             #expect(unknown.status == 404)
         }
     }
@@ -137,7 +152,8 @@ struct AdminAPITests {
         let app = try await TestApp.build(db)
         try await app.test(.live) { client in
             let api = API(client: client)
-            let created = try await api.post("/api/redemption/", token: adminAccess, #"{"name":"promo","count":1,"quota":250000}"#)
+            let created = try await api.post(
+                "/api/redemption/", token: adminAccess, #"{"name":"promo","count":1,"quota":250000}"#)
             #expect(created.status == 200)
             let code = try #require((created.data as? [String])?.first)
             #expect(code.wholeMatch(of: /[0-9a-f]{32}/) != nil)
@@ -151,11 +167,14 @@ struct AdminAPITests {
                 for (_, access) in redeemers {
                     group.addTask {
                         try await TestClient.withClient(host: "127.0.0.1", port: port) { http in
-                            let response = try await http.execute(.init(
-                                "/api/user/topup", method: .post, authority: "localhost",
-                                headers: [.authorization: "Bearer \(access)", .contentType: "application/json"],
-                                body: ByteBuffer(string: #"{"key":"\#(code)"}"#)))
-                            let object = try JSONSerialization.jsonObject(with: Data(buffer: response.body ?? ByteBuffer())) as? [String: Any]
+                            let response = try await http.execute(
+                                .init(
+                                    "/api/user/topup", method: .post, authority: "localhost",
+                                    headers: [.authorization: "Bearer \(access)", .contentType: "application/json"],
+                                    body: ByteBuffer(string: #"{"key":"\#(code)"}"#)))
+                            let object =
+                                try JSONSerialization.jsonObject(with: Data(buffer: response.body ?? ByteBuffer()))
+                                as? [String: Any]
                             return (Int(response.status.code), int64(object?["data"]))
                         }
                     }
@@ -166,18 +185,26 @@ struct AdminAPITests {
             #expect(statuses.filter { $0.0 == 200 }.first?.1 == 250_000)
             #expect(statuses.filter { $0.0 == 409 }.count == 19)
             let ids = redeemers.map { $0.0.id }
-            #expect(try await seed.int("SELECT coalesce(sum(quota), 0)::bigint FROM users WHERE id = ANY ($1::bigint[])",
-                                       [TextArray(ids.map(String.init))]) == 250_000)
-            #expect(try await seed.int("SELECT count(*) FROM ledger WHERE kind = 'redeem' AND user_id = ANY ($1::bigint[])",
-                                       [TextArray(ids.map(String.init))]) == 1)
+            #expect(
+                try await seed.int(
+                    "SELECT coalesce(sum(quota), 0)::bigint FROM users WHERE id = ANY ($1::bigint[])",
+                    [TextArray(ids.map(String.init))]) == 250_000)
+            #expect(
+                try await seed.int(
+                    "SELECT count(*) FROM ledger WHERE kind = 'redeem' AND user_id = ANY ($1::bigint[])",
+                    [TextArray(ids.map(String.init))]) == 1)
             // Afterwards: used, and the list shows it masked.
             let again = try await api.post("/api/user/topup", token: redeemers[0].1, #"{"key":"\#(code)"}"#)
             #expect(again.status == 409)
-            let unknown = try await api.post("/api/user/topup", token: redeemers[0].1, #"{"key":"0123456789abcdef0123456789abcdef"}"#)
+            let unknown = try await api.post(
+                "/api/user/topup", token: redeemers[0].1, #"{"key":"0123456789abcdef0123456789abcdef"}"#)
             #expect(unknown.status == 400)
             #expect(unknown.errorMessage == "invalid redemption code")
             let list = try await api.get("/api/redemption/?p=1&page_size=100", token: adminAccess)
-            let item = try #require((list.dataObject["items"] as? [[String: Any]])?.first { ($0["key"] as? String) == "\u{2026}" + code.suffix(6) })
+            let item = try #require(
+                (list.dataObject["items"] as? [[String: Any]])?.first {
+                    ($0["key"] as? String) == "\u{2026}" + code.suffix(6)
+                })
             #expect(item["status"] as? Int == 3)
             #expect(int64(item["quota"]) == 250_000)
             #expect(int64(item["used_user_id"]) != 0)
@@ -193,8 +220,9 @@ struct AdminAPITests {
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
             let name = "made-\(UInt32.random(in: 0...UInt32.max))"
-            let created = try await api.post("/api/user/", token: adminAccess,
-                                             #"{"username":"\#(name)","display_name":"Made","email":"m@example.com","password":"ignored"}"#)
+            let created = try await api.post(
+                "/api/user/", token: adminAccess,
+                #"{"username":"\#(name)","display_name":"Made","email":"m@example.com","password":"ignored"}"#)
             #expect(created.status == 200)
             let id = try #require(int64(created.dataObject["id"]))
             let token = try #require(created.dataObject["access_token"] as? String)
@@ -203,40 +231,56 @@ struct AdminAPITests {
             let tooHigh = try await api.post("/api/user/", token: adminAccess, #"{"username":"x\#(name)","role":10}"#)
             #expect(tooHigh.errorCode == "insufficient_permissions")
 
-            let updated = try await api.put("/api/user/", token: adminAccess, #"{"id":\#(id),"display_name":"Renamed","quota":300}"#)
+            let updated = try await api.put(
+                "/api/user/", token: adminAccess, #"{"id":\#(id),"display_name":"Renamed","quota":300}"#)
             #expect(updated.status == 200)
             #expect(updated.dataObject["display_name"] as? String == "Renamed")
             #expect(int64(updated.dataObject["quota"]) == 300)
-            #expect(try await seed.int("SELECT sum(amount)::bigint FROM ledger WHERE user_id = $1 AND kind = 'adjust'", [id]) == 300)
+            #expect(
+                try await seed.int(
+                    "SELECT sum(amount)::bigint FROM ledger WHERE user_id = $1 AND kind = 'adjust'", [id]) == 300)
 
             let listed = try await api.get("/api/user/?keyword=\(name)", token: adminAccess)
             #expect(listed.dataObject["total"] as? Int == 1)
-            #expect(jsonTypes((listed.dataObject["items"] as? [[String: Any]])?.first ?? [:]) == [
-                "id": "int", "username": "string", "display_name": "string", "role": "int", "status": "int",
-                "email": "string", "group": "string", "quota": "int", "used_quota": "int", "request_count": "int",
-            ])
+            #expect(
+                jsonTypes((listed.dataObject["items"] as? [[String: Any]])?.first ?? [:]) == [
+                    "id": "int", "username": "string", "display_name": "string", "role": "int", "status": "int",
+                    "email": "string", "group": "string", "quota": "int", "used_quota": "int", "request_count": "int",
+                ])
 
-            let disabled = try await api.post("/api/user/manage", token: adminAccess, #"{"id":\#(id),"action":"disable"}"#)
+            let disabled = try await api.post(
+                "/api/user/manage", token: adminAccess, #"{"id":\#(id),"action":"disable"}"#)
             #expect(disabled.dataObject["status"] as? Int == 2)
             #expect(try await api.get("/api/user/self", token: token).errorCode == "account_suspended")
             _ = try await api.post("/api/user/manage", token: adminAccess, #"{"id":\#(id),"action":"enable"}"#)
             #expect(try await api.get("/api/user/self", token: token).status == 200)
             // Only root promotes; an admin cannot manage an admin.
-            #expect(try await api.post("/api/user/manage", token: adminAccess, #"{"id":\#(id),"action":"promote"}"#).errorCode == "insufficient_permissions")
-            let promoted = try await api.post("/api/user/manage", token: rootAccess, #"{"id":\#(id),"action":"promote"}"#)
+            #expect(
+                try await api.post("/api/user/manage", token: adminAccess, #"{"id":\#(id),"action":"promote"}"#)
+                    .errorCode == "insufficient_permissions")
+            let promoted = try await api.post(
+                "/api/user/manage", token: rootAccess, #"{"id":\#(id),"action":"promote"}"#)
             #expect(promoted.dataObject["role"] as? Int == 10)
-            #expect(try await api.post("/api/user/manage", token: adminAccess, #"{"id":\#(id),"action":"disable"}"#).errorCode == "insufficient_permissions")
-            let added = try await api.post("/api/user/manage", token: rootAccess, #"{"id":\#(id),"action":"add_quota","mode":"add","value":50}"#)
+            #expect(
+                try await api.post("/api/user/manage", token: adminAccess, #"{"id":\#(id),"action":"disable"}"#)
+                    .errorCode == "insufficient_permissions")
+            let added = try await api.post(
+                "/api/user/manage", token: rootAccess, #"{"id":\#(id),"action":"add_quota","mode":"add","value":50}"#)
             #expect(added.status == 200)
             #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [id]) == 350)
             let bad = try await api.post("/api/user/manage", token: rootAccess, #"{"id":\#(id),"action":"explode"}"#)
             #expect(bad.status == 400)
             #expect(bad.errorMessage?.contains("unknown action") == true)
-            #expect(try await api.post("/api/user/manage", token: rootAccess, #"{"id":99999999,"action":"enable"}"#).status == 404)
+            #expect(
+                try await api.post("/api/user/manage", token: rootAccess, #"{"id":99999999,"action":"enable"}"#).status
+                    == 404)
 
-            let actions = try await seed.sql("SELECT action, actor_id FROM audit_log WHERE target = $1 ORDER BY id", ["user:\(id)"])
-            #expect(try actions.map { try $0.decode(0, as: String.self) } == [
-                "user.create", "user.update", "user.disable", "user.enable", "user.promote", "user.quota_add"])
+            let actions = try await seed.sql(
+                "SELECT action, actor_id FROM audit_log WHERE target = $1 ORDER BY id", ["user:\(id)"])
+            #expect(
+                try actions.map { try $0.decode(0, as: String.self) } == [
+                    "user.create", "user.update", "user.disable", "user.enable", "user.promote", "user.quota_add",
+                ])
             #expect(try actions[1].decode(1, as: Int64.self) == admin.id)
         }
     }
@@ -247,42 +291,53 @@ struct AdminAPITests {
         let seed = Seed(db: db)
         let (_, adminAccess) = try await seed.user("admin", role: .admin)
         let name = "crew"
-        try await seed.prices("""
+        try await seed.prices(
+            """
             effective_from: 2026-01-01T00:00:00Z
             groups: {default: {ratio: "1"}, crew: {ratio: "1"}}
             models: {m-1: {per_call: "0.01"}, m-2: {per_call: "0.01"}, m-3: {per_call: "0.01"}}
             """)
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
-            let group = try await api.post("/api/admin/groups", token: adminAccess,
-                                           #"{"name":"\#(name)","description":"Team","selectable":false,"rpm_limit":60}"#)
+            let group = try await api.post(
+                "/api/admin/groups", token: adminAccess,
+                #"{"name":"\#(name)","description":"Team","selectable":false,"rpm_limit":60}"#)
             #expect(group.status == 200)
             #expect(group.dataObject["rpm_limit"] as? Int == 60)
             #expect(try await api.post("/api/admin/groups", token: adminAccess, #"{"name":"\#(name)"}"#).status == 409)
             #expect(try await api.post("/api/admin/groups", token: adminAccess, #"{"name":"bad name"}"#).status == 400)
-            let changed = try await api.put("/api/admin/groups/\(name)", token: adminAccess, #"{"selectable":true,"rpm_limit":null}"#)
+            let changed = try await api.put(
+                "/api/admin/groups/\(name)", token: adminAccess, #"{"selectable":true,"rpm_limit":null}"#)
             #expect(changed.dataObject["selectable"] as? Bool == true)
             #expect(changed.dataObject["rpm_limit"] is NSNull)
 
             // new-api's channel body (wrapped) and the plain one both work.
-            let channel = try await api.post("/api/channel/", token: adminAccess,
-                                             #"{"mode":"single","channel":{"name":"up-1","group":"\#(name)","models":"m-1,m-2","type":1,"key":"upstream-secret"}}"#)
+            let channel = try await api.post(
+                "/api/channel/", token: adminAccess,
+                #"{"mode":"single","channel":{"name":"up-1","group":"\#(name)","models":"m-1,m-2","type":1,"key":"upstream-secret"}}"#
+            )
             #expect(channel.status == 200)
             #expect(channel.dataObject["group"] as? String == name)
             #expect(channel.dataObject["models"] as? String == "m-1,m-2")
             let channelID = try #require(int64(channel.dataObject["id"]))
-            let plain = try await api.post("/api/channel/", token: adminAccess, #"{"name":"up-2","group":["\#(name)"],"models":["m-3"]}"#)
+            let plain = try await api.post(
+                "/api/channel/", token: adminAccess, #"{"name":"up-2","group":["\#(name)"],"models":["m-3"]}"#)
             #expect(plain.status == 200)
-            #expect(try await api.post("/api/channel/", token: adminAccess, #"{"name":"x","group":"no-such"}"#).errorMessage == "unknown group \"no-such\"")
+            #expect(
+                try await api.post("/api/channel/", token: adminAccess, #"{"name":"x","group":"no-such"}"#).errorMessage
+                    == "unknown group \"no-such\"")
             #expect(try await api.post("/api/channel/", token: adminAccess, #"{"name":"x","status":9}"#).status == 400)
 
             let (member, memberAccess) = try await seed.user("member", group: name)
             _ = member
-            #expect(try await api.get("/api/user/models", token: memberAccess).data as? [String] == ["m-1", "m-2", "m-3"])
+            #expect(
+                try await api.get("/api/user/models", token: memberAccess).data as? [String] == ["m-1", "m-2", "m-3"])
             let disabled = try await api.put("/api/channel/", token: adminAccess, #"{"id":\#(channelID),"status":2}"#)
             #expect(disabled.dataObject["status"] as? Int == 2)
             #expect(try await api.get("/api/user/models", token: memberAccess).data as? [String] == ["m-3"])
-            #expect(try await api.get("/api/channel/\(channelID)", token: adminAccess).dataObject["name"] as? String == "up-1")
+            #expect(
+                try await api.get("/api/channel/\(channelID)", token: adminAccess).dataObject["name"] as? String
+                    == "up-1")
             #expect(try await api.get("/api/channel/99999999", token: adminAccess).status == 404)
             let listed = try await api.get("/api/channel/?page_size=100", token: adminAccess)
             #expect((listed.dataObject["items"] as? [[String: Any]])?.contains { int64($0["id"]) == channelID } == true)
@@ -291,7 +346,8 @@ struct AdminAPITests {
             let inUse = try await api.delete("/api/admin/groups/\(name)", token: adminAccess)
             #expect(inUse.status == 409)
             #expect(try await api.get("/api/group", token: memberAccess).data as? [String] != nil)
-            let audit = try await seed.int("SELECT count(*) FROM audit_log WHERE target IN ($1, $2) ", ["group:\(name)", "channel:\(channelID)"])
+            let audit = try await seed.int(
+                "SELECT count(*) FROM audit_log WHERE target IN ($1, $2) ", ["group:\(name)", "channel:\(channelID)"])
             #expect(audit == 4)  // group create, group update, channel create, channel update
         }
     }

@@ -38,9 +38,9 @@ struct AuthorizeBodyTests {
     @Test("what it cannot decide exactly as JSONDecoder does, it leaves to JSONDecoder")
     func declined() {
         let bodies = [
-            #"{"request_id":"r\u0031","key":"k","model":"m"}"#,   // an escape
-            #"{"request_id":"é","key":"k","model":"m"}"#,         // not ASCII
-            #"{"request_id":"a","request_id":"b"}"#,              // a repeated key
+            #"{"request_id":"r\u0031","key":"k","model":"m"}"#,  // an escape
+            #"{"request_id":"é","key":"k","model":"m"}"#,  // not ASCII
+            #"{"request_id":"a","request_id":"b"}"#,  // a repeated key
             #"{"request_id":null}"#, #"{"channel_id":-1}"#, #"{"channel_id":1.0}"#, #"{"channel_id":1e2}"#,
             #"{"channel_id":12345678901234567890}"#, #"{"extra":1}"#, #"{"estimate":{"video_seconds":8}}"#,
             #"{"estimate":{"prompt_tokens":-5}}"#, #"[]"#, #"{"key":"k"} x"#, #"{"key":"k""#, "\u{FEFF}{}",
@@ -51,9 +51,10 @@ struct AuthorizeBodyTests {
     @Test("20,000 mutated bodies: whatever it reads, JSONDecoder reads the same")
     func agreesOnFuzzedBodies() {
         var random = SplitMix64(seed: AuthorizeFuzzTests.seed)
-        var fuzzers = Dictionary(uniqueKeysWithValues: AuthorizeFuzzTests.Family.allCases.enumerated().map {
-            ($1, JSONFuzzer(seed: AuthorizeFuzzTests.seed &+ UInt64($0 + 1), schema: $1.schema))
-        })
+        var fuzzers = Dictionary(
+            uniqueKeysWithValues: AuthorizeFuzzTests.Family.allCases.enumerated().map {
+                ($1, JSONFuzzer(seed: AuthorizeFuzzTests.seed &+ UInt64($0 + 1), schema: $1.schema))
+            })
         var read = 0
         for index in 0..<20_000 {
             let (family, valid) = AuthorizeFuzzTests.validBody(index, random: &random)

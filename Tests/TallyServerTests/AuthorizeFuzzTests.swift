@@ -27,7 +27,8 @@ struct AuthorizeFuzzTests {
                 "prompt_tokens": .init(.wholeNumber), "completion_tokens": .init(.wholeNumber),
                 "images": .init(.wholeNumber), "calls": .init(.wholeNumber), "max_tokens": .init(.wholeNumber),
                 "prompt_chars": .init(.wholeNumber), "input_chars": .init(.wholeNumber), "n": .init(.any),
-                "video_seconds": .init(.decimal), "size": .init(.any), "quality": .init(.any), "resolution": .init(.any),
+                "video_seconds": .init(.decimal), "size": .init(.any), "quality": .init(.any),
+                "resolution": .init(.any),
                 // Only measured, never stored: any string will do, even one with NUL; a long one
                 // may pass the 64 KiB body limit.
                 "prompt": .init(.any),
@@ -38,14 +39,18 @@ struct AuthorizeFuzzTests {
             case .perCall, .chat: break
             }
             // JSONDecoder (authorize's parser) refuses nesting past 512 levels, root included.
-            return FuzzSchema(fields: [
-                "request_id": .init(.identifier(maxBytes: 128), required: true),
-                "key": .init(.name(unknown: ["sk-unknown", "sk-" + String(repeating: "f", count: 48), "Bearer sk-"]),
-                             required: true),
-                "model": .init(.name(unknown: ["gpt-5-nope", "GPT-4O", "'; DROP TABLE users; --"]), required: true),
-                "ip": .init(.any), "channel_id": .init(.any),
-                "estimate": .init(.object(FuzzSchema(fields: estimate)), required: self == .image || self == .video),
-            ], maxUnknownDepth: 511, depthCountsFromRoot: true)
+            return FuzzSchema(
+                fields: [
+                    "request_id": .init(.identifier(maxBytes: 128), required: true),
+                    "key": .init(
+                        .name(unknown: ["sk-unknown", "sk-" + String(repeating: "f", count: 48), "Bearer sk-"]),
+                        required: true),
+                    "model": .init(
+                        .name(unknown: ["gpt-5-nope", "GPT-4O", "'; DROP TABLE users; --"]), required: true),
+                    "ip": .init(.any), "channel_id": .init(.any),
+                    "estimate": .init(
+                        .object(FuzzSchema(fields: estimate)), required: self == .image || self == .video),
+                ], maxUnknownDepth: 511, depthCountsFromRoot: true)
         }
     }
 
@@ -54,24 +59,30 @@ struct AuthorizeFuzzTests {
     static let allowedCodes = Set(CatalogEntry.allCases.map(\.rawValue)).subtracting(["provider_rate_limited"])
         .union(["invalid_request", "payload_too_large"])
 
-    @Test("10,000 mutated bodies: no crash, 200 with a hold or an enveloped catalog error with a tid; refusals reserve nothing")
+    @Test(
+        "10,000 mutated bodies: no crash, 200 with a hold or an enveloped catalog error with a tid; refusals reserve nothing"
+    )
     func fuzz() async throws {
         let db = try await TestDatabase.create("authorizefuzz")
         try await db.prepareBilling(users: Self.users, quota: 1_000_000_000)
         let seed = Seed(db: db)
-        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o", "dall-e-3", "veo-3", "suno-v4", "claude-sonnet-4"])
+        _ = try await seed.channel(
+            groups: ["default"], models: ["gpt-4o", "dall-e-3", "veo-3", "suno-v4", "claude-sonnet-4"])
         let (held, holds, codes) = try await TestApp.build(db).test(.router) { client in
             var random = SplitMix64(seed: Self.seed)
-            var fuzzers = Dictionary(uniqueKeysWithValues: Family.allCases.enumerated().map { index, family in
-                (family, JSONFuzzer(seed: Self.seed &+ UInt64(index + 1), schema: family.schema))
-            })
+            var fuzzers = Dictionary(
+                uniqueKeysWithValues: Family.allCases.enumerated().map { index, family in
+                    (family, JSONFuzzer(seed: Self.seed &+ UInt64(index + 1), schema: family.schema))
+                })
             var held: Int64 = 0
             var holds = 0
             var codes: [String: Int] = [:]
             for index in 0..<Self.cases {
                 let (family, valid) = Self.validBody(index, random: &random)
-                let input = index % 10 == 0 ? fuzzers[family]!.mutate(valid, with: .none)
-                                            : fuzzers[family]!.mutate(valid)
+                let input =
+                    index % 10 == 0
+                    ? fuzzers[family]!.mutate(valid, with: .none)
+                    : fuzzers[family]!.mutate(valid)
                 let response = try await client.execute(
                     uri: "/gateway/v1/authorize", method: .post,
                     headers: [.authorization: "Bearer test-gateway-secret", .contentType: "application/json"],
@@ -105,13 +116,15 @@ struct AuthorizeFuzzTests {
             }
             return (held, holds, codes)
         }
-        print("authorize fuzz (seed \(Self.seed)): \(Self.cases) bodies: "
-              + codes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+        print(
+            "authorize fuzz (seed \(Self.seed)): \(Self.cases) bodies: "
+                + codes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         #expect(holds > 500 && codes.count > 4)
         // Exactly the granted holds are reserved; nothing else changed a balance.
         #expect(try await db.scalar("SELECT count(*) FROM holds") == Int64(holds))
         #expect(try await db.scalar("SELECT coalesce(sum(reserved), 0)::bigint FROM user_balances") == held)
-        #expect(try await db.scalar("SELECT sum(quota)::bigint FROM user_balances") == Int64(Self.users) * 1_000_000_000)
+        #expect(
+            try await db.scalar("SELECT sum(quota)::bigint FROM user_balances") == Int64(Self.users) * 1_000_000_000)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
@@ -124,22 +137,34 @@ struct AuthorizeFuzzTests {
         switch family {
         case .image:
             model = "dall-e-3"
-            estimate = [.init("prompt", .string("a lighthouse at dusk")), .init("n", .number("1")), .init("size", .string("1024x1024")),
-                        .init("quality", .string("standard"))]
+            estimate = [
+                .init("prompt", .string("a lighthouse at dusk")), .init("n", .number("1")),
+                .init("size", .string("1024x1024")),
+                .init("quality", .string("standard")),
+            ]
         case .video:
             model = "veo-3"
-            estimate = [.init("prompt_chars", .number("40")), .init("video_seconds", .number("8")), .init("resolution", .string("720p"))]
+            estimate = [
+                .init("prompt_chars", .number("40")), .init("video_seconds", .number("8")),
+                .init("resolution", .string("720p")),
+            ]
         case .perCall:
             model = "suno-v4"
             estimate = [.init("prompt", .string("a song")), .init("calls", .number("1"))]
         case .chat:
             model = ["gpt-4o", "claude-sonnet-4"][Int(random.next() % 2)]
-            estimate = [.init("prompt_tokens", .number(String(random.next() % 5_000))), .init("max_tokens", .number(String(random.next() % 2_000)))]
+            estimate = [
+                .init("prompt_tokens", .number(String(random.next() % 5_000))),
+                .init("max_tokens", .number(String(random.next() % 2_000))),
+            ]
         }
-        return (family, .object([
-            .init("request_id", .string("fuzz-\(index)")), .init("key", .string(SyntheticKeys.key(forUser: user))),
-            .init("model", .string(model)), .init("ip", .string("203.0.113.\(random.next() % 256)")),
-            .init("estimate", .object(estimate)),
-        ]))
+        return (
+            family,
+            .object([
+                .init("request_id", .string("fuzz-\(index)")), .init("key", .string(SyntheticKeys.key(forUser: user))),
+                .init("model", .string(model)), .init("ip", .string("203.0.113.\(random.next() % 256)")),
+                .init("estimate", .object(estimate)),
+            ])
+        )
     }
 }

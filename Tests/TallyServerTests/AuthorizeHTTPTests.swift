@@ -34,15 +34,18 @@ struct Gateway: Sendable {
         var headers = extra
         headers[.authorization] = "Bearer \(Self.secret)"
         headers[.contentType] = "application/json"
-        let response = try await client.execute(uri: "/gateway/v1\(path)", method: .post, headers: headers, body: ByteBuffer(string: json))
+        let response = try await client.execute(
+            uri: "/gateway/v1\(path)", method: .post, headers: headers, body: ByteBuffer(string: json))
         let text = String(buffer: response.body)
         let body = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) ?? NSNull()
         return Answer(status: Int(response.status.code), headers: response.headers, body: body, text: text)
     }
 
-    func authorize(key: String?, model: String = "gpt-4o", requestID: String = UUID().uuidString, ip: String? = nil,
-                   channel: Int64? = nil, estimate: String = #"{"prompt_tokens":1000,"max_tokens":500}"#,
-                   tid: String? = nil) async throws -> Answer {
+    func authorize(
+        key: String?, model: String = "gpt-4o", requestID: String = UUID().uuidString, ip: String? = nil,
+        channel: Int64? = nil, estimate: String = #"{"prompt_tokens":1000,"max_tokens":500}"#,
+        tid: String? = nil
+    ) async throws -> Answer {
         var fields = [#""request_id":"\#(requestID)""#, #""model":"\#(model)""#, #""estimate":\#(estimate)"#]
         if let key { fields.append(#""key":"\#(key)""#) }
         if let ip { fields.append(#""ip":"\#(ip)""#) }
@@ -53,7 +56,10 @@ struct Gateway: Sendable {
     }
 
     func settle(_ requestID: String, key: String, prompt: Int = 1000, completion: Int = 500) async throws -> Answer {
-        try await post("/logs", #"{"request_id":"\#(requestID)","created_at":"\#(Self.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":200,"usage":{"prompt_tokens":\#(prompt),"completion_tokens":\#(completion)}}"#)
+        try await post(
+            "/logs",
+            #"{"request_id":"\#(requestID)","created_at":"\#(Self.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":200,"usage":{"prompt_tokens":\#(prompt),"completion_tokens":\#(completion)}}"#
+        )
     }
 
     static var now: String { ISO8601DateFormatter().string(from: Date()) }
@@ -70,12 +76,15 @@ struct AuthorizeHTTPTests {
         let seed = Seed(db: db)
         try await seed.prices(enforcementSheet)
         try await seed.sql("INSERT INTO groups (name) VALUES ('narrow')")
-        _ = try await seed.channel(groups: ["default", "narrow"], models: ["gpt-4o", "text-embedding-3-small", "dall-e-3"])
+        _ = try await seed.channel(
+            groups: ["default", "narrow"], models: ["gpt-4o", "text-embedding-3-small", "dall-e-3"])
         return (db, seed)
     }
 
-    static func expectError(_ answer: Answer, _ entry: CatalogEntry, last6: String = "", model: String = "",
-                            sourceLocation: SourceLocation = #_sourceLocation) {
+    static func expectError(
+        _ answer: Answer, _ entry: CatalogEntry, last6: String = "", model: String = "",
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         #expect(answer.status == entry.status, "\(answer.text)", sourceLocation: sourceLocation)
         #expect(answer.errorCode == entry.rawValue, "\(answer.text)", sourceLocation: sourceLocation)
         #expect(answer.errorMessage == entry.message(last6: last6, model: model), sourceLocation: sourceLocation)
@@ -101,11 +110,20 @@ struct AuthorizeHTTPTests {
         let disabledKey = try await seed.key(user: user.id)
         try await seed.sql("UPDATE tokens SET status = 2 WHERE id = $1", [disabledKey.token.id])
         let expiredKey = try await seed.key(user: user.id)
-        try await seed.sql("UPDATE tokens SET expires_at = now() - interval '1 minute' WHERE id = $1", [expiredKey.token.id])
-        let exhaustedKey = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 0, unlimitedQuota: false)).key
-        let ipKey = try await seed.key(user: user.id, TokenDraft(name: "k", unlimitedQuota: true, allowIPs: "10.0.0.0/8")).key
-        let limitedKey = try await seed.key(user: user.id, TokenDraft(name: "k", unlimitedQuota: true, modelLimitsEnabled: true,
-                                                                   modelLimits: "text-embedding-3-small")).key
+        try await seed.sql(
+            "UPDATE tokens SET expires_at = now() - interval '1 minute' WHERE id = $1", [expiredKey.token.id])
+        let exhaustedKey = try await seed.key(
+            user: user.id, TokenDraft(name: "k", remainQuota: 0, unlimitedQuota: false)
+        ).key
+        let ipKey = try await seed.key(
+            user: user.id, TokenDraft(name: "k", unlimitedQuota: true, allowIPs: "10.0.0.0/8")
+        ).key
+        let limitedKey = try await seed.key(
+            user: user.id,
+            TokenDraft(
+                name: "k", unlimitedQuota: true, modelLimitsEnabled: true,
+                modelLimits: "text-embedding-3-small")
+        ).key
         let rpmKey = try await seed.key(user: user.id)
         try await seed.sql("UPDATE tokens SET rpm_limit = 2 WHERE id = $1", [rpmKey.token.id])
         let disabledChannel = try await seed.channel(groups: ["default"], models: ["gpt-4o"], status: .disabled)
@@ -121,18 +139,22 @@ struct AuthorizeHTTPTests {
             Self.expectError(try await gateway.authorize(key: exhaustedKey), .invalidToken)
             // Also for a request that costs nothing, and again (the lease book asks each time).
             for _ in 0..<2 {
-                Self.expectError(try await gateway.authorize(key: exhaustedKey, estimate: #"{"prompt_tokens":0,"max_tokens":0}"#),
-                                 .invalidToken)
+                Self.expectError(
+                    try await gateway.authorize(key: exhaustedKey, estimate: #"{"prompt_tokens":0,"max_tokens":0}"#),
+                    .invalidToken)
             }
             Self.expectError(try await gateway.authorize(key: suspendedKey), .accountSuspended)
             Self.expectError(try await gateway.authorize(key: key, channel: 1), .channelNotPermitted, last6: last6(key))
             Self.expectError(try await gateway.authorize(key: adminKey, channel: 999_999), .invalidChannelID)
             Self.expectError(try await gateway.authorize(key: adminKey, channel: disabledChannel.id), .channelDisabled)
-            Self.expectError(try await gateway.authorize(key: ipKey, ip: "192.168.1.1"), .ipNotAllowed, last6: last6(ipKey))
+            Self.expectError(
+                try await gateway.authorize(key: ipKey, ip: "192.168.1.1"), .ipNotAllowed, last6: last6(ipKey))
             #expect(try await gateway.authorize(key: ipKey, ip: "10.1.2.3").status == 200)
             Self.expectError(try await gateway.authorize(key: limitedKey), .modelNotAllowed, last6: last6(limitedKey))
-            Self.expectError(try await gateway.authorize(key: narrowKey, model: "text-embedding-3-small",
-                                                         estimate: #"{"input_chars":10}"#), .modelNotAllowed, last6: last6(narrowKey))
+            Self.expectError(
+                try await gateway.authorize(
+                    key: narrowKey, model: "text-embedding-3-small",
+                    estimate: #"{"input_chars":10}"#), .modelNotAllowed, last6: last6(narrowKey))
             Self.expectError(try await gateway.authorize(key: key, model: "gpt-9"), .modelNotAvailable)
             Self.expectError(try await gateway.authorize(key: key, model: "unserved-model"), .modelNotAvailable)
             // Four at once on a key allowed 2 a minute: 2 pass, the others are rate_limited (a
@@ -147,14 +169,21 @@ struct AuthorizeHTTPTests {
             #expect((2...3).contains(rpmGranted))
             let limited = try #require(burst.first { $0.status != 200 })
             Self.expectError(limited, .rateLimited, model: "gpt-4o")
-            Self.expectError(try await gateway.authorize(key: key, model: "dall-e-3", estimate: #"{"n":1}"#), .promptMissing)
+            Self.expectError(
+                try await gateway.authorize(key: key, model: "dall-e-3", estimate: #"{"n":1}"#), .promptMissing)
             Self.expectError(try await gateway.authorize(key: key, estimate: #"{"prompt_chars":1001}"#), .promptTooLong)
-            Self.expectError(try await gateway.authorize(key: key, model: "text-embedding-3-small",
-                                                         estimate: #"{"input_chars":51}"#), .textTooLong)
-            Self.expectError(try await gateway.authorize(key: key, model: "dall-e-3",
-                                                         estimate: #"{"prompt":"a cat","size":"512x512"}"#), .sizeNotSupported)
-            Self.expectError(try await gateway.authorize(key: key, model: "dall-e-3",
-                                                         estimate: #"{"prompt":"a cat","n":5}"#), .nNotWithinRange)
+            Self.expectError(
+                try await gateway.authorize(
+                    key: key, model: "text-embedding-3-small",
+                    estimate: #"{"input_chars":51}"#), .textTooLong)
+            Self.expectError(
+                try await gateway.authorize(
+                    key: key, model: "dall-e-3",
+                    estimate: #"{"prompt":"a cat","size":"512x512"}"#), .sizeNotSupported)
+            Self.expectError(
+                try await gateway.authorize(
+                    key: key, model: "dall-e-3",
+                    estimate: #"{"prompt":"a cat","n":5}"#), .nNotWithinRange)
             Self.expectError(try await gateway.authorize(key: poorKey), .insufficientUserQuota)
             // The tid the gateway sends comes back in the error.
             let traced = try await gateway.authorize(key: poorKey, tid: "4bf92f3577b34da6a3ce929d0e0e4736")
@@ -162,7 +191,9 @@ struct AuthorizeHTTPTests {
         }
         // Refusals reserve nothing: only the granted holds are open, and with the server stopped
         // (its leases returned) they are all that is reserved.
-        #expect(try await seed.int("SELECT sum(amount) FROM holds WHERE status = 'held'") == Int64(1 + rpmGranted) * chatHold)
+        #expect(
+            try await seed.int("SELECT sum(amount) FROM holds WHERE status = 'held'") == Int64(1 + rpmGranted)
+                * chatHold)
         #expect(try await seed.int("SELECT sum(reserved) FROM user_balances") == Int64(1 + rpmGranted) * chatHold)
     }
 
@@ -170,7 +201,8 @@ struct AuthorizeHTTPTests {
     func lifecycle() async throws {
         let (db, seed) = try await Self.prepared()
         let (user, _) = try await seed.user(quota: 100_000)
-        let key = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 50_000, unlimitedQuota: false)).key
+        let key = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 50_000, unlimitedQuota: false))
+            .key
         try await TestApp.build(db).test(.live) { client in
             let gateway = Gateway(client: client)
             let first = try await gateway.authorize(key: key, requestID: "req-1")
@@ -186,15 +218,20 @@ struct AuthorizeHTTPTests {
             #expect(try await seed.openHolds(user: user.id) == chatHold)
             #expect(try await seed.openHolds(user: user.id, tokenOnly: true) == chatHold)
             // What the user and the key can still lease excludes the hold.
-            #expect(try await seed.int("SELECT quota - reserved FROM user_balances WHERE id = $1", [user.id]) <= 100_000 - chatHold)
-            #expect(try await seed.int("SELECT remain_quota - reserved FROM token_balances WHERE user_id = $1", [user.id]) <= 50_000 - chatHold)
+            #expect(
+                try await seed.int("SELECT quota - reserved FROM user_balances WHERE id = $1", [user.id]) <= 100_000
+                    - chatHold)
+            #expect(
+                try await seed.int("SELECT remain_quota - reserved FROM token_balances WHERE user_id = $1", [user.id])
+                    <= 50_000 - chatHold)
 
             // Settled at the real cost (1000 + 100 tokens: 0.0035 USD = 1,750 units), the reservation returned.
             #expect(try await gateway.settle("req-1", key: key, prompt: 1000, completion: 100).status == 200)
             #expect(try await seed.openHolds(user: user.id) == 0)
             #expect(try await Auditor(pool: db.pool).run().isEmpty)
             #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [user.id]) == 100_000 - 1_750)
-            #expect(try await seed.int("SELECT count(*) FROM holds WHERE request_id = 'req-1' AND status = 'settled'") == 1)
+            #expect(
+                try await seed.int("SELECT count(*) FROM holds WHERE request_id = 'req-1' AND status = 'settled'") == 1)
 
             // Release: returns the reservation once; again → 0; a settled hold stays settled.
             #expect(try await gateway.authorize(key: key, requestID: "req-2").status == 200)
@@ -212,7 +249,9 @@ struct AuthorizeHTTPTests {
             #expect(try await seed.openHolds(user: user.id) == 0)
             // A log line of a request that was never authorized is charged like any other.
             #expect(try await gateway.settle("req-3", key: key).status == 200)
-            #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [user.id]) == 100_000 - 1_750 - chatHold)
+            #expect(
+                try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [user.id]) == 100_000 - 1_750
+                    - chatHold)
         }
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
         // Stopped, the server gave its leases back: nothing is reserved any more.
@@ -220,7 +259,9 @@ struct AuthorizeHTTPTests {
         #expect(try await seed.int("SELECT reserved FROM token_balances WHERE user_id = $1", [user.id]) == 0)
     }
 
-    @Test("a settlement above its hold is charged in full; the overrun leaves the account negative and refuses the next hold")
+    @Test(
+        "a settlement above its hold is charged in full; the overrun leaves the account negative and refuses the next hold"
+    )
     func overrun() async throws {
         let (db, seed) = try await Self.prepared()
         let (user, _) = try await seed.user(quota: 4_000)
@@ -228,7 +269,8 @@ struct AuthorizeHTTPTests {
         try await TestApp.build(db).test(.live) { client in
             let gateway = Gateway(client: client)
             // The overdraft's notification must find the server listening (it starts with the app).
-            let listening = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN tally_changes'"
+            let listening =
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN tally_changes'"
             let started = Date().addingTimeInterval(5)
             while try await seed.int(listening) == 0, Date() < started { try await Task.sleep(for: .milliseconds(20)) }
             #expect(try await gateway.authorize(key: key, requestID: "big").status == 200)
@@ -245,7 +287,9 @@ struct AuthorizeHTTPTests {
             Self.expectError(answer, .insufficientUserQuota)
             // The lease's rest is on its way back (it was taken out of memory first).
             let leased = "SELECT count(*) FROM user_leases WHERE user_id = $1 AND amount > 0"
-            while try await seed.int(leased, [user.id]) != 0, Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
+            while try await seed.int(leased, [user.id]) != 0, Date() < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+            }
             #expect(try await seed.int(leased, [user.id]) == 0)
         }
     }
@@ -267,10 +311,12 @@ struct AuthorizeHTTPTests {
                 try await Task.sleep(for: .milliseconds(200))
             }
             #expect(try await seed.openHolds(user: user.id) == 0)
-            #expect(try await seed.int("SELECT count(*) FROM holds WHERE request_id = 'short' AND status = 'expired'") == 1)
+            #expect(
+                try await seed.int("SELECT count(*) FROM holds WHERE request_id = 'short' AND status = 'expired'") == 1)
             // The late log line is still charged (the service was delivered).
             #expect(try await gateway.settle("short", key: key).status == 200)
-            #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [user.id]) == 100_000 - chatHold)
+            #expect(
+                try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [user.id]) == 100_000 - chatHold)
         }
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
         // Stopped, the server gave its lease back: nothing is reserved.
@@ -299,8 +345,9 @@ struct AuthorizeHTTPTests {
             _ = try await accounts.manage(id: user.id, .disable, actorRole: nil, by: .cli)
             Self.expectError(try await eventually(.accountSuspended), .accountSuspended)
             _ = try await accounts.manage(id: user.id, .enable, actorRole: nil, by: .cli)
-            _ = try await TokenRepository(pool: db.pool).update(id: token.id, userID: user.id, TokenChanges(status: .disabled),
-                                                                statusOnly: true)
+            _ = try await TokenRepository(pool: db.pool).update(
+                id: token.id, userID: user.id, TokenChanges(status: .disabled),
+                statusOnly: true)
             Self.expectError(try await eventually(.invalidToken), .invalidToken)
         }
     }
@@ -319,7 +366,8 @@ struct AuthorizeHTTPTests {
             }
             let before = try await counter()
             #expect(try await gateway.authorize(key: key, requestID: "upstream-429").status == 200)
-            let line = #"{"request_id":"upstream-429","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":429,"error":"provider_rate_limited","usage":{}}"#
+            let line =
+                #"{"request_id":"upstream-429","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":429,"error":"provider_rate_limited","usage":{}}"#
             let answer = try await gateway.post("/logs", line)
             #expect(int64(answer.object["accepted"]) == 1, "\(answer.text)")
             // The counter is the process's: suites running alongside (LiteLLM's 429s) may add to it.
@@ -336,16 +384,19 @@ struct AuthorizeHTTPTests {
         let key = try await seed.key(user: user.id).key
         try await TestApp.build(db).test(.live) { client in
             let gateway = Gateway(client: client)
-            for body in ["", "{", "[]", #"{"key":5}"#, #"{"key":"\#(key)","model":"gpt-4o","estimate":{"max_tokens":-1}}"#,
-                         #"{"key":"\#(key)","model":"gpt-4o"}"#, #"{"key":"\#(key)","model":"gpt-4o","request_id":""}"#,
-                         #"{"key":"\#(key)","model":"gpt-4o","request_id":"a\u0000b"}"#] {
+            for body in [
+                "", "{", "[]", #"{"key":5}"#, #"{"key":"\#(key)","model":"gpt-4o","estimate":{"max_tokens":-1}}"#,
+                #"{"key":"\#(key)","model":"gpt-4o"}"#, #"{"key":"\#(key)","model":"gpt-4o","request_id":""}"#,
+                #"{"key":"\#(key)","model":"gpt-4o","request_id":"a\u0000b"}"#,
+            ] {
                 let answer = try await gateway.post("/authorize", body)
                 #expect(answer.status == 400, "\(body): \(answer.text)")
                 #expect(answer.errorCode == "invalid_request", "\(body)")
             }
             let big = try await gateway.post("/authorize", #"{"key":"\#(String(repeating: "x", count: 70_000))"}"#)
             #expect(big.status == 413)
-            let unauthenticated = try await client.execute(uri: "/gateway/v1/authorize", method: .post, body: ByteBuffer(string: "{}"))
+            let unauthenticated = try await client.execute(
+                uri: "/gateway/v1/authorize", method: .post, body: ByteBuffer(string: "{}"))
             #expect(unauthenticated.status == .unauthorized)
         }
         #expect(try await seed.int("SELECT count(*) FROM holds") == 0)

@@ -14,12 +14,14 @@ struct AuthorizeRaceTests {
     static let affordable = 100
     static let concurrency = 64
 
-    @Test("10,000 concurrent holds of c on 100·c: exactly 100 succeed, the balance is exact after settlement",
-          arguments: [1, 2, 3], ["sync", "async"])
+    @Test(
+        "10,000 concurrent holds of c on 100·c: exactly 100 succeed, the balance is exact after settlement",
+        arguments: [1, 2, 3], ["sync", "async"])
     func exactlyAffordable(serverCount: Int, holdCommit: String) async throws {
         // A limited key with room for 150: the user's balance is what binds.
-        let account = try await Account("authorize-race", quota: Int64(Self.affordable) * chatHold,
-                                        key: TokenDraft(name: "k", remainQuota: 150 * chatHold, unlimitedQuota: false))
+        let account = try await Account(
+            "authorize-race", quota: Int64(Self.affordable) * chatHold,
+            key: TokenDraft(name: "k", remainQuota: 150 * chatHold, unlimitedQuota: false))
         let (db, seed, key) = (account.db, account.seed, account.key)
         let servers = try (0..<serverCount).map { _ in
             try ServerProcess(databaseURL: db.url, environment: ["TALLY_HOLD_COMMIT": holdCommit])
@@ -33,13 +35,17 @@ struct AuthorizeRaceTests {
                     for attempt in stride(from: worker, to: Self.attempts, by: Self.concurrency) {
                         let server = servers[attempt % servers.count]
                         let requestID = "race-\(attempt)"
-                        let body = #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
-                        let answer = try await HTTP.sendAsync("POST", "\(server.baseURL)/gateway/v1/authorize", headers: headers,
-                                                              body: Data(body.utf8))
+                        let body =
+                            #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
+                        let answer = try await HTTP.sendAsync(
+                            "POST", "\(server.baseURL)/gateway/v1/authorize", headers: headers,
+                            body: Data(body.utf8))
                         if answer.status == 200 {
                             mine.append(requestID)
                         } else {
-                            #expect(answer.status == 403 && answer.text.contains("insufficient_user_quota"), "\(answer.text)")
+                            #expect(
+                                answer.status == 403 && answer.text.contains("insufficient_user_quota"),
+                                "\(answer.text)")
                         }
                     }
                     return mine
@@ -48,11 +54,15 @@ struct AuthorizeRaceTests {
             return try await group.reduce(into: []) { $0 += $1 }
         }
         #expect(granted.count == Self.affordable)
-        #expect(try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [account.userID]) == Int64(Self.affordable) * chatHold)
+        #expect(
+            try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [account.userID]) == Int64(
+                Self.affordable) * chatHold)
         // Answered from memory (async), a hold reaches PostgreSQL within milliseconds; a gateway
         // settles much later (after the upstream call), so wait for the journal here too.
         let journaled = Date().addingTimeInterval(5)
-        while try await seed.int("SELECT count(*) FROM holds WHERE status = 'held'") < Self.affordable, Date() < journaled {
+        while try await seed.int("SELECT count(*) FROM holds WHERE status = 'held'") < Self.affordable,
+            Date() < journaled
+        {
             try await Task.sleep(for: .milliseconds(20))
         }
         #expect(try await seed.openHolds(user: account.userID) == Int64(Self.affordable) * chatHold)
@@ -61,14 +71,19 @@ struct AuthorizeRaceTests {
         let lines = granted.map {
             #"{"request_id":"\#($0)","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":500}}"#
         }
-        for (index, chunk) in stride(from: 0, to: lines.count, by: 25).map({ Array(lines[$0..<min($0 + 25, lines.count)]) }).enumerated() {
-            let answer = try await HTTP.sendAsync("POST", "\(servers[index % servers.count].baseURL)/gateway/v1/logs",
-                                                  headers: headers, body: Data(chunk.joined(separator: "\n").utf8))
+        for (index, chunk) in stride(from: 0, to: lines.count, by: 25).map({
+            Array(lines[$0..<min($0 + 25, lines.count)])
+        }).enumerated() {
+            let answer = try await HTTP.sendAsync(
+                "POST", "\(servers[index % servers.count].baseURL)/gateway/v1/logs",
+                headers: headers, body: Data(chunk.joined(separator: "\n").utf8))
             #expect(answer.status == 200, "\(answer.text)")
         }
         #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [account.userID]) == 0)
         #expect(try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [account.userID]) == 0)
-        #expect(try await seed.int("SELECT remain_quota FROM token_balances WHERE user_id = $1", [account.userID]) == 50 * chatHold)
+        #expect(
+            try await seed.int("SELECT remain_quota FROM token_balances WHERE user_id = $1", [account.userID]) == 50
+                * chatHold)
         #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'settled'") == Int64(Self.affordable))
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
         servers.forEach { $0.stop() }
@@ -77,14 +92,17 @@ struct AuthorizeRaceTests {
         #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 0)
     }
 
-    @Test("an instance killed with kill -9 loses its leases to no one: another instance returns them once it stops renewing")
+    @Test(
+        "an instance killed with kill -9 loses its leases to no one: another instance returns them once it stops renewing"
+    )
     func killedInstanceLeasesReturn() async throws {
         let account = try await Account("authorize-kill", quota: 10 * chatHold)
         let (db, seed) = (account.db, account.seed)
         let doomed = try ServerProcess(databaseURL: db.url)
         // One hold; the rest of the balance sits in the doomed instance's lease.
         #expect(try await account.authorize(doomed, "before-kill") == 200)
-        #expect(try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [account.userID]) == 10 * chatHold)
+        #expect(
+            try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [account.userID]) == 10 * chatHold)
         await doomed.kill9()
 
         let survivor = try ServerProcess(databaseURL: db.url)
@@ -97,7 +115,9 @@ struct AuthorizeRaceTests {
             try await Task.sleep(for: .milliseconds(500))
         }
         // Reaped: the lease went back; the hold stays until it is settled or expires.
-        #expect(try await seed.int("SELECT count(*) FROM user_leases l JOIN tally_instances i ON i.id = l.instance_id") <= 1)
+        #expect(
+            try await seed.int("SELECT count(*) FROM user_leases l JOIN tally_instances i ON i.id = l.instance_id") <= 1
+        )
         #expect(try await seed.openHolds(user: account.userID) == chatHold)
         for index in 0..<9 { #expect(try await account.authorize(survivor, "after-\(index)") == 200) }
         #expect(try await account.authorize(survivor, "one-too-many") == 403)
@@ -112,7 +132,9 @@ struct AuthorizeRaceTests {
         defer { first.stop(); second.stop() }
         // The first instance leases the whole balance for one hold...
         #expect(try await account.authorize(first, "a-1") == 200)
-        #expect(try await seed.int("SELECT sum(amount) FROM user_leases WHERE user_id = $1", [account.userID]) == 9 * chatHold)
+        #expect(
+            try await seed.int("SELECT sum(amount) FROM user_leases WHERE user_id = $1", [account.userID]) == 9
+                * chatHold)
         // ...the second, short, asks for it back and is served; the two share the balance exactly.
         for index in 0..<5 { #expect(try await account.authorize(second, "b-\(index)") == 200) }
         for index in 2...5 { #expect(try await account.authorize(first, "a-\(index)") == 200) }
@@ -122,10 +144,13 @@ struct AuthorizeRaceTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
-    @Test("kill -9 under authorize load: every hold answered is in PostgreSQL, and the books balance once the dead lease is reaped")
+    @Test(
+        "kill -9 under authorize load: every hold answered is in PostgreSQL, and the books balance once the dead lease is reaped"
+    )
     func killedUnderLoad() async throws {
-        let account = try await Account("authorize-kill-load", quota: 1_000_000 * chatHold,
-                                        key: TokenDraft(name: "k", remainQuota: 1_000_000 * chatHold, unlimitedQuota: false))
+        let account = try await Account(
+            "authorize-kill-load", quota: 1_000_000 * chatHold,
+            key: TokenDraft(name: "k", remainQuota: 1_000_000 * chatHold, unlimitedQuota: false))
         let (db, seed) = (account.db, account.seed)
         let doomed = try ServerProcess(databaseURL: db.url)
         // Before the kill every answer must be 200 (the balance covers them all); after it,
@@ -166,8 +191,10 @@ struct AuthorizeRaceTests {
         #expect(tally.unexpectedBeforeKill.isEmpty, "\(tally.unexpectedBeforeKill.prefix(10))")
         #expect(answered.count >= 300, "the load ran before the kill")
         // Sync mode answers after the journal commit: nothing answered is missing.
-        #expect(try await seed.int("SELECT count(*) FROM holds WHERE request_id = ANY($1::text[])",
-                                   [PostgresArray.text(answered)]) == Int64(answered.count))
+        #expect(
+            try await seed.int(
+                "SELECT count(*) FROM holds WHERE request_id = ANY($1::text[])",
+                [PostgresArray.text(answered)]) == Int64(answered.count))
         // The books balance at once (leases included)…
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
         // …and once another instance has reaped the dead one, only the holds are reserved.
@@ -178,8 +205,11 @@ struct AuthorizeRaceTests {
             try await Task.sleep(for: .milliseconds(500))
         }
         #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 1)
-        #expect(try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [account.userID]) == (try await seed.openHolds(user: account.userID)))
-        #expect(try await seed.int("SELECT reserved FROM token_balances WHERE user_id = $1", [account.userID])
+        #expect(
+            try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [account.userID])
+                == (try await seed.openHolds(user: account.userID)))
+        #expect(
+            try await seed.int("SELECT reserved FROM token_balances WHERE user_id = $1", [account.userID])
                 == (try await seed.openHolds(user: account.userID, tokenOnly: true)))
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
@@ -217,10 +247,13 @@ struct AuthorizeRaceTests {
 
         /// One authorization of a chat hold (`chatHold` units); returns the HTTP status.
         func authorize(_ server: ServerProcess, _ requestID: String, timeout: TimeInterval = 30) async throws -> Int {
-            let body = #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
+            let body =
+                #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
             let headers = ["Authorization": "Bearer \(server.gatewaySecret)", "Content-Type": "application/json"]
-            return try await HTTP.sendAsync("POST", "\(server.baseURL)/gateway/v1/authorize", headers: headers,
-                                            body: Data(body.utf8), timeout: timeout).status
+            return try await HTTP.sendAsync(
+                "POST", "\(server.baseURL)/gateway/v1/authorize", headers: headers,
+                body: Data(body.utf8), timeout: timeout
+            ).status
         }
     }
 }

@@ -26,12 +26,15 @@ struct BoundsHTTPTests {
             let stalledHead = try RawConnection(port: port)
             await stalledHead.send("GET /healthz HTTP/1.1\r\nHost: tally\r\nX-Slow: ")
             let stalledBody = try RawConnection(port: port)
-            await stalledBody.send("POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer test-gateway-secret\r\n"
-                             + "Content-Length: 100000\r\n\r\n" + LogLines.chat("stalled-1"))
+            await stalledBody.send(
+                "POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer test-gateway-secret\r\n"
+                    + "Content-Length: 100000\r\n\r\n" + LogLines.chat("stalled-1"))
             let idle = try RawConnection(port: port)
             await idle.send("GET /healthz HTTP/1.1\r\nHost: tally\r\n\r\n")
             let started = ContinuousClock.now
-            for (name, connection) in [("stalled head", stalledHead), ("stalled body", stalledBody), ("idle keep-alive", idle)] {
+            for (name, connection) in [
+                ("stalled head", stalledHead), ("stalled body", stalledBody), ("idle keep-alive", idle),
+            ] {
                 let (data, closed) = await connection.readUntilClosed(timeout: 20)
                 #expect(closed, "\(name): still open after 20 s")
                 if name == "idle keep-alive" { #expect(RawConnection.status(data) == 200) }
@@ -54,14 +57,20 @@ struct BoundsHTTPTests {
             ]
             for (method, uri, limit, envelope) in cases {
                 let body = ByteBuffer(repeating: UInt8(ascii: " "), count: limit + 1)
-                try await client.execute(uri: uri, method: method, headers: [.authorization: "Bearer \(access)", .contentType: "application/json"],
-                                         body: body) { response in
+                try await client.execute(
+                    uri: uri, method: method,
+                    headers: [.authorization: "Bearer \(access)", .contentType: "application/json"],
+                    body: body
+                ) { response in
                     #expect(response.status == .contentTooLarge, "\(method) \(uri)")
                     let error = try ErrorBody(response.body)
-                    #expect(error.code == "payload_too_large" && error.envelope == envelope && error.tid == response.headers[.xTid], "\(uri)")
+                    #expect(
+                        error.code == "payload_too_large" && error.envelope == envelope
+                            && error.tid == response.headers[.xTid], "\(uri)")
                 }
             }
-            try await client.execute(uri: "/healthz", method: .get, body: ByteBuffer(repeating: 0x41, count: 2 << 20)) { response in
+            try await client.execute(uri: "/healthz", method: .get, body: ByteBuffer(repeating: 0x41, count: 2 << 20)) {
+                response in
                 #expect(response.status == .ok)
             }
         }
@@ -83,41 +92,65 @@ struct BoundsHTTPTests {
         }
     }
 
-    @Test("garbage in headers: malformed or non-UTF-8 credentials are 401 in the envelope, bad trace ids are replaced, unparseable heads get 400 and a closed connection")
+    @Test(
+        "garbage in headers: malformed or non-UTF-8 credentials are 401 in the envelope, bad trace ids are replaced, unparseable heads get 400 and a closed connection"
+    )
     func garbageHeaders() async throws {
         let db = try await Self.database()
         try await TestApp.build(db, { $0.failedAuthLimit = 0 }).test(.live) { client in
-            for authorization in ["Bearer", "Bearer    ", "Basic Zm9vOmJhcg==", "Bearer " + String(repeating: "A", count: 16_384),
-                                  "Bearer sk-\u{1F600}", "bearer\ttest-gateway-secret"] {
-                try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: [.authorization: authorization],
-                                         body: ByteBuffer(string: LogLines.chat("garbage-1"))) { response in
+            for authorization in [
+                "Bearer", "Bearer    ", "Basic Zm9vOmJhcg==", "Bearer " + String(repeating: "A", count: 16_384),
+                "Bearer sk-\u{1F600}", "bearer\ttest-gateway-secret",
+            ] {
+                try await client.execute(
+                    uri: "/gateway/v1/logs", method: .post, headers: [.authorization: authorization],
+                    body: ByteBuffer(string: LogLines.chat("garbage-1"))
+                ) { response in
                     #expect(response.status == .unauthorized, "\(authorization.prefix(30))")
                     let error = try ErrorBody(response.body)
                     #expect(["missing_token", "invalid_token"].contains(error.code) && TraceID.isValid(error.tid))
                 }
             }
-            for (name, value) in [("traceparent", "00-zzzz-yyyy-01"), ("X-Tid", "../../etc"), ("X-Tid", String(repeating: "f", count: 5000))] {
-                try await client.execute(uri: "/nope", method: .get, headers: [HTTPField.Name(name)!: value]) { response in
+            for (name, value) in [
+                ("traceparent", "00-zzzz-yyyy-01"), ("X-Tid", "../../etc"),
+                ("X-Tid", String(repeating: "f", count: 5000)),
+            ] {
+                try await client.execute(uri: "/nope", method: .get, headers: [HTTPField.Name(name)!: value]) {
+                    response in
                     let error = try ErrorBody(response.body)
                     #expect(response.status == .notFound && TraceID.isValid(error.tid) && error.tid != value)
                 }
             }
             let port = try #require(client.port)
             let raw: [(String, [UInt8], Int)] = [
-                ("non-UTF-8 credentials", Array("GET /api/user/self HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer ".utf8)
-                    + [0xFF, 0xFE, 0xC0] + Array("\r\n\r\n".utf8), 401),
-                ("a 100 KiB header", Array("GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: \(String(repeating: "b", count: 100 << 10))\r\n\r\n".utf8), 400),
-                ("a space in a header name", Array("GET /healthz HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n".utf8), 400),
+                (
+                    "non-UTF-8 credentials",
+                    Array("GET /api/user/self HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer ".utf8)
+                        + [0xFF, 0xFE, 0xC0] + Array("\r\n\r\n".utf8), 401
+                ),
+                (
+                    "a 100 KiB header",
+                    Array(
+                        "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: \(String(repeating: "b", count: 100 << 10))\r\n\r\n"
+                            .utf8), 400
+                ),
+                (
+                    "a space in a header name", Array("GET /healthz HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n".utf8),
+                    400
+                ),
                 ("a garbage request line", Array("HELLO\r\n\r\n".utf8), 400),
             ]
             for (name, request, status) in raw {
                 let connection = try RawConnection(port: port)
                 await connection.send(request)
                 let (data, closed) = await connection.readUntilClosed(timeout: 30)
-                #expect(RawConnection.status(data) == status, "\(name): \(String(decoding: data.prefix(200), as: UTF8.self))")
+                #expect(
+                    RawConnection.status(data) == status,
+                    "\(name): \(String(decoding: data.prefix(200), as: UTF8.self))")
                 #expect(closed, "\(name): connection left open")
                 if status == 401 {
-                    let body = String(decoding: data, as: UTF8.self).components(separatedBy: "\r\n\r\n").dropFirst().joined()
+                    let body = String(decoding: data, as: UTF8.self).components(separatedBy: "\r\n\r\n").dropFirst()
+                        .joined()
                     #expect(EnvelopeError(Data(body.utf8))?.code == "invalid_token", "\(name): \(body.prefix(200))")
                 }
             }

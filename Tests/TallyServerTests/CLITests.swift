@@ -33,13 +33,16 @@ struct CLITests {
             #expect((object["units"] as? NSNumber)?.int64Value == units, "\(arguments)")
             #expect(object["usd"] as? String == Money.formatUSD(units: units))
         }
-        let text = try TallyBinary.run(["quote", "--model", "gpt-4o", "--group", "vip", "--prompt-tokens", "1000", "--completion-tokens", "500"], databaseURL: db.url)
+        let text = try TallyBinary.run(
+            ["quote", "--model", "gpt-4o", "--group", "vip", "--prompt-tokens", "1000", "--completion-tokens", "500"],
+            databaseURL: db.url)
         #expect(text.output.contains("total 3000 units = 0.006000 USD"))
         #expect(text.output.contains("ratio 0.8"))
         let unknown = try TallyBinary.run(["quote", "--model", "gpt-9"], databaseURL: db.url, expecting: .failure)
         #expect(unknown.errorOutput.contains("gpt-9"), "\(unknown.errorOutput)")
-        try TallyBinary.run(["quote", "--model", "gpt-4o", "--prompt-tokens", "1", "--at", "2025-06-01"],
-                            databaseURL: db.url, expecting: .failure)
+        try TallyBinary.run(
+            ["quote", "--model", "gpt-4o", "--prompt-tokens", "1", "--at", "2025-06-01"],
+            databaseURL: db.url, expecting: .failure)
     }
 
     @Test("a bad sheet is refused with every problem listed, and nothing is stored")
@@ -47,11 +50,11 @@ struct CLITests {
         let db = try await TestDatabase.create("clibadsheet")
         let path = NSTemporaryDirectory() + "tally-bad-sheet-\(getpid()).yaml"
         try """
-            groups: {default: {ratio: "0"}}
-            models:
-              m1: {input: "-1", output: "2"}
-              m2: {colour: blue}
-            """.write(toFile: path, atomically: true, encoding: .utf8)
+        groups: {default: {ratio: "0"}}
+        models:
+          m1: {input: "-1", output: "2"}
+          m2: {colour: blue}
+        """.write(toFile: path, atomically: true, encoding: .utf8)
         try TallyBinary.run(["prices", "load", path], databaseURL: db.url, expecting: .failure)
         #expect(try await db.scalar("SELECT count(*) FROM price_versions") == 0)
     }
@@ -63,11 +66,16 @@ struct CLITests {
         try TallyBinary.run(["prices", "load", defaultSheet], databaseURL: db.url)
         try TallyBinary.run(["logs", "seed", "--users", "500"], databaseURL: db.url)
         let file = NSTemporaryDirectory() + "tally-bulk-\(getpid()).ndjson"
-        try TallyBinary.run(["logs", "gen", "--lines", "200000", "--users", "500", "--dup-rate", "0.01",
-                             "--bad-rate", "0.005", "--out", file], databaseURL: db.url)
+        try TallyBinary.run(
+            [
+                "logs", "gen", "--lines", "200000", "--users", "500", "--dup-rate", "0.01",
+                "--bad-rate", "0.005", "--out", file,
+            ], databaseURL: db.url)
         let first = try TallyBinary.run(["ingest", file, "--quiet"], databaseURL: db.url)
-        let charged = try #require(first.output.split(separator: "\n").first { $0.hasPrefix("charged ") }?
-            .split(separator: " ")[1]).description
+        let charged = try #require(
+            first.output.split(separator: "\n").first { $0.hasPrefix("charged ") }?
+                .split(separator: " ")[1]
+        ).description
         #expect(try await db.scalar("SELECT sum(quota) FROM request_logs") == Int64(charged))
         #expect(try await db.scalar("SELECT -sum(amount) FROM ledger WHERE kind = 'charge'") == Int64(charged))
         #expect(try await db.scalar("SELECT sum(quota) FROM usage_daily") == Int64(charged))
@@ -86,7 +94,9 @@ struct CLITests {
         let db = try await TestDatabase.create("cliaudit")
         try await db.prepareBilling(users: 3)
         try TallyBinary.run(["audit"], databaseURL: db.url)
-        try await db.pool.withConnection { _ = try $0.query("UPDATE users SET quota = quota + 1 WHERE username = 'synthetic-2'") }
+        try await db.pool.withConnection {
+            _ = try $0.query("UPDATE users SET quota = quota + 1 WHERE username = 'synthetic-2'")
+        }
         let audit = try TallyBinary.run(["audit"], databaseURL: db.url, expecting: .failure)
         #expect(audit.status == 1)
         #expect(audit.output.contains("synthetic-2"))

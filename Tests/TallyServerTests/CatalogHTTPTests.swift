@@ -13,10 +13,19 @@ import Testing
 struct CatalogHTTPTests {
     /// DESIGN §7, typed out again on purpose: a change to the catalogue must break this table.
     static let expected: [(code: String, status: Int, message: String)] = [
-        ("model_not_available", 503, "Incorrect model ID. Please request to view the model page or you do not have permission to use this model"),
-        ("provider_rate_limited", 503, "Rate limited by provider – contact support to request higher concurrency or try again later."),
+        (
+            "model_not_available", 503,
+            "Incorrect model ID. Please request to view the model page or you do not have permission to use this model"
+        ),
+        (
+            "provider_rate_limited", 503,
+            "Rate limited by provider – contact support to request higher concurrency or try again later."
+        ),
         ("rate_limited", 429, "The gpt-4o model Too many requests; please try again later."),
-        ("insufficient_user_quota", 403, "Your account balance is insufficient. Please recharge your account to continue using the API."),
+        (
+            "insufficient_user_quota", 403,
+            "Your account balance is insufficient. Please recharge your account to continue using the API."
+        ),
         ("account_suspended", 403, "Account suspended."),
         ("insufficient_permissions", 403, "Forbidden – insufficient permissions."),
         ("ip_not_allowed", 403, "Forbidden – key(a1B2c3) allowed only from approved IP ranges."),
@@ -74,8 +83,10 @@ struct CatalogHTTPTests {
     @Test("the tid comes from traceparent when one is given")
     func tidFromTraceparent() async throws {
         try await Self.app().test(.live) { client in
-            try await client.execute(uri: "/gateway/v1/probe/invalid_token", method: .get,
-                                     headers: [.traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]) { response in
+            try await client.execute(
+                uri: "/gateway/v1/probe/invalid_token", method: .get,
+                headers: [.traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
+            ) { response in
                 let body = try ErrorBody(response.body)
                 #expect(body.tid == "0af7651916cd43dd8448eb211c80319c")
                 #expect(response.headers[.xTid] == "0af7651916cd43dd8448eb211c80319c")

@@ -11,15 +11,19 @@ struct CitusWorkerKillTests {
     static let initialQuota: Int64 = 1_000_000_000_000
     static let users = 40
 
-    @Test("kill -9 of worker1's PostgreSQL under 4 ingesting clients, then a restart: nothing lost, nothing charged twice")
+    @Test(
+        "kill -9 of worker1's PostgreSQL under 4 ingesting clients, then a restart: nothing lost, nothing charged twice"
+    )
     func killWorker() async throws {
         let db = try await TestDatabase.create("citus_kill")
         try await db.prepareBilling(users: Self.users, quota: Self.initialQuota)
-        #expect(try await db.scalar("""
-            SELECT count(DISTINCT p.nodeport) FROM users u
-            JOIN pg_dist_placement pl ON pl.shardid = get_shard_id_for_distribution_column('users', u.id)
-            JOIN pg_dist_node p ON p.groupid = pl.groupid WHERE u.username LIKE 'synthetic-%'
-            """) == 2, "the accounts are on both workers")
+        #expect(
+            try await db.scalar(
+                """
+                SELECT count(DISTINCT p.nodeport) FROM users u
+                JOIN pg_dist_placement pl ON pl.shardid = get_shard_id_for_distribution_column('users', u.id)
+                JOIN pg_dist_node p ON p.groupid = pl.groupid WHERE u.username LIKE 'synthetic-%'
+                """) == 2, "the accounts are on both workers")
         let server = try ServerProcess(databaseURL: db.url, gatewaySecret: "citus-kill-secret")
         defer { server.stop() }
         var options = IngestLoad.Options()
@@ -43,7 +47,8 @@ struct CitusWorkerKillTests {
             _ = try TestCluster.control("citus", "node", "worker1", "start")
             // … and are stored again once it is back.
             let ackedAfterRestart = load.snapshot.batchesAcked
-            #expect(try await waitUntil(timeout: .seconds(180)) { load.snapshot.batchesAcked >= ackedAfterRestart + 20 })
+            #expect(
+                try await waitUntil(timeout: .seconds(180)) { load.snapshot.batchesAcked >= ackedAfterRestart + 20 })
         } catch {
             loading.turnOff()
             _ = await finished
@@ -58,9 +63,11 @@ struct CitusWorkerKillTests {
         // maintenance daemon does it within citus.recover_2pc_interval anyway).
         _ = try await checked.scalar("SELECT recover_prepared_transactions()")
 
-        let figures = try await IngestInvariants.check(checked, acked: report.acked, users: Self.users,
-                                                       initialQuota: Self.initialQuota)
-        print("""
+        let figures = try await IngestInvariants.check(
+            checked, acked: report.acked, users: Self.users,
+            initialQuota: Self.initialQuota)
+        print(
+            """
             citus worker kill: \(inFlightAtKill) batches in flight at the kill, \(failuresDuringOutage) failed answers \
             while worker1 was down; \(report.batchesAcked) batches (\(report.linesAcked) lines) acknowledged, \
             \(report.retries) resends, \(report.batchesRetried) batches acknowledged after a resend; lost \
@@ -81,7 +88,8 @@ struct CitusWorkerKillTests {
     /// SIGKILL to the node's postmaster (its backends exit when they notice it gone; the restart
     /// runs crash recovery).
     static func killWorker(_ node: String) throws {
-        let home = ProcessInfo.processInfo.environment["TALLY_HOME"]
+        let home =
+            ProcessInfo.processInfo.environment["TALLY_HOME"]
             ?? TestCluster.repositoryRoot.appendingPathComponent(".tally/test").path
         let text = try String(contentsOfFile: "\(home)/citus-nodes/\(node)/pg/data/postmaster.pid", encoding: .utf8)
         let pid = try #require(text.split(separator: "\n").first.flatMap { Int32($0) })

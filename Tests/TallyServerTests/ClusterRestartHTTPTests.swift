@@ -25,8 +25,10 @@ struct ClusterRestartTests {
                     #expect(body.code == "database_unavailable")
                     #expect(body.tid == response.headers[.xTid])
                 }
-                try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: [.authorization: "Bearer test-gateway-secret"],
-                                         body: ByteBuffer(string: LogLines.chat("outage-1") + "\n")) { response in
+                try await client.execute(
+                    uri: "/gateway/v1/logs", method: .post, headers: [.authorization: "Bearer test-gateway-secret"],
+                    body: ByteBuffer(string: LogLines.chat("outage-1") + "\n")
+                ) { response in
                     #expect(response.status == .serviceUnavailable)
                     let body = try ErrorBody(response.body)
                     #expect(body.envelope == "gateway")
@@ -41,14 +43,18 @@ struct ClusterRestartTests {
                 ready = try await client.execute(uri: "/readyz", method: .get) { $0.status == .ok }
             }
             #expect(ready)
-            try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: [.authorization: "Bearer test-gateway-secret"],
-                                     body: ByteBuffer(string: LogLines.chat("outage-2") + "\n")) { response in
+            try await client.execute(
+                uri: "/gateway/v1/logs", method: .post, headers: [.authorization: "Bearer test-gateway-secret"],
+                body: ByteBuffer(string: LogLines.chat("outage-2") + "\n")
+            ) { response in
                 #expect(response.status == .ok)
             }
         }
     }
 
-    @Test("PostgreSQL restarted (-m fast) under 4 ingesting clients: 503 with a tid while down, recovery without a server restart, nothing lost or charged twice")
+    @Test(
+        "PostgreSQL restarted (-m fast) under 4 ingesting clients: 503 with a tid while down, recovery without a server restart, nothing lost or charged twice"
+    )
     func restartUnderLoad() async throws {
         let initialQuota: Int64 = 1_000_000_000_000
         let users = 20
@@ -92,23 +98,28 @@ struct ClusterRestartTests {
         _ = try started.get()
 
         let outages = probes.filter { $0.status != 200 }
-        print("PostgreSQL restart under load (seed \(options.seed)): /readyz probed \(probes.count)×, \(outages.count) answered 503; "
-              + "ingest: \(report.batchesAcked) batches acknowledged, \(report.unavailable) answered 503 and were retried")
+        print(
+            "PostgreSQL restart under load (seed \(options.seed)): /readyz probed \(probes.count)×, \(outages.count) answered 503; "
+                + "ingest: \(report.batchesAcked) batches acknowledged, \(report.unavailable) answered 503 and were retried"
+        )
         #expect(loaded, "the load ran before the outage")
         #expect(outageSeen, "no /readyz probe and ingest batch met the outage")
         #expect(recovered && ingestRecovered)
         #expect(pidAfter == pid, "the same server process served throughout")
         #expect(!outages.isEmpty, "no /readyz probe fell into the outage")
         for outage in outages {
-            #expect(outage.status == 503 && outage.error?.code == "database_unavailable" && outage.error?.tidIsValid == true,
-                    "\(outage.status) \(String(describing: outage.error))")
+            #expect(
+                outage.status == 503 && outage.error?.code == "database_unavailable"
+                    && outage.error?.tidIsValid == true,
+                "\(outage.status) \(String(describing: outage.error))")
         }
         #expect(report.unavailable > 0, "no ingest batch fell into the outage")
         #expect(report.connectionErrors == 0, "the server itself stayed up")
         #expect(report.unexpected.isEmpty, "\(report.unexpected.prefix(10))")
         // The suite's own pool lost its connections in the restart.
         let reopened = db.reopened()
-        let figures = try await IngestInvariants.check(reopened, acked: report.acked, users: users, initialQuota: initialQuota)
+        let figures = try await IngestInvariants.check(
+            reopened, acked: report.acked, users: users, initialQuota: initialQuota)
         await reopened.pool.close()
         print("  \(figures)")
         #expect(figures.isClean, "\(figures) \(figures.usersMischarged.prefix(5)) \(figures.auditOutput)")

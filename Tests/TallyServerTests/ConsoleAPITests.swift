@@ -50,13 +50,16 @@ struct ConsoleAPITests {
         let (otherToken, _) = try await seed.key(user: other.id)
         let run = UUID().uuidString
         let tid = TraceID.generate()
-        try await LogAPITests.request(seed, id: "\(run)-1", user: user.id, token: token.id, model: "gpt-4o", quota: 10,
-                                      tid: tid)
-        try await LogAPITests.request(seed, id: "\(run)-2", user: user.id, token: token.id, model: "gpt-4o", quota: 20,
-                                      tid: TraceID.generate())
-        try await LogAPITests.request(seed, id: "\(run)-3", user: other.id, token: otherToken.id, model: "gpt-4o",
-                                      quota: 30,
-                                      tid: tid)
+        try await LogAPITests.request(
+            seed, id: "\(run)-1", user: user.id, token: token.id, model: "gpt-4o", quota: 10,
+            tid: tid)
+        try await LogAPITests.request(
+            seed, id: "\(run)-2", user: user.id, token: token.id, model: "gpt-4o", quota: 20,
+            tid: TraceID.generate())
+        try await LogAPITests.request(
+            seed, id: "\(run)-3", user: other.id, token: otherToken.id, model: "gpt-4o",
+            quota: 30,
+            tid: tid)
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
             let found = try await api.get("/api/log/self?tid=\(tid.uppercased())", token: access)

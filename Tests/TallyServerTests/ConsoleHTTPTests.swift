@@ -13,7 +13,8 @@ import Testing
 /// `ops/console-test` (`ops/slow-tests/console`).
 @Suite("Console")
 struct ConsoleHTTPTests {
-    static let csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    static let csp =
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
         + "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
     static let files: [(path: String, source: String, contentType: String)] = [
@@ -28,8 +29,9 @@ struct ConsoleHTTPTests {
     ]
 
     static func source(_ name: String) throws -> Data {
-        try Data(contentsOf: TestCluster.repositoryRoot.appendingPathComponent("Sources/TallyServer/Console/web")
-            .appendingPathComponent(name))
+        try Data(
+            contentsOf: TestCluster.repositoryRoot.appendingPathComponent("Sources/TallyServer/Console/web")
+                .appendingPathComponent(name))
     }
 
     @Test("every console file is served as shipped, with its content type, a strict CSP and an ETag")

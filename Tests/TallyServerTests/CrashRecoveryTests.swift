@@ -12,7 +12,9 @@ struct CrashRecoveryTests {
     static let initialQuota: Int64 = 1_000_000_000_000
     static let users = 50
 
-    @Test("tally serve killed with SIGKILL at random moments under 4 ingesting clients: nothing acknowledged lost, nothing charged twice, audit clean")
+    @Test(
+        "tally serve killed with SIGKILL at random moments under 4 ingesting clients: nothing acknowledged lost, nothing charged twice, audit clean"
+    )
     func killNine() async throws {
         let environment = ProcessInfo.processInfo.environment
         let kills = environment["TALLY_CRASH_KILLS"].flatMap(Int.init) ?? 20
@@ -41,7 +43,9 @@ struct CrashRecoveryTests {
                 let killedAt = ContinuousClock.now
                 await server.kill9()
                 // Sometimes stay down a while, so clients also retry against a closed port.
-                if Bool.random(using: &random) { try await Task.sleep(for: .milliseconds(Int.random(in: 0...1500, using: &random))) }
+                if Bool.random(using: &random) {
+                    try await Task.sleep(for: .milliseconds(Int.random(in: 0...1500, using: &random)))
+                }
                 try await server.restart()
                 downtime += ContinuousClock.now - killedAt
             }
@@ -56,8 +60,10 @@ struct CrashRecoveryTests {
         let report = await finished
         server.stop()
 
-        let figures = try await IngestInvariants.check(db, acked: report.acked, users: Self.users, initialQuota: Self.initialQuota)
-        print("""
+        let figures = try await IngestInvariants.check(
+            db, acked: report.acked, users: Self.users, initialQuota: Self.initialQuota)
+        print(
+            """
             crash test figures (seed \(seed)):
               kills survived          \(kills) (\(killsInFlight) with batches in flight), server down \(downtime) in total, run \(ContinuousClock.now - started)
               batches acknowledged    \(report.batchesAcked) (\(report.linesAcked) lines, \(figures.ackedLines) distinct)

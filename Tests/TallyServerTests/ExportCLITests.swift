@@ -14,14 +14,21 @@ struct ExportCLITests {
         let month = UsageMonth("2026-09")!
         let file = NSTemporaryDirectory() + "tally-export-\(getpid()).csv"
         defer { try? FileManager.default.removeItem(atPath: file) }
-        _ = try await WebhookRepository(pool: db.pool).add(url: "http://127.0.0.1:1/exports", secret: nil, events: [.exportReady], by: .cli)
+        _ = try await WebhookRepository(pool: db.pool).add(
+            url: "http://127.0.0.1:1/exports", secret: nil, events: [.exportReady], by: .cli)
         try TallyBinary.run(["export", "--month", "2026-09", "--by", "model,user", "--out", file], databaseURL: db.url)
         // The file is announced to the endpoints that subscribe to export.ready; stdout exports are not.
-        #expect(try await db.scalar("SELECT count(*) FROM webhook_outbox WHERE type = 'export.ready' AND payload->>'month' = '2026-09' AND payload->>'location' = $1", [file]) == 1)
+        #expect(
+            try await db.scalar(
+                "SELECT count(*) FROM webhook_outbox WHERE type = 'export.ready' AND payload->>'month' = '2026-09' AND payload->>'location' = $1",
+                [file]) == 1)
         let rows = try CSVParser.parse(try String(contentsOfFile: file, encoding: .utf8))
-        #expect(UsageFixture.mismatch(Array(rows.dropFirst()), fixture.expectedRows(month: month, by: [.model, .user])) == nil)
+        #expect(
+            UsageFixture.mismatch(Array(rows.dropFirst()), fixture.expectedRows(month: month, by: [.model, .user]))
+                == nil)
 
-        let jsonl = try TallyBinary.run(["export", "--month", "2026-09", "--by", "day", "--format", "jsonl", "--quiet"], databaseURL: db.url)
+        let jsonl = try TallyBinary.run(
+            ["export", "--month", "2026-09", "--by", "day", "--format", "jsonl", "--quiet"], databaseURL: db.url)
         let jsonlRows = try JSONLinesExport.rows(jsonl.output, by: [.day])
         #expect(UsageFixture.mismatch(jsonlRows, fixture.expectedRows(month: month, by: [.day])) == nil)
         let raw = try TallyBinary.run(["export", "--month", "2026-09", "--raw", "--quiet"], databaseURL: db.url)
@@ -29,23 +36,29 @@ struct ExportCLITests {
         // Every request row of the month (the fixture's only month), each with its own cost.
         let header = try #require(rawRows.first)
         let id = try #require(header.firstIndex(of: "request_id")), quota = try #require(header.firstIndex(of: "quota"))
-        let exported = Dictionary(rawRows.dropFirst().map { ($0[id], Int64($0[quota])) },
-                                  uniquingKeysWith: { _, _ in nil })  // a request id twice compares unequal
+        let exported = Dictionary(
+            rawRows.dropFirst().map { ($0[id], Int64($0[quota])) },
+            uniquingKeysWith: { _, _ in nil })  // a request id twice compares unequal
         let stored = Dictionary(uniqueKeysWithValues: fixture.lines.map { ($0.requestID, Int64?.some($0.quota)) })
         #expect(exported == stored)
 
         let user = try #require(fixture.usernames.keys.min())
-        let statement = try TallyBinary.run(["statement", "--user", "\(user)", "--month", "2026-09", "--json"], databaseURL: db.url)
+        let statement = try TallyBinary.run(
+            ["statement", "--user", "\(user)", "--month", "2026-09", "--json"], databaseURL: db.url)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(statement.output.utf8)) as? [String: Any])
         #expect((object["charges"] as? NSNumber)?.int64Value == fixture.quota(month: month, userID: user))
         let text = try TallyBinary.run(["statement", "--user", "\(user)", "--month", "2026-09"], databaseURL: db.url)
         #expect(text.output.contains("Opening balance") && text.output.contains("Closing balance"))
 
-        #expect(try TallyBinary.run(["audit", "--month", "2026-09"], databaseURL: db.url).output.contains("audit clean"))
-        for arguments in [["export", "--month", "2026-9"], ["export", "--month", "2026-09", "--by", "colour"],
-                          ["export", "--month", "2026-09", "--format", "xml"], ["export", "--month", "2026-09", "--raw", "--format", "jsonl"],
-                          ["statement", "--user", "\(user)", "--month", "09-2026"], ["audit", "--month", "x"],
-                          ["retention", "--keep-months", "0"]] {
+        #expect(
+            try TallyBinary.run(["audit", "--month", "2026-09"], databaseURL: db.url).output.contains("audit clean"))
+        for arguments in [
+            ["export", "--month", "2026-9"], ["export", "--month", "2026-09", "--by", "colour"],
+            ["export", "--month", "2026-09", "--format", "xml"],
+            ["export", "--month", "2026-09", "--raw", "--format", "jsonl"],
+            ["statement", "--user", "\(user)", "--month", "09-2026"], ["audit", "--month", "x"],
+            ["retention", "--keep-months", "0"],
+        ] {
             let refused = try TallyBinary.run(arguments, databaseURL: db.url, expecting: .failure)
             #expect(!refused.errorOutput.isEmpty, "\(arguments) failed without saying why")
         }
@@ -64,7 +77,10 @@ struct ExportCLITests {
         let real = try TallyBinary.run(["retention", "--keep-months", "3"], databaseURL: db.url)
         #expect(real.output.contains("dropped 1 partition(s)"))
         #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE name = $1", [name]) == 0)
-        #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE month >= $1::date", [current.adding(months: -2).firstDay]) >= 3)
+        #expect(
+            try await db.scalar(
+                "SELECT count(*) FROM tally_log_partitions WHERE month >= $1::date",
+                [current.adding(months: -2).firstDay]) >= 3)
         #expect(try TallyBinary.run(["audit"], databaseURL: db.url).output.contains("audit clean"))
     }
 }

@@ -5,10 +5,11 @@ import HummingbirdTesting
 import NIOCore
 import TallyCore
 import TallyPostgres
-@testable import TallyServer
 import TallyStore
 import TallyTestSupport
 import Testing
+
+@testable import TallyServer
 
 @Suite("exports and statements over HTTP")
 struct ExportHTTPTests {
@@ -36,12 +37,16 @@ struct ExportHTTPTests {
             #expect(csv.headers[.contentDisposition] == "attachment; filename=\"usage-2026-09-user-model.csv\"")
             let rows = try CSVParser.parse(csv.text)
             #expect(rows.first?.first == "user_id")
-            #expect(UsageFixture.mismatch(Array(rows.dropFirst()), fixture.expectedRows(month: Self.september, by: [.user, .model])) == nil)
+            #expect(
+                UsageFixture.mismatch(
+                    Array(rows.dropFirst()), fixture.expectedRows(month: Self.september, by: [.user, .model])) == nil)
 
             let jsonl = try await api.get("/api/admin/exports/usage?month=2026-09&by=group&format=jsonl", token: admin)
             #expect(jsonl.headers[.contentType] == "application/x-ndjson")
-            #expect(UsageFixture.mismatch(try JSONLinesExport.rows(jsonl.text, by: [.group]),
-                                          fixture.expectedRows(month: Self.september, by: [.group])) == nil)
+            #expect(
+                UsageFixture.mismatch(
+                    try JSONLinesExport.rows(jsonl.text, by: [.group]),
+                    fixture.expectedRows(month: Self.september, by: [.group])) == nil)
 
             let raw = try await api.get("/api/admin/exports/usage?month=2026-09&raw=true", token: admin)
             #expect(raw.status == 200)
@@ -49,7 +54,10 @@ struct ExportHTTPTests {
 
             let empty = try await api.get("/api/admin/exports/usage?month=2026-02&by=token", token: admin)
             #expect(empty.status == 200)
-            #expect(empty.text == "token_id,token_name,requests,failed_requests,prompt_tokens,completion_tokens,cached_tokens,cache_write_tokens,audio_input_tokens,audio_output_tokens,images,video_seconds,calls,predict_time,quota,usd\n")
+            #expect(
+                empty.text
+                    == "token_id,token_name,requests,failed_requests,prompt_tokens,completion_tokens,cached_tokens,cache_write_tokens,audio_input_tokens,audio_output_tokens,images,video_seconds,calls,predict_time,quota,usd\n"
+            )
         }
     }
 
@@ -69,14 +77,20 @@ struct ExportHTTPTests {
                 ("/api/admin/exports/usage?month=2026-09&by=day&tz=Mars/Olympus", admin, 400, "tz must be"),
                 ("/api/admin/exports/usage?month=2026-09&by=user&tz=Asia/Tokyo", admin, 400, "add day to by"),
                 ("/api/admin/exports/usage?month=2026-09&raw=maybe", admin, 400, "raw must be true or false"),
-                ("/api/admin/exports/usage?month=2026-09&raw=true&format=jsonl", admin, 400, "raw exports every request row"),
+                (
+                    "/api/admin/exports/usage?month=2026-09&raw=true&format=jsonl", admin, 400,
+                    "raw exports every request row"
+                ),
                 ("/api/admin/exports/usage?month=2026-09&user_id=-4", admin, 400, "user_id"),
                 ("/api/admin/exports/usage?month=2025-01&raw=true", admin, 404, "not kept"),
                 ("/api/admin/statements/1/2026-9", admin, 400, "month must be YYYY-MM"),
                 ("/api/admin/statements/1/2026-09?format=pdf", admin, 400, "format must be json or text"),
                 ("/api/admin/statements/987654/2026-09", admin, 404, "user 987654 not found"),
                 ("/api/admin/statements/abc/2026-09", admin, 404, "user not found"),
-                ("/api/usage/self?month=2026-09&by=user", userToken, 400, "by must list one or more of token, model, day"),
+                (
+                    "/api/usage/self?month=2026-09&by=user", userToken, 400,
+                    "by must list one or more of token, model, day"
+                ),
                 ("/api/usage/self?month=bad", userToken, 400, "month must be"),
                 ("/api/admin/exports/usage?month=2026-09", userToken, 403, "insufficient permissions"),
                 ("/api/admin/statements/1/2026-09", userToken, 403, "insufficient permissions"),
@@ -102,7 +116,9 @@ struct ExportHTTPTests {
                 let answer = try await api.get("/api/usage/self?month=2026-09&by=\(list)", token: userToken)
                 #expect(answer.status == 200)
                 let rows = Array(try CSVParser.parse(answer.text).dropFirst())
-                #expect(UsageFixture.mismatch(rows, fixture.expectedRows(month: Self.september, by: by, userID: userID)) == nil)
+                #expect(
+                    UsageFixture.mismatch(rows, fixture.expectedRows(month: Self.september, by: by, userID: userID))
+                        == nil)
             }
             let json = try await api.get("/api/usage/self?month=2026-09&format=jsonl", token: userToken)
             let expected = fixture.expectedRows(month: Self.september, by: [.model], userID: userID)
@@ -118,7 +134,8 @@ struct ExportHTTPTests {
             let answer = try await api.get("/api/admin/statements/\(userID)/2026-09", token: admin)
             #expect(answer.status == 200)
             let data = answer.dataObject
-            let opening = try #require(int64(data["opening_balance"])), credits = try #require(int64(data["total_credits"]))
+            let opening = try #require(int64(data["opening_balance"])),
+                credits = try #require(int64(data["total_credits"]))
             let charges = try #require(int64(data["charges"])), closing = try #require(int64(data["closing_balance"]))
             #expect(closing == opening + credits - charges)
             #expect(charges == fixture.quota(month: Self.september, userID: userID))

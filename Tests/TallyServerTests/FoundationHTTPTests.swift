@@ -31,7 +31,8 @@ struct FoundationHTTPTests {
         _ = try await TestApp.build(db)
         var configuration = TestApp.configuration(db)
         configuration.databaseURL = "postgres://tally@127.0.0.1:1/none?connect_timeout=2"
-        let router = buildRouter(TallyServices(pool: .init(url: configuration.databaseURL, size: 1)), configuration: configuration)
+        let router = buildRouter(
+            TallyServices(pool: .init(url: configuration.databaseURL, size: 1)), configuration: configuration)
         let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
         try await app.test(.live) { client in
             try await client.execute(uri: "/readyz", method: .get) { response in
@@ -55,7 +56,9 @@ struct FoundationHTTPTests {
                 #expect(text.contains("# TYPE "))
                 #expect(text.contains(#"http_route="/healthz""#))
                 // Label values may hold any character but an unescaped quote (routes like /api/token/{id}).
-                let sample = try Regex(#"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? (-?[0-9.eE+-]+|NaN|\+Inf|-Inf)$"#)
+                let sample = try Regex(
+                    #"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? (-?[0-9.eE+-]+|NaN|\+Inf|-Inf)$"#
+                )
                 for line in text.split(separator: "\n") where !line.hasPrefix("#") {
                     #expect(line.wholeMatch(of: sample) != nil, "not a Prometheus sample: \(line)")
                 }
@@ -68,8 +71,10 @@ struct FoundationHTTPTests {
         let db = try await TestDatabase.shared("server")
         let traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
         try await TestApp.build(db).test(.live) { client in
-            try await client.execute(uri: "/v1/nothing-here", method: .get,
-                                     headers: [.traceparent: "00-\(traceID)-00f067aa0ba902b7-01"]) { response in
+            try await client.execute(
+                uri: "/v1/nothing-here", method: .get,
+                headers: [.traceparent: "00-\(traceID)-00f067aa0ba902b7-01"]
+            ) { response in
                 #expect(response.status == .notFound)
                 let body = try ErrorBody(response.body)
                 #expect(body.envelope == "gateway")
@@ -77,14 +82,17 @@ struct FoundationHTTPTests {
                 #expect(body.tid == traceID)
                 #expect(response.headers[.xTid] == traceID)
             }
-            try await client.execute(uri: "/api/nothing-here", method: .get,
-                                     headers: [.xTid: "ABCDEF0123456789ABCDEF0123456789"]) { response in
+            try await client.execute(
+                uri: "/api/nothing-here", method: .get,
+                headers: [.xTid: "ABCDEF0123456789ABCDEF0123456789"]
+            ) { response in
                 let body = try ErrorBody(response.body)
                 #expect(body.envelope == "system")
                 #expect(body.tid == "abcdef0123456789abcdef0123456789")
                 #expect(response.headers[.xTid] == body.tid)
             }
-            try await client.execute(uri: "/api/nothing-here", method: .get, headers: [.xTid: "not a tid; <script>"]) { response in
+            try await client.execute(uri: "/api/nothing-here", method: .get, headers: [.xTid: "not a tid; <script>"]) {
+                response in
                 let body = try ErrorBody(response.body)
                 #expect(TraceID.isValid(body.tid))
                 #expect(response.headers[.xTid] == body.tid)

@@ -15,8 +15,10 @@ struct HTTPClientTests {
             #expect(sheet.status == 200)
             #expect(sheet.isSuccess)
             #expect(sheet.text == designPriceSheet)
-            let echo = try await client.send(.init(method: .post, url: "http://127.0.0.1:\(port)/echo",
-                                                   headers: [("X-Test", "hello")], body: Array("a body".utf8)))
+            let echo = try await client.send(
+                .init(
+                    method: .post, url: "http://127.0.0.1:\(port)/echo",
+                    headers: [("X-Test", "hello")], body: Array("a body".utf8)))
             #expect(echo.status == 201)
             #expect(echo.text == "hello|a body")
             let missing = try await client.send(.init(url: "http://127.0.0.1:\(port)/missing"))
@@ -44,7 +46,8 @@ struct HTTPClientTests {
     @Test("a refused connection is a connectionFailed error that shows the origin only, never the path or query")
     func refused() async throws {
         let error = await #expect(throws: HTTPClientError.self) {
-            try await client.send(.init(method: .post, url: "http://127.0.0.1:1/hook/SECRETPATH?token=SECRETQUERY", body: [1]))
+            try await client.send(
+                .init(method: .post, url: "http://127.0.0.1:1/hook/SECRETPATH?token=SECRETQUERY", body: [1]))
         }
         #expect(error?.kind == .connectionFailed)
         #expect(error?.message.hasPrefix("POST http://127.0.0.1:1: ") == true)
@@ -60,7 +63,8 @@ struct HTTPClientTests {
                 }
                 #expect(error?.kind == .responseTooLarge, "\(path)")
             }
-            let fits = try await client.send(.init(url: "http://127.0.0.1:\(port)/big-chunked", maxResponseBytes: 4 << 20))
+            let fits = try await client.send(
+                .init(url: "http://127.0.0.1:\(port)/big-chunked", maxResponseBytes: 4 << 20))
             #expect(fits.body.count == 3 << 20)
         }
     }

@@ -22,8 +22,9 @@ struct HoldBookTests {
         return (user, try await seed.key(user: user, draft).token.id)
     }
 
-    @Test("concurrent holds over several stripes: exactly what each balance covers, all journaled, the books balanced",
-          arguments: [HoldCommitMode.sync, .async])
+    @Test(
+        "concurrent holds over several stripes: exactly what each balance covers, all journaled, the books balanced",
+        arguments: [HoldCommitMode.sync, .async])
     func stripesJournalAndBalance(mode: HoldCommitMode) async throws {
         let db = try await TestDatabase.create("holdbook")
         let seed = Seed(db: db)
@@ -33,8 +34,9 @@ struct HoldBookTests {
             let draft = TokenDraft(name: "k", remainQuota: 100_000, unlimitedQuota: false)
             accounts.append((user, try await seed.key(user: user, draft).token.id))
         }
-        let book = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600, mode: mode,
-                            stripes: 4)
+        let book = HoldBook(
+            repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600, mode: mode,
+            stripes: 4)
         try await book.start()
         // Eleven holds of 100 per account of 1,000: ten fit.
         let outcomes = try await withThrowingTaskGroup(of: (Int64, HoldOutcome).self) { group in
@@ -52,7 +54,7 @@ struct HoldBookTests {
             #expect(held.count == 10, "user \(user): \(mine)")
             #expect(mine.filter { $0 == .insufficient }.count == 1)
         }
-        let ids = outcomes.compactMap { if case let .held(id, _) = $0.1 { id } else { nil } }
+        let ids = outcomes.compactMap { if case .held(let id, _) = $0.1 { id } else { nil } }
         #expect(Set(ids).count == 50)
         await book.flush()
         #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'held'") == 50)
@@ -85,8 +87,11 @@ struct HoldBookTests {
         // Its 500 units went back, and another instance leased all that is left.
         try await repository.register(instance: "survivor", ttlSeconds: 15, reclaimAfterSeconds: 5)
         _ = try await repository.lease(instance: "survivor", wants: [AccountUnits(.user(user), 1_000)])
-        let late = JournaledHold(id: try await repository.holdIDBlock(), request: Self.request("late", user: user,
-                                 token: token, amount: 100), tokenLeased: false)
+        let late = JournaledHold(
+            id: try await repository.holdIDBlock(),
+            request: Self.request(
+                "late", user: user,
+                token: token, amount: 100), tokenLeased: false)
         await #expect(throws: LeaseError.notRegistered) {
             try await repository.journal(instance: "stopped", holds: [late], ttlSeconds: 600)
         }
@@ -102,20 +107,28 @@ struct HoldBookTests {
         let (user, token) = try await Self.limitedAccount(seed, quota: 1_000)
         let repository = PostgresLeaseRepository(pool: db.pool)
         try await repository.register(instance: "one", ttlSeconds: 15, reclaimAfterSeconds: 5)
-        _ = try await repository.lease(instance: "one", wants: [AccountUnits(.user(user), 1_000),
-                                                                 AccountUnits(.token(token), 1_000)])
+        _ = try await repository.lease(
+            instance: "one",
+            wants: [
+                AccountUnits(.user(user), 1_000),
+                AccountUnits(.token(token), 1_000),
+            ])
         let first = try await repository.holdIDBlock()
         func hold(_ offset: Int64, _ requestID: String, _ amount: Int64, tokenLeased: Bool) -> JournaledHold {
             let request = Self.request(requestID, user: user, token: token, amount: amount)
             return JournaledHold(id: first + offset, request: request, tokenLeased: tokenLeased)
         }
         func leases() async throws -> [Int64] {
-            [try await seed.int("SELECT amount FROM user_leases WHERE instance_id = 'one'"),
-             try await seed.int("SELECT amount FROM token_leases WHERE instance_id = 'one'")]
+            [
+                try await seed.int("SELECT amount FROM user_leases WHERE instance_id = 'one'"),
+                try await seed.int("SELECT amount FROM token_leases WHERE instance_id = 'one'"),
+            ]
         }
         let batch = [hold(0, "a", 100, tokenLeased: true), hold(1, "b", 200, tokenLeased: false)]
-        let fresh = [JournalOutcome(holdID: first, held: 100, status: "held", isNew: true),
-                     JournalOutcome(holdID: first + 1, held: 200, status: "held", isNew: true)]
+        let fresh = [
+            JournalOutcome(holdID: first, held: 100, status: "held", isNew: true),
+            JournalOutcome(holdID: first + 1, held: 200, status: "held", isNew: true),
+        ]
         #expect(try await repository.journal(instance: "one", holds: batch, ttlSeconds: 600) == fresh)
         #expect(try await leases() == [700, 900])
         // Written again (its commit went unanswered): the same answers, nothing drawn twice.
@@ -123,10 +136,11 @@ struct HoldBookTests {
         #expect(try await leases() == [700, 900])
         // A retry of "a" cut under another id is answered with the first hold and draws nothing.
         let mixed = [hold(2, "c", 50, tokenLeased: true), hold(3, "a", 100, tokenLeased: true)]
-        #expect(try await repository.journal(instance: "one", holds: mixed, ttlSeconds: 600) == [
-            JournalOutcome(holdID: first + 2, held: 50, status: "held", isNew: true),
-            JournalOutcome(holdID: first, held: 100, status: "held", isNew: false),
-        ])
+        #expect(
+            try await repository.journal(instance: "one", holds: mixed, ttlSeconds: 600) == [
+                JournalOutcome(holdID: first + 2, held: 50, status: "held", isNew: true),
+                JournalOutcome(holdID: first, held: 100, status: "held", isNew: false),
+            ])
         #expect(try await leases() == [650, 850])
         #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'held'") == 3)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
@@ -137,8 +151,11 @@ struct HoldBookTests {
         let db = try await TestDatabase.create("lookuplease")
         let seed = Seed(db: db)
         let user = try await seed.user(quota: 10_000).user.id
-        let (token, key) = try await seed.key(user: user, TokenDraft(name: "k", remainQuota: 300,
-                                                                     unlimitedQuota: false))
+        let (token, key) = try await seed.key(
+            user: user,
+            TokenDraft(
+                name: "k", remainQuota: 300,
+                unlimitedQuota: false))
         let book = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
         try await book.start()
         let granted = Mutex<[LeaseGrant]>([])
@@ -149,10 +166,11 @@ struct HoldBookTests {
         let directory = AccessDirectory(pool: db.pool)
         let access = try await directory.key(SecretHash(of: key), leasing: lease(book.instance))
         #expect(access?.userID == user)
-        #expect(granted.withLock { $0 } == [
-            LeaseGrant(account: .user(user), granted: 1_000, state: .ok, others: 0),
-            LeaseGrant(account: .token(token.id), granted: 300, state: .ok, others: 0),
-        ])
+        #expect(
+            granted.withLock { $0 } == [
+                LeaseGrant(account: .user(user), granted: 1_000, state: .ok, others: 0),
+                LeaseGrant(account: .token(token.id), granted: 300, state: .ok, others: 0),
+            ])
         #expect(try await seed.int("SELECT amount FROM user_leases WHERE user_id = $1", [user]) == 1_000)
         #expect(try await seed.int("SELECT reserved FROM tokens WHERE id = $1", [token.id]) == 300)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)

@@ -13,7 +13,9 @@ struct IngestFoldHTTPTests {
     static let affordable = 120
     static let workers = 12
 
-    @Test("one account charged by many concurrent batches through two servers, with holds and authorize in the mix: folded exactly once, never overdrawn, audit clean throughout")
+    @Test(
+        "one account charged by many concurrent batches through two servers, with holds and authorize in the mix: folded exactly once, never overdrawn, audit clean throughout"
+    )
     func concurrentBatchesOneAccount() async throws {
         // The user's balance binds; the limited key has room to spare and is checked too.
         let account = try await AuthorizeRaceTests.Account(
@@ -21,7 +23,9 @@ struct IngestFoldHTTPTests {
             key: TokenDraft(name: "k", remainQuota: 2 * Int64(Self.affordable) * chatHold, unlimitedQuota: false))
         let (db, seed, key) = (account.db, account.seed, account.key)
         // Folds every 10 ms, so they interleave with the batches many times over.
-        let servers = try (0..<2).map { _ in try ServerProcess(databaseURL: db.url, environment: ["TALLY_SETTLE_INTERVAL": "10"]) }
+        let servers = try (0..<2).map { _ in
+            try ServerProcess(databaseURL: db.url, environment: ["TALLY_SETTLE_INTERVAL": "10"])
+        }
         defer { servers.forEach { $0.stop() } }
 
         let watch = BalanceWatch(db: db, userID: account.userID)
@@ -48,14 +52,20 @@ struct IngestFoldHTTPTests {
         // Exact before the last fold, and the same once everything is folded: each charge once.
         #expect(try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [account.userID]) == 0)
         try await db.fold()
-        #expect(try await seed.int("SELECT count(*) FROM pending_charges") + (try await seed.int("SELECT count(*) FROM pending_usage")) == 0)
-        let user = try await seed.sql("SELECT quota, used_quota, request_count, reserved FROM users WHERE id = $1", [account.userID])[0]
+        #expect(
+            try await seed.int("SELECT count(*) FROM pending_charges")
+                + (try await seed.int("SELECT count(*) FROM pending_usage")) == 0)
+        let user = try await seed.sql(
+            "SELECT quota, used_quota, request_count, reserved FROM users WHERE id = $1", [account.userID])[0]
         #expect(try (0..<4).map { try user.decode($0, as: Int64.self) } == [0, spent, Int64(Self.affordable), 0])
-        let token = try await seed.sql("SELECT remain_quota, used_quota, request_count, reserved FROM tokens WHERE user_id = $1",
-                                       [account.userID])[0]
+        let token = try await seed.sql(
+            "SELECT remain_quota, used_quota, request_count, reserved FROM tokens WHERE user_id = $1",
+            [account.userID])[0]
         #expect(try (0..<4).map { try token.decode($0, as: Int64.self) } == [spent, spent, Int64(Self.affordable), 0])
         #expect(try await seed.int("SELECT sum(quota) FROM usage_daily WHERE user_id = $1", [account.userID]) == spent)
-        #expect(try await seed.int("SELECT -sum(amount) FROM ledger WHERE user_id = $1 AND kind = 'charge'", [account.userID]) == spent)
+        #expect(
+            try await seed.int(
+                "SELECT -sum(amount) FROM ledger WHERE user_id = $1 AND kind = 'charge'", [account.userID]) == spent)
         #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'settled'") == Int64(Self.affordable))
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
@@ -63,16 +73,19 @@ struct IngestFoldHTTPTests {
     /// Authorizes holds of `chatHold` and settles each at exactly that cost, a few lines per
     /// batch, alternating servers, until the account refuses three times in a row (settling
     /// at the hold's cost frees nothing, so a refusal is final). Returns the holds granted.
-    static func authorizeAndSettle(worker: Int, account: AuthorizeRaceTests.Account, servers: [ServerProcess],
-                                   key: String) async throws -> Int {
+    static func authorizeAndSettle(
+        worker: Int, account: AuthorizeRaceTests.Account, servers: [ServerProcess],
+        key: String
+    ) async throws -> Int {
         var granted = 0, refusals = 0, attempt = 0
         var batch: [String] = []
         let headers = ["Authorization": "Bearer \(servers[0].gatewaySecret)", "Content-Type": "application/x-ndjson"]
         func flush() async throws {
             guard !batch.isEmpty else { return }
             let server = servers[(worker + attempt) % servers.count]
-            let answer = try await HTTP.sendAsync("POST", "\(server.baseURL)/gateway/v1/logs", headers: headers,
-                                                  body: Data(batch.joined(separator: "\n").utf8))
+            let answer = try await HTTP.sendAsync(
+                "POST", "\(server.baseURL)/gateway/v1/logs", headers: headers,
+                body: Data(batch.joined(separator: "\n").utf8))
             #expect(answer.status == 200, "\(answer.text)")
             #expect(answer.text.contains(#""accepted":\#(batch.count)"#), "\(answer.text)")
             batch.removeAll()
@@ -84,7 +97,9 @@ struct IngestFoldHTTPTests {
             if status == 200 {
                 granted += 1
                 refusals = 0
-                batch.append(#"{"request_id":"\#(requestID)","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":500}}"#)
+                batch.append(
+                    #"{"request_id":"\#(requestID)","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":500}}"#
+                )
                 if batch.count == 4 { try await flush() }
             } else {
                 #expect(status == 403)
@@ -96,7 +111,9 @@ struct IngestFoldHTTPTests {
         return granted
     }
 
-    @Test("with no settler running, every reader sees what committed batches charged: System API, keys, authorize, statement, export, audit")
+    @Test(
+        "with no settler running, every reader sees what committed batches charged: System API, keys, authorize, statement, export, audit"
+    )
     func readersIncludePending() async throws {
         let db = try await TestDatabase.create("fold-readers")
         let seed = Seed(db: db)
@@ -106,7 +123,8 @@ struct IngestFoldHTTPTests {
         let adminToken = try await seed.user("admin", role: .admin).token
         let month = UsageMonth(containing: Date())
         // The user's balance binds (the key's limit is checked by FoldTests.leasesSeePending).
-        let (token, key) = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 20 * chatHold, unlimitedQuota: false))
+        let (token, key) = try await seed.key(
+            user: user.id, TokenDraft(name: "k", remainQuota: 20 * chatHold, unlimitedQuota: false))
         try await TestApp.build(db, { $0.settleIntervalMilliseconds = 0 }).test(.live) { client in
             let gateway = Gateway(client: client), api = API(client: client)
             let lines = (0..<6).map {
@@ -126,10 +144,13 @@ struct IngestFoldHTTPTests {
             #expect(int64(listed["remain_quota"]) == 14 * chatHold)
             #expect(int64(listed["used_quota"]) == 6 * chatHold)
             // Leases grant from quota − reserved − pending: the account has 4 holds left, not 10.
-            for index in 1...4 { #expect(try await gateway.authorize(key: key, requestID: "after-\(index)").status == 200) }
+            for index in 1...4 {
+                #expect(try await gateway.authorize(key: key, requestID: "after-\(index)").status == 200)
+            }
             let refused = try await gateway.authorize(key: key, requestID: "after-5")
             #expect(refused.status == 403, "\(refused.text)")
-            let export = try await api.get("/api/admin/exports/usage?month=\(month)&by=user&user_id=\(user.id)", token: adminToken)
+            let export = try await api.get(
+                "/api/admin/exports/usage?month=\(month)&by=user&user_id=\(user.id)", token: adminToken)
             #expect(export.text.contains(",\(6 * chatHold),"), "\(export.text)")
         }
         let statement = try await StatementRepository(pool: db.pool).statement(userID: user.id, month: month)
@@ -147,7 +168,9 @@ struct IngestFoldHTTPTests {
 }
 
 extension IngestFoldHTTPTests {
-    @Test("a burst is settled whole soon after its last batch: the roll-up does not wait out its interval once batches pause")
+    @Test(
+        "a burst is settled whole soon after its last batch: the roll-up does not wait out its interval once batches pause"
+    )
     func rollUpOncePaused() async throws {
         let db = try await TestDatabase.create("fold-pause")
         let seed = Seed(db: db)
@@ -155,17 +178,21 @@ extension IngestFoldHTTPTests {
         let (user, _) = try await seed.user(quota: 100 * chatHold)
         let (_, key) = try await seed.key(user: user.id, TokenDraft(name: "k", remainQuota: 0, unlimitedQuota: true))
         // An hour between roll-ups: only the pause can roll this batch up within the test.
-        try await TestApp.build(db, {
-            $0.settleIntervalMilliseconds = 20
-            $0.rollUpIntervalSeconds = 3_600
-        }).test(.live) { client in
+        try await TestApp.build(
+            db,
+            {
+                $0.settleIntervalMilliseconds = 20
+                $0.rollUpIntervalSeconds = 3_600
+            }
+        ).test(.live) { client in
             let gateway = Gateway(client: client)
             let lines = (0..<5).map {
                 #"{"request_id":"burst-\#($0)","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":500}}"#
             }
             #expect(try await gateway.post("/logs", lines.joined(separator: "\n")).status == 200)
             let settled = try await waitUntil {
-                try await seed.int("""
+                try await seed.int(
+                    """
                     SELECT (SELECT count(*) FROM pending_charges) + (SELECT count(*) FROM pending_usage)
                     """) == 0
             }
@@ -204,10 +231,14 @@ final class BalanceWatch: Sendable {
         let auditor = Auditor(pool: db.pool)
         while !stopped.load(ordering: .relaxed) {
             let (quota, reserved, folded) = try await db.pool.withConnection { [userID] connection in
-                let row = try connection.query("""
+                let row = try connection.query(
+                    """
                     SELECT b.quota, b.reserved, u.used_quota FROM user_balances b JOIN users u ON u.id = b.id WHERE b.id = $1
                     """, [userID])[0]
-                return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self), try row.decode(2, as: Int64.self))
+                return (
+                    try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self),
+                    try row.decode(2, as: Int64.self)
+                )
             }
             if quota < 0 || quota < reserved { observed.overdrawn.append("quota \(quota), reserved \(reserved)") }
             if folded != lastFolded {

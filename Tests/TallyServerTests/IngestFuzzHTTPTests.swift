@@ -32,7 +32,9 @@ struct IngestFuzzHTTPTests {
         var arraysRefused = 0
     }
 
-    @Test("10,000 mutated lines in NDJSON batches, 1,000 in JSON arrays: no crash, 200 or an enveloped error, documented codes, rejected lines charge nothing")
+    @Test(
+        "10,000 mutated lines in NDJSON batches, 1,000 in JSON arrays: no crash, 200 or an enveloped error, documented codes, rejected lines charge nothing"
+    )
     func fuzz() async throws {
         let db = try await TestDatabase.shared("ingestfuzz")
         try await db.prepareBilling(users: Self.users, quota: Self.initialQuota)
@@ -48,8 +50,10 @@ struct IngestFuzzHTTPTests {
             }
             return tally
         }
-        print("ingest fuzz over HTTP (seed \(Self.seed)): \(tally.lines) lines, \(tally.accepted) accepted, \(tally.duplicates) duplicates, "
-              + "\(tally.rejected) rejected: \(tally.codes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+        print(
+            "ingest fuzz over HTTP (seed \(Self.seed)): \(tally.lines) lines, \(tally.accepted) accepted, \(tally.duplicates) duplicates, "
+                + "\(tally.rejected) rejected: \(tally.codes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))"
+        )
         print("  JSON arrays: \(tally.arraysAccepted) answered 200, \(tally.arraysRefused) refused whole (400)")
         #expect(tally.lines >= 10_000)
         #expect(tally.arraysAccepted > 0 && tally.arraysRefused > 0)
@@ -58,21 +62,27 @@ struct IngestFuzzHTTPTests {
         let rows = try await db.scalar("SELECT count(*) FROM request_logs")
         #expect(rows == Int64(tally.accepted))
         let charged = try await db.scalar("SELECT coalesce(sum(quota), 0)::bigint FROM request_logs")
-        let spent = try await db.scalar("SELECT sum($1::bigint - b.quota)::bigint FROM user_balances b JOIN users u ON u.id = b.id WHERE u.username LIKE 'synthetic-%'", [Self.initialQuota])
+        let spent = try await db.scalar(
+            "SELECT sum($1::bigint - b.quota)::bigint FROM user_balances b JOIN users u ON u.id = b.id WHERE u.username LIKE 'synthetic-%'",
+            [Self.initialQuota])
         #expect(spent == charged, "balances moved by \(spent), stored lines cost \(charged)")
-        let storedRejected = try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id = ANY(string_to_array($1, E'\\n'))",
-                                                 [tally.rejectedIDs.joined(separator: "\n")])
+        let storedRejected = try await db.scalar(
+            "SELECT count(*) FROM request_logs WHERE request_id = ANY(string_to_array($1, E'\\n'))",
+            [tally.rejectedIDs.joined(separator: "\n")])
         #expect(storedRejected == 0, "rejected request ids were stored")
         let expected = try IngestInvariants.expectedCharges(tally.valid.values)
         let valuedIDs = tally.valid.keys.joined(separator: "\n")
-        let validCost = try await db.scalar("SELECT coalesce(sum(quota), 0)::bigint FROM request_logs WHERE request_id = ANY(string_to_array($1, E'\\n'))",
-                                            [valuedIDs])
+        let validCost = try await db.scalar(
+            "SELECT coalesce(sum(quota), 0)::bigint FROM request_logs WHERE request_id = ANY(string_to_array($1, E'\\n'))",
+            [valuedIDs])
         #expect(validCost == expected.values.reduce(0, +), "unmutated lines were not charged their price")
         let violations = try await Auditor(pool: db.pool).run()
         #expect(violations.isEmpty, "\(violations.prefix(5))")
     }
 
-    static func postNDJSON(_ client: some TestClientProtocol, batch: Int, lines: Int, fuzzer: inout IngestLineFuzzer, tally: inout Tally) async throws {
+    static func postNDJSON(
+        _ client: some TestClientProtocol, batch: Int, lines: Int, fuzzer: inout IngestLineFuzzer, tally: inout Tally
+    ) async throws {
         // The first line is valid: a body starting with "[" would be read as a JSON array.
         var cases = [FuzzCase(bytes: fuzzer.validLine().bytes, mutation: "none", expectation: .accept)]
         while cases.count < lines { cases.append(fuzzer.next()) }
@@ -94,12 +104,16 @@ struct IngestFuzzHTTPTests {
             case .either: break
             }
             let line = String(decoding: fuzzCase.bytes, as: UTF8.self)
-            if fuzzCase.mutation == "none", reject == nil, let id = LogLines.requestID(of: line) { tally.valid[id] = line }
+            if fuzzCase.mutation == "none", reject == nil, let id = LogLines.requestID(of: line) {
+                tally.valid[id] = line
+            }
         }
     }
 
     /// A JSON array batch: a mutated element may break the array itself (400 for the whole batch).
-    static func postArray(_ client: some TestClientProtocol, batch: Int, lines: Int, fuzzer: inout IngestLineFuzzer, tally: inout Tally) async throws {
+    static func postArray(
+        _ client: some TestClientProtocol, batch: Int, lines: Int, fuzzer: inout IngestLineFuzzer, tally: inout Tally
+    ) async throws {
         var body: [UInt8] = Array("[".utf8)
         for index in 0..<lines {
             if index > 0 { body.append(UInt8(ascii: ",")) }
@@ -113,21 +127,27 @@ struct IngestFuzzHTTPTests {
             _ = try record(answer, lines: nil, where: place, tally: &tally)
         } else {
             tally.arraysRefused += 1
-            #expect(answer.status == 400 && answer.errorCode == "invalid_request", "\(place): \(answer.status) \(answer.text.prefix(300))")
+            #expect(
+                answer.status == 400 && answer.errorCode == "invalid_request",
+                "\(place): \(answer.status) \(answer.text.prefix(300))")
             tally.lines += lines
         }
     }
 
     static func post(_ client: some TestClientProtocol, _ body: [UInt8]) async throws -> Answer {
-        try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: auth, body: ByteBuffer(bytes: body)) { response in
+        try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: auth, body: ByteBuffer(bytes: body)) {
+            response in
             let text = String(buffer: response.body)
             let object = try? JSONSerialization.jsonObject(with: Data(text.utf8))
             if response.status != .ok {
                 // Every error is the gateway envelope with the tid of the X-Tid header.
                 let error = EnvelopeError(Data(text.utf8))
-                #expect(error?.tidIsValid == true && error?.tid == response.headers[.xTid], "\(response.status): \(text.prefix(300))")
+                #expect(
+                    error?.tidIsValid == true && error?.tid == response.headers[.xTid],
+                    "\(response.status): \(text.prefix(300))")
             }
-            return Answer(status: Int(response.status.code), headers: response.headers, body: object ?? NSNull(), text: text)
+            return Answer(
+                status: Int(response.status.code), headers: response.headers, body: object ?? NSNull(), text: text)
         }
     }
 
@@ -138,7 +158,9 @@ struct IngestFuzzHTTPTests {
         let duplicates = try #require(object["duplicates"] as? Int)
         let rejects = try #require(object["rejected"] as? [[String: Any]])
         #expect(TraceID.isValid(object["tid"] as? String ?? ""))
-        if let lines { #expect(accepted + duplicates + rejects.count == lines, "\(label): not every line accounted for") }
+        if let lines {
+            #expect(accepted + duplicates + rejects.count == lines, "\(label): not every line accounted for")
+        }
         tally.lines += accepted + duplicates + rejects.count
         tally.accepted += accepted
         tally.duplicates += duplicates
@@ -147,7 +169,9 @@ struct IngestFuzzHTTPTests {
         for reject in rejects {
             let code = reject["code"] as? String ?? ""
             let line = reject["line"] as? Int ?? 0
-            #expect(IngestLineFuzzer.documentedRejectCodes.contains(code), "\(label) line \(line): undocumented code \(code)")
+            #expect(
+                IngestLineFuzzer.documentedRejectCodes.contains(code),
+                "\(label) line \(line): undocumented code \(code)")
             #expect(!(reject["message"] as? String ?? "").isEmpty, "\(label) line \(line): no message")
             if let lines { #expect((1...lines).contains(line), "\(label): reject of line \(line)") }
             tally.codes[code, default: 0] += 1

@@ -26,29 +26,37 @@ struct IngestHTTPTests {
         return db
     }
 
-    static func post(_ client: some TestClientProtocol, _ body: String, query: String = "") async throws -> (HTTPResponse.Status, [String: Any]) {
-        try await client.execute(uri: "/gateway/v1/logs\(query)", method: .post, headers: auth, body: ByteBuffer(string: body)) { response in
+    static func post(_ client: some TestClientProtocol, _ body: String, query: String = "") async throws -> (
+        HTTPResponse.Status, [String: Any]
+    ) {
+        try await client.execute(
+            uri: "/gateway/v1/logs\(query)", method: .post, headers: auth, body: ByteBuffer(string: body)
+        ) { response in
             let object = try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any] ?? [:]
             return (response.status, object)
         }
     }
 
     static func balance(_ db: TestDatabase, user: Int) async throws -> Int64 {
-        try await db.scalar("SELECT b.quota FROM user_balances b JOIN users u ON u.id = b.id WHERE u.username = $1",
-                            [SyntheticKeys.username(forUser: user)])
+        try await db.scalar(
+            "SELECT b.quota FROM user_balances b JOIN users u ON u.id = b.id WHERE u.username = $1",
+            [SyntheticKeys.username(forUser: user)])
     }
 
     @Test("the gateway secret is required and checked")
     func gatewayAuth() async throws {
         let db = try await Self.database()
         try await TestApp.build(db).test(.live) { client in
-            try await client.execute(uri: "/gateway/v1/logs", method: .post, body: ByteBuffer(string: "{}")) { response in
+            try await client.execute(uri: "/gateway/v1/logs", method: .post, body: ByteBuffer(string: "{}")) {
+                response in
                 #expect(response.status == .unauthorized)
                 let error = try ErrorBody(response.body)
                 #expect(error.code == "missing_token")
             }
-            try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: [.authorization: "Bearer wrong"],
-                                     body: ByteBuffer(string: "{}")) { response in
+            try await client.execute(
+                uri: "/gateway/v1/logs", method: .post, headers: [.authorization: "Bearer wrong"],
+                body: ByteBuffer(string: "{}")
+            ) { response in
                 #expect(response.status == .unauthorized)
                 let body = try ErrorBody(response.body)
                 #expect(body.code == "invalid_token")
@@ -73,15 +81,20 @@ struct IngestHTTPTests {
         }
         #expect(try await Self.balance(db, user: 1) == Self.initialQuota - 20 * Self.chatCost)
         #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'twice-%'") == 20)
-        #expect(try await db.scalar("SELECT -sum(amount) FROM ledger l JOIN users u ON u.id = l.user_id WHERE u.username = 'synthetic-1' AND kind = 'charge'") == 20 * Self.chatCost)
+        #expect(
+            try await db.scalar(
+                "SELECT -sum(amount) FROM ledger l JOIN users u ON u.id = l.user_id WHERE u.username = 'synthetic-1' AND kind = 'charge'"
+            ) == 20 * Self.chatCost)
     }
 
     @Test("overlapping batches: only the new lines are charged")
     func overlappingBatches() async throws {
         let db = try await Self.database()
         try await TestApp.build(db).test(.live) { client in
-            let (_, first) = try await Self.post(client, LogLines.ndjson((1...10).map { LogLines.chat("overlap-\($0)", user: 2) }))
-            let (_, second) = try await Self.post(client, LogLines.ndjson((6...15).map { LogLines.chat("overlap-\($0)", user: 2) }))
+            let (_, first) = try await Self.post(
+                client, LogLines.ndjson((1...10).map { LogLines.chat("overlap-\($0)", user: 2) }))
+            let (_, second) = try await Self.post(
+                client, LogLines.ndjson((6...15).map { LogLines.chat("overlap-\($0)", user: 2) }))
             #expect(first["accepted"] as? Int == 10)
             #expect(second["accepted"] as? Int == 5)
             #expect(second["duplicates"] as? Int == 5)
@@ -132,22 +145,29 @@ struct IngestHTTPTests {
             #"{"request_id":"mixed-10","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o","status":429,"error":"provider_rate_limited","usage":null}"#,
             LogLines.chat("mixed-11", user: 6),
         ]
-        let expected = [2: "invalid_json", 3: "unknown_key", 4: "invalid_usage", 5: "unknown_model", 6: "missing_usage",
-                        7: "future_timestamp", 8: "missing_field", 9: "absurd_usage"]
+        let expected = [
+            2: "invalid_json", 3: "unknown_key", 4: "invalid_usage", 5: "unknown_model", 6: "missing_usage",
+            7: "future_timestamp", 8: "missing_field", 9: "absurd_usage",
+        ]
         try await TestApp.build(db).test(.live) { client in
             let (status, object) = try await Self.post(client, LogLines.ndjson(lines))
             #expect(status == .ok)
             #expect(object["accepted"] as? Int == 3)
             let rejected = object["rejected"] as? [[String: Any]] ?? []
-            let codes = Dictionary(uniqueKeysWithValues: rejected.map { ($0["line"] as? Int ?? 0, $0["code"] as? String ?? "") })
+            let codes = Dictionary(
+                uniqueKeysWithValues: rejected.map { ($0["line"] as? Int ?? 0, $0["code"] as? String ?? "") })
             #expect(codes == expected)
             #expect(rejected.allSatisfy { !($0["message"] as? String ?? "").isEmpty })
             #expect(rejected.first { $0["line"] as? Int == 4 }?["request_id"] as? String == "mixed-4")
         }
         #expect(try await Self.balance(db, user: 6) == Self.initialQuota - 2 * Self.chatCost)
-        #expect(try await db.scalar("SELECT count(*) FROM ingest_rejects WHERE raw LIKE '%mixed-%' OR raw LIKE '%\(key)%'") >= 7)
+        #expect(
+            try await db.scalar("SELECT count(*) FROM ingest_rejects WHERE raw LIKE '%mixed-%' OR raw LIKE '%\(key)%'")
+                >= 7)
         #expect(try await db.scalar("SELECT quota FROM request_logs WHERE request_id = 'mixed-10'") == 0)
-        let raw = try await db.pool.withConnection { try $0.query("SELECT raw, message FROM ingest_rejects WHERE line = 2 AND raw LIKE '%mixed-2%'")[0].text(0) }
+        let raw = try await db.pool.withConnection {
+            try $0.query("SELECT raw, message FROM ingest_rejects WHERE line = 2 AND raw LIKE '%mixed-2%'")[0].text(0)
+        }
         #expect(raw == lines[1])
     }
 
@@ -155,11 +175,12 @@ struct IngestHTTPTests {
     func rollupsMatch() async throws {
         let db = try await Self.database()
         let lines = [
-            LogLines.chat("sum-1", user: 7, prompt: 1000, completion: 500),                 // 3750
-            LogLines.chat("sum-2", user: 7, prompt: 2, completion: 0),                       // 3 (2.5 rounds up)
-            LogLines.chat("sum-3", user: 7, prompt: 1000, completion: 500, group: "vip"),    // 3000
+            LogLines.chat("sum-1", user: 7, prompt: 1000, completion: 500),  // 3750
+            LogLines.chat("sum-2", user: 7, prompt: 2, completion: 0),  // 3 (2.5 rounds up)
+            LogLines.chat("sum-3", user: 7, prompt: 1000, completion: 500, group: "vip"),  // 3000
             LogLines.chat("sum-4", user: 7, model: "gemini-2.5-pro", prompt: 250_000, completion: 1000),  // 320000
-            #"{"request_id":"sum-5","created_at":"2026-11-10T13:00:00Z","key":"\#(SyntheticKeys.key(forUser: 7))","model":"veo-3","kind":"video","usage":{"video_seconds":8,"resolution":"1080p"}}"#,  // 2,000,000
+            // 2,000,000
+            #"{"request_id":"sum-5","created_at":"2026-11-10T13:00:00Z","key":"\#(SyntheticKeys.key(forUser: 7))","model":"veo-3","kind":"video","usage":{"video_seconds":8,"resolution":"1080p"}}"#,
         ]
         try await TestApp.build(db).test(.live) { client in
             let (_, object) = try await Self.post(client, LogLines.ndjson(lines))
@@ -168,19 +189,47 @@ struct IngestHTTPTests {
         let expected: Int64 = 3750 + 3 + 3000 + 320_000 + 2_000_000
         let user = SyntheticKeys.username(forUser: 7)
         // As every reader sees them (pending charges included), then as the fold leaves them.
-        for (users, tokens, rollups) in [("user_balances", "token_balances", "usage_rollups"), ("users", "tokens", "usage_daily")] {
+        for (users, tokens, rollups) in [
+            ("user_balances", "token_balances", "usage_rollups"), ("users", "tokens", "usage_daily"),
+        ] {
             if users == "users" { try await db.fold() }
-            #expect(try await db.scalar("SELECT b.quota FROM \(users) b JOIN users u ON u.id = b.id WHERE u.username = $1", [user])
+            #expect(
+                try await db.scalar(
+                    "SELECT b.quota FROM \(users) b JOIN users u ON u.id = b.id WHERE u.username = $1", [user])
                     == Self.initialQuota - expected)
-            #expect(try await db.scalar("SELECT b.used_quota FROM \(users) b JOIN users u ON u.id = b.id WHERE u.username = $1", [user]) == expected)
-            #expect(try await db.scalar("SELECT b.request_count FROM \(users) b JOIN users u ON u.id = b.id WHERE u.username = $1", [user]) == 5)
-            #expect(try await db.scalar("SELECT t.used_quota FROM \(tokens) t JOIN users u ON u.id = t.user_id WHERE u.username = $1", [user]) == expected)
-            #expect(try await db.scalar("SELECT sum(d.quota) FROM \(rollups) d JOIN users u ON u.id = d.user_id WHERE u.username = $1", [user]) == expected)
-            #expect(try await db.scalar("SELECT sum(requests) FROM \(rollups) d JOIN users u ON u.id = d.user_id WHERE u.username = $1", [user]) == 5)
-            #expect(try await db.scalar("SELECT sum(d.quota) FROM \(rollups) d JOIN users u ON u.id = d.user_id WHERE u.username = $1 AND d.\"group\" = 'vip'", [user]) == 3000)
+            #expect(
+                try await db.scalar(
+                    "SELECT b.used_quota FROM \(users) b JOIN users u ON u.id = b.id WHERE u.username = $1", [user])
+                    == expected)
+            #expect(
+                try await db.scalar(
+                    "SELECT b.request_count FROM \(users) b JOIN users u ON u.id = b.id WHERE u.username = $1", [user])
+                    == 5)
+            #expect(
+                try await db.scalar(
+                    "SELECT t.used_quota FROM \(tokens) t JOIN users u ON u.id = t.user_id WHERE u.username = $1",
+                    [user]) == expected)
+            #expect(
+                try await db.scalar(
+                    "SELECT sum(d.quota) FROM \(rollups) d JOIN users u ON u.id = d.user_id WHERE u.username = $1",
+                    [user]) == expected)
+            #expect(
+                try await db.scalar(
+                    "SELECT sum(requests) FROM \(rollups) d JOIN users u ON u.id = d.user_id WHERE u.username = $1",
+                    [user]) == 5)
+            #expect(
+                try await db.scalar(
+                    "SELECT sum(d.quota) FROM \(rollups) d JOIN users u ON u.id = d.user_id WHERE u.username = $1 AND d.\"group\" = 'vip'",
+                    [user]) == 3000)
         }
-        #expect(try await db.scalar("SELECT -sum(amount) FROM ledger l JOIN users u ON u.id = l.user_id WHERE u.username = $1 AND kind = 'charge'", [user]) == expected)
-        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'sum-%' AND price_version_id IS NOT NULL AND batch_id IS NOT NULL") == 5)
+        #expect(
+            try await db.scalar(
+                "SELECT -sum(amount) FROM ledger l JOIN users u ON u.id = l.user_id WHERE u.username = $1 AND kind = 'charge'",
+                [user]) == expected)
+        #expect(
+            try await db.scalar(
+                "SELECT count(*) FROM request_logs WHERE request_id LIKE 'sum-%' AND price_version_id IS NOT NULL AND batch_id IS NOT NULL"
+            ) == 5)
         #expect(try await Auditor(pool: db.pool).run().filter { $0.username == user }.isEmpty)
     }
 
@@ -190,19 +239,25 @@ struct IngestHTTPTests {
         let before = try await db.scalar("SELECT count(*) FROM ingest_batches")
         try await TestApp.build(db).test(.live) { client in
             let tooMany = String(repeating: "{}\n", count: 50_001)
-            try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: Self.auth, body: ByteBuffer(string: tooMany)) { response in
+            try await client.execute(
+                uri: "/gateway/v1/logs", method: .post, headers: Self.auth, body: ByteBuffer(string: tooMany)
+            ) { response in
                 #expect(response.status == .contentTooLarge)
                 let body = try ErrorBody(response.body)
                 #expect(body.code == "payload_too_large")
                 #expect(body.tid == response.headers[.xTid])
             }
             let tooBig = String(repeating: " ", count: 16 * 1024 * 1024 + 1)
-            try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: Self.auth, body: ByteBuffer(string: tooBig)) { response in
+            try await client.execute(
+                uri: "/gateway/v1/logs", method: .post, headers: Self.auth, body: ByteBuffer(string: tooBig)
+            ) { response in
                 #expect(response.status == .contentTooLarge)
                 let error = try ErrorBody(response.body)
                 #expect(error.code == "payload_too_large")
             }
-            try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: Self.auth, body: ByteBuffer(string: "[{}, {}")) { response in
+            try await client.execute(
+                uri: "/gateway/v1/logs", method: .post, headers: Self.auth, body: ByteBuffer(string: "[{}, {}")
+            ) { response in
                 #expect(response.status == .badRequest)
                 let error = try ErrorBody(response.body)
                 #expect(error.code == "invalid_request")
@@ -215,7 +270,9 @@ struct IngestHTTPTests {
     func nulBytes() async throws {
         let db = try await Self.database()
         let key = SyntheticKeys.key(forUser: 10)
-        let body = "\u{0}\n" + #"{"request_id":"nul-\u0000-1","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o","usage":{"prompt_tokens":1}}"#
+        let body =
+            "\u{0}\n"
+            + #"{"request_id":"nul-\u0000-1","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o","usage":{"prompt_tokens":1}}"#
             + "\n" + LogLines.chat("nul-ok", user: 10) + "\n"
         try await TestApp.build(db).test(.live) { client in
             let (status, object) = try await Self.post(client, body)
@@ -241,8 +298,10 @@ struct IngestHTTPTests {
     @Test("LiteLLM StandardLoggingPayload lines are accepted with ?format=litellm")
     func liteLLM() async throws {
         let db = try await Self.database()
-        let hash = SHA256.hash(data: Array(SyntheticKeys.key(forUser: 9).utf8)).map { String(format: "%02x", $0) }.joined()
-        let payload = #"{"id":"litellm-1","call_type":"acompletion","status":"success","model":"gpt-4o","startTime":1793880000.25,"endTime":1793880001.5,"prompt_tokens":1000,"completion_tokens":500,"total_tokens":1500,"metadata":{"user_api_key_hash":"\#(hash)","user_api_key_alias":null,"spend_logs_metadata":{"a":[1,2]}},"response_cost":0.0075,"messages":[{"role":"user","content":"hi \"there\""}]}"#
+        let hash = SHA256.hash(data: Array(SyntheticKeys.key(forUser: 9).utf8)).map { String(format: "%02x", $0) }
+            .joined()
+        let payload =
+            #"{"id":"litellm-1","call_type":"acompletion","status":"success","model":"gpt-4o","startTime":1793880000.25,"endTime":1793880001.5,"prompt_tokens":1000,"completion_tokens":500,"total_tokens":1500,"metadata":{"user_api_key_hash":"\#(hash)","user_api_key_alias":null,"spend_logs_metadata":{"a":[1,2]}},"response_cost":0.0075,"messages":[{"role":"user","content":"hi \"there\""}]}"#
         try await TestApp.build(db).test(.live) { client in
             let (_, object) = try await Self.post(client, payload + "\n", query: "?format=litellm")
             #expect(object["accepted"] as? Int == 1)

@@ -7,11 +7,15 @@ import Testing
 /// as new-api's `TokenAuth` checks them (docs/compatibility.md, "Authentication").
 @Suite("API key IP allow-lists over HTTP", .serialized)
 struct KeyAllowListHTTPTests {
-    static let keyRoutes = ["/v1/models", "/v1/dashboard/billing/subscription", "/v1/dashboard/billing/usage",
-                            "/dashboard/billing/subscription", "/dashboard/billing/usage"]
+    static let keyRoutes = [
+        "/v1/models", "/v1/dashboard/billing/subscription", "/v1/dashboard/billing/usage",
+        "/dashboard/billing/subscription", "/dashboard/billing/usage",
+    ]
 
-    static func get(_ server: ServerProcess, _ route: String, key: String,
-                    from client: String?) async throws -> HTTP.Answer {
+    static func get(
+        _ server: ServerProcess, _ route: String, key: String,
+        from client: String?
+    ) async throws -> HTTP.Answer {
         var headers = ["Authorization": "Bearer \(key)"]
         if let client { headers["X-Forwarded-For"] = client }
         return try await HTTP.sendAsync("GET", server.baseURL + route, headers: headers)
@@ -24,12 +28,14 @@ struct KeyAllowListHTTPTests {
     /// A fresh database with one user holding a key limited to `allowIPs`, and a server on it
     /// started with `arguments`.
     static func listedKey(_ database: String, allowIPs: String = "10.0.0.0/8", serverArguments arguments: [String])
-        async throws -> (seed: Seed, owner: User, key: (token: APIToken, key: String), server: ServerProcess) {
+        async throws -> (seed: Seed, owner: User, key: (token: APIToken, key: String), server: ServerProcess)
+    {
         let db = try await TestDatabase.create(database)
         let seed = Seed(db: db)
         let owner = try await seed.user(database)
-        let key = try await seed.key(user: owner.user.id,
-                                     TokenDraft(name: "listed", unlimitedQuota: true, allowIPs: allowIPs))
+        let key = try await seed.key(
+            user: owner.user.id,
+            TokenDraft(name: "listed", unlimitedQuota: true, allowIPs: allowIPs))
         return (seed, owner.user, key, try ServerProcess(databaseURL: db.url, arguments: arguments))
     }
 

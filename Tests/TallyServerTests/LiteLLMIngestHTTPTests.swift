@@ -25,10 +25,14 @@ struct LiteLLMIngestHTTPTests {
     static let cachedCost: Int64 = 2063
 
     static func post(_ client: some TestClientProtocol, _ body: String) async throws -> [String: Any] {
-        try await client.execute(uri: "/gateway/v1/logs?format=litellm", method: .post,
-                                 headers: [.authorization: "Bearer test-gateway-secret",
-                                           .contentType: "application/json"],
-                                 body: ByteBuffer(string: body)) { response in
+        try await client.execute(
+            uri: "/gateway/v1/logs?format=litellm", method: .post,
+            headers: [
+                .authorization: "Bearer test-gateway-secret",
+                .contentType: "application/json",
+            ],
+            body: ByteBuffer(string: body)
+        ) { response in
             #expect(response.status == .ok)
             return try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any] ?? [:]
         }
@@ -67,13 +71,16 @@ struct LiteLLMIngestHTTPTests {
             #expect(try await db.scalar(quota, [Self.plainCall + suffix]) == Self.plainCost)
             let cachedTokens = "SELECT cached_tokens FROM request_logs WHERE request_id = $1 AND model = 'gpt-4o'"
             #expect(try await db.scalar(cachedTokens, cached) == 1500)
-            #expect(try await db.scalar("""
-                SELECT count(*) FROM request_logs
-                WHERE request_id = $1 AND status = 429 AND error = 'provider_rate_limited' AND quota = 0
-                """, [Self.failedCall + suffix]) == 1)
+            #expect(
+                try await db.scalar(
+                    """
+                    SELECT count(*) FROM request_logs
+                    WHERE request_id = $1 AND status = 429 AND error = 'provider_rate_limited' AND quota = 0
+                    """, [Self.failedCall + suffix]) == 1)
         }
-        let balance = try await db.scalar("SELECT quota FROM users WHERE username = $1",
-                                          [SyntheticKeys.username(forUser: 1)])
+        let balance = try await db.scalar(
+            "SELECT quota FROM users WHERE username = $1",
+            [SyntheticKeys.username(forUser: 1)])
         #expect(balance == Self.initialQuota - 3 * (Self.plainCost + Self.cachedCost))
     }
 }

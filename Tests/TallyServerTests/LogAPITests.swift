@@ -12,10 +12,13 @@ import Testing
 @Suite("System API: logs")
 struct LogAPITests {
     /// Inserts a request row as ingest would; `ago` seconds before now.
-    static func request(_ seed: Seed, id: String, user: Int64, token: Int64, model: String, quota: Int64, status: Int = 200,
-                        prompt: Int64 = 10, completion: Int64 = 20, ago: Int = 5, channel: Int64? = nil, tid: String? = nil,
-                        error: String? = nil) async throws {
-        try await seed.sql("""
+    static func request(
+        _ seed: Seed, id: String, user: Int64, token: Int64, model: String, quota: Int64, status: Int = 200,
+        prompt: Int64 = 10, completion: Int64 = 20, ago: Int = 5, channel: Int64? = nil, tid: String? = nil,
+        error: String? = nil
+    ) async throws {
+        try await seed.sql(
+            """
             INSERT INTO request_logs (request_id, created_at, user_id, token_id, channel_id, model, "group", kind, status,
                                       is_stream, duration_ms, ip, tid, error, prompt_tokens, completion_tokens, cached_tokens, quota)
             VALUES ($1, now() - make_interval(secs => $2), $3, $4, $5, $6, 'default', 'chat', $7, true, 2600, '203.0.113.7',
@@ -32,13 +35,18 @@ struct LogAPITests {
         let (token, _) = try await seed.key(user: user.id, TokenDraft(name: "log key", unlimitedQuota: true))
         let (otherToken, _) = try await seed.key(user: other.id)
         let run = UUID().uuidString
-        try await Self.request(seed, id: "\(run)-1", user: user.id, token: token.id, model: "gpt-4o", quota: 1500, ago: 3600)
-        try await Self.request(seed, id: "\(run)-2", user: user.id, token: token.id, model: "claude-sonnet-4", quota: 2500, ago: 30)
-        try await Self.request(seed, id: "\(run)-3", user: user.id, token: token.id, model: "gpt-4o", quota: 0, status: 502,
-                               prompt: 0, completion: 0, ago: 20, error: "upstream timed out")
-        try await Self.request(seed, id: "\(run)-4", user: other.id, token: otherToken.id, model: "gpt-4o", quota: 999, ago: 10)
-        _ = try await BalanceRepository(pool: db.pool).topUp(userID: user.id, amount: 500_000, reason: "welcome",
-                                                             idempotencyKey: nil, by: .cli)
+        try await Self.request(
+            seed, id: "\(run)-1", user: user.id, token: token.id, model: "gpt-4o", quota: 1500, ago: 3600)
+        try await Self.request(
+            seed, id: "\(run)-2", user: user.id, token: token.id, model: "claude-sonnet-4", quota: 2500, ago: 30)
+        try await Self.request(
+            seed, id: "\(run)-3", user: user.id, token: token.id, model: "gpt-4o", quota: 0, status: 502,
+            prompt: 0, completion: 0, ago: 20, error: "upstream timed out")
+        try await Self.request(
+            seed, id: "\(run)-4", user: other.id, token: otherToken.id, model: "gpt-4o", quota: 999, ago: 10)
+        _ = try await BalanceRepository(pool: db.pool).topUp(
+            userID: user.id, amount: 500_000, reason: "welcome",
+            idempotencyKey: nil, by: .cli)
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
             let all = try await api.get("/api/log/self?p=1&page_size=10", token: access)
@@ -48,20 +56,25 @@ struct LogAPITests {
             #expect(items.map { $0["type"] as? Int } == [1, 5, 2, 2])
             #expect(items.map { $0["id"] as? Int } == [1, 2, 3, 4])
             let consume = items[2]
-            #expect(jsonTypes(consume) == [
-                "id": "int", "user_id": "int", "created_at": "int", "type": "int", "content": "string", "username": "string",
-                "token_name": "string", "model_name": "string", "quota": "int", "prompt_tokens": "int",
-                "completion_tokens": "int", "use_time": "int", "is_stream": "bool", "channel": "int",
-                "channel_name": "string", "token_id": "int", "group": "string", "ip": "string", "request_id": "string",
-                "other": "string",
-            ])
+            #expect(
+                jsonTypes(consume) == [
+                    "id": "int", "user_id": "int", "created_at": "int", "type": "int", "content": "string",
+                    "username": "string",
+                    "token_name": "string", "model_name": "string", "quota": "int", "prompt_tokens": "int",
+                    "completion_tokens": "int", "use_time": "int", "is_stream": "bool", "channel": "int",
+                    "channel_name": "string", "token_id": "int", "group": "string", "ip": "string",
+                    "request_id": "string",
+                    "other": "string",
+                ])
             #expect(consume["model_name"] as? String == "claude-sonnet-4")
             #expect(int64(consume["quota"]) == 2500)
             #expect(consume["token_name"] as? String == "log key")
             #expect(consume["username"] as? String == user.username)
             #expect(consume["use_time"] as? Int == 2)
             #expect(consume["request_id"] as? String == "\(run)-2")
-            let other = try #require(try JSONSerialization.jsonObject(with: Data((consume["other"] as? String ?? "").utf8)) as? [String: Any])
+            let other = try #require(
+                try JSONSerialization.jsonObject(with: Data((consume["other"] as? String ?? "").utf8)) as? [String: Any]
+            )
             #expect(int64(other["cache_tokens"]) == 3)
             #expect(items[1]["content"] as? String == "upstream timed out")
             #expect(items[0]["content"] as? String == "Top-up of $1.000000 (welcome)")
@@ -70,7 +83,10 @@ struct LogAPITests {
             #expect(!all.text.contains("\(run)-4"), "another user's rows never show")
 
             let topups = try await api.get("/api/log/self?type=1", token: access)
-            #expect((topups.dataObject["items"] as? [[String: Any]])?.map { $0["content"] as? String } == ["Top-up of $1.000000 (welcome)"])
+            #expect(
+                (topups.dataObject["items"] as? [[String: Any]])?.map { $0["content"] as? String } == [
+                    "Top-up of $1.000000 (welcome)"
+                ])
             let manage = try await api.get("/api/log/self?type=3", token: access)
             #expect(manage.status == 200)
             #expect(manage.dataObject["total"] as? Int == 0)
@@ -81,7 +97,8 @@ struct LogAPITests {
             let byToken = try await api.get("/api/log/self?token_name=log%20key&type=2", token: access)
             #expect(byToken.dataObject["total"] as? Int == 2)
             let now = Int(Date().timeIntervalSince1970)
-            let recent = try await api.get("/api/log/self?type=2&start_timestamp=\(now - 600)&end_timestamp=\(now)", token: access)
+            let recent = try await api.get(
+                "/api/log/self?type=2&start_timestamp=\(now - 600)&end_timestamp=\(now)", token: access)
             #expect(recent.dataObject["total"] as? Int == 1)
             let paged = try await api.get("/api/log/self?p=2&page_size=3", token: access)
             #expect((paged.dataObject["items"] as? [[String: Any]])?.map { $0["id"] as? Int } == [4])
@@ -107,8 +124,12 @@ struct LogAPITests {
         let tid = TraceID.generate()
         let requestID = UUID().uuidString
         let channel = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
-        try await Self.request(seed, id: requestID, user: user.id, token: token.id, model: "gpt-4o", quota: 42, channel: channel.id, tid: tid)
-        try await seed.sql("INSERT INTO ingest_rejects (batch_tid, line, request_id, code, message, raw) VALUES ($1, 7, 'r-7', 'unknown_model', 'unknown model', '{}')", [tid])
+        try await Self.request(
+            seed, id: requestID, user: user.id, token: token.id, model: "gpt-4o", quota: 42, channel: channel.id,
+            tid: tid)
+        try await seed.sql(
+            "INSERT INTO ingest_rejects (batch_tid, line, request_id, code, message, raw) VALUES ($1, 7, 'r-7', 'unknown_model', 'unknown model', '{}')",
+            [tid])
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
             let byTid = try await api.get("/api/admin/logs?tid=\(tid)", token: adminAccess)
@@ -125,7 +146,8 @@ struct LogAPITests {
             #expect(try await api.get("/api/admin/logs", token: adminAccess).status == 400)
             #expect(try await api.get("/api/admin/logs?tid=xyz", token: adminAccess).status == 400)
             // An admin action is found by its tid too.
-            let created = try await api.post("/api/admin/groups", token: adminAccess, #"{"name":"lookup-\#(UInt32.random(in: 0...UInt32.max))"}"#)
+            let created = try await api.post(
+                "/api/admin/groups", token: adminAccess, #"{"name":"lookup-\#(UInt32.random(in: 0...UInt32.max))"}"#)
             let actionTid = try #require(created.headers[.xTid])
             let audit = try await api.get("/api/admin/logs?tid=\(actionTid)", token: adminAccess)
             #expect((audit.dataObject["audit"] as? [[String: Any]])?.first?["action"] as? String == "group.create")

@@ -18,7 +18,8 @@ struct PricingHTTPTests {
         try await TestApp.build(db).test(.live) { client in
             try await client.execute(uri: "/api/pricing", method: .get) { response in
                 #expect(response.status == .ok)
-                let object = try #require(try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any])
+                let object = try #require(
+                    try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any])
                 #expect(object["success"] as? Bool == true)
                 let data = try #require(object["data"] as? [String: Any])
                 let groups = try #require(data["groups"] as? [[String: Any]])
@@ -43,8 +44,10 @@ struct PricingHTTPTests {
         let db = try await TestDatabase.shared("pricing")
         try await db.prepareBilling(users: 1)
         let users = PostgresUserRepository(pool: db.pool)
-        let (_, adminToken) = try await users.create(NewUser(username: "price-admin-\(UUID().uuidString.prefix(8))", role: .admin), by: .cli)
-        let (_, userToken) = try await users.create(NewUser(username: "price-user-\(UUID().uuidString.prefix(8))"), by: .cli)
+        let (_, adminToken) = try await users.create(
+            NewUser(username: "price-admin-\(UUID().uuidString.prefix(8))", role: .admin), by: .cli)
+        let (_, userToken) = try await users.create(
+            NewUser(username: "price-user-\(UUID().uuidString.prefix(8))"), by: .cli)
         try await TestApp.build(db).test(.live) { client in
             try await client.execute(uri: "/api/admin/prices", method: .get) { response in
                 #expect(response.status == .unauthorized)
@@ -52,12 +55,15 @@ struct PricingHTTPTests {
                 #expect(body.code == "missing_token")
                 #expect(body.envelope == "system")
             }
-            try await client.execute(uri: "/api/admin/prices", method: .get, headers: [.authorization: "Bearer nope"]) { response in
+            try await client.execute(uri: "/api/admin/prices", method: .get, headers: [.authorization: "Bearer nope"]) {
+                response in
                 #expect(response.status == .unauthorized)
                 let body = try ErrorBody(response.body)
                 #expect(body.code == "invalid_token")
             }
-            try await client.execute(uri: "/api/admin/prices", method: .get, headers: [.authorization: "Bearer \(userToken)"]) { response in
+            try await client.execute(
+                uri: "/api/admin/prices", method: .get, headers: [.authorization: "Bearer \(userToken)"]
+            ) { response in
                 #expect(response.status == .forbidden)
                 let body = try ErrorBody(response.body)
                 #expect(body.code == "insufficient_permissions")
@@ -65,22 +71,28 @@ struct PricingHTTPTests {
             }
             let sheet = designPriceSheet.replacingOccurrences(of: "2026-01-01T00:00:00Z", with: "2026-12-01T00:00:00Z")
                 .replacingOccurrences(of: #"gpt-4o: {input: "2.50""#, with: #"gpt-4o: {input: "5.00""#)
-            try await client.execute(uri: "/api/admin/prices", method: .put, headers: [.authorization: adminToken],
-                                     body: ByteBuffer(string: sheet)) { response in
+            try await client.execute(
+                uri: "/api/admin/prices", method: .put, headers: [.authorization: adminToken],
+                body: ByteBuffer(string: sheet)
+            ) { response in
                 #expect(response.status == .ok)
                 let object = try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any]
                 let data = object?["data"] as? [String: Any]
                 #expect(data?["effective_from"] as? String == "2026-12-01 00:00:00.000000+00")
                 #expect(data?["loaded_by"] as? String != "cli")
             }
-            try await client.execute(uri: "/api/admin/prices", method: .put, headers: [.authorization: "Bearer \(adminToken)"],
-                                     body: ByteBuffer(string: "models: {m: {input: \"-1\"}}")) { response in
+            try await client.execute(
+                uri: "/api/admin/prices", method: .put, headers: [.authorization: "Bearer \(adminToken)"],
+                body: ByteBuffer(string: "models: {m: {input: \"-1\"}}")
+            ) { response in
                 #expect(response.status == .badRequest)
                 let body = try ErrorBody(response.body)
                 #expect(body.code == "invalid_request")
                 #expect(body.message.contains("negative"))
             }
-            try await client.execute(uri: "/api/admin/prices", method: .get, headers: [.authorization: "Bearer \(adminToken)"]) { response in
+            try await client.execute(
+                uri: "/api/admin/prices", method: .get, headers: [.authorization: "Bearer \(adminToken)"]
+            ) { response in
                 let object = try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? [String: Any]
                 #expect((object?["data"] as? [[String: Any]])?.count == 2)
             }
@@ -94,7 +106,9 @@ struct PricingHTTPTests {
         let december = try #require(book.version(at: firstOfDecember))
         #expect(try rate(usage, model: "gpt-4o", group: "default", sheet: november.sheet).units == 1_250_000)
         #expect(try rate(usage, model: "gpt-4o", group: "default", sheet: december.sheet).units == 2_500_000)
-        #expect(try await db.scalar("SELECT count(*) FROM audit_log WHERE action = 'prices.load' AND actor LIKE 'price-admin-%'") == 1)
+        #expect(
+            try await db.scalar(
+                "SELECT count(*) FROM audit_log WHERE action = 'prices.load' AND actor LIKE 'price-admin-%'") == 1)
     }
 }
 

@@ -21,24 +21,36 @@ struct SecurityHTTPTests {
     }
 
     // Windows of an hour, so a slow, loaded machine cannot let one end in the middle of a test.
-    @Test("wrong credentials from one address: 429 too_many_failed_auth with a tid and Retry-After once the limit is reached, on every route; missing ones do not count")
+    @Test(
+        "wrong credentials from one address: 429 too_many_failed_auth with a tid and Retry-After once the limit is reached, on every route; missing ones do not count"
+    )
     func failedAuthLimit() async throws {
         let db = try await Self.database()
         let (_, access) = try await Seed(db: db).user("limited")
-        try await TestApp.build(db, { $0.failedAuthLimit = 3; $0.failedAuthWindowSeconds = 3600 }).test(.live) { client in
+        try await TestApp.build(
+            db,
+            {
+                $0.failedAuthLimit = 3; $0.failedAuthWindowSeconds = 3600
+            }
+        ).test(.live) { client in
             let api = API(client: client)
             for _ in 0..<10 {
                 #expect(try await api.get("/api/user/self").errorCode == "missing_token")
             }
             #expect(try await api.get("/api/user/self", token: access).status == 200)
             #expect(try await api.get("/api/user/self", token: "not-a-token").errorCode == "invalid_token")
-            #expect(try await api.get("/v1/models", token: "sk-" + String(repeating: "x", count: 48)).errorCode == "invalid_token")
+            #expect(
+                try await api.get("/v1/models", token: "sk-" + String(repeating: "x", count: 48)).errorCode
+                    == "invalid_token")
             let gateway = try await api.post("/gateway/v1/logs", token: "wrong-secret", LogLines.chat("limit-1"))
             #expect(gateway.errorCode == "invalid_token")
             // The fourth attempt is refused before any credential is looked at, even a right one.
-            for (uri, token, envelope) in [("/gateway/v1/logs", Self.secret, "gateway"), ("/api/user/self", access, "system")] {
-                let blocked = try await api.call(uri.hasPrefix("/gateway") ? .post : .get, uri, token: token,
-                                                 json: uri.hasPrefix("/gateway") ? LogLines.chat("limit-2") : nil)
+            for (uri, token, envelope) in [
+                ("/gateway/v1/logs", Self.secret, "gateway"), ("/api/user/self", access, "system"),
+            ] {
+                let blocked = try await api.call(
+                    uri.hasPrefix("/gateway") ? .post : .get, uri, token: token,
+                    json: uri.hasPrefix("/gateway") ? LogLines.chat("limit-2") : nil)
                 #expect(blocked.status == 429)
                 #expect(blocked.errorCode == "too_many_failed_auth")
                 let tid = try #require(blocked.headers[.xTid])
@@ -56,17 +68,24 @@ struct SecurityHTTPTests {
     func redemptionGuessing() async throws {
         let db = try await Self.database()
         let (_, access) = try await Seed(db: db).user("guesser")
-        try await TestApp.build(db, { $0.failedAuthLimit = 2; $0.failedAuthWindowSeconds = 3600 }).test(.live) { client in
+        try await TestApp.build(
+            db,
+            {
+                $0.failedAuthLimit = 2; $0.failedAuthWindowSeconds = 3600
+            }
+        ).test(.live) { client in
             let api = API(client: client)
             for _ in 0..<2 {
-                let guess = try await api.post("/api/user/topup", token: access, #"{"key":"0123456789abcdef0123456789abcdef"}"#)
+                let guess = try await api.post(
+                    "/api/user/topup", token: access, #"{"key":"0123456789abcdef0123456789abcdef"}"#)
                 #expect(guess.status == 400 && guess.errorMessage == "invalid redemption code")
             }
             #expect(try await api.get("/api/user/self", token: access).errorCode == "too_many_failed_auth")
         }
     }
 
-    @Test("X-Forwarded-For names the client only behind a trusted proxy; otherwise it cannot be used to dodge the limit")
+    @Test(
+        "X-Forwarded-For names the client only behind a trusted proxy; otherwise it cannot be used to dodge the limit")
     func forwardedFor() async throws {
         let db = try await Self.database()
         let wrong: HTTPFields = [.authorization: "Bearer wrong"]
@@ -75,19 +94,39 @@ struct SecurityHTTPTests {
             fields[HTTPField.Name("X-Forwarded-For")!] = "10.9.9.9, \(address)"
             return fields
         }
-        try await TestApp.build(db, { $0.failedAuthLimit = 2; $0.failedAuthWindowSeconds = 3600 }).test(.live) { client in
+        try await TestApp.build(
+            db,
+            {
+                $0.failedAuthLimit = 2; $0.failedAuthWindowSeconds = 3600
+            }
+        ).test(.live) { client in
             for index in 0..<3 {
-                let code = try await client.execute(uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.\(index)")) { try ErrorBody($0.body).code }
-                #expect(code == (index < 2 ? "invalid_token" : "too_many_failed_auth"), "untrusted peer, attempt \(index)")
+                let code = try await client.execute(
+                    uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.\(index)")
+                ) { try ErrorBody($0.body).code }
+                #expect(
+                    code == (index < 2 ? "invalid_token" : "too_many_failed_auth"), "untrusted peer, attempt \(index)")
             }
         }
-        try await TestApp.build(db, { $0.failedAuthLimit = 2; $0.failedAuthWindowSeconds = 3600; $0.trustedProxies = try! IPAllowList.parse("127.0.0.1") }).test(.live) { client in
-            for _ in 0..<2 {
-                _ = try await client.execute(uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.7")) { $0.status }
+        try await TestApp.build(
+            db,
+            {
+                $0.failedAuthLimit = 2; $0.failedAuthWindowSeconds = 3600;
+                $0.trustedProxies = try! IPAllowList.parse("127.0.0.1")
             }
-            let blocked = try await client.execute(uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.7")) { try ErrorBody($0.body).code }
+        ).test(.live) { client in
+            for _ in 0..<2 {
+                _ = try await client.execute(uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.7")) {
+                    $0.status
+                }
+            }
+            let blocked = try await client.execute(
+                uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.7")
+            ) { try ErrorBody($0.body).code }
             #expect(blocked == "too_many_failed_auth")
-            let other = try await client.execute(uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.8")) { try ErrorBody($0.body).code }
+            let other = try await client.execute(
+                uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.8")
+            ) { try ErrorBody($0.body).code }
             #expect(other == "invalid_token")
         }
     }
@@ -111,18 +150,24 @@ struct SecurityHTTPTests {
     func secretsNeverLogged() async throws {
         let db = try await TestDatabase.create("secretslog")
         try await db.prepareBilling(users: 1)
-        let admin = try TallyBinary.run(["admin", "create-user", "--username", "root-of-logs", "--root", "--json"], databaseURL: db.url)
-        let adminToken = try #require((try JSONSerialization.jsonObject(with: Data(admin.output.utf8)) as? [String: Any])?["access_token"] as? String)
+        let admin = try TallyBinary.run(
+            ["admin", "create-user", "--username", "root-of-logs", "--root", "--json"], databaseURL: db.url)
+        let adminToken = try #require(
+            (try JSONSerialization.jsonObject(with: Data(admin.output.utf8)) as? [String: Any])?["access_token"]
+                as? String)
         let gatewaySecret = "gw-secret-\(UInt64.random(in: 0...UInt64.max))"
         // The limit is the number of wrong credentials below (the rotated-away token, 15 near
         // misses, one more), so each of them reaches its lookup (and whatever error path might
         // echo it); only the request after them is refused by the limiter.
         let nearMisses = 15, failedAuthLimit = 1 + nearMisses + 1
-        let server = try ServerProcess(databaseURL: db.url, gatewaySecret: gatewaySecret,
-                                       arguments: ["--log-level", "trace", "--failed-auth-limit", "\(failedAuthLimit)"])
+        let server = try ServerProcess(
+            databaseURL: db.url, gatewaySecret: gatewaySecret,
+            arguments: ["--log-level", "trace", "--failed-auth-limit", "\(failedAuthLimit)"])
         var secrets = [adminToken, gatewaySecret, SyntheticKeys.key(forUser: 1)]
-        func call(_ method: String, _ path: String, token: String? = nil,
-                  json: String? = nil) async throws -> HTTP.Answer {
+        func call(
+            _ method: String, _ path: String, token: String? = nil,
+            json: String? = nil
+        ) async throws -> HTTP.Answer {
             var headers: [String: String] = [:]
             if let token { headers["Authorization"] = "Bearer \(token)" }
             if json != nil { headers["Content-Type"] = "application/json" }
@@ -130,10 +175,13 @@ struct SecurityHTTPTests {
             return try await HTTP.sendAsync(method, "\(server.baseURL)/\(path)", headers: headers, body: body)
         }
         /// The call answered `status` (and, for a refusal, `code`), else the test fails with the answer.
-        func expect(_ answer: HTTP.Answer, _ status: Int, _ code: String? = nil, _ what: String,
-                    sourceLocation: SourceLocation = #_sourceLocation) {
-            #expect(answer.status == status && (code == nil || EnvelopeError(answer.body)?.code == code),
-                    "\(what): \(answer.status) \(answer.text.prefix(300))", sourceLocation: sourceLocation)
+        func expect(
+            _ answer: HTTP.Answer, _ status: Int, _ code: String? = nil, _ what: String,
+            sourceLocation: SourceLocation = #_sourceLocation
+        ) {
+            #expect(
+                answer.status == status && (code == nil || EnvelopeError(answer.body)?.code == code),
+                "\(what): \(answer.status) \(answer.text.prefix(300))", sourceLocation: sourceLocation)
         }
         do {
             // Rotating the access token makes the CLI-issued one invalid: both must stay out of the log.
@@ -144,14 +192,16 @@ struct SecurityHTTPTests {
             let rotatedAway = try await call("GET", "api/user/self", token: adminToken)
             expect(rotatedAway, 401, "invalid_token", "the rotated-away token")
             expect(try await call("GET", "api/user/self", token: userToken), 200, nil, "the new access token")
-            let created = try await call("POST", "api/token/", token: userToken, json: #"{"name":"logged?","unlimited_quota":true}"#)
+            let created = try await call(
+                "POST", "api/token/", token: userToken, json: #"{"name":"logged?","unlimited_quota":true}"#)
             expect(created, 200, nil, "create a key")
             let key = try #require((created.object["data"] as? [String: Any])?["key"] as? String)
             secrets.append(key)
             expect(try await call("GET", "v1/models", token: key), 200, nil, "models with the key")
             let subscription = try await call("GET", "v1/dashboard/billing/subscription", token: key)
             expect(subscription, 200, nil, "subscription with the key")
-            let codes = try await call("POST", "api/redemption/", token: userToken, json: #"{"name":"log","count":1,"quota":1000}"#)
+            let codes = try await call(
+                "POST", "api/redemption/", token: userToken, json: #"{"name":"log","count":1,"quota":1000}"#)
             expect(codes, 200, nil, "create a redemption code")
             let code = try #require((codes.object["data"] as? [String])?.first)
             secrets.append(code)
@@ -161,8 +211,10 @@ struct SecurityHTTPTests {
             let line = LogLines.chat("logged-1").replacingOccurrences(of: SyntheticKeys.key(forUser: 1), with: key)
             expect(try await call("POST", "gateway/v1/logs", token: gatewaySecret, json: line), 200, nil, "ingest")
             // Wrong and near-miss credentials, which error paths might echo: each is looked up.
-            let wrongs = [key + "x", String(key.dropLast()), userToken + "x", gatewaySecret + "x",
-                          "sk-" + String(repeating: "0", count: 48)]
+            let wrongs = [
+                key + "x", String(key.dropLast()), userToken + "x", gatewaySecret + "x",
+                "sk-" + String(repeating: "0", count: 48),
+            ]
             #expect(wrongs.count * 3 == nearMisses)
             for wrong in wrongs {
                 let name = "…\(wrong.suffix(6))"
@@ -186,7 +238,9 @@ struct SecurityHTTPTests {
         for secret in secrets {
             let body = secret.hasPrefix("sk-") ? String(secret.dropFirst(3)) : secret
             #expect(!log.contains(body), "secret …\(secret.suffix(6)) is in the server log \(server.logURL.path)")
-            #expect(!log.contains(SecretHash(of: secret).hex), "the hash of secret …\(secret.suffix(6)) is in the server log")
+            #expect(
+                !log.contains(SecretHash(of: secret).hex),
+                "the hash of secret …\(secret.suffix(6)) is in the server log")
         }
     }
 }

@@ -42,13 +42,16 @@ struct Answer {
 struct API: Sendable {
     let client: any TestClientProtocol
 
-    func call(_ method: HTTPRequest.Method, _ uri: String, token: String? = nil, json: String? = nil,
-              headers extra: HTTPFields = [:]) async throws -> Answer {
+    func call(
+        _ method: HTTPRequest.Method, _ uri: String, token: String? = nil, json: String? = nil,
+        headers extra: HTTPFields = [:]
+    ) async throws -> Answer {
         var headers = extra
         if let token { headers[.authorization] = "Bearer \(token)" }
         if json != nil { headers[.contentType] = "application/json" }
-        let response = try await client.execute(uri: uri, method: method, headers: headers,
-                                                body: json.map { ByteBuffer(string: $0) })
+        let response = try await client.execute(
+            uri: uri, method: method, headers: headers,
+            body: json.map { ByteBuffer(string: $0) })
         let text = String(buffer: response.body)
         let body = (try? JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed])) ?? NSNull()
         return Answer(status: Int(response.status.code), headers: response.headers, body: body, text: text)
@@ -76,7 +79,9 @@ struct Seed {
     let db: TestDatabase
 
     /// A fresh user (unique name) and its access token.
-    func user(_ prefix: String = "u", role: Role = .user, group: String = "default", quota: Int64 = 0) async throws -> (user: User, token: String) {
+    func user(_ prefix: String = "u", role: Role = .user, group: String = "default", quota: Int64 = 0) async throws -> (
+        user: User, token: String
+    ) {
         let name = "\(prefix)-\(UInt32.random(in: 0...UInt32.max))"
         let created = try await PostgresUserRepository(pool: db.pool)
             .create(NewUser(username: name, role: role, group: group, quota: quota), by: .cli)
@@ -90,18 +95,25 @@ struct Seed {
         return name
     }
 
-    func channel(groups: [String], models: [String], status: ChannelStatus = .enabled) async throws -> TallyStore.Channel {
+    func channel(groups: [String], models: [String], status: ChannelStatus = .enabled) async throws
+        -> TallyStore.Channel
+    {
         try await ChannelRepository(pool: db.pool).create(
-            ChannelDraft(name: "ch-\(UInt32.random(in: 0...UInt32.max))", status: status, groups: groups, models: models), by: .cli)
+            ChannelDraft(
+                name: "ch-\(UInt32.random(in: 0...UInt32.max))", status: status, groups: groups, models: models),
+            by: .cli)
     }
 
-    func key(user: Int64, _ draft: TokenDraft = TokenDraft(name: "k", unlimitedQuota: true)) async throws -> (token: APIToken, key: String) {
+    func key(user: Int64, _ draft: TokenDraft = TokenDraft(name: "k", unlimitedQuota: true)) async throws -> (
+        token: APIToken, key: String
+    ) {
         try await TokenRepository(pool: db.pool).create(userID: user, draft, anyGroup: true)
     }
 
     /// Stores a price version (the sheet's own `effective_from`); load before building the app.
     func prices(_ yaml: String) async throws {
-        _ = try await PostgresPriceRepository(pool: db.pool).load(try PriceSheet.parse(yaml), effectiveFrom: nil, source: "test", by: .cli)
+        _ = try await PostgresPriceRepository(pool: db.pool).load(
+            try PriceSheet.parse(yaml), effectiveFrom: nil, source: "test", by: .cli)
     }
 
     @discardableResult
@@ -111,8 +123,9 @@ struct Seed {
 
     /// Units the user's open holds reserve (of its limited keys only, with `tokenOnly`).
     func openHolds(user: Int64, tokenOnly: Bool = false) async throws -> Int64 {
-        try await int("SELECT coalesce(sum(amount), 0)::bigint FROM holds WHERE user_id = $1 AND status = 'held'"
-                      + (tokenOnly ? " AND token_reserved" : ""), [user])
+        try await int(
+            "SELECT coalesce(sum(amount), 0)::bigint FROM holds WHERE user_id = $1 AND status = 'held'"
+                + (tokenOnly ? " AND token_reserved" : ""), [user])
     }
 
     func int(_ text: String, _ parameters: [any PostgresEncodable] = []) async throws -> Int64 {

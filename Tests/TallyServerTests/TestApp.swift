@@ -10,12 +10,15 @@ import Testing
 /// The real application on a fresh database, on an ephemeral port.
 enum TestApp {
     static func configuration(_ db: TestDatabase, gatewaySecret: String = "test-gateway-secret") -> TallyConfiguration {
-        TallyConfiguration(host: "127.0.0.1", port: 0, databaseURL: db.url, poolSize: 4,
-                           gatewaySecret: gatewaySecret, logLevel: .warning)
+        TallyConfiguration(
+            host: "127.0.0.1", port: 0, databaseURL: db.url, poolSize: 4,
+            gatewaySecret: gatewaySecret, logLevel: .warning)
     }
 
     /// The application; `adjust` changes the test configuration first (limits, timeouts).
-    static func build(_ db: TestDatabase, _ adjust: (inout TallyConfiguration) -> Void = { _ in }) async throws -> some ApplicationProtocol {
+    static func build(_ db: TestDatabase, _ adjust: (inout TallyConfiguration) -> Void = { _ in }) async throws
+        -> some ApplicationProtocol
+    {
         var configuration = configuration(db)
         adjust(&configuration)
         return try await buildApplication(configuration)

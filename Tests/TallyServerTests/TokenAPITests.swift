@@ -45,7 +45,9 @@ struct TokenAPITests {
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
             let future = Int64(Date().timeIntervalSince1970) + 86_400
-            let answer = try await api.post("/api/token/", token: access, """
+            let answer = try await api.post(
+                "/api/token/", token: access,
+                """
                 {"name":"ci key","expired_time":\(future),"remain_quota":5000,"unlimited_quota":false,
                  "model_limits_enabled":true,"model_limits":"gpt-4o, claude-sonnet-4","allow_ips":"10.0.0.0/8\\n2001:db8::/32",
                  "group":"","some_future_field":{"x":1}}
@@ -73,8 +75,9 @@ struct TokenAPITests {
 
             // The database holds the SHA-256 of the key and its last 6, never the key.
             let id = try #require(int64(token["id"]))
-            let row = try await seed.sql("SELECT row_to_json(t)::text, key_hash = $2::bytea, key_last6 FROM tokens t WHERE id = $1",
-                                         [id, SecretHash(of: key)])
+            let row = try await seed.sql(
+                "SELECT row_to_json(t)::text, key_hash = $2::bytea, key_last6 FROM tokens t WHERE id = $1",
+                [id, SecretHash(of: key)])
             let everything = try row[0].decode(0, as: String.self)
             #expect(!everything.contains(key))
             #expect(!everything.contains(String(key.dropFirst(3))))
@@ -101,7 +104,8 @@ struct TokenAPITests {
         let (other, _) = try await seed.user()
         var created: [(APIToken, String)] = []
         for index in 0..<3 {
-            created.append(try await seed.key(user: user.id, TokenDraft(name: "k\(index)", remainQuota: Int64(index) * 10)))
+            created.append(
+                try await seed.key(user: user.id, TokenDraft(name: "k\(index)", remainQuota: Int64(index) * 10)))
         }
         _ = try await seed.key(user: other.id)
         let keys = created
@@ -158,10 +162,12 @@ struct TokenAPITests {
             let get = try await api.get("/api/token/\(aliceKey.id)", token: bobAccess)
             #expect(get.status == 404)
             #expect(get.errorCode == "not_found")
-            let put = try await api.put("/api/token/", token: bobAccess, #"{"id":\#(aliceKey.id),"name":"mine now","remain_quota":999}"#)
+            let put = try await api.put(
+                "/api/token/", token: bobAccess, #"{"id":\#(aliceKey.id),"name":"mine now","remain_quota":999}"#)
             #expect(put.status == 404)
             #expect(put.errorCode == "not_found")
-            let statusOnly = try await api.put("/api/token/?status_only=1", token: bobAccess, #"{"id":\#(aliceKey.id),"status":2}"#)
+            let statusOnly = try await api.put(
+                "/api/token/?status_only=1", token: bobAccess, #"{"id":\#(aliceKey.id),"status":2}"#)
             #expect(statusOnly.status == 404)
             let delete = try await api.delete("/api/token/\(aliceKey.id)", token: bobAccess)
             #expect(delete.status == 404)
@@ -169,7 +175,8 @@ struct TokenAPITests {
             let list = try await api.get("/api/token/", token: bobAccess)
             #expect(list.dataObject["total"] as? Int == 0)
             // Nothing changed.
-            let row = try await seed.sql("SELECT name, remain_quota, status, deleted_at IS NULL FROM tokens WHERE id = $1", [aliceKey.id])
+            let row = try await seed.sql(
+                "SELECT name, remain_quota, status, deleted_at IS NULL FROM tokens WHERE id = $1", [aliceKey.id])
             #expect(try row[0].decode(0, as: String.self) == "alice's")
             #expect(try row[0].decode(1, as: Int64.self) == 100)
             #expect(try row[0].decode(2, as: Int.self) == 1)
@@ -188,7 +195,9 @@ struct TokenAPITests {
         let (token, key) = try await seed.key(user: user.id, TokenDraft(name: "before", remainQuota: 10))
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
-            let updated = try await api.put("/api/token/", token: access, """
+            let updated = try await api.put(
+                "/api/token/", token: access,
+                """
                 {"id":\(token.id),"name":"after","remain_quota":777,"model_limits_enabled":true,"model_limits":["a","b"],
                  "allow_ips":"192.168.1.7, 10.1.0.0/16","status":3}
                 """)
@@ -200,19 +209,23 @@ struct TokenAPITests {
             #expect(updated.dataObject["status"] as? Int == 1, "a displayed status echoed back is ignored")
             #expect(updated.dataObject["key"] as? String == "sk-\u{2026}" + key.suffix(6))
 
-            let disabled = try await api.put("/api/token/?status_only=1", token: access, #"{"id":\#(token.id),"status":2,"name":"ignored"}"#)
+            let disabled = try await api.put(
+                "/api/token/?status_only=1", token: access, #"{"id":\#(token.id),"status":2,"name":"ignored"}"#)
             #expect(disabled.dataObject["status"] as? Int == 2)
             #expect(disabled.dataObject["name"] as? String == "after")
             // A disabled key is refused where keys are used.
             let refused = try await api.get("/v1/models", token: key)
             #expect(refused.status == 401)
             #expect(refused.errorCode == "invalid_token")
-            let enabled = try await api.put("/api/token/?status_only=1", token: access, #"{"id":\#(token.id),"status":1}"#)
+            let enabled = try await api.put(
+                "/api/token/?status_only=1", token: access, #"{"id":\#(token.id),"status":1}"#)
             #expect(enabled.dataObject["status"] as? Int == 1)
 
             // An expired key cannot be re-enabled until its expiry moves.
-            try await seed.sql("UPDATE tokens SET expires_at = now() - interval '1 hour', status = 2 WHERE id = $1", [token.id])
-            let expired = try await api.put("/api/token/?status_only=1", token: access, #"{"id":\#(token.id),"status":1}"#)
+            try await seed.sql(
+                "UPDATE tokens SET expires_at = now() - interval '1 hour', status = 2 WHERE id = $1", [token.id])
+            let expired = try await api.put(
+                "/api/token/?status_only=1", token: access, #"{"id":\#(token.id),"status":1}"#)
             #expect(expired.status == 400)
             #expect(expired.errorMessage?.contains("expired") == true)
 
@@ -264,7 +277,8 @@ struct TokenAPITests {
             let empty = try await api.call(.post, "/api/token/", token: access)
             #expect(empty.status == 400)
             // A selectable group is accepted; no key was created by the refusals.
-            let ok = try await api.post("/api/token/", token: access, #"{"name":"ok","group":"\#(open)","unlimited_quota":true}"#)
+            let ok = try await api.post(
+                "/api/token/", token: access, #"{"name":"ok","group":"\#(open)","unlimited_quota":true}"#)
             #expect(ok.status == 200)
             #expect(ok.dataObject["group"] as? String == open)
             #expect(try await api.get("/api/token/", token: access).dataObject["total"] as? Int == 1)

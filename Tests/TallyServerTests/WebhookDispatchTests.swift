@@ -19,13 +19,16 @@ struct WebhookDispatchTests {
         let db = try await TestDatabase.create(name)
         try await db.prepareBilling(users: 1, quota: 600_000)
         let webhooks = WebhookRepository(pool: db.pool)
-        _ = try await webhooks.add(url: "http://127.0.0.1:\(port)/hook", secret: WebhookSecret(secret), events: [], by: .cli)
+        _ = try await webhooks.add(
+            url: "http://127.0.0.1:\(port)/hook", secret: WebhookSecret(secret), events: [], by: .cli)
         return (db, webhooks, try await db.scalar("SELECT id FROM users WHERE username = 'synthetic-1'"))
     }
 
     /// Backoff after attempt n: [d/2, d] with d = `backoff` · 2^(n−1), at most 2 · `backoff`.
-    static func dispatcher(_ db: TestDatabase, maxAttempts: Int = 5, batchSize: Int = 8,
-                           backoff: Duration = .milliseconds(100)) -> WebhookDispatcher {
+    static func dispatcher(
+        _ db: TestDatabase, maxAttempts: Int = 5, batchSize: Int = 8,
+        backoff: Duration = .milliseconds(100)
+    ) -> WebhookDispatcher {
         // Before any delivery counts: counters made before the metrics system is bootstrapped
         // stay no-ops, so which test ran first would decide what deadLetter sees.
         TallyMetrics.bootstrap()
@@ -33,9 +36,10 @@ struct WebhookDispatchTests {
         logger.logLevel = .critical
         return WebhookDispatcher(
             repository: WebhookRepository(pool: db.pool),
-            configuration: WebhookDispatchConfiguration(pollInterval: .milliseconds(50), batchSize: batchSize, maxAttempts: maxAttempts,
-                                                        baseBackoff: backoff, maxBackoff: backoff * 2,
-                                                        timeout: .seconds(15)),  // generous: a timed-out delivery is (rightly) sent again
+            configuration: WebhookDispatchConfiguration(
+                pollInterval: .milliseconds(50), batchSize: batchSize, maxAttempts: maxAttempts,
+                baseBackoff: backoff, maxBackoff: backoff * 2,
+                timeout: .seconds(15)),  // generous: a timed-out delivery is (rightly) sent again
             logger: logger)
     }
 
@@ -63,9 +67,12 @@ struct WebhookDispatchTests {
         _ = try await AccountRepository(pool: db.pool).manage(id: userID, .disable, actorRole: nil, by: .cli)
     }
 
-    static func outbox(_ db: TestDatabase) async throws -> [(status: String, attempts: Int, lastStatus: Int?, lastError: String?)] {
+    static func outbox(_ db: TestDatabase) async throws -> [(
+        status: String, attempts: Int, lastStatus: Int?, lastError: String?
+    )] {
         try await db.pool.withConnection { connection in
-            try connection.query("SELECT status, attempts, last_status, last_error FROM webhook_outbox ORDER BY id").map {
+            try connection.query("SELECT status, attempts, last_status, last_error FROM webhook_outbox ORDER BY id").map
+            {
                 (try $0.decode(0), try $0.decode(1), try $0.decodeOptional(2), try $0.decodeOptional(3))
             }
         }
@@ -116,7 +123,8 @@ struct WebhookDispatchTests {
             #expect(rows.first?.lastError == "HTTP 503")
             // Scheduled in [d/2, d] after the attempt, which happened between `before` and `after`
             // (1 ms of slack for the rounding to milliseconds).
-            let due = try await db.scalar("""
+            let due = try await db.scalar(
+                """
                 SELECT (extract(epoch FROM next_attempt_at) * 1000)::bigint FROM webhook_outbox
                 """)
             #expect(due - before >= 29_999 && due - after <= 60_001, "due \(due - before) ms after the attempt began")
@@ -160,8 +168,9 @@ struct WebhookDispatchTests {
     func unreachable() async throws {
         let db = try await TestDatabase.create("whunreachable")
         try await db.prepareBilling(users: 1, quota: 600_000)
-        _ = try await WebhookRepository(pool: db.pool).add(url: "http://127.0.0.1:1/hook?key=abc", secret: WebhookSecret(Self.secret),
-                                                            events: [], by: .cli)
+        _ = try await WebhookRepository(pool: db.pool).add(
+            url: "http://127.0.0.1:1/hook?key=abc", secret: WebhookSecret(Self.secret),
+            events: [], by: .cli)
         try await Self.suspend(db, try await db.scalar("SELECT id FROM users WHERE username = 'synthetic-1'"))
         #expect(try await Self.dispatcher(db).runOnce() == 1)
         let row = try #require(try await Self.outbox(db).first)
@@ -179,8 +188,9 @@ struct WebhookDispatchTests {
             let (db, _, _) = try await Self.setUp("whconcurrent", port: port)
             try await db.pool.transaction { connection in
                 for index in 0..<40 {
-                    try WebhookOutbox.enqueueExportReady(ExportReadyEvent(exportID: "e\(index)", kind: "usage", month: "2026-10"),
-                                                         on: connection)
+                    try WebhookOutbox.enqueueExportReady(
+                        ExportReadyEvent(exportID: "e\(index)", kind: "usage", month: "2026-10"),
+                        on: connection)
                 }
             }
             let first = Self.dispatcher(db, batchSize: 3)
@@ -191,7 +201,9 @@ struct WebhookDispatchTests {
             let ids = receiver.received.compactMap(\.eventID)
             #expect(ids.count == 40)
             #expect(Set(ids).count == 40)
-            #expect(try await db.scalar("SELECT count(*) FROM webhook_outbox WHERE status = 'delivered' AND attempts = 1") == 40)
+            #expect(
+                try await db.scalar("SELECT count(*) FROM webhook_outbox WHERE status = 'delivered' AND attempts = 1")
+                    == 40)
         }
     }
 
@@ -200,12 +212,14 @@ struct WebhookDispatchTests {
         let db = try await TestDatabase.create("whlease")
         try await db.prepareBilling(users: 1, quota: 600_000)
         let webhooks = WebhookRepository(pool: db.pool)
-        _ = try await webhooks.add(url: "http://127.0.0.1:1/hook", secret: WebhookSecret(Self.secret), events: [], by: .cli)
+        _ = try await webhooks.add(
+            url: "http://127.0.0.1:1/hook", secret: WebhookSecret(Self.secret), events: [], by: .cli)
         try await Self.suspend(db, try await db.scalar("SELECT id FROM users WHERE username = 'synthetic-1'"))
         let first = try #require(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).first)
         #expect(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).isEmpty)
         // The claiming dispatcher crashed; its lease runs out.
-        let leaseEnd = try await db.scalar("""
+        let leaseEnd = try await db.scalar(
+            """
             SELECT extract(epoch FROM next_attempt_at - now())::bigint FROM webhook_outbox
             """)
         #expect(leaseEnd > 30, "the claim leased the row for \(leaseEnd) s")
@@ -229,8 +243,10 @@ struct WebhookDispatchTests {
             try await app.test(.live) { client in
                 // gpt-4o, 1000 prompt + 500 completion tokens = 3750 units; 600,000 → 487,500 after 30 lines.
                 let lines = (0..<30).map { LogLines.chat("e2e-\($0)", at: ISO8601DateFormatter().string(from: Date())) }
-                try await client.execute(uri: "/gateway/v1/logs", method: .post, headers: [.authorization: "Bearer test-gateway-secret"],
-                                         body: ByteBuffer(string: LogLines.ndjson(lines))) { response in
+                try await client.execute(
+                    uri: "/gateway/v1/logs", method: .post, headers: [.authorization: "Bearer test-gateway-secret"],
+                    body: ByteBuffer(string: LogLines.ndjson(lines))
+                ) { response in
                     #expect(response.status == .ok)
                 }
                 // The fold (every 100 ms) enqueues the event, the dispatcher then posts it: wait generously.

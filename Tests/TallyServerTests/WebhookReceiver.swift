@@ -20,9 +20,12 @@ final class WebhookReceiver: Sendable {
 
         /// Checks `X-Tally-Signature` the way docs/webhooks.md tells receivers to.
         func signatureVerifies(secret: String) -> Bool {
-            guard let timestamp = headers["x-tally-timestamp"], let signature = headers["x-tally-signature"] else { return false }
-            let expected = HMAC<SHA256>.authenticationCode(for: Data((timestamp + ".").utf8) + Data(body),
-                                                           using: SymmetricKey(data: Data(secret.utf8)))
+            guard let timestamp = headers["x-tally-timestamp"], let signature = headers["x-tally-signature"] else {
+                return false
+            }
+            let expected = HMAC<SHA256>.authenticationCode(
+                for: Data((timestamp + ".").utf8) + Data(body),
+                using: SymmetricKey(data: Data(secret.utf8)))
             return signature == "sha256=" + expected.map { String(format: "%02x", $0) }.joined()
         }
     }
@@ -71,10 +74,14 @@ final class WebhookReceiver: Sendable {
         router.post("/echo") { request, _ -> Response in
             let body = try await request.body.collect(upTo: 1 << 20)
             let header = request.headers[HTTPField.Name("X-Test")!] ?? ""
-            return Response(status: .created, body: ResponseBody(byteBuffer: ByteBuffer(string: header + "|" + String(buffer: body))))
+            return Response(
+                status: .created,
+                body: ResponseBody(byteBuffer: ByteBuffer(string: header + "|" + String(buffer: body))))
         }
         router.get("/sheet.yaml") { _, _ in designPriceSheet }
-        router.get("/missing") { _, _ -> Response in Response(status: .notFound, body: ResponseBody(byteBuffer: ByteBuffer(string: "nope"))) }
+        router.get("/missing") { _, _ -> Response in
+            Response(status: .notFound, body: ResponseBody(byteBuffer: ByteBuffer(string: "nope")))
+        }
         // Answers only once the test is over (or after a minute): a client that returns before
         // that was stopped by its timeout or cancellation, never by the answer.
         router.get("/slow") { _, _ -> String in
@@ -88,10 +95,14 @@ final class WebhookReceiver: Sendable {
         router.get("/big") { _, _ in ByteBuffer(repeating: UInt8(ascii: "x"), count: 3 << 20) }
         router.get("/big-chunked") { _, _ -> Response in
             // Streamed without a Content-Length: only the write callback can enforce the cap.
-            Response(status: .ok, body: ResponseBody { writer in
-                for _ in 0..<48 { try await writer.write(ByteBuffer(repeating: UInt8(ascii: "y"), count: 64 << 10)) }
-                try await writer.finish(nil)
-            })
+            Response(
+                status: .ok,
+                body: ResponseBody { writer in
+                    for _ in 0..<48 {
+                        try await writer.write(ByteBuffer(repeating: UInt8(ascii: "y"), count: 64 << 10))
+                    }
+                    try await writer.finish(nil)
+                })
         }
         return router
     }

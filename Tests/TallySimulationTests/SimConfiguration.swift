@@ -27,17 +27,20 @@ struct FaultPlan: CustomStringConvertible {
 
     static func draw(_ random: inout SimRandom) -> FaultPlan {
         func rate(_ high: Double) -> Double { random.chance(0.3) ? 0 : Double(random.below(1_000)) / 1_000 * high }
-        return FaultPlan(crash: rate(0.02), abort: rate(0.1), lostCommitAnswer: rate(0.1), lostHTTP: rate(0.1),
-                         duplicateHTTP: rate(0.1), lostNotification: rate(0.3), duplicateNotification: rate(0.2),
-                         clockJump: rate(0.01), outage: rate(0.005), pause: rate(0.01))
+        return FaultPlan(
+            crash: rate(0.02), abort: rate(0.1), lostCommitAnswer: rate(0.1), lostHTTP: rate(0.1),
+            duplicateHTTP: rate(0.1), lostNotification: rate(0.3), duplicateNotification: rate(0.2),
+            clockJump: rate(0.01), outage: rate(0.005), pause: rate(0.01))
     }
 
     var description: String {
-        let rates: [(String, Double)] = [("crash", crash), ("abort", abort), ("lost-commit-answer", lostCommitAnswer),
-                                         ("lost-http", lostHTTP), ("duplicate-http", duplicateHTTP),
-                                         ("lost-notification", lostNotification),
-                                         ("duplicate-notification", duplicateNotification),
-                                         ("clock-jump", clockJump), ("outage", outage), ("pause", pause)]
+        let rates: [(String, Double)] = [
+            ("crash", crash), ("abort", abort), ("lost-commit-answer", lostCommitAnswer),
+            ("lost-http", lostHTTP), ("duplicate-http", duplicateHTTP),
+            ("lost-notification", lostNotification),
+            ("duplicate-notification", duplicateNotification),
+            ("clock-jump", clockJump), ("outage", outage), ("pause", pause),
+        ]
         return rates.filter { $0.1 > 0 }.map { "\($0.0) \(Int(($0.1 * 1000).rounded()))‰" }.joined(separator: ", ")
     }
 }

@@ -11,15 +11,15 @@ extension SimDatabase {
 
     func balance(_ account: SimAccount) -> Int64 {
         switch account {
-        case let .user(id): users[id]?.quota ?? 0
-        case let .token(id): tokens[id]?.remainQuota ?? 0
+        case .user(let id): users[id]?.quota ?? 0
+        case .token(let id): tokens[id]?.remainQuota ?? 0
         }
     }
 
     func reserved(_ account: SimAccount) -> Int64 {
         switch account {
-        case let .user(id): users[id]?.reserved ?? 0
-        case let .token(id): tokens[id]?.reserved ?? 0
+        case .user(let id): users[id]?.reserved ?? 0
+        case .token(let id): tokens[id]?.reserved ?? 0
         }
     }
 
@@ -60,8 +60,8 @@ extension SimDatabase {
 
     private func grantState(_ account: SimAccount) -> LeaseGrant.State {
         switch account {
-        case let .user(id): return users[id] == nil ? .unknown : .ok
-        case let .token(id):
+        case .user(let id): return users[id] == nil ? .unknown : .ok
+        case .token(let id):
             guard let token = tokens[id] else { return .unknown }
             return !token.limited ? .unlimited : token.remainQuota <= 0 ? .exhausted : .ok
         }
@@ -74,9 +74,10 @@ extension SimDatabase {
             let key = LeaseKey(instance: instance, account: amount.account)
             guard let row = leases[key] else { continue }
             guard row >= amount.units else {
-                throw SimCheckViolation("tally_return_leases: \(instance) returns \(amount.units) of "
-                    + "\(amount.account), "
-                    + "its lease row holds \(row)")
+                throw SimCheckViolation(
+                    "tally_return_leases: \(instance) returns \(amount.units) of "
+                        + "\(amount.account), "
+                        + "its lease row holds \(row)")
             }
             leases[key] = row - amount.units == 0 ? nil : row - amount.units
             adjustReserved(amount.account, by: -amount.units)
@@ -87,15 +88,17 @@ extension SimDatabase {
     /// holds (a request id stored before inserts nothing) and takes the new ones off the
     /// instance's lease rows. Answers, per hold, the hold stored under its request id.
     mutating func journal(_ instance: String, _ entries: [JournaledHold], ttl: SimTime, now: SimTime) throws
-        -> [JournalOutcome] {
+        -> [JournalOutcome]
+    {
         guard instances[instance] != nil else { throw SimDatabaseError.notRegistered }
         var inserted: [JournaledHold] = []
         for entry in entries.sorted(by: { $0.request.requestID < $1.request.requestID })
         where holds[entry.request.requestID] == nil {
             let request = entry.request
-            holds[request.requestID] = Hold(id: entry.id, requestID: request.requestID, userID: request.userID,
-                                            tokenID: request.tokenID, amount: request.amount,
-                                            tokenReserved: entry.tokenLeased, expiresAt: now + ttl)
+            holds[request.requestID] = Hold(
+                id: entry.id, requestID: request.requestID, userID: request.userID,
+                tokenID: request.tokenID, amount: request.amount,
+                tokenReserved: entry.tokenLeased, expiresAt: now + ttl)
             inserted.append(entry)
         }
         for entry in inserted {
@@ -106,8 +109,9 @@ extension SimDatabase {
                 let key = LeaseKey(instance: instance, account: account)
                 guard let row = leases[key], plantedBug != .journalKeepsLeaseRows else { continue }
                 guard row >= entry.request.amount else {
-                    throw SimCheckViolation("tally_journal_holds: \(instance) journals \(entry.request.amount) "
-                        + "of \(account), its lease row holds \(row)")
+                    throw SimCheckViolation(
+                        "tally_journal_holds: \(instance) journals \(entry.request.amount) "
+                            + "of \(account), its lease row holds \(row)")
                 }
                 leases[key] = row - entry.request.amount
             }
@@ -168,8 +172,8 @@ extension SimDatabase {
 
     mutating func adjustReserved(_ account: SimAccount, by units: Int64) {
         switch account {
-        case let .user(id): users[id]?.reserved += units
-        case let .token(id): tokens[id]?.reserved += units
+        case .user(let id): users[id]?.reserved += units
+        case .token(let id): tokens[id]?.reserved += units
         }
     }
 }

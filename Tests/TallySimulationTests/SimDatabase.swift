@@ -6,8 +6,8 @@ typealias SimAccount = LeaseAccount
 extension LeaseAccount: CustomStringConvertible {
     public var description: String {
         switch self {
-        case let .user(id): "user:\(id)"
-        case let .token(id): "token:\(id)"
+        case .user(let id): "user:\(id)"
+        case .token(let id): "token:\(id)"
         }
     }
 }
@@ -19,8 +19,8 @@ enum SimNotification: Equatable, CustomStringConvertible {
 
     var description: String {
         switch self {
-        case let .leaseWanted(account): "lease-wanted:\(account)"
-        case let .overdrawn(account): "overdrawn:\(account)"
+        case .leaseWanted(let account): "lease-wanted:\(account)"
+        case .overdrawn(let account): "overdrawn:\(account)"
         }
     }
 }

@@ -12,9 +12,9 @@ enum GatewayRequest: CustomStringConvertible {
 
     var description: String {
         switch self {
-        case let .ingest(batch, lines): "ingest batch \(batch) (\(lines.count) lines)"
-        case let .authorize(hold): "authorize \(hold.requestID) (user \(hold.userID), \(hold.amount))"
-        case let .release(requestID): "release \(requestID)"
+        case .ingest(let batch, let lines): "ingest batch \(batch) (\(lines.count) lines)"
+        case .authorize(let hold): "authorize \(hold.requestID) (user \(hold.userID), \(hold.amount))"
+        case .release(let requestID): "release \(requestID)"
         }
     }
 }
@@ -29,8 +29,8 @@ enum GatewayAnswer: CustomStringConvertible {
 
     var description: String {
         switch self {
-        case let .stored(result): "200 accepted \(result.accepted), duplicates \(result.duplicates)"
-        case let .hold(outcome): "\(outcome)"
+        case .stored(let result): "200 accepted \(result.accepted), duplicates \(result.duplicates)"
+        case .hold(let outcome): "\(outcome)"
         case .released: "released"
         case .unavailable: "503"
         }
@@ -101,7 +101,7 @@ struct SimGateway {
 
     /// A batch answered 200: its lines are delivered.
     mutating func acknowledge(_ request: GatewayRequest) {
-        guard case let .ingest(batch, lines) = request, openBatches[batch] != nil else { return }
+        guard case .ingest(let batch, let lines) = request, openBatches[batch] != nil else { return }
         openBatches[batch] = nil
         ackedBatches[batch] = lines
     }

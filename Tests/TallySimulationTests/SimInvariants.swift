@@ -12,7 +12,6 @@ struct SimTruth {
     /// Problems seen at a commit, reported by the next check.
     var problems: [String] = []
 
-
     /// After a store committed: the lines stored for the first time add their cost, and what
     /// their open holds did not cover to the accounts' overruns; a line stored or charged twice
     /// is a problem.
@@ -39,7 +38,7 @@ struct SimTruth {
 
     /// The gateway was told a batch is stored: every line of it must be.
     mutating func acknowledged(_ request: GatewayRequest) {
-        guard case let .ingest(batch, lines) = request else { return }
+        guard case .ingest(let batch, let lines) = request else { return }
         for line in lines where !storedIDs.contains(line.requestID) {
             problems.append("batch \(batch) was acknowledged, but \(line.requestID) is not stored")
         }
@@ -105,8 +104,10 @@ enum SimInvariants {
     }
 
     /// reserved = Σ open holds + Σ leases.
-    private static func checkReserved(_ account: SimAccount, reserved: Int64, _ reservations: [SimAccount: Int64],
-                                      _ simulation: Simulation) throws {
+    private static func checkReserved(
+        _ account: SimAccount, reserved: Int64, _ reservations: [SimAccount: Int64],
+        _ simulation: Simulation
+    ) throws {
         let leased = simulation.database.leased(account), held = (reservations[account] ?? 0) - leased
         guard reserved == held + leased else {
             throw simulation.violation(

@@ -33,18 +33,20 @@ extension Simulation {
         let before = if case .store = call.request { database } else { SimDatabase() }
         do {
             let (response, notifications) = try database.transact { database in
-                try Self.apply(call.request, to: &database, now: now, holdTTL: configuration.holdTTL,
-                               reclaimAfter: configuration.reclaimAfter)
+                try Self.apply(
+                    call.request, to: &database, now: now, holdTTL: configuration.holdTTL,
+                    reclaimAfter: configuration.reclaimAfter)
             }
             databaseChanged = true
             log("db: \(call.request) from i\(call.instance) → \(response)")
-            if case let .store(lines) = call.request {
+            if case .store(let lines) = call.request {
                 stats.batches += 1
                 truth.stored(lines, before: before, after: database)
                 for line in lines
                 where before.rows[line.requestID] == nil && before.holds[line.requestID]?.status != .held {
-                    log("db: \(line.requestID) charged \(line.cost) in full: its hold is "
-                        + (before.holds[line.requestID].map { "\($0.status)" } ?? "not stored"))
+                    log(
+                        "db: \(line.requestID) charged \(line.cost) in full: its hold is "
+                            + (before.holds[line.requestID].map { "\($0.status)" } ?? "not stored"))
                 }
             }
             broadcast(notifications)
@@ -59,21 +61,23 @@ extension Simulation {
     }
 
     /// One call's statements, inside its transaction.
-    private static func apply(_ request: DatabaseCall.Request, to database: inout SimDatabase, now: SimTime,
-                              holdTTL: SimTime, reclaimAfter: SimTime) throws -> DatabaseResponse {
+    private static func apply(
+        _ request: DatabaseCall.Request, to database: inout SimDatabase, now: SimTime,
+        holdTTL: SimTime, reclaimAfter: SimTime
+    ) throws -> DatabaseResponse {
         switch request {
-        case let .store(lines): return .stored(database.store(lines))
-        case let .register(name):
+        case .store(let lines): return .stored(database.store(lines))
+        case .register(let name):
             database.register(name, ttl: SimDatabase.registrationTTL, reclaimAfter: reclaimAfter, now: now)
             return .done
-        case let .renew(name): return .renewed(database.renew(name, ttl: SimDatabase.registrationTTL, now: now))
-        case let .lease(name, wants): return .granted(try database.lease(name, wants: wants))
-        case let .journal(name, holds): return .journaled(try database.journal(name, holds, ttl: holdTTL, now: now))
-        case let .returnLeases(name, amounts):
+        case .renew(let name): return .renewed(database.renew(name, ttl: SimDatabase.registrationTTL, now: now))
+        case .lease(let name, let wants): return .granted(try database.lease(name, wants: wants))
+        case .journal(let name, let holds): return .journaled(try database.journal(name, holds, ttl: holdTTL, now: now))
+        case .returnLeases(let name, let amounts):
             try database.returnLeases(name, amounts: amounts)
             return .done
         case .holdIDBlock: return .holdIDs(first: database.holdIDBlock())
-        case let .release(requestID): return database.release(requestID) == nil ? .failed(.notFound) : .released
+        case .release(let requestID): return database.release(requestID) == nil ? .failed(.notFound) : .released
         case .expireHolds:
             _ = database.expireDue(now: now)
             return .done

@@ -29,8 +29,9 @@ extension Simulation {
     private func authorizeRequest() {
         let user = Int64(1 + random.below(configuration.users))
         let requestID = gateway.newRequestID()
-        let hold = HoldRequest(requestID: requestID, userID: user, tokenID: Self.token(of: user), model: "m",
-                               amount: random.int(configuration.cost), tid: "t-\(requestID)")
+        let hold = HoldRequest(
+            requestID: requestID, userID: user, tokenID: Self.token(of: user), model: "m",
+            amount: random.int(configuration.cost), tid: "t-\(requestID)")
         gateway.authorizing[requestID] = (hold, 1)
         send(.authorize(hold), after: 0)
     }
@@ -61,8 +62,9 @@ extension Simulation {
     /// A request ran upstream without asking first (never authorized): its line is charged in full.
     private func finishRequest() {
         let user = Int64(1 + random.below(configuration.users))
-        let line = SimDatabase.Line(requestID: gateway.newRequestID(), userID: user, tokenID: Self.token(of: user),
-                                    cost: random.int(configuration.cost))
+        let line = SimDatabase.Line(
+            requestID: gateway.newRequestID(), userID: user, tokenID: Self.token(of: user),
+            cost: random.int(configuration.cost))
         gateway.finish(line)
         log("gateway: \(line.requestID) finished without a hold, user \(user), cost \(line.cost)")
     }
@@ -130,7 +132,7 @@ extension Simulation {
         case (.ingest, .stored):
             gateway.acknowledge(request)
             truth.acknowledged(request)
-        case let (.authorize(hold), .hold(outcome)): authorized(hold, outcome)
+        case (.authorize(let hold), .hold(let outcome)): authorized(hold, outcome)
         case (.release, _): break
         default: retry(request)
         }
@@ -142,7 +144,7 @@ extension Simulation {
     func retry(_ request: GatewayRequest) {
         switch request {
         case .ingest: send(request, after: random.int(10...500))
-        case let .authorize(hold):
+        case .authorize(let hold):
             guard let attempts = gateway.authorizing[hold.requestID]?.attempts, attempts < 3 else {
                 gateway.authorizing[hold.requestID] = nil
                 log("gateway: \(hold.requestID) given up")
@@ -160,13 +162,14 @@ extension Simulation {
         guard gateway.authorizing.removeValue(forKey: hold.requestID) != nil else { return }
         let held: Int64, holdID: Int64
         switch outcome {
-        case let .held(id, amount): (holdID, held) = (id, amount)
-        case let .duplicate(id, amount, status) where status == "held": (holdID, held) = (id, amount)
+        case .held(let id, let amount): (holdID, held) = (id, amount)
+        case .duplicate(let id, let amount, let status) where status == "held": (holdID, held) = (id, amount)
         default: return
         }
         if configuration.policy.commit == .sync, database.holds[hold.requestID]?.id != holdID {
-            truth.problems.append("\(hold.requestID) was answered \(outcome) in sync mode, but the database holds "
-                + (database.holds[hold.requestID].map { "hold \($0.id)" } ?? "none"))
+            truth.problems.append(
+                "\(hold.requestID) was answered \(outcome) in sync mode, but the database holds "
+                    + (database.holds[hold.requestID].map { "hold \($0.id)" } ?? "none"))
         }
         gateway.running[hold.requestID] = (hold, held)
     }

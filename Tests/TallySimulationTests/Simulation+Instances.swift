@@ -15,13 +15,13 @@ extension Simulation {
             return
         }
         switch request {
-        case let .ingest(_, lines):
+        case .ingest(_, let lines):
             call(.store(lines), from: index, reply: .http(exchange: exchange))
-        case let .authorize(hold):
+        case .authorize(let hold):
             let ticket = instances[index].newTicket()
             instances[index].tickets[ticket] = exchange
             step(index, .cut(ticket, hold))
-        case let .release(requestID):
+        case .release(let requestID):
             // EnforcementController.release flushes the journal first (async holds).
             let ticket = instances[index].newTicket()
             instances[index].flushes[ticket] = (exchange, requestID)
@@ -30,8 +30,9 @@ extension Simulation {
     }
 
     func call(_ request: DatabaseCall.Request, from index: Int, reply: DatabaseCall.Reply) {
-        let call = DatabaseCall(instance: index, incarnation: instances[index].incarnation, request: request,
-                                reply: reply)
+        let call = DatabaseCall(
+            instance: index, incarnation: instances[index].incarnation, request: request,
+            reply: reply)
         scheduler.schedule(.database(call), after: latency())
     }
 
@@ -40,25 +41,25 @@ extension Simulation {
         let index = call.instance
         guard instances[index].alive, instances[index].incarnation == call.incarnation else { return }
         switch (call.reply, response) {
-        case let (.http(exchange), .stored(result)): reply(exchange, .stored(result))
-        case let (.http(exchange), .released): reply(exchange, .released)
-        case let (.http(exchange), _): reply(exchange, .unavailable)
-        case let (.refill(round), .granted(grants)): step(index, .refillGranted(round: round, grants))
-        case let (.refill(round), failure):
-            if case let .lease(stale, _) = call.request, failure == .failed(.notRegistered) {
+        case (.http(let exchange), .stored(let result)): reply(exchange, .stored(result))
+        case (.http(let exchange), .released): reply(exchange, .released)
+        case (.http(let exchange), _): reply(exchange, .unavailable)
+        case (.refill(let round), .granted(let grants)): step(index, .refillGranted(round: round, grants))
+        case (.refill(let round), let failure):
+            if case .lease(let stale, _) = call.request, failure == .failed(.notRegistered) {
                 reregister(index, replacing: stale)
             }
             step(index, .refillFailed(round: round))
-        case let (.journal(batch), .journaled(outcomes)): step(index, .journalCommitted(batch: batch, outcomes))
-        case let (.journal(batch), .failed(.notRegistered)): step(index, .journalRefused(batch: batch))
-        case let (.journal(batch), _): step(index, .journalFailed(batch: batch))
-        case let (.holdIDs, .holdIDs(first)): step(index, .holdIDsGranted(first: first, count: SimDatabase.holdIDBlock))
+        case (.journal(let batch), .journaled(let outcomes)): step(index, .journalCommitted(batch: batch, outcomes))
+        case (.journal(let batch), .failed(.notRegistered)): step(index, .journalRefused(batch: batch))
+        case (.journal(let batch), _): step(index, .journalFailed(batch: batch))
+        case (.holdIDs, .holdIDs(let first)): step(index, .holdIDsGranted(first: first, count: SimDatabase.holdIDBlock))
         case (.holdIDs, _): step(index, .holdIDsFailed)
-        case let (.renewal(name, startedAt), .renewed(true)): announce(index, name, renewedAt: startedAt)
-        case let (.renewal(name, _), .renewed(false)): reregister(index, replacing: name)
+        case (.renewal(let name, let startedAt), .renewed(true)): announce(index, name, renewedAt: startedAt)
+        case (.renewal(let name, _), .renewed(false)): reregister(index, replacing: name)
         case (.renewal, _): step(index, .renewalFailed)
-        case let (.registration(name, startedAt), .done): registered(index, name, at: startedAt)
-        case let (.registration(name, _), _): registrationFailed(index, name)
+        case (.registration(let name, let startedAt), .done): registered(index, name, at: startedAt)
+        case (.registration(let name, _), _): registrationFailed(index, name)
         default: break
         }
     }
@@ -77,22 +78,23 @@ extension Simulation {
 
     private func run(_ action: LeaseAction, on index: Int) {
         switch action {
-        case let .answer(ticket, answer):
+        case .answer(let ticket, let answer):
             guard let exchange = instances[index].tickets.removeValue(forKey: ticket) else { return }
             switch answer {
-            case let .outcome(outcome): reply(exchange, .hold(outcome))
+            case .outcome(let outcome): reply(exchange, .hold(outcome))
             case .failed: reply(exchange, .unavailable)
             }
-        case let .flushed(ticket):
+        case .flushed(let ticket):
             guard let (exchange, requestID) = instances[index].flushes.removeValue(forKey: ticket) else { return }
             call(.release(requestID), from: index, reply: .http(exchange: exchange))
-        case let .refill(round, instance, wants): call(.lease(instance, wants), from: index, reply: .refill(round))
-        case let .journal(batch, instance, holds):
+        case .refill(let round, let instance, let wants):
+            call(.lease(instance, wants), from: index, reply: .refill(round))
+        case .journal(let batch, let instance, let holds):
             call(.journal(instance, holds), from: index, reply: .journal(batch))
-        case let .giveBack(instance, amounts): call(.returnLeases(instance, amounts), from: index, reply: .none)
+        case .giveBack(let instance, let amounts): call(.returnLeases(instance, amounts), from: index, reply: .none)
         case .fetchHoldIDs: call(.holdIDBlock, from: index, reply: .holdIDs)
         case .renewRegistration: renew(index)
-        case let .wake(at):
+        case .wake(let at):
             let due = SimTime((at * 1_000).rounded(.up)) - instances[index].clockOffset
             scheduler.schedule(.machine(instance: index, incarnation: instances[index].incarnation, .clock), at: due)
         }
@@ -175,17 +177,19 @@ extension Simulation {
     /// reconnect, and a reconnected listener returns every lease (it may have missed others).
     func broadcast(_ notifications: [SimNotification]) {
         for notification in notifications {
-            let event: LeaseEvent = switch notification {
-            case let .leaseWanted(account): .leaseWanted(account)
-            case let .overdrawn(account): .overdrawn(account)
-            }
+            let event: LeaseEvent =
+                switch notification {
+                case .leaseWanted(let account): .leaseWanted(account)
+                case .overdrawn(let account): .overdrawn(account)
+                }
             for index in instances.indices where instances[index].serving {
                 let incarnation = instances[index].incarnation
                 if strikes(configuration.faults.lostNotification) {
                     log("fault: \(notification) to i\(index) is lost")
                     if random.chance(0.5) {
-                        scheduler.schedule(.machine(instance: index, incarnation: incarnation, .returnAll),
-                                           after: latency())
+                        scheduler.schedule(
+                            .machine(instance: index, incarnation: incarnation, .returnAll),
+                            after: latency())
                     }
                     continue
                 }

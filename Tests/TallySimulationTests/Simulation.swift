@@ -23,9 +23,10 @@ enum SimEvent {
     var instance: Int? {
         switch self {
         case .gateway, .answer, .timeout, .database, .restart: nil
-        case let .http(instance, _, _), let .machine(instance, _, _), let .upkeep(instance, _),
-             let .retryStart(instance, _): instance
-        case let .databaseAnswer(call, _): call.instance
+        case .http(let instance, _, _), .machine(let instance, _, _), .upkeep(let instance, _),
+            .retryStart(let instance, _):
+            instance
+        case .databaseAnswer(let call, _): call.instance
         }
     }
 }
@@ -83,8 +84,9 @@ final class Simulation {
             database.createUser(user, quota: quota)
             truth.credits[user] = quota
             let limited = random.chance(configuration.limitedTokenShare)
-            database.createToken(Self.token(of: user), userID: user, limited: limited,
-                                 remainQuota: limited ? random.int(configuration.initialQuota) : 0)
+            database.createToken(
+                Self.token(of: user), userID: user, limited: limited,
+                remainQuota: limited ? random.int(configuration.initialQuota) : 0)
         }
         for index in instances.indices { start(index) }
         scheduler.schedule(.gateway, at: 0)
@@ -127,20 +129,20 @@ final class Simulation {
         }
         switch event {
         case .gateway: gatewayMove()
-        case let .http(instance, exchange, request): serve(request, exchange: exchange, on: instance)
-        case let .answer(exchange, answer): answered(exchange, answer)
-        case let .timeout(exchange):
+        case .http(let instance, let exchange, let request): serve(request, exchange: exchange, on: instance)
+        case .answer(let exchange, let answer): answered(exchange, answer)
+        case .timeout(let exchange):
             if let request = gateway.close(exchange) {
                 log("gateway: exchange \(exchange) timed out: \(request)")
                 retry(request)
                 if gateway.movesLeft == 0 { windDown() }
             }
-        case let .database(call): execute(call)
-        case let .databaseAnswer(call, response): deliver(response, for: call)
-        case let .restart(index): start(index)
-        case let .machine(index, incarnation, event): machineEvent(index, incarnation: incarnation, event)
-        case let .upkeep(index, incarnation): upkeep(index, incarnation: incarnation)
-        case let .retryStart(index, incarnation): retryStart(index, incarnation: incarnation)
+        case .database(let call): execute(call)
+        case .databaseAnswer(let call, let response): deliver(response, for: call)
+        case .restart(let index): start(index)
+        case .machine(let index, let incarnation, let event): machineEvent(index, incarnation: incarnation, event)
+        case .upkeep(let index, let incarnation): upkeep(index, incarnation: incarnation)
+        case .retryStart(let index, let incarnation): retryStart(index, incarnation: incarnation)
         }
     }
 

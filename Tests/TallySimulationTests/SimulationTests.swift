@@ -21,7 +21,7 @@ struct SimulationTests {
             let simulation = Simulation(seed: seed, tracing: true)
             let outcome = Result { try simulation.run() }
             print(simulation.trace.joined(separator: "\n"))
-            if case let .failure(error) = outcome { Issue.record("\(error)") }
+            if case .failure(let error) = outcome { Issue.record("\(error)") }
             return
         }
         let started = ContinuousClock.now
@@ -30,7 +30,8 @@ struct SimulationTests {
         print("simulation: \(Self.seeds) seeds, \(report.steps) steps in \(elapsed); \(report.stats)")
         if let failure = report.failures.first {
             let more: String = report.failures.dropFirst().prefix(9).map { "\n  also \($0)" }.joined()
-            let message = "\(report.failures.count) seed(s) failed; the first: \(failure)\n  replay: "
+            let message =
+                "\(report.failures.count) seed(s) failed; the first: \(failure)\n  replay: "
                 + Self.replayCommand(failure.seed) + more
             Issue.record("\(message)")
         }

@@ -11,7 +11,8 @@ import Testing
 struct AccountLookupTests {
     /// Every username, access token and key of the database has exactly its lookup row.
     static func lookupMismatches(_ db: TestDatabase) async throws -> Int64 {
-        let missing = try await db.scalar("""
+        let missing = try await db.scalar(
+            """
             SELECT count(*) FROM (
                 (SELECT convert_to(username, 'UTF8') AS lookup, 'username' AS kind, id AS user_id,
                         NULL::bigint AS token_id FROM users
@@ -21,7 +22,8 @@ struct AccountLookupTests {
                 EXCEPT ALL SELECT lookup, kind, user_id, token_id FROM account_lookup
             ) missing
             """)
-        let expected = try await db.scalar("SELECT count(*) FROM users")
+        let expected =
+            try await db.scalar("SELECT count(*) FROM users")
             + db.scalar("SELECT count(*) FROM users WHERE access_token_hash IS NOT NULL")
             + db.scalar("SELECT count(*) FROM tokens")
         return try await missing + abs(db.scalar("SELECT count(*) FROM account_lookup") - expected)
@@ -56,7 +58,8 @@ struct AccountLookupTests {
         // A second row for an existing key is refused by the lookup's primary key.
         await #expect(throws: PostgresError.self) {
             try await db.pool.withConnection { connection in
-                try connection.query("""
+                try connection.query(
+                    """
                     INSERT INTO account_lookup (lookup, kind, user_id, token_id) VALUES ($1, 'key', $2, 1)
                     """, [SecretHash(of: key), users[5].id])
             }
@@ -75,12 +78,18 @@ struct AccountLookupTests {
         let channels = ChannelRepository(pool: db.pool)
         let changes: [(String, () async throws -> Void)] = [
             ("user:\(user.id)", { _ = try await accounts.manage(id: user.id, .disable, actorRole: nil, by: .cli) }),
-            ("user:\(user.id)", {
-                _ = try await accounts.update(id: user.id, AccountChanges(email: "a@b.c"), actorRole: nil, by: .cli)
-            }),
-            ("token:\(token.id)", {
-                _ = try await tokens.update(id: token.id, userID: user.id, TokenChanges(name: "renamed"))
-            }),
+            (
+                "user:\(user.id)",
+                {
+                    _ = try await accounts.update(id: user.id, AccountChanges(email: "a@b.c"), actorRole: nil, by: .cli)
+                }
+            ),
+            (
+                "token:\(token.id)",
+                {
+                    _ = try await tokens.update(id: token.id, userID: user.id, TokenChanges(name: "renamed"))
+                }
+            ),
             ("token:\(token.id)", { try await tokens.delete(id: token.id, userID: user.id) }),
             ("group:vip2", { _ = try await groups.create(name: "vip2", by: .cli) }),
             ("group:vip2", { _ = try await groups.update(name: "vip2", GroupChanges(selectable: false), by: .cli) }),

@@ -1,9 +1,10 @@
 import Foundation
 import TallyCore
 import TallyPostgres
-@testable import TallyStore
 import TallyTestSupport
 import Testing
+
+@testable import TallyStore
 
 /// The schema on a real 3-node Citus cluster (coordinator + 2 workers): run by
 /// ops/slow-tests/citus with TALLY_TEST_CITUS=1, skipped on plain PostgreSQL.
@@ -19,21 +20,29 @@ struct CitusTests {
     func layout() async throws {
         let db = try await Self.seeded()
         let placed = try await db.pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT logicalrelid::regclass::text, partmethod::text, colocationid,
                        coalesce(column_to_column_name(logicalrelid, partkey), '')
                 FROM pg_dist_partition
-                """).map { row in
-                (try row.decode(0, as: String.self),
-                 (method: try row.decode(1, as: String.self), colocation: try row.decode(2, as: Int64.self),
-                  column: try row.decode(3, as: String.self)))
+                """
+            ).map { row in
+                (
+                    try row.decode(0, as: String.self),
+                    (
+                        method: try row.decode(1, as: String.self), colocation: try row.decode(2, as: Int64.self),
+                        column: try row.decode(3, as: String.self)
+                    )
+                )
             }
         }
         let tables = Dictionary(uniqueKeysWithValues: placed)
         let users = try #require(tables["users"])
         #expect(users.method == "h" && users.column == "id")
-        for table in ["tokens", "user_leases", "pending_charges", "request_logs", "ledger", "usage_daily",
-                      "pending_usage"] {
+        for table in [
+            "tokens", "user_leases", "pending_charges", "request_logs", "ledger", "usage_daily",
+            "pending_usage",
+        ] {
             #expect(tables[table]?.method == "h" && tables[table]?.column == "user_id", "\(table)")
             #expect(tables[table]?.colocation == users.colocation, "\(table) is not co-located with users")
         }
@@ -49,7 +58,8 @@ struct CitusTests {
     @Test("the seeded accounts are spread over both workers")
     func spread() async throws {
         let db = try await Self.seeded()
-        let nodes = try await db.scalar("""
+        let nodes = try await db.scalar(
+            """
             SELECT count(DISTINCT p.nodeport) FROM users u
             JOIN pg_dist_placement pl ON pl.shardid = get_shard_id_for_distribution_column('users', u.id)
             JOIN pg_dist_node p ON p.groupid = pl.groupid
@@ -63,7 +73,8 @@ struct CitusTests {
         let user = try await db.scalar("SELECT min(id) FROM users")
         // Accounts that share the first one's shard: a batch of them is one shard's work.
         let sameShard = try await db.pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT array_agg(id ORDER BY id)::text FROM users
                 WHERE get_shard_id_for_distribution_column('users', id)
                     = get_shard_id_for_distribution_column('users', $1::bigint)
@@ -76,8 +87,10 @@ struct CitusTests {
         let queries: [(String, [any PostgresEncodable])] = [
             ("SELECT quota, reserved, used_quota FROM users WHERE id = $1", [user]),
             ("SELECT id, remain_quota FROM tokens WHERE user_id = $1 AND deleted_at IS NULL ORDER BY id DESC", [user]),
-            ("SELECT user_id, token_id FROM account_lookup WHERE lookup = decode($1, 'hex') AND kind = 'key'",
-             [keyHash]),
+            (
+                "SELECT user_id, token_id FROM account_lookup WHERE lookup = decode($1, 'hex') AND kind = 'key'",
+                [keyHash]
+            ),
             ("SELECT 1 FROM users WHERE id = ANY ($1::bigint[]) ORDER BY id FOR NO KEY UPDATE", [sameShard]),
             ("UPDATE users SET reserved = reserved WHERE id = ANY ($1::bigint[])", [sameShard]),
             ("SELECT amount FROM user_leases WHERE user_id = $1", [user]),
@@ -91,7 +104,8 @@ struct CitusTests {
 
     /// The plan's task counts: one per statement Citus runs (more in a plan with subplans).
     static func taskCounts(_ query: String, _ parameters: [any PostgresEncodable], on db: TestDatabase) async throws
-        -> [Int] {
+        -> [Int]
+    {
         let plan = try await db.pool.withConnection { connection in
             try connection.query("EXPLAIN " + query, parameters).map { try $0.decode(0, as: String.self) }
         }
@@ -102,14 +116,18 @@ struct CitusTests {
         return counts
     }
 
-    static func expectSingleShard(_ query: String, _ parameters: [any PostgresEncodable], on db: TestDatabase,
-                                  sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    static func expectSingleShard(
+        _ query: String, _ parameters: [any PostgresEncodable], on db: TestDatabase,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws {
         let counts = try await taskCounts(query, parameters, on: db)
-        #expect(!counts.isEmpty && counts.allSatisfy { $0 == 1 }, "not single-shard (tasks \(counts)): \(query)",
-                sourceLocation: sourceLocation)
+        #expect(
+            !counts.isEmpty && counts.allSatisfy { $0 == 1 }, "not single-shard (tasks \(counts)): \(query)",
+            sourceLocation: sourceLocation)
     }
 
-    @Test("""
+    @Test(
+        """
         a batch's work per account, a user's export and statement, and the System API's reads of one account \
         run on one shard; the month's export by model fans out
         """)
@@ -128,25 +146,33 @@ struct CitusTests {
         }
         let batchWork: [(String, [any PostgresEncodable])] = [
             // What a batch appends per account (its COPY rows are routed one by one, by account) …
-            ("""
-             INSERT INTO request_logs (request_id, created_at, user_id, token_id, model, "group", kind, status, quota)
-             VALUES ('explain', '2026-11-10T12:00:00Z', $1, $2, 'gpt-4o', 'default', 'chat', 200, 1)
-             ON CONFLICT (user_id, created_at, request_id) DO NOTHING
-             """, [user, token]),
-            ("""
-             INSERT INTO ledger (user_id, token_id, kind, amount, requests, batch_id, tid, usage_month)
-             VALUES ($1, $2, 'charge', -1, 1, 1, 'explain', '2026-11-01')
-             """, [user, token]),
+            (
+                """
+                INSERT INTO request_logs (request_id, created_at, user_id, token_id, model, "group", kind, status, quota)
+                VALUES ('explain', '2026-11-10T12:00:00Z', $1, $2, 'gpt-4o', 'default', 'chat', 200, 1)
+                ON CONFLICT (user_id, created_at, request_id) DO NOTHING
+                """, [user, token]
+            ),
+            (
+                """
+                INSERT INTO ledger (user_id, token_id, kind, amount, requests, batch_id, tid, usage_month)
+                VALUES ($1, $2, 'charge', -1, 1, 1, 'explain', '2026-11-01')
+                """, [user, token]
+            ),
             // … what the fold and the roll-up do per account …
-            ("DELETE FROM pending_charges WHERE user_id = ANY ($1::bigint[]) RETURNING *",
-             [PostgresArray.integers([user])]),
+            (
+                "DELETE FROM pending_charges WHERE user_id = ANY ($1::bigint[]) RETURNING *",
+                [PostgresArray.integers([user])]
+            ),
             ("DELETE FROM pending_usage WHERE user_id = $1 RETURNING *", [user]),
-            ("""
-             INSERT INTO usage_daily AS d (day, user_id, token_id, model, "group", kind, requests, quota)
-             VALUES ('2026-11-10', $1, $2, 'gpt-4o', 'default', 'chat', 1, 1)
-             ON CONFLICT (day, user_id, token_id, model, "group", kind)
-             DO UPDATE SET requests = d.requests + 1, quota = d.quota + 1
-             """, [user, token]),
+            (
+                """
+                INSERT INTO usage_daily AS d (day, user_id, token_id, model, "group", kind, requests, quota)
+                VALUES ('2026-11-10', $1, $2, 'gpt-4o', 'default', 'chat', 1, 1)
+                ON CONFLICT (day, user_id, token_id, model, "group", kind)
+                DO UPDATE SET requests = d.requests + 1, quota = d.quota + 1
+                """, [user, token]
+            ),
             // … a user's export, raw and by model, and statement …
             (try byModel(user), []),
             ("SELECT * FROM \(partition) WHERE user_id = $1", [user]),
@@ -174,20 +200,24 @@ struct CitusTests {
         let db = try await TestDatabase.create("citus_fold")
         try await db.prepareBilling(users: 8, quota: 1_000_000)
         let accounts = try await db.pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id
                 WHERE u.username LIKE 'synthetic-%' ORDER BY u.id
-                """)
-                .map { (user: try $0.decode(0, as: Int64.self), token: try $0.decode(1, as: Int64.self)) }
+                """
+            )
+            .map { (user: try $0.decode(0, as: Int64.self), token: try $0.decode(1, as: Int64.self)) }
         }
         let lines = accounts.enumerated().map { index, account in
-            PricedLine(requestID: "citus-\(index)", createdAt: Date(), userID: account.user, tokenID: account.token,
-                       channelID: nil, model: "gpt-4o", group: "default", kind: .chat, status: 200, isStream: false,
-                       durationMs: 10, ip: nil, tid: nil, error: nil, usage: Usage(promptTokens: 10, completionTokens: 5),
-                       quota: 1_000 + Int64(index), priceVersionID: 1)
+            PricedLine(
+                requestID: "citus-\(index)", createdAt: Date(), userID: account.user, tokenID: account.token,
+                channelID: nil, model: "gpt-4o", group: "default", kind: .chat, status: 200, isStream: false,
+                durationMs: 10, ip: nil, tid: nil, error: nil, usage: Usage(promptTokens: 10, completionTokens: 5),
+                quota: 1_000 + Int64(index), priceVersionID: 1)
         }
-        _ = try await PostgresIngestRepository(pool: db.pool).store(lines, rejects: [], totalLines: lines.count,
-                                                                    tid: TraceID.generate(), source: "test")
+        _ = try await PostgresIngestRepository(pool: db.pool).store(
+            lines, rejects: [], totalLines: lines.count,
+            tid: TraceID.generate(), source: "test")
         let users = PostgresUserRepository(pool: db.pool)
         func quotas() async throws -> [Int64] {
             var quotas: [Int64] = []

@@ -11,7 +11,9 @@ final class ExportOutput: @unchecked Sendable {
     var bytes: [UInt8] = []
     var chunks: [Int] = []
 
-    static func of(_ export: UsageExport, on pool: PostgresPool) async throws -> (text: String, summary: ExportSummary, chunks: [Int]) {
+    static func of(_ export: UsageExport, on pool: PostgresPool) async throws -> (
+        text: String, summary: ExportSummary, chunks: [Int]
+    ) {
         let output = ExportOutput()
         let summary = try await UsageExporter(pool: pool).export(export) { chunk in
             output.bytes.append(contentsOf: chunk)
@@ -35,7 +37,9 @@ struct ExportTests {
     /// One fixture for the tests that only read.
     static let shared = Task { try await fixture() }
 
-    static let byLists: [[ExportDimension]] = [[.user], [.token], [.model], [.group], [.day], [.user, .model], [.day, .group, .token]]
+    static let byLists: [[ExportDimension]] = [
+        [.user], [.token], [.model], [.group], [.day], [.user, .model], [.day, .group, .token],
+    ]
 
     @Test("every by: the CSV parses back (Python's csv) to the independently computed sums, with a header, sorted")
     func csvMatchesSums() async throws {
@@ -52,7 +56,9 @@ struct ExportTests {
             }
         }
         // The tricky names really were quoted, and still parse back.
-        let byUser = try await ExportOutput.of(try UsageExport(month: Self.august, by: [.user, .token], format: .csv), on: db.pool).text
+        let byUser = try await ExportOutput.of(
+            try UsageExport(month: Self.august, by: [.user, .token], format: .csv), on: db.pool
+        ).text
         #expect(byUser.contains(#""o'brien, ""ann""""#))
         #expect(byUser.contains("\"team, \"\"blue\"\"\nkey\""))
     }
@@ -61,7 +67,9 @@ struct ExportTests {
     func jsonLines() async throws {
         let (db, fixture) = try await Self.shared.value
         for by in Self.byLists {
-            let text = try await ExportOutput.of(try UsageExport(month: Self.september, by: by, format: .jsonl), on: db.pool).text
+            let text = try await ExportOutput.of(
+                try UsageExport(month: Self.september, by: by, format: .jsonl), on: db.pool
+            ).text
             let expected = fixture.expectedRows(month: Self.september, by: by)
             let rows = try JSONLinesExport.rows(text, by: by)
             #expect(UsageFixture.mismatch(rows, expected) == nil, "jsonl by \(by)")
@@ -71,15 +79,20 @@ struct ExportTests {
     @Test("an empty month is a header only (CSV) and nothing (JSON Lines); a user filter keeps only that user")
     func emptyMonthAndUserFilter() async throws {
         let (db, fixture) = try await Self.shared.value
-        let empty = try await ExportOutput.of(try UsageExport(month: UsageMonth("2026-03")!, by: [.user, .day], format: .csv), on: db.pool)
+        let empty = try await ExportOutput.of(
+            try UsageExport(month: UsageMonth("2026-03")!, by: [.user, .day], format: .csv), on: db.pool)
         #expect(empty.text == RollupColumns.header([.user, .day]).joined(separator: ",") + "\n")
         #expect(empty.summary.rows == 0)
-        let emptyJSON = try await ExportOutput.of(try UsageExport(month: UsageMonth("2026-03")!, by: [.model], format: .jsonl), on: db.pool)
+        let emptyJSON = try await ExportOutput.of(
+            try UsageExport(month: UsageMonth("2026-03")!, by: [.model], format: .jsonl), on: db.pool)
         #expect(emptyJSON.text.isEmpty)
         let user = try #require(fixture.usernames.first { $0.value == "synthetic-3" }?.key)
-        let mine = try await ExportOutput.of(try UsageExport(month: Self.august, by: [.model], format: .csv, userID: user), on: db.pool)
+        let mine = try await ExportOutput.of(
+            try UsageExport(month: Self.august, by: [.model], format: .csv, userID: user), on: db.pool)
         let mineRows = Array(try CSVParser.parse(mine.text).dropFirst())
-        #expect(UsageFixture.mismatch(mineRows, fixture.expectedRows(month: Self.august, by: [.model], userID: user)) == nil)
+        #expect(
+            UsageFixture.mismatch(mineRows, fixture.expectedRows(month: Self.august, by: [.model], userID: user)) == nil
+        )
     }
 
     @Test("by=day in another time zone shifts day boundaries over the UTC month's rows")
@@ -88,15 +101,20 @@ struct ExportTests {
         for zone in ["America/New_York", "Asia/Kolkata"] {
             let export = try UsageExport(month: Self.september, by: [.day, .model], format: .csv, timeZone: zone)
             let rows = try CSVParser.parse(try await ExportOutput.of(export, on: db.pool).text)
-            let expected = fixture.expectedRows(month: Self.september, by: [.day, .model], timeZone: TimeZone(identifier: zone)!)
+            let expected = fixture.expectedRows(
+                month: Self.september, by: [.day, .model], timeZone: TimeZone(identifier: zone)!)
             #expect(UsageFixture.mismatch(Array(rows.dropFirst()), expected) == nil, "\(zone)")
             // New York's day of Sep 1 00:00 UTC is Aug 31: the first row is that day.
             if zone == "America/New_York" { #expect(rows[1][0] == "2026-08-31") }
         }
         await #expect(throws: StoreError.self) {
-            try await UsageExporter(pool: db.pool).export(try UsageExport(month: Self.september, by: [.day], format: .csv, timeZone: "Mars/Olympus")) { _ in }
+            try await UsageExporter(pool: db.pool).export(
+                try UsageExport(month: Self.september, by: [.day], format: .csv, timeZone: "Mars/Olympus")
+            ) { _ in }
         }
-        #expect(throws: StoreError.self) { try UsageExport(month: Self.september, by: [.user], format: .csv, timeZone: "Asia/Kolkata") }
+        #expect(throws: StoreError.self) {
+            try UsageExport(month: Self.september, by: [.user], format: .csv, timeZone: "Asia/Kolkata")
+        }
     }
 
     @Test("raw: every request row of the month and no other, as COPY CSV with a header, in chunks of 64 KiB")
@@ -110,15 +128,24 @@ struct ExportTests {
         #expect(raw.summary.rows == september.count)
         // Chunks of 64 KiB and the row that crossed it; the last one holds the rest.
         #expect(raw.chunks.count > 2)
-        #expect(raw.chunks.dropLast().allSatisfy { (UsageExporter.chunkSize..<UsageExporter.chunkSize + 4096).contains($0) })
+        #expect(
+            raw.chunks.dropLast().allSatisfy { (UsageExporter.chunkSize..<UsageExporter.chunkSize + 4096).contains($0) }
+        )
         #expect(raw.chunks.reduce(0, +) == raw.summary.bytes)
-        let idColumn = try #require(header.firstIndex(of: "request_id")), quotaColumn = try #require(header.firstIndex(of: "quota"))
+        let idColumn = try #require(header.firstIndex(of: "request_id")),
+            quotaColumn = try #require(header.firstIndex(of: "quota"))
         #expect(Set(rows.dropFirst().map { $0[idColumn] }) == Set(september.map(\.requestID)))
-        #expect(rows.dropFirst().reduce(Int64(0)) { $0 + Int64($1[quotaColumn])! } == september.reduce(0) { $0 + $1.quota })
+        #expect(
+            rows.dropFirst().reduce(Int64(0)) { $0 + Int64($1[quotaColumn])! } == september.reduce(0) { $0 + $1.quota })
         let userID = september[0].userID
-        let mine = try CSVParser.parse(try await ExportOutput.of(.raw(month: Self.september, userID: userID), on: db.pool).text)
+        let mine = try CSVParser.parse(
+            try await ExportOutput.of(.raw(month: Self.september, userID: userID), on: db.pool).text)
         #expect(mine.count - 1 == september.filter { $0.userID == userID }.count)
-        await #expect(throws: StoreError.notFound("the request rows of 2025-01 are not kept (dropped by retention, or never stored); exports by user, token, model, group or UTC day still cover the month")) {
+        await #expect(
+            throws: StoreError.notFound(
+                "the request rows of 2025-01 are not kept (dropped by retention, or never stored); exports by user, token, model, group or UTC day still cover the month"
+            )
+        ) {
             try await UsageExporter(pool: db.pool).export(.raw(month: UsageMonth("2025-01")!)) { _ in }
         }
     }
@@ -136,31 +163,41 @@ struct ExportTests {
         await pool.close()
     }
 
-    @Test("statements reconcile: closing = opening + credits − charges, next opening = closing, charges = export = ledger")
+    @Test(
+        "statements reconcile: closing = opening + credits − charges, next opening = closing, charges = export = ledger"
+    )
     func statementsReconcile() async throws {
         let (db, fixture) = try await Self.fixture()
         let users = fixture.usernames.keys.sorted()
         // Credits in the current month through the real paths, and an old refund (no API yet).
         let balances = BalanceRepository(pool: db.pool)
-        _ = try await balances.topUp(userID: users[0], amount: 700_000, reason: "invoice 7\nsecond line", idempotencyKey: nil, by: .cli)
+        _ = try await balances.topUp(
+            userID: users[0], amount: 700_000, reason: "invoice 7\nsecond line", idempotencyKey: nil, by: .cli)
         try await db.pool.transaction { connection in
             try connection.query("UPDATE users SET quota = quota + 1234 WHERE id = $1", [users[1]])
-            try connection.query("INSERT INTO ledger (at, user_id, kind, amount, reason) VALUES ('2026-09-15T10:00:00Z', $1, 'refund', 1234, 'refund')", [users[1]])
+            try connection.query(
+                "INSERT INTO ledger (at, user_id, kind, amount, reason) VALUES ('2026-09-15T10:00:00Z', $1, 'refund', 1234, 'refund')",
+                [users[1]])
         }
-        let months = ["2026-07", "2026-08", "2026-09", "2026-10", UsageMonth(containing: Date()).description].compactMap(UsageMonth.init)
+        let months = ["2026-07", "2026-08", "2026-09", "2026-10", UsageMonth(containing: Date()).description]
+            .compactMap(UsageMonth.init)
         let repository = StatementRepository(pool: db.pool)
         for user in users {
             var previousClosing: Int64?
             for month in months {
                 let statement = try await repository.statement(userID: user, month: month)
-                #expect(statement.closingBalance == statement.openingBalance + statement.totalCredits - statement.charges)
+                #expect(
+                    statement.closingBalance == statement.openingBalance + statement.totalCredits - statement.charges)
                 if let previousClosing { #expect(statement.openingBalance == previousClosing, "\(user) \(month)") }
                 previousClosing = statement.closingBalance
                 // Charges: the ledger's = the rollups' per model = the generated rows' = the export's.
                 #expect(statement.charges == fixture.quota(month: month, userID: user), "\(user) \(month)")
                 #expect(statement.chargesByModel.reduce(0) { $0 + $1.quota } == statement.charges)
-                let export = try await ExportOutput.of(try UsageExport(month: month, by: [.user], format: .csv, userID: user), on: db.pool)
-                let exported = try CSVParser.parse(export.text).dropFirst().reduce(Int64(0)) { $0 + Int64($1[RollupColumns.header([.user]).firstIndex(of: "quota")!])! }
+                let export = try await ExportOutput.of(
+                    try UsageExport(month: month, by: [.user], format: .csv, userID: user), on: db.pool)
+                let exported = try CSVParser.parse(export.text).dropFirst().reduce(Int64(0)) {
+                    $0 + Int64($1[RollupColumns.header([.user]).firstIndex(of: "quota")!])!
+                }
                 #expect(exported == statement.charges)
                 #expect(statement.totalCredits == statement.credits.reduce(0) { $0 + $1.amount })
             }
@@ -178,15 +215,17 @@ struct ExportTests {
     @Test("a batch across a month end: its charge is split per month of its requests")
     func chargesFollowRequestMonth() async throws {
         let (db, fixture) = try await Self.shared.value
-        let crossing = try await db.scalar("""
+        let crossing = try await db.scalar(
+            """
             SELECT count(*) FROM (SELECT batch_id FROM ledger WHERE kind = 'charge' GROUP BY batch_id, user_id, token_id
                                   HAVING count(DISTINCT month) > 1) t
             """)
         #expect(crossing > 0, "the fixture stores a batch across the August/September boundary")
         for month in [Self.august, Self.september] {
             for user in fixture.usernames.keys {
-                let charged = try await db.scalar("SELECT -sum(amount) FROM ledger WHERE kind = 'charge' AND user_id = $1 AND month = $2::date",
-                                                  [user, month.firstDay])
+                let charged = try await db.scalar(
+                    "SELECT -sum(amount) FROM ledger WHERE kind = 'charge' AND user_id = $1 AND month = $2::date",
+                    [user, month.firstDay])
                 #expect(charged == fixture.quota(month: month, userID: user))
             }
         }
@@ -202,7 +241,8 @@ struct ExportTests {
         let user = fixture.lines[0].userID
         _ = try await db.pool.withConnection { connection in
             // By key, not ctid: on Citus a row's ctid means nothing outside its shard.
-            try connection.query("""
+            try connection.query(
+                """
                 UPDATE usage_daily d SET quota = d.quota + 5
                 FROM (SELECT day, token_id, model, "group", kind FROM usage_daily
                       WHERE user_id = $1 AND day >= '2026-08-01' AND day < '2026-09-01'

@@ -1,9 +1,10 @@
 import Foundation
 import TallyCore
 import TallyPostgres
-@testable import TallyStore
 import TallyTestSupport
 import Testing
+
+@testable import TallyStore
 
 /// The fold (migration 0010): pending charges reach balances and rollups exactly once, whatever
 /// dies when, and every reader is exact in between.
@@ -15,57 +16,77 @@ struct FoldTests {
     static func accounts(_ db: TestDatabase, users: Int) async throws -> [(user: Int64, token: Int64)] {
         try await db.prepareBilling(users: users, quota: initialQuota)
         return try await db.pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id
                 WHERE u.username LIKE 'synthetic-%' ORDER BY u.id
-                """).map { (try $0.decode(0, as: Int64.self), try $0.decode(1, as: Int64.self)) }
+                """
+            ).map { (try $0.decode(0, as: Int64.self), try $0.decode(1, as: Int64.self)) }
         }
     }
 
-    static func line(_ id: String, _ account: (user: Int64, token: Int64), quota: Int64, at: Date = Date()) -> PricedLine {
-        PricedLine(requestID: id, createdAt: at, userID: account.user, tokenID: account.token, channelID: nil,
-                   model: "gpt-4o", group: "default", kind: .chat, status: 200, isStream: false, durationMs: 10, ip: nil,
-                   tid: nil, error: nil, usage: Usage(promptTokens: 1000, completionTokens: 500), quota: quota,
-                   priceVersionID: 1)
+    static func line(_ id: String, _ account: (user: Int64, token: Int64), quota: Int64, at: Date = Date())
+        -> PricedLine
+    {
+        PricedLine(
+            requestID: id, createdAt: at, userID: account.user, tokenID: account.token, channelID: nil,
+            model: "gpt-4o", group: "default", kind: .chat, status: 200, isStream: false, durationMs: 10, ip: nil,
+            tid: nil, error: nil, usage: Usage(promptTokens: 1000, completionTokens: 500), quota: quota,
+            priceVersionID: 1)
     }
 
     static func store(_ lines: [PricedLine], on db: TestDatabase) async throws {
-        _ = try await PostgresIngestRepository(pool: db.pool).store(lines, rejects: [], totalLines: lines.count,
-                                                                    tid: TraceID.generate(), source: "test")
+        _ = try await PostgresIngestRepository(pool: db.pool).store(
+            lines, rejects: [], totalLines: lines.count,
+            tid: TraceID.generate(), source: "test")
     }
 
-    @Test("a fold that dies before its commit changes nothing; batches append meanwhile without waiting for its locks; the next fold applies each charge once")
+    @Test(
+        "a fold that dies before its commit changes nothing; batches append meanwhile without waiting for its locks; the next fold applies each charge once"
+    )
     func foldKilledMidway() async throws {
         let db = try await TestDatabase.create("fold-kill")
         let accounts = try await Self.accounts(db, users: 3)
-        try await Self.store(accounts.enumerated().map { Self.line("first-\($0)", $1, quota: 1_000 * Int64($0 + 1)) }, on: db)
+        try await Self.store(
+            accounts.enumerated().map { Self.line("first-\($0)", $1, quota: 1_000 * Int64($0 + 1)) }, on: db)
 
         // A settler's fold, applied but not committed: it holds the accounts' rows locked.
         let settler = try await TestSession.open(db.url)
         let (pid, folded) = try await settler.run { connection in
             try connection.execute("BEGIN")
-            return (try connection.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self),
-                    try connection.query("SELECT tally_fold(NULL, false)")[0].decode(0, as: Int.self))
+            return (
+                try connection.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self),
+                try connection.query("SELECT tally_fold(NULL, false)")[0].decode(0, as: Int.self)
+            )
         }
         #expect(folded == 3)
 
         // Appending locks no account row: a batch for the same accounts commits meanwhile.
-        let appended = Task { try await Self.store(accounts.map { Self.line("second-\($0.user)", $0, quota: 500) }, on: db) }
+        let appended = Task {
+            try await Self.store(accounts.map { Self.line("second-\($0.user)", $0, quota: 500) }, on: db)
+        }
         let deadline = Date().addingTimeInterval(15)
-        while try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'second-%'") < 3, Date() < deadline {
+        while try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'second-%'") < 3,
+            Date() < deadline
+        {
             try await Task.sleep(for: .milliseconds(20))
         }
-        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'second-%'") == 3,
-                "a batch waited for the fold's account locks")
+        #expect(
+            try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'second-%'") == 3,
+            "a batch waited for the fold's account locks")
         // Every reader is exact although the fold is in flight.
-        #expect(try await db.scalar("SELECT quota FROM user_balances WHERE id = $1", [accounts[2].user]) == Self.initialQuota - 3_500)
+        #expect(
+            try await db.scalar("SELECT quota FROM user_balances WHERE id = $1", [accounts[2].user]) == Self
+                .initialQuota - 3_500)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
 
         // The settler dies (kill -9 of its server, or of its backend): its transaction is gone.
         _ = try await db.scalar("SELECT count(*) FROM (SELECT pg_terminate_backend($1::int)) t", [pid])
         try await appended.value
-        #expect(try await db.scalar("SELECT sum(quota) FROM users WHERE id = ANY ($1::bigint[])",
-                                    [PostgresArray.integers(accounts.map(\.user))]) == 3 * Self.initialQuota)
+        #expect(
+            try await db.scalar(
+                "SELECT sum(quota) FROM users WHERE id = ANY ($1::bigint[])",
+                [PostgresArray.integers(accounts.map(\.user))]) == 3 * Self.initialQuota)
         #expect(try await db.scalar("SELECT count(*) FROM pending_charges") == 6)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
 
@@ -73,12 +94,17 @@ struct FoldTests {
         try await db.fold()
         for (index, account) in accounts.enumerated() {
             let charged = 1_000 * Int64(index + 1) + 500
-            #expect(try await db.scalar("SELECT quota FROM users WHERE id = $1", [account.user]) == Self.initialQuota - charged)
+            #expect(
+                try await db.scalar("SELECT quota FROM users WHERE id = $1", [account.user]) == Self.initialQuota
+                    - charged)
             #expect(try await db.scalar("SELECT used_quota FROM tokens WHERE id = $1", [account.token]) == charged)
             #expect(try await db.scalar("SELECT request_count FROM users WHERE id = $1", [account.user]) == 2)
-            #expect(try await db.scalar("SELECT sum(quota) FROM usage_daily WHERE user_id = $1", [account.user]) == charged)
+            #expect(
+                try await db.scalar("SELECT sum(quota) FROM usage_daily WHERE user_id = $1", [account.user]) == charged)
         }
-        #expect(try await db.scalar("SELECT count(*) FROM pending_charges") + (try await db.scalar("SELECT count(*) FROM pending_usage")) == 0)
+        #expect(
+            try await db.scalar("SELECT count(*) FROM pending_charges")
+                + (try await db.scalar("SELECT count(*) FROM pending_usage")) == 0)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
@@ -115,8 +141,10 @@ struct FoldTests {
                     var charged: Int64 = 0
                     for batch in 0..<batches {
                         let lines = (0..<linesPerBatch).map { index in
-                            Self.line("w\(writer)-b\(batch)-\(index)", accounts[(writer * 7 + batch * 3 + index) % accounts.count],
-                                      quota: Int64(1 + (index * 37 + batch) % 500))
+                            Self.line(
+                                "w\(writer)-b\(batch)-\(index)",
+                                accounts[(writer * 7 + batch * 3 + index) % accounts.count],
+                                quota: Int64(1 + (index * 37 + batch) % 500))
                         }
                         try await Self.store(lines, on: db)
                         charged += lines.reduce(0) { $0 + $1.quota }
@@ -133,7 +161,8 @@ struct FoldTests {
         #expect(folded + foldedToo > 0, "the settlers folded while batches appended")
         try await db.fold()
         #expect(try await db.scalar("SELECT sum(used_quota) FROM users") == charged)
-        #expect(try await db.scalar("SELECT sum(request_count) FROM tokens") == Int64(writers * batches * linesPerBatch))
+        #expect(
+            try await db.scalar("SELECT sum(request_count) FROM tokens") == Int64(writers * batches * linesPerBatch))
         #expect(try await db.scalar("SELECT sum(quota) FROM usage_daily") == charged)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
@@ -143,15 +172,20 @@ struct FoldTests {
         let db = try await TestDatabase.create("fold-lease")
         let account = try await Self.accounts(db, users: 1)[0]
         _ = try await db.scalar("UPDATE users SET quota = 10000 WHERE id = $1 RETURNING 0", [account.user])
-        _ = try await db.scalar("""
+        _ = try await db.scalar(
+            """
             UPDATE tokens SET unlimited_quota = false, remain_quota = 8000 WHERE id = $1 RETURNING 0
             """, [account.token])
         try await Self.store([Self.line("lease-1", account, quota: 6_000)], on: db)
 
         let leases = PostgresLeaseRepository(pool: db.pool)
         try await leases.register(instance: "fold-test", ttlSeconds: 60, reclaimAfterSeconds: 0)
-        let grants = try await leases.lease(instance: "fold-test", wants: [AccountUnits(.user(account.user), 10_000),
-                                                                             AccountUnits(.token(account.token), 10_000)])
+        let grants = try await leases.lease(
+            instance: "fold-test",
+            wants: [
+                AccountUnits(.user(account.user), 10_000),
+                AccountUnits(.token(account.token), 10_000),
+            ])
         #expect(grants.first { $0.account == .user(account.user) }?.granted == 4_000)
         #expect(grants.first { $0.account == .token(account.token) }?.granted == 2_000)
 
@@ -164,19 +198,24 @@ struct FoldTests {
         #expect(after.first?.granted == 0)
     }
 
-    @Test("the cold-key lease taken with the lookup (migration 0011) grants as tally_lease does: pending charges and returns count")
+    @Test(
+        "the cold-key lease taken with the lookup (migration 0011) grants as tally_lease does: pending charges and returns count"
+    )
     func lookupLeaseSeesPending() async throws {
         let db = try await TestDatabase.create("fold-lookup-lease")
         let account = try await Self.accounts(db, users: 1)[0]
-        _ = try await db.scalar("UPDATE users SET quota = 10000, reserved = 3000 WHERE id = $1 RETURNING 0", [account.user])
+        _ = try await db.scalar(
+            "UPDATE users SET quota = 10000, reserved = 3000 WHERE id = $1 RETURNING 0", [account.user])
         try await Self.store([Self.line("lookup-1", account, quota: 6_000)], on: db)
         // A settled hold's reservation, returned by the batch and not folded yet.
-        _ = try await db.scalar("""
+        _ = try await db.scalar(
+            """
             INSERT INTO pending_charges (user_id, token_id, batch_id, quota, requests, user_returned, token_returned)
             VALUES ($1, $2, 0, 0, 0, 1000, 0) RETURNING 0
             """, [account.user, account.token])
-        try await PostgresLeaseRepository(pool: db.pool).register(instance: "fold-lookup", ttlSeconds: 60,
-                                                                  reclaimAfterSeconds: 0)
+        try await PostgresLeaseRepository(pool: db.pool).register(
+            instance: "fold-lookup", ttlSeconds: 60,
+            reclaimAfterSeconds: 0)
         let lookupLease = """
             SELECT granted FROM tally_lease_on_lookup('fold-lookup', ARRAY[$1::bigint], ARRAY[10000::bigint],
                                                       ARRAY[]::bigint[], ARRAY[]::bigint[]) WHERE kind = 'user'
@@ -186,20 +225,29 @@ struct FoldTests {
         #expect(try await db.scalar(lookupLease, [account.user]) == 0, "the first grant is reserved now")
     }
 
-    @Test("the fold plans every call for its own accounts (migration 0018): a cached generic plan compares each pending row with every account")
+    @Test(
+        "the fold plans every call for its own accounts (migration 0018): a cached generic plan compares each pending row with every account"
+    )
     func foldPlansPerCall() async throws {
         let db = try await TestDatabase.create("fold-plans")
         let settings = try await db.pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT p.proname, array_to_string(p.proconfig, ',') FROM pg_proc p
                 WHERE p.proname IN ('tally_fold', 'tally_settle') ORDER BY p.proname
-                """).map { "\(try $0.decode(0, as: String.self)): \(try $0.decodeOptional(1, as: String.self) ?? "")" }
+                """
+            ).map { "\(try $0.decode(0, as: String.self)): \(try $0.decodeOptional(1, as: String.self) ?? "")" }
         }
-        #expect(settings == ["tally_fold: plan_cache_mode=force_custom_plan",
-                             "tally_settle: plan_cache_mode=force_custom_plan"])
+        #expect(
+            settings == [
+                "tally_fold: plan_cache_mode=force_custom_plan",
+                "tally_settle: plan_cache_mode=force_custom_plan",
+            ])
     }
 
-    @Test("a batch's charges: one ledger row per user × key × month (none for a free group), usage per day × model × group × kind")
+    @Test(
+        "a batch's charges: one ledger row per user × key × month (none for a free group), usage per day × model × group × kind"
+    )
     func batchCharges() throws {
         let a = (user: Int64(1), token: Int64(11)), b = (user: Int64(2), token: Int64(22))
         let october = try #require(PostgresTimestamp.parse("2026-10-31 23:59:59.5+00"))
@@ -211,15 +259,24 @@ struct FoldTests {
         moreVideo.usage.videoSeconds = try ExactDecimal("0.75")
         var failed = Self.line("f", b, quota: 0, at: november)
         failed.status = 500
-        let charges = BatchCharges([Self.line("1", a, quota: 100, at: october), Self.line("2", a, quota: 50, at: november),
-                                    video, moreVideo, failed])
-        #expect(charges.ledgerCharges.map { "\($0.key.userID)/\($0.key.tokenID)/\($0.key.month): \($0.charge.quota) in \($0.charge.requests)" }
+        let charges = BatchCharges([
+            Self.line("1", a, quota: 100, at: october), Self.line("2", a, quota: 50, at: november),
+            video, moreVideo, failed,
+        ])
+        #expect(
+            charges.ledgerCharges.map {
+                "\($0.key.userID)/\($0.key.tokenID)/\($0.key.month): \($0.charge.quota) in \($0.charge.requests)"
+            }
                 == ["1/11/2026-10-01: 100 in 1", "1/11/2026-11-01: 64 in 3"])
         let usage = charges.pendingUsage.sorted { $0.key < $1.key }
-        #expect(charges.pendingCharges.map { "\($0.key.userID)/\($0.key.tokenID): \($0.charge.quota) in \($0.charge.requests)" }
+        #expect(
+            charges.pendingCharges.map {
+                "\($0.key.userID)/\($0.key.tokenID): \($0.charge.quota) in \($0.charge.requests)"
+            }
                 == ["1/11: 164 in 4", "2/22: 0 in 1"])
         #expect(charges.pendingCharges[0].charge.lastAt == november)
-        #expect(usage.map { "\($0.key.userID) \($0.key.day) \($0.key.model)" }
+        #expect(
+            usage.map { "\($0.key.userID) \($0.key.day) \($0.key.model)" }
                 == ["1 2026-10-31 gpt-4o", "1 2026-11-01 gpt-4o", "1 2026-11-01 veo-3", "2 2026-11-01 gpt-4o"])
         #expect(usage[2].totals.videoSeconds == (try ExactDecimal("3.25")))
         #expect(usage[2].totals.requests == 2)

@@ -12,7 +12,8 @@ struct ImportMapMigrationTests {
         // As the code of that time wrote them (today's also writes tables from later migrations):
         // the account Tally made has its user.create audit entry, the imported one none.
         try await db.pool.withConnection { connection in
-            try connection.execute("""
+            try connection.execute(
+                """
                 INSERT INTO users (id, username, role) VALUES (400, 'root', 100), (500, 'imported', 1);
                 INSERT INTO audit_log (actor, action, target) VALUES ('cli', 'user.create', 'user:400');
                 INSERT INTO import_map (source, kind, source_id, tally_id)
@@ -21,10 +22,14 @@ struct ImportMapMigrationTests {
         }
         try await Migrator(pool: db.pool).migrate()
         let rows = try await db.pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT kind, source_id, linked, access_token_hash IS NULL FROM import_map ORDER BY kind, source_id
-                """).map { "\(try $0.decode(0, as: String.self)) \(try $0.decode(1, as: Int64.self)) "
-                    + "\(try $0.decode(2, as: Bool.self)) \(try $0.decode(3, as: Bool.self))" }
+                """
+            ).map {
+                "\(try $0.decode(0, as: String.self)) \(try $0.decode(1, as: Int64.self)) "
+                    + "\(try $0.decode(2, as: Bool.self)) \(try $0.decode(3, as: Bool.self))"
+            }
         }
         #expect(rows == ["token 1 false true", "user 1 true true", "user 2 false true"])
     }

@@ -8,10 +8,11 @@ import Testing
 @Suite("ingest exactly-once under a race")
 struct IngestRaceTests {
     static func line(_ id: String, userID: Int64, tokenID: Int64, quota: Int64) -> PricedLine {
-        PricedLine(requestID: id, createdAt: Date(timeIntervalSince1970: 1_794_312_000), userID: userID, tokenID: tokenID,
-                   channelID: nil, model: "gpt-4o", group: "default", kind: .chat, status: 200, isStream: false,
-                   durationMs: 10, ip: nil, tid: nil, error: nil, usage: Usage(promptTokens: 1000, completionTokens: 500),
-                   quota: quota, priceVersionID: 1)
+        PricedLine(
+            requestID: id, createdAt: Date(timeIntervalSince1970: 1_794_312_000), userID: userID, tokenID: tokenID,
+            channelID: nil, model: "gpt-4o", group: "default", kind: .chat, status: 200, isStream: false,
+            durationMs: 10, ip: nil, tid: nil, error: nil, usage: Usage(promptTokens: 1000, completionTokens: 500),
+            quota: quota, priceVersionID: 1)
     }
 
     @Test("a row committed by a concurrent batch after the duplicate check is not stored or charged twice")
@@ -19,7 +20,8 @@ struct IngestRaceTests {
         let db = try await TestDatabase.shared("ingest-race")
         try await db.prepareBilling(users: 1)
         let (userID, tokenID) = try await db.pool.withConnection { connection in
-            let row = try connection.query("SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-1'")[0]
+            let row = try connection.query(
+                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-1'")[0]
             return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
         }
         let racer = try await TestSession.open(db.url)
@@ -28,7 +30,8 @@ struct IngestRaceTests {
         // Another writer holds the contested id, uncommitted: the batch's check cannot see it.
         try await racer.run { racer in
             try racer.execute("BEGIN")
-            try racer.query("""
+            try racer.query(
+                """
                 INSERT INTO request_logs
                     (request_id, created_at, user_id, token_id, model, "group", kind, status, quota)
                 VALUES ($1, to_timestamp(1794312000), $2, $3, 'gpt-4o', 'default', 'chat', 200, 0)
@@ -36,8 +39,9 @@ struct IngestRaceTests {
         }
         let repository = PostgresIngestRepository(pool: db.pool)
         let batch = Task {
-            try await repository.store([contested, Self.line("race-fresh", userID: userID, tokenID: tokenID, quota: 3750)],
-                                       rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
+            try await repository.store(
+                [contested, Self.line("race-fresh", userID: userID, tokenID: tokenID, quota: 3750)],
+                rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
         }
         // The batch reached its insert and waits for the racer's uncommitted row: the race is on.
         let blocked = try await db.queryBlocked(by: racerPID)
@@ -50,7 +54,10 @@ struct IngestRaceTests {
         #expect(result.chargedQuota == 3750)
         #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'race-%'") == 2)
         #expect(try await db.scalar("SELECT used_quota FROM user_balances WHERE id = $1", [userID]) == 3750)
-        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id = 'race-fresh' AND batch_id = $1", [result.batchID]) == 1)
+        #expect(
+            try await db.scalar(
+                "SELECT count(*) FROM request_logs WHERE request_id = 'race-fresh' AND batch_id = $1", [result.batchID])
+                == 1)
     }
 
     @Test("batches holding the same ids in different orders wait for each other instead of deadlocking")
@@ -58,7 +65,8 @@ struct IngestRaceTests {
         let db = try await TestDatabase.shared("ingest-race")
         try await db.prepareBilling(users: 3)
         let (userID, tokenID) = try await db.pool.withConnection { connection in
-            let row = try connection.query("SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-3'")[0]
+            let row = try connection.query(
+                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-3'")[0]
             return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
         }
         let insert = """
@@ -74,7 +82,10 @@ struct IngestRaceTests {
         }
         let batch = Task {
             try await PostgresIngestRepository(pool: db.pool).store(
-                [Self.line("order-b", userID: userID, tokenID: tokenID, quota: 10), Self.line("order-a", userID: userID, tokenID: tokenID, quota: 10)],
+                [
+                    Self.line("order-b", userID: userID, tokenID: tokenID, quota: 10),
+                    Self.line("order-a", userID: userID, tokenID: tokenID, quota: 10),
+                ],
                 rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
         }
         // The batch waits for the racer's order-a...
@@ -96,12 +107,14 @@ struct IngestRaceTests {
         let db = try await TestDatabase.shared("ingest-race")
         try await db.prepareBilling(users: 2)
         let (userID, tokenID) = try await db.pool.withConnection { connection in
-            let row = try connection.query("SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-2'")[0]
+            let row = try connection.query(
+                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-2'")[0]
             return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
         }
         let line = Self.line("twin", userID: userID, tokenID: tokenID, quota: 100)
-        let result = try await PostgresIngestRepository(pool: db.pool).store([line, line, line], rejects: [], totalLines: 3,
-                                                                               tid: TraceID.generate(), source: "test")
+        let result = try await PostgresIngestRepository(pool: db.pool).store(
+            [line, line, line], rejects: [], totalLines: 3,
+            tid: TraceID.generate(), source: "test")
         #expect(result.accepted == 1)
         #expect(result.duplicates == 2)
         #expect(try await db.scalar("SELECT used_quota FROM user_balances WHERE id = $1", [userID]) == 100)

@@ -12,17 +12,20 @@ struct LedgerIndexTests {
     func chargeRowsEnterFewIndexes() async throws {
         let db = try await TestDatabase.shared("store")
         let indexes = try await db.pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT c.relname::text, coalesce(pg_get_expr(i.indpred, i.indrelid), '')
                 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
                 WHERE i.indrelid = 'ledger'::regclass ORDER BY 1
-                """).map { (try $0.decode(0, as: String.self), try $0.decode(1, as: String.self)) }
+                """
+            ).map { (try $0.decode(0, as: String.self), try $0.decode(1, as: String.self)) }
         }
         let enteredByCharges = indexes.filter {
             !$0.1.contains("<> 'charge'") && !$0.1.contains("idempotency_key IS NOT NULL")
         }.map(\.0)
-        #expect(enteredByCharges == ["ledger_pkey", "ledger_user_month_idx"],
-                "\(indexes)")
+        #expect(
+            enteredByCharges == ["ledger_pkey", "ledger_user_month_idx"],
+            "\(indexes)")
     }
 
     @Test("an account's credits, newest first, and its rows by month are read by index")
@@ -31,13 +34,18 @@ struct LedgerIndexTests {
         let user: Int64 = 1
         let readers: [(String, String, [any PostgresEncodable])] = [
             // The log page's credit rows of one account (Logs.creditConditions).
-            ("ledger_user_credits_at_idx", """
+            (
+                "ledger_user_credits_at_idx",
+                """
                 SELECT g.id FROM ledger g WHERE g.kind <> 'charge' AND g.kind = ANY ($1::text[]) AND g.user_id = $2
                 ORDER BY g.at DESC, g.id DESC LIMIT 20
-                """, [TextArray(["topup", "redeem"]), user]),
+                """, [TextArray(["topup", "redeem"]), user]
+            ),
             // Statements' balances and the import's opening adjustment (min(at) of an account).
-            ("ledger_user_month_idx", "SELECT sum(amount) FROM ledger WHERE user_id = $2 AND month <= $1::date",
-             ["2026-12-01", user]),
+            (
+                "ledger_user_month_idx", "SELECT sum(amount) FROM ledger WHERE user_id = $2 AND month <= $1::date",
+                ["2026-12-01", user]
+            ),
             ("ledger_user_month_idx", "SELECT min(at) FROM ledger WHERE user_id = $1", [user]),
         ]
         for (index, query, parameters) in readers {

@@ -21,7 +21,9 @@ struct MigrationTests {
         }
         #expect(try await Migrator(pool: db.pool).migrate().isEmpty)
         let recorded = try await db.pool.withConnection {
-            try $0.query("SELECT version FROM schema_migrations ORDER BY version").map { try $0.decode(0, as: Int.self) }
+            try $0.query("SELECT version FROM schema_migrations ORDER BY version").map {
+                try $0.decode(0, as: Int.self)
+            }
         }
         #expect(recorded == all.map(\.version))
     }
@@ -30,10 +32,15 @@ struct MigrationTests {
     func designTablesExist() async throws {
         let db = try await TestDatabase.shared("store")
         let tables = try await db.pool.withConnection { connection in
-            Set(try connection.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").map { try $0.decode(0, as: String.self) })
+            Set(
+                try connection.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").map {
+                    try $0.decode(0, as: String.self)
+                })
         }
-        for table in ["users", "tokens", "groups", "channels", "price_versions", "holds", "ingest_rejects",
-                      "ledger", "usage_daily", "redemptions", "audit_log", "schema_migrations"] {
+        for table in [
+            "users", "tokens", "groups", "channels", "price_versions", "holds", "ingest_rejects",
+            "ledger", "usage_daily", "redemptions", "audit_log", "schema_migrations",
+        ] {
             #expect(tables.contains(table), "missing table \(table)")
         }
         let partitioned = try await db.pool.withConnection {
@@ -50,21 +57,26 @@ struct MigrationTests {
         #expect(try await migrator.createLogPartitions(from: start, months: 3) == 3)
         #expect(try await migrator.createLogPartitions(from: start, months: 3) == 0)
         let names = try await db.pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                 WHERE i.inhparent = 'request_logs'::regclass AND c.relname LIKE 'request_logs_y203%' ORDER BY 1
-                """).map { try $0.decode(0, as: String.self) }
+                """
+            ).map { try $0.decode(0, as: String.self) }
         }
         #expect(names == ["request_logs_y2030m11", "request_logs_y2030m12", "request_logs_y2031m01"])
         // A row at the last instant of December lands in December, the first of January in January.
         let placed = try await db.pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 INSERT INTO request_logs (request_id, created_at, user_id, token_id, model, "group", kind, status, quota)
                 VALUES ('a', '2030-12-31 23:59:59.999999+00', 1, 1, 'm', 'default', 'chat', 200, 0),
                        ('b', '2031-01-01 00:00:00+00', 1, 1, 'm', 'default', 'chat', 200, 0)
                 """)
-            return try connection.query("SELECT request_id, tableoid::regclass::text FROM request_logs WHERE request_id IN ('a','b') ORDER BY 1")
-                .map { "\($0.text(0)!)=\($0.text(1)!)" }
+            return try connection.query(
+                "SELECT request_id, tableoid::regclass::text FROM request_logs WHERE request_id IN ('a','b') ORDER BY 1"
+            )
+            .map { "\($0.text(0)!)=\($0.text(1)!)" }
         }
         #expect(placed == ["a=request_logs_y2030m12", "b=request_logs_y2031m01"])
     }

@@ -14,7 +14,8 @@ struct RetentionTests {
         var parts: [String] = []
         for month in months {
             for by in [[ExportDimension.user, .model], [.day, .token]] {
-                parts.append(try await ExportOutput.of(try UsageExport(month: month, by: by, format: .csv), on: db.pool).text)
+                parts.append(
+                    try await ExportOutput.of(try UsageExport(month: month, by: by, format: .csv), on: db.pool).text)
             }
             for user in users {
                 parts.append("\(try await StatementRepository(pool: db.pool).statement(userID: user, month: month))")
@@ -41,14 +42,21 @@ struct RetentionTests {
         #expect(plan.kept.allSatisfy { $0.month >= Self.months[2] })
 
         // A month whose rollups disagree with its rows is not dropped (its rows would be the evidence).
-        try await db.pool.withConnection { try $0.execute("UPDATE usage_daily SET quota = quota + 1 WHERE day = (SELECT min(day) FROM usage_daily)") }
+        try await db.pool.withConnection {
+            try $0.execute("UPDATE usage_daily SET quota = quota + 1 WHERE day = (SELECT min(day) FROM usage_daily)")
+        }
         await #expect(throws: StoreError.self) { try await retention.apply(plan, by: .cli) }
         #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE month < '2026-07-01'") == 2)
-        try await db.pool.withConnection { try $0.execute("UPDATE usage_daily SET quota = quota - 1 WHERE day = (SELECT min(day) FROM usage_daily)") }
+        try await db.pool.withConnection {
+            try $0.execute("UPDATE usage_daily SET quota = quota - 1 WHERE day = (SELECT min(day) FROM usage_daily)")
+        }
 
         let dropped = try await retention.apply(plan, by: .cli)
         #expect(dropped.map(\.name) == ["request_logs_y2026m05", "request_logs_y2026m06"])
-        #expect(try await db.scalar("SELECT count(*) FROM pg_class WHERE relname IN ('request_logs_y2026m05', 'request_logs_y2026m06')") == 0)
+        #expect(
+            try await db.scalar(
+                "SELECT count(*) FROM pg_class WHERE relname IN ('request_logs_y2026m05', 'request_logs_y2026m06')")
+                == 0)
         let keptRows = fixture.lines.filter { $0.createdAt >= Self.months[2].start }.count
         #expect(try await db.scalar("SELECT count(*) FROM request_logs") == Int64(keptRows))
         #expect(try await db.scalar("SELECT count(*) FROM audit_log WHERE action = 'retention.drop'") == 2)

@@ -22,7 +22,8 @@ struct TopUpKeyRaceTests {
         let racerPID = try await racer.run { racer in
             try racer.execute("BEGIN")
             try racer.query("SELECT pg_advisory_xact_lock(2047934483, hashtext($1))", ["topup:" + key])
-            try racer.query("""
+            try racer.query(
+                """
                 INSERT INTO ledger (user_id, kind, amount, reason, idempotency_key) VALUES ($1, 'topup', 5, 'racer', $2)
                 """, [users[1], "topup:" + key])
             return try racer.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self)

@@ -12,7 +12,8 @@ struct WebhookOutboxTests {
     /// A database with synthetic users 1…n of `quota` units each and one endpoint per entry of
     /// `endpoints` (its event filter).
     static func setUp(_ name: String, users: Int = 1, quota: Int64, endpoints: [[WebhookEventType]] = [[]]) async throws
-        -> (TestDatabase, WebhookRepository) {
+        -> (TestDatabase, WebhookRepository)
+    {
         let db = try await TestDatabase.create(name)
         try await db.prepareBilling(users: users, quota: quota)
         let webhooks = WebhookRepository(pool: db.pool)
@@ -25,15 +26,18 @@ struct WebhookOutboxTests {
     /// Ingests one line charging `quota` to synthetic user `user`.
     static func charge(_ db: TestDatabase, user: Int = 1, quota: Int64, id: String = UUID().uuidString) async throws {
         let (userID, tokenID) = try await db.pool.withConnection { connection in
-            let row = try connection.query("""
+            let row = try connection.query(
+                """
                 SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = $1
                 """, ["synthetic-\(user)"])[0]
             return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
         }
-        let line = PricedLine(requestID: id, createdAt: Date(), userID: userID, tokenID: tokenID, channelID: nil, model: "gpt-4o",
-                              group: "default", kind: .chat, status: 200, isStream: false, durationMs: 10, ip: nil, tid: nil,
-                              error: nil, usage: Usage(promptTokens: 1000, completionTokens: 500), quota: quota, priceVersionID: 1)
-        _ = try await PostgresIngestRepository(pool: db.pool).store([line], rejects: [], totalLines: 1, tid: TraceID.generate(), source: "test")
+        let line = PricedLine(
+            requestID: id, createdAt: Date(), userID: userID, tokenID: tokenID, channelID: nil, model: "gpt-4o",
+            group: "default", kind: .chat, status: 200, isStream: false, durationMs: 10, ip: nil, tid: nil,
+            error: nil, usage: Usage(promptTokens: 1000, completionTokens: 500), quota: quota, priceVersionID: 1)
+        _ = try await PostgresIngestRepository(pool: db.pool).store(
+            [line], rejects: [], totalLines: 1, tid: TraceID.generate(), source: "test")
         try await db.fold()  // balance events are written by the fold that moves the balance
     }
 
@@ -68,7 +72,7 @@ struct WebhookOutboxTests {
         let (db, _) = try await Self.setUp("whexhausted", users: 2, quota: 600_000)
         try await Self.charge(db, user: 1, quota: 200_000)  // low
         try await Self.charge(db, user: 1, quota: 400_000)  // exactly 0: exhausted
-        try await Self.charge(db, user: 1, quota: 1)        // -1: nothing new
+        try await Self.charge(db, user: 1, quota: 1)  // -1: nothing new
         try await Self.charge(db, user: 2, quota: 700_000)  // both in one step
         let events = try await Self.events(db)
         #expect(events.map(\.type) == ["balance.low", "balance.exhausted", "balance.low", "balance.exhausted"])
@@ -91,20 +95,30 @@ struct WebhookOutboxTests {
         #expect(events.first?.payload["threshold"] as? Int == 100_000)
         try await webhooks.setLowBalanceThreshold(units: nil, user: userID, by: .cli)
         #expect(try await db.scalar("SELECT count(*) FROM users WHERE low_balance_threshold IS NOT NULL") == 0)
-        #expect(try await db.scalar("SELECT count(*) FROM audit_log WHERE action = 'webhook.low_balance_threshold'") == 3)
-        await #expect(throws: StoreError.self) { try await webhooks.setLowBalanceThreshold(units: nil, user: nil, by: .cli) }
-        await #expect(throws: StoreError.self) { try await webhooks.setLowBalanceThreshold(units: 1, user: 999_999, by: .cli) }
+        #expect(
+            try await db.scalar("SELECT count(*) FROM audit_log WHERE action = 'webhook.low_balance_threshold'") == 3)
+        await #expect(throws: StoreError.self) {
+            try await webhooks.setLowBalanceThreshold(units: nil, user: nil, by: .cli)
+        }
+        await #expect(throws: StoreError.self) {
+            try await webhooks.setLowBalanceThreshold(units: 1, user: 999_999, by: .cli)
+        }
     }
 
     @Test("one event id per event across endpoints; an endpoint gets only the types it asked for")
     func fanOut() async throws {
-        let (db, _) = try await Self.setUp("whfanout", quota: 600_000,
-                                           endpoints: [[], [.balanceExhausted], [.balanceLow, .userSuspended]])
+        let (db, _) = try await Self.setUp(
+            "whfanout", quota: 600_000,
+            endpoints: [[], [.balanceExhausted], [.balanceLow, .userSuspended]])
         try await Self.charge(db, quota: 200_000)
         let rows = try await db.pool.withConnection { connection in
-            try connection.query("SELECT event_id::text, endpoint_id, type FROM webhook_outbox ORDER BY endpoint_id").map {
-                (try $0.decode(0, as: String.self), try $0.decode(1, as: Int64.self), try $0.decode(2, as: String.self))
-            }
+            try connection.query("SELECT event_id::text, endpoint_id, type FROM webhook_outbox ORDER BY endpoint_id")
+                .map {
+                    (
+                        try $0.decode(0, as: String.self), try $0.decode(1, as: Int64.self),
+                        try $0.decode(2, as: String.self)
+                    )
+                }
         }
         #expect(rows.map(\.1) == [1, 3])
         #expect(Set(rows.map(\.0)).count == 1)
@@ -135,12 +149,15 @@ struct WebhookOutboxTests {
         #expect(events.first?.payload["tid"] as? String == admin.tid)
     }
 
-    @Test("a rolled-back change enqueues nothing: a fold failing after its debit and its enqueue, a failing caller transaction")
+    @Test(
+        "a rolled-back change enqueues nothing: a fold failing after its debit and its enqueue, a failing caller transaction"
+    )
     func rollback() async throws {
         let (db, _) = try await Self.setUp("whrollback", quota: 600_000)
         // Make the fold fail at its last step, after the debit and the enqueue.
         try await db.pool.withConnection { connection in
-            try connection.execute("""
+            try connection.execute(
+                """
                 CREATE FUNCTION fail_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected'; END $$;
                 CREATE TRIGGER fail_enqueue AFTER INSERT ON webhook_outbox FOR EACH ROW EXECUTE FUNCTION fail_enqueue();
                 """)
@@ -156,7 +173,8 @@ struct WebhookOutboxTests {
         let enqueued = Captured()
         await #expect(throws: Abort.self) {
             try await db.pool.transaction { connection in
-                let id = try WebhookOutbox.enqueueExportReady(ExportReadyEvent(exportID: "e1", kind: "usage", month: "2026-10"), on: connection)
+                let id = try WebhookOutbox.enqueueExportReady(
+                    ExportReadyEvent(exportID: "e1", kind: "usage", month: "2026-10"), on: connection)
                 enqueued.id.withLock { $0 = id }
                 throw Abort()
             }
@@ -170,27 +188,34 @@ struct WebhookOutboxTests {
         let (db, _) = try await Self.setUp("whexport", quota: 1)
         let id = try await db.pool.transaction { connection in
             try WebhookOutbox.enqueueExportReady(
-                ExportReadyEvent(exportID: "exp-7", kind: "usage", month: "2026-10", location: "/api/admin/exports/exp-7", rows: 42),
+                ExportReadyEvent(
+                    exportID: "exp-7", kind: "usage", month: "2026-10", location: "/api/admin/exports/exp-7", rows: 42),
                 on: connection)
         }
         let events = try await Self.events(db)
         #expect(events.map(\.type) == ["export.ready"])
         #expect(events.first?.payload["export_id"] as? String == "exp-7")
         #expect(events.first?.payload["rows"] as? Int == 42)
-        #expect(try await db.scalar("SELECT count(*) FROM webhook_outbox WHERE event_id = $1::uuid", [try #require(id)]) == 1)
+        #expect(
+            try await db.scalar("SELECT count(*) FROM webhook_outbox WHERE event_id = $1::uuid", [try #require(id)])
+                == 1)
     }
 
     @Test("endpoints: validation, list without secrets, removal erases the secret and drops pending events")
     func endpoints() async throws {
         let (db, webhooks) = try await Self.setUp("whendpoints", quota: 1, endpoints: [])
         // The URL rules themselves are RuleTests'; here: the repository applies them.
-        await #expect(throws: RuleViolation.self) { _ = try await webhooks.add(url: "ftp://x/y", secret: nil, events: [], by: .cli) }
+        await #expect(throws: RuleViolation.self) {
+            _ = try await webhooks.add(url: "ftp://x/y", secret: nil, events: [], by: .cli)
+        }
         await #expect(throws: StoreError.self) {
-            _ = try await webhooks.add(url: "https://example.com/h", secret: WebhookSecret("short"), events: [], by: .cli)
+            _ = try await webhooks.add(
+                url: "https://example.com/h", secret: WebhookSecret("short"), events: [], by: .cli)
         }
 
-        let (endpoint, secret) = try await webhooks.add(url: "https://example.com/h?token=abc", secret: nil,
-                                                        events: [.userSuspended], description: "ops", by: .cli)
+        let (endpoint, secret) = try await webhooks.add(
+            url: "https://example.com/h?token=abc", secret: nil,
+            events: [.userSuspended], description: "ops", by: .cli)
         #expect(secret.value.hasPrefix("whsec_"))
         #expect("\(secret)" == "(secret)")
         #expect(endpoint.events == [.userSuspended])
@@ -200,12 +225,16 @@ struct WebhookOutboxTests {
         try await webhooks.remove(id: endpoint.id, by: .cli)
         #expect(try await webhooks.list().isEmpty)
         #expect(try await db.scalar("SELECT count(*) FROM webhook_endpoints WHERE secret IS NOT NULL") == 0)
-        #expect(try await db.scalar("SELECT count(*) FROM webhook_outbox WHERE status = 'dead' AND last_error = 'endpoint removed'") == 1)
+        #expect(
+            try await db.scalar(
+                "SELECT count(*) FROM webhook_outbox WHERE status = 'dead' AND last_error = 'endpoint removed'") == 1)
         await #expect(throws: StoreError.self) { try await webhooks.remove(id: endpoint.id, by: .cli) }
         // The audit log keeps the origin only, never the secret or the URL's query.
         let audit = try await db.pool.withConnection { connection in
-            try connection.query("SELECT action, coalesce(before::text, '') || coalesce(after::text, '') FROM audit_log WHERE action LIKE 'webhook.%' ORDER BY id")
-                .map { "\(try $0.decode(0, as: String.self)) \(try $0.decode(1, as: String.self))" }
+            try connection.query(
+                "SELECT action, coalesce(before::text, '') || coalesce(after::text, '') FROM audit_log WHERE action LIKE 'webhook.%' ORDER BY id"
+            )
+            .map { "\(try $0.decode(0, as: String.self)) \(try $0.decode(1, as: String.self))" }
         }
         #expect(audit.count == 2)
         #expect(audit.allSatisfy { !$0.contains("token=abc") && !$0.contains(secret.value) })

@@ -11,8 +11,10 @@ public enum ChildProcess {
 
     /// Runs `executable arguments…` with `environment` added to this process's, feeding it `input`;
     /// returns its exit status, standard output and (with `captureErrors`) standard error.
-    public static func run(_ executable: URL, _ arguments: [String], environment extra: [String: String] = [:],
-                           input: Data? = nil, captureErrors: Bool = false) throws -> Outcome {
+    public static func run(
+        _ executable: URL, _ arguments: [String], environment extra: [String: String] = [:],
+        input: Data? = nil, captureErrors: Bool = false
+    ) throws -> Outcome {
         let process = Process()
         process.executableURL = executable
         process.arguments = arguments

@@ -40,7 +40,8 @@ extension TestDatabase {
     public func prepareBilling(users: Int, quota: Int64 = 1_000_000_000) async throws {
         let existing = try await PostgresPriceRepository(pool: pool).newestID()
         if existing == nil {
-            _ = try await PostgresPriceRepository(pool: pool).load(try PriceSheet.parse(designPriceSheet), effectiveFrom: nil, source: "test", by: .cli)
+            _ = try await PostgresPriceRepository(pool: pool).load(
+                try PriceSheet.parse(designPriceSheet), effectiveFrom: nil, source: "test", by: .cli)
         }
         try await SyntheticAccounts.seed(users: users, quota: quota, on: pool)
     }
@@ -68,9 +69,12 @@ extension TestDatabase {
         var query: String?
         // On Citus the wait happens on the worker that holds the row: citus_lock_waits gathers the
         // waits of every node by global pid (the node id × 10¹⁰ + the pid; the coordinator's is 1).
-        let sql = TestCluster.isCitus ? """
+        let sql =
+            TestCluster.isCitus
+            ? """
             SELECT blocked_statement FROM citus_lock_waits WHERE blocking_gpid = 10000000000 + $1::bigint
-            """ : """
+            """
+            : """
             SELECT query FROM pg_stat_activity
             WHERE datname = current_database() AND $1::int = ANY(pg_blocking_pids(pid))
             """
@@ -96,10 +100,13 @@ extension TestDatabase {
 
 /// Builds gateway log lines for tests.
 public enum LogLines {
-    public static func chat(_ requestID: String, user: Int = 1, model: String = "gpt-4o", prompt: Int = 1000,
-                            completion: Int = 500, at: String = "2026-11-10T12:00:00Z", status: Int = 200, group: String? = nil) -> String {
+    public static func chat(
+        _ requestID: String, user: Int = 1, model: String = "gpt-4o", prompt: Int = 1000,
+        completion: Int = 500, at: String = "2026-11-10T12:00:00Z", status: Int = 200, group: String? = nil
+    ) -> String {
         let groupField = group.map { #","group":"\#($0)""# } ?? ""
-        return #"{"request_id":"\#(requestID)","created_at":"\#(at)","key":"\#(SyntheticKeys.key(forUser: user))","model":"\#(model)","kind":"chat","status":\#(status)\#(groupField),"usage":{"prompt_tokens":\#(prompt),"completion_tokens":\#(completion)}}"#
+        return
+            #"{"request_id":"\#(requestID)","created_at":"\#(at)","key":"\#(SyntheticKeys.key(forUser: user))","model":"\#(model)","kind":"chat","status":\#(status)\#(groupField),"usage":{"prompt_tokens":\#(prompt),"completion_tokens":\#(completion)}}"#
     }
 
     public static func ndjson(_ lines: [String]) -> String { lines.joined(separator: "\n") + "\n" }

@@ -44,7 +44,9 @@ public struct IngestFigures: Sendable, CustomStringConvertible {
 public enum IngestInvariants {
     /// Compares the database with the acknowledged lines (request id → line). Every synthetic
     /// user `1…users` started with `initialQuota` and was charged only by these lines.
-    public static func check(_ db: TestDatabase, acked: [String: String], users: Int, initialQuota: Int64) async throws -> IngestFigures {
+    public static func check(_ db: TestDatabase, acked: [String: String], users: Int, initialQuota: Int64) async throws
+        -> IngestFigures
+    {
         var figures = IngestFigures()
         figures.ackedLines = acked.count
         let stored = try await db.pool.withConnection { connection in
@@ -62,11 +64,18 @@ public enum IngestInvariants {
 
         let expected = try expectedCharges(acked.values)
         let actual = try await db.pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT u.username, b.quota, b.used_quota,
                        coalesce((SELECT -sum(amount) FROM ledger l WHERE l.user_id = u.id AND l.kind = 'charge'), 0)
                 FROM users u JOIN user_balances b ON b.id = u.id WHERE u.username LIKE 'synthetic-%'
-                """).map { (try $0.decode(0, as: String.self), try $0.decode(1, as: Int64.self), try $0.decode(2, as: Int64.self), try $0.decode(3, as: Int64.self)) }
+                """
+            ).map {
+                (
+                    try $0.decode(0, as: String.self), try $0.decode(1, as: Int64.self),
+                    try $0.decode(2, as: Int64.self), try $0.decode(3, as: Int64.self)
+                )
+            }
         }
         for (username, quota, used, charged) in actual {
             let due = expected[username] ?? 0
@@ -75,7 +84,8 @@ public enum IngestInvariants {
                 figures.unitsChargedTwice += charged - due
             }
             if charged != due || used != due || quota != initialQuota - due {
-                figures.usersMischarged.append("\(username): priced \(due), charged \(charged), used_quota \(used), balance \(quota)")
+                figures.usersMischarged.append(
+                    "\(username): priced \(due), charged \(charged), used_quota \(used), balance \(quota)")
             }
         }
         let url = db.url
@@ -96,7 +106,9 @@ public enum IngestInvariants {
                 throw TestClusterError(message: "an acknowledged line does not parse: \(line.prefix(200))")
             }
             let username: String
-            if let known = owners[key] { username = known } else {
+            if let known = owners[key] {
+                username = known
+            } else {
                 guard let index = Int(key.dropFirst("sk-tallysynthetic".count)) else {
                     throw TestClusterError(message: "not a synthetic key: \(Secrets.last6(key))")
                 }
@@ -104,7 +116,8 @@ public enum IngestInvariants {
                 owners[key] = username
             }
             let failed = (parsed.status ?? 200) >= 400
-            let rating = try rate(parsed.usage ?? Usage(), model: model, group: parsed.group ?? "default", failed: failed, sheet: sheet)
+            let rating = try rate(
+                parsed.usage ?? Usage(), model: model, group: parsed.group ?? "default", failed: failed, sheet: sheet)
             due[username, default: 0] += rating.units
         }
         return due

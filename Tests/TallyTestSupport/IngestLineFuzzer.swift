@@ -16,7 +16,8 @@ public struct IngestLineFuzzer: Sendable {
     public static let schema: FuzzSchema = {
         let usage = FuzzSchema(fields: [
             "prompt_tokens": .init(.count), "completion_tokens": .init(.count), "cached_tokens": .init(.count),
-            "cache_write_tokens": .init(.count), "audio_input_tokens": .init(.count), "audio_output_tokens": .init(.count),
+            "cache_write_tokens": .init(.count), "audio_input_tokens": .init(.count),
+            "audio_output_tokens": .init(.count),
             "images": .init(.count), "calls": .init(.count),
             "video_seconds": .init(.decimal), "predict_time": .init(.decimal),
             // An unknown size falls back to the model's default image price, if it has one.
@@ -24,12 +25,21 @@ public struct IngestLineFuzzer: Sendable {
         ])
         return FuzzSchema(fields: [
             "request_id": .init(.identifier(maxBytes: 128), required: true),
-            "created_at": .init(.time(unknown: ["2026-13-01T00:00:00Z", "2026-11-01 12:00:00", "yesterday", "2099-01-01T00:00:00Z",
-                                                "2020-01-01T00:00:00Z", "2026-11-01T25:00:00Z", "1e9"]), required: true),
-            "key": .init(.name(unknown: ["sk-unknown", "sk-" + String(repeating: "f", count: 48), "tallysynthetic", "sk-tallysynthetic"]),
-                         required: true),
-            "model": .init(.name(unknown: ["gpt-5-nope", "GPT-4O", "gpt-4o ", "dall-e-4", "../../etc/passwd", "'; DROP TABLE users; --"]),
-                           required: true),
+            "created_at": .init(
+                .time(unknown: [
+                    "2026-13-01T00:00:00Z", "2026-11-01 12:00:00", "yesterday", "2099-01-01T00:00:00Z",
+                    "2020-01-01T00:00:00Z", "2026-11-01T25:00:00Z", "1e9",
+                ]), required: true),
+            "key": .init(
+                .name(unknown: [
+                    "sk-unknown", "sk-" + String(repeating: "f", count: 48), "tallysynthetic", "sk-tallysynthetic",
+                ]),
+                required: true),
+            "model": .init(
+                .name(unknown: [
+                    "gpt-5-nope", "GPT-4O", "gpt-4o ", "dall-e-4", "../../etc/passwd", "'; DROP TABLE users; --",
+                ]),
+                required: true),
             "group": .init(.name(unknown: ["no-such-group", "DEFAULT", "svip "])),
             "kind": .init(.name(unknown: ["chatty", "CHAT", "text"])),
             "channel_id": .init(.count), "duration_ms": .init(.count),
@@ -61,8 +71,9 @@ public struct IngestLineFuzzer: Sendable {
         let user = 1 + Int(fuzzer.random.next() % UInt64(users))
         let day = 1 + Int(fuzzer.random.next() % 20)
         let second = Int(fuzzer.random.next() % 86_400)
-        let createdAt = String(format: "2026-11-%02dT%02d:%02d:%02d.%03dZ", day, second / 3600, second / 60 % 60, second % 60,
-                               Int(fuzzer.random.next() % 1000))
+        let createdAt = String(
+            format: "2026-11-%02dT%02d:%02d:%02d.%03dZ", day, second / 3600, second / 60 % 60, second % 60,
+            Int(fuzzer.random.next() % 1000))
         var members: [FuzzJSON.Member] = [
             .init("request_id", .string("\(prefix)-\(counter)")),
             .init("created_at", .string(createdAt)),
@@ -73,11 +84,16 @@ public struct IngestLineFuzzer: Sendable {
         switch fuzzer.random.next() % 6 {
         case 0:
             model = "dall-e-3"
-            usage = [.init("images", count(1...4)), .init("size", .string("1024x1024")), .init("quality", .string("standard"))]
+            usage = [
+                .init("images", count(1...4)), .init("size", .string("1024x1024")),
+                .init("quality", .string("standard")),
+            ]
         case 1:
             model = "veo-3"
-            usage = [.init("video_seconds", .number(["8", "5.5", "0.25"].randomElement(using: &fuzzer.random)!)),
-                     .init("resolution", .string(["720p", "1080p"].randomElement(using: &fuzzer.random)!))]
+            usage = [
+                .init("video_seconds", .number(["8", "5.5", "0.25"].randomElement(using: &fuzzer.random)!)),
+                .init("resolution", .string(["720p", "1080p"].randomElement(using: &fuzzer.random)!)),
+            ]
         case 2:
             model = "suno-v4"
             usage = [.init("calls", count(1...3))]
@@ -86,13 +102,16 @@ public struct IngestLineFuzzer: Sendable {
             usage = [.init("predict_time", .string("1.25")), .init("images", count(1...2))]
         default:
             model = ["gpt-4o", "claude-sonnet-4", "gemini-2.5-pro"].randomElement(using: &fuzzer.random)!
-            usage = [.init("prompt_tokens", count(1...300_000)), .init("completion_tokens", count(0...4_000)),
-                     .init("cached_tokens", count(0...10)), .init("cache_write_tokens", .number("0")),
-                     .init("audio_input_tokens", .null), .init("audio_output_tokens", .number("0"))]
+            usage = [
+                .init("prompt_tokens", count(1...300_000)), .init("completion_tokens", count(0...4_000)),
+                .init("cached_tokens", count(0...10)), .init("cache_write_tokens", .number("0")),
+                .init("audio_input_tokens", .null), .init("audio_output_tokens", .number("0")),
+            ]
         }
         members += [
             .init("model", .string(model)), .init("group", .string("default")), .init("channel_id", count(1...9)),
-            .init("kind", .null), .init("status", .number("200")), .init("stream", .bool(fuzzer.random.next() % 2 == 0)),
+            .init("kind", .null), .init("status", .number("200")),
+            .init("stream", .bool(fuzzer.random.next() % 2 == 0)),
             .init("duration_ms", count(0...60_000)), .init("ip", .string("203.0.113.\(fuzzer.random.next() % 256)")),
             .init("tid", .string(String(repeating: "ab", count: 16))), .init("usage", .object(usage)),
         ]

@@ -99,7 +99,9 @@ public final class IngestLoad: Sendable {
             attempts += 1
             inFlightCount.add(1, ordering: .relaxed)
             let outcome: Result<HTTP.Answer, any Error>
-            do { outcome = .success(try await HTTP.sendAsync("POST", url, headers: headers, body: body, timeout: 120)) } catch { outcome = .failure(error) }
+            do {
+                outcome = .success(try await HTTP.sendAsync("POST", url, headers: headers, body: body, timeout: 120))
+            } catch { outcome = .failure(error) }
             inFlightCount.subtract(1, ordering: .relaxed)
             switch outcome {
             case .success(let answer) where answer.status == 200:
@@ -109,8 +111,11 @@ public final class IngestLoad: Sendable {
                 let data = answer.body
                 let envelope = EnvelopeError(data)
                 report.withLock { report in
-                    if envelope?.tidIsValid == true { report.unavailable += 1 } else {
-                        report.unexpected.append("503 without the envelope and a tid: \(String(decoding: data.prefix(300), as: UTF8.self))")
+                    if envelope?.tidIsValid == true {
+                        report.unavailable += 1
+                    } else {
+                        report.unexpected.append(
+                            "503 without the envelope and a tid: \(String(decoding: data.prefix(300), as: UTF8.self))")
                     }
                 }
             case .success(let answer):
@@ -119,7 +124,9 @@ public final class IngestLoad: Sendable {
                 report.withLock { $0.connectionErrors += 1 }
             }
             guard ContinuousClock.now - started < options.giveUpAfter else {
-                report.withLock { $0.unexpected.append("gave up a batch of \(lines.count) lines after \(options.giveUpAfter)") }
+                report.withLock {
+                    $0.unexpected.append("gave up a batch of \(lines.count) lines after \(options.giveUpAfter)")
+                }
                 return
             }
             report.withLock { $0.retries += 1 }
@@ -133,8 +140,11 @@ public final class IngestLoad: Sendable {
         let duplicates = object?["duplicates"] as? Int
         let rejected = object?["rejected"] as? [Any]
         report.withLock { report in
-            guard let accepted, let duplicates, let rejected, accepted + duplicates == lines.count, rejected.isEmpty else {
-                report.unexpected.append("acknowledgement does not account for \(lines.count) lines: \(String(decoding: data.prefix(300), as: UTF8.self))")
+            guard let accepted, let duplicates, let rejected, accepted + duplicates == lines.count, rejected.isEmpty
+            else {
+                report.unexpected.append(
+                    "acknowledgement does not account for \(lines.count) lines: \(String(decoding: data.prefix(300), as: UTF8.self))"
+                )
                 return
             }
             report.batchesAcked += 1
@@ -160,7 +170,8 @@ public struct EnvelopeError: Sendable, Equatable {
         guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else { return nil }
         let fields = object["error"] as? [String: Any] ?? object
         guard let code = fields["code"] as? String, let message = fields["message"] as? String,
-              let tid = fields["tid"] as? String else { return nil }
+            let tid = fields["tid"] as? String
+        else { return nil }
         self.code = code
         self.message = message
         self.tid = tid

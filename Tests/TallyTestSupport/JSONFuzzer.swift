@@ -154,10 +154,10 @@ public struct JSONFuzzer: Sendable {
     /// The mutations, each a function of (valid object) → case.
     public enum Mutation: String, CaseIterable, Sendable {
         case none, truncate, flipByte = "flip_byte", trailingGarbage = "trailing_garbage", wrongType = "wrong_type",
-             null, dropField = "drop_field", hugeNumber = "huge_number", negativeNumber = "negative_number",
-             fraction, overlongString = "overlong_string", invalidUTF8 = "invalid_utf8", rawControl = "raw_control",
-             escapedNUL = "escaped_nul", deepNesting = "deep_nesting", duplicateKey = "duplicate_key",
-             unknownKey = "unknown_key", unknownName = "unknown_name", notAnObject = "not_an_object"
+            null, dropField = "drop_field", hugeNumber = "huge_number", negativeNumber = "negative_number",
+            fraction, overlongString = "overlong_string", invalidUTF8 = "invalid_utf8", rawControl = "raw_control",
+            escapedNUL = "escaped_nul", deepNesting = "deep_nesting", duplicateKey = "duplicate_key",
+            unknownKey = "unknown_key", unknownName = "unknown_name", notAnObject = "not_an_object"
     }
 
     /// A random mutation of `valid` (an object matching the schema).
@@ -182,21 +182,31 @@ public struct JSONFuzzer: Sendable {
             return FuzzCase(bytes: bytes, mutation: "flip \(count) bytes", expectation: .either)
         case .trailingGarbage:
             let garbage = ["x", "}", ",", "{}", " 1", "\"", "]", "\u{0}", "null"].randomElement(using: &random)!
-            return FuzzCase(bytes: valid.bytes + Array(garbage.utf8), mutation: "trailing \(garbage.debugDescription)", expectation: .reject)
+            return FuzzCase(
+                bytes: valid.bytes + Array(garbage.utf8), mutation: "trailing \(garbage.debugDescription)",
+                expectation: .reject)
         case .notAnObject:
-            let other: FuzzJSON = [.array([valid]), .string("line"), .number("42"), .null, .bool(true), .array([])].randomElement(using: &random)!
+            let other: FuzzJSON = [.array([valid]), .string("line"), .number("42"), .null, .bool(true), .array([])]
+                .randomElement(using: &random)!
             return FuzzCase(bytes: other.bytes, mutation: "not an object", expectation: .reject)
         case .deepNesting:
-            let depth = [8, schema.maxUnknownDepth, schema.maxUnknownDepth + 1, 1_000, 10_000].randomElement(using: &random)!
+            let depth = [8, schema.maxUnknownDepth, schema.maxUnknownDepth + 1, 1_000, 10_000].randomElement(
+                using: &random)!
             let open = random.next() % 2 == 0 ? "[" : "{\"a\":"
             let close = open == "[" ? "]" : "}"
             let innermost = open == "[" ? "" : "0"
-            let nested = FuzzJSON.raw(Array((String(repeating: open, count: depth) + innermost + String(repeating: close, count: depth)).utf8))
-            guard let chosen = pickMember(of: valid) else { return FuzzCase(bytes: valid.bytes, mutation: "none", expectation: .accept) }
+            let nested = FuzzJSON.raw(
+                Array((String(repeating: open, count: depth) + innermost + String(repeating: close, count: depth)).utf8)
+            )
+            guard let chosen = pickMember(of: valid) else {
+                return FuzzCase(bytes: valid.bytes, mutation: "none", expectation: .accept)
+            }
             // Inserted next to the chosen member: one level deeper per object it sits in.
             let allowed = schema.maxUnknownDepth - (schema.depthCountsFromRoot ? chosen.path.count - 1 : 0)
-            return FuzzCase(bytes: apply(valid, at: chosen.path[...], .insert(FuzzJSON.Member("x_fuzz_deep", nested))).bytes,
-                            mutation: "deep nesting \(depth) after \(chosen.label)", expectation: depth <= allowed ? .accept : .reject)
+            return FuzzCase(
+                bytes: apply(valid, at: chosen.path[...], .insert(FuzzJSON.Member("x_fuzz_deep", nested))).bytes,
+                mutation: "deep nesting \(depth) after \(chosen.label)",
+                expectation: depth <= allowed ? .accept : .reject)
         case .unknownKey:
             let member = FuzzJSON.Member("x_fuzz_\(random.next() % 1000)", randomValue(depth: 3))
             return edit(valid, named: "unknown key", .insert(member), expect: .accept)
@@ -207,14 +217,19 @@ public struct JSONFuzzer: Sendable {
 
     /// Mutations that pick one known field (at any depth) and change it.
     private mutating func mutateField(_ valid: FuzzJSON, with mutation: Mutation) -> FuzzCase {
-        guard let chosen = pickMember(of: valid) else { return FuzzCase(bytes: valid.bytes, mutation: "none", expectation: .accept) }
+        guard let chosen = pickMember(of: valid) else {
+            return FuzzCase(bytes: valid.bytes, mutation: "none", expectation: .accept)
+        }
         let (edit, expectation) = fieldEdit(mutation, chosen.member, chosen.field)
-        return FuzzCase(bytes: apply(valid, at: chosen.path[...], edit).bytes, mutation: "\(mutation.rawValue) \(chosen.label)",
-                        expectation: expectation)
+        return FuzzCase(
+            bytes: apply(valid, at: chosen.path[...], edit).bytes, mutation: "\(mutation.rawValue) \(chosen.label)",
+            expectation: expectation)
     }
 
     /// The edit of one member for a mutation, and what the receiver must then do.
-    private mutating func fieldEdit(_ mutation: Mutation, _ member: FuzzJSON.Member, _ field: FuzzSchema.Field?) -> (Edit, FuzzCase.Expectation) {
+    private mutating func fieldEdit(_ mutation: Mutation, _ member: FuzzJSON.Member, _ field: FuzzSchema.Field?) -> (
+        Edit, FuzzCase.Expectation
+    ) {
         let kind = field?.kind ?? .any
         let required = field?.required ?? false
         switch mutation {
@@ -230,7 +245,8 @@ public struct JSONFuzzer: Sendable {
             guard let value = candidates.randomElement(using: &random) else { return (.replace(.number("7")), .either) }
             return (.replace(value), kind.isAny ? .either : .reject)
         case .hugeNumber:
-            let value = ["99999999999999999999", "9223372036854775808", "1e400", "123456789012345678901234567890.5"].randomElement(using: &random)!
+            let value = ["99999999999999999999", "9223372036854775808", "1e400", "123456789012345678901234567890.5"]
+                .randomElement(using: &random)!
             return (.replace(.number(value)), kind.isAny ? .either : .reject)
         case .negativeNumber:
             let value = ["-1", "-9223372036854775808", "-0.5", "-1e3"].randomElement(using: &random)!
@@ -248,10 +264,14 @@ public struct JSONFuzzer: Sendable {
             // Past 64 KiB too: the stored copy of a rejected line is cut there.
             let length = [200, 5_000, 70_000].randomElement(using: &random)!
             let text = [UInt8](repeating: UInt8(ascii: "a"), count: length)
-            return (.replace(.raw([UInt8(ascii: "\"")] + text + [UInt8(ascii: "\"")])),
-                    kind.expectationForString(String(decoding: text, as: UTF8.self)))
+            return (
+                .replace(.raw([UInt8(ascii: "\"")] + text + [UInt8(ascii: "\"")])),
+                kind.expectationForString(String(decoding: text, as: UTF8.self))
+            )
         case .invalidUTF8:
-            let bad: [UInt8] = [[0xFF], [0xC3, 0x28], [0x80], [0xC0, 0xAF], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80]].randomElement(using: &random)!
+            let bad: [UInt8] = [
+                [0xFF], [0xC3, 0x28], [0x80], [0xC0, 0xAF], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80],
+            ].randomElement(using: &random)!
             let text = Array((member.value.stringValue ?? "v").utf8)
             let cut = text.isEmpty ? 0 : Int.random(in: 0...text.count, using: &random)
             let bytes = [UInt8(ascii: "\"")] + text[..<cut] + bad + text[cut...] + [UInt8(ascii: "\"")]
@@ -260,7 +280,10 @@ public struct JSONFuzzer: Sendable {
             let control = UInt8([0x00, 0x01, 0x09, 0x1B, 0x1F].randomElement(using: &random)!)
             let text = Array((member.value.stringValue ?? "v").utf8)
             let cut = Int.random(in: 0...text.count, using: &random)
-            return (.replace(.raw([UInt8(ascii: "\"")] + text[..<cut] + [control] + text[cut...] + [UInt8(ascii: "\"")])), .reject)
+            return (
+                .replace(.raw([UInt8(ascii: "\"")] + text[..<cut] + [control] + text[cut...] + [UInt8(ascii: "\"")])),
+                .reject
+            )
         case .escapedNUL:
             let text = (member.value.stringValue ?? "v")
             // A string with NUL is refused in every known text field; elsewhere it is a value like another.
@@ -281,20 +304,30 @@ public struct JSONFuzzer: Sendable {
     }
 
     /// Applies `edit` to a random member (at any depth) of `valid`.
-    private mutating func edit(_ valid: FuzzJSON, named name: String, _ edit: Edit, expect: FuzzCase.Expectation) -> FuzzCase {
-        guard let chosen = pickMember(of: valid) else { return FuzzCase(bytes: valid.bytes, mutation: "none", expectation: .accept) }
-        return FuzzCase(bytes: apply(valid, at: chosen.path[...], edit).bytes, mutation: "\(name) after \(chosen.label)", expectation: expect)
+    private mutating func edit(_ valid: FuzzJSON, named name: String, _ edit: Edit, expect: FuzzCase.Expectation)
+        -> FuzzCase
+    {
+        guard let chosen = pickMember(of: valid) else {
+            return FuzzCase(bytes: valid.bytes, mutation: "none", expectation: .accept)
+        }
+        return FuzzCase(
+            bytes: apply(valid, at: chosen.path[...], edit).bytes, mutation: "\(name) after \(chosen.label)",
+            expectation: expect)
     }
 
     /// A random member of `valid` or of the objects the schema describes inside it.
-    private mutating func pickMember(of valid: FuzzJSON) -> (path: [Int], label: String, member: FuzzJSON.Member, field: FuzzSchema.Field?)? {
+    private mutating func pickMember(of valid: FuzzJSON) -> (
+        path: [Int], label: String, member: FuzzJSON.Member, field: FuzzSchema.Field?
+    )? {
         var members: [(path: [Int], label: String, member: FuzzJSON.Member, field: FuzzSchema.Field?)] = []
         collect(valid, schema: schema, indices: [], label: "", into: &members)
         return members.randomElement(using: &random)
     }
 
-    private func collect(_ value: FuzzJSON, schema: FuzzSchema?, indices: [Int], label: String,
-                         into members: inout [(path: [Int], label: String, member: FuzzJSON.Member, field: FuzzSchema.Field?)]) {
+    private func collect(
+        _ value: FuzzJSON, schema: FuzzSchema?, indices: [Int], label: String,
+        into members: inout [(path: [Int], label: String, member: FuzzJSON.Member, field: FuzzSchema.Field?)]
+    ) {
         for (index, member) in value.members.enumerated() {
             let field = schema?.fields[member.key]
             let memberLabel = label.isEmpty ? member.key : label + "." + member.key
@@ -338,7 +371,9 @@ public struct JSONFuzzer: Sendable {
         case 4: return .number("-1.5e-3")
         case 5: return .array((0..<Int(random.next() % 4)).map { _ in randomValue(depth: depth - 1) })
         default:
-            return .object((0..<Int(random.next() % 4)).map { index in FuzzJSON.Member("k\(index)", randomValue(depth: depth - 1)) })
+            return .object(
+                (0..<Int(random.next() % 4)).map { index in FuzzJSON.Member("k\(index)", randomValue(depth: depth - 1))
+                })
         }
     }
 }

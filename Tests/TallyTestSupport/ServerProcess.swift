@@ -1,7 +1,8 @@
 import Foundation
 import Synchronization
+
 #if canImport(FoundationNetworking)
-import FoundationNetworking
+    import FoundationNetworking
 #endif
 
 /// A real `tally serve` child process on a free port, for tests that need several server
@@ -18,8 +19,10 @@ public final class ServerProcess: @unchecked Sendable {
 
     /// Starts the server against `databaseURL` and returns once `/readyz` answers 200.
     /// `arguments` are extra `tally serve` flags (e.g. `["--log-level", "trace"]`).
-    public init(databaseURL: String, gatewaySecret: String = "test-gateway-secret", arguments: [String] = [],
-                environment extra: [String: String] = [:], readyWithin timeout: TimeInterval = 60) throws {
+    public init(
+        databaseURL: String, gatewaySecret: String = "test-gateway-secret", arguments: [String] = [],
+        environment extra: [String: String] = [:], readyWithin timeout: TimeInterval = 60
+    ) throws {
         port = try Self.freePort()
         self.databaseURL = databaseURL
         self.gatewaySecret = gatewaySecret
@@ -30,7 +33,8 @@ public final class ServerProcess: @unchecked Sendable {
         environment["TALLY_POOL_SIZE"] = environment["TALLY_POOL_SIZE"] ?? "4"
         for (name, value) in extra { environment[name] = value }
         self.environment = environment
-        logURL = FileManager.default.temporaryDirectory.appendingPathComponent("tally-serve-\(port)-\(UUID().uuidString).log")
+        logURL = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "tally-serve-\(port)-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)  // if it is missing, start() throws
         try start(readyWithin: timeout)
     }
@@ -82,7 +86,9 @@ public final class ServerProcess: @unchecked Sendable {
     private func waitUntilReady(_ process: Process, timeout: TimeInterval) throws {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            guard process.isRunning else { throw ServerProcessError(message: "tally serve exited: \(log().suffix(2000))") }
+            guard process.isRunning else {
+                throw ServerProcessError(message: "tally serve exited: \(log().suffix(2000))")
+            }
             if let answer = try? HTTP.send("GET", "\(baseURL)/readyz", timeout: 2), answer.status == 200 { return }
             Thread.sleep(forTimeInterval: 0.05)
         }
@@ -101,7 +107,9 @@ public final class ServerProcess: @unchecked Sendable {
         address.sin_port = 0
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) == 0 && getsockname(descriptor, $0, &length) == 0 }
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, length) == 0 && getsockname(descriptor, $0, &length) == 0
+            }
         }
         guard bound else { throw ServerProcessError(message: "bind() failed") }
         return Int(UInt16(bigEndian: address.sin_port))
@@ -129,8 +137,10 @@ public enum HTTP {
     }()
 
     /// Sends one request and waits for the answer.
-    public static func send(_ method: String, _ url: String, headers: [String: String] = [:], body: Data? = nil,
-                            timeout: TimeInterval = 30) throws -> Answer {
+    public static func send(
+        _ method: String, _ url: String, headers: [String: String] = [:], body: Data? = nil,
+        timeout: TimeInterval = 30
+    ) throws -> Answer {
         let request = request(method, url, headers: headers, body: body, timeout: timeout)
         let done = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var result: Result<Answer, any Error> = .failure(ServerProcessError(message: "no answer"))
@@ -147,14 +157,19 @@ public enum HTTP {
     }
 
     /// `send` for async code.
-    public static func sendAsync(_ method: String, _ url: String, headers: [String: String] = [:], body: Data? = nil,
-                                 timeout: TimeInterval = 30) async throws -> Answer {
-        let (data, response) = try await session.data(for: request(method, url, headers: headers, body: body, timeout: timeout))
+    public static func sendAsync(
+        _ method: String, _ url: String, headers: [String: String] = [:], body: Data? = nil,
+        timeout: TimeInterval = 30
+    ) async throws -> Answer {
+        let (data, response) = try await session.data(
+            for: request(method, url, headers: headers, body: body, timeout: timeout))
         return Answer(status: (response as? HTTPURLResponse)?.statusCode ?? 0, body: data)
     }
 
-    private static func request(_ method: String, _ url: String, headers: [String: String], body: Data?,
-                                timeout: TimeInterval) -> URLRequest {
+    private static func request(
+        _ method: String, _ url: String, headers: [String: String], body: Data?,
+        timeout: TimeInterval
+    ) -> URLRequest {
         var request = URLRequest(url: URL(string: url)!, timeoutInterval: timeout)
         request.httpMethod = method
         request.httpBody = body

@@ -27,7 +27,8 @@ public struct TestDatabase: Sendable {
     /// cluster (``TestCluster/isCitus``) the database is made on every node with the extension
     /// and the workers registered, so the migration distributes the tables.
     public static func create(_ suite: String, poolSize: Int = 8, migrate: Bool = true) async throws -> TestDatabase {
-        let name = "tally_t_\(suite.lowercased().filter { $0.isLetter || $0.isNumber })_\(getpid())_\(UInt32.random(in: 0...UInt32.max))"
+        let name =
+            "tally_t_\(suite.lowercased().filter { $0.isLetter || $0.isNumber })_\(getpid())_\(UInt32.random(in: 0...UInt32.max))"
         if TestCluster.isCitus {
             try TestCluster.control("citus", "createdb", name)
         } else {
@@ -79,7 +80,8 @@ public enum TestCluster {
     @discardableResult
     public static func control(_ arguments: String...) throws -> String {
         let process = Process()
-        let script = ProcessInfo.processInfo.environment["TALLY_PG_CTL"]
+        let script =
+            ProcessInfo.processInfo.environment["TALLY_PG_CTL"]
             ?? repositoryRoot.appendingPathComponent("ops/pg").path
         process.executableURL = URL(fileURLWithPath: script)
         process.arguments = arguments
@@ -94,7 +96,8 @@ public enum TestCluster {
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         guard process.terminationStatus == 0 else {
-            throw TestClusterError(message: "ops/pg \(arguments.joined(separator: " ")) exited \(process.terminationStatus)")
+            throw TestClusterError(
+                message: "ops/pg \(arguments.joined(separator: " ")) exited \(process.terminationStatus)")
         }
         return String(decoding: data, as: UTF8.self)
     }
@@ -128,7 +131,8 @@ public let crashTestsEnabled = ProcessInfo.processInfo.environment["TALLY_CRASH_
 /// The `tally` executable built next to the test bundle, for tests that run the real CLI.
 public enum TallyBinary {
     public static var url: URL {
-        URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("tally")
+        URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            .appendingPathComponent("tally")
     }
 
     /// The exit a caller expects; any other throws `TallyRunError` with the command's stderr.
@@ -144,8 +148,10 @@ public enum TallyBinary {
     /// An exit other than `expecting` throws, so a command that fails fails the test, with its
     /// stderr in the message.
     @discardableResult
-    public static func run(_ arguments: [String], databaseURL: String, input: Data? = nil,
-                           expecting: Exit = .success) throws -> TallyRun {
+    public static func run(
+        _ arguments: [String], databaseURL: String, input: Data? = nil,
+        expecting: Exit = .success
+    ) throws -> TallyRun {
         let run = try launch(arguments, databaseURL: databaseURL, input: input)
         switch expecting {
         case .success where run.status != 0, .failure where run.status == 0:
@@ -156,8 +162,9 @@ public enum TallyBinary {
     }
 
     private static func launch(_ arguments: [String], databaseURL: String, input: Data?) throws -> TallyRun {
-        let outcome = try ChildProcess.run(url, arguments, environment: ["DATABASE_URL": databaseURL], input: input,
-                                           captureErrors: true)
+        let outcome = try ChildProcess.run(
+            url, arguments, environment: ["DATABASE_URL": databaseURL], input: input,
+            captureErrors: true)
         return TallyRun(status: outcome.status, output: outcome.output, errorOutput: outcome.errors)
     }
 }

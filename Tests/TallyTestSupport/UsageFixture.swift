@@ -21,20 +21,30 @@ public struct UsageFixture: Sendable {
     /// `trickyTokenName`), then stores `linesPerMonth` random rows in each month, plus rows at
     /// the first and last instant of each month, in batches of `batchSize` sorted by time (so
     /// batches cross month ends).
-    public static func load(into db: TestDatabase, months: [UsageMonth], linesPerMonth: Int,
-                            batchSize: Int = 400) async throws -> UsageFixture {
+    public static func load(
+        into db: TestDatabase, months: [UsageMonth], linesPerMonth: Int,
+        batchSize: Int = 400
+    ) async throws -> UsageFixture {
         try await db.prepareBilling(users: 3)
         let (usernames, tokens) = try await db.pool.transaction { connection in
             try connection.query("UPDATE users SET username = $1 WHERE username = 'synthetic-1'", [trickyUsername])
-            try connection.query("""
+            try connection.query(
+                """
                 INSERT INTO tokens (user_id, name, key_hash, key_last6, unlimited_quota)
                 SELECT id, $1, sha256(convert_to($2, 'UTF8')), 'tricky', true FROM users WHERE username = 'synthetic-2'
                 """, [trickyTokenName, "sk-fixture-\(UUID().uuidString)"])
-            let users = try connection.query("SELECT id, username FROM users WHERE username = $1 OR username LIKE 'synthetic-%'",
-                                             [trickyUsername]).map { (try $0.decode(0, as: Int64.self), try $0.decode(1, as: String.self)) }
-            let tokens = try connection.query("SELECT id, user_id, name FROM tokens WHERE user_id = ANY($1::bigint[])",
-                                              ["{" + users.map { String($0.0) }.joined(separator: ",") + "}"]).map {
-                (id: try $0.decode(0, as: Int64.self), user: try $0.decode(1, as: Int64.self), name: try $0.decode(2, as: String.self))
+            let users = try connection.query(
+                "SELECT id, username FROM users WHERE username = $1 OR username LIKE 'synthetic-%'",
+                [trickyUsername]
+            ).map { (try $0.decode(0, as: Int64.self), try $0.decode(1, as: String.self)) }
+            let tokens = try connection.query(
+                "SELECT id, user_id, name FROM tokens WHERE user_id = ANY($1::bigint[])",
+                ["{" + users.map { String($0.0) }.joined(separator: ",") + "}"]
+            ).map {
+                (
+                    id: try $0.decode(0, as: Int64.self), user: try $0.decode(1, as: Int64.self),
+                    name: try $0.decode(2, as: String.self)
+                )
             }
             return (Dictionary(uniqueKeysWithValues: users), tokens)
         }
@@ -46,53 +56,62 @@ public struct UsageFixture: Sendable {
             instants += [start, end - 0.001]
             for instant in instants {
                 let token = tokens.randomElement()!
-                lines.append(randomLine(at: Date(timeIntervalSince1970: (instant * 1000).rounded(.down) / 1000),
-                                        userID: token.user, tokenID: token.id))
+                lines.append(
+                    randomLine(
+                        at: Date(timeIntervalSince1970: (instant * 1000).rounded(.down) / 1000),
+                        userID: token.user, tokenID: token.id))
             }
         }
         lines.sort { $0.createdAt < $1.createdAt }
         let repository = PostgresIngestRepository(pool: db.pool)
         for (index, start) in stride(from: 0, to: lines.count, by: batchSize).enumerated() {
             let batch = Array(lines[start..<min(start + batchSize, lines.count)])
-            _ = try await repository.store(batch, rejects: [], totalLines: batch.count, tid: TraceID.generate(), source: "test")
+            _ = try await repository.store(
+                batch, rejects: [], totalLines: batch.count, tid: TraceID.generate(), source: "test")
             // Every other batch folded: readers see folded and pending charges side by side.
             if index % 2 == 0 { try await db.fold() }
         }
-        return UsageFixture(lines: lines, usernames: usernames,
-                            tokenNames: Dictionary(uniqueKeysWithValues: tokens.map { ($0.id, $0.name) }))
+        return UsageFixture(
+            lines: lines, usernames: usernames,
+            tokenNames: Dictionary(uniqueKeysWithValues: tokens.map { ($0.id, $0.name) }))
     }
 
     static func randomLine(at date: Date, userID: Int64, tokenID: Int64) -> PricedLine {
         let failed = Int.random(in: 0..<20) == 0
         let model = models.randomElement()!
-        var usage = Usage(promptTokens: .random(in: 0...5000), completionTokens: .random(in: 0...2000),
-                          cachedTokens: .random(in: 0...100), cacheWriteTokens: .random(in: 0...50),
-                          audioInputTokens: .random(in: 0...3), audioOutputTokens: .random(in: 0...3))
+        var usage = Usage(
+            promptTokens: .random(in: 0...5000), completionTokens: .random(in: 0...2000),
+            cachedTokens: .random(in: 0...100), cacheWriteTokens: .random(in: 0...50),
+            audioInputTokens: .random(in: 0...3), audioOutputTokens: .random(in: 0...3))
         if model == "veo-3" {
             usage.videoSeconds = ExactDecimal(mantissa: Int128(Int.random(in: 1...40)), scale: 1)!
             usage.predictTime = ExactDecimal(mantissa: Int128(Int.random(in: 0...999)), scale: 3)!
             usage.images = .random(in: 0...2)
             usage.calls = .random(in: 0...1)
         }
-        return PricedLine(requestID: UUID().uuidString.lowercased(), createdAt: date, userID: userID, tokenID: tokenID,
-                          channelID: nil, model: model, group: Bool.random() ? "default" : "vip", kind: .chat,
-                          status: failed ? 500 : 200, isStream: false, durationMs: 10, ip: nil, tid: nil, error: nil,
-                          usage: usage, quota: failed ? 0 : .random(in: 1...50_000), priceVersionID: 1)
+        return PricedLine(
+            requestID: UUID().uuidString.lowercased(), createdAt: date, userID: userID, tokenID: tokenID,
+            channelID: nil, model: model, group: Bool.random() ? "default" : "vip", kind: .chat,
+            status: failed ? 500 : 200, isStream: false, durationMs: 10, ip: nil, tid: nil, error: nil,
+            usage: usage, quota: failed ? 0 : .random(in: 1...50_000), priceVersionID: 1)
     }
 
     // MARK: Expected exports
 
     /// The rows `export` must produce for `month`, as CSV fields, sorted as the export sorts.
     /// Decimals are compared by value (see `sameValue`), every other field as text.
-    public func expectedRows(month: UsageMonth, by dimensions: [ExportDimension], userID: Int64? = nil,
-                             timeZone: TimeZone = TimeZone(identifier: "UTC")!) -> [[String]] {
+    public func expectedRows(
+        month: UsageMonth, by dimensions: [ExportDimension], userID: Int64? = nil,
+        timeZone: TimeZone = TimeZone(identifier: "UTC")!
+    ) -> [[String]] {
         let start = month.start, end = month.adding(months: 1).start
         let dayFormat = DateFormatter()
         dayFormat.locale = Locale(identifier: "en_US_POSIX")
         dayFormat.timeZone = timeZone
         dayFormat.dateFormat = "yyyy-MM-dd"
         var totals: [[String]: Totals] = [:]
-        for line in lines where line.createdAt >= start && line.createdAt < end && (userID == nil || line.userID == userID) {
+        for line in lines
+        where line.createdAt >= start && line.createdAt < end && (userID == nil || line.userID == userID) {
             let key = dimensions.flatMap { dimension -> [String] in
                 switch dimension {
                 case .user: [String(line.userID), usernames[line.userID] ?? ""]
@@ -127,12 +146,15 @@ public struct UsageFixture: Sendable {
     /// The quota of `month`'s rows per user.
     public func quota(month: UsageMonth, userID: Int64) -> Int64 {
         let start = month.start, end = month.adding(months: 1).start
-        return lines.filter { $0.userID == userID && $0.createdAt >= start && $0.createdAt < end }.reduce(0) { $0 + $1.quota }
+        return lines.filter { $0.userID == userID && $0.createdAt >= start && $0.createdAt < end }.reduce(0) {
+            $0 + $1.quota
+        }
     }
 
     struct Totals {
         var requests: Int64 = 0, failed: Int64 = 0, prompt: Int64 = 0, completion: Int64 = 0, cached: Int64 = 0
-        var cacheWrite: Int64 = 0, audioIn: Int64 = 0, audioOut: Int64 = 0, images: Int64 = 0, calls: Int64 = 0, quota: Int64 = 0
+        var cacheWrite: Int64 = 0, audioIn: Int64 = 0, audioOut: Int64 = 0, images: Int64 = 0, calls: Int64 = 0,
+            quota: Int64 = 0
         /// Thousandths of a second.
         var videoMillis: Int64 = 0, predictMillis: Int64 = 0
 
@@ -155,8 +177,11 @@ public struct UsageFixture: Sendable {
 
         var fields: [String] {
             [requests, failed, prompt, completion, cached, cacheWrite, audioIn, audioOut, images].map(String.init)
-                + [UsageFixture.decimal(millis: videoMillis), String(calls), UsageFixture.decimal(millis: predictMillis),
-                   String(quota), Money.formatUSD(units: quota)]
+                + [
+                    UsageFixture.decimal(millis: videoMillis), String(calls),
+                    UsageFixture.decimal(millis: predictMillis),
+                    String(quota), Money.formatUSD(units: quota),
+                ]
         }
     }
 
@@ -180,7 +205,9 @@ public struct UsageFixture: Sendable {
     /// Field equality where decimals (`12.5` vs `12.500`) compare by value.
     static func sameValue(_ lhs: String, _ rhs: String) -> Bool {
         if lhs == rhs { return true }
-        guard lhs.contains("."), let left = try? ExactDecimal(lhs), let right = try? ExactDecimal(rhs) else { return false }
+        guard lhs.contains("."), let left = try? ExactDecimal(lhs), let right = try? ExactDecimal(rhs) else {
+            return false
+        }
         return !(left < right) && !(right < left)
     }
 }
@@ -190,7 +217,10 @@ public enum CSVParser {
     public static func parse(_ text: String) throws -> [[String]] {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-X", "utf8", "-c", "import csv, json, sys; json.dump(list(csv.reader(sys.stdin, strict=True)), sys.stdout)"]
+        process.arguments = [
+            "python3", "-X", "utf8", "-c",
+            "import csv, json, sys; json.dump(list(csv.reader(sys.stdin, strict=True)), sys.stdout)",
+        ]
         let input = Pipe(), output = Pipe()
         process.standardInput = input
         process.standardOutput = output
@@ -199,7 +229,8 @@ public enum CSVParser {
         try input.fileHandleForWriting.close()
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        guard process.terminationStatus == 0, let rows = try JSONSerialization.jsonObject(with: data) as? [[String]] else {
+        guard process.terminationStatus == 0, let rows = try JSONSerialization.jsonObject(with: data) as? [[String]]
+        else {
             throw TestClusterError(message: "python3 csv could not parse the export")
         }
         return rows

@@ -7,8 +7,10 @@ public struct AuthorizeRequest: Sendable, Equatable, Decodable {
     public var channelID: Int64?
     public var estimate: AuthorizeEstimate?
 
-    public init(requestID: String?, key: String?, model: String?, ip: String? = nil, channelID: Int64? = nil,
-                estimate: AuthorizeEstimate? = nil) {
+    public init(
+        requestID: String?, key: String?, model: String?, ip: String? = nil, channelID: Int64? = nil,
+        estimate: AuthorizeEstimate? = nil
+    ) {
         self.requestID = requestID
         self.key = key
         self.model = model
@@ -152,7 +154,8 @@ private struct CommonShapeReader {
         while true {
             scanner.skipWhitespace()
             guard let key = plainString(), let field = fields.first(where: { Self.equals($0.name, key) }),
-                  !seen.contains(field) else { return false }
+                !seen.contains(field)
+            else { return false }
             seen.append(field)
             scanner.skipWhitespace()
             guard (try? scanner.expect(UInt8(ascii: ":"), ":")) != nil else { return false }
@@ -190,7 +193,8 @@ private struct CommonShapeReader {
     /// A non-negative JSON integer that fits in Int64.
     private mutating func count() -> Int64? {
         guard !scanner.atEnd, scanner.bytes[scanner.index] != UInt8(ascii: "-"),
-              let number = try? scanner.scanNumber(), number.integer, number.range.count <= 18 else { return nil }
+            let number = try? scanner.scanNumber(), number.integer, number.range.count <= 18
+        else { return nil }
         return number.range.reduce(Int64(0)) { $0 * 10 + Int64(scanner.bytes[$1] &- 48) }
     }
 }

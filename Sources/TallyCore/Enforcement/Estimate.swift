@@ -19,8 +19,10 @@ public struct AuthorizeEstimate: Sendable, Equatable, Decodable {
     public var n: Int64?
 
     /// Creates an estimate.
-    public init(usage: Usage = Usage(), promptChars: Int64? = nil, inputChars: Int64? = nil,
-                maxTokens: Int64? = nil, n: Int64? = nil) {
+    public init(
+        usage: Usage = Usage(), promptChars: Int64? = nil, inputChars: Int64? = nil,
+        maxTokens: Int64? = nil, n: Int64? = nil
+    ) {
         self.usage = usage
         self.promptChars = promptChars
         self.inputChars = inputChars
@@ -49,7 +51,8 @@ public struct AuthorizeEstimate: Sendable, Equatable, Decodable {
         n = try container.decodeIfPresent(Int64.self, forKey: .n)
         for (key, value) in [("prompt_chars", promptChars), ("input_chars", inputChars), ("max_tokens", maxTokens)]
         where (value ?? 0) < 0 {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "\(key) must not be negative"))
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: decoder.codingPath, debugDescription: "\(key) must not be negative"))
         }
     }
 }
@@ -76,9 +79,11 @@ public enum HoldEstimator {
             return .failure(APIError(.promptMissing))
         }
         let size = estimate.usage.size ?? (kind == .video ? estimate.usage.resolution : nil)
-        if let violation = price.limits.violation(promptChars: estimate.promptChars.map(clampedInt),
-                                                  inputChars: estimate.inputChars.map(clampedInt),
-                                                  n: estimate.n.map(clampedInt), size: size) {
+        if let violation = price.limits.violation(
+            promptChars: estimate.promptChars.map(clampedInt),
+            inputChars: estimate.inputChars.map(clampedInt),
+            n: estimate.n.map(clampedInt), size: size)
+        {
             return .failure(APIError(CatalogEntry(rawValue: violation.rawValue)!))
         }
         var usage = estimate.usage

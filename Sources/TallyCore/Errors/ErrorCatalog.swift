@@ -28,10 +28,12 @@ public enum CatalogEntry: String, CaseIterable, Sendable {
         case .modelNotAvailable, .providerRateLimited: 503
         case .rateLimited: 429
         case .insufficientUserQuota, .accountSuspended, .insufficientPermissions, .ipNotAllowed,
-             .modelNotAllowed, .channelNotPermitted, .channelDisabled: 403
+            .modelNotAllowed, .channelNotPermitted, .channelDisabled:
+            403
         case .missingToken, .invalidToken: 401
         case .invalidChannelID, .promptMissing, .promptTooLong, .textTooLong, .sizeNotSupported,
-             .nNotWithinRange: 400
+            .nNotWithinRange:
+            400
         }
     }
 

@@ -13,7 +13,8 @@ public enum BearerCredential {
     /// `text` without leading and trailing spaces and tabs.
     public static func trimmed(_ text: Substring) -> Substring {
         let isBlank: (Character) -> Bool = { $0 == " " || $0 == "\t" }
-        guard let first = text.firstIndex(where: { !isBlank($0) }), let last = text.lastIndex(where: { !isBlank($0) }) else {
+        guard let first = text.firstIndex(where: { !isBlank($0) }), let last = text.lastIndex(where: { !isBlank($0) })
+        else {
             return text[text.endIndex...]
         }
         return text[first...last]

@@ -15,8 +15,10 @@ public struct IPAllowList: Sendable, Equatable {
 
     /// Parses the user's text; an empty or blank text is the empty list (any IP allowed).
     public static func parse(_ text: String) throws(IPParseError) -> IPAllowList {
-        let entries = text.split(whereSeparator: { $0 == "," || $0 == "\n" || $0 == "\r" || $0 == " " || $0 == "\t" || $0 == ";" })
-            .map(String.init)
+        let entries = text.split(whereSeparator: {
+            $0 == "," || $0 == "\n" || $0 == "\r" || $0 == " " || $0 == "\t" || $0 == ";"
+        })
+        .map(String.init)
         guard entries.count <= maximumEntries else {
             throw IPParseError(entry: "", reason: "at most \(maximumEntries) entries are allowed, got \(entries.count)")
         }
@@ -66,7 +68,9 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
 
     /// The IPv4 address of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), else nil.
     var mappedIPv4: IPAddress? {
-        guard bytes.count == 16, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xff, bytes[11] == 0xff else { return nil }
+        guard bytes.count == 16, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xff, bytes[11] == 0xff else {
+            return nil
+        }
         return IPAddress(bytes: Array(bytes[12..<16]))
     }
 
@@ -95,7 +99,8 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
         var bytes: [UInt8] = []
         for part in parts {
             guard (1...3).contains(part.count), part.allSatisfy({ $0.isASCII && $0.isNumber }),
-                  part.count == 1 || part.first != "0", let value = UInt8(part) else { return nil }
+                part.count == 1 || part.first != "0", let value = UInt8(part)
+            else { return nil }
             bytes.append(value)
         }
         return bytes
@@ -116,7 +121,9 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
                     result.append(UInt16(v4[2]) << 8 | UInt16(v4[3]))
                     continue
                 }
-                guard (1...4).contains(piece.count), piece.allSatisfy(\.isHexDigit), let value = UInt16(piece, radix: 16) else { return nil }
+                guard (1...4).contains(piece.count), piece.allSatisfy(\.isHexDigit),
+                    let value = UInt16(piece, radix: 16)
+                else { return nil }
                 result.append(value)
             }
             return result
@@ -124,7 +131,8 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
         var all: [UInt16]
         if halves.count == 2 {
             guard let head = groups(halves[0], allowIPv4Tail: false), let tail = groups(halves[1], allowIPv4Tail: true),
-                  head.count + tail.count <= 7 else { return nil }
+                head.count + tail.count <= 7
+            else { return nil }
             all = head + Array(repeating: 0, count: 8 - head.count - tail.count) + tail
         } else {
             guard let only = groups(halves[0], allowIPv4Tail: true), only.count == 8 else { return nil }
@@ -140,11 +148,14 @@ public struct IPRange: Sendable, Hashable, CustomStringConvertible {
     public let prefixLength: Int
 
     public static func parse(_ entry: String) throws(IPParseError) -> IPRange {
-        guard entry.utf8.count <= 64 else { throw IPParseError(entry: entry, reason: "is too long for an IP address or CIDR range") }
+        guard entry.utf8.count <= 64 else {
+            throw IPParseError(entry: entry, reason: "is too long for an IP address or CIDR range")
+        }
         let parts = entry.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count <= 2, let address = IPAddress.parse(String(parts[0])) else {
             if entry.contains("%") {
-                throw IPParseError(entry: entry, reason: "is not allowed: IPv6 zone ids cannot be used in an allow-list")
+                throw IPParseError(
+                    entry: entry, reason: "is not allowed: IPv6 zone ids cannot be used in an allow-list")
             }
             throw IPParseError(entry: entry, reason: "is not an IPv4 or IPv6 address or CIDR range")
         }
@@ -152,8 +163,11 @@ public struct IPRange: Sendable, Hashable, CustomStringConvertible {
         var prefix = bits
         if parts.count == 2 {
             guard !parts[1].isEmpty, parts[1].count <= 3, parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
-                  let value = Int(parts[1]), value <= bits else {
-                throw IPParseError(entry: entry, reason: "has an invalid prefix length (0…\(bits) for \(address.isIPv4 ? "IPv4" : "IPv6"))")
+                let value = Int(parts[1]), value <= bits
+            else {
+                throw IPParseError(
+                    entry: entry,
+                    reason: "has an invalid prefix length (0…\(bits) for \(address.isIPv4 ? "IPv4" : "IPv6"))")
             }
             prefix = value
         }

@@ -11,7 +11,8 @@ public enum ModelNames {
     /// Splits a list on commas and newlines, trims each name, drops empty ones and duplicates
     /// (first occurrence wins). `field` names the field in the error.
     public static func parseList(_ text: String, field: String) throws(ModelNameError) -> [String] {
-        try validate(text.split(whereSeparator: { $0 == "," || $0 == "\n" || $0 == "\r" }).map(String.init), field: field)
+        try validate(
+            text.split(whereSeparator: { $0 == "," || $0 == "\n" || $0 == "\r" }).map(String.init), field: field)
     }
 
     /// Trims and checks names given one by one (a JSON array); same rules as `parseList`.
@@ -22,10 +23,12 @@ public enum ModelNames {
             let name = raw.trimmingCharacters(in: .whitespaces)
             if name.isEmpty { continue }
             guard name.count <= maximumLength else {
-                throw ModelNameError(message: "\(field): model name \"\(name.prefix(40))…\" is longer than \(maximumLength) characters")
+                throw ModelNameError(
+                    message: "\(field): model name \"\(name.prefix(40))…\" is longer than \(maximumLength) characters")
             }
             guard !name.contains(","), name.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7f }) else {
-                throw ModelNameError(message: "\(field): model name \"\(name.prefix(40))\" contains a comma or a control character")
+                throw ModelNameError(
+                    message: "\(field): model name \"\(name.prefix(40))\" contains a comma or a control character")
             }
             if seen.insert(name).inserted { result.append(name) }
         }
@@ -47,10 +50,15 @@ public enum ModelNames {
         func has(_ needles: String...) -> Bool { needles.contains { name.contains($0) } }
         if has("embedding", "embed-", "bge-", "-embed") { return ["embeddings"] }
         if has("rerank") { return ["jina-rerank"] }
-        if has("dall-e", "gpt-image", "flux", "ideogram", "seedream", "midjourney", "mj_", "stable-diffusion", "sdxl", "imagen") {
+        if has(
+            "dall-e", "gpt-image", "flux", "ideogram", "seedream", "midjourney", "mj_", "stable-diffusion", "sdxl",
+            "imagen")
+        {
             return ["image-generation"]
         }
-        if has("veo", "kling", "luma", "runway", "hailuo", "conch", "seedance", "sora", "video") { return ["openai-video"] }
+        if has("veo", "kling", "luma", "runway", "hailuo", "conch", "seedance", "sora", "video") {
+            return ["openai-video"]
+        }
         if name.hasPrefix("claude") || has("/claude") { return ["anthropic", "openai"] }
         if name.hasPrefix("gemini") || has("/gemini") { return ["gemini", "openai"] }
         return ["openai"]

@@ -7,7 +7,7 @@ public enum URLOrigin {
     /// `scheme://host[:port]`, or `(invalid URL)` when `url` has no scheme or host.
     public static func of(_ url: String) -> String {
         guard let components = URLComponents(string: url), let scheme = components.scheme, let host = components.host,
-              !host.isEmpty
+            !host.isEmpty
         else { return "(invalid URL)" }
         return "\(scheme)://\(host)" + (components.port.map { ":\($0)" } ?? "")
     }

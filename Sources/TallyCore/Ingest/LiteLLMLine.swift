@@ -142,10 +142,11 @@ struct LiteLLMPayload {
     /// The top-level token counts, with the cache and audio parts from the nested usage object.
     var usage: Usage {
         let nested = metadataUsage ?? responseUsage ?? LiteLLMUsage()
-        return Usage(promptTokens: promptTokens ?? nested.promptTokens ?? 0,
-                     completionTokens: completionTokens ?? nested.completionTokens ?? 0,
-                     cachedTokens: nested.cachedTokens, cacheWriteTokens: nested.cacheWriteTokens,
-                     audioInputTokens: nested.audioInputTokens, audioOutputTokens: nested.audioOutputTokens)
+        return Usage(
+            promptTokens: promptTokens ?? nested.promptTokens ?? 0,
+            completionTokens: completionTokens ?? nested.completionTokens ?? 0,
+            cachedTokens: nested.cachedTokens, cacheWriteTokens: nested.cacheWriteTokens,
+            audioInputTokens: nested.audioInputTokens, audioOutputTokens: nested.audioOutputTokens)
     }
 
     /// LiteLLM's trace id is a UUID; without its dashes it is a Tally tid (32 lowercase hex).

@@ -29,8 +29,10 @@ public struct LogGenerator {
 
     public struct Options: Sendable {
         public var users = 100
-        public var models = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4", "gemini-2.5-pro", "deepseek-chat",
-                             "dall-e-3", "veo-3", "suno-v4"]
+        public var models = [
+            "gpt-4o", "gpt-4o-mini", "claude-sonnet-4", "gemini-2.5-pro", "deepseek-chat",
+            "dall-e-3", "veo-3", "suno-v4",
+        ]
         public var duplicateRate = 0.0
         public var badRate = 0.0
         public var skew = Skew.zipf
@@ -84,27 +86,38 @@ public struct LogGenerator {
         case "dall-e-3", "gpt-image-1", "flux-pro", "flux-dev":
             usage = #"{"images":1,"size":"1024x1024","quality":"standard"}"#
         case "veo-3", "veo-3-fast":
-            usage = #"{"video_seconds":\#(random.next() % 2 == 0 ? "8" : "5.5"),"resolution":"\#(random.next() % 2 == 0 ? "720p" : "1080p")"}"#
+            usage =
+                #"{"video_seconds":\#(random.next() % 2 == 0 ? "8" : "5.5"),"resolution":"\#(random.next() % 2 == 0 ? "720p" : "1080p")"}"#
         case "suno-v4", "suno-v4.5", "mj_imagine":
             usage = #"{"calls":1}"#
         default:
             let prompt = 20 + Int(random.next() % 4000)
             let cached = random.next() % 4 == 0 ? Int(random.next() % UInt64(prompt)) : 0
-            usage = #"{"prompt_tokens":\#(prompt),"completion_tokens":\#(1 + random.next() % 1500),"cached_tokens":\#(cached)}"#
+            usage =
+                #"{"prompt_tokens":\#(prompt),"completion_tokens":\#(1 + random.next() % 1500),"cached_tokens":\#(cached)}"#
         }
         if failed { usage = "null" }
         let error = failed ? #","error":"provider_rate_limited""# : ""
-        return #"{"request_id":"\#(requestID(created))","created_at":"\#(Self.rfc3339(created))","key":"\#(SyntheticKeys.key(forUser: user))","model":"\#(model)","status":\#(failed ? 429 : 200),"stream":\#(random.next() % 2 == 0),"duration_ms":\#(random.next() % 20_000),"tid":"\#(hex(random.next()))\#(hex(random.next()))","usage":\#(usage)\#(error)}"#
+        return
+            #"{"request_id":"\#(requestID(created))","created_at":"\#(Self.rfc3339(created))","key":"\#(SyntheticKeys.key(forUser: user))","model":"\#(model)","status":\#(failed ? 429 : 200),"stream":\#(random.next() % 2 == 0),"duration_ms":\#(random.next() % 20_000),"tid":"\#(hex(random.next()))\#(hex(random.next()))","usage":\#(usage)\#(error)}"#
     }
 
     private mutating func badLine() -> String {
         let created = Self.rfc3339(options.start.addingTimeInterval(random.nextUnit() * options.span))
         switch random.next() % 5 {
         case 0: return #"{"request_id":"bad-\#(hex(random.next()))","created_at":"#  // truncated JSON
-        case 1: return #"{"created_at":"\#(created)","key":"\#(SyntheticKeys.key(forUser: 1))","model":"gpt-4o","usage":{"prompt_tokens":1}}"#
-        case 2: return #"{"request_id":"bad-\#(hex(random.next()))","created_at":"\#(created)","key":"sk-unknown\#(hex(random.next()))","model":"gpt-4o","usage":{"prompt_tokens":10,"completion_tokens":5}}"#
-        case 3: return #"{"request_id":"bad-\#(hex(random.next()))","created_at":"\#(created)","key":"\#(SyntheticKeys.key(forUser: 1))","model":"gpt-4o","usage":{"prompt_tokens":-5}}"#
-        default: return #"{"request_id":"bad-\#(hex(random.next()))","created_at":"\#(created)","key":"\#(SyntheticKeys.key(forUser: 1))","model":"no-such-model","usage":{"prompt_tokens":10}}"#
+        case 1:
+            return
+                #"{"created_at":"\#(created)","key":"\#(SyntheticKeys.key(forUser: 1))","model":"gpt-4o","usage":{"prompt_tokens":1}}"#
+        case 2:
+            return
+                #"{"request_id":"bad-\#(hex(random.next()))","created_at":"\#(created)","key":"sk-unknown\#(hex(random.next()))","model":"gpt-4o","usage":{"prompt_tokens":10,"completion_tokens":5}}"#
+        case 3:
+            return
+                #"{"request_id":"bad-\#(hex(random.next()))","created_at":"\#(created)","key":"\#(SyntheticKeys.key(forUser: 1))","model":"gpt-4o","usage":{"prompt_tokens":-5}}"#
+        default:
+            return
+                #"{"request_id":"bad-\#(hex(random.next()))","created_at":"\#(created)","key":"\#(SyntheticKeys.key(forUser: 1))","model":"no-such-model","usage":{"prompt_tokens":10}}"#
         }
     }
 
@@ -126,7 +139,8 @@ public struct LogGenerator {
         let low = hex(random.next() & 0x3fff_ffff_ffff_ffff | 0x8000_0000_0000_0000)
         let text = high + low
         let chars = Array(text)
-        return String(chars[0..<8]) + "-" + String(chars[8..<12]) + "-" + String(chars[12..<16]) + "-" + String(chars[16..<20]) + "-" + String(chars[20..<32])
+        return String(chars[0..<8]) + "-" + String(chars[8..<12]) + "-" + String(chars[12..<16]) + "-"
+            + String(chars[16..<20]) + "-" + String(chars[20..<32])
     }
 
     private func hex(_ value: UInt64) -> String {
@@ -138,7 +152,9 @@ public struct LogGenerator {
         let weights = (1...users).map { skew == .zipf ? 1 / pow(Double($0), 1.1) : 1 }
         let total = weights.reduce(0, +)
         var running = 0.0
-        return weights.map { running += $0 / total; return running }
+        return weights.map {
+            running += $0 / total; return running
+        }
     }
 
     static func rfc3339(_ date: Date) -> String {
@@ -146,8 +162,9 @@ public struct LogGenerator {
         var seconds = time_t(millis / 1000)
         var parts = tm()
         gmtime_r(&seconds, &parts)
-        return String(format: "%04d-%02d-%02dT%02d:%02d:%02d.%03lldZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
-                      parts.tm_hour, parts.tm_min, parts.tm_sec, millis % 1000)
+        return String(
+            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03lldZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
+            parts.tm_hour, parts.tm_min, parts.tm_sec, millis % 1000)
     }
 }
 

@@ -79,7 +79,8 @@ extension LogLine {
             }
             try scanner.expectEnd()
         } catch {
-            var rejection = readingUsage ? IngestRejection("invalid_usage", "usage: \(error.message)") : .invalidJSON(error)
+            var rejection =
+                readingUsage ? IngestRejection("invalid_usage", "usage: \(error.message)") : .invalidJSON(error)
             rejection.requestID = line.requestID
             throw rejection
         }
@@ -95,7 +96,9 @@ extension JSONScanner {
     }
 
     /// Reads an object, calling `field` with each key; the callback must consume the value.
-    mutating func readObject(_ field: (inout JSONScanner, String) throws(UsageParseError) -> Void) throws(UsageParseError) {
+    mutating func readObject(_ field: (inout JSONScanner, String) throws(UsageParseError) -> Void)
+        throws(UsageParseError)
+    {
         skipWhitespace()
         try expect(UInt8(ascii: "{"), "a JSON object")
         skipWhitespace()
@@ -191,7 +194,9 @@ extension JSONScanner {
         guard let text = try readOptionalString("kind") else { return nil }
         guard let kind = RequestKind(rawValue: text) else {
             index = start
-            throw error("kind: unknown kind \"\(text.prefix(40))\" (expected one of \(RequestKind.allCases.map(\.rawValue).joined(separator: ", ")))")
+            throw error(
+                "kind: unknown kind \"\(text.prefix(40))\" (expected one of \(RequestKind.allCases.map(\.rawValue).joined(separator: ", ")))"
+            )
         }
         return kind
     }

@@ -218,8 +218,9 @@ enum DecimalScanner {
         while index < count, isDigit(bytes[index]) { index += 1 }
         let integerEnd = index
         guard integerEnd > integerStart else {
-            return .failure(index < count && bytes[index] == UInt8(ascii: ".")
-                ? "a digit is required before the point" : "not a number")
+            return .failure(
+                index < count && bytes[index] == UInt8(ascii: ".")
+                    ? "a digit is required before the point" : "not a number")
         }
         var fractionStart = index
         var fractionEnd = index
@@ -248,8 +249,9 @@ enum DecimalScanner {
             if exponentNegative { exponent = -exponent }
         }
         guard index == count else {
-            let scalar = String(decoding: UnsafeBufferPointer(rebasing: bytes[index..<Swift.min(index + 1, count)]),
-                                as: UTF8.self)
+            let scalar = String(
+                decoding: UnsafeBufferPointer(rebasing: bytes[index..<Swift.min(index + 1, count)]),
+                as: UTF8.self)
             return .failure("unexpected character \(PriceText.quoted(scalar))")
         }
 

@@ -73,8 +73,10 @@ public struct TokenPrices: Sendable, Equatable {
     /// Audio output tokens; falls back to `output`.
     public internal(set) var audioOutput: ExactDecimal?
 
-    init(input: ExactDecimal? = nil, output: ExactDecimal? = nil, cachedInput: ExactDecimal? = nil,
-         cacheWrite: ExactDecimal? = nil, audioInput: ExactDecimal? = nil, audioOutput: ExactDecimal? = nil) {
+    init(
+        input: ExactDecimal? = nil, output: ExactDecimal? = nil, cachedInput: ExactDecimal? = nil,
+        cacheWrite: ExactDecimal? = nil, audioInput: ExactDecimal? = nil, audioOutput: ExactDecimal? = nil
+    ) {
         self.input = input
         self.output = output
         self.cachedInput = cachedInput
@@ -91,9 +93,10 @@ public struct TokenPrices: Sendable, Equatable {
 
     /// These prices with every field that `other` names replaced by `other`'s.
     func overridden(by other: TokenPrices) -> TokenPrices {
-        TokenPrices(input: other.input ?? input, output: other.output ?? output,
-                    cachedInput: other.cachedInput ?? cachedInput, cacheWrite: other.cacheWrite ?? cacheWrite,
-                    audioInput: other.audioInput ?? audioInput, audioOutput: other.audioOutput ?? audioOutput)
+        TokenPrices(
+            input: other.input ?? input, output: other.output ?? output,
+            cachedInput: other.cachedInput ?? cachedInput, cacheWrite: other.cacheWrite ?? cacheWrite,
+            audioInput: other.audioInput ?? audioInput, audioOutput: other.audioOutput ?? audioOutput)
     }
 
     /// (sheet field name, price) of the priced fields, in a fixed order.
@@ -124,9 +127,11 @@ public struct PriceFields: Sendable, Equatable {
     /// USD charged for a failed request; nil = failed requests are free.
     public internal(set) var chargeFailed: ExactDecimal?
 
-    init(tokens: TokenPrices = TokenPrices(), perImage: [String: ExactDecimal]? = nil,
-         perVideoSecond: [String: ExactDecimal]? = nil, perCall: ExactDecimal? = nil,
-         perComputeSecond: ExactDecimal? = nil, chargeFailed: ExactDecimal? = nil) {
+    init(
+        tokens: TokenPrices = TokenPrices(), perImage: [String: ExactDecimal]? = nil,
+        perVideoSecond: [String: ExactDecimal]? = nil, perCall: ExactDecimal? = nil,
+        perComputeSecond: ExactDecimal? = nil, chargeFailed: ExactDecimal? = nil
+    ) {
         self.tokens = tokens
         self.perImage = perImage
         self.perVideoSecond = perVideoSecond
@@ -149,16 +154,19 @@ public struct PriceFields: Sendable, Equatable {
     /// These prices with every field that `other` names replaced by `other`'s (maps replace
     /// maps whole).
     func overridden(by other: PriceFields) -> PriceFields {
-        PriceFields(tokens: tokens.overridden(by: other.tokens), perImage: other.perImage ?? perImage,
-                    perVideoSecond: other.perVideoSecond ?? perVideoSecond, perCall: other.perCall ?? perCall,
-                    perComputeSecond: other.perComputeSecond ?? perComputeSecond,
-                    chargeFailed: other.chargeFailed ?? chargeFailed)
+        PriceFields(
+            tokens: tokens.overridden(by: other.tokens), perImage: other.perImage ?? perImage,
+            perVideoSecond: other.perVideoSecond ?? perVideoSecond, perCall: other.perCall ?? perCall,
+            perComputeSecond: other.perComputeSecond ?? perComputeSecond,
+            chargeFailed: other.chargeFailed ?? chargeFailed)
     }
 
     /// (display name, price) of every priced field, e.g. `per_image.1024x1024/hd`, in a fixed order.
     var namedFields: [(String, ExactDecimal)] {
         var fields = tokens.namedFields
-        for (key, price) in (perImage ?? [:]).sorted(by: { $0.key < $1.key }) { fields.append(("per_image.\(key)", price)) }
+        for (key, price) in (perImage ?? [:]).sorted(by: { $0.key < $1.key }) {
+            fields.append(("per_image.\(key)", price))
+        }
         for (key, price) in (perVideoSecond ?? [:]).sorted(by: { $0.key < $1.key }) {
             fields.append(("per_video_second.\(key)", price))
         }
@@ -200,8 +208,10 @@ public struct ModelLimits: Sendable, Equatable {
 
     /// The first limit a request breaks, checked in the order prompt, input, n, size; nil when
     /// none. A nil argument is not checked. `n` must be 1…maxN when `max_n` is set.
-    public func violation(promptChars: Int? = nil, inputChars: Int? = nil, n: Int? = nil,
-                          size: String? = nil) -> LimitViolation? {
+    public func violation(
+        promptChars: Int? = nil, inputChars: Int? = nil, n: Int? = nil,
+        size: String? = nil
+    ) -> LimitViolation? {
         if let maxPromptChars, let promptChars, promptChars > maxPromptChars { return .promptTooLong }
         if let maxInputChars, let inputChars, inputChars > maxInputChars { return .textTooLong }
         if let maxN, let n, n < 1 || n > maxN { return .nNotWithinRange }
@@ -275,8 +285,9 @@ struct RFC3339Time: Sendable, Equatable {
             return true
         }
         guard let year = number(4), literal([45]), let month = number(2), literal([45]), let day = number(2),
-              literal([84, 116, 32]), let hour = number(2), literal([58]), let minute = number(2), literal([58]),
-              let second = number(2) else { return nil }
+            literal([84, 116, 32]), let hour = number(2), literal([58]), let minute = number(2), literal([58]),
+            let second = number(2)
+        else { return nil }
         var nanos = 0
         if literal([46]) {
             var digits = 0
@@ -296,13 +307,15 @@ struct RFC3339Time: Sendable, Equatable {
             let negative = bytes[index] == 45
             index += 1
             guard let offsetHours = number(2), literal([58]), let offsetMinutes = number(2),
-                  offsetHours <= 23, offsetMinutes <= 59 else { return nil }
+                offsetHours <= 23, offsetMinutes <= 59
+            else { return nil }
             offsetSeconds = (offsetHours * 3600 + offsetMinutes * 60) * (negative ? -1 : 1)
         } else {
             return nil
         }
         guard index == bytes.count, (1...12).contains(month), day >= 1,
-              day <= Self.daysInMonth(year: year, month: month), hour <= 23, minute <= 59, second <= 59 else { return nil }
+            day <= Self.daysInMonth(year: year, month: month), hour <= 23, minute <= 59, second <= 59
+        else { return nil }
         let days = Self.daysFromCivil(year: year, month: month, day: day)
         seconds = Int64(days) * 86_400 + Int64(hour * 3600 + minute * 60 + second - offsetSeconds)
         nanoseconds = Int32(nanos)
@@ -310,14 +323,16 @@ struct RFC3339Time: Sendable, Equatable {
 
     /// UTC text, fraction only when non-zero: `2026-11-01T00:00:00Z`, `…:00.5Z`.
     var text: String {
-        let days = Int(seconds.quotientAndRemainder(dividingBy: 86_400).quotient)
+        let days =
+            Int(seconds.quotientAndRemainder(dividingBy: 86_400).quotient)
             - (seconds % 86_400 < 0 ? 1 : 0)
         let secondOfDay = Int(seconds - Int64(days) * 86_400)
         let (year, month, day) = Self.civilFromDays(days)
         func two(_ value: Int) -> String { value < 10 ? "0\(value)" : "\(value)" }
         var yearText = String(year)
         while yearText.count < 4 { yearText = "0" + yearText }
-        var result = "\(yearText)-\(two(month))-\(two(day))T\(two(secondOfDay / 3600)):\(two(secondOfDay / 60 % 60)):\(two(secondOfDay % 60))"
+        var result =
+            "\(yearText)-\(two(month))-\(two(day))T\(two(secondOfDay / 3600)):\(two(secondOfDay / 60 % 60)):\(two(secondOfDay % 60))"
         if nanoseconds != 0 {
             var fraction = String(nanoseconds)
             fraction = String(repeating: "0", count: 9 - fraction.count) + fraction

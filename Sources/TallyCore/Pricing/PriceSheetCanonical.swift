@@ -43,7 +43,9 @@ extension PriceSheet {
         if let value = limits.defaultMaxTokens { entry["default_max_tokens"] = String(value) }
         if let sizes = limits.sizes { entry["sizes"] = CanonicalJSON.stringArray(sizes) }
         if let kind = model.kind { entry["kind"] = CanonicalJSON.string(kind.rawValue) }
-        if let endpointTypes = model.endpointTypes { entry["endpoint_types"] = CanonicalJSON.stringArray(endpointTypes) }
+        if let endpointTypes = model.endpointTypes {
+            entry["endpoint_types"] = CanonicalJSON.stringArray(endpointTypes)
+        }
         return entry.text
     }
 
@@ -63,7 +65,9 @@ extension PriceSheet {
         if let perImage = fields.perImage { object["per_image"] = map(perImage) }
         if let perVideoSecond = fields.perVideoSecond { object["per_video_second"] = map(perVideoSecond) }
         if let perCall = fields.perCall { object["per_call"] = CanonicalJSON.string(perCall.description) }
-        if let value = fields.perComputeSecond { object["per_compute_second"] = CanonicalJSON.string(value.description) }
+        if let value = fields.perComputeSecond {
+            object["per_compute_second"] = CanonicalJSON.string(value.description)
+        }
         if let value = fields.chargeFailed { object["charge_failed"] = CanonicalJSON.string(value.description) }
         return object
     }

@@ -49,8 +49,10 @@ extension PriceSheet {
             root = try Yams.compose(yaml: text)
         } catch {
             let detail = Self.describe(yamlError: error)
-            throw PriceSheetError(problems: [PriceSheetProblem(
-                path: "", message: looksLikeJSON ? "invalid JSON: \(detail)" : "invalid YAML: \(detail)")])
+            throw PriceSheetError(problems: [
+                PriceSheetProblem(
+                    path: "", message: looksLikeJSON ? "invalid JSON: \(detail)" : "invalid YAML: \(detail)")
+            ])
         }
         guard let root else {
             throw PriceSheetError(problems: [PriceSheetProblem(path: "", message: "the price sheet is empty")])
@@ -64,13 +66,13 @@ extension PriceSheet {
     static func describe(yamlError error: any Error) -> String {
         guard let yamlError = error as? YamlError else { return String(describing: error) }
         switch yamlError {
-        case let .scanner(context, problem, mark, _), let .parser(context, problem, mark, _),
-             let .composer(context, problem, mark, _):
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
+            .composer(let context, let problem, let mark, _):
             let contextText = context.map { "\($0.text) " } ?? ""
             return "\(contextText)\(problem) at line \(mark.line), column \(mark.column)"
-        case let .reader(problem, offset, _, _):
+        case .reader(let problem, let offset, _, _):
             return "\(problem)" + (offset.map { " at byte \($0)" } ?? "")
-        case let .duplicatedKeysInMapping(duplicates, context):
+        case .duplicatedKeysInMapping(let duplicates, let context):
             let keys = duplicates.sorted().map { PriceText.quoted($0) }.joined(separator: ", ")
             return "duplicate key \(keys) at line \(context.mark.line), column \(context.mark.column)"
         default:
@@ -88,9 +90,11 @@ enum SheetFields {
     static let limits = ["max_prompt_chars", "max_input_chars", "max_n", "sizes", "default_max_tokens"]
     static let tier: Set<String> = Set(["above_prompt_tokens"] + tokenPrices)
     static let groupPrice: Set<String> = Set(tokenPrices + otherPrices)
-    static let model: Set<String> = Set(tokenPrices + otherPrices + limits
-        + ["tiers", "group_prices", "kind", "endpoint_types"])
-    static let noPriceHint = "no price (give at least one of input, output, cached_input, cache_write, "
+    static let model: Set<String> = Set(
+        tokenPrices + otherPrices + limits
+            + ["tiers", "group_prices", "kind", "endpoint_types"])
+    static let noPriceHint =
+        "no price (give at least one of input, output, cached_input, cache_write, "
         + "audio_input, audio_output, per_image, per_video_second, per_call, per_compute_second)"
 }
 
@@ -109,7 +113,7 @@ struct SheetReader {
     static func join(_ path: String, _ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
     static func isNull(_ node: Node) -> Bool {
-        guard case let .scalar(scalar) = node, scalar.style == .plain || scalar.style == .any else { return false }
+        guard case .scalar(let scalar) = node, scalar.style == .plain || scalar.style == .any else { return false }
         return ["", "~", "null", "Null", "NULL"].contains(scalar.string)
     }
 
@@ -125,14 +129,14 @@ struct SheetReader {
     /// The pairs of a mapping with string keys, in document order; reports duplicates and
     /// non-scalar keys.
     mutating func pairs(_ node: Node, _ path: String) -> [(String, Node)]? {
-        guard case let .mapping(mapping) = node else {
+        guard case .mapping(let mapping) = node else {
             problem(path, "expected a mapping, got \(Self.typeName(node))")
             return nil
         }
         var result: [(String, Node)] = []
         var seen: Set<String> = []
         for (keyNode, value) in mapping {
-            guard case let .scalar(key) = keyNode else {
+            guard case .scalar(let key) = keyNode else {
                 problem(path, "a key must be a string, got \(Self.typeName(keyNode))")
                 continue
             }
@@ -152,7 +156,7 @@ struct SheetReader {
     }
 
     mutating func string(_ node: Node, _ path: String) -> String? {
-        guard case let .scalar(scalar) = node else {
+        guard case .scalar(let scalar) = node else {
             problem(path, "expected a string, got \(Self.typeName(node))")
             return nil
         }
@@ -160,7 +164,7 @@ struct SheetReader {
     }
 
     mutating func stringList(_ node: Node, _ path: String) -> [String]? {
-        guard case let .sequence(sequence) = node else {
+        guard case .sequence(let sequence) = node else {
             problem(path, "expected a list of strings, got \(Self.typeName(node))")
             return nil
         }
@@ -175,7 +179,7 @@ struct SheetReader {
 
     /// A non-negative USD price.
     mutating func price(_ node: Node, _ path: String) -> ExactDecimal? {
-        guard case let .scalar(scalar) = node else {
+        guard case .scalar(let scalar) = node else {
             problem(path, "expected a price such as \"2.50\", got \(Self.typeName(node))")
             return nil
         }
@@ -195,7 +199,7 @@ struct SheetReader {
 
     /// A whole number ≥ `minimum`.
     mutating func integer(_ node: Node, _ path: String, minimum: Int64) -> Int64? {
-        guard case let .scalar(scalar) = node else {
+        guard case .scalar(let scalar) = node else {
             problem(path, "expected a whole number, got \(Self.typeName(node))")
             return nil
         }
@@ -205,7 +209,8 @@ struct SheetReader {
             return nil
         }
         guard value >= minimum else {
-            problem(path, minimum == 0 ? "must not be negative, got \(value)" : "must be at least \(minimum), got \(value)")
+            problem(
+                path, minimum == 0 ? "must not be negative, got \(value)" : "must be at least \(minimum), got \(value)")
             return nil
         }
         return value
@@ -277,7 +282,8 @@ struct SheetReader {
                 if let text = string(value, key) {
                     effectiveFrom = RFC3339Time(text)
                     if effectiveFrom == nil {
-                        problem(key, "invalid RFC 3339 time \(PriceText.quoted(text)) (expected e.g. 2026-11-01T00:00:00Z)")
+                        problem(
+                            key, "invalid RFC 3339 time \(PriceText.quoted(text)) (expected e.g. 2026-11-01T00:00:00Z)")
                     }
                 }
             case "groups":
@@ -324,7 +330,7 @@ struct SheetReader {
             let fieldPath = Self.join(path, key)
             switch key {
             case "ratio":
-                guard case let .scalar(scalar) = value else {
+                guard case .scalar(let scalar) = value else {
                     problem(fieldPath, "expected a ratio such as \"0.8\", got \(Self.typeName(value))")
                     ok = false
                     break
@@ -413,16 +419,19 @@ struct SheetReader {
         if !prices.hasPrice {
             // Only complain when no price field was written at all (a bad price is reported
             // where it is).
-            let wrotePrice = fields.contains { SheetFields.tokenPrices.contains($0.0)
-                || ["per_image", "per_video_second", "per_call", "per_compute_second"].contains($0.0) }
+            let wrotePrice = fields.contains {
+                SheetFields.tokenPrices.contains($0.0)
+                    || ["per_image", "per_video_second", "per_call", "per_compute_second"].contains($0.0)
+            }
             if !wrotePrice { problem(path, SheetFields.noPriceHint) }
         }
-        return ModelPrice(prices: prices, tiers: tiers, groupPrices: groupPrices, limits: limits, kind: kind,
-                          endpointTypes: endpointTypes)
+        return ModelPrice(
+            prices: prices, tiers: tiers, groupPrices: groupPrices, limits: limits, kind: kind,
+            endpointTypes: endpointTypes)
     }
 
     mutating func readTiers(_ node: Node, _ path: String) -> [PriceTier] {
-        guard case let .sequence(sequence) = node else {
+        guard case .sequence(let sequence) = node else {
             problem(path, "expected a list of tiers, got \(Self.typeName(node))")
             return []
         }
@@ -440,12 +449,17 @@ struct SheetReader {
             }
             guard let threshold = integer(thresholdNode, thresholdPath, minimum: 0) else { continue }
             if let previous, threshold <= previous {
-                problem(thresholdPath, "\(threshold) must be greater than the previous tier's \(previous) (tiers go in increasing order)")
+                problem(
+                    thresholdPath,
+                    "\(threshold) must be greater than the previous tier's \(previous) (tiers go in increasing order)")
             }
             previous = max(previous ?? threshold, threshold)
             if prices.isEmpty {
                 if !fields.contains(where: { SheetFields.tokenPrices.contains($0.0) }) {
-                    problem(tierPath, "no price (give at least one of input, output, cached_input, cache_write, audio_input, audio_output)")
+                    problem(
+                        tierPath,
+                        "no price (give at least one of input, output, cached_input, cache_write, audio_input, audio_output)"
+                    )
                 }
                 continue
             }

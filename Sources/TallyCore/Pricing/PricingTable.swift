@@ -45,8 +45,9 @@ public struct PricingTable: Codable, Sendable, Equatable {
     public init(sheet: PriceSheet) {
         groups = sheet.groupNames.map { name in
             let group = sheet.groups[name]!
-            return Group(name: name, ratio: group.ratio.description, description: group.description ?? "",
-                         models: group.models)
+            return Group(
+                name: name, ratio: group.ratio.description, description: group.description ?? "",
+                models: group.models)
         }
         models = sheet.modelNames.map { name in
             let model = sheet.models[name]!
@@ -72,7 +73,9 @@ public struct PricingTable: Codable, Sendable, Equatable {
         var result: [String: String] = [:]
         for (name, price) in fields.namedFields { result[name] = Self.times(price, appliedRatio) }
         for (threshold, prices) in tiers {
-            for (name, price) in prices.namedFields { result["tiers.above_\(threshold).\(name)"] = Self.times(price, appliedRatio) }
+            for (name, price) in prices.namedFields {
+                result["tiers.above_\(threshold).\(name)"] = Self.times(price, appliedRatio)
+            }
         }
         return result
     }

@@ -13,11 +13,11 @@ public enum RatingError: Error, Sendable, Equatable, CustomStringConvertible {
     /// E.g. `unknown model "gpt-9"`, `size not supported: size "512x512", quality "hd"`.
     public var description: String {
         switch self {
-        case let .unknownModel(model): "unknown model \(PriceText.quoted(model))"
-        case let .unknownGroup(group): "unknown group \(PriceText.quoted(group))"
-        case let .modelNotInGroup(model, group):
+        case .unknownModel(let model): "unknown model \(PriceText.quoted(model))"
+        case .unknownGroup(let group): "unknown group \(PriceText.quoted(group))"
+        case .modelNotInGroup(let model, let group):
             "model \(PriceText.quoted(model)) is not available in group \(PriceText.quoted(group))"
-        case let .sizeNotSupported(size, quality):
+        case .sizeNotSupported(let size, let quality):
             "size not supported: size \(size.map(PriceText.quoted) ?? "none"), quality \(quality.map(PriceText.quoted) ?? "none")"
         }
     }
@@ -74,8 +74,10 @@ public struct Rating: Sendable, Equatable, Codable {
     public let components: [RatingComponent]
 
     /// Creates a rating (for tests and callers that store and reload ratings).
-    public init(units: Int64, capped: Bool = false, groupRatio: ExactDecimal = .one, groupPriceApplied: Bool = false,
-                tierAbove: Int64? = nil, failed: Bool = false, components: [RatingComponent] = []) {
+    public init(
+        units: Int64, capped: Bool = false, groupRatio: ExactDecimal = .one, groupPriceApplied: Bool = false,
+        tierAbove: Int64? = nil, failed: Bool = false, components: [RatingComponent] = []
+    ) {
         self.units = units
         self.capped = capped
         self.groupRatio = groupRatio
@@ -113,7 +115,9 @@ public struct Rating: Sendable, Equatable, Codable {
         for component in components {
             let name = component.name.padding(toLength: nameWidth, withPad: " ", startingAt: 0)
             let quantity = String(repeating: " ", count: quantityWidth - component.quantity.count) + component.quantity
-            lines.append("  \(name)  \(quantity) × \(component.unitPriceUSD) USD per \(component.per) = \(component.amountUnits) units")
+            lines.append(
+                "  \(name)  \(quantity) × \(component.unitPriceUSD) USD per \(component.per) = \(component.amountUnits) units"
+            )
         }
         lines.append("total \(units) units = \(usd) USD" + (capped ? " (capped at Int64.max)" : ""))
         return lines.joined(separator: "\n")
@@ -141,8 +145,10 @@ public struct Rating: Sendable, Equatable, Codable {
 ///
 /// With `breakdown: false` (the default, for ingest and authorize) no component text is built
 /// and nothing is allocated; `breakdown: true` fills ``Rating/components``.
-public func rate(_ usage: Usage, model: String, group: String, failed: Bool = false, sheet: PriceSheet,
-                 breakdown: Bool = false) throws(RatingError) -> Rating {
+public func rate(
+    _ usage: Usage, model: String, group: String, failed: Bool = false, sheet: PriceSheet,
+    breakdown: Bool = false
+) throws(RatingError) -> Rating {
     guard let modelPrice = sheet.models[model] else { throw .unknownModel(model) }
     guard let groupSpec = sheet.groups[group] else { throw .unknownGroup(group) }
     guard groupSpec.allows(model) else { throw .modelNotInGroup(model: model, group: group) }
@@ -156,13 +162,16 @@ public func rate(_ usage: Usage, model: String, group: String, failed: Bool = fa
 
     var sum = RatingSum(ratioE12: ratio.magnitudeE12, breakdown: breakdown)
     if failed {
-        if let price = prices.chargeFailed { sum.addCount(1, price: price, name: "charge_failed", per: "failed request") }
+        if let price = prices.chargeFailed {
+            sum.addCount(1, price: price, name: "charge_failed", per: "failed request")
+        }
     } else {
         try addUsage(usage, prices: prices, to: &sum)
     }
     let (units, capped) = sum.roundedUnits()
-    return Rating(units: units, capped: capped, groupRatio: ratio, groupPriceApplied: groupOverride != nil,
-                  tierAbove: tier?.abovePromptTokens, failed: failed, components: sum.components)
+    return Rating(
+        units: units, capped: capped, groupRatio: ratio, groupPriceApplied: groupOverride != nil,
+        tierAbove: tier?.abovePromptTokens, failed: failed, components: sum.components)
 }
 
 private func addUsage(_ usage: Usage, prices: PriceFields, to sum: inout RatingSum) throws(RatingError) {
@@ -182,7 +191,9 @@ private func addUsage(_ usage: Usage, prices: PriceFields, to sum: inout RatingS
     if let price = tokens.cacheWrite ?? tokens.input { sum.addTokens(cacheWrite, price: price, name: "cache_write") }
     if let price = tokens.audioInput ?? tokens.input { sum.addTokens(audioInput, price: price, name: "audio_input") }
     if let output = tokens.output { sum.addTokens(restOutput, price: output, name: "output") }
-    if let price = tokens.audioOutput ?? tokens.output { sum.addTokens(audioOutput, price: price, name: "audio_output") }
+    if let price = tokens.audioOutput ?? tokens.output {
+        sum.addTokens(audioOutput, price: price, name: "audio_output")
+    }
 
     let images = nonNegative(usage.images)
     if images > 0, let table = prices.perImage {
@@ -244,32 +255,39 @@ struct RatingSum {
         self.breakdown = breakdown
     }
 
-    mutating func add(_ base: UInt256, factor: UInt128, name: String, quantity: @autoclosure () -> String,
-                      per: String, price: ExactDecimal) {
+    mutating func add(
+        _ base: UInt256, factor: UInt128, name: String, quantity: @autoclosure () -> String,
+        per: String, price: ExactDecimal
+    ) {
         let term = base.multiplied(by: factor)
         if let term, let newTotal = total.adding(term) { total = newTotal } else { overflow = true }
         if breakdown {
             let amount = term.flatMap { $0.multiplied(by: ratioE12) }.map { $0.decimalText(scale: 37) } ?? "overflow"
-            components.append(RatingComponent(name: name, quantity: quantity(), per: per,
-                                              unitPriceUSD: price.description, amountUnits: amount))
+            components.append(
+                RatingComponent(
+                    name: name, quantity: quantity(), per: per,
+                    unitPriceUSD: price.description, amountUnits: amount))
         }
     }
 
     mutating func addTokens(_ count: Int64, price: ExactDecimal, name: String) {
         guard count > 0 else { return }
-        add(UInt256.product(price.magnitudeE12, UInt128(count)), factor: Self.tokenFactor, name: name,
+        add(
+            UInt256.product(price.magnitudeE12, UInt128(count)), factor: Self.tokenFactor, name: name,
             quantity: String(count), per: "1M tokens", price: price)
     }
 
     mutating func addCount(_ count: Int64, price: ExactDecimal, name: String, per: String) {
         guard count > 0 else { return }
-        add(UInt256.product(price.magnitudeE12, UInt128(count)), factor: Self.countFactor, name: name,
+        add(
+            UInt256.product(price.magnitudeE12, UInt128(count)), factor: Self.countFactor, name: name,
             quantity: String(count), per: per, price: price)
     }
 
     mutating func addDecimal(_ quantity: ExactDecimal, price: ExactDecimal, name: String, per: String) {
         guard quantity > .zero else { return }
-        add(UInt256.product(price.magnitudeE12, quantity.magnitudeE12), factor: Self.decimalFactor, name: name,
+        add(
+            UInt256.product(price.magnitudeE12, quantity.magnitudeE12), factor: Self.decimalFactor, name: name,
             quantity: quantity.description, per: per, price: price)
     }
 

@@ -47,11 +47,13 @@ public struct Usage: Sendable, Equatable, Hashable {
     public var predictTime: ExactDecimal
 
     /// Creates a usage; every quantity defaults to 0.
-    public init(promptTokens: Int64 = 0, completionTokens: Int64 = 0, cachedTokens: Int64 = 0,
-                cacheWriteTokens: Int64 = 0, audioInputTokens: Int64 = 0, audioOutputTokens: Int64 = 0,
-                images: Int64 = 0, size: String? = nil, quality: String? = nil,
-                videoSeconds: ExactDecimal = .zero, resolution: String? = nil, calls: Int64 = 0,
-                predictTime: ExactDecimal = .zero) {
+    public init(
+        promptTokens: Int64 = 0, completionTokens: Int64 = 0, cachedTokens: Int64 = 0,
+        cacheWriteTokens: Int64 = 0, audioInputTokens: Int64 = 0, audioOutputTokens: Int64 = 0,
+        images: Int64 = 0, size: String? = nil, quality: String? = nil,
+        videoSeconds: ExactDecimal = .zero, resolution: String? = nil, calls: Int64 = 0,
+        predictTime: ExactDecimal = .zero
+    ) {
         self.promptTokens = promptTokens
         self.completionTokens = completionTokens
         self.cachedTokens = cachedTokens
@@ -110,8 +112,9 @@ extension Usage: Codable {
         func count(_ key: CodingKeys) throws -> Int64 {
             let value = try container.decodeIfPresent(Int64.self, forKey: key) ?? 0
             if value < 0 {
-                throw DecodingError.dataCorruptedError(forKey: key, in: container,
-                                                       debugDescription: "\(key.stringValue): negative value \(value)")
+                throw DecodingError.dataCorruptedError(
+                    forKey: key, in: container,
+                    debugDescription: "\(key.stringValue): negative value \(value)")
             }
             return value
         }
@@ -126,7 +129,8 @@ extension Usage: Codable {
                 guard let exact = ExactDecimal(exactly: number) else {
                     throw DecodingError.dataCorruptedError(
                         forKey: key, in: container,
-                        debugDescription: "\(key.stringValue): more than 6 fractional digits or too large; send it as a string")
+                        debugDescription:
+                            "\(key.stringValue): more than 6 fractional digits or too large; send it as a string")
                 }
                 value = exact
             } else {
@@ -134,22 +138,25 @@ extension Usage: Codable {
                 do {
                     value = try ExactDecimal(json: string)
                 } catch {
-                    throw DecodingError.dataCorruptedError(forKey: key, in: container,
-                                                           debugDescription: "\(key.stringValue): \(error.description)")
+                    throw DecodingError.dataCorruptedError(
+                        forKey: key, in: container,
+                        debugDescription: "\(key.stringValue): \(error.description)")
                 }
             }
             if value.isNegative {
-                throw DecodingError.dataCorruptedError(forKey: key, in: container,
-                                                       debugDescription: "\(key.stringValue): negative value \(value)")
+                throw DecodingError.dataCorruptedError(
+                    forKey: key, in: container,
+                    debugDescription: "\(key.stringValue): negative value \(value)")
             }
             return value
         }
-        self.init(promptTokens: try count(.promptTokens), completionTokens: try count(.completionTokens),
-                  cachedTokens: try count(.cachedTokens), cacheWriteTokens: try count(.cacheWriteTokens),
-                  audioInputTokens: try count(.audioInputTokens), audioOutputTokens: try count(.audioOutputTokens),
-                  images: try count(.images), size: try text(.size), quality: try text(.quality),
-                  videoSeconds: try decimal(.videoSeconds), resolution: try text(.resolution),
-                  calls: try count(.calls), predictTime: try decimal(.predictTime))
+        self.init(
+            promptTokens: try count(.promptTokens), completionTokens: try count(.completionTokens),
+            cachedTokens: try count(.cachedTokens), cacheWriteTokens: try count(.cacheWriteTokens),
+            audioInputTokens: try count(.audioInputTokens), audioOutputTokens: try count(.audioOutputTokens),
+            images: try count(.images), size: try text(.size), quality: try text(.quality),
+            videoSeconds: try decimal(.videoSeconds), resolution: try text(.resolution),
+            calls: try count(.calls), predictTime: try decimal(.predictTime))
     }
 
     /// Encodes every key; missing strings as `null`. Decimals are JSON numbers when they have at
@@ -172,13 +179,16 @@ extension Usage: Codable {
         try Self.encodeDecimal(predictTime, in: &container, forKey: .predictTime)
     }
 
-    private static func encodeDecimal(_ value: ExactDecimal, in container: inout KeyedEncodingContainer<CodingKeys>,
-                                      forKey key: CodingKeys) throws {
+    private static func encodeDecimal(
+        _ value: ExactDecimal, in container: inout KeyedEncodingContainer<CodingKeys>,
+        forKey key: CodingKeys
+    ) throws {
         if value.scale == 0, let integer = Int64(exactly: value.mantissa) {
             try container.encode(integer, forKey: key)
         } else if value.scale <= 6,
-                  case let micros = value.mantissa * Int128(Pow10.of(6 - value.scale)),
-                  micros.magnitude < 1_000_000_000_000_000 {
+            case let micros = value.mantissa * Int128(Pow10.of(6 - value.scale)),
+            micros.magnitude < 1_000_000_000_000_000
+        {
             try container.encode(Double(Int64(micros)) / 1_000_000, forKey: key)
         } else {
             try container.encode(value.description, forKey: key)

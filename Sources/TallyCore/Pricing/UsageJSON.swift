@@ -119,7 +119,7 @@ struct JSONScanner {
     /// escapes is treated as unknown).
     enum Field {
         case promptTokens, completionTokens, cachedTokens, cacheWriteTokens, audioInputTokens,
-             audioOutputTokens, images, size, quality, videoSeconds, resolution, calls, predictTime, unknown
+            audioOutputTokens, images, size, quality, videoSeconds, resolution, calls, predictTime, unknown
     }
 
     mutating func readKeyRange() throws(UsageParseError) -> Field {
@@ -181,7 +181,8 @@ struct JSONScanner {
 
     mutating func readNull() -> Bool {
         guard bytes.count - index >= 4, bytes[index] == UInt8(ascii: "n"), bytes[index + 1] == UInt8(ascii: "u"),
-              bytes[index + 2] == UInt8(ascii: "l"), bytes[index + 3] == UInt8(ascii: "l") else { return false }
+            bytes[index + 2] == UInt8(ascii: "l"), bytes[index + 3] == UInt8(ascii: "l")
+        else { return false }
         index += 4
         return true
     }
@@ -209,7 +210,9 @@ struct JSONScanner {
         if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
             integer = false
             index += 1
-            if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") { index += 1 }
+            if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
+                index += 1
+            }
             let digits = index
             while index < bytes.count, DecimalScanner.isDigit(bytes[index]) { index += 1 }
             guard index > digits else { throw error("expected a digit in the exponent") }
@@ -229,7 +232,9 @@ struct JSONScanner {
             let negativeZero = range.count == 2 && bytes[range.lowerBound + 1] == UInt8(ascii: "0")
             if !negativeZero {
                 index = start
-                throw error("\(name): negative value \(String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self))")
+                throw error(
+                    "\(name): negative value \(String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self))"
+                )
             }
             return 0
         }
@@ -277,7 +282,9 @@ struct JSONScanner {
 
     mutating func readOptionalString(_ name: String) throws(UsageParseError) -> String? {
         if readNull() { return nil }
-        guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("\(name): expected a string or null") }
+        guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else {
+            throw error("\(name): expected a string or null")
+        }
         let text = try readString()
         return text.isEmpty ? nil : text
     }
@@ -309,7 +316,7 @@ struct JSONScanner {
         guard index + 1 < bytes.count else { throw error("unterminated string") }
         switch bytes[index + 1] {
         case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"),
-             UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+            UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
             index += 2
         case UInt8(ascii: "u"):
             guard index + 6 <= bytes.count, bytes[(index + 2)..<(index + 6)].allSatisfy(Self.isHexDigit) else {
@@ -322,7 +329,9 @@ struct JSONScanner {
 
     private static func isHexDigit(_ byte: UInt8) -> Bool {
         switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"): true
+        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"),
+            UInt8(ascii: "A")...UInt8(ascii: "F"):
+            true
         default: false
         }
     }
@@ -366,7 +375,9 @@ struct JSONScanner {
                 position += 1
                 continue
             }
-            guard position + 1 < raw.count else { throw UsageParseError(offset: start, message: "bad escape in a string") }
+            guard position + 1 < raw.count else {
+                throw UsageParseError(offset: start, message: "bad escape in a string")
+            }
             let escaped = raw[position + 1]
             position += 2
             switch escaped {
@@ -377,10 +388,14 @@ struct JSONScanner {
             case UInt8(ascii: "r"): utf8Run.append(0x0D)
             case UInt8(ascii: "t"): utf8Run.append(0x09)
             case UInt8(ascii: "u"):
-                guard var code = hex4(position) else { throw UsageParseError(offset: start, message: "bad \\u escape in a string") }
+                guard var code = hex4(position) else {
+                    throw UsageParseError(offset: start, message: "bad \\u escape in a string")
+                }
                 position += 4
                 if (0xD800...0xDBFF).contains(code), position + 6 <= raw.count, raw[position] == UInt8(ascii: "\\"),
-                   raw[position + 1] == UInt8(ascii: "u"), let low = hex4(position + 2), (0xDC00...0xDFFF).contains(low) {
+                    raw[position + 1] == UInt8(ascii: "u"), let low = hex4(position + 2),
+                    (0xDC00...0xDFFF).contains(low)
+                {
                     code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
                     position += 6
                 }
@@ -413,7 +428,9 @@ struct JSONScanner {
                 while true {
                     skipWhitespace()
                     if isObject {
-                        guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a key string") }
+                        guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else {
+                            throw error("expected a key string")
+                        }
                         var hasEscape = false
                         try skipString(hasEscape: &hasEscape)
                         skipWhitespace()
@@ -442,7 +459,9 @@ struct JSONScanner {
     mutating func literal(_ word: StaticString) throws(UsageParseError) {
         let count = word.utf8CodeUnitCount
         guard bytes.count - index >= count else { throw error("expected a value") }
-        for offset in 0..<count where bytes[index + offset] != word.utf8Start[offset] { throw error("expected a value") }
+        for offset in 0..<count where bytes[index + offset] != word.utf8Start[offset] {
+            throw error("expected a value")
+        }
         index += count
     }
 }

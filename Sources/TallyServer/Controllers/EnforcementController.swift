@@ -49,15 +49,18 @@ struct EnforcementController {
 
     @Sendable func release(request: Request, context: TallyRequestContext) async throws -> Response {
         struct Body: Decodable { let request_id: String }
-        let body = try SystemInput.decode(Body.self, from: try await SystemInput.body(request, upTo: Self.maximumBodyBytes))
+        let body = try SystemInput.decode(
+            Body.self, from: try await SystemInput.body(request, upTo: Self.maximumBodyBytes))
         // A hold answered from memory (async mode) may still be on its way to the journal.
         await holdBook.flush()
         guard let outcome = try await holds.release(requestID: body.request_id) else {
             throw APIError.notFound("No hold has this request_id.")
         }
         EnforcementMetrics.released(outcome)
-        return try ReleaseResponse(requestId: body.request_id, status: outcome.status, held: outcome.held,
-                                   released: outcome.returned, tid: context.tid).response(from: request, context: context)
+        return try ReleaseResponse(
+            requestId: body.request_id, status: outcome.status, held: outcome.held,
+            released: outcome.returned, tid: context.tid
+        ).response(from: request, context: context)
     }
 }
 
@@ -85,11 +88,13 @@ struct AuthorizeResponse {
     /// Written by hand: it is on every authorization's path, where JSONEncoder cost a tenth of
     /// the server's time.
     func response() -> Response {
-        let json = "{\"hold_id\":\(holdId),\"user_id\":\(userId),\"token_id\":\(tokenId),"
+        let json =
+            "{\"hold_id\":\(holdId),\"user_id\":\(userId),\"token_id\":\(tokenId),"
             + "\"group\":\(JSONText.quote(group)),\"held\":\(held),\"duplicate\":\(duplicate),"
             + "\"tid\":\(JSONText.quote(tid))}"
-        return Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
-                        body: ResponseBody(byteBuffer: ByteBuffer(string: json)))
+        return Response(
+            status: .ok, headers: [.contentType: "application/json; charset=utf-8"],
+            body: ResponseBody(byteBuffer: ByteBuffer(string: json)))
     }
 }
 

@@ -39,8 +39,9 @@ struct IngestController {
             throw APIError.invalidRequest(error.description)
         }
         IngestMetrics.record(result, elapsed: ContinuousClock.now - started)
-        let response = IngestResponse(accepted: result.accepted, duplicates: result.duplicates,
-                                      rejected: result.rejected.map(IngestResponse.Reject.init), tid: context.tid)
+        let response = IngestResponse(
+            accepted: result.accepted, duplicates: result.duplicates,
+            rejected: result.rejected.map(IngestResponse.Reject.init), tid: context.tid)
         return try response.response(from: request, context: context)
     }
 }

@@ -40,7 +40,8 @@ struct APIKeyAuthenticator: Sendable {
 
     /// The full `sk-…` key of a request, normalised; nil when none was sent.
     static func key(from request: Request) -> String? {
-        let raw = UserAuthMiddleware.accessToken(from: request.headers[.authorization])
+        let raw =
+            UserAuthMiddleware.accessToken(from: request.headers[.authorization])
             ?? request.headers[.xAPIKey].map { String(BearerCredential.trimmed($0[...])) }
         return raw.flatMap(Authorizer.normalizedKey)
     }

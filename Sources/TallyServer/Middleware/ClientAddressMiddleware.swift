@@ -13,8 +13,10 @@ public struct ClientAddressMiddleware: RouterMiddleware {
 
     public init(trustedProxies: IPAllowList) { self.trustedProxies = trustedProxies }
 
-    public func handle(_ request: Request, context: Context,
-                       next: (Request, Context) async throws -> Response) async throws -> Response {
+    public func handle(
+        _ request: Request, context: Context,
+        next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
         var context = context
         context.clientAddress = clientAddress(request, peer: context.remoteAddress?.ipAddress)
         return try await next(request, context)
@@ -24,7 +26,8 @@ public struct ClientAddressMiddleware: RouterMiddleware {
     func clientAddress(_ request: Request, peer: String?) -> String? {
         guard let peer else { return nil }
         guard !trustedProxies.isEmpty, trustedProxies.allows(peer),
-              let forwarded = request.headers[.xForwardedFor] else { return peer }
+            let forwarded = request.headers[.xForwardedFor]
+        else { return peer }
         let hops = forwarded.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         for hop in hops.reversed() where !trustedProxies.allows(hop) {
             return IPAddress.parse(hop) != nil ? hop : peer

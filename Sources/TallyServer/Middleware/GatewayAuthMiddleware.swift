@@ -13,7 +13,9 @@ public struct GatewayAuthMiddleware: RouterMiddleware {
         secretHash = secret.isEmpty ? nil : SecretHash(of: secret)
     }
 
-    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
+        async throws -> Response
+    {
         guard let presented = UserAuthMiddleware.accessToken(from: request.headers[.authorization]) else {
             throw APIError(.missingToken)
         }

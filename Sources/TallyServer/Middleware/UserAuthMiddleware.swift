@@ -15,11 +15,15 @@ public struct UserAuthMiddleware: RouterMiddleware {
         self.minimumRole = minimumRole
     }
 
-    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
+        async throws -> Response
+    {
         guard let token = Self.accessToken(from: request.headers[.authorization]) else {
             throw APIError(.missingToken)
         }
-        guard let user = try await users.find(accessToken: token) else { throw CredentialRejected(APIError(.invalidToken)) }
+        guard let user = try await users.find(accessToken: token) else {
+            throw CredentialRejected(APIError(.invalidToken))
+        }
         if let claimed = request.headers[.newAPIUser], Int64(claimed.trimmingCharacters(in: .whitespaces)) != user.id {
             throw APIError(.invalidToken)
         }

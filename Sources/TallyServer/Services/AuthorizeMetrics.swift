@@ -25,8 +25,10 @@ public enum AuthorizeMetrics {
     public static let journalBatchLabel = "tally_hold_journal_batch_holds"
     public static let refillLabel = "tally_lease_refill_seconds"
     /// Histogram buckets: commits and refills take 0.2–50 ms; batches hold 1–2,000 holds.
-    public static let durationBuckets: [Duration] = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                                     0.25, 1].map { .nanoseconds(Int64($0 * 1e9)) }
+    public static let durationBuckets: [Duration] = [
+        0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+        0.25, 1,
+    ].map { .nanoseconds(Int64($0 * 1e9)) }
     public static let batchBuckets: [Double] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1_024, 2_000]
 
     static let stageSeconds = Stage.allCases.map {

@@ -37,8 +37,9 @@ public final class Authorizer: Sendable {
         var started = AuthorizeMetrics.now()
         guard let key = request.key.flatMap(Self.normalizedKey) else { throw APIError(.missingToken) }
         guard let access = try await directory.key(SecretHash(of: key), now: now, leasing: holds.lookupLease()),
-              access.tokenEnabled,
-              access.expiresAt.map({ $0 > now }) ?? true else { throw APIError(.invalidToken) }
+            access.tokenEnabled,
+            access.expiresAt.map({ $0 > now }) ?? true
+        else { throw APIError(.invalidToken) }
         started = AuthorizeMetrics.record(.key, since: started)
         guard !access.userSuspended else { throw APIError(.accountSuspended) }
         let last6 = access.keyLast6
@@ -48,20 +49,25 @@ public final class Authorizer: Sendable {
         }
         let model = request.model ?? ""
         guard let sheet = prices.book.version(at: now)?.sheet else { throw APIError(.modelNotAvailable) }
-        if let allowed = access.allowedModels, !allowed.contains(model) { throw APIError(.modelNotAllowed, last6: last6) }
+        if let allowed = access.allowedModels, !allowed.contains(model) {
+            throw APIError(.modelNotAllowed, last6: last6)
+        }
         if let groupModels = sheet.groups[access.group]?.models, !groupModels.contains(model) {
             throw APIError(.modelNotAllowed, last6: last6)
         }
         guard let price = sheet.models[model], sheet.isAvailable(model: model, group: access.group),
-              try await directory.channels(now: now).modelsByGroup[access.group]?.contains(model) == true
+            try await directory.channels(now: now).modelsByGroup[access.group]?.contains(model) == true
         else { throw APIError(.modelNotAvailable) }
         guard limiter.allow(access, model: model, now: now.timeIntervalSince1970) else {
             throw APIError(.rateLimited, model: model)
         }
         let usage = try HoldEstimator.usage(for: request.estimate ?? AuthorizeEstimate(), model: price).get()
-        guard let requestID = request.requestID, !requestID.isEmpty, requestID.utf8.count <= Self.maximumRequestIDLength,
-              !requestID.utf8.contains(where: { $0 < 0x20 || $0 == 0x7f }) else {
-            throw APIError.invalidRequest("request_id is required: 1–\(Self.maximumRequestIDLength) bytes, no control characters.")
+        guard let requestID = request.requestID, !requestID.isEmpty,
+            requestID.utf8.count <= Self.maximumRequestIDLength,
+            !requestID.utf8.contains(where: { $0 < 0x20 || $0 == 0x7f })
+        else {
+            throw APIError.invalidRequest(
+                "request_id is required: 1–\(Self.maximumRequestIDLength) bytes, no control characters.")
         }
         let amount: Int64
         do {
@@ -71,18 +77,21 @@ public final class Authorizer: Sendable {
             // it has no price for).
             throw APIError(.sizeNotSupported)
         }
-        let hold = HoldRequest(requestID: requestID, userID: access.userID, tokenID: access.tokenID, model: model,
-                               amount: amount, tid: tid)
+        let hold = HoldRequest(
+            requestID: requestID, userID: access.userID, tokenID: access.tokenID, model: model,
+            amount: amount, tid: tid)
         started = AuthorizeMetrics.record(.checks, since: started)
         let outcome = try await holds.reserve(hold)
         AuthorizeMetrics.record(.hold, since: started)
         switch outcome {
-        case let .held(holdID, held):
-            return AuthorizeGrant(holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
-                                  held: held, isNew: true)
-        case let .duplicate(holdID, held, _):
-            return AuthorizeGrant(holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
-                                  held: held, isNew: false)
+        case .held(let holdID, let held):
+            return AuthorizeGrant(
+                holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
+                held: held, isNew: true)
+        case .duplicate(let holdID, let held, _):
+            return AuthorizeGrant(
+                holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
+                held: held, isNew: false)
         case .insufficient: throw APIError(.insufficientUserQuota)
         case .exhausted, .unknown: throw APIError(.invalidToken)
         }

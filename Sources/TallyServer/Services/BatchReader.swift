@@ -48,11 +48,16 @@ public struct BatchReader {
         guard !waiting.isEmpty else { return }
         var hashes: Set<SecretHash> = [], ids: Set<Int64> = []
         for (_, line, _) in waiting {
-            if let hash = Ingestor.keyHash(of: line) { hashes.insert(hash) } else if let id = line.tokenID { ids.insert(id) }
+            if let hash = Ingestor.keyHash(of: line) {
+                hashes.insert(hash)
+            } else if let id = line.tokenID {
+                ids.insert(id)
+            }
         }
         let owners = try await ingestor.tokens.resolve(hashes: hashes, tokenIDs: ids)
         for (number, line, text) in waiting {
-            let identity = Ingestor.keyHash(of: line).map { owners.byHash[$0] } ?? line.tokenID.flatMap { owners.byID[$0] }
+            let identity =
+                Ingestor.keyHash(of: line).map { owners.byHash[$0] } ?? line.tokenID.flatMap { owners.byID[$0] }
             price(line, identity: identity, number: number, text: text)
         }
         waiting.removeAll()
@@ -105,7 +110,9 @@ public struct BatchReader {
         text.withUnsafeBufferPointer { price(line, identity: identity, number: number, bytes: $0) }
     }
 
-    private mutating func price(_ line: LogLine, identity: TokenIdentity?, number: Int, bytes: UnsafeBufferPointer<UInt8>) {
+    private mutating func price(
+        _ line: LogLine, identity: TokenIdentity?, number: Int, bytes: UnsafeBufferPointer<UInt8>
+    ) {
         do throws(IngestRejection) {
             priced.append(try ingestor.validateAndRate(line, identity: identity, book: book, now: now))
         } catch {
@@ -113,10 +120,13 @@ public struct BatchReader {
         }
     }
 
-    private static func reject(_ number: Int, _ bytes: UnsafeBufferPointer<UInt8>, requestID: String?,
-                               _ rejection: IngestRejection) -> RejectedLine {
+    private static func reject(
+        _ number: Int, _ bytes: UnsafeBufferPointer<UInt8>, requestID: String?,
+        _ rejection: IngestRejection
+    ) -> RejectedLine {
         let raw = String(decoding: bytes.prefix(65_536), as: UTF8.self)
-        return RejectedLine(line: number, requestID: requestID.map(Ingestor.storable), code: rejection.code,
-                            message: Ingestor.storable(rejection.message), raw: Ingestor.storable(raw))
+        return RejectedLine(
+            line: number, requestID: requestID.map(Ingestor.storable), code: rejection.code,
+            message: Ingestor.storable(rejection.message), raw: Ingestor.storable(raw))
     }
 }

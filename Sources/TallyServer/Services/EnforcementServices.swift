@@ -75,8 +75,9 @@ struct LeaseService: Service {
                 logger.warning("holds still wait for the journal; this instance's leases return when it is reaped")
             }
         } catch {
-            logger.warning("could not return this instance's leases; they return when it is reaped",
-                           metadata: ["error": "\(error)"])
+            logger.warning(
+                "could not return this instance's leases; they return when it is reaped",
+                metadata: ["error": "\(error)"])
         }
     }
 
@@ -93,7 +94,8 @@ struct LeaseService: Service {
         let reaped = try await book.reapDeadInstances()
         if reaped > 0 {
             Self.reapedCounter.increment(by: reaped)
-            logger.warning("returned the leases of instances that stopped renewing", metadata: ["instances": "\(reaped)"])
+            logger.warning(
+                "returned the leases of instances that stopped renewing", metadata: ["instances": "\(reaped)"])
         }
     }
 }

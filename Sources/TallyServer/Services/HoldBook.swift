@@ -73,8 +73,10 @@ public final class HoldBook: Sendable {
         case flush(CheckedContinuation<Void, Never>)
     }
 
-    public init(repository: any LeaseRepository, holdTTLSeconds: Int, mode: HoldCommitMode = .sync,
-                stripes: Int = defaultStripes, journalConcurrency: Int = defaultJournalConcurrency) {
+    public init(
+        repository: any LeaseRepository, holdTTLSeconds: Int, mode: HoldCommitMode = .sync,
+        stripes: Int = defaultStripes, journalConcurrency: Int = defaultJournalConcurrency
+    ) {
         self.repository = repository
         self.holdTTLSeconds = holdTTLSeconds
         self.mode = mode
@@ -101,8 +103,9 @@ public final class HoldBook: Sendable {
     /// Registers the instance; call before the first `reserve`.
     public func start() async throws {
         let instance = self.instance, started = Self.now()
-        try await repository.register(instance: instance, ttlSeconds: Self.registrationTTLSeconds,
-                                      reclaimAfterSeconds: reclaimAfterSeconds)
+        try await repository.register(
+            instance: instance, ttlSeconds: Self.registrationTTLSeconds,
+            reclaimAfterSeconds: reclaimAfterSeconds)
         announce(instance, validUntil: Self.validUntil(renewedAt: started))
     }
 
@@ -142,7 +145,7 @@ public final class HoldBook: Sendable {
         let instance = self.instance
         let want = LeasePolicy(commit: mode).leaseWant(missing: typical)
         return LookupLease(instance: instance, want: want) { [self] grants in
-            let users = grants.compactMap { if case let .user(id) = $0.account { id } else { nil } }
+            let users = grants.compactMap { if case .user(let id) = $0.account { id } else { nil } }
             guard let userID = users.first else { return }
             let wants = grants.map { AccountUnits($0.account, want) }
             step(stripe(ofUser: userID), .leaseGranted(instance: instance, wants: wants, grants))
@@ -199,10 +202,10 @@ public final class HoldBook: Sendable {
             let event = event(&book)
             for action in book.machine.handle(event, at: Double(locked) / 1e9) {
                 switch action {
-                case let .answer(ticket, answer):
+                case .answer(let ticket, let answer):
                     guard let continuation = book.holds.removeValue(forKey: ticket) else { continue }
                     resumes.append(.hold(continuation, answer))
-                case let .flushed(ticket):
+                case .flushed(let ticket):
                     guard let continuation = book.flushes.removeValue(forKey: ticket) else { continue }
                     resumes.append(.flush(continuation))
                 default:
@@ -214,10 +217,10 @@ public final class HoldBook: Sendable {
         AuthorizeMetrics.lock(waited: locked &- asked, held: AuthorizeMetrics.now() &- locked)
         for resume in resumes {
             switch resume {
-            case let .hold(continuation, .outcome(outcome)): continuation.resume(returning: outcome)
-            case let .hold(continuation, .failed(failure)):
+            case .hold(let continuation, .outcome(let outcome)): continuation.resume(returning: outcome)
+            case .hold(let continuation, .failed(let failure)):
                 continuation.resume(throwing: Self.error(for: failure, error))
-            case let .flush(continuation): continuation.resume()
+            case .flush(let continuation): continuation.resume()
             }
         }
         return work
@@ -234,7 +237,7 @@ public final class HoldBook: Sendable {
     /// stripe's machine.
     private func run(_ action: LeaseAction, stripe: Int) {
         switch action {
-        case let .refill(round, instance, wants):
+        case .refill(let round, let instance, let wants):
             Task {
                 do {
                     let grants = try await refills.submit(RefillRound(instance: instance, wants: wants))
@@ -244,7 +247,7 @@ public final class HoldBook: Sendable {
                     step(stripe, .refillFailed(round: round), error: error)
                 }
             }
-        case let .journal(batch, instance, holds):
+        case .journal(let batch, let instance, let holds):
             Task {
                 do {
                     guard let outcomes = try await journals.submit(JournalBatch(instance: instance, holds: holds))
@@ -254,7 +257,7 @@ public final class HoldBook: Sendable {
                     step(stripe, .journalFailed(batch: batch), error: error)
                 }
             }
-        case let .giveBack(instance, amounts):
+        case .giveBack(let instance, let amounts):
             // Not put back on failure: the call may have committed. Units it did not return
             // stay leased until this instance retires or is reaped.
             Task { try? await repository.giveBack(instance: instance, amounts: amounts) }
@@ -270,7 +273,7 @@ public final class HoldBook: Sendable {
             Task {
                 do { try await renew() } catch { everywhere(.renewalFailed) }
             }
-        case let .wake(at):
+        case .wake(let at):
             Task {
                 try? await Task.sleep(for: .seconds(max(0, at - Self.now())))
                 step(stripe, .clock)
@@ -285,8 +288,10 @@ public final class HoldBook: Sendable {
     /// One `tally_journal_holds` call per registration for the stripes' batches (usually one);
     /// each batch gets its holds' outcomes back, or nil when its registration was reaped (the
     /// batches of another registration in the same call are not failed by it).
-    private static func journal(_ batches: [JournalBatch], repository: any LeaseRepository,
-                                ttlSeconds: Int) async throws -> [[JournalOutcome]?] {
+    private static func journal(
+        _ batches: [JournalBatch], repository: any LeaseRepository,
+        ttlSeconds: Int
+    ) async throws -> [[JournalOutcome]?] {
         var answers: [[JournalOutcome]?] = Array(repeating: [], count: batches.count)
         for instance in Set(batches.map(\.instance)).sorted() {
             let mine = batches.indices.filter { batches[$0].instance == instance }
@@ -314,7 +319,8 @@ public final class HoldBook: Sendable {
     /// One `tally_lease` call per registration for the stripes' rounds (their accounts are
     /// disjoint: a stripe owns its users and their tokens); each round gets its accounts' grants.
     private static func refill(_ rounds: [RefillRound], repository: any LeaseRepository) async throws
-        -> [[LeaseGrant]] {
+        -> [[LeaseGrant]]
+    {
         var answers: [[LeaseGrant]] = Array(repeating: [], count: rounds.count)
         for instance in Set(rounds.map(\.instance)).sorted() {
             var pending = rounds.indices.filter { rounds[$0].instance == instance }
@@ -373,7 +379,7 @@ public final class HoldBook: Sendable {
     public func returnIdleLeases(everything: Bool = false) async throws {
         for stripe in stripes.indices {
             for action in step(stripe, { _ in everything ? .returnAll : .idleTick }) {
-                guard case let .giveBack(instance, amounts) = action else {
+                guard case .giveBack(let instance, let amounts) = action else {
                     run(action, stripe: stripe)
                     continue
                 }
@@ -387,7 +393,7 @@ public final class HoldBook: Sendable {
     /// changed). Each gives the lease back and forgets it.
     public func notice(_ event: LeaseEvent) {
         switch event {
-        case let .leaseWanted(.user(id)), let .overdrawn(.user(id)), let .accountChanged(.user(id)):
+        case .leaseWanted(.user(let id)), .overdrawn(.user(let id)), .accountChanged(.user(let id)):
             step(stripe(ofUser: id), event)
         default:
             everywhere(event)

@@ -1,7 +1,7 @@
 import Foundation
 import TallyCore
-import TallyStore
 import TallyPostgres
+import TallyStore
 
 /// The input formats of a log batch.
 public enum IngestFormat: String, Sendable {
@@ -40,7 +40,10 @@ public struct Ingestor: Sendable {
     let repository: any IngestRepository
     let limits: IngestLimits
 
-    public init(prices: PriceCatalog, tokens: TokenDirectory, repository: any IngestRepository, limits: IngestLimits = IngestLimits()) {
+    public init(
+        prices: PriceCatalog, tokens: TokenDirectory, repository: any IngestRepository,
+        limits: IngestLimits = IngestLimits()
+    ) {
         self.prices = prices
         self.tokens = tokens
         self.repository = repository
@@ -49,7 +52,9 @@ public struct Ingestor: Sendable {
 
     /// Ingests one batch held in memory. Bad lines are rejected (and stored) without failing
     /// the batch; the result is returned only after the batch is committed.
-    public func ingest(_ body: [UInt8], format: IngestFormat, tid: String, source: String, now: Date = Date()) async throws -> IngestResult {
+    public func ingest(_ body: [UInt8], format: IngestFormat, tid: String, source: String, now: Date = Date())
+        async throws -> IngestResult
+    {
         var reader = reader(format: format, now: now)
         try await reader.consume(body)
         return try await store(reader, tid: tid, source: source)
@@ -64,7 +69,8 @@ public struct Ingestor: Sendable {
     public func store(_ reader: BatchReader, tid: String, source: String) async throws -> IngestResult {
         var reader = reader
         let batch = try await reader.finish()
-        return try await repository.store(batch.priced, rejects: batch.rejects, totalLines: batch.lines, tid: tid, source: source)
+        return try await repository.store(
+            batch.priced, rejects: batch.rejects, totalLines: batch.lines, tid: tid, source: source)
     }
 
     static func keyHash(of line: LogLine) -> SecretHash? {
@@ -74,18 +80,29 @@ public struct Ingestor: Sendable {
 
     /// Validates one parsed line and rates it; throws the reason it cannot be accepted.
     /// `identity` is the owner of its key (or token id), nil when none matches.
-    func validateAndRate(_ line: LogLine, identity: TokenIdentity?, book: PriceBook, now: Date) throws(IngestRejection) -> PricedLine {
-        let texts = [line.requestID, line.key, line.model, line.group, line.ip, line.tid, line.error,
-                     line.usage?.size, line.usage?.quality, line.usage?.resolution]
+    func validateAndRate(_ line: LogLine, identity: TokenIdentity?, book: PriceBook, now: Date) throws(IngestRejection)
+        -> PricedLine
+    {
+        let texts = [
+            line.requestID, line.key, line.model, line.group, line.ip, line.tid, line.error,
+            line.usage?.size, line.usage?.quality, line.usage?.resolution,
+        ]
         guard !texts.contains(where: { $0?.utf8.contains(0) == true }) else {
             throw IngestRejection("invalid_field", "text fields may not contain NUL (\\u0000)")
         }
-        guard let requestID = line.requestID, !requestID.isEmpty else { throw IngestRejection("missing_field", "request_id is required") }
-        guard requestID.utf8.count <= 128 else { throw IngestRejection("invalid_field", "request_id is longer than 128 bytes") }
+        guard let requestID = line.requestID, !requestID.isEmpty else {
+            throw IngestRejection("missing_field", "request_id is required")
+        }
+        guard requestID.utf8.count <= 128 else {
+            throw IngestRejection("invalid_field", "request_id is longer than 128 bytes")
+        }
         guard let createdAt = line.createdAt else { throw IngestRejection("missing_field", "created_at is required") }
-        guard let model = line.model, !model.isEmpty else { throw IngestRejection("missing_field", "model is required") }
+        guard let model = line.model, !model.isEmpty else {
+            throw IngestRejection("missing_field", "model is required")
+        }
         guard createdAt.timeIntervalSince(now) <= limits.maxClockSkew else {
-            throw IngestRejection("future_timestamp", "created_at \(PostgresTimestamp.format(createdAt)) is in the future")
+            throw IngestRejection(
+                "future_timestamp", "created_at \(PostgresTimestamp.format(createdAt)) is in the future")
         }
         guard let identity else {
             if Self.keyHash(of: line) != nil {
@@ -96,14 +113,17 @@ public struct Ingestor: Sendable {
             throw IngestRejection("missing_field", "key or token_id is required")
         }
         let status = Int(line.status ?? 200)
-        guard (100...599).contains(status) else { throw IngestRejection("invalid_field", "status \(status) is not an HTTP status") }
+        guard (100...599).contains(status) else {
+            throw IngestRejection("invalid_field", "status \(status) is not an HTTP status")
+        }
         let failed = status >= 400
         guard let usage = line.usage ?? (failed ? Usage() : nil) else {
             throw IngestRejection("missing_usage", "a successful request (status \(status)) needs usage")
         }
         try checkPlausible(usage)
         guard let version = book.version(at: createdAt) else {
-            throw IngestRejection("no_price_version", "no price version is in force at \(PostgresTimestamp.format(createdAt))")
+            throw IngestRejection(
+                "no_price_version", "no price version is in force at \(PostgresTimestamp.format(createdAt))")
         }
         let group = line.group.flatMap { $0.isEmpty ? nil : $0 } ?? identity.group
         let rating: Rating
@@ -112,7 +132,9 @@ public struct Ingestor: Sendable {
         } catch {
             throw Self.rejection(for: error, version: version.id)
         }
-        guard !rating.capped else { throw IngestRejection("absurd_usage", "the cost of this usage exceeds the largest balance") }
+        guard !rating.capped else {
+            throw IngestRejection("absurd_usage", "the cost of this usage exceeds the largest balance")
+        }
         return PricedLine(
             requestID: requestID, createdAt: createdAt, userID: identity.userID, tokenID: identity.tokenID,
             channelID: line.channelID, model: model, group: group,
@@ -122,23 +144,32 @@ public struct Ingestor: Sendable {
     }
 
     private func checkPlausible(_ usage: Usage) throws(IngestRejection) {
-        for (name, value) in [("prompt_tokens", usage.promptTokens), ("completion_tokens", usage.completionTokens),
-                              ("cached_tokens", usage.cachedTokens), ("cache_write_tokens", usage.cacheWriteTokens),
-                              ("audio_input_tokens", usage.audioInputTokens), ("audio_output_tokens", usage.audioOutputTokens)]
+        for (name, value) in [
+            ("prompt_tokens", usage.promptTokens), ("completion_tokens", usage.completionTokens),
+            ("cached_tokens", usage.cachedTokens), ("cache_write_tokens", usage.cacheWriteTokens),
+            ("audio_input_tokens", usage.audioInputTokens), ("audio_output_tokens", usage.audioOutputTokens),
+        ]
         where value > limits.maxTokens {
             throw IngestRejection("absurd_usage", "\(name) \(value) is more than \(limits.maxTokens)")
         }
-        if usage.images > limits.maxImages { throw IngestRejection("absurd_usage", "images \(usage.images) is more than \(limits.maxImages)") }
-        if usage.calls > limits.maxCalls { throw IngestRejection("absurd_usage", "calls \(usage.calls) is more than \(limits.maxCalls)") }
-        for (name, value) in [("video_seconds", usage.videoSeconds), ("predict_time", usage.predictTime)] where value > limits.maxSeconds {
+        if usage.images > limits.maxImages {
+            throw IngestRejection("absurd_usage", "images \(usage.images) is more than \(limits.maxImages)")
+        }
+        if usage.calls > limits.maxCalls {
+            throw IngestRejection("absurd_usage", "calls \(usage.calls) is more than \(limits.maxCalls)")
+        }
+        for (name, value) in [("video_seconds", usage.videoSeconds), ("predict_time", usage.predictTime)]
+        where value > limits.maxSeconds {
             throw IngestRejection("absurd_usage", "\(name) \(value) is more than \(limits.maxSeconds)")
         }
     }
 
     private static func rejection(for error: RatingError, version: Int64) -> IngestRejection {
         switch error {
-        case .unknownModel(let model): IngestRejection("unknown_model", "model \"\(model.prefix(100))\" has no price in price version \(version)")
-        case .unknownGroup(let group): IngestRejection("unknown_group", "group \"\(group.prefix(100))\" is not in price version \(version)")
+        case .unknownModel(let model):
+            IngestRejection("unknown_model", "model \"\(model.prefix(100))\" has no price in price version \(version)")
+        case .unknownGroup(let group):
+            IngestRejection("unknown_group", "group \"\(group.prefix(100))\" is not in price version \(version)")
         case .modelNotInGroup: IngestRejection("model_not_in_group", error.description)
         case .sizeNotSupported: IngestRejection("size_not_supported", error.description)
         }

@@ -48,8 +48,9 @@ struct SettlerService: Service {
             _ = try await foldBalances()
             try await rollUp()
         } catch {
-            logger.warning("the last settling round failed; another instance folds what is pending",
-                           metadata: ["error": "\(error)"])
+            logger.warning(
+                "the last settling round failed; another instance folds what is pending",
+                metadata: ["error": "\(error)"])
         }
     }
 

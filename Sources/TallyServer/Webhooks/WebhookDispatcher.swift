@@ -24,9 +24,11 @@ public struct WebhookDispatchConfiguration: Sendable {
     /// Time allowed for one delivery, connection included.
     public var timeout: Duration
 
-    public init(enabled: Bool = true, pollInterval: Duration = .seconds(1), batchSize: Int = 8, maxAttempts: Int = 20,
-                baseBackoff: Duration = .seconds(5), maxBackoff: Duration = .seconds(3600),
-                connectTimeout: Duration = .seconds(5), timeout: Duration = .seconds(10)) {
+    public init(
+        enabled: Bool = true, pollInterval: Duration = .seconds(1), batchSize: Int = 8, maxAttempts: Int = 20,
+        baseBackoff: Duration = .seconds(5), maxBackoff: Duration = .seconds(3600),
+        connectTimeout: Duration = .seconds(5), timeout: Duration = .seconds(10)
+    ) {
         self.enabled = enabled
         self.pollInterval = pollInterval
         self.batchSize = batchSize
@@ -51,8 +53,10 @@ public struct WebhookDispatcher: Service {
     let configuration: WebhookDispatchConfiguration
     let logger: Logger
 
-    public init(repository: WebhookRepository, client: HTTPClient = HTTPClient(), configuration: WebhookDispatchConfiguration,
-                logger: Logger = Logger(label: "tally.webhooks")) {
+    public init(
+        repository: WebhookRepository, client: HTTPClient = HTTPClient(), configuration: WebhookDispatchConfiguration,
+        logger: Logger = Logger(label: "tally.webhooks")
+    ) {
         self.repository = repository
         self.client = client
         self.configuration = configuration
@@ -67,7 +71,9 @@ public struct WebhookDispatcher: Service {
             }
             // A full round suggests more is due: go again at once.
             if claimed < configuration.batchSize {
-                do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: configuration.pollInterval) } } catch { return }
+                do {
+                    try await cancelWhenGracefulShutdown { try await Task.sleep(for: configuration.pollInterval) }
+                } catch { return }
             }
         }
     }
@@ -89,14 +95,20 @@ public struct WebhookDispatcher: Service {
         let timestamp = String(Int64(Date().timeIntervalSince1970))
         let request = HTTPClient.Request(
             method: .post, url: delivery.url,
-            headers: [("Content-Type", "application/json"),
-                      ("User-Agent", "tally-webhooks/1"),
-                      ("X-Tally-Event-Id", delivery.eventID),
-                      ("X-Tally-Event", delivery.type),
-                      ("X-Tally-Timestamp", timestamp),
-                      ("X-Tally-Delivery-Attempt", String(delivery.attempt)),
-                      ("X-Tally-Signature", WebhookSignature.header(secret: delivery.secret, timestamp: timestamp, body: body))],
-            body: body, connectTimeout: configuration.connectTimeout, timeout: configuration.timeout, maxResponseBytes: 64 << 10)
+            headers: [
+                ("Content-Type", "application/json"),
+                ("User-Agent", "tally-webhooks/1"),
+                ("X-Tally-Event-Id", delivery.eventID),
+                ("X-Tally-Event", delivery.type),
+                ("X-Tally-Timestamp", timestamp),
+                ("X-Tally-Delivery-Attempt", String(delivery.attempt)),
+                (
+                    "X-Tally-Signature",
+                    WebhookSignature.header(secret: delivery.secret, timestamp: timestamp, body: body)
+                ),
+            ],
+            body: body, connectTimeout: configuration.connectTimeout, timeout: configuration.timeout,
+            maxResponseBytes: 64 << 10)
         let outcome: (status: Int?, error: String?)
         do {
             let response = try await client.send(request)
@@ -108,14 +120,18 @@ public struct WebhookDispatcher: Service {
             try await record(delivery, status: outcome.status, error: outcome.error)
         } catch {
             // The lease runs out and the delivery is retried: at least once, never lost.
-            logger.warning("recording a webhook delivery failed", metadata: ["event_id": "\(delivery.eventID)", "error": "\(error)"])
+            logger.warning(
+                "recording a webhook delivery failed",
+                metadata: ["event_id": "\(delivery.eventID)", "error": "\(error)"])
         }
     }
 
     private func record(_ delivery: WebhookDelivery, status: Int?, error: String?) async throws {
-        var metadata: Logger.Metadata = ["event_id": "\(delivery.eventID)", "event": "\(delivery.type)",
-                                         "endpoint": "\(delivery.endpointID)", "origin": "\(URLOrigin.of(delivery.url))",
-                                         "attempt": "\(delivery.attempt)"]
+        var metadata: Logger.Metadata = [
+            "event_id": "\(delivery.eventID)", "event": "\(delivery.type)",
+            "endpoint": "\(delivery.endpointID)", "origin": "\(URLOrigin.of(delivery.url))",
+            "attempt": "\(delivery.attempt)",
+        ]
         guard let error else {
             try await repository.markDelivered(delivery, status: status ?? 0)
             WebhookMetrics.delivered.increment()
@@ -128,8 +144,9 @@ public struct WebhookDispatcher: Service {
             WebhookMetrics.dead.increment()
             logger.error("webhook dead-lettered after its last attempt", metadata: metadata)
         } else {
-            let delay = WebhookBackoff.delay(afterAttempt: delivery.attempt, base: configuration.baseBackoff,
-                                             maximum: configuration.maxBackoff)
+            let delay = WebhookBackoff.delay(
+                afterAttempt: delivery.attempt, base: configuration.baseBackoff,
+                maximum: configuration.maxBackoff)
             try await repository.markFailed(delivery, status: status, error: error, retryAfter: delay)
             WebhookMetrics.failed.increment()
             metadata["retry_in"] = "\(delay)"

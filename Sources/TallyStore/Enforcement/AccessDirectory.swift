@@ -96,10 +96,12 @@ public final class AccessDirectory: Sendable {
     /// The key with this hash, or nil when no such key exists (or it was deleted). On a cache
     /// miss, the lease `leasing` names (if any) is taken in the same round trip.
     public func key(_ hash: SecretHash, now: Date = Date(), leasing: @autoclosure () -> LookupLease? = nil)
-        async throws -> KeyAccess? {
+        async throws -> KeyAccess?
+    {
         let (cached, generation): (KeyAccess??, Int) = state.withLock { state in
             guard let entry = state.keys[hash],
-                  now.timeIntervalSince(entry.at) < (entry.access == nil ? unknownTTL : ttl) else { return (nil, state.generation) }
+                now.timeIntervalSince(entry.at) < (entry.access == nil ? unknownTTL : ttl)
+            else { return (nil, state.generation) }
             return (.some(entry.access), state.generation)
         }
         if let cached { return cached }
@@ -117,8 +119,12 @@ public final class AccessDirectory: Sendable {
     private static func lookUp(_ misses: [Miss], _ connection: PostgresConnection) throws -> [Found] {
         let instance = misses.lazy.compactMap(\.lease?.instance).first ?? ""
         let wants = misses.map { $0.lease.map { $0.instance == instance ? $0.want : 0 } ?? 0 }
-        let rows = try connection.query(lookupBatch, [PostgresArray.text(misses.map(\.hash.hex)), instance,
-                                                      PostgresArray.integers(wants)])
+        let rows = try connection.query(
+            lookupBatch,
+            [
+                PostgresArray.text(misses.map(\.hash.hex)), instance,
+                PostgresArray.integers(wants),
+            ])
         var accesses = [KeyAccess?](repeating: nil, count: misses.count)
         var grants: [LeaseGrant] = []
         try rows.forEach { row in
@@ -141,7 +147,9 @@ public final class AccessDirectory: Sendable {
 
     /// The channel map, re-read after `ttl` or an invalidation.
     public func channels(now: Date = Date()) async throws -> ChannelMap {
-        if let cached = state.withLock({ state in state.channels.flatMap { now.timeIntervalSince($0.at) < ttl ? $0.map : nil } }) {
+        if let cached = state.withLock({ state in
+            state.channels.flatMap { now.timeIntervalSince($0.at) < ttl ? $0.map : nil }
+        }) {
             return cached
         }
         let generation = state.withLock { $0.generation }
@@ -160,8 +168,8 @@ public final class AccessDirectory: Sendable {
         state.withLock { state in
             state.generation += 1
             switch change {
-            case let .token(id): state.keys = state.keys.filter { $0.value.access?.tokenID != id }
-            case let .user(id): state.keys = state.keys.filter { $0.value.access?.userID != id }
+            case .token(let id): state.keys = state.keys.filter { $0.value.access?.tokenID != id }
+            case .user(let id): state.keys = state.keys.filter { $0.value.access?.userID != id }
             case .channel: state.channels = nil
             case .group, .import, .everything:
                 state.keys = [:]
@@ -179,7 +187,9 @@ public final class AccessDirectory: Sendable {
     /// The keys asked for (`$1`, hex), each as one row with its ordinal (column 13), and the
     /// grants of the leases taken for them (columns 14–18: one row per account leased), for
     /// `$2` with `$3` units per key — for keys that may be used only (migration 0011).
-    private static let lookupBatch = PreparedStatement("access_directory_keys_lease", """
+    private static let lookupBatch = PreparedStatement(
+        "access_directory_keys_lease",
+        """
         WITH k AS MATERIALIZED (
             SELECT t.id, t.user_id, t.key_last6,
                    t.status = \(TokenStatus.enabled.sql) AND t.deleted_at IS NULL AS enabled, t.expires_at,
@@ -227,12 +237,14 @@ public final class AccessDirectory: Sendable {
             tokenID: try row.decode(0), userID: try row.decode(1), keyLast6: try row.decode(2),
             tokenEnabled: try row.decode(3), expiresAt: try row.decodeOptional(4), userSuspended: try row.decode(5),
             userRole: Role(rawValue: Int(try row.decode(6, as: Int64.self))) ?? .user, group: try row.decode(7),
-            allowedModels: limitsOn ? Set(limits.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) : nil,
+            allowedModels: limitsOn
+                ? Set(limits.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) : nil,
             allowIPs: try? IPAllowList.parse(try row.decode(10)),
             keyRPM: keyRPM.map { Int($0) }, userModelRPM: modelRPM.map { Int($0) })
     }
 
-    private static let channelRows = PreparedStatement("access_directory_channels",
+    private static let channelRows = PreparedStatement(
+        "access_directory_channels",
         "SELECT id, status = \(ChannelStatus.enabled.sql), array_to_string(groups, ','), array_to_string(models, ',') "
             + "FROM channels")
 

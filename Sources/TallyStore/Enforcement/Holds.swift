@@ -34,7 +34,9 @@ public struct PostgresHoldRepository: HoldRepository {
     public func release(requestID: String) async throws -> ReleaseOutcome? {
         try await pool.withConnection { connection in
             guard let row = try connection.query(Self.findHold, [requestID]).first else { return nil }
-            let (id, status, amount) = (try row.decode(0, as: Int64.self), try row.decode(1, as: String.self), try row.decode(2, as: Int64.self))
+            let (id, status, amount) = (
+                try row.decode(0, as: Int64.self), try row.decode(1, as: String.self), try row.decode(2, as: Int64.self)
+            )
             guard status == "held" else { return ReleaseOutcome(status: status, returned: 0, held: amount) }
             let closed = try connection.query(Self.closeHolds, [PostgresArray.integers([id]), "released"])
             if closed.isEmpty {
@@ -68,17 +70,23 @@ public struct PostgresHoldRepository: HoldRepository {
     // MARK: SQL
 
     static let findHold = PreparedStatement("holds_find", "SELECT id, status, amount FROM holds WHERE request_id = $1")
-    static let closeHolds = PreparedStatement("holds_close", "SELECT request_id, amount FROM tally_close_holds($1::bigint[], $2)")
-    static let expire = PreparedStatement("holds_expire", """
+    static let closeHolds = PreparedStatement(
+        "holds_close", "SELECT request_id, amount FROM tally_close_holds($1::bigint[], $2)")
+    static let expire = PreparedStatement(
+        "holds_expire",
+        """
         SELECT count(*) FROM tally_close_holds(ARRAY(
             SELECT id FROM holds WHERE status = 'held' AND expires_at < now() ORDER BY expires_at LIMIT $1), 'expired')
         """)
-    static let purge = PreparedStatement("holds_purge", """
+    static let purge = PreparedStatement(
+        "holds_purge",
+        """
         WITH gone AS (DELETE FROM holds WHERE id IN (
             SELECT id FROM holds WHERE status <> 'held' AND closed_at < now() - make_interval(secs => $1) LIMIT $2)
             RETURNING 1)
         SELECT count(*) FROM gone
         """)
-    static let open = PreparedStatement("holds_open_totals",
+    static let open = PreparedStatement(
+        "holds_open_totals",
         "SELECT count(*), coalesce(sum(amount), 0)::bigint FROM holds WHERE status = 'held'")
 }

@@ -60,16 +60,22 @@ public struct PostgresLeaseRepository: LeaseRepository {
         let (users, tokens) = Self.split(wants)
         return try await pool.withConnection { connection in
             do {
-                return try Self.retryingDeadlocks { try connection.query(Self.leaseAccounts, [
-                    instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
-                    PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
-                ]).map { row in
-                    let id: Int64 = try row.decode(1)
-                    return LeaseGrant(account: try row.decode(0, as: String.self) == "user" ? .user(id) : .token(id),
-                                      granted: try row.decode(2),
-                                      state: LeaseGrant.State(rawValue: try row.decode(3)) ?? .unknown,
-                                      others: try row.decode(4))
-                } }
+                return try Self.retryingDeadlocks {
+                    try connection.query(
+                        Self.leaseAccounts,
+                        [
+                            instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
+                            PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
+                        ]
+                    ).map { row in
+                        let id: Int64 = try row.decode(1)
+                        return LeaseGrant(
+                            account: try row.decode(0, as: String.self) == "user" ? .user(id) : .token(id),
+                            granted: try row.decode(2),
+                            state: LeaseGrant.State(rawValue: try row.decode(3)) ?? .unknown,
+                            others: try row.decode(4))
+                    }
+                }
             } catch {
                 throw Self.translated(error)
             }
@@ -79,10 +85,14 @@ public struct PostgresLeaseRepository: LeaseRepository {
     public func giveBack(instance: String, amounts: [AccountUnits]) async throws {
         let (users, tokens) = Self.split(amounts)
         try await pool.withConnection { connection in
-            _ = try Self.retryingDeadlocks { try connection.query(Self.returnLeases, [
-                instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
-                PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
-            ]) }
+            _ = try Self.retryingDeadlocks {
+                try connection.query(
+                    Self.returnLeases,
+                    [
+                        instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
+                        PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
+                    ])
+            }
         }
     }
 
@@ -92,14 +102,21 @@ public struct PostgresLeaseRepository: LeaseRepository {
             instance, PostgresArray.integers(holds.map(\.id)), PostgresArray.text(requests.map(\.requestID)),
             PostgresArray.integers(requests.map(\.userID)), PostgresArray.integers(requests.map(\.tokenID)),
             PostgresArray.integers(requests.map(\.amount)), PostgresArray.text(requests.map(\.model)),
-            PostgresArray.text(requests.map(\.tid)), "{" + holds.map { $0.tokenLeased ? "t" : "f" }.joined(separator: ",") + "}",
+            PostgresArray.text(requests.map(\.tid)),
+            "{" + holds.map { $0.tokenLeased ? "t" : "f" }.joined(separator: ",") + "}",
             ttlSeconds,
         ]
         return try await pool.withConnection { connection in
             // A stored hold with another id is an earlier authorization of the request id.
-            try zip(holds, Self.translatingRefusal { try connection.query(Self.journalHolds, parameters) }.map { row in
-                (id: try row.decode(1, as: Int64.self), held: try row.decode(2, as: Int64.self), status: try row.decode(3, as: String.self))
-            }).map { hold, stored in
+            try zip(
+                holds,
+                Self.translatingRefusal { try connection.query(Self.journalHolds, parameters) }.map { row in
+                    (
+                        id: try row.decode(1, as: Int64.self), held: try row.decode(2, as: Int64.self),
+                        status: try row.decode(3, as: String.self)
+                    )
+                }
+            ).map { hold, stored in
                 JournalOutcome(holdID: stored.id, held: stored.held, status: stored.status, isNew: stored.id == hold.id)
             }
         }
@@ -128,7 +145,9 @@ public struct PostgresLeaseRepository: LeaseRepository {
                 return try body()
             } catch {
                 let state = (error as? PostgresError)?.sqlState
-                guard attempt < 3, state == SQLState.deadlockDetected || state == SQLState.serializationFailure else { throw error }
+                guard attempt < 3, state == SQLState.deadlockDetected || state == SQLState.serializationFailure else {
+                    throw error
+                }
                 attempt += 1
             }
         }
@@ -162,27 +181,37 @@ public struct PostgresLeaseRepository: LeaseRepository {
     /// Raised by `tally_lease` and `tally_journal_holds` when the registration is gone.
     static let notRegisteredState = "T0L01"
 
-    static let registerInstance = PreparedStatement("leases_register", """
+    static let registerInstance = PreparedStatement(
+        "leases_register",
+        """
         WITH registered AS (INSERT INTO tally_instances (id, reclaim_after_seconds) VALUES ($1, $3) RETURNING id)
         INSERT INTO tally_instance_renewals (instance_id, expires_at)
         SELECT id, now() + make_interval(secs => $2) FROM registered
         """)
     /// Touches only the renewal row (migration 0011): journal batches and leases lock the
     /// instance's row, and a renewal must never wait for them.
-    static let renewInstance = PreparedStatement("leases_renew", """
+    static let renewInstance = PreparedStatement(
+        "leases_renew",
+        """
         UPDATE tally_instance_renewals SET expires_at = now() + make_interval(secs => $2) WHERE instance_id = $1
         RETURNING 1
         """)
     static let retireInstance = PreparedStatement("leases_retire", "SELECT tally_reap_instances($1)")
-    static let leaseAccounts = PreparedStatement("leases_lease", """
+    static let leaseAccounts = PreparedStatement(
+        "leases_lease",
+        """
         SELECT kind, account_id, granted, state, others FROM tally_lease($1, $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
         """)
-    static let returnLeases = PreparedStatement("leases_return",
+    static let returnLeases = PreparedStatement(
+        "leases_return",
         "SELECT tally_return_leases($1, $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])")
-    static let journalHolds = PreparedStatement("leases_journal", """
+    static let journalHolds = PreparedStatement(
+        "leases_journal",
+        """
         SELECT request_id, hold_id, held, hold_status FROM tally_journal_holds(
             $1, $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::boolean[], $10)
         """)
-    static let nextHoldIDBlock = PreparedStatement("leases_hold_id_block", "SELECT nextval(pg_get_serial_sequence('holds', 'id'))")
+    static let nextHoldIDBlock = PreparedStatement(
+        "leases_hold_id_block", "SELECT nextval(pg_get_serial_sequence('holds', 'id'))")
     static let reap = PreparedStatement("leases_reap", "SELECT tally_reap_instances()")
 }

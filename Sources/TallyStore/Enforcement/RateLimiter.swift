@@ -27,9 +27,12 @@ public final class RateLimiter: Sendable {
             // Both must pass before either counts.
             var keyProbe = key, userModelProbe = userModel
             guard access.keyRPM.map({ keyProbe.tryAcquire(limit: $0, now: now) }) ?? true,
-                  access.userModelRPM.map({ userModelProbe.tryAcquire(limit: $0, now: now) }) ?? true else { return false }
+                access.userModelRPM.map({ userModelProbe.tryAcquire(limit: $0, now: now) }) ?? true
+            else { return false }
             if access.keyRPM != nil { key = keyProbe; counters[.key(access.tokenID)] = key }
-            if access.userModelRPM != nil { userModel = userModelProbe; counters[.userModel(access.userID, model)] = userModel }
+            if access.userModelRPM != nil {
+                userModel = userModelProbe; counters[.userModel(access.userID, model)] = userModel
+            }
             return true
         }
     }

@@ -27,22 +27,29 @@ public struct LogRetention: Sendable {
     public init(pool: PostgresPool) { self.pool = pool }
 
     /// Keeps the `keepMonths` months ending with `current` (at least the current month).
-    public func plan(keepMonths: Int, current: UsageMonth = UsageMonth(containing: Date())) async throws -> RetentionPlan {
-        guard keepMonths >= 1 else { throw StoreError.invalid("keep-months must be at least 1 (the current month is always kept)") }
+    public func plan(keepMonths: Int, current: UsageMonth = UsageMonth(containing: Date())) async throws
+        -> RetentionPlan
+    {
+        guard keepMonths >= 1 else {
+            throw StoreError.invalid("keep-months must be at least 1 (the current month is always kept)")
+        }
         let firstKept = current.adding(months: -(keepMonths - 1))
         let partitions = try await pool.withConnection { connection in
-            try connection.query("""
+            try connection.query(
+                """
                 SELECT name, to_char(month, 'YYYY-MM'), pg_total_relation_size(name::regclass)
                 FROM tally_log_partitions ORDER BY month
-                """).map { row in
+                """
+            ).map { row in
                 guard let month = UsageMonth(try row.decode(1, as: String.self)) else {
                     throw StoreError.internalError("partition \(try row.decode(0, as: String.self)) has no month")
                 }
                 return LogPartition(name: try row.decode(0), month: month, bytes: try row.decode(2))
             }
         }
-        return RetentionPlan(firstKept: firstKept, kept: partitions.filter { $0.month >= firstKept },
-                             dropped: partitions.filter { $0.month < firstKept })
+        return RetentionPlan(
+            firstKept: firstKept, kept: partitions.filter { $0.month >= firstKept },
+            dropped: partitions.filter { $0.month < firstKept })
     }
 
     /// Drops the plan's partitions, oldest first. Unless `verify` is false, a month is dropped
@@ -55,7 +62,8 @@ public struct LogRetention: Sendable {
             if verify {
                 let problems = try await Auditor(pool: pool).run(month: partition.month)
                 guard problems.isEmpty else {
-                    throw StoreError.conflict("""
+                    throw StoreError.conflict(
+                        """
                         \(partition.month) does not audit clean (\(problems.count) problem(s), first: \(problems[0])); \
                         its request rows are kept. Dropped so far: \(dropped.count).
                         """)
@@ -70,7 +78,8 @@ public struct LogRetention: Sendable {
     private func drop(_ partition: LogPartition, by actor: Actor) async throws {
         try await pool.withConnection { connection in
             let table = connection.quoteIdentifier(partition.name)
-            let pending = try connection.query("SELECT detach_pending FROM tally_log_partitions WHERE name = $1", [partition.name])
+            let pending = try connection.query(
+                "SELECT detach_pending FROM tally_log_partitions WHERE name = $1", [partition.name])
             if let row = pending.first {
                 // CONCURRENTLY runs outside a transaction; an interrupted one is finished with FINALIZE.
                 // Citus refuses CONCURRENTLY: there the detach locks request_logs for its instant.
@@ -80,8 +89,9 @@ public struct LogRetention: Sendable {
             }
             try connection.transaction { connection in
                 try connection.execute("DROP TABLE IF EXISTS \(table)")
-                try AuditLog.recordChange(on: connection, actor: actor, action: "retention.drop", target: "request_logs:\(partition.month)",
-                                          before: ["partition": partition.name, "bytes": partition.bytes], after: nil)
+                try AuditLog.recordChange(
+                    on: connection, actor: actor, action: "retention.drop", target: "request_logs:\(partition.month)",
+                    before: ["partition": partition.name, "bytes": partition.bytes], after: nil)
             }
         }
     }

@@ -66,20 +66,25 @@ public struct StatementRepository: Sendable {
             }
             let balances = try connection.query(Self.balances, [userID, month.firstDay])[0]
             let credits = try connection.query(Self.credits, [userID, month.firstDay]).map { row in
-                StatementCredit(ledgerID: try row.decode(0), at: try row.decode(1), kind: try row.decode(2),
-                                amount: try row.decode(3), reason: try row.decode(4))
+                StatementCredit(
+                    ledgerID: try row.decode(0), at: try row.decode(1), kind: try row.decode(2),
+                    amount: try row.decode(3), reason: try row.decode(4))
             }
-            let models = try connection.query(Self.models, [userID, month.firstDay, month.adding(months: 1).firstDay]).map { row in
-                ModelCharge(model: try row.decode(0), requests: try row.decode(1), quota: try row.decode(2))
-            }
-            return Statement(userID: userID, username: try user.decode(0), month: month,
-                             openingBalance: try balances.decode(0), credits: credits, totalCredits: try balances.decode(1),
-                             charges: try balances.decode(2), chargesByModel: models, closingBalance: try balances.decode(3))
+            let models = try connection.query(Self.models, [userID, month.firstDay, month.adding(months: 1).firstDay])
+                .map { row in
+                    ModelCharge(model: try row.decode(0), requests: try row.decode(1), quota: try row.decode(2))
+                }
+            return Statement(
+                userID: userID, username: try user.decode(0), month: month,
+                openingBalance: try balances.decode(0), credits: credits, totalCredits: try balances.decode(1),
+                charges: try balances.decode(2), chargesByModel: models, closingBalance: try balances.decode(3))
         }
     }
 
     /// Opening, credits, charges and closing from one scan of the user's rows up to the month.
-    static let balances = PreparedStatement("statement_balances", """
+    static let balances = PreparedStatement(
+        "statement_balances",
+        """
         SELECT coalesce(sum(amount) FILTER (WHERE month < $2::date), 0)::bigint,
                coalesce(sum(amount) FILTER (WHERE month = $2::date AND kind <> 'charge'), 0)::bigint,
                coalesce(-sum(amount) FILTER (WHERE month = $2::date AND kind = 'charge'), 0)::bigint,
@@ -87,12 +92,16 @@ public struct StatementRepository: Sendable {
         FROM ledger WHERE user_id = $1 AND month <= $2::date
         """)
 
-    static let credits = PreparedStatement("statement_credits", """
+    static let credits = PreparedStatement(
+        "statement_credits",
+        """
         SELECT id, \(SQL.unix("at")), kind, amount, reason FROM ledger
         WHERE user_id = $1 AND month = $2::date AND kind <> 'charge' ORDER BY at, id
         """)
 
-    static let models = PreparedStatement("statement_models", """
+    static let models = PreparedStatement(
+        "statement_models",
+        """
         SELECT model, sum(requests)::bigint, sum(quota)::bigint FROM usage_rollups
         WHERE user_id = $1 AND day >= $2::date AND day < $3::date
         GROUP BY model ORDER BY model COLLATE "C"

@@ -7,7 +7,9 @@ public enum ExportDimension: String, Sendable, CaseIterable {
     case user, token, model, group, day
 
     /// Parses `by`: one or more dimensions, comma-separated, each at most once.
-    public static func parseList(_ text: String, allowed: Set<ExportDimension> = Set(allCases)) throws(StoreError) -> [ExportDimension] {
+    public static func parseList(_ text: String, allowed: Set<ExportDimension> = Set(allCases)) throws(StoreError)
+        -> [ExportDimension]
+    {
         var dimensions: [ExportDimension] = []
         for part in text.split(separator: ",", omittingEmptySubsequences: false) {
             let name = part.trimmingCharacters(in: .whitespaces)
@@ -27,7 +29,9 @@ public enum ExportFormat: String, Sendable, CaseIterable {
     case csv, jsonl
 
     public static func parse(_ text: String) throws(StoreError) -> ExportFormat {
-        guard let format = ExportFormat(rawValue: text) else { throw .invalid("format must be csv or jsonl, got \"\(text)\"") }
+        guard let format = ExportFormat(rawValue: text) else {
+            throw .invalid("format must be csv or jsonl, got \"\(text)\"")
+        }
         return format
     }
 }
@@ -44,12 +48,18 @@ public struct UsageExport: Sendable {
     public var timeZone: String?
 
     /// A month's totals. Throws when the combination makes no sense.
-    public init(month: UsageMonth, by dimensions: [ExportDimension], format: ExportFormat,
-                userID: Int64? = nil, timeZone: String? = nil) throws(StoreError) {
+    public init(
+        month: UsageMonth, by dimensions: [ExportDimension], format: ExportFormat,
+        userID: Int64? = nil, timeZone: String? = nil
+    ) throws(StoreError) {
         guard !dimensions.isEmpty else { throw .invalid("by must name at least one of user, token, model, group, day") }
         if let timeZone {
-            guard dimensions.contains(.day) else { throw .invalid("tz shifts the day boundaries of by=day; add day to by") }
-            guard (1...64).contains(timeZone.utf8.count) else { throw .invalid("tz must be an IANA time zone name such as Asia/Shanghai") }
+            guard dimensions.contains(.day) else {
+                throw .invalid("tz shifts the day boundaries of by=day; add day to by")
+            }
+            guard (1...64).contains(timeZone.utf8.count) else {
+                throw .invalid("tz must be an IANA time zone name such as Asia/Shanghai")
+            }
         }
         self.month = month
         self.dimensions = dimensions
@@ -102,7 +112,9 @@ public struct UsageExporter: Sendable {
     /// it throws, the COPY is cancelled and the error rethrown. Errors in the request (a month
     /// whose request rows are not kept, an unknown time zone) are thrown before any output.
     @discardableResult
-    public func export(_ export: UsageExport, to sink: @escaping @Sendable (UnsafeRawBufferPointer) throws -> Void) async throws -> ExportSummary {
+    public func export(_ export: UsageExport, to sink: @escaping @Sendable (UnsafeRawBufferPointer) throws -> Void)
+        async throws -> ExportSummary
+    {
         try await pool.transaction { connection in
             // A month's rollups are ~1M rows: JIT compilation costs more than it saves (~160 ms
             // here), and the default work_mem spills the sort to disk.
@@ -136,13 +148,14 @@ public struct UsageExporter: Sendable {
             if export.isRaw {
                 let table = connection.quoteIdentifier(partition)
                 // A query on Citus too, where COPY of a distributed table counts its header as a row.
-                let source = if let userID = export.userID {
-                    "(SELECT * FROM \(table) WHERE user_id = \(userID))"
-                } else if try CitusLayout.isInstalled(on: connection) {
-                    "(SELECT * FROM \(table))"
-                } else {
-                    table
-                }
+                let source =
+                    if let userID = export.userID {
+                        "(SELECT * FROM \(table) WHERE user_id = \(userID))"
+                    } else if try CitusLayout.isInstalled(on: connection) {
+                        "(SELECT * FROM \(table))"
+                    } else {
+                        table
+                    }
                 return "COPY \(source) TO STDOUT WITH (FORMAT csv, HEADER)"
             }
         }
@@ -153,9 +166,15 @@ public struct UsageExporter: Sendable {
     /// The name of the month's `request_logs` partition; not found when it was dropped by
     /// retention (or never made).
     static func keptPartition(_ month: UsageMonth, on connection: PostgresConnection) throws -> String {
-        guard let row = try connection.query("SELECT name FROM tally_log_partitions WHERE month = $1::date AND NOT detach_pending",
-                                             [month.firstDay]).first else {
-            throw StoreError.notFound("the request rows of \(month) are not kept (dropped by retention, or never stored); exports by user, token, model, group or UTC day still cover the month")
+        guard
+            let row = try connection.query(
+                "SELECT name FROM tally_log_partitions WHERE month = $1::date AND NOT detach_pending",
+                [month.firstDay]
+            ).first
+        else {
+            throw StoreError.notFound(
+                "the request rows of \(month) are not kept (dropped by retention, or never stored); exports by user, token, model, group or UTC day still cover the month"
+            )
         }
         return try row.decode(0)
     }
@@ -244,7 +263,8 @@ struct RollupQuery {
         let user = export.userID.map { " AND user_id = \($0)" } ?? ""
         let month = export.month
         guard let timeZone else {
-            return "SELECT * FROM usage_rollups WHERE day >= DATE '\(month.firstDay)' AND day < DATE '\(month.adding(months: 1).firstDay)'\(user)"
+            return
+                "SELECT * FROM usage_rollups WHERE day >= DATE '\(month.firstDay)' AND day < DATE '\(month.adding(months: 1).firstDay)'\(user)"
         }
         return """
             SELECT (created_at AT TIME ZONE \(timeZone))::date AS day, user_id, token_id, model, "group", kind,

@@ -32,19 +32,21 @@ enum NewAPIImportSQL {
             token_id bigint, grp text, ip text, status_code integer, cached_tokens bigint, cache_write_tokens bigint);
         """
 
-    static let dropStaging = "DROP TABLE IF EXISTS import_groups, import_users, import_tokens, import_channels, import_redemptions, import_log_rows"
+    static let dropStaging =
+        "DROP TABLE IF EXISTS import_groups, import_users, import_tokens, import_channels, import_redemptions, import_log_rows"
 
     static let stagingColumns = [
-        "import_users": "source_id, username, display_name, email, role, status, grp, quota, used_quota, access_hash, access_last6, created_unix, deleted",
+        "import_users":
+            "source_id, username, display_name, email, role, status, grp, quota, used_quota, access_hash, access_last6, created_unix, deleted",
         "import_tokens": """
-            source_id, source_user_id, name, key_hash, key_last6, status, grp, remain_quota, unlimited, model_limits_enabled, \
-            model_limits, allow_ips, expired_unix, created_unix, accessed_unix, deleted_at
-            """,
+        source_id, source_user_id, name, key_hash, key_last6, status, grp, remain_quota, unlimited, model_limits_enabled, \
+        model_limits, allow_ips, expired_unix, created_unix, accessed_unix, deleted_at
+        """,
         "import_channels": "source_id, name, status, groups, models, used_quota, created_unix",
         "import_redemptions": """
-            source_id, name, code_hash, code_last6, quota, status, creator_source_id, user_source_id, expired_unix, created_unix, \
-            redeemed_unix, deleted
-            """,
+        source_id, name, code_hash, code_last6, quota, status, creator_source_id, user_source_id, expired_unix, created_unix, \
+        redeemed_unix, deleted
+        """,
         "import_groups": "name, description, selectable, ratio",
     ]
 
@@ -394,7 +396,8 @@ enum NewAPIImportSQL {
         """
 
     /// The months of the staged rows, for their partitions.
-    static let stagedMonths = "SELECT DISTINCT date_trunc('month', to_timestamp(created_unix) AT TIME ZONE 'UTC')::text FROM import_log_rows"
+    static let stagedMonths =
+        "SELECT DISTINCT date_trunc('month', to_timestamp(created_unix) AT TIME ZONE 'UTC')::text FROM import_log_rows"
 
     /// Staged rows whose user is in Tally: the others (users gone from new-api) are skipped.
     static let eligibleLogs = """

@@ -24,8 +24,9 @@ extension NewAPIImporter {
             try target.execute(NewAPIImportSQL.lockAccounts)
             try target.query(NewAPIImportSQL.invalidGroupNames).forEach { row in
                 let name = try row.decode(0, as: String.self), origin = try row.decode(1, as: String.self)
-                warnings.append("group \"\(name.prefix(64))\" skipped: not a valid Tally group name "
-                                + "([A-Za-z0-9_.-]{1,64}); named by \(origin)")
+                warnings.append(
+                    "group \"\(name.prefix(64))\" skipped: not a valid Tally group name "
+                        + "([A-Za-z0-9_.-]{1,64}); named by \(origin)")
             }
             summary.groupsCreated = try target.query(NewAPIImportSQL.insertGroups).affectedRows
             try importUsers(&summary, warnings: &warnings)
@@ -54,20 +55,23 @@ extension NewAPIImporter {
         let name = options.source
         try target.query(NewAPIImportSQL.usersOutsideGroups).forEach { row in
             let username = row.text(0) ?? "", group = row.text(1) ?? ""
-            warnings.append("user \(username): group \"\(group.prefix(64))\" is not a valid Tally group name; "
-                            + "put in default")
+            warnings.append(
+                "user \(username): group \"\(group.prefix(64))\" is not a valid Tally group name; "
+                    + "put in default")
         }
         try target.query(NewAPIImportSQL.normalizeUsers)
         summary.users.renamed = try settleUsernames(warnings: &warnings)
         summary.users.linked = try target.query(NewAPIImportSQL.linkUsers, [name]).affectedRows
-        try insert(table: "users", staging: "import_users", condition: NewAPIImportSQL.usersToInsert,
-                   NewAPIImportSQL.insertUsers, counts: &summary.users)
+        try insert(
+            table: "users", staging: "import_users", condition: NewAPIImportSQL.usersToInsert,
+            NewAPIImportSQL.insertUsers, counts: &summary.users)
         summary.users.updated = try target.query(NewAPIImportSQL.updateUsers, [name]).affectedRows
         summary.accessTokensReplaced = try target.query(NewAPIImportSQL.replaceAccessTokens, [name]).affectedRows
         try target.query(NewAPIImportSQL.recordAccessTokens, [name])
         for username in try target.query(NewAPIImportSQL.blockedAccessTokens, [name]).map({ $0.text(0) ?? "" }) {
-            warnings.append("user \(username): new-api's access token is held by another Tally account; "
-                            + "the account keeps its token until a later run")
+            warnings.append(
+                "user \(username): new-api's access token is held by another Tally account; "
+                    + "the account keeps its token until a later run")
         }
         let disabled = try target.query(NewAPIImportSQL.disableVanishedUsers, [name]).map { $0.text(0) ?? "" }
         summary.users.removed = disabled.count
@@ -99,8 +103,9 @@ extension NewAPIImporter {
     /// Returns the number of accounts renamed.
     private func settleUsernames(warnings: inout [String]) throws -> Int {
         let changes = try target.query(NewAPIImportSQL.usernameChanges, [options.source]).map { row in
-            UsernameChange(tallyID: try row.decode(0), sourceID: try row.decode(1), current: try row.decode(2),
-                           wanted: row.text(3))
+            UsernameChange(
+                tallyID: try row.decode(0), sourceID: try row.decode(1), current: try row.decode(2),
+                wanted: row.text(3))
         }
         let moving = PostgresArray.integers(changes.map(\.tallyID))
         var assigned: Set<String> = []
@@ -108,11 +113,13 @@ extension NewAPIImporter {
         for change in changes {
             let name: String
             if let wanted = change.wanted, ImportedUsername.fits(wanted),
-               try !target.query(NewAPIImportSQL.usernameHeld, [wanted, moving])[0].decode(0, as: Bool.self) {
+                try !target.query(NewAPIImportSQL.usernameHeld, [wanted, moving])[0].decode(0, as: Bool.self)
+            {
                 name = wanted
             } else {
-                name = try suffixedUsername(change.wanted ?? change.current, sourceID: change.sourceID,
-                                            account: change.tallyID, assigned: assigned)
+                name = try suffixedUsername(
+                    change.wanted ?? change.current, sourceID: change.sourceID,
+                    account: change.tallyID, assigned: assigned)
                 let reason = Self.conflict(change.wanted)
                 warnings.append("user #\(change.sourceID) (\(change.current)): \(reason); named \"\(name)\"")
             }
@@ -130,8 +137,9 @@ extension NewAPIImporter {
     /// Why an account cannot have the name new-api wants for it (nil: new-api no longer has it).
     private static func conflict(_ wanted: String?) -> String {
         guard let wanted else { return "new-api no longer has the account and another new-api user has its name" }
-        return ImportedUsername.fits(wanted) ? "\"\(wanted)\" is held by another Tally account"
-                                             : "new-api's name is too long for Tally"
+        return ImportedUsername.fits(wanted)
+            ? "\"\(wanted)\" is held by another Tally account"
+            : "new-api's name is too long for Tally"
     }
 
     /// New users whose name is longer than Tally allows come in with it cut and suffixed.
@@ -147,8 +155,10 @@ extension NewAPIImporter {
 
     /// `ImportedUsername.suffixed`, avoiding every name held by another account (`account`
     /// excluded), wanted by a new-api user or given in this run.
-    private func suffixedUsername(_ base: String, sourceID: Int64, account: Int64?,
-                                  assigned: Set<String>) throws -> String {
+    private func suffixedUsername(
+        _ base: String, sourceID: Int64, account: Int64?,
+        assigned: Set<String>
+    ) throws -> String {
         let others = PostgresArray.integers(account.map { [$0] } ?? [])
         return try ImportedUsername.suffixed(base, sourceID: sourceID) { candidate in
             try assigned.contains(candidate)
@@ -163,16 +173,18 @@ extension NewAPIImporter {
         let name = options.source
         try target.query(NewAPIImportSQL.normalizeTokens, [name])
         counts.linked = try target.query(NewAPIImportSQL.linkTokens, [name]).affectedRows
-        try insert(table: "tokens", staging: "import_tokens", condition: NewAPIImportSQL.tokensToInsert,
-                   NewAPIImportSQL.insertTokens, counts: &counts)
+        try insert(
+            table: "tokens", staging: "import_tokens", condition: NewAPIImportSQL.tokensToInsert,
+            NewAPIImportSQL.insertTokens, counts: &counts)
         counts.updated = try target.query(NewAPIImportSQL.updateTokens, [name]).affectedRows
         counts.removed = try target.query(NewAPIImportSQL.removeVanishedTokens, [name]).affectedRows
         counts.skipped = try target.query(NewAPIImportSQL.orphanTokens)[0].decode(0)
     }
 
     private func importChannels(_ counts: inout ImportCounts) throws {
-        try insert(table: "channels", staging: "import_channels", condition: NewAPIImportSQL.channelsToInsert,
-                   NewAPIImportSQL.insertChannels, counts: &counts)
+        try insert(
+            table: "channels", staging: "import_channels", condition: NewAPIImportSQL.channelsToInsert,
+            NewAPIImportSQL.insertChannels, counts: &counts)
         counts.updated = try target.query(NewAPIImportSQL.updateChannels, [options.source]).affectedRows
         counts.removed = try target.query(NewAPIImportSQL.disableVanishedChannels, [options.source]).affectedRows
     }
@@ -184,8 +196,10 @@ extension NewAPIImporter {
     }
 
     /// Chooses the Tally ids of the rows `condition` selects, inserts them and maps them.
-    private func insert(table: String, staging: String, condition: String, _ insert: String,
-                        counts: inout ImportCounts) throws {
+    private func insert(
+        table: String, staging: String, condition: String, _ insert: String,
+        counts: inout ImportCounts
+    ) throws {
         let name = options.source
         try target.query(NewAPIImportSQL.makeRoom(table: table, staging: staging, where: condition), [name])
         try target.query(NewAPIImportSQL.assignIDs(table: table, staging: staging, where: condition), [name])

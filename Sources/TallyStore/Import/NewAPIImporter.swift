@@ -85,18 +85,22 @@ public struct NewAPIImporter {
     let tid: String
     let progress: @Sendable (String) -> Void
 
-    public init(source: PostgresConnection, logSource: PostgresConnection? = nil, target: PostgresConnection,
-                options: NewAPIImportOptions, progress: @escaping @Sendable (String) -> Void = { _ in }) throws {
+    public init(
+        source: PostgresConnection, logSource: PostgresConnection? = nil, target: PostgresConnection,
+        options: NewAPIImportOptions, progress: @escaping @Sendable (String) -> Void = { _ in }
+    ) throws {
         guard !options.source.isEmpty, options.source.utf8.count <= 40,
-              options.source.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 && $0 != ":" }) else {
+            options.source.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 && $0 != ":" })
+        else {
             throw StoreError.invalid("the source name must be 1–40 printable ASCII characters without spaces or ':'")
         }
         if let logSource {
             self.source = try NewAPISource(connection: source, tables: NewAPISource.accountTables)
             self.logSource = try NewAPISource(connection: logSource, tables: NewAPISource.logTables)
         } else {
-            self.source = try NewAPISource(connection: source,
-                                           tables: NewAPISource.accountTables.union(NewAPISource.logTables))
+            self.source = try NewAPISource(
+                connection: source,
+                tables: NewAPISource.accountTables.union(NewAPISource.logTables))
             self.logSource = self.source
         }
         self.target = target
@@ -142,7 +146,8 @@ public struct NewAPIImporter {
     }
 
     func stageGroups(_ options: (ratios: [String: String], usable: [String: String])) throws {
-        try target.copyIn("COPY import_groups (\(NewAPIImportSQL.stagingColumns["import_groups"]!)) FROM STDIN") { writer in
+        try target.copyIn("COPY import_groups (\(NewAPIImportSQL.stagingColumns["import_groups"]!)) FROM STDIN") {
+            writer in
             var row = CopyRow()
             for name in Set(options.ratios.keys).union(options.usable.keys).sorted() {
                 row.reset()
@@ -180,7 +185,9 @@ public struct NewAPIImporter {
         var status = try source.decode(4, as: Int64.self)
         let allowIPs: String
         do { allowIPs = try TokenRules.normalizedAllowIPs(source.text(10) ?? "") } catch {
-            warnings.append("key #\(source.text(0) ?? "?") (…\(Secrets.last6(key))): allow_ips unreadable (\(error)); imported disabled")
+            warnings.append(
+                "key #\(source.text(0) ?? "?") (…\(Secrets.last6(key))): allow_ips unreadable (\(error)); imported disabled"
+            )
             allowIPs = ""
             status = Int64(TokenStatus.disabled.rawValue)
         }
@@ -293,8 +300,9 @@ public struct NewAPIImporter {
             summary.warnings.append("\(summary.logsSkipped) log(s) skipped: their user is not in new-api's users table")
         }
         for (group, count) in replacedGroups.sorted(by: { $0.key < $1.key }) {
-            summary.warnings.append("logs: group \"\(group.prefix(64))\" is not a Tally group; \(count) log(s) read "
-                                    + "carry their account's group instead")
+            summary.warnings.append(
+                "logs: group \"\(group.prefix(64))\" is not a Tally group; \(count) log(s) read "
+                    + "carry their account's group instead")
         }
     }
 
@@ -348,7 +356,8 @@ public struct NewAPIImporter {
                 try target.query(NewAPIImportSQL.appendLedger, [name, batchID, tid])
                 try target.query(NewAPIImportSQL.appendPendingCharges, [batchID])
                 try target.query(NewAPIImportSQL.appendPendingUsage, [batchID])
-                try target.query(PostgresIngestRepository.insertBatch, [batchID, tid, "import", rows, imported, rows - imported, 0])
+                try target.query(
+                    PostgresIngestRepository.insertBatch, [batchID, tid, "import", rows, imported, rows - imported, 0])
                 return (eligible, imported, try totals.decode(1, as: Int64.self))
             }
         } catch is NothingNew {
@@ -365,7 +374,9 @@ public struct NewAPIImporter {
         let name = options.source
         let totals = try target.transaction { target in
             try target.query(NewAPIImportSQL.foldImportedUsers, [name])
-            let amounts = try target.query(NewAPIImportSQL.adjustBalances, [name, tid]).map { try $0.decode(0, as: Int64.self) }
+            let amounts = try target.query(NewAPIImportSQL.adjustBalances, [name, tid]).map {
+                try $0.decode(0, as: Int64.self)
+            }
             try target.query(NewAPIImportSQL.setBalances, [name])
             let tokenQuotas = try target.query(NewAPIImportSQL.setTokenQuotas, [name]).affectedRows
             let used = try target.query(NewAPIImportSQL.usedQuotaTotals, [name])[0]
@@ -391,7 +402,8 @@ public struct NewAPIImporter {
             "logs_imported": summary.logsImported, "charged_quota": summary.chargedQuota,
             "balance_adjustments": summary.balanceAdjustments, "adjusted_quota": summary.adjustedQuota,
         ]
-        try AuditLog.recordChange(on: target, actor: Actor(userID: nil, name: "cli", tid: tid), action: "import.new-api",
-                                  target: "source:\(options.source)", before: nil, after: counts)
+        try AuditLog.recordChange(
+            on: target, actor: Actor(userID: nil, name: "cli", tid: tid), action: "import.new-api",
+            target: "source:\(options.source)", before: nil, after: counts)
     }
 }

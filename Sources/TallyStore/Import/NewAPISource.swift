@@ -28,21 +28,25 @@ struct NewAPISource {
         self.connection = connection
         try connection.execute("SET client_encoding TO 'UTF8'; SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         var columns: [String: Set<String>] = [:]
-        try connection.query("""
+        try connection.query(
+            """
             SELECT table_name, column_name FROM information_schema.columns
             WHERE table_schema = current_schema() AND table_name = ANY ($1::text[])
-            """, [TextArray(["users", "tokens", "channels", "logs", "redemptions", "options"])]).forEach { row in
+            """, [TextArray(["users", "tokens", "channels", "logs", "redemptions", "options"])]
+        ).forEach { row in
             columns[try row.decode(0), default: []].insert(try row.decode(1))
         }
         self.columns = columns
         for (table, needed) in Self.required.sorted(by: { $0.key < $1.key }) where tables.contains(table) {
             if table == "logs", columns[table] == nil {
-                throw StoreError.invalid("the database has no new-api logs table; if new-api keeps its logs in another "
-                                         + "database (LOG_SQL_DSN), name that one with --logs-from")
+                throw StoreError.invalid(
+                    "the database has no new-api logs table; if new-api keeps its logs in another "
+                        + "database (LOG_SQL_DSN), name that one with --logs-from")
             }
             let missing = needed.filter { !(columns[table]?.contains($0) ?? false) }
             guard missing.isEmpty else {
-                throw StoreError.invalid("the source is not a new-api database: table \(table) lacks \(missing.joined(separator: ", "))")
+                throw StoreError.invalid(
+                    "the source is not a new-api database: table \(table) lacks \(missing.joined(separator: ", "))")
             }
         }
     }
@@ -140,12 +144,16 @@ struct NewAPISource {
     func groupOptions() throws -> (ratios: [String: String], usable: [String: String]) {
         guard has("options") else { return ([:], [:]) }
         var ratios: [String: String] = [:], usable: [String: String] = [:]
-        try connection.query(#"SELECT "key", coalesce("value", '') FROM options WHERE "key" IN ('GroupRatio', 'UserUsableGroups')"#)
-            .forEach { row in
-                let object = (try? JSONSerialization.jsonObject(with: Data(try row.decode(1, as: String.self).utf8))) as? [String: Any] ?? [:]
-                let values = object.mapValues { "\($0)" }
-                if try row.decode(0, as: String.self) == "GroupRatio" { ratios = values } else { usable = values }
-            }
+        try connection.query(
+            #"SELECT "key", coalesce("value", '') FROM options WHERE "key" IN ('GroupRatio', 'UserUsableGroups')"#
+        )
+        .forEach { row in
+            let object =
+                (try? JSONSerialization.jsonObject(with: Data(try row.decode(1, as: String.self).utf8)))
+                as? [String: Any] ?? [:]
+            let values = object.mapValues { "\($0)" }
+            if try row.decode(0, as: String.self) == "GroupRatio" { ratios = values } else { usable = values }
+        }
         return (ratios, usable)
     }
 }

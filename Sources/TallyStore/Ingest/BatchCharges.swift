@@ -34,7 +34,9 @@ struct BatchCharges {
         let userID: Int64
         let tokenID: Int64
 
-        static func < (lhs: AccountKey, rhs: AccountKey) -> Bool { (lhs.userID, lhs.tokenID) < (rhs.userID, rhs.tokenID) }
+        static func < (lhs: AccountKey, rhs: AccountKey) -> Bool {
+            (lhs.userID, lhs.tokenID) < (rhs.userID, rhs.tokenID)
+        }
     }
 
     struct UsageKey: Hashable, Comparable {
@@ -97,8 +99,11 @@ struct BatchCharges {
             charges[ChargeKey(userID: line.userID, tokenID: line.tokenID, month: day.monthStart), default: Charge()]
                 .add(line)
             accounts[AccountKey(userID: line.userID, tokenID: line.tokenID), default: Charge()].add(line)
-            usage[UsageKey(userID: line.userID, tokenID: line.tokenID, day: day, model: line.model, group: line.group,
-                           kind: line.kind.rawValue), default: UsageTotals()].add(line)
+            usage[
+                UsageKey(
+                    userID: line.userID, tokenID: line.tokenID, day: day, model: line.model, group: line.group,
+                    kind: line.kind.rawValue), default: UsageTotals()
+            ].add(line)
         }
     }
 

@@ -22,9 +22,11 @@ public struct PricedLine: Sendable {
     public var quota: Int64
     public var priceVersionID: Int64
 
-    public init(requestID: String, createdAt: Date, userID: Int64, tokenID: Int64, channelID: Int64?, model: String,
-                group: String, kind: RequestKind, status: Int, isStream: Bool, durationMs: Int64, ip: String?,
-                tid: String?, error: String?, usage: Usage, quota: Int64, priceVersionID: Int64) {
+    public init(
+        requestID: String, createdAt: Date, userID: Int64, tokenID: Int64, channelID: Int64?, model: String,
+        group: String, kind: RequestKind, status: Int, isStream: Bool, durationMs: Int64, ip: String?,
+        tid: String?, error: String?, usage: Usage, quota: Int64, priceVersionID: Int64
+    ) {
         self.requestID = requestID
         self.createdAt = createdAt
         self.userID = userID

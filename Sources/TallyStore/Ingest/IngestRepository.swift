@@ -1,12 +1,13 @@
 import Foundation
-import TallyCore
 import Synchronization
+import TallyCore
 import TallyPostgres
 
 /// Stores priced batches exactly once per request id.
 public protocol IngestRepository: Sendable {
     /// Stores one batch in one transaction and returns only after COMMIT.
-    func store(_ lines: [PricedLine], rejects: [RejectedLine], totalLines: Int, tid: String, source: String) async throws -> IngestResult
+    func store(_ lines: [PricedLine], rejects: [RejectedLine], totalLines: Int, tid: String, source: String)
+        async throws -> IngestResult
 }
 
 /// The append half of DESIGN §4's pipeline, in one transaction per batch: new rows into
@@ -24,21 +25,30 @@ public struct PostgresIngestRepository: IngestRepository {
         partitions = PartitionCache()
     }
 
-    public func store(_ lines: [PricedLine], rejects: [RejectedLine], totalLines: Int, tid: String, source: String) async throws -> IngestResult {
+    public func store(_ lines: [PricedLine], rejects: [RejectedLine], totalLines: Int, tid: String, source: String)
+        async throws -> IngestResult
+    {
         try await ensurePartitions(for: lines)
         return try await pool.transaction { connection in
             let batchID = try connection.query(Self.nextBatchID)[0].decode(0, as: Int64.self)
             // The new lines, by their index in `lines` (a batch is held once, not copied).
             let fresh = lines.isEmpty ? [] : try Self.insertNew(lines, batchID: batchID, on: connection)
-            if !fresh.isEmpty { try Self.appendCharges(of: fresh.lazy.map { lines[$0] }, batchID: batchID, tid: tid, on: connection) }
+            if !fresh.isEmpty {
+                try Self.appendCharges(of: fresh.lazy.map { lines[$0] }, batchID: batchID, tid: tid, on: connection)
+            }
             if !rejects.isEmpty { try Self.storeRejects(rejects, tid: tid, on: connection) }
-            try connection.query(Self.insertBatch, [batchID, tid, source, totalLines, fresh.count,
-                                                    lines.count - fresh.count, rejects.count])
-            return IngestResult(batchID: batchID, accepted: fresh.count, duplicates: lines.count - fresh.count,
-                                rejected: rejects, chargedQuota: fresh.reduce(0) { $0 + lines[$1].quota },
-                                providerRateLimited: fresh.count {
-                                    lines[$0].error?.contains(CatalogEntry.providerRateLimited.rawValue) == true
-                                })
+            try connection.query(
+                Self.insertBatch,
+                [
+                    batchID, tid, source, totalLines, fresh.count,
+                    lines.count - fresh.count, rejects.count,
+                ])
+            return IngestResult(
+                batchID: batchID, accepted: fresh.count, duplicates: lines.count - fresh.count,
+                rejected: rejects, chargedQuota: fresh.reduce(0) { $0 + lines[$1].quota },
+                providerRateLimited: fresh.count {
+                    lines[$0].error?.contains(CatalogEntry.providerRateLimited.rawValue) == true
+                })
         }
     }
 
@@ -71,15 +81,18 @@ public struct PostgresIngestRepository: IngestRepository {
         }
         try connection.execute(createStaging)
         try copyRows(candidates.lazy.map { lines[$0] }, batchID: batchID, into: "ingest_staging", on: connection)
-        let inserted = Set(try connection.query(insertFromStaging).map {
-            LineKey(userID: try $0.decode(0), requestID: try $0.decode(1), micros: try $0.decode(2))
-        })
+        let inserted = Set(
+            try connection.query(insertFromStaging).map {
+                LineKey(userID: try $0.decode(0), requestID: try $0.decode(1), micros: try $0.decode(2))
+            })
         return candidates.filter { inserted.contains(LineKey(lines[$0])) }
     }
 
     /// Streams the lines as COPY rows (`stagingColumns` order) into `table`.
-    static func copyRows(_ lines: some Sequence<PricedLine>, batchID: Int64, into table: String,
-                         on connection: PostgresConnection) throws {
+    static func copyRows(
+        _ lines: some Sequence<PricedLine>, batchID: Int64, into table: String,
+        on connection: PostgresConnection
+    ) throws {
         try connection.copyIn("COPY \(table) (\(stagingColumns)) FROM STDIN") { writer in
             var row = CopyRow()
             for line in lines {
@@ -93,17 +106,25 @@ public struct PostgresIngestRepository: IngestRepository {
     /// What the new lines owe, appended: the open holds they settle (closed now, their
     /// reservations queued in `pending_charges`), one ledger charge per user × token × month,
     /// the pending charges the balance fold applies and the pending usage the roll-up adds.
-    static func appendCharges(of lines: some Collection<PricedLine>, batchID: Int64, tid: String,
-                              on connection: PostgresConnection) throws {
+    static func appendCharges(
+        of lines: some Collection<PricedLine>, batchID: Int64, tid: String,
+        on connection: PostgresConnection
+    ) throws {
         // Most deployments settle a hold per line; a database without open holds skips the
         // lookup. (A hold journaled after this check is as one journaled after the update: it
         // stays open and expires.)
         if try connection.query(anyOpenHold)[0].decode(0, as: Bool.self) {
-            try connection.query(settleHolds, [batchID, PostgresArray.integers(lines.map(\.userID)),
-                                               PostgresArray.text(lines.map(\.requestID))])
+            try connection.query(
+                settleHolds,
+                [
+                    batchID, PostgresArray.integers(lines.map(\.userID)),
+                    PostgresArray.text(lines.map(\.requestID)),
+                ])
         }
         let charges = BatchCharges(lines)
-        try connection.copyIn("COPY ledger (user_id, token_id, kind, amount, requests, batch_id, tid, usage_month) FROM STDIN") { writer in
+        try connection.copyIn(
+            "COPY ledger (user_id, token_id, kind, amount, requests, batch_id, tid, usage_month) FROM STDIN"
+        ) { writer in
             var row = CopyRow()
             for (key, charge) in charges.ledgerCharges {
                 row.reset()
@@ -119,7 +140,9 @@ public struct PostgresIngestRepository: IngestRepository {
                 try writer.write(row.bytes)
             }
         }
-        try connection.copyIn("COPY pending_charges (user_id, token_id, batch_id, quota, requests, last_at, user_returned, token_returned) FROM STDIN") { writer in
+        try connection.copyIn(
+            "COPY pending_charges (user_id, token_id, batch_id, quota, requests, last_at, user_returned, token_returned) FROM STDIN"
+        ) { writer in
             var row = CopyRow()
             for (key, charge) in charges.pendingCharges {
                 row.reset()
@@ -161,11 +184,14 @@ public struct PostgresIngestRepository: IngestRepository {
 
     // MARK: SQL
 
-    static let nextBatchID = PreparedStatement("ingest_next_batch_id",
+    static let nextBatchID = PreparedStatement(
+        "ingest_next_batch_id",
         "SELECT nextval(pg_get_serial_sequence('ingest_batches', 'id'))")
 
     /// Written last, with its counts, in the batch's transaction.
-    static let insertBatch = PreparedStatement("ingest_insert_batch", """
+    static let insertBatch = PreparedStatement(
+        "ingest_insert_batch",
+        """
         INSERT INTO ingest_batches (id, tid, source, lines, accepted, duplicates, rejected)
         VALUES ($1, $2, $3, $4, $5, $6, $7)
         """)
@@ -191,21 +217,26 @@ public struct PostgresIngestRepository: IngestRepository {
         """
 
     /// The slow path: insert only what is not stored yet.
-    static let insertFromStaging = PreparedStatement("ingest_insert_from_staging", """
+    static let insertFromStaging = PreparedStatement(
+        "ingest_insert_from_staging",
+        """
         INSERT INTO request_logs (\(stagingColumns))
         SELECT \(stagingColumns) FROM ingest_staging
         ON CONFLICT (user_id, created_at, request_id) DO NOTHING
         RETURNING user_id, request_id, (extract(epoch FROM created_at) * 1000000)::bigint
         """)
 
-    static let anyOpenHold = PreparedStatement("ingest_any_open_hold",
+    static let anyOpenHold = PreparedStatement(
+        "ingest_any_open_hold",
         "SELECT EXISTS (SELECT 1 FROM holds WHERE status = 'held')")
 
     /// A stored line settles the open hold of its account and request id: the line's real
     /// cost is charged like any other line's, and the hold's reservation goes back to the
     /// account (and to a limited key) when the fold applies its `pending_charges` row.
     /// $1 batch id, $2 user ids, $3 request ids (one per line).
-    static let settleHolds = PreparedStatement("ingest_settle_holds", """
+    static let settleHolds = PreparedStatement(
+        "ingest_settle_holds",
+        """
         WITH settled AS (
             UPDATE holds h SET status = 'settled', closed_at = now()
             FROM unnest($2::bigint[], $3::text[]) AS n(user_id, request_id)
@@ -217,7 +248,8 @@ public struct PostgresIngestRepository: IngestRepository {
         """)
 
     static func storeRejects(_ rejects: [RejectedLine], tid: String, on connection: PostgresConnection) throws {
-        try connection.copyIn("COPY ingest_rejects (batch_tid, line, request_id, code, message, raw) FROM STDIN") { writer in
+        try connection.copyIn("COPY ingest_rejects (batch_tid, line, request_id, code, message, raw) FROM STDIN") {
+            writer in
             var row = CopyRow()
             for reject in rejects {
                 row.reset()
@@ -270,8 +302,10 @@ public struct PostgresIngestRepository: IngestRepository {
     }
 
     /// One `pending_usage` row in `pendingColumns` order.
-    static func appendPendingRow(_ key: BatchCharges.UsageKey, _ totals: BatchCharges.UsageTotals, batchID: Int64,
-                                 to row: inout CopyRow) {
+    static func appendPendingRow(
+        _ key: BatchCharges.UsageKey, _ totals: BatchCharges.UsageTotals, batchID: Int64,
+        to row: inout CopyRow
+    ) {
         row.append(key.userID)
         row.append(key.tokenID)
         row.append(key.day.description)

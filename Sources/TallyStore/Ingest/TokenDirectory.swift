@@ -40,10 +40,18 @@ public final class TokenDirectory: Sendable {
         var missingIDs: [Int64] = []
         cache.withLock { cache in
             for hash in hashes {
-                if let (identity, at) = cache.byHash[hash], now.timeIntervalSince(at) < ttl { byHash[hash] = identity } else { missingHashes.append(hash) }
+                if let (identity, at) = cache.byHash[hash], now.timeIntervalSince(at) < ttl {
+                    byHash[hash] = identity
+                } else {
+                    missingHashes.append(hash)
+                }
             }
             for id in tokenIDs {
-                if let (identity, at) = cache.byID[id], now.timeIntervalSince(at) < ttl { byID[id] = identity } else { missingIDs.append(id) }
+                if let (identity, at) = cache.byID[id], now.timeIntervalSince(at) < ttl {
+                    byID[id] = identity
+                } else {
+                    missingIDs.append(id)
+                }
             }
         }
         guard !missingHashes.isEmpty || !missingIDs.isEmpty else { return (byHash, byID) }
@@ -51,8 +59,11 @@ public final class TokenDirectory: Sendable {
         let idArray = PostgresArray.integers(missingIDs)
         let rows = try await pool.withConnection { connection in
             try connection.query(Self.lookup, [hashArray, idArray]).map { row in
-                (hash: try row.decode(0, as: String.self),
-                 identity: TokenIdentity(tokenID: try row.decode(1), userID: try row.decode(2), group: try row.decode(3)))
+                (
+                    hash: try row.decode(0, as: String.self),
+                    identity: TokenIdentity(
+                        tokenID: try row.decode(1), userID: try row.decode(2), group: try row.decode(3))
+                )
             }
         }
         let wantedIDs = Set(missingIDs)
@@ -87,7 +98,9 @@ public final class TokenDirectory: Sendable {
         cache.withLock { $0 = Cache() }
     }
 
-    private static let lookup = PreparedStatement("token_directory_lookup", """
+    private static let lookup = PreparedStatement(
+        "token_directory_lookup",
+        """
         SELECT encode(t.key_hash, 'hex'), t.id, t.user_id, COALESCE(NULLIF(t."group", ''), u."group")
         FROM tokens t JOIN users u ON u.id = t.user_id
         WHERE t.key_hash = ANY($1::bytea[]) OR t.id = ANY($2::bigint[])

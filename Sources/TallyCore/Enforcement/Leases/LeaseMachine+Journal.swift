@@ -130,7 +130,8 @@ struct JournalQueue: Sendable {
     /// there is none (the hold is journaled, or was answered without waiting).
     mutating func awaitCommit(of requestID: String, ticket: LeaseTicket) -> Bool {
         guard let sequence = unjournaled[requestID], let first = queue.first?.sequence,
-              sequence >= first, sequence - first < queue.count else { return false }
+            sequence >= first, sequence - first < queue.count
+        else { return false }
         queue[sequence - first].retries.append(ticket)
         return true
     }
@@ -167,7 +168,7 @@ struct JournalQueue: Sendable {
 extension HoldOutcome {
     /// The answer to a retry of the request id that got this outcome: the same hold.
     var retried: HoldOutcome {
-        guard case let .held(holdID, amount) = self else { return self }
+        guard case .held(let holdID, let amount) = self else { return self }
         return .duplicate(holdID: holdID, amount: amount, status: "held")
     }
 }

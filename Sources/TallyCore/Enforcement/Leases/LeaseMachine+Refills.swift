@@ -48,8 +48,10 @@ extension LeaseMachine {
     /// account found dry is remembered (the next shortfall on it is final), unless other
     /// instances hold leases of it: they were just asked to hand them back (`lease-wanted`), so
     /// the cut waits a moment for that before it asks again (a few times, waiting longer each).
-    private mutating func learn(_ cut: WaitingCut, from results: [LeaseAccount: LeaseGrant],
-                                wants: [LeaseAccount: Int64], now: Double, _ out: inout [LeaseAction]) {
+    private mutating func learn(
+        _ cut: WaitingCut, from results: [LeaseAccount: LeaseGrant],
+        wants: [LeaseAccount: Int64], now: Double, _ out: inout [LeaseAction]
+    ) {
         var cut = cut
         var wait: Double?
         for account in [LeaseAccount.user(cut.request.userID), .token(cut.request.tokenID)] {

@@ -40,21 +40,21 @@ public struct LeaseMachine: Sendable {
     public mutating func handle(_ event: LeaseEvent, at now: Double) -> [LeaseAction] {
         var out: [LeaseAction] = []
         switch event {
-        case let .registered(instance, validUntil): register(instance, validUntil: validUntil, now: now, &out)
+        case .registered(let instance, let validUntil): register(instance, validUntil: validUntil, now: now, &out)
         case .renewalFailed: renewalFailed(now: now, &out)
-        case let .cut(ticket, request): attempt(WaitingCut(ticket: ticket, request: request), now: now, &out)
-        case let .flush(ticket): flush(ticket, &out)
-        case let .refillGranted(round, grants): refillAnswered(round, grants: grants, now: now, &out)
-        case let .refillFailed(round): refillAnswered(round, grants: nil, now: now, &out)
-        case let .leaseGranted(instance, wants, grants):
+        case .cut(let ticket, let request): attempt(WaitingCut(ticket: ticket, request: request), now: now, &out)
+        case .flush(let ticket): flush(ticket, &out)
+        case .refillGranted(let round, let grants): refillAnswered(round, grants: grants, now: now, &out)
+        case .refillFailed(let round): refillAnswered(round, grants: nil, now: now, &out)
+        case .leaseGranted(let instance, let wants, let grants):
             guard instance == self.instance else { break }
             apply(grants, wants: Dictionary(wants.map { ($0.account, $0.units) }, uniquingKeysWith: +), now: now)
-        case let .holdIDsGranted(first, count): holdIDsAnswered(first..<(first + count), now: now, &out)
+        case .holdIDsGranted(let first, let count): holdIDsAnswered(first..<(first + count), now: now, &out)
         case .holdIDsFailed: holdIDsAnswered(nil, now: now, &out)
-        case let .journalCommitted(batch, outcomes): journalCommitted(batch, outcomes: outcomes, now: now, &out)
-        case let .journalFailed(batch): journalFailed(batch, now: now, &out)
-        case let .journalRefused(batch): journalRefused(batch, now: now, &out)
-        case let .leaseWanted(account), let .overdrawn(account), let .accountChanged(account):
+        case .journalCommitted(let batch, let outcomes): journalCommitted(batch, outcomes: outcomes, now: now, &out)
+        case .journalFailed(let batch): journalFailed(batch, now: now, &out)
+        case .journalRefused(let batch): journalRefused(batch, now: now, &out)
+        case .leaseWanted(let account), .overdrawn(let account), .accountChanged(let account):
             giveBack(account, &out)
         case .idleTick:
             let idleAfter = policy.idleLeaseSeconds
@@ -135,8 +135,9 @@ public struct LeaseMachine: Sendable {
         let held = HoldOutcome.held(holdID: holdID, amount: request.amount)
         retries.remember(request.requestID, .duplicate(holdID: holdID, amount: request.amount, status: "held"))
         let sync = policy.commit == .sync
-        journal.enqueue(JournaledHold(id: holdID, request: request, tokenLeased: tokenLimits), instance: instance,
-                        ticket: sync ? cut.ticket : nil)
+        journal.enqueue(
+            JournaledHold(id: holdID, request: request, tokenLeased: tokenLimits), instance: instance,
+            ticket: sync ? cut.ticket : nil)
         if !sync { out.append(.answer(cut.ticket, .outcome(held))) }
         journal.startBatch(maxBatch: policy.maxJournalBatch, &out)
         refillAhead(request, tokenLimits: tokenLimits, now: now, &out)
@@ -183,14 +184,17 @@ public struct LeaseMachine: Sendable {
 
     /// Refills the leases a cut drew below a quarter of their last grant, before they run dry,
     /// unless their last refill found the account short (then only a cut that lacks units asks).
-    private mutating func refillAhead(_ request: HoldRequest, tokenLimits: Bool, now: Double,
-                                      _ out: inout [LeaseAction]) {
+    private mutating func refillAhead(
+        _ request: HoldRequest, tokenLimits: Bool, now: Double,
+        _ out: inout [LeaseAction]
+    ) {
         var wants: [AccountUnits] = []
         let user = LeaseAccount.user(request.userID)
         for account in tokenLimits ? [user, .token(request.tokenID)] : [user] {
             guard let lease = accounts[account], !lease.drained, lease.lastGrant > 0,
-                  lease.free < lease.lastGrant / policy.refillAheadDivisor,
-                  !refills.isAsking(for: account) else { continue }
+                lease.free < lease.lastGrant / policy.refillAheadDivisor,
+                !refills.isAsking(for: account)
+            else { continue }
             wants.append(AccountUnits(account, want(max(request.amount, 1), lease, now: now)))
         }
         if !wants.isEmpty { _ = refills.request(wants, instance: instance, &out) }
@@ -255,13 +259,13 @@ public struct LeaseMachine: Sendable {
     private mutating func wakeDue(now: Double, _ out: inout [LeaseAction]) {
         if let at = wakeAt, at <= now { wakeAt = nil }
         guard !waiting.isEmpty || journal.retryAt != nil else { return }
-        resume(where: { if case let .time(at) = $0 { at <= now } else { false } }, now: now, &out)
+        resume(where: { if case .time(let at) = $0 { at <= now } else { false } }, now: now, &out)
         if let at = journal.retryAt, at <= now {
             journal.retryAt = nil
             journal.startBatch(maxBatch: policy.maxJournalBatch, &out)
         }
         var due = journal.retryAt ?? .infinity
-        for cut in waiting { if case let .time(at) = cut.reason { due = min(due, at) } }
+        for cut in waiting { if case .time(let at) = cut.reason { due = min(due, at) } }
         guard due < (wakeAt ?? .infinity) else { return }
         wakeAt = due
         out.append(.wake(at: due))
