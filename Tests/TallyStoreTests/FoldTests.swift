@@ -226,6 +226,44 @@ struct FoldTests {
     }
 
     @Test(
+        "a cold key's lookup never waits for a fold: an account whose row another transaction holds gets no lease from it (migration 0021)"
+    )
+    func lookupLeaseSkipsLockedAccounts() async throws {
+        let db = try await TestDatabase.create("fold-lookup-skip")
+        let account = try await Self.accounts(db, users: 1)[0]
+        _ = try await db.scalar(
+            "UPDATE tokens SET unlimited_quota = false, remain_quota = 10000 WHERE id = $1 RETURNING 0", [account.token]
+        )
+        try await PostgresLeaseRepository(pool: db.pool).register(
+            instance: "fold-skip", ttlSeconds: 60, reclaimAfterSeconds: 0)
+        let lookupLease = """
+            SELECT kind || ' ' || granted FROM tally_lease_on_lookup('fold-skip', ARRAY[$1::bigint], ARRAY[1000::bigint],
+                                                                     ARRAY[$2::bigint], ARRAY[1000::bigint])
+            ORDER BY kind
+            """
+        // A fold holds the user's row (as tally_fold does for up to 5,000 accounts at a time).
+        let fold = try await TestSession.open(db.url)
+        try await fold.run { connection in
+            try connection.execute("BEGIN")
+            _ = try connection.query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", [account.user])
+        }
+        let lookup = try await TestSession.open(db.url)
+        let whileFolding = try await lookup.run { connection in
+            // Waiting for the fold's lock would end here, as a failure, instead of hanging.
+            try connection.execute("SET statement_timeout = '5s'")
+            return try connection.query(lookupLease, [account.user, account.token]).map {
+                try $0.decode(0, as: String.self)
+            }
+        }
+        try await fold.run { try $0.execute("ROLLBACK") }
+        #expect(whileFolding == ["token 1000"], "the key's token is leased, its user is left to a refill")
+        let afterwards = try await lookup.run { connection in
+            try connection.query(lookupLease, [account.user, account.token]).map { try $0.decode(0, as: String.self) }
+        }
+        #expect(afterwards == ["token 1000", "user 1000"])
+    }
+
+    @Test(
         "the fold plans every call for its own accounts (migration 0018): a cached generic plan compares each pending row with every account"
     )
     func foldPlansPerCall() async throws {
