@@ -43,6 +43,19 @@ public final class PostgresConnection: @unchecked Sendable {
     /// False once libpq has seen the connection break; the pool then replaces it.
     public var isHealthy: Bool { PQstatus(handle) == CONNECTION_OK }
 
+    /// Whether a connection that sat idle (no query, no LISTEN) may be used again. The server
+    /// sends such a connection nothing unless it ends the session (a restart,
+    /// `pg_terminate_backend`: a FATAL message, then the end of the stream, which may lag behind
+    /// it), so anything to read means the pool should open a new one instead of failing the
+    /// next call with this one.
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    public func isUsableAfterIdle() -> Bool {
+        let socket = PQsocket(handle)
+        guard isHealthy, socket >= 0 else { return false }
+        var descriptor = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+        return poll(&descriptor, 1, 0) == 0
+    }
+
     /// True while a transaction is open (or failed and not yet rolled back).
     public var inTransaction: Bool {
         let status = PQtransactionStatus(handle)

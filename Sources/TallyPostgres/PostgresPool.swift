@@ -6,7 +6,8 @@ import Synchronization
 /// so blocking libpq calls never run on a Swift concurrency or NIO event-loop thread.
 ///
 /// Connections are opened lazily and replaced after they break (for example when PostgreSQL
-/// restarts): the call that sees the failure gets the error, the next call reconnects. A call
+/// restarts): an idle connection whose session the server ended is replaced before it is handed
+/// out; a connection that breaks during a call fails that call, and the next call reconnects. A call
 /// that has to wait for a connection waits in line; cancelling its task takes it out of the
 /// line at once (`CancellationError`), and its work never runs.
 public final class PostgresPool: Sendable {
@@ -122,7 +123,7 @@ private final class Worker: @unchecked Sendable {
     }
 
     private func connectedConnection(url: String) throws(PostgresError) -> PostgresConnection {
-        if let connection, connection.isHealthy { return connection }
+        if let connection, connection.isUsableAfterIdle() { return connection }
         connection = nil
         let fresh = try PostgresConnection(url: url)
         connection = fresh

@@ -60,3 +60,28 @@ struct PostgresPoolTests {
         await pool.close()
     }
 }
+
+@Suite("pool reconnection")
+struct PostgresPoolReconnectionTests {
+    @Test("an idle connection whose session the server ended is replaced before use: the next call succeeds")
+    func endedSessionReplaced() async throws {
+        let db = try await TestDatabase.shared("postgres")
+        let pool = PostgresPool(url: db.url, size: 1)
+        let ended = try await pool.withConnection {
+            try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self)
+        }
+        // Ends the pooled connection's session from another one, as a PostgreSQL restart does.
+        let admin = PostgresPool(url: db.url, size: 1)
+        _ = try await admin.withConnection { try $0.query("SELECT pg_terminate_backend($1)", [ended]) }
+        let gone = ContinuousClock.now + .seconds(10)
+        while try await admin.withConnection({
+            try $0.query("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", [ended])[0].decode(0, as: Int64.self)
+        }) > 0, ContinuousClock.now < gone {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let now = try await pool.withConnection { try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self) }
+        #expect(now != ended)
+        await pool.close()
+        await admin.close()
+    }
+}
