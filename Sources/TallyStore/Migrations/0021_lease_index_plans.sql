@@ -179,6 +179,10 @@ LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     free_users bigint[];
     free_tokens bigint[];
+    user_ids bigint[];
+    user_wants bigint[];
+    token_ids bigint[];
+    token_wants bigint[];
 BEGIN
     IF cardinality(p_user_ids) = 0 AND cardinality(p_token_ids) = 0 THEN
         RETURN;
@@ -189,19 +193,17 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    -- Locked in statements of their own, as the fold locks (Citus plans them shard by shard);
+    -- tally_lease then takes the same locks again, held already.
     free_users := ARRAY(SELECT x.id FROM users x WHERE x.id = ANY (p_user_ids) ORDER BY x.id
                         FOR NO KEY UPDATE SKIP LOCKED);
     free_tokens := ARRAY(SELECT x.id FROM tokens x WHERE x.id = ANY (p_token_ids) ORDER BY x.id
                          FOR NO KEY UPDATE SKIP LOCKED);
+    SELECT coalesce(array_agg(w.id), '{}'), coalesce(array_agg(w.want), '{}') INTO user_ids, user_wants
+      FROM unnest(p_user_ids, p_user_wants) AS w(id, want) WHERE w.id = ANY (free_users);
+    SELECT coalesce(array_agg(w.id), '{}'), coalesce(array_agg(w.want), '{}') INTO token_ids, token_wants
+      FROM unnest(p_token_ids, p_token_wants) AS w(id, want) WHERE w.id = ANY (free_tokens);
     RETURN QUERY SELECT l.kind, l.account_id, l.granted, l.state, l.others
-                 FROM tally_lease(p_instance,
-                     ARRAY(SELECT w.id FROM unnest(p_user_ids, p_user_wants) WITH ORDINALITY AS w(id, want, n)
-                           WHERE w.id = ANY (free_users) ORDER BY w.n),
-                     ARRAY(SELECT w.want FROM unnest(p_user_ids, p_user_wants) WITH ORDINALITY AS w(id, want, n)
-                           WHERE w.id = ANY (free_users) ORDER BY w.n),
-                     ARRAY(SELECT w.id FROM unnest(p_token_ids, p_token_wants) WITH ORDINALITY AS w(id, want, n)
-                           WHERE w.id = ANY (free_tokens) ORDER BY w.n),
-                     ARRAY(SELECT w.want FROM unnest(p_token_ids, p_token_wants) WITH ORDINALITY AS w(id, want, n)
-                           WHERE w.id = ANY (free_tokens) ORDER BY w.n)) l;
+                 FROM tally_lease(p_instance, user_ids, user_wants, token_ids, token_wants) l;
 END;
 $$;
