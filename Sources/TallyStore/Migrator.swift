@@ -25,7 +25,8 @@ public struct Migration: Sendable, Equatable {
     }
 }
 
-/// Applies migrations in order, each in its own transaction, recording them in
+/// Applies migrations in order, each in its own transaction (one statement at a time: see
+/// ``SQLScript``), recording them in
 /// `schema_migrations`, then, in a database with the citus extension, distributes the tables
 /// (``CitusLayout``). Safe to run concurrently from several instances: an advisory lock
 /// serialises them, and applied versions are skipped.
@@ -61,7 +62,7 @@ public struct Migrator: Sendable {
             var done: [Migration] = []
             for migration in migrations where !applied.contains(migration.version) {
                 try connection.transaction { connection in
-                    try connection.execute(migration.sql)
+                    for statement in SQLScript.statements(migration.sql) { try connection.execute(statement) }
                     try connection.query(
                         "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                         [migration.version, migration.name])
