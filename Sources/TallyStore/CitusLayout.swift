@@ -33,6 +33,14 @@ public enum CitusLayout {
         try connection.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
     }
 
+    /// Makes the transaction's reads use one connection per worker, so that a repeatable-read
+    /// transaction reads each worker in one snapshot: an account's rows (all on one worker) then
+    /// agree with each other whatever commits meanwhile. By default Citus may read a worker's
+    /// shards over several connections, each a snapshot of its own. A placeholder on plain PostgreSQL.
+    static func readEachWorkerInOneSnapshot(on connection: PostgresConnection) throws {
+        try connection.execute("SET LOCAL citus.max_adaptive_executor_pool_size TO 1")
+    }
+
     /// Whether the database has the citus extension (then ``distribute(on:)`` applies).
     public static func isInstalled(on connection: PostgresConnection) throws -> Bool {
         try !connection.query("SELECT 1 FROM pg_extension WHERE extname = 'citus'").isEmpty
