@@ -6,9 +6,14 @@ import TallyPostgres
 /// account cannot hold in the account tables themselves, so every change of a key, an access
 /// token or a username writes its lookup row in the same transaction.
 enum AccountLookup {
+    /// A new key: its hash leads to it, and its id to its owner (the lease path on Citus,
+    /// migration 0022).
     static func addKey(_ hash: SecretHash, userID: Int64, tokenID: Int64, on connection: PostgresConnection) throws {
         try connection.query(
-            "INSERT INTO account_lookup (lookup, kind, user_id, token_id) VALUES ($1, 'key', $2, $3)",
+            """
+            INSERT INTO account_lookup (lookup, kind, user_id, token_id)
+            VALUES ($1, 'key', $2, $3), (int8send($3), 'token', $2, $3)
+            """,
             [hash, userID, tokenID])
     }
 

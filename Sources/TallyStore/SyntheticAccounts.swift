@@ -36,6 +36,7 @@ public enum SyntheticAccounts {
                     INSERT INTO account_lookup (lookup, kind, user_id, token_id)
                     SELECT convert_to(username, 'UTF8'), 'username', id, NULL::bigint FROM new_users
                     UNION ALL SELECT key_hash, 'key', user_id, id FROM new_tokens
+                    UNION ALL SELECT int8send(id), 'token', user_id, id FROM new_tokens
                     RETURNING 1
                 ), topups AS (
                     INSERT INTO ledger (user_id, kind, amount, reason)

@@ -9,7 +9,8 @@ import Testing
 /// These run on plain PostgreSQL and, in ops/slow-tests/citus, on the Citus cluster.
 @Suite("account lookup and change notices (Citus-ready schema)")
 struct AccountLookupTests {
-    /// Every username, access token and key of the database has exactly its lookup row.
+    /// Every username, access token and key of the database has exactly its lookup row (a key two:
+    /// by its hash and by its id).
     static func lookupMismatches(_ db: TestDatabase) async throws -> Int64 {
         let missing = try await db.scalar(
             """
@@ -18,14 +19,15 @@ struct AccountLookupTests {
                         NULL::bigint AS token_id FROM users
                  UNION ALL SELECT access_token_hash, 'access_token', id, NULL FROM users
                            WHERE access_token_hash IS NOT NULL
-                 UNION ALL SELECT key_hash, 'key', user_id, id FROM tokens)
+                 UNION ALL SELECT key_hash, 'key', user_id, id FROM tokens
+                 UNION ALL SELECT int8send(id), 'token', user_id, id FROM tokens)
                 EXCEPT ALL SELECT lookup, kind, user_id, token_id FROM account_lookup
             ) missing
             """)
         let expected =
             try await db.scalar("SELECT count(*) FROM users")
             + db.scalar("SELECT count(*) FROM users WHERE access_token_hash IS NOT NULL")
-            + db.scalar("SELECT count(*) FROM tokens")
+            + 2 * db.scalar("SELECT count(*) FROM tokens")
         return try await missing + abs(db.scalar("SELECT count(*) FROM account_lookup") - expected)
     }
 

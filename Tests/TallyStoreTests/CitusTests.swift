@@ -234,4 +234,71 @@ struct CitusTests {
         #expect(try await db.scalar("SELECT tally_fold(NULL, false)") == 0)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
+
+    @Test(
+        """
+        authorize's SQL on Citus (migration 0022): leases, the lookup's lease, the journal, the release and the \
+        hand-back of accounts on both workers run every statement on one shard, and the books balance
+        """)
+    func authorizePathSingleShard() async throws {
+        let db = try await TestDatabase.create("citus_authorize")
+        try await db.prepareBilling(users: 8, quota: 1_000_000)
+        let accounts = try await db.pool.withConnection { connection in
+            try connection.query("UPDATE tokens SET unlimited_quota = false, remain_quota = 500000")
+            return try connection.query(
+                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username LIKE 'synthetic-%'"
+            ).map { (user: try $0.decode(0, as: Int64.self), token: try $0.decode(1, as: Int64.self)) }
+        }
+        #expect(accounts.count == 8)
+        let leases = PostgresLeaseRepository(pool: db.pool)
+        try await leases.register(instance: "citus-a", ttlSeconds: 60, reclaimAfterSeconds: 60)
+        let users = PostgresArray.integers(accounts.map(\.user)), tokens = PostgresArray.integers(accounts.map(\.token))
+        let units = { @Sendable (amount: Int64) in PostgresArray.integers(accounts.map { _ in amount }) }
+        try await db.pool.withConnection { connection in
+            // Citus raises an error for any statement it runs as more than one task.
+            try connection.execute("SET citus.multi_task_query_log_level = 'error'")
+            defer { _ = try? connection.execute("RESET citus.multi_task_query_log_level") }
+            let leased = try connection.query(
+                "SELECT sum(granted)::bigint FROM tally_lease('citus-a', $1::bigint[], $2::bigint[], $3::bigint[], $2::bigint[])",
+                [users, units(10_000), tokens])
+            #expect(try leased[0].decode(0, as: Int64.self) == 16 * 10_000)
+            let onLookup = try connection.query(
+                """
+                SELECT sum(granted)::bigint FROM tally_lease_on_lookup('citus-a', $1::bigint[], $2::bigint[],
+                                                                        $3::bigint[], $2::bigint[])
+                """, [users, units(5_000), tokens])
+            #expect(try onLookup[0].decode(0, as: Int64.self) == 16 * 5_000)
+            let holdIDs = PostgresArray.integers(accounts.indices.map { Int64($0 + 1) })
+            let journaled = try connection.query(
+                """
+                SELECT hold_status FROM tally_journal_holds('citus-a', $1::bigint[], $2::text[], $3::bigint[],
+                    $4::bigint[], $5::bigint[], $6::text[], $6::text[], $7::boolean[], 60)
+                """,
+                [
+                    holdIDs, PostgresArray.text(accounts.indices.map { "citus-hold-\($0)" }), users, tokens,
+                    units(1_000), PostgresArray.text(accounts.map { _ in "gpt-4o" }),
+                    "{" + accounts.map { _ in "t" }.joined(separator: ",") + "}",
+                ])
+            #expect(try journaled.map { try $0.decode(0, as: String.self) } == accounts.map { _ in "held" })
+            let released = try connection.query(
+                "SELECT amount FROM tally_close_holds($1::bigint[], 'released')", [holdIDs])
+            #expect(released.count == accounts.count)
+            try connection.query(
+                "SELECT tally_return_leases('citus-a', $1::bigint[], $2::bigint[], $3::bigint[], $2::bigint[])",
+                [users, units(14_000), tokens])
+        }
+        #expect(
+            try await db.scalar("SELECT count(*) FROM user_leases") + db.scalar("SELECT count(*) FROM token_leases")
+                == 0)
+        #expect(
+            try await db.scalar("SELECT sum(reserved) FROM users") + db.scalar("SELECT sum(reserved) FROM tokens") == 0)
+        // The reaper reads a dead instance's lease rows on every shard (rare, off the request path),
+        // then hands them back account by account.
+        try await leases.register(instance: "citus-b", ttlSeconds: 60, reclaimAfterSeconds: 60)
+        _ = try await leases.lease(instance: "citus-b", wants: accounts.map { AccountUnits(.user($0.user), 3_000) })
+        #expect(try await db.scalar("SELECT sum(reserved) FROM users") == 8 * 3_000)
+        #expect(try await db.scalar("SELECT tally_reap_instances('citus-b')") == 1)
+        #expect(try await db.scalar("SELECT sum(reserved) FROM users") == 0)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
 }

@@ -289,6 +289,8 @@ enum NewAPIImportSQL {
         WHERE u.access_token_hash IS NOT NULL AND u.id IN (\(sourceAccounts))
         UNION ALL
         SELECT t.key_hash, 'key', t.user_id, t.id FROM tokens t WHERE t.user_id IN (\(sourceAccounts))
+        UNION ALL
+        SELECT int8send(t.id), 'token', t.user_id, t.id FROM tokens t WHERE t.user_id IN (\(sourceAccounts))
         """
 
     /// Keys whose owner is not in the source (removed from new-api's users table).
