@@ -93,6 +93,79 @@ struct AuthorizeRaceTests {
     }
 
     @Test(
+        """
+        concurrent holds on many accounts through two instances (on Citus, accounts on both workers): each account \
+        grants exactly what its balance covers, and the books balance
+        """)
+    func spreadAccounts() async throws {
+        let db = try await TestDatabase.create("authorize-spread")
+        let seed = Seed(db: db)
+        try await seed.prices(enforcementSheet)
+        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
+        let affordable = 30, attempts = 40
+        var accounts: [(user: Int64, key: String)] = []
+        var spread = false
+        while !spread {
+            let user = try await seed.user(quota: Int64(affordable) * chatHold).user.id
+            accounts.append((user, try await seed.key(user: user).key))
+            let nodes = try await Self.workersHolding(accounts.map(\.user), seed: seed)
+            spread = accounts.count >= 8 && nodes == Self.workers
+        }
+        let keys = accounts.map(\.key)
+        let servers = try (0..<2).map { _ in try ServerProcess(databaseURL: db.url) }
+        let headers = ["Authorization": "Bearer \(servers[0].gatewaySecret)", "Content-Type": "application/json"]
+        let requests = keys.indices.flatMap { account in (0..<attempts).map { (account, $0) } }.shuffled()
+        let granted = try await withThrowingTaskGroup(of: [Int].self) { group in
+            for worker in 0..<32 {
+                group.addTask {
+                    var mine: [Int] = []
+                    for index in stride(from: worker, to: requests.count, by: 32) {
+                        let (account, attempt) = requests[index]
+                        let body =
+                            #"{"request_id":"spread-\#(account)-\#(attempt)","key":"\#(keys[account])","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
+                        let answer = try await HTTP.sendAsync(
+                            "POST", "\(servers[index % servers.count].baseURL)/gateway/v1/authorize", headers: headers,
+                            body: Data(body.utf8))
+                        if answer.status == 200 {
+                            mine.append(account)
+                        } else {
+                            #expect(
+                                answer.status == 403 && answer.text.contains("insufficient_user_quota"),
+                                "\(answer.text)")
+                        }
+                    }
+                    return mine
+                }
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+        for (index, account) in accounts.enumerated() {
+            #expect(granted.filter { $0 == index }.count == affordable, "user \(account.user)")
+            #expect(try await seed.openHolds(user: account.user) == Int64(affordable) * chatHold)
+        }
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+        servers.forEach { $0.stop() }
+        // Stopped, each server gave its leases back: only the holds stay reserved.
+        #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 0)
+        #expect(try await seed.int("SELECT sum(reserved) FROM users") == Int64(accounts.count * affordable) * chatHold)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    /// How many database nodes hold the accounts: the workers on Citus, else one.
+    static func workersHolding(_ users: [Int64], seed: Seed) async throws -> Int64 {
+        guard TestCluster.isCitus, !users.isEmpty else { return 1 }
+        return try await seed.int(
+            """
+            SELECT count(DISTINCT n.nodeport) FROM unnest($1::bigint[]) AS u(id)
+            JOIN pg_dist_placement p ON p.shardid = get_shard_id_for_distribution_column('users', u.id)
+            JOIN pg_dist_node n ON n.groupid = p.groupid
+            """, [PostgresArray.integers(users)])
+    }
+
+    /// The nodes the accounts of a test must span: both workers of the test cluster on Citus.
+    static let workers: Int64 = TestCluster.isCitus ? 2 : 1
+
+    @Test(
         "an instance killed with kill -9 loses its leases to no one: another instance returns them once it stops renewing"
     )
     func killedInstanceLeasesReturn() async throws {
