@@ -33,19 +33,9 @@ struct AuthorizeRaceTests {
                 group.addTask {
                     var mine: [String] = []
                     for attempt in stride(from: worker, to: Self.attempts, by: Self.concurrency) {
-                        let server = servers[attempt % servers.count]
                         let requestID = "race-\(attempt)"
-                        let body =
-                            #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
-                        let answer = try await HTTP.sendAsync(
-                            "POST", "\(server.baseURL)/gateway/v1/authorize", headers: headers,
-                            body: Data(body.utf8))
-                        if answer.status == 200 {
+                        if try await Self.heldOrRefused(requestID, key: key, servers[attempt % servers.count]) {
                             mine.append(requestID)
-                        } else {
-                            #expect(
-                                answer.status == 403 && answer.text.contains("insufficient_user_quota"),
-                                "\(answer.text)")
                         }
                     }
                     return mine
@@ -113,7 +103,6 @@ struct AuthorizeRaceTests {
         }
         let keys = accounts.map(\.key)
         let servers = try (0..<2).map { _ in try ServerProcess(databaseURL: db.url) }
-        let headers = ["Authorization": "Bearer \(servers[0].gatewaySecret)", "Content-Type": "application/json"]
         let requests = keys.indices.flatMap { account in (0..<attempts).map { (account, $0) } }.shuffled()
         let granted = try await withThrowingTaskGroup(of: [Int].self) { group in
             for worker in 0..<32 {
@@ -121,17 +110,9 @@ struct AuthorizeRaceTests {
                     var mine: [Int] = []
                     for index in stride(from: worker, to: requests.count, by: 32) {
                         let (account, attempt) = requests[index]
-                        let body =
-                            #"{"request_id":"spread-\#(account)-\#(attempt)","key":"\#(keys[account])","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
-                        let answer = try await HTTP.sendAsync(
-                            "POST", "\(servers[index % servers.count].baseURL)/gateway/v1/authorize", headers: headers,
-                            body: Data(body.utf8))
-                        if answer.status == 200 {
+                        let requestID = "spread-\(account)-\(attempt)"
+                        if try await Self.heldOrRefused(requestID, key: keys[account], servers[index % servers.count]) {
                             mine.append(account)
-                        } else {
-                            #expect(
-                                answer.status == 403 && answer.text.contains("insufficient_user_quota"),
-                                "\(answer.text)")
                         }
                     }
                     return mine
@@ -149,6 +130,19 @@ struct AuthorizeRaceTests {
         #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 0)
         #expect(try await seed.int("SELECT sum(reserved) FROM users") == Int64(accounts.count * affordable) * chatHold)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    /// Authorizes a chat hold through `server`: true when held; else the answer must be the
+    /// user's balance refusing it.
+    static func heldOrRefused(_ requestID: String, key: String, _ server: ServerProcess) async throws -> Bool {
+        let body =
+            #"{"request_id":"\#(requestID)","key":"\#(key)","model":"gpt-4o","estimate":{"prompt_tokens":1000,"max_tokens":500}}"#
+        let headers = ["Authorization": "Bearer \(server.gatewaySecret)", "Content-Type": "application/json"]
+        let answer = try await HTTP.sendAsync(
+            "POST", "\(server.baseURL)/gateway/v1/authorize", headers: headers, body: Data(body.utf8))
+        if answer.status == 200 { return true }
+        #expect(answer.status == 403 && answer.text.contains("insufficient_user_quota"), "\(answer.text)")
+        return false
     }
 
     /// How many database nodes hold the accounts: the workers on Citus, else one.
