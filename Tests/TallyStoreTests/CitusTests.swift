@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TallyCore
 import TallyPostgres
 import TallyTestSupport
@@ -300,5 +301,44 @@ struct CitusTests {
         #expect(try await db.scalar("SELECT tally_reap_instances('citus-b')") == 1)
         #expect(try await db.scalar("SELECT sum(reserved) FROM users") == 0)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+}
+
+extension CitusTests {
+    @Test(
+        "a cold key's lookup on Citus (AccessDirectory): its owner, the key and the lookup's lease, each statement on one shard"
+    )
+    func keyLookupSingleShard() async throws {
+        let db = try await TestDatabase.create("citus_lookup")
+        try await db.prepareBilling(users: 6, quota: 1_000_000)
+        let keys = try await db.pool.withConnection { connection in
+            try connection.query("SELECT encode(key_hash, 'hex'), id, user_id FROM tokens ORDER BY id").map {
+                (
+                    hash: try $0.decode(0, as: String.self), token: try $0.decode(1, as: Int64.self),
+                    user: try $0.decode(2, as: Int64.self)
+                )
+            }
+        }
+        try await PostgresLeaseRepository(pool: db.pool).register(
+            instance: "citus-lookup", ttlSeconds: 60, reclaimAfterSeconds: 60)
+        // Every new connection to this database raises on a statement Citus runs as more than one task.
+        try await db.pool.withConnection { connection in
+            try connection.execute("ALTER DATABASE \(db.name) SET citus.multi_task_query_log_level = 'error'")
+        }
+        let strict = PostgresPool(url: db.url, size: 1)
+        let directory = AccessDirectory(pool: strict)
+        let granted = Mutex<[LeaseGrant]>([])
+        for key in keys {
+            let lease = LookupLease(instance: "citus-lookup", want: 1_000) { grants in
+                granted.withLock { $0 += grants }
+            }
+            let access = try await directory.key(try #require(SecretHash(hex: key.hash)), leasing: lease)
+            #expect(access?.tokenID == key.token)
+            #expect(access?.userID == key.user)
+        }
+        #expect(try await directory.key(SecretHash(of: "sk-no-such-key")) == nil)
+        let users = granted.withLock { $0 }.filter { if case .user = $0.account { true } else { false } }
+        #expect(users.map { $0.granted } == keys.map { _ in Int64(1_000) })
+        #expect(try await db.scalar("SELECT sum(amount) FROM user_leases") == Int64(keys.count) * 1_000)
     }
 }

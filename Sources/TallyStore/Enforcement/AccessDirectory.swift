@@ -88,8 +88,12 @@ public final class AccessDirectory: Sendable {
         self.pool = pool
         self.ttl = ttl
         self.unknownTTL = unknownTTL
+        let layout = DatabaseLayout()
         misses = Coalescer(limit: Self.lookupConcurrency) { misses in
-            try await pool.withConnection { connection in try Self.lookUp(misses, connection) }
+            try await pool.withConnection { connection in
+                try layout.isDistributed(on: connection)
+                    ? misses.map { try Self.lookUpOnItsShard($0, connection) } : Self.lookUp(misses, connection)
+            }
         }
     }
 
@@ -125,7 +129,35 @@ public final class AccessDirectory: Sendable {
                 PostgresArray.text(misses.map(\.hash.hex)), instance,
                 PostgresArray.integers(wants),
             ])
-        var accesses = [KeyAccess?](repeating: nil, count: misses.count)
+        return try found(rows, wants: wants)
+    }
+
+    /// On Citus, one key at a time, each statement on one shard: the key's owner from
+    /// `account_lookup` (the shard of its hash), the key and its owner (the owner's shard), then
+    /// the lease (on the coordinator, one shard per statement, migration 0022). The batch
+    /// statement finds keys by hash, which `tokens`, distributed by owner, can only answer from
+    /// every shard. Unnamed statements, so that Citus plans each for its values and routes it.
+    private static func lookUpOnItsShard(_ miss: Miss, _ connection: PostgresConnection) throws -> Found {
+        guard let owner = try connection.query(keyOwner, [miss.hash.hex]).first else {
+            return Found(access: nil, grants: [])
+        }
+        let (user, token): (Int64, Int64) = (try owner.decode(0), try owner.decode(1))
+        let want = miss.lease?.want ?? 0
+        guard let row = try connection.query(ownedKey, [PostgresArray.text([miss.hash.hex]), want, user, token]).first
+        else { return Found(access: nil, grants: []) }
+        let access = try decode(row)
+        guard let lease = miss.lease, try row.decode(14, as: Int64.self) > 0 else {
+            return Found(access: access, grants: [])
+        }
+        let grants = try connection.query(leaseOnLookup, [lease.instance, user, want, token]).map {
+            try decodeGrant($0, from: 0)
+        }
+        return Found(access: access, grants: grants)
+    }
+
+    /// The keys and grants of a lookup's rows, in the order of `wants` (one per key asked).
+    private static func found(_ rows: PostgresRows, wants: [Int64]) throws -> [Found] {
+        var accesses = [KeyAccess?](repeating: nil, count: wants.count)
         var grants: [LeaseGrant] = []
         try rows.forEach { row in
             if let ordinal = try row.decodeOptional(13, as: Int64.self) {
@@ -134,7 +166,7 @@ public final class AccessDirectory: Sendable {
                 grants.append(try decodeGrant(row))
             }
         }
-        var mine = [[LeaseGrant]](repeating: [], count: misses.count)
+        var mine = [[LeaseGrant]](repeating: [], count: wants.count)
         for grant in grants {
             let owner = accesses.indices.first { index in
                 guard wants[index] > 0, let access = accesses[index] else { return false }
@@ -142,7 +174,7 @@ public final class AccessDirectory: Sendable {
             }
             if let owner { mine[owner].append(grant) }
         }
-        return misses.indices.map { Found(access: accesses[$0], grants: mine[$0]) }
+        return wants.indices.map { Found(access: accesses[$0], grants: mine[$0]) }
     }
 
     /// The channel map, re-read after `ttl` or an invalidation.
@@ -190,20 +222,8 @@ public final class AccessDirectory: Sendable {
     private static let lookupBatch = PreparedStatement(
         "access_directory_keys_lease",
         """
-        WITH k AS MATERIALIZED (
-            SELECT t.id, t.user_id, t.key_last6,
-                   t.status = \(TokenStatus.enabled.sql) AND t.deleted_at IS NULL AS enabled, t.expires_at,
-                   u.status <> \(UserStatus.enabled.sql) AS suspended, u.role, g.name, t.model_limits_enabled,
-                   t.model_limits, t.allow_ips,
-                   coalesce(t.rpm_limit, g.rpm_limit) AS rpm, g.model_rpm_limit, a.ordinal,
-                   CASE WHEN t.status = \(TokenStatus.enabled.sql) AND t.deleted_at IS NULL
-                             AND coalesce(t.expires_at > now(), true) AND u.status = \(UserStatus.enabled.sql)
-                        THEN a.want ELSE 0 END AS want
-            FROM unnest($1::text[], $3::bigint[]) WITH ORDINALITY AS a(hash, want, ordinal)
-            JOIN tokens t ON t.key_hash = decode(a.hash, 'hex')
-            JOIN users u ON u.id = t.user_id
-            JOIN groups g ON g.name = coalesce(nullif(t."group", ''), u."group")
-        ), l AS MATERIALIZED (
+        WITH k AS MATERIALIZED (\(keySelect(keys: "t.key_hash = decode(a.hash, 'hex')", wants: "$3"))),
+        l AS MATERIALIZED (
             SELECT * FROM tally_lease_on_lookup($2,
                 ARRAY(SELECT k.user_id FROM k WHERE k.want > 0 ORDER BY k.ordinal),
                 ARRAY(SELECT k.want FROM k WHERE k.want > 0 ORDER BY k.ordinal),
@@ -221,11 +241,47 @@ public final class AccessDirectory: Sendable {
         FROM l
         """)
 
-    private static func decodeGrant(_ row: PostgresRow) throws -> LeaseGrant {
-        let id: Int64 = try row.decode(15)
-        let account: LeaseAccount = try row.decode(14, as: String.self) == "user" ? .user(id) : .token(id)
-        let state = LeaseGrant.State(rawValue: try row.decode(17)) ?? .unknown
-        return LeaseGrant(account: account, granted: try row.decode(16), state: state, others: try row.decode(18))
+    /// A key's owner and id by the key's hash (`$1`, hex), on the shard of its hash.
+    private static let keyOwner =
+        "SELECT user_id, token_id FROM account_lookup WHERE lookup = decode($1, 'hex') AND kind = 'key'"
+
+    /// One key (`$1`, a one-element array of its hash) of owner `$3`, id `$4`: one shard. Column 14
+    /// is what to lease with it (`$2` when the key may be used, else 0).
+    private static let ownedKey = keySelect(
+        keys: "t.user_id = $3::bigint AND t.id = $4::bigint AND t.key_hash = decode(a.hash, 'hex')",
+        wants: "ARRAY[$2::bigint]")
+
+    /// The lookup's lease of `$3` units of user `$2` and key `$4` for instance `$1`.
+    private static let leaseOnLookup = """
+        SELECT kind, account_id, granted, state, others
+        FROM tally_lease_on_lookup($1, ARRAY[$2::bigint], ARRAY[$3::bigint], ARRAY[$4::bigint], ARRAY[$3::bigint])
+        """
+
+    /// The keys that `keys` finds among the hashes `$1`, with what to lease for each from `wants`.
+    private static func keySelect(keys: String, wants: String) -> String {
+        """
+        SELECT t.id, t.user_id, t.key_last6,
+               t.status = \(TokenStatus.enabled.sql) AND t.deleted_at IS NULL AS enabled, t.expires_at,
+               u.status <> \(UserStatus.enabled.sql) AS suspended, u.role, g.name, t.model_limits_enabled,
+               t.model_limits, t.allow_ips,
+               coalesce(t.rpm_limit, g.rpm_limit) AS rpm, g.model_rpm_limit, a.ordinal,
+               CASE WHEN t.status = \(TokenStatus.enabled.sql) AND t.deleted_at IS NULL
+                         AND coalesce(t.expires_at > now(), true) AND u.status = \(UserStatus.enabled.sql)
+                    THEN a.want ELSE 0 END AS want
+        FROM unnest($1::text[], \(wants)::bigint[]) WITH ORDINALITY AS a(hash, want, ordinal)
+        JOIN tokens t ON \(keys)
+        JOIN users u ON u.id = t.user_id
+        JOIN groups g ON g.name = coalesce(nullif(t."group", ''), u."group")
+        """
+    }
+
+    /// A grant from the columns `first` … `first + 4` of a row (kind, account, granted, state, others).
+    private static func decodeGrant(_ row: PostgresRow, from first: Int = 14) throws -> LeaseGrant {
+        let id: Int64 = try row.decode(first + 1)
+        let account: LeaseAccount = try row.decode(first, as: String.self) == "user" ? .user(id) : .token(id)
+        let state = LeaseGrant.State(rawValue: try row.decode(first + 3)) ?? .unknown
+        return LeaseGrant(
+            account: account, granted: try row.decode(first + 2), state: state, others: try row.decode(first + 4))
     }
 
     private static func decode(_ row: PostgresRow) throws -> KeyAccess {
@@ -262,5 +318,18 @@ public final class AccessDirectory: Sendable {
             }
         }
         return ChannelMap(channels: channels, modelsByGroup: modelsByGroup)
+    }
+}
+
+/// Whether the database is a Citus cluster, asked once (on the first lookup).
+private final class DatabaseLayout: Sendable {
+    private let distributed = Mutex<Bool?>(nil)
+
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    func isDistributed(on connection: PostgresConnection) throws -> Bool {
+        if let known = distributed.withLock({ $0 }) { return known }
+        let answer = try CitusLayout.isInstalled(on: connection)
+        distributed.withLock { $0 = answer }
+        return answer
     }
 }
