@@ -308,32 +308,6 @@ ALTER FUNCTION tally_return_leases(text, bigint[], bigint[], bigint[], bigint[])
 ALTER FUNCTION tally_close_holds(bigint[], text) RENAME TO tally_close_holds_at_once;
 ALTER FUNCTION tally_reap_instances(text) RENAME TO tally_reap_instances_at_once;
 
--- tally_lease_on_lookup_at_once calls tally_lease by name: it keeps calling the set-based body.
-CREATE OR REPLACE FUNCTION tally_lease_on_lookup_at_once(p_instance text, p_user_ids bigint[], p_user_wants bigint[],
-                                                         p_token_ids bigint[], p_token_wants bigint[])
-RETURNS TABLE (kind text, account_id bigint, granted bigint, state text, others bigint)
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
-DECLARE
-    free_users bigint[];
-    free_tokens bigint[];
-    user_ids bigint[];
-    user_wants bigint[];
-    token_ids bigint[];
-    token_wants bigint[];
-BEGIN
-    free_users := ARRAY(SELECT x.id FROM users x WHERE x.id = ANY (p_user_ids) ORDER BY x.id
-                        FOR NO KEY UPDATE SKIP LOCKED);
-    free_tokens := ARRAY(SELECT x.id FROM tokens x WHERE x.id = ANY (p_token_ids) ORDER BY x.id
-                         FOR NO KEY UPDATE SKIP LOCKED);
-    SELECT coalesce(array_agg(w.id), '{}'), coalesce(array_agg(w.want), '{}') INTO user_ids, user_wants
-      FROM unnest(p_user_ids, p_user_wants) AS w(id, want) WHERE w.id = ANY (free_users);
-    SELECT coalesce(array_agg(w.id), '{}'), coalesce(array_agg(w.want), '{}') INTO token_ids, token_wants
-      FROM unnest(p_token_ids, p_token_wants) AS w(id, want) WHERE w.id = ANY (free_tokens);
-    RETURN QUERY SELECT l.kind, l.account_id, l.granted, l.state, l.others
-                 FROM tally_lease_at_once(p_instance, user_ids, user_wants, token_ids, token_wants) l;
-END;
-$$;
-
 CREATE FUNCTION tally_lease(p_instance text, p_user_ids bigint[], p_user_wants bigint[],
                             p_token_ids bigint[], p_token_wants bigint[])
 RETURNS TABLE (kind text, account_id bigint, granted bigint, state text, others bigint)
@@ -351,23 +325,24 @@ END;
 $$;
 
 -- A cold key's lookup leases only what no other transaction holds locked (0021), and nothing when
--- the instance's registration is gone.
+-- the instance's registration is gone. (On one PostgreSQL, 0021's body checks both and calls
+-- tally_lease, which takes the set-based path there.)
 CREATE FUNCTION tally_lease_on_lookup(p_instance text, p_user_ids bigint[], p_user_wants bigint[],
                                       p_token_ids bigint[], p_token_wants bigint[])
 RETURNS TABLE (kind text, account_id bigint, granted bigint, state text, others bigint)
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF NOT tally_on_citus() THEN
+        RETURN QUERY SELECT * FROM tally_lease_on_lookup_at_once(p_instance, p_user_ids, p_user_wants, p_token_ids, p_token_wants);
+        RETURN;
+    END IF;
     IF cardinality(p_user_ids) = 0 AND cardinality(p_token_ids) = 0 THEN
         RETURN;
     END IF;
     IF NOT tally_hold_registration(p_instance) THEN
         RETURN;
     END IF;
-    IF tally_on_citus() THEN
-        RETURN QUERY SELECT * FROM tally_lease_each(p_instance, p_user_ids, p_user_wants, p_token_ids, p_token_wants, true);
-    ELSE
-        RETURN QUERY SELECT * FROM tally_lease_on_lookup_at_once(p_instance, p_user_ids, p_user_wants, p_token_ids, p_token_wants);
-    END IF;
+    RETURN QUERY SELECT * FROM tally_lease_each(p_instance, p_user_ids, p_user_wants, p_token_ids, p_token_wants, true);
 END;
 $$;
 
