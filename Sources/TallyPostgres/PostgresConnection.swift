@@ -191,6 +191,11 @@ public final class PostgresConnection: @unchecked Sendable {
         return sent == 1 ? nil : connectionError(.copy)
     }
 
+    /// Pushes libpq's output buffer to the server (blocking).
+    fileprivate func flushOutput() -> PostgresError? {
+        PQflush(handle) == 0 ? nil : connectionError(.copy)
+    }
+
     // MARK: Helpers
 
     @discardableResult
@@ -285,6 +290,13 @@ public struct CopyInWriter {
         var text = text
         text.withUTF8 { buffer.append(contentsOf: $0) }
         if buffer.count >= Self.flushThreshold { try flush() }
+    }
+
+    /// Sends what is buffered to the server now, so that it works on those rows while the
+    /// caller prepares more (libpq otherwise keeps up to 8 KiB in its own buffer too).
+    public mutating func send() throws(PostgresError) {
+        try flush()
+        if let failure = connection.flushOutput() { throw failure }
     }
 
     mutating func flush() throws(PostgresError) {

@@ -69,6 +69,7 @@ public enum SQLState {
     public static let duplicateDatabase = "42P04"
     public static let undefinedTable = "42P01"
     public static let adminShutdown = "57P01"
+    public static let lockNotAvailable = "55P03"
     public static let internalError = "XX000"
 }
 

@@ -40,8 +40,10 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     logger.logLevel = configuration.logLevel
     TallyMetrics.bootstrap()
     let pool = PostgresPool(url: configuration.databaseURL, size: configuration.poolSize, logger: logger)
+    var ingestLimits = IngestLimits()
+    ingestLimits.maxStreamedBatches = configuration.ingestStreams
     let services = TallyServices(
-        pool: pool, holdTTLSeconds: configuration.holdTTLSeconds,
+        pool: pool, ingestLimits: ingestLimits, holdTTLSeconds: configuration.holdTTLSeconds,
         holdCommit: configuration.holdCommit)
     let migrator = Migrator(pool: pool, logger: logger)
     let router = buildRouter(services, configuration: configuration)

@@ -34,6 +34,9 @@ public struct TallyConfiguration: Sendable {
     /// journal batch committed; `async` as soon as the hold is cut from the lease in memory
     /// (docs/enforcement.md).
     public var holdCommit: HoldCommitMode
+    /// Log batches stored while their body still arrives, at most at once (`TALLY_INGEST_STREAMS`;
+    /// at most half the pool is used; 0: every batch is read whole before it is stored).
+    public var ingestStreams: Int
     /// The webhook dispatcher (docs/webhooks.md).
     public var webhooks: WebhookDispatchConfiguration
     /// How often this instance folds committed charges into balances (`TALLY_SETTLE_INTERVAL`,
@@ -56,6 +59,7 @@ public struct TallyConfiguration: Sendable {
         public static let failedAuthWindowSeconds = 60
         public static let settleIntervalMilliseconds = 100
         public static let rollUpIntervalSeconds = 5
+        public static let ingestStreams = 8
     }
 
     public init(
@@ -69,7 +73,7 @@ public struct TallyConfiguration: Sendable {
         failedAuthWindowSeconds: Int = Defaults.failedAuthWindowSeconds,
         trustedProxies: IPAllowList = IPAllowList(ranges: []),
         settleIntervalMilliseconds: Int = Defaults.settleIntervalMilliseconds,
-        rollUpIntervalSeconds: Int = Defaults.rollUpIntervalSeconds
+        rollUpIntervalSeconds: Int = Defaults.rollUpIntervalSeconds, ingestStreams: Int = Defaults.ingestStreams
     ) {
         self.host = host
         self.port = port
@@ -87,5 +91,6 @@ public struct TallyConfiguration: Sendable {
         self.trustedProxies = trustedProxies
         self.settleIntervalMilliseconds = settleIntervalMilliseconds
         self.rollUpIntervalSeconds = rollUpIntervalSeconds
+        self.ingestStreams = ingestStreams
     }
 }

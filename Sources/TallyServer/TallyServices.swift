@@ -33,6 +33,9 @@ public struct TallyServices: Sendable {
         holdCommit: HoldCommitMode = TallyConfiguration.Defaults.holdCommit
     ) {
         self.pool = pool
+        var ingestLimits = ingestLimits
+        // A streamed batch holds a connection while its body arrives: leave half the pool free.
+        ingestLimits.maxStreamedBatches = min(ingestLimits.maxStreamedBatches, pool.size / 2)
         self.ingestLimits = ingestLimits
         users = PostgresUserRepository(pool: pool)
         priceVersions = PostgresPriceRepository(pool: pool)

@@ -79,12 +79,10 @@ public struct Migrator: Sendable {
         }
     }
 
-    /// Creates monthly `request_logs` partitions for `months` months from the month of `start`.
+    /// Creates monthly `request_logs` partitions for `months` months from the month of `start`
+    /// (``LogPartitions``: without making batches queue behind the lock for long).
     @discardableResult
     public func createLogPartitions(from start: Date = Date(), months: Int) async throws -> Int {
-        try await pool.withConnection { connection in
-            let rows = try connection.query("SELECT tally_create_log_partitions($1, $2)", [start, months])
-            return try rows[0].decode(0, as: Int.self)
-        }
+        try await LogPartitions.create(from: start, months: months, pool: pool)
     }
 }

@@ -63,6 +63,14 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "Log batches stored while their body still arrives (each part COPYed as it is priced), "
+                + "at most at once; each holds a PostgreSQL connection for its upload, and at most half "
+                + "the pool is used; 0: every batch is read whole first. Env: TALLY_INGEST_STREAMS. "
+                + "Default: \(Defaults.ingestStreams)."))
+    var ingestStreams: Int?
+
+    @Option(
+        help: ArgumentHelp(
             "trace, debug, info, notice, warning, error or critical. Env: TALLY_LOG_LEVEL. "
                 + "Default: \(Defaults.logLevel.rawValue)."))
     var logLevel: String?
@@ -141,7 +149,9 @@ struct Serve: AsyncParsableCommand {
             settleIntervalMilliseconds: try settleInterval ?? Self.integer(environment, "TALLY_SETTLE_INTERVAL")
                 ?? Defaults.settleIntervalMilliseconds,
             rollUpIntervalSeconds: try rollupInterval ?? Self.integer(environment, "TALLY_ROLLUP_INTERVAL")
-                ?? Defaults.rollUpIntervalSeconds)
+                ?? Defaults.rollUpIntervalSeconds,
+            ingestStreams: try ingestStreams ?? Self.integer(environment, "TALLY_INGEST_STREAMS")
+                ?? Defaults.ingestStreams)
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
         guard configuration.holdTTLSeconds > 0 else { throw ValidationError("--hold-ttl must be at least 1 second") }
         guard configuration.settleIntervalMilliseconds >= 0 else {
@@ -150,6 +160,7 @@ struct Serve: AsyncParsableCommand {
         guard configuration.rollUpIntervalSeconds > 0 else {
             throw ValidationError("--rollup-interval must be at least 1 second")
         }
+        guard configuration.ingestStreams >= 0 else { throw ValidationError("--ingest-streams must be ≥ 0") }
         guard configuration.idleTimeoutSeconds > 0 else {
             throw ValidationError("--idle-timeout must be at least 1 second")
         }

@@ -26,13 +26,16 @@ struct IngestController {
         let started = ContinuousClock.now
         let result: IngestResult
         do {
-            // Each chunk is split and parsed as it arrives; no copy of the body is kept.
-            var reader = ingestor.reader(format: format)
-            for try await chunk in request.body {
-                try chunk.withUnsafeReadableBytes { try reader.feed($0) }
-                if reader.wantsKeyLookup { try await reader.lookUpKeys() }
+            // Each chunk is split, parsed and priced as it arrives, and its lines go on to the
+            // batch's transaction while the rest comes; no copy of the body is kept.
+            result = try await ingestor.ingest(
+                format: format, tid: context.tid, source: format == .gateway ? "http" : "litellm"
+            ) { reader in
+                for try await chunk in request.body {
+                    try chunk.withUnsafeReadableBytes { try reader.feed($0) }
+                    try await reader.advance()
+                }
             }
-            result = try await ingestor.store(reader, tid: context.tid, source: format == .gateway ? "http" : "litellm")
         } catch let error as BatchTooLarge {
             throw APIError.payloadTooLarge(error.description)
         } catch let error as BatchMalformed {

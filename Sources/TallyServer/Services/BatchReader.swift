@@ -5,10 +5,16 @@ import TallyStore
 /// One batch body read as it arrives: every complete line is parsed at once and, when its key
 /// is in the ``TokenDirectory`` cache, validated and rated too, so the body is never held;
 /// a line whose key is not cached waits (with its text, in case it is rejected) until enough
-/// such lines gather for one lookup. What is kept is the priced lines and the rejects.
+/// such lines gather for one lookup. What is kept is the priced lines and the rejects; with a
+/// ``BatchHandOff`` the priced lines go on to the batch's open transaction part by part.
 public struct BatchReader {
     /// Lines waiting for their key's owner are looked up together once this many gathered.
     static let lookupBatch = 1_000
+    /// Priced lines are handed to a streaming transaction in parts of this many.
+    static let partSize = 1_000
+
+    /// The batch's transaction stopped reading (it failed; its error is the batch's answer).
+    struct TransactionStopped: Error {}
 
     let ingestor: Ingestor
     let format: IngestFormat
@@ -20,6 +26,8 @@ public struct BatchReader {
     private var priced: [PricedLine] = []
     private var rejects: [RejectedLine] = []
     private var waiting: [(number: Int, line: LogLine, text: [UInt8])] = []
+    /// Where priced lines go while the body is read; nil when the batch is stored whole.
+    var handOff: BatchHandOff?
 
     init(ingestor: Ingestor, format: IngestFormat, book: PriceBook, now: Date) {
         self.ingestor = ingestor
@@ -40,11 +48,19 @@ public struct BatchReader {
         try splitter.feed(chunk.assumingMemoryBound(to: UInt8.self)) { try read(line: $1, number: $0) }
     }
 
-    /// True when enough lines wait for a key lookup: call ``lookUpKeys()`` before feeding more.
-    public var wantsKeyLookup: Bool { waiting.count >= Self.lookupBatch }
+    /// Call after each ``feed(_:)``: looks keys up once enough lines wait for one, and hands
+    /// a part of priced lines on when the batch streams (waiting while the transaction is
+    /// behind, so a fast client cannot fill memory).
+    public mutating func advance() async throws {
+        if waiting.count >= Self.lookupBatch { try await lookUpKeys() }
+        guard let handOff, priced.count >= Self.partSize else { return }
+        let part = priced
+        priced = []
+        guard await handOff.send(.lines(part)) else { throw TransactionStopped() }
+    }
 
     /// Resolves the owners of the waiting lines' keys in one query, and prices those lines.
-    public mutating func lookUpKeys() async throws {
+    mutating func lookUpKeys() async throws {
         guard !waiting.isEmpty else { return }
         var hashes: Set<SecretHash> = [], ids: Set<Int64> = []
         for (_, line, _) in waiting {
@@ -66,10 +82,11 @@ public struct BatchReader {
     /// Feeds a whole chunk held in memory, looking keys up as needed.
     public mutating func consume(_ chunk: [UInt8]) async throws {
         try chunk.withUnsafeBytes { try feed($0) }
-        if wantsKeyLookup { try await lookUpKeys() }
+        try await advance()
     }
 
-    /// Ends the body: the priced lines, the rejects (in line order) and the number of lines.
+    /// Ends the body: the priced lines not handed on yet, the rejects (in line order) and the
+    /// number of lines.
     mutating func finish() async throws -> (priced: [PricedLine], rejects: [RejectedLine], lines: Int) {
         var splitter = self.splitter
         defer { self.splitter = splitter }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TallyCore
 import TallyPostgres
 import TallyStore
@@ -21,6 +22,10 @@ public struct IngestLimits: Sendable {
     public var maxImages: Int64 = 10_000
     public var maxCalls: Int64 = 1_000_000
     public var maxSeconds = ExactDecimal(86_400)
+    /// Batches stored while their body arrives, at most at once; more are read whole first.
+    /// Each holds a pool connection for the length of its upload, so keep it well under the
+    /// pool size (key lookups and authorize need connections too). 0 streams none.
+    public var maxStreamedBatches = 8
 
     public init() {}
 }
@@ -39,6 +44,7 @@ public struct Ingestor: Sendable {
     let tokens: TokenDirectory
     let repository: any IngestRepository
     let limits: IngestLimits
+    private let streams: StreamSlots
 
     public init(
         prices: PriceCatalog, tokens: TokenDirectory, repository: any IngestRepository,
@@ -48,6 +54,7 @@ public struct Ingestor: Sendable {
         self.tokens = tokens
         self.repository = repository
         self.limits = limits
+        streams = StreamSlots(limit: limits.maxStreamedBatches)
     }
 
     /// Ingests one batch held in memory. Bad lines are rejected (and stored) without failing
@@ -58,6 +65,41 @@ public struct Ingestor: Sendable {
         var reader = reader(format: format, now: now)
         try await reader.consume(body)
         return try await store(reader, tid: tid, source: source)
+    }
+
+    /// Ingests one batch read by `read` (which feeds the reader chunk by chunk, calling
+    /// ``BatchReader/advance()`` after each): while a stream slot is free, the batch's
+    /// transaction opens at once and stores each part of priced lines while the rest of the
+    /// body arrives (``PostgresIngestRepository/store(streaming:tid:source:now:)``); otherwise the
+    /// body is read whole first. Returns after the batch is committed; a body that cannot be
+    /// read (too large, malformed, the client gone) stores nothing.
+    public func ingest(
+        format: IngestFormat, tid: String, source: String, now: Date = Date(),
+        read: (inout BatchReader) async throws -> Void
+    ) async throws -> IngestResult {
+        var reader = reader(format: format, now: now)
+        guard streams.take() else {
+            try await read(&reader)
+            return try await store(reader, tid: tid, source: source)
+        }
+        defer { streams.give() }
+        let handOff = BatchHandOff()
+        reader.handOff = handOff
+        async let stored = repository.store(streaming: handOff, tid: tid, source: source, now: now)
+        do {
+            try await read(&reader)
+            let rest = try await reader.finish()
+            if await handOff.send(.lines(rest.priced)) {
+                await handOff.send(.end(rejects: rest.rejects, totalLines: rest.lines))
+            }
+        } catch is BatchReader.TransactionStopped {
+            // The transaction failed before the body ended: its error answers the batch.
+        } catch {
+            await handOff.send(.failed(error))
+            _ = try? await stored
+            throw error
+        }
+        return try await stored
     }
 
     /// A reader for one batch body, fed chunk by chunk.
@@ -179,4 +221,25 @@ public struct Ingestor: Sendable {
     static func storable(_ text: String) -> String {
         text.utf8.contains(0) ? text.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") : text
     }
+}
+
+/// Counts the batches being stored while their body arrives, against their limit.
+private final class StreamSlots: Sendable {
+    private let limit: Int
+    private let taken = Atomic<Int>(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    /// Takes a slot when one is free.
+    func take() -> Bool {
+        while true {
+            let now = taken.load(ordering: .relaxed)
+            guard now < limit else { return false }
+            if taken.compareExchange(expected: now, desired: now + 1, ordering: .acquiringAndReleasing).exchanged {
+                return true
+            }
+        }
+    }
+
+    func give() { taken.subtract(1, ordering: .releasing) }
 }

@@ -8,6 +8,10 @@ public protocol IngestRepository: Sendable {
     /// Stores one batch in one transaction and returns only after COMMIT.
     func store(_ lines: [PricedLine], rejects: [RejectedLine], totalLines: Int, tid: String, source: String)
         async throws -> IngestResult
+
+    /// Stores one batch whose priced lines arrive through `handOff` while its body is still
+    /// being read, in one transaction; returns only after COMMIT. `now` is the reading's clock.
+    func store(streaming handOff: BatchHandOff, tid: String, source: String, now: Date) async throws -> IngestResult
 }
 
 /// The append half of DESIGN §4's pipeline, in one transaction per batch: new rows into
@@ -18,7 +22,7 @@ public protocol IngestRepository: Sendable {
 /// The settler folds what is pending into balances and rollups (``Settler``, migration 0010).
 public struct PostgresIngestRepository: IngestRepository {
     let pool: PostgresPool
-    private let partitions: PartitionCache
+    let partitions: PartitionCache
 
     public init(pool: PostgresPool) {
         self.pool = pool
@@ -33,23 +37,31 @@ public struct PostgresIngestRepository: IngestRepository {
             let batchID = try connection.query(Self.nextBatchID)[0].decode(0, as: Int64.self)
             // The new lines, by their index in `lines` (a batch is held once, not copied).
             let fresh = lines.isEmpty ? [] : try Self.insertNew(lines, batchID: batchID, on: connection)
-            if !fresh.isEmpty {
-                try Self.appendCharges(of: fresh.lazy.map { lines[$0] }, batchID: batchID, tid: tid, on: connection)
-            }
-            if !rejects.isEmpty { try Self.storeRejects(rejects, tid: tid, on: connection) }
-            try connection.query(
-                Self.insertBatch,
-                [
-                    batchID, tid, source, totalLines, fresh.count,
-                    lines.count - fresh.count, rejects.count,
-                ])
-            return IngestResult(
-                batchID: batchID, accepted: fresh.count, duplicates: lines.count - fresh.count,
-                rejected: rejects, chargedQuota: fresh.reduce(0) { $0 + lines[$1].quota },
-                providerRateLimited: fresh.count {
-                    lines[$0].error?.contains(CatalogEntry.providerRateLimited.rawValue) == true
-                })
+            return try Self.finishBatch(
+                lines, fresh: fresh, rejects: rejects, totalLines: totalLines, batchID: batchID, tid: tid,
+                source: source, on: connection)
         }
+    }
+
+    /// The rest of a batch's transaction once its new rows are in: what they owe, the rejects,
+    /// the batch row. `fresh` holds the indices in `lines` of the rows stored now.
+    static func finishBatch(
+        _ lines: [PricedLine], fresh: [Int], rejects: [RejectedLine], totalLines: Int, batchID: Int64, tid: String,
+        source: String, on connection: PostgresConnection
+    ) throws -> IngestResult {
+        if !fresh.isEmpty {
+            try appendCharges(of: fresh.lazy.map { lines[$0] }, batchID: batchID, tid: tid, on: connection)
+        }
+        if !rejects.isEmpty { try storeRejects(rejects, tid: tid, on: connection) }
+        try connection.query(
+            insertBatch,
+            [batchID, tid, source, totalLines, fresh.count, lines.count - fresh.count, rejects.count])
+        return IngestResult(
+            batchID: batchID, accepted: fresh.count, duplicates: lines.count - fresh.count,
+            rejected: rejects, chargedQuota: fresh.reduce(0) { $0 + lines[$1].quota },
+            providerRateLimited: fresh.count {
+                lines[$0].error?.contains(CatalogEntry.providerRateLimited.rawValue) == true
+            })
     }
 
     /// Inserts the lines whose (user, request id, time) is not stored yet; returns their indices.
@@ -60,17 +72,7 @@ public struct PostgresIngestRepository: IngestRepository {
     /// violation; the savepoint undoes it and the rows go through the staging table with
     /// `ON CONFLICT DO NOTHING`, which keeps exactly the new ones.
     static func insertNew(_ lines: [PricedLine], batchID: Int64, on connection: PostgresConnection) throws -> [Int] {
-        var seen = Set<LineKey>(minimumCapacity: lines.count)
-        // Inserted in one global order, the primary key's (account, time, request id):
-        // concurrent batches holding the same ids (a resend through another instance) then wait
-        // for each other on the first shared id instead of each holding one the other waits for
-        // (a deadlock). Integers decide almost every comparison, and the key's index is written
-        // in its own order.
-        var candidates = lines.indices.filter { seen.insert(LineKey(lines[$0])).inserted }
-        candidates.sort { left, right in
-            let (a, b) = (lines[left], lines[right])
-            return (a.userID, a.createdAt, a.requestID) < (b.userID, b.createdAt, b.requestID)
-        }
+        let candidates = keyOrderedFirsts(of: lines, among: lines.indices)
         try connection.execute("SAVEPOINT ingest_fast_path")
         do {
             try copyRows(candidates.lazy.map { lines[$0] }, batchID: batchID, into: "request_logs", on: connection)
@@ -79,6 +81,30 @@ public struct PostgresIngestRepository: IngestRepository {
         } catch let error as PostgresError where error.isUniqueViolationInCopy {
             try connection.execute("ROLLBACK TO SAVEPOINT ingest_fast_path")
         }
+        return try insertThroughStaging(lines, candidates: candidates, batchID: batchID, on: connection)
+    }
+
+    /// The first occurrence of each line key among `indices`, in the primary key's order
+    /// (account, time, request id): concurrent batches holding the same ids (a resend through
+    /// another instance) then wait for each other on the first shared id instead of each
+    /// holding one the other waits for (a deadlock). Integers decide almost every comparison,
+    /// and the key's index is written in its own order.
+    static func keyOrderedFirsts(of lines: [PricedLine], among indices: some Sequence<Int>) -> [Int] {
+        var seen = Set<LineKey>(minimumCapacity: lines.count)
+        var candidates = indices.filter { seen.insert(LineKey(lines[$0])).inserted }
+        candidates.sort { left, right in
+            let (a, b) = (lines[left], lines[right])
+            return (a.userID, a.createdAt, a.requestID) < (b.userID, b.createdAt, b.requestID)
+        }
+        return candidates
+    }
+
+    /// The slow path, for batches holding ids that are stored already: the `candidates` go
+    /// through the staging table with `ON CONFLICT DO NOTHING`, which keeps exactly the new
+    /// ones; returns those.
+    static func insertThroughStaging(
+        _ lines: [PricedLine], candidates: [Int], batchID: Int64, on connection: PostgresConnection
+    ) throws -> [Int] {
         try connection.execute(createStaging)
         try copyRows(candidates.lazy.map { lines[$0] }, batchID: batchID, into: "ingest_staging", on: connection)
         let inserted = Set(
@@ -169,15 +195,17 @@ public struct PostgresIngestRepository: IngestRepository {
     }
 
     /// Creates the month partitions a batch needs (outside the batch transaction: DDL takes a
-    /// strong lock on the parent, and concurrent batches must not queue behind it).
-    private func ensurePartitions(for lines: [PricedLine]) async throws {
-        let months = Set(lines.map { UTCDay($0.createdAt).monthStart })
+    /// strong lock on the parent, and concurrent batches must not queue behind it for long:
+    /// ``LogPartitions``).
+    func ensurePartitions(for lines: [PricedLine]) async throws {
+        try await ensurePartitions(months: Set(lines.map { UTCDay($0.createdAt).monthStart }))
+    }
+
+    func ensurePartitions(months: Set<UTCDay>) async throws {
         let missing = months.filter { !partitions.contains($0) }
         guard !missing.isEmpty else { return }
-        try await pool.withConnection { connection in
-            for month in missing {
-                try connection.query("SELECT tally_create_log_partitions($1, 1)", [month.start])
-            }
+        for month in missing {
+            _ = try await LogPartitions.create(from: month.start, months: 1, pool: pool)
         }
         partitions.insert(missing)
     }
@@ -355,4 +383,5 @@ final class PartitionCache: Sendable {
 
     func contains(_ month: UTCDay) -> Bool { months.withLock { $0.contains(month) } }
     func insert(_ more: Set<UTCDay>) { months.withLock { $0.formUnion(more) } }
+    var known: Set<UTCDay> { months.withLock { $0 } }
 }

@@ -1,0 +1,152 @@
+import Foundation
+import Metrics
+import TallyCore
+import TallyPostgres
+
+/// A batch stored while its body is still arriving: the transaction opens with the request,
+/// and each part of priced lines is COPYed into `request_logs` as soon as it is read, so
+/// PostgreSQL inserts one part while the server parses and prices the next (stored whole, a
+/// batch is parsed first and copied after, each side idle while the other works). The COMMIT
+/// stays the exactly-once point and the answer still follows it.
+///
+/// The rows go in as they arrive, not in key order, and every line is kept, because a batch
+/// may still need the whole path of ``PostgresIngestRepository/store(_:rejects:totalLines:tid:source:)``:
+/// - a line repeated or already stored (a resend) fails the COPY with a unique violation at
+///   its end: the savepoint undoes it and the kept lines go through the staging table, as there;
+/// - a line whose month has no known partition cannot get one inside the open COPY (creating
+///   it would wait for this transaction's own lock on the parent): the transaction is rolled
+///   back and the batch stored whole, which creates the partition first;
+/// - a resend racing its original in another order can deadlock (PostgreSQL aborts one after
+///   `deadlock_timeout`): the aborted one is stored whole, in key order, and finds the other's
+///   rows stored.
+extension PostgresIngestRepository {
+    /// Why a streamed batch was rolled back and stored whole (`tally_ingest_stream_restarts_total`).
+    enum RestartReason: String, Sendable {
+        case newMonth = "new_month"
+        case deadlock
+
+        func count() {
+            Counter(label: "tally_ingest_stream_restarts_total", dimensions: [("reason", rawValue)]).increment()
+        }
+    }
+
+    public func store(streaming handOff: BatchHandOff, tid: String, source: String, now: Date) async throws
+        -> IngestResult
+    {
+        // Whatever ends this, a sender still waiting on the hand-off must be let go.
+        defer { handOff.stopReading() }
+        try await ensurePartitions(months: [UTCDay(now).monthStart])
+        let months = partitions.known
+        let outcome = try await pool.withConnection { connection in
+            try Self.storeArriving(from: handOff, months: months, tid: tid, source: source, on: connection)
+        }
+        switch outcome {
+        case .stored(let result):
+            return result
+        case .storeWhole(let batch, let reason):
+            reason.count()
+            return try await store(
+                batch.lines, rejects: batch.rejects, totalLines: batch.totalLines, tid: tid, source: source)
+        }
+    }
+
+    /// A whole batch, as received through the hand-off.
+    struct ReceivedBatch: Sendable {
+        var lines: [PricedLine] = []
+        var rejects: [RejectedLine] = []
+        var totalLines = 0
+        var complete = false
+    }
+
+    enum StreamOutcome: Sendable {
+        case stored(IngestResult)
+        /// Rolled back; store the batch by the whole path.
+        case storeWhole(ReceivedBatch, reason: RestartReason)
+    }
+
+    /// A line needs a month partition this process does not know of.
+    private struct UnknownMonth: Error {}
+
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    static func storeArriving(
+        from handOff: BatchHandOff, months: Set<UTCDay>, tid: String, source: String,
+        on connection: PostgresConnection
+    ) throws -> StreamOutcome {
+        var batch = ReceivedBatch()
+        do {
+            let result = try connection.transaction { connection in
+                let batchID = try connection.query(nextBatchID)[0].decode(0, as: Int64.self)
+                let fresh = try insertArriving(
+                    from: handOff, into: &batch, months: months, batchID: batchID, on: connection)
+                return try finishBatch(
+                    batch.lines, fresh: fresh, rejects: batch.rejects, totalLines: batch.totalLines,
+                    batchID: batchID, tid: tid, source: source, on: connection)
+            }
+            return .stored(result)
+        } catch is UnknownMonth {
+            return .storeWhole(batch, reason: .newMonth)
+        } catch let error as PostgresError where error.sqlState == SQLState.deadlockDetected && batch.complete {
+            return .storeWhole(batch, reason: .deadlock)
+        }
+    }
+
+    /// COPYs each arriving line not seen before in this batch; returns the indices of the rows
+    /// stored (in `batch.lines`). Throws ``UnknownMonth`` once the whole batch is received
+    /// when a line needs a partition not in `months`.
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    private static func insertArriving(
+        from handOff: BatchHandOff, into batch: inout ReceivedBatch, months: Set<UTCDay>, batchID: Int64,
+        on connection: PostgresConnection
+    ) throws -> [Int] {
+        var seen = Set<LineKey>()
+        var fresh: [Int] = []
+        try connection.execute("SAVEPOINT ingest_fast_path")
+        do {
+            try connection.copyIn("COPY request_logs (\(stagingColumns)) FROM STDIN") { writer in
+                var row = CopyRow()
+                while let lines = try receiveLines(from: handOff, into: &batch) {
+                    let first = batch.lines.count
+                    batch.lines += lines
+                    for (index, line) in zip(first..., lines) {
+                        guard months.contains(UTCDay(line.createdAt).monthStart) else { throw UnknownMonth() }
+                        guard seen.insert(LineKey(line)).inserted else { continue }
+                        fresh.append(index)
+                        row.reset()
+                        appendCopyRow(line, batchID: batchID, to: &row)
+                        try writer.write(row.bytes)
+                    }
+                    try writer.send()
+                }
+            }
+            try connection.execute("RELEASE SAVEPOINT ingest_fast_path")
+            return fresh
+        } catch is UnknownMonth {
+            // Keep every line for the whole path; this transaction is rolled back.
+            while let lines = try receiveLines(from: handOff, into: &batch) { batch.lines += lines }
+            throw UnknownMonth()
+        } catch let error as PostgresError where error.isUniqueViolationInCopy {
+            try connection.execute("ROLLBACK TO SAVEPOINT ingest_fast_path")
+        }
+        let candidates = keyOrderedFirsts(of: batch.lines, among: batch.lines.indices)
+        return try insertThroughStaging(batch.lines, candidates: candidates, batchID: batchID, on: connection)
+    }
+
+    /// The next part's lines, or nil at the end of the body (its rejects and line count then
+    /// in `batch`). Rethrows why the body could not be read.
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    private static func receiveLines(from handOff: BatchHandOff, into batch: inout ReceivedBatch) throws
+        -> [PricedLine]?
+    {
+        switch handOff.receive() {
+        case .lines(let lines):
+            return lines
+        case .end(let rejects, let totalLines):
+            batch.rejects = rejects
+            batch.totalLines = totalLines
+            batch.complete = true
+            return nil
+        case .failed(let error):
+            throw error
+        }
+    }
+}

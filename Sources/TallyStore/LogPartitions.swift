@@ -1,0 +1,33 @@
+import Foundation
+import TallyPostgres
+
+/// Creates monthly `request_logs` partitions without stalling ingest. Creating one locks the
+/// parent table; while that lock request waits for the batch transactions already open (a
+/// streamed batch stays open for the length of its upload), every new batch and log read
+/// queues behind it. So each try waits at most `lockTimeout` for the lock, lets the queue
+/// drain, and tries again.
+enum LogPartitions {
+    static let lockTimeout = "1s"
+    static let tries = 10
+
+    /// Partitions for `months` months from the month of `start`; returns how many were created.
+    static func create(from start: Date, months: Int, pool: PostgresPool) async throws -> Int {
+        var failed = 0
+        while true {
+            do {
+                return try await pool.withConnection { connection in
+                    // For the session, not a transaction: the statement stays on its own, as
+                    // Citus wants DDL on a distributed table.
+                    try connection.execute("SET lock_timeout = '\(lockTimeout)'")
+                    defer { try? connection.execute("RESET lock_timeout") }
+                    return try connection.query("SELECT tally_create_log_partitions($1, $2)", [start, months])[0]
+                        .decode(0, as: Int.self)
+                }
+            } catch let error as PostgresError where error.sqlState == SQLState.lockNotAvailable {
+                failed += 1
+                guard failed < tries else { throw error }
+                try await Task.sleep(for: .milliseconds(100 * failed))
+            }
+        }
+    }
+}

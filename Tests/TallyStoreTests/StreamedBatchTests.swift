@@ -1,0 +1,174 @@
+import Foundation
+import TallyCore
+import TallyPostgres
+import TallyStore
+import TallyTestSupport
+import Testing
+
+// Serialized: one test creates a partition, whose lock on request_logs waits for the others'
+// open batches (by design, briefly: LogPartitions) and would stall their progress checks.
+@Suite("a batch stored while its body arrives", .serialized)
+struct StreamedBatchTests {
+    /// 2026-11-10, the month of the lines below.
+    static let now = Date(timeIntervalSince1970: 1_794_312_000)
+
+    static func line(_ id: String, account: (user: Int64, token: Int64), quota: Int64 = 100, at: Date = now)
+        -> PricedLine
+    {
+        PricedLine(
+            requestID: id, createdAt: at, userID: account.user, tokenID: account.token, channelID: nil,
+            model: "gpt-4o", group: "default", kind: .chat, status: 200, isStream: false, durationMs: 10, ip: nil,
+            tid: nil, error: nil, usage: Usage(promptTokens: 1000, completionTokens: 500), quota: quota,
+            priceVersionID: 1)
+    }
+
+    static func account(_ db: TestDatabase, synthetic number: Int) async throws -> (user: Int64, token: Int64) {
+        try await db.pool.withConnection { connection in
+            let row = try connection.query(
+                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = $1",
+                ["synthetic-\(number)"])[0]
+            return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
+        }
+    }
+
+    /// Starts storing a batch through a fresh hand-off, as the ingest route does.
+    static func start(_ repository: PostgresIngestRepository) -> (BatchHandOff, Task<IngestResult, any Error>) {
+        let handOff = BatchHandOff()
+        let stored = Task {
+            try await repository.store(streaming: handOff, tid: TraceID.generate(), source: "test", now: now)
+        }
+        return (handOff, stored)
+    }
+
+    /// Rows COPYed by open COPY statements of this database (PostgreSQL's progress view), once
+    /// there are at least `rows` in `copies` of them.
+    static func waitForCopies(_ db: TestDatabase, count copies: Int = 1, rows: Int64) async throws -> Bool {
+        try await waitUntil(timeout: .seconds(30)) {
+            try await db.scalar(
+                """
+                SELECT count(*) FROM pg_stat_progress_copy
+                WHERE datname = current_database() AND relid = 'request_logs'::regclass AND tuples_processed >= $1
+                """, [rows]) >= copies
+        }
+    }
+
+    @Test("lines are in PostgreSQL's COPY before the body ends; the batch commits once it does")
+    func rowsGoInBeforeTheEnd() async throws {
+        let db = try await TestDatabase.shared("ingest-stream")
+        try await db.prepareBilling(users: 5)
+        let account = try await Self.account(db, synthetic: 1)
+        let (handOff, stored) = Self.start(PostgresIngestRepository(pool: db.pool))
+        await handOff.send(.lines((1...3).map { Self.line("early-\($0)", account: account) }))
+        #expect(try await Self.waitForCopies(db, rows: 3), "the first part was not copied before the body ended")
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'early-%'") == 0)
+        await handOff.send(.lines([Self.line("early-4", account: account)]))
+        await handOff.send(.end(rejects: [], totalLines: 4))
+        let result = try await stored.value
+        #expect(result.accepted == 4)
+        #expect(result.chargedQuota == 400)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE batch_id = $1", [result.batchID]) == 4)
+        #expect(try await db.scalar("SELECT used_quota FROM user_balances WHERE id = $1", [account.user]) == 400)
+    }
+
+    @Test("ids repeated in the batch or already stored: the COPY falls back to the staging table, each stored once")
+    func repeatsFallBack() async throws {
+        let db = try await TestDatabase.shared("ingest-stream")
+        try await db.prepareBilling(users: 5)
+        let account = try await Self.account(db, synthetic: 2)
+        let repository = PostgresIngestRepository(pool: db.pool)
+        _ = try await repository.store(
+            [Self.line("again-stored", account: account)], rejects: [], totalLines: 1, tid: TraceID.generate(),
+            source: "test")
+        let (handOff, stored) = Self.start(repository)
+        let twin = Self.line("again-twin", account: account)
+        await handOff.send(.lines([twin, Self.line("again-stored", account: account)]))
+        await handOff.send(.lines([twin, Self.line("again-new", account: account)]))
+        let reject = RejectedLine(line: 5, requestID: "again-bad", code: "invalid_json", message: "m", raw: "{")
+        await handOff.send(.end(rejects: [reject], totalLines: 5))
+        let result = try await stored.value
+        #expect(result.accepted == 2)
+        #expect(result.duplicates == 2)
+        #expect(result.rejected == [reject])
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'again-%'") == 3)
+        #expect(try await db.scalar("SELECT used_quota FROM user_balances WHERE id = $1", [account.user]) == 300)
+        #expect(try await db.scalar("SELECT rejected FROM ingest_batches WHERE id = $1", [result.batchID]) == 1)
+    }
+
+    @Test("a line of a month without a known partition: rolled back, the partition created, the batch stored whole")
+    func unknownMonthStoresWhole() async throws {
+        let db = try await TestDatabase.shared("ingest-stream")
+        try await db.prepareBilling(users: 5)
+        let account = try await Self.account(db, synthetic: 3)
+        let (handOff, stored) = Self.start(PostgresIngestRepository(pool: db.pool))
+        // A month no test stores lines in: its partition does not exist yet.
+        let earlier = Date(timeIntervalSince1970: 1_741_608_000)  // 2025-03-10
+        await handOff.send(.lines([Self.line("month-now", account: account)]))
+        await handOff.send(
+            .lines([
+                Self.line("month-before", account: account, at: earlier), Self.line("month-after", account: account),
+            ]))
+        await handOff.send(.end(rejects: [], totalLines: 3))
+        let result = try await stored.value
+        #expect(result.accepted == 3)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE batch_id = $1", [result.batchID]) == 3)
+        #expect(try await db.scalar("SELECT count(*) FROM pg_class WHERE relname = 'request_logs_y2025m03'") == 1)
+        #expect(try await db.scalar("SELECT used_quota FROM user_balances WHERE id = $1", [account.user]) == 300)
+    }
+
+    @Test("a body that fails mid-way stores nothing and leaves the connection usable")
+    func failedBodyStoresNothing() async throws {
+        struct ClientGone: Error {}
+        let db = try await TestDatabase.shared("ingest-stream")
+        try await db.prepareBilling(users: 5)
+        let account = try await Self.account(db, synthetic: 4)
+        let (handOff, stored) = Self.start(PostgresIngestRepository(pool: db.pool))
+        await handOff.send(.lines([Self.line("gone-1", account: account)]))
+        #expect(try await Self.waitForCopies(db, rows: 1))
+        await handOff.send(.failed(ClientGone()))
+        await #expect(throws: ClientGone.self) { try await stored.value }
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'gone-%'") == 0)
+        #expect(try await db.scalar("SELECT count(*) FROM pending_charges WHERE user_id = $1", [account.user]) == 0)
+        // Every pooled connection was returned outside a transaction.
+        for _ in 0..<db.pool.size {
+            #expect(try await db.pool.withConnection { $0.inTransaction } == false)
+        }
+    }
+
+    @Test("two batches with the same ids in opposite orders deadlock; the one PostgreSQL aborts is stored whole")
+    func oppositeOrdersDeadlockAndRecover() async throws {
+        let db = try await TestDatabase.shared("ingest-stream")
+        try await db.prepareBilling(users: 5)
+        let account = try await Self.account(db, synthetic: 5)
+        let (x, y) = (Self.line("cross-x", account: account), Self.line("cross-y", account: account))
+        // COPY inserts rows 1,000 at a time (its multi-insert buffer): a contested line followed
+        // by 1,000 others of its own is in the table, and its index, before the part ends.
+        func part(_ contested: PricedLine, _ name: String) -> BatchPart {
+            .lines([contested] + (1...1_000).map { Self.line("cross-\(name)-\($0)", account: account) })
+        }
+        let repository = PostgresIngestRepository(pool: db.pool)
+        let (first, firstStored) = Self.start(repository)
+        let (second, secondStored) = Self.start(repository)
+        await first.send(part(x, "a"))
+        #expect(try await Self.waitForCopies(db, rows: 1_001))
+        await second.send(part(y, "b"))
+        #expect(try await Self.waitForCopies(db, count: 2, rows: 1_001))
+        // The first now waits for the second's uncommitted y, and the second for the first's x.
+        await first.send(part(y, "c"))
+        #expect(
+            try await waitUntil(timeout: .seconds(30)) {
+                try await db.scalar(
+                    """
+                    SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'COPY request_logs%'
+                    """) == 1
+            })
+        await second.send(part(x, "d"))
+        await first.send(.end(rejects: [], totalLines: 2_002))
+        await second.send(.end(rejects: [], totalLines: 2_002))
+        let results = [try await firstStored.value, try await secondStored.value]
+        #expect(results.map(\.accepted).sorted() == [2_000, 2_002])
+        #expect(results.map(\.duplicates).sorted() == [0, 2])
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'cross-%'") == 4_002)
+        #expect(try await db.scalar("SELECT used_quota FROM user_balances WHERE id = $1", [account.user]) == 400_200)
+    }
+}
