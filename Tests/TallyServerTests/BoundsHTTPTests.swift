@@ -45,6 +45,41 @@ struct BoundsHTTPTests {
         #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id = 'stalled-1'") == 0)
     }
 
+    @Test("a client gone mid-body after parts were streamed into the batch's COPY: rolled back, nothing stored")
+    func clientGoneMidStream() async throws {
+        let db = try await Self.database()
+        let now = ISO8601DateFormatter().string(from: Date())
+        let lines = (1...5_000).map { LogLines.chat("gone-\($0)", at: now) + "\n" }
+        let body = lines.joined()
+        try await TestApp.build(db).test(.live) { client in
+            let connection = try RawConnection(port: try #require(client.port))
+            await connection.send(
+                "POST /gateway/v1/logs HTTP/1.1\r\nHost: tally\r\nAuthorization: Bearer test-gateway-secret\r\n"
+                    + "Content-Length: \(body.utf8.count)\r\n\r\n" + lines[..<2_500].joined())
+            // Two parts of 1,000 lines are in PostgreSQL's COPY before the client goes.
+            let streamed = try await waitUntil(timeout: .seconds(30)) {
+                try await db.scalar(
+                    """
+                    SELECT count(*) FROM pg_stat_progress_copy
+                    WHERE datname = current_database() AND tuples_processed >= 2000
+                    """) == 1
+            }
+            #expect(streamed, "the first parts never reached the COPY")
+            connection.hangUp()
+            let closed = try await waitUntil(timeout: .seconds(30)) {
+                try await db.scalar(
+                    """
+                    SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = current_database() AND (state LIKE 'idle in transaction%' OR query LIKE 'COPY%')
+                      AND pid <> pg_backend_pid() AND state <> 'idle'
+                    """) == 0
+            }
+            #expect(closed, "the batch's transaction stayed open after the client left")
+        }
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'gone-%'") == 0)
+        #expect(try await db.scalar("SELECT count(*) FROM ingest_rejects WHERE request_id LIKE 'gone-%'") == 0)
+    }
+
     @Test("bodies over a route's limit answer 413 payload_too_large in its envelope; routes without a body ignore one")
     func oversizedBodies() async throws {
         let db = try await Self.database()

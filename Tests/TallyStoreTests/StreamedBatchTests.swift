@@ -100,7 +100,7 @@ struct StreamedBatchTests {
         try await db.prepareBilling(users: 5)
         let account = try await Self.account(db, synthetic: 3)
         let (handOff, stored) = Self.start(PostgresIngestRepository(pool: db.pool))
-        // A month no test stores lines in: its partition does not exist yet.
+        // A month long before `now` that no test stores lines in: it has no partition yet.
         let earlier = Date(timeIntervalSince1970: 1_741_608_000)  // 2025-03-10
         await handOff.send(.lines([Self.line("month-now", account: account)]))
         await handOff.send(

@@ -39,6 +39,9 @@ public final class RawConnection: @unchecked Sendable {
     @discardableResult
     public func send(_ text: String) async -> Bool { await send(Array(text.utf8)) }
 
+    /// Ends the connection in both directions at once, as a client that goes away does.
+    public func hangUp() { shutdown(socket, Int32(SHUT_RDWR)) }
+
     /// Reads until the peer closes the connection or `timeout` passes; returns what arrived and
     /// whether the connection was closed (end of stream or reset) by then.
     public func readUntilClosed(timeout: TimeInterval) async -> (data: [UInt8], closed: Bool) {

@@ -35,7 +35,9 @@ extension PostgresIngestRepository {
     {
         // Whatever ends this, a sender still waiting on the hand-off must be let go.
         defer { handOff.stopReading() }
-        try await ensurePartitions(months: [UTCDay(now).monthStart])
+        // Lines are of this month, or of the last one around its end (a gateway's late logs).
+        let month = UTCDay(now).monthStart
+        try await ensurePartitions(months: [month, UTCDay(number: month.number - 1).monthStart])
         let months = partitions.known
         let outcome = try await pool.withConnection { connection in
             try Self.storeArriving(from: handOff, months: months, tid: tid, source: source, on: connection)
