@@ -15,11 +15,7 @@ struct StreamedBatchTests {
     static func line(_ id: String, account: (user: Int64, token: Int64), quota: Int64 = 100, at: Date = now)
         -> PricedLine
     {
-        PricedLine(
-            requestID: id, createdAt: at, userID: account.user, tokenID: account.token, channelID: nil,
-            model: "gpt-4o", group: "default", kind: .chat, status: 200, isStream: false, durationMs: 10, ip: nil,
-            tid: nil, error: nil, usage: Usage(promptTokens: 1000, completionTokens: 500), quota: quota,
-            priceVersionID: 1)
+        FoldTests.line(id, account, quota: quota, at: at)
     }
 
     static func account(_ db: TestDatabase, synthetic number: Int) async throws -> (user: Int64, token: Int64) {
