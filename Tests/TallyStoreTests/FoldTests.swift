@@ -264,7 +264,7 @@ struct FoldTests {
     }
 
     @Test(
-        "the fold plans every call for its own accounts (migration 0018): a cached generic plan compares each pending row with every account"
+        "the fold plans every call for its own accounts (migration 0018: a cached generic plan compares each pending row with every account) and never compiles them with JIT (0023)"
     )
     func foldPlansPerCall() async throws {
         let db = try await TestDatabase.create("fold-plans")
@@ -272,14 +272,15 @@ struct FoldTests {
             try connection.query(
                 """
                 SELECT p.proname, array_to_string(p.proconfig, ',') FROM pg_proc p
-                WHERE p.proname IN ('tally_fold', 'tally_settle') ORDER BY p.proname
+                WHERE p.proname IN ('tally_fold', 'tally_settle', 'tally_roll_up') ORDER BY p.proname
                 """
             ).map { "\(try $0.decode(0, as: String.self)): \(try $0.decodeOptional(1, as: String.self) ?? "")" }
         }
         #expect(
             settings == [
-                "tally_fold: plan_cache_mode=force_custom_plan",
-                "tally_settle: plan_cache_mode=force_custom_plan",
+                "tally_fold: plan_cache_mode=force_custom_plan,jit=off",
+                "tally_roll_up: jit=off",
+                "tally_settle: plan_cache_mode=force_custom_plan,jit=off",
             ])
     }
 
