@@ -70,6 +70,7 @@ public enum SQLState {
     public static let undefinedTable = "42P01"
     public static let adminShutdown = "57P01"
     public static let lockNotAvailable = "55P03"
+    public static let queryCanceled = "57014"
     public static let internalError = "XX000"
 }
 

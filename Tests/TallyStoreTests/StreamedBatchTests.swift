@@ -130,6 +130,27 @@ struct StreamedBatchTests {
         }
     }
 
+    @Test("an upload slower than statement_timeout: the COPY is cancelled, the batch stored whole once it is in")
+    func slowUploadStoresWhole() async throws {
+        let created = try await TestDatabase.create("ingest-stream-timeout")
+        try await created.prepareBilling(users: 1)
+        try await created.pool.withConnection { connection in
+            try connection.execute(
+                "ALTER DATABASE \(connection.quoteIdentifier(created.name)) SET statement_timeout = '300ms'")
+        }
+        let db = created.reopened(poolSize: 4)  // connections opened after the setting
+        let account = try await Self.account(db, synthetic: 1)
+        let (handOff, stored) = Self.start(PostgresIngestRepository(pool: db.pool))
+        await handOff.send(.lines([Self.line("slow-1", account: account)]))
+        try await Task.sleep(for: .milliseconds(800))
+        await handOff.send(.lines([Self.line("slow-2", account: account)]))
+        await handOff.send(.end(rejects: [], totalLines: 2))
+        let result = try await stored.value
+        #expect(result.accepted == 2)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE batch_id = $1", [result.batchID]) == 2)
+        #expect(try await db.scalar("SELECT used_quota FROM user_balances WHERE id = $1", [account.user]) == 200)
+    }
+
     @Test("two batches with the same ids in opposite orders deadlock; the one PostgreSQL aborts is stored whole")
     func oppositeOrdersDeadlockAndRecover() async throws {
         let db = try await TestDatabase.shared("ingest-stream")

@@ -18,12 +18,16 @@ import TallyPostgres
 ///   back and the batch stored whole, which creates the partition first;
 /// - a resend racing its original in another order can deadlock (PostgreSQL aborts one after
 ///   `deadlock_timeout`): the aborted one is stored whole, in key order, and finds the other's
-///   rows stored.
+///   rows stored;
+/// - an upload slower than the database's `statement_timeout` has its COPY cancelled: once the
+///   body is in, the batch is stored whole, in statements as short as before streaming (without
+///   this a slow gateway's batch would fail on every resend).
 extension PostgresIngestRepository {
     /// Why a streamed batch was rolled back and stored whole (`tally_ingest_stream_restarts_total`).
     enum RestartReason: String, Sendable {
         case newMonth = "new_month"
         case deadlock
+        case cancelled
 
         func count() {
             Counter(label: "tally_ingest_stream_restarts_total", dimensions: [("reason", rawValue)]).increment()
@@ -89,6 +93,8 @@ extension PostgresIngestRepository {
             return .storeWhole(batch, reason: .newMonth)
         } catch let error as PostgresError where error.sqlState == SQLState.deadlockDetected && batch.complete {
             return .storeWhole(batch, reason: .deadlock)
+        } catch let error as PostgresError where error.sqlState == SQLState.queryCanceled && batch.complete {
+            return .storeWhole(batch, reason: .cancelled)
         }
     }
 
