@@ -130,6 +130,41 @@ struct StreamedBatchTests {
         }
     }
 
+    @Test(
+        "a batch stored whole deadlocks with a streamed one holding its ids in another order; when it is the one aborted, it is written again"
+    )
+    func wholeBatchDeadlockedIsWrittenAgain() async throws {
+        let db = try await TestDatabase.shared("ingest-stream")
+        try await db.prepareBilling(users: 6)
+        let account = try await Self.account(db, synthetic: 6)
+        let (x, y) = (Self.line("mix-x", account: account), Self.line("mix-y", account: account))
+        let repository = PostgresIngestRepository(pool: db.pool)
+        let (streamed, streamedStored) = Self.start(repository)
+        // y and 1,000 more lines: inserted (COPY's block of 1,000) before the part ends.
+        await streamed.send(.lines([y] + (1...1_000).map { Self.line("mix-s-\($0)", account: account) }))
+        #expect(try await Self.waitForCopies(db, rows: 1_001))
+        // The whole batch inserts x, then waits for the streamed one's y...
+        let whole = Task {
+            try await repository.store([x, y], rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
+        }
+        #expect(
+            try await waitUntil(timeout: .seconds(30)) {
+                try await db.scalar(
+                    """
+                    SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'COPY request_logs%'
+                    """) == 1
+            })
+        // ...and the streamed one now waits for the whole batch's x: PostgreSQL aborts the side
+        // that waited longer, the whole batch.
+        await streamed.send(.lines([x] + (1...1_000).map { Self.line("mix-t-\($0)", account: account) }))
+        await streamed.send(.end(rejects: [], totalLines: 2_002))
+        let results = [try await streamedStored.value, try await whole.value]
+        #expect(results.map(\.accepted) == [2_002, 0])
+        #expect(results.map(\.duplicates) == [0, 2])
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'mix-%'") == 2_002)
+    }
+
     @Test("an upload slower than statement_timeout: the COPY is cancelled, the batch stored whole once it is in")
     func slowUploadStoresWhole() async throws {
         let created = try await TestDatabase.create("ingest-stream-timeout")
