@@ -92,6 +92,26 @@ extension PostgresIntegerEnum {
     var sql: Int { rawValue }
 }
 
+/// Runs `body` again (up to three times in all) when PostgreSQL aborted it to break a deadlock
+/// (or a serialization failure): for work that is safe to repeat because an aborted transaction
+/// changed nothing — lease refills, returns and journal batches of several instances, which
+/// lock lease and account rows (the journal is idempotent by hold id), and ingest batches, which
+/// a batch streamed in arrival order can deadlock with (``PostgresIngestRepository``).
+func retryingDeadlocks<T>(_ body: () throws -> T) throws -> T {
+    var attempt = 1
+    while true {
+        do {
+            return try body()
+        } catch {
+            let state = (error as? PostgresError)?.sqlState
+            guard attempt < 3, state == SQLState.deadlockDetected || state == SQLState.serializationFailure else {
+                throw error
+            }
+            attempt += 1
+        }
+    }
+}
+
 /// SQL fragments shared by the repositories.
 enum SQL {
     /// A `timestamptz` column as whole unix seconds.

@@ -60,7 +60,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
         let (users, tokens) = Self.split(wants)
         return try await pool.withConnection { connection in
             do {
-                return try Self.retryingDeadlocks {
+                return try retryingDeadlocks {
                     try connection.query(
                         Self.leaseAccounts,
                         [
@@ -85,7 +85,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
     public func giveBack(instance: String, amounts: [AccountUnits]) async throws {
         let (users, tokens) = Self.split(amounts)
         try await pool.withConnection { connection in
-            _ = try Self.retryingDeadlocks {
+            _ = try retryingDeadlocks {
                 try connection.query(
                     Self.returnLeases,
                     [
@@ -131,25 +131,6 @@ public struct PostgresLeaseRepository: LeaseRepository {
     public func reapInstances() async throws -> Int {
         try await pool.withConnection { connection in
             try connection.query(Self.reap)[0].decode(0)
-        }
-    }
-
-    /// Runs `body` again (up to three times) when PostgreSQL aborted it to break a deadlock:
-    /// refills, returns and journal batches of several instances lock lease and account rows,
-    /// and each of them is safe to repeat (an aborted transaction changed nothing; the journal
-    /// is idempotent by hold id).
-    static func retryingDeadlocks<T>(_ body: () throws -> T) throws -> T {
-        var attempt = 1
-        while true {
-            do {
-                return try body()
-            } catch {
-                let state = (error as? PostgresError)?.sqlState
-                guard attempt < 3, state == SQLState.deadlockDetected || state == SQLState.serializationFailure else {
-                    throw error
-                }
-                attempt += 1
-            }
         }
     }
 

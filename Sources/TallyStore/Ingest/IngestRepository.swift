@@ -33,10 +33,11 @@ public struct PostgresIngestRepository: IngestRepository {
         async throws -> IngestResult
     {
         try await ensurePartitions(for: lines)
-        var deadlocks = 0
-        while true {
-            do {
-                return try await pool.transaction { connection in
+        // Batches in key order never deadlock with each other, but one streamed in arrival order
+        // can with this one (StreamedBatch): when PostgreSQL aborts this side, it is written again.
+        return try await pool.withConnection { connection in
+            try retryingDeadlocks {
+                try connection.transaction { connection in
                     let batchID = try connection.query(Self.nextBatchID)[0].decode(0, as: Int64.self)
                     // The new lines, by their index in `lines` (a batch is held once, not copied).
                     let fresh = lines.isEmpty ? [] : try Self.insertNew(lines, batchID: batchID, on: connection)
@@ -44,11 +45,6 @@ public struct PostgresIngestRepository: IngestRepository {
                         lines, fresh: fresh, rejects: rejects, totalLines: totalLines, batchID: batchID, tid: tid,
                         source: source, on: connection)
                 }
-            } catch let error as PostgresError where error.sqlState == SQLState.deadlockDetected && deadlocks < 2 {
-                // Batches in key order never deadlock with each other, but one streamed in arrival
-                // order can with this one (StreamedBatch); when PostgreSQL aborts this side, it
-                // is written again (nothing of the aborted try was kept).
-                deadlocks += 1
             }
         }
     }
