@@ -48,6 +48,18 @@ struct StreamedBatchTests {
         }
     }
 
+    /// Whether a COPY into request_logs of this database comes to wait for a lock (a row another
+    /// open batch inserted) within 30 s.
+    static func waitForCopyWaitingOnLock(_ db: TestDatabase) async throws -> Bool {
+        try await waitUntil(timeout: .seconds(30)) {
+            try await db.scalar(
+                """
+                SELECT count(*) FROM pg_stat_activity
+                WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'COPY request_logs%'
+                """) == 1
+        }
+    }
+
     @Test("lines are in PostgreSQL's COPY before the body ends; the batch commits once it does")
     func rowsGoInBeforeTheEnd() async throws {
         let db = try await TestDatabase.shared("ingest-stream")
@@ -138,25 +150,25 @@ struct StreamedBatchTests {
         try await db.prepareBilling(users: 6)
         let account = try await Self.account(db, synthetic: 6)
         let (x, y) = (Self.line("mix-x", account: account), Self.line("mix-y", account: account))
-        let repository = PostgresIngestRepository(pool: db.pool)
-        let (streamed, streamedStored) = Self.start(repository)
+        // PostgreSQL checks a waiting session for a deadlock once, deadlock_timeout after its wait
+        // began, and aborts the session whose check finds the cycle. The whole batch waits first
+        // and checks after 5 s, once the cycle is closed; the streamed one would after 60 s.
+        func pool(deadlockTimeout: String) -> PostgresPool {
+            let options = "options=-c%20deadlock_timeout%3D\(deadlockTimeout)"
+            return PostgresPool(url: db.url + (db.url.contains("?") ? "&" : "?") + options, size: 1)
+        }
+        let (streamed, streamedStored) = Self.start(PostgresIngestRepository(pool: pool(deadlockTimeout: "60s")))
         // y and 1,000 more lines: inserted (COPY's block of 1,000) before the part ends.
         await streamed.send(.lines([y] + (1...1_000).map { Self.line("mix-s-\($0)", account: account) }))
         #expect(try await Self.waitForCopies(db, rows: 1_001))
         // The whole batch inserts x, then waits for the streamed one's y...
         let whole = Task {
-            try await repository.store([x, y], rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
+            try await PostgresIngestRepository(pool: pool(deadlockTimeout: "5s")).store(
+                [x, y], rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
         }
         #expect(
-            try await waitUntil(timeout: .seconds(30)) {
-                try await db.scalar(
-                    """
-                    SELECT count(*) FROM pg_stat_activity
-                    WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'COPY request_logs%'
-                    """) == 1
-            })
-        // ...and the streamed one now waits for the whole batch's x: PostgreSQL aborts the side
-        // that waited longer, the whole batch.
+            try await Self.waitForCopyWaitingOnLock(db))
+        // ...and the streamed one now waits for the whole batch's x: the whole batch is aborted.
         await streamed.send(.lines([x] + (1...1_000).map { Self.line("mix-t-\($0)", account: account) }))
         await streamed.send(.end(rejects: [], totalLines: 2_002))
         let results = [try await streamedStored.value, try await whole.value]
@@ -207,13 +219,7 @@ struct StreamedBatchTests {
         // The first now waits for the second's uncommitted y, and the second for the first's x.
         await first.send(part(y, "c"))
         #expect(
-            try await waitUntil(timeout: .seconds(30)) {
-                try await db.scalar(
-                    """
-                    SELECT count(*) FROM pg_stat_activity
-                    WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'COPY request_logs%'
-                    """) == 1
-            })
+            try await Self.waitForCopyWaitingOnLock(db))
         await second.send(part(x, "d"))
         await first.send(.end(rejects: [], totalLines: 2_002))
         await second.send(.end(rejects: [], totalLines: 2_002))
