@@ -95,21 +95,66 @@ extension PostgresIntegerEnum {
 /// Runs `body` again (up to three times in all) when PostgreSQL aborted it to break a deadlock
 /// (or a serialization failure): for work that is safe to repeat because an aborted transaction
 /// changed nothing — lease refills, returns and journal batches of several instances, which
-/// lock lease and account rows (the journal is idempotent by hold id), and ingest batches, which
-/// a batch streamed in arrival order can deadlock with (``PostgresIngestRepository``).
+/// lock lease and account rows (the journal is idempotent by hold id). Retries at once: it runs
+/// on a pool thread, which a pause would hold.
 func retryingDeadlocks<T>(_ body: () throws -> T) throws -> T {
     var attempt = 1
     while true {
         do {
             return try body()
-        } catch {
-            let state = (error as? PostgresError)?.sqlState
-            guard attempt < 3, state == SQLState.deadlockDetected || state == SQLState.serializationFailure else {
-                throw error
-            }
+        } catch let error as PostgresError where error.lostARace && attempt < 3 {
             attempt += 1
         }
     }
+}
+
+/// The pauses of ``retryingDeadlocks(pausing:failedSoFar:sleep:_:)``: `tries` in all, the first
+/// included; before each later try a pause that doubles from `firstPause`, each drawn at random
+/// between its half and itself so that two transactions aborted together do not meet again.
+struct DeadlockBackoff: Sendable {
+    var tries: Int
+    var firstPause: Duration
+
+    /// Ingest batches: 25 ms doubling to 400 ms, about 0.8 s at most over six tries — long
+    /// enough for the batch that won to commit (milliseconds once unblocked), short beside a
+    /// gateway's own retry.
+    static let ingest = DeadlockBackoff(tries: 6, firstPause: .milliseconds(25))
+
+    /// The pause after the `failures`-th lost try (from 1), at the point `fraction` (0...1) of
+    /// its random range.
+    func pause(afterFailures failures: Int, fraction: Double) -> Duration {
+        let longest = firstPause * (1 << min(failures - 1, 20))
+        return longest * (0.5 + 0.5 * fraction)
+    }
+}
+
+/// Runs `body` again when PostgreSQL aborted it to break a deadlock (or a serialization
+/// failure), after a pause (``DeadlockBackoff``), for async work whose every try is its own
+/// transaction. Retrying at once could meet the same cycle again: on Citus, where a COPY fills
+/// its shards in parallel, two batches holding the same ids deadlock whenever each gets ahead
+/// on a different shard, and the youngest transaction (the retry) is the one aborted — the
+/// pause lets the other commit first. `failedSoFar` counts tries already lost elsewhere (a
+/// streamed batch that restarts whole), so the first try here pauses too.
+func retryingDeadlocks<T>(
+    pausing backoff: DeadlockBackoff, failedSoFar: Int = 0,
+    sleep: (Duration) async throws -> Void = { try await Task.sleep(for: $0) },
+    _ body: () async throws -> T
+) async throws -> T {
+    var failures = failedSoFar
+    while true {
+        if failures > 0 { try await sleep(backoff.pause(afterFailures: failures, fraction: .random(in: 0...1))) }
+        do {
+            return try await body()
+        } catch let error as PostgresError where error.lostARace && failures + 1 < backoff.tries {
+            failures += 1
+        }
+    }
+}
+
+extension PostgresError {
+    /// PostgreSQL aborted the transaction only to let a concurrent one through (a deadlock, a
+    /// serialization failure): nothing it did remains, and it may simply run again.
+    var lostARace: Bool { sqlState == SQLState.deadlockDetected || sqlState == SQLState.serializationFailure }
 }
 
 /// SQL fragments shared by the repositories.

@@ -32,11 +32,20 @@ public struct PostgresIngestRepository: IngestRepository {
     public func store(_ lines: [PricedLine], rejects: [RejectedLine], totalLines: Int, tid: String, source: String)
         async throws -> IngestResult
     {
+        try await storeWhole(lines, rejects: rejects, totalLines: totalLines, tid: tid, source: source)
+    }
+
+    /// Stores a batch held whole, in key order. Such batches never deadlock with each other on
+    /// one PostgreSQL, but one streamed in arrival order can with this one (StreamedBatch), and
+    /// on Citus any two holding the same ids can: the side PostgreSQL aborts is written again
+    /// after a pause. `lostTries` counts the deadlocks this batch already lost (streamed).
+    func storeWhole(
+        _ lines: [PricedLine], rejects: [RejectedLine], totalLines: Int, tid: String, source: String,
+        lostTries: Int = 0
+    ) async throws -> IngestResult {
         try await ensurePartitions(for: lines)
-        // Batches in key order never deadlock with each other, but one streamed in arrival order
-        // can with this one (StreamedBatch): when PostgreSQL aborts this side, it is written again.
-        return try await pool.withConnection { connection in
-            try retryingDeadlocks {
+        return try await retryingDeadlocks(pausing: .ingest, failedSoFar: lostTries) {
+            try await pool.withConnection { connection in
                 try connection.transaction { connection in
                     let batchID = try connection.query(Self.nextBatchID)[0].decode(0, as: Int64.self)
                     // The new lines, by their index in `lines` (a batch is held once, not copied).

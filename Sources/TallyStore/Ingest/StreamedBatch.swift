@@ -17,11 +17,15 @@ import TallyPostgres
 ///   it would wait for this transaction's own lock on the parent): the transaction is rolled
 ///   back and the batch stored whole, which creates the partition first;
 /// - a resend racing its original in another order can deadlock (PostgreSQL aborts one after
-///   `deadlock_timeout`): the aborted one is stored whole, in key order, and finds the other's
-///   rows stored;
-/// - an upload slower than the database's `statement_timeout` has its COPY cancelled: once the
-///   body is in, the batch is stored whole, in statements as short as before streaming (without
-///   this a slow gateway's batch would fail on every resend).
+///   `deadlock_timeout`; on Citus, where a COPY fills its shards in parallel, the same order
+///   does not prevent it): the aborted one is stored whole, in key order, after a pause, and
+///   finds the other's rows stored;
+/// - an upload slower than the database's `statement_timeout` has its COPY cancelled: the
+///   batch is stored whole, in statements as short as before streaming (without this a slow
+///   gateway's batch would fail on every resend).
+///
+/// Each of these rolls the transaction back first and reads the rest of the body after, so no
+/// lock is held while a slow client finishes its upload.
 extension PostgresIngestRepository {
     /// Why a streamed batch was rolled back and stored whole (`tally_ingest_stream_restarts_total`).
     enum RestartReason: String, Sendable {
@@ -51,8 +55,9 @@ extension PostgresIngestRepository {
             return result
         case .storeWhole(let batch, let reason):
             reason.count()
-            return try await store(
-                batch.lines, rejects: batch.rejects, totalLines: batch.totalLines, tid: tid, source: source)
+            return try await storeWhole(
+                batch.lines, rejects: batch.rejects, totalLines: batch.totalLines, tid: tid, source: source,
+                lostTries: reason == .deadlock ? 1 : 0)
         }
     }
 
@@ -61,6 +66,7 @@ extension PostgresIngestRepository {
         var lines: [PricedLine] = []
         var rejects: [RejectedLine] = []
         var totalLines = 0
+        /// The end of the body was received: nothing more will come through the hand-off.
         var complete = false
     }
 
@@ -79,6 +85,7 @@ extension PostgresIngestRepository {
         on connection: PostgresConnection
     ) throws -> StreamOutcome {
         var batch = ReceivedBatch()
+        let reason: RestartReason
         do {
             let result = try connection.transaction { connection in
                 let batchID = try connection.query(nextBatchID)[0].decode(0, as: Int64.self)
@@ -90,17 +97,19 @@ extension PostgresIngestRepository {
             }
             return .stored(result)
         } catch is UnknownMonth {
-            return .storeWhole(batch, reason: .newMonth)
-        } catch let error as PostgresError where error.sqlState == SQLState.deadlockDetected && batch.complete {
-            return .storeWhole(batch, reason: .deadlock)
-        } catch let error as PostgresError where error.sqlState == SQLState.queryCanceled && batch.complete {
-            return .storeWhole(batch, reason: .cancelled)
+            reason = .newMonth
+        } catch let error as PostgresError where error.sqlState == SQLState.deadlockDetected {
+            reason = .deadlock
+        } catch let error as PostgresError where error.sqlState == SQLState.queryCanceled {
+            reason = .cancelled
         }
+        while !batch.complete, let lines = try receiveLines(from: handOff, into: &batch) { batch.lines += lines }
+        return .storeWhole(batch, reason: reason)
     }
 
     /// COPYs each arriving line not seen before in this batch; returns the indices of the rows
-    /// stored (in `batch.lines`). Throws ``UnknownMonth`` once the whole batch is received
-    /// when a line needs a partition not in `months`.
+    /// stored (in `batch.lines`, which holds every line received). Throws ``UnknownMonth`` when
+    /// a line needs a partition not in `months`.
     @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
     private static func insertArriving(
         from handOff: BatchHandOff, into batch: inout ReceivedBatch, months: Set<UTCDay>, batchID: Int64,
@@ -128,10 +137,6 @@ extension PostgresIngestRepository {
             }
             try connection.execute("RELEASE SAVEPOINT ingest_fast_path")
             return fresh
-        } catch is UnknownMonth {
-            // Keep every line for the whole path; this transaction is rolled back.
-            while let lines = try receiveLines(from: handOff, into: &batch) { batch.lines += lines }
-            throw UnknownMonth()
         } catch let error as PostgresError where error.isUniqueViolationInCopy {
             try connection.execute("ROLLBACK TO SAVEPOINT ingest_fast_path")
         }
