@@ -5,7 +5,7 @@ import TallyPostgres
 /// parent table; while that lock request waits for the batch transactions already open (a
 /// streamed batch stays open for the length of its upload), every new batch and log read
 /// queues behind it. So each try waits at most `lockTimeout` for the lock, lets the queue
-/// drain, and tries again.
+/// drain, and tries again (`tries` in all, pausing 100 ms more after each).
 enum LogPartitions {
     static let lockTimeout = "1s"
     static let tries = 10
@@ -15,19 +15,40 @@ enum LogPartitions {
         var failed = 0
         while true {
             do {
-                return try await pool.withConnection { connection in
-                    // For the session, not a transaction: the statement stays on its own, as
-                    // Citus wants DDL on a distributed table.
-                    try connection.execute("SET lock_timeout = '\(lockTimeout)'")
-                    defer { try? connection.execute("RESET lock_timeout") }
-                    return try connection.query("SELECT tally_create_log_partitions($1, $2)", [start, months])[0]
-                        .decode(0, as: Int.self)
-                }
-            } catch let error as PostgresError where error.sqlState == SQLState.lockNotAvailable {
+                return try await pool.withConnection { try createOnce(from: start, months: months, on: $0) }
+            } catch let error as PostgresError where error.sqlState == SQLState.lockNotAvailable && failed + 1 < tries {
                 failed += 1
-                guard failed < tries else { throw error }
                 try await Task.sleep(for: .milliseconds(100 * failed))
             }
         }
+    }
+
+    /// The same on a connection the caller holds (`tally import`, outside its batch
+    /// transactions); the thread sleeps between tries.
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    static func create(from start: some PostgresEncodable, months: Int, on connection: PostgresConnection) throws
+        -> Int
+    {
+        var failed = 0
+        while true {
+            do {
+                return try createOnce(from: start, months: months, on: connection)
+            } catch let error as PostgresError where error.sqlState == SQLState.lockNotAvailable && failed + 1 < tries {
+                failed += 1
+                usleep(UInt32(100_000 * failed))
+            }
+        }
+    }
+
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    private static func createOnce(from start: some PostgresEncodable, months: Int, on connection: PostgresConnection)
+        throws -> Int
+    {
+        // For the session, not a transaction: the statement stays on its own, as Citus wants
+        // DDL on a distributed table.
+        try connection.execute("SET lock_timeout = '\(lockTimeout)'")
+        defer { try? connection.execute("RESET lock_timeout") }
+        return try connection.query("SELECT tally_create_log_partitions($1, $2)", [start, months])[0]
+            .decode(0, as: Int.self)
     }
 }

@@ -80,4 +80,34 @@ struct MigrationTests {
         }
         #expect(placed == ["a=request_logs_y2030m12", "b=request_logs_y2031m01"])
     }
+
+    @Test("a partition created while a batch's transaction is open: new readers wait at most about its lock timeout")
+    func partitionBehindOpenTransaction() async throws {
+        let db = try await TestDatabase.create("partition-lock")
+        // A streamed batch, open for the length of its upload, holds request_logs.
+        let batch = try await TestSession.open(db.url)
+        try await batch.run { connection in
+            try connection.execute("BEGIN")
+            try connection.query("SELECT count(*) FROM request_logs")
+        }
+        let start = try #require(PostgresTimestamp.parse("2032-03-10 00:00:00+00"))
+        let migrator = Migrator(pool: db.pool)
+        let created = Task { try await migrator.createLogPartitions(from: start, months: 1) }
+        #expect(
+            try await waitUntil(timeout: .seconds(10)) {
+                try await db.scalar(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'request_logs'::regclass")
+                    == 1
+            }, "the partition's lock request never queued behind the open transaction")
+        // A new batch's read of request_logs queues behind that lock request, which gives up
+        // after its lock timeout (1 s): without one, the read would wait for the open batch.
+        let reader = try await TestSession.open(db.url)
+        try await reader.run { try $0.execute("SET statement_timeout = '5s'") }
+        let waited = try await ContinuousClock().measure {
+            _ = try await reader.run { try $0.query("SELECT count(*) FROM request_logs").count }
+        }
+        #expect(waited < .seconds(3))
+        try await batch.run { try $0.execute("COMMIT") }
+        #expect(try await created.value == 1)
+    }
 }

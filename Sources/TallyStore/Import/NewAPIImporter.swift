@@ -328,11 +328,12 @@ public struct NewAPIImporter {
     }
 
     /// Partitions for the staged months, created outside the batch transaction (DDL on the
-    /// partitioned table must not wait inside it).
+    /// partitioned table must not wait inside it), without making ingest queue behind the
+    /// lock while streamed batches are open (``LogPartitions``).
     private func ensurePartitions(_ ensured: inout Set<String>) throws {
         for month in try target.query(NewAPIImportSQL.stagedMonths).map({ try $0.decode(0, as: String.self) })
         where !ensured.contains(month) {
-            try target.query("SELECT tally_create_log_partitions($1, 1)", [month])
+            _ = try LogPartitions.create(from: month, months: 1, on: target)
             ensured.insert(month)
         }
     }
