@@ -50,6 +50,10 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
 
     public var isUniqueViolation: Bool { sqlState == SQLState.uniqueViolation }
 
+    /// PostgreSQL aborted the transaction only to let a concurrent one through (a deadlock, a
+    /// serialization failure): nothing it did remains, and it may simply run again.
+    public var isLostRace: Bool { sqlState == SQLState.deadlockDetected || sqlState == SQLState.serializationFailure }
+
     /// A unique violation, also as Citus reports one that a worker raised during a COPY into a
     /// distributed table: with the worker's message but SQLSTATE XX000 (internal_error).
     public var isUniqueViolationInCopy: Bool {

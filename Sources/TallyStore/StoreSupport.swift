@@ -102,7 +102,7 @@ func retryingDeadlocks<T>(_ body: () throws -> T) throws -> T {
     while true {
         do {
             return try body()
-        } catch let error as PostgresError where error.lostARace && attempt < 3 {
+        } catch let error as PostgresError where error.isLostRace && attempt < 3 {
             attempt += 1
         }
     }
@@ -145,16 +145,10 @@ func retryingDeadlocks<T>(
         if failures > 0 { try await sleep(backoff.pause(afterFailures: failures, fraction: .random(in: 0...1))) }
         do {
             return try await body()
-        } catch let error as PostgresError where error.lostARace && failures + 1 < backoff.tries {
+        } catch let error as PostgresError where error.isLostRace && failures + 1 < backoff.tries {
             failures += 1
         }
     }
-}
-
-extension PostgresError {
-    /// PostgreSQL aborted the transaction only to let a concurrent one through (a deadlock, a
-    /// serialization failure): nothing it did remains, and it may simply run again.
-    var lostARace: Bool { sqlState == SQLState.deadlockDetected || sqlState == SQLState.serializationFailure }
 }
 
 /// SQL fragments shared by the repositories.

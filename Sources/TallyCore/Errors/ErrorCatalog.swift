@@ -117,7 +117,8 @@ public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
     public static func internalError() -> APIError {
         APIError(status: 500, code: "internal_error", message: "Internal error; report the tid to support.")
     }
-    /// 503: PostgreSQL is unreachable; the request changed nothing and may be retried.
+    /// 503: PostgreSQL is unreachable (or aborted the request's transaction in favour of concurrent
+    /// ones on every try); the request changed nothing and may be retried.
     public static func databaseUnavailable() -> APIError {
         APIError(status: 503, code: "database_unavailable", message: "The database is unavailable; try again shortly.")
     }

@@ -53,6 +53,11 @@ public struct ErrorMiddleware: RouterMiddleware {
         case let error as PostgresError where error.isConnectionFailure:
             logger.warning("database unavailable", metadata: ["error": "\(error)"])
             return .databaseUnavailable()
+        case let error as PostgresError where error.isLostRace:
+            // Written again already (ingest batches, leases) and aborted every time in favour of
+            // concurrent transactions: nothing was changed, and the caller may retry.
+            logger.warning("aborted by concurrent transactions", metadata: ["error": "\(error)"])
+            return .databaseUnavailable()
         case let error as LeaseError:
             // The registration lapsed or was reaped: PostgreSQL was out of reach for too long.
             logger.warning("no valid lease registration", metadata: ["error": "\(error)"])
