@@ -327,16 +327,30 @@ public struct CopyRow {
             bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "N")])
             return
         }
+        // Runs without a byte to escape are appended whole: most text has none.
         text.withUTF8 { utf8 in
-            for byte in utf8 {
-                switch byte {
-                case UInt8(ascii: "\\"): bytes.append(contentsOf: [92, 92])
-                case UInt8(ascii: "\t"): bytes.append(contentsOf: [92, UInt8(ascii: "t")])
-                case UInt8(ascii: "\n"): bytes.append(contentsOf: [92, UInt8(ascii: "n")])
-                case UInt8(ascii: "\r"): bytes.append(contentsOf: [92, UInt8(ascii: "r")])
-                default: bytes.append(byte)
-                }
+            var runStart = 0
+            for (index, byte) in utf8.enumerated() {
+                guard let escaped = Self.escaped(byte) else { continue }
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<index]))
+                bytes.append(92)
+                bytes.append(escaped)
+                runStart = index + 1
             }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart...]))
+        }
+    }
+
+    /// The letter after the backslash that stands for `byte` in COPY text, nil for a byte
+    /// written as it is.
+    private static func escaped(_ byte: UInt8) -> UInt8? {
+        guard byte <= UInt8(ascii: "\\") else { return nil }
+        switch byte {
+        case UInt8(ascii: "\\"): return UInt8(ascii: "\\")
+        case UInt8(ascii: "\t"): return UInt8(ascii: "t")
+        case UInt8(ascii: "\n"): return UInt8(ascii: "n")
+        case UInt8(ascii: "\r"): return UInt8(ascii: "r")
+        default: return nil
         }
     }
 
@@ -344,20 +358,16 @@ public struct CopyRow {
         separate()
         if value < 0 { bytes.append(UInt8(ascii: "-")) }
         var magnitude = value.magnitude
-        var digits:
-            (
-                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8
-            ) =
-                (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var count = 0
-        withUnsafeMutableBytes(of: &digits) { buffer in
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // room for UInt64.max's 20 digits
+        withUnsafeMutableBytes(of: &digits) { raw in
+            let buffer = raw.bindMemory(to: UInt8.self)
+            var start = buffer.count
             repeat {
-                buffer[count] = UInt8(48 + magnitude % 10)
+                start -= 1
+                buffer[start] = UInt8(48 + magnitude % 10)
                 magnitude /= 10
-                count += 1
             } while magnitude > 0
-            for index in stride(from: count - 1, through: 0, by: -1) { bytes.append(buffer[index]) }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[start...]))
         }
     }
 

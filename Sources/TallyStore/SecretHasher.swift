@@ -11,6 +11,12 @@ public struct SecretHash: Sendable, Hashable, PostgresEncodable {
         bytes = Array(SHA256.hash(data: Array(secret.utf8)))
     }
 
+    /// The digest's bytes in one call: the derived hash fed them to the hasher one at a time,
+    /// on the key lookup of every ingested line.
+    public func hash(into hasher: inout Hasher) {
+        bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
+
     /// A hash given as 64 hex characters (LiteLLM's `user_api_key_hash` is SHA-256 hex).
     public init?(hex: String) {
         let digits = Array(hex.lowercased().utf8)

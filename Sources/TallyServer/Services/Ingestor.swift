@@ -129,7 +129,7 @@ public struct Ingestor: Sendable {
             line.requestID, line.key, line.model, line.group, line.ip, line.tid, line.error,
             line.usage?.size, line.usage?.quality, line.usage?.resolution,
         ]
-        guard !texts.contains(where: { $0?.utf8.contains(0) == true }) else {
+        guard !texts.contains(where: { $0.map(Self.containsNUL) == true }) else {
             throw IngestRejection("invalid_field", "text fields may not contain NUL (\\u0000)")
         }
         guard let requestID = line.requestID, !requestID.isEmpty else {
@@ -219,7 +219,16 @@ public struct Ingestor: Sendable {
 
     /// PostgreSQL text cannot hold NUL: the stored copy of a rejected line shows it as U+FFFD.
     static func storable(_ text: String) -> String {
-        text.utf8.contains(0) ? text.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") : text
+        containsNUL(text) ? text.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") : text
+    }
+
+    /// Whether `text` holds a NUL byte, looked for with `memchr` (a byte-wise search of every
+    /// text field was a few per cent of ingest's CPU).
+    static func containsNUL(_ text: String) -> Bool {
+        text.utf8.withContiguousStorageIfAvailable { utf8 in
+            guard let start = utf8.baseAddress else { return false }
+            return memchr(start, 0, utf8.count) != nil
+        } ?? text.utf8.contains(0)
     }
 }
 
