@@ -6,7 +6,7 @@ import sys
 
 # Phases with a row each: spread (random accounts, mostly first touches in a short run: cold
 # keys), hot (one account), steady (random accounts, each touched once before, not counted).
-PHASES = {"spread": "10k accounts, cold", "hot": "one hot account", "steady": "10k accounts, steady"}
+PHASES = {"spread": "{accounts} accounts, cold", "hot": "one hot account", "steady": "{accounts} accounts, steady"}
 
 
 def main(path):
@@ -32,7 +32,8 @@ def main(path):
         result, clients = phase["result"], phase["clients"]
         base = baseline.get(("reserve_hot" if phase["phase"] == "hot" else "reserve", clients), 0)
         top = ceiling.get(clients, {}).get("per_second", 0)
-        name = f"{phase['mode']}, {PHASES[phase['phase']]}"
+        accounts = f"{phase['accounts']:,}" if "accounts" in phase else "random"
+        name = f"{phase['mode']}, {PHASES[phase['phase']].format(accounts=accounts)}"
         ratios = f" {result['per_second'] / top if top else 0:>9.2f} {result['per_second'] / base if base else 0:>9.2f}"
         print(row(name, clients, result) + ratios)
         print(f"  {'':<30} {'':>7} granted {result['granted']}, settled {result['settled']}"

@@ -92,22 +92,6 @@ extension PostgresIntegerEnum {
     var sql: Int { rawValue }
 }
 
-/// Runs `body` again (up to three times in all) when PostgreSQL aborted it to break a deadlock
-/// (or a serialization failure): for work that is safe to repeat because an aborted transaction
-/// changed nothing — lease refills, returns and journal batches of several instances, which
-/// lock lease and account rows (the journal is idempotent by hold id). Retries at once: it runs
-/// on a pool thread, which a pause would hold.
-func retryingDeadlocks<T>(_ body: () throws -> T) throws -> T {
-    var attempt = 1
-    while true {
-        do {
-            return try body()
-        } catch let error as PostgresError where error.isLostRace && attempt < 3 {
-            attempt += 1
-        }
-    }
-}
-
 /// The pauses of ``retryingDeadlocks(pausing:failedSoFar:sleep:_:)``: `tries` in all, the first
 /// included; before each later try a pause that doubles from `firstPause`, each drawn at random
 /// between its half and itself so that two transactions aborted together do not meet again.
@@ -119,6 +103,11 @@ struct DeadlockBackoff: Sendable {
     /// enough for the batch that won to commit (milliseconds once unblocked), short beside a
     /// gateway's own retry.
     static let ingest = DeadlockBackoff(tries: 6, firstPause: .milliseconds(25))
+
+    /// The lease books' calls (leases, returns, journal batches): three tries, pauses of 2.5–5
+    /// and 5–10 ms — they lock a few account rows each and commit in milliseconds, and an
+    /// authorization waits for them.
+    static let leases = DeadlockBackoff(tries: 3, firstPause: .milliseconds(5))
 
     /// The pause after the `failures`-th lost try (from 1), at the point `fraction` (0...1) of
     /// its random range.

@@ -4,9 +4,10 @@ import Testing
 
 @testable import TallyStore
 
-/// The retry of work PostgreSQL aborted to break a deadlock (ingest batches use it; on Citus two
-/// batches holding the same ids can lose several times in a row). No database: the work throws
-/// the errors PostgreSQL would, and the pauses are recorded instead of slept.
+/// The retry of work PostgreSQL aborted to break a deadlock (ingest batches and the lease books'
+/// calls use it; on Citus two batches holding the same ids can lose several times in a row). No
+/// database: the work throws the errors PostgreSQL would, and the pauses are recorded instead
+/// of slept.
 @Suite("retrying work aborted in a deadlock, with pauses")
 struct DeadlockRetryTests {
     static let deadlock = PostgresError(kind: .copy, sqlState: SQLState.deadlockDetected, message: "deadlock detected")

@@ -58,40 +58,33 @@ public struct PostgresLeaseRepository: LeaseRepository {
 
     public func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant] {
         let (users, tokens) = Self.split(wants)
-        return try await pool.withConnection { connection in
-            do {
-                return try retryingDeadlocks {
-                    try connection.query(
-                        Self.leaseAccounts,
-                        [
-                            instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
-                            PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
-                        ]
-                    ).map { row in
-                        let id: Int64 = try row.decode(1)
-                        return LeaseGrant(
-                            account: try row.decode(0, as: String.self) == "user" ? .user(id) : .token(id),
-                            granted: try row.decode(2),
-                            state: LeaseGrant.State(rawValue: try row.decode(3)) ?? .unknown,
-                            others: try row.decode(4))
-                    }
+        let parameters: [any PostgresEncodable] = [
+            instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
+            PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
+        ]
+        return try await Self.retried {
+            try await pool.withConnection { connection in
+                try connection.query(Self.leaseAccounts, parameters).map { row in
+                    let id: Int64 = try row.decode(1)
+                    return LeaseGrant(
+                        account: try row.decode(0, as: String.self) == "user" ? .user(id) : .token(id),
+                        granted: try row.decode(2),
+                        state: LeaseGrant.State(rawValue: try row.decode(3)) ?? .unknown,
+                        others: try row.decode(4))
                 }
-            } catch {
-                throw Self.translated(error)
             }
         }
     }
 
     public func giveBack(instance: String, amounts: [AccountUnits]) async throws {
         let (users, tokens) = Self.split(amounts)
-        try await pool.withConnection { connection in
-            _ = try retryingDeadlocks {
-                try connection.query(
-                    Self.returnLeases,
-                    [
-                        instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
-                        PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
-                    ])
+        let parameters: [any PostgresEncodable] = [
+            instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
+            PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
+        ]
+        try await Self.retried {
+            try await pool.withConnection { connection in
+                _ = try connection.query(Self.returnLeases, parameters)
             }
         }
     }
@@ -106,19 +99,19 @@ public struct PostgresLeaseRepository: LeaseRepository {
             "{" + holds.map { $0.tokenLeased ? "t" : "f" }.joined(separator: ",") + "}",
             ttlSeconds,
         ]
-        return try await pool.withConnection { connection in
-            // A stored hold with another id is an earlier authorization of the request id.
-            try zip(
-                holds,
-                Self.translatingRefusal { try connection.query(Self.journalHolds, parameters) }.map { row in
+        let stored = try await Self.retried {
+            try await pool.withConnection { connection in
+                try connection.query(Self.journalHolds, parameters).map { row in
                     (
                         id: try row.decode(1, as: Int64.self), held: try row.decode(2, as: Int64.self),
                         status: try row.decode(3, as: String.self)
                     )
                 }
-            ).map { hold, stored in
-                JournalOutcome(holdID: stored.id, held: stored.held, status: stored.status, isNew: stored.id == hold.id)
             }
+        }
+        // A stored hold with another id is an earlier authorization of the request id.
+        return zip(holds, stored).map { hold, stored in
+            JournalOutcome(holdID: stored.id, held: stored.held, status: stored.status, isNew: stored.id == hold.id)
         }
     }
 
@@ -134,9 +127,13 @@ public struct PostgresLeaseRepository: LeaseRepository {
         }
     }
 
-    /// `tally_journal_holds` with its "not registered" (migration 0016) as a `LeaseError`.
-    private static func translatingRefusal<T>(_ body: () throws -> T) throws -> T {
-        do { return try retryingDeadlocks(body) } catch { throw translated(error) }
+    /// Runs one call of the lease books again when PostgreSQL aborted it to break a deadlock
+    /// (``DeadlockBackoff/leases``): several instances lease, return and journal for the same
+    /// accounts, and an aborted call changed nothing (the journal is idempotent by hold id).
+    /// Each try takes a pool connection of its own, so the pause holds none. Errors leave as
+    /// ``translated(_:)`` says.
+    private static func retried<T>(_ body: () async throws -> T) async throws -> T {
+        do { return try await retryingDeadlocks(pausing: .leases, body) } catch { throw translated(error) }
     }
 
     /// `tally_lease`'s and `tally_journal_holds`' "not registered" as a `LeaseError`; anything
