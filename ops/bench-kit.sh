@@ -41,7 +41,7 @@ done
 cp -a /usr/share/postgresql/15 "$stage/share/postgresql/15"
 rm -rf "$stage/share/postgresql/15/extension"/citus*
 install -m 755 "$ROOT/ops/kit/run" "$stage/run"
-install -m 644 "$ROOT/ops/lib.sh" "$ROOT/ops/bench-export.sh" "$stage/ops/"
+install -m 644 "$ROOT/ops/lib.sh" "$ROOT/ops/bench-export.sh" "$ROOT/ops/bench-statements.sql" "$stage/ops/"
 install -m 644 "$ROOT/ops/prices/default.yaml" "$stage/prices/default.yaml"
 
 # Shared libraries of every binary and module, found by ldd, except glibc's (the host's).
