@@ -79,6 +79,7 @@ struct BenchIngest: ParsableCommand {
         var result = IngestStep(clients: clients, lines: lines)
         result.firstBatch = try db.query("SELECT coalesce(max(id), 0) FROM ingest_batches")[0].decode(0, as: Int64.self)
         let walBefore = try IngestBaselines.walPosition(db)
+        let checkpointsBefore = try IngestBaselines.checkpoints(db)
         let cpuBefore = CPUTimes(serverPID: serverPid).server
         let sampler = try WaitEventSampler(databaseURL: databaseURL)
         let started = DispatchTime.now().uptimeNanoseconds
@@ -89,6 +90,7 @@ struct BenchIngest: ParsableCommand {
         result.balanceFoldSeconds = lags.balances
         result.foldSeconds = lags.all
         result.walBytes = try IngestBaselines.walPosition(db) - walBefore
+        result.checkpointed = try IngestBaselines.checkpoints(db) != checkpointsBefore
         if let cpuBefore, let cpuAfter = CPUTimes(serverPID: serverPid).server {
             result.serverCPUSeconds = cpuAfter - cpuBefore
         }
@@ -111,6 +113,9 @@ struct IngestStep {
     var stored = 0
     var failures = 0
     var walBytes: Int64 = 0
+    /// A checkpoint ran while Tally ingested (or the fold caught up): its full-page images are
+    /// in `walBytes`.
+    var checkpointed = false
     var serverCPUSeconds: Double?
     var peakRSSKiB: Int?
     var waits: [String: Int] = [:]
@@ -120,6 +125,7 @@ struct IngestStep {
         var rows = 0
         var seconds = 0.0
         var walBytes: Int64 = 0
+        var checkpointed = false
     }
 
     var linesPerSecond: Double { Double(lines) / seconds }
@@ -147,6 +153,8 @@ struct IngestStep {
             + cpu.leftPadded(to: 6) + " " + rss.leftPadded(to: 6) + "  " + topWaits
             + (failures > 0 || stored != lines
                 ? "  (!) \(failures) failed batches, \(stored) of \(lines) rows stored" : "")
+            + (checkpointed || rawCopy.checkpointed
+                ? "  (!) a checkpoint ran during the step: its WAL per line includes full-page images" : "")
     }
 
     static let header = """
@@ -313,6 +321,11 @@ enum IngestBaselines {
         try db.query("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")[0].decode(0)
     }
 
+    /// Checkpoints since the server started, timed and requested.
+    static func checkpoints(_ db: PostgresConnection) throws -> Int64 {
+        try db.query("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")[0].decode(0)
+    }
+
     /// Waits (up to 5 minutes) until every pending charge is folded and all pending usage is
     /// rolled up; returns the seconds until the balances were folded and until both were.
     static func waitUntilFolded(_ db: PostgresConnection) throws -> (balances: Double, all: Double) {
@@ -343,6 +356,7 @@ enum IngestBaselines {
         let connections = try parts.map { _ in try PostgresConnection(url: databaseURL) }
         var result = IngestStep.RawCopy(rows: rows.reduce(0) { $0 + ($1 == 10 ? 1 : 0) })
         let walBefore = try walPosition(db)
+        let checkpointsBefore = try checkpoints(db)
         let started = DispatchTime.now().uptimeNanoseconds
         let failed = Atomic<Int>(0)
         let group = DispatchGroup()
@@ -358,6 +372,7 @@ enum IngestBaselines {
         group.wait()
         result.seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         result.walBytes = try walPosition(db) - walBefore
+        result.checkpointed = try checkpoints(db) != checkpointsBefore
         guard failed.load(ordering: .relaxed) == 0 else { throw BenchError.io("the raw COPY baseline failed") }
         return result
     }
