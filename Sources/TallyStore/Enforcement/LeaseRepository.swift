@@ -57,11 +57,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
     }
 
     public func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant] {
-        let (users, tokens) = Self.split(wants)
-        let parameters: [any PostgresEncodable] = [
-            instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
-            PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
-        ]
+        let parameters = Self.parameters(instance, wants)
         return try await Self.retried {
             try await pool.withConnection { connection in
                 try connection.query(Self.leaseAccounts, parameters).map { row in
@@ -77,11 +73,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
     }
 
     public func giveBack(instance: String, amounts: [AccountUnits]) async throws {
-        let (users, tokens) = Self.split(amounts)
-        let parameters: [any PostgresEncodable] = [
-            instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
-            PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
-        ]
+        let parameters = Self.parameters(instance, amounts)
         try await Self.retried {
             try await pool.withConnection { connection in
                 _ = try connection.query(Self.returnLeases, parameters)
@@ -142,8 +134,9 @@ public struct PostgresLeaseRepository: LeaseRepository {
         (error as? PostgresError)?.sqlState == notRegisteredState ? LeaseError.notRegistered : error
     }
 
-    /// Users and tokens as id / amount pairs, in id order.
-    private static func split(_ amounts: [AccountUnits]) -> (users: [(Int64, Int64)], tokens: [(Int64, Int64)]) {
+    /// The parameters of `tally_lease` and `tally_return_leases`: the instance, then the users'
+    /// ids and amounts and the tokens' ids and amounts, each in id order (the lock order).
+    private static func parameters(_ instance: String, _ amounts: [AccountUnits]) -> [any PostgresEncodable] {
         var users: [(Int64, Int64)] = [], tokens: [(Int64, Int64)] = []
         for amount in amounts {
             switch amount.account {
@@ -151,7 +144,12 @@ public struct PostgresLeaseRepository: LeaseRepository {
             case .token(let id): tokens.append((id, amount.units))
             }
         }
-        return (users.sorted { $0.0 < $1.0 }, tokens.sorted { $0.0 < $1.0 })
+        users.sort { $0.0 < $1.0 }
+        tokens.sort { $0.0 < $1.0 }
+        return [
+            instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
+            PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
+        ]
     }
 
     // MARK: SQL
