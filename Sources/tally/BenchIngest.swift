@@ -78,8 +78,7 @@ struct BenchIngest: ParsableCommand {
             lines: lines, users: users, batch: batch, seed: UInt64(1_000 + step), secret: secret)
         var result = IngestStep(clients: clients, lines: lines)
         result.firstBatch = try db.query("SELECT coalesce(max(id), 0) FROM ingest_batches")[0].decode(0, as: Int64.self)
-        let walBefore = try IngestBaselines.walPosition(db)
-        let checkpointsBefore = try IngestBaselines.checkpoints(db)
+        let walBefore = try WALMark(db)
         let cpuBefore = CPUTimes(serverPID: serverPid).server
         let sampler = try WaitEventSampler(databaseURL: databaseURL)
         let started = DispatchTime.now().uptimeNanoseconds
@@ -89,8 +88,7 @@ struct BenchIngest: ParsableCommand {
         let lags = try IngestBaselines.waitUntilFolded(db)
         result.balanceFoldSeconds = lags.balances
         result.foldSeconds = lags.all
-        result.walBytes = try IngestBaselines.walPosition(db) - walBefore
-        result.checkpointed = try IngestBaselines.checkpoints(db) != checkpointsBefore
+        (result.walBytes, result.checkpointed) = try WALMark(db).since(walBefore)
         if let cpuBefore, let cpuAfter = CPUTimes(serverPID: serverPid).server {
             result.serverCPUSeconds = cpuAfter - cpuBefore
         }
@@ -273,6 +271,26 @@ enum IngestBatches {
     }
 }
 
+/// Where the WAL stood, and how many checkpoints had run, at one moment of a step.
+struct WALMark {
+    let position: Int64
+    let checkpoints: Int64
+
+    init(_ db: PostgresConnection) throws {
+        let row = try db.query(
+            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+        )[0]
+        position = try row.decode(0)
+        checkpoints = try row.decode(1)
+    }
+
+    /// The WAL bytes written since `earlier`, and whether a checkpoint ran meanwhile (its
+    /// full-page images are then among them).
+    func since(_ earlier: WALMark) -> (bytes: Int64, checkpointed: Bool) {
+        (position - earlier.position, checkpoints != earlier.checkpoints)
+    }
+}
+
 /// The baselines and the measurements around them, on the benchmark's own tables.
 enum IngestBaselines {
     /// `bench_raw_logs`: request_logs' columns, indexes and monthly partitions; and copies of
@@ -316,16 +334,6 @@ enum IngestBaselines {
         return "PostgreSQL: \(values.joined(separator: " ")); \(users) users (zipf), \(batch)-line batches"
     }
 
-    /// The WAL position in bytes.
-    static func walPosition(_ db: PostgresConnection) throws -> Int64 {
-        try db.query("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")[0].decode(0)
-    }
-
-    /// Checkpoints since the server started, timed and requested.
-    static func checkpoints(_ db: PostgresConnection) throws -> Int64 {
-        try db.query("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")[0].decode(0)
-    }
-
     /// Waits (up to 5 minutes) until every pending charge is folded and all pending usage is
     /// rolled up; returns the seconds until the balances were folded and until both were.
     static func waitUntilFolded(_ db: PostgresConnection) throws -> (balances: Double, all: Double) {
@@ -355,8 +363,7 @@ enum IngestBaselines {
         let parts = split(rows, into: clients)
         let connections = try parts.map { _ in try PostgresConnection(url: databaseURL) }
         var result = IngestStep.RawCopy(rows: rows.reduce(0) { $0 + ($1 == 10 ? 1 : 0) })
-        let walBefore = try walPosition(db)
-        let checkpointsBefore = try checkpoints(db)
+        let walBefore = try WALMark(db)
         let started = DispatchTime.now().uptimeNanoseconds
         let failed = Atomic<Int>(0)
         let group = DispatchGroup()
@@ -371,8 +378,7 @@ enum IngestBaselines {
         }
         group.wait()
         result.seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
-        result.walBytes = try walPosition(db) - walBefore
-        result.checkpointed = try checkpoints(db) != checkpointsBefore
+        (result.walBytes, result.checkpointed) = try WALMark(db).since(walBefore)
         guard failed.load(ordering: .relaxed) == 0 else { throw BenchError.io("the raw COPY baseline failed") }
         return result
     }
