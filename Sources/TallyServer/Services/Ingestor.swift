@@ -125,13 +125,7 @@ public struct Ingestor: Sendable {
     func validateAndRate(_ line: LogLine, identity: TokenIdentity?, book: PriceBook, now: Date) throws(IngestRejection)
         -> PricedLine
     {
-        let texts = [
-            line.requestID, line.key, line.model, line.group, line.ip, line.tid, line.error,
-            line.usage?.size, line.usage?.quality, line.usage?.resolution,
-        ]
-        guard !texts.contains(where: { $0.map(Self.containsNUL) == true }) else {
-            throw IngestRejection("invalid_field", "text fields may not contain NUL (\\u0000)")
-        }
+        try Self.rejectNUL(in: line)
         guard let requestID = line.requestID, !requestID.isEmpty else {
             throw IngestRejection("missing_field", "request_id is required")
         }
@@ -185,25 +179,37 @@ public struct Ingestor: Sendable {
             error: line.error, usage: usage, quota: rating.units, priceVersionID: version.id)
     }
 
+    /// Each text field checked on its own: an array of them, built per line, cost a heap
+    /// allocation and a retain per field on every ingested line.
+    private static func rejectNUL(in line: LogLine) throws(IngestRejection) {
+        func hasNUL(_ text: String?) -> Bool { text.map(containsNUL) ?? false }
+        let usage = line.usage
+        if hasNUL(line.requestID) || hasNUL(line.key) || hasNUL(line.model) || hasNUL(line.group)
+            || hasNUL(line.ip) || hasNUL(line.tid) || hasNUL(line.error) || hasNUL(usage?.size)
+            || hasNUL(usage?.quality) || hasNUL(usage?.resolution)
+        {
+            throw IngestRejection("invalid_field", "text fields may not contain NUL (\\u0000)")
+        }
+    }
+
+    /// Each quantity compared on its own (lists of named quantities, built for every line, cost
+    /// allocations on the hot path).
     private func checkPlausible(_ usage: Usage) throws(IngestRejection) {
-        for (name, value) in [
-            ("prompt_tokens", usage.promptTokens), ("completion_tokens", usage.completionTokens),
-            ("cached_tokens", usage.cachedTokens), ("cache_write_tokens", usage.cacheWriteTokens),
-            ("audio_input_tokens", usage.audioInputTokens), ("audio_output_tokens", usage.audioOutputTokens),
-        ]
-        where value > limits.maxTokens {
-            throw IngestRejection("absurd_usage", "\(name) \(value) is more than \(limits.maxTokens)")
+        func atMost<Value: Comparable>(_ limit: Value, _ name: String, _ value: Value) throws(IngestRejection) {
+            guard value <= limit else {
+                throw IngestRejection("absurd_usage", "\(name) \(value) is more than \(limit)")
+            }
         }
-        if usage.images > limits.maxImages {
-            throw IngestRejection("absurd_usage", "images \(usage.images) is more than \(limits.maxImages)")
-        }
-        if usage.calls > limits.maxCalls {
-            throw IngestRejection("absurd_usage", "calls \(usage.calls) is more than \(limits.maxCalls)")
-        }
-        for (name, value) in [("video_seconds", usage.videoSeconds), ("predict_time", usage.predictTime)]
-        where value > limits.maxSeconds {
-            throw IngestRejection("absurd_usage", "\(name) \(value) is more than \(limits.maxSeconds)")
-        }
+        try atMost(limits.maxTokens, "prompt_tokens", usage.promptTokens)
+        try atMost(limits.maxTokens, "completion_tokens", usage.completionTokens)
+        try atMost(limits.maxTokens, "cached_tokens", usage.cachedTokens)
+        try atMost(limits.maxTokens, "cache_write_tokens", usage.cacheWriteTokens)
+        try atMost(limits.maxTokens, "audio_input_tokens", usage.audioInputTokens)
+        try atMost(limits.maxTokens, "audio_output_tokens", usage.audioOutputTokens)
+        try atMost(limits.maxImages, "images", usage.images)
+        try atMost(limits.maxCalls, "calls", usage.calls)
+        try atMost(limits.maxSeconds, "video_seconds", usage.videoSeconds)
+        try atMost(limits.maxSeconds, "predict_time", usage.predictTime)
     }
 
     private static func rejection(for error: RatingError, version: Int64) -> IngestRejection {
