@@ -18,6 +18,14 @@ struct UTCDayTests {
             #expect(UTCDay(date) == day)
             let firstOfMonth: [Int] = [expected[0], expected[1], 1]
             #expect([monthStart.year, monthStart.month, monthStart.day] == firstOfMonth)
+            #expect(day.description == String(format: "%04d-%02d-%02d", expected[0], expected[1], expected[2]))
+        }
+        // Years of fewer and of more than four digits (the second outside the fast path).
+        for number in [-700_000, -719_162, 2_932_897, 3_000_000] {
+            let civil = UTCDay(number: number).civil
+            #expect(
+                UTCDay(number: number).description
+                    == String(format: "%04d-%02d-%02d", civil.year, civil.month, civil.day))
         }
         #expect(UTCDay(number: 0).description == "1970-01-01")
         #expect(UTCDay(Date(timeIntervalSince1970: -0.5)).description == "1969-12-31")

@@ -24,7 +24,24 @@ public struct UTCDay: Hashable, Comparable, Sendable, CustomStringConvertible {
     /// without `String(format:)`, which costs microseconds a call).
     public var description: String {
         let (year, month, day) = civil
-        return Self.padded(year, to: 4) + "-" + Self.padded(month, to: 2) + "-" + Self.padded(day, to: 2)
+        guard (0...9_999).contains(year) else {
+            return Self.padded(year, to: 4) + "-" + Self.padded(month, to: 2) + "-" + Self.padded(day, to: 2)
+        }
+        // Ten bytes written in place: five joined strings a row cost more than the row's COPY.
+        return String(unsafeUninitializedCapacity: 10) { text in
+            var rest = year
+            for index in (0..<4).reversed() {
+                text[index] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            }
+            text[4] = UInt8(ascii: "-")
+            text[5] = UInt8(ascii: "0") + UInt8(month / 10)
+            text[6] = UInt8(ascii: "0") + UInt8(month % 10)
+            text[7] = UInt8(ascii: "-")
+            text[8] = UInt8(ascii: "0") + UInt8(day / 10)
+            text[9] = UInt8(ascii: "0") + UInt8(day % 10)
+            return 10
+        }
     }
 
     /// The first instant of this day.

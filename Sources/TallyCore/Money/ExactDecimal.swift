@@ -114,7 +114,10 @@ public struct ExactDecimal: Sendable, Hashable, Comparable, CustomStringConverti
 
     /// The shortest exact text: `"2.5"`, `"-0.000002"`, `"10"`.
     public var description: String {
-        DecimalText.place(digits: String(mantissa.magnitude), scale: scale, negative: mantissa < 0)
+        // Most usage measures are zero (the video seconds and predict time of every chat line),
+        // and their text is written for each stored line and pending usage row.
+        guard mantissa != 0 else { return "0" }
+        return DecimalText.place(digits: String(mantissa.magnitude), scale: scale, negative: mantissa < 0)
     }
 
     /// The text with at least `minFractionDigits` fractional digits (`"2.50"` for 2.5 and 2).
