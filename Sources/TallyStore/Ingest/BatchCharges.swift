@@ -28,6 +28,12 @@ struct BatchCharges {
             requests += 1
             lastAt = max(lastAt, line.createdAt)
         }
+
+        mutating func add(_ other: Charge) {
+            quota += other.quota
+            requests += other.requests
+            lastAt = max(lastAt, other.lastAt)
+        }
     }
 
     struct AccountKey: Hashable, Comparable {
@@ -90,7 +96,6 @@ struct BatchCharges {
     }
 
     private(set) var charges: [ChargeKey: Charge] = [:]
-    private(set) var accounts: [AccountKey: Charge] = [:]
     private(set) var usage: [UsageKey: UsageTotals] = [:]
 
     init(_ lines: some Sequence<PricedLine>) {
@@ -98,7 +103,6 @@ struct BatchCharges {
             let day = UTCDay(line.createdAt)
             charges[ChargeKey(userID: line.userID, tokenID: line.tokenID, month: day.monthStart), default: Charge()]
                 .add(line)
-            accounts[AccountKey(userID: line.userID, tokenID: line.tokenID), default: Charge()].add(line)
             usage[
                 UsageKey(
                     userID: line.userID, tokenID: line.tokenID, day: day, model: line.model, group: line.group,
@@ -112,9 +116,19 @@ struct BatchCharges {
         charges.filter { $0.value.quota != 0 }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
-    /// Pending charges per account, in key order.
+    /// Pending charges per account, in key order: the months of each account's charges added
+    /// up (from the few charges of a batch rather than a third table filled line by line).
     var pendingCharges: [(key: AccountKey, charge: Charge)] {
-        accounts.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        var accounts: [(key: AccountKey, charge: Charge)] = []
+        for (key, charge) in charges.sorted(by: { $0.key < $1.key }) {
+            let account = AccountKey(userID: key.userID, tokenID: key.tokenID)
+            if accounts.last?.key == account {
+                accounts[accounts.count - 1].charge.add(charge)
+            } else {
+                accounts.append((account, charge))
+            }
+        }
+        return accounts
     }
 
     /// Pending usage rows, in no particular order: `pending_usage` has no index to keep local,
