@@ -48,6 +48,14 @@ struct ErrorCatalogTests {
             #expect(resolved != "4bf92f3577b34da6a3ce929d0e0e4736")
         }
         #expect(TraceID.generate() != TraceID.generate())
+        let valid = "0123456789abcdef0123456789abcdef"
+        #expect(TraceID.isValid(valid))
+        for invalid in [
+            valid.uppercased(), String(valid.dropLast()), valid + "0", String(valid.dropLast()) + "g",
+            String(valid.dropLast(2)) + "é", "",
+        ] {
+            #expect(!TraceID.isValid(invalid), "\(invalid)")
+        }
     }
 
     @Test("API keys: sk- + 48 alphanumerics, unique, masked as sk-… + last 6")

@@ -25,7 +25,9 @@ public enum TraceID {
 
     /// True for exactly 32 lowercase hex characters.
     public static func isValid(_ text: String) -> Bool {
-        text.utf8.count == 32 && text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+        // Over the contiguous bytes: every ingested line's tid is checked.
+        var text = text
+        return text.withUTF8 { $0.count == 32 && $0.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } }
     }
 
     private static func hex(_ value: UInt64) -> String {
