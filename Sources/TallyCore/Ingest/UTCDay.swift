@@ -27,7 +27,8 @@ public struct UTCDay: Hashable, Comparable, Sendable, CustomStringConvertible {
         guard (0...9_999).contains(year) else {
             return Self.padded(year, to: 4) + "-" + Self.padded(month, to: 2) + "-" + Self.padded(day, to: 2)
         }
-        // Ten bytes written in place: five joined strings a row cost more than the row's COPY.
+        // Ten bytes written in place instead of five joined strings: every pending usage row
+        // and ledger charge of a batch writes its day or month.
         return String(unsafeUninitializedCapacity: 10) { text in
             var rest = year
             for index in (0..<4).reversed() {
