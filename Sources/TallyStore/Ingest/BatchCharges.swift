@@ -95,10 +95,13 @@ struct BatchCharges {
         }
     }
 
-    private(set) var charges: [ChargeKey: Charge] = [:]
+    /// Every charge per user × token × UTC month, in key order (sorted once: both the ledger's
+    /// and the pending charges are written in that order).
+    let charges: [(key: ChargeKey, charge: Charge)]
     private(set) var usage: [UsageKey: UsageTotals] = [:]
 
     init(_ lines: some Sequence<PricedLine>) {
+        var charges: [ChargeKey: Charge] = [:]
         for line in lines {
             let day = UTCDay(line.createdAt)
             charges[ChargeKey(userID: line.userID, tokenID: line.tokenID, month: day.monthStart), default: Charge()]
@@ -109,18 +112,19 @@ struct BatchCharges {
                     kind: line.kind.rawValue), default: UsageTotals()
             ].add(line)
         }
+        self.charges = charges.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
     /// Ledger charges in key order; a group that costs nothing writes no ledger row.
     var ledgerCharges: [(key: ChargeKey, charge: Charge)] {
-        charges.filter { $0.value.quota != 0 }.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        charges.filter { $0.charge.quota != 0 }
     }
 
     /// Pending charges per account, in key order: the months of each account's charges added
     /// up (from the few charges of a batch rather than a third table filled line by line).
     var pendingCharges: [(key: AccountKey, charge: Charge)] {
         var accounts: [(key: AccountKey, charge: Charge)] = []
-        for (key, charge) in charges.sorted(by: { $0.key < $1.key }) {
+        for (key, charge) in charges {
             let account = AccountKey(userID: key.userID, tokenID: key.tokenID)
             if accounts.last?.key == account {
                 accounts[accounts.count - 1].charge.add(charge)
