@@ -356,21 +356,7 @@ public struct CopyRow {
 
     public mutating func append(_ value: Int64) {
         separate()
-        if value < 0 { bytes.append(UInt8(ascii: "-")) }
-        var magnitude = value.magnitude
-        // Most counts of a row are one digit (a chat line's images, calls, cached tokens …).
-        guard magnitude >= 10 else { return bytes.append(UInt8(48 + magnitude)) }
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // room for UInt64.max's 20 digits
-        withUnsafeMutableBytes(of: &digits) { raw in
-            let buffer = raw.bindMemory(to: UInt8.self)
-            var start = buffer.count
-            repeat {
-                start -= 1
-                buffer[start] = UInt8(48 + magnitude % 10)
-                magnitude /= 10
-            } while magnitude > 0
-            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[start...]))
-        }
+        DecimalText.append(value, to: &bytes)
     }
 
     public mutating func append(_ value: Int64?) {

@@ -196,26 +196,3 @@ public enum PostgresTimestamp {
         return era * 146_097 + dayOfEra - 719_468
     }
 }
-
-/// Array parameters in PostgreSQL's text input format (`{1,2,3}`, `{"a","b"}`), so that one
-/// statement can carry a whole batch.
-public enum PostgresArray {
-    public static func integers(_ values: [Int64]) -> String {
-        "{" + values.map(String.init).joined(separator: ",") + "}"
-    }
-
-    /// Every element quoted, with `"` and `\` escaped.
-    public static func text(_ values: [String]) -> String {
-        var literal = "{"
-        for (index, value) in values.enumerated() {
-            if index > 0 { literal += "," }
-            literal += "\""
-            for character in value.unicodeScalars {
-                if character == "\"" || character == "\\" { literal += "\\" }
-                literal.unicodeScalars.append(character)
-            }
-            literal += "\""
-        }
-        return literal + "}"
-    }
-}
