@@ -44,7 +44,7 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     ingestLimits.maxStreamedBatches = configuration.ingestStreams
     let services = TallyServices(
         pool: pool, ingestLimits: ingestLimits, holdTTLSeconds: configuration.holdTTLSeconds,
-        holdCommit: configuration.holdCommit)
+        holdCommit: configuration.holdCommit, journalConcurrency: configuration.journalConcurrency)
     let migrator = Migrator(pool: pool, logger: logger)
     let router = buildRouter(services, configuration: configuration)
     var app = Application(

@@ -34,6 +34,10 @@ public struct TallyConfiguration: Sendable {
     /// journal batch committed; `async` as soon as the hold is cut from the lease in memory
     /// (docs/enforcement.md).
     public var holdCommit: HoldCommitMode
+    /// Journal transactions in flight at once (`TALLY_JOURNAL_CONCURRENCY`); holds queued while
+    /// they commit go out together in the next. Fewer: larger group commits, less CPU per hold;
+    /// more: shorter waits when commits are slow (docs/enforcement.md).
+    public var journalConcurrency: Int
     /// Log batches stored while their body still arrives, at most at once (`TALLY_INGEST_STREAMS`;
     /// at most half the pool is used; 0: every batch is read whole before it is stored).
     public var ingestStreams: Int
@@ -54,6 +58,7 @@ public struct TallyConfiguration: Sendable {
         public static let priceRefreshSeconds = 5
         public static let holdTTLSeconds = 600
         public static let holdCommit = HoldCommitMode.sync
+        public static let journalConcurrency = HoldBook.defaultJournalConcurrency
         public static let idleTimeoutSeconds = 60
         public static let failedAuthLimit = 20
         public static let failedAuthWindowSeconds = 60
@@ -67,7 +72,7 @@ public struct TallyConfiguration: Sendable {
         poolSize: Int = Defaults.poolSize, gatewaySecret: String = "",
         logLevel: Logger.Level = Defaults.logLevel,
         priceRefreshSeconds: Int = Defaults.priceRefreshSeconds, holdTTLSeconds: Int = Defaults.holdTTLSeconds,
-        holdCommit: HoldCommitMode = Defaults.holdCommit,
+        holdCommit: HoldCommitMode = Defaults.holdCommit, journalConcurrency: Int = Defaults.journalConcurrency,
         webhooks: WebhookDispatchConfiguration = WebhookDispatchConfiguration(),
         idleTimeoutSeconds: Int = Defaults.idleTimeoutSeconds, failedAuthLimit: Int = Defaults.failedAuthLimit,
         failedAuthWindowSeconds: Int = Defaults.failedAuthWindowSeconds,
@@ -84,6 +89,7 @@ public struct TallyConfiguration: Sendable {
         self.priceRefreshSeconds = priceRefreshSeconds
         self.holdTTLSeconds = holdTTLSeconds
         self.holdCommit = holdCommit
+        self.journalConcurrency = journalConcurrency
         self.webhooks = webhooks
         self.idleTimeoutSeconds = idleTimeoutSeconds
         self.failedAuthLimit = failedAuthLimit

@@ -30,7 +30,8 @@ public struct TallyServices: Sendable {
     public init(
         pool: PostgresPool, ingestLimits: IngestLimits = IngestLimits(),
         holdTTLSeconds: Int = TallyConfiguration.Defaults.holdTTLSeconds,
-        holdCommit: HoldCommitMode = TallyConfiguration.Defaults.holdCommit
+        holdCommit: HoldCommitMode = TallyConfiguration.Defaults.holdCommit,
+        journalConcurrency: Int = TallyConfiguration.Defaults.journalConcurrency
     ) {
         self.pool = pool
         var ingestLimits = ingestLimits
@@ -52,7 +53,8 @@ public struct TallyServices: Sendable {
         access = AccessDirectory(pool: pool)
         holds = PostgresHoldRepository(pool: pool)
         holdBook = HoldBook(
-            repository: PostgresLeaseRepository(pool: pool), holdTTLSeconds: holdTTLSeconds, mode: holdCommit)
+            repository: PostgresLeaseRepository(pool: pool), holdTTLSeconds: holdTTLSeconds, mode: holdCommit,
+            journalConcurrency: journalConcurrency)
         authorizer = Authorizer(directory: access, prices: prices, holds: holdBook, limiter: RateLimiter())
         exporter = UsageExporter(pool: pool)
         statements = StatementRepository(pool: pool)

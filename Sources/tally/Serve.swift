@@ -48,6 +48,14 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "Hold journal transactions in flight at once (holds queued meanwhile go out together in "
+                + "the next group commit; refills take half as many). Fewer: less CPU per hold; more: "
+                + "shorter waits when commits are slow. Env: TALLY_JOURNAL_CONCURRENCY. "
+                + "Default: \(Defaults.journalConcurrency)."))
+    var journalConcurrency: Int?
+
+    @Option(
+        help: ArgumentHelp(
             "Milliseconds between folds of committed ingest charges into balances (every balance "
                 + "read includes what is not folded yet, so this bounds the backlog, not exactness); "
                 + "0: this instance does not fold, another must. Env: TALLY_SETTLE_INTERVAL. "
@@ -138,6 +146,8 @@ struct Serve: AsyncParsableCommand {
             holdTTLSeconds: try holdTTL ?? Self.integer(environment, "TALLY_HOLD_TTL") ?? Defaults.holdTTLSeconds,
             holdCommit: try Self.holdCommitMode(
                 holdCommit ?? environment["TALLY_HOLD_COMMIT"] ?? Defaults.holdCommit.rawValue),
+            journalConcurrency: try journalConcurrency ?? Self.integer(environment, "TALLY_JOURNAL_CONCURRENCY")
+                ?? Defaults.journalConcurrency,
             webhooks: try webhookConfiguration(environment),
             idleTimeoutSeconds: try idleTimeout ?? Self.integer(environment, "TALLY_IDLE_TIMEOUT")
                 ?? Defaults.idleTimeoutSeconds,
@@ -154,6 +164,9 @@ struct Serve: AsyncParsableCommand {
                 ?? Defaults.ingestStreams)
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
         guard configuration.holdTTLSeconds > 0 else { throw ValidationError("--hold-ttl must be at least 1 second") }
+        guard configuration.journalConcurrency > 0 else {
+            throw ValidationError("--journal-concurrency must be at least 1")
+        }
         guard configuration.settleIntervalMilliseconds >= 0 else {
             throw ValidationError("--settle-interval must be ≥ 0")
         }
