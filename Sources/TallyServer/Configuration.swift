@@ -34,9 +34,9 @@ public struct TallyConfiguration: Sendable {
     /// journal batch committed; `async` as soon as the hold is cut from the lease in memory
     /// (docs/enforcement.md).
     public var holdCommit: HoldCommitMode
-    /// Journal transactions in flight at once (`TALLY_JOURNAL_CONCURRENCY`); holds queued while
-    /// they commit go out together in the next. Fewer: larger group commits, less CPU per hold;
-    /// more: shorter waits when commits are slow (docs/enforcement.md).
+    /// Journal transactions in flight at once (`TALLY_JOURNAL_CONCURRENCY`; default half the
+    /// cores, 2–4); holds queued while they commit go out together in the next. Fewer: larger
+    /// group commits, less CPU per hold; more: shorter waits when commits are slow.
     public var journalConcurrency: Int
     /// Log batches stored while their body still arrives, at most at once (`TALLY_INGEST_STREAMS`;
     /// at most half the pool is used; 0: every batch is read whole before it is stored).

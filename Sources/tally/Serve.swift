@@ -51,7 +51,7 @@ struct Serve: AsyncParsableCommand {
             "Hold journal transactions in flight at once (holds queued meanwhile go out together in "
                 + "the next group commit; refills take half as many). Fewer: less CPU per hold; more: "
                 + "shorter waits when commits are slow. Env: TALLY_JOURNAL_CONCURRENCY. "
-                + "Default: \(Defaults.journalConcurrency)."))
+                + "Default: half the cores, 2 to 4 (here \(Defaults.journalConcurrency))."))
     var journalConcurrency: Int?
 
     @Option(
