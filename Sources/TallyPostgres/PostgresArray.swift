@@ -8,7 +8,7 @@ public enum PostgresArray {
         literal.append(UInt8(ascii: "{"))
         for (index, value) in values.enumerated() {
             if index > 0 { literal.append(UInt8(ascii: ",")) }
-            DecimalText.append(value, to: &literal)
+            ASCIIDecimal.append(value, to: &literal)
         }
         literal.append(UInt8(ascii: "}"))
         return String(decoding: literal, as: UTF8.self)
@@ -46,7 +46,7 @@ public enum PostgresArray {
 }
 
 /// Integers as ASCII decimal digits, appended to a byte buffer without an intermediate string.
-enum DecimalText {
+enum ASCIIDecimal {
     static func append(_ value: Int64, to bytes: inout [UInt8]) {
         if value < 0 { bytes.append(UInt8(ascii: "-")) }
         var magnitude = value.magnitude

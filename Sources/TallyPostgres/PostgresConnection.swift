@@ -356,7 +356,7 @@ public struct CopyRow {
 
     public mutating func append(_ value: Int64) {
         separate()
-        DecimalText.append(value, to: &bytes)
+        ASCIIDecimal.append(value, to: &bytes)
     }
 
     public mutating func append(_ value: Int64?) {
