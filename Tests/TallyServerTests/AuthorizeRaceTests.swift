@@ -84,8 +84,8 @@ struct AuthorizeRaceTests {
 
     @Test(
         """
-        concurrent holds on many accounts through two instances (on Citus, accounts on both workers): each account \
-        grants exactly what its balance covers, and the books balance
+        concurrent holds on many accounts through two instances (on Citus, accounts on both workers; one and four \
+        journal transactions in flight): each account grants exactly what its balance covers, and the books balance
         """)
     func spreadAccounts() async throws {
         let db = try await TestDatabase.create("authorize-spread")
@@ -102,7 +102,11 @@ struct AuthorizeRaceTests {
             spread = accounts.count >= 8 && nodes == Self.workers
         }
         let keys = accounts.map(\.key)
-        let servers = try (0..<2).map { _ in try ServerProcess(databaseURL: db.url) }
+        // One journal transaction in flight on one instance, four on the other (the defaults
+        // are 2 on a small host, 4 on a large one): whatever the machine, both ends are run.
+        let servers = try [1, 4].map {
+            try ServerProcess(databaseURL: db.url, environment: ["TALLY_JOURNAL_CONCURRENCY": "\($0)"])
+        }
         let requests = keys.indices.flatMap { account in (0..<attempts).map { (account, $0) } }.shuffled()
         let granted = try await withThrowingTaskGroup(of: [Int].self) { group in
             for worker in 0..<32 {

@@ -89,6 +89,38 @@ struct CLITests {
         try? FileManager.default.removeItem(atPath: file)
     }
 
+    /// A `tally serve` setting that is wrong, and what the refusal must say.
+    struct BadServeSetting: Sendable, CustomTestStringConvertible {
+        var arguments: [String] = []
+        var environment: [String: String] = [:]
+        let refusal: String
+        var testDescription: String { (arguments + environment.map { "\($0)=\($1)" }).joined(separator: " ") }
+    }
+
+    @Test(
+        "tally serve refuses a bad setting by name, with exit 64, before it opens the database",
+        arguments: [
+            BadServeSetting(
+                arguments: ["--journal-concurrency", "0"], refusal: "--journal-concurrency must be at least 1"),
+            BadServeSetting(
+                environment: ["TALLY_JOURNAL_CONCURRENCY": "two"],
+                refusal: #"TALLY_JOURNAL_CONCURRENCY must be a whole number, got "two""#),
+            BadServeSetting(
+                arguments: ["--hold-commit", "later"], refusal: #"--hold-commit must be sync or async, got "later""#),
+            BadServeSetting(environment: ["TALLY_POOL_SIZE": "0"], refusal: "--pool-size must be at least 1"),
+            BadServeSetting(arguments: ["--hold-ttl", "0"], refusal: "--hold-ttl must be at least 1 second"),
+        ])
+    func serveRefusesBadSettings(_ setting: BadServeSetting) throws {
+        // Nothing listens on port 1: a setting that got past validation fails on the connection
+        // instead, with another message.
+        let run = try TallyBinary.run(
+            ["serve"] + setting.arguments, databaseURL: "postgres://tally@127.0.0.1:1/tally",
+            environment: setting.environment, expecting: .failure)
+        #expect(run.status == 64, "\(run.errorOutput)")
+        #expect(run.errorOutput.contains(setting.refusal), "\(run.errorOutput)")
+        #expect(!run.errorOutput.contains("PostgreSQL"), "\(run.errorOutput)")
+    }
+
     @Test("tally audit finds a corrupted balance and exits 1")
     func auditFindsCorruption() async throws {
         let db = try await TestDatabase.create("cliaudit")

@@ -22,10 +22,12 @@ struct HoldBookTests {
         return (user, try await seed.key(user: user, draft).token.id)
     }
 
+    /// Journal concurrency 1 and 4 whatever this machine's cores: the default is 2 on a small
+    /// host and 4 on a large one, and batches in flight at once must grant and store the same.
     @Test(
         "concurrent holds over several stripes: exactly what each balance covers, all journaled, the books balanced",
-        arguments: [HoldCommitMode.sync, .async])
-    func stripesJournalAndBalance(mode: HoldCommitMode) async throws {
+        arguments: [HoldCommitMode.sync, .async], [1, 4])
+    func stripesJournalAndBalance(mode: HoldCommitMode, journalConcurrency: Int) async throws {
         let db = try await TestDatabase.create("holdbook")
         let seed = Seed(db: db)
         var accounts: [(user: Int64, token: Int64)] = []
@@ -36,7 +38,7 @@ struct HoldBookTests {
         }
         let book = HoldBook(
             repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600, mode: mode,
-            stripes: 4)
+            stripes: 4, journalConcurrency: journalConcurrency)
         try await book.start()
         // Eleven holds of 100 per account of 1,000: ten fit.
         let outcomes = try await withThrowingTaskGroup(of: (Int64, HoldOutcome).self) { group in

@@ -144,15 +144,15 @@ public enum TallyBinary {
         case any
     }
 
-    /// Runs `tally <arguments>` with `DATABASE_URL` set and returns its exit status and output.
-    /// An exit other than `expecting` throws, so a command that fails fails the test, with its
-    /// stderr in the message.
+    /// Runs `tally <arguments>` with `DATABASE_URL` (and `environment`) set and returns its exit
+    /// status and output. An exit other than `expecting` throws, so a command that fails fails
+    /// the test, with its stderr in the message.
     @discardableResult
     public static func run(
-        _ arguments: [String], databaseURL: String, input: Data? = nil,
+        _ arguments: [String], databaseURL: String, environment: [String: String] = [:], input: Data? = nil,
         expecting: Exit = .success
     ) throws -> TallyRun {
-        let run = try launch(arguments, databaseURL: databaseURL, input: input)
+        let run = try launch(arguments, databaseURL: databaseURL, environment: environment, input: input)
         switch expecting {
         case .success where run.status != 0, .failure where run.status == 0:
             throw TallyRunError(arguments: arguments, run: run)
@@ -161,10 +161,12 @@ public enum TallyBinary {
         }
     }
 
-    private static func launch(_ arguments: [String], databaseURL: String, input: Data?) throws -> TallyRun {
+    private static func launch(
+        _ arguments: [String], databaseURL: String, environment: [String: String], input: Data?
+    ) throws -> TallyRun {
         let outcome = try ChildProcess.run(
-            url, arguments, environment: ["DATABASE_URL": databaseURL], input: input,
-            captureErrors: true)
+            url, arguments, environment: environment.merging(["DATABASE_URL": databaseURL]) { _, url in url },
+            input: input, captureErrors: true)
         return TallyRun(status: outcome.status, output: outcome.output, errorOutput: outcome.errors)
     }
 }
