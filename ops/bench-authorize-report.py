@@ -17,14 +17,14 @@ def main(path):
     cores = next((p["result"]["cores"] for p in phases if "cores" in p.get("result", {})), "?")
     print(f"\nauthorize benchmark (this machine: {cores} cores; one run; each figure next to the ceiling and the")
     print("per-request UPDATE baseline of the same client count, measured in the same run; server and machine:")
-    print("cores used, from /proc)")
+    print("cores used, from /proc; CPU us: the whole machine's CPU time per answer, load generator included)")
     print(f"  {'':<30} {'clients':>7} {'per s':>9} {'p50 ms':>7} {'p99 ms':>7} {'server':>7} {'machine':>8}"
-          f" {'x ceiling':>9} {'x UPDATE':>9}")
+          f" {'CPU us':>7} {'x ceiling':>9} {'x UPDATE':>9}")
 
     def row(name, clients, result):
         return (f"  {name:<30} {clients:>7} {result['per_second']:>9.0f} {result['p50_us'] / 1000:>7.2f}"
                 f" {result['p99_us'] / 1000:>7.2f} {result.get('server_cores', -1):>6.2f}c"
-                f" {result.get('machine_cores', 0):>7.2f}c")
+                f" {result.get('machine_cores', 0):>7.2f}c {cpu_per_answer(result):>7.0f}")
 
     for phase in phases:
         if phase["phase"] not in PHASES:
@@ -32,8 +32,7 @@ def main(path):
         result, clients = phase["result"], phase["clients"]
         base = baseline.get(("reserve_hot" if phase["phase"] == "hot" else "reserve", clients), 0)
         top = ceiling.get(clients, {}).get("per_second", 0)
-        accounts = f"{phase['accounts']:,}" if "accounts" in phase else "random"
-        name = f"{phase['mode']}, {PHASES[phase['phase']].format(accounts=accounts)}"
+        name = phase_name(phase)
         ratios = f" {result['per_second'] / top if top else 0:>9.2f} {result['per_second'] / base if base else 0:>9.2f}"
         print(row(name, clients, result) + ratios)
         print(f"  {'':<30} {'':>7} granted {result['granted']}, settled {result['settled']}"
@@ -50,8 +49,25 @@ def main(path):
         if phase["phase"] == "audit":
             print(f"  {phase['mode']}: server peak RSS {phase['rss_kb'] / 1024:.1f} MB;"
                   f" tally audit after the run: {phase['audit']}")
+    for phase in phases:
+        top = ceiling.get(phase["clients"]) if phase["phase"] in PHASES else None
+        if top and cpu_per_answer(top) and cpu_per_answer(phase["result"]):
+            times = cpu_per_answer(phase["result"]) / cpu_per_answer(top)
+            print(f"  {phase_name(phase)}, {phase['clients']} clients: {times:.1f}x the machine's CPU of a ceiling"
+                  f" request; with every core busy in both, x ceiling is near {1 / times:.2f}")
     print("  Targets (DESIGN §10): >= 0.45x ceiling and >= 1.5x UPDATE; on 16 cores >= 50k/s, p99 <= 5 ms at 64")
     print("  clients, p99 <= 2 ms at 16, one hot account >= 20k/s.")
+
+
+def phase_name(phase):
+    accounts = f"{phase['accounts']:,}" if "accounts" in phase else "random"
+    return f"{phase['mode']}, {PHASES[phase['phase']].format(accounts=accounts)}"
+
+
+def cpu_per_answer(result):
+    """Microseconds of the whole machine's CPU per answer (0 when not measured)."""
+    per_second, cores = result.get("per_second", 0), result.get("machine_cores", 0)
+    return cores / per_second * 1e6 if per_second and cores > 0 else 0
 
 
 if __name__ == "__main__":

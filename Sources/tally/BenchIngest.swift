@@ -17,8 +17,9 @@ struct BenchIngest: ParsableCommand {
             `tally logs seed`) POSTed to /gateway/v1/logs in --batch-line batches by that many keep-alive \
             clients; then, once the settler has folded them, the same rows (copied out of request_logs) COPYed \
             by as many connections into an identical table. Prints lines/s and rows/s, WAL bytes per line of \
-            both (pg_current_wal_lsn before and after, the fold included), the server's CPU seconds and peak \
-            RSS (with --server-pid), and PostgreSQL's wait events sampled every 20 ms during Tally's ingest. \
+            both (pg_current_wal_lsn before and after, the fold included), the cores the whole machine used and \
+            its CPU microseconds per line and per raw COPY row (from /proc/stat), the server's CPU seconds and \
+            peak RSS (with --server-pid), and PostgreSQL's wait events sampled every 20 ms during Tally's ingest. \
             Then the per-request baseline: pgbench, one transaction per request (insert the log row, update \
             the user, update the token) on copies of the tables.
             """)
@@ -79,17 +80,18 @@ struct BenchIngest: ParsableCommand {
         var result = IngestStep(clients: clients, lines: lines)
         result.firstBatch = try db.query("SELECT coalesce(max(id), 0) FROM ingest_batches")[0].decode(0, as: Int64.self)
         let walBefore = try WALMark(db)
-        let cpuBefore = CPUTimes(serverPID: serverPid).server
+        let cpuBefore = CPUTimes(serverPID: serverPid)
         let sampler = try WaitEventSampler(databaseURL: databaseURL)
         let started = DispatchTime.now().uptimeNanoseconds
         result.failures = IngestBatches.post(requests, clients: clients, endpoint: endpoint)
         result.seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        result.machineCPUSeconds = CPUTimes(serverPID: nil).machine - cpuBefore.machine
         result.waits = sampler.stop()
         let lags = try IngestBaselines.waitUntilFolded(db)
         result.balanceFoldSeconds = lags.balances
         result.foldSeconds = lags.all
         (result.walBytes, result.checkpointed) = try WALMark(db).since(walBefore)
-        if let cpuBefore, let cpuAfter = CPUTimes(serverPID: serverPid).server {
+        if let cpuBefore = cpuBefore.server, let cpuAfter = CPUTimes(serverPID: serverPid).server {
             result.serverCPUSeconds = cpuAfter - cpuBefore
         }
         result.stored = try db.query("SELECT count(*) FROM request_logs WHERE batch_id > $1", [result.firstBatch])[0]
@@ -115,6 +117,9 @@ struct IngestStep {
     /// in `walBytes`.
     var checkpointed = false
     var serverCPUSeconds: Double?
+    /// CPU time of the whole machine (every process: server, PostgreSQL, this client) while the
+    /// batches were posted, the fold running beside them included.
+    var machineCPUSeconds = 0.0
     var peakRSSKiB: Int?
     var waits: [String: Int] = [:]
     var rawCopy = RawCopy()
@@ -124,6 +129,7 @@ struct IngestStep {
         var seconds = 0.0
         var walBytes: Int64 = 0
         var checkpointed = false
+        var machineCPUSeconds = 0.0
     }
 
     var linesPerSecond: Double { Double(lines) / seconds }
@@ -132,6 +138,11 @@ struct IngestStep {
     var copyRowsPerSecond: Double { Double(rawCopy.rows) / rawCopy.seconds }
     var walPerLine: Double { Double(walBytes) / Double(max(stored, 1)) }
     var copyWALPerRow: Double { Double(rawCopy.walBytes) / Double(max(rawCopy.rows, 1)) }
+    /// The machine's CPU per line appended and per row of the raw COPY, in microseconds: where
+    /// both keep every core busy, Tally / raw COPY is their inverse ratio.
+    var cpuPerLine: Double { machineCPUSeconds * 1e6 / Double(lines) }
+    var copyCPUPerRow: Double { rawCopy.machineCPUSeconds * 1e6 / Double(max(rawCopy.rows, 1)) }
+    var machineCores: Double { machineCPUSeconds / seconds }
 
     /// The wait events, most frequent first, as shares of the samples.
     var topWaits: String {
@@ -148,7 +159,8 @@ struct IngestStep {
             linesPerSecond, copyRowsPerSecond, linesPerSecond / copyRowsPerSecond, settledPerSecond,
             settledPerSecond / copyRowsPerSecond, balanceFoldSeconds, foldSeconds, walPerLine,
             copyWALPerRow, walPerLine / copyWALPerRow)
-            + cpu.leftPadded(to: 6) + " " + rss.leftPadded(to: 6) + "  " + topWaits
+            + String(format: " %5.2f %5.1f %5.1f", machineCores, cpuPerLine, copyCPUPerRow)
+            + cpu.leftPadded(to: 7) + " " + rss.leftPadded(to: 6) + "  " + topWaits
             + (failures > 0 || stored != lines
                 ? "  (!) \(failures) failed batches, \(stored) of \(lines) rows stored" : "")
             + (checkpointed || rawCopy.checkpointed
@@ -156,8 +168,8 @@ struct IngestStep {
     }
 
     static let header = """
-        clients  Tally l/s  rawCOPY r/s  Tally/  settled l/s settled/ lag s lag s   WAL B/l   WAL B/r   WAL  srvCPU  RSS MB  PostgreSQL waits during Tally's ingest
-                  (append)               COPY   (to caught up)   COPY   bal.  all     Tally  raw COPY  ratio       s
+        clients  Tally l/s  rawCOPY r/s  Tally/  settled l/s settled/ lag s lag s   WAL B/l   WAL B/r   WAL machine  CPU us   srvCPU  RSS MB  PostgreSQL waits during Tally's ingest
+                  (append)               COPY   (to caught up)   COPY   bal.  all     Tally  raw COPY  ratio cores Tally  /row        s
         """
 }
 
@@ -191,6 +203,16 @@ struct IngestReport {
                 String(
                     format: "fold lag after the last batch: <= %.1f s (balances <= %.1f s)", lag,
                     steps.map(\.balanceFoldSeconds).max() ?? 0))
+        }
+        if let few = steps.filter({ $0.clients <= 2 }).max(by: { $0.clients < $1.clients }) {
+            out.append(
+                String(
+                    format:
+                        "machine CPU at %d client(s): %.1f us a line appended, %.1f us a row of the raw COPY (%.2fx; "
+                        + "%.2f and %.2f cores used); where both keep every core busy, Tally / raw COPY is near %.2fx",
+                    few.clients, few.cpuPerLine, few.copyCPUPerRow, few.cpuPerLine / few.copyCPUPerRow,
+                    few.machineCores, few.rawCopy.machineCPUSeconds / few.rawCopy.seconds,
+                    few.copyCPUPerRow / few.cpuPerLine))
         }
         if let worst = steps.map({ $0.walPerLine / $0.copyWALPerRow }).max() {
             out.append(String(format: "WAL per line, Tally / raw COPY: <= %.2fx (target <= 2x)", worst))
@@ -364,6 +386,7 @@ enum IngestBaselines {
         let connections = try parts.map { _ in try PostgresConnection(url: databaseURL) }
         var result = IngestStep.RawCopy(rows: rows.reduce(0) { $0 + ($1 == 10 ? 1 : 0) })
         let walBefore = try WALMark(db)
+        let cpuBefore = CPUTimes(serverPID: nil).machine
         let started = DispatchTime.now().uptimeNanoseconds
         let failed = Atomic<Int>(0)
         let group = DispatchGroup()
@@ -378,6 +401,7 @@ enum IngestBaselines {
         }
         group.wait()
         result.seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        result.machineCPUSeconds = CPUTimes(serverPID: nil).machine - cpuBefore
         (result.walBytes, result.checkpointed) = try WALMark(db).since(walBefore)
         guard failed.load(ordering: .relaxed) == 0 else { throw BenchError.io("the raw COPY baseline failed") }
         return result
