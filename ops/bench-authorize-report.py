@@ -57,6 +57,45 @@ def main(path):
                   f" request; with every core busy in both, x ceiling is near {1 / times:.2f}")
     print("  Targets (DESIGN §10): >= 0.45x ceiling and >= 1.5x UPDATE; on 16 cores >= 50k/s, p99 <= 5 ms at 64")
     print("  clients, p99 <= 2 ms at 16, one hot account >= 20k/s.")
+    for line in target_checks(phases, ceiling, baseline):
+        print(line)
+
+
+def target_checks(phases, ceiling, baseline):
+    """Each target of DESIGN §10 (issue 15) per commit mode: the figures it is judged on, and whether
+    every one of them meets it."""
+    def check(name, values, passes, shown):
+        verdict = "met" if values and all(passes(v) for v in values) else "NOT met"
+        return f"    {name}: {', '.join(shown(v) for v in values) or '-'} ({verdict})"
+
+    lines = []
+    for mode in dict.fromkeys(p["mode"] for p in phases if p["phase"] in PHASES):
+        runs = [p for p in phases if p.get("mode") == mode and p["phase"] in PHASES]
+        most = max(p["clients"] for p in runs)
+        at_most = [p for p in runs if p["clients"] == most]
+        at_16 = [p for p in runs if p["clients"] == 16]
+        top = ceiling.get(most, {}).get("per_second", 0)
+
+        def update(p):
+            return baseline.get(("reserve_hot" if p["phase"] == "hot" else "reserve", p["clients"]), 0)
+
+        lines.append(f"  {mode}, the targets at {most} clients (cold, hot, steady):")
+        lines.append(check(">= 0.45x the ceiling", [p["result"]["per_second"] / top for p in at_most if top],
+                           lambda v: v >= 0.45, lambda v: f"{v:.2f}x"))
+        lines.append(check(">= 1.5x the UPDATE baseline",
+                           [p["result"]["per_second"] / update(p) for p in at_most if update(p)],
+                           lambda v: v >= 1.5, lambda v: f"{v:.2f}x"))
+        lines.append(check(">= 50k/s (16 cores)", [p["result"]["per_second"] for p in at_most],
+                           lambda v: v >= 50_000, lambda v: f"{v:,.0f}/s"))
+        lines.append(check("p99 <= 5 ms", [p["result"]["p99_us"] / 1000 for p in at_most],
+                           lambda v: v <= 5, lambda v: f"{v:.1f} ms"))
+        lines.append(check("one hot account >= 20k/s",
+                           [p["result"]["per_second"] for p in at_most if p["phase"] == "hot"],
+                           lambda v: v >= 20_000, lambda v: f"{v:,.0f}/s"))
+        if at_16:
+            lines.append(check("16 clients, p99 <= 2 ms", [p["result"]["p99_us"] / 1000 for p in at_16],
+                               lambda v: v <= 2, lambda v: f"{v:.1f} ms"))
+    return lines
 
 
 def phase_name(phase):

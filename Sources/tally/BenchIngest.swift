@@ -192,6 +192,13 @@ struct IngestReport {
                         "baseline A, per-request transaction (pgbench, %d clients): %.0f req/s; Tally's best is %.1fx (target >= 3x on 16 cores)",
                     pgbenchClients, perRequest, best / perRequest))
         }
+        if let most = steps.max(by: { $0.clients < $1.clients }), most.clients > 2 {
+            out.append(
+                String(
+                    format:
+                        "at %d clients: %.0f lines/s, %.2fx raw COPY (targets on 16 cores: >= 0.5x and >= 100k lines/s)",
+                    most.clients, most.linesPerSecond, most.linesPerSecond / most.copyRowsPerSecond))
+        }
         if let low = steps.filter({ $0.clients <= 2 }).map({ $0.linesPerSecond / $0.copyRowsPerSecond }).min() {
             out.append(String(format: "Tally / raw COPY at 1-2 clients: >= %.2fx (target >= 0.6x)", low))
         }
