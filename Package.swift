@@ -92,6 +92,8 @@ let package = Package(
                 "TallyServer", "TallyStore", "TallyCore", "TallyPostgres", "TallyTestSupport", "TallyHTTP",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

@@ -33,8 +33,9 @@ extension TallyServices {
 }
 
 /// Builds the HTTP application: controllers, middleware and background services. Before the
-/// server takes requests it migrates the database, loads the prices and registers the
-/// instance's leases; the background services wait for that (``StartupGate``).
+/// server takes requests it migrates the database, loads the prices, registers the instance's
+/// leases and waits for the change listener to listen; the background services wait for that
+/// (``StartupGate``).
 public func buildApplication(_ configuration: TallyConfiguration) async throws -> some ApplicationProtocol {
     var logger = Logger(label: "tally")
     logger.logLevel = configuration.logLevel
@@ -56,15 +57,22 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
                 idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "tally"),
         logger: logger)
-    let started = StartupGate()
+    let started = StartupGate(), listening = StartupGate()
     app.beforeServerStarts {
         try await migrator.migrate()
         try await migrator.createLogPartitions(months: 3)
         try await services.prices.reload()
         try await services.holdBook.start()
+        await cancelWhenGracefulShutdown { await listening.wait() }
+        guard listening.isOpen else { throw CancellationError() }
         started.open()
     }
     app.addServices(PoolService(pool: pool))
+    // The change listener runs from the start: the server takes requests once it listens.
+    app.addServices(
+        ChangeListenerService(
+            databaseURL: configuration.databaseURL, listening: listening, onChange: services.applyChange,
+            logger: logger))
     app.addServices(
         backgroundServices(services, migrator: migrator, configuration: configuration, logger: logger)
             .map { AfterStartup(gate: started, service: $0) })
@@ -83,9 +91,6 @@ private func backgroundServices(
         LogPartitionService(migrator: migrator, interval: .seconds(86_400), logger: logger),
         HoldSweeperService(holds: services.holds, interval: .seconds(1), logger: logger),
         LeaseService(book: services.holdBook, logger: logger),
-        ChangeListenerService(
-            databaseURL: configuration.databaseURL, onChange: services.applyChange,
-            logger: logger),
     ]
     if configuration.settleIntervalMilliseconds > 0 {
         background.append(

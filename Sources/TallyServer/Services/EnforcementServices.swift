@@ -103,10 +103,13 @@ struct LeaseService: Service {
 /// Listens for `tally_changes` (a ``ChangeNotice`` sent with every change of a key, user, group
 /// or channel, from any instance or the CLI, and by settlement) and hands each to `onChange`.
 /// On its own connection, outside the pool, on a thread of its own since waiting for a
-/// notification blocks. After a lost connection it reconnects and reports `.everything`, since
-/// it may have missed some; so is a payload it cannot read (a newer instance's, say).
+/// notification blocks. It opens `listening` once it first listens: the server answers nothing
+/// before that, so nothing is cached or leased that a change could have passed by unheard.
+/// After a lost connection it reconnects and reports `.everything`, since it may have missed
+/// some; so is a payload it cannot read (a newer instance's, say).
 struct ChangeListenerService: Service {
     let databaseURL: String
+    let listening: StartupGate
     let onChange: @Sendable (ChangeNotice) -> Void
     let logger: Logger
 
@@ -131,7 +134,7 @@ struct ChangeListenerService: Service {
             do {
                 let connection = try PostgresConnection(url: databaseURL)
                 try connection.execute("LISTEN tally_changes")
-                if connected { onChange(.everything) }
+                if connected { onChange(.everything) } else { listening.open() }
                 connected = true
                 while !stop.isRaised {
                     for notification in try connection.waitForNotifications(timeout: 0.5) {

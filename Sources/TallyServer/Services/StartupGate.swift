@@ -1,9 +1,10 @@
 import ServiceLifecycle
 import Synchronization
 
-/// Opens once the start-up work (migrations, the price reload, the lease registration) is
-/// done. The HTTP server runs it in `beforeServerStarts`; the background services run beside it
-/// from the start, so each waits here (``AfterStartup``) before its first round.
+/// Opens once a piece of start-up work is done: the HTTP server's, in `beforeServerStarts`
+/// (migrations, the price reload, the lease registration), which the background services run
+/// beside from the start, so each waits here (``AfterStartup``) before its first round; and the
+/// change listener's first `LISTEN`, which `beforeServerStarts` waits for.
 final class StartupGate: Sendable {
     private struct State {
         var isOpen = false
