@@ -134,8 +134,10 @@ class Seed:
                     lines.append(self.line(created, self.alice_key, model, int(rng.randint(2_000, 60_000) * weight),
                                            rng.randint(200, 4_000), status=500 if rng.random() < 0.05 else 200))
             day += dt.timedelta(days=1)
-        for minutes in (90, 40):
-            lines.append(self.line(now - dt.timedelta(minutes=minutes), self.bob_key, "gpt-4o-mini", 12_000, 900))
+        # Bob's two requests fall in this month whatever the hour (the export of this month lists him).
+        for third in (1, 2):
+            created = month_start + (now - month_start) * third / 3
+            lines.append(self.line(created, self.bob_key, "gpt-4o-mini", 12_000, 900))
         # One request in the last minutes, so its tid is on the first page of alice's logs.
         lines.append(self.line(now - dt.timedelta(seconds=30), self.alice_key, "gpt-4o", 5_000, 700))
         body = "\n".join(json.dumps(line) for line in lines)
