@@ -463,6 +463,34 @@ struct LeaseMachineTests {
         }
     }
 
+    @Test(
+        """
+        short right after this instance gave the account back: wait for that return as for another's hand-back; \
+        a second later a short refill is final
+        """)
+    func ownReturnWait() throws {
+        var driver = LeaseDriver.ready()
+        driver.prime(user: 1_000, token: nil)
+        #expect(driver.send(.leaseWanted(.user(7))).givenBack == [AccountUnits(.user(7), 1_000)])
+        // The return has not committed: the refill finds the 1,000 units still this instance's.
+        let (ticket, actions) = driver.cut("soon", 100)
+        let first = try #require(actions.refills.first)
+        let waiting = driver.send(.refillGranted(round: first.round, [grant(.user(7), 0)]))
+        #expect(waiting.answers.isEmpty && waiting.contains(.wake(at: driver.now + 0.05)))
+        driver.now += 0.05
+        let again = try #require(driver.send(.clock).refills.first)
+        #expect(
+            driver.send(.refillGranted(round: again.round, [grant(.user(7), 3_200)])).answers == [ticket: held(1, 100)])
+
+        // Long after a return, nothing of it can still be on its way: short is insufficient.
+        #expect(driver.send(.leaseWanted(.user(7))).givenBack == [AccountUnits(.user(7), 3_100)])
+        driver.now += 1.5
+        let (late, lateActions) = driver.cut("late", 100)
+        let round = try #require(lateActions.refills.first).round
+        #expect(
+            driver.send(.refillGranted(round: round, [grant(.user(7), 0)])).answers == [late: .outcome(.insufficient)])
+    }
+
     @Test("hand-back, overdraft and a changed account give that lease back; idle leases go back after 30 s")
     func givingBack() throws {
         var driver = LeaseDriver.ready()

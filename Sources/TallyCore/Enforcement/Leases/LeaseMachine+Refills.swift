@@ -47,7 +47,9 @@ extension LeaseMachine {
     /// After the refill `cut` waited for: an unknown or exhausted account answers at once; an
     /// account found dry is remembered (the next shortfall on it is final), unless other
     /// instances hold leases of it: they were just asked to hand them back (`lease-wanted`), so
-    /// the cut waits a moment for that before it asks again (a few times, waiting longer each).
+    /// the cut waits a moment for that before it asks again (a few times, waiting longer each);
+    /// so it does when this machine itself just gave the account back (its return may not have
+    /// committed, and until it does the units count as this instance's lease).
     private mutating func learn(
         _ cut: WaitingCut, from results: [LeaseAccount: LeaseGrant],
         wants: [LeaseAccount: Int64], now: Double, _ out: inout [LeaseAction]
@@ -63,7 +65,8 @@ extension LeaseMachine {
             }
             guard grant.granted < wants[account] ?? 0 else { continue }
             let asked = cut.handBacks[account, default: 0]
-            guard grant.others > 0, asked < policy.handBackWaits else {
+            let handingBack = grant.others > 0 || returnMayBeInFlight(account, now: now)
+            guard handingBack, asked < policy.handBackWaits else {
                 cut.drained.insert(account)
                 continue
             }

@@ -16,6 +16,10 @@ public struct LeaseMachine: Sendable {
     var renewing = false
     var retiring = false
     var accounts: [LeaseAccount: AccountLease] = [:]
+    /// When this machine last gave each account's lease back. Until that return commits, a
+    /// refill finds the units still reserved (as this instance's, not another's), so a refill
+    /// that falls short soon after waits for it as it waits for another instance's hand-back.
+    var givenBackAt: [LeaseAccount: Double] = [:]
     var retries = RecentHolds()
     /// Reservations waiting for a refill, hold ids, the registration or time.
     var waiting: [WaitingCut] = []
@@ -55,11 +59,12 @@ public struct LeaseMachine: Sendable {
         case .journalFailed(let batch): journalFailed(batch, now: now, &out)
         case .journalRefused(let batch): journalRefused(batch, now: now, &out)
         case .leaseWanted(let account), .overdrawn(let account), .accountChanged(let account):
-            giveBack(account, &out)
+            giveBack(account, now: now, &out)
         case .idleTick:
-            let idleAfter = policy.idleLeaseSeconds
-            giveBack(where: { _, lease in now - lease.lastUsed >= idleAfter }, &out)
-        case .returnAll: giveBack(where: { _, _ in true }, &out)
+            let idleAfter = policy.idleLeaseSeconds, returnSeconds = policy.ownReturnSeconds
+            giveBack(where: { _, lease in now - lease.lastUsed >= idleAfter }, now: now, &out)
+            givenBackAt = givenBackAt.filter { now - $0.value < returnSeconds }
+        case .returnAll: giveBack(where: { _, _ in true }, now: now, &out)
         case .clock: break
         case .retire: retire(&out)
         }
@@ -236,13 +241,16 @@ public struct LeaseMachine: Sendable {
     // MARK: Giving leases back
 
     /// Gives back the account's lease and forgets it: the next hold leases afresh.
-    private mutating func giveBack(_ account: LeaseAccount, _ out: inout [LeaseAction]) {
+    private mutating func giveBack(_ account: LeaseAccount, now: Double, _ out: inout [LeaseAction]) {
         guard let lease = accounts.removeValue(forKey: account), lease.free > 0 else { return }
+        givenBackAt[account] = now
         out.append(.giveBack(instance: instance, amounts: [AccountUnits(account, lease.free)]))
     }
 
     /// Gives back the leases `matching` and forgets them.
-    private mutating func giveBack(where matching: (LeaseAccount, AccountLease) -> Bool, _ out: inout [LeaseAction]) {
+    private mutating func giveBack(
+        where matching: (LeaseAccount, AccountLease) -> Bool, now: Double, _ out: inout [LeaseAction]
+    ) {
         var amounts: [AccountUnits] = []
         accounts = accounts.filter { account, lease in
             guard matching(account, lease) else { return true }
@@ -250,7 +258,15 @@ public struct LeaseMachine: Sendable {
             return false
         }
         guard !amounts.isEmpty else { return }
+        for units in amounts { givenBackAt[units.account] = now }
         out.append(.giveBack(instance: instance, amounts: amounts.sorted { $0.account < $1.account }))
+    }
+
+    /// Whether this machine gave the account's lease back so recently that the return may not
+    /// have committed yet.
+    func returnMayBeInFlight(_ account: LeaseAccount, now: Double) -> Bool {
+        guard let at = givenBackAt[account] else { return false }
+        return now - at < policy.ownReturnSeconds
     }
 
     // MARK: Time

@@ -15,6 +15,9 @@ public struct LeasePolicy: Sendable, Equatable {
     /// at most (50 + 100 + 200 ms), since a hand-back takes a notification and a commit.
     public var handBackWaitSeconds = 0.05
     public var handBackWaits = 3
+    /// A lease this machine gave back counts as on its way back this long: a refill that finds
+    /// the account short meanwhile waits for the return as for another instance's hand-back.
+    public var ownReturnSeconds = 1.0
     /// A lease unused this long goes back to its account.
     public var idleLeaseSeconds = 30.0
     /// Request ids answered are remembered for one to two times this long, for retries.
