@@ -491,6 +491,40 @@ struct LeaseMachineTests {
             driver.send(.refillGranted(round: round, [grant(.user(7), 0)])).answers == [late: .outcome(.insufficient)])
     }
 
+    @Test(
+        """
+        an account other instances want too is leased hold by hold, never ahead, until none wanted it for 10 s: \
+        after handing it back, and after a refill found others holding it
+        """)
+    func contendedAccountLeasedByTheHold() throws {
+        var driver = LeaseDriver.ready()
+        driver.prime(user: 1_000, token: nil)
+        #expect(driver.send(.leaseWanted(.user(7))).givenBack == [AccountUnits(.user(7), 1_000)])
+        driver.now += 2
+        for request in ["c1", "c2"] {
+            let (ticket, actions) = driver.cut(request, 100)
+            let refill = try #require(actions.refills.first)
+            #expect(refill.wants == [AccountUnits(.user(7), 100)])
+            let granted = driver.send(.refillGranted(round: refill.round, [grant(.user(7), 100)]))
+            #expect(granted.answers.count == 1 && granted.answers[ticket] != nil)
+            #expect(granted.refills.isEmpty, "nothing leased ahead")
+        }
+        driver.now += 10
+        #expect(driver.cut("calm", 100).1.refills.first?.wants == [AccountUnits(.user(7), 3_200)])
+
+        var asker = LeaseDriver.ready()
+        asker.prime(user: 0, token: nil)
+        let (ticket, actions) = asker.cut("short", 100)
+        let first = try #require(actions.refills.first)
+        #expect(first.wants == [AccountUnits(.user(7), 3_200)])
+        #expect(asker.send(.refillGranted(round: first.round, [grant(.user(7), 0, others: 900)])).answers.isEmpty)
+        asker.now += 0.05
+        let again = try #require(asker.send(.clock).refills.first)
+        #expect(again.wants == [AccountUnits(.user(7), 100)])
+        #expect(
+            asker.send(.refillGranted(round: again.round, [grant(.user(7), 100)])).answers == [ticket: held(1, 100)])
+    }
+
     @Test("hand-back, overdraft and a changed account give that lease back; idle leases go back after 30 s")
     func givingBack() throws {
         var driver = LeaseDriver.ready()

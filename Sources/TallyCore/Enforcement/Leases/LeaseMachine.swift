@@ -20,6 +20,9 @@ public struct LeaseMachine: Sendable {
     /// refill finds the units still reserved (as this instance's, not another's), so a refill
     /// that falls short soon after waits for it as it waits for another instance's hand-back.
     var givenBackAt: [LeaseAccount: Double] = [:]
+    /// When another instance last wanted each account too (it asked for this machine's lease,
+    /// or a refill found others holding leases of it): such an account is leased hold by hold.
+    var contendedAt: [LeaseAccount: Double] = [:]
     var retries = RecentHolds()
     /// Reservations waiting for a refill, hold ids, the registration or time.
     var waiting: [WaitingCut] = []
@@ -58,12 +61,15 @@ public struct LeaseMachine: Sendable {
         case .journalCommitted(let batch, let outcomes): journalCommitted(batch, outcomes: outcomes, now: now, &out)
         case .journalFailed(let batch): journalFailed(batch, now: now, &out)
         case .journalRefused(let batch): journalRefused(batch, now: now, &out)
-        case .leaseWanted(let account), .overdrawn(let account), .accountChanged(let account):
+        case .leaseWanted(let account):
+            contendedAt[account] = now
+            giveBack(account, now: now, &out)
+        case .overdrawn(let account), .accountChanged(let account):
             giveBack(account, now: now, &out)
         case .idleTick:
-            let idleAfter = policy.idleLeaseSeconds, returnSeconds = policy.ownReturnSeconds
+            let idleAfter = policy.idleLeaseSeconds
             giveBack(where: { _, lease in now - lease.lastUsed >= idleAfter }, now: now, &out)
-            givenBackAt = givenBackAt.filter { now - $0.value < returnSeconds }
+            forgetPastReturnsAndContention(now: now)
         case .returnAll: giveBack(where: { _, _ in true }, now: now, &out)
         case .clock: break
         case .retire: retire(&out)
@@ -156,21 +162,25 @@ public struct LeaseMachine: Sendable {
         let userAccount = LeaseAccount.user(request.userID), tokenAccount = LeaseAccount.token(request.tokenID)
         let user = accounts[userAccount] ?? AccountLease()
         if user.free < request.amount {
-            wants.append(AccountUnits(userAccount, want(request.amount - user.free, user, now: now)))
+            wants.append(AccountUnits(userAccount, want(request.amount - user.free, of: userAccount, now: now)))
         }
         let token = accounts[tokenAccount]
         let tokenKnown = token.map { !$0.exhausted } ?? false
         let tokenFree = token?.free ?? 0
         if !tokenKnown || (token?.unlimited == false && tokenFree < request.amount) {
             let missing = max(request.amount - tokenFree, 1)
-            wants.append(AccountUnits(tokenAccount, want(missing, token ?? AccountLease(), now: now)))
+            wants.append(AccountUnits(tokenAccount, want(missing, of: tokenAccount, now: now)))
         }
         return wants
     }
 
-    /// Units to ask for when `missing` are short: `leaseMultiple` times as many, and twice the
-    /// last grant when that one went fast.
-    func want(_ missing: Int64, _ lease: AccountLease, now: Double) -> Int64 {
+    /// Units of `account` to ask for when `missing` are short: `leaseMultiple` times as many, and
+    /// twice the last grant when that one went fast; only `missing` while other instances want
+    /// the account too, so that they share what is left of it instead of handing all of it back
+    /// and forth (each hand-back costs a wait, and the last of them a refusal).
+    func want(_ missing: Int64, of account: LeaseAccount, now: Double) -> Int64 {
+        if isContended(account, now: now) { return missing }
+        let lease = accounts[account] ?? AccountLease()
         var want = policy.leaseWant(missing: missing)
         if now - lease.lastRefill < policy.fastRefillSeconds, lease.lastGrant > 0 {
             want = max(want, min(lease.lastGrant, Int64.max / 8) * 2)
@@ -187,8 +197,15 @@ public struct LeaseMachine: Sendable {
         return tokenLimits
     }
 
+    /// Whether another instance wanted `account` within `contendedSeconds`.
+    func isContended(_ account: LeaseAccount, now: Double) -> Bool {
+        guard let at = contendedAt[account] else { return false }
+        return now - at < policy.contendedSeconds
+    }
+
     /// Refills the leases a cut drew below a quarter of their last grant, before they run dry,
-    /// unless their last refill found the account short (then only a cut that lacks units asks).
+    /// unless their last refill found the account short (then only a cut that lacks units asks)
+    /// or other instances want it too (units leased ahead here may be what they lack now).
     private mutating func refillAhead(
         _ request: HoldRequest, tokenLimits: Bool, now: Double,
         _ out: inout [LeaseAction]
@@ -198,9 +215,9 @@ public struct LeaseMachine: Sendable {
         for account in tokenLimits ? [user, .token(request.tokenID)] : [user] {
             guard let lease = accounts[account], !lease.drained, lease.lastGrant > 0,
                 lease.free < lease.lastGrant / policy.refillAheadDivisor,
-                !refills.isAsking(for: account)
+                !refills.isAsking(for: account), !isContended(account, now: now)
             else { continue }
-            wants.append(AccountUnits(account, want(max(request.amount, 1), lease, now: now)))
+            wants.append(AccountUnits(account, want(max(request.amount, 1), of: account, now: now)))
         }
         if !wants.isEmpty { _ = refills.request(wants, instance: instance, &out) }
     }
@@ -260,6 +277,13 @@ public struct LeaseMachine: Sendable {
         guard !amounts.isEmpty else { return }
         for units in amounts { givenBackAt[units.account] = now }
         out.append(.giveBack(instance: instance, amounts: amounts.sorted { $0.account < $1.account }))
+    }
+
+    /// Drops the returns that must have committed by now, and contention no longer seen.
+    private mutating func forgetPastReturnsAndContention(now: Double) {
+        let returnSeconds = policy.ownReturnSeconds, contendedSeconds = policy.contendedSeconds
+        givenBackAt = givenBackAt.filter { now - $0.value < returnSeconds }
+        contendedAt = contendedAt.filter { now - $0.value < contendedSeconds }
     }
 
     /// Whether this machine gave the account's lease back so recently that the return may not

@@ -18,6 +18,9 @@ public struct LeasePolicy: Sendable, Equatable {
     /// A lease this machine gave back counts as on its way back this long: a refill that finds
     /// the account short meanwhile waits for the return as for another instance's hand-back.
     public var ownReturnSeconds = 1.0
+    /// An account other instances want too (a hand-back was asked of this machine, or asked by
+    /// it) is leased only as far as each hold needs, until none wanted it for this long.
+    public var contendedSeconds = 10.0
     /// A lease unused this long goes back to its account.
     public var idleLeaseSeconds = 30.0
     /// Request ids answered are remembered for one to two times this long, for retries.
