@@ -78,6 +78,36 @@ struct HoldBookTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    @Test(
+        "a retry through another instance, once nothing is left to lease, is answered with its hold, not refused")
+    func retryElsewhereWhenSpent() async throws {
+        let db = try await TestDatabase.create("holdbook-retry")
+        let seed = Seed(db: db)
+        let (user, token) = try await Self.limitedAccount(seed, quota: 1_000)
+        let (first, second) = (
+            HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600),
+            HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
+        )
+        try await first.start()
+        try await second.start()
+        var holds: [Int64] = []
+        for index in 0..<10 {
+            let outcome = try await first.reserve(Self.request("spent-\(index)", user: user, token: token))
+            guard case .held(let id, 100) = outcome else { Issue.record("\(outcome)"); return }
+            holds.append(id)
+        }
+        // The second instance never saw these ids, and the balance is spent.
+        #expect(try await second.reserve(Self.request("new", user: user, token: token)) == .insufficient)
+        #expect(
+            try await second.reserve(Self.request("spent-3", user: user, token: token))
+                == .duplicate(holdID: holds[3], amount: 100, status: "held"))
+        #expect(try await seed.int("SELECT count(*) FROM holds") == 10)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) == 1_000)
+        #expect(try await first.retire())
+        #expect(try await second.retire())
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     @Test("a journal batch of a reaped registration is refused (notRegistered) and stores nothing")
     func journalAfterReapingRefused() async throws {
         let db = try await TestDatabase.create("journalfence")

@@ -125,8 +125,20 @@ public final class HoldBook: Sendable {
     private var reclaimAfterSeconds: Int { mode == .async ? holdTTLSeconds : 5 }
 
     /// Cuts a hold of `request.amount` from the leases of its user and (limited) token,
-    /// refilling them from PostgreSQL when they run short.
+    /// refilling them from PostgreSQL when they run short. A refusal is checked against the
+    /// holds stored: a retry this book does not remember (cut by another instance, or answered
+    /// longer ago than the machine keeps answers) gets its hold, whatever is left now.
     public func reserve(_ request: HoldRequest) async throws -> HoldOutcome {
+        let outcome = try await cut(request)
+        switch outcome {
+        case .insufficient, .exhausted:
+            return try await repository.storedHold(requestID: request.requestID, userID: request.userID) ?? outcome
+        case .held, .duplicate, .unknown:
+            return outcome
+        }
+    }
+
+    private func cut(_ request: HoldRequest) async throws -> HoldOutcome {
         if typicalAmount.load(ordering: .relaxed) != request.amount {
             typicalAmount.store(request.amount, ordering: .relaxed)
         }

@@ -19,6 +19,9 @@ public protocol LeaseRepository: Sendable {
     /// Stores holds cut from the leases; outcomes in the order of `holds`. Throws
     /// `LeaseError.notRegistered`, storing nothing, when the registration is gone.
     func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome]
+    /// The hold stored for `requestID` of `userID`, as a retry's answer (`.duplicate`); nil
+    /// when there is none.
+    func storedHold(requestID: String, userID: Int64) async throws -> HoldOutcome?
     /// The first of 1024 fresh hold ids.
     func holdIDBlock() async throws -> Int64
     /// Returns the leases of instances that stopped renewing; how many instances were reaped.
@@ -107,6 +110,16 @@ public struct PostgresLeaseRepository: LeaseRepository {
         }
     }
 
+    public func storedHold(requestID: String, userID: Int64) async throws -> HoldOutcome? {
+        try await pool.withConnection { connection in
+            try connection.query(Self.storedHoldOfRequest, [requestID, userID]).first.map { row in
+                .duplicate(
+                    holdID: try row.decode(0, as: Int64.self), amount: try row.decode(1, as: Int64.self),
+                    status: try row.decode(2, as: String.self))
+            }
+        }
+    }
+
     public func holdIDBlock() async throws -> Int64 {
         try await pool.withConnection { connection in
             try connection.query(Self.nextHoldIDBlock)[0].decode(0)
@@ -187,6 +200,8 @@ public struct PostgresLeaseRepository: LeaseRepository {
         SELECT request_id, hold_id, held, hold_status FROM tally_journal_holds(
             $1, $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::boolean[], $10)
         """)
+    static let storedHoldOfRequest = PreparedStatement(
+        "leases_stored_hold", "SELECT id, amount, status FROM holds WHERE request_id = $1 AND user_id = $2")
     static let nextHoldIDBlock = PreparedStatement(
         "leases_hold_id_block", "SELECT nextval(pg_get_serial_sequence('holds', 'id'))")
     static let reap = PreparedStatement("leases_reap", "SELECT tally_reap_instances()")
