@@ -77,6 +77,10 @@ extension Simulation {
             try database.returnLeases(name, amounts: amounts)
             return .done
         case .holdIDBlock: return .holdIDs(first: database.holdIDBlock())
+        case .storedHold(let requestID, let userID):
+            let stored = database.holds[requestID].flatMap { $0.userID == userID ? $0 : nil }
+            return .storedHold(
+                stored.map { .duplicate(holdID: $0.id, amount: $0.amount, status: $0.status.rawValue) })
         case .release(let requestID): return database.release(requestID) == nil ? .failed(.notFound) : .released
         case .expireHolds:
             _ = database.expireDue(now: now)

@@ -19,7 +19,7 @@ extension Simulation {
             call(.store(lines), from: index, reply: .http(exchange: exchange))
         case .authorize(let hold):
             let ticket = instances[index].newTicket()
-            instances[index].tickets[ticket] = exchange
+            instances[index].tickets[ticket] = (exchange, hold)
             step(index, .cut(ticket, hold))
         case .release(let requestID):
             // EnforcementController.release flushes the journal first (async holds).
@@ -42,6 +42,8 @@ extension Simulation {
         guard instances[index].alive, instances[index].incarnation == call.incarnation else { return }
         switch (call.reply, response) {
         case (.http(let exchange), .stored(let result)): reply(exchange, .stored(result))
+        case (.refusal(let exchange, let refusal), .storedHold(let stored)): reply(exchange, .hold(stored ?? refusal))
+        case (.refusal(let exchange, _), _): reply(exchange, .unavailable)
         case (.http(let exchange), .released): reply(exchange, .released)
         case (.http(let exchange), _): reply(exchange, .unavailable)
         case (.refill(let round), .granted(let grants)): step(index, .refillGranted(round: round, grants))
@@ -79,8 +81,12 @@ extension Simulation {
     private func run(_ action: LeaseAction, on index: Int) {
         switch action {
         case .answer(let ticket, let answer):
-            guard let exchange = instances[index].tickets.removeValue(forKey: ticket) else { return }
+            guard let (exchange, hold) = instances[index].tickets.removeValue(forKey: ticket) else { return }
             switch answer {
+            case .outcome(let refusal) where refusal == .insufficient || refusal == .exhausted:
+                // HoldBook.reserve: a refusal looks for a hold stored under the request id first.
+                let lookup = DatabaseCall.Request.storedHold(hold.requestID, userID: hold.userID)
+                call(lookup, from: index, reply: .refusal(exchange: exchange, refusal))
             case .outcome(let outcome): reply(exchange, .hold(outcome))
             case .failed: reply(exchange, .unavailable)
             }
@@ -239,7 +245,8 @@ struct SimInstance {
     var registrations = 0
     var upkeepRounds = 0
     /// The gateway exchanges waiting for a hold, and the releases waiting for a flush.
-    var tickets: [LeaseTicket: Int] = [:]
+    /// The gateway exchange each cut answers, and its request.
+    var tickets: [LeaseTicket: (exchange: Int, hold: HoldRequest)] = [:]
     var flushes: [LeaseTicket: (exchange: Int, requestID: String)] = [:]
     private var nextTicket: UInt64 = 0
 
@@ -276,6 +283,8 @@ struct DatabaseCall {
         case journal(String, [JournaledHold])
         case returnLeases(String, [AccountUnits])
         case holdIDBlock
+        /// The hold stored under a request id of a user (before a refusal goes out).
+        case storedHold(String, userID: Int64)
         case release(String)
         case expireHolds
         case reap
@@ -284,6 +293,8 @@ struct DatabaseCall {
     enum Reply {
         /// Answers this HTTP exchange of the gateway.
         case http(exchange: Int)
+        /// Answers this exchange's refused authorization: with the stored hold, if there is one.
+        case refusal(exchange: Int, HoldOutcome)
         /// Answers the machine's refill round, journal batch, hold-id request.
         case refill(Int)
         case journal(Int)
@@ -306,6 +317,7 @@ enum DatabaseResponse: Equatable {
     case granted([LeaseGrant])
     case journaled([JournalOutcome])
     case holdIDs(first: Int64)
+    case storedHold(HoldOutcome?)
     case renewed(Bool)
     case released
     case done
