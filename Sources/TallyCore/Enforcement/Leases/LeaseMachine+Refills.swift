@@ -65,8 +65,8 @@ extension LeaseMachine {
             }
             guard grant.granted < wants[account] ?? 0 else { continue }
             let asked = cut.handBacks[account, default: 0]
-            if grant.others > 0 { contendedAt[account] = now }
-            let handingBack = grant.others > 0 || returnMayBeInFlight(account, now: now)
+            if grant.others > 0 { contended.mark(account, now: now) }
+            let handingBack = grant.others > 0 || givenBack.contains(account, now: now)
             guard handingBack, asked < policy.handBackWaits else {
                 cut.drained.insert(account)
                 continue

@@ -16,13 +16,13 @@ public struct LeaseMachine: Sendable {
     var renewing = false
     var retiring = false
     var accounts: [LeaseAccount: AccountLease] = [:]
-    /// When this machine last gave each account's lease back. Until that return commits, a
-    /// refill finds the units still reserved (as this instance's, not another's), so a refill
-    /// that falls short soon after waits for it as it waits for another instance's hand-back.
-    var givenBackAt: [LeaseAccount: Double] = [:]
-    /// When another instance last wanted each account too (it asked for this machine's lease,
-    /// or a refill found others holding leases of it): such an account is leased hold by hold.
-    var contendedAt: [LeaseAccount: Double] = [:]
+    /// Accounts whose lease this machine gave back within `ownReturnSeconds`. Until that return
+    /// commits, a refill finds the units still reserved (as this instance's, not another's), so a
+    /// refill that falls short meanwhile waits for it as it waits for another instance's hand-back.
+    var givenBack: RecentAccounts
+    /// Accounts another instance wanted too within `contendedSeconds` (it asked for this
+    /// machine's lease, or a refill found others holding leases of it): leased hold by hold.
+    var contended: RecentAccounts
     var retries = RecentHolds()
     /// Reservations waiting for a refill, hold ids, the registration or time.
     var waiting: [WaitingCut] = []
@@ -34,6 +34,8 @@ public struct LeaseMachine: Sendable {
 
     public init(policy: LeasePolicy) {
         self.policy = policy
+        givenBack = RecentAccounts(seconds: policy.ownReturnSeconds)
+        contended = RecentAccounts(seconds: policy.contendedSeconds)
     }
 
     /// Units leased and not cut yet.
@@ -62,14 +64,15 @@ public struct LeaseMachine: Sendable {
         case .journalFailed(let batch): journalFailed(batch, now: now, &out)
         case .journalRefused(let batch): journalRefused(batch, now: now, &out)
         case .leaseWanted(let account):
-            contendedAt[account] = now
+            contended.mark(account, now: now)
             giveBack(account, now: now, &out)
         case .overdrawn(let account), .accountChanged(let account):
             giveBack(account, now: now, &out)
         case .idleTick:
             let idleAfter = policy.idleLeaseSeconds
             giveBack(where: { _, lease in now - lease.lastUsed >= idleAfter }, now: now, &out)
-            forgetPastReturnsAndContention(now: now)
+            givenBack.forgetExpired(now: now)
+            contended.forgetExpired(now: now)
         case .returnAll: giveBack(where: { _, _ in true }, now: now, &out)
         case .clock: break
         case .retire: retire(&out)
@@ -179,7 +182,7 @@ public struct LeaseMachine: Sendable {
     /// the account too, so that they share what is left of it instead of handing all of it back
     /// and forth (each hand-back costs a wait, and the last of them a refusal).
     func want(_ missing: Int64, of account: LeaseAccount, now: Double) -> Int64 {
-        if isContended(account, now: now) { return missing }
+        if contended.contains(account, now: now) { return missing }
         let lease = accounts[account] ?? AccountLease()
         var want = policy.leaseWant(missing: missing)
         if now - lease.lastRefill < policy.fastRefillSeconds, lease.lastGrant > 0 {
@@ -197,12 +200,6 @@ public struct LeaseMachine: Sendable {
         return tokenLimits
     }
 
-    /// Whether another instance wanted `account` within `contendedSeconds`.
-    func isContended(_ account: LeaseAccount, now: Double) -> Bool {
-        guard let at = contendedAt[account] else { return false }
-        return now - at < policy.contendedSeconds
-    }
-
     /// Refills the leases a cut drew below a quarter of their last grant, before they run dry,
     /// unless their last refill found the account short (then only a cut that lacks units asks)
     /// or other instances want it too (units leased ahead here may be what they lack now).
@@ -215,7 +212,7 @@ public struct LeaseMachine: Sendable {
         for account in tokenLimits ? [user, .token(request.tokenID)] : [user] {
             guard let lease = accounts[account], !lease.drained, lease.lastGrant > 0,
                 lease.free < lease.lastGrant / policy.refillAheadDivisor,
-                !refills.isAsking(for: account), !isContended(account, now: now)
+                !refills.isAsking(for: account), !contended.contains(account, now: now)
             else { continue }
             wants.append(AccountUnits(account, want(max(request.amount, 1), of: account, now: now)))
         }
@@ -260,7 +257,7 @@ public struct LeaseMachine: Sendable {
     /// Gives back the account's lease and forgets it: the next hold leases afresh.
     private mutating func giveBack(_ account: LeaseAccount, now: Double, _ out: inout [LeaseAction]) {
         guard let lease = accounts.removeValue(forKey: account), lease.free > 0 else { return }
-        givenBackAt[account] = now
+        givenBack.mark(account, now: now)
         out.append(.giveBack(instance: instance, amounts: [AccountUnits(account, lease.free)]))
     }
 
@@ -275,22 +272,8 @@ public struct LeaseMachine: Sendable {
             return false
         }
         guard !amounts.isEmpty else { return }
-        for units in amounts { givenBackAt[units.account] = now }
+        for units in amounts { givenBack.mark(units.account, now: now) }
         out.append(.giveBack(instance: instance, amounts: amounts.sorted { $0.account < $1.account }))
-    }
-
-    /// Drops the returns that must have committed by now, and contention no longer seen.
-    private mutating func forgetPastReturnsAndContention(now: Double) {
-        let returnSeconds = policy.ownReturnSeconds, contendedSeconds = policy.contendedSeconds
-        givenBackAt = givenBackAt.filter { now - $0.value < returnSeconds }
-        contendedAt = contendedAt.filter { now - $0.value < contendedSeconds }
-    }
-
-    /// Whether this machine gave the account's lease back so recently that the return may not
-    /// have committed yet.
-    func returnMayBeInFlight(_ account: LeaseAccount, now: Double) -> Bool {
-        guard let at = givenBackAt[account] else { return false }
-        return now - at < policy.ownReturnSeconds
     }
 
     // MARK: Time
@@ -349,6 +332,24 @@ struct WaitingCut: Sendable {
     var handBacks: [LeaseAccount: Int] = [:]
     var refillRounds = 0
     var renewalAsked = false
+}
+
+/// Accounts marked within the last `seconds` (a return or a sign of contention); idle ticks drop
+/// the older marks.
+struct RecentAccounts: Sendable {
+    let seconds: Double
+    private var markedAt: [LeaseAccount: Double] = [:]
+
+    init(seconds: Double) { self.seconds = seconds }
+
+    mutating func mark(_ account: LeaseAccount, now: Double) { markedAt[account] = now }
+
+    func contains(_ account: LeaseAccount, now: Double) -> Bool {
+        guard let at = markedAt[account] else { return false }
+        return now - at < seconds
+    }
+
+    mutating func forgetExpired(now: Double) { markedAt = markedAt.filter { now - $0.value < seconds } }
 }
 
 /// Request ids answered recently, for retries: two generations swapped every `keepFor`.
