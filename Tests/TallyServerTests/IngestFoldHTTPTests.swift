@@ -165,6 +165,42 @@ struct IngestFoldHTTPTests {
         #expect(try await seed.int("SELECT remain_quota FROM tokens WHERE id = $1", [token.id]) == 14 * chatHold)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
+
+    @Test(
+        "a batch that settles holds queues one pending charge per account: what its lines cost and what their holds return together"
+    )
+    func settledHoldsShareTheChargeRow() async throws {
+        let db = try await TestDatabase.create("fold-settle-row")
+        let seed = Seed(db: db)
+        try await seed.prices(enforcementSheet)
+        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
+        let (user, _) = try await seed.user(quota: 10 * chatHold)
+        let (token, key) = try await seed.key(
+            user: user.id, TokenDraft(name: "k", remainQuota: 20 * chatHold, unlimitedQuota: false))
+        try await TestApp.build(db, { $0.settleIntervalMilliseconds = 0 }).test(.live) { client async throws in
+            let gateway = Gateway(client: client)
+            for index in 0..<3 {
+                #expect(try await gateway.authorize(key: key, requestID: "held-\(index)").status == 200)
+            }
+            // Two holds settled at their cost, one line without a hold.
+            let lines = ["held-0", "held-1", "unheld"].map {
+                #"{"request_id":"\#($0)","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":500}}"#
+            }
+            #expect(try await gateway.post("/logs", lines.joined(separator: "\n")).status == 200)
+        }
+        let pending = try await seed.sql(
+            "SELECT count(*), sum(quota), sum(requests), sum(user_returned), sum(token_returned) FROM pending_charges")[
+                0]
+        #expect(
+            try (0..<5).map { try pending.decode($0, as: Int64.self) }
+                == [1, 3 * chatHold, 3, 2 * chatHold, 2 * chatHold])
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+        try await db.fold()
+        #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == 7 * chatHold)
+        #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'held'") == 1)
+        #expect(try await seed.int("SELECT remain_quota FROM tokens WHERE id = $1", [token.id]) == 17 * chatHold)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
 }
 
 extension IngestFoldHTTPTests {

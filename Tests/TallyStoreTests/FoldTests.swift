@@ -322,4 +322,25 @@ struct FoldTests {
         #expect(usage[2].totals.quota == 14)
         #expect(usage[3].totals.failedRequests == 1)
     }
+
+    @Test("a batch's pending charges: one row per account, carrying what its settled holds return")
+    func pendingRowsCarryTheReturns() throws {
+        let a = (user: Int64(1), token: Int64(11)), b = (user: Int64(2), token: Int64(22))
+        let charges = BatchCharges([
+            Self.line("1", a, quota: 100), Self.line("2", a, quota: 50), Self.line("3", b, quota: 7),
+        ])
+        let rows = charges.pendingRows(returning: [
+            .init(userID: 1, tokenID: 11): .init(user: 400, token: 0),
+            .init(userID: 2, tokenID: 21): .init(user: 90, token: 90),
+        ])
+        #expect(
+            rows.map {
+                "\($0.key.userID)/\($0.key.tokenID): \($0.charge?.quota ?? -1) in \($0.charge?.requests ?? -1), "
+                    + "returns \($0.returned.user)/\($0.returned.token)"
+            }
+                == [
+                    "1/11: 150 in 2, returns 400/0", "2/21: -1 in -1, returns 90/90", "2/22: 7 in 1, returns 0/0",
+                ])
+        #expect(charges.pendingRows(returning: [:]).map(\.key) == charges.pendingCharges.map(\.key))
+    }
 }

@@ -135,6 +135,35 @@ struct BatchCharges {
         return accounts
     }
 
+    /// The reservations that settling a batch's open holds gives back to one account: to the
+    /// user, and to a limited key.
+    struct Returned: Equatable {
+        var user: Int64 = 0
+        var token: Int64 = 0
+    }
+
+    /// One `pending_charges` row: what an account's lines charged (nil when the batch only
+    /// settled its holds: a hold's key need not be its line's) and what its settled holds return.
+    struct PendingRow: Equatable {
+        let key: AccountKey
+        let charge: Charge?
+        let returned: Returned
+    }
+
+    /// The batch's `pending_charges` rows in key order, one per account: each account's charges
+    /// with the reservations its settled holds return, so that settling a hold adds no row of
+    /// its own for the fold to delete.
+    func pendingRows(returning returned: [AccountKey: Returned]) -> [PendingRow] {
+        var rows = pendingCharges.map {
+            PendingRow(key: $0.key, charge: $0.charge, returned: returned[$0.key] ?? Returned())
+        }
+        let charged = Set(rows.map(\.key))
+        let returnedOnly = returned.filter { !charged.contains($0.key) }
+        guard !returnedOnly.isEmpty else { return rows }
+        rows += returnedOnly.map { PendingRow(key: $0.key, charge: nil, returned: $0.value) }
+        return rows.sorted { $0.key < $1.key }
+    }
+
     /// Pending usage rows, in no particular order: `pending_usage` has no index to keep local,
     /// and the roll-up groups and orders them itself (sorting keys with three strings cost
     /// more server time per batch than the rows' COPY).

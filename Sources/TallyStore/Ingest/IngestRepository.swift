@@ -144,24 +144,15 @@ public struct PostgresIngestRepository: IngestRepository {
         }
     }
 
-    /// What the new lines owe, appended: the open holds they settle (closed now, their
-    /// reservations queued in `pending_charges`), one ledger charge per user × token × month,
-    /// the pending charges the balance fold applies and the pending usage the roll-up adds.
+    /// What the new lines owe, appended: the open holds they settle (closed now), one ledger
+    /// charge per user × token × month, one pending charge per user × token with what the lines
+    /// charged and what their holds return (the balance fold applies it), and the pending usage
+    /// the roll-up adds.
     static func appendCharges(
         of lines: some Collection<PricedLine>, batchID: Int64, tid: String,
         on connection: PostgresConnection
     ) throws {
-        // Most deployments settle a hold per line; a database without open holds skips the
-        // lookup. (A hold journaled after this check is as one journaled after the update: it
-        // stays open and expires.)
-        if try connection.query(anyOpenHold)[0].decode(0, as: Bool.self) {
-            try connection.query(
-                settleHolds,
-                [
-                    batchID, PostgresArray.integers(lines.map(\.userID)),
-                    PostgresArray.text(lines.map(\.requestID)),
-                ])
-        }
+        let returned = try settleHolds(of: lines, on: connection)
         let charges = BatchCharges(lines)
         try connection.copyIn(
             "COPY ledger (user_id, token_id, kind, amount, requests, batch_id, tid, usage_month) FROM STDIN"
@@ -185,16 +176,16 @@ public struct PostgresIngestRepository: IngestRepository {
             "COPY pending_charges (user_id, token_id, batch_id, quota, requests, last_at, user_returned, token_returned) FROM STDIN"
         ) { writer in
             var row = CopyRow()
-            for (key, charge) in charges.pendingCharges {
+            for pending in charges.pendingRows(returning: returned) {
                 row.reset()
-                row.append(key.userID)
-                row.append(key.tokenID)
+                row.append(pending.key.userID)
+                row.append(pending.key.tokenID)
                 row.append(batchID)
-                row.append(charge.quota)
-                row.append(charge.requests)
-                row.append(charge.lastAt)
-                row.append(Int64(0))
-                row.append(Int64(0))
+                row.append(pending.charge?.quota ?? 0)
+                row.append(pending.charge?.requests ?? 0)
+                if let charge = pending.charge { row.append(charge.lastAt) } else { row.append(nil as String?) }
+                row.append(pending.returned.user)
+                row.append(pending.returned.token)
                 row.endRow()
                 try writer.write(row.bytes)
             }
@@ -207,6 +198,25 @@ public struct PostgresIngestRepository: IngestRepository {
                 try writer.write(row.bytes)
             }
         }
+    }
+
+    /// Closes the open holds of the lines (same account, same request id) as settled, and
+    /// returns their reservations per account. Most deployments settle a hold per line; a
+    /// database without open holds skips the update. (A hold journaled after this check is as
+    /// one journaled after the update: it stays open and expires.)
+    static func settleHolds(of lines: some Collection<PricedLine>, on connection: PostgresConnection) throws
+        -> [BatchCharges.AccountKey: BatchCharges.Returned]
+    {
+        guard try connection.query(anyOpenHold)[0].decode(0, as: Bool.self) else { return [:] }
+        let rows = try connection.query(
+            settleHolds,
+            [PostgresArray.integers(lines.map(\.userID)), PostgresArray.text(lines.map(\.requestID))])
+        var returned: [BatchCharges.AccountKey: BatchCharges.Returned] = [:]
+        try rows.forEach { row in
+            let key = BatchCharges.AccountKey(userID: try row.decode(0), tokenID: try row.decode(1))
+            returned[key] = BatchCharges.Returned(user: try row.decode(2), token: try row.decode(3))
+        }
+        return returned
     }
 
     /// Creates the month partitions a batch needs (outside the batch transaction: DDL takes a
@@ -275,19 +285,18 @@ public struct PostgresIngestRepository: IngestRepository {
 
     /// A stored line settles the open hold of its account and request id: the line's real
     /// cost is charged like any other line's, and the hold's reservation goes back to the
-    /// account (and to a limited key) when the fold applies its `pending_charges` row.
-    /// $1 batch id, $2 user ids, $3 request ids (one per line).
+    /// account (and to a limited key) through the batch's `pending_charges` row of the hold's
+    /// account. $1 user ids, $2 request ids (one per line).
     static let settleHolds = PreparedStatement(
         "ingest_settle_holds",
         """
         WITH settled AS (
             UPDATE holds h SET status = 'settled', closed_at = now()
-            FROM unnest($2::bigint[], $3::text[]) AS n(user_id, request_id)
+            FROM unnest($1::bigint[], $2::text[]) AS n(user_id, request_id)
             WHERE h.request_id = n.request_id AND h.user_id = n.user_id AND h.status = 'held'
             RETURNING h.user_id, h.token_id, h.amount, h.token_reserved)
-        INSERT INTO pending_charges (user_id, token_id, batch_id, quota, requests, user_returned, token_returned)
-        SELECT user_id, token_id, $1, 0, 0, sum(amount), coalesce(sum(amount) FILTER (WHERE token_reserved), 0)
-        FROM settled GROUP BY user_id, token_id ORDER BY user_id, token_id
+        SELECT user_id, token_id, sum(amount)::bigint, coalesce(sum(amount) FILTER (WHERE token_reserved), 0)::bigint
+        FROM settled GROUP BY user_id, token_id
         """)
 
     static func storeRejects(_ rejects: [RejectedLine], tid: String, on connection: PostgresConnection) throws {
