@@ -93,6 +93,68 @@ struct LeasePlanTests {
         await fresh.pool.close()
     }
 
+    @Test(
+        "tally_lease reads pending charges by key even with plans made while the queue was vacuumed to nothing (migration 0024)"
+    )
+    func leaseProbesPendingChargesByKey() async throws {
+        let db = try await TestDatabase.create("lease-pending-plans")
+        let accounts = 100
+        try await db.prepareBilling(users: accounts)
+        let ids = try await db.pool.withConnection { connection in
+            try connection.execute("UPDATE tokens SET unlimited_quota = false, remain_quota = 1000000000")
+            // The queue as the fold and autovacuum leave it between batches: drained, then
+            // truncated, so the statistics say it is empty.
+            try connection.execute(
+                """
+                ALTER TABLE pending_charges SET (autovacuum_enabled = false);
+                INSERT INTO pending_charges (user_id, token_id, batch_id, quota, requests, user_returned, token_returned)
+                SELECT n, n, 1, 1, 1, 0, 0 FROM generate_series(1, 1000) n;
+                DELETE FROM pending_charges;
+                """)
+            try connection.execute("VACUUM pending_charges")
+            return try connection.query(
+                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id ORDER BY u.id"
+            )
+            .map { (user: try $0.decode(0, as: Int64.self), token: try $0.decode(1, as: Int64.self)) }
+        }
+        try await PostgresLeaseRepository(pool: db.pool).register(
+            instance: "probe", ttlSeconds: 600, reclaimAfterSeconds: 0)
+        // A connection makes its plans now, and keeps them.
+        let fresh = db.reopened(poolSize: 1)
+        try await fresh.pool.withConnection { connection in
+            for round in 0..<2 { try Self.leaseAndJournal(ids, round: round, on: connection) }
+        }
+        // Then batches queue charges for other accounts faster than the fold drains them.
+        try await db.pool.withConnection { connection in
+            try connection.execute(
+                """
+                INSERT INTO pending_charges (user_id, token_id, batch_id, quota, requests, user_returned, token_returned)
+                SELECT 1000000 + n, 1000000 + n, 2, 1, 1, 0, 0 FROM generate_series(1, 20000) n
+                """)
+        }
+        let reads = try await fresh.pool.withConnection { connection in
+            func counters() throws -> (scans: Int64, rows: Int64) {
+                let row = try connection.query(
+                    """
+                    SELECT seq_scan, coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
+                    FROM pg_stat_xact_user_tables WHERE relname = 'pending_charges'
+                    """)[0]
+                return (try row.decode(0), try row.decode(1))
+            }
+            // The backend's counters before and after, in one transaction (they are not
+            // published inside one).
+            try connection.execute("BEGIN")
+            let before = try counters()
+            for round in 2..<5 { try Self.leaseAndJournal(ids, round: round, on: connection) }
+            let after = try counters()
+            try connection.execute("ROLLBACK")
+            return (scans: after.scans - before.scans, rows: after.rows - before.rows)
+        }
+        #expect(reads.scans == 0, "\(reads.scans) sequential scans of pending_charges")
+        #expect(reads.rows <= 100, "\(reads.rows) pending charges read for 3 leases of 3 accounts")
+        await fresh.pool.close()
+    }
+
     struct TableReads: CustomStringConvertible {
         let table: String
         let wholeScans: Int64
