@@ -67,28 +67,15 @@ struct LeasePlanTests {
                 }, ttlSeconds: 600)
         }
 
-        // The same connection's calls, in one transaction, whose own counters say how many
-        // rows of each table they read.
+        // The same connection's calls, and what they read.
         let reads = try await fresh.pool.withConnection { connection in
-            try connection.execute("BEGIN")
-            for round in 2..<5 { try Self.leaseAndJournal(ids, round: round, on: connection) }
-            let reads = try connection.query(
-                """
-                SELECT relname, seq_scan, coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
-                FROM pg_stat_xact_user_tables WHERE relname = ANY ($1::text[]) ORDER BY relname
-                """, [PostgresArray.text(Self.accountTables)]
-            ).map { row in
-                TableReads(
-                    table: try row.decode(0, as: String.self), wholeScans: try row.decode(1, as: Int64.self),
-                    rows: try row.decode(2, as: Int64.self))
-            }
-            try connection.execute("ROLLBACK")
-            return reads
+            try connection.reads(of: Self.accountTables) {
+                for round in 2..<5 { try Self.leaseAndJournal(ids, round: round, on: connection) }
+            }.reads
         }
-        #expect(reads.count == Self.accountTables.count)
         for table in reads {
             // 3 lease and 3 journal calls of 3 accounts each: a few rows per call, not thousands.
-            #expect(table.wholeScans == 0 && table.rows <= 200, "\(table)")
+            #expect(table.sequentialScans == 0 && table.rows <= 200, "\(table)")
         }
         await fresh.pool.close()
     }
@@ -133,33 +120,12 @@ struct LeasePlanTests {
                 """)
         }
         let reads = try await fresh.pool.withConnection { connection in
-            func counters() throws -> (scans: Int64, rows: Int64) {
-                let row = try connection.query(
-                    """
-                    SELECT seq_scan, coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
-                    FROM pg_stat_xact_user_tables WHERE relname = 'pending_charges'
-                    """)[0]
-                return (try row.decode(0), try row.decode(1))
-            }
-            // The backend's counters before and after, in one transaction (they are not
-            // published inside one).
-            try connection.execute("BEGIN")
-            let before = try counters()
-            for round in 2..<5 { try Self.leaseAndJournal(ids, round: round, on: connection) }
-            let after = try counters()
-            try connection.execute("ROLLBACK")
-            return (scans: after.scans - before.scans, rows: after.rows - before.rows)
+            try connection.reads(of: ["pending_charges"]) {
+                for round in 2..<5 { try Self.leaseAndJournal(ids, round: round, on: connection) }
+            }.reads[0]
         }
-        #expect(reads.scans == 0, "\(reads.scans) sequential scans of pending_charges")
-        #expect(reads.rows <= 100, "\(reads.rows) pending charges read for 3 leases of 3 accounts")
+        #expect(reads.sequentialScans == 0 && reads.rows <= 100, "\(reads), for 3 leases of 3 accounts")
         await fresh.pool.close()
-    }
-
-    struct TableReads: CustomStringConvertible {
-        let table: String
-        let wholeScans: Int64
-        let rows: Int64
-        var description: String { "\(table): \(wholeScans) sequential scans, \(rows) rows read" }
     }
 
     /// One lease call and one journal call for three accounts of `ids` (round 3 journals
