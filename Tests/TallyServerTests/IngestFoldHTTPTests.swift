@@ -70,6 +70,21 @@ struct IngestFoldHTTPTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    /// A database priced by the enforcement sheet, with a channel for gpt-4o and one user whose
+    /// quota covers 10 holds of `chatHold` and whose limited key has room for 20.
+    static func accountWithLimitedKey(_ name: String) async throws -> (
+        db: TestDatabase, seed: Seed, user: User, accessToken: String, token: APIToken, key: String
+    ) {
+        let db = try await TestDatabase.create(name)
+        let seed = Seed(db: db)
+        try await seed.prices(enforcementSheet)
+        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
+        let (user, accessToken) = try await seed.user(quota: 10 * chatHold)
+        let (token, key) = try await seed.key(
+            user: user.id, TokenDraft(name: "k", remainQuota: 20 * chatHold, unlimitedQuota: false))
+        return (db, seed, user, accessToken, token, key)
+    }
+
     /// Authorizes holds of `chatHold` and settles each at exactly that cost, a few lines per
     /// batch, alternating servers, until the account refuses three times in a row (settling
     /// at the hold's cost frees nothing, so a refusal is final). Returns the holds granted.
@@ -115,16 +130,10 @@ struct IngestFoldHTTPTests {
         "with no settler running, every reader sees what committed batches charged: System API, keys, authorize, statement, export, audit"
     )
     func readersIncludePending() async throws {
-        let db = try await TestDatabase.create("fold-readers")
-        let seed = Seed(db: db)
-        try await seed.prices(enforcementSheet)
-        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
-        let (user, accessToken) = try await seed.user(quota: 10 * chatHold)
+        // The user's balance binds (the key's limit is checked by FoldTests.leasesSeePending).
+        let (db, seed, user, accessToken, token, key) = try await Self.accountWithLimitedKey("fold-readers")
         let adminToken = try await seed.user("admin", role: .admin).token
         let month = UsageMonth(containing: Date())
-        // The user's balance binds (the key's limit is checked by FoldTests.leasesSeePending).
-        let (token, key) = try await seed.key(
-            user: user.id, TokenDraft(name: "k", remainQuota: 20 * chatHold, unlimitedQuota: false))
         try await TestApp.build(db, { $0.settleIntervalMilliseconds = 0 }).test(.live) { client in
             let gateway = Gateway(client: client), api = API(client: client)
             let lines = (0..<6).map {
@@ -170,13 +179,7 @@ struct IngestFoldHTTPTests {
         "a batch that settles holds queues one pending charge per account: what its lines cost and what their holds return together"
     )
     func settledHoldsShareTheChargeRow() async throws {
-        let db = try await TestDatabase.create("fold-settle-row")
-        let seed = Seed(db: db)
-        try await seed.prices(enforcementSheet)
-        _ = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
-        let (user, _) = try await seed.user(quota: 10 * chatHold)
-        let (token, key) = try await seed.key(
-            user: user.id, TokenDraft(name: "k", remainQuota: 20 * chatHold, unlimitedQuota: false))
+        let (db, seed, user, _, token, key) = try await Self.accountWithLimitedKey("fold-settle-row")
         try await TestApp.build(db, { $0.settleIntervalMilliseconds = 0 }).test(.live) { client async throws in
             let gateway = Gateway(client: client)
             for index in 0..<3 {
