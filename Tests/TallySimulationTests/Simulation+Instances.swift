@@ -83,7 +83,7 @@ extension Simulation {
         case .answer(let ticket, let answer):
             guard let (exchange, hold) = instances[index].tickets.removeValue(forKey: ticket) else { return }
             switch answer {
-            case .outcome(let refusal) where refusal == .insufficient || refusal == .exhausted:
+            case .outcome(let refusal) where refusal.isShortOfUnits:
                 // HoldBook.reserve: a refusal looks for a hold stored under the request id first.
                 let lookup = DatabaseCall.Request.storedHold(hold.requestID, userID: hold.userID)
                 call(lookup, from: index, reply: .refusal(exchange: exchange, refusal))

@@ -130,12 +130,8 @@ public final class HoldBook: Sendable {
     /// longer ago than the machine keeps answers) gets its hold, whatever is left now.
     public func reserve(_ request: HoldRequest) async throws -> HoldOutcome {
         let outcome = try await cut(request)
-        switch outcome {
-        case .insufficient, .exhausted:
-            return try await repository.storedHold(requestID: request.requestID, userID: request.userID) ?? outcome
-        case .held, .duplicate, .unknown:
-            return outcome
-        }
+        guard outcome.isShortOfUnits else { return outcome }
+        return try await repository.storedHold(requestID: request.requestID, userID: request.userID) ?? outcome
     }
 
     private func cut(_ request: HoldRequest) async throws -> HoldOutcome {

@@ -59,6 +59,16 @@ public enum HoldOutcome: Sendable, Equatable {
     case exhausted
     /// The user or the token no longer exists.
     case unknown
+
+    /// A refusal for want of units, which a hold already stored under the request id answers
+    /// instead (a retry this instance does not remember: ``HoldBook`` and the simulation's shell
+    /// look it up before answering).
+    public var isShortOfUnits: Bool {
+        switch self {
+        case .insufficient, .exhausted: true
+        case .held, .duplicate, .unknown: false
+        }
+    }
 }
 
 /// Why a reservation got no outcome.
