@@ -108,6 +108,49 @@ struct HoldBookTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    @Test(
+        "refusals on a spent account look for stored holds together: few queries for many, each answered its own")
+    func refusalsShareLookups() async throws {
+        let db = try await TestDatabase.create("holdbook-refusals")
+        let seed = Seed(db: db)
+        let (user, token) = try await Self.limitedAccount(seed, quota: 1_000)
+        let (otherUser, otherToken) = try await Self.limitedAccount(seed, quota: 1_000)
+        let first = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
+        try await first.start()
+        var holds: [String: Int64] = [:]
+        for index in 0..<10 {
+            let outcome = try await first.reserve(Self.request("spent-\(index)", user: user, token: token))
+            guard case .held(let id, 100) = outcome else { Issue.record("\(outcome)"); return }
+            holds["spent-\(index)"] = id
+        }
+        _ = try await first.reserve(Self.request("theirs", user: otherUser, token: otherToken))
+        let counting = LookupCountingRepository(PostgresLeaseRepository(pool: db.pool))
+        let second = HoldBook(repository: counting, holdTTLSeconds: 600)
+        try await second.start()
+        // Retries of the ten stored holds, forty new requests, and a request id stored for another
+        // user, all at once through the instance that never saw them.
+        let requestIDs = holds.keys.sorted() + (0..<40).map { "new-\($0)" } + ["theirs"]
+        let outcomes = try await withThrowingTaskGroup(of: (String, HoldOutcome).self) { group in
+            for requestID in requestIDs {
+                group.addTask {
+                    (requestID, try await second.reserve(Self.request(requestID, user: user, token: token)))
+                }
+            }
+            return try await group.reduce(into: [:]) { $0[$1.0] = $1.1 }
+        }
+        for requestID in requestIDs {
+            let expected = holds[requestID].map { HoldOutcome.duplicate(holdID: $0, amount: 100, status: "held") }
+            #expect(outcomes[requestID] == expected ?? .insufficient, "\(requestID)")
+        }
+        let (asked, queries) = counting.lookups.withLock { ($0.asked, $0.queries) }
+        #expect(asked == requestIDs.count)
+        #expect(queries <= requestIDs.count / 4, "\(queries) queries for \(asked) refusals")
+        #expect(try await seed.int("SELECT count(*) FROM holds") == 11)
+        #expect(try await first.retire())
+        #expect(try await second.retire())
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     @Test("a journal batch of a reaped registration is refused (notRegistered) and stores nothing")
     func journalAfterReapingRefused() async throws {
         let db = try await TestDatabase.create("journalfence")
@@ -225,4 +268,39 @@ struct HoldBookTests {
         #expect(granted.withLock { $0 }.isEmpty)
         #expect(try await seed.int("SELECT count(*) FROM user_leases WHERE user_id = $1", [other]) == 0)
     }
+}
+
+/// The real repository, counting the stored-hold lookups that reach it.
+private final class LookupCountingRepository: LeaseRepository {
+    let base: any LeaseRepository
+    let lookups = Mutex((asked: 0, queries: 0))
+
+    init(_ base: any LeaseRepository) { self.base = base }
+
+    func storedHolds(_ requests: [RequestOfUser]) async throws -> [HoldOutcome?] {
+        lookups.withLock {
+            $0.asked += requests.count
+            $0.queries += 1
+        }
+        return try await base.storedHolds(requests)
+    }
+
+    func register(instance: String, ttlSeconds: Int, reclaimAfterSeconds: Int) async throws {
+        try await base.register(instance: instance, ttlSeconds: ttlSeconds, reclaimAfterSeconds: reclaimAfterSeconds)
+    }
+    func renew(instance: String, ttlSeconds: Int) async throws -> Bool {
+        try await base.renew(instance: instance, ttlSeconds: ttlSeconds)
+    }
+    func retire(instance: String) async throws { try await base.retire(instance: instance) }
+    func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant] {
+        try await base.lease(instance: instance, wants: wants)
+    }
+    func giveBack(instance: String, amounts: [AccountUnits]) async throws {
+        try await base.giveBack(instance: instance, amounts: amounts)
+    }
+    func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome] {
+        try await base.journal(instance: instance, holds: holds, ttlSeconds: ttlSeconds)
+    }
+    func holdIDBlock() async throws -> Int64 { try await base.holdIDBlock() }
+    func reapInstances() async throws -> Int { try await base.reapInstances() }
 }

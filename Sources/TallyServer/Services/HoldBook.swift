@@ -24,6 +24,9 @@ public final class HoldBook: Sendable {
     /// outcomes are nil when the journal refused it (its registration was reaped).
     private let journals: Coalescer<JournalBatch, [JournalOutcome]?>
     private let refills: Coalescer<RefillRound, [LeaseGrant]>
+    /// Refusals' lookups of a stored hold, one query for all those asked meanwhile: a client
+    /// hammering a spent account costs a query per round trip, not one per refusal.
+    private let storedHolds: Coalescer<RequestOfUser, HoldOutcome?>
     /// The amount of a recent hold: a cold key's first lease is `leaseMultiple` of them.
     private let typicalAmount = Atomic<Int64>(0)
 
@@ -91,6 +94,7 @@ public final class HoldBook: Sendable {
         refills = Coalescer(limit: (journalConcurrency + 1) / 2) { rounds in
             try await Self.refill(rounds, repository: repository)
         }
+        storedHolds = Coalescer(limit: 1) { requests in try await repository.storedHolds(requests) }
     }
 
     /// This instance's current registration id.
@@ -131,7 +135,8 @@ public final class HoldBook: Sendable {
     public func reserve(_ request: HoldRequest) async throws -> HoldOutcome {
         let outcome = try await cut(request)
         guard outcome.isShortOfUnits else { return outcome }
-        return try await repository.storedHold(requestID: request.requestID, userID: request.userID) ?? outcome
+        let retried = RequestOfUser(requestID: request.requestID, userID: request.userID)
+        return try await storedHolds.submit(retried) ?? outcome
     }
 
     private func cut(_ request: HoldRequest) async throws -> HoldOutcome {

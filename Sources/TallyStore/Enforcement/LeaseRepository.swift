@@ -19,13 +19,24 @@ public protocol LeaseRepository: Sendable {
     /// Stores holds cut from the leases; outcomes in the order of `holds`. Throws
     /// `LeaseError.notRegistered`, storing nothing, when the registration is gone.
     func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome]
-    /// The hold stored for `requestID` of `userID`, as a retry's answer (`.duplicate`); nil
-    /// when there is none.
-    func storedHold(requestID: String, userID: Int64) async throws -> HoldOutcome?
+    /// The holds stored for these request ids of these users, as retries' answers
+    /// (`.duplicate`), in the order asked; nil where there is none.
+    func storedHolds(_ requests: [RequestOfUser]) async throws -> [HoldOutcome?]
     /// The first of 1024 fresh hold ids.
     func holdIDBlock() async throws -> Int64
     /// Returns the leases of instances that stopped renewing; how many instances were reaped.
     func reapInstances() async throws -> Int
+}
+
+/// A request id of a user: what a refused authorization looks up among the holds stored.
+public struct RequestOfUser: Sendable, Hashable {
+    public let requestID: String
+    public let userID: Int64
+
+    public init(requestID: String, userID: Int64) {
+        self.requestID = requestID
+        self.userID = userID
+    }
 }
 
 public enum LeaseError: Error, Equatable {
@@ -110,14 +121,21 @@ public struct PostgresLeaseRepository: LeaseRepository {
         }
     }
 
-    public func storedHold(requestID: String, userID: Int64) async throws -> HoldOutcome? {
-        try await pool.withConnection { connection in
-            try connection.query(Self.storedHoldOfRequest, [requestID, userID]).first.map { row in
-                .duplicate(
-                    holdID: try row.decode(0, as: Int64.self), amount: try row.decode(1, as: Int64.self),
-                    status: try row.decode(2, as: String.self))
+    public func storedHolds(_ requests: [RequestOfUser]) async throws -> [HoldOutcome?] {
+        let parameters: [any PostgresEncodable] = [PostgresArray.text(requests.map(\.requestID))]
+        let stored = try await pool.withConnection { connection in
+            try connection.query(Self.storedHoldsOfRequests, parameters).map { row in
+                (
+                    RequestOfUser(requestID: try row.decode(0), userID: try row.decode(1)),
+                    HoldOutcome.duplicate(
+                        holdID: try row.decode(2, as: Int64.self), amount: try row.decode(3, as: Int64.self),
+                        status: try row.decode(4, as: String.self))
+                )
             }
         }
+        // A request id is unique among holds; one of another user's is not this request's.
+        let byRequest = Dictionary(stored, uniquingKeysWith: { first, _ in first })
+        return requests.map { byRequest[$0] }
     }
 
     public func holdIDBlock() async throws -> Int64 {
@@ -200,8 +218,9 @@ public struct PostgresLeaseRepository: LeaseRepository {
         SELECT request_id, hold_id, held, hold_status FROM tally_journal_holds(
             $1, $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::boolean[], $10)
         """)
-    static let storedHoldOfRequest = PreparedStatement(
-        "leases_stored_hold", "SELECT id, amount, status FROM holds WHERE request_id = $1 AND user_id = $2")
+    static let storedHoldsOfRequests = PreparedStatement(
+        "leases_stored_holds",
+        "SELECT request_id, user_id, id, amount, status FROM holds WHERE request_id = ANY ($1::text[])")
     static let nextHoldIDBlock = PreparedStatement(
         "leases_hold_id_block", "SELECT nextval(pg_get_serial_sequence('holds', 'id'))")
     static let reap = PreparedStatement("leases_reap", "SELECT tally_reap_instances()")
