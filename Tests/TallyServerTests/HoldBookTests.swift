@@ -97,7 +97,7 @@ struct HoldBookTests {
             holds["spent-\(index)"] = id
         }
         _ = try await first.reserve(Self.request("theirs", user: otherUser, token: otherToken))
-        let counting = LookupCountingRepository(PostgresLeaseRepository(pool: db.pool))
+        let counting = ObservedRepository(PostgresLeaseRepository(pool: db.pool))
         let second = HoldBook(repository: counting, holdTTLSeconds: 600)
         try await second.start()
         // Retries of the ten stored holds, forty new requests, and a request id stored for another
@@ -122,6 +122,36 @@ struct HoldBookTests {
         #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) == 1_000)
         #expect(try await first.retire())
         #expect(try await second.retire())
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    @Test("a give-back PostgreSQL refuses stops no other: the other stripes' idle leases go back, its error is thrown")
+    func failedGiveBackStopsNothing() async throws {
+        let db = try await TestDatabase.create("holdbook-giveback")
+        let seed = Seed(db: db)
+        let first = try await Self.limitedAccount(seed, quota: 1_000)
+        let second = try await Self.limitedAccount(seed, quota: 1_000)
+        let repository = ObservedRepository(PostgresLeaseRepository(pool: db.pool))
+        let book = HoldBook(repository: repository, holdTTLSeconds: 600, stripes: 2)
+        #expect(first.user % 2 != second.user % 2, "the two users must fall in different stripes")
+        try await book.start()
+        for (index, account) in [first, second].enumerated() {
+            let outcome = try await book.reserve(Self.request("h-\(index)", user: account.user, token: account.token))
+            guard case .held = outcome else { Issue.record("\(outcome)"); return }
+        }
+        let leased =
+            "SELECT (SELECT count(*) FROM user_leases WHERE amount > 0) + (SELECT count(*) FROM token_leases WHERE amount > 0)"
+        #expect(try await seed.int(leased) == 4)
+        // The first stripe's give-back fails; the second stripe's still goes back.
+        repository.failingGiveBacks.withLock { $0 = 1 }
+        await #expect(throws: ObservedRepository.GiveBackRefused.self) {
+            try await book.returnIdleLeases(everything: true)
+        }
+        #expect(try await seed.int(leased) == 2)
+        // The units it failed to return stay leased until the registration ends.
+        #expect(try await book.retire())
+        #expect(try await seed.int(leased) == 0)
+        #expect(try await seed.int("SELECT sum(reserved) FROM users") == 200)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
@@ -244,10 +274,14 @@ struct HoldBookTests {
     }
 }
 
-/// The real repository, counting the stored-hold lookups that reach it.
-private final class LookupCountingRepository: LeaseRepository {
+/// The real repository, counting the stored-hold lookups that reach it, and failing the next
+/// `failingGiveBacks` give-backs (as PostgreSQL would in an outage) without calling it.
+private final class ObservedRepository: LeaseRepository {
+    struct GiveBackRefused: Error {}
+
     let base: any LeaseRepository
     let lookups = Mutex((asked: 0, queries: 0))
+    let failingGiveBacks = Mutex(0)
 
     init(_ base: any LeaseRepository) { self.base = base }
 
@@ -259,6 +293,15 @@ private final class LookupCountingRepository: LeaseRepository {
         return try await base.storedHolds(requests)
     }
 
+    func giveBack(instance: String, amounts: [AccountUnits]) async throws {
+        let fails = failingGiveBacks.withLock { failing in
+            defer { failing = max(0, failing - 1) }
+            return failing > 0
+        }
+        if fails { throw GiveBackRefused() }
+        try await base.giveBack(instance: instance, amounts: amounts)
+    }
+
     func register(instance: String, ttlSeconds: Int, reclaimAfterSeconds: Int) async throws {
         try await base.register(instance: instance, ttlSeconds: ttlSeconds, reclaimAfterSeconds: reclaimAfterSeconds)
     }
@@ -268,9 +311,6 @@ private final class LookupCountingRepository: LeaseRepository {
     func retire(instance: String) async throws { try await base.retire(instance: instance) }
     func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant] {
         try await base.lease(instance: instance, wants: wants)
-    }
-    func giveBack(instance: String, amounts: [AccountUnits]) async throws {
-        try await base.giveBack(instance: instance, amounts: amounts)
     }
     func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome] {
         try await base.journal(instance: instance, holds: holds, ttlSeconds: ttlSeconds)

@@ -291,7 +291,11 @@ public final class HoldBook: Sendable {
             }
         case .wake(let at):
             Task {
-                try? await Task.sleep(for: .seconds(max(0, at - Self.now())))
+                // Task.sleep keeps another clock, which runs on while the host is suspended: a
+                // wake-up before `at` on this one would be taken as spent and not asked again.
+                while case let left = at - Self.now(), left > 0, !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(left))
+                }
                 step(stripe, .clock)
             }
         case .answer, .flushed:
@@ -391,17 +395,26 @@ public final class HoldBook: Sendable {
     }
 
     /// Gives back the units of leases unused for a while (all of them with `everything`), so
-    /// that other instances may lease them.
+    /// that other instances may lease them; throws the first give-back's error, once every
+    /// stripe had its turn. Every other action of a step runs whatever a give-back does: the
+    /// tick may have made a journal retry or a parked cut's wait due, which the machine then
+    /// counts as in flight, so an action dropped here would leave the stripe waiting for good.
     public func returnIdleLeases(everything: Bool = false) async throws {
+        var failure: (any Error)?
         for stripe in stripes.indices {
             for action in step(stripe, { _ in everything ? .returnAll : .idleTick }) {
                 guard case .giveBack(let instance, let amounts) = action else {
                     run(action, stripe: stripe)
                     continue
                 }
-                try await repository.giveBack(instance: instance, amounts: amounts)
+                do {
+                    try await repository.giveBack(instance: instance, amounts: amounts)
+                } catch {
+                    failure = failure ?? error
+                }
             }
         }
+        if let failure { throw failure }
     }
 
     /// Applies a notification about one account's lease: `.leaseWanted` (another instance ran
