@@ -5,8 +5,12 @@ import sys
 
 
 # Phases with a row each: spread (random accounts, mostly first touches in a short run: cold
-# keys), hot (one account), steady (random accounts, each touched once before, not counted).
-PHASES = {"spread": "{accounts} accounts, cold", "hot": "one hot account", "steady": "{accounts} accounts, steady"}
+# keys), hot (one account), spent (one account with nothing left: every answer a refusal), steady
+# (random accounts, each touched once before, not counted). The issue's targets are judged on all
+# but spent.
+PHASES = {"spread": "{accounts} accounts, cold", "hot": "one hot account", "spent": "one spent account, refused",
+          "steady": "{accounts} accounts, steady"}
+TARGET_PHASES = ("spread", "hot", "steady")
 
 
 def main(path):
@@ -33,7 +37,8 @@ def main(path):
         base = update_baseline(baseline, phase)
         top = ceiling.get(clients, {}).get("per_second", 0)
         name = phase_name(phase)
-        ratios = f" {result['per_second'] / top if top else 0:>9.2f} {result['per_second'] / base if base else 0:>9.2f}"
+        ratios = f" {result['per_second'] / top if top else 0:>9.2f}" + (
+            f" {result['per_second'] / base:>9.2f}" if base else f" {'-':>9}")
         print(row(name, clients, result) + ratios)
         print(f"  {'':<30} {'':>7} granted {result['granted']}, settled {result['settled']}"
               f" ({result.get('settled_in_time', 0)} while the clients ran), answers {result['statuses']},"
@@ -69,8 +74,8 @@ def target_checks(phases, ceiling, baseline):
         return f"    {name}: {', '.join(shown(v) for v in values) or '-'} ({verdict})"
 
     lines = []
-    for mode in dict.fromkeys(p["mode"] for p in phases if p["phase"] in PHASES):
-        runs = [p for p in phases if p.get("mode") == mode and p["phase"] in PHASES]
+    for mode in dict.fromkeys(p["mode"] for p in phases if p["phase"] in TARGET_PHASES):
+        runs = [p for p in phases if p.get("mode") == mode and p["phase"] in TARGET_PHASES]
         most = max(p["clients"] for p in runs)
         at_most = [p for p in runs if p["clients"] == most]
         at_16 = [p for p in runs if p["clients"] == 16]
@@ -97,7 +102,10 @@ def target_checks(phases, ceiling, baseline):
 
 def update_baseline(baseline, phase):
     """The per-request UPDATE baseline a phase is compared with: on one hot account for the hot
-    phase, on random accounts otherwise, at the phase's client count (0 when not measured)."""
+    phase, on random accounts for the others that reserve, at the phase's client count (0 when not
+    measured, or for refusals, which reserve nothing)."""
+    if phase["phase"] == "spent":
+        return 0
     return baseline.get(("reserve_hot" if phase["phase"] == "hot" else "reserve", phase["clients"]), 0)
 
 

@@ -17,7 +17,8 @@ struct BenchAuthorize: ParsableCommand {
         abstract: "Authorize + settle load against a running tally serve; prints authorizations/s and latency.",
         discussion: """
             Each client thread holds one keep-alive connection and sends POST /gateway/v1/authorize for a \
-            random synthetic user (keys of `tally logs seed`), or always user 1 with --hot. Every granted hold \
+            random synthetic user (keys of `tally logs seed`), always user 1 with --hot, or always user \
+            --users + 1 with --spent (ops/bench seeds it with a zero balance: every answer a refusal). Every granted hold \
             is settled by a log line with the same request id; four settler connections post them to \
             /gateway/v1/logs every 100 ms, at most 10,000 lines a batch. Prints one line of JSON: \
             authorizations/s, p50/p99/max latency (µs), answers by status, lines settled (in all, and while the \
@@ -34,12 +35,18 @@ struct BenchAuthorize: ParsableCommand {
     @Option(help: "Seconds to run.") var seconds = 30.0
     @Option(help: "Synthetic users to spread over (1…N).") var users = 10_000
     @Flag(help: "Every request on synthetic user 1 (one hot account).") var hot = false
+    @Flag(help: "Every request on synthetic user --users + 1, seeded with a zero balance (every answer a refusal).")
+    var spent = false
     @Flag(help: "First authorize each of the --users accounts once, not counted: measure the steady state.")
     var warmUp = false
     @Option(help: "Model to authorize.") var model = "gpt-4o"
     @Flag(help: "Instead of authorizing, GET /healthz: the ceiling of this HTTP stack and client on this machine.")
     var ceiling = false
     @Option(help: "Process id of the server, to report the CPU it used (Linux /proc).") var serverPid: Int32?
+
+    func validate() throws {
+        guard !(hot && spent) else { throw ValidationError("--hot and --spent name different accounts: pick one") }
+    }
 
     func run() throws {
         guard let endpoint = HTTPEndpoint(url) else { throw ValidationError("--url must be http://host:port") }
@@ -58,6 +65,7 @@ struct BenchAuthorize: ParsableCommand {
                 var generator = SystemRandomNumberGenerator()
                 let result = drive(client: client, label: run, endpoint: endpoint, shared: shared) {
                     guard DispatchTime.now().uptimeNanoseconds < stopAt else { return nil }
+                    if spent { return users + 1 }
                     return hot ? 1 : Int.random(in: 1...users, using: &generator)
                 }
                 shared.results.withLock { $0.append(result) }
