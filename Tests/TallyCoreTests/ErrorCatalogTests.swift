@@ -12,6 +12,28 @@ struct ErrorCatalogTests {
             APIError(.rateLimited, model: "claude-sonnet-4").message
                 == "The claude-sonnet-4 model Too many requests; please try again later.")
         #expect(APIError(.accountSuspended, last6: "XyZ123", model: "m").message == "Account suspended.")
+        // A value is put in as it is, never searched for placeholders itself.
+        #expect(
+            APIError(.rateLimited, model: "{last6}{model}").message
+                == "The {last6}{model} model Too many requests; please try again later.")
+        for entry in CatalogEntry.allCases {
+            let message = entry.message(last6: "XyZ123", model: "gpt-4o")
+            #expect(!message.contains("{last6}") && !message.contains("{model}"), "\(entry)")
+            #expect(
+                message
+                    == entry.template.split(separator: "{last6}", omittingEmptySubsequences: false)
+                    .joined(separator: "XyZ123").split(separator: "{model}", omittingEmptySubsequences: false)
+                    .joined(separator: "gpt-4o"),
+                "\(entry)")
+        }
+    }
+
+    @Test("JSON quoting escapes quotes, backslashes and control characters, and keeps the rest as it is")
+    func quoting() {
+        #expect(JSONText.quote("Forbidden \u{2013} key(XyZ123)") == "\"Forbidden \u{2013} key(XyZ123)\"")
+        #expect(JSONText.quote("") == "\"\"")
+        #expect(JSONText.quote("a\"b\\c\nd\re\tf") == #""a\"b\\c\nd\re\tf""#)
+        #expect(JSONText.quote("\u{0}\u{1F}\u{7F}é") == #""\u0000\u001f\u007fé""#)
     }
 
     @Test("both envelopes render the same error with the tid, with JSON escaping")

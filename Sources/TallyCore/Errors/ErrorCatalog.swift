@@ -64,9 +64,28 @@ public enum CatalogEntry: String, CaseIterable, Sendable {
         }
     }
 
-    /// The message with its substitutions filled in.
+    /// The message with its substitutions filled in, in one pass over the template (a value is
+    /// never searched for placeholders). Every refusal builds one, so no Foundation string search.
     public func message(last6: String = "", model: String = "") -> String {
-        template.replacingOccurrences(of: "{last6}", with: last6).replacingOccurrences(of: "{model}", with: model)
+        let template = self.template
+        var rest = Substring(template)
+        guard rest.utf8.contains(UInt8(ascii: "{")) else { return template }
+        var message = ""
+        while let open = rest.firstIndex(of: "{") {
+            message += rest[..<open]
+            rest = rest[open...]
+            if rest.hasPrefix("{last6}") {
+                message += last6
+                rest = rest.dropFirst("{last6}".count)
+            } else if rest.hasPrefix("{model}") {
+                message += model
+                rest = rest.dropFirst("{model}".count)
+            } else {
+                message += "{"
+                rest = rest.dropFirst()
+            }
+        }
+        return message + rest
     }
 }
 

@@ -27,6 +27,8 @@ public enum ErrorEnvelope: Sendable {
 /// Minimal JSON string quoting for hand-built bodies (RFC 8259 escapes, UTF-8 kept as is).
 public enum JSONText {
     public static func quote(_ text: String) -> String {
+        // Most texts (every catalog message, code and tid) need no escape: copied whole.
+        guard text.utf8.contains(where: needsEscape) else { return "\"" + text + "\"" }
         var output = "\""
         output.reserveCapacity(text.utf8.count + 2)
         for scalar in text.unicodeScalars {
@@ -43,5 +45,9 @@ public enum JSONText {
             }
         }
         return output + "\""
+    }
+
+    private static func needsEscape(_ byte: UInt8) -> Bool {
+        byte < 0x20 || byte == 0x7F || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\")
     }
 }
