@@ -43,7 +43,10 @@ public struct BatchReader {
         guard bytes <= ingestor.limits.maxBytes else {
             throw BatchTooLarge(description: "The batch is larger than \(ingestor.limits.maxBytes) bytes.")
         }
+        // Taken out while it runs (`read` mutates self): left in place, the copy would share the
+        // line in progress with it, and every chunk would copy that whole line before appending.
         var splitter = self.splitter
+        self.splitter = LineSplitter()
         defer { self.splitter = splitter }
         try splitter.feed(chunk.assumingMemoryBound(to: UInt8.self)) { try read(line: $1, number: $0) }
     }
@@ -89,6 +92,7 @@ public struct BatchReader {
     /// number of lines.
     mutating func finish() async throws -> (priced: [PricedLine], rejects: [RejectedLine], lines: Int) {
         var splitter = self.splitter
+        self.splitter = LineSplitter()
         defer { self.splitter = splitter }
         try splitter.finish { try read(line: $1, number: $0) }
         try await lookUpKeys()
