@@ -98,7 +98,9 @@ extension PostgresIngestRepository {
             return .stored(result)
         } catch is UnknownMonth {
             reason = .newMonth
-        } catch let error as PostgresError where error.sqlState == SQLState.deadlockDetected {
+        } catch let error as PostgresError where error.isLostRace {
+            // A serialization failure too (Citus, a stricter isolation): like a deadlock, nothing
+            // of the transaction remains, and the batch stored whole is written again if it loses.
             reason = .deadlock
         } catch let error as PostgresError where error.sqlState == SQLState.queryCanceled {
             reason = .cancelled
