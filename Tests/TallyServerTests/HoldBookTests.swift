@@ -226,6 +226,58 @@ struct HoldBookTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    /// A refill holds one of the instance's lease rows and then asks for the next in the order
+    /// leases lock accounts (users then tokens; on Citus a user and its tokens, then the next
+    /// user), while a journal batch needs both: the journal must wait for the refill's first row
+    /// before it takes the second, or the two deadlock.
+    @Test(
+        "a journal batch takes the instance's lease rows in the order leases lock accounts: a refill never deadlocks with it"
+    )
+    func journalFollowsLeaseOrder() async throws {
+        let db = try await TestDatabase.create("journalorder")
+        let seed = Seed(db: db)
+        let (first, firstKey) = try await Self.limitedAccount(seed, quota: 1_000)
+        let (second, secondKey) = try await Self.limitedAccount(seed, quota: 1_000)
+        #expect(first < second)
+        let repository = PostgresLeaseRepository(pool: db.pool)
+        try await repository.register(instance: "one", ttlSeconds: 15, reclaimAfterSeconds: 5)
+        _ = try await repository.lease(
+            instance: "one",
+            wants: [
+                AccountUnits(.user(first), 500), AccountUnits(.token(firstKey), 500), AccountUnits(.user(second), 500),
+            ])
+        let firstKeyLease = "token_leases WHERE instance_id = 'one' AND token_id = \(firstKey)"
+        let secondUserLease = "user_leases WHERE instance_id = 'one' AND user_id = \(second)"
+        let (held, next) =
+            TestCluster.isCitus ? (firstKeyLease, secondUserLease) : (secondUserLease, firstKeyLease)
+        let refill = try await TestSession.open(db.url)
+        let refillPID = try await refill.run { try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self) }
+        try await refill.run { refill in
+            try refill.execute("BEGIN")
+            try refill.execute("SELECT 1 FROM \(held) FOR UPDATE")
+        }
+        let base = try await repository.holdIDBlock()
+        let holds = [
+            JournaledHold(id: base, request: Self.request("a", user: first, token: firstKey), tokenLeased: true),
+            JournaledHold(id: base + 1, request: Self.request("b", user: second, token: secondKey), tokenLeased: false),
+        ]
+        let journal = Task { try await repository.journal(instance: "one", holds: holds, ttlSeconds: 600) }
+        let blocked = try await db.queryBlocked(by: refillPID)
+        #expect(
+            blocked?.contains("tally_journal_holds") == true || blocked?.contains("_leases") == true,
+            "\(blocked ?? "-")")
+        // The row the refill asks for next is not the journal's yet: taken without waiting.
+        try await refill.run { refill in
+            try refill.execute("SELECT 1 FROM \(next) FOR UPDATE NOWAIT")
+            try refill.execute("COMMIT")
+        }
+        #expect(try await journal.value.map(\.isNew) == [true, true])
+        #expect(try await seed.int("SELECT amount FROM user_leases WHERE user_id = $1", [first]) == 400)
+        #expect(try await seed.int("SELECT amount FROM token_leases WHERE token_id = $1", [firstKey]) == 400)
+        #expect(try await seed.int("SELECT amount FROM user_leases WHERE user_id = $1", [second]) == 400)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     @Test("a cold key's lookup leases its user and token in one round trip; not for a suspended owner or unregistered")
     func lookupLease() async throws {
         let db = try await TestDatabase.create("lookuplease")
