@@ -50,6 +50,11 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
 
     public var isUniqueViolation: Bool { sqlState == SQLState.uniqueViolation }
 
+    /// A row of a partitioned table found no partition (its month's was dropped, or never made).
+    public var isMissingPartition: Bool {
+        sqlState == SQLState.checkViolation && message.hasPrefix("no partition of relation")
+    }
+
     /// PostgreSQL aborted the transaction only to let a concurrent one through (a deadlock, a
     /// serialization failure): nothing it did remains, and it may simply run again.
     public var isLostRace: Bool { sqlState == SQLState.deadlockDetected || sqlState == SQLState.serializationFailure }

@@ -44,17 +44,29 @@ public struct PostgresIngestRepository: IngestRepository {
         lostTries: Int = 0
     ) async throws -> IngestResult {
         try await ensurePartitions(for: lines)
-        return try await retryingDeadlocks(pausing: .ingest, failedSoFar: lostTries) {
-            try await pool.withConnection { connection in
-                try connection.transaction { connection in
-                    let batchID = try connection.query(Self.nextBatchID)[0].decode(0, as: Int64.self)
-                    // The new lines, by their index in `lines` (a batch is held once, not copied).
-                    let fresh = lines.isEmpty ? [] : try Self.insertNew(lines, batchID: batchID, on: connection)
-                    return try Self.finishBatch(
-                        lines, fresh: fresh, rejects: rejects, totalLines: totalLines, batchID: batchID, tid: tid,
-                        source: source, on: connection)
+        func store() async throws -> IngestResult {
+            try await retryingDeadlocks(pausing: .ingest, failedSoFar: lostTries) {
+                try await pool.withConnection { connection in
+                    try connection.transaction { connection in
+                        let batchID = try connection.query(Self.nextBatchID)[0].decode(0, as: Int64.self)
+                        // The new lines, by their index in `lines` (a batch is held once, not copied).
+                        let fresh = lines.isEmpty ? [] : try Self.insertNew(lines, batchID: batchID, on: connection)
+                        return try Self.finishBatch(
+                            lines, fresh: fresh, rejects: rejects, totalLines: totalLines, batchID: batchID, tid: tid,
+                            source: source, on: connection)
+                    }
                 }
             }
+        }
+        do {
+            return try await store()
+        } catch let error as PostgresError where error.isMissingPartition {
+            // A month this process had made sure of was dropped since (`tally retention` in
+            // another process): made again, and the batch stored, instead of failing every resend.
+            let months = Set(lines.map { UTCDay($0.createdAt).monthStart })
+            partitions.forget(months)
+            try await ensurePartitions(months: months)
+            return try await store()
         }
     }
 
@@ -407,5 +419,6 @@ final class PartitionCache: Sendable {
 
     func contains(_ month: UTCDay) -> Bool { months.withLock { $0.contains(month) } }
     func insert(_ more: Set<UTCDay>) { months.withLock { $0.formUnion(more) } }
+    func forget(_ gone: Set<UTCDay>) { months.withLock { $0.subtract(gone) } }
     var known: Set<UTCDay> { months.withLock { $0 } }
 }

@@ -98,6 +98,10 @@ extension PostgresIngestRepository {
             return .stored(result)
         } catch is UnknownMonth {
             reason = .newMonth
+        } catch let error as PostgresError where error.isMissingPartition {
+            // A month's partition dropped since this process made sure of it: stored whole,
+            // which makes it again.
+            reason = .newMonth
         } catch let error as PostgresError where error.isLostRace {
             // A serialization failure too (Citus, a stricter isolation): like a deadlock, nothing
             // of the transaction remains, and the batch stored whole is written again if it loses.
