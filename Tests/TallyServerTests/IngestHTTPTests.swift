@@ -233,7 +233,7 @@ struct IngestHTTPTests {
         #expect(try await Auditor(pool: db.pool).run().filter { $0.username == user }.isEmpty)
     }
 
-    @Test("limits: more than 50,000 lines or 16 MiB answer 413 with a tid, and change nothing")
+    @Test("limits: more than 50,000 lines or 16 MiB answer 413, a compressed body 415, with a tid, and change nothing")
     func limits() async throws {
         let db = try await Self.database()
         let before = try await db.scalar("SELECT count(*) FROM ingest_batches")
@@ -261,6 +261,19 @@ struct IngestHTTPTests {
                 #expect(response.status == .badRequest)
                 let error = try ErrorBody(response.body)
                 #expect(error.code == "invalid_request")
+            }
+            // A compressed batch is refused whole, not read as lines of garbage.
+            var gzipped = Self.auth
+            gzipped[.contentEncoding] = "gzip"
+            try await client.execute(
+                uri: "/gateway/v1/logs", method: .post, headers: gzipped,
+                body: ByteBuffer(bytes: [0x1F, 0x8B, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00])
+            ) { response in
+                #expect(response.status == .unsupportedMediaType)
+                let error = try ErrorBody(response.body)
+                #expect(error.code == "unsupported_media_type")
+                #expect(error.message == "Content-Encoding \"gzip\" is not supported; send the batch uncompressed.")
+                #expect(error.tid == response.headers[.xTid])
             }
         }
         #expect(try await db.scalar("SELECT count(*) FROM ingest_batches") == before)

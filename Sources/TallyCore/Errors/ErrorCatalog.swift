@@ -132,6 +132,10 @@ public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
     public static func payloadTooLarge(_ message: String) -> APIError {
         APIError(status: 413, code: "payload_too_large", message: message)
     }
+    /// 415: a body in an encoding Tally does not read (a compressed ingest batch).
+    public static func unsupportedMediaType(_ message: String) -> APIError {
+        APIError(status: 415, code: "unsupported_media_type", message: message)
+    }
     /// 500: a bug; details are in the server log under the tid.
     public static func internalError() -> APIError {
         APIError(status: 500, code: "internal_error", message: "Internal error; report the tid to support.")

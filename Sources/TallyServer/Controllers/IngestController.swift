@@ -23,6 +23,11 @@ struct IngestController {
         case "litellm": format = .litellm
         case let other: throw APIError.invalidRequest("unknown format \"\(other.prefix(40))\"; use gateway or litellm")
         }
+        // A compressed body would be read as lines of garbage, each rejected, and answered 200.
+        if let encoding = request.headers[.contentEncoding], encoding.lowercased() != "identity" {
+            throw APIError.unsupportedMediaType(
+                "Content-Encoding \"\(encoding.prefix(40))\" is not supported; send the batch uncompressed.")
+        }
         let started = ContinuousClock.now
         let result: IngestResult
         do {
