@@ -41,6 +41,17 @@ struct EnforcementCoreTests {
             Self.usage("dall-e-3", AuthorizeEstimate(usage: Usage(size: "512x512"), promptChars: 5))
                 == .failure(APIError(.sizeNotSupported)))
         #expect(try Self.usage("veo-3", AuthorizeEstimate(promptChars: 5)).get().videoSeconds == ExactDecimal(5))
+        // Without a max_n: fewer than one is still invalid (it would hold nothing), and any Int64
+        // is held for without overflowing.
+        for n: Int64 in [0, -1, .min] {
+            #expect(
+                Self.usage("veo-3", AuthorizeEstimate(promptChars: 5, n: n)) == .failure(APIError(.nNotWithinRange)))
+            #expect(
+                Self.usage("suno-v4", AuthorizeEstimate(promptChars: 5, n: n)) == .failure(APIError(.nNotWithinRange)))
+        }
+        #expect(
+            try Self.usage("veo-3", AuthorizeEstimate(promptChars: 5, n: 2_000_000_000_000_000_000)).get().videoSeconds
+                == ExactDecimal(Int64.max))
         #expect(try Self.usage("suno-v4", AuthorizeEstimate(promptChars: 5)).get().calls == 1)
         #expect(try Self.usage("embed", AuthorizeEstimate(inputChars: 40)).get().promptTokens == 10)
         #expect(Self.usage("embed", AuthorizeEstimate(inputChars: 51)) == .failure(APIError(.textTooLong)))

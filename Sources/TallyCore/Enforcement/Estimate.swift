@@ -99,7 +99,11 @@ public enum HoldEstimator {
         case .image:
             if usage.images == 0 { usage.images = estimate.n ?? 1 }
         case .video:
-            if usage.videoSeconds.isZero { usage.videoSeconds = ExactDecimal(fallbackVideoSeconds * (estimate.n ?? 1)) }
+            if usage.videoSeconds.isZero {
+                // Any n the body may carry (Int64): past Int64 it holds the most there is, no trap.
+                let seconds = fallbackVideoSeconds.multipliedReportingOverflow(by: estimate.n ?? 1)
+                usage.videoSeconds = ExactDecimal(seconds.overflow ? .max : seconds.partialValue)
+            }
         case .call, .music:
             if usage.calls == 0 { usage.calls = estimate.n ?? 1 }
         case .embedding, .rerank, .prediction:

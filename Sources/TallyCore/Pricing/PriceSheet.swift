@@ -214,7 +214,8 @@ public struct ModelLimits: Sendable, Equatable {
     ) -> LimitViolation? {
         if let maxPromptChars, let promptChars, promptChars > maxPromptChars { return .promptTooLong }
         if let maxInputChars, let inputChars, inputChars > maxInputChars { return .textTooLong }
-        if let maxN, let n, n < 1 || n > maxN { return .nNotWithinRange }
+        // Fewer than one is invalid whatever the model allows: it would hold nothing.
+        if let n, n < 1 || n > (maxN ?? .max) { return .nNotWithinRange }
         if let sizes, let size, !size.isEmpty, !sizes.contains(size) { return .sizeNotSupported }
         return nil
     }
