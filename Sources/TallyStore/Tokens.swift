@@ -299,19 +299,26 @@ public struct TokenRepository: Sendable {
                 }
                 next.status = status
             }
-            // remain_quota as shown is what the fold leaves once it has taken the pending charges.
+            // remain_quota as shown is what the fold leaves once it has taken the pending charges,
+            // so a new one is stored plus what is pending now. An edit that leaves it as it was
+            // does not write it: batches charge the key without its lock, and rewriting it from the
+            // figure read above would give back whatever they committed since.
+            let quotaChanged =
+                next.remainQuota != current.remainQuota || next.unlimitedQuota != current.unlimitedQuota
             try connection.query(
                 """
                 UPDATE tokens SET name = $3,
                     expires_at = CASE WHEN $4::bigint = -1 THEN NULL ELSE to_timestamp($4::bigint) END,
-                    remain_quota = $5 + CASE WHEN $6 THEN 0 ELSE \(SQL.pending("quota", user: "tokens.user_id", token: "tokens.id")) END,
+                    remain_quota = CASE WHEN NOT $12 THEN remain_quota
+                        ELSE $5 + CASE WHEN $6 THEN 0 ELSE \(SQL.pending("quota", user: "tokens.user_id", token: "tokens.id")) END
+                        END,
                     unlimited_quota = $6, model_limits_enabled = $7, model_limits = $8,
                     allow_ips = $9, "group" = $10, status = $11
                 WHERE id = $1 AND user_id = $2
                 """,
                 [
                     id, userID, next.name, next.expiredTime, next.remainQuota, next.unlimitedQuota,
-                    next.modelLimitsEnabled, next.modelLimits, next.allowIPs, next.group, next.status,
+                    next.modelLimitsEnabled, next.modelLimits, next.allowIPs, next.group, next.status, quotaChanged,
                 ])
             try ChangeNotice.send([ChangeNotice.token(id)], on: connection)
             return try Self.reread(id: id, userID: userID, on: connection)

@@ -1,0 +1,54 @@
+import Foundation
+import TallyCore
+import TallyPostgres
+import TallyStore
+import TallyTestSupport
+import Testing
+
+@Suite("API keys in the store")
+struct TokensTests {
+    /// Batches charge a key without its row lock, so one may commit while an edit of the key is
+    /// between reading its remaining quota and writing the key: the edit must not write back the
+    /// figure it read. The UPDATE is held at its table lock (another session's SHARE lock lets
+    /// the edit's reads and row lock through) while a charge commits.
+    @Test("an edit that leaves a key's quota as it was keeps the charges committed while it ran")
+    func editKeepsConcurrentCharges() async throws {
+        let db = try await TestDatabase.create("token-edit")
+        try await db.prepareBilling(users: 1)
+        let (userID, tokenID) = try await db.pool.withConnection { connection in
+            let row = try connection.query(
+                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-1'")[0]
+            return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
+        }
+        func charge(_ quota: Int64, batch: Int64) async throws {
+            _ = try await db.pool.withConnection { connection in
+                try connection.query(
+                    """
+                    INSERT INTO pending_charges
+                        (user_id, token_id, batch_id, quota, requests, user_returned, token_returned)
+                    VALUES ($1, $2, $3, $4, 1, 0, 0)
+                    """, [userID, tokenID, batch, quota])
+            }
+        }
+        _ = try await db.pool.withConnection {
+            try $0.query("UPDATE tokens SET unlimited_quota = false, remain_quota = 1000 WHERE id = $1", [tokenID])
+        }
+        try await charge(100, batch: -1)
+        let writers = try await TestSession.open(db.url)
+        let writersPID = try await writers.run { try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self) }
+        try await writers.run { session in
+            try session.execute("BEGIN")
+            try session.execute("LOCK TABLE tokens IN SHARE MODE")
+        }
+        let edit = Task {
+            try await TokenRepository(pool: db.pool).update(id: tokenID, userID: userID, TokenChanges(name: "renamed"))
+        }
+        let blocked = try await db.queryBlocked(by: writersPID)
+        #expect(blocked?.contains("UPDATE tokens") == true, "the edit never reached its write (\(blocked ?? "-"))")
+        try await charge(50, batch: -2)
+        try await writers.run { try $0.execute("COMMIT") }
+        #expect(try await edit.value.name == "renamed")
+        try await db.fold()
+        #expect(try await db.scalar("SELECT remain_quota FROM tokens WHERE id = $1", [tokenID]) == 850)
+    }
+}
