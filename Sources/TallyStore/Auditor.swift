@@ -103,11 +103,19 @@ public struct Auditor: Sendable {
         """
         WITH usage_totals AS (
             SELECT token_id, sum(quota) AS quota, sum(requests) AS requests FROM usage_rollups GROUP BY token_id
+        ), ledger_totals AS (
+            SELECT token_id, -sum(amount) AS charges FROM ledger WHERE kind = 'charge' GROUP BY token_id
         )
-        SELECT t.user_id, u.username, format('token %s: used_quota %s / request_count %s but logged requests cost %s in %s requests',
-               t.id, t.used_quota, t.request_count, coalesce(r.quota, 0), coalesce(r.requests, 0))
+        SELECT t.user_id, u.username, concat_ws('; ',
+            CASE WHEN t.used_quota <> coalesce(r.quota, 0) OR t.request_count <> coalesce(r.requests, 0) THEN
+                format('token %s: used_quota %s / request_count %s but logged requests cost %s in %s requests',
+                       t.id, t.used_quota, t.request_count, coalesce(r.quota, 0), coalesce(r.requests, 0)) END,
+            CASE WHEN t.used_quota <> coalesce(l.charges, 0) THEN
+                format('token %s: used_quota %s but ledger charges sum to %s', t.id, t.used_quota, coalesce(l.charges, 0)) END)
         FROM token_balances t JOIN users u ON u.id = t.user_id LEFT JOIN usage_totals r ON r.token_id = t.id
+             LEFT JOIN ledger_totals l ON l.token_id = t.id
         WHERE t.used_quota <> coalesce(r.quota, 0) OR t.request_count <> coalesce(r.requests, 0)
+           OR t.used_quota <> coalesce(l.charges, 0)
         ORDER BY t.id
         """)
 
