@@ -160,15 +160,21 @@ struct AuthorizeHTTPTests {
             // Four at once on a key allowed 2 a minute: 2 pass, the others are rate_limited (a
             // minute boundary in the middle may let one more through: the window weighs the
             // previous minute).
-            async let r1 = gateway.authorize(key: rpmKey.key)
-            async let r2 = gateway.authorize(key: rpmKey.key)
-            async let r3 = gateway.authorize(key: rpmKey.key)
-            async let r4 = gateway.authorize(key: rpmKey.key)
+            async let r1 = gateway.authorize(key: rpmKey.key, requestID: "rpm-1")
+            async let r2 = gateway.authorize(key: rpmKey.key, requestID: "rpm-2")
+            async let r3 = gateway.authorize(key: rpmKey.key, requestID: "rpm-3")
+            async let r4 = gateway.authorize(key: rpmKey.key, requestID: "rpm-4")
             let burst = try await [r1, r2, r3, r4]
             rpmGranted = burst.filter { $0.status == 200 }.count
             #expect((2...3).contains(rpmGranted))
             let limited = try #require(burst.first { $0.status != 200 })
             Self.expectError(limited, .rateLimited, model: "gpt-4o")
+            // Still over the limit, a retry of a granted request id is answered with its hold.
+            let granted = try #require(burst.indices.first { burst[$0].status == 200 })
+            let retry = try await gateway.authorize(key: rpmKey.key, requestID: "rpm-\(granted + 1)")
+            #expect(retry.status == 200, "\(retry.text)")
+            #expect(retry.object["duplicate"] as? Bool == true)
+            #expect(int64(retry.object["hold_id"]) == int64(burst[granted].object["hold_id"]))
             Self.expectError(
                 try await gateway.authorize(key: key, model: "dall-e-3", estimate: #"{"n":1}"#), .promptMissing)
             Self.expectError(try await gateway.authorize(key: key, estimate: #"{"prompt_chars":1001}"#), .promptTooLong)

@@ -59,13 +59,19 @@ public final class Authorizer: Sendable {
             try await directory.channels(now: now).modelsByGroup[access.group]?.contains(model) == true
         else { throw APIError(.modelNotAvailable) }
         guard limiter.allow(access, model: model, now: now.timeIntervalSince1970) else {
+            // A retry of a request already held is answered with its hold, whatever the rate.
+            if let requestID = Self.validRequestID(request.requestID),
+                case .duplicate(let holdID, let held, _)? = try await holds.storedHold(
+                    requestID: requestID, userID: access.userID)
+            {
+                return AuthorizeGrant(
+                    holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
+                    held: held, isNew: false)
+            }
             throw APIError(.rateLimited, model: model)
         }
         let usage = try HoldEstimator.usage(for: request.estimate ?? AuthorizeEstimate(), model: price).get()
-        guard let requestID = request.requestID, !requestID.isEmpty,
-            requestID.utf8.count <= Self.maximumRequestIDLength,
-            !requestID.utf8.contains(where: { $0 < 0x20 || $0 == 0x7f })
-        else {
+        guard let requestID = Self.validRequestID(request.requestID) else {
             throw APIError.invalidRequest(
                 "request_id is required: 1–\(Self.maximumRequestIDLength) bytes, no control characters.")
         }
@@ -95,6 +101,14 @@ public final class Authorizer: Sendable {
         case .insufficient: throw APIError(.insufficientUserQuota)
         case .exhausted, .unknown: throw APIError(.invalidToken)
         }
+    }
+
+    /// The request id when it is one: 1 to `maximumRequestIDLength` bytes, no control characters.
+    static func validRequestID(_ requestID: String?) -> String? {
+        guard let requestID, !requestID.isEmpty, requestID.utf8.count <= maximumRequestIDLength,
+            !requestID.utf8.contains(where: { $0 < 0x20 || $0 == 0x7f })
+        else { return nil }
+        return requestID
     }
 
     /// Only admins may pick a channel; it must exist and be enabled.

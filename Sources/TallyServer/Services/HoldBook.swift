@@ -135,8 +135,13 @@ public final class HoldBook: Sendable {
     public func reserve(_ request: HoldRequest) async throws -> HoldOutcome {
         let outcome = try await cut(request)
         guard outcome.isShortOfUnits else { return outcome }
-        let retried = RequestOfUser(requestID: request.requestID, userID: request.userID)
-        return try await storedHolds.submit(retried) ?? outcome
+        return try await storedHold(requestID: request.requestID, userID: request.userID) ?? outcome
+    }
+
+    /// The hold stored under `requestID` of `userID` (a retry's answer), nil when there is none:
+    /// looked up with the refusals' lookups (one query for all asked meanwhile).
+    public func storedHold(requestID: String, userID: Int64) async throws -> HoldOutcome? {
+        try await storedHolds.submit(RequestOfUser(requestID: requestID, userID: userID))
     }
 
     private func cut(_ request: HoldRequest) async throws -> HoldOutcome {
