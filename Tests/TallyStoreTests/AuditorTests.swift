@@ -13,14 +13,7 @@ struct AuditorTests {
     func chargeUnderAnotherKey() async throws {
         let db = try await TestDatabase.create("audit-keys")
         try await db.prepareBilling(users: 2)
-        let accounts = try await db.pool.withConnection { connection in
-            try connection.query(
-                """
-                SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id
-                WHERE u.username IN ('synthetic-1', 'synthetic-2') ORDER BY u.username
-                """
-            ).map { (user: try $0.decode(0, as: Int64.self), token: try $0.decode(1, as: Int64.self)) }
-        }
+        let accounts = [try await db.syntheticAccount(1), try await db.syntheticAccount(2)]
         let lines = accounts.enumerated().map { index, account in
             IngestRaceTests.line("audit-\(index)", userID: account.user, tokenID: account.token, quota: 3750)
         }

@@ -19,11 +19,7 @@ struct IngestRaceTests {
     func concurrentInsertAfterCheck() async throws {
         let db = try await TestDatabase.shared("ingest-race")
         try await db.prepareBilling(users: 1)
-        let (userID, tokenID) = try await db.pool.withConnection { connection in
-            let row = try connection.query(
-                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-1'")[0]
-            return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
-        }
+        let (userID, tokenID) = try await db.syntheticAccount(1)
         let racer = try await TestSession.open(db.url)
         let racerPID = try await racer.run { try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self) }
         let contested = Self.line("race-contested", userID: userID, tokenID: tokenID, quota: 3750)
@@ -64,11 +60,7 @@ struct IngestRaceTests {
     func sameIDsInOtherOrder() async throws {
         let db = try await TestDatabase.shared("ingest-race")
         try await db.prepareBilling(users: 3)
-        let (userID, tokenID) = try await db.pool.withConnection { connection in
-            let row = try connection.query(
-                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-3'")[0]
-            return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
-        }
+        let (userID, tokenID) = try await db.syntheticAccount(3)
         let insert = """
             INSERT INTO request_logs (request_id, created_at, user_id, token_id, model, "group", kind, status, quota)
             VALUES ($1, to_timestamp(1794312000), $2, $3, 'gpt-4o', 'default', 'chat', 200, 0)
@@ -106,11 +98,7 @@ struct IngestRaceTests {
     func duplicateWithinBatch() async throws {
         let db = try await TestDatabase.shared("ingest-race")
         try await db.prepareBilling(users: 2)
-        let (userID, tokenID) = try await db.pool.withConnection { connection in
-            let row = try connection.query(
-                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-2'")[0]
-            return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
-        }
+        let (userID, tokenID) = try await db.syntheticAccount(2)
         let line = Self.line("twin", userID: userID, tokenID: tokenID, quota: 100)
         let result = try await PostgresIngestRepository(pool: db.pool).store(
             [line, line, line], rejects: [], totalLines: 3,

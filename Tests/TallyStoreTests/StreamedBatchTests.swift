@@ -18,15 +18,6 @@ struct StreamedBatchTests {
         FoldTests.line(id, account, quota: quota, at: at)
     }
 
-    static func account(_ db: TestDatabase, synthetic number: Int) async throws -> (user: Int64, token: Int64) {
-        try await db.pool.withConnection { connection in
-            let row = try connection.query(
-                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = $1",
-                ["synthetic-\(number)"])[0]
-            return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
-        }
-    }
-
     /// Starts storing a batch through a fresh hand-off, as the ingest route does.
     static func start(_ repository: PostgresIngestRepository) -> (BatchHandOff, Task<IngestResult, any Error>) {
         let handOff = BatchHandOff()
@@ -75,7 +66,7 @@ struct StreamedBatchTests {
     func rowsGoInBeforeTheEnd() async throws {
         let db = try await TestDatabase.shared("ingest-stream")
         try await db.prepareBilling(users: 5)
-        let account = try await Self.account(db, synthetic: 1)
+        let account = try await db.syntheticAccount(1)
         let (handOff, stored) = Self.start(PostgresIngestRepository(pool: db.pool))
         await handOff.send(.lines((1...3).map { Self.line("early-\($0)", account: account) }))
         #expect(try await Self.waitForCopies(db, rows: 3), "the first part was not copied before the body ended")
@@ -93,7 +84,7 @@ struct StreamedBatchTests {
     func repeatsFallBack() async throws {
         let db = try await TestDatabase.shared("ingest-stream")
         try await db.prepareBilling(users: 5)
-        let account = try await Self.account(db, synthetic: 2)
+        let account = try await db.syntheticAccount(2)
         let repository = PostgresIngestRepository(pool: db.pool)
         _ = try await repository.store(
             [Self.line("again-stored", account: account)], rejects: [], totalLines: 1, tid: TraceID.generate(),
@@ -117,7 +108,7 @@ struct StreamedBatchTests {
     func unknownMonthStoresWhole() async throws {
         let db = try await TestDatabase.shared("ingest-stream")
         try await db.prepareBilling(users: 5)
-        let account = try await Self.account(db, synthetic: 3)
+        let account = try await db.syntheticAccount(3)
         let (handOff, stored) = Self.start(PostgresIngestRepository(pool: db.pool))
         // A month long before `now` that no test stores lines in: it has no partition yet.
         let earlier = Date(timeIntervalSince1970: 1_741_608_000)  // 2025-03-10
@@ -145,7 +136,7 @@ struct StreamedBatchTests {
     func droppedMonthMadeAgain() async throws {
         let db = try await TestDatabase.create("ingest-dropped")
         try await db.prepareBilling(users: 1)
-        let account = try await Self.account(db, synthetic: 1)
+        let account = try await db.syntheticAccount(1)
         let repository = PostgresIngestRepository(pool: db.pool)
         let july = Date(timeIntervalSince1970: 1_720_612_800)  // 2024-07-10
         func store(_ id: String) async throws -> IngestResult {
@@ -179,7 +170,7 @@ struct StreamedBatchTests {
         struct ClientGone: Error {}
         let db = try await TestDatabase.shared("ingest-stream")
         try await db.prepareBilling(users: 5)
-        let account = try await Self.account(db, synthetic: 4)
+        let account = try await db.syntheticAccount(4)
         let (handOff, stored) = Self.start(PostgresIngestRepository(pool: db.pool))
         await handOff.send(.lines([Self.line("gone-1", account: account)]))
         #expect(try await Self.waitForCopies(db, rows: 1))
@@ -199,7 +190,7 @@ struct StreamedBatchTests {
     func wholeBatchDeadlockedIsWrittenAgain() async throws {
         let db = try await TestDatabase.shared("ingest-stream")
         try await db.prepareBilling(users: 6)
-        let account = try await Self.account(db, synthetic: 6)
+        let account = try await db.syntheticAccount(6)
         let (x, y) = (Self.line("mix-x", account: account), Self.line("mix-y", account: account))
         // PostgreSQL checks a waiting session for a deadlock once, deadlock_timeout after its wait
         // began, and aborts the session whose check finds the cycle. The whole batch waits first
@@ -237,7 +228,7 @@ struct StreamedBatchTests {
                 "ALTER DATABASE \(connection.quoteIdentifier(created.name)) SET statement_timeout = '300ms'")
         }
         let db = created.reopened(poolSize: 4)  // connections opened after the setting
-        let account = try await Self.account(db, synthetic: 1)
+        let account = try await db.syntheticAccount(1)
         let (handOff, stored) = Self.start(PostgresIngestRepository(pool: db.pool))
         await handOff.send(.lines([Self.line("slow-1", account: account)]))
         try await Task.sleep(for: .milliseconds(800))
@@ -253,7 +244,7 @@ struct StreamedBatchTests {
     func oppositeOrdersDeadlockAndRecover() async throws {
         let db = try await TestDatabase.shared("ingest-stream")
         try await db.prepareBilling(users: 5)
-        let account = try await Self.account(db, synthetic: 5)
+        let account = try await db.syntheticAccount(5)
         let (x, y) = (Self.line("cross-x", account: account), Self.line("cross-y", account: account))
         // COPY inserts rows 1,000 at a time (its multi-insert buffer): a contested line followed
         // by 1,000 others of its own is in the table, and its index, before the part ends.

@@ -15,11 +15,7 @@ struct TokensTests {
     func editKeepsConcurrentCharges() async throws {
         let db = try await TestDatabase.create("token-edit")
         try await db.prepareBilling(users: 1)
-        let (userID, tokenID) = try await db.pool.withConnection { connection in
-            let row = try connection.query(
-                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = 'synthetic-1'")[0]
-            return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
-        }
+        let (userID, tokenID) = try await db.syntheticAccount(1)
         func charge(_ quota: Int64, batch: Int64) async throws {
             _ = try await db.pool.withConnection { connection in
                 try connection.query(

@@ -36,6 +36,16 @@ public let designPriceSheet = """
     """
 
 extension TestDatabase {
+    /// The user and key of synthetic account `number` (`synthetic-<number>`, from `prepareBilling`).
+    public func syntheticAccount(_ number: Int) async throws -> (user: Int64, token: Int64) {
+        try await pool.withConnection { connection in
+            let row = try connection.query(
+                "SELECT u.id, t.id FROM users u JOIN tokens t ON t.user_id = u.id WHERE u.username = $1",
+                ["synthetic-\(number)"])[0]
+            return (try row.decode(0, as: Int64.self), try row.decode(1, as: Int64.self))
+        }
+    }
+
     /// Loads `designPriceSheet` (once per database) and seeds `users` synthetic accounts.
     public func prepareBilling(users: Int, quota: Int64 = 1_000_000_000) async throws {
         let existing = try await PostgresPriceRepository(pool: pool).newestID()
