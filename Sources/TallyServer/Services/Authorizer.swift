@@ -61,12 +61,9 @@ public final class Authorizer: Sendable {
         guard limiter.allow(access, model: model, now: now.timeIntervalSince1970) else {
             // A retry of a request already held is answered with its hold, whatever the rate.
             if let requestID = Self.validRequestID(request.requestID),
-                case .duplicate(let holdID, let held, _)? = try await holds.storedHold(
-                    requestID: requestID, userID: access.userID)
+                let stored = try await holds.storedHold(requestID: requestID, userID: access.userID)
             {
-                return AuthorizeGrant(
-                    holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
-                    held: held, isNew: false)
+                return try Self.answer(stored, access: access)
             }
             throw APIError(.rateLimited, model: model)
         }
@@ -89,15 +86,19 @@ public final class Authorizer: Sendable {
         started = AuthorizeMetrics.record(.checks, since: started)
         let outcome = try await holds.reserve(hold)
         AuthorizeMetrics.record(.hold, since: started)
+        return try Self.answer(outcome, access: access)
+    }
+
+    /// The grant of a hold outcome, or the catalog error of a refusal.
+    private static func answer(_ outcome: HoldOutcome, access: KeyAccess) throws -> AuthorizeGrant {
+        func grant(_ holdID: Int64, _ held: Int64, isNew: Bool) -> AuthorizeGrant {
+            AuthorizeGrant(
+                holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
+                held: held, isNew: isNew)
+        }
         switch outcome {
-        case .held(let holdID, let held):
-            return AuthorizeGrant(
-                holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
-                held: held, isNew: true)
-        case .duplicate(let holdID, let held, _):
-            return AuthorizeGrant(
-                holdID: holdID, userID: access.userID, tokenID: access.tokenID, group: access.group,
-                held: held, isNew: false)
+        case .held(let holdID, let held): return grant(holdID, held, isNew: true)
+        case .duplicate(let holdID, let held, _): return grant(holdID, held, isNew: false)
         case .insufficient: throw APIError(.insufficientUserQuota)
         case .exhausted, .unknown: throw APIError(.invalidToken)
         }
