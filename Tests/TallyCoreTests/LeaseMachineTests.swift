@@ -93,7 +93,9 @@ func duplicate(_ holdID: Int64, _ amount: Int64, _ status: String = "held") -> H
 }
 
 func committed(_ holds: [JournaledHold]) -> [JournalOutcome] {
-    holds.map { JournalOutcome(holdID: $0.id, held: $0.request.amount, status: "held", isNew: true) }
+    holds.map {
+        JournalOutcome(holdID: $0.id, held: $0.request.amount, status: "held", userID: $0.request.userID, isNew: true)
+    }
 }
 
 @Suite("Leases: the pure state machine behind authorize")
@@ -230,7 +232,7 @@ struct LeaseMachineTests {
         let (ticket, actions) = driver.cut("elsewhere", 100)
         let batch = try #require(actions.journals.first)
         #expect(driver.machine.free(.user(7)) == 900)
-        let earlier = JournalOutcome(holdID: 5_000, held: 120, status: "settled", isNew: false)
+        let earlier = JournalOutcome(holdID: 5_000, held: 120, status: "settled", userID: 7, isNew: false)
         let answered = driver.send(.journalCommitted(batch: batch.batch, [earlier]))
         #expect(answered.answers == [ticket: duplicate(5_000, 120, "settled")])
         #expect(driver.machine.free(.user(7)) == 1_000 && driver.machine.free(.token(70)) == 1_000)
@@ -310,10 +312,38 @@ struct LeaseMachineTests {
         let (first, actions) = driver.cut("e", 100)
         let batch = try #require(actions.journals.first)
         let (retry, _) = driver.cut("e", 100)
-        let earlier = JournalOutcome(holdID: 5_000, held: 120, status: "held", isNew: false)
+        let earlier = JournalOutcome(holdID: 5_000, held: 120, status: "held", userID: 7, isNew: false)
         #expect(
             driver.send(.journalCommitted(batch: batch.batch, [earlier])).answers
                 == [first: duplicate(5_000, 120), retry: duplicate(5_000, 120)])
+    }
+
+    @Test("a request id of another user's hold is refused, not answered as a retry; the owner's retries still are")
+    func requestIDOfAnotherUser() throws {
+        var driver = LeaseDriver.ready()
+        driver.prime(user: 1_000, token: nil)
+        #expect(driver.cut("shared", 100).1.answers.values.first == held(1, 100))
+        let (ticket, actions) = driver.cut("shared", 100, user: 8, token: 80)
+        #expect(actions == [.answer(ticket, .outcome(.requestIDInUse))], "no refill, no cut, no journal")
+        #expect(driver.cut("shared", 100).1.answers.values.first == duplicate(1, 100))
+    }
+
+    @Test(
+        "the journal finds another user's hold under the request id: refused, the units back on the lease, not remembered"
+    )
+    func journalFindsAnotherUsersHold() throws {
+        var driver = LeaseDriver.ready(.sync)
+        driver.prime(user: 1_000, token: 1_000)
+        let (ticket, actions) = driver.cut("theirs", 100)
+        let batch = try #require(actions.journals.first)
+        let (retry, _) = driver.cut("theirs", 100)
+        let stored = JournalOutcome(holdID: 5_000, held: 120, status: "held", userID: 9, isNew: false)
+        let answered = driver.send(.journalCommitted(batch: batch.batch, [stored]))
+        #expect(answered.answers == [ticket: .outcome(.requestIDInUse), retry: .outcome(.requestIDInUse)])
+        #expect(driver.machine.free(.user(7)) == 1_000 && driver.machine.free(.token(70)) == 1_000)
+        // Not remembered as this user's hold: asked again, it is cut and journaled again.
+        let (_, again) = driver.cut("theirs", 100)
+        #expect(again.answers.isEmpty && again.journals.count == 1)
     }
 
     @Test("a batch refused (registration reaped): its holds are dropped and fail, the leases go, a renewal is asked")

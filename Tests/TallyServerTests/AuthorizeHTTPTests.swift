@@ -265,6 +265,35 @@ struct AuthorizeHTTPTests {
         #expect(try await seed.int("SELECT reserved FROM token_balances WHERE user_id = $1", [user.id]) == 0)
     }
 
+    @Test("a request id another account's hold carries answers 409 and reserves nothing; its owner's retry is not hurt")
+    func requestIDOfAnotherAccount() async throws {
+        let (db, seed) = try await Self.prepared()
+        let (owner, _) = try await seed.user(quota: 100_000)
+        let (other, _) = try await seed.user(quota: 100_000)
+        let ownerKey = try await seed.key(user: owner.id, TokenDraft(name: "k", unlimitedQuota: true)).key
+        let otherKey = try await seed.key(user: other.id, TokenDraft(name: "k", unlimitedQuota: true)).key
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            let held = try await gateway.authorize(key: ownerKey, requestID: "shared")
+            #expect(held.status == 200, "\(held.text)")
+            let refused = try await gateway.authorize(key: otherKey, requestID: "shared")
+            #expect(refused.status == 409, "\(refused.text)")
+            #expect(refused.errorCode == "conflict")
+            #expect(refused.errorMessage == Authorizer.requestIDInUse.message)
+            #expect(refused.headers[.xTid]?.count == 32)
+            #expect(try await seed.openHolds(user: other.id) == 0)
+            let retry = try await gateway.authorize(key: ownerKey, requestID: "shared")
+            #expect(int64(retry.object["hold_id"]) == int64(held.object["hold_id"]))
+            #expect(retry.object["duplicate"] as? Bool == true)
+            // The other account's log line of that id is its own request: charged to it, the hold left open.
+            #expect(try await gateway.settle("shared", key: otherKey).status == 200)
+            #expect(try await seed.openHolds(user: owner.id) == chatHold)
+            #expect(
+                try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [other.id]) == 100_000 - chatHold)
+        }
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     @Test(
         "a settlement above its hold is charged in full; the overrun leaves the account negative and refuses the next hold"
     )

@@ -180,6 +180,43 @@ struct HoldBookTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    /// Found by a review of the authorize path: holds are unique by request id alone, and both the
+    /// book's memory and the journal answered another user's hold as a retry.
+    @Test(
+        """
+        a request id of another user's hold is refused through the instance that cut it and through \
+        another; nothing is reserved for it, and each user's own requests still get their holds
+        """)
+    func requestIDOfAnotherUser() async throws {
+        let db = try await TestDatabase.create("holdbook-theirs")
+        let seed = Seed(db: db)
+        let (owner, ownerToken) = try await Self.limitedAccount(seed, quota: 1_000)
+        let (other, otherToken) = try await Self.limitedAccount(seed, quota: 1_000)
+        // One stripe: the second user's request meets the first's in the book's memory.
+        let first = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600, stripes: 1)
+        let second = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
+        try await first.start()
+        try await second.start()
+        let held = try await first.reserve(Self.request("shared", user: owner, token: ownerToken))
+        guard case .held(let heldID, 100) = held else { Issue.record("\(held)"); return }
+        let theirs = Self.request("shared", user: other, token: otherToken)
+        #expect(try await first.reserve(theirs) == .requestIDInUse)
+        // The other instance remembers nothing of it: the journal finds the stored hold's user.
+        #expect(try await second.reserve(theirs) == .requestIDInUse)
+        let retry = try await second.reserve(Self.request("shared", user: owner, token: ownerToken))
+        #expect(retry == .duplicate(holdID: heldID, amount: 100, status: "held"))
+        for index in 0..<10 {
+            let outcome = try await second.reserve(Self.request("own-\(index)", user: other, token: otherToken))
+            guard case .held(_, 100) = outcome else { Issue.record("\(outcome)"); return }
+        }
+        #expect(try await first.retire())
+        #expect(try await second.retire())
+        #expect(try await seed.int("SELECT count(*) FROM holds WHERE user_id = $1", [other]) == 10)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [other]) == 1_000)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [owner]) == 100)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     @Test("the journal answers in order: new holds as given, a rewritten batch as stored, a retry with its first hold")
     func journalOutcomes() async throws {
         let db = try await TestDatabase.create("journalanswers")
@@ -206,8 +243,8 @@ struct HoldBookTests {
         }
         let batch = [hold(0, "a", 100, tokenLeased: true), hold(1, "b", 200, tokenLeased: false)]
         let fresh = [
-            JournalOutcome(holdID: first, held: 100, status: "held", isNew: true),
-            JournalOutcome(holdID: first + 1, held: 200, status: "held", isNew: true),
+            JournalOutcome(holdID: first, held: 100, status: "held", userID: user, isNew: true),
+            JournalOutcome(holdID: first + 1, held: 200, status: "held", userID: user, isNew: true),
         ]
         #expect(try await repository.journal(instance: "one", holds: batch, ttlSeconds: 600) == fresh)
         #expect(try await leases() == [700, 900])
@@ -218,8 +255,8 @@ struct HoldBookTests {
         let mixed = [hold(2, "c", 50, tokenLeased: true), hold(3, "a", 100, tokenLeased: true)]
         #expect(
             try await repository.journal(instance: "one", holds: mixed, ttlSeconds: 600) == [
-                JournalOutcome(holdID: first + 2, held: 50, status: "held", isNew: true),
-                JournalOutcome(holdID: first, held: 100, status: "held", isNew: false),
+                JournalOutcome(holdID: first + 2, held: 50, status: "held", userID: user, isNew: true),
+                JournalOutcome(holdID: first, held: 100, status: "held", userID: user, isNew: false),
             ])
         #expect(try await leases() == [650, 850])
         #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'held'") == 3)

@@ -118,7 +118,9 @@ extension SimDatabase {
         }
         return entries.compactMap { entry in
             holds[entry.request.requestID].map {
-                JournalOutcome(holdID: $0.id, held: $0.amount, status: $0.status.rawValue, isNew: $0.id == entry.id)
+                JournalOutcome(
+                    holdID: $0.id, held: $0.amount, status: $0.status.rawValue, userID: $0.userID,
+                    isNew: $0.id == entry.id)
             }
         }
     }

@@ -90,6 +90,10 @@ public final class Authorizer: Sendable {
     }
 
     /// The grant of a hold outcome, or the catalog error of a refusal.
+    /// A request id names one request of one account: another account's hold is not a retry.
+    public static let requestIDInUse = APIError.conflict(
+        "This request_id is another account's request; give each request its own request_id.")
+
     private static func answer(_ outcome: HoldOutcome, access: KeyAccess) throws -> AuthorizeGrant {
         func grant(_ holdID: Int64, _ held: Int64, isNew: Bool) -> AuthorizeGrant {
             AuthorizeGrant(
@@ -101,6 +105,7 @@ public final class Authorizer: Sendable {
         case .duplicate(let holdID, let held, _): return grant(holdID, held, isNew: false)
         case .insufficient: throw APIError(.insufficientUserQuota)
         case .exhausted, .unknown: throw APIError(.invalidToken)
+        case .requestIDInUse: throw requestIDInUse
         }
     }
 

@@ -110,14 +110,16 @@ public struct PostgresLeaseRepository: LeaseRepository {
                 try connection.query(Self.journalHolds, parameters).map { row in
                     (
                         id: try row.decode(1, as: Int64.self), held: try row.decode(2, as: Int64.self),
-                        status: try row.decode(3, as: String.self)
+                        status: try row.decode(3, as: String.self), userID: try row.decode(4, as: Int64.self)
                     )
                 }
             }
         }
         // A stored hold with another id is an earlier authorization of the request id.
         return zip(holds, stored).map { hold, stored in
-            JournalOutcome(holdID: stored.id, held: stored.held, status: stored.status, isNew: stored.id == hold.id)
+            JournalOutcome(
+                holdID: stored.id, held: stored.held, status: stored.status, userID: stored.userID,
+                isNew: stored.id == hold.id)
         }
     }
 
@@ -215,7 +217,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
     static let journalHolds = PreparedStatement(
         "leases_journal",
         """
-        SELECT request_id, hold_id, held, hold_status FROM tally_journal_holds(
+        SELECT request_id, hold_id, held, hold_status, hold_user_id FROM tally_journal_holds(
             $1, $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::boolean[], $10)
         """)
     static let storedHoldsOfRequests = PreparedStatement(

@@ -126,10 +126,13 @@ public struct LeaseMachine: Sendable {
         }
         let request = cut.request
         if let earlier = retries.find(request.requestID, now: now, keepFor: policy.recentSeconds) {
+            guard earlier.userID == request.userID else {
+                return out.append(.answer(cut.ticket, .outcome(.requestIDInUse)))
+            }
             // Sync mode answers only what PostgreSQL holds: a retry of a hold still queued for
             // the journal waits for the same commit.
             if policy.commit == .sync, journal.awaitCommit(of: request.requestID, ticket: cut.ticket) { return }
-            return out.append(.answer(cut.ticket, .outcome(earlier)))
+            return out.append(.answer(cut.ticket, .outcome(earlier.outcome)))
         }
         let wants = shortfall(of: request, now: now)
         guard wants.isEmpty else {
@@ -147,7 +150,8 @@ public struct LeaseMachine: Sendable {
         }
         let tokenLimits = cutLeases(of: request, now: now)
         let held = HoldOutcome.held(holdID: holdID, amount: request.amount)
-        retries.remember(request.requestID, .duplicate(holdID: holdID, amount: request.amount, status: "held"))
+        retries.remember(
+            request.requestID, of: request.userID, .duplicate(holdID: holdID, amount: request.amount, status: "held"))
         let sync = policy.commit == .sync
         journal.enqueue(
             JournaledHold(id: holdID, request: request, tokenLeased: tokenLimits), instance: instance,
@@ -352,13 +356,19 @@ struct RecentAccounts: Sendable {
     mutating func forgetExpired(now: Double) { markedAt = markedAt.filter { now - $0.value < seconds } }
 }
 
-/// Request ids answered recently, for retries: two generations swapped every `keepFor`.
+/// Request ids answered recently, with the user each was answered for, for retries: two
+/// generations swapped every `keepFor`.
 struct RecentHolds: Sendable {
-    private var current: [String: HoldOutcome] = [:]
-    private var previous: [String: HoldOutcome] = [:]
+    struct Answered: Sendable {
+        let userID: Int64
+        let outcome: HoldOutcome
+    }
+
+    private var current: [String: Answered] = [:]
+    private var previous: [String: Answered] = [:]
     private var since = -Double.infinity
 
-    mutating func find(_ requestID: String, now: Double, keepFor: Double) -> HoldOutcome? {
+    mutating func find(_ requestID: String, now: Double, keepFor: Double) -> Answered? {
         if now - since >= keepFor {
             previous = current
             current = [:]
@@ -367,8 +377,8 @@ struct RecentHolds: Sendable {
         return current[requestID] ?? previous[requestID]
     }
 
-    mutating func remember(_ requestID: String, _ outcome: HoldOutcome) {
-        current[requestID] = outcome
+    mutating func remember(_ requestID: String, of userID: Int64, _ outcome: HoldOutcome) {
+        current[requestID] = Answered(userID: userID, outcome: outcome)
     }
 
     mutating func forget(_ requestID: String) {

@@ -59,6 +59,9 @@ public enum HoldOutcome: Sendable, Equatable {
     case exhausted
     /// The user or the token no longer exists.
     case unknown
+    /// The request id is another user's hold: nothing was reserved, and the request is not
+    /// that hold's retry (a request id names one request of one account).
+    case requestIDInUse
 
     /// A refusal for want of units, which a hold already stored under the request id answers
     /// instead (a retry this instance does not remember: ``HoldBook`` and the simulation's shell
@@ -66,7 +69,7 @@ public enum HoldOutcome: Sendable, Equatable {
     public var isShortOfUnits: Bool {
         switch self {
         case .insufficient, .exhausted: true
-        case .held, .duplicate, .unknown: false
+        case .held, .duplicate, .unknown, .requestIDInUse: false
         }
     }
 }
@@ -134,17 +137,20 @@ public struct JournaledHold: Sendable, Equatable {
 }
 
 /// What the journal found for a hold: the hold stored under its request id (this one, or an
-/// earlier one when the request id had been authorized before).
+/// earlier one when the request id had been authorized before, by this user or another).
 public struct JournalOutcome: Sendable, Equatable {
     public let holdID: Int64
     public let held: Int64
     public let status: String
+    /// The user of the stored hold.
+    public let userID: Int64
     public let isNew: Bool
 
-    public init(holdID: Int64, held: Int64, status: String, isNew: Bool) {
+    public init(holdID: Int64, held: Int64, status: String, userID: Int64, isNew: Bool) {
         self.holdID = holdID
         self.held = held
         self.status = status
+        self.userID = userID
         self.isNew = isNew
     }
 }
