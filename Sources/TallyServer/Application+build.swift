@@ -17,9 +17,15 @@ extension TallyServices {
             forget(change)
             // A key's limits changed (unlimited or not, its quota): its lease is taken afresh.
             holdBook.notice(.accountChanged(.token(id)))
+        case .user(let id):
+            forget(change)
+            // The balance may have been lowered (an admin's subtract or override): units leased
+            // before no longer exist, so the lease is taken afresh from what is left.
+            holdBook.notice(.accountChanged(.user(id)))
         case .channel: access.invalidate(change)
-        case .user, .group, .import: forget(change)
-        case .everything:
+        case .group: forget(change)
+        case .everything, .import:
+            // An import sets balances and keys wholesale: every lease is taken afresh too.
             forget(change)
             Task { try? await holdBook.returnIdleLeases(everything: true) }
         }

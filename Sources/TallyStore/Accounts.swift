@@ -203,6 +203,11 @@ public struct AccountRepository: Sendable {
                         id: id, by: delta, reason: "add_quota \(mode.rawValue) \(value) by \(actor.name)",
                         on: connection, actor: actor)
                 }
+                if delta < 0 {
+                    // Instances holding units of the account leased give them back: a lowered
+                    // balance must not be spent from leases taken out of the higher one.
+                    try ChangeNotice.send([ChangeNotice.user(id)], on: connection)
+                }
                 try AuditLog.recordChange(
                     on: connection, actor: actor, action: "user.quota_\(mode.rawValue)", target: "user:\(id)",
                     before: ["quota": before.quota], after: ["quota": updated.quota, "value": value])

@@ -358,6 +358,30 @@ struct AuthorizeHTTPTests {
         #expect(try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [user.id]) == 0)
     }
 
+    /// Found by a review of the admin money paths: the lease taken out of the higher balance was
+    /// spent on, and the account overdrawn by up to a lease.
+    @Test("an admin lowering a balance takes the instance's lease back: the next hold sees the lowered balance")
+    func loweredBalanceTakesLeaseBack() async throws {
+        let (db, seed) = try await Self.prepared()
+        let (user, _) = try await seed.user(quota: 100_000)
+        let key = try await seed.key(user: user.id, TokenDraft(name: "k", unlimitedQuota: true)).key
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            #expect(try await gateway.authorize(key: key).status == 200)
+            #expect(
+                try await seed.int("SELECT reserved FROM user_balances WHERE id = $1", [user.id]) > 2 * chatHold,
+                "the instance leased ahead of the hold")
+            _ = try await AccountRepository(pool: db.pool).manage(
+                id: user.id, .addQuota(mode: .override, value: 2 * chatHold), actorRole: nil, by: .cli)
+            // The notice travels through LISTEN/NOTIFY: a moment, then room for one more hold only.
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await gateway.authorize(key: key).status == 200)
+            Self.expectError(try await gateway.authorize(key: key), .insufficientUserQuota)
+            #expect(try await seed.openHolds(user: user.id) == 2 * chatHold)
+        }
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     @Test("a change to a key or user reaches the cache through NOTIFY, without waiting for the TTL")
     func invalidation() async throws {
         let (db, seed) = try await Self.prepared()
