@@ -33,6 +33,18 @@ struct LogLineTimeTests {
         #expect(try Self.seconds("1.7934912e9") == Self.november)
     }
 
+    /// Found by a review: a line a fraction of a microsecond before midnight was priced and
+    /// booked on one day and stored on the next.
+    @Test("created_at is kept to whole microseconds, as PostgreSQL stores it: every reader sees one day")
+    func wholeMicroseconds() throws {
+        for text in [#""2026-10-31T23:59:59.9999996Z""#, "1793491199.9999996"] {
+            let instant = try Self.seconds(text)
+            #expect(instant == Self.november, "\(text)")
+            #expect(UTCDay(Date(timeIntervalSince1970: instant)).civil.month == 11)
+        }
+        #expect(try Self.seconds(#""2026-10-31T23:59:59.9999994Z""#) == Self.november - 0.000_001)
+    }
+
     @Test("values above 1e11 are milliseconds; 1e11 itself is seconds")
     func milliseconds() throws {
         #expect(try Self.seconds("1793491200250") == Self.november + 0.25)

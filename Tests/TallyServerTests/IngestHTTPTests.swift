@@ -297,6 +297,29 @@ struct IngestHTTPTests {
         #expect(try await Self.balance(db, user: 10) == Self.initialQuota - Self.chatCost)
     }
 
+    /// Found by a review: the columns are `integer`, and one such line failed its batch's COPY,
+    /// and every resend of the batch, so none of its lines was ever billed.
+    @Test("a duration or channel id beyond the integer columns is rejected per line and never fails the batch")
+    func integerColumnsOutOfRange() async throws {
+        let db = try await Self.database()
+        let key = SyntheticKeys.key(forUser: 10)
+        func line(_ id: String, _ extra: String) -> String {
+            #"{"request_id":"\#(id)","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o",\#(extra),"usage":{"prompt_tokens":1}}"#
+        }
+        let body = [
+            line("long", #""duration_ms":3000000000"#), line("channel", #""channel_id":2147483648"#),
+            line("longest", #""duration_ms":2147483647,"channel_id":2147483647"#), LogLines.chat("range-ok", user: 10),
+        ].joined(separator: "\n")
+        try await TestApp.build(db).test(.live) { client in
+            let (status, object) = try await Self.post(client, body)
+            #expect(status == .ok)
+            #expect(object["accepted"] as? Int == 2)
+            let rejected = object["rejected"] as? [[String: Any]] ?? []
+            #expect(rejected.compactMap { $0["request_id"] as? String } == ["long", "channel"])
+            #expect(rejected.compactMap { $0["code"] as? String } == ["invalid_field", "invalid_field"])
+        }
+    }
+
     @Test("a JSON array body works like NDJSON")
     func jsonArray() async throws {
         let db = try await Self.database()

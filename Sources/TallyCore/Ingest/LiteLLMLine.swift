@@ -117,7 +117,7 @@ struct LiteLLMPayload {
         line.ip = ip
         line.tid = traceID.flatMap(Self.tid)
         if let start {
-            line.createdAt = start
+            line.createdAt = LogLine.storedInstant(start)
             if let end, end >= start { line.durationMs = Int64((end.timeIntervalSince(start) * 1000).rounded()) }
         }
         if status == "failure" {

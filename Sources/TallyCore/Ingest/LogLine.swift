@@ -47,6 +47,13 @@ public struct IngestRejection: Error, Sendable, Equatable, CustomStringConvertib
 }
 
 extension LogLine {
+    /// `created_at` to whole microseconds, as PostgreSQL stores it: the price version, the
+    /// ledger's month, the rollup's day and the stored row then name one instant (a finer
+    /// fraction, as Go's RFC3339Nano writes, could put them on two sides of midnight).
+    public static func storedInstant(_ date: Date) -> Date {
+        Date(timeIntervalSince1970: (date.timeIntervalSince1970 * 1_000_000).rounded() / 1_000_000)
+    }
+
     /// Parses one gateway log line (a JSON object, nothing after it but whitespace). Unknown keys
     /// are ignored.
     public static func parse(_ bytes: UnsafeBufferPointer<UInt8>) throws(IngestRejection) -> LogLine {
@@ -57,7 +64,7 @@ extension LogLine {
             try scanner.readObject { scanner, key throws(UsageParseError) in
                 switch key {
                 case "request_id": line.requestID = try scanner.readOptionalString("request_id")
-                case "created_at": line.createdAt = try scanner.readTime("created_at")
+                case "created_at": line.createdAt = try scanner.readTime("created_at").map(Self.storedInstant)
                 case "key": line.key = try scanner.readOptionalString("key")
                 case "token_id": line.tokenID = try scanner.readOptionalCount("token_id")
                 case "model": line.model = try scanner.readOptionalString("model")

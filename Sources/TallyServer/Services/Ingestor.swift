@@ -152,6 +152,14 @@ public struct Ingestor: Sendable {
         guard (100...599).contains(status) else {
             throw IngestRejection("invalid_field", "status \(status) is not an HTTP status")
         }
+        // Stored in `integer` columns: a larger value would fail the whole batch's COPY.
+        guard line.durationMs <= Int32.max else {
+            throw IngestRejection(
+                "invalid_field", "duration_ms \(line.durationMs) is more than \(Int32.max) (24.8 days)")
+        }
+        if let channelID = line.channelID, channelID > Int32.max {
+            throw IngestRejection("invalid_field", "channel_id \(channelID) is more than \(Int32.max)")
+        }
         let failed = status >= 400
         guard let usage = line.usage ?? (failed ? Usage() : nil) else {
             throw IngestRejection("missing_usage", "a successful request (status \(status)) needs usage")
