@@ -247,21 +247,26 @@ public struct LogRepository: Sendable {
         if let requestWhere {
             keys.append(
                 """
-                (SELECT l.created_at AS at, l.request_id AS sort_key, l.request_id AS rid, NULL::bigint AS lid
+                (SELECT l.created_at AS at, l.request_id AS sort_key, l.request_id AS rid, l.user_id AS uid,
+                        NULL::bigint AS lid
                  FROM request_logs l WHERE \(requestWhere) ORDER BY l.created_at DESC, l.request_id DESC LIMIT \(depth))
                 """)
         }
         if let creditWhere {
             keys.append(
                 """
-                (SELECT g.at AS at, '~' || lpad(g.id::text, 20, '0') AS sort_key, NULL::text AS rid, g.id AS lid
+                (SELECT g.at AS at, '~' || lpad(g.id::text, 20, '0') AS sort_key, NULL::text AS rid,
+                        NULL::bigint AS uid, g.id AS lid
                  FROM ledger g WHERE \(creditWhere) ORDER BY g.at DESC, g.id DESC LIMIT \(depth))
                 """)
         }
         let size = query.bind(page.size), offset = query.bind(page.offset)
         var details: [String] = []
         if requestWhere != nil {
-            details.append(Self.requestSelect + " JOIN page p ON p.rid = l.request_id AND p.at = l.created_at")
+            // The row's whole key: two accounts may log one request id at the same instant.
+            details.append(
+                Self.requestSelect
+                    + " JOIN page p ON p.uid = l.user_id AND p.at = l.created_at AND p.rid = l.request_id")
         }
         if creditWhere != nil { details.append(Self.creditSelect + " JOIN page p ON p.lid = g.id") }
         let pageSQL = """

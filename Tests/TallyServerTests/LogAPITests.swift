@@ -114,6 +114,33 @@ struct LogAPITests {
         }
     }
 
+    /// Found by a review: the page's details were joined on (request id, created_at) alone, and
+    /// two accounts may log the same request id at the same instant.
+    @Test("a request id another account logged at the same instant: each sees its own row only, once")
+    func sameRequestOfTwoAccounts() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (user, access) = try await seed.user("twin-a")
+        let (other, otherAccess) = try await seed.user("twin-b")
+        let (token, _) = try await seed.key(user: user.id)
+        let (otherToken, _) = try await seed.key(user: other.id)
+        let id = "twin-\(UUID().uuidString)"
+        try await seed.sql(
+            """
+            INSERT INTO request_logs (request_id, created_at, user_id, token_id, model, "group", kind, status, quota)
+            SELECT $1, date_trunc('second', now()) - interval '1 minute', u, t, m, 'default', 'chat', 200, q
+            FROM (VALUES ($2::bigint, $3::bigint, 'gpt-4o', 100::bigint), ($4, $5, 'claude-sonnet-4', 200)) AS r(u, t, m, q)
+            """, [id, user.id, token.id, other.id, otherToken.id])
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            for (access, model) in [(access, "gpt-4o"), (otherAccess, "claude-sonnet-4")] {
+                let logs = try await api.get("/api/log/self?p=1&page_size=10", token: access)
+                let items = try #require(logs.dataObject["items"] as? [[String: Any]])
+                #expect(items.map { $0["model_name"] as? String } == [model], "\(items)")
+            }
+        }
+    }
+
     @Test("GET /api/admin/logs finds request rows, ingest rejects and audit entries by tid or request id")
     func adminLookup() async throws {
         let db = try await TestDatabase.shared("systemapi")
