@@ -3,7 +3,8 @@ import CLibPQ
 /// An error from PostgreSQL or from libpq, carrying the SQLSTATE when the server sent one.
 ///
 /// The description never contains the connection string, so a password in `DATABASE_URL`
-/// cannot leak through logs or HTTP responses.
+/// cannot leak through logs or HTTP responses; nor the server's detail, which for a violated
+/// constraint is the whole row ("Failing row contains (…)": a secret, a hash).
 public struct PostgresError: Error, Sendable, CustomStringConvertible {
     /// What failed, coarsely: callers map `.connection` to 503 and retry later.
     public enum Kind: String, Sendable {
@@ -15,6 +16,8 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
     public var sqlState: String?
     /// The primary message (libpq's `PG_DIAG_MESSAGE_PRIMARY`, or libpq's own message).
     public var message: String
+    /// The server's detail (`PG_DIAG_MESSAGE_DETAIL`); may quote row values, so it is kept out of
+    /// ``description``.
     public var detail: String?
 
     public init(kind: Kind, sqlState: String? = nil, message: String, detail: String? = nil) {
@@ -28,7 +31,6 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
         var text = "PostgreSQL \(kind.rawValue) error"
         if let sqlState { text += " [\(sqlState)]" }
         text += ": \(message)"
-        if let detail { text += " (\(detail))" }
         return text
     }
 

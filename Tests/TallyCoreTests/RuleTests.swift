@@ -26,6 +26,10 @@ struct RuleTests {
         #expect(throws: RuleViolation("username is longer than 64 characters")) {
             try AccountRules.checkUsername(String(repeating: "a", count: 65))
         }
+        // 40 characters of 80 code points: PostgreSQL's length() counts the code points.
+        #expect(throws: RuleViolation("username is longer than 64 characters")) {
+            try AccountRules.checkUsername(String(repeating: "\u{1F1FA}\u{1F1F8}", count: 40))
+        }
         for bad in ["al ice", "al\tice", "al\u{7f}", "a\u{2003}b"] {
             #expect(throws: RuleViolation("username must not contain spaces or control characters")) {
                 try AccountRules.checkUsername(bad)
@@ -142,7 +146,7 @@ struct RuleTests {
         try WebhookRules.checkURL("http://127.0.0.1:9000/x")
         for bad in [
             "ftp://x/y", "http:///nohost", "https//x", "https://exa mple.com", "mailto:a@b.co",
-            "https://" + String(repeating: "a", count: 2048),
+            "https://" + String(repeating: "a", count: 2048), "HTTPS://hooks.example.com/t",
         ] {
             #expect(
                 throws: RuleViolation(

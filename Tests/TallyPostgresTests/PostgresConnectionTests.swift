@@ -67,6 +67,24 @@ struct PostgresConnectionTests {
         }
     }
 
+    /// Found by a review: a CHECK the Swift rules let through printed a webhook's secret.
+    @Test("a violated constraint's description names it, never the row's values (the server's detail)")
+    func constraintHidesRow() async throws {
+        let db = try await TestDatabase.shared("postgres")
+        try await db.pool.withConnection { connection in
+            try connection.execute("CREATE TABLE IF NOT EXISTS checked (secret text CHECK (length(secret) < 3))")
+            do {
+                try connection.query("INSERT INTO checked VALUES ($1)", ["sup3r-s3cret"])
+                Issue.record("expected a check violation")
+            } catch let error as PostgresError {
+                #expect(error.sqlState == "23514")
+                #expect(error.detail?.contains("sup3r-s3cret") == true, "the server did send the row")
+                #expect(error.description.contains("checked_secret_check"))
+                #expect(!error.description.contains("sup3r-s3cret"))
+            }
+        }
+    }
+
     @Test("a failed transaction rolls back everything it wrote")
     func transactionRollsBack() async throws {
         let db = try await TestDatabase.shared("postgres")

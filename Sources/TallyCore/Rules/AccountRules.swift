@@ -2,7 +2,10 @@
 public enum AccountRules {
     public static func checkUsername(_ username: String) throws(RuleViolation) {
         guard !username.isEmpty else { throw RuleViolation("username is required") }
-        guard username.count <= 64 else { throw RuleViolation("username is longer than 64 characters") }
+        // Code points, as the table's CHECK (length) counts them: a longer one failed the insert (500).
+        guard username.unicodeScalars.count <= 64 else {
+            throw RuleViolation("username is longer than 64 characters")
+        }
         guard
             !username.unicodeScalars.contains(where: {
                 $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f

@@ -15,11 +15,13 @@ public enum WebhookEventType: String, Sendable, CaseIterable, Codable {
 /// The rules of webhook endpoints: their URL and the event types they ask for.
 public enum WebhookRules {
     public static func checkURL(_ url: String) throws(RuleViolation) {
-        guard url.count <= 2048,
+        // As the table's CHECK reads it (`^https?://`, length in code points): a URL it refused
+        // failed the insert, whose error carried the row, secret and all.
+        guard url.unicodeScalars.count <= 2048,
             !url.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7f }),
             let components = URLComponents(string: url), let scheme = components.scheme?.lowercased(),
             scheme == "http" || scheme == "https", let host = components.host, !host.isEmpty,
-            url.lowercased().hasPrefix(scheme + "://")
+            url.hasPrefix(scheme + "://")
         else {
             throw RuleViolation("a webhook URL must be an http:// or https:// URL with a host, at most 2048 characters")
         }
