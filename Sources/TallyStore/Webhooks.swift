@@ -225,15 +225,24 @@ public struct WebhookRepository: Sendable {
         return String(Double(seconds) + Double(attoseconds) / 1e18)
     }
 
-    /// Oldest due first; the subquery's SKIP LOCKED lets several instances claim side by side.
+    /// Oldest due first; SKIP LOCKED lets several instances claim side by side. A due event of a
+    /// removed endpoint is dead-lettered as removal does: an event enqueued while the removal
+    /// committed escapes it, and left pending it stayed first in line for ever (never claimed,
+    /// never moved on), so enough of them stopped every delivery.
     static let claim = PreparedStatement(
         "webhook_claim",
         """
+        WITH due AS (
+            SELECT o.id, e.removed_at IS NULL AS active
+            FROM webhook_outbox o JOIN webhook_endpoints e ON e.id = o.endpoint_id
+            WHERE o.status = 'pending' AND o.next_attempt_at <= now()
+            ORDER BY o.next_attempt_at, o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED),
+        dropped AS (
+            UPDATE webhook_outbox o SET status = 'dead', last_error = 'endpoint removed'
+            FROM due WHERE o.id = due.id AND NOT due.active)
         UPDATE webhook_outbox o SET attempts = o.attempts + 1, next_attempt_at = now() + make_interval(secs => $2::float8)
-        FROM webhook_endpoints e
-        WHERE o.id IN (SELECT id FROM webhook_outbox WHERE status = 'pending' AND next_attempt_at <= now()
-                       ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
-          AND e.id = o.endpoint_id AND e.removed_at IS NULL
+        FROM due, webhook_endpoints e
+        WHERE o.id = due.id AND due.active AND e.id = o.endpoint_id
         RETURNING o.id, o.event_id, o.type, o.payload::text, o.created_at, o.attempts, e.id, e.url, e.secret
         """)
 

@@ -201,6 +201,35 @@ struct WebhookOutboxTests {
                 == 1)
     }
 
+    /// Found by a review: an event enqueued while its endpoint's removal committed stayed pending,
+    /// first in line and never claimed, and eight of them stopped every delivery.
+    @Test("events of a removed endpoint that escaped its removal are dead-lettered at the claim, not left blocking it")
+    func removedEndpointsEvents() async throws {
+        let (db, webhooks) = try await Self.setUp("whorphans", quota: 1, endpoints: [[], []])
+        let endpoints = try await webhooks.list().map(\.id).sorted()
+        try await webhooks.remove(id: endpoints[0], by: .cli)
+        // What the race leaves: ten older events of the removed endpoint, pending; one of the other.
+        try await db.pool.withConnection { connection in
+            try connection.query(
+                """
+                INSERT INTO webhook_outbox (event_id, endpoint_id, type, payload, next_attempt_at)
+                SELECT gen_random_uuid(), $1, 'balance.low', '{}', now() - interval '1 minute' FROM generate_series(1, 10)
+                """, [endpoints[0]])
+            try connection.query(
+                "INSERT INTO webhook_outbox (event_id, endpoint_id, type, payload) VALUES (gen_random_uuid(), $1, 'balance.low', '{}')",
+                [endpoints[1]])
+        }
+        var claimed: [WebhookDelivery] = []
+        for _ in 0..<3 where claimed.isEmpty {
+            claimed = try await webhooks.claimDue(limit: 8, lease: .seconds(30))
+        }
+        #expect(claimed.map(\.endpointID) == [endpoints[1]])
+        #expect(
+            try await db.scalar(
+                "SELECT count(*) FROM webhook_outbox WHERE endpoint_id = $1 AND status = 'dead' AND last_error = 'endpoint removed'",
+                [endpoints[0]]) == 10)
+    }
+
     @Test("endpoints: validation, list without secrets, removal erases the secret and drops pending events")
     func endpoints() async throws {
         let (db, webhooks) = try await Self.setUp("whendpoints", quota: 1, endpoints: [])
