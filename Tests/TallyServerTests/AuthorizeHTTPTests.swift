@@ -107,6 +107,11 @@ struct AuthorizeHTTPTests {
         let poorKey = try await seed.key(user: poor.id).key
         let suspendedKey = try await seed.key(user: suspended.id).key
         let narrowKey = try await seed.key(user: narrowGroup.user.id).key
+        // A key of a group its owner has left, which users cannot pick (given while the owner was in it).
+        try await seed.sql("INSERT INTO groups (name, selectable) VALUES ('vip', false)")
+        let formerVIPKey = try await seed.key(
+            user: user.id, TokenDraft(name: "k", unlimitedQuota: true, group: "vip")
+        ).key
         let disabledKey = try await seed.key(user: user.id)
         try await seed.sql("UPDATE tokens SET status = 2 WHERE id = $1", [disabledKey.token.id])
         let expiredKey = try await seed.key(user: user.id)
@@ -150,6 +155,7 @@ struct AuthorizeHTTPTests {
             Self.expectError(
                 try await gateway.authorize(key: ipKey, ip: "192.168.1.1"), .ipNotAllowed, last6: last6(ipKey))
             #expect(try await gateway.authorize(key: ipKey, ip: "10.1.2.3").status == 200)
+            Self.expectError(try await gateway.authorize(key: formerVIPKey), .insufficientPermissions)
             Self.expectError(try await gateway.authorize(key: limitedKey), .modelNotAllowed, last6: last6(limitedKey))
             Self.expectError(
                 try await gateway.authorize(

@@ -47,6 +47,8 @@ public final class Authorizer: Sendable {
         guard let allowList = access.allowIPs, allowList.allows(request.ip ?? "") else {
             throw APIError(.ipNotAllowed, last6: last6)
         }
+        // The key's group is still its owner's to use (new-api checks it on every request).
+        guard access.groupUsable else { throw APIError(.insufficientPermissions) }
         let model = request.model ?? ""
         guard let sheet = prices.book.version(at: now)?.sheet else { throw APIError(.modelNotAvailable) }
         if let allowed = access.allowedModels, !allowed.contains(model) {

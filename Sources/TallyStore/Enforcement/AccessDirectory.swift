@@ -15,6 +15,10 @@ public struct KeyAccess: Sendable {
     public let userRole: Role
     /// The key's group, or its owner's when the key names none.
     public let group: String
+    /// The owner may use the key's group: it is the owner's own or a selectable one. A key keeps
+    /// the group it was given, and its owner may since have left it (or it stopped being
+    /// selectable): new-api refuses such a key on every request, and so does authorize.
+    public let groupUsable: Bool
     /// nil when model limits are off.
     public let allowedModels: Set<String>?
     /// nil when the stored list cannot be read (it was validated when written): then no
@@ -146,7 +150,7 @@ public final class AccessDirectory: Sendable {
         guard let row = try connection.query(ownedKey, [PostgresArray.text([miss.hash.hex]), want, user, token]).first
         else { return Found(access: nil, grants: []) }
         let access = try decode(row)
-        guard let lease = miss.lease, try row.decode(14, as: Int64.self) > 0 else {
+        guard let lease = miss.lease, try row.decode(15, as: Int64.self) > 0 else {
             return Found(access: access, grants: [])
         }
         let grants = try connection.query(leaseOnLookup, [lease.instance, user, want, token]).map {
@@ -160,7 +164,7 @@ public final class AccessDirectory: Sendable {
         var accesses = [KeyAccess?](repeating: nil, count: wants.count)
         var grants: [LeaseGrant] = []
         try rows.forEach { row in
-            if let ordinal = try row.decodeOptional(13, as: Int64.self) {
+            if let ordinal = try row.decodeOptional(14, as: Int64.self) {
                 accesses[Int(ordinal) - 1] = try decode(row)
             } else {
                 grants.append(try decodeGrant(row))
@@ -216,8 +220,8 @@ public final class AccessDirectory: Sendable {
 
     // MARK: SQL
 
-    /// The keys asked for (`$1`, hex), each as one row with its ordinal (column 13), and the
-    /// grants of the leases taken for them (columns 14–18: one row per account leased), for
+    /// The keys asked for (`$1`, hex), each as one row with its ordinal (column 14), and the
+    /// grants of the leases taken for them (columns 15–19: one row per account leased), for
     /// `$2` with `$3` units per key — for keys that may be used only (migration 0011).
     private static let lookupBatch = PreparedStatement(
         "access_directory_keys_lease",
@@ -230,13 +234,13 @@ public final class AccessDirectory: Sendable {
                 ARRAY(SELECT k.id FROM k WHERE k.want > 0 ORDER BY k.ordinal),
                 ARRAY(SELECT k.want FROM k WHERE k.want > 0 ORDER BY k.ordinal))
         )
-        SELECT k.id, k.user_id, k.key_last6, k.enabled, k.expires_at, k.suspended, k.role, k.name,
+        SELECT k.id, k.user_id, k.key_last6, k.enabled, k.expires_at, k.suspended, k.role, k.name, k.group_usable,
                k.model_limits_enabled, k.model_limits, k.allow_ips, k.rpm, k.model_rpm_limit, k.ordinal,
                NULL::text, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint
         FROM k
         UNION ALL
         SELECT NULL::bigint, NULL::bigint, NULL::text, NULL::boolean, NULL::timestamptz, NULL::boolean, NULL::integer,
-               NULL::text, NULL::boolean, NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::bigint,
+               NULL::text, NULL::boolean, NULL::boolean, NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::bigint,
                l.kind, l.account_id, l.granted, l.state, l.others
         FROM l
         """)
@@ -245,7 +249,7 @@ public final class AccessDirectory: Sendable {
     private static let keyOwner =
         "SELECT user_id, token_id FROM account_lookup WHERE lookup = decode($1, 'hex') AND kind = 'key'"
 
-    /// One key (`$1`, a one-element array of its hash) of owner `$3`, id `$4`: one shard. Column 14
+    /// One key (`$1`, a one-element array of its hash) of owner `$3`, id `$4`: one shard. Column 15
     /// is what to lease with it (`$2` when the key may be used, else 0).
     private static let ownedKey = keySelect(
         keys: "t.user_id = $3::bigint AND t.id = $4::bigint AND t.key_hash = decode(a.hash, 'hex')",
@@ -262,11 +266,13 @@ public final class AccessDirectory: Sendable {
         """
         SELECT t.id, t.user_id, t.key_last6,
                t.status = \(TokenStatus.enabled.sql) AND t.deleted_at IS NULL AS enabled, t.expires_at,
-               u.status <> \(UserStatus.enabled.sql) AS suspended, u.role, g.name, t.model_limits_enabled,
+               u.status <> \(UserStatus.enabled.sql) AS suspended, u.role, g.name,
+               g.selectable OR g.name = u."group" AS group_usable, t.model_limits_enabled,
                t.model_limits, t.allow_ips,
                coalesce(t.rpm_limit, g.rpm_limit) AS rpm, g.model_rpm_limit, a.ordinal,
                CASE WHEN t.status = \(TokenStatus.enabled.sql) AND t.deleted_at IS NULL
                          AND coalesce(t.expires_at > now(), true) AND u.status = \(UserStatus.enabled.sql)
+                         AND (g.selectable OR g.name = u."group")
                     THEN a.want ELSE 0 END AS want
         FROM unnest($1::text[], \(wants)::bigint[]) WITH ORDINALITY AS a(hash, want, ordinal)
         JOIN tokens t ON \(keys)
@@ -276,7 +282,7 @@ public final class AccessDirectory: Sendable {
     }
 
     /// A grant from the columns `first` … `first + 4` of a row (kind, account, granted, state, others).
-    private static func decodeGrant(_ row: PostgresRow, from first: Int = 14) throws -> LeaseGrant {
+    private static func decodeGrant(_ row: PostgresRow, from first: Int = 15) throws -> LeaseGrant {
         let id: Int64 = try row.decode(first + 1)
         let account: LeaseAccount = try row.decode(first, as: String.self) == "user" ? .user(id) : .token(id)
         let state = LeaseGrant.State(rawValue: try row.decode(first + 3)) ?? .unknown
@@ -285,17 +291,18 @@ public final class AccessDirectory: Sendable {
     }
 
     private static func decode(_ row: PostgresRow) throws -> KeyAccess {
-        let limitsOn: Bool = try row.decode(8)
-        let limits: String = try row.decode(9)
-        let keyRPM = try row.decodeOptional(11, as: Int64.self)
-        let modelRPM = try row.decodeOptional(12, as: Int64.self)
+        let limitsOn: Bool = try row.decode(9)
+        let limits: String = try row.decode(10)
+        let keyRPM = try row.decodeOptional(12, as: Int64.self)
+        let modelRPM = try row.decodeOptional(13, as: Int64.self)
         return KeyAccess(
             tokenID: try row.decode(0), userID: try row.decode(1), keyLast6: try row.decode(2),
             tokenEnabled: try row.decode(3), expiresAt: try row.decodeOptional(4), userSuspended: try row.decode(5),
             userRole: Role(rawValue: Int(try row.decode(6, as: Int64.self))) ?? .user, group: try row.decode(7),
+            groupUsable: try row.decode(8),
             allowedModels: limitsOn
                 ? Set(limits.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) : nil,
-            allowIPs: try? IPAllowList.parse(try row.decode(10)),
+            allowIPs: try? IPAllowList.parse(try row.decode(11)),
             keyRPM: keyRPM.map { Int($0) }, userModelRPM: modelRPM.map { Int($0) })
     }
 
