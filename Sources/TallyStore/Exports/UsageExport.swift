@@ -219,8 +219,8 @@ struct RollupQuery {
         var columns: [(String, String)] = []
         for dimension in export.dimensions {
             switch dimension {
-            case .user: columns += [("user_id", "e.user_id"), ("username", "u.username")]
-            case .token: columns += [("token_id", "e.token_id"), ("token_name", "k.name")]
+            case .user: columns += [("user_id", "e.user_id"), ("username", chosenText("u.username"))]
+            case .token: columns += [("token_id", "e.token_id"), ("token_name", chosenText("k.name"))]
             case .model: columns.append(("model", "e.model"))
             case .group: columns.append(("group", "e.\"group\""))
             case .day: columns.append(("day", "to_char(e.day, 'YYYY-MM-DD')"))
@@ -229,6 +229,15 @@ struct RollupQuery {
         columns += Self.measures.map { ($0.name, "e.\($0.name)") }
         columns.append(("usd", export.format == .jsonl ? "(e.quota * 0.000002)::text" : "e.quota * 0.000002"))
         return columns
+    }
+
+    /// A name its user chose, as the CSV shows it: one a spreadsheet would read as a formula
+    /// (`=`, `+`, `-`, `@`, a tab or a carriage return first) starts with `'`, which spreadsheets
+    /// show as text (OWASP's CSV injection advice). JSON Lines carry the name as it is.
+    private func chosenText(_ column: String) -> String {
+        guard export.format == .csv else { return column }
+        return "CASE WHEN left(\(column), 1) IN ('=', '+', '-', '@', E'\\t', E'\\r')"
+            + " THEN '''' || \(column) ELSE \(column) END"
     }
 
     /// The grouping columns of the usage rows.
