@@ -51,10 +51,11 @@ public struct BalanceRepository: Sendable {
 
     /// Credits `amount` units to `userID`. With an idempotency key, a replay (same key) credits
     /// nothing and answers the first result; the same key for a different user or amount is a
-    /// conflict. The credit, its ledger row and its audit row are one transaction.
-    public func topUp(userID: Int64, amount: Int64, reason: String, idempotencyKey: String?, by actor: Actor)
-        async throws -> TopUpResult
-    {
+    /// conflict. The credit, its ledger row and its audit row are one transaction. An actor's role
+    /// (nil: the CLI) may credit only users it manages, as `add_quota` (an admin not itself).
+    public func topUp(
+        userID: Int64, amount: Int64, reason: String, idempotencyKey: String?, actorRole: Role? = nil, by actor: Actor
+    ) async throws -> TopUpResult {
         guard amount > 0 else {
             throw StoreError.invalid("amount must be a positive number of quota units, got \(amount)")
         }
@@ -76,6 +77,9 @@ public struct BalanceRepository: Sendable {
         let ledgerKey = idempotencyKey.map { "topup:" + $0 }
         return try await pool.transaction { connection in
             let before = try AccountRepository.lock(id: userID, on: connection)
+            guard Role.canManage(actor: actorRole, target: before.role) else {
+                throw PermissionDenied(reason: "an admin may credit only users of lower roles")
+            }
             if let ledgerKey {
                 // The unique index holds per account (on Citus, per shard): top-ups of one key wait
                 // for each other here, so a key used by another account is found, not used twice.

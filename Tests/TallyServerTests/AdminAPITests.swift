@@ -50,6 +50,42 @@ struct AdminAPITests {
         #expect(try await seed.int("SELECT count(*) FROM audit_log WHERE actor_id = $1", [user.id]) == 0)
     }
 
+    /// Found by a review: these three did not look at the target's role, where `manage` and
+    /// `PUT /api/user/` do (and new-api's `GetUser`).
+    @Test("an admin reads and credits only users of lower roles: not itself, another admin or root; root may")
+    func adminsManageLowerRoles() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (admin, adminAccess) = try await seed.user("adm", role: .admin)
+        let (peer, _) = try await seed.user("peer", role: .admin)
+        let (root, rootAccess) = try await seed.user("root", role: .root)
+        let (user, _) = try await seed.user()
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            for target in [admin.id, peer.id, root.id] {
+                var answers = [
+                    try await api.get("/api/user/\(target)", token: adminAccess),
+                    try await api.get("/api/admin/users/\(target)/tokens", token: adminAccess),
+                ]
+                answers.append(
+                    try await api.post(
+                        "/api/admin/topups", token: adminAccess, #"{"user_id":\#(target),"amount":1000}"#))
+                #expect(answers.map(\.errorCode) == Array(repeating: "insufficient_permissions", count: 3))
+            }
+            #expect(try await api.get("/api/user/\(user.id)", token: adminAccess).status == 200)
+            #expect(
+                try await api.post("/api/admin/topups", token: adminAccess, #"{"user_id":\#(user.id),"amount":1000}"#)
+                    .status == 200)
+            #expect(try await api.get("/api/user/\(admin.id)", token: rootAccess).status == 200)
+            #expect(
+                try await api.post("/api/admin/topups", token: rootAccess, #"{"user_id":\#(admin.id),"amount":1000}"#)
+                    .status == 200)
+        }
+        for (id, quota) in [(admin.id, 1000), (peer.id, 0), (root.id, 0), (user.id, 1000)] {
+            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [id]) == Int64(quota))
+        }
+    }
+
     @Test("POST /api/admin/topups is idempotent: a replay answers the first result, credits once, one ledger row")
     func topUpIdempotency() async throws {
         let db = try await TestDatabase.shared("systemapi")

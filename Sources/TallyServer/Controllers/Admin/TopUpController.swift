@@ -37,7 +37,7 @@ struct TopUpController {
         guard userID > 0 else { throw APIError.notFound("user \(userID) not found") }
         let result = try await balances.topUp(
             userID: userID, amount: amount, reason: body.reason ?? "",
-            idempotencyKey: body.idempotency_key, by: context.requireActor())
+            idempotencyKey: body.idempotency_key, actorRole: context.requireUser().role, by: context.requireActor())
         return try SystemJSON.success(TopUpJSON(result), headers: result.replayed ? [.idempotentReplayed: "true"] : [:])
     }
 }

@@ -30,15 +30,24 @@ struct UserController {
     }
 
     @Sendable func get(_ request: Request, context: TallyRequestContext) async throws -> Response {
-        try SystemJSON.success(UserJSON(try await accounts.get(id: try SystemInput.id(context, what: "user"))))
+        try SystemJSON.success(UserJSON(try await managedUser(context)))
     }
 
     /// `GET /api/admin/users/{id}/tokens`: a user's API keys, masked and paged as `GET /api/token/`
     /// answers them to their owner; 404 when there is no such user.
     @Sendable func userTokens(_ request: Request, context: TallyRequestContext) async throws -> Response {
-        let user = try await accounts.get(id: try SystemInput.id(context, what: "user"))
+        let user = try await managedUser(context)
         let page = try await tokens.list(userID: user.id, page: SystemInput.page(request))
         return try SystemJSON.success(SystemJSON.PageInfo(page) { TokenJSON($0) })
+    }
+
+    /// The user of the path's `id`, when the caller's role may manage it: an admin reads only
+    /// users of lower roles, as new-api's `GetUser` allows (root reads everyone).
+    private func managedUser(_ context: TallyRequestContext) async throws -> User {
+        let admin = try context.requireUser()
+        let user = try await accounts.get(id: try SystemInput.id(context, what: "user"))
+        guard Role.canManage(actor: admin.role, target: user.role) else { throw APIError(.insufficientPermissions) }
+        return user
     }
 
     /// The body of `POST` and `PUT /api/user/`: new-api's `model.User` fields Tally keeps.
