@@ -60,8 +60,13 @@ struct AdminAPITests {
         let (peer, _) = try await seed.user("peer", role: .admin)
         let (root, rootAccess) = try await seed.user("root", role: .root)
         let (user, _) = try await seed.user()
+        let hidden = "hidden-\(UInt32.random(in: 0...UInt32.max))"
+        try await seed.sql("INSERT INTO groups (name, selectable) VALUES ($1, false)", [hidden])
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
+            // The groups an admin may give its keys are a user's: selectable, or its own.
+            let offered = try await api.get("/api/group", token: adminAccess).data as? [String]
+            #expect(offered?.contains("default") == true && offered?.contains(hidden) == false)
             for target in [admin.id, peer.id, root.id] {
                 var answers = [
                     try await api.get("/api/user/\(target)", token: adminAccess),

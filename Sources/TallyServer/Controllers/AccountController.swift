@@ -68,10 +68,11 @@ struct AccountController {
         }
     }
 
-    /// `GET /api/group`: the names of the groups the caller may give a key (all for admins).
+    /// `GET /api/group`: the names of the groups the caller may give a key: the selectable ones
+    /// and its own, for admins too (a key of another group is refused at creation and at
+    /// authorize; the group table is `/api/admin/groups`).
     @Sendable func groupNames(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let user = try context.requireUser()
-        let list = user.role >= .admin ? try await groups.all() : try await groups.usable(by: user)
-        return try SystemJSON.success(list.map(\.name))
+        return try SystemJSON.success(try await groups.usable(by: user).map(\.name))
     }
 }
