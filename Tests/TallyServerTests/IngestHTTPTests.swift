@@ -297,6 +297,33 @@ struct IngestHTTPTests {
         #expect(try await Self.balance(db, user: 10) == Self.initialQuota - Self.chatCost)
     }
 
+    /// Found by a review: a price sheet may price a call at up to 10^18 USD, and two such lines of
+    /// one account in a batch overflowed its sums and stopped the server (and again on resend).
+    @Test("a line costing more than one request may (200M USD) is rejected: a full batch of the most stays in Int64")
+    func costBeyondAnyRequest() async throws {
+        let limits = IngestLimits()
+        #expect(!Int64(limits.maxLines).multipliedReportingOverflow(by: limits.maxQuota).overflow)
+        let db = try await TestDatabase.create("ingest-oracle")
+        try await db.prepareBilling(users: 1, quota: 1_000)
+        _ = try await PostgresPriceRepository(pool: db.pool).load(
+            try PriceSheet.parse(
+                """
+                effective_from: 2026-01-01T00:00:00Z
+                groups: {default: {ratio: "1"}}
+                models: {oracle: {per_call: "10000000000000", kind: call}}
+                """), effectiveFrom: nil, source: "test", by: .cli)
+        let key = SyntheticKeys.key(forUser: 1)
+        let body = (1...2).map {
+            #"{"request_id":"oracle-\#($0)","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"oracle","usage":{"calls":1}}"#
+        }.joined(separator: "\n")
+        try await TestApp.build(db).test(.live) { client in
+            let (status, object) = try await Self.post(client, body)
+            #expect(status == .ok)
+            let rejected = object["rejected"] as? [[String: Any]] ?? []
+            #expect(rejected.compactMap { $0["code"] as? String } == ["absurd_usage", "absurd_usage"])
+        }
+    }
+
     /// Found by a review: the columns are `integer`, and one such line failed its batch's COPY,
     /// and every resend of the batch, so none of its lines was ever billed.
     @Test("a duration or channel id beyond the integer columns is rejected per line and never fails the batch")

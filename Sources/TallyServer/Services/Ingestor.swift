@@ -22,6 +22,9 @@ public struct IngestLimits: Sendable {
     public var maxImages: Int64 = 10_000
     public var maxCalls: Int64 = 1_000_000
     public var maxSeconds = ExactDecimal(86_400)
+    /// The most one request may cost: 200,000,000 USD. A full batch of such lines still sums
+    /// within `Int64` (a batch's charges are added up in Swift before PostgreSQL sees them).
+    public var maxQuota: Int64 = 100_000_000_000_000
     /// Batches stored while their body arrives, at most at once; more are read whole first.
     /// Each holds a pool connection for the length of its upload, so keep it well under the
     /// pool size (key lookups and authorize need connections too). 0 streams none.
@@ -176,8 +179,10 @@ public struct Ingestor: Sendable {
         } catch {
             throw Self.rejection(for: error, version: version.id)
         }
-        guard !rating.capped else {
-            throw IngestRejection("absurd_usage", "the cost of this usage exceeds the largest balance")
+        guard !rating.capped, rating.units <= limits.maxQuota else {
+            throw IngestRejection(
+                "absurd_usage",
+                "the cost of this usage is more than \(limits.maxQuota) units, the most one request may cost")
         }
         return PricedLine(
             requestID: requestID, createdAt: createdAt, userID: identity.userID, tokenID: identity.tokenID,
