@@ -140,8 +140,7 @@ enum SheetSource {
 enum TimeArgument {
     /// RFC 3339 (`2026-11-01T00:00:00Z`), or a date (`2026-11-01`, midnight UTC).
     static func parse(_ text: String) throws -> Date {
-        let candidate = text.count == 10 ? text + " 00:00:00+00" : text
-        guard let date = PostgresTimestamp.parse(candidate) else {
+        guard let date = OperatorTime.parse(text, dateOnly: true) else {
             throw ValidationError("expected a time like 2026-11-01T12:00:00Z, got \"\(text)\"")
         }
         return date

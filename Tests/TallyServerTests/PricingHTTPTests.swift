@@ -81,6 +81,15 @@ struct PricingHTTPTests {
                 #expect(data?["effective_from"] as? String == "2026-12-01 00:00:00.000000+00")
                 #expect(data?["loaded_by"] as? String != "cli")
             }
+            // Found by a review: a lenient reader took each of these for another instant.
+            for bad in ["2026-11-01T00:00:00%2B0530", "2026-11-01T09:00:00%20JST", "2026-13-01T00:00:00Z"] {
+                try await client.execute(
+                    uri: "/api/admin/prices?effective_from=\(bad)", method: .put,
+                    headers: [.authorization: "Bearer \(adminToken)"], body: ByteBuffer(string: sheet)
+                ) { response in
+                    #expect(response.status == .badRequest, "\(bad)")
+                }
+            }
             try await client.execute(
                 uri: "/api/admin/prices", method: .put, headers: [.authorization: "Bearer \(adminToken)"],
                 body: ByteBuffer(string: "models: {m: {input: \"-1\"}}")

@@ -257,6 +257,18 @@ public struct ModelPrice: Sendable, Equatable {
     }
 }
 
+/// A time an operator types (a version's `effective_from`, `tally quote --at`), read as strictly
+/// as a price sheet's own `effective_from`: an offset without its colon, a trailing zone name,
+/// a month 13 are refused, where a lenient reader would move the instant without a word.
+public enum OperatorTime {
+    /// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, or with `dateOnly` also `YYYY-MM-DD`
+    /// (midnight UTC); nil for anything else.
+    public static func parse(_ text: String, dateOnly: Bool = false) -> Date? {
+        let candidate = dateOnly && text.utf8.count == 10 ? text + "T00:00:00Z" : text
+        return RFC3339Time(candidate)?.date
+    }
+}
+
 /// An RFC 3339 time kept as integers so it prints back exactly.
 struct RFC3339Time: Sendable, Equatable {
     var seconds: Int64

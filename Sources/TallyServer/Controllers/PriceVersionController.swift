@@ -1,7 +1,6 @@
 import Foundation
 import Hummingbird
 import TallyCore
-import TallyPostgres
 import TallyStore
 
 /// `GET /api/admin/prices` and `PUT /api/admin/prices` (admins): list and load price versions.
@@ -32,7 +31,7 @@ struct PriceVersionController {
         }
         var effectiveFrom: Date?
         if let text = request.uri.queryParameters.get("effective_from") {
-            guard let parsed = PostgresTimestamp.parse(text) else {
+            guard let parsed = OperatorTime.parse(text) else {
                 throw APIError.invalidRequest("effective_from must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z")
             }
             effectiveFrom = parsed
