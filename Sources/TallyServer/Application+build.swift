@@ -24,10 +24,12 @@ extension TallyServices {
             holdBook.notice(.accountChanged(.user(id)))
         case .channel: access.invalidate(change)
         case .group: forget(change)
+        case .prices: Task { try? await prices.refreshIfChanged() }
         case .everything, .import:
             // An import sets balances and keys wholesale: every lease is taken afresh too.
             forget(change)
             Task { try? await holdBook.returnIdleLeases(everything: true) }
+            Task { try? await prices.refreshIfChanged() }
         }
     }
 

@@ -73,6 +73,8 @@ public struct PostgresPriceRepository: PriceRepository {
                 """, [effective, json, digest, source, actor.name])
             let id = try rows[0].decode(0, as: Int64.self)
             let from = try rows[0].decode(1, as: Date.self)
+            // Every instance reloads on it at once, not at its next 5-second refresh.
+            try ChangeNotice.send([.prices], on: connection)
             try AuditLog.record(
                 on: connection, actor: actor, action: "prices.load", target: "price_version:\(id)",
                 after: [

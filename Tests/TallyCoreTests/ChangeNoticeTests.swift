@@ -10,6 +10,7 @@ struct ChangeNoticeTests {
         (.group("a:b"), "group:a:b"),
         (.channel(3), "channel:3"),
         (.import, "import"),
+        (.prices, "prices"),
         (.overdrawn(.user(9)), "overdrawn:user:9"),
         (.overdrawn(.token(10)), "overdrawn:token:10"),
         (.leaseWanted(.user(11)), "lease-wanted:user:11"),

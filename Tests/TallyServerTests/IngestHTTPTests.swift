@@ -297,6 +297,28 @@ struct IngestHTTPTests {
         #expect(try await Self.balance(db, user: 10) == Self.initialQuota - Self.chatCost)
     }
 
+    /// Found by a review: other instances read a new version at their next refresh (5 s by
+    /// default), and pricing the lines of its time by the old one meanwhile left them mispriced.
+    @Test("a price version stored elsewhere prices the next batch: the instance reloads on its notice, not its timer")
+    func versionNoticeReloads() async throws {
+        let db = try await TestDatabase.create("ingest-prices")
+        try await db.prepareBilling(users: 1, quota: 1_000_000)
+        try await TestApp.build(db, { $0.priceRefreshSeconds = 3_600 }).test(.live) { client in
+            #expect(try await Self.post(client, LogLines.chat("before", user: 1)).0 == .ok)
+            // As `tally prices load` in another process: gpt-4o at twice the price from November 1.
+            let doubled = designPriceSheet.replacingOccurrences(
+                of: #"gpt-4o: {input: "2.50", output: "10.00""#, with: #"gpt-4o: {input: "5.00", output: "20.00""#)
+            #expect(doubled != designPriceSheet)
+            _ = try await PostgresPriceRepository(pool: db.pool).load(
+                try PriceSheet.parse(doubled), effectiveFrom: OperatorTime.parse("2026-11-01T00:00:00Z"),
+                source: "test", by: .cli)
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await Self.post(client, LogLines.chat("after", user: 1)).0 == .ok)
+        }
+        let charged = try await db.scalar("SELECT sum(quota) FROM request_logs WHERE request_id IN ('before', 'after')")
+        #expect(charged == Self.chatCost * 3)
+    }
+
     /// Found by a review: a price sheet may price a call at up to 10^18 USD, and two such lines of
     /// one account in a batch overflowed its sums and stopped the server (and again on resend).
     @Test("a line costing more than one request may (200M USD) is rejected: a full batch of the most stays in Int64")

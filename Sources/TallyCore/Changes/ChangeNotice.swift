@@ -14,6 +14,9 @@ public enum ChangeNotice: Sendable, Hashable {
     case channel(Int64)
     /// `import`: `tally import new-api` wrote accounts, keys and channels in bulk.
     case `import`
+    /// `prices`: a price version was stored; every instance reads it before it prices another
+    /// line (a line of the new version's time priced by the old one would stay mispriced).
+    case prices
     /// `overdrawn:user:<id>`, `overdrawn:token:<id>`: a settlement overdrew the account.
     case overdrawn(LeaseAccount)
     /// `lease-wanted:user:<id>`, `lease-wanted:token:<id>`: another instance ran short of it.
@@ -30,6 +33,7 @@ public enum ChangeNotice: Sendable, Hashable {
         case .group(let name): "group:\(name)"
         case .channel(let id): "channel:\(id)"
         case .import: "import"
+        case .prices: "prices"
         case .overdrawn(let account): "overdrawn:" + Self.payload(of: account)
         case .leaseWanted(let account): "lease-wanted:" + Self.payload(of: account)
         case .everything: "*"
@@ -42,6 +46,7 @@ public enum ChangeNotice: Sendable, Hashable {
         guard let colon = payload.firstIndex(of: ":") else {
             switch payload {
             case "import": self = .import
+            case "prices": self = .prices
             case "*": self = .everything
             default: return nil
             }
