@@ -162,6 +162,7 @@ struct Serve: AsyncParsableCommand {
                 ?? Defaults.rollUpIntervalSeconds,
             ingestStreams: try ingestStreams ?? Self.integer(environment, "TALLY_INGEST_STREAMS")
                 ?? Defaults.ingestStreams)
+        try Self.checkGatewaySecret(configuration.gatewaySecret)
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
         guard configuration.holdTTLSeconds > 0 else { throw ValidationError("--hold-ttl must be at least 1 second") }
         guard configuration.journalConcurrency > 0 else {
@@ -218,6 +219,17 @@ struct Serve: AsyncParsableCommand {
             webhook.timeout = .seconds(seconds)
         }
         return webhook
+    }
+
+    /// The gateway's credential: none (the gateway routes then refuse every call), or at least
+    /// 16 bytes — a short one, or the example file's CHANGE-ME left in place, lets anyone who
+    /// reaches `/gateway/` guess it and charge any account.
+    static func checkGatewaySecret(_ secret: String) throws {
+        guard secret.isEmpty || secret.utf8.count >= 16 else {
+            throw ValidationError(
+                "--gateway-secret (TALLY_GATEWAY_SECRET) must be at least 16 bytes;"
+                    + " generate one with: head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'")
+        }
     }
 
     private static func integer(_ environment: [String: String], _ name: String) throws -> Int? {

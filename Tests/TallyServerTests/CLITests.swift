@@ -109,6 +109,8 @@ struct CLITests {
                 arguments: ["--hold-commit", "later"], refusal: #"--hold-commit must be sync or async, got "later""#),
             BadServeSetting(environment: ["TALLY_POOL_SIZE": "0"], refusal: "--pool-size must be at least 1"),
             BadServeSetting(arguments: ["--hold-ttl", "0"], refusal: "--hold-ttl must be at least 1 second"),
+            BadServeSetting(environment: ["TALLY_GATEWAY_SECRET": "CHANGE-ME"], refusal: "must be at least 16 bytes"),
+            BadServeSetting(arguments: ["--gateway-secret", "short-secret"], refusal: "must be at least 16 bytes"),
         ])
     func serveRefusesBadSettings(_ setting: BadServeSetting) throws {
         // Nothing listens on port 1: a setting that got past validation fails on the connection

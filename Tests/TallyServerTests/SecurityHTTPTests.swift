@@ -42,8 +42,14 @@ struct SecurityHTTPTests {
             #expect(
                 try await api.get("/v1/models", token: "sk-" + String(repeating: "x", count: 48)).errorCode
                     == "invalid_token")
-            let gateway = try await api.post("/gateway/v1/logs", token: "wrong-secret", LogLines.chat("limit-1"))
-            #expect(gateway.errorCode == "invalid_token")
+            #expect(try await api.get("/api/token/", token: "still-not-a-token").errorCode == "invalid_token")
+            // The clients' credentials are counted apart from the gateway's secret: the gateway
+            // behind the same address still gets in.
+            #expect(try await api.post("/gateway/v1/logs", token: Self.secret, LogLines.chat("limit-0")).status == 200)
+            for _ in 0..<3 {
+                let gateway = try await api.post("/gateway/v1/logs", token: "wrong-secret", LogLines.chat("limit-1"))
+                #expect(gateway.errorCode == "invalid_token")
+            }
             // The fourth attempt is refused before any credential is looked at, even a right one.
             for (uri, token, envelope) in [
                 ("/gateway/v1/logs", Self.secret, "gateway"), ("/api/user/self", access, "system"),
@@ -61,7 +67,7 @@ struct SecurityHTTPTests {
                 #expect((1...3600).contains(retryAfter))
             }
         }
-        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'limit-%'") == 0)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'limit-%'") == 1)
     }
 
     @Test("unknown redemption codes count as failed credentials")
@@ -156,10 +162,11 @@ struct SecurityHTTPTests {
             (try JSONSerialization.jsonObject(with: Data(admin.output.utf8)) as? [String: Any])?["access_token"]
                 as? String)
         let gatewaySecret = "gw-secret-\(UInt64.random(in: 0...UInt64.max))"
-        // The limit is the number of wrong credentials below (the rotated-away token, 15 near
-        // misses, one more), so each of them reaches its lookup (and whatever error path might
-        // echo it); only the request after them is refused by the limiter.
-        let nearMisses = 15, failedAuthLimit = 1 + nearMisses + 1
+        // The limit is the number of wrong client credentials below (the rotated-away token, the
+        // 10 near misses off the gateway's routes, one more; the gateway's 5 count apart), so each
+        // of them reaches its lookup (and whatever error path might echo it); only the request
+        // after them is refused by the limiter.
+        let nearMisses = 15, gatewayMisses = 5, failedAuthLimit = 1 + nearMisses - gatewayMisses + 1
         let server = try ServerProcess(
             databaseURL: db.url, gatewaySecret: gatewaySecret,
             arguments: ["--log-level", "trace", "--failed-auth-limit", "\(failedAuthLimit)"])
@@ -215,7 +222,7 @@ struct SecurityHTTPTests {
                 key + "x", String(key.dropLast()), userToken + "x", gatewaySecret + "x",
                 "sk-" + String(repeating: "0", count: 48),
             ]
-            #expect(wrongs.count * 3 == nearMisses)
+            #expect(wrongs.count * 3 == nearMisses && wrongs.count == gatewayMisses)
             for wrong in wrongs {
                 let name = "…\(wrong.suffix(6))"
                 expect(try await call("GET", "api/user/self", token: wrong), 401, "invalid_token", "self \(name)")

@@ -71,7 +71,10 @@ public final class FailedAuthLimiter: Sendable {
 /// Applies `FailedAuthLimiter` to every route: refuses requests that carry a credential from a
 /// blocked address before any work, and counts each `CredentialRejected` thrown further in. The
 /// client address is the one `ClientAddressMiddleware` found (X-Forwarded-For only from trusted
-/// proxies).
+/// proxies). The gateway's secret (`/gateway/…`) and the clients' credentials (keys, access
+/// tokens, codes) are counted apart: clients' bad keys arriving from the gateway's address (one
+/// proxy in front of both) cannot lock the gateway out of billing, nor can guesses of the
+/// secret lock out the clients; each is still refused unread once its own count is reached.
 public struct FailedAuthMiddleware: RouterMiddleware {
     public typealias Context = TallyRequestContext
     let limiter: FailedAuthLimiter?
@@ -83,7 +86,7 @@ public struct FailedAuthMiddleware: RouterMiddleware {
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
         async throws -> Response
     {
-        let address = context.clientAddress
+        let address = context.clientAddress.map { Self.bucket($0, request) }
         if let limiter, let address, Self.presentsCredential(request), let wait = limiter.blockedFor(address) {
             let seconds = max(1, Int(wait.components.seconds) + (wait.components.attoseconds > 0 ? 1 : 0))
             var response = ErrorMiddleware.response(for: .tooManyFailedAuth(), path: request.uri.path, tid: context.tid)
@@ -97,6 +100,11 @@ public struct FailedAuthMiddleware: RouterMiddleware {
             if let limiter, let address { limiter.recordFailure(address) }
             throw rejected.error
         }
+    }
+
+    /// What failures of `request` count towards: its address, apart for the gateway's routes.
+    static func bucket(_ address: String, _ request: Request) -> String {
+        request.uri.path.hasPrefix("/gateway/") ? "gateway " + address : address
     }
 
     /// Requests without a credential (health checks, public pricing) guess nothing: never blocked.
