@@ -469,6 +469,34 @@ struct NewAPIImportTests {
         try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
+    /// Found by a review of the import: both came over silently wrong.
+    @Test(
+        """
+        a key new-api holds expired (expired_time 0, as its API stores a key made without one) comes in expired; \
+        a QuotaPerUnit other than 500000 is refused before anything is written
+        """)
+    func expiryAndQuotaUnit() async throws {
+        let source = try await Self.newAPIDatabase("newapiexpiry")
+        try await source.pool.withConnection { try $0.execute("UPDATE tokens SET expired_time = 0 WHERE id = 2") }
+        let tally = try await TestDatabase.create("newapiexpirytally")
+        _ = try Self.runImport(source, into: tally)
+        #expect(
+            try await tally.scalar(
+                "SELECT count(*) FROM tokens WHERE id = 2 AND expires_at = to_timestamp(0) AND expires_at < now()") == 1
+        )
+        #expect(try await tally.scalar("SELECT count(*) FROM tokens WHERE id = 1 AND expires_at IS NULL") == 1)
+
+        let scaled = try await Self.newAPIDatabase("newapiunit")
+        try await scaled.pool.withConnection {
+            try $0.execute("UPDATE options SET value = '1000000' WHERE key = 'QuotaPerUnit'")
+        }
+        let untouched = try await TestDatabase.create("newapiunittally")
+        let refused = try TallyBinary.run(
+            ["import", "new-api", "--from", scaled.url, "--quiet"], databaseURL: untouched.url, expecting: .failure)
+        #expect(refused.errorOutput.contains("QuotaPerUnit is 1000000, not 500000"), "\(refused.errorOutput)")
+        #expect(try await untouched.scalar("SELECT count(*) FROM users") == 0)
+    }
+
     @Test("a database that is not new-api's is refused before anything is written")
     func notNewAPI() async throws {
         let other = try await TestDatabase.create("notnewapi")

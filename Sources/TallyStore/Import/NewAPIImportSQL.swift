@@ -227,7 +227,16 @@ enum NewAPIImportSQL {
 
     static let tokensToInsert = "\(unmapped("token")) AND s.tally_user_id IS NOT NULL"
 
-    static let expiry = "CASE WHEN s.expired_unix > 0 THEN to_timestamp(s.expired_unix) END"
+    /// new-api refuses a key unless `expired_time` is -1 (never) or still ahead
+    /// (`ExpiredTime != -1 && ExpiredTime < now`): 0, which its API stores when a client leaves
+    /// the field out, is an expired key there and must stay one here.
+    static let keyExpiry = """
+        CASE WHEN s.expired_unix = -1 THEN NULL
+             ELSE to_timestamp(greatest(s.expired_unix, 0)) END
+        """
+
+    /// A redemption code of new-api expires at a positive `expired_time` only (0: never).
+    static let codeExpiry = "CASE WHEN s.expired_unix > 0 THEN to_timestamp(s.expired_unix) END"
 
     /// Use counters start at 0 (the imported logs add to them); remain_quota is new-api's.
     static let insertTokens = """
@@ -235,7 +244,7 @@ enum NewAPIImportSQL {
             INSERT INTO tokens (id, user_id, name, key_hash, key_last6, status, "group", remain_quota, unlimited_quota,
                                 model_limits_enabled, model_limits, allow_ips, expires_at, created_at, accessed_at, deleted_at)
             SELECT s.tally_id, s.tally_user_id, s.name, s.key_hash, s.key_last6, s.status, s.grp, s.remain_quota, s.unlimited,
-                   s.model_limits_enabled, s.model_limits, s.allow_ips, \(expiry),
+                   s.model_limits_enabled, s.model_limits, s.allow_ips, \(keyExpiry),
                    CASE WHEN s.created_unix > 0 THEN to_timestamp(s.created_unix) ELSE now() END,
                    CASE WHEN greatest(s.accessed_unix, s.created_unix) > 0 THEN to_timestamp(greatest(s.accessed_unix, s.created_unix))
                         ELSE now() END,
@@ -253,7 +262,7 @@ enum NewAPIImportSQL {
     static let updateTokens = """
         UPDATE tokens t SET name = s.name, status = s.status, "group" = s.grp, unlimited_quota = s.unlimited,
             model_limits_enabled = s.model_limits_enabled, model_limits = s.model_limits, allow_ips = s.allow_ips,
-            expires_at = \(expiry), deleted_at = s.deleted_at,
+            expires_at = \(keyExpiry), deleted_at = s.deleted_at,
             accessed_at = greatest(t.accessed_at, to_timestamp(s.accessed_unix)),
             key_hash = CASE WHEN k.free THEN s.key_hash ELSE t.key_hash END,
             key_last6 = CASE WHEN k.free THEN s.key_last6 ELSE t.key_last6 END
@@ -261,7 +270,7 @@ enum NewAPIImportSQL {
         CROSS JOIN LATERAL (SELECT NOT EXISTS (SELECT 1 FROM tokens o WHERE o.key_hash = s.key_hash) AS free) k
         WHERE t.id = m.tally_id AND (
             (t.name, t.status, t."group", t.unlimited_quota, t.model_limits_enabled, t.model_limits, t.allow_ips, t.expires_at, t.deleted_at)
-            IS DISTINCT FROM (s.name, s.status, s.grp, s.unlimited, s.model_limits_enabled, s.model_limits, s.allow_ips, \(expiry), s.deleted_at)
+            IS DISTINCT FROM (s.name, s.status, s.grp, s.unlimited, s.model_limits_enabled, s.model_limits, s.allow_ips, \(keyExpiry), s.deleted_at)
             OR t.accessed_at < to_timestamp(s.accessed_unix) OR (t.key_hash <> s.key_hash AND k.free))
         """
 
@@ -370,7 +379,7 @@ enum NewAPIImportSQL {
         SELECT s.name, s.code_hash, s.code_last6, s.quota,
                CASE WHEN s.status = \(codeUsed) THEN \(codeUsed)
                     WHEN s.deleted OR s.status <> \(codeEnabled) THEN \(codeDisabled) ELSE \(codeEnabled) END,
-               creator.tally_id, redeemer.tally_id, \(expiry),
+               creator.tally_id, redeemer.tally_id, \(codeExpiry),
                CASE WHEN s.created_unix > 0 THEN to_timestamp(s.created_unix) ELSE now() END,
                CASE WHEN s.redeemed_unix > 0 THEN to_timestamp(s.redeemed_unix) END
         FROM import_redemptions s

@@ -112,6 +112,7 @@ public struct NewAPIImporter {
     public func run() throws -> NewAPIImportSummary {
         var summary = NewAPIImportSummary()
         try target.execute("SET client_encoding TO 'UTF8'")
+        try source.checkQuotaPerUnit()
         try target.execute(NewAPIImportSQL.createStaging)
         defer { try? target.execute(NewAPIImportSQL.dropStaging) }
         try importAccounts(&summary)
@@ -380,6 +381,8 @@ public struct NewAPIImporter {
             }
             try target.query(NewAPIImportSQL.setBalances, [name])
             let tokenQuotas = try target.query(NewAPIImportSQL.setTokenQuotas, [name]).affectedRows
+            // Balances and key quotas may have gone down: running instances give their leases back.
+            try ChangeNotice.send([.import], on: target)
             let used = try target.query(NewAPIImportSQL.usedQuotaTotals, [name])[0]
             return (amounts, tokenQuotas, try used.decode(0, as: Int64.self), try used.decode(1, as: Int64.self))
         }

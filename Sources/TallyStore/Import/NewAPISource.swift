@@ -138,6 +138,21 @@ struct NewAPISource {
         try connection.query("SELECT coalesce(max(id), 0) FROM logs")[0].decode(0)
     }
 
+    /// Refuses a source whose `QuotaPerUnit` is not new-api's default 500,000 units per USD, the
+    /// one Tally counts in: every balance, key quota, code and logged charge would come over
+    /// scaled by its ratio to 500,000.
+    func checkQuotaPerUnit() throws {
+        guard has("options"),
+            let value = try connection.query(#"SELECT "value" FROM options WHERE "key" = 'QuotaPerUnit'"#).first?
+                .decodeOptional(0, as: String.self)
+        else { return }
+        guard Double(value.trimmingCharacters(in: .whitespaces)) == 500_000 else {
+            throw StoreError.invalid(
+                "new-api's QuotaPerUnit is \(value.prefix(40)), not 500000: Tally counts 500,000 units per USD, so every "
+                    + "balance, key quota and charge would come over scaled; nothing was imported")
+        }
+    }
+
     /// new-api's group options: ratios (`GroupRatio`) and the groups users may pick with their
     /// descriptions (`UserUsableGroups`). Absent options (new-api's defaults were never changed)
     /// read as empty.
