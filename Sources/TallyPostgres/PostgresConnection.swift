@@ -30,7 +30,7 @@ public final class PostgresConnection: @unchecked Sendable {
         guard PQstatus(handle) == CONNECTION_OK else {
             let message = String(cString: PQerrorMessage(handle)).trimmingTrailingNewlines()
             PQfinish(handle)
-            throw PostgresError(kind: .connection, message: message)
+            throw PostgresError(kind: .connection, message: Self.redactingPassword(of: url, in: message))
         }
         self.handle = handle
         // UTC as a POSIX zone ("UTC0"): it needs no time zone database, which a server built
@@ -39,6 +39,35 @@ public final class PostgresConnection: @unchecked Sendable {
     }
 
     deinit { PQfinish(handle) }
+
+    /// libpq quotes the part of a connection string it could not read (`invalid percent-encoded
+    /// token: "pa%zzword"`), which may be the password: every spelling of it is blanked.
+    static func redactingPassword(of url: String, in message: String) -> String {
+        var passwords: [Substring] = []
+        if let scheme = url.range(of: "://") {
+            let authority = url[scheme.upperBound...].prefix { $0 != "/" && $0 != "?" }
+            if let at = authority.lastIndex(of: "@"), let colon = authority[..<at].firstIndex(of: ":") {
+                passwords.append(authority[authority.index(after: colon)..<at])
+            }
+        }
+        for marker in ["password=", "password ="] {
+            var rest = url[...]
+            while let found = rest.range(of: marker) {
+                rest = rest[found.upperBound...].drop { $0 == " " }
+                let quoted = rest.first == "'"
+                let value = (quoted ? rest.dropFirst() : rest).prefix { quoted ? $0 != "'" : !" &".contains($0) }
+                passwords.append(value)
+            }
+        }
+        var redacted = message
+        for password in passwords where !password.isEmpty {
+            for spelling in Set([String(password), String(password).removingPercentEncoding ?? ""])
+            where !spelling.isEmpty {
+                redacted = redacted.replacingOccurrences(of: spelling, with: "***")
+            }
+        }
+        return redacted
+    }
 
     /// False once libpq has seen the connection break; the pool then replaces it.
     public var isHealthy: Bool { PQstatus(handle) == CONNECTION_OK }

@@ -1,7 +1,8 @@
 import Foundation
-import TallyPostgres
 import TallyTestSupport
 import Testing
+
+@testable import TallyPostgres
 
 @Suite("libpq wrapper")
 struct PostgresConnectionTests {
@@ -192,6 +193,28 @@ struct PostgresConnectionTests {
             #expect(error.isConnectionFailure)
             #expect(!error.description.contains("sup3r-s3cret"))
         }
+    }
+
+    /// Found by a review: libpq quotes the token of a URL it cannot read, which may be the password.
+    @Test("a connection string libpq cannot read: its error never contains the password, in any spelling")
+    func malformedURLHidesPassword() async throws {
+        for url in [
+            "postgres://tally:pa%zzword@127.0.0.1:1/nowhere", "host=127.0.0.1 port=1 password='pa ss word' dbname=x",
+            "postgres://tally@127.0.0.1:1/nowhere?password=pa%zzword",
+        ] {
+            let pool = PostgresPool(url: url, size: 1)
+            do {
+                try await pool.withConnection { _ = try $0.query("SELECT 1") }
+                Issue.record("expected a connection failure")
+            } catch let error as PostgresError {
+                #expect(
+                    !error.description.contains("pa%zzword") && !error.description.contains("pa ss word"), "\(error)")
+            }
+            await pool.close()
+        }
+        #expect(
+            PostgresConnection.redactingPassword(of: "postgres://u:s%41cret@h/d", in: "bad \"s%41cret\" or sAcret")
+                == "bad \"***\" or ***")
     }
 
     @Test("Citus's XX000 relays: a lost worker is a connection failure, a worker's unique violation one")
