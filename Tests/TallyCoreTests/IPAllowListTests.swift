@@ -62,6 +62,17 @@ struct IPAllowListTests {
         #expect(!(try IPAllowList.parse("0.0.0.0/0").allows("2001:db8::1")))
     }
 
+    /// Found by a review: counted address by address, one IPv6 host had a limit per address of its /64.
+    @Test("a client's network for the failed-credential limit: IPv4 itself, v4-mapped as IPv4, IPv6 its /64")
+    func clientNetworks() throws {
+        func network(_ text: String) throws -> String { try #require(IPAddress.parse(text)).clientNetwork }
+        #expect(try network("203.0.113.7") == "203.0.113.7")
+        #expect(try network("::ffff:203.0.113.7") == "203.0.113.7")
+        #expect(try network("2001:db8:1:2::1") == "2001:db8:1:2::/64")
+        #expect(try network("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64")
+        #expect(try network("2001:db8:1:3::1") == "2001:db8:1:3::/64")
+    }
+
     @Test("model lists: trimmed, de-duplicated, commas and control characters refused")
     func modelLists() throws {
         #expect(

@@ -134,6 +134,16 @@ struct SecurityHTTPTests {
                 uri: "/api/user/self", method: .get, headers: forwarded("198.51.100.8")
             ) { try ErrorBody($0.body).code }
             #expect(other == "invalid_token")
+            // An IPv6 client counts by its /64: two addresses of one /64 share a count.
+            for address in ["2001:db8:5:6::1", "2001:db8:5:6::2"] {
+                _ = try await client.execute(uri: "/api/user/self", method: .get, headers: forwarded(address)) {
+                    $0.status
+                }
+            }
+            let sameNetwork = try await client.execute(
+                uri: "/api/user/self", method: .get, headers: forwarded("2001:db8:5:6:abcd::3")
+            ) { try ErrorBody($0.body).code }
+            #expect(sameNetwork == "too_many_failed_auth")
         }
     }
 

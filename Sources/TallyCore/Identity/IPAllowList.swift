@@ -66,6 +66,15 @@ public struct IPAddress: Sendable, Hashable, CustomStringConvertible {
         return parseIPv4(Substring(text)).map { IPAddress(bytes: $0) }
     }
 
+    /// The network one client is taken to hold: an IPv4 address itself (an IPv4-mapped one as
+    /// IPv4), an IPv6 address its /64 — a host is normally given a whole /64, and counting its
+    /// addresses one by one would give it 2^64 times any per-address limit.
+    public var clientNetwork: String {
+        if let mapped = mappedIPv4 { return mapped.description }
+        guard bytes.count == 16 else { return description }
+        return IPAddress(bytes: Array(bytes.prefix(8)) + Array(repeating: 0, count: 8)).description + "/64"
+    }
+
     /// The IPv4 address of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), else nil.
     var mappedIPv4: IPAddress? {
         guard bytes.count == 16, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xff, bytes[11] == 0xff else {

@@ -102,9 +102,11 @@ public struct FailedAuthMiddleware: RouterMiddleware {
         }
     }
 
-    /// What failures of `request` count towards: its address, apart for the gateway's routes.
+    /// What failures of `request` count towards: its client's network (an IPv6 client's /64),
+    /// apart for the gateway's routes.
     static func bucket(_ address: String, _ request: Request) -> String {
-        request.uri.path.hasPrefix("/gateway/") ? "gateway " + address : address
+        let network = IPAddress.parse(address)?.clientNetwork ?? address
+        return request.uri.path.hasPrefix("/gateway/") ? "gateway " + network : network
     }
 
     /// Requests without a credential (health checks, public pricing) guess nothing: never blocked.
