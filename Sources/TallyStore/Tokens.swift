@@ -192,16 +192,37 @@ public struct TokenRepository: Sendable {
     }
 
     /// The caller's keys, newest first.
-    public func list(userID: Int64, page: PageRequest) async throws -> Page<APIToken> {
-        try await pool.withConnection { connection in
-            let total = try connection.query(
-                "SELECT count(*) FROM tokens WHERE user_id = $1 AND deleted_at IS NULL", [userID])[0].decode(
-                    0, as: Int.self)
+    /// The user's keys, newest first; with `nameContains`, those whose name contains it; with
+    /// `keyEnding`, those whose key ends with it (only the last 6 characters are kept, so at
+    /// most 6 are compared, or the whole key through its hash).
+    public func list(userID: Int64, page: PageRequest, nameContains: String? = nil, keyEnding: String? = nil)
+        async throws -> Page<APIToken>
+    {
+        var conditions = "t.user_id = $1 AND t.deleted_at IS NULL"
+        var parameters: [any PostgresEncodable] = [userID]
+        if let nameContains, !nameContains.isEmpty {
+            parameters.append("%" + AccountRepository.escapeLike(nameContains) + "%")
+            conditions += " AND t.name LIKE $\(parameters.count)"
+        }
+        if let keyEnding, !keyEnding.isEmpty {
+            let fragment = keyEnding.hasPrefix("sk-") ? String(keyEnding.dropFirst(3)) : keyEnding
+            if fragment.count > 6 {
+                parameters.append(SecretHash(of: "sk-" + fragment))
+                conditions += " AND t.key_hash = $\(parameters.count)"
+            } else {
+                parameters.append("%" + AccountRepository.escapeLike(fragment))
+                conditions += " AND t.key_last6 LIKE $\(parameters.count)"
+            }
+        }
+        let filter = conditions, filterParameters = parameters
+        return try await pool.withConnection { connection in
+            let total = try connection.query("SELECT count(*) FROM tokens t WHERE \(filter)", filterParameters)[0]
+                .decode(0, as: Int.self)
             let rows = try connection.query(
                 """
-                SELECT \(Self.columns(account: "$1")) FROM tokens t WHERE t.user_id = $1 AND t.deleted_at IS NULL
-                ORDER BY t.id DESC LIMIT $2 OFFSET $3
-                """, [userID, page.size, page.offset])
+                SELECT \(Self.columns(account: "$1")) FROM tokens t WHERE \(filter)
+                ORDER BY t.id DESC LIMIT \(page.size) OFFSET \(page.offset)
+                """, filterParameters)
             return Page(items: try rows.map(Self.decode), total: total, request: page)
         }
     }

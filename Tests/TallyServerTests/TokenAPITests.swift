@@ -150,6 +150,33 @@ struct TokenAPITests {
         }
     }
 
+    /// Found by a review: the route fell to `token/:id` and answered 404 "API key not found".
+    @Test("GET /api/token/search: the caller's keys by name fragment and by the key's end, paged as the list")
+    func tokenSearch() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (user, access) = try await seed.user()
+        let (other, _) = try await seed.user()
+        let prod = try await seed.key(user: user.id, TokenDraft(name: "prod_eu", unlimitedQuota: true))
+        _ = try await seed.key(user: user.id, TokenDraft(name: "laptop", unlimitedQuota: true))
+        _ = try await seed.key(user: other.id, TokenDraft(name: "prod_eu", unlimitedQuota: true))
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            func names(_ query: String) async throws -> [String] {
+                let answer = try await api.get("/api/token/search?\(query)", token: access)
+                #expect(answer.status == 200, "\(answer.text)")
+                return (answer.dataObject["items"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+            }
+            let found = [
+                try await names("keyword=prod"), try await names("keyword=_"), try await names("keyword="),
+                try await names("token=\(prod.key.suffix(4))"), try await names("token=\(prod.key)"),
+                try await names("keyword=prod&token=\(prod.key.dropLast())"),
+            ]
+            // LIKE's wildcards are matched as text; a key is matched by its end or as a whole.
+            #expect(found == [["prod_eu"], ["prod_eu"], ["laptop", "prod_eu"], ["prod_eu"], ["prod_eu"], []])
+        }
+    }
+
     @Test("a user cannot see, change or delete another user's keys: 404 not_found")
     func isolation() async throws {
         let db = try await TestDatabase.shared("systemapi")

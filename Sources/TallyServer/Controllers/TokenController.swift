@@ -24,6 +24,7 @@ struct TokenController {
     var routes: RouteCollection<TallyRequestContext> {
         let routes = RouteCollection(context: TallyRequestContext.self)
         routes.get("token", use: list)
+        routes.get("token/search", use: search)
         routes.post("token", use: create)
         routes.put("token", use: update)
         routes.get("token/:id", use: get)
@@ -34,6 +35,16 @@ struct TokenController {
     @Sendable func list(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let user = try context.requireUser()
         let page = try await tokens.list(userID: user.id, page: SystemInput.page(request))
+        return try SystemJSON.success(SystemJSON.PageInfo(page) { TokenJSON($0) })
+    }
+
+    /// `GET /api/token/search?keyword=&token=`: the caller's keys whose name contains `keyword`
+    /// and whose key ends with `token` (its last 6 characters, or the whole key), paged as the list.
+    @Sendable func search(_ request: Request, context: TallyRequestContext) async throws -> Response {
+        let user = try context.requireUser()
+        let page = try await tokens.list(
+            userID: user.id, page: SystemInput.page(request), nameContains: try SystemInput.string(request, "keyword"),
+            keyEnding: try SystemInput.string(request, "token"))
         return try SystemJSON.success(SystemJSON.PageInfo(page) { TokenJSON($0) })
     }
 
