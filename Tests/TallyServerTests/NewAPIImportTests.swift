@@ -497,6 +497,28 @@ struct NewAPIImportTests {
         #expect(try await untouched.scalar("SELECT count(*) FROM users") == 0)
     }
 
+    /// Found by a review of the import: the dropped month's partition was made again and its logs
+    /// charged a second time.
+    @Test("--all-logs after retention dropped a month leaves that month's logs out: nothing is charged twice")
+    func allLogsAfterRetention() async throws {
+        let source = try await Self.newAPIDatabase("newapiretention")
+        let tally = try await TestDatabase.create("newapiretentiontally")
+        _ = try Self.runImport(source, into: tally)
+        let september =
+            "SELECT coalesce(sum(amount), 0) FROM ledger WHERE kind = 'charge' AND at >= '2026-09-01' AND at < '2026-10-01'"
+        let charged = try await tally.scalar(september)
+        let usedQuota = try await tally.scalar("SELECT sum(used_quota) FROM users")
+        #expect(charged != 0)
+        let retention = LogRetention(pool: tally.pool)
+        let plan = try await retention.plan(keepMonths: 2, current: UsageMonth("2026-11")!)
+        #expect(try await retention.apply(plan, by: .cli).map(\.month).contains(UsageMonth("2026-09")!))
+        let output = try Self.runImport(source, into: tally, ["--all-logs", "--json"])
+        #expect(try await tally.scalar(september) == charged)
+        #expect(try await tally.scalar("SELECT sum(used_quota) FROM users") == usedQuota)
+        #expect(output.contains("retention dropped"), "\(output)")
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
+    }
+
     @Test("a database that is not new-api's is refused before anything is written")
     func notNewAPI() async throws {
         let other = try await TestDatabase.create("notnewapi")

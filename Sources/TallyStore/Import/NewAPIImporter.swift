@@ -278,16 +278,25 @@ public struct NewAPIImporter {
         let last = try logSource.lastLogID()
         var ensuredMonths: Set<String> = []
         var replacedGroups: [String: Int] = [:]
+        // Months whose request rows retention dropped: their logs were charged when they came
+        // in, and with the rows gone nothing would tell a log read again from a new one.
+        let droppedMonths = try target.query(NewAPIImportSQL.droppedMonths).map { try $0.decode(0, as: String.self) }
+        var ofDroppedMonths = 0
         progress("reading logs after id \(cursor) (last \(last))")
         while true {
-            let (rows, highest) = try stageLogs(after: cursor)
-            guard rows > 0 else { break }
+            let (staged, highest) = try stageLogs(after: cursor)
+            guard staged > 0 else { break }
+            let dropped =
+                droppedMonths.isEmpty
+                ? 0 : try target.query(NewAPIImportSQL.unstageDroppedMonths, [TextArray(droppedMonths)]).affectedRows
+            ofDroppedMonths += dropped
+            let rows = staged - dropped
             try ensurePartitions(&ensuredMonths)
             try target.query(NewAPIImportSQL.replacedLogGroups).forEach { row in
                 replacedGroups[try row.decode(0), default: 0] += try row.decode(1, as: Int.self)
             }
             let batch = try storeLogs(rows: rows)
-            summary.logsRead += rows
+            summary.logsRead += staged
             summary.logsImported += batch.imported
             summary.logsDuplicate += batch.eligible - batch.imported
             summary.logsSkipped += rows - batch.eligible
@@ -295,7 +304,14 @@ public struct NewAPIImporter {
             try target.query(NewAPIImportSQL.saveCursor, [options.source, highest])
             cursor = highest
             progress("logs: \(summary.logsRead) read, \(summary.logsImported) imported, at id \(highest) of \(last)")
-            if rows < options.batchSize { break }
+            if staged < options.batchSize { break }
+        }
+        if ofDroppedMonths > 0 {
+            summary.logsDuplicate += ofDroppedMonths
+            summary.warnings.append(
+                "\(ofDroppedMonths) log(s) of months whose request rows retention dropped were left out (counted "
+                    + "as already there): a log imported before cannot be told from a new one there, and would be "
+                    + "charged twice")
         }
         if summary.logsSkipped > 0 {
             summary.warnings.append("\(summary.logsSkipped) log(s) skipped: their user is not in new-api's users table")
