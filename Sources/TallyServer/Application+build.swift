@@ -137,7 +137,10 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     router.addRoutes(HealthController(pool: services.pool).routes)
     router.addRoutes(ConsoleController(files: .bundled).routes)
     router.addRoutes(PricingController(prices: services.prices).routes, atPath: "/api")
-    router.addRoutes(KeyController(authenticator: APIKeyAuthenticator(tokens: services.apiKeys), models: models).routes)
+    router.addRoutes(
+        KeyController(
+            authenticator: APIKeyAuthenticator(tokens: services.apiKeys), models: models, groups: services.groups
+        ).routes)
 
     let gateway = router.group("/gateway/v1")
         .add(middleware: GatewayAuthMiddleware(secret: configuration.gatewaySecret))

@@ -191,6 +191,11 @@ struct AccountAPITests {
                 (theirs.object["data"] as? [[String: Any]])?.map { $0["id"] as? String } == [
                     "gemini-2.5-pro", "gpt-4o", "other-group-model",
                 ])
+            // Not the owner's group and no longer selectable: the key is refused, as authorize refuses it.
+            try await seed.sql("UPDATE groups SET selectable = false WHERE name = 'partner'")
+            let refused = try await api.get("/v1/models", token: partner)
+            #expect(refused.status == 403 && refused.errorCode == "insufficient_permissions", "\(refused.text)")
+            try await seed.sql("UPDATE groups SET selectable = true WHERE name = 'partner'")
             // A key from before the groups existed, in the default group: nothing offered there.
             let early = try await api.get("/v1/models", token: noPrices)
             #expect((early.object["data"] as? [Any])?.isEmpty == true)

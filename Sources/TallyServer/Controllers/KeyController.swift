@@ -9,6 +9,7 @@ import TallyStore
 struct KeyController {
     let authenticator: APIKeyAuthenticator
     let models: ModelAvailability
+    let groups: GroupRepository
 
     /// Every route of API-key clients; each handler authenticates the key itself.
     var routes: RouteCollection<TallyRequestContext> {
@@ -22,8 +23,14 @@ struct KeyController {
     }
 
     /// The models this key may use: its group's (the owner's group when the key has none),
-    /// narrowed to the key's model limits when they are on.
+    /// narrowed to the key's model limits when they are on. A key of a group its owner may no
+    /// longer use (not the owner's, not selectable) is refused, as authorize refuses it.
     func keyModels(_ token: APIToken, owner: User) async throws -> [AvailableModel] {
+        if !token.group.isEmpty, token.group != owner.group,
+            try await !groups.usable(by: owner).contains(where: { $0.name == token.group })
+        {
+            throw APIError(.insufficientPermissions)
+        }
         var list = try await models.models(group: token.group.isEmpty ? owner.group : token.group)
         if token.modelLimitsEnabled {
             let allowed = Set(token.modelLimitList)
