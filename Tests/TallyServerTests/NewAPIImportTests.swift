@@ -477,7 +477,11 @@ struct NewAPIImportTests {
         """)
     func expiryAndQuotaUnit() async throws {
         let source = try await Self.newAPIDatabase("newapiexpiry")
-        try await source.pool.withConnection { try $0.execute("UPDATE tokens SET expired_time = 0 WHERE id = 2") }
+        // And a user whose username is NULL (new-api's column allows it): skipped, not the whole import.
+        try await source.pool.withConnection {
+            try $0.execute(
+                "UPDATE tokens SET expired_time = 0 WHERE id = 2; UPDATE users SET username = NULL WHERE id = 4")
+        }
         let tally = try await TestDatabase.create("newapiexpirytally")
         _ = try Self.runImport(source, into: tally)
         #expect(
@@ -485,6 +489,7 @@ struct NewAPIImportTests {
                 "SELECT count(*) FROM tokens WHERE id = 2 AND expires_at = to_timestamp(0) AND expires_at < now()") == 1
         )
         #expect(try await tally.scalar("SELECT count(*) FROM tokens WHERE id = 1 AND expires_at IS NULL") == 1)
+        #expect(try await tally.scalar("SELECT count(*) FROM users WHERE username = 'carol'") == 0)
 
         let scaled = try await Self.newAPIDatabase("newapiunit")
         try await scaled.pool.withConnection {

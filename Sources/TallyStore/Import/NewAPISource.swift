@@ -66,7 +66,7 @@ struct NewAPISource {
 
     var users: String {
         """
-        SELECT id, username, coalesce(\(column("users", "display_name", or: "''")), ''),
+        SELECT id, coalesce(username, ''), coalesce(\(column("users", "display_name", or: "''")), ''),
                coalesce(\(column("users", "email", or: "''")), ''), coalesce(role, \(Role.user.sql)),
                coalesce(status, \(enabled)),
                coalesce("group", ''), coalesce(quota, 0), coalesce(\(column("users", "used_quota", or: "0")), 0),
