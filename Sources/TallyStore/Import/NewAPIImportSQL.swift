@@ -50,8 +50,9 @@ enum NewAPIImportSQL {
         "import_groups": "name, description, selectable, ratio",
     ]
 
-    /// Blocks other writers of the account tables while ids are chosen and rows inserted
-    /// (readers and the gateway's authorizations go on).
+    /// Blocks other writers of the account tables while ids are chosen and rows inserted:
+    /// readers go on, but lease grants and the fold (which update users and tokens) wait for
+    /// the transaction (docs/import.md, "Transactions").
     static let lockAccounts = "LOCK TABLE users, tokens, channels IN SHARE ROW EXCLUSIVE MODE"
 
     /// A valid Tally group name (the `groups.name` CHECK).
