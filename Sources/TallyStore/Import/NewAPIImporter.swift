@@ -115,8 +115,12 @@ public struct NewAPIImporter {
         try source.checkQuotaPerUnit()
         try target.execute(NewAPIImportSQL.createStaging)
         defer { try? target.execute(NewAPIImportSQL.dropStaging) }
+        // Read before the accounts' snapshot: every log up to it belongs to a user, key and
+        // channel that snapshot holds. Later logs are the next run's (read now, a request of a
+        // user registered meanwhile was skipped, and the cursor moved past it for good).
+        let lastLogID = try logSource.lastLogID()
         try importAccounts(&summary)
-        try importLogs(&summary)
+        try importLogs(&summary, through: lastLogID)
         try settleBalances(&summary)
         return summary
     }
@@ -272,10 +276,9 @@ public struct NewAPIImporter {
 
     /// Streams the consumption and error logs in id order, a batch per transaction: COPY out
     /// of new-api straight into a staging table, then the ingest pipeline's set-based steps.
-    private func importLogs(_ summary: inout NewAPIImportSummary) throws {
+    private func importLogs(_ summary: inout NewAPIImportSummary, through last: Int64) throws {
         let stored = try target.query(NewAPIImportSQL.cursor, [options.source]).first?.decode(0, as: Int64.self) ?? 0
         var cursor = options.allLogs ? 0 : max(0, stored - options.resumeWindow)
-        let last = try logSource.lastLogID()
         var ensuredMonths: Set<String> = []
         var replacedGroups: [String: Int] = [:]
         // Months whose request rows retention dropped: their logs were charged when they came
@@ -284,7 +287,7 @@ public struct NewAPIImporter {
         var ofDroppedMonths = 0
         progress("reading logs after id \(cursor) (last \(last))")
         while true {
-            let (staged, highest) = try stageLogs(after: cursor)
+            let (staged, highest) = try stageLogs(after: cursor, through: last)
             guard staged > 0 else { break }
             let dropped =
                 droppedMonths.isEmpty
@@ -325,12 +328,13 @@ public struct NewAPIImporter {
 
     /// COPY of one batch from the source into `import_log_rows`; returns its row count and
     /// highest log id (the first field of each row).
-    private func stageLogs(after cursor: Int64) throws -> (rows: Int, highest: Int64) {
+    private func stageLogs(after cursor: Int64, through last: Int64) throws -> (rows: Int, highest: Int64) {
         try target.execute("TRUNCATE import_log_rows")
         var rows = 0
         var highest = cursor
         try target.copyIn("COPY import_log_rows (\(NewAPIImportSQL.logColumns)) FROM STDIN") { writer in
-            try logSource.connection.copyOut(logSource.logsCopy(after: cursor, limit: options.batchSize)) { bytes in
+            try logSource.connection.copyOut(logSource.logsCopy(after: cursor, through: last, limit: options.batchSize))
+            { bytes in
                 rows += 1
                 var id: Int64 = 0
                 for byte in bytes {

@@ -115,7 +115,7 @@ struct NewAPISource {
     /// Up to `limit` request logs (consumption and errors) after log id `after`, in id order,
     /// as `COPY … TO STDOUT`. The status code and cache token counts come out of `other` by
     /// pattern, so a row whose `other` is not valid JSON still imports.
-    func logsCopy(after: Int64, limit: Int) -> String {
+    func logsCopy(after: Int64, through last: Int64, limit: Int) -> String {
         let ip = column("logs", "ip", or: "''")
         let other = column("logs", "other", or: "''")
         return """
@@ -129,11 +129,12 @@ struct NewAPISource {
                          substring(\(other) from '"status_code":\\s*(\\d{3})'),
                          substring(\(other) from '"cache_tokens":\\s*(\\d{1,15})'),
                          substring(\(other) from '"cache_creation_tokens":\\s*(\\d{1,15})')
-                  FROM logs WHERE id > \(after) AND type IN (2, 5) ORDER BY id LIMIT \(limit)) TO STDOUT
+                  FROM logs WHERE id > \(after) AND id <= \(last) AND type IN (2, 5) ORDER BY id LIMIT \(limit))
+                  TO STDOUT
             """
     }
 
-    /// The highest log id, for progress.
+    /// The highest log id: where a run's logs end.
     func lastLogID() throws -> Int64 {
         try connection.query("SELECT coalesce(max(id), 0) FROM logs")[0].decode(0)
     }
