@@ -25,11 +25,13 @@ extension TallyServices {
         case .channel: access.invalidate(change)
         case .group: forget(change)
         case .prices: Task { try? await prices.refreshIfChanged() }
+        case .logsDropped: Task { try? await droppedLogMonths.refresh() }
         case .everything, .import:
             // An import sets balances and keys wholesale: every lease is taken afresh too.
             forget(change)
             Task { try? await holdBook.returnIdleLeases(everything: true) }
             Task { try? await prices.refreshIfChanged() }
+            Task { try? await droppedLogMonths.refresh() }
         }
     }
 
@@ -70,6 +72,7 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
         try await migrator.migrate()
         try await migrator.createLogPartitions(months: 3)
         try await services.prices.reload()
+        try await services.droppedLogMonths.refresh()
         try await services.holdBook.start()
         await cancelWhenGracefulShutdown { await listening.wait() }
         guard listening.isOpen else { throw CancellationError() }
@@ -94,8 +97,8 @@ private func backgroundServices(
 ) -> [any Service] {
     var background: [any Service] = [
         PriceRefreshService(
-            prices: services.prices, interval: .seconds(configuration.priceRefreshSeconds),
-            logger: logger),
+            prices: services.prices, droppedLogMonths: services.droppedLogMonths,
+            interval: .seconds(configuration.priceRefreshSeconds), logger: logger),
         LogPartitionService(migrator: migrator, interval: .seconds(86_400), logger: logger),
         HoldSweeperService(holds: services.holds, interval: .seconds(1), logger: logger),
         LeaseService(book: services.holdBook, logger: logger),
@@ -200,15 +203,18 @@ func runPeriodically(
     }
 }
 
-/// Picks up price versions loaded by other instances.
+/// Picks up price versions loaded, and months of request rows dropped, by other processes,
+/// should their notice be lost.
 struct PriceRefreshService: Service {
     let prices: PriceCatalog
+    let droppedLogMonths: DroppedLogMonths
     let interval: Duration
     let logger: Logger
 
     func run() async throws {
         await runPeriodically(every: interval, logger: logger, failure: "price refresh failed") {
             try await prices.refreshIfChanged()
+            try await droppedLogMonths.refresh()
         }
     }
 }

@@ -8,6 +8,8 @@ public struct TallyServices: Sendable {
     public let users: any UserRepository
     public let priceVersions: any PriceRepository
     public let prices: PriceCatalog
+    /// Months retention dropped, whose lines ingest rejects.
+    public let droppedLogMonths: DroppedLogMonths
     public let tokens: TokenDirectory
     public let ingestor: Ingestor
     public let ingestLimits: IngestLimits
@@ -42,8 +44,10 @@ public struct TallyServices: Sendable {
         priceVersions = PostgresPriceRepository(pool: pool)
         prices = PriceCatalog(repository: priceVersions)
         tokens = TokenDirectory(pool: pool)
+        droppedLogMonths = DroppedLogMonths(pool: pool)
         ingestor = Ingestor(
-            prices: prices, tokens: tokens, repository: PostgresIngestRepository(pool: pool), limits: ingestLimits)
+            prices: prices, tokens: tokens, repository: PostgresIngestRepository(pool: pool), limits: ingestLimits,
+            droppedMonths: droppedLogMonths)
         accounts = AccountRepository(pool: pool)
         apiKeys = TokenRepository(pool: pool)
         groups = GroupRepository(pool: pool)

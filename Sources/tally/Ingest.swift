@@ -41,8 +41,11 @@ struct Ingest: AsyncParsableCommand {
         let pool = try await database.migratedPool(size: parallel + 2)
         let prices = PriceCatalog(repository: PostgresPriceRepository(pool: pool))
         try await prices.reload()
+        let droppedMonths = DroppedLogMonths(pool: pool)
+        try await droppedMonths.refresh()
         let ingestor = Ingestor(
-            prices: prices, tokens: TokenDirectory(pool: pool), repository: PostgresIngestRepository(pool: pool))
+            prices: prices, tokens: TokenDirectory(pool: pool), repository: PostgresIngestRepository(pool: pool),
+            droppedMonths: droppedMonths)
         let input = file == "-" ? FileHandle.standardInput : try FileHandle(forReadingFrom: URL(fileURLWithPath: file))
         let format = IngestFormat(rawValue: format)!
         let progress = Progress(quiet: quiet)

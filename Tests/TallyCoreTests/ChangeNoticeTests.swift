@@ -11,6 +11,7 @@ struct ChangeNoticeTests {
         (.channel(3), "channel:3"),
         (.import, "import"),
         (.prices, "prices"),
+        (.logsDropped, "logs-dropped"),
         (.overdrawn(.user(9)), "overdrawn:user:9"),
         (.overdrawn(.token(10)), "overdrawn:token:10"),
         (.leaseWanted(.user(11)), "lease-wanted:user:11"),

@@ -297,6 +297,38 @@ struct IngestHTTPTests {
         #expect(try await Self.balance(db, user: 10) == Self.initialQuota - Self.chatCost)
     }
 
+    /// Found by a review of retention: the dropped month was made again and the resent lines
+    /// charged a second time.
+    @Test("a line of a month retention dropped is rejected (month_dropped), and the month is not made again")
+    func droppedMonthStaysDropped() async throws {
+        let db = try await TestDatabase.create("ingest-retention")
+        try await db.prepareBilling(users: 1, quota: 1_000_000)
+        let september = "2026-09-15T12:00:00Z"
+        let batch = [LogLines.chat("sept-1", user: 1, at: september), LogLines.chat("sept-2", user: 1, at: september)]
+            .joined(separator: "\n")
+        let charged = "SELECT coalesce(sum(amount), 0) FROM ledger WHERE kind = 'charge' AND usage_month = '2026-09-01'"
+        try await TestApp.build(db).test(.live) { client in
+            #expect(try await Self.post(client, batch).1["accepted"] as? Int == 2)
+            try await db.fold()
+            #expect(try await db.scalar(charged) == -2 * Self.chatCost)
+            let retention = LogRetention(pool: db.pool)
+            let plan = try await retention.plan(keepMonths: 2, current: UsageMonth("2026-11")!)
+            #expect(try await retention.apply(plan, by: .cli).map(\.month).contains(UsageMonth("2026-09")!))
+            try await Task.sleep(for: .milliseconds(500))  // the instance reads the notice
+            let resent = try await Self.post(client, batch + "\n" + LogLines.chat("sept-3", user: 1, at: september))
+            #expect(resent.0 == .ok)
+            #expect(resent.1["accepted"] as? Int == 0)
+            let codes = (resent.1["rejected"] as? [[String: Any]] ?? []).compactMap { $0["code"] as? String }
+            #expect(codes == Array(repeating: "month_dropped", count: 3))
+        }
+        try await db.fold()
+        #expect(try await db.scalar(charged) == -2 * Self.chatCost)
+        #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE month = '2026-09-01'") == 0)
+        // Made on purpose too (the daily service, an import): the month stays dropped.
+        #expect(try await db.scalar("SELECT tally_create_log_partitions('2026-09-01', 1)") == 0)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     /// Found by a review: other instances read a new version at their next refresh (5 s by
     /// default), and pricing the lines of its time by the old one meanwhile left them mispriced.
     @Test("a price version stored elsewhere prices the next batch: the instance reloads on its notice, not its timer")

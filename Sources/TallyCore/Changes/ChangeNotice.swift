@@ -17,6 +17,9 @@ public enum ChangeNotice: Sendable, Hashable {
     /// `prices`: a price version was stored; every instance reads it before it prices another
     /// line (a line of the new version's time priced by the old one would stay mispriced).
     case prices
+    /// `logs-dropped`: retention dropped a month's request rows; ingest refuses that month's
+    /// lines from now on (each instance reads the dropped months again).
+    case logsDropped
     /// `overdrawn:user:<id>`, `overdrawn:token:<id>`: a settlement overdrew the account.
     case overdrawn(LeaseAccount)
     /// `lease-wanted:user:<id>`, `lease-wanted:token:<id>`: another instance ran short of it.
@@ -34,6 +37,7 @@ public enum ChangeNotice: Sendable, Hashable {
         case .channel(let id): "channel:\(id)"
         case .import: "import"
         case .prices: "prices"
+        case .logsDropped: "logs-dropped"
         case .overdrawn(let account): "overdrawn:" + Self.payload(of: account)
         case .leaseWanted(let account): "lease-wanted:" + Self.payload(of: account)
         case .everything: "*"
@@ -47,6 +51,7 @@ public enum ChangeNotice: Sendable, Hashable {
             switch payload {
             case "import": self = .import
             case "prices": self = .prices
+            case "logs-dropped": self = .logsDropped
             case "*": self = .everything
             default: return nil
             }

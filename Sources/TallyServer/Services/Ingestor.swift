@@ -47,16 +47,19 @@ public struct Ingestor: Sendable {
     let tokens: TokenDirectory
     let repository: any IngestRepository
     let limits: IngestLimits
+    /// Months retention dropped: their lines are rejected (nil: none is known).
+    let droppedMonths: DroppedLogMonths?
     private let streams: StreamSlots
 
     public init(
         prices: PriceCatalog, tokens: TokenDirectory, repository: any IngestRepository,
-        limits: IngestLimits = IngestLimits()
+        limits: IngestLimits = IngestLimits(), droppedMonths: DroppedLogMonths? = nil
     ) {
         self.prices = prices
         self.tokens = tokens
         self.repository = repository
         self.limits = limits
+        self.droppedMonths = droppedMonths
         streams = StreamSlots(limit: limits.maxStreamedBatches)
     }
 
@@ -142,6 +145,13 @@ public struct Ingestor: Sendable {
         guard createdAt.timeIntervalSince(now) <= limits.maxClockSkew else {
             throw IngestRejection(
                 "future_timestamp", "created_at \(PostgresTimestamp.format(createdAt)) is in the future")
+        }
+        let month = UsageMonth(containing: createdAt)
+        if let droppedMonths, droppedMonths.contains(month) {
+            throw IngestRejection(
+                "month_dropped",
+                "the request rows of \(month) were dropped by retention: a line of that month cannot be told "
+                    + "from one already charged")
         }
         guard let identity else {
             if Self.keyHash(of: line) != nil {

@@ -210,7 +210,7 @@ public final class AccessDirectory: Sendable {
             case .group, .import, .everything:
                 state.keys = [:]
                 state.channels = nil
-            case .overdrawn, .leaseWanted, .prices: break  // nothing cached here changed
+            case .overdrawn, .leaseWanted, .prices, .logsDropped: break  // nothing cached here changed
             }
         }
     }

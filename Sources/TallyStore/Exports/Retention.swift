@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TallyCore
 import TallyPostgres
 
@@ -89,10 +90,38 @@ public struct LogRetention: Sendable {
             }
             try connection.transaction { connection in
                 try connection.execute("DROP TABLE IF EXISTS \(table)")
+                // The audit row below is what keeps the month dropped (migration 0027).
+                try ChangeNotice.send([.logsDropped], on: connection)
                 try AuditLog.recordChange(
                     on: connection, actor: actor, action: "retention.drop", target: "request_logs:\(partition.month)",
                     before: ["partition": partition.name, "bytes": partition.bytes], after: nil)
             }
         }
+    }
+}
+
+/// The months whose request rows retention dropped (its `retention.drop` audit rows). A line of
+/// such a month cannot be told from one stored before it (its row is gone, and with it the
+/// unique key a resend meets), so ingest rejects it rather than charge it twice; the month's
+/// partition is not made again either (migration 0027).
+public final class DroppedLogMonths: Sendable {
+    private let pool: PostgresPool
+    private let months = Mutex<Set<UsageMonth>>([])
+
+    public init(pool: PostgresPool) { self.pool = pool }
+
+    public func contains(_ month: UsageMonth) -> Bool { months.withLock { $0.contains(month) } }
+
+    /// Reads the dropped months again: at start, on `logs-dropped`, and on the price refresh's timer.
+    public func refresh() async throws {
+        let read = try await pool.withConnection { connection in
+            try connection.query(
+                """
+                SELECT DISTINCT substr(target, length('request_logs:') + 1) FROM audit_log
+                WHERE action = 'retention.drop' AND target LIKE 'request_logs:%'
+                """
+            ).map { UsageMonth(try $0.decode(0, as: String.self)) }
+        }
+        months.withLock { $0 = Set(read.compactMap { $0 }) }
     }
 }
