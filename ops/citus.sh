@@ -92,7 +92,9 @@ citus_install_staged() {
     for file in "${stale[@]}"; do
         target="/${file#"$stage"/}"
         mkdir -p -- "$(dirname -- "$target")"
-        cp --preserve=mode -- "$file" "$target"
+        # A new file in place of the old (unlinked, not rewritten): a running cluster that has
+        # citus.so mapped keeps its copy instead of crashing on a file changed under it.
+        cp --preserve=mode --remove-destination -- "$file" "$target"
     done
 }
 

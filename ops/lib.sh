@@ -42,9 +42,12 @@ _TALLY_LIB_SOURCED=1
 
 TALLY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 TALLY_LOG_PREFIX="${TALLY_LOG_PREFIX:-$(basename "$0")}"
-TALLY_DEBIAN_PACKAGES=(postgresql libpq-dev libcurl4-openssl-dev)
-# The validators of ops/slow-tests/deploy-configs, which fails when one is missing.
-TALLY_SLOW_TEST_PACKAGES=(systemd nginx-light openssl prometheus)
+# procps: ops/pg looks for a crashed cluster's processes with pgrep; curl: ops/bench and the
+# slow tests call the server with it.
+TALLY_DEBIAN_PACKAGES=(postgresql libpq-dev libcurl4-openssl-dev procps curl)
+# The validators of ops/slow-tests/deploy-configs, which fails when one is missing, and the
+# Python the real-client, console and schemathesis tests run in (ops/venv).
+TALLY_SLOW_TEST_PACKAGES=(systemd nginx-light openssl prometheus python3 python3-venv)
 
 tally_root() { printf '%s\n' "$TALLY_ROOT"; }
 
