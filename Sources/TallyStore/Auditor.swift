@@ -58,7 +58,10 @@ public struct Auditor: Sendable {
             let queries: [(PreparedStatement, [any PostgresEncodable])]
             if let month {
                 let kept =
-                    try connection.query("SELECT 1 FROM tally_log_partitions WHERE month = $1::date", [month.firstDay])
+                    try connection.query(
+                        "SELECT 1 FROM tally_log_partitions WHERE month = $1::date AND NOT detach_pending",
+                        [month.firstDay]
+                    )
                     .count > 0
                 queries = [(Self.month, [month.firstDay, month.adding(months: 1).firstDay, kept, month.description])]
             } else {
@@ -154,7 +157,8 @@ public struct Auditor: Sendable {
             FROM request_logs GROUP BY 1, 2
         ), rollups AS (
             SELECT user_id, date_trunc('month', day)::date AS month, sum(quota) AS quota, sum(requests) AS requests
-            FROM usage_rollups WHERE date_trunc('month', day)::date IN (SELECT month FROM tally_log_partitions)
+            FROM usage_rollups
+            WHERE date_trunc('month', day)::date IN (SELECT month FROM tally_log_partitions WHERE NOT detach_pending)
             GROUP BY 1, 2
         )
         SELECT user_id, coalesce(u.username, ''), format('%s: usage rollups %s units in %s requests but request rows %s units in %s requests',

@@ -15,7 +15,11 @@ enum LogPartitions {
         var failed = 0
         while true {
             do {
-                return try await pool.withConnection { try createOnce(from: start, months: months, on: $0) }
+                return try await pool.withConnection { connection in
+                    try connection.execute("SET lock_timeout = '\(lockTimeout)'")
+                    defer { try? connection.execute("RESET lock_timeout") }
+                    return try createOnce(from: start, months: months, on: connection)
+                }
             } catch let error as PostgresError where error.sqlState == SQLState.lockNotAvailable && failed + 1 < tries {
                 failed += 1
                 try await Task.sleep(for: .milliseconds(100 * failed))
@@ -29,10 +33,23 @@ enum LogPartitions {
     static func create(from start: some PostgresEncodable, months: Int, on connection: PostgresConnection) throws
         -> Int
     {
+        try lockingBriefly(on: connection) { try createOnce(from: start, months: months, on: $0) }
+    }
+
+    /// Runs `ddl` (a statement that locks `request_logs`, such as retention's detach on Citus)
+    /// the same way: each try waits at most `lockTimeout` for the lock, then lets the queue drain.
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    static func lockingBriefly<T>(on connection: PostgresConnection, _ ddl: (PostgresConnection) throws -> T) throws
+        -> T
+    {
         var failed = 0
         while true {
             do {
-                return try createOnce(from: start, months: months, on: connection)
+                // For the session, not a transaction: the statement stays on its own, as Citus
+                // wants DDL on a distributed table.
+                try connection.execute("SET lock_timeout = '\(lockTimeout)'")
+                defer { try? connection.execute("RESET lock_timeout") }
+                return try ddl(connection)
             } catch let error as PostgresError where error.sqlState == SQLState.lockNotAvailable && failed + 1 < tries {
                 failed += 1
                 usleep(UInt32(100_000 * failed))
@@ -44,11 +61,6 @@ enum LogPartitions {
     private static func createOnce(from start: some PostgresEncodable, months: Int, on connection: PostgresConnection)
         throws -> Int
     {
-        // For the session, not a transaction: the statement stays on its own, as Citus wants
-        // DDL on a distributed table.
-        try connection.execute("SET lock_timeout = '\(lockTimeout)'")
-        defer { try? connection.execute("RESET lock_timeout") }
-        return try connection.query("SELECT tally_create_log_partitions($1, $2)", [start, months])[0]
-            .decode(0, as: Int.self)
+        try connection.query("SELECT tally_create_log_partitions($1, $2)", [start, months])[0].decode(0, as: Int.self)
     }
 }

@@ -83,10 +83,18 @@ public struct LogRetention: Sendable {
                 "SELECT detach_pending FROM tally_log_partitions WHERE name = $1", [partition.name])
             if let row = pending.first {
                 // CONCURRENTLY runs outside a transaction; an interrupted one is finished with FINALIZE.
-                // Citus refuses CONCURRENTLY: there the detach locks request_logs for its instant.
+                // Citus refuses CONCURRENTLY: there the detach locks request_logs for its instant,
+                // waiting for that lock only briefly at a time so ingest never queues behind it.
                 let finalize = try row.decode(0, as: Bool.self)
-                let mode = finalize ? "FINALIZE" : try CitusLayout.isInstalled(on: connection) ? "" : "CONCURRENTLY"
-                try connection.execute("ALTER TABLE request_logs DETACH PARTITION \(table) \(mode)")
+                if finalize {
+                    try connection.execute("ALTER TABLE request_logs DETACH PARTITION \(table) FINALIZE")
+                } else if try CitusLayout.isInstalled(on: connection) {
+                    try LogPartitions.lockingBriefly(on: connection) {
+                        try $0.execute("ALTER TABLE request_logs DETACH PARTITION \(table)")
+                    }
+                } else {
+                    try connection.execute("ALTER TABLE request_logs DETACH PARTITION \(table) CONCURRENTLY")
+                }
             }
             try connection.transaction { connection in
                 try connection.execute("DROP TABLE IF EXISTS \(table)")
