@@ -4,6 +4,7 @@ import TallyPostgres
 import TallyServer
 import TallyTestSupport
 import Testing
+import Yams
 
 /// The router's route table against the HTTP contract, without a database: every route a
 /// controller lists is in docs/openapi.yaml with its method, and every documented route is served.
@@ -22,29 +23,20 @@ struct RouteTableTests {
     }
 
     /// `METHOD /path` of every operation under `paths:`, paths without their trailing slash
-    /// (the router matches `/api/user` and `/api/user/` alike).
+    /// (the router matches `/api/user` and `/api/user/` alike). Read as YAML, so a document that
+    /// is not valid YAML (which every OpenAPI tool then refuses) fails here too.
     static func documentedRoutes() throws -> Set<String> {
         let url = TestCluster.repositoryRoot.appendingPathComponent("docs/openapi.yaml")
+        let document = try #require(try Yams.load(yaml: String(contentsOf: url, encoding: .utf8)) as? [String: Any])
+        let paths = try #require(document["paths"] as? [String: Any])
+        let methods: Set<String> = ["get", "put", "post", "delete", "patch", "head", "options"]
         var routes = Set<String>()
-        var path: String?
-        for line in try String(contentsOf: url, encoding: .utf8).split(separator: "\n") {
-            if line.hasPrefix("  /"), line.hasSuffix(":") {
-                let text = line.dropFirst(2).dropLast()
-                path = text.count > 1 && text.hasSuffix("/") ? String(text.dropLast()) : String(text)
-            } else if !line.hasPrefix(" "), !line.isEmpty {
-                path = nil  // a top-level key after `paths:`
-            } else if let path, let method = Self.method(line) {
-                routes.insert("\(method) \(path)")
+        for (text, item) in paths {
+            let path = text.count > 1 && text.hasSuffix("/") ? String(text.dropLast()) : text
+            for method in (item as? [String: Any])?.keys ?? [:].keys where methods.contains(method) {
+                routes.insert("\(method.uppercased()) \(path)")
             }
         }
         return routes
-    }
-
-    /// The HTTP method of an operation line (`    get:`), if it is one.
-    static func method(_ line: Substring) -> String? {
-        let methods = ["get", "put", "post", "delete", "patch", "head", "options"]
-        guard line.hasPrefix("    "), !line.hasPrefix("     "), line.hasSuffix(":") else { return nil }
-        let name = line.dropFirst(4).dropLast()
-        return methods.contains(String(name)) ? name.uppercased() : nil
     }
 }
