@@ -15,10 +15,6 @@ public struct KeyAccess: Sendable {
     public let userRole: Role
     /// The key's group, or its owner's when the key names none.
     public let group: String
-    /// The owner may use the key's group: it is the owner's own or a selectable one. A key keeps
-    /// the group it was given, and its owner may since have left it (or it stopped being
-    /// selectable): new-api refuses such a key on every request, and so does authorize.
-    public let groupUsable: Bool
     /// nil when model limits are off.
     public let allowedModels: Set<String>?
     /// nil when the stored list cannot be read (it was validated when written): then no
@@ -28,6 +24,13 @@ public struct KeyAccess: Sendable {
     public let keyRPM: Int?
     /// Requests per minute per user × model: the group's.
     public let userModelRPM: Int?
+    /// The owner may use the key's group: it is the owner's own or a selectable one. A key keeps
+    /// the group it was given, and its owner may since have left it (or it stopped being
+    /// selectable): new-api refuses such a key on every request, and so does authorize.
+    /// Kept last: declared between `group` and `allowedModels`, the release build (Swift 6.3.1,
+    /// -O) corrupted the heap within a second of `ops/bench authorize` (`free(): invalid
+    /// pointer`), every run; the debug build, with or without AddressSanitizer, never did.
+    public let groupUsable: Bool
 }
 
 /// A first lease to take with a cold key's lookup, in the same round trip (migration 0011):
@@ -299,11 +302,10 @@ public final class AccessDirectory: Sendable {
             tokenID: try row.decode(0), userID: try row.decode(1), keyLast6: try row.decode(2),
             tokenEnabled: try row.decode(3), expiresAt: try row.decodeOptional(4), userSuspended: try row.decode(5),
             userRole: Role(rawValue: Int(try row.decode(6, as: Int64.self))) ?? .user, group: try row.decode(7),
-            groupUsable: try row.decode(8),
             allowedModels: limitsOn
                 ? Set(limits.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) : nil,
             allowIPs: try? IPAllowList.parse(try row.decode(11)),
-            keyRPM: keyRPM.map { Int($0) }, userModelRPM: modelRPM.map { Int($0) })
+            keyRPM: keyRPM.map { Int($0) }, userModelRPM: modelRPM.map { Int($0) }, groupUsable: try row.decode(8))
     }
 
     private static let channelRows = PreparedStatement(
