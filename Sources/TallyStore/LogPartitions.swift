@@ -16,9 +16,7 @@ enum LogPartitions {
         while true {
             do {
                 return try await pool.withConnection { connection in
-                    try connection.execute("SET lock_timeout = '\(lockTimeout)'")
-                    defer { try? connection.execute("RESET lock_timeout") }
-                    return try createOnce(from: start, months: months, on: connection)
+                    try withLockTimeout(on: connection) { try createOnce(from: start, months: months, on: $0) }
                 }
             } catch let error as PostgresError where error.sqlState == SQLState.lockNotAvailable && failed + 1 < tries {
                 failed += 1
@@ -45,16 +43,23 @@ enum LogPartitions {
         var failed = 0
         while true {
             do {
-                // For the session, not a transaction: the statement stays on its own, as Citus
-                // wants DDL on a distributed table.
-                try connection.execute("SET lock_timeout = '\(lockTimeout)'")
-                defer { try? connection.execute("RESET lock_timeout") }
-                return try ddl(connection)
+                return try withLockTimeout(on: connection, ddl)
             } catch let error as PostgresError where error.sqlState == SQLState.lockNotAvailable && failed + 1 < tries {
                 failed += 1
                 usleep(UInt32(100_000 * failed))
             }
         }
+    }
+
+    /// `body` with `lockTimeout` set for the session, not a transaction: the statement stays on
+    /// its own, as Citus wants DDL on a distributed table.
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    private static func withLockTimeout<T>(on connection: PostgresConnection, _ body: (PostgresConnection) throws -> T)
+        throws -> T
+    {
+        try connection.execute("SET lock_timeout = '\(lockTimeout)'")
+        defer { try? connection.execute("RESET lock_timeout") }
+        return try body(connection)
     }
 
     @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")

@@ -86,8 +86,12 @@ public struct FailedAuthMiddleware: RouterMiddleware {
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
         async throws -> Response
     {
-        let address = context.clientAddress.map { Self.bucket($0, request) }
-        if let limiter, let address, Self.presentsCredential(request), let wait = limiter.blockedFor(address) {
+        // The bucket is worked out only where it is needed: most requests carry no credential
+        // (health checks, pricing) or a right one.
+        let bucket = { context.clientAddress.map { Self.bucket($0, request) } }
+        if let limiter, Self.presentsCredential(request), let address = bucket(),
+            let wait = limiter.blockedFor(address)
+        {
             let seconds = max(1, Int(wait.components.seconds) + (wait.components.attoseconds > 0 ? 1 : 0))
             var response = ErrorMiddleware.response(for: .tooManyFailedAuth(), path: request.uri.path, tid: context.tid)
             response.headers[.retryAfter] = String(seconds)
@@ -97,7 +101,7 @@ public struct FailedAuthMiddleware: RouterMiddleware {
             return try await next(request, context)
         } catch {
             guard let rejected = error as? CredentialRejected else { throw error }
-            if let limiter, let address { limiter.recordFailure(address) }
+            if let limiter, let address = bucket() { limiter.recordFailure(address) }
             throw rejected.error
         }
     }

@@ -91,11 +91,11 @@ public final class Authorizer: Sendable {
         return try Self.answer(outcome, access: access)
     }
 
-    /// The grant of a hold outcome, or the catalog error of a refusal.
     /// A request id names one request of one account: another account's hold is not a retry.
     public static let requestIDInUse = APIError.conflict(
         "This request_id is another account's request; give each request its own request_id.")
 
+    /// The grant of a hold outcome, or the catalog error of a refusal.
     private static func answer(_ outcome: HoldOutcome, access: KeyAccess) throws -> AuthorizeGrant {
         func grant(_ holdID: Int64, _ held: Int64, isNew: Bool) -> AuthorizeGrant {
             AuthorizeGrant(

@@ -122,14 +122,20 @@ public final class DroppedLogMonths: Sendable {
 
     /// Reads the dropped months again: at start, on `logs-dropped`, and on the price refresh's timer.
     public func refresh() async throws {
-        let read = try await pool.withConnection { connection in
+        let read = try await pool.withConnection { try Self.read(on: $0) }
+        months.withLock { $0 = read }
+    }
+
+    /// The dropped months as retention's audit rows name them (`request_logs:YYYY-MM`); also
+    /// what `tally import` leaves out.
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    static func read(on connection: PostgresConnection) throws -> Set<UsageMonth> {
+        Set(
             try connection.query(
                 """
                 SELECT DISTINCT substr(target, length('request_logs:') + 1) FROM audit_log
                 WHERE action = 'retention.drop' AND target LIKE 'request_logs:%'
                 """
-            ).map { UsageMonth(try $0.decode(0, as: String.self)) }
-        }
-        months.withLock { $0 = Set(read.compactMap { $0 }) }
+            ).map { UsageMonth(try $0.decode(0, as: String.self)) }.compactMap { $0 })
     }
 }

@@ -408,13 +408,7 @@ enum NewAPIImportSQL {
         """
 
     /// The months of the staged rows, for their partitions.
-    /// The months retention dropped (`retention.drop` audit rows, `request_logs:YYYY-MM`).
-    static let droppedMonths = """
-        SELECT DISTINCT substr(target, length('request_logs:') + 1) FROM audit_log
-        WHERE action = 'retention.drop' AND target LIKE 'request_logs:%'
-        """
-
-    /// Staged logs of those months ($1, `YYYY-MM`), left out.
+    /// Staged logs of the months retention dropped ($1, `YYYY-MM`), left out.
     static let unstageDroppedMonths = """
         DELETE FROM import_log_rows WHERE to_char(to_timestamp(created_unix) AT TIME ZONE 'UTC', 'YYYY-MM') = ANY ($1::text[])
         """

@@ -283,7 +283,7 @@ public struct NewAPIImporter {
         var replacedGroups: [String: Int] = [:]
         // Months whose request rows retention dropped: their logs were charged when they came
         // in, and with the rows gone nothing would tell a log read again from a new one.
-        let droppedMonths = try target.query(NewAPIImportSQL.droppedMonths).map { try $0.decode(0, as: String.self) }
+        let droppedMonths = try DroppedLogMonths.read(on: target).map(\.description)
         var ofDroppedMonths = 0
         progress("reading logs after id \(cursor) (last \(last))")
         while true {
