@@ -122,10 +122,8 @@ private final class Transfer {
         guard lowercasedURL.hasPrefix("http://") || lowercasedURL.hasPrefix("https://") else {
             throw HTTPClientError(kind: .invalidRequest, message: "\(label): only http and https URLs are supported")
         }
-        guard let handle = curl_easy_init() else {
-            throw HTTPClientError(kind: .transport, message: "\(label): libcurl could not create a handle")
-        }
-        defer { curl_easy_cleanup(handle) }
+        // The header list and the error buffer are made before the handle, so that they are
+        // freed after it: libcurl may write the error buffer until curl_easy_cleanup returns.
         var headers: UnsafeMutablePointer<curl_slist>?
         defer { curl_slist_free_all(headers) }
         // "Expect:" stops libcurl from waiting for 100-continue before sending a body.
@@ -140,6 +138,10 @@ private final class Transfer {
         let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
         defer { errorBuffer.deallocate() }
         errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
+        guard let handle = curl_easy_init() else {
+            throw HTTPClientError(kind: .transport, message: "\(label): libcurl could not create a handle")
+        }
+        defer { curl_easy_cleanup(handle) }
         let transfer = Transfer(limit: request.maxResponseBytes, cancelled: cancelled)
         let code = withExtendedLifetime(transfer) {
             let context = Unmanaged.passUnretained(transfer).toOpaque()
