@@ -220,6 +220,15 @@ public struct WebhookRepository: Sendable {
         }
     }
 
+    /// Deletes up to `limit` delivered or dead-lettered events created more than `days` days
+    /// ago, oldest first; returns how many. Pending events are never deleted. Creation dates an
+    /// event: with the default schedule it leaves the queue within a day of it.
+    public func purgeHistory(olderThanDays days: Int, limit: Int) async throws -> Int {
+        try await pool.withConnection { connection in
+            try connection.query(Self.purgeHistory, [days, limit]).affectedRows
+        }
+    }
+
     private static func seconds(_ duration: Duration) -> String {
         let (seconds, attoseconds) = duration.components
         return String(Double(seconds) + Double(attoseconds) / 1e18)
@@ -244,6 +253,15 @@ public struct WebhookRepository: Sendable {
         FROM due, webhook_endpoints e
         WHERE o.id = due.id AND due.active AND e.id = o.endpoint_id
         RETURNING o.id, o.event_id, o.type, o.payload::text, o.created_at, o.attempts, e.id, e.url, e.secret
+        """)
+
+    static let purgeHistory = PreparedStatement(
+        "webhook_purge_history",
+        """
+        DELETE FROM webhook_outbox WHERE id IN (
+            SELECT id FROM webhook_outbox
+            WHERE status <> 'pending' AND created_at < now() - make_interval(days => $1::int)
+            ORDER BY created_at LIMIT $2)
         """)
 
     static let delivered = PreparedStatement(

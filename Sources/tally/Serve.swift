@@ -104,6 +104,13 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "Days a delivered or dead-lettered webhook event is kept, counted from its creation. "
+                + "Env: TALLY_WEBHOOK_HISTORY_DAYS. "
+                + "Default: \(WebhookDispatchConfiguration().historyDays)."))
+    var webhookHistoryDays: Int?
+
+    @Option(
+        help: ArgumentHelp(
             "Seconds a connection may send nothing (between requests, or inside a request's head "
                 + "or body) before it is closed. Env: TALLY_IDLE_TIMEOUT. "
                 + "Default: \(Defaults.idleTimeoutSeconds)."))
@@ -213,6 +220,10 @@ struct Serve: AsyncParsableCommand {
         if let attempts = try webhookMaxAttempts ?? Self.integer(environment, "TALLY_WEBHOOK_MAX_ATTEMPTS") {
             guard attempts >= 1 else { throw ValidationError("--webhook-max-attempts must be at least 1") }
             webhook.maxAttempts = attempts
+        }
+        if let days = try webhookHistoryDays ?? Self.integer(environment, "TALLY_WEBHOOK_HISTORY_DAYS") {
+            guard days >= 1 else { throw ValidationError("--webhook-history-days must be at least 1") }
+            webhook.historyDays = days
         }
         if let seconds = try webhookTimeout ?? Self.integer(environment, "TALLY_WEBHOOK_TIMEOUT") {
             guard seconds >= 1 else { throw ValidationError("--webhook-timeout must be at least 1 second") }

@@ -164,6 +164,31 @@ struct WebhookDispatchTests {
         }
     }
 
+    @Test("the running dispatcher purges the history past its window as it starts, and keeps the rest")
+    func purgesHistory() async throws {
+        let (db, webhooks, _) = try await Self.setUp("whpurge", port: 9)
+        let endpoint = try #require(try await webhooks.list().first).id
+        _ = try await db.pool.withConnection { connection in
+            try connection.query(
+                """
+                INSERT INTO webhook_outbox (event_id, endpoint_id, type, payload, status, created_at)
+                SELECT gen_random_uuid(), $1, 'balance.low', '{}', 'delivered', now() - make_interval(days => d)
+                FROM unnest(ARRAY[31, 29]) AS d
+                """, [endpoint])
+        }
+        let running = Task { try await Self.dispatcher(db).run() }
+        defer { running.cancel() }
+        var left: Int64 = 2
+        for _ in 0..<100 where left == 2 {
+            try await Task.sleep(for: .milliseconds(50))
+            left = try await db.scalar("SELECT count(*) FROM webhook_outbox")
+        }
+        #expect(left == 1)
+        #expect(
+            try await db.scalar("SELECT count(*) FROM webhook_outbox WHERE created_at > now() - interval '30 days'")
+                == 1)
+    }
+
     @Test("an unreachable endpoint records the transport error, never the secret")
     func unreachable() async throws {
         let db = try await TestDatabase.create("whunreachable")

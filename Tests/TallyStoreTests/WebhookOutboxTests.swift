@@ -230,6 +230,36 @@ struct WebhookOutboxTests {
                 [endpoints[0]]) == 10)
     }
 
+    @Test("the history purge deletes delivered and dead events past the window, oldest first, never pending ones")
+    func historyPurge() async throws {
+        let (db, webhooks) = try await Self.setUp("whhistory", quota: 1)
+        let endpoint = try #require(try await webhooks.list().first).id
+        // (status, age in days): two past the 30-day window, one pending older still, one inside it.
+        for (status, days) in [("delivered", 31), ("dead", 32), ("pending", 40), ("delivered", 29)] {
+            _ = try await db.pool.withConnection { connection in
+                try connection.query(
+                    """
+                    INSERT INTO webhook_outbox (event_id, endpoint_id, type, payload, status, created_at)
+                    VALUES (gen_random_uuid(), $1, 'balance.low', '{}', $2, now() - make_interval(days => $3::int))
+                    """, [endpoint, status, days])
+            }
+        }
+        let kept = { @Sendable () async throws -> [String] in
+            try await db.pool.withConnection { connection in
+                try connection.query("SELECT status FROM webhook_outbox ORDER BY created_at").map {
+                    try $0.decode(0, as: String.self)
+                }
+            }
+        }
+        #expect(try await webhooks.purgeHistory(olderThanDays: 30, limit: 1) == 1)
+        #expect(try await kept() == ["pending", "delivered", "delivered"])  // the dead one, the oldest, went first
+        #expect(try await webhooks.purgeHistory(olderThanDays: 30, limit: 10) == 1)
+        #expect(try await webhooks.purgeHistory(olderThanDays: 30, limit: 10) == 0)
+        #expect(try await kept() == ["pending", "delivered"])
+        #expect(try await webhooks.purgeHistory(olderThanDays: 1, limit: 10) == 1)
+        #expect(try await kept() == ["pending"])
+    }
+
     @Test("endpoints: validation, list without secrets, removal erases the secret and drops pending events")
     func endpoints() async throws {
         let (db, webhooks) = try await Self.setUp("whendpoints", quota: 1, endpoints: [])

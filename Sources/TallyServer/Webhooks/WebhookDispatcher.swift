@@ -23,11 +23,13 @@ public struct WebhookDispatchConfiguration: Sendable {
     public var connectTimeout: Duration
     /// Time allowed for one delivery, connection included.
     public var timeout: Duration
+    /// Delivered and dead-lettered events are deleted this many days after they were created.
+    public var historyDays: Int
 
     public init(
         enabled: Bool = true, pollInterval: Duration = .seconds(1), batchSize: Int = 8, maxAttempts: Int = 20,
         baseBackoff: Duration = .seconds(5), maxBackoff: Duration = .seconds(3600),
-        connectTimeout: Duration = .seconds(5), timeout: Duration = .seconds(10)
+        connectTimeout: Duration = .seconds(5), timeout: Duration = .seconds(10), historyDays: Int = 30
     ) {
         self.enabled = enabled
         self.pollInterval = pollInterval
@@ -37,6 +39,7 @@ public struct WebhookDispatchConfiguration: Sendable {
         self.maxBackoff = maxBackoff
         self.connectTimeout = connectTimeout
         self.timeout = timeout
+        self.historyDays = historyDays
     }
 
     /// A claimed delivery is not retried by another dispatcher before this: the request's
@@ -64,7 +67,12 @@ public struct WebhookDispatcher: Service {
     }
 
     public func run() async throws {
+        var nextPurge = ContinuousClock.now
         while !Task.isShuttingDownGracefully {
+            if ContinuousClock.now >= nextPurge {
+                await purgeHistory()
+                nextPurge = ContinuousClock.now + Self.purgeInterval
+            }
             var claimed = 0
             do { claimed = try await runOnce() } catch {
                 logger.warning("webhook outbox poll failed", metadata: ["error": "\(error)"])
@@ -87,6 +95,24 @@ public struct WebhookDispatcher: Service {
             for delivery in due { group.addTask { await deliver(delivery) } }
         }
         return due.count
+    }
+
+    static let purgeInterval: Duration = .seconds(3600)
+    static let purgedPerRound = 10_000
+
+    /// Deletes the history older than `historyDays`, a bounded batch at a time so that no
+    /// statement holds its locks for long. A failure is retried at the next purge.
+    func purgeHistory() async {
+        do {
+            var purged = 0
+            repeat {
+                purged = try await repository.purgeHistory(
+                    olderThanDays: configuration.historyDays, limit: Self.purgedPerRound)
+                if purged > 0 { logger.info("purged webhook history", metadata: ["events": "\(purged)"]) }
+            } while purged == Self.purgedPerRound && !Task.isShuttingDownGracefully
+        } catch {
+            logger.warning("purging the webhook history failed", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Sends one delivery and records the outcome.
