@@ -176,6 +176,11 @@ struct Retention: AsyncParsableCommand {
         let retention = LogRetention(pool: pool)
         let plan = try await retention.plan(keepMonths: keepMonths)
         print("keeping \(plan.kept.count) partition(s) from \(plan.firstKept) on")
+        for partition in plan.reattached {
+            print(
+                "\(dryRun ? "would attach" : "attaching") \(partition.name) again (left detached by an interrupted run)"
+            )
+        }
         for partition in plan.dropped {
             print(
                 "\(dryRun ? "would drop" : "dropping") \(partition.name) (\(partition.month), \(partition.bytes / 1_048_576) MiB)"

@@ -109,4 +109,33 @@ struct RetentionTests {
         #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE month = '2026-05-01'") == 0)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
+
+    /// Found by a review of retention: a run killed between its detach and its drop left the
+    /// month's table outside `request_logs`, and no later run saw it.
+    @Test("tables left detached by a killed run: an old month's is dropped, a kept month's attached again")
+    func detachedTables() async throws {
+        let db = try await TestDatabase.create("retention-detached")
+        let fixture = try await UsageFixture.load(into: db, months: Self.months, linesPerMonth: 100)
+        let rows = try await db.scalar("SELECT count(*) FROM request_logs") as Int64
+        try await db.pool.withConnection { connection in
+            for table in ["request_logs_y2026m05", "request_logs_y2026m07"] {
+                try connection.execute("ALTER TABLE request_logs DETACH PARTITION \(table)")
+            }
+        }
+        let retention = LogRetention(pool: db.pool)
+        let plan = try await retention.plan(keepMonths: 2, current: Self.months[3])
+        #expect(plan.dropped.map(\.name) == ["request_logs_y2026m05", "request_logs_y2026m06"])
+        #expect(plan.dropped.map(\.attached) == [false, true])
+        #expect(plan.reattached.map(\.name) == ["request_logs_y2026m07"])
+        #expect(
+            try await retention.apply(plan, by: .cli).map(\.name) == ["request_logs_y2026m05", "request_logs_y2026m06"])
+        #expect(
+            try await db.scalar("SELECT count(*) FROM pg_class WHERE relname ~ '^request_logs_y2026m0[56]$'") == 0)
+        let kept = fixture.lines.filter { $0.createdAt >= Self.months[2].start }.count
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs") == Int64(kept))
+        #expect(kept > 0 && kept < Int(rows))
+        #expect(try await db.scalar("SELECT count(*) FROM audit_log WHERE action = 'retention.reattach'") == 1)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+        #expect(try await retention.plan(keepMonths: 2, current: Self.months[3]).reattached.isEmpty)
+    }
 }

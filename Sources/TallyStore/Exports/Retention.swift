@@ -9,6 +9,10 @@ public struct LogPartition: Sendable, Equatable {
     public var month: UsageMonth
     /// Table and index size on disk.
     public var bytes: Int64
+    /// False for a month's table that a run stopped between its detach and its drop (killed, or
+    /// the connection lost): no longer part of `request_logs`, so ingest could not store the
+    /// month's lines (its partition's name is taken) and exports no longer saw its rows.
+    public var attached = true
 }
 
 /// Which partitions a retention run keeps and which it drops.
@@ -17,6 +21,9 @@ public struct RetentionPlan: Sendable, Equatable {
     public var firstKept: UsageMonth
     public var kept: [LogPartition]
     public var dropped: [LogPartition]
+    /// Kept months' tables left detached by an interrupted run (with `--keep-months` raised
+    /// since): attached again, not dropped.
+    public var reattached: [LogPartition] { kept.filter { !$0.attached } }
 }
 
 /// Request-row retention (DESIGN §9): whole monthly partitions of `request_logs` are detached
@@ -36,16 +43,12 @@ public struct LogRetention: Sendable {
         }
         let firstKept = current.adding(months: -(keepMonths - 1))
         let partitions = try await pool.withConnection { connection in
-            try connection.query(
-                """
-                SELECT name, to_char(month, 'YYYY-MM'), pg_total_relation_size(name::regclass)
-                FROM tally_log_partitions ORDER BY month
-                """
-            ).map { row in
+            try connection.query(Self.partitions).map { row in
                 guard let month = UsageMonth(try row.decode(1, as: String.self)) else {
                     throw StoreError.internalError("partition \(try row.decode(0, as: String.self)) has no month")
                 }
-                return LogPartition(name: try row.decode(0), month: month, bytes: try row.decode(2))
+                return LogPartition(
+                    name: try row.decode(0), month: month, bytes: try row.decode(2), attached: try row.decode(3))
             }
         }
         return RetentionPlan(
@@ -53,11 +56,27 @@ public struct LogRetention: Sendable {
             dropped: partitions.filter { $0.month < firstKept })
     }
 
-    /// Drops the plan's partitions, oldest first. Unless `verify` is false, a month is dropped
+    /// The months' partitions, and the months' tables detached from `request_logs` (only a
+    /// retention run detaches them, so such a table is one it did not finish).
+    static let partitions = """
+        SELECT name, to_char(month, 'YYYY-MM'), pg_total_relation_size(name::regclass), true
+        FROM tally_log_partitions
+        UNION ALL
+        SELECT c.relname::text,
+               to_char(to_date(substring(c.relname from 15 for 4) || substring(c.relname from 20 for 2), 'YYYYMM'), 'YYYY-MM'),
+               pg_total_relation_size(c.oid), false
+        FROM pg_class c
+        WHERE c.relname ~ '^request_logs_y[0-9]{4}m[0-9]{2}$' AND c.relkind = 'r' AND NOT c.relispartition
+          AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'request_logs'::regclass)
+        ORDER BY 2
+        """
+
+    /// Attaches the plan's detached kept months again, then drops its old partitions, oldest first. Unless `verify` is false, a month is dropped
     /// only when `tally audit --month` finds it clean, so its request rows are not needed to
     /// explain its rollups and charges. Each drop is audited. Returns the partitions dropped.
     @discardableResult
     public func apply(_ plan: RetentionPlan, verify: Bool = true, by actor: Actor) async throws -> [LogPartition] {
+        for partition in plan.reattached { try await attach(partition, by: actor) }
         var dropped: [LogPartition] = []
         for partition in plan.dropped {
             if verify {
@@ -74,6 +93,19 @@ public struct LogRetention: Sendable {
             dropped.append(partition)
         }
         return dropped
+    }
+
+    private func attach(_ partition: LogPartition, by actor: Actor) async throws {
+        try await pool.transaction { connection in
+            try connection.execute(
+                """
+                ALTER TABLE request_logs ATTACH PARTITION \(connection.quoteIdentifier(partition.name))
+                FOR VALUES FROM ('\(partition.month.firstDay) 00:00:00+00') TO ('\(partition.month.adding(months: 1).firstDay) 00:00:00+00')
+                """)
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: "retention.reattach", target: "request_logs:\(partition.month)",
+                before: nil, after: ["partition": partition.name, "bytes": partition.bytes])
+        }
     }
 
     private func drop(_ partition: LogPartition, by actor: Actor) async throws {
