@@ -60,11 +60,13 @@ public struct ChannelRepository: Sendable {
             usedQuota: try row.decode(5), createdTime: try row.decode(6), updatedTime: try row.decode(7))
     }
 
-    /// Every named group must exist.
+    /// Every named group must exist. They stay locked (KEY SHARE) until the channel is written,
+    /// so that a group's deletion, which counts the channels naming it, cannot pass between.
     static func checkGroupsExist(_ groups: [String], on connection: PostgresConnection) throws {
         let known = Set(
-            try connection.query("SELECT name FROM groups WHERE name = ANY ($1::text[])", [TextArray(groups)])
-                .map { try $0.decode(0, as: String.self) })
+            try connection.query(
+                "SELECT name FROM groups WHERE name = ANY ($1::text[]) FOR KEY SHARE", [TextArray(groups)]
+            ).map { try $0.decode(0, as: String.self) })
         if let missing = groups.first(where: { !known.contains($0) }) {
             throw StoreError.invalid("unknown group \"\(missing)\"")
         }

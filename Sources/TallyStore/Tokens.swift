@@ -392,7 +392,11 @@ public struct TokenRepository: Sendable {
         throws
     {
         guard !group.isEmpty, group != ownGroup else { return }
-        guard let row = try connection.query("SELECT selectable FROM groups WHERE name = $1", [group]).first else {
+        // Locked (KEY SHARE) until the key is written: a group being deleted is waited for and
+        // then found gone, and one deleted later finds the key (the deletion counts keys).
+        guard
+            let row = try connection.query("SELECT selectable FROM groups WHERE name = $1 FOR KEY SHARE", [group]).first
+        else {
             throw StoreError.invalid("unknown group \"\(group)\"")
         }
         guard try anyGroup || row.decode(0, as: Bool.self) else {

@@ -47,4 +47,49 @@ struct TokensTests {
         try await db.fold()
         #expect(try await db.scalar("SELECT remain_quota FROM tokens WHERE id = $1", [tokenID]) == 850)
     }
+
+    /// Found by a review: a group's deletion counts the keys and channels naming it, and a key or
+    /// channel given the group while the deletion ran read the group as it was, so it named a
+    /// group that no longer existed.
+    @Test("a key or channel given a group being deleted waits for the deletion and is then refused")
+    func groupDeletedMeanwhile() async throws {
+        let db = try await TestDatabase.create("token-group-delete")
+        try await db.prepareBilling(users: 1)
+        let (userID, _) = try await db.syntheticAccount(1)
+        let groups = GroupRepository(pool: db.pool)
+        for name in ["vip", "gold"] { _ = try await groups.create(name: name, by: .cli) }
+        let attempts: [(group: String, give: @Sendable () async throws -> Void)] = [
+            (
+                "vip",
+                {
+                    _ = try await TokenRepository(pool: db.pool).create(
+                        userID: userID, TokenDraft(name: "k", group: "vip"))
+                }
+            ),
+            (
+                "gold",
+                {
+                    _ = try await ChannelRepository(pool: db.pool).create(
+                        ChannelDraft(name: "c", groups: ["gold"]), by: .cli)
+                }
+            ),
+        ]
+        for attempt in attempts {
+            let deleting = try await TestSession.open(db.url)
+            let deletingPID = try await deleting.run {
+                try $0.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self)
+            }
+            try await deleting.run { session in
+                try session.execute("BEGIN")
+                try session.query("DELETE FROM groups WHERE name = $1", [attempt.group])
+            }
+            let giving = Task { try await attempt.give() }
+            let blocked = try await db.queryBlocked(by: deletingPID, timeout: .seconds(10))
+            #expect(blocked?.contains("groups") == true, "\(attempt.group): never waited for the deletion")
+            try await deleting.run { try $0.execute("COMMIT") }
+            await #expect(throws: StoreError.self, "\(attempt.group)") { try await giving.value }
+        }
+        #expect(try await db.scalar(#"SELECT count(*) FROM tokens WHERE "group" = 'vip'"#) == 0)
+        #expect(try await db.scalar("SELECT count(*) FROM channels WHERE 'gold' = ANY (groups)") == 0)
+    }
 }
