@@ -363,6 +363,67 @@ struct HoldBookTests {
     }
 }
 
+extension HoldBookTests {
+    /// Found by a review: the lease function answers one grant per account, so two keys of one
+    /// user in one lookup batch got one user grant, and the second key's grant reached the book
+    /// without it; the book routes grants by user and dropped it, its units leased for good.
+    @Test("two keys of one user looked up in one batch: the book learns every grant and gives every unit back")
+    func lookupLeaseOfTwoKeys() async throws {
+        let db = try await TestDatabase.create("lookuptwokeys")
+        let seed = Seed(db: db)
+        let user = try await seed.user(quota: 100_000).user.id
+        let limited = TokenDraft(name: "k", remainQuota: 50_000, unlimitedQuota: false)
+        let keys = [try await seed.key(user: user, limited), try await seed.key(user: user, limited)]
+        let book = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
+        try await book.start()
+        // A first hold (another user's) sets the size of the leases taken with lookups.
+        let other = try await seed.user(quota: 100_000).user.id
+        let otherKey = try await seed.key(user: other).token.id
+        _ = try await book.reserve(Self.request("first", user: other, token: otherKey))
+        #expect(book.lookupLease() != nil)
+
+        // Every lookup slot waits at a lock, so that both keys queue and go out in one batch.
+        let lookups = PostgresPool(url: db.url, size: 8)  // its own: the fillers take every connection
+        let directory = AccessDirectory(pool: lookups)
+        let blocker = try await TestSession.open(db.url)
+        try await blocker.run { session in
+            try session.execute("BEGIN")
+            try session.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+        }
+        // One filler at a time, each waited for, so that every slot holds a call of its own.
+        var fillers: [Task<KeyAccess?, any Error>] = []
+        for index in 0..<AccessDirectory.lookupConcurrency {
+            fillers.append(Task { try await directory.key(SecretHash(of: "sk-filler-\(index)")) })
+            let waiting = try await waitUntil(timeout: .seconds(20)) {
+                try await seed.int(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ) > index
+            }
+            #expect(waiting, "lookup \(index) never reached the lock")
+        }
+        let keyLookups = keys.map { key in
+            Task { try await directory.key(SecretHash(of: key.key), leasing: book.lookupLease()) }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        try await blocker.run { try $0.execute("COMMIT") }
+        for filler in fillers { #expect(try await filler.value == nil) }
+        for lookup in keyLookups { #expect(try await lookup.value?.userID == user) }
+        await lookups.close()
+        let leased = try await seed.int(
+            "SELECT count(*) FROM token_leases WHERE token_id = ANY ($1::bigint[]) AND amount > 0",
+            [PostgresArray.integers(keys.map(\.token.id))])
+        #expect(leased == 2, "both keys leased with their lookups")
+
+        try await book.returnIdleLeases(everything: true)
+        #expect(try await seed.int("SELECT coalesce(sum(amount), 0) FROM token_leases") == 0)
+        #expect(
+            try await seed.int(
+                "SELECT coalesce(sum(reserved), 0) FROM tokens WHERE id = ANY ($1::bigint[])",
+                [PostgresArray.integers(keys.map(\.token.id))]) == 0)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+}
+
 /// The real repository, counting the stored-hold lookups that reach it, and failing the next
 /// `failingGiveBacks` give-backs (as PostgreSQL would in an outage) without calling it.
 private final class ObservedRepository: LeaseRepository {

@@ -72,7 +72,7 @@ public final class AccessDirectory: Sendable {
     /// Cache misses: all those asked for while a lookup is out go together in the next one.
     private let misses: Coalescer<Miss, Found>
     /// Lookups in flight at once.
-    static let lookupConcurrency = 4
+    public static let lookupConcurrency = 4
 
     private struct Miss: Sendable {
         let hash: SecretHash
@@ -162,7 +162,11 @@ public final class AccessDirectory: Sendable {
         return Found(access: access, grants: grants)
     }
 
-    /// The keys and grants of a lookup's rows, in the order of `wants` (one per key asked).
+    /// The keys and grants of a lookup's rows, in the order of `wants` (one per key asked). Every
+    /// grant of a user's accounts, the user's and each of its keys', goes to the first of that
+    /// user's keys that asked: the lease function answers one grant per account, so a user with
+    /// two keys in one batch has one user grant for both, and a key's grant without its user's
+    /// was dropped by the hold book (it routes grants by user), its units leased and never used.
     private static func found(_ rows: PostgresRows, wants: [Int64]) throws -> [Found] {
         var accesses = [KeyAccess?](repeating: nil, count: wants.count)
         var grants: [LeaseGrant] = []
@@ -173,12 +177,16 @@ public final class AccessDirectory: Sendable {
                 grants.append(try decodeGrant(row))
             }
         }
+        var userOfToken: [Int64: Int64] = [:]
+        for case let access? in accesses { userOfToken[access.tokenID] = access.userID }
         var mine = [[LeaseGrant]](repeating: [], count: wants.count)
         for grant in grants {
-            let owner = accesses.indices.first { index in
-                guard wants[index] > 0, let access = accesses[index] else { return false }
-                return grant.account == .user(access.userID) || grant.account == .token(access.tokenID)
-            }
+            let user: Int64? =
+                switch grant.account {
+                case .user(let id): id
+                case .token(let id): userOfToken[id]
+                }
+            let owner = accesses.indices.first { wants[$0] > 0 && accesses[$0]?.userID == user }
             if let owner { mine[owner].append(grant) }
         }
         return wants.indices.map { Found(access: accesses[$0], grants: mine[$0]) }
