@@ -185,6 +185,27 @@ struct ExportHTTPTests {
         }
         #expect(await stalled.value)
     }
+
+    /// Found by a review: when the client left before the head went out, the writer threw
+    /// before running the body, nothing closed the pipe, and the export's COPY held its pooled
+    /// connection for the pipe's whole stall limit (two minutes).
+    @Test("a reader dropped unread closes its pipe: the blocked producer stops at once, not at its stall limit")
+    func droppedReaderClosesPipe() async throws {
+        let pipe = ChunkPipe(capacity: 1, stallLimit: 60)
+        var reader: ChunkPipeReader? = ChunkPipeReader(pipe)
+        let producer = Task.detached { () -> Bool in
+            do {
+                for _ in 0..<3 { try withUnsafeBytes(of: 1) { try pipe.send($0) } }
+                return false
+            } catch { return error is ChunkPipe.Closed }
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(reader != nil)
+        reader = nil
+        let started = ContinuousClock.now
+        #expect(await producer.value)
+        #expect(ContinuousClock.now - started < .seconds(10))
+    }
 }
 
 /// A counter shared between a detached producer and the test.

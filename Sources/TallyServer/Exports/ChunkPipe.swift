@@ -86,3 +86,21 @@ final class ChunkPipe: @unchecked Sendable {
         condition.unlock()
     }
 }
+
+/// The consumer's end of a ``ChunkPipe``; dropping it closes the pipe. A response whose body
+/// never runs (its client left before the head went out: the writer then throws before calling
+/// the body) would otherwise leave the producer blocked, and with it the COPY and its pooled
+/// connection, until the pipe's `stallLimit`.
+final class ChunkPipeReader: Sendable {
+    private let pipe: ChunkPipe
+
+    init(_ pipe: ChunkPipe) { self.pipe = pipe }
+
+    deinit { pipe.close() }
+
+    /// The next chunk; nil at the end; throws the producer's error.
+    func next() async throws -> ByteBuffer? { try await pipe.next() }
+
+    /// Stops reading: a blocked or later `send` throws `ChunkPipe.Closed`.
+    func close() { pipe.close() }
+}

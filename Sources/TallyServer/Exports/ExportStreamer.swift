@@ -62,9 +62,10 @@ struct ExportStreamer: Sendable {
                 pipe.finish(.failure(error))
             }
         }
+        let reader = ChunkPipeReader(pipe)
         let first: ByteBuffer?
-        do { first = try await pipe.next() } catch {
-            pipe.close()
+        do { first = try await reader.next() } catch {
+            reader.close()
             throw error
         }
         let logger = context.logger
@@ -79,12 +80,12 @@ struct ExportStreamer: Sendable {
                     var chunk = first
                     while let bytes = chunk {
                         try await writer.write(bytes)
-                        chunk = try await pipe.next()
+                        chunk = try await reader.next()
                     }
                     try await writer.finish(nil)
                 } catch {
                     // Too late for an error status: the connection is closed mid-body instead.
-                    pipe.close()
+                    reader.close()
                     logger.warning("export stopped", metadata: ["export": "\(export.fileName)", "error": "\(error)"])
                     throw error
                 }
