@@ -28,8 +28,12 @@ public struct KeyAccess: Sendable {
     /// the group it was given, and its owner may since have left it (or it stopped being
     /// selectable): new-api refuses such a key on every request, and so does authorize.
     /// Kept last: declared between `group` and `allowedModels`, the release build (Swift 6.3.1,
-    /// -O) corrupted the heap within a second of `ops/bench authorize` (`free(): invalid
-    /// pointer`), every run; the debug build, with or without AddressSanitizer, never did.
+    /// -O) writes 8 bytes past the async frame of `key(_:now:leasing:)` when the lookup's answer
+    /// comes back (AddressSanitizer on a release build, `ops/bench --sanitize address`), which
+    /// corrupted the heap within a second of `ops/bench authorize`. The frame the compiler sizes
+    /// is too small; nothing in the function is unsafe. As a class, or without the autoclosure,
+    /// the type still crashed; this order runs clean under that check, which
+    /// `ops/slow-tests/release-sanitized` runs on every change (docs/performance.md).
     public let groupUsable: Bool
 }
 
