@@ -22,9 +22,11 @@ public final class PostgresConnection: @unchecked Sendable {
 
     /// Connects with a libpq conninfo string or a `postgres://` URI. The session's time zone is
     /// pinned to UTC so timestamps round-trip through `PostgresTimestamp`.
+    /// `options` are libpq connection parameters (`application_name`, `keepalives_idle` …) that
+    /// override the URL's.
     @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
-    public init(url: String) throws(PostgresError) {
-        guard let handle = PQconnectdb(url) else {
+    public init(url: String, options: KeyValuePairs<String, String> = [:]) throws(PostgresError) {
+        guard let handle = Self.connect(url, options) else {
             throw PostgresError(kind: .connection, message: "libpq could not allocate a connection")
         }
         guard PQstatus(handle) == CONNECTION_OK else {
@@ -39,6 +41,17 @@ public final class PostgresConnection: @unchecked Sendable {
     }
 
     deinit { PQfinish(handle) }
+
+    /// The URL as libpq's `dbname` (expanded as a conninfo or URI), then `options`, which libpq
+    /// applies after it, so they win.
+    private static func connect(_ url: String, _ options: KeyValuePairs<String, String>) -> OpaquePointer? {
+        guard !options.isEmpty else { return PQconnectdb(url) }
+        let strings = [("dbname", url)] + options.map { ($0.key, $0.value) }
+        let keys = strings.map { strdup($0.0) }, values = strings.map { strdup($0.1) }
+        defer { (keys + values).forEach { free($0) } }
+        let keywords = keys.map { UnsafePointer($0) } + [nil], settings = values.map { UnsafePointer($0) } + [nil]
+        return PQconnectdbParams(keywords, settings, 1)
+    }
 
     /// libpq quotes the part of a connection string it could not read (`invalid percent-encoded
     /// token: "pa%zzword"`), which may be the password: every spelling of it is blanked.

@@ -101,7 +101,6 @@ private func backgroundServices(
             interval: .seconds(configuration.priceRefreshSeconds), logger: logger),
         LogPartitionService(migrator: migrator, interval: .seconds(86_400), logger: logger),
         HoldSweeperService(holds: services.holds, interval: .seconds(1), logger: logger),
-        LeaseService(book: services.holdBook, logger: logger),
     ]
     if configuration.settleIntervalMilliseconds > 0 {
         background.append(
@@ -116,6 +115,10 @@ private func backgroundServices(
                 repository: WebhookRepository(pool: services.pool),
                 configuration: configuration.webhooks, logger: logger))
     }
+    // Last, so stopped first after the HTTP server (services stop in reverse order, one after
+    // the other): its leases go back before a webhook round or the settler's last fold, which
+    // may take their time, and before the shutdown's deadline (tally serve) can cut it short.
+    background.append(LeaseService(book: services.holdBook, logger: logger))
     return background
 }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import Logging
+import ServiceLifecycle
 import TallyCore
 import TallyServer
 import TallyStore
@@ -194,8 +195,17 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let app = try await buildApplication(configuration)
-        try await app.runService()
+        var group = ServiceGroupConfiguration(
+            services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: app.logger)
+        // Below systemd's TimeoutStopSec (30 s): a drain that outlasts it (a slow reader of a
+        // large export keeps its connection busy) is cut short, and the leases still go back
+        // (LeaseService, bounded at 10 s) before the unit would be killed.
+        group.maximumGracefulShutdownDuration = Self.shutdownDeadline
+        try await ServiceGroup(configuration: group).run()
     }
+
+    /// How long a graceful shutdown (SIGTERM, SIGINT) may take before what still runs is cancelled.
+    static let shutdownDeadline: Duration = .seconds(15)
 
     private static func proxies(_ text: String) throws -> IPAllowList {
         do throws(IPParseError) { return try IPAllowList.parse(text) } catch {

@@ -182,6 +182,27 @@ struct PostgresConnectionTests {
         await pool.close()
     }
 
+    @Test("connection options override the URL's parameters and reach the session")
+    func connectionOptions() async throws {
+        let db = try await TestDatabase.shared("postgres")
+        let url = db.url + (db.url.contains("?") ? "&" : "?") + "application_name=from-url"
+        let (named, answered) = try await PostgresPool(url: url, size: 1).withConnection { _ in
+            let connection = try PostgresConnection(
+                url: url, options: ["application_name": "from-options", "keepalives_idle": "10"])
+            return (
+                try connection.query("SHOW application_name")[0].decode(0, as: String.self),
+                try connection.query("SELECT 1")[0].decode(0, as: Int.self)
+            )
+        }
+        #expect(named == "from-options")
+        #expect(answered == 1)
+        await #expect(throws: PostgresError.self) {
+            try await PostgresPool(url: url, size: 1).withConnection { _ in
+                _ = try PostgresConnection(url: url, options: ["no_such_option": "1"])
+            }
+        }
+    }
+
     @Test("connection errors never contain the password")
     func connectionErrorHidesPassword() async throws {
         let pool = PostgresPool(url: "postgres://tally:sup3r-s3cret@127.0.0.1:1/nowhere?connect_timeout=2", size: 1)

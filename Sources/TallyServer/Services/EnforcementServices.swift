@@ -70,8 +70,13 @@ struct LeaseService: Service {
             round += 1
             try await upkeep(renewing: round % 3 == 0)
         }
+        // Not cancelled with the service (a shutdown past its deadline cancels every service):
+        // returning the leases is what lets other instances use these accounts at once, rather
+        // than after this instance's registration expires. `retire` bounds its own wait.
+        let book = self.book
+        let retired = Task { try await book.retire() }
         do {
-            if try await !book.retire() {
+            if try await !retired.value {
                 logger.warning("holds still wait for the journal; this instance's leases return when it is reaped")
             }
         } catch {
@@ -112,6 +117,18 @@ struct ChangeListenerService: Service {
     let listening: StartupGate
     let onChange: @Sendable (ChangeNotice) -> Void
     let logger: Logger
+    /// After this long without a notification the connection is asked a `SELECT 1`: a
+    /// connection that a firewall, NAT or failover dropped without a word only polls quiet, and
+    /// every change sent meanwhile would be missed unheard. TCP keepalives and a user timeout
+    /// (`livenessOptions`) make the ask fail within about half a minute on such a connection.
+    var quietPing: Duration = .seconds(10)
+
+    /// The listener's connection parameters: named in `pg_stat_activity`, and a dead peer found
+    /// within about 25 s idle (keepalives) or 30 s of unanswered sends (user timeout).
+    static let livenessOptions: KeyValuePairs<String, String> = [
+        "application_name": "tally-change-listener", "keepalives": "1", "keepalives_idle": "10",
+        "keepalives_interval": "5", "keepalives_count": "3", "tcp_user_timeout": "30000",
+    ]
 
     func run() async throws {
         let stop = StopFlag()
@@ -121,9 +138,14 @@ struct ChangeListenerService: Service {
             listen(until: stop)
             finished.continuation.finish()
         }
-        await withGracefulShutdownHandler {
-            for await _ in finished.stream {}
-        } onGracefulShutdown: {
+        // Cancelled (a failed start cancels the group) or shut down, the thread stops either way.
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                for await _ in finished.stream {}
+            } onGracefulShutdown: {
+                stop.raise()
+            }
+        } onCancel: {
             stop.raise()
         }
     }
@@ -132,13 +154,21 @@ struct ChangeListenerService: Service {
         var connected = false
         while !stop.isRaised {
             do {
-                let connection = try PostgresConnection(url: databaseURL)
+                let connection = try PostgresConnection(url: databaseURL, options: Self.livenessOptions)
                 try connection.execute("LISTEN tally_changes")
                 if connected { onChange(.everything) } else { listening.open() }
                 connected = true
+                var heard = ContinuousClock.now
                 while !stop.isRaised {
-                    for notification in try connection.waitForNotifications(timeout: 0.5) {
+                    let notifications = try connection.waitForNotifications(timeout: 0.5)
+                    for notification in notifications {
                         onChange(ChangeNotice(payload: notification.payload) ?? .everything)
+                    }
+                    if !notifications.isEmpty {
+                        heard = .now
+                    } else if ContinuousClock.now - heard >= quietPing {
+                        try connection.execute("SELECT 1")
+                        heard = .now
                     }
                 }
             } catch {
