@@ -61,7 +61,9 @@ struct Ingest: AsyncParsableCommand {
         defer { settling.cancel() }
         try await withThrowingTaskGroup(of: IngestResult.self) { group in
             var inFlight = 0
-            for try await batch in LineBatches(handle: input, linesPerBatch: batchSize) {
+            let batches = LineBatches(
+                handle: input, linesPerBatch: batchSize, bytesPerBatch: IngestLimits().maxBytes / 2)
+            for try await batch in batches {
                 if inFlight == parallel, let result = try await group.next() {
                     progress.add(result)
                     inFlight -= 1
@@ -79,26 +81,34 @@ struct Ingest: AsyncParsableCommand {
     }
 }
 
-/// Reads a file in batches of whole lines without loading it all.
+/// Reads a file in batches of whole lines without loading it all: at most `linesPerBatch`
+/// lines and, unless one line is longer, `bytesPerBatch` bytes (a batch past the pipeline's
+/// byte limit would be refused whole: LiteLLM's lines run to several KB each).
 struct LineBatches: AsyncSequence {
     typealias Element = [UInt8]
     let handle: FileHandle
     let linesPerBatch: Int
+    let bytesPerBatch: Int
 
     struct AsyncIterator: AsyncIteratorProtocol {
         let handle: FileHandle
         let linesPerBatch: Int
+        let bytesPerBatch: Int
         var pending: [UInt8] = []
         var finished = false
 
-        /// Cuts the next batch at the `linesPerBatch`-th newline: one scan, one copy.
+        /// Cuts the next batch at the `linesPerBatch`-th newline, or at the last newline before
+        /// `bytesPerBatch`: one scan, one copy.
         mutating func next() async throws -> [UInt8]? {
             var newlines = 0
             var scanned = 0
+            var lastNewline: Int?
             while true {
                 while scanned < pending.count {
+                    if scanned == bytesPerBatch, let lastNewline { return take(lastNewline + 1) }
                     if pending[scanned] == 0x0A {
                         newlines += 1
+                        lastNewline = scanned
                         if newlines == linesPerBatch { return take(scanned + 1) }
                     }
                     scanned += 1
@@ -116,7 +126,9 @@ struct LineBatches: AsyncSequence {
         }
     }
 
-    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(handle: handle, linesPerBatch: linesPerBatch) }
+    func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(handle: handle, linesPerBatch: linesPerBatch, bytesPerBatch: bytesPerBatch)
+    }
 }
 
 /// The progress line on standard error and the closing summary.

@@ -89,6 +89,31 @@ struct CLITests {
         try? FileManager.default.removeItem(atPath: file)
     }
 
+    /// Found by a review: batches were cut by line count only, and 10,000 lines of a few KB
+    /// each (LiteLLM's payloads) made a batch the pipeline refuses whole (16 MiB).
+    @Test("tally ingest cuts batches below the pipeline's byte limit: 3,000 lines of 7 KB go in")
+    func ingestLongLines() async throws {
+        let db = try await TestDatabase.create("clilonglines")
+        let defaultSheet = TestCluster.repositoryRoot.appendingPathComponent("ops/prices/default.yaml").path
+        try TallyBinary.run(["prices", "load", defaultSheet], databaseURL: db.url)
+        try TallyBinary.run(["logs", "seed", "--users", "50"], databaseURL: db.url)
+        let generated = NSTemporaryDirectory() + "tally-long-\(getpid()).ndjson"
+        try TallyBinary.run(
+            [
+                "logs", "gen", "--lines", "3000", "--users", "50", "--dup-rate", "0", "--bad-rate", "0", "--out",
+                generated,
+            ], databaseURL: db.url)
+        let padding = String(repeating: "x", count: 7_000)
+        let padded =
+            try String(contentsOfFile: generated, encoding: .utf8).split(separator: "\n")
+            .map { "{\"padding\":\"\(padding)\"," + $0.dropFirst() }.joined(separator: "\n") + "\n"
+        #expect(padded.utf8.count > 16 << 20)
+        try padded.write(toFile: generated, atomically: true, encoding: .utf8)
+        try TallyBinary.run(["ingest", generated, "--quiet"], databaseURL: db.url)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs") == 3000)
+        try? FileManager.default.removeItem(atPath: generated)
+    }
+
     /// A `tally serve` setting that is wrong, and what the refusal must say.
     struct BadServeSetting: Sendable, CustomTestStringConvertible {
         var arguments: [String] = []
