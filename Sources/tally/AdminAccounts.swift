@@ -112,7 +112,12 @@ struct CreateKey: AsyncParsableCommand {
 struct TopUp: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "topup",
-        abstract: "Credit a user's balance (a ledger row); with --idempotency-key a repeat credits nothing.")
+        abstract: "Credit a user's balance (a ledger row); with --idempotency-key a repeat credits nothing.",
+        discussion: """
+            Without --idempotency-key one is made and printed to standard error before the credit: \
+            if the command fails without saying whether it committed (a lost connection), run it \
+            again with that key and it credits at most once.
+            """)
 
     @OptionGroup var database: DatabaseOptions
 
@@ -132,9 +137,13 @@ struct TopUp: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
+        let key = idempotencyKey ?? "cli-\(UUID().uuidString.lowercased())"
+        if idempotencyKey == nil {
+            FileHandle.standardError.write(Data("tally admin topup: idempotency key \(key) (to retry safely)\n".utf8))
+        }
         try await withAdminPool(database) { pool in
             let result = try await BalanceRepository(pool: pool).topUp(
-                userID: user, amount: amount, reason: reason, idempotencyKey: idempotencyKey, by: .cli)
+                userID: user, amount: amount, reason: reason, idempotencyKey: key, by: .cli)
             if json {
                 print(
                     jsonObject([

@@ -51,6 +51,10 @@ enum EmbeddedPostgres {
         guard process.terminationStatus == 0, !url.isEmpty else {
             throw ValidationError("ops/pg start failed (exit \(process.terminationStatus)); see its messages above")
         }
+        // Said every time: a command meant for production, run where DATABASE_URL was not
+        // exported (it lives in /etc/tally/tally.env), would otherwise act on this cluster unseen.
+        FileHandle.standardError.write(
+            Data("tally: DATABASE_URL is not set; using the embedded PostgreSQL of \(script)\n".utf8))
         return url
     }
 

@@ -114,6 +114,25 @@ struct CLITests {
         try? FileManager.default.removeItem(atPath: generated)
     }
 
+    /// Found by a review: a top-up without --idempotency-key that failed without saying whether
+    /// it committed (a lost connection) could only be retried by crediting again.
+    @Test("tally admin topup without a key prints the one it made; a retry with it credits nothing")
+    func topUpRetryKey() async throws {
+        let db = try await TestDatabase.create("clitopup")
+        let created = try TallyBinary.run(
+            ["admin", "create-user", "--username", "payer", "--json"], databaseURL: db.url)
+        let user = try #require(
+            (try JSONSerialization.jsonObject(with: Data(created.output.utf8)) as? [String: Any])?["id"] as? NSNumber)
+        let first = try TallyBinary.run(
+            ["admin", "topup", "--user", "\(user)", "--amount", "5000"], databaseURL: db.url)
+        let key = try #require(
+            first.errorOutput.split(separator: " ").first { $0.hasPrefix("cli-") }.map(String.init))
+        let retry = try TallyBinary.run(
+            ["admin", "topup", "--user", "\(user)", "--amount", "5000", "--idempotency-key", key], databaseURL: db.url)
+        #expect(retry.output.hasPrefix("already done"))
+        #expect(try await db.scalar("SELECT quota FROM users WHERE id = $1", [user.int64Value]) == 5000)
+    }
+
     /// A `tally serve` setting that is wrong, and what the refusal must say.
     struct BadServeSetting: Sendable, CustomTestStringConvertible {
         var arguments: [String] = []
