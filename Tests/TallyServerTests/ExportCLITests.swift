@@ -22,6 +22,7 @@ struct ExportCLITests {
             try await db.scalar(
                 "SELECT count(*) FROM webhook_outbox WHERE type = 'export.ready' AND payload->>'month' = '2026-09' AND payload->>'location' = $1",
                 [file]) == 1)
+        #expect(!FileManager.default.fileExists(atPath: file + ".partial"))
         let rows = try CSVParser.parse(try String(contentsOfFile: file, encoding: .utf8))
         #expect(
             UsageFixture.mismatch(Array(rows.dropFirst()), fixture.expectedRows(month: month, by: [.model, .user]))
@@ -52,6 +53,13 @@ struct ExportCLITests {
 
         #expect(
             try TallyBinary.run(["audit", "--month", "2026-09"], databaseURL: db.url).output.contains("audit clean"))
+        // Found by a review: --out was emptied before the export was checked. A raw export of a
+        // month without request rows fails, and the file from before stays whole.
+        let before = try String(contentsOfFile: file, encoding: .utf8)
+        try TallyBinary.run(
+            ["export", "--month", "2026-05", "--raw", "--out", file], databaseURL: db.url, expecting: .failure)
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == before)
+        #expect(!FileManager.default.fileExists(atPath: file + ".partial"))
         for arguments in [
             ["export", "--month", "2026-9"], ["export", "--month", "2026-09", "--by", "colour"],
             ["export", "--month", "2026-09", "--format", "xml"],
