@@ -215,8 +215,12 @@ struct PriceRefreshService: Service {
     let logger: Logger
 
     func run() async throws {
-        await runPeriodically(every: interval, logger: logger, failure: "price refresh failed") {
-            try await prices.refreshIfChanged()
+        // Each its own failure: a price version this instance cannot read (a newer instance's,
+        // in a rolling upgrade) must not also stop it learning of dropped months.
+        await runPeriodically(every: interval, logger: logger, failure: "refreshing the dropped months failed") {
+            do { try await prices.refreshIfChanged() } catch {
+                logger.warning("price refresh failed", metadata: ["error": "\(error)"])
+            }
             try await droppedLogMonths.refresh()
         }
     }

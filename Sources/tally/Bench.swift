@@ -46,6 +46,9 @@ struct BenchAuthorize: ParsableCommand {
 
     func validate() throws {
         guard !(hot && spent) else { throw ValidationError("--hot and --spent name different accounts: pick one") }
+        guard clients >= 1, users >= 1, seconds > 0 else {
+            throw ValidationError("--clients and --users must be at least 1, --seconds above 0")
+        }
     }
 
     func run() throws {

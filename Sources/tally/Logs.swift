@@ -80,6 +80,11 @@ struct Logs: AsyncParsableCommand {
         @Flag(help: "Seed even though the database has other users (the keys are public: never in production).")
         var force = false
 
+        func validate() throws {
+            guard (1...10_000_000).contains(users) else { throw ValidationError("--users must be within 1…10000000") }
+            guard quota >= 0 else { throw ValidationError("--quota cannot be negative") }
+        }
+
         func run() async throws {
             let pool = try await database.migratedPool(size: 1)
             let others = try await pool.withConnection { connection in

@@ -18,6 +18,10 @@ struct Migrate: AsyncParsableCommand {
             """)
     var citus = false
 
+    func validate() throws {
+        guard (0...120).contains(monthsAhead) else { throw ValidationError("--months-ahead must be within 0…120") }
+    }
+
     func run() async throws {
         let pool = try database.pool(size: 1)
         if citus {
@@ -41,8 +45,13 @@ struct Partitions: AsyncParsableCommand {
     @Option(help: "First month, YYYY-MM (UTC). Default: the current month.")
     var from: String?
 
-    @Option(help: "How many months to create.")
+    @Option(help: "How many months to create (1…120).")
     var months = 3
+
+    func validate() throws {
+        // Every partition slows each plan over request_logs a little; 10 years is plenty.
+        guard (1...120).contains(months) else { throw ValidationError("--months must be within 1…120") }
+    }
 
     func run() async throws {
         let start = try from.map { try monthOption($0, name: "--from").start } ?? Date()

@@ -37,7 +37,7 @@ struct Prices: AsyncParsableCommand {
             let (text, source) = try await SheetSource.read(file, timeout: .seconds(timeout))
             let sheet: PriceSheet
             do { sheet = try PriceSheet.parse(text) } catch {
-                throw ValidationError("\(file) is not a valid price sheet:\n\(error)")
+                throw ValidationError("\(source) is not a valid price sheet:\n\(error)")
             }
             let effective = try effectiveFrom.map(TimeArgument.parse)
             let pool = try await database.migratedPool(size: 1)
@@ -127,7 +127,9 @@ enum SheetSource {
         return response.text
     }
 
-    private static func recordable(_ url: String) -> String {
+    /// A URL without its credentials, query and fragment; any other source as it is.
+    static func recordable(_ url: String) -> String {
+        guard url.lowercased().hasPrefix("http://") || url.lowercased().hasPrefix("https://") else { return url }
         guard var components = URLComponents(string: url) else { return URLOrigin.of(url) }
         components.user = nil
         components.password = nil

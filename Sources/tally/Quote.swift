@@ -58,7 +58,7 @@ struct Quote: AsyncParsableCommand {
             )
         } else {
             print(rating.explainText(model: model, group: group))
-            print(version.map { "price version \($0)" } ?? "price sheet \(sheet ?? "")")
+            print(version.map { "price version \($0)" } ?? "price sheet \(SheetSource.recordable(sheet ?? ""))")
         }
     }
 
@@ -67,7 +67,7 @@ struct Quote: AsyncParsableCommand {
             do {
                 return (nil, try PriceSheet.parse(try await SheetSource.read(sheet, timeout: .seconds(30)).text))
             } catch let error as PriceSheetError {
-                throw ValidationError("\(sheet) is not a valid price sheet:\n\(error)")
+                throw ValidationError("\(SheetSource.recordable(sheet)) is not a valid price sheet:\n\(error)")
             }
         }
         let time = try at.map(TimeArgument.parse) ?? Date()

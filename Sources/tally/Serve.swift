@@ -171,6 +171,10 @@ struct Serve: AsyncParsableCommand {
             ingestStreams: try ingestStreams ?? Self.integer(environment, "TALLY_INGEST_STREAMS")
                 ?? Defaults.ingestStreams)
         try Self.checkGatewaySecret(configuration.gatewaySecret)
+        // getaddrinfo takes the port as text and wraps it (70000 binds 4464, 0 any free port).
+        guard (1...65_535).contains(configuration.port) else {
+            throw ValidationError("--port must be within 1…65535, got \(configuration.port)")
+        }
         guard configuration.poolSize > 0 else { throw ValidationError("--pool-size must be at least 1") }
         guard configuration.holdTTLSeconds > 0 else { throw ValidationError("--hold-ttl must be at least 1 second") }
         guard configuration.journalConcurrency > 0 else {
