@@ -50,6 +50,10 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     var logger = Logger(label: "tally")
     logger.logLevel = configuration.logLevel
     TallyMetrics.bootstrap()
+    // Until the first batch, the instance's start: after a restart of every instance with the
+    // gateway silent, the series would otherwise be missing and the ingest-stalled alert
+    // (time() - max(…) > 300) could not fire when billing had stopped.
+    IngestMetrics.lastBatch.record(Date().timeIntervalSince1970)
     let pool = PostgresPool(url: configuration.databaseURL, size: configuration.poolSize, logger: logger)
     var ingestLimits = IngestLimits()
     ingestLimits.maxStreamedBatches = configuration.ingestStreams

@@ -232,13 +232,16 @@ struct Retention: AsyncParsableCommand {
                 "\(dryRun ? "would attach" : "attaching") \(partition.name) again (left detached by an interrupted run)"
             )
         }
-        for partition in plan.dropped {
-            print(
-                "\(dryRun ? "would drop" : "dropping") \(partition.name) (\(partition.month), \(partition.bytes / 1_048_576) MiB)"
-            )
-        }
-        if !dryRun {
+        if dryRun {
+            for partition in plan.dropped {
+                print("would drop \(partition.name) (\(partition.month), \(partition.bytes / 1_048_576) MiB)")
+            }
+        } else {
+            // Each drop once it happened: a month that fails its audit stops the run there.
             let dropped = try await retention.apply(plan, verify: !noVerify, by: .cli)
+            for partition in dropped {
+                print("dropped \(partition.name) (\(partition.month), \(partition.bytes / 1_048_576) MiB)")
+            }
             print("dropped \(dropped.count) partition(s)")
         }
         await pool.close()

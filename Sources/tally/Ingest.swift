@@ -53,9 +53,17 @@ struct Ingest: AsyncParsableCommand {
         // Folds as it goes (beside any running server's settler), and what is left at the end,
         // so the command leaves balances and rollups folded.
         let settler = Settler(pool: pool)
+        // Prices and dropped months are read again every 5 s, as tally serve does: a backfill
+        // runs for hours, and a version loaded meanwhile prices the lines dated after it.
         let settling = Task {
+            var round = 0
             while (try? await Task.sleep(for: .milliseconds(200))) != nil {
                 _ = try? await settler.foldBalances()
+                round += 1
+                if round % 25 == 0 {
+                    try? await prices.refreshIfChanged()
+                    try? await droppedMonths.refresh()
+                }
             }
         }
         defer { settling.cancel() }

@@ -59,7 +59,8 @@ struct Serve: AsyncParsableCommand {
         help: ArgumentHelp(
             "Milliseconds between folds of committed ingest charges into balances (every balance "
                 + "read includes what is not folded yet, so this bounds the backlog, not exactness); "
-                + "0: this instance does not fold, another must. Env: TALLY_SETTLE_INTERVAL. "
+                + "0: this instance does not fold (nor roll up), another must; else at least 10. "
+                + "Env: TALLY_SETTLE_INTERVAL. "
                 + "Default: \(Defaults.settleIntervalMilliseconds)."))
     var settleInterval: Int?
 
@@ -180,8 +181,10 @@ struct Serve: AsyncParsableCommand {
         guard configuration.journalConcurrency > 0 else {
             throw ValidationError("--journal-concurrency must be at least 1")
         }
-        guard configuration.settleIntervalMilliseconds >= 0 else {
-            throw ValidationError("--settle-interval must be ≥ 0")
+        // Milliseconds, where every other interval is seconds: 1 meant as "1 s" would fold and
+        // roll up a thousand times a second.
+        guard configuration.settleIntervalMilliseconds == 0 || configuration.settleIntervalMilliseconds >= 10 else {
+            throw ValidationError("--settle-interval is in milliseconds: 0 (off) or at least 10")
         }
         guard configuration.rollUpIntervalSeconds > 0 else {
             throw ValidationError("--rollup-interval must be at least 1 second")

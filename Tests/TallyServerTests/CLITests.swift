@@ -154,6 +154,8 @@ struct CLITests {
             BadServeSetting(environment: ["TALLY_POOL_SIZE": "0"], refusal: "--pool-size must be at least 1"),
             BadServeSetting(arguments: ["--port", "70000"], refusal: "--port must be within 1…65535"),
             BadServeSetting(environment: ["TALLY_PORT": "0"], refusal: "--port must be within 1…65535"),
+            BadServeSetting(
+                environment: ["TALLY_SETTLE_INTERVAL": "1"], refusal: "--settle-interval is in milliseconds"),
             BadServeSetting(arguments: ["--hold-ttl", "0"], refusal: "--hold-ttl must be at least 1 second"),
             BadServeSetting(environment: ["TALLY_GATEWAY_SECRET": "CHANGE-ME"], refusal: "must be at least 16 bytes"),
             BadServeSetting(arguments: ["--gateway-secret", "short-secret"], refusal: "must be at least 16 bytes"),
