@@ -24,7 +24,10 @@ struct Serve: AsyncParsableCommand {
 
     @OptionGroup var database: DatabaseOptions
 
-    @Option(help: "Maximum PostgreSQL connections. Env: TALLY_POOL_SIZE. Default: \(Defaults.poolSize).")
+    @Option(
+        help:
+            "PostgreSQL connections of the pool, at most (one more listens for changes). Env: TALLY_POOL_SIZE. Default: \(Defaults.poolSize)."
+    )
     var poolSize: Int?
 
     @Option(

@@ -59,18 +59,25 @@ struct CLITests {
         #expect(try await db.scalar("SELECT count(*) FROM price_versions") == 0)
     }
 
-    @Test("200,000 generated lines through tally ingest: totals match and tally audit is clean")
-    func bulkIngestMatchesAudit() async throws {
-        let db = try await TestDatabase.create("clibulk")
+    /// A database with the default price sheet and `users` synthetic users, and a file of
+    /// `lines` lines generated for them (`options`: more `tally logs gen` options).
+    static func generatedLog(_ name: String, lines: Int, users: Int, _ options: [String] = []) async throws -> (
+        TestDatabase, String
+    ) {
+        let db = try await TestDatabase.create(name)
         let defaultSheet = TestCluster.repositoryRoot.appendingPathComponent("ops/prices/default.yaml").path
         try TallyBinary.run(["prices", "load", defaultSheet], databaseURL: db.url)
-        try TallyBinary.run(["logs", "seed", "--users", "500"], databaseURL: db.url)
-        let file = NSTemporaryDirectory() + "tally-bulk-\(getpid()).ndjson"
+        try TallyBinary.run(["logs", "seed", "--users", "\(users)"], databaseURL: db.url)
+        let file = NSTemporaryDirectory() + "tally-\(name)-\(getpid()).ndjson"
         try TallyBinary.run(
-            [
-                "logs", "gen", "--lines", "200000", "--users", "500", "--dup-rate", "0.01",
-                "--bad-rate", "0.005", "--out", file,
-            ], databaseURL: db.url)
+            ["logs", "gen", "--lines", "\(lines)", "--users", "\(users)", "--out", file] + options, databaseURL: db.url)
+        return (db, file)
+    }
+
+    @Test("200,000 generated lines through tally ingest: totals match and tally audit is clean")
+    func bulkIngestMatchesAudit() async throws {
+        let (db, file) = try await Self.generatedLog(
+            "clibulk", lines: 200_000, users: 500, ["--dup-rate", "0.01", "--bad-rate", "0.005"])
         let first = try TallyBinary.run(["ingest", file, "--quiet"], databaseURL: db.url)
         let charged = try #require(
             first.output.split(separator: "\n").first { $0.hasPrefix("charged ") }?
@@ -93,16 +100,7 @@ struct CLITests {
     /// each (LiteLLM's payloads) made a batch the pipeline refuses whole (16 MiB).
     @Test("tally ingest cuts batches below the pipeline's byte limit: 3,000 lines of 7 KB go in")
     func ingestLongLines() async throws {
-        let db = try await TestDatabase.create("clilonglines")
-        let defaultSheet = TestCluster.repositoryRoot.appendingPathComponent("ops/prices/default.yaml").path
-        try TallyBinary.run(["prices", "load", defaultSheet], databaseURL: db.url)
-        try TallyBinary.run(["logs", "seed", "--users", "50"], databaseURL: db.url)
-        let generated = NSTemporaryDirectory() + "tally-long-\(getpid()).ndjson"
-        try TallyBinary.run(
-            [
-                "logs", "gen", "--lines", "3000", "--users", "50", "--dup-rate", "0", "--bad-rate", "0", "--out",
-                generated,
-            ], databaseURL: db.url)
+        let (db, generated) = try await Self.generatedLog("clilonglines", lines: 3000, users: 50)
         let padding = String(repeating: "x", count: 7_000)
         let padded =
             try String(contentsOfFile: generated, encoding: .utf8).split(separator: "\n")
