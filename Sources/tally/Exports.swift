@@ -21,8 +21,8 @@ struct Export: AsyncParsableCommand {
     @Option(help: "The month, YYYY-MM (UTC).")
     var month: String
 
-    @Option(help: "Dimensions to total by, comma-separated: user, token, model, group, day.")
-    var by = "user"
+    @Option(help: "Dimensions to total by, comma-separated: user, token, model, group, day. Default: user.")
+    var by: String?
 
     @Option(help: "csv or jsonl.")
     var format = "csv"
@@ -48,13 +48,13 @@ struct Export: AsyncParsableCommand {
         let export: UsageExport
         do {
             if raw {
-                guard format == "csv", tz == nil else {
-                    throw ValidationError("--raw writes CSV rows as stored: leave out --format and --tz")
+                guard format == "csv", tz == nil, by == nil else {
+                    throw ValidationError("--raw writes CSV rows as stored: leave out --by, --format and --tz")
                 }
                 export = .raw(month: usageMonth, userID: user)
             } else {
                 export = try UsageExport(
-                    month: usageMonth, by: ExportDimension.parseList(by), format: ExportFormat.parse(format),
+                    month: usageMonth, by: ExportDimension.parseList(by ?? "user"), format: ExportFormat.parse(format),
                     userID: user, timeZone: tz)
             }
         } catch let error as StoreError {
@@ -233,8 +233,15 @@ struct Retention: AsyncParsableCommand {
             )
         }
         if dryRun {
+            // The same audit a real run makes first, so the dry run says what it would refuse.
             for partition in plan.dropped {
-                print("would drop \(partition.name) (\(partition.month), \(partition.bytes / 1_048_576) MiB)")
+                let problems = noVerify ? [] : try await Auditor(pool: pool).run(month: partition.month)
+                let size = "\(partition.month), \(partition.bytes / 1_048_576) MiB"
+                guard problems.isEmpty else {
+                    print("would stop at \(partition.name) (\(size)): it does not audit clean (\(problems[0]))")
+                    break
+                }
+                print("would drop \(partition.name) (\(size))")
             }
         } else {
             // Each drop once it happened: a month that fails its audit stops the run there.

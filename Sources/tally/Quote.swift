@@ -32,6 +32,12 @@ struct Quote: AsyncParsableCommand {
         String?
     @Flag(help: "Print JSON.") var json = false
 
+    func validate() throws {
+        guard sheet == nil || at == nil else {
+            throw ValidationError("--at picks a stored price version; with --sheet there is only the sheet")
+        }
+    }
+
     func run() async throws {
         let usage = Usage(
             promptTokens: promptTokens, completionTokens: completionTokens, cachedTokens: cachedTokens,

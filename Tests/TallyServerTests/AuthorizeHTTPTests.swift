@@ -417,6 +417,27 @@ struct AuthorizeHTTPTests {
         }
     }
 
+    @Test("each refusal counts under its code in tally_authorize_total (counters made once, not per refusal)")
+    func refusalsCounted() async throws {
+        let (db, _) = try await Self.prepared()
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            func counter() async throws -> Int {
+                let text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+                let line = text.split(separator: "\n").first {
+                    $0.hasPrefix(#"tally_authorize_total{result="invalid_token"} "#)
+                }
+                return line.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
+            }
+            let before = try await counter()
+            for _ in 0..<3 {
+                #expect(try await gateway.authorize(key: "sk-" + String(repeating: "0", count: 48)).status == 401)
+            }
+            // The counter is the process's: suites running alongside may add to it.
+            #expect(try await counter() >= before + 3)
+        }
+    }
+
     @Test("an upstream 429 reported as provider_rate_limited is stored, free, and counted in /metrics")
     func providerRateLimited() async throws {
         let (db, seed) = try await Self.prepared()

@@ -64,6 +64,7 @@ struct ExportCLITests {
             ["export", "--month", "2026-9"], ["export", "--month", "2026-09", "--by", "colour"],
             ["export", "--month", "2026-09", "--format", "xml"],
             ["export", "--month", "2026-09", "--raw", "--format", "jsonl"],
+            ["export", "--month", "2026-09", "--raw", "--by", "model"],
             ["statement", "--user", "\(user)", "--month", "09-2026"], ["audit", "--month", "x"],
             ["retention", "--keep-months", "0"],
         ] {
@@ -79,6 +80,20 @@ struct ExportCLITests {
         let old = current.adding(months: -3)
         _ = try await UsageFixture.load(into: db, months: [old, current.adding(months: -1)], linesPerMonth: 50)
         let name = String(format: "request_logs_y%04dm%02d", old.year, old.month)
+        // A month that does not audit clean: the dry run says the real run would stop there.
+        let day = old.firstDay
+        _ = try await db.pool.withConnection {
+            try $0.query(
+                "UPDATE usage_daily SET quota = quota + 1 WHERE day = (SELECT min(day) FROM usage_daily WHERE day >= $1::date)",
+                [day])
+        }
+        let refused = try TallyBinary.run(["retention", "--keep-months", "3", "--dry-run"], databaseURL: db.url)
+        #expect(refused.output.contains("would stop at \(name)"), "\(refused.output)")
+        _ = try await db.pool.withConnection {
+            try $0.query(
+                "UPDATE usage_daily SET quota = quota - 1 WHERE day = (SELECT min(day) FROM usage_daily WHERE day >= $1::date)",
+                [day])
+        }
         let dry = try TallyBinary.run(["retention", "--keep-months", "3", "--dry-run"], databaseURL: db.url)
         #expect(dry.output.contains("would drop \(name)"))
         #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE name = $1", [name]) == 1)

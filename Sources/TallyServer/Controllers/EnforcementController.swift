@@ -34,6 +34,9 @@ struct EnforcementController {
         } catch let error as APIError {
             EnforcementMetrics.refused(error.code)
             throw error
+        } catch {
+            EnforcementMetrics.failed.increment()
+            throw error
         }
     }
 
@@ -123,8 +126,18 @@ enum EnforcementMetrics {
         }
     }
 
+    /// One counter per refusal code, made once (a refusal made one per request, a registry
+    /// lookup under its lock on the path a spent account's clients hammer): the catalog's codes
+    /// and `invalid_request`; any other code (a fixed set too) is counted as it comes.
+    private static let refusals = Dictionary(
+        uniqueKeysWithValues: (CatalogEntry.allCases.map(\.rawValue) + ["invalid_request"]).map {
+            ($0, Counter(label: "tally_authorize_total", dimensions: [("result", $0)]))
+        })
+    /// Answers that are no refusal: the database or a lease out of reach (503), anything unexpected.
+    static let failed = Counter(label: "tally_authorize_total", dimensions: [("result", "error")])
+
     static func refused(_ code: String) {
-        Counter(label: "tally_authorize_total", dimensions: [("result", code)]).increment()
+        (refusals[code] ?? Counter(label: "tally_authorize_total", dimensions: [("result", code)])).increment()
     }
 
     static func released(_ outcome: ReleaseOutcome) {
