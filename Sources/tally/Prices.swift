@@ -97,7 +97,7 @@ enum SheetSource {
     /// The sheet's text and the source to record: the path, `-`, or the URL without its
     /// credentials, query and fragment (they may hold tokens).
     static func read(_ path: String, timeout: Duration) async throws -> (text: String, source: String) {
-        if path.lowercased().hasPrefix("http://") || path.lowercased().hasPrefix("https://") {
+        if isURL(path) {
             return (try await download(path, timeout: timeout), recordable(path))
         }
         if path == "-" {
@@ -127,9 +127,15 @@ enum SheetSource {
         return response.text
     }
 
+    /// An http(s) URL, downloaded; anything else is a path or `-`.
+    private static func isURL(_ source: String) -> Bool {
+        let lowercased = source.lowercased()
+        return lowercased.hasPrefix("http://") || lowercased.hasPrefix("https://")
+    }
+
     /// A URL without its credentials, query and fragment; any other source as it is.
     static func recordable(_ url: String) -> String {
-        guard url.lowercased().hasPrefix("http://") || url.lowercased().hasPrefix("https://") else { return url }
+        guard isURL(url) else { return url }
         guard var components = URLComponents(string: url) else { return URLOrigin.of(url) }
         components.user = nil
         components.password = nil

@@ -71,9 +71,10 @@ public struct LogRetention: Sendable {
         ORDER BY 2
         """
 
-    /// Attaches the plan's detached kept months again, then drops its old partitions, oldest first. Unless `verify` is false, a month is dropped
-    /// only when `tally audit --month` finds it clean, so its request rows are not needed to
-    /// explain its rollups and charges. Each drop is audited. Returns the partitions dropped.
+    /// Attaches the plan's detached kept months again, then drops its old partitions, oldest
+    /// first. Unless `verify` is false, a month is dropped only when `tally audit --month` finds
+    /// it clean, so its request rows are not needed to explain its rollups and charges. Each
+    /// drop is audited. Returns the partitions dropped.
     @discardableResult
     public func apply(_ plan: RetentionPlan, verify: Bool = true, by actor: Actor) async throws -> [LogPartition] {
         for partition in plan.reattached { try await attach(partition, by: actor) }
