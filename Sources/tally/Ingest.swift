@@ -113,7 +113,7 @@ struct LineBatches: AsyncSequence {
             var lastNewline: Int?
             while true {
                 while scanned < pending.count {
-                    if scanned == bytesPerBatch, let lastNewline { return take(lastNewline + 1) }
+                    if scanned >= bytesPerBatch, let lastNewline { return take(lastNewline + 1) }
                     if pending[scanned] == 0x0A {
                         newlines += 1
                         lastNewline = scanned

@@ -98,13 +98,18 @@ struct CLITests {
 
     /// Found by a review: batches were cut by line count only, and 10,000 lines of a few KB
     /// each (LiteLLM's payloads) made a batch the pipeline refuses whole (16 MiB).
-    @Test("tally ingest cuts batches below the pipeline's byte limit: 3,000 lines of 7 KB go in")
+    @Test("tally ingest cuts batches below the pipeline's byte limit: a 9 MB line and 3,000 of 7 KB go in")
     func ingestLongLines() async throws {
         let (db, generated) = try await Self.generatedLog("clilonglines", lines: 3000, users: 50)
         let padding = String(repeating: "x", count: 7_000)
+        // The first line alone passes the batch's byte mark (8 MiB): the cut comes after it,
+        // then the batch size holds again for the lines after it.
+        let lines = try String(contentsOfFile: generated, encoding: .utf8).split(separator: "\n")
         let padded =
-            try String(contentsOfFile: generated, encoding: .utf8).split(separator: "\n")
-            .map { "{\"padding\":\"\(padding)\"," + $0.dropFirst() }.joined(separator: "\n") + "\n"
+            lines.enumerated().map { index, line in
+                "{\"padding\":\"\(index == 0 ? String(repeating: "y", count: 9 << 20) : padding)\","
+                    + line.dropFirst()
+            }.joined(separator: "\n") + "\n"
         #expect(padded.utf8.count > 16 << 20)
         try padded.write(toFile: generated, atomically: true, encoding: .utf8)
         try TallyBinary.run(["ingest", generated, "--quiet"], databaseURL: db.url)
