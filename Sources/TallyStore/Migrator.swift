@@ -79,6 +79,20 @@ public struct Migrator: Sendable {
         }
     }
 
+    /// The bundled migrations this database has not applied, read without changing anything
+    /// (a read-only role may ask): every one of them when it has no `schema_migrations` table.
+    public func missing(_ migrations: [Migration]? = nil) async throws -> [Migration] {
+        let migrations = try migrations ?? Migration.bundled()
+        let applied = try await pool.withConnection { connection -> Set<Int> in
+            guard
+                try connection.query("SELECT to_regclass('schema_migrations') IS NOT NULL")[0].decode(0, as: Bool.self)
+            else { return [] }
+            return Set(
+                try connection.query("SELECT version FROM schema_migrations").map { try $0.decode(0, as: Int.self) })
+        }
+        return migrations.filter { !applied.contains($0.version) }
+    }
+
     /// Creates monthly `request_logs` partitions for `months` months from the month of `start`
     /// (``LogPartitions``: without making batches queue behind the lock for long).
     @discardableResult

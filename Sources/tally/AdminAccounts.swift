@@ -8,10 +8,13 @@ import TallyStore
 // repositories (and so the same validation, audit rows and ledger rows) as the HTTP routes.
 // Every command audits as actor "cli"; `--json` prints one JSON object on stdout.
 
-/// Runs `body` on a migrated pool and closes it. A refusal by the store (bad input, not found,
-/// conflict, permission) is printed as one line on stderr and exits 1.
-func withAdminPool(_ database: DatabaseOptions, _ body: (PostgresPool) async throws -> Void) async throws {
-    let pool = try await database.migratedPool(size: 2)
+/// Runs `body` on a migrated pool (`readOnly`: one already current, for a listing) and closes
+/// it. A refusal by the store (bad input, not found, conflict, permission) is printed as one
+/// line on stderr and exits 1.
+func withAdminPool(
+    _ database: DatabaseOptions, readOnly: Bool = false, _ body: (PostgresPool) async throws -> Void
+) async throws {
+    let pool = try await readOnly ? database.currentPool(size: 2) : database.migratedPool(size: 2)
     var refusal: String?
     do {
         try await body(pool)
@@ -286,7 +289,7 @@ struct ChannelCommand: AsyncParsableCommand {
         @Flag(help: "One JSON object per channel.") var json = false
 
         func run() async throws {
-            try await withAdminPool(database) { pool in
+            try await withAdminPool(database, readOnly: true) { pool in
                 let repository = ChannelRepository(pool: pool)
                 var page = PageRequest(page: 1, size: 100)
                 while true {

@@ -70,7 +70,7 @@ struct WebhookCommand: AsyncParsableCommand {
         @Flag(help: "One JSON object per endpoint.") var json = false
 
         func run() async throws {
-            try await withAdminPool(database) { pool in
+            try await withAdminPool(database, readOnly: true) { pool in
                 let repository = WebhookRepository(pool: pool)
                 for endpoint in try await repository.list() {
                     if json {

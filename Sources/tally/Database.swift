@@ -24,11 +24,41 @@ struct DatabaseOptions: ParsableArguments {
         PostgresPool(url: try resolvedURL(), size: size, logger: logger)
     }
 
-    /// A migrated database, ready for the command's work.
+    /// A migrated database, ready for the work of a command that writes (it needs a role that
+    /// may change the schema anyway).
     func migratedPool(size: Int = 4) async throws -> PostgresPool {
         let pool = try pool(size: size)
         try await Migrator(pool: pool).migrate()
         return pool
+    }
+
+    /// A database whose schema already has every migration of this binary, for a command that
+    /// only reads: it never migrates (a newer binary run for a report would change production's
+    /// schema under its servers, and a read-only role cannot), and refuses a schema behind it.
+    func currentPool(size: Int = 4) async throws -> PostgresPool {
+        let pool = try pool(size: size)
+        let missing: [Migration]
+        do { missing = try await Migrator(pool: pool).missing() } catch {
+            await pool.close()
+            throw error
+        }
+        guard missing.isEmpty else {
+            await pool.close()
+            throw SchemaBehind(missing: missing.map(\.name))
+        }
+        return pool
+    }
+}
+
+/// A read-only command's refusal of a database that lacks some of its migrations.
+struct SchemaBehind: Error, CustomStringConvertible {
+    let missing: [String]
+
+    var description: String {
+        let names =
+            missing.count > 3 ? missing.prefix(3).joined(separator: ", ") + ", …" : missing.joined(separator: ", ")
+        return "the database's schema lacks \(missing.count) migration(s) of this tally (\(names)); "
+            + "run tally migrate (or tally serve) first, or use the tally that matches the database"
     }
 }
 

@@ -60,7 +60,7 @@ struct Export: AsyncParsableCommand {
         } catch let error as StoreError {
             throw ValidationError(error.description)
         }
-        let pool = try await database.migratedPool(size: 1)
+        let pool = try await database.currentPool(size: 1)
         let output = try StagedOutputFile(path: out)
         let progress = ByteProgress(quiet: quiet)
         let summary: ExportSummary
@@ -188,7 +188,7 @@ struct StatementCommand: AsyncParsableCommand {
 
     func run() async throws {
         let usageMonth = try monthOption(month, name: "--month")
-        let pool = try await database.migratedPool(size: 1)
+        let pool = try await database.currentPool(size: 1)
         let statement = try await StatementRepository(pool: pool).statement(userID: user, month: usageMonth)
         await pool.close()
         print(json ? try StatementJSON.text(statement) : statement.text, terminator: json ? "\n" : "")
@@ -223,7 +223,7 @@ struct Retention: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let pool = try await database.migratedPool(size: 1)
+        let pool = try await dryRun ? database.currentPool(size: 1) : database.migratedPool(size: 1)
         let retention = LogRetention(pool: pool)
         let plan = try await retention.plan(keepMonths: keepMonths)
         print("keeping \(plan.kept.count) partition(s) from \(plan.firstKept) on")

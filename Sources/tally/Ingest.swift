@@ -186,7 +186,7 @@ struct Audit: AsyncParsableCommand {
 
     func run() async throws {
         let month = try month.map { try monthOption($0, name: "--month") }
-        let pool = try await database.migratedPool(size: 1)
+        let pool = try await database.currentPool(size: 1)
         let violations = try await Auditor(pool: pool).run(month: month)
         await pool.close()
         guard violations.isEmpty else {

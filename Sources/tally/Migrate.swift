@@ -59,5 +59,6 @@ struct Partitions: AsyncParsableCommand {
         let created = try await Migrator(pool: pool).createLogPartitions(from: start, months: months)
         print("created \(created) request_logs partition(s)")
         await pool.close()
+        await pool.close()
     }
 }

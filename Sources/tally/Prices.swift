@@ -63,7 +63,7 @@ struct Prices: AsyncParsableCommand {
         var json = false
 
         func run() async throws {
-            let pool = try await database.migratedPool(size: 1)
+            let pool = try await database.currentPool(size: 1)
             let versions = try await PostgresPriceRepository(pool: pool).all()
             if json {
                 print(try PriceVersionJSON.encode(versions.map(\.info)))

@@ -77,7 +77,7 @@ struct Quote: AsyncParsableCommand {
             }
         }
         let time = try at.map(TimeArgument.parse) ?? Date()
-        let pool = try await database.migratedPool(size: 1)
+        let pool = try await database.currentPool(size: 1)
         let versions = try await PostgresPriceRepository(pool: pool).all().map(\.version)
         await pool.close()
         guard let version = PriceBook(versions: versions).version(at: time) else {

@@ -174,6 +174,48 @@ struct CLITests {
         #expect(!run.errorOutput.contains("PostgreSQL"), "\(run.errorOutput)")
     }
 
+    /// Found by a review: every command migrated first, so a newer binary run for a report
+    /// changed production's schema under its servers, and a role that may only read could not
+    /// export at all (the migration's CREATE TABLE IF NOT EXISTS needs CREATE on the schema).
+    @Test("read-only commands never migrate: a role that may only read runs them, and a schema behind is refused")
+    func readOnlyCommandsDoNotMigrate() async throws {
+        let db = try await TestDatabase.create("clireadonly")
+        try await db.prepareBilling(users: 3)
+        let reader = "tally_reader_\(getpid())"
+        try await db.pool.withConnection { connection in
+            try connection.execute("CREATE ROLE \(reader) LOGIN")
+            try connection.execute("GRANT USAGE ON SCHEMA public TO \(reader)")
+            try connection.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO \(reader)")
+        }
+        let month = UsageMonth(containing: Date()).description
+        let commands = [
+            ["audit"], ["export", "--month", month, "--by", "user,model"],
+            ["statement", "--user", "1", "--month", month], ["prices", "list"],
+            ["quote", "--model", "gpt-4o", "--prompt-tokens", "1000"], ["admin", "channel", "list"],
+            ["admin", "webhook", "list"], ["retention", "--keep-months", "3", "--dry-run"],
+        ]
+        let readerURL = db.url.replacingOccurrences(of: "://tally@", with: "://\(reader)@")
+        #expect(readerURL != db.url)
+        for arguments in commands { try TallyBinary.run(arguments, databaseURL: readerURL) }
+
+        let last = try #require(try Migration.bundled().last)
+        try await db.pool.withConnection {
+            _ = try $0.query("DELETE FROM schema_migrations WHERE version = $1", [last.version])
+        }
+        for arguments in commands {
+            let refused = try TallyBinary.run(arguments, databaseURL: db.url, expecting: .failure)
+            #expect(refused.status == 1, "\(arguments)")
+            #expect(refused.errorOutput.contains(last.name), "\(arguments): \(refused.errorOutput)")
+            #expect(refused.errorOutput.contains("tally migrate"), "\(arguments)")
+        }
+        #expect(
+            try await db.scalar("SELECT count(*) FROM schema_migrations WHERE version = $1", [last.version]) == 0)
+        try await db.pool.withConnection { connection in
+            try connection.execute("DROP OWNED BY \(reader)")
+            try connection.execute("DROP ROLE \(reader)")
+        }
+    }
+
     @Test("tally audit finds a corrupted balance and exits 1")
     func auditFindsCorruption() async throws {
         let db = try await TestDatabase.create("cliaudit")
