@@ -8,9 +8,18 @@ import TallyStore
 struct Ingest: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Ingest a file of log lines (NDJSON) through the same pipeline as POST /gateway/v1/logs.",
-        discussion:
-            "For backfills and replays: exactly once per request id, so re-running a file charges nothing twice. Progress goes to standard error."
+        discussion: """
+            For backfills and replays: exactly once per request id, so re-running a file charges nothing twice. \
+            Progress goes to standard error. Exit status: 0 when every line was stored or was a duplicate; \
+            \(Self.someRejected) when some lines were rejected (each kept in ingest_rejects with its code and the \
+            batch's tid, everything else stored; fix and re-run them); 1 when an error stopped the run (the \
+            batches committed before it stay; re-running the file charges nothing twice).
+            """
     )
+
+    /// The exit status of a run that stored everything but some rejected lines: a script must be
+    /// able to tell it from a clean run (0) and from one that stopped (1).
+    static let someRejected: Int32 = 3
 
     @OptionGroup var database: DatabaseOptions
 
@@ -86,6 +95,13 @@ struct Ingest: AsyncParsableCommand {
         try await settler.foldAll()
         progress.finish()
         await pool.close()
+        if progress.rejected > 0 {
+            FileHandle.standardError.write(
+                Data(
+                    "tally ingest: \(progress.rejected) line(s) rejected, kept in ingest_rejects (batch_tid \(tid))\n"
+                        .utf8))
+            throw ExitCode(Self.someRejected)
+        }
     }
 }
 
@@ -146,7 +162,8 @@ final class Progress: @unchecked Sendable {
     private let quiet: Bool
     private var accepted = 0, duplicates = 0, charged: Int64 = 0
     private var rejectedByCode: [String: Int] = [:]
-    private var lines: Int { accepted + duplicates + rejectedByCode.values.reduce(0, +) }
+    var rejected: Int { rejectedByCode.values.reduce(0, +) }
+    private var lines: Int { accepted + duplicates + rejected }
 
     init(quiet: Bool) { self.quiet = quiet }
 
@@ -164,7 +181,7 @@ final class Progress: @unchecked Sendable {
         let elapsed = max(Date().timeIntervalSince(started), 0.001)
         if !quiet { FileHandle.standardError.write(Data("\n".utf8)) }
         print(
-            "lines \(lines), accepted \(accepted), duplicates \(duplicates), rejected \(rejectedByCode.values.reduce(0, +))"
+            "lines \(lines), accepted \(accepted), duplicates \(duplicates), rejected \(rejected)"
         )
         for (code, count) in rejectedByCode.sorted(by: { $0.key < $1.key }) { print("  rejected \(code): \(count)") }
         print("charged \(charged) units = \(Money.formatUSD(units: charged)) USD")

@@ -78,7 +78,12 @@ struct CLITests {
     func bulkIngestMatchesAudit() async throws {
         let (db, file) = try await Self.generatedLog(
             "clibulk", lines: 200_000, users: 500, ["--dup-rate", "0.01", "--bad-rate", "0.005"])
-        let first = try TallyBinary.run(["ingest", file, "--quiet"], databaseURL: db.url)
+        // The bad lines make it exit 3, not 0: a script must see that something was left out.
+        let first = try TallyBinary.run(["ingest", file, "--quiet"], databaseURL: db.url, expecting: .failure)
+        #expect(first.status == 3)
+        let rejected = try await db.scalar("SELECT count(*) FROM ingest_rejects")
+        #expect(rejected > 0)
+        #expect(first.errorOutput.contains("\(rejected) line(s) rejected, kept in ingest_rejects"))
         let charged = try #require(
             first.output.split(separator: "\n").first { $0.hasPrefix("charged ") }?
                 .split(separator: " ")[1]
@@ -89,7 +94,8 @@ struct CLITests {
         let accepted = try await db.scalar("SELECT count(*) FROM request_logs")
         #expect(accepted > 195_000)
         // A replay charges nothing.
-        let replay = try TallyBinary.run(["ingest", file, "--quiet"], databaseURL: db.url)
+        let replay = try TallyBinary.run(["ingest", file, "--quiet"], databaseURL: db.url, expecting: .failure)
+        #expect(replay.status == 3)
         #expect(replay.output.contains("accepted 0,"))
         #expect(try await db.scalar("SELECT count(*) FROM request_logs") == accepted)
         #expect(try TallyBinary.run(["audit"], databaseURL: db.url).output.contains("audit clean"))
