@@ -199,7 +199,7 @@ struct Retention: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Drop the request rows of old months: whole request_logs partitions, never a bulk DELETE.",
         discussion: """
-            Keeps the current UTC month and the --keep-months − 1 before it. Each older monthly partition is \
+            Keeps the current UTC month and the --keep-months − 1 before it (at least 2 months). Each older monthly partition is \
             first audited (its request rows, usage rollups and ledger charges must agree, as tally audit \
             --month checks), then detached concurrently (ingest keeps running) and dropped; each drop is \
             audited. Usage rollups, the ledger, statements and rollup exports of dropped months stay.
@@ -217,8 +217,8 @@ struct Retention: AsyncParsableCommand {
     var noVerify = false
 
     func validate() throws {
-        guard keepMonths >= 1 else {
-            throw ValidationError("--keep-months must be at least 1 (the current month is always kept)")
+        guard keepMonths >= LogRetention.minimumKeepMonths else {
+            throw ValidationError("--" + LogRetention.tooFewMonths)
         }
     }
 

@@ -66,7 +66,7 @@ struct ExportCLITests {
             ["export", "--month", "2026-09", "--raw", "--format", "jsonl"],
             ["export", "--month", "2026-09", "--raw", "--by", "model"],
             ["statement", "--user", "\(user)", "--month", "09-2026"], ["audit", "--month", "x"],
-            ["retention", "--keep-months", "0"],
+            ["retention", "--keep-months", "0"], ["retention", "--keep-months", "1"],
         ] {
             let refused = try TallyBinary.run(arguments, databaseURL: db.url, expecting: .failure)
             #expect(!refused.errorOutput.isEmpty, "\(arguments) failed without saying why")

@@ -74,6 +74,8 @@ struct RetentionTests {
         let again = try await retention.plan(keepMonths: 2, current: Self.months[3])
         #expect(again.dropped.isEmpty)
         await #expect(throws: StoreError.self) { try await retention.plan(keepMonths: 0) }
+        // The month before the current one is kept: the gateway may still resend its lines.
+        await #expect(throws: StoreError.self) { try await retention.plan(keepMonths: 1) }
     }
     /// Found by a review of retention: PostgreSQL's planner leaves out a partition whose detach is
     /// pending, the audit counted its month as kept, and the next run's verification refused it.

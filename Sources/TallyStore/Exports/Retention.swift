@@ -34,13 +34,19 @@ public struct LogRetention: Sendable {
 
     public init(pool: PostgresPool) { self.pool = pool }
 
-    /// Keeps the `keepMonths` months ending with `current` (at least the current month).
+    /// The fewest months a run keeps: the current one and the one before it, whose late lines the
+    /// gateway may still resend (a line of a dropped month is never billed) and whose request rows
+    /// finance exports in the first days of the month.
+    public static let minimumKeepMonths = 2
+    public static let tooFewMonths =
+        "keep-months must be at least \(minimumKeepMonths): the current month and the one before it, whose late "
+        + "lines the gateway may still resend (a line of a dropped month is never billed)"
+
+    /// Keeps the `keepMonths` months ending with `current` (at least ``minimumKeepMonths``).
     public func plan(keepMonths: Int, current: UsageMonth = UsageMonth(containing: Date())) async throws
         -> RetentionPlan
     {
-        guard keepMonths >= 1 else {
-            throw StoreError.invalid("keep-months must be at least 1 (the current month is always kept)")
-        }
+        guard keepMonths >= Self.minimumKeepMonths else { throw StoreError.invalid(Self.tooFewMonths) }
         let firstKept = current.adding(months: -(keepMonths - 1))
         let partitions = try await pool.withConnection { connection in
             try connection.query(Self.partitions).map { row in
