@@ -197,7 +197,7 @@ struct PoolService: Service {
 }
 
 /// Runs `work` every `interval` until graceful shutdown begins; a failed round is logged as
-/// `failure` and the next one runs on time.
+/// `failure` (once per 10 s while rounds keep failing) and the next one runs on time.
 func runPeriodically(
     every interval: Duration, logger: Logger, failure: Logger.Message,
     _ work: () async throws -> Void
@@ -205,7 +205,7 @@ func runPeriodically(
     while !Task.isShuttingDownGracefully {
         do { try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) } } catch { return }
         do { try await work() } catch {
-            logger.warning(failure, metadata: ["error": "\(error)"])
+            RepeatedWarningLog.shared.warning(failure, metadata: ["error": "\(error)"], to: logger)
         }
     }
 }
@@ -223,7 +223,7 @@ struct PriceRefreshService: Service {
         // in a rolling upgrade) must not also stop it learning of dropped months.
         await runPeriodically(every: interval, logger: logger, failure: "refreshing the dropped months failed") {
             do { try await prices.refreshIfChanged() } catch {
-                logger.warning("price refresh failed", metadata: ["error": "\(error)"])
+                RepeatedWarningLog.shared.warning("price refresh failed", metadata: ["error": "\(error)"], to: logger)
             }
             try await droppedLogMonths.refresh()
         }

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import TallyPostgres
 import Testing
@@ -29,5 +30,43 @@ struct ErrorMiddlewareTests {
         #expect(Self.answer("08006").code == "database_unavailable")
         #expect(Self.answer(SQLState.uniqueViolation).status == 500)
         #expect(Self.answer(SQLState.uniqueViolation).code == "internal_error")
+    }
+}
+
+/// Found by a review: while PostgreSQL was down every request logged its own warning, thousands
+/// a second under a gateway's load, burying the outage's first line.
+@Suite("warnings that repeat while PostgreSQL is out of reach")
+struct RepeatedWarningLogTests {
+    /// Keeps the messages a logger was given.
+    final class Recorder: LogHandler, @unchecked Sendable {
+        // Appended to from the test's task only.
+        var lines: [(message: String, metadata: Logger.Metadata)] = []
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            lines.append((event.message.description, event.metadata ?? [:]))
+        }
+    }
+
+    @Test(
+        "a thousand requests that find the database down log one line; the next, 10 s on, says how many were left out")
+    func oneLinePerInterval() {
+        let recorder = Recorder()
+        let logger = Logger(label: "tally.test") { _ in recorder }
+        let warnings = RepeatedWarningLog()
+        let down = PostgresError(kind: .connection, message: "connection refused")
+        for _ in 0..<1_000 {
+            #expect(ErrorMiddleware.apiError(for: down, logger: logger, warnings: warnings).status == 503)
+        }
+        #expect(recorder.lines.map(\.message) == ["database unavailable"])
+        warnings.warning("database unavailable", to: logger, now: ProcessInfo.processInfo.systemUptime + 11)
+        #expect(recorder.lines.count == 2)
+        #expect(recorder.lines.last?.metadata["left_out"] == "999")
     }
 }

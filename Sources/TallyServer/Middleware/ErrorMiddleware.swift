@@ -27,8 +27,11 @@ public struct ErrorMiddleware: RouterMiddleware {
     }
 
     /// Maps any error to the error it is answered with. Unknown errors are logged (with the tid)
-    /// and answered as `internal_error`, so no SQL or internal detail reaches the caller.
-    static func apiError(for error: any Error, logger: Logger) -> APIError {
+    /// and answered as `internal_error`, so no SQL or internal detail reaches the caller; an
+    /// unavailable database is logged once per 10 s however many requests meet it (`warnings`).
+    static func apiError(
+        for error: any Error, logger: Logger, warnings: RepeatedWarningLog = .shared
+    ) -> APIError {
         switch error {
         case let error as APIError:
             return error
@@ -51,16 +54,16 @@ public struct ErrorMiddleware: RouterMiddleware {
             // A body collected with `collect(upTo:)` / `collectBody(upTo:)` was over the route's limit.
             return .payloadTooLarge("The request body is larger than the limit.")
         case let error as PostgresError where error.isConnectionFailure:
-            logger.warning("database unavailable", metadata: ["error": "\(error)"])
+            warnings.warning("database unavailable", metadata: ["error": "\(error)"], to: logger)
             return .databaseUnavailable()
         case let error as PostgresError where error.isLostRace:
             // Written again already (ingest batches, leases) and aborted every time in favour of
             // concurrent transactions: nothing was changed, and the caller may retry.
-            logger.warning("aborted by concurrent transactions", metadata: ["error": "\(error)"])
+            warnings.warning("aborted by concurrent transactions", metadata: ["error": "\(error)"], to: logger)
             return .databaseUnavailable()
         case let error as LeaseError:
             // The registration lapsed or was reaped: PostgreSQL was out of reach for too long.
-            logger.warning("no valid lease registration", metadata: ["error": "\(error)"])
+            warnings.warning("no valid lease registration", metadata: ["error": "\(error)"], to: logger)
             return .databaseUnavailable()
         case let error as HTTPError:
             switch error.status.code {

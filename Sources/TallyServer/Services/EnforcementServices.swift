@@ -172,7 +172,8 @@ struct ChangeListenerService: Service {
                     }
                 }
             } catch {
-                logger.warning("change listener lost its connection; retrying", metadata: ["error": "\(error)"])
+                RepeatedWarningLog.shared.warning(
+                    "change listener lost its connection; retrying", metadata: ["error": "\(error)"], to: logger)
                 Thread.sleep(forTimeInterval: 1)
             }
         }

@@ -75,7 +75,8 @@ public struct WebhookDispatcher: Service {
             }
             var claimed = 0
             do { claimed = try await runOnce() } catch {
-                logger.warning("webhook outbox poll failed", metadata: ["error": "\(error)"])
+                RepeatedWarningLog.shared.warning(
+                    "webhook outbox poll failed", metadata: ["error": "\(error)"], to: logger)
             }
             // A full round suggests more is due: go again at once.
             if claimed < configuration.batchSize {
