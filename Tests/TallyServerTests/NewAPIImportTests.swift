@@ -524,6 +524,43 @@ struct NewAPIImportTests {
         try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
+    /// Found by a review: the run's audit row was written after its last transaction, outside
+    /// them all, so a run that died midway left its committed account changes unrecorded.
+    @Test("a run that fails after its accounts committed leaves their audit row; money's row commits with the money")
+    func auditRowsWithTheirChanges() async throws {
+        let source = try await Self.newAPIDatabase("newapiauditsrc")
+        let tally = try await TestDatabase.create("newapiaudit")
+        try await tally.pool.withConnection { connection in
+            try connection.execute(
+                """
+                CREATE FUNCTION refuse_logs() RETURNS trigger LANGUAGE plpgsql
+                AS $$ BEGIN RAISE EXCEPTION 'request rows refused by the test'; END $$
+                """)
+            try connection.execute(
+                "CREATE TRIGGER refuse_logs BEFORE INSERT ON request_logs FOR EACH ROW EXECUTE FUNCTION refuse_logs()")
+        }
+        let failed = try TallyBinary.run(
+            ["import", "new-api", "--from", source.url, "--quiet"], databaseURL: tally.url, expecting: .failure)
+        #expect(failed.errorOutput.contains("request rows refused by the test"), "\(failed.errorOutput)")
+        let audited = "SELECT count(*) FROM audit_log WHERE action = $1 AND actor = 'cli' AND tid IS NOT NULL"
+        #expect(try await tally.scalar("SELECT count(*) FROM users") > 0)
+        #expect(try await tally.scalar(audited, ["import.new-api.accounts"]) == 1)
+        #expect(try await tally.scalar(audited, ["import.new-api.money"]) == 0)
+
+        try await tally.pool.withConnection { try $0.execute("DROP TRIGGER refuse_logs ON request_logs") }
+        _ = try Self.runImport(source, into: tally)
+        #expect(try await tally.scalar(audited, ["import.new-api.accounts"]) == 1)
+        #expect(try await tally.scalar(audited, ["import.new-api.money"]) == 1)
+        // The money's row carries the tid of the ledger rows it describes.
+        #expect(
+            try await tally.scalar(
+                """
+                SELECT count(DISTINCT l.tid) FROM ledger l JOIN audit_log a ON a.tid = l.tid
+                WHERE a.action = 'import.new-api.money'
+                """) == 1)
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
+    }
+
     @Test("a database that is not new-api's is refused before anything is written")
     func notNewAPI() async throws {
         let other = try await TestDatabase.create("notnewapi")

@@ -37,6 +37,8 @@ extension NewAPIImporter {
             try target.query(NewAPIImportSQL.addLookups, [options.source])
             // Running instances forget every cached key, user, group and channel.
             try ChangeNotice.send([.import], on: target)
+            // In this transaction: a run that dies later leaves its account changes recorded.
+            if summary.accountChanges > 0 { try recordAccountsAudit(summary) }
         }
         summary.warnings += warnings
         for (count, warning) in [

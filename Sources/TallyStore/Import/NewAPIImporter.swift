@@ -61,11 +61,16 @@ public struct NewAPIImportSummary: Sendable, Equatable {
     public var groupRatios: [String: String] = [:]
     public var warnings: [String] = []
 
-    /// False when the run found Tally already up to date.
-    public var changed: Bool {
+    /// Rows of the account tables the run changed (groups, users, keys, channels, codes).
+    var accountChanges: Int {
         groupsCreated + users.changes + accessTokensReplaced + tokens.changes + channels.changes + redemptions.changes
-            + logsImported + balanceAdjustments + tokenQuotasSet > 0
     }
+
+    /// Logs copied and balances or key quotas moved.
+    var moneyChanges: Int { logsImported + balanceAdjustments + tokenQuotasSet }
+
+    /// False when the run found Tally already up to date.
+    public var changed: Bool { accountChanges + moneyChanges > 0 }
 }
 
 /// Copies a new-api PostgreSQL database into Tally: groups, users, keys (hashed on the way),
@@ -390,11 +395,12 @@ public struct NewAPIImporter {
     // MARK: Balances
 
     /// Brings each imported account's balance to new-api's with one ledger adjustment of the
-    /// difference, and each key's remaining quota to new-api's; records the run in the audit log.
+    /// difference, and each key's remaining quota to new-api's; records what the run did to money
+    /// in the audit log, in the same transaction.
     private func settleBalances(_ summary: inout NewAPIImportSummary) throws {
         progress("settling balances")
         let name = options.source
-        let totals = try target.transaction { target in
+        try target.transaction { target in
             try target.query(NewAPIImportSQL.foldImportedUsers, [name])
             let amounts = try target.query(NewAPIImportSQL.adjustBalances, [name, tid]).map {
                 try $0.decode(0, as: Int64.self)
@@ -404,30 +410,45 @@ public struct NewAPIImporter {
             // Balances and key quotas may have gone down: running instances give their leases back.
             try ChangeNotice.send([.import], on: target)
             let used = try target.query(NewAPIImportSQL.usedQuotaTotals, [name])[0]
-            return (amounts, tokenQuotas, try used.decode(0, as: Int64.self), try used.decode(1, as: Int64.self))
+            summary.balanceAdjustments = amounts.count
+            summary.adjustedQuota = amounts.reduce(0, +)
+            summary.tokenQuotasSet = tokenQuotas
+            summary.sourceUsedQuota = try used.decode(0, as: Int64.self)
+            summary.tallyUsedQuota = try used.decode(1, as: Int64.self)
+            if summary.moneyChanges > 0 {
+                try recordAudit(
+                    "import.new-api.money",
+                    [
+                        "logs_imported": summary.logsImported, "charged_quota": summary.chargedQuota,
+                        "balance_adjustments": summary.balanceAdjustments, "adjusted_quota": summary.adjustedQuota,
+                        "token_quotas_set": summary.tokenQuotasSet,
+                    ])
+            }
         }
-        summary.balanceAdjustments = totals.0.count
-        summary.adjustedQuota = totals.0.reduce(0, +)
-        summary.tokenQuotasSet = totals.1
-        summary.sourceUsedQuota = totals.2
-        summary.tallyUsedQuota = totals.3
         // The imported usage, rolled up now rather than at the next settler's roll-up.
         try target.query(Settler.rollUpShards, [Settler.defaultShards, true])
-        if summary.changed { try recordAudit(summary) }
     }
 
-    private func recordAudit(_ summary: NewAPIImportSummary) throws {
-        let counts: [String: any CustomStringConvertible] = [
-            "users_created": summary.users.created, "users_updated": summary.users.updated,
-            "users_linked": summary.users.linked, "users_renamed": summary.users.renamed,
-            "users_removed": summary.users.removed, "access_tokens_replaced": summary.accessTokensReplaced,
-            "tokens_created": summary.tokens.created, "tokens_updated": summary.tokens.updated,
-            "tokens_removed": summary.tokens.removed, "channels_created": summary.channels.created,
-            "logs_imported": summary.logsImported, "charged_quota": summary.chargedQuota,
-            "balance_adjustments": summary.balanceAdjustments, "adjusted_quota": summary.adjustedQuota,
-        ]
+    /// The account changes of the run, in the accounts' transaction.
+    func recordAccountsAudit(_ summary: NewAPIImportSummary) throws {
+        try recordAudit(
+            "import.new-api.accounts",
+            [
+                "groups_created": summary.groupsCreated, "users_created": summary.users.created,
+                "users_updated": summary.users.updated, "users_linked": summary.users.linked,
+                "users_renamed": summary.users.renamed, "users_removed": summary.users.removed,
+                "access_tokens_replaced": summary.accessTokensReplaced, "tokens_created": summary.tokens.created,
+                "tokens_updated": summary.tokens.updated, "tokens_linked": summary.tokens.linked,
+                "tokens_removed": summary.tokens.removed, "channels_created": summary.channels.created,
+                "channels_updated": summary.channels.updated, "channels_removed": summary.channels.removed,
+                "redemptions_created": summary.redemptions.created,
+            ])
+    }
+
+    /// One `audit_log` row of this run (its tid, actor cli) on the target's open transaction.
+    private func recordAudit(_ action: String, _ counts: [String: any CustomStringConvertible]) throws {
         try AuditLog.recordChange(
-            on: target, actor: Actor(userID: nil, name: "cli", tid: tid), action: "import.new-api",
+            on: target, actor: Actor(userID: nil, name: "cli", tid: tid), action: action,
             target: "source:\(options.source)", before: nil, after: counts)
     }
 }
