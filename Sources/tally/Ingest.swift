@@ -193,7 +193,10 @@ struct Audit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check the money invariants over the whole database; exit 1 listing any account that breaks them.",
         discussion: """
-            balance = sum of ledger rows; used_quota = ledger charges = quota of logged requests (usage rollups);             request_count = logged requests; the same per token; rollups = request rows for every month still kept.             With --month: that month's ledger charges = its usage rollups (what every export and statement sums)             = its request rows, while kept.
+            balance = sum of ledger rows; used_quota = ledger charges = quota of logged requests (usage \
+            rollups); request_count = logged requests; the same per token; rollups = request rows for every \
+            month still kept. With --month: that month's ledger charges = its usage rollups (what every \
+            export and statement sums) = its request rows, while kept.
             """)
 
     @OptionGroup var database: DatabaseOptions
