@@ -56,11 +56,12 @@ struct Logs: AsyncParsableCommand {
                 buffer += line
                 buffer += "\n"
                 if buffer.utf8.count >= 1 << 20 {
-                    output.write(buffer)
+                    output.handle.write(Data(buffer.utf8))
                     buffer.removeAll(keepingCapacity: true)
                 }
             }
-            output.write(buffer)
+            output.handle.write(Data(buffer.utf8))
+            try output.commit()
             if let out, out != "-" {
                 // Standard output is free: say what was written, and for when.
                 let format = ISO8601DateFormatter()
@@ -102,23 +103,4 @@ struct Logs: AsyncParsableCommand {
             await pool.close()
         }
     }
-}
-
-/// Standard output or a file, written with plain `FileHandle` writes.
-struct OutputFile {
-    let handle: FileHandle
-
-    init(path: String?) throws {
-        guard let path, path != "-" else {
-            handle = FileHandle.standardOutput
-            return
-        }
-        // open(2), not FileManager.createFile: that writes a new file and renames it over the
-        // path, which would replace a device such as /dev/null with a regular file.
-        let descriptor = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard descriptor >= 0 else { throw ValidationError("cannot write \(path)") }
-        handle = FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
-    }
-
-    func write(_ text: String) { handle.write(Data(text.utf8)) }
 }

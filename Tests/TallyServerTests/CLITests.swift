@@ -123,6 +123,33 @@ struct CLITests {
         try? FileManager.default.removeItem(atPath: generated)
     }
 
+    @Test("tally logs gen --out replaces the file only once complete: killed midway, the earlier file stays whole")
+    func generatedFileWholeOrNot() async throws {
+        let file = NSTemporaryDirectory() + "tally-gen-\(getpid()).ndjson"
+        try "earlier\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let generating = Process()
+        generating.executableURL = TallyBinary.url
+        generating.arguments = ["logs", "gen", "--lines", "50000000", "--out", file]
+        generating.standardOutput = FileHandle.nullDevice
+        try generating.run()
+        // Until its staging file has grown: the run is well under way.
+        let started = Date()
+        while (try? FileManager.default.attributesOfItem(atPath: file + ".partial")[.size] as? Int) ?? 0 < 1 << 20,
+            Date().timeIntervalSince(started) < 60
+        {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        kill(generating.processIdentifier, SIGKILL)
+        generating.waitUntilExit()
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == "earlier\n")
+        try? FileManager.default.removeItem(atPath: file + ".partial")
+
+        try TallyBinary.run(["logs", "gen", "--lines", "10", "--out", file], databaseURL: "")
+        #expect(try String(contentsOfFile: file, encoding: .utf8).split(separator: "\n").count == 10)
+        #expect(!FileManager.default.fileExists(atPath: file + ".partial"))
+        try? FileManager.default.removeItem(atPath: file)
+    }
+
     /// Found by a review: a top-up without --idempotency-key that failed without saying whether
     /// it committed (a lost connection) could only be retried by crediting again.
     @Test("tally admin topup without a key prints the one it made; a retry with it credits nothing")
