@@ -524,6 +524,38 @@ struct NewAPIImportTests {
         try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
+    /// Found by a review: an account whose first run needed no adjustment got its first one on a
+    /// later run as its "opening", backdated before its first ledger row — into months whose
+    /// statements had been issued, changing them after the fact.
+    @Test("an account's first adjustment on a later run, after the books have rows of it, is dated now")
+    func laterAdjustmentDatedNow() async throws {
+        let source = try await Self.newAPIDatabase("newapilateadjsrc")
+        try await source.pool.withConnection {
+            try $0.execute(
+                "INSERT INTO users (id, username, password, quota, created_at) VALUES (12, 'gina', 'x', 0, 1790000000)")
+        }
+        let tally = try await TestDatabase.create("newapilateadj")
+        _ = try Self.runImport(source, into: tally)
+        let gina = try await tally.scalar(
+            "SELECT tally_id FROM import_map WHERE kind = 'user' AND source_id = 12 AND source = 'new-api'")
+        #expect(try await tally.scalar("SELECT count(*) FROM ledger WHERE user_id = $1", [gina]) == 0)
+        try TallyBinary.run(
+            ["admin", "topup", "--user", "\(gina)", "--amount", "5000", "--idempotency-key", "gina-1"],
+            databaseURL: tally.url)
+        try await source.pool.withConnection { try $0.execute("UPDATE users SET quota = 70000 WHERE id = 12") }
+        _ = try Self.runImport(source, into: tally)
+        #expect(try await tally.scalar("SELECT quota FROM users WHERE id = $1", [gina]) == 70000)
+        let recent = "at > now() - interval '1 hour' AND idempotency_key NOT LIKE '%:opening'"
+        #expect(
+            try await tally.scalar(
+                "SELECT count(*) FROM ledger WHERE user_id = $1 AND kind = 'adjust' AND amount = 65000 AND \(recent)",
+                [gina]) == 1)
+        #expect(
+            try await tally.scalar(
+                "SELECT count(*) FROM ledger WHERE user_id = $1 AND at < now() - interval '1 hour'", [gina]) == 0)
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
+    }
+
     /// Found by a review: the run's audit row was written after its last transaction, outside
     /// them all, so a run that died midway left its committed account changes unrecorded.
     @Test("a run that fails after its accounts committed leaves their audit row; money's row commits with the money")

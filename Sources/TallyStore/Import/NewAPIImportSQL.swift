@@ -510,9 +510,11 @@ enum NewAPIImportSQL {
         SELECT tally_fold(ARRAY(SELECT m.tally_id FROM import_users s \(mapped("user"))), false)
         """
 
-    /// One adjustment per account whose balance differs from new-api's. The first is the
-    /// opening balance, dated before the account's first ledger row so that the statements of
-    /// imported months open with it; later ones (a re-run after new-api moved on) are dated now.
+    /// One adjustment per account whose balance differs from new-api's. While the account's only
+    /// ledger rows are this run's (its first import), it is the opening balance, dated before its
+    /// first ledger row so that the statements of imported months open with it; once the books hold
+    /// a row of it from before (an earlier run's charges or opening, a top-up in Tally) it is dated
+    /// now, so that no statement already issued changes.
     static let adjustBalances = """
         INSERT INTO ledger (at, user_id, kind, amount, reason, idempotency_key, tid, balance_after)
         SELECT CASE WHEN o.opened THEN now()
@@ -522,7 +524,7 @@ enum NewAPIImportSQL {
                $2, s.quota
         FROM import_users s \(mapped("user")) JOIN users u ON u.id = m.tally_id
         CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM ledger l
-                            WHERE l.idempotency_key = 'import:' || $1::text || ':user:' || u.id || ':opening') AS opened) o
+                            WHERE l.user_id = u.id AND l.tid IS DISTINCT FROM $2::text) AS opened) o
         WHERE u.quota <> s.quota
         ORDER BY u.id
         RETURNING amount
