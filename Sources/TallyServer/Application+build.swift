@@ -46,6 +46,10 @@ extension TallyServices {
 /// server takes requests it migrates the database, loads the prices, registers the instance's
 /// leases and waits for the change listener to listen; the background services wait for that
 /// (``StartupGate``).
+/// A stop (SIGTERM, SIGINT) that came while start-up still waited for the change listener: the
+/// server never served, and nothing failed.
+public struct StoppedDuringStartup: Error {}
+
 public func buildApplication(_ configuration: TallyConfiguration) async throws -> some ApplicationProtocol {
     var logger = Logger(label: "tally")
     logger.logLevel = configuration.logLevel
@@ -79,7 +83,7 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
         try await services.droppedLogMonths.refresh()
         try await services.holdBook.start()
         await cancelWhenGracefulShutdown { await listening.wait() }
-        guard listening.isOpen else { throw CancellationError() }
+        guard listening.isOpen else { throw StoppedDuringStartup() }
         started.open()
     }
     app.addServices(PoolService(pool: pool))

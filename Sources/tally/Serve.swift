@@ -211,7 +211,12 @@ struct Serve: AsyncParsableCommand {
         // large export keeps its connection busy) is cut short, and the leases still go back
         // (LeaseService, bounded at 10 s) before the unit would be killed.
         group.maximumGracefulShutdownDuration = Self.shutdownDeadline
-        try await ServiceGroup(configuration: group).run()
+        do {
+            try await ServiceGroup(configuration: group).run()
+        } catch is StoppedDuringStartup {
+            // Asked to stop, and stopped: exit 0, as a stop after start-up does.
+            app.logger.info("stopped before start-up had finished")
+        }
     }
 
     /// How long a graceful shutdown (SIGTERM, SIGINT) may take before what still runs is cancelled.
