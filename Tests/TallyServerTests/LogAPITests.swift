@@ -141,6 +141,34 @@ struct LogAPITests {
         }
     }
 
+    /// Found by a review: a rejected line was kept whole, so any admin could read, through this
+    /// route, the full API key of the user (root included) whose request the line logged.
+    @Test("a rejected line is kept with its API key masked: an admin reads sk-… and the last 6, never the key")
+    func rejectedLineKeyMasked() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (_, adminAccess) = try await seed.user("admin", role: .admin)
+        let (user, _) = try await seed.user()
+        let (_, key) = try await seed.key(user: user.id)
+        let requestID = UUID().uuidString
+        let line =
+            #"{"request_id":"\#(requestID)","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"no-such-model","usage":{"prompt_tokens":1},"meta":{"authorization":"Bearer \#(key)"}}"#
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            let batch = try await client.execute(
+                uri: "/gateway/v1/logs", method: .post, headers: [.authorization: "Bearer test-gateway-secret"],
+                body: ByteBuffer(string: line + "\n")
+            ) { $0.status }
+            #expect(batch == .ok)
+            let found = try await api.get("/api/admin/logs?request_id=\(requestID)", token: adminAccess)
+            let rejects = try #require(found.dataObject["rejects"] as? [[String: Any]])
+            let raw = try #require(rejects.first?["raw"] as? String)
+            #expect(!raw.contains(key.dropFirst(3).prefix(24)), "\(raw)")
+            #expect(raw.contains(#""key":"\#(Secrets.maskedKey(last6: Secrets.last6(key)))""#), "\(raw)")
+            #expect(raw.contains("Bearer \u{2026}\(Secrets.last6(key))"), "\(raw)")
+        }
+    }
+
     @Test("GET /api/admin/logs finds request rows, ingest rejects and audit entries by tid or request id")
     func adminLookup() async throws {
         let db = try await TestDatabase.shared("systemapi")

@@ -1,4 +1,5 @@
 import Foundation
+import TallyCore
 import TallyPostgres
 import TallyStore
 import TallyTestSupport
@@ -26,6 +27,34 @@ struct MigrationTests {
             }
         }
         #expect(recorded == all.map(\.version))
+    }
+
+    /// Found by a review: rejected lines were kept whole, API keys included, for any admin to read.
+    @Test("migration 0029 masks the API keys of rejected lines stored before it, as KeyRedaction masks new ones")
+    func rejectsMaskedByMigration() async throws {
+        let db = try await TestDatabase.create("rejectsmask", migrate: false)
+        try await Migrator(pool: db.pool).migrate(try Migration.bundled().filter { $0.version < 29 })
+        let key = Secrets.newAPIKey()
+        let lines = [
+            #"{"request_id":"r1","key":"\#(key)","model":"no-such-model"}"#,
+            #"{"key" : "\#(key.dropFirst(3))","meta":{"authorization":"Bearer \#(key)"},"note":"again \#(key)"}"#,
+            "not json, key=\(key)", #"{"key":"short"}"#,
+        ]
+        try await db.pool.withConnection { connection in
+            for (number, line) in lines.enumerated() {
+                try connection.query(
+                    "INSERT INTO ingest_rejects (batch_tid, line, code, message, raw) VALUES ('t', $1, 'c', 'm', $2)",
+                    [number, line])
+            }
+        }
+        try await Migrator(pool: db.pool).migrate()
+        let stored = try await db.pool.withConnection { connection in
+            try connection.query("SELECT raw FROM ingest_rejects ORDER BY line").map {
+                try $0.decode(0, as: String.self)
+            }
+        }
+        #expect(stored == lines.map { String(decoding: KeyRedaction.masked(Array($0.utf8)), as: UTF8.self) })
+        #expect(!stored.contains { $0.contains(key.dropFirst(3).prefix(20)) })
     }
 
     @Test("every table of the design exists")

@@ -145,7 +145,8 @@ public struct BatchReader {
         _ number: Int, _ bytes: UnsafeBufferPointer<UInt8>, requestID: String?,
         _ rejection: IngestRejection
     ) -> RejectedLine {
-        let raw = String(decoding: bytes.prefix(65_536), as: UTF8.self)
+        // Kept for admins to read: the keys in it masked first (a cut key would keep its head).
+        let raw = String(decoding: KeyRedaction.masked(bytes).prefix(65_536), as: UTF8.self)
         return RejectedLine(
             line: number, requestID: requestID.map(Ingestor.storable), code: rejection.code,
             message: Ingestor.storable(rejection.message), raw: Ingestor.storable(raw))
