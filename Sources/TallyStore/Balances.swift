@@ -163,7 +163,16 @@ public struct BalanceRepository: Sendable {
                 throw try Self.failure(hash: hash, on: connection)
             }
             let id = try claimed.decode(0, as: Int64.self), quota = try claimed.decode(1, as: Int64.self)
-            _ = try AccountRepository.lock(id: userID, on: connection)
+            let redeemer = try AccountRepository.lock(id: userID, on: connection)
+            // A code credits as its creator would: an admin's code only users of lower roles
+            // (else an admin credits itself, or a peer, by redeeming its own codes). The
+            // refusal rolls the claim back, so the code stays usable.
+            let creatorRole = try connection.query(
+                "SELECT u.role FROM redemptions r JOIN users u ON u.id = r.created_by WHERE r.id = $1", [id]
+            ).first?.decode(0, as: Role.self)
+            guard Role.canManage(actor: creatorRole, target: redeemer.role) else {
+                throw PermissionDenied(reason: "a code made by an admin credits only users of lower roles")
+            }
             let balance = try connection.query(Self.credit, [userID, quota])[0].decode(0, as: Int64.self)
             try connection.query(
                 """

@@ -252,6 +252,41 @@ struct AdminAPITests {
         }
     }
 
+    /// Found by a review: an admin, who may not credit itself or a peer by top-up, could by
+    /// making a code and redeeming it.
+    @Test("an admin's code credits only users of lower roles; refused, it stays usable")
+    func adminCodeNotForAdmins() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (admin, adminAccess) = try await seed.user("admin", role: .admin)
+        let (peer, peerAccess) = try await seed.user("admin", role: .admin)
+        let (user, userAccess) = try await seed.user("redeemer")
+        let (root, rootAccess) = try await seed.user("root", role: .root)
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            func code(_ access: String) async throws -> String {
+                let created = try await api.post(
+                    "/api/redemption/", token: access, #"{"name":"own","count":1,"quota":1000}"#)
+                return try #require((created.data as? [String])?.first)
+            }
+            let adminCode = try await code(adminAccess)
+            for access in [adminAccess, peerAccess] {
+                let refused = try await api.post("/api/user/topup", token: access, #"{"key":"\#(adminCode)"}"#)
+                #expect(refused.status == 403)
+                #expect(refused.errorCode == "insufficient_permissions")
+            }
+            #expect(try await api.post("/api/user/topup", token: userAccess, #"{"key":"\#(adminCode)"}"#).status == 200)
+            // Root credits anyone, itself included.
+            let rootCode = try await code(rootAccess)
+            #expect(try await api.post("/api/user/topup", token: rootAccess, #"{"key":"\#(rootCode)"}"#).status == 200)
+        }
+        let ledger = "SELECT count(*) FROM ledger WHERE kind = 'redeem' AND user_id = $1"
+        #expect(try await seed.int(ledger, [admin.id]) == 0)
+        #expect(try await seed.int(ledger, [peer.id]) == 0)
+        #expect(try await seed.int(ledger, [user.id]) == 1)
+        #expect(try await seed.int(ledger, [root.id]) == 1)
+    }
+
     @Test("users: list, create with an access token, update with a ledger adjustment, manage; audited")
     func userAdministration() async throws {
         let db = try await TestDatabase.shared("systemapi")
