@@ -198,6 +198,7 @@ public struct AccountRepository: Sendable {
                     case .override: value - before.quota
                     }
                 var updated = before
+                try Self.checkCredit(delta, to: before)
                 if delta != 0 {
                     updated = try Self.adjust(
                         id: id, by: delta, reason: "add_quota \(mode.rawValue) \(value) by \(actor.name)",
@@ -265,6 +266,16 @@ public struct AccountRepository: Sendable {
             throw StoreError.notFound("user \(id) not found")
         }
         return try PostgresUserRepository.decode(row)
+    }
+
+    /// Refuses a credit of `amount` that would take `user`'s (locked) balance past
+    /// `QuotaLimits.maximum`: each credit is bounded, and without this a few thousand maximal ones
+    /// overflowed the column, answered as an internal error.
+    static func checkCredit(_ amount: Int64, to user: User) throws {
+        guard amount <= 0 || user.quota <= QuotaLimits.maximum - amount else {
+            throw StoreError.invalid(
+                "the balance would exceed the maximum of \(QuotaLimits.maximum) units (it is \(user.quota))")
+        }
     }
 
     /// Changes a balance by `delta` and writes the `adjust` ledger row, on the caller's transaction.

@@ -88,6 +88,7 @@ public struct BalanceRepository: Sendable {
                     return replayed
                 }
             }
+            try AccountRepository.checkCredit(amount, to: before)
             let id = try connection.query(
                 """
                 INSERT INTO ledger (user_id, kind, amount, reason, idempotency_key, tid)
@@ -173,6 +174,7 @@ public struct BalanceRepository: Sendable {
             guard Role.canManage(actor: creatorRole, target: redeemer.role) else {
                 throw PermissionDenied(reason: "a code made by an admin credits only users of lower roles")
             }
+            try AccountRepository.checkCredit(quota, to: redeemer)
             let balance = try connection.query(Self.credit, [userID, quota])[0].decode(0, as: Int64.self)
             try connection.query(
                 """

@@ -287,6 +287,41 @@ struct AdminAPITests {
         #expect(try await seed.int(ledger, [root.id]) == 1)
     }
 
+    /// Found by a review: each credit was bounded but the balance was not, so a few thousand
+    /// maximal credits overflowed the column and answered 500 internal_error.
+    @Test("a credit that would take a balance past the maximum is refused with 400 by every route, and changes nothing")
+    func balanceBounded() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (_, rootAccess) = try await seed.user("root", role: .root)
+        let (user, userAccess) = try await seed.user("rich", quota: QuotaLimits.maximum - 10)
+        let ledger = "SELECT count(*) FROM ledger WHERE user_id = $1"
+        let ledgerRows = try await seed.int(ledger, [user.id])
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            let created = try await api.post(
+                "/api/redemption/", token: rootAccess, #"{"name":"big","count":1,"quota":11}"#)
+            let code = try #require((created.data as? [String])?.first)
+            for refused in [
+                try await api.post("/api/admin/topups", token: rootAccess, #"{"user_id":\#(user.id),"amount":11}"#),
+                try await api.post(
+                    "/api/user/manage", token: rootAccess,
+                    #"{"id":\#(user.id),"action":"add_quota","mode":"add","value":11}"#),
+                try await api.post("/api/user/topup", token: userAccess, #"{"key":"\#(code)"}"#),
+            ] {
+                #expect(refused.status == 400)
+                #expect(
+                    refused.errorMessage?.contains("would exceed the maximum") == true, "\(refused.errorMessage ?? "")")
+            }
+            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == QuotaLimits.maximum - 10)
+            #expect(try await seed.int(ledger, [user.id]) == ledgerRows)
+            let exact = try await api.post(
+                "/api/admin/topups", token: rootAccess, #"{"user_id":\#(user.id),"amount":10}"#)
+            #expect(exact.status == 200)
+            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == QuotaLimits.maximum)
+        }
+    }
+
     @Test("users: list, create with an access token, update with a ledger adjustment, manage; audited")
     func userAdministration() async throws {
         let db = try await TestDatabase.shared("systemapi")
