@@ -147,7 +147,7 @@ public struct TokenRepository: Sendable {
         let now = Int64(Date().timeIntervalSince1970)
         try TokenRules.checkName(draft.name)
         try TokenRules.checkExpiry(draft.expiredTime, now: now)
-        try TokenRules.checkQuota(draft.remainQuota)
+        try TokenRules.checkQuota(draft.remainQuota, unlimited: draft.unlimitedQuota)
         try TokenRules.checkGroupName(draft.group)
         draft.modelLimits = try TokenRules.normalizedModelLimits(draft.modelLimits)
         draft.allowIPs = try TokenRules.normalizedAllowIPs(draft.allowIPs)
@@ -261,7 +261,9 @@ public struct TokenRepository: Sendable {
         }
         if !statusOnly {
             if let name = changes.name { try TokenRules.checkName(name) }
-            if let quota = changes.remainQuota { try TokenRules.checkQuota(quota) }
+            if let quota = changes.remainQuota {
+                try TokenRules.checkQuota(quota, unlimited: changes.unlimitedQuota == true)
+            }
             if let group = changes.group { try TokenRules.checkGroupName(group) }
         }
         if !statusOnly {

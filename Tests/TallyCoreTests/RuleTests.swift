@@ -82,6 +82,9 @@ struct RuleTests {
         try TokenRules.checkQuota(0)
         try TokenRules.checkQuota(QuotaLimits.maximum)
         #expect(throws: RuleViolation("remain_quota cannot be negative, got -1")) { try TokenRules.checkQuota(-1) }
+        // An unlimited key's remain_quota only counts down (new-api's often hold a negative one).
+        try TokenRules.checkQuota(-123_456, unlimited: true)
+        #expect(throws: RuleViolation.self) { try TokenRules.checkQuota(-QuotaLimits.maximum - 1, unlimited: true) }
         #expect(
             throws: RuleViolation(
                 "quota exceeds the maximum of \(QuotaLimits.maximum) units, got \(QuotaLimits.maximum + 1)")

@@ -309,6 +309,15 @@ struct TokenAPITests {
             #expect(ok.status == 200)
             #expect(ok.dataObject["group"] as? String == open)
             #expect(try await api.get("/api/token/", token: access).dataObject["total"] as? Int == 1)
+            // An unlimited key as new-api lists it (its remain_quota counted down below 0) is
+            // saved back as it is, renamed: new-api checks the quota of limited keys only.
+            var listed = try #require(ok.dataObject as [String: Any]?)
+            listed["remain_quota"] = -123_456
+            listed["name"] = "renamed"
+            let body = String(decoding: try JSONSerialization.data(withJSONObject: listed), as: UTF8.self)
+            let saved = try await api.call(.put, "/api/token/", token: access, json: body)
+            #expect(saved.status == 200, "\(saved.errorMessage ?? "")")
+            #expect(saved.dataObject["name"] as? String == "renamed")
         }
     }
 }

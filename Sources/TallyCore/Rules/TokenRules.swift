@@ -27,8 +27,15 @@ public enum TokenRules {
         }
     }
 
-    public static func checkQuota(_ quota: Int64, field: String = "remain_quota") throws(RuleViolation) {
-        guard quota >= 0 else { throw RuleViolation("\(field) cannot be negative, got \(quota)") }
+    /// A quota within 0…`QuotaLimits.maximum`; on an `unlimited` key, whose `remain_quota` only
+    /// counts down and is never checked, also a negative one (new-api checks limited keys only,
+    /// and its unlimited keys, imported as they are, often hold one).
+    public static func checkQuota(_ quota: Int64, field: String = "remain_quota", unlimited: Bool = false)
+        throws(RuleViolation)
+    {
+        guard quota >= 0 || (unlimited && quota >= -QuotaLimits.maximum) else {
+            throw RuleViolation("\(field) cannot be negative, got \(quota)")
+        }
         guard quota <= QuotaLimits.maximum else {
             throw RuleViolation("\(field) exceeds the maximum of \(QuotaLimits.maximum) units, got \(quota)")
         }
