@@ -237,13 +237,18 @@ public struct AccountRepository: Sendable {
         let token = Secrets.newAccessToken()
         let hash = SecretHash(of: token)
         try await pool.transaction { connection in
+            // The old hash read under the row's lock, in its own statement: a self-join in the
+            // UPDATE read it from the statement's snapshot, so of two rotations at once the second
+            // replaced the lookup row of the token the first had already replaced, and the
+            // first's new token kept its lookup row for good.
             let rows = try connection.query(
-                """
-                UPDATE users u SET access_token_hash = $2, access_token_last6 = $3, updated_at = now()
-                FROM users old WHERE u.id = $1 AND old.id = u.id RETURNING encode(old.access_token_hash, 'hex')
-                """, [id, hash, Secrets.last6(token)])
+                "SELECT encode(access_token_hash, 'hex') FROM users WHERE id = $1 FOR UPDATE", [id])
             guard let row = rows.first else { throw StoreError.notFound("user \(id) not found") }
             let old = try row.decodeOptional(0, as: String.self).flatMap(SecretHash.init(hex:))
+            try connection.query(
+                """
+                UPDATE users SET access_token_hash = $2, access_token_last6 = $3, updated_at = now() WHERE id = $1
+                """, [id, hash, Secrets.last6(token)])
             try AccountLookup.setAccessToken(hash, userID: id, replacing: old, on: connection)
             try AuditLog.recordChange(
                 on: connection, actor: actor, action: "user.access_token", target: "user:\(id)",

@@ -68,6 +68,23 @@ struct AccountLookupTests {
         }
     }
 
+    /// Found by a review: the rotation read the old hash from its statement's snapshot, so the
+    /// second of two concurrent rotations removed a lookup row already gone and left the first's.
+    @Test("concurrent rotations of one access token leave exactly the last token in the lookup")
+    func concurrentRotations() async throws {
+        let db = try await TestDatabase.create("lookuprotate")
+        let accounts = AccountRepository(pool: db.pool)
+        let user = try await accounts.create(NewUser(username: "rotating"), actorRole: nil, by: .cli).user
+        for _ in 0..<5 {
+            try await withThrowingTaskGroup(of: String.self) { group in
+                for _ in 0..<6 { group.addTask { try await accounts.rotateAccessToken(id: user.id, by: .cli) } }
+                try await group.waitForAll()
+            }
+        }
+        #expect(try await Self.lookupMismatches(db) == 0)
+        #expect(try await db.scalar("SELECT count(*) FROM account_lookup WHERE kind = 'access_token'") == 1)
+    }
+
     @Test("a change to a key, user, group or channel is announced on tally_changes by the code that makes it")
     func changeNotices() async throws {
         let db = try await TestDatabase.create("notices")
