@@ -23,8 +23,13 @@ public struct HTTPClient: Sendable {
         public var connectTimeout: Duration
         /// Time allowed for the whole transfer, connection included.
         public var timeout: Duration
-        /// A longer response body fails with `HTTPClientError.Kind.responseTooLarge`.
+        /// A longer response body fails with `HTTPClientError.Kind.responseTooLarge`, unless
+        /// `cutsLongBody`.
         public var maxResponseBytes: Int
+        /// A body past `maxResponseBytes` ends the transfer there and the response is answered
+        /// with its body cut, as is one whose status came before the timeout: for a caller that
+        /// reads only the status (a webhook receiver answering 200 with a long page has the event).
+        public var cutsLongBody = false
         /// Follow up to 5 redirects (to http or https only).
         public var followRedirects: Bool
 
@@ -148,14 +153,17 @@ private final class Transfer {
             let setup = configure(handle, request, headers: headers, errorBuffer: errorBuffer, context: context)
             return setup == CURLE_OK ? curl_easy_perform(handle) : setup
         }
-        guard code == CURLE_OK else {
+        var status = 0
+        _ = tally_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        let cut =
+            request.cutsLongBody && status != 0
+            && ((code == CURLE_WRITE_ERROR && transfer.exceeded) || code == CURLE_OPERATION_TIMEDOUT)
+        guard code == CURLE_OK || cut else {
             if code == CURLE_ABORTED_BY_CALLBACK, cancelled.isCancelled { throw CancellationError() }
             throw error(
                 code, label: label, detail: String(cString: errorBuffer), exceeded: transfer.exceeded,
                 limit: request.maxResponseBytes)
         }
-        var status = 0
-        _ = tally_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
         return HTTPClient.Response(status: status, body: transfer.body)
     }
 
@@ -175,7 +183,12 @@ private final class Transfer {
                 { tally_curl_setopt_string(handle, CURLOPT_ACCEPT_ENCODING, "") },  // any encoding libcurl decodes
                 { tally_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, milliseconds(request.connectTimeout)) },
                 { tally_curl_setopt_long(handle, CURLOPT_TIMEOUT_MS, milliseconds(request.timeout)) },
-                { tally_curl_setopt_long(handle, CURLOPT_MAXFILESIZE, request.maxResponseBytes) },
+                // Refuses a declared length past the cap before the body: the status is read then,
+                // but a cut body is cut by the write callback instead.
+                {
+                    request.cutsLongBody
+                        ? CURLE_OK : tally_curl_setopt_long(handle, CURLOPT_MAXFILESIZE, request.maxResponseBytes)
+                },
                 { tally_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, headers) },
                 { tally_curl_setopt_write_callback(handle, writeBody) },
                 { tally_curl_setopt_pointer(handle, CURLOPT_WRITEDATA, context) },

@@ -69,6 +69,25 @@ struct HTTPClientTests {
         }
     }
 
+    /// Found by a review: a webhook receiver answering 200 with a page past 64 KiB was counted a
+    /// failure, so the event went to it again, 20 times, and was dead-lettered.
+    @Test("with cutsLongBody a long body is cut and its status answered; with no status it is still an error")
+    func cutLongBody() async throws {
+        try await WebhookReceiver().run { port in
+            for path in ["big", "big-chunked"] {
+                var request = HTTPClient.Request(url: "http://127.0.0.1:\(port)/\(path)", maxResponseBytes: 64 << 10)
+                request.cutsLongBody = true
+                let response = try await client.send(request)
+                #expect(response.status == 200, "\(path)")
+                #expect(response.body.count <= 64 << 10, "\(path)")
+            }
+            var slow = HTTPClient.Request(url: "http://127.0.0.1:\(port)/slow", timeout: .milliseconds(300))
+            slow.cutsLongBody = true
+            let error = await #expect(throws: HTTPClientError.self) { try await client.send(slow) }
+            #expect(error?.kind == .timedOut)
+        }
+    }
+
     @Test("other schemes, malformed URLs and header injection are refused before sending")
     func invalidRequests() async throws {
         for url in ["ftp://127.0.0.1/x", "file:///etc/passwd", "not a url"] {

@@ -105,6 +105,25 @@ struct WebhookDispatchTests {
         }
     }
 
+    /// Found by a review: a 2xx whose page ran past the 64 KiB read was counted a failure, so the
+    /// event was sent again on every attempt and finally dead-lettered.
+    @Test("a 2xx with a long page is delivered at the first attempt")
+    func longAnswerDelivered() async throws {
+        let receiver = WebhookReceiver()
+        try await receiver.run { port in
+            let (db, webhooks, userID) = try await Self.setUp("whlong", port: port)
+            try await db.pool.withConnection { try $0.execute("DELETE FROM webhook_endpoints") }
+            _ = try await webhooks.add(
+                url: "http://127.0.0.1:\(port)/hook-long", secret: WebhookSecret(Self.secret), events: [], by: .cli)
+            try await Self.suspend(db, userID)
+            #expect(try await Self.dispatcher(db).runOnce() == 1)
+            #expect(receiver.received.count == 1)
+            let rows = try await Self.outbox(db)
+            #expect(rows.map(\.status) == ["delivered"])
+            #expect(rows.first?.lastStatus == 200)
+        }
+    }
+
     @Test("a failed delivery is retried after its backoff and delivered with the same event id")
     func retry() async throws {
         let receiver = WebhookReceiver()

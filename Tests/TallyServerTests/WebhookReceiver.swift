@@ -57,19 +57,30 @@ final class WebhookReceiver: Sendable {
         return received
     }
 
+    /// Keeps a webhook POST; true when it is to be answered as failed.
+    private func record(_ request: Request) async throws -> Bool {
+        let body = try await request.body.collect(upTo: 1 << 20)
+        var headers: [String: String] = [:]
+        for field in request.headers { headers[field.name.canonicalName] = field.value }
+        return state.withLock { state -> Bool in
+            state.received.append(Received(headers: headers, body: Array(buffer: body)))
+            guard state.failuresLeft > 0 else { return false }
+            state.failuresLeft -= 1
+            return true
+        }
+    }
+
     private func router() -> Router<BasicRequestContext> {
         let router = Router()
         router.post("/hook") { request, _ -> Response in
-            let body = try await request.body.collect(upTo: 1 << 20)
-            var headers: [String: String] = [:]
-            for field in request.headers { headers[field.name.canonicalName] = field.value }
-            let fail = self.state.withLock { state -> Bool in
-                state.received.append(Received(headers: headers, body: Array(buffer: body)))
-                guard state.failuresLeft > 0 else { return false }
-                state.failuresLeft -= 1
-                return true
-            }
-            return Response(status: fail ? .serviceUnavailable : .noContent)
+            Response(status: try await self.record(request) ? .serviceUnavailable : .noContent)
+        }
+        // A receiver that answers 200 with a page far longer than a webhook's answer may be.
+        router.post("/hook-long") { request, _ -> Response in
+            let failed = try await self.record(request)
+            return Response(
+                status: failed ? .serviceUnavailable : .ok,
+                body: ResponseBody(byteBuffer: ByteBuffer(repeating: UInt8(ascii: "z"), count: 256 << 10)))
         }
         router.post("/echo") { request, _ -> Response in
             let body = try await request.body.collect(upTo: 1 << 20)

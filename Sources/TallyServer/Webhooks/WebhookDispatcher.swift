@@ -120,7 +120,7 @@ public struct WebhookDispatcher: Service {
     func deliver(_ delivery: WebhookDelivery) async {
         let body = Array(delivery.body.utf8)
         let timestamp = String(Int64(Date().timeIntervalSince1970))
-        let request = HTTPClient.Request(
+        var request = HTTPClient.Request(
             method: .post, url: delivery.url,
             headers: [
                 ("Content-Type", "application/json"),
@@ -136,6 +136,8 @@ public struct WebhookDispatcher: Service {
             ],
             body: body, connectTimeout: configuration.connectTimeout, timeout: configuration.timeout,
             maxResponseBytes: 64 << 10)
+        // Its status is the receiver's answer; a long or slow page after a 2xx still delivered it.
+        request.cutsLongBody = true
         let outcome: (status: Int?, error: String?)
         do {
             let response = try await client.send(request)
