@@ -13,7 +13,8 @@ public struct AuditViolation: Sendable, Equatable, CustomStringConvertible {
 /// Checks the money invariants of DESIGN §2 over the whole database:
 /// balance = sum of the user's ledger rows; used_quota = its charges = the quota of its
 /// requests in the usage rollups; request_count = its requests there; the same for every token;
-/// for every month whose request rows are kept, the rollups = the request rows; and what users
+/// per month, its ledger charges = its rollups, and while its request rows are kept, the
+/// rollups = the request rows; and what users
 /// and tokens have `reserved` equals the open holds reserving from them plus the instances'
 /// leases of them (DESIGN §5, docs/enforcement.md).
 ///
@@ -65,7 +66,10 @@ public struct Auditor: Sendable {
                     .count > 0
                 queries = [(Self.month, [month.firstDay, month.adding(months: 1).firstDay, kept, month.description])]
             } else {
-                queries = [(Self.users, []), (Self.tokens, []), (Self.keptMonths, []), (Self.reservations, [])]
+                queries = [
+                    (Self.users, []), (Self.tokens, []), (Self.chargedMonths, []), (Self.keptMonths, []),
+                    (Self.reservations, []),
+                ]
             }
             return try queries.flatMap { query, parameters in
                 try connection.query(query, parameters).map { row in
@@ -145,6 +149,24 @@ public struct Auditor: Sendable {
              LEFT JOIN token_leased l ON l.token_id = t.id
         WHERE t.reserved <> coalesce(h.amount, 0) + coalesce(l.amount, 0)
         ORDER BY 1
+        """)
+
+    /// The ledger's charges against the rollups, per user and month, for every month: what
+    /// `--month` checks for one, so that a charge booked in the wrong month (its total right)
+    /// cannot pass the whole audit and show only in that month's statement and exports.
+    static let chargedMonths = PreparedStatement(
+        "audit_charged_months",
+        """
+        WITH charges AS (
+            SELECT user_id, month, -sum(amount) AS quota FROM ledger WHERE kind = 'charge' GROUP BY 1, 2
+        ), rollups AS (
+            SELECT user_id, date_trunc('month', day)::date AS month, sum(quota) AS quota FROM usage_rollups GROUP BY 1, 2
+        )
+        SELECT user_id, coalesce(u.username, ''), format('%s: ledger charges %s but usage rollups (exports) sum to %s',
+               to_char(month, 'YYYY-MM'), coalesce(c.quota, 0), coalesce(r.quota, 0))
+        FROM charges c FULL JOIN rollups r USING (user_id, month) LEFT JOIN users u ON u.id = user_id
+        WHERE coalesce(c.quota, 0) <> coalesce(r.quota, 0)
+        ORDER BY user_id, month
         """)
 
     /// The rollups against the request rows, per user and month, for the months still kept.

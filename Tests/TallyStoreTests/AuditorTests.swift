@@ -31,4 +31,25 @@ struct AuditorTests {
         #expect(problems.count == 2, "\(problems)")
         #expect(problems.allSatisfy { $0.contains("ledger charges sum to") }, "\(problems)")
     }
+
+    /// Found by a review: the whole audit compared lifetime totals only, so a charge in the wrong
+    /// month (its amount right) showed only in `--month` and in that month's statement.
+    @Test("a ledger charge booked in the wrong month is found by the whole audit")
+    func chargeInAnotherMonth() async throws {
+        let db = try await TestDatabase.create("audit-months")
+        try await db.prepareBilling(users: 1)
+        let account = try await db.syntheticAccount(1)
+        let lines = [IngestRaceTests.line("audit-month", userID: account.user, tokenID: account.token, quota: 3750)]
+        _ = try await PostgresIngestRepository(pool: db.pool).store(
+            lines, rejects: [], totalLines: 1, tid: TraceID.generate(), source: "test")
+        try await db.fold()
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+        try await db.pool.withConnection {
+            try $0.execute(
+                "UPDATE ledger SET usage_month = (month - interval '1 month')::date WHERE kind = 'charge'")
+        }
+        let problems = try await Auditor(pool: db.pool).run().map(\.problem)
+        #expect(problems.count == 2, "\(problems)")
+        #expect(problems.allSatisfy { $0.contains("ledger charges") && $0.contains("usage rollups (exports)") })
+    }
 }
