@@ -8,6 +8,7 @@ import TallyStore
 /// What the export routes share: reading an export's parameters, and streaming its rows.
 struct ExportStreamer: Sendable {
     let exporter: UsageExporter
+    let slots: ExportSlots
 
     /// Reads month, by, format, tz and raw; every mistake is a 400 before anything runs.
     static func parse(
@@ -51,10 +52,14 @@ struct ExportStreamer: Sendable {
     /// produced its first chunk (or ended), so errors found before any output — a month whose
     /// request rows are gone, an unknown time zone — still get their status and envelope.
     func stream(_ export: UsageExport, _ context: TallyRequestContext) async throws -> Response {
+        let caller = try context.requireUser().id
+        try await slots.acquire(caller: caller)
         context.logger.info("export", metadata: ["export": "\(export.fileName)"])
         let pipe = ChunkPipe()
-        let exporter = exporter
+        let exporter = exporter, slots = slots
+        // The slot is the export's connection: it goes back when the export ends, however.
         Task {
+            defer { slots.release(caller: caller) }
             do {
                 try await exporter.export(export) { try pipe.send($0) }
                 pipe.finish(.success(()))
