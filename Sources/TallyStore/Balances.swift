@@ -254,19 +254,45 @@ public struct BalanceRepository: Sendable {
         try await pool.withConnection { connection in
             let total = try connection.query("SELECT count(*) FROM redemptions")[0].decode(0, as: Int.self)
             let rows = try connection.query(
-                """
-                SELECT id, created_by, code_last6, status, name, quota, \(SQL.unix("created_at")),
-                       coalesce(\(SQL.unix("redeemed_at")), 0), coalesce(used_user_id, 0), coalesce(\(SQL.unix("expires_at")), 0)
-                FROM redemptions ORDER BY id DESC LIMIT $1 OFFSET $2
-                """, [page.size, page.offset])
-            return Page(
-                items: try rows.map { row in
-                    Redemption(
-                        id: try row.decode(0), createdBy: try row.decodeOptional(1), codeLast6: try row.decode(2),
-                        status: try row.decode(3), name: try row.decode(4), quota: try row.decode(5),
-                        createdTime: try row.decode(6), redeemedTime: try row.decode(7), usedUserID: try row.decode(8),
-                        expiredTime: try row.decode(9))
-                }, total: total, request: page)
+                "SELECT \(Self.redemptionColumns) FROM redemptions ORDER BY id DESC LIMIT $1 OFFSET $2",
+                [page.size, page.offset])
+            return Page(items: try rows.map(Self.redemption), total: total, request: page)
         }
+    }
+
+    /// Disables an unused code (a leaked batch is stopped) or enables it again; a used code
+    /// cannot change. Audited as `redemption.disable` / `redemption.enable`.
+    public func setRedemptionStatus(id: Int64, enabled: Bool, by actor: Actor) async throws -> Redemption {
+        let status: RedemptionStatus = enabled ? .enabled : .disabled
+        return try await pool.transaction { connection in
+            guard
+                let before = try connection.query(
+                    "SELECT status FROM redemptions WHERE id = $1 FOR UPDATE", [id]
+                ).first?.decode(0, as: RedemptionStatus.self)
+            else { throw StoreError.notFound("redemption code \(id) not found") }
+            guard before != .used else {
+                throw StoreError.conflict("redemption code \(id) was used; it can no longer be enabled or disabled")
+            }
+            let row = try connection.query(
+                "UPDATE redemptions SET status = $2 WHERE id = $1 RETURNING \(Self.redemptionColumns)",
+                [id, status.rawValue])[0]
+            try AuditLog.recordChange(
+                on: connection, actor: actor, action: enabled ? "redemption.enable" : "redemption.disable",
+                target: "redemption:\(id)", before: ["status": before.rawValue], after: ["status": status.rawValue])
+            return try Self.redemption(row)
+        }
+    }
+
+    private static let redemptionColumns = """
+        id, created_by, code_last6, status, name, quota, \(SQL.unix("created_at")),
+        coalesce(\(SQL.unix("redeemed_at")), 0), coalesce(used_user_id, 0), coalesce(\(SQL.unix("expires_at")), 0)
+        """
+
+    private static func redemption(_ row: PostgresRow) throws -> Redemption {
+        Redemption(
+            id: try row.decode(0), createdBy: try row.decodeOptional(1), codeLast6: try row.decode(2),
+            status: try row.decode(3), name: try row.decode(4), quota: try row.decode(5),
+            createdTime: try row.decode(6), redeemedTime: try row.decode(7), usedUserID: try row.decode(8),
+            expiredTime: try row.decode(9))
     }
 }

@@ -335,7 +335,34 @@ struct GroupCommand: AsyncParsableCommand {
 struct RedemptionCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "redemption", abstract: "Redemption codes (single use, shown once, stored hashed).",
-        subcommands: [Create.self])
+        subcommands: [Create.self, Disable.self, EnableCode.self])
+
+    struct Disable: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Disable an unused code (a leaked batch: one run per id); it can be enabled again.")
+
+        @OptionGroup var database: DatabaseOptions
+        @Option(help: "The code's id (the admin list shows it).") var id: Int64
+
+        func run() async throws { try await RedemptionCommand.setStatus(database, id: id, enabled: false) }
+    }
+
+    struct EnableCode: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "enable", abstract: "Enable a disabled code again.")
+
+        @OptionGroup var database: DatabaseOptions
+        @Option(help: "The code's id.") var id: Int64
+
+        func run() async throws { try await RedemptionCommand.setStatus(database, id: id, enabled: true) }
+    }
+
+    static func setStatus(_ database: DatabaseOptions, id: Int64, enabled: Bool) async throws {
+        try await withAdminPool(database) { pool in
+            let code = try await BalanceRepository(pool: pool).setRedemptionStatus(id: id, enabled: enabled, by: .cli)
+            print("redemption code \(code.id) (…\(code.codeLast6)) \(enabled ? "enabled" : "disabled")")
+        }
+    }
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create codes and print them.")

@@ -287,6 +287,43 @@ struct AdminAPITests {
         #expect(try await seed.int(ledger, [root.id]) == 1)
     }
 
+    /// Found by a review: nothing could stop a leaked batch of codes short of raw SQL.
+    @Test("an unused code is disabled (refused when redeemed) and enabled again; a used one cannot change; audited")
+    func disableCode() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (_, adminAccess) = try await seed.user("admin", role: .admin)
+        let (_, userAccess) = try await seed.user("redeemer")
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            let created = try await api.post(
+                "/api/redemption/", token: adminAccess, #"{"name":"leaked","count":1,"quota":700}"#)
+            let code = try #require((created.data as? [String])?.first)
+            let id = try await seed.int("SELECT max(id) FROM redemptions")
+            func setStatus(_ status: Int, query: String = "?status_only=true") async throws -> Answer {
+                try await api.call(
+                    .put, "/api/redemption/\(query)", token: adminAccess, json: #"{"id":\#(id),"status":\#(status)}"#)
+            }
+            let disabled = try await setStatus(2)
+            #expect(disabled.status == 200)
+            #expect(disabled.dataObject["status"] as? Int == 2)
+            #expect(disabled.dataObject["key"] as? String == "\u{2026}" + code.suffix(6))
+            #expect(try await api.post("/api/user/topup", token: userAccess, #"{"key":"\#(code)"}"#).status == 400)
+            #expect(try await setStatus(1).status == 200)
+            #expect(try await api.post("/api/user/topup", token: userAccess, #"{"key":"\#(code)"}"#).status == 200)
+            #expect(try await setStatus(2).status == 409)
+            #expect(try await setStatus(3).status == 400)
+            #expect(try await setStatus(2, query: "").status == 400)
+            let unknown = try await api.call(
+                .put, "/api/redemption/?status_only=true", token: adminAccess, json: #"{"id":987654321,"status":2}"#)
+            #expect(unknown.status == 404)
+        }
+        #expect(
+            try await seed.int(
+                "SELECT count(*) FROM audit_log WHERE target = $1 AND action IN ('redemption.disable', 'redemption.enable')",
+                ["redemption:\(try await seed.int("SELECT max(id) FROM redemptions"))"]) == 2)
+    }
+
     /// Found by a review: each credit was bounded but the balance was not, so a few thousand
     /// maximal credits overflowed the column and answered 500 internal_error.
     @Test("a credit that would take a balance past the maximum is refused with 400 by every route, and changes nothing")

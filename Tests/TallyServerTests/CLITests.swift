@@ -169,6 +169,22 @@ struct CLITests {
         #expect(try await db.scalar("SELECT quota FROM users WHERE id = $1", [user.int64Value]) == 5000)
     }
 
+    @Test("tally admin redemption disable and enable change an unused code; a used or unknown one is refused")
+    func redemptionStatus() async throws {
+        let db = try await TestDatabase.create("cliredemption")
+        try TallyBinary.run(
+            ["admin", "redemption", "create", "--name", "batch", "--quota", "500"], databaseURL: db.url)
+        let id = try await db.scalar("SELECT max(id) FROM redemptions")
+        let disabled = try TallyBinary.run(["admin", "redemption", "disable", "--id", "\(id)"], databaseURL: db.url)
+        #expect(disabled.output.contains("disabled"))
+        #expect(try await db.scalar("SELECT status FROM redemptions WHERE id = $1", [id]) == 2)
+        try TallyBinary.run(["admin", "redemption", "enable", "--id", "\(id)"], databaseURL: db.url)
+        #expect(try await db.scalar("SELECT status FROM redemptions WHERE id = $1", [id]) == 1)
+        let unknown = try TallyBinary.run(
+            ["admin", "redemption", "disable", "--id", "\(id + 1)"], databaseURL: db.url, expecting: .failure)
+        #expect(unknown.errorOutput.contains("not found"))
+    }
+
     /// A `tally serve` setting that is wrong, and what the refusal must say.
     struct BadServeSetting: Sendable, CustomTestStringConvertible {
         var arguments: [String] = []
