@@ -116,7 +116,9 @@ public struct WebhookRepository: Sendable {
         }
     }
 
-    /// Removes an endpoint: its secret is erased and its undelivered events are dead-lettered.
+    /// Removes an endpoint: its secret is erased and its undelivered events are dead-lettered. A
+    /// delivery already on its way that then succeeds is recorded as delivered (`delivered`):
+    /// the receiver has it.
     public func remove(id: Int64, by actor: Actor) async throws {
         try await pool.transaction { connection in
             let removed = try connection.query(
@@ -268,7 +270,8 @@ public struct WebhookRepository: Sendable {
         "webhook_delivered",
         """
         UPDATE webhook_outbox SET status = 'delivered', delivered_at = now(), last_status = $3, last_error = NULL
-        WHERE id = $1 AND attempts = $2 AND status = 'pending'
+        WHERE id = $1 AND attempts = $2
+          AND (status = 'pending' OR (status = 'dead' AND last_error = 'endpoint removed'))
         """)
 
     static let failed = PreparedStatement(

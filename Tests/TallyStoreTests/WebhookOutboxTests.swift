@@ -230,6 +230,23 @@ struct WebhookOutboxTests {
                 [endpoints[0]]) == 10)
     }
 
+    /// Found by a review: the removal dead-lettered the delivery already on its way too, and its
+    /// success then matched nothing: the receiver had the event, the table said dead.
+    @Test("a delivery in flight when its endpoint is removed is recorded delivered once it succeeds")
+    func removedWhileDelivering() async throws {
+        let (db, webhooks) = try await Self.setUp("whinflight", quota: 1, endpoints: [[]])
+        let endpoint = try #require(try await webhooks.list().first?.id)
+        _ = try await db.pool.withConnection { connection in
+            try connection.query(
+                "INSERT INTO webhook_outbox (event_id, endpoint_id, type, payload) VALUES (gen_random_uuid(), $1, 'balance.low', '{}')",
+                [endpoint])
+        }
+        let delivery = try #require(try await webhooks.claimDue(limit: 1, lease: .seconds(30)).first)
+        try await webhooks.remove(id: endpoint, by: .cli)
+        #expect(try await webhooks.markDelivered(delivery, status: 200))
+        #expect(try await db.scalar("SELECT count(*) FROM webhook_outbox WHERE status = 'delivered'") == 1)
+    }
+
     @Test("the history purge deletes delivered and dead events past the window, oldest first, never pending ones")
     func historyPurge() async throws {
         let (db, webhooks) = try await Self.setUp("whhistory", quota: 1)
