@@ -173,3 +173,33 @@ struct UsageInLineTests {
         }
     }
 }
+
+/// Found by a review of ingest: usage that a model's prices cannot measure, or whose parts pass
+/// their totals, was charged 0 (or its rest 0) unseen.
+@Suite("Usage against what it is charged by")
+struct UsageMeasureTests {
+    static let sheet = Fixtures.designSheet
+
+    @Test("a media-only model measures a request only with its unit; token and per-call models always")
+    func measures() throws {
+        func prices(_ model: String) throws -> PriceFields { try #require(Self.sheet.models[model]).prices }
+        #expect(try !prices("dall-e-3").measures(Usage()))
+        #expect(try prices("dall-e-3").measures(Usage(images: 1)))
+        #expect(try !prices("veo-3").measures(Usage(promptTokens: 10)))
+        #expect(try prices("veo-3").measures(Usage(videoSeconds: ExactDecimal("8"))))
+        #expect(try prices("gpt-4o").measures(Usage()))
+        #expect(try prices("suno-v4").measures(Usage()))
+    }
+
+    @Test("cached, cache-write and audio parts may not pass their totals")
+    func partsWithinTotals() {
+        #expect(Usage(promptTokens: 100, cachedTokens: 60, cacheWriteTokens: 40).partsExceedingTotals == nil)
+        #expect(
+            Usage(promptTokens: 100, cachedTokens: 5000).partsExceedingTotals?.contains("prompt_tokens (100)") == true)
+        #expect(Usage(promptTokens: 10, audioInputTokens: 11).partsExceedingTotals != nil)
+        #expect(
+            Usage(completionTokens: 5, audioOutputTokens: 6).partsExceedingTotals?.contains("completion_tokens") == true
+        )
+        #expect(Usage(promptTokens: .max, cachedTokens: .max, cacheWriteTokens: .max).partsExceedingTotals != nil)
+    }
+}

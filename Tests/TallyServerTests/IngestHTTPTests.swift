@@ -144,10 +144,14 @@ struct IngestHTTPTests {
             #"{"request_id":"mixed-9","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o","usage":{"prompt_tokens":200000000}}"#,
             #"{"request_id":"mixed-10","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o","status":429,"error":"provider_rate_limited","usage":null}"#,
             LogLines.chat("mixed-11", user: 6),
+            // Found by a review: an image model's success without an image count cost 0, and cached
+            // tokens beyond the prompt (Anthropic's count) made the prompt's rest free.
+            #"{"request_id":"mixed-12","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"dall-e-3","usage":{}}"#,
+            #"{"request_id":"mixed-13","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"claude-sonnet-4","usage":{"prompt_tokens":100,"cached_tokens":5000}}"#,
         ]
         let expected = [
             2: "invalid_json", 3: "unknown_key", 4: "invalid_usage", 5: "unknown_model", 6: "missing_usage",
-            7: "future_timestamp", 8: "missing_field", 9: "absurd_usage",
+            7: "future_timestamp", 8: "missing_field", 9: "absurd_usage", 12: "missing_usage", 13: "invalid_usage",
         ]
         try await TestApp.build(db).test(.live) { client in
             let (status, object) = try await Self.post(client, LogLines.ndjson(lines))

@@ -15,11 +15,12 @@ public struct IngestLineFuzzer: Sendable {
     /// The gateway line as ingest reads it.
     public static let schema: FuzzSchema = {
         let usage = FuzzSchema(fields: [
-            "prompt_tokens": .init(.count), "completion_tokens": .init(.count), "cached_tokens": .init(.count),
-            "cache_write_tokens": .init(.count), "audio_input_tokens": .init(.count),
+            // The parts must fit in prompt_tokens, and a media model needs its unit.
+            "prompt_tokens": .init(.count, dependedOn: true), "completion_tokens": .init(.count),
+            "cached_tokens": .init(.count), "cache_write_tokens": .init(.count), "audio_input_tokens": .init(.count),
             "audio_output_tokens": .init(.count),
-            "images": .init(.count), "calls": .init(.count),
-            "video_seconds": .init(.decimal), "predict_time": .init(.decimal),
+            "images": .init(.count, dependedOn: true), "calls": .init(.count),
+            "video_seconds": .init(.decimal, dependedOn: true), "predict_time": .init(.decimal, dependedOn: true),
             // An unknown size falls back to the model's default image price, if it has one.
             "size": .init(.any), "quality": .init(.any), "resolution": .init(.any),
         ])

@@ -93,10 +93,14 @@ public struct FuzzSchema: Sendable {
         public var kind: Kind
         /// Refused when absent or null.
         public var required: Bool
+        /// Absent or null, it may break a rule across fields (a part above its total, a model
+        /// priced by it): either answer is right.
+        public var dependedOn: Bool
 
-        public init(_ kind: Kind, required: Bool = false) {
+        public init(_ kind: Kind, required: Bool = false, dependedOn: Bool = false) {
             self.kind = kind
             self.required = required
+            self.dependedOn = dependedOn
         }
     }
 
@@ -232,11 +236,12 @@ public struct JSONFuzzer: Sendable {
     ) {
         let kind = field?.kind ?? .any
         let required = field?.required ?? false
+        let absentIsEither = kind.isAny || field?.dependedOn == true
         switch mutation {
         case .null:
-            return (.replace(.null), required ? .reject : (kind.isAny ? .either : .accept))
+            return (.replace(.null), required ? .reject : (absentIsEither ? .either : .accept))
         case .dropField:
-            return (.remove, required ? .reject : (kind.isAny ? .either : .accept))
+            return (.remove, required ? .reject : (absentIsEither ? .either : .accept))
         case .duplicateKey:
             return (.insert(member), .accept)
         case .wrongType:

@@ -82,10 +82,16 @@ public struct LogGenerator {
         let created = options.start.addingTimeInterval(offset)
         let failed = random.nextUnit() < 0.02
         var usage: String
+        // Each model of ops/prices/default.yaml that is not priced by tokens gets its own unit
+        // (ingest rejects a success of such a model without it, as missing_usage).
         switch model {
-        case "dall-e-3", "gpt-image-1", "flux-pro", "flux-dev":
+        case "dall-e-3", "gpt-image-1", "flux-pro", "flux-dev", "ideogram-v3", "ideogram-v3-turbo",
+            "doubao-seedream-3":
             usage = #"{"images":1,"size":"1024x1024","quality":"standard"}"#
-        case "veo-3", "veo-3-fast":
+        case "whisper-1", "replicate/flux-schnell":
+            usage = #"{"predict_time":"2.5","images":1}"#
+        case "veo-3", "veo-3-fast", "kling-v2-1", "kling-v2-master", "luma-ray-2", "runway-gen4-turbo", "hailuo-02",
+            "doubao-seedance-1-0-pro":
             usage =
                 #"{"video_seconds":\#(random.next() % 2 == 0 ? "8" : "5.5"),"resolution":"\#(random.next() % 2 == 0 ? "720p" : "1080p")"}"#
         case "suno-v4", "suno-v4.5", "mj_imagine":

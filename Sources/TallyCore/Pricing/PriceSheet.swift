@@ -145,6 +145,17 @@ public struct PriceFields: Sendable, Equatable {
         !tokens.isEmpty || perImage != nil || perVideoSecond != nil || perCall != nil || perComputeSecond != nil
     }
 
+    /// True when `usage` has some of what these prices charge by. A model priced by tokens or by
+    /// the call always measures a request (zero tokens is a cost of 0, a call is counted anyway);
+    /// one priced only by images, video or compute seconds measures nothing without them, and a
+    /// successful request of it without them (a LiteLLM image call, whose payload carries no
+    /// image count) would be charged 0 unseen.
+    public func measures(_ usage: Usage) -> Bool {
+        !tokens.isEmpty || perCall != nil || (perImage != nil && usage.images > 0)
+            || (perVideoSecond != nil && usage.videoSeconds > .zero)
+            || (perComputeSecond != nil && usage.predictTime > .zero)
+    }
+
     /// True when `per_call` is the only price (besides `charge_failed`): such a model bills a
     /// request with `calls: 0` as one call.
     public var isPerCallOnly: Bool {

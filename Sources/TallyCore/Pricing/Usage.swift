@@ -69,6 +69,24 @@ public struct Usage: Sendable, Equatable, Hashable {
         self.predictTime = predictTime
     }
 
+    /// Why the parts do not fit their totals, or nil when they do: cached, cache-write and audio
+    /// input tokens are parts of `prompt_tokens`, audio output tokens of `completion_tokens`. A
+    /// count in Anthropic's convention (input tokens without the cache reads) would otherwise
+    /// charge its uncached input at 0.
+    public var partsExceedingTotals: String? {
+        let inputParts = cachedTokens.addingReportingOverflow(cacheWriteTokens)
+        let allInput = inputParts.partialValue.addingReportingOverflow(audioInputTokens)
+        if inputParts.overflow || allInput.overflow || allInput.partialValue > promptTokens {
+            return "cached_tokens + cache_write_tokens + audio_input_tokens (\(cachedTokens) + \(cacheWriteTokens) + "
+                + "\(audioInputTokens)) are part of prompt_tokens (\(promptTokens)) and cannot exceed it"
+        }
+        if audioOutputTokens > completionTokens {
+            return "audio_output_tokens (\(audioOutputTokens)) are part of completion_tokens (\(completionTokens)) "
+                + "and cannot exceed it"
+        }
+        return nil
+    }
+
     /// The JSON key of the first negative quantity, or nil when none is negative.
     public var firstNegativeField: String? {
         if promptTokens < 0 { return "prompt_tokens" }

@@ -178,9 +178,16 @@ public struct Ingestor: Sendable {
             throw IngestRejection("missing_usage", "a successful request (status \(status)) needs usage")
         }
         try checkPlausible(usage)
+        if let misfit = usage.partsExceedingTotals { throw IngestRejection("invalid_usage", misfit) }
         guard let version = book.version(at: createdAt) else {
             throw IngestRejection(
                 "no_price_version", "no price version is in force at \(PostgresTimestamp.format(createdAt))")
+        }
+        if !failed, let price = version.sheet.models[model], !price.prices.measures(usage) {
+            throw IngestRejection(
+                "missing_usage",
+                "a successful request of \(model) needs what it is priced by in usage (images, video_seconds or "
+                    + "predict_time)")
         }
         let group = line.group.flatMap { $0.isEmpty ? nil : $0 } ?? identity.group
         let rating: Rating
