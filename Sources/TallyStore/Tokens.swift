@@ -138,9 +138,9 @@ public struct TokenRepository: Sendable {
     }
 
     /// Creates a key for `userID`; returns it with the full key, which exists only in this answer.
-    /// `anyGroup` lets the operator's CLI assign any existing group; users may pick only
-    /// selectable groups or their own.
-    public func create(userID: Int64, _ draft: TokenDraft, anyGroup: Bool = false, by actor: Actor? = nil) async throws
+    /// A key's group is a selectable one or its owner's own: authorize refuses any other
+    /// (`insufficient_permissions`, as new-api does), so no route makes one, the CLI included.
+    public func create(userID: Int64, _ draft: TokenDraft, by actor: Actor? = nil) async throws
         -> (token: APIToken, key: String)
     {
         var draft = draft
@@ -159,7 +159,7 @@ public struct TokenRepository: Sendable {
             guard let ownGroup = try owner.first?.decode(0, as: String.self) else {
                 throw StoreError.notFound("user \(userID) does not exist")
             }
-            try Self.checkGroupAllowed(draftValue.group, ownGroup: ownGroup, anyGroup: anyGroup, on: connection)
+            try Self.checkGroupAllowed(draftValue.group, ownGroup: ownGroup, on: connection)
             let count = try connection.query(
                 "SELECT count(*) FROM tokens WHERE user_id = $1 AND deleted_at IS NULL", [userID])
             guard try count[0].decode(0, as: Int.self) < TokenRules.maximumTokensPerUser else {
@@ -303,7 +303,7 @@ public struct TokenRepository: Sendable {
                 if let limits = normalized.modelLimits { next.modelLimits = limits }
                 if let ips = normalized.allowIPs { next.allowIPs = ips }
                 if let group = normalized.group, group != current.group {
-                    try Self.checkGroupAllowed(group, ownGroup: ownGroup, anyGroup: false, on: connection)
+                    try Self.checkGroupAllowed(group, ownGroup: ownGroup, on: connection)
                     next.group = group
                 }
             }
@@ -389,10 +389,8 @@ public struct TokenRepository: Sendable {
     private static let byKeyHash = PreparedStatement(
         "tokens_by_key_hash", "SELECT \(columns) FROM tokens t WHERE t.key_hash = $1 AND t.deleted_at IS NULL")
 
-    /// Users may give their keys only a selectable group or their own; the CLI any existing one.
-    static func checkGroupAllowed(_ group: String, ownGroup: String, anyGroup: Bool, on connection: PostgresConnection)
-        throws
-    {
+    /// A key may have only a selectable group or its owner's own.
+    static func checkGroupAllowed(_ group: String, ownGroup: String, on connection: PostgresConnection) throws {
         guard !group.isEmpty, group != ownGroup else { return }
         // Locked (KEY SHARE) until the key is written: a group being deleted is waited for and
         // then found gone, and one deleted later finds the key (the deletion counts keys).
@@ -401,7 +399,7 @@ public struct TokenRepository: Sendable {
         else {
             throw StoreError.invalid("unknown group \"\(group)\"")
         }
-        guard try anyGroup || row.decode(0, as: Bool.self) else {
+        guard try row.decode(0, as: Bool.self) else {
             throw StoreError.invalid("group \"\(group)\" is not available to this account")
         }
     }

@@ -68,7 +68,10 @@ struct CreateKey: AsyncParsableCommand {
     @Option(help: "Key name (at most 50 bytes).")
     var name: String
 
-    @Option(help: "Group of the key (any existing group); default: the owner's group.")
+    @Option(
+        help:
+            "Group of the key: a selectable group or the owner's own (authorize refuses any other); default: the owner's group."
+    )
     var group = ""
 
     @Option(help: "Quota of the key in units (500,000 = 1 USD).")
@@ -101,7 +104,7 @@ struct CreateKey: AsyncParsableCommand {
             allowIPs: allowIPs, group: group)
         try await withAdminPool(database) { pool in
             let (token, key) = try await TokenRepository(pool: pool).create(
-                userID: user, draft, anyGroup: true, by: .cli)
+                userID: user, draft, by: .cli)
             if json {
                 print(jsonObject([("id", String(token.id)), ("key", JSONText.quote(key))]))
             } else {

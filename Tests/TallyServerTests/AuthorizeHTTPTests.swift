@@ -107,11 +107,12 @@ struct AuthorizeHTTPTests {
         let poorKey = try await seed.key(user: poor.id).key
         let suspendedKey = try await seed.key(user: suspended.id).key
         let narrowKey = try await seed.key(user: narrowGroup.user.id).key
-        // A key of a group its owner has left, which users cannot pick (given while the owner was in it).
-        try await seed.sql("INSERT INTO groups (name, selectable) VALUES ('vip', false)")
+        // A key of a group users could pick when it was made, and no longer can.
+        try await seed.sql("INSERT INTO groups (name, selectable) VALUES ('vip', true)")
         let formerVIPKey = try await seed.key(
             user: user.id, TokenDraft(name: "k", unlimitedQuota: true, group: "vip")
         ).key
+        try await seed.sql("UPDATE groups SET selectable = false WHERE name = 'vip'")
         let disabledKey = try await seed.key(user: user.id)
         try await seed.sql("UPDATE tokens SET status = 2 WHERE id = $1", [disabledKey.token.id])
         let expiredKey = try await seed.key(user: user.id)

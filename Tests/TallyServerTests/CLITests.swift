@@ -185,6 +185,30 @@ struct CLITests {
         #expect(unknown.errorOutput.contains("not found"))
     }
 
+    /// Found by a review: the CLI gave a key any existing group, and authorize refuses a key
+    /// whose group its owner may not use, so such a key could never be used.
+    @Test("tally admin create-key refuses a group the owner may not use, as authorize would")
+    func keyGroupUsable() async throws {
+        let db = try await TestDatabase.create("clikeygroup")
+        let created = try TallyBinary.run(
+            ["admin", "create-user", "--username", "plain", "--json"], databaseURL: db.url)
+        let user = try #require(
+            (try JSONSerialization.jsonObject(with: Data(created.output.utf8)) as? [String: Any])?["id"] as? NSNumber)
+        try await db.pool.withConnection { connection in
+            try connection.execute("INSERT INTO groups (name, selectable) VALUES ('svip', false), ('open', true)")
+        }
+        let refused = try TallyBinary.run(
+            ["admin", "create-key", "--user", "\(user)", "--name", "k", "--unlimited", "--group", "svip"],
+            databaseURL: db.url,
+            expecting: .failure)
+        #expect(
+            refused.errorOutput.contains(#"group "svip" is not available to this account"#), "\(refused.errorOutput)")
+        try TallyBinary.run(
+            ["admin", "create-key", "--user", "\(user)", "--name", "k", "--unlimited", "--group", "open"],
+            databaseURL: db.url)
+        #expect(try await db.scalar("SELECT count(*) FROM tokens WHERE user_id = $1", [user.int64Value]) == 1)
+    }
+
     /// A `tally serve` setting that is wrong, and what the refusal must say.
     struct BadServeSetting: Sendable, CustomTestStringConvertible {
         var arguments: [String] = []

@@ -107,7 +107,7 @@ struct Seed {
     func key(user: Int64, _ draft: TokenDraft = TokenDraft(name: "k", unlimitedQuota: true)) async throws -> (
         token: APIToken, key: String
     ) {
-        try await TokenRepository(pool: db.pool).create(userID: user, draft, anyGroup: true)
+        try await TokenRepository(pool: db.pool).create(userID: user, draft)
     }
 
     /// Stores a price version (the sheet's own `effective_from`); load before building the app.
