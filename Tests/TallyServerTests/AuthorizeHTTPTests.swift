@@ -260,6 +260,16 @@ struct AuthorizeHTTPTests {
             #expect(int64(settled.object["released"]) == 0)
             #expect(try await gateway.post("/release", #"{"request_id":"nope"}"#).status == 404)
             #expect(try await seed.openHolds(user: user.id) == 0)
+            // Found by a review: a retry of a closed hold, answered from the instance's memory
+            // (which still said held) or from the stored hold, was granted with nothing reserved:
+            // a released request ran on no units, a settled one for free (its line a duplicate).
+            for closed in ["req-1", "req-2"] {
+                let retried = try await gateway.authorize(key: key, requestID: closed)
+                #expect(retried.status == 409, "\(closed): \(retried.text)")
+                #expect(retried.object["code"] as? String == "conflict" || retried.text.contains("conflict"))
+                #expect(retried.text.contains(closed == "req-1" ? "settled" : "released"), "\(retried.text)")
+            }
+            #expect(try await seed.openHolds(user: user.id) == 0)
             // A log line of a request that was never authorized is charged like any other.
             #expect(try await gateway.settle("req-3", key: key).status == 200)
             #expect(

@@ -86,9 +86,17 @@ public final class Authorizer: Sendable {
             requestID: requestID, userID: access.userID, tokenID: access.tokenID, model: model,
             amount: amount, tid: tid)
         started = AuthorizeMetrics.record(.checks, since: started)
-        let outcome = try await holds.reserve(hold)
+        let outcome = try await current(holds.reserve(hold), of: hold)
         AuthorizeMetrics.record(.hold, since: started)
         return try Self.answer(outcome, access: access)
+    }
+
+    /// A retry answered from the instance's memory says `held` for 10–20 s after its hold was
+    /// released, settled or expired (elsewhere, too): what PostgreSQL holds says what it is now.
+    /// Retries are rare, so the lookup (coalesced with the others in flight) costs little.
+    private func current(_ outcome: HoldOutcome, of hold: HoldRequest) async throws -> HoldOutcome {
+        guard case .duplicate(_, _, "held") = outcome else { return outcome }
+        return try await holds.storedHold(requestID: hold.requestID, userID: hold.userID) ?? outcome
     }
 
     /// A request id names one request of one account: another account's hold is not a retry.
@@ -104,7 +112,12 @@ public final class Authorizer: Sendable {
         }
         switch outcome {
         case .held(let holdID, let held): return grant(holdID, held, isNew: true)
-        case .duplicate(let holdID, let held, _): return grant(holdID, held, isNew: false)
+        case .duplicate(let holdID, let held, "held"): return grant(holdID, held, isNew: false)
+        case .duplicate(_, _, let status):
+            // Its units are no longer reserved: answered as a retry, the request would run on
+            // nothing (a settled one free, its log line a duplicate).
+            throw APIError.conflict(
+                "This request_id's hold is \(status) already; a new attempt needs a request_id of its own.")
         case .insufficient: throw APIError(.insufficientUserQuota)
         case .exhausted, .unknown: throw APIError(.invalidToken)
         case .requestIDInUse: throw requestIDInUse
