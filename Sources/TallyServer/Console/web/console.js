@@ -856,9 +856,25 @@
     syncKeyQuota();
     const saved = sessionStorage.getItem(TOKEN_KEY);
     if (saved) {
-      attempt(() => signIn(saved)).then(() => { if (!state.user) signOut(false); });
+      resume(saved);
     } else {
       showView();
+    }
+  }
+
+  /**
+   * Signs in again with the tab's saved token after a reload. Only a token the server refused
+   * (401, or a suspended account) is forgotten: after a network error, a 503 or a 429 it stays
+   * for the next reload, since a token is shown once and getting a new one rotates it.
+   */
+  async function resume(saved) {
+    try {
+      await signIn(saved);
+    } catch (error) {
+      const apiError = error instanceof ApiError ? error : new ApiError(0, 'console_error', String(error), '');
+      if (apiError.status === 401 || apiError.code === 'account_suspended') signOut(false);
+      else showView();
+      showError(apiError);
     }
   }
 
