@@ -46,6 +46,30 @@ struct HoldRepositoryTests {
             purge.reads[0].sequentialScans == 0 && purge.reads[0].rows < 100, "\(purge.reads[0]), to delete \(old)")
     }
 
+    /// Found by a review: the release skipped the hold a settlement had locked, read it again
+    /// at once (still held, the settlement uncommitted) and answered held with nothing returned.
+    @Test("a release that meets a settlement in progress waits for it and answers settled")
+    func releaseWaitsForSettlement() async throws {
+        let db = try await TestDatabase.create("holds-release-race")
+        try await db.pool.withConnection { connection in
+            try connection.execute(
+                """
+                INSERT INTO holds (request_id, user_id, token_id, model, amount, expires_at)
+                VALUES ('racing', 1, 1, 'gpt-4o', 10, now() + interval '10 minutes')
+                """)
+        }
+        // The settlement holds the row for half a second; the release starts while it does.
+        async let settled: Void = db.pool.transaction { connection in
+            try connection.execute("UPDATE holds SET status = 'settled', closed_at = now() WHERE request_id = 'racing'")
+            Thread.sleep(forTimeInterval: 0.5)
+        }
+        try await Task.sleep(for: .milliseconds(150))
+        let outcome = try #require(try await PostgresHoldRepository(pool: db.pool).release(requestID: "racing"))
+        try await settled
+        #expect(outcome.status == "settled")
+        #expect(outcome.returned == 0)
+    }
+
     @Test(
         "closing a hold (expiry, release) probes it by key, even after plans made while few holds were open (migration 0024)"
     )

@@ -38,13 +38,18 @@ public struct PostgresHoldRepository: HoldRepository {
                 try row.decode(0, as: Int64.self), try row.decode(1, as: String.self), try row.decode(2, as: Int64.self)
             )
             guard status == "held" else { return ReleaseOutcome(status: status, returned: 0, held: amount) }
-            let closed = try connection.query(Self.closeHolds, [PostgresArray.integers([id]), "released"])
-            if closed.isEmpty {
-                // Settled (or expired) by another transaction in the meantime.
-                let now = try connection.query(Self.findHold, [requestID]).first?.decode(1, as: String.self) ?? status
-                return ReleaseOutcome(status: now, returned: 0, held: amount)
+            // Closing skips a hold another transaction has locked (a settlement, the sweeper):
+            // then wait for that one and answer what it left, or close the hold if it rolled back.
+            // (Read at once, the hold still said held, and the release answered held with nothing
+            // returned, which a gateway may take for done.)
+            for _ in 0..<Self.releaseTries {
+                if try !connection.query(Self.closeHolds, [PostgresArray.integers([id]), "released"]).isEmpty {
+                    return ReleaseOutcome(status: "released", returned: amount, held: amount)
+                }
+                let now = try connection.query(Self.waitForHold, [id]).first?.decode(0, as: String.self) ?? status
+                guard now == "held" else { return ReleaseOutcome(status: now, returned: 0, held: amount) }
             }
-            return ReleaseOutcome(status: "released", returned: amount, held: amount)
+            return ReleaseOutcome(status: "held", returned: 0, held: amount)
         }
     }
 
@@ -70,6 +75,10 @@ public struct PostgresHoldRepository: HoldRepository {
     // MARK: SQL
 
     static let findHold = PreparedStatement("holds_find", "SELECT id, status, amount FROM holds WHERE request_id = $1")
+    /// The hold's status once no other transaction holds its row (the lock ends with the statement).
+    static let waitForHold = PreparedStatement("holds_wait", "SELECT status FROM holds WHERE id = $1 FOR UPDATE")
+    /// Closing attempts of one release that meets other transactions on its hold.
+    static let releaseTries = 3
     static let closeHolds = PreparedStatement(
         "holds_close", "SELECT request_id, amount FROM tally_close_holds($1::bigint[], $2)")
     static let expire = PreparedStatement(
