@@ -210,6 +210,27 @@ struct AuthorizeHTTPTests {
         #expect(try await seed.int("SELECT sum(reserved) FROM user_balances") == Int64(1 + rpmGranted) * chatHold)
     }
 
+    /// Found by a review: with no price version in force the answer was model_not_available
+    /// before the key's own model limit was looked at, against DESIGN §5's order.
+    @Test(
+        "without a price version a key's model limit still answers first: model_not_allowed, then model_not_available")
+    func modelLimitBeforePrices() async throws {
+        let db = try await TestDatabase.create("authnoprices")
+        let seed = Seed(db: db)
+        let (user, _) = try await seed.user(quota: 1_000_000)
+        let limited = try await seed.key(
+            user: user.id,
+            TokenDraft(name: "k", unlimitedQuota: true, modelLimitsEnabled: true, modelLimits: "gpt-4o")
+        ).key
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            Self.expectError(
+                try await gateway.authorize(key: limited, model: "dall-e-3"), .modelNotAllowed,
+                last6: String(limited.suffix(6)))
+            Self.expectError(try await gateway.authorize(key: limited, model: "gpt-4o"), .modelNotAvailable)
+        }
+    }
+
     @Test("a hold reserves the estimate; the log line settles it at its real cost; release and retries are idempotent")
     func lifecycle() async throws {
         let (db, seed) = try await Self.prepared()

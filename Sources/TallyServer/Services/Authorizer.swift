@@ -50,10 +50,12 @@ public final class Authorizer: Sendable {
         // The key's group is still its owner's to use (new-api checks it on every request).
         guard access.groupUsable else { throw APIError(.insufficientPermissions) }
         let model = request.model ?? ""
-        guard let sheet = prices.book.version(at: now)?.sheet else { throw APIError(.modelNotAvailable) }
         if let allowed = access.allowedModels, !allowed.contains(model) {
             throw APIError(.modelNotAllowed, last6: last6)
         }
+        // Without a price version in force nothing is available, but the key's own model limit
+        // above comes first (DESIGN §5's order).
+        guard let sheet = prices.book.version(at: now)?.sheet else { throw APIError(.modelNotAvailable) }
         if let groupModels = sheet.groups[access.group]?.models, !groupModels.contains(model) {
             throw APIError(.modelNotAllowed, last6: last6)
         }
