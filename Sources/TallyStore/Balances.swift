@@ -273,9 +273,9 @@ public struct BalanceRepository: Sendable {
             guard before != .used else {
                 throw StoreError.conflict("redemption code \(id) was used; it can no longer be enabled or disabled")
             }
-            let row = try connection.query(
-                "UPDATE redemptions SET status = $2 WHERE id = $1 RETURNING \(Self.redemptionColumns)",
-                [id, status.rawValue])[0]
+            // Read back apart: Citus refuses the columns' STABLE functions in a RETURNING clause.
+            try connection.query("UPDATE redemptions SET status = $2 WHERE id = $1", [id, status.rawValue])
+            let row = try connection.query("SELECT \(Self.redemptionColumns) FROM redemptions WHERE id = $1", [id])[0]
             try AuditLog.recordChange(
                 on: connection, actor: actor, action: enabled ? "redemption.enable" : "redemption.disable",
                 target: "redemption:\(id)", before: ["status": before.rawValue], after: ["status": status.rawValue])
