@@ -54,10 +54,12 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     var logger = Logger(label: "tally")
     logger.logLevel = configuration.logLevel
     TallyMetrics.bootstrap()
-    // Until the first batch, the instance's start: after a restart of every instance with the
-    // gateway silent, the series would otherwise be missing and the ingest-stalled alert
-    // (time() - max(…) > 300) could not fire when billing had stopped.
-    IngestMetrics.lastBatch.record(Date().timeIntervalSince1970)
+    // 0 until the instance's first batch: the series exists from the start (after a restart of
+    // every instance with the gateway silent the ingest-stalled alert, time() - max(…) > 300,
+    // must still fire), and a restarted instance does not raise the max (its start time did, so
+    // a rolling deploy or a crash-looping instance held the page back however long billing had
+    // stopped).
+    IngestMetrics.lastBatch.record(0)
     let pool = PostgresPool(url: configuration.databaseURL, size: configuration.poolSize, logger: logger)
     var ingestLimits = IngestLimits()
     ingestLimits.maxStreamedBatches = configuration.ingestStreams
