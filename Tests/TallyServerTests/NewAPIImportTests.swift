@@ -556,6 +556,57 @@ struct NewAPIImportTests {
         try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
+    /// Found by a review: an account whose kept logs add up below 0 (the charge a re-charge
+    /// refunds deleted by new-api's log cleanup) failed the used_quota check in the fold, so the
+    /// balance step failed on every run.
+    @Test("an account whose kept logs add up below 0 imports, and audits clean")
+    func negativeLogTotal() async throws {
+        let source = try await Self.newAPIDatabase("newapinegsrc")
+        try await source.pool.withConnection {
+            try $0.execute(
+                """
+                INSERT INTO logs (id, user_id, created_at, type, model_name, quota, prompt_tokens, completion_tokens,
+                                  token_id, channel_id, "group", other)
+                VALUES (4000, 5, 1793500000, 2, 'gpt-4o', -2000, 0, 0, 0, 1, 'default', '{}')
+                """)
+        }
+        let tally = try await TestDatabase.create("newapineg")
+        _ = try Self.runImport(source, into: tally)
+        let dave = try await tally.scalar(
+            "SELECT tally_id FROM import_map WHERE kind = 'user' AND source_id = 5 AND source = 'new-api'")
+        #expect(try await tally.scalar("SELECT used_quota FROM users WHERE id = $1", [dave]) == -2000)
+        #expect(try await tally.scalar("SELECT quota FROM users WHERE id = $1", [dave]) == -5000)
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
+    }
+
+    /// Found by a review: a later run linked a new-api user to the Tally account holding its name
+    /// (made in Tally meanwhile, an admin's), whose balance and role then followed new-api's.
+    @Test("a later run links no Tally account by name: a new-api user whose name one holds comes in suffixed")
+    func laterRunLinksNoOne() async throws {
+        let source = try await Self.newAPIDatabase("newapilinksrc")
+        let tally = try await TestDatabase.create("newapilink")
+        _ = try Self.runImport(source, into: tally)
+        let created = try TallyBinary.run(
+            ["admin", "create-user", "--username", "support", "--admin", "--json"], databaseURL: tally.url)
+        let support = try #require(
+            (try JSONSerialization.jsonObject(with: Data(created.output.utf8)) as? [String: Any])?["id"] as? NSNumber
+        ).int64Value
+        try await source.pool.withConnection {
+            try $0.execute(
+                "INSERT INTO users (id, username, password, quota, created_at) VALUES (14, 'support', 'x', 999000, 1790000000)"
+            )
+        }
+        let output = try Self.runImport(source, into: tally)
+        #expect(output.contains("is an existing Tally account's"), "\(output)")
+        #expect(try await tally.scalar("SELECT quota FROM users WHERE id = $1", [support]) == 0)
+        #expect(try await tally.scalar("SELECT role FROM users WHERE id = $1", [support]) == 10)
+        let imported = try await tally.scalar(
+            "SELECT tally_id FROM import_map WHERE kind = 'user' AND source_id = 14 AND source = 'new-api'")
+        #expect(imported != support)
+        #expect(try await tally.scalar("SELECT quota FROM users WHERE id = $1", [imported]) == 999_000)
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
+    }
+
     /// Found by a review: the run's audit row was written after its last transaction, outside
     /// them all, so a run that died midway left its committed account changes unrecorded.
     @Test("a run that fails after its accounts committed leaves their audit row; money's row commits with the money")
