@@ -103,13 +103,23 @@ enum NewAPIImportSQL {
             display_name = left(s.display_name, 64)
         """
 
-    /// An existing Tally account with the same username is the same person: link it. It keeps
-    /// its own access token (`linked`).
+    /// On a source's first run, an existing Tally account with the same username that no source
+    /// has is the same person: link it. It keeps its own access token (`linked`). Later runs, and
+    /// accounts another source brought, link nothing: a name registered in new-api meanwhile is
+    /// not the Tally account (an admin's, say) that holds it (``newUsersWithHeldNames``).
     static let linkUsers = """
         INSERT INTO import_map (source, kind, source_id, tally_id, linked, access_token_hash)
         SELECT $1::text, 'user', s.source_id, u.id, true, s.access_hash
         FROM import_users s JOIN users u ON u.username = s.username
-        WHERE NOT EXISTS (SELECT 1 FROM import_map m WHERE m.source = $1 AND m.kind = 'user' AND (m.source_id = s.source_id OR m.tally_id = u.id))
+        WHERE NOT EXISTS (SELECT 1 FROM import_map m WHERE m.kind = 'user' AND m.tally_id = u.id)
+          AND NOT EXISTS (SELECT 1 FROM import_map m WHERE m.source = $1 AND m.kind = 'user')
+        """
+
+    /// New source users, once linking is done, whose username a Tally account holds.
+    static let newUsersWithHeldNames = """
+        SELECT s.source_id, s.username FROM import_users s
+        WHERE \(unmapped("user")) AND s.username <> '' AND EXISTS (SELECT 1 FROM users u WHERE u.username = s.username)
+        ORDER BY s.source_id
         """
 
     /// Accounts of this source whose username must change: the source renamed them, or (gone

@@ -64,6 +64,7 @@ extension NewAPIImporter {
         try target.query(NewAPIImportSQL.normalizeUsers)
         summary.users.renamed = try settleUsernames(warnings: &warnings)
         summary.users.linked = try target.query(NewAPIImportSQL.linkUsers, [name]).affectedRows
+        try suffixHeldNewUsernames(warnings: &warnings)
         try insert(
             table: "users", staging: "import_users", condition: NewAPIImportSQL.usersToInsert,
             NewAPIImportSQL.insertUsers, counts: &summary.users)
@@ -152,6 +153,21 @@ extension NewAPIImporter {
             assigned.insert(name)
             try target.query(NewAPIImportSQL.setStagedUsername, [sourceID, name])
             warnings.append("user #\(sourceID): new-api's name is too long for Tally; named \"\(name)\"")
+        }
+    }
+
+    /// New users whose name a Tally account holds, which was not linked (another source's, or one
+    /// made in Tally since this source's first run), come in with it suffixed.
+    private func suffixHeldNewUsernames(warnings: inout [String]) throws {
+        var assigned: Set<String> = []
+        try target.query(NewAPIImportSQL.newUsersWithHeldNames, [options.source]).forEach { row in
+            let sourceID = try row.decode(0, as: Int64.self), held = try row.decode(1, as: String.self)
+            let name = try suffixedUsername(held, sourceID: sourceID, account: nil, assigned: assigned)
+            assigned.insert(name)
+            try target.query(NewAPIImportSQL.setStagedUsername, [sourceID, name])
+            warnings.append(
+                "user #\(sourceID): \"\(held)\" is an existing Tally account's, which only a source's first run "
+                    + "links (and only when no other source has it); named \"\(name)\"")
         }
     }
 
