@@ -579,6 +579,26 @@ struct NewAPIImportTests {
         try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
+    /// Found by a review: a channel whose groups Tally cannot hold was given `default`, and so
+    /// served every default-group user the models only `企业` had.
+    @Test("a channel none of whose groups Tally can hold comes in disabled, with a warning")
+    func channelWithoutValidGroups() async throws {
+        let source = try await Self.newAPIDatabase("newapichansrc")
+        try await source.pool.withConnection {
+            try $0.execute(
+                """
+                INSERT INTO channels (id, type, key, status, name, created_time, models, "group", used_quota)
+                VALUES (9, 1, 'sk-upstream-secret-9', 1, 'private', 1780000000, 'gpt-4o', '企业', 0)
+                """)
+        }
+        let tally = try await TestDatabase.create("newapichan")
+        let output = try Self.runImport(source, into: tally)
+        #expect(output.contains("channel #9: none of its groups is a valid Tally group name"), "\(output)")
+        let channel = try await tally.scalar(
+            "SELECT tally_id FROM import_map WHERE kind = 'channel' AND source_id = 9 AND source = 'new-api'")
+        #expect(try await tally.scalar("SELECT status FROM channels WHERE id = $1", [channel]) == 2)
+    }
+
     /// Found by a review: a later run linked a new-api user to the Tally account holding its name
     /// (made in Tally meanwhile, an admin's), whose balance and role then followed new-api's.
     @Test("a later run links no Tally account by name: a new-api user whose name one holds comes in suffixed")

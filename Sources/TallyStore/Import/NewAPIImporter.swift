@@ -232,9 +232,17 @@ public struct NewAPIImporter {
         for model in models.invalid {
             warnings.append("channel #\(id): model \"\(model.prefix(200))\" skipped: not a valid model name")
         }
+        // Groups new-api named, none of which Tally can hold: given `default` (as a channel
+        // without groups is) it would serve every default-group user, so it comes in disabled.
+        let unreachable = groups.valid.isEmpty && groups.invalid.contains { $0 != "auto" }
+        if unreachable {
+            warnings.append(
+                "channel #\(id): none of its groups is a valid Tally group name; imported disabled "
+                    + "(give it groups, then enable it)")
+        }
         row.append(id)
         row.append(name.isEmpty ? "channel \(id)" : String(name.prefix(200)))
-        row.append(Int64((ChannelStatus(rawValue: Int(status)) ?? .disabled).rawValue))
+        row.append(Int64((unreachable ? .disabled : ChannelStatus(rawValue: Int(status)) ?? .disabled).rawValue))
         row.append(TextArray(groups.valid.isEmpty ? ["default"] : groups.valid).postgresText)
         row.append(TextArray(models.valid).postgresText)
         row.append(source.text(5))
