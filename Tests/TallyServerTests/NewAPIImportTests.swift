@@ -581,14 +581,17 @@ struct NewAPIImportTests {
 
     /// Found by a review: a channel whose groups Tally cannot hold was given `default`, and so
     /// served every default-group user the models only `企业` had.
-    @Test("a channel none of whose groups Tally can hold comes in disabled, with a warning")
+    @Test(
+        "a channel none of whose groups Tally can hold comes in disabled; a key expiring past year 9999 never expires")
     func channelWithoutValidGroups() async throws {
         let source = try await Self.newAPIDatabase("newapichansrc")
         try await source.pool.withConnection {
             try $0.execute(
                 """
                 INSERT INTO channels (id, type, key, status, name, created_time, models, "group", used_quota)
-                VALUES (9, 1, 'sk-upstream-secret-9', 1, 'private', 1780000000, 'gpt-4o', '企业', 0)
+                VALUES (9, 1, 'sk-upstream-secret-9', 1, 'private', 1780000000, 'gpt-4o', '企业', 0);
+                -- Found by the same review: an expiry past year 9999 aborted every run.
+                UPDATE tokens SET expired_time = 99999999999999 WHERE id = 1;
                 """)
         }
         let tally = try await TestDatabase.create("newapichan")
@@ -597,6 +600,9 @@ struct NewAPIImportTests {
         let channel = try await tally.scalar(
             "SELECT tally_id FROM import_map WHERE kind = 'channel' AND source_id = 9 AND source = 'new-api'")
         #expect(try await tally.scalar("SELECT status FROM channels WHERE id = $1", [channel]) == 2)
+        let key = try await tally.scalar(
+            "SELECT tally_id FROM import_map WHERE kind = 'token' AND source_id = 1 AND source = 'new-api'")
+        #expect(try await tally.scalar("SELECT count(*) FROM tokens WHERE id = $1 AND expires_at IS NULL", [key]) == 1)
     }
 
     /// Found by a review: a later run linked a new-api user to the Tally account holding its name

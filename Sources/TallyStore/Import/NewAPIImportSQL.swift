@@ -103,6 +103,25 @@ enum NewAPIImportSQL {
             display_name = left(s.display_name, 64)
         """
 
+    /// Unix times past year 9999 (a key set to expire "never" with 99999999999999, milliseconds
+    /// stored as seconds) would abort the accounts' transaction on every run (`to_timestamp`:
+    /// out of range): an expiry that far is never (-1 for keys, 0 for codes, as new-api reads
+    /// them), any other such time unknown (0).
+    static let clampTimes = """
+        UPDATE import_users SET created_unix = 0 WHERE created_unix > 253402300799;
+        UPDATE import_tokens SET
+            expired_unix = CASE WHEN expired_unix > 253402300799 THEN -1 ELSE expired_unix END,
+            created_unix = CASE WHEN created_unix > 253402300799 THEN 0 ELSE created_unix END,
+            accessed_unix = CASE WHEN accessed_unix > 253402300799 THEN 0 ELSE accessed_unix END
+        WHERE greatest(expired_unix, created_unix, accessed_unix) > 253402300799;
+        UPDATE import_channels SET created_unix = 0 WHERE created_unix > 253402300799;
+        UPDATE import_redemptions SET
+            expired_unix = CASE WHEN expired_unix > 253402300799 THEN 0 ELSE expired_unix END,
+            created_unix = CASE WHEN created_unix > 253402300799 THEN 0 ELSE created_unix END,
+            redeemed_unix = CASE WHEN redeemed_unix > 253402300799 THEN 0 ELSE redeemed_unix END
+        WHERE greatest(expired_unix, created_unix, redeemed_unix) > 253402300799
+        """
+
     /// On a source's first run, an existing Tally account with the same username that no source
     /// has is the same person: link it. It keeps its own access token (`linked`). Later runs, and
     /// accounts another source brought, link nothing: a name registered in new-api meanwhile is

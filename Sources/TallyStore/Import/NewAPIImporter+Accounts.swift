@@ -21,6 +21,7 @@ extension NewAPIImporter {
             if let redemptions = source.redemptions {
                 try stage(redemptions, into: "import_redemptions", Self.stageRedemption)
             }
+            try target.execute(NewAPIImportSQL.clampTimes)
             try target.execute(NewAPIImportSQL.lockAccounts)
             try target.query(NewAPIImportSQL.invalidGroupNames).forEach { row in
                 let name = try row.decode(0, as: String.self), origin = try row.decode(1, as: String.self)
