@@ -90,6 +90,10 @@ struct ErrorCatalogTests {
             #expect(key.dropFirst(3).allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber) })
         }
         #expect(Secrets.last6("sk-abcdefXYZ789") == "XYZ789")
+        // Found by a review of the import: a short imported secret was kept whole as its "last 6".
+        #expect(Secrets.displayTail("sk-" + String(repeating: "a", count: 42) + "XYZ789") == "XYZ789")
+        #expect(Secrets.displayTail("test01") == "1")
+        #expect(Secrets.displayTail("short-token-0123") == "0123")
         #expect(Secrets.maskedKey(last6: "XYZ789") == "sk-\u{2026}XYZ789")
         #expect(Secrets.newRedemptionCode().count == 32)
     }

@@ -17,6 +17,14 @@ public enum Secrets {
     /// The last six characters, kept for display and for the catalogue's `{last6}`.
     public static func last6(_ secret: String) -> String { String(secret.suffix(6)) }
 
+    /// The tail to keep of a secret Tally did not make (an imported key, access token or code,
+    /// which may be short, typed by hand): its last 6 characters when it is long enough that
+    /// they say little, else at most a quarter of it — `test01` kept as its last 6 would be the
+    /// secret itself, shown by every list and printed in warnings.
+    public static func displayTail(_ secret: String) -> String {
+        String(secret.suffix(secret.count >= 24 ? 6 : secret.count / 4))
+    }
+
     /// The masked form shown after creation: `sk-…` + last 6.
     public static func maskedKey(last6: String) -> String { "sk-\u{2026}" + last6 }
 

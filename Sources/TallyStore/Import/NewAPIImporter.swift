@@ -176,7 +176,7 @@ public struct NewAPIImporter {
         for column in 0..<9 { row.append(source.text(column)) }
         let token = source.text(9)?.trimmingCharacters(in: .whitespaces) ?? ""
         row.append(token.isEmpty ? nil : SecretHash(of: token).postgresText)
-        row.append(token.isEmpty ? nil : Secrets.last6(token))
+        row.append(token.isEmpty ? nil : Secrets.displayTail(token))
         row.append(source.text(10))
         row.append(source.text(11))
         return true
@@ -196,7 +196,7 @@ public struct NewAPIImporter {
         let allowIPs: String
         do { allowIPs = try TokenRules.normalizedAllowIPs(source.text(10) ?? "") } catch {
             warnings.append(
-                "key #\(source.text(0) ?? "?") (…\(Secrets.last6(key))): allow_ips unreadable (\(error)); imported disabled"
+                "key #\(source.text(0) ?? "?") (…\(Secrets.displayTail(key))): allow_ips unreadable (\(error)); imported disabled"
             )
             allowIPs = ""
             status = Int64(TokenStatus.disabled.rawValue)
@@ -206,7 +206,7 @@ public struct NewAPIImporter {
         row.append(source.text(1))
         row.append(truncated(source.text(2) ?? "", bytes: TokenRules.maximumNameBytes))
         row.append(SecretHash(of: "sk-" + key).postgresText)
-        row.append(Secrets.last6(key))
+        row.append(Secrets.displayTail(key))
         row.append(status)
         row.append(source.text(5))
         row.append(source.text(6))
@@ -258,7 +258,7 @@ public struct NewAPIImporter {
         row.append(source.text(0))
         row.append(String((source.text(1) ?? "").prefix(20)))
         row.append(SecretHash(of: code).postgresText)
-        row.append(Secrets.last6(code))
+        row.append(Secrets.displayTail(code))
         for column in 3...10 { row.append(source.text(column)) }
         return true
     }
