@@ -66,7 +66,7 @@ public enum KeyRedaction {
         let tokenStart = skipSpaces(bytes, from: start + bearer.count)
         guard tokenStart > start + bearer.count else { return nil }
         var tokenEnd = tokenStart
-        while tokenEnd < bytes.count, !isSpace(bytes[tokenEnd]), bytes[tokenEnd] != UInt8(ascii: "\""),
+        while tokenEnd < bytes.count, !bytes[tokenEnd].isJSONWhitespace, bytes[tokenEnd] != UInt8(ascii: "\""),
             bytes[tokenEnd] != UInt8(ascii: "\\")
         {
             tokenEnd += 1
@@ -99,13 +99,8 @@ public enum KeyRedaction {
 
     private static func skipSpaces(_ bytes: [UInt8], from start: Int) -> Int {
         var index = start
-        while index < bytes.count, isSpace(bytes[index]) { index += 1 }
+        while index < bytes.count, bytes[index].isJSONWhitespace { index += 1 }
         return index
-    }
-
-    private static func isSpace(_ byte: UInt8) -> Bool {
-        byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") || byte == UInt8(ascii: "\n")
-            || byte == UInt8(ascii: "\r")
     }
 
     /// The characters of keys as Tally and new-api make them, and of `_`/`-` separated variants.

@@ -24,7 +24,7 @@ public struct LineSplitter {
         case .array: try feedArray(chunk, from: 0, emit)
         case .closed: try checkTrailing(chunk, from: 0)
         case .undecided:
-            guard let first = chunk.firstIndex(where: { !Self.isWhitespace($0) }) else {
+            guard let first = chunk.firstIndex(where: { !$0.isJSONWhitespace }) else {
                 carry.append(contentsOf: chunk)
                 return
             }
@@ -136,21 +136,17 @@ public struct LineSplitter {
         let element = carry
         carry.removeAll(keepingCapacity: true)
         var lower = element.startIndex, upper = element.endIndex
-        while lower < upper, Self.isWhitespace(element[lower]) { lower += 1 }
-        while upper > lower, Self.isWhitespace(element[upper - 1]) { upper -= 1 }
+        while lower < upper, element[lower].isJSONWhitespace { lower += 1 }
+        while upper > lower, element[upper - 1].isJSONWhitespace { upper -= 1 }
         guard lower < upper || number > 0 else { return }
         number += 1
         try element.withUnsafeBufferPointer { try emit(number, UnsafeBufferPointer(rebasing: $0[lower..<upper])) }
     }
 
     private func checkTrailing(_ chunk: UnsafeBufferPointer<UInt8>, from start: Int) throws {
-        guard chunk[start...].allSatisfy(Self.isWhitespace) else {
+        guard chunk[start...].allSatisfy(\.isJSONWhitespace) else {
             throw BatchMalformed(description: "text after the closing ] of the batch array")
         }
-    }
-
-    private static func isWhitespace(_ byte: UInt8) -> Bool {
-        byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D
     }
 }
 

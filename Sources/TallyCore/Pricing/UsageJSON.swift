@@ -76,12 +76,7 @@ struct JSONScanner {
     func error(_ message: String) -> UsageParseError { UsageParseError(offset: index, message: message) }
 
     mutating func skipWhitespace() {
-        while index < bytes.count {
-            switch bytes[index] {
-            case 0x20, 0x09, 0x0A, 0x0D: index += 1
-            default: return
-            }
-        }
+        while index < bytes.count, bytes[index].isJSONWhitespace { index += 1 }
     }
 
     mutating func expect(_ byte: UInt8, _ what: String) throws(UsageParseError) {
@@ -464,4 +459,9 @@ struct JSONScanner {
         }
         index += count
     }
+}
+
+extension UInt8 {
+    /// JSON's insignificant whitespace: space, tab, line feed, carriage return.
+    var isJSONWhitespace: Bool { self == 0x20 || self == 0x09 || self == 0x0A || self == 0x0D }
 }
