@@ -42,14 +42,14 @@ extension TallyServices {
     }
 }
 
-/// Builds the HTTP application: controllers, middleware and background services. Before the
-/// server takes requests it migrates the database, loads the prices, registers the instance's
-/// leases and waits for the change listener to listen; the background services wait for that
-/// (``StartupGate``).
 /// A stop (SIGTERM, SIGINT) that came while start-up still waited for the change listener: the
 /// server never served, and nothing failed.
 public struct StoppedDuringStartup: Error {}
 
+/// Builds the HTTP application: controllers, middleware and background services. Before the
+/// server takes requests it migrates the database, loads the prices, registers the instance's
+/// leases and waits for the change listener to listen; the background services wait for that
+/// (``StartupGate``).
 public func buildApplication(_ configuration: TallyConfiguration) async throws -> some ApplicationProtocol {
     var logger = Logger(label: "tally")
     logger.logLevel = configuration.logLevel
