@@ -107,19 +107,21 @@ enum NewAPIImportSQL {
     /// stored as seconds) would abort the accounts' transaction on every run (`to_timestamp`:
     /// out of range): an expiry that far is never (-1 for keys, 0 for codes, as new-api reads
     /// them), any other such time unknown (0).
+    /// 9999-12-31 23:59:59 UTC, the last second `to_timestamp` is asked for here.
+    static let lastUnixTime: Int64 = 253_402_300_799
     static let clampTimes = """
-        UPDATE import_users SET created_unix = 0 WHERE created_unix > 253402300799;
+        UPDATE import_users SET created_unix = 0 WHERE created_unix > \(lastUnixTime);
         UPDATE import_tokens SET
-            expired_unix = CASE WHEN expired_unix > 253402300799 THEN -1 ELSE expired_unix END,
-            created_unix = CASE WHEN created_unix > 253402300799 THEN 0 ELSE created_unix END,
-            accessed_unix = CASE WHEN accessed_unix > 253402300799 THEN 0 ELSE accessed_unix END
-        WHERE greatest(expired_unix, created_unix, accessed_unix) > 253402300799;
-        UPDATE import_channels SET created_unix = 0 WHERE created_unix > 253402300799;
+            expired_unix = CASE WHEN expired_unix > \(lastUnixTime) THEN -1 ELSE expired_unix END,
+            created_unix = CASE WHEN created_unix > \(lastUnixTime) THEN 0 ELSE created_unix END,
+            accessed_unix = CASE WHEN accessed_unix > \(lastUnixTime) THEN 0 ELSE accessed_unix END
+        WHERE greatest(expired_unix, created_unix, accessed_unix) > \(lastUnixTime);
+        UPDATE import_channels SET created_unix = 0 WHERE created_unix > \(lastUnixTime);
         UPDATE import_redemptions SET
-            expired_unix = CASE WHEN expired_unix > 253402300799 THEN 0 ELSE expired_unix END,
-            created_unix = CASE WHEN created_unix > 253402300799 THEN 0 ELSE created_unix END,
-            redeemed_unix = CASE WHEN redeemed_unix > 253402300799 THEN 0 ELSE redeemed_unix END
-        WHERE greatest(expired_unix, created_unix, redeemed_unix) > 253402300799
+            expired_unix = CASE WHEN expired_unix > \(lastUnixTime) THEN 0 ELSE expired_unix END,
+            created_unix = CASE WHEN created_unix > \(lastUnixTime) THEN 0 ELSE created_unix END,
+            redeemed_unix = CASE WHEN redeemed_unix > \(lastUnixTime) THEN 0 ELSE redeemed_unix END
+        WHERE greatest(expired_unix, created_unix, redeemed_unix) > \(lastUnixTime)
         """
 
     /// On a source's first run, an existing Tally account with the same username that no source
