@@ -155,10 +155,7 @@ struct CLITests {
     @Test("tally admin topup without a key prints the one it made; a retry with it credits nothing")
     func topUpRetryKey() async throws {
         let db = try await TestDatabase.create("clitopup")
-        let created = try TallyBinary.run(
-            ["admin", "create-user", "--username", "payer", "--json"], databaseURL: db.url)
-        let user = try #require(
-            (try JSONSerialization.jsonObject(with: Data(created.output.utf8)) as? [String: Any])?["id"] as? NSNumber)
+        let user = try TallyBinary.createUser("payer", databaseURL: db.url)
         let first = try TallyBinary.run(
             ["admin", "topup", "--user", "\(user)", "--amount", "5000"], databaseURL: db.url)
         let key = try #require(
@@ -166,7 +163,7 @@ struct CLITests {
         let retry = try TallyBinary.run(
             ["admin", "topup", "--user", "\(user)", "--amount", "5000", "--idempotency-key", key], databaseURL: db.url)
         #expect(retry.output.hasPrefix("already done"))
-        #expect(try await db.scalar("SELECT quota FROM users WHERE id = $1", [user.int64Value]) == 5000)
+        #expect(try await db.scalar("SELECT quota FROM users WHERE id = $1", [user]) == 5000)
     }
 
     @Test("tally admin redemption disable and enable change an unused code; a used or unknown one is refused")
@@ -190,10 +187,7 @@ struct CLITests {
     @Test("tally admin create-key refuses a group the owner may not use, as authorize would")
     func keyGroupUsable() async throws {
         let db = try await TestDatabase.create("clikeygroup")
-        let created = try TallyBinary.run(
-            ["admin", "create-user", "--username", "plain", "--json"], databaseURL: db.url)
-        let user = try #require(
-            (try JSONSerialization.jsonObject(with: Data(created.output.utf8)) as? [String: Any])?["id"] as? NSNumber)
+        let user = try TallyBinary.createUser("plain", databaseURL: db.url)
         try await db.pool.withConnection { connection in
             try connection.execute("INSERT INTO groups (name, selectable) VALUES ('svip', false), ('open', true)")
         }
@@ -206,7 +200,7 @@ struct CLITests {
         try TallyBinary.run(
             ["admin", "create-key", "--user", "\(user)", "--name", "k", "--unlimited", "--group", "open"],
             databaseURL: db.url)
-        #expect(try await db.scalar("SELECT count(*) FROM tokens WHERE user_id = $1", [user.int64Value]) == 1)
+        #expect(try await db.scalar("SELECT count(*) FROM tokens WHERE user_id = $1", [user]) == 1)
     }
 
     /// A `tally serve` setting that is wrong, and what the refusal must say.

@@ -25,6 +25,12 @@ struct NewAPIImportTests {
         return db
     }
 
+    /// The Tally id of new-api's `kind` row `id` (source `new-api`).
+    static func tallyID(_ kind: String, source id: Int64, in tally: TestDatabase) async throws -> Int64 {
+        try await tally.scalar(
+            "SELECT tally_id FROM import_map WHERE kind = $1 AND source_id = $2 AND source = 'new-api'", [kind, id])
+    }
+
     static func runImport(_ source: TestDatabase, into tally: TestDatabase, _ extra: [String] = []) throws -> String {
         let run = try TallyBinary.run(
             ["import", "new-api", "--from", source.url, "--batch-size", "700", "--quiet"] + extra,
@@ -536,8 +542,7 @@ struct NewAPIImportTests {
         }
         let tally = try await TestDatabase.create("newapilateadj")
         _ = try Self.runImport(source, into: tally)
-        let gina = try await tally.scalar(
-            "SELECT tally_id FROM import_map WHERE kind = 'user' AND source_id = 12 AND source = 'new-api'")
+        let gina = try await Self.tallyID("user", source: 12, in: tally)
         #expect(try await tally.scalar("SELECT count(*) FROM ledger WHERE user_id = $1", [gina]) == 0)
         try TallyBinary.run(
             ["admin", "topup", "--user", "\(gina)", "--amount", "5000", "--idempotency-key", "gina-1"],
@@ -572,8 +577,7 @@ struct NewAPIImportTests {
         }
         let tally = try await TestDatabase.create("newapineg")
         _ = try Self.runImport(source, into: tally)
-        let dave = try await tally.scalar(
-            "SELECT tally_id FROM import_map WHERE kind = 'user' AND source_id = 5 AND source = 'new-api'")
+        let dave = try await Self.tallyID("user", source: 5, in: tally)
         #expect(try await tally.scalar("SELECT used_quota FROM users WHERE id = $1", [dave]) == -2000)
         #expect(try await tally.scalar("SELECT quota FROM users WHERE id = $1", [dave]) == -5000)
         try TallyBinary.run(["audit"], databaseURL: tally.url)
@@ -597,11 +601,9 @@ struct NewAPIImportTests {
         let tally = try await TestDatabase.create("newapichan")
         let output = try Self.runImport(source, into: tally)
         #expect(output.contains("channel #9: none of its groups is a valid Tally group name"), "\(output)")
-        let channel = try await tally.scalar(
-            "SELECT tally_id FROM import_map WHERE kind = 'channel' AND source_id = 9 AND source = 'new-api'")
+        let channel = try await Self.tallyID("channel", source: 9, in: tally)
         #expect(try await tally.scalar("SELECT status FROM channels WHERE id = $1", [channel]) == 2)
-        let key = try await tally.scalar(
-            "SELECT tally_id FROM import_map WHERE kind = 'token' AND source_id = 1 AND source = 'new-api'")
+        let key = try await Self.tallyID("token", source: 1, in: tally)
         #expect(try await tally.scalar("SELECT count(*) FROM tokens WHERE id = $1 AND expires_at IS NULL", [key]) == 1)
     }
 
@@ -612,11 +614,7 @@ struct NewAPIImportTests {
         let source = try await Self.newAPIDatabase("newapilinksrc")
         let tally = try await TestDatabase.create("newapilink")
         _ = try Self.runImport(source, into: tally)
-        let created = try TallyBinary.run(
-            ["admin", "create-user", "--username", "support", "--admin", "--json"], databaseURL: tally.url)
-        let support = try #require(
-            (try JSONSerialization.jsonObject(with: Data(created.output.utf8)) as? [String: Any])?["id"] as? NSNumber
-        ).int64Value
+        let support = try TallyBinary.createUser("support", ["--admin"], databaseURL: tally.url)
         try await source.pool.withConnection {
             try $0.execute(
                 "INSERT INTO users (id, username, password, quota, created_at) VALUES (14, 'support', 'x', 999000, 1790000000)"
@@ -626,8 +624,7 @@ struct NewAPIImportTests {
         #expect(output.contains("is an existing Tally account's"), "\(output)")
         #expect(try await tally.scalar("SELECT quota FROM users WHERE id = $1", [support]) == 0)
         #expect(try await tally.scalar("SELECT role FROM users WHERE id = $1", [support]) == 10)
-        let imported = try await tally.scalar(
-            "SELECT tally_id FROM import_map WHERE kind = 'user' AND source_id = 14 AND source = 'new-api'")
+        let imported = try await Self.tallyID("user", source: 14, in: tally)
         #expect(imported != support)
         #expect(try await tally.scalar("SELECT quota FROM users WHERE id = $1", [imported]) == 999_000)
         try TallyBinary.run(["audit"], databaseURL: tally.url)

@@ -135,6 +135,17 @@ public enum TallyBinary {
             .appendingPathComponent("tally")
     }
 
+    /// `tally admin create-user --username <username> <options> --json`; the new user's id.
+    public static func createUser(_ username: String, _ options: [String] = [], databaseURL: String) throws -> Int64 {
+        let created = try run(
+            ["admin", "create-user", "--username", username, "--json"] + options, databaseURL: databaseURL)
+        guard
+            let id = (try JSONSerialization.jsonObject(with: Data(created.output.utf8)) as? [String: Any])?["id"]
+                as? NSNumber
+        else { throw TallyRunError(arguments: ["admin", "create-user", username], run: created) }
+        return id.int64Value
+    }
+
     /// The exit a caller expects; any other throws `TallyRunError` with the command's stderr.
     public enum Exit: Sendable {
         case success
