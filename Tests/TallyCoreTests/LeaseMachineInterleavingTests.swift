@@ -22,7 +22,7 @@ struct ToyLeaseDatabase {
     var quota: [LeaseAccount: Int64]
     var reserved: [LeaseAccount: Int64] = [:]
     var leases: [String: [LeaseAccount: Int64]] = [:]
-    var holds: [String: (id: Int64, userID: Int64, amount: Int64, tokenLeased: Bool, open: Bool)] = [:]
+    var holds: [String: (id: Int64, scope: RequestScope, amount: Int64, tokenLeased: Bool, open: Bool)] = [:]
     var nextHoldBlock: Int64 = 1
     var violations: [String] = []
 
@@ -48,13 +48,13 @@ struct ToyLeaseDatabase {
             if let stored = holds[request.requestID] {
                 return JournalOutcome(
                     holdID: stored.id, held: stored.amount, status: stored.open ? "held" : "settled",
-                    userID: stored.userID, isNew: stored.id == hold.id)
+                    scope: stored.scope, isNew: stored.id == hold.id)
             }
-            holds[request.requestID] = (hold.id, request.userID, request.amount, hold.tokenLeased, true)
+            holds[request.requestID] = (hold.id, request.scope, request.amount, hold.tokenLeased, true)
             take(request.amount, from: .user(request.userID), of: instance)
             if hold.tokenLeased { take(request.amount, from: .token(request.tokenID), of: instance) }
             return JournalOutcome(
-                holdID: hold.id, held: request.amount, status: "held", userID: request.userID, isNew: true)
+                holdID: hold.id, held: request.amount, status: "held", scope: request.scope, isNew: true)
         }
     }
 

@@ -32,13 +32,13 @@ struct LeaseDriver {
         return LeaseTicket(nextTicket)
     }
 
-    /// Asks for a hold of `amount` for user 7 / token 70 (or the ids given).
-    mutating func cut(_ requestID: String, _ amount: Int64, user: Int64 = 7, token: Int64 = 70)
-        -> (LeaseTicket, [LeaseAction])
-    {
+    /// Asks for a hold of `amount` for user 7 / token 70 / gpt-4o (or those given).
+    mutating func cut(
+        _ requestID: String, _ amount: Int64, user: Int64 = 7, token: Int64 = 70, model: String = "gpt-4o"
+    ) -> (LeaseTicket, [LeaseAction]) {
         let ticket = ticket()
         let request = HoldRequest(
-            requestID: requestID, userID: user, tokenID: token, model: "gpt-4o", amount: amount,
+            requestID: requestID, userID: user, tokenID: token, model: model, amount: amount,
             tid: "tid-\(requestID)")
         return (ticket, send(.cut(ticket, request)))
     }
@@ -92,9 +92,14 @@ func duplicate(_ holdID: Int64, _ amount: Int64, _ status: String = "held") -> H
     .outcome(.duplicate(holdID: holdID, amount: amount, status: status))
 }
 
+/// What the driver's requests are authorized for (user 7 through key 70 for gpt-4o, unless named).
+func scope(user: Int64 = 7, token: Int64 = 70, model: String = "gpt-4o") -> RequestScope {
+    RequestScope(userID: user, tokenID: token, model: model)
+}
+
 func committed(_ holds: [JournaledHold]) -> [JournalOutcome] {
     holds.map {
-        JournalOutcome(holdID: $0.id, held: $0.request.amount, status: "held", userID: $0.request.userID, isNew: true)
+        JournalOutcome(holdID: $0.id, held: $0.request.amount, status: "held", scope: $0.request.scope, isNew: true)
     }
 }
 
@@ -232,7 +237,7 @@ struct LeaseMachineTests {
         let (ticket, actions) = driver.cut("elsewhere", 100)
         let batch = try #require(actions.journals.first)
         #expect(driver.machine.free(.user(7)) == 900)
-        let earlier = JournalOutcome(holdID: 5_000, held: 120, status: "settled", userID: 7, isNew: false)
+        let earlier = JournalOutcome(holdID: 5_000, held: 120, status: "settled", scope: scope(), isNew: false)
         let answered = driver.send(.journalCommitted(batch: batch.batch, [earlier]))
         #expect(answered.answers == [ticket: duplicate(5_000, 120, "settled")])
         #expect(driver.machine.free(.user(7)) == 1_000 && driver.machine.free(.token(70)) == 1_000)
@@ -312,7 +317,7 @@ struct LeaseMachineTests {
         let (first, actions) = driver.cut("e", 100)
         let batch = try #require(actions.journals.first)
         let (retry, _) = driver.cut("e", 100)
-        let earlier = JournalOutcome(holdID: 5_000, held: 120, status: "held", userID: 7, isNew: false)
+        let earlier = JournalOutcome(holdID: 5_000, held: 120, status: "held", scope: scope(), isNew: false)
         #expect(
             driver.send(.journalCommitted(batch: batch.batch, [earlier])).answers
                 == [first: duplicate(5_000, 120), retry: duplicate(5_000, 120)])
@@ -328,6 +333,30 @@ struct LeaseMachineTests {
         #expect(driver.cut("shared", 100).1.answers.values.first == duplicate(1, 100))
     }
 
+    @Test("a request id held for another key or model of the same user is refused, not answered as a retry")
+    func requestIDOfAnotherKeyOrModel() throws {
+        var driver = LeaseDriver.ready()
+        driver.prime(user: 1_000, token: nil)
+        #expect(driver.cut("once", 10).1.answers.values.first == held(1, 10))
+        let (otherKey, viaKey) = driver.cut("once", 500, token: 71)
+        #expect(viaKey == [.answer(otherKey, .outcome(.requestIDInUse))], "no refill, no cut, no journal")
+        let (otherModel, forModel) = driver.cut("once", 500, model: "o1")
+        #expect(forModel == [.answer(otherModel, .outcome(.requestIDInUse))])
+        #expect(driver.cut("once", 10).1.answers.values.first == duplicate(1, 10))
+    }
+
+    @Test("the journal finds the request id stored for another model of the user: refused, the units back on the lease")
+    func journalFindsAnotherModelsHold() throws {
+        var driver = LeaseDriver.ready(.sync)
+        driver.prime(user: 1_000, token: 1_000)
+        let (ticket, actions) = driver.cut("cheap", 100, model: "o1")
+        let batch = try #require(actions.journals.first)
+        let stored = JournalOutcome(holdID: 5_000, held: 1, status: "held", scope: scope(), isNew: false)
+        let answered = driver.send(.journalCommitted(batch: batch.batch, [stored]))
+        #expect(answered.answers == [ticket: .outcome(.requestIDInUse)])
+        #expect(driver.machine.free(.user(7)) == 1_000 && driver.machine.free(.token(70)) == 1_000)
+    }
+
     @Test(
         "the journal finds another user's hold under the request id: refused, the units back on the lease, not remembered"
     )
@@ -337,7 +366,8 @@ struct LeaseMachineTests {
         let (ticket, actions) = driver.cut("theirs", 100)
         let batch = try #require(actions.journals.first)
         let (retry, _) = driver.cut("theirs", 100)
-        let stored = JournalOutcome(holdID: 5_000, held: 120, status: "held", userID: 9, isNew: false)
+        let stored = JournalOutcome(
+            holdID: 5_000, held: 120, status: "held", scope: scope(user: 9, token: 90), isNew: false)
         let answered = driver.send(.journalCommitted(batch: batch.batch, [stored]))
         #expect(answered.answers == [ticket: .outcome(.requestIDInUse), retry: .outcome(.requestIDInUse)])
         #expect(driver.machine.free(.user(7)) == 1_000 && driver.machine.free(.token(70)) == 1_000)

@@ -81,6 +81,11 @@ struct AuthorizeHTTPTests {
         return (db, seed)
     }
 
+    static func expectConflict(_ answer: Answer, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(answer.status == 409, "\(answer.text)", sourceLocation: sourceLocation)
+        #expect(answer.errorMessage == Authorizer.requestIDInUse.message, sourceLocation: sourceLocation)
+    }
+
     static func expectError(
         _ answer: Answer, _ entry: CatalogEntry, last6: String = "", model: String = "",
         sourceLocation: SourceLocation = #_sourceLocation
@@ -328,6 +333,46 @@ struct AuthorizeHTTPTests {
             #expect(try await seed.openHolds(user: owner.id) == chatHold)
             #expect(
                 try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [other.id]) == 100_000 - chatHold)
+        }
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    @Test(
+        "a request id held for another key or model of the account answers 409, from memory and from PostgreSQL; only the same key and model retry it"
+    )
+    func requestIDOfAnotherKeyOrModel() async throws {
+        let (db, seed) = try await Self.prepared()
+        let (user, _) = try await seed.user(quota: 100_000)
+        let key = try await seed.key(user: user.id, TokenDraft(name: "a", unlimitedQuota: true)).key
+        let otherKey = try await seed.key(user: user.id, TokenDraft(name: "b", unlimitedQuota: true)).key
+        let poorKey = try await seed.key(user: user.id, TokenDraft(name: "c", remainQuota: 1, unlimitedQuota: false))
+            .key
+        let embedding = (model: "text-embedding-3-small", estimate: #"{"input_chars":10}"#)
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            let held = try await gateway.authorize(key: key, requestID: "once")
+            #expect(held.status == 200, "\(held.text)")
+            // Answered from the instance's memory.
+            Self.expectConflict(try await gateway.authorize(key: otherKey, requestID: "once"))
+            Self.expectConflict(
+                try await gateway.authorize(
+                    key: key, model: embedding.model, requestID: "once", estimate: embedding.estimate))
+        }
+        // A fresh instance remembers nothing: the journal and the refusals' lookup find the stored
+        // hold, and its key and model. Before, the other key was answered with this hold (its own
+        // limit unchecked) and the poor key's refusal turned into that hold's grant.
+        try await TestApp.build(db).test(.live) { client in
+            let gateway = Gateway(client: client)
+            Self.expectConflict(try await gateway.authorize(key: otherKey, requestID: "once"))
+            Self.expectConflict(
+                try await gateway.authorize(
+                    key: key, model: embedding.model, requestID: "once", estimate: embedding.estimate))
+            Self.expectError(try await gateway.authorize(key: poorKey, requestID: "once"), .insufficientUserQuota)
+            let retry = try await gateway.authorize(key: key, requestID: "once")
+            #expect(retry.status == 200, "\(retry.text)")
+            let heldID = try await seed.int("SELECT id FROM holds WHERE request_id = 'once'")
+            #expect(int64(retry.object["hold_id"]) == heldID && retry.object["duplicate"] as? Bool == true)
+            #expect(try await seed.openHolds(user: user.id) == chatHold)
         }
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }

@@ -241,10 +241,11 @@ struct HoldBookTests {
                 try await seed.int("SELECT amount FROM token_leases WHERE instance_id = 'one'"),
             ]
         }
+        let scope = RequestScope(userID: user, tokenID: token, model: "gpt-4o")
         let batch = [hold(0, "a", 100, tokenLeased: true), hold(1, "b", 200, tokenLeased: false)]
         let fresh = [
-            JournalOutcome(holdID: first, held: 100, status: "held", userID: user, isNew: true),
-            JournalOutcome(holdID: first + 1, held: 200, status: "held", userID: user, isNew: true),
+            JournalOutcome(holdID: first, held: 100, status: "held", scope: scope, isNew: true),
+            JournalOutcome(holdID: first + 1, held: 200, status: "held", scope: scope, isNew: true),
         ]
         #expect(try await repository.journal(instance: "one", holds: batch, ttlSeconds: 600) == fresh)
         #expect(try await leases() == [700, 900])
@@ -255,8 +256,8 @@ struct HoldBookTests {
         let mixed = [hold(2, "c", 50, tokenLeased: true), hold(3, "a", 100, tokenLeased: true)]
         #expect(
             try await repository.journal(instance: "one", holds: mixed, ttlSeconds: 600) == [
-                JournalOutcome(holdID: first + 2, held: 50, status: "held", userID: user, isNew: true),
-                JournalOutcome(holdID: first, held: 100, status: "held", userID: user, isNew: false),
+                JournalOutcome(holdID: first + 2, held: 50, status: "held", scope: scope, isNew: true),
+                JournalOutcome(holdID: first, held: 100, status: "held", scope: scope, isNew: false),
             ])
         #expect(try await leases() == [650, 850])
         #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'held'") == 3)
@@ -438,7 +439,7 @@ private final class ObservedRepository: LeaseRepository {
 
     init(_ base: any LeaseRepository) { self.base = base }
 
-    func storedHolds(_ requests: [RequestOfUser]) async throws -> [HoldOutcome?] {
+    func storedHolds(_ requests: [ScopedRequestID]) async throws -> [HoldOutcome?] {
         lookups.withLock {
             $0.asked += requests.count
             $0.queries += 1

@@ -97,7 +97,7 @@ extension SimDatabase {
             let request = entry.request
             holds[request.requestID] = Hold(
                 id: entry.id, requestID: request.requestID, userID: request.userID,
-                tokenID: request.tokenID, amount: request.amount,
+                tokenID: request.tokenID, model: request.model, amount: request.amount,
                 tokenReserved: entry.tokenLeased, expiresAt: now + ttl)
             inserted.append(entry)
         }
@@ -119,7 +119,8 @@ extension SimDatabase {
         return entries.compactMap { entry in
             holds[entry.request.requestID].map {
                 JournalOutcome(
-                    holdID: $0.id, held: $0.amount, status: $0.status.rawValue, userID: $0.userID,
+                    holdID: $0.id, held: $0.amount, status: $0.status.rawValue,
+                    scope: RequestScope(userID: $0.userID, tokenID: $0.tokenID, model: $0.model),
                     isNew: $0.id == entry.id)
             }
         }

@@ -67,6 +67,7 @@ struct SimDatabase {
         let requestID: String
         let userID: Int64
         let tokenID: Int64
+        let model: String
         let amount: Int64
         /// The amount is reserved from the (limited) token too.
         let tokenReserved: Bool

@@ -77,8 +77,10 @@ extension Simulation {
             try database.returnLeases(name, amounts: amounts)
             return .done
         case .holdIDBlock: return .holdIDs(first: database.holdIDBlock())
-        case .storedHold(let requestID, let userID):
-            let stored = database.holds[requestID].flatMap { $0.userID == userID ? $0 : nil }
+        case .storedHold(let requestID, let scope):
+            let stored = database.holds[requestID].flatMap {
+                RequestScope(userID: $0.userID, tokenID: $0.tokenID, model: $0.model) == scope ? $0 : nil
+            }
             return .storedHold(
                 stored.map { .duplicate(holdID: $0.id, amount: $0.amount, status: $0.status.rawValue) })
         case .release(let requestID): return database.release(requestID) == nil ? .failed(.notFound) : .released

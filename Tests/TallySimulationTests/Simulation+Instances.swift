@@ -85,7 +85,7 @@ extension Simulation {
             switch answer {
             case .outcome(let refusal) where refusal.isShortOfUnits:
                 // HoldBook.reserve: a refusal looks for a hold stored under the request id first.
-                let lookup = DatabaseCall.Request.storedHold(hold.requestID, userID: hold.userID)
+                let lookup = DatabaseCall.Request.storedHold(hold.requestID, scope: hold.scope)
                 call(lookup, from: index, reply: .refusal(exchange: exchange, refusal))
             case .outcome(let outcome): reply(exchange, .hold(outcome))
             case .failed: reply(exchange, .unavailable)
@@ -284,7 +284,7 @@ struct DatabaseCall {
         case returnLeases(String, [AccountUnits])
         case holdIDBlock
         /// The hold stored under a request id of a user (before a refusal goes out).
-        case storedHold(String, userID: Int64)
+        case storedHold(String, scope: RequestScope)
         case release(String)
         case expireHolds
         case reap

@@ -65,7 +65,9 @@ public final class Authorizer: Sendable {
         guard limiter.allow(access, model: model, now: now.timeIntervalSince1970) else {
             // A retry of a request already held is answered with its hold, whatever the rate.
             if let requestID = Self.validRequestID(request.requestID),
-                let stored = try await holds.storedHold(requestID: requestID, userID: access.userID)
+                let stored = try await holds.storedHold(
+                    requestID: requestID,
+                    scope: RequestScope(userID: access.userID, tokenID: access.tokenID, model: model))
             {
                 return try Self.answer(stored, access: access)
             }
@@ -98,12 +100,13 @@ public final class Authorizer: Sendable {
     /// Retries are rare, so the lookup (coalesced with the others in flight) costs little.
     private func current(_ outcome: HoldOutcome, of hold: HoldRequest) async throws -> HoldOutcome {
         guard case .duplicate(_, _, "held") = outcome else { return outcome }
-        return try await holds.storedHold(requestID: hold.requestID, userID: hold.userID) ?? outcome
+        return try await holds.storedHold(requestID: hold.requestID, scope: hold.scope) ?? outcome
     }
 
-    /// A request id names one request of one account: another account's hold is not a retry.
+    /// A request id names one request (``RequestScope``): a hold of another account, key or
+    /// model is not its retry.
     public static let requestIDInUse = APIError.conflict(
-        "This request_id is another account's request; give each request its own request_id.")
+        "This request_id is another request's (another account, key or model); give each request its own request_id.")
 
     /// The grant of a hold outcome, or the catalog error of a refusal.
     private static func answer(_ outcome: HoldOutcome, access: KeyAccess) throws -> AuthorizeGrant {

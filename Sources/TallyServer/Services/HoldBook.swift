@@ -26,7 +26,7 @@ public final class HoldBook: Sendable {
     private let refills: Coalescer<RefillRound, [LeaseGrant]>
     /// Refusals' lookups of a stored hold, one query for all those asked meanwhile: a client
     /// hammering a spent account costs a query per round trip, not one per refusal.
-    private let storedHolds: Coalescer<RequestOfUser, HoldOutcome?>
+    private let storedHolds: Coalescer<ScopedRequestID, HoldOutcome?>
     /// The amount of a recent hold: a cold key's first lease is `leaseMultiple` of them.
     private let typicalAmount = Atomic<Int64>(0)
 
@@ -135,13 +135,13 @@ public final class HoldBook: Sendable {
     public func reserve(_ request: HoldRequest) async throws -> HoldOutcome {
         let outcome = try await cut(request)
         guard outcome.isShortOfUnits else { return outcome }
-        return try await storedHold(requestID: request.requestID, userID: request.userID) ?? outcome
+        return try await storedHold(requestID: request.requestID, scope: request.scope) ?? outcome
     }
 
-    /// The hold stored under `requestID` of `userID` (a retry's answer), nil when there is none:
+    /// The hold stored under `requestID` for `scope` (a retry's answer), nil when there is none:
     /// looked up with the refusals' lookups (one query for all asked meanwhile).
-    public func storedHold(requestID: String, userID: Int64) async throws -> HoldOutcome? {
-        try await storedHolds.submit(RequestOfUser(requestID: requestID, userID: userID))
+    public func storedHold(requestID: String, scope: RequestScope) async throws -> HoldOutcome? {
+        try await storedHolds.submit(ScopedRequestID(requestID: requestID, scope: scope))
     }
 
     private func cut(_ request: HoldRequest) async throws -> HoldOutcome {

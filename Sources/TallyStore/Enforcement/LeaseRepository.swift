@@ -19,23 +19,24 @@ public protocol LeaseRepository: Sendable {
     /// Stores holds cut from the leases; outcomes in the order of `holds`. Throws
     /// `LeaseError.notRegistered`, storing nothing, when the registration is gone.
     func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome]
-    /// The holds stored for these request ids of these users, as retries' answers
+    /// The holds stored for these request ids in these scopes, as retries' answers
     /// (`.duplicate`), in the order asked; nil where there is none.
-    func storedHolds(_ requests: [RequestOfUser]) async throws -> [HoldOutcome?]
+    func storedHolds(_ requests: [ScopedRequestID]) async throws -> [HoldOutcome?]
     /// The first of 1024 fresh hold ids.
     func holdIDBlock() async throws -> Int64
     /// Returns the leases of instances that stopped renewing; how many instances were reaped.
     func reapInstances() async throws -> Int
 }
 
-/// A request id of a user: what a refused authorization looks up among the holds stored.
-public struct RequestOfUser: Sendable, Hashable {
+/// A request id and what it is authorized for: what a refused authorization looks up among
+/// the holds stored.
+public struct ScopedRequestID: Sendable, Hashable {
     public let requestID: String
-    public let userID: Int64
+    public let scope: RequestScope
 
-    public init(requestID: String, userID: Int64) {
+    public init(requestID: String, scope: RequestScope) {
         self.requestID = requestID
-        self.userID = userID
+        self.scope = scope
     }
 }
 
@@ -110,7 +111,9 @@ public struct PostgresLeaseRepository: LeaseRepository {
                 try connection.query(Self.journalHolds, parameters).map { row in
                     (
                         id: try row.decode(1, as: Int64.self), held: try row.decode(2, as: Int64.self),
-                        status: try row.decode(3, as: String.self), userID: try row.decode(4, as: Int64.self)
+                        status: try row.decode(3, as: String.self),
+                        scope: RequestScope(
+                            userID: try row.decode(4), tokenID: try row.decode(5), model: try row.decode(6))
                     )
                 }
             }
@@ -118,24 +121,28 @@ public struct PostgresLeaseRepository: LeaseRepository {
         // A stored hold with another id is an earlier authorization of the request id.
         return zip(holds, stored).map { hold, stored in
             JournalOutcome(
-                holdID: stored.id, held: stored.held, status: stored.status, userID: stored.userID,
+                holdID: stored.id, held: stored.held, status: stored.status, scope: stored.scope,
                 isNew: stored.id == hold.id)
         }
     }
 
-    public func storedHolds(_ requests: [RequestOfUser]) async throws -> [HoldOutcome?] {
+    public func storedHolds(_ requests: [ScopedRequestID]) async throws -> [HoldOutcome?] {
         let parameters: [any PostgresEncodable] = [PostgresArray.text(requests.map(\.requestID))]
         let stored = try await pool.withConnection { connection in
             try connection.query(Self.storedHoldsOfRequests, parameters).map { row in
                 (
-                    RequestOfUser(requestID: try row.decode(0), userID: try row.decode(1)),
+                    ScopedRequestID(
+                        requestID: try row.decode(0),
+                        scope: RequestScope(
+                            userID: try row.decode(1), tokenID: try row.decode(5), model: try row.decode(6))
+                    ),
                     HoldOutcome.duplicate(
                         holdID: try row.decode(2, as: Int64.self), amount: try row.decode(3, as: Int64.self),
                         status: try row.decode(4, as: String.self))
                 )
             }
         }
-        // A request id is unique among holds; one of another user's is not this request's.
+        // A request id is unique among holds; one of another scope is not this request's.
         let byRequest = Dictionary(stored, uniquingKeysWith: { first, _ in first })
         return requests.map { byRequest[$0] }
     }
@@ -217,12 +224,13 @@ public struct PostgresLeaseRepository: LeaseRepository {
     static let journalHolds = PreparedStatement(
         "leases_journal",
         """
-        SELECT request_id, hold_id, held, hold_status, hold_user_id FROM tally_journal_holds(
+        SELECT request_id, hold_id, held, hold_status, hold_user_id, hold_token_id, hold_model FROM tally_journal_holds(
             $1, $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::boolean[], $10)
         """)
     static let storedHoldsOfRequests = PreparedStatement(
         "leases_stored_holds",
-        "SELECT request_id, user_id, id, amount, status FROM holds WHERE request_id = ANY ($1::text[])")
+        "SELECT request_id, user_id, id, amount, status, token_id, model FROM holds WHERE request_id = ANY ($1::text[])"
+    )
     static let nextHoldIDBlock = PreparedStatement(
         "leases_hold_id_block", "SELECT nextval(pg_get_serial_sequence('holds', 'id'))")
     static let reap = PreparedStatement("leases_reap", "SELECT tally_reap_instances()")

@@ -30,9 +30,9 @@ extension LeaseMachine {
 
     /// The answer for a journaled hold. A request id journaled before stored nothing: its units
     /// were not taken off the lease row, so they are this lease's again. The earlier hold is the
-    /// answer when it is the same user's (a retry that reached another instance); another
-    /// user's request id is refused and forgotten here, so that user's own retries still find
-    /// their hold.
+    /// answer when it has the same scope (a retry that reached another instance); another
+    /// request's id is refused and forgotten here, so that the first request's own retries
+    /// still find their hold.
     private mutating func settle(_ entry: JournalQueue.Entry, _ outcome: JournalOutcome) -> HoldOutcome {
         guard !outcome.isNew else { return .held(holdID: outcome.holdID, amount: outcome.held) }
         let request = entry.hold.request
@@ -42,12 +42,12 @@ extension LeaseMachine {
                 accounts[.token(request.tokenID), default: AccountLease()].free += request.amount
             }
         }
-        guard outcome.userID == request.userID else {
+        guard outcome.scope == request.scope else {
             retries.forget(request.requestID)
             return .requestIDInUse
         }
         let earlier = HoldOutcome.duplicate(holdID: outcome.holdID, amount: outcome.held, status: outcome.status)
-        retries.remember(request.requestID, of: request.userID, earlier)
+        retries.remember(request.requestID, for: request.scope, earlier)
         return earlier
     }
 

@@ -126,7 +126,7 @@ public struct LeaseMachine: Sendable {
         }
         let request = cut.request
         if let earlier = retries.find(request.requestID, now: now, keepFor: policy.recentSeconds) {
-            guard earlier.userID == request.userID else {
+            guard earlier.scope == request.scope else {
                 return out.append(.answer(cut.ticket, .outcome(.requestIDInUse)))
             }
             // Sync mode answers only what PostgreSQL holds: a retry of a hold still queued for
@@ -151,7 +151,7 @@ public struct LeaseMachine: Sendable {
         let tokenLimits = cutLeases(of: request, now: now)
         let held = HoldOutcome.held(holdID: holdID, amount: request.amount)
         retries.remember(
-            request.requestID, of: request.userID, .duplicate(holdID: holdID, amount: request.amount, status: "held"))
+            request.requestID, for: request.scope, .duplicate(holdID: holdID, amount: request.amount, status: "held"))
         let sync = policy.commit == .sync
         journal.enqueue(
             JournaledHold(id: holdID, request: request, tokenLeased: tokenLimits), instance: instance,
@@ -356,11 +356,11 @@ struct RecentAccounts: Sendable {
     mutating func forgetExpired(now: Double) { markedAt = markedAt.filter { now - $0.value < seconds } }
 }
 
-/// Request ids answered recently, with the user each was answered for, for retries: two
+/// Request ids answered recently, with the scope each was answered for, for retries: two
 /// generations swapped every `keepFor`.
 struct RecentHolds: Sendable {
     struct Answered: Sendable {
-        let userID: Int64
+        let scope: RequestScope
         let outcome: HoldOutcome
     }
 
@@ -377,8 +377,8 @@ struct RecentHolds: Sendable {
         return current[requestID] ?? previous[requestID]
     }
 
-    mutating func remember(_ requestID: String, of userID: Int64, _ outcome: HoldOutcome) {
-        current[requestID] = Answered(userID: userID, outcome: outcome)
+    mutating func remember(_ requestID: String, for scope: RequestScope, _ outcome: HoldOutcome) {
+        current[requestID] = Answered(scope: scope, outcome: outcome)
     }
 
     mutating func forget(_ requestID: String) {

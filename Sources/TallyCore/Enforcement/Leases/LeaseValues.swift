@@ -28,6 +28,21 @@ public enum HoldCommitMode: String, Sendable, CaseIterable {
     case async
 }
 
+/// What a request id was authorized for: one account, through one key, for one model. A retry
+/// names the same; a request id met again with another scope is another request's, never a
+/// retry (a key's limit, or a cheap model's hold, would otherwise cover it).
+public struct RequestScope: Sendable, Hashable {
+    public let userID: Int64
+    public let tokenID: Int64
+    public let model: String
+
+    public init(userID: Int64, tokenID: Int64, model: String) {
+        self.userID = userID
+        self.tokenID = tokenID
+        self.model = model
+    }
+}
+
 /// One reservation asked for by `authorize`.
 public struct HoldRequest: Sendable, Equatable {
     public let requestID: String
@@ -45,6 +60,8 @@ public struct HoldRequest: Sendable, Equatable {
         self.amount = amount
         self.tid = tid
     }
+
+    public var scope: RequestScope { RequestScope(userID: userID, tokenID: tokenID, model: model) }
 }
 
 /// What became of a reservation.
@@ -59,8 +76,8 @@ public enum HoldOutcome: Sendable, Equatable {
     case exhausted
     /// The user or the token no longer exists.
     case unknown
-    /// The request id is another user's hold: nothing was reserved, and the request is not
-    /// that hold's retry (a request id names one request of one account).
+    /// The request id is another request's hold (another account's, key's or model's): nothing
+    /// was reserved, and the request is not that hold's retry (``RequestScope``).
     case requestIDInUse
 
     /// A refusal for want of units, which a hold already stored under the request id answers
@@ -137,20 +154,20 @@ public struct JournaledHold: Sendable, Equatable {
 }
 
 /// What the journal found for a hold: the hold stored under its request id (this one, or an
-/// earlier one when the request id had been authorized before, by this user or another).
+/// earlier one when the request id had been authorized before, for this scope or another).
 public struct JournalOutcome: Sendable, Equatable {
     public let holdID: Int64
     public let held: Int64
     public let status: String
-    /// The user of the stored hold.
-    public let userID: Int64
+    /// What the stored hold was authorized for.
+    public let scope: RequestScope
     public let isNew: Bool
 
-    public init(holdID: Int64, held: Int64, status: String, userID: Int64, isNew: Bool) {
+    public init(holdID: Int64, held: Int64, status: String, scope: RequestScope, isNew: Bool) {
         self.holdID = holdID
         self.held = held
         self.status = status
-        self.userID = userID
+        self.scope = scope
         self.isNew = isNew
     }
 }
