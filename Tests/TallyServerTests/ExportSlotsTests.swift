@@ -25,4 +25,62 @@ struct ExportSlotsTests {
         try await slots.acquire(caller: 1)
         try await slots.acquire(caller: 1)
     }
+
+    @Test("a freed slot goes to the longest waiter its caller allows, at once; a cancelled waiter leaves the queue")
+    func handOff() async throws {
+        let slots = ExportSlots(poolSize: 4, perCaller: 1, wait: .seconds(30))
+        try await slots.acquire(caller: 1)
+        try await slots.acquire(caller: 2)
+        let order = Order()
+        // Caller 1 waits for its own second slot (its limit is 1); 3 and then 4 wait for any.
+        let second = Task {
+            try await slots.acquire(caller: 1); await order.add(1)
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        let third = Task {
+            try await slots.acquire(caller: 3); await order.add(3)
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        let fourth = Task {
+            try await slots.acquire(caller: 4); await order.add(4)
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        third.cancel()
+        await #expect(throws: CancellationError.self) { try await third.value }
+        // Caller 2's slot: caller 1 still holds its one, so 4 gets it (3 left the queue).
+        slots.release(caller: 2)
+        try await fourth.value
+        #expect(await order.callers == [4])
+        // Caller 1's slot: its own waiter, which its limit now allows.
+        slots.release(caller: 1)
+        try await second.value
+        #expect(await order.callers == [4, 1])
+    }
+
+    @Test("waiters are served oldest first")
+    func oldestFirst() async throws {
+        let slots = ExportSlots(poolSize: 2, perCaller: 2, wait: .seconds(30))
+        try await slots.acquire(caller: 1)
+        let order = Order()
+        var waiting: [Task<Void, any Error>] = []
+        for caller: Int64 in 2...6 {
+            waiting.append(
+                Task {
+                    try await slots.acquire(caller: caller); await order.add(caller)
+                })
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        var holder: Int64 = 1
+        for (index, task) in waiting.enumerated() {
+            slots.release(caller: holder)
+            try await task.value
+            holder = Int64(index + 2)
+        }
+        #expect(await order.callers == [2, 3, 4, 5, 6])
+    }
+
+    actor Order {
+        var callers: [Int64] = []
+        func add(_ caller: Int64) { callers.append(caller) }
+    }
 }
