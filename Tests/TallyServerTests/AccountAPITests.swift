@@ -221,11 +221,16 @@ struct AccountAPITests {
         }
     }
 
-    @Test("/v1 key errors: missing_token, invalid_token for unknown, expired, exhausted keys; account_suspended")
+    @Test(
+        "/v1 key errors: missing_token, invalid_token for unknown, expired, exhausted keys; account_suspended; a channel suffix of a non-admin"
+    )
     func keyErrors() async throws {
         let db = try await TestDatabase.shared("systemapi")
         let seed = Seed(db: db)
         let (user, _) = try await seed.user()
+        let (_, key) = try await seed.key(user: user.id)
+        let (admin, _) = try await seed.user("suffixadmin", role: .admin)
+        let (_, adminKey) = try await seed.key(user: admin.id)
         let (expiredToken, expired) = try await seed.key(
             user: user.id, TokenDraft(name: "expired", unlimitedQuota: true))
         try await seed.sql(
@@ -250,6 +255,11 @@ struct AccountAPITests {
                 let suspended = try await api.get(uri, token: suspendedKey)
                 #expect(suspended.status == 403)
                 #expect(suspended.errorCode == "account_suspended")
+                // new-api's TokenAuth: a channel pinned after the key is an admin's alone.
+                let pinned = try await api.get(uri, token: key + "-3")
+                #expect(pinned.status == 403, "\(uri)")
+                #expect(pinned.errorCode == "channel_not_permitted", "\(uri)")
+                #expect(try await api.get(uri, token: adminKey + "-3").status == 200, "\(uri)")
             }
         }
     }

@@ -158,6 +158,13 @@ struct AuthorizeHTTPTests {
             Self.expectError(try await gateway.authorize(key: key, channel: 1), .channelNotPermitted, last6: last6(key))
             Self.expectError(try await gateway.authorize(key: adminKey, channel: 999_999), .invalidChannelID)
             Self.expectError(try await gateway.authorize(key: adminKey, channel: disabledChannel.id), .channelDisabled)
+            // new-api's form, the channel pinned after the key (sk-KEY-CHANNEL): admins only.
+            Self.expectError(try await gateway.authorize(key: key + "-1"), .channelNotPermitted, last6: last6(key))
+            Self.expectError(try await gateway.authorize(key: adminKey + "-999999"), .invalidChannelID)
+            Self.expectError(try await gateway.authorize(key: adminKey + "-x"), .invalidChannelID)
+            Self.expectError(try await gateway.authorize(key: adminKey + "-\(disabledChannel.id)"), .channelDisabled)
+            let serving = try await seed.int("SELECT min(id) FROM channels WHERE status = 1")
+            #expect(try await gateway.authorize(key: adminKey + "-\(serving)").status == 200)
             Self.expectError(
                 try await gateway.authorize(key: ipKey, ip: "192.168.1.1"), .ipNotAllowed, last6: last6(ipKey))
             #expect(try await gateway.authorize(key: ipKey, ip: "10.1.2.3").status == 200)
@@ -209,10 +216,10 @@ struct AuthorizeHTTPTests {
         }
         // Refusals reserve nothing: only the granted holds are open, and with the server stopped
         // (its leases returned) they are all that is reserved.
-        #expect(
-            try await seed.int("SELECT sum(amount) FROM holds WHERE status = 'held'") == Int64(1 + rpmGranted)
-                * chatHold)
-        #expect(try await seed.int("SELECT sum(reserved) FROM user_balances") == Int64(1 + rpmGranted) * chatHold)
+        // (The IP-allowed key's, the rate-limited key's and the admin's pinned channel's.)
+        let granted = Int64(2 + rpmGranted)
+        #expect(try await seed.int("SELECT sum(amount) FROM holds WHERE status = 'held'") == granted * chatHold)
+        #expect(try await seed.int("SELECT sum(reserved) FROM user_balances") == granted * chatHold)
     }
 
     /// Found by a review: with no price version in force the answer was model_not_available

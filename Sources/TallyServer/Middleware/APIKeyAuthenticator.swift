@@ -10,23 +10,29 @@ extension HTTPField.Name {
 }
 
 /// API-key authentication of the client-facing `/v1/…` and `/dashboard/…` routes, as new-api's
-/// `TokenAuth`: `Authorization: Bearer sk-…` (or the bare key, or `x-api-key`). A channel
-/// suffix (`sk-KEY-3`) is ignored; a key sent without `sk-` is looked up with it.
+/// `TokenAuth`: `Authorization: Bearer sk-…` (or the bare key, or `x-api-key`). A key sent
+/// without `sk-` is looked up with it; a channel suffix (`sk-KEY-3`) is an admin's (``RelayKey``).
 ///
 /// Answers, in new-api's order: no key → `missing_token`; unknown, deleted, disabled, expired or
 /// exhausted key → `invalid_token`; a client address outside the key's IP allow-list (or an
-/// unknown one, when the key has a list) → `ip_not_allowed`; a suspended owner → `account_suspended`.
+/// unknown one, when the key has a list) → `ip_not_allowed`; a suspended owner → `account_suspended`;
+/// a channel suffix on a key of anyone but an admin → `channel_not_permitted`.
 struct APIKeyAuthenticator: Sendable {
     let tokens: TokenRepository
 
     func authenticate(_ request: Request, context: TallyRequestContext) async throws -> (token: APIToken, owner: User) {
         guard let key = Self.key(from: request) else { throw APIError(.missingToken) }
-        guard let found = try await tokens.find(key: key) else { throw CredentialRejected(APIError(.invalidToken)) }
+        guard let found = try await tokens.find(key: key.secret) else {
+            throw CredentialRejected(APIError(.invalidToken))
+        }
         guard found.token.isUsable else { throw APIError(.invalidToken) }
         guard Self.allows(found.token, from: context.clientAddress) else {
             throw APIError(.ipNotAllowed, last6: found.token.keyLast6)
         }
         guard !found.owner.isSuspended else { throw APIError(.accountSuspended) }
+        guard key.channelPin == nil || found.owner.role >= .admin else {
+            throw APIError(.channelNotPermitted, last6: found.token.keyLast6)
+        }
         return found
     }
 
@@ -38,11 +44,11 @@ struct APIKeyAuthenticator: Sendable {
         return list.allows(address)
     }
 
-    /// The full `sk-…` key of a request, normalised; nil when none was sent.
-    static func key(from request: Request) -> String? {
+    /// The key of a request; nil when none was sent.
+    static func key(from request: Request) -> RelayKey? {
         let raw =
             UserAuthMiddleware.accessToken(from: request.headers[.authorization])
             ?? request.headers[.xAPIKey].map { String(BearerCredential.trimmed($0[...])) }
-        return raw.flatMap(Authorizer.normalizedKey)
+        return raw.flatMap(RelayKey.init)
     }
 }

@@ -35,15 +35,15 @@ public final class Authorizer: Sendable {
     /// Authorizes `request` or throws the `APIError` of the first check it fails.
     public func authorize(_ request: AuthorizeRequest, tid: String, now: Date = Date()) async throws -> AuthorizeGrant {
         var started = AuthorizeMetrics.now()
-        guard let key = request.key.flatMap(Self.normalizedKey) else { throw APIError(.missingToken) }
-        guard let access = try await directory.key(SecretHash(of: key), now: now, leasing: holds.lookupLease()),
+        guard let key = request.key.flatMap(RelayKey.init) else { throw APIError(.missingToken) }
+        guard let access = try await directory.key(SecretHash(of: key.secret), now: now, leasing: holds.lookupLease()),
             access.tokenEnabled,
             access.expiresAt.map({ $0 > now }) ?? true
         else { throw APIError(.invalidToken) }
         started = AuthorizeMetrics.record(.key, since: started)
         guard !access.userSuspended else { throw APIError(.accountSuspended) }
         let last6 = access.keyLast6
-        try await checkChannel(request.channelID, access: access, now: now)
+        try await checkChannel(request.channelID, pinned: key.channelPin, access: access, now: now)
         guard let allowList = access.allowIPs, allowList.allows(request.ip ?? "") else {
             throw APIError(.ipNotAllowed, last6: last6)
         }
@@ -137,22 +137,15 @@ public final class Authorizer: Sendable {
         return requestID
     }
 
-    /// Only admins may pick a channel; it must exist and be enabled.
-    private func checkChannel(_ channelID: Int64?, access: KeyAccess, now: Date) async throws {
-        guard let channelID else { return }
+    /// Only admins may pick a channel: by `channel_id`, or, without one, by the key's
+    /// `-CHANNEL` suffix (new-api's form; anyone else who sends one is refused, as there). The
+    /// channel must exist and be enabled.
+    private func checkChannel(_ channelID: Int64?, pinned: Substring?, access: KeyAccess, now: Date) async throws {
+        guard channelID != nil || pinned != nil else { return }
         guard access.userRole >= .admin else { throw APIError(.channelNotPermitted, last6: access.keyLast6) }
-        guard let channel = try await directory.channels(now: now).channels[channelID] else {
-            throw APIError(.invalidChannelID)
-        }
+        guard let id = channelID ?? pinned.flatMap({ Int64($0) }),
+            let channel = try await directory.channels(now: now).channels[id]
+        else { throw APIError(.invalidChannelID) }
         guard channel.enabled else { throw APIError(.channelDisabled) }
-    }
-
-    /// The key as stored: `sk-` + the key, without a `Bearer ` prefix or a `-<channel>` suffix
-    /// (as the client-facing routes read it); nil when nothing is left.
-    public static func normalizedKey(_ raw: String) -> String? {
-        guard var key = BearerCredential.value(of: raw) else { return nil }
-        if key.hasPrefix("sk-") { key = key.dropFirst(3) }
-        if let dash = key.firstIndex(of: "-") { key = key[..<dash] }
-        return key.isEmpty ? nil : "sk-" + key
     }
 }
