@@ -18,7 +18,9 @@ public struct BatchReader {
 
     let ingestor: Ingestor
     let format: IngestFormat
-    let book: PriceBook
+    /// The instance's book as of the last chunk: a version stored while the body arrives
+    /// prices the lines after it (each line by the version in force at its `created_at`).
+    private var book: PriceBook
     let now: Date
     private var splitter = LineSplitter()
     private var bytes = 0
@@ -29,10 +31,10 @@ public struct BatchReader {
     /// Where priced lines go while the body is read; nil when the batch is stored whole.
     var handOff: BatchHandOff?
 
-    init(ingestor: Ingestor, format: IngestFormat, book: PriceBook, now: Date) {
+    init(ingestor: Ingestor, format: IngestFormat, now: Date) {
         self.ingestor = ingestor
         self.format = format
-        self.book = book
+        self.book = ingestor.prices.book
         self.now = now
     }
 
@@ -43,6 +45,7 @@ public struct BatchReader {
         guard bytes <= ingestor.limits.maxBytes else {
             throw BatchTooLarge(description: "The batch is larger than \(ingestor.limits.maxBytes) bytes.")
         }
+        book = ingestor.prices.book
         // Taken out while it runs (`read` mutates self): left in place, the copy would share the
         // line in progress with it, and every chunk would copy that whole line before appending.
         var splitter = self.splitter

@@ -110,7 +110,7 @@ public struct Ingestor: Sendable {
 
     /// A reader for one batch body, fed chunk by chunk.
     public func reader(format: IngestFormat, now: Date = Date()) -> BatchReader {
-        BatchReader(ingestor: self, format: format, book: prices.book, now: now)
+        BatchReader(ingestor: self, format: format, now: now)
     }
 
     /// Stores what `reader` read (the whole body); returns after the batch is committed.
