@@ -416,6 +416,21 @@ struct IngestHTTPTests {
         #expect(try await Self.balance(db, user: 8) == Self.initialQuota - 3 * Self.chatCost)
     }
 
+    @Test("a line's key is read as authorize reads it: an admin's -CHANNEL suffix, no sk-, a Bearer scheme")
+    func keyForms() async throws {
+        let db = try await Self.database()
+        let key = SyntheticKeys.key(forUser: 39)
+        let forms = [key + "-3", String(key.dropFirst(3)), "Bearer " + key]
+        let lines = forms.enumerated().map { index, form in
+            LogLines.chat("key-form-\(index)", user: 39).replacingOccurrences(of: key, with: form)
+        }
+        try await TestApp.build(db).test(.live) { client in
+            let (_, object) = try await Self.post(client, LogLines.ndjson(lines))
+            #expect(object["accepted"] as? Int == 3, "\(object)")
+        }
+        #expect(try await Self.balance(db, user: 39) == Self.initialQuota - 3 * Self.chatCost)
+    }
+
     @Test("LiteLLM StandardLoggingPayload lines are accepted with ?format=litellm")
     func liteLLM() async throws {
         let db = try await Self.database()

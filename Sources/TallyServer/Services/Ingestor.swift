@@ -121,10 +121,14 @@ public struct Ingestor: Sendable {
             batch.priced, rejects: batch.rejects, totalLines: batch.lines, tid: tid, source: source)
     }
 
+    /// The hash of the line's key as authorize reads it (a `Bearer ` scheme, a missing `sk-`, an
+    /// admin's `-CHANNEL` suffix: ``RelayKey``), or the hash the line carries.
     static func keyHash(of line: LogLine) -> SecretHash? {
-        if let key = line.key, !key.isEmpty { return SecretHash(of: key) }
+        if let key = line.key, !key.isEmpty { return SecretHash(of: storedForm(of: key)) }
         return line.keyHash.flatMap(SecretHash.init(hex:))
     }
+
+    private static func storedForm(of key: String) -> String { RelayKey(key)?.secret ?? key }
 
     /// Validates one parsed line and rates it; throws the reason it cannot be accepted.
     /// `identity` is the owner of its key (or token id), nil when none matches.
@@ -155,7 +159,9 @@ public struct Ingestor: Sendable {
         }
         guard let identity else {
             if Self.keyHash(of: line) != nil {
-                throw IngestRejection("unknown_key", "no API key matches key(\(line.key.map(Secrets.last6) ?? "hash"))")
+                throw IngestRejection(
+                    "unknown_key",
+                    "no API key matches key(\(line.key.map { Secrets.last6(Self.storedForm(of: $0)) } ?? "hash"))")
             } else if let tokenID = line.tokenID {
                 throw IngestRejection("unknown_key", "no token has id \(tokenID)")
             }
