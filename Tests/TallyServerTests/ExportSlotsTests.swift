@@ -17,7 +17,7 @@ struct ExportSlotsTests {
         await #expect(throws: ExportSlots.busy) { try await slots.acquire(caller: 3) }
         // A slot freed while one waits is taken by the waiter.
         async let waiting: Void = slots.acquire(caller: 3)
-        try await Task.sleep(for: .milliseconds(30))
+        try await Self.untilWaiting(1, slots)
         slots.release(caller: 1)
         try await waiting
         await #expect(throws: ExportSlots.busy) { try await slots.acquire(caller: 2) }
@@ -34,17 +34,20 @@ struct ExportSlotsTests {
         let order = Order()
         // Caller 1 waits for its own second slot (its limit is 1); 3 and then 4 wait for any.
         let second = Task {
-            try await slots.acquire(caller: 1); await order.add(1)
+            try await slots.acquire(caller: 1)
+            await order.add(1)
         }
-        try await Task.sleep(for: .milliseconds(50))
+        try await Self.untilWaiting(1, slots)
         let third = Task {
-            try await slots.acquire(caller: 3); await order.add(3)
+            try await slots.acquire(caller: 3)
+            await order.add(3)
         }
-        try await Task.sleep(for: .milliseconds(50))
+        try await Self.untilWaiting(2, slots)
         let fourth = Task {
-            try await slots.acquire(caller: 4); await order.add(4)
+            try await slots.acquire(caller: 4)
+            await order.add(4)
         }
-        try await Task.sleep(for: .milliseconds(50))
+        try await Self.untilWaiting(3, slots)
         third.cancel()
         await #expect(throws: CancellationError.self) { try await third.value }
         // Caller 2's slot: caller 1 still holds its one, so 4 gets it (3 left the queue).
@@ -66,9 +69,10 @@ struct ExportSlotsTests {
         for caller: Int64 in 2...6 {
             waiting.append(
                 Task {
-                    try await slots.acquire(caller: caller); await order.add(caller)
+                    try await slots.acquire(caller: caller)
+                    await order.add(caller)
                 })
-            try await Task.sleep(for: .milliseconds(20))
+            try await Self.untilWaiting(waiting.count, slots)
         }
         var holder: Int64 = 1
         for (index, task) in waiting.enumerated() {
@@ -77,6 +81,11 @@ struct ExportSlotsTests {
             holder = Int64(index + 2)
         }
         #expect(await order.callers == [2, 3, 4, 5, 6])
+    }
+
+    /// Until `count` exports wait (so the next one queues behind them).
+    static func untilWaiting(_ count: Int, _ slots: ExportSlots) async throws {
+        while slots.waiting < count { try await Task.sleep(for: .milliseconds(1)) }
     }
 
     actor Order {

@@ -103,6 +103,9 @@ final class ExportSlots: Sendable {
         granted?.continuation.resume()
     }
 
+    /// How many exports wait for a slot (for tests).
+    var waiting: Int { state.withLock { $0.waiters.count } }
+
     /// Ends the wait of `id` with `error`, unless it ended already.
     private func drop(_ id: UInt64, with error: any Error) {
         state.withLock { $0.remove(id) }?.continuation.resume(throwing: error)
