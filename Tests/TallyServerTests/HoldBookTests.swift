@@ -155,6 +155,32 @@ struct HoldBookTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    @Test("a failed journal call is counted in tally_hold_journal_failures_total (TallyHoldJournalFailing)")
+    func journalFailuresCounted() async throws {
+        TallyMetrics.bootstrap()
+        func failures() -> Int {
+            let text = String(decoding: TallyMetrics.registry.emitToBuffer(), as: UTF8.self)
+            let line = text.split(separator: "\n").first { $0.hasPrefix("tally_hold_journal_failures_total ") }
+            return line.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+        }
+        let db = try await TestDatabase.create("holdbook-journalfails")
+        let (user, token) = try await Self.limitedAccount(Seed(db: db), quota: 1_000)
+        let repository = ObservedRepository(PostgresLeaseRepository(pool: db.pool))
+        let book = HoldBook(repository: repository, holdTTLSeconds: 600, mode: .sync)
+        try await book.start()
+        let before = failures()
+        repository.failingJournals.withLock { $0 = 1 }
+        // Sync: the caller is told at once; the batch is written again after a pause.
+        await #expect(throws: (any Error).self) {
+            try await book.reserve(Self.request("refused", user: user, token: token))
+        }
+        // The process's counter: suites running alongside may add to it.
+        #expect(failures() >= before + 1)
+        #expect(try await book.reserve(Self.request("stored", user: user, token: token)) != .insufficient)
+        #expect(try await book.retire())
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     @Test("a journal batch of a reaped registration is refused (notRegistered) and stores nothing")
     func journalAfterReapingRefused() async throws {
         let db = try await TestDatabase.create("journalfence")
@@ -429,13 +455,16 @@ extension HoldBookTests {
 }
 
 /// The real repository, counting the stored-hold lookups that reach it, and failing the next
-/// `failingGiveBacks` give-backs (as PostgreSQL would in an outage) without calling it.
+/// `failingGiveBacks` give-backs and `failingJournals` journal calls (as PostgreSQL would in an
+/// outage) without calling it.
 private final class ObservedRepository: LeaseRepository {
     struct GiveBackRefused: Error {}
+    struct JournalRefused: Error {}
 
     let base: any LeaseRepository
     let lookups = Mutex((asked: 0, queries: 0))
     let failingGiveBacks = Mutex(0)
+    let failingJournals = Mutex(0)
 
     init(_ base: any LeaseRepository) { self.base = base }
 
@@ -467,7 +496,12 @@ private final class ObservedRepository: LeaseRepository {
         try await base.lease(instance: instance, wants: wants)
     }
     func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome] {
-        try await base.journal(instance: instance, holds: holds, ttlSeconds: ttlSeconds)
+        let fails = failingJournals.withLock { failing in
+            defer { failing = max(0, failing - 1) }
+            return failing > 0
+        }
+        if fails { throw JournalRefused() }
+        return try await base.journal(instance: instance, holds: holds, ttlSeconds: ttlSeconds)
     }
     func holdIDBlock() async throws -> Int64 { try await base.holdIDBlock() }
     func reapInstances() async throws -> Int { try await base.reapInstances() }

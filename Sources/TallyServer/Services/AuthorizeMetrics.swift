@@ -43,6 +43,9 @@ public enum AuthorizeMetrics {
     static let journalCommit = Timer(label: journalCommitLabel)
     static let journalBatch = Recorder(label: journalBatchLabel)
     static let journalsInFlight = Meter(label: "tally_hold_journal_batches_in_flight")
+    /// Journal calls that failed (PostgreSQL refused or could not be reached; their batches are
+    /// written again after a pause). A reaped registration's refusal is not a failure.
+    static let journalFailures = Counter(label: "tally_hold_journal_failures_total")
     static let refill = Timer(label: refillLabel)
 
     /// Monotonic nanoseconds.

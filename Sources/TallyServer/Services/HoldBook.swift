@@ -330,6 +330,9 @@ public final class HoldBook: Sendable {
             } catch LeaseError.notRegistered {
                 for index in mine { answers[index] = nil }
                 continue
+            } catch {
+                AuthorizeMetrics.journalFailures.increment()
+                throw error
             }
             AuthorizeMetrics.journalCommit.recordNanoseconds(Int64(AuthorizeMetrics.now() &- started))
             AuthorizeMetrics.journalBatch.record(holds.count)
