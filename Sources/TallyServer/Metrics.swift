@@ -13,6 +13,9 @@ public enum TallyMetrics {
         }
         factory.valueHistogramBuckets[AuthorizeMetrics.journalBatchLabel] = AuthorizeMetrics.batchBuckets
         MetricsSystem.bootstrap(factory)
+        // Printed as 0 from the start: an alert on its increase() sees the first failure only
+        // against an earlier sample (TallyHoldJournalFailing).
+        AuthorizeMetrics.journalFailures.increment(by: 0)
     }()
 
     /// Installs the Prometheus backend once per process (tests build many applications).
