@@ -508,10 +508,7 @@ struct AuthorizeHTTPTests {
             let gateway = Gateway(client: client)
             func counter() async throws -> Int {
                 let text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
-                let line = text.split(separator: "\n").first {
-                    $0.hasPrefix(#"tally_authorize_total{result="invalid_token"} "#)
-                }
-                return line.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
+                return metricValue(#"tally_authorize_total{result="invalid_token"}"#, in: text)
             }
             let before = try await counter()
             for _ in 0..<3 {
@@ -531,8 +528,7 @@ struct AuthorizeHTTPTests {
             let gateway = Gateway(client: client)
             func counter() async throws -> Int {
                 let text = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
-                let line = text.split(separator: "\n").first { $0.hasPrefix("tally_provider_rate_limited_total ") }
-                return line.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+                return metricValue("tally_provider_rate_limited_total", in: text)
             }
             let before = try await counter()
             #expect(try await gateway.authorize(key: key, requestID: "upstream-429").status == 200)

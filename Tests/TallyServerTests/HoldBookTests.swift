@@ -159,9 +159,9 @@ struct HoldBookTests {
     func journalFailuresCounted() async throws {
         TallyMetrics.bootstrap()
         func failures() -> Int {
-            let text = String(decoding: TallyMetrics.registry.emitToBuffer(), as: UTF8.self)
-            let line = text.split(separator: "\n").first { $0.hasPrefix("tally_hold_journal_failures_total ") }
-            return line.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+            metricValue(
+                "tally_hold_journal_failures_total",
+                in: String(decoding: TallyMetrics.registry.emitToBuffer(), as: UTF8.self))
         }
         let db = try await TestDatabase.create("holdbook-journalfails")
         let (user, token) = try await Self.limitedAccount(Seed(db: db), quota: 1_000)

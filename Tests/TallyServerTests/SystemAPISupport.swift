@@ -158,3 +158,10 @@ func numberType(_ number: NSNumber) -> String {
     default: "int"
     }
 }
+
+/// The value of one series in Prometheus text (`/metrics`), 0 when it is not printed yet.
+/// `series` is the name with its labels as printed, e.g. `tally_authorize_total{result="held"}`.
+func metricValue(_ series: String, in text: String) -> Int {
+    let line = text.split(separator: "\n").first { $0.hasPrefix(series + " ") }
+    return line.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
+}
