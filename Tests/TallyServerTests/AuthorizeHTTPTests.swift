@@ -380,6 +380,21 @@ struct AuthorizeHTTPTests {
             let heldID = try await seed.int("SELECT id FROM holds WHERE request_id = 'once'")
             #expect(int64(retry.object["hold_id"]) == heldID && retry.object["duplicate"] as? Bool == true)
             #expect(try await seed.openHolds(user: user.id) == chatHold)
+            // The other key's line of this id is another request's (a gateway ran it despite the
+            // 409): charged to that key, it leaves the hold to its own key's line. Settled by user
+            // and request id alone, it closed the hold and returned its reservation while the
+            // hold's request still ran.
+            let earlier = ISO8601DateFormatter().string(from: Date().addingTimeInterval(-5))
+            let otherKeysLine =
+                #"{"request_id":"once","created_at":"\#(earlier)","key":"\#(otherKey)","model":"gpt-4o","kind":"chat","status":200,"usage":{"prompt_tokens":1000,"completion_tokens":500}}"#
+            let charged = try await gateway.post("/logs", otherKeysLine)
+            #expect(charged.status == 200 && int64(charged.object["accepted"]) == 1, "\(charged.text)")
+            #expect(try await seed.openHolds(user: user.id) == chatHold)
+            #expect(try await gateway.settle("once", key: key).status == 200)
+            #expect(try await seed.openHolds(user: user.id) == 0)
+            #expect(
+                try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [user.id]) == 100_000 - 2 * chatHold
+            )
         }
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }

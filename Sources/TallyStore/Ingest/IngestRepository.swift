@@ -212,7 +212,7 @@ public struct PostgresIngestRepository: IngestRepository {
         }
     }
 
-    /// Closes the open holds of the lines (same account, same request id) as settled, and
+    /// Closes the open holds of the lines (same account, key and request id) as settled, and
     /// returns their reservations per account. Most deployments settle a hold per line; a
     /// database without open holds skips the update. (A hold journaled after this check is as
     /// one journaled after the update: it stays open and expires.)
@@ -222,7 +222,10 @@ public struct PostgresIngestRepository: IngestRepository {
         guard try connection.query(anyOpenHold)[0].decode(0, as: Bool.self) else { return [:] }
         let rows = try connection.query(
             settleHolds,
-            [PostgresArray.integers(lines.map(\.userID)), PostgresArray.text(lines.map(\.requestID))])
+            [
+                PostgresArray.integers(lines.map(\.userID)), PostgresArray.integers(lines.map(\.tokenID)),
+                PostgresArray.text(lines.map(\.requestID)),
+            ])
         var returned: [BatchCharges.AccountKey: BatchCharges.Returned] = [:]
         try rows.forEach { row in
             let key = BatchCharges.AccountKey(userID: try row.decode(0), tokenID: try row.decode(1))
@@ -295,17 +298,22 @@ public struct PostgresIngestRepository: IngestRepository {
         "ingest_any_open_hold",
         "SELECT EXISTS (SELECT 1 FROM holds WHERE status = 'held')")
 
-    /// A stored line settles the open hold of its account and request id: the line's real
+    /// A stored line settles the open hold of its account, key and request id: the line's real
     /// cost is charged like any other line's, and the hold's reservation goes back to the
     /// account (and to a limited key) through the batch's `pending_charges` row of the hold's
-    /// account. $1 user ids, $2 request ids (one per line).
+    /// account. A line of another key is another request's, whatever its id (authorize answers
+    /// such a request 409, but a gateway may run it anyway, and in async mode the journal finds
+    /// the conflict after the answer): it is charged and leaves the hold to its own line. The
+    /// model is not compared: a gateway may log the upstream's name for a mapped model.
+    /// $1 user ids, $2 token ids, $3 request ids (one per line).
     static let settleHolds = PreparedStatement(
         "ingest_settle_holds",
         """
         WITH settled AS (
             UPDATE holds h SET status = 'settled', closed_at = now()
-            FROM unnest($1::bigint[], $2::text[]) AS n(user_id, request_id)
-            WHERE h.request_id = n.request_id AND h.user_id = n.user_id AND h.status = 'held'
+            FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS n(user_id, token_id, request_id)
+            WHERE h.request_id = n.request_id AND h.user_id = n.user_id AND h.token_id = n.token_id
+              AND h.status = 'held'
             RETURNING h.user_id, h.token_id, h.amount, h.token_reserved)
         SELECT user_id, token_id, sum(amount)::bigint, coalesce(sum(amount) FILTER (WHERE token_reserved), 0)::bigint
         FROM settled GROUP BY user_id, token_id
