@@ -177,6 +177,20 @@ struct LeaseMachineTests {
         #expect(driver.cut("small", 70).1.answers.values.first == held(1, 70))
     }
 
+    /// Found by a review: an estimate of about 10^18 units (`max_tokens` has no bound of its own)
+    /// asked PostgreSQL for 32 times as much, and a few such cuts queued behind a refill round in
+    /// flight overflowed the round's sum: the trap took the instance down.
+    @Test("a hold above any balance is refused at once, without a refill; the largest that fits one is asked for")
+    func holdAboveAnyBalance() throws {
+        var driver = LeaseDriver.ready()
+        for amount in [LeasePolicy.maximumHold + 1, Int64.max] {
+            let (ticket, actions) = driver.cut("huge-\(amount)", amount)
+            #expect(actions == [.answer(ticket, .outcome(.insufficient))])
+        }
+        let refill = try #require(driver.cut("largest", LeasePolicy.maximumHold).1.refills.first)
+        #expect(refill.wants.first == AccountUnits(.user(7), 32 * LeasePolicy.maximumHold))
+    }
+
     @Test("a limited token binds as well as the user; an exhausted or unknown account answers so")
     func tokenLimitsAndStates() throws {
         var driver = LeaseDriver.ready()
@@ -684,6 +698,23 @@ struct LeaseMachineTests {
         #expect(driver.send(.journalCommitted(batch: batch.batch, committed(batch.holds))).contains(.flushed(flush)))
         _ = driver.send(.registered(instance: LeaseDriver.instance, validUntil: driver.now + 14))
         #expect(driver.cut("still-late", 1).1.answers.values.first == .failed(.registrationLapsed))
+    }
+
+    /// Found by a review: the wants queued behind a round in flight went out when it answered,
+    /// after the retirement: a lease taken then held the registration's row from the reaping
+    /// (which skips a locked row), or, once reaped, failed and registered the instance anew.
+    @Test("retire: wants queued behind a refill in flight are dropped, and no round follows it")
+    func retireDropsQueuedRefills() throws {
+        var driver = LeaseDriver.ready(.sync)
+        let (first, firstActions) = driver.cut("cold-1", 100, user: 8, token: 80)
+        let round = try #require(firstActions.refills.first).round
+        let (second, secondActions) = driver.cut("cold-2", 100, user: 9, token: 90)
+        #expect(secondActions.refills.isEmpty)
+        let retired = driver.send(.retire).answers
+        #expect(retired == [first: .failed(.registrationLapsed), second: .failed(.registrationLapsed)])
+        let answered = driver.send(
+            .refillGranted(round: round, [grant(.user(8), 3_200), grant(.token(80), 0, .unlimited)]))
+        #expect(answered.refills.isEmpty)
     }
 
     @Test("clock: nothing due, nothing done; one wake asked for the earliest wait")

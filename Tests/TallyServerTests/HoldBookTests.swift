@@ -189,7 +189,7 @@ struct HoldBookTests {
         let repository = PostgresLeaseRepository(pool: db.pool)
         try await repository.register(instance: "stopped", ttlSeconds: 15, reclaimAfterSeconds: 5)
         _ = try await repository.lease(instance: "stopped", wants: [AccountUnits(.user(user), 500)])
-        try await repository.retire(instance: "stopped")
+        #expect(try await repository.retire(instance: "stopped", patience: .seconds(5)))
         // Its 500 units went back, and another instance leased all that is left.
         try await repository.register(instance: "survivor", ttlSeconds: 15, reclaimAfterSeconds: 5)
         _ = try await repository.lease(instance: "survivor", wants: [AccountUnits(.user(user), 1_000)])
@@ -356,7 +356,7 @@ struct HoldBookTests {
         try await book.start()
         let granted = Mutex<[LeaseGrant]>([])
         func lease(_ instance: String) -> LookupLease {
-            LookupLease(instance: instance, want: 1_000) { grants in granted.withLock { $0 += grants } }
+            LookupLease(instance: instance, want: 1_000) { _, grants in granted.withLock { $0 += grants } }
         }
 
         let directory = AccessDirectory(pool: db.pool)
@@ -454,6 +454,78 @@ extension HoldBookTests {
     }
 }
 
+extension HoldBookTests {
+    /// Found by a review: the lookup leases the user and the key each skipping a locked row, so
+    /// a user's row locked meanwhile (by the fold, a top-up, another instance's lease) left a
+    /// grant of the key alone; the book found the user among the grants, found none and dropped
+    /// it, the key's units leased and neither used nor given back while the instance lived.
+    @Test("a cold key's lookup that leases the key alone (its user's row locked) reaches the book, which gives it back")
+    func lookupLeaseOfKeyAlone() async throws {
+        let db = try await TestDatabase.create("lookupkeyalone")
+        let seed = Seed(db: db)
+        let user = try await seed.user(quota: 100_000).user.id
+        let (token, key) = try await seed.key(
+            user: user, TokenDraft(name: "k", remainQuota: 50_000, unlimitedQuota: false))
+        let book = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
+        try await book.start()
+        // A first hold (another user's) sets the size of the leases taken with lookups.
+        let other = try await seed.user(quota: 100_000).user.id
+        let otherKey = try await seed.key(user: other).token.id
+        _ = try await book.reserve(Self.request("first", user: other, token: otherKey))
+
+        let blocker = try await TestSession.open(db.url)
+        try await blocker.run { session in
+            try session.execute("BEGIN")
+            try session.execute("SELECT 1 FROM users WHERE id = \(user) FOR UPDATE")
+        }
+        let access = try await AccessDirectory(pool: db.pool).key(SecretHash(of: key), leasing: book.lookupLease())
+        try await blocker.run { try $0.execute("COMMIT") }
+        #expect(access?.userID == user)
+        #expect(try await seed.int("SELECT count(*) FROM user_leases WHERE user_id = $1", [user]) == 0)
+        #expect(try await seed.int("SELECT amount FROM token_leases WHERE token_id = $1", [token.id]) > 0)
+
+        try await book.returnIdleLeases(everything: true)
+        #expect(try await seed.int("SELECT coalesce(sum(amount), 0) FROM token_leases") == 0)
+        #expect(try await seed.int("SELECT reserved FROM tokens WHERE id = $1", [token.id]) == 0)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+}
+
+extension HoldBookTests {
+    /// Found by a review: the reaping skips a registration whose row a call holds, and a
+    /// retirement that met a refill in flight returned nothing, reporting success: the leases
+    /// stayed out until the reaper's grace passed.
+    @Test("retiring waits for a call that holds its registration's row, then returns every lease")
+    func retireWaitsForCallsInFlight() async throws {
+        let db = try await TestDatabase.create("retirewaits")
+        let seed = Seed(db: db)
+        let (user, token) = try await Self.limitedAccount(seed, quota: 100_000)
+        let book = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
+        try await book.start()
+        let outcome = try await book.reserve(Self.request("held", user: user, token: token))
+        guard case .held(_, 100) = outcome else {
+            Issue.record("not held: \(outcome)")
+            return
+        }
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) > 100)
+
+        let blocker = try await TestSession.open(db.url)
+        let instance = book.instance
+        try await blocker.run { session in
+            try session.execute("BEGIN")
+            try session.execute("SELECT 1 FROM tally_instances WHERE id = '\(instance)' FOR SHARE")
+        }
+        let retired = Task { try await book.retire() }
+        try await Task.sleep(for: .milliseconds(300))
+        try await blocker.run { try $0.execute("COMMIT") }
+        #expect(try await retired.value)
+        #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 0)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) == 100)
+        #expect(try await seed.int("SELECT reserved FROM tokens WHERE id = $1", [token]) == 100)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+}
+
 /// The real repository, counting the stored-hold lookups that reach it, and failing the next
 /// `failingGiveBacks` give-backs and `failingJournals` journal calls (as PostgreSQL would in an
 /// outage) without calling it.
@@ -491,7 +563,9 @@ private final class ObservedRepository: LeaseRepository {
     func renew(instance: String, ttlSeconds: Int) async throws -> Bool {
         try await base.renew(instance: instance, ttlSeconds: ttlSeconds)
     }
-    func retire(instance: String) async throws { try await base.retire(instance: instance) }
+    func retire(instance: String, patience: Duration) async throws -> Bool {
+        try await base.retire(instance: instance, patience: patience)
+    }
     func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant] {
         try await base.lease(instance: instance, wants: wants)
     }

@@ -145,7 +145,7 @@ public final class HoldBook: Sendable {
     }
 
     private func cut(_ request: HoldRequest) async throws -> HoldOutcome {
-        if typicalAmount.load(ordering: .relaxed) != request.amount {
+        if request.amount <= LeasePolicy.maximumHold, typicalAmount.load(ordering: .relaxed) != request.amount {
             typicalAmount.store(request.amount, ordering: .relaxed)
         }
         let stripe = stripe(ofUser: request.userID)
@@ -165,9 +165,7 @@ public final class HoldBook: Sendable {
         guard typical > 0 else { return nil }
         let instance = self.instance
         let want = LeasePolicy(commit: mode).leaseWant(missing: typical)
-        return LookupLease(instance: instance, want: want) { [self] grants in
-            let users = grants.compactMap { if case .user(let id) = $0.account { id } else { nil } }
-            guard let userID = users.first else { return }
+        return LookupLease(instance: instance, want: want) { [self] userID, grants in
             let wants = grants.map { AccountUnits($0.account, want) }
             step(stripe(ofUser: userID), .leaseGranted(instance: instance, wants: wants, grants))
         }
@@ -439,8 +437,9 @@ public final class HoldBook: Sendable {
 
     /// Stops cutting holds, journals what is queued, returns every lease and ends the
     /// registration. When the journal cannot be written within `patience` (PostgreSQL is
-    /// unreachable), returns false and keeps the registration: it then expires, and the reaper
-    /// returns the leases only after the grace that covers the holds not journaled.
+    /// unreachable), or calls in flight keep the registration's row locked as long, returns
+    /// false and keeps the registration: it then expires, and the reaper returns the leases only
+    /// after the grace that covers the holds not journaled.
     @discardableResult
     public func retire(patience: Duration = .seconds(10)) async throws -> Bool {
         everywhere(.retire)
@@ -449,8 +448,7 @@ public final class HoldBook: Sendable {
             guard clock.now < deadline else { return false }
             try await Task.sleep(for: .milliseconds(20))
         }
-        try await repository.retire(instance: instance)
-        return true
+        return try await repository.retire(instance: instance, patience: max(deadline - clock.now, .zero))
     }
 
     /// Returns the leases of instances that stopped renewing.

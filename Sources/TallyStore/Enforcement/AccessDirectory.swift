@@ -38,13 +38,14 @@ public struct KeyAccess: Sendable {
 }
 
 /// A first lease to take with a cold key's lookup, in the same round trip (migration 0011):
-/// `want` units of the key's user and token for `instance`; the grants go to `accept`.
+/// `want` units of the key's user and token for `instance`; the grants go to `accept` with the
+/// key's owner (a grant of the key alone, its user's row locked meanwhile, names no user).
 public struct LookupLease: Sendable {
     public let instance: String
     public let want: Int64
-    public let accept: @Sendable ([LeaseGrant]) -> Void
+    public let accept: @Sendable (_ userID: Int64, [LeaseGrant]) -> Void
 
-    public init(instance: String, want: Int64, accept: @escaping @Sendable ([LeaseGrant]) -> Void) {
+    public init(instance: String, want: Int64, accept: @escaping @Sendable (_ userID: Int64, [LeaseGrant]) -> Void) {
         self.instance = instance
         self.want = want
         self.accept = accept
@@ -122,7 +123,7 @@ public final class AccessDirectory: Sendable {
         if let cached { return cached }
         let lease = leasing()
         let found = try await misses.submit(Miss(hash: hash, lease: lease))
-        if let lease, !found.grants.isEmpty { lease.accept(found.grants) }
+        if let lease, let access = found.access, !found.grants.isEmpty { lease.accept(access.userID, found.grants) }
         state.withLock { state in
             if state.generation == generation { state.keys[hash] = (found.access, now) }
         }

@@ -9,8 +9,9 @@ public protocol LeaseRepository: Sendable {
     func register(instance: String, ttlSeconds: Int, reclaimAfterSeconds: Int) async throws
     /// Renews the registration; false when it is gone (reaped): the leases are lost.
     func renew(instance: String, ttlSeconds: Int) async throws -> Bool
-    /// Returns every lease of this instance and ends its registration (journal first).
-    func retire(instance: String) async throws
+    /// Returns every lease of this instance and ends its registration (journal first); false
+    /// when calls in flight kept its registration's row locked for `patience`.
+    func retire(instance: String, patience: Duration) async throws -> Bool
     /// Leases up to `wants` units of each account; throws `LeaseError.notRegistered` when the
     /// registration is gone.
     func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant]
@@ -65,9 +66,20 @@ public struct PostgresLeaseRepository: LeaseRepository {
         }
     }
 
-    public func retire(instance: String) async throws {
-        try await pool.withConnection { connection in
-            _ = try connection.query(Self.retireInstance, [instance])
+    /// The reaping skips a registration whose row a lease or journal call holds (a reaper never
+    /// waits for a live instance), so it is tried again until the row is gone: a retirement that
+    /// met a refill in flight returned nothing, and its leases stayed out until the reaper's
+    /// grace passed (20 s in sync mode, the hold TTL in async mode).
+    public func retire(instance: String, patience: Duration) async throws -> Bool {
+        let clock = ContinuousClock(), deadline = clock.now + patience
+        while true {
+            let gone = try await pool.withConnection { connection in
+                try connection.query(Self.retireInstance, [instance])[0].decode(0, as: Int64.self) > 0
+                    || connection.query(Self.instanceRegistered, [instance]).isEmpty
+            }
+            if gone { return true }
+            guard clock.now < deadline else { return false }
+            try await Task.sleep(for: .milliseconds(20))
         }
     }
 
@@ -213,6 +225,8 @@ public struct PostgresLeaseRepository: LeaseRepository {
         RETURNING 1
         """)
     static let retireInstance = PreparedStatement("leases_retire", "SELECT tally_reap_instances($1)")
+    static let instanceRegistered = PreparedStatement(
+        "leases_registered", "SELECT 1 FROM tally_instances WHERE id = $1")
     static let leaseAccounts = PreparedStatement(
         "leases_lease",
         """

@@ -92,6 +92,7 @@ struct RefillQueue: Sendable {
     var inFlight: Round?
     /// While set, wants only queue (they go out together when it is cleared).
     var holding = false
+    private var closed = false
     private var nextID = 1
 
     func isAsking(for account: LeaseAccount) -> Bool {
@@ -104,15 +105,26 @@ struct RefillQueue: Sendable {
         if let flight = inFlight, flight.instance == instance, wants.allSatisfy({ flight.wants[$0.account] != nil }) {
             return flight.id
         }
-        for want in wants { next[want.account, default: 0] += want.units }
+        for want in wants {
+            // Saturating: what PostgreSQL grants is bounded by the balance, whatever is asked.
+            let sum = next[want.account, default: 0].addingReportingOverflow(want.units)
+            next[want.account] = sum.overflow ? Int64.max : sum.partialValue
+        }
         let round = nextID
         send(instance: instance, &out)
         return round
     }
 
+    /// Drops the wants not sent yet and sends no more rounds: a retiring instance leases nothing
+    /// (a round sent after its registration was reaped would register it anew mid-shutdown).
+    mutating func close() {
+        closed = true
+        next = [:]
+    }
+
     /// Sends the next round unless one is in flight.
     mutating func send(instance: String, _ out: inout [LeaseAction]) {
-        guard inFlight == nil, !holding, !next.isEmpty else { return }
+        guard inFlight == nil, !holding, !closed, !next.isEmpty else { return }
         let round = Round(id: nextID, instance: instance, wants: next)
         next = [:]
         nextID += 1

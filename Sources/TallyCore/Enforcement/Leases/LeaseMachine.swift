@@ -104,6 +104,7 @@ public struct LeaseMachine: Sendable {
         validUntil = 0
         // Everything leased goes back with the registration (tally_reap_instances).
         accounts = [:]
+        refills.close()
         for cut in waiting { out.append(.answer(cut.ticket, .failed(.registrationLapsed))) }
         waiting = []
     }
@@ -133,6 +134,9 @@ public struct LeaseMachine: Sendable {
             // the journal waits for the same commit.
             if policy.commit == .sync, journal.awaitCommit(of: request.requestID, ticket: cut.ticket) { return }
             return out.append(.answer(cut.ticket, .outcome(earlier.outcome)))
+        }
+        guard request.amount <= LeasePolicy.maximumHold else {
+            return out.append(.answer(cut.ticket, .outcome(.insufficient)))
         }
         let wants = shortfall(of: request, now: now)
         guard wants.isEmpty else {

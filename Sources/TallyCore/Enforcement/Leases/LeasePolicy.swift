@@ -37,6 +37,10 @@ public struct LeasePolicy: Sendable, Equatable {
         self.commit = commit
     }
 
+    /// The largest hold that can be cut: no balance or key holds more (``QuotaLimits``), so a
+    /// larger estimate is refused at once, without asking PostgreSQL for multiples of it.
+    public static let maximumHold = QuotaLimits.maximum
+
     /// What a fresh lease asks for when `missing` units are short: `leaseMultiple` times as many.
     public func leaseWant(missing: Int64) -> Int64 {
         let want = missing.multipliedReportingOverflow(by: leaseMultiple)
