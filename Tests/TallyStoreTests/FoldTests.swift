@@ -263,6 +263,35 @@ struct FoldTests {
         #expect(afterwards == ["token 1000", "user 1000"])
     }
 
+    /// Found by a review: the fold took the first accounts of the queue in index order and went
+    /// on only while a fold came back full, so one of them locked at every tick (a busy account
+    /// is leased often) left the accounts past the first `accountsPerFold` unfolded for good.
+    @Test("an account locked at every tick does not keep the rest of the queue from folding (migration 0032)")
+    func foldPickRotates() async throws {
+        let db = try await TestDatabase.create("fold-rotates")
+        let accounts = try await Self.accounts(db, users: 5)
+        let settler = Settler(pool: db.pool, accountsPerFold: 2)
+        try await Self.store(
+            accounts.enumerated().map { Self.line("first-\($0.offset)", $0.element, quota: 10) }, on: db)
+        let blocker = try await TestSession.open(db.url)
+        try await blocker.run { connection in
+            try connection.execute("BEGIN")
+            _ = try connection.query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", [accounts[0].user])
+        }
+        let rest = PostgresArray.integers(accounts.dropFirst(2).map(\.user))
+        let pendingOfRest = "SELECT count(*) FROM pending_charges WHERE user_id = ANY ($1::bigint[])"
+        for tick in 0..<40 {
+            guard try await db.scalar(pendingOfRest, [rest]) > 0 else { break }
+            // The second account is charged again before every tick, as a busy one is.
+            try await Self.store([Self.line("busy-\(tick)", accounts[1], quota: 10)], on: db)
+            try await settler.foldBalances()
+        }
+        try await blocker.run { try $0.execute("ROLLBACK") }
+        #expect(try await db.scalar(pendingOfRest, [rest]) == 0)
+        try await settler.foldAll()
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     @Test(
         "the fold plans every call for its own accounts (migration 0018: a cached generic plan compares each pending row with every account) and never compiles them with JIT (0023)"
     )
