@@ -627,6 +627,31 @@ struct LeaseMachineTests {
         #expect(idle.machine.leasedUnits == 0)
     }
 
+    /// Found by a review: a grant made before an admin lowered the balance, arriving after the
+    /// notice that gave the lease back, was applied, and the holds cut from it overdrew the
+    /// lowered balance.
+    @Test("a refill's grant that a lowering notice overtook goes back; the cut asks again, from the lowered balance")
+    func grantOvertakenByNotice() throws {
+        var driver = LeaseDriver.ready()
+        let (ticket, actions) = driver.cut("a", 100)
+        let round = try #require(actions.refills.first).round
+        #expect(driver.send(.accountChanged(.user(7))).isEmpty)
+        let answered = driver.send(
+            .refillGranted(round: round, [grant(.user(7), 3_200), grant(.token(70), 0, .unlimited)]))
+        #expect(answered.givenBack == [AccountUnits(.user(7), 3_200)])
+        #expect(answered.answers.isEmpty)
+        let again = try #require(answered.refills.first)
+        #expect(again.wants == [AccountUnits(.user(7), 3_200)])
+        #expect(driver.machine.free(.user(7)) == 0)
+        // Short of what it asked, just after its own give-back (which may not have committed):
+        // it waits a moment, as for any hand-back, and cuts from what it got.
+        #expect(driver.send(.refillGranted(round: again.round, [grant(.user(7), 150)])).answers.isEmpty)
+        driver.now += 1
+        #expect(driver.send(.clock).answers == [ticket: held(1, 100)])
+        // A later round of the account is not revoked by that notice.
+        #expect(driver.machine.free(.user(7)) == 50)
+    }
+
     @Test("lapsed registration: a cut asks for one renewal, then proceeds or fails")
     func lapsedRegistration() throws {
         var driver = LeaseDriver.ready()

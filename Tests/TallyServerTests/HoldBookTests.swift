@@ -2,10 +2,11 @@ import Foundation
 import Synchronization
 import TallyCore
 import TallyPostgres
-import TallyServer
 import TallyStore
 import TallyTestSupport
 import Testing
+
+@testable import TallyServer
 
 /// The shell around the lease machine, against a real PostgreSQL: stripes, refills, the
 /// journal, retries, retirement; and the cold-key lookup that leases in the same round trip.
@@ -526,6 +527,128 @@ extension HoldBookTests {
     }
 }
 
+extension HoldBookTests {
+    /// Found by a review: a give-back that failed was forgotten (it may have committed), so
+    /// after a PostgreSQL restart its units stayed leased, to no one, until the instance ended.
+    @Test("a give-back that failed is owed: the next upkeep sends it again once PostgreSQL answers")
+    func failedGiveBackSentAgain() async throws {
+        let db = try await TestDatabase.create("holdbook-owed")
+        let seed = Seed(db: db)
+        let account = try await Self.limitedAccount(seed, quota: 1_000)
+        let repository = PostgresLeaseRepository(pool: PostgresPool(url: db.url, size: 2))
+        let book = HoldBook(repository: repository, holdTTLSeconds: 600)
+        try await book.start()
+        let outcome = try await book.reserve(Self.request("held", user: account.user, token: account.token))
+        guard case .held = outcome else {
+            Issue.record("\(outcome)")
+            return
+        }
+        let leased =
+            "SELECT ((SELECT coalesce(sum(amount), 0) FROM user_leases) + (SELECT coalesce(sum(amount), 0) FROM token_leases))::bigint"
+        #expect(try await seed.int(leased) > 0)
+
+        // PostgreSQL refuses this database's connections (as while it restarts): the give-back fails.
+        let maintenance = try #require(ProcessInfo.processInfo.environment["TALLY_TEST_DATABASE_URL"])
+        let admin = try await TestSession.open(maintenance)
+        try await admin.run { connection in
+            try connection.execute("ALTER DATABASE \(db.name) ALLOW_CONNECTIONS false")
+            _ = try connection.query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", [db.name])
+        }
+        await #expect(throws: (any Error).self) { try await book.returnIdleLeases(everything: true) }
+        try await admin.run { try $0.execute("ALTER DATABASE \(db.name) ALLOW_CONNECTIONS true") }
+        #expect(try await seed.int(leased) > 0)
+
+        try await book.returnIdleLeases()
+        #expect(try await seed.int(leased) == 0)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [account.user]) == 100)
+        #expect(try await seed.int("SELECT reserved FROM tokens WHERE id = $1", [account.token]) == 100)
+        // Sent once more (as after an answer lost on its way back), it changes nothing.
+        try await book.returnIdleLeases()
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [account.user]) == 100)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    @Test("a lease return applies once per id, and not at all once its registration is gone (migration 0033)")
+    func leaseReturnOncePerID() async throws {
+        let db = try await TestDatabase.create("lease-return-once")
+        let seed = Seed(db: db)
+        let user = try await seed.user(quota: 10_000).user.id
+        let leases = PostgresLeaseRepository(pool: db.pool)
+        try await leases.register(instance: "once", ttlSeconds: 60, reclaimAfterSeconds: 0)
+        _ = try await leases.lease(instance: "once", wants: [AccountUnits(.user(user), 3_000)])
+        let giveBack =
+            "SELECT tally_return_leases('once', $1, $2, ARRAY[$3::bigint], ARRAY[1000::bigint], '{}', '{}')::int::bigint"
+        let reserved = "SELECT reserved FROM users WHERE id = $1"
+        #expect(try await seed.int(giveBack, [Int64(7), Int64(7), user]) == 1)
+        #expect(try await seed.int(giveBack, [Int64(7), Int64(7), user]) == 0)
+        #expect(try await seed.int(reserved, [user]) == 2_000)
+        // Another id applies; ids below the one owed first are forgotten as they go.
+        #expect(try await seed.int(giveBack, [Int64(8), Int64(8), user]) == 1)
+        #expect(try await seed.int(reserved, [user]) == 1_000)
+        #expect(try await seed.int("SELECT count(*) FROM tally_lease_returns") == 1)
+        #expect(try await leases.retire(instance: "once", patience: .seconds(5)))
+        #expect(try await seed.int(giveBack, [Int64(9), Int64(9), user]) == 0)
+        #expect(try await seed.int(reserved, [user]) == 0)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+}
+
+extension HoldBookTests {
+    /// Found by a review: right after registering anew, one refill call may carry rounds of both
+    /// registrations; the stale one's `tally_lease` fails (not registered), and that failed every
+    /// round of the call, the fresh registration's committed grants with them (leased, unknown).
+    @Test("a refill call that fails for a stale registration fails its rounds only; the fresh one's grants arrive")
+    func refillFailsPerRegistration() async throws {
+        let db = try await TestDatabase.create("holdbook-refill-stale")
+        let seed = Seed(db: db)
+        let users = [try await seed.user(quota: 10_000).user.id, try await seed.user(quota: 10_000).user.id]
+        let repository = PostgresLeaseRepository(pool: db.pool)
+        try await repository.register(instance: "fresh", ttlSeconds: 60, reclaimAfterSeconds: 0)
+        let answers = await HoldBook.refill(
+            [
+                HoldBook.RefillRound(instance: "fresh", wants: [AccountUnits(.user(users[0]), 1_000)]),
+                HoldBook.RefillRound(instance: "stale", wants: [AccountUnits(.user(users[1]), 1_000)]),
+            ], repository: repository)
+        #expect(try answers[0].get().map(\.granted) == [1_000])
+        #expect(throws: LeaseError.notRegistered) { try answers[1].get() }
+        #expect(try await seed.int("SELECT amount FROM user_leases WHERE user_id = $1", [users[0]]) == 1_000)
+        #expect(try await seed.int("SELECT count(*) FROM user_leases WHERE user_id = $1", [users[1]]) == 0)
+    }
+}
+
+extension HoldBookTests {
+    /// Found by a review: a cold key's lookup lease granted before an admin lowered the balance,
+    /// answered after the lowering's notice, was applied, and holds cut from it overdrew the
+    /// lowered balance.
+    @Test("a lookup's lease that a lowering notice overtook goes back instead of being used")
+    func lookupLeaseOvertakenByNotice() async throws {
+        let db = try await TestDatabase.create("holdbook-lookup-notice")
+        let seed = Seed(db: db)
+        let user = try await seed.user(quota: 100_000).user.id
+        let repository = PostgresLeaseRepository(pool: db.pool)
+        let book = HoldBook(repository: repository, holdTTLSeconds: 600)
+        try await book.start()
+        // A first hold (another user's) sets the size of the leases taken with lookups.
+        let other = try await seed.user(quota: 100_000).user.id
+        let otherKey = try await seed.key(user: other).token.id
+        _ = try await book.reserve(Self.request("first", user: other, token: otherKey))
+        let lease = try #require(book.lookupLease())
+
+        // The lookup's lease commits, the balance is lowered and its notice arrives, and only
+        // then the lookup's answer.
+        let grants = try await repository.lease(instance: book.instance, wants: [AccountUnits(.user(user), lease.want)])
+        #expect(grants.map(\.granted) == [lease.want])
+        book.notice(.accountChanged(.user(user)))
+        lease.accept(user, grants)
+        let leased = "SELECT count(*) FROM user_leases WHERE user_id = $1"
+        #expect(try await waitUntil(timeout: .seconds(5)) { try await seed.int(leased, [user]) == 0 })
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) == 0)
+        #expect(try await book.retire())
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+}
+
 /// The real repository, counting the stored-hold lookups that reach it, and failing the next
 /// `failingGiveBacks` give-backs and `failingJournals` journal calls (as PostgreSQL would in an
 /// outage) without calling it.
@@ -556,6 +679,8 @@ private final class ObservedRepository: LeaseRepository {
         if fails { throw GiveBackRefused() }
         try await base.giveBack(instance: instance, amounts: amounts)
     }
+
+    func retryOwedReturns() async throws { try await base.retryOwedReturns() }
 
     func register(instance: String, ttlSeconds: Int, reclaimAfterSeconds: Int) async throws {
         try await base.register(instance: instance, ttlSeconds: ttlSeconds, reclaimAfterSeconds: reclaimAfterSeconds)

@@ -285,7 +285,7 @@ struct CitusTests {
                 "SELECT amount FROM tally_close_holds($1::bigint[], 'released')", [holdIDs])
             #expect(released.count == accounts.count)
             try connection.query(
-                "SELECT tally_return_leases('citus-a', $1::bigint[], $2::bigint[], $3::bigint[], $2::bigint[])",
+                "SELECT tally_return_leases('citus-a', 1, 1, $1::bigint[], $2::bigint[], $3::bigint[], $2::bigint[])",
                 [users, units(14_000), tokens])
         }
         #expect(

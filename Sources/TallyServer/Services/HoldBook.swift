@@ -23,12 +23,15 @@ public final class HoldBook: Sendable {
     /// The stripes' journal batches and refill rounds, several to a transaction. A batch's
     /// outcomes are nil when the journal refused it (its registration was reaped).
     private let journals: Coalescer<JournalBatch, [JournalOutcome]?>
-    private let refills: Coalescer<RefillRound, [LeaseGrant]>
+    private let refills: Coalescer<RefillRound, Result<[LeaseGrant], any Error>>
     /// Refusals' lookups of a stored hold, one query for all those asked meanwhile: a client
     /// hammering a spent account costs a query per round trip, not one per refusal.
     private let storedHolds: Coalescer<ScopedRequestID, HoldOutcome?>
     /// The amount of a recent hold: a cold key's first lease is `leaseMultiple` of them.
     private let typicalAmount = Atomic<Int64>(0)
+    /// Notices of a lowered or overdrawn balance received so far: a lookup's lease granted
+    /// while one came in may predate it.
+    private let lowerings = Atomic<Int>(0)
 
     /// The registration's lifetime; it is renewed every `renewInterval`.
     public static let registrationTTLSeconds = 15
@@ -48,7 +51,7 @@ public final class HoldBook: Sendable {
         let holds: [JournaledHold]
     }
 
-    private struct RefillRound: Sendable {
+    struct RefillRound: Sendable {
         let instance: String
         let wants: [AccountUnits]
     }
@@ -92,7 +95,7 @@ public final class HoldBook: Sendable {
             try await Self.journal(batches, repository: repository, ttlSeconds: holdTTLSeconds)
         }
         refills = Coalescer(limit: (journalConcurrency + 1) / 2) { rounds in
-            try await Self.refill(rounds, repository: repository)
+            await Self.refill(rounds, repository: repository)
         }
         storedHolds = Coalescer(limit: 1) { requests in try await repository.storedHolds(requests) }
     }
@@ -165,7 +168,15 @@ public final class HoldBook: Sendable {
         guard typical > 0 else { return nil }
         let instance = self.instance
         let want = LeasePolicy(commit: mode).leaseWant(missing: typical)
+        let lowered = lowerings.load(ordering: .sequentiallyConsistent)
         return LookupLease(instance: instance, want: want) { [self] userID, grants in
+            // A balance lowered meanwhile (its notice gave the account's lease back) may have
+            // been leased from before the change: given back, the first hold refills afresh.
+            guard lowerings.load(ordering: .sequentiallyConsistent) == lowered else {
+                let units = grants.filter { $0.granted > 0 }.map { AccountUnits($0.account, $0.granted) }
+                if !units.isEmpty { Task { try? await repository.giveBack(instance: instance, amounts: units) } }
+                return
+            }
             let wants = grants.map { AccountUnits($0.account, want) }
             step(stripe(ofUser: userID), .leaseGranted(instance: instance, wants: wants, grants))
         }
@@ -259,7 +270,7 @@ public final class HoldBook: Sendable {
         case .refill(let round, let instance, let wants):
             Task {
                 do {
-                    let grants = try await refills.submit(RefillRound(instance: instance, wants: wants))
+                    let grants = try await refills.submit(RefillRound(instance: instance, wants: wants)).get()
                     step(stripe, .refillGranted(round: round, grants))
                 } catch {
                     if error as? LeaseError == .notRegistered { await reregister(replacing: instance) }
@@ -277,8 +288,8 @@ public final class HoldBook: Sendable {
                 }
             }
         case .giveBack(let instance, let amounts):
-            // Not put back on failure: the call may have committed. Units it did not return
-            // stay leased until this instance retires or is reaped.
+            // Not put back on failure: the call may have committed. The repository owes it, and
+            // the next upkeep sends it again (applied once, migration 0033).
             Task { try? await repository.giveBack(instance: instance, amounts: amounts) }
         case .fetchHoldIDs:
             Task {
@@ -343,11 +354,13 @@ public final class HoldBook: Sendable {
     }
 
     /// One `tally_lease` call per registration for the stripes' rounds (their accounts are
-    /// disjoint: a stripe owns its users and their tokens); each round gets its accounts' grants.
-    private static func refill(_ rounds: [RefillRound], repository: any LeaseRepository) async throws
-        -> [[LeaseGrant]]
+    /// disjoint: a stripe owns its users and their tokens); each round gets its accounts' grants,
+    /// or its own call's failure: a call of one registration that fails (the stale one, right
+    /// after registering anew) does not take the committed grants of another's with it.
+    static func refill(_ rounds: [RefillRound], repository: any LeaseRepository) async
+        -> [Result<[LeaseGrant], any Error>]
     {
-        var answers: [[LeaseGrant]] = Array(repeating: [], count: rounds.count)
+        var answers: [Result<[LeaseGrant], any Error>] = Array(repeating: .success([]), count: rounds.count)
         for instance in Set(rounds.map(\.instance)).sorted() {
             var pending = rounds.indices.filter { rounds[$0].instance == instance }
             while !pending.isEmpty {
@@ -359,11 +372,17 @@ public final class HoldBook: Sendable {
                 }
                 pending.removeAll { call.contains($0) }
                 let started = AuthorizeMetrics.now()
-                let grants = try await repository.lease(instance: instance, wants: call.flatMap { rounds[$0].wants })
+                let grants: [LeaseGrant]
+                do {
+                    grants = try await repository.lease(instance: instance, wants: call.flatMap { rounds[$0].wants })
+                } catch {
+                    for index in call + pending { answers[index] = .failure(error) }
+                    break
+                }
                 AuthorizeMetrics.refill.recordNanoseconds(Int64(AuthorizeMetrics.now() &- started))
                 for index in call {
                     let mine = Set(rounds[index].wants.map(\.account))
-                    answers[index] = grants.filter { mine.contains($0.account) }
+                    answers[index] = .success(grants.filter { mine.contains($0.account) })
                 }
             }
         }
@@ -401,12 +420,13 @@ public final class HoldBook: Sendable {
     }
 
     /// Gives back the units of leases unused for a while (all of them with `everything`), so
-    /// that other instances may lease them; throws the first give-back's error, once every
-    /// stripe had its turn. Every other action of a step runs whatever a give-back does: the
+    /// that other instances may lease them, after sending again the returns that failed before;
+    /// throws the first give-back's error, once every stripe had its turn. Every other action of a step runs whatever a give-back does: the
     /// tick may have made a journal retry or a parked cut's wait due, which the machine then
     /// counts as in flight, so an action dropped here would leave the stripe waiting for good.
     public func returnIdleLeases(everything: Bool = false) async throws {
         var failure: (any Error)?
+        do { try await repository.retryOwedReturns() } catch { failure = error }
         for stripe in stripes.indices {
             for action in step(stripe, { _ in everything ? .returnAll : .idleTick }) {
                 guard case .giveBack(let instance, let amounts) = action else {
@@ -427,6 +447,10 @@ public final class HoldBook: Sendable {
     /// short of it), `.overdrawn` (a settlement overdrew it) or `.accountChanged` (its row
     /// changed). Each gives the lease back and forgets it.
     public func notice(_ event: LeaseEvent) {
+        switch event {
+        case .overdrawn, .accountChanged: lowerings.add(1, ordering: .sequentiallyConsistent)
+        default: break
+        }
         switch event {
         case .leaseWanted(.user(let id)), .overdrawn(.user(let id)), .accountChanged(.user(let id)):
             step(stripe(ofUser: id), event)

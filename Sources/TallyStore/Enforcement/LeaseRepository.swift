@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TallyCore
 import TallyPostgres
 
@@ -15,8 +16,11 @@ public protocol LeaseRepository: Sendable {
     /// Leases up to `wants` units of each account; throws `LeaseError.notRegistered` when the
     /// registration is gone.
     func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant]
-    /// Gives unused lease units back.
+    /// Gives unused lease units back. A return that fails is owed: ``retryOwedReturns()`` sends
+    /// it again, and PostgreSQL applies each return once, however often it is sent.
     func giveBack(instance: String, amounts: [AccountUnits]) async throws
+    /// Sends every owed return again; throws the first failure (those returns stay owed).
+    func retryOwedReturns() async throws
     /// Stores holds cut from the leases; outcomes in the order of `holds`. Throws
     /// `LeaseError.notRegistered`, storing nothing, when the registration is gone.
     func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome]
@@ -27,6 +31,55 @@ public protocol LeaseRepository: Sendable {
     func holdIDBlock() async throws -> Int64
     /// Returns the leases of instances that stopped renewing; how many instances were reaped.
     func reapInstances() async throws -> Int
+}
+
+/// The lease returns of this process whose outcome is not known: in flight, or failed (owed).
+/// Each has an id that PostgreSQL stores with it, so a return sent again is applied once
+/// (migration 0033); the smallest id not yet answered tells it which ids it may forget.
+final class OwedReturns: Sendable {
+    struct Return: Sendable {
+        let id: Int64
+        let instance: String
+        let amounts: [AccountUnits]
+    }
+
+    private struct State {
+        var nextID: Int64 = 1
+        var unanswered: [Int64: Return] = [:]
+        var failed: Set<Int64> = []
+    }
+
+    private let state = Mutex(State())
+
+    func open(instance: String, amounts: [AccountUnits]) -> Return {
+        state.withLock { state in
+            let owed = Return(id: state.nextID, instance: instance, amounts: amounts)
+            state.nextID += 1
+            state.unanswered[owed.id] = owed
+            return owed
+        }
+    }
+
+    /// The failed returns, oldest first, marked as in flight again.
+    func failed() -> [Return] {
+        state.withLock { state in
+            let owed = state.failed.sorted().compactMap { state.unanswered[$0] }
+            state.failed = []
+            return owed
+        }
+    }
+
+    func failed(_ id: Int64) { state.withLock { _ = $0.failed.insert(id) } }
+
+    func answered(_ id: Int64) { state.withLock { _ = $0.unanswered.removeValue(forKey: id) } }
+
+    /// The smallest id of `instance` not answered yet (`sending` included): PostgreSQL may
+    /// forget every smaller one.
+    func owedFrom(instance: String, sending: Int64) -> Int64 {
+        state.withLock { state in
+            state.unanswered.values.lazy.filter { $0.instance == instance }.map(\.id).min() ?? sending
+        }
+    }
 }
 
 /// A request id and what it is authorized for: what a refused authorization looks up among
@@ -51,6 +104,7 @@ public enum LeaseError: Error, Equatable {
 
 public struct PostgresLeaseRepository: LeaseRepository {
     let pool: PostgresPool
+    private let returns = OwedReturns()
 
     public init(pool: PostgresPool) { self.pool = pool }
 
@@ -100,12 +154,34 @@ public struct PostgresLeaseRepository: LeaseRepository {
     }
 
     public func giveBack(instance: String, amounts: [AccountUnits]) async throws {
-        let parameters = Self.parameters(instance, amounts)
-        try await Self.retried {
-            try await pool.withConnection { connection in
-                _ = try connection.query(Self.returnLeases, parameters)
-            }
+        try await send(returns.open(instance: instance, amounts: amounts))
+    }
+
+    public func retryOwedReturns() async throws {
+        var failure: (any Error)?
+        for owed in returns.failed() {
+            do { try await send(owed) } catch { failure = failure ?? error }
         }
+        if let failure { throw failure }
+    }
+
+    /// Sends one return under its id; when it fails, it stays owed.
+    private func send(_ owed: OwedReturns.Return) async throws {
+        let amounts = Self.parameters(owed.instance, owed.amounts)
+        let parameters: [any PostgresEncodable] =
+            [owed.instance, owed.id, returns.owedFrom(instance: owed.instance, sending: owed.id)]
+            + amounts.dropFirst()
+        do {
+            try await Self.retried {
+                try await pool.withConnection { connection in
+                    _ = try connection.query(Self.returnLeases, parameters)
+                }
+            }
+        } catch {
+            returns.failed(owed.id)
+            throw error
+        }
+        returns.answered(owed.id)
     }
 
     public func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome] {
@@ -234,7 +310,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
         """)
     static let returnLeases = PreparedStatement(
         "leases_return",
-        "SELECT tally_return_leases($1, $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])")
+        "SELECT tally_return_leases($1, $2, $3, $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])")
     static let journalHolds = PreparedStatement(
         "leases_journal",
         """

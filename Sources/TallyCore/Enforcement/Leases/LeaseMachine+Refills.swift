@@ -5,6 +5,9 @@ extension LeaseMachine {
         refills.inFlight = nil
         // Granted to a registration since replaced: those units went back when it was reaped.
         let current = flight.instance == instance
+        let revoked = refills.takeRevoked()
+        var grants = grants
+        if current, let granted = grants { grants = keepingFresh(granted, revoked: revoked, now: now, &out) }
         if let grants, current { apply(grants, wants: flight.wants, now: now) }
         var results: [LeaseAccount: LeaseGrant] = [:]
         for grant in grants ?? [] { results[grant.account] = grant }
@@ -27,6 +30,22 @@ extension LeaseMachine {
         }
         refills.holding = false
         refills.send(instance: instance, &out)
+    }
+
+    /// The grants of accounts that no notice revoked while the round was in flight. A grant
+    /// made before an account's balance was lowered (or found overdrawn) arrives after the
+    /// notice that gave its lease back: it goes back too, and the cuts waiting for it ask again,
+    /// from the lowered balance. Applied, the holds cut from it overdrew that balance.
+    private mutating func keepingFresh(
+        _ grants: [LeaseGrant], revoked: Set<LeaseAccount>, now: Double, _ out: inout [LeaseAction]
+    ) -> [LeaseGrant] {
+        guard !revoked.isEmpty else { return grants }
+        let stale = grants.filter { revoked.contains($0.account) && $0.granted > 0 }
+        if !stale.isEmpty {
+            for grant in stale { givenBack.mark(grant.account, now: now) }
+            out.append(.giveBack(instance: instance, amounts: stale.map { AccountUnits($0.account, $0.granted) }))
+        }
+        return grants.filter { !revoked.contains($0.account) }
     }
 
     /// Adds the grants to the leases.
@@ -93,6 +112,7 @@ struct RefillQueue: Sendable {
     /// While set, wants only queue (they go out together when it is cleared).
     var holding = false
     private var closed = false
+    private var revoked: Set<LeaseAccount> = []
     private var nextID = 1
 
     func isAsking(for account: LeaseAccount) -> Bool {
@@ -113,6 +133,16 @@ struct RefillQueue: Sendable {
         let round = nextID
         send(instance: instance, &out)
         return round
+    }
+
+    /// Marks `account`'s grant in the round in flight as stale (its balance changed meanwhile).
+    mutating func revoke(_ account: LeaseAccount) {
+        if inFlight?.wants[account] != nil { revoked.insert(account) }
+    }
+
+    mutating func takeRevoked() -> Set<LeaseAccount> {
+        defer { revoked = [] }
+        return revoked
     }
 
     /// Drops the wants not sent yet and sends no more rounds: a retiring instance leases nothing

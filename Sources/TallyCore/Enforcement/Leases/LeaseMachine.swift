@@ -68,6 +68,7 @@ public struct LeaseMachine: Sendable {
             giveBack(account, now: now, &out)
         case .overdrawn(let account), .accountChanged(let account):
             giveBack(account, now: now, &out)
+            refills.revoke(account)
         case .idleTick:
             let idleAfter = policy.idleLeaseSeconds
             giveBack(where: { _, lease in now - lease.lastUsed >= idleAfter }, now: now, &out)
