@@ -104,6 +104,36 @@ struct StreamedBatchTests {
         #expect(try await db.scalar("SELECT rejected FROM ingest_batches WHERE id = $1", [result.batchID]) == 1)
     }
 
+    /// Found by a review: the batch's repeats were found with Swift's string equality, which takes
+    /// canonically equivalent ids (NFC "é", NFD "e" + U+0301) for one request; PostgreSQL compares
+    /// bytes and stores both, so the second was dropped as a repeat and never billed.
+    @Test("ids equal only under Unicode normalization are two requests, streamed or stored whole")
+    func idsComparedByBytes() async throws {
+        let db = try await TestDatabase.shared("ingest-stream")
+        try await db.prepareBilling(users: 7)
+        let account = try await db.syntheticAccount(7)
+        let repository = PostgresIngestRepository(pool: db.pool)
+        let composed = "caf\u{E9}", decomposed = "cafe\u{301}"
+        #expect(composed == decomposed && !composed.utf8.elementsEqual(decomposed.utf8))
+        let whole = try await repository.store(
+            [Self.line("whole-" + composed, account: account), Self.line("whole-" + decomposed, account: account)],
+            rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
+        #expect(whole.accepted == 2 && whole.duplicates == 0)
+        let (handOff, stored) = Self.start(repository)
+        await handOff.send(
+            .lines([
+                Self.line("streamed-" + composed, account: account),
+                Self.line("streamed-" + decomposed, account: account),
+            ]))
+        await handOff.send(.end(rejects: [], totalLines: 2))
+        let streamed = try await stored.value
+        #expect(streamed.accepted == 2 && streamed.duplicates == 0)
+        #expect(
+            try await db.scalar(
+                "SELECT count(*) FROM request_logs WHERE user_id = $1 AND request_id ~ '^(whole|streamed)-caf'",
+                [account.user]) == 4)
+    }
+
     @Test("a line of a month without a known partition: rolled back, the partition created, the batch stored whole")
     func unknownMonthStoresWhole() async throws {
         let db = try await TestDatabase.shared("ingest-stream")

@@ -408,6 +408,22 @@ struct LineKey: Hashable {
     let requestID: String
     let micros: Int64
 
+    /// Request ids compared by their bytes, as PostgreSQL compares them: Swift's string equality
+    /// takes canonically equivalent ids (NFC "é" and NFD "e" + U+0301) for one, and the second
+    /// request was dropped as the batch's repeat, unbilled, where PostgreSQL stores both.
+    static func == (lhs: LineKey, rhs: LineKey) -> Bool {
+        lhs.userID == rhs.userID && lhs.micros == rhs.micros && lhs.requestID.utf8.elementsEqual(rhs.requestID.utf8)
+    }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(userID)
+        hasher.combine(micros)
+        let contiguous: Void? = requestID.utf8.withContiguousStorageIfAvailable {
+            hasher.combine(bytes: UnsafeRawBufferPointer($0))
+        }
+        if contiguous == nil { for byte in requestID.utf8 { hasher.combine(byte) } }
+    }
+
     init(userID: Int64, requestID: String, micros: Int64) {
         self.userID = userID
         self.requestID = requestID
