@@ -266,7 +266,7 @@ struct FoldTests {
     /// Found by a review: the fold took the first accounts of the queue in index order and went
     /// on only while a fold came back full, so one of them locked at every tick (a busy account
     /// is leased often) left the accounts past the first `accountsPerFold` unfolded for good.
-    @Test("an account locked at every tick does not keep the rest of the queue from folding (migration 0032)")
+    @Test("an account locked at every tick does not keep the rest of the queue from folding (migrations 0032, 0034)")
     func foldPickRotates() async throws {
         let db = try await TestDatabase.create("fold-rotates")
         let accounts = try await Self.accounts(db, users: 5)

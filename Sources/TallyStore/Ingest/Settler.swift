@@ -1,3 +1,4 @@
+import Synchronization
 import TallyPostgres
 
 /// The fold half of ingest (migration 0010, docs/ingest.md): adds what committed batches still
@@ -12,6 +13,13 @@ public struct Settler: Sendable {
     public let shards: Int
     /// The most accounts one balance fold takes.
     public let accountsPerFold: Int
+    /// The last account the last balance fold picked: the next pick starts after it, so the
+    /// folds go round the queue (migration 0034) instead of starting at its front every time.
+    private let lastPicked = LastPicked()
+
+    private final class LastPicked: Sendable {
+        let id = Atomic<Int64>(0)
+    }
 
     /// The shard count of every settler (the advisory locks of one shard count exclude only
     /// settlers with the same count).
@@ -30,9 +38,12 @@ public struct Settler: Sendable {
     public func foldBalances() async throws -> Int {
         var folded = 0
         while true {
-            let accounts = try await pool.withConnection { [shards, accountsPerFold] connection in
-                try connection.query(Self.settle, [shards, accountsPerFold])[0].decode(0, as: Int.self)
+            let after = lastPicked.id.load(ordering: .relaxed)
+            let (accounts, last) = try await pool.withConnection { [shards, accountsPerFold] connection in
+                let row = try connection.query(Self.settle, [shards, accountsPerFold, after])[0]
+                return (try row.decode(0, as: Int.self), try row.decode(1, as: Int64.self))
             }
+            lastPicked.id.store(last, ordering: .relaxed)
             folded += accounts
             if accounts < accountsPerFold { return folded }
         }
@@ -59,7 +70,7 @@ public struct Settler: Sendable {
         }
     }
 
-    static let settle = PreparedStatement("settler_tick", "SELECT tally_settle($1, $2)")
+    static let settle = PreparedStatement("settler_tick", "SELECT folded, last_picked FROM tally_settle($1, $2, $3)")
     static let rollUpShards = PreparedStatement("settler_roll_up", "SELECT tally_roll_up($1, $2)")
     static let foldEverything = PreparedStatement("settler_fold_all", "SELECT tally_fold(NULL, false)")
 }
