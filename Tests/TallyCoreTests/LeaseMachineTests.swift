@@ -652,6 +652,21 @@ struct LeaseMachineTests {
         #expect(driver.machine.free(.user(7)) == 50)
     }
 
+    /// Found by a review: an import (or a listener reconnected after missing notices) returns
+    /// every lease, and a grant in flight then was applied from the balance before the change.
+    @Test("a refill's grant in flight when every lease goes back goes back too; the cut asks again")
+    func grantOvertakenByReturnAll() throws {
+        var driver = LeaseDriver.ready()
+        let (_, actions) = driver.cut("a", 100)
+        let round = try #require(actions.refills.first).round
+        #expect(driver.send(.returnAll).givenBack.isEmpty)
+        let answered = driver.send(
+            .refillGranted(round: round, [grant(.user(7), 3_200), grant(.token(70), 0, .unlimited)]))
+        #expect(answered.givenBack == [AccountUnits(.user(7), 3_200)])
+        #expect(answered.answers.isEmpty)
+        #expect(try #require(answered.refills.first).wants.map(\.account) == [.user(7), .token(70)])
+    }
+
     @Test("lapsed registration: a cut asks for one renewal, then proceeds or fails")
     func lapsedRegistration() throws {
         var driver = LeaseDriver.ready()

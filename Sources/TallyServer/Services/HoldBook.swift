@@ -29,9 +29,10 @@ public final class HoldBook: Sendable {
     private let storedHolds: Coalescer<ScopedRequestID, HoldOutcome?>
     /// The amount of a recent hold: a cold key's first lease is `leaseMultiple` of them.
     private let typicalAmount = Atomic<Int64>(0)
-    /// Notices of a lowered or overdrawn balance received so far: a lookup's lease granted
-    /// while one came in may predate it.
+    /// Notices of a lowered or overdrawn balance, and returns of every lease (an import, a
+    /// listener reconnected), so far: a lookup's lease granted while one came may predate it.
     private let lowerings = Atomic<Int>(0)
+    private let retiring = Atomic<Bool>(false)
 
     /// The registration's lifetime; it is renewed every `renewInterval`.
     public static let registrationTTLSeconds = 15
@@ -172,13 +173,17 @@ public final class HoldBook: Sendable {
         return LookupLease(instance: instance, want: want) { [self] userID, grants in
             // A balance lowered meanwhile (its notice gave the account's lease back) may have
             // been leased from before the change: given back, the first hold refills afresh.
-            guard lowerings.load(ordering: .sequentiallyConsistent) == lowered else {
-                let units = grants.filter { $0.granted > 0 }.map { AccountUnits($0.account, $0.granted) }
-                if !units.isEmpty { Task { try? await repository.giveBack(instance: instance, amounts: units) } }
-                return
-            }
+            // Compared under the stripe's lock, which the notice's give-back takes after
+            // counting itself: either this sees the count, or the give-back comes after.
             let wants = grants.map { AccountUnits($0.account, want) }
-            step(stripe(ofUser: userID), .leaseGranted(instance: instance, wants: wants, grants))
+            var stale = false
+            let stripe = stripe(ofUser: userID)
+            step(stripe) { _ in
+                stale = lowerings.load(ordering: .sequentiallyConsistent) != lowered
+                return stale ? .clock : .leaseGranted(instance: instance, wants: wants, grants)
+            }.forEach { run($0, stripe: stripe) }
+            let units = grants.filter { $0.granted > 0 }.map { AccountUnits($0.account, $0.granted) }
+            if stale, !units.isEmpty { Task { try? await repository.giveBack(instance: instance, amounts: units) } }
         }
     }
 
@@ -404,6 +409,8 @@ public final class HoldBook: Sendable {
     /// The registration `stale` is gone, and with it every lease: register anew (once, however
     /// many callers found it gone).
     private func reregister(replacing stale: String) async {
+        // A refill sent before the retirement may find the registration reaped: nothing to replace.
+        guard !retiring.load(ordering: .sequentiallyConsistent) else { return }
         let fresh = Self.newInstanceID()
         let replaced = registered.withLock { current in
             guard current == stale else { return false }
@@ -425,6 +432,7 @@ public final class HoldBook: Sendable {
     /// tick may have made a journal retry or a parked cut's wait due, which the machine then
     /// counts as in flight, so an action dropped here would leave the stripe waiting for good.
     public func returnIdleLeases(everything: Bool = false) async throws {
+        if everything { lowerings.add(1, ordering: .sequentiallyConsistent) }
         var failure: (any Error)?
         do { try await repository.retryOwedReturns() } catch { failure = error }
         for stripe in stripes.indices {
@@ -466,6 +474,7 @@ public final class HoldBook: Sendable {
     /// after the grace that covers the holds not journaled.
     @discardableResult
     public func retire(patience: Duration = .seconds(10)) async throws -> Bool {
+        retiring.store(true, ordering: .sequentiallyConsistent)
         everywhere(.retire)
         let clock = ContinuousClock(), deadline = clock.now + patience
         while levels.journalQueue > 0 {

@@ -140,6 +140,11 @@ struct RefillQueue: Sendable {
         if inFlight?.wants[account] != nil { revoked.insert(account) }
     }
 
+    /// Marks every grant of the round in flight as stale.
+    mutating func revokeAll() {
+        if let flight = inFlight { revoked.formUnion(flight.wants.keys) }
+    }
+
     mutating func takeRevoked() -> Set<LeaseAccount> {
         defer { revoked = [] }
         return revoked

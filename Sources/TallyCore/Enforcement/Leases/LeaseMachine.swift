@@ -74,7 +74,11 @@ public struct LeaseMachine: Sendable {
             giveBack(where: { _, lease in now - lease.lastUsed >= idleAfter }, now: now, &out)
             givenBack.forgetExpired(now: now)
             contended.forgetExpired(now: now)
-        case .returnAll: giveBack(where: { _, _ in true }, now: now, &out)
+        case .returnAll:
+            // Every balance may have changed (an import, notices missed while the listener
+            // reconnected): a grant in flight may predate the change too.
+            giveBack(where: { _, _ in true }, now: now, &out)
+            refills.revokeAll()
         case .clock: break
         case .retire: retire(&out)
         }
