@@ -667,6 +667,24 @@ struct LeaseMachineTests {
         #expect(try #require(answered.refills.first).wants.map(\.account) == [.user(7), .token(70)])
     }
 
+    /// Found by a review: a lookup's stale lease went back outside the machine, which then took
+    /// a refill that found the account short (the return not committed yet) for final.
+    @Test("a lookup's lease overtaken by a change goes back, and a refill short meanwhile waits for that return")
+    func staleLookupLeaseGoesBack() throws {
+        var driver = LeaseDriver.ready()
+        let stale = driver.send(.staleLeaseGranted(instance: LeaseDriver.instance, [grant(.user(7), 3_200)]))
+        #expect(stale.givenBack == [AccountUnits(.user(7), 3_200)])
+        #expect(driver.machine.free(.user(7)) == 0)
+        let (ticket, actions) = driver.cut("a", 100)
+        let round = try #require(actions.refills.first).round
+        let short = driver.send(.refillGranted(round: round, [grant(.user(7), 0), grant(.token(70), 0, .unlimited)]))
+        #expect(short.answers.isEmpty, "waits for its own return instead of refusing")
+        driver.now += 1
+        let again = try #require(driver.send(.clock).refills.first)
+        #expect(
+            driver.send(.refillGranted(round: again.round, [grant(.user(7), 3_200)])).answers == [ticket: held(1, 100)])
+    }
+
     @Test("lapsed registration: a cut asks for one renewal, then proceeds or fails")
     func lapsedRegistration() throws {
         var driver = LeaseDriver.ready()

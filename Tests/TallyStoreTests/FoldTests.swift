@@ -266,6 +266,8 @@ struct FoldTests {
     /// Found by a review: the fold took the first accounts of the queue in index order and went
     /// on only while a fold came back full, so one of them locked at every tick (a busy account
     /// is leased often) left the accounts past the first `accountsPerFold` unfolded for good.
+    /// Going round the queue (0034), two ticks fold the rest (two accounts a fold, the first
+    /// account locked); 0032's random start needed luck for that.
     @Test("an account locked at every tick does not keep the rest of the queue from folding (migrations 0032, 0034)")
     func foldPickRotates() async throws {
         let db = try await TestDatabase.create("fold-rotates")
@@ -280,7 +282,7 @@ struct FoldTests {
         }
         let rest = PostgresArray.integers(accounts.dropFirst(2).map(\.user))
         let pendingOfRest = "SELECT count(*) FROM pending_charges WHERE user_id = ANY ($1::bigint[])"
-        for tick in 0..<40 {
+        for tick in 0..<3 {
             guard try await db.scalar(pendingOfRest, [rest]) > 0 else { break }
             // The second account is charged again before every tick, as a busy one is.
             try await Self.store([Self.line("busy-\(tick)", accounts[1], quota: 10)], on: db)

@@ -176,14 +176,12 @@ public final class HoldBook: Sendable {
             // Compared under the stripe's lock, which the notice's give-back takes after
             // counting itself: either this sees the count, or the give-back comes after.
             let wants = grants.map { AccountUnits($0.account, want) }
-            var stale = false
             let stripe = stripe(ofUser: userID)
             step(stripe) { _ in
-                stale = lowerings.load(ordering: .sequentiallyConsistent) != lowered
-                return stale ? .clock : .leaseGranted(instance: instance, wants: wants, grants)
+                lowerings.load(ordering: .sequentiallyConsistent) == lowered
+                    ? .leaseGranted(instance: instance, wants: wants, grants)
+                    : .staleLeaseGranted(instance: instance, grants)
             }.forEach { run($0, stripe: stripe) }
-            let units = grants.filter { $0.granted > 0 }.map { AccountUnits($0.account, $0.granted) }
-            if stale, !units.isEmpty { Task { try? await repository.giveBack(instance: instance, amounts: units) } }
         }
     }
 

@@ -20,17 +20,15 @@ BEGIN
         RETURN QUERY SELECT 0, p_after;
         RETURN;
     END IF;
-    picked := ARRAY(
-        SELECT next.user_id FROM (
-            (SELECT DISTINCT p.user_id FROM pending_charges p
-             WHERE p.user_id > p_after AND mod(p.user_id, p_shards)::integer = ANY (claimed)
-             ORDER BY p.user_id LIMIT p_limit)
-            UNION ALL
-            (SELECT DISTINCT p.user_id FROM pending_charges p
-             WHERE p.user_id <= p_after AND mod(p.user_id, p_shards)::integer = ANY (claimed)
-             ORDER BY p.user_id LIMIT p_limit)) next
-        ORDER BY next.user_id <= p_after, next.user_id
-        LIMIT p_limit);
+    -- The accounts after p_after, then (only when they are fewer than p_limit) from the front.
+    picked := ARRAY(SELECT DISTINCT p.user_id FROM pending_charges p
+                    WHERE p.user_id > p_after AND mod(p.user_id, p_shards)::integer = ANY (claimed)
+                    ORDER BY p.user_id LIMIT p_limit);
+    IF cardinality(picked) < p_limit THEN
+        picked := picked || ARRAY(SELECT DISTINCT p.user_id FROM pending_charges p
+                                  WHERE p.user_id <= p_after AND mod(p.user_id, p_shards)::integer = ANY (claimed)
+                                  ORDER BY p.user_id LIMIT p_limit - cardinality(picked));
+    END IF;
     RETURN QUERY SELECT tally_fold(picked, true), coalesce(picked[cardinality(picked)], p_after);
 END;
 $$;

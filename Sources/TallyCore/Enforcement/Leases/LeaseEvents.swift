@@ -17,6 +17,9 @@ public enum LeaseEvent: Sendable, Equatable {
     case refillFailed(round: Int)
     /// Units leased to `instance` outside a refill round (with a key lookup), for `wants`.
     case leaseGranted(instance: String, wants: [AccountUnits], [LeaseGrant])
+    /// Units leased to `instance` with a key lookup that a change of balances overtook (a
+    /// lowering's notice, a return of every lease): they go back unused.
+    case staleLeaseGranted(instance: String, [LeaseGrant])
     /// A ``LeaseAction/fetchHoldIDs`` answered `count` fresh ids from `first`, or failed.
     case holdIDsGranted(first: Int64, count: Int64)
     case holdIDsFailed

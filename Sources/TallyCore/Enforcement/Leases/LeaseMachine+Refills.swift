@@ -40,11 +40,7 @@ extension LeaseMachine {
         _ grants: [LeaseGrant], revoked: Set<LeaseAccount>, now: Double, _ out: inout [LeaseAction]
     ) -> [LeaseGrant] {
         guard !revoked.isEmpty else { return grants }
-        let stale = grants.filter { revoked.contains($0.account) && $0.granted > 0 }
-        if !stale.isEmpty {
-            for grant in stale { givenBack.mark(grant.account, now: now) }
-            out.append(.giveBack(instance: instance, amounts: stale.map { AccountUnits($0.account, $0.granted) }))
-        }
+        giveBackUnused(grants.filter { revoked.contains($0.account) }, now: now, &out)
         return grants.filter { !revoked.contains($0.account) }
     }
 

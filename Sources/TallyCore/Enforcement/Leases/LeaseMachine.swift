@@ -58,6 +58,9 @@ public struct LeaseMachine: Sendable {
         case .leaseGranted(let instance, let wants, let grants):
             guard instance == self.instance else { break }
             apply(grants, wants: Dictionary(wants.map { ($0.account, $0.units) }, uniquingKeysWith: +), now: now)
+        case .staleLeaseGranted(let instance, let grants):
+            guard instance == self.instance else { break }  // it went back with its registration
+            giveBackUnused(grants, now: now, &out)
         case .holdIDsGranted(let first, let count): holdIDsAnswered(first..<(first + count), now: now, &out)
         case .holdIDsFailed: holdIDsAnswered(nil, now: now, &out)
         case .journalCommitted(let batch, let outcomes): journalCommitted(batch, outcomes: outcomes, now: now, &out)
@@ -272,6 +275,15 @@ public struct LeaseMachine: Sendable {
         guard let lease = accounts.removeValue(forKey: account), lease.free > 0 else { return }
         givenBack.mark(account, now: now)
         out.append(.giveBack(instance: instance, amounts: [AccountUnits(account, lease.free)]))
+    }
+
+    /// Gives back grants that are not to be used, marked as given back: a refill that finds the
+    /// account short before the return commits waits for it instead of refusing.
+    mutating func giveBackUnused(_ grants: [LeaseGrant], now: Double, _ out: inout [LeaseAction]) {
+        let amounts = grants.filter { $0.granted > 0 }.map { AccountUnits($0.account, $0.granted) }
+        guard !amounts.isEmpty else { return }
+        for units in amounts { givenBack.mark(units.account, now: now) }
+        out.append(.giveBack(instance: instance, amounts: amounts))
     }
 
     /// Gives back the leases `matching` and forgets them.
