@@ -23,6 +23,28 @@ struct HoldBookTests {
         return (user, try await seed.key(user: user, draft).token.id)
     }
 
+    /// A started book whose cold-key lookups lease: a first hold (another user's) sets their size.
+    static func bookLeasingOnLookups(
+        _ db: TestDatabase, _ seed: Seed, repository: (any LeaseRepository)? = nil
+    ) async throws -> HoldBook {
+        let book = HoldBook(repository: repository ?? PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
+        try await book.start()
+        let other = try await seed.user(quota: 100_000).user.id
+        let otherKey = try await seed.key(user: other).token.id
+        _ = try await book.reserve(Self.request("first", user: other, token: otherKey))
+        return book
+    }
+
+    /// A session whose open transaction holds the locks `statement` takes (COMMIT it to end them).
+    static func holding(_ db: TestDatabase, _ statement: String) async throws -> TestSession {
+        let session = try await TestSession.open(db.url)
+        try await session.run { connection in
+            try connection.execute("BEGIN")
+            try connection.execute(statement)
+        }
+        return session
+    }
+
     /// Journal concurrency 1 and 4 whatever this machine's cores: the default is 2 on a small
     /// host and 4 on a large one, and batches in flight at once must grant and store the same.
     @Test(
@@ -405,22 +427,13 @@ extension HoldBookTests {
         let user = try await seed.user(quota: 100_000).user.id
         let limited = TokenDraft(name: "k", remainQuota: 50_000, unlimitedQuota: false)
         let keys = [try await seed.key(user: user, limited), try await seed.key(user: user, limited)]
-        let book = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
-        try await book.start()
-        // A first hold (another user's) sets the size of the leases taken with lookups.
-        let other = try await seed.user(quota: 100_000).user.id
-        let otherKey = try await seed.key(user: other).token.id
-        _ = try await book.reserve(Self.request("first", user: other, token: otherKey))
+        let book = try await Self.bookLeasingOnLookups(db, seed)
         #expect(book.lookupLease() != nil)
 
         // Every lookup slot waits at a lock, so that both keys queue and go out in one batch.
         let lookups = PostgresPool(url: db.url, size: 8)  // its own: the fillers take every connection
         let directory = AccessDirectory(pool: lookups)
-        let blocker = try await TestSession.open(db.url)
-        try await blocker.run { session in
-            try session.execute("BEGIN")
-            try session.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
-        }
+        let blocker = try await Self.holding(db, "LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
         // One filler at a time, each waited for, so that every slot holds a call of its own.
         var fillers: [Task<KeyAccess?, any Error>] = []
         for index in 0..<AccessDirectory.lookupConcurrency {
@@ -467,18 +480,8 @@ extension HoldBookTests {
         let user = try await seed.user(quota: 100_000).user.id
         let (token, key) = try await seed.key(
             user: user, TokenDraft(name: "k", remainQuota: 50_000, unlimitedQuota: false))
-        let book = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
-        try await book.start()
-        // A first hold (another user's) sets the size of the leases taken with lookups.
-        let other = try await seed.user(quota: 100_000).user.id
-        let otherKey = try await seed.key(user: other).token.id
-        _ = try await book.reserve(Self.request("first", user: other, token: otherKey))
-
-        let blocker = try await TestSession.open(db.url)
-        try await blocker.run { session in
-            try session.execute("BEGIN")
-            try session.execute("SELECT 1 FROM users WHERE id = \(user) FOR UPDATE")
-        }
+        let book = try await Self.bookLeasingOnLookups(db, seed)
+        let blocker = try await Self.holding(db, "SELECT 1 FROM users WHERE id = \(user) FOR UPDATE")
         let access = try await AccessDirectory(pool: db.pool).key(SecretHash(of: key), leasing: book.lookupLease())
         try await blocker.run { try $0.execute("COMMIT") }
         #expect(access?.userID == user)
@@ -510,12 +513,8 @@ extension HoldBookTests {
         }
         #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) > 100)
 
-        let blocker = try await TestSession.open(db.url)
-        let instance = book.instance
-        try await blocker.run { session in
-            try session.execute("BEGIN")
-            try session.execute("SELECT 1 FROM tally_instances WHERE id = '\(instance)' FOR SHARE")
-        }
+        let blocker = try await Self.holding(
+            db, "SELECT 1 FROM tally_instances WHERE id = '\(book.instance)' FOR SHARE")
         final class Done: Sendable { let flag = Atomic(false) }
         let done = Done()
         let retired = Task {
@@ -633,12 +632,7 @@ extension HoldBookTests {
         let seed = Seed(db: db)
         let user = try await seed.user(quota: 100_000).user.id
         let repository = PostgresLeaseRepository(pool: db.pool)
-        let book = HoldBook(repository: repository, holdTTLSeconds: 600)
-        try await book.start()
-        // A first hold (another user's) sets the size of the leases taken with lookups.
-        let other = try await seed.user(quota: 100_000).user.id
-        let otherKey = try await seed.key(user: other).token.id
-        _ = try await book.reserve(Self.request("first", user: other, token: otherKey))
+        let book = try await Self.bookLeasingOnLookups(db, seed, repository: repository)
         let lease = try #require(book.lookupLease())
 
         // The lookup's lease commits, the balance is lowered and its notice arrives, and only
