@@ -14,7 +14,7 @@ public struct Settler: Sendable {
     /// The most accounts one balance fold takes.
     public let accountsPerFold: Int
     /// The last account the last balance fold picked: the next pick starts after it, so the
-    /// folds go round the queue (migration 0034) instead of starting at its front every time.
+    /// folds go round the queue (migration 0032) instead of starting at its front every time.
     private let lastPicked = LastPicked()
 
     private final class LastPicked: Sendable {

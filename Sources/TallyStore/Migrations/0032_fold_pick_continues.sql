@@ -1,12 +1,17 @@
--- The balance fold goes round the queue (found by a review of 0032).
+-- The balance fold goes round the queue (found by a review).
 --
--- 0032 started each pick at a random account id between the queue's first and last, which is
--- random per id, not per account: with the pending accounts in clusters far apart, most starts
--- fell in the gap between them and wrapped to the front of a cluster, as before 0032. Each
--- settler now names the last account it picked, and the next pick starts after it (wrapping
--- around), so every pending account comes up within one round of the queue, however its ids
--- lie. The pick is still index range reads that stop after p_limit accounts. The call answers
--- how many accounts it folded and the last one it picked. (Otherwise as in 0032.)
+-- tally_settle took the first p_limit accounts of pending_charges in index order, and the
+-- settler goes on only while a fold comes back full; an account it skips (its row locked by a
+-- lease, a lookup, a top-up) makes the fold come back short. With more than p_limit accounts
+-- pending and one of the first ones locked at each tick (a busy account is leased often), the
+-- accounts past the first p_limit were folded only at ticks where none was: their pending rows,
+-- which every balance read and lease grant sums, kept growing, and their overdrawn notices and
+-- balance webhooks waited. Each settler now names the last account it picked, and the next pick
+-- starts after it (wrapping around), so every pending account comes up within one round of the
+-- queue, however its ids lie (a random start would be random per id, not per account: clustered
+-- ids defeat it). The pick is still index range reads that stop after p_limit accounts. The call
+-- answers how many accounts it folded and the last one it picked. (Otherwise as in 0010; the
+-- settings of 0018 and 0023 are kept.)
 DROP FUNCTION tally_settle(integer, integer);
 
 CREATE FUNCTION tally_settle(p_shards integer, p_limit integer, p_after bigint)
