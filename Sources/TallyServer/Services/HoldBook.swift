@@ -426,9 +426,10 @@ public final class HoldBook: Sendable {
 
     /// Gives back the units of leases unused for a while (all of them with `everything`), so
     /// that other instances may lease them, after sending again the returns that failed before;
-    /// throws the first give-back's error, once every stripe had its turn. Every other action of a step runs whatever a give-back does: the
-    /// tick may have made a journal retry or a parked cut's wait due, which the machine then
-    /// counts as in flight, so an action dropped here would leave the stripe waiting for good.
+    /// throws the first give-back's error, once every stripe had its turn. Every other action of
+    /// a step runs whatever a give-back does: the tick may have made a journal retry or a parked
+    /// cut's wait due, which the machine then counts as in flight, so an action dropped here
+    /// would leave the stripe waiting for good.
     public func returnIdleLeases(everything: Bool = false) async throws {
         if everything { lowerings.add(1, ordering: .sequentiallyConsistent) }
         var failure: (any Error)?

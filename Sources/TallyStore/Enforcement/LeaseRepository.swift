@@ -138,7 +138,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
     }
 
     public func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant] {
-        let parameters = Self.parameters(instance, wants)
+        let parameters: [any PostgresEncodable] = [instance] + Self.accountArrays(wants)
         return try await Self.retried {
             try await pool.withConnection { connection in
                 try connection.query(Self.leaseAccounts, parameters).map { row in
@@ -167,10 +167,9 @@ public struct PostgresLeaseRepository: LeaseRepository {
 
     /// Sends one return under its id; when it fails, it stays owed.
     private func send(_ owed: OwedReturns.Return) async throws {
-        let amounts = Self.parameters(owed.instance, owed.amounts)
         let parameters: [any PostgresEncodable] =
             [owed.instance, owed.id, returns.owedFrom(instance: owed.instance, sending: owed.id)]
-            + amounts.dropFirst()
+            + Self.accountArrays(owed.amounts)
         do {
             try await Self.retried {
                 try await pool.withConnection { connection in
@@ -262,9 +261,9 @@ public struct PostgresLeaseRepository: LeaseRepository {
         (error as? PostgresError)?.sqlState == notRegisteredState ? LeaseError.notRegistered : error
     }
 
-    /// The parameters of `tally_lease` and `tally_return_leases`: the instance, then the users'
-    /// ids and amounts and the tokens' ids and amounts, each in id order (the lock order).
-    private static func parameters(_ instance: String, _ amounts: [AccountUnits]) -> [any PostgresEncodable] {
+    /// The accounts' parameters of `tally_lease` and `tally_return_leases`: the users' ids and
+    /// amounts and the tokens' ids and amounts, each in id order (the lock order).
+    private static func accountArrays(_ amounts: [AccountUnits]) -> [any PostgresEncodable] {
         var users: [(Int64, Int64)] = [], tokens: [(Int64, Int64)] = []
         for amount in amounts {
             switch amount.account {
@@ -275,7 +274,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
         users.sort { $0.0 < $1.0 }
         tokens.sort { $0.0 < $1.0 }
         return [
-            instance, PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
+            PostgresArray.integers(users.map(\.0)), PostgresArray.integers(users.map(\.1)),
             PostgresArray.integers(tokens.map(\.0)), PostgresArray.integers(tokens.map(\.1)),
         ]
     }

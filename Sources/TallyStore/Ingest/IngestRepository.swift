@@ -418,10 +418,8 @@ struct LineKey: Hashable {
     func hash(into hasher: inout Hasher) {
         hasher.combine(userID)
         hasher.combine(micros)
-        let contiguous: Void? = requestID.utf8.withContiguousStorageIfAvailable {
-            hasher.combine(bytes: UnsafeRawBufferPointer($0))
-        }
-        if contiguous == nil { for byte in requestID.utf8 { hasher.combine(byte) } }
+        var bytes = requestID  // withUTF8 makes a (rare) non-contiguous string contiguous first
+        bytes.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
     }
 
     init(userID: Int64, requestID: String, micros: Int64) {
