@@ -359,6 +359,31 @@ struct LeaseMachineTests {
         #expect(driver.cut("once", 10).1.answers.values.first == duplicate(1, 10))
     }
 
+    /// Swift's string equality takes NFC "é" and NFD "e" + U+0301 for one; the `holds` table
+    /// compares bytes, so these are two requests there and must be two here.
+    @Test("request ids and models that only look alike (NFC and NFD) are other requests, matched by bytes")
+    func requestIDsComparedByBytes() throws {
+        let composed = "caf\u{E9}", decomposed = "cafe\u{301}"
+        #expect(composed == decomposed && !composed.utf8.elementsEqual(decomposed.utf8))
+        var driver = LeaseDriver.ready(.sync)
+        driver.prime(user: 1_000, token: nil)
+        let (first, actions) = driver.cut(composed, 100)
+        let batch = try #require(actions.journals.first)
+        let (second, waiting) = driver.cut(decomposed, 100)
+        #expect(waiting.isEmpty && driver.machine.free(.user(7)) == 800, "a hold of its own, queued")
+        let next = driver.send(.journalCommitted(batch: batch.batch, committed(batch.holds)))
+        #expect(next.answers == [first: held(1, 100)])
+        let nextBatch = try #require(next.journals.first)
+        #expect(nextBatch.holds.map(\.request.requestID).elementsEqual([decomposed]) { $0.utf8.elementsEqual($1.utf8) })
+        #expect(
+            driver.send(.journalCommitted(batch: nextBatch.batch, committed(nextBatch.holds))).answers
+                == [second: held(2, 100)])
+        // The model of a request's scope too: another model's request under the same id.
+        #expect(driver.cut("m", 10, model: composed).1.answers.isEmpty)
+        let (otherModel, refused) = driver.cut("m", 10, model: decomposed)
+        #expect(refused == [.answer(otherModel, .outcome(.requestIDInUse))])
+    }
+
     @Test("the journal finds the request id stored for another model of the user: refused, the units back on the lease")
     func journalFindsAnotherModelsHold() throws {
         var driver = LeaseDriver.ready(.sync)

@@ -148,6 +148,37 @@ struct HoldBookTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    /// Swift's string equality takes NFC "é" and NFD "e" + U+0301 for one; the `holds` table
+    /// compares bytes. Matched as Swift does, the second request was answered with the first's
+    /// hold and ran upstream with nothing reserved.
+    @Test(
+        "a request id that only looks like a held one's (NFC and NFD) is another request, on this instance or another")
+    func requestIDsComparedByBytes() async throws {
+        let db = try await TestDatabase.create("holdbook-exact-ids")
+        let seed = Seed(db: db)
+        let (user, token) = try await Self.limitedAccount(seed, quota: 100)
+        let composed = "caf\u{E9}", decomposed = "cafe\u{301}"
+        #expect(composed == decomposed && !composed.utf8.elementsEqual(decomposed.utf8))
+        let first = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
+        try await first.start()
+        let held = try await first.reserve(Self.request(composed, user: user, token: token))
+        guard case .held(let holdID, 100) = held else { Issue.record("\(held)"); return }
+        #expect(try await first.reserve(Self.request(decomposed, user: user, token: token)) == .insufficient)
+        // Refusals look for stored holds together: asked in one query, each gets its own row.
+        let scope = RequestScope(userID: user, tokenID: token, model: "gpt-4o")
+        let stored = try await PostgresLeaseRepository(pool: db.pool).storedHolds([
+            ScopedRequestID(requestID: decomposed, scope: scope), ScopedRequestID(requestID: composed, scope: scope),
+        ])
+        #expect(stored == [nil, .duplicate(holdID: holdID, amount: 100, status: "held")])
+        let second = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
+        try await second.start()
+        #expect(try await second.reserve(Self.request(decomposed, user: user, token: token)) == .insufficient)
+        #expect(try await seed.int("SELECT count(*) FROM holds") == 1)
+        #expect(try await first.retire())
+        #expect(try await second.retire())
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     @Test("a give-back PostgreSQL refuses stops no other: the other stripes' idle leases go back, its error is thrown")
     func failedGiveBackStopsNothing() async throws {
         let db = try await TestDatabase.create("holdbook-giveback")

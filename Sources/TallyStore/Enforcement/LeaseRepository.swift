@@ -92,6 +92,17 @@ public struct ScopedRequestID: Sendable, Hashable {
         self.requestID = requestID
         self.scope = scope
     }
+
+    /// The request id compared by bytes (``ExactText``): a refusal whose id only looked like a
+    /// stored hold's was answered with that hold, and ran upstream with nothing reserved.
+    public static func == (lhs: ScopedRequestID, rhs: ScopedRequestID) -> Bool {
+        ExactText(lhs.requestID) == ExactText(rhs.requestID) && lhs.scope == rhs.scope
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(ExactText(requestID))
+        hasher.combine(scope)
+    }
 }
 
 public enum LeaseError: Error, Equatable {

@@ -402,36 +402,24 @@ public struct PostgresIngestRepository: IngestRepository {
     }
 }
 
-/// A stored row's identity: its account, request id and `created_at` in microseconds.
+/// A stored row's identity: its account, request id and `created_at` in microseconds. The request
+/// id is compared by bytes (``ExactText``): found by Swift's string equality, a batch's repeat
+/// dropped a second request unbilled where PostgreSQL stores both.
 struct LineKey: Hashable {
     let userID: Int64
-    let requestID: String
+    let requestID: ExactText
     let micros: Int64
-
-    /// Request ids compared by their bytes, as PostgreSQL compares them: Swift's string equality
-    /// takes canonically equivalent ids (NFC "é" and NFD "e" + U+0301) for one, and the second
-    /// request was dropped as the batch's repeat, unbilled, where PostgreSQL stores both.
-    static func == (lhs: LineKey, rhs: LineKey) -> Bool {
-        lhs.userID == rhs.userID && lhs.micros == rhs.micros && lhs.requestID.utf8.elementsEqual(rhs.requestID.utf8)
-    }
-
-    func hash(into hasher: inout Hasher) {
-        hasher.combine(userID)
-        hasher.combine(micros)
-        var bytes = requestID  // withUTF8 makes a (rare) non-contiguous string contiguous first
-        bytes.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
-    }
 
     init(userID: Int64, requestID: String, micros: Int64) {
         self.userID = userID
-        self.requestID = requestID
+        self.requestID = ExactText(requestID)
         self.micros = micros
     }
 
     init(_ line: PricedLine) {
-        userID = line.userID
-        requestID = line.requestID
-        micros = Int64((line.createdAt.timeIntervalSince1970 * 1_000_000).rounded())
+        self.init(
+            userID: line.userID, requestID: line.requestID,
+            micros: Int64((line.createdAt.timeIntervalSince1970 * 1_000_000).rounded()))
     }
 }
 

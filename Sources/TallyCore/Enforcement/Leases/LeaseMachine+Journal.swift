@@ -115,8 +115,8 @@ struct JournalQueue: Sendable {
     }
 
     var queue: [Entry] = []
-    /// The sequence numbers of sync holds not journaled yet, by request id.
-    private var unjournaled: [String: Int] = [:]
+    /// The sequence numbers of sync holds not journaled yet, by request id (matched by bytes).
+    private var unjournaled: [ExactText: Int] = [:]
     var inFlight: (batch: Int, count: Int)?
     var failures = 0
     /// When a failed batch is written again.
@@ -129,13 +129,13 @@ struct JournalQueue: Sendable {
     mutating func enqueue(_ hold: JournaledHold, instance: String, ticket: LeaseTicket?) {
         enqueued += 1
         queue.append(Entry(hold: hold, instance: instance, sequence: enqueued, ticket: ticket))
-        if ticket != nil { unjournaled[hold.request.requestID] = enqueued }
+        if ticket != nil { unjournaled[ExactText(hold.request.requestID)] = enqueued }
     }
 
     /// Makes `ticket` wait for the commit of the queued sync hold of `requestID`; false when
     /// there is none (the hold is journaled, or was answered without waiting).
     mutating func awaitCommit(of requestID: String, ticket: LeaseTicket) -> Bool {
-        guard let sequence = unjournaled[requestID], let first = queue.first?.sequence,
+        guard let sequence = unjournaled[ExactText(requestID)], let first = queue.first?.sequence,
             sequence >= first, sequence - first < queue.count
         else { return false }
         queue[sequence - first].retries.append(ticket)
@@ -145,8 +145,9 @@ struct JournalQueue: Sendable {
     /// Drops the first `count` holds: their batch committed.
     mutating func removeJournaled(_ count: Int) {
         journaled = queue[count - 1].sequence
-        for entry in queue.prefix(count) where unjournaled[entry.hold.request.requestID] == entry.sequence {
-            unjournaled[entry.hold.request.requestID] = nil
+        for entry in queue.prefix(count) {
+            let requestID = ExactText(entry.hold.request.requestID)
+            if unjournaled[requestID] == entry.sequence { unjournaled[requestID] = nil }
         }
         queue.removeFirst(count)
     }

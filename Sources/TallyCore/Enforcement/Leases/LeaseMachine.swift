@@ -378,15 +378,17 @@ struct RecentAccounts: Sendable {
 }
 
 /// Request ids answered recently, with the scope each was answered for, for retries: two
-/// generations swapped every `keepFor`.
+/// generations swapped every `keepFor`. Ids are matched by bytes (``ExactText``), as the
+/// `holds` table matches them: another request whose id only looked the same would be answered
+/// with this one's hold, and run upstream with nothing reserved.
 struct RecentHolds: Sendable {
     struct Answered: Sendable {
         let scope: RequestScope
         let outcome: HoldOutcome
     }
 
-    private var current: [String: Answered] = [:]
-    private var previous: [String: Answered] = [:]
+    private var current: [ExactText: Answered] = [:]
+    private var previous: [ExactText: Answered] = [:]
     private var since = -Double.infinity
 
     mutating func find(_ requestID: String, now: Double, keepFor: Double) -> Answered? {
@@ -395,16 +397,18 @@ struct RecentHolds: Sendable {
             current = [:]
             since = now
         }
-        return current[requestID] ?? previous[requestID]
+        let key = ExactText(requestID)
+        return current[key] ?? previous[key]
     }
 
     mutating func remember(_ requestID: String, for scope: RequestScope, _ outcome: HoldOutcome) {
-        current[requestID] = Answered(scope: scope, outcome: outcome)
+        current[ExactText(requestID)] = Answered(scope: scope, outcome: outcome)
     }
 
     mutating func forget(_ requestID: String) {
-        current[requestID] = nil
-        previous[requestID] = nil
+        let key = ExactText(requestID)
+        current[key] = nil
+        previous[key] = nil
     }
 }
 

@@ -41,6 +41,17 @@ public struct RequestScope: Sendable, Hashable {
         self.tokenID = tokenID
         self.model = model
     }
+
+    /// The model compared by bytes, as the `holds` table compares it (``ExactText``).
+    public static func == (lhs: RequestScope, rhs: RequestScope) -> Bool {
+        lhs.userID == rhs.userID && lhs.tokenID == rhs.tokenID && ExactText(lhs.model) == ExactText(rhs.model)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(userID)
+        hasher.combine(tokenID)
+        hasher.combine(ExactText(model))
+    }
 }
 
 /// One reservation asked for by `authorize`.
