@@ -2,11 +2,11 @@ import Foundation
 import Synchronization
 import TallyCore
 import TallyPostgres
-import TallyStore
 import TallyTestSupport
 import Testing
 
 @testable import TallyServer
+@testable import TallyStore
 
 /// The shell around the lease machine, against a real PostgreSQL: stripes, refills, the
 /// journal, retries, retirement; and the cold-key lookup that leases in the same round trip.
@@ -406,11 +406,14 @@ struct HoldBookTests {
             TokenDraft(
                 name: "k", remainQuota: 300,
                 unlimitedQuota: false))
-        let book = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
+        let repository = PostgresLeaseRepository(pool: db.pool)
+        let book = HoldBook(repository: repository, holdTTLSeconds: 600)
         try await book.start()
         let granted = Mutex<[LeaseGrant]>([])
         func lease(_ instance: String) -> LookupLease {
-            LookupLease(instance: instance, want: 1_000) { _, grants in granted.withLock { $0 += grants } }
+            LookupLease(instance: instance, want: 1_000, calls: repository.leaseCalls) { _, grants in
+                granted.withLock { $0 += grants }
+            }
         }
 
         let directory = AccessDirectory(pool: db.pool)
@@ -629,6 +632,91 @@ extension HoldBookTests {
 }
 
 extension HoldBookTests {
+    /// A refill or a lookup whose answer was lost after its commit left its grant in the lease
+    /// row, reserved for no one while the instance lived. The repository's call ids stand in for
+    /// the lost answer here: the call is made in SQL under the id the repository opened, and the
+    /// repository is told it failed, as it would be when its connection broke.
+    @Test("a lease call whose answer was lost is given up: its grant goes back once; given up first, it grants nothing")
+    func lostLeaseAnswerGivenUp() async throws {
+        let db = try await TestDatabase.create("lease-call-given-up")
+        let seed = Seed(db: db)
+        let user = try await seed.user(quota: 10_000).user.id
+        let leases = PostgresLeaseRepository(pool: db.pool)
+        try await leases.register(instance: "lost", ttlSeconds: 60, reclaimAfterSeconds: 0)
+        let reserved = "SELECT reserved FROM users WHERE id = $1"
+        let leaseCall = """
+            SELECT granted FROM tally_lease_call('lost', $1, $1, false, ARRAY[$2::bigint], ARRAY[3000::bigint], '{}', '{}')
+            """
+        let lost = leases.leaseCalls.open(instance: "lost", amounts: [AccountUnits(.user(user), 3_000)])
+        #expect(try await seed.int(leaseCall, [lost.id, user]) == 3_000)
+        leases.leaseCalls.failed(lost.id)
+        #expect(try await seed.int(reserved, [user]) == 3_000)
+        try await leases.retryOwedCalls()
+        #expect(try await seed.int(reserved, [user]) == 0)
+        #expect(try await seed.int("SELECT count(*) FROM user_leases") == 0)
+        // Given up once more (that answer lost too): nothing more goes back.
+        #expect(try await seed.int("SELECT tally_give_up_lease_call('lost', $1, $1)::int::bigint", [lost.id]) == 0)
+        #expect(try await seed.int(reserved, [user]) == 0)
+
+        // Given up before it committed (its caller gone while it waited): the call grants nothing.
+        let early = leases.leaseCalls.open(instance: "lost", amounts: [AccountUnits(.user(user), 3_000)])
+        leases.leaseCalls.failed(early.id)
+        try await leases.retryOwedCalls()
+        let refused = await #expect(throws: PostgresError.self) { try await seed.int(leaseCall, [early.id, user]) }
+        #expect(refused?.sqlState == "T0L02")
+        #expect(try await seed.int(reserved, [user]) == 0)
+
+        // Answered calls: their ids are forgotten by the next call; those given up stay taken.
+        _ = try await leases.lease(instance: "lost", wants: [AccountUnits(.user(user), 1_000)])
+        _ = try await leases.lease(instance: "lost", wants: [AccountUnits(.user(user), 1_000)])
+        #expect(try await seed.int(reserved, [user]) == 2_000)
+        #expect(try await seed.int("SELECT count(*) FROM tally_lease_calls WHERE NOT given_up") == 1)
+        #expect(try await seed.int("SELECT count(*) FROM tally_lease_calls WHERE given_up") == 2)
+        #expect(try await leases.retire(instance: "lost", patience: .seconds(5)))
+        #expect(try await seed.int("SELECT count(*) FROM tally_lease_calls") == 0)
+        #expect(try await seed.int(reserved, [user]) == 0)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    /// Found by a review of the give-up: a call still waiting for an account's lock when its
+    /// caller gave it up must not grant behind the give-up's back (the give-up waits for it).
+    @Test("a lease call given up while it still waits for a lock: the give-up waits for it and returns its grant")
+    func leaseCallGivenUpWhileRunning() async throws {
+        let db = try await TestDatabase.create("lease-call-running")
+        let seed = Seed(db: db)
+        let user = try await seed.user(quota: 10_000).user.id
+        let other = try await seed.user(quota: 10_000).user.id
+        let leases = PostgresLeaseRepository(pool: db.pool)
+        try await leases.register(instance: "slow", ttlSeconds: 60, reclaimAfterSeconds: 0)
+        let locked = try await Self.holding(db, "SELECT 1 FROM users WHERE id = \(user) FOR UPDATE")
+        let call = leases.leaseCalls.open(instance: "slow", amounts: [AccountUnits(.user(user), 3_000)])
+        let running = Task {
+            try await seed.int(
+                """
+                SELECT granted FROM tally_lease_call('slow', $1, $1, false, ARRAY[$2::bigint], ARRAY[3000::bigint], '{}', '{}')
+                """, [call.id, user])
+        }
+        func waiting(_ count: Int) async throws -> Bool {
+            try await waitUntil(timeout: .seconds(20)) {
+                try await seed.int(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ) == count
+            }
+        }
+        #expect(try await waiting(1), "the call never reached the account's lock")
+        leases.leaseCalls.failed(call.id)
+        let givingUp = Task { try await leases.retryOwedCalls() }
+        #expect(try await waiting(2), "the give-up did not wait for the call")
+        // Another call of the instance meanwhile forgets only the ids answered before.
+        _ = try await leases.lease(instance: "slow", wants: [AccountUnits(.user(other), 1_000)])
+        try await locked.run { try $0.execute("COMMIT") }
+        #expect(try await running.value == 3_000)
+        try await givingUp.value
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) == 0)
+        #expect(try await seed.int("SELECT count(*) FROM user_leases WHERE user_id = $1", [user]) == 0)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     /// Found by a review: right after registering anew, one refill call may carry rounds of both
     /// registrations; the stale one's `tally_lease` fails (not registered), and that failed every
     /// round of the call, the fresh registration's committed grants with them (leased, unknown).
@@ -715,7 +803,8 @@ private final class ObservedRepository: LeaseRepository {
         try await base.giveBack(instance: instance, amounts: amounts)
     }
 
-    func retryOwedReturns() async throws { try await base.retryOwedReturns() }
+    func retryOwedCalls() async throws { try await base.retryOwedCalls() }
+    var leaseCalls: UnansweredCalls { base.leaseCalls }
 
     func register(instance: String, ttlSeconds: Int, reclaimAfterSeconds: Int) async throws {
         try await base.register(instance: instance, ttlSeconds: ttlSeconds, reclaimAfterSeconds: reclaimAfterSeconds)

@@ -319,8 +319,8 @@ extension CitusTests {
                 )
             }
         }
-        try await PostgresLeaseRepository(pool: db.pool).register(
-            instance: "citus-lookup", ttlSeconds: 60, reclaimAfterSeconds: 60)
+        let leases = PostgresLeaseRepository(pool: db.pool)
+        try await leases.register(instance: "citus-lookup", ttlSeconds: 60, reclaimAfterSeconds: 60)
         // Every new connection to this database raises on a statement Citus runs as more than one task.
         try await db.pool.withConnection { connection in
             try connection.execute("ALTER DATABASE \(db.name) SET citus.multi_task_query_log_level = 'error'")
@@ -329,7 +329,7 @@ extension CitusTests {
         let directory = AccessDirectory(pool: strict)
         let granted = Mutex<[LeaseGrant]>([])
         for key in keys {
-            let lease = LookupLease(instance: "citus-lookup", want: 1_000) { _, grants in
+            let lease = LookupLease(instance: "citus-lookup", want: 1_000, calls: leases.leaseCalls) { _, grants in
                 granted.withLock { $0 += grants }
             }
             let access = try await directory.key(try #require(SecretHash(hex: key.hash)), leasing: lease)

@@ -170,7 +170,7 @@ public final class HoldBook: Sendable {
         let instance = self.instance
         let want = LeasePolicy(commit: mode).leaseWant(missing: typical)
         let lowered = lowerings.load(ordering: .sequentiallyConsistent)
-        return LookupLease(instance: instance, want: want) { [self] userID, grants in
+        return LookupLease(instance: instance, want: want, calls: repository.leaseCalls) { [self] userID, grants in
             // A balance lowered meanwhile (its notice gave the account's lease back) may have
             // been leased from before the change: given back, the first hold refills afresh.
             // Compared under the stripe's lock, which the notice's give-back takes after
@@ -425,7 +425,8 @@ public final class HoldBook: Sendable {
     }
 
     /// Gives back the units of leases unused for a while (all of them with `everything`), so
-    /// that other instances may lease them, after sending again the returns that failed before;
+    /// that other instances may lease them, after sending again the returns that failed before
+    /// and giving up the lease calls that failed (their grants go back if they committed);
     /// throws the first give-back's error, once every stripe had its turn. Every other action of
     /// a step runs whatever a give-back does: the tick may have made a journal retry or a parked
     /// cut's wait due, which the machine then counts as in flight, so an action dropped here
@@ -433,7 +434,7 @@ public final class HoldBook: Sendable {
     public func returnIdleLeases(everything: Bool = false) async throws {
         if everything { lowerings.add(1, ordering: .sequentiallyConsistent) }
         var failure: (any Error)?
-        do { try await repository.retryOwedReturns() } catch { failure = error }
+        do { try await repository.retryOwedCalls() } catch { failure = error }
         for stripe in stripes.indices {
             for action in step(stripe, { _ in everything ? .returnAll : .idleTick }) {
                 guard case .giveBack(let instance, let amounts) = action else {

@@ -39,15 +39,22 @@ public struct KeyAccess: Sendable {
 
 /// A first lease to take with a cold key's lookup, in the same round trip (migration 0011):
 /// `want` units of the key's user and token for `instance`; the grants go to `accept` with the
-/// key's owner (a grant of the key alone, its user's row locked meanwhile, names no user).
+/// key's owner (a grant of the key alone, its user's row locked meanwhile, names no user). The
+/// call runs under an id of `calls`, the instance's lease calls: a lookup that fails is given up
+/// with them (migration 0034).
 public struct LookupLease: Sendable {
     public let instance: String
     public let want: Int64
+    public let calls: UnansweredCalls
     public let accept: @Sendable (_ userID: Int64, [LeaseGrant]) -> Void
 
-    public init(instance: String, want: Int64, accept: @escaping @Sendable (_ userID: Int64, [LeaseGrant]) -> Void) {
+    public init(
+        instance: String, want: Int64, calls: UnansweredCalls,
+        accept: @escaping @Sendable (_ userID: Int64, [LeaseGrant]) -> Void
+    ) {
         self.instance = instance
         self.want = want
+        self.calls = calls
         self.accept = accept
     }
 }
@@ -89,6 +96,23 @@ public final class AccessDirectory: Sendable {
         let grants: [LeaseGrant]
     }
 
+    /// The lease calls of one lookup batch, answered together once the batch returns: a grant
+    /// whose call was answered while a later key of the batch failed would never reach its book,
+    /// nor be given up (migration 0034).
+    private final class LookupCalls: Sendable {
+        private let opened = Mutex<[(calls: UnansweredCalls, id: Int64)]>([])
+
+        func open(_ lease: LookupLease) -> (id: Int64, owedFrom: Int64) {
+            let call = lease.calls.open(instance: lease.instance, amounts: [])
+            opened.withLock { $0.append((lease.calls, call.id)) }
+            return (call.id, lease.calls.owedFrom(instance: lease.instance, sending: call.id))
+        }
+
+        func answered() { for call in opened.withLock({ $0 }) { call.calls.answered(call.id) } }
+
+        func failed() { for call in opened.withLock({ $0 }) { call.calls.failed(call.id) } }
+    }
+
     private struct State {
         var keys: [SecretHash: (access: KeyAccess?, at: Date)] = [:]
         var channels: (map: ChannelMap, at: Date)?
@@ -102,9 +126,18 @@ public final class AccessDirectory: Sendable {
         self.unknownTTL = unknownTTL
         let layout = DatabaseLayout()
         misses = Coalescer(limit: Self.lookupConcurrency) { misses in
-            try await pool.withConnection { connection in
-                try layout.isDistributed(on: connection)
-                    ? misses.map { try Self.lookUpOnItsShard($0, connection) } : Self.lookUp(misses, connection)
+            let calls = LookupCalls()
+            do {
+                let found = try await pool.withConnection { connection in
+                    try layout.isDistributed(on: connection)
+                        ? misses.map { try Self.lookUpOnItsShard($0, calls, connection) }
+                        : Self.lookUp(misses, calls, connection)
+                }
+                calls.answered()
+                return found
+            } catch {
+                calls.failed()
+                throw error
             }
         }
     }
@@ -132,14 +165,19 @@ public final class AccessDirectory: Sendable {
 
     /// Reads the keys of `misses` in one statement, leasing for those that asked (and may be
     /// used) in the same transaction. Each account's grant goes to one miss only.
-    private static func lookUp(_ misses: [Miss], _ connection: PostgresConnection) throws -> [Found] {
-        let instance = misses.lazy.compactMap(\.lease?.instance).first ?? ""
+    private static func lookUp(_ misses: [Miss], _ calls: LookupCalls, _ connection: PostgresConnection) throws
+        -> [Found]
+    {
+        let lease = misses.lazy.compactMap(\.lease).first
+        let instance = lease?.instance ?? ""
         let wants = misses.map { $0.lease.map { $0.instance == instance ? $0.want : 0 } ?? 0 }
+        // Only a lookup that leases is a lease call (one that may need giving up).
+        let call = lease.flatMap { wants.contains { $0 > 0 } ? calls.open($0) : nil }
         let rows = try connection.query(
             lookupBatch,
             [
-                PostgresArray.text(misses.map(\.hash.hex)), instance,
-                PostgresArray.integers(wants),
+                PostgresArray.text(misses.map(\.hash.hex)), instance, PostgresArray.integers(wants),
+                call?.id ?? 0, call?.owedFrom ?? 0,
             ])
         return try found(rows, wants: wants)
     }
@@ -149,7 +187,9 @@ public final class AccessDirectory: Sendable {
     /// the lease (on the coordinator, one shard per statement, migration 0022). The batch
     /// statement finds keys by hash, which `tokens`, distributed by owner, can only answer from
     /// every shard. Unnamed statements, so that Citus plans each for its values and routes it.
-    private static func lookUpOnItsShard(_ miss: Miss, _ connection: PostgresConnection) throws -> Found {
+    private static func lookUpOnItsShard(_ miss: Miss, _ calls: LookupCalls, _ connection: PostgresConnection)
+        throws -> Found
+    {
         guard let owner = try connection.query(keyOwner, [miss.hash.hex]).first else {
             return Found(access: nil, grants: [])
         }
@@ -161,9 +201,9 @@ public final class AccessDirectory: Sendable {
         guard let lease = miss.lease, try row.decode(15, as: Int64.self) > 0 else {
             return Found(access: access, grants: [])
         }
-        let grants = try connection.query(leaseOnLookup, [lease.instance, user, want, token]).map {
-            try decodeGrant($0, from: 0)
-        }
+        let call = calls.open(lease)
+        let grants = try connection.query(leaseOnLookup, [lease.instance, user, want, token, call.id, call.owedFrom])
+            .map { try decodeGrant($0, from: 0) }
         return Found(access: access, grants: grants)
     }
 
@@ -238,13 +278,14 @@ public final class AccessDirectory: Sendable {
 
     /// The keys asked for (`$1`, hex), each as one row with its ordinal (column 14), and the
     /// grants of the leases taken for them (columns 15–19: one row per account leased), for
-    /// `$2` with `$3` units per key — for keys that may be used only (migration 0011).
+    /// `$2` with `$3` units per key — for keys that may be used only (migration 0011) — as `$2`'s
+    /// lease call `$4` (`$5`: its first call not answered, migration 0034).
     private static let lookupBatch = PreparedStatement(
         "access_directory_keys_lease",
         """
         WITH k AS MATERIALIZED (\(keySelect(keys: "t.key_hash = decode(a.hash, 'hex')", wants: "$3"))),
         l AS MATERIALIZED (
-            SELECT * FROM tally_lease_on_lookup($2,
+            SELECT * FROM tally_lease_call($2, $4, $5, true,
                 ARRAY(SELECT k.user_id FROM k WHERE k.want > 0 ORDER BY k.ordinal),
                 ARRAY(SELECT k.want FROM k WHERE k.want > 0 ORDER BY k.ordinal),
                 ARRAY(SELECT k.id FROM k WHERE k.want > 0 ORDER BY k.ordinal),
@@ -271,10 +312,11 @@ public final class AccessDirectory: Sendable {
         keys: "t.user_id = $3::bigint AND t.id = $4::bigint AND t.key_hash = decode(a.hash, 'hex')",
         wants: "ARRAY[$2::bigint]")
 
-    /// The lookup's lease of `$3` units of user `$2` and key `$4` for instance `$1`.
+    /// The lookup's lease of `$3` units of user `$2` and key `$4` for instance `$1`, as its lease
+    /// call `$5` (`$6`: the instance's first call not answered, migration 0034).
     private static let leaseOnLookup = """
         SELECT kind, account_id, granted, state, others
-        FROM tally_lease_on_lookup($1, ARRAY[$2::bigint], ARRAY[$3::bigint], ARRAY[$4::bigint], ARRAY[$3::bigint])
+        FROM tally_lease_call($1, $5, $6, true, ARRAY[$2::bigint], ARRAY[$3::bigint], ARRAY[$4::bigint], ARRAY[$3::bigint])
         """
 
     /// The keys that `keys` finds among the hashes `$1`, with what to lease for each from `wants`.

@@ -14,13 +14,17 @@ public protocol LeaseRepository: Sendable {
     /// when calls in flight kept its registration's row locked for `patience`.
     func retire(instance: String, patience: Duration) async throws -> Bool
     /// Leases up to `wants` units of each account; throws `LeaseError.notRegistered` when the
-    /// registration is gone.
+    /// registration is gone. A call that fails is owed a give-up (``retryOwedCalls()``): if it
+    /// committed before its answer was lost, its grant goes back.
     func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant]
-    /// Gives unused lease units back. A return that fails is owed: ``retryOwedReturns()`` sends
+    /// Gives unused lease units back. A return that fails is owed: ``retryOwedCalls()`` sends
     /// it again, and PostgreSQL applies each return once, however often it is sent.
     func giveBack(instance: String, amounts: [AccountUnits]) async throws
-    /// Sends every owed return again; throws the first failure (those returns stay owed).
-    func retryOwedReturns() async throws
+    /// Sends every owed return again and gives up every failed lease call (refills and cold
+    /// keys' lookups); throws the first failure (those calls stay owed).
+    func retryOwedCalls() async throws
+    /// The lease calls of this repository's instances, for a cold key's lookup to lease under.
+    var leaseCalls: UnansweredCalls { get }
     /// Stores holds cut from the leases; outcomes in the order of `holds`. Throws
     /// `LeaseError.notRegistered`, storing nothing, when the registration is gone.
     func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome]
@@ -33,35 +37,40 @@ public protocol LeaseRepository: Sendable {
     func reapInstances() async throws -> Int
 }
 
-/// The lease returns of this process whose outcome is not known: in flight, or failed (owed).
-/// Each has an id that PostgreSQL stores with it, so a return sent again is applied once
-/// (migration 0033); the smallest id not yet answered tells it which ids it may forget.
-final class OwedReturns: Sendable {
-    struct Return: Sendable {
+/// Lease calls of this process (returns, or refills and lookups) whose outcome is not known: in
+/// flight, or failed (owed). Each has an id that PostgreSQL stores with what it did, so a failed
+/// return is sent again and applied once (migration 0033) and a failed lease is given up, its
+/// grant returned if it committed (0034); the smallest id not yet answered tells PostgreSQL which
+/// ids it may forget.
+public final class UnansweredCalls: Sendable {
+    struct Call: Sendable {
         let id: Int64
         let instance: String
+        /// What a return gives back, or what a lease asked for.
         let amounts: [AccountUnits]
     }
 
     private struct State {
         var nextID: Int64 = 1
-        var unanswered: [Int64: Return] = [:]
+        var unanswered: [Int64: Call] = [:]
         var failed: Set<Int64> = []
     }
 
     private let state = Mutex(State())
 
-    func open(instance: String, amounts: [AccountUnits]) -> Return {
+    init() {}
+
+    func open(instance: String, amounts: [AccountUnits]) -> Call {
         state.withLock { state in
-            let owed = Return(id: state.nextID, instance: instance, amounts: amounts)
+            let call = Call(id: state.nextID, instance: instance, amounts: amounts)
             state.nextID += 1
-            state.unanswered[owed.id] = owed
-            return owed
+            state.unanswered[call.id] = call
+            return call
         }
     }
 
-    /// The failed returns, oldest first, marked as in flight again.
-    func failed() -> [Return] {
+    /// The failed calls, oldest first, marked as in flight again.
+    func failed() -> [Call] {
         state.withLock { state in
             let owed = state.failed.sorted().compactMap { state.unanswered[$0] }
             state.failed = []
@@ -80,6 +89,27 @@ final class OwedReturns: Sendable {
             state.unanswered.values.lazy.filter { $0.instance == instance }.map(\.id).min() ?? sending
         }
     }
+
+    /// Runs `call` under a fresh id (its `owedFrom` beside it); a failure leaves the id owed.
+    func run<T>(instance: String, amounts: [AccountUnits], _ call: (_ id: Int64, _ owedFrom: Int64) async throws -> T)
+        async throws -> T
+    {
+        let opened = open(instance: instance, amounts: amounts)
+        return try await perform(opened, call)
+    }
+
+    /// Runs `call` for an open or owed id; answered when it returns, owed again when it throws.
+    func perform<T>(_ opened: Call, _ call: (_ id: Int64, _ owedFrom: Int64) async throws -> T) async throws -> T {
+        do {
+            let result = try await call(opened.id, owedFrom(instance: opened.instance, sending: opened.id))
+            answered(opened.id)
+            return result
+        } catch {
+            failed(opened.id)
+            throw error
+        }
+    }
+
 }
 
 /// A request id and what it is authorized for: what a refused authorization looks up among
@@ -115,7 +145,8 @@ public enum LeaseError: Error, Equatable {
 
 public struct PostgresLeaseRepository: LeaseRepository {
     let pool: PostgresPool
-    private let returns = OwedReturns()
+    private let returns = UnansweredCalls()
+    public let leaseCalls = UnansweredCalls()
 
     public init(pool: PostgresPool) { self.pool = pool }
 
@@ -149,16 +180,18 @@ public struct PostgresLeaseRepository: LeaseRepository {
     }
 
     public func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant] {
-        let parameters: [any PostgresEncodable] = [instance] + Self.accountArrays(wants)
-        return try await Self.retried {
-            try await pool.withConnection { connection in
-                try connection.query(Self.leaseAccounts, parameters).map { row in
-                    let id: Int64 = try row.decode(1)
-                    return LeaseGrant(
-                        account: try row.decode(0, as: String.self) == "user" ? .user(id) : .token(id),
-                        granted: try row.decode(2),
-                        state: LeaseGrant.State(rawValue: try row.decode(3)) ?? .unknown,
-                        others: try row.decode(4))
+        try await leaseCalls.run(instance: instance, amounts: wants) { id, owedFrom in
+            let parameters: [any PostgresEncodable] = [instance, id, owedFrom] + Self.accountArrays(wants)
+            return try await Self.retried {
+                try await pool.withConnection { connection in
+                    try connection.query(Self.leaseAccounts, parameters).map { row in
+                        let id: Int64 = try row.decode(1)
+                        return LeaseGrant(
+                            account: try row.decode(0, as: String.self) == "user" ? .user(id) : .token(id),
+                            granted: try row.decode(2),
+                            state: LeaseGrant.State(rawValue: try row.decode(3)) ?? .unknown,
+                            others: try row.decode(4))
+                    }
                 }
             }
         }
@@ -168,30 +201,39 @@ public struct PostgresLeaseRepository: LeaseRepository {
         try await send(returns.open(instance: instance, amounts: amounts))
     }
 
-    public func retryOwedReturns() async throws {
+    public func retryOwedCalls() async throws {
         var failure: (any Error)?
         for owed in returns.failed() {
             do { try await send(owed) } catch { failure = failure ?? error }
+        }
+        for owed in leaseCalls.failed() {
+            do { try await giveUp(owed) } catch { failure = failure ?? error }
         }
         if let failure { throw failure }
     }
 
     /// Sends one return under its id; when it fails, it stays owed.
-    private func send(_ owed: OwedReturns.Return) async throws {
-        let parameters: [any PostgresEncodable] =
-            [owed.instance, owed.id, returns.owedFrom(instance: owed.instance, sending: owed.id)]
-            + Self.accountArrays(owed.amounts)
-        do {
+    private func send(_ owed: UnansweredCalls.Call) async throws {
+        try await returns.perform(owed) { id, owedFrom in
+            let parameters: [any PostgresEncodable] = [owed.instance, id, owedFrom] + Self.accountArrays(owed.amounts)
             try await Self.retried {
                 try await pool.withConnection { connection in
                     _ = try connection.query(Self.returnLeases, parameters)
                 }
             }
-        } catch {
-            returns.failed(owed.id)
-            throw error
         }
-        returns.answered(owed.id)
+    }
+
+    /// Gives up a lease call whose answer never came (migration 0034); when that fails too, the
+    /// call stays owed.
+    private func giveUp(_ owed: UnansweredCalls.Call) async throws {
+        try await leaseCalls.perform(owed) { id, owedFrom in
+            try await Self.retried {
+                try await pool.withConnection { connection in
+                    _ = try connection.query(Self.giveUpLeaseCall, [owed.instance, id, owedFrom])
+                }
+            }
+        }
     }
 
     public func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome] {
@@ -316,8 +358,11 @@ public struct PostgresLeaseRepository: LeaseRepository {
     static let leaseAccounts = PreparedStatement(
         "leases_lease",
         """
-        SELECT kind, account_id, granted, state, others FROM tally_lease($1, $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
+        SELECT kind, account_id, granted, state, others
+        FROM tally_lease_call($1, $2, $3, false, $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
         """)
+    static let giveUpLeaseCall = PreparedStatement(
+        "leases_give_up", "SELECT tally_give_up_lease_call($1, $2, $3)")
     static let returnLeases = PreparedStatement(
         "leases_return",
         "SELECT tally_return_leases($1, $2, $3, $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])")
