@@ -29,6 +29,29 @@ struct MigrationTests {
         #expect(recorded == all.map(\.version))
     }
 
+    /// A rolling deploy (ops/deploy/README.md) runs the previous version's instances against the
+    /// new schema until each is restarted: what they call must still answer. These are the calls
+    /// whose form a migration replaced (0032's fold, 0033's return), in the form those instances
+    /// send them.
+    @Test("the previous version's calls still answer after the migrations that replaced them (0035)")
+    func previousCallersStillAnswer() async throws {
+        let db = try await TestDatabase.create("previous-callers")
+        try await db.prepareBilling(users: 2)
+        let user = try await db.syntheticAccount(1).user
+        let leases = PostgresLeaseRepository(pool: db.pool)
+        try await leases.register(instance: "previous", ttlSeconds: 60, reclaimAfterSeconds: 0)
+        _ = try await leases.lease(instance: "previous", wants: [AccountUnits(.user(user), 3_000)])
+        let reserved = "SELECT reserved FROM users WHERE id = $1"
+        #expect(try await db.scalar(reserved, [user]) == 3_000)
+        _ = try await db.optionalScalar(
+            "SELECT 0::bigint FROM tally_return_leases('previous', ARRAY[$1::bigint], ARRAY[1000::bigint], '{}', '{}')",
+            [user])
+        #expect(try await db.scalar(reserved, [user]) == 2_000)
+        #expect(try await db.scalar("SELECT tally_settle(1, 100)::bigint") >= 0)
+        #expect(try await leases.retire(instance: "previous", patience: .seconds(5)))
+        #expect(try await db.scalar(reserved, [user]) == 0)
+    }
+
     /// Found by a review: rejected lines were kept whole, API keys included, for any admin to read.
     @Test("migration 0029 masks the API keys of rejected lines stored before it, as KeyRedaction masks new ones")
     func rejectsMaskedByMigration() async throws {

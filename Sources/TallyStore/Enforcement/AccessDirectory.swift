@@ -98,7 +98,8 @@ public final class AccessDirectory: Sendable {
 
     /// The lease calls of one lookup batch, answered together once the batch returns: a grant
     /// whose call was answered while a later key of the batch failed would never reach its book,
-    /// nor be given up (migration 0034).
+    /// nor be given up (migration 0034). Opened on a connection held, so a batch that never
+    /// reached PostgreSQL owes nothing.
     private final class LookupCalls: Sendable {
         private let opened = Mutex<[(calls: UnansweredCalls, id: Int64)]>([])
 

@@ -90,12 +90,24 @@ public final class UnansweredCalls: Sendable {
         }
     }
 
-    /// Runs `call` under a fresh id (its `owedFrom` beside it); a failure leaves the id owed.
-    func run<T>(instance: String, amounts: [AccountUnits], _ call: (_ id: Int64, _ owedFrom: Int64) async throws -> T)
-        async throws -> T
-    {
-        let opened = open(instance: instance, amounts: amounts)
-        return try await perform(opened, call)
+    /// Runs a lease call (a refill, a lookup) under a fresh id, on a connection already held, so
+    /// that a call that never reached PostgreSQL owes nothing. Answered when it returns or when
+    /// PostgreSQL refused it (an error with its SQLSTATE: the statement rolled back); owed a
+    /// give-up when its answer was lost (a broken connection, an answer that could not be read).
+    @available(*, noasync)
+    func lease<T>(instance: String, _ call: (_ id: Int64, _ owedFrom: Int64) throws -> T) throws -> T {
+        let opened = open(instance: instance, amounts: [])
+        do {
+            let result = try call(opened.id, owedFrom(instance: instance, sending: opened.id))
+            answered(opened.id)
+            return result
+        } catch let error as PostgresError where error.sqlState != nil && !error.isConnectionFailure {
+            answered(opened.id)
+            throw error
+        } catch {
+            failed(opened.id)
+            throw error
+        }
     }
 
     /// Runs `call` for an open or owed id; answered when it returns, owed again when it throws.
@@ -180,11 +192,11 @@ public struct PostgresLeaseRepository: LeaseRepository {
     }
 
     public func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant] {
-        try await leaseCalls.run(instance: instance, amounts: wants) { id, owedFrom in
-            let parameters: [any PostgresEncodable] = [instance, id, owedFrom] + Self.accountArrays(wants)
-            return try await Self.retried {
-                try await pool.withConnection { connection in
-                    try connection.query(Self.leaseAccounts, parameters).map { row in
+        let calls = leaseCalls, accounts = Self.accountArrays(wants)
+        return try await Self.retried {
+            try await pool.withConnection { connection in
+                try calls.lease(instance: instance) { id, owedFrom in
+                    try connection.query(Self.leaseAccounts, [instance, id, owedFrom] + accounts).map { row in
                         let id: Int64 = try row.decode(1)
                         return LeaseGrant(
                             account: try row.decode(0, as: String.self) == "user" ? .user(id) : .token(id),
@@ -206,8 +218,18 @@ public struct PostgresLeaseRepository: LeaseRepository {
         for owed in returns.failed() {
             do { try await send(owed) } catch { failure = failure ?? error }
         }
-        for owed in leaseCalls.failed() {
-            do { try await giveUp(owed) } catch { failure = failure ?? error }
+        // Give-ups stop at the first that fails (it may have waited its lock timeout): the rest
+        // wait for the next upkeep, which must not be held up past the registration's renewal.
+        var owed = leaseCalls.failed()[...]
+        while let next = owed.first {
+            do {
+                try await giveUp(next)
+                owed.removeFirst()
+            } catch {
+                for rest in owed.dropFirst() { leaseCalls.failed(rest.id) }
+                failure = failure ?? error
+                break
+            }
         }
         if let failure { throw failure }
     }

@@ -97,10 +97,12 @@ $$;
 -- Gives up call p_call_id of p_instance, whose answer never came: returns what it granted if it
 -- committed (true), else marks its id given up so that it never grants (false); false as well
 -- when the id was given up before, or the registration is gone (the reaping returned every
--- lease of it).
+-- lease of it). Its waits are bounded: a call whose client is gone may wait for an account's
+-- lock for long (PostgreSQL notices no lost client while it waits), and the upkeep that sends
+-- give-ups also renews the registration; timed out, the give-up is sent again a second later.
 CREATE FUNCTION tally_give_up_lease_call(p_instance text, p_call_id bigint, p_owed_from bigint)
 RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET lock_timeout = '2s' AS $$
 DECLARE
     c tally_lease_calls%ROWTYPE;
 BEGIN
