@@ -82,7 +82,7 @@ public final class AccessDirectory: Sendable {
     private let unknownTTL: TimeInterval
     private let state = Mutex<State>(State())
     /// Cache misses: all those asked for while a lookup is out go together in the next one.
-    private let misses: Coalescer<Miss, Found>
+    private let misses: Coalescer<Miss, KeyAccess?>
     /// Lookups in flight at once.
     public static let lookupConcurrency = 4
 
@@ -135,7 +135,12 @@ public final class AccessDirectory: Sendable {
                         : Self.lookUp(misses, calls, connection)
                 }
                 calls.answered()
-                return found
+                for (miss, found) in zip(misses, found) {
+                    if let lease = miss.lease, let access = found.access, !found.grants.isEmpty {
+                        lease.accept(access.userID, found.grants)
+                    }
+                }
+                return found.map(\.access)
             } catch {
                 calls.failed()
                 throw error
@@ -155,13 +160,13 @@ public final class AccessDirectory: Sendable {
             return (.some(entry.access), state.generation)
         }
         if let cached { return cached }
-        let lease = leasing()
-        let found = try await misses.submit(Miss(hash: hash, lease: lease))
-        if let lease, let access = found.access, !found.grants.isEmpty { lease.accept(access.userID, found.grants) }
+        // The grants reach their book from the batch, as its lease calls are answered; only the
+        // key comes back here.
+        let access = try await misses.submit(Miss(hash: hash, lease: leasing()))
         state.withLock { state in
-            if state.generation == generation { state.keys[hash] = (found.access, now) }
+            if state.generation == generation { state.keys[hash] = (access, now) }
         }
-        return found.access
+        return access
     }
 
     /// Reads the keys of `misses` in one statement, leasing for those that asked (and may be
