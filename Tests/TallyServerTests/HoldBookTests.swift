@@ -701,6 +701,30 @@ extension HoldBookTests {
         #expect(unregistered.leaseCalls.failed().isEmpty)
     }
 
+    /// Found by a review: a lookup batch refused by PostgreSQL (its one statement rolled back)
+    /// was owed a give-up, and left a given-up id for the rest of the registration.
+    @Test("a cold key's lookup that PostgreSQL refused owes no give-up")
+    func refusedLookupOwesNothing() async throws {
+        let db = try await TestDatabase.create("lookup-refused")
+        let seed = Seed(db: db)
+        let user = try await seed.user(quota: 10_000).user.id
+        let (_, key) = try await seed.key(user: user)
+        let leases = PostgresLeaseRepository(pool: db.pool)
+        try await leases.register(instance: "refused", ttlSeconds: 60, reclaimAfterSeconds: 0)
+        try await db.pool.withConnection { try $0.execute("ALTER DATABASE \(db.name) SET lock_timeout = '200ms'") }
+        let impatient = PostgresPool(url: db.url, size: 1)
+        let blocker = try await Self.holding(db, "LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+        let lease = LookupLease(instance: "refused", want: 1_000, calls: leases.leaseCalls) { _, _ in }
+        let refused = await #expect(throws: PostgresError.self) {
+            try await AccessDirectory(pool: impatient).key(SecretHash(of: key), leasing: lease)
+        }
+        #expect(refused?.sqlState == "55P03")
+        try await blocker.run { try $0.execute("COMMIT") }
+        #expect(leases.leaseCalls.failed().isEmpty)
+        #expect(try await seed.int("SELECT count(*) FROM tally_lease_calls") == 0)
+        await impatient.close()
+    }
+
     /// Found by a review of the give-up: a call still waiting for an account's lock when its
     /// caller gave it up must not grant behind the give-up's back (the give-up waits for it).
     @Test("a lease call given up while it still waits for a lock: the give-up waits for it and returns its grant")

@@ -109,9 +109,20 @@ public final class AccessDirectory: Sendable {
             return (call.id, lease.calls.owedFrom(instance: lease.instance, sending: call.id))
         }
 
-        func answered() { for call in opened.withLock({ $0 }) { call.calls.answered(call.id) } }
+        func answered() { for call in taken() { call.calls.answered(call.id) } }
 
-        func failed() { for call in opened.withLock({ $0 }) { call.calls.failed(call.id) } }
+        func failed() { for call in taken() { call.calls.failed(call.id) } }
+
+        /// The batch's one statement threw `error`: answered if PostgreSQL refused it (it rolled
+        /// back), else left to `failed()`. Only where every call so far ran in that statement.
+        func statementFailed(_ error: any Error) { if UnansweredCalls.rolledBack(error) { answered() } }
+
+        private func taken() -> [(calls: UnansweredCalls, id: Int64)] {
+            opened.withLock { opened in
+                defer { opened = [] }
+                return opened
+            }
+        }
     }
 
     private struct State {
@@ -179,12 +190,18 @@ public final class AccessDirectory: Sendable {
         let wants = misses.map { $0.lease.map { $0.instance == instance ? $0.want : 0 } ?? 0 }
         // Only a lookup that leases is a lease call (one that may need giving up).
         let call = lease.flatMap { wants.contains { $0 > 0 } ? calls.open($0) : nil }
-        let rows = try connection.query(
-            lookupBatch,
-            [
-                PostgresArray.text(misses.map(\.hash.hex)), instance, PostgresArray.integers(wants),
-                call?.id ?? 0, call?.owedFrom ?? 0,
-            ])
+        let rows: PostgresRows
+        do {
+            rows = try connection.query(
+                lookupBatch,
+                [
+                    PostgresArray.text(misses.map(\.hash.hex)), instance, PostgresArray.integers(wants),
+                    call?.id ?? 0, call?.owedFrom ?? 0,
+                ])
+        } catch {
+            calls.statementFailed(error)
+            throw error
+        }
         return try found(rows, wants: wants)
     }
 

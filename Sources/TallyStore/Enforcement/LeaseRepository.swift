@@ -101,13 +101,18 @@ public final class UnansweredCalls: Sendable {
             let result = try call(opened.id, owedFrom(instance: instance, sending: opened.id))
             answered(opened.id)
             return result
-        } catch let error as PostgresError where error.sqlState != nil && !error.isConnectionFailure {
-            answered(opened.id)
-            throw error
         } catch {
-            failed(opened.id)
+            if Self.rolledBack(error) { answered(opened.id) } else { failed(opened.id) }
             throw error
         }
+    }
+
+    /// Whether PostgreSQL refused the statement that threw `error` (an error with its SQLSTATE
+    /// on a live connection): a statement of its own, it rolled back, and owes no give-up. A
+    /// broken connection, or an answer that could not be read, may hide a commit.
+    static func rolledBack(_ error: any Error) -> Bool {
+        guard let error = error as? PostgresError else { return false }
+        return error.sqlState != nil && !error.isConnectionFailure
     }
 
     /// Runs `call` for an open or owed id; answered when it returns, owed again when it throws.
