@@ -226,6 +226,23 @@ struct LeaseMachineTests {
         #expect(actions.refills.first?.wants.map(\.account) == [.token(70)])
     }
 
+    /// Found by a review: a hold estimated at nothing (a free model, a model priced per compute
+    /// second) was cut from an empty lease, so an account spent to zero or overdrawn was
+    /// authorized and its line charged it further.
+    @Test("a hold of nothing needs a unit of the user's free: a spent account is refused it, a funded one is not")
+    func zeroHoldNeedsAUnit() throws {
+        var driver = LeaseDriver.ready()
+        let (spent, asked) = driver.cut("free-on-spent", 0)
+        let round = try #require(asked.refills.first)
+        #expect(round.wants.contains { $0.account == .user(7) })
+        let refused = driver.send(
+            .refillGranted(round: round.round, [grant(.user(7), 0), grant(.token(70), 0, .unlimited)]))
+        #expect(refused.answers == [spent: .outcome(.insufficient)])
+        driver.prime(user: 1, token: nil)
+        #expect(driver.cut("free-on-funded", 0).1.answers.values.first == held(1, 0))
+        #expect(driver.machine.free(.user(7)) == 1)
+    }
+
     @Test("a retry of an answered request id gets the same hold and reserves nothing more")
     func retries() throws {
         var driver = LeaseDriver.ready()

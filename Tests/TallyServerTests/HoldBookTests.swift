@@ -179,6 +179,34 @@ struct HoldBookTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    /// Found by a review: a request estimated at nothing (a free model, a model priced per compute
+    /// second) was authorized for an account spent to zero or overdrawn by an overrun.
+    @Test("a hold of nothing is refused to a spent or overdrawn account and given to a funded one")
+    func zeroHoldOnSpentAccount() async throws {
+        let db = try await TestDatabase.create("holdbook-zero-hold")
+        let seed = Seed(db: db)
+        let spent = try await seed.user(quota: 0)
+        let spentKey = try await seed.key(user: spent.user.id).token.id
+        let overdrawn = try await seed.user(quota: 0)
+        let overdrawnKey = try await seed.key(user: overdrawn.user.id).token.id
+        _ = try await seed.int("UPDATE users SET quota = -500 WHERE id = $1 RETURNING 0::bigint", [overdrawn.user.id])
+        let funded = try await seed.user(quota: 1)
+        let fundedKey = try await seed.key(user: funded.user.id).token.id
+        let book = HoldBook(repository: PostgresLeaseRepository(pool: db.pool), holdTTLSeconds: 600)
+        try await book.start()
+        #expect(
+            try await book.reserve(Self.request("z1", user: spent.user.id, token: spentKey, amount: 0)) == .insufficient
+        )
+        #expect(
+            try await book.reserve(Self.request("z2", user: overdrawn.user.id, token: overdrawnKey, amount: 0))
+                == .insufficient)
+        let held = try await book.reserve(Self.request("z3", user: funded.user.id, token: fundedKey, amount: 0))
+        guard case .held(_, 0) = held else { Issue.record("\(held)"); return }
+        #expect(try await book.retire())
+        // (No audit: the overdrawn balance was written without its ledger rows.)
+        #expect(try await seed.int("SELECT coalesce(sum(reserved), 0)::bigint FROM users") == 0)
+    }
+
     @Test("a give-back PostgreSQL refuses stops no other: the other stripes' idle leases go back, its error is thrown")
     func failedGiveBackStopsNothing() async throws {
         let db = try await TestDatabase.create("holdbook-giveback")

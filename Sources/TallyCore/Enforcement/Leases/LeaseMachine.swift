@@ -175,13 +175,18 @@ public struct LeaseMachine: Sendable {
 
     /// What the user's and the token's leases lack for `request`, as refill wants. A token seen
     /// for the first time (or exhausted before) is leased even for a free request: the grant
-    /// tells whether it limits at all and whether it has quota left.
+    /// tells whether it limits at all and whether it has quota left. The user must have a unit
+    /// free even for a hold of nothing: an account spent to zero, or overdrawn by an overrun, is
+    /// refused every request until a top-up (DESIGN §5; new-api refuses a quota ≤ 0 too). A hold
+    /// estimated at nothing (a free model, a model priced per compute second whose length the
+    /// estimate does not give) was cut from an empty lease, and its line charged a spent account.
     private func shortfall(of request: HoldRequest, now: Double) -> [AccountUnits] {
         var wants: [AccountUnits] = []
         let userAccount = LeaseAccount.user(request.userID), tokenAccount = LeaseAccount.token(request.tokenID)
         let user = accounts[userAccount] ?? AccountLease()
-        if user.free < request.amount {
-            wants.append(AccountUnits(userAccount, want(request.amount - user.free, of: userAccount, now: now)))
+        let userNeeds = max(request.amount, 1)
+        if user.free < userNeeds {
+            wants.append(AccountUnits(userAccount, want(userNeeds - user.free, of: userAccount, now: now)))
         }
         let token = accounts[tokenAccount]
         let tokenKnown = token.map { !$0.exhausted } ?? false
