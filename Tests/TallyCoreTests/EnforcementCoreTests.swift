@@ -14,6 +14,7 @@ struct EnforcementCoreTests {
           veo-3: {per_video_second: {"720p": "0.40"}}
           suno-v4: {per_call: "0.10"}
           embed: {input: "0.02", kind: embedding, max_input_chars: 50}
+          tts-1: {input: "15.00", kind: audio, max_input_chars: 4096}
         """)
 
     static func usage(_ model: String, _ estimate: AuthorizeEstimate) -> Result<Usage, APIError> {
@@ -55,6 +56,17 @@ struct EnforcementCoreTests {
         #expect(try Self.usage("suno-v4", AuthorizeEstimate(promptChars: 5)).get().calls == 1)
         #expect(try Self.usage("embed", AuthorizeEstimate(inputChars: 40)).get().promptTokens == 10)
         #expect(Self.usage("embed", AuthorizeEstimate(inputChars: 51)) == .failure(APIError(.textTooLong)))
+    }
+
+    /// Found by a review: speech is billed per input character (the gateway reports them as
+    /// prompt tokens), and the hold counted a quarter of them.
+    @Test("speech holds every character of its input, as its line is charged")
+    func speechPerCharacter() throws {
+        let held = try Self.usage("tts-1", AuthorizeEstimate(inputChars: 4_000)).get()
+        #expect(held.promptTokens == 4_000)
+        let hold = try rate(held, model: "tts-1", group: "default", sheet: Self.sheet).units
+        let charge = try rate(Usage(promptTokens: 4_000), model: "tts-1", group: "default", sheet: Self.sheet).units
+        #expect(hold >= charge && charge == 30_000)
     }
 
     @Test("the estimate decodes from JSON; prompt text counts its characters; negatives are refused")
