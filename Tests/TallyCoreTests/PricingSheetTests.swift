@@ -50,6 +50,16 @@ struct PriceSheetParseTests {
             #expect(model.kind != nil && model.endpointTypes != nil, "\(name)")
         }
         #expect(sheet.models["gemini-2.5-pro"]?.tiers.count == 1)
+        // A non-square image without a quality is priced at its size, not as a square one
+        // (found by a review: dall-e-3 at 1024x1792 was charged $0.04, not $0.08).
+        #expect(
+            try rate(Usage(images: 1, size: "1024x1792"), model: "dall-e-3", group: "default", sheet: sheet).units
+                == 40_000)
+        #expect(
+            try rate(
+                Usage(images: 1, size: "1536x1024", quality: "auto"), model: "gpt-image-1", group: "default",
+                sheet: sheet
+            ).units == 31_500)
         // The DESIGN goldens hold with the default sheet too.
         #expect(
             try rate(Usage(promptTokens: 1000, completionTokens: 500), model: "gpt-4o", group: "vip", sheet: sheet)
