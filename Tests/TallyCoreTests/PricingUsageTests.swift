@@ -108,6 +108,15 @@ struct UsageTests {
         #expect(try JSONDecoder().decode(Usage.self, from: Data(text.utf8)) == Usage(promptTokens: 3))
     }
 
+    /// Found by a review: a key written with escapes was skipped here and read by JSONDecoder,
+    /// so a line was charged nothing for what authorize held.
+    @Test("keys written with escapes name their fields, as JSONDecoder reads them")
+    func keysWithEscapes() throws {
+        let text = #"{"prompt_tok\u0065ns":100000,"\u0063alls":2,"x\"y":1}"#
+        #expect(try Usage.parseJSON(text) == Usage(promptTokens: 100_000, calls: 2))
+        #expect(try JSONDecoder().decode(Usage.self, from: Data(text.utf8)) == Usage(promptTokens: 100_000, calls: 2))
+    }
+
     @Test func stringsWithEscapesAndEmptyStrings() throws {
         let usage = try Usage.parseJSON(#"{"size":"1024\u0078768","quality":"","resolution":"4\"k\ud83d\ude00"}"#)
         #expect(usage.size == "1024x768")

@@ -110,8 +110,9 @@ struct JSONScanner {
         }
     }
 
-    /// Which usage field a key names (keys are compared on their raw bytes; a key written with
-    /// escapes is treated as unknown).
+    /// Which usage field a key names (compared on its bytes; a key written with escapes, which
+    /// no usual writer emits, is decoded first: skipped as unknown, its count went unbilled
+    /// where authorize's JSONDecoder read it).
     enum Field {
         case promptTokens, completionTokens, cachedTokens, cacheWriteTokens, audioInputTokens,
             audioOutputTokens, images, size, quality, videoSeconds, resolution, calls, predictTime, unknown
@@ -119,12 +120,13 @@ struct JSONScanner {
 
     mutating func readKeyRange() throws(UsageParseError) -> Field {
         guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw error("expected a key string") }
-        let start = index + 1
+        let start = index
         var hasEscape = false
         try skipString(hasEscape: &hasEscape)
-        if hasEscape { return .unknown }
-        let key = UnsafeBufferPointer(rebasing: bytes[start..<(index - 1)])
-        return Self.field(key)
+        guard hasEscape else { return Self.field(UnsafeBufferPointer(rebasing: bytes[(start + 1)..<(index - 1)])) }
+        index = start
+        var decoded = try readString()
+        return decoded.withUTF8 { Self.field($0) }
     }
 
     static func field(_ key: UnsafeBufferPointer<UInt8>) -> Field {
