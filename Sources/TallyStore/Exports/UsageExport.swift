@@ -144,6 +144,10 @@ public struct UsageExporter: Sendable {
     static func statement(for export: UsageExport, on connection: PostgresConnection) throws -> String {
         let timeZone = try export.timeZone.map { try checkedTimeZone($0, on: connection) }
         if export.isRaw || timeZone != nil {
+            // Held before the month is checked, so that retention's detach (which waits for every
+            // transaction holding a lock on request_logs) cannot drop the partition between the
+            // check and the COPY: read in that gap, the export came out empty, or failed (a review).
+            try connection.execute("LOCK TABLE ONLY request_logs IN ACCESS SHARE MODE")
             let partition = try keptPartition(export.month, on: connection)
             if export.isRaw {
                 let table = connection.quoteIdentifier(partition)
