@@ -302,7 +302,7 @@ struct FoldTests {
         let settings = try await db.pool.withConnection { connection in
             try connection.query(
                 """
-                SELECT p.proname, array_to_string(p.proconfig, ',') FROM pg_proc p
+                SELECT DISTINCT p.proname, array_to_string(p.proconfig, ',') FROM pg_proc p
                 WHERE p.proname IN ('tally_fold', 'tally_settle', 'tally_roll_up') ORDER BY p.proname
                 """
             ).map { "\(try $0.decode(0, as: String.self)): \(try $0.decodeOptional(1, as: String.self) ?? "")" }

@@ -10,8 +10,10 @@
 -- the old forms.
 
 -- The fold as before 0032: from the front of the queue (the new pick goes round it).
+-- (With the settings of 0018 and 0023, as every tally_settle has.)
 CREATE FUNCTION tally_settle(p_shards integer, p_limit integer) RETURNS integer
-LANGUAGE sql AS $$ SELECT s.folded FROM tally_settle(p_shards, p_limit, 0) s $$;
+LANGUAGE sql SET plan_cache_mode = force_custom_plan SET jit = off
+AS $$ SELECT s.folded FROM tally_settle(p_shards, p_limit, 0) s $$;
 
 -- A return as before 0033: applied as sent, without an id (an old instance drops a failed one).
 CREATE FUNCTION tally_return_leases(p_instance text, p_user_ids bigint[], p_user_amounts bigint[],
