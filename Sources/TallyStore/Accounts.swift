@@ -141,7 +141,8 @@ public struct AccountRepository: Sendable {
             var updated = try PostgresUserRepository.decode(rows[0])
             if let quota = changes.quota, quota != before.quota {
                 updated = try Self.adjust(
-                    id: id, by: quota - before.quota, reason: "balance set to \(quota) by \(actor.name)",
+                    id: id, by: try Self.difference(to: quota, from: before.quota),
+                    reason: "balance set to \(quota) by \(actor.name)",
                     on: connection, actor: actor)
             }
             try AuditLog.recordChange(
@@ -195,7 +196,7 @@ public struct AccountRepository: Sendable {
                     switch mode {
                     case .add: value
                     case .subtract: -value
-                    case .override: value - before.quota
+                    case .override: try Self.difference(to: value, from: before.quota)
                     }
                 var updated = before
                 try Self.checkCredit(delta, to: before)
@@ -277,10 +278,28 @@ public struct AccountRepository: Sendable {
     /// `QuotaLimits.maximum`: each credit is bounded, and without this a few thousand maximal ones
     /// overflowed the column, answered as an internal error.
     static func checkCredit(_ amount: Int64, to user: User) throws {
-        guard amount <= 0 || user.quota <= QuotaLimits.maximum - amount else {
+        let (after, overflow) = user.quota.addingReportingOverflow(amount)
+        guard amount <= 0 || (!overflow && after <= QuotaLimits.maximum) else {
             throw StoreError.invalid(
                 "the balance would exceed the maximum of \(QuotaLimits.maximum) units (it is \(user.quota))")
         }
+        // Lowered as far as `PUT /api/user` may set it, no further: past it, repeated subtracts
+        // ran into PostgreSQL's bigint (a 500), and then the next override's difference
+        // overflowed in Swift and stopped the process.
+        guard amount >= 0 || (!overflow && after >= -QuotaLimits.maximum) else {
+            throw StoreError.invalid(
+                "the balance would fall below the minimum of \(-QuotaLimits.maximum) units (it is \(user.quota))")
+        }
+    }
+
+    /// The change that sets a balance of `from` to `to`, refused where it does not fit a bigint
+    /// (a balance overdrawn past any adjustment's reach).
+    static func difference(to value: Int64, from quota: Int64) throws -> Int64 {
+        let (delta, overflow) = value.subtractingReportingOverflow(quota)
+        guard !overflow else {
+            throw StoreError.invalid("the balance \(quota) cannot be set to \(value) in one adjustment")
+        }
+        return delta
     }
 
     /// Changes a balance by `delta` and writes the `adjust` ledger row, on the caller's transaction.

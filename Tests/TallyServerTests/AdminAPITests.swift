@@ -359,6 +359,31 @@ struct AdminAPITests {
         }
     }
 
+    /// Found by a review: subtract had no lower bound; repeated, it ran into PostgreSQL's bigint
+    /// (500), and past that an override's difference overflowed in Swift and stopped the server.
+    @Test("a balance is lowered no further than PUT /api/user may set it: the subtract past that is refused")
+    func balanceBoundedBelow() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (_, rootAccess) = try await seed.user("root", role: .root)
+        let (user, _) = try await seed.user("poor", quota: 0)
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            func subtract(_ value: Int64) async throws -> (status: Int, message: String?) {
+                let answer = try await api.post(
+                    "/api/user/manage", token: rootAccess,
+                    #"{"id":\#(user.id),"action":"add_quota","mode":"subtract","value":\#(value)}"#)
+                return (answer.status, answer.errorMessage)
+            }
+            #expect(try await subtract(QuotaLimits.maximum - 10).status == 200)
+            let refused = try await subtract(11)
+            #expect(refused.status == 400)
+            #expect(refused.message?.contains("would fall below the minimum") == true, "\(refused.message ?? "")")
+            #expect(try await subtract(10).status == 200)
+            #expect(try await seed.int("SELECT quota FROM users WHERE id = $1", [user.id]) == -QuotaLimits.maximum)
+        }
+    }
+
     @Test("users: list, create with an access token, update with a ledger adjustment, manage; audited")
     func userAdministration() async throws {
         let db = try await TestDatabase.shared("systemapi")
