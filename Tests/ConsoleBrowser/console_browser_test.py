@@ -399,8 +399,19 @@ def create_and_disable_key(console, seed):
     console.open("#keys")
     console.wait.until(lambda _: any(row[0] == "ci-runner" for row in console.rows("keys-table")))
     assert not console.holds(full_key), "the key is shown again"
+    # Renamed while it spent (here another tab lowers what it has left): saving keeps what it has
+    # left now, not what the form loaded (the console sent that back, undoing the spending).
+    console.click(f'#keys-table tr[data-key-id="{listed["id"]}"] button[aria-label="Edit key ci-runner"]')
+    console.wait.until(lambda d: d.find_element(By.ID, "key-quota").get_attribute("value") == "1500000")
+    status, _, body = http("PUT", "/api/token/", token, {"id": listed["id"], "remain_quota": 1_000_000})
+    assert status == 200, (status, body)
+    console.fill("#key-name", "ci-runner-2")
+    console.click("#key-submit")
+    console.wait.until(lambda _: any(row[0] == "ci-runner-2" for row in console.rows("keys-table")))
+    renamed = api_data(f"/api/token/{listed['id']}", token)
+    assert renamed["remain_quota"] == 1_000_000 and not renamed["unlimited_quota"], renamed
     # Disable it.
-    console.click(f'#keys-table tr[data-key-id="{listed["id"]}"] button[aria-label="Disable key ci-runner"]')
+    console.click(f'#keys-table tr[data-key-id="{listed["id"]}"] button[aria-label="Disable key ci-runner-2"]')
     console.wait_text(f'#keys-table tr[data-key-id="{listed["id"]}"] td.status', "Disabled")
     assert api_data(f"/api/token/{listed['id']}", token)["status"] == 2
     status, _, body = http("GET", "/v1/models", full_key)

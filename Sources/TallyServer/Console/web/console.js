@@ -515,7 +515,7 @@
     if (edited && expiryText === edited.expiryText) expiredTime = edited.key.expired_time;
     else if (expiryText) expiredTime = Math.floor(new Date(expiryText).getTime() / 1000);
     const quotaText = $('key-quota').value.trim();
-    return {
+    const fields = {
       name: $('key-name').value.trim(),
       group: $('key-group').value,
       unlimited_quota: $('key-unlimited').checked,
@@ -525,6 +525,11 @@
       model_limits: $('key-models').value.trim(),
       allow_ips: $('key-ips').value.trim(),
     };
+    // An edit sends the quota only when the owner changed it: sent back as the form loaded it,
+    // it undid whatever the key spent while the form was open (and forgave an overrun).
+    if (edited && quotaText === String(edited.key.remain_quota)) delete fields.remain_quota;
+    if (edited && fields.unlimited_quota === edited.key.unlimited_quota) delete fields.unlimited_quota;
+    return fields;
   }
 
   async function submitKey() {
