@@ -439,7 +439,7 @@ struct HoldBookTests {
         try await book.start()
         let granted = Mutex<[LeaseGrant]>([])
         func lease(_ instance: String) -> LookupLease {
-            LookupLease(instance: instance, want: 1_000, calls: repository.leaseCalls) { _, grants in
+            LookupLease(instance: instance, want: 1_000) { _, grants in
                 granted.withLock { $0 += grants }
             }
         }
@@ -675,9 +675,10 @@ extension HoldBookTests {
         let leaseCall = """
             SELECT granted FROM tally_lease_call('lost', $1, $1, false, ARRAY[$2::bigint], ARRAY[3000::bigint], '{}', '{}')
             """
-        let lost = leases.leaseCalls.open(instance: "lost", amounts: [AccountUnits(.user(user), 3_000)])
+        let lost = UnansweredCalls.of(instance: "lost").open(
+            instance: "lost", amounts: [AccountUnits(.user(user), 3_000)])
         #expect(try await seed.int(leaseCall, [lost.id, user]) == 3_000)
-        leases.leaseCalls.failed(lost.id)
+        UnansweredCalls.of(instance: "lost").failed(lost.id)
         #expect(try await seed.int(reserved, [user]) == 3_000)
         try await leases.retryOwedCalls()
         #expect(try await seed.int(reserved, [user]) == 0)
@@ -687,8 +688,9 @@ extension HoldBookTests {
         #expect(try await seed.int(reserved, [user]) == 0)
 
         // Given up before it committed (its caller gone while it waited): the call grants nothing.
-        let early = leases.leaseCalls.open(instance: "lost", amounts: [AccountUnits(.user(user), 3_000)])
-        leases.leaseCalls.failed(early.id)
+        let early = UnansweredCalls.of(instance: "lost").open(
+            instance: "lost", amounts: [AccountUnits(.user(user), 3_000)])
+        UnansweredCalls.of(instance: "lost").failed(early.id)
         try await leases.retryOwedCalls()
         let refused = await #expect(throws: PostgresError.self) { try await seed.int(leaseCall, [early.id, user]) }
         #expect(refused?.sqlState == "T0L02")
@@ -719,14 +721,16 @@ extension HoldBookTests {
         let admin = try await TestSession.open(maintenance)
         try await admin.run { try $0.execute("ALTER DATABASE \(db.name) ALLOW_CONNECTIONS false") }
         let unreachable = PostgresLeaseRepository(pool: PostgresPool(url: db.url, size: 1))
-        await #expect(throws: PostgresError.self) { try await unreachable.lease(instance: "refused", wants: wants) }
+        await #expect(throws: PostgresError.self) {
+            try await unreachable.lease(instance: "refused-refill", wants: wants)
+        }
         try await admin.run { try $0.execute("ALTER DATABASE \(db.name) ALLOW_CONNECTIONS true") }
-        #expect(unreachable.leaseCalls.failed().isEmpty)
+        #expect(UnansweredCalls.of(instance: "refused-refill").failed().isEmpty)
         let unregistered = PostgresLeaseRepository(pool: db.pool)
         await #expect(throws: LeaseError.notRegistered) {
-            try await unregistered.lease(instance: "refused", wants: wants)
+            try await unregistered.lease(instance: "refused-refill", wants: wants)
         }
-        #expect(unregistered.leaseCalls.failed().isEmpty)
+        #expect(UnansweredCalls.of(instance: "refused-refill").failed().isEmpty)
     }
 
     /// Found by a review: a lookup batch refused by PostgreSQL (its one statement rolled back)
@@ -738,17 +742,17 @@ extension HoldBookTests {
         let user = try await seed.user(quota: 10_000).user.id
         let (_, key) = try await seed.key(user: user)
         let leases = PostgresLeaseRepository(pool: db.pool)
-        try await leases.register(instance: "refused", ttlSeconds: 60, reclaimAfterSeconds: 0)
+        try await leases.register(instance: "refused-lookup", ttlSeconds: 60, reclaimAfterSeconds: 0)
         try await db.pool.withConnection { try $0.execute("ALTER DATABASE \(db.name) SET lock_timeout = '200ms'") }
         let impatient = PostgresPool(url: db.url, size: 1)
         let blocker = try await Self.holding(db, "LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
-        let lease = LookupLease(instance: "refused", want: 1_000, calls: leases.leaseCalls) { _, _ in }
+        let lease = LookupLease(instance: "refused-lookup", want: 1_000) { _, _ in }
         let refused = await #expect(throws: PostgresError.self) {
             try await AccessDirectory(pool: impatient).key(SecretHash(of: key), leasing: lease)
         }
         #expect(refused?.sqlState == "55P03")
         try await blocker.run { try $0.execute("COMMIT") }
-        #expect(leases.leaseCalls.failed().isEmpty)
+        #expect(UnansweredCalls.of(instance: "refused-lookup").failed().isEmpty)
         #expect(try await seed.int("SELECT count(*) FROM tally_lease_calls") == 0)
         await impatient.close()
     }
@@ -764,7 +768,8 @@ extension HoldBookTests {
         let leases = PostgresLeaseRepository(pool: db.pool)
         try await leases.register(instance: "slow", ttlSeconds: 60, reclaimAfterSeconds: 0)
         let locked = try await Self.holding(db, "SELECT 1 FROM users WHERE id = \(user) FOR UPDATE")
-        let call = leases.leaseCalls.open(instance: "slow", amounts: [AccountUnits(.user(user), 3_000)])
+        let call = UnansweredCalls.of(instance: "slow").open(
+            instance: "slow", amounts: [AccountUnits(.user(user), 3_000)])
         let running = Task {
             try await seed.int(
                 """
@@ -782,7 +787,7 @@ extension HoldBookTests {
             }
         }
         #expect(try await waiting("tally_lease_call"), "the call never reached the account's lock")
-        leases.leaseCalls.failed(call.id)
+        UnansweredCalls.of(instance: "slow").failed(call.id)
         let givingUp = Task { try await leases.retryOwedCalls() }
         #expect(try await waiting("tally_give_up_lease_call"), "the give-up did not wait for the call")
         // Another call of the instance meanwhile forgets only the ids answered before.
@@ -882,7 +887,6 @@ private final class ObservedRepository: LeaseRepository {
     }
 
     func retryOwedCalls() async throws { try await base.retryOwedCalls() }
-    var leaseCalls: UnansweredCalls { base.leaseCalls }
 
     func register(instance: String, ttlSeconds: Int, reclaimAfterSeconds: Int) async throws {
         try await base.register(instance: instance, ttlSeconds: ttlSeconds, reclaimAfterSeconds: reclaimAfterSeconds)

@@ -329,7 +329,7 @@ extension CitusTests {
         let directory = AccessDirectory(pool: strict)
         let granted = Mutex<[LeaseGrant]>([])
         for key in keys {
-            let lease = LookupLease(instance: "citus-lookup", want: 1_000, calls: leases.leaseCalls) { _, grants in
+            let lease = LookupLease(instance: "citus-lookup", want: 1_000) { _, grants in
                 granted.withLock { $0 += grants }
             }
             let access = try await directory.key(try #require(SecretHash(hex: key.hash)), leasing: lease)

@@ -170,7 +170,7 @@ public final class HoldBook: Sendable {
         let instance = self.instance
         let want = LeasePolicy(commit: mode).leaseWant(missing: typical)
         let lowered = lowerings.load(ordering: .sequentiallyConsistent)
-        return LookupLease(instance: instance, want: want, calls: repository.leaseCalls) { [self] userID, grants in
+        return LookupLease(instance: instance, want: want) { [self] userID, grants in
             // A balance lowered meanwhile (its notice gave the account's lease back) may have
             // been leased from before the change: given back, the first hold refills afresh.
             // Compared under the stripe's lock, which the notice's give-back takes after

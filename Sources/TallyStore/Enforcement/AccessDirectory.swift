@@ -39,22 +39,15 @@ public struct KeyAccess: Sendable {
 
 /// A first lease to take with a cold key's lookup, in the same round trip (migration 0011):
 /// `want` units of the key's user and token for `instance`; the grants go to `accept` with the
-/// key's owner (a grant of the key alone, its user's row locked meanwhile, names no user). The
-/// call runs under an id of `calls`, the instance's lease calls: a lookup that fails is given up
-/// with them (migration 0034).
+/// key's owner (a grant of the key alone, its user's row locked meanwhile, names no user).
 public struct LookupLease: Sendable {
     public let instance: String
     public let want: Int64
-    public let calls: UnansweredCalls
     public let accept: @Sendable (_ userID: Int64, [LeaseGrant]) -> Void
 
-    public init(
-        instance: String, want: Int64, calls: UnansweredCalls,
-        accept: @escaping @Sendable (_ userID: Int64, [LeaseGrant]) -> Void
-    ) {
+    public init(instance: String, want: Int64, accept: @escaping @Sendable (_ userID: Int64, [LeaseGrant]) -> Void) {
         self.instance = instance
         self.want = want
-        self.calls = calls
         self.accept = accept
     }
 }
@@ -82,7 +75,7 @@ public final class AccessDirectory: Sendable {
     private let unknownTTL: TimeInterval
     private let state = Mutex<State>(State())
     /// Cache misses: all those asked for while a lookup is out go together in the next one.
-    private let misses: Coalescer<Miss, KeyAccess?>
+    private let misses: Coalescer<Miss, Found>
     /// Lookups in flight at once.
     public static let lookupConcurrency = 4
 
@@ -96,17 +89,19 @@ public final class AccessDirectory: Sendable {
         let grants: [LeaseGrant]
     }
 
-    /// The lease calls of one lookup batch, answered together once the batch returns: a grant
-    /// whose call was answered while a later key of the batch failed would never reach its book,
-    /// nor be given up (migration 0034). Opened on a connection held, so a batch that never
-    /// reached PostgreSQL owes nothing.
+    /// The lease calls of one lookup batch (migration 0034), answered together once the batch
+    /// returns: a grant whose call was answered while a later key of the batch failed would never
+    /// reach its book, nor be given up. Opened on a connection held, so a batch that never reached
+    /// PostgreSQL owes nothing. (Kept out of `LookupLease`, whose layout `key(_:now:leasing:)`'s
+    /// miscompiled frame depends on: docs/performance.md.)
     private final class LookupCalls: Sendable {
         private let opened = Mutex<[(calls: UnansweredCalls, id: Int64)]>([])
 
         func open(_ lease: LookupLease) -> (id: Int64, owedFrom: Int64) {
-            let call = lease.calls.open(instance: lease.instance, amounts: [])
-            opened.withLock { $0.append((lease.calls, call.id)) }
-            return (call.id, lease.calls.owedFrom(instance: lease.instance, sending: call.id))
+            let calls = UnansweredCalls.of(instance: lease.instance)
+            let call = calls.open(instance: lease.instance, amounts: [])
+            opened.withLock { $0.append((calls, call.id)) }
+            return (call.id, calls.owedFrom(instance: lease.instance, sending: call.id))
         }
 
         func answered() { for call in taken() { call.calls.answered(call.id) } }
@@ -146,12 +141,7 @@ public final class AccessDirectory: Sendable {
                         : Self.lookUp(misses, calls, connection)
                 }
                 calls.answered()
-                for (miss, found) in zip(misses, found) {
-                    if let lease = miss.lease, let access = found.access, !found.grants.isEmpty {
-                        lease.accept(access.userID, found.grants)
-                    }
-                }
-                return found.map(\.access)
+                return found
             } catch {
                 calls.failed()
                 throw error
@@ -171,13 +161,13 @@ public final class AccessDirectory: Sendable {
             return (.some(entry.access), state.generation)
         }
         if let cached { return cached }
-        // The grants reach their book from the batch, as its lease calls are answered; only the
-        // key comes back here.
-        let access = try await misses.submit(Miss(hash: hash, lease: leasing()))
+        let lease = leasing()
+        let found = try await misses.submit(Miss(hash: hash, lease: lease))
+        if let lease, let access = found.access, !found.grants.isEmpty { lease.accept(access.userID, found.grants) }
         state.withLock { state in
-            if state.generation == generation { state.keys[hash] = (access, now) }
+            if state.generation == generation { state.keys[hash] = (found.access, now) }
         }
-        return access
+        return found.access
     }
 
     /// Reads the keys of `misses` in one statement, leasing for those that asked (and may be

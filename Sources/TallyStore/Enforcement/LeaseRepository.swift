@@ -21,10 +21,9 @@ public protocol LeaseRepository: Sendable {
     /// it again, and PostgreSQL applies each return once, however often it is sent.
     func giveBack(instance: String, amounts: [AccountUnits]) async throws
     /// Sends every owed return again and gives up every failed lease call (refills and cold
-    /// keys' lookups); throws the first failure (those calls stay owed).
+    /// keys' lookups) of this repository's instances; throws the first failure (those calls stay
+    /// owed).
     func retryOwedCalls() async throws
-    /// The lease calls of this repository's instances, for a cold key's lookup to lease under.
-    var leaseCalls: UnansweredCalls { get }
     /// Stores holds cut from the leases; outcomes in the order of `holds`. Throws
     /// `LeaseError.notRegistered`, storing nothing, when the registration is gone.
     func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome]
@@ -59,6 +58,23 @@ public final class UnansweredCalls: Sendable {
     private let state = Mutex(State())
 
     init() {}
+
+    /// Each instance's lease calls, process-wide: refills and cold keys' lookups (which know only
+    /// the instance they lease for) take their ids from one sequence per instance, as PostgreSQL
+    /// keys them.
+    private static let ofInstances = Mutex<[String: UnansweredCalls]>([:])
+
+    public static func of(instance: String) -> UnansweredCalls {
+        ofInstances.withLock { all in
+            if let known = all[instance] { return known }
+            let made = UnansweredCalls()
+            all[instance] = made
+            return made
+        }
+    }
+
+    /// Forgets a retired instance's calls (its registration took their rows with it).
+    static func forget(instance: String) { _ = ofInstances.withLock { $0.removeValue(forKey: instance) } }
 
     func open(instance: String, amounts: [AccountUnits]) -> Call {
         state.withLock { state in
@@ -152,6 +168,15 @@ public struct ScopedRequestID: Sendable, Hashable {
     }
 }
 
+/// A set of instance names, shared by copies of a repository.
+final class InstanceNames: Sendable {
+    private let names = Mutex<Set<String>>([])
+
+    func insert(_ name: String) { _ = names.withLock { $0.insert(name) } }
+    func remove(_ name: String) { _ = names.withLock { $0.remove(name) } }
+    var all: [String] { names.withLock { $0.sorted() } }
+}
+
 public enum LeaseError: Error, Equatable {
     /// The registration was reaped (this instance did not renew it in time).
     case notRegistered
@@ -163,11 +188,13 @@ public enum LeaseError: Error, Equatable {
 public struct PostgresLeaseRepository: LeaseRepository {
     let pool: PostgresPool
     private let returns = UnansweredCalls()
-    public let leaseCalls = UnansweredCalls()
+    /// The instances this repository registered, whose failed lease calls it gives up.
+    private let instances = InstanceNames()
 
     public init(pool: PostgresPool) { self.pool = pool }
 
     public func register(instance: String, ttlSeconds: Int, reclaimAfterSeconds: Int) async throws {
+        instances.insert(instance)
         try await pool.withConnection { connection in
             _ = try connection.query(Self.registerInstance, [instance, ttlSeconds, reclaimAfterSeconds])
         }
@@ -190,14 +217,18 @@ public struct PostgresLeaseRepository: LeaseRepository {
                 try connection.query(Self.retireInstance, [instance])[0].decode(0, as: Int64.self) > 0
                     || connection.query(Self.instanceRegistered, [instance]).isEmpty
             }
-            if gone { return true }
+            if gone {
+                instances.remove(instance)
+                UnansweredCalls.forget(instance: instance)
+                return true
+            }
             guard clock.now < deadline else { return false }
             try await Task.sleep(for: .milliseconds(20))
         }
     }
 
     public func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant] {
-        let calls = leaseCalls, accounts = Self.accountArrays(wants)
+        let calls = UnansweredCalls.of(instance: instance), accounts = Self.accountArrays(wants)
         return try await Self.retried {
             try await pool.withConnection { connection in
                 try calls.lease(instance: instance) { id, owedFrom in
@@ -225,13 +256,13 @@ public struct PostgresLeaseRepository: LeaseRepository {
         }
         // Give-ups stop at the first that fails (it may have waited its lock timeout): the rest
         // wait for the next upkeep, which must not be held up past the registration's renewal.
-        var owed = leaseCalls.failed()[...]
+        var owed = instances.all.flatMap { UnansweredCalls.of(instance: $0).failed() }[...]
         while let next = owed.first {
             do {
                 try await giveUp(next)
                 owed.removeFirst()
             } catch {
-                for rest in owed.dropFirst() { leaseCalls.failed(rest.id) }
+                for rest in owed.dropFirst() { UnansweredCalls.of(instance: rest.instance).failed(rest.id) }
                 failure = failure ?? error
                 break
             }
@@ -254,7 +285,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
     /// Gives up a lease call whose answer never came (migration 0034); when that fails too, the
     /// call stays owed.
     private func giveUp(_ owed: UnansweredCalls.Call) async throws {
-        try await leaseCalls.perform(owed) { id, owedFrom in
+        try await UnansweredCalls.of(instance: owed.instance).perform(owed) { id, owedFrom in
             try await Self.retried {
                 try await pool.withConnection { connection in
                     _ = try connection.query(Self.giveUpLeaseCall, [owed.instance, id, owedFrom])

@@ -25,6 +25,27 @@ CREATE TABLE tally_lease_calls (
     PRIMARY KEY (instance_id, call_id)
 );
 
+-- The five-argument return, as 0022 made it and 0033 replaced it: a give-up returns a committed
+-- grant through it, and instances of the previous version call it during a rolling deploy
+-- (ops/deploy/README.md: until each was restarted, every lease it gave back failed and was
+-- dropped, its units leased to no one until it stopped). Applied as sent, without an id.
+CREATE FUNCTION tally_return_leases(p_instance text, p_user_ids bigint[], p_user_amounts bigint[],
+                                    p_token_ids bigint[], p_token_amounts bigint[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- The registration's shared lock (as leases take it): no reaping meanwhile.
+    IF NOT tally_hold_registration(p_instance) THEN
+        RETURN;
+    END IF;
+    IF tally_on_citus() THEN
+        PERFORM tally_return_leases_each(p_instance, p_user_ids, p_user_amounts, p_token_ids, p_token_amounts);
+    ELSE
+        PERFORM tally_return_leases_at_once(p_instance, p_user_ids, p_user_amounts, p_token_ids, p_token_amounts);
+    END IF;
+END;
+$$;
+
 -- Forgets the ids of p_instance below p_owed_from, but those given up. Rows another transaction
 -- is deleting are skipped, never waited for: two calls forgetting the same ids in different
 -- orders would deadlock.
@@ -126,11 +147,7 @@ BEGIN
     IF c.given_up THEN
         RETURN false;
     END IF;
-    IF tally_on_citus() THEN
-        PERFORM tally_return_leases_each(p_instance, c.user_ids, c.user_amounts, c.token_ids, c.token_amounts);
-    ELSE
-        PERFORM tally_return_leases_at_once(p_instance, c.user_ids, c.user_amounts, c.token_ids, c.token_amounts);
-    END IF;
+    PERFORM tally_return_leases(p_instance, c.user_ids, c.user_amounts, c.token_ids, c.token_amounts);
     RETURN cardinality(c.user_ids) + cardinality(c.token_ids) > 0;
 END;
 $$;
