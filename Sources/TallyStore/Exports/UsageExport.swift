@@ -144,13 +144,21 @@ public struct UsageExporter: Sendable {
     static func statement(for export: UsageExport, on connection: PostgresConnection) throws -> String {
         let timeZone = try export.timeZone.map { try checkedTimeZone($0, on: connection) }
         if export.isRaw || timeZone != nil {
-            // Held before the month is checked, so that retention's detach (which waits for every
-            // transaction holding a lock on request_logs) cannot drop the partition between the
-            // check and the COPY: read in that gap, the export came out empty, or failed (a review).
-            try connection.execute("LOCK TABLE ONLY request_logs IN ACCESS SHARE MODE")
+            // Retention could drop the month between the check and the COPY (a review): a zone's
+            // export, which reads through request_logs, then came out empty, and a raw one failed.
+            // A zone's export takes its lock on request_logs before the check, so that the detach
+            // (which waits for every transaction holding one) comes after it; a raw one locks the
+            // month's own table after the check, so that it outlives the drop until the COPY ends,
+            // without holding up retention of other months meanwhile.
+            if timeZone != nil { try connection.execute("LOCK TABLE ONLY request_logs IN ACCESS SHARE MODE") }
             let partition = try keptPartition(export.month, on: connection)
             if export.isRaw {
                 let table = connection.quoteIdentifier(partition)
+                do {
+                    try connection.execute("LOCK TABLE \(table) IN ACCESS SHARE MODE")
+                } catch {
+                    throw error.sqlState == "42P01" ? notKept(export.month) : error
+                }
                 // A query on Citus too, where COPY of a distributed table counts its header as a row.
                 let source =
                     if let userID = export.userID {
@@ -175,12 +183,14 @@ public struct UsageExporter: Sendable {
                 "SELECT name FROM tally_log_partitions WHERE month = $1::date AND NOT detach_pending",
                 [month.firstDay]
             ).first
-        else {
-            throw StoreError.notFound(
-                "the request rows of \(month) are not kept (dropped by retention, or never stored); exports by user, token, model, group or UTC day still cover the month"
-            )
-        }
+        else { throw notKept(month) }
         return try row.decode(0)
+    }
+
+    static func notKept(_ month: UsageMonth) -> StoreError {
+        StoreError.notFound(
+            "the request rows of \(month) are not kept (dropped by retention, or never stored); exports by user, token, model, group or UTC day still cover the month"
+        )
     }
 
     /// The zone's canonical name, or `invalid` when PostgreSQL does not know it.
