@@ -15,6 +15,7 @@ struct EnforcementCoreTests {
           suno-v4: {per_call: "0.10"}
           embed: {input: "0.02", kind: embedding, max_input_chars: 50}
           tts-1: {input: "15.00", kind: audio, max_input_chars: 4096}
+          audio-chat: {input: "2.50", output: "10.00", kind: audio}
         """)
 
     static func usage(_ model: String, _ estimate: AuthorizeEstimate) -> Result<Usage, APIError> {
@@ -67,6 +68,8 @@ struct EnforcementCoreTests {
         let hold = try rate(held, model: "tts-1", group: "default", sheet: Self.sheet).units
         let charge = try rate(Usage(promptTokens: 4_000), model: "tts-1", group: "default", sheet: Self.sheet).units
         #expect(hold >= charge && charge == 30_000)
+        // An audio model that also answers in tokens counts its characters as text does.
+        #expect(try Self.usage("audio-chat", AuthorizeEstimate(inputChars: 4_000)).get().promptTokens == 1_000)
     }
 
     @Test("the estimate decodes from JSON; prompt text counts its characters; negatives are refused")

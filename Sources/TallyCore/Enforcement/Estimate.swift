@@ -69,8 +69,9 @@ public enum HoldEstimator {
     /// `prompt_missing` (a generation model without a prompt), `prompt_too_long`,
     /// `text_too_long`, `n_not_within_range`, `size_not_supported`.
     ///
-    /// Prompt tokens are the given `prompt_tokens`, else ⌈characters / 4⌉ (an audio model's
-    /// `input_chars` counts whole: speech is billed per character); completion tokens
+    /// Prompt tokens are the given `prompt_tokens`, else ⌈characters / 4⌉ (the `input_chars` of
+    /// an audio model priced on its input alone count whole: speech is billed per character);
+    /// completion tokens
     /// the given `completion_tokens`, else `max_tokens`, else the model's `default_max_tokens`,
     /// else ``fallbackMaxTokens`` (chat models only).
     public static func usage(for estimate: AuthorizeEstimate, model price: ModelPrice) -> Result<Usage, APIError> {
@@ -88,10 +89,10 @@ public enum HoldEstimator {
             return .failure(APIError(CatalogEntry(rawValue: violation.rawValue)!))
         }
         var usage = estimate.usage
-        if usage.promptTokens == 0, kind == .audio, let chars = estimate.inputChars {
-            // Speech is billed per character of its input, which the gateway reports as prompt
-            // tokens (docs/pricing.md §5): held at a quarter of that, a tts-1 request was
-            // charged four times its hold.
+        if usage.promptTokens == 0, kind == .audio, price.prices.tokens.output == nil, let chars = estimate.inputChars {
+            // Speech (an audio model priced on its input alone) is billed per character, which
+            // the gateway reports as prompt tokens (docs/pricing.md §5): held at a quarter of
+            // that, a tts-1 request was charged four times its hold.
             usage.promptTokens = chars
         } else if usage.promptTokens == 0 {
             let chars = estimate.promptChars ?? estimate.inputChars ?? 0
