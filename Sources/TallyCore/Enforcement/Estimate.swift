@@ -89,14 +89,17 @@ public enum HoldEstimator {
             return .failure(APIError(CatalogEntry(rawValue: violation.rawValue)!))
         }
         var usage = estimate.usage
-        if usage.promptTokens == 0, kind == .audio, price.prices.tokens.output == nil, let chars = estimate.inputChars {
+        if usage.promptTokens == 0 {
             // Speech (an audio model priced on its input alone) is billed per character, which
             // the gateway reports as prompt tokens (docs/pricing.md §5): held at a quarter of
             // that, a tts-1 request was charged four times its hold.
-            usage.promptTokens = chars
-        } else if usage.promptTokens == 0 {
-            let chars = estimate.promptChars ?? estimate.inputChars ?? 0
-            usage.promptTokens = chars / 4 + (chars % 4 == 0 ? 0 : 1)
+            let speech = kind == .audio && price.prices.tokens.output == nil
+            if speech, let chars = estimate.inputChars {
+                usage.promptTokens = chars
+            } else {
+                let chars = estimate.promptChars ?? estimate.inputChars ?? 0
+                usage.promptTokens = chars / 4 + (chars % 4 == 0 ? 0 : 1)
+            }
         }
         switch kind {
         case .chat, .audio:

@@ -41,11 +41,11 @@ public protocol LeaseRepository: Sendable {
 /// return is sent again and applied once (migration 0033) and a failed lease is given up, its
 /// grant returned if it committed (0034); the smallest id not yet answered tells PostgreSQL which
 /// ids it may forget.
-public final class UnansweredCalls: Sendable {
+final class UnansweredCalls: Sendable {
     struct Call: Sendable {
         let id: Int64
         let instance: String
-        /// What a return gives back, or what a lease asked for.
+        /// What a return gives back (none for a lease call: a give-up returns what it granted).
         let amounts: [AccountUnits]
     }
 
@@ -64,7 +64,7 @@ public final class UnansweredCalls: Sendable {
     /// keys them.
     private static let ofInstances = Mutex<[String: UnansweredCalls]>([:])
 
-    public static func of(instance: String) -> UnansweredCalls {
+    static func of(instance: String) -> UnansweredCalls {
         ofInstances.withLock { all in
             if let known = all[instance] { return known }
             let made = UnansweredCalls()
@@ -142,7 +142,6 @@ public final class UnansweredCalls: Sendable {
             throw error
         }
     }
-
 }
 
 /// A request id and what it is authorized for: what a refused authorization looks up among
