@@ -106,4 +106,18 @@ struct EnforcementCoreTests {
         #expect(acquire(1, at: start + 120))
         #expect(counter.isIdle(now: start + 300))
     }
+
+    @Test("a request whose clock reading is late counts in the newest minute and forgets nothing")
+    func slidingWindowLateReading() {
+        var counter = SlidingWindowCounter()
+        let start = 6_000.0  // a minute boundary
+        func acquire(at now: Double) -> Bool { counter.tryAcquire(limit: 2, now: now) }
+        #expect(acquire(at: start + 59))
+        #expect(acquire(at: start + 59))
+        #expect(acquire(at: start + 61))  // 2 × 59/60 + 0 < 2
+        // Read its clock in the first minute and reached the counter in the second: it counts
+        // there (2 + 1), refused, and the second minute's count stays.
+        #expect(!acquire(at: start + 59.9))
+        #expect(!acquire(at: start + 62))  // 2 × 58/60 + 1
+    }
 }

@@ -62,6 +62,17 @@ struct IPAllowListTests {
         #expect(!(try IPAllowList.parse("0.0.0.0/0").allows("2001:db8::1")))
     }
 
+    @Test("a v4-mapped entry allows its IPv4 client, as in new-api; other IPv6 ranges never hold IPv4")
+    func mappedEntries() throws {
+        let list = try IPAllowList.parse("::ffff:192.0.2.1, ::ffff:10.0.0.0/104")
+        #expect(list.allows("192.0.2.1"))
+        #expect(list.allows("::ffff:192.0.2.1"))
+        #expect(list.allows("10.9.8.7"))
+        #expect(!list.allows("192.0.2.2"))
+        #expect(!list.allows("11.0.0.1"))
+        #expect(!(try IPAllowList.parse("::/0").allows("192.0.2.1")))
+    }
+
     /// Found by a review: counted address by address, one IPv6 host had a limit per address of its /64.
     @Test("a client's network for the failed-credential limit: IPv4 itself, v4-mapped as IPv4, IPv6 its /64")
     func clientNetworks() throws {

@@ -11,8 +11,12 @@ public struct SlidingWindowCounter: Sendable, Equatable {
     public init() {}
 
     /// Counts one request at `now` (seconds since any fixed epoch) if fewer than `limit` are in
-    /// the window; returns false (and counts nothing) when the limit is reached.
+    /// the window; returns false (and counts nothing) when the limit is reached. A `now` older
+    /// than the newest minute counted (a request that read the clock before waiting on a
+    /// lookup, or a wall clock stepped back) counts at that minute's start: taken as a new
+    /// minute, it would forget every request counted since.
     public mutating func tryAcquire(limit: Int, now: Double) -> Bool {
+        let now = max(now, Double(minute) * 60)
         let thisMinute = Int64((now / 60).rounded(.down))
         if thisMinute != minute {
             previous = thisMinute == minute + 1 ? current : 0

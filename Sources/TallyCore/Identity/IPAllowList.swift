@@ -187,9 +187,14 @@ public struct IPRange: Sendable, Hashable, CustomStringConvertible {
         return IPRange(network: address, prefixLength: prefix)
     }
 
+    /// An IPv4 address and its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) are one address, as
+    /// for new-api (Go's `net.IP`): either form of the client matches either form of a range.
     public func contains(_ address: IPAddress) -> Bool {
         var address = address
         if network.isIPv4, !address.isIPv4, let mapped = address.mappedIPv4 { address = mapped }
+        if !network.isIPv4, address.isIPv4, prefixLength >= 96, network.mappedIPv4 != nil {
+            address = IPAddress(bytes: Array(repeating: 0, count: 10) + [0xff, 0xff] + address.bytes)
+        }
         guard address.bytes.count == network.bytes.count else { return false }
         return IPRange.mask(address, prefixLength) == network
     }
