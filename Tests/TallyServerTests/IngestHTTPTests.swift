@@ -405,6 +405,31 @@ struct IngestHTTPTests {
         }
     }
 
+    /// Found by a review: the reject kept the whole id in an indexed column, and PostgreSQL
+    /// refuses an index entry of a few KiB that does not compress, so the batch failed with 500
+    /// on every resend.
+    @Test("a request id of kilobytes is rejected per line and never fails the batch")
+    func requestIDOfKilobytes() async throws {
+        let db = try await Self.database()
+        let key = SyntheticKeys.key(forUser: 11)
+        // Random, so that no compression brings the index entry under PostgreSQL's limit.
+        let id = Data((0..<3_000).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
+        let body = [
+            #"{"request_id":"\#(id)","created_at":"2026-11-10T12:00:00Z","key":"\#(key)","model":"gpt-4o","usage":{"prompt_tokens":1}}"#,
+            #"{"request_id":"\#(id)-2","created_at":"2026-11-10T12:00:00Z","usage":{"prompt_tokens":"#,
+            LogLines.chat("long-id-ok", user: 11),
+        ].joined(separator: "\n")
+        try await TestApp.build(db).test(.live) { client in
+            let (status, object) = try await Self.post(client, body)
+            #expect(status == .ok)
+            #expect(object["accepted"] as? Int == 1)
+            let rejected = object["rejected"] as? [[String: Any]] ?? []
+            #expect(rejected.compactMap { $0["code"] as? String } == ["invalid_field", "invalid_usage"])
+            #expect(rejected.allSatisfy { $0["request_id"] == nil || $0["request_id"] is NSNull })
+        }
+        #expect(try await Self.balance(db, user: 11) == Self.initialQuota - Self.chatCost)
+    }
+
     @Test("a JSON array body works like NDJSON")
     func jsonArray() async throws {
         let db = try await Self.database()
