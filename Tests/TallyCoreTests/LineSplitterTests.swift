@@ -7,9 +7,12 @@ import Testing
 struct LineSplitterTests {
     /// The lines of `body` fed in chunks of `size` bytes, as "number:text".
     static func split(_ body: String, chunk size: Int) throws -> [String] {
+        try split(Array(body.utf8), chunk: size)
+    }
+
+    static func split(_ bytes: [UInt8], chunk size: Int) throws -> [String] {
         var splitter = LineSplitter()
         var lines: [String] = []
-        let bytes = Array(body.utf8)
         let emit: LineSplitter.Emit = { lines.append("\($0):\(String(decoding: $1, as: UTF8.self))") }
         for start in stride(from: 0, to: bytes.count, by: size) {
             try bytes[start..<min(start + size, bytes.count)].withUnsafeBufferPointer { try splitter.feed($0, emit) }
@@ -36,6 +39,29 @@ struct LineSplitterTests {
         for (body, expected) in Self.cases {
             for size in 1...max(1, body.utf8.count) {
                 #expect(try Self.split(body, chunk: size) == expected, "\(body.debugDescription) in chunks of \(size)")
+            }
+        }
+    }
+
+    /// Found by a review: the mark (a .NET writer's, a Notepad file's) made the first line
+    /// invalid JSON, and an array's body was read as NDJSON, every line rejected.
+    @Test("a UTF-8 byte order mark at the start is skipped, however it is cut; its first bytes alone are content")
+    func byteOrderMark() throws {
+        let mark: [UInt8] = [0xEF, 0xBB, 0xBF]
+        let cases: [(body: [UInt8], lines: [String])] = [
+            (mark + Array("{\"a\":1}\n{\"b\":2}".utf8), ["1:{\"a\":1}", "2:{\"b\":2}"]),
+            (mark + Array(" [{\"a\":1}]".utf8), ["1:{\"a\":1}"]),
+            (mark, []),
+            (mark + mark + Array("{}".utf8), ["1:\u{FEFF}{}"]),
+            (
+                [0xEF, 0xBB] + Array("{}\n{}".utf8),
+                ["1:" + String(decoding: [0xEF, 0xBB, 0x7B, 0x7D], as: UTF8.self), "2:{}"]
+            ),
+            ([0xEF, 0xBB], ["1:" + String(decoding: [0xEF, 0xBB], as: UTF8.self)]),
+        ]
+        for (body, expected) in cases {
+            for size in 1...max(1, body.count) {
+                #expect(try Self.split(body, chunk: size) == expected, "\(body) in chunks of \(size)")
             }
         }
     }

@@ -13,6 +13,10 @@ public struct LineSplitter {
     private var depth = 0
     private var inString = false
     private var escaped = false
+    /// The bytes of a UTF-8 byte order mark the body began with so far; nil once the body's
+    /// start is known. A whole mark is skipped, as JSON readers skip it (a .NET or Notepad file).
+    private var markRead: Int? = 0
+    private static let byteOrderMark: [UInt8] = [0xEF, 0xBB, 0xBF]
 
     public typealias Emit = (_ number: Int, _ line: UnsafeBufferPointer<UInt8>) throws -> Void
 
@@ -24,6 +28,26 @@ public struct LineSplitter {
         case .array: try feedArray(chunk, from: 0, emit)
         case .closed: try checkTrailing(chunk, from: 0)
         case .undecided:
+            var from = 0
+            if let read = markRead {
+                var matched = read
+                while from < chunk.count, matched < 3, chunk[from] == Self.byteOrderMark[matched] {
+                    matched += 1
+                    from += 1
+                }
+                if matched < 3, from == chunk.count {
+                    markRead = matched
+                    return
+                }
+                markRead = nil
+                if matched < 3, matched > 0 {
+                    // A mark's first bytes and then something else: content, a line of its own.
+                    mode = .ndjson
+                    carry = Array(Self.byteOrderMark[..<matched])
+                    return try feedLines(UnsafeBufferPointer(rebasing: chunk[from...]), emit)
+                }
+            }
+            let chunk = UnsafeBufferPointer(rebasing: chunk[from...])
             guard let first = chunk.firstIndex(where: { !$0.isJSONWhitespace }) else {
                 carry.append(contentsOf: chunk)
                 return
@@ -46,6 +70,11 @@ public struct LineSplitter {
     /// The end of the body: the last NDJSON line (without a final newline), or an error for an
     /// array that was never closed.
     public mutating func finish(_ emit: Emit) throws {
+        if mode == .undecided, let read = markRead, read > 0, read < 3 {
+            // The body is the first bytes of a mark: one line of content.
+            carry = Array(Self.byteOrderMark[..<read])
+            mode = .ndjson
+        }
         if mode == .undecided {
             // Nothing but whitespace: blank NDJSON lines.
             mode = .ndjson
