@@ -106,4 +106,27 @@ struct LogLineFuzzTests {
             }
         }
     }
+
+    /// Found by a review: repaired to U+FFFD, ids differing only in invalid bytes or in a lone
+    /// surrogate read as one, and the second line was a duplicate, charged nothing.
+    @Test("a read string that is not UTF-8, or escapes half a surrogate pair, is refused as invalid_json")
+    func invalidText() throws {
+        func parse(_ id: [UInt8]) -> Result<LogLine, IngestRejection> {
+            let line = Array(#"{"request_id":""#.utf8) + id + Array(#"","model":"gpt-4o","usage":{}}"#.utf8)
+            return line.withUnsafeBufferPointer { bytes in
+                Result { () throws(IngestRejection) in try LogLine.parse(bytes) }
+            }
+        }
+        for id in [
+            Array("r-".utf8) + [0xFF], Array("r-".utf8) + [0xC3, 0x28], Array(#"r-\ud800"#.utf8),
+            Array(#"r-\udc00x"#.utf8), Array(#"r-\ud800\u0041"#.utf8), Array(#"\n"#.utf8) + [0xFE],
+        ] {
+            guard case .failure(let rejection) = parse(id) else {
+                Issue.record("accepted \(String(decoding: id, as: UTF8.self).debugDescription)")
+                continue
+            }
+            #expect(rejection.code == "invalid_json")
+        }
+        #expect(try parse(Array(#"r-\ud83d\ude00 é"#.utf8)).get().requestID == "r-😀 é")
+    }
 }

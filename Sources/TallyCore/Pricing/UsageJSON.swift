@@ -339,13 +339,20 @@ struct JSONScanner {
         var hasEscape = false
         try skipString(hasEscape: &hasEscape)
         let raw = UnsafeBufferPointer(rebasing: bytes[(start + 1)..<(index - 1)])
-        if !hasEscape { return String(decoding: raw, as: UTF8.self) }
+        // Text that is not UTF-8 is refused, not repaired: repaired, two request ids that
+        // differ only in their invalid bytes would read as one (JSONDecoder refuses them too).
+        let invalid = UsageParseError(offset: start, message: "invalid UTF-8 in a string")
+        if !hasEscape {
+            guard let text = String(validating: raw, as: UTF8.self) else { throw invalid }
+            return text
+        }
         var scalars = String.UnicodeScalarView()
         var position = 0
         var utf8Run: [UInt8] = []
-        func flush() {
+        func flush() throws(UsageParseError) {
             if !utf8Run.isEmpty {
-                scalars.append(contentsOf: String(decoding: utf8Run, as: UTF8.self).unicodeScalars)
+                guard let text = String(validating: utf8Run, as: UTF8.self) else { throw invalid }
+                scalars.append(contentsOf: text.unicodeScalars)
                 utf8Run.removeAll(keepingCapacity: true)
             }
         }
@@ -396,12 +403,15 @@ struct JSONScanner {
                     code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
                     position += 6
                 }
-                flush()
-                scalars.append(Unicode.Scalar(code) ?? "\u{FFFD}")
+                try flush()
+                guard let scalar = Unicode.Scalar(code) else {
+                    throw UsageParseError(offset: start, message: "a \\u escape of half a surrogate pair in a string")
+                }
+                scalars.append(scalar)
             default: throw UsageParseError(offset: start, message: "bad escape in a string")
             }
         }
-        flush()
+        try flush()
         return String(scalars)
     }
 
