@@ -184,11 +184,15 @@ public struct WebhookRepository: Sendable {
 
     // MARK: Dispatch
 
-    /// Claims up to `limit` due deliveries and leases them for `lease`: until then no other
-    /// dispatcher takes them, after it (a crash mid-delivery) they are due again.
-    public func claimDue(limit: Int, lease: Duration) async throws -> [WebhookDelivery] {
+    /// Claims up to `limit` due deliveries, none to the endpoints in `excluding`, and leases
+    /// them for `lease`: until then no other dispatcher takes them, after it (a crash
+    /// mid-delivery) they are due again.
+    public func claimDue(limit: Int, lease: Duration, excluding endpoints: [Int64] = []) async throws
+        -> [WebhookDelivery]
+    {
         try await pool.withConnection { connection in
-            try connection.query(Self.claim, [limit, Self.seconds(lease)]).map { row in
+            try connection.query(Self.claim, [limit, Self.seconds(lease), PostgresArray.integers(endpoints)]).map {
+                row in
                 WebhookDelivery(
                     id: try row.decode(0), eventID: try row.decode(1), type: try row.decode(2), data: try row.decode(3),
                     createdAt: try row.decode(4), attempt: try row.decode(5), endpointID: try row.decode(6),
@@ -246,7 +250,7 @@ public struct WebhookRepository: Sendable {
         WITH due AS (
             SELECT o.id, e.removed_at IS NULL AS active
             FROM webhook_outbox o JOIN webhook_endpoints e ON e.id = o.endpoint_id
-            WHERE o.status = 'pending' AND o.next_attempt_at <= now()
+            WHERE o.status = 'pending' AND o.next_attempt_at <= now() AND o.endpoint_id <> ALL ($3::bigint[])
             ORDER BY o.next_attempt_at, o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED),
         dropped AS (
             UPDATE webhook_outbox o SET status = 'dead', last_error = 'endpoint removed'

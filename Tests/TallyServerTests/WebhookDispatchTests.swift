@@ -27,7 +27,7 @@ struct WebhookDispatchTests {
     /// Backoff after attempt n: [d/2, d] with d = `backoff` · 2^(n−1), at most 2 · `backoff`.
     static func dispatcher(
         _ db: TestDatabase, maxAttempts: Int = 5, batchSize: Int = 8,
-        backoff: Duration = .milliseconds(100)
+        backoff: Duration = .milliseconds(100), timeout: Duration = .seconds(15)
     ) -> WebhookDispatcher {
         // Before any delivery counts: counters made before the metrics system is bootstrapped
         // stay no-ops, so which test ran first would decide what deadLetter sees.
@@ -39,7 +39,7 @@ struct WebhookDispatchTests {
             configuration: WebhookDispatchConfiguration(
                 pollInterval: .milliseconds(50), batchSize: batchSize, maxAttempts: maxAttempts,
                 baseBackoff: backoff, maxBackoff: backoff * 2,
-                timeout: .seconds(15)),  // generous: a timed-out delivery is (rightly) sent again
+                timeout: timeout),  // generous: a timed-out delivery is (rightly) sent again
             logger: logger)
     }
 
@@ -206,6 +206,40 @@ struct WebhookDispatchTests {
         #expect(
             try await db.scalar("SELECT count(*) FROM webhook_outbox WHERE created_at > now() - interval '30 days'")
                 == 1)
+    }
+
+    /// Found by a review: deliveries went out in rounds, each waiting for its slowest, so one
+    /// receiver hanging until the timeout held up every other endpoint's events.
+    @Test("a receiver that hangs holds half the slots at most: another endpoint's events go out meanwhile")
+    func hangingReceiverHoldsItsShare() async throws {
+        let receiver = WebhookReceiver()
+        try await receiver.run { port in
+            let (db, webhooks, _) = try await Self.setUp("whshare", port: port)
+            let answering = try #require(try await webhooks.list().first).id
+            let hanging = try await webhooks.add(
+                url: "http://127.0.0.1:\(port)/hook-hang", secret: WebhookSecret(Self.secret), events: [], by: .cli
+            ).endpoint.id
+            // The hanging endpoint's six events are due first, then the answering one's three.
+            _ = try await db.pool.withConnection { connection in
+                try connection.query(
+                    """
+                    INSERT INTO webhook_outbox (event_id, endpoint_id, type, payload, next_attempt_at)
+                    SELECT gen_random_uuid(), e, 'export.ready', '{}', now() - make_interval(secs => 60 - n)
+                    FROM unnest(ARRAY[$1, $1, $1, $1, $1, $1, $2, $2, $2]::bigint[]) WITH ORDINALITY AS r (e, n)
+                    """, [hanging, answering])
+            }
+            let running = Task { try await Self.dispatcher(db, batchSize: 4, timeout: .seconds(30)).run() }
+            defer { running.cancel() }
+            var delivered: Int64 = 0
+            let deadline = ContinuousClock.now + .seconds(10)
+            while delivered < 3, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
+                delivered = try await db.scalar(
+                    "SELECT count(*) FROM webhook_outbox WHERE endpoint_id = $1 AND status = 'delivered'", [answering])
+            }
+            #expect(delivered == 3)
+            #expect(receiver.received.count - 3 <= 2)  // the hanging endpoint's share of the 4 slots
+        }
     }
 
     @Test("an unreachable endpoint records the transport error, never the secret")

@@ -82,6 +82,12 @@ final class WebhookReceiver: Sendable {
                 status: failed ? .serviceUnavailable : .ok,
                 body: ResponseBody(byteBuffer: ByteBuffer(repeating: UInt8(ascii: "z"), count: 256 << 10)))
         }
+        // A receiver that takes each POST and answers only once the test is over.
+        router.post("/hook-hang") { request, _ -> Response in
+            _ = try await self.record(request)
+            while !self.slow.withLock({ $0.released }) { try await Task.sleep(for: .milliseconds(10)) }
+            return Response(status: .noContent)
+        }
         router.post("/echo") { request, _ -> Response in
             let body = try await request.body.collect(upTo: 1 << 20)
             let header = request.headers[HTTPField.Name("X-Test")!] ?? ""

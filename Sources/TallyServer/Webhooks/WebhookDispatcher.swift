@@ -13,7 +13,7 @@ public struct WebhookDispatchConfiguration: Sendable {
     public var enabled: Bool
     /// How often the outbox is polled when it was found empty.
     public var pollInterval: Duration
-    /// Deliveries claimed and sent concurrently per round.
+    /// Deliveries in flight at once, at most half of them to one endpoint.
     public var batchSize: Int
     /// Attempts before an event is dead-lettered.
     public var maxAttempts: Int
@@ -66,29 +66,69 @@ public struct WebhookDispatcher: Service {
         self.logger = logger
     }
 
+    /// Keeps up to `batchSize` deliveries in flight, at most half of them to one endpoint, and
+    /// claims the next as each ends: a receiver that hangs until the timeout holds its own
+    /// slots, not a round that every other endpoint's deliveries wait for.
     public func run() async throws {
         var nextPurge = ContinuousClock.now
-        while !Task.isShuttingDownGracefully {
-            if ContinuousClock.now >= nextPurge {
-                await purgeHistory()
-                nextPurge = ContinuousClock.now + Self.purgeInterval
+        await withTaskGroup(of: DispatchEvent.self) { group in
+            var sending = DeliveriesInFlight(
+                limit: configuration.batchSize, perEndpoint: max(1, configuration.batchSize / 2))
+            var polling = false
+            while !Task.isShuttingDownGracefully, !Task.isCancelled {
+                if ContinuousClock.now >= nextPurge {
+                    await purgeHistory()
+                    nextPurge = ContinuousClock.now + Self.purgeInterval
+                }
+                let drained = await claim(into: &group, sending: &sending)
+                if drained, !polling {
+                    polling = true
+                    group.addTask { [pollInterval = configuration.pollInterval] in
+                        try? await cancelWhenGracefulShutdown { try await Task.sleep(for: pollInterval) }
+                        return .polled
+                    }
+                }
+                // Never empty here: a delivery is in flight, or the poll is pending.
+                switch await group.next() {
+                case .sent(let endpoint): sending.remove(endpoint)
+                case .polled: polling = false
+                case nil: return
+                }
             }
-            var claimed = 0
-            do { claimed = try await runOnce() } catch {
-                RepeatedWarningLog.shared.warning(
-                    "webhook outbox poll failed", metadata: ["error": "\(error)"], to: logger)
-            }
-            // A full round suggests more is due: go again at once.
-            if claimed < configuration.batchSize {
-                do {
-                    try await cancelWhenGracefulShutdown { try await Task.sleep(for: configuration.pollInterval) }
-                } catch { return }
-            }
-        }
+        }  // deliveries still in flight finish before the dispatcher stops
     }
 
-    /// One round: claims due deliveries and attempts each once, concurrently. Returns how many
-    /// were claimed.
+    private enum DispatchEvent: Sendable {
+        case sent(endpoint: Int64)
+        case polled
+    }
+
+    /// Claims due deliveries into the free slots, one at a time so that each claim leaves out
+    /// the endpoints that reached their share. True when the outbox had nothing more to give
+    /// (or could not be read): the next claim waits for the poll interval.
+    private func claim(into group: inout TaskGroup<DispatchEvent>, sending: inout DeliveriesInFlight) async -> Bool {
+        while sending.hasRoom {
+            let claimed: [WebhookDelivery]
+            do {
+                claimed = try await repository.claimDue(
+                    limit: 1, lease: configuration.lease, excluding: sending.fullEndpoints)
+            } catch {
+                RepeatedWarningLog.shared.warning(
+                    "webhook outbox poll failed", metadata: ["error": "\(error)"], to: logger)
+                return true
+            }
+            guard let delivery = claimed.first else { return true }
+            sending.add(delivery.endpointID)
+            group.addTask {
+                await deliver(delivery)
+                return .sent(endpoint: delivery.endpointID)
+            }
+        }
+        return false
+    }
+
+    /// One round, for tests: claims up to `batchSize` due deliveries and attempts each once,
+    /// concurrently. Returns how many were claimed.
     @discardableResult
     public func runOnce() async throws -> Int {
         let due = try await repository.claimDue(limit: configuration.batchSize, lease: configuration.lease)
@@ -181,6 +221,35 @@ public struct WebhookDispatcher: Service {
             metadata["retry_in"] = "\(delay)"
             logger.warning("webhook delivery failed; will retry", metadata: metadata)
         }
+    }
+}
+
+/// The deliveries a dispatcher has in flight, counted per endpoint.
+struct DeliveriesInFlight {
+    let limit: Int
+    let perEndpoint: Int
+    private var byEndpoint: [Int64: Int] = [:]
+    private var total = 0
+
+    init(limit: Int, perEndpoint: Int) {
+        self.limit = limit
+        self.perEndpoint = perEndpoint
+    }
+
+    var hasRoom: Bool { total < limit }
+
+    /// The endpoints that may not be given another delivery now.
+    var fullEndpoints: [Int64] { byEndpoint.filter { $0.value >= perEndpoint }.map(\.key).sorted() }
+
+    mutating func add(_ endpoint: Int64) {
+        byEndpoint[endpoint, default: 0] += 1
+        total += 1
+    }
+
+    mutating func remove(_ endpoint: Int64) {
+        byEndpoint[endpoint, default: 1] -= 1
+        if byEndpoint[endpoint] == 0 { byEndpoint[endpoint] = nil }
+        total -= 1
     }
 }
 
