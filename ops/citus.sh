@@ -142,10 +142,13 @@ max_connections = ${TALLY_CITUS_MAX_CONNECTIONS:-300}
 # Citus commits multi-shard writes with two-phase commit.
 max_prepared_transactions = ${TALLY_CITUS_MAX_CONNECTIONS:-300}
 citus.shard_count = ${TALLY_CITUS_SHARD_COUNT:-8}
-# After a worker's crash, prepared transactions are rolled forward or back within seconds (by
-# Citus's maintenance daemon, one background worker per database: the tests make dozens).
+# After a worker's crash, prepared transactions are rolled forward or back within seconds, and
+# deadlocks across nodes are broken, by Citus's maintenance daemon: one background worker per
+# database. A test run makes about 90 databases; past this limit a database gets no daemon
+# (the log says "could not start maintenance background worker") and its tests may hang on a
+# distributed deadlock or a prepared transaction left by a killed worker.
 citus.recover_2pc_interval = '5s'
-max_worker_processes = 64
+max_worker_processes = ${TALLY_CITUS_MAX_WORKERS:-192}
 EOF
 }
 
