@@ -370,6 +370,19 @@ public struct TokenRepository: Sendable {
         }
     }
 
+    /// Deletes those of `ids` that are the user's keys and not deleted yet; returns how many.
+    public func delete(ids: [Int64], userID: Int64) async throws -> Int {
+        try await pool.transaction { connection in
+            let deleted = try connection.query(
+                "UPDATE tokens SET deleted_at = now(), status = $3 WHERE user_id = $2 AND id = ANY ($1::bigint[]) "
+                    + "AND deleted_at IS NULL RETURNING id",
+                [PostgresArray.integers(ids), userID, TokenStatus.disabled]
+            ).map { try $0.decode(0, as: Int64.self) }
+            if !deleted.isEmpty { try ChangeNotice.send(deleted.map(ChangeNotice.token), on: connection) }
+            return deleted.count
+        }
+    }
+
     /// The key and its owner for a full `sk-…` key, when the key exists and is not deleted
     /// (whatever its status: the caller decides what a disabled or expired key may do).
     public func find(key: String) async throws -> (token: APIToken, owner: User)? {

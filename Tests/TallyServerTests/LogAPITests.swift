@@ -104,6 +104,13 @@ struct LogAPITests {
             #expect((paged.dataObject["items"] as? [[String: Any]])?.map { $0["id"] as? Int } == [4])
             #expect(try await api.get("/api/log/self?type=abc", token: access).status == 400)
             #expect(try await api.get("/api/log/self?type=9", token: access).status == 400)
+            // No gateway line carries the upstream's request id: refused, not every row answered.
+            for path in ["/api/log/self?upstream_request_id=abc", "/api/log/self/stat?upstream_request_id=abc"] {
+                let refused = try await api.get(path, token: access)
+                #expect(refused.status == 400, "\(path)")
+                #expect(refused.errorMessage?.contains("upstream_request_id") == true)
+            }
+            #expect(try await api.get("/api/log/self?upstream_request_id=", token: access).status == 200)
 
             let stat = try await api.get("/api/log/self/stat", token: access)
             #expect(stat.status == 200)

@@ -265,6 +265,81 @@ struct TokenAPITests {
         }
     }
 
+    /// Found by a review: new-api's web UI deletes selected keys with this route, and Tally
+    /// answered 404.
+    @Test("POST /api/token/batch deletes the caller's keys among the ids, answers how many, and nothing else")
+    func batchDelete() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (user, access) = try await seed.user()
+        let (other, _) = try await seed.user()
+        let (first, firstKey) = try await seed.key(user: user.id, TokenDraft(name: "first", remainQuota: 10))
+        let (second, _) = try await seed.key(user: user.id, TokenDraft(name: "second", remainQuota: 10))
+        let (kept, keptKey) = try await seed.key(user: user.id, TokenDraft(name: "kept", remainQuota: 10))
+        let (theirs, _) = try await seed.key(user: other.id, TokenDraft(name: "theirs", remainQuota: 10))
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            let ids = [first.id, second.id, theirs.id, 999_999_999]
+            let answer = try await api.post("/api/token/batch", token: access, #"{"ids":\#(ids)}"#)
+            #expect(answer.status == 200)
+            #expect(answer.success == true)
+            #expect(answer.object["data"] as? Int == 2)
+            let again = try await api.post("/api/token/batch", token: access, #"{"ids":[\#(first.id)]}"#)
+            #expect(again.object["data"] as? Int == 0)
+            #expect(try await api.get("/v1/models", token: firstKey).errorCode == "invalid_token")
+            #expect(try await api.get("/v1/models", token: keptKey).status == 200)
+            for body in [#"{"ids":[]}"#, #"{"ids":\#(Array(1...101))}"#, #"{}"#] {
+                let refused = try await api.post("/api/token/batch", token: access, body)
+                #expect(refused.status == 400, "\(body)")
+                #expect(refused.errorCode == "invalid_request")
+            }
+        }
+        let alive = try await seed.sql(
+            "SELECT id FROM tokens WHERE id = ANY ($1::bigint[]) AND deleted_at IS NULL ORDER BY id",
+            [PostgresArray.integers([first.id, second.id, kept.id, theirs.id])])
+        #expect(try alive.map { try $0.decode(0, as: Int64.self) } == [kept.id, theirs.id].sorted())
+    }
+
+    /// Found by a review: new-api's own key query, which balance tools call with the key, was 404.
+    @Test("GET /api/usage/token/ answers the key's figures as new-api's GetTokenUsage, with the key")
+    func tokenUsage() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (user, _) = try await seed.user()
+        let future = Int64(Date().timeIntervalSince1970) + 86_400
+        let (limited, limitedKey) = try await seed.key(
+            user: user.id,
+            TokenDraft(
+                name: "limited", expiredTime: future, remainQuota: 7_000, modelLimitsEnabled: true,
+                modelLimits: "gpt-4o,o3"))
+        try await seed.sql("UPDATE tokens SET used_quota = 3000 WHERE id = $1", [limited.id])
+        let (_, unlimitedKey) = try await seed.key(user: user.id, TokenDraft(name: "open", unlimitedQuota: true))
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            let answer = try await api.get("/api/usage/token/", token: limitedKey)
+            #expect(answer.status == 200)
+            #expect(answer.object["code"] as? Bool == true)
+            #expect(answer.object["message"] as? String == "ok")
+            let data = answer.dataObject
+            #expect(data["object"] as? String == "token_usage")
+            #expect(data["name"] as? String == "limited")
+            #expect(int64(data["total_granted"]) == 10_000)
+            #expect(int64(data["total_used"]) == 3_000)
+            #expect(int64(data["total_available"]) == 7_000)
+            #expect(data["unlimited_quota"] as? Bool == false)
+            #expect(data["model_limits"] as? [String: Bool] == ["gpt-4o": true, "o3": true])
+            #expect(data["model_limits_enabled"] as? Bool == true)
+            #expect(int64(data["expires_at"]) == future)
+            let open = try await api.get("/api/usage/token/", token: unlimitedKey).dataObject
+            #expect(open["unlimited_quota"] as? Bool == true)
+            #expect(int64(open["expires_at"]) == 0)
+            #expect(open["model_limits"] as? [String: Bool] == [:])
+            let unknown = try await api.get("/api/usage/token/", token: "sk-" + String(repeating: "x", count: 48))
+            #expect(unknown.status == 401)
+            #expect(unknown.errorCode == "invalid_token")
+        }
+    }
+
     @Test("bad input is refused field by field with a clear message, the tid and invalid_request")
     func validation() async throws {
         let db = try await TestDatabase.shared("systemapi")

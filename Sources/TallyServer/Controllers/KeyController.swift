@@ -3,9 +3,9 @@ import Hummingbird
 import TallyCore
 import TallyStore
 
-/// The client-facing routes authenticated with an API key: `GET /v1/models` and the
-/// OpenAI-style quota queries `/v1/dashboard/billing/{subscription,usage}` (and their aliases
-/// without `/v1`).
+/// The client-facing routes authenticated with an API key: `GET /v1/models`, the OpenAI-style
+/// quota queries `/v1/dashboard/billing/{subscription,usage}` (and their aliases without
+/// `/v1`), and new-api's own key query `GET /api/usage/token/`.
 struct KeyController {
     let authenticator: APIKeyAuthenticator
     let models: ModelAvailability
@@ -19,6 +19,7 @@ struct KeyController {
             routes.get("\(prefix)/subscription", use: subscription)
             routes.get("\(prefix)/usage", use: usage)
         }
+        routes.get("api/usage/token", use: tokenUsage)
         return routes
     }
 
@@ -133,5 +134,37 @@ struct KeyController {
         let (token, owner) = try await authenticator.authenticate(request, context: context)
         let used = token.unlimitedQuota ? owner.usedQuota : token.usedQuota
         return try SystemJSON.json(Usage(total_usage: Double(used) * 100 / Double(Money.unitsPerUSD)))
+    }
+
+    struct TokenUsage: Encodable {
+        var code = true
+        var message = "ok"
+        var data: Figures
+
+        struct Figures: Encodable {
+            var object = "token_usage"
+            var name: String
+            var total_granted: Int64
+            var total_used: Int64
+            var total_available: Int64
+            var unlimited_quota: Bool
+            var model_limits: [String: Bool]
+            var model_limits_enabled: Bool
+            var expires_at: Int64
+        }
+    }
+
+    /// new-api's `GetTokenUsage`: the key's own figures in quota units (granted = remaining +
+    /// used, whatever `unlimited_quota` says), its model limits as a set, and its expiry (0 = never).
+    @Sendable func tokenUsage(_ request: Request, context: TallyRequestContext) async throws -> Response {
+        let (token, _) = try await authenticator.authenticate(request, context: context)
+        return try SystemJSON.json(
+            TokenUsage(
+                data: TokenUsage.Figures(
+                    name: token.name, total_granted: token.remainQuota + token.usedQuota, total_used: token.usedQuota,
+                    total_available: token.remainQuota, unlimited_quota: token.unlimitedQuota,
+                    model_limits: Dictionary(token.modelLimitList.map { ($0, true) }, uniquingKeysWith: { a, _ in a }),
+                    model_limits_enabled: token.modelLimitsEnabled,
+                    expires_at: token.expiredTime > 0 ? token.expiredTime : 0)))
     }
 }

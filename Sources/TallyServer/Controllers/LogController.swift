@@ -45,6 +45,11 @@ struct LogController {
             }
             return value
         }
+        // new-api filters by the upstream's request id, which no gateway line carries to Tally:
+        // refused, where ignored it would answer every row as if they matched.
+        guard try SystemInput.string(request, "upstream_request_id")?.isEmpty ?? true else {
+            throw APIError.invalidRequest("upstream_request_id cannot be searched: Tally keeps no upstream request ids")
+        }
         let type = try SystemInput.integer(request, "type") ?? 0
         let tid = try SystemInput.tid(request)
         guard (0...7).contains(type) else {

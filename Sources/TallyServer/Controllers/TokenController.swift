@@ -29,6 +29,7 @@ struct TokenController {
         routes.put("token", use: update)
         routes.get("token/:id", use: get)
         routes.delete("token/:id", use: delete)
+        routes.post("token/batch", use: deleteMany)
         return routes
     }
 
@@ -85,5 +86,23 @@ struct TokenController {
         let id = try SystemInput.id(context, what: "API key")
         try await tokens.delete(id: id, userID: user.id)
         return try SystemJSON.successWithoutData()
+    }
+
+    struct BatchBody: Decodable {
+        var ids: [Int64]
+    }
+
+    /// The most keys one batch deletes, as new-api's other batch route allows.
+    static let batchLimit = 100
+
+    /// `POST /api/token/batch {"ids":[…]}`: deletes those of the caller's keys, answers how many
+    /// (new-api's "delete selected"); another user's id or a deleted key counts for nothing.
+    @Sendable func deleteMany(_ request: Request, context: TallyRequestContext) async throws -> Response {
+        let user = try context.requireUser()
+        let body = try await SystemInput.decode(BatchBody.self, from: request)
+        guard !body.ids.isEmpty, body.ids.count <= Self.batchLimit else {
+            throw APIError.invalidRequest("ids must list 1 to \(Self.batchLimit) API key ids")
+        }
+        return try SystemJSON.success(try await tokens.delete(ids: body.ids, userID: user.id))
     }
 }
