@@ -49,6 +49,9 @@ struct ErrorCatalogTests {
         #expect(ErrorEnvelope.forPath("/api/token/") == .systemAPI)
         #expect(ErrorEnvelope.forPath("/v1/models") == .gateway)
         #expect(ErrorEnvelope.forPath("/apix") == .gateway)
+        #expect(ErrorEnvelope.forPath("//api//token/") == .systemAPI)  // routed as /api/token/
+        #expect(ErrorEnvelope.forPath("/api") == .systemAPI)
+        #expect(ErrorEnvelope.forPath("/") == .gateway)
     }
 
     @Test("tids: traceparent first, then X-Tid, else generated; junk is never echoed")

@@ -7,7 +7,13 @@ public enum ErrorEnvelope: Sendable {
 
     /// The envelope for a request path: System API under `/api/`, gateway everywhere else.
     public static func forPath(_ path: String) -> ErrorEnvelope {
-        path.hasPrefix("/api/") || path == "/api" ? .systemAPI : .gateway
+        firstSegment(of: path) == "api" ? .systemAPI : .gateway
+    }
+
+    /// The path's first segment as the router reads it: empty segments skipped, so `//api/x`
+    /// is under `api` as it is routed.
+    public static func firstSegment(of path: String) -> Substring? {
+        path.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: true).first
     }
 
     /// The error body as UTF-8 JSON. Keys are in a fixed order so responses are byte-stable.

@@ -110,7 +110,7 @@ public struct FailedAuthMiddleware: RouterMiddleware {
     /// apart for the gateway's routes.
     static func bucket(_ address: String, _ request: Request) -> String {
         let network = IPAddress.parse(address)?.clientNetwork ?? address
-        return request.uri.path.hasPrefix("/gateway/") ? "gateway " + network : network
+        return ErrorEnvelope.firstSegment(of: request.uri.path) == "gateway" ? "gateway " + network : network
     }
 
     /// Requests without a credential (health checks, public pricing) guess nothing: never blocked.
