@@ -261,6 +261,36 @@ struct NewAPIImportTests {
         #expect(try Self.runImport(source, into: tally).contains("nothing to change"))
     }
 
+    /// Found by a review: a re-run folded new-api's newer logs against the balance of the last
+    /// run, and queued balance.low for a user it then set to new-api's higher balance.
+    @Test("an import queues no balance events: its charges were spent in new-api, and the balance follows new-api")
+    func noBalanceEvents() async throws {
+        let source = try await Self.newAPIDatabase("newapievents")
+        let tally = try await TestDatabase.create("newapieventstally")
+        _ = try Self.runImport(source, into: tally)
+        let alice = try await Self.tallyID("user", source: 2, in: tally)
+        let balance: Int64 = try await tally.scalar("SELECT quota FROM users WHERE id = $1", [alice])
+        _ = try await WebhookRepository(pool: tally.pool).add(
+            url: "http://127.0.0.1:9/hook", secret: nil, events: [], by: .cli)
+        let seed = Seed(db: tally)
+        // A charge of the next run takes alice's balance across her threshold, before the run
+        // sets it to new-api's, a million higher.
+        try await seed.sql("UPDATE users SET low_balance_threshold = $2 WHERE id = $1", [alice, balance - 1])
+        try await source.pool.withConnection { connection in
+            try connection.execute(
+                """
+                UPDATE users SET quota = quota + 1000000 WHERE id = 2;
+                INSERT INTO logs (id, user_id, created_at, type, model_name, quota, prompt_tokens, completion_tokens,
+                                  token_id, channel_id, "group", other)
+                VALUES (3100, 2, 1793500000, 2, 'gpt-4o', 5000, 10, 10, 2, 1, 'vip', '{}');
+                """)
+        }
+        let second = try Self.runImport(source, into: tally)
+        #expect(second.contains(" 1 imported, "), "\(second)")
+        #expect(try await seed.int("SELECT count(*) FROM webhook_outbox") == 0)
+        #expect(try await tally.scalar("SELECT quota FROM users WHERE id = $1", [alice]) == balance + 1_000_000)
+    }
+
     /// new-api moving on before the cut-over: what `followsNewAPI` changes in the source.
     static let newAPIMovesOn = """
         -- alice rotates her access token (new-api pads it to char(32)), is renamed, and her balance changes;

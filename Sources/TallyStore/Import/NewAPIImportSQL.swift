@@ -541,6 +541,20 @@ enum NewAPIImportSQL {
         SELECT tally_fold(ARRAY(SELECT m.tally_id FROM import_users s \(mapped("user"))), false)
         """
 
+    /// The accounts a batch charged, folded in the batch's own transaction: a settler never
+    /// folds an import's charges on its own, so their balance events can be dropped below.
+    static let foldBatchUsers = """
+        SELECT tally_fold(ARRAY(SELECT DISTINCT p.user_id FROM pending_charges p WHERE p.batch_id = $1), false)
+        """
+
+    /// The balance.low / balance.exhausted events the folds of this transaction queued: an
+    /// import is no debit. Its charges were spent in new-api long ago and the balance is then
+    /// set to new-api's, so an event would announce a balance that never was (docs/import.md).
+    static let dropBalanceEvents = """
+        DELETE FROM webhook_outbox
+        WHERE xmin = pg_current_xact_id()::xid AND type IN ('balance.low', 'balance.exhausted')
+        """
+
     /// One adjustment per account whose balance differs from new-api's. While the account's only
     /// ledger rows are this run's (its first import), it is the opening balance, dated before its
     /// first ledger row so that the statements of imported months open with it; once the books hold

@@ -376,7 +376,8 @@ public struct NewAPIImporter {
     private struct NothingNew: Error {}
 
     /// One batch in one transaction, appended as ingest appends: new rows into `request_logs`,
-    /// ledger charges and pending usage, which the fold adds to balances and rollups.
+    /// ledger charges and pending usage, which the fold adds to rollups; the balances are folded
+    /// here, without their balance events.
     private func storeLogs(rows: Int) throws -> (eligible: Int, imported: Int, charged: Int64) {
         let name = options.source
         let eligible = try target.query(NewAPIImportSQL.eligibleLogs, [name])[0].decode(0, as: Int.self)
@@ -391,6 +392,8 @@ public struct NewAPIImporter {
                 try target.query(NewAPIImportSQL.appendLedger, [name, batchID, tid])
                 try target.query(NewAPIImportSQL.appendPendingCharges, [batchID])
                 try target.query(NewAPIImportSQL.appendPendingUsage, [batchID])
+                try target.query(NewAPIImportSQL.foldBatchUsers, [batchID])
+                try target.execute(NewAPIImportSQL.dropBalanceEvents)
                 try target.query(
                     PostgresIngestRepository.insertBatch, [batchID, tid, "import", rows, imported, rows - imported, 0])
                 return (eligible, imported, try totals.decode(1, as: Int64.self))
@@ -410,6 +413,7 @@ public struct NewAPIImporter {
         let name = options.source
         try target.transaction { target in
             try target.query(NewAPIImportSQL.foldImportedUsers, [name])
+            try target.execute(NewAPIImportSQL.dropBalanceEvents)
             let amounts = try target.query(NewAPIImportSQL.adjustBalances, [name, tid]).map {
                 try $0.decode(0, as: Int64.self)
             }
