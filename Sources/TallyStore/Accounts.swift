@@ -302,10 +302,21 @@ public struct AccountRepository: Sendable {
         return delta
     }
 
+    /// Folds the pending charges of a user whose row the caller has locked, before its balance
+    /// changes otherwise: folded after a credit, they were announced from a balance that never
+    /// was (the credit's), so balance.low went out for an account a top-up left no lower than it
+    /// was, and `previous_quota` was wrong.
+    static func foldPending(of id: Int64, on connection: PostgresConnection) throws {
+        try connection.query(foldOne, [id])
+    }
+
+    private static let foldOne = PreparedStatement("accounts_fold_one", "SELECT tally_fold(ARRAY[$1::bigint], false)")
+
     /// Changes a balance by `delta` and writes the `adjust` ledger row, on the caller's transaction.
     static func adjust(id: Int64, by delta: Int64, reason: String, on connection: PostgresConnection, actor: Actor)
         throws -> User
     {
+        try foldPending(of: id, on: connection)
         let rows = try connection.query(
             """
             UPDATE users SET quota = quota + $2, updated_at = now() WHERE id = $1

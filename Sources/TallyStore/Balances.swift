@@ -94,6 +94,7 @@ public struct BalanceRepository: Sendable {
                 INSERT INTO ledger (user_id, kind, amount, reason, idempotency_key, tid)
                 VALUES ($1, 'topup', $2, $3, $4, $5) RETURNING id
                 """, [userID, amount, reason, ledgerKey, actor.tid])[0].decode(0, as: Int64.self)
+            try AccountRepository.foldPending(of: userID, on: connection)
             let balance = try connection.query(Self.credit, [userID, amount])[0].decode(0, as: Int64.self)
             let row = try connection.query(
                 SQL.returning(
@@ -175,6 +176,7 @@ public struct BalanceRepository: Sendable {
                 throw PermissionDenied(reason: "a code made by an admin credits only users of lower roles")
             }
             try AccountRepository.checkCredit(quota, to: redeemer)
+            try AccountRepository.foldPending(of: userID, on: connection)
             let balance = try connection.query(Self.credit, [userID, quota])[0].decode(0, as: Int64.self)
             try connection.query(
                 """

@@ -167,6 +167,44 @@ struct FoldTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    /// Found by a review: a fold after a credit took the credit for part of the balance its
+    /// charges left, announcing an account the top-up left no lower as low, from a wrong balance.
+    @Test("a credit folds the account's pending charges first: balance.low is announced from the balance they left")
+    func creditFoldsFirst() async throws {
+        let db = try await TestDatabase.create("fold-credit")
+        let accounts = try await Self.accounts(db, users: 2)
+        _ = try await WebhookRepository(pool: db.pool).add(
+            url: "http://127.0.0.1:9/hook", secret: nil, events: [], by: .cli)
+        // The default threshold is 500,000: the first account is low already, the second not.
+        for (account, quota) in zip(accounts, [Int64(450_000), 600_000]) {
+            _ = try await db.scalar("UPDATE users SET quota = $2 WHERE id = $1 RETURNING 0", [account.user, quota])
+        }
+        try await Self.store(
+            [Self.line("credit-1", accounts[0], quota: 50_000), Self.line("credit-2", accounts[1], quota: 150_000)],
+            on: db)
+        let balances = BalanceRepository(pool: db.pool)
+        for (account, amount) in zip(accounts, [Int64(100_000), 30_000]) {
+            _ = try await balances.topUp(
+                userID: account.user, amount: amount, reason: "between a charge and its fold", idempotencyKey: nil,
+                by: .cli)
+        }
+        try await db.fold()
+        let events = try await db.pool.withConnection { connection in
+            try connection.query(
+                """
+                SELECT (payload->>'user_id')::bigint, (payload->>'previous_quota')::bigint, (payload->>'quota')::bigint
+                FROM webhook_outbox WHERE type = 'balance.low' ORDER BY id
+                """
+            ).map { row in try (0..<3).map { try row.decode($0, as: Int64.self) } }
+        }
+        // The first account's charge crossed nothing; the second's took 600,000 to 450,000.
+        #expect(events == [[accounts[1].user, 600_000, 450_000]])
+        #expect(
+            try await db.scalar(
+                "SELECT sum(quota) FROM users WHERE id = ANY ($1::bigint[])",
+                [PostgresArray.integers(accounts.map(\.user))]) == Int64(500_000 + 480_000))
+    }
+
     @Test("leases grant from quota − reserved − pending: charges not folded yet are not lent out again")
     func leasesSeePending() async throws {
         let db = try await TestDatabase.create("fold-lease")
