@@ -340,6 +340,16 @@ struct AuthorizeHTTPTests {
             #expect(try await seed.openHolds(user: owner.id) == chatHold)
             #expect(
                 try await seed.int("SELECT quota FROM user_balances WHERE id = $1", [other.id]) == 100_000 - chatHold)
+            // A release that names another hold of the id (the refused request's, had async mode
+            // answered it from memory) returns nothing; found by a review: by request id alone it
+            // returned the owner's hold, whose request then ran on nothing reserved.
+            let holdID = try #require(int64(held.object["hold_id"]))
+            let mismatched = try await gateway.post("/release", #"{"request_id":"shared","hold_id":\#(holdID + 1)}"#)
+            #expect(mismatched.status == 404)
+            #expect(try await seed.openHolds(user: owner.id) == chatHold)
+            let released = try await gateway.post("/release", #"{"request_id":"shared","hold_id":\#(holdID)}"#)
+            #expect(released.object["status"] as? String == "released")
+            #expect(int64(released.object["released"]) == chatHold)
         }
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }

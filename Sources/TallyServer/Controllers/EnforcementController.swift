@@ -51,13 +51,20 @@ struct EnforcementController {
     }
 
     @Sendable func release(request: Request, context: TallyRequestContext) async throws -> Response {
-        struct Body: Decodable { let request_id: String }
+        struct Body: Decodable {
+            let request_id: String
+            /// Authorize's `hold_id`: only that hold is returned (a request refused with 409, or
+            /// found in conflict after an async answer, would otherwise return the hold of the
+            /// request that holds the id, which then runs with nothing reserved).
+            let hold_id: Int64?
+        }
         let body = try SystemInput.decode(
             Body.self, from: try await SystemInput.body(request, upTo: Self.maximumBodyBytes))
         // A hold answered from memory (async mode) may still be on its way to the journal.
         await holdBook.flush()
-        guard let outcome = try await holds.release(requestID: body.request_id) else {
-            throw APIError.notFound("No hold has this request_id.")
+        guard let outcome = try await holds.release(requestID: body.request_id, holdID: body.hold_id) else {
+            throw APIError.notFound(
+                body.hold_id == nil ? "No hold has this request_id." : "No hold has this request_id and hold_id.")
         }
         EnforcementMetrics.released(outcome)
         return try ReleaseResponse(

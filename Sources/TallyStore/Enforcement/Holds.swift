@@ -17,7 +17,9 @@ public struct ReleaseOutcome: Sendable, Equatable {
 /// (ingest).
 public protocol HoldRepository: Sendable {
     /// Returns an open hold's reservation; idempotent. nil when no hold has this request id.
-    func release(requestID: String) async throws -> ReleaseOutcome?
+    /// The hold of `requestID` returned, when it is still held; with `holdID` (authorize's
+    /// answer) only that hold: a release for another request that used the id never closes it.
+    func release(requestID: String, holdID: Int64?) async throws -> ReleaseOutcome?
     /// Closes up to `limit` holds past their expiry; returns how many it closed.
     func expireDue(limit: Int) async throws -> Int
     /// Deletes up to `limit` holds closed more than `age` seconds ago; returns how many.
@@ -31,9 +33,9 @@ public struct PostgresHoldRepository: HoldRepository {
 
     public init(pool: PostgresPool) { self.pool = pool }
 
-    public func release(requestID: String) async throws -> ReleaseOutcome? {
+    public func release(requestID: String, holdID: Int64? = nil) async throws -> ReleaseOutcome? {
         try await pool.withConnection { connection in
-            guard let row = try connection.query(Self.findHold, [requestID]).first else { return nil }
+            guard let row = try connection.query(Self.findHold, [requestID, holdID]).first else { return nil }
             let (id, status, amount) = (
                 try row.decode(0, as: Int64.self), try row.decode(1, as: String.self), try row.decode(2, as: Int64.self)
             )
@@ -74,7 +76,8 @@ public struct PostgresHoldRepository: HoldRepository {
 
     // MARK: SQL
 
-    static let findHold = PreparedStatement("holds_find", "SELECT id, status, amount FROM holds WHERE request_id = $1")
+    static let findHold = PreparedStatement(
+        "holds_find", "SELECT id, status, amount FROM holds WHERE request_id = $1 AND ($2::bigint IS NULL OR id = $2)")
     /// The hold's status once no other transaction holds its row (the lock ends with the statement).
     static let waitForHold = PreparedStatement("holds_wait", "SELECT status FROM holds WHERE id = $1 FOR UPDATE")
     /// Closing attempts of one release that meets other transactions on its hold.
