@@ -14,7 +14,7 @@
 
 CITUS_VERSION=13.2.2
 CITUS_DEBIAN_PACKAGES=(postgresql-server-dev-15 libkrb5-dev libselinux1-dev libxslt1-dev libpam0g-dev
-    libreadline-dev liblz4-dev libzstd-dev)
+    libreadline-dev liblz4-dev libzstd-dev make gcc patch xz-utils)
 
 citus_vendor_dir() {
     local dir="${TALLY_CITUS_VENDOR:-$(tally_root)/../shared/vendor}"
