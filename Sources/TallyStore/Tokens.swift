@@ -371,12 +371,20 @@ public struct TokenRepository: Sendable {
     }
 
     /// Deletes those of `ids` that are the user's keys and not deleted yet; returns how many.
+    /// The rows are locked in id order first, the order the fold and the leases lock keys in
+    /// (an UPDATE of several rows locks them in the order it finds them: a deadlock with those).
     public func delete(ids: [Int64], userID: Int64) async throws -> Int {
         try await pool.transaction { connection in
+            let locked = try connection.query(
+                "SELECT id FROM tokens WHERE user_id = $2 AND id = ANY ($1::bigint[]) AND deleted_at IS NULL "
+                    + "ORDER BY id FOR NO KEY UPDATE",
+                [PostgresArray.integers(ids), userID]
+            ).map { try $0.decode(0, as: Int64.self) }
+            guard !locked.isEmpty else { return 0 }
             let deleted = try connection.query(
                 "UPDATE tokens SET deleted_at = now(), status = $3 WHERE user_id = $2 AND id = ANY ($1::bigint[]) "
-                    + "AND deleted_at IS NULL RETURNING id",
-                [PostgresArray.integers(ids), userID, TokenStatus.disabled]
+                    + "RETURNING id",
+                [PostgresArray.integers(locked), userID, TokenStatus.disabled]
             ).map { try $0.decode(0, as: Int64.self) }
             if !deleted.isEmpty { try ChangeNotice.send(deleted.map(ChangeNotice.token), on: connection) }
             return deleted.count

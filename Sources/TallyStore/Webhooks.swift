@@ -184,20 +184,33 @@ public struct WebhookRepository: Sendable {
 
     // MARK: Dispatch
 
+    /// What a claim took: deliveries to send, and how many due rows of removed endpoints it
+    /// dead-lettered instead (they took part of its limit: more may be due).
+    public struct Claim: Sendable {
+        public var deliveries: [WebhookDelivery] = []
+        public var deadLettered = 0
+    }
+
     /// Claims up to `limit` due deliveries, none to the endpoints in `excluding`, and leases
     /// them for `lease`: until then no other dispatcher takes them, after it (a crash
     /// mid-delivery) they are due again.
-    public func claimDue(limit: Int, lease: Duration, excluding endpoints: [Int64] = []) async throws
-        -> [WebhookDelivery]
-    {
+    public func claimDue(limit: Int, lease: Duration, excluding endpoints: [Int64] = []) async throws -> Claim {
         try await pool.withConnection { connection in
-            try connection.query(Self.claim, [limit, Self.seconds(lease), PostgresArray.integers(endpoints)]).map {
-                row in
-                WebhookDelivery(
-                    id: try row.decode(0), eventID: try row.decode(1), type: try row.decode(2), data: try row.decode(3),
-                    createdAt: try row.decode(4), attempt: try row.decode(5), endpointID: try row.decode(6),
-                    url: try row.decode(7), secret: WebhookSecret(try row.decode(8)))
+            var claim = Claim()
+            let rows = try connection.query(
+                Self.claim, [limit, Self.seconds(lease), PostgresArray.integers(endpoints)])
+            try rows.forEach { row in
+                guard let eventID: String = try row.decodeOptional(1) else {
+                    claim.deadLettered += 1  // a removed endpoint's row
+                    return
+                }
+                claim.deliveries.append(
+                    WebhookDelivery(
+                        id: try row.decode(0), eventID: eventID, type: try row.decode(2), data: try row.decode(3),
+                        createdAt: try row.decode(4), attempt: try row.decode(5), endpointID: try row.decode(6),
+                        url: try row.decode(7), secret: WebhookSecret(try row.decode(8))))
             }
+            return claim
         }
     }
 
@@ -254,11 +267,17 @@ public struct WebhookRepository: Sendable {
             ORDER BY o.next_attempt_at, o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED),
         dropped AS (
             UPDATE webhook_outbox o SET status = 'dead', last_error = 'endpoint removed'
-            FROM due WHERE o.id = due.id AND NOT due.active)
-        UPDATE webhook_outbox o SET attempts = o.attempts + 1, next_attempt_at = now() + make_interval(secs => $2::float8)
-        FROM due, webhook_endpoints e
-        WHERE o.id = due.id AND due.active AND e.id = o.endpoint_id
-        RETURNING o.id, o.event_id, o.type, o.payload::text, o.created_at, o.attempts, e.id, e.url, e.secret
+            FROM due WHERE o.id = due.id AND NOT due.active
+            RETURNING o.id),
+        claimed AS (
+            UPDATE webhook_outbox o SET attempts = o.attempts + 1, next_attempt_at = now() + make_interval(secs => $2::float8)
+            FROM due, webhook_endpoints e
+            WHERE o.id = due.id AND due.active AND e.id = o.endpoint_id
+            RETURNING o.id, o.event_id::text, o.type, o.payload::text, o.created_at, o.attempts, e.id AS endpoint_id,
+                      e.url, e.secret)
+        SELECT * FROM claimed
+        UNION ALL
+        SELECT d.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM dropped d
         """)
 
     static let purgeHistory = PreparedStatement(

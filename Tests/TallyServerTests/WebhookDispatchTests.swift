@@ -293,8 +293,8 @@ struct WebhookDispatchTests {
         _ = try await webhooks.add(
             url: "http://127.0.0.1:1/hook", secret: WebhookSecret(Self.secret), events: [], by: .cli)
         try await Self.suspend(db, try await db.scalar("SELECT id FROM users WHERE username = 'synthetic-1'"))
-        let first = try #require(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).first)
-        #expect(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).isEmpty)
+        let first = try #require(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).deliveries.first)
+        #expect(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).deliveries.isEmpty)
         // The claiming dispatcher crashed; its lease runs out.
         let leaseEnd = try await db.scalar(
             """
@@ -302,7 +302,7 @@ struct WebhookDispatchTests {
             """)
         #expect(leaseEnd > 30, "the claim leased the row for \(leaseEnd) s")
         try await Self.makeDue(db)
-        let again = try #require(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).first)
+        let again = try #require(try await webhooks.claimDue(limit: 10, lease: .seconds(60)).deliveries.first)
         #expect(again.eventID == first.eventID)
         #expect(again.attempt == 2)
         // The crashed claim's late outcome no longer counts; the live one does.

@@ -11,10 +11,10 @@ public struct SlidingWindowCounter: Sendable, Equatable {
     public init() {}
 
     /// Counts one request at `now` (seconds since any fixed epoch) if fewer than `limit` are in
-    /// the window; returns false (and counts nothing) when the limit is reached. A `now` older
-    /// than the newest minute counted (a request that read the clock before waiting on a
-    /// lookup, or a wall clock stepped back) counts at that minute's start: taken as a new
-    /// minute, it would forget every request counted since.
+    /// the window; returns false (and counts nothing) when the limit is reached. Give it a clock
+    /// that never steps back (``RateLimiter`` does): a `now` older than the newest minute counted
+    /// (read just before another caller counted) counts at that minute's start, where, taken as
+    /// a new minute, it would forget every request counted since.
     public mutating func tryAcquire(limit: Int, now: Double) -> Bool {
         let now = max(now, Double(minute) * 60)
         let thisMinute = Int64((now / 60).rounded(.down))

@@ -62,7 +62,7 @@ public final class Authorizer: Sendable {
         guard let price = sheet.models[model], sheet.isAvailable(model: model, group: access.group),
             try await directory.channels(now: now).modelsByGroup[access.group]?.contains(model) == true
         else { throw APIError(.modelNotAvailable) }
-        guard limiter.allow(access, model: model, now: now.timeIntervalSince1970) else {
+        guard limiter.allow(access, model: model) else {
             // A retry of a request already held is answered with its hold, whatever the rate.
             if let requestID = Self.validRequestID(request.requestID),
                 let stored = try await holds.storedHold(

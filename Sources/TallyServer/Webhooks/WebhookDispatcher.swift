@@ -108,7 +108,7 @@ public struct WebhookDispatcher: Service {
     /// (or could not be read): the next claim waits for the poll interval.
     private func claim(into group: inout TaskGroup<DispatchEvent>, sending: inout DeliveriesInFlight) async -> Bool {
         while sending.hasRoom {
-            let claimed: [WebhookDelivery]
+            let claimed: WebhookRepository.Claim
             do {
                 claimed = try await repository.claimDue(
                     limit: 1, lease: configuration.lease, excluding: sending.fullEndpoints)
@@ -117,7 +117,10 @@ public struct WebhookDispatcher: Service {
                     "webhook outbox poll failed", metadata: ["error": "\(error)"], to: logger)
                 return true
             }
-            guard let delivery = claimed.first else { return true }
+            guard let delivery = claimed.deliveries.first else {
+                if claimed.deadLettered > 0 { continue }  // a removed endpoint's row: more may be due
+                return true
+            }
             sending.add(delivery.endpointID)
             group.addTask {
                 await deliver(delivery)
@@ -131,7 +134,7 @@ public struct WebhookDispatcher: Service {
     /// concurrently. Returns how many were claimed.
     @discardableResult
     public func runOnce() async throws -> Int {
-        let due = try await repository.claimDue(limit: configuration.batchSize, lease: configuration.lease)
+        let due = try await repository.claimDue(limit: configuration.batchSize, lease: configuration.lease).deliveries
         await withTaskGroup(of: Void.self) { group in
             for delivery in due { group.addTask { await deliver(delivery) } }
         }

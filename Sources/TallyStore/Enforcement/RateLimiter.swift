@@ -17,8 +17,10 @@ public final class RateLimiter: Sendable {
     public init() {}
 
     /// Counts one request of `access` for `model`; false when a limit is reached (then nothing
-    /// is counted).
-    public func allow(_ access: KeyAccess, model: String, now: Double = Date().timeIntervalSince1970) -> Bool {
+    /// is counted). `now` is read from a monotonic clock when the request is counted: the wall
+    /// clock may step back (an NTP step), and a time read before the request waited on a lookup
+    /// lags those counted meanwhile.
+    public func allow(_ access: KeyAccess, model: String, now: Double = RateLimiter.monotonicSeconds()) -> Bool {
         guard access.keyRPM != nil || access.userModelRPM != nil else { return true }
         if calls.add(1, ordering: .relaxed).newValue % 100_000 == 0 { forgetIdle(now: now) }
         return counters.withLock { counters in
@@ -35,6 +37,14 @@ public final class RateLimiter: Sendable {
             }
             return true
         }
+    }
+
+    private static let origin = ContinuousClock.now
+
+    /// Seconds on a clock that never steps back, from the first reading in this process.
+    public static func monotonicSeconds() -> Double {
+        let elapsed = (ContinuousClock.now - origin).components
+        return Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
     }
 
     private func forgetIdle(now: Double) {

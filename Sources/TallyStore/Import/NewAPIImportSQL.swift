@@ -550,9 +550,12 @@ enum NewAPIImportSQL {
     /// The balance.low / balance.exhausted events the folds of this transaction queued: an
     /// import is no debit. Its charges were spent in new-api long ago and the balance is then
     /// set to new-api's, so an event would announce a balance that never was (docs/import.md).
+    /// (The fold queues them pending, due at its transaction's start: found by the due index,
+    /// not by reading the outbox's history at every batch.)
     static let dropBalanceEvents = """
         DELETE FROM webhook_outbox
-        WHERE xmin = pg_current_xact_id()::xid AND type IN ('balance.low', 'balance.exhausted')
+        WHERE status = 'pending' AND next_attempt_at = now()
+          AND xmin = pg_current_xact_id()::xid AND type IN ('balance.low', 'balance.exhausted')
         """
 
     /// One adjustment per account whose balance differs from new-api's. While the account's only
