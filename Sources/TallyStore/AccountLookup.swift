@@ -22,11 +22,25 @@ enum AccountLookup {
         _ hash: SecretHash, userID: Int64, replacing old: SecretHash?,
         on connection: PostgresConnection
     ) throws {
-        if let old {
-            try connection.query("DELETE FROM account_lookup WHERE lookup = $1 AND kind = 'access_token'", [old])
-        }
+        if let old { try release("$1", "access_token", old, userID: userID, on: connection) }
         try connection.query(
             "INSERT INTO account_lookup (lookup, kind, user_id) VALUES ($1, 'access_token', $2)", [hash, userID])
+    }
+
+    /// Deletes the lookup row `lookup` (an SQL expression of `$1`) of the user's previous token
+    /// or name, which the caller read under the user's row lock. On Citus that row may be a
+    /// concurrent change's insert, committed on the user's node (whose lock the caller waited
+    /// for) and not yet on the lookup's, so a DELETE does not see it and it stays for good (a
+    /// flaky AccountLookupTests.concurrentRotations on Citus). An insert of the same row waits
+    /// for that transaction to end; the DELETE after it then sees the row.
+    private static func release(
+        _ lookup: String, _ kind: String, _ value: any PostgresEncodable, userID: Int64,
+        on connection: PostgresConnection
+    ) throws {
+        try connection.query(
+            "INSERT INTO account_lookup (lookup, kind, user_id) VALUES (\(lookup), '\(kind)', $2) "
+                + "ON CONFLICT (lookup, kind) DO NOTHING", [value, userID])
+        try connection.query("DELETE FROM account_lookup WHERE lookup = \(lookup) AND kind = '\(kind)'", [value])
     }
 
     /// Claims `username` for `userID` (releasing `replacing`, its previous name); a name another
@@ -35,10 +49,7 @@ enum AccountLookup {
         _ username: String, userID: Int64, replacing old: String? = nil,
         on connection: PostgresConnection
     ) throws {
-        if let old {
-            try connection.query(
-                "DELETE FROM account_lookup WHERE lookup = convert_to($1, 'UTF8') AND kind = 'username'", [old])
-        }
+        if let old { try release("convert_to($1, 'UTF8')", "username", old, userID: userID, on: connection) }
         let claimed = try connection.query(
             """
             INSERT INTO account_lookup (lookup, kind, user_id) VALUES (convert_to($1, 'UTF8'), 'username', $2)
