@@ -360,17 +360,13 @@ public struct TokenRepository: Sendable {
 
     /// Deletes one of the caller's keys (soft delete: the ledger and logs keep their reference).
     public func delete(id: Int64, userID: Int64) async throws {
-        try await pool.transaction { connection in
-            let result = try connection.query(
-                "UPDATE tokens SET deleted_at = now(), status = $3 WHERE id = $1 AND user_id = $2 "
-                    + "AND deleted_at IS NULL",
-                [id, userID, TokenStatus.disabled])
-            guard result.affectedRows == 1 else { throw StoreError.notFound("API key \(id) not found") }
-            try ChangeNotice.send([ChangeNotice.token(id)], on: connection)
+        guard try await delete(ids: [id], userID: userID) == 1 else {
+            throw StoreError.notFound("API key \(id) not found")
         }
     }
 
-    /// Deletes those of `ids` that are the user's keys and not deleted yet; returns how many.
+    /// Deletes those of `ids` that are the user's keys and not deleted yet (soft delete, as
+    /// one key's); returns how many.
     /// The rows are locked in id order first, the order the fold and the leases lock keys in
     /// (an UPDATE of several rows locks them in the order it finds them: a deadlock with those).
     public func delete(ids: [Int64], userID: Int64) async throws -> Int {

@@ -152,7 +152,7 @@ public struct BatchReader {
         let raw = String(decoding: KeyRedaction.masked(bytes).prefix(65_536), as: UTF8.self)
         // An id longer than any request's is kept in the raw line only: indexed, a few KiB of
         // it failed the batch's COPY of its rejects (every resend again).
-        let storedID = requestID.flatMap { $0.utf8.count <= Ingestor.maxRequestIDBytes ? $0 : nil }
+        let storedID = requestID.flatMap { $0.utf8.count <= Authorizer.maximumRequestIDLength ? $0 : nil }
         return RejectedLine(
             line: number, requestID: storedID.map(Ingestor.storable), code: rejection.code,
             message: Ingestor.storable(rejection.message), raw: Ingestor.storable(raw))

@@ -51,9 +51,6 @@ public struct Ingestor: Sendable {
     let droppedMonths: DroppedLogMonths?
     private let streams: StreamSlots
 
-    /// The longest request id a line may carry (as authorize's).
-    static let maxRequestIDBytes = 128
-
     public init(
         prices: PriceCatalog, tokens: TokenDirectory, repository: any IngestRepository,
         limits: IngestLimits = IngestLimits(), droppedMonths: DroppedLogMonths? = nil
@@ -142,8 +139,9 @@ public struct Ingestor: Sendable {
         guard let requestID = line.requestID, !requestID.isEmpty else {
             throw IngestRejection("missing_field", "request_id is required")
         }
-        guard requestID.utf8.count <= Self.maxRequestIDBytes else {
-            throw IngestRejection("invalid_field", "request_id is longer than \(Self.maxRequestIDBytes) bytes")
+        guard requestID.utf8.count <= Authorizer.maximumRequestIDLength else {
+            throw IngestRejection(
+                "invalid_field", "request_id is longer than \(Authorizer.maximumRequestIDLength) bytes")
         }
         guard let createdAt = line.createdAt else { throw IngestRejection("missing_field", "created_at is required") }
         guard let model = line.model, !model.isEmpty else {

@@ -232,27 +232,24 @@ struct DeliveriesInFlight {
     let limit: Int
     let perEndpoint: Int
     private var byEndpoint: [Int64: Int] = [:]
-    private var total = 0
 
     init(limit: Int, perEndpoint: Int) {
         self.limit = limit
         self.perEndpoint = perEndpoint
     }
 
-    var hasRoom: Bool { total < limit }
+    var hasRoom: Bool { byEndpoint.values.reduce(0, +) < limit }
 
     /// The endpoints that may not be given another delivery now.
     var fullEndpoints: [Int64] { byEndpoint.filter { $0.value >= perEndpoint }.map(\.key).sorted() }
 
     mutating func add(_ endpoint: Int64) {
         byEndpoint[endpoint, default: 0] += 1
-        total += 1
     }
 
     mutating func remove(_ endpoint: Int64) {
         byEndpoint[endpoint, default: 1] -= 1
         if byEndpoint[endpoint] == 0 { byEndpoint[endpoint] = nil }
-        total -= 1
     }
 }
 
