@@ -200,6 +200,22 @@ struct UsageMeasureTests {
         #expect(try prices("suno-v4").measures(Usage()))
     }
 
+    @Test("an image or video model priced by them needs them, even with a token price beside")
+    func mediaModelWithTokenPrice() throws {
+        let sheet = try Fixtures.sheet(
+            models: """
+                  gpt-image-1: {kind: image, input: "5.00", per_image: {default: "0.04"}}
+                  video-with-prompt: {input: "1.00", per_video_second: {default: "0.40"}}
+                  image-by-tokens: {kind: image, input: "5.00", output: "40.00"}
+                """)
+        func model(_ name: String) throws -> ModelPrice { try #require(sheet.models[name]) }
+        #expect(try !model("gpt-image-1").measures(Usage(promptTokens: 120)))
+        #expect(try model("gpt-image-1").measures(Usage(promptTokens: 120, images: 1)))
+        #expect(try !model("video-with-prompt").measures(Usage(promptTokens: 50)))
+        #expect(try model("video-with-prompt").measures(Usage(videoSeconds: ExactDecimal("4"))))
+        #expect(try model("image-by-tokens").measures(Usage(promptTokens: 120)))
+    }
+
     @Test("cached, cache-write and audio parts may not pass their totals")
     func partsWithinTotals() {
         #expect(Usage(promptTokens: 100, cachedTokens: 60, cacheWriteTokens: 40).partsExceedingTotals == nil)

@@ -255,6 +255,18 @@ public struct ModelPrice: Sendable, Equatable {
     /// Endpoint types for `/v1/models` (`openai`, `anthropic`, `gemini`, …), if the sheet says.
     public let endpointTypes: [String]?
 
+    /// True when `usage` has what a successful request of this model is billed by (see
+    /// ``PriceFields/measures(_:)``). A model that makes images or video and is priced by them
+    /// needs them even when a token price comes with them: a successful `gpt-image-1` line
+    /// without an image count would be charged its prompt tokens alone.
+    public func measures(_ usage: Usage) -> Bool {
+        switch kind ?? HoldEstimator.inferredKind(prices) {
+        case .image where prices.perImage != nil: usage.images > 0
+        case .video where prices.perVideoSecond != nil: usage.videoSeconds > .zero
+        default: prices.measures(usage)
+        }
+    }
+
     /// The tier for a request with `promptTokens` input tokens: the last one whose threshold
     /// is below it.
     public func tier(promptTokens: Int64) -> PriceTier? {
