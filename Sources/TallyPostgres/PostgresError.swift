@@ -43,6 +43,11 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
             || (sqlState == SQLState.internalError && Self.citusLostWorker.contains { message.hasPrefix($0) })
     }
 
+    /// True when PostgreSQL answered the statement with an error of its own on a live connection:
+    /// it rolled back and stored nothing. A broken connection (or Citus's lost worker), or an
+    /// answer that could not be read, may hide a commit.
+    public var provesRollback: Bool { sqlState != nil && !isConnectionFailure }
+
     /// How Citus reports, as XX000, a worker connection lost mid-statement: its own message, or
     /// the worker's (a worker's backend ends when its postmaster dies or is shut down).
     static let citusLostWorker = [

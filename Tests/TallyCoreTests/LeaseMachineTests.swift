@@ -341,6 +341,65 @@ struct LeaseMachineTests {
                 == [waiting: duplicate(1, 100)])
     }
 
+    @Test("sync: a batch PostgreSQL refused stored nothing: its holds are dropped, their units free again")
+    func syncJournalRolledBack() throws {
+        var driver = LeaseDriver.ready(.sync)
+        driver.prime(user: 1_000, token: 1_000)
+        let (first, actions) = driver.cut("rb", 100)
+        let batch = try #require(actions.journals.first)
+        let (retry, _) = driver.cut("rb", 100)
+        let (queued, _) = driver.cut("rb-2", 50)
+        #expect(driver.machine.free(.user(7)) == 850 && driver.machine.free(.token(70)) == 850)
+        let rolledBack = driver.send(.journalRolledBack(batch: batch.batch))
+        #expect(rolledBack.answers == [first: .failed(.journalFailed), retry: .failed(.journalFailed)])
+        #expect(rolledBack.journals.isEmpty && rolledBack.contains(.wake(at: driver.now + 0.05)))
+        #expect(driver.machine.free(.user(7)) == 950 && driver.machine.free(.token(70)) == 950, "the units are free")
+        #expect(driver.machine.journalQueueLength == 1, "the hold cut after the batch waits for the pause")
+        // After the pause only the hold cut meanwhile is written; a retry of the dropped request
+        // is cut afresh, as a new hold, not answered from memory.
+        driver.now += 0.05
+        let next = try #require(driver.send(.clock).journals.first)
+        #expect(next.holds.map(\.request.requestID) == ["rb-2"])
+        let (again, againActions) = driver.cut("rb", 100)
+        #expect(againActions.answers.isEmpty, "waits for its own write")
+        #expect(driver.machine.free(.user(7)) == 850)
+        let nextCommitted = driver.send(.journalCommitted(batch: next.batch, committed(next.holds)))
+        #expect(nextCommitted.answers == [queued: held(2, 50)])
+        let written = try #require(nextCommitted.journals.first)
+        #expect(written.holds.map(\.id) == [3] && written.holds.map(\.request.requestID) == ["rb"])
+        let answered = driver.send(.journalCommitted(batch: written.batch, committed(written.holds)))
+        #expect(answered.answers == [again: held(3, 100)])
+    }
+
+    @Test("a rolled-back batch keeps the holds answered before (async, or written before and lost) for the next write")
+    func rolledBackKeepsAnsweredHolds() throws {
+        var driver = LeaseDriver.ready(.sync)
+        driver.prime(user: 1_000, token: nil)
+        let (lost, actions) = driver.cut("lost", 100)
+        let first = try #require(actions.journals.first)
+        // Its answer was lost: it may be stored, so it is written again whatever comes next.
+        #expect(driver.send(.journalFailed(batch: first.batch)).answers == [lost: .failed(.journalFailed)])
+        let (fresh, _) = driver.cut("fresh", 50)
+        driver.now += 0.05
+        let second = try #require(driver.send(.clock).journals.first)
+        #expect(second.holds.map(\.request.requestID) == ["lost", "fresh"])
+        #expect(driver.send(.journalRolledBack(batch: second.batch)).answers == [fresh: .failed(.journalFailed)])
+        #expect(driver.machine.free(.user(7)) == 900, "only the fresh hold's units are free again")
+        driver.now += 0.1
+        let third = try #require(driver.send(.clock).journals.first)
+        #expect(third.holds == first.holds)
+        #expect(driver.send(.journalCommitted(batch: third.batch, committed(third.holds))).answers.isEmpty)
+        #expect(driver.machine.journalQueueLength == 0)
+
+        var async = LeaseDriver.ready(.async)
+        async.prime(user: 1_000, token: nil)
+        let (ticket, asyncActions) = async.cut("a", 100)
+        #expect(asyncActions.answers == [ticket: held(1, 100)])
+        let batch = try #require(asyncActions.journals.first)
+        #expect(async.send(.journalRolledBack(batch: batch.batch)).answers.isEmpty)
+        #expect(async.machine.free(.user(7)) == 900 && async.machine.journalQueueLength == 1, "answered: kept")
+    }
+
     @Test("sync: a retry of a hold the journal found stored elsewhere gets that hold when the batch commits")
     func syncRetryOfEarlierHold() throws {
         var driver = LeaseDriver.ready(.sync)

@@ -6,7 +6,8 @@ struct FaultPlan: CustomStringConvertible {
     /// Per gateway move: an instance is killed (its memory, in-flight calls and answers lost)
     /// and restarted later under a new registration.
     var crash = 0.0
-    /// Per database call: the transaction aborts (nothing committed, the caller gets an error).
+    /// Per database call: the transaction aborts (nothing committed, the caller gets
+    /// PostgreSQL's error, so it knows).
     var abort = 0.0
     /// Per database call: it commits, but the answer is lost (the caller gets an error).
     var lostCommitAnswer = 0.0

@@ -29,8 +29,11 @@ enum SimNotification: Equatable, CustomStringConvertible {
 enum SimDatabaseError: Error, Equatable {
     /// `tally_lease` raised T0L01: the instance's registration is gone.
     case notRegistered
-    /// The transaction did not commit (a crash, a lost connection, a serialization failure).
+    /// The caller cannot tell whether the transaction committed (a crash, a lost connection).
     case aborted
+    /// PostgreSQL answered with an error (a serialization failure, a statement timeout): the
+    /// transaction did not commit.
+    case rolledBack
     /// A release named a request id without a hold (404).
     case notFound
 }

@@ -5,10 +5,11 @@ import TallyCore
 extension Simulation {
     func execute(_ call: DatabaseCall) {
         let faults = configuration.faults
-        if scheduler.now < databaseDownUntil || strikes(faults.abort) {
+        let down = scheduler.now < databaseDownUntil
+        if down || strikes(faults.abort) {
             stats.aborted += 1
             log("db: \(call.request) from i\(call.instance) aborted")
-            answer(call, .failed(.aborted))
+            answer(call, .failed(down ? .aborted : .rolledBack))
             return
         }
         let response = commit(call)

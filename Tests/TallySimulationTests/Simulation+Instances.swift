@@ -54,6 +54,7 @@ extension Simulation {
             step(index, .refillFailed(round: round))
         case (.journal(let batch), .journaled(let outcomes)): step(index, .journalCommitted(batch: batch, outcomes))
         case (.journal(let batch), .failed(.notRegistered)): step(index, .journalRefused(batch: batch))
+        case (.journal(let batch), .failed(.rolledBack)): step(index, .journalRolledBack(batch: batch))
         case (.journal(let batch), _): step(index, .journalFailed(batch: batch))
         case (.holdIDs, .holdIDs(let first)): step(index, .holdIDsGranted(first: first, count: SimDatabase.holdIDBlock))
         case (.holdIDs, _): step(index, .holdIDsFailed)

@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Synchronization
 import TallyCore
+import TallyPostgres
 import TallyStore
 
 /// This instance's leases: the shell around ``LeaseMachine`` (TallyCore), which decides
@@ -22,7 +23,7 @@ public final class HoldBook: Sendable {
     private let registered: Mutex<String>
     /// The stripes' journal batches and refill rounds, several to a transaction. A batch's
     /// outcomes are nil when the journal refused it (its registration was reaped).
-    private let journals: Coalescer<JournalBatch, [JournalOutcome]?>
+    private let journals: Coalescer<JournalBatch, Result<[JournalOutcome]?, any Error>>
     private let refills: Coalescer<RefillRound, Result<[LeaseGrant], any Error>>
     /// Refusals' lookups of a stored hold, one query for all those asked meanwhile: a client
     /// hammering a spent account costs a query per round trip, not one per refusal.
@@ -93,7 +94,7 @@ public final class HoldBook: Sendable {
         self.stripes = (0..<max(1, stripes)).map { _ in Stripe(mode: mode) }
         registered = Mutex(Self.newInstanceID())
         journals = Coalescer(limit: journalConcurrency) { batches in
-            try await Self.journal(batches, repository: repository, ttlSeconds: holdTTLSeconds)
+            await Self.journal(batches, repository: repository, ttlSeconds: holdTTLSeconds)
         }
         refills = Coalescer(limit: (journalConcurrency + 1) / 2) { rounds in
             await Self.refill(rounds, repository: repository)
@@ -283,11 +284,15 @@ public final class HoldBook: Sendable {
         case .journal(let batch, let instance, let holds):
             Task {
                 do {
-                    guard let outcomes = try await journals.submit(JournalBatch(instance: instance, holds: holds))
+                    guard let outcomes = try await journals.submit(JournalBatch(instance: instance, holds: holds)).get()
                     else { return step(stripe, .journalRefused(batch: batch)) }
                     step(stripe, .journalCommitted(batch: batch, outcomes))
                 } catch {
-                    step(stripe, .journalFailed(batch: batch), error: error)
+                    // A lost answer may hide a commit; PostgreSQL's own error proves there was none.
+                    let rolledBack = (error as? PostgresError)?.provesRollback == true
+                    step(
+                        stripe, rolledBack ? .journalRolledBack(batch: batch) : .journalFailed(batch: batch),
+                        error: error)
                 }
             }
         case .giveBack(let instance, let amounts):
@@ -323,13 +328,15 @@ public final class HoldBook: Sendable {
     // MARK: Coalesced calls
 
     /// One `tally_journal_holds` call per registration for the stripes' batches (usually one);
-    /// each batch gets its holds' outcomes back, or nil when its registration was reaped (the
-    /// batches of another registration in the same call are not failed by it).
+    /// each batch gets its holds' outcomes back, nil when its registration was reaped, or its own
+    /// call's failure: the batches of another registration in the same call are answered by
+    /// theirs (a failure that stored nothing must not be taken for theirs, which may have
+    /// committed).
     private static func journal(
         _ batches: [JournalBatch], repository: any LeaseRepository,
         ttlSeconds: Int
-    ) async throws -> [[JournalOutcome]?] {
-        var answers: [[JournalOutcome]?] = Array(repeating: [], count: batches.count)
+    ) async -> [Result<[JournalOutcome]?, any Error>] {
+        var answers: [Result<[JournalOutcome]?, any Error>] = Array(repeating: .success([]), count: batches.count)
         for instance in Set(batches.map(\.instance)).sorted() {
             let mine = batches.indices.filter { batches[$0].instance == instance }
             let holds = mine.flatMap { batches[$0].holds }
@@ -340,16 +347,17 @@ public final class HoldBook: Sendable {
             do {
                 outcomes = try await repository.journal(instance: instance, holds: holds, ttlSeconds: ttlSeconds)[...]
             } catch LeaseError.notRegistered {
-                for index in mine { answers[index] = nil }
+                for index in mine { answers[index] = .success(nil) }
                 continue
             } catch {
                 AuthorizeMetrics.journalFailures.increment()
-                throw error
+                for index in mine { answers[index] = .failure(error) }
+                continue
             }
             AuthorizeMetrics.journalCommit.recordNanoseconds(Int64(AuthorizeMetrics.now() &- started))
             AuthorizeMetrics.journalBatch.record(holds.count)
             for index in mine {
-                answers[index] = Array(outcomes.prefix(batches[index].holds.count))
+                answers[index] = .success(Array(outcomes.prefix(batches[index].holds.count)))
                 outcomes = outcomes.dropFirst(batches[index].holds.count)
             }
         }

@@ -123,13 +123,9 @@ final class UnansweredCalls: Sendable {
         }
     }
 
-    /// Whether PostgreSQL refused the statement that threw `error` (an error with its SQLSTATE
-    /// on a live connection): a statement of its own, it rolled back, and owes no give-up. A
-    /// broken connection, or an answer that could not be read, may hide a commit.
-    static func rolledBack(_ error: any Error) -> Bool {
-        guard let error = error as? PostgresError else { return false }
-        return error.sqlState != nil && !error.isConnectionFailure
-    }
+    /// Whether PostgreSQL refused the statement that threw `error`: a statement of its own, it
+    /// rolled back, and owes no give-up.
+    static func rolledBack(_ error: any Error) -> Bool { (error as? PostgresError)?.provesRollback == true }
 
     /// Runs `call` for an open or owed id; answered when it returns, owed again when it throws.
     func perform<T>(_ opened: Call, _ call: (_ id: Int64, _ owedFrom: Int64) async throws -> T) async throws -> T {

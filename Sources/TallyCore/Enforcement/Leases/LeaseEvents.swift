@@ -27,6 +27,10 @@ public enum LeaseEvent: Sendable, Equatable {
     /// holds), or failed: then it is written again after a pause (idempotent by hold id).
     case journalCommitted(batch: Int, [JournalOutcome])
     case journalFailed(batch: Int)
+    /// The batch failed and PostgreSQL answered why (an error, not a lost connection): nothing of
+    /// it was stored. Its sync holds are dropped and their units are free again; holds answered
+    /// before (async, or a sync hold whose earlier write was lost) are written again after a pause.
+    case journalRolledBack(batch: Int)
     /// The journal refused the batch: its registration was reaped (and its leases returned).
     case journalRefused(batch: Int)
 
@@ -56,8 +60,8 @@ public enum LeaseAction: Sendable, Equatable {
     /// `refillGranted` or `refillFailed` with this round.
     case refill(round: Int, instance: String, wants: [AccountUnits])
     /// Store these holds cut from `instance`'s leases (`tally_journal_holds`), then send
-    /// `journalCommitted`, `journalFailed` or (the registration is gone) `journalRefused` with
-    /// this batch.
+    /// `journalCommitted`, `journalFailed`, `journalRolledBack` or (the registration is gone)
+    /// `journalRefused` with this batch.
     case journal(batch: Int, instance: String, holds: [JournaledHold])
     /// Return these unused lease units (`tally_return_leases`); nothing is sent back.
     case giveBack(instance: String, amounts: [AccountUnits])

@@ -51,16 +51,48 @@ extension LeaseMachine {
         return earlier
     }
 
-    /// The batch stays queued and is written again after a pause; its sync callers are told now.
+    /// The batch may have committed (its answer was lost): it stays queued and is written again
+    /// after a pause; its sync callers are told now, and their retries wait for that write.
     mutating func journalFailed(_ batch: Int, now: Double, _ out: inout [LeaseAction]) {
         guard let flight = journal.inFlight, flight.batch == batch else { return }
         journal.inFlight = nil
-        journal.failures += 1
         for index in journal.queue.indices.prefix(flight.count) {
             for ticket in journal.queue[index].waiting { out.append(.answer(ticket, .failed(.journalFailed))) }
             journal.queue[index].ticket = nil
             journal.queue[index].retries = []
         }
+        pauseJournal(now: now)
+    }
+
+    /// Nothing of the batch was stored. A sync hold still waited for its first write: its caller
+    /// is told it failed, so it must never be stored (written again, it kept its units until the
+    /// hold expired, for a request the gateway took as refused); it is dropped, its units are
+    /// free again, and a retry of its request id is cut afresh. The holds answered before stay
+    /// queued and are written again after a pause.
+    mutating func journalRolledBack(_ batch: Int, now: Double, _ out: inout [LeaseAction]) {
+        guard let flight = journal.inFlight, flight.batch == batch else { return }
+        journal.inFlight = nil
+        for index in journal.queue.indices.prefix(flight.count) {
+            for ticket in journal.queue[index].waiting { out.append(.answer(ticket, .failed(.journalFailed))) }
+            journal.queue[index].retries = []
+        }
+        for entry in journal.removeUnanswered(inFirst: flight.count) {
+            let request = entry.hold.request
+            retries.forget(request.requestID)
+            guard entry.instance == instance else { continue }  // its lease went with its registration
+            accounts[.user(request.userID), default: AccountLease()].free += request.amount
+            if entry.hold.tokenLeased {
+                accounts[.token(request.tokenID), default: AccountLease()].free += request.amount
+            }
+        }
+        answerFlushes(&out)
+        pauseJournal(now: now)
+        // With nothing left to write again, the next batch waits for the pause all the same:
+        // PostgreSQL has just refused one.
+    }
+
+    private mutating func pauseJournal(now: Double) {
+        journal.failures += 1
         let pause = min(policy.journalRetryMaxSeconds, policy.journalRetrySeconds * Double(journal.failures))
         journal.retryAt = now + pause
     }
@@ -135,21 +167,51 @@ struct JournalQueue: Sendable {
     /// Makes `ticket` wait for the commit of the queued sync hold of `requestID`; false when
     /// there is none (the hold is journaled, or was answered without waiting).
     mutating func awaitCommit(of requestID: String, ticket: LeaseTicket) -> Bool {
-        guard let sequence = unjournaled[ExactText(requestID)], let first = queue.first?.sequence,
-            sequence >= first, sequence - first < queue.count
-        else { return false }
-        queue[sequence - first].retries.append(ticket)
+        guard let sequence = unjournaled[ExactText(requestID)], let index = index(of: sequence) else { return false }
+        queue[index].retries.append(ticket)
         return true
+    }
+
+    /// The position of the hold with this sequence number, if it is queued (the queue is in
+    /// sequence order, with gaps where a rolled-back batch's sync holds were dropped).
+    private func index(of sequence: Int) -> Int? {
+        var low = 0
+        var high = queue.count
+        while low < high {
+            let middle = (low + high) / 2
+            if queue[middle].sequence < sequence { low = middle + 1 } else { high = middle }
+        }
+        return low < queue.count && queue[low].sequence == sequence ? low : nil
     }
 
     /// Drops the first `count` holds: their batch committed.
     mutating func removeJournaled(_ count: Int) {
-        journaled = queue[count - 1].sequence
-        for entry in queue.prefix(count) {
+        forgetUnjournaled(queue.prefix(count))
+        queue.removeFirst(count)
+        markJournaled()
+    }
+
+    /// Drops the holds among the first `count` whose sync caller still waits for their first
+    /// write (their batch rolled back) and returns them; the others keep their places.
+    mutating func removeUnanswered(inFirst count: Int) -> [Entry] {
+        let head = queue.prefix(count)
+        let dropped = head.filter { $0.ticket != nil }
+        forgetUnjournaled(dropped[...])
+        queue.replaceSubrange(0..<count, with: head.filter { $0.ticket == nil })
+        markJournaled()
+        return dropped
+    }
+
+    private mutating func forgetUnjournaled(_ entries: ArraySlice<Entry>) {
+        for entry in entries {
             let requestID = ExactText(entry.hold.request.requestID)
             if unjournaled[requestID] == entry.sequence { unjournaled[requestID] = nil }
         }
-        queue.removeFirst(count)
+    }
+
+    /// Every hold before the queue's head is journaled (or dropped, never to be).
+    private mutating func markJournaled() {
+        journaled = queue.first.map { $0.sequence - 1 } ?? enqueued
     }
 
     /// Drops the holds at the head cut under `instance` (never to be journaled) and returns them.

@@ -65,6 +65,7 @@ public struct LeaseMachine: Sendable {
         case .holdIDsFailed: holdIDsAnswered(nil, now: now, &out)
         case .journalCommitted(let batch, let outcomes): journalCommitted(batch, outcomes: outcomes, now: now, &out)
         case .journalFailed(let batch): journalFailed(batch, now: now, &out)
+        case .journalRolledBack(let batch): journalRolledBack(batch, now: now, &out)
         case .journalRefused(let batch): journalRefused(batch, now: now, &out)
         case .leaseWanted(let account):
             contended.mark(account, now: now)
