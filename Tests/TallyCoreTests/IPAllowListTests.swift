@@ -84,6 +84,19 @@ struct IPAllowListTests {
         #expect(try network("2001:db8:1:3::1") == "2001:db8:1:3::/64")
     }
 
+    @Test("model limits allow a model by its name or by the family new-api checks (thinking budgets, GPTs)")
+    func modelLimitFamilies() {
+        let allowed: Set<String> = ["gpt-4o", "gemini-2.5-flash-thinking-*", "gpt-4-gizmo-*", "gemini-2.5-pro-x"]
+        #expect(ModelNames.limitsAllow(allowed, "gpt-4o"))
+        #expect(ModelNames.limitsAllow(allowed, "gemini-2.5-flash-thinking-1024"))
+        #expect(!ModelNames.limitsAllow(allowed, "gemini-2.5-flash"), "no thinking budget: its own name")
+        #expect(!ModelNames.limitsAllow(allowed, "gemini-2.5-flash-lite-thinking-512"), "another family")
+        #expect(ModelNames.limitsAllow(allowed, "gpt-4-gizmo-g-2fkFE8rbu"))
+        #expect(!ModelNames.limitsAllow(allowed, "gpt-4o-gizmo-g-2fkFE8rbu"))
+        #expect(ModelNames.limitsAllow(allowed, "gemini-2.5-pro-x"), "listed as it is")
+        #expect(!ModelNames.limitsAllow(allowed, "gpt-4o-mini"))
+    }
+
     @Test("model lists: trimmed, de-duplicated, commas and control characters refused")
     func modelLists() throws {
         #expect(

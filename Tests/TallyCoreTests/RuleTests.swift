@@ -1,3 +1,4 @@
+import Foundation
 import TallyCore
 import Testing
 
@@ -67,6 +68,10 @@ struct RuleTests {
         }
         try TokenRules.checkExpiry(-1, now: 100)
         try TokenRules.checkExpiry(101, now: 100)
+        // Usable through the second its expiry names (new-api: `ExpiredTime < now` in whole seconds).
+        let expiry = Date(timeIntervalSince1970: 100)
+        #expect(!TokenRules.hasExpired(expiry, now: Date(timeIntervalSince1970: 100.999)))
+        #expect(TokenRules.hasExpired(expiry, now: Date(timeIntervalSince1970: 101)))
         #expect(
             throws: RuleViolation("expired_time 100 is in the past; use a future unix time in seconds, or -1 for never")
         ) {

@@ -208,6 +208,22 @@ struct AccountAPITests {
             #expect(anthropic.object["last_id"] as? String == "gpt-4o")
             #expect(anthropic.object["has_more"] as? Bool == false)
 
+            // Several keys at once: new-api's TokenAuth on /v1/models reads Authorization, then
+            // x-api-key, ?key=, x-goog-api-key, each sent one replacing the one before it.
+            func ids(_ answer: Answer) -> [String?]? {
+                (answer.object["data"] as? [[String: Any]])?.map { $0["id"] as? String }
+            }
+            let limitedList: [String?] = ["gemini-2.5-pro", "gpt-4o"]
+            #expect(ids(try await api.get("/v1/models", token: all, headers: [.xAPIKey: limited])) == limitedList)
+            #expect(ids(try await api.get("/v1/models?key=\(limited)", headers: [.xAPIKey: all])) == limitedList)
+            #expect(
+                ids(try await api.get("/v1/models?key=\(all)", headers: [.xGoogAPIKey: limited]))
+                    == limitedList)
+            #expect(ids(try await api.get("/v1/models", token: limited, headers: [.xAPIKey: ""])) == limitedList)
+            // Elsewhere only Authorization counts, as in new-api.
+            let elsewhere = try await api.get("/v1/dashboard/billing/subscription", headers: [.xAPIKey: limited])
+            #expect(elsewhere.status == 401 && elsewhere.errorCode == "missing_token", "\(elsewhere.text)")
+
             // /api/user/models: the user's group, without the key's limits; ?group= another usable group.
             let userModels = try await api.get("/api/user/models", token: access)
             #expect(
@@ -236,11 +252,18 @@ struct AccountAPITests {
         try await seed.sql(
             "UPDATE tokens SET expires_at = now() - interval '1 second' WHERE id = $1", [expiredToken.id])
         let (_, exhausted) = try await seed.key(user: user.id, TokenDraft(name: "exhausted", remainQuota: 0))
+        let (lastSecondToken, lastSecond) = try await seed.key(
+            user: user.id, TokenDraft(name: "last-second", unlimitedQuota: true))
         let (suspendedUser, _) = try await seed.user("suspended")
         let (_, suspendedKey) = try await seed.key(user: suspendedUser.id)
         try await seed.sql("UPDATE users SET status = 2 WHERE id = $1", [suspendedUser.id])
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
+            // A key works through the second its expiry names, as new-api's (`ExpiredTime < now`).
+            try await seed.sql(
+                "UPDATE tokens SET expires_at = now() - interval '200 milliseconds' WHERE id = $1", [lastSecondToken.id]
+            )
+            #expect(try await api.get("/v1/models", token: lastSecond).status == 200)
             for uri in ["/v1/models", "/v1/dashboard/billing/subscription", "/dashboard/billing/usage"] {
                 let missing = try await api.get(uri)
                 #expect(missing.status == 401)

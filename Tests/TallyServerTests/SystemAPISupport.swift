@@ -14,6 +14,7 @@ extension HTTPField.Name {
     static let newAPIUser = HTTPField.Name("New-Api-User")!
     static let idempotentReplayed = HTTPField.Name("Idempotent-Replayed")!
     static let xAPIKey = HTTPField.Name("x-api-key")!
+    static let xGoogAPIKey = HTTPField.Name("x-goog-api-key")!
     static let anthropicVersion = HTTPField.Name("anthropic-version")!
 }
 

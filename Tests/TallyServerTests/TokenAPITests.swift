@@ -236,8 +236,9 @@ struct TokenAPITests {
             #expect(updated.dataObject["status"] as? Int == 1, "a displayed status echoed back is ignored")
             #expect(updated.dataObject["key"] as? String == "sk-\u{2026}" + key.suffix(6))
 
+            // Any value of status_only but an empty one is new-api's status-only update, 0 too.
             let disabled = try await api.put(
-                "/api/token/?status_only=1", token: access, #"{"id":\#(token.id),"status":2,"name":"ignored"}"#)
+                "/api/token/?status_only=0", token: access, #"{"id":\#(token.id),"status":2,"name":"ignored"}"#)
             #expect(disabled.dataObject["status"] as? Int == 2)
             #expect(disabled.dataObject["name"] as? String == "after")
             // A disabled key is refused where keys are used.

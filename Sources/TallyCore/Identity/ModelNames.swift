@@ -8,6 +8,24 @@ public enum ModelNames {
     /// Most names in one list.
     public static let maximumCount = 2000
 
+    /// True when a key's model limits allow `model`: named as it is, or as the family new-api
+    /// checks limits against (its `FormatMatchingModelName`): a Gemini 2.5 model with a thinking
+    /// budget (`gemini-2.5-flash-thinking-1024`) as `gemini-2.5-flash-thinking-*`, a GPTs model
+    /// (`gpt-4-gizmo-g-abc`) as `gpt-4-gizmo-*`. new-api's relay checks the family name alone
+    /// and its model list either; Tally does either in both, so a model it lists is one it serves.
+    public static func limitsAllow(_ allowed: Set<String>, _ model: String) -> Bool {
+        allowed.contains(model) || allowed.contains(limitFamily(of: model))
+    }
+
+    /// The family name of `model` in a key's model limits (itself for most models).
+    static func limitFamily(of model: String) -> String {
+        for family in ["gemini-2.5-flash-lite", "gemini-2.5-flash", "gemini-2.5-pro"] where model.hasPrefix(family) {
+            return model.contains("-thinking-") ? family + "-thinking-*" : model
+        }
+        for family in ["gpt-4-gizmo", "gpt-4o-gizmo"] where model.hasPrefix(family) { return family + "-*" }
+        return model
+    }
+
     /// Splits a list on commas and newlines, trims each name, drops empty ones and duplicates
     /// (first occurrence wins). `field` names the field in the error.
     public static func parseList(_ text: String, field: String) throws(ModelNameError) -> [String] {

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The rules every API key field obeys, shared by the System API, `tally admin create-key` and
 /// the import.
 public enum TokenRules {
@@ -13,6 +15,16 @@ public enum TokenRules {
             throw RuleViolation("name is too long: at most \(maximumNameBytes) bytes, got \(name.utf8.count)")
         }
         try TextRules.check(name, field: "name")
+    }
+
+    /// How long a key stays usable past its `expired_time`: new-api compares that second with the
+    /// current unix second (`ExpiredTime < now`), so a key works through the whole second it
+    /// names. The store's SQL says the same (`expires_at + interval '1 second'`).
+    public static let expiryGraceSeconds: TimeInterval = 1
+
+    /// True when a key with this expiry may no longer be used at `now`.
+    public static func hasExpired(_ expiresAt: Date, now: Date) -> Bool {
+        now >= expiresAt.addingTimeInterval(expiryGraceSeconds)
     }
 
     public static func checkExpiry(_ expiredTime: Int64, now: Int64) throws(RuleViolation) {

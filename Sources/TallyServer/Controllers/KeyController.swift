@@ -35,7 +35,7 @@ struct KeyController {
         var list = try await models.models(group: token.group.isEmpty ? owner.group : token.group)
         if token.modelLimitsEnabled {
             let allowed = Set(token.modelLimitList)
-            list = list.filter { allowed.contains($0.id) }
+            list = list.filter { ModelNames.limitsAllow(allowed, $0.id) }
         }
         return list
     }

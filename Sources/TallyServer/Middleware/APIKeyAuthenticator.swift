@@ -6,11 +6,13 @@ import TallyStore
 
 extension HTTPField.Name {
     static let xAPIKey = HTTPField.Name("x-api-key")!
+    static let xGoogAPIKey = HTTPField.Name("x-goog-api-key")!
     static let anthropicVersion = HTTPField.Name("anthropic-version")!
 }
 
 /// API-key authentication of the client-facing `/v1/…` and `/dashboard/…` routes, as new-api's
-/// `TokenAuth`: `Authorization: Bearer sk-…` (or the bare key, or `x-api-key`). A key sent
+/// `TokenAuth`: `Authorization: Bearer sk-…` (or the bare key); on `GET /v1/models` also
+/// `x-api-key` (Anthropic's clients), `?key=` and `x-goog-api-key` (Gemini's). A key sent
 /// without `sk-` is looked up with it; a channel suffix (`sk-KEY-3`) is an admin's (``RelayKey``).
 ///
 /// Answers, in new-api's order: no key → `missing_token`; unknown, deleted, disabled, expired or
@@ -44,11 +46,20 @@ struct APIKeyAuthenticator: Sendable {
         return list.allows(address)
     }
 
-    /// The key of a request; nil when none was sent.
+    /// The key of a request; nil when none was sent. As new-api reads it: `Authorization`, and on
+    /// `/v1/models` each of `x-api-key`, `?key=` and `x-goog-api-key` that is sent replaces the one
+    /// before it (so with a Bearer key and `x-api-key` both, `x-api-key` is the one looked up).
     static func key(from request: Request) -> RelayKey? {
-        let raw =
-            UserAuthMiddleware.accessToken(from: request.headers[.authorization])
-            ?? request.headers[.xAPIKey].map { String(BearerCredential.trimmed($0[...])) }
-        return raw.flatMap(RelayKey.init)
+        let raw = keyFields(of: request).reversed().lazy.compactMap { $0.flatMap(BearerCredential.value(of:)) }.first
+        return raw.flatMap { RelayKey(String($0)) }
+    }
+
+    /// The fields a key may come in on this request's route, in the order they are read.
+    static func keyFields(of request: Request) -> [String?] {
+        guard request.uri.path == "/v1/models" else { return [request.headers[.authorization]] }
+        return [
+            request.headers[.authorization], request.headers[.xAPIKey], request.uri.queryParameters.get("key"),
+            request.headers[.xGoogAPIKey],
+        ]
     }
 }

@@ -115,7 +115,7 @@ public struct FailedAuthMiddleware: RouterMiddleware {
 
     /// Requests without a credential (health checks, public pricing) guess nothing: never blocked.
     static func presentsCredential(_ request: Request) -> Bool {
-        request.headers[.authorization] != nil || request.headers[.xAPIKey] != nil
+        APIKeyAuthenticator.keyFields(of: request).contains { $0 != nil }
     }
 }
 

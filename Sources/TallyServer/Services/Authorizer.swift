@@ -38,7 +38,7 @@ public final class Authorizer: Sendable {
         guard let key = request.key.flatMap(RelayKey.init) else { throw APIError(.missingToken) }
         guard let access = try await directory.key(SecretHash(of: key.secret), now: now, leasing: holds.lookupLease()),
             access.tokenEnabled,
-            access.expiresAt.map({ $0 > now }) ?? true
+            !(access.expiresAt.map { TokenRules.hasExpired($0, now: now) } ?? false)
         else { throw APIError(.invalidToken) }
         started = AuthorizeMetrics.record(.key, since: started)
         guard !access.userSuspended else { throw APIError(.accountSuspended) }
@@ -50,7 +50,7 @@ public final class Authorizer: Sendable {
         // The key's group is still its owner's to use (new-api checks it on every request).
         guard access.groupUsable else { throw APIError(.insufficientPermissions) }
         let model = request.model ?? ""
-        if let allowed = access.allowedModels, !allowed.contains(model) {
+        if let allowed = access.allowedModels, !ModelNames.limitsAllow(allowed, model) {
             throw APIError(.modelNotAllowed, last6: last6)
         }
         // Without a price version in force nothing is available, but the key's own model limit
