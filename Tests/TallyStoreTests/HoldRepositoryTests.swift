@@ -58,14 +58,18 @@ struct HoldRepositoryTests {
                 VALUES ('racing', 1, 1, 'gpt-4o', 10, now() + interval '10 minutes')
                 """)
         }
-        // The settlement holds the row for half a second; the release starts while it does.
-        async let settled: Void = db.pool.transaction { connection in
+        // The settlement holds the row, uncommitted, until the release is seen waiting for it.
+        let settlement = try await TestSession.open(db.url)
+        let settlementPID = try await settlement.run { connection in
+            try connection.execute("BEGIN")
             try connection.execute("UPDATE holds SET status = 'settled', closed_at = now() WHERE request_id = 'racing'")
-            Thread.sleep(forTimeInterval: 0.5)
+            return try connection.query("SELECT pg_backend_pid()")[0].decode(0, as: Int64.self)
         }
-        try await Task.sleep(for: .milliseconds(150))
-        let outcome = try #require(try await PostgresHoldRepository(pool: db.pool).release(requestID: "racing"))
-        try await settled
+        let release = Task { try await PostgresHoldRepository(pool: db.pool).release(requestID: "racing") }
+        let blocked = try await db.queryBlocked(by: settlementPID, timeout: .seconds(30))
+        try await settlement.run { try $0.execute("COMMIT") }
+        #expect(blocked != nil, "the release never waited for the settlement")
+        let outcome = try #require(try await release.value)
         #expect(outcome.status == "settled")
         #expect(outcome.returned == 0)
     }

@@ -37,7 +37,7 @@ struct MigrationTests {
     func previousCallersStillAnswer() async throws {
         let db = try await TestDatabase.create("previous-callers")
         try await db.prepareBilling(users: 2)
-        let user = try await db.syntheticAccount(1).user
+        let (user, token) = try await db.syntheticAccount(1)
         let leases = PostgresLeaseRepository(pool: db.pool)
         try await leases.register(instance: "previous", ttlSeconds: 60, reclaimAfterSeconds: 0)
         _ = try await leases.lease(instance: "previous", wants: [AccountUnits(.user(user), 3_000)])
@@ -47,7 +47,14 @@ struct MigrationTests {
             "SELECT 0::bigint FROM tally_return_leases('previous', ARRAY[$1::bigint], ARRAY[1000::bigint], '{}', '{}')",
             [user])
         #expect(try await db.scalar(reserved, [user]) == 2_000)
-        #expect(try await db.scalar("SELECT tally_settle(1, 100)::bigint") >= 0)
+        // The old fold folds: a stored line's pending charge goes into the balance.
+        _ = try await PostgresIngestRepository(pool: db.pool).store(
+            [IngestRaceTests.line("previous-fold", userID: user, tokenID: token, quota: 10)], rejects: [],
+            totalLines: 1, tid: TraceID.generate(), source: "test")
+        let pending = "SELECT count(*) FROM pending_charges WHERE user_id = $1"
+        #expect(try await db.scalar(pending, [user]) > 0)
+        #expect(try await db.scalar("SELECT tally_settle(1, 100)::bigint") == 1)
+        #expect(try await db.scalar(pending, [user]) == 0)
         #expect(try await leases.retire(instance: "previous", patience: .seconds(5)))
         #expect(try await db.scalar(reserved, [user]) == 0)
     }
