@@ -16,6 +16,9 @@ struct EnforcementCoreTests {
           embed: {input: "0.02", kind: embedding, max_input_chars: 50}
           tts-1: {input: "15.00", kind: audio, max_input_chars: 4096}
           audio-chat: {input: "2.50", output: "10.00", kind: audio}
+          veo-8s: {per_video_second: {default: "0.40"}, default_seconds: 8}
+          whisper: {per_compute_second: "0.0001", kind: audio, default_seconds: 120}
+          flux: {per_compute_second: "0.001", per_image: {default: "0.003"}}
         """)
 
     static func usage(_ model: String, _ estimate: AuthorizeEstimate) -> Result<Usage, APIError> {
@@ -57,6 +60,22 @@ struct EnforcementCoreTests {
         #expect(try Self.usage("suno-v4", AuthorizeEstimate(promptChars: 5)).get().calls == 1)
         #expect(try Self.usage("embed", AuthorizeEstimate(inputChars: 40)).get().promptTokens == 10)
         #expect(Self.usage("embed", AuthorizeEstimate(inputChars: 51)) == .failure(APIError(.textTooLong)))
+    }
+
+    /// Left open by earlier notes: a model priced per compute second was held at nothing unless
+    /// the estimate gave its length, and every video at 5 s (Veo's clips are 8).
+    @Test("seconds an estimate does not give: the model's default_seconds per video, or as its predict_time")
+    func defaultSeconds() throws {
+        #expect(
+            try Self.usage("veo-8s", AuthorizeEstimate(promptChars: 5, n: 2)).get().videoSeconds == ExactDecimal(16))
+        #expect(
+            try Self.usage("veo-8s", AuthorizeEstimate(usage: Usage(videoSeconds: ExactDecimal(4)), promptChars: 5))
+                .get().videoSeconds == ExactDecimal(4))
+        #expect(try Self.usage("whisper", AuthorizeEstimate()).get().predictTime == ExactDecimal(120))
+        #expect(
+            try Self.usage("whisper", AuthorizeEstimate(usage: Usage(predictTime: ExactDecimal(30)))).get().predictTime
+                == ExactDecimal(30))
+        #expect(try Self.usage("flux", AuthorizeEstimate(promptChars: 5)).get().predictTime == .zero, "none given")
     }
 
     /// Found by a review: speech is billed per input character (the gateway reports them as

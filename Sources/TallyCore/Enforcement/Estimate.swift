@@ -62,7 +62,8 @@ public enum HoldEstimator {
     /// `max_tokens` assumed for a chat request that names none, when the sheet gives the model
     /// no `default_max_tokens`.
     public static let fallbackMaxTokens: Int64 = 4096
-    /// Seconds assumed for a video request that gives no `video_seconds`.
+    /// Seconds assumed for a video request that gives no `video_seconds`, when the sheet gives
+    /// the model no `default_seconds`.
     public static let fallbackVideoSeconds: Int64 = 5
 
     /// The usage to price for the hold, or the catalog error of the limit the estimate breaks:
@@ -73,7 +74,10 @@ public enum HoldEstimator {
     /// an audio model priced on its input alone count whole: speech is billed per character);
     /// completion tokens
     /// the given `completion_tokens`, else `max_tokens`, else the model's `default_max_tokens`,
-    /// else ``fallbackMaxTokens`` (chat models only).
+    /// else ``fallbackMaxTokens`` (chat models only). A video's seconds are the given
+    /// `video_seconds`, else the model's `default_seconds`, else ``fallbackVideoSeconds``, per
+    /// video asked for; the compute seconds of a model priced by them the given `predict_time`,
+    /// else its `default_seconds`, else none (held at nothing but its other prices).
     public static func usage(for estimate: AuthorizeEstimate, model price: ModelPrice) -> Result<Usage, APIError> {
         let kind = price.kind ?? inferredKind(price.prices)
         let generates = kind == .image || kind == .video || kind == .music
@@ -111,7 +115,8 @@ public enum HoldEstimator {
         case .video:
             if usage.videoSeconds.isZero {
                 // Any n the body may carry (Int64): past Int64 it holds the most there is, no trap.
-                let seconds = fallbackVideoSeconds.multipliedReportingOverflow(by: estimate.n ?? 1)
+                let perVideo = price.limits.defaultSeconds ?? fallbackVideoSeconds
+                let seconds = perVideo.multipliedReportingOverflow(by: estimate.n ?? 1)
                 usage.videoSeconds = ExactDecimal(seconds.overflow ? .max : seconds.partialValue)
             }
         case .call, .music:
@@ -120,6 +125,9 @@ public enum HoldEstimator {
             break
         }
         if price.prices.perCall != nil, usage.calls == 0 { usage.calls = 1 }
+        if price.prices.perComputeSecond != nil, usage.predictTime.isZero, let seconds = price.limits.defaultSeconds {
+            usage.predictTime = ExactDecimal(seconds)
+        }
         return .success(usage)
     }
 

@@ -209,12 +209,16 @@ public struct ModelLimits: Sendable, Equatable {
     public internal(set) var sizes: [String]?
     /// `max_tokens` to assume in an estimate that gives none.
     public internal(set) var defaultMaxTokens: Int64?
+    /// Seconds to assume in an estimate that gives none: a video's `video_seconds` (per video),
+    /// or the `predict_time` of a model priced per compute second.
+    public internal(set) var defaultSeconds: Int64?
 
     init() {}
 
     /// True when no limit is set.
     public var isEmpty: Bool {
         maxPromptChars == nil && maxInputChars == nil && maxN == nil && sizes == nil && defaultMaxTokens == nil
+            && defaultSeconds == nil
     }
 
     /// The first limit a request breaks, checked in the order prompt, input, n, size; nil when

@@ -41,6 +41,7 @@ extension PriceSheet {
         if let value = limits.maxInputChars { entry["max_input_chars"] = String(value) }
         if let value = limits.maxN { entry["max_n"] = String(value) }
         if let value = limits.defaultMaxTokens { entry["default_max_tokens"] = String(value) }
+        if let value = limits.defaultSeconds { entry["default_seconds"] = String(value) }
         if let sizes = limits.sizes { entry["sizes"] = CanonicalJSON.stringArray(sizes) }
         if let kind = model.kind { entry["kind"] = CanonicalJSON.string(kind.rawValue) }
         if let endpointTypes = model.endpointTypes {

@@ -87,7 +87,9 @@ enum SheetFields {
     static let group: Set<String> = ["ratio", "description", "models"]
     static let tokenPrices = ["input", "output", "cached_input", "cache_write", "audio_input", "audio_output"]
     static let otherPrices = ["per_image", "per_video_second", "per_call", "per_compute_second", "charge_failed"]
-    static let limits = ["max_prompt_chars", "max_input_chars", "max_n", "sizes", "default_max_tokens"]
+    static let limits = [
+        "max_prompt_chars", "max_input_chars", "max_n", "sizes", "default_max_tokens", "default_seconds",
+    ]
     static let tier: Set<String> = Set(["above_prompt_tokens"] + tokenPrices)
     static let groupPrice: Set<String> = Set(tokenPrices + otherPrices)
     static let model: Set<String> = Set(
@@ -399,6 +401,7 @@ struct SheetReader {
             case "max_input_chars": limits.maxInputChars = integer(value, fieldPath, minimum: 1)
             case "max_n": limits.maxN = integer(value, fieldPath, minimum: 1)
             case "default_max_tokens": limits.defaultMaxTokens = integer(value, fieldPath, minimum: 1)
+            case "default_seconds": limits.defaultSeconds = integer(value, fieldPath, minimum: 1)
             case "sizes":
                 limits.sizes = stringList(value, fieldPath)
                 if limits.sizes?.isEmpty == true {
