@@ -55,6 +55,15 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
         "server closed the connection unexpectedly", "connection to the remote node",
     ]
 
+    /// PostgreSQL cannot do the work for now, whatever the request: out of a resource (class 53:
+    /// disk, memory, connections), a statement or lock timeout (57014, 55P03), a standby that
+    /// refuses writes after a failover (25006), an I/O error (58030). Nothing was stored, and the
+    /// caller may try again later.
+    public var isTemporary: Bool {
+        guard let sqlState else { return false }
+        return sqlState.hasPrefix("53") || ["57014", "55P03", "25006", "58030"].contains(sqlState)
+    }
+
     public var isUniqueViolation: Bool { sqlState == SQLState.uniqueViolation }
 
     /// A row of a partitioned table found no partition (its month's was dropped, or never made).

@@ -145,9 +145,10 @@ enum SQL {
     /// A `timestamptz` column as whole unix seconds.
     static func unix(_ column: String) -> String { "floor(extract(epoch FROM \(column)))::bigint" }
 
-    /// True when a key's expiry (column `column`, NULL for never: then NULL) has passed:
-    /// ``TokenRules/hasExpired(_:now:)``, the key usable through the second its expiry names.
-    static func keyExpired(_ column: String) -> String { "\(column) + interval '1 second' <= now()" }
+    /// True when an expiry (column `column`, NULL for never: then NULL) has passed, as new-api
+    /// compares `expired_time` with the current unix second: a key
+    /// (``TokenRules/hasExpired(_:now:)``) or a redemption code works through the second it names.
+    static func expiryPassed(_ column: String) -> String { "\(column) + interval '1 second' <= now()" }
 
     /// `statement RETURNING columns` for columns that call functions such as ``unix(_:)`` or
     /// now(): Citus evaluates RETURNING on the shards and allows only immutable functions there,

@@ -113,7 +113,7 @@ public struct TokenRepository: Sendable {
         }
         let remainQuota = "t.remain_quota - CASE WHEN t.unlimited_quota THEN 0 ELSE \(pending("quota")) END"
         let effectiveStatus = """
-            CASE WHEN t.status = \(TokenStatus.enabled.sql) AND t.expires_at IS NOT NULL AND \(SQL.keyExpired("t.expires_at")) \
+            CASE WHEN t.status = \(TokenStatus.enabled.sql) AND t.expires_at IS NOT NULL AND \(SQL.expiryPassed("t.expires_at")) \
             THEN \(TokenStatus.expired.sql) \
             WHEN t.status = \(TokenStatus.enabled.sql) AND NOT t.unlimited_quota AND \(remainQuota) <= 0 \
             THEN \(TokenStatus.exhausted.sql) ELSE t.status END

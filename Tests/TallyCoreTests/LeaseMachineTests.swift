@@ -371,6 +371,20 @@ struct LeaseMachineTests {
         #expect(answered.answers == [again: held(3, 100)])
     }
 
+    /// Found by a review: units freed into a lease given back meanwhile brought it back to life,
+    /// and the next request was cut from it without the refill the give-back was to force.
+    @Test("a rolled-back hold's units go back to the account when its lease was given back meanwhile")
+    func rolledBackAfterGiveBack() throws {
+        var driver = LeaseDriver.ready(.sync)
+        driver.prime(user: 1_000, token: 1_000)
+        let (_, actions) = driver.cut("gb", 900)
+        let batch = try #require(actions.journals.first)
+        #expect(driver.send(.accountChanged(.user(7))).givenBack == [AccountUnits(.user(7), 100)])
+        let rolledBack = driver.send(.journalRolledBack(batch: batch.batch))
+        #expect(rolledBack.givenBack == [AccountUnits(.user(7), 900)], "to the account, not to a new lease")
+        #expect(driver.machine.free(.user(7)) == 0 && driver.machine.free(.token(70)) == 1_000)
+    }
+
     @Test("a rolled-back batch keeps the holds answered before (async, or written before and lost) for the next write")
     func rolledBackKeepsAnsweredHolds() throws {
         var driver = LeaseDriver.ready(.sync)

@@ -214,6 +214,9 @@ struct UsageMeasureTests {
         #expect(try !model("video-with-prompt").measures(Usage(promptTokens: 50)))
         #expect(try model("video-with-prompt").measures(Usage(videoSeconds: ExactDecimal("4"))))
         #expect(try model("image-by-tokens").measures(Usage(promptTokens: 120)))
+        // A line that says it was a chat request (an image model answering text) is measured as one.
+        #expect(try model("gpt-image-1").measures(Usage(promptTokens: 120), as: .chat))
+        #expect(try !model("gpt-image-1").measures(Usage(promptTokens: 120), as: .image))
     }
 
     @Test("cached, cache-write and audio parts may not pass their totals")

@@ -288,6 +288,31 @@ struct AdminAPITests {
     }
 
     /// Found by a review: nothing could stop a leaked batch of codes short of raw SQL.
+    @Test("a redemption code works through the second its expiry names, as new-api's, and is refused after")
+    func codeExpirySecond() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (_, adminAccess) = try await seed.user("expiring-codes-admin", role: .admin)
+        let (_, userAccess) = try await seed.user("expiring-codes-user")
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            let created = try await api.post(
+                "/api/redemption/", token: adminAccess, #"{"name":"expiring","count":2,"quota":700}"#)
+            let codes = try #require(created.data as? [String])
+            try #require(codes.count == 2)
+            func expire(_ code: String, ago: String) async throws {
+                try await seed.sql(
+                    "UPDATE redemptions SET expires_at = now() - $2::interval WHERE code_hash = $1",
+                    [SecretHash(of: code), ago])
+            }
+            try await expire(codes[0], ago: "200 milliseconds")
+            try await expire(codes[1], ago: "2 seconds")
+            #expect(try await api.post("/api/user/topup", token: userAccess, #"{"key":"\#(codes[0])"}"#).status == 200)
+            let late = try await api.post("/api/user/topup", token: userAccess, #"{"key":"\#(codes[1])"}"#)
+            #expect(late.status == 400 && late.errorMessage?.contains("expired") == true, "\(late.text)")
+        }
+    }
+
     @Test("an unused code is disabled (refused when redeemed) and enabled again; a used one cannot change; audited")
     func disableCode() async throws {
         let db = try await TestDatabase.shared("systemapi")

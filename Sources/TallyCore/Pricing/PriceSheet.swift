@@ -260,12 +260,14 @@ public struct ModelPrice: Sendable, Equatable {
     public let endpointTypes: [String]?
 
     /// True when `usage` has what a successful request of this model is billed by (see
-    /// ``PriceFields/measures(_:)``). A model that makes images or video and is priced by them
-    /// needs them even when a token price comes with them: a successful `gpt-image-1` line
-    /// without an image count would be charged its prompt tokens alone.
-    public func measures(_ usage: Usage) -> Bool {
-        switch kind ?? HoldEstimator.inferredKind(prices) {
-        case .image where prices.perImage != nil: usage.images > 0
+    /// ``PriceFields/measures(_:)``). A request that makes images or video (by the line's own
+    /// `kind`, else the model's) of a model priced by them needs them even when a token price
+    /// comes with them: a successful `gpt-image-1` line without an image count would be charged
+    /// its prompt tokens alone. (Compute seconds measure an image model priced by them too.)
+    public func measures(_ usage: Usage, as requestKind: RequestKind? = nil) -> Bool {
+        switch requestKind ?? kind ?? HoldEstimator.inferredKind(prices) {
+        case .image where prices.perImage != nil:
+            usage.images > 0 || (prices.perComputeSecond != nil && usage.predictTime > .zero)
         case .video where prices.perVideoSecond != nil: usage.videoSeconds > .zero
         default: prices.measures(usage)
         }

@@ -56,7 +56,10 @@ struct APIKeyAuthenticator: Sendable {
 
     /// The fields a key may come in on this request's route, in the order they are read.
     static func keyFields(of request: Request) -> [String?] {
-        guard request.uri.path == "/v1/models" else { return [request.headers[.authorization]] }
+        // The route's path however it was written (`/v1/models/` reaches it too).
+        guard request.uri.path.split(separator: "/") == ["v1", "models"] else {
+            return [request.headers[.authorization]]
+        }
         return [
             request.headers[.authorization], request.headers[.xAPIKey], request.uri.queryParameters.get("key"),
             request.headers[.xGoogAPIKey],

@@ -61,6 +61,9 @@ public struct ErrorMiddleware: RouterMiddleware {
             // concurrent transactions: nothing was changed, and the caller may retry.
             warnings.warning("aborted by concurrent transactions", metadata: ["error": "\(error)"], to: logger)
             return .databaseUnavailable()
+        case let error as PostgresError where error.isTemporary:
+            warnings.warning("database cannot serve for now", metadata: ["error": "\(error)"], to: logger)
+            return .databaseUnavailable()
         case let error as LeaseError:
             // The registration lapsed or was reaped: PostgreSQL was out of reach for too long.
             warnings.warning("no valid lease registration", metadata: ["error": "\(error)"], to: logger)

@@ -190,7 +190,7 @@ public struct Ingestor: Sendable {
             throw IngestRejection(
                 "no_price_version", "no price version is in force at \(PostgresTimestamp.format(createdAt))")
         }
-        if !failed, let price = version.sheet.models[model], !price.measures(usage) {
+        if !failed, let price = version.sheet.models[model], !price.measures(usage, as: line.kind) {
             throw IngestRejection(
                 "missing_usage",
                 "a successful request of \(model) needs what it is priced by in usage (images, video_seconds or "

@@ -11,7 +11,7 @@ extension LeaseMachine {
         journal.inFlight = nil
         journal.failures = 0
         for (entry, outcome) in zip(journal.queue.prefix(flight.count), outcomes) {
-            let result = settle(entry, outcome)
+            let result = settle(entry, outcome, now: now, &out)
             if let ticket = entry.ticket { out.append(.answer(ticket, .outcome(result))) }
             for retry in entry.retries { out.append(.answer(retry, .outcome(result.retried))) }
         }
@@ -33,15 +33,12 @@ extension LeaseMachine {
     /// answer when it has the same scope (a retry that reached another instance); another
     /// request's id is refused and forgotten here, so that the first request's own retries
     /// still find their hold.
-    private mutating func settle(_ entry: JournalQueue.Entry, _ outcome: JournalOutcome) -> HoldOutcome {
+    private mutating func settle(
+        _ entry: JournalQueue.Entry, _ outcome: JournalOutcome, now: Double, _ out: inout [LeaseAction]
+    ) -> HoldOutcome {
         guard !outcome.isNew else { return .held(holdID: outcome.holdID, amount: outcome.held) }
         let request = entry.hold.request
-        if entry.instance == instance {
-            accounts[.user(request.userID), default: AccountLease()].free += request.amount
-            if entry.hold.tokenLeased {
-                accounts[.token(request.tokenID), default: AccountLease()].free += request.amount
-            }
-        }
+        uncut(entry, now: now, &out)
         guard outcome.scope == request.scope else {
             retries.forget(request.requestID)
             return .requestIDInUse
@@ -77,18 +74,34 @@ extension LeaseMachine {
             journal.queue[index].retries = []
         }
         for entry in journal.removeUnanswered(inFirst: flight.count) {
-            let request = entry.hold.request
-            retries.forget(request.requestID)
-            guard entry.instance == instance else { continue }  // its lease went with its registration
-            accounts[.user(request.userID), default: AccountLease()].free += request.amount
-            if entry.hold.tokenLeased {
-                accounts[.token(request.tokenID), default: AccountLease()].free += request.amount
-            }
+            retries.forget(entry.hold.request.requestID)
+            uncut(entry, now: now, &out)
         }
         answerFlushes(&out)
         pauseJournal(now: now)
         // With nothing left to write again, the next batch waits for the pause all the same:
         // PostgreSQL has just refused one.
+    }
+
+    /// The units of a hold that will never be journaled: the lease row still counts them, so
+    /// they go back to the lease they were cut from, or, where that lease was given back since (a
+    /// notice of a lowered balance, an overdraft, every lease returned), back to the account:
+    /// kept, they were cut again without the refill the give-back was to force. A hold cut under
+    /// a registration since replaced has no lease left to go back to (its rows went with it).
+    private mutating func uncut(_ entry: JournalQueue.Entry, now: Double, _ out: inout [LeaseAction]) {
+        let request = entry.hold.request
+        guard entry.instance == instance, request.amount > 0 else { return }
+        let cutFrom = [LeaseAccount.user(request.userID)] + (entry.hold.tokenLeased ? [.token(request.tokenID)] : [])
+        var returned: [AccountUnits] = []
+        for account in cutFrom {
+            if accounts[account] != nil {
+                accounts[account]?.free += request.amount
+            } else {
+                givenBack.mark(account, now: now)
+                returned.append(AccountUnits(account, request.amount))
+            }
+        }
+        if !returned.isEmpty { out.append(.giveBack(instance: instance, amounts: returned)) }
     }
 
     private mutating func pauseJournal(now: Double) {
