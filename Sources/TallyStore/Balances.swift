@@ -157,7 +157,7 @@ public struct BalanceRepository: Sendable {
                     """
                     UPDATE redemptions SET status = \(RedemptionStatus.used.sql), used_user_id = $2, redeemed_at = now()
                     WHERE code_hash = $1 AND status = \(RedemptionStatus.enabled.sql)
-                      AND NOT coalesce(\(SQL.expiryPassed("expires_at")), false)
+                      AND (expires_at IS NULL OR NOT \(SQL.expiryPassed("expires_at")))
                     RETURNING id, quota
                     """, [hash, userID]
                 ).first
@@ -199,7 +199,7 @@ public struct BalanceRepository: Sendable {
     private static func failure(hash: SecretHash, on connection: PostgresConnection) throws -> RedeemFailure {
         guard
             let row = try connection.query(
-                "SELECT status, coalesce(\(SQL.expiryPassed("expires_at")), false) FROM redemptions WHERE code_hash = $1",
+                "SELECT status, expires_at IS NOT NULL AND \(SQL.expiryPassed("expires_at")) FROM redemptions WHERE code_hash = $1",
                 [hash]
             ).first
         else { return .unknownCode }

@@ -148,7 +148,9 @@ enum SQL {
     /// True when an expiry (column `column`, NULL for never: then NULL) has passed, as new-api
     /// compares `expired_time` with the current unix second: a key
     /// (``TokenRules/hasExpired(_:now:)``) or a redemption code works through the second it names.
-    static func expiryPassed(_ column: String) -> String { "\(column) + interval '1 second' <= now()" }
+    /// The interval is taken off now(), not added to the column: Citus refuses a stable function
+    /// (timestamptz + interval) of a column in an UPDATE, and CASE or COALESCE around now() there.
+    static func expiryPassed(_ column: String) -> String { "(\(column) <= now() - interval '1 second')" }
 
     /// `statement RETURNING columns` for columns that call functions such as ``unix(_:)`` or
     /// now(): Citus evaluates RETURNING on the shards and allows only immutable functions there,

@@ -342,7 +342,7 @@ public final class AccessDirectory: Sendable {
                t.model_limits, t.allow_ips,
                coalesce(t.rpm_limit, g.rpm_limit) AS rpm, g.model_rpm_limit, a.ordinal,
                CASE WHEN t.status = \(TokenStatus.enabled.sql) AND t.deleted_at IS NULL
-                         AND NOT coalesce(\(SQL.expiryPassed("t.expires_at")), false) AND u.status = \(UserStatus.enabled.sql)
+                         AND (t.expires_at IS NULL OR NOT \(SQL.expiryPassed("t.expires_at"))) AND u.status = \(UserStatus.enabled.sql)
                          AND (g.selectable OR g.name = u."group")
                     THEN a.want ELSE 0 END AS want
         FROM unnest($1::text[], \(wants)::bigint[]) WITH ORDINALITY AS a(hash, want, ordinal)
