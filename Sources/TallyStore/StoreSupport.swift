@@ -150,7 +150,9 @@ enum SQL {
     /// (``TokenRules/hasExpired(_:now:)``) or a redemption code works through the second it names.
     /// The interval is taken off now(), not added to the column: Citus refuses a stable function
     /// (timestamptz + interval) of a column in an UPDATE, and CASE or COALESCE around now() there.
-    static func expiryPassed(_ column: String) -> String { "(\(column) <= now() - interval '1 second')" }
+    static func expiryPassed(_ column: String) -> String {
+        "(\(column) <= now() - interval '\(TokenRules.expiryGraceSeconds) seconds')"
+    }
 
     /// `statement RETURNING columns` for columns that call functions such as ``unix(_:)`` or
     /// now(): Citus evaluates RETURNING on the shards and allows only immutable functions there,

@@ -79,7 +79,7 @@ public enum HoldEstimator {
     /// video asked for; the compute seconds of a model priced by them the given `predict_time`,
     /// else its `default_seconds`, else none (held at nothing but its other prices).
     public static func usage(for estimate: AuthorizeEstimate, model price: ModelPrice) -> Result<Usage, APIError> {
-        let kind = price.kind ?? inferredKind(price.prices)
+        let kind = price.servedKind
         let generates = kind == .image || kind == .video || kind == .music
         if generates, (estimate.promptChars ?? 0) == 0, estimate.usage.promptTokens == 0 {
             return .failure(APIError(.promptMissing))

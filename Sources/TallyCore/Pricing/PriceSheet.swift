@@ -265,13 +265,16 @@ public struct ModelPrice: Sendable, Equatable {
     /// comes with them: a successful `gpt-image-1` line without an image count would be charged
     /// its prompt tokens alone. (Compute seconds measure an image model priced by them too.)
     public func measures(_ usage: Usage, as requestKind: RequestKind? = nil) -> Bool {
-        switch requestKind ?? kind ?? HoldEstimator.inferredKind(prices) {
+        switch requestKind ?? servedKind {
         case .image where prices.perImage != nil:
             usage.images > 0 || (prices.perComputeSecond != nil && usage.predictTime > .zero)
         case .video where prices.perVideoSecond != nil: usage.videoSeconds > .zero
         default: prices.measures(usage)
         }
     }
+
+    /// The kind of requests the model serves: the sheet's `kind`, else inferred from its prices.
+    public var servedKind: RequestKind { kind ?? HoldEstimator.inferredKind(prices) }
 
     /// The tier for a request with `promptTokens` input tokens: the last one whose threshold
     /// is below it.

@@ -19,12 +19,12 @@ public enum TokenRules {
 
     /// How long a key stays usable past its `expired_time`: new-api compares that second with the
     /// current unix second (`ExpiredTime < now`), so a key works through the whole second it
-    /// names. The store's SQL says the same (`expires_at + interval '1 second'`).
-    public static let expiryGraceSeconds: TimeInterval = 1
+    /// names. The store's SQL uses it too (`SQL.expiryPassed`).
+    public static let expiryGraceSeconds = 1
 
     /// True when a key with this expiry may no longer be used at `now`.
     public static func hasExpired(_ expiresAt: Date, now: Date) -> Bool {
-        now >= expiresAt.addingTimeInterval(expiryGraceSeconds)
+        now >= expiresAt.addingTimeInterval(TimeInterval(expiryGraceSeconds))
     }
 
     public static func checkExpiry(_ expiredTime: Int64, now: Int64) throws(RuleViolation) {

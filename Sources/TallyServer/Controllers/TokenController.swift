@@ -71,8 +71,7 @@ struct TokenController {
         let body = try await SystemInput.decode(Body.self, from: request)
         guard let id = body.id else { throw APIError.invalidRequest("id is required: the id of the API key to update") }
         guard id > 0 else { throw APIError.notFound("API key \(id) not found") }
-        // Any value but an empty one, as new-api reads it (`status_only=0` too).
-        let statusOnly = try SystemInput.string(request, "status_only") != nil
+        let statusOnly = try SystemInput.statusOnly(request)
         let changes = TokenChanges(
             name: body.name, expiredTime: body.expired_time, remainQuota: body.remain_quota,
             unlimitedQuota: body.unlimited_quota, modelLimitsEnabled: body.model_limits_enabled,

@@ -93,6 +93,10 @@ enum SystemInput {
         return String(value)
     }
 
+    /// new-api's `?status_only=`: any value but an empty one asks for a status-only update
+    /// (`status_only=0` too, as new-api reads it).
+    static func statusOnly(_ request: Request) throws -> Bool { try string(request, "status_only") != nil }
+
     /// An integer query parameter; nil when absent or empty; 400 when not an integer.
     static func integer(_ request: Request, _ name: String) throws -> Int64? {
         guard let text = try string(request, name) else { return nil }

@@ -53,11 +53,8 @@ extension LeaseMachine {
     mutating func journalFailed(_ batch: Int, now: Double, _ out: inout [LeaseAction]) {
         guard let flight = journal.inFlight, flight.batch == batch else { return }
         journal.inFlight = nil
-        for index in journal.queue.indices.prefix(flight.count) {
-            for ticket in journal.queue[index].waiting { out.append(.answer(ticket, .failed(.journalFailed))) }
-            journal.queue[index].ticket = nil
-            journal.queue[index].retries = []
-        }
+        failWaiting(inFirst: flight.count, &out)
+        for index in journal.queue.indices.prefix(flight.count) { journal.queue[index].ticket = nil }
         pauseJournal(now: now)
     }
 
@@ -69,10 +66,7 @@ extension LeaseMachine {
     mutating func journalRolledBack(_ batch: Int, now: Double, _ out: inout [LeaseAction]) {
         guard let flight = journal.inFlight, flight.batch == batch else { return }
         journal.inFlight = nil
-        for index in journal.queue.indices.prefix(flight.count) {
-            for ticket in journal.queue[index].waiting { out.append(.answer(ticket, .failed(.journalFailed))) }
-            journal.queue[index].retries = []
-        }
+        failWaiting(inFirst: flight.count, &out)
         for entry in journal.removeUnanswered(inFirst: flight.count) {
             retries.forget(entry.hold.request.requestID)
             uncut(entry, now: now, &out)
@@ -102,6 +96,14 @@ extension LeaseMachine {
             }
         }
         if !returned.isEmpty { out.append(.giveBack(instance: instance, amounts: returned)) }
+    }
+
+    /// Tells everyone waiting for the first `count` holds' commit that their batch failed.
+    private mutating func failWaiting(inFirst count: Int, _ out: inout [LeaseAction]) {
+        for index in journal.queue.indices.prefix(count) {
+            for ticket in journal.queue[index].waiting { out.append(.answer(ticket, .failed(.journalFailed))) }
+            journal.queue[index].retries = []
+        }
     }
 
     private mutating func pauseJournal(now: Double) {

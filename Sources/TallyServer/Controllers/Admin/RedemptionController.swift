@@ -36,8 +36,7 @@ struct RedemptionController {
     /// Its other form (a new name, quota or expiry of an unused code) is not served: changing
     /// what a code is worth after it was handed out is a credit no top-up rule checks.
     @Sendable func update(_ request: Request, context: TallyRequestContext) async throws -> Response {
-        // Any value but an empty one, as new-api reads it (`status_only=0` too).
-        let statusOnly = try SystemInput.string(request, "status_only") != nil
+        let statusOnly = try SystemInput.statusOnly(request)
         guard statusOnly else {
             throw APIError.invalidRequest(
                 "only status changes are served: PUT /api/redemption/?status_only=true with {\"id\",\"status\"}")
