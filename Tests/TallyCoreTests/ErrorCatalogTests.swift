@@ -83,6 +83,22 @@ struct ErrorCatalogTests {
         }
     }
 
+    @Test("generated tids: 32 lowercase hex digits of 128 bits, distinct across refills of the random pool")
+    func generatedTraceIDs() {
+        #expect(TraceID.hex(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210) == "0123456789abcdeffedcba9876543210")
+        #expect(TraceID.hex(0, 1) == "00000000000000000000000000000001")
+        let tids = (0..<1_000).map { _ in TraceID.generate() }  // 256 a refill
+        #expect(Set(tids).count == tids.count)
+        #expect(tids.allSatisfy(TraceID.isValid))
+        // Every digit position takes many values: no byte of the pool is left unfilled.
+        for position in 0..<32 {
+            let digits = Set(tids.map { Array($0.utf8)[position] })
+            #expect(digits.count >= 12, "position \(position)")
+        }
+        let codes = (0..<100).map { _ in Secrets.newRedemptionCode() }
+        #expect(Set(codes).count == codes.count && codes.allSatisfy(TraceID.isValid))
+    }
+
     @Test("API keys: sk- + 48 alphanumerics, unique, masked as sk-… + last 6")
     func apiKeys() {
         let keys = (0..<200).map { _ in Secrets.newAPIKey() }

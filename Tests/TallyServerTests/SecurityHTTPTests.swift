@@ -155,7 +155,10 @@ struct SecurityHTTPTests {
         let start = ContinuousClock.now
         limiter.recordFailure("a", now: start)
         #expect(limiter.blockedFor("a", now: start) == nil)
+        #expect(!limiter.mayBlock(now: start), "below the limit nobody is blocked: requests skip the check")
         limiter.recordFailure("a", now: start + .seconds(1))
+        #expect(limiter.mayBlock(now: start + .seconds(2)))
+        #expect(!limiter.mayBlock(now: start + .seconds(60)), "the only window at the limit has ended")
         #expect(limiter.blockedFor("a", now: start + .seconds(2)) == .seconds(58))
         #expect(limiter.blockedFor("b", now: start + .seconds(2)) == nil)
         #expect(limiter.blockedFor("a", now: start + .seconds(60)) == nil)

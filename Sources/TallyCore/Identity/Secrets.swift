@@ -9,9 +9,11 @@ public enum Secrets {
     /// A new system access token: 32 characters of `[0-9a-zA-Z]`.
     public static func newAccessToken() -> String { randomString(count: 32) }
 
-    /// A new redemption code: 32 lowercase hex characters, as new-api's.
+    /// A new redemption code: 32 lowercase hex characters, as new-api's, straight from the
+    /// system CSPRNG (not the tids' pool: a code is a secret).
     public static func newRedemptionCode() -> String {
-        TraceID.generate()
+        var generator = SystemRandomNumberGenerator()
+        return TraceID.hex(generator.next(), generator.next())
     }
 
     /// The last six characters, kept for display and for the catalogue's `{last6}`.

