@@ -11,11 +11,11 @@ final class ExportOutput: @unchecked Sendable {
     var bytes: [UInt8] = []
     var chunks: [Int] = []
 
-    static func of(_ export: UsageExport, on pool: PostgresPool) async throws -> (
+    static func of(_ export: UsageExport, on pool: PostgresPool, exporter: UsageExporter? = nil) async throws -> (
         text: String, summary: ExportSummary, chunks: [Int]
     ) {
         let output = ExportOutput()
-        let summary = try await UsageExporter(pool: pool).export(export) { chunk in
+        let summary = try await (exporter ?? UsageExporter(pool: pool)).export(export) { chunk in
             output.bytes.append(contentsOf: chunk)
             output.chunks.append(chunk.count)
         }

@@ -1,9 +1,11 @@
 import Foundation
+import Synchronization
 import TallyCore
 import TallyPostgres
-import TallyStore
 import TallyTestSupport
 import Testing
+
+@testable import TallyStore
 
 @Suite("retention of request rows")
 struct RetentionTests {
@@ -83,26 +85,7 @@ struct RetentionTests {
     func interruptedDetach() async throws {
         let db = try await TestDatabase.create("retention-pending")
         _ = try await UsageFixture.load(into: db, months: Self.months, linesPerMonth: 100)
-        let reader = PostgresPool(url: db.url, size: 1)
-        let interrupted = PostgresPool(url: db.url, size: 1)
-        // A reader of the partition makes the detach's second step wait; the timeout ends it there.
-        async let reading: Void = reader.withConnection { reading in
-            try reading.execute("BEGIN")
-            _ = try reading.query("SELECT count(*) FROM request_logs_y2026m05")
-            usleep(2_000_000)
-            try reading.execute("COMMIT")
-        }
-        try await Task.sleep(for: .milliseconds(300))
-        let stopped = await #expect(throws: PostgresError.self) {
-            try await interrupted.withConnection { detaching in
-                try detaching.execute("SET statement_timeout = '500ms'")
-                try detaching.execute("ALTER TABLE request_logs DETACH PARTITION request_logs_y2026m05 CONCURRENTLY")
-            }
-        }
-        #expect(stopped?.sqlState == "57014")
-        try await reading
-        await reader.close()
-        await interrupted.close()
+        try await Self.leaveDetachPending("request_logs_y2026m05", in: db)
         #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE detach_pending") == 1)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
         let retention = LogRetention(pool: db.pool)
@@ -110,6 +93,98 @@ struct RetentionTests {
         #expect(try await retention.apply(plan, by: .cli).map(\.name) == ["request_logs_y2026m05"])
         #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE month = '2026-05-01'") == 0)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    /// Found by a review of the finance side: a kept month's pending detach was never finished,
+    /// so the month stayed out of request_logs for good.
+    @Test("a detach left pending of a month kept again: finished and attached, its rows read again")
+    func interruptedDetachOfKeptMonth() async throws {
+        let db = try await TestDatabase.create("retention-pending-kept")
+        _ = try await UsageFixture.load(into: db, months: Self.months, linesPerMonth: 100)
+        let rows = try await db.scalar("SELECT count(*) FROM request_logs") as Int64
+        try await Self.leaveDetachPending("request_logs_y2026m05", in: db)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs") < rows)
+        let retention = LogRetention(pool: db.pool)
+        let plan = try await retention.plan(keepMonths: 4, current: Self.months[3])
+        #expect(plan.reattached.map(\.name) == ["request_logs_y2026m05"])
+        #expect(try await retention.apply(plan, by: .cli).isEmpty)
+        #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE detach_pending") == 0)
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs") == rows)
+        #expect(try await db.scalar("SELECT count(*) FROM audit_log WHERE action = 'retention.reattach'") == 1)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+        #expect(try await retention.plan(keepMonths: 4, current: Self.months[3]).reattached.isEmpty)
+    }
+
+    /// Found by a review of the finance side: the detach's first step marks the month pending
+    /// without waiting for the export's lock, and the COPY's fresh snapshot (read committed) then
+    /// left the month out: an empty file with 200.
+    @Test("a time-zone export while its month's detach begins: the rows of the export's snapshot")
+    func exportDuringDetach() async throws {
+        let db = try await TestDatabase.create("retention-export")
+        _ = try await UsageFixture.load(into: db, months: Self.months, linesPerMonth: 100)
+        let export = try UsageExport(month: Self.months[1], by: [.day, .model], format: .csv, timeZone: "Asia/Kolkata")
+        let before = try await ExportOutput.of(export, on: db.pool).text
+        let detached = Mutex<Bool?>(nil)
+        let exporter = UsageExporter(pool: db.pool) {
+            let finished = try Self.detachConcurrently("request_logs_y2026m06", url: db.url)
+            detached.withLock { $0 = finished }
+        }
+        let during = try await ExportOutput.of(export, on: db.pool, exporter: exporter).text
+        #expect(detached.withLock { $0 } == false, "the detach's second step waited for the export")
+        #expect(before.split(separator: "\n").count > 10)
+        #expect(during == before)
+        #expect(try await db.scalar("SELECT count(*) FROM tally_log_partitions WHERE detach_pending") == 1)
+    }
+
+    /// Found by a review of the finance side: retention detached and dropped a month while the
+    /// audit read the ledger; its snapshot still listed the month as kept, request_logs no longer
+    /// had it, and every account with usage in it was reported.
+    @Test("an audit while retention detaches and drops a month: the detach waits, nothing is reported")
+    func auditDuringDrop() async throws {
+        let db = try await TestDatabase.create("retention-audit")
+        _ = try await UsageFixture.load(into: db, months: Self.months, linesPerMonth: 100)
+        let detached = Mutex<Bool?>(nil)
+        let auditor = Auditor(pool: db.pool) {
+            let finished = try Self.detachConcurrently("request_logs_y2026m05", url: db.url)
+            if finished { try PostgresConnection(url: db.url).execute("DROP TABLE request_logs_y2026m05") }
+            detached.withLock { $0 = finished }
+        }
+        #expect(try await auditor.run().isEmpty)
+        #expect(detached.withLock { $0 } == false, "the detach's second step waited for the audit")
+        let after = try await Auditor(pool: db.pool).run()
+        #expect(after.isEmpty, "\(after.prefix(3))")
+    }
+
+    /// Starts `DETACH PARTITION … CONCURRENTLY` of `table` on a connection of its own; true when
+    /// it finished within half a second, false when its second step was still waiting for the
+    /// transactions that hold locks on request_logs (the detach is then left pending).
+    static func detachConcurrently(_ table: String, url: String) throws -> Bool {
+        let detaching = try PostgresConnection(url: url)
+        try detaching.execute("SET statement_timeout = '500ms'")
+        do {
+            try detaching.execute("ALTER TABLE request_logs DETACH PARTITION \(table) CONCURRENTLY")
+            return true
+        } catch {
+            guard error.sqlState == "57014" else { throw error }
+            return false
+        }
+    }
+
+    /// An interrupted retention run: the detach of `table` stopped between its two steps (a
+    /// reader of the partition makes the second step wait; the timeout ends it there).
+    static func leaveDetachPending(_ table: String, in db: TestDatabase) async throws {
+        let reader = PostgresPool(url: db.url, size: 1)
+        async let reading: Void = reader.withConnection { reading in
+            try reading.execute("BEGIN")
+            _ = try reading.query("SELECT count(*) FROM \(table)")
+            usleep(2_000_000)
+            try reading.execute("COMMIT")
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        let finished = try await db.pool.withConnection { _ in try Self.detachConcurrently(table, url: db.url) }
+        #expect(!finished)
+        try await reading
+        await reader.close()
     }
 
     /// Found by a review of retention: a run killed between its detach and its drop left the

@@ -11,7 +11,9 @@ public struct LogPartition: Sendable, Equatable {
     public var bytes: Int64
     /// False for a month's table that a run stopped between its detach and its drop (killed, or
     /// the connection lost): no longer part of `request_logs`, so ingest could not store the
-    /// month's lines (its partition's name is taken) and exports no longer saw its rows.
+    /// month's lines (its partition's name is taken) and exports no longer saw its rows. False
+    /// too for a partition whose detach a run left pending (interrupted between its two steps):
+    /// PostgreSQL's planner already leaves it out of `request_logs`.
     public var attached = true
 }
 
@@ -21,8 +23,8 @@ public struct RetentionPlan: Sendable, Equatable {
     public var firstKept: UsageMonth
     public var kept: [LogPartition]
     public var dropped: [LogPartition]
-    /// Kept months' tables left detached by an interrupted run (with `--keep-months` raised
-    /// since): attached again, not dropped.
+    /// Kept months' tables left detached, or their detach pending, by an interrupted run (with
+    /// `--keep-months` raised since): attached again, not dropped.
     public var reattached: [LogPartition] { kept.filter { !$0.attached } }
 }
 
@@ -65,7 +67,7 @@ public struct LogRetention: Sendable {
     /// The months' partitions, and the months' tables detached from `request_logs` (only a
     /// retention run detaches them, so such a table is one it did not finish).
     static let partitions = """
-        SELECT name, to_char(month, 'YYYY-MM'), pg_total_relation_size(name::regclass), true
+        SELECT name, to_char(month, 'YYYY-MM'), pg_total_relation_size(name::regclass), NOT detach_pending
         FROM tally_log_partitions
         UNION ALL
         SELECT c.relname::text,
@@ -102,7 +104,10 @@ public struct LogRetention: Sendable {
         return dropped
     }
 
+    /// A month whose detach is pending is detached for good first (a partition cannot be
+    /// attached while it is still one), then attached like a table a run left detached.
     private func attach(_ partition: LogPartition, by actor: Actor) async throws {
+        try await pool.withConnection { try Self.finishPendingDetach(of: partition, on: $0) }
         try await pool.transaction { connection in
             try connection.execute(
                 """
@@ -124,9 +129,8 @@ public struct LogRetention: Sendable {
                 // CONCURRENTLY runs outside a transaction; an interrupted one is finished with FINALIZE.
                 // Citus refuses CONCURRENTLY: there the detach locks request_logs for its instant,
                 // waiting for that lock only briefly at a time so ingest never queues behind it.
-                let finalize = try row.decode(0, as: Bool.self)
-                if finalize {
-                    try connection.execute("ALTER TABLE request_logs DETACH PARTITION \(table) FINALIZE")
+                if try row.decode(0, as: Bool.self) {
+                    try Self.finishPendingDetach(of: partition, on: connection)
                 } else if try CitusLayout.isInstalled(on: connection) {
                     try LogPartitions.lockingBriefly(on: connection) {
                         try $0.execute("ALTER TABLE request_logs DETACH PARTITION \(table)")
@@ -144,6 +148,19 @@ public struct LogRetention: Sendable {
                     before: ["partition": partition.name, "bytes": partition.bytes], after: nil)
             }
         }
+    }
+}
+
+extension LogRetention {
+    /// Finishes the detach of `partition` when an interrupted run left it pending (FINALIZE,
+    /// outside a transaction like the CONCURRENTLY it completes).
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    static func finishPendingDetach(of partition: LogPartition, on connection: PostgresConnection) throws {
+        let pending = try connection.query(
+            "SELECT 1 FROM tally_log_partitions WHERE name = $1 AND detach_pending", [partition.name])
+        guard !pending.isEmpty else { return }
+        try connection.execute(
+            "ALTER TABLE request_logs DETACH PARTITION \(connection.quoteIdentifier(partition.name)) FINALIZE")
     }
 }
 

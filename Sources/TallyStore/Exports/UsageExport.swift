@@ -101,8 +101,15 @@ public struct ExportSummary: Sendable, Equatable {
 /// bytes on in chunks, so memory stays constant whatever the size of the month.
 public struct UsageExporter: Sendable {
     let pool: PostgresPool
+    /// Runs between the check that the month is kept and the COPY (tests: retention meanwhile).
+    let afterCheck: (@Sendable () throws -> Void)?
 
-    public init(pool: PostgresPool) { self.pool = pool }
+    public init(pool: PostgresPool) { self.init(pool: pool, afterCheck: nil) }
+
+    init(pool: PostgresPool, afterCheck: (@Sendable () throws -> Void)?) {
+        self.pool = pool
+        self.afterCheck = afterCheck
+    }
 
     /// Bytes handed to the sink at once (the last chunk may be smaller).
     public static let chunkSize = 64 * 1024
@@ -120,6 +127,7 @@ public struct UsageExporter: Sendable {
             // here), and the default work_mem spills the sort to disk.
             try connection.execute("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'")
             let sql = try Self.statement(for: export, on: connection)
+            try afterCheck?()
             var buffer: [UInt8] = []
             buffer.reserveCapacity(Self.chunkSize + 8192)
             var bytes = 0
@@ -142,15 +150,22 @@ public struct UsageExporter: Sendable {
     /// The COPY statement of an export, after checking what it needs exists. COPY takes no
     /// parameters: every value in it is a validated number, or quoted by libpq.
     static func statement(for export: UsageExport, on connection: PostgresConnection) throws -> String {
+        if export.timeZone != nil {
+            // Retention could drop the month between the check and the COPY (a review): a zone's
+            // export, which reads through request_logs, then came out empty. Its lock on
+            // request_logs, taken before the snapshot, makes a detach's second step (which waits
+            // for every transaction holding one) come after it; its first step, which marks the
+            // month detach-pending without waiting, commits either before the snapshot (the check
+            // then answers not kept) or after it, and PostgreSQL plans a repeatable-read
+            // transaction's statements with the partitions of its snapshot: in read committed the
+            // COPY's fresh snapshot left out the pending month, and the export was empty with 200.
+            try connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            try connection.execute("LOCK TABLE ONLY request_logs IN ACCESS SHARE MODE")
+        }
         let timeZone = try export.timeZone.map { try checkedTimeZone($0, on: connection) }
         if export.isRaw || timeZone != nil {
-            // Retention could drop the month between the check and the COPY (a review): a zone's
-            // export, which reads through request_logs, then came out empty, and a raw one failed.
-            // A zone's export takes its lock on request_logs before the check, so that the detach
-            // (which waits for every transaction holding one) comes after it; a raw one locks the
-            // month's own table after the check, so that it outlives the drop until the COPY ends,
-            // without holding up retention of other months meanwhile.
-            if timeZone != nil { try connection.execute("LOCK TABLE ONLY request_logs IN ACCESS SHARE MODE") }
+            // A raw export locks the month's own table after the check, so that it outlives the
+            // drop until the COPY ends, without holding up retention of other months meanwhile.
             let partition = try keptPartition(export.month, on: connection)
             if export.isRaw {
                 let table = connection.quoteIdentifier(partition)
