@@ -26,6 +26,11 @@ struct Quote: AsyncParsableCommand {
     @Option(help: "Video resolution, e.g. 1080p.") var resolution: String?
     @Option(help: "Calls (per-call models).") var calls: Int64 = 0
     @Option(help: "Compute seconds (decimal), Replicate-style predict_time.") var predictTime = "0"
+    @Option(
+        help: ArgumentHelp(
+            "The request's kind, as a log line's kind: \(RequestKind.allCases.map(\.rawValue).joined(separator: ", ")) (default: the model's).",
+            valueName: "kind"))
+    var kind: RequestKind?
     @Flag(help: "Rate as a failed request (status ≥ 400).") var failed = false
     @Option(help: "Price at this time (RFC 3339); default now.") var at: String?
     @Option(help: "Price with this sheet (a file, - or an http(s):// URL) instead of the stored versions.") var sheet:
@@ -48,11 +53,20 @@ struct Quote: AsyncParsableCommand {
         if let negative = usage.firstNegativeField {
             throw ValidationError("--\(negative.replacingOccurrences(of: "_", with: "-")) cannot be negative")
         }
-        let (version, priceSheet) = try await selectSheet()
+        // Ingest's checks around rating, in its order: what it refuses is not priced here either.
+        let limits = UsageLimits()
+        let version: Int64?
         let rating: Rating
         do {
+            try limits.checkQuantities(usage)
+            let (id, priceSheet) = try await selectSheet()
+            version = id
+            try UsageLimits.checkMeasured(usage, of: model, as: kind, failed: failed, sheet: priceSheet)
             rating = try rate(usage, model: model, group: group, failed: failed, sheet: priceSheet, breakdown: true)
-        } catch {
+            try limits.checkCost(rating)
+        } catch let rejection as IngestRejection {
+            throw ValidationError(rejection.description)
+        } catch let error as RatingError {
             throw ValidationError(error.description)
         }
         if json {
@@ -76,7 +90,9 @@ struct Quote: AsyncParsableCommand {
                 throw ValidationError("\(SheetSource.recordable(sheet)) is not a valid price sheet:\n\(error)")
             }
         }
-        let time = try at.map(TimeArgument.parse) ?? Date()
+        // Whole microseconds, as ingest stores a line's created_at (at a version's boundary a
+        // finer fraction would pick the other version).
+        let time = LogLine.storedInstant(try at.map(TimeArgument.parse) ?? Date())
         let pool = try await database.currentPool(size: 1)
         let versions = try await PostgresPriceRepository(pool: pool).all().map(\.version)
         await pool.close()
@@ -91,3 +107,5 @@ struct Quote: AsyncParsableCommand {
         do { return try ExactDecimal(text) } catch { throw ValidationError("\(flag): \(error)") }
     }
 }
+
+extension RequestKind: ExpressibleByArgument {}

@@ -122,6 +122,21 @@ struct LiteLLMLineTests {
         #expect(nestedOnly.usage == Usage(promptTokens: 7, completionTokens: 3))
     }
 
+    /// Found by a review of the ingest path: absent counts were read as 0 and the call charged
+    /// nothing, where a gateway line without usage is refused.
+    @Test("a payload without any token count has no usage (ingest: missing_usage); counts of 0 are usage")
+    func noCounts() throws {
+        let silent = try Self.parse(
+            #"{"litellm_call_id":"c","startTime":1793491200,"model":"gpt-4o","status":"success"}"#)
+        #expect(silent.usage == nil)
+        let nulls = try Self.parse(#"{"litellm_call_id":"c","model":"gpt-4o","prompt_tokens":null,"metadata":{}}"#)
+        #expect(nulls.usage == nil)
+        let zero = try Self.parse(#"{"litellm_call_id":"c","model":"gpt-4o","prompt_tokens":0,"completion_tokens":0}"#)
+        #expect(zero.usage == Usage())
+        let nestedEmpty = try Self.parse(#"{"litellm_call_id":"c","model":"gpt-4o","metadata":{"usage_object":{}}}"#)
+        #expect(nestedEmpty.usage == nil)
+    }
+
     @Test("failures: error_code as the status (string or number), 500 when it is not a failure status")
     func failures() throws {
         func failure(_ information: String) throws -> LogLine {

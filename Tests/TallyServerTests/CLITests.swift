@@ -43,6 +43,19 @@ struct CLITests {
         try TallyBinary.run(
             ["quote", "--model", "gpt-4o", "--prompt-tokens", "1", "--at", "2025-06-01"],
             databaseURL: db.url, expecting: .failure)
+        // What ingest refuses is refused with its reason, not priced (found by a review: quote
+        // priced a video without seconds at 0, and cached tokens beyond the prompt).
+        for (arguments, code) in [
+            (["--model", "veo-3", "--resolution", "1080p"], "missing_usage"),
+            (["--model", "gpt-4o", "--prompt-tokens", "100", "--cached-tokens", "400"], "invalid_usage"),
+            (["--model", "gpt-4o", "--prompt-tokens", "100000001"], "absurd_usage"),
+        ] {
+            let refused = try TallyBinary.run(["quote"] + arguments, databaseURL: db.url, expecting: .failure)
+            #expect(refused.errorOutput.contains(code), "\(arguments): \(refused.errorOutput)")
+        }
+        let failedVideo = try TallyBinary.run(
+            ["quote", "--model", "veo-3", "--failed", "--json"], databaseURL: db.url)
+        #expect(failedVideo.output.contains(#""units":0"#), "a failed request needs no usage")
     }
 
     @Test("a bad sheet is refused with every problem listed, and nothing is stored")

@@ -360,7 +360,7 @@ struct IngestHTTPTests {
     @Test("a line costing more than one request may (200M USD) is rejected: a full batch of the most stays in Int64")
     func costBeyondAnyRequest() async throws {
         let limits = IngestLimits()
-        #expect(!Int64(limits.maxLines).multipliedReportingOverflow(by: limits.maxQuota).overflow)
+        #expect(!Int64(limits.maxLines).multipliedReportingOverflow(by: limits.usage.maxQuota).overflow)
         let db = try await TestDatabase.create("ingest-oracle")
         try await db.prepareBilling(users: 1, quota: 1_000)
         _ = try await PostgresPriceRepository(pool: db.pool).load(

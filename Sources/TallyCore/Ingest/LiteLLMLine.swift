@@ -139,12 +139,17 @@ struct LiteLLMPayload {
         return String(model.dropFirst(provider.count + 1))
     }
 
-    /// The top-level token counts, with the cache and audio parts from the nested usage object.
-    var usage: Usage {
+    /// The top-level token counts, with the cache and audio parts from the nested usage object;
+    /// nil when neither names a prompt or completion count (LiteLLM always logs both, 0
+    /// included: a payload without them says nothing of what was used, and a success without
+    /// usage is `missing_usage`, not charged 0).
+    var usage: Usage? {
         let nested = metadataUsage ?? responseUsage ?? LiteLLMUsage()
+        let prompt = promptTokens ?? nested.promptTokens
+        let completion = completionTokens ?? nested.completionTokens
+        guard prompt != nil || completion != nil else { return nil }
         return Usage(
-            promptTokens: promptTokens ?? nested.promptTokens ?? 0,
-            completionTokens: completionTokens ?? nested.completionTokens ?? 0,
+            promptTokens: prompt ?? 0, completionTokens: completion ?? 0,
             cachedTokens: nested.cachedTokens, cacheWriteTokens: nested.cacheWriteTokens,
             audioInputTokens: nested.audioInputTokens, audioOutputTokens: nested.audioOutputTokens)
     }

@@ -18,13 +18,8 @@ public struct IngestLimits: Sendable {
     public var maxBytes = 16 * 1024 * 1024
     /// A line dated further ahead than this is refused (gateway clock skew allowance).
     public var maxClockSkew: TimeInterval = 300
-    public var maxTokens: Int64 = 100_000_000
-    public var maxImages: Int64 = 10_000
-    public var maxCalls: Int64 = 1_000_000
-    public var maxSeconds = ExactDecimal(86_400)
-    /// The most one request may cost: 200,000,000 USD. A full batch of such lines still sums
-    /// within `Int64` (a batch's charges are added up in Swift before PostgreSQL sees them).
-    public var maxQuota: Int64 = 100_000_000_000_000
+    /// What one request may use and cost (shared with `tally quote`).
+    public var usage = UsageLimits()
     /// Batches stored while their body arrives, at most at once; more are read whole first.
     /// Each holds a pool connection for the length of its upload, so keep it well under the
     /// pool size (key lookups and authorize need connections too). 0 streams none.
@@ -184,18 +179,12 @@ public struct Ingestor: Sendable {
         guard let usage = line.usage ?? (failed ? Usage() : nil) else {
             throw IngestRejection("missing_usage", "a successful request (status \(status)) needs usage")
         }
-        try checkPlausible(usage)
-        if let misfit = usage.partsExceedingTotals { throw IngestRejection("invalid_usage", misfit) }
+        try limits.usage.checkQuantities(usage)
         guard let version = book.version(at: createdAt) else {
             throw IngestRejection(
                 "no_price_version", "no price version is in force at \(PostgresTimestamp.format(createdAt))")
         }
-        if !failed, let price = version.sheet.models[model], !price.measures(usage, as: line.kind) {
-            throw IngestRejection(
-                "missing_usage",
-                "a successful request of \(model) needs what it is priced by in usage (images, video_seconds or "
-                    + "predict_time)")
-        }
+        try UsageLimits.checkMeasured(usage, of: model, as: line.kind, failed: failed, sheet: version.sheet)
         let group = line.group.flatMap { $0.isEmpty ? nil : $0 } ?? identity.group
         let rating: Rating
         do {
@@ -203,11 +192,7 @@ public struct Ingestor: Sendable {
         } catch {
             throw Self.rejection(for: error, version: version.id)
         }
-        guard !rating.capped, rating.units <= limits.maxQuota else {
-            throw IngestRejection(
-                "absurd_usage",
-                "the cost of this usage is more than \(limits.maxQuota) units, the most one request may cost")
-        }
+        try limits.usage.checkCost(rating)
         return PricedLine(
             requestID: requestID, createdAt: createdAt, userID: identity.userID, tokenID: identity.tokenID,
             channelID: line.channelID, model: model, group: group,
@@ -227,26 +212,6 @@ public struct Ingestor: Sendable {
         {
             throw IngestRejection("invalid_field", "text fields may not contain NUL (\\u0000)")
         }
-    }
-
-    /// Each quantity compared on its own (lists of named quantities, built for every line, cost
-    /// allocations on the hot path).
-    private func checkPlausible(_ usage: Usage) throws(IngestRejection) {
-        func atMost<Value: Comparable>(_ limit: Value, _ name: String, _ value: Value) throws(IngestRejection) {
-            guard value <= limit else {
-                throw IngestRejection("absurd_usage", "\(name) \(value) is more than \(limit)")
-            }
-        }
-        try atMost(limits.maxTokens, "prompt_tokens", usage.promptTokens)
-        try atMost(limits.maxTokens, "completion_tokens", usage.completionTokens)
-        try atMost(limits.maxTokens, "cached_tokens", usage.cachedTokens)
-        try atMost(limits.maxTokens, "cache_write_tokens", usage.cacheWriteTokens)
-        try atMost(limits.maxTokens, "audio_input_tokens", usage.audioInputTokens)
-        try atMost(limits.maxTokens, "audio_output_tokens", usage.audioOutputTokens)
-        try atMost(limits.maxImages, "images", usage.images)
-        try atMost(limits.maxCalls, "calls", usage.calls)
-        try atMost(limits.maxSeconds, "video_seconds", usage.videoSeconds)
-        try atMost(limits.maxSeconds, "predict_time", usage.predictTime)
     }
 
     private static func rejection(for error: RatingError, version: Int64) -> IngestRejection {
