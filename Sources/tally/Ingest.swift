@@ -80,12 +80,17 @@ struct Ingest: AsyncParsableCommand {
             var inFlight = 0
             let batches = LineBatches(
                 handle: input, linesPerBatch: batchSize, bytesPerBatch: IngestLimits().maxBytes / 2)
+            // Rejects are kept under the run's one tid, numbered by their line in the file.
+            var linesBefore = 0
             for try await batch in batches {
                 if inFlight == parallel, let result = try await group.next() {
                     progress.add(result)
                     inFlight -= 1
                 }
-                group.addTask { try await ingestor.ingest(batch, format: format, tid: tid, source: "cli") }
+                group.addTask { [linesBefore] in
+                    try await ingestor.ingest(batch, format: format, tid: tid, source: "cli", linesBefore: linesBefore)
+                }
+                linesBefore += batch.count { $0 == UInt8(ascii: "\n") }
                 inFlight += 1
             }
             for try await result in group { progress.add(result) }

@@ -179,10 +179,10 @@ struct RatingRuleTests {
     }
 
     @Test func videoUnknownResolutionIsRefused() throws {
-        #expect(throws: RatingError.sizeNotSupported(size: "4k", quality: nil)) {
+        #expect(throws: RatingError.resolutionNotSupported("4k")) {
             try units(Usage(videoSeconds: ExactDecimal(Int64(8)), resolution: "4k"), "veo-3")
         }
-        #expect(throws: RatingError.sizeNotSupported(size: nil, quality: nil)) {
+        #expect(throws: RatingError.resolutionNotSupported(nil)) {
             try units(Usage(videoSeconds: ExactDecimal(Int64(8))), "veo-3")
         }
     }
@@ -310,8 +310,7 @@ struct RatingRuleTests {
             RatingError.sizeNotSupported(size: "512x512", quality: "hd").description
                 == #"size not supported: size "512x512", quality "hd""#)
         #expect(
-            RatingError.sizeNotSupported(size: "4k", quality: nil).description
-                == #"size not supported: size "4k", quality none"#)
+            RatingError.resolutionNotSupported("4k").description == #"size not supported: resolution "4k""#)
     }
 
     // MARK: failed requests

@@ -97,6 +97,17 @@ struct CLITests {
         let rejected = try await db.scalar("SELECT count(*) FROM ingest_rejects")
         #expect(rejected > 0)
         #expect(first.errorOutput.contains("\(rejected) line(s) rejected, kept in ingest_rejects"))
+        // Each reject is numbered by its line in the file, past the first batch of 10,000 too (a
+        // review found the numbers restarting with every batch, all under the run's one tid).
+        let numbered = try await db.pool.withConnection { connection in
+            try connection.query("SELECT line, request_id FROM ingest_rejects WHERE request_id IS NOT NULL").map {
+                (try $0.decode(0, as: Int.self), try $0.decode(1, as: String.self))
+            }
+        }
+        let fileLines = try String(contentsOfFile: file, encoding: .utf8).split(
+            separator: "\n", omittingEmptySubsequences: false)
+        #expect(numbered.contains { $0.0 > 10_000 })
+        #expect(numbered.filter { !fileLines[$0.0 - 1].contains($0.1) }.isEmpty)
         let charged = try #require(
             first.output.split(separator: "\n").first { $0.hasPrefix("charged ") }?
                 .split(separator: " ")[1]

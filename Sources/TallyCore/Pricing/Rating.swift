@@ -6,9 +6,11 @@ public enum RatingError: Error, Sendable, Equatable, CustomStringConvertible {
     case unknownGroup(String)
     /// The group's `models:` list does not name the model.
     case modelNotInGroup(model: String, group: String)
-    /// No `per_image` key matches the size/quality, or no `per_video_second` key matches the
-    /// resolution (then `size` is the resolution and `quality` is nil).
+    /// No `per_image` key matches the size/quality.
     case sizeNotSupported(size: String?, quality: String?)
+    /// No `per_video_second` key matches the resolution (the same catalog code,
+    /// `size_not_supported`).
+    case resolutionNotSupported(String?)
 
     /// E.g. `unknown model "gpt-9"`, `size not supported: size "512x512", quality "hd"`.
     public var description: String {
@@ -19,6 +21,8 @@ public enum RatingError: Error, Sendable, Equatable, CustomStringConvertible {
             "model \(PriceText.quoted(model)) is not available in group \(PriceText.quoted(group))"
         case .sizeNotSupported(let size, let quality):
             "size not supported: size \(size.map(PriceText.quoted) ?? "none"), quality \(quality.map(PriceText.quoted) ?? "none")"
+        case .resolutionNotSupported(let resolution):
+            "size not supported: resolution \(resolution.map(PriceText.quoted) ?? "none")"
         }
     }
 }
@@ -137,7 +141,8 @@ public struct Rating: Sendable, Equatable, Codable {
 /// - Images: `per_image[size/quality]`, else `[size]`, else `[default]`, × images. Video:
 ///   `per_video_second[resolution]`, else `[default]`, × seconds. `per_call` × calls (0 calls
 ///   count as 1 when `per_call` is the model's only price). `per_compute_second` ×
-///   `predict_time`. A missing key throws ``RatingError/sizeNotSupported(size:quality:)``.
+///   `predict_time`. A missing key throws ``RatingError/sizeNotSupported(size:quality:)`` (an image's) or
+///   ``RatingError/resolutionNotSupported(_:)`` (a video's).
 /// - `failed`: only `charge_failed` (× ratio) is charged, else 0.
 /// - Exact integer arithmetic; rounded half up once per request; ≥ 1 unit when any priced
 ///   quantity is non-zero with a non-zero price; capped at `Int64.max` (``Rating/capped``).
@@ -217,7 +222,7 @@ private func addUsage(_ usage: Usage, prices: PriceFields, to sum: inout RatingS
         var price: ExactDecimal?
         if let resolution, let found = table[resolution] { (key, price) = (resolution, found) }
         if price == nil, let found = table["default"] { (key, price) = ("default", found) }
-        guard let price else { throw .sizeNotSupported(size: resolution, quality: nil) }
+        guard let price else { throw .resolutionNotSupported(resolution) }
         sum.addDecimal(usage.videoSeconds, price: price, name: sum.breakdown ? "video \(key ?? "")" : "", per: "second")
     }
 

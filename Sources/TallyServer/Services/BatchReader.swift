@@ -30,6 +30,9 @@ public struct BatchReader {
     private var waiting: [(number: Int, line: LogLine, text: [UInt8])] = []
     /// Where priced lines go while the body is read; nil when the batch is stored whole.
     var handOff: BatchHandOff?
+    /// Lines before this body's first (`tally ingest` cuts a file into batches under one tid):
+    /// a reject is numbered by its line in the whole input.
+    var linesBefore = 0
 
     init(ingestor: Ingestor, format: IngestFormat, now: Date) {
         self.ingestor = ingestor
@@ -51,7 +54,7 @@ public struct BatchReader {
         var splitter = self.splitter
         self.splitter = LineSplitter()
         defer { self.splitter = splitter }
-        try splitter.feed(chunk.assumingMemoryBound(to: UInt8.self)) { try read(line: $1, number: $0) }
+        try splitter.feed(chunk.assumingMemoryBound(to: UInt8.self)) { try read(line: $1, number: linesBefore + $0) }
     }
 
     /// Call after each ``feed(_:)``: looks keys up once enough lines wait for one, and hands
@@ -97,7 +100,7 @@ public struct BatchReader {
         var splitter = self.splitter
         self.splitter = LineSplitter()
         defer { self.splitter = splitter }
-        try splitter.finish { try read(line: $1, number: $0) }
+        try splitter.finish { try read(line: $1, number: linesBefore + $0) }
         try await lookUpKeys()
         rejects.sort { $0.line < $1.line }
         return (priced, rejects, lines)

@@ -60,10 +60,13 @@ public struct Ingestor: Sendable {
 
     /// Ingests one batch held in memory. Bad lines are rejected (and stored) without failing
     /// the batch; the result is returned only after the batch is committed.
-    public func ingest(_ body: [UInt8], format: IngestFormat, tid: String, source: String, now: Date = Date())
-        async throws -> IngestResult
-    {
+    /// `linesBefore`: lines of the same input before this body, under the same tid (`tally
+    /// ingest`), so that rejects are numbered by their line in the whole input.
+    public func ingest(
+        _ body: [UInt8], format: IngestFormat, tid: String, source: String, now: Date = Date(), linesBefore: Int = 0
+    ) async throws -> IngestResult {
         var reader = reader(format: format, now: now)
+        reader.linesBefore = linesBefore
         try await reader.consume(body)
         return try await store(reader, tid: tid, source: source)
     }
@@ -221,7 +224,7 @@ public struct Ingestor: Sendable {
         case .unknownGroup(let group):
             IngestRejection("unknown_group", "group \"\(group.prefix(100))\" is not in price version \(version)")
         case .modelNotInGroup: IngestRejection("model_not_in_group", error.description)
-        case .sizeNotSupported: IngestRejection("size_not_supported", error.description)
+        case .sizeNotSupported, .resolutionNotSupported: IngestRejection("size_not_supported", error.description)
         }
     }
 
