@@ -263,15 +263,31 @@ public struct BalanceRepository: Sendable {
     }
 
     /// Disables an unused code (a leaked batch is stopped) or enables it again; a used code
-    /// cannot change. Audited as `redemption.disable` / `redemption.enable`.
+    /// cannot change. Only its creator, an actor who manages the creator's role, or root may
+    /// (a code made at the command line counts as root's): else an admin could enable again the
+    /// batch root stopped. Audited as `redemption.disable` / `redemption.enable`.
     public func setRedemptionStatus(id: Int64, enabled: Bool, by actor: Actor) async throws -> Redemption {
         let status: RedemptionStatus = enabled ? .enabled : .disabled
         return try await pool.transaction { connection in
             guard
-                let before = try connection.query(
-                    "SELECT status FROM redemptions WHERE id = $1 FOR UPDATE", [id]
-                ).first?.decode(0, as: RedemptionStatus.self)
+                let code = try connection.query(
+                    "SELECT status, created_by FROM redemptions WHERE id = $1 FOR UPDATE", [id]
+                ).first
             else { throw StoreError.notFound("redemption code \(id) not found") }
+            let before = try code.decode(0, as: RedemptionStatus.self)
+            let creator: Int64? = try code.decodeOptional(1)
+            if let actorID = actor.userID, actorID != creator {
+                let role = { (user: Int64?) throws -> Role? in
+                    guard let user else { return nil }
+                    return try connection.query("SELECT role FROM users WHERE id = $1", [user]).first?
+                        .decode(0, as: Role.self)
+                }
+                guard Role.canManage(actor: try role(actorID) ?? .user, target: try role(creator) ?? .root) else {
+                    throw PermissionDenied(
+                        reason: "redemption code \(id) was made by a user of your role or above: "
+                            + "only they or root may change it")
+                }
+            }
             guard before != .used else {
                 throw StoreError.conflict("redemption code \(id) was used; it can no longer be enabled or disabled")
             }

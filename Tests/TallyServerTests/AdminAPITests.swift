@@ -349,6 +349,39 @@ struct AdminAPITests {
                 ["redemption:\(try await seed.int("SELECT max(id) FROM redemptions"))"]) == 2)
     }
 
+    /// Found by a review of access control: any admin could enable again the batch root had
+    /// disabled, or disable root's codes.
+    @Test("a code's status changes only by its creator, a role above the creator's, or root")
+    func redemptionStatusByRole() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (_, adminAccess) = try await seed.user("admin", role: .admin)
+        let (_, peerAccess) = try await seed.user("admin", role: .admin)
+        let (_, rootAccess) = try await seed.user("root", role: .root)
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            func code(by access: String) async throws -> Int64 {
+                _ = try await api.post("/api/redemption/", token: access, #"{"name":"batch","count":1,"quota":700}"#)
+                return try await seed.int("SELECT max(id) FROM redemptions")
+            }
+            func setStatus(_ id: Int64, _ status: Int, by access: String) async throws -> Answer {
+                try await api.call(
+                    .put, "/api/redemption/?status_only=true", token: access,
+                    json: #"{"id":\#(id),"status":\#(status)}"#)
+            }
+            let rootCode = try await code(by: rootAccess)
+            #expect(try await setStatus(rootCode, 2, by: rootAccess).status == 200)
+            let refused = try await setStatus(rootCode, 1, by: adminAccess)
+            #expect(refused.status == 403)
+            #expect(refused.errorCode == "insufficient_permissions")
+            #expect(try await seed.int("SELECT status FROM redemptions WHERE id = $1", [rootCode]) == 2)
+            let adminCode = try await code(by: adminAccess)
+            #expect(try await setStatus(adminCode, 2, by: peerAccess).status == 403)
+            #expect(try await setStatus(adminCode, 2, by: adminAccess).status == 200)
+            #expect(try await setStatus(adminCode, 1, by: rootAccess).status == 200)
+        }
+    }
+
     /// Found by a review: each credit was bounded but the balance was not, so a few thousand
     /// maximal credits overflowed the column and answered 500 internal_error.
     @Test("a credit that would take a balance past the maximum is refused with 400 by every route, and changes nothing")
