@@ -660,6 +660,32 @@ struct NewAPIImportTests {
         try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
+    /// Found by a review of the import: keys were linked by hash alone, so a second source's
+    /// copy of a key (a cloned new-api imported under another name) was linked to the first
+    /// source's account, followed both sources, and was charged the other account's logs.
+    @Test("a second source's copies of keys are not linked to the first source's accounts: skipped, with a warning")
+    func keysOfAnotherSource() async throws {
+        let source = try await Self.newAPIDatabase("newapiclonesrc")
+        let tally = try await TestDatabase.create("newapiclone")
+        _ = try Self.runImport(source, into: tally)
+        let owners = "SELECT string_agg(id || ':' || user_id, ',' ORDER BY id) FROM tokens"
+        let before = try await tally.pool.withConnection { try $0.query(owners)[0].text(0) }
+        let clone = try Self.runImport(source, into: tally, ["--source", "clone"])
+        #expect(
+            clone.contains("key(s) skipped: the same key is another Tally account's, or another source's"), "\(clone)")
+        // Its users' access tokens are the first source's users' too: they come in without them
+        // (a token held twice failed the whole run with 23505).
+        #expect(clone.contains("new-api's access token is held by another Tally account"))
+        #expect(
+            try await tally.scalar(
+                "SELECT count(*) FROM users WHERE access_token_hash IS NOT NULL GROUP BY access_token_hash ORDER BY 1 DESC LIMIT 1"
+            ) == 1)
+        #expect(
+            try await tally.scalar("SELECT count(*) FROM import_map WHERE source = 'clone' AND kind = 'token'") == 0)
+        #expect(try await tally.pool.withConnection { try $0.query(owners)[0].text(0) } == before)
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
+    }
+
     /// Found by a review: the run's audit row was written after its last transaction, outside
     /// them all, so a run that died midway left its committed account changes unrecorded.
     @Test("a run that fails after its accounts committed leaves their audit row; money's row commits with the money")

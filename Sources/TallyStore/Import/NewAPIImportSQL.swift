@@ -177,18 +177,26 @@ enum NewAPIImportSQL {
 
     static let usersToInsert = "\(unmapped("user")) AND s.username <> ''"
 
-    /// Balances start at 0: the balance phase writes them as ledger rows.
+    /// Balances start at 0: the balance phase writes them as ledger rows. A new account whose
+    /// new-api access token another Tally account holds (another source's copy of it) comes in
+    /// without one, recorded as not holding new-api's: the run warns as for a blocked rotation
+    /// (``blockedAccessTokens``), and a later run gives it the token once it is free (a token
+    /// held twice failed the whole run on the lookup table's key).
     static let insertUsers = """
-        WITH fresh AS (
+        WITH staged AS (
+            SELECT s.*, NOT EXISTS (SELECT 1 FROM users o WHERE o.access_token_hash = s.access_hash) AS token_free
+            FROM import_users s WHERE \(usersToInsert)
+        ), fresh AS (
             INSERT INTO users (id, username, display_name, email, role, status, "group", quota, access_token_hash,
                                access_token_last6, created_at)
-            SELECT s.tally_id, s.username, s.display_name, s.email, s.role, s.status, s.grp, 0, s.access_hash,
-                   s.access_last6, CASE WHEN s.created_unix > 0 THEN to_timestamp(s.created_unix) ELSE now() END
-            FROM import_users s WHERE \(usersToInsert) ORDER BY s.tally_id
+            SELECT s.tally_id, s.username, s.display_name, s.email, s.role, s.status, s.grp, 0,
+                   CASE WHEN s.token_free THEN s.access_hash END, CASE WHEN s.token_free THEN s.access_last6 END,
+                   CASE WHEN s.created_unix > 0 THEN to_timestamp(s.created_unix) ELSE now() END
+            FROM staged s ORDER BY s.tally_id
             RETURNING id)
         INSERT INTO import_map (source, kind, source_id, tally_id, access_token_hash)
-        SELECT $1::text, 'user', s.source_id, s.tally_id, s.access_hash
-        FROM fresh f JOIN import_users s ON s.tally_id = f.id
+        SELECT $1::text, 'user', s.source_id, s.tally_id, CASE WHEN s.token_free THEN s.access_hash END
+        FROM fresh f JOIN staged s ON s.tally_id = f.id
         """
 
     /// Profile, role, status and group follow new-api (usernames and access tokens have their
@@ -250,11 +258,29 @@ enum NewAPIImportSQL {
                           ELSE \(TokenStatus.disabled.sql) END
         """
 
-    /// A Tally key with the same hash is the same key.
+    /// A Tally key with the same hash is the same key, when it is the same account's (the one its
+    /// owner is mapped to) and no source brought it: a second source's copy of a key (a cloned
+    /// new-api imported under another name) is not linked to the first source's account, whose
+    /// key would then follow two sources and be charged another account's logs.
     static let linkTokens = """
         INSERT INTO import_map (source, kind, source_id, tally_id, linked)
-        SELECT $1::text, 'token', s.source_id, t.id, true FROM import_tokens s JOIN tokens t ON t.key_hash = s.key_hash
-        WHERE NOT EXISTS (SELECT 1 FROM import_map m WHERE m.source = $1 AND m.kind = 'token' AND (m.source_id = s.source_id OR m.tally_id = t.id))
+        SELECT $1::text, 'token', s.source_id, t.id, true
+        FROM import_tokens s JOIN tokens t ON t.key_hash = s.key_hash AND t.user_id = s.tally_user_id
+        WHERE \(unmapped("token")) AND NOT EXISTS (SELECT 1 FROM import_map m WHERE m.kind = 'token' AND m.tally_id = t.id)
+        """
+
+    /// Keys of mapped owners left unmapped after linking and inserting: their key is another
+    /// Tally key's (another account's, or one another source brought).
+    static let keysHeldElsewhere = """
+        SELECT count(*) FROM import_tokens s
+        WHERE \(tokensToInsert) AND EXISTS (SELECT 1 FROM tokens t WHERE t.key_hash = s.key_hash)
+        """
+
+    /// Keys whose new-api key changed to one another Tally key holds: the rotation waits (the old
+    /// key keeps working), as a blocked access-token rotation does.
+    static let blockedKeyRotations = """
+        SELECT count(*) FROM import_tokens s \(mapped("token")) JOIN tokens t ON t.id = m.tally_id
+        WHERE t.key_hash <> s.key_hash
         """
 
     static let tokensToInsert = "\(unmapped("token")) AND s.tally_user_id IS NOT NULL"

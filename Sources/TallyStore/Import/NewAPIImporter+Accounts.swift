@@ -31,7 +31,7 @@ extension NewAPIImporter {
             }
             summary.groupsCreated = try target.query(NewAPIImportSQL.insertGroups).affectedRows
             try importUsers(&summary, warnings: &warnings)
-            try importTokens(&summary.tokens)
+            try importTokens(&summary.tokens, warnings: &warnings)
             try importChannels(&summary.channels)
             try importRedemptions(&summary.redemptions)
             try target.query(NewAPIImportSQL.dropLookups, [options.source])
@@ -43,7 +43,6 @@ extension NewAPIImporter {
         }
         summary.warnings += warnings
         for (count, warning) in [
-            (summary.tokens.skipped, "key(s) skipped: their owner is not in new-api's users table"),
             (summary.tokens.removed, "key(s) deleted: gone from new-api's tokens table"),
             (summary.channels.removed, "channel(s) disabled: gone from new-api's channels table"),
             (summary.redemptions.skipped, "redemption code(s) skipped: quota is not positive"),
@@ -188,7 +187,7 @@ extension NewAPIImporter {
 
     // MARK: Keys, channels, codes
 
-    private func importTokens(_ counts: inout ImportCounts) throws {
+    private func importTokens(_ counts: inout ImportCounts, warnings: inout [String]) throws {
         let name = options.source
         try target.query(NewAPIImportSQL.normalizeTokens, [name])
         counts.linked = try target.query(NewAPIImportSQL.linkTokens, [name]).affectedRows
@@ -197,7 +196,19 @@ extension NewAPIImporter {
             NewAPIImportSQL.insertTokens, counts: &counts)
         counts.updated = try target.query(NewAPIImportSQL.updateTokens, [name]).affectedRows
         counts.removed = try target.query(NewAPIImportSQL.removeVanishedTokens, [name]).affectedRows
-        counts.skipped = try target.query(NewAPIImportSQL.orphanTokens)[0].decode(0)
+        let orphans = try target.query(NewAPIImportSQL.orphanTokens)[0].decode(0, as: Int.self)
+        let held = try target.query(NewAPIImportSQL.keysHeldElsewhere, [name])[0].decode(0, as: Int.self)
+        counts.skipped = orphans + held
+        if orphans > 0 { warnings.append("\(orphans) key(s) skipped: their owner is not in new-api's users table") }
+        if held > 0 {
+            warnings.append("\(held) key(s) skipped: the same key is another Tally account's, or another source's")
+        }
+        let blocked = try target.query(NewAPIImportSQL.blockedKeyRotations, [name])[0].decode(0, as: Int.self)
+        if blocked > 0 {
+            warnings.append(
+                "\(blocked) key(s) not rotated: new-api's new key is another Tally key's; the old key still "
+                    + "works until a later run can rotate it")
+        }
     }
 
     private func importChannels(_ counts: inout ImportCounts) throws {
