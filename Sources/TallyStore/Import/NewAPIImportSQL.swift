@@ -588,14 +588,16 @@ enum NewAPIImportSQL {
     /// ledger rows are this run's (its first import), it is the opening balance, dated before its
     /// first ledger row so that the statements of imported months open with it; once the books hold
     /// a row of it from before (an earlier run's charges or opening, a top-up in Tally) it is dated
-    /// now, so that no statement already issued changes.
+    /// now, so that no statement already issued changes. Its `balance_after` is the balance at
+    /// its date: an opening's is its own amount (the charges come after it), a later one's is
+    /// new-api's balance.
     static let adjustBalances = """
         INSERT INTO ledger (at, user_id, kind, amount, reason, idempotency_key, tid, balance_after)
         SELECT CASE WHEN o.opened THEN now()
                     ELSE least(u.created_at, (SELECT min(l.at) FROM ledger l WHERE l.user_id = u.id)) - interval '1 microsecond' END,
                u.id, 'adjust', s.quota - u.quota, 'balance imported from ' || $1::text,
                CASE WHEN o.opened THEN 'import:' || $1::text || ':' || $2::text || ':user:' || u.id ELSE 'import:' || $1::text || ':user:' || u.id || ':opening' END,
-               $2, s.quota
+               $2, CASE WHEN o.opened THEN s.quota ELSE s.quota - u.quota END
         FROM import_users s \(mapped("user")) JOIN users u ON u.id = m.tally_id
         CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM ledger l
                             WHERE l.user_id = u.id AND l.tid IS DISTINCT FROM $2::text) AS opened) o
