@@ -139,18 +139,28 @@ struct RetentionTests {
     /// Found by a review of the finance side: retention detached and dropped a month while the
     /// audit read the ledger; its snapshot still listed the month as kept, request_logs no longer
     /// had it, and every account with usage in it was reported.
-    @Test("an audit while retention detaches and drops a month: the detach waits, nothing is reported")
+    @Test("an audit while retention detaches and drops a month: it reads again after the drop, nothing is reported")
     func auditDuringDrop() async throws {
         let db = try await TestDatabase.create("retention-audit")
         _ = try await UsageFixture.load(into: db, months: Self.months, linesPerMonth: 100)
-        let detached = Mutex<Bool?>(nil)
+        let dropped = Mutex(false)
         let auditor = Auditor(pool: db.pool) {
-            let finished = try Self.detachConcurrently("request_logs_y2026m05", url: db.url)
-            if finished { try PostgresConnection(url: db.url).execute("DROP TABLE request_logs_y2026m05") }
-            detached.withLock { $0 = finished }
+            // What retention does, between the audit's first read and its others (once: the
+            // audit reads again).
+            guard !dropped.withLock({ $0 }), try Self.detachConcurrently("request_logs_y2026m05", url: db.url) else {
+                return
+            }
+            let connection = try PostgresConnection(url: db.url)
+            try connection.transaction { connection in
+                try connection.execute("DROP TABLE request_logs_y2026m05")
+                try AuditLog.recordChange(
+                    on: connection, actor: .cli, action: "retention.drop", target: "request_logs:2026-05",
+                    before: nil, after: nil)
+            }
+            dropped.withLock { $0 = true }
         }
         #expect(try await auditor.run().isEmpty)
-        #expect(detached.withLock { $0 } == false, "the detach's second step waited for the audit")
+        #expect(dropped.withLock { $0 }, "the detach did not wait for the audit")
         let after = try await Auditor(pool: db.pool).run()
         #expect(after.isEmpty, "\(after.prefix(3))")
     }
