@@ -263,9 +263,10 @@ public struct BalanceRepository: Sendable {
     }
 
     /// Disables an unused code (a leaked batch is stopped) or enables it again; a used code
-    /// cannot change. Only its creator, an actor who manages the creator's role, or root may
-    /// (a code made at the command line counts as root's): else an admin could enable again the
-    /// batch root stopped. Audited as `redemption.disable` / `redemption.enable`.
+    /// cannot change. The actor must be, or manage (``Role/canManage(actor:target:)``), the
+    /// code's maker, and to enable it also whoever changed its status last (a code made, or last
+    /// changed, at the command line counts as root's): else an admin could enable again the
+    /// batch root stopped, its own included. Audited as `redemption.disable` / `redemption.enable`.
     public func setRedemptionStatus(id: Int64, enabled: Bool, by actor: Actor) async throws -> Redemption {
         let status: RedemptionStatus = enabled ? .enabled : .disabled
         return try await pool.transaction { connection in
@@ -275,18 +276,12 @@ public struct BalanceRepository: Sendable {
                 ).first
             else { throw StoreError.notFound("redemption code \(id) not found") }
             let before = try code.decode(0, as: RedemptionStatus.self)
-            let creator: Int64? = try code.decodeOptional(1)
-            if let actorID = actor.userID, actorID != creator {
-                let role = { (user: Int64?) throws -> Role? in
-                    guard let user else { return nil }
-                    return try connection.query("SELECT role FROM users WHERE id = $1", [user]).first?
-                        .decode(0, as: Role.self)
+            if let actorID = actor.userID {
+                var owners: [Int64?] = [try code.decodeOptional(1)]
+                if enabled, let lastChange = try connection.query(Self.lastStatusChange, ["redemption:\(id)"]).first {
+                    owners.append(try lastChange.decodeOptional(0))
                 }
-                guard Role.canManage(actor: try role(actorID) ?? .user, target: try role(creator) ?? .root) else {
-                    throw PermissionDenied(
-                        reason: "redemption code \(id) was made by a user of your role or above: "
-                            + "only they or root may change it")
-                }
+                try Self.checkManages(owners.filter { $0 != actorID }, actorID: actorID, code: id, on: connection)
             }
             guard before != .used else {
                 throw StoreError.conflict("redemption code \(id) was used; it can no longer be enabled or disabled")
@@ -298,6 +293,33 @@ public struct BalanceRepository: Sendable {
                 on: connection, actor: actor, action: enabled ? "redemption.enable" : "redemption.disable",
                 target: "redemption:\(id)", before: ["status": before.rawValue], after: ["status": status.rawValue])
             return try Self.redemption(row)
+        }
+    }
+
+    /// The user who last enabled or disabled a code (NULL: the command line).
+    private static let lastStatusChange = """
+        SELECT actor_id FROM audit_log
+        WHERE target = $1 AND action IN ('redemption.disable', 'redemption.enable')
+        ORDER BY at DESC, id DESC LIMIT 1
+        """
+
+    /// Refuses unless the actor manages every one of `owners` (nil: the command line, as root).
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    private static func checkManages(
+        _ owners: [Int64?], actorID: Int64, code id: Int64, on connection: PostgresConnection
+    )
+        throws
+    {
+        func role(_ user: Int64) throws -> Role? {
+            try connection.query("SELECT role FROM users WHERE id = $1", [user]).first?.decode(0, as: Role.self)
+        }
+        let actorRole = try role(actorID) ?? .user
+        for owner in owners {
+            guard Role.canManage(actor: actorRole, target: try owner.flatMap(role) ?? .root) else {
+                throw PermissionDenied(
+                    reason: "redemption code \(id) was made or last changed by a user of your role or above: "
+                        + "only they or root may change it")
+            }
         }
     }
 
