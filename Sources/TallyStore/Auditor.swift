@@ -88,7 +88,7 @@ public struct Auditor: Sendable {
             // Unnamed statements, planned at each audit: a prepared plan made while a month's
             // detach was pending but not yet in the snapshot reads that month, and a later audit
             // on the same connection, whose snapshot leaves the month out of the kept months,
-            // reused it (found by RetentionTests.auditDuringDrop).
+            // reused it (RetentionTests.auditAfterPendingDetach).
             let queries: [(String, [any PostgresEncodable])]
             if let month {
                 let kept =

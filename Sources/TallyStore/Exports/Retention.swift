@@ -107,7 +107,11 @@ public struct LogRetention: Sendable {
     /// A month whose detach is pending is detached for good first (a partition cannot be
     /// attached while it is still one), then attached like a table a run left detached.
     private func attach(_ partition: LogPartition, by actor: Actor) async throws {
-        try await pool.withConnection { try Self.finishPendingDetach(of: partition, on: $0) }
+        try await pool.withConnection { connection in
+            if try Self.detachPending(of: partition, on: connection) == true {
+                try Self.finishDetach(of: partition, on: connection)
+            }
+        }
         try await pool.transaction { connection in
             try connection.execute(
                 """
@@ -123,14 +127,12 @@ public struct LogRetention: Sendable {
     private func drop(_ partition: LogPartition, by actor: Actor) async throws {
         try await pool.withConnection { connection in
             let table = connection.quoteIdentifier(partition.name)
-            let pending = try connection.query(
-                "SELECT detach_pending FROM tally_log_partitions WHERE name = $1", [partition.name])
-            if let row = pending.first {
+            if let pending = try Self.detachPending(of: partition, on: connection) {
                 // CONCURRENTLY runs outside a transaction; an interrupted one is finished with FINALIZE.
                 // Citus refuses CONCURRENTLY: there the detach locks request_logs for its instant,
                 // waiting for that lock only briefly at a time so ingest never queues behind it.
-                if try row.decode(0, as: Bool.self) {
-                    try Self.finishPendingDetach(of: partition, on: connection)
+                if pending {
+                    try Self.finishDetach(of: partition, on: connection)
                 } else if try CitusLayout.isInstalled(on: connection) {
                     try LogPartitions.lockingBriefly(on: connection) {
                         try $0.execute("ALTER TABLE request_logs DETACH PARTITION \(table)")
@@ -152,13 +154,17 @@ public struct LogRetention: Sendable {
 }
 
 extension LogRetention {
-    /// Finishes the detach of `partition` when an interrupted run left it pending (FINALIZE,
-    /// outside a transaction like the CONCURRENTLY it completes).
+    /// Whether `partition` is a partition of `request_logs` whose detach an interrupted run left
+    /// pending; nil when it is no partition (any longer).
     @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
-    static func finishPendingDetach(of partition: LogPartition, on connection: PostgresConnection) throws {
-        let pending = try connection.query(
-            "SELECT 1 FROM tally_log_partitions WHERE name = $1 AND detach_pending", [partition.name])
-        guard !pending.isEmpty else { return }
+    static func detachPending(of partition: LogPartition, on connection: PostgresConnection) throws -> Bool? {
+        try connection.query("SELECT detach_pending FROM tally_log_partitions WHERE name = $1", [partition.name])
+            .first?.decode(0, as: Bool.self)
+    }
+
+    /// Finishes a pending detach (FINALIZE, outside a transaction like the CONCURRENTLY it completes).
+    @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
+    static func finishDetach(of partition: LogPartition, on connection: PostgresConnection) throws {
         try connection.execute(
             "ALTER TABLE request_logs DETACH PARTITION \(connection.quoteIdentifier(partition.name)) FINALIZE")
     }
