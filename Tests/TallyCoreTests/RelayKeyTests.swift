@@ -23,6 +23,15 @@ struct RelayKeyTests {
         }
     }
 
+    @Test("cut at dash bytes as new-api's strings.Split, whatever characters the dash joins")
+    func nonASCII() {
+        let accented = RelayKey("\tBearer sk-é\u{301}-1\t")
+        #expect(accented?.secret == "sk-é\u{301}" && accented?.channelPin == "1")
+        // A combining mark after the dash makes one Character of them: still a cut.
+        let combined = RelayKey("sk-abc-\u{301}7")
+        #expect(combined?.secret == "sk-abc" && combined?.channelPin.map(String.init) == "\u{301}7")
+    }
+
     @Test("nothing left of the key is no key")
     func empty() {
         for header in ["", "  ", "sk-", "sk--3", "-3", "Bearer sk-"] { #expect(RelayKey(header) == nil, "\(header)") }

@@ -45,4 +45,21 @@ struct UsageMonthTests {
         #expect(UsageMonth(containing: december.start) == december)
         #expect(UsageMonth(containing: december.adding(months: 1).start.addingTimeInterval(-1)) == december)
     }
+
+    @Test("the month of an instant is the UTC calendar's, on both sides of every month's first instant")
+    func containingMatchesCalendar() throws {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = try #require(TimeZone(identifier: "UTC"))
+        var month = try #require(UsageMonth("1970-01"))
+        while month.year < 2101 {
+            for instant in [
+                month.start, month.start.addingTimeInterval(-0.000_001), month.start.addingTimeInterval(1e6),
+            ] {
+                let parts = calendar.dateComponents([.year, .month], from: instant)
+                let found = UsageMonth(containing: instant)
+                #expect(found.year == parts.year && found.month == parts.month, "\(instant)")
+            }
+            month = month.adding(months: 1)
+        }
+    }
 }

@@ -30,11 +30,12 @@ public struct UsageMonth: Sendable, Hashable, Comparable, CustomStringConvertibl
         self = month
     }
 
-    /// The UTC month containing `date`.
+    /// The UTC month containing `date`. In integers (``UTCDay``): every ingested line asks, and
+    /// `Calendar` costs microseconds a call.
     public init(containing date: Date) {
-        let parts = Self.calendar.dateComponents([.year, .month], from: date)
-        year = parts.year!
-        month = parts.month!
+        let civil = UTCDay(date).civil
+        year = civil.year
+        month = civil.month
     }
 
     /// `2026-10`.
