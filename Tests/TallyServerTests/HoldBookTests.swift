@@ -370,6 +370,24 @@ struct HoldBookTests {
         #expect(try await leases() == [650, 850])
         #expect(try await seed.int("SELECT count(*) FROM holds WHERE status = 'held'") == 3)
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
+
+        // Found by a review: the earlier hold of a retried request id purged between the
+        // function's insert and its read-back (here by a trigger, as the sweeper's purge of an
+        // hour-old closed hold could) left that id without a row, and the answers, matched by
+        // position, moved up: "d" was answered as a duplicate with "a"'s neighbour's hold.
+        try await db.pool.withConnection { connection in
+            try connection.execute(
+                """
+                CREATE FUNCTION purge_a() RETURNS trigger LANGUAGE plpgsql
+                AS $$ BEGIN DELETE FROM holds WHERE request_id = 'a'; RETURN NULL; END $$;
+                CREATE TRIGGER purge_a AFTER INSERT ON holds FOR EACH STATEMENT EXECUTE FUNCTION purge_a();
+                """)
+        }
+        await #expect(throws: LeaseError.journalAnswerIncomplete(requestID: "a")) {
+            try await repository.journal(
+                instance: "one", holds: [hold(4, "a", 100, tokenLeased: true), hold(5, "d", 10, tokenLeased: true)],
+                ttlSeconds: 600)
+        }
     }
 
     /// A refill holds one of the instance's lease rows and then asks for the next in the order
@@ -899,6 +917,42 @@ extension HoldBookTests {
     }
 }
 
+extension HoldBookTests {
+    /// Found by a review: after the change listener reconnected, each stripe let go of its
+    /// leases only after the owed calls were retried and the stripes before it had given theirs
+    /// back (seconds after an outage), and meanwhile cut holds from leases a missed notice (a
+    /// lowered balance) had revoked.
+    @Test("a return of every lease lets go of them before its round trips: no hold is cut from them meanwhile")
+    func returnAllLetsGoFirst() async throws {
+        let db = try await TestDatabase.create("holdbook-return-all")
+        let seed = Seed(db: db)
+        let account = try await Self.limitedAccount(seed, quota: 100_000)
+        let repository = ObservedRepository(PostgresLeaseRepository(pool: db.pool))
+        let book = HoldBook(repository: repository, holdTTLSeconds: 600)
+        try await book.start()
+        let first = try await book.reserve(Self.request("first", user: account.user, token: account.token))
+        guard case .held = first else {
+            Issue.record("\(first)")
+            return
+        }
+        let leaseCalls = repository.leaseCalls.withLock { $0 }
+        repository.holdRetries()
+        let returning = Task { try await book.returnIdleLeases(everything: true) }
+        #expect(try await waitUntil(timeout: .seconds(5)) { repository.retriesEntered })
+        let second = try await book.reserve(Self.request("second", user: account.user, token: account.token))
+        guard case .held = second else {
+            Issue.record("\(second)")
+            return
+        }
+        // Cut from a lease taken afresh, not from the one being returned.
+        #expect(repository.leaseCalls.withLock { $0 } > leaseCalls)
+        repository.openRetries()
+        try await returning.value
+        #expect(try await book.retire())
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+}
+
 /// The real repository, counting the stored-hold lookups that reach it, and failing the next
 /// `failingGiveBacks` give-backs and `failingJournals` journal calls (as PostgreSQL would in an
 /// outage) without calling it.
@@ -930,7 +984,34 @@ private final class ObservedRepository: LeaseRepository {
         try await base.giveBack(instance: instance, amounts: amounts)
     }
 
-    func retryOwedCalls() async throws { try await base.retryOwedCalls() }
+    /// While holding, `retryOwedCalls` waits for `openRetries()`: an upkeep held at its first
+    /// round trip, as while PostgreSQL is slow to answer after a reconnect.
+    private let heldRetries = Mutex((holding: false, entered: false, waiters: [CheckedContinuation<Void, Never>]()))
+    let leaseCalls = Mutex(0)
+
+    func holdRetries() { heldRetries.withLock { $0.holding = true } }
+    var retriesEntered: Bool { heldRetries.withLock { $0.entered } }
+    func openRetries() {
+        let waiters = heldRetries.withLock { held in
+            held.holding = false
+            defer { held.waiters = [] }
+            return held.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func retryOwedCalls() async throws {
+        await withCheckedContinuation { continuation in
+            let waits = heldRetries.withLock { held in
+                guard held.holding else { return false }
+                held.entered = true
+                held.waiters.append(continuation)
+                return true
+            }
+            if !waits { continuation.resume() }
+        }
+        try await base.retryOwedCalls()
+    }
 
     func register(instance: String, ttlSeconds: Int, reclaimAfterSeconds: Int) async throws {
         try await base.register(instance: instance, ttlSeconds: ttlSeconds, reclaimAfterSeconds: reclaimAfterSeconds)
@@ -942,7 +1023,8 @@ private final class ObservedRepository: LeaseRepository {
         try await base.retire(instance: instance, patience: patience)
     }
     func lease(instance: String, wants: [AccountUnits]) async throws -> [LeaseGrant] {
-        try await base.lease(instance: instance, wants: wants)
+        leaseCalls.withLock { $0 += 1 }
+        return try await base.lease(instance: instance, wants: wants)
     }
     func journal(instance: String, holds: [JournaledHold], ttlSeconds: Int) async throws -> [JournalOutcome] {
         let fails = failingJournals.withLock { failing in

@@ -65,7 +65,8 @@ public struct ErrorMiddleware: RouterMiddleware {
             warnings.warning("database cannot serve for now", metadata: ["error": "\(error)"], to: logger)
             return .databaseUnavailable()
         case let error as LeaseError:
-            // The registration lapsed or was reaped: PostgreSQL was out of reach for too long.
+            // The registration lapsed or was reaped (PostgreSQL was out of reach for too long), or
+            // the journal's answer missed a hold: a retry is answered with what was stored.
             warnings.warning("no valid lease registration", metadata: ["error": "\(error)"], to: logger)
             return .databaseUnavailable()
         case let error as HTTPError:

@@ -439,21 +439,28 @@ public final class HoldBook: Sendable {
     /// a step runs whatever a give-back does: the tick may have made a journal retry or a parked
     /// cut's wait due, which the machine then counts as in flight, so an action dropped here
     /// would leave the stripe waiting for good.
+    /// Every stripe lets go of its leases before any round trip: after a reconnect, a stripe
+    /// stepped only after the give-backs and retries before it (seconds, when PostgreSQL had
+    /// been away) kept cutting holds from leases a missed notice had revoked.
     public func returnIdleLeases(everything: Bool = false) async throws {
         if everything { lowerings.add(1, ordering: .sequentiallyConsistent) }
-        var failure: (any Error)?
-        do { try await repository.retryOwedCalls() } catch { failure = error }
+        var giveBacks: [(instance: String, amounts: [AccountUnits])] = []
         for stripe in stripes.indices {
             for action in step(stripe, { _ in everything ? .returnAll : .idleTick }) {
                 guard case .giveBack(let instance, let amounts) = action else {
                     run(action, stripe: stripe)
                     continue
                 }
-                do {
-                    try await repository.giveBack(instance: instance, amounts: amounts)
-                } catch {
-                    failure = failure ?? error
-                }
+                giveBacks.append((instance, amounts))
+            }
+        }
+        var failure: (any Error)?
+        do { try await repository.retryOwedCalls() } catch { failure = error }
+        for giveBack in giveBacks {
+            do {
+                try await repository.giveBack(instance: giveBack.instance, amounts: giveBack.amounts)
+            } catch {
+                failure = failure ?? error
             }
         }
         if let failure { throw failure }

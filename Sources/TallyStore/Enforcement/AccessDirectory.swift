@@ -122,10 +122,16 @@ public final class AccessDirectory: Sendable {
 
     private struct State {
         var keys: [SecretHash: (access: KeyAccess?, at: Date)] = [:]
+        /// The size of `keys` at which entries past their time are swept out: every key a
+        /// client ever sent (each random header an unknown key) stays until a read replaces it,
+        /// so without the sweep the cache grows with every new header for good.
+        var sweepAt = AccessDirectory.smallestSweep
         var channels: (map: ChannelMap, at: Date)?
         /// Bumped by every invalidation, so a read that raced one is not cached.
         var generation = 0
     }
+
+    static let smallestSweep = 1_024
 
     public init(pool: PostgresPool, ttl: TimeInterval = 60, unknownTTL: TimeInterval = 5) {
         self.pool = pool
@@ -165,10 +171,25 @@ public final class AccessDirectory: Sendable {
         let found = try await misses.submit(Miss(hash: hash, lease: lease))
         if let lease, let access = found.access, !found.grants.isEmpty { lease.accept(access.userID, found.grants) }
         state.withLock { state in
-            if state.generation == generation { state.keys[hash] = (found.access, now) }
+            guard state.generation == generation else { return }
+            state.keys[hash] = (found.access, now)
+            if state.keys.count >= state.sweepAt { sweep(&state, now: now) }
         }
         return found.access
     }
+
+    /// Drops the entries past their time; the next sweep comes when the cache has doubled
+    /// again, so the cache stays within twice what was read within a time to live, at a cost
+    /// per lookup that does not grow with it.
+    private func sweep(_ state: inout State, now: Date) {
+        state.keys = state.keys.filter {
+            now.timeIntervalSince($0.value.at) < ($0.value.access == nil ? unknownTTL : ttl)
+        }
+        state.sweepAt = max(Self.smallestSweep, 2 * state.keys.count)
+    }
+
+    /// How many keys are cached, found or not (tests).
+    var cachedKeys: Int { state.withLock { $0.keys.count } }
 
     /// Reads the keys of `misses` in one statement, leasing for those that asked (and may be
     /// used) in the same transaction. Each account's grant goes to one miss only.

@@ -178,6 +178,9 @@ public enum LeaseError: Error, Equatable {
     /// This instance could not renew its registration in time, so it may not cut holds from
     /// its leases until it does (PostgreSQL is unreachable).
     case registrationLapsed
+    /// The journal committed but answered no hold for this request id (an earlier hold of the
+    /// id purged while the call ran): its batch is answered as a journal whose answer was lost.
+    case journalAnswerIncomplete(requestID: String)
 }
 
 public struct PostgresLeaseRepository: LeaseRepository {
@@ -303,6 +306,7 @@ public struct PostgresLeaseRepository: LeaseRepository {
             try await pool.withConnection { connection in
                 try connection.query(Self.journalHolds, parameters).map { row in
                     (
+                        requestID: ExactText(try row.decode(0, as: String.self)),
                         id: try row.decode(1, as: Int64.self), held: try row.decode(2, as: Int64.self),
                         status: try row.decode(3, as: String.self),
                         scope: RequestScope(
@@ -311,9 +315,17 @@ public struct PostgresLeaseRepository: LeaseRepository {
                 }
             }
         }
-        // A stored hold with another id is an earlier authorization of the request id.
-        return zip(holds, stored).map { hold, stored in
-            JournalOutcome(
+        // By request id, not by position: a hold whose request id was stored before has no row
+        // when that earlier hold was purged between the function's insert and its read-back,
+        // and by position every later hold took its neighbour's answer (a new hold taken for a
+        // retry, its units put back in memory while its lease row paid for it).
+        let byRequest = Dictionary(stored.map { ($0.requestID, $0) }, uniquingKeysWith: { first, _ in first })
+        return try holds.map { hold in
+            guard let stored = byRequest[ExactText(hold.request.requestID)] else {
+                throw LeaseError.journalAnswerIncomplete(requestID: hold.request.requestID)
+            }
+            // A stored hold with another id is an earlier authorization of the request id.
+            return JournalOutcome(
                 holdID: stored.id, held: stored.held, status: stored.status, scope: stored.scope,
                 isNew: stored.id == hold.id)
         }
