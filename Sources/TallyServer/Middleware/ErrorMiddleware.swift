@@ -61,6 +61,12 @@ public struct ErrorMiddleware: RouterMiddleware {
             // concurrent transactions: nothing was changed, and the caller may retry.
             warnings.warning("aborted by concurrent transactions", metadata: ["error": "\(error)"], to: logger)
             return .databaseUnavailable()
+        case let error as PostgresError where error.isMissingPartition:
+            // A month retention dropped in another process while this one still took it for
+            // kept (until its notice arrives): the resend's lines of that month are refused as
+            // month_dropped, the rest stored.
+            warnings.warning("a month's request rows were dropped", metadata: ["error": "\(error)"], to: logger)
+            return .databaseUnavailable()
         case let error as PostgresError where error.isTemporary:
             warnings.warning("database cannot serve for now", metadata: ["error": "\(error)"], to: logger)
             return .databaseUnavailable()

@@ -28,6 +28,10 @@ public struct BatchReader {
     private var priced: [PricedLine] = []
     private var rejects: [RejectedLine] = []
     private var waiting: [(number: Int, line: LogLine, text: [UInt8])] = []
+    /// The request ids of `waiting`: a later line with one of them waits too, whatever its key,
+    /// so that a batch's first line of a request is the one kept (the repeats are dropped in
+    /// the order lines are priced, and a cached key would price a later repeat first).
+    private var waitingRequestIDs: Set<ExactText> = []
     /// Where priced lines go while the body is read; nil when the batch is stored whole.
     var handOff: BatchHandOff?
     /// Lines before this body's first (`tally ingest` cuts a file into batches under one tid):
@@ -86,6 +90,7 @@ public struct BatchReader {
             price(line, identity: identity, number: number, text: text)
         }
         waiting.removeAll()
+        waitingRequestIDs.removeAll()
     }
 
     /// Feeds a whole chunk held in memory, looking keys up as needed.
@@ -119,18 +124,29 @@ public struct BatchReader {
             return
         }
         if let hash = Ingestor.keyHash(of: line) {
-            guard let owner = ingestor.tokens.cached(hash: hash, now: now) else {
-                return waiting.append((number, line, Array(bytes)))
+            guard let owner = ingestor.tokens.cached(hash: hash, now: now), !repeatsWaiting(line) else {
+                return wait(line, number: number, bytes: bytes)
             }
             price(line, identity: owner, number: number, bytes: bytes)
         } else if let id = line.tokenID {
-            guard let owner = ingestor.tokens.cached(tokenID: id, now: now) else {
-                return waiting.append((number, line, Array(bytes)))
+            guard let owner = ingestor.tokens.cached(tokenID: id, now: now), !repeatsWaiting(line) else {
+                return wait(line, number: number, bytes: bytes)
             }
             price(line, identity: owner, number: number, bytes: bytes)
         } else {
             price(line, identity: nil, number: number, bytes: bytes)
         }
+    }
+
+    private mutating func wait(_ line: LogLine, number: Int, bytes: UnsafeBufferPointer<UInt8>) {
+        waiting.append((number, line, Array(bytes)))
+        if let requestID = line.requestID { waitingRequestIDs.insert(ExactText(requestID)) }
+    }
+
+    /// Whether an earlier line of the same request id waits for its key's owner.
+    private func repeatsWaiting(_ line: LogLine) -> Bool {
+        guard !waitingRequestIDs.isEmpty, let requestID = line.requestID else { return false }
+        return waitingRequestIDs.contains(ExactText(requestID))
     }
 
     private mutating func price(_ line: LogLine, identity: TokenIdentity?, number: Int, text: [UInt8]) {
