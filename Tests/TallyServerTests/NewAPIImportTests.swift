@@ -696,6 +696,66 @@ struct NewAPIImportTests {
         try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
+    /// Found by a review: codes new-api had stopped came in disabled with no record of who
+    /// stopped them, so their maker, an admin, could enable them again (the rule that lets only
+    /// whoever stopped a code, or root, enable it found no stop to go by).
+    @Test("a code new-api stopped, imported or stopped since, cannot be enabled again by its admin maker")
+    func stoppedCodesStayRoots() async throws {
+        let source = try await Self.newAPIDatabase("newapicodessrc")
+        let tally = try await TestDatabase.create("newapicodes")
+        try await source.pool.withConnection { connection in
+            try connection.execute(
+                """
+                INSERT INTO redemptions (id, user_id, key, status, name, quota, created_time, redeemed_time, used_user_id, expired_time) VALUES
+                    (4, 5, 'c0de4dave0000000000000000000000a', 2, 'leaked', 100000, 1780000000, 0, 0, 0),
+                    (5, 5, 'c0de5dave0000000000000000000000b', 1, 'later', 100000, 1780000000, 0, 0, 0)
+                """)
+        }
+        _ = try Self.runImport(source, into: tally)
+        // new-api stops the second batch after the first run.
+        try await source.pool.withConnection { try $0.execute("UPDATE redemptions SET status = 2 WHERE id = 5") }
+        let second = try Self.runImport(source, into: tally)
+        #expect(second.contains("redemption codes: 0 created, 1 updated"), "\(second)")
+        let dave = try await Self.tallyID("user", source: 5, in: tally)
+        let balances = BalanceRepository(pool: tally.pool)
+        for name in ["leaked", "later"] {
+            let id = try await tally.scalar(
+                "SELECT id FROM redemptions WHERE name = $1 AND created_by = $2", [name, dave])
+            await #expect(throws: PermissionDenied.self, "\(name)") {
+                _ = try await balances.setRedemptionStatus(
+                    id: id, enabled: true, by: Actor(userID: dave, name: "dave", tid: nil))
+            }
+            #expect(try await tally.scalar("SELECT status FROM redemptions WHERE id = $1", [id]) == 2)
+        }
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
+    }
+
+    /// Found by a review: a key whose allow-list Tally could not read came in disabled with an
+    /// empty list, which allows every address, so enabling it (its owner may) lifted the list.
+    @Test("a key whose allow-list cannot be read keeps it, and allows no address even once enabled")
+    func unreadableAllowListKept() async throws {
+        let source = try await Self.newAPIDatabase("newapiipsrc")
+        let tally = try await TestDatabase.create("newapiip")
+        try await source.pool.withConnection {
+            try $0.execute("UPDATE tokens SET allow_ips = '10.0.0.0/33' WHERE id = 2")
+        }
+        let output = try Self.runImport(source, into: tally)
+        #expect(output.contains("allow_ips unreadable"), "\(output)")
+        let token = try await Self.tallyID("token", source: 2, in: tally)
+        let stored = try await tally.pool.withConnection { connection in
+            try connection.query("SELECT status, allow_ips FROM tokens WHERE id = $1", [token]).map {
+                (try $0.decode(0, as: Int.self), try $0.decode(1, as: String.self))
+            }[0]
+        }
+        #expect(stored.0 == TokenStatus.disabled.rawValue && stored.1 == "10.0.0.0/33")
+        // Its owner enables it: it is still refused from any address.
+        try await tally.pool.withConnection { try $0.execute("UPDATE tokens SET status = 1 WHERE id = \(token)") }
+        try await TestApp.build(tally).test(.live) { client in
+            let refused = try await API(client: client).get("/v1/dashboard/billing/subscription", token: Self.aliceKey)
+            #expect(refused.status == 403 && refused.errorCode == "ip_not_allowed", "\(refused.text)")
+        }
+    }
+
     /// Found by a review: the run's audit row was written after its last transaction, outside
     /// them all, so a run that died midway left its committed account changes unrecorded.
     @Test("a run that fails after its accounts committed leaves their audit row; money's row commits with the money")

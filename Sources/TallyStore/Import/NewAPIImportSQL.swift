@@ -445,6 +445,7 @@ enum NewAPIImportSQL {
         LEFT JOIN import_map redeemer ON redeemer.source = $1 AND redeemer.kind = 'user' AND redeemer.source_id = s.user_source_id
         WHERE s.quota > 0 ORDER BY s.source_id
         ON CONFLICT (code_hash) DO NOTHING
+        RETURNING id, status
         """
 
     /// A code used or disabled in new-api since the last run; never back to usable.
@@ -455,6 +456,17 @@ enum NewAPIImportSQL {
         FROM import_redemptions s
         LEFT JOIN import_map redeemer ON redeemer.source = $1 AND redeemer.kind = 'user' AND redeemer.source_id = s.user_source_id
         WHERE r.code_hash = s.code_hash AND r.status = \(codeEnabled) AND (s.status <> \(codeEnabled) OR s.deleted)
+        RETURNING r.id, r.status
+        """
+
+    /// A `redemption.disable` row (actor the command line, as root) for each code of `$1` the
+    /// import brought in disabled or disabled: who last changed a code's status decides who may
+    /// enable it again, and new-api's stop is root's as far as Tally can tell.
+    static let recordCodesDisabled = """
+        INSERT INTO audit_log (actor_id, actor, action, target, before, after, tid)
+        SELECT NULL, 'cli', 'redemption.disable', 'redemption:' || id, NULL,
+               jsonb_build_object('status', \(codeDisabled)::text), $2
+        FROM unnest($1::bigint[]) AS id
         """
 
     // MARK: Logs

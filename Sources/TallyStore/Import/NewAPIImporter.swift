@@ -196,9 +196,13 @@ public struct NewAPIImporter {
         let allowIPs: String
         do { allowIPs = try TokenRules.normalizedAllowIPs(source.text(10) ?? "") } catch {
             warnings.append(
-                "key #\(source.text(0) ?? "?") (…\(Secrets.displayTail(key))): allow_ips unreadable (\(error)); imported disabled"
+                "key #\(source.text(0) ?? "?") (…\(Secrets.displayTail(key))): allow_ips unreadable (\(error)); "
+                    + "imported disabled, its list kept as it was (it allows no address until corrected)"
             )
-            allowIPs = ""
+            // Kept, not emptied: an empty list allows every address, and the owner may enable
+            // the key again. Unreadable, the stored list allows none (authorize and the key's
+            // own routes alike) until an edit replaces it with a valid one.
+            allowIPs = source.text(10) ?? ""
             status = Int64(TokenStatus.disabled.rawValue)
         }
         let limits = source.text(9) ?? ""
