@@ -333,6 +333,40 @@ struct IngestHTTPTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    /// Found by a review: a month dropped by retention in another process, before this instance
+    /// heard of it, failed the batch with 500 on every try (the month is never made again).
+    @Test("a line of a month dropped unheard of fails its batch with 503, and the resend refuses the line once heard")
+    func droppedMonthUnheardOf() async throws {
+        let db = try await TestDatabase.create("ingest-retention-unheard")
+        try await db.prepareBilling(users: 1, quota: 1_000_000)
+        let september = "2026-09-15T12:00:00Z"
+        try await TestApp.build(db).test(.live) { client in
+            #expect(
+                try await Self.post(client, LogLines.chat("sept-1", user: 1, at: september)).1["accepted"] as? Int == 1)
+            // As `tally retention` does, but without the notice this instance would hear.
+            try await db.pool.withConnection { connection in
+                try connection.execute(
+                    """
+                    ALTER TABLE request_logs DETACH PARTITION request_logs_y2026m09;
+                    DROP TABLE request_logs_y2026m09;
+                    INSERT INTO audit_log (actor, action, target) VALUES ('cli', 'retention.drop', 'request_logs:2026-09')
+                    """)
+            }
+            let batch = [LogLines.chat("sept-2", user: 1, at: september), LogLines.chat("nov-1", user: 1)]
+                .joined(separator: "\n")
+            let failed = try await Self.post(client, batch)
+            #expect(failed.0 == .serviceUnavailable)
+            #expect((failed.1["error"] as? [String: Any])?["code"] as? String == "database_unavailable")
+            try await db.pool.withConnection { try $0.execute("NOTIFY tally_changes, 'logs-dropped'") }
+            try await Task.sleep(for: .milliseconds(500))  // the instance reads the notice
+            let resent = try await Self.post(client, batch)
+            #expect(resent.0 == .ok)
+            #expect(resent.1["accepted"] as? Int == 1)
+            let codes = (resent.1["rejected"] as? [[String: Any]] ?? []).compactMap { $0["code"] as? String }
+            #expect(codes == ["month_dropped"])
+        }
+    }
+
     /// Found by a review: other instances read a new version at their next refresh (5 s by
     /// default), and pricing the lines of its time by the old one meanwhile left them mispriced.
     @Test("a price version stored elsewhere prices the next batch: the instance reloads on its notice, not its timer")
