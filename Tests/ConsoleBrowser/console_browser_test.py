@@ -419,6 +419,76 @@ def create_and_disable_key(console, seed):
     console.shot("keys")
 
 
+@check("a key's expiry reads in the keys table as the form took it: the browser's local time, labelled so")
+def key_expiry_in_local_time(console, seed):
+    token = seed.alice["access_token"]
+    # A browser at UTC+8 (no daylight saving): the table once showed the expiry in UTC, 8 hours
+    # before the time typed in the form (2026-12-31 00:00 read 2026-12-30 16:00:00).
+    console.driver.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Shanghai"})
+    try:
+        console.open("#keys")
+        console.wait.until(lambda _: any(row[0] == "production" for row in console.rows("keys-table")))
+        header = console.driver.find_element(By.CSS_SELECTOR, "#keys-table thead th:nth-child(6)").text.strip()
+        assert header == "Expires (your local time)", header
+        year = dt.datetime.now(dt.timezone.utc).year + 1
+        console.fill("#key-name", "nightly")
+        # A datetime-local field's typed format depends on the locale: the value is set as the picker sets it.
+        console.driver.execute_script("arguments[0].value = arguments[1]", console.find("#key-expiry"),
+                                      f"{year}-12-31T00:00")
+        console.click("#key-submit")
+        console.wait.until(lambda _: any(row[0] == "nightly" for row in console.rows("keys-table")))
+        console.click("#new-key-done")
+        listed = next(key for key in api_data("/api/token/?page_size=100", token)["items"] if key["name"] == "nightly")
+        at_utc8 = dt.datetime(year, 12, 31, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+        assert listed["expired_time"] == int(at_utc8.timestamp()), listed
+        row = next(row for row in console.rows("keys-table") if row[0] == "nightly")
+        assert row[5] == f"{year}-12-31 00:00:00", row
+        # The form reads it back the same way.
+        console.click(f'#keys-table tr[data-key-id="{listed["id"]}"] button[aria-label="Edit key nightly"]')
+        console.wait.until(
+            lambda d: d.find_element(By.ID, "key-expiry").get_attribute("value") == f"{year}-12-31T00:00")
+        console.click("#key-cancel")
+    finally:
+        console.driver.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})
+
+
+@check("renaming a key whose group is no longer offered keeps the key in its group")
+def rename_keeps_unoffered_group(console, seed):
+    token = seed.alice["access_token"]
+    cli("admin", "group", "add", "--name", "legacy", "--description", "Retired plan", "--json")
+    cli("admin", "create-key", "--user", str(seed.alice["id"]), "--name", "archive", "--group", "legacy",
+        "--unlimited", "--json")
+    # The admin retires the group: the key keeps it, but /api/group no longer offers it to alice.
+    status, _, body = http("PUT", "/api/admin/groups/legacy", seed.root["access_token"], {"selectable": False})
+    assert status == 200 and body["success"], (status, body)
+    assert "legacy" not in api_data("/api/group", token)
+    listed = next(item for item in api_data("/api/token/?page_size=100", token)["items"] if item["name"] == "archive")
+    assert listed["group"] == "legacy", listed
+    console.open("#keys")
+    console.wait.until(lambda _: any(row[0] == "archive" for row in console.rows("keys-table")))
+    row = next(row for row in console.rows("keys-table") if row[0] == "archive")
+    assert row[6] == "legacy", row
+    # The form shows the key's group (the select once read '' — the account's group — and saving
+    # sent "group": "", moving the key to alice's group).
+    console.click(f'#keys-table tr[data-key-id="{listed["id"]}"] button[aria-label="Edit key archive"]')
+    console.wait.until(lambda d: d.find_element(By.ID, "key-name").get_attribute("value") == "archive")
+    chosen = console.driver.execute_script(
+        "const select = document.getElementById('key-group');"
+        "return [select.value, select.selectedOptions[0] ? select.selectedOptions[0].textContent : null];")
+    assert chosen[0] == "legacy" and "no longer offered" in (chosen[1] or ""), chosen
+    console.fill("#key-name", "archive-2")
+    console.click("#key-submit")
+    console.wait.until(lambda _: any(row[0] == "archive-2" for row in console.rows("keys-table")))
+    renamed = api_data(f"/api/token/{listed['id']}", token)
+    assert renamed["name"] == "archive-2" and renamed["group"] == "legacy", renamed
+    row = next(row for row in console.rows("keys-table") if row[0] == "archive-2")
+    assert row[6] == "legacy", row
+    # Back to creating a key, the retired group is not offered.
+    offered = console.driver.execute_script(
+        "return Array.from(document.getElementById('key-group').options, option => option.value);")
+    assert "legacy" not in offered, offered
+
+
 @check("the logs list the user's requests, and a tid search finds the one logged under it")
 def logs_and_tid_search(console, seed):
     token = seed.alice["access_token"]

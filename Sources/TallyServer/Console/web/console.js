@@ -26,6 +26,7 @@
       topUpKey: '',
       channelsPage: 1,
       pricing: null,
+      keyGroups: [],
       keyBeingEdited: null,
     };
   }
@@ -59,6 +60,18 @@
   function formatTime(unixSeconds) {
     if (!unixSeconds || unixSeconds <= 0) return '';
     return new Date(unixSeconds * 1000).toISOString().replace('T', ' ').slice(0, 19);
+  }
+
+  /** `YYYY-MM-DDTHH:MM:SS` of a unix time in the browser's zone (the zone itself not written). */
+  function localISOTime(unixSeconds) {
+    const date = new Date(unixSeconds * 1000);
+    return new Date(date.getTime() - date.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+  }
+
+  /** As formatTime, in the browser's zone: the zone the key form's expiry field takes. */
+  function formatLocalTime(unixSeconds) {
+    if (!unixSeconds || unixSeconds <= 0) return '';
+    return localISOTime(unixSeconds).replace('T', ' ');
   }
 
   function currentMonth() {
@@ -415,14 +428,29 @@
       api('GET', '/api/group'),
       api('GET', '/api/user/models'),
     ]);
-    const select = $('key-group');
-    const chosen = select.value;
-    select.replaceChildren(el('option', { value: '', text: "The account's group" }),
-      ...groups.map((name) => el('option', { value: name, text: name })));
-    select.value = groups.includes(chosen) ? chosen : '';
+    state.keyGroups = groups;
+    fillKeyGroups();
     $('model-names').replaceChildren(...models.map((name) => el('option', { value: name })));
     fillTable('keys-table', page.items.map(keyRow), 'No API keys yet.');
     pager('keys-pager', page.page, page.total, (next) => { state.keysPage = next; attempt(loadKeys); });
+  }
+
+  /**
+   * The key form's groups: the account's own, those /api/group offers and, while a key is edited,
+   * that key's group when it is no longer offered (made non-selectable since), so the form shows
+   * the group the key has, not one it would be moved to.
+   */
+  function fillKeyGroups() {
+    const select = $('key-group');
+    const chosen = select.value;
+    const groups = state.keyGroups;
+    const edited = state.keyBeingEdited;
+    const kept = edited && edited.key.group && !groups.includes(edited.key.group) ? edited.key.group : null;
+    const options = [el('option', { value: '', text: "The account's group" }),
+      ...groups.map((name) => el('option', { value: name, text: name }))];
+    if (kept) options.push(el('option', { value: kept, text: `${kept} (this key's; no longer offered)` }));
+    select.replaceChildren(...options);
+    select.value = groups.includes(chosen) || chosen === kept ? chosen : '';
   }
 
   function remaining(key) {
@@ -430,7 +458,7 @@
   }
 
   function expiry(key) {
-    return key.expired_time === -1 ? 'Never' : formatTime(key.expired_time);
+    return key.expired_time === -1 ? 'Never' : formatLocalTime(key.expired_time);
   }
 
   function keyRow(key) {
@@ -469,9 +497,7 @@
 
   /** `datetime-local` text of a unix time, in the browser's zone. */
   function localInputTime(unixSeconds) {
-    const date = new Date(unixSeconds * 1000);
-    const offset = date.getTimezoneOffset() * 60000;
-    return new Date(date.getTime() - offset).toISOString().slice(0, 16);
+    return localISOTime(unixSeconds).slice(0, 16);
   }
 
   function editKey(key) {
@@ -480,6 +506,7 @@
     $('key-submit').textContent = 'Save changes';
     $('key-cancel').hidden = false;
     $('key-name').value = key.name;
+    fillKeyGroups();
     $('key-group').value = key.group;
     $('key-unlimited').checked = key.unlimited_quota;
     $('key-quota').value = String(key.remain_quota);
@@ -494,6 +521,7 @@
   function resetKeyForm() {
     state.keyBeingEdited = null;
     $('key-form').reset();
+    fillKeyGroups(); // without the edited key's group, when it was no longer offered
     $('key-form-title').textContent = 'Create a key';
     $('key-submit').textContent = 'Create key';
     $('key-cancel').hidden = true;
@@ -529,6 +557,9 @@
     // it undid whatever the key spent while the form was open (and forgave an overrun).
     if (edited && quotaText === String(edited.key.remain_quota)) delete fields.remain_quota;
     if (edited && fields.unlimited_quota === edited.key.unlimited_quota) delete fields.unlimited_quota;
+    // The group likewise: a rename never moves the key, even to the account's group ("") when
+    // the key's group is no longer offered and the select could not show it.
+    if (edited && fields.group === edited.key.group) delete fields.group;
     return fields;
   }
 
