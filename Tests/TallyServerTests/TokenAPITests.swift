@@ -341,6 +341,36 @@ struct TokenAPITests {
         }
     }
 
+    /// Found by a review: the key query authenticated as a spending request does, so a key past
+    /// its expiry, spent, or asked from outside its allow-list could not read why it stopped;
+    /// new-api's TokenAuthReadOnly refuses only a disabled key and a banned owner.
+    @Test("GET /api/usage/token/ reads an expired, a spent and an address-limited key; a disabled one is refused")
+    func tokenUsageReadOnly() async throws {
+        let db = try await TestDatabase.shared("systemapi")
+        let seed = Seed(db: db)
+        let (user, _) = try await seed.user()
+        let (expired, expiredKey) = try await seed.key(user: user.id, TokenDraft(name: "old", unlimitedQuota: true))
+        try await seed.sql("UPDATE tokens SET expires_at = now() - interval '1 minute' WHERE id = $1", [expired.id])
+        let (spent, spentKey) = try await seed.key(user: user.id, TokenDraft(name: "spent", remainQuota: 1))
+        try await seed.sql("UPDATE tokens SET remain_quota = 0, used_quota = 1 WHERE id = $1", [spent.id])
+        let (_, fencedKey) = try await seed.key(
+            user: user.id, TokenDraft(name: "fenced", unlimitedQuota: true, allowIPs: "192.0.2.0/24"))
+        let (disabled, disabledKey) = try await seed.key(user: user.id, TokenDraft(name: "off", unlimitedQuota: true))
+        try await seed.sql("UPDATE tokens SET status = 2 WHERE id = $1", [disabled.id])
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            for (name, key) in [("old", expiredKey), ("spent", spentKey), ("fenced", fencedKey)] {
+                let answer = try await api.get("/api/usage/token/", token: key)
+                #expect(answer.status == 200, "\(name): \(answer.text)")
+                #expect(answer.dataObject["name"] as? String == name)
+                // Spending requests still refuse them.
+                #expect(try await api.get("/v1/dashboard/billing/subscription", token: key).status != 200, "\(name)")
+            }
+            let refused = try await api.get("/api/usage/token/", token: disabledKey)
+            #expect(refused.status == 401 && refused.errorCode == "invalid_token", "\(refused.text)")
+        }
+    }
+
     @Test("bad input is refused field by field with a clear message, the tid and invalid_request")
     func validation() async throws {
         let db = try await TestDatabase.shared("systemapi")

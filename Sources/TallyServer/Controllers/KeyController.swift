@@ -156,8 +156,9 @@ struct KeyController {
 
     /// new-api's `GetTokenUsage`: the key's own figures in quota units (granted = remaining +
     /// used, whatever `unlimited_quota` says), its model limits as a set, and its expiry (0 = never).
+    /// Read-only authentication, as new-api's: an expired or spent key may read its figures.
     @Sendable func tokenUsage(_ request: Request, context: TallyRequestContext) async throws -> Response {
-        let (token, _) = try await authenticator.authenticate(request, context: context)
+        let (token, _) = try await authenticator.authenticateReadOnly(request)
         return try SystemJSON.json(
             TokenUsage(
                 data: TokenUsage.Figures(

@@ -38,6 +38,20 @@ struct APIKeyAuthenticator: Sendable {
         return found
     }
 
+    /// new-api's `TokenAuthReadOnly`, for a key reading its own figures (`GET /api/usage/token/`):
+    /// the key must exist and not be disabled, and its owner not be suspended; an expired or
+    /// exhausted key may still read why it stopped, from any address (the allow-list and a
+    /// channel suffix are for requests that spend).
+    func authenticateReadOnly(_ request: Request) async throws -> (token: APIToken, owner: User) {
+        guard let key = Self.key(from: request) else { throw APIError(.missingToken) }
+        guard let found = try await tokens.find(key: key.secret) else {
+            throw CredentialRejected(APIError(.invalidToken))
+        }
+        guard found.token.status != .disabled else { throw APIError(.invalidToken) }
+        guard !found.owner.isSuspended else { throw APIError(.accountSuspended) }
+        return found
+    }
+
     /// True when the key has no allow-list or `address` is inside it. A stored list that does
     /// not parse allows nothing (never everything).
     static func allows(_ token: APIToken, from address: String?) -> Bool {
