@@ -3,14 +3,16 @@ import TallyCore
 import TallyPostgres
 
 /// A row of the group table. Ratios live in the price sheet; this is who may pick the group
-/// and its per-key rate limit.
+/// and its rate limits.
 public struct AccountGroup: Sendable, Equatable {
     public var name: String
     public var description: String
     /// Users may pick it for their own keys.
     public var selectable: Bool
-    /// Requests per minute per key; nil = no limit.
+    /// Requests per minute per key (a key's own limit comes first); nil = no limit.
     public var rpmLimit: Int?
+    /// Requests per minute per user and model; nil = no limit.
+    public var modelRPMLimit: Int?
     public var createdTime: Int64
     public var updatedTime: Int64
 }
@@ -20,11 +22,15 @@ public struct GroupChanges: Sendable, Equatable {
     public var description: String?
     public var selectable: Bool?
     public var rpmLimit: Int??
+    public var modelRPMLimit: Int??
 
-    public init(description: String? = nil, selectable: Bool? = nil, rpmLimit: Int?? = nil) {
+    public init(
+        description: String? = nil, selectable: Bool? = nil, rpmLimit: Int?? = nil, modelRPMLimit: Int?? = nil
+    ) {
         self.description = description
         self.selectable = selectable
         self.rpmLimit = rpmLimit
+        self.modelRPMLimit = modelRPMLimit
     }
 }
 
@@ -35,12 +41,13 @@ public struct GroupRepository: Sendable {
     public init(pool: PostgresPool) { self.pool = pool }
 
     static let columns =
-        "name, description, selectable, rpm_limit, \(SQL.unix("created_at")), \(SQL.unix("updated_at"))"
+        "name, description, selectable, rpm_limit, model_rpm_limit, \(SQL.unix("created_at")), \(SQL.unix("updated_at"))"
 
     static func decode(_ row: PostgresRow) throws -> AccountGroup {
         AccountGroup(
             name: try row.decode(0), description: try row.decode(1), selectable: try row.decode(2),
-            rpmLimit: try row.decodeOptional(3), createdTime: try row.decode(4), updatedTime: try row.decode(5))
+            rpmLimit: try row.decodeOptional(3), modelRPMLimit: try row.decodeOptional(4),
+            createdTime: try row.decode(5), updatedTime: try row.decode(6))
     }
 
     /// Every group, by name.
@@ -72,11 +79,12 @@ public struct GroupRepository: Sendable {
 
     public func create(
         name: String, description: String = "", selectable: Bool = true, rpmLimit: Int? = nil,
-        by actor: Actor
+        modelRPMLimit: Int? = nil, by actor: Actor
     ) async throws -> AccountGroup {
         try GroupRules.checkName(name)
         try GroupRules.checkDescription(description)
         try GroupRules.checkRPM(rpmLimit)
+        try GroupRules.checkRPM(modelRPMLimit, field: "model_rpm_limit")
         return try await pool.transaction { connection in
             let rows: PostgresRows
             do {
@@ -84,8 +92,9 @@ public struct GroupRepository: Sendable {
                     SQL.returning(
                         Self.columns,
                         from: """
-                            INSERT INTO groups (name, description, selectable, rpm_limit) VALUES ($1, $2, $3, $4)
-                            """), [name, description, selectable, rpmLimit])
+                            INSERT INTO groups (name, description, selectable, rpm_limit, model_rpm_limit)
+                            VALUES ($1, $2, $3, $4, $5)
+                            """), [name, description, selectable, rpmLimit, modelRPMLimit])
             } catch let error as PostgresError where error.isUniqueViolation {
                 throw StoreError.conflict("group \"\(name)\" already exists")
             }
@@ -101,6 +110,7 @@ public struct GroupRepository: Sendable {
     public func update(name: String, _ changes: GroupChanges, by actor: Actor) async throws -> AccountGroup {
         if let description = changes.description { try GroupRules.checkDescription(description) }
         if let rpm = changes.rpmLimit { try GroupRules.checkRPM(rpm) }
+        if let rpm = changes.modelRPMLimit { try GroupRules.checkRPM(rpm, field: "model_rpm_limit") }
         return try await pool.transaction { connection in
             guard
                 let row = try connection.query("SELECT \(Self.columns) FROM groups WHERE name = $1 FOR UPDATE", [name])
@@ -113,13 +123,15 @@ public struct GroupRepository: Sendable {
             if let description = changes.description { after.description = description }
             if let selectable = changes.selectable { after.selectable = selectable }
             if let rpm = changes.rpmLimit { after.rpmLimit = rpm }
+            if let rpm = changes.modelRPMLimit { after.modelRPMLimit = rpm }
             let rows = try connection.query(
                 SQL.returning(
                     Self.columns,
                     from: """
-                        UPDATE groups SET description = $2, selectable = $3, rpm_limit = $4, updated_at = now()
+                        UPDATE groups SET description = $2, selectable = $3, rpm_limit = $4, model_rpm_limit = $5,
+                                          updated_at = now()
                         WHERE name = $1
-                        """), [name, after.description, after.selectable, after.rpmLimit])
+                        """), [name, after.description, after.selectable, after.rpmLimit, after.modelRPMLimit])
             let updated = try Self.decode(rows[0])
             try ChangeNotice.send([ChangeNotice.group(name)], on: connection)
             try AuditLog.recordChange(
@@ -164,6 +176,7 @@ public struct GroupRepository: Sendable {
         [
             "description": group.description, "selectable": group.selectable,
             "rpm_limit": group.rpmLimit.map(String.init) ?? "null",
+            "model_rpm_limit": group.modelRPMLimit.map(String.init) ?? "null",
         ]
     }
 }

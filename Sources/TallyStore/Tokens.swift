@@ -48,10 +48,14 @@ public struct TokenDraft: Sendable, Equatable {
     public var modelLimits: String
     public var allowIPs: String
     public var group: String
+    /// Requests per minute for this key, before its group's; nil = the group's. Not in new-api's
+    /// token routes: set by `tally admin create-key --rpm-limit`.
+    public var rpmLimit: Int?
 
     public init(
         name: String = "", expiredTime: Int64 = -1, remainQuota: Int64 = 0, unlimitedQuota: Bool = false,
-        modelLimitsEnabled: Bool = false, modelLimits: String = "", allowIPs: String = "", group: String = ""
+        modelLimitsEnabled: Bool = false, modelLimits: String = "", allowIPs: String = "", group: String = "",
+        rpmLimit: Int? = nil
     ) {
         self.name = name
         self.expiredTime = expiredTime
@@ -61,6 +65,7 @@ public struct TokenDraft: Sendable, Equatable {
         self.modelLimits = modelLimits
         self.allowIPs = allowIPs
         self.group = group
+        self.rpmLimit = rpmLimit
     }
 }
 
@@ -149,6 +154,7 @@ public struct TokenRepository: Sendable {
         try TokenRules.checkExpiry(draft.expiredTime, now: now)
         try TokenRules.checkQuota(draft.remainQuota, unlimited: draft.unlimitedQuota)
         try TokenRules.checkGroupName(draft.group)
+        try GroupRules.checkRPM(draft.rpmLimit)
         draft.modelLimits = try TokenRules.normalizedModelLimits(draft.modelLimits)
         draft.allowIPs = try TokenRules.normalizedAllowIPs(draft.allowIPs)
         let key = Secrets.newAPIKey()
@@ -170,14 +176,14 @@ public struct TokenRepository: Sendable {
             let inserted = try connection.query(
                 """
                 INSERT INTO tokens (user_id, name, key_hash, key_last6, "group", remain_quota, unlimited_quota,
-                                    model_limits_enabled, model_limits, allow_ips, expires_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $11::bigint = -1 THEN NULL ELSE to_timestamp($11::bigint) END)
+                                    model_limits_enabled, model_limits, allow_ips, expires_at, rpm_limit)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, CASE WHEN $11::bigint = -1 THEN NULL ELSE to_timestamp($11::bigint) END, $12)
                 RETURNING id
                 """,
                 [
                     userID, draftValue.name, hash, Secrets.last6(key), draftValue.group, draftValue.remainQuota,
                     draftValue.unlimitedQuota, draftValue.modelLimitsEnabled, draftValue.modelLimits,
-                    draftValue.allowIPs, draftValue.expiredTime,
+                    draftValue.allowIPs, draftValue.expiredTime, draftValue.rpmLimit,
                 ])
             let token = try Self.reread(id: try inserted[0].decode(0), userID: userID, on: connection)
             try AccountLookup.addKey(hash, userID: userID, tokenID: token.id, on: connection)

@@ -89,6 +89,9 @@ struct CreateKey: AsyncParsableCommand {
     @Option(help: "Expiry: 'never' (default), a unix time, or RFC 3339 (2026-12-31T00:00:00Z).")
     var expires = "never"
 
+    @Option(help: "Requests per minute for this key (default: its group's limit).")
+    var rpmLimit: Int?
+
     @Flag(help: "Print one JSON object {\"id\",\"key\"}.")
     var json = false
 
@@ -101,7 +104,7 @@ struct CreateKey: AsyncParsableCommand {
         let draft = TokenDraft(
             name: name, expiredTime: try parseExpiry(expires), remainQuota: quota ?? 0,
             unlimitedQuota: unlimited, modelLimitsEnabled: models != nil, modelLimits: models ?? "",
-            allowIPs: allowIPs, group: group)
+            allowIPs: allowIPs, group: group, rpmLimit: rpmLimit)
         try await withAdminPool(database) { pool in
             let (token, key) = try await TokenRepository(pool: pool).create(
                 userID: user, draft, by: .cli)
@@ -308,7 +311,7 @@ struct ChannelCommand: AsyncParsableCommand {
 
 struct GroupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "group", abstract: "Groups: who may pick them for keys, and their per-key rate limit.",
+        commandName: "group", abstract: "Groups: who may pick them for keys, and their rate limits.",
         subcommands: [Add.self])
 
     struct Add: AsyncParsableCommand {
@@ -318,13 +321,15 @@ struct GroupCommand: AsyncParsableCommand {
         @Option(help: "Name (letters, digits, '_', '.', '-').") var name: String
         @Option(help: "Description.") var description = ""
         @Flag(help: "Users cannot pick it for their own keys (admins assign it).") var notSelectable = false
-        @Option(help: "Requests per minute per key.") var rpmLimit: Int?
+        @Option(help: "Requests per minute per key (a key's own limit comes first).") var rpmLimit: Int?
+        @Option(help: "Requests per minute per user and model.") var modelRpmLimit: Int?
         @Flag(help: "Print one JSON object.") var json = false
 
         func run() async throws {
             try await withAdminPool(database) { pool in
                 let group = try await GroupRepository(pool: pool).create(
-                    name: name, description: description, selectable: !notSelectable, rpmLimit: rpmLimit, by: .cli)
+                    name: name, description: description, selectable: !notSelectable, rpmLimit: rpmLimit,
+                    modelRPMLimit: modelRpmLimit, by: .cli)
                 if json {
                     print(jsonObject([("name", JSONText.quote(group.name)), ("selectable", String(group.selectable))]))
                 } else {

@@ -81,6 +81,47 @@ struct AuthorizeHTTPTests {
         return (db, seed)
     }
 
+    /// Found by a review: authorize read a group's `model_rpm_limit` (per user and model) and a
+    /// key's own `rpm_limit`, but nothing but SQL could set them.
+    @Test("a group's model_rpm_limit set through the admin API, and a key's rpm_limit set by the CLI, limit authorize")
+    func rateLimitsFromTheAPIAndCLI() async throws {
+        let (db, seed) = try await Self.prepared()
+        let (_, adminAccess) = try await seed.user("admin", role: .admin)
+        let (user, _) = try await seed.user(quota: 1_000_000)
+        let key = try await seed.key(user: user.id).key
+        let created = try TallyBinary.run(
+            [
+                "admin", "create-key", "--user", "\(user.id)", "--name", "slow", "--unlimited", "--rpm-limit", "1",
+                "--json",
+            ],
+            databaseURL: db.url)
+        let slowKey = try #require(
+            (try JSONSerialization.jsonObject(with: Data(created.output.utf8)) as? [String: Any])?["key"] as? String)
+        let embedding = (model: "text-embedding-3-small", estimate: #"{"input_chars":10}"#)
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            let limited = try await api.put("/api/admin/groups/default", token: adminAccess, #"{"model_rpm_limit":2}"#)
+            #expect(limited.status == 200 && limited.dataObject["model_rpm_limit"] as? Int == 2, "\(limited.text)")
+            let gateway = Gateway(client: client)
+            for _ in 0..<2 { #expect(try await gateway.authorize(key: key).status == 200) }
+            Self.expectError(try await gateway.authorize(key: key), .rateLimited, model: "gpt-4o")
+            // Another model of the same user has a count of its own.
+            #expect(
+                try await gateway.authorize(key: key, model: embedding.model, estimate: embedding.estimate).status
+                    == 200)
+            // The key's own limit: one a minute.
+            #expect(
+                try await gateway.authorize(key: slowKey, model: embedding.model, estimate: embedding.estimate).status
+                    == 200)
+            Self.expectError(
+                try await gateway.authorize(key: slowKey, model: embedding.model, estimate: embedding.estimate),
+                .rateLimited, model: embedding.model)
+            let lifted = try await api.put(
+                "/api/admin/groups/default", token: adminAccess, #"{"model_rpm_limit":null}"#)
+            #expect(lifted.dataObject["model_rpm_limit"] is NSNull, "\(lifted.text)")
+        }
+    }
+
     static func expectConflict(_ answer: Answer, sourceLocation: SourceLocation = #_sourceLocation) {
         #expect(answer.status == 409, "\(answer.text)", sourceLocation: sourceLocation)
         #expect(answer.errorMessage == Authorizer.requestIDInUse.message, sourceLocation: sourceLocation)

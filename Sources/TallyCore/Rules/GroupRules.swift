@@ -26,9 +26,9 @@ public enum GroupRules {
         try TextRules.check(description, field: "description", multiline: true)
     }
 
-    public static func checkRPM(_ rpm: Int?) throws(RuleViolation) {
+    public static func checkRPM(_ rpm: Int?, field: String = "rpm_limit") throws(RuleViolation) {
         if let rpm, rpm <= 0 || rpm > 1_000_000_000 {
-            throw RuleViolation("rpm_limit must be a positive whole number (or null for no limit), got \(rpm)")
+            throw RuleViolation("\(field) must be a positive whole number (or null for no limit), got \(rpm)")
         }
     }
 }

@@ -271,6 +271,7 @@ struct GroupJSON: Encodable {
     var description: String
     var selectable: Bool
     var rpm_limit: Int?
+    var model_rpm_limit: Int?
     var created_time: Int64
     var updated_time: Int64
 
@@ -279,11 +280,14 @@ struct GroupJSON: Encodable {
         description = group.description
         selectable = group.selectable
         rpm_limit = group.rpmLimit
+        model_rpm_limit = group.modelRPMLimit
         created_time = group.createdTime
         updated_time = group.updatedTime
     }
 
-    enum CodingKeys: String, CodingKey { case name, description, selectable, rpm_limit, created_time, updated_time }
+    enum CodingKeys: String, CodingKey {
+        case name, description, selectable, rpm_limit, model_rpm_limit, created_time, updated_time
+    }
 
     func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
@@ -291,6 +295,7 @@ struct GroupJSON: Encodable {
         try container.encode(description, forKey: .description)
         try container.encode(selectable, forKey: .selectable)
         try container.encode(rpm_limit, forKey: .rpm_limit)  // null when unlimited
+        try container.encode(model_rpm_limit, forKey: .model_rpm_limit)
         try container.encode(created_time, forKey: .created_time)
         try container.encode(updated_time, forKey: .updated_time)
     }

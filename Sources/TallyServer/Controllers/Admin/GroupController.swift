@@ -2,8 +2,8 @@ import Hummingbird
 import TallyCore
 import TallyStore
 
-/// `/api/admin/groups` (admins): the group table — who may pick a group, and its per-key rate
-/// limit. Ratios live in the price sheet.
+/// `/api/admin/groups` (admins): the group table — who may pick a group, and its rate limits
+/// (per key, and per user and model). Ratios live in the price sheet.
 struct GroupController {
     let groups: GroupRepository
 
@@ -38,10 +38,12 @@ struct GroupController {
         var description: String?
         var selectable: Bool?
         var rpm_limit: Int?
-        /// Distinguishes `"rpm_limit": null` (remove the limit) from an absent field.
+        var model_rpm_limit: Int?
+        /// Distinguish `"rpm_limit": null` (remove the limit) from an absent field.
         var hasRPMLimit = false
+        var hasModelRPMLimit = false
 
-        enum CodingKeys: String, CodingKey { case name, description, selectable, rpm_limit }
+        enum CodingKeys: String, CodingKey { case name, description, selectable, rpm_limit, model_rpm_limit }
 
         init(from decoder: any Decoder) throws {
             let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -50,6 +52,8 @@ struct GroupController {
             selectable = try container.decodeIfPresent(Bool.self, forKey: .selectable)
             rpm_limit = try container.decodeIfPresent(Int.self, forKey: .rpm_limit)
             hasRPMLimit = container.contains(.rpm_limit)
+            model_rpm_limit = try container.decodeIfPresent(Int.self, forKey: .model_rpm_limit)
+            hasModelRPMLimit = container.contains(.model_rpm_limit)
         }
     }
 
@@ -58,7 +62,7 @@ struct GroupController {
         guard let name = body.name, !name.isEmpty else { throw APIError.invalidRequest("name is required") }
         let group = try await groups.create(
             name: name, description: body.description ?? "",
-            selectable: body.selectable ?? true, rpmLimit: body.rpm_limit,
+            selectable: body.selectable ?? true, rpmLimit: body.rpm_limit, modelRPMLimit: body.model_rpm_limit,
             by: context.requireActor())
         return try SystemJSON.success(GroupJSON(group))
     }
@@ -72,7 +76,8 @@ struct GroupController {
         }
         let changes = GroupChanges(
             description: body.description, selectable: body.selectable,
-            rpmLimit: body.hasRPMLimit ? .some(body.rpm_limit) : nil)
+            rpmLimit: body.hasRPMLimit ? .some(body.rpm_limit) : nil,
+            modelRPMLimit: body.hasModelRPMLimit ? .some(body.model_rpm_limit) : nil)
         return try SystemJSON.success(
             GroupJSON(try await groups.update(name: name, changes, by: context.requireActor())))
     }
