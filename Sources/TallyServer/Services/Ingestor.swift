@@ -24,6 +24,9 @@ public struct IngestLimits: Sendable {
     /// Each holds a pool connection for the length of its upload, so keep it well under the
     /// pool size (key lookups and authorize need connections too). 0 streams none.
     public var maxStreamedBatches = 8
+    /// Batches read whole (no stream free), at most at once; more wait with their bodies unread
+    /// (``BatchAdmission``), so memory holds at most this many plus the streams' batches.
+    public var maxWholeBatches = 8
 
     public init() {}
 }
@@ -44,7 +47,7 @@ public struct Ingestor: Sendable {
     let limits: IngestLimits
     /// Months retention dropped: their lines are rejected (nil: none is known).
     let droppedMonths: DroppedLogMonths?
-    private let streams: StreamSlots
+    private let gate: BatchGate
 
     public init(
         prices: PriceCatalog, tokens: TokenDirectory, repository: any IngestRepository,
@@ -55,7 +58,7 @@ public struct Ingestor: Sendable {
         self.repository = repository
         self.limits = limits
         self.droppedMonths = droppedMonths
-        streams = StreamSlots(limit: limits.maxStreamedBatches)
+        gate = BatchGate(streams: limits.maxStreamedBatches, whole: limits.maxWholeBatches)
     }
 
     /// Ingests one batch held in memory. Bad lines are rejected (and stored) without failing
@@ -75,18 +78,20 @@ public struct Ingestor: Sendable {
     /// ``BatchReader/advance()`` after each): while a stream slot is free, the batch's
     /// transaction opens at once and stores each part of priced lines while the rest of the
     /// body arrives (``PostgresIngestRepository/store(streaming:tid:source:now:)``); otherwise the
-    /// body is read whole first. Returns after the batch is committed; a body that cannot be
+    /// body is read whole first, or, when as many are read whole already, waits unread for its
+    /// turn (``BatchAdmission``). Returns after the batch is committed; a body that cannot be
     /// read (too large, malformed, the client gone) stores nothing.
     public func ingest(
         format: IngestFormat, tid: String, source: String, now: Date = Date(),
         read: (inout BatchReader) async throws -> Void
     ) async throws -> IngestResult {
+        let kind = try await gate.enter()
+        defer { gate.leave(kind) }
         var reader = reader(format: format, now: now)
-        guard streams.take() else {
+        guard kind == .stream else {
             try await read(&reader)
             return try await store(reader, tid: tid, source: source)
         }
-        defer { streams.give() }
         let handOff = BatchHandOff()
         reader.handOff = handOff
         async let stored = repository.store(streaming: handOff, tid: tid, source: source, now: now)
@@ -105,6 +110,9 @@ public struct Ingestor: Sendable {
         }
         return try await stored
     }
+
+    /// Batches waiting for their turn to be read (tests).
+    var batchesWaiting: Int { gate.waiting }
 
     /// A reader for one batch body, fed chunk by chunk.
     public func reader(format: IngestFormat, now: Date = Date()) -> BatchReader {
@@ -243,23 +251,59 @@ public struct Ingestor: Sendable {
     }
 }
 
-/// Counts the batches being stored while their body arrives, against their limit.
-private final class StreamSlots: Sendable {
-    private let limit: Int
-    private let taken = Atomic<Int>(0)
+/// Runs ``BatchAdmission`` under a lock for the ingestor's batches: a batch waits here for its
+/// turn, and leaves the queue when its request is cancelled (the client gone).
+final class BatchGate: Sendable {
+    private struct State {
+        var admission: BatchAdmission
+        var nextID = 0
+        var waiters: [Int: CheckedContinuation<BatchAdmission.Kind, any Error>] = [:]
+    }
 
-    init(limit: Int) { self.limit = limit }
+    private let state: Mutex<State>
 
-    /// Takes a slot when one is free.
-    func take() -> Bool {
-        while true {
-            let now = taken.load(ordering: .relaxed)
-            guard now < limit else { return false }
-            if taken.compareExchange(expected: now, desired: now + 1, ordering: .acquiringAndReleasing).exchanged {
-                return true
+    init(streams: Int, whole: Int) {
+        state = Mutex(State(admission: BatchAdmission(streams: streams, whole: whole)))
+    }
+
+    /// How the batch may be read, once it may; throws `CancellationError` if its task is
+    /// cancelled while it waits. Every batch that entered calls ``leave(_:)`` when it ends.
+    func enter() async throws -> BatchAdmission.Kind {
+        let id = state.withLock { state in
+            defer { state.nextID += 1 }
+            return state.nextID
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let now: Result<BatchAdmission.Kind, any Error>? = state.withLock { state in
+                    // A cancellation that came first found nothing to take out of the queue.
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    guard let kind = state.admission.arrive(id) else {
+                        state.waiters[id] = continuation
+                        return nil
+                    }
+                    return .success(kind)
+                }
+                if let now { continuation.resume(with: now) }
             }
+        } onCancel: {
+            let waiter = state.withLock { state in
+                state.admission.leave(id) ? state.waiters.removeValue(forKey: id) : nil
+            }
+            waiter?.resume(throwing: CancellationError())
         }
     }
 
-    func give() { taken.subtract(1, ordering: .releasing) }
+    /// A batch read as `kind` ended: the batches waiting for its place go on.
+    func leave(_ kind: BatchAdmission.Kind) {
+        let admitted = state.withLock { state in
+            state.admission.end(kind).compactMap { next in
+                state.waiters.removeValue(forKey: next.id).map { (waiter: $0, kind: next.kind) }
+            }
+        }
+        for next in admitted { next.waiter.resume(returning: next.kind) }
+    }
+
+    /// Batches waiting for their turn now (tests).
+    var waiting: Int { state.withLock { $0.admission.waiting.count } }
 }

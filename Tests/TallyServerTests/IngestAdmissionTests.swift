@@ -1,0 +1,84 @@
+import Foundation
+import Synchronization
+import TallyCore
+import TallyStore
+import TallyTestSupport
+import Testing
+
+@testable import TallyServer
+
+/// Found by a review of the batch path: every batch past the streams was read whole at once,
+/// however many came, each keeping its priced lines (up to ~50 MB for 50,000 lines) while it
+/// queued for a connection.
+@Suite("ingest admission: batches past the streams and the whole reads wait unread")
+struct IngestAdmissionTests {
+    /// A body that arrives only when let go.
+    final class HeldBody: Sendable {
+        private let state = Mutex((released: false, waiter: nil as CheckedContinuation<Void, Never>?, read: false))
+
+        var read: Bool { state.withLock { $0.read } }
+
+        func arrive() async {
+            await withCheckedContinuation { continuation in
+                let now = state.withLock { state in
+                    state.read = true
+                    guard state.released else {
+                        state.waiter = continuation
+                        return false
+                    }
+                    return true
+                }
+                if now { continuation.resume() }
+            }
+        }
+
+        func release() {
+            let waiter = state.withLock { state in
+                state.released = true
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume()
+        }
+    }
+
+    @Test("with one whole read allowed, a second batch waits unread until the first is stored; a cancelled one leaves")
+    func secondWaits() async throws {
+        let db = try await TestDatabase.create("ingest-admission")
+        try await db.prepareBilling(users: 1)
+        var limits = IngestLimits()
+        limits.maxStreamedBatches = 0
+        limits.maxWholeBatches = 1
+        let services = TallyServices(pool: db.pool, ingestLimits: limits)
+        try await services.prices.reload()
+        let ingestor = services.ingestor
+        func batch(_ id: String, _ body: HeldBody) -> Task<IngestResult, any Error> {
+            Task {
+                try await ingestor.ingest(format: .gateway, tid: "t-\(id)", source: "test") { reader in
+                    await body.arrive()
+                    let line = Array((LogLines.chat(id, user: 1) + "\n").utf8)
+                    try line.withUnsafeBytes { try reader.feed($0) }
+                    try await reader.advance()
+                }
+            }
+        }
+        let first = HeldBody(), second = HeldBody(), third = HeldBody()
+        let firstBatch = batch("first", first)
+        #expect(try await waitUntil(timeout: .seconds(5)) { first.read })
+        let secondBatch = batch("second", second)
+        let thirdBatch = batch("third", third)
+        #expect(try await waitUntil(timeout: .seconds(5)) { ingestor.batchesWaiting == 2 })
+        second.release()
+        third.release()
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(!second.read && !third.read)
+        thirdBatch.cancel()
+        await #expect(throws: CancellationError.self) { try await thirdBatch.value }
+        #expect(ingestor.batchesWaiting == 1)
+        first.release()
+        #expect(try await firstBatch.value.accepted == 1)
+        #expect(try await secondBatch.value.accepted == 1)
+        #expect(!third.read)
+        #expect(ingestor.batchesWaiting == 0)
+    }
+}
