@@ -313,8 +313,8 @@ public final class HoldBook: Sendable {
             }
         case .wake(let at):
             Task {
-                // Task.sleep keeps another clock, which runs on while the host is suspended: a
-                // wake-up before `at` on this one would be taken as spent and not asked again.
+                // Task.sleep may wake early (its clock and this one differ in resolution and
+                // origin): a wake-up before `at` would be taken as spent and not asked again.
                 while case let left = at - Self.now(), left > 0, !Task.isCancelled {
                     try? await Task.sleep(for: .seconds(left))
                 }
@@ -509,5 +509,14 @@ public final class HoldBook: Sendable {
     /// Holds are cut until a second before the registration (renewed at `renewedAt`) expires.
     private static func validUntil(renewedAt: Double) -> Double { renewedAt + Double(registrationTTLSeconds - 1) }
 
-    private static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+    /// Seconds on CLOCK_BOOTTIME: never steps back, and counts the time the host spent
+    /// suspended, as the registration's expiry in PostgreSQL (wall time) does. On the monotonic
+    /// clock (until 2026-12-07), which stops while the host sleeps, an instance resumed after a
+    /// suspend longer than its registration still took its reaped leases for valid and cut holds
+    /// from them (found by a review; in async mode they were answered before the journal refused).
+    private static func now() -> Double {
+        var time = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &time)
+        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+    }
 }
