@@ -234,7 +234,8 @@ public final class HoldBook: Sendable {
             locked = AuthorizeMetrics.now()
             var resumes: [Resume] = [], work: [LeaseAction] = []
             let event = event(&book)
-            for action in book.machine.handle(event, at: Double(locked) / 1e9) {
+            // The machine's time is the registration's clock (`now()`), not the metrics' one.
+            for action in book.machine.handle(event, at: Self.now()) {
                 switch action {
                 case .answer(let ticket, let answer):
                     guard let continuation = book.holds.removeValue(forKey: ticket) else { continue }
@@ -514,9 +515,15 @@ public final class HoldBook: Sendable {
     /// clock (until 2026-12-07), which stops while the host sleeps, an instance resumed after a
     /// suspend longer than its registration still took its reaped leases for valid and cut holds
     /// from them (found by a review; in async mode they were answered before the journal refused).
-    private static func now() -> Double {
+    /// Every time the machines see comes from here: their registration's validity, the cuts'
+    /// waits and the wake-ups are compared with one another.
+    static func now() -> Double {
         var time = timespec()
-        clock_gettime(CLOCK_BOOTTIME, &time)
+        #if os(Linux)
+            clock_gettime(CLOCK_BOOTTIME, &time)
+        #else
+            clock_gettime(CLOCK_MONOTONIC, &time)  // Darwin's counts sleep too
+        #endif
         return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
     }
 }
