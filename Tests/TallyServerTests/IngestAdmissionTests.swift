@@ -81,4 +81,38 @@ struct IngestAdmissionTests {
         #expect(!third.read)
         #expect(ingestor.batchesWaiting == 0)
     }
+
+    /// Found by a review of the admission: a batch waiting unread past the HTTP idle timeout has
+    /// its connection closed, and a client that hung up is never cancelled by the HTTP server, so
+    /// a wait must end on its own.
+    @Test("a batch that waits longer than its patience is refused unread (503 to the gateway), and leaves the queue")
+    func waitEnds() async throws {
+        let db = try await TestDatabase.create("ingest-admission-wait")
+        try await db.prepareBilling(users: 1)
+        var limits = IngestLimits()
+        limits.maxStreamedBatches = 0
+        limits.maxWholeBatches = 1
+        limits.admissionWait = .milliseconds(300)
+        let services = TallyServices(pool: db.pool, ingestLimits: limits)
+        try await services.prices.reload()
+        let ingestor = services.ingestor
+        let first = HeldBody(), second = HeldBody()
+        func batch(_ id: String, _ body: HeldBody) -> Task<IngestResult, any Error> {
+            Task {
+                try await ingestor.ingest(format: .gateway, tid: "t-\(id)", source: "test") { reader in
+                    await body.arrive()
+                    let line = Array((LogLines.chat(id, user: 1) + "\n").utf8)
+                    try line.withUnsafeBytes { try reader.feed($0) }
+                    try await reader.advance()
+                }
+            }
+        }
+        let firstBatch = batch("first", first)
+        #expect(try await waitUntil(timeout: .seconds(5)) { first.read })
+        second.release()
+        await #expect(throws: BatchGate.Busy.self) { try await batch("second", second).value }
+        #expect(!second.read && ingestor.batchesWaiting == 0)
+        first.release()
+        #expect(try await firstBatch.value.accepted == 1)
+    }
 }

@@ -41,6 +41,10 @@ struct IngestController {
                     try await reader.advance()
                 }
             }
+        } catch is BatchGate.Busy {
+            // As many batches are being read and stored as the pool and memory allow, and this
+            // one waited its turn long enough: nothing of it was read; the gateway resends it.
+            throw APIError.databaseUnavailable()
         } catch let error as BatchTooLarge {
             throw APIError.payloadTooLarge(error.description)
         } catch let error as BatchMalformed {

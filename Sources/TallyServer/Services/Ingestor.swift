@@ -27,6 +27,10 @@ public struct IngestLimits: Sendable {
     /// Batches read whole (no stream free), at most at once; more wait with their bodies unread
     /// (``BatchAdmission``), so memory holds at most this many plus the streams' batches.
     public var maxWholeBatches = 8
+    /// How long a batch waits for its turn before it is answered 503 (the gateway resends it):
+    /// well under the HTTP idle timeout (60 s), which would close a connection whose body is
+    /// not read, and under a gateway's own timeout.
+    public var admissionWait: Duration = .seconds(10)
 
     public init() {}
 }
@@ -58,7 +62,8 @@ public struct Ingestor: Sendable {
         self.repository = repository
         self.limits = limits
         self.droppedMonths = droppedMonths
-        gate = BatchGate(streams: limits.maxStreamedBatches, whole: limits.maxWholeBatches)
+        gate = BatchGate(
+            streams: limits.maxStreamedBatches, whole: limits.maxWholeBatches, patience: limits.admissionWait)
     }
 
     /// Ingests one batch held in memory. Bad lines are rejected (and stored) without failing
@@ -252,8 +257,12 @@ public struct Ingestor: Sendable {
 }
 
 /// Runs ``BatchAdmission`` under a lock for the ingestor's batches: a batch waits here for its
-/// turn, and leaves the queue when its request is cancelled (the client gone).
+/// turn, at most `patience`, and leaves the queue when its request is cancelled.
 final class BatchGate: Sendable {
+    /// The batch waited `patience` for its turn: answered 503, so that its gateway sends it
+    /// again (nothing of it was read or stored).
+    struct Busy: Error {}
+
     private struct State {
         var admission: BatchAdmission
         var nextID = 0
@@ -261,13 +270,16 @@ final class BatchGate: Sendable {
     }
 
     private let state: Mutex<State>
+    private let patience: Duration
 
-    init(streams: Int, whole: Int) {
+    init(streams: Int, whole: Int, patience: Duration) {
         state = Mutex(State(admission: BatchAdmission(streams: streams, whole: whole)))
+        self.patience = patience
     }
 
-    /// How the batch may be read, once it may; throws `CancellationError` if its task is
-    /// cancelled while it waits. Every batch that entered calls ``leave(_:)`` when it ends.
+    /// How the batch may be read, once it may; throws ``Busy`` after `patience` in the queue and
+    /// `CancellationError` if its task is cancelled while it waits. Every batch that entered
+    /// calls ``leave(_:)`` when it ends.
     func enter() async throws -> BatchAdmission.Kind {
         let id = state.withLock { state in
             defer { state.nextID += 1 }
@@ -284,13 +296,23 @@ final class BatchGate: Sendable {
                     }
                     return .success(kind)
                 }
-                if let now { continuation.resume(with: now) }
+                guard let now else { return giveUp(id, after: patience) }
+                continuation.resume(with: now)
             }
         } onCancel: {
-            let waiter = state.withLock { state in
-                state.admission.leave(id) ? state.waiters.removeValue(forKey: id) : nil
-            }
-            waiter?.resume(throwing: CancellationError())
+            remove(id)?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Waiting batch `id` out of the queue, if it still waits.
+    private func remove(_ id: Int) -> CheckedContinuation<BatchAdmission.Kind, any Error>? {
+        state.withLock { state in state.admission.leave(id) ? state.waiters.removeValue(forKey: id) : nil }
+    }
+
+    private func giveUp(_ id: Int, after patience: Duration) {
+        Task {
+            try? await Task.sleep(for: patience)
+            remove(id)?.resume(throwing: Busy())
         }
     }
 
