@@ -61,12 +61,19 @@ public struct PostgresIngestRepository: IngestRepository {
         do {
             return try await store()
         } catch let error as PostgresError where error.isMissingPartition {
-            // A month this process had made sure of was dropped since (`tally retention` in
-            // another process): made again, and the batch stored, instead of failing every resend.
+            // A month this process had made sure of was dropped since: made again and the batch
+            // stored, instead of failing every resend. A month `tally retention` dropped (in
+            // another process, unheard of yet) is never made again (migration 0027): the batch
+            // fails (503), and is not taken for made, so that its resend looks again.
             let months = Set(lines.map { UTCDay($0.createdAt).monthStart })
             partitions.forget(months)
             try await ensurePartitions(months: months)
-            return try await store()
+            do {
+                return try await store()
+            } catch let again as PostgresError where again.isMissingPartition {
+                partitions.forget(months)
+                throw again
+            }
         }
     }
 

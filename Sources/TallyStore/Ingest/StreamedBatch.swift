@@ -99,8 +99,8 @@ extension PostgresIngestRepository {
         } catch is UnknownMonth {
             reason = .newMonth
         } catch let error as PostgresError where error.isMissingPartition {
-            // A month's partition dropped since this process made sure of it: stored whole,
-            // which makes it again.
+            // A month's partition dropped since this process made sure of it: stored whole, which
+            // makes it again unless retention dropped it (then the batch fails: see `store`).
             reason = .newMonth
         } catch let error as PostgresError where error.isLostRace {
             // A serialization failure too (Citus, a stricter isolation): like a deadlock, nothing
