@@ -277,7 +277,10 @@ public struct LogRepository: Sendable {
             ORDER BY e.at DESC, e.sort_key DESC
             """
         let pageQuery = query
-        return try await pool.withConnection { connection in
+        return try await pool.transaction { connection in
+            // One snapshot for the count and the page, so a batch or a credit committing between
+            // them cannot make `total` disagree with the rows (a page lost to a client paging by it).
+            try connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             let total = try connection.query("SELECT \(counts.joined(separator: " + "))", countQuery.parameters)[0]
                 .decode(0, as: Int.self)
             let rows = try connection.query(pageSQL, pageQuery.parameters)
@@ -315,7 +318,8 @@ public struct LogRepository: Sendable {
         var rateConditions = Self.requestConditions(userID: userID, filter, timeFilters: false, &rateQuery)
         rateConditions.append("l.created_at >= now() - interval '60 seconds'")
         let finalQuota = quotaQuery, finalRate = rateQuery, rateWhere = rateConditions.joined(separator: " AND ")
-        return try await pool.withConnection { connection in
+        return try await pool.transaction { connection in
+            try connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             let quota = try connection.query(
                 """
                 SELECT coalesce(sum(l.quota), 0)::bigint FROM request_logs l WHERE \(quotaConditions.joined(separator: " AND "))
