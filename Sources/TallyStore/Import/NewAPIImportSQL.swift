@@ -460,11 +460,13 @@ enum NewAPIImportSQL {
         """
 
     /// A `redemption.disable` row (actor the command line, as root) for each code of `$1` the
-    /// import brought in disabled or disabled: who last changed a code's status decides who may
-    /// enable it again, and new-api's stop is root's as far as Tally can tell.
+    /// import brought in disabled (`$3` false) or disabled (`$3` true: it was enabled before):
+    /// who last changed a code's status decides who may enable it again, and new-api's stop is
+    /// root's as far as Tally can tell (migration 0037 did the same for earlier imports).
     static let recordCodesDisabled = """
         INSERT INTO audit_log (actor_id, actor, action, target, before, after, tid)
-        SELECT NULL, 'cli', 'redemption.disable', 'redemption:' || id, NULL,
+        SELECT NULL, 'cli', 'redemption.disable', 'redemption:' || id,
+               CASE WHEN $3 THEN jsonb_build_object('status', \(codeEnabled)::text) END,
                jsonb_build_object('status', \(codeDisabled)::text), $2
         FROM unnest($1::bigint[]) AS id
         """

@@ -220,19 +220,19 @@ extension NewAPIImporter {
     }
 
     private func importRedemptions(_ counts: inout ImportCounts) throws {
-        var disabled: [Int64] = []
-        func changed(_ statement: String) throws -> Int {
+        func changed(_ statement: String, wasEnabled: Bool) throws -> Int {
             let rows = try target.query(statement, [options.source]).map {
                 (id: try $0.decode(0, as: Int64.self), status: try $0.decode(1, as: Int.self))
             }
-            disabled += rows.filter { $0.status == RedemptionStatus.disabled.rawValue }.map(\.id)
+            let disabled = rows.filter { $0.status == RedemptionStatus.disabled.rawValue }.map(\.id)
+            if !disabled.isEmpty {
+                try target.query(
+                    NewAPIImportSQL.recordCodesDisabled, [PostgresArray.integers(disabled), tid, wasEnabled])
+            }
             return rows.count
         }
-        counts.created = try changed(NewAPIImportSQL.insertRedemptions)
-        counts.updated = try changed(NewAPIImportSQL.updateRedemptions)
-        if !disabled.isEmpty {
-            try target.query(NewAPIImportSQL.recordCodesDisabled, [PostgresArray.integers(disabled), tid])
-        }
+        counts.created = try changed(NewAPIImportSQL.insertRedemptions, wasEnabled: false)
+        counts.updated = try changed(NewAPIImportSQL.updateRedemptions, wasEnabled: true)
         counts.skipped = try target.query("SELECT count(*) FROM import_redemptions WHERE quota <= 0")[0].decode(0)
     }
 
