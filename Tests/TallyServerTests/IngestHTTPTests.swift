@@ -345,12 +345,11 @@ struct IngestHTTPTests {
                 try await Self.post(client, LogLines.chat("sept-1", user: 1, at: september)).1["accepted"] as? Int == 1)
             // As `tally retention` does, but without the notice this instance would hear.
             try await db.pool.withConnection { connection in
+                try connection.execute("ALTER TABLE request_logs DETACH PARTITION request_logs_y2026m09")
+                try connection.execute("DROP TABLE request_logs_y2026m09")
                 try connection.execute(
-                    """
-                    ALTER TABLE request_logs DETACH PARTITION request_logs_y2026m09;
-                    DROP TABLE request_logs_y2026m09;
-                    INSERT INTO audit_log (actor, action, target) VALUES ('cli', 'retention.drop', 'request_logs:2026-09')
-                    """)
+                    "INSERT INTO audit_log (actor, action, target) VALUES ('cli', 'retention.drop', 'request_logs:2026-09')"
+                )
             }
             let batch = [LogLines.chat("sept-2", user: 1, at: september), LogLines.chat("nov-1", user: 1)]
                 .joined(separator: "\n")
