@@ -67,8 +67,10 @@ public struct PostgresError: Error, Sendable, CustomStringConvertible {
     public var isUniqueViolation: Bool { sqlState == SQLState.uniqueViolation }
 
     /// A row of a partitioned table found no partition (its month's was dropped, or never made).
+    /// Citus reports a worker's refusal during a COPY as an internal error with the same text.
     public var isMissingPartition: Bool {
-        sqlState == SQLState.checkViolation && message.hasPrefix("no partition of relation")
+        (sqlState == SQLState.checkViolation || sqlState == SQLState.internalError)
+            && message.hasPrefix("no partition of relation")
     }
 
     /// PostgreSQL aborted the transaction only to let a concurrent one through (a deadlock, a
