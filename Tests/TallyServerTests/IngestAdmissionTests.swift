@@ -42,26 +42,35 @@ struct IngestAdmissionTests {
         }
     }
 
-    @Test("with one whole read allowed, a second batch waits unread until the first is stored; a cancelled one leaves")
-    func secondWaits() async throws {
-        let db = try await TestDatabase.create("ingest-admission")
+    /// An ingestor that streams no batch and reads one whole at a time, each waiting `wait`.
+    static func ingestor(_ name: String, wait: Duration) async throws -> Ingestor {
+        let db = try await TestDatabase.create(name)
         try await db.prepareBilling(users: 1)
         var limits = IngestLimits()
         limits.maxStreamedBatches = 0
         limits.maxWholeBatches = 1
+        limits.admissionWait = wait
         let services = TallyServices(pool: db.pool, ingestLimits: limits)
         try await services.prices.reload()
-        let ingestor = services.ingestor
-        func batch(_ id: String, _ body: HeldBody) -> Task<IngestResult, any Error> {
-            Task {
-                try await ingestor.ingest(format: .gateway, tid: "t-\(id)", source: "test") { reader in
-                    await body.arrive()
-                    let line = Array((LogLines.chat(id, user: 1) + "\n").utf8)
-                    try line.withUnsafeBytes { try reader.feed($0) }
-                    try await reader.advance()
-                }
+        return services.ingestor
+    }
+
+    /// A one-line batch whose body arrives when `body` is let go.
+    static func batch(_ id: String, _ body: HeldBody, _ ingestor: Ingestor) -> Task<IngestResult, any Error> {
+        Task {
+            try await ingestor.ingest(format: .gateway, tid: "t-\(id)", source: "test") { reader in
+                await body.arrive()
+                let line = Array((LogLines.chat(id, user: 1) + "\n").utf8)
+                try line.withUnsafeBytes { try reader.feed($0) }
+                try await reader.advance()
             }
         }
+    }
+
+    @Test("with one whole read allowed, a second batch waits unread until the first is stored; a cancelled one leaves")
+    func secondWaits() async throws {
+        let ingestor = try await Self.ingestor("ingest-admission", wait: .seconds(10))
+        func batch(_ id: String, _ body: HeldBody) -> Task<IngestResult, any Error> { Self.batch(id, body, ingestor) }
         let first = HeldBody(), second = HeldBody(), third = HeldBody()
         let firstBatch = batch("first", first)
         #expect(try await waitUntil(timeout: .seconds(5)) { first.read })
@@ -87,26 +96,9 @@ struct IngestAdmissionTests {
     /// a wait must end on its own.
     @Test("a batch that waits longer than its patience is refused unread (503 to the gateway), and leaves the queue")
     func waitEnds() async throws {
-        let db = try await TestDatabase.create("ingest-admission-wait")
-        try await db.prepareBilling(users: 1)
-        var limits = IngestLimits()
-        limits.maxStreamedBatches = 0
-        limits.maxWholeBatches = 1
-        limits.admissionWait = .milliseconds(300)
-        let services = TallyServices(pool: db.pool, ingestLimits: limits)
-        try await services.prices.reload()
-        let ingestor = services.ingestor
+        let ingestor = try await Self.ingestor("ingest-admission-wait", wait: .milliseconds(300))
         let first = HeldBody(), second = HeldBody()
-        func batch(_ id: String, _ body: HeldBody) -> Task<IngestResult, any Error> {
-            Task {
-                try await ingestor.ingest(format: .gateway, tid: "t-\(id)", source: "test") { reader in
-                    await body.arrive()
-                    let line = Array((LogLines.chat(id, user: 1) + "\n").utf8)
-                    try line.withUnsafeBytes { try reader.feed($0) }
-                    try await reader.advance()
-                }
-            }
-        }
+        func batch(_ id: String, _ body: HeldBody) -> Task<IngestResult, any Error> { Self.batch(id, body, ingestor) }
         let firstBatch = batch("first", first)
         #expect(try await waitUntil(timeout: .seconds(5)) { first.read })
         second.release()
