@@ -464,7 +464,10 @@ def rename_keeps_unoffered_group(console, seed):
     assert "legacy" not in api_data("/api/group", token)
     listed = next(item for item in api_data("/api/token/?page_size=100", token)["items"] if item["name"] == "archive")
     assert listed["group"] == "legacy", listed
+    # Made at the command line while the page was on its keys already (opening the same view does
+    # not load it again): the page is reloaded, and signs in again from its session.
     console.open("#keys")
+    console.driver.refresh()
     console.wait.until(lambda _: any(row[0] == "archive" for row in console.rows("keys-table")))
     row = next(row for row in console.rows("keys-table") if row[0] == "archive")
     assert row[6] == "legacy", row
