@@ -83,8 +83,7 @@ public struct Auditor: Sendable {
     /// Every check in one snapshot (repeatable read): a batch committing meanwhile cannot split them.
     private func check(month: UsageMonth?) async throws -> [AuditViolation] {
         try await pool.transaction { connection in
-            try connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            try CitusLayout.readEachWorkerInOneSnapshot(on: connection)
+            try CitusLayout.readInOneSnapshot(on: connection)
             // Unnamed statements, planned at each audit: a prepared plan made while a month's
             // detach was pending but not yet in the snapshot reads that month, and a later audit
             // on the same connection, whose snapshot leaves the month out of the kept months,

@@ -41,6 +41,13 @@ public enum CitusLayout {
         try connection.execute("SET LOCAL citus.max_adaptive_executor_pool_size TO 1")
     }
 
+    /// Makes the open transaction read everything in one snapshot: repeatable read, read only,
+    /// and on Citus each worker over one connection (``readEachWorkerInOneSnapshot(on:)``).
+    static func readInOneSnapshot(on connection: PostgresConnection) throws {
+        try connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try readEachWorkerInOneSnapshot(on: connection)
+    }
+
     /// Whether the database has the citus extension (then ``distribute(on:)`` applies).
     public static func isInstalled(on connection: PostgresConnection) throws -> Bool {
         try !connection.query("SELECT 1 FROM pg_extension WHERE extname = 'citus'").isEmpty

@@ -280,8 +280,7 @@ public struct LogRepository: Sendable {
         return try await pool.transaction { connection in
             // One snapshot for the count and the page, so a batch or a credit committing between
             // them cannot make `total` disagree with the rows (a page lost to a client paging by it).
-            try connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            try CitusLayout.readEachWorkerInOneSnapshot(on: connection)
+            try CitusLayout.readInOneSnapshot(on: connection)
             let total = try connection.query("SELECT \(counts.joined(separator: " + "))", countQuery.parameters)[0]
                 .decode(0, as: Int.self)
             let rows = try connection.query(pageSQL, pageQuery.parameters)
@@ -320,8 +319,7 @@ public struct LogRepository: Sendable {
         rateConditions.append("l.created_at >= now() - interval '60 seconds'")
         let finalQuota = quotaQuery, finalRate = rateQuery, rateWhere = rateConditions.joined(separator: " AND ")
         return try await pool.transaction { connection in
-            try connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            try CitusLayout.readEachWorkerInOneSnapshot(on: connection)
+            try CitusLayout.readInOneSnapshot(on: connection)
             let quota = try connection.query(
                 """
                 SELECT coalesce(sum(l.quota), 0)::bigint FROM request_logs l WHERE \(quotaConditions.joined(separator: " AND "))

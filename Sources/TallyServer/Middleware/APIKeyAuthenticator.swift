@@ -23,10 +23,7 @@ struct APIKeyAuthenticator: Sendable {
     let tokens: TokenRepository
 
     func authenticate(_ request: Request, context: TallyRequestContext) async throws -> (token: APIToken, owner: User) {
-        guard let key = Self.key(from: request) else { throw APIError(.missingToken) }
-        guard let found = try await tokens.find(key: key.secret) else {
-            throw CredentialRejected(APIError(.invalidToken))
-        }
+        let (key, found) = try await lookUp(request)
         guard found.token.isUsable else { throw APIError(.invalidToken) }
         guard Self.allows(found.token, from: context.clientAddress) else {
             throw APIError(.ipNotAllowed, last6: found.token.keyLast6)
@@ -43,13 +40,20 @@ struct APIKeyAuthenticator: Sendable {
     /// exhausted key may still read why it stopped, from any address (the allow-list and a
     /// channel suffix are for requests that spend).
     func authenticateReadOnly(_ request: Request) async throws -> (token: APIToken, owner: User) {
+        let found = try await lookUp(request).found
+        guard found.token.status != .disabled else { throw APIError(.invalidToken) }
+        guard !found.owner.isSuspended else { throw APIError(.accountSuspended) }
+        return found
+    }
+
+    /// The request's key and what it names: no key is `missing_token`, a key that names none (or
+    /// a deleted one) `invalid_token`, counted as a failed credential.
+    private func lookUp(_ request: Request) async throws -> (key: RelayKey, found: (token: APIToken, owner: User)) {
         guard let key = Self.key(from: request) else { throw APIError(.missingToken) }
         guard let found = try await tokens.find(key: key.secret) else {
             throw CredentialRejected(APIError(.invalidToken))
         }
-        guard found.token.status != .disabled else { throw APIError(.invalidToken) }
-        guard !found.owner.isSuspended else { throw APIError(.accountSuspended) }
-        return found
+        return (key, found)
     }
 
     /// True when the key has no allow-list or `address` is inside it. A stored list that does

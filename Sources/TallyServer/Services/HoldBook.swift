@@ -440,6 +440,7 @@ public final class HoldBook: Sendable {
     /// a step runs whatever a give-back does: the tick may have made a journal retry or a parked
     /// cut's wait due, which the machine then counts as in flight, so an action dropped here
     /// would leave the stripe waiting for good.
+    ///
     /// Every stripe lets go of its leases before any round trip: after a reconnect, a stripe
     /// stepped only after the give-backs and retries before it (seconds, when PostgreSQL had
     /// been away) kept cutting holds from leases a missed notice had revoked.
