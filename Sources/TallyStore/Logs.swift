@@ -307,13 +307,16 @@ public struct LogRepository: Sendable {
         }
     }
 
-    /// new-api's stat: quota of the consume rows matching the filter, and requests and tokens
-    /// of the last 60 seconds (time filters do not apply to those two).
+    /// new-api's stat: the quota the request rows matching the filter spent, and the consume
+    /// rows' requests and tokens of the last 60 seconds (time filters do not apply to those two).
+    /// The quota counts failed requests too: new-api's cost nothing, Tally charges them where the
+    /// price sheet says `charge_failed`, and the stat is what the user spent.
     public func stat(userID: Int64, filter: LogFilter) async throws -> LogStat {
         var filter = try filter.validated()
-        filter.type = LogType.consume
+        filter.type = LogType.all
         var quotaQuery = Query()
         let quotaConditions = Self.requestConditions(userID: userID, filter, timeFilters: true, &quotaQuery)
+        filter.type = LogType.consume
         var rateQuery = Query()
         var rateConditions = Self.requestConditions(userID: userID, filter, timeFilters: false, &rateQuery)
         rateConditions.append("l.created_at >= now() - interval '60 seconds'")

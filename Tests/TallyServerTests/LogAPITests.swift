@@ -26,7 +26,9 @@ struct LogAPITests {
             """, [id, ago, user, token, channel.map(Int.init), model, status, tid, error, prompt, completion, quota])
     }
 
-    @Test("GET /api/log/self: new-api's log rows, types 1/2/3/5, filters and paging; stat counts consume rows")
+    @Test(
+        "GET /api/log/self: new-api's log rows, types 1/2/3/5, filters and paging; stat's quota counts a charged failure"
+    )
     func selfLogs() async throws {
         let db = try await TestDatabase.shared("systemapi")
         let seed = Seed(db: db)
@@ -40,7 +42,7 @@ struct LogAPITests {
         try await Self.request(
             seed, id: "\(run)-2", user: user.id, token: token.id, model: "claude-sonnet-4", quota: 2500, ago: 30)
         try await Self.request(
-            seed, id: "\(run)-3", user: user.id, token: token.id, model: "gpt-4o", quota: 0, status: 502,
+            seed, id: "\(run)-3", user: user.id, token: token.id, model: "gpt-4o", quota: 700, status: 502,
             prompt: 0, completion: 0, ago: 20, error: "upstream timed out")
         try await Self.request(
             seed, id: "\(run)-4", user: other.id, token: otherToken.id, model: "gpt-4o", quota: 999, ago: 10)
@@ -115,7 +117,8 @@ struct LogAPITests {
             let stat = try await api.get("/api/log/self/stat", token: access)
             #expect(stat.status == 200)
             #expect(Set(stat.dataObject.keys) == ["quota", "rpm", "tpm"])
-            #expect(int64(stat.dataObject["quota"]) == 4000)
+            // The failed request's charge (charge_failed) is spent too; rpm and tpm count consume rows.
+            #expect(int64(stat.dataObject["quota"]) == 4700)
             #expect(int64(stat.dataObject["rpm"]) == 1)
             #expect(int64(stat.dataObject["tpm"]) == 30)
         }
