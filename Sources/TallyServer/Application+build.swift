@@ -60,6 +60,11 @@ public func buildApplication(_ configuration: TallyConfiguration) async throws -
     // a rolling deploy or a crash-looping instance held the page back however long billing had
     // stopped).
     IngestMetrics.lastBatch.record(0)
+    if configuration.gatewaySecret.isEmpty {
+        logger.warning(
+            "no gateway secret (TALLY_GATEWAY_SECRET): every /gateway/v1 call (authorize, release, logs) is refused with 401 until one is set"
+        )
+    }
     let pool = PostgresPool(url: configuration.databaseURL, size: configuration.poolSize, logger: logger)
     var ingestLimits = IngestLimits()
     ingestLimits.maxStreamedBatches = configuration.ingestStreams

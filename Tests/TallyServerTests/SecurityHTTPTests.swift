@@ -72,6 +72,31 @@ struct SecurityHTTPTests {
         #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'limit-%'") == 1)
     }
 
+    /// Found by a review of the operator's side: a server started without a secret refused
+    /// every gateway call as a wrong secret, so a few batches later the gateway's address was
+    /// locked out (429), which sent the operator looking at the gateway instead of the server.
+    @Test("without a gateway secret every gateway call is refused 401, and no refusal counts as a failed login")
+    func noGatewaySecret() async throws {
+        let db = try await Self.database()
+        let (_, access) = try await Seed(db: db).user("no-secret")
+        try await TestApp.build(
+            db,
+            {
+                $0.gatewaySecret = ""; $0.failedAuthLimit = 2; $0.failedAuthWindowSeconds = 3600
+            }
+        ).test(.live) { client in
+            let api = API(client: client)
+            for index in 0..<5 {
+                let refused = try await api.post(
+                    "/gateway/v1/logs", token: index == 0 ? Self.secret : "anything",
+                    LogLines.chat("no-secret-\(index)"))
+                #expect(refused.status == 401 && refused.errorCode == "invalid_token", "attempt \(index)")
+            }
+            #expect(try await api.get("/api/user/self", token: access).status == 200)
+        }
+        #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'no-secret-%'") == 0)
+    }
+
     @Test("unknown redemption codes count as failed credentials")
     func redemptionGuessing() async throws {
         let db = try await Self.database()

@@ -19,7 +19,10 @@ public struct GatewayAuthMiddleware: RouterMiddleware {
         guard let presented = UserAuthMiddleware.accessToken(from: request.headers[.authorization]) else {
             throw APIError(.missingToken)
         }
-        guard let secretHash, Self.constantTimeEqual(SecretHash(of: presented).bytes, secretHash.bytes) else {
+        // Without a secret configured every gateway call is refused: the server's setting is
+        // wrong (start-up warned), not the caller guessing, so the refusal is not a failed login.
+        guard let secretHash else { throw APIError(.invalidToken) }
+        guard Self.constantTimeEqual(SecretHash(of: presented).bytes, secretHash.bytes) else {
             throw CredentialRejected(APIError(.invalidToken))
         }
         do {
