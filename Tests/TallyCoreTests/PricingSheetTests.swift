@@ -346,6 +346,40 @@ struct PriceSheetErrorTests {
         #expect(duplicate.first?.contains(#""m""#) == true, "\(duplicate)")
     }
 
+    /// Anchors whose aliases repeat the one before ten times, `depth` levels deep, then an
+    /// alias of the last one as a mapping key (which Yams hashes whole).
+    static func laughs(depth: Int) -> String {
+        var lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+        for level in 1..<depth {
+            lines.append(
+                "a\(level): &a\(level) [" + Array(repeating: "*a\(level - 1)", count: 10).joined(separator: ", ") + "]")
+        }
+        lines.append("? *a\(depth - 1)\n: 1")
+        return lines.joined(separator: "\n")
+    }
+
+    /// Found by a security review: a sheet of a few hundred bytes whose aliases expand to 10¹³
+    /// values pinned the thread of `PUT /api/admin/prices` for hours inside Yams.
+    @Test func aliasesThatExpandTooFarAreRefused() {
+        #expect(YAMLExpansion.exceedingLimit(Self.laughs(depth: 5)) == nil, "111,111 values are allowed")
+        #expect(YAMLExpansion.exceedingLimit(Self.laughs(depth: 6)) != nil, "1,111,111 are not")
+        // Seven levels: ten million values, which Yams took seconds to hash before the check.
+        let problems = Fixtures.problems(Self.laughs(depth: 7))
+        #expect(problems.count == 1)
+        #expect(problems.first?.contains("aliases expand it past 1000000 values at line 6") == true, "\(problems)")
+    }
+
+    @Test func anchorsShareAModelsPrices() throws {
+        let sheet = try PriceSheet.parse(
+            """
+            groups: {default: {ratio: "1"}}
+            models:
+              gpt-4o: &four {input: "2.5", output: "10"}
+              gpt-4o-2024-08-06: *four
+            """)
+        #expect(sheet.models["gpt-4o-2024-08-06"]?.prices.tokens.output == (try ExactDecimal("10")))
+    }
+
     @Test func rfc3339Variants() throws {
         func parse(_ text: String) -> String? { RFC3339Time(text)?.text }
         #expect(parse("2026-11-01T00:00:00Z") == "2026-11-01T00:00:00Z")

@@ -44,6 +44,14 @@ extension PriceSheet {
     public static func parse(_ text: String) throws(PriceSheetError) -> PriceSheet {
         let trimmed = text.drop { $0.isWhitespace || $0 == "\u{FEFF}" }
         let looksLikeJSON = trimmed.first == "{"
+        if let place = YAMLExpansion.exceedingLimit(text) {
+            throw PriceSheetError(problems: [
+                PriceSheetProblem(
+                    path: "",
+                    message: "its aliases expand it past \(YAMLExpansion.maximumNodes) values at line \(place.line),"
+                        + " column \(place.column); a price sheet needs far fewer")
+            ])
+        }
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
