@@ -25,9 +25,26 @@ struct OutputFile {
             return
         }
         let staging = path + ".partial"
-        let descriptor = open(staging, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard descriptor >= 0 else { throw ValidationError("cannot write \(staging) (beside \(path))") }
+        let descriptor = Self.createAnew(staging)
+        guard descriptor >= 0 else {
+            throw ValidationError("cannot write \(staging) (beside \(path)): \(String(cString: strerror(errno)))")
+        }
         (handle, file, self.staging) = (FileHandle(fileDescriptor: descriptor, closeOnDealloc: true), path, staging)
+    }
+
+    /// Creates `path` as a new file only the caller may read (0600: exports carry every
+    /// request's address and each user's spending). Never opens what is already there: a link
+    /// planted at the name in a shared directory such as /tmp would have had the caller (often
+    /// root) truncate its target. A leftover of a killed run is removed first, which in a sticky
+    /// directory works only for one's own.
+    private static func createAnew(_ path: String) -> Int32 {
+        for _ in 0..<3 {
+            let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            if descriptor >= 0 || errno != EEXIST { return descriptor }
+            guard unlink(path) == 0 else { return -1 }
+        }
+        errno = EEXIST
+        return -1
     }
 
     /// Makes the written bytes durable and puts the file in place.

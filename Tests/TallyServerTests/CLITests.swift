@@ -176,6 +176,24 @@ struct CLITests {
         try? FileManager.default.removeItem(atPath: file)
     }
 
+    /// Found by a security review: the staging file was opened through whatever stood at its
+    /// name, so a link planted beside an output in /tmp had the caller truncate its target.
+    @Test("--out never writes through a link at its staging name, and the file it makes is the caller's alone")
+    func outputFileIsMadeAnew() throws {
+        let directory = NSTemporaryDirectory() + "tally-out-\(getpid())-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let victim = directory + "/victim", file = directory + "/lines.ndjson"
+        try "keep me\n".write(toFile: victim, atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: file + ".partial", withDestinationPath: victim)
+        try TallyBinary.run(["logs", "gen", "--lines", "10", "--out", file], databaseURL: "")
+        #expect(try String(contentsOfFile: victim, encoding: .utf8) == "keep me\n")
+        #expect(try String(contentsOfFile: file, encoding: .utf8).split(separator: "\n").count == 10)
+        let attributes = try FileManager.default.attributesOfItem(atPath: file)
+        #expect(attributes[.type] as? FileAttributeType == .typeRegular)
+        #expect((attributes[.posixPermissions] as? Int).map { $0 & 0o077 } == 0)
+    }
+
     /// Found by a review: a top-up without --idempotency-key that failed without saying whether
     /// it committed (a lost connection) could only be retried by crediting again.
     @Test("tally admin topup without a key prints the one it made; a retry with it credits nothing")
