@@ -140,6 +140,43 @@ struct MigrationTests {
         #expect(placed == ["a=request_logs_y2030m12", "b=request_logs_y2031m01"])
     }
 
+    /// Found by a review of the operator's side: a migration's lock request on a table queued
+    /// every query of it behind an open reader (an export streaming for minutes on an older
+    /// instance still serving), so ingest stalled for the reader's length.
+    @Test(
+        "a migration behind an open reader gives way: new queries wait about its lock timeout, and it applies once the reader ends"
+    )
+    func migrationGivesWay() async throws {
+        let db = try await TestDatabase.create("migration-lock")
+        let export = try await TestSession.open(db.url)
+        try await export.run { connection in
+            try connection.execute("BEGIN")
+            try connection.query("SELECT count(*) FROM ledger")
+        }
+        let migration = Migration(
+            version: 9_001, name: "9001_ledger_note", sql: "ALTER TABLE ledger ADD COLUMN note_for_test text")
+        let migrator = Migrator(pool: db.pool, lockTimeout: "300ms", briefTries: 1_000)
+        let applying = Task { try await migrator.migrate([migration]) }
+        #expect(
+            try await waitUntil(timeout: .seconds(10)) {
+                try await db.scalar("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'ledger'::regclass")
+                    == 1
+            }, "the migration's lock request never queued behind the open reader")
+        // A batch's read of the ledger: without the lock timeout it would wait for the reader.
+        let batch = try await TestSession.open(db.url)
+        try await batch.run { try $0.execute("SET statement_timeout = '5s'") }
+        let waited = try await ContinuousClock().measure {
+            _ = try await batch.run { try $0.query("SELECT count(*) FROM ledger").count }
+        }
+        #expect(waited < .seconds(3))
+        try await export.run { try $0.execute("COMMIT") }
+        #expect(try await applying.value.map(\.version) == [9_001])
+        #expect(
+            try await db.scalar(
+                "SELECT count(*) FROM information_schema.columns WHERE table_name = 'ledger' AND column_name = 'note_for_test'"
+            ) == 1)
+    }
+
     @Test("a partition created while a batch's transaction is open: new readers wait at most about its lock timeout")
     func partitionBehindOpenTransaction() async throws {
         let db = try await TestDatabase.create("partition-lock")
