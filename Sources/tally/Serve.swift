@@ -143,7 +143,9 @@ struct Serve: AsyncParsableCommand {
     var trustedProxies: String?
 
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
+        // A variable set to nothing (`TALLY_HOST=` in an environment file) counts as unset, as
+        // systemd's and docker's files make it easy to leave one empty.
+        let environment = ProcessInfo.processInfo.environment.filter { !$0.value.isEmpty }
         let levelName = logLevel ?? environment["TALLY_LOG_LEVEL"] ?? Defaults.logLevel.rawValue
         guard let level = Logger.Level(rawValue: levelName) else {
             throw ValidationError("unknown log level \"\(levelName)\"")
@@ -269,7 +271,7 @@ struct Serve: AsyncParsableCommand {
     }
 
     private static func integer(_ environment: [String: String], _ name: String) throws -> Int? {
-        guard let text = environment[name], !text.isEmpty else { return nil }
+        guard let text = environment[name] else { return nil }
         guard let value = Int(text) else { throw ValidationError("\(name) must be a whole number, got \"\(text)\"") }
         return value
     }

@@ -194,6 +194,18 @@ struct CLITests {
         #expect((attributes[.posixPermissions] as? Int).map { $0 & 0o077 } == 0)
     }
 
+    /// Found by a review of the operator's side: an environment file's `TALLY_LOG_LEVEL=` or
+    /// `TALLY_HOLD_COMMIT=` refused to start (and `TALLY_HOST=` was bound as "").
+    @Test("tally serve reads a variable set to nothing as unset")
+    func emptyVariablesAreUnset() async throws {
+        let db = try await TestDatabase.create("cliemptyenv")
+        let server = try ServerProcess(
+            databaseURL: db.url,
+            environment: ["TALLY_LOG_LEVEL": "", "TALLY_HOLD_COMMIT": "", "TALLY_WEBHOOKS": ""])
+        defer { server.stop() }
+        #expect(!server.log().contains("error"))
+    }
+
     /// Found by a review: a top-up without --idempotency-key that failed without saying whether
     /// it committed (a lost connection) could only be retried by crediting again.
     @Test("tally admin topup without a key prints the one it made; a retry with it credits nothing")
