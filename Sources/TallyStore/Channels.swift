@@ -60,6 +60,26 @@ public struct ChannelRepository: Sendable {
             usedQuota: try row.decode(5), createdTime: try row.decode(6), updatedTime: try row.decode(7))
     }
 
+    /// The channels with what batches charged them that the roll-up has not added to
+    /// `used_quota` yet (migration 0038): the figure is exact at any instant. A query of its
+    /// own, since on Citus the pending rows stay on the coordinator and `channels` is a
+    /// reference table.
+    static func addingPending(_ channels: [Channel], on connection: PostgresConnection) throws -> [Channel] {
+        guard !channels.isEmpty else { return channels }
+        var pending: [Int64: Int64] = [:]
+        try connection.query(
+            """
+            SELECT channel_id, sum(quota)::bigint FROM pending_channel_usage
+            WHERE channel_id = ANY ($1::bigint[]) GROUP BY channel_id
+            """, [PostgresArray.integers(channels.map(\.id))]
+        ).forEach { pending[try $0.decode(0, as: Int64.self)] = try $0.decode(1, as: Int64.self) }
+        return channels.map { channel in
+            var channel = channel
+            channel.usedQuota += pending[channel.id] ?? 0
+            return channel
+        }
+    }
+
     /// Every named group must exist. They stay locked (KEY SHARE) until the channel is written,
     /// so that a group's deletion, which counts the channels naming it, cannot pass between.
     static func checkGroupsExist(_ groups: [String], on connection: PostgresConnection) throws {
@@ -78,7 +98,8 @@ public struct ChannelRepository: Sendable {
             let rows = try connection.query(
                 "SELECT \(Self.columns) FROM channels ORDER BY id DESC LIMIT $1 OFFSET $2",
                 [page.size, page.offset])
-            return Page(items: try rows.map(Self.decode), total: total, request: page)
+            return Page(
+                items: try Self.addingPending(try rows.map(Self.decode), on: connection), total: total, request: page)
         }
     }
 
@@ -89,7 +110,7 @@ public struct ChannelRepository: Sendable {
             else {
                 throw StoreError.notFound("channel \(id) not found")
             }
-            return try Self.decode(row)
+            return try Self.addingPending([try Self.decode(row)], on: connection)[0]
         }
     }
 
@@ -105,7 +126,7 @@ public struct ChannelRepository: Sendable {
                     from: """
                         INSERT INTO channels (name, status, groups, models) VALUES ($1, $2, $3::text[], $4::text[])
                         """), [draft.name, draft.status, TextArray(groups), TextArray(models)])
-            let channel = try Self.decode(rows[0])
+            let channel = try Self.addingPending([try Self.decode(rows[0])], on: connection)[0]
             try ChangeNotice.send([ChangeNotice.channel(channel.id)], on: connection)
             try AuditLog.recordChange(
                 on: connection, actor: actor, action: "channel.create", target: "channel:\(channel.id)",
@@ -143,7 +164,7 @@ public struct ChannelRepository: Sendable {
                         UPDATE channels SET name = $2, status = $3, groups = $4::text[], models = $5::text[], updated_at = now()
                         WHERE id = $1
                         """), [id, after.name, after.status, TextArray(after.groups), TextArray(after.models)])
-            let updated = try Self.decode(rows[0])
+            let updated = try Self.addingPending([try Self.decode(rows[0])], on: connection)[0]
             try ChangeNotice.send([ChangeNotice.channel(id)], on: connection)
             try AuditLog.recordChange(
                 on: connection, actor: actor, action: "channel.update", target: "channel:\(id)",

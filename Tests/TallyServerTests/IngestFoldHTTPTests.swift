@@ -175,6 +175,46 @@ struct IngestFoldHTTPTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    /// Found by a review of the money paths: only the import wrote a channel's used_quota, so
+    /// /api/channel/ showed new-api's figure for good (and 0 for a channel made in Tally).
+    @Test(
+        "a channel's used_quota counts what its requests cost: exact before the roll-up, added once by it, a resent batch never again"
+    )
+    func channelUsedQuota() async throws {
+        let (db, seed, _, _, _, key) = try await Self.accountWithLimitedKey("fold-channel")
+        let adminToken = try await seed.user("admin", role: .admin).token
+        let channel = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
+        @Sendable func line(_ id: String, channel: Int64?) -> String {
+            let field = channel.map { #","channel_id":\#($0)"# } ?? ""
+            return
+                #"{"request_id":"\#(id)","created_at":"\#(Gateway.now)","key":"\#(key)","model":"gpt-4o","kind":"chat","status":200\#(field),"usage":{"prompt_tokens":1000,"completion_tokens":500}}"#
+        }
+        try await TestApp.build(db, { $0.settleIntervalMilliseconds = 0 }).test(.live) { client in
+            let gateway = Gateway(client: client), api = API(client: client)
+            @Sendable func usedQuota() async throws -> Int64? {
+                let channels = try await api.get("/api/channel/?p=1&page_size=100", token: adminToken)
+                let items = channels.dataObject["items"] as? [[String: Any]] ?? []
+                return items.first { int64($0["id"]) == channel.id }.flatMap { int64($0["used_quota"]) }
+            }
+            let batch = ["a", "b", "c"].map { line("ch-\($0)", channel: channel.id) } + [line("ch-none", channel: nil)]
+            for _ in 0..<2 {  // the second time a resend: every line a duplicate
+                #expect(try await gateway.post("/logs", batch.joined(separator: "\n")).status == 200)
+            }
+            #expect(try await usedQuota() == 3 * chatHold, "pending, before any roll-up")
+            try await db.fold()
+            #expect(try await seed.int("SELECT count(*) FROM pending_channel_usage") == 0)
+            #expect(try await seed.int("SELECT used_quota FROM channels WHERE id = $1", [channel.id]) == 3 * chatHold)
+            #expect(try await usedQuota() == 3 * chatHold)
+            #expect(try await gateway.post("/logs", line("ch-d", channel: channel.id)).status == 200)
+            #expect(try await usedQuota() == 4 * chatHold)
+            let one = try await api.get("/api/channel/\(channel.id)", token: adminToken)
+            #expect(int64(one.dataObject["used_quota"]) == 4 * chatHold)
+        }
+        try await db.fold()
+        #expect(try await seed.int("SELECT used_quota FROM channels WHERE id = $1", [channel.id]) == 4 * chatHold)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     @Test(
         "a batch that settles holds queues one pending charge per account: what its lines cost and what their holds return together"
     )

@@ -5,7 +5,7 @@ import TallyCore
 /// (docs/ingest.md): one ledger charge per user × token × UTC month of the requests, one pending
 /// charge per user × token (what the balance fold applies), and one pending usage row per user
 /// × token × UTC day × model × group × kind (the grain of `usage_daily`, which the roll-up adds
-/// it to).
+/// it to), and what the lines cost per channel (`pending_channel_usage`, migration 0038).
 struct BatchCharges {
     struct ChargeKey: Hashable, Comparable {
         let userID: Int64
@@ -99,10 +99,13 @@ struct BatchCharges {
     /// and the pending charges are written in that order).
     let charges: [(key: ChargeKey, charge: Charge)]
     private(set) var usage: [UsageKey: UsageTotals] = [:]
+    /// What the lines that name a channel cost, per channel (none for lines that cost nothing).
+    private(set) var channels: [Int64: Int64] = [:]
 
     init(_ lines: some Sequence<PricedLine>) {
         var charges: [ChargeKey: Charge] = [:]
         for line in lines {
+            if let channel = line.channelID, line.quota != 0 { channels[channel, default: 0] += line.quota }
             let day = UTCDay(line.createdAt)
             charges[ChargeKey(userID: line.userID, tokenID: line.tokenID, month: day.monthStart), default: Charge()]
                 .add(line)

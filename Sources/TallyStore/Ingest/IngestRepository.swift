@@ -217,7 +217,22 @@ public struct PostgresIngestRepository: IngestRepository {
                 try writer.write(row.bytes)
             }
         }
+        if !charges.channels.isEmpty {
+            try connection.query(
+                appendChannelUsage,
+                [
+                    batchID, PostgresArray.integers(Array(charges.channels.keys)),
+                    PostgresArray.integers(Array(charges.channels.values)),
+                ])
+        }
     }
+
+    static let appendChannelUsage = PreparedStatement(
+        "ingest_channel_usage",
+        """
+        INSERT INTO pending_channel_usage (batch_id, channel_id, quota)
+        SELECT $1, c.channel_id, c.quota FROM unnest($2::bigint[], $3::bigint[]) AS c (channel_id, quota)
+        """)
 
     /// Closes the open holds of the lines (same account, key and request id) as settled, and
     /// returns their reservations per account. Most deployments settle a hold per line; a

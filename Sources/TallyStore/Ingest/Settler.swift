@@ -49,12 +49,15 @@ public struct Settler: Sendable {
         }
     }
 
-    /// Rolls the pending usage of the shards it can claim up into `usage_daily`. Returns the
-    /// pending rows consumed.
+    /// Rolls the pending usage of the shards it can claim up into `usage_daily`, and what
+    /// batches charged per channel into the channels (unless another settler is doing that).
+    /// Returns the pending usage rows consumed.
     @discardableResult
     public func rollUp() async throws -> Int {
         try await pool.withConnection { [shards] connection in
-            try connection.query(Self.rollUpShards, [shards, false])[0].decode(0, as: Int.self)
+            let rows = try connection.query(Self.rollUpShards, [shards, false])[0].decode(0, as: Int.self)
+            try connection.query(Self.foldChannels, [false])
+            return rows
         }
     }
 
@@ -66,6 +69,7 @@ public struct Settler: Sendable {
         try await pool.withConnection { [shards] connection in
             let folded = try connection.query(Self.foldEverything)[0].decode(0, as: Int.self)
             _ = try connection.query(Self.rollUpShards, [shards, true])
+            try connection.query(Self.foldChannels, [true])
             return folded
         }
     }
@@ -73,4 +77,5 @@ public struct Settler: Sendable {
     static let settle = PreparedStatement("settler_tick", "SELECT folded, last_picked FROM tally_settle($1, $2, $3)")
     static let rollUpShards = PreparedStatement("settler_roll_up", "SELECT tally_roll_up($1, $2)")
     static let foldEverything = PreparedStatement("settler_fold_all", "SELECT tally_fold(NULL, false)")
+    static let foldChannels = PreparedStatement("settler_fold_channels", "SELECT tally_fold_channel_usage($1)")
 }
