@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TallyCore
 import TallyPostgres
 import TallyStore
@@ -195,17 +196,40 @@ struct StreamedBatchTests {
                 "SELECT count(*) FROM request_logs WHERE request_id IN ('dropped-now', 'dropped-streamed')") == 2)
     }
 
-    @Test("a body that fails mid-way stores nothing and leaves the connection usable")
-    func failedBodyStoresNothing() async throws {
-        struct ClientGone: Error {}
+    struct ClientGone: Error {}
+
+    /// The second case found by a review: a key lookup of the body cancelled by
+    /// `statement_timeout` was taken for the COPY's own cancellation, and the store waited
+    /// for the rest of a body that never came.
+    @Test(
+        "a body that fails mid-way stores nothing and leaves the connection usable, whatever its error",
+        arguments: [
+            ClientGone() as any Error,
+            PostgresError(
+                kind: .query, sqlState: SQLState.queryCanceled, message: "canceling statement due to statement timeout"),
+        ])
+    func failedBodyStoresNothing(_ failure: any Error) async throws {
         let db = try await TestDatabase.shared("ingest-stream")
         try await db.prepareBilling(users: 5)
         let account = try await db.syntheticAccount(4)
         let (handOff, stored) = Self.start(PostgresIngestRepository(pool: db.pool))
         await handOff.send(.lines([Self.line("gone-1", account: account)]))
         #expect(try await Self.waitForCopies(db, rows: 1))
-        await handOff.send(.failed(ClientGone()))
-        await #expect(throws: ClientGone.self) { try await stored.value }
+        await handOff.send(.failed(failure))
+        // Watched from aside: a store that waits for the rest of the body never returns.
+        let ended = Mutex<String?>(nil)
+        Task {
+            do {
+                _ = try await stored.value
+                ended.withLock { $0 = "stored" }
+            } catch {
+                ended.withLock { $0 = "\(type(of: error))" }
+            }
+        }
+        #expect(
+            try await waitUntil(timeout: .seconds(30)) { ended.withLock { $0 != nil } },
+            "the store still waits for the rest of a body that failed")
+        #expect(ended.withLock { $0 } == "\(type(of: failure))")
         #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'gone-%'") == 0)
         #expect(try await db.scalar("SELECT count(*) FROM pending_charges WHERE user_id = $1", [account.user]) == 0)
         // Every pooled connection was returned outside a transaction.

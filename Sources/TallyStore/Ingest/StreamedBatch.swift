@@ -47,8 +47,13 @@ extension PostgresIngestRepository {
         let month = UTCDay(now).monthStart
         try await ensurePartitions(months: [month, UTCDay(number: month.number - 1).monthStart])
         let months = partitions.known
-        let outcome = try await pool.withConnection { connection in
-            try Self.storeArriving(from: handOff, months: months, tid: tid, source: source, on: connection)
+        let outcome: StreamOutcome
+        do {
+            outcome = try await pool.withConnection { connection in
+                try Self.storeArriving(from: handOff, months: months, tid: tid, source: source, on: connection)
+            }
+        } catch let failed as BodyFailed {
+            throw failed.error
         }
         switch outcome {
         case .stored(let result):
@@ -78,6 +83,14 @@ extension PostgresIngestRepository {
 
     /// A line needs a month partition this process does not know of.
     private struct UnknownMonth: Error {}
+
+    /// Why the body could not be read, kept apart from the transaction's own errors until the
+    /// store gives up: a key lookup cancelled by `statement_timeout` is a `PostgresError` too,
+    /// and taken for the COPY's own cancellation the batch would wait to be stored whole for a
+    /// rest of the body that never comes, holding its connection and stream slot for good.
+    private struct BodyFailed: Error {
+        let error: any Error
+    }
 
     @available(*, noasync, message: "blocks its thread: call it inside PostgresPool.withConnection")
     static func storeArriving(
@@ -168,7 +181,7 @@ extension PostgresIngestRepository {
             batch.complete = true
             return nil
         case .failed(let error):
-            throw error
+            throw BodyFailed(error: error)
         }
     }
 }
