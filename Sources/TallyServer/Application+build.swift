@@ -153,7 +153,9 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
     router.add(middleware: FailedAuthMiddleware(limiter: failedAuth))
 
     let models = ModelAvailability(channels: services.channels, prices: services.prices)
-    let exports = ExportStreamer(exporter: services.exporter, slots: ExportSlots(poolSize: configuration.poolSize))
+    let exports = ExportStreamer(
+        exporter: services.exporter,
+        slots: ExportSlots(poolSize: configuration.poolSize, streams: services.ingestLimits.maxStreamedBatches))
     // Public, and the API-key routes (each handler authenticates the key).
     router.addRoutes(HealthController(pool: services.pool).routes)
     router.addRoutes(ConsoleController(files: .bundled).routes)

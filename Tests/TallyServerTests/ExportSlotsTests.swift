@@ -26,6 +26,16 @@ struct ExportSlotsTests {
         try await slots.acquire(caller: 1)
     }
 
+    /// Found by a review: each capped at half the pool, streamed batches and exports together
+    /// could hold all of it.
+    @Test("exports take half of what the ingest streams leave of the pool, at least one")
+    func sharedWithStreams() {
+        #expect(ExportSlots(poolSize: 16, streams: 8).capacity == 4)
+        #expect(ExportSlots(poolSize: 16, streams: 0).capacity == 8)
+        #expect(ExportSlots(poolSize: 4, streams: 2).capacity == 1)
+        #expect(ExportSlots(poolSize: 2, streams: 1).capacity == 1)
+    }
+
     @Test("a freed slot goes to the longest waiter its caller allows, at once; a cancelled waiter leaves the queue")
     func handOff() async throws {
         let slots = ExportSlots(poolSize: 4, perCaller: 1, wait: .seconds(30))

@@ -42,9 +42,12 @@ final class ExportSlots: Sendable {
     let wait: Duration
     private let state = Mutex(State())
 
-    /// Half the pool (at least 1) in all, `perCaller` for each caller.
-    init(poolSize: Int, perCaller: Int = 2, wait: Duration = .seconds(10)) {
-        capacity = max(1, poolSize / 2)
+    /// Half of what the ingest streams leave of the pool (at least 1) in all, `perCaller` for each
+    /// caller. Both hold a connection at their clients' pace; each capped at half the pool, slow
+    /// uploads and slow export readers together held all of it (found by a review), and the
+    /// journal, refills, lookups and the registration's renewal waited: authorize stopped.
+    init(poolSize: Int, streams: Int = 0, perCaller: Int = 2, wait: Duration = .seconds(10)) {
+        capacity = max(1, (poolSize - streams) / 2)
         self.perCaller = perCaller
         self.wait = wait
     }
