@@ -696,6 +696,62 @@ struct NewAPIImportTests {
         try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
+    /// Found by a review of the import: a rotation new-api made (after a leak, say) that Tally
+    /// could not follow, its new value being another account's, left the old token and key
+    /// working until a later run could rotate them.
+    @Test(
+        "a rotation blocked by another source's account revokes the old token and disables the old key until it can happen"
+    )
+    func blockedRotationsFailClosed() async throws {
+        let source = try await Self.newAPIDatabase("newapirotsrc")
+        let other = try await Self.newAPIDatabase("newapirotother")
+        let tally = try await TestDatabase.create("newapirot")
+        let (token, key) = ("bobOtherToken5d1c0e9f8a7b6c5d4e3", "BobOtherKey0f1e2d3c4b5a69788796a5b4c3d2e1f0a9b8c")
+        try await other.pool.withConnection {
+            try $0.execute("UPDATE users SET access_token = '\(token)' WHERE id = 3")
+            try $0.execute("UPDATE tokens SET key = '\(key)' WHERE id = 4")
+        }
+        _ = try Self.runImport(source, into: tally)
+        _ = try Self.runImport(other, into: tally, ["--source", "other"])
+        let alice = try await Self.tallyID("user", source: 2, in: tally)
+        let aliceMain = try await Self.tallyID("token", source: 2, in: tally)
+        let keyBefore = try await tally.pool.withConnection {
+            try $0.query("SELECT key_hash FROM tokens WHERE id = $1", [aliceMain])[0].text(0)
+        }
+        // new-api rotates alice's token and key, to values the other source's bob holds in Tally.
+        try await source.pool.withConnection {
+            try $0.execute("UPDATE users SET access_token = '\(token)' WHERE id = 2")
+            try $0.execute("UPDATE tokens SET key = '\(key)' WHERE id = 2")
+        }
+        let blocked = try Self.runImport(source, into: tally)
+        #expect(blocked.contains("the account's old token is revoked and it has none until a later run"), "\(blocked)")
+        #expect(
+            blocked.contains("1 key(s) not rotated: new-api's new key is another Tally key's; the old key is disabled"))
+        #expect(
+            try await tally.scalar("SELECT count(*) FROM users WHERE id = $1 AND access_token_hash IS NULL", [alice])
+                == 1)
+        let keyRow = "SELECT status || ':' || key_hash FROM tokens WHERE id = $1"
+        #expect(
+            try await tally.pool.withConnection { try $0.query(keyRow, [aliceMain])[0].text(0) }
+                == "2:\(keyBefore ?? "")")
+
+        // The other source lets go of them: the next run rotates both, and the key works again.
+        try await other.pool.withConnection {
+            try $0.execute("UPDATE users SET access_token = 'bobFreshToken00aa11bb22cc33dd44e' WHERE id = 3")
+            try $0.execute("UPDATE tokens SET key = 'BobFreshKey00aa11bb22cc33dd44ee55ff66778899aabbc' WHERE id = 4")
+        }
+        _ = try Self.runImport(other, into: tally, ["--source", "other"])
+        let freed = try Self.runImport(source, into: tally)
+        #expect(!freed.contains("not rotated"), "\(freed)")
+        #expect(
+            try await tally.scalar(
+                "SELECT count(*) FROM users WHERE id = $1 AND access_token_hash IS NOT NULL", [alice])
+                == 1)
+        let rotated = try await tally.pool.withConnection { try $0.query(keyRow, [aliceMain])[0].text(0) }
+        #expect(rotated?.hasPrefix("1:") == true && rotated != "1:\(keyBefore ?? "")", "\(rotated ?? "")")
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
+    }
+
     /// Found by a review: codes new-api had stopped came in disabled with no record of who
     /// stopped them, so their maker, an admin, could enable them again (the rule that lets only
     /// whoever stopped a code, or root, enable it found no stop to go by).

@@ -215,13 +215,18 @@ enum NewAPIImportSQL {
         WHERE NOT m.linked AND s.access_hash IS DISTINCT FROM m.access_token_hash
         """
 
-    /// Gives those accounts new-api's token (its predecessor stops working at once), unless
-    /// another account holds it (then the run warns and the next one tries again).
+    /// Gives those accounts new-api's token (its predecessor stops working at once). When
+    /// another account holds it, the account is left with none: new-api rotated the token
+    /// (a leak, a sign-out everywhere), so the old one must stop working all the same (found by
+    /// a review: it kept working until a later run could rotate); the run warns, and the next
+    /// one gives it new-api's token once that is free.
     static let replaceAccessTokens = """
-        UPDATE users u SET access_token_hash = r.access_hash, access_token_last6 = r.access_last6, updated_at = now()
+        UPDATE users u SET access_token_hash = CASE WHEN k.free THEN r.access_hash END,
+            access_token_last6 = CASE WHEN k.free THEN r.access_last6 END, updated_at = now()
         FROM (\(rotatedAccessTokens)) r
+        CROSS JOIN LATERAL (SELECT NOT EXISTS (SELECT 1 FROM users o WHERE o.access_token_hash = r.access_hash) AS free) k
         WHERE u.id = r.tally_id AND u.access_token_hash IS DISTINCT FROM r.access_hash
-          AND NOT EXISTS (SELECT 1 FROM users o WHERE o.access_token_hash = r.access_hash)
+          AND (k.free OR u.access_token_hash IS NOT NULL)
         """
 
     /// Remembers new-api's token where the account now holds it.
@@ -276,8 +281,9 @@ enum NewAPIImportSQL {
         WHERE \(tokensToInsert) AND EXISTS (SELECT 1 FROM tokens t WHERE t.key_hash = s.key_hash)
         """
 
-    /// Keys whose new-api key changed to one another Tally key holds: the rotation waits (the old
-    /// key keeps working), as a blocked access-token rotation does.
+    /// Keys whose new-api key changed to one another Tally key holds: the rotation waits, with
+    /// the old key disabled meanwhile (``updateTokens``), as a blocked access-token rotation
+    /// leaves the account without one.
     static let blockedKeyRotations = """
         SELECT count(*) FROM import_tokens s \(mapped("token")) JOIN tokens t ON t.id = m.tally_id
         WHERE t.key_hash <> s.key_hash
@@ -315,10 +321,16 @@ enum NewAPIImportSQL {
         SELECT $1::text, 'token', s.source_id, s.tally_id FROM fresh f JOIN import_tokens s ON s.tally_id = f.id
         """
 
-    /// Every key field follows new-api, the key itself included (unless another key holds the new
-    /// one); the remaining quota is set with the balances.
+    /// new-api's status, or disabled while its rotation waits (``updateTokens``).
+    private static let keyStatus =
+        "CASE WHEN t.key_hash <> s.key_hash AND NOT k.free THEN \(TokenStatus.disabled.sql) ELSE s.status END"
+
+    /// Every key field follows new-api, the key itself included. When another key holds the new
+    /// one, the old key stays but disabled until a later run can rotate it: new-api rotated it
+    /// (a leak), so it must stop working all the same (found by a review: it kept working). The
+    /// remaining quota is set with the balances.
     static let updateTokens = """
-        UPDATE tokens t SET name = s.name, status = s.status, "group" = s.grp, unlimited_quota = s.unlimited,
+        UPDATE tokens t SET name = s.name, status = \(keyStatus), "group" = s.grp, unlimited_quota = s.unlimited,
             model_limits_enabled = s.model_limits_enabled, model_limits = s.model_limits, allow_ips = s.allow_ips,
             expires_at = \(keyExpiry), deleted_at = s.deleted_at,
             accessed_at = greatest(t.accessed_at, to_timestamp(s.accessed_unix)),
@@ -328,7 +340,7 @@ enum NewAPIImportSQL {
         CROSS JOIN LATERAL (SELECT NOT EXISTS (SELECT 1 FROM tokens o WHERE o.key_hash = s.key_hash) AS free) k
         WHERE t.id = m.tally_id AND (
             (t.name, t.status, t."group", t.unlimited_quota, t.model_limits_enabled, t.model_limits, t.allow_ips, t.expires_at, t.deleted_at)
-            IS DISTINCT FROM (s.name, s.status, s.grp, s.unlimited, s.model_limits_enabled, s.model_limits, s.allow_ips, \(keyExpiry), s.deleted_at)
+            IS DISTINCT FROM (s.name, \(keyStatus), s.grp, s.unlimited, s.model_limits_enabled, s.model_limits, s.allow_ips, \(keyExpiry), s.deleted_at)
             OR t.accessed_at < to_timestamp(s.accessed_unix) OR (t.key_hash <> s.key_hash AND k.free))
         """
 

@@ -74,7 +74,7 @@ extension NewAPIImporter {
         for username in try target.query(NewAPIImportSQL.blockedAccessTokens, [name]).map({ $0.text(0) ?? "" }) {
             warnings.append(
                 "user \(username): new-api's access token is held by another Tally account; "
-                    + "the account keeps its token until a later run")
+                    + "the account's old token is revoked and it has none until a later run")
         }
         let disabled = try target.query(NewAPIImportSQL.disableVanishedUsers, [name]).map { $0.text(0) ?? "" }
         summary.users.removed = disabled.count
@@ -206,8 +206,8 @@ extension NewAPIImporter {
         let blocked = try target.query(NewAPIImportSQL.blockedKeyRotations, [name])[0].decode(0, as: Int.self)
         if blocked > 0 {
             warnings.append(
-                "\(blocked) key(s) not rotated: new-api's new key is another Tally key's; the old key still "
-                    + "works until a later run can rotate it")
+                "\(blocked) key(s) not rotated: new-api's new key is another Tally key's; the old key is "
+                    + "disabled until a later run can rotate it")
         }
     }
 
