@@ -786,6 +786,31 @@ struct NewAPIImportTests {
         try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
+    /// Found by a review of the import: codes were matched by hash alone, so a code deleted
+    /// outright in new-api (a release without soft deletes, a cleanup in SQL) stayed redeemable.
+    @Test(
+        "a code deleted outright in new-api is disabled by the next run, root's stop on record; a used one stays used")
+    func vanishedCodesDisabled() async throws {
+        let source = try await Self.newAPIDatabase("newapigonesrc")
+        let tally = try await TestDatabase.create("newapigone")
+        _ = try Self.runImport(source, into: tally)
+        let welcome = try await tally.scalar("SELECT id FROM redemptions WHERE name = 'welcome'")
+        #expect(try await tally.scalar("SELECT status FROM redemptions WHERE id = $1", [welcome]) == 1)
+        try await source.pool.withConnection { try $0.execute("DELETE FROM redemptions WHERE id IN (1, 2)") }
+        let second = try Self.runImport(source, into: tally)
+        #expect(second.contains("redemption codes: 0 created, 0 updated, 0 linked, 0 renamed, 1 removed"), "\(second)")
+        #expect(second.contains("1 redemption code(s) disabled: gone from new-api's redemptions table"))
+        #expect(try await tally.scalar("SELECT status FROM redemptions WHERE id = $1", [welcome]) == 2)
+        #expect(try await tally.scalar("SELECT status FROM redemptions WHERE name = 'used'") == 3)
+        #expect(
+            try await tally.scalar(
+                "SELECT count(*) FROM audit_log WHERE action = 'redemption.disable' AND target = 'redemption:' || $1::text",
+                [welcome]) == 1)
+        let third = try Self.runImport(source, into: tally)
+        #expect(third.contains("redemption codes: 0 created, 0 updated, 0 linked, 0 renamed, 0 removed"), "\(third)")
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
+    }
+
     /// Found by a review: a key whose allow-list Tally could not read came in disabled with an
     /// empty list, which allows every address, so enabling it (its owner may) lifted the list.
     @Test("a key whose allow-list cannot be read keeps it, and allows no address even once enabled")

@@ -443,8 +443,19 @@ enum NewAPIImportSQL {
     private static let codeDisabled = RedemptionStatus.disabled.sql
     private static let codeUsed = RedemptionStatus.used.sql
 
-    /// Codes with a positive value; a deleted unused code comes in disabled.
+    /// Codes an earlier run brought in before the import remembered codes (migration 0039), by
+    /// their hash, unless another source's they are.
+    static let linkRedemptions = """
+        INSERT INTO import_map (source, kind, source_id, tally_id)
+        SELECT $1::text, 'redemption', s.source_id, r.id
+        FROM import_redemptions s JOIN redemptions r ON r.code_hash = s.code_hash
+        WHERE \(unmapped("redemption")) AND NOT EXISTS (SELECT 1 FROM import_map m WHERE m.kind = 'redemption' AND m.tally_id = r.id)
+        """
+
+    /// Codes with a positive value; a deleted unused code comes in disabled. Each is remembered
+    /// as this source's.
     static let insertRedemptions = """
+        WITH fresh AS (
         INSERT INTO redemptions (name, code_hash, code_last6, quota, status, created_by, used_user_id, expires_at, created_at, redeemed_at)
         SELECT s.name, s.code_hash, s.code_last6, s.quota,
                CASE WHEN s.status = \(codeUsed) THEN \(codeUsed)
@@ -457,7 +468,21 @@ enum NewAPIImportSQL {
         LEFT JOIN import_map redeemer ON redeemer.source = $1 AND redeemer.kind = 'user' AND redeemer.source_id = s.user_source_id
         WHERE s.quota > 0 ORDER BY s.source_id
         ON CONFLICT (code_hash) DO NOTHING
-        RETURNING id, status
+        RETURNING id, status, code_hash
+        ), mapped AS (
+            INSERT INTO import_map (source, kind, source_id, tally_id)
+            SELECT $1::text, 'redemption', s.source_id, f.id FROM fresh f JOIN import_redemptions s ON s.code_hash = f.code_hash
+        )
+        SELECT id, status FROM fresh
+        """
+
+    /// Enabled codes of this source that new-api no longer has (deleted outright): disabled, as
+    /// such users and channels are. Only when the source has a codes table (it was staged).
+    static let disableVanishedRedemptions = """
+        UPDATE redemptions r SET status = \(codeDisabled) FROM import_map m
+        WHERE m.source = $1 AND m.kind = 'redemption' AND r.id = m.tally_id AND r.status = \(codeEnabled)
+          AND NOT EXISTS (SELECT 1 FROM import_redemptions s WHERE s.source_id = m.source_id)
+        RETURNING r.id, r.status
         """
 
     /// A code used or disabled in new-api since the last run; never back to usable.

@@ -33,7 +33,7 @@ extension NewAPIImporter {
             try importUsers(&summary, warnings: &warnings)
             try importTokens(&summary.tokens, warnings: &warnings)
             try importChannels(&summary.channels)
-            try importRedemptions(&summary.redemptions)
+            try importRedemptions(&summary.redemptions, staged: source.redemptions != nil)
             try target.query(NewAPIImportSQL.dropLookups, [options.source])
             try target.query(NewAPIImportSQL.addLookups, [options.source])
             // Running instances forget every cached key, user, group and channel.
@@ -45,6 +45,7 @@ extension NewAPIImporter {
         for (count, warning) in [
             (summary.tokens.removed, "key(s) deleted: gone from new-api's tokens table"),
             (summary.channels.removed, "channel(s) disabled: gone from new-api's channels table"),
+            (summary.redemptions.removed, "redemption code(s) disabled: gone from new-api's redemptions table"),
             (summary.redemptions.skipped, "redemption code(s) skipped: quota is not positive"),
         ] where count > 0 {
             summary.warnings.append("\(count) \(warning)")
@@ -219,7 +220,7 @@ extension NewAPIImporter {
         counts.removed = try target.query(NewAPIImportSQL.disableVanishedChannels, [options.source]).affectedRows
     }
 
-    private func importRedemptions(_ counts: inout ImportCounts) throws {
+    private func importRedemptions(_ counts: inout ImportCounts, staged: Bool) throws {
         func changed(_ statement: String, wasEnabled: Bool) throws -> Int {
             let rows = try target.query(statement, [options.source]).map {
                 (id: try $0.decode(0, as: Int64.self), status: try $0.decode(1, as: Int.self))
@@ -231,8 +232,10 @@ extension NewAPIImporter {
             }
             return rows.count
         }
+        try target.query(NewAPIImportSQL.linkRedemptions, [options.source])
         counts.created = try changed(NewAPIImportSQL.insertRedemptions, wasEnabled: false)
         counts.updated = try changed(NewAPIImportSQL.updateRedemptions, wasEnabled: true)
+        if staged { counts.removed = try changed(NewAPIImportSQL.disableVanishedRedemptions, wasEnabled: true) }
         counts.skipped = try target.query("SELECT count(*) FROM import_redemptions WHERE quota <= 0")[0].decode(0)
     }
 
