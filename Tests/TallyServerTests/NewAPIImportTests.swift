@@ -786,6 +786,39 @@ struct NewAPIImportTests {
         try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
+    /// Found by a review of the import: a row whose new-api id Tally had taken got the source's
+    /// highest id + 1, the id new-api gave its next row, which the following run displaced in
+    /// turn; a gateway line naming that row's id was charged to the displaced one's owner.
+    @Test(
+        "a displaced row, and every row Tally makes after an import, take ids new-api never reaches; the run lists them"
+    )
+    func displacedIDsOutOfReach() async throws {
+        let source = try await Self.newAPIDatabase("newapiidsrc")
+        let tally = try await TestDatabase.create("newapiids")
+        _ = try TallyBinary.createUser("first", databaseURL: tally.url)
+        let ops = try TallyBinary.createUser("ops", databaseURL: tally.url)
+        #expect(ops == 2, "holds alice's new-api id")
+        let first = try Self.runImport(source, into: tally)
+        let alice = try await Self.tallyID("user", source: 2, in: tally)
+        #expect(alice > 1_000_000_000)
+        // root's id 1 is "first"'s, alice's 2 is "ops"'.
+        #expect(
+            first.contains(
+                "2 users row(s) of new-api got another id, theirs being taken in Tally: 1 → 1000000001, 2 → \(alice)"),
+            "\(first)")
+        let made = try TallyBinary.createUser("made-in-tally", databaseURL: tally.url)
+        #expect(made > alice)
+        // new-api's next user takes the id after its highest, and keeps it in Tally.
+        try await source.pool.withConnection {
+            try $0.execute(
+                "INSERT INTO users (id, username, password, quota, created_at) VALUES (8, 'frank', 'x', 0, 1790000000)")
+        }
+        let second = try Self.runImport(source, into: tally)
+        #expect(!second.contains("got another id"), "\(second)")
+        #expect(try await Self.tallyID("user", source: 8, in: tally) == 8)
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
+    }
+
     /// Found by a review of the import: codes were matched by hash alone, so a code deleted
     /// outright in new-api (a release without soft deletes, a cleanup in SQL) stayed redeemable.
     @Test(

@@ -407,14 +407,31 @@ enum NewAPIImportSQL {
 
     // MARK: Ids
 
-    /// Moves `table`'s id sequence past its own ids and the source's, when `condition` selects
-    /// rows to insert, so that `assignIDs` can keep new-api ids and draw the others above both.
+    /// Where Tally's own ids go once an import has made room: far above any id new-api hands
+    /// out (its tables count from 1), within `integer` (channels). Drawn just above the source's
+    /// highest id, a displaced row took the id new-api gave its next row, which the following
+    /// run displaced again, and a gateway line naming that next row's `token_id` was charged to
+    /// the displaced one's owner (found by a review); rows made in Tally between runs did the same.
+    static let ownIDsFrom: Int64 = 1_000_000_000
+
+    /// Moves `table`'s id sequence past its own ids, the source's and `ownIDsFrom`, when
+    /// `condition` selects rows to insert, so that `assignIDs` can keep new-api ids and draw the
+    /// others (and every row Tally makes afterwards) where new-api's never reach.
     static func makeRoom(table: String, staging: String, where condition: String) -> String {
         """
         SELECT setval(pg_get_serial_sequence('\(table)', 'id'), greatest(
             coalesce(pg_sequence_last_value(pg_get_serial_sequence('\(table)', 'id')::regclass), 0),
-            (SELECT coalesce(max(id), 0) FROM \(table)), (SELECT coalesce(max(source_id), 0) FROM \(staging)), 1))
+            (SELECT coalesce(max(id), 0) FROM \(table)), (SELECT coalesce(max(source_id), 0) FROM \(staging)),
+            \(ownIDsFrom)))
         WHERE EXISTS (SELECT 1 FROM \(staging) s WHERE \(condition))
+        """
+    }
+
+    /// The rows to insert whose new-api id was taken: `source_id → tally_id`, by source id.
+    static func renumbered(staging: String, where condition: String) -> String {
+        """
+        SELECT s.source_id || ' → ' || s.tally_id FROM \(staging) s
+        WHERE \(condition) AND s.tally_id <> s.source_id ORDER BY s.source_id
         """
     }
 

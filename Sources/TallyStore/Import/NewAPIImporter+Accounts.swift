@@ -32,7 +32,7 @@ extension NewAPIImporter {
             summary.groupsCreated = try target.query(NewAPIImportSQL.insertGroups).affectedRows
             try importUsers(&summary, warnings: &warnings)
             try importTokens(&summary.tokens, warnings: &warnings)
-            try importChannels(&summary.channels)
+            try importChannels(&summary.channels, warnings: &warnings)
             try importRedemptions(&summary.redemptions, staged: source.redemptions != nil)
             try target.query(NewAPIImportSQL.dropLookups, [options.source])
             try target.query(NewAPIImportSQL.addLookups, [options.source])
@@ -68,7 +68,7 @@ extension NewAPIImporter {
         try suffixHeldNewUsernames(warnings: &warnings)
         try insert(
             table: "users", staging: "import_users", condition: NewAPIImportSQL.usersToInsert,
-            NewAPIImportSQL.insertUsers, counts: &summary.users)
+            NewAPIImportSQL.insertUsers, counts: &summary.users, warnings: &warnings)
         summary.users.updated = try target.query(NewAPIImportSQL.updateUsers, [name]).affectedRows
         summary.accessTokensReplaced = try target.query(NewAPIImportSQL.replaceAccessTokens, [name]).affectedRows
         try target.query(NewAPIImportSQL.recordAccessTokens, [name])
@@ -194,7 +194,7 @@ extension NewAPIImporter {
         counts.linked = try target.query(NewAPIImportSQL.linkTokens, [name]).affectedRows
         try insert(
             table: "tokens", staging: "import_tokens", condition: NewAPIImportSQL.tokensToInsert,
-            NewAPIImportSQL.insertTokens, counts: &counts)
+            NewAPIImportSQL.insertTokens, counts: &counts, warnings: &warnings)
         counts.updated = try target.query(NewAPIImportSQL.updateTokens, [name]).affectedRows
         counts.removed = try target.query(NewAPIImportSQL.removeVanishedTokens, [name]).affectedRows
         let orphans = try target.query(NewAPIImportSQL.orphanTokens)[0].decode(0, as: Int.self)
@@ -212,10 +212,10 @@ extension NewAPIImporter {
         }
     }
 
-    private func importChannels(_ counts: inout ImportCounts) throws {
+    private func importChannels(_ counts: inout ImportCounts, warnings: inout [String]) throws {
         try insert(
             table: "channels", staging: "import_channels", condition: NewAPIImportSQL.channelsToInsert,
-            NewAPIImportSQL.insertChannels, counts: &counts)
+            NewAPIImportSQL.insertChannels, counts: &counts, warnings: &warnings)
         counts.updated = try target.query(NewAPIImportSQL.updateChannels, [options.source]).affectedRows
         counts.removed = try target.query(NewAPIImportSQL.disableVanishedChannels, [options.source]).affectedRows
     }
@@ -242,11 +242,19 @@ extension NewAPIImporter {
     /// Chooses the Tally ids of the rows `condition` selects, inserts them and maps them.
     private func insert(
         table: String, staging: String, condition: String, _ insert: String,
-        counts: inout ImportCounts
+        counts: inout ImportCounts, warnings: inout [String]
     ) throws {
         let name = options.source
         try target.query(NewAPIImportSQL.makeRoom(table: table, staging: staging, where: condition), [name])
         try target.query(NewAPIImportSQL.assignIDs(table: table, staging: staging, where: condition), [name])
+        let renumbered = try target.query(NewAPIImportSQL.renumbered(staging: staging, where: condition), [name])
+            .map { $0.text(0) ?? "" }
+        if !renumbered.isEmpty {
+            warnings.append(
+                "\(renumbered.count) \(table) row(s) of new-api got another id, theirs being taken in Tally: "
+                    + renumbered.prefix(20).joined(separator: ", ") + (renumbered.count > 20 ? ", …" : "")
+                    + " (import_map lists them; gateway lines and New-Api-User headers must name the new ids)")
+        }
         counts.created = try target.query(insert, [name]).affectedRows
     }
 }
