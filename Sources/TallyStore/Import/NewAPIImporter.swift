@@ -117,6 +117,15 @@ public struct NewAPIImporter {
     public func run() throws -> NewAPIImportSummary {
         var summary = NewAPIImportSummary()
         try target.execute("SET client_encoding TO 'UTF8'")
+        // Its statements join temporary staging tables with the account tables, which Citus
+        // cannot send to its workers (found when the suite first ran there: every run failed
+        // with a missing import_users). Refused before anything is written.
+        if try CitusLayout.isInstalled(on: target) {
+            throw StoreError.invalid(
+                "tally import new-api runs on one PostgreSQL, not on a Citus cluster: import into a database "
+                    + "without the citus extension, then add it with tally migrate --citus, which distributes "
+                    + "the imported tables (docs/import.md)")
+        }
         try source.checkQuotaPerUnit()
         try target.execute(NewAPIImportSQL.createStaging)
         defer { try? target.execute(NewAPIImportSQL.dropStaging) }
