@@ -97,11 +97,16 @@ struct AuthorizeHTTPTests {
             databaseURL: db.url)
         let slowKey = try #require(
             (try JSONSerialization.jsonObject(with: Data(created.output.utf8)) as? [String: Any])?["key"] as? String)
+        #expect(try await db.scalar("SELECT rpm_limit FROM tokens WHERE name = 'slow'") == 1)
         let embedding = (model: "text-embedding-3-small", estimate: #"{"input_chars":10}"#)
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
             let limited = try await api.put("/api/admin/groups/default", token: adminAccess, #"{"model_rpm_limit":2}"#)
             #expect(limited.status == 200 && limited.dataObject["model_rpm_limit"] as? Int == 2, "\(limited.text)")
+            // A change that leaves the limit out keeps it.
+            let described = try await api.put(
+                "/api/admin/groups/default", token: adminAccess, #"{"description":"limited"}"#)
+            #expect(described.dataObject["model_rpm_limit"] as? Int == 2, "\(described.text)")
             let gateway = Gateway(client: client)
             for _ in 0..<2 { #expect(try await gateway.authorize(key: key).status == 200) }
             Self.expectError(try await gateway.authorize(key: key), .rateLimited, model: "gpt-4o")
@@ -109,16 +114,18 @@ struct AuthorizeHTTPTests {
             #expect(
                 try await gateway.authorize(key: key, model: embedding.model, estimate: embedding.estimate).status
                     == 200)
-            // The key's own limit: one a minute.
+            // Lifted, the user's third gpt-4o request goes through (once the change notice arrived).
+            let lifted = try await api.put(
+                "/api/admin/groups/default", token: adminAccess, #"{"model_rpm_limit":null}"#)
+            #expect(lifted.dataObject["model_rpm_limit"] is NSNull, "\(lifted.text)")
+            #expect(try await waitUntil(timeout: .seconds(10)) { try await gateway.authorize(key: key).status == 200 })
+            // The key's own limit from the command line, with no group limit left to refuse it: one a minute.
             #expect(
                 try await gateway.authorize(key: slowKey, model: embedding.model, estimate: embedding.estimate).status
                     == 200)
             Self.expectError(
                 try await gateway.authorize(key: slowKey, model: embedding.model, estimate: embedding.estimate),
                 .rateLimited, model: embedding.model)
-            let lifted = try await api.put(
-                "/api/admin/groups/default", token: adminAccess, #"{"model_rpm_limit":null}"#)
-            #expect(lifted.dataObject["model_rpm_limit"] is NSNull, "\(lifted.text)")
         }
     }
 

@@ -318,9 +318,14 @@ struct IngestHTTPTests {
             let retention = LogRetention(pool: db.pool)
             let plan = try await retention.plan(keepMonths: 2, current: UsageMonth("2026-11")!)
             #expect(try await retention.apply(plan, by: .cli).map(\.month).contains(UsageMonth("2026-09")!))
-            try await Task.sleep(for: .milliseconds(500))  // the instance reads the notice
-            let resent = try await Self.post(client, batch + "\n" + LogLines.chat("sept-3", user: 1, at: september))
-            #expect(resent.0 == .ok)
+            // Until the instance has read the notice, the batch fails whole (503) and stores nothing.
+            let resend = batch + "\n" + LogLines.chat("sept-3", user: 1, at: september)
+            var resent: (HTTPResponse.Status, [String: Any]) = (.serviceUnavailable, [:])
+            #expect(
+                try await waitUntil(timeout: .seconds(10)) {
+                    resent = try await Self.post(client, resend)
+                    return resent.0 == .ok
+                })
             #expect(resent.1["accepted"] as? Int == 0)
             let codes = (resent.1["rejected"] as? [[String: Any]] ?? []).compactMap { $0["code"] as? String }
             #expect(codes == Array(repeating: "month_dropped", count: 3))
@@ -357,9 +362,13 @@ struct IngestHTTPTests {
             #expect(failed.0 == .serviceUnavailable)
             #expect((failed.1["error"] as? [String: Any])?["code"] as? String == "database_unavailable")
             try await db.pool.withConnection { try $0.execute("NOTIFY tally_changes, 'logs-dropped'") }
-            try await Task.sleep(for: .milliseconds(500))  // the instance reads the notice
-            let resent = try await Self.post(client, batch)
-            #expect(resent.0 == .ok)
+            // Until the instance has read the notice the resend fails as the first try did.
+            var resent: (HTTPResponse.Status, [String: Any]) = (.serviceUnavailable, [:])
+            #expect(
+                try await waitUntil(timeout: .seconds(10)) {
+                    resent = try await Self.post(client, batch)
+                    return resent.0 == .ok
+                })
             #expect(resent.1["accepted"] as? Int == 1)
             let codes = (resent.1["rejected"] as? [[String: Any]] ?? []).compactMap { $0["code"] as? String }
             #expect(codes == ["month_dropped"])

@@ -344,7 +344,9 @@ struct TokenAPITests {
     /// Found by a review: the key query authenticated as a spending request does, so a key past
     /// its expiry, spent, or asked from outside its allow-list could not read why it stopped;
     /// new-api's TokenAuthReadOnly refuses only a disabled key and a banned owner.
-    @Test("GET /api/usage/token/ reads an expired, a spent and an address-limited key; a disabled one is refused")
+    @Test(
+        "GET /api/usage/token/ reads an expired, a spent and an address-limited key; a disabled one, or a suspended owner's, is refused"
+    )
     func tokenUsageReadOnly() async throws {
         let db = try await TestDatabase.shared("systemapi")
         let seed = Seed(db: db)
@@ -357,17 +359,28 @@ struct TokenAPITests {
             user: user.id, TokenDraft(name: "fenced", unlimitedQuota: true, allowIPs: "192.0.2.0/24"))
         let (disabled, disabledKey) = try await seed.key(user: user.id, TokenDraft(name: "off", unlimitedQuota: true))
         try await seed.sql("UPDATE tokens SET status = 2 WHERE id = $1", [disabled.id])
+        let (suspended, _) = try await seed.user()
+        let (_, suspendedKey) = try await seed.key(
+            user: suspended.id, TokenDraft(name: "owner off", unlimitedQuota: true))
+        try await seed.sql("UPDATE users SET status = $2 WHERE id = $1", [suspended.id, UserStatus.disabled.rawValue])
         try await TestApp.build(db).test(.live) { client in
             let api = API(client: client)
-            for (name, key) in [("old", expiredKey), ("spent", spentKey), ("fenced", fencedKey)] {
+            for (name, key, refusal) in [
+                ("old", expiredKey, "invalid_token"), ("spent", spentKey, "invalid_token"),
+                ("fenced", fencedKey, "ip_not_allowed"),
+            ] {
                 let answer = try await api.get("/api/usage/token/", token: key)
                 #expect(answer.status == 200, "\(name): \(answer.text)")
                 #expect(answer.dataObject["name"] as? String == name)
                 // Spending requests still refuse them.
-                #expect(try await api.get("/v1/dashboard/billing/subscription", token: key).status != 200, "\(name)")
+                let spending = try await api.get("/v1/dashboard/billing/subscription", token: key)
+                #expect(spending.errorCode == refusal, "\(name): \(spending.text)")
             }
             let refused = try await api.get("/api/usage/token/", token: disabledKey)
             #expect(refused.status == 401 && refused.errorCode == "invalid_token", "\(refused.text)")
+            // new-api's TokenAuthReadOnly refuses a banned owner too.
+            let banned = try await api.get("/api/usage/token/", token: suspendedKey)
+            #expect(banned.status == 403 && banned.errorCode == "account_suspended", "\(banned.text)")
         }
     }
 
