@@ -825,10 +825,33 @@ struct NewAPIImportTests {
         "a code deleted outright in new-api is disabled by the next run, root's stop on record; a used one stays used")
     func vanishedCodesDisabled() async throws {
         let source = try await Self.newAPIDatabase("newapigonesrc")
+        let other = try await Self.newAPIDatabase("newapigoneother")
         let tally = try await TestDatabase.create("newapigone")
         _ = try Self.runImport(source, into: tally)
         let welcome = try await tally.scalar("SELECT id FROM redemptions WHERE name = 'welcome'")
         #expect(try await tally.scalar("SELECT status FROM redemptions WHERE id = $1", [welcome]) == 1)
+        // Codes that are not this source's: one made in Tally, and another source's whose new-api
+        // has no codes table at all (nothing staged: none of its codes may look gone).
+        _ = try await BalanceRepository(pool: tally.pool).createRedemptions(
+            name: "made here", count: 1, quota: 1_000, expiredTime: 0, by: .cli)
+        try await other.pool.withConnection {
+            try $0.execute("UPDATE redemptions SET key = 'ffff' || substr(key, 5)")
+        }
+        _ = try Self.runImport(other, into: tally, ["--source", "other"])
+        let others =
+            "SELECT count(*) FROM redemptions r JOIN import_map m ON m.tally_id = r.id AND m.kind = 'redemption' WHERE m.source = 'other' AND r.status = 1"
+        #expect(try await tally.scalar(others) == 1)
+        try await other.pool.withConnection { try $0.execute("DROP TABLE redemptions") }
+        _ = try Self.runImport(other, into: tally, ["--source", "other"])
+        #expect(try await tally.scalar(others) == 1)
+        // As before migration 0039, when the import kept no record of its codes: a run links them.
+        let mapped = "SELECT count(*) FROM import_map WHERE source = 'new-api' AND kind = 'redemption'"
+        #expect(try await tally.scalar(mapped) == 2)
+        try await tally.pool.withConnection {
+            try $0.execute("DELETE FROM import_map WHERE source = 'new-api' AND kind = 'redemption'")
+        }
+        _ = try Self.runImport(source, into: tally)
+        #expect(try await tally.scalar(mapped) == 2)
         try await source.pool.withConnection { try $0.execute("DELETE FROM redemptions WHERE id IN (1, 2)") }
         let second = try Self.runImport(source, into: tally)
         #expect(second.contains("redemption codes: 0 created, 0 updated, 0 linked, 0 renamed, 1 removed"), "\(second)")
@@ -841,6 +864,8 @@ struct NewAPIImportTests {
                 [welcome]) == 1)
         let third = try Self.runImport(source, into: tally)
         #expect(third.contains("redemption codes: 0 created, 0 updated, 0 linked, 0 renamed, 0 removed"), "\(third)")
+        #expect(try await tally.scalar(others) == 1)
+        #expect(try await tally.scalar("SELECT status FROM redemptions WHERE name = 'made here'") == 1)
         try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
