@@ -66,7 +66,7 @@ struct Export: AsyncParsableCommand {
         let summary: ExportSummary
         do {
             summary = try await UsageExporter(pool: pool).export(export) { chunk in
-                output.handle.write(Data(chunk))
+                try output.write(chunk)
                 progress.add(chunk.count)
             }
             try output.commit()

@@ -52,16 +52,21 @@ struct Logs: AsyncParsableCommand {
             let output = try OutputFile(path: out)
             var buffer = ""
             buffer.reserveCapacity(1 << 20)
-            while let line = generator.next() {
-                buffer += line
-                buffer += "\n"
-                if buffer.utf8.count >= 1 << 20 {
-                    output.handle.write(Data(buffer.utf8))
-                    buffer.removeAll(keepingCapacity: true)
+            do {
+                while let line = generator.next() {
+                    buffer += line
+                    buffer += "\n"
+                    if buffer.utf8.count >= 1 << 20 {
+                        try output.write(Data(buffer.utf8))
+                        buffer.removeAll(keepingCapacity: true)
+                    }
                 }
+                try output.write(Data(buffer.utf8))
+                try output.commit()
+            } catch {
+                output.discard()
+                throw error
             }
-            output.handle.write(Data(buffer.utf8))
-            try output.commit()
             if let out, out != "-" {
                 // Standard output is free: say what was written, and for when.
                 let format = ISO8601DateFormatter()

@@ -11,12 +11,15 @@ struct OutputFile {
     /// The regular file it writes, nil for standard output or a device.
     let file: String?
     private let staging: String?
+    /// What error messages call it: the path, or standard output.
+    private let shownName: String
 
     init(path: String?) throws {
         guard let path, path != "-" else {
-            (handle, file, staging) = (FileHandle.standardOutput, nil, nil)
+            (handle, file, staging, shownName) = (FileHandle.standardOutput, nil, nil, "standard output")
             return
         }
+        shownName = path
         var status = stat()
         if stat(path, &status) == 0, status.st_mode & S_IFMT != S_IFREG {
             let descriptor = open(path, O_WRONLY)
@@ -47,11 +50,23 @@ struct OutputFile {
         return -1
     }
 
+    /// Writes `bytes`, or says why it could not (a full disk, a quota): `FileHandle.write(_:)`
+    /// traps on an error instead (found by a review of the exports), which left a partial file
+    /// and a crash where a message belongs.
+    func write(_ bytes: some DataProtocol) throws {
+        do {
+            try handle.write(contentsOf: bytes)
+        } catch {
+            throw OutputFailed(description: "cannot write \(shownName): \(error.localizedDescription)")
+        }
+    }
+
     /// Makes the written bytes durable and puts the file in place.
     func commit() throws {
         guard let staging, let file else { return }
         guard fsync(handle.fileDescriptor) == 0, rename(staging, file) == 0 else {
-            throw ValidationError("cannot put the output in place at \(file): errno \(errno)")
+            throw OutputFailed(
+                description: "cannot put the output in place at \(file): \(String(cString: strerror(errno)))")
         }
     }
 
@@ -59,4 +74,10 @@ struct OutputFile {
     func discard() {
         if let staging { unlink(staging) }
     }
+}
+
+/// Writing the output failed after the command had started (a full disk): exit 1 with why, not
+/// the usage text of a mistyped command.
+struct OutputFailed: Error, CustomStringConvertible {
+    let description: String
 }

@@ -194,6 +194,16 @@ struct CLITests {
         #expect((attributes[.posixPermissions] as? Int).map { $0 & 0o077 } == 0)
     }
 
+    /// Found by a review of the exports: a write that failed (a full disk) trapped inside
+    /// FileHandle.write(_:), so an export died with a crash instead of saying why.
+    @Test("an output that cannot be written (a full disk) ends the command with exit 1 and why, not a crash")
+    func fullDisk() throws {
+        let run = try TallyBinary.run(
+            ["logs", "gen", "--lines", "100000", "--out", "/dev/full"], databaseURL: "", expecting: .failure)
+        #expect(run.status == 1)
+        #expect(run.errorOutput.contains("cannot write /dev/full"), "\(run.errorOutput)")
+    }
+
     /// Found by a review of the operator's side: an environment file's `TALLY_LOG_LEVEL=` or
     /// `TALLY_HOLD_COMMIT=` refused to start (and `TALLY_HOST=` was bound as "").
     @Test("tally serve reads a variable set to nothing as unset")
