@@ -27,8 +27,9 @@ public struct HTTPClient: Sendable {
         /// `cutsLongBody`.
         public var maxResponseBytes: Int
         /// A body past `maxResponseBytes` ends the transfer there and the response is answered
-        /// with its body cut, as is one whose status came before the timeout: for a caller that
-        /// reads only the status (a webhook receiver answering 200 with a long page has the event).
+        /// with its body cut, as is one whose status came before the timeout, or a 2xx whose
+        /// body broke off: for a caller that reads only the status (a webhook receiver answering
+        /// 200 with a long page, or closing early, has the event).
         public var cutsLongBody = false
         /// Follow up to 5 redirects (to http or https only).
         public var followRedirects: Bool
@@ -155,9 +156,14 @@ private final class Transfer {
         }
         var status = 0
         _ = tally_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        // With the status read, a caller that reads only the status has its answer: a body cut
+        // at the cap or by the timeout, or, after a 2xx, by anything else (a receiver that closes
+        // before its Content-Length, a reset: found by a review, such a webhook was sent again
+        // until dead-lettered though the receiver had accepted it each time).
         let cut =
-            request.cutsLongBody && status != 0
-            && ((code == CURLE_WRITE_ERROR && transfer.exceeded) || code == CURLE_OPERATION_TIMEDOUT)
+            request.cutsLongBody && status != 0 && code != CURLE_ABORTED_BY_CALLBACK
+            && ((code == CURLE_WRITE_ERROR && transfer.exceeded) || code == CURLE_OPERATION_TIMEDOUT
+                || (200..<300).contains(status))
         guard code == CURLE_OK || cut else {
             if code == CURLE_ABORTED_BY_CALLBACK, cancelled.isCancelled { throw CancellationError() }
             throw error(

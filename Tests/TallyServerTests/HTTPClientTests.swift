@@ -88,6 +88,48 @@ struct HTTPClientTests {
         }
     }
 
+    /// Found by a review: a receiver that answered 200 and closed before its Content-Length was
+    /// counted a failure, and the event sent again until dead-lettered.
+    @Test("with cutsLongBody a 2xx whose body breaks off is answered; a 5xx that does is still an error")
+    func cutShortBody() async throws {
+        for (status, answered) in [(200, true), (503, false)] {
+            let port = try Self.answerOnce("HTTP/1.1 \(status) X\r\nContent-Length: 100\r\n\r\nok")
+            var request = HTTPClient.Request(method: .post, url: "http://127.0.0.1:\(port)/hook", body: [1])
+            request.cutsLongBody = true
+            if answered {
+                #expect(try await client.send(request).status == status)
+            } else {
+                await #expect(throws: HTTPClientError.self) { try await client.send(request) }
+            }
+        }
+    }
+
+    /// A one-shot server on a free port of 127.0.0.1 that answers its first connection with
+    /// `reply` as it is, then closes it (what Hummingbird would never send).
+    static func answerOnce(_ reply: String) throws -> Int {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        try withUnsafeMutablePointer(to: &address) { pointer in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                guard bind(listener, $0, length) == 0, listen(listener, 1) == 0, getsockname(listener, $0, &length) == 0
+                else { throw POSIXError(.EADDRINUSE) }
+            }
+        }
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        Thread.detachNewThread {
+            let connection = accept(listener, nil, nil)
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            _ = read(connection, &buffer, buffer.count)
+            _ = reply.utf8CString.withUnsafeBufferPointer { write(connection, $0.baseAddress, $0.count - 1) }
+            close(connection)
+            close(listener)
+        }
+        return port
+    }
+
     @Test("other schemes, malformed URLs and header injection are refused before sending")
     func invalidRequests() async throws {
         for url in ["ftp://127.0.0.1/x", "file:///etc/passwd", "not a url"] {
