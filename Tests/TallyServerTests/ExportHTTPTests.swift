@@ -92,6 +92,11 @@ struct ExportHTTPTests {
                     "by must list one or more of token, model, day"
                 ),
                 ("/api/usage/self?month=bad", userToken, 400, "month must be"),
+                // Found by a review: a user's raw=true was ignored, and totals came back as if rows.
+                (
+                    "/api/usage/self?month=2026-09&raw=true", userToken, 400,
+                    "raw exports (every request row) are an admin's"
+                ),
                 ("/api/admin/exports/usage?month=2026-09", userToken, 403, "insufficient permissions"),
                 ("/api/admin/statements/1/2026-09", userToken, 403, "insufficient permissions"),
                 ("/api/usage/self?month=2026-09", nil, 401, "no access token"),

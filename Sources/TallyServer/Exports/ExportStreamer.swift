@@ -19,8 +19,13 @@ struct ExportStreamer: Sendable {
         let by = try SystemInput.string(request, "by")
         let format = try SystemInput.string(request, "format")
         let timeZone = try SystemInput.string(request, "tz")
+        let raw = try flag(SystemInput.string(request, "raw"), name: "raw")
+        // Refused, not ignored: a caller asking for rows must not take totals for them.
+        guard rawAllowed || !raw else {
+            throw APIError.invalidRequest("raw exports (every request row) are an admin's: leave out raw")
+        }
         do {
-            if rawAllowed, try flag(SystemInput.string(request, "raw"), name: "raw") {
+            if raw {
                 guard by == nil, timeZone == nil, format == nil || format == "csv" else {
                     throw APIError.invalidRequest(
                         "raw exports every request row as CSV: leave out by, tz and format (or give format=csv)")
