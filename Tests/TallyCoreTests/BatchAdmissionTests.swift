@@ -21,7 +21,7 @@ struct BatchAdmissionTests {
         #expect(admission.waiting.isEmpty && admission.streaming == 2 && admission.readingWhole == 1)
     }
 
-    @Test("a batch that arrives while others wait queues behind them, even if a place is free")
+    @Test("a batch that arrives while others wait queues behind them: a place freed goes to the first waiting")
     func noOvertaking() {
         var admission = BatchAdmission(streams: 1, whole: 1)
         _ = admission.arrive(1)

@@ -8,7 +8,7 @@ import Testing
 struct ExportSlotsTests {
     @Test("half the pool in all, two per caller; a slot waits, then 429 too_many_exports")
     func capped() async throws {
-        let slots = ExportSlots(poolSize: 6, perCaller: 2, wait: .milliseconds(100))
+        let slots = ExportSlots(poolSize: 6, streams: 0, perCaller: 2, wait: .milliseconds(100))
         #expect(slots.capacity == 3)
         try await slots.acquire(caller: 1)
         try await slots.acquire(caller: 1)
@@ -38,7 +38,7 @@ struct ExportSlotsTests {
 
     @Test("a freed slot goes to the longest waiter its caller allows, at once; a cancelled waiter leaves the queue")
     func handOff() async throws {
-        let slots = ExportSlots(poolSize: 4, perCaller: 1, wait: .seconds(30))
+        let slots = ExportSlots(poolSize: 4, streams: 0, perCaller: 1, wait: .seconds(30))
         try await slots.acquire(caller: 1)
         try await slots.acquire(caller: 2)
         let order = Order()
@@ -72,7 +72,7 @@ struct ExportSlotsTests {
 
     @Test("waiters are served oldest first")
     func oldestFirst() async throws {
-        let slots = ExportSlots(poolSize: 2, perCaller: 2, wait: .seconds(30))
+        let slots = ExportSlots(poolSize: 2, streams: 0, perCaller: 2, wait: .seconds(30))
         try await slots.acquire(caller: 1)
         let order = Order()
         var waiting: [Task<Void, any Error>] = []

@@ -94,7 +94,7 @@ struct IngestAdmissionTests {
     /// Found by a review of the admission: a batch waiting unread past the HTTP idle timeout has
     /// its connection closed, and a client that hung up is never cancelled by the HTTP server, so
     /// a wait must end on its own.
-    @Test("a batch that waits longer than its patience is refused unread (503 to the gateway), and leaves the queue")
+    @Test("a batch that waits longer than its patience is refused unread (BatchGate.Busy), and leaves the queue")
     func waitEnds() async throws {
         let ingestor = try await Self.ingestor("ingest-admission-wait", wait: .milliseconds(300))
         let first = HeldBody(), second = HeldBody()

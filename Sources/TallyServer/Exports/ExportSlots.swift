@@ -46,7 +46,7 @@ final class ExportSlots: Sendable {
     /// caller. Both hold a connection at their clients' pace; each capped at half the pool, slow
     /// uploads and slow export readers together held all of it (found by a review), and the
     /// journal, refills, lookups and the registration's renewal waited: authorize stopped.
-    init(poolSize: Int, streams: Int = 0, perCaller: Int = 2, wait: Duration = .seconds(10)) {
+    init(poolSize: Int, streams: Int, perCaller: Int = 2, wait: Duration = .seconds(10)) {
         capacity = max(1, (poolSize - streams) / 2)
         self.perCaller = perCaller
         self.wait = wait
