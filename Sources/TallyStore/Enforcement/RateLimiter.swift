@@ -43,11 +43,16 @@ public final class RateLimiter: Sendable {
 
     /// Seconds on a clock that never steps back, from the first reading in this process.
     public static func monotonicSeconds() -> Double {
-        // The origin first: read after the clock, the first reading (the lazy origin set then)
-        // came out just below 0, in minute -1, and the next minute's counts gave that request
-        // only the weight of a previous minute's, so the limit let one more through.
-        let origin = Self.origin
-        let elapsed = (ContinuousClock.now - origin).components
+        seconds(since: { Self.origin }, now: { ContinuousClock.now })
+    }
+
+    /// Seconds from `origin` to `now`, the origin read first: read after the clock, the first
+    /// reading (the lazy origin set then) came out just below 0, in minute -1, and the next
+    /// minute's counts gave that request only the weight of a previous minute's, so the limit
+    /// let one more through.
+    static func seconds(since origin: () -> ContinuousClock.Instant, now: () -> ContinuousClock.Instant) -> Double {
+        let start = origin()
+        let elapsed = (now() - start).components
         return Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
     }
 
