@@ -936,9 +936,9 @@ extension HoldBookTests {
             return
         }
         let leaseCalls = repository.leaseCalls.withLock { $0 }
-        repository.holdRetries()
+        repository.heldRetries.hold()
         let returning = Task { try await book.returnIdleLeases(everything: true) }
-        #expect(try await waitUntil(timeout: .seconds(5)) { repository.retriesEntered })
+        #expect(try await waitUntil(timeout: .seconds(5)) { repository.heldRetries.entered })
         let second = try await book.reserve(Self.request("second", user: account.user, token: account.token))
         guard case .held = second else {
             Issue.record("\(second)")
@@ -946,7 +946,45 @@ extension HoldBookTests {
         }
         // Cut from a lease taken afresh, not from the one being returned.
         #expect(repository.leaseCalls.withLock { $0 } > leaseCalls)
-        repository.openRetries()
+        repository.heldRetries.open()
+        try await returning.value
+        #expect(try await book.retire())
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
+    /// The other half of the same fix: each stripe gave its leases back before the next one let
+    /// go of its own, so a slow give-back kept later stripes cutting from revoked leases.
+    @Test("a return of every lease lets go of every stripe's before any give-back: a slow one holds up no other stripe")
+    func returnAllLetsGoOfEveryStripe() async throws {
+        let db = try await TestDatabase.create("holdbook-return-stripes")
+        let seed = Seed(db: db)
+        // Consecutive ids: two stripes; the lower one gives back first.
+        let accounts = [
+            try await Self.limitedAccount(seed, quota: 100_000), try await Self.limitedAccount(seed, quota: 100_000),
+        ].sorted { $0.user % Int64(HoldBook.defaultStripes) < $1.user % Int64(HoldBook.defaultStripes) }
+        let repository = ObservedRepository(PostgresLeaseRepository(pool: db.pool))
+        let book = HoldBook(repository: repository, holdTTLSeconds: 600)
+        try await book.start()
+        for (index, account) in accounts.enumerated() {
+            let held = try await book.reserve(Self.request("first-\(index)", user: account.user, token: account.token))
+            guard case .held = held else {
+                Issue.record("\(held)")
+                return
+            }
+        }
+        let leaseCalls = repository.leaseCalls.withLock { $0 }
+        repository.heldGiveBacks.hold()
+        let returning = Task { try await book.returnIdleLeases(everything: true) }
+        #expect(try await waitUntil(timeout: .seconds(5)) { repository.heldGiveBacks.entered })
+        // The first stripe's give-back is held; the later stripe has let go all the same.
+        let later = accounts[1]
+        let second = try await book.reserve(Self.request("second", user: later.user, token: later.token))
+        guard case .held = second else {
+            Issue.record("\(second)")
+            return
+        }
+        #expect(repository.leaseCalls.withLock { $0 } > leaseCalls)
+        repository.heldGiveBacks.open()
         try await returning.value
         #expect(try await book.retire())
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
@@ -976,6 +1014,7 @@ private final class ObservedRepository: LeaseRepository {
     }
 
     func giveBack(instance: String, amounts: [AccountUnits]) async throws {
+        await heldGiveBacks.pass()
         let fails = failingGiveBacks.withLock { failing in
             defer { failing = max(0, failing - 1) }
             return failing > 0
@@ -984,32 +1023,41 @@ private final class ObservedRepository: LeaseRepository {
         try await base.giveBack(instance: instance, amounts: amounts)
     }
 
-    /// While holding, `retryOwedCalls` waits for `openRetries()`: an upkeep held at its first
-    /// round trip, as while PostgreSQL is slow to answer after a reconnect.
-    private let heldRetries = Mutex((holding: false, entered: false, waiters: [CheckedContinuation<Void, Never>]()))
-    let leaseCalls = Mutex(0)
+    /// A round trip that, while held, waits for `open()`: as while PostgreSQL is slow to
+    /// answer after a reconnect.
+    final class Gate: Sendable {
+        private let state = Mutex((holding: false, entered: false, waiters: [CheckedContinuation<Void, Never>]()))
 
-    func holdRetries() { heldRetries.withLock { $0.holding = true } }
-    var retriesEntered: Bool { heldRetries.withLock { $0.entered } }
-    func openRetries() {
-        let waiters = heldRetries.withLock { held in
-            held.holding = false
-            defer { held.waiters = [] }
-            return held.waiters
+        func hold() { state.withLock { $0.holding = true } }
+        var entered: Bool { state.withLock { $0.entered } }
+        func open() {
+            let waiters = state.withLock { held in
+                held.holding = false
+                defer { held.waiters = [] }
+                return held.waiters
+            }
+            for waiter in waiters { waiter.resume() }
         }
-        for waiter in waiters { waiter.resume() }
+
+        func pass() async {
+            await withCheckedContinuation { continuation in
+                let waits = state.withLock { held in
+                    guard held.holding else { return false }
+                    held.entered = true
+                    held.waiters.append(continuation)
+                    return true
+                }
+                if !waits { continuation.resume() }
+            }
+        }
     }
 
+    /// `retryOwedCalls` and `giveBack`, each held at will.
+    let heldRetries = Gate(), heldGiveBacks = Gate()
+    let leaseCalls = Mutex(0)
+
     func retryOwedCalls() async throws {
-        await withCheckedContinuation { continuation in
-            let waits = heldRetries.withLock { held in
-                guard held.holding else { return false }
-                held.entered = true
-                held.waiters.append(continuation)
-                return true
-            }
-            if !waits { continuation.resume() }
-        }
+        await heldRetries.pass()
         try await base.retryOwedCalls()
     }
 
