@@ -77,7 +77,10 @@ public struct LogGenerator {
 
     private mutating func goodLine() -> String {
         let user = pickUser()
-        let model = options.models[Int(random.next() % UInt64(options.models.count))]
+        let modelIndex = Int(random.next() % UInt64(options.models.count))
+        let model = options.models[modelIndex]
+        // A gateway routes each model through its channels: four here, by model.
+        let channel = 1 + modelIndex % 4
         let offset = random.nextUnit() * options.span
         let created = options.start.addingTimeInterval(offset)
         let failed = random.nextUnit() < 0.02
@@ -105,7 +108,7 @@ public struct LogGenerator {
         if failed { usage = "null" }
         let error = failed ? #","error":"provider_rate_limited""# : ""
         return
-            #"{"request_id":"\#(requestID(created))","created_at":"\#(Self.rfc3339(created))","key":"\#(SyntheticKeys.key(forUser: user))","model":"\#(model)","status":\#(failed ? 429 : 200),"stream":\#(random.next() % 2 == 0),"duration_ms":\#(random.next() % 20_000),"tid":"\#(hex(random.next()))\#(hex(random.next()))","usage":\#(usage)\#(error)}"#
+            #"{"request_id":"\#(requestID(created))","created_at":"\#(Self.rfc3339(created))","key":"\#(SyntheticKeys.key(forUser: user))","model":"\#(model)","channel_id":\#(channel),"status":\#(failed ? 429 : 200),"stream":\#(random.next() % 2 == 0),"duration_ms":\#(random.next() % 20_000),"tid":"\#(hex(random.next()))\#(hex(random.next()))","usage":\#(usage)\#(error)}"#
     }
 
     private mutating func badLine() -> String {
