@@ -601,6 +601,42 @@ struct NewAPIImportTests {
         try TallyBinary.run(["audit"], databaseURL: tally.url)
     }
 
+    /// Found by a review of the import: an account with a balance of 0 and no logs at its first
+    /// run got no ledger row, so the next run took its adjustment for the opening balance and
+    /// dated it before the account's first row, changing the statements of months already issued.
+    @Test("an account whose balance a run has set gets later adjustments dated now, even with no ledger row from then")
+    func zeroBalanceThenLogs() async throws {
+        let source = try await Self.newAPIDatabase("newapizerosrc")
+        try await source.pool.withConnection {
+            try $0.execute(
+                "INSERT INTO users (id, username, password, quota, created_at) VALUES (13, 'hank', 'x', 0, 1780000000)")
+        }
+        let tally = try await TestDatabase.create("newapizero")
+        _ = try Self.runImport(source, into: tally)
+        let hank = try await Self.tallyID("user", source: 13, in: tally)
+        #expect(try await tally.scalar("SELECT count(*) FROM ledger WHERE user_id = $1", [hank]) == 0)
+        // new-api tops hank up and he spends some of it.
+        try await source.pool.withConnection {
+            try $0.execute("UPDATE users SET quota = 70000 WHERE id = 13")
+            try $0.execute(
+                """
+                INSERT INTO logs (id, user_id, created_at, type, model_name, quota, prompt_tokens, completion_tokens,
+                                  token_id, channel_id, "group", other)
+                VALUES (4100, 13, extract(epoch FROM now())::bigint - 60, 2, 'gpt-4o', 3000, 10, 10, 0, 1, 'default', '{}')
+                """)
+        }
+        _ = try Self.runImport(source, into: tally)
+        #expect(try await tally.scalar("SELECT quota FROM users WHERE id = $1", [hank]) == 70000)
+        #expect(
+            try await tally.scalar(
+                "SELECT count(*) FROM ledger WHERE user_id = $1 AND kind = 'adjust' AND at > now() - interval '1 hour'",
+                [hank]) == 1)
+        #expect(
+            try await tally.scalar(
+                "SELECT count(*) FROM ledger WHERE user_id = $1 AND at < now() - interval '1 hour'", [hank]) == 0)
+        try TallyBinary.run(["audit"], databaseURL: tally.url)
+    }
+
     /// Found by a review: an account whose kept logs add up below 0 (the charge a re-charge
     /// refunds deleted by new-api's log cleanup) failed the used_quota check in the fold, so the
     /// balance step failed on every run.

@@ -652,13 +652,15 @@ enum NewAPIImportSQL {
           AND xmin = pg_current_xact_id()::xid AND type IN ('balance.low', 'balance.exhausted')
         """
 
-    /// One adjustment per account whose balance differs from new-api's. While the account's only
-    /// ledger rows are this run's (its first import), it is the opening balance, dated before its
-    /// first ledger row so that the statements of imported months open with it; once the books hold
-    /// a row of it from before (an earlier run's charges or opening, a top-up in Tally) it is dated
-    /// now, so that no statement already issued changes. Its `balance_after` is the balance at
-    /// its date: an opening's is its own amount (the charges come after it), a later one's is
-    /// new-api's balance.
+    /// One adjustment per account whose balance differs from new-api's. Until a run has set the
+    /// account's balance (`import_map.balance_set_at`, migration 0040), and while its books hold
+    /// nothing but what imports wrote (imported charges, nothing Tally did: a linked account's
+    /// top-ups are its own history), it is the opening balance, dated before its first ledger row
+    /// so that the statements of imported months open with it. Otherwise it is dated now, so
+    /// that no statement already issued changes: found by a review, an account whose balance was 0
+    /// at its first run (no row then) had a later run's adjustment dated months back. Its
+    /// `balance_after` is the balance at its date: an opening's is its own amount (the charges
+    /// come after it), a later one's is new-api's balance.
     static let adjustBalances = """
         INSERT INTO ledger (at, user_id, kind, amount, reason, idempotency_key, tid, balance_after)
         SELECT CASE WHEN o.opened THEN now()
@@ -667,11 +669,22 @@ enum NewAPIImportSQL {
                CASE WHEN o.opened THEN 'import:' || $1::text || ':' || $2::text || ':user:' || u.id ELSE 'import:' || $1::text || ':user:' || u.id || ':opening' END,
                $2, CASE WHEN o.opened THEN s.quota ELSE s.quota - u.quota END
         FROM import_users s \(mapped("user")) JOIN users u ON u.id = m.tally_id
-        CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM ledger l
-                            WHERE l.user_id = u.id AND l.tid IS DISTINCT FROM $2::text) AS opened) o
+        CROSS JOIN LATERAL (
+            SELECT m.balance_set_at IS NOT NULL OR EXISTS (
+                SELECT 1 FROM ledger l
+                WHERE l.user_id = u.id AND coalesce(l.idempotency_key, '') NOT LIKE 'import:%'
+                  AND NOT EXISTS (SELECT 1 FROM ingest_batches b WHERE b.id = l.batch_id AND b.source = 'import')
+            ) AS opened) o
         WHERE u.quota <> s.quota
         ORDER BY u.id
         RETURNING amount
+        """
+
+    /// Every account of this source has had its balance set by now (`adjustBalances`).
+    static let markBalancesSet = """
+        UPDATE import_map m SET balance_set_at = now()
+        FROM import_users s
+        WHERE m.source = $1 AND m.kind = 'user' AND m.source_id = s.source_id AND m.balance_set_at IS NULL
         """
 
     static let setBalances = """

@@ -431,6 +431,7 @@ public struct NewAPIImporter {
                 try $0.decode(0, as: Int64.self)
             }
             try target.query(NewAPIImportSQL.setBalances, [name])
+            try target.query(NewAPIImportSQL.markBalancesSet, [name])
             let tokenQuotas = try target.query(NewAPIImportSQL.setTokenQuotas, [name]).affectedRows
             // Balances and key quotas may have gone down: running instances give their leases back.
             try ChangeNotice.send([.import], on: target)
