@@ -346,27 +346,46 @@ struct PriceSheetErrorTests {
         #expect(duplicate.first?.contains(#""m""#) == true, "\(duplicate)")
     }
 
-    /// Anchors whose aliases repeat the one before ten times, `depth` levels deep, then an
-    /// alias of the last one as a mapping key (which Yams hashes whole).
-    static func laughs(depth: Int) -> String {
-        var lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    /// Anchors whose aliases repeat the one before ten times, `depth` levels deep, each level a
+    /// list of ten aliases of the one before; the first holds ten copies of `text`.
+    static func laughs(depth: Int, text: String = "x") -> String {
+        var lines = ["a0: &a0 [" + Array(repeating: text, count: 10).joined(separator: ", ") + "]"]
         for level in 1..<depth {
             lines.append(
                 "a\(level): &a\(level) [" + Array(repeating: "*a\(level - 1)", count: 10).joined(separator: ", ") + "]")
         }
-        lines.append("? *a\(depth - 1)\n: 1")
         return lines.joined(separator: "\n")
     }
 
     /// Found by a security review: a sheet of a few hundred bytes whose aliases expand to 10¹³
-    /// values pinned the thread of `PUT /api/admin/prices` for hours inside Yams.
+    /// values pinned the thread of `PUT /api/admin/prices` for hours inside Yams; its review
+    /// found that a few long texts repeated so did the same within a count of values.
     @Test func aliasesThatExpandTooFarAreRefused() {
-        #expect(YAMLExpansion.exceedingLimit(Self.laughs(depth: 5)) == nil, "111,111 values are allowed")
-        #expect(YAMLExpansion.exceedingLimit(Self.laughs(depth: 6)) != nil, "1,111,111 are not")
-        // Seven levels: ten million values, which Yams took seconds to hash before the check.
+        #expect(YAMLExpansion.problem(in: Self.laughs(depth: 6)) == nil, "about 2 MiB expanded is allowed")
+        guard case .tooLarge(line: 7, _) = YAMLExpansion.problem(in: Self.laughs(depth: 7)) else {
+            Issue.record("21 MiB expanded passed, or was stopped elsewhere than on the last line")
+            return
+        }
+        // Few values, long ones: 100 copies of a 200 KB text.
+        let long = Self.laughs(depth: 2, text: String(repeating: "y", count: 200_000))
+        #expect(YAMLExpansion.problem(in: long) != nil)
         let problems = Fixtures.problems(Self.laughs(depth: 7))
         #expect(problems.count == 1)
-        #expect(problems.first?.contains("aliases expand it past 1000000 values at line 6") == true, "\(problems)")
+        #expect(problems.first?.contains("aliases expand it past 16 MiB at line 7") == true, "\(problems)")
+    }
+
+    /// Yams hashes every key whole: a key that is an alias of a long list costs as much as the
+    /// list's expansion, however often it is repeated. A price sheet's keys are always text.
+    @Test func keysMustBeText() {
+        for text in ["a: &a [x]\n? *a\n: 1", "? [x, y]\n: 1", "? {x: 1}\n: 1", "m:\n  ? *m\n  : 1"] {
+            guard case .keyNotText = YAMLExpansion.problem(in: text) else {
+                Issue.record("\(text) passed")
+                continue
+            }
+        }
+        #expect(YAMLExpansion.problem(in: "a: &a x\nb: *a\nc: [*a, *a]\nd: {e: *a}") == nil)
+        let problems = Fixtures.problems("groups: {default: {ratio: \"1\"}}\nmodels:\n  ? [x]\n  : {input: \"1\"}")
+        #expect(problems.first?.hasPrefix("a key must be text") == true, "\(problems)")
     }
 
     @Test func anchorsShareAModelsPrices() throws {

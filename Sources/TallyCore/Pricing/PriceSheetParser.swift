@@ -44,12 +44,20 @@ extension PriceSheet {
     public static func parse(_ text: String) throws(PriceSheetError) -> PriceSheet {
         let trimmed = text.drop { $0.isWhitespace || $0 == "\u{FEFF}" }
         let looksLikeJSON = trimmed.first == "{"
-        if let place = YAMLExpansion.exceedingLimit(text) {
+        switch YAMLExpansion.problem(in: text) {
+        case nil: break
+        case .tooLarge(let line, let column):
             throw PriceSheetError(problems: [
                 PriceSheetProblem(
                     path: "",
-                    message: "its aliases expand it past \(YAMLExpansion.maximumNodes) values at line \(place.line),"
-                        + " column \(place.column); a price sheet needs far fewer")
+                    message: "its aliases expand it past \(YAMLExpansion.maximumBytes >> 20) MiB at line \(line), "
+                        + "column \(column); a price sheet needs far less")
+            ])
+        case .keyNotText(let line, let column):
+            throw PriceSheetError(problems: [
+                PriceSheetProblem(
+                    path: "",
+                    message: "a key must be text, not an alias, a list or a map (line \(line), column \(column))")
             ])
         }
         let root: Node?

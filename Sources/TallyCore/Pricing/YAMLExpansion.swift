@@ -1,23 +1,34 @@
 // libyaml's own module, which Yams is built on: its event parser sees aliases before Yams
-// resolves them (Yams exports no event API).
+// resolves them. Yams exports no event API, and CYaml is its target, not a product: SwiftPM
+// lets a package import a dependency's C module; were that to change, this file would move to a
+// small target of its own over libyaml (Package.swift says so beside the pin).
 import CYaml
 
-/// How large a YAML text becomes once its aliases are expanded, measured on libyaml's events
-/// before anything is built from them.
+/// How large a YAML text becomes once its aliases are expanded, and whether every mapping key is
+/// plain text, checked on libyaml's events before anything is built from them.
 ///
 /// Yams shares an aliased node instead of copying it, but hashes every mapping key whole to find
-/// duplicates, and the sheet's reader walks every value: a sheet of a few hundred bytes whose
-/// anchors each repeat the one before ten times (a "billion laughs") costs 10¹³ steps there, and
-/// `PUT /api/admin/prices` would pin a thread for hours. Anchors stay allowed (sharing one
-/// model's prices among its aliases is what they are for); only the expanded size is bounded.
+/// duplicates (a key that is a list hashes every element, and a text its bytes), and the sheet's
+/// reader walks every value. A sheet of a few hundred bytes whose anchors each repeat the one
+/// before ten times (a "billion laughs"), or a few long texts repeated so, cost hours there, and
+/// `PUT /api/admin/prices` would pin a thread meanwhile. Anchors stay allowed (sharing one
+/// model's prices among its aliases is what they are for); the expanded size is bounded, by
+/// bytes, and a key must be text, as every key of a price sheet is.
 enum YAMLExpansion {
-    /// Nodes (scalars, sequences, mappings) a text may count once every alias is replaced by
-    /// what it names: far above any real price sheet (the default one has about 1,500).
-    static let maximumNodes = 1_000_000
+    /// Bytes a text may count once every alias is replaced by what it names (each value counts
+    /// its text and one more): four times the largest sheet the HTTP route reads, far above any
+    /// real price sheet (the default one has about 40 KB).
+    static let maximumBytes = 16 << 20
 
-    /// Where the expansion passed `maximumNodes`, or nil when it stays within it (or the text
-    /// is not YAML: Yams then reports why).
-    static func exceedingLimit(_ text: String) -> (line: Int, column: Int)? {
+    enum Problem: Equatable {
+        /// The expansion passed `maximumBytes` here.
+        case tooLarge(line: Int, column: Int)
+        /// A mapping key that is an alias, a list or a mapping.
+        case keyNotText(line: Int, column: Int)
+    }
+
+    /// The first problem found, or nil (also when the text is not YAML: Yams then reports why).
+    static func problem(in text: String) -> Problem? {
         var text = text
         return text.withUTF8 { bytes in
             var parser = yaml_parser_t()
@@ -31,57 +42,79 @@ enum YAMLExpansion {
                 guard yaml_parser_parse(&parser, &event) == 1 else { return nil }
                 defer { yaml_event_delete(&event) }
                 if event.type == YAML_STREAM_END_EVENT { return nil }
-                if !measure.take(event) {
-                    return (Int(event.start_mark.line) + 1, Int(event.start_mark.column) + 1)
+                let (line, column) = (Int(event.start_mark.line) + 1, Int(event.start_mark.column) + 1)
+                switch measure.take(event) {
+                case .fine: continue
+                case .tooLarge: return .tooLarge(line: line, column: column)
+                case .keyNotText: return .keyNotText(line: line, column: column)
                 }
             }
         }
     }
 
-    /// The running count: each open collection's size so far, each anchor's size once its node
-    /// is complete. Sizes saturate just past the limit, so ten nested aliases cannot overflow.
+    /// The running count: each open collection's weight so far (and, for a mapping, whether its
+    /// next node is a key), each anchor's weight once its node is complete. Weights saturate
+    /// just past the limit, so nested aliases cannot overflow.
     private struct Measure {
-        var open: [(anchor: String?, nodes: Int)] = []
+        enum Verdict { case fine, tooLarge, keyNotText }
+
+        struct Open {
+            let anchor: String?
+            let isMapping: Bool
+            var weight = 1
+            var expectingKey = true
+        }
+
+        var open: [Open] = []
         var anchors: [String: Int] = [:]
         var total = 0
 
-        /// Counts one event; false once the whole text has passed the limit.
-        mutating func take(_ event: yaml_event_t) -> Bool {
+        /// Counts one event.
+        mutating func take(_ event: yaml_event_t) -> Verdict {
             switch event.type {
             case YAML_SCALAR_EVENT:
-                return complete(1, anchor: Self.name(event.data.scalar.anchor))
+                let scalar = event.data.scalar
+                return complete(1 + scalar.length, anchor: Self.name(scalar.anchor))
             case YAML_ALIAS_EVENT:
+                if atKey { return .keyNotText }
                 // An alias of an unknown anchor is Yams's error to report; it counts as one here.
-                let aliased = Self.name(event.data.alias.anchor).flatMap { anchors[$0] } ?? 1
-                return add(aliased)
+                return add(Self.name(event.data.alias.anchor).flatMap { anchors[$0] } ?? 1)
             case YAML_SEQUENCE_START_EVENT:
-                open.append((Self.name(event.data.sequence_start.anchor), 1))
-                return true
+                if atKey { return .keyNotText }
+                open.append(Open(anchor: Self.name(event.data.sequence_start.anchor), isMapping: false))
+                return .fine
             case YAML_MAPPING_START_EVENT:
-                open.append((Self.name(event.data.mapping_start.anchor), 1))
-                return true
+                if atKey { return .keyNotText }
+                open.append(Open(anchor: Self.name(event.data.mapping_start.anchor), isMapping: true))
+                return .fine
             case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
-                guard let node = open.popLast() else { return true }
-                return complete(node.nodes, anchor: node.anchor)
+                guard let node = open.popLast() else { return .fine }
+                return complete(node.weight, anchor: node.anchor)
             default:
-                return true
+                return .fine
             }
         }
 
-        private mutating func complete(_ nodes: Int, anchor: String?) -> Bool {
-            if let anchor { anchors[anchor] = nodes }
-            return add(nodes)
+        /// Whether the next node is a mapping's key.
+        private var atKey: Bool { open.last.map { $0.isMapping && $0.expectingKey } ?? false }
+
+        private mutating func complete(_ weight: Int, anchor: String?) -> Verdict {
+            if let anchor { anchors[anchor] = weight }
+            return add(weight)
         }
 
-        /// Adds a finished node to the collection around it, or to the total at the top.
-        private mutating func add(_ nodes: Int) -> Bool {
-            let capped = min(nodes, YAMLExpansion.maximumNodes + 1)
-            if open.isEmpty {
-                total = min(total + capped, YAMLExpansion.maximumNodes + 1)
-            } else {
-                open[open.count - 1].nodes = min(open[open.count - 1].nodes + capped, YAMLExpansion.maximumNodes + 1)
+        /// Adds a finished node to the collection around it (a mapping then waits for its other
+        /// half), or to the total at the top.
+        private mutating func add(_ weight: Int) -> Verdict {
+            let cap = YAMLExpansion.maximumBytes + 1
+            let capped = min(weight, cap)
+            guard !open.isEmpty else {
+                total = min(total + capped, cap)
+                return total < cap ? .fine : .tooLarge
             }
-            return total <= YAMLExpansion.maximumNodes && (open.last?.nodes ?? 0) <= YAMLExpansion.maximumNodes
+            open[open.count - 1].weight = min(open[open.count - 1].weight + capped, cap)
+            if open[open.count - 1].isMapping { open[open.count - 1].expectingKey.toggle() }
+            return open[open.count - 1].weight < cap ? .fine : .tooLarge
         }
 
         private static func name(_ anchor: UnsafeMutablePointer<yaml_char_t>?) -> String? {
