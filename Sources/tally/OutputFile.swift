@@ -20,11 +20,8 @@ struct OutputFile {
             return
         }
         shownName = path
-        var status = stat()
-        if stat(path, &status) == 0, status.st_mode & S_IFMT != S_IFREG {
-            let descriptor = open(path, O_WRONLY)
-            guard descriptor >= 0 else { throw ValidationError("cannot write \(path)") }
-            (handle, file, staging) = (FileHandle(fileDescriptor: descriptor, closeOnDealloc: true), nil, nil)
+        if let device = try Self.device(at: path) {
+            (handle, file, staging) = (FileHandle(fileDescriptor: device, closeOnDealloc: true), nil, nil)
             return
         }
         let staging = path + ".partial"
@@ -33,6 +30,39 @@ struct OutputFile {
             throw ValidationError("cannot write \(staging) (beside \(path)): \(String(cString: strerror(errno)))")
         }
         (handle, file, self.staging) = (FileHandle(fileDescriptor: descriptor, closeOnDealloc: true), path, staging)
+    }
+
+    /// An open descriptor when `path` names a character device (`/dev/null`, a terminal, root's
+    /// `/dev/stdout` link), nil when it names a regular file, a link to one or nothing (the file
+    /// is then made anew and renamed over the name, which replaces a link rather than writing
+    /// through it). Anything else is refused (found by a review): a FIFO or socket planted at the
+    /// name in /tmp would have received a raw export, and a link someone else made to a device
+    /// (a disk) would have had it written over.
+    private static func device(at path: String) throws -> Int32? {
+        var link = stat(), target = stat()
+        guard lstat(path, &link) == 0 else { return nil }
+        let isLink = link.st_mode & S_IFMT == S_IFLNK
+        guard isLink ? stat(path, &target) == 0 : true else { return nil }
+        let kind = (isLink ? target : link).st_mode & S_IFMT
+        if kind == S_IFREG { return nil }
+        guard kind == S_IFCHR, !isLink || link.st_uid == 0 || link.st_uid == getuid() else {
+            throw ValidationError(
+                "\(path) is not a file or a device to write to (a FIFO, a socket, a directory, or another's link"
+                    + " to a device): choose another --out")
+        }
+        // Non-blocking, and checked once open: swapped for a FIFO meanwhile, it is refused
+        // before a byte goes out (nor does the open wait for a reader).
+        let descriptor = open(path, O_WRONLY | O_CLOEXEC | O_NONBLOCK | (isLink ? 0 : O_NOFOLLOW))
+        guard descriptor >= 0 else {
+            throw ValidationError("cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+        var opened = stat()
+        guard fstat(descriptor, &opened) == 0, opened.st_mode & S_IFMT == S_IFCHR else {
+            close(descriptor)
+            throw ValidationError("\(path) changed while it was opened: choose another --out")
+        }
+        _ = fcntl(descriptor, F_SETFL, fcntl(descriptor, F_GETFL) & ~O_NONBLOCK)
+        return descriptor
     }
 
     /// Creates `path` as a new file only the caller may read (0600: exports carry every

@@ -194,6 +194,41 @@ struct CLITests {
         #expect((attributes[.posixPermissions] as? Int).map { $0 & 0o077 } == 0)
     }
 
+    /// Found by the review of that fix: the output's own name was still opened through whatever
+    /// stood there, so a FIFO planted in /tmp received the export, and a link to a device had
+    /// the device written over.
+    @Test(
+        "--out refuses a FIFO at its name, and another's link to a device; writes to a device or over a link to a file")
+    func outputNameRefusesFIFOs() throws {
+        let directory = NSTemporaryDirectory() + "tally-fifo-\(getpid())-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let fifo = directory + "/usage.csv"
+        #expect(mkfifo(fifo, 0o666) == 0)
+        // Someone reads it, as the one who planted it would: a write to it would not wait.
+        let reader = open(fifo, O_RDONLY | O_NONBLOCK)
+        defer { close(reader) }
+        let refused = try TallyBinary.run(
+            ["logs", "gen", "--lines", "10", "--out", fifo], databaseURL: "", expecting: .failure)
+        #expect(refused.errorOutput.contains("is not a file or a device to write to"), "\(refused.errorOutput)")
+        // A link to a regular file is replaced by the file, its target left alone.
+        let target = directory + "/target", linked = directory + "/linked.ndjson"
+        try "keep\n".write(toFile: target, atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: linked, withDestinationPath: target)
+        try TallyBinary.run(["logs", "gen", "--lines", "10", "--out", linked], databaseURL: "")
+        #expect(try String(contentsOfFile: target, encoding: .utf8) == "keep\n")
+        #expect(try String(contentsOfFile: linked, encoding: .utf8).split(separator: "\n").count == 10)
+        try TallyBinary.run(["logs", "gen", "--lines", "10", "--out", "/dev/null"], databaseURL: "")
+        // A link to a device that another user made (here given to nobody; only root may).
+        let planted = directory + "/disk"
+        try FileManager.default.createSymbolicLink(atPath: planted, withDestinationPath: "/dev/null")
+        if geteuid() == 0, lchown(planted, 65_534, 65_534) == 0 {
+            let notOurs = try TallyBinary.run(
+                ["logs", "gen", "--lines", "10", "--out", planted], databaseURL: "", expecting: .failure)
+            #expect(notOurs.errorOutput.contains("another's link to a device"), "\(notOurs.errorOutput)")
+        }
+    }
+
     /// Found by a review of the exports: a write that failed (a full disk) trapped inside
     /// FileHandle.write(_:), so an export died with a crash instead of saying why.
     @Test("an output that cannot be written (a full disk) ends the command with exit 1 and why, not a crash")
