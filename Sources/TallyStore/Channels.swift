@@ -61,9 +61,9 @@ public struct ChannelRepository: Sendable {
     }
 
     /// The channels with what batches charged them that the roll-up has not added to
-    /// `used_quota` yet (migration 0038): the figure is exact at any instant. A query of its
-    /// own, since on Citus the pending rows stay on the coordinator and `channels` is a
-    /// reference table.
+    /// `used_quota` yet (migration 0038), read in the caller's snapshot (a repeatable-read one,
+    /// or under the channel's row lock), so the figure is exact. A query of its own, since on
+    /// Citus the pending rows stay on the coordinator and `channels` is a reference table.
     static func addingPending(_ channels: [Channel], on connection: PostgresConnection) throws -> [Channel] {
         guard !channels.isEmpty else { return channels }
         var pending: [Int64: Int64] = [:]
@@ -93,7 +93,10 @@ public struct ChannelRepository: Sendable {
     }
 
     public func list(page: PageRequest) async throws -> Page<Channel> {
-        try await pool.withConnection { connection in
+        try await pool.transaction { connection in
+            // The rows and their pending usage in one snapshot: a fold committing between two
+            // reads would show its usage in neither.
+            try CitusLayout.readInOneSnapshot(on: connection)
             let total = try connection.query("SELECT count(*) FROM channels")[0].decode(0, as: Int.self)
             let rows = try connection.query(
                 "SELECT \(Self.columns) FROM channels ORDER BY id DESC LIMIT $1 OFFSET $2",
@@ -105,7 +108,8 @@ public struct ChannelRepository: Sendable {
 
     public func get(id: Int64) async throws -> Channel {
         guard id > 0, id <= Int64(Int32.max) else { throw StoreError.notFound("channel \(id) not found") }
-        return try await pool.withConnection { connection in
+        return try await pool.transaction { connection in
+            try CitusLayout.readInOneSnapshot(on: connection)
             guard let row = try connection.query("SELECT \(Self.columns) FROM channels WHERE id = $1", [id]).first
             else {
                 throw StoreError.notFound("channel \(id) not found")

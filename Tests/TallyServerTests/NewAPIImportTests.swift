@@ -830,6 +830,10 @@ struct NewAPIImportTests {
     )
     func displacedIDsOutOfReach() async throws {
         let source = try await Self.newAPIDatabase("newapiidsrc")
+        // No channels in new-api: the run inserts none, and channels made in Tally after it must
+        // still take ids new-api never gives (from the review of the fix: it moved a sequence only
+        // when the run inserted into that table).
+        try await source.pool.withConnection { try $0.execute("DELETE FROM channels") }
         let tally = try await TestDatabase.create("newapiids")
         _ = try TallyBinary.createUser("first", databaseURL: tally.url)
         let ops = try TallyBinary.createUser("ops", databaseURL: tally.url)
@@ -844,6 +848,8 @@ struct NewAPIImportTests {
             "\(first)")
         let made = try TallyBinary.createUser("made-in-tally", databaseURL: tally.url)
         #expect(made > alice)
+        let channel = try await ChannelRepository(pool: tally.pool).create(ChannelDraft(name: "made here"), by: .cli)
+        #expect(channel.id > 1_000_000_000)
         // new-api's next user takes the id after its highest, and keeps it in Tally.
         try await source.pool.withConnection {
             try $0.execute(

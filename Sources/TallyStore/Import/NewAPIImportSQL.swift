@@ -414,16 +414,16 @@ enum NewAPIImportSQL {
     /// the displaced one's owner (found by a review); rows made in Tally between runs did the same.
     static let ownIDsFrom: Int64 = 1_000_000_000
 
-    /// Moves `table`'s id sequence past its own ids, the source's and `ownIDsFrom`, when
-    /// `condition` selects rows to insert, so that `assignIDs` can keep new-api ids and draw the
-    /// others (and every row Tally makes afterwards) where new-api's never reach.
-    static func makeRoom(table: String, staging: String, where condition: String) -> String {
+    /// Moves `table`'s id sequence past its own ids, the source's and `ownIDsFrom`, on every run
+    /// (also one that inserts nothing into `table`: the rows Tally makes after it must not take
+    /// ids new-api will give), so that `assignIDs` can keep new-api ids and draw the others (and
+    /// every row Tally makes afterwards) where new-api's never reach.
+    static func makeRoom(table: String, staging: String) -> String {
         """
         SELECT setval(pg_get_serial_sequence('\(table)', 'id'), greatest(
             coalesce(pg_sequence_last_value(pg_get_serial_sequence('\(table)', 'id')::regclass), 0),
             (SELECT coalesce(max(id), 0) FROM \(table)), (SELECT coalesce(max(source_id), 0) FROM \(staging)),
             \(ownIDsFrom)))
-        WHERE EXISTS (SELECT 1 FROM \(staging) s WHERE \(condition))
         """
     }
 
@@ -464,9 +464,10 @@ enum NewAPIImportSQL {
     /// their hash, unless another source's they are.
     static let linkRedemptions = """
         INSERT INTO import_map (source, kind, source_id, tally_id)
-        SELECT $1::text, 'redemption', s.source_id, r.id
+        SELECT DISTINCT ON (r.id) $1::text, 'redemption', s.source_id, r.id
         FROM import_redemptions s JOIN redemptions r ON r.code_hash = s.code_hash
         WHERE \(unmapped("redemption")) AND NOT EXISTS (SELECT 1 FROM import_map m WHERE m.kind = 'redemption' AND m.tally_id = r.id)
+        ORDER BY r.id, s.source_id
         """
 
     /// Codes with a positive value; a deleted unused code comes in disabled. Each is remembered
@@ -488,7 +489,9 @@ enum NewAPIImportSQL {
         RETURNING id, status, code_hash
         ), mapped AS (
             INSERT INTO import_map (source, kind, source_id, tally_id)
-            SELECT $1::text, 'redemption', s.source_id, f.id FROM fresh f JOIN import_redemptions s ON s.code_hash = f.code_hash
+            -- Two codes of new-api that differ only in case are one code here (redeemed lower-cased).
+            SELECT DISTINCT ON (f.id) $1::text, 'redemption', s.source_id, f.id
+            FROM fresh f JOIN import_redemptions s ON s.code_hash = f.code_hash ORDER BY f.id, s.source_id
         )
         SELECT id, status FROM fresh
         """

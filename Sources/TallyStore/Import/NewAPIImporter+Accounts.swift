@@ -245,7 +245,7 @@ extension NewAPIImporter {
         counts: inout ImportCounts, warnings: inout [String]
     ) throws {
         let name = options.source
-        try target.query(NewAPIImportSQL.makeRoom(table: table, staging: staging, where: condition), [name])
+        try target.query(NewAPIImportSQL.makeRoom(table: table, staging: staging))
         try target.query(NewAPIImportSQL.assignIDs(table: table, staging: staging, where: condition), [name])
         let renumbered = try target.query(NewAPIImportSQL.renumbered(staging: staging, where: condition), [name])
             .map { $0.text(0) ?? "" }
