@@ -573,17 +573,27 @@ struct NewAPIImportTests {
     /// Found by a review: an account whose first run needed no adjustment got its first one on a
     /// later run as its "opening", backdated before its first ledger row — into months whose
     /// statements had been issued, changing them after the fact.
+    /// new-api with one more user at a balance of 0 and no logs, imported once: the user has no
+    /// ledger row in Tally. Returns the source, Tally's database and the user's Tally id.
+    static func importedAtZero(_ name: String, id: Int64, username: String) async throws -> (
+        source: TestDatabase, tally: TestDatabase, user: Int64
+    ) {
+        let source = try await newAPIDatabase(name + "src")
+        _ = try await source.pool.withConnection {
+            try $0.query(
+                "INSERT INTO users (id, username, password, quota, created_at) VALUES ($1, $2, 'x', 0, 1785000000)",
+                [id, username])
+        }
+        let tally = try await TestDatabase.create(name)
+        _ = try runImport(source, into: tally)
+        let user = try await tallyID("user", source: id, in: tally)
+        #expect(try await tally.scalar("SELECT count(*) FROM ledger WHERE user_id = $1", [user]) == 0)
+        return (source, tally, user)
+    }
+
     @Test("an account's first adjustment on a later run, after the books have rows of it, is dated now")
     func laterAdjustmentDatedNow() async throws {
-        let source = try await Self.newAPIDatabase("newapilateadjsrc")
-        try await source.pool.withConnection {
-            try $0.execute(
-                "INSERT INTO users (id, username, password, quota, created_at) VALUES (12, 'gina', 'x', 0, 1790000000)")
-        }
-        let tally = try await TestDatabase.create("newapilateadj")
-        _ = try Self.runImport(source, into: tally)
-        let gina = try await Self.tallyID("user", source: 12, in: tally)
-        #expect(try await tally.scalar("SELECT count(*) FROM ledger WHERE user_id = $1", [gina]) == 0)
+        let (source, tally, gina) = try await Self.importedAtZero("newapilateadj", id: 12, username: "gina")
         try TallyBinary.run(
             ["admin", "topup", "--user", "\(gina)", "--amount", "5000", "--idempotency-key", "gina-1"],
             databaseURL: tally.url)
@@ -606,15 +616,7 @@ struct NewAPIImportTests {
     /// dated it before the account's first row, changing the statements of months already issued.
     @Test("an account whose balance a run has set gets later adjustments dated now, even with no ledger row from then")
     func zeroBalanceThenLogs() async throws {
-        let source = try await Self.newAPIDatabase("newapizerosrc")
-        try await source.pool.withConnection {
-            try $0.execute(
-                "INSERT INTO users (id, username, password, quota, created_at) VALUES (13, 'hank', 'x', 0, 1780000000)")
-        }
-        let tally = try await TestDatabase.create("newapizero")
-        _ = try Self.runImport(source, into: tally)
-        let hank = try await Self.tallyID("user", source: 13, in: tally)
-        #expect(try await tally.scalar("SELECT count(*) FROM ledger WHERE user_id = $1", [hank]) == 0)
+        let (source, tally, hank) = try await Self.importedAtZero("newapizero", id: 13, username: "hank")
         // new-api tops hank up and he spends some of it.
         try await source.pool.withConnection {
             try $0.execute("UPDATE users SET quota = 70000 WHERE id = 13")
