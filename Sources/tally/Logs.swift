@@ -67,7 +67,7 @@ struct Logs: AsyncParsableCommand {
                 output.discard()
                 throw error
             }
-            if let out, out != "-" {
+            if let out, output.file != nil {
                 // Standard output is free: say what was written, and for when.
                 let format = ISO8601DateFormatter()
                 let (first, end) = (options.start, options.start + options.span)

@@ -20,6 +20,13 @@ struct OutputFile {
             return
         }
         shownName = path
+        // `/dev/stdout` (or any name of what standard output already is: a pipe, a redirected
+        // file) is standard output: staged beside it, a pipe was refused and a redirected file
+        // left empty while the link itself was renamed over (found by a review).
+        if Self.isStandardOutput(path) {
+            (handle, file, staging) = (FileHandle.standardOutput, nil, nil)
+            return
+        }
         if let device = try Self.device(at: path) {
             (handle, file, staging) = (FileHandle(fileDescriptor: device, closeOnDealloc: true), nil, nil)
             return
@@ -30,6 +37,12 @@ struct OutputFile {
             throw ValidationError("cannot write \(staging) (beside \(path)): \(String(cString: strerror(errno)))")
         }
         (handle, file, self.staging) = (FileHandle(fileDescriptor: descriptor, closeOnDealloc: true), path, staging)
+    }
+
+    private static func isStandardOutput(_ path: String) -> Bool {
+        var named = stat(), output = stat()
+        return stat(path, &named) == 0 && fstat(STDOUT_FILENO, &output) == 0 && named.st_dev == output.st_dev
+            && named.st_ino == output.st_ino
     }
 
     /// An open descriptor when `path` names a character device (`/dev/null`, a terminal, root's

@@ -368,10 +368,25 @@ struct PriceSheetErrorTests {
         }
         // Few values, long ones: 100 copies of a 200 KB text.
         let long = Self.laughs(depth: 2, text: String(repeating: "y", count: 200_000))
-        #expect(YAMLExpansion.problem(in: long) != nil)
+        guard case .tooLarge = YAMLExpansion.problem(in: long) else {
+            Issue.record("100 copies of a 200 KB text passed")
+            return
+        }
         let problems = Fixtures.problems(Self.laughs(depth: 7))
         #expect(problems.count == 1)
         #expect(problems.first?.contains("aliases expand it past 16 MiB at line 7") == true, "\(problems)")
+    }
+
+    /// Found by a review: each unknown reference searched every problem found before it, so a
+    /// sheet of tens of thousands of them held `PUT /api/admin/prices` for hours; and every
+    /// problem went into the answer.
+    @Test func manyUnknownReferencesAreCappedAndQuick() {
+        let references = Array(repeating: "nope", count: 20_000).joined(separator: ", ")
+        let problems = Fixtures.problems(
+            "groups: {default: {ratio: \"1\", models: [\(references)]}}\nmodels: {m: {input: \"1\"}}")
+        #expect(problems.count == SheetReader.maximumProblems + 1)
+        #expect(problems.first == #"groups.default.models[0]: unknown model "nope""#)
+        #expect(problems.last == "and 19900 more problems")
     }
 
     /// Yams hashes every key whole: a key that is an alias of a long list costs as much as the
@@ -384,6 +399,9 @@ struct PriceSheetErrorTests {
             }
         }
         #expect(YAMLExpansion.problem(in: "a: &a x\nb: *a\nc: [*a, *a]\nd: {e: *a}") == nil)
+        // An alias of a text is a text key (Yams resolves it so); of a text re-anchored as a list, not.
+        #expect(YAMLExpansion.problem(in: "a: &k gpt-4o\nm:\n  ? *k\n  : 1") == nil)
+        #expect(YAMLExpansion.problem(in: "a: &k x\nb: &k [x]\n? *k\n: 1") != nil)
         let problems = Fixtures.problems("groups: {default: {ratio: \"1\"}}\nmodels:\n  ? [x]\n  : {input: \"1\"}")
         #expect(problems.first?.hasPrefix("a key must be text") == true, "\(problems)")
     }

@@ -57,7 +57,8 @@ extension PriceSheet {
             throw PriceSheetError(problems: [
                 PriceSheetProblem(
                     path: "",
-                    message: "a key must be text, not an alias, a list or a map (line \(line), column \(column))")
+                    message: "a key must be text, not a list, a map or an alias of one (line \(line), column \(column))"
+                )
             ])
         }
         let root: Node?
@@ -76,7 +77,7 @@ extension PriceSheet {
         var reader = SheetReader()
         let sheet = reader.readSheet(root)
         if let sheet, reader.problems.isEmpty { return sheet }
-        throw PriceSheetError(problems: reader.problems)
+        throw PriceSheetError(problems: reader.reported)
     }
 
     static func describe(yamlError error: any Error) -> String {
@@ -123,9 +124,26 @@ struct SheetReader {
     var groupReferences: [(String, String)] = []
     /// (path, model) pairs from groups' `models:` lists, checked once all models are known.
     var modelReferences: [(String, String)] = []
+    /// Groups and models whose own entry had a problem: references to them are not reported
+    /// again (kept as sets: a search of the problems for each reference was quadratic, and a
+    /// 4 MiB sheet of unknown references held a thread for hours, found by a review).
+    var brokenGroups: Set<String> = [], brokenModels: Set<String> = []
+
+    /// Problems listed at most; the rest are counted in one more.
+    static let maximumProblems = 100
+    private var unlisted = 0
 
     mutating func problem(_ path: String, _ message: String) {
+        guard problems.count < Self.maximumProblems else {
+            unlisted += 1
+            return
+        }
         problems.append(PriceSheetProblem(path: path, message: message))
+    }
+
+    /// The problems, with a last one saying how many more there were.
+    var reported: [PriceSheetProblem] {
+        unlisted == 0 ? problems : problems + [PriceSheetProblem(path: "", message: "and \(unlisted) more problems")]
     }
 
     static func join(_ path: String, _ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
@@ -309,30 +327,30 @@ struct SheetReader {
                 guard let entries = pairs(value, key) else { break }
                 if entries.isEmpty { problem(key, "at least one group is required") }
                 for (name, node) in entries {
+                    let before = problems.count + unlisted
                     if let group = readGroup(node, Self.join(key, name)) { groups[name] = group }
+                    if problems.count + unlisted > before { brokenGroups.insert(name) }
                 }
             case "models":
                 sawModels = true
                 guard let entries = pairs(value, key) else { break }
                 if entries.isEmpty { problem(key, "at least one model is required") }
                 for (name, node) in entries {
+                    let before = problems.count + unlisted
                     if let model = readModel(node, Self.join(key, name)) { models[name] = model }
+                    if problems.count + unlisted > before { brokenModels.insert(name) }
                 }
             default: break
             }
         }
         if !sawGroups { problem("groups", "missing (give at least one group, e.g. default: {ratio: \"1\"})") }
         if !sawModels { problem("models", "missing (give at least one model)") }
-        for (path, model) in modelReferences where models[model] == nil {
-            // A model whose own entry is broken is reported there, not again here.
-            if !problems.contains(where: { $0.path == "models.\(model)" || $0.path.hasPrefix("models.\(model).") }) {
-                problem(path, "unknown model \(PriceText.quoted(model))")
-            }
+        // A group or model whose own entry is broken is reported there, not again here.
+        for (path, model) in modelReferences where models[model] == nil && !brokenModels.contains(model) {
+            problem(path, "unknown model \(PriceText.quoted(model))")
         }
-        for (path, group) in groupReferences where groups[group] == nil {
-            if !problems.contains(where: { $0.path == "groups.\(group)" || $0.path.hasPrefix("groups.\(group).") }) {
-                problem(path, "unknown group \(PriceText.quoted(group))")
-            }
+        for (path, group) in groupReferences where groups[group] == nil && !brokenGroups.contains(group) {
+            problem(path, "unknown group \(PriceText.quoted(group))")
         }
         return PriceSheet(effectiveFromTime: effectiveFrom, groups: groups, models: models)
     }

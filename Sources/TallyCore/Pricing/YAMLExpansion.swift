@@ -67,6 +67,8 @@ enum YAMLExpansion {
 
         var open: [Open] = []
         var anchors: [String: Int] = [:]
+        /// The anchors that name a text (the last node an anchor named counts).
+        var textAnchors: Set<String> = []
         var total = 0
 
         /// Counts one event.
@@ -74,11 +76,15 @@ enum YAMLExpansion {
             switch event.type {
             case YAML_SCALAR_EVENT:
                 let scalar = event.data.scalar
-                return complete(1 + scalar.length, anchor: Self.name(scalar.anchor))
+                let anchor = Self.name(scalar.anchor)
+                if let anchor { textAnchors.insert(anchor) }
+                return complete(1 + scalar.length, anchor: anchor)
             case YAML_ALIAS_EVENT:
-                if atKey { return .keyNotText }
+                let anchor = Self.name(event.data.alias.anchor)
+                // An alias of a text is a text key; one of a list or a map is not.
+                if atKey, !(anchor.map { textAnchors.contains($0) } ?? false) { return .keyNotText }
                 // An alias of an unknown anchor is Yams's error to report; it counts as one here.
-                return add(Self.name(event.data.alias.anchor).flatMap { anchors[$0] } ?? 1)
+                return add(anchor.flatMap { anchors[$0] } ?? 1)
             case YAML_SEQUENCE_START_EVENT:
                 if atKey { return .keyNotText }
                 open.append(Open(anchor: Self.name(event.data.sequence_start.anchor), isMapping: false))
@@ -89,6 +95,7 @@ enum YAMLExpansion {
                 return .fine
             case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
                 guard let node = open.popLast() else { return .fine }
+                if let anchor = node.anchor { textAnchors.remove(anchor) }
                 return complete(node.weight, anchor: node.anchor)
             default:
                 return .fine
