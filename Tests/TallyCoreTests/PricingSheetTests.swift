@@ -382,11 +382,17 @@ struct PriceSheetErrorTests {
     /// problem went into the answer.
     @Test func manyUnknownReferencesAreCappedAndQuick() {
         let references = Array(repeating: "nope", count: 20_000).joined(separator: ", ")
-        let problems = Fixtures.problems(
-            "groups: {default: {ratio: \"1\", models: [\(references)]}}\nmodels: {m: {input: \"1\"}}")
-        #expect(problems.count == SheetReader.maximumProblems + 1)
-        #expect(problems.first == #"groups.default.models[0]: unknown model "nope""#)
-        #expect(problems.last == "and 19900 more problems")
+        do {
+            _ = try PriceSheet.parse(
+                "groups: {default: {ratio: \"1\", models: [\(references)]}}\nmodels: {m: {input: \"1\"}}")
+            Issue.record("accepted")
+        } catch {
+            #expect(error.problems.count == SheetReader.maximumProblems)
+            #expect(error.problems.first?.description == #"groups.default.models[0]: unknown model "nope""#)
+            #expect(error.unlisted == 19_900)
+            #expect(error.description.hasPrefix("invalid price sheet (20000 problems):"))
+            #expect(error.description.hasSuffix("\n  and 19900 more"))
+        }
     }
 
     /// Yams hashes every key whole: a key that is an alias of a long list costs as much as the

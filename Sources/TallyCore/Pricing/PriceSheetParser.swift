@@ -19,22 +19,27 @@ public struct PriceSheetProblem: Sendable, Equatable, CustomStringConvertible {
     public var description: String { path.isEmpty ? message : "\(path): \(message)" }
 }
 
-/// Why a price sheet was refused: every problem found, in document order.
+/// Why a price sheet was refused: the problems found, in document order (at most
+/// `SheetReader.maximumProblems` of them listed).
 public struct PriceSheetError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// The problems, at least one.
+    /// The problems listed, at least one.
     public let problems: [PriceSheetProblem]
+    /// Problems found past the listed ones.
+    public let unlisted: Int
 
     /// Creates an error.
-    public init(problems: [PriceSheetProblem]) {
+    public init(problems: [PriceSheetProblem], unlisted: Int = 0) {
         self.problems = problems
+        self.unlisted = unlisted
     }
 
     /// `invalid price sheet: models.gpt-4o.input: negative price "-1"`, or for several problems
-    /// a count followed by one problem per line.
+    /// their count followed by one listed problem per line (and how many more there were).
     public var description: String {
-        if problems.count == 1 { return "invalid price sheet: \(problems[0])" }
-        return "invalid price sheet (\(problems.count) problems):\n"
+        if problems.count == 1, unlisted == 0 { return "invalid price sheet: \(problems[0])" }
+        return "invalid price sheet (\(problems.count + unlisted) problems):\n"
             + problems.map { "  \($0)" }.joined(separator: "\n")
+            + (unlisted == 0 ? "" : "\n  and \(unlisted) more")
     }
 }
 
@@ -77,7 +82,7 @@ extension PriceSheet {
         var reader = SheetReader()
         let sheet = reader.readSheet(root)
         if let sheet, reader.problems.isEmpty { return sheet }
-        throw PriceSheetError(problems: reader.reported)
+        throw PriceSheetError(problems: reader.problems, unlisted: reader.unlisted)
     }
 
     static func describe(yamlError error: any Error) -> String {
@@ -129,9 +134,9 @@ struct SheetReader {
     /// 4 MiB sheet of unknown references held a thread for hours, found by a review).
     var brokenGroups: Set<String> = [], brokenModels: Set<String> = []
 
-    /// Problems listed at most; the rest are counted in one more.
+    /// Problems listed at most; the rest are only counted.
     static let maximumProblems = 100
-    private var unlisted = 0
+    private(set) var unlisted = 0
 
     mutating func problem(_ path: String, _ message: String) {
         guard problems.count < Self.maximumProblems else {
@@ -139,11 +144,6 @@ struct SheetReader {
             return
         }
         problems.append(PriceSheetProblem(path: path, message: message))
-    }
-
-    /// The problems, with a last one saying how many more there were.
-    var reported: [PriceSheetProblem] {
-        unlisted == 0 ? problems : problems + [PriceSheetProblem(path: "", message: "and \(unlisted) more problems")]
     }
 
     static func join(_ path: String, _ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }

@@ -27,7 +27,8 @@ struct PriceVersionController {
         let sheet: PriceSheet
         do { sheet = try PriceSheet.parse(String(buffer: body)) } catch {
             throw APIError.invalidRequest(
-                "invalid price sheet: " + error.problems.map(\.description).joined(separator: "; "))
+                "invalid price sheet: " + error.problems.map(\.description).joined(separator: "; ")
+                    + (error.unlisted == 0 ? "" : "; and \(error.unlisted) more"))
         }
         var effectiveFrom: Date?
         if let text = request.uri.queryParameters.get("effective_from") {
