@@ -138,9 +138,12 @@ citus_write_settings() {
 # ops/pg citus: this node of the Citus cluster.
 shared_preload_libraries = 'citus'
 shared_buffers = 128MB
-max_connections = ${TALLY_CITUS_MAX_CONNECTIONS:-300}
+# Every test database keeps its pools' sessions on the coordinator, and each of those keeps a
+# connection to each worker: with about 95 databases a worker ran out of 300 ("sorry, too many
+# clients already" in the race suites, CI of 2026-12-07).
+max_connections = ${TALLY_CITUS_MAX_CONNECTIONS:-600}
 # Citus commits multi-shard writes with two-phase commit.
-max_prepared_transactions = ${TALLY_CITUS_MAX_CONNECTIONS:-300}
+max_prepared_transactions = ${TALLY_CITUS_MAX_CONNECTIONS:-600}
 citus.shard_count = ${TALLY_CITUS_SHARD_COUNT:-8}
 # After a worker's crash, prepared transactions are rolled forward or back within seconds, and
 # deadlocks across nodes are broken, by Citus's maintenance daemon: one background worker per
