@@ -49,22 +49,8 @@ extension PriceSheet {
     public static func parse(_ text: String) throws(PriceSheetError) -> PriceSheet {
         let trimmed = text.drop { $0.isWhitespace || $0 == "\u{FEFF}" }
         let looksLikeJSON = trimmed.first == "{"
-        switch YAMLExpansion.problem(in: text) {
-        case nil: break
-        case .tooLarge(let line, let column):
-            throw PriceSheetError(problems: [
-                PriceSheetProblem(
-                    path: "",
-                    message: "its aliases expand it past \(YAMLExpansion.maximumBytes >> 20) MiB at line \(line), "
-                        + "column \(column); a price sheet needs far less")
-            ])
-        case .keyNotText(let line, let column):
-            throw PriceSheetError(problems: [
-                PriceSheetProblem(
-                    path: "",
-                    message: "a key must be text, not a list, a map or an alias of one (line \(line), column \(column))"
-                )
-            ])
+        if let problem = YAMLExpansion.problem(in: text) {
+            throw PriceSheetError(problems: [PriceSheetProblem(path: "", message: problem.message)])
         }
         let root: Node?
         do {

@@ -25,6 +25,17 @@ enum YAMLExpansion {
         case tooLarge(line: Int, column: Int)
         /// A mapping key that is an alias, a list or a mapping.
         case keyNotText(line: Int, column: Int)
+
+        /// What the sheet's refusal says.
+        var message: String {
+            switch self {
+            case .tooLarge(let line, let column):
+                "its aliases expand it past \(YAMLExpansion.maximumBytes >> 20) MiB at line \(line), column \(column); "
+                    + "a price sheet needs far less"
+            case .keyNotText(let line, let column):
+                "a key must be text, not a list, a map or an alias of one (line \(line), column \(column))"
+            }
+        }
     }
 
     /// The first problem found, or nil (also when the text is not YAML: Yams then reports why).
