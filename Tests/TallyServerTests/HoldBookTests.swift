@@ -288,6 +288,49 @@ struct HoldBookTests {
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
+    /// Found in a CI run on Citus: a shutdown's retirement that PostgreSQL aborted to break a
+    /// deadlock was not tried again, and the instance's leases stayed out until it was reaped.
+    @Test("a retirement PostgreSQL aborts to break a deadlock is tried again and returns the leases")
+    func retirementOutlivesDeadlock() async throws {
+        let db = try await TestDatabase.create("retire-deadlock")
+        let seed = Seed(db: db)
+        let (user, _) = try await Self.limitedAccount(seed, quota: 1_000)
+        let repository = PostgresLeaseRepository(pool: db.pool)
+        try await repository.register(instance: "stopping", ttlSeconds: 15, reclaimAfterSeconds: 5)
+        _ = try await repository.lease(instance: "stopping", wants: [AccountUnits(.user(user), 500)])
+        let deadlocksBefore = try await db.scalar(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        // Another transaction holds the user's row; the reaping locks the registration and waits
+        // for the row; then the other wants the registration. Its own deadlock timeout is the
+        // longer, so PostgreSQL aborts the reaping.
+        let other = try await TestSession.open(db.url)
+        try await other.run { connection in
+            try connection.execute("BEGIN")
+            try connection.execute("SET LOCAL deadlock_timeout = '60s'")
+            try connection.query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", [user])
+        }
+        let retiring = Task { try await repository.retire(instance: "stopping", patience: .seconds(30)) }
+        #expect(
+            try await waitUntil(timeout: .seconds(10)) {
+                try await db.scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ) == 1
+            }, "the reaping never waited for the user's row")
+        try await other.run { connection in
+            try connection.query("SELECT 1 FROM tally_instances WHERE id = 'stopping' FOR UPDATE")
+            try connection.execute("COMMIT")
+        }
+        #expect(try await retiring.value)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) == 0)
+        #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 0)
+        #expect(
+            try await waitUntil(timeout: .seconds(20)) {
+                try await db.scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+                    > deadlocksBefore
+            }, "PostgreSQL saw no deadlock: the test did not cross the locks")
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     /// Found by a review of the authorize path: holds are unique by request id alone, and both the
     /// book's memory and the journal answered another user's hold as a retry.
     @Test(

@@ -207,21 +207,32 @@ public struct PostgresLeaseRepository: LeaseRepository {
     /// The reaping skips a registration whose row a lease or journal call holds (a reaper never
     /// waits for a live instance), so it is tried again until the row is gone: a retirement that
     /// met a refill in flight returned nothing, and its leases stayed out until the reaper's
-    /// grace passed (20 s in sync mode, the hold TTL in async mode).
+    /// grace passed (20 s in sync mode, the hold TTL in async mode). A try PostgreSQL aborted to
+    /// break a deadlock changed nothing (the reaping is one transaction) and is tried again too:
+    /// on Citus a shutdown's retirement met one in CI, and the leases stayed out until reaped.
     public func retire(instance: String, patience: Duration) async throws -> Bool {
         let clock = ContinuousClock(), deadline = clock.now + patience
         while true {
-            let gone = try await pool.withConnection { connection in
-                try connection.query(Self.retireInstance, [instance])[0].decode(0, as: Int64.self) > 0
-                    || connection.query(Self.instanceRegistered, [instance]).isEmpty
-            }
-            if gone {
+            if try await retireOnce(instance: instance) {
                 instances.remove(instance)
                 UnansweredCalls.forget(instance: instance)
                 return true
             }
             guard clock.now < deadline else { return false }
             try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// True when the registration is gone; false when another call holds its row, or when
+    /// PostgreSQL aborted the reaping to break a deadlock.
+    private func retireOnce(instance: String) async throws -> Bool {
+        do {
+            return try await pool.withConnection { connection in
+                try connection.query(Self.retireInstance, [instance])[0].decode(0, as: Int64.self) > 0
+                    || connection.query(Self.instanceRegistered, [instance]).isEmpty
+            }
+        } catch let error as PostgresError where error.isLostRace {
+            return false
         }
     }
 
