@@ -310,11 +310,14 @@ struct HoldBookTests {
             try connection.query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", [user])
         }
         let retiring = Task { try await repository.retire(instance: "stopping", patience: .seconds(30)) }
+        // Waiting: at the row's lock here, or (Citus) for the worker that holds it.
         #expect(
             try await waitUntil(timeout: .seconds(10)) {
                 try await db.scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                ) == 1
+                    """
+                    SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'
+                    AND wait_event_type IN ('Lock', 'IPC', 'Client', 'Extension') AND query LIKE '%tally_reap_instances(%'
+                    """) == 1
             }, "the reaping never waited for the user's row")
         try await other.run { connection in
             try connection.query("SELECT 1 FROM tally_instances WHERE id = 'stopping' FOR UPDATE")
@@ -323,11 +326,14 @@ struct HoldBookTests {
         #expect(try await retiring.value)
         #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) == 0)
         #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 0)
-        #expect(
-            try await waitUntil(timeout: .seconds(20)) {
-                try await db.scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
-                    > deadlocksBefore
-            }, "PostgreSQL saw no deadlock: the test did not cross the locks")
+        // Citus breaks a deadlock across nodes itself, which this counter leaves out.
+        if !TestCluster.isCitus {
+            #expect(
+                try await waitUntil(timeout: .seconds(20)) {
+                    try await db.scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+                        > deadlocksBefore
+                }, "PostgreSQL saw no deadlock: the test did not cross the locks")
+        }
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 
