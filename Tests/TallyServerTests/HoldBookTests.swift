@@ -293,16 +293,51 @@ struct HoldBookTests {
     @Test("a retirement PostgreSQL aborts to break a deadlock is tried again and returns the leases")
     func retirementOutlivesDeadlock() async throws {
         let db = try await TestDatabase.create("retire-deadlock")
-        let seed = Seed(db: db)
-        let (user, _) = try await Self.limitedAccount(seed, quota: 1_000)
+        let deadlocksBefore = try await db.scalar(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        // The other transaction then wants the registration the reaping locked first. Its own
+        // deadlock timeout is the longer, so PostgreSQL aborts the reaping.
+        let (user, other, retiring) = try await Self.retirementWaitingForRow(db)
+        try await other.run { connection in
+            try connection.query("SELECT 1 FROM tally_instances WHERE id = 'stopping' FOR UPDATE")
+            try connection.execute("COMMIT")
+        }
+        try await Self.expectRetired(retiring, db, user: user)
+        // Citus breaks a deadlock across nodes itself, which this counter leaves out.
+        if !TestCluster.isCitus {
+            #expect(
+                try await waitUntil(timeout: .seconds(20)) {
+                    try await db.scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+                        > deadlocksBefore
+                }, "PostgreSQL saw no deadlock: the test did not cross the locks")
+        }
+    }
+
+    /// Found by the review of the deadlock's fix: a retirement whose connection broke (a
+    /// failover, a connection dropped on the network) gave up with most of its patience left.
+    @Test("a retirement whose connection breaks is tried again on another and returns the leases")
+    func retirementOutlivesBrokenConnection() async throws {
+        let db = try await TestDatabase.create("retire-broken")
+        let (user, other, retiring) = try await Self.retirementWaitingForRow(db)
+        #expect(
+            try await db.scalar(
+                """
+                SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                WHERE datname = current_database() AND query LIKE '%tally_reap_instances(%' AND pid <> pg_backend_pid()) t
+                """) == 1)
+        try await other.run { try $0.execute("COMMIT") }
+        try await Self.expectRetired(retiring, db, user: user)
+    }
+
+    /// An instance "stopping" that leased 500 of its user's units, retiring while another
+    /// transaction holds the user's row: the reaping has locked the registration and waits.
+    static func retirementWaitingForRow(
+        _ db: TestDatabase
+    ) async throws -> (user: Int64, other: TestSession, retiring: Task<Bool, any Error>) {
+        let (user, _) = try await Self.limitedAccount(Seed(db: db), quota: 1_000)
         let repository = PostgresLeaseRepository(pool: db.pool)
         try await repository.register(instance: "stopping", ttlSeconds: 15, reclaimAfterSeconds: 5)
         _ = try await repository.lease(instance: "stopping", wants: [AccountUnits(.user(user), 500)])
-        let deadlocksBefore = try await db.scalar(
-            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
-        // Another transaction holds the user's row; the reaping locks the registration and waits
-        // for the row; then the other wants the registration. Its own deadlock timeout is the
-        // longer, so PostgreSQL aborts the reaping.
         let other = try await TestSession.open(db.url)
         try await other.run { connection in
             try connection.execute("BEGIN")
@@ -319,21 +354,14 @@ struct HoldBookTests {
                     AND wait_event_type IN ('Lock', 'IPC', 'Client', 'Extension') AND query LIKE '%tally_reap_instances(%'
                     """) == 1
             }, "the reaping never waited for the user's row")
-        try await other.run { connection in
-            try connection.query("SELECT 1 FROM tally_instances WHERE id = 'stopping' FOR UPDATE")
-            try connection.execute("COMMIT")
-        }
+        return (user, other, retiring)
+    }
+
+    static func expectRetired(_ retiring: Task<Bool, any Error>, _ db: TestDatabase, user: Int64) async throws {
+        let seed = Seed(db: db)
         #expect(try await retiring.value)
         #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) == 0)
         #expect(try await seed.int("SELECT count(*) FROM tally_instances") == 0)
-        // Citus breaks a deadlock across nodes itself, which this counter leaves out.
-        if !TestCluster.isCitus {
-            #expect(
-                try await waitUntil(timeout: .seconds(20)) {
-                    try await db.scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
-                        > deadlocksBefore
-                }, "PostgreSQL saw no deadlock: the test did not cross the locks")
-        }
         #expect(try await Auditor(pool: db.pool).run().isEmpty)
     }
 

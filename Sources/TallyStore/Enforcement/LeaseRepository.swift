@@ -207,9 +207,9 @@ public struct PostgresLeaseRepository: LeaseRepository {
     /// The reaping skips a registration whose row a lease or journal call holds (a reaper never
     /// waits for a live instance), so it is tried again until the row is gone: a retirement that
     /// met a refill in flight returned nothing, and its leases stayed out until the reaper's
-    /// grace passed (20 s in sync mode, the hold TTL in async mode). A try PostgreSQL aborted to
-    /// break a deadlock changed nothing (the reaping is one transaction) and is tried again too:
-    /// on Citus a shutdown's retirement met one in CI, and the leases stayed out until reaped.
+    /// grace passed (20 s in sync mode, the hold TTL in async mode). A try that failed on the way
+    /// is tried again too (``retireOnce(instance:)``): on Citus a shutdown's retirement met a
+    /// deadlock in CI, and the leases stayed out until reaped.
     public func retire(instance: String, patience: Duration) async throws -> Bool {
         let clock = ContinuousClock(), deadline = clock.now + patience
         while true {
@@ -223,15 +223,18 @@ public struct PostgresLeaseRepository: LeaseRepository {
         }
     }
 
-    /// True when the registration is gone; false when another call holds its row, or when
-    /// PostgreSQL aborted the reaping to break a deadlock.
+    /// True when the registration is gone; false when another call holds its row, or when the
+    /// try failed in a way the next may not: PostgreSQL aborted the reaping to break a deadlock,
+    /// the connection broke (the next try takes another), or PostgreSQL was short of something.
+    /// The reaping is one transaction, so a failed try changed nothing, and one whose commit
+    /// went unanswered reads as done on the next (the registration is gone).
     private func retireOnce(instance: String) async throws -> Bool {
         do {
             return try await pool.withConnection { connection in
                 try connection.query(Self.retireInstance, [instance])[0].decode(0, as: Int64.self) > 0
                     || connection.query(Self.instanceRegistered, [instance]).isEmpty
             }
-        } catch let error as PostgresError where error.isLostRace {
+        } catch let error as PostgresError where error.isLostRace || error.isConnectionFailure || error.isTemporary {
             return false
         }
     }
