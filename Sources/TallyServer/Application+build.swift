@@ -117,18 +117,20 @@ private func backgroundServices(
         LogPartitionService(migrator: migrator, interval: .seconds(86_400), logger: logger),
         HoldSweeperService(holds: services.holds, interval: .seconds(1), logger: logger),
     ]
+    if configuration.webhooks.enabled {
+        background.append(
+            WebhookDispatcher(
+                repository: WebhookRepository(pool: services.pool),
+                configuration: configuration.webhooks, logger: logger))
+    }
+    // After the dispatcher, so stopped before it: its last fold does not wait for a slow
+    // receiver's deliveries, and the events it writes may still go out.
     if configuration.settleIntervalMilliseconds > 0 {
         background.append(
             SettlerService(
                 settler: Settler(pool: services.pool),
                 balanceInterval: .milliseconds(configuration.settleIntervalMilliseconds),
                 rollUpInterval: .seconds(configuration.rollUpIntervalSeconds), logger: logger))
-    }
-    if configuration.webhooks.enabled {
-        background.append(
-            WebhookDispatcher(
-                repository: WebhookRepository(pool: services.pool),
-                configuration: configuration.webhooks, logger: logger))
     }
     // Last, so stopped first after the HTTP server (services stop in reverse order, one after
     // the other): its leases go back before a webhook round or the settler's last fold, which

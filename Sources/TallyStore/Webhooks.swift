@@ -239,6 +239,16 @@ public struct WebhookRepository: Sendable {
         }
     }
 
+    /// Gives a claim back untried (its dispatcher stopped while sending): due again at once, and
+    /// the attempt not counted, since the receiver's answer never came. False when the claim was
+    /// lost.
+    @discardableResult
+    public func giveBack(_ delivery: WebhookDelivery) async throws -> Bool {
+        try await pool.withConnection { connection in
+            try connection.query(Self.givenBack, [delivery.id, delivery.attempt]).affectedRows == 1
+        }
+    }
+
     /// Deletes up to `limit` delivered or dead-lettered events created more than `days` days
     /// ago, oldest first; returns how many. Pending events are never deleted. Creation dates an
     /// event: with the default schedule it leaves the queue within a day of it.
@@ -295,6 +305,13 @@ public struct WebhookRepository: Sendable {
         UPDATE webhook_outbox SET status = 'delivered', delivered_at = now(), last_status = $3, last_error = NULL
         WHERE id = $1 AND attempts = $2
           AND (status = 'pending' OR (status = 'dead' AND last_error = 'endpoint removed'))
+        """)
+
+    static let givenBack = PreparedStatement(
+        "webhook_given_back",
+        """
+        UPDATE webhook_outbox SET attempts = attempts - 1, next_attempt_at = now()
+        WHERE id = $1 AND attempts = $2 AND status = 'pending'
         """)
 
     static let failed = PreparedStatement(

@@ -242,6 +242,33 @@ struct WebhookDispatchTests {
         }
     }
 
+    /// Found by a review of the shutdown: a delivery the shutdown's deadline cut short was
+    /// recorded as the receiver's failure, and on its last attempt dead-lettered untried.
+    @Test("a delivery cut short by cancelling the dispatcher costs no attempt and is due again at once")
+    func cancelledDeliveryGivenBack() async throws {
+        let receiver = WebhookReceiver()
+        try await receiver.run { port in
+            let (db, webhooks, _) = try await Self.setUp("whcut", port: port)
+            let hanging = try await webhooks.add(
+                url: "http://127.0.0.1:\(port)/hook-hang", secret: WebhookSecret(Self.secret), events: [], by: .cli
+            ).endpoint.id
+            _ = try await db.pool.withConnection { connection in
+                try connection.query(
+                    "INSERT INTO webhook_outbox (event_id, endpoint_id, type, payload) VALUES (gen_random_uuid(), $1, 'export.ready', '{}')",
+                    [hanging])
+            }
+            let running = Task { try await Self.dispatcher(db, maxAttempts: 1, timeout: .seconds(30)).run() }
+            #expect(try await waitUntil(timeout: .seconds(10)) { receiver.received.count == 1 })
+            running.cancel()
+            try await running.value
+            let rows = try await Self.outbox(db)
+            #expect(rows.map(\.status) == ["pending"])
+            #expect(rows.map(\.attempts) == [0])
+            #expect(rows.map(\.lastError) == [nil])
+            #expect(try await db.scalar("SELECT count(*) FROM webhook_outbox WHERE next_attempt_at <= now()") == 1)
+        }
+    }
+
     @Test("an unreachable endpoint records the transport error, never the secret")
     func unreachable() async throws {
         let db = try await TestDatabase.create("whunreachable")

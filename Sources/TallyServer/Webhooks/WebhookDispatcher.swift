@@ -181,15 +181,31 @@ public struct WebhookDispatcher: Service {
             maxResponseBytes: 64 << 10)
         // Its status is the receiver's answer; a long or slow page after a 2xx still delivered it.
         request.cutsLongBody = true
-        let outcome: (status: Int?, error: String?)
+        let outcome: (status: Int?, error: String?)?
         do {
             let response = try await client.send(request)
             outcome = (response.status, response.isSuccess ? nil : "HTTP \(response.status)")
         } catch {
-            outcome = (nil, "\(error)")
+            // Cut short by a shutdown past its deadline: not the receiver's failure, so it costs
+            // no attempt (on the last one it would have been dead-lettered untried).
+            outcome = Task.isCancelled ? nil : (nil, "\(error)")
         }
+        // In a task of its own: the pool refuses a cancelled task that waits for a connection,
+        // and what the receiver answered would be lost.
+        await Task { await recordLogged(delivery, outcome) }.value
+    }
+
+    /// Records the outcome, or gives the claim back when there is none.
+    private func recordLogged(_ delivery: WebhookDelivery, _ outcome: (status: Int?, error: String?)?) async {
         do {
-            try await record(delivery, status: outcome.status, error: outcome.error)
+            if let outcome {
+                try await record(delivery, status: outcome.status, error: outcome.error)
+            } else {
+                try await repository.giveBack(delivery)
+                logger.info(
+                    "webhook delivery cut short by the shutdown; due again",
+                    metadata: ["event_id": "\(delivery.eventID)"])
+            }
         } catch {
             // The lease runs out and the delivery is retried: at least once, never lost.
             logger.warning(
