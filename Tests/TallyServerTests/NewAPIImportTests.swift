@@ -271,6 +271,44 @@ struct NewAPIImportTests {
         #expect(try Self.runImport(source, into: tally).contains("nothing to change"))
     }
 
+    /// Found by a review of lock orders: the accounts' table lock (SHARE ROW EXCLUSIVE) let a
+    /// top-up or an admin change lock an account's row first; the import then waited for that
+    /// row while the change's UPDATE waited for the table, and PostgreSQL aborted one of them.
+    @Test("a change that locked an account's row before the import finishes first; neither is aborted")
+    func rowLockedBeforeTheImport() async throws {
+        let source = try await Self.newAPIDatabase("newapirowlock")
+        let tally = try await TestDatabase.create("newapirowlocktally")
+        _ = try Self.runImport(source, into: tally)
+        try await source.pool.withConnection {
+            try $0.execute("UPDATE users SET display_name = 'Alice B.' WHERE id = 2")
+        }
+        let alice = try await Self.tallyID("user", source: 2, in: tally)
+        // A top-up's transaction, as AccountRepository.lock starts it; its deadlock timeout the
+        // longer, so that PostgreSQL would abort the import.
+        let change = try await TestSession.open(tally.url)
+        try await change.run { connection in
+            try connection.execute("BEGIN")
+            try connection.execute("SET LOCAL deadlock_timeout = '60s'")
+            try connection.query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", [alice])
+        }
+        let importing = Task.detached { try Self.runImport(source, into: tally) }
+        #expect(
+            try await waitUntil(timeout: .seconds(30)) {
+                try await tally.scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                    == 1
+            }, "the import never waited for the change")
+        try await change.run { connection in
+            try connection.query("UPDATE users SET quota = quota + 1000, updated_at = now() WHERE id = $1", [alice])
+            try connection.execute("COMMIT")
+        }
+        #expect(try await importing.value.contains("users: 0 created, 1 updated"))
+        let seed = Seed(db: tally)
+        #expect(
+            try await seed.int("SELECT count(*) FROM users WHERE id = $1 AND display_name = 'Alice B.'", [alice]) == 1)
+    }
+
     /// Found by a review: a re-run folded new-api's newer logs against the balance of the last
     /// run, and queued balance.low for a user it then set to new-api's higher balance.
     @Test("an import queues no balance events: its charges were spent in new-api, and the balance follows new-api")

@@ -51,9 +51,11 @@ enum NewAPIImportSQL {
     ]
 
     /// Blocks other writers of the account tables while ids are chosen and rows inserted:
-    /// readers go on, but lease grants and the fold (which update users and tokens) wait for
-    /// the transaction (docs/import.md, "Transactions").
-    static let lockAccounts = "LOCK TABLE users, tokens, channels IN SHARE ROW EXCLUSIVE MODE"
+    /// plain reads go on, but lease grants, the fold, top-ups and admin changes wait for the
+    /// transaction (docs/import.md, "Transactions"). EXCLUSIVE, which row locks wait for too:
+    /// under SHARE ROW EXCLUSIVE a change could lock an account's row first, and then its UPDATE
+    /// waited for the table while the import waited for the row (a deadlock).
+    static let lockAccounts = "LOCK TABLE users, tokens, channels IN EXCLUSIVE MODE"
 
     /// A valid Tally group name (the `groups.name` CHECK).
     private static let validGroup = "'^[A-Za-z0-9_.-]{1,64}$'"
