@@ -74,6 +74,48 @@ struct HoldRepositoryTests {
         #expect(outcome.returned == 0)
     }
 
+    /// Found by a review of lost races: a release that PostgreSQL aborted to break a deadlock
+    /// answered 503, and unless the gateway sent it again the hold kept its units until expiry.
+    @Test("a release PostgreSQL aborts to break a deadlock is tried again and returns the hold's units")
+    func releaseOutlivesDeadlock() async throws {
+        let db = try await TestDatabase.create("holds-release-deadlock")
+        try await db.prepareBilling(users: 1, quota: 1_000)
+        let user = try await db.scalar("SELECT id FROM users WHERE username = 'synthetic-1'")
+        let hold = try await db.scalar(
+            """
+            WITH reserved AS (UPDATE users SET reserved = reserved + 10 WHERE id = $1)
+            INSERT INTO holds (request_id, user_id, token_id, model, amount, token_reserved, expires_at)
+            VALUES ('crossed', $1, 1, 'gpt-4o', 10, false, now() + interval '10 minutes') RETURNING id
+            """, [user])
+        // A transaction holds the user's row; the release closes the hold and waits for the
+        // row; then the other wants the hold. Its own deadlock timeout is the longer, so
+        // PostgreSQL aborts the release.
+        let other = try await TestSession.open(db.url)
+        try await other.run { connection in
+            try connection.execute("BEGIN")
+            try connection.execute("SET LOCAL deadlock_timeout = '60s'")
+            try connection.query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", [user])
+        }
+        let release = Task { try await PostgresHoldRepository(pool: db.pool).release(requestID: "crossed") }
+        // Waiting: at the row's lock here, or (Citus) for the worker that holds it.
+        #expect(
+            try await waitUntil(timeout: .seconds(10)) {
+                try await db.scalar(
+                    """
+                    SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'
+                    AND wait_event_type IN ('Lock', 'IPC', 'Client', 'Extension') AND query LIKE '%tally_close_holds(%'
+                    """) == 1
+            }, "the release never waited for the user's row")
+        try await other.run { connection in
+            try connection.query("SELECT 1 FROM holds WHERE id = $1 FOR UPDATE", [hold])
+            try connection.execute("COMMIT")
+        }
+        let outcome = try #require(try await release.value)
+        #expect(outcome.status == "released")
+        #expect(outcome.returned == 10)
+        #expect(try await db.scalar("SELECT reserved FROM users WHERE id = $1", [user]) == 0)
+    }
+
     @Test(
         "closing a hold (expiry, release) probes it by key, even after plans made while few holds were open (migration 0024)"
     )

@@ -33,7 +33,13 @@ public struct PostgresHoldRepository: HoldRepository {
 
     public init(pool: PostgresPool) { self.pool = pool }
 
+    /// A try PostgreSQL aborted to break a deadlock (it locks the hold, then its accounts)
+    /// changed nothing and is run again, as the lease books' calls are.
     public func release(requestID: String, holdID: Int64? = nil) async throws -> ReleaseOutcome? {
+        try await retryingDeadlocks(pausing: .leases) { try await releaseOnce(requestID: requestID, holdID: holdID) }
+    }
+
+    private func releaseOnce(requestID: String, holdID: Int64?) async throws -> ReleaseOutcome? {
         try await pool.withConnection { connection in
             guard let row = try connection.query(Self.findHold, [requestID, holdID]).first else { return nil }
             let (id, status, amount) = (
