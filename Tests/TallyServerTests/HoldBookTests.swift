@@ -872,6 +872,55 @@ extension HoldBookTests {
         #expect(UnansweredCalls.of(instance: "refused-refill").failed().isEmpty)
     }
 
+    /// Found by a review of lost races: a cold key's lookup that PostgreSQL aborted to break a
+    /// deadlock over the account it leased for failed every authorization of its batch (503).
+    @Test(
+        "a cold key's lookup whose lease loses a deadlock reads the key again without leasing",
+        // The crossing is one PostgreSQL's (the registration's row lock); Citus takes it by an
+        // advisory lock, key by key.
+        .disabled(if: TestCluster.isCitus))
+    func lookupOutlivesDeadlock() async throws {
+        let db = try await TestDatabase.create("lookup-deadlock")
+        let seed = Seed(db: db)
+        let user = try await seed.user(quota: 10_000).user.id
+        let (_, key) = try await seed.key(user: user)
+        let leases = PostgresLeaseRepository(pool: db.pool)
+        try await leases.register(instance: "crossed-lookup", ttlSeconds: 60, reclaimAfterSeconds: 0)
+        _ = try await leases.lease(instance: "crossed-lookup", wants: [AccountUnits(.user(user), 1_000)])
+        // Another transaction holds the instance's lease row of the user; the lookup takes the
+        // registration and waits for that row; then the other wants the registration. Its own
+        // deadlock timeout is the longer, so PostgreSQL aborts the lookup.
+        let other = try await TestSession.open(db.url)
+        try await other.run { connection in
+            try connection.execute("BEGIN")
+            try connection.execute("SET LOCAL deadlock_timeout = '60s'")
+            try connection.query(
+                "SELECT 1 FROM user_leases WHERE instance_id = 'crossed-lookup' AND user_id = $1 FOR UPDATE", [user])
+        }
+        let granted = Mutex<[LeaseGrant]>([])
+        let lease = LookupLease(instance: "crossed-lookup", want: 1_000) { _, grants in
+            granted.withLock { $0 += grants }
+        }
+        let lookup = Task { try await AccessDirectory(pool: db.pool).key(SecretHash(of: key), leasing: lease) }
+        #expect(
+            try await waitUntil(timeout: .seconds(10)) {
+                try await seed.int(
+                    """
+                    SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'
+                    AND wait_event_type = 'Lock' AND query LIKE '%tally_lease_call(%'
+                    """) == 1
+            }, "the lookup never waited for the lease row")
+        try await other.run { connection in
+            try connection.query("SELECT 1 FROM tally_instances WHERE id = 'crossed-lookup' FOR UPDATE")
+            try connection.execute("COMMIT")
+        }
+        #expect(try await lookup.value?.userID == user)
+        #expect(granted.withLock { $0.isEmpty })
+        #expect(UnansweredCalls.of(instance: "crossed-lookup").failed().isEmpty)
+        #expect(try await seed.int("SELECT reserved FROM users WHERE id = $1", [user]) == 1_000)
+        #expect(try await Auditor(pool: db.pool).run().isEmpty)
+    }
+
     /// Found by a review: a lookup batch refused by PostgreSQL (its one statement rolled back)
     /// was owed a give-up, and left a given-up id for the rest of the registration.
     @Test("a cold key's lookup that PostgreSQL refused owes no give-up")

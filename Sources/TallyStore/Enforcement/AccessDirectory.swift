@@ -139,19 +139,32 @@ public final class AccessDirectory: Sendable {
         self.unknownTTL = unknownTTL
         let layout = DatabaseLayout()
         misses = Coalescer(limit: Self.lookupConcurrency) { misses in
-            let calls = LookupCalls()
             do {
-                let found = try await pool.withConnection { connection in
-                    try layout.isDistributed(on: connection)
-                        ? misses.map { try Self.lookUpOnItsShard($0, calls, connection) }
-                        : Self.lookUp(misses, calls, connection)
-                }
-                calls.answered()
-                return found
-            } catch {
-                calls.failed()
-                throw error
+                return try await Self.read(misses, pool: pool, layout: layout)
+            } catch let error as PostgresError where error.isLostRace && misses.contains(where: { $0.lease != nil }) {
+                // PostgreSQL aborted the lookup to break a deadlock over an account it leased
+                // for. The keys are read again without leasing, which they can do without (the
+                // first hold refills through the lease books, which retry), rather than failing
+                // every authorization of the batch.
+                return try await Self.read(misses.map { Miss(hash: $0.hash, lease: nil) }, pool: pool, layout: layout)
             }
+        }
+    }
+
+    /// One lookup of a batch of misses, its lease calls answered or owed as it ends.
+    private static func read(_ misses: [Miss], pool: PostgresPool, layout: DatabaseLayout) async throws -> [Found] {
+        let calls = LookupCalls()
+        do {
+            let found = try await pool.withConnection { connection in
+                try layout.isDistributed(on: connection)
+                    ? misses.map { try Self.lookUpOnItsShard($0, calls, connection) }
+                    : Self.lookUp(misses, calls, connection)
+            }
+            calls.answered()
+            return found
+        } catch {
+            calls.failed()
+            throw error
         }
     }
 
