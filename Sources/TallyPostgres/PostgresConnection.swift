@@ -43,15 +43,28 @@ public final class PostgresConnection: @unchecked Sendable {
     deinit { PQfinish(handle) }
 
     /// The URL as libpq's `dbname` (expanded as a conninfo or URI), then `options`, which libpq
-    /// applies after it, so they win.
+    /// applies after it, so they win; before it, ``defaults(environment:)``, which the URL's own
+    /// parameters override.
     private static func connect(_ url: String, _ options: KeyValuePairs<String, String>) -> OpaquePointer? {
-        guard !options.isEmpty else { return PQconnectdb(url) }
-        let strings = [("dbname", url)] + options.map { ($0.key, $0.value) }
+        let strings =
+            defaults(environment: ProcessInfo.processInfo.environment) + [("dbname", url)]
+            + options.map { ($0.key, $0.value) }
         let keys = strings.map { strdup($0.0) }, values = strings.map { strdup($0.1) }
         defer { (keys + values).forEach { free($0) } }
         let keywords = keys.map { UnsafePointer($0) } + [nil], settings = values.map { UnsafePointer($0) } + [nil]
         return PQconnectdbParams(keywords, settings, 1)
     }
+
+    /// What a connection gets unless its URL (or libpq's variable, `PGCONNECT_TIMEOUT`) says
+    /// otherwise: at most `connectTimeoutSeconds` to connect. libpq's own default is to wait for
+    /// ever, and the kernel gives up on a host that drops packets only after about two minutes,
+    /// or never on one that accepted the connection and does not answer: each request that
+    /// needed a new connection (and a shutdown's lease retirement) waited that long.
+    static func defaults(environment: [String: String]) -> [(String, String)] {
+        environment["PGCONNECT_TIMEOUT"] == nil ? [("connect_timeout", String(connectTimeoutSeconds))] : []
+    }
+
+    static let connectTimeoutSeconds = 10
 
     /// libpq quotes the part of a connection string it could not read (`invalid percent-encoded
     /// token: "pa%zzword"`), which may be the password: every spelling of it is blanked.

@@ -203,6 +203,33 @@ struct PostgresConnectionTests {
         }
     }
 
+    /// Found by a review of the shutdown: with libpq's default a connection to a server that
+    /// accepted it and never answered (or a host that drops packets) waited for ever.
+    @Test("a server that never answers fails the connection after the default timeout; the URL may say otherwise")
+    func connectTimeout() async throws {
+        #expect(PostgresConnection.defaults(environment: [:]).map(\.0) == ["connect_timeout"])
+        #expect(PostgresConnection.defaults(environment: ["PGCONNECT_TIMEOUT": "3"]).isEmpty)
+        for (parameters, within) in [
+            ("", Duration.seconds(PostgresConnection.connectTimeoutSeconds)), ("?connect_timeout=2", .seconds(2)),
+        ] {
+            let silent = try SilentListener()
+            // Without a timeout libpq waits for ever: the listener's end fails it instead, late.
+            let watchdog = Task {
+                try await Task.sleep(for: within + .seconds(10))
+                silent.close()
+            }
+            let url = "postgres://tally@127.0.0.1:\(silent.port)/nowhere" + parameters
+            let clock = ContinuousClock(), started = clock.now
+            await #expect(throws: PostgresError.self) {
+                try await PostgresPool(url: url, size: 1).withConnection { _ in }
+            }
+            let waited = clock.now - started
+            #expect(waited >= within - .milliseconds(500) && waited < within + .seconds(5), "\(url): \(waited)")
+            watchdog.cancel()
+            if (try? await watchdog.value) == nil { silent.close() }
+        }
+    }
+
     @Test("connection errors never contain the password")
     func connectionErrorHidesPassword() async throws {
         let pool = PostgresPool(url: "postgres://tally:sup3r-s3cret@127.0.0.1:1/nowhere?connect_timeout=2", size: 1)
@@ -275,4 +302,30 @@ struct ClusterRestartTests {
         #expect(after != before)
         await pool.close()
     }
+}
+
+/// A TCP socket on a free local port that takes connections (the kernel completes them on its
+/// backlog) and never answers, as a server that hangs does.
+struct SilentListener {
+    let descriptor: Int32
+    let port: Int
+
+    init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(descriptor, $0, length) == 0 && listen(descriptor, 16) == 0
+                    && getsockname(descriptor, $0, &length) == 0
+            }
+        }
+        guard bound else { throw POSIXError(.EADDRINUSE) }
+        self.descriptor = descriptor
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    func close() { _ = Glibc.close(descriptor) }
 }
