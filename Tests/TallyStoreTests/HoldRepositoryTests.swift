@@ -85,7 +85,8 @@ struct HoldRepositoryTests {
             """
             WITH reserved AS (UPDATE users SET reserved = reserved + 10 WHERE id = $1)
             INSERT INTO holds (request_id, user_id, token_id, model, amount, token_reserved, expires_at)
-            VALUES ('crossed', $1, 1, 'gpt-4o', 10, false, now() + interval '10 minutes') RETURNING id
+            SELECT 'crossed', $1, t.id, 'gpt-4o', 10, false, now() + interval '10 minutes' FROM tokens t
+            WHERE t.user_id = $1 ORDER BY t.id LIMIT 1 RETURNING id
             """, [user])
         // A transaction holds the user's row; the release closes the hold and waits for the
         // row; then the other wants the hold. Its own deadlock timeout is the longer, so
