@@ -239,9 +239,11 @@ public struct WebhookRepository: Sendable {
         }
     }
 
-    /// Gives a claim back untried (its dispatcher stopped while sending): due again at once, and
-    /// the attempt not counted, since the receiver's answer never came. False when the claim was
-    /// lost.
+    /// Gives a claim back unanswered (its dispatcher stopped while sending): due again at once,
+    /// with no failure recorded. The attempt stays counted (the count fences late outcomes of
+    /// earlier claims, so it only grows), but the next claim goes out even past the last
+    /// attempt: a delivery is dead-lettered only after a receiver's failure. False when the
+    /// claim was lost.
     @discardableResult
     public func giveBack(_ delivery: WebhookDelivery) async throws -> Bool {
         try await pool.withConnection { connection in
@@ -310,7 +312,7 @@ public struct WebhookRepository: Sendable {
     static let givenBack = PreparedStatement(
         "webhook_given_back",
         """
-        UPDATE webhook_outbox SET attempts = attempts - 1, next_attempt_at = now()
+        UPDATE webhook_outbox SET next_attempt_at = now()
         WHERE id = $1 AND attempts = $2 AND status = 'pending'
         """)
 

@@ -209,9 +209,11 @@ struct PostgresConnectionTests {
     func connectTimeout() async throws {
         #expect(PostgresConnection.defaults(environment: [:]).map(\.0) == ["connect_timeout"])
         #expect(PostgresConnection.defaults(environment: ["PGCONNECT_TIMEOUT": "3"]).isEmpty)
-        for (parameters, within) in [
-            ("", Duration.seconds(PostgresConnection.connectTimeoutSeconds)), ("?connect_timeout=2", .seconds(2)),
-        ] {
+        // The environment's PGCONNECT_TIMEOUT, when set, is the default libpq applies instead.
+        let byDefault =
+            ProcessInfo.processInfo.environment["PGCONNECT_TIMEOUT"].flatMap(Int.init)
+            ?? PostgresConnection.connectTimeoutSeconds
+        for (parameters, within) in [("", Duration.seconds(byDefault)), ("?connect_timeout=2", .seconds(2))] {
             let silent = try SilentListener()
             // Without a timeout libpq waits for ever: the listener's end fails it instead, late.
             let watchdog = Task {

@@ -298,10 +298,14 @@ struct HoldBookTests {
         // The other transaction then wants the registration the reaping locked first. Its own
         // deadlock timeout is the longer, so PostgreSQL aborts the reaping.
         let (user, other, retiring) = try await Self.retirementWaitingForRow(db)
-        try await other.run { connection in
-            try connection.query("SELECT 1 FROM tally_instances WHERE id = 'stopping' FOR UPDATE")
-            try connection.execute("COMMIT")
+        let crossing = Task {
+            try await other.run { connection in
+                try connection.query("SELECT 1 FROM tally_instances WHERE id = 'stopping' FOR UPDATE")
+                try connection.execute("COMMIT")
+            }
         }
+        #expect(try await db.sessionsWaiting(2), "the other transaction never waited: the locks did not cross")
+        try await crossing.value
         try await Self.expectRetired(retiring, db, user: user)
         // Citus breaks a deadlock across nodes itself, which this counter leaves out.
         if !TestCluster.isCitus {
@@ -335,7 +339,7 @@ struct HoldBookTests {
         _ db: TestDatabase
     ) async throws -> (user: Int64, other: TestSession, retiring: Task<Bool, any Error>) {
         let (user, _) = try await Self.limitedAccount(Seed(db: db), quota: 1_000)
-        let repository = PostgresLeaseRepository(pool: db.pool)
+        let repository = PostgresLeaseRepository(pool: db.pool(deadlockTimeout: "5s"))
         try await repository.register(instance: "stopping", ttlSeconds: 15, reclaimAfterSeconds: 5)
         _ = try await repository.lease(instance: "stopping", wants: [AccountUnits(.user(user), 500)])
         let other = try await TestSession.open(db.url)
@@ -345,15 +349,9 @@ struct HoldBookTests {
             try connection.query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", [user])
         }
         let retiring = Task { try await repository.retire(instance: "stopping", patience: .seconds(30)) }
-        // Waiting: at the row's lock here, or (Citus) for the worker that holds it.
         #expect(
-            try await waitUntil(timeout: .seconds(10)) {
-                try await db.scalar(
-                    """
-                    SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'
-                    AND wait_event_type IN ('Lock', 'IPC', 'Client', 'Extension') AND query LIKE '%tally_reap_instances(%'
-                    """) == 1
-            }, "the reaping never waited for the user's row")
+            try await db.sessionsWaiting(1, running: "tally_reap_instances("),
+            "the reaping never waited for the user's row")
         return (user, other, retiring)
     }
 
@@ -901,19 +899,18 @@ extension HoldBookTests {
         let lease = LookupLease(instance: "crossed-lookup", want: 1_000) { _, grants in
             granted.withLock { $0 += grants }
         }
-        let lookup = Task { try await AccessDirectory(pool: db.pool).key(SecretHash(of: key), leasing: lease) }
+        let directory = AccessDirectory(pool: db.pool(deadlockTimeout: "5s"))
+        let lookup = Task { try await directory.key(SecretHash(of: key), leasing: lease) }
         #expect(
-            try await waitUntil(timeout: .seconds(10)) {
-                try await seed.int(
-                    """
-                    SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'
-                    AND wait_event_type = 'Lock' AND query LIKE '%tally_lease_call(%'
-                    """) == 1
-            }, "the lookup never waited for the lease row")
-        try await other.run { connection in
-            try connection.query("SELECT 1 FROM tally_instances WHERE id = 'crossed-lookup' FOR UPDATE")
-            try connection.execute("COMMIT")
+            try await db.sessionsWaiting(1, running: "tally_lease_call("), "the lookup never waited for the lease row")
+        let crossing = Task {
+            try await other.run { connection in
+                try connection.query("SELECT 1 FROM tally_instances WHERE id = 'crossed-lookup' FOR UPDATE")
+                try connection.execute("COMMIT")
+            }
         }
+        #expect(try await db.sessionsWaiting(2), "the other transaction never waited: the locks did not cross")
+        try await crossing.value
         #expect(try await lookup.value?.userID == user)
         #expect(granted.withLock { $0.isEmpty })
         #expect(UnansweredCalls.of(instance: "crossed-lookup").failed().isEmpty)

@@ -244,7 +244,9 @@ struct WebhookDispatchTests {
 
     /// Found by a review of the shutdown: a delivery the shutdown's deadline cut short was
     /// recorded as the receiver's failure, and on its last attempt dead-lettered untried.
-    @Test("a delivery cut short by cancelling the dispatcher costs no attempt and is due again at once")
+    @Test(
+        "a delivery cut short by cancelling the dispatcher is no failure: due again at once, even after the last attempt"
+    )
     func cancelledDeliveryGivenBack() async throws {
         let receiver = WebhookReceiver()
         try await receiver.run { port in
@@ -263,7 +265,7 @@ struct WebhookDispatchTests {
             try await running.value
             let rows = try await Self.outbox(db)
             #expect(rows.map(\.status) == ["pending"])
-            #expect(rows.map(\.attempts) == [0])
+            #expect(rows.map(\.attempts) == [1])
             #expect(rows.map(\.lastError) == [nil])
             #expect(try await db.scalar("SELECT count(*) FROM webhook_outbox WHERE next_attempt_at <= now()") == 1)
         }

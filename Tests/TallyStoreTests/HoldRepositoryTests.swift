@@ -97,20 +97,19 @@ struct HoldRepositoryTests {
             try connection.execute("SET LOCAL deadlock_timeout = '60s'")
             try connection.query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE", [user])
         }
-        let release = Task { try await PostgresHoldRepository(pool: db.pool).release(requestID: "crossed") }
-        // Waiting: at the row's lock here, or (Citus) for the worker that holds it.
+        let holds = PostgresHoldRepository(pool: db.pool(deadlockTimeout: "5s"))
+        let release = Task { try await holds.release(requestID: "crossed") }
         #expect(
-            try await waitUntil(timeout: .seconds(10)) {
-                try await db.scalar(
-                    """
-                    SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'
-                    AND wait_event_type IN ('Lock', 'IPC', 'Client', 'Extension') AND query LIKE '%tally_close_holds(%'
-                    """) == 1
-            }, "the release never waited for the user's row")
-        try await other.run { connection in
-            try connection.query("SELECT 1 FROM holds WHERE id = $1 FOR UPDATE", [hold])
-            try connection.execute("COMMIT")
+            try await db.sessionsWaiting(1, running: "tally_close_holds("),
+            "the release never waited for the user's row")
+        let crossing = Task {
+            try await other.run { connection in
+                try connection.query("SELECT 1 FROM holds WHERE id = $1 FOR UPDATE", [hold])
+                try connection.execute("COMMIT")
+            }
         }
+        #expect(try await db.sessionsWaiting(2), "the other transaction never waited: the locks did not cross")
+        try await crossing.value
         let outcome = try #require(try await release.value)
         #expect(outcome.status == "released")
         #expect(outcome.returned == 10)

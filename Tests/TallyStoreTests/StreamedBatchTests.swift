@@ -249,17 +249,14 @@ struct StreamedBatchTests {
         // PostgreSQL checks a waiting session for a deadlock once, deadlock_timeout after its wait
         // began, and aborts the session whose check finds the cycle. The whole batch waits first
         // and checks after 5 s, once the cycle is closed; the streamed one would after 60 s.
-        func pool(deadlockTimeout: String) -> PostgresPool {
-            let options = "options=-c%20deadlock_timeout%3D\(deadlockTimeout)"
-            return PostgresPool(url: db.url + (db.url.contains("?") ? "&" : "?") + options, size: 1)
-        }
-        let (streamed, streamedStored) = Self.start(PostgresIngestRepository(pool: pool(deadlockTimeout: "60s")))
+        let (streamed, streamedStored) = Self.start(
+            PostgresIngestRepository(pool: db.pool(deadlockTimeout: "60s", size: 1)))
         // y and 1,000 more lines: inserted (COPY's block of 1,000) before the part ends.
         await streamed.send(.lines([y] + (1...1_000).map { Self.line("mix-s-\($0)", account: account) }))
         #expect(try await Self.waitForCopies(db, rows: 1_001))
         // The whole batch inserts x, then waits for the streamed one's y...
         let whole = Task {
-            try await PostgresIngestRepository(pool: pool(deadlockTimeout: "5s")).store(
+            try await PostgresIngestRepository(pool: db.pool(deadlockTimeout: "5s", size: 1)).store(
                 [x, y], rejects: [], totalLines: 2, tid: TraceID.generate(), source: "test")
         }
         #expect(

@@ -488,7 +488,8 @@ public final class HoldBook: Sendable {
     /// registration. When the journal cannot be written within `patience` (PostgreSQL is
     /// unreachable), or calls in flight keep the registration's row locked as long, returns
     /// false and keeps the registration: it then expires, and the reaper returns the leases only
-    /// after the grace that covers the holds not journaled.
+    /// after the grace that covers the holds not journaled. When PostgreSQL failed the
+    /// retirement itself until then, throws that error, with the same outcome.
     @discardableResult
     public func retire(patience: Duration = .seconds(10)) async throws -> Bool {
         retiring.store(true, ordering: .sequentiallyConsistent)

@@ -186,8 +186,8 @@ public struct WebhookDispatcher: Service {
             let response = try await client.send(request)
             outcome = (response.status, response.isSuccess ? nil : "HTTP \(response.status)")
         } catch {
-            // Cut short by a shutdown past its deadline: not the receiver's failure, so it costs
-            // no attempt (on the last one it would have been dead-lettered untried).
+            // Cut short by a shutdown past its deadline: not the receiver's failure, so it is
+            // given back, due at once (on the last attempt it was dead-lettered unanswered).
             outcome = Task.isCancelled ? nil : (nil, "\(error)")
         }
         // In a task of its own: the pool refuses a cancelled task that waits for a connection,

@@ -11,7 +11,8 @@ public protocol LeaseRepository: Sendable {
     /// Renews the registration; false when it is gone (reaped): the leases are lost.
     func renew(instance: String, ttlSeconds: Int) async throws -> Bool
     /// Returns every lease of this instance and ends its registration (journal first); false
-    /// when calls in flight kept its registration's row locked for `patience`.
+    /// when calls in flight kept its registration's row locked for `patience`, or the error of
+    /// the last try when PostgreSQL failed it until then.
     func retire(instance: String, patience: Duration) async throws -> Bool
     /// Leases up to `wants` units of each account; throws `LeaseError.notRegistered` when the
     /// registration is gone. A call that fails is owed a give-up (``retryOwedCalls()``): if it
@@ -207,35 +208,42 @@ public struct PostgresLeaseRepository: LeaseRepository {
     /// The reaping skips a registration whose row a lease or journal call holds (a reaper never
     /// waits for a live instance), so it is tried again until the row is gone: a retirement that
     /// met a refill in flight returned nothing, and its leases stayed out until the reaper's
-    /// grace passed (20 s in sync mode, the hold TTL in async mode). A try that failed on the way
-    /// is tried again too (``retireOnce(instance:)``): on Citus a shutdown's retirement met a
-    /// deadlock in CI, and the leases stayed out until reaped.
+    /// grace passed (20 s in sync mode, the hold TTL in async mode). A try that failed in a way
+    /// the next may not is tried again too, after pauses that double up to half a second: the
+    /// reaping was aborted to break a deadlock (on Citus a shutdown's retirement met one in CI),
+    /// its connection broke (the next try takes another), or PostgreSQL was short of something.
+    /// The reaping is one transaction, so a failed try changed nothing, and one whose commit went
+    /// unanswered reads as done on the next (the registration is gone). When the patience runs
+    /// out after such a failure, that error is thrown.
     public func retire(instance: String, patience: Duration) async throws -> Bool {
         let clock = ContinuousClock(), deadline = clock.now + patience
+        var failure: PostgresError?, pause = Duration.milliseconds(20)
         while true {
-            if try await retireOnce(instance: instance) {
-                instances.remove(instance)
-                UnansweredCalls.forget(instance: instance)
-                return true
+            do {
+                if try await retireOnce(instance: instance) {
+                    instances.remove(instance)
+                    UnansweredCalls.forget(instance: instance)
+                    return true
+                }
+                failure = nil
+            } catch let error as PostgresError where error.isLostRace || error.isConnectionFailure || error.isTemporary
+            {
+                failure = error
             }
-            guard clock.now < deadline else { return false }
-            try await Task.sleep(for: .milliseconds(20))
+            guard clock.now < deadline else {
+                if let failure { throw failure }
+                return false
+            }
+            try await Task.sleep(for: failure == nil ? .milliseconds(20) : pause)
+            if failure != nil { pause = min(pause * 2, .milliseconds(500)) }
         }
     }
 
-    /// True when the registration is gone; false when another call holds its row, or when the
-    /// try failed in a way the next may not: PostgreSQL aborted the reaping to break a deadlock,
-    /// the connection broke (the next try takes another), or PostgreSQL was short of something.
-    /// The reaping is one transaction, so a failed try changed nothing, and one whose commit
-    /// went unanswered reads as done on the next (the registration is gone).
+    /// True when the registration is gone; false when another call holds its row.
     private func retireOnce(instance: String) async throws -> Bool {
-        do {
-            return try await pool.withConnection { connection in
-                try connection.query(Self.retireInstance, [instance])[0].decode(0, as: Int64.self) > 0
-                    || connection.query(Self.instanceRegistered, [instance]).isEmpty
-            }
-        } catch let error as PostgresError where error.isLostRace || error.isConnectionFailure || error.isTemporary {
-            return false
+        try await pool.withConnection { connection in
+            try connection.query(Self.retireInstance, [instance])[0].decode(0, as: Int64.self) > 0
+                || connection.query(Self.instanceRegistered, [instance]).isEmpty
         }
     }
 
