@@ -124,7 +124,8 @@ private func backgroundServices(
                 configuration: configuration.webhooks, logger: logger))
     }
     // After the dispatcher, so stopped before it: its last fold does not wait for a slow
-    // receiver's deliveries, and the events it writes may still go out.
+    // receiver's deliveries (the events it writes go out from another instance, or after the
+    // restart).
     if configuration.settleIntervalMilliseconds > 0 {
         background.append(
             SettlerService(
@@ -194,6 +195,7 @@ public func buildRouter(_ services: TallyServices, configuration: TallyConfigura
         GroupController(groups: services.groups).routes,
         ChannelController(channels: services.channels).routes,
         LogLookupController(logs: services.logs).routes,
+        AdminLogController(logs: services.logs).routes,
         PriceVersionController(prices: services.prices, repository: services.priceVersions).routes,
         ExportController(streamer: exports).routes,
         StatementController(statements: services.statements).routes,

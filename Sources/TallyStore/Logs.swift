@@ -51,10 +51,13 @@ public struct LogFilter: Sendable, Equatable {
     public var requestID: String?
     /// The trace id the request was logged under (admin lookups and `GET /api/log/self?tid=`).
     public var tid: String?
+    /// The channel that served the request (new-api's admin filter `channel`).
+    public var channel: Int64?
 
     public init(
         type: Int = 0, startTimestamp: Int64? = nil, endTimestamp: Int64? = nil, modelName: String? = nil,
-        tokenName: String? = nil, group: String? = nil, requestID: String? = nil, tid: String? = nil
+        tokenName: String? = nil, group: String? = nil, requestID: String? = nil, tid: String? = nil,
+        channel: Int64? = nil
     ) {
         self.type = type
         self.startTimestamp = startTimestamp
@@ -64,6 +67,7 @@ public struct LogFilter: Sendable, Equatable {
         self.group = group
         self.requestID = requestID
         self.tid = tid
+        self.channel = channel
     }
 
     public func validated() throws(StoreError) -> LogFilter {
@@ -83,8 +87,11 @@ public struct LogFilter: Sendable, Equatable {
         return self
     }
 
-    /// Filters that only request rows can match (credits have no model, key, group or request id).
-    var excludesCredits: Bool { modelName != nil || tokenName != nil || group != nil || requestID != nil || tid != nil }
+    /// Filters that only request rows can match (credits have no model, key, group, request id or
+    /// channel).
+    var excludesCredits: Bool {
+        modelName != nil || tokenName != nil || group != nil || requestID != nil || tid != nil || channel != nil
+    }
 }
 
 /// The `{quota, rpm, tpm}` of `GET /api/log/self/stat`.
@@ -169,6 +176,7 @@ public struct LogRepository: Sendable {
         if let group = filter.group { conditions.append("l.\"group\" = \(query.bind(group))") }
         if let requestID = filter.requestID { conditions.append("l.request_id = \(query.bind(requestID))") }
         if let tid = filter.tid { conditions.append("l.tid = \(query.bind(tid))") }
+        if let channel = filter.channel { conditions.append("l.channel_id = \(query.bind(channel))") }
         return conditions
     }
 
@@ -310,12 +318,13 @@ public struct LogRepository: Sendable {
     /// new-api's stat: the quota the request rows matching the filter spent, and the consume
     /// rows' requests and tokens of the last 60 seconds (time filters do not apply to those two).
     /// The quota counts failed requests too: new-api's cost nothing, Tally charges them where the
-    /// price sheet says `charge_failed`, and the stat is what the user spent.
-    public func stat(userID: Int64, filter: LogFilter) async throws -> LogStat {
+    /// price sheet says `charge_failed`, and the stat is what the user spent. Without `userID`,
+    /// every user's (new-api's admin stat).
+    public func stat(userID: Int64?, filter: LogFilter) async throws -> LogStat {
         var filter = try filter.validated()
         filter.type = LogType.all
         var quotaQuery = Query()
-        let quotaConditions = Self.requestConditions(userID: userID, filter, timeFilters: true, &quotaQuery)
+        let quotaConditions = Self.requestConditions(userID: userID, filter, timeFilters: true, &quotaQuery) + ["TRUE"]
         filter.type = LogType.consume
         var rateQuery = Query()
         var rateConditions = Self.requestConditions(userID: userID, filter, timeFilters: false, &rateQuery)
@@ -333,6 +342,14 @@ public struct LogRepository: Sendable {
                 FROM request_logs l WHERE \(rateWhere)
                 """, finalRate.parameters)[0]
             return LogStat(quota: quota, rpm: try rate.decode(0), tpm: try rate.decode(1))
+        }
+    }
+
+    /// The id of the user with this name, or nil (new-api's admin filter `username`).
+    public func userID(named username: String) async throws -> Int64? {
+        try await pool.withConnection { connection in
+            try connection.query("SELECT id FROM users WHERE username = $1", [username]).first?.decode(
+                0, as: Int64.self)
         }
     }
 

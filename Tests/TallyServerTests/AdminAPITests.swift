@@ -249,6 +249,9 @@ struct AdminAPITests {
             #expect(item["status"] as? Int == 3)
             #expect(int64(item["quota"]) == 250_000)
             #expect(int64(item["used_user_id"]) != 0)
+            // new-api's other two fields: `count` 0, `DeletedAt` null.
+            #expect(int64(item["count"]) == 0)
+            #expect(item.keys.contains("DeletedAt") && item["DeletedAt"] is NSNull)
         }
     }
 

@@ -163,6 +163,8 @@ struct IngestHTTPTests {
             #expect(codes == expected)
             #expect(rejected.allSatisfy { !($0["message"] as? String ?? "").isEmpty })
             #expect(rejected.first { $0["line"] as? Int == 4 }?["request_id"] as? String == "mixed-4")
+            // A line without an id still has the key (DESIGN §4), null.
+            #expect(rejected.first { $0["line"] as? Int == 8 }?["request_id"] is NSNull)
         }
         #expect(try await Self.balance(db, user: 6) == Self.initialQuota - 2 * Self.chatCost)
         #expect(

@@ -124,6 +124,66 @@ struct LogAPITests {
         }
     }
 
+    /// Found missing by a review against new-api's wire format: a new-api console's admin log
+    /// page and its stat answered 404.
+    @Test("GET /api/log/ and /api/log/stat: every user's rows to an admin, by username and channel; users refused")
+    func adminLogs() async throws {
+        let db = try await TestDatabase.create("adminlogs")
+        let seed = Seed(db: db)
+        let (_, adminAccess) = try await seed.user("admin", role: .admin)
+        let (user, access) = try await seed.user("logs")
+        let (other, _) = try await seed.user("other")
+        let (token, _) = try await seed.key(user: user.id)
+        let (otherToken, _) = try await seed.key(user: other.id)
+        let channel = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
+        try await Self.request(
+            seed, id: "admin-1", user: user.id, token: token.id, model: "gpt-4o", quota: 1500, ago: 30,
+            channel: channel.id)
+        try await Self.request(
+            seed, id: "admin-2", user: other.id, token: otherToken.id, model: "gpt-4o", quota: 700, ago: 20)
+        _ = try await BalanceRepository(pool: db.pool).topUp(
+            userID: user.id, amount: 500_000, reason: "welcome", idempotencyKey: nil, by: .cli)
+        try await TestApp.build(db).test(.live) { client in
+            let api = API(client: client)
+            func items(_ path: String) async throws -> [[String: Any]] {
+                let answer = try await api.get(path, token: adminAccess)
+                #expect(answer.status == 200, "\(path): \(answer.text)")
+                return answer.dataObject["items"] as? [[String: Any]] ?? []
+            }
+            // Newest first: the top-up, then the two requests.
+            let all = try await items("/api/log/?p=1&page_size=10")
+            #expect(all.map { $0["type"] as? Int } == [1, 2, 2])
+            #expect(all.map { $0["username"] as? String } == [user.username, other.username, user.username])
+            // Admins see the channel's name (users see none, as in new-api).
+            #expect(all.last?["channel_name"] as? String == channel.name)
+            #expect(
+                try await items("/api/log/?username=\(user.username)").map { $0["request_id"] as? String } == [
+                    nil, "admin-1",
+                ])
+            #expect(
+                try await items("/api/log/?channel=\(channel.id)").map { $0["request_id"] as? String } == ["admin-1"])
+            #expect(try await items("/api/log/?username=nobody-\(UInt32.random(in: 0...UInt32.max))").isEmpty)
+            #expect(try await items("/api/log/?channel=0&type=2").count == 2)
+
+            func stat(_ path: String) async throws -> [Int64?] {
+                let answer = try await api.get(path, token: adminAccess)
+                #expect(answer.status == 200, "\(path): \(answer.text)")
+                return ["quota", "rpm", "tpm"].map { int64(answer.dataObject[$0]) }
+            }
+            #expect(try await stat("/api/log/stat") == [2_200, 2, 60])
+            #expect(try await stat("/api/log/stat?username=\(user.username)") == [1_500, 1, 30])
+            #expect(try await stat("/api/log/stat?channel=\(channel.id)") == [1_500, 1, 30])
+            #expect(try await stat("/api/log/stat?username=nobody") == [0, 0, 0])
+
+            #expect(try await api.get("/api/log/?channel=-1", token: adminAccess).status == 400)
+            for path in ["/api/log/", "/api/log/stat"] {
+                let refused = try await api.get(path, token: access)
+                #expect(refused.status == 403, "\(path)")
+                #expect(refused.errorCode == "insufficient_permissions")
+            }
+        }
+    }
+
     /// Found by a review: the page's details were joined on (request id, created_at) alone, and
     /// two accounts may log the same request id at the same instant.
     @Test("a request id another account logged at the same instant: each sees its own row only, once")

@@ -72,6 +72,17 @@ struct IngestResponse: ResponseEncodable {
             code = rejected.code
             message = rejected.message
         }
+
+        enum CodingKeys: String, CodingKey { case line, requestId, code, message }
+
+        /// `request_id` always (DESIGN §4), null for a line whose id could not be read.
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(line, forKey: .line)
+            try container.encode(requestId, forKey: .requestId)
+            try container.encode(code, forKey: .code)
+            try container.encode(message, forKey: .message)
+        }
     }
 
     let accepted: Int

@@ -238,7 +238,8 @@ struct ChannelJSON: Encodable {
     }
 }
 
-/// new-api's `model.Redemption`; the code is masked (stored hashed).
+/// new-api's `model.Redemption`; the code is masked (stored hashed). `count` (a field of
+/// new-api's create request) is 0 and `DeletedAt` null in every answer, as new-api sends them.
 struct RedemptionJSON: Encodable {
     var id: Int64
     var user_id: Int64
@@ -250,6 +251,27 @@ struct RedemptionJSON: Encodable {
     var redeemed_time: Int64
     var used_user_id: Int64
     var expired_time: Int64
+
+    enum CodingKeys: String, CodingKey {
+        case id, user_id, key, status, name, quota, created_time, redeemed_time, count, used_user_id, DeletedAt
+        case expired_time
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(id, forKey: .id)
+        try container.encode(user_id, forKey: .user_id)
+        try container.encode(key, forKey: .key)
+        try container.encode(status, forKey: .status)
+        try container.encode(name, forKey: .name)
+        try container.encode(quota, forKey: .quota)
+        try container.encode(created_time, forKey: .created_time)
+        try container.encode(redeemed_time, forKey: .redeemed_time)
+        try container.encode(0, forKey: .count)
+        try container.encode(used_user_id, forKey: .used_user_id)
+        try container.encodeNil(forKey: .DeletedAt)
+        try container.encode(expired_time, forKey: .expired_time)
+    }
 
     init(_ redemption: Redemption) {
         id = redemption.id

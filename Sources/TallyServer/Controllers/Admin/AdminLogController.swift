@@ -1,0 +1,52 @@
+import Hummingbird
+import TallyCore
+import TallyStore
+
+/// new-api's admin log views: `GET /api/log/` (every user's rows, channel names shown) and
+/// `GET /api/log/stat` (their `{quota, rpm, tpm}`), with the filters of `GET /api/log/self` and
+/// new-api's two admin ones, `username` (exact) and `channel` (an id; `0` or empty: any).
+struct AdminLogController {
+    let logs: LogRepository
+
+    var routes: RouteCollection<TallyRequestContext> {
+        let routes = RouteCollection(context: TallyRequestContext.self)
+        routes.get("log", use: list)
+        routes.get("log/stat", use: stat)
+        return routes
+    }
+
+    @Sendable func list(_ request: Request, context: TallyRequestContext) async throws -> Response {
+        let page = SystemInput.page(request)
+        let (filter, user) = try await Self.filter(request, logs: logs)
+        guard let user else {
+            return try SystemJSON.success(
+                SystemJSON.PageInfo(Page<LogEntry>(items: [], total: 0, request: page)) { LogJSON($0) })
+        }
+        let found = try await logs.entries(userID: user.id, filter: filter, page: page, channelNames: true)
+        return try SystemJSON.success(SystemJSON.PageInfo(found) { LogJSON($0) })
+    }
+
+    @Sendable func stat(_ request: Request, context: TallyRequestContext) async throws -> Response {
+        let (filter, user) = try await Self.filter(request, logs: logs)
+        guard let user else { return try SystemJSON.success(LogController.StatJSON(quota: 0, rpm: 0, tpm: 0)) }
+        let stat = try await logs.stat(userID: user.id, filter: filter)
+        return try SystemJSON.success(LogController.StatJSON(quota: stat.quota, rpm: stat.rpm, tpm: stat.tpm))
+    }
+
+    /// Whose rows: everyone's (`id` nil) unless `username` names a user; nil when it names none.
+    struct Owner { let id: Int64? }
+
+    /// `GET /api/log/self`'s filters, `channel`, and the user `username` names.
+    static func filter(_ request: Request, logs: LogRepository) async throws -> (LogFilter, Owner?) {
+        var filter = try LogController.logFilter(request)
+        if let channel = try SystemInput.integer(request, "channel"), channel != 0 {
+            guard channel > 0 else { throw APIError.invalidRequest("channel must be a channel id, got \(channel)") }
+            filter.channel = channel
+        }
+        guard let username = try SystemInput.string(request, "username"), !username.isEmpty else {
+            return (filter, Owner(id: nil))
+        }
+        guard username.count <= 64 else { throw APIError.invalidRequest("username is longer than 64 characters") }
+        return (filter, try await logs.userID(named: username).map { Owner(id: $0) })
+    }
+}
