@@ -176,7 +176,8 @@ public struct LogRepository: Sendable {
         if let group = filter.group { conditions.append("l.\"group\" = \(query.bind(group))") }
         if let requestID = filter.requestID { conditions.append("l.request_id = \(query.bind(requestID))") }
         if let tid = filter.tid { conditions.append("l.tid = \(query.bind(tid))") }
-        if let channel = filter.channel { conditions.append("l.channel_id = \(query.bind(channel))") }
+        // Cast: the column is an integer, and an id past its range must match nothing, not fail.
+        if let channel = filter.channel { conditions.append("l.channel_id = \(query.bind(channel))::bigint") }
         return conditions
     }
 
@@ -318,13 +319,12 @@ public struct LogRepository: Sendable {
     /// new-api's stat: the quota the request rows matching the filter spent, and the consume
     /// rows' requests and tokens of the last 60 seconds (time filters do not apply to those two).
     /// The quota counts failed requests too: new-api's cost nothing, Tally charges them where the
-    /// price sheet says `charge_failed`, and the stat is what the user spent. Without `userID`,
-    /// every user's (new-api's admin stat).
-    public func stat(userID: Int64?, filter: LogFilter) async throws -> LogStat {
+    /// price sheet says `charge_failed`, and the stat is what the user spent.
+    public func stat(userID: Int64, filter: LogFilter) async throws -> LogStat {
         var filter = try filter.validated()
         filter.type = LogType.all
         var quotaQuery = Query()
-        let quotaConditions = Self.requestConditions(userID: userID, filter, timeFilters: true, &quotaQuery) + ["TRUE"]
+        let quotaConditions = Self.requestConditions(userID: userID, filter, timeFilters: true, &quotaQuery)
         filter.type = LogType.consume
         var rateQuery = Query()
         var rateConditions = Self.requestConditions(userID: userID, filter, timeFilters: false, &rateQuery)

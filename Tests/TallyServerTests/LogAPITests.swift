@@ -126,7 +126,7 @@ struct LogAPITests {
 
     /// Found missing by a review against new-api's wire format: a new-api console's admin log
     /// page and its stat answered 404.
-    @Test("GET /api/log/ and /api/log/stat: every user's rows to an admin, by username and channel; users refused")
+    @Test("GET /api/log/ and /api/log/stat: a user's rows to an admin, by username and channel; users refused")
     func adminLogs() async throws {
         let db = try await TestDatabase.create("adminlogs")
         let seed = Seed(db: db)
@@ -137,10 +137,12 @@ struct LogAPITests {
         let (otherToken, _) = try await seed.key(user: other.id)
         let channel = try await seed.channel(groups: ["default"], models: ["gpt-4o"])
         try await Self.request(
-            seed, id: "admin-1", user: user.id, token: token.id, model: "gpt-4o", quota: 1500, ago: 30,
+            seed, id: "admin-1", user: user.id, token: token.id, model: "gpt-4o", quota: 1500, ago: 4,
             channel: channel.id)
+        try await Self.request(seed, id: "admin-2", user: user.id, token: token.id, model: "gpt-4o", quota: 300, ago: 3)
         try await Self.request(
-            seed, id: "admin-2", user: other.id, token: otherToken.id, model: "gpt-4o", quota: 700, ago: 20)
+            seed, id: "admin-3", user: other.id, token: otherToken.id, model: "gpt-4o", quota: 700, ago: 2,
+            channel: channel.id)
         _ = try await BalanceRepository(pool: db.pool).topUp(
             userID: user.id, amount: 500_000, reason: "welcome", idempotencyKey: nil, by: .cli)
         try await TestApp.build(db).test(.live) { client in
@@ -150,33 +152,38 @@ struct LogAPITests {
                 #expect(answer.status == 200, "\(path): \(answer.text)")
                 return answer.dataObject["items"] as? [[String: Any]] ?? []
             }
-            // Newest first: the top-up, then the two requests.
-            let all = try await items("/api/log/?p=1&page_size=10")
-            #expect(all.map { $0["type"] as? Int } == [1, 2, 2])
-            #expect(all.map { $0["username"] as? String } == [user.username, other.username, user.username])
+            // Newest first: the top-up, then the user's two requests; the other user's never.
+            let rows = try await items("/api/log/?p=1&page_size=10&username=\(user.username)")
+            #expect(rows.map { $0["type"] as? Int } == [1, 2, 2])
+            #expect(rows.map { $0["request_id"] as? String } == [nil, "admin-2", "admin-1"])
+            #expect(rows.allSatisfy { $0["username"] as? String == user.username })
             // Admins see the channel's name (users see none, as in new-api).
-            #expect(all.last?["channel_name"] as? String == channel.name)
+            #expect(rows.last?["channel_name"] as? String == channel.name)
+            // A channel filter leaves out the credits, which have no channel.
             #expect(
-                try await items("/api/log/?username=\(user.username)").map { $0["request_id"] as? String } == [
-                    nil, "admin-1",
-                ])
-            #expect(
-                try await items("/api/log/?channel=\(channel.id)").map { $0["request_id"] as? String } == ["admin-1"])
+                try await items("/api/log/?username=\(user.username)&channel=\(channel.id)").map {
+                    $0["request_id"] as? String
+                } == ["admin-1"])
+            #expect(try await items("/api/log/?username=\(user.username)&channel=3000000000").isEmpty)
             #expect(try await items("/api/log/?username=nobody-\(UInt32.random(in: 0...UInt32.max))").isEmpty)
-            #expect(try await items("/api/log/?channel=0&type=2").count == 2)
 
             func stat(_ path: String) async throws -> [Int64?] {
                 let answer = try await api.get(path, token: adminAccess)
                 #expect(answer.status == 200, "\(path): \(answer.text)")
                 return ["quota", "rpm", "tpm"].map { int64(answer.dataObject[$0]) }
             }
-            #expect(try await stat("/api/log/stat") == [2_200, 2, 60])
-            #expect(try await stat("/api/log/stat?username=\(user.username)") == [1_500, 1, 30])
-            #expect(try await stat("/api/log/stat?channel=\(channel.id)") == [1_500, 1, 30])
+            #expect(try await stat("/api/log/stat?username=\(user.username)") == [1_800, 2, 60])
+            #expect(try await stat("/api/log/stat?username=\(user.username)&channel=\(channel.id)") == [1_500, 1, 30])
             #expect(try await stat("/api/log/stat?username=nobody") == [0, 0, 0])
 
-            #expect(try await api.get("/api/log/?channel=-1", token: adminAccess).status == 400)
-            for path in ["/api/log/", "/api/log/stat"] {
+            // Every user's rows would be read and sorted whole: refused, naming what to give.
+            for path in ["/api/log/", "/api/log/stat", "/api/log/?username="] {
+                let refused = try await api.get(path, token: adminAccess)
+                #expect(refused.status == 400, "\(path)")
+                #expect(refused.errorMessage?.hasPrefix("username is required") == true)
+            }
+            #expect(try await api.get("/api/log/?username=x&channel=-1", token: adminAccess).status == 400)
+            for path in ["/api/log/?username=\(user.username)", "/api/log/stat?username=\(user.username)"] {
                 let refused = try await api.get(path, token: access)
                 #expect(refused.status == 403, "\(path)")
                 #expect(refused.errorCode == "insufficient_permissions")

@@ -76,7 +76,12 @@ struct HoldRepositoryTests {
 
     /// Found by a review of lost races: a release that PostgreSQL aborted to break a deadlock
     /// answered 503, and unless the gateway sent it again the hold kept its units until expiry.
-    @Test("a release PostgreSQL aborts to break a deadlock is tried again and returns the hold's units")
+    @Test(
+        "a release PostgreSQL aborts to break a deadlock is tried again and returns the hold's units",
+        // Citus breaks a deadlock across nodes itself, cancelling the transaction it takes for the
+        // youngest whatever the sessions' deadlock timeouts: the test cannot choose the loser
+        // there (in CI it cancelled the other session once).
+        .disabled(if: TestCluster.isCitus))
     func releaseOutlivesDeadlock() async throws {
         let db = try await TestDatabase.create("holds-release-deadlock")
         try await db.prepareBilling(users: 1, quota: 1_000)

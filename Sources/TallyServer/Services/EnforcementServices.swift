@@ -72,7 +72,8 @@ struct LeaseService: Service {
         }
         // Not cancelled with the service (a shutdown past its deadline cancels every service):
         // returning the leases is what lets other instances use these accounts at once, rather
-        // than after this instance's registration expires. `retire` bounds its own wait.
+        // than after this instance's registration expires. `retire` starts no try past its
+        // patience (10 s); one under way may wait longer, for a row lock or a connection.
         let book = self.book
         let retired = Task { try await book.retire() }
         do {
