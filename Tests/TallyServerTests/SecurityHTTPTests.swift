@@ -72,6 +72,36 @@ struct SecurityHTTPTests {
         #expect(try await db.scalar("SELECT count(*) FROM request_logs WHERE request_id LIKE 'limit-%'") == 1)
     }
 
+    /// Found by a review of the console: any web page could lock its visitor's address out of
+    /// the console and the API with image tags naming `/v1/models?key=<wrong>`, which the browser
+    /// sends cross-site without asking.
+    @Test("wrong keys in the URL alone count apart: they block only further keys in the URL, never header credentials")
+    func keysInURLCountApart() async throws {
+        let db = try await Self.database()
+        let (user, access) = try await Seed(db: db).user("url-keys")
+        let key = try await Seed(db: db).key(user: user.id).key
+        try await TestApp.build(
+            db,
+            {
+                $0.failedAuthLimit = 2; $0.failedAuthWindowSeconds = 3600
+            }
+        ).test(.live) { client async throws in
+            let api = API(client: client)
+            let wrong = "sk-" + String(repeating: "x", count: 48)
+            for _ in 0..<2 {
+                #expect(try await api.get("/v1/models?key=\(wrong)").errorCode == "invalid_token")
+            }
+            #expect(try await api.get("/v1/models?key=\(key)").errorCode == "too_many_failed_auth")
+            #expect(try await api.get("/api/user/self", token: access).status == 200)
+            #expect(try await api.get("/v1/models", token: key).status == 200)
+            // A header's wrong credentials still count where they did.
+            for _ in 0..<2 {
+                #expect(try await api.get("/api/user/self", token: "not-a-token").errorCode == "invalid_token")
+            }
+            #expect(try await api.get("/api/user/self", token: access).errorCode == "too_many_failed_auth")
+        }
+    }
+
     /// Found by a review of the operator's side: a server started without a secret refused
     /// every gateway call as a wrong secret, so a few batches later the gateway's address was
     /// locked out (429), which sent the operator looking at the gateway instead of the server.

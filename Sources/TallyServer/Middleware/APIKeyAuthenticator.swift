@@ -72,6 +72,12 @@ struct APIKeyAuthenticator: Sendable {
         return raw.flatMap { RelayKey(String($0)) }
     }
 
+    /// True when the request's only credential is a key in its URL (`GET /v1/models?key=`).
+    static func keyInURLOnly(of request: Request) -> Bool {
+        let fields = keyFields(of: request)
+        return fields.count == 4 && fields[2] != nil && fields[0] == nil && fields[1] == nil && fields[3] == nil
+    }
+
     /// The fields a key may come in on this request's route, in the order they are read.
     static func keyFields(of request: Request) -> [String?] {
         // The route's path however it was written (`/v1/models/` reaches it too).

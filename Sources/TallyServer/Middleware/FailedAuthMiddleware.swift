@@ -131,10 +131,14 @@ public struct FailedAuthMiddleware: RouterMiddleware {
     }
 
     /// What failures of `request` count towards: its client's network (an IPv6 client's /64),
-    /// apart for the gateway's routes.
+    /// apart for the gateway's routes, and apart for a key sent in the URL alone
+    /// (`GET /v1/models?key=`). That one any web page can make its visitor's browser send (an
+    /// image's address), so its failures must not lock the visitor's address out of the console
+    /// and the API, which send credentials in headers (found by a review of the console).
     static func bucket(_ address: String, _ request: Request) -> String {
         let network = IPAddress.parse(address)?.clientNetwork ?? address
-        return ErrorEnvelope.firstSegment(of: request.uri.path) == "gateway" ? "gateway " + network : network
+        if ErrorEnvelope.firstSegment(of: request.uri.path) == "gateway" { return "gateway " + network }
+        return APIKeyAuthenticator.keyInURLOnly(of: request) ? "url " + network : network
     }
 
     /// Requests without a credential (health checks, public pricing) guess nothing: never blocked.
