@@ -55,6 +55,8 @@ struct TokenAPITests {
             #expect(answer.status == 200)
             #expect(answer.success == true)
             #expect(answer.object["message"] as? String == "")
+            // The full key is in this answer only: no cache may keep it.
+            #expect(answer.headers[.cacheControl] == "no-store")
             let token = answer.dataObject
             #expect(jsonTypes(token) == tokenFieldTypes)
             let key = try #require(token["key"] as? String)

@@ -27,12 +27,15 @@ enum SystemJSON {
         try json(Bare(), status: .ok)
     }
 
-    /// Any encodable value as the whole body.
+    /// Any encodable value as the whole body. Never stored by a cache (a browser's disk cache
+    /// included): some answers carry a secret shown once (a new key, a rotated access token,
+    /// redemption codes), and every answer is the caller's own.
     static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) throws
         -> Response
     {
         var headers = headers
         headers[.contentType] = "application/json; charset=utf-8"
+        headers[.cacheControl] = headers[.cacheControl] ?? "no-store"
         let data = try encoder.encode(value)
         return Response(status: status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
     }
