@@ -317,6 +317,11 @@ def user_overview(console, seed):
     assert seed.alice["access_token"] not in console.driver.current_url
     assert console.driver.execute_script("return sessionStorage.getItem('tally.console.token')") == \
         seed.alice["access_token"]
+    # A view named in the address is one of the page's own (#constructor reached Object's and
+    # showed "TypeError: action is not a function" over an empty page).
+    console.open("#constructor")
+    console.wait_text("#balance-usd", usd(me["quota"]))
+    assert not console.driver.find_element(By.ID, "error").is_displayed(), "#constructor showed an error"
 
 
 def export_days(month, token):

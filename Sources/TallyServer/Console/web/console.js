@@ -337,7 +337,8 @@
   function showView() {
     let name = location.hash.slice(1);
     if (!state.user) name = 'signin';
-    else if (!VIEWS[name] || (VIEWS[name].admin && !isAdmin())) name = 'overview';
+    // Own keys only: a link to #constructor must not reach Object's.
+    else if (!Object.hasOwn(VIEWS, name) || (VIEWS[name].admin && !isAdmin())) name = 'overview';
     for (const section of document.querySelectorAll('.view')) section.hidden = section.id !== 'view-' + name;
     for (const link of document.querySelectorAll('#nav a')) {
       if (link.getAttribute('href') === '#' + name) link.setAttribute('aria-current', 'page');
