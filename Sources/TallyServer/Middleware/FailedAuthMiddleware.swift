@@ -19,7 +19,8 @@ public struct CredentialRejected: Error, Sendable {
 /// Counts failed credentials per client IP in fixed windows: after `limit` failures within
 /// `window`, every request from that address is answered `429 too_many_failed_auth` (with a
 /// tid and `Retry-After`) until the window ends. Guessing keys or tokens from one address is
-/// thereby capped at `limit` tries per window.
+/// thereby capped at `limit` tries per window and count (``FailedAuthMiddleware/bucket(_:_:)``:
+/// credentials in headers, keys in the URL, the gateway's secret).
 public final class FailedAuthLimiter: Sendable {
     public let limit: Int
     public let window: Duration

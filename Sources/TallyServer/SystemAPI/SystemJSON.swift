@@ -29,7 +29,7 @@ enum SystemJSON {
 
     /// Any encodable value as the whole body. Never stored by a cache (a browser's disk cache
     /// included): some answers carry a secret shown once (a new key, a rotated access token,
-    /// redemption codes), and every answer is the caller's own.
+    /// redemption codes), and nearly every answer is the caller's own.
     static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok, headers: HTTPFields = [:]) throws
         -> Response
     {

@@ -1,5 +1,5 @@
 // Tally's web console (docs/console.md). Every action is a System API call made with the access
-// token the user signed in with: kept in sessionStorage (this tab only), sent as the
+// token the user signed in with: kept in sessionStorage (this tab's), sent as the
 // Authorization header, never put in a URL. Money arrives as integer quota units and is only
 // formatted here (500,000 units = 1 USD, exact, with BigInt): the page computes no balance.
 (function () {
@@ -774,7 +774,7 @@
     const group = $('prices-group').value;
     const rows = [];
     for (const model of (state.pricing ? state.pricing.models : [])) {
-      const prices = model.prices[group];
+      const prices = Object.hasOwn(model.prices, group) ? model.prices[group] : null;
       if (!prices) continue;
       const others = Object.keys(prices).filter((field) => field !== 'input' && field !== 'output').sort()
         .map((field) => `${field} ${prices[field]}`).join('; ');
