@@ -99,6 +99,9 @@ public struct LogStat: Sendable, Equatable {
     public var quota: Int64
     public var rpm: Int64
     public var tpm: Int64
+
+    /// Nothing spent: the stat of no rows.
+    public static let none = LogStat(quota: 0, rpm: 0, tpm: 0)
 }
 
 /// An ingest reject, for the admin lookup by tid or request id.

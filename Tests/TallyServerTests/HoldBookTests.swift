@@ -983,15 +983,8 @@ extension HoldBookTests {
                 SELECT granted FROM tally_lease_call('slow', $1, $1, false, ARRAY[$2::bigint], ARRAY[3000::bigint], '{}', '{}')
                 """, [call.id, user])
         }
-        // Waiting: at a lock here, or (Citus) for the worker that holds the account's row.
         func waiting(_ statement: String) async throws -> Bool {
-            try await waitUntil(timeout: .seconds(20)) {
-                try await seed.int(
-                    """
-                    SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'
-                    AND wait_event_type IN ('Lock', 'IPC', 'Client', 'Extension') AND query LIKE $1
-                    """, ["%\(statement)(%"]) == 1
-            }
+            try await db.sessionsWaiting(1, running: statement + "(", timeout: .seconds(20))
         }
         #expect(try await waiting("tally_lease_call"), "the call never reached the account's lock")
         UnansweredCalls.of(instance: "slow").failed(call.id)

@@ -13,16 +13,18 @@ extension TestDatabase {
         return PostgresPool(url: url + (url.contains("?") ? "&" : "?") + options, size: size)
     }
 
-    /// Waits until at least `count` sessions of this database wait for a lock, here or (Citus)
-    /// for the worker that holds it; `query` narrows them to the statements that contain it.
-    public func sessionsWaiting(_ count: Int, running query: String = "") async throws -> Bool {
-        try await waitUntil(timeout: .seconds(10)) {
+    /// Waits until `count` sessions of this database wait for a lock, here or (Citus) for the
+    /// worker that holds it; `query` narrows them to the statements that contain it.
+    public func sessionsWaiting(_ count: Int, running query: String = "", timeout: Duration = .seconds(10))
+        async throws -> Bool
+    {
+        try await waitUntil(timeout: timeout) {
             try await scalar(
                 """
                 SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'
                 AND pid <> pg_backend_pid() AND wait_event_type IN ('Lock', 'IPC', 'Client', 'Extension')
                 AND query LIKE $1
-                """, ["%\(query)%"]) >= count
+                """, ["%\(query)%"]) == count
         }
     }
 }

@@ -27,12 +27,18 @@ struct LogController {
         var quota: Int64
         var rpm: Int64
         var tpm: Int64
+
+        init(_ stat: LogStat) {
+            quota = stat.quota
+            rpm = stat.rpm
+            tpm = stat.tpm
+        }
     }
 
     @Sendable func stat(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let user = try context.requireUser()
         let stat = try await logs.stat(userID: user.id, filter: try Self.logFilter(request))
-        return try SystemJSON.success(StatJSON(quota: stat.quota, rpm: stat.rpm, tpm: stat.tpm))
+        return try SystemJSON.success(StatJSON(stat))
     }
 
     /// new-api's log query parameters; `0` or empty means "no filter" as in new-api. `tid` is

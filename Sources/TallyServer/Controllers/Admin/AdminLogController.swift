@@ -21,19 +21,16 @@ struct AdminLogController {
     @Sendable func list(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let page = SystemInput.page(request)
         let (filter, user) = try await Self.filter(request, logs: logs)
-        guard let user else {
-            return try SystemJSON.success(
-                SystemJSON.PageInfo(Page<LogEntry>(items: [], total: 0, request: page)) { LogJSON($0) })
-        }
-        let found = try await logs.entries(userID: user, filter: filter, page: page, channelNames: true)
+        var found = Page<LogEntry>(items: [], total: 0, request: page)
+        if let user { found = try await logs.entries(userID: user, filter: filter, page: page, channelNames: true) }
         return try SystemJSON.success(SystemJSON.PageInfo(found) { LogJSON($0) })
     }
 
     @Sendable func stat(_ request: Request, context: TallyRequestContext) async throws -> Response {
         let (filter, user) = try await Self.filter(request, logs: logs)
-        guard let user else { return try SystemJSON.success(LogController.StatJSON(quota: 0, rpm: 0, tpm: 0)) }
-        let stat = try await logs.stat(userID: user, filter: filter)
-        return try SystemJSON.success(LogController.StatJSON(quota: stat.quota, rpm: stat.rpm, tpm: stat.tpm))
+        var stat = LogStat.none
+        if let user { stat = try await logs.stat(userID: user, filter: filter) }
+        return try SystemJSON.success(LogController.StatJSON(stat))
     }
 
     static let usernameRequired =
